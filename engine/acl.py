@@ -1,0 +1,66 @@
+"""Who may delegate to whom: the ACL matrix (pure, no IO)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from engine.errors import AclDeniedError
+
+
+@dataclass(frozen=True)
+class Acl:
+    """A delegation matrix: ``rules[caller]`` lists the targets, ``"*"`` meaning all agents.
+
+    Example::
+
+        acl = Acl({"manager": ("*",), "tech-lead": ("webster",)}, agents=("manager", "webster"))
+        acl.allows("tech-lead", "webster")   # True
+    """
+
+    rules: Mapping[str, tuple[str, ...]]
+    agents: tuple[str, ...]
+
+    def targets(self, caller: str) -> tuple[str, ...]:
+        """Return the agents ``caller`` may delegate to, in registry order (never itself)."""
+        allowed = self.rules.get(caller, ())
+        if "*" in allowed:
+            return tuple(a for a in self.agents if a != caller)
+        return tuple(a for a in self.agents if a in allowed and a != caller)
+
+    def allows(self, caller: str, target: str) -> bool:
+        """True when ``caller`` may delegate to ``target``."""
+        return target in self.targets(caller)
+
+    def check(self, caller: str, target: str) -> None:
+        """Raise AclDeniedError, naming the caller's allowed targets, unless allowed."""
+        if self.allows(caller, target):
+            return
+        allowed = self.targets(caller)
+        if allowed:
+            listed = ", ".join(f"`{a}`" for a in allowed)
+            hint = f"`{caller}` may delegate to: {listed}."
+        else:
+            hint = f"`{caller}` may not delegate to anyone; ask an agent that may (e.g. `manager`)."
+        raise AclDeniedError(
+            f"ACL refuses `{caller}` -> `{target}`: {hint} Nothing was sent.", agent=target
+        )
+
+
+def check_chain(chain: Iterable[str], target: str, *, max_depth: int) -> None:
+    """Refuse a sub-delegation that would revisit an agent or go deeper than ``max_depth``.
+
+    ``chain`` is the callers from the root down to the current caller.
+    """
+    path = list(chain)
+    if target in path:
+        cycle = " -> ".join([*path[path.index(target):], target])
+        raise AclDeniedError(f"delegation cycle refused: {cycle}. Nothing was sent.", agent=target)
+    depth = len(path) - 1  # a top-level delegation has depth 0, its sub-delegations 1, ...
+    if depth > max_depth:
+        raise AclDeniedError(
+            f"delegation chain {' -> '.join([*path, target])} is deeper than `max_depth` "
+            f"({max_depth}); raise `max_depth` in the config or delegate from higher up. "
+            "Nothing was sent.",
+            agent=target,
+        )

@@ -1,0 +1,304 @@
+"""Loading and validating ``orchestrator.yaml`` into frozen settings.
+
+Example::
+
+    cfg = load_config("examples/quickstart/orchestrator.yaml")
+    cfg.agents["webster"].timeout      # 120.0
+    cfg.handoffs_dir                   # absolute Path, relative to the config file
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, did_you_mean
+
+CONFIG_NAME = "orchestrator.yaml"
+CONFIG_ENV = "ORCHESTRATOR_CONFIG"
+LOCAL_URL = "local"
+
+#: Seed 004's delegation matrix, used when the config has no ``acl``.
+DEFAULT_ACL: dict[str, tuple[str, ...]] = {
+    "manager": ("*",),
+    "tech-lead": ("webster", "nx-expert", "study-builder", "secretary"),
+    "optimizer": ("webster", "study-builder", "secretary"),
+}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for transient hook failures; seed 002's 2, 4, 8, 16, 32 s plus jitter.
+
+    Example: ``RetryPolicy(delays=(0.1, 0.2), jitter=0.0)`` for fast tests.
+    """
+
+    delays: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0, 32.0)
+    jitter: float = 0.2
+    request_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """One registry entry: where an agent's gateway is and how to reach it."""
+
+    name: str
+    url: str
+    token_env: str | None = None
+    token_file: Path | None = None
+    agent_id: str | None = None
+    capabilities: tuple[str, ...] = ()
+    model: str | None = None
+    thinking: str | None = None
+    channel: str | None = None
+    timeout: float | None = None
+    send_session_key: bool = False
+    deliver: bool | None = None
+    max_concurrent: int | None = None
+    description: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        """True when the agent lives on the local gateway."""
+        return self.url == LOCAL_URL
+
+
+@dataclass(frozen=True)
+class GatewayAgentConfig:
+    """An agent hosted by the local gateway (kind ``command``: an argv run per task)."""
+
+    name: str
+    kind: str
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    cwd: Path | None = None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The local gateway: its address, its token source and the agents it hosts."""
+
+    embedded: bool = False
+    host: str = "127.0.0.1"
+    port: int = 0
+    token_env: str | None = None
+    token_file: Path | None = None
+    workspaces_dir: Path | None = None
+    agents: dict[str, GatewayAgentConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole ``orchestrator.yaml``, validated, with paths made absolute."""
+
+    path: Path | None
+    handoffs_dir: Path
+    agents: dict[str, AgentConfig]
+    acl: dict[str, tuple[str, ...]]
+    receiver_url: str | None = None
+    message_template: Path | None = None
+    deliver: bool = False
+    default_timeout: float = 120.0
+    handoff_grace: float = 1.0
+    validator: str | None = None
+    max_depth: int = 2
+    workflow_dirs: tuple[Path, ...] = ()
+    retry: RetryPolicy = RetryPolicy()
+    gateway: GatewayConfig | None = None
+    pool: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """How messages name this config."""
+        return str(self.path) if self.path else "<built-in config>"
+
+
+def find_config(explicit: str | Path | None = None) -> Path:
+    """Return the config path: ``explicit``, else $ORCHESTRATOR_CONFIG, else ./orchestrator.yaml."""
+    if explicit:
+        candidate = Path(explicit)
+        source = "--config"
+    elif os.environ.get(CONFIG_ENV):
+        candidate = Path(os.environ[CONFIG_ENV])
+        source = f"${CONFIG_ENV}"
+    else:
+        candidate = Path.cwd() / CONFIG_NAME
+        if not candidate.is_file():
+            raise ConfigError(
+                f"no `{CONFIG_NAME}` in {Path.cwd()}: pass `--config FILE`, set "
+                f"`{CONFIG_ENV}`, or copy `examples/quickstart/{CONFIG_NAME}` here."
+            )
+        return candidate
+    if not candidate.is_file():
+        raise ConfigError(f"config file `{candidate}` (from {source}) does not exist.", path=candidate)
+    return candidate
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Find, parse and validate the config; every problem of the file is reported at once."""
+    cfg_path = find_config(path)
+    import yaml
+
+    try:
+        text = cfg_path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot read `{cfg_path}`: {exc.strerror}.", path=cfg_path) from exc
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(
+            f"`{cfg_path}` is not valid YAML{where}: {problem}. Fix the syntax and run again.",
+            path=cfg_path,
+        ) from exc
+    return config_from_dict(raw, path=cfg_path)
+
+
+def config_from_dict(raw: Any, *, path: Path | None = None) -> Config:
+    """Validate a parsed config mapping against the schema and build ``Config``."""
+    from engine.schemas import schema_problems
+
+    label = str(path) if path else "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"`{label}` must be a mapping with at least an `agents:` key.", path=path
+        )
+    problems = schema_problems("config", raw)
+    problems += _semantic_problems(raw)
+    if problems:
+        raise ConfigError(f"`{label}` is not a valid config:", path=path, problems=problems)
+    base = path.parent.resolve() if path else Path.cwd()
+
+    def rel(value: str | None) -> Path | None:
+        if value is None:
+            return None
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else (base / p)
+
+    agents = {
+        name: AgentConfig(
+            name=name,
+            url=str(spec.get("url", LOCAL_URL)).rstrip("/"),
+            token_env=spec.get("token_env"),
+            token_file=rel(spec.get("token_file")),
+            agent_id=spec.get("agent_id"),
+            capabilities=tuple(spec.get("capabilities", ())),
+            model=spec.get("model"),
+            thinking=spec.get("thinking"),
+            channel=spec.get("channel"),
+            timeout=float(spec["timeout"]) if "timeout" in spec else None,
+            send_session_key=bool(spec.get("send_session_key", False)),
+            deliver=spec.get("deliver"),
+            max_concurrent=spec.get("max_concurrent"),
+            description=spec.get("description"),
+        )
+        for name, spec in raw["agents"].items()
+    }
+    gateway = None
+    if "gateway" in raw:
+        gw = raw["gateway"]
+        gateway = GatewayConfig(
+            embedded=bool(gw.get("embedded", False)),
+            host=gw.get("host", "127.0.0.1"),
+            port=int(gw.get("port", 0)),
+            token_env=gw.get("token_env"),
+            token_file=rel(gw.get("token_file")),
+            workspaces_dir=rel(gw.get("workspaces_dir")),
+            agents={
+                name: GatewayAgentConfig(
+                    name=name,
+                    kind=spec["kind"],
+                    argv=tuple(spec.get("argv", ())),
+                    env=dict(spec.get("env", {})),
+                    timeout=float(spec["timeout"]) if "timeout" in spec else None,
+                    cwd=rel(spec.get("cwd")),
+                )
+                for name, spec in gw.get("agents", {}).items()
+            },
+        )
+    retry_raw = raw.get("retry", {})
+    retry = RetryPolicy(
+        delays=tuple(float(d) for d in retry_raw.get("delays", RetryPolicy.delays)),
+        jitter=float(retry_raw.get("jitter", RetryPolicy.jitter)),
+        request_timeout=float(retry_raw.get("request_timeout", RetryPolicy.request_timeout)),
+    )
+    acl = (
+        {k: tuple(v) for k, v in raw["acl"].items()} if "acl" in raw else dict(DEFAULT_ACL)
+    )
+    template = rel(raw.get("message_template"))
+    return Config(
+        path=path.resolve() if path else None,
+        handoffs_dir=(rel(raw.get("handoffs_dir", "handoffs")) or base).resolve(),
+        agents=agents,
+        acl=acl,
+        receiver_url=raw.get("receiver_url"),
+        message_template=template,
+        deliver=bool(raw.get("deliver", False)),
+        default_timeout=float(raw.get("default_timeout", 120.0)),
+        handoff_grace=float(raw.get("handoff_grace", 1.0)),
+        validator=raw.get("validator"),
+        max_depth=int(raw.get("max_depth", 2)),
+        workflow_dirs=tuple(p for p in (rel(d) for d in raw.get("workflow_dirs", [])) if p),
+        retry=retry,
+        gateway=gateway,
+        pool=dict(raw.get("pool", {})),
+    )
+
+
+def _semantic_problems(raw: dict[str, Any]) -> list[str]:
+    """Cross-key checks the schema cannot express; reported together with schema problems."""
+    problems: list[str] = []
+    agents = raw.get("agents")
+    if not isinstance(agents, dict):
+        return problems
+    names = set(agents)
+    gw = raw.get("gateway") if isinstance(raw.get("gateway"), dict) else None
+    gw_agents = set((gw or {}).get("agents", {}) or {})
+    for name, spec in agents.items():
+        if not isinstance(spec, dict):
+            continue
+        url = spec.get("url", LOCAL_URL)
+        if url == LOCAL_URL:
+            if gw is None:
+                problems.append(
+                    f"`agents.{name}.url` is `local` (the default) but there is no `gateway:` "
+                    "section: add one, or give the agent's OpenClaw gateway URL."
+                )
+            elif name not in gw_agents and spec.get("agent_id") not in gw_agents:
+                problems.append(
+                    f"`agents.{name}` runs on the local gateway but `gateway.agents` has no "
+                    f"`{name}`{did_you_mean(name, gw_agents)}"
+                )
+        elif isinstance(url, str) and not url.startswith(("http://", "https://")):
+            problems.append(
+                f"`agents.{name}.url` must start with http:// or https:// (or be `local`)."
+            )
+        elif "token_env" not in spec and "token_file" not in spec:
+            problems.append(
+                f"`agents.{name}` needs `token_env` (the environment variable holding its "
+                "hooks token) or `token_file`."
+            )
+    for key in ("acl",):
+        for caller, targets in (raw.get(key) or {}).items():
+            if caller not in names:
+                problems.append(f"`acl.{caller}` names an unknown agent{did_you_mean(caller, names)}")
+            for t in targets if isinstance(targets, list) else []:
+                if t != "*" and t not in names:
+                    problems.append(
+                        f"`acl.{caller}` allows unknown agent `{t}`{did_you_mean(t, names)}"
+                    )
+    validator = raw.get("validator")
+    if isinstance(validator, str) and validator not in names:
+        problems.append(f"`validator` `{validator}` is not an agent{did_you_mean(validator, names)}")
+    pool = raw.get("pool")
+    if isinstance(pool, dict):
+        lo, hi = pool.get("min_tokens", 1), pool.get("max_tokens", 5)
+        if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+            problems.append("`pool.min_tokens` is larger than `pool.max_tokens`.")
+    return problems

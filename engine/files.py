@@ -1,0 +1,80 @@
+"""Atomic JSON files and the strict patterns for ids that become file names."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InvalidIdError
+
+#: Ids and names that become part of a path: no dots, no slashes, no leading dash.
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+#: Run ids the engine generates for single delegations.
+RUN_ID = re.compile(r"^orch-\d{8}T\d{6}-[0-9a-f]{8}$")
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return ``value`` if it is safe to use in a file name, else raise InvalidIdError."""
+    if not isinstance(value, str) or not SAFE_ID.match(value):
+        raise InvalidIdError(
+            f"{what} `{value}` is not allowed: use letters, digits, `-` and `_` only "
+            "(at most 128 characters, no `/`, `.` or leading `-`), because it becomes "
+            "part of a file name."
+        )
+    return value
+
+
+def new_run_id(prefix: str = "orch") -> str:
+    """Return a fresh run id ``<prefix>-<UTC yyyymmddThhmmss>-<8 hex>``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{prefix}-{stamp}-{secrets.token_hex(4)}"
+
+
+def utcnow_iso() -> str:
+    """Return the current UTC time as ISO-8601 with milliseconds and a ``Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(value: str) -> datetime:
+    """Parse an ISO-8601 timestamp (``Z`` allowed) into an aware datetime."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def write_json_atomic(path: str | Path, data: Any, *, fsync: bool = False) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically: temp file in the same dir, then rename.
+
+    Readers that react only to close-after-write on the final name or to moved-into
+    never see a partial file.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(payload)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return target
+
+
+def append_jsonl(path: str | Path, data: Any) -> None:
+    """Append one JSON line to ``path`` (a journal); one ``write`` call per line."""
+    line = json.dumps(data, ensure_ascii=False, default=str) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)

@@ -1,0 +1,99 @@
+"""The message sent to an agent: its task, then the handoff block it must answer with."""
+
+from __future__ import annotations
+
+import functools
+import shlex
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+
+
+@functools.cache
+def _template(path: str | None) -> Any:
+    import jinja2
+
+    if path is None:
+        from importlib import resources
+
+        source = resources.files("engine").joinpath("templates/message.j2").read_text("utf-8")
+        name = "message.j2"
+    else:
+        try:
+            source = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"`message_template` `{path}` cannot be read: {exc.strerror}.", path=path
+            ) from exc
+        name = path
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
+    )
+    try:
+        return env.from_string(source, globals={"template_name": name})
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(
+            f"`message_template` `{name}` line {exc.lineno}: {exc.message}.", path=path
+        ) from exc
+
+
+def write_command(run_id: str, agent: str, records_dir: Path) -> str:
+    """The `orchestrate handoff write` command line an agent may run instead of writing JSON."""
+    args = [
+        "orchestrate", "handoff", "write",
+        "--dir", str(records_dir),
+        "--run-id", run_id, "--agent", agent,
+        "--status", "complete", "--confidence", "high", "--result", "YOUR RESULT",
+    ]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def render_message(
+    *,
+    task: str,
+    run_id: str,
+    agent: str,
+    caller: str,
+    handoff_path: Path,
+    receiver_url: str | None = None,
+    timeout: float | None = None,
+    parent_run_id: str | None = None,
+    context: str | None = None,
+    template: Path | None = None,
+) -> str:
+    """Render the message for one delegation (task and context are data, not template)."""
+    import jinja2
+
+    tpl = _template(str(template) if template else None)
+    try:
+        text: str = tpl.render(
+            task=task,
+            run_id=run_id,
+            agent=agent,
+            caller=caller,
+            handoff_path=str(handoff_path),
+            receiver_url=receiver_url,
+            timeout=timeout,
+            parent_run_id=parent_run_id,
+            context=context,
+            write_command=write_command(run_id, agent, handoff_path.parent),
+        )
+    except jinja2.TemplateError as exc:
+        raise ConfigError(f"`message_template` failed to render: {exc}.") from exc
+    return text
+
+
+def parse_handoff_block(message: str) -> dict[str, str]:
+    """Read `run_id`, `agent`, `handoff_path`, `receiver_url` from a message's handoff block.
+
+    The last occurrence wins, so a task text cannot override the block that follows it.
+    """
+    import re
+
+    found: dict[str, str] = {}
+    for m in re.finditer(
+        r"^(run_id|agent|handoff_path|receiver_url): (\S.*?)\s*$", message, flags=re.M
+    ):
+        found[m.group(1)] = m.group(2)
+    return found

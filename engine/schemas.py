@@ -1,0 +1,121 @@
+"""The JSON Schemas shipped with the engine, compiled once per process.
+
+``validator(name)`` returns a pre-compiled validator (compiling on every call costs
+35x more, see notes/performance.md); ``schema_problems(name, data)`` returns every
+problem as a readable line that names the key and never echoes a value (a value might be
+a secret).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+from engine.errors import did_you_mean
+
+SCHEMA_NAMES = ("config", "handoff", "workflow", "metrics")
+
+_FORBIDDEN_KEYS = {
+    "token": "tokens are never written in the file: put the name of an environment "
+    "variable in `token_env`, or a file path in `token_file`",
+    "api_key": "keys are never written in the file: use `api_key_env`",
+}
+
+
+def schema_text(name: str) -> str:
+    """Return the raw text of ``schemas/<name>.schema.json``."""
+    return resources.files("engine").joinpath(f"schemas/{name}.schema.json").read_text("utf-8")
+
+
+@functools.cache
+def schema(name: str) -> dict[str, Any]:
+    """Return the parsed schema ``name``."""
+    data: dict[str, Any] = json.loads(schema_text(name))
+    return data
+
+
+@functools.cache
+def validator(name: str) -> Any:
+    """Return the compiled Draft 2020-12 validator for schema ``name`` (cached)."""
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    sch = schema(name)
+    Draft202012Validator.check_schema(sch)
+    return Draft202012Validator(sch, format_checker=FormatChecker())
+
+
+def pointer(path: Any) -> str:
+    """Return the JSON pointer for a jsonschema error path (``/`` for the root)."""
+    parts = [str(p).replace("~", "~0").replace("/", "~1") for p in path]
+    return "/" + "/".join(parts) if parts else "/"
+
+
+def dotted(path: Any) -> str:
+    """Return a config-style dotted key for an error path (``agents.webster.url``)."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def schema_problems(name: str, data: Any, *, style: str = "dotted") -> list[str]:
+    """Validate ``data`` against schema ``name``; return one line per problem, sorted."""
+    problems: list[str] = []
+    for err in validator(name).iter_errors(data):
+        problems.extend(_describe(err, style))
+    return sorted(set(problems))
+
+
+def _describe(err: Any, style: str) -> list[str]:
+    where = pointer(err.absolute_path) if style == "pointer" else dotted(err.absolute_path)
+    prefix = f"`{where}`"
+    kw = err.validator
+    if kw == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = set(err.schema.get("properties", {}))
+        lines = []
+        for key in err.instance:
+            if key in allowed:
+                continue
+            sub = f"{where}.{key}" if style == "dotted" and where != "(top level)" else key
+            if style == "pointer":
+                sub = (where.rstrip("/") + "/" + str(key)) if where != "/" else "/" + str(key)
+            why = _FORBIDDEN_KEYS.get(str(key))
+            if why:
+                lines.append(f"`{sub}` is not allowed: {why}.")
+            else:
+                lines.append(f"`{sub}` is not a known key{did_you_mean(str(key), allowed)}")
+        return lines
+    if kw == "required":
+        missing = [k for k in err.validator_value if k not in (err.instance or {})]
+        return [f"{prefix}: missing required key `{k}`." for k in missing]
+    if kw == "type":
+        expected = err.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return [f"{prefix} must be of type {_article(str(expected))}."]
+    if kw == "enum":
+        allowed = ", ".join(f"`{v}`" for v in err.validator_value)
+        near = did_you_mean(str(err.instance), [str(v) for v in err.validator_value])
+        shown = f"`{err.instance}`" if isinstance(err.instance, str) and len(err.instance) < 40 else "value"
+        return [f"{prefix}: {shown} is not one of {allowed}{near}"]
+    if kw == "const":
+        return [f"{prefix} must be `{err.validator_value}`."]
+    if kw == "pattern":
+        return [f"{prefix} does not match the pattern `{err.validator_value}`."]
+    if kw in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        word = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+        return [f"{prefix} must be {word[kw]} {err.validator_value}."]
+    if kw in ("minItems", "minProperties", "minLength"):
+        return [f"{prefix} must not be empty."]
+    if kw == "format":
+        return [f"{prefix} is not a valid {err.validator_value}."]
+    if kw == "propertyNames":
+        return [f"{prefix} has a key that is not a valid name (lowercase letters, digits, `-`, `_`)."]
+    if kw in ("oneOf", "anyOf"):
+        return [f"{prefix} does not match any allowed form."]
+    return [f"{prefix}: fails `{kw}`."]
+
+
+def _article(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
