@@ -1,0 +1,319 @@
+"""Command-line shells over the engine: ``orchestrate`` (and ``workflow``, ``metrics``).
+
+Thin by design: each command parses options, calls one engine function and renders the
+result. Heavy modules are imported inside commands so ``--help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from engine.errors import EXIT_USAGE, OrchestratorError
+
+CONFIG_HELP = "Config file (default: $ORCHESTRATOR_CONFIG, else ./orchestrator.yaml)."
+
+
+def _fail(exc: OrchestratorError) -> NoReturn:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _run_main(group: click.Group, prog: str) -> None:
+    """Run a click group; user errors become one message and the documented exit code."""
+    try:
+        rv = group.main(prog_name=prog, standalone_mode=False)
+    except OrchestratorError as exc:
+        _fail(exc)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        click.echo("aborted.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted.", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _load(config: str | None) -> Any:
+    from engine.config import load_config
+
+    return load_config(config)
+
+
+def _dump(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+config_option = click.option("--config", "config", type=click.Path(dir_okay=False),
+                             help=CONFIG_HELP)
+
+
+# --------------------------------------------------------------------------- orchestrate
+
+
+class _DelegateByDefault(click.Group):
+    """`orchestrate AGENT TASK ...` runs the `delegate` command; other words are commands."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h",
+                                                                      "--version"):
+            args = ["delegate", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(
+    cls=_DelegateByDefault,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="""\b
+Examples:
+  orchestrate webster "Find CTE of Zerodur" --caller manager --timeout 120
+  orchestrate handoff write --run-id RUN --agent webster --status complete --result "..."
+  orchestrate gateway --config orchestrator.yaml --port 18900
+Exit codes: 0 ok · 1 agent failed/blocked · 2 bad input · 3 waiting approval
+            4 timed out · 5 refused by the ACL or the pool""",
+)
+@click.version_option(package_name="agent-orchestrator", prog_name="orchestrate")
+def orchestrate() -> None:
+    """Delegate a task to an agent and wait for its validated handoff.
+
+    Usage: orchestrate AGENT TASK --caller CALLER [options]
+    (the same as `orchestrate delegate AGENT TASK ...`).
+    """
+
+
+@orchestrate.command("delegate")
+@click.argument("agent")
+@click.argument("task")
+@click.option("--caller", required=True, help="Who delegates (checked against the ACL).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds to wait for the handoff (default: the agent's, else 120).")
+@click.option("--deliver/--no-deliver", default=None,
+              help="Ask the gateway to deliver the agent's reply to its channel (default "
+                   "from config: off).")
+@click.option("--parent-run-id", help="Record as a sub-delegation of this run (from "
+                                      "$ORCH_RUN_ID inside an agent's task).")
+@click.option("--model", help="Model override sent to the gateway.")
+@click.option("--thinking", help="Thinking level sent to the gateway.")
+@click.option("--channel", help="Channel sent to the gateway.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
+@config_option
+def delegate_cmd(
+    agent: str,
+    task: str,
+    caller: str,
+    timeout: float | None,
+    deliver: bool | None,
+    parent_run_id: str | None,
+    model: str | None,
+    thinking: str | None,
+    channel: str | None,
+    as_json: bool,
+    quiet: bool,
+    config: str | None,
+) -> int:
+    """Delegate TASK to AGENT on behalf of --caller and wait for the handoff."""
+    from engine.delegate import DelegationRequest, open_delegator
+    from engine.reporter import ConsoleReporter, Reporter
+
+    cfg = _load(config)
+    req = DelegationRequest(
+        target=agent, task=task, caller=caller, timeout=timeout, deliver=deliver,
+        parent_run_id=parent_run_id, model=model, thinking=thinking, channel=channel,
+    )
+    reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
+    with open_delegator(cfg, reporter=reporter) as delegator:
+        result = delegator.delegate(req)
+    if as_json:
+        _dump(result.record)
+    else:
+        _print_result(result)
+    if result.error is not None and not as_json:
+        click.echo(f"error: {result.error}", err=True)
+    return result.exit_code
+
+
+def _print_result(result: Any) -> None:
+    rec = result.record
+    env = rec.get("envelope", {})
+    outcome = result.outcome.value
+    head = f"{outcome}"
+    if rec.get("confidence"):
+        head += f" (confidence {rec['confidence']})"
+    dur = env.get("duration_ms")
+    took = f", {dur / 1000:.2f} s" if isinstance(dur, int | float) else ""
+    click.echo(f"{head}: {env.get('target')} for {env.get('caller')}, {result.run_id}{took}")
+    if rec.get("result"):
+        click.echo(rec["result"])
+    if rec.get("notes"):
+        click.echo(f"notes: {rec['notes']}")
+    if rec.get("artifacts"):
+        click.echo("artifacts: " + ", ".join(rec["artifacts"]))
+    click.echo(f"record: {result.record_path}")
+    if outcome == "partial":
+        click.echo("warning: the agent finished only part of the task (status partial).",
+                   err=True)
+
+
+@orchestrate.group("handoff")
+def handoff_group() -> None:
+    """Write or show handoff files (agents call `handoff write`)."""
+
+
+@handoff_group.command("write")
+@click.option("--run-id", required=True, help="The run id from the task message.")
+@click.option("--agent", required=True, help="Your agent name.")
+@click.option("--status", required=True,
+              type=click.Choice(["complete", "partial", "blocked", "failed"]))
+@click.option("--result", "result_text", help="The result text ('-' reads stdin).")
+@click.option("--result-file", type=click.Path(exists=True, dir_okay=False),
+              help="Read the result text from this file.")
+@click.option("--confidence", default="medium", show_default=True,
+              type=click.Choice(["high", "medium", "low"]))
+@click.option("--artifact", "artifacts", multiple=True, help="An artifact path (repeatable).")
+@click.option("--notes", help="Free-form notes.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help="Directory to write into (as given in the task message).")
+@click.option("--sub", is_flag=True, help="Write under <handoffs_dir>/sub (sub-delegation).")
+@click.option("--receiver", help="POST to this receiver URL instead of writing a file.")
+@click.option("--token-env", help="With --receiver: env var holding the hooks token.")
+@config_option
+def handoff_write_cmd(
+    run_id: str, agent: str, status: str, result_text: str | None, result_file: str | None,
+    confidence: str, artifacts: tuple[str, ...], notes: str | None, directory: str | None,
+    sub: bool, receiver: str | None, token_env: str | None, config: str | None,
+) -> int:
+    """Write a valid handoff atomically where the engine waits for it."""
+    from pathlib import Path
+
+    from engine.errors import UsageError
+    from engine.files import check_id
+    from engine.handoff import handoff_path, make_handoff, write_handoff
+
+    check_id(run_id, "run id")
+    if result_file:
+        result_text = Path(result_file).read_text(encoding="utf-8")
+    elif result_text == "-":
+        result_text = sys.stdin.read()
+    if result_text is None:
+        raise UsageError("give the result with `--result TEXT`, `--result -` or `--result-file`.")
+    data = make_handoff(run_id=run_id, agent=agent, status=status, result=result_text,
+                        confidence=confidence, artifacts=artifacts, notes=notes)
+    if receiver:
+        return _post_handoff(receiver, token_env, run_id, agent, data)
+    if directory:
+        path = Path(directory) / f"{run_id}.json"
+    else:
+        cfg = _load(config)
+        path = handoff_path(cfg.handoffs_dir, run_id, sub=sub)
+    write_handoff(path, data)
+    click.echo(str(path))
+    return 0
+
+
+def _post_handoff(receiver: str, token_env: str | None, run_id: str, agent: str,
+                  data: dict[str, Any]) -> int:
+    import time
+
+    from engine.errors import UsageError
+    from engine.hooks import HooksClient, Target
+    from engine.registry import read_secret
+
+    if not token_env:
+        raise UsageError("`--receiver` needs `--token-env VAR` (the env var with the token).")
+    token = read_secret(env=token_env, file=None, what="--receiver")
+    base, _, tail = receiver.rstrip("/").rpartition("/handoffs/")
+    if not base or tail != run_id:
+        base = receiver.rstrip("/")
+    target = Target(agent=agent, url=base, token=token,
+                    token_source=f"environment variable `{token_env}`")
+    with HooksClient() as client:
+        client.post_handoff(target, run_id, data, deadline=time.monotonic() + 60)
+    click.echo(f"posted to {base}/handoffs/{run_id}")
+    return 0
+
+
+@orchestrate.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@config_option
+def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
+    """Show the record of a delegation (merging a late handoff first)."""
+    from engine.delegate import DelegationResult, Outcome
+    from engine.errors import RunStateError
+    from engine.files import check_id
+    from engine.record import read_json, reconcile
+
+    cfg = _load(config)
+    check_id(run_id, "run id")
+    for records in (cfg.handoffs_dir, cfg.handoffs_dir / "sub"):
+        reconcile(records)
+        path = records / f"{run_id}.json"
+        rec = read_json(path)
+        if isinstance(rec, dict):
+            break
+    else:
+        raise RunStateError(f"no record for `{run_id}` in `{cfg.handoffs_dir}`.")
+    if as_json:
+        _dump(rec)
+        return 0
+    env = rec.get("envelope") or {}
+    outcome = env.get("outcome") or rec.get("status") or "unknown"
+    try:
+        oc = Outcome(outcome)
+    except ValueError:
+        oc = Outcome.ERRORED
+    _print_result(DelegationResult(run_id, oc, path, rec))
+    if env.get("late"):
+        click.echo("note: this handoff arrived after the delegation had given up (late).")
+    if env.get("error") and outcome in ("timeout", "invalid", "errored"):
+        click.echo(f"error: {env['error']}")
+    return 0
+
+
+@orchestrate.command("gateway")
+@click.option("--host", help="Address to bind (default: gateway.host, else 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: gateway.port).")
+@config_option
+def gateway_cmd(host: str | None, port: int | None, config: str | None) -> int:
+    """Serve the local gateway (OpenClaw hooks API + handoff receiver) until Ctrl-C."""
+    from engine.errors import ConfigError
+    from engine.gateway.server import LocalGateway
+    from engine.registry import read_secret
+
+    cfg = _load(config)
+    gw = cfg.gateway
+    if gw is None or not gw.agents:
+        raise ConfigError(f"`{cfg.label}` has no `gateway.agents`: nothing to serve.")
+    if not (gw.token_env or gw.token_file):
+        raise ConfigError(
+            f"`{cfg.label}`: a standalone gateway needs `gateway.token_env` or "
+            "`gateway.token_file` so that callers can authenticate."
+        )
+    token = read_secret(env=gw.token_env, file=gw.token_file, what="the local gateway")
+    server = LocalGateway(cfg, token=token, host=host, port=port).start()
+    click.echo(f"local gateway on {server.url} serving: {', '.join(gw.agents)} "
+               "(Ctrl-C to stop)", err=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.stop()
+    return 0
+
+
+def orchestrate_main() -> None:
+    """Entry point of the `orchestrate` console script."""
+    _run_main(orchestrate, "orchestrate")
+
+
+def _lazy(fn: Callable[[], None]) -> Callable[[], None]:
+    return fn

@@ -1,0 +1,566 @@
+"""One synchronous delegation: ACL -> pool -> hooks POST -> wait -> validate -> record.
+
+``Delegator`` holds what a process shares across delegations (one keep-alive HTTP
+client, one watcher per directory, the embedded gateway, the token pool) and is
+thread-safe: a workflow runs many ``delegate`` calls at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from engine.acl import Acl, check_chain
+from engine.config import AgentConfig, Config
+from engine.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    OrchestratorError,
+    RunStateError,
+    UsageError,
+)
+from engine.files import check_id, new_run_id, utcnow_iso
+from engine.handoff import SUB_DIR, HandoffProblem, handoff_path, load_handoff
+from engine.hooks import HooksClient, Target
+from engine.record import (
+    drop_pending,
+    keep_rejected,
+    pending_path,
+    read_json,
+    write_pending,
+    write_record,
+)
+from engine.record import finalize as finalize_record
+from engine.registry import Registry, read_secret
+from engine.reporter import Reporter
+
+
+class Outcome(enum.Enum):
+    """How a delegation ended."""
+
+    COMPLETE = "complete"  # the agent did the task
+    PARTIAL = "partial"  # the agent did part of it (exit 0, with a warning)
+    BLOCKED = "blocked"  # the agent could not proceed without something
+    FAILED = "failed"  # the agent said it failed
+    TIMEOUT = "timeout"  # no acceptable handoff before the deadline
+    INVALID = "invalid"  # a handoff arrived but was refused (malformed or spoofed)
+    ERRORED = "errored"  # the machinery broke: refused or unreachable gateway, pool refusal
+
+    @property
+    def ok(self) -> bool:
+        """True for outcomes whose result can be used downstream."""
+        return self in (Outcome.COMPLETE, Outcome.PARTIAL)
+
+
+_EXIT = {
+    Outcome.COMPLETE: EXIT_OK,
+    Outcome.PARTIAL: EXIT_OK,
+    Outcome.BLOCKED: EXIT_FAILED,
+    Outcome.FAILED: EXIT_FAILED,
+    Outcome.TIMEOUT: EXIT_TIMEOUT,
+    Outcome.INVALID: EXIT_USAGE,
+}
+
+
+@dataclass(frozen=True)
+class DelegationRequest:
+    """What to delegate, to whom, on whose behalf.
+
+    Example: ``DelegationRequest(target="webster", task="Find CTE of Zerodur", caller="manager")``
+    """
+
+    target: str
+    task: str
+    caller: str
+    timeout: float | None = None
+    deliver: bool | None = None
+    parent_run_id: str | None = None
+    run_id: str | None = None
+    model: str | None = None
+    thinking: str | None = None
+    channel: str | None = None
+    context: str | None = None
+    name: str | None = None
+    labels: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DelegationResult:
+    """The value a delegation ends with; a failed delegation is a result, not an exception."""
+
+    run_id: str
+    outcome: Outcome
+    record_path: Path
+    record: dict[str, Any]
+    error: OrchestratorError | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI exit code for this outcome (DESIGN.md's table)."""
+        if self.outcome is Outcome.ERRORED:
+            return self.error.exit_code if self.error else EXIT_USAGE
+        return _EXIT[self.outcome]
+
+    @property
+    def handoff(self) -> dict[str, Any] | None:
+        """The agent's handoff (without the envelope), if one was accepted."""
+        if not self.outcome.ok and self.outcome not in (Outcome.BLOCKED, Outcome.FAILED):
+            return None
+        return {k: v for k, v in self.record.items() if k != "envelope"}
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        """The engine's envelope: caller, target, timings, attempts."""
+        env: dict[str, Any] = self.record.get("envelope", {})
+        return env
+
+
+class Delegator:
+    """Runs delegations for one config; use ``open_delegator`` to get one with its gateway."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        client: HooksClient | None = None,
+        reporter: Reporter | None = None,
+        pool: Any = None,
+        local_url: str | None = None,
+        local_token: str | None = None,
+        watcher_backend: str = "auto",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.registry = Registry.from_config(cfg)
+        self.acl = Acl(cfg.acl, self.registry.names)
+        self.reporter = reporter or Reporter()
+        self._own_client = client is None
+        self.client = client or HooksClient(cfg.retry, on_retry=self._on_retry)
+        self.pool = pool
+        self.local_url = local_url
+        self._local_token = local_token
+        self.watcher_backend = watcher_backend
+        self._clock = clock
+        self._tokens: dict[str, tuple[str, str]] = {}
+        self._host = socket.gethostname()
+
+    def close(self) -> None:
+        """Release the HTTP client if this delegator created it."""
+        if self._own_client:
+            self.client.close()
+
+    def _on_retry(self, agent: str, attempt: int, delay: float, reason: str) -> None:
+        self.reporter.delegation_retry(agent, attempt, delay, reason)
+        if self.pool is not None and ("429" in reason or "503" in reason):
+            self.pool.note_overload()
+
+    # -- resolution -------------------------------------------------------------------
+
+    def target_for(self, agent: AgentConfig) -> Target:
+        """Resolve where and with which token to dispatch to ``agent`` (cached)."""
+        cached = self._tokens.get(agent.name)
+        if agent.is_local:
+            if self.local_url is None:
+                raise UsageError(
+                    f"`{agent.name}` runs on the local gateway, but none is running: set "
+                    "`gateway: {embedded: true}` in the config, or start `orchestrate "
+                    "gateway` and set `gateway.port`."
+                )
+            url = self.local_url
+        else:
+            url = agent.url
+        if cached is None:
+            if agent.token_env or agent.token_file:
+                source = (
+                    f"environment variable `{agent.token_env}`"
+                    if agent.token_env
+                    else f"token file `{agent.token_file}`"
+                )
+                token = read_secret(
+                    env=agent.token_env, file=agent.token_file, what=f"agent `{agent.name}`"
+                )
+            elif agent.is_local:
+                token, source = self._local_gateway_token()
+            else:  # the config schema requires one of them for remote agents
+                raise UsageError(f"agent `{agent.name}` has no token source.")
+            cached = self._tokens[agent.name] = (token, source)
+        return Target(agent=agent.name, url=url, token=cached[0], token_source=cached[1])
+
+    def _local_gateway_token(self) -> tuple[str, str]:
+        if self._local_token is not None:
+            return self._local_token, "the embedded gateway"
+        gw = self.cfg.gateway
+        assert gw is not None
+        src = f"`{gw.token_env}`" if gw.token_env else f"`{gw.token_file}`"
+        token = read_secret(env=gw.token_env, file=gw.token_file, what="the local gateway")
+        return token, f"the local gateway's token ({src})"
+
+    def records_dir(self, *, sub: bool) -> Path:
+        """Where records of top-level (or sub-) delegations go."""
+        return self.cfg.handoffs_dir / SUB_DIR if sub else self.cfg.handoffs_dir
+
+    def _chain_for(self, req: DelegationRequest) -> list[str]:
+        if req.parent_run_id is None:
+            return [req.caller]
+        parent = check_id(req.parent_run_id, "parent run id")
+        record: Any = None
+        for sub in (False, True):
+            d = self.records_dir(sub=sub)
+            record = read_json(d / f"{parent}.json")
+            env = record.get("envelope") if isinstance(record, dict) else None
+            if env is None:
+                env = read_json(pending_path(d, parent))
+            if isinstance(env, dict):
+                break
+        else:
+            raise RunStateError(
+                f"parent run `{parent}` is not known in `{self.cfg.handoffs_dir}` (no record "
+                "and nothing pending): pass the ORCH_RUN_ID of the task you are working on."
+            )
+        if env.get("target") != req.caller:
+            raise UsageError(
+                f"`--caller {req.caller}` does not match parent run `{parent}`, which was "
+                f"delegated to `{env.get('target')}`: a sub-delegation is made by the agent "
+                "doing the parent run."
+            )
+        chain = [str(c) for c in env.get("chain", [env.get("caller")])]
+        return [*chain, req.caller]
+
+    # -- the delegation ---------------------------------------------------------------
+
+    def check(self, req: DelegationRequest) -> list[str]:
+        """Every pre-dispatch check (registry, ids, ACL, chain); return the chain or raise."""
+        self.registry.get(req.caller, role="caller")
+        self.registry.get(req.target)
+        if req.run_id is not None:
+            check_id(req.run_id, "run id")
+        chain = self._chain_for(req)
+        if req.parent_run_id is not None:
+            check_chain(chain, req.target, max_depth=self.cfg.max_depth)
+        self.acl.check(req.caller, req.target)
+        return chain
+
+    def delegate(self, req: DelegationRequest) -> DelegationResult:
+        """Run one delegation to the end; raise only for errors found before dispatch."""
+        chain = self.check(req)
+        agent = self.registry.get(req.target)
+        target = self.target_for(agent)
+        sub = req.parent_run_id is not None
+        records = self.records_dir(sub=sub)
+        run_id = req.run_id or new_run_id()
+        drop = handoff_path(self.cfg.handoffs_dir, run_id, sub=sub)
+        timeout = float(req.timeout or agent.timeout or self.cfg.default_timeout)
+        start = self._clock()
+        deadline = start + timeout
+        envelope: dict[str, Any] = {
+            "caller": req.caller,
+            "target": req.target,
+            "task": req.task,
+            "parent_run_id": req.parent_run_id,
+            "chain": chain,
+            "depth": len(chain) - 1,
+            "created_at": utcnow_iso(),
+            "timeout_s": timeout,
+            "deadline_at": _iso_in(timeout),
+            "outcome": "dispatched",
+            "attempts": 0,
+            "gateway_url": target.url,
+            "gateway_run_id": None,
+            "pid": os.getpid(),
+            "host": self._host,
+            **({"labels": req.labels} if req.labels else {}),
+        }
+        write_pending(records, run_id, envelope)
+        lease = None
+        if self.pool is not None:
+            lease = self._acquire(run_id, agent, envelope, records, deadline)
+            if isinstance(lease, DelegationResult):
+                return lease
+        try:
+            return self._dispatch_and_wait(
+                req, agent, target, run_id, records, drop, envelope, deadline
+            )
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def _acquire(
+        self,
+        run_id: str,
+        agent: AgentConfig,
+        envelope: dict[str, Any],
+        records: Path,
+        deadline: float,
+    ) -> Any:
+        t0 = self._clock()
+        try:
+            lease = self.pool.acquire(
+                run_id=run_id,
+                agent=agent.name,
+                timeout=max(0.0, deadline - t0),
+                max_concurrent=agent.max_concurrent,
+            )
+        except OrchestratorError as exc:
+            envelope["token_wait_ms"] = round((self._clock() - t0) * 1000, 3)
+            return self._errored(run_id, records, envelope, exc, keep_pending=False)
+        envelope["token_wait_ms"] = round(getattr(lease, "waited_s", 0.0) * 1000, 3)
+        return lease
+
+    def _dispatch_and_wait(
+        self,
+        req: DelegationRequest,
+        agent: AgentConfig,
+        target: Target,
+        run_id: str,
+        records: Path,
+        drop: Path,
+        envelope: dict[str, Any],
+        deadline: float,
+    ) -> DelegationResult:
+        from engine.message import render_message
+        from engine.watch import watcher_for
+
+        message = render_message(
+            task=req.task,
+            run_id=run_id,
+            agent=req.target,
+            caller=req.caller,
+            handoff_path=drop,
+            receiver_url=_receiver(self.cfg, self.local_url, agent, run_id),
+            timeout=envelope["timeout_s"],
+            parent_run_id=req.parent_run_id,
+            context=req.context,
+            template=self.cfg.message_template,
+        )
+        body: dict[str, Any] = {
+            "message": message,
+            "name": req.name or f"orchestrate {req.caller}->{req.target}",
+            "deliver": req.deliver if req.deliver is not None else (
+                agent.deliver if agent.deliver is not None else self.cfg.deliver
+            ),
+            "timeoutSeconds": max(1, int(envelope["timeout_s"])),
+        }
+        agent_id = agent.agent_id or (agent.name if agent.is_local else None)
+        if agent_id:
+            body["agentId"] = agent_id
+        if agent.send_session_key:
+            body["sessionKey"] = f"hook:orchestrate:{run_id}"
+        for key, value in (
+            ("channel", req.channel or agent.channel),
+            ("model", req.model),
+            ("thinking", req.thinking or agent.thinking),
+        ):
+            if value:
+                body[key] = value
+
+        waiter = watcher_for(drop.parent, backend=self.watcher_backend).expect(drop.name)
+        try:
+            envelope["dispatched_at"] = utcnow_iso()
+            try:
+                sent = self.client.post_agent(
+                    target, body, idempotency_key=run_id, deadline=deadline
+                )
+            except OrchestratorError as exc:
+                # A 4xx means the agent never got the task; a transport failure may have.
+                keep = exc.status_code is None or exc.status_code >= 500
+                return self._errored(run_id, records, envelope, exc, keep_pending=keep)
+            envelope["attempts"] = sent.attempts
+            envelope["gateway_run_id"] = sent.gateway_run_id
+            if self.pool is not None and sent.overloaded:
+                self.pool.note_overload()
+            write_pending(records, run_id, envelope)
+            self.reporter.delegation_dispatched(run_id, req.caller, req.target, sent.attempts)
+            return self._wait(waiter, run_id, req.target, records, drop, envelope, deadline)
+        finally:
+            waiter.close()
+
+    def _wait(
+        self,
+        waiter: Any,
+        run_id: str,
+        agent: str,
+        records: Path,
+        drop: Path,
+        envelope: dict[str, Any],
+        deadline: float,
+    ) -> DelegationResult:
+        grace = self.cfg.handoff_grace
+        problem: HandoffProblem | None = None
+        give_up = deadline
+        fired = drop.exists()  # it may have arrived before the watch was set
+        while True:
+            if fired:
+                try:
+                    handoff = load_handoff(drop, run_id=run_id, agent=agent)
+                except HandoffProblem as exc:
+                    if exc.kind == "mismatch":
+                        return self._refused(run_id, records, drop, envelope, exc)
+                    if exc.kind == "parse" and not drop.exists():
+                        problem = None
+                    else:
+                        # Perhaps caught half-written: give the writer a moment to finish.
+                        problem = exc
+                        give_up = min(deadline, self._clock() + grace)
+                else:
+                    path = finalize_record(records, run_id, envelope, handoff)
+                    outcome = Outcome(handoff["status"])
+                    result = self._result(run_id, outcome, path)
+                    self.reporter.delegation_finished(run_id, agent, outcome.value, str(path))
+                    return result
+            remaining = (give_up if problem else deadline) - self._clock()
+            if remaining <= 0:
+                if problem is not None:
+                    return self._refused(run_id, records, drop, envelope, problem)
+                return self._timed_out(run_id, agent, records, envelope)
+            fired = waiter.wait(remaining)
+
+    # -- endings ----------------------------------------------------------------------
+
+    def _result(self, run_id: str, outcome: Outcome, path: Path,
+                error: OrchestratorError | None = None) -> DelegationResult:
+        record = read_json(path) or {}
+        return DelegationResult(run_id, outcome, path, record, error)
+
+    def _timed_out(
+        self, run_id: str, agent: str, records: Path, envelope: dict[str, Any]
+    ) -> DelegationResult:
+        env = dict(envelope, outcome="timeout", ended_at=utcnow_iso())
+        env["error"] = (
+            f"no handoff from `{agent}` within {envelope['timeout_s']:g} s; a handoff that "
+            f"arrives later is still recorded (marked late) in {records}"
+        )
+        write_pending(records, run_id, env)
+        path = write_record(records, run_id, env, agent=agent)
+        self.reporter.delegation_finished(run_id, agent, "timeout", str(path))
+        from engine.errors import DelegationTimeoutError
+
+        return self._result(run_id, Outcome.TIMEOUT, path, DelegationTimeoutError(env["error"]))
+
+    def _refused(
+        self,
+        run_id: str,
+        records: Path,
+        drop: Path,
+        envelope: dict[str, Any],
+        problem: HandoffProblem,
+    ) -> DelegationResult:
+        kept = keep_rejected(records, drop)
+        env = dict(envelope, outcome="invalid", ended_at=utcnow_iso())
+        env["error"] = str(problem)
+        env["rejected_file"] = str(kept) if kept else None
+        write_pending(records, run_id, env)
+        path = write_record(records, run_id, env, agent=envelope["target"])
+        self.reporter.delegation_finished(run_id, envelope["target"], "invalid", str(path))
+        note = f"\nThe refused file was kept as `{kept}`." if kept else ""
+        err = HandoffProblem(
+            problem.message + ("\n" + "\n".join(f"  - {p}" for p in problem.problems)
+                               if problem.problems else "") + note,
+            kind=problem.kind,
+            path=drop,
+        )
+        return self._result(run_id, Outcome.INVALID, path, err)
+
+    def _errored(
+        self,
+        run_id: str,
+        records: Path,
+        envelope: dict[str, Any],
+        exc: OrchestratorError,
+        *,
+        keep_pending: bool,
+    ) -> DelegationResult:
+        env = dict(envelope, outcome="errored", ended_at=utcnow_iso(), error=exc.message)
+        if exc.status_code is not None:
+            env["status_code"] = exc.status_code
+        path = write_record(records, run_id, env, agent=envelope["target"])
+        if keep_pending:
+            write_pending(records, run_id, env)
+        else:
+            drop_pending(records, run_id)
+        self.reporter.delegation_finished(run_id, envelope["target"], "errored", str(path))
+        return self._result(run_id, Outcome.ERRORED, path, exc)
+
+
+def _iso_in(seconds: float) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    when = datetime.now(UTC) + timedelta(seconds=seconds)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _receiver(cfg: Config, local_url: str | None, agent: AgentConfig, run_id: str) -> str | None:
+    base = cfg.receiver_url or (local_url if agent.is_local else None)
+    return f"{base.rstrip('/')}/handoffs/{run_id}" if base else None
+
+
+@contextmanager
+def open_delegator(
+    cfg: Config,
+    *,
+    reporter: Reporter | None = None,
+    pool: Any = "auto",
+    watcher_backend: str = "auto",
+) -> Iterator[Delegator]:
+    """A Delegator with what it needs running: the embedded gateway (if configured)
+    and the token pool (if enabled)."""
+    gateway = None
+    local_url = None
+    local_token = None
+    gw = cfg.gateway
+    needs_local = any(a.is_local for a in cfg.agents.values())
+    if gw is not None and needs_local:
+        if gw.embedded:
+            from engine.gateway.server import LocalGateway
+
+            local_token = _embedded_token(cfg)
+            gateway = LocalGateway(cfg, token=local_token, port=gw.port).start()
+            local_url = gateway.url
+        else:
+            local_url = f"http://{gw.host}:{gw.port}"
+    if pool == "auto":
+        pool = _pool_for(cfg)
+    delegator = Delegator(
+        cfg,
+        reporter=reporter,
+        pool=pool,
+        local_url=local_url,
+        local_token=local_token,
+        watcher_backend=watcher_backend,
+    )
+    try:
+        yield delegator
+    finally:
+        delegator.close()
+        if gateway is not None:
+            gateway.stop()
+
+
+def _embedded_token(cfg: Config) -> str:
+    gw = cfg.gateway
+    if gw is not None and (gw.token_env and os.environ.get(gw.token_env) or gw.token_file):
+        return read_secret(env=gw.token_env, file=gw.token_file, what="the embedded gateway")
+    return secrets.token_urlsafe(24)
+
+
+def _pool_for(cfg: Config) -> Any:
+    try:
+        from engine.pool import PoolSettings, TokenPool
+    except ImportError:  # pragma: no cover - the pool module ships with the package
+        return None
+    settings = PoolSettings.from_config(cfg)
+    return TokenPool(settings) if settings.enabled else None
+
+
+def with_defaults(req: DelegationRequest, **changes: Any) -> DelegationRequest:
+    """A copy of ``req`` with ``changes`` applied (dataclasses.replace, re-exported)."""
+    return replace(req, **changes)

@@ -1,0 +1,270 @@
+"""The OpenClaw hooks API client: ``POST {url}/hooks/agent`` with retries and backoff.
+
+One keep-alive ``httpx.Client`` per process (creating one per request costs 40-60x a
+keep-alive POST). Transient failures (connection errors, timeouts, 429, 5xx) are retried
+with exponential backoff plus jitter, never past the delegation's deadline; 400, 401,
+403 and 404 fail at once with a message that says what to fix. The token is sent in a
+header and never appears in any message this module produces.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from engine.config import RetryPolicy
+from engine.errors import HookError, HookUnreachableError
+
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how to dispatch: the gateway URL, token, and how to describe the token."""
+
+    agent: str
+    url: str
+    token: str = field(repr=False)
+    token_source: str  # e.g. "environment variable `ATOMIZER_HOOKS_TOKEN`"; never the value
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    """What the gateway answered to an accepted dispatch."""
+
+    status_code: int
+    gateway_run_id: str | None
+    attempts: int
+    elapsed_s: float
+    overloaded: int  # how many 429/503 answers were seen on the way
+
+
+class HooksClient:
+    """Sends tasks to gateways; thread-safe, one instance per process is enough."""
+
+    def __init__(
+        self,
+        retry: RetryPolicy = RetryPolicy(),
+        *,
+        transport: Any = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+        on_retry: Callable[[str, int, float, str], None] | None = None,
+    ) -> None:
+        import httpx
+
+        self.retry = retry
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng
+        self.on_retry = on_retry
+        limits = httpx.Limits(max_keepalive_connections=64, max_connections=128)
+        self._client = httpx.Client(transport=transport, limits=limits, trust_env=False)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def __enter__(self) -> HooksClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def post_agent(
+        self,
+        target: Target,
+        body: dict[str, Any],
+        *,
+        idempotency_key: str,
+        deadline: float,
+    ) -> DispatchResult:
+        """POST the task; retry transient failures until ``deadline`` (a ``clock()`` value)."""
+        return self._post(
+            target,
+            target.url + "/hooks/agent",
+            body,
+            headers={"Idempotency-Key": idempotency_key},
+            deadline=deadline,
+        )
+
+    def post_handoff(
+        self, target: Target, run_id: str, handoff: dict[str, Any], *, deadline: float
+    ) -> DispatchResult:
+        """POST a handoff to a gateway's receiver (`/handoffs/{runId}`)."""
+        return self._post(target, f"{target.url}/handoffs/{run_id}", handoff, {}, deadline)
+
+    def _post(
+        self,
+        target: Target,
+        url: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        deadline: float,
+    ) -> DispatchResult:
+        import httpx
+
+        payload = json.dumps(body).encode()
+        hdrs = {
+            "Authorization": f"Bearer {target.token}",
+            "Content-Type": "application/json",
+            **headers,
+        }
+        start = self._clock()
+        attempt = 0
+        overloaded = 0
+        while True:
+            attempt += 1
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise HookUnreachableError(
+                    f"could not dispatch to `{target.agent}` at {url} before the deadline "
+                    f"({attempt - 1} attempt(s)). Is the gateway running? Check "
+                    f"`agents.{target.agent}.url`, or raise `--timeout`.",
+                    agent=target.agent,
+                )
+            timeout = min(self.retry.request_timeout, remaining)
+            retry_after: float | None = None
+            try:
+                resp = self._client.post(url, content=payload, headers=hdrs, timeout=timeout)
+            except httpx.TimeoutException:
+                reason = f"no answer within {timeout:.1f} s"
+            except httpx.TransportError as exc:
+                reason = _transport_reason(exc)
+            else:
+                code = resp.status_code
+                if code in (200, 201, 202):
+                    return DispatchResult(
+                        code, _gateway_run_id(resp), attempt, self._clock() - start, overloaded
+                    )
+                if code not in RETRYABLE_STATUS:
+                    raise _refusal(target, url, resp)
+                if code in (429, 503):
+                    overloaded += 1
+                retry_after = _retry_after(resp)
+                reason = f"HTTP {code}"
+            delays = self.retry.delays
+            if attempt > len(delays):
+                raise HookUnreachableError(
+                    f"gave up dispatching to `{target.agent}` at {url} after {attempt} "
+                    f"attempts (last: {reason}). Check that the gateway is running and "
+                    f"healthy, or raise `retry.delays` in the config.",
+                    agent=target.agent,
+                )
+            delay = delays[attempt - 1] * (1 + self.retry.jitter * self._rng())
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            if self._clock() + delay >= deadline:
+                raise HookUnreachableError(
+                    f"could not dispatch to `{target.agent}` at {url} before the deadline "
+                    f"(last: {reason} after {attempt} attempt(s); the next retry would "
+                    f"come in {delay:.1f} s). Is the gateway running? Raise `--timeout` "
+                    "to wait longer.",
+                    agent=target.agent,
+                )
+            if self.on_retry is not None:
+                self.on_retry(target.agent, attempt, delay, reason)
+            self._sleep(delay)
+
+
+def _transport_reason(exc: Exception) -> str:
+    name = type(exc).__name__
+    text = str(exc) or name
+    if "refused" in text.lower():
+        return "connection refused"
+    return f"{name}: {text}"[:200]
+
+
+def _gateway_run_id(resp: Any) -> str | None:
+    try:
+        data = resp.json()
+    except ValueError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("runId"), str):
+        return str(data["runId"])
+    return None
+
+
+def _retry_after(resp: Any) -> float | None:
+    value = resp.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_text(resp: Any) -> str:
+    try:
+        data = resp.json()
+        if isinstance(data, dict) and data.get("error"):
+            return str(data["error"])[:300]
+    except ValueError:
+        pass
+    return (resp.text or "").strip()[:300]
+
+
+def _refusal(target: Target, url: str, resp: Any) -> HookError:
+    code = resp.status_code
+    err = _error_text(resp)
+    agent = target.agent
+    if code == 401:
+        msg = (
+            f"the gateway at {url} rejected the hooks token for `{agent}` (401 Unauthorized): "
+            f"the token from {target.token_source} does not match that gateway's "
+            "`hooks.token`. Set it to the right value and run again."
+        )
+    elif code == 403:
+        msg = (
+            f"the gateway at {url} refused `{agent}` (403 Forbidden: {err or 'no reason'}). "
+            f"Check the token from {target.token_source} and the gateway's hooks settings."
+        )
+    elif code == 404:
+        if "agentid" in err.lower():
+            msg = (
+                f"the gateway at {url} does not know the agent (404: {err}). Set "
+                f"`agents.{agent}.agent_id` to an agent that gateway hosts."
+            )
+        else:
+            msg = (
+                f"no hooks endpoint at {url} (404). Check `agents.{agent}.url` and that the "
+                "gateway has `hooks.enabled: true` with `hooks.path: /hooks`."
+            )
+    elif code == 400:
+        low = err.lower()
+        if "allowedagentids" in low:
+            hint = (
+                f"add the agent id to `hooks.allowedAgentIds` in that gateway's config, or fix "
+                f"`agents.{agent}.agent_id`"
+            )
+        elif "unknown agentid" in low:
+            hint = f"set `agents.{agent}.agent_id` to an agent that gateway hosts"
+        elif "agentid is required" in low:
+            hint = f"that gateway hosts several agents: set `agents.{agent}.agent_id`"
+        elif "sessionkey" in low:
+            hint = (
+                "enable `hooks.allowRequestSessionKey` on that gateway, or set "
+                f"`agents.{agent}.send_session_key: false`"
+            )
+        elif "channel" in low:
+            hint = f"check `agents.{agent}.channel` (or drop `--channel`)"
+        else:
+            hint = "check the request options for this agent"
+        msg = f"the gateway at {url} refused the task for `{agent}` (400: {err}): {hint}."
+    else:
+        msg = f"the gateway at {url} answered HTTP {code} for `{agent}`: {err or 'no body'}."
+    return HookError(msg, agent=agent, status_code=code)
