@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -23,24 +22,28 @@ def _fail(exc: OrchestratorError) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
-def _run_main(group: click.Group, prog: str) -> None:
-    """Run a click group; user errors become one message and the documented exit code."""
-    try:
-        rv = group.main(prog_name=prog, standalone_mode=False)
-    except OrchestratorError as exc:
-        _fail(exc)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE)
-    except click.Abort:
-        click.echo("aborted.", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("interrupted.", err=True)
-        sys.exit(130)
-    sys.exit(rv if isinstance(rv, int) else 0)
+class EngineGroup(click.Group):
+    """A click group whose user errors become one message and the documented exit code."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except OrchestratorError as exc:
+            _fail(exc)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            click.echo("aborted.", err=True)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            click.echo("interrupted.", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _load(config: str | None) -> Any:
@@ -60,7 +63,7 @@ config_option = click.option("--config", "config", type=click.Path(dir_okay=Fals
 # --------------------------------------------------------------------------- orchestrate
 
 
-class _DelegateByDefault(click.Group):
+class _DelegateByDefault(EngineGroup):
     """`orchestrate AGENT TASK ...` runs the `delegate` command; other words are commands."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -312,8 +315,4 @@ def gateway_cmd(host: str | None, port: int | None, config: str | None) -> int:
 
 def orchestrate_main() -> None:
     """Entry point of the `orchestrate` console script."""
-    _run_main(orchestrate, "orchestrate")
-
-
-def _lazy(fn: Callable[[], None]) -> Callable[[], None]:
-    return fn
+    orchestrate.main(prog_name="orchestrate")
