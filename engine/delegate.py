@@ -11,6 +11,7 @@ import enum
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,6 +56,7 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"  # no acceptable handoff before the deadline
     INVALID = "invalid"  # a handoff arrived but was refused (malformed or spoofed)
     ERRORED = "errored"  # the machinery broke: refused or unreachable gateway, pool refusal
+    CANCELLED = "cancelled"  # the caller stopped waiting (workflow cancelled)
 
     @property
     def ok(self) -> bool:
@@ -69,6 +71,7 @@ _EXIT = {
     Outcome.FAILED: EXIT_FAILED,
     Outcome.TIMEOUT: EXIT_TIMEOUT,
     Outcome.INVALID: EXIT_USAGE,
+    Outcome.CANCELLED: EXIT_FAILED,
 }
 
 
@@ -250,8 +253,20 @@ class Delegator:
         self.acl.check(req.caller, req.target)
         return chain
 
-    def delegate(self, req: DelegationRequest) -> DelegationResult:
-        """Run one delegation to the end; raise only for errors found before dispatch."""
+    def delegate(
+        self,
+        req: DelegationRequest,
+        *,
+        reattach: bool = False,
+        cancel: threading.Event | None = None,
+    ) -> DelegationResult:
+        """Run one delegation to the end; raise only for errors found before dispatch.
+
+        With ``reattach`` (resuming a workflow) and a ``req.run_id`` that was dispatched
+        before, nothing is sent again: a final record is returned as it is, a handoff that
+        arrived meanwhile is taken, and an accepted dispatch is waited for anew.
+        ``cancel`` stops the wait early (outcome ``cancelled``).
+        """
         chain = self.check(req)
         agent = self.registry.get(req.target)
         target = self.target_for(agent)
@@ -262,6 +277,10 @@ class Delegator:
         timeout = float(req.timeout or agent.timeout or self.cfg.default_timeout)
         start = self._clock()
         deadline = start + timeout
+        if reattach and req.run_id is not None:
+            earlier = self._reattach(req, run_id, records, drop, deadline, cancel)
+            if earlier is not None:
+                return earlier
         envelope: dict[str, Any] = {
             "caller": req.caller,
             "target": req.target,
@@ -288,9 +307,47 @@ class Delegator:
                 return lease
         try:
             return self._dispatch_and_wait(
-                req, agent, target, run_id, records, drop, envelope, deadline
+                req, agent, target, run_id, records, drop, envelope, deadline, cancel
             )
         finally:
+            if lease is not None:
+                lease.release()
+
+    def _reattach(
+        self,
+        req: DelegationRequest,
+        run_id: str,
+        records: Path,
+        drop: Path,
+        deadline: float,
+        cancel: threading.Event | None,
+    ) -> DelegationResult | None:
+        """Pick up a delegation dispatched by an earlier process; None = dispatch it now."""
+        from engine.watch import watcher_for
+
+        existing = read_json(drop)
+        envelope = read_json(pending_path(records, run_id))
+        if isinstance(existing, dict) and isinstance(existing.get("envelope"), dict):
+            outcome = existing["envelope"].get("outcome")
+            if outcome in {o.value for o in Outcome} and outcome not in ("timeout", "cancelled"):
+                return DelegationResult(run_id, Outcome(outcome), drop, existing)
+        if not isinstance(envelope, dict) or not envelope.get("dispatched_at"):
+            return None  # never accepted by a gateway: dispatch (same Idempotency-Key)
+        envelope = dict(envelope, outcome="dispatched", reattached_at=utcnow_iso())
+        envelope.pop("error", None)
+        envelope["deadline_at"] = _iso_in(max(0.0, deadline - self._clock()))
+        lease = None
+        if self.pool is not None:
+            lease = self._acquire(run_id, self.registry.get(req.target), envelope, records,
+                                  deadline)
+            if isinstance(lease, DelegationResult):
+                return lease
+        waiter = watcher_for(drop.parent, backend=self.watcher_backend).expect(drop.name)
+        try:
+            return self._wait(waiter, run_id, req.target, records, drop, envelope, deadline,
+                              cancel)
+        finally:
+            waiter.close()
             if lease is not None:
                 lease.release()
 
@@ -326,6 +383,7 @@ class Delegator:
         drop: Path,
         envelope: dict[str, Any],
         deadline: float,
+        cancel: threading.Event | None,
     ) -> DelegationResult:
         from engine.message import render_message
         from engine.watch import watcher_for
@@ -380,7 +438,8 @@ class Delegator:
                 self.pool.note_overload()
             write_pending(records, run_id, envelope)
             self.reporter.delegation_dispatched(run_id, req.caller, req.target, sent.attempts)
-            return self._wait(waiter, run_id, req.target, records, drop, envelope, deadline)
+            return self._wait(waiter, run_id, req.target, records, drop, envelope, deadline,
+                              cancel)
         finally:
             waiter.close()
 
@@ -393,6 +452,7 @@ class Delegator:
         drop: Path,
         envelope: dict[str, Any],
         deadline: float,
+        cancel: threading.Event | None = None,
     ) -> DelegationResult:
         grace = self.cfg.handoff_grace
         problem: HandoffProblem | None = None
@@ -422,6 +482,10 @@ class Delegator:
                 if problem is not None:
                     return self._refused(run_id, records, drop, envelope, problem)
                 return self._timed_out(run_id, agent, records, envelope)
+            if cancel is not None:
+                if cancel.is_set():
+                    return self._cancelled(run_id, agent, records, envelope)
+                remaining = min(remaining, 0.2)
             fired = waiter.wait(remaining)
 
     # -- endings ----------------------------------------------------------------------
@@ -445,6 +509,16 @@ class Delegator:
         from engine.errors import DelegationTimeoutError
 
         return self._result(run_id, Outcome.TIMEOUT, path, DelegationTimeoutError(env["error"]))
+
+    def _cancelled(
+        self, run_id: str, agent: str, records: Path, envelope: dict[str, Any]
+    ) -> DelegationResult:
+        env = dict(envelope, outcome="cancelled", ended_at=utcnow_iso(),
+                   error="cancelled while waiting; a later handoff is still recorded (late)")
+        write_pending(records, run_id, env)
+        path = write_record(records, run_id, env, agent=agent)
+        self.reporter.delegation_finished(run_id, agent, "cancelled", str(path))
+        return self._result(run_id, Outcome.CANCELLED, path)
 
     def _refused(
         self,
