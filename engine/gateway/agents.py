@@ -1,0 +1,395 @@
+"""Agents hosted by the local gateway: kind ``command`` runs an argv per task.
+
+Each task gets a fresh workspace ``<workspaces>/<agent>/<gateway run id>/`` holding
+``TASK.txt`` (the full message), and after the run ``stdout.log`` and ``stderr.log``
+(the last 64 KB of each). The process runs in its own session, so the whole group can be
+killed on timeout, when the gateway stops, and (to leave no stray processes behind)
+when the agent's main process exits.
+
+If the message carried a handoff block and the agent left no file at ``handoff_path``,
+the runner writes one for it (``complete`` with stdout on exit 0, ``failed`` otherwise),
+then reconciles the directory so a late handoff meets its pending envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.config import GatewayAgentConfig
+from engine.files import SAFE_ID
+
+log = logging.getLogger("engine.gateway")
+
+HANDOFF_MARKER = "--- HANDOFF (required) ---"
+#: How much of each output stream is kept (the tail).
+OUTPUT_LIMIT = 64 * 1024
+#: How much of stderr goes into a ``failed`` handoff written by the gateway.
+STDERR_TAIL = 2000
+#: Seconds between SIGTERM and SIGKILL of a process group.
+KILL_GRACE = 2.0
+_STOPPING = "not started: the local gateway is stopping"
+GATEWAY_NOTE = "written by the local gateway: the agent exited without a handoff"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One message to run on one gateway agent, with what its handoff block said."""
+
+    gateway_run_id: str
+    agent: str
+    message: str
+    text: str
+    run_id: str | None = None
+    handoff_agent: str | None = None
+    handoff_path: Path | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a command agent's process ended."""
+
+    returncode: int | None
+    timed_out: bool
+    cancelled: bool
+    stdout: str
+    stderr: str
+    seconds: float
+    wrote_handoff: bool = False
+
+
+def task_from_message(
+    gateway_run_id: str, agent: str, message: str, timeout: float | None = None
+) -> Task:
+    """Build a Task: split the task text from the handoff block and read the block's keys."""
+    from engine.message import parse_handoff_block
+
+    idx = message.find(HANDOFF_MARKER)
+    text = message[:idx].rstrip() if idx >= 0 else message
+    block = parse_handoff_block(message[idx:]) if idx >= 0 else {}
+    run_id = block.get("run_id")
+    if run_id is not None and not SAFE_ID.match(run_id):
+        run_id = None
+    handoff_agent = block.get("agent")
+    path: Path | None = None
+    raw = block.get("handoff_path")
+    if raw and run_id:
+        candidate = Path(raw)
+        # Only a file named after the run, at an absolute path, is ever written for it.
+        if candidate.is_absolute() and candidate.name == f"{run_id}.json":
+            path = candidate
+    return Task(
+        gateway_run_id=gateway_run_id,
+        agent=agent,
+        message=message,
+        text=text,
+        run_id=run_id,
+        handoff_agent=handoff_agent,
+        handoff_path=path,
+        timeout=timeout,
+    )
+
+
+class _Running:
+    """A live process and whether the gateway asked it to stop."""
+
+    __slots__ = ("popen", "cancelled")
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.cancelled = False
+
+
+class CommandRunner:
+    """Runs ``command`` agents, one process group per task, and can kill them all."""
+
+    def __init__(self, workspaces_dir: Path) -> None:
+        self.workspaces_dir = workspaces_dir
+        self._lock = threading.Lock()
+        self._running: dict[str, _Running] = {}
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def kill_all(self, grace: float = KILL_GRACE) -> None:
+        """Refuse new tasks, SIGTERM every running group, SIGKILL what outlives ``grace``."""
+        with self._lock:
+            self._closed = True
+            running = list(self._running.values())
+        for r in running:
+            r.cancelled = True
+            _killpg(r.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    return
+            time.sleep(0.01)
+        with self._lock:
+            running = list(self._running.values())
+        for r in running:
+            _killpg(r.popen.pid, signal.SIGKILL)
+
+    def running_pids(self) -> list[int]:
+        """Pids of the process-group leaders still running."""
+        with self._lock:
+            return [r.popen.pid for r in self._running.values()]
+
+    # -- one task --------------------------------------------------------------------
+
+    def run(self, spec: GatewayAgentConfig, task: Task) -> Outcome:
+        """Run ``task`` on the command agent ``spec`` to the end (blocking)."""
+        started = time.monotonic()
+        workspace = self.workspaces_dir / spec.name / task.gateway_run_id
+        try:
+            workspace.mkdir(parents=True, exist_ok=True)
+            (workspace / "TASK.txt").write_text(task.message, encoding="utf-8")
+        except OSError as exc:
+            return self._finish(task, _failed_start(f"cannot create workspace: {exc}", started))
+        timeout = spec.timeout if spec.timeout is not None else task.timeout
+        env = _environment(spec, task, workspace)
+        if self._closed:
+            return self._finish(task, _failed_start(_STOPPING, started))
+        try:
+            popen = subprocess.Popen(
+                list(spec.argv),
+                cwd=str(spec.cwd or workspace),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return self._finish(
+                task, _failed_start(f"cannot start `{spec.argv[0]}`: {exc}", started)
+            )
+        running = _Running(popen)
+        with self._lock:
+            self._running[task.gateway_run_id] = running
+            if self._closed:  # stop() began while we were starting it
+                running.cancelled = True
+                _killpg(popen.pid, signal.SIGTERM)
+        try:
+            outcome = _supervise(running, timeout, started)
+        finally:
+            with self._lock:
+                self._running.pop(task.gateway_run_id, None)
+        for name, text in (("stdout.log", outcome.stdout), ("stderr.log", outcome.stderr)):
+            try:
+                (workspace / name).write_text(text, encoding="utf-8")
+            except OSError:
+                pass
+        return self._finish(task, outcome, timeout=timeout)
+
+    def _finish(self, task: Task, outcome: Outcome, *, timeout: float | None = None) -> Outcome:
+        """Write the handoff the agent did not write, then reconcile its directory."""
+        path = task.handoff_path
+        if path is None or task.run_id is None or path.exists():
+            if path is not None:
+                _reconcile(path.parent)
+            return outcome
+        handoff_agent = task.handoff_agent or task.agent
+        if outcome.cancelled:
+            status, result = "failed", "killed: the local gateway stopped"
+        elif outcome.timed_out:
+            status, result = "failed", f"killed after {_fmt_seconds(timeout)} s (agent timeout)"
+        elif outcome.returncode is None:
+            status, result = "failed", outcome.stderr
+        elif outcome.returncode == 0:
+            out = outcome.stdout.strip()
+            status, result = "complete", out or "(the agent exited 0 and printed nothing)"
+        else:
+            tail = outcome.stderr.strip()[-STDERR_TAIL:]
+            code = outcome.returncode
+            status = "failed"
+            result = f"the agent exited with code {code}" + (
+                f"; stderr (tail):\n{tail}" if tail else " and printed nothing on stderr"
+            )
+        from engine.handoff import HandoffProblem, make_handoff, write_handoff
+
+        handoff = make_handoff(
+            run_id=task.run_id,
+            agent=handoff_agent,
+            status=status,
+            result=result,
+            confidence="medium" if status == "complete" else "low",
+            notes=GATEWAY_NOTE,
+        )
+        try:
+            if path.exists():  # the agent may have written it while we were composing
+                _reconcile(path.parent)
+                return outcome
+            write_handoff(path, handoff)
+        except (HandoffProblem, OSError) as exc:
+            log.warning("local gateway: cannot write the handoff of %s: %s", task.run_id, exc)
+            return outcome
+        _reconcile(path.parent)
+        return Outcome(
+            returncode=outcome.returncode,
+            timed_out=outcome.timed_out,
+            cancelled=outcome.cancelled,
+            stdout=outcome.stdout,
+            stderr=outcome.stderr,
+            seconds=outcome.seconds,
+            wrote_handoff=True,
+        )
+
+
+def _environment(spec: GatewayAgentConfig, task: Task, workspace: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(spec.env)
+    env.update(
+        {
+            "ORCH_RUN_ID": task.run_id or task.gateway_run_id,
+            "ORCH_HANDOFF_PATH": str(task.handoff_path) if task.handoff_path else "",
+            "ORCH_TASK": task.text,
+            "ORCH_AGENT": task.handoff_agent or task.agent,
+            "ORCH_WORKSPACE": str(workspace),
+            "ORCH_GATEWAY_RUN_ID": task.gateway_run_id,
+        }
+    )
+    bindir = os.path.dirname(sys.executable)
+    path = env.get("PATH", "")
+    env["PATH"] = bindir + (os.pathsep + path if path else "")
+    return env
+
+
+def _supervise(running: _Running, timeout: float | None, started: float) -> Outcome:
+    """Collect output tails, enforce the timeout, and clean up the group after exit."""
+    proc = running.popen
+    pid = proc.pid
+    assert proc.stdout is not None and proc.stderr is not None
+    bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    sel = selectors.DefaultSelector()
+    for fd in bufs:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    pidfd: int | None = None
+    try:
+        # A pidfd becomes readable when the process exits (Linux >= 5.3): no polling.
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pass
+    else:
+        sel.register(pidfd, selectors.EVENT_READ)
+    deadline = started + timeout if timeout is not None else None
+    exited = timed_out = killed = False
+    term_at: float | None = None
+    open_pipes = len(bufs)
+    try:
+        while True:
+            now = time.monotonic()
+            if not exited and not running.cancelled and deadline is not None and now >= deadline:
+                timed_out = True
+            if term_at is None and (timed_out or running.cancelled or exited):
+                # After a normal exit this ends stragglers left in the agent's session.
+                _killpg(pid, signal.SIGTERM)
+                term_at = now
+            if term_at is not None and not killed and now >= term_at + KILL_GRACE:
+                _killpg(pid, signal.SIGKILL)
+                killed = True
+            if exited and (open_pipes == 0 or killed):
+                break
+            waits: list[float] = []
+            if deadline is not None and term_at is None:
+                waits.append(deadline - now)
+            if term_at is not None and not killed:
+                waits.append(term_at + KILL_GRACE - now)
+            if pidfd is None and not exited:
+                waits.append(0.05)
+            if running.cancelled and term_at is None:
+                waits.append(0.0)
+            wait = max(0.0, min(waits)) if waits else None
+            # Wake at least once a second so a cancel from stop() is seen promptly.
+            for key, _ in sel.select(1.0 if wait is None else min(wait, 1.0)):
+                fd = int(key.fd)
+                if fd == pidfd:
+                    sel.unregister(fd)
+                    exited = True
+                    continue
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(fd)
+                    open_pipes -= 1
+                    continue
+                buf = bufs[fd]
+                buf += chunk
+                if len(buf) > 2 * OUTPUT_LIMIT:
+                    del buf[:-OUTPUT_LIMIT]
+            if pidfd is None and not exited:
+                exited = _exited_unreaped(pid)
+        # Reap only now: until then the zombie leader keeps the group id from being reused.
+        returncode = proc.wait()
+    finally:
+        if proc.returncode is None:  # only if the loop itself broke: leave nothing behind
+            _killpg(pid, signal.SIGKILL)
+            proc.wait()
+        sel.close()
+        if pidfd is not None:
+            os.close(pidfd)
+        proc.stdout.close()
+        proc.stderr.close()
+    out, err = (bytes(b[-OUTPUT_LIMIT:]).decode("utf-8", "replace") for b in bufs.values())
+    return Outcome(
+        returncode=returncode,
+        timed_out=timed_out,
+        cancelled=running.cancelled and not timed_out,
+        stdout=out,
+        stderr=err,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _exited_unreaped(pid: int) -> bool:
+    """True once ``pid`` has exited, without reaping it (polling fallback without pidfd)."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _failed_start(reason: str, started: float) -> Outcome:
+    return Outcome(
+        returncode=None,
+        timed_out=False,
+        cancelled=False,
+        stdout="",
+        stderr=reason,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _reconcile(records_dir: Path) -> None:
+    from engine.record import reconcile
+
+    try:
+        reconcile(records_dir)
+    except OSError as exc:
+        log.warning("local gateway: cannot reconcile %s: %s", records_dir, exc)

@@ -1,0 +1,523 @@
+"""The local gateway: an HTTP server speaking the OpenClaw hooks API, plus the receiver.
+
+Example::
+
+    with LocalGateway(cfg, token="s3cret") as gw:     # binds cfg.gateway.host:port
+        httpx.post(f"{gw.url}/hooks/agent", json={"message": msg, "agentId": "webster"},
+                   headers={"Authorization": "Bearer s3cret"})
+
+``POST /hooks/agent`` answers ``{"ok": true, "runId": "gw-..."}`` at once and runs the
+agent on a background thread; the agent (or, failing that, the gateway) writes the
+handoff named in the message. ``POST /handoffs/{runId}`` lets agents on other hosts
+deliver a handoff over HTTP. See docs/gateway.md.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import secrets
+import signal
+import socket
+import socketserver
+import threading
+from collections import OrderedDict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+from urllib.parse import unquote
+
+from engine.config import Config, GatewayAgentConfig, GatewayConfig
+from engine.gateway.agents import CommandRunner, task_from_message
+
+log = logging.getLogger("engine.gateway")
+
+#: Largest request body accepted.
+MAX_BODY = 4 * 1024 * 1024
+#: How many Idempotency-Key values are remembered (oldest forgotten first).
+IDEMPOTENCY_LIMIT = 10_000
+#: Seconds an idle keep-alive connection is kept open.
+IDLE_TIMEOUT = 300.0
+
+_AGENT_REQUIRED = "agentId is required when multiple agents are configured"
+_HOOK_PATHS = ("/hooks/agent", "/hooks/wake")
+_JSON = "application/json"
+
+
+class _Stopping(Exception):
+    """The gateway is shutting down and takes no new work."""
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer without the reverse DNS lookup, tracking its open connections."""
+
+    daemon_threads = True
+    request_queue_size = 128
+    gateway: LocalGateway
+
+    def __init__(self, address: tuple[str, int], gateway: LocalGateway) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.gateway = gateway
+        self.connections: set[socket.socket] = set()
+        self.conn_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a DNS lookup that can stall.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.conn_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.conn_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Shut down every open keep-alive connection so its handler thread ends."""
+        with self.conn_lock:
+            conns = list(self.connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection; requests are dispatched to the gateway's endpoint methods."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    timeout = IDLE_TIMEOUT
+    server_version = "orchestrator-local-gateway"
+    sys_version = ""
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Request lines are not logged: they cost time and headers may hold a token.
+        return
+
+    # -- responses ---------------------------------------------------------------------
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = _JSON,
+        headers: dict[str, str] | None = None,
+        close: bool = False,
+    ) -> None:
+        self.send_response_only(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if close:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, data: dict[str, Any], close: bool = False) -> None:
+        body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        self._send(status, body, close=close)
+
+    def _error(self, status: int, message: str, close: bool = False, **extra: Any) -> None:
+        self._json(status, {"ok": False, "error": message, **extra}, close=close)
+
+    # -- routing -----------------------------------------------------------------------
+
+    def _route(self) -> tuple[str, bool]:
+        """The request path without its query string, and whether it had one."""
+        path, sep, _ = self.path.partition("?")
+        return path, bool(sep)
+
+    def _refuse(self, path: str) -> None:
+        """405 with the right ``Allow`` on a known path, 404 elsewhere."""
+        if path == "/health":
+            allow = "GET"
+        elif path in _HOOK_PATHS or path.startswith("/handoffs/"):
+            allow = "POST"
+        else:
+            self._send(404, b"Not Found", "text/plain", close=True)
+            return
+        self._send(405, b"Method Not Allowed", "text/plain", {"Allow": allow}, close=True)
+
+    def do_GET(self) -> None:
+        """Serve ``/health``; hooks and receiver paths are POST only."""
+        path, _ = self._route()
+        if path == "/health":
+            self._json(200, self.server.gateway._health())
+        else:
+            self._refuse(path)
+
+    def do_PUT(self) -> None:
+        """Every other method: 405 on known paths, 404 elsewhere."""
+        self._refuse(self._route()[0])
+
+    do_DELETE = do_PATCH = do_PUT
+
+    def do_POST(self) -> None:
+        """Serve the hooks API and the handoff receiver."""
+        path, has_query = self._route()
+        if path not in _HOOK_PATHS and not path.startswith("/handoffs/"):
+            self._refuse(path)
+            return
+        if has_query:
+            self._error(400, "query strings are not accepted: send the token in a header", True)
+            return
+        if not self.server.gateway._authorized(self.headers):
+            self._send(401, b"Unauthorized", "text/plain", close=True)
+            return
+        body = self._read_body()
+        if body is None:
+            return
+        gw = self.server.gateway
+        if path == "/hooks/agent":
+            status, data, thread = gw._hook_agent(body, self.headers.get("Idempotency-Key"))
+            try:
+                self._json(status, data)
+            finally:
+                if thread is not None:  # even if the client went away: the run is accepted
+                    gw._launch(thread)
+            return
+        if path == "/hooks/wake":
+            status, data = gw._hook_wake(body)
+        else:
+            status, data = gw._receive(path[len("/handoffs/") :], body)
+        self._json(status, data)
+
+    def _read_body(self) -> bytes | None:
+        if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
+            self._error(411, "send the body with a Content-Length", True)
+            return None
+        raw = self.headers.get("Content-Length", "0")
+        try:
+            length = int(raw)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._error(400, "invalid Content-Length", True)
+            return None
+        if length > MAX_BODY:
+            self._error(413, f"body larger than {MAX_BODY} bytes", True)
+            return None
+        return self.rfile.read(length) if length else b""
+
+
+class LocalGateway:
+    """A local stand-in for an OpenClaw gateway: hooks API, command agents, receiver.
+
+    Example::
+
+        gw = LocalGateway(cfg, token=token, port=0).start()
+        try:
+            print(gw.url)          # http://127.0.0.1:41234
+        finally:
+            gw.stop()
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        token: str,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        if not token:
+            raise ValueError("the local gateway needs a non-empty token")
+        self.cfg = cfg
+        self.gw_cfg: GatewayConfig = cfg.gateway or GatewayConfig()
+        self.host = host if host is not None else self.gw_cfg.host
+        self.port = port if port is not None else self.gw_cfg.port
+        self._token = token.encode("utf-8")
+        self.agents: dict[str, GatewayAgentConfig] = dict(self.gw_cfg.agents)
+        self._agent_names = sorted(self.agents)
+        workspaces = self.gw_cfg.workspaces_dir or (cfg.handoffs_dir / ".workspaces")
+        self._runner = CommandRunner(Path(workspaces))
+        self._lock = threading.Lock()
+        self._idempotency: OrderedDict[str, str] = OrderedDict()
+        self._dispatched = dict.fromkeys(self.agents, 0)
+        self._inflight = dict.fromkeys(self.agents, 0)
+        self._max_inflight = dict.fromkeys(self.agents, 0)
+        self._total_inflight = 0
+        self._max_total = 0
+        self._threads: set[threading.Thread] = set()
+        self._server: _Server | None = None
+        self._serve_thread: threading.Thread | None = None
+        self._stopping = False
+        self._stopped = threading.Event()
+
+    def __repr__(self) -> str:
+        where = self.url if self._server else "not started"
+        return f"<LocalGateway {where} agents={self._agent_names}>"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> LocalGateway:
+        """Bind the address and serve on a daemon thread; return self."""
+        if self._stopping:
+            raise RuntimeError("this LocalGateway was stopped; create a new one")
+        if self._server is not None:
+            return self
+        self._server = _Server((self.host, self.port), self)
+        self._serve_thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"local-gateway:{self._server.server_port}",
+            daemon=True,
+        )
+        self._serve_thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        """The base URL clients use, e.g. ``http://127.0.0.1:41234``."""
+        if self._server is None:
+            raise RuntimeError("the local gateway is not started")
+        host = self._server.server_name
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self._server.server_port}"
+
+    def stop(self) -> None:
+        """Stop serving, kill every running agent process group and join threads; idempotent."""
+        with self._lock:
+            if self._stopping:
+                already = True
+            else:
+                already = False
+                self._stopping = True
+        if already:
+            self._stopped.wait(10.0)
+            return
+        try:
+            server = self._server
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+                server.close_connections()
+            self._runner.kill_all()
+            with self._lock:
+                threads = list(self._threads)
+            for t in threads:
+                t.join(timeout=5.0)
+            if self._serve_thread is not None:
+                self._serve_thread.join(timeout=5.0)
+        finally:
+            self._stopped.set()
+
+    def serve_forever(self) -> None:
+        """Serve until ``stop()`` is called or the process gets Ctrl-C or SIGTERM (blocking)."""
+        self.start()
+        previous: Any = None
+        in_main = threading.current_thread() is threading.main_thread()
+
+        def _on_term(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt
+
+        if in_main:
+            previous = signal.signal(signal.SIGTERM, _on_term)
+        try:
+            while not self._stopped.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
+            self.stop()
+
+    def __enter__(self) -> LocalGateway:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per agent: dispatched, in flight now, most in flight at once; and the total."""
+        with self._lock:
+            return {
+                "dispatched": dict(self._dispatched),
+                "inflight": dict(self._inflight),
+                "max_inflight": dict(self._max_inflight),
+                "max_inflight_total": self._max_total,
+            }
+
+    # -- endpoints (called by the handler) ---------------------------------------------
+
+    def _authorized(self, headers: Any) -> bool:
+        auth = headers.get("Authorization")
+        if auth is not None:
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                value.strip().encode("utf-8"), self._token
+            ):
+                return True
+        other = headers.get("x-openclaw-token")
+        if other is not None:
+            return hmac.compare_digest(other.strip().encode("utf-8"), self._token)
+        return False
+
+    def _health(self) -> dict[str, Any]:
+        with self._lock:
+            inflight = self._total_inflight
+        return {"ok": True, "agents": self._agent_names, "inflight": inflight}
+
+    def _hook_wake(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        mode = "now"
+        if body.strip():
+            try:
+                data = json.loads(body)
+            except ValueError:
+                return 400, {"ok": False, "error": "body is not valid JSON"}
+            if isinstance(data, dict) and data.get("mode") == "next-heartbeat":
+                mode = "next-heartbeat"
+        return 200, {"ok": True, "mode": mode}
+
+    def _hook_agent(
+        self, body: bytes, idem_key: str | None
+    ) -> tuple[int, dict[str, Any], threading.Thread | None]:
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            return 400, {"ok": False, "error": f"body is not valid JSON: {_json_reason(exc)}"}, None
+        if not isinstance(data, dict):
+            return 400, {"ok": False, "error": "body must be a JSON object"}, None
+        message = data.get("message")
+        if not isinstance(message, str) or not message.strip():
+            return 400, {"ok": False, "error": "message required"}, None
+        agent_id = data.get("agentId")
+        if agent_id is not None and agent_id != "":
+            if not isinstance(agent_id, str) or agent_id not in self.agents:
+                return 404, {"ok": False, "error": f"unknown agentId {json.dumps(agent_id)}"}, None
+            agent = agent_id
+        elif len(self.agents) == 1:
+            agent = self._agent_names[0]
+        elif not self.agents:
+            return 404, {"ok": False, "error": "no agents are configured on this gateway"}, None
+        else:
+            return 400, {"ok": False, "error": _AGENT_REQUIRED}, None
+        timeout = data.get("timeoutSeconds")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            return 400, {"ok": False, "error": "timeoutSeconds must be a positive number"}, None
+        with self._lock:
+            if self._stopping:
+                return 503, {"ok": False, "error": "the local gateway is stopping"}, None
+            if idem_key:
+                known = self._idempotency.get(idem_key)
+                if known is not None:
+                    return 200, {"ok": True, "runId": known}, None
+            run_id = f"gw-{secrets.token_hex(8)}"
+            if idem_key:
+                self._idempotency[idem_key] = run_id
+                if len(self._idempotency) > IDEMPOTENCY_LIMIT:
+                    self._idempotency.popitem(last=False)
+            self._dispatched[agent] = self._dispatched.get(agent, 0) + 1
+            n = self._inflight[agent] = self._inflight.get(agent, 0) + 1
+            self._max_inflight[agent] = max(self._max_inflight.get(agent, 0), n)
+            self._total_inflight += 1
+            self._max_total = max(self._max_total, self._total_inflight)
+            thread = threading.Thread(
+                target=self._run_task,
+                args=(agent, run_id, message, float(timeout) if timeout else None),
+                name=f"agent:{agent}:{run_id}",
+                daemon=True,
+            )
+        return 200, {"ok": True, "runId": run_id}, thread
+
+    def _launch(self, thread: threading.Thread) -> None:
+        """Start a run's thread; called after the response is sent, so the answer is immediate."""
+        with self._lock:
+            self._threads.add(thread)
+            thread.start()  # under the lock, so stop() never joins an unstarted thread
+
+    def _run_task(self, agent: str, run_id: str, message: str, timeout: float | None) -> None:
+        try:
+            spec = self.agents[agent]
+            task = task_from_message(run_id, agent, message, timeout)
+            outcome = self._runner.run(spec, task)
+            if outcome.returncode != 0:
+                log.info(
+                    "local gateway: %s run %s ended (exit %s%s)",
+                    agent,
+                    run_id,
+                    outcome.returncode,
+                    ", timed out" if outcome.timed_out else "",
+                )
+        except Exception:  # a bug here must not take the server down
+            log.exception("local gateway: run %s on %s broke", run_id, agent)
+        finally:
+            with self._lock:
+                self._inflight[agent] -= 1
+                self._total_inflight -= 1
+                self._threads.discard(threading.current_thread())
+
+    def _receive(self, raw_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        from engine.errors import InvalidIdError
+        from engine.files import check_id, write_json_atomic
+        from engine.handoff import SUB_DIR, HandoffProblem, validate_handoff
+        from engine.record import PENDING_DIR, read_json, reconcile
+
+        run_id = unquote(raw_id)
+        try:
+            check_id(run_id, "run id")
+        except InvalidIdError as exc:
+            return 400, {"ok": False, "error": exc.message}
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            return 400, {"ok": False, "error": f"body is not valid JSON: {_json_reason(exc)}"}
+        base = self.cfg.handoffs_dir
+        sub = base / SUB_DIR
+        records_dir = sub if (sub / PENDING_DIR / f"{run_id}.json").exists() else base
+        target = records_dir / f"{run_id}.json"
+        try:
+            validate_handoff(data, path=target, run_id=run_id)
+        except HandoffProblem as exc:
+            return 400, {"ok": False, "error": exc.message, "problems": exc.problems}
+        if "envelope" in data:
+            return 400, {
+                "ok": False,
+                "error": "`/envelope` is added by the engine when it records a handoff; "
+                "leave it out",
+            }
+        for records in (base, sub):
+            # Never overwrite a final record (a handoff merged with its envelope).
+            existing = read_json(records / f"{run_id}.json")
+            if isinstance(existing, dict) and "envelope" in existing:
+                return 409, {"ok": False, "error": f"run `{run_id}` is already recorded"}
+        try:
+            write_json_atomic(target, data)
+            reconcile(records_dir)
+        except OSError as exc:
+            log.warning("local gateway: cannot store the handoff of %s: %s", run_id, exc)
+            return 500, {"ok": False, "error": "cannot store the handoff"}
+        return 200, {"ok": True}
+
+
+def _json_reason(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
+    return str(exc)
