@@ -284,6 +284,9 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
                 f"`agents.{name}` needs `token_env` (the environment variable holding its "
                 "hooks token) or `token_file`."
             )
+    for name, spec in ((gw or {}).get("agents") or {}).items():
+        if isinstance(spec, dict) and spec.get("kind") == "command" and not spec.get("argv"):
+            problems.append(f"`gateway.agents.{name}` is a `command` agent and needs `argv`.")
     for key in ("acl",):
         for caller, targets in (raw.get(key) or {}).items():
             if caller not in names:

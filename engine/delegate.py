@@ -262,7 +262,7 @@ class Delegator:
     ) -> DelegationResult:
         """Run one delegation to the end; raise only for errors found before dispatch.
 
-        With ``reattach`` (resuming a workflow) and a ``req.run_id`` that was dispatched
+        With ``reattach`` (resuming a workflow) and a ``req.run_id`` that a gateway accepted
         before, nothing is sent again: a final record is returned as it is, a handoff that
         arrived meanwhile is taken, and an accepted dispatch is waited for anew.
         ``cancel`` stops the wait early (outcome ``cancelled``).
@@ -331,8 +331,8 @@ class Delegator:
             outcome = existing["envelope"].get("outcome")
             if outcome in {o.value for o in Outcome} and outcome not in ("timeout", "cancelled"):
                 return DelegationResult(run_id, Outcome(outcome), drop, existing)
-        if not isinstance(envelope, dict) or not envelope.get("dispatched_at"):
-            return None  # never accepted by a gateway: dispatch (same Idempotency-Key)
+        if not isinstance(envelope, dict):
+            return None  # nothing was prepared: dispatch (the same Idempotency-Key)
         envelope = dict(envelope, outcome="dispatched", reattached_at=utcnow_iso())
         envelope.pop("error", None)
         envelope["deadline_at"] = _iso_in(max(0.0, deadline - self._clock()))
@@ -436,7 +436,8 @@ class Delegator:
             envelope["gateway_run_id"] = sent.gateway_run_id
             if self.pool is not None and sent.overloaded:
                 self.pool.note_overload()
-            write_pending(records, run_id, envelope)
+            # The pending envelope written before the POST is enough to merge a late
+            # handoff; not rewriting it here saves a file create on the hot path.
             self.reporter.delegation_dispatched(run_id, req.caller, req.target, sent.attempts)
             return self._wait(waiter, run_id, req.target, records, drop, envelope, deadline,
                               cancel)
@@ -472,9 +473,9 @@ class Delegator:
                         problem = exc
                         give_up = min(deadline, self._clock() + grace)
                 else:
-                    path = finalize_record(records, run_id, envelope, handoff)
+                    path, record = finalize_record(records, run_id, envelope, handoff)
                     outcome = Outcome(handoff["status"])
-                    result = self._result(run_id, outcome, path)
+                    result = DelegationResult(run_id, outcome, path, record)
                     self.reporter.delegation_finished(run_id, agent, outcome.value, str(path))
                     return result
             remaining = (give_up if problem else deadline) - self._clock()

@@ -62,12 +62,20 @@ def write_record(
     agent: str | None = None,
 ) -> Path:
     """Write the record of ``run_id``: the handoff's fields plus ``envelope``, atomically."""
+    data = record_of(handoff, envelope, run_id)
+    if handoff is None and agent:
+        data["agent"] = agent
+    return write_json_atomic(records_dir / f"{run_id}.json", data)
+
+
+def record_of(handoff: dict[str, Any] | None, envelope: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The record mapping ``write_record`` writes (for callers that keep it in memory)."""
     if handoff is not None:
         data = {k: v for k, v in handoff.items() if k != "envelope"}
     else:
-        data = {"schemaVersion": "1.0", "runId": run_id, "agent": agent or envelope.get("target")}
+        data = {"schemaVersion": "1.0", "runId": run_id, "agent": envelope.get("target")}
     data["envelope"] = envelope
-    return write_json_atomic(records_dir / f"{run_id}.json", data)
+    return data
 
 
 def keep_rejected(records_dir: Path, path: Path) -> Path | None:
@@ -90,7 +98,7 @@ def finalize(
     handoff: dict[str, Any],
     *,
     received_at: str | None = None,
-) -> Path:
+) -> tuple[Path, dict[str, Any]]:
     """Record a valid handoff: fill the envelope's timing and outcome, then write it."""
     received = received_at or utcnow_iso()
     env = dict(envelope)
@@ -105,9 +113,10 @@ def finalize(
     env["late"] = late or env.get("outcome") in ("timeout", "invalid")
     env["outcome"] = handoff["status"]
     env.pop("error", None)
-    path = write_record(records_dir, run_id, env, handoff)
+    data = record_of(handoff, env, run_id)
+    path = write_json_atomic(records_dir / f"{run_id}.json", data)
     drop_pending(records_dir, run_id)
-    return path
+    return path, data
 
 
 def reconcile(records_dir: Path) -> list[Path]:
@@ -144,7 +153,7 @@ def reconcile(records_dir: Path) -> list[Path]:
         except HandoffProblem:
             continue
         received = _mtime_iso(drop)
-        written.append(finalize(records_dir, run_id, envelope, handoff, received_at=received))
+        written.append(finalize(records_dir, run_id, envelope, handoff, received_at=received)[0])
     return written
 
 
