@@ -1,0 +1,773 @@
+"""The planner: a workflow's step graph, every check before dispatch, and the dry-run plan.
+
+Pure: no IO. ``plan_workflow`` turns a ``WorkflowSpec`` into a ``Plan`` (agents chosen,
+parallel groups in order) or raises one WorkflowError listing every problem found::
+
+    renderer = TaskRenderer(spec)
+    plan = plan_workflow(spec, registry=registry, acl=acl, inputs={"query": "CTE of ULE"},
+                         caller="manager", validator=cfg.validator, renderer=renderer)
+    plan.groups                       # [["research"], ["verify"]]
+    print(dry_run_text(plan, renderer))
+
+The dry run, and the planner's trial render, give every upstream step the placeholder
+result ``<result of ID>`` with status ``complete`` and confidence ``high``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import AclDeniedError, UsageError, WorkflowError, did_you_mean
+from engine.workflow import StepSpec, TaskRenderer, WorkflowSpec
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from engine.acl import Acl
+    from engine.registry import Registry
+
+GRAPH_FORMATS = ("mermaid", "dot")
+#: The run id shown in a dry run, where ``{{ run.id }}`` is not known yet.
+PLACEHOLDER_RUN_ID = "<run id>"
+
+
+def placeholder_result(step_id: str) -> dict[str, Any]:
+    """What a dry run shows of an upstream step: ``<result of ID>``, complete, high."""
+    return {
+        "result": f"<result of {step_id}>",
+        "status": "complete",
+        "confidence": "high",
+        "artifacts": [],
+        "notes": "",
+    }
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """A step with its agent chosen and its validator resolved."""
+
+    id: str
+    #: The agent the step goes to: the first of ``candidates``.
+    agent: str | None
+    #: For a capability step, every capable agent the caller may use, in registry order;
+    #: for an agent step, just that agent.
+    candidates: tuple[str, ...]
+    depends_on: tuple[str, ...]
+    #: The agent that validates the result, or None.
+    validator: str | None
+    spec: StepSpec
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked workflow: who runs each step, and in which order."""
+
+    workflow: WorkflowSpec
+    caller: str
+    #: Inputs with defaults applied (an optional input without default is "").
+    inputs: dict[str, str] = field(hash=False)
+    #: Planned steps in template order.
+    steps: dict[str, PlannedStep] = field(hash=False)
+    #: Topological generations: each group's steps may run in parallel once the groups
+    #: before it are done; template order inside a group.
+    groups: list[list[str]] = field(hash=False)
+    #: Edges go from a dependency to its dependent.
+    graph: nx.DiGraph = field(hash=False, repr=False)
+
+    def upstream(self, step_id: str) -> set[str]:
+        """Every step ``step_id`` depends on, directly or not."""
+        import networkx as nx
+
+        return set(nx.ancestors(self.graph, step_id))
+
+    def downstream(self, step_id: str) -> set[str]:
+        """Every step that depends on ``step_id``, directly or not."""
+        import networkx as nx
+
+        return set(nx.descendants(self.graph, step_id))
+
+
+class _Upstream:
+    """Answers "is a upstream of b" fast: ancestor sets as bitsets when the graph is a DAG."""
+
+    def __init__(self, graph: nx.DiGraph, position: dict[str, int], acyclic: bool) -> None:
+        import networkx as nx
+
+        self._graph = graph
+        self._position = position
+        self._ids = list(position)
+        self._bits: dict[str, int] | None = None
+        self._sets: dict[str, set[str]] = {}
+        if acyclic:
+            bits: dict[str, int] = {}
+            for node in nx.topological_sort(graph):
+                acc = 0
+                for pred in graph.predecessors(node):
+                    acc |= bits[pred] | (1 << position[pred])
+                bits[node] = acc
+            self._bits = bits
+
+    def knows(self, step: str) -> bool:
+        """True when ``step`` is a step of the graph."""
+        return step in self._position
+
+    def contains(self, ancestor: str, step: str) -> bool:
+        """True when ``ancestor`` is upstream of ``step``."""
+        if self._bits is not None:
+            return bool(self._bits[step] >> self._position[ancestor] & 1)
+        return ancestor in self._set(step)
+
+    def of(self, step: str) -> list[str]:
+        """The steps upstream of ``step``, in template order."""
+        if self._bits is not None:
+            bits = self._bits[step]
+            return [s for i, s in enumerate(self._ids) if bits >> i & 1]
+        found = self._set(step)
+        return [s for s in self._ids if s in found]
+
+    def _set(self, step: str) -> set[str]:
+        import networkx as nx
+
+        if step not in self._sets:
+            self._sets[step] = set(nx.ancestors(self._graph, step))
+        return self._sets[step]
+
+
+def plan_workflow(
+    spec: WorkflowSpec,
+    *,
+    registry: Registry,
+    acl: Acl,
+    inputs: dict[str, str],
+    caller: str | None,
+    validator: str | None,
+    renderer: TaskRenderer | None = None,
+) -> Plan:
+    """Check everything a run would need and return the plan; dispatches nothing.
+
+    ``caller`` overrides the template's ``caller``; ``validator`` is the configured
+    validator used by steps with ``validate: true``. Raises WorkflowError whose
+    ``problems`` list every problem at once: step ids, dependencies, cycles, references
+    to steps that are not upstream, agents and capabilities, the ACL, inputs, template
+    syntax, and a trial render of every template with placeholder results.
+    """
+    import networkx as nx
+
+    if renderer is None:
+        renderer = TaskRenderer(spec)
+    problems: list[str] = []
+
+    # Step ids and the graph.
+    position: dict[str, int] = {}
+    first: dict[str, StepSpec] = {}
+    for step in spec.steps:
+        if step.id in first:
+            continue
+        position[step.id] = len(position)
+        first[step.id] = step
+    counts: dict[str, int] = {}
+    for step in spec.steps:
+        counts[step.id] = counts.get(step.id, 0) + 1
+    for sid, n in counts.items():
+        if n > 1:
+            problems.append(f"step id `{sid}` is used by {n} steps; step ids must be unique.")
+    ids = list(first)
+    graph = nx.DiGraph()
+    graph.add_nodes_from(ids)
+    for step in first.values():
+        seen: set[str] = set()
+        for dep in step.depends_on:
+            if dep == step.id:
+                problems.append(f"step `{step.id}` depends on itself; remove it from `depends_on`.")
+            elif dep in seen:
+                problems.append(f"step `{step.id}` lists `{dep}` twice in `depends_on`.")
+            elif dep not in first:
+                problems.append(
+                    f"step `{step.id}` depends on unknown step `{dep}`"
+                    f"{did_you_mean(dep, ids) or '.'}"
+                )
+            else:
+                graph.add_edge(dep, step.id)
+            seen.add(dep)
+    # is_directed_acyclic_graph is fast; find_cycle on a big acyclic graph is not.
+    acyclic = nx.is_directed_acyclic_graph(graph)
+    if not acyclic:
+        problems.extend(_cycle_problems(graph, position))
+    upstream = _Upstream(graph, position, acyclic)
+
+    # Caller, agents, capabilities, the ACL, validators.
+    who = caller or spec.caller
+    caller_known = False
+    if who is None:
+        problems.append(
+            "no caller: give the workflow a `caller` key or pass `--caller NAME` "
+            "(the agent on whose behalf the steps are delegated, e.g. `manager`)."
+        )
+    elif who not in registry.agents:
+        problems.append(
+            f"unknown caller `{who}`{did_you_mean(who, registry.names) or '.'} "
+            f"Known agents: {', '.join(registry.names)}."
+        )
+    else:
+        caller_known = True
+    planned: dict[str, PlannedStep] = {}
+    for step in first.values():
+        candidates = _candidates(step, registry, acl, who if caller_known else None, problems)
+        agent = candidates[0] if candidates else None
+        checker = who if caller_known else None
+        checked_validator = _validator(step, agent, registry, acl, checker, validator, problems)
+        planned[step.id] = PlannedStep(
+            id=step.id,
+            agent=agent,
+            candidates=candidates,
+            depends_on=tuple(dict.fromkeys(d for d in step.depends_on if d in first)),
+            validator=checked_validator,
+            spec=step,
+        )
+
+    # Inputs.
+    resolved = _resolve_inputs(spec, inputs, problems)
+
+    # Templates: syntax, references, then a trial render of what is left.
+    problems.extend(renderer.problems)
+    skip: set[str] = set()
+    for step in first.values():
+        for field_name, refs in renderer.references(step.id).items():
+            for ref in sorted(refs.steps):
+                msg = _step_ref_problem(step.id, field_name, ref, ids, upstream)
+                if msg:
+                    problems.append(msg)
+                    skip.add(step.id)
+            for name in sorted(refs.inputs):
+                if name not in spec.inputs:
+                    problems.append(_input_ref_problem(f"step `{step.id}`", field_name, name, spec))
+                    skip.add(step.id)
+    skip_outputs: set[str] = set()
+    for out_name, refs in renderer.output_references().items():
+        for ref in sorted(refs.steps):
+            if ref not in first:
+                problems.append(_unknown_step_problem(f"output `{out_name}`", None, ref, ids))
+                skip_outputs.add(out_name)
+        for name in sorted(refs.inputs):
+            if name not in spec.inputs:
+                problems.append(_input_ref_problem(f"output `{out_name}`", None, name, spec))
+                skip_outputs.add(out_name)
+
+    trial_inputs = {n: resolved.get(n, f"<input {n}>") for n in spec.inputs}
+    placeholders = _Placeholders()
+    for step in first.values():
+        if step.id in skip or renderer.is_broken(step.id):
+            continue
+        ctx = _context(spec, trial_inputs, _trial_steps(step.id, renderer, upstream, placeholders))
+        problems.extend(_trial_problems(step, renderer, ctx))
+    if spec.outputs:
+        ctx = _context(spec, trial_inputs, {s: placeholders[s] for s in ids})
+        for out_name in spec.outputs:
+            if out_name in skip_outputs or out_name not in renderer.output_references():
+                continue
+            try:
+                renderer.render_output(out_name, ctx)
+            except WorkflowError as exc:
+                problems.append(exc.message)
+
+    if problems:
+        raise WorkflowError(f"`{spec.path}` cannot run:", path=spec.path, problems=problems)
+    assert who is not None  # a missing caller is a problem above
+    groups = [sorted(gen, key=position.__getitem__) for gen in nx.topological_generations(graph)]
+    return Plan(
+        workflow=spec,
+        caller=who,
+        inputs=resolved,
+        steps=planned,
+        groups=groups,
+        graph=graph,
+    )
+
+
+def _cycle_problems(graph: nx.DiGraph, position: dict[str, int]) -> list[str]:
+    """One problem per group of steps that depend on each other, as a path."""
+    import networkx as nx
+
+    out: list[tuple[int, str]] = []
+    for component in nx.strongly_connected_components(graph):
+        if len(component) < 2:
+            continue  # a self-loop is never added to the graph
+        start = min(component, key=position.__getitem__)
+        edges = nx.find_cycle(graph.subgraph(component), source=start)
+        path = [edges[0][0], *(e[1] for e in edges)]
+        out.append(
+            (
+                position[start],
+                f"steps form a cycle: {' -> '.join(path)}; remove one of these "
+                "`depends_on` entries.",
+            )
+        )
+    return [msg for _, msg in sorted(out)]
+
+
+def _candidates(
+    step: StepSpec, registry: Registry, acl: Acl, caller: str | None, problems: list[str]
+) -> tuple[str, ...]:
+    """The agents a step may go to; problems for unknown names and ACL refusals."""
+    if step.agent is not None:
+        if step.agent not in registry.agents:
+            problems.append(
+                f"step `{step.id}`: unknown agent `{step.agent}`"
+                f"{did_you_mean(step.agent, registry.names) or '.'} "
+                f"Known agents: {', '.join(registry.names)}."
+            )
+            return ()
+        if caller is not None:
+            _acl_problem(acl, caller, step.agent, f"step `{step.id}`: ", problems)
+        return (step.agent,)
+    capability = step.capability or ""
+    capable = tuple(a.name for a in registry.with_capability(capability))
+    if not capable:
+        known = registry.capabilities
+        problems.append(
+            f"step `{step.id}`: no agent has capability `{capability}`"
+            f"{did_you_mean(capability, known) or '.'} "
+            f"Known capabilities: {', '.join(known) or 'none'}."
+        )
+        return ()
+    if caller is None:
+        return capable
+    allowed = tuple(a for a in capable if acl.allows(caller, a))
+    if not allowed:
+        listed = ", ".join(f"`{a}`" for a in capable)
+        targets = acl.targets(caller)
+        may = (
+            f"`{caller}` may delegate to: {', '.join(f'`{a}`' for a in targets)}."
+            if targets
+            else f"`{caller}` may not delegate to anyone."
+        )
+        problems.append(
+            f"step `{step.id}`: no agent with capability `{capability}` may be used by "
+            f"`{caller}` (capable: {listed}); {may}"
+        )
+    return allowed
+
+
+def _validator(
+    step: StepSpec,
+    agent: str | None,
+    registry: Registry,
+    acl: Acl,
+    caller: str | None,
+    configured: str | None,
+    problems: list[str],
+) -> str | None:
+    """The agent validating a step (None when it is not validated); problems as found."""
+    if step.validate is False:
+        return None
+    if step.validate is True:
+        if configured is None:
+            problems.append(
+                f"step `{step.id}` has `validate: true` but no validator is configured: "
+                "set `validator` in orchestrator.yaml, or name the agent (`validate: auditor`)."
+            )
+            return None
+        name = configured
+    else:
+        name = str(step.validate)
+    if name not in registry.agents:
+        problems.append(
+            f"step `{step.id}`: unknown validator `{name}`"
+            f"{did_you_mean(name, registry.names) or '.'}"
+        )
+        return None
+    if agent is not None and name == agent and step.agent is not None:
+        problems.append(
+            f"step `{step.id}` would be validated by its own agent `{name}`; "
+            "name another agent in `validate`."
+        )
+    if caller is not None:
+        _acl_problem(acl, caller, name, f"step `{step.id}` (validator): ", problems)
+    return name
+
+
+def _acl_problem(acl: Acl, caller: str, target: str, prefix: str, problems: list[str]) -> None:
+    try:
+        acl.check(caller, target)
+    except AclDeniedError as exc:
+        problems.append(prefix + exc.message)
+
+
+def _resolve_inputs(
+    spec: WorkflowSpec, given: dict[str, str], problems: list[str]
+) -> dict[str, str]:
+    """Apply defaults; problems for unknown and missing inputs."""
+    declared = list(spec.inputs)
+    takes = (
+        f"`{spec.name}` takes: {', '.join(f'`{n}`' for n in declared)}."
+        if declared
+        else f"`{spec.name}` takes no inputs."
+    )
+    for name in given:
+        if name not in spec.inputs:
+            problems.append(
+                f"unknown input `{name}` (`--input {name}=...`)"
+                f"{did_you_mean(name, declared) or '.'} {takes}"
+            )
+    resolved: dict[str, str] = {}
+    for name, ispec in spec.inputs.items():
+        if name in given:
+            resolved[name] = given[name]
+        elif ispec.default is not None:
+            resolved[name] = ispec.default
+        elif ispec.required:
+            about = f" ({ispec.description.strip()})" if ispec.description.strip() else ""
+            problems.append(f"missing required input `{name}`{about}: pass `--input {name}=...`.")
+        else:
+            resolved[name] = ""
+    return resolved
+
+
+def _unknown_step_problem(who: str, field_name: str | None, ref: str, ids: list[str]) -> str:
+    where = f" in `{field_name}`" if field_name else ""
+    dashed = [s for s in ids if s.startswith(ref + "-")]
+    if dashed:  # `steps.tech-review` parses as `steps.tech - review`
+        hint = f"; an id with `-` needs brackets: `steps['{dashed[0]}']`."
+    else:
+        hint = did_you_mean(ref, ids) or "."
+    return f"{who} uses `steps.{ref}`{where} but there is no step `{ref}`{hint}"
+
+
+def _step_ref_problem(
+    step_id: str, field_name: str, ref: str, ids: list[str], upstream: _Upstream
+) -> str | None:
+    who = f"step `{step_id}`"
+    if not upstream.knows(ref):
+        return _unknown_step_problem(who, field_name, ref, ids)
+    if ref == step_id:
+        return (
+            f"{who} uses `steps.{ref}` in `{field_name}`, its own result, which does not "
+            "exist yet; a step can only use the results of steps upstream of it."
+        )
+    if not upstream.contains(ref, step_id):
+        return (
+            f"{who} uses `steps.{ref}` in `{field_name}` but `{ref}` is not upstream of it; "
+            "add it to `depends_on`."
+        )
+    return None
+
+
+def _input_ref_problem(who: str, field_name: str | None, name: str, spec: WorkflowSpec) -> str:
+    where = f" in `{field_name}`" if field_name else ""
+    return (
+        f"{who} uses `inputs.{name}`{where} but the workflow declares no input `{name}`"
+        f"{did_you_mean(name, list(spec.inputs)) or '.'}"
+    )
+
+
+class _Placeholders(dict[str, dict[str, Any]]):
+    """Placeholder results, made on first use and shared (templates cannot change them)."""
+
+    def __missing__(self, key: str) -> dict[str, Any]:
+        value = placeholder_result(key)
+        self[key] = value
+        return value
+
+
+def _trial_steps(
+    step_id: str, renderer: TaskRenderer, upstream: _Upstream, placeholders: _Placeholders
+) -> dict[str, dict[str, Any]]:
+    """The ``steps`` a step sees in a dry run: its upstream steps, as placeholders.
+
+    A template that only names steps statically needs only those; one that loops over
+    ``steps`` gets every upstream step.
+    """
+    refs = renderer.references(step_id)
+    if any(r.dynamic_steps for r in refs.values()):
+        return {s: placeholders[s] for s in upstream.of(step_id)}
+    return {
+        s: placeholders[s]
+        for s in sorted(renderer.referenced_steps(step_id))
+        if upstream.knows(s) and s != step_id and upstream.contains(s, step_id)
+    }
+
+
+def _context(
+    spec: WorkflowSpec, inputs: dict[str, str], steps: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "inputs": inputs,
+        "steps": steps,
+        "run": {"id": PLACEHOLDER_RUN_ID, "workflow": spec.name},
+    }
+
+
+def _trial_problems(step: StepSpec, renderer: TaskRenderer, ctx: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    checks = [renderer.render_task, renderer.evaluate_when]
+    if step.gate is not None:
+        checks += [renderer.render_gate_prompt, renderer.evaluate_gate_when]
+    for check in checks:
+        try:
+            check(step.id, ctx)
+        except WorkflowError as exc:
+            out.append(exc.message)
+    return out
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def _rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, Any]]:
+    """Each step's task (and gate prompt) rendered with placeholder upstream results."""
+    import networkx as nx
+
+    spec = plan.workflow
+    position = {sid: i for i, sid in enumerate(plan.steps)}
+    upstream = _Upstream(plan.graph, position, nx.is_directed_acyclic_graph(plan.graph))
+    placeholders = _Placeholders()
+    out: dict[str, dict[str, Any]] = {}
+    for sid, planned in plan.steps.items():
+        ctx = _context(spec, plan.inputs, _trial_steps(sid, renderer, upstream, placeholders))
+        entry: dict[str, Any] = {"task": renderer.render_task(sid, ctx)}
+        if planned.spec.gate is not None:
+            entry["gate_prompt"] = renderer.render_gate_prompt(sid, ctx)
+        out[sid] = entry
+    return out
+
+
+def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
+    """The plan as JSON-ready data: groups in order and every step rendered."""
+    spec = plan.workflow
+    rendered = _rendered_steps(plan, renderer)
+    group_of = {sid: i for i, group in enumerate(plan.groups, 1) for sid in group}
+    steps = []
+    for group in plan.groups:
+        for sid in group:
+            p = plan.steps[sid]
+            s = p.spec
+            steps.append(
+                {
+                    "id": sid,
+                    "group": group_of[sid],
+                    "agent": p.agent,
+                    "capability": s.capability,
+                    "candidates": list(p.candidates),
+                    "depends_on": list(p.depends_on),
+                    "when": s.when,
+                    "gate": (
+                        {"prompt": rendered[sid]["gate_prompt"], "when": s.gate.when}
+                        if s.gate is not None
+                        else None
+                    ),
+                    "validator": p.validator,
+                    "timeout": s.timeout,
+                    "retries": s.retries,
+                    "on_failure": s.on_failure,
+                    "options": dict(s.options),
+                    "task": rendered[sid]["task"],
+                }
+            )
+    all_steps = {sid: placeholder_result(sid) for sid in plan.steps}
+    outputs = renderer.render_outputs(_context(spec, plan.inputs, all_steps))
+    return {
+        "workflow": spec.name,
+        "version": spec.version,
+        "path": str(spec.path),
+        "caller": plan.caller,
+        "inputs": dict(plan.inputs),
+        "groups": [list(g) for g in plan.groups],
+        "steps": steps,
+        "outputs": outputs,
+        "placeholders": {
+            "result": "<result of ID>",
+            "status": "complete",
+            "confidence": "high",
+            "run_id": PLACEHOLDER_RUN_ID,
+        },
+    }
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line if line else prefix.rstrip() for line in text.splitlines())
+
+
+def dry_run_text(plan: Plan, renderer: TaskRenderer) -> str:
+    """The plan for a person: parallel groups in order, each step's agent and task."""
+    data = dry_run_dict(plan, renderer)
+    n_steps, n_groups = len(data["steps"]), len(data["groups"])
+    lines = [
+        f"Dry run of `{data['workflow']}` (version {data['version']}, {data['path']}): "
+        "nothing is sent.",
+        f"Caller: {data['caller']}",
+    ]
+    if data["inputs"]:
+        lines.append("Inputs:")
+        for name, value in data["inputs"].items():
+            first, *rest = (value or "").splitlines() or [""]
+            lines.append(f"  {name} = {first}")
+            lines.extend(f"  {' ' * len(name)}   {r}" for r in rest)
+    lines.append(
+        f"{_plural(n_steps, 'step')} in {_plural(n_groups, 'group')}; steps of a group run "
+        "in parallel. Upstream results are shown as `<result of ID>` (status `complete`, "
+        "confidence `high`)."
+    )
+    by_group: dict[int, list[dict[str, Any]]] = {}
+    for s in data["steps"]:
+        by_group.setdefault(s["group"], []).append(s)
+    for number in range(1, n_groups + 1):
+        members = by_group.get(number, [])
+        lines.append("")
+        lines.append(f"Group {number} of {n_groups}: {', '.join(s['id'] for s in members)}")
+        for s in members:
+            lines.extend(_step_lines(s))
+    if data["outputs"]:
+        lines.append("")
+        lines.append("Outputs:")
+        for name, value in data["outputs"].items():
+            lines.append(f"  {name}:")
+            lines.append(_indent(value, "    "))
+    return "\n".join(lines) + "\n"
+
+
+def _step_lines(s: dict[str, Any]) -> list[str]:
+    if s["capability"]:
+        others = [c for c in s["candidates"] if c != s["agent"]]
+        also = f" (also capable: {', '.join(others)})" if others else ""
+        target = f"capability `{s['capability']}` -> {s['agent']}{also}"
+    else:
+        target = s["agent"]
+    lines = [f"  - {s['id']}: {target}"]
+    if s["depends_on"]:
+        lines.append(f"      after: {', '.join(s['depends_on'])}")
+    if s["when"]:
+        lines.append(f"      when: {s['when']}")
+    gate = s["gate"]
+    if gate:
+        cond = f" (only when {gate['when']})" if gate["when"] else ""
+        lines.append(f"      gate{cond}: approval needed before dispatch")
+        lines.append(_indent(gate["prompt"], "        | "))
+    if s["validator"]:
+        lines.append(f"      validate: by {s['validator']}")
+    timeout = f"{s['timeout']:g} s" if s["timeout"] is not None else "agent default"
+    extra = [f"timeout {timeout}", f"retries {s['retries']}", f"on failure: {s['on_failure']}"]
+    extra += [f"{k} {json.dumps(v) if isinstance(v, bool) else v}" for k, v in s["options"].items()]
+    lines.append(f"      {', '.join(extra)}")
+    lines.append("      task:")
+    lines.append(_indent(s["task"], "        | "))
+    return lines
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# --------------------------------------------------------------------------- graph export
+
+
+def graph_text(plan_or_spec: Plan | WorkflowSpec, fmt: str) -> str:
+    """The step graph as Mermaid (``flowchart``) or Graphviz DOT text.
+
+    Steps with a gate are hexagons (Mermaid ``{{...}}``, DOT ``shape=hexagon``); steps
+    with a ``when`` are dashed, as are the edges into them. From a ``Plan`` the chosen
+    agents are shown; from a bare spec, the template's agent or capability.
+    """
+    if fmt not in GRAPH_FORMATS:
+        raise UsageError(
+            f"unknown graph format `{fmt}`{did_you_mean(fmt, GRAPH_FORMATS) or '.'} "
+            f"Use one of: {', '.join(GRAPH_FORMATS)}."
+        )
+    nodes, edges, name = _graph_parts(plan_or_spec)
+    if fmt == "mermaid":
+        return _mermaid(nodes, edges)
+    return _dot(name, nodes, edges)
+
+
+@dataclass(frozen=True)
+class _Node:
+    id: str
+    lines: tuple[str, ...]
+    gate: bool
+    conditional: bool
+
+
+def _graph_parts(
+    plan_or_spec: Plan | WorkflowSpec,
+) -> tuple[list[_Node], list[tuple[str, str]], str]:
+    if isinstance(plan_or_spec, Plan):
+        spec = plan_or_spec.workflow
+        agents: dict[str, str] = {}
+        for sid, p in plan_or_spec.steps.items():
+            cap = p.spec.capability
+            agents[sid] = f"{p.agent} (capability {cap})" if cap else str(p.agent)
+        edges = [(str(a), str(b)) for a, b in plan_or_spec.graph.edges()]
+        steps: Iterable[StepSpec] = (p.spec for p in plan_or_spec.steps.values())
+    else:
+        spec = plan_or_spec
+        seen: dict[str, StepSpec] = {}
+        for s in spec.steps:
+            seen.setdefault(s.id, s)
+        steps = seen.values()
+        agents = {s.id: s.agent if s.agent else f"capability {s.capability}" for s in seen.values()}
+        edges = [(d, s.id) for s in seen.values() for d in dict.fromkeys(s.depends_on) if d in seen]
+    nodes = []
+    for s in steps:
+        lines = [s.id, agents[s.id]]
+        if s.when:
+            lines.append(f"when {s.when}")
+        if s.gate is not None:
+            lines.append(f"gate when {s.gate.when}" if s.gate.when else "gate")
+        nodes.append(_Node(s.id, tuple(lines), s.gate is not None, s.when is not None))
+    return nodes, edges, spec.name
+
+
+def _mermaid_text(text: str) -> str:
+    return (
+        text.replace("&", "#amp;").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+    )
+
+
+def _mermaid(nodes: list[_Node], edges: list[tuple[str, str]]) -> str:
+    # Mermaid ids cannot hold every step id (`-` reads as an arrow): use n0, n1, ...
+    key = {n.id: f"n{i}" for i, n in enumerate(nodes)}
+    out = ["flowchart TD"]
+    for n in nodes:
+        label = "<br/>".join(_mermaid_text(line) for line in n.lines)
+        shape = ('{{"', '"}}') if n.gate else ('["', '"]')
+        out.append(f"    {key[n.id]}{shape[0]}{label}{shape[1]}")
+    conditional = {n.id for n in nodes if n.conditional}
+    for a, b in edges:
+        arrow = "-.->" if b in conditional else "-->"
+        out.append(f"    {key[a]} {arrow} {key[b]}")
+    out.append("    classDef gate fill:#fff3cd,stroke:#b58900,stroke-width:2px")
+    out.append("    classDef conditional stroke-dasharray: 5 5")
+    gates = [key[n.id] for n in nodes if n.gate]
+    conds = [key[n.id] for n in nodes if n.conditional]
+    if gates:
+        out.append(f"    class {','.join(gates)} gate")
+    if conds:
+        out.append(f"    class {','.join(conds)} conditional")
+    return "\n".join(out) + "\n"
+
+
+def _dot_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _dot(name: str, nodes: list[_Node], edges: list[tuple[str, str]]) -> str:
+    out = [f'digraph "{_dot_text(name)}" {{', "    rankdir=TB;", "    node [shape=box];"]
+    conditional = {n.id for n in nodes if n.conditional}
+    for n in nodes:
+        attrs = ['label="' + "\\n".join(_dot_text(line) for line in n.lines) + '"']
+        styles = []
+        if n.gate:
+            attrs += ["shape=hexagon", 'fillcolor="#fff3cd"']
+            styles.append("filled")
+        if n.conditional:
+            styles.append("dashed")
+        if styles:
+            attrs.append(f'style="{",".join(styles)}"')
+        out.append(f'    "{_dot_text(n.id)}" [{", ".join(attrs)}];')
+    for a, b in edges:
+        style = " [style=dashed]" if b in conditional else ""
+        out.append(f'    "{_dot_text(a)}" -> "{_dot_text(b)}"{style};')
+    out.append("}")
+    return "\n".join(out) + "\n"

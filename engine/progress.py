@@ -1,0 +1,175 @@
+"""Showing workflow progress: a live table on a terminal, plain lines elsewhere; summaries."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+from engine.reporter import ConsoleReporter, Reporter
+
+_ICONS = {
+    "complete": "✔", "partial": "◐", "skipped": "↷", "waiting_approval": "⏸",
+    "running": "▶", "queued": "…", "pending": "·",
+}
+
+
+def _icon(status: str) -> str:
+    return _ICONS.get(status, "✘")
+
+
+class LineReporter(ConsoleReporter):
+    """One plain line per workflow event (for logs and pipes)."""
+
+    def event(self, kind: str, **f: Any) -> None:
+        if kind == "run_started":
+            groups = " | ".join(", ".join(f"{s} ({a})" for s, a in g) for g in f["steps"])
+            self._line(f"run {f['run_id']} ({f['workflow']}): {groups}")
+        elif kind == "step_started":
+            again = " (re-attached)" if f.get("reattached") else ""
+            att = f" attempt {f['attempt']}" if f.get("attempt", 1) > 1 else ""
+            self._line(f"▶ {f['step']} → {f['agent']}{att}{again}")
+        elif kind == "step_queued":
+            self._line(f"… {f['step']}: waiting for a pool token")
+        elif kind == "step_finished":
+            dur = f.get("duration_ms")
+            took = f" in {dur / 1000:.2f} s" if isinstance(dur, int | float) else ""
+            err = f": {f['error'].splitlines()[0]}" if f.get("error") else ""
+            self._line(f"{_icon(f['status'])} {f['step']} {f['status']}{took}{err}")
+        elif kind == "step_skipped":
+            self._line(f"↷ {f['step']} skipped: {f['reason']}")
+        elif kind == "gate_waiting":
+            self._line(f"⏸ {f['step']} waits for approval: {f['prompt']}")
+        elif kind == "run_finished":
+            self._line(f"run {f['run_id']}: {f['status']}")
+        elif self.verbose:
+            super().event(kind, **f)
+
+    def delegation_dispatched(self, run_id: str, caller: str, target: str, attempts: int) -> None:
+        pass  # step lines say it
+
+
+class LiveReporter(Reporter):
+    """A live table of steps with state and elapsed time (rich), on a terminal."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        from rich.console import Console
+
+        self.console = Console(file=stream or sys.stderr)
+        self._lock = threading.Lock()
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._title = ""
+        self._live: Any = None
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=self._title, title_justify="left", expand=False)
+        for col in ("step", "agent", "state", "elapsed", "note"):
+            table.add_column(col)
+        now = time.monotonic()
+        for sid, r in self._rows.items():
+            if r.get("t0") is None:
+                elapsed = ""
+            else:
+                elapsed = f"{(r.get('t1') or now) - r['t0']:.1f} s"
+            table.add_row(sid, r.get("agent") or "", f"{_icon(r['state'])} {r['state']}",
+                          elapsed, r.get("note", ""))
+        return table
+
+    def event(self, kind: str, **f: Any) -> None:
+        with self._lock:
+            if kind == "run_started":
+                from rich.live import Live
+
+                self._title = f"{f['workflow']} · {f['run_id']}"
+                for group in f["steps"]:
+                    for sid, agent in group:
+                        self._rows.setdefault(sid, {"agent": agent, "state": "pending"})
+                if self._live is None:
+                    self._live = Live(self._table(), console=self.console,
+                                      refresh_per_second=4, get_renderable=self._table)
+                    self._live.start()
+                return
+            row = self._rows.setdefault(f.get("step") or "?", {"state": "pending"})
+            if kind == "step_started":
+                row.update(state="running", agent=f.get("agent"), t0=time.monotonic(),
+                           t1=None, note=f"attempt {f['attempt']}" if f["attempt"] > 1 else "")
+            elif kind == "step_queued":
+                row.update(state="queued", note="waiting for a pool token")
+            elif kind == "step_dispatched":
+                row.update(state="running", note="")
+            elif kind == "step_finished":
+                row.update(state=f["status"], t1=time.monotonic(),
+                           note=(f.get("error") or "").splitlines()[0][:60] if f.get("error")
+                           else "")
+            elif kind == "step_skipped":
+                row.update(state="skipped", note=f["reason"][:60])
+            elif kind == "gate_waiting":
+                row.update(state="waiting_approval", note="approval gate")
+
+    def warning(self, message: str) -> None:
+        self.console.print(f"warning: {message}")
+
+    def close(self) -> None:
+        """Stop the live display (leaves the final table on screen)."""
+        with self._lock:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
+
+
+def progress_reporter() -> Reporter:
+    """A live table when stderr is a terminal, plain lines otherwise."""
+    if sys.stderr.isatty():
+        return LiveReporter()
+    return LineReporter()
+
+
+def _render(table: Any) -> str:
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=120, color_system=None, force_terminal=False).print(table)
+    return buf.getvalue().rstrip("\n")
+
+
+def summary_table(summary: dict[str, Any], *, waiting: bool = False) -> str:
+    """The step table of a run summary as text."""
+    from rich import box
+    from rich.table import Table
+
+    title = f"{summary['workflow']} · {summary['runId']} · {summary['status']}"
+    dur = summary.get("duration_ms")
+    if isinstance(dur, int | float):
+        title += f" · {dur / 1000:.2f} s"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE)
+    for col in ("step", "agent", "status", "duration", "confidence", "attempts", "note"):
+        table.add_column(col)
+    for sid, st in summary["steps"].items():
+        d = st.get("duration_ms")
+        note = st.get("waiting") if waiting and st.get("waiting") else (
+            st.get("skip_reason") or (st.get("error") or "").split("\n")[0])
+        table.add_row(sid, st.get("agent") or "", f"{_icon(st['status'])} {st['status']}",
+                      f"{d / 1000:.2f} s" if isinstance(d, int | float) else "",
+                      st.get("confidence") or "", str(st.get("attempts") or ""), note or "")
+    return _render(table)
+
+
+def runs_table(rows: list[dict[str, Any]]) -> str:
+    """The `workflow runs` listing as text."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE)
+    for col in ("run", "workflow", "status", "started", "duration", "steps"):
+        table.add_column(col)
+    for r in rows:
+        d = r.get("duration_ms")
+        steps = ", ".join(f"{n} {k}" for k, n in sorted(r["steps"].items()))
+        table.add_row(r["runId"], r["workflow"], r["status"], r.get("started_at") or "",
+                      f"{d / 1000:.1f} s" if isinstance(d, int | float) else "", steps)
+    return _render(table)

@@ -1,0 +1,1122 @@
+"""Running a planned workflow: parallel steps, conditions, gates, retries, records, resume.
+
+A run lives in ``<handoffs_dir>/workflows/<run-id>/``::
+
+    run.json        workflow, inputs, plan, fingerprint (template + inputs + agents)
+    events.jsonl    append-only journal; the run's state is a replay of it
+    <step-id>.json  one per finished step: the handoff, attempts, timings, skip reason
+    summary.json    status, duration, per-step status, outputs (at the end, on pause)
+
+Every step is one delegation through ``Delegator`` with a deterministic run id
+``<run-id>-<step-id>-<attempt>``: after a crash, ``resume`` re-attaches to a step in
+flight instead of sending it again, and takes a handoff that arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from engine.config import Config
+from engine.delegate import DelegationRequest, Delegator, Outcome
+from engine.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_WAITING,
+    OrchestratorError,
+    RunStateError,
+    UsageError,
+    did_you_mean,
+)
+from engine.files import check_id, new_run_id, parse_iso, utcnow_iso, write_json_atomic
+from engine.record import read_json
+from engine.reporter import Reporter
+
+RUNS_DIR = "workflows"
+CANCEL_FILE = "CANCEL"
+
+
+class StepState(enum.Enum):
+    """Where a step is."""
+
+    PENDING = "pending"  # waiting for its upstream steps
+    QUEUED = "queued"  # ready, waiting for a pool token
+    RUNNING = "running"  # dispatched, waiting for the agent's handoff
+    WAITING_APPROVAL = "waiting_approval"  # parked at its approval gate
+    COMPLETE = "complete"  # the agent did it
+    PARTIAL = "partial"  # the agent did part of it (dependents still run)
+    BLOCKED = "blocked"  # the agent could not proceed (never retried)
+    FAILED = "failed"  # the agent said it failed, or its validator rejected it
+    TIMEOUT = "timeout"  # no handoff in time (after retries)
+    INVALID = "invalid"  # its handoff was refused
+    ERRORED = "errored"  # the machinery broke (gateway refused, render error, pool refusal)
+    CANCELLED = "cancelled"  # the run was cancelled while it ran
+    SKIPPED = "skipped"  # not run: its condition was false, or upstream failed, or run stopped
+    REJECTED = "rejected"  # its approval gate was rejected
+
+    @property
+    def final(self) -> bool:
+        """True once the step will not change in this run."""
+        return self not in (StepState.PENDING, StepState.QUEUED, StepState.RUNNING,
+                            StepState.WAITING_APPROVAL)
+
+    @property
+    def ok(self) -> bool:
+        """True when dependents may use the step's result."""
+        return self in (StepState.COMPLETE, StepState.PARTIAL)
+
+
+#: Step states that ``--retry-failed`` runs again.
+RETRYABLE = (StepState.FAILED, StepState.TIMEOUT, StepState.ERRORED, StepState.INVALID,
+             StepState.BLOCKED, StepState.CANCELLED)
+
+
+class RunState(enum.Enum):
+    """Where a run is."""
+
+    RUNNING = "running"  # a process is executing it (or died doing so: resume it)
+    WAITING_APPROVAL = "waiting_approval"  # parked at a gate; approve/reject, then resume
+    COMPLETE = "complete"  # every step complete, partial, or skipped by its condition
+    FAILED = "failed"  # some step failed, timed out, errored or was rejected
+    CANCELLED = "cancelled"  # `workflow cancel` stopped it
+
+
+@dataclass
+class StepRun:
+    """The mutable state of one step inside a run."""
+
+    id: str
+    state: StepState = StepState.PENDING
+    agent: str | None = None
+    attempt: int = 0
+    delegation_run_id: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    started_at: str | None = None
+    finished_at: str | None = None
+    dispatched_at: str | None = None
+    skip_reason: str | None = None
+    skip_kind: str | None = None  # condition | upstream | stopped
+    handoff: dict[str, Any] | None = None
+    validation: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None  # {"decision": approved|rejected, "by", "reason", "at"}
+    error: str | None = None
+    in_flight: bool = False  # started in an earlier process and not finished
+
+    @property
+    def duration_ms(self) -> float | None:
+        """From start to finish, when both are known."""
+        if self.started_at and self.finished_at:
+            delta = parse_iso(self.finished_at) - parse_iso(self.started_at)
+            return round(delta.total_seconds() * 1000, 3)
+        return None
+
+    def context(self) -> dict[str, Any]:
+        """What templates see as ``steps.<id>``."""
+        h = self.handoff or {}
+        return {
+            "result": h.get("result", ""),
+            "status": self.state.value,
+            "confidence": h.get("confidence", ""),
+            "artifacts": list(h.get("artifacts", [])),
+            "notes": h.get("notes", ""),
+        }
+
+
+@dataclass(frozen=True)
+class GateRequest:
+    """What an approver is shown at a gate."""
+
+    run_id: str
+    step: str
+    agent: str | None
+    prompt: str
+    upstream: dict[str, dict[str, Any]]
+
+
+#: Decides a gate: ``"approved"``, ``("rejected", reason)``, or None to park the run.
+Approver = Callable[[GateRequest], "str | tuple[str, str] | None"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run or resume.
+
+    Example: ``RunOptions(caller="manager", max_parallel=4, approve=frozenset({"review"}))``
+    """
+
+    caller: str | None = None
+    max_parallel: int = 4
+    approve: frozenset[str] = frozenset()
+    approve_all: bool = False
+    retry_failed: bool = False
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run (or this stretch of it) ended."""
+
+    run_id: str
+    state: RunState
+    run_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        """0 complete · 1 failed or cancelled · 3 waiting for approval · 4 only timeouts."""
+        if self.state is RunState.COMPLETE:
+            return EXIT_OK
+        if self.state is RunState.WAITING_APPROVAL:
+            return EXIT_WAITING
+        states = {s["status"] for s in self.summary.get("steps", {}).values()}
+        if self.state is RunState.FAILED and "timeout" in states and not states & {
+            "failed", "blocked", "errored", "invalid", "rejected"
+        }:
+            return EXIT_TIMEOUT
+        return EXIT_FAILED
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A workflow loaded, planned and ready to run or to print as a dry run."""
+
+    spec: Any
+    plan: Any
+    renderer: Any
+
+
+def prepare(
+    cfg: Config,
+    name_or_path: str,
+    inputs: dict[str, str],
+    *,
+    caller: str | None = None,
+) -> Prepared:
+    """Find, load and plan a workflow: every check of the planner, nothing dispatched."""
+    from engine.acl import Acl
+    from engine.dag import plan_workflow
+    from engine.registry import Registry
+    from engine.workflow import TaskRenderer, find_workflow, load_workflow
+
+    spec = load_workflow(find_workflow(name_or_path, cfg))
+    registry = Registry.from_config(cfg)
+    renderer = TaskRenderer(spec)
+    plan = plan_workflow(
+        spec,
+        registry=registry,
+        acl=Acl(cfg.acl, registry.names),
+        inputs=inputs,
+        caller=caller,
+        validator=cfg.validator,
+        renderer=renderer,
+    )
+    return Prepared(spec, plan, renderer)
+
+
+def fingerprint_parts(cfg: Config, prepared: Prepared) -> dict[str, str]:
+    """Hashes of what a resumed run must not have changed: template, inputs, agents."""
+    plan = prepared.plan
+    used = sorted({a for s in plan.steps.values() for a in (*s.candidates, s.agent,
+                                                              s.validator) if a})
+    agents = {
+        name: {
+            "url": cfg.agents[name].url,
+            "agent_id": cfg.agents[name].agent_id,
+            "timeout": cfg.agents[name].timeout,
+            "capabilities": list(cfg.agents[name].capabilities),
+        }
+        for name in used
+        if name in cfg.agents
+    }
+
+    def h(obj: Any) -> str:
+        text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    return {
+        "template": h(prepared.spec.source_text),
+        "inputs": h(plan.inputs),
+        "agents": h({"agents": agents, "caller": plan.caller}),
+    }
+
+
+# ----------------------------------------------------------------------------- journal
+
+
+class Journal:
+    """The append-only event log of a run; one JSON object per line, thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[str] | None = None
+        self._lock = threading.Lock()
+
+    def append(self, kind: str, /, **fields: Any) -> dict[str, Any]:
+        """Append one event (stamped with ``at``) and flush it to the OS."""
+        event = {"event": kind, "at": utcnow_iso(), **fields}
+        line = json.dumps(event, ensure_ascii=False, default=str) + "\n"
+        with self._lock:
+            if self._fh is None:
+                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._fh.write(line)
+            self._fh.flush()
+        return event
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Read a journal; a torn last line (a crash mid-write) is ignored."""
+    events: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(ev, dict) and "event" in ev:
+                    events.append(ev)
+    except FileNotFoundError:
+        pass
+    return events
+
+
+# ----------------------------------------------------------------------------- run state
+
+
+def runs_dir(cfg: Config) -> Path:
+    """Where workflow runs live."""
+    return cfg.handoffs_dir / RUNS_DIR
+
+
+def run_dir(cfg: Config, run_id: str) -> Path:
+    """The directory of run ``run_id`` (checked to exist)."""
+    check_id(run_id, "workflow run id")
+    path = runs_dir(cfg) / run_id
+    if not (path / "run.json").is_file():
+        known = [p.name for p in runs_dir(cfg).glob("*/run.json")] if runs_dir(cfg).exists() else []
+        known = [Path(k).parent.name for k in known]
+        raise RunStateError(
+            f"no workflow run `{run_id}` in `{runs_dir(cfg)}`"
+            f"{did_you_mean(run_id, known) or '.'} List runs with `workflow runs`."
+        )
+    return path
+
+
+@dataclass
+class RunView:
+    """A run as its files say it is (run.json + the replayed journal)."""
+
+    run_id: str
+    path: Path
+    meta: dict[str, Any]
+    steps: dict[str, StepRun]
+    state: RunState
+    events: list[dict[str, Any]]
+    started_at: str | None
+    finished_at: str | None
+
+
+def replay(path: Path) -> RunView:
+    """Rebuild a run's state from run.json and its journal."""
+    meta = read_json(path / "run.json")
+    if not isinstance(meta, dict):
+        raise RunStateError(f"`{path / 'run.json'}` is missing or unreadable.", path=path)
+    order = [s for group in meta["plan"]["groups"] for s in group]
+    steps = {s: StepRun(id=s, agent=meta["plan"]["steps"][s].get("agent")) for s in order}
+    state = RunState.RUNNING
+    events = read_events(path / "events.jsonl")
+    started = finished = None
+    for ev in events:
+        kind = ev["event"]
+        step = steps.get(ev.get("step", ""))
+        if kind == "run_started" and started is None:
+            started = ev["at"]
+        elif kind == "run_finished":
+            state = RunState(ev["status"])
+            finished = ev["at"]
+        elif kind == "run_resumed":
+            state = RunState.RUNNING
+            finished = None
+        elif kind == "run_cancelled":
+            state = RunState.CANCELLED
+            finished = ev["at"]
+        elif step is None:
+            continue
+        elif kind == "step_started":
+            step.state = StepState.RUNNING
+            step.attempt = ev["attempt"]
+            step.agent = ev.get("agent", step.agent)
+            step.delegation_run_id = ev["delegation_run_id"]
+            step.started_at = step.started_at or ev["at"]
+            step.dispatched_at = None
+            step.in_flight = True
+        elif kind == "step_queued":
+            step.state = StepState.QUEUED
+        elif kind == "step_dispatched":
+            step.state = StepState.RUNNING
+            step.dispatched_at = ev["at"]
+        elif kind == "step_attempt":
+            step.attempts.append({k: v for k, v in ev.items() if k not in ("event", "step")})
+        elif kind == "step_finished":
+            step.state = StepState(ev["status"])
+            step.finished_at = ev["at"]
+            step.in_flight = False
+            step.error = ev.get("error")
+            data = read_json(path / f"{step.id}.json")
+            if isinstance(data, dict):
+                step.handoff = data.get("handoff")
+                step.validation = data.get("validation")
+        elif kind == "step_skipped":
+            step.state = StepState.SKIPPED
+            step.skip_reason = ev.get("reason")
+            step.skip_kind = ev.get("kind")
+            step.finished_at = ev["at"]
+        elif kind == "gate_waiting":
+            step.state = StepState.WAITING_APPROVAL
+        elif kind == "gate_decided":
+            step.gate = {k: ev.get(k) for k in ("decision", "by", "reason", "at")}
+            if ev.get("decision") == "rejected" and step.state is StepState.WAITING_APPROVAL:
+                step.state = StepState.REJECTED
+                step.finished_at = ev["at"]
+            elif step.state is StepState.WAITING_APPROVAL:
+                step.state = StepState.PENDING
+        elif kind == "step_reset":
+            step.state = StepState.PENDING
+            step.skip_reason = step.skip_kind = step.error = None
+            step.finished_at = None
+    return RunView(meta["runId"], path, meta, steps, state, events, started, finished)
+
+
+def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str, Any]:
+    """The content of summary.json for a run."""
+    started = view.started_at
+    finished = view.finished_at
+    duration = None
+    if started and finished:
+        duration = round((parse_iso(finished) - parse_iso(started)).total_seconds() * 1000, 3)
+    steps = {}
+    for s in view.steps.values():
+        steps[s.id] = {
+            "status": s.state.value,
+            "agent": s.agent,
+            "attempts": s.attempt,
+            "duration_ms": s.duration_ms,
+            "confidence": (s.handoff or {}).get("confidence"),
+            "delegation_run_id": s.delegation_run_id,
+            **({"skip_reason": s.skip_reason} if s.skip_reason else {}),
+            **({"error": s.error} if s.error else {}),
+            **({"gate": s.gate} if s.gate else {}),
+        }
+    gate_wait_ms = _gate_wait_ms(view.events)
+    return {
+        "runId": view.run_id,
+        "workflow": view.meta["workflow"],
+        "status": view.state.value,
+        "caller": view.meta["caller"],
+        "inputs": view.meta["inputs"],
+        "started_at": started,
+        "finished_at": finished,
+        "duration_ms": duration,
+        "gate_wait_ms": gate_wait_ms,
+        "retries": sum(max(0, s.attempt - 1) for s in view.steps.values()),
+        "steps": steps,
+        "outputs": outputs or {},
+    }
+
+
+def _gate_wait_ms(events: list[dict[str, Any]]) -> float:
+    waiting: dict[str, str] = {}
+    total = 0.0
+    for ev in events:
+        if ev["event"] == "gate_waiting":
+            waiting.setdefault(ev["step"], ev["at"])
+        elif ev["event"] == "gate_decided" and ev.get("step") in waiting:
+            since = waiting.pop(ev["step"])
+            total += (parse_iso(ev["at"]) - parse_iso(since)).total_seconds() * 1000
+    return round(total, 3)
+
+
+# ----------------------------------------------------------------------------- the runner
+
+
+class _StepReporter(Reporter):
+    """Journals the delegation events of steps, and forwards everything to the user's."""
+
+    def __init__(self, inner: Reporter, journal: Journal, steps_by_run: dict[str, str]) -> None:
+        self.inner = inner
+        self.journal = journal
+        self.steps_by_run = steps_by_run
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.inner.event(kind, **fields)
+
+    def pool_waiting(self, run_id: str, agent: str) -> None:
+        step = self.steps_by_run.get(run_id)
+        if step:
+            self.journal.append("step_queued", step=step, delegation_run_id=run_id)
+        self.inner.event("step_queued", step=step, agent=agent)
+
+    def delegation_dispatched(self, run_id: str, caller: str, target: str, attempts: int) -> None:
+        step = self.steps_by_run.get(run_id)
+        if step:
+            self.journal.append("step_dispatched", step=step, delegation_run_id=run_id,
+                                attempts=attempts)
+        self.inner.event("step_dispatched", step=step, agent=target)
+
+    def delegation_retry(self, agent: str, attempt: int, delay: float, reason: str) -> None:
+        self.inner.delegation_retry(agent, attempt, delay, reason)
+
+    def delegation_finished(self, run_id: str, target: str, outcome: str, record: str) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
+        self.inner.warning(message)
+
+
+class WorkflowRunner:
+    """Executes a run of a planned workflow through a Delegator."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        delegator: Delegator,
+        *,
+        reporter: Reporter | None = None,
+        approver: Approver | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.delegator = delegator
+        self.reporter = reporter or Reporter()
+        self.approver = approver
+        self._run_id = ""
+        self._steps: dict[str, StepRun] = {}
+
+    # -- entry points -----------------------------------------------------------------
+
+    def start(self, prepared: Prepared, options: RunOptions) -> RunResult:
+        """Create the run directory and run the workflow."""
+        plan = prepared.plan
+        self._check_approvals(plan, options)
+        run_id = new_run_id("wf")
+        path = runs_dir(self.cfg) / run_id
+        path.mkdir(parents=True)
+        meta = {
+            "runId": run_id,
+            "workflow": prepared.spec.name,
+            "workflow_path": str(prepared.spec.path),
+            "version": prepared.spec.version,
+            "caller": plan.caller,
+            "inputs": plan.inputs,
+            "config": str(self.cfg.path) if self.cfg.path else None,
+            "created_at": utcnow_iso(),
+            "fingerprint": fingerprint_parts(self.cfg, prepared),
+            "plan": {
+                "groups": plan.groups,
+                "steps": {
+                    sid: {
+                        "agent": ps.agent,
+                        "candidates": list(ps.candidates),
+                        "depends_on": list(ps.depends_on),
+                        "validator": ps.validator,
+                        "gate": bool(ps.spec.gate),
+                        "when": ps.spec.when,
+                    }
+                    for sid, ps in plan.steps.items()
+                },
+            },
+        }
+        write_json_atomic(path / "run.json", meta)
+        with _RunLock(path):
+            journal = Journal(path / "events.jsonl")
+            try:
+                journal.append("run_started", run_id=run_id, workflow=prepared.spec.name,
+                               pid=os.getpid())
+                view = replay(path)
+                return self._execute(prepared, view, journal, options)
+            finally:
+                journal.close()
+
+    def resume(self, run_id: str, options: RunOptions) -> RunResult:
+        """Continue a run after a crash, a gate, a failure or a restart."""
+        path = run_dir(self.cfg, run_id)
+        with _RunLock(path):
+            view = replay(path)
+            if view.state is RunState.CANCELLED:
+                raise RunStateError(f"run `{run_id}` was cancelled; start a new run instead.")
+            meta = view.meta
+            prepared = prepare(self.cfg, meta["workflow_path"], meta["inputs"],
+                               caller=meta["caller"])
+            changed = [
+                k for k, v in fingerprint_parts(self.cfg, prepared).items()
+                if meta["fingerprint"].get(k) != v
+            ]
+            if changed and not options.force:
+                what = {"template": f"the template `{meta['workflow_path']}`",
+                        "inputs": "the inputs (defaults in the template)",
+                        "agents": "the agents' configuration in the config"}
+                raise RunStateError(
+                    f"run `{run_id}` cannot resume: "
+                    + ", ".join(what[c] for c in changed)
+                    + " changed since it started. Start a new run, or pass `--force` to "
+                    "resume with the current definitions."
+                )
+            self._check_approvals(prepared.plan, options)
+            journal = Journal(path / "events.jsonl")
+            try:
+                journal.append("run_resumed", pid=os.getpid(), changed=changed,
+                               retry_failed=options.retry_failed)
+                if options.retry_failed:
+                    self._reset_failed(view, prepared, journal)
+                view = replay(path)
+                return self._execute(prepared, view, journal, options)
+            finally:
+                journal.close()
+
+    # -- the scheduler ------------------------------------------------------------------
+
+    def _check_approvals(self, plan: Any, options: RunOptions) -> None:
+        for step in options.approve:
+            if step not in plan.steps:
+                raise UsageError(
+                    f"`--approve {step}`: no such step{did_you_mean(step, list(plan.steps))}"
+                )
+            if plan.steps[step].spec.gate is None:
+                raise UsageError(f"`--approve {step}`: that step has no approval gate.")
+
+    def _reset_failed(self, view: RunView, prepared: Prepared, journal: Journal) -> None:
+        plan = prepared.plan
+        again = {s.id for s in view.steps.values() if s.state in RETRYABLE}
+        for sid in list(again):
+            again |= plan.downstream(sid)
+        for sid in again:
+            s = view.steps[sid]
+            if s.state in RETRYABLE or (s.state is StepState.SKIPPED
+                                        and s.skip_kind in ("upstream", "stopped")):
+                journal.append("step_reset", step=sid, previous=s.state.value)
+
+    def _execute(self, prepared: Prepared, view: RunView, journal: Journal,
+                 options: RunOptions) -> RunResult:
+        plan = prepared.plan
+        steps = view.steps
+        run_id = view.run_id
+        self._run_id = run_id
+        self._steps = steps
+        order = [s for group in plan.groups for s in group]
+        cancel = threading.Event()
+        cancel_file = view.path / CANCEL_FILE
+        steps_by_run: dict[str, str] = {}
+        step_reporter = _StepReporter(self.reporter, journal, steps_by_run)
+        saved_reporter = self.delegator.reporter
+        self.delegator.reporter = step_reporter
+        stop_reason: str | None = None
+        for s in steps.values():
+            if s.state is StepState.QUEUED or (s.state is StepState.RUNNING):
+                s.in_flight = True
+            if s.state is StepState.WAITING_APPROVAL:
+                s.state = StepState.PENDING
+            if s.state.final and not s.state.ok and s.state is not StepState.SKIPPED:
+                if plan.steps[s.id].spec.on_failure == "stop":
+                    stop_reason = f"`{s.id}` ended {s.state.value}"
+        self.reporter.event("run_started", run_id=run_id, workflow=plan.workflow.name,
+                            steps=[[(sid, steps[sid].agent) for sid in g] for g in plan.groups])
+        running: dict[Future[None], str] = {}
+        with ThreadPoolExecutor(max_workers=max(1, options.max_parallel),
+                                thread_name_prefix=f"step-{run_id[-8:]}") as pool:
+            while True:
+                if not cancel.is_set() and cancel_file.exists():
+                    cancel.set()
+                    journal.append("run_cancelled", by="workflow cancel")
+                if cancel.is_set():
+                    for sid in order:
+                        s = steps[sid]
+                        if s.state in (StepState.PENDING, StepState.WAITING_APPROVAL):
+                            self._skip(journal, s, "the run was cancelled", "stopped")
+                launched = self._launch_ready(
+                    prepared, order, steps, running, pool, journal, options, cancel,
+                    steps_by_run, stop_reason,
+                ) if not cancel.is_set() else False
+                if not running:
+                    if launched:
+                        continue
+                    break
+                done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    sid = running.pop(fut)
+                    exc = fut.exception()
+                    s = steps[sid]
+                    if exc is not None:  # a bug, not a step outcome: record and go on
+                        self._finish(journal, s, StepState.ERRORED, error=f"internal error: {exc}")
+                    if not s.state.ok and plan.steps[sid].spec.on_failure == "stop":
+                        stop_reason = stop_reason or f"`{sid}` ended {s.state.value}"
+        self.delegator.reporter = saved_reporter
+        return self._conclude(prepared, view, journal, cancel.is_set())
+
+    def _launch_ready(
+        self,
+        prepared: Prepared,
+        order: list[str],
+        steps: dict[str, StepRun],
+        running: dict[Future[None], str],
+        pool: ThreadPoolExecutor,
+        journal: Journal,
+        options: RunOptions,
+        cancel: threading.Event,
+        steps_by_run: dict[str, str],
+        stop_reason: str | None,
+    ) -> bool:
+        plan = prepared.plan
+        launched = False
+        active = set(running.values())
+        for sid in order:
+            s = steps[sid]
+            if sid in active or s.state not in (StepState.PENDING, StepState.QUEUED,
+                                                 StepState.RUNNING):
+                continue
+            ps = plan.steps[sid]
+            ups = [steps[d] for d in ps.depends_on]
+            if not all(u.state.final for u in ups):
+                continue
+            if s.in_flight:  # dispatched by an earlier process: re-attach, never resend
+                running[pool.submit(self._run_step, prepared, s, journal, cancel,
+                                    steps_by_run, True)] = sid
+                launched = True
+                continue
+            bad = [u for u in ups if not u.state.ok and not (
+                u.state is StepState.SKIPPED and u.skip_kind == "condition")]
+            if bad:
+                u = bad[0]
+                self._skip(journal, s, f"upstream `{u.id}` ended {u.state.value}", "upstream")
+                launched = True
+                continue
+            if stop_reason:
+                self._skip(journal, s, f"the run stopped after {stop_reason}", "stopped")
+                launched = True
+                continue
+            ctx = self._context(prepared, steps)
+            try:
+                if not prepared.renderer.evaluate_when(sid, ctx):
+                    self._skip(journal, s, f"condition `{ps.spec.when}` is false", "condition")
+                    launched = True
+                    continue
+                gated = ps.spec.gate is not None and prepared.renderer.evaluate_gate_when(sid, ctx)
+            except OrchestratorError as exc:
+                self._finish(journal, s, StepState.ERRORED, error=str(exc))
+                launched = True
+                continue
+            except Exception as exc:  # a template error at run time
+                self._finish(journal, s, StepState.ERRORED, error=f"condition failed: {exc}")
+                launched = True
+                continue
+            if gated and not self._gate(prepared, s, journal, options, steps):
+                continue
+            running[pool.submit(self._run_step, prepared, s, journal, cancel,
+                                steps_by_run, False)] = sid
+            launched = True
+        return launched
+
+    def _gate(self, prepared: Prepared, s: StepRun, journal: Journal, options: RunOptions,
+              steps: dict[str, StepRun]) -> bool:
+        """True when the step may go; parks or rejects it otherwise."""
+        if s.gate and s.gate.get("decision") == "approved":
+            return True
+        if options.approve_all or s.id in options.approve:
+            s.gate = {"decision": "approved", "by": "--approve", "reason": None,
+                      "at": utcnow_iso()}
+            journal.append("gate_decided", step=s.id, decision="approved", by="--approve")
+            return True
+        ps = prepared.plan.steps[s.id]
+        try:
+            prompt = prepared.renderer.render_gate_prompt(s.id, self._context(prepared, steps))
+        except Exception:  # the raw prompt still tells the approver what is asked
+            prompt = ps.spec.gate.prompt
+        if s.state is not StepState.WAITING_APPROVAL:
+            journal.append("gate_waiting", step=s.id, prompt=prompt)
+            s.state = StepState.WAITING_APPROVAL
+            self.reporter.event("gate_waiting", step=s.id, prompt=prompt, run_id=self._run_id)
+        decision = None
+        if self.approver is not None:
+            upstream = {d: steps[d].context() for d in prepared.plan.upstream(s.id)}
+            decision = self.approver(GateRequest(
+                run_id=self._run_id, step=s.id, agent=s.agent,
+                prompt=prompt, upstream=upstream))
+        if decision is None:
+            return False
+        if decision == "approved":
+            s.gate = {"decision": "approved", "by": "terminal", "reason": None,
+                      "at": utcnow_iso()}
+            journal.append("gate_decided", step=s.id, decision="approved", by="terminal")
+            s.state = StepState.PENDING
+            return True
+        reason = decision[1] if isinstance(decision, tuple) else "rejected"
+        journal.append("gate_decided", step=s.id, decision="rejected", by="terminal",
+                       reason=reason)
+        s.gate = {"decision": "rejected", "by": "terminal", "reason": reason}
+        self._finish(journal, s, StepState.REJECTED, error=f"gate rejected: {reason}")
+        return False
+
+    def _context(self, prepared: Prepared, steps: dict[str, StepRun]) -> dict[str, Any]:
+        from engine.workflow import render_context
+
+        return render_context(
+            inputs=prepared.plan.inputs,
+            steps={sid: s.context() for sid, s in steps.items()},
+            run_id=self._run_id,
+            workflow=prepared.spec.name,
+        )
+
+    def _skip(self, journal: Journal, s: StepRun, reason: str, kind: str) -> None:
+        s.state = StepState.SKIPPED
+        s.skip_reason = reason
+        s.skip_kind = kind
+        s.finished_at = utcnow_iso()
+        journal.append("step_skipped", step=s.id, reason=reason, kind=kind)
+        write_json_atomic(journal.path.parent / f"{s.id}.json", self._step_record(s))
+        self.reporter.event("step_skipped", step=s.id, reason=reason)
+
+    def _finish(self, journal: Journal, s: StepRun, state: StepState, *,
+                error: str | None = None) -> None:
+        s.state = state
+        s.error = error
+        s.finished_at = utcnow_iso()
+        s.in_flight = False
+        write_json_atomic(journal.path.parent / f"{s.id}.json", self._step_record(s))
+        journal.append("step_finished", step=s.id, status=state.value, attempt=s.attempt,
+                       delegation_run_id=s.delegation_run_id,
+                       **({"error": error} if error else {}))
+        self.reporter.event("step_finished", step=s.id, status=state.value,
+                            duration_ms=s.duration_ms, agent=s.agent, error=error)
+
+    @staticmethod
+    def _step_record(s: StepRun) -> dict[str, Any]:
+        return {
+            "step": s.id,
+            "agent": s.agent,
+            "status": s.state.value,
+            "handoff": s.handoff,
+            "attempts": s.attempts,
+            "started_at": s.started_at,
+            "finished_at": s.finished_at,
+            "duration_ms": s.duration_ms,
+            "delegation_run_id": s.delegation_run_id,
+            "skip_reason": s.skip_reason,
+            "error": s.error,
+            "gate": s.gate,
+            "validation": s.validation,
+        }
+
+    def _run_step(
+        self,
+        prepared: Prepared,
+        s: StepRun,
+        journal: Journal,
+        cancel: threading.Event,
+        steps_by_run: dict[str, str],
+        reattach: bool,
+    ) -> None:
+        """Run one step to its final state (in a worker thread)."""
+        plan = prepared.plan
+        ps = plan.steps[s.id]
+        run_id = journal.path.parent.name
+        agent = s.agent or ps.agent
+        s.agent = agent
+        retries = int(ps.spec.retries or 0)
+        # An attempt started by an earlier process keeps its run id; it is re-attached
+        # (never re-sent) when the journal says a gateway accepted it, else sent again
+        # under the same Idempotency-Key, which a gateway runs once.
+        first = s.attempt if reattach and s.attempt else s.attempt + 1
+        accepted = reattach and s.dispatched_at is not None
+        try:
+            task = prepared.renderer.render_task(s.id, self._context(prepared, self._steps))
+        except Exception as exc:
+            self._finish(journal, s, StepState.ERRORED, error=f"task failed to render: {exc}")
+            return
+        attempt = first
+        while True:
+            s.attempt = attempt
+            drid = f"{run_id}-{s.id}-{attempt}"
+            steps_by_run[drid] = s.id
+            s.delegation_run_id = drid
+            s.started_at = s.started_at or utcnow_iso()
+            again = accepted and attempt == first
+            if not (reattach and attempt == first):
+                journal.append("step_started", step=s.id, attempt=attempt, agent=agent,
+                               delegation_run_id=drid)
+            self.reporter.event("step_started", step=s.id, agent=agent, attempt=attempt,
+                                reattached=again)
+            s.state = StepState.RUNNING
+            req = DelegationRequest(
+                target=agent,
+                task=task,
+                caller=plan.caller,
+                timeout=ps.spec.timeout,
+                run_id=drid,
+                name=f"workflow {run_id} {s.id}",
+                deliver=ps.spec.options.get("deliver"),
+                model=ps.spec.options.get("model"),
+                thinking=ps.spec.options.get("thinking"),
+                channel=ps.spec.options.get("channel"),
+                labels={"workflow": plan.workflow.name, "workflow_run": run_id, "step": s.id},
+            )
+            try:
+                result = self.delegator.delegate(req, reattach=again, cancel=cancel)
+            except OrchestratorError as exc:
+                s.attempts.append({"run_id": drid, "outcome": "errored", "error": str(exc)})
+                journal.append("step_attempt", step=s.id, attempt=attempt, run_id=drid,
+                               outcome="errored")
+                self._finish(journal, s, StepState.ERRORED, error=str(exc))
+                return
+            env = result.envelope
+            s.attempts.append({
+                "run_id": drid,
+                "outcome": result.outcome.value,
+                "dispatched_at": env.get("dispatched_at"),
+                "received_at": env.get("received_at"),
+                "duration_ms": env.get("duration_ms"),
+                "token_wait_ms": env.get("token_wait_ms"),
+                "late": env.get("late"),
+                **({"error": str(result.error)} if result.error else {}),
+            })
+            journal.append("step_attempt", step=s.id, attempt=attempt, run_id=drid,
+                           outcome=result.outcome.value, duration_ms=env.get("duration_ms"),
+                           token_wait_ms=env.get("token_wait_ms"))
+            if (result.outcome in (Outcome.FAILED, Outcome.TIMEOUT) and attempt <= retries
+                    and not cancel.is_set()):
+                journal.append("step_retry", step=s.id, attempt=attempt + 1,
+                               reason=result.outcome.value)
+                attempt += 1
+                continue
+            break
+        if result.outcome.ok or result.outcome in (Outcome.FAILED, Outcome.BLOCKED):
+            s.handoff = result.handoff
+        state = StepState(result.outcome.value)
+        error = str(result.error) if result.error else None
+        if state.ok and ps.validator:
+            state, error = self._validate(prepared, s, task, ps.validator, journal, cancel)
+        self._finish(journal, s, state, error=error)
+
+    def _validate(self, prepared: Prepared, s: StepRun, task: str, validator: str,
+                  journal: Journal, cancel: threading.Event) -> tuple[StepState, str | None]:
+        from engine.validate import validate_result
+
+        verdict = validate_result(
+            self.delegator, caller=prepared.plan.caller, validator=validator, task=task,
+            handoff=s.handoff or {}, run_id=f"{s.delegation_run_id}-v", cancel=cancel,
+        )
+        s.validation = verdict.as_dict()
+        journal.append("step_validated", step=s.id, approved=verdict.approved,
+                       validator=validator, run_id=verdict.run_id)
+        if verdict.approved:
+            return StepState(s.state.value if s.state.ok else "complete"), None
+        return StepState.FAILED, f"validator `{validator}` rejected the result: {verdict.reasons}"
+
+    def _conclude(self, prepared: Prepared, view: RunView, journal: Journal,
+                  cancelled: bool) -> RunResult:
+        steps = view.steps
+        if cancelled:
+            state = RunState.CANCELLED
+        elif any(s.state is StepState.WAITING_APPROVAL for s in steps.values()):
+            state = RunState.WAITING_APPROVAL
+        elif all(s.state.ok or (s.state is StepState.SKIPPED and s.skip_kind == "condition")
+                 for s in steps.values()):
+            state = RunState.COMPLETE
+        else:
+            state = RunState.FAILED
+        outputs: dict[str, str] = {}
+        if state is RunState.COMPLETE:
+            try:
+                outputs = prepared.renderer.render_outputs(self._context(prepared, steps))
+            except Exception as exc:  # an output template that fails must not lose the run
+                outputs = {"error": f"outputs failed to render: {exc}"}
+        if state is RunState.WAITING_APPROVAL:
+            waiting = [s.id for s in steps.values() if s.state is StepState.WAITING_APPROVAL]
+            journal.append("run_paused", status=state.value, waiting=waiting)
+        else:
+            journal.append("run_finished", status=state.value)
+        final = replay(view.path)
+        final.state = state
+        for sid, s in steps.items():  # in-memory states are the freshest
+            final.steps[sid] = s
+        summary = summarize(final, outputs)
+        if state is RunState.WAITING_APPROVAL:
+            summary["finished_at"] = None
+        write_json_atomic(view.path / "summary.json", summary)
+        self.reporter.event("run_finished", run_id=view.run_id, status=state.value,
+                            summary=summary)
+        return RunResult(view.run_id, state, view.path, summary)
+
+
+class _RunLock:
+    """An exclusive lock on a run directory: one process executes a run at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path / ".lock"
+        self._fh: IO[str] | None = None
+
+    def __enter__(self) -> _RunLock:
+        self._fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise RunStateError(
+                f"run `{self.path.parent.name}` is being executed right now (pid {holder}); "
+                "wait for it, or `workflow cancel` it."
+            ) from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(str(os.getpid()))
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+
+
+# ----------------------------------------------------------------------------- around it
+
+
+def decide_gate(cfg: Config, run_id: str, step: str, *, approved: bool,
+                reason: str | None = None, by: str = "cli") -> dict[str, Any]:
+    """Record an approval or rejection of a parked gate (then `workflow resume`)."""
+    path = run_dir(cfg, run_id)
+    view = replay(path)
+    if step not in view.steps:
+        raise UsageError(f"run `{run_id}` has no step `{step}`"
+                         f"{did_you_mean(step, list(view.steps)) or '.'}")
+    if not view.meta["plan"]["steps"][step].get("gate"):
+        raise UsageError(f"step `{step}` of run `{run_id}` has no approval gate.")
+    s = view.steps[step]
+    if s.state is not StepState.WAITING_APPROVAL and not (s.state is StepState.PENDING
+                                                          and not s.gate):
+        raise RunStateError(
+            f"step `{step}` of run `{run_id}` is not waiting for approval (it is "
+            f"{s.state.value})."
+        )
+    journal = Journal(path / "events.jsonl")
+    try:
+        return journal.append("gate_decided", step=step,
+                              decision="approved" if approved else "rejected",
+                              by=by, reason=reason)
+    finally:
+        journal.close()
+
+
+def cancel_run(cfg: Config, run_id: str) -> RunState:
+    """Cancel a run: a running process stops dispatching; a parked run is closed now."""
+    path = run_dir(cfg, run_id)
+    view = replay(path)
+    if view.state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED):
+        raise RunStateError(f"run `{run_id}` has already ended ({view.state.value}).")
+    (path / CANCEL_FILE).write_text(utcnow_iso())
+    lock = _RunLock(path)
+    try:
+        lock.__enter__()
+    except RunStateError:
+        return RunState.RUNNING  # the live process notices the CANCEL file within 0.2 s
+    try:
+        journal = Journal(path / "events.jsonl")
+        for s in view.steps.values():
+            if not s.state.final:
+                journal.append("step_skipped", step=s.id, reason="the run was cancelled",
+                               kind="stopped")
+        journal.append("run_cancelled", by="workflow cancel")
+        journal.close()
+        final = replay(path)
+        write_json_atomic(path / "summary.json", summarize(final))
+    finally:
+        lock.__exit__()
+    return RunState.CANCELLED
+
+
+def list_runs(cfg: Config, *, limit: int = 20) -> list[dict[str, Any]]:
+    """Recent runs, newest first: id, workflow, status, started, duration."""
+    base = runs_dir(cfg)
+    if not base.exists():
+        return []
+    rows = []
+    for path in sorted(base.iterdir(), key=lambda p: p.name, reverse=True)[:limit]:
+        if not (path / "run.json").is_file():
+            continue
+        try:
+            view = replay(path)
+        except OrchestratorError:
+            continue
+        summary = summarize(view)
+        counts: dict[str, int] = {}
+        for st in summary["steps"].values():
+            counts[st["status"]] = counts.get(st["status"], 0) + 1
+        rows.append({"runId": view.run_id, "workflow": view.meta["workflow"],
+                     "status": view.state.value, "started_at": view.started_at,
+                     "duration_ms": summary["duration_ms"], "steps": counts})
+    return rows
+
+
+def run_status(cfg: Config, run_id: str) -> dict[str, Any]:
+    """A run's step table, with why each waiting step waits."""
+    from engine.record import reconcile
+
+    reconcile(cfg.handoffs_dir)
+    path = run_dir(cfg, run_id)
+    view = replay(path)
+    summary = summarize(view)
+    now = time.time()
+    for sid, s in view.steps.items():
+        row = summary["steps"][sid]
+        if s.state is StepState.QUEUED:
+            row["waiting"] = "queued for a pool token"
+        elif s.state is StepState.RUNNING:
+            if s.dispatched_at:
+                waited = now - parse_iso(s.dispatched_at).timestamp()
+                env = read_json(cfg.handoffs_dir / ".pending" / f"{s.delegation_run_id}.json")
+                limit = env.get("timeout_s") if isinstance(env, dict) else None
+                of = f" of {limit:g} s" if isinstance(limit, int | float) else ""
+                row["waiting"] = f"waiting on `{s.agent}` for {waited:.0f} s{of}"
+            else:
+                row["waiting"] = "being dispatched"
+            if not _lock_held(path):
+                row["waiting"] += " (no process is running this run: `workflow resume` it)"
+        elif s.state is StepState.WAITING_APPROVAL:
+            row["waiting"] = (f"at its approval gate: `workflow approve {run_id} {sid}` or "
+                              f"`workflow reject {run_id} {sid} --reason ...`")
+    summary["run_dir"] = str(path)
+    summary["live"] = _lock_held(path)
+    return summary
+
+
+def _lock_held(path: Path) -> bool:
+    try:
+        fh = open(path / ".lock", "a+", encoding="utf-8")  # noqa: SIM115
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        fh.close()
+    return False

@@ -1,0 +1,988 @@
+"""Workflow templates: finding, loading and validating them, and rendering their Jinja2 parts.
+
+A template is a YAML file ``workflows/<name>.yaml`` checked against
+``schemas/workflow.schema.json``; ``docs/workflows.md`` describes it key by key. The
+planner (``engine.dag``) checks what a template means; this module reads it and renders
+its tasks, conditions, gate prompts and outputs in a sandbox::
+
+    spec = load_workflow(find_workflow("quick-research", cfg))
+    renderer = TaskRenderer(spec)
+    ctx = render_context(inputs={"query": "CTE of ULE"}, steps={}, run_id="wf-1",
+                         workflow=spec.name)
+    renderer.render_task("research", ctx)
+
+Rendering uses Jinja2's immutable sandbox with strict undefined names. Values (inputs,
+upstream results) only ever enter as context data, never as template source, so an input
+``{{ 7*7 }}`` reaches the agent as those characters. Each template is parsed once;
+templates that only look values up (``{{ inputs.query }}``, ``steps.a.status == 'partial'``)
+are evaluated straight from their syntax tree, and anything else is compiled once by
+Jinja2 (compiling costs about half a millisecond per template, rendering microseconds).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import WorkflowError, did_you_mean
+
+if TYPE_CHECKING:
+    from jinja2 import nodes
+
+    from engine.config import Config
+
+#: Pattern for workflow names and step ids (both become file names).
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+#: Pattern for input names: identifiers, so that templates can write ``inputs.<name>``.
+INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+#: What a template sees of each step: ``steps.<id>.<field>``.
+STEP_FIELDS = ("result", "status", "confidence", "artifacts", "notes")
+#: Agent options a step (or ``defaults``) may set; passed to the hooks call.
+OPTION_KEYS = ("deliver", "model", "thinking", "channel")
+#: Where the shipped templates live inside the package.
+SHIPPED_DIR = "workflows"
+EXTENSIONS = (".yaml", ".yml")
+
+# In Jinja2 ``steps.items`` is the dict method, not the step `items`: such ids are refused.
+_RESERVED = frozenset(n for n in dir(dict) if not n.startswith("_"))
+_DICT_ATTRS = frozenset(dir(dict))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A declared input: ``--input name=value`` on the command line."""
+
+    name: str
+    required: bool
+    default: str | None
+    description: str
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """An approval gate before a step; ``when`` (an expression) limits when it fires."""
+
+    prompt: str
+    when: str | None = None
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step of a template, with the template's ``defaults`` already applied."""
+
+    id: str
+    agent: str | None
+    capability: str | None
+    task: str
+    depends_on: tuple[str, ...] = ()
+    when: str | None = None
+    timeout: float | None = None
+    retries: int = 0
+    #: True: validated by the configured validator; a str: by that agent; False: not.
+    validate: bool | str = False
+    gate: GateSpec | None = None
+    #: "stop" (dependents are skipped, the run fails) or "continue".
+    on_failure: str = "stop"
+    #: Agent options for the hooks call: deliver, model, thinking, channel (when set).
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    """A loaded, schema-valid workflow template."""
+
+    name: str
+    description: str
+    version: str
+    caller: str | None
+    inputs: dict[str, InputSpec] = field(hash=False)
+    defaults: dict[str, Any] = field(hash=False)
+    steps: tuple[StepSpec, ...]
+    #: Output name -> Jinja2 template rendered when the run ends.
+    outputs: dict[str, str] = field(hash=False)
+    path: Path
+    #: The file's exact text, for fingerprints.
+    source_text: str = field(repr=False)
+
+    @property
+    def step_ids(self) -> tuple[str, ...]:
+        """Step ids in template order (duplicates included; the planner refuses them)."""
+        return tuple(s.id for s in self.steps)
+
+    def step(self, step_id: str) -> StepSpec:
+        """Return the first step with id ``step_id``, or raise WorkflowError."""
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise WorkflowError(
+            f"`{self.name}` has no step `{step_id}`{did_you_mean(step_id, self.step_ids)}",
+            path=self.path,
+            step=step_id,
+        )
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def shipped_workflows_dir() -> Path:
+    """The directory of the templates shipped inside the package."""
+    from importlib import resources
+
+    return Path(str(resources.files("engine").joinpath(SHIPPED_DIR)))
+
+
+def search_path(cfg: Config | None) -> tuple[Path, ...]:
+    """Where names are looked up, first match wins: ./workflows, configured, shipped."""
+    dirs = [Path.cwd() / "workflows"]
+    if cfg is not None:
+        dirs.extend(cfg.workflow_dirs)
+    dirs.append(shipped_workflows_dir())
+    return tuple(dirs)
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or os.sep in text or text.endswith(EXTENSIONS)
+
+
+def _files_in(directory: Path) -> Iterator[Path]:
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        if p.suffix in EXTENSIONS and p.is_file():
+            yield p
+
+
+def find_workflow(name_or_path: str, cfg: Config | None) -> Path:
+    """Return the template file for a name (see ``search_path``) or an existing path.
+
+    A value containing ``/`` or ending in ``.yaml``/``.yml`` is a path; anything else is a
+    name. Raises WorkflowError naming the places searched and the closest known name.
+    """
+    text = str(name_or_path)
+    if _looks_like_path(text):
+        candidate = Path(text).expanduser()
+        if candidate.is_file():
+            return candidate
+        raise WorkflowError(f"workflow file `{text}` does not exist.", path=candidate)
+    dirs = search_path(cfg)
+    for directory in dirs:
+        for ext in EXTENSIONS:
+            candidate = directory / f"{text}{ext}"
+            if candidate.is_file():
+                return candidate
+    known = sorted({p.stem for d in dirs for p in _files_in(d)})
+    looked = ", ".join(f"`{d}`" for d in dirs)
+    listed = ", ".join(f"`{k}`" for k in known) or "none"
+    raise WorkflowError(
+        f"no workflow `{text}`{did_you_mean(text, known) or '.'} Looked in {looked}. "
+        f"Known workflows: {listed}."
+    )
+
+
+def list_workflows(cfg: Config | None) -> list[tuple[str, Path, str]]:
+    """Return ``(name, path, description)`` of every findable template, sorted by name.
+
+    A name found in an earlier directory of ``search_path`` shadows the same name later.
+    The description is the first line of the file's ``description`` (or a note when the
+    file cannot be parsed; ``load_workflow`` says why).
+    """
+    found: dict[str, tuple[str, Path, str]] = {}
+    for directory in search_path(cfg):
+        for path in _files_in(directory):
+            if path.stem in found:
+                continue
+            found[path.stem] = (path.stem, path, _description_of(path))
+    return [found[k] for k in sorted(found)]
+
+
+def _description_of(path: Path) -> str:
+    try:
+        raw, _ = _parse_yaml(path.read_text(encoding="utf-8"), path)
+    except (OSError, UnicodeDecodeError, WorkflowError):
+        return "(cannot be read: run `workflow validate` on it)"
+    desc = raw.get("description") if isinstance(raw, dict) else None
+    if not isinstance(desc, str) or not desc.strip():
+        return ""
+    return desc.strip().splitlines()[0]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_inputs(pairs: list[str]) -> dict[str, str]:
+    """Turn ``["k=v", ...]`` into a mapping; the value may itself contain ``=``.
+
+    Raises WorkflowError for a pair without ``=``, an empty name, or a name given twice.
+    """
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise WorkflowError(
+                f'`--input {pair}` must look like `name=value` (e.g. `--input query="CTE of ULE"`).'
+            )
+        if name in out:
+            raise WorkflowError(f"input `{name}` is given twice; pass each `--input` once.")
+        out[name] = value
+    return out
+
+
+@functools.cache
+def _loader_class() -> Any:
+    import yaml
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class _Loader(base):  # type: ignore[misc, valid-type]
+        """Safe loader that records duplicate keys (YAML silently keeps the last one)."""
+
+        duplicates: list[str]
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = key_node.value
+                if key in seen:
+                    self.duplicates.append(
+                        f"line {key_node.start_mark.line + 1}: key `{key}` appears twice in "
+                        "the same mapping; YAML would keep only the last one."
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return _Loader
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, list[str]]:
+    """Parse YAML text; return the data and duplicate-key problems. YAML errors raise."""
+    import yaml
+
+    loader = _loader_class()(text)
+    loader.duplicates = []
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and cmark is not None:
+            problem += f" ({context} at line {cmark.line + 1}, column {cmark.column + 1})"
+        raise WorkflowError(
+            f"`{path}` is not valid YAML{where}: {problem}. Fix the syntax and run again.",
+            path=path,
+        ) from exc
+    finally:
+        loader.dispose()
+    return data, list(loader.duplicates)
+
+
+def load_workflow(path: Path) -> WorkflowSpec:
+    """Read, parse and validate a template file; every problem of the file is reported.
+
+    Raises WorkflowError (``problems`` lists each one, naming the key) when the file cannot
+    be read, is not YAML, or breaks the schema. What the steps *mean* (references, cycles,
+    agents, ACL) is checked by ``engine.dag.plan_workflow``.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WorkflowError(f"cannot read `{path}`: {exc.strerror}.", path=path) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WorkflowError(
+            f"`{path}` is not UTF-8 text (byte {exc.start}); save it as UTF-8.", path=path
+        ) from exc
+    raw, duplicates = _parse_yaml(text, path)
+    return workflow_from_dict(raw, path=path, source_text=text, extra_problems=duplicates)
+
+
+def workflow_from_dict(
+    raw: Any,
+    *,
+    path: Path,
+    source_text: str = "",
+    extra_problems: list[str] | None = None,
+) -> WorkflowSpec:
+    """Validate a parsed template mapping and build the ``WorkflowSpec`` (defaults applied)."""
+    from engine.schemas import schema_problems
+
+    if not isinstance(raw, dict):
+        raise WorkflowError(
+            f"`{path}` must be a mapping with at least `name` and `steps` keys.", path=path
+        )
+    problems = list(extra_problems or [])
+    problems += _label_steps(schema_problems("workflow", raw), raw)
+    problems += _semantic_problems(raw)
+    if problems:
+        raise WorkflowError(f"`{path}` is not a valid workflow:", path=path, problems=problems)
+    return _build_spec(raw, path=path, source_text=source_text)
+
+
+def _label_steps(problems: list[str], raw: dict[str, Any]) -> list[str]:
+    """Prefix problems under ``steps[i]`` with the step's id, when it has one."""
+    steps = raw.get("steps")
+    if not isinstance(steps, list):
+        return problems
+    out = []
+    for line in problems:
+        m = re.match(r"`steps\[(\d+)\]", line)
+        if m and int(m.group(1)) < len(steps):
+            step = steps[int(m.group(1))]
+            sid = step.get("id") if isinstance(step, dict) else None
+            if isinstance(sid, str):
+                line = f"step `{sid}`: {line}"
+        out.append(line)
+    return out
+
+
+def _semantic_problems(raw: dict[str, Any]) -> list[str]:
+    """Cross-key checks the schema cannot express, reported with the schema's problems."""
+    problems: list[str] = []
+    inputs = raw.get("inputs")
+    if isinstance(inputs, dict):
+        for name, spec in inputs.items():
+            if not isinstance(name, str) or not INPUT_NAME_RE.match(name):
+                problems.append(
+                    f"`inputs.{name}`: input names use letters, digits and `_` and start with a "
+                    "letter or `_`, so that templates can write `inputs.<name>`."
+                )
+            elif name in _RESERVED:
+                problems.append(
+                    f"`inputs.{name}`: `{name}` is reserved (in a template `inputs.{name}` is "
+                    "a dict method); choose another name."
+                )
+            if isinstance(spec, dict) and spec.get("required") is True and "default" in spec:
+                problems.append(
+                    f"`inputs.{name}` is `required: true` but has a `default`; keep one of them."
+                )
+    steps = raw.get("steps")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        if not isinstance(step, dict):
+            continue
+        sid = step.get("id")
+        label = f"step `{sid}`" if isinstance(sid, str) else f"`steps[{i}]`"
+        has_agent, has_cap = "agent" in step, "capability" in step
+        if has_agent == has_cap:
+            which = "has both" if has_agent else "needs one of"
+            problems.append(f"{label} {which} `agent` and `capability`.")
+        if isinstance(sid, str) and sid in _RESERVED:
+            problems.append(
+                f"{label}: the id `{sid}` is reserved (in a template `steps.{sid}` is a dict "
+                "method); choose another id."
+            )
+    outputs = raw.get("outputs")
+    if isinstance(outputs, dict):
+        for name in outputs:
+            if not isinstance(name, str) or not INPUT_NAME_RE.match(name):
+                problems.append(
+                    f"`outputs.{name}`: output names use letters, digits and `_` and start "
+                    "with a letter or `_`."
+                )
+    return problems
+
+
+def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> WorkflowSpec:
+    defaults: dict[str, Any] = dict(raw.get("defaults") or {})
+    inputs: dict[str, InputSpec] = {}
+    for name, spec in (raw.get("inputs") or {}).items():
+        spec = spec or {}
+        default = spec.get("default")
+        if isinstance(default, bool):
+            default = "true" if default else "false"
+        inputs[name] = InputSpec(
+            name=name,
+            required=bool(spec.get("required", default is None)),
+            default=None if default is None else str(default),
+            description=str(spec.get("description", "")),
+        )
+    base_options = {k: defaults[k] for k in OPTION_KEYS if k in defaults}
+    steps = []
+    for s in raw["steps"]:
+        deps = s.get("depends_on", ())
+        gate = s.get("gate")
+        timeout = s.get("timeout", defaults.get("timeout"))
+        steps.append(
+            StepSpec(
+                id=s["id"],
+                agent=s.get("agent"),
+                capability=s.get("capability"),
+                task=s["task"],
+                depends_on=(deps,) if isinstance(deps, str) else tuple(deps),
+                when=_strip_braces(s.get("when")),
+                timeout=None if timeout is None else float(timeout),
+                retries=int(s.get("retries", defaults.get("retries", 0))),
+                validate=s.get("validate", defaults.get("validate", False)),
+                gate=(
+                    GateSpec(prompt=gate["prompt"], when=_strip_braces(gate.get("when")))
+                    if gate
+                    else None
+                ),
+                on_failure=s.get("on_failure", defaults.get("on_failure", "stop")),
+                options={**base_options, **{k: s[k] for k in OPTION_KEYS if k in s}},
+            )
+        )
+    return WorkflowSpec(
+        name=raw["name"],
+        description=str(raw.get("description", "")).strip(),
+        version=str(raw.get("version", "1")),
+        caller=raw.get("caller"),
+        inputs=inputs,
+        defaults=defaults,
+        steps=tuple(steps),
+        outputs=dict(raw.get("outputs") or {}),
+        path=path,
+        source_text=source_text,
+    )
+
+
+def _strip_braces(expr: str | None) -> str | None:
+    """Accept ``when: "{{ x }}"`` as the expression ``x`` (a common slip)."""
+    if expr is None:
+        return None
+    text = expr.strip()
+    if text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1:
+        text = text[2:-2].strip()
+    return text
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def step_context(handoff: Mapping[str, Any]) -> dict[str, Any]:
+    """What templates see of one finished step: its handoff's five public fields."""
+    return {
+        "result": handoff.get("result", ""),
+        "status": handoff.get("status", ""),
+        "confidence": handoff.get("confidence", ""),
+        "artifacts": list(handoff.get("artifacts") or ()),
+        "notes": handoff.get("notes") or "",
+    }
+
+
+def render_context(
+    *, inputs: dict[str, str], steps: dict[str, dict[str, Any]], run_id: str, workflow: str
+) -> dict[str, Any]:
+    """Build the rendering context ``{"inputs", "steps", "run": {"id", "workflow"}}``.
+
+    ``steps`` maps step ids to their handoffs (or any mapping with the handoff fields);
+    each becomes ``{result, status, confidence, artifacts, notes}`` (see ``step_context``).
+    Pass the steps upstream of the step being rendered: a template that loops over
+    ``steps`` then sees the same steps in every run.
+    """
+    return {
+        "inputs": dict(inputs),
+        "steps": {sid: step_context(h) for sid, h in steps.items()},
+        "run": {"id": run_id, "workflow": workflow},
+    }
+
+
+@dataclass(frozen=True)
+class TemplateRefs:
+    """What one template reads, found in its Jinja2 syntax tree."""
+
+    #: Step ids read as ``steps.<id>`` or ``steps['<id>']``.
+    steps: frozenset[str] = frozenset()
+    #: Input names read as ``inputs.<name>`` or ``inputs['<name>']``.
+    inputs: frozenset[str] = frozenset()
+    #: True when ``steps`` is used otherwise (a loop, a computed key): any step may be read.
+    dynamic_steps: bool = False
+
+
+@functools.cache
+def _environment() -> Any:
+    """The one sandboxed Jinja2 environment of the process."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
+    )
+
+
+class _Fallback(Exception):
+    """The fast evaluator cannot be sure of Jinja2's answer: let Jinja2 render it."""
+
+
+_Eval = Callable[[Mapping[str, Any]], Any]
+
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "lt": operator.lt,
+    "lteq": operator.le,
+    "gt": operator.gt,
+    "gteq": operator.ge,
+    "in": lambda a, b: a in b,
+    "notin": lambda a, b: a not in b,
+}
+
+
+def _fast_expr(node: nodes.Node) -> _Eval | None:
+    """Return an evaluator for a plain lookup/comparison expression, or None.
+
+    Only forms whose Jinja2 result is certain are accepted; at run time the evaluator
+    raises ``_Fallback`` for anything but plain dict/list lookups that hit, so the answer
+    (or the error) is then Jinja2's own.
+    """
+    from jinja2 import nodes
+
+    if isinstance(node, nodes.Const):
+        value = node.value
+        if value is None or isinstance(value, str | int | float | bool):
+            return lambda ctx: value
+        return None
+    if isinstance(node, nodes.List | nodes.Tuple):
+        items = [_fast_expr(i) for i in node.items]
+        if any(i is None for i in items):
+            return None
+        funcs = [i for i in items if i is not None]
+        if isinstance(node, nodes.List):
+            return lambda ctx: [f(ctx) for f in funcs]
+        return lambda ctx: tuple(f(ctx) for f in funcs)
+    if isinstance(node, nodes.Not):
+        inner = _fast_expr(node.node)
+        return None if inner is None else (lambda ctx: not inner(ctx))
+    if isinstance(node, nodes.And | nodes.Or):
+        left, right = _fast_expr(node.left), _fast_expr(node.right)
+        if left is None or right is None:
+            return None
+        if isinstance(node, nodes.And):
+            return lambda ctx: left(ctx) and right(ctx)
+        return lambda ctx: left(ctx) or right(ctx)
+    if isinstance(node, nodes.Compare):
+        first = _fast_expr(node.expr)
+        ops = [(_COMPARE.get(o.op), _fast_expr(o.expr)) for o in node.ops]
+        if first is None or any(op is None or f is None for op, f in ops):
+            return None
+        pairs = [(op, f) for op, f in ops if op is not None and f is not None]
+
+        def compare(ctx: Mapping[str, Any]) -> Any:
+            left = first(ctx)
+            result: Any = True
+            for op, f in pairs:  # a chained comparison, as in Python
+                right = f(ctx)
+                result = op(left, right)
+                if not result:
+                    return result
+                left = right
+            return result
+
+        return compare
+    path = _lookup_path(node)
+    if path is None:
+        return None
+    root, keys = path
+
+    def lookup(ctx: Mapping[str, Any]) -> Any:
+        try:
+            obj = ctx[root]
+        except KeyError:
+            raise _Fallback from None
+        for is_attr, key in keys:
+            if type(obj) is dict:
+                # Jinja2 tries getattr() first for `a.b`: a dict attribute would win.
+                if (is_attr and key in _DICT_ATTRS) or key not in obj:
+                    raise _Fallback
+                obj = obj[key]
+            elif type(obj) is list and type(key) is int and -len(obj) <= key < len(obj):
+                obj = obj[key]
+            else:
+                raise _Fallback
+        return obj
+
+    return lookup
+
+
+def _lookup_path(node: nodes.Node) -> tuple[str, tuple[tuple[bool, Any], ...]] | None:
+    """``steps.a['b']`` -> ("steps", ((True, "a"), (False, "b"))); None for other forms."""
+    from jinja2 import nodes
+
+    keys: list[tuple[bool, Any]] = []
+    while True:
+        if isinstance(node, nodes.Getattr):
+            if node.attr.startswith("_"):
+                return None
+            keys.append((True, node.attr))
+            node = node.node
+        elif isinstance(node, nodes.Getitem):
+            arg = node.arg
+            if not isinstance(arg, nodes.Const) or type(arg.value) not in (str, int):
+                return None
+            keys.append((False, arg.value))
+            node = node.node
+        elif isinstance(node, nodes.Name) and node.ctx == "load":
+            return node.name, tuple(reversed(keys))
+        else:
+            return None
+
+
+def _fast_template(
+    ast: nodes.Template,
+) -> tuple[Callable[[Mapping[str, Any]], str], TemplateRefs] | None:
+    """An evaluator (and the references) for text and plain lookups only, or None."""
+    from jinja2 import nodes
+
+    parts: list[str | _Eval] = []
+    steps: set[str] = set()
+    inputs: set[str] = set()
+    dynamic = False
+    for stmt in ast.body:
+        if not isinstance(stmt, nodes.Output):
+            return None
+        for child in stmt.nodes:
+            if isinstance(child, nodes.TemplateData):
+                parts.append(child.data)
+                continue
+            path = _lookup_path(child)
+            func = _fast_expr(child) if path is not None else None
+            if path is None or func is None:
+                return None
+            parts.append(func)
+            root, keys = path
+            first = keys[0][1] if keys else None
+            if root == "steps":
+                if isinstance(first, str):
+                    steps.add(first)
+                else:
+                    dynamic = True
+            elif root == "inputs" and isinstance(first, str):
+                inputs.add(first)
+
+    def render(ctx: Mapping[str, Any]) -> str:
+        return "".join(p if type(p) is str else str(p(ctx)) for p in parts)  # type: ignore[operator]
+
+    return render, TemplateRefs(frozenset(steps), frozenset(inputs), dynamic)
+
+
+# The trivial subset of Jinja2 most tasks are written in: text and `{{ root.a['b'] }}`.
+_OPEN_RE = re.compile(r"\{[{%#]")
+_VAR_RE = re.compile(
+    r"\{\{\s*(inputs|steps|run)((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\s*'[A-Za-z0-9_-]*'\s*\])*)\s*\}\}"
+)
+_PART_RE = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*'([A-Za-z0-9_-]*)'\s*\]")
+_NEWLINE_RE = re.compile(r"\r\n|\r|\n")
+
+
+def _quick_parse(source: str) -> nodes.Template | None:
+    """Build the syntax tree Jinja2's parser would, for the trivial subset only; else None.
+
+    Jinja2's parser costs about 0.3 ms for a typical task, too much for a 1,000-step
+    dry run. A template of plain text and ``{{ inputs.x }}`` / ``{{ steps.a.result }}`` /
+    ``{{ steps['a-b'].notes }}`` lookups gets the identical tree here (the tests compare
+    with ``Environment.parse``); anything else -- blocks, comments, filters, whitespace
+    control -- returns None and goes to Jinja2's parser.
+    """
+    from jinja2 import nodes
+
+    # As Jinja2's lexer does: normalize newlines, drop one trailing newline.
+    text = "\n".join(_NEWLINE_RE.split(source))
+    if text.endswith("\n"):
+        text = text[:-1]
+    body: list[nodes.Expr] = []
+    pos, lineno = 0, 1
+    while True:
+        m = _OPEN_RE.search(text, pos)
+        end = m.start() if m else len(text)
+        if end > pos:
+            body.append(nodes.TemplateData(text[pos:end], lineno=lineno))
+            lineno += text.count("\n", pos, end)
+        if m is None:
+            break
+        var = _VAR_RE.match(text, end) if m.group() == "{{" else None
+        if var is None:
+            return None
+        node: nodes.Expr = nodes.Name(var.group(1), "load", lineno=lineno)
+        for attr, key in _PART_RE.findall(var.group(2)):
+            if attr:
+                node = nodes.Getattr(node, attr, "load", lineno=lineno)
+            else:
+                node = nodes.Getitem(node, nodes.Const(key, lineno=lineno), "load", lineno=lineno)
+        body.append(node)
+        lineno += var.group().count("\n")
+        pos = var.end()
+    return nodes.Template([nodes.Output(body, lineno=1)] if body else [], lineno=1)
+
+
+def _references(ast: nodes.Node) -> TemplateRefs:
+    """Collect the steps and inputs a syntax tree reads (see ``TemplateRefs``)."""
+    from jinja2 import nodes
+
+    steps: set[str] = set()
+    inputs: set[str] = set()
+    dynamic = False
+    stack: list[tuple[nodes.Node, nodes.Node | None]] = [(ast, None)]
+    while stack:
+        node, parent = stack.pop()
+        if isinstance(node, nodes.Name) and node.name in ("steps", "inputs"):
+            key: Any = None
+            if isinstance(parent, nodes.Getattr) and parent.node is node:
+                key = parent.attr
+            elif (
+                isinstance(parent, nodes.Getitem)
+                and parent.node is node
+                and isinstance(parent.arg, nodes.Const)
+            ):
+                key = parent.arg.value
+            if node.name == "steps":
+                if isinstance(key, str):
+                    steps.add(key)
+                else:
+                    dynamic = True
+            elif isinstance(key, str):
+                inputs.add(key)
+        stack.extend((child, node) for child in node.iter_child_nodes())
+    return TemplateRefs(frozenset(steps), frozenset(inputs), dynamic)
+
+
+class _Compiled:
+    """One template or expression: source, syntax tree, references, evaluators."""
+
+    __slots__ = ("source", "is_expr", "refs", "_fast", "_jinja", "_ast")
+
+    def __init__(self, source: str, *, is_expr: bool) -> None:
+        """Parse ``source``; compile it now unless the fast evaluator covers it.
+
+        Raises jinja2.TemplateSyntaxError (or TemplateAssertionError on compiling).
+        """
+        from jinja2.lexer import describe_token
+        from jinja2.parser import Parser
+
+        env = _environment()
+        self.source = source
+        self.is_expr = is_expr
+        self._jinja: Any = None
+        self._fast: Callable[[Mapping[str, Any]], Any] | None = None
+        self._ast: nodes.Node
+        refs: TemplateRefs | None = None
+        if is_expr:
+            parser = Parser(env, source, state="variable")
+            self._ast = parser.parse_expression()
+            if not parser.stream.eos:
+                tok = parser.stream.current
+                parser.fail(f"unexpected {describe_token(tok)!r} after the expression", tok.lineno)
+            self._fast = _fast_expr(self._ast)
+        else:
+            self._ast = _quick_parse(source) or env.parse(source)
+            fast = _fast_template(self._ast)
+            if fast is not None:  # the references were read from the same tree on the way
+                self._fast, refs = fast
+        self.refs = refs if refs is not None else _references(self._ast)
+        if self._fast is None:
+            self._compile()
+
+    def _compile(self) -> Any:
+        if self._jinja is None:
+            env = _environment()
+            if self.is_expr:
+                self._jinja = env.compile_expression(self.source, undefined_to_none=False)
+            else:  # from the tree parsed in __init__: no second parse
+                self._ast.set_environment(env)
+                self._jinja = env.from_string(self._ast)
+        return self._jinja
+
+    def __call__(self, ctx: Mapping[str, Any]) -> Any:
+        """Render (a template, to str) or evaluate (an expression, to its value)."""
+        if self._fast is not None:
+            try:
+                return self._fast(ctx)
+            except _Fallback:
+                pass
+        return self.jinja(ctx)
+
+    def jinja(self, ctx: Mapping[str, Any]) -> Any:
+        """Render or evaluate with Jinja2 itself (the fast evaluator's reference)."""
+        compiled = self._compile()
+        if self.is_expr:
+            value = compiled(**ctx)
+            bool(value)  # a StrictUndefined result raises here, as it would in `if`
+            return value
+        return compiled.render(ctx)
+
+
+def _jinja_problem(exc: Exception) -> str:
+    """A readable sentence for a Jinja2 (or Python) error, with a near miss for filters."""
+    text = str(getattr(exc, "message", None) or exc).strip().rstrip(".") or type(exc).__name__
+    m = re.fullmatch(r"No (filter|test) named '([^']+)'", text)
+    if m:
+        env = _environment()
+        known = env.filters if m.group(1) == "filter" else env.tests
+        return text + (did_you_mean(m.group(2), list(known)) or ".")
+    return text + "."
+
+
+class TaskRenderer:
+    """Renders a template's tasks, conditions, gate prompts and outputs in a sandbox.
+
+    Every template is parsed (and, unless trivially evaluable, compiled) once here;
+    syntax errors are collected in ``problems`` instead of raised. Render methods raise
+    WorkflowError naming the step and field.
+
+    Example::
+
+        renderer = TaskRenderer(spec)
+        assert not renderer.problems
+        renderer.render_task("research", ctx)
+        renderer.evaluate_when("review", ctx)   # True when the step has no `when`
+    """
+
+    def __init__(self, spec: WorkflowSpec) -> None:
+        """Parse and compile every template of ``spec``."""
+        self.spec = spec
+        self.problems: list[str] = []
+        self._steps: dict[str, dict[str, _Compiled]] = {}
+        self._outputs: dict[str, _Compiled] = {}
+        self._broken: set[tuple[str, str]] = set()
+        for step in spec.steps:
+            if step.id in self._steps:
+                continue  # a duplicate id; the planner reports it
+            fields: list[tuple[str, str, bool]] = [("task", step.task, False)]
+            if step.when is not None:
+                fields.append(("when", step.when, True))
+            if step.gate is not None:
+                fields.append(("gate.prompt", step.gate.prompt, False))
+                if step.gate.when is not None:
+                    fields.append(("gate.when", step.gate.when, True))
+            compiled: dict[str, _Compiled] = {}
+            for name, source, is_expr in fields:
+                item = self._compile(f"step `{step.id}`", name, source, is_expr)
+                if item is None:
+                    self._broken.add((step.id, name))
+                else:
+                    compiled[name] = item
+            self._steps[step.id] = compiled
+        for name, source in spec.outputs.items():
+            item = self._compile(f"output `{name}`", "outputs", source, False)
+            if item is not None:
+                self._outputs[name] = item
+
+    def _compile(self, label: str, name: str, source: str, is_expr: bool) -> _Compiled | None:
+        import jinja2
+
+        try:
+            return _Compiled(source, is_expr=is_expr)
+        except jinja2.TemplateSyntaxError as exc:  # includes TemplateAssertionError
+            line = f" at line {exc.lineno}" if not is_expr else ""
+            self.problems.append(
+                f"{label}: `{name}` has a template error{line}: {_jinja_problem(exc)}"
+            )
+        return None
+
+    # -- inspection
+
+    def references(self, step_id: str) -> dict[str, TemplateRefs]:
+        """What each template field of a step reads: ``{"task": ..., "when": ..., ...}``."""
+        return {name: c.refs for name, c in self._fields(step_id).items()}
+
+    def output_references(self) -> dict[str, TemplateRefs]:
+        """What each output template reads."""
+        return {name: c.refs for name, c in self._outputs.items()}
+
+    def referenced_steps(self, step_id: str) -> set[str]:
+        """Step ids read as ``steps.<id>`` / ``steps['id']`` by the step's task, when, gate."""
+        return {s for c in self._fields(step_id).values() for s in c.refs.steps}
+
+    def referenced_inputs(self, step_id: str) -> set[str]:
+        """Input names read as ``inputs.<name>`` / ``inputs['name']`` by the step."""
+        return {s for c in self._fields(step_id).values() for s in c.refs.inputs}
+
+    def is_broken(self, step_id: str, field_name: str | None = None) -> bool:
+        """True when a template of the step (or the given field) failed to compile."""
+        return any(
+            sid == step_id and (field_name is None or f == field_name) for sid, f in self._broken
+        )
+
+    def _fields(self, step_id: str) -> dict[str, _Compiled]:
+        try:
+            return self._steps[step_id]
+        except KeyError:
+            raise WorkflowError(
+                f"`{self.spec.name}` has no step `{step_id}`"
+                f"{did_you_mean(step_id, list(self._steps))}",
+                path=self.spec.path,
+                step=step_id,
+            ) from None
+
+    # -- rendering
+
+    def _run(self, step_id: str, name: str, context: Mapping[str, Any]) -> Any:
+        fields = self._fields(step_id)
+        item = fields.get(name)
+        if item is None:
+            raise WorkflowError(
+                f"step `{step_id}`: `{name}` has a template error; run `workflow validate`.",
+                path=self.spec.path,
+                step=step_id,
+            )
+        try:
+            return item(context)
+        except Exception as exc:  # the boundary: no jinja2 error type leaves the engine
+            verb = "cannot be evaluated" if item.is_expr else "fails to render"
+            raise WorkflowError(
+                f"step `{step_id}`: `{name}` {verb}: {_jinja_problem(exc)}",
+                path=self.spec.path,
+                step=step_id,
+            ) from exc
+
+    def render_task(self, step_id: str, context: Mapping[str, Any]) -> str:
+        """Render the step's ``task``."""
+        return str(self._run(step_id, "task", context))
+
+    def _has(self, step_id: str, name: str) -> bool:
+        return name in self._fields(step_id) or (step_id, name) in self._broken
+
+    def render_gate_prompt(self, step_id: str, context: Mapping[str, Any]) -> str:
+        """Render the prompt of the step's gate (WorkflowError if it has none)."""
+        if not self._has(step_id, "gate.prompt"):
+            raise WorkflowError(f"step `{step_id}` has no gate.", step=step_id)
+        return str(self._run(step_id, "gate.prompt", context))
+
+    def evaluate_when(self, step_id: str, context: Mapping[str, Any]) -> bool:
+        """Evaluate the step's ``when`` (True when it has none)."""
+        if not self._has(step_id, "when"):
+            return True
+        return bool(self._run(step_id, "when", context))
+
+    def evaluate_gate_when(self, step_id: str, context: Mapping[str, Any]) -> bool:
+        """Evaluate the ``when`` of the step's gate (True when it has none)."""
+        if not self._has(step_id, "gate.when"):
+            return True
+        return bool(self._run(step_id, "gate.when", context))
+
+    def render_output(self, name: str, context: Mapping[str, Any]) -> str:
+        """Render one output template."""
+        if name not in self.spec.outputs:
+            raise WorkflowError(
+                f"`{self.spec.name}` has no output `{name}`"
+                f"{did_you_mean(name, list(self.spec.outputs))}",
+                path=self.spec.path,
+            )
+        item = self._outputs.get(name)
+        if item is None:
+            raise WorkflowError(
+                f"output `{name}` has a template error; run `workflow validate`.",
+                path=self.spec.path,
+            )
+        try:
+            return str(item(context))
+        except Exception as exc:  # the boundary, as in _run
+            raise WorkflowError(
+                f"output `{name}` fails to render: {_jinja_problem(exc)}", path=self.spec.path
+            ) from exc
+
+    def render_outputs(self, context: Mapping[str, Any]) -> dict[str, str]:
+        """Render every output template; raises WorkflowError naming the first that fails."""
+        return {name: self.render_output(name, context) for name in self.spec.outputs}
