@@ -75,6 +75,13 @@ class GatewayAgentConfig:
     env: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None
     cwd: Path | None = None
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    thinking: str | None = None
+    system_prompt: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,8 @@ class Config:
     retry: RetryPolicy = RetryPolicy()
     gateway: GatewayConfig | None = None
     pool: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)
+    channels: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -218,6 +227,13 @@ def config_from_dict(raw: Any, *, path: Path | None = None) -> Config:
                     env=dict(spec.get("env", {})),
                     timeout=float(spec["timeout"]) if "timeout" in spec else None,
                     cwd=rel(spec.get("cwd")),
+                    base_url=spec.get("base_url"),
+                    model=spec.get("model"),
+                    api_key_env=spec.get("api_key_env"),
+                    thinking=spec.get("thinking"),
+                    system_prompt=spec.get("system_prompt"),
+                    max_tokens=spec.get("max_tokens"),
+                    temperature=spec.get("temperature"),
                 )
                 for name, spec in gw.get("agents", {}).items()
             },
@@ -248,6 +264,8 @@ def config_from_dict(raw: Any, *, path: Path | None = None) -> Config:
         retry=retry,
         gateway=gateway,
         pool=dict(raw.get("pool", {})),
+        models=dict(raw.get("models", {})),
+        channels=dict(raw.get("channels", {})),
     )
 
 
@@ -287,6 +305,11 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     for name, spec in ((gw or {}).get("agents") or {}).items():
         if isinstance(spec, dict) and spec.get("kind") == "command" and not spec.get("argv"):
             problems.append(f"`gateway.agents.{name}` is a `command` agent and needs `argv`.")
+        if isinstance(spec, dict) and spec.get("kind") == "openai":
+            for key in ("base_url", "model"):
+                if not spec.get(key):
+                    problems.append(f"`gateway.agents.{name}` is an `openai` agent and needs "
+                                    f"`{key}`.")
     for key in ("acl",):
         for caller, targets in (raw.get(key) or {}).items():
             if caller not in names:
