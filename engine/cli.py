@@ -108,9 +108,10 @@ def orchestrate() -> None:
 
 
 @orchestrate.command("delegate")
-@click.argument("agent")
-@click.argument("task")
+@click.argument("args", nargs=-1, required=True, metavar="AGENT TASK")
 @click.option("--caller", required=True, help="Who delegates (checked against the ACL).")
+@click.option("--capability", help="Route by capability instead of naming AGENT: the least "
+                                   "busy capable agent the caller may use (give only TASK).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               help="Seconds to wait for the handoff (default: the agent's, else 120).")
 @click.option("--deliver/--no-deliver", default=None,
@@ -118,45 +119,119 @@ def orchestrate() -> None:
                    "from config: off).")
 @click.option("--parent-run-id", help="Record as a sub-delegation of this run (from "
                                       "$ORCH_RUN_ID inside an agent's task).")
+@click.option("--validate", is_flag=True, help="Have the validator check the result.")
+@click.option("--validator", help="Validator agent (default: the config's `validator`).")
+@click.option("--fail-on-reject/--no-fail-on-reject", default=True, show_default=True,
+              help="Exit 1 when the validator rejects the result.")
+@click.option("--channel-context", metavar="NAME",
+              help="Put the recent messages of this channel (config `channels.map`) "
+                   "before the task.")
+@click.option("--channel-messages", type=click.IntRange(1, 100), default=20, show_default=True,
+              help="How many channel messages.")
+@click.option("--context-file", type=click.Path(dir_okay=False),
+              help="Put this file's text before the task.")
 @click.option("--model", help="Model override sent to the gateway.")
 @click.option("--thinking", help="Thinking level sent to the gateway.")
 @click.option("--channel", help="Channel sent to the gateway.")
+@click.option("--dry-run", is_flag=True, help="Do every check (and the routing), send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 @config_option
 def delegate_cmd(
-    agent: str,
-    task: str,
+    args: tuple[str, ...],
     caller: str,
+    capability: str | None,
     timeout: float | None,
     deliver: bool | None,
     parent_run_id: str | None,
+    validate: bool,
+    validator: str | None,
+    fail_on_reject: bool,
+    channel_context: str | None,
+    channel_messages: int,
+    context_file: str | None,
     model: str | None,
     thinking: str | None,
     channel: str | None,
+    dry_run: bool,
     as_json: bool,
     quiet: bool,
     config: str | None,
 ) -> int:
     """Delegate TASK to AGENT on behalf of --caller and wait for the handoff."""
     from engine.delegate import DelegationRequest, open_delegator
+    from engine.errors import UsageError
     from engine.reporter import ConsoleReporter, Reporter
 
+    want = 1 if capability else 2
+    if len(args) != want:
+        raise UsageError(
+            "give `TASK` only with --capability" if capability
+            else "give `AGENT TASK` (or `--capability NAME TASK`)"
+        )
+    task = args[-1]
     cfg = _load(config)
-    req = DelegationRequest(
-        target=agent, task=task, caller=caller, timeout=timeout, deliver=deliver,
-        parent_run_id=parent_run_id, model=model, thinking=thinking, channel=channel,
-    )
+    if validate and not (validator or cfg.validator):
+        raise UsageError("`--validate` needs a validator: pass `--validator AGENT` or set "
+                         f"`validator:` in `{cfg.label}`.")
+    context = _context_text(cfg, channel_context, channel_messages, context_file)
     reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
-    with open_delegator(cfg, reporter=reporter) as delegator:
+    with open_delegator(cfg, reporter=reporter, pool=None if dry_run else "auto") as delegator:
+        route = delegator.route(caller, capability) if capability else None
+        agent = route.agent if route else args[0]
+        req = DelegationRequest(
+            target=agent, task=task, caller=caller, timeout=timeout, deliver=deliver,
+            parent_run_id=parent_run_id, model=model, thinking=thinking, channel=channel,
+            context=context,
+        )
+        if dry_run:
+            delegator.check(req)
+            if validate:
+                delegator.acl.check(caller, validator or str(cfg.validator))
+            if route:
+                click.echo(route.explain())
+            click.echo(f"dry run: `{caller}` -> `{agent}` passes every check; nothing sent.")
+            return 0
         result = delegator.delegate(req)
+        verdict = None
+        if validate and result.outcome.ok and result.handoff:
+            from engine.validate import record_verdict, validate_result
+
+            verdict = validate_result(delegator, caller=caller,
+                                      validator=validator or str(cfg.validator), task=task,
+                                      handoff=result.handoff)
+            record = record_verdict(result.record_path, verdict)
+            result = type(result)(result.run_id, result.outcome, result.record_path, record,
+                                  result.error)
     if as_json:
         _dump(result.record)
     else:
+        if route:
+            click.echo(route.explain(), err=True)
         _print_result(result)
+        if verdict is not None:
+            word = "approved" if verdict.approved else "REJECTED"
+            click.echo(f"validation by {verdict.validator}: {word}: {verdict.reasons}")
     if result.error is not None and not as_json:
         click.echo(f"error: {result.error}", err=True)
+    if verdict is not None and not verdict.approved and fail_on_reject and result.exit_code == 0:
+        return 1
     return result.exit_code
+
+
+def _context_text(cfg: Any, channel: str | None, messages: int, path: str | None) -> str | None:
+    parts = []
+    if channel:
+        from engine.context import channel_context
+
+        parts.append(channel_context(cfg, channel, messages))
+    if path:
+        from pathlib import Path
+
+        from engine.context import file_context
+
+        parts.append(file_context(Path(path)))
+    return "\n\n".join(parts) if parts else None
 
 
 def _print_result(result: Any) -> None:
@@ -294,6 +369,43 @@ def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
         click.echo("note: this handoff arrived after the delegation had given up (late).")
     if env.get("error") and outcome in ("timeout", "invalid", "errored"):
         click.echo(f"error: {env['error']}")
+    return 0
+
+
+@orchestrate.command("tree")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the tree as JSON.")
+@config_option
+def tree_cmd(run_id: str, as_json: bool, config: str | None) -> int:
+    """Print the delegation tree of RUN_ID: its sub-delegations, with statuses."""
+    from engine.errors import RunStateError
+    from engine.files import check_id
+    from engine.record import delegation_tree
+
+    cfg = _load(config)
+    check_id(run_id, "run id")
+    root = delegation_tree(cfg.handoffs_dir, run_id)
+    if root is None:
+        raise RunStateError(f"no delegation `{run_id}` in `{cfg.handoffs_dir}`.")
+    if as_json:
+        _dump(root)
+        return 0
+
+    def line(n: dict[str, Any]) -> str:
+        dur = n.get("duration_ms")
+        took = f" {dur / 1000:.2f} s" if isinstance(dur, int | float) else ""
+        conf = f" ({n['confidence']})" if n.get("confidence") else ""
+        late = " late" if n.get("late") else ""
+        return f"{n['run_id']}  {n['caller']} -> {n['target']}  {n['outcome']}{conf}{took}{late}"
+
+    def walk(n: dict[str, Any], prefix: str, last: bool, top: bool) -> None:
+        click.echo(line(n) if top else f"{prefix}{'└── ' if last else '├── '}{line(n)}")
+        kids = n["children"]
+        for i, kid in enumerate(kids):
+            walk(kid, prefix if top else prefix + ("    " if last else "│   "),
+                 i == len(kids) - 1, False)
+
+    walk(root, "", True, True)
     return 0
 
 

@@ -239,6 +239,15 @@ class Delegator:
         chain = [str(c) for c in env.get("chain", [env.get("caller")])]
         return [*chain, req.caller]
 
+    def route(self, caller: str, capability: str) -> Any:
+        """Pick the least busy agent with ``capability`` that ``caller`` may use."""
+        from engine.routing import inflight_counts, route
+
+        self.registry.get(caller, role="caller")
+        counts = inflight_counts(self.cfg.handoffs_dir, self.records_dir(sub=True))
+        return route(self.registry, self.acl, caller=caller, capability=capability,
+                     inflight=counts)
+
     # -- the delegation ---------------------------------------------------------------
 
     def check(self, req: DelegationRequest) -> list[str]:

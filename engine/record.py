@@ -174,3 +174,52 @@ def _mtime_iso(path: Path) -> str:
 
     ts = datetime.fromtimestamp(path.stat().st_mtime, UTC)
     return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _node(run_id: str, data: dict[str, Any], pending: bool) -> dict[str, Any]:
+    env = data.get("envelope", data) if not pending else data
+    return {
+        "run_id": run_id,
+        "caller": env.get("caller"),
+        "target": env.get("target"),
+        "outcome": env.get("outcome") if not pending else "in flight",
+        "confidence": data.get("confidence"),
+        "duration_ms": env.get("duration_ms"),
+        "late": env.get("late", False),
+        "parent_run_id": env.get("parent_run_id"),
+        "children": [],
+    }
+
+
+def delegation_tree(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
+    """The delegation tree under ``run_id``: its record and its sub-delegations, nested."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for records in (handoffs_dir, handoffs_dir / "sub"):
+        reconcile(records)
+        for folder, pending in ((records, False), (records / PENDING_DIR, True)):
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if not entry.name.endswith(".json") or entry.name.startswith(".tmp-"):
+                    continue
+                rid = entry.name[: -len(".json")]
+                if rid in nodes and not pending:
+                    continue
+                if folder is records and rid != run_id and records == handoffs_dir:
+                    continue  # top-level records other than the root cannot be in the tree
+                data = read_json(Path(entry.path))
+                if not isinstance(data, dict) or (not pending and "envelope" not in data):
+                    continue
+                if pending and rid in nodes:
+                    continue
+                nodes[rid] = _node(rid, data, pending)
+    root = nodes.get(run_id)
+    if root is None:
+        return None
+    for node in nodes.values():
+        parent = node["parent_run_id"]
+        if parent and parent in nodes and node is not root:
+            nodes[parent]["children"].append(node)
+    return root

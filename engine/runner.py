@@ -511,6 +511,7 @@ class WorkflowRunner:
         self.approver = approver
         self._run_id = ""
         self._steps: dict[str, StepRun] = {}
+        self._route_lock = threading.Lock()
 
     # -- entry points -----------------------------------------------------------------
 
@@ -838,7 +839,10 @@ class WorkflowRunner:
         plan = prepared.plan
         ps = plan.steps[s.id]
         run_id = journal.path.parent.name
-        agent = s.agent or ps.agent
+        if ps.spec.capability and not reattach and len(ps.candidates) > 1:
+            agent = self._route(ps)
+        else:
+            agent = s.agent or ps.agent
         s.agent = agent
         retries = int(ps.spec.retries or 0)
         # An attempt started by an earlier process keeps its run id; it is re-attached
@@ -914,6 +918,24 @@ class WorkflowRunner:
         if state.ok and ps.validator:
             state, error = self._validate(prepared, s, task, ps.validator, journal, cancel)
         self._finish(journal, s, state, error=error)
+
+    def _route(self, ps: Any) -> str:
+        """The least busy candidate for a capability step, at dispatch time."""
+        from engine.routing import inflight_counts
+
+        with self._route_lock:
+            counts = inflight_counts(self.cfg.handoffs_dir, self.cfg.handoffs_dir / "sub")
+            here: dict[str, int] = {}
+            for other in self._steps.values():
+                if other.state is StepState.RUNNING and other.agent:
+                    here[other.agent] = here.get(other.agent, 0) + 1
+            load = {a: max(counts.get(a, 0), here.get(a, 0)) for a in ps.candidates}
+            agent = min(ps.candidates, key=lambda a: load[a])
+            for other in self._steps.values():  # claim it before the next step chooses
+                if other.id == ps.id:
+                    other.agent = agent
+                    other.state = StepState.RUNNING
+            return str(agent)
 
     def _validate(self, prepared: Prepared, s: StepRun, task: str, validator: str,
                   journal: Journal, cancel: threading.Event) -> tuple[StepState, str | None]:

@@ -103,3 +103,14 @@ def validate_result(
         run_id=result.run_id,
         outcome=result.outcome.value,
     )
+
+
+def record_verdict(record_path: Any, verdict: Verdict) -> dict[str, Any]:
+    """Store the verdict in the validated delegation's record (``envelope.validation``)."""
+    from engine.files import write_json_atomic
+    from engine.record import read_json
+
+    record = read_json(record_path) or {}
+    record.setdefault("envelope", {})["validation"] = verdict.as_dict()
+    write_json_atomic(record_path, record)
+    return dict(record)
