@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import fcntl
 import hashlib
+import heapq
 import json
 import os
 import threading
@@ -377,7 +378,7 @@ def replay(path: Path) -> RunView:
             step.state = StepState.RUNNING
             step.dispatched_at = ev["at"]
         elif kind == "step_attempt":
-            step.attempts.append({k: v for k, v in ev.items() if k not in ("event", "step")})
+            step.attempts.append({k: v for k, v in ev.items() if k not in ("event", "step", "at")})
         elif kind == "step_finished":
             step.state = StepState(ev["status"])
             step.finished_at = ev["at"]
@@ -387,6 +388,7 @@ def replay(path: Path) -> RunView:
             if isinstance(data, dict):
                 step.handoff = data.get("handoff")
                 step.validation = data.get("validation")
+                step.attempts = list(data.get("attempts") or step.attempts)
         elif kind == "step_skipped":
             step.state = StepState.SKIPPED
             step.skip_reason = ev.get("reason")
@@ -512,6 +514,8 @@ class WorkflowRunner:
         self._run_id = ""
         self._steps: dict[str, StepRun] = {}
         self._route_lock = threading.Lock()
+        self._upstream: dict[str, tuple[str, ...]] = {}
+        self._stop_reason: str | None = None
 
     # -- entry points -----------------------------------------------------------------
 
@@ -642,6 +646,23 @@ class WorkflowRunner:
         self.reporter.event("run_started", run_id=run_id, workflow=plan.workflow.name,
                             steps=[[(sid, steps[sid].agent) for sid in g] for g in plan.groups])
         running: dict[Future[None], str] = {}
+        # Incremental readiness: a step becomes ready when its last upstream step settles,
+        # so each scheduling round touches only what changed (O(steps + edges) per run).
+        index = {sid: i for i, sid in enumerate(order)}
+        children = {sid: list(plan.graph.successors(sid)) for sid in order}
+        blocking = {sid: sum(1 for d in plan.steps[sid].depends_on if not steps[d].state.final)
+                    for sid in order}
+        heap = [index[sid] for sid in order
+                if blocking[sid] == 0 and not steps[sid].state.final]
+        heapq.heapify(heap)
+
+        def settle(sid: str) -> None:
+            for child in children[sid]:
+                blocking[child] -= 1
+                if blocking[child] == 0:
+                    heapq.heappush(heap, index[child])
+
+        self._stop_reason = stop_reason
         with ThreadPoolExecutor(max_workers=max(1, options.max_parallel),
                                 thread_name_prefix=f"step-{run_id[-8:]}") as pool:
             while True:
@@ -649,92 +670,83 @@ class WorkflowRunner:
                     cancel.set()
                     journal.append("run_cancelled", by="workflow cancel")
                 if cancel.is_set():
+                    heap.clear()
                     for sid in order:
-                        s = steps[sid]
-                        if s.state in (StepState.PENDING, StepState.WAITING_APPROVAL):
-                            self._skip(journal, s, "the run was cancelled", "stopped")
-                launched = self._launch_ready(
-                    prepared, order, steps, running, pool, journal, options, cancel,
-                    steps_by_run, stop_reason,
-                ) if not cancel.is_set() else False
+                        st = steps[sid]
+                        if st.state in (StepState.PENDING, StepState.WAITING_APPROVAL) and (
+                                sid not in running.values()):
+                            self._skip(journal, st, "the run was cancelled", "stopped")
+                while heap:
+                    sid = order[heapq.heappop(heap)]
+                    fut = self._consider(prepared, steps[sid], pool, journal, options, cancel,
+                                         steps_by_run)
+                    if fut is not None:
+                        running[fut] = sid
+                    elif steps[sid].state.final:
+                        settle(sid)
                 if not running:
-                    if launched:
-                        continue
                     break
                 done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 for fut in done:
                     sid = running.pop(fut)
                     exc = fut.exception()
-                    s = steps[sid]
+                    st = steps[sid]
                     if exc is not None:  # a bug, not a step outcome: record and go on
-                        self._finish(journal, s, StepState.ERRORED, error=f"internal error: {exc}")
-                    if not s.state.ok and plan.steps[sid].spec.on_failure == "stop":
-                        stop_reason = stop_reason or f"`{sid}` ended {s.state.value}"
+                        self._finish(journal, st, StepState.ERRORED,
+                                     error=f"internal error: {exc}")
+                    if not st.state.ok and plan.steps[sid].spec.on_failure == "stop":
+                        self._stop_reason = self._stop_reason or (
+                            f"`{sid}` ended {st.state.value}")
+                    settle(sid)
         self.delegator.reporter = saved_reporter
         return self._conclude(prepared, view, journal, cancel.is_set())
 
-    def _launch_ready(
+    def _consider(
         self,
         prepared: Prepared,
-        order: list[str],
-        steps: dict[str, StepRun],
-        running: dict[Future[None], str],
+        s: StepRun,
         pool: ThreadPoolExecutor,
         journal: Journal,
         options: RunOptions,
         cancel: threading.Event,
         steps_by_run: dict[str, str],
-        stop_reason: str | None,
-    ) -> bool:
-        plan = prepared.plan
-        launched = False
-        active = set(running.values())
-        for sid in order:
-            s = steps[sid]
-            if sid in active or s.state not in (StepState.PENDING, StepState.QUEUED,
-                                                 StepState.RUNNING):
-                continue
-            ps = plan.steps[sid]
-            ups = [steps[d] for d in ps.depends_on]
-            if not all(u.state.final for u in ups):
-                continue
-            if s.in_flight:  # dispatched by an earlier process: re-attach, never resend
-                running[pool.submit(self._run_step, prepared, s, journal, cancel,
-                                    steps_by_run, True)] = sid
-                launched = True
-                continue
-            bad = [u for u in ups if not u.state.ok and not (
-                u.state is StepState.SKIPPED and u.skip_kind == "condition")]
-            if bad:
-                u = bad[0]
-                self._skip(journal, s, f"upstream `{u.id}` ended {u.state.value}", "upstream")
-                launched = True
-                continue
-            if stop_reason:
-                self._skip(journal, s, f"the run stopped after {stop_reason}", "stopped")
-                launched = True
-                continue
-            ctx = self._context(prepared, steps)
+    ) -> Future[None] | None:
+        """Decide a step whose upstream steps have all settled: run, skip, gate or fail it.
+
+        Returns the future of a submitted step; otherwise the step is final or parked.
+        """
+        steps = self._steps
+        sid = s.id
+        ps = prepared.plan.steps[sid]
+        if s.in_flight:  # dispatched by an earlier process: re-attach, never resend
+            return pool.submit(self._run_step, prepared, s, journal, cancel, steps_by_run, True)
+        if s.state.final:
+            return None
+        ups = [steps[d] for d in ps.depends_on]
+        bad = [u for u in ups if not u.state.ok and not (
+            u.state is StepState.SKIPPED and u.skip_kind == "condition")]
+        if bad:
+            self._skip(journal, s, f"upstream `{bad[0].id}` ended {bad[0].state.value}",
+                       "upstream")
+            return None
+        if self._stop_reason:
+            self._skip(journal, s, f"the run stopped after {self._stop_reason}", "stopped")
+            return None
+        gated = False
+        if ps.spec.when or ps.spec.gate is not None:
             try:
+                ctx = self._context(prepared, steps, sid)
                 if not prepared.renderer.evaluate_when(sid, ctx):
                     self._skip(journal, s, f"condition `{ps.spec.when}` is false", "condition")
-                    launched = True
-                    continue
-                gated = ps.spec.gate is not None and prepared.renderer.evaluate_gate_when(sid, ctx)
-            except OrchestratorError as exc:
-                self._finish(journal, s, StepState.ERRORED, error=str(exc))
-                launched = True
-                continue
+                    return None
+                gated = ps.spec.gate is not None and prepared.renderer.evaluate_gate_when(
+                    sid, ctx)
             except Exception as exc:  # a template error at run time
                 self._finish(journal, s, StepState.ERRORED, error=f"condition failed: {exc}")
-                launched = True
-                continue
-            if gated and not self._gate(prepared, s, journal, options, steps):
-                continue
-            running[pool.submit(self._run_step, prepared, s, journal, cancel,
-                                steps_by_run, False)] = sid
-            launched = True
-        return launched
+                return None
+        if gated and not self._gate(prepared, s, journal, options, steps):
+            return None
+        return pool.submit(self._run_step, prepared, s, journal, cancel, steps_by_run, False)
 
     def _gate(self, prepared: Prepared, s: StepRun, journal: Journal, options: RunOptions,
               steps: dict[str, StepRun]) -> bool:
@@ -748,7 +760,8 @@ class WorkflowRunner:
             return True
         ps = prepared.plan.steps[s.id]
         try:
-            prompt = prepared.renderer.render_gate_prompt(s.id, self._context(prepared, steps))
+            prompt = prepared.renderer.render_gate_prompt(
+                s.id, self._context(prepared, steps, s.id))
         except Exception:  # the raw prompt still tells the approver what is asked
             prompt = ps.spec.gate.prompt
         if s.state is not StepState.WAITING_APPROVAL:
@@ -776,12 +789,29 @@ class WorkflowRunner:
         self._finish(journal, s, StepState.REJECTED, error=f"gate rejected: {reason}")
         return False
 
-    def _context(self, prepared: Prepared, steps: dict[str, StepRun]) -> dict[str, Any]:
+    def _context(self, prepared: Prepared, steps: dict[str, StepRun],
+                 step_id: str | None = None) -> dict[str, Any]:
+        """The rendering context: for a step, only its upstream steps (all for outputs)."""
         from engine.workflow import render_context
 
+        if step_id is not None:
+            ups = self._upstream.get(step_id)
+            if ups is None:
+                # Only what the step's templates read, unless they read `steps` dynamically
+                # (a loop): then every upstream step. Building the whole upstream context
+                # for every step of a deep graph would cost O(steps^2).
+                refs = prepared.renderer.references(step_id).values()
+                if any(r.dynamic_steps for r in refs):
+                    above = prepared.plan.upstream(step_id)
+                else:
+                    above = {sid for r in refs for sid in r.steps}
+                ups = self._upstream[step_id] = tuple(sid for sid in steps if sid in above)
+            chosen = {sid: steps[sid].context() for sid in ups}
+        else:
+            chosen = {sid: s.context() for sid, s in steps.items()}
         return render_context(
             inputs=prepared.plan.inputs,
-            steps={sid: s.context() for sid, s in steps.items()},
+            steps=chosen,
             run_id=self._run_id,
             workflow=prepared.spec.name,
         )
@@ -851,7 +881,8 @@ class WorkflowRunner:
         first = s.attempt if reattach and s.attempt else s.attempt + 1
         accepted = reattach and s.dispatched_at is not None
         try:
-            task = prepared.renderer.render_task(s.id, self._context(prepared, self._steps))
+            task = prepared.renderer.render_task(
+                s.id, self._context(prepared, self._steps, s.id))
         except Exception as exc:
             self._finish(journal, s, StepState.ERRORED, error=f"task failed to render: {exc}")
             return
@@ -886,8 +917,6 @@ class WorkflowRunner:
                 result = self.delegator.delegate(req, reattach=again, cancel=cancel)
             except OrchestratorError as exc:
                 s.attempts.append({"run_id": drid, "outcome": "errored", "error": str(exc)})
-                journal.append("step_attempt", step=s.id, attempt=attempt, run_id=drid,
-                               outcome="errored")
                 self._finish(journal, s, StepState.ERRORED, error=str(exc))
                 return
             env = result.envelope
@@ -901,11 +930,11 @@ class WorkflowRunner:
                 "late": env.get("late"),
                 **({"error": str(result.error)} if result.error else {}),
             })
-            journal.append("step_attempt", step=s.id, attempt=attempt, run_id=drid,
-                           outcome=result.outcome.value, duration_ms=env.get("duration_ms"),
-                           token_wait_ms=env.get("token_wait_ms"))
             if (result.outcome in (Outcome.FAILED, Outcome.TIMEOUT) and attempt <= retries
                     and not cancel.is_set()):
+                # The last attempt is in the step file; earlier ones go to the journal so a
+                # crash during a retry keeps their history.
+                journal.append("step_attempt", step=s.id, **s.attempts[-1])
                 journal.append("step_retry", step=s.id, attempt=attempt + 1,
                                reason=result.outcome.value)
                 attempt += 1

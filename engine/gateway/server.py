@@ -460,6 +460,11 @@ class LocalGateway:
             if spec.kind == "echo":
                 _echo(task)
                 return
+            elif spec.kind == "openai":
+                from engine.gateway.models import run_model_agent
+
+                run_model_agent(spec, task, self.cfg)
+                return
             outcome = self._runner.run(spec, task)
             if outcome.returncode != 0:
                 log.info(

@@ -1,0 +1,403 @@
+"""Agents of kind ``openai``: one call to an OpenAI-compatible chat-completions endpoint.
+
+Example (``orchestrator.yaml``)::
+
+    models:
+      aliases: {cheap: "llama3.2:3b"}
+      prices: {"llama3.2:3b": {input: 0.0, output: 0.0}}
+    gateway:
+      agents:
+        webster: {kind: openai, base_url: "http://127.0.0.1:11434/v1", model: cheap}
+
+The gateway posts the task text (the message up to its handoff block) as the user
+message to ``{base_url}/chat/completions`` (non-streaming), then writes the handoff
+itself: ``complete`` with the answer as the result and ``usage`` (tokens, cost, model),
+or ``failed`` saying why. Works with Ollama, vLLM, OpenRouter and OpenAI. See
+docs/agents.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from engine.config import Config, GatewayAgentConfig
+from engine.cost import compute_cost, price_for
+from engine.gateway.agents import Task
+
+log = logging.getLogger("engine.gateway")
+
+#: Seed 002: the default timeout of a task by thinking level, in seconds.
+THINKING_TIMEOUTS: dict[str, float] = {"low": 120.0, "medium": 120.0, "high": 300.0}
+#: The timeout when neither the agent, $TIMEOUT, thinking nor the request sets one.
+DEFAULT_TIMEOUT = 120.0
+#: Environment variable that overrides every model agent's timeout (seed 002).
+TIMEOUT_ENV = "TIMEOUT"
+#: HTTP statuses worth retrying: rate limited, or the server failed.
+RETRYABLE = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+#: How much of an error body goes into a ``failed`` handoff.
+ERROR_LIMIT = 500
+MODEL_NOTE = "written by the local gateway for the `openai` agent"
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: str
+    result: str
+    usage: dict[str, Any] | None
+    notes: str
+
+
+def resolve_model(models: Mapping[str, Any], name: str) -> str:
+    """The model ``name`` stands for in ``models["aliases"]`` (seed 002), else ``name``."""
+    aliases = models.get("aliases") or {}
+    target = aliases.get(name)
+    return str(target) if isinstance(target, str) and target else name
+
+
+def model_timeout(
+    spec: GatewayAgentConfig,
+    task_timeout: float | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> float:
+    """Seconds a model agent's task may take, retries included.
+
+    ``$TIMEOUT`` (a positive number) wins; then the agent's ``timeout``; then its
+    ``thinking`` level (low/medium 120 s, high 300 s); then the request's
+    ``timeoutSeconds``; then 120 s.
+    """
+    environ = os.environ if env is None else env
+    raw = environ.get(TIMEOUT_ENV, "").strip()
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = 0.0
+        if value > 0:
+            return value
+        log.warning("ignoring $%s=%r: not a positive number of seconds", TIMEOUT_ENV, raw)
+    if spec.timeout is not None:
+        return float(spec.timeout)
+    if spec.thinking in THINKING_TIMEOUTS:
+        return THINKING_TIMEOUTS[spec.thinking]
+    if task_timeout is not None and task_timeout > 0:
+        return float(task_timeout)
+    return DEFAULT_TIMEOUT
+
+
+def run_model_agent(
+    spec: GatewayAgentConfig,
+    task: Task,
+    cfg: Config,
+    *,
+    client: httpx.Client | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Answer ``task`` with one chat completion and write its handoff (blocking).
+
+    Retries 429 (honouring ``Retry-After``), 5xx and connection failures with the
+    config's ``retry.delays``, never past the agent's timeout. A refusal (other 4xx), an
+    odd answer or exhausted retries give a ``failed`` handoff whose result says why; the
+    API key never appears in it. Without a handoff block in the message there is nowhere
+    to put the answer, so the model is not called.
+    """
+    path = task.handoff_path
+    if path is None or task.run_id is None:
+        log.warning(
+            "local gateway: %s run %s has no handoff block; the model is not called",
+            task.agent,
+            task.gateway_run_id,
+        )
+        return
+    own = client is None
+    http = client or httpx.Client()
+    try:
+        answer = _answer(spec, task, cfg, http, sleep)
+    except Exception as exc:  # a bug must still leave a handoff behind
+        log.exception("local gateway: model run %s broke", task.gateway_run_id)
+        answer = _Answer(
+            "failed",
+            f"the local gateway broke calling the model: {type(exc).__name__}",
+            None,
+            MODEL_NOTE,
+        )
+    finally:
+        if own:
+            http.close()
+    _write(task, answer)
+
+
+# -- the call -----------------------------------------------------------------------------
+
+
+def _answer(
+    spec: GatewayAgentConfig,
+    task: Task,
+    cfg: Config,
+    http: httpx.Client,
+    sleep: Callable[[float], None],
+) -> _Answer:
+    where = f"`gateway.agents.{spec.name}`"
+    if not spec.base_url or not spec.model:
+        return _failed(f"{where} is an `openai` agent and needs `base_url` and `model`.")
+    key = ""
+    if spec.api_key_env:
+        key = os.environ.get(spec.api_key_env, "").strip()
+        if not key:
+            return _failed(
+                f"environment variable `{spec.api_key_env}` (from {where}.api_key_env) is "
+                "not set or empty: export the API key where the gateway runs."
+            )
+    if not task.text.strip():
+        return _failed("the message has no task text before its handoff block.")
+    model = resolve_model(cfg.models, spec.model)
+    url = spec.base_url.rstrip("/") + "/chat/completions"
+    shown = _display_url(url)
+    messages: list[dict[str, str]] = []
+    if spec.system_prompt:
+        messages.append({"role": "system", "content": spec.system_prompt})
+    messages.append({"role": "user", "content": task.text})
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": False}
+    if spec.max_tokens is not None:
+        body["max_tokens"] = spec.max_tokens
+    if spec.temperature is not None:
+        body["temperature"] = spec.temperature
+    headers = {"Accept": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+
+    timeout = model_timeout(spec, task.timeout)
+    start = time.monotonic()
+    deadline = start + timeout
+    delays = cfg.retry.delays
+    attempt = 0
+    while True:
+        attempt += 1
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return _failed(
+                f"no answer from `{model}` at {shown} within {timeout:g} s "
+                f"({attempt - 1} attempt(s)); {_timeout_hint(spec)}"
+            )
+        retry_after: float | None = None
+        try:
+            resp = http.post(url, json=body, headers=headers, timeout=remaining)
+        except httpx.TimeoutException:
+            return _failed(
+                f"no answer from `{model}` at {shown} within {timeout:g} s "
+                f"({attempt} attempt(s)); {_timeout_hint(spec)}"
+            )
+        except httpx.TransportError as exc:
+            reason = _scrub(_transport_reason(exc), key)
+        else:
+            code = resp.status_code
+            if code == 200:
+                return _parse(resp, model, shown, key, cfg, attempt, time.monotonic() - start)
+            detail = _scrub(_error_text(resp), key)
+            reason = f"HTTP {code}" + (f": {detail}" if detail else "")
+            if code not in RETRYABLE:
+                return _failed(f"the model endpoint {shown} refused the request ({reason}).")
+            retry_after = _retry_after(resp)
+        if attempt > len(delays):
+            return _failed(
+                f"gave up on `{model}` at {shown} after {attempt} attempts (last: {reason})."
+            )
+        delay = delays[attempt - 1] * (1 + cfg.retry.jitter * random.random())
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        if time.monotonic() + delay >= deadline:
+            return _failed(
+                f"gave up on `{model}` at {shown} after {attempt} attempt(s) "
+                f"(last: {reason}): the next retry, in {delay:.1f} s, would come "
+                f"after the {timeout:g} s timeout; {_timeout_hint(spec)}"
+            )
+        log.info("local gateway: %s: %s, retry %d in %.1f s", spec.name, reason, attempt, delay)
+        sleep(delay)
+
+
+def _parse(
+    resp: httpx.Response,
+    model: str,
+    shown: str,
+    key: str,
+    cfg: Config,
+    attempts: int,
+    seconds: float,
+) -> _Answer:
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    choice = None
+    if isinstance(data, dict) and isinstance(data.get("choices"), list) and data["choices"]:
+        choice = data["choices"][0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(data, dict) or not isinstance(message, dict):
+        text = _scrub((resp.text or "").strip()[:ERROR_LIMIT], key)
+        return _failed(
+            f"the model endpoint {shown} answered 200 without a chat completion "
+            f"(`choices[0].message` missing): {text or '(empty body)'}"
+        )
+    content = _content_text(message.get("content"))
+    finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+    reported = data.get("model")
+    used = reported if isinstance(reported, str) and reported else model
+    usage = _usage(data.get("usage"), used, model, cfg)
+    notes = f"{MODEL_NOTE}: model `{used}` at {shown}, {attempts} attempt(s), {seconds:.1f} s"
+    if not content.strip():
+        refusal = message.get("refusal")
+        why = (
+            f"the model refused: {refusal}"
+            if isinstance(refusal, str) and refusal
+            else (f"the model returned no text (finish_reason: {finish or 'none'})")
+        )
+        return _Answer("failed", why, usage, notes)
+    if finish == "length":
+        return _Answer(
+            "partial",
+            content,
+            usage,
+            notes + "; the answer was cut at `max_tokens` (finish_reason: length)",
+        )
+    return _Answer("complete", content, usage, notes)
+
+
+def _content_text(content: Any) -> str:
+    """The assistant's text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict)]
+        return "".join(p for p in parts if isinstance(p, str))
+    return ""
+
+
+def _usage(raw: Any, used: str, resolved: str, cfg: Config) -> dict[str, Any]:
+    usage: dict[str, Any] = {}
+    if isinstance(raw, dict):
+        tokens_in, tokens_out = (
+            _count(raw.get("prompt_tokens")),
+            _count(raw.get("completion_tokens")),
+        )
+        if tokens_in is not None and tokens_out is not None:
+            usage["input_tokens"] = tokens_in
+            usage["output_tokens"] = tokens_out
+            price = price_for(cfg.models, used, resolved)
+            if price is not None:
+                usage["cost"] = compute_cost(tokens_in, tokens_out, price)
+    usage["model"] = used
+    return usage
+
+
+def _count(value: Any) -> int | None:
+    """A token count, or None when the API gave none (or nonsense)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _failed(result: str) -> _Answer:
+    return _Answer("failed", result, None, f"{MODEL_NOTE}: the model call failed")
+
+
+def _write(task: Task, answer: _Answer) -> None:
+    from engine.handoff import HandoffProblem, make_handoff, write_handoff
+    from engine.record import read_json, reconcile
+
+    path = task.handoff_path
+    assert path is not None and task.run_id is not None
+    handoff = make_handoff(
+        run_id=task.run_id,
+        agent=task.handoff_agent or task.agent,
+        status=answer.status,
+        result=answer.result,
+        confidence="medium" if answer.status in ("complete", "partial") else "low",
+        notes=answer.notes,
+        usage=answer.usage,
+    )
+    try:
+        existing = read_json(path)
+        # A record without a status is the engine's placeholder after a timeout: the
+        # answer replaces it and reconcile() merges it as late. A handoff (or a final
+        # record) that someone else delivered meanwhile is never overwritten.
+        if not (isinstance(existing, dict) and "status" in existing):
+            write_handoff(path, handoff)
+        reconcile(path.parent)
+    except (HandoffProblem, OSError) as exc:
+        log.warning("local gateway: cannot write the handoff of %s: %s", task.run_id, exc)
+
+
+def _timeout_hint(spec: GatewayAgentConfig) -> str:
+    return (
+        f"raise `gateway.agents.{spec.name}.timeout`, use `thinking: high`, or set ${TIMEOUT_ENV}."
+    )
+
+
+def _display_url(url: str) -> str:
+    """The URL without user info or query, which may hold credentials."""
+    try:
+        u = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "<invalid base_url>"
+    port = f":{u.port}" if u.port else ""
+    return f"{u.scheme}://{u.host}{port}{u.path}"
+
+
+def _scrub(text: str, key: str) -> str:
+    return text.replace(key, "***") if key else text
+
+
+def _transport_reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if "refused" in text.lower():
+        return "connection refused"
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
+def _error_text(resp: httpx.Response) -> str:
+    """The API's own error message: OpenAI ``{"error": {"message"}}``, or close variants."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return (resp.text or "").strip()[:ERROR_LIMIT]
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:ERROR_LIMIT]
+        for key in ("error", "message", "detail"):
+            if isinstance(data.get(key), str) and data[key]:
+                return str(data[key])[:ERROR_LIMIT]
+    return (resp.text or "").strip()[:ERROR_LIMIT]
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    raw_ms = resp.headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    value = resp.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
