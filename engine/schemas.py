@@ -95,10 +95,11 @@ def _describe(err: Any, style: str) -> list[str]:
         expected = " or ".join(expected) if isinstance(expected, list) else expected
         return [f"{prefix} must be of type {_article(str(expected))}."]
     if kw == "enum":
-        allowed = ", ".join(f"`{v}`" for v in err.validator_value)
+        choices = ", ".join(f"`{v}`" for v in err.validator_value)
         near = did_you_mean(str(err.instance), [str(v) for v in err.validator_value])
-        shown = f"`{err.instance}`" if isinstance(err.instance, str) and len(err.instance) < 40 else "value"
-        return [f"{prefix}: {shown} is not one of {allowed}{near}"]
+        short = isinstance(err.instance, str) and len(err.instance) < 40
+        shown = f"`{err.instance}`" if short else "value"
+        return [f"{prefix}: {shown} is not one of {choices}{near}"]
     if kw == "const":
         return [f"{prefix} must be `{err.validator_value}`."]
     if kw == "pattern":
