@@ -606,9 +606,11 @@ def dry_run_text(plan: Plan, renderer: TaskRenderer) -> str:
             lines.append(f"  {name} = {first}")
             lines.extend(f"  {' ' * len(name)}   {r}" for r in rest)
     lines.append(
-        f"{_plural(n_steps, 'step')} in {_plural(n_groups, 'group')}; steps of a group run "
-        "in parallel. Upstream results are shown as `<result of ID>` (status `complete`, "
-        "confidence `high`)."
+        f"{_plural(n_steps, 'step')} in {_plural(n_groups, 'group')}; the steps of a group "
+        "run in parallel."
+    )
+    lines.append(
+        "Upstream results are placeholders: `<result of ID>`, status `complete`, confidence `high`."
     )
     by_group: dict[int, list[dict[str, Any]]] = {}
     for s in data["steps"]:
