@@ -409,6 +409,28 @@ def tree_cmd(run_id: str, as_json: bool, config: str | None) -> int:
     return 0
 
 
+@orchestrate.group("pool")
+def pool_group() -> None:
+    """The token pool shared by every process on this host (no gateway needed)."""
+
+
+@pool_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@config_option
+def pool_status_cmd(as_json: bool, config: str | None) -> int:
+    """Size, mode, tokens in use (run, agent, PID, age), queue and recent load samples."""
+    from engine.pool import PoolSettings, TokenPool, format_status
+
+    cfg = _load(config)
+    with TokenPool(PoolSettings.from_config(cfg)) as pool:
+        status = pool.status()
+    if as_json:
+        _dump(status)
+    else:
+        click.echo(format_status(status))
+    return 0
+
+
 @orchestrate.command("gateway")
 @click.option("--host", help="Address to bind (default: gateway.host, else 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (default: gateway.port).")

@@ -315,12 +315,14 @@ class Delegator:
             if isinstance(lease, DelegationResult):
                 return lease
         try:
-            return self._dispatch_and_wait(
+            result = self._dispatch_and_wait(
                 req, agent, target, run_id, records, drop, envelope, deadline, cancel
             )
-        finally:
+        except BaseException:
             if lease is not None:
                 lease.release()
+            raise
+        return self._release(lease, result) if lease is not None else result
 
     def _reattach(
         self,
@@ -353,12 +355,15 @@ class Delegator:
                 return lease
         waiter = watcher_for(drop.parent, backend=self.watcher_backend).expect(drop.name)
         try:
-            return self._wait(waiter, run_id, req.target, records, drop, envelope, deadline,
-                              cancel)
-        finally:
-            waiter.close()
+            result = self._wait(waiter, run_id, req.target, records, drop, envelope, deadline,
+                                cancel)
+        except BaseException:
             if lease is not None:
                 lease.release()
+            raise
+        finally:
+            waiter.close()
+        return self._release(lease, result) if lease is not None else result
 
     def _acquire(
         self,
@@ -368,19 +373,40 @@ class Delegator:
         records: Path,
         deadline: float,
     ) -> Any:
+        from engine.errors import DelegationTimeoutError
+
         t0 = self._clock()
         try:
-            lease = self.pool.acquire(
-                run_id=run_id,
-                agent=agent.name,
-                timeout=max(0.0, deadline - t0),
-                max_concurrent=agent.max_concurrent,
-            )
+            try:  # a free token at once is the common case: no "waiting" noise then
+                lease = self.pool.acquire(run_id=run_id, agent=agent.name, timeout=0,
+                                          max_concurrent=agent.max_concurrent)
+            except DelegationTimeoutError:
+                self.reporter.pool_waiting(run_id, agent.name)
+                lease = self.pool.acquire(
+                    run_id=run_id,
+                    agent=agent.name,
+                    timeout=max(0.0, deadline - self._clock()),
+                    max_concurrent=agent.max_concurrent,
+                )
         except OrchestratorError as exc:
             envelope["token_wait_ms"] = round((self._clock() - t0) * 1000, 3)
             return self._errored(run_id, records, envelope, exc, keep_pending=False)
-        envelope["token_wait_ms"] = round(getattr(lease, "waited_s", 0.0) * 1000, 3)
+        envelope["token_wait_ms"] = round((self._clock() - t0) * 1000, 3)
         return lease
+
+    def _release(self, lease: Any, result: DelegationResult) -> DelegationResult:
+        """Give the token back; mark the record if the pool had reclaimed it meanwhile."""
+        lease.release()
+        reason = getattr(lease, "reclaimed_reason", None)
+        if not reason:
+            return result
+        from engine.files import write_json_atomic
+
+        record = dict(result.record)
+        record.setdefault("envelope", {})["token_reclaimed"] = reason
+        write_json_atomic(result.record_path, record)
+        return DelegationResult(result.run_id, result.outcome, result.record_path, record,
+                                result.error)
 
     def _dispatch_and_wait(
         self,
@@ -625,6 +651,8 @@ def open_delegator(
         yield delegator
     finally:
         delegator.close()
+        if pool is not None and hasattr(pool, "close"):
+            pool.close()
         if gateway is not None:
             gateway.stop()
 

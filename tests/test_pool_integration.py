@@ -1,0 +1,130 @@
+"""The token pool on the delegation path: real processes, a real gateway counting tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import orchestrate, workflow
+from engine.config import load_config
+from engine.delegate import DelegationRequest, open_delegator
+from engine.gateway.server import LocalGateway
+from engine.runner import read_events
+from tests.conftest import demo_config, write_config
+
+TOKEN = "pool-test-token-0123456789"
+SLOW = [sys.executable, "-c", "import time; time.sleep(0.25); print('slept')"]
+HERE = Path(__file__).parent / "workflows" / "run"
+
+
+@pytest.fixture
+def pooled(tmp_path: Path) -> Iterator[tuple[Path, LocalGateway]]:
+    """A standalone gateway with slow agents, and a config whose pool holds 3 tokens."""
+    raw = demo_config(tmp_path)
+    raw["gateway"].update(embedded=False, token_env="POOL_GW_TOKEN")
+    for name in ("webster", "secretary"):
+        raw["gateway"]["agents"][name] = {"kind": "command", "argv": SLOW, "timeout": 30}
+    raw["pool"] = {"max_tokens": 3, "adaptive": False}
+    path = write_config(tmp_path, raw)
+    gw = LocalGateway(load_config(path), token=TOKEN).start()
+    raw["gateway"]["port"] = int(gw.url.rsplit(":", 1)[1])
+    write_config(tmp_path, raw)
+    os.environ["POOL_GW_TOKEN"] = TOKEN
+    try:
+        yield path, gw
+    finally:
+        gw.stop()
+        os.environ.pop("POOL_GW_TOKEN", None)
+
+
+def test_twenty_processes_never_exceed_the_pool(pooled: tuple[Path, LocalGateway]) -> None:
+    path, gw = pooled
+    script = (
+        "import sys\n"
+        "from engine.config import load_config\n"
+        "from engine.delegate import DelegationRequest, open_delegator\n"
+        "cfg = load_config(sys.argv[1])\n"
+        "with open_delegator(cfg) as d:\n"
+        "    for i in range(5):\n"
+        "        r = d.delegate(DelegationRequest(target='webster', task='t', caller='manager',"
+        " timeout=120))\n"
+        "        assert r.outcome.value == 'complete', r.record\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path)], env=os.environ.copy())
+             for _ in range(20)]
+    codes = [p.wait(timeout=300) for p in procs]
+    assert codes == [0] * 20
+    stats = gw.stats()
+    assert stats["dispatched"]["webster"] == 100
+    assert 1 <= stats["max_inflight_total"] <= 3
+    res = CliRunner().invoke(orchestrate, ["pool", "status", "--json", "--config", str(path)])
+    status = json.loads(res.stdout)
+    assert status["in_use"] == [] and status["queue"] == []
+
+
+def test_token_wait_is_recorded(pooled: tuple[Path, LocalGateway]) -> None:
+    path, gw = pooled
+    cfg = load_config(path)
+    results: list[Any] = []
+    with open_delegator(cfg) as d:
+        threads = [threading.Thread(target=lambda: results.append(d.delegate(
+            DelegationRequest(target="webster", task="t", caller="manager", timeout=60))))
+            for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    waits = sorted(r.envelope["token_wait_ms"] for r in results)
+    assert all(r.outcome.value == "complete" for r in results)
+    assert waits[-1] > 100  # 6 delegations through 3 tokens: some waited a round
+    assert gw.stats()["max_inflight_total"] <= 3
+
+
+def test_workflow_steps_draw_from_the_same_pool(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["pool"] = {"max_tokens": 1, "adaptive": False}
+    cfg = load_config(write_config(tmp_path, raw))
+    res = CliRunner().invoke(workflow, ["run", str(HERE / "parallel.yaml"), "-i",
+                                        "topic=DEMO_SLEEP=0.4", "--config", str(cfg.path),
+                                        "--json", "-q"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    run_dir = cfg.handoffs_dir / "workflows" / summary["runId"]
+    left = json.loads((run_dir / "left.json").read_text())["attempts"][0]
+    right = json.loads((run_dir / "right.json").read_text())["attempts"][0]
+    first, second = sorted((left, right), key=lambda a: a["dispatched_at"])
+    assert second["dispatched_at"] >= first["received_at"]  # one token: no overlap
+    assert second["token_wait_ms"] > 200
+    events = [e["event"] for e in read_events(run_dir / "events.jsonl")]
+    assert "step_queued" in events
+
+
+def test_dry_run_takes_no_token(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["pool"] = {"max_tokens": 1, "adaptive": False}
+    cfg = load_config(write_config(tmp_path, raw))
+    res = CliRunner().invoke(workflow, ["run", "quick-research", "-i", "query=x", "--dry-run",
+                                        "--config", str(cfg.path)])
+    assert res.exit_code == 0
+    res = CliRunner().invoke(orchestrate, ["webster", "x", "--caller", "manager", "--dry-run",
+                                           "--config", str(cfg.path)])
+    assert res.exit_code == 0
+    assert not (cfg.handoffs_dir / ".pool").exists()
+
+
+def test_pool_status_needs_no_gateway(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["pool"] = {"max_tokens": 2, "adaptive": False}
+    cfg = load_config(write_config(tmp_path, raw))
+    res = CliRunner().invoke(orchestrate, ["pool", "status", "--config", str(cfg.path)])
+    assert res.exit_code == 0
+    assert "in use   0 of 2" in res.stdout
