@@ -13,6 +13,7 @@ then reconciles the directory so a late handoff meets its pending envelope.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import selectors
@@ -194,7 +195,7 @@ class CommandRunner:
     def _finish(self, task: Task, outcome: Outcome, *, timeout: float | None = None) -> Outcome:
         """Write the handoff the agent did not write, then reconcile its directory."""
         path = task.handoff_path
-        if path is None or task.run_id is None or path.exists():
+        if path is None or task.run_id is None or _delivered(path):
             if path is not None:
                 _reconcile(path.parent)
             return outcome
@@ -226,7 +227,7 @@ class CommandRunner:
             notes=GATEWAY_NOTE,
         )
         try:
-            if path.exists():  # the agent may have written it while we were composing
+            if _delivered(path):  # the agent may have written it while we were composing
                 _reconcile(path.parent)
                 return outcome
             write_handoff(path, handoff)
@@ -393,3 +394,19 @@ def _reconcile(records_dir: Path) -> None:
         reconcile(records_dir)
     except OSError as exc:
         log.warning("local gateway: cannot reconcile %s: %s", records_dir, exc)
+
+
+def _delivered(path: Path) -> bool:
+    """True when a handoff (or a final record) is at ``path``: never overwrite it.
+
+    The engine's placeholder record after a timeout (an envelope, no ``status``) does not
+    count: the gateway's own handoff replaces it and is merged as late.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True  # something unreadable is there: leave it for the engine to report
+    return not (isinstance(data, dict) and "envelope" in data and "status" not in data)
