@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -491,3 +493,39 @@ def test_docs_channels_config_is_valid(api: DiscordAPI) -> None:
     assert channels["map"]["technical"] == TECH
     channels.update(base_url=api.base_url, token_env=ENV)
     assert channel_context(make_cfg(channels), "technical", 20) == EXPECTED
+
+
+def test_channel_context_reaches_the_agent_through_the_cli(
+    discord_api: Any, tmp_path: Any
+) -> None:
+    """`orchestrate ... --channel-context technical --channel-messages 2` end to end."""
+    from click.testing import CliRunner
+
+    from engine.cli import orchestrate
+    from tests.conftest import demo_config, write_config
+
+    api = discord_api(token=TOKEN, channels={TECH: list(MESSAGES)})
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["tech-lead"] = {"kind": "echo"}
+    raw["channels"] = channels_for(api.base_url)
+    path = write_config(tmp_path, raw)
+    res = CliRunner().invoke(
+        orchestrate,
+        ["tech-lead", "Review thermal margins", "--caller", "manager", "--channel-context",
+         "technical", "--channel-messages", "2", "--config", str(path), "--json"],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)["result"]
+    # the echo agent answers with the text before the handoff block: context, then task
+    assert result.startswith("echo: Recent messages in #technical (last 2):\n")
+    assert "webster: [embed: Zerodur datasheet]" in result
+    assert "Thermal margins look tight" not in result  # only the newest 2
+    assert result.rstrip().endswith("Review thermal margins")
+    assert TOKEN not in res.output
+    res = CliRunner().invoke(
+        orchestrate,
+        ["tech-lead", "x", "--caller", "manager", "--channel-context", "technicla",
+         "--config", str(path)],
+    )
+    assert res.exit_code == 2 and "did you mean `technical`" in res.stderr

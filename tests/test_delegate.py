@@ -325,3 +325,13 @@ def test_polling_backend_has_the_same_behaviour(tmp_path: Path, stand_in: Any,
         result = d.delegate(_req(timeout=10))
     assert result.outcome is Outcome.COMPLETE
     assert watcher_for(cfg.handoffs_dir, backend="poll").backend == "poll"
+
+
+def test_a_handoff_nobody_waits_for_is_kept(demo_cfg: Any) -> None:
+    stray = demo_cfg.handoffs_dir / "orch-20260101T000000-5742a1ee.json"
+    write_valid_handoff({"run_id": stray.stem, "agent": "webster", "handoff_path": str(stray)})
+    before = stray.read_text()
+    with open_delegator(demo_cfg) as d:
+        assert d.delegate(_req()).outcome is Outcome.COMPLETE
+    reconcile(demo_cfg.handoffs_dir)
+    assert stray.read_text() == before

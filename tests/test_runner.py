@@ -343,3 +343,50 @@ def test_validate_list_graph(tmp_path: Path) -> None:
     assert res.exit_code == 0 and res.stdout.startswith(("graph", "flowchart"))
     res = _wf("graph", "design-review", "--format", "dot")
     assert "digraph" in res.stdout
+
+
+def test_step_validation_approves_or_fails_the_step(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    ok = _run(cfg, "validated", {"query": "CTE of ULE"})
+    assert ok.state is RunState.COMPLETE
+    rec = json.loads((ok.run_dir / "research.json").read_text())
+    assert rec["validation"]["approved"] is True
+    assert rec["validation"]["validator"] == "tech-lead"
+    bad = _run(cfg, "validated", {"query": "CTE of ULE DEMO_REJECT"})
+    steps = bad.summary["steps"]
+    assert steps["research"]["status"] == "failed"
+    assert steps["research"]["error"].startswith("validator `tech-lead` rejected the result")
+    assert steps["summary"]["status"] == "skipped"
+
+
+def test_cancel_a_running_workflow(standalone: tuple[Path, LocalGateway], tmp_path: Path
+                                   ) -> None:
+    path, gw = standalone
+    env = {**os.environ, "GW_TOKEN": "tok-0123456789"}
+    exe = Path(sys.executable).parent / "workflow"
+    proc = subprocess.Popen(
+        [str(exe), "run", str(HERE / "slow.yaml"), "-i", "sleep=5", "--config", str(path),
+         "--non-interactive", "--json", "-q"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    runs = tmp_path / "handoffs" / "workflows"
+    deadline = time.monotonic() + 20
+    run_dir = None
+    while time.monotonic() < deadline and run_dir is None:
+        found = list(runs.glob("*/events.jsonl")) if runs.exists() else []
+        if found and any(e["event"] == "step_dispatched" for e in read_events(found[0])):
+            run_dir = found[0].parent
+        time.sleep(0.05)
+    assert run_dir is not None
+    t0 = time.monotonic()
+    res = CliRunner().invoke(workflow, ["cancel", run_dir.name, "--config", str(path)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0 and "cancel requested" in res.stdout
+    out, _ = proc.communicate(timeout=20)
+    assert time.monotonic() - t0 < 4  # noticed at once, not after the 5 s step
+    assert proc.returncode == 1
+    summary = json.loads(out)
+    assert summary["status"] == "cancelled"
+    assert summary["steps"]["slow"]["status"] == "cancelled"
+    assert summary["steps"]["after"]["status"] == "skipped"
+    assert gw.stats()["dispatched"].get("tech-lead", 0) == 0
