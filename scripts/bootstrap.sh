@@ -11,12 +11,14 @@ if [ ! -x "$_venv/bin/python" ]; then
   python3 -m venv "$_venv"
 fi
 if [ ! -f "$_stamp" ]; then
-  echo "installing the package and its dependencies into .venv ..." >&2
-  "$_venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-  if [ -n "$_extras" ]; then
-    "$_venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$_root[$_extras]"
-  else
-    "$_venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$_root"
+  echo "installing the package and its dependencies into .venv (log: .venv/install.log) ..." >&2
+  _target="$_root"
+  [ -n "$_extras" ] && _target="$_root[$_extras]"
+  if ! "$_venv/bin/python" -m pip install --disable-pip-version-check -e "$_target" \
+       >"$_venv/install.log" 2>&1; then
+    tail -n 30 "$_venv/install.log" >&2
+    echo "error: installing into .venv failed; the whole log is .venv/install.log" >&2
+    return 1 2>/dev/null || exit 1
   fi
   touch "$_stamp"
 fi
