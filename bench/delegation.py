@@ -47,8 +47,11 @@ def setup(tmp: Path) -> tuple[object, object]:
 
     raw = {
         "handoffs_dir": str(tmp / "handoffs"),
-        "gateway": {"embedded": False, "token_env": "BENCH_GW_TOKEN",
-                    "agents": {"manager": {"kind": "echo"}, "webster": {"kind": "echo"}}},
+        "gateway": {
+            "embedded": False,
+            "token_env": "BENCH_GW_TOKEN",
+            "agents": {"manager": {"kind": "echo"}, "webster": {"kind": "echo"}},
+        },
         "agents": {"manager": {"url": "local"}, "webster": {"url": "local"}},
         "pool": {"enabled": False},
     }
@@ -80,12 +83,16 @@ class Bare:
         self.n += 1
         run_id = f"bare-{os.getpid()}-{self.n}"
         name = f"{run_id}.json"
-        msg = (f"Find CTE of Zerodur\n\n--- HANDOFF (required) ---\nrun_id: {run_id}\n"
-               f"agent: webster\nhandoff_path: {self.dir / name}\n")
+        msg = (
+            f"Find CTE of Zerodur\n\n--- HANDOFF (required) ---\nrun_id: {run_id}\n"
+            f"agent: webster\nhandoff_path: {self.dir / name}\n"
+        )
         t0 = time.perf_counter()
-        r = self.client.post(self.url, json={"message": msg, "agentId": "webster",
-                                             "deliver": False, "timeoutSeconds": 30},
-                             headers=self.headers)
+        r = self.client.post(
+            self.url,
+            json={"message": msg, "agentId": "webster", "deliver": False, "timeoutSeconds": 30},
+            headers=self.headers,
+        )
         assert r.status_code == 200, r.status_code
         while True:
             if any(ev.name == name for ev in self.ino.read(timeout=5000)):
@@ -127,8 +134,9 @@ def main() -> int:
         cfg, gw = setup(tmp)
         try:
             with open_delegator(cfg) as d:
-                req = DelegationRequest(target="webster", task="Find CTE of Zerodur",
-                                        caller="manager", timeout=30)
+                req = DelegationRequest(
+                    target="webster", task="Find CTE of Zerodur", caller="manager", timeout=30
+                )
                 bare = Bare(gw.url, cfg.handoffs_dir)
                 for _ in range(50):  # warm-up: connections, imports, compiled schema
                     d.delegate(req)
@@ -177,10 +185,14 @@ def main() -> int:
     print(f"  engine   p50 {fig['overhead_p50_ms']:8.3f} ms   p99 {fig['overhead_p99_ms']:8.3f} ms")
     print(f"  bare     p50 {fig['bare_p50_ms']:8.3f} ms   p99 {fig['bare_p99_ms']:8.3f} ms")
     print(f"  ratio p50 engine/bare: {fig['ratio_p50']}")
-    print(f"{args.n} with {args.concurrency} in flight: p50 {fig['concurrent_p50_ms']} ms, "
-          f"p99 {fig['concurrent_p99_ms']} ms, {fig['concurrent_per_s']} delegations/s")
-    print(f"`orchestrate --help`: {fig['startup_ms']} ms (python -c pass: "
-          f"{fig['python_startup_ms']} ms)")
+    print(
+        f"{args.n} with {args.concurrency} in flight: p50 {fig['concurrent_p50_ms']} ms, "
+        f"p99 {fig['concurrent_p99_ms']} ms, {fig['concurrent_per_s']} delegations/s"
+    )
+    print(
+        f"`orchestrate --help`: {fig['startup_ms']} ms (python -c pass: "
+        f"{fig['python_startup_ms']} ms)"
+    )
     if args.json:
         print(json.dumps(fig))
     return 0

@@ -35,8 +35,9 @@ def generate(path: Path, steps: int, layer: int, seed: int = 7) -> None:
     """Write a layered workflow: each step depends on up to 3 steps of the previous layer."""
     rng = random.Random(seed)
     out = []
-    layers = [[f"s{n:04d}" for n in range(i, min(i + layer, steps))]
-              for i in range(0, steps, layer)]
+    layers = [
+        [f"s{n:04d}" for n in range(i, min(i + layer, steps))] for i in range(0, steps, layer)
+    ]
     for k, ids in enumerate(layers):
         for sid in ids:
             step: dict[str, object] = {"id": sid, "agent": "webster"}
@@ -45,11 +46,15 @@ def generate(path: Path, steps: int, layer: int, seed: int = 7) -> None:
             else:
                 deps = rng.sample(layers[k - 1], min(3, len(layers[k - 1])))
                 step["depends_on"] = deps
-                step["task"] = (f"step {sid} after {deps[0]} "
-                                f"({{{{ steps['{deps[0]}'].status }}}})")
+                step["task"] = f"step {sid} after {deps[0]} ({{{{ steps['{deps[0]}'].status }}}})"
             out.append(step)
-    doc = {"name": "generated", "description": f"{steps} generated steps", "caller": "manager",
-           "inputs": {"topic": {"required": True}}, "steps": out}
+    doc = {
+        "name": "generated",
+        "description": f"{steps} generated steps",
+        "caller": "manager",
+        "inputs": {"topic": {"required": True}},
+        "steps": out,
+    }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
@@ -79,8 +84,9 @@ def main() -> int:
         assert text.count("\n") > args.steps
         try:
             with open_delegator(cfg) as d:
-                req = DelegationRequest(target="webster", task="single", caller="manager",
-                                        timeout=30)
+                req = DelegationRequest(
+                    target="webster", task="single", caller="manager", timeout=30
+                )
                 for _ in range(30):
                     d.delegate(req)
 
@@ -120,8 +126,10 @@ def main() -> int:
     print(f"  live, 1 in flight: {fig['live_total_s']} s total, {fig['per_step_ms']} ms/step")
     print(f"  single delegations (same run):          {fig['single_delegation_ms']} ms each")
     print(f"  ratio step / single delegation: {fig['ratio_step_vs_single']}")
-    print(f"  live, 8 in flight: {fig['live_total_parallel8_s']} s total, "
-          f"{fig['per_step_parallel8_ms']} ms/step")
+    print(
+        f"  live, 8 in flight: {fig['live_total_parallel8_s']} s total, "
+        f"{fig['per_step_parallel8_ms']} ms/step"
+    )
     print(f"  peak memory: {fig['peak_rss_mib']} MiB")
     if args.json:
         print(json.dumps(fig))

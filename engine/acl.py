@@ -54,7 +54,7 @@ def check_chain(chain: Iterable[str], target: str, *, max_depth: int) -> None:
     """
     path = list(chain)
     if target in path:
-        cycle = " -> ".join([*path[path.index(target):], target])
+        cycle = " -> ".join([*path[path.index(target) :], target])
         raise AclDeniedError(f"delegation cycle refused: {cycle}. Nothing was sent.", agent=target)
     depth = len(path) - 1  # a top-level delegation has depth 0, its sub-delegations 1, ...
     if depth > max_depth:

@@ -25,11 +25,22 @@ def _fail(exc: OrchestratorError) -> NoReturn:
 class EngineGroup(click.Group):
     """A click group whose user errors become one message and the documented exit code."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         try:
-            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
-                              standalone_mode=False, **extra)
+            rv = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
         except OrchestratorError as exc:
             _fail(exc)
         except click.exceptions.Exit as exc:
@@ -70,8 +81,9 @@ def _dump(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
-config_option = click.option("--config", "config", type=click.Path(dir_okay=False),
-                             help=CONFIG_HELP)
+config_option = click.option(
+    "--config", "config", type=click.Path(dir_okay=False), help=CONFIG_HELP
+)
 
 
 # --------------------------------------------------------------------------- orchestrate
@@ -81,8 +93,7 @@ class _DelegateByDefault(EngineGroup):
     """`orchestrate AGENT TASK ...` runs the `delegate` command; other words are commands."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h",
-                                                                      "--version"):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["delegate", *args]
         return super().parse_args(ctx, args)
 
@@ -110,26 +121,48 @@ def orchestrate() -> None:
 @orchestrate.command("delegate")
 @click.argument("args", nargs=-1, required=True, metavar="AGENT TASK")
 @click.option("--caller", required=True, help="Who delegates (checked against the ACL).")
-@click.option("--capability", help="Route by capability instead of naming AGENT: the least "
-                                   "busy capable agent the caller may use (give only TASK).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
-              help="Seconds to wait for the handoff (default: the agent's, else 120).")
-@click.option("--deliver/--no-deliver", default=None,
-              help="Ask the gateway to deliver the agent's reply to its channel (default "
-                   "from config: off).")
-@click.option("--parent-run-id", help="Record as a sub-delegation of this run (from "
-                                      "$ORCH_RUN_ID inside an agent's task).")
+@click.option(
+    "--capability",
+    help="Route by capability instead of naming AGENT: the least "
+    "busy capable agent the caller may use (give only TASK).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to wait for the handoff (default: the agent's, else 120).",
+)
+@click.option(
+    "--deliver/--no-deliver",
+    default=None,
+    help="Ask the gateway to deliver the agent's reply to its channel (default from config: off).",
+)
+@click.option(
+    "--parent-run-id",
+    help="Record as a sub-delegation of this run (from $ORCH_RUN_ID inside an agent's task).",
+)
 @click.option("--validate", is_flag=True, help="Have the validator check the result.")
 @click.option("--validator", help="Validator agent (default: the config's `validator`).")
-@click.option("--fail-on-reject/--no-fail-on-reject", default=True, show_default=True,
-              help="Exit 1 when the validator rejects the result.")
-@click.option("--channel-context", metavar="NAME",
-              help="Put the recent messages of this channel (config `channels.map`) "
-                   "before the task.")
-@click.option("--channel-messages", type=click.IntRange(1, 100), default=20, show_default=True,
-              help="How many channel messages.")
-@click.option("--context-file", type=click.Path(dir_okay=False),
-              help="Put this file's text before the task.")
+@click.option(
+    "--fail-on-reject/--no-fail-on-reject",
+    default=True,
+    show_default=True,
+    help="Exit 1 when the validator rejects the result.",
+)
+@click.option(
+    "--channel-context",
+    metavar="NAME",
+    help="Put the recent messages of this channel (config `channels.map`) before the task.",
+)
+@click.option(
+    "--channel-messages",
+    type=click.IntRange(1, 100),
+    default=20,
+    show_default=True,
+    help="How many channel messages.",
+)
+@click.option(
+    "--context-file", type=click.Path(dir_okay=False), help="Put this file's text before the task."
+)
 @click.option("--model", help="Model override sent to the gateway.")
 @click.option("--thinking", help="Thinking level sent to the gateway.")
 @click.option("--channel", help="Channel sent to the gateway.")
@@ -166,22 +199,32 @@ def delegate_cmd(
     want = 1 if capability else 2
     if len(args) != want:
         raise UsageError(
-            "give `TASK` only with --capability" if capability
+            "give `TASK` only with --capability"
+            if capability
             else "give `AGENT TASK` (or `--capability NAME TASK`)"
         )
     task = args[-1]
     cfg = _load(config)
     if validate and not (validator or cfg.validator):
-        raise UsageError("`--validate` needs a validator: pass `--validator AGENT` or set "
-                         f"`validator:` in `{cfg.label}`.")
+        raise UsageError(
+            "`--validate` needs a validator: pass `--validator AGENT` or set "
+            f"`validator:` in `{cfg.label}`."
+        )
     context = _context_text(cfg, channel_context, channel_messages, context_file)
     reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
     with open_delegator(cfg, reporter=reporter, pool=None if dry_run else "auto") as delegator:
         route = delegator.route(caller, capability) if capability else None
         agent = route.agent if route else args[0]
         req = DelegationRequest(
-            target=agent, task=task, caller=caller, timeout=timeout, deliver=deliver,
-            parent_run_id=parent_run_id, model=model, thinking=thinking, channel=channel,
+            target=agent,
+            task=task,
+            caller=caller,
+            timeout=timeout,
+            deliver=deliver,
+            parent_run_id=parent_run_id,
+            model=model,
+            thinking=thinking,
+            channel=channel,
             context=context,
         )
         if dry_run:
@@ -197,12 +240,17 @@ def delegate_cmd(
         if validate and result.outcome.ok and result.handoff:
             from engine.validate import record_verdict, validate_result
 
-            verdict = validate_result(delegator, caller=caller,
-                                      validator=validator or str(cfg.validator), task=task,
-                                      handoff=result.handoff)
+            verdict = validate_result(
+                delegator,
+                caller=caller,
+                validator=validator or str(cfg.validator),
+                task=task,
+                handoff=result.handoff,
+            )
             record = record_verdict(result.record_path, verdict)
-            result = type(result)(result.run_id, result.outcome, result.record_path, record,
-                                  result.error)
+            result = type(result)(
+                result.run_id, result.outcome, result.record_path, record, result.error
+            )
     if as_json:
         _dump(result.record)
     else:
@@ -252,8 +300,7 @@ def _print_result(result: Any) -> None:
         click.echo("artifacts: " + ", ".join(rec["artifacts"]))
     click.echo(f"record: {result.record_path}")
     if outcome == "partial":
-        click.echo("warning: the agent finished only part of the task (status partial).",
-                   err=True)
+        click.echo("warning: the agent finished only part of the task (status partial).", err=True)
 
 
 @orchestrate.group("handoff")
@@ -264,25 +311,47 @@ def handoff_group() -> None:
 @handoff_group.command("write")
 @click.option("--run-id", required=True, help="The run id from the task message.")
 @click.option("--agent", required=True, help="Your agent name.")
-@click.option("--status", required=True,
-              type=click.Choice(["complete", "partial", "blocked", "failed"]))
+@click.option(
+    "--status", required=True, type=click.Choice(["complete", "partial", "blocked", "failed"])
+)
 @click.option("--result", "result_text", help="The result text ('-' reads stdin).")
-@click.option("--result-file", type=click.Path(exists=True, dir_okay=False),
-              help="Read the result text from this file.")
-@click.option("--confidence", default="medium", show_default=True,
-              type=click.Choice(["high", "medium", "low"]))
+@click.option(
+    "--result-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Read the result text from this file.",
+)
+@click.option(
+    "--confidence",
+    default="medium",
+    show_default=True,
+    type=click.Choice(["high", "medium", "low"]),
+)
 @click.option("--artifact", "artifacts", multiple=True, help="An artifact path (repeatable).")
 @click.option("--notes", help="Free-form notes.")
-@click.option("--dir", "directory", type=click.Path(file_okay=False),
-              help="Directory to write into (as given in the task message).")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    help="Directory to write into (as given in the task message).",
+)
 @click.option("--sub", is_flag=True, help="Write under <handoffs_dir>/sub (sub-delegation).")
 @click.option("--receiver", help="POST to this receiver URL instead of writing a file.")
 @click.option("--token-env", help="With --receiver: env var holding the hooks token.")
 @config_option
 def handoff_write_cmd(
-    run_id: str, agent: str, status: str, result_text: str | None, result_file: str | None,
-    confidence: str, artifacts: tuple[str, ...], notes: str | None, directory: str | None,
-    sub: bool, receiver: str | None, token_env: str | None, config: str | None,
+    run_id: str,
+    agent: str,
+    status: str,
+    result_text: str | None,
+    result_file: str | None,
+    confidence: str,
+    artifacts: tuple[str, ...],
+    notes: str | None,
+    directory: str | None,
+    sub: bool,
+    receiver: str | None,
+    token_env: str | None,
+    config: str | None,
 ) -> int:
     """Write a valid handoff atomically where the engine waits for it."""
     from pathlib import Path
@@ -298,8 +367,15 @@ def handoff_write_cmd(
         result_text = sys.stdin.read()
     if result_text is None:
         raise UsageError("give the result with `--result TEXT`, `--result -` or `--result-file`.")
-    data = make_handoff(run_id=run_id, agent=agent, status=status, result=result_text,
-                        confidence=confidence, artifacts=artifacts, notes=notes)
+    data = make_handoff(
+        run_id=run_id,
+        agent=agent,
+        status=status,
+        result=result_text,
+        confidence=confidence,
+        artifacts=artifacts,
+        notes=notes,
+    )
     if receiver:
         return _post_handoff(receiver, token_env, run_id, agent, data)
     if directory:
@@ -312,8 +388,9 @@ def handoff_write_cmd(
     return 0
 
 
-def _post_handoff(receiver: str, token_env: str | None, run_id: str, agent: str,
-                  data: dict[str, Any]) -> int:
+def _post_handoff(
+    receiver: str, token_env: str | None, run_id: str, agent: str, data: dict[str, Any]
+) -> int:
     import time
 
     from engine.errors import UsageError
@@ -326,8 +403,9 @@ def _post_handoff(receiver: str, token_env: str | None, run_id: str, agent: str,
     base, _, tail = receiver.rstrip("/").rpartition("/handoffs/")
     if not base or tail != run_id:
         base = receiver.rstrip("/")
-    target = Target(agent=agent, url=base, token=token,
-                    token_source=f"environment variable `{token_env}`")
+    target = Target(
+        agent=agent, url=base, token=token, token_source=f"environment variable `{token_env}`"
+    )
     with HooksClient() as client:
         client.post_handoff(target, run_id, data, deadline=time.monotonic() + 60)
     click.echo(f"posted to {base}/handoffs/{run_id}")
@@ -402,8 +480,12 @@ def tree_cmd(run_id: str, as_json: bool, config: str | None) -> int:
         click.echo(line(n) if top else f"{prefix}{'└── ' if last else '├── '}{line(n)}")
         kids = n["children"]
         for i, kid in enumerate(kids):
-            walk(kid, prefix if top else prefix + ("    " if last else "│   "),
-                 i == len(kids) - 1, False)
+            walk(
+                kid,
+                prefix if top else prefix + ("    " if last else "│   "),
+                i == len(kids) - 1,
+                False,
+            )
 
     walk(root, "", True, True)
     return 0
@@ -452,8 +534,9 @@ def gateway_cmd(host: str | None, port: int | None, config: str | None) -> int:
         )
     token = read_secret(env=gw.token_env, file=gw.token_file, what="the local gateway")
     server = LocalGateway(cfg, token=token, host=host, port=port).start()
-    click.echo(f"local gateway on {server.url} serving: {', '.join(gw.agents)} "
-               "(Ctrl-C to stop)", err=True)
+    click.echo(
+        f"local gateway on {server.url} serving: {', '.join(gw.agents)} (Ctrl-C to stop)", err=True
+    )
     try:
         server.serve_forever()
     finally:
@@ -488,20 +571,37 @@ def workflow() -> None:
 
 
 input_option = click.option(
-    "--input", "-i", "inputs", multiple=True, metavar="KEY=VALUE",
-    help="A workflow input (repeatable). Values are data, never template code.")
+    "--input",
+    "-i",
+    "inputs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A workflow input (repeatable). Values are data, never template code.",
+)
 caller_option = click.option("--caller", help="Caller for the ACL (default: the template's).")
 interactive_option = click.option(
-    "--interactive/--non-interactive", default=None,
+    "--interactive/--non-interactive",
+    default=None,
     help="Ask at approval gates on the terminal (default: when stdin is a terminal). "
-         "Non-interactive runs park at a gate (exit 3).")
-approve_option = click.option("--approve", "approve", multiple=True, metavar="STEP",
-                              help="Approve this step's gate up front (repeatable).")
-approve_all_option = click.option("--approve-all", is_flag=True,
-                                  help="Approve every gate up front.")
-parallel_option = click.option("--max-parallel", type=click.IntRange(1, 256), default=4,
-                               show_default=True, help="Steps in flight at once (the token "
-                               "pool may allow fewer).")
+    "Non-interactive runs park at a gate (exit 3).",
+)
+approve_option = click.option(
+    "--approve",
+    "approve",
+    multiple=True,
+    metavar="STEP",
+    help="Approve this step's gate up front (repeatable).",
+)
+approve_all_option = click.option(
+    "--approve-all", is_flag=True, help="Approve every gate up front."
+)
+parallel_option = click.option(
+    "--max-parallel",
+    type=click.IntRange(1, 256),
+    default=4,
+    show_default=True,
+    help="Steps in flight at once (the token pool may allow fewer).",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
@@ -528,10 +628,14 @@ def _approver(interactive: bool | None) -> Any:
             text = str(ctx.get("result", ""))
             if len(text) > 1500:
                 text = text[:1500] + " …"
-            click.echo(f"--- {up}: {ctx.get('status')} (confidence "
-                       f"{ctx.get('confidence') or '-'})\n{text}", err=True)
-        answer = click.prompt("Approve? [y/n]", type=click.Choice(["y", "n"]), err=True,
-                              show_choices=False)
+            click.echo(
+                f"--- {up}: {ctx.get('status')} (confidence "
+                f"{ctx.get('confidence') or '-'})\n{text}",
+                err=True,
+            )
+        answer = click.prompt(
+            "Approve? [y/n]", type=click.Choice(["y", "n"]), err=True, show_choices=False
+        )
         if answer == "y":
             return "approved"
         reason = click.prompt("Reason", default="rejected at the terminal", err=True)
@@ -555,12 +659,17 @@ def _render_run(result: Any, as_json: bool) -> int:
     if summary["status"] == "waiting_approval":
         for sid, st in summary["steps"].items():
             if st["status"] == "waiting_approval":
-                click.echo(f"waiting for approval at `{sid}`: workflow approve {rid} {sid} && "
-                           f"workflow resume {rid}   (or: workflow reject {rid} {sid} "
-                           "--reason ...)", err=True)
+                click.echo(
+                    f"waiting for approval at `{sid}`: workflow approve {rid} {sid} && "
+                    f"workflow resume {rid}   (or: workflow reject {rid} {sid} "
+                    "--reason ...)",
+                    err=True,
+                )
     elif summary["status"] == "failed":
-        click.echo(f"the run failed; after fixing the cause: workflow resume {rid} "
-                   "--retry-failed", err=True)
+        click.echo(
+            f"the run failed; after fixing the cause: workflow resume {rid} --retry-failed",
+            err=True,
+        )
     return int(result.exit_code)
 
 
@@ -568,8 +677,9 @@ def _render_run(result: Any, as_json: bool) -> int:
 @click.argument("name")
 @input_option
 @caller_option
-@click.option("--dry-run", is_flag=True, help="Check everything and print the plan; "
-                                              "dispatch nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Check everything and print the plan; dispatch nothing."
+)
 @interactive_option
 @approve_option
 @approve_all_option
@@ -577,9 +687,19 @@ def _render_run(result: Any, as_json: bool) -> int:
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @config_option
-def workflow_run_cmd(name: str, inputs: tuple[str, ...], caller: str | None, dry_run: bool,
-                     interactive: bool | None, approve: tuple[str, ...], approve_all: bool,
-                     max_parallel: int, as_json: bool, quiet: bool, config: str | None) -> int:
+def workflow_run_cmd(
+    name: str,
+    inputs: tuple[str, ...],
+    caller: str | None,
+    dry_run: bool,
+    interactive: bool | None,
+    approve: tuple[str, ...],
+    approve_all: bool,
+    max_parallel: int,
+    as_json: bool,
+    quiet: bool,
+    config: str | None,
+) -> int:
     """Run workflow NAME (a name in ./workflows, the config's dirs, the shipped set, or a path)."""
     from engine.runner import RunOptions, WorkflowRunner, prepare
     from engine.workflow import parse_inputs
@@ -596,12 +716,15 @@ def workflow_run_cmd(name: str, inputs: tuple[str, ...], caller: str | None, dry
         return 0
     from engine.delegate import open_delegator
 
-    options = RunOptions(caller=caller, max_parallel=max_parallel, approve=frozenset(approve),
-                         approve_all=approve_all)
+    options = RunOptions(
+        caller=caller,
+        max_parallel=max_parallel,
+        approve=frozenset(approve),
+        approve_all=approve_all,
+    )
     reporter = _reporter_for(as_json, quiet)
     with open_delegator(cfg, reporter=reporter) as delegator:
-        runner = WorkflowRunner(cfg, delegator, reporter=reporter,
-                                approver=_approver(interactive))
+        runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=_approver(interactive))
         try:
             result = runner.start(prepared, options)
         finally:
@@ -611,10 +734,16 @@ def workflow_run_cmd(name: str, inputs: tuple[str, ...], caller: str | None, dry
 
 @workflow.command("resume")
 @click.argument("run_id")
-@click.option("--retry-failed", is_flag=True, help="Run failed, timed-out and errored steps "
-                                                    "again (and what they skipped).")
-@click.option("--force", is_flag=True, help="Resume even if the template, inputs or agents "
-                                            "changed since the run started.")
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Run failed, timed-out and errored steps again (and what they skipped).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Resume even if the template, inputs or agents changed since the run started.",
+)
 @interactive_option
 @approve_option
 @approve_all_option
@@ -622,20 +751,33 @@ def workflow_run_cmd(name: str, inputs: tuple[str, ...], caller: str | None, dry
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @config_option
-def workflow_resume_cmd(run_id: str, retry_failed: bool, force: bool, interactive: bool | None,
-                        approve: tuple[str, ...], approve_all: bool, max_parallel: int,
-                        as_json: bool, quiet: bool, config: str | None) -> int:
+def workflow_resume_cmd(
+    run_id: str,
+    retry_failed: bool,
+    force: bool,
+    interactive: bool | None,
+    approve: tuple[str, ...],
+    approve_all: bool,
+    max_parallel: int,
+    as_json: bool,
+    quiet: bool,
+    config: str | None,
+) -> int:
     """Continue run RUN_ID: finished steps are never sent again."""
     from engine.delegate import open_delegator
     from engine.runner import RunOptions, WorkflowRunner
 
     cfg = _load(config)
-    options = RunOptions(max_parallel=max_parallel, approve=frozenset(approve),
-                         approve_all=approve_all, retry_failed=retry_failed, force=force)
+    options = RunOptions(
+        max_parallel=max_parallel,
+        approve=frozenset(approve),
+        approve_all=approve_all,
+        retry_failed=retry_failed,
+        force=force,
+    )
     reporter = _reporter_for(as_json, quiet)
     with open_delegator(cfg, reporter=reporter) as delegator:
-        runner = WorkflowRunner(cfg, delegator, reporter=reporter,
-                                approver=_approver(interactive))
+        runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=_approver(interactive))
         try:
             result = runner.resume(run_id, options)
         finally:
@@ -748,8 +890,9 @@ def workflow_list_cmd(as_json: bool, config: str | None) -> int:
 @input_option
 @caller_option
 @config_option
-def workflow_validate_cmd(name: str, inputs: tuple[str, ...], caller: str | None,
-                          config: str | None) -> int:
+def workflow_validate_cmd(
+    name: str, inputs: tuple[str, ...], caller: str | None, config: str | None
+) -> int:
     """Check a template against the config (agents, ACL, graph, templates) without running."""
     from engine.runner import prepare
     from engine.workflow import find_workflow, load_workflow, parse_inputs
@@ -762,15 +905,18 @@ def workflow_validate_cmd(name: str, inputs: tuple[str, ...], caller: str | None
             given[key] = f"<{key}>"
     prepared = prepare(cfg, str(spec.path), given, caller=caller)
     plan = prepared.plan
-    click.echo(f"`{spec.path}` is valid: {len(plan.steps)} steps in {len(plan.groups)} "
-               f"group(s), caller `{plan.caller}`.")
+    click.echo(
+        f"`{spec.path}` is valid: {len(plan.steps)} steps in {len(plan.groups)} "
+        f"group(s), caller `{plan.caller}`."
+    )
     return 0
 
 
 @workflow.command("graph")
 @click.argument("name")
-@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True
+)
 @config_option
 def workflow_graph_cmd(name: str, fmt: str, config: str | None) -> int:
     """Print the step graph as Mermaid or Graphviz dot (gates drawn distinctly)."""
@@ -791,29 +937,45 @@ def workflow_main() -> None:
 
 
 def _metrics_options(fn: Any) -> Any:
-    for opt in reversed([
-        click.option("--since", help="Only records since: 24h, 7d, 30m or an ISO date."),
-        click.option("--agent", help="Only this agent's delegations (and runs it took part in)."),
-        click.option("--workflow", "workflow_name", help="Only this workflow's runs and steps."),
-        click.option("--caller", help="Only delegations made by this caller."),
-        click.option("--handoffs-dir", type=click.Path(file_okay=False),
-                     help="Read this directory instead of the config's `handoffs_dir`."),
-        config_option,
-    ]):
+    for opt in reversed(
+        [
+            click.option("--since", help="Only records since: 24h, 7d, 30m or an ISO date."),
+            click.option(
+                "--agent", help="Only this agent's delegations (and runs it took part in)."
+            ),
+            click.option(
+                "--workflow", "workflow_name", help="Only this workflow's runs and steps."
+            ),
+            click.option("--caller", help="Only delegations made by this caller."),
+            click.option(
+                "--handoffs-dir",
+                type=click.Path(file_okay=False),
+                help="Read this directory instead of the config's `handoffs_dir`.",
+            ),
+            config_option,
+        ]
+    ):
         fn = opt(fn)
     return fn
 
 
-def _metrics(since: str | None, agent: str | None, workflow_name: str | None,
-             caller: str | None, handoffs_dir: str | None, config: str | None) -> Any:
+def _metrics(
+    since: str | None,
+    agent: str | None,
+    workflow_name: str | None,
+    caller: str | None,
+    handoffs_dir: str | None,
+    config: str | None,
+) -> Any:
     from pathlib import Path
 
     from engine.metrics import compute_metrics, parse_since
 
     when = parse_since(since) if since else None
     directory = Path(handoffs_dir) if handoffs_dir else _load(config).handoffs_dir
-    return compute_metrics(directory, since=when, agent=agent, workflow=workflow_name,
-                           caller=caller)
+    return compute_metrics(
+        directory, since=when, agent=agent, workflow=workflow_name, caller=caller
+    )
 
 
 @click.group(
@@ -832,8 +994,14 @@ def metrics() -> None:
 
 @metrics.command("text")
 @_metrics_options
-def metrics_text_cmd(since: str | None, agent: str | None, workflow_name: str | None,
-                     caller: str | None, handoffs_dir: str | None, config: str | None) -> int:
+def metrics_text_cmd(
+    since: str | None,
+    agent: str | None,
+    workflow_name: str | None,
+    caller: str | None,
+    handoffs_dir: str | None,
+    config: str | None,
+) -> int:
     """Aligned tables for people."""
     import shutil
 
@@ -846,8 +1014,14 @@ def metrics_text_cmd(since: str | None, agent: str | None, workflow_name: str | 
 
 @metrics.command("json")
 @_metrics_options
-def metrics_json_cmd(since: str | None, agent: str | None, workflow_name: str | None,
-                     caller: str | None, handoffs_dir: str | None, config: str | None) -> int:
+def metrics_json_cmd(
+    since: str | None,
+    agent: str | None,
+    workflow_name: str | None,
+    caller: str | None,
+    handoffs_dir: str | None,
+    config: str | None,
+) -> int:
     """One JSON document (schema: schemas/metrics.schema.json) for scripts."""
     _dump(_metrics(since, agent, workflow_name, caller, handoffs_dir, config))
     return 0

@@ -142,7 +142,9 @@ def find_config(explicit: str | Path | None = None) -> Path:
             )
         return candidate
     if not candidate.is_file():
-        raise ConfigError(f"config file `{candidate}` (from {source}) does not exist.", path=candidate)
+        raise ConfigError(
+            f"config file `{candidate}` (from {source}) does not exist.", path=candidate
+        )
     return candidate
 
 
@@ -175,9 +177,7 @@ def config_from_dict(raw: Any, *, path: Path | None = None) -> Config:
 
     label = str(path) if path else "config"
     if not isinstance(raw, dict):
-        raise ConfigError(
-            f"`{label}` must be a mapping with at least an `agents:` key.", path=path
-        )
+        raise ConfigError(f"`{label}` must be a mapping with at least an `agents:` key.", path=path)
     problems = schema_problems("config", raw)
     problems += _semantic_problems(raw)
     if problems:
@@ -244,9 +244,7 @@ def config_from_dict(raw: Any, *, path: Path | None = None) -> Config:
         jitter=float(retry_raw.get("jitter", RetryPolicy.jitter)),
         request_timeout=float(retry_raw.get("request_timeout", RetryPolicy.request_timeout)),
     )
-    acl = (
-        {k: tuple(v) for k, v in raw["acl"].items()} if "acl" in raw else dict(DEFAULT_ACL)
-    )
+    acl = {k: tuple(v) for k, v in raw["acl"].items()} if "acl" in raw else dict(DEFAULT_ACL)
     template = rel(raw.get("message_template"))
     return Config(
         path=path.resolve() if path else None,
@@ -308,12 +306,15 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
         if isinstance(spec, dict) and spec.get("kind") == "openai":
             for key in ("base_url", "model"):
                 if not spec.get(key):
-                    problems.append(f"`gateway.agents.{name}` is an `openai` agent and needs "
-                                    f"`{key}`.")
+                    problems.append(
+                        f"`gateway.agents.{name}` is an `openai` agent and needs `{key}`."
+                    )
     for key in ("acl",):
         for caller, targets in (raw.get(key) or {}).items():
             if caller not in names:
-                problems.append(f"`acl.{caller}` names an unknown agent{did_you_mean(caller, names)}")
+                problems.append(
+                    f"`acl.{caller}` names an unknown agent{did_you_mean(caller, names)}"
+                )
             for t in targets if isinstance(targets, list) else []:
                 if t != "*" and t not in names:
                     problems.append(
@@ -321,7 +322,9 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
                     )
     validator = raw.get("validator")
     if isinstance(validator, str) and validator not in names:
-        problems.append(f"`validator` `{validator}` is not an agent{did_you_mean(validator, names)}")
+        problems.append(
+            f"`validator` `{validator}` is not an agent{did_you_mean(validator, names)}"
+        )
     pool = raw.get("pool")
     if isinstance(pool, dict):
         lo, hi = pool.get("min_tokens", 1), pool.get("max_tokens", 5)

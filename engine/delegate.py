@@ -245,8 +245,7 @@ class Delegator:
 
         self.registry.get(caller, role="caller")
         counts = inflight_counts(self.cfg.handoffs_dir, self.records_dir(sub=True))
-        return route(self.registry, self.acl, caller=caller, capability=capability,
-                     inflight=counts)
+        return route(self.registry, self.acl, caller=caller, capability=capability, inflight=counts)
 
     # -- the delegation ---------------------------------------------------------------
 
@@ -349,14 +348,16 @@ class Delegator:
         envelope["deadline_at"] = _iso_in(max(0.0, deadline - self._clock()))
         lease = None
         if self.pool is not None:
-            lease = self._acquire(run_id, self.registry.get(req.target), envelope, records,
-                                  deadline)
+            lease = self._acquire(
+                run_id, self.registry.get(req.target), envelope, records, deadline
+            )
             if isinstance(lease, DelegationResult):
                 return lease
         waiter = watcher_for(drop.parent, backend=self.watcher_backend).expect(drop.name)
         try:
-            result = self._wait(waiter, run_id, req.target, records, drop, envelope, deadline,
-                                cancel)
+            result = self._wait(
+                waiter, run_id, req.target, records, drop, envelope, deadline, cancel
+            )
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -378,8 +379,9 @@ class Delegator:
         t0 = self._clock()
         try:
             try:  # a free token at once is the common case: no "waiting" noise then
-                lease = self.pool.acquire(run_id=run_id, agent=agent.name, timeout=0,
-                                          max_concurrent=agent.max_concurrent)
+                lease = self.pool.acquire(
+                    run_id=run_id, agent=agent.name, timeout=0, max_concurrent=agent.max_concurrent
+                )
             except DelegationTimeoutError:
                 self.reporter.pool_waiting(run_id, agent.name)
                 lease = self.pool.acquire(
@@ -405,8 +407,9 @@ class Delegator:
         record = dict(result.record)
         record.setdefault("envelope", {})["token_reclaimed"] = reason
         write_json_atomic(result.record_path, record)
-        return DelegationResult(result.run_id, result.outcome, result.record_path, record,
-                                result.error)
+        return DelegationResult(
+            result.run_id, result.outcome, result.record_path, record, result.error
+        )
 
     def _dispatch_and_wait(
         self,
@@ -438,9 +441,9 @@ class Delegator:
         body: dict[str, Any] = {
             "message": message,
             "name": req.name or f"orchestrate {req.caller}->{req.target}",
-            "deliver": req.deliver if req.deliver is not None else (
-                agent.deliver if agent.deliver is not None else self.cfg.deliver
-            ),
+            "deliver": req.deliver
+            if req.deliver is not None
+            else (agent.deliver if agent.deliver is not None else self.cfg.deliver),
             "timeoutSeconds": max(1, int(envelope["timeout_s"])),
         }
         agent_id = agent.agent_id or (agent.name if agent.is_local else None)
@@ -474,8 +477,7 @@ class Delegator:
             # The pending envelope written before the POST is enough to merge a late
             # handoff; not rewriting it here saves a file create on the hot path.
             self.reporter.delegation_dispatched(run_id, req.caller, req.target, sent.attempts)
-            return self._wait(waiter, run_id, req.target, records, drop, envelope, deadline,
-                              cancel)
+            return self._wait(waiter, run_id, req.target, records, drop, envelope, deadline, cancel)
         finally:
             waiter.close()
 
@@ -526,8 +528,9 @@ class Delegator:
 
     # -- endings ----------------------------------------------------------------------
 
-    def _result(self, run_id: str, outcome: Outcome, path: Path,
-                error: OrchestratorError | None = None) -> DelegationResult:
+    def _result(
+        self, run_id: str, outcome: Outcome, path: Path, error: OrchestratorError | None = None
+    ) -> DelegationResult:
         record = read_json(path) or {}
         return DelegationResult(run_id, outcome, path, record, error)
 
@@ -549,8 +552,12 @@ class Delegator:
     def _cancelled(
         self, run_id: str, agent: str, records: Path, envelope: dict[str, Any]
     ) -> DelegationResult:
-        env = dict(envelope, outcome="cancelled", ended_at=utcnow_iso(),
-                   error="cancelled while waiting; a later handoff is still recorded (late)")
+        env = dict(
+            envelope,
+            outcome="cancelled",
+            ended_at=utcnow_iso(),
+            error="cancelled while waiting; a later handoff is still recorded (late)",
+        )
         write_pending(records, run_id, env)
         path = write_record(records, run_id, env, agent=agent)
         self.reporter.delegation_finished(run_id, agent, "cancelled", str(path))
@@ -573,8 +580,9 @@ class Delegator:
         self.reporter.delegation_finished(run_id, envelope["target"], "invalid", str(path))
         note = f"\nThe refused file was kept as `{kept}`." if kept else ""
         err = HandoffProblem(
-            problem.message + ("\n" + "\n".join(f"  - {p}" for p in problem.problems)
-                               if problem.problems else "") + note,
+            problem.message
+            + ("\n" + "\n".join(f"  - {p}" for p in problem.problems) if problem.problems else "")
+            + note,
             kind=problem.kind,
             path=drop,
         )

@@ -50,7 +50,7 @@ class HooksClient:
 
     def __init__(
         self,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy | None = None,
         *,
         transport: Any = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -60,7 +60,7 @@ class HooksClient:
     ) -> None:
         import httpx
 
-        self.retry = retry
+        self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self._clock = clock
         self._rng = rng

@@ -41,10 +41,21 @@ def _template(path: str | None) -> Any:
 def write_command(run_id: str, agent: str, records_dir: Path) -> str:
     """The `orchestrate handoff write` command line an agent may run instead of writing JSON."""
     args = [
-        "orchestrate", "handoff", "write",
-        "--dir", str(records_dir),
-        "--run-id", run_id, "--agent", agent,
-        "--status", "complete", "--confidence", "high", "--result", "YOUR RESULT",
+        "orchestrate",
+        "handoff",
+        "write",
+        "--dir",
+        str(records_dir),
+        "--run-id",
+        run_id,
+        "--agent",
+        agent,
+        "--status",
+        "complete",
+        "--confidence",
+        "high",
+        "--result",
+        "YOUR RESULT",
     ]
     return " ".join(shlex.quote(a) for a in args)
 

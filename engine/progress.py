@@ -10,8 +10,13 @@ from typing import Any, TextIO
 from engine.reporter import ConsoleReporter, Reporter
 
 _ICONS = {
-    "complete": "✔", "partial": "◐", "skipped": "↷", "waiting_approval": "⏸",
-    "running": "▶", "queued": "…", "pending": "·",
+    "complete": "✔",
+    "partial": "◐",
+    "skipped": "↷",
+    "waiting_approval": "⏸",
+    "running": "▶",
+    "queued": "…",
+    "pending": "·",
 }
 
 
@@ -74,8 +79,13 @@ class LiveReporter(Reporter):
                 elapsed = ""
             else:
                 elapsed = f"{(r.get('t1') or now) - r['t0']:.1f} s"
-            table.add_row(sid, r.get("agent") or "", f"{_icon(r['state'])} {r['state']}",
-                          elapsed, r.get("note", ""))
+            table.add_row(
+                sid,
+                r.get("agent") or "",
+                f"{_icon(r['state'])} {r['state']}",
+                elapsed,
+                r.get("note", ""),
+            )
         return table
 
     def event(self, kind: str, **f: Any) -> None:
@@ -88,22 +98,33 @@ class LiveReporter(Reporter):
                     for sid, agent in group:
                         self._rows.setdefault(sid, {"agent": agent, "state": "pending"})
                 if self._live is None:
-                    self._live = Live(self._table(), console=self.console,
-                                      refresh_per_second=4, get_renderable=self._table)
+                    self._live = Live(
+                        self._table(),
+                        console=self.console,
+                        refresh_per_second=4,
+                        get_renderable=self._table,
+                    )
                     self._live.start()
                 return
             row = self._rows.setdefault(f.get("step") or "?", {"state": "pending"})
             if kind == "step_started":
-                row.update(state="running", agent=f.get("agent"), t0=time.monotonic(),
-                           t1=None, note=f"attempt {f['attempt']}" if f["attempt"] > 1 else "")
+                row.update(
+                    state="running",
+                    agent=f.get("agent"),
+                    t0=time.monotonic(),
+                    t1=None,
+                    note=f"attempt {f['attempt']}" if f["attempt"] > 1 else "",
+                )
             elif kind == "step_queued":
                 row.update(state="queued", note="waiting for a pool token")
             elif kind == "step_dispatched":
                 row.update(state="running", note="")
             elif kind == "step_finished":
-                row.update(state=f["status"], t1=time.monotonic(),
-                           note=(f.get("error") or "").splitlines()[0][:60] if f.get("error")
-                           else "")
+                row.update(
+                    state=f["status"],
+                    t1=time.monotonic(),
+                    note=(f.get("error") or "").splitlines()[0][:60] if f.get("error") else "",
+                )
             elif kind == "step_skipped":
                 row.update(state="skipped", note=f["reason"][:60])
             elif kind == "gate_waiting":
@@ -151,11 +172,20 @@ def summary_table(summary: dict[str, Any], *, waiting: bool = False) -> str:
         table.add_column(col)
     for sid, st in summary["steps"].items():
         d = st.get("duration_ms")
-        note = st.get("waiting") if waiting and st.get("waiting") else (
-            st.get("skip_reason") or (st.get("error") or "").split("\n")[0])
-        table.add_row(sid, st.get("agent") or "", f"{_icon(st['status'])} {st['status']}",
-                      f"{d / 1000:.2f} s" if isinstance(d, int | float) else "",
-                      st.get("confidence") or "", str(st.get("attempts") or ""), note or "")
+        note = (
+            st.get("waiting")
+            if waiting and st.get("waiting")
+            else (st.get("skip_reason") or (st.get("error") or "").split("\n")[0])
+        )
+        table.add_row(
+            sid,
+            st.get("agent") or "",
+            f"{_icon(st['status'])} {st['status']}",
+            f"{d / 1000:.2f} s" if isinstance(d, int | float) else "",
+            st.get("confidence") or "",
+            str(st.get("attempts") or ""),
+            note or "",
+        )
     return _render(table)
 
 
@@ -170,6 +200,12 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         d = r.get("duration_ms")
         steps = ", ".join(f"{n} {k}" for k, n in sorted(r["steps"].items()))
-        table.add_row(r["runId"], r["workflow"], r["status"], r.get("started_at") or "",
-                      f"{d / 1000:.1f} s" if isinstance(d, int | float) else "", steps)
+        table.add_row(
+            r["runId"],
+            r["workflow"],
+            r["status"],
+            r.get("started_at") or "",
+            f"{d / 1000:.1f} s" if isinstance(d, int | float) else "",
+            steps,
+        )
     return _render(table)

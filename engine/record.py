@@ -68,7 +68,9 @@ def write_record(
     return write_json_atomic(records_dir / f"{run_id}.json", data)
 
 
-def record_of(handoff: dict[str, Any] | None, envelope: dict[str, Any], run_id: str) -> dict[str, Any]:
+def record_of(
+    handoff: dict[str, Any] | None, envelope: dict[str, Any], run_id: str
+) -> dict[str, Any]:
     """The record mapping ``write_record`` writes (for callers that keep it in memory)."""
     if handoff is not None:
         data = {k: v for k, v in handoff.items() if k != "envelope"}

@@ -21,18 +21,21 @@ class Reporter:
 
     def delegation_dispatched(self, run_id: str, caller: str, target: str, attempts: int) -> None:
         """A task was accepted by the target's gateway."""
-        self.event("delegation_dispatched", run_id=run_id, caller=caller, target=target,
-                   attempts=attempts)
+        self.event(
+            "delegation_dispatched", run_id=run_id, caller=caller, target=target, attempts=attempts
+        )
 
     def delegation_retry(self, agent: str, attempt: int, delay: float, reason: str) -> None:
         """A dispatch failed transiently and will be retried after ``delay`` seconds."""
-        self.event("delegation_retry", agent=agent, attempt=attempt, delay=round(delay, 2),
-                   reason=reason)
+        self.event(
+            "delegation_retry", agent=agent, attempt=attempt, delay=round(delay, 2), reason=reason
+        )
 
     def delegation_finished(self, run_id: str, target: str, outcome: str, record: str) -> None:
         """A delegation ended (any outcome)."""
-        self.event("delegation_finished", run_id=run_id, target=target, outcome=outcome,
-                   record=record)
+        self.event(
+            "delegation_finished", run_id=run_id, target=target, outcome=outcome, record=record
+        )
 
     def pool_waiting(self, run_id: str, agent: str) -> None:
         """A delegation is queued for a pool token."""
@@ -82,5 +85,4 @@ class JsonReporter(Reporter):
 
     def event(self, kind: str, **fields: Any) -> None:
         with self._lock:
-            print(json.dumps({"event": kind, **fields}, default=str), file=self.stream,
-                  flush=True)
+            print(json.dumps({"event": kind, **fields}, default=str), file=self.stream, flush=True)

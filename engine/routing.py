@@ -24,8 +24,10 @@ class Route:
 
     def explain(self) -> str:
         """A few lines saying what was chosen and why."""
-        lines = [f"capability `{self.capability}` -> `{self.agent}` (fewest tasks in flight; "
-                 "ties go to the first in the registry)"]
+        lines = [
+            f"capability `{self.capability}` -> `{self.agent}` (fewest tasks in flight; "
+            "ties go to the first in the registry)"
+        ]
         for name, n in self.candidates:
             mark = "*" if name == self.agent else " "
             lines.append(f"  {mark} {name}: {n} in flight")
@@ -51,8 +53,9 @@ def route(
             f"{', '.join(registry.capabilities) or 'none'}."
         )
     allowed = [a.name for a in capable if acl.allows(caller, a.name)]
-    excluded = tuple((a.name, f"`{caller}` may not delegate to it") for a in capable
-                     if a.name not in allowed)
+    excluded = tuple(
+        (a.name, f"`{caller}` may not delegate to it") for a in capable if a.name not in allowed
+    )
     if not allowed:
         raise AclDeniedError(
             f"no agent with capability `{capability}` may be used by `{caller}`: "

@@ -69,8 +69,12 @@ class StepState(enum.Enum):
     @property
     def final(self) -> bool:
         """True once the step will not change in this run."""
-        return self not in (StepState.PENDING, StepState.QUEUED, StepState.RUNNING,
-                            StepState.WAITING_APPROVAL)
+        return self not in (
+            StepState.PENDING,
+            StepState.QUEUED,
+            StepState.RUNNING,
+            StepState.WAITING_APPROVAL,
+        )
 
     @property
     def ok(self) -> bool:
@@ -79,8 +83,14 @@ class StepState(enum.Enum):
 
 
 #: Step states that ``--retry-failed`` runs again.
-RETRYABLE = (StepState.FAILED, StepState.TIMEOUT, StepState.ERRORED, StepState.INVALID,
-             StepState.BLOCKED, StepState.CANCELLED)
+RETRYABLE = (
+    StepState.FAILED,
+    StepState.TIMEOUT,
+    StepState.ERRORED,
+    StepState.INVALID,
+    StepState.BLOCKED,
+    StepState.CANCELLED,
+)
 
 
 class RunState(enum.Enum):
@@ -181,9 +191,11 @@ class RunResult:
         if self.state is RunState.WAITING_APPROVAL:
             return EXIT_WAITING
         states = {s["status"] for s in self.summary.get("steps", {}).values()}
-        if self.state is RunState.FAILED and "timeout" in states and not states & {
-            "failed", "blocked", "errored", "invalid", "rejected"
-        }:
+        if (
+            self.state is RunState.FAILED
+            and "timeout" in states
+            and not states & {"failed", "blocked", "errored", "invalid", "rejected"}
+        ):
             return EXIT_TIMEOUT
         return EXIT_FAILED
 
@@ -231,8 +243,9 @@ def prepare(
 def fingerprint_parts(cfg: Config, prepared: Prepared) -> dict[str, str]:
     """Hashes of what a resumed run must not have changed: template, inputs, agents."""
     plan = prepared.plan
-    used = sorted({a for s in plan.steps.values() for a in (*s.candidates, s.agent,
-                                                              s.validator) if a})
+    used = sorted(
+        {a for s in plan.steps.values() for a in (*s.candidates, s.agent, s.validator) if a}
+    )
     agents = {
         name: {
             "url": cfg.agents[name].url,
@@ -482,8 +495,9 @@ class _StepReporter(Reporter):
     def delegation_dispatched(self, run_id: str, caller: str, target: str, attempts: int) -> None:
         step = self.steps_by_run.get(run_id)
         if step:
-            self.journal.append("step_dispatched", step=step, delegation_run_id=run_id,
-                                attempts=attempts)
+            self.journal.append(
+                "step_dispatched", step=step, delegation_run_id=run_id, attempts=attempts
+            )
         self.inner.event("step_dispatched", step=step, agent=target)
 
     def delegation_retry(self, agent: str, attempt: int, delay: float, reason: str) -> None:
@@ -555,8 +569,9 @@ class WorkflowRunner:
         with _RunLock(path):
             journal = Journal(path / "events.jsonl")
             try:
-                journal.append("run_started", run_id=run_id, workflow=prepared.spec.name,
-                               pid=os.getpid())
+                journal.append(
+                    "run_started", run_id=run_id, workflow=prepared.spec.name, pid=os.getpid()
+                )
                 view = replay(path)
                 return self._execute(prepared, view, journal, options)
             finally:
@@ -570,16 +585,20 @@ class WorkflowRunner:
             if view.state is RunState.CANCELLED:
                 raise RunStateError(f"run `{run_id}` was cancelled; start a new run instead.")
             meta = view.meta
-            prepared = prepare(self.cfg, meta["workflow_path"], meta["inputs"],
-                               caller=meta["caller"])
+            prepared = prepare(
+                self.cfg, meta["workflow_path"], meta["inputs"], caller=meta["caller"]
+            )
             changed = [
-                k for k, v in fingerprint_parts(self.cfg, prepared).items()
+                k
+                for k, v in fingerprint_parts(self.cfg, prepared).items()
                 if meta["fingerprint"].get(k) != v
             ]
             if changed and not options.force:
-                what = {"template": f"the template `{meta['workflow_path']}`",
-                        "inputs": "the inputs (defaults in the template)",
-                        "agents": "the agents' configuration in the config"}
+                what = {
+                    "template": f"the template `{meta['workflow_path']}`",
+                    "inputs": "the inputs (defaults in the template)",
+                    "agents": "the agents' configuration in the config",
+                }
                 raise RunStateError(
                     f"run `{run_id}` cannot resume: "
                     + ", ".join(what[c] for c in changed)
@@ -589,8 +608,12 @@ class WorkflowRunner:
             self._check_approvals(prepared.plan, options)
             journal = Journal(path / "events.jsonl")
             try:
-                journal.append("run_resumed", pid=os.getpid(), changed=changed,
-                               retry_failed=options.retry_failed)
+                journal.append(
+                    "run_resumed",
+                    pid=os.getpid(),
+                    changed=changed,
+                    retry_failed=options.retry_failed,
+                )
                 if options.retry_failed:
                     self._reset_failed(view, prepared, journal)
                 view = replay(path)
@@ -616,12 +639,14 @@ class WorkflowRunner:
             again |= plan.downstream(sid)
         for sid in again:
             s = view.steps[sid]
-            if s.state in RETRYABLE or (s.state is StepState.SKIPPED
-                                        and s.skip_kind in ("upstream", "stopped")):
+            if s.state in RETRYABLE or (
+                s.state is StepState.SKIPPED and s.skip_kind in ("upstream", "stopped")
+            ):
                 journal.append("step_reset", step=sid, previous=s.state.value)
 
-    def _execute(self, prepared: Prepared, view: RunView, journal: Journal,
-                 options: RunOptions) -> RunResult:
+    def _execute(
+        self, prepared: Prepared, view: RunView, journal: Journal, options: RunOptions
+    ) -> RunResult:
         plan = prepared.plan
         steps = view.steps
         run_id = view.run_id
@@ -643,17 +668,22 @@ class WorkflowRunner:
             if s.state.final and not s.state.ok and s.state is not StepState.SKIPPED:
                 if plan.steps[s.id].spec.on_failure == "stop":
                     stop_reason = f"`{s.id}` ended {s.state.value}"
-        self.reporter.event("run_started", run_id=run_id, workflow=plan.workflow.name,
-                            steps=[[(sid, steps[sid].agent) for sid in g] for g in plan.groups])
+        self.reporter.event(
+            "run_started",
+            run_id=run_id,
+            workflow=plan.workflow.name,
+            steps=[[(sid, steps[sid].agent) for sid in g] for g in plan.groups],
+        )
         running: dict[Future[None], str] = {}
         # Incremental readiness: a step becomes ready when its last upstream step settles,
         # so each scheduling round touches only what changed (O(steps + edges) per run).
         index = {sid: i for i, sid in enumerate(order)}
         children = {sid: list(plan.graph.successors(sid)) for sid in order}
-        blocking = {sid: sum(1 for d in plan.steps[sid].depends_on if not steps[d].state.final)
-                    for sid in order}
-        heap = [index[sid] for sid in order
-                if blocking[sid] == 0 and not steps[sid].state.final]
+        blocking = {
+            sid: sum(1 for d in plan.steps[sid].depends_on if not steps[d].state.final)
+            for sid in order
+        }
+        heap = [index[sid] for sid in order if blocking[sid] == 0 and not steps[sid].state.final]
         heapq.heapify(heap)
 
         def settle(sid: str) -> None:
@@ -663,8 +693,9 @@ class WorkflowRunner:
                     heapq.heappush(heap, index[child])
 
         self._stop_reason = stop_reason
-        with ThreadPoolExecutor(max_workers=max(1, options.max_parallel),
-                                thread_name_prefix=f"step-{run_id[-8:]}") as pool:
+        with ThreadPoolExecutor(
+            max_workers=max(1, options.max_parallel), thread_name_prefix=f"step-{run_id[-8:]}"
+        ) as pool:
             while True:
                 if not cancel.is_set() and cancel_file.exists():
                     cancel.set()
@@ -674,12 +705,14 @@ class WorkflowRunner:
                     for sid in order:
                         st = steps[sid]
                         if st.state in (StepState.PENDING, StepState.WAITING_APPROVAL) and (
-                                sid not in running.values()):
+                            sid not in running.values()
+                        ):
                             self._skip(journal, st, "the run was cancelled", "stopped")
                 while heap:
                     sid = order[heapq.heappop(heap)]
-                    fut = self._consider(prepared, steps[sid], pool, journal, options, cancel,
-                                         steps_by_run)
+                    fut = self._consider(
+                        prepared, steps[sid], pool, journal, options, cancel, steps_by_run
+                    )
                     if fut is not None:
                         running[fut] = sid
                     elif steps[sid].state.final:
@@ -692,11 +725,9 @@ class WorkflowRunner:
                     exc = fut.exception()
                     st = steps[sid]
                     if exc is not None:  # a bug, not a step outcome: record and go on
-                        self._finish(journal, st, StepState.ERRORED,
-                                     error=f"internal error: {exc}")
+                        self._finish(journal, st, StepState.ERRORED, error=f"internal error: {exc}")
                     if not st.state.ok and plan.steps[sid].spec.on_failure == "stop":
-                        self._stop_reason = self._stop_reason or (
-                            f"`{sid}` ended {st.state.value}")
+                        self._stop_reason = self._stop_reason or (f"`{sid}` ended {st.state.value}")
                     settle(sid)
         self.delegator.reporter = saved_reporter
         return self._conclude(prepared, view, journal, cancel.is_set())
@@ -723,11 +754,13 @@ class WorkflowRunner:
         if s.state.final:
             return None
         ups = [steps[d] for d in ps.depends_on]
-        bad = [u for u in ups if not u.state.ok and not (
-            u.state is StepState.SKIPPED and u.skip_kind == "condition")]
+        bad = [
+            u
+            for u in ups
+            if not u.state.ok and not (u.state is StepState.SKIPPED and u.skip_kind == "condition")
+        ]
         if bad:
-            self._skip(journal, s, f"upstream `{bad[0].id}` ended {bad[0].state.value}",
-                       "upstream")
+            self._skip(journal, s, f"upstream `{bad[0].id}` ended {bad[0].state.value}", "upstream")
             return None
         if self._stop_reason:
             self._skip(journal, s, f"the run stopped after {self._stop_reason}", "stopped")
@@ -739,8 +772,7 @@ class WorkflowRunner:
                 if not prepared.renderer.evaluate_when(sid, ctx):
                     self._skip(journal, s, f"condition `{ps.spec.when}` is false", "condition")
                     return None
-                gated = ps.spec.gate is not None and prepared.renderer.evaluate_gate_when(
-                    sid, ctx)
+                gated = ps.spec.gate is not None and prepared.renderer.evaluate_gate_when(sid, ctx)
             except Exception as exc:  # a template error at run time
                 self._finish(journal, s, StepState.ERRORED, error=f"condition failed: {exc}")
                 return None
@@ -748,20 +780,26 @@ class WorkflowRunner:
             return None
         return pool.submit(self._run_step, prepared, s, journal, cancel, steps_by_run, False)
 
-    def _gate(self, prepared: Prepared, s: StepRun, journal: Journal, options: RunOptions,
-              steps: dict[str, StepRun]) -> bool:
+    def _gate(
+        self,
+        prepared: Prepared,
+        s: StepRun,
+        journal: Journal,
+        options: RunOptions,
+        steps: dict[str, StepRun],
+    ) -> bool:
         """True when the step may go; parks or rejects it otherwise."""
         if s.gate and s.gate.get("decision") == "approved":
             return True
         if options.approve_all or s.id in options.approve:
-            s.gate = {"decision": "approved", "by": "--approve", "reason": None,
-                      "at": utcnow_iso()}
+            s.gate = {"decision": "approved", "by": "--approve", "reason": None, "at": utcnow_iso()}
             journal.append("gate_decided", step=s.id, decision="approved", by="--approve")
             return True
         ps = prepared.plan.steps[s.id]
         try:
             prompt = prepared.renderer.render_gate_prompt(
-                s.id, self._context(prepared, steps, s.id))
+                s.id, self._context(prepared, steps, s.id)
+            )
         except Exception:  # the raw prompt still tells the approver what is asked
             prompt = ps.spec.gate.prompt
         if s.state is not StepState.WAITING_APPROVAL:
@@ -771,26 +809,27 @@ class WorkflowRunner:
         decision = None
         if self.approver is not None:
             upstream = {d: steps[d].context() for d in prepared.plan.upstream(s.id)}
-            decision = self.approver(GateRequest(
-                run_id=self._run_id, step=s.id, agent=s.agent,
-                prompt=prompt, upstream=upstream))
+            decision = self.approver(
+                GateRequest(
+                    run_id=self._run_id, step=s.id, agent=s.agent, prompt=prompt, upstream=upstream
+                )
+            )
         if decision is None:
             return False
         if decision == "approved":
-            s.gate = {"decision": "approved", "by": "terminal", "reason": None,
-                      "at": utcnow_iso()}
+            s.gate = {"decision": "approved", "by": "terminal", "reason": None, "at": utcnow_iso()}
             journal.append("gate_decided", step=s.id, decision="approved", by="terminal")
             s.state = StepState.PENDING
             return True
         reason = decision[1] if isinstance(decision, tuple) else "rejected"
-        journal.append("gate_decided", step=s.id, decision="rejected", by="terminal",
-                       reason=reason)
+        journal.append("gate_decided", step=s.id, decision="rejected", by="terminal", reason=reason)
         s.gate = {"decision": "rejected", "by": "terminal", "reason": reason}
         self._finish(journal, s, StepState.REJECTED, error=f"gate rejected: {reason}")
         return False
 
-    def _context(self, prepared: Prepared, steps: dict[str, StepRun],
-                 step_id: str | None = None) -> dict[str, Any]:
+    def _context(
+        self, prepared: Prepared, steps: dict[str, StepRun], step_id: str | None = None
+    ) -> dict[str, Any]:
         """The rendering context: for a step, only its upstream steps (all for outputs)."""
         from engine.workflow import render_context
 
@@ -825,18 +864,30 @@ class WorkflowRunner:
         write_json_atomic(journal.path.parent / f"{s.id}.json", self._step_record(s))
         self.reporter.event("step_skipped", step=s.id, reason=reason)
 
-    def _finish(self, journal: Journal, s: StepRun, state: StepState, *,
-                error: str | None = None) -> None:
+    def _finish(
+        self, journal: Journal, s: StepRun, state: StepState, *, error: str | None = None
+    ) -> None:
         s.state = state
         s.error = error
         s.finished_at = utcnow_iso()
         s.in_flight = False
         write_json_atomic(journal.path.parent / f"{s.id}.json", self._step_record(s))
-        journal.append("step_finished", step=s.id, status=state.value, attempt=s.attempt,
-                       delegation_run_id=s.delegation_run_id,
-                       **({"error": error} if error else {}))
-        self.reporter.event("step_finished", step=s.id, status=state.value,
-                            duration_ms=s.duration_ms, agent=s.agent, error=error)
+        journal.append(
+            "step_finished",
+            step=s.id,
+            status=state.value,
+            attempt=s.attempt,
+            delegation_run_id=s.delegation_run_id,
+            **({"error": error} if error else {}),
+        )
+        self.reporter.event(
+            "step_finished",
+            step=s.id,
+            status=state.value,
+            duration_ms=s.duration_ms,
+            agent=s.agent,
+            error=error,
+        )
 
     @staticmethod
     def _step_record(s: StepRun) -> dict[str, Any]:
@@ -881,8 +932,7 @@ class WorkflowRunner:
         first = s.attempt if reattach and s.attempt else s.attempt + 1
         accepted = reattach and s.dispatched_at is not None
         try:
-            task = prepared.renderer.render_task(
-                s.id, self._context(prepared, self._steps, s.id))
+            task = prepared.renderer.render_task(s.id, self._context(prepared, self._steps, s.id))
         except Exception as exc:
             self._finish(journal, s, StepState.ERRORED, error=f"task failed to render: {exc}")
             return
@@ -895,10 +945,12 @@ class WorkflowRunner:
             s.started_at = s.started_at or utcnow_iso()
             again = accepted and attempt == first
             if not (reattach and attempt == first):
-                journal.append("step_started", step=s.id, attempt=attempt, agent=agent,
-                               delegation_run_id=drid)
-            self.reporter.event("step_started", step=s.id, agent=agent, attempt=attempt,
-                                reattached=again)
+                journal.append(
+                    "step_started", step=s.id, attempt=attempt, agent=agent, delegation_run_id=drid
+                )
+            self.reporter.event(
+                "step_started", step=s.id, agent=agent, attempt=attempt, reattached=again
+            )
             s.state = StepState.RUNNING
             req = DelegationRequest(
                 target=agent,
@@ -920,23 +972,29 @@ class WorkflowRunner:
                 self._finish(journal, s, StepState.ERRORED, error=str(exc))
                 return
             env = result.envelope
-            s.attempts.append({
-                "run_id": drid,
-                "outcome": result.outcome.value,
-                "dispatched_at": env.get("dispatched_at"),
-                "received_at": env.get("received_at"),
-                "duration_ms": env.get("duration_ms"),
-                "token_wait_ms": env.get("token_wait_ms"),
-                "late": env.get("late"),
-                **({"error": str(result.error)} if result.error else {}),
-            })
-            if (result.outcome in (Outcome.FAILED, Outcome.TIMEOUT) and attempt <= retries
-                    and not cancel.is_set()):
+            s.attempts.append(
+                {
+                    "run_id": drid,
+                    "outcome": result.outcome.value,
+                    "dispatched_at": env.get("dispatched_at"),
+                    "received_at": env.get("received_at"),
+                    "duration_ms": env.get("duration_ms"),
+                    "token_wait_ms": env.get("token_wait_ms"),
+                    "late": env.get("late"),
+                    **({"error": str(result.error)} if result.error else {}),
+                }
+            )
+            if (
+                result.outcome in (Outcome.FAILED, Outcome.TIMEOUT)
+                and attempt <= retries
+                and not cancel.is_set()
+            ):
                 # The last attempt is in the step file; earlier ones go to the journal so a
                 # crash during a retry keeps their history.
                 journal.append("step_attempt", step=s.id, **s.attempts[-1])
-                journal.append("step_retry", step=s.id, attempt=attempt + 1,
-                               reason=result.outcome.value)
+                journal.append(
+                    "step_retry", step=s.id, attempt=attempt + 1, reason=result.outcome.value
+                )
                 attempt += 1
                 continue
             break
@@ -966,30 +1024,50 @@ class WorkflowRunner:
                     other.state = StepState.RUNNING
             return str(agent)
 
-    def _validate(self, prepared: Prepared, s: StepRun, task: str, validator: str,
-                  journal: Journal, cancel: threading.Event) -> tuple[StepState, str | None]:
+    def _validate(
+        self,
+        prepared: Prepared,
+        s: StepRun,
+        task: str,
+        validator: str,
+        journal: Journal,
+        cancel: threading.Event,
+    ) -> tuple[StepState, str | None]:
         from engine.validate import validate_result
 
         verdict = validate_result(
-            self.delegator, caller=prepared.plan.caller, validator=validator, task=task,
-            handoff=s.handoff or {}, run_id=f"{s.delegation_run_id}-v", cancel=cancel,
+            self.delegator,
+            caller=prepared.plan.caller,
+            validator=validator,
+            task=task,
+            handoff=s.handoff or {},
+            run_id=f"{s.delegation_run_id}-v",
+            cancel=cancel,
         )
         s.validation = verdict.as_dict()
-        journal.append("step_validated", step=s.id, approved=verdict.approved,
-                       validator=validator, run_id=verdict.run_id)
+        journal.append(
+            "step_validated",
+            step=s.id,
+            approved=verdict.approved,
+            validator=validator,
+            run_id=verdict.run_id,
+        )
         if verdict.approved:
             return StepState(s.state.value if s.state.ok else "complete"), None
         return StepState.FAILED, f"validator `{validator}` rejected the result: {verdict.reasons}"
 
-    def _conclude(self, prepared: Prepared, view: RunView, journal: Journal,
-                  cancelled: bool) -> RunResult:
+    def _conclude(
+        self, prepared: Prepared, view: RunView, journal: Journal, cancelled: bool
+    ) -> RunResult:
         steps = view.steps
         if cancelled:
             state = RunState.CANCELLED
         elif any(s.state is StepState.WAITING_APPROVAL for s in steps.values()):
             state = RunState.WAITING_APPROVAL
-        elif all(s.state.ok or (s.state is StepState.SKIPPED and s.skip_kind == "condition")
-                 for s in steps.values()):
+        elif all(
+            s.state.ok or (s.state is StepState.SKIPPED and s.skip_kind == "condition")
+            for s in steps.values()
+        ):
             state = RunState.COMPLETE
         else:
             state = RunState.FAILED
@@ -1012,8 +1090,7 @@ class WorkflowRunner:
         if state is RunState.WAITING_APPROVAL:
             summary["finished_at"] = None
         write_json_atomic(view.path / "summary.json", summary)
-        self.reporter.event("run_finished", run_id=view.run_id, status=state.value,
-                            summary=summary)
+        self.reporter.event("run_finished", run_id=view.run_id, status=state.value, summary=summary)
         return RunResult(view.run_id, state, view.path, summary)
 
 
@@ -1051,28 +1128,40 @@ class _RunLock:
 # ----------------------------------------------------------------------------- around it
 
 
-def decide_gate(cfg: Config, run_id: str, step: str, *, approved: bool,
-                reason: str | None = None, by: str = "cli") -> dict[str, Any]:
+def decide_gate(
+    cfg: Config,
+    run_id: str,
+    step: str,
+    *,
+    approved: bool,
+    reason: str | None = None,
+    by: str = "cli",
+) -> dict[str, Any]:
     """Record an approval or rejection of a parked gate (then `workflow resume`)."""
     path = run_dir(cfg, run_id)
     view = replay(path)
     if step not in view.steps:
-        raise UsageError(f"run `{run_id}` has no step `{step}`"
-                         f"{did_you_mean(step, list(view.steps)) or '.'}")
+        raise UsageError(
+            f"run `{run_id}` has no step `{step}`{did_you_mean(step, list(view.steps)) or '.'}"
+        )
     if not view.meta["plan"]["steps"][step].get("gate"):
         raise UsageError(f"step `{step}` of run `{run_id}` has no approval gate.")
     s = view.steps[step]
-    if s.state is not StepState.WAITING_APPROVAL and not (s.state is StepState.PENDING
-                                                          and not s.gate):
+    if s.state is not StepState.WAITING_APPROVAL and not (
+        s.state is StepState.PENDING and not s.gate
+    ):
         raise RunStateError(
-            f"step `{step}` of run `{run_id}` is not waiting for approval (it is "
-            f"{s.state.value})."
+            f"step `{step}` of run `{run_id}` is not waiting for approval (it is {s.state.value})."
         )
     journal = Journal(path / "events.jsonl")
     try:
-        return journal.append("gate_decided", step=step,
-                              decision="approved" if approved else "rejected",
-                              by=by, reason=reason)
+        return journal.append(
+            "gate_decided",
+            step=step,
+            decision="approved" if approved else "rejected",
+            by=by,
+            reason=reason,
+        )
     finally:
         journal.close()
 
@@ -1093,8 +1182,9 @@ def cancel_run(cfg: Config, run_id: str) -> RunState:
         journal = Journal(path / "events.jsonl")
         for s in view.steps.values():
             if not s.state.final:
-                journal.append("step_skipped", step=s.id, reason="the run was cancelled",
-                               kind="stopped")
+                journal.append(
+                    "step_skipped", step=s.id, reason="the run was cancelled", kind="stopped"
+                )
         journal.append("run_cancelled", by="workflow cancel")
         journal.close()
         final = replay(path)
@@ -1121,9 +1211,16 @@ def list_runs(cfg: Config, *, limit: int = 20) -> list[dict[str, Any]]:
         counts: dict[str, int] = {}
         for st in summary["steps"].values():
             counts[st["status"]] = counts.get(st["status"], 0) + 1
-        rows.append({"runId": view.run_id, "workflow": view.meta["workflow"],
-                     "status": view.state.value, "started_at": view.started_at,
-                     "duration_ms": summary["duration_ms"], "steps": counts})
+        rows.append(
+            {
+                "runId": view.run_id,
+                "workflow": view.meta["workflow"],
+                "status": view.state.value,
+                "started_at": view.started_at,
+                "duration_ms": summary["duration_ms"],
+                "steps": counts,
+            }
+        )
     return rows
 
 
@@ -1152,8 +1249,10 @@ def run_status(cfg: Config, run_id: str) -> dict[str, Any]:
             if not _lock_held(path):
                 row["waiting"] += " (no process is running this run: `workflow resume` it)"
         elif s.state is StepState.WAITING_APPROVAL:
-            row["waiting"] = (f"at its approval gate: `workflow approve {run_id} {sid}` or "
-                              f"`workflow reject {run_id} {sid} --reason ...`")
+            row["waiting"] = (
+                f"at its approval gate: `workflow approve {run_id} {sid}` or "
+                f"`workflow reject {run_id} {sid} --reason ...`"
+            )
     summary["run_dir"] = str(path)
     summary["live"] = _lock_held(path)
     return summary

@@ -112,7 +112,9 @@ def _describe(err: Any, style: str) -> list[str]:
     if kw == "format":
         return [f"{prefix} is not a valid {err.validator_value}."]
     if kw == "propertyNames":
-        return [f"{prefix} has a key that is not a valid name (lowercase letters, digits, `-`, `_`)."]
+        return [
+            f"{prefix} has a key that is not a valid name (lowercase letters, digits, `-`, `_`)."
+        ]
     if kw in ("oneOf", "anyOf"):
         return [f"{prefix} does not match any allowed form."]
     return [f"{prefix}: fails `{kw}`."]

@@ -64,9 +64,9 @@ def parse_verdict(handoff: dict[str, Any] | None) -> tuple[bool, str]:
     if handoff.get("status") not in ("complete", "partial"):
         return False, f"the validator answered {handoff.get('status')}: {text[:500]}"
     if head.startswith("APPROVED"):
-        return True, text[len("APPROVED"):].lstrip(": ").strip()
+        return True, text[len("APPROVED") :].lstrip(": ").strip()
     if head.startswith("REJECTED"):
-        return False, text[len("REJECTED"):].lstrip(": ").strip()
+        return False, text[len("REJECTED") :].lstrip(": ").strip()
     return False, "the validator's answer starts with neither APPROVED: nor REJECTED:"
 
 

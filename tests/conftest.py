@@ -17,8 +17,14 @@ import yaml
 from engine.config import Config, load_config
 
 ROLES = (
-    "manager", "tech-lead", "secretary", "auditor",
-    "optimizer", "study-builder", "nx-expert", "webster",
+    "manager",
+    "tech-lead",
+    "secretary",
+    "auditor",
+    "optimizer",
+    "study-builder",
+    "nx-expert",
+    "webster",
 )
 DEMO = [sys.executable, "-m", "engine.gateway.demo_agent", "--role"]
 
@@ -102,8 +108,9 @@ class StandIn:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with outer._lock:
-                    outer.requests.append({"path": self.path, "headers": dict(self.headers),
-                                           "body": body})
+                    outer.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "body": body}
+                    )
                     status = outer.statuses.pop(0) if outer.statuses else 200
                 if self.headers.get("Authorization") != f"Bearer {outer.token}":
                     status = 401
@@ -165,8 +172,11 @@ def stand_in() -> Iterator[Callable[..., StandIn]]:
 def remote_config(tmp_path: Path, url: str, **extra: Any) -> dict[str, Any]:
     """A config whose `webster` lives behind ``url`` (token from $STANDIN_TOKEN)."""
     raw = demo_config(tmp_path)
-    raw["agents"]["webster"] = {"url": url, "token_env": "STANDIN_TOKEN",
-                                "capabilities": ["research"]}
+    raw["agents"]["webster"] = {
+        "url": url,
+        "token_env": "STANDIN_TOKEN",
+        "capabilities": ["research"],
+    }
     raw.update(extra)
     return raw
 
@@ -175,11 +185,17 @@ def write_valid_handoff(block: dict[str, str], **fields: Any) -> None:
     """Play a well-behaved agent: write a valid handoff where the block says."""
     from engine.handoff import make_handoff, write_handoff
 
-    data = make_handoff(run_id=block["run_id"], agent=block["agent"], status="complete",
-                        result="stand-in result", confidence="high")
+    data = make_handoff(
+        run_id=block["run_id"],
+        agent=block["agent"],
+        status="complete",
+        result="stand-in result",
+        confidence="high",
+    )
     data.update(fields)
     write_handoff(Path(block["handoff_path"]), data) if not fields else Path(
-        block["handoff_path"]).write_text(json.dumps(data))
+        block["handoff_path"]
+    ).write_text(json.dumps(data))
 
 
 @pytest.fixture(autouse=True)

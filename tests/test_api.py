@@ -8,10 +8,28 @@ import sys
 import engine
 
 EXPECTED = [
-    "Acl", "Config", "DelegationRequest", "DelegationResult", "Delegator", "LocalGateway",
-    "OrchestratorError", "Outcome", "Registry", "Reporter", "RunOptions", "RunResult",
-    "RunState", "StepState", "WorkflowRunner", "__version__", "load_config", "make_handoff",
-    "open_delegator", "prepare", "validate_handoff", "write_handoff",
+    "Acl",
+    "Config",
+    "DelegationRequest",
+    "DelegationResult",
+    "Delegator",
+    "LocalGateway",
+    "OrchestratorError",
+    "Outcome",
+    "Registry",
+    "Reporter",
+    "RunOptions",
+    "RunResult",
+    "RunState",
+    "StepState",
+    "WorkflowRunner",
+    "__version__",
+    "load_config",
+    "make_handoff",
+    "open_delegator",
+    "prepare",
+    "validate_handoff",
+    "write_handoff",
 ]
 
 
@@ -25,7 +43,9 @@ def test_every_name_resolves() -> None:
 
 
 def test_import_engine_is_cheap() -> None:
-    code = ("import sys, engine; heavy = {'httpx', 'jsonschema', 'networkx', 'jinja2', 'yaml', "
-            "'rich'} & set(sys.modules); print(sorted(heavy))")
+    code = (
+        "import sys, engine; heavy = {'httpx', 'jsonschema', 'networkx', 'jinja2', 'yaml', "
+        "'rich'} & set(sys.modules); print(sorted(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -56,8 +56,9 @@ def test_delegate_happy_path_text(cfg_path: Path) -> None:
 
 
 def test_delegate_json_is_the_record(cfg_path: Path) -> None:
-    res = run("delegate", "webster", "task", "--caller", "manager", "--json",
-              "--config", str(cfg_path))
+    res = run(
+        "delegate", "webster", "task", "--caller", "manager", "--json", "--config", str(cfg_path)
+    )
     assert res.exit_code == 0
     rec = json.loads(res.stdout)
     assert rec["status"] == "complete" and rec["envelope"]["target"] == "webster"
@@ -96,12 +97,25 @@ def test_unknown_agent_exit_2(cfg_path: Path) -> None:
 
 
 def test_path_like_ids_exit_2(cfg_path: Path) -> None:
-    res = run("webster", "x", "--caller", "manager", "--parent-run-id", "../x",
-              "--config", str(cfg_path))
+    res = run(
+        "webster", "x", "--caller", "manager", "--parent-run-id", "../x", "--config", str(cfg_path)
+    )
     assert res.exit_code == 2
     assert "parent run id `../x` is not allowed" in res.stderr
-    res = run("handoff", "write", "--run-id", "../x", "--agent", "webster", "--status",
-              "complete", "--result", "r", "--config", str(cfg_path))
+    res = run(
+        "handoff",
+        "write",
+        "--run-id",
+        "../x",
+        "--agent",
+        "webster",
+        "--status",
+        "complete",
+        "--result",
+        "r",
+        "--config",
+        str(cfg_path),
+    )
     assert res.exit_code == 2 and "run id `../x` is not allowed" in res.stderr
 
 
@@ -115,14 +129,18 @@ def test_missing_config_is_explained(tmp_path: Path, monkeypatch: Any) -> None:
 
 def test_invalid_config_lists_every_problem(tmp_path: Path) -> None:
     p = tmp_path / "orchestrator.yaml"
-    p.write_text("agents:\n  webster:\n    url: http://x\n    tokn_env: A\n    timeout: fast\n"
-                 "handoff_dir: x\n")
+    p.write_text(
+        "agents:\n  webster:\n    url: http://x\n    tokn_env: A\n    timeout: fast\n"
+        "handoff_dir: x\n"
+    )
     res = run("webster", "x", "--caller", "manager", "--config", str(p))
     assert res.exit_code == 2
     assert f"error: `{p}` is not a valid config:" in res.stderr
-    for line in ("`agents.webster.timeout` must be of type a number.",
-                 "`agents.webster.tokn_env` is not a known key; did you mean `token_env`?",
-                 "`handoff_dir` is not a known key; did you mean `handoffs_dir`?"):
+    for line in (
+        "`agents.webster.timeout` must be of type a number.",
+        "`agents.webster.tokn_env` is not a known key; did you mean `token_env`?",
+        "`handoff_dir` is not a known key; did you mean `handoffs_dir`?",
+    ):
         assert line in res.stderr
 
 
@@ -135,8 +153,9 @@ def test_malformed_yaml_config(tmp_path: Path) -> None:
 
 def test_wrong_token_401_never_shows_a_token(standalone: tuple[Path, LocalGateway]) -> None:
     path, gw = standalone
-    res = run("webster", "x", "--caller", "manager", "--config", str(path),
-              env={"GW_TOKEN": WRONG_TOKEN})
+    res = run(
+        "webster", "x", "--caller", "manager", "--config", str(path), env={"GW_TOKEN": WRONG_TOKEN}
+    )
     assert res.exit_code == 2
     assert "rejected the hooks token for `webster` (401 Unauthorized)" in res.stderr
     assert "`GW_TOKEN`" in res.stderr
@@ -148,15 +167,24 @@ def test_wrong_token_401_never_shows_a_token(standalone: tuple[Path, LocalGatewa
 
 def test_right_token_through_standalone_gateway(standalone: tuple[Path, LocalGateway]) -> None:
     path, gw = standalone
-    res = run("webster", "x", "--caller", "manager", "--config", str(path), "-q",
-              env={"GW_TOKEN": GATEWAY_TOKEN})
+    res = run(
+        "webster",
+        "x",
+        "--caller",
+        "manager",
+        "--config",
+        str(path),
+        "-q",
+        env={"GW_TOKEN": GATEWAY_TOKEN},
+    )
     assert res.exit_code == 0, res.output
     assert gw.stats()["dispatched"]["webster"] == 1
     assert GATEWAY_TOKEN not in res.output
 
 
-def test_missing_token_env_says_which(standalone: tuple[Path, LocalGateway], monkeypatch: Any
-                                      ) -> None:
+def test_missing_token_env_says_which(
+    standalone: tuple[Path, LocalGateway], monkeypatch: Any
+) -> None:
     path, _ = standalone
     monkeypatch.delenv("GW_TOKEN", raising=False)
     res = run("webster", "x", "--caller", "manager", "--config", str(path))
@@ -166,9 +194,24 @@ def test_missing_token_env_says_which(standalone: tuple[Path, LocalGateway], mon
 
 def test_handoff_write_then_show(cfg_path: Path, tmp_path: Path) -> None:
     run_id = "orch-20260101T000000-00c0ffee"
-    res = run("handoff", "write", "--run-id", run_id, "--agent", "webster", "--status",
-              "complete", "--result", "CTE 0 ± 0.007 ppm/K", "--confidence", "high",
-              "--artifact", "a.csv", "--config", str(cfg_path))
+    res = run(
+        "handoff",
+        "write",
+        "--run-id",
+        run_id,
+        "--agent",
+        "webster",
+        "--status",
+        "complete",
+        "--result",
+        "CTE 0 ± 0.007 ppm/K",
+        "--confidence",
+        "high",
+        "--artifact",
+        "a.csv",
+        "--config",
+        str(cfg_path),
+    )
     assert res.exit_code == 0
     path = tmp_path / "handoffs" / f"{run_id}.json"
     assert res.stdout.strip() == str(path)
@@ -181,9 +224,22 @@ def test_handoff_write_then_show(cfg_path: Path, tmp_path: Path) -> None:
 def test_handoff_write_to_receiver(standalone: tuple[Path, LocalGateway], tmp_path: Path) -> None:
     _, gw = standalone
     run_id = "orch-20260101T000000-00000001"
-    args = ["handoff", "write", "--run-id", run_id, "--agent", "webster", "--status", "complete",
-            "--result", "remote", "--receiver", f"{gw.url}/handoffs/{run_id}",
-            "--token-env", "GW_TOKEN"]
+    args = [
+        "handoff",
+        "write",
+        "--run-id",
+        run_id,
+        "--agent",
+        "webster",
+        "--status",
+        "complete",
+        "--result",
+        "remote",
+        "--receiver",
+        f"{gw.url}/handoffs/{run_id}",
+        "--token-env",
+        "GW_TOKEN",
+    ]
     res = run(*args, env={"GW_TOKEN": WRONG_TOKEN})
     assert res.exit_code == 2 and "401" in res.stderr
     assert not (tmp_path / "handoffs" / f"{run_id}.json").exists()
@@ -199,7 +255,9 @@ def test_help_on_every_command() -> None:
 
 
 def test_console_script_help_is_fast_to_import() -> None:
-    code = ("import sys, engine.cli; heavy = {'httpx', 'jsonschema', 'networkx', 'jinja2', "
-            "'yaml'} & set(sys.modules); print(sorted(heavy))")
+    code = (
+        "import sys, engine.cli; heavy = {'httpx', 'jsonschema', 'networkx', 'jinja2', "
+        "'yaml'} & set(sys.modules); print(sorted(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -495,9 +494,7 @@ def test_docs_channels_config_is_valid(api: DiscordAPI) -> None:
     assert channel_context(make_cfg(channels), "technical", 20) == EXPECTED
 
 
-def test_channel_context_reaches_the_agent_through_the_cli(
-    discord_api: Any, tmp_path: Any
-) -> None:
+def test_channel_context_reaches_the_agent_through_the_cli(discord_api: Any, tmp_path: Any) -> None:
     """`orchestrate ... --channel-context technical --channel-messages 2` end to end."""
     from click.testing import CliRunner
 
@@ -511,8 +508,19 @@ def test_channel_context_reaches_the_agent_through_the_cli(
     path = write_config(tmp_path, raw)
     res = CliRunner().invoke(
         orchestrate,
-        ["tech-lead", "Review thermal margins", "--caller", "manager", "--channel-context",
-         "technical", "--channel-messages", "2", "--config", str(path), "--json"],
+        [
+            "tech-lead",
+            "Review thermal margins",
+            "--caller",
+            "manager",
+            "--channel-context",
+            "technical",
+            "--channel-messages",
+            "2",
+            "--config",
+            str(path),
+            "--json",
+        ],
         catch_exceptions=False,
     )
     assert res.exit_code == 0, res.output
@@ -525,7 +533,15 @@ def test_channel_context_reaches_the_agent_through_the_cli(
     assert TOKEN not in res.output
     res = CliRunner().invoke(
         orchestrate,
-        ["tech-lead", "x", "--caller", "manager", "--channel-context", "technicla",
-         "--config", str(path)],
+        [
+            "tech-lead",
+            "x",
+            "--caller",
+            "manager",
+            "--channel-context",
+            "technicla",
+            "--config",
+            str(path),
+        ],
     )
     assert res.exit_code == 2 and "did you mean `technical`" in res.stderr

@@ -65,9 +65,7 @@ def test_acl_refusal_sends_nothing(tmp_path: Path, stand_in: Any, monkeypatch: A
     assert "`auditor` may not delegate to anyone" in str(err.value)
     with pytest.raises(AclDeniedError) as err:
         d.delegate(_req(caller="optimizer", target="auditor"))
-    assert "`optimizer` may delegate to: `secretary`, `study-builder`, `webster`." in str(
-        err.value
-    )
+    assert "`optimizer` may delegate to: `secretary`, `study-builder`, `webster`." in str(err.value)
     d.close()
     assert server.posts == 0
 
@@ -94,8 +92,9 @@ def test_retries_500_500_then_200(tmp_path: Path, stand_in: Any, monkeypatch: An
 
 
 def test_429_honours_retry_after(tmp_path: Path, stand_in: Any, monkeypatch: Any) -> None:
-    server = stand_in(statuses=[429, 200], agent=write_valid_handoff,
-                      headers={"Retry-After": "0.4"})
+    server = stand_in(
+        statuses=[429, 200], agent=write_valid_handoff, headers={"Retry-After": "0.4"}
+    )
     cfg = _remote(tmp_path, server.url, monkeypatch)
     with open_delegator(cfg) as d:
         t0 = time.monotonic()
@@ -106,7 +105,7 @@ def test_429_honours_retry_after(tmp_path: Path, stand_in: Any, monkeypatch: Any
 
 
 def test_400_is_not_retried(tmp_path: Path, stand_in: Any, monkeypatch: Any) -> None:
-    server = stand_in(statuses=[400], error_body={"ok": False, "error": "unknown agentId \"x\""})
+    server = stand_in(statuses=[400], error_body={"ok": False, "error": 'unknown agentId "x"'})
     cfg = _remote(tmp_path, server.url, monkeypatch)
     with open_delegator(cfg) as d:
         result = d.delegate(_req(timeout=10))
@@ -118,8 +117,12 @@ def test_400_is_not_retried(tmp_path: Path, stand_in: Any, monkeypatch: Any) -> 
 
 def test_endpoint_down_then_up(tmp_path: Path, stand_in: Any, monkeypatch: Any) -> None:
     port = free_port()
-    cfg = _remote(tmp_path, f"http://127.0.0.1:{port}", monkeypatch,
-                  retry={"delays": [0.2, 0.3, 0.5, 1.0], "jitter": 0.0})
+    cfg = _remote(
+        tmp_path,
+        f"http://127.0.0.1:{port}",
+        monkeypatch,
+        retry={"delays": [0.2, 0.3, 0.5, 1.0], "jitter": 0.0},
+    )
     started: list[Any] = []
 
     def bring_up() -> None:
@@ -137,8 +140,12 @@ def test_endpoint_down_then_up(tmp_path: Path, stand_in: Any, monkeypatch: Any) 
 
 
 def test_dead_endpoint_gives_up_before_deadline(tmp_path: Path, monkeypatch: Any) -> None:
-    cfg = _remote(tmp_path, f"http://127.0.0.1:{free_port()}", monkeypatch,
-                  retry={"delays": [0.1, 0.1], "jitter": 0.0})
+    cfg = _remote(
+        tmp_path,
+        f"http://127.0.0.1:{free_port()}",
+        monkeypatch,
+        retry={"delays": [0.1, 0.1], "jitter": 0.0},
+    )
     with open_delegator(cfg) as d:
         result = d.delegate(_req(timeout=5))
     assert result.outcome is Outcome.ERRORED and result.exit_code == 4
@@ -173,7 +180,9 @@ def _agent_writing(text_for: Any) -> Any:
     return play
 
 
-def test_malformed_json_is_refused_and_kept(tmp_path: Path, stand_in: Any, monkeypatch: Any) -> None:
+def test_malformed_json_is_refused_and_kept(
+    tmp_path: Path, stand_in: Any, monkeypatch: Any
+) -> None:
     server = stand_in(agent=_agent_writing(lambda b: '{"schemaVersion": "1.0", "runId": '))
     cfg = _remote(tmp_path, server.url, monkeypatch)
     with open_delegator(cfg) as d:
@@ -186,8 +195,9 @@ def test_malformed_json_is_refused_and_kept(tmp_path: Path, stand_in: Any, monke
     assert "was kept as" in msg
 
 
-def test_bad_status_is_refused_naming_the_pointer(tmp_path: Path, stand_in: Any,
-                                                  monkeypatch: Any) -> None:
+def test_bad_status_is_refused_naming_the_pointer(
+    tmp_path: Path, stand_in: Any, monkeypatch: Any
+) -> None:
     def bad(block: dict[str, str]) -> str:
         data = make_handoff(run_id=block["run_id"], agent="webster", status="complete", result="x")
         data["status"] = "done"
@@ -203,10 +213,12 @@ def test_bad_status_is_refused_naming_the_pointer(tmp_path: Path, stand_in: Any,
     )
 
 
-@pytest.mark.parametrize("field,value", [("runId", "orch-20260101T000000-deadbeef"),
-                                         ("agent", "auditor")])
-def test_mismatched_handoff_is_refused(tmp_path: Path, stand_in: Any, monkeypatch: Any,
-                                       field: str, value: str) -> None:
+@pytest.mark.parametrize(
+    "field,value", [("runId", "orch-20260101T000000-deadbeef"), ("agent", "auditor")]
+)
+def test_mismatched_handoff_is_refused(
+    tmp_path: Path, stand_in: Any, monkeypatch: Any, field: str, value: str
+) -> None:
     def spoof(block: dict[str, str]) -> str:
         data = make_handoff(run_id=block["run_id"], agent="webster", status="complete", result="x")
         data[field] = value
@@ -227,8 +239,13 @@ def test_handoff_present_before_the_wait(tmp_path: Path, stand_in: Any, monkeypa
     server = stand_in()  # accepts, but its "agent" does nothing
     cfg = _remote(tmp_path, server.url, monkeypatch)
     run_id = "orch-20260101T000000-0badcafe"
-    write_valid_handoff({"run_id": run_id, "agent": "webster",
-                         "handoff_path": str(cfg.handoffs_dir / f"{run_id}.json")})
+    write_valid_handoff(
+        {
+            "run_id": run_id,
+            "agent": "webster",
+            "handoff_path": str(cfg.handoffs_dir / f"{run_id}.json"),
+        }
+    )
     with open_delegator(cfg) as d:
         result = d.delegate(_req(run_id=run_id, timeout=5))
     assert result.outcome is Outcome.COMPLETE and result.record["result"] == "stand-in result"
@@ -236,8 +253,11 @@ def test_handoff_present_before_the_wait(tmp_path: Path, stand_in: Any, monkeypa
 
 def test_half_written_then_completed(tmp_path: Path, stand_in: Any, monkeypatch: Any) -> None:
     def slow_writer(block: dict[str, str]) -> None:
-        data = json.dumps(make_handoff(run_id=block["run_id"], agent="webster",
-                                       status="partial", result="done at last"))
+        data = json.dumps(
+            make_handoff(
+                run_id=block["run_id"], agent="webster", status="partial", result="done at last"
+            )
+        )
         path = Path(block["handoff_path"])
         path.write_text(data[: len(data) // 2])  # close-after-write on half a file
         time.sleep(0.2)
@@ -251,8 +271,9 @@ def test_half_written_then_completed(tmp_path: Path, stand_in: Any, monkeypatch:
     assert result.record["result"] == "done at last"
 
 
-@pytest.mark.parametrize("kw", [{"run_id": "../x"}, {"parent_run_id": "../x"},
-                                {"run_id": "a/b"}, {"run_id": ".hidden"}])
+@pytest.mark.parametrize(
+    "kw", [{"run_id": "../x"}, {"parent_run_id": "../x"}, {"run_id": "a/b"}, {"run_id": ".hidden"}]
+)
 def test_path_like_ids_are_refused(demo_cfg: Any, kw: dict[str, str]) -> None:
     d = Delegator(demo_cfg)
     with pytest.raises(InvalidIdError) as err:
@@ -262,8 +283,9 @@ def test_path_like_ids_are_refused(demo_cfg: Any, kw: dict[str, str]) -> None:
     assert not list(demo_cfg.handoffs_dir.glob("**/*.json"))
 
 
-def test_fifty_concurrent_delegations_share_one_watch(tmp_path: Path, stand_in: Any,
-                                                      monkeypatch: Any) -> None:
+def test_fifty_concurrent_delegations_share_one_watch(
+    tmp_path: Path, stand_in: Any, monkeypatch: Any
+) -> None:
     def agent(block: dict[str, str]) -> None:
         time.sleep(0.3)  # all 50 are waiting at once
         write_valid_handoff(block)
@@ -283,8 +305,10 @@ def test_fifty_concurrent_delegations_share_one_watch(tmp_path: Path, stand_in: 
     sampler.start()
     results: list[Any] = []
     with open_delegator(cfg) as d:
-        threads = [threading.Thread(target=lambda: results.append(d.delegate(_req(timeout=20))))
-                   for _ in range(50)]
+        threads = [
+            threading.Thread(target=lambda: results.append(d.delegate(_req(timeout=20))))
+            for _ in range(50)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -317,8 +341,9 @@ def test_command_agent_past_its_timeout_is_killed(tmp_path: Path) -> None:
     assert "killed after" in result.record["result"]
 
 
-def test_polling_backend_has_the_same_behaviour(tmp_path: Path, stand_in: Any,
-                                                monkeypatch: Any) -> None:
+def test_polling_backend_has_the_same_behaviour(
+    tmp_path: Path, stand_in: Any, monkeypatch: Any
+) -> None:
     server = stand_in(agent=write_valid_handoff)
     cfg = _remote(tmp_path, server.url, monkeypatch)
     with open_delegator(cfg, watcher_backend="poll") as d:

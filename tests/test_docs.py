@@ -79,12 +79,19 @@ def test_delegation_doc_examples_run(tmp_path: Path) -> None:
     work = tmp_path / "examples" / "quickstart"
     shutil.copytree(ROOT / "examples" / "quickstart", work)
     (tmp_path / "examples" / "quickstart" / "orchestrator.yaml").write_text(
-        (work / "orchestrator.yaml").read_text().replace("../../handoffs", "handoffs"))
+        (work / "orchestrator.yaml").read_text().replace("../../handoffs", "handoffs")
+    )
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("ORCHESTRATOR_CONFIG", None)
     for block in blocks(ROOT / "docs" / "delegation.md", "bash"):
-        out = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=work, env=env,
-                             capture_output=True, text=True, timeout=180)
+        out = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert out.returncode == 0, (block, out.stdout, out.stderr)
         assert "Traceback" not in out.stderr
     tree = [p for p in (work / "handoffs" / "sub").glob("orch-*.json")]

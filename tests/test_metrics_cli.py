@@ -26,8 +26,11 @@ def test_metrics_over_real_delegations(demo_cfg: Config) -> None:
     validator("metrics").validate(doc)
     web = doc["agents"]["webster"]
     assert web["delegations"] == 3
-    assert (web["by_status"]["complete"], web["by_status"]["failed"],
-            web["by_status"]["partial"]) == (1, 1, 1)
+    assert (
+        web["by_status"]["complete"],
+        web["by_status"]["failed"],
+        web["by_status"]["partial"],
+    ) == (1, 1, 1)
     assert abs(web["success_rate"] - 2 / 3) < 1e-3
     res = _m("text", "--config", str(demo_cfg.path), "--agent", "webster", "--since", "1h")
     assert res.exit_code == 0 and "webster" in res.stdout

@@ -59,8 +59,10 @@ def test_twenty_processes_never_exceed_the_pool(pooled: tuple[Path, LocalGateway
         " timeout=120))\n"
         "        assert r.outcome.value == 'complete', r.record\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(path)], env=os.environ.copy())
-             for _ in range(20)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(path)], env=os.environ.copy())
+        for _ in range(20)
+    ]
     codes = [p.wait(timeout=300) for p in procs]
     assert codes == [0] * 20
     stats = gw.stats()
@@ -76,9 +78,16 @@ def test_token_wait_is_recorded(pooled: tuple[Path, LocalGateway]) -> None:
     cfg = load_config(path)
     results: list[Any] = []
     with open_delegator(cfg) as d:
-        threads = [threading.Thread(target=lambda: results.append(d.delegate(
-            DelegationRequest(target="webster", task="t", caller="manager", timeout=60))))
-            for _ in range(6)]
+        threads = [
+            threading.Thread(
+                target=lambda: results.append(
+                    d.delegate(
+                        DelegationRequest(target="webster", task="t", caller="manager", timeout=60)
+                    )
+                )
+            )
+            for _ in range(6)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -93,9 +102,20 @@ def test_workflow_steps_draw_from_the_same_pool(tmp_path: Path) -> None:
     raw = demo_config(tmp_path)
     raw["pool"] = {"max_tokens": 1, "adaptive": False}
     cfg = load_config(write_config(tmp_path, raw))
-    res = CliRunner().invoke(workflow, ["run", str(HERE / "parallel.yaml"), "-i",
-                                        "topic=DEMO_SLEEP=0.4", "--config", str(cfg.path),
-                                        "--json", "-q"], catch_exceptions=False)
+    res = CliRunner().invoke(
+        workflow,
+        [
+            "run",
+            str(HERE / "parallel.yaml"),
+            "-i",
+            "topic=DEMO_SLEEP=0.4",
+            "--config",
+            str(cfg.path),
+            "--json",
+            "-q",
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     run_dir = cfg.handoffs_dir / "workflows" / summary["runId"]
@@ -112,11 +132,13 @@ def test_dry_run_takes_no_token(tmp_path: Path) -> None:
     raw = demo_config(tmp_path)
     raw["pool"] = {"max_tokens": 1, "adaptive": False}
     cfg = load_config(write_config(tmp_path, raw))
-    res = CliRunner().invoke(workflow, ["run", "quick-research", "-i", "query=x", "--dry-run",
-                                        "--config", str(cfg.path)])
+    res = CliRunner().invoke(
+        workflow, ["run", "quick-research", "-i", "query=x", "--dry-run", "--config", str(cfg.path)]
+    )
     assert res.exit_code == 0
-    res = CliRunner().invoke(orchestrate, ["webster", "x", "--caller", "manager", "--dry-run",
-                                           "--config", str(cfg.path)])
+    res = CliRunner().invoke(
+        orchestrate, ["webster", "x", "--caller", "manager", "--dry-run", "--config", str(cfg.path)]
+    )
     assert res.exit_code == 0
     assert not (cfg.handoffs_dir / ".pool").exists()
 

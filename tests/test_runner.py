@@ -42,10 +42,17 @@ def _cfg(tmp_path: Path, **gateway_agents: Any) -> Config:
     return load_config(write_config(tmp_path, raw))
 
 
-def _run(cfg: Config, name: str, inputs: dict[str, str] | None = None, *,
-         approver: Any = None, **opts: Any) -> Any:
-    prepared = prepare(cfg, str(HERE / f"{name}.yaml") if (HERE / f"{name}.yaml").exists()
-                       else name, inputs or {})
+def _run(
+    cfg: Config,
+    name: str,
+    inputs: dict[str, str] | None = None,
+    *,
+    approver: Any = None,
+    **opts: Any,
+) -> Any:
+    prepared = prepare(
+        cfg, str(HERE / f"{name}.yaml") if (HERE / f"{name}.yaml").exists() else name, inputs or {}
+    )
     with open_delegator(cfg) as d:
         return WorkflowRunner(cfg, d, approver=approver).start(prepared, RunOptions(**opts))
 
@@ -54,22 +61,30 @@ def _wf(*args: str, input: str | None = None) -> Any:
     return CliRunner().invoke(workflow, list(args), input=input, catch_exceptions=False)
 
 
-@pytest.mark.parametrize("name,inputs,steps", [
-    ("quick-research", {"query": "CTE of ULE"}, ["research", "verify"]),
-    ("material-trade-study", {"materials": "Zerodur, ULE", "requirements": "CTE < 0.01 ppm/K"},
-     ["research", "evaluate", "audit"]),
-    ("design-review", {"design": "M2 mirror mount, invar flexures"}, None),
-])
-def test_shipped_workflows_end_to_end(tmp_path: Path, name: str, inputs: dict[str, str],
-                                      steps: list[str] | None) -> None:
+@pytest.mark.parametrize(
+    "name,inputs,steps",
+    [
+        ("quick-research", {"query": "CTE of ULE"}, ["research", "verify"]),
+        (
+            "material-trade-study",
+            {"materials": "Zerodur, ULE", "requirements": "CTE < 0.01 ppm/K"},
+            ["research", "evaluate", "audit"],
+        ),
+        ("design-review", {"design": "M2 mirror mount, invar flexures"}, None),
+    ],
+)
+def test_shipped_workflows_end_to_end(
+    tmp_path: Path, name: str, inputs: dict[str, str], steps: list[str] | None
+) -> None:
     cfg = _cfg(tmp_path)
     spec_inputs = prepare(cfg, name, {**inputs}).plan.inputs if name != "design-review" else None
     if name == "design-review":  # its input names come from the template
         from engine.workflow import find_workflow, load_workflow
 
         spec = load_workflow(find_workflow(name, cfg))
-        inputs = {k: "M2 mirror mount with invar flexures" for k, i in spec.inputs.items()
-                  if i.required}
+        inputs = {
+            k: "M2 mirror mount with invar flexures" for k, i in spec.inputs.items() if i.required
+        }
     assert spec_inputs is None or spec_inputs
     result = _run(cfg, name, inputs)
     assert result.state is RunState.COMPLETE, result.summary
@@ -100,8 +115,10 @@ def test_independent_steps_overlap_in_time(tmp_path: Path) -> None:
         from engine.files import parse_iso
 
         att = json.loads((result.run_dir / f"{step}.json").read_text())["attempts"][0]
-        return (parse_iso(att["dispatched_at"]).timestamp(),
-                parse_iso(att["received_at"]).timestamp())
+        return (
+            parse_iso(att["dispatched_at"]).timestamp(),
+            parse_iso(att["received_at"]).timestamp(),
+        )
 
     (l0, l1), (r0, r1) = window("left"), window("right")
     assert l0 < r1 and r0 < l1, "left and right did not overlap"
@@ -118,7 +135,8 @@ def test_condition_skips_and_dependents_still_run(tmp_path: Path) -> None:
     assert result.state is RunState.COMPLETE
     assert steps["follow-up"]["status"] == "skipped"
     assert steps["follow-up"]["skip_reason"] == (
-        "condition `steps.research.status == 'partial'` is false")
+        "condition `steps.research.status == 'partial'` is false"
+    )
     assert steps["report"]["status"] == "complete"
     rec = json.loads((result.run_dir / "report.json").read_text())
     task = json.loads((cfg.handoffs_dir / f"{rec['delegation_run_id']}.json").read_text())
@@ -141,8 +159,14 @@ def test_failure_skips_dependents_but_not_independent_steps(tmp_path: Path) -> N
 
 def test_retries_failed_steps_but_never_blocked(tmp_path: Path) -> None:
     counter = tmp_path / "flaky-count"
-    cfg = _cfg(tmp_path, flaky={"kind": "command", "argv": [sys.executable, "-c", FLAKY],
-                                "env": {"FLAKY_COUNTER": str(counter)}})
+    cfg = _cfg(
+        tmp_path,
+        flaky={
+            "kind": "command",
+            "argv": [sys.executable, "-c", FLAKY],
+            "env": {"FLAKY_COUNTER": str(counter)},
+        },
+    )
     result = _run(cfg, "retry", {})
     steps = result.summary["steps"]
     assert steps["flaky"]["status"] == "complete" and steps["flaky"]["attempts"] == 3
@@ -191,7 +215,8 @@ def test_non_interactive_park_approve_resume(tmp_path: Path) -> None:
     assert summary["steps"]["research"]["status"] == "complete"
     status = json.loads(_wf("status", run_id, "--json", *c).stdout)
     assert status["steps"]["review"]["waiting"].startswith(
-        f"at its approval gate: `workflow approve {run_id} review`")
+        f"at its approval gate: `workflow approve {run_id} review`"
+    )
     res = _wf("approve", run_id, "review", *c)
     assert res.exit_code == 0 and f"workflow resume {run_id}" in res.stdout
     res = _wf("resume", run_id, "--json", "--non-interactive", *c)
@@ -206,11 +231,29 @@ def test_non_interactive_park_approve_resume(tmp_path: Path) -> None:
 
 def test_approve_up_front(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
-    res = _wf("run", str(HERE / "gate.yaml"), "-i", "query=x", "--non-interactive",
-              "--approve", "review", "--config", str(cfg.path), "-q")
+    res = _wf(
+        "run",
+        str(HERE / "gate.yaml"),
+        "-i",
+        "query=x",
+        "--non-interactive",
+        "--approve",
+        "review",
+        "--config",
+        str(cfg.path),
+        "-q",
+    )
     assert res.exit_code == 0, res.output
-    res = _wf("run", str(HERE / "gate.yaml"), "-i", "query=x", "--approve", "reveiw",
-              "--config", str(cfg.path))
+    res = _wf(
+        "run",
+        str(HERE / "gate.yaml"),
+        "-i",
+        "query=x",
+        "--approve",
+        "reveiw",
+        "--config",
+        str(cfg.path),
+    )
     assert res.exit_code == 2
     assert "`--approve reveiw`: no such step; did you mean `review`?" in res.stderr
 
@@ -234,8 +277,11 @@ def test_fingerprint_change_is_refused(tmp_path: Path) -> None:
 def test_cancel_a_parked_run(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     c = ["--config", str(cfg.path)]
-    run_id = json.loads(_wf("run", str(HERE / "gate.yaml"), "-i", "query=x",
-                            "--non-interactive", "--json", *c).stdout)["runId"]
+    run_id = json.loads(
+        _wf(
+            "run", str(HERE / "gate.yaml"), "-i", "query=x", "--non-interactive", "--json", *c
+        ).stdout
+    )["runId"]
     res = _wf("cancel", run_id, *c)
     assert res.exit_code == 0 and res.stdout.strip() == f"cancelled {run_id}."
     status = json.loads(_wf("status", run_id, "--json", *c).stdout)
@@ -259,15 +305,25 @@ def standalone(tmp_path: Path) -> Iterator[tuple[Path, LocalGateway]]:
         gw.stop()
 
 
-def test_kill_9_mid_step_then_resume(standalone: tuple[Path, LocalGateway], tmp_path: Path
-                                     ) -> None:
+def test_kill_9_mid_step_then_resume(standalone: tuple[Path, LocalGateway], tmp_path: Path) -> None:
     path, gw = standalone
     env = {**os.environ, "GW_TOKEN": "tok-0123456789"}
     exe = Path(sys.executable).parent / "workflow"
     proc = subprocess.Popen(
-        [str(exe), "run", str(HERE / "slow.yaml"), "-i", "sleep=2", "--config", str(path),
-         "--non-interactive", "-q"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(exe),
+            "run",
+            str(HERE / "slow.yaml"),
+            "-i",
+            "sleep=2",
+            "--config",
+            str(path),
+            "--non-interactive",
+            "-q",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     runs = tmp_path / "handoffs" / "workflows"
     deadline = time.monotonic() + 20
@@ -281,8 +337,11 @@ def test_kill_9_mid_step_then_resume(standalone: tuple[Path, LocalGateway], tmp_
     assert run_dir is not None, "the run never dispatched its first step"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    step_run = next(e["delegation_run_id"] for e in read_events(run_dir / "events.jsonl")
-                    if e["event"] == "step_started")
+    step_run = next(
+        e["delegation_run_id"]
+        for e in read_events(run_dir / "events.jsonl")
+        if e["event"] == "step_started"
+    )
     handoff = tmp_path / "handoffs" / f"{step_run}.json"
     deadline = time.monotonic() + 20
     while not handoff.exists() and time.monotonic() < deadline:
@@ -290,8 +349,10 @@ def test_kill_9_mid_step_then_resume(standalone: tuple[Path, LocalGateway], tmp_
     assert handoff.exists()
     assert not (run_dir / "summary.json").exists()
     res = CliRunner(env={"GW_TOKEN": "tok-0123456789"}).invoke(
-        workflow, ["resume", run_dir.name, "--config", str(path), "--json", "-q"],
-        catch_exceptions=False)
+        workflow,
+        ["resume", run_dir.name, "--config", str(path), "--json", "-q"],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["status"] == "complete"
@@ -359,15 +420,27 @@ def test_step_validation_approves_or_fails_the_step(tmp_path: Path) -> None:
     assert steps["summary"]["status"] == "skipped"
 
 
-def test_cancel_a_running_workflow(standalone: tuple[Path, LocalGateway], tmp_path: Path
-                                   ) -> None:
+def test_cancel_a_running_workflow(standalone: tuple[Path, LocalGateway], tmp_path: Path) -> None:
     path, gw = standalone
     env = {**os.environ, "GW_TOKEN": "tok-0123456789"}
     exe = Path(sys.executable).parent / "workflow"
     proc = subprocess.Popen(
-        [str(exe), "run", str(HERE / "slow.yaml"), "-i", "sleep=5", "--config", str(path),
-         "--non-interactive", "--json", "-q"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            str(exe),
+            "run",
+            str(HERE / "slow.yaml"),
+            "-i",
+            "sleep=5",
+            "--config",
+            str(path),
+            "--non-interactive",
+            "--json",
+            "-q",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     runs = tmp_path / "handoffs" / "workflows"
     deadline = time.monotonic() + 20
@@ -379,8 +452,9 @@ def test_cancel_a_running_workflow(standalone: tuple[Path, LocalGateway], tmp_pa
         time.sleep(0.05)
     assert run_dir is not None
     t0 = time.monotonic()
-    res = CliRunner().invoke(workflow, ["cancel", run_dir.name, "--config", str(path)],
-                             catch_exceptions=False)
+    res = CliRunner().invoke(
+        workflow, ["cancel", run_dir.name, "--config", str(path)], catch_exceptions=False
+    )
     assert res.exit_code == 0 and "cancel requested" in res.stdout
     out, _ = proc.communicate(timeout=20)
     assert time.monotonic() - t0 < 4  # noticed at once, not after the 5 s step

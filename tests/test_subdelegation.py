@@ -36,8 +36,11 @@ write_handoff(__import__("pathlib").Path(os.environ["ORCH_HANDOFF_PATH"]), make_
 def _cfg(tmp_path: Path, **extra: Any) -> Config:
     raw = demo_config(tmp_path, **extra)
     raw["gateway"]["agents"]["tech-lead"] = {
-        "kind": "command", "argv": [sys.executable, "-c", SUB_AGENT],
-        "env": {"CFG": str(tmp_path / "orchestrator.yaml")}, "timeout": 30}
+        "kind": "command",
+        "argv": [sys.executable, "-c", SUB_AGENT],
+        "env": {"CFG": str(tmp_path / "orchestrator.yaml")},
+        "timeout": 30,
+    }
     return load_config(write_config(tmp_path, raw))
 
 
@@ -51,8 +54,14 @@ def test_routing_picks_the_idle_agent(demo_cfg: Config) -> None:
         # a tie goes to the first in the registry: study-builder is listed before webster
         assert first.agent == "study-builder"
         assert first.candidates == (("study-builder", 0), ("webster", 0))
-        busy = threading.Thread(target=d.delegate, args=(DelegationRequest(
-            target="study-builder", task="DEMO_SLEEP=1.5 busy", caller="manager"),))
+        busy = threading.Thread(
+            target=d.delegate,
+            args=(
+                DelegationRequest(
+                    target="study-builder", task="DEMO_SLEEP=1.5 busy", caller="manager"
+                ),
+            ),
+        )
         busy.start()
         deadline = time.monotonic() + 5
         while d.route("manager", "research").agent == "study-builder":
@@ -69,24 +78,36 @@ def test_routing_respects_the_acl(demo_cfg: Config) -> None:
     d = Delegator(demo_cfg)
     route = d.route("optimizer", "research")
     assert [n for n, _ in route.candidates] == ["study-builder", "webster"]
-    with pytest.raises(AclDeniedError, match="no agent with capability `research` may be used "
-                                             "by `auditor`"):
+    with pytest.raises(
+        AclDeniedError, match="no agent with capability `research` may be used by `auditor`"
+    ):
         d.route("auditor", "research")
-    with pytest.raises(Exception, match="no agent has capability `reserch`; did you mean "
-                                        "`research`?"):
+    with pytest.raises(
+        Exception, match="no agent has capability `reserch`; did you mean `research`?"
+    ):
         d.route("manager", "reserch")
     d.close()
 
 
 def test_capability_dry_run_cli(demo_cfg: Config) -> None:
-    res = _run("--capability", "research", "CTE of ULE", "--caller", "manager", "--dry-run",
-               "--config", str(demo_cfg.path))
+    res = _run(
+        "--capability",
+        "research",
+        "CTE of ULE",
+        "--caller",
+        "manager",
+        "--dry-run",
+        "--config",
+        str(demo_cfg.path),
+    )
     assert res.exit_code == 0
     assert res.stdout.splitlines()[0] == (
         "capability `research` -> `study-builder` (fewest tasks in flight; ties go to the first "
-        "in the registry)")
+        "in the registry)"
+    )
     assert res.stdout.splitlines()[-1] == (
-        "dry run: `manager` -> `study-builder` passes every check; nothing sent.")
+        "dry run: `manager` -> `study-builder` passes every check; nothing sent."
+    )
     assert not (demo_cfg.handoffs_dir).exists()
 
 
@@ -107,8 +128,18 @@ def test_validate_approve_and_reject(demo_cfg: Config) -> None:
 
 
 def test_validator_obeys_the_callers_acl(demo_cfg: Config) -> None:
-    res = _run("webster", "x", "--caller", "optimizer", "--validate", "--validator", "auditor",
-               "--config", str(demo_cfg.path), "--dry-run")
+    res = _run(
+        "webster",
+        "x",
+        "--caller",
+        "optimizer",
+        "--validate",
+        "--validator",
+        "auditor",
+        "--config",
+        str(demo_cfg.path),
+        "--dry-run",
+    )
     assert res.exit_code == 5
     assert "ACL refuses `optimizer` -> `auditor`" in res.stderr
 
@@ -116,8 +147,9 @@ def test_validator_obeys_the_callers_acl(demo_cfg: Config) -> None:
 def test_sub_delegation_from_inside_an_agent_and_tree(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     with open_delegator(cfg) as d:
-        top = d.delegate(DelegationRequest(target="tech-lead", task="check CTE",
-                                           caller="manager", timeout=60))
+        top = d.delegate(
+            DelegationRequest(target="tech-lead", task="check CTE", caller="manager", timeout=60)
+        )
     assert top.outcome is Outcome.COMPLETE, top.record
     assert top.record["result"].startswith("checked with webster: [demo output from webster")
     subs = list((cfg.handoffs_dir / "sub").glob("orch-*.json"))
@@ -134,29 +166,51 @@ def test_sub_delegation_from_inside_an_agent_and_tree(tmp_path: Path) -> None:
 
 
 def test_depth_and_cycle_are_refused(tmp_path: Path) -> None:
-    acl = {"manager": ["*"], "tech-lead": ["webster"], "webster": ["tech-lead", "secretary"],
-           "secretary": ["auditor"]}
+    acl = {
+        "manager": ["*"],
+        "tech-lead": ["webster"],
+        "webster": ["tech-lead", "secretary"],
+        "secretary": ["auditor"],
+    }
     raw = demo_config(tmp_path, acl=acl, max_depth=2)
     cfg = load_config(write_config(tmp_path, raw))
     with open_delegator(cfg) as d:
         p1 = d.delegate(DelegationRequest(target="tech-lead", task="t", caller="manager"))
-        p2 = d.delegate(DelegationRequest(target="webster", task="t", caller="tech-lead",
-                                          parent_run_id=p1.run_id))
+        p2 = d.delegate(
+            DelegationRequest(
+                target="webster", task="t", caller="tech-lead", parent_run_id=p1.run_id
+            )
+        )
         assert p2.record_path.parent.name == "sub"
         with pytest.raises(AclDeniedError) as err:
-            d.delegate(DelegationRequest(target="tech-lead", task="t", caller="webster",
-                                         parent_run_id=p2.run_id))
+            d.delegate(
+                DelegationRequest(
+                    target="tech-lead", task="t", caller="webster", parent_run_id=p2.run_id
+                )
+            )
         assert "delegation cycle refused: tech-lead -> webster -> tech-lead" in str(err.value)
-        p3 = d.delegate(DelegationRequest(target="secretary", task="t", caller="webster",
-                                          parent_run_id=p2.run_id))
+        p3 = d.delegate(
+            DelegationRequest(
+                target="secretary", task="t", caller="webster", parent_run_id=p2.run_id
+            )
+        )
         assert p3.envelope["depth"] == 2
         with pytest.raises(AclDeniedError) as err:
-            d.delegate(DelegationRequest(target="auditor", task="t", caller="secretary",
-                                         parent_run_id=p3.run_id))
+            d.delegate(
+                DelegationRequest(
+                    target="auditor", task="t", caller="secretary", parent_run_id=p3.run_id
+                )
+            )
         assert "is deeper than `max_depth` (2)" in str(err.value)
         with pytest.raises(UsageError, match="does not match parent run"):
-            d.delegate(DelegationRequest(target="webster", task="t", caller="manager",
-                                         parent_run_id=p1.run_id))
+            d.delegate(
+                DelegationRequest(
+                    target="webster", task="t", caller="manager", parent_run_id=p1.run_id
+                )
+            )
         with pytest.raises(RunStateError, match="parent run `orch-nope` is not known"):
-            d.delegate(DelegationRequest(target="webster", task="t", caller="tech-lead",
-                                         parent_run_id="orch-nope"))
+            d.delegate(
+                DelegationRequest(
+                    target="webster", task="t", caller="tech-lead", parent_run_id="orch-nope"
+                )
+            )

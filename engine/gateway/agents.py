@@ -195,8 +195,13 @@ class CommandRunner:
     def _finish(self, task: Task, outcome: Outcome, *, timeout: float | None = None) -> Outcome:
         """Write the handoff the agent did not write, then reconcile its directory."""
         path = task.handoff_path
-        if path is None or task.run_id is None or _delivered(path) or (
-            outcome.cancelled and path.exists()  # killed by stop(): nothing new to say
+        if (
+            path is None
+            or task.run_id is None
+            or _delivered(path)
+            or (
+                outcome.cancelled and path.exists()  # killed by stop(): nothing new to say
+            )
         ):
             if path is not None:
                 _reconcile(path.parent)
