@@ -701,7 +701,7 @@ def workflow_run_cmd(
     config: str | None,
 ) -> int:
     """Run workflow NAME (a name in ./workflows, the config's dirs, the shipped set, or a path)."""
-    from engine.runner import RunOptions, WorkflowRunner, prepare
+    from engine.runner import RunOptions, prepare
     from engine.workflow import parse_inputs
 
     cfg = _load(config)
@@ -714,19 +714,25 @@ def workflow_run_cmd(
         else:
             click.echo(dry_run_text(prepared.plan, prepared.renderer))
         return 0
-    from engine.delegate import open_delegator
-
     options = RunOptions(
         caller=caller,
         max_parallel=max_parallel,
         approve=frozenset(approve),
         approve_all=approve_all,
     )
+    return _drive(cfg, interactive, as_json, quiet, lambda r: r.start(prepared, options))
+
+
+def _drive(cfg: Any, interactive: bool | None, as_json: bool, quiet: bool, act: Any) -> int:
+    """Run ``act(runner)`` with the delegator, reporter and approver a run needs; render it."""
+    from engine.delegate import open_delegator
+    from engine.runner import WorkflowRunner
+
     reporter = _reporter_for(as_json, quiet)
     with open_delegator(cfg, reporter=reporter) as delegator:
         runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=_approver(interactive))
         try:
-            result = runner.start(prepared, options)
+            result = act(runner)
         finally:
             getattr(reporter, "close", lambda: None)()
     return _render_run(result, as_json)
@@ -764,10 +770,8 @@ def workflow_resume_cmd(
     config: str | None,
 ) -> int:
     """Continue run RUN_ID: finished steps are never sent again."""
-    from engine.delegate import open_delegator
-    from engine.runner import RunOptions, WorkflowRunner
+    from engine.runner import RunOptions
 
-    cfg = _load(config)
     options = RunOptions(
         max_parallel=max_parallel,
         approve=frozenset(approve),
@@ -775,14 +779,7 @@ def workflow_resume_cmd(
         retry_failed=retry_failed,
         force=force,
     )
-    reporter = _reporter_for(as_json, quiet)
-    with open_delegator(cfg, reporter=reporter) as delegator:
-        runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=_approver(interactive))
-        try:
-            result = runner.resume(run_id, options)
-        finally:
-            getattr(reporter, "close", lambda: None)()
-    return _render_run(result, as_json)
+    return _drive(_load(config), interactive, as_json, quiet, lambda r: r.resume(run_id, options))
 
 
 @workflow.command("approve")

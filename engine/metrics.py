@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError
+from engine.record import process_alive
 
 SCHEMA_VERSION = "1.0"
 #: Outcomes of a delegation record; the first four are the agent's own statuses.
@@ -529,7 +530,7 @@ class _Scan:
                         continue
                 self.in_flight[target] = self.in_flight.get(target, 0) + 1
                 pid = env.get("pid")
-                if env.get("host") == self.host and type(pid) is int and not _alive(pid):
+                if env.get("host") == self.host and type(pid) is int and not process_alive(pid):
                     self.orphaned += 1
 
     def count_rejected(self, directory: str) -> None:
@@ -716,18 +717,6 @@ def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     return "a number"
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 def _label(env: Any, key: str) -> Any:

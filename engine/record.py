@@ -144,7 +144,7 @@ def reconcile(records_dir: Path) -> list[Path]:
         if envelope.get("outcome") in (None, "dispatched") and not envelope.get("orphaned"):
             # Someone may still be waiting: leave it to them unless their process is gone.
             pid = envelope.get("pid")
-            if isinstance(pid, int) and _alive(pid):
+            if isinstance(pid, int) and process_alive(pid):
                 continue
         drop = records_dir / f"{run_id}.json"
         raw = read_json(drop)
@@ -159,7 +159,10 @@ def reconcile(records_dir: Path) -> list[Path]:
     return written
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True when process ``pid`` exists on this host (this process counts as alive)."""
+    if pid <= 0:
+        return False
     if pid == os.getpid():
         return True
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from engine.acl import Acl
 from engine.errors import AclDeniedError, UnknownAgentError, did_you_mean
+from engine.record import process_alive
 from engine.registry import Registry
 
 
@@ -87,19 +88,10 @@ def inflight_counts(*records_dirs: Path) -> dict[str, int]:
             if not isinstance(env, dict) or env.get("outcome") != "dispatched":
                 continue
             pid = env.get("pid")
-            if isinstance(pid, int) and not _alive(pid):
+            if isinstance(pid, int) and not process_alive(pid):
                 continue
             target = env.get("target")
             if isinstance(target, str):
                 counts[target] = counts.get(target, 0) + 1
     return counts
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
