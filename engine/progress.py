@@ -106,7 +106,9 @@ class LiveReporter(Reporter):
                     )
                     self._live.start()
                 return
-            row = self._rows.setdefault(f.get("step") or "?", {"state": "pending"})
+            if not f.get("step"):
+                return  # run-level events: the title and the final table say them
+            row = self._rows.setdefault(f["step"], {"state": "pending"})
             if kind == "step_started":
                 row.update(
                     state="running",
