@@ -1,0 +1,1 @@
+"""Real peers the engine is tested against (each in its own folder)."""

@@ -1,0 +1,1 @@
+"""The real OpenClaw gateway as a test peer: setup, scripted model, session fixtures."""
