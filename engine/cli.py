@@ -513,6 +513,56 @@ def pool_status_cmd(as_json: bool, config: str | None) -> int:
     return 0
 
 
+@orchestrate.group("agent-skill")
+def agent_skill_group() -> None:
+    """Standing instructions for hook tasks, in an OpenClaw agent's workspace."""
+
+
+@agent_skill_group.command("install")
+@click.option("--workspace", required=True, type=click.Path(file_okay=False),
+              help="The OpenClaw agent workspace (the folder with its AGENTS.md).")
+@click.option("--agent", help="The agent's registry name (checked against the config).")
+@config_option
+def agent_skill_install_cmd(workspace: str, agent: str | None, config: str | None) -> int:
+    """Install the handoff skill and an AGENTS.md section (idempotent)."""
+    from pathlib import Path
+
+    from engine.agentskill import install
+    from engine.registry import Registry
+
+    cfg = _load_optional(config)
+    if agent and cfg is not None:
+        Registry.from_config(cfg).get(agent)
+    changed = install(Path(workspace), agent=agent,
+                      handoffs_dir=cfg.handoffs_dir if cfg is not None else None)
+    if not changed:
+        click.echo(f"already installed in {workspace}")
+        return 0
+    for path in changed:
+        click.echo(f"wrote {path}")
+    if any(Path(p).name == "SKILL.md" for p in changed):
+        click.echo("restart the agent's gateway so that hook runs pick up the new skill.",
+                   err=True)
+    return 0
+
+
+@agent_skill_group.command("uninstall")
+@click.option("--workspace", required=True, type=click.Path(file_okay=False),
+              help="The OpenClaw agent workspace.")
+def agent_skill_uninstall_cmd(workspace: str) -> int:
+    """Remove the skill folder and the AGENTS.md section."""
+    from pathlib import Path
+
+    from engine.agentskill import uninstall
+
+    changed = uninstall(Path(workspace))
+    for path in changed:
+        click.echo(f"removed {path}")
+    if not changed:
+        click.echo("nothing to remove")
+    return 0
+
+
 @orchestrate.command("gateway")
 @click.option("--host", help="Address to bind (default: gateway.host, else 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (default: gateway.port).")

@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -183,3 +184,28 @@ def test_the_json_example_in_the_skill_is_a_valid_handoff(tmp_path: Path) -> Non
     path = tmp_path / "orch-20261121T104026-36872363.json"
     path.write_text(json.dumps(data))
     load_handoff(path, run_id="orch-20261121T104026-36872363", agent="webster")
+
+
+def test_agent_skill_cli(tmp_path: Path, demo_cfg: Any) -> None:
+    from click.testing import CliRunner
+
+    from engine.cli import orchestrate
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    run = CliRunner().invoke
+    c = ["--config", str(demo_cfg.path)]
+    res = run(orchestrate, ["agent-skill", "install", "--workspace", str(ws), "--agent",
+                            "webster", *c])
+    assert res.exit_code == 0 and "wrote" in res.stdout
+    assert "restart the agent's gateway" in res.stderr
+    res = run(orchestrate, ["agent-skill", "install", "--workspace", str(ws), "--agent",
+                            "webster", *c])
+    assert res.stdout.strip() == f"already installed in {ws}"
+    res = run(orchestrate, ["agent-skill", "install", "--workspace", str(ws), "--agent",
+                            "webstr", *c])
+    assert res.exit_code == 2 and "did you mean `webster`" in res.stderr
+    res = run(orchestrate, ["agent-skill", "uninstall", "--workspace", str(ws)])
+    assert res.exit_code == 0 and "removed" in res.stdout
+    res = run(orchestrate, ["agent-skill", "uninstall", "--workspace", str(ws)])
+    assert res.stdout.strip() == "nothing to remove"
