@@ -31,7 +31,7 @@ from engine.errors import (
     UsageError,
 )
 from engine.files import check_id, new_run_id, utcnow_iso
-from engine.handoff import SUB_DIR, HandoffProblem, handoff_path, load_handoff
+from engine.handoff import HandoffProblem, handoff_path, load_handoff, records_dir
 from engine.hooks import HooksClient, Target
 from engine.record import (
     drop_pending,
@@ -210,7 +210,7 @@ class Delegator:
 
     def records_dir(self, *, sub: bool) -> Path:
         """Where records of top-level (or sub-) delegations go."""
-        return self.cfg.handoffs_dir / SUB_DIR if sub else self.cfg.handoffs_dir
+        return records_dir(self.cfg.handoffs_dir, sub=sub)
 
     def _chain_for(self, req: DelegationRequest) -> list[str]:
         if req.parent_run_id is None:
@@ -335,12 +335,13 @@ class Delegator:
         """Pick up a delegation dispatched by an earlier process; None = dispatch it now."""
         from engine.watch import watcher_for
 
-        existing = read_json(drop)
+        record_file = records / f"{run_id}.json"
+        existing = read_json(record_file)
         envelope = read_json(pending_path(records, run_id))
         if isinstance(existing, dict) and isinstance(existing.get("envelope"), dict):
             outcome = existing["envelope"].get("outcome")
             if outcome in {o.value for o in Outcome} and outcome not in ("timeout", "cancelled"):
-                return DelegationResult(run_id, Outcome(outcome), drop, existing)
+                return DelegationResult(run_id, Outcome(outcome), record_file, existing)
         if not isinstance(envelope, dict):
             return None  # nothing was prepared: dispatch (the same Idempotency-Key)
         envelope = dict(envelope, outcome="dispatched", reattached_at=utcnow_iso())

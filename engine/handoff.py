@@ -9,6 +9,7 @@ from typing import Any
 
 from engine.errors import HandoffError
 from engine.files import check_id, utcnow_iso, write_json_atomic
+from engine.record import INBOX_DIR
 
 SCHEMA_VERSION = "1.0"
 STATUSES = ("complete", "partial", "blocked", "failed")
@@ -29,11 +30,21 @@ class HandoffProblem(HandoffError):
         self.kind = kind
 
 
+def records_dir(handoffs_dir: Path, *, sub: bool = False) -> Path:
+    """Where the records of top-level (or sub-) delegations are."""
+    return handoffs_dir / SUB_DIR if sub else handoffs_dir
+
+
 def handoff_path(handoffs_dir: Path, run_id: str, *, sub: bool = False) -> Path:
-    """Where the handoff (and then the record) of ``run_id`` lives."""
+    """Where the agent delivers the handoff of ``run_id``: ``<records>/inbox/<runId>.json``."""
     check_id(run_id, "run id")
-    base = handoffs_dir / SUB_DIR if sub else handoffs_dir
-    return base / f"{run_id}.json"
+    return records_dir(handoffs_dir, sub=sub) / INBOX_DIR / f"{run_id}.json"
+
+
+def record_path(handoffs_dir: Path, run_id: str, *, sub: bool = False) -> Path:
+    """Where the engine records ``run_id``: ``<records>/<runId>.json`` (handoff + envelope)."""
+    check_id(run_id, "run id")
+    return records_dir(handoffs_dir, sub=sub) / f"{run_id}.json"
 
 
 def make_handoff(

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError
-from engine.record import process_alive
+from engine.record import INBOX_DIR, process_alive
 
 SCHEMA_VERSION = "1.0"
 #: Outcomes of a delegation record; the first four are the agent's own statuses.
@@ -371,10 +371,26 @@ class _Scan:
         except OSError as exc:
             self.bad(directory, f"unreadable directory: {exc.strerror or exc}")
             return
+        recorded: set[str] = set()
         with it:
             for entry in it:
                 name = entry.name
                 if name[0] == "." or not name.endswith(".json"):
+                    continue
+                recorded.add(name)
+                data = self.load(entry.path)
+                if data is not _MISSING:
+                    self.record(data, entry.path, sub)
+        # Handoffs delivered to the inbox that were never recorded (nobody waited for
+        # them): counted by their own status, as `unrecorded`.
+        try:
+            inbox = os.scandir(os.path.join(directory, INBOX_DIR))
+        except OSError:
+            return
+        with inbox:
+            for entry in inbox:
+                name = entry.name
+                if name[0] == "." or not name.endswith(".json") or name in recorded:
                     continue
                 data = self.load(entry.path)
                 if data is not _MISSING:

@@ -2,8 +2,10 @@
 
 Layout of a records directory (``handoffs/`` or ``handoffs/sub/``)::
 
-    <runId>.json            the agent drops its handoff here; the engine rewrites it as the
-                            record: handoff fields + "envelope" (caller, target, timings...)
+    inbox/<runId>.json      where the agent delivers its handoff; never rewritten by the
+                            engine (a gateway's write tool may read the file back)
+    <runId>.json            the record: the handoff's fields + "envelope" (caller, target,
+                            timings, attempts, outcome...)
     .pending/<runId>.json   the envelope of a delegation whose record is not final yet
                             (dispatched, timed out or refused); removed once final
     rejected/<runId>.<n>.json  a refused (spoofed or malformed) handoff, kept for inspection
@@ -20,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.files import parse_iso, utcnow_iso, write_json_atomic
+
+#: Where agents deliver handoffs inside a records directory (see the layout above).
+INBOX_DIR = "inbox"
 
 PENDING_DIR = ".pending"
 REJECTED_DIR = "rejected"
@@ -146,9 +151,8 @@ def reconcile(records_dir: Path) -> list[Path]:
             pid = envelope.get("pid")
             if isinstance(pid, int) and process_alive(pid):
                 continue
-        drop = records_dir / f"{run_id}.json"
-        raw = read_json(drop)
-        if not isinstance(raw, dict) or "envelope" in raw:
+        drop = records_dir / INBOX_DIR / f"{run_id}.json"
+        if not drop.is_file():
             continue
         try:
             handoff = load_handoff(drop, run_id=run_id, agent=envelope.get("target"))

@@ -213,7 +213,7 @@ def test_handoff_write_then_show(cfg_path: Path, tmp_path: Path) -> None:
         str(cfg_path),
     )
     assert res.exit_code == 0
-    path = tmp_path / "handoffs" / f"{run_id}.json"
+    path = tmp_path / "handoffs" / "inbox" / f"{run_id}.json"
     assert res.stdout.strip() == str(path)
     data = json.loads(path.read_text())
     assert data["result"] == "CTE 0 ± 0.007 ppm/K" and data["artifacts"] == ["a.csv"]
@@ -242,10 +242,11 @@ def test_handoff_write_to_receiver(standalone: tuple[Path, LocalGateway], tmp_pa
     ]
     res = run(*args, env={"GW_TOKEN": WRONG_TOKEN})
     assert res.exit_code == 2 and "401" in res.stderr
-    assert not (tmp_path / "handoffs" / f"{run_id}.json").exists()
+    assert not (tmp_path / "handoffs" / "inbox" / f"{run_id}.json").exists()
     res = run(*args, env={"GW_TOKEN": GATEWAY_TOKEN})
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "handoffs" / f"{run_id}.json").read_text())["result"] == "remote"
+    delivered = tmp_path / "handoffs" / "inbox" / f"{run_id}.json"
+    assert json.loads(delivered.read_text())["result"] == "remote"
 
 
 def test_help_on_every_command() -> None:

@@ -13,7 +13,7 @@ import pytest
 from engine.config import load_config
 from engine.delegate import DelegationRequest, Delegator, Outcome, open_delegator
 from engine.errors import AclDeniedError, InvalidIdError, UnknownAgentError
-from engine.handoff import make_handoff
+from engine.handoff import handoff_path, make_handoff
 from engine.record import reconcile
 from engine.watch import watcher_for
 from tests.conftest import demo_config, free_port, remote_config, write_config, write_valid_handoff
@@ -243,7 +243,7 @@ def test_handoff_present_before_the_wait(tmp_path: Path, stand_in: Any, monkeypa
         {
             "run_id": run_id,
             "agent": "webster",
-            "handoff_path": str(cfg.handoffs_dir / f"{run_id}.json"),
+            "handoff_path": str(handoff_path(cfg.handoffs_dir, run_id)),
         }
     )
     with open_delegator(cfg) as d:
@@ -292,7 +292,7 @@ def test_fifty_concurrent_delegations_share_one_watch(
 
     server = stand_in(agent=agent)
     cfg = _remote(tmp_path, server.url, monkeypatch)
-    watcher = watcher_for(cfg.handoffs_dir)
+    watcher = watcher_for(cfg.handoffs_dir / "inbox")
     peak = [0]
     stop = threading.Event()
 
@@ -318,7 +318,7 @@ def test_fifty_concurrent_delegations_share_one_watch(
     assert len(results) == 50 and all(r.outcome is Outcome.COMPLETE for r in results)
     assert len({r.run_id for r in results}) == 50
     assert peak[0] >= 25  # many delegations were waiting on the same watcher at once
-    assert watcher_for(cfg.handoffs_dir) is watcher
+    assert watcher_for(cfg.handoffs_dir / "inbox") is watcher
     assert watcher.backend == "inotify"
 
 
@@ -349,7 +349,7 @@ def test_polling_backend_has_the_same_behaviour(
     with open_delegator(cfg, watcher_backend="poll") as d:
         result = d.delegate(_req(timeout=10))
     assert result.outcome is Outcome.COMPLETE
-    assert watcher_for(cfg.handoffs_dir, backend="poll").backend == "poll"
+    assert watcher_for(cfg.handoffs_dir / "inbox", backend="poll").backend == "poll"
 
 
 def test_a_handoff_nobody_waits_for_is_kept(demo_cfg: Any) -> None:

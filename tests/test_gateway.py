@@ -19,7 +19,7 @@ from engine.config import Config, config_from_dict
 from engine.files import new_run_id
 from engine.gateway.agents import GATEWAY_NOTE
 from engine.gateway.server import LocalGateway
-from engine.handoff import load_handoff, make_handoff
+from engine.handoff import handoff_path, load_handoff, make_handoff
 from engine.message import render_message
 
 TOKEN = "gw-test-token-7c1e55d0"
@@ -95,7 +95,7 @@ def client() -> Iterator[httpx.Client]:
 def delegation(gw: LocalGateway, agent: str, task: str) -> tuple[str, Path, str]:
     """A fresh run id, its handoff path and the engine-style message for ``task``."""
     run_id = new_run_id()
-    path = gw.cfg.handoffs_dir / f"{run_id}.json"
+    path = handoff_path(gw.cfg.handoffs_dir, run_id)
     msg = render_message(task=task, run_id=run_id, agent=agent, caller="manager", handoff_path=path)
     return run_id, path, msg
 
@@ -331,7 +331,7 @@ def test_late_gateway_handoff_is_reconciled_with_its_pending_envelope(
     pending.write_text(json.dumps(envelope), encoding="utf-8")
     dispatch(client, demo_gw, {"message": msg, "agentId": "webster"})
     wait_for(lambda: not pending.exists())
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = json.loads((demo_gw.cfg.handoffs_dir / f"{run_id}.json").read_text("utf-8"))
     assert record["status"] == "failed"
     assert record["envelope"]["outcome"] == "failed"
     assert record["envelope"]["late"] is True
@@ -496,7 +496,7 @@ def test_receiver_writes_a_valid_handoff(demo_gw: LocalGateway, client: httpx.Cl
     body = make_handoff(run_id=run_id, agent="webster", status="complete", result="CTE 0.01")
     resp = client.post(f"{demo_gw.url}/handoffs/{run_id}", json=body, headers=AUTH)
     assert resp.status_code == 200 and resp.json() == {"ok": True}
-    path = demo_gw.cfg.handoffs_dir / f"{run_id}.json"
+    path = handoff_path(demo_gw.cfg.handoffs_dir, run_id)
     assert load_handoff(path, run_id=run_id, agent="webster") == body
 
 

@@ -920,7 +920,7 @@ def test_a_late_handoff_is_merged_before_counting(tmp_path: Path) -> None:
     (base / ".pending").mkdir(parents=True)
     (base / ".pending" / f"{run_id}.json").write_text(json.dumps(envelope))
     write_handoff(
-        base / f"{run_id}.json",
+        base / "inbox" / f"{run_id}.json",
         make_handoff(run_id=run_id, agent="webster", status="partial", result="late but here"),
     )
     unmerged = valid(compute_metrics(base, reconcile=False))

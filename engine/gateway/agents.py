@@ -13,7 +13,6 @@ then reconciles the directory so a late handoff meets its pending envelope.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import selectors
@@ -199,12 +198,11 @@ class CommandRunner:
             path is None
             or task.run_id is None
             or _delivered(path)
-            or (
-                outcome.cancelled and path.exists()  # killed by stop(): nothing new to say
-            )
+            # killed by stop() after the engine gave up (its record is there): nothing new
+            or (outcome.cancelled and (records_of(path) / path.name).exists())
         ):
             if path is not None:
-                _reconcile(path.parent)
+                _reconcile(records_of(path))
             return outcome
         handoff_agent = task.handoff_agent or task.agent
         if outcome.cancelled:
@@ -235,13 +233,13 @@ class CommandRunner:
         )
         try:
             if _delivered(path):  # the agent may have written it while we were composing
-                _reconcile(path.parent)
+                _reconcile(records_of(path))
                 return outcome
             write_handoff(path, handoff)
         except (HandoffProblem, OSError) as exc:
             log.warning("local gateway: cannot write the handoff of %s: %s", task.run_id, exc)
             return outcome
-        _reconcile(path.parent)
+        _reconcile(records_of(path))
         return Outcome(
             returncode=outcome.returncode,
             timed_out=outcome.timed_out,
@@ -404,16 +402,13 @@ def _reconcile(records_dir: Path) -> None:
 
 
 def _delivered(path: Path) -> bool:
-    """True when a handoff (or a final record) is at ``path``: never overwrite it.
+    """True when the agent delivered something at ``path``: never overwrite it."""
+    return path.exists()
 
-    The engine's placeholder record after a timeout (an envelope, no ``status``) does not
-    count: the gateway's own handoff replaces it and is merged as late.
-    """
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError):
-        return True  # something unreadable is there: leave it for the engine to report
-    return not (isinstance(data, dict) and "envelope" in data and "status" not in data)
+
+def records_of(handoff: Path) -> Path:
+    """The records directory of a handoff delivered in ``<records>/inbox/``."""
+    from engine.record import INBOX_DIR
+
+    parent = handoff.parent
+    return parent.parent if parent.name == INBOX_DIR else parent

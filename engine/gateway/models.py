@@ -31,7 +31,7 @@ import httpx
 
 from engine.config import Config, GatewayAgentConfig
 from engine.cost import compute_cost, price_for
-from engine.gateway.agents import Task
+from engine.gateway.agents import Task, records_of
 
 log = logging.getLogger("engine.gateway")
 
@@ -314,7 +314,7 @@ def _failed(result: str) -> _Answer:
 
 def _write(task: Task, answer: _Answer) -> None:
     from engine.handoff import HandoffProblem, make_handoff, write_handoff
-    from engine.record import read_json, reconcile
+    from engine.record import reconcile
 
     path = task.handoff_path
     assert path is not None and task.run_id is not None
@@ -328,13 +328,11 @@ def _write(task: Task, answer: _Answer) -> None:
         usage=answer.usage,
     )
     try:
-        existing = read_json(path)
-        # A record without a status is the engine's placeholder after a timeout: the
-        # answer replaces it and reconcile() merges it as late. A handoff (or a final
-        # record) that someone else delivered meanwhile is never overwritten.
-        if not (isinstance(existing, dict) and "status" in existing):
+        # A handoff that someone else delivered meanwhile is never overwritten; an answer
+        # after the engine gave up is merged by reconcile() and marked late.
+        if not path.exists():
             write_handoff(path, handoff)
-        reconcile(path.parent)
+        reconcile(records_of(path))
     except (HandoffProblem, OSError) as exc:
         log.warning("local gateway: cannot write the handoff of %s: %s", task.run_id, exc)
 

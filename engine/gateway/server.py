@@ -486,7 +486,7 @@ class LocalGateway:
         from engine.errors import InvalidIdError
         from engine.files import check_id, write_json_atomic
         from engine.handoff import SUB_DIR, HandoffProblem, validate_handoff
-        from engine.record import PENDING_DIR, read_json, reconcile
+        from engine.record import INBOX_DIR, PENDING_DIR, read_json, reconcile
 
         run_id = unquote(raw_id)
         try:
@@ -500,7 +500,7 @@ class LocalGateway:
         base = self.cfg.handoffs_dir
         sub = base / SUB_DIR
         records_dir = sub if (sub / PENDING_DIR / f"{run_id}.json").exists() else base
-        target = records_dir / f"{run_id}.json"
+        target = records_dir / INBOX_DIR / f"{run_id}.json"
         try:
             validate_handoff(data, path=target, run_id=run_id)
         except HandoffProblem as exc:
