@@ -358,6 +358,8 @@ def test_command_agent_environment_and_workspace(
     wait_for(path.exists)
     workspace = gw.cfg.handoffs_dir / ".workspaces" / "probe" / gw_run
     info = json.loads((workspace / "env.json").read_text(encoding="utf-8"))
+    for inherited in [k for k in os.environ if k.startswith("ORCH_")]:  # e.g. CI's
+        info.pop(inherited, None)
     assert info == {
         "ORCH_RUN_ID": run_id,
         "ORCH_HANDOFF_PATH": str(path),
