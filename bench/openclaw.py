@@ -256,8 +256,8 @@ def main() -> int:
           f"({fig['engine_overhead_share_p50'] * 100:.2f} % of a delegation); "
           f"model calls per task: {fig['model_calls_per_task']}")
     print(f"  the gateway's `write` tool reported a verification failure in "
-          f"{fig['write_verification_failed']} of {fig['write_results']} runs (the engine "
-          "had already replaced the handoff with its record)")
+          f"{fig['write_verification_failed']} of {fig['write_results']} runs (it reads its "
+          "file back; the engine records beside the file, never over it)")
     if args.cli:
         print(f"through `orchestrate` (process start included), {args.cli} runs: p50 "
               f"{fig['cli_p50_ms']} ms")
