@@ -419,24 +419,9 @@ def _post_handoff(
 def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
     """Show the record of a delegation (merging a late handoff first)."""
     from engine.delegate import DelegationResult, Outcome
-    from engine.errors import RunStateError
-    from engine.files import check_id
-    from engine.record import INBOX_DIR, read_json, reconcile
+    from engine.record import find_record
 
-    cfg = _load(config)
-    check_id(run_id, "run id")
-    for records in (cfg.handoffs_dir, cfg.handoffs_dir / "sub"):
-        reconcile(records)
-        path = records / f"{run_id}.json"
-        rec = read_json(path)
-        if isinstance(rec, dict):
-            break
-        path = records / INBOX_DIR / f"{run_id}.json"  # delivered, never recorded
-        rec = read_json(path)
-        if isinstance(rec, dict):
-            break
-    else:
-        raise RunStateError(f"no record for `{run_id}` in `{cfg.handoffs_dir}`.")
+    path, rec = find_record(_load(config).handoffs_dir, run_id)
     if as_json:
         _dump(rec)
         return 0

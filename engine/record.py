@@ -232,3 +232,22 @@ def delegation_tree(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
         if parent and parent in nodes and node is not root:
             nodes[parent]["children"].append(node)
     return root
+
+
+def find_record(handoffs_dir: Path, run_id: str) -> tuple[Path, dict[str, Any]]:
+    """The record of ``run_id`` (top-level or sub-delegation), merging a late handoff first;
+    a handoff delivered but never recorded if that is all there is."""
+    from engine.errors import RunStateError
+    from engine.files import check_id
+
+    check_id(run_id, "run id")
+    for records in (handoffs_dir, handoffs_dir / "sub"):
+        reconcile(records)
+        for path in (records / f"{run_id}.json", records / INBOX_DIR / f"{run_id}.json"):
+            data = read_json(path)
+            if isinstance(data, dict):
+                return path, data
+    raise RunStateError(
+        f"no record for `{run_id}` in `{handoffs_dir}`. Run ids are printed by "
+        "`orchestrate` (`record: ...`) and listed by `metrics json`."
+    )
