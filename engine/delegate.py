@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -680,8 +680,3 @@ def _pool_for(cfg: Config) -> Any:
         return None
     settings = PoolSettings.from_config(cfg)
     return TokenPool(settings) if settings.enabled else None
-
-
-def with_defaults(req: DelegationRequest, **changes: Any) -> DelegationRequest:
-    """A copy of ``req`` with ``changes`` applied (dataclasses.replace, re-exported)."""
-    return replace(req, **changes)
