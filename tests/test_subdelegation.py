@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from engine.cli import orchestrate
 from engine.config import Config, load_config
 from engine.delegate import DelegationRequest, Delegator, Outcome, open_delegator
-from engine.errors import AclDeniedError, RunStateError, UsageError
+from engine.errors import AclDeniedError, RunStateError, UnknownAgentError, UsageError
 from tests.conftest import demo_config, write_config
 
 SUB_AGENT = """
@@ -83,7 +83,7 @@ def test_routing_respects_the_acl(demo_cfg: Config) -> None:
     ):
         d.route("auditor", "research")
     with pytest.raises(
-        Exception, match="no agent has capability `reserch`; did you mean `research`?"
+        UnknownAgentError, match="no agent has capability `reserch`; did you mean `research`?"
     ):
         d.route("manager", "reserch")
     d.close()
