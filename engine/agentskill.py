@@ -66,8 +66,9 @@ def install(
             changed.append(folder / name)
     agents_md = ws / AGENTS_FILE
     current = _read(agents_md)
-    updated = _with_section(current, agents_section(agent=agent, handoffs_dir=handoffs_dir),
-                            agents_md)
+    updated = _with_section(
+        current, agents_section(agent=agent, handoffs_dir=handoffs_dir), agents_md
+    )
     if updated != current and _write_if_changed(agents_md, updated):
         changed.append(agents_md)
     return changed
@@ -145,8 +146,9 @@ def _template(name: str) -> Any:
     import jinja2
 
     source = resources.files("engine").joinpath(f"templates/skill/{name}").read_text("utf-8")
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
-                             keep_trailing_newline=True)
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
     return env.from_string(source)
 
 

@@ -508,8 +508,12 @@ def agent_skill_group() -> None:
 
 
 @agent_skill_group.command("install")
-@click.option("--workspace", required=True, type=click.Path(file_okay=False),
-              help="The OpenClaw agent workspace (the folder with its AGENTS.md).")
+@click.option(
+    "--workspace",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The OpenClaw agent workspace (the folder with its AGENTS.md).",
+)
 @click.option("--agent", help="The agent's registry name (checked against the config).")
 @config_option
 def agent_skill_install_cmd(workspace: str, agent: str | None, config: str | None) -> int:
@@ -522,22 +526,26 @@ def agent_skill_install_cmd(workspace: str, agent: str | None, config: str | Non
     cfg = _load_optional(config)
     if agent and cfg is not None:
         Registry.from_config(cfg).get(agent)
-    changed = install(Path(workspace), agent=agent,
-                      handoffs_dir=cfg.handoffs_dir if cfg is not None else None)
+    changed = install(
+        Path(workspace), agent=agent, handoffs_dir=cfg.handoffs_dir if cfg is not None else None
+    )
     if not changed:
         click.echo(f"already installed in {workspace}")
         return 0
     for path in changed:
         click.echo(f"wrote {path}")
     if any(Path(p).name == "SKILL.md" for p in changed):
-        click.echo("restart the agent's gateway so that hook runs pick up the new skill.",
-                   err=True)
+        click.echo("restart the agent's gateway so that hook runs pick up the new skill.", err=True)
     return 0
 
 
 @agent_skill_group.command("uninstall")
-@click.option("--workspace", required=True, type=click.Path(file_okay=False),
-              help="The OpenClaw agent workspace.")
+@click.option(
+    "--workspace",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The OpenClaw agent workspace.",
+)
 def agent_skill_uninstall_cmd(workspace: str) -> int:
     """Remove the skill folder and the AGENTS.md section."""
     from pathlib import Path

@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import httpx
 
 from engine.config import Config
 from engine.errors import ConfigError, HookError, UsageError, did_you_mean
+from engine.hooks import retry_after_seconds
 
 #: Discord's REST API root, used when ``channels.base_url`` is not set.
 DISCORD_API = "https://discord.com/api/v10"
@@ -289,17 +289,9 @@ def _rate_limit_wait(resp: httpx.Response) -> float:
         if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
             return float(value)
     for header in ("x-ratelimit-reset-after", "retry-after"):
-        raw = resp.headers.get(header)
-        if not raw:
-            continue
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-        try:
-            return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
-        except (TypeError, ValueError):
-            pass
+        wait = retry_after_seconds(resp.headers.get(header))
+        if wait is not None:
+            return wait
     return 1.0
 
 

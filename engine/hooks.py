@@ -193,8 +193,8 @@ def _gateway_run_id(resp: Any) -> str | None:
     return None
 
 
-def _retry_after(resp: Any) -> float | None:
-    value = resp.headers.get("retry-after")
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` value asks for (delta seconds or an HTTP date), or None."""
     if not value:
         return None
     try:
@@ -206,6 +206,10 @@ def _retry_after(resp: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _retry_after(resp: Any) -> float | None:
+    return retry_after_seconds(resp.headers.get("retry-after"))
 
 
 def _error_text(resp: Any) -> str:

@@ -94,4 +94,3 @@ def inflight_counts(*records_dirs: Path) -> dict[str, int]:
             if isinstance(target, str):
                 counts[target] = counts.get(target, 0) + 1
     return counts
-

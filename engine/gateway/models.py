@@ -24,7 +24,6 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -32,6 +31,7 @@ import httpx
 from engine.config import Config, GatewayAgentConfig
 from engine.cost import compute_cost, price_for
 from engine.gateway.agents import Task, records_of
+from engine.hooks import retry_after_seconds
 
 log = logging.getLogger("engine.gateway")
 
@@ -388,14 +388,4 @@ def _retry_after(resp: httpx.Response) -> float | None:
             return max(0.0, float(raw_ms) / 1000)
         except ValueError:
             pass
-    value = resp.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    return retry_after_seconds(resp.headers.get("retry-after"))
