@@ -33,21 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError
-from engine.record import INBOX_DIR, process_alive
+from engine.handoff import STATUSES as HANDOFF_STATUSES
+from engine.record import INBOX_DIR, OUTCOMES, process_alive
 
 SCHEMA_VERSION = "1.0"
-#: Outcomes of a delegation record; the first four are the agent's own statuses.
-OUTCOMES = (
-    "complete",
-    "partial",
-    "blocked",
-    "failed",
-    "timeout",
-    "invalid",
-    "errored",
-    "cancelled",
-)
-HANDOFF_STATUSES = ("complete", "partial", "blocked", "failed")
 CONFIDENCES = ("high", "medium", "low", "none")
 #: ``engine.runner.RunState`` values (a test pins them).
 RUN_STATUSES = ("running", "waiting_approval", "complete", "failed", "cancelled")

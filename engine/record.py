@@ -28,8 +28,18 @@ INBOX_DIR = "inbox"
 
 PENDING_DIR = ".pending"
 REJECTED_DIR = "rejected"
-#: Outcomes a record can have; the first four are the agent's own statuses.
-OUTCOMES = ("complete", "partial", "blocked", "failed", "timeout", "invalid", "errored")
+#: Outcomes a record can have (``engine.delegate.Outcome``); the first four are the agent's
+#: own statuses.
+OUTCOMES = (
+    "complete",
+    "partial",
+    "blocked",
+    "failed",
+    "timeout",
+    "invalid",
+    "errored",
+    "cancelled",
+)
 
 
 def pending_path(records_dir: Path, run_id: str) -> Path:

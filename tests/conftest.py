@@ -15,17 +15,8 @@ import pytest
 import yaml
 
 from engine.config import Config, load_config
+from engine.gateway.demo_agent import ROLES
 
-ROLES = (
-    "manager",
-    "tech-lead",
-    "secretary",
-    "auditor",
-    "optimizer",
-    "study-builder",
-    "nx-expert",
-    "webster",
-)
 DEMO = [sys.executable, "-m", "engine.gateway.demo_agent", "--role"]
 
 

@@ -49,3 +49,10 @@ def test_import_engine_is_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_outcomes_have_one_definition() -> None:
+    from engine.delegate import Outcome
+    from engine.record import OUTCOMES
+
+    assert tuple(o.value for o in Outcome) == OUTCOMES
