@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -279,33 +281,28 @@ def openai_error(message: str, kind: str = "invalid_request_error") -> dict[str,
     return _openai_error(message, kind)
 
 
-@pytest.fixture
-def discord_api() -> Iterator[Callable[..., DiscordAPI]]:
-    """Factory of started Discord stand-ins, all stopped at the end of the test."""
-    made: list[DiscordAPI] = []
+def _factory(kind: Callable[..., _T]) -> Iterator[Callable[..., _T]]:
+    """Yield a maker of started stand-ins of ``kind``; stop every one made afterwards."""
+    made: list[Any] = []
 
-    def make(**kw: Any) -> DiscordAPI:
-        server = DiscordAPI(**kw)
-        server.start()
+    def make(**kw: Any) -> _T:
+        server = kind(**kw)
+        server.start()  # type: ignore[attr-defined]
         made.append(server)
         return server
 
     yield make
     for server in made:
         server.stop()
+
+
+@pytest.fixture
+def discord_api() -> Iterator[Callable[..., DiscordAPI]]:
+    """Factory of started Discord stand-ins, all stopped at the end of the test."""
+    yield from _factory(DiscordAPI)
 
 
 @pytest.fixture
 def chat_api() -> Iterator[Callable[..., ChatAPI]]:
     """Factory of started chat-completions stand-ins, all stopped at the end of the test."""
-    made: list[ChatAPI] = []
-
-    def make(**kw: Any) -> ChatAPI:
-        server = ChatAPI(**kw)
-        server.start()
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.stop()
+    yield from _factory(ChatAPI)
