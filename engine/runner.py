@@ -661,8 +661,6 @@ class WorkflowRunner:
         self.delegator.reporter = step_reporter
         stop_reason: str | None = None
         for s in steps.values():
-            if s.state is StepState.QUEUED or (s.state is StepState.RUNNING):
-                s.in_flight = True
             if s.state is StepState.WAITING_APPROVAL:
                 s.state = StepState.PENDING
             if s.state.final and not s.state.ok and s.state is not StepState.SKIPPED:
@@ -693,43 +691,49 @@ class WorkflowRunner:
                     heapq.heappush(heap, index[child])
 
         self._stop_reason = stop_reason
-        with ThreadPoolExecutor(
-            max_workers=max(1, options.max_parallel), thread_name_prefix=f"step-{run_id[-8:]}"
-        ) as pool:
-            while True:
-                if not cancel.is_set() and cancel_file.exists():
-                    cancel.set()
-                    journal.append("run_cancelled", by="workflow cancel")
-                if cancel.is_set():
-                    heap.clear()
-                    for sid in order:
+        try:
+            with ThreadPoolExecutor(
+                max_workers=max(1, options.max_parallel), thread_name_prefix=f"step-{run_id[-8:]}"
+            ) as pool:
+                while True:
+                    if not cancel.is_set() and cancel_file.exists():
+                        cancel.set()
+                        journal.append("run_cancelled", by="workflow cancel")
+                    if cancel.is_set():
+                        heap.clear()
+                        for sid in order:
+                            st = steps[sid]
+                            if st.state in (StepState.PENDING, StepState.WAITING_APPROVAL) and (
+                                sid not in running.values()
+                            ):
+                                self._skip(journal, st, "the run was cancelled", "stopped")
+                    while heap:
+                        sid = order[heapq.heappop(heap)]
+                        fut = self._consider(
+                            prepared, steps[sid], pool, journal, options, cancel, steps_by_run
+                        )
+                        if fut is not None:
+                            running[fut] = sid
+                        elif steps[sid].state.final:
+                            settle(sid)
+                    if not running:
+                        break
+                    done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        sid = running.pop(fut)
+                        exc = fut.exception()
                         st = steps[sid]
-                        if st.state in (StepState.PENDING, StepState.WAITING_APPROVAL) and (
-                            sid not in running.values()
-                        ):
-                            self._skip(journal, st, "the run was cancelled", "stopped")
-                while heap:
-                    sid = order[heapq.heappop(heap)]
-                    fut = self._consider(
-                        prepared, steps[sid], pool, journal, options, cancel, steps_by_run
-                    )
-                    if fut is not None:
-                        running[fut] = sid
-                    elif steps[sid].state.final:
+                        if exc is not None:  # a bug, not a step outcome: record and go on
+                            self._finish(
+                                journal, st, StepState.ERRORED, error=f"internal error: {exc}"
+                            )
+                        if not st.state.ok and plan.steps[sid].spec.on_failure == "stop":
+                            self._stop_reason = self._stop_reason or (
+                                f"`{sid}` ended {st.state.value}"
+                            )
                         settle(sid)
-                if not running:
-                    break
-                done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    sid = running.pop(fut)
-                    exc = fut.exception()
-                    st = steps[sid]
-                    if exc is not None:  # a bug, not a step outcome: record and go on
-                        self._finish(journal, st, StepState.ERRORED, error=f"internal error: {exc}")
-                    if not st.state.ok and plan.steps[sid].spec.on_failure == "stop":
-                        self._stop_reason = self._stop_reason or (f"`{sid}` ended {st.state.value}")
-                    settle(sid)
-        self.delegator.reporter = saved_reporter
+        finally:
+            self.delegator.reporter = saved_reporter
         return self._conclude(prepared, view, journal, cancel.is_set())
 
     def _consider(
