@@ -26,17 +26,25 @@ def blocks(path: Path, lang: str) -> list[str]:
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
 def test_config_examples_validate(path: Path) -> None:
+    checked = 0
     for text in blocks(path, "yaml"):
         data = yaml.safe_load(text)
         if isinstance(data, dict) and "agents" in data and "steps" not in data:
             config_from_dict(data, path=path)  # raises with every problem if invalid
+            checked += 1
+    if path.name == "README.md":
+        assert checked >= 1, "README.md lost its config example"
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
 def test_handoff_examples_validate(path: Path) -> None:
+    checked = 0
     for text in blocks(path, "json"):
         if '"schemaVersion"' in text and text.strip().startswith("{"):
             validate_handoff(json.loads(text), path=path)
+            checked += 1
+    if path.name in ("README.md", "protocol.md"):
+        assert checked >= 1, f"{path.name} lost its handoff example"
 
 
 def test_shipped_example_configs_load() -> None:
