@@ -148,7 +148,7 @@ class Delegator:
         self.acl = Acl(cfg.acl, self.registry.names)
         self.reporter = reporter or Reporter()
         self._own_client = client is None
-        self.client = client or HooksClient(cfg.retry, on_retry=self._on_retry)
+        self.client = client or HooksClient(cfg.retry)
         self.pool = pool
         self.local_url = local_url
         self._local_token = local_token
@@ -162,8 +162,8 @@ class Delegator:
         if self._own_client:
             self.client.close()
 
-    def _on_retry(self, agent: str, attempt: int, delay: float, reason: str) -> None:
-        self.reporter.delegation_retry(agent, attempt, delay, reason)
+    def _on_retry(self, rep: Reporter, agent: str, attempt: int, delay: float, reason: str) -> None:
+        rep.delegation_retry(agent, attempt, delay, reason)
         if self.pool is not None and ("429" in reason or "503" in reason):
             self.pool.note_overload()
 
@@ -267,14 +267,17 @@ class Delegator:
         *,
         reattach: bool = False,
         cancel: threading.Event | None = None,
+        reporter: Reporter | None = None,
     ) -> DelegationResult:
         """Run one delegation to the end; raise only for errors found before dispatch.
 
         With ``reattach`` (resuming a workflow) and a ``req.run_id`` that a gateway accepted
         before, nothing is sent again: a final record is returned as it is, a handoff that
         arrived meanwhile is taken, and an accepted dispatch is waited for anew.
-        ``cancel`` stops the wait early (outcome ``cancelled``).
+        ``cancel`` stops the wait early (outcome ``cancelled``). ``reporter`` observes this
+        call only (default: the delegator's); concurrent calls may each pass their own.
         """
+        rep = reporter or self.reporter
         chain = self.check(req)
         agent = self.registry.get(req.target)
         target = self.target_for(agent)
@@ -286,7 +289,7 @@ class Delegator:
         start = self._clock()
         deadline = start + timeout
         if reattach and req.run_id is not None:
-            earlier = self._reattach(req, run_id, records, drop, deadline, cancel)
+            earlier = self._reattach(req, run_id, records, drop, deadline, cancel, rep)
             if earlier is not None:
                 return earlier
         envelope: dict[str, Any] = {
@@ -310,12 +313,12 @@ class Delegator:
         write_pending(records, run_id, envelope)
         lease = None
         if self.pool is not None:
-            lease = self._acquire(run_id, agent, envelope, records, deadline)
+            lease = self._acquire(run_id, agent, envelope, records, deadline, rep)
             if isinstance(lease, DelegationResult):
                 return lease
         try:
             result = self._dispatch_and_wait(
-                req, agent, target, run_id, records, drop, envelope, deadline, cancel
+                req, agent, target, run_id, records, drop, envelope, deadline, cancel, rep
             )
         except BaseException:
             if lease is not None:
@@ -331,6 +334,7 @@ class Delegator:
         drop: Path,
         deadline: float,
         cancel: threading.Event | None,
+        rep: Reporter,
     ) -> DelegationResult | None:
         """Pick up a delegation dispatched by an earlier process; None = dispatch it now."""
         from engine.watch import watcher_for
@@ -350,14 +354,14 @@ class Delegator:
         lease = None
         if self.pool is not None:
             lease = self._acquire(
-                run_id, self.registry.get(req.target), envelope, records, deadline
+                run_id, self.registry.get(req.target), envelope, records, deadline, rep
             )
             if isinstance(lease, DelegationResult):
                 return lease
         waiter = watcher_for(drop.parent, backend=self.watcher_backend).expect(drop.name)
         try:
             result = self._wait(
-                waiter, run_id, req.target, records, drop, envelope, deadline, cancel
+                waiter, run_id, req.target, records, drop, envelope, deadline, cancel, rep
             )
         except BaseException:
             if lease is not None:
@@ -374,6 +378,7 @@ class Delegator:
         envelope: dict[str, Any],
         records: Path,
         deadline: float,
+        rep: Reporter,
     ) -> Any:
         from engine.errors import DelegationTimeoutError
 
@@ -384,7 +389,7 @@ class Delegator:
                     run_id=run_id, agent=agent.name, timeout=0, max_concurrent=agent.max_concurrent
                 )
             except DelegationTimeoutError:
-                self.reporter.pool_waiting(run_id, agent.name)
+                rep.pool_waiting(run_id, agent.name)
                 lease = self.pool.acquire(
                     run_id=run_id,
                     agent=agent.name,
@@ -393,7 +398,7 @@ class Delegator:
                 )
         except OrchestratorError as exc:
             envelope["token_wait_ms"] = round((self._clock() - t0) * 1000, 3)
-            return self._errored(run_id, records, envelope, exc, keep_pending=False)
+            return self._errored(run_id, records, envelope, exc, rep, keep_pending=False)
         envelope["token_wait_ms"] = round((self._clock() - t0) * 1000, 3)
         return lease
 
@@ -423,6 +428,7 @@ class Delegator:
         envelope: dict[str, Any],
         deadline: float,
         cancel: threading.Event | None,
+        rep: Reporter,
     ) -> DelegationResult:
         from engine.message import render_message
         from engine.watch import watcher_for
@@ -465,20 +471,26 @@ class Delegator:
             envelope["dispatched_at"] = utcnow_iso()
             try:
                 sent = self.client.post_agent(
-                    target, body, idempotency_key=run_id, deadline=deadline
+                    target,
+                    body,
+                    idempotency_key=run_id,
+                    deadline=deadline,
+                    on_retry=lambda *a: self._on_retry(rep, *a),
                 )
             except OrchestratorError as exc:
                 # A 4xx means the agent never got the task; a transport failure may have.
                 keep = exc.status_code is None or exc.status_code >= 500
-                return self._errored(run_id, records, envelope, exc, keep_pending=keep)
+                return self._errored(run_id, records, envelope, exc, rep, keep_pending=keep)
             envelope["attempts"] = sent.attempts
             envelope["gateway_run_id"] = sent.gateway_run_id
             if self.pool is not None and sent.overloaded:
                 self.pool.note_overload()
             # The pending envelope written before the POST is enough to merge a late
             # handoff; not rewriting it here saves a file create on the hot path.
-            self.reporter.delegation_dispatched(run_id, req.caller, req.target, sent.attempts)
-            return self._wait(waiter, run_id, req.target, records, drop, envelope, deadline, cancel)
+            rep.delegation_dispatched(run_id, req.caller, req.target, sent.attempts)
+            return self._wait(
+                waiter, run_id, req.target, records, drop, envelope, deadline, cancel, rep
+            )
         finally:
             waiter.close()
 
@@ -492,7 +504,9 @@ class Delegator:
         envelope: dict[str, Any],
         deadline: float,
         cancel: threading.Event | None = None,
+        rep: Reporter | None = None,
     ) -> DelegationResult:
+        rep = rep or self.reporter
         grace = self.cfg.handoff_grace
         problem: HandoffProblem | None = None
         give_up = deadline
@@ -503,7 +517,7 @@ class Delegator:
                     handoff = load_handoff(drop, run_id=run_id, agent=agent)
                 except HandoffProblem as exc:
                     if exc.kind == "mismatch":
-                        return self._refused(run_id, records, drop, envelope, exc)
+                        return self._refused(run_id, records, drop, envelope, exc, rep)
                     if exc.kind == "parse" and not drop.exists():
                         problem = None
                     else:
@@ -514,16 +528,16 @@ class Delegator:
                     path, record = finalize_record(records, run_id, envelope, handoff)
                     outcome = Outcome(handoff["status"])
                     result = DelegationResult(run_id, outcome, path, record)
-                    self.reporter.delegation_finished(run_id, agent, outcome.value, str(path))
+                    rep.delegation_finished(run_id, agent, outcome.value, str(path))
                     return result
             remaining = (give_up if problem else deadline) - self._clock()
             if remaining <= 0:
                 if problem is not None:
-                    return self._refused(run_id, records, drop, envelope, problem)
-                return self._timed_out(run_id, agent, records, envelope)
+                    return self._refused(run_id, records, drop, envelope, problem, rep)
+                return self._timed_out(run_id, agent, records, envelope, rep)
             if cancel is not None:
                 if cancel.is_set():
-                    return self._cancelled(run_id, agent, records, envelope)
+                    return self._cancelled(run_id, agent, records, envelope, rep)
                 remaining = min(remaining, 0.2)
             fired = waiter.wait(remaining)
 
@@ -536,7 +550,7 @@ class Delegator:
         return DelegationResult(run_id, outcome, path, record, error)
 
     def _timed_out(
-        self, run_id: str, agent: str, records: Path, envelope: dict[str, Any]
+        self, run_id: str, agent: str, records: Path, envelope: dict[str, Any], rep: Reporter
     ) -> DelegationResult:
         env = dict(envelope, outcome="timeout", ended_at=utcnow_iso())
         env["error"] = (
@@ -545,13 +559,13 @@ class Delegator:
         )
         write_pending(records, run_id, env)
         path = write_record(records, run_id, env, agent=agent)
-        self.reporter.delegation_finished(run_id, agent, "timeout", str(path))
+        rep.delegation_finished(run_id, agent, "timeout", str(path))
         from engine.errors import DelegationTimeoutError
 
         return self._result(run_id, Outcome.TIMEOUT, path, DelegationTimeoutError(env["error"]))
 
     def _cancelled(
-        self, run_id: str, agent: str, records: Path, envelope: dict[str, Any]
+        self, run_id: str, agent: str, records: Path, envelope: dict[str, Any], rep: Reporter
     ) -> DelegationResult:
         env = dict(
             envelope,
@@ -561,7 +575,7 @@ class Delegator:
         )
         write_pending(records, run_id, env)
         path = write_record(records, run_id, env, agent=agent)
-        self.reporter.delegation_finished(run_id, agent, "cancelled", str(path))
+        rep.delegation_finished(run_id, agent, "cancelled", str(path))
         return self._result(run_id, Outcome.CANCELLED, path)
 
     def _refused(
@@ -571,6 +585,7 @@ class Delegator:
         drop: Path,
         envelope: dict[str, Any],
         problem: HandoffProblem,
+        rep: Reporter,
     ) -> DelegationResult:
         kept = keep_rejected(records, drop)
         env = dict(envelope, outcome="invalid", ended_at=utcnow_iso())
@@ -578,7 +593,7 @@ class Delegator:
         env["rejected_file"] = str(kept) if kept else None
         write_pending(records, run_id, env)
         path = write_record(records, run_id, env, agent=envelope["target"])
-        self.reporter.delegation_finished(run_id, envelope["target"], "invalid", str(path))
+        rep.delegation_finished(run_id, envelope["target"], "invalid", str(path))
         note = f"\nThe refused file was kept as `{kept}`." if kept else ""
         err = HandoffProblem(
             problem.message
@@ -595,6 +610,7 @@ class Delegator:
         records: Path,
         envelope: dict[str, Any],
         exc: OrchestratorError,
+        rep: Reporter,
         *,
         keep_pending: bool,
     ) -> DelegationResult:
@@ -606,7 +622,7 @@ class Delegator:
             write_pending(records, run_id, env)
         else:
             drop_pending(records, run_id)
-        self.reporter.delegation_finished(run_id, envelope["target"], "errored", str(path))
+        rep.delegation_finished(run_id, envelope["target"], "errored", str(path))
         return self._result(run_id, Outcome.ERRORED, path, exc)
 
 

@@ -86,14 +86,20 @@ class HooksClient:
         *,
         idempotency_key: str,
         deadline: float,
+        on_retry: Callable[[str, int, float, str], None] | None = None,
     ) -> DispatchResult:
-        """POST the task; retry transient failures until ``deadline`` (a ``clock()`` value)."""
+        """POST the task; retry transient failures until ``deadline`` (a ``clock()`` value).
+
+        ``on_retry(agent, attempt, delay_s, reason)`` observes this call's retries (the
+        client's own ``on_retry`` when not given).
+        """
         return self._post(
             target,
             target.url + "/hooks/agent",
             body,
             headers={"Idempotency-Key": idempotency_key},
             deadline=deadline,
+            on_retry=on_retry,
         )
 
     def post_handoff(
@@ -109,8 +115,11 @@ class HooksClient:
         body: dict[str, Any],
         headers: dict[str, str],
         deadline: float,
+        on_retry: Callable[[str, int, float, str], None] | None = None,
     ) -> DispatchResult:
         import httpx
+
+        on_retry = on_retry or self.on_retry
 
         payload = json.dumps(body).encode()
         hdrs = {
@@ -170,8 +179,8 @@ class HooksClient:
                     "to wait longer.",
                     agent=target.agent,
                 )
-            if self.on_retry is not None:
-                self.on_retry(target.agent, attempt, delay, reason)
+            if on_retry is not None:
+                on_retry(target.agent, attempt, delay, reason)
             self._sleep(delay)
 
 

@@ -655,10 +655,9 @@ class WorkflowRunner:
         order = [s for group in plan.groups for s in group]
         cancel = threading.Event()
         cancel_file = view.path / CANCEL_FILE
-        steps_by_run: dict[str, str] = {}
-        step_reporter = _StepReporter(self.reporter, journal, steps_by_run)
-        saved_reporter = self.delegator.reporter
-        self.delegator.reporter = step_reporter
+        # This run's observer of its delegations: passed to each call, never swapped into
+        # the (possibly shared) delegator, so two runs on one delegator keep their events.
+        step_reporter = _StepReporter(self.reporter, journal, {})
         stop_reason: str | None = None
         for s in steps.values():
             if s.state is StepState.WAITING_APPROVAL:
@@ -691,49 +690,42 @@ class WorkflowRunner:
                     heapq.heappush(heap, index[child])
 
         self._stop_reason = stop_reason
-        try:
-            with ThreadPoolExecutor(
-                max_workers=max(1, options.max_parallel), thread_name_prefix=f"step-{run_id[-8:]}"
-            ) as pool:
-                while True:
-                    if not cancel.is_set() and cancel_file.exists():
-                        cancel.set()
-                        journal.append("run_cancelled", by="workflow cancel")
-                    if cancel.is_set():
-                        heap.clear()
-                        for sid in order:
-                            st = steps[sid]
-                            if st.state in (StepState.PENDING, StepState.WAITING_APPROVAL) and (
-                                sid not in running.values()
-                            ):
-                                self._skip(journal, st, "the run was cancelled", "stopped")
-                    while heap:
-                        sid = order[heapq.heappop(heap)]
-                        fut = self._consider(
-                            prepared, steps[sid], pool, journal, options, cancel, steps_by_run
-                        )
-                        if fut is not None:
-                            running[fut] = sid
-                        elif steps[sid].state.final:
-                            settle(sid)
-                    if not running:
-                        break
-                    done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        sid = running.pop(fut)
-                        exc = fut.exception()
+        with ThreadPoolExecutor(
+            max_workers=max(1, options.max_parallel), thread_name_prefix=f"step-{run_id[-8:]}"
+        ) as pool:
+            while True:
+                if not cancel.is_set() and cancel_file.exists():
+                    cancel.set()
+                    journal.append("run_cancelled", by="workflow cancel")
+                if cancel.is_set():
+                    heap.clear()
+                    for sid in order:
                         st = steps[sid]
-                        if exc is not None:  # a bug, not a step outcome: record and go on
-                            self._finish(
-                                journal, st, StepState.ERRORED, error=f"internal error: {exc}"
-                            )
-                        if not st.state.ok and plan.steps[sid].spec.on_failure == "stop":
-                            self._stop_reason = self._stop_reason or (
-                                f"`{sid}` ended {st.state.value}"
-                            )
+                        if st.state in (StepState.PENDING, StepState.WAITING_APPROVAL) and (
+                            sid not in running.values()
+                        ):
+                            self._skip(journal, st, "the run was cancelled", "stopped")
+                while heap:
+                    sid = order[heapq.heappop(heap)]
+                    fut = self._consider(
+                        prepared, steps[sid], pool, journal, options, cancel, step_reporter
+                    )
+                    if fut is not None:
+                        running[fut] = sid
+                    elif steps[sid].state.final:
                         settle(sid)
-        finally:
-            self.delegator.reporter = saved_reporter
+                if not running:
+                    break
+                done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    sid = running.pop(fut)
+                    exc = fut.exception()
+                    st = steps[sid]
+                    if exc is not None:  # a bug, not a step outcome: record and go on
+                        self._finish(journal, st, StepState.ERRORED, error=f"internal error: {exc}")
+                    if not st.state.ok and plan.steps[sid].spec.on_failure == "stop":
+                        self._stop_reason = self._stop_reason or (f"`{sid}` ended {st.state.value}")
+                    settle(sid)
         return self._conclude(prepared, view, journal, cancel.is_set())
 
     def _consider(
@@ -744,7 +736,7 @@ class WorkflowRunner:
         journal: Journal,
         options: RunOptions,
         cancel: threading.Event,
-        steps_by_run: dict[str, str],
+        step_reporter: _StepReporter,
     ) -> Future[None] | None:
         """Decide a step whose upstream steps have all settled: run, skip, gate or fail it.
 
@@ -754,7 +746,7 @@ class WorkflowRunner:
         sid = s.id
         ps = prepared.plan.steps[sid]
         if s.in_flight:  # dispatched by an earlier process: re-attach, never resend
-            return pool.submit(self._run_step, prepared, s, journal, cancel, steps_by_run, True)
+            return pool.submit(self._run_step, prepared, s, journal, cancel, step_reporter, True)
         if s.state.final:
             return None
         ups = [steps[d] for d in ps.depends_on]
@@ -782,7 +774,7 @@ class WorkflowRunner:
                 return None
         if gated and not self._gate(prepared, s, journal, options, steps):
             return None
-        return pool.submit(self._run_step, prepared, s, journal, cancel, steps_by_run, False)
+        return pool.submit(self._run_step, prepared, s, journal, cancel, step_reporter, False)
 
     def _gate(
         self,
@@ -917,7 +909,7 @@ class WorkflowRunner:
         s: StepRun,
         journal: Journal,
         cancel: threading.Event,
-        steps_by_run: dict[str, str],
+        step_reporter: _StepReporter,
         reattach: bool,
     ) -> None:
         """Run one step to its final state (in a worker thread)."""
@@ -944,7 +936,7 @@ class WorkflowRunner:
         while True:
             s.attempt = attempt
             drid = f"{run_id}-{s.id}-{attempt}"
-            steps_by_run[drid] = s.id
+            step_reporter.steps_by_run[drid] = s.id
             s.delegation_run_id = drid
             s.started_at = s.started_at or utcnow_iso()
             again = accepted and attempt == first
@@ -970,7 +962,9 @@ class WorkflowRunner:
                 labels={"workflow": plan.workflow.name, "workflow_run": run_id, "step": s.id},
             )
             try:
-                result = self.delegator.delegate(req, reattach=again, cancel=cancel)
+                result = self.delegator.delegate(
+                    req, reattach=again, cancel=cancel, reporter=step_reporter
+                )
             except OrchestratorError as exc:
                 s.attempts.append({"run_id": drid, "outcome": "errored", "error": str(exc)})
                 self._finish(journal, s, StepState.ERRORED, error=str(exc))
@@ -1007,7 +1001,9 @@ class WorkflowRunner:
         state = StepState(result.outcome.value)
         error = str(result.error) if result.error else None
         if state.ok and ps.validator:
-            state, error = self._validate(prepared, s, task, ps.validator, journal, cancel)
+            state, error = self._validate(
+                prepared, s, task, ps.validator, journal, cancel, step_reporter
+            )
         self._finish(journal, s, state, error=error)
 
     def _route(self, ps: Any) -> str:
@@ -1036,6 +1032,7 @@ class WorkflowRunner:
         validator: str,
         journal: Journal,
         cancel: threading.Event,
+        step_reporter: _StepReporter,
     ) -> tuple[StepState, str | None]:
         from engine.validate import validate_result
 
@@ -1047,6 +1044,7 @@ class WorkflowRunner:
             handoff=s.handoff or {},
             run_id=f"{s.delegation_run_id}-v",
             cancel=cancel,
+            reporter=step_reporter,
         )
         s.validation = verdict.as_dict()
         journal.append(

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from engine.delegate import DelegationRequest, Delegator
+from engine.reporter import Reporter
 
 _TEMPLATE = """Validate another agent's result against its task.
 
@@ -80,8 +81,12 @@ def validate_result(
     run_id: str | None = None,
     timeout: float | None = None,
     cancel: threading.Event | None = None,
+    reporter: Reporter | None = None,
 ) -> Verdict:
-    """Ask ``validator`` (on behalf of ``caller``) to check ``handoff`` against ``task``."""
+    """Ask ``validator`` (on behalf of ``caller``) to check ``handoff`` against ``task``.
+
+    ``reporter`` observes this delegation only (see ``Delegator.delegate``).
+    """
     req = DelegationRequest(
         target=validator,
         caller=caller,
@@ -91,7 +96,7 @@ def validate_result(
         name=f"validate {handoff.get('runId', '')}",
         labels={"validates": handoff.get("runId")},
     )
-    result = delegator.delegate(req, cancel=cancel)
+    result = delegator.delegate(req, cancel=cancel, reporter=reporter)
     approved, reasons = parse_verdict(result.handoff if result.outcome.ok else None)
     if not result.outcome.ok and result.error is not None:
         reasons = f"validation did not finish ({result.outcome.value}): {result.error}"
