@@ -28,6 +28,7 @@ import httpx
 from engine.config import Config
 from engine.errors import ConfigError, HookError, UsageError, did_you_mean
 from engine.hooks import retry_after_seconds
+from engine.redact import redact, register, register_url
 
 #: Discord's REST API root, used when ``channels.base_url`` is not set.
 DISCORD_API = "https://discord.com/api/v10"
@@ -80,6 +81,7 @@ def channel_context(
     channel_id = _channel_id(cfg, channels, name)
     token_env, token = _token(cfg, channels)
     base = str(channels.get("base_url") or DISCORD_API).rstrip("/")
+    register_url(base)
     url = f"{base}/channels/{channel_id}/messages"
     headers = {"Authorization": f"Bot {token}", "User-Agent": USER_AGENT}
     own = client is None
@@ -213,6 +215,7 @@ def _token(cfg: Config, channels: Mapping[str, Any]) -> tuple[str, str]:
             f"export the Discord bot token, e.g. `export {env}=...`.",
             path=cfg.path,
         )
+    register(token)
     return str(env), token
 
 
@@ -267,8 +270,10 @@ def _fetch(
                 raise _refusal(resp, where, name, channel_id, token_env, token)
         if retries >= MAX_RETRIES:
             raise HookError(
-                f"cannot read {where} at {url}: gave up after {retries + 1} attempts "
-                f"(last: {reason}). Check the network and `channels.base_url`.",
+                redact(
+                    f"cannot read {where} at {url}: gave up after {retries + 1} attempts "
+                    f"(last: {reason}). Check the network and `channels.base_url`."
+                ),
             )
         retries += 1
         sleep(wait)
@@ -326,12 +331,13 @@ def _refusal(
 
 
 def _discord_error(resp: httpx.Response) -> str:
+    """Discord's error text, redacted before it is cut (a cut could split a token)."""
     try:
         data = resp.json()
     except ValueError:
-        return resp.text.strip()[:200]
+        return redact(resp.text[:65536].strip())[:200]
     if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return str(data["message"])[:200]
+        return redact(str(data["message"])[:65536])[:200]
     return ""
 
 
@@ -346,7 +352,7 @@ def _messages(resp: httpx.Response, where: str) -> list[Mapping[str, Any]]:
 
 
 def _scrub(text: str, token: str) -> str:
-    return text.replace(token, "***") if token else text
+    return redact(text.replace(token, "***") if token else text)
 
 
 # -- formatting ---------------------------------------------------------------------------
