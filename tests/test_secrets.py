@@ -442,9 +442,8 @@ def test_discord_token_never_shown(tmp_path: Path, echo: Any) -> None:
         "base_url": server.url,
         "map": {"technical": "123"},
     }
-    proc = run_cli(
-        tmp_path, raw, "webster", "Find CTE", "--caller", "manager", "--channel-context", "technical"
-    )
+    args = ("webster", "Find CTE", "--caller", "manager", "--channel-context", "technical")
+    proc = run_cli(tmp_path, raw, *args)
     assert server.seen == [f"Bot {DISCORD}"]
     assert proc.returncode == 2 and "403" in proc.stderr
     assert leaks(tmp_path, proc, DISCORD, files_expected=False) == []
