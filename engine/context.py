@@ -287,7 +287,7 @@ def _rate_limit_wait(resp: httpx.Response) -> float:
     """Seconds a 429 asks for: JSON ``retry_after``, else the rate-limit headers, else 1."""
     try:
         data = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         data = None
     if isinstance(data, dict):
         value = data.get("retry_after")
@@ -334,7 +334,7 @@ def _discord_error(resp: httpx.Response) -> str:
     """Discord's error text, redacted before it is cut (a cut could split a token)."""
     try:
         data = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         return redact(resp.text[:65536].strip())[:200]
     if isinstance(data, dict) and isinstance(data.get("message"), str):
         return redact(str(data["message"])[:65536])[:200]
@@ -344,7 +344,7 @@ def _discord_error(resp: httpx.Response) -> str:
 def _messages(resp: httpx.Response, where: str) -> list[Mapping[str, Any]]:
     try:
         data = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         data = None
     if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
         raise HookError(f"{where}: Discord answered 200 but not with a list of messages.")

@@ -24,6 +24,8 @@ from engine.errors import HookError, HookUnreachableError
 from engine.redact import redact, register, register_url
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: The longest gateway ``runId`` kept in a record (a gateway may answer anything).
+MAX_RUN_ID = 256
 
 
 @dataclass(frozen=True)
@@ -198,10 +200,10 @@ def _transport_reason(exc: Exception) -> str:
 def _gateway_run_id(resp: Any) -> str | None:
     try:
         data = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         return None
     if isinstance(data, dict) and isinstance(data.get("runId"), str):
-        return redact(str(data["runId"]))
+        return redact(str(data["runId"])[:MAX_RUN_ID])
     return None
 
 
@@ -230,7 +232,7 @@ def _error_text(resp: Any) -> str:
         data = resp.json()
         if isinstance(data, dict) and data.get("error"):
             return redact(str(data["error"])[:65536])[:300]
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         pass
     return redact((resp.text or "")[:65536].strip())[:300]
 

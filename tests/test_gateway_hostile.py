@@ -588,3 +588,62 @@ def test_delivered_handoff_is_never_overwritten_by_a_racing_fallback(tmp_path: P
     assert calls == 1
     assert load_handoff(path)["result"] == "the agent's"
     assert os.listdir(path.parent) == [path.name]
+
+
+# -- a hostile gateway, seen from the hooks client -----------------------------------------
+
+
+NESTED = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("status", "content"),
+    [
+        (200, NESTED),
+        (403, NESTED),
+        (200, json.dumps({"ok": True, "runId": "r" * 100_000}).encode()),
+        (400, json.dumps({"error": "e" * 100_000}).encode()),
+    ],
+    ids=["nested-200", "nested-403", "huge-run-id", "huge-error"],
+)
+def test_hooks_client_survives_what_a_gateway_answers(status: int, content: bytes) -> None:
+    from engine.errors import HookError
+    from engine.hooks import MAX_RUN_ID, HooksClient, Target
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=content)
+
+    target = Target(agent="w", url="http://gw.test", token=TOKEN, token_source="a test")
+    with HooksClient(transport=httpx.MockTransport(answer)) as hooks:
+        if status == 200:
+            result = hooks.post_agent(
+                target, {"message": "m"}, idempotency_key="k", deadline=time.monotonic() + 5
+            )
+            assert result.gateway_run_id in (None, "r" * MAX_RUN_ID)
+            return
+        with pytest.raises(HookError) as info:
+            hooks.post_agent(
+                target, {"message": "m"}, idempotency_key="k", deadline=time.monotonic() + 5
+            )
+    assert len(str(info.value)) < 1000
+    assert info.value.status_code == status
+
+
+def test_model_endpoint_answering_nested_json_gives_a_failed_handoff(tmp_path: Path) -> None:
+    from engine.config import GatewayAgentConfig
+    from engine.gateway.models import run_model_agent
+
+    cfg = make_cfg(tmp_path, {"m": {"kind": "echo"}})
+    spec = GatewayAgentConfig(
+        name="m", kind="openai", argv=(), base_url="http://model.test/v1", model="x"
+    )
+    run_id = new_run_id()
+    path = tmp_path / "handoffs" / "inbox" / f"{run_id}.json"
+    msg = render_message(task="hi", run_id=run_id, agent="m", caller="manager", handoff_path=path)
+    task = task_from_message("gw-1", "m", msg)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=NESTED))
+    with httpx.Client(transport=transport) as http:
+        run_model_agent(spec, task, cfg, client=http)
+    handoff = load_handoff(path, run_id=run_id, agent="m")
+    assert handoff["status"] == "failed"
+    assert "answered 200 without a chat completion" in handoff["result"]

@@ -447,3 +447,46 @@ def test_discord_token_never_shown(tmp_path: Path, echo: Any) -> None:
     assert server.seen == [f"Bot {DISCORD}"]
     assert proc.returncode == 2 and "403" in proc.stderr
     assert leaks(tmp_path, proc, DISCORD, files_expected=False) == []
+
+
+def test_agent_output_with_the_gateway_token_is_redacted(tmp_path: Path) -> None:
+    """An agent that prints the gateway's token: its logs and the gateway's handoff mask it."""
+    from engine.config import config_from_dict
+    from engine.files import new_run_id
+    from engine.gateway.server import LocalGateway
+    from engine.handoff import handoff_path, load_handoff
+    from engine.message import render_message
+
+    token = "gwtok-" + secrets.token_hex(12)
+    code = f"import sys; print('token is {token}'); print('Bearer {token}', file=sys.stderr)"
+    cfg = config_from_dict(
+        {
+            "handoffs_dir": "handoffs",
+            "agents": {"w": {"url": "local"}},
+            "gateway": {"agents": {"w": {"kind": "command", "argv": [sys.executable, "-c", code]}}},
+        },
+        path=tmp_path / "orchestrator.yaml",
+    )
+    run_id = new_run_id()
+    path = handoff_path(cfg.handoffs_dir, run_id)
+    msg = render_message(task="t", run_id=run_id, agent="w", caller="manager", handoff_path=path)
+    with LocalGateway(cfg, token=token, port=0) as gw:
+        import httpx
+
+        resp = httpx.post(
+            f"{gw.url}/hooks/agent",
+            json={"message": msg},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert resp.status_code == 200
+        waiter_deadline = 100
+        while not path.exists() and waiter_deadline:  # bounded: the agent exits at once
+            waiter_deadline -= 1
+            threading.Event().wait(0.05)
+    handoff = load_handoff(path, run_id=run_id, agent="w")
+    assert handoff["result"] == "token is ***"
+    logs = list((tmp_path / "handoffs" / ".workspaces").rglob("*.log"))
+    assert {p.name for p in logs} == {"stdout.log", "stderr.log"}
+    for p in tmp_path.rglob("*"):
+        if p.is_file():
+            assert token not in p.read_text(encoding="utf-8", errors="replace"), p

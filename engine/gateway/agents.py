@@ -221,7 +221,7 @@ class CommandRunner:
                 self._running.pop(task.gateway_run_id, None)
         for name, text in (("stdout.log", outcome.stdout), ("stderr.log", outcome.stderr)):
             try:
-                (workspace / name).write_text(text, encoding="utf-8")
+                (workspace / name).write_text(redact(text), encoding="utf-8")
             except OSError:
                 pass
         return self._finish(task, outcome, timeout=timeout, source=source)

@@ -238,7 +238,7 @@ def _parse(
 ) -> _Answer:
     try:
         data = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         data = None
     choice = None
     if isinstance(data, dict) and isinstance(data.get("choices"), list) and data["choices"]:
@@ -372,7 +372,7 @@ def _error_text(resp: httpx.Response) -> str:
     # Redacted before it is cut: a cut could split a key the redaction would not recognise.
     try:
         data = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         data = None
     text = (resp.text or "").strip()
     if isinstance(data, dict):
