@@ -410,5 +410,6 @@ def _extras(message: Mapping[str, Any]) -> list[str]:
 
 
 def _quote_marker(text: str) -> str:
-    """Defuse the handoff marker: the gateway cuts the task at its first occurrence."""
+    """Defuse the handoff marker in quoted data: the local gateway cuts the task at the last
+    marker, but other gateways or agents may cut at the first."""
     return text.replace(_MARKER, _MARKER_QUOTED)

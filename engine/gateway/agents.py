@@ -39,9 +39,10 @@ from typing import Any
 
 from engine.config import GatewayAgentConfig
 from engine.files import SAFE_ID
-from engine.redact import redact
+from engine.redact import install_log_filter, redact
 
 log = logging.getLogger("engine.gateway")
+install_log_filter(log)
 
 HANDOFF_MARKER = "--- HANDOFF (required) ---"
 #: How much of each output stream is kept (the tail).

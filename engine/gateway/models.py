@@ -32,9 +32,10 @@ from engine.config import Config, GatewayAgentConfig
 from engine.cost import compute_cost, price_for
 from engine.gateway.agents import Task, records_of
 from engine.hooks import retry_after_seconds
-from engine.redact import redact, register, register_url
+from engine.redact import install_log_filter, redact, register, register_url
 
 log = logging.getLogger("engine.gateway")
+install_log_filter(log)
 
 #: Seed 002: the default timeout of a task by thinking level, in seconds.
 THINKING_TIMEOUTS: dict[str, float] = {"low": 120.0, "medium": 120.0, "high": 300.0}
