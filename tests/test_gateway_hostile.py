@@ -647,3 +647,21 @@ def test_model_endpoint_answering_nested_json_gives_a_failed_handoff(tmp_path: P
     handoff = load_handoff(path, run_id=run_id, agent="m")
     assert handoff["status"] == "failed"
     assert "answered 200 without a chat completion" in handoff["result"]
+
+
+def test_workspace_that_cannot_be_made_fails_at_once(
+    start: Callable[..., LocalGateway], client: httpx.Client, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    gw = start(
+        {"w": {"kind": "command", "argv": [sys.executable, "-c", "1"]}},
+        workspaces_dir=str(blocker),
+    )
+    run_id, path, msg = delegation(gw, "w", "do it")
+    body = {"message": msg, "timeoutSeconds": 600}
+    assert client.post(f"{gw.url}/hooks/agent", json=body, headers=AUTH).status_code == 200
+    wait_for(path.exists)
+    handoff = load_handoff(path, run_id=run_id, agent="w")
+    assert handoff["status"] == "failed"
+    assert handoff["result"].startswith("the agent could not be started: cannot create the")
