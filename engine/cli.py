@@ -13,12 +13,13 @@ from typing import Any, NoReturn
 import click
 
 from engine.errors import EXIT_USAGE, OrchestratorError
+from engine.redact import redact
 
 CONFIG_HELP = "Config file (default: $ORCHESTRATOR_CONFIG, else ./orchestrator.yaml)."
 
 
 def _fail(exc: OrchestratorError) -> NoReturn:
-    click.echo(f"error: {exc}", err=True)
+    click.echo(f"error: {redact(str(exc))}", err=True)
     sys.exit(exc.exit_code)
 
 

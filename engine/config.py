@@ -82,6 +82,7 @@ class GatewayAgentConfig:
     system_prompt: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    kill_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class GatewayConfig:
     token_file: Path | None = None
     workspaces_dir: Path | None = None
     agents: dict[str, GatewayAgentConfig] = field(default_factory=dict)
+    kill_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -234,9 +236,11 @@ def config_from_dict(raw: Any, *, path: Path | None = None) -> Config:
                     system_prompt=spec.get("system_prompt"),
                     max_tokens=spec.get("max_tokens"),
                     temperature=spec.get("temperature"),
+                    kill_after=float(spec["kill_after"]) if "kill_after" in spec else None,
                 )
                 for name, spec in gw.get("agents", {}).items()
             },
+            kill_after=float(gw["kill_after"]) if "kill_after" in gw else None,
         )
     retry_raw = raw.get("retry", {})
     retry = RetryPolicy(

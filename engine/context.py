@@ -28,6 +28,7 @@ import httpx
 from engine.config import Config
 from engine.errors import ConfigError, HookError, UsageError, did_you_mean
 from engine.hooks import retry_after_seconds
+from engine.redact import redact, register, register_url
 
 #: Discord's REST API root, used when ``channels.base_url`` is not set.
 DISCORD_API = "https://discord.com/api/v10"
@@ -80,6 +81,7 @@ def channel_context(
     channel_id = _channel_id(cfg, channels, name)
     token_env, token = _token(cfg, channels)
     base = str(channels.get("base_url") or DISCORD_API).rstrip("/")
+    register_url(base)
     url = f"{base}/channels/{channel_id}/messages"
     headers = {"Authorization": f"Bot {token}", "User-Agent": USER_AGENT}
     own = client is None
@@ -213,6 +215,7 @@ def _token(cfg: Config, channels: Mapping[str, Any]) -> tuple[str, str]:
             f"export the Discord bot token, e.g. `export {env}=...`.",
             path=cfg.path,
         )
+    register(token)
     return str(env), token
 
 
@@ -267,8 +270,10 @@ def _fetch(
                 raise _refusal(resp, where, name, channel_id, token_env, token)
         if retries >= MAX_RETRIES:
             raise HookError(
-                f"cannot read {where} at {url}: gave up after {retries + 1} attempts "
-                f"(last: {reason}). Check the network and `channels.base_url`.",
+                redact(
+                    f"cannot read {where} at {url}: gave up after {retries + 1} attempts "
+                    f"(last: {reason}). Check the network and `channels.base_url`."
+                ),
             )
         retries += 1
         sleep(wait)
@@ -282,7 +287,7 @@ def _rate_limit_wait(resp: httpx.Response) -> float:
     """Seconds a 429 asks for: JSON ``retry_after``, else the rate-limit headers, else 1."""
     try:
         data = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         data = None
     if isinstance(data, dict):
         value = data.get("retry_after")
@@ -326,19 +331,20 @@ def _refusal(
 
 
 def _discord_error(resp: httpx.Response) -> str:
+    """Discord's error text, redacted before it is cut (a cut could split a token)."""
     try:
         data = resp.json()
-    except ValueError:
-        return resp.text.strip()[:200]
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
+        return redact(resp.text[:65536].strip())[:200]
     if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return str(data["message"])[:200]
+        return redact(str(data["message"])[:65536])[:200]
     return ""
 
 
 def _messages(resp: httpx.Response, where: str) -> list[Mapping[str, Any]]:
     try:
         data = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         data = None
     if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
         raise HookError(f"{where}: Discord answered 200 but not with a list of messages.")
@@ -346,7 +352,7 @@ def _messages(resp: httpx.Response, where: str) -> list[Mapping[str, Any]]:
 
 
 def _scrub(text: str, token: str) -> str:
-    return text.replace(token, "***") if token else text
+    return redact(text.replace(token, "***") if token else text)
 
 
 # -- formatting ---------------------------------------------------------------------------
@@ -404,5 +410,6 @@ def _extras(message: Mapping[str, Any]) -> list[str]:
 
 
 def _quote_marker(text: str) -> str:
-    """Defuse the handoff marker: the gateway cuts the task at its first occurrence."""
+    """Defuse the handoff marker in quoted data: the local gateway cuts the task at the last
+    marker, but other gateways or agents may cut at the first."""
     return text.replace(_MARKER, _MARKER_QUOTED)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InvalidIdError
+from engine.redact import redact
 
 #: Ids and names that become part of a path: no dots, no slashes, no leading dash.
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -55,7 +56,7 @@ def write_json_atomic(path: str | Path, data: Any, *, fsync: bool = False) -> Pa
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    payload = redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)) + "\n"
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -75,6 +76,6 @@ def write_json_atomic(path: str | Path, data: Any, *, fsync: bool = False) -> Pa
 
 def append_jsonl(path: str | Path, data: Any) -> None:
     """Append one JSON line to ``path`` (a journal); one ``write`` call per line."""
-    line = json.dumps(data, ensure_ascii=False, default=str) + "\n"
+    line = redact(json.dumps(data, ensure_ascii=False, default=str)) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)

@@ -4,7 +4,8 @@ One keep-alive ``httpx.Client`` per process (creating one per request costs 40-6
 keep-alive POST). Transient failures (connection errors, timeouts, 429, 5xx) are retried
 with exponential backoff plus jitter, never past the delegation's deadline; 400, 401,
 403 and 404 fail at once with a message that says what to fix. The token is sent in a
-header and never appears in any message this module produces.
+header and never appears in any message this module produces: every error text (the
+gateway's own body included, which may echo the request's headers) is redacted here.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from typing import Any
 
 from engine.config import RetryPolicy
 from engine.errors import HookError, HookUnreachableError
+from engine.redact import redact, register, register_url
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: The longest gateway ``runId`` kept in a record (a gateway may answer anything).
+MAX_RUN_ID = 256
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,10 @@ class Target:
     url: str
     token: str = field(repr=False)
     token_source: str  # e.g. "environment variable `ATOMIZER_HOOKS_TOKEN`"; never the value
+
+    def __post_init__(self) -> None:
+        register(self.token)
+        register_url(self.url)
 
 
 @dataclass(frozen=True)
@@ -135,9 +143,11 @@ class HooksClient:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise HookUnreachableError(
-                    f"could not dispatch to `{target.agent}` at {url} before the deadline "
-                    f"({attempt - 1} attempt(s)). Is the gateway running? Check "
-                    f"`agents.{target.agent}.url`, or raise `--timeout`.",
+                    redact(
+                        f"could not dispatch to `{target.agent}` at {url} before the deadline "
+                        f"({attempt - 1} attempt(s)). Is the gateway running? Check "
+                        f"`agents.{target.agent}.url`, or raise `--timeout`."
+                    ),
                     agent=target.agent,
                 )
             timeout = min(self.retry.request_timeout, remaining)
@@ -163,9 +173,11 @@ class HooksClient:
             delays = self.retry.delays
             if attempt > len(delays):
                 raise HookUnreachableError(
-                    f"gave up dispatching to `{target.agent}` at {url} after {attempt} "
-                    f"attempts (last: {reason}). Check that the gateway is running and "
-                    f"healthy, or raise `retry.delays` in the config.",
+                    redact(
+                        f"gave up dispatching to `{target.agent}` at {url} after {attempt} "
+                        f"attempts (last: {reason}). Check that the gateway is running and "
+                        f"healthy, or raise `retry.delays` in the config."
+                    ),
                     agent=target.agent,
                 )
             delay = delays[attempt - 1] * (1 + self.retry.jitter * self._rng())
@@ -173,14 +185,16 @@ class HooksClient:
                 delay = max(delay, retry_after)
             if self._clock() + delay >= deadline:
                 raise HookUnreachableError(
-                    f"could not dispatch to `{target.agent}` at {url} before the deadline "
-                    f"(last: {reason} after {attempt} attempt(s); the next retry would "
-                    f"come in {delay:.1f} s). Is the gateway running? Raise `--timeout` "
-                    "to wait longer.",
+                    redact(
+                        f"could not dispatch to `{target.agent}` at {url} before the deadline "
+                        f"(last: {reason} after {attempt} attempt(s); the next retry would "
+                        f"come in {delay:.1f} s). Is the gateway running? Raise `--timeout` "
+                        "to wait longer."
+                    ),
                     agent=target.agent,
                 )
             if on_retry is not None:
-                on_retry(target.agent, attempt, delay, reason)
+                on_retry(target.agent, attempt, delay, redact(reason))
             self._sleep(delay)
 
 
@@ -195,10 +209,10 @@ def _transport_reason(exc: Exception) -> str:
 def _gateway_run_id(resp: Any) -> str | None:
     try:
         data = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         return None
     if isinstance(data, dict) and isinstance(data.get("runId"), str):
-        return str(data["runId"])
+        return redact(str(data["runId"])[:MAX_RUN_ID])
     return None
 
 
@@ -222,13 +236,14 @@ def _retry_after(resp: Any) -> float | None:
 
 
 def _error_text(resp: Any) -> str:
+    """The gateway's error text, redacted before it is cut (a cut could split a token)."""
     try:
         data = resp.json()
         if isinstance(data, dict) and data.get("error"):
-            return str(data["error"])[:300]
-    except ValueError:
+            return redact(str(data["error"])[:65536])[:300]
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         pass
-    return (resp.text or "").strip()[:300]
+    return redact((resp.text or "")[:65536].strip())[:300]
 
 
 def _refusal(target: Target, url: str, resp: Any) -> HookError:
@@ -280,4 +295,4 @@ def _refusal(target: Target, url: str, resp: Any) -> HookError:
         msg = f"the gateway at {url} refused the task for `{agent}` (400: {err}): {hint}."
     else:
         msg = f"the gateway at {url} answered HTTP {code} for `{agent}`: {err or 'no body'}."
-    return HookError(msg, agent=agent, status_code=code)
+    return HookError(redact(msg), agent=agent, status_code=code)

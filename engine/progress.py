@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any, TextIO
 
+from engine.redact import redact, redact_obj
 from engine.reporter import ConsoleReporter, Reporter
 
 _ICONS = {
@@ -89,6 +90,7 @@ class LiveReporter(Reporter):
         return table
 
     def event(self, kind: str, **f: Any) -> None:
+        f = redact_obj(f)
         with self._lock:
             if kind == "run_started":
                 from rich.live import Live
@@ -133,7 +135,7 @@ class LiveReporter(Reporter):
                 row.update(state="waiting_approval", note="approval gate")
 
     def warning(self, message: str) -> None:
-        self.console.print(f"warning: {message}")
+        self.console.print(f"warning: {redact(message)}")
 
     def close(self) -> None:
         """Stop the live display (leaves the final table on screen)."""
@@ -157,7 +159,7 @@ def _render(table: Any) -> str:
 
     buf = io.StringIO()
     Console(file=buf, width=120, color_system=None, force_terminal=False).print(table)
-    return buf.getvalue().rstrip("\n")
+    return redact(buf.getvalue().rstrip("\n"))
 
 
 def summary_table(summary: dict[str, Any], *, waiting: bool = False) -> str:

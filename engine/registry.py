@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from engine.config import AgentConfig, Config
 from engine.errors import ConfigError, UnknownAgentError, did_you_mean
+from engine.redact import register
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def read_secret(*, env: str | None, file: os.PathLike[str] | str | None, what: s
     if env:
         value = os.environ.get(env, "").strip()
         if value:
+            register(value)
             return value
         if not file:
             raise ConfigError(
@@ -65,5 +67,6 @@ def read_secret(*, env: str | None, file: os.PathLike[str] | str | None, what: s
             raise ConfigError(f"{what}: cannot read token file `{file}`: {exc.strerror}.") from exc
         if not value:
             raise ConfigError(f"{what}: token file `{file}` is empty.")
+        register(value)
         return value
     raise ConfigError(f"{what}: no `token_env` or `token_file` configured.")

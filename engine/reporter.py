@@ -2,7 +2,8 @@
 
 The engine calls a ``Reporter``; the CLI picks an implementation: ``ConsoleReporter``
 (human lines on stderr), ``JsonReporter`` (one JSON object per event) or the silent
-``Reporter`` base class.
+``Reporter`` base class. Every line they write is redacted (engine/redact.py): an error
+text from a gateway may echo a token.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import sys
 import threading
 from typing import Any, TextIO
+
+from engine.redact import redact
 
 
 class Reporter:
@@ -55,6 +58,7 @@ class ConsoleReporter(Reporter):
         self._lock = threading.Lock()
 
     def _line(self, text: str) -> None:
+        text = redact(text)
         with self._lock:
             print(text, file=self.stream, flush=True)
 
@@ -85,4 +89,5 @@ class JsonReporter(Reporter):
 
     def event(self, kind: str, **fields: Any) -> None:
         with self._lock:
-            print(json.dumps({"event": kind, **fields}, default=str), file=self.stream, flush=True)
+            line = redact(json.dumps({"event": kind, **fields}, default=str))
+            print(line, file=self.stream, flush=True)

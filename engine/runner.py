@@ -42,6 +42,7 @@ from engine.errors import (
 )
 from engine.files import check_id, new_run_id, parse_iso, utcnow_iso, write_json_atomic
 from engine.record import read_json
+from engine.redact import redact
 from engine.reporter import Reporter
 
 RUNS_DIR = "workflows"
@@ -282,7 +283,7 @@ class Journal:
     def append(self, kind: str, /, **fields: Any) -> dict[str, Any]:
         """Append one event (stamped with ``at``) and flush it to the OS."""
         event = {"event": kind, "at": utcnow_iso(), **fields}
-        line = json.dumps(event, ensure_ascii=False, default=str) + "\n"
+        line = redact(json.dumps(event, ensure_ascii=False, default=str)) + "\n"
         with self._lock:
             if self._fh is None:
                 self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115

@@ -8,26 +8,41 @@ when the agent's main process exits.
 
 If the message carried a handoff block and the agent left no file at ``handoff_path``,
 the runner writes one for it (``complete`` with stdout on exit 0, ``failed`` otherwise),
-then reconciles the directory so a late handoff meets its pending envelope.
+then reconciles the directory so a late handoff meets its pending envelope. That fallback
+is placed atomically and only where nothing is (``write_new_handoff``): it never replaces
+or competes with a handoff the agent delivered. An agent that cannot be started gets a
+``failed`` handoff at once, saying why.
+
+A command agent is not killed at the delegation's ``timeoutSeconds``: the engine gave up
+waiting, but a late handoff is still merged (marked ``late``). It runs up to its hard
+limit (``hard_limit``): ``kill_after`` of the agent, else its ``timeout``, else the
+gateway-wide ``kill_after``, else ``max(4 x timeoutSeconds, timeoutSeconds + 600 s)``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
 import logging
 import os
 import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.config import GatewayAgentConfig
 from engine.files import SAFE_ID
+from engine.redact import install_log_filter, redact
 
 log = logging.getLogger("engine.gateway")
+install_log_filter(log)
 
 HANDOFF_MARKER = "--- HANDOFF (required) ---"
 #: How much of each output stream is kept (the tail).
@@ -36,8 +51,16 @@ OUTPUT_LIMIT = 64 * 1024
 STDERR_TAIL = 2000
 #: Seconds between SIGTERM and SIGKILL of a process group.
 KILL_GRACE = 2.0
-_STOPPING = "not started: the local gateway is stopping"
+_STOPPING = "the local gateway is stopping"
 GATEWAY_NOTE = "written by the local gateway: the agent exited without a handoff"
+#: Without any ``kill_after`` or ``timeout``, a command agent may run this many times the
+#: delegation's timeout (and at least ``HARD_LIMIT_EXTRA`` seconds past it) before it is
+#: killed.
+HARD_LIMIT_FACTOR = 4.0
+HARD_LIMIT_EXTRA = 600.0
+#: The longest ``ORCH_TASK`` value passed in the environment (Linux refuses a single
+#: variable above 128 KiB); the full message is always in ``$ORCH_WORKSPACE/TASK.txt``.
+ENV_TASK_LIMIT = 96 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,7 +96,8 @@ def task_from_message(
     """Build a Task: split the task text from the handoff block and read the block's keys."""
     from engine.message import parse_handoff_block
 
-    idx = message.find(HANDOFF_MARKER)
+    # The LAST marker is the block the engine appended; an earlier one is quoted data.
+    idx = message.rfind(HANDOFF_MARKER)
     text = message[:idx].rstrip() if idx >= 0 else message
     block = parse_handoff_block(message[idx:]) if idx >= 0 else {}
     run_id = block.get("run_id")
@@ -109,11 +133,33 @@ class _Running:
         self.cancelled = False
 
 
+def hard_limit(
+    spec: GatewayAgentConfig, task_timeout: float | None, gateway_kill_after: float | None = None
+) -> tuple[float | None, str]:
+    """Seconds a command agent may run before it is killed, and where that number comes from.
+
+    ``gateway.agents.<name>.kill_after``, else the agent's ``timeout``, else the
+    gateway-wide ``gateway.kill_after``, else ``max(4 x t, t + 600)`` for the delegation's
+    ``timeoutSeconds`` t, else no limit.
+    """
+    if spec.kill_after is not None:
+        return float(spec.kill_after), f"`gateway.agents.{spec.name}.kill_after`"
+    if spec.timeout is not None:
+        return float(spec.timeout), "agent timeout"
+    if gateway_kill_after is not None:
+        return float(gateway_kill_after), "`gateway.kill_after`"
+    if task_timeout is not None:
+        limit = max(HARD_LIMIT_FACTOR * task_timeout, task_timeout + HARD_LIMIT_EXTRA)
+        return limit, "the default hard limit"
+    return None, ""
+
+
 class CommandRunner:
     """Runs ``command`` agents, one process group per task, and can kill them all."""
 
-    def __init__(self, workspaces_dir: Path) -> None:
+    def __init__(self, workspaces_dir: Path, *, kill_after: float | None = None) -> None:
         self.workspaces_dir = workspaces_dir
+        self.kill_after = kill_after
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
         self._closed = False
@@ -154,25 +200,15 @@ class CommandRunner:
             workspace.mkdir(parents=True, exist_ok=True)
             (workspace / "TASK.txt").write_text(task.message, encoding="utf-8")
         except OSError as exc:
-            return self._finish(task, _failed_start(f"cannot create workspace: {exc}", started))
-        timeout = spec.timeout if spec.timeout is not None else task.timeout
-        env = _environment(spec, task, workspace)
+            why = f"cannot create the workspace `{workspace}`: {exc.strerror or exc}"
+            return self._finish(task, _failed_start(why, started))
+        timeout, source = hard_limit(spec, task.timeout, self.kill_after)
         if self._closed:
             return self._finish(task, _failed_start(_STOPPING, started))
-        try:
-            popen = subprocess.Popen(
-                list(spec.argv),
-                cwd=str(spec.cwd or workspace),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            return self._finish(
-                task, _failed_start(f"cannot start `{spec.argv[0]}`: {exc}", started)
-            )
+        popen_or_reason = _start(spec, _environment(spec, task, workspace), workspace)
+        if isinstance(popen_or_reason, str):
+            return self._finish(task, _failed_start(popen_or_reason, started))
+        popen = popen_or_reason
         running = _Running(popen)
         with self._lock:
             self._running[task.gateway_run_id] = running
@@ -186,12 +222,19 @@ class CommandRunner:
                 self._running.pop(task.gateway_run_id, None)
         for name, text in (("stdout.log", outcome.stdout), ("stderr.log", outcome.stderr)):
             try:
-                (workspace / name).write_text(text, encoding="utf-8")
+                (workspace / name).write_text(redact(text), encoding="utf-8")
             except OSError:
                 pass
-        return self._finish(task, outcome, timeout=timeout)
+        return self._finish(task, outcome, timeout=timeout, source=source)
 
-    def _finish(self, task: Task, outcome: Outcome, *, timeout: float | None = None) -> Outcome:
+    def _finish(
+        self,
+        task: Task,
+        outcome: Outcome,
+        *,
+        timeout: float | None = None,
+        source: str = "agent timeout",
+    ) -> Outcome:
         """Write the handoff the agent did not write, then reconcile its directory."""
         path = task.handoff_path
         if (
@@ -205,12 +248,26 @@ class CommandRunner:
                 _reconcile(records_of(path))
             return outcome
         handoff_agent = task.handoff_agent or task.agent
+        notes = GATEWAY_NOTE
         if outcome.cancelled:
             status, result = "failed", "killed: the local gateway stopped"
-        elif outcome.timed_out:
+        elif outcome.timed_out and source == "agent timeout":
             status, result = "failed", f"killed after {_fmt_seconds(timeout)} s (agent timeout)"
+        elif outcome.timed_out:
+            status = "failed"
+            past = (
+                f", past the delegation's timeout of {_fmt_seconds(task.timeout)} s"
+                if task.timeout is not None
+                else ""
+            )
+            result = (
+                f"killed after {_fmt_seconds(timeout)} s: still running at the local "
+                f"gateway's hard limit ({source}){past}"
+            )
+            notes = GATEWAY_NOTE + "; killed at the gateway's hard limit"
         elif outcome.returncode is None:
-            status, result = "failed", outcome.stderr
+            status, result = "failed", f"the agent could not be started: {outcome.stderr}"
+            notes = "written by the local gateway: the agent could not be started"
         elif outcome.returncode == 0:
             out = outcome.stdout.strip()
             status, result = "complete", out or "(the agent exited 0 and printed nothing)"
@@ -221,7 +278,7 @@ class CommandRunner:
             result = f"the agent exited with code {code}" + (
                 f"; stderr (tail):\n{tail}" if tail else " and printed nothing on stderr"
             )
-        from engine.handoff import HandoffProblem, make_handoff, write_handoff
+        from engine.handoff import HandoffProblem, make_handoff
 
         handoff = make_handoff(
             run_id=task.run_id,
@@ -229,17 +286,17 @@ class CommandRunner:
             status=status,
             result=result,
             confidence="medium" if status == "complete" else "low",
-            notes=GATEWAY_NOTE,
+            notes=notes,
         )
         try:
-            if _delivered(path):  # the agent may have written it while we were composing
-                _reconcile(records_of(path))
-                return outcome
-            write_handoff(path, handoff)
+            # Placed only where nothing is: the agent may deliver while we compose this.
+            written = write_new_handoff(path, handoff)
         except (HandoffProblem, OSError) as exc:
             log.warning("local gateway: cannot write the handoff of %s: %s", task.run_id, exc)
             return outcome
         _reconcile(records_of(path))
+        if not written:
+            return outcome
         return Outcome(
             returncode=outcome.returncode,
             timed_out=outcome.timed_out,
@@ -251,14 +308,56 @@ class CommandRunner:
         )
 
 
+def _start(
+    spec: GatewayAgentConfig, env: dict[str, str], workspace: Path
+) -> subprocess.Popen[bytes] | str:
+    """Start the agent's process, or say why it cannot be (at once, no waiting)."""
+    where = f"`gateway.agents.{spec.name}`"
+    if not spec.argv or not spec.argv[0]:
+        return f"{where} has no `argv`: give the command to run"
+    cwd = spec.cwd or workspace
+    if not cwd.is_dir():
+        return (
+            f"the working directory `{cwd}` ({where}.cwd) does not exist or is not a "
+            "directory"
+        )
+    try:
+        return subprocess.Popen(
+            list(spec.argv),
+            cwd=str(cwd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        return (
+            f"cannot start `{spec.argv[0]}` ({where}.argv[0]): no such program; give "
+            "its full path or put it on PATH"
+        )
+    except PermissionError:
+        return (
+            f"cannot start `{spec.argv[0]}` ({where}.argv[0]): permission denied; is it "
+            "executable (`chmod +x`)?"
+        )
+    except (OSError, ValueError, TypeError) as exc:  # E2BIG, ENOEXEC, a NUL byte...
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"cannot start `{spec.argv[0]}` ({where}.argv): {text}"
+
+
 def _environment(spec: GatewayAgentConfig, task: Task, workspace: Path) -> dict[str, str]:
+    text = task.text.replace("\0", "\ufffd")  # NUL cannot be in the environment
+    if len(text.encode("utf-8", "replace")) > ENV_TASK_LIMIT:
+        cut = text.encode("utf-8", "replace")[:ENV_TASK_LIMIT].decode("utf-8", "ignore")
+        text = cut + "\n[truncated: the full message is in $ORCH_WORKSPACE/TASK.txt]"
     env = dict(os.environ)
     env.update(spec.env)
     env.update(
         {
             "ORCH_RUN_ID": task.run_id or task.gateway_run_id,
             "ORCH_HANDOFF_PATH": str(task.handoff_path) if task.handoff_path else "",
-            "ORCH_TASK": task.text,
+            "ORCH_TASK": text,
             "ORCH_AGENT": task.handoff_agent or task.agent,
             "ORCH_WORKSPACE": str(workspace),
             "ORCH_GATEWAY_RUN_ID": task.gateway_run_id,
@@ -402,8 +501,77 @@ def _reconcile(records_dir: Path) -> None:
 
 
 def _delivered(path: Path) -> bool:
-    """True when the agent delivered something at ``path``: never overwrite it."""
-    return path.exists()
+    """True when the agent delivered something: a file at ``path``, or a record that holds
+    the agent's own handoff (the engine recorded it). Never overwrite or compete with it."""
+    if path.exists():
+        return True
+    from engine.record import read_json
+
+    record = read_json(records_of(path) / path.name)
+    if not isinstance(record, dict):
+        return False
+    envelope = record.get("envelope")
+    # A record the engine wrote without a handoff (timeout, errored...) has no status.
+    return isinstance(envelope, dict) and "status" in record and "result" in record
+
+
+def write_new_handoff(path: Path, handoff: dict[str, Any]) -> bool:
+    """Validate ``handoff`` and place it at ``path`` only if nothing is there; True if placed.
+
+    Atomic and never replacing: the file is written under a temporary name, then moved
+    with ``renameat2(RENAME_NOREPLACE)`` (readers see a moved-into), or where that is
+    missing hard-linked (``link`` fails on an existing name) and touched for
+    close-after-write.
+    """
+    from engine.handoff import validate_handoff
+
+    validate_handoff(handoff, path=path)
+    if _delivered(path):
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = redact(json.dumps(handoff, indent=2, ensure_ascii=False)) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(payload)
+        placed = _rename_noreplace(tmp, path)
+        if placed is None:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            os.close(os.open(path, os.O_WRONLY))  # a close-after-write for watchers
+            return True
+        return placed
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_renameat2: Any = None
+try:
+    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+except (OSError, AttributeError):  # not glibc >= 2.28: the link fallback is used
+    pass
+
+
+def _rename_noreplace(src: str, dst: Path) -> bool | None:
+    """Move ``src`` to ``dst`` unless ``dst`` exists: True moved, False exists, None unsupported."""
+    if _renameat2 is None:
+        return None
+    rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        return False
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return None
+    raise OSError(err, os.strerror(err), str(dst))
 
 
 def records_of(handoff: Path) -> Path:

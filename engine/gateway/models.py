@@ -32,8 +32,10 @@ from engine.config import Config, GatewayAgentConfig
 from engine.cost import compute_cost, price_for
 from engine.gateway.agents import Task, records_of
 from engine.hooks import retry_after_seconds
+from engine.redact import install_log_filter, redact, register, register_url
 
 log = logging.getLogger("engine.gateway")
+install_log_filter(log)
 
 #: Seed 002: the default timeout of a task by thinking level, in seconds.
 THINKING_TIMEOUTS: dict[str, float] = {"low": 120.0, "medium": 120.0, "high": 300.0}
@@ -157,6 +159,8 @@ def _answer(
                 f"environment variable `{spec.api_key_env}` (from {where}.api_key_env) is "
                 "not set or empty: export the API key where the gateway runs."
             )
+        register(key)
+    register_url(spec.base_url)
     if not task.text.strip():
         return _failed("the message has no task text before its handoff block.")
     model = resolve_model(cfg.models, spec.model)
@@ -235,14 +239,14 @@ def _parse(
 ) -> _Answer:
     try:
         data = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         data = None
     choice = None
     if isinstance(data, dict) and isinstance(data.get("choices"), list) and data["choices"]:
         choice = data["choices"][0]
     message = choice.get("message") if isinstance(choice, dict) else None
     if not isinstance(data, dict) or not isinstance(message, dict):
-        text = _scrub((resp.text or "").strip()[:ERROR_LIMIT], key)
+        text = _scrub((resp.text or "")[:65536].strip(), key)[:ERROR_LIMIT]
         return _failed(
             f"the model endpoint {shown} answered 200 without a chat completion "
             f"(`choices[0].message` missing): {text or '(empty body)'}"
@@ -313,7 +317,8 @@ def _failed(result: str) -> _Answer:
 
 
 def _write(task: Task, answer: _Answer) -> None:
-    from engine.handoff import HandoffProblem, make_handoff, write_handoff
+    from engine.gateway.agents import write_new_handoff
+    from engine.handoff import HandoffProblem, make_handoff
     from engine.record import reconcile
 
     path = task.handoff_path
@@ -330,8 +335,7 @@ def _write(task: Task, answer: _Answer) -> None:
     try:
         # A handoff that someone else delivered meanwhile is never overwritten; an answer
         # after the engine gave up is merged by reconcile() and marked late.
-        if not path.exists():
-            write_handoff(path, handoff)
+        write_new_handoff(path, handoff)  # atomic, and never replaces a delivered one
         reconcile(records_of(path))
     except (HandoffProblem, OSError) as exc:
         log.warning("local gateway: cannot write the handoff of %s: %s", task.run_id, exc)
@@ -354,30 +358,34 @@ def _display_url(url: str) -> str:
 
 
 def _scrub(text: str, key: str) -> str:
-    return text.replace(key, "***") if key else text
+    return redact(text.replace(key, "***") if key else text)
 
 
 def _transport_reason(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     if "refused" in text.lower():
         return "connection refused"
-    return f"{type(exc).__name__}: {text}"[:200]
+    return redact(f"{type(exc).__name__}: {text}")[:200]
 
 
 def _error_text(resp: httpx.Response) -> str:
     """The API's own error message: OpenAI ``{"error": {"message"}}``, or close variants."""
+    # Redacted before it is cut: a cut could split a key the redaction would not recognise.
     try:
         data = resp.json()
-    except ValueError:
-        return (resp.text or "").strip()[:ERROR_LIMIT]
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
+        data = None
+    text = (resp.text or "").strip()
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:ERROR_LIMIT]
-        for key in ("error", "message", "detail"):
-            if isinstance(data.get(key), str) and data[key]:
-                return str(data[key])[:ERROR_LIMIT]
-    return (resp.text or "").strip()[:ERROR_LIMIT]
+            text = str(err["message"])
+        else:
+            for key in ("error", "message", "detail"):
+                if isinstance(data.get(key), str) and data[key]:
+                    text = str(data[key])
+                    break
+    return redact(text[:65536])[:ERROR_LIMIT]
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

@@ -14,9 +14,11 @@ deliver a handoff over HTTP. See docs/gateway.md.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
+import math
 import secrets
 import signal
 import socket
@@ -30,12 +32,23 @@ from typing import Any
 from urllib.parse import unquote
 
 from engine.config import Config, GatewayAgentConfig, GatewayConfig
+from engine.errors import ConfigError
 from engine.gateway.agents import CommandRunner, task_from_message
+from engine.redact import install_log_filter, redact, register
 
 log = logging.getLogger("engine.gateway")
+install_log_filter(log)
 
-#: Largest request body accepted.
-MAX_BODY = 4 * 1024 * 1024
+#: Largest request body accepted (413 above).
+MAX_BODY = 1024 * 1024
+#: Deepest nesting of arrays and objects accepted in a JSON body (400 above).
+MAX_DEPTH = 64
+#: Largest ``timeoutSeconds`` accepted: 30 days.
+MAX_TIMEOUT = 30 * 24 * 3600.0
+#: Longest string accepted in the optional string fields of ``/hooks/agent``.
+MAX_FIELD = 1024
+#: Longest ``Idempotency-Key`` accepted.
+MAX_IDEMPOTENCY_KEY = 256
 #: How many Idempotency-Key values are remembered (oldest forgotten first).
 IDEMPOTENCY_LIMIT = 10_000
 #: Seconds an idle keep-alive connection is kept open.
@@ -81,6 +94,20 @@ class _Server(ThreadingHTTPServer):
         with self.conn_lock:
             self.connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is normal; anything else is one redacted log line."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        log.error(
+            "local gateway: request from %s broke: %s: %s",
+            client_address[0] if client_address else "?",
+            type(exc).__name__,
+            redact(str(exc))[:200],
+        )
 
     def close_connections(self) -> None:
         """Shut down every open keep-alive connection so its handler thread ends."""
@@ -182,19 +209,22 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             return
         gw = self.server.gateway
-        if path == "/hooks/agent":
-            status, data, thread = gw._hook_agent(body, self.headers.get("Idempotency-Key"))
-            try:
-                self._json(status, data)
-            finally:
-                if thread is not None:  # even if the client went away: the run is accepted
-                    gw._launch(thread)
+        try:
+            if path == "/hooks/agent":
+                status, data, thread = gw._hook_agent(body, self.headers.get("Idempotency-Key"))
+            elif path == "/hooks/wake":
+                (status, data), thread = gw._hook_wake(body), None
+            else:
+                (status, data), thread = gw._receive(path[len("/handoffs/") :], body), None
+        except Exception as exc:  # a bug must not leave the client without an answer
+            log.error("local gateway: %s broke: %s: %s", path, type(exc).__name__, exc)
+            self._error(500, "the local gateway failed to handle this request", True)
             return
-        if path == "/hooks/wake":
-            status, data = gw._hook_wake(body)
-        else:
-            status, data = gw._receive(path[len("/handoffs/") :], body)
-        self._json(status, data)
+        try:
+            self._json(status, data)
+        finally:
+            if thread is not None:  # even if the client went away: the run is accepted
+                gw._launch(thread)
 
     def _read_body(self) -> bytes | None:
         if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
@@ -209,7 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "invalid Content-Length", True)
             return None
         if length > MAX_BODY:
-            self._error(413, f"body larger than {MAX_BODY} bytes", True)
+            self._error(413, f"body larger than {MAX_BODY} bytes: send less", True)
             return None
         return self.rfile.read(length) if length else b""
 
@@ -240,11 +270,12 @@ class LocalGateway:
         self.gw_cfg: GatewayConfig = cfg.gateway or GatewayConfig()
         self.host = host if host is not None else self.gw_cfg.host
         self.port = port if port is not None else self.gw_cfg.port
+        register(token)
         self._token = token.encode("utf-8")
         self.agents: dict[str, GatewayAgentConfig] = dict(self.gw_cfg.agents)
         self._agent_names = sorted(self.agents)
         workspaces = self.gw_cfg.workspaces_dir or (cfg.handoffs_dir / ".workspaces")
-        self._runner = CommandRunner(Path(workspaces))
+        self._runner = CommandRunner(Path(workspaces), kill_after=self.gw_cfg.kill_after)
         self._lock = threading.Lock()
         self._idempotency: OrderedDict[str, str] = OrderedDict()
         self._dispatched = dict.fromkeys(self.agents, 0)
@@ -270,7 +301,7 @@ class LocalGateway:
             raise RuntimeError("this LocalGateway was stopped; create a new one")
         if self._server is not None:
             return self
-        self._server = _Server((self.host, self.port), self)
+        self._server = self._bind()
         self._serve_thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -279,6 +310,44 @@ class LocalGateway:
         )
         self._serve_thread.start()
         return self
+
+    def _bind(self) -> _Server:
+        """Bind the address, turning a failure into one ConfigError saying what to do."""
+        where = f"{self.host}:{self.port}"
+        if ":" in self.host:
+            where = f"[{self.host}]:{self.port}"
+        try:
+            return _Server((self.host, self.port), self)
+        except socket.gaierror as exc:
+            reason = (
+                f"the host `{self.host}` does not resolve ({exc.strerror or exc}): set "
+                "`gateway.host` (or `--host`) to a name or address of this machine, e.g. "
+                "127.0.0.1"
+            )
+        except OverflowError:
+            reason = "the port is out of range: use 0 to 65535 (0 takes a free port)"
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                reason = (
+                    "the address is already in use (another gateway, or another program, "
+                    "listens there): stop it, choose another `gateway.port` (or `--port`), "
+                    "or use port 0 to take a free one"
+                )
+            elif exc.errno in (errno.EACCES, errno.EPERM):
+                reason = (
+                    "permission denied (ports below 1024 need privileges): choose a port "
+                    "of 1024 or more, or 0 to take a free one"
+                )
+            elif exc.errno == errno.EADDRNOTAVAIL:
+                reason = (
+                    f"`{self.host}` is not an address of this machine: set `gateway.host` "
+                    "(or `--host`) to one of its addresses, e.g. 127.0.0.1"
+                )
+            else:
+                reason = f"{exc.strerror or exc}: check `gateway.host` and `gateway.port`"
+        raise ConfigError(
+            f"the local gateway cannot listen on {where}: {reason}.", path=self.cfg.path
+        )
 
     @property
     def url(self) -> str:
@@ -386,10 +455,9 @@ class LocalGateway:
     def _hook_wake(self, body: bytes) -> tuple[int, dict[str, Any]]:
         mode = "now"
         if body.strip():
-            try:
-                data = json.loads(body)
-            except ValueError:
-                return 400, {"ok": False, "error": "body is not valid JSON"}
+            data, problem = _parse_json(body)
+            if problem:
+                return 400, {"ok": False, "error": problem}
             if isinstance(data, dict) and data.get("mode") == "next-heartbeat":
                 mode = "next-heartbeat"
         return 200, {"ok": True, "mode": mode}
@@ -397,19 +465,26 @@ class LocalGateway:
     def _hook_agent(
         self, body: bytes, idem_key: str | None
     ) -> tuple[int, dict[str, Any], threading.Thread | None]:
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            return 400, {"ok": False, "error": f"body is not valid JSON: {_json_reason(exc)}"}, None
+        if idem_key is not None and len(idem_key) > MAX_IDEMPOTENCY_KEY:
+            return 400, _err(f"Idempotency-Key longer than {MAX_IDEMPOTENCY_KEY} characters"), None
+        data, problem = _parse_json(body)
+        if problem:
+            return 400, _err(problem), None
         if not isinstance(data, dict):
             return 400, {"ok": False, "error": "body must be a JSON object"}, None
         message = data.get("message")
         if not isinstance(message, str) or not message.strip():
             return 400, {"ok": False, "error": "message required"}, None
+        problem = _field_problem(data)
+        if problem:
+            return 400, _err(problem), None
         agent_id = data.get("agentId")
         if agent_id is not None and agent_id != "":
-            if not isinstance(agent_id, str) or agent_id not in self.agents:
-                return 404, {"ok": False, "error": f"unknown agentId {json.dumps(agent_id)}"}, None
+            if agent_id not in self.agents:
+                shown = json.dumps(agent_id, ensure_ascii=False)
+                if len(shown) > 100:
+                    shown = shown[:100] + "..."
+                return 404, _err(f"unknown agentId {shown}"), None
             agent = agent_id
         elif len(self.agents) == 1:
             agent = self._agent_names[0]
@@ -418,10 +493,6 @@ class LocalGateway:
         else:
             return 400, {"ok": False, "error": _AGENT_REQUIRED}, None
         timeout = data.get("timeoutSeconds")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-        ):
-            return 400, {"ok": False, "error": "timeoutSeconds must be a positive number"}, None
         with self._lock:
             if self._stopping:
                 return 503, {"ok": False, "error": "the local gateway is stopping"}, None
@@ -454,6 +525,7 @@ class LocalGateway:
             thread.start()  # under the lock, so stop() never joins an unstarted thread
 
     def _run_task(self, agent: str, run_id: str, message: str, timeout: float | None) -> None:
+        task = None
         try:
             spec = self.agents[agent]
             task = task_from_message(run_id, agent, message, timeout)
@@ -474,8 +546,10 @@ class LocalGateway:
                     outcome.returncode,
                     ", timed out" if outcome.timed_out else "",
                 )
-        except Exception:  # a bug here must not take the server down
+        except Exception as exc:  # a bug here must not take the server down
             log.exception("local gateway: run %s on %s broke", run_id, agent)
+            if task is not None:  # the engine must not wait for its whole timeout
+                _broke(task, f"the local gateway broke running the agent: {type(exc).__name__}")
         finally:
             with self._lock:
                 self._inflight[agent] -= 1
@@ -493,10 +567,9 @@ class LocalGateway:
             check_id(run_id, "run id")
         except InvalidIdError as exc:
             return 400, {"ok": False, "error": exc.message}
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            return 400, {"ok": False, "error": f"body is not valid JSON: {_json_reason(exc)}"}
+        data, problem = _parse_json(body)
+        if problem:
+            return 400, _err(problem)
         base = self.cfg.handoffs_dir
         sub = base / SUB_DIR
         records_dir = sub if (sub / PENDING_DIR / f"{run_id}.json").exists() else base
@@ -542,7 +615,95 @@ def _echo(task: Any) -> None:
     write_json_atomic(task.handoff_path, data)
 
 
+def _broke(task: Any, reason: str) -> None:
+    """Leave a ``failed`` handoff for a run the gateway itself failed on (never replacing)."""
+    from engine.gateway.agents import records_of, write_new_handoff
+    from engine.handoff import HandoffProblem, make_handoff
+    from engine.record import reconcile
+
+    if task.handoff_path is None or task.run_id is None:
+        return
+    data = make_handoff(
+        run_id=task.run_id,
+        agent=task.handoff_agent or task.agent,
+        status="failed",
+        result=reason,
+        confidence="low",
+        notes="written by the local gateway",
+    )
+    try:
+        write_new_handoff(task.handoff_path, data)
+        reconcile(records_of(task.handoff_path))
+    except (HandoffProblem, OSError) as exc:
+        log.warning("local gateway: cannot write the handoff of %s: %s", task.run_id, exc)
+
+
+def _err(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": message}
+
+
 def _json_reason(exc: ValueError) -> str:
     if isinstance(exc, json.JSONDecodeError):
         return f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
-    return str(exc)
+    return str(exc)[:200]
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"`{name}` is not a JSON number")
+
+
+def _parse_json(body: bytes) -> tuple[Any, str | None]:
+    """The parsed body, or the reason it is refused (not JSON, NaN/Infinity, too deep)."""
+    try:
+        data = json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        return None, f"body nests arrays or objects deeper than {MAX_DEPTH} levels"
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, a huge integer
+        return None, f"body is not valid JSON: {_json_reason(exc)}"
+    if _too_deep(data):
+        return None, f"body nests arrays or objects deeper than {MAX_DEPTH} levels"
+    return data, None
+
+
+def _too_deep(data: Any) -> bool:
+    """True when ``data`` nests deeper than MAX_DEPTH (iterative: no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+_STRING_FIELDS = ("name", "agentId", "sessionKey", "channel", "model", "thinking")
+
+
+def _field_problem(data: dict[str, Any]) -> str | None:
+    """Why an optional field of ``/hooks/agent`` is refused (type, size, range), or None."""
+    for key in _STRING_FIELDS:
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return f"{key} must be a string"
+        if len(value) > MAX_FIELD:
+            return f"{key} must be at most {MAX_FIELD} characters"
+    deliver = data.get("deliver")
+    if deliver is not None and not isinstance(deliver, bool):
+        return "deliver must be true or false"
+    timeout = data.get("timeoutSeconds")
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        return "timeoutSeconds must be a positive number"  # NaN fails `> 0` too
+    # An int too big for a float is refused here before float() could overflow.
+    if not timeout <= MAX_TIMEOUT or not math.isfinite(timeout):
+        return f"timeoutSeconds must be finite and at most {MAX_TIMEOUT:.0f} (30 days)"
+    return None
