@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -113,3 +114,48 @@ def test_our_files_plan_on_the_real_engine(tmp_path: Path) -> None:
         assert {sid: tuple(sorted(plan.steps[sid].depends_on)) for sid in plan.steps} == {
             sid: tuple(sorted(d)) for sid, d in shape.deps.items()
         }
+
+
+def test_rounds_time_whole_processes_and_rotate(tmp_path: Path) -> None:
+    compare = _load("compare")
+    py = sys.executable
+    g = compare.Group(
+        "g",
+        {
+            "a": [py, "-c", "import time; time.sleep(0.05)"],
+            "b": [py, "-c", "pass"],
+        },
+    )
+    g.run(2, tmp_path, {"PATH": "/usr/bin:/bin"})
+    assert g.error is None
+    assert [len(g.samples["a"]), len(g.samples["b"])] == [2, 2]
+    assert g.median("a") >= 0.05 and g.median("b") > 0  # wall time around the process
+    assert g.ratio("a", "b") == statistics.median(
+        x.wall / y.wall for x, y in zip(g.samples["a"], g.samples["b"], strict=True)
+    )
+    rss = g.median("b", lambda s: s.maxrss_mib)
+    assert rss > 1
+    if compare.GNU_TIME.exists():  # the child's own peak, not the forking process's
+        assert rss < 40
+
+
+def test_a_failing_process_is_a_row_with_the_reason(tmp_path: Path) -> None:
+    compare = _load("compare")
+    cmd = [sys.executable, "-c", "import sys; print('boom here'); sys.exit(3)"]
+    g = compare.Group("bad", {"ours": cmd, "lobster": [sys.executable, "-c", "pass"]})
+    g.run(1, tmp_path, {"PATH": "/usr/bin:/bin"})
+    assert g.error is not None and "exited 3" in g.error and "boom here" in g.error
+    rows = compare.time_rows(g, "work", "ours", {"lobster": "Lobster"}, {"lobster": 0.5})
+    assert [(r.work, r.ratio, r.met) for r in rows] == [("work", None, None)]
+    assert rows[0].note.startswith("failed: `")
+    table = compare._table(rows)
+    assert "failed: `" in table and table.splitlines()[0].split() == [
+        "work",
+        "ours",
+        "(median)",
+        "peer",
+        "(median)",
+        "ratio",
+        "goal",
+        "met?",
+    ]

@@ -171,7 +171,7 @@ def time_rows(
 ) -> list[Row]:
     """Rows ours ÷ each peer of a group (wall time); a goal only where one is set."""
     if g.error is not None:
-        return [Row(work, "-", "-", None, "-", None, f"failed: {g.error.splitlines()[0]}")]
+        return [Row(work, "-", "-", None, "-", None, _failed(g.error))]
     rows = []
     for label, peer_name in peers.items():
         if label not in g.samples:
@@ -236,7 +236,207 @@ def _bin(name: str) -> str:
     return str(exe) if exe.exists() else name
 
 
+@dataclass
+class Peers:
+    """The installed peers, and why a column is skipped."""
+
+    lobster: peers_setup.LobsterInstall | None = None
+    langgraph: peers_setup.LangGraphInstall | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Label -> display name of the peers that run."""
+        return {k: v for k, v in NAMES.items() if k not in self.skipped}
+
+
+NAMES = {LOBSTER: "Lobster", LANGGRAPH: "LangGraph"}
+
+
+def install_peers(cache: Path | None, *, lobster: bool, langgraph: bool) -> Peers:
+    """Install (or find) each peer asked for; a peer that cannot be had is skipped."""
+    peers = Peers()
+    if not lobster:
+        peers.skipped[LOBSTER] = "--no-lobster"
+    else:
+        try:
+            peers.lobster = peers_setup.ensure_lobster(cache)
+        except peers_setup.PeerUnavailable as exc:
+            peers.skipped[LOBSTER] = str(exc)
+    if not langgraph:
+        peers.skipped[LANGGRAPH] = "--no-langgraph"
+    else:
+        try:
+            peers.langgraph = peers_setup.ensure_langgraph(cache)
+        except peers_setup.PeerUnavailable as exc:
+            peers.skipped[LANGGRAPH] = str(exc)
+    return peers
+
+
+def build_groups(tmp: Path, peers: Peers) -> dict[str, Group]:
+    """Every system's files from the shapes, and the commands timed together."""
+    cfg = str(write_config(tmp))
+    files = {
+        s.name: shapes.write_all(s, tmp)
+        for s in (shapes.dag200(), shapes.chain50(), shapes.dag1000())
+    }
+    wf = _bin("workflow")
+    lob, lg = peers.lobster, peers.langgraph
+
+    def ours_run(name: str) -> list[str]:
+        flags = ["--non-interactive", "--quiet", "--max-parallel", str(DAG_PARALLEL)]
+        return [wf, "run", str(files[name]["ours"]), "--config", cfg, *flags]
+
+    def peers_of(name: str, *, check: bool) -> dict[str, list[str]]:
+        cmds: dict[str, list[str]] = {}
+        if lob is not None:
+            extra = ["--dry-run"] if check else []
+            cmds[LOBSTER] = lob.command("run", *extra, "--file", str(files[name]["lobster"]))
+        if lg is not None:
+            extra = ["--compile-only"] if check else []
+            script = str(HERE / "langgraph_graph.py")
+            cmds[LANGGRAPH] = [str(lg.python), script, str(files[name]["langgraph"]), *extra]
+        return cmds
+
+    big = str(files["dag1000"]["ours"])
+    groups = [
+        Group("dag200", {OURS: ours_run("dag200"), **peers_of("dag200", check=False)}),
+        Group("chain50", {OURS: ours_run("chain50"), **peers_of("chain50", check=False)}),
+        Group(
+            "check1000",
+            {
+                "validate": [wf, "validate", big, "--config", cfg],
+                "dry-run": [wf, "run", "--dry-run", big, "--config", cfg],
+                **peers_of("dag1000", check=True),
+            },
+        ),
+        Group(
+            "startup",
+            {
+                "orchestrate --help": [_bin("orchestrate"), "--help"],
+                "python -c pass": [sys.executable, "-c", "pass"],
+            },
+        ),
+    ]
+    env = dict(os.environ, LOBSTER_STATE_DIR=str(tmp / "lobster-state"))
+    if lob is not None:
+        env["PATH"] = f"{lob.node.parent}{os.pathsep}{env.get('PATH', '')}"
+    for g in groups:
+        g.env = {LOBSTER: env}
+    return {g.name: g for g in groups}
+
+
+def process_rows(groups: dict[str, Group], peers: Peers) -> list[Row]:
+    """The whole-process rows: runs, checks, start-up."""
+    goal = {LOBSTER: 0.5}
+    rows = time_rows(groups["dag200"], "200-step DAG run", OURS, peers.names, goal)
+    rows += time_rows(groups["chain50"], "50-step chain run", OURS, peers.names, goal)
+    check = {LOBSTER: "Lobster --dry-run", LANGGRAPH: "LangGraph compile"}
+    check = {k: v for k, v in check.items() if k in peers.names}
+    for label, cmd in (
+        ("validate", "`workflow validate`"),
+        ("dry-run", "`workflow run --dry-run`"),
+    ):
+        rows += time_rows(groups["check1000"], f"1,000 steps {cmd}", label, check, goal)
+    g = groups["startup"]
+    if g.error is not None:
+        return [*rows, Row("start-up", "-", "-", None, "<= 60 ms", None, _failed(g.error))]
+    ours_ms = g.median("orchestrate --help") * 1000
+    rows.append(
+        Row(
+            "start-up `orchestrate --help` vs `python -c pass`",
+            f"{ours_ms:.1f} ms",
+            f"{g.median('python -c pass') * 1000:.1f} ms",
+            round(g.ratio("orchestrate --help", "python -c pass"), 2),
+            "<= 60 ms (ours)",
+            ours_ms <= 60,
+        )
+    )
+    return rows
+
+
+def rss_rows(g: Group, peers: Peers) -> list[Row]:
+    """Peak RSS of each system on the 200-step DAG (from the timed runs)."""
+    if g.error is not None:
+        return []
+
+    def rss(s: Sample) -> float:
+        return s.maxrss_mib
+
+    return [
+        Row(
+            f"peak RSS, 200-step DAG vs {name}",
+            f"{g.median(OURS, rss):.1f} MiB",
+            f"{g.median(label, rss):.1f} MiB",
+            round(g.ratio(OURS, label, rss), 2),
+            "-",
+            None,
+        )
+        for label, name in peers.names.items()
+    ]
+
+
+def delegation_rows(medians: dict[str, object]) -> list[Row]:
+    """The engine's cost per delegation against the bare floor, from bench/delegation.py."""
+    print("running bench/delegation.py ...", file=sys.stderr, flush=True)
+    script = str(REPO / "bench" / "delegation.py")
+    try:
+        d = sub_json([sys.executable, script, "--json", "-n", "500"], REPO)
+        r = float(d["ratio_p50"])  # type: ignore[arg-type]
+        medians["delegation"] = d
+        return [
+            Row(
+                "engine cost per delegation vs bare floor (p50)",
+                f"{d['overhead_p50_ms']} ms",
+                f"{d['bare_p50_ms']} ms",
+                r,
+                "<= 1.5x",
+                r <= 1.5,
+            )
+        ]
+    except (BenchError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+        return [Row("engine cost per delegation", "-", "-", None, "<= 1.5x", None, _failed(exc))]
+
+
+def concurrency_rows(pairs: int, medians: dict[str, object]) -> list[Row]:
+    """Throughput at 16 in flight vs 1, CPU per step at 20 vs 1 (bench/peers/concurrency.py)."""
+    print("running bench/peers/concurrency.py ...", file=sys.stderr, flush=True)
+    cmd = [sys.executable, str(HERE / "concurrency.py"), "--json", "--pairs", str(pairs)]
+    try:
+        c = sub_json(cmd, REPO)
+        steps = int(c["sleep_steps"])  # type: ignore[call-overload]
+        w1, w16 = float(c["wall_1_s"]), float(c["wall_16_s"])  # type: ignore[arg-type]
+        t = float(c["throughput_ratio_16_vs_1"])  # type: ignore[arg-type]
+        cr = float(c["cpu_per_step_ratio_20_vs_1"])  # type: ignore[arg-type]
+        medians["concurrency"] = c
+    except (BenchError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+        return [Row("concurrency", "-", "-", None, "-", None, _failed(exc))]
+    return [
+        Row(
+            "throughput, 100 ms agents: 16 in flight vs 1",
+            f"{steps / w16:.1f} steps/s",
+            f"{steps / w1:.1f} steps/s",
+            t,
+            ">= 10x",
+            t >= 10,
+        ),
+        Row(
+            "CPU per step, echo agents: 20 in flight vs 1",
+            f"{c['cpu_per_step_20_ms']} ms",
+            f"{c['cpu_per_step_1_ms']} ms",
+            cr,
+            "<= 1x",
+            cr <= 1,
+        ),
+    ]
+
+
+def _failed(exc: object) -> str:
+    return f"failed: {str(exc).splitlines()[0]}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Install the peers, time every work, print the table (and JSON with --json)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=5, help="timed rounds per work (default 5)")
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
@@ -249,117 +449,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.pairs < 1:
         ap.error("--pairs must be at least 1")
 
-    skipped: dict[str, str] = {}
-    lob: peers_setup.LobsterInstall | None = None
-    lg: peers_setup.LangGraphInstall | None = None
-    if args.no_lobster:
-        skipped[LOBSTER] = "--no-lobster"
-    else:
-        try:
-            lob = peers_setup.ensure_lobster(args.cache)
-        except peers_setup.PeerUnavailable as exc:
-            skipped[LOBSTER] = str(exc)
-    if args.no_langgraph:
-        skipped[LANGGRAPH] = "--no-langgraph"
-    else:
-        try:
-            lg = peers_setup.ensure_langgraph(args.cache)
-        except peers_setup.PeerUnavailable as exc:
-            skipped[LANGGRAPH] = str(exc)
-    for name, why in skipped.items():
-        print(f"note: the {name} column is skipped: {why}", file=sys.stderr)
-
+    peers = install_peers(args.cache, lobster=not args.no_lobster, langgraph=not args.no_langgraph)
+    for name, why in peers.skipped.items():
+        print(f"note: the {NAMES[name]} column is skipped: {why}", file=sys.stderr)
     load_before = os.getloadavg()
     t_start = time.monotonic()
-    rows: list[Row] = []
     medians: dict[str, object] = {}
-    names = {LOBSTER: "Lobster", LANGGRAPH: "LangGraph"}
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmpname:
         tmp = Path(tmpname)
-        cfg = write_config(tmp)
-        files = {
-            s.name: shapes.write_all(s, tmp)
-            for s in (shapes.dag200(), shapes.chain50(), shapes.dag1000())
-        }
-        base_env = dict(os.environ)
-        lob_env = dict(base_env, LOBSTER_STATE_DIR=str(tmp / "lobster-state"))
-        if lob is not None:
-            lob_env["PATH"] = f"{lob.node.parent}{os.pathsep}{base_env.get('PATH', '')}"
-        wf = _bin("workflow")
-
-        def ours_run(name: str) -> list[str]:
-            return [
-                wf,
-                "run",
-                str(files[name]["ours"]),
-                "--config",
-                str(cfg),
-                "--non-interactive",
-                "--quiet",
-                "--max-parallel",
-                str(DAG_PARALLEL),
-            ]
-
-        def peers_of(name: str, *, check: bool) -> dict[str, list[str]]:
-            cmds: dict[str, list[str]] = {}
-            if lob is not None:
-                extra = ["--dry-run"] if check else []
-                cmds[LOBSTER] = lob.command("run", *extra, "--file", str(files[name]["lobster"]))
-            if lg is not None:
-                extra = ["--compile-only"] if check else []
-                cmds[LANGGRAPH] = [
-                    str(lg.python),
-                    str(HERE / "langgraph_graph.py"),
-                    str(files[name]["langgraph"]),
-                    *extra,
-                ]
-            return cmds
-
-        groups = {
-            "dag200": Group(
-                "dag200", {OURS: ours_run("dag200"), **peers_of("dag200", check=False)}
-            ),
-            "chain50": Group(
-                "chain50", {OURS: ours_run("chain50"), **peers_of("chain50", check=False)}
-            ),
-            "check1000": Group(
-                "check1000",
-                {
-                    "validate": [
-                        wf,
-                        "validate",
-                        str(files["dag1000"]["ours"]),
-                        "--config",
-                        str(cfg),
-                    ],
-                    "dry-run": [
-                        wf,
-                        "run",
-                        "--dry-run",
-                        str(files["dag1000"]["ours"]),
-                        "--config",
-                        str(cfg),
-                    ],
-                    **peers_of("dag1000", check=True),
-                },
-            ),
-            "startup": Group(
-                "startup",
-                {
-                    "orchestrate --help": [_bin("orchestrate"), "--help"],
-                    "python -c pass": [sys.executable, "-c", "pass"],
-                },
-            ),
-        }
+        groups = build_groups(tmp, peers)
         for g in groups.values():
-            g.env = {LOBSTER: lob_env}
             rounds = args.pairs * 3 if g.name == "startup" else args.pairs
             print(
                 f"timing {g.name}: {', '.join(g.commands)} x {rounds} ...",
                 file=sys.stderr,
                 flush=True,
             )
-            g.run(rounds, tmp, base_env)
+            g.run(rounds, tmp, dict(os.environ))
             if g.error is None:
                 medians[g.name] = {
                     label: {
@@ -369,149 +475,16 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     for label in g.commands
                 }
-
-        lobster_goal = {LOBSTER: 0.5}
-        peer_names = {k: v for k, v in names.items() if k not in skipped}
-        rows += time_rows(groups["dag200"], "200-step DAG run", OURS, peer_names, lobster_goal)
-        rows += time_rows(groups["chain50"], "50-step chain run", OURS, peer_names, lobster_goal)
-        peers_check = {LOBSTER: "Lobster --dry-run", LANGGRAPH: "LangGraph compile"}
-        peers_check = {k: v for k, v in peers_check.items() if k not in skipped}
-        rows += time_rows(
-            groups["check1000"],
-            "1,000 steps `workflow validate`",
-            "validate",
-            peers_check,
-            lobster_goal,
-        )
-        rows += time_rows(
-            groups["check1000"],
-            "1,000 steps `workflow run --dry-run`",
-            "dry-run",
-            peers_check,
-            lobster_goal,
-        )
-
-        g = groups["startup"]
-        if g.error is None:
-            ours_ms = g.median("orchestrate --help") * 1000
-            rows.append(
-                Row(
-                    "start-up `orchestrate --help` vs `python -c pass`",
-                    f"{ours_ms:.1f} ms",
-                    f"{g.median('python -c pass') * 1000:.1f} ms",
-                    round(g.ratio("orchestrate --help", "python -c pass"), 2),
-                    "<= 60 ms (ours)",
-                    ours_ms <= 60,
-                )
-            )
-        else:
-            rows.append(Row("start-up", "-", "-", None, "<= 60 ms", None, g.error))
-
-        if not args.no_delegation:
-            print("running bench/delegation.py ...", file=sys.stderr, flush=True)
-            try:
-                d = sub_json(
-                    [sys.executable, str(REPO / "bench" / "delegation.py"), "--json", "-n", "500"],
-                    REPO,
-                )
-                medians["delegation"] = d
-                r = float(d["ratio_p50"])  # type: ignore[arg-type]
-                rows.append(
-                    Row(
-                        "engine cost per delegation vs bare floor (p50)",
-                        f"{d['overhead_p50_ms']} ms",
-                        f"{d['bare_p50_ms']} ms",
-                        r,
-                        "<= 1.5x",
-                        r <= 1.5,
-                    )
-                )
-            except (BenchError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
-                rows.append(
-                    Row(
-                        "engine cost per delegation",
-                        "-",
-                        "-",
-                        None,
-                        "<= 1.5x",
-                        None,
-                        f"failed: {str(exc).splitlines()[0]}",
-                    )
-                )
-
-        if not args.no_concurrency:
-            print("running bench/peers/concurrency.py ...", file=sys.stderr, flush=True)
-            try:
-                c = sub_json(
-                    [
-                        sys.executable,
-                        str(HERE / "concurrency.py"),
-                        "--json",
-                        "--pairs",
-                        str(args.pairs),
-                    ],
-                    REPO,
-                )
-                medians["concurrency"] = c
-                steps = int(c["sleep_steps"])  # type: ignore[call-overload]
-                w1, w16 = float(c["wall_1_s"]), float(c["wall_16_s"])  # type: ignore[arg-type]
-                t = float(c["throughput_ratio_16_vs_1"])  # type: ignore[arg-type]
-                rows.append(
-                    Row(
-                        "throughput, 100 ms agents: 16 in flight vs 1",
-                        f"{steps / w16:.1f} steps/s",
-                        f"{steps / w1:.1f} steps/s",
-                        t,
-                        ">= 10x",
-                        t >= 10,
-                    )
-                )
-                cr = float(c["cpu_per_step_ratio_20_vs_1"])  # type: ignore[arg-type]
-                rows.append(
-                    Row(
-                        "CPU per step, echo agents: 20 in flight vs 1",
-                        f"{c['cpu_per_step_20_ms']} ms",
-                        f"{c['cpu_per_step_1_ms']} ms",
-                        cr,
-                        "<= 1x",
-                        cr <= 1,
-                    )
-                )
-            except (BenchError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
-                rows.append(
-                    Row(
-                        "concurrency",
-                        "-",
-                        "-",
-                        None,
-                        "-",
-                        None,
-                        f"failed: {str(exc).splitlines()[0]}",
-                    )
-                )
-
-        g = groups["dag200"]
-        if g.error is None:
-
-            def rss(s: Sample) -> float:
-                return s.maxrss_mib
-
-            for label, peer_name in peer_names.items():
-                rows.append(
-                    Row(
-                        f"peak RSS, 200-step DAG vs {peer_name}",
-                        f"{g.median(OURS, rss):.1f} MiB",
-                        f"{g.median(label, rss):.1f} MiB",
-                        round(g.ratio(OURS, label, rss), 2),
-                        "-",
-                        None,
-                    )
-                )
-
-    for name, why in skipped.items():
+    rows = process_rows(groups, peers)
+    if not args.no_delegation:
+        rows += delegation_rows(medians)
+    if not args.no_concurrency:
+        rows += concurrency_rows(args.pairs, medians)
+    rows += rss_rows(groups["dag200"], peers)
+    for name, why in peers.skipped.items():
         rows.append(
             Row(
-                f"{names[name]} column",
+                f"{NAMES[name]} column",
                 "-",
                 "-",
                 None,
@@ -528,17 +501,17 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in load_after],
         "seconds": round(time.monotonic() - t_start, 1),
-        "lobster": None if lob is None else lob.version,
-        "node": None if lob is None else str(lob.node),
-        "langgraph": None if lg is None else lg.version,
+        "lobster": None if peers.lobster is None else peers.lobster.version,
+        "node": None if peers.lobster is None else str(peers.lobster.node),
+        "langgraph": None if peers.langgraph is None else peers.langgraph.version,
     }
     print(
-        f"ours vs peers, whole processes, {args.pairs} rounds (A/B rotating), medians; "
-        f"ratio = ours / peer, median of the per-round ratios"
+        f"ours vs peers, whole processes, {args.pairs} rounds (order rotating), medians; "
+        f"ratio = ours / peer, the median of the per-round ratios"
     )
     print(
         f"machine: {info['cpus']} CPUs, load {info['loadavg_before'][0]} -> "
-        f"{info['loadavg_after'][0]} (1-min avg, before -> after); "
+        f"{info['loadavg_after'][0]} (1-min average, before -> after); "
         f"Lobster {info['lobster'] or '-'}, LangGraph {info['langgraph'] or '-'}, "
         f"Python {info['python']}"
     )
