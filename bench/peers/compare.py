@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -117,7 +118,7 @@ class Group:
                         self.commands[label],
                         env=self.env.get(label, base_env),
                         cwd=cwd,
-                        log=cwd / f"{self.name}-{label}.log",
+                        log=cwd / f"{self.name}-{re.sub(r'[^A-Za-z0-9]+', '-', label)}.log",
                     )
                     if k > 0:
                         self.samples[label].append(s)
