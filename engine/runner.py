@@ -20,9 +20,10 @@ import hashlib
 import heapq
 import json
 import os
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,21 +300,22 @@ class Journal:
                 self._fh = None
 
 
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """Read a journal; a torn last line (a crash mid-write) is ignored."""
-    events: list[dict[str, Any]] = []
+def _read_numbered(path: Path) -> Iterator[tuple[int, Any]]:
+    """Each parsed line of a journal with its line number; unparsable lines are left out."""
     try:
         with open(path, encoding="utf-8") as fh:
-            for line in fh:
+            for number, line in enumerate(fh, 1):
                 try:
-                    ev = json.loads(line)
+                    yield number, json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(ev, dict) and "event" in ev:
-                    events.append(ev)
     except FileNotFoundError:
-        pass
-    return events
+        return
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Read a journal; a torn last line (a crash mid-write) is ignored."""
+    return [ev for _, ev in _read_numbered(path) if isinstance(ev, dict) and "event" in ev]
 
 
 # ----------------------------------------------------------------------------- run state
@@ -350,78 +352,279 @@ class RunView:
     events: list[dict[str, Any]]
     started_at: str | None
     finished_at: str | None
+    #: Milliseconds steps spent parked at their approval gates.
+    gate_wait_ms: float = 0.0
+    #: Journal events replay skipped (unknown or malformed), one sentence each.
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Malformed(Exception):
+    """An event replay cannot use: a key is missing or holds an unusable value."""
+
+
+@dataclass
+class _Fold:
+    """What replay accumulates while it folds the journal."""
+
+    path: Path
+    steps: dict[str, StepRun]
+    state: RunState = RunState.RUNNING
+    started: str | None = None
+    finished: str | None = None
+    gate_since: dict[str, str] = field(default_factory=dict)
+    gate_wait_ms: float = 0.0
+
+
+def _need(ev: dict[str, Any], key: str, kind: type) -> Any:
+    value = ev.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        article = "an" if kind is int else "a"
+        raise _Malformed(f"`{key}` is missing or not {article} {kind.__name__}")
+    return value
+
+
+def _opt_str(ev: dict[str, Any], key: str) -> str | None:
+    value = ev.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _at(ev: dict[str, Any]) -> str | None:
+    """The event's timestamp (None when absent); a value that is no timestamp is refused."""
+    at = ev.get("at")
+    if at is None:
+        return None
+    if not isinstance(at, str):
+        raise _Malformed("`at` is not a timestamp")
+    try:
+        parse_iso(at)
+    except ValueError:
+        raise _Malformed(f"`at` is not a timestamp: {at!r}") from None
+    return at
+
+
+def _enum(kind: type[enum.Enum], ev: dict[str, Any], key: str) -> Any:
+    value = ev.get(key)
+    try:
+        return kind(value)
+    except ValueError:
+        raise _Malformed(f"`{key}` {value!r} is not a known {kind.__name__}") from None
+
+
+# -- run events: (fold, event) -> None
+
+
+def _on_run_started(f: _Fold, ev: dict[str, Any]) -> None:
+    at = _at(ev)
+    if f.started is None:
+        f.started = at
+
+
+def _on_run_finished(f: _Fold, ev: dict[str, Any]) -> None:
+    state, at = _enum(RunState, ev, "status"), _at(ev)
+    f.state, f.finished = state, at
+
+
+def _on_run_paused(f: _Fold, ev: dict[str, Any]) -> None:
+    _at(ev)
+    f.state, f.finished = RunState.WAITING_APPROVAL, None
+
+
+def _on_run_resumed(f: _Fold, ev: dict[str, Any]) -> None:
+    f.state, f.finished = RunState.RUNNING, None
+
+
+def _on_run_cancelled(f: _Fold, ev: dict[str, Any]) -> None:
+    at = _at(ev)
+    f.state, f.finished = RunState.CANCELLED, at
+
+
+# -- step events: (fold, event, step) -> None; validate first, then change the step
+
+
+def _on_step_started(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    attempt, drid, at = _need(ev, "attempt", int), _need(ev, "delegation_run_id", str), _at(ev)
+    s.state = StepState.RUNNING
+    s.attempt = attempt
+    s.agent = _opt_str(ev, "agent") or s.agent
+    s.delegation_run_id = drid
+    s.started_at = s.started_at or at
+    s.dispatched_at = None
+    s.in_flight = True
+
+
+def _on_step_queued(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    s.state = StepState.QUEUED
+
+
+def _on_step_dispatched(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    at = _at(ev)
+    s.state = StepState.RUNNING
+    s.dispatched_at = at or utcnow_iso()
+
+
+def _on_step_attempt(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    s.attempts.append({k: v for k, v in ev.items() if k not in ("event", "step", "at")})
+
+
+def _on_step_finished(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    state, at = _enum(StepState, ev, "status"), _at(ev)
+    s.state = state
+    s.finished_at = at
+    s.in_flight = False
+    s.error = _opt_str(ev, "error")
+    data = read_json(f.path / f"{s.id}.json")
+    if isinstance(data, dict):
+        handoff, validation = data.get("handoff"), data.get("validation")
+        s.handoff = handoff if isinstance(handoff, dict) else None
+        s.validation = validation if isinstance(validation, dict) else None
+        attempts = data.get("attempts")
+        if isinstance(attempts, list) and attempts:
+            s.attempts = [a for a in attempts if isinstance(a, dict)]
+
+
+def _on_step_skipped(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    at = _at(ev)
+    s.state = StepState.SKIPPED
+    s.skip_reason = _opt_str(ev, "reason")
+    s.skip_kind = _opt_str(ev, "kind")
+    s.finished_at = at
+    s.in_flight = False
+
+
+def _on_gate_waiting(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    at = _at(ev)
+    s.state = StepState.WAITING_APPROVAL
+    if at is not None:
+        f.gate_since.setdefault(s.id, at)
+
+
+def _on_gate_decided(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    decision, at = ev.get("decision"), _at(ev)
+    if decision not in ("approved", "rejected"):
+        raise _Malformed(f"`decision` {decision!r} is neither approved nor rejected")
+    s.gate = {"decision": decision, "by": ev.get("by"), "reason": ev.get("reason"), "at": at}
+    if s.state is StepState.WAITING_APPROVAL:
+        if decision == "rejected":
+            s.state = StepState.REJECTED
+            s.finished_at = at
+        else:
+            s.state = StepState.PENDING
+    since = f.gate_since.pop(s.id, None)
+    if since is not None and at is not None:
+        f.gate_wait_ms += (parse_iso(at) - parse_iso(since)).total_seconds() * 1000
+
+
+def _on_step_reset(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    s.state = StepState.PENDING
+    s.skip_reason = s.skip_kind = s.error = None
+    s.finished_at = None
+    s.in_flight = False
+
+
+_RUN_REDUCERS: dict[str, Callable[[_Fold, dict[str, Any]], None]] = {
+    "run_started": _on_run_started,
+    "run_finished": _on_run_finished,
+    "run_paused": _on_run_paused,
+    "run_resumed": _on_run_resumed,
+    "run_cancelled": _on_run_cancelled,
+}
+_STEP_REDUCERS: dict[str, Callable[[_Fold, dict[str, Any], StepRun], None]] = {
+    "step_started": _on_step_started,
+    "step_queued": _on_step_queued,
+    "step_dispatched": _on_step_dispatched,
+    "step_attempt": _on_step_attempt,
+    "step_finished": _on_step_finished,
+    "step_skipped": _on_step_skipped,
+    "gate_waiting": _on_gate_waiting,
+    "gate_decided": _on_gate_decided,
+    "step_reset": _on_step_reset,
+}
+#: Journal events that change no state (they are history for people and tools).
+_HISTORY_ONLY = frozenset({"step_retry", "step_validated"})
+
+
+def _apply(f: _Fold, ev: dict[str, Any]) -> None:
+    """Fold one event into ``f``; raises _Malformed for an event it cannot use."""
+    kind = ev.get("event")
+    if not isinstance(kind, str):
+        raise _Malformed("`event` is not a name")
+    run_reducer = _RUN_REDUCERS.get(kind)
+    if run_reducer is not None:
+        run_reducer(f, ev)
+        return
+    step_reducer = _STEP_REDUCERS.get(kind)
+    if step_reducer is None:
+        if kind in _HISTORY_ONLY:
+            return
+        raise _Malformed("unknown event")
+    sid = ev.get("step")
+    step = f.steps.get(sid) if isinstance(sid, str) else None
+    if step is None:
+        raise _Malformed(f"no step {sid!r} in the run's plan")
+    step_reducer(f, ev, step)
+
+
+def _plan_order(meta: Any, path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The step ids of run.json's plan in order, and their entries; RunStateError if unusable."""
+    where = f"`{path / 'run.json'}`"
+    plan = meta.get("plan") if isinstance(meta, dict) else None
+    groups = plan.get("groups") if isinstance(plan, dict) else None
+    entries = plan.get("steps") if isinstance(plan, dict) else None
+    if (
+        not isinstance(groups, list)
+        or not isinstance(entries, dict)
+        or not all(isinstance(g, list) and all(isinstance(s, str) for s in g) for g in groups)
+    ):
+        what = "is not a JSON object" if not isinstance(meta, dict) else "has no usable `plan`"
+        raise RunStateError(
+            f"{where} {what} (`plan.groups` and `plan.steps` are needed): the run record was "
+            "edited or damaged, so this run cannot be shown or resumed. Other runs are not "
+            "affected; start this workflow again with `workflow run`.",
+            path=path,
+        )
+    order = [s for group in groups for s in group]
+    return order, {s: e if isinstance(e := entries.get(s), dict) else {} for s in order}
 
 
 def replay(path: Path) -> RunView:
-    """Rebuild a run's state from run.json and its journal."""
+    """Rebuild a run's state from run.json and its journal.
+
+    Each journal event kind has one small reducer; an event that is unknown or lacks
+    what its reducer needs is skipped and named in ``RunView.warnings``, never raised.
+    """
     meta = read_json(path / "run.json")
-    if not isinstance(meta, dict):
+    if meta is None:
         raise RunStateError(f"`{path / 'run.json'}` is missing or unreadable.", path=path)
-    order = [s for group in meta["plan"]["groups"] for s in group]
-    steps = {s: StepRun(id=s, agent=meta["plan"]["steps"][s].get("agent")) for s in order}
-    state = RunState.RUNNING
-    events = read_events(path / "events.jsonl")
-    started = finished = None
-    for ev in events:
-        kind = ev["event"]
-        step = steps.get(ev.get("step", ""))
-        if kind == "run_started" and started is None:
-            started = ev["at"]
-        elif kind == "run_finished":
-            state = RunState(ev["status"])
-            finished = ev["at"]
-        elif kind == "run_resumed":
-            state = RunState.RUNNING
-            finished = None
-        elif kind == "run_cancelled":
-            state = RunState.CANCELLED
-            finished = ev["at"]
-        elif step is None:
+    order, entries = _plan_order(meta, path)
+    steps = {s: StepRun(id=s, agent=_opt_str(entries[s], "agent")) for s in order}
+    fold = _Fold(path, steps)
+    warnings: list[str] = []
+    events: list[dict[str, Any]] = []
+    for line, ev in _read_numbered(path / "events.jsonl"):
+        try:
+            if not isinstance(ev, dict):
+                raise _Malformed("not a JSON object")
+            _apply(fold, ev)
+        except _Malformed as exc:
+            warnings.append(
+                f"`{path / 'events.jsonl'}` line {line}: event "
+                f"{str(ev.get('event') if isinstance(ev, dict) else ev)[:40]!r} skipped: {exc}."
+            )
             continue
-        elif kind == "step_started":
-            step.state = StepState.RUNNING
-            step.attempt = ev["attempt"]
-            step.agent = ev.get("agent", step.agent)
-            step.delegation_run_id = ev["delegation_run_id"]
-            step.started_at = step.started_at or ev["at"]
-            step.dispatched_at = None
-            step.in_flight = True
-        elif kind == "step_queued":
-            step.state = StepState.QUEUED
-        elif kind == "step_dispatched":
-            step.state = StepState.RUNNING
-            step.dispatched_at = ev["at"]
-        elif kind == "step_attempt":
-            step.attempts.append({k: v for k, v in ev.items() if k not in ("event", "step", "at")})
-        elif kind == "step_finished":
-            step.state = StepState(ev["status"])
-            step.finished_at = ev["at"]
-            step.in_flight = False
-            step.error = ev.get("error")
-            data = read_json(path / f"{step.id}.json")
-            if isinstance(data, dict):
-                step.handoff = data.get("handoff")
-                step.validation = data.get("validation")
-                step.attempts = list(data.get("attempts") or step.attempts)
-        elif kind == "step_skipped":
-            step.state = StepState.SKIPPED
-            step.skip_reason = ev.get("reason")
-            step.skip_kind = ev.get("kind")
-            step.finished_at = ev["at"]
-        elif kind == "gate_waiting":
-            step.state = StepState.WAITING_APPROVAL
-        elif kind == "gate_decided":
-            step.gate = {k: ev.get(k) for k in ("decision", "by", "reason", "at")}
-            if ev.get("decision") == "rejected" and step.state is StepState.WAITING_APPROVAL:
-                step.state = StepState.REJECTED
-                step.finished_at = ev["at"]
-            elif step.state is StepState.WAITING_APPROVAL:
-                step.state = StepState.PENDING
-        elif kind == "step_reset":
-            step.state = StepState.PENDING
-            step.skip_reason = step.skip_kind = step.error = None
-            step.finished_at = None
-    return RunView(meta["runId"], path, meta, steps, state, events, started, finished)
+        events.append(ev)
+    run_id = meta.get("runId")
+    return RunView(
+        run_id if isinstance(run_id, str) else path.name,
+        path,
+        meta,
+        steps,
+        fold.state,
+        events,
+        fold.started,
+        fold.finished,
+        gate_wait_ms=round(fold.gate_wait_ms, 3),
+        warnings=warnings,
+    )
 
 
 def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str, Any]:
@@ -444,33 +647,21 @@ def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str,
             **({"error": s.error} if s.error else {}),
             **({"gate": s.gate} if s.gate else {}),
         }
-    gate_wait_ms = _gate_wait_ms(view.events)
     return {
         "runId": view.run_id,
-        "workflow": view.meta["workflow"],
+        "workflow": view.meta.get("workflow"),
         "status": view.state.value,
-        "caller": view.meta["caller"],
-        "inputs": view.meta["inputs"],
+        "caller": view.meta.get("caller"),
+        "inputs": view.meta.get("inputs") or {},
         "started_at": started,
         "finished_at": finished,
         "duration_ms": duration,
-        "gate_wait_ms": gate_wait_ms,
+        "gate_wait_ms": view.gate_wait_ms,
         "retries": sum(max(0, s.attempt - 1) for s in view.steps.values()),
         "steps": steps,
         "outputs": outputs or {},
+        **({"warnings": list(view.warnings)} if view.warnings else {}),
     }
-
-
-def _gate_wait_ms(events: list[dict[str, Any]]) -> float:
-    waiting: dict[str, str] = {}
-    total = 0.0
-    for ev in events:
-        if ev["event"] == "gate_waiting":
-            waiting.setdefault(ev["step"], ev["at"])
-        elif ev["event"] == "gate_decided" and ev.get("step") in waiting:
-            since = waiting.pop(ev["step"])
-            total += (parse_iso(ev["at"]) - parse_iso(since)).total_seconds() * 1000
-    return round(total, 3)
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -511,8 +702,44 @@ class _StepReporter(Reporter):
         self.inner.warning(message)
 
 
+#: Waits before a step's retry; returns True when ``cancel`` was set meanwhile.
+RetryWait = Callable[[threading.Event, float], bool]
+
+#: The first retry of a step waits ``retry_delay`` (default 2 s), each next one twice as
+#: long, plus up to 20 % jitter, never more than this, nor more than the step's timeout.
+MAX_RETRY_DELAY = 60.0
+RETRY_JITTER = 0.2
+
+
+def retry_delay(
+    base: float,
+    retry: int,
+    *,
+    rng: Callable[[], float] = random.random,
+    bound: float | None = None,
+) -> float:
+    """Seconds to wait before retry number ``retry`` (1 = the first) of a step.
+
+    Example: ``retry_delay(2.0, 3, rng=lambda: 0.0)`` is 8.0.
+    """
+    if base <= 0:
+        return 0.0
+    delay = min(base * 2.0 ** min(retry - 1, 64), MAX_RETRY_DELAY) * (1 + RETRY_JITTER * rng())
+    delay = min(delay, MAX_RETRY_DELAY)
+    return min(delay, bound) if bound is not None else delay
+
+
+def _wait_for_cancel(cancel: threading.Event, seconds: float) -> bool:
+    return cancel.wait(seconds)
+
+
 class WorkflowRunner:
-    """Executes a run of a planned workflow through a Delegator."""
+    """Starts and resumes runs of planned workflows through a Delegator.
+
+    It keeps no per-run state: each ``start``/``resume`` creates its own execution, so
+    one runner (and one delegator) may run several workflows, one after the other or at
+    the same time from several threads.
+    """
 
     def __init__(
         self,
@@ -521,16 +748,18 @@ class WorkflowRunner:
         *,
         reporter: Reporter | None = None,
         approver: Approver | None = None,
+        retry_wait: RetryWait = _wait_for_cancel,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.cfg = cfg
         self.delegator = delegator
         self.reporter = reporter or Reporter()
         self.approver = approver
-        self._run_id = ""
-        self._steps: dict[str, StepRun] = {}
-        self._route_lock = threading.Lock()
-        self._upstream: dict[str, tuple[str, ...]] = {}
-        self._stop_reason: str | None = None
+        self.retry_wait = retry_wait
+        self.rng = rng
+        # Shared by the runs of this runner: capability routing claims the least busy
+        # agent of the host, and two runs must not both claim the same free slot.
+        self.route_lock = threading.Lock()
 
     # -- entry points -----------------------------------------------------------------
 
@@ -574,7 +803,7 @@ class WorkflowRunner:
                     "run_started", run_id=run_id, workflow=prepared.spec.name, pid=os.getpid()
                 )
                 view = replay(path)
-                return self._execute(prepared, view, journal, options)
+                return _Execution(self, prepared, view, journal, options).run()
             finally:
                 journal.close()
 
@@ -586,17 +815,29 @@ class WorkflowRunner:
             if view.state is RunState.CANCELLED:
                 raise RunStateError(f"run `{run_id}` was cancelled; start a new run instead.")
             meta = view.meta
+            workflow_path, fingerprint = meta.get("workflow_path"), meta.get("fingerprint")
+            if not isinstance(workflow_path, str) or not isinstance(fingerprint, dict):
+                raise RunStateError(
+                    f"`{path / 'run.json'}` has no usable `workflow_path` and `fingerprint`: "
+                    f"the run record was edited or damaged, so run `{run_id}` cannot resume. "
+                    "Start the workflow again with `workflow run`.",
+                    path=path,
+                )
+            inputs = meta.get("inputs")
             prepared = prepare(
-                self.cfg, meta["workflow_path"], meta["inputs"], caller=meta["caller"]
+                self.cfg,
+                workflow_path,
+                inputs if isinstance(inputs, dict) else {},
+                caller=meta.get("caller"),
             )
             changed = [
                 k
                 for k, v in fingerprint_parts(self.cfg, prepared).items()
-                if meta["fingerprint"].get(k) != v
+                if fingerprint.get(k) != v
             ]
             if changed and not options.force:
                 what = {
-                    "template": f"the template `{meta['workflow_path']}`",
+                    "template": f"the template `{workflow_path}`",
                     "inputs": "the inputs (defaults in the template)",
                     "agents": "the agents' configuration in the config",
                 }
@@ -607,6 +848,8 @@ class WorkflowRunner:
                     "resume with the current definitions."
                 )
             self._check_approvals(prepared.plan, options)
+            for warning in view.warnings:
+                self.reporter.warning(warning)
             journal = Journal(path / "events.jsonl")
             try:
                 journal.append(
@@ -616,13 +859,11 @@ class WorkflowRunner:
                     retry_failed=options.retry_failed,
                 )
                 if options.retry_failed:
-                    self._reset_failed(view, prepared, journal)
+                    _reset_failed(view, prepared, journal)
                 view = replay(path)
-                return self._execute(prepared, view, journal, options)
+                return _Execution(self, prepared, view, journal, options).run()
             finally:
                 journal.close()
-
-    # -- the scheduler ------------------------------------------------------------------
 
     def _check_approvals(self, plan: Any, options: RunOptions) -> None:
         for step in options.approve:
@@ -633,42 +874,80 @@ class WorkflowRunner:
             if plan.steps[step].spec.gate is None:
                 raise UsageError(f"`--approve {step}`: that step has no approval gate.")
 
-    def _reset_failed(self, view: RunView, prepared: Prepared, journal: Journal) -> None:
-        plan = prepared.plan
-        again = {s.id for s in view.steps.values() if s.state in RETRYABLE}
-        for sid in list(again):
-            again |= plan.downstream(sid)
-        for sid in again:
-            s = view.steps[sid]
-            if s.state in RETRYABLE or (
-                s.state is StepState.SKIPPED and s.skip_kind in ("upstream", "stopped")
-            ):
-                journal.append("step_reset", step=sid, previous=s.state.value)
 
-    def _execute(
-        self, prepared: Prepared, view: RunView, journal: Journal, options: RunOptions
-    ) -> RunResult:
-        plan = prepared.plan
-        steps = view.steps
-        run_id = view.run_id
-        self._run_id = run_id
-        self._steps = steps
-        order = [s for group in plan.groups for s in group]
-        cancel = threading.Event()
-        cancel_file = view.path / CANCEL_FILE
+def _reset_failed(view: RunView, prepared: Prepared, journal: Journal) -> None:
+    """Journal a reset of what ``--retry-failed`` runs again.
+
+    That is every step that ended in a retryable state, every step skipped only because
+    the run stopped (an independent branch the stop cut off), and every step skipped
+    because one of those did not finish well.
+    """
+    plan = prepared.plan
+    again = {
+        s.id
+        for s in view.steps.values()
+        if s.state in RETRYABLE or (s.state is StepState.SKIPPED and s.skip_kind == "stopped")
+    }
+    for sid in list(again):
+        again |= plan.downstream(sid)
+    for sid in sorted(again, key=list(view.steps).index):
+        s = view.steps[sid]
+        if s.state in RETRYABLE or (
+            s.state is StepState.SKIPPED and s.skip_kind in ("upstream", "stopped")
+        ):
+            journal.append("step_reset", step=sid, previous=s.state.value)
+
+
+class _Execution:
+    """One run (or resumed stretch of a run) in progress: all of its mutable state."""
+
+    def __init__(
+        self,
+        runner: WorkflowRunner,
+        prepared: Prepared,
+        view: RunView,
+        journal: Journal,
+        options: RunOptions,
+    ) -> None:
+        self.cfg = runner.cfg
+        self.delegator = runner.delegator
+        self.reporter = runner.reporter
+        self.approver = runner.approver
+        self.retry_wait = runner.retry_wait
+        self.rng = runner.rng
+        self.route_lock = runner.route_lock
+        self.prepared = prepared
+        self.plan = prepared.plan
+        self.view = view
+        self.journal = journal
+        self.options = options
+        self.run_id = view.run_id
+        self.steps = view.steps
+        self.cancel = threading.Event()
         # This run's observer of its delegations: passed to each call, never swapped into
         # the (possibly shared) delegator, so two runs on one delegator keep their events.
-        step_reporter = _StepReporter(self.reporter, journal, {})
-        stop_reason: str | None = None
+        self.step_reporter = _StepReporter(runner.reporter, journal, {})
+        self.upstream: dict[str, tuple[str, ...]] = {}
+        self.stop_reason: str | None = None
+
+    # -- the scheduler ------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        """Run every step that can run now, then conclude (finished, failed or parked)."""
+        plan = self.plan
+        steps = self.steps
+        journal = self.journal
+        order = [s for group in plan.groups for s in group]
+        cancel_file = self.view.path / CANCEL_FILE
         for s in steps.values():
             if s.state is StepState.WAITING_APPROVAL:
                 s.state = StepState.PENDING
             if s.state.final and not s.state.ok and s.state is not StepState.SKIPPED:
                 if plan.steps[s.id].spec.on_failure == "stop":
-                    stop_reason = f"`{s.id}` ended {s.state.value}"
+                    self.stop_reason = f"`{s.id}` ended {s.state.value}"
         self.reporter.event(
             "run_started",
-            run_id=run_id,
+            run_id=self.run_id,
             workflow=plan.workflow.name,
             steps=[[(sid, steps[sid].agent) for sid in g] for g in plan.groups],
         )
@@ -690,27 +969,25 @@ class WorkflowRunner:
                 if blocking[child] == 0:
                     heapq.heappush(heap, index[child])
 
-        self._stop_reason = stop_reason
         with ThreadPoolExecutor(
-            max_workers=max(1, options.max_parallel), thread_name_prefix=f"step-{run_id[-8:]}"
+            max_workers=max(1, self.options.max_parallel),
+            thread_name_prefix=f"step-{self.run_id[-8:]}",
         ) as pool:
             while True:
-                if not cancel.is_set() and cancel_file.exists():
-                    cancel.set()
+                if not self.cancel.is_set() and cancel_file.exists():
+                    self.cancel.set()
                     journal.append("run_cancelled", by="workflow cancel")
-                if cancel.is_set():
+                if self.cancel.is_set():
                     heap.clear()
                     for sid in order:
                         st = steps[sid]
                         if st.state in (StepState.PENDING, StepState.WAITING_APPROVAL) and (
                             sid not in running.values()
                         ):
-                            self._skip(journal, st, "the run was cancelled", "stopped")
+                            self._skip(st, "the run was cancelled", "stopped")
                 while heap:
                     sid = order[heapq.heappop(heap)]
-                    fut = self._consider(
-                        prepared, steps[sid], pool, journal, options, cancel, step_reporter
-                    )
+                    fut = self._consider(steps[sid], pool)
                     if fut is not None:
                         running[fut] = sid
                     elif steps[sid].state.final:
@@ -723,31 +1000,23 @@ class WorkflowRunner:
                     exc = fut.exception()
                     st = steps[sid]
                     if exc is not None:  # a bug, not a step outcome: record and go on
-                        self._finish(journal, st, StepState.ERRORED, error=f"internal error: {exc}")
+                        self._finish(st, StepState.ERRORED, error=f"internal error: {exc}")
                     if not st.state.ok and plan.steps[sid].spec.on_failure == "stop":
-                        self._stop_reason = self._stop_reason or (f"`{sid}` ended {st.state.value}")
+                        self.stop_reason = self.stop_reason or f"`{sid}` ended {st.state.value}"
                     settle(sid)
-        return self._conclude(prepared, view, journal, cancel.is_set())
+        return self._conclude()
 
-    def _consider(
-        self,
-        prepared: Prepared,
-        s: StepRun,
-        pool: ThreadPoolExecutor,
-        journal: Journal,
-        options: RunOptions,
-        cancel: threading.Event,
-        step_reporter: _StepReporter,
-    ) -> Future[None] | None:
+    def _consider(self, s: StepRun, pool: ThreadPoolExecutor) -> Future[None] | None:
         """Decide a step whose upstream steps have all settled: run, skip, gate or fail it.
 
         Returns the future of a submitted step; otherwise the step is final or parked.
         """
-        steps = self._steps
+        steps = self.steps
         sid = s.id
-        ps = prepared.plan.steps[sid]
+        prepared = self.prepared
+        ps = self.plan.steps[sid]
         if s.in_flight:  # dispatched by an earlier process: re-attach, never resend
-            return pool.submit(self._run_step, prepared, s, journal, cancel, step_reporter, True)
+            return pool.submit(self._run_step, s, True)
         if s.state.final:
             return None
         ups = [steps[d] for d in ps.depends_on]
@@ -757,58 +1026,50 @@ class WorkflowRunner:
             if not u.state.ok and not (u.state is StepState.SKIPPED and u.skip_kind == "condition")
         ]
         if bad:
-            self._skip(journal, s, f"upstream `{bad[0].id}` ended {bad[0].state.value}", "upstream")
+            self._skip(s, f"upstream `{bad[0].id}` ended {bad[0].state.value}", "upstream")
             return None
-        if self._stop_reason:
-            self._skip(journal, s, f"the run stopped after {self._stop_reason}", "stopped")
+        if self.stop_reason:
+            self._skip(s, f"the run stopped after {self.stop_reason}", "stopped")
             return None
         gated = False
         if ps.spec.when or ps.spec.gate is not None:
             try:
-                ctx = self._context(prepared, steps, sid)
+                ctx = self._context(sid)
                 if not prepared.renderer.evaluate_when(sid, ctx):
-                    self._skip(journal, s, f"condition `{ps.spec.when}` is false", "condition")
+                    self._skip(s, f"condition `{ps.spec.when}` is false", "condition")
                     return None
                 gated = ps.spec.gate is not None and prepared.renderer.evaluate_gate_when(sid, ctx)
             except Exception as exc:  # a template error at run time
-                self._finish(journal, s, StepState.ERRORED, error=f"condition failed: {exc}")
+                self._finish(s, StepState.ERRORED, error=f"condition failed: {exc}")
                 return None
-        if gated and not self._gate(prepared, s, journal, options, steps):
+        if gated and not self._gate(s):
             return None
-        return pool.submit(self._run_step, prepared, s, journal, cancel, step_reporter, False)
+        return pool.submit(self._run_step, s, False)
 
-    def _gate(
-        self,
-        prepared: Prepared,
-        s: StepRun,
-        journal: Journal,
-        options: RunOptions,
-        steps: dict[str, StepRun],
-    ) -> bool:
+    def _gate(self, s: StepRun) -> bool:
         """True when the step may go; parks or rejects it otherwise."""
+        journal, options, steps = self.journal, self.options, self.steps
         if s.gate and s.gate.get("decision") == "approved":
             return True
         if options.approve_all or s.id in options.approve:
             s.gate = {"decision": "approved", "by": "--approve", "reason": None, "at": utcnow_iso()}
             journal.append("gate_decided", step=s.id, decision="approved", by="--approve")
             return True
-        ps = prepared.plan.steps[s.id]
+        ps = self.plan.steps[s.id]
         try:
-            prompt = prepared.renderer.render_gate_prompt(
-                s.id, self._context(prepared, steps, s.id)
-            )
+            prompt = self.prepared.renderer.render_gate_prompt(s.id, self._context(s.id))
         except Exception:  # the raw prompt still tells the approver what is asked
             prompt = ps.spec.gate.prompt
         if s.state is not StepState.WAITING_APPROVAL:
             journal.append("gate_waiting", step=s.id, prompt=prompt)
             s.state = StepState.WAITING_APPROVAL
-            self.reporter.event("gate_waiting", step=s.id, prompt=prompt, run_id=self._run_id)
+            self.reporter.event("gate_waiting", step=s.id, prompt=prompt, run_id=self.run_id)
         decision = None
         if self.approver is not None:
-            upstream = {d: steps[d].context() for d in prepared.plan.upstream(s.id)}
+            upstream = {d: steps[d].context() for d in self.plan.upstream(s.id)}
             decision = self.approver(
                 GateRequest(
-                    run_id=self._run_id, step=s.id, agent=s.agent, prompt=prompt, upstream=upstream
+                    run_id=self.run_id, step=s.id, agent=s.agent, prompt=prompt, upstream=upstream
                 )
             )
         if decision is None:
@@ -821,55 +1082,52 @@ class WorkflowRunner:
         reason = decision[1] if isinstance(decision, tuple) else "rejected"
         journal.append("gate_decided", step=s.id, decision="rejected", by="terminal", reason=reason)
         s.gate = {"decision": "rejected", "by": "terminal", "reason": reason}
-        self._finish(journal, s, StepState.REJECTED, error=f"gate rejected: {reason}")
+        self._finish(s, StepState.REJECTED, error=f"gate rejected: {reason}")
         return False
 
-    def _context(
-        self, prepared: Prepared, steps: dict[str, StepRun], step_id: str | None = None
-    ) -> dict[str, Any]:
+    def _context(self, step_id: str | None = None) -> dict[str, Any]:
         """The rendering context: for a step, only its upstream steps (all for outputs)."""
         from engine.workflow import render_context
 
+        steps = self.steps
         if step_id is not None:
-            ups = self._upstream.get(step_id)
+            ups = self.upstream.get(step_id)
             if ups is None:
                 # Only what the step's templates read, unless they read `steps` dynamically
                 # (a loop): then every upstream step. Building the whole upstream context
                 # for every step of a deep graph would cost O(steps^2).
-                refs = prepared.renderer.references(step_id).values()
+                refs = self.prepared.renderer.references(step_id).values()
                 if any(r.dynamic_steps for r in refs):
-                    above = prepared.plan.upstream(step_id)
+                    above = self.plan.upstream(step_id)
                 else:
                     above = {sid for r in refs for sid in r.steps}
-                ups = self._upstream[step_id] = tuple(sid for sid in steps if sid in above)
+                ups = self.upstream[step_id] = tuple(sid for sid in steps if sid in above)
             chosen = {sid: steps[sid].context() for sid in ups}
         else:
             chosen = {sid: s.context() for sid, s in steps.items()}
         return render_context(
-            inputs=prepared.plan.inputs,
+            inputs=self.plan.inputs,
             steps=chosen,
-            run_id=self._run_id,
-            workflow=prepared.spec.name,
+            run_id=self.run_id,
+            workflow=self.prepared.spec.name,
         )
 
-    def _skip(self, journal: Journal, s: StepRun, reason: str, kind: str) -> None:
+    def _skip(self, s: StepRun, reason: str, kind: str) -> None:
         s.state = StepState.SKIPPED
         s.skip_reason = reason
         s.skip_kind = kind
         s.finished_at = utcnow_iso()
-        journal.append("step_skipped", step=s.id, reason=reason, kind=kind)
-        write_json_atomic(journal.path.parent / f"{s.id}.json", self._step_record(s))
+        self.journal.append("step_skipped", step=s.id, reason=reason, kind=kind)
+        write_json_atomic(self.view.path / f"{s.id}.json", _step_record(s))
         self.reporter.event("step_skipped", step=s.id, reason=reason)
 
-    def _finish(
-        self, journal: Journal, s: StepRun, state: StepState, *, error: str | None = None
-    ) -> None:
+    def _finish(self, s: StepRun, state: StepState, *, error: str | None = None) -> None:
         s.state = state
         s.error = error
         s.finished_at = utcnow_iso()
         s.in_flight = False
-        write_json_atomic(journal.path.parent / f"{s.id}.json", self._step_record(s))
-        journal.append(
+        write_json_atomic(self.view.path / f"{s.id}.json", _step_record(s))
+        self.journal.append(
             "step_finished",
             step=s.id,
             status=state.value,
@@ -886,37 +1144,20 @@ class WorkflowRunner:
             error=error,
         )
 
-    @staticmethod
-    def _step_record(s: StepRun) -> dict[str, Any]:
-        return {
-            "step": s.id,
-            "agent": s.agent,
-            "status": s.state.value,
-            "handoff": s.handoff,
-            "attempts": s.attempts,
-            "started_at": s.started_at,
-            "finished_at": s.finished_at,
-            "duration_ms": s.duration_ms,
-            "delegation_run_id": s.delegation_run_id,
-            "skip_reason": s.skip_reason,
-            "error": s.error,
-            "gate": s.gate,
-            "validation": s.validation,
-        }
+    def _step_timeout(self, ps: Any, agent: str) -> float:
+        """The step's own deadline for one attempt (as the delegation would use it)."""
+        if ps.spec.timeout:
+            return float(ps.spec.timeout)
+        entry = self.cfg.agents.get(agent)
+        return float(entry.timeout if entry and entry.timeout else self.cfg.default_timeout)
 
-    def _run_step(
-        self,
-        prepared: Prepared,
-        s: StepRun,
-        journal: Journal,
-        cancel: threading.Event,
-        step_reporter: _StepReporter,
-        reattach: bool,
-    ) -> None:
+    def _run_step(self, s: StepRun, reattach: bool) -> None:
         """Run one step to its final state (in a worker thread)."""
-        plan = prepared.plan
+        plan = self.plan
+        journal = self.journal
+        cancel = self.cancel
         ps = plan.steps[s.id]
-        run_id = journal.path.parent.name
+        run_id = self.run_id
         if ps.spec.capability and not reattach and len(ps.candidates) > 1:
             agent = self._route(ps)
         else:
@@ -929,15 +1170,15 @@ class WorkflowRunner:
         first = s.attempt if reattach and s.attempt else s.attempt + 1
         accepted = reattach and s.dispatched_at is not None
         try:
-            task = prepared.renderer.render_task(s.id, self._context(prepared, self._steps, s.id))
+            task = self.prepared.renderer.render_task(s.id, self._context(s.id))
         except Exception as exc:
-            self._finish(journal, s, StepState.ERRORED, error=f"task failed to render: {exc}")
+            self._finish(s, StepState.ERRORED, error=f"task failed to render: {exc}")
             return
         attempt = first
         while True:
             s.attempt = attempt
             drid = f"{run_id}-{s.id}-{attempt}"
-            step_reporter.steps_by_run[drid] = s.id
+            self.step_reporter.steps_by_run[drid] = s.id
             s.delegation_run_id = drid
             s.started_at = s.started_at or utcnow_iso()
             again = accepted and attempt == first
@@ -964,11 +1205,11 @@ class WorkflowRunner:
             )
             try:
                 result = self.delegator.delegate(
-                    req, reattach=again, cancel=cancel, reporter=step_reporter
+                    req, reattach=again, cancel=cancel, reporter=self.step_reporter
                 )
             except OrchestratorError as exc:
                 s.attempts.append({"run_id": drid, "outcome": "errored", "error": str(exc)})
-                self._finish(journal, s, StepState.ERRORED, error=str(exc))
+                self._finish(s, StepState.ERRORED, error=str(exc))
                 return
             env = result.envelope
             s.attempts.append(
@@ -991,9 +1232,30 @@ class WorkflowRunner:
                 # The last attempt is in the step file; earlier ones go to the journal so a
                 # crash during a retry keeps their history.
                 journal.append("step_attempt", step=s.id, **s.attempts[-1])
-                journal.append(
-                    "step_retry", step=s.id, attempt=attempt + 1, reason=result.outcome.value
+                # Back off before the next attempt, so a short outage does not use up
+                # every retry at once; `workflow cancel` interrupts the wait.
+                delay = retry_delay(
+                    ps.spec.retry_delay,
+                    attempt,
+                    rng=self.rng,
+                    bound=self._step_timeout(ps, agent),
                 )
+                journal.append(
+                    "step_retry",
+                    step=s.id,
+                    attempt=attempt + 1,
+                    reason=result.outcome.value,
+                    delay_s=round(delay, 3),
+                )
+                self.reporter.event(
+                    "step_retry",
+                    step=s.id,
+                    attempt=attempt + 1,
+                    reason=result.outcome.value,
+                    delay_s=delay,
+                )
+                if delay > 0 and self.retry_wait(cancel, delay):
+                    break
                 attempt += 1
                 continue
             break
@@ -1002,53 +1264,42 @@ class WorkflowRunner:
         state = StepState(result.outcome.value)
         error = str(result.error) if result.error else None
         if state.ok and ps.validator:
-            state, error = self._validate(
-                prepared, s, task, ps.validator, journal, cancel, step_reporter
-            )
-        self._finish(journal, s, state, error=error)
+            state, error = self._validate(s, task, ps.validator)
+        self._finish(s, state, error=error)
 
     def _route(self, ps: Any) -> str:
         """The least busy candidate for a capability step, at dispatch time."""
         from engine.routing import inflight_counts
 
-        with self._route_lock:
+        with self.route_lock:
             counts = inflight_counts(self.cfg.handoffs_dir, self.cfg.handoffs_dir / "sub")
             here: dict[str, int] = {}
-            for other in self._steps.values():
+            for other in self.steps.values():
                 if other.state is StepState.RUNNING and other.agent:
                     here[other.agent] = here.get(other.agent, 0) + 1
             load = {a: max(counts.get(a, 0), here.get(a, 0)) for a in ps.candidates}
             agent = min(ps.candidates, key=lambda a: load[a])
-            for other in self._steps.values():  # claim it before the next step chooses
-                if other.id == ps.id:
-                    other.agent = agent
-                    other.state = StepState.RUNNING
+            claimed = self.steps.get(ps.id)  # claim it before the next step chooses
+            if claimed is not None:
+                claimed.agent = agent
+                claimed.state = StepState.RUNNING
             return str(agent)
 
-    def _validate(
-        self,
-        prepared: Prepared,
-        s: StepRun,
-        task: str,
-        validator: str,
-        journal: Journal,
-        cancel: threading.Event,
-        step_reporter: _StepReporter,
-    ) -> tuple[StepState, str | None]:
+    def _validate(self, s: StepRun, task: str, validator: str) -> tuple[StepState, str | None]:
         from engine.validate import validate_result
 
         verdict = validate_result(
             self.delegator,
-            caller=prepared.plan.caller,
+            caller=self.plan.caller,
             validator=validator,
             task=task,
             handoff=s.handoff or {},
             run_id=f"{s.delegation_run_id}-v",
-            cancel=cancel,
-            reporter=step_reporter,
+            cancel=self.cancel,
+            reporter=self.step_reporter,
         )
         s.validation = verdict.as_dict()
-        journal.append(
+        self.journal.append(
             "step_validated",
             step=s.id,
             approved=verdict.approved,
@@ -1059,11 +1310,10 @@ class WorkflowRunner:
             return StepState(s.state.value if s.state.ok else "complete"), None
         return StepState.FAILED, f"validator `{validator}` rejected the result: {verdict.reasons}"
 
-    def _conclude(
-        self, prepared: Prepared, view: RunView, journal: Journal, cancelled: bool
-    ) -> RunResult:
-        steps = view.steps
-        if cancelled:
+    def _conclude(self) -> RunResult:
+        steps = self.steps
+        view = self.view
+        if self.cancel.is_set():
             state = RunState.CANCELLED
         elif any(s.state is StepState.WAITING_APPROVAL for s in steps.values()):
             state = RunState.WAITING_APPROVAL
@@ -1077,14 +1327,14 @@ class WorkflowRunner:
         outputs: dict[str, str] = {}
         if state is RunState.COMPLETE:
             try:
-                outputs = prepared.renderer.render_outputs(self._context(prepared, steps))
+                outputs = self.prepared.renderer.render_outputs(self._context())
             except Exception as exc:  # an output template that fails must not lose the run
                 outputs = {"error": f"outputs failed to render: {exc}"}
         if state is RunState.WAITING_APPROVAL:
             waiting = [s.id for s in steps.values() if s.state is StepState.WAITING_APPROVAL]
-            journal.append("run_paused", status=state.value, waiting=waiting)
+            self.journal.append("run_paused", status=state.value, waiting=waiting)
         else:
-            journal.append("run_finished", status=state.value)
+            self.journal.append("run_finished", status=state.value)
         final = replay(view.path)
         final.state = state
         for sid, s in steps.items():  # in-memory states are the freshest
@@ -1095,6 +1345,24 @@ class WorkflowRunner:
         write_json_atomic(view.path / "summary.json", summary)
         self.reporter.event("run_finished", run_id=view.run_id, status=state.value, summary=summary)
         return RunResult(view.run_id, state, view.path, summary)
+
+
+def _step_record(s: StepRun) -> dict[str, Any]:
+    return {
+        "step": s.id,
+        "agent": s.agent,
+        "status": s.state.value,
+        "handoff": s.handoff,
+        "attempts": s.attempts,
+        "started_at": s.started_at,
+        "finished_at": s.finished_at,
+        "duration_ms": s.duration_ms,
+        "delegation_run_id": s.delegation_run_id,
+        "skip_reason": s.skip_reason,
+        "error": s.error,
+        "gate": s.gate,
+        "validation": s.validation,
+    }
 
 
 class _RunLock:

@@ -84,6 +84,8 @@ class StepSpec:
     when: str | None = None
     timeout: float | None = None
     retries: int = 0
+    #: Seconds before the first retry; each next retry waits twice as long (plus jitter).
+    retry_delay: float = 2.0
     #: True: validated by the configured validator; a str: by that agent; False: not.
     validate: bool | str = False
     gate: GateSpec | None = None
@@ -425,6 +427,7 @@ def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> Workflo
                 when=_strip_braces(s.get("when")),
                 timeout=None if timeout is None else float(timeout),
                 retries=int(s.get("retries", defaults.get("retries", 0))),
+                retry_delay=float(s.get("retry_delay", defaults.get("retry_delay", 2.0))),
                 validate=s.get("validate", defaults.get("validate", False)),
                 gate=(
                     GateSpec(prompt=gate["prompt"], when=_strip_braces(gate.get("when")))
