@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine import sandbox
 from engine.errors import WorkflowError, did_you_mean
 
 if TYPE_CHECKING:
@@ -505,15 +506,9 @@ class TemplateRefs:
     dynamic_steps: bool = False
 
 
-@functools.cache
 def _environment() -> Any:
-    """The one sandboxed Jinja2 environment of the process."""
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    return ImmutableSandboxedEnvironment(
-        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
-    )
+    """The one sandboxed Jinja2 environment of the process (bounded: see engine.sandbox)."""
+    return sandbox.environment()
 
 
 class _Fallback(Exception):
@@ -793,27 +788,38 @@ class _Compiled:
             if self.is_expr:
                 self._jinja = env.compile_expression(self.source, undefined_to_none=False)
             else:  # from the tree parsed in __init__: no second parse
-                self._ast.set_environment(env)
-                self._jinja = env.from_string(self._ast)
+                tree = sandbox.guard_loops(self._ast)  # refs were read already
+                tree.set_environment(env)
+                self._jinja = env.from_string(tree)
         return self._jinja
 
-    def __call__(self, ctx: Mapping[str, Any]) -> Any:
+    def __call__(
+        self, ctx: Mapping[str, Any], limits: sandbox.RenderLimits = sandbox.DEFAULT_LIMITS
+    ) -> Any:
         """Render (a template, to str) or evaluate (an expression, to its value)."""
         if self._fast is not None:
             try:
-                return self._fast(ctx)
+                value = self._fast(ctx)
             except _Fallback:
                 pass
-        return self.jinja(ctx)
+            else:
+                if not self.is_expr and len(value) > limits.max_chars:
+                    with sandbox.render_budget(limits):
+                        sandbox.check_output(value)
+                return value
+        return self.jinja(ctx, limits)
 
-    def jinja(self, ctx: Mapping[str, Any]) -> Any:
+    def jinja(
+        self, ctx: Mapping[str, Any], limits: sandbox.RenderLimits = sandbox.DEFAULT_LIMITS
+    ) -> Any:
         """Render or evaluate with Jinja2 itself (the fast evaluator's reference)."""
         compiled = self._compile()
-        if self.is_expr:
-            value = compiled(**ctx)
-            bool(value)  # a StrictUndefined result raises here, as it would in `if`
-            return value
-        return compiled.render(ctx)
+        with sandbox.render_budget(limits):
+            if self.is_expr:
+                value = compiled(**ctx)
+                bool(value)  # a StrictUndefined result raises here, as it would in `if`
+                return value
+            return sandbox.bounded_render(compiled, ctx)
 
 
 def _jinja_problem(exc: Exception) -> str:
@@ -842,9 +848,12 @@ class TaskRenderer:
         renderer.evaluate_when("review", ctx)   # True when the step has no `when`
     """
 
-    def __init__(self, spec: WorkflowSpec) -> None:
-        """Parse and compile every template of ``spec``."""
+    def __init__(
+        self, spec: WorkflowSpec, *, limits: sandbox.RenderLimits = sandbox.DEFAULT_LIMITS
+    ) -> None:
+        """Parse and compile every template of ``spec``; each render stays within ``limits``."""
         self.spec = spec
+        self.limits = limits
         self.problems: list[str] = []
         self._steps: dict[str, dict[str, _Compiled]] = {}
         self._outputs: dict[str, _Compiled] = {}
@@ -931,7 +940,13 @@ class TaskRenderer:
                 step=step_id,
             )
         try:
-            return item(context)
+            return item(context, self.limits)
+        except sandbox.RenderLimitError as exc:
+            raise WorkflowError(
+                f"step `{step_id}`: `{name}` was stopped: {exc}. {self._bounds()}",
+                path=self.spec.path,
+                step=step_id,
+            ) from exc
         except Exception as exc:  # the boundary: no jinja2 error type leaves the engine
             verb = "cannot be evaluated" if item.is_expr else "fails to render"
             raise WorkflowError(
@@ -939,6 +954,12 @@ class TaskRenderer:
                 path=self.spec.path,
                 step=step_id,
             ) from exc
+
+    def _bounds(self) -> str:
+        return (
+            f"A render may use at most {self.limits.describe()}; make the template do less "
+            "(loop over fewer items, build shorter text)."
+        )
 
     def render_task(self, step_id: str, context: Mapping[str, Any]) -> str:
         """Render the step's ``task``."""
@@ -980,7 +1001,11 @@ class TaskRenderer:
                 path=self.spec.path,
             )
         try:
-            return str(item(context))
+            return str(item(context, self.limits))
+        except sandbox.RenderLimitError as exc:
+            raise WorkflowError(
+                f"output `{name}` was stopped: {exc}. {self._bounds()}", path=self.spec.path
+            ) from exc
         except Exception as exc:  # the boundary, as in _run
             raise WorkflowError(
                 f"output `{name}` fails to render: {_jinja_problem(exc)}", path=self.spec.path
