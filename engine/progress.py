@@ -25,6 +25,12 @@ def _icon(status: str) -> str:
     return _ICONS.get(status, "✘")
 
 
+def _retry_note(f: dict[str, Any], prefix: str = "") -> str:
+    delay = f.get("delay_s")
+    wait = f" in {delay:.1f} s" if isinstance(delay, int | float) else ""
+    return f"{prefix}{f.get('reason', 'failed')}: attempt {f.get('attempt')}{wait}"
+
+
 class LineReporter(ConsoleReporter):
     """One plain line per workflow event (for logs and pipes)."""
 
@@ -38,6 +44,8 @@ class LineReporter(ConsoleReporter):
             self._line(f"▶ {f['step']} → {f['agent']}{att}{again}")
         elif kind == "step_queued":
             self._line(f"… {f['step']}: waiting for a pool token")
+        elif kind == "step_retry":
+            self._line(_retry_note(f, prefix=f"↻ {f['step']} "))
         elif kind == "step_finished":
             dur = f.get("duration_ms")
             took = f" in {dur / 1000:.2f} s" if isinstance(dur, int | float) else ""
@@ -133,6 +141,8 @@ class LiveReporter(Reporter):
                 row.update(state="skipped", note=f["reason"][:60])
             elif kind == "gate_waiting":
                 row.update(state="waiting_approval", note="approval gate")
+            elif kind == "step_retry":
+                row.update(note=_retry_note(f))
 
     def warning(self, message: str) -> None:
         self.console.print(f"warning: {redact(message)}")

@@ -5,6 +5,7 @@ Real local gateway with demo agents (tests/conftest.py `demo_config`), real run 
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import threading
@@ -19,6 +20,7 @@ from engine.cli import workflow
 from engine.config import Config, load_config
 from engine.delegate import open_delegator
 from engine.errors import RunStateError, WorkflowError
+from engine.progress import LineReporter
 from engine.runner import (
     MAX_RETRY_DELAY,
     RunOptions,
@@ -301,8 +303,11 @@ def test_step_retries_back_off_with_jitter(tmp_path: Path) -> None:
         waits.append(seconds)
         return cancel.is_set()
 
+    lines = io.StringIO()
     with open_delegator(cfg) as d:
-        runner = WorkflowRunner(cfg, d, retry_wait=no_wait, rng=lambda: 0.5)
+        runner = WorkflowRunner(
+            cfg, d, retry_wait=no_wait, rng=lambda: 0.5, reporter=LineReporter(lines)
+        )
         result = runner.start(_prepared(cfg, "backoff"), RunOptions())
     assert result.state is RunState.COMPLETE, result.summary
     assert result.summary["steps"]["flaky"]["attempts"] == 3
@@ -314,6 +319,8 @@ def test_step_retries_back_off_with_jitter(tmp_path: Path) -> None:
         if e["event"] == "step_retry"
     ]
     assert retries == [(2, 1.65), (3, 3.3)]
+    shown = [line for line in lines.getvalue().splitlines() if line.startswith("↻")]
+    assert shown == ["↻ flaky failed: attempt 2 in 1.7 s", "↻ flaky failed: attempt 3 in 3.3 s"]
 
 
 def test_a_cancel_interrupts_the_wait_before_a_retry(tmp_path: Path) -> None:
