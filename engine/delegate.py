@@ -386,7 +386,8 @@ class Delegator:
         try:
             try:  # a free token at once is the common case: no "waiting" noise then
                 lease = self.pool.acquire(
-                    run_id=run_id, agent=agent.name, timeout=0, max_concurrent=agent.max_concurrent
+                    run_id=run_id, agent=agent.name, timeout=0, max_concurrent=agent.max_concurrent,
+                    hold_for=deadline - self._clock(),
                 )
             except DelegationTimeoutError:
                 rep.pool_waiting(run_id, agent.name)
@@ -395,6 +396,7 @@ class Delegator:
                     agent=agent.name,
                     timeout=max(0.0, deadline - self._clock()),
                     max_concurrent=agent.max_concurrent,
+                    hold_for=deadline - self._clock(),
                 )
         except OrchestratorError as exc:
             envelope["token_wait_ms"] = round((self._clock() - t0) * 1000, 3)

@@ -18,8 +18,16 @@ What makes a leaked ("zombie") token impossible:
 * a token records its holder's PID and process start time (``/proc/<pid>/stat`` field
   22); whenever any process looks at the pool, a token whose holder is gone (no such PID,
   a zombie, or the PID now belongs to a younger process) is reclaimed at once;
-* a token held longer than ``token_timeout`` is reclaimed and listed in ``reclaimed``
-  so the engine can mark its delegation (its late handoff is still recorded);
+* a live holder keeps its token while its delegation may still be running: the lease
+  records the delegation's deadline (``acquire(hold_for=...)``), and the token is reclaimed
+  only once the holder is past both ``token_timeout`` and that deadline plus
+  ``DEADLINE_GRACE`` (a holder that gave no deadline: past ``token_timeout``). A
+  reclaimed token is listed in ``reclaimed`` with its reason so the engine can mark its
+  delegation (its late handoff is still recorded);
+* ages are measured on the host's monotonic clock: the state remembers the wall and
+  monotonic times of its last write, and a wall-clock jump between two writes shifts every
+  stored time by the jump, so setting the clock neither reclaims live tokens early nor
+  keeps an emergency cooldown (or an overdue token) for the length of the jump;
 * a state file that is not JSON, or has entries of the wrong shape, is repaired (bad
   entries dropped) instead of failing.
 
@@ -82,6 +90,18 @@ _POLL_MAX = 0.010
 _FULL_CHECK = 0.05
 #: Dead waiters are swept from the queue at most this often (seconds on the pool clock).
 _QUEUE_SWEEP = 1.0
+#: A live holder that gave its delegation's deadline keeps its token until this long after
+#: that deadline: the delegation records its timeout and releases at the deadline, and on a
+#: busy host that can take a few seconds. Past it (and past ``token_timeout``) the holder
+#: is wedged and the token is reclaimed with reason ``deadline``.
+DEADLINE_GRACE = 60.0
+#: The longest deadline a lease records (about 30 years): "wait forever" stays finite JSON.
+_MAX_HOLD = 1e9
+#: A difference between wall-clock and monotonic time elapsed since the last write larger
+#: than this is a wall-clock jump (NTP slewing stays far below it).
+_JUMP_TOLERANCE = 2.0
+#: Why a token was taken back from its holder.
+_RECLAIM_REASONS = ("dead", "timeout", "deadline")
 _MAX_TEXT = 200
 
 #: Serialises the re-initialisation of pools in a forked child.
@@ -239,6 +259,29 @@ def _alive(pid: int, start: int | None) -> bool:
 
 # -- state ----------------------------------------------------------------------------
 
+_boot: list[str | None] = []
+
+
+def _boot_id() -> str | None:
+    """This boot's id (Linux), read once per process: monotonic times compare within it."""
+    if not _boot:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+                _boot.append(fh.read().strip()[:64] or None)
+        except (OSError, ValueError):
+            _boot.append(None)
+    return _boot[0]
+
+
+def _clock_pair(raw: Any) -> dict[str, Any] | None:
+    """The wall and monotonic times of the last write, if well-formed and from a known boot."""
+    if not isinstance(raw, dict):
+        return None
+    wall, mono, boot = _num(raw.get("wall")), _num(raw.get("mono")), raw.get("boot")
+    if wall is None or mono is None or not isinstance(boot, str) or not boot:
+        return None
+    return {"wall": wall, "mono": mono, "boot": boot[:64]}
+
 
 def _num(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -277,6 +320,9 @@ def _clean_entry(raw: Any, *, ticket: bool) -> dict[str, Any] | None:
         "pid": pid,
         "start": start,
         "queued_at": queued_at,
+        # The delegation's deadline on the pool clock; absent in older state files (and
+        # for callers that gave none): then only ``token_timeout`` bounds a live holder.
+        "hold_until": _num(raw.get("hold_until")),
     }
     if ticket:
         entry["max_concurrent"] = _pos_int(raw.get("max_concurrent"))
@@ -385,9 +431,10 @@ class _Backoff:
 class Lease:
     """One token held by a delegation; a context manager, ``release()`` is idempotent.
 
-    ``waited_s`` is the time spent queued. After ``release()``, ``reclaimed_reason`` is
-    ``"dead"`` or ``"timeout"`` if the pool had already taken the token back (``"lost"`` if a
-    repaired state file had forgotten it), else None.
+    ``waited_s`` is the time spent queued; ``hold_until`` the delegation's deadline on the
+    pool clock (None if the caller gave none). After ``release()``, ``reclaimed_reason`` is
+    ``"dead"``, ``"timeout"`` or ``"deadline"`` if the pool had already taken the token back
+    (``"lost"`` if a repaired state file had forgotten it), else None.
     """
 
     def __init__(
@@ -402,6 +449,7 @@ class Lease:
         self.pid: int = token["pid"]
         self.acquired_at: float = token.get("acquired_at", 0.0)
         self.waited_s: float = max(0.0, self.acquired_at - token.get("queued_at", 0.0))
+        self.hold_until: float | None = token.get("hold_until")
         self.reclaimed_reason: str | None = None
         self._released = pool is None
         self._guard = threading.Lock()
@@ -448,10 +496,13 @@ class TokenPool:
 
     ``load_source`` returns the 1-minute load average, ``clock`` timestamps the shared
     state (ages, timeouts, cooldown, sample interval) and ``sleep`` paces waiters; all three
-    are injectable for tests. ``pid`` is the holder recorded on tokens (default: the
-    calling process). A waiter wakes when the state file is replaced (inotify on the pool
-    directory) or, with ``wake="poll"`` or without inotify, polls with a 2-10 ms backoff.
-    A pool object may be shared by threads and survives ``fork``.
+    are injectable for tests. ``monotonic`` is the host-wide clock that detects jumps of
+    ``clock`` between two writes (default: ``time.monotonic`` with the real ``clock``, and
+    the injected ``clock`` itself otherwise, so a fake clock is taken at its word).
+    ``pid`` is the holder recorded on tokens (default: the calling process). A waiter
+    wakes when the state file is replaced (inotify on the pool directory) or, with
+    ``wake="poll"`` or without inotify, polls with a 2-10 ms backoff. A pool object
+    may be shared by threads and survives ``fork``.
     """
 
     def __init__(
@@ -463,6 +514,7 @@ class TokenPool:
         pid: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
         wake: Literal["auto", "poll"] = "auto",
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         if wake not in ("auto", "poll"):
             raise ValueError(f"wake must be 'auto' or 'poll', not {wake!r}")
@@ -470,6 +522,9 @@ class TokenPool:
         self._wake = wake
         self._load_source = load_source
         self._clock = clock
+        if monotonic is None:
+            monotonic = time.monotonic if clock is time.time else clock
+        self._monotonic = monotonic
         self._fixed_pid = pid
         self._sleep = sleep
         self._dir = Path(settings.dir)
@@ -492,18 +547,27 @@ class TokenPool:
         agent: str,
         timeout: float | None,
         max_concurrent: int | None = None,
+        hold_for: float | None = None,
     ) -> Lease:
         """Wait for a token, first come first served across processes, and return its lease.
 
         ``timeout`` None waits as long as it takes; 0 takes a free token or fails at once.
         ``max_concurrent`` caps the tokens held for ``agent``: a waiter for a saturated
         agent keeps its place in line but does not hold up the waiters behind it.
+        ``hold_for`` is how long from now the caller's work may run (its delegation's
+        deadline, as a duration so that the caller's clock need not be the pool's): while
+        its process lives, the token is not reclaimed before that deadline plus
+        ``DEADLINE_GRACE``, nor before ``token_timeout``. None (the default) keeps the
+        plain rule: a live holder is reclaimed after ``token_timeout``.
 
         Raises ``PoolRefusedError`` (exit 5) when ``queue_limit`` requests already wait,
         ``DelegationTimeoutError`` (exit 4) when no token came within ``timeout``.
         """
         pid = self._holder_pid()
         now = self._clock()
+        hold_until = None
+        if hold_for is not None and not math.isnan(hold_for):
+            hold_until = now + min(max(0.0, float(hold_for)), _MAX_HOLD)
         ticket: dict[str, Any] = {
             "id": f"{pid}-{secrets.token_hex(6)}",
             "run_id": str(run_id)[:_MAX_TEXT] or "?",
@@ -511,6 +575,7 @@ class TokenPool:
             "pid": pid,
             "start": self._start_of(pid),
             "queued_at": now,
+            "hold_until": hold_until,
             "max_concurrent": max_concurrent if max_concurrent and max_concurrent > 0 else None,
         }
         if not self.settings.enabled:
@@ -776,12 +841,16 @@ class TokenPool:
                 state, repaired = self._normalize(parsed)
                 if repaired and raw:
                     state["repairs"] += 1
-                now = self._clock()
+                now, mono = self._clock(), self._monotonic()
+                self._correct_jump(state, now, mono)
                 self._housekeep(state, now, sample=sample)
                 result = fn(state, now)
                 out = json.dumps(state, separators=(",", ":")).encode()
                 if out != raw:
-                    self._write_raw(out)
+                    # The clock pair is renewed only with a write that happens anyway, so
+                    # a look at the pool writes nothing (and wakes no waiter).
+                    state["clock"] = {"wall": now, "mono": mono, "boot": _boot_id()}
+                    self._write_raw(json.dumps(state, separators=(",", ":")).encode())
                 return result
         except OSError as exc:
             raise ConfigError(
@@ -789,6 +858,30 @@ class TokenPool:
                 f"{exc.strerror or exc}. Check `pool.dir` and its permissions.",
                 path=self._dir,
             ) from exc
+
+    def _correct_jump(self, state: dict[str, Any], now: float, mono: float) -> None:
+        """Shift the stored times by a wall-clock jump since the last write.
+
+        The last write recorded the wall and monotonic times; the monotonic clock is
+        host-wide and never jumps, so wall time elapsed minus monotonic time elapsed is the
+        jump. Only within one boot: after a reboot the monotonic clock starts over (and
+        every holder is dead anyway). Older state files have no pair: nothing to correct.
+        """
+        pair = state["clock"]
+        if pair is None or pair["boot"] != _boot_id():
+            return
+        jump = (now - pair["wall"]) - (mono - pair["mono"])
+        if abs(jump) <= _JUMP_TOLERANCE:
+            return
+        for entry in state["tokens"] + state["queue"]:
+            for key in ("queued_at", "acquired_at", "hold_until"):
+                if entry.get(key) is not None:
+                    entry[key] += jump
+        for key in ("cooldown_until", "last_sample_at"):
+            if state[key] is not None:
+                state[key] += jump
+        state["last_sweep"] += jump
+        state["clock"] = {"wall": now, "mono": mono, "boot": pair["boot"]}
 
     def _normalize(self, raw: Any) -> tuple[dict[str, Any], bool]:
         """A well-formed state from whatever was on disk; True if anything was repaired."""
@@ -828,7 +921,7 @@ class TokenPool:
         reclaimed = []
         raw_reclaimed = raw.get("reclaimed")
         for item in raw_reclaimed if isinstance(raw_reclaimed, list) else []:
-            if isinstance(item, dict) and item.get("reason") in ("dead", "timeout"):
+            if isinstance(item, dict) and item.get("reason") in _RECLAIM_REASONS:
                 reclaimed.append(
                     {
                         "token_id": _text(item.get("token_id")) or "?",
@@ -859,6 +952,7 @@ class TokenPool:
             "samples": samples[-_MAX_SAMPLES:],
             "reclaimed": reclaimed[-_MAX_RECLAIMED:],
             "repairs": max(0, counter("repairs")),
+            "clock": _clock_pair(raw.get("clock")),
         }
         return state, repaired
 
@@ -871,11 +965,9 @@ class TokenPool:
             return None
         return value if math.isfinite(value) else None
 
-    def _housekeep(self, state: dict[str, Any], now: float, *, sample: bool) -> None:
-        """Reclaim dead and overdue tokens, end a finished cooldown, sample, grant."""
-        cfg = self.settings
+    def _liveness(self) -> Callable[[dict[str, Any]], bool]:
+        """``is_alive(entry)`` for the holders of one transaction, asking the kernel once each."""
         alive: dict[tuple[int, int | None], bool] = {}
-
         me = os.getpid()
 
         def is_alive(entry: dict[str, Any]) -> bool:
@@ -887,14 +979,36 @@ class TokenPool:
                     alive[key] = _alive(*key)
             return alive[key]
 
+        return is_alive
+
+    def _overdue(self, tok: dict[str, Any], now: float) -> str | None:
+        """Why a live holder's token is taken back now (``timeout``/``deadline``), or None.
+
+        A live holder keeps its token for ``token_timeout`` and, if it gave its
+        delegation's deadline, until ``DEADLINE_GRACE`` after that deadline, whichever
+        is later: a step allowed 900 s is not cut off at 300 s.
+        """
+        limit, reason = tok["acquired_at"] + self.settings.token_timeout, "timeout"
+        hold_until = tok.get("hold_until")
+        if hold_until is not None and hold_until + DEADLINE_GRACE > limit:
+            limit, reason = hold_until + DEADLINE_GRACE, "deadline"
+        return reason if now > limit else None
+
+    def _housekeep(self, state: dict[str, Any], now: float, *, sample: bool) -> None:
+        """Reclaim dead and overdue tokens, end a finished cooldown, sample, grant."""
+        cfg = self.settings
+        is_alive = self._liveness()
         kept = []
         for tok in state["tokens"]:
+            if tok["acquired_at"] > now:
+                # The clock went back (a state file without a clock pair to correct it):
+                # restart the hold rather than keep it for the length of the jump.
+                back = tok["acquired_at"] - now
+                tok["acquired_at"] = now
+                if tok["hold_until"] is not None:
+                    tok["hold_until"] -= back
             held = now - tok["acquired_at"]
-            reason = None
-            if not is_alive(tok):
-                reason = "dead"
-            elif held > cfg.token_timeout:
-                reason = "timeout"
+            reason = "dead" if not is_alive(tok) else self._overdue(tok, now)
             if reason is None:
                 kept.append(tok)
                 continue
@@ -915,9 +1029,12 @@ class TokenPool:
         if abs(now - state["last_sweep"]) >= _QUEUE_SWEEP:
             state["last_sweep"] = now
             state["queue"] = [w for w in state["queue"] if is_alive(w)]
-        if state["mode"] == PoolMode.EMERGENCY.value and now >= (state["cooldown_until"] or 0):
-            state["mode"] = PoolMode.NORMAL.value
-            state["cooldown_until"] = None
+        if state["mode"] == PoolMode.EMERGENCY.value:
+            # Never longer than one cooldown from now, whatever the clock did meanwhile.
+            state["cooldown_until"] = min(state["cooldown_until"] or 0, now + cfg.cooldown)
+            if now >= state["cooldown_until"]:
+                state["mode"] = PoolMode.NORMAL.value
+                state["cooldown_until"] = None
         if sample and cfg.adaptive:
             last = state["last_sample_at"]
             if last is None or now - last >= cfg.sample_interval or now < last:
@@ -968,8 +1085,14 @@ class TokenPool:
         state: dict[str, Any],
         now: float,
         is_alive: Callable[[dict[str, Any]], bool] | None,
+        *,
+        own: str | None = None,
     ) -> None:
-        """Turn the first eligible tickets into tokens while tokens are free, in order."""
+        """Turn the first eligible tickets into tokens while tokens are free, in order.
+
+        A ticket of a dead process is dropped, not granted (None: ask the kernel); ``own``
+        is the calling process's ticket, alive by definition (it may name another PID).
+        """
         if state["mode"] == PoolMode.EMERGENCY.value or not state["queue"]:
             return
         free = state["size"] - len(state["tokens"])
@@ -987,8 +1110,10 @@ class TokenPool:
             if cap is not None and per_agent.get(ticket["agent"], 0) >= cap:
                 remaining.append(ticket)  # keeps its place, does not hold up the others
                 continue
-            if is_alive is not None and not is_alive(ticket):
-                continue  # its process died while waiting
+            if is_alive is None and ticket["id"] != own:
+                is_alive = self._liveness()
+            if ticket["id"] != own and is_alive is not None and not is_alive(ticket):
+                continue  # its process died while waiting: never grant it a token
             token = {k: v for k, v in ticket.items() if k != "max_concurrent"}
             token["acquired_at"] = now
             state["tokens"].append(token)
@@ -1011,9 +1136,11 @@ class TokenPool:
         return why
 
     def _enqueue(self, state: dict[str, Any], now: float, ticket: dict[str, Any]) -> _Poll:
+        if ticket["hold_until"] is not None:  # the deadline moves with the clock reading
+            ticket["hold_until"] += now - ticket["queued_at"]
         ticket["queued_at"] = now  # the same clock reading as the grant: no wait is no wait
         state["queue"].append(dict(ticket))
-        self._grant(state, now, None)
+        self._grant(state, now, None, own=ticket["id"])
         found = self._find(state, ticket["id"])
         if found is not None:
             return found
@@ -1057,7 +1184,7 @@ class TokenPool:
                 i for i, w in enumerate(state["queue"]) if w["queued_at"] > ticket["queued_at"]
             ]
             state["queue"].insert(later[0] if later else len(state["queue"]), dict(ticket))
-            self._grant(state, now, None)
+            self._grant(state, now, None, own=ticket["id"])
             found = self._find(state, ticket["id"])
             if found is not None:
                 return found

@@ -24,13 +24,13 @@ def demo_config(tmp_path: Path, **extra: Any) -> dict[str, Any]:
     """A config dict: the eight roles as demo agents on the embedded gateway."""
     raw: dict[str, Any] = {
         "handoffs_dir": str(tmp_path / "handoffs"),
-        "default_timeout": 20,
+        "default_timeout": 60,  # a bound for a busy host: delegations end when handed off
         "handoff_grace": 0.5,
         "retry": {"delays": [0.05, 0.1, 0.2], "jitter": 0.0, "request_timeout": 5},
         "validator": "tech-lead",
         "gateway": {
             "embedded": True,
-            "agents": {r: {"kind": "command", "argv": [*DEMO, r], "timeout": 20} for r in ROLES},
+            "agents": {r: {"kind": "command", "argv": [*DEMO, r], "timeout": 60} for r in ROLES},
         },
         "agents": {r: {"url": "local", "capabilities": [r]} for r in ROLES},
         "pool": {"enabled": False},
@@ -40,6 +40,35 @@ def demo_config(tmp_path: Path, **extra: Any) -> dict[str, Any]:
     for key, value in extra.items():
         raw[key] = value
     return raw
+
+
+def gated_agent(go: Path, *, output: str = "done") -> dict[str, Any]:
+    """A command agent that runs until the file ``go`` exists (60 s at most), then hands
+    off ``output``: a test decides when it ends, instead of a sleep a busy host outlasts."""
+    script = (
+        "import os, time\n"
+        "deadline = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        f"print({output!r})\n"
+    )
+    return {"kind": "command", "argv": [sys.executable, "-c", script], "timeout": 90}
+
+
+def rendezvous_agent(meeting: Path, *, parties: int = 2) -> dict[str, Any]:
+    """A command agent that hands off only once ``parties`` such agents have started
+    (each leaves a file in ``meeting``; 60 s at most): their runs overlap in time."""
+    script = (
+        "import os, pathlib, time\n"
+        f"d = pathlib.Path({str(meeting)!r})\n"
+        "d.mkdir(parents=True, exist_ok=True)\n"
+        "(d / str(os.getpid())).touch()\n"
+        "deadline = time.monotonic() + 60\n"
+        f"while len(list(d.iterdir())) < {parties} and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('met')\n"
+    )
+    return {"kind": "command", "argv": [sys.executable, "-c", script], "timeout": 90}
 
 
 def write_config(tmp_path: Path, raw: dict[str, Any]) -> Path:

@@ -257,13 +257,13 @@ def test_no_token_env_in_config(api: DiscordAPI) -> None:
 def test_429_honours_json_retry_after(discord_api: Any) -> None:
     body = {"message": "You are being rate limited.", "retry_after": 0.35, "global": False}
     api = discord_api(
-        token=TOKEN, channels={TECH: MESSAGES}, script=[Scripted(429, body, {"Retry-After": "1"})]
+        token=TOKEN, channels={TECH: MESSAGES}, script=[Scripted(429, body, {"Retry-After": "10"})]
     )
     text = channel_context(make_cfg(channels_for(api.base_url)), "technical", 20)
     assert text == EXPECTED
     assert len(api.requests) == 2
     gap = api.requests[1].at - api.requests[0].at
-    assert 0.35 <= gap < 1.0  # the precise JSON value wins over the rounded header
+    assert 0.35 <= gap < 5.0  # the precise JSON value (0.35 s) wins over the header (10 s)
 
 
 def test_429_falls_back_to_the_retry_after_header(discord_api: Any) -> None:

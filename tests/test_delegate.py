@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from engine.delegate import DelegationRequest, Delegator, Outcome, open_delegato
 from engine.errors import AclDeniedError, InvalidIdError, UnknownAgentError
 from engine.handoff import handoff_path, make_handoff
 from engine.record import reconcile
+from engine.reporter import Reporter
 from engine.watch import watcher_for
 from tests.conftest import demo_config, free_port, remote_config, write_config, write_valid_handoff
 
@@ -83,7 +85,7 @@ def test_retries_500_500_then_200(tmp_path: Path, stand_in: Any, monkeypatch: An
     server = stand_in(statuses=[500, 500, 200], agent=write_valid_handoff)
     cfg = _remote(tmp_path, server.url, monkeypatch)
     with open_delegator(cfg) as d:
-        result = d.delegate(_req(timeout=10))
+        result = d.delegate(_req(timeout=60))
     assert result.outcome is Outcome.COMPLETE
     assert result.envelope["attempts"] == 3
     assert server.posts == 3
@@ -98,7 +100,7 @@ def test_429_honours_retry_after(tmp_path: Path, stand_in: Any, monkeypatch: Any
     cfg = _remote(tmp_path, server.url, monkeypatch)
     with open_delegator(cfg) as d:
         t0 = time.monotonic()
-        result = d.delegate(_req(timeout=10))
+        result = d.delegate(_req(timeout=60))
         waited = time.monotonic() - t0
     assert result.outcome is Outcome.COMPLETE and result.envelope["attempts"] == 2
     assert waited >= 0.4  # the scripted delay was 0.05 s; Retry-After asked for 0.4 s
@@ -108,11 +110,24 @@ def test_400_is_not_retried(tmp_path: Path, stand_in: Any, monkeypatch: Any) -> 
     server = stand_in(statuses=[400], error_body={"ok": False, "error": 'unknown agentId "x"'})
     cfg = _remote(tmp_path, server.url, monkeypatch)
     with open_delegator(cfg) as d:
-        result = d.delegate(_req(timeout=10))
+        result = d.delegate(_req(timeout=60))
     assert result.outcome is Outcome.ERRORED and result.exit_code == 2
     assert server.posts == 1
     assert "`agents.webster.agent_id`" in str(result.error)
     assert result.envelope["status_code"] == 400
+
+
+class _RetryEvents(Reporter):
+    """Brings the stand-in up once the delegator has seen the endpoint down."""
+
+    def __init__(self, bring_up: Callable[[], None]) -> None:
+        self.bring_up = bring_up
+        self.retries = 0
+
+    def delegation_retry(self, agent: str, attempt: int, delay: float, reason: str) -> None:
+        self.retries += 1
+        if self.retries == 1:
+            self.bring_up()
 
 
 def test_endpoint_down_then_up(tmp_path: Path, stand_in: Any, monkeypatch: Any) -> None:
@@ -124,16 +139,10 @@ def test_endpoint_down_then_up(tmp_path: Path, stand_in: Any, monkeypatch: Any) 
         retry={"delays": [0.2, 0.3, 0.5, 1.0], "jitter": 0.0},
     )
     started: list[Any] = []
-
-    def bring_up() -> None:
-        time.sleep(0.35)
-        started.append(stand_in(port=port, agent=write_valid_handoff))
-
-    t = threading.Thread(target=bring_up)
-    t.start()
-    with open_delegator(cfg) as d:
-        result = d.delegate(_req(timeout=10))
-    t.join()
+    # Up after the first refused attempt, not after a sleep a busy host could outlast.
+    events = _RetryEvents(lambda: started.append(stand_in(port=port, agent=write_valid_handoff)))
+    with open_delegator(cfg, reporter=events) as d:
+        result = d.delegate(_req(timeout=60))
     assert result.outcome is Outcome.COMPLETE
     assert result.envelope["attempts"] >= 2
     assert started[0].posts == 1
@@ -147,7 +156,7 @@ def test_dead_endpoint_gives_up_before_deadline(tmp_path: Path, monkeypatch: Any
         retry={"delays": [0.1, 0.1], "jitter": 0.0},
     )
     with open_delegator(cfg) as d:
-        result = d.delegate(_req(timeout=5))
+        result = d.delegate(_req(timeout=60))
     assert result.outcome is Outcome.ERRORED and result.exit_code == 4
     assert "after 3 attempts (last: connection refused)" in str(result.error)
 
@@ -159,7 +168,7 @@ def test_slow_agent_times_out_then_late_handoff_is_recorded(demo_cfg: Any) -> No
         assert result.envelope["outcome"] == "timeout"
         assert "no handoff from `webster` within 0.5 s" in str(result.error)
         path = result.record_path
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         rec: dict[str, Any] = {}
         while time.monotonic() < deadline:
             reconcile(demo_cfg.handoffs_dir)
@@ -186,7 +195,7 @@ def test_malformed_json_is_refused_and_kept(
     server = stand_in(agent=_agent_writing(lambda b: '{"schemaVersion": "1.0", "runId": '))
     cfg = _remote(tmp_path, server.url, monkeypatch)
     with open_delegator(cfg) as d:
-        result = d.delegate(_req(timeout=10))
+        result = d.delegate(_req(timeout=60))
     assert result.outcome is Outcome.INVALID and result.exit_code == 2
     msg = str(result.error)
     assert f"{result.run_id}.json` is not valid JSON (line 1" in msg
@@ -206,7 +215,7 @@ def test_bad_status_is_refused_naming_the_pointer(
     server = stand_in(agent=_agent_writing(bad))
     cfg = _remote(tmp_path, server.url, monkeypatch)
     with open_delegator(cfg) as d:
-        result = d.delegate(_req(timeout=10))
+        result = d.delegate(_req(timeout=60))
     assert result.outcome is Outcome.INVALID
     assert "`/status`: `done` is not one of `complete`, `partial`, `blocked`, `failed`" in str(
         result.error
@@ -228,9 +237,9 @@ def test_mismatched_handoff_is_refused(
     cfg = _remote(tmp_path, server.url, monkeypatch)
     with open_delegator(cfg) as d:
         t0 = time.monotonic()
-        result = d.delegate(_req(timeout=10))
+        result = d.delegate(_req(timeout=60))
     assert result.outcome is Outcome.INVALID and result.exit_code == 2
-    assert time.monotonic() - t0 < 5  # refused at once, not at the deadline
+    assert time.monotonic() - t0 < 30  # refused at once, not at the deadline
     assert "does not belong to this delegation" in str(result.error)
     assert f"`/{field}` is `{value}`" in str(result.error)
 
@@ -247,7 +256,7 @@ def test_handoff_present_before_the_wait(tmp_path: Path, stand_in: Any, monkeypa
         }
     )
     with open_delegator(cfg) as d:
-        result = d.delegate(_req(run_id=run_id, timeout=5))
+        result = d.delegate(_req(run_id=run_id, timeout=60))
     assert result.outcome is Outcome.COMPLETE and result.record["result"] == "stand-in result"
 
 
@@ -264,9 +273,11 @@ def test_half_written_then_completed(tmp_path: Path, stand_in: Any, monkeypatch:
         path.write_text(data)
 
     server = stand_in(agent=slow_writer)
-    cfg = _remote(tmp_path, server.url, monkeypatch)
+    # The engine gives a half-written file `handoff_grace` to be completed; the writer's
+    # second write must land within it even on a busy host (the wait ends when it does).
+    cfg = _remote(tmp_path, server.url, monkeypatch, handoff_grace=30)
     with open_delegator(cfg) as d:
-        result = d.delegate(_req(timeout=10))
+        result = d.delegate(_req(timeout=60))
     assert result.outcome is Outcome.PARTIAL and result.exit_code == 0
     assert result.record["result"] == "done at last"
 
@@ -286,8 +297,10 @@ def test_path_like_ids_are_refused(demo_cfg: Any, kw: dict[str, str]) -> None:
 def test_fifty_concurrent_delegations_share_one_watch(
     tmp_path: Path, stand_in: Any, monkeypatch: Any
 ) -> None:
+    all_waiting = threading.Event()
+
     def agent(block: dict[str, str]) -> None:
-        time.sleep(0.3)  # all 50 are waiting at once
+        all_waiting.wait(60)  # hand off once all 50 are waiting (or, at worst, after 60 s)
         write_valid_handoff(block)
 
     server = stand_in(agent=agent)
@@ -299,6 +312,8 @@ def test_fifty_concurrent_delegations_share_one_watch(
     def sample() -> None:
         while not stop.is_set():
             peak[0] = max(peak[0], watcher.waiting)
+            if peak[0] >= 50:
+                all_waiting.set()
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample)
@@ -306,7 +321,7 @@ def test_fifty_concurrent_delegations_share_one_watch(
     results: list[Any] = []
     with open_delegator(cfg) as d:
         threads = [
-            threading.Thread(target=lambda: results.append(d.delegate(_req(timeout=20))))
+            threading.Thread(target=lambda: results.append(d.delegate(_req(timeout=120))))
             for _ in range(50)
         ]
         for t in threads:
@@ -314,6 +329,7 @@ def test_fifty_concurrent_delegations_share_one_watch(
         for t in threads:
             t.join()
     stop.set()
+    all_waiting.set()
     sampler.join()
     assert len(results) == 50 and all(r.outcome is Outcome.COMPLETE for r in results)
     assert len({r.run_id for r in results}) == 50
@@ -335,8 +351,8 @@ def test_command_agent_past_its_timeout_is_killed(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path, raw))
     with open_delegator(cfg) as d:
         t0 = time.monotonic()
-        result = d.delegate(_req("DEMO_SLEEP=30", timeout=15))
-    assert time.monotonic() - t0 < 10
+        result = d.delegate(_req("DEMO_SLEEP=120", timeout=60))
+    assert time.monotonic() - t0 < 30  # killed at its 0.5 s, not waited out
     assert result.outcome is Outcome.FAILED
     assert "killed after" in result.record["result"]
 
@@ -347,7 +363,7 @@ def test_polling_backend_has_the_same_behaviour(
     server = stand_in(agent=write_valid_handoff)
     cfg = _remote(tmp_path, server.url, monkeypatch)
     with open_delegator(cfg, watcher_backend="poll") as d:
-        result = d.delegate(_req(timeout=10))
+        result = d.delegate(_req(timeout=60))
     assert result.outcome is Outcome.COMPLETE
     assert watcher_for(cfg.handoffs_dir / "inbox", backend="poll").backend == "poll"
 

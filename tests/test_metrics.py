@@ -206,6 +206,9 @@ def _real_config(tmp_path: Path) -> Config:
         "env": {"FLAKY_COUNTER": str(tmp_path / "flaky-count")},
     }
     raw["agents"]["flaky"] = {"url": "local"}
+    # The timed-out secretary run below must not hand off while the fixture still runs
+    # (its late handoff would be merged into the record): it runs until the gateway stops.
+    raw["gateway"]["agents"]["secretary"]["timeout"] = 900
     return load_config(write_config(tmp_path, raw))
 
 
@@ -236,7 +239,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             caller="tech-lead",
             parent_run_id=parent.run_id,
         )
-        timed_out = ask("secretary", "DEMO_SLEEP=5 too slow", timeout=1)
+        timed_out = ask("secretary", "DEMO_SLEEP=600 too slow", timeout=1)
         assert timed_out.outcome is Outcome.TIMEOUT
         # two at once with one pool token: the second waits for the first
         pair = [

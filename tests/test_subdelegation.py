@@ -16,7 +16,7 @@ from engine.cli import orchestrate
 from engine.config import Config, load_config
 from engine.delegate import DelegationRequest, Delegator, Outcome, open_delegator
 from engine.errors import AclDeniedError, RunStateError, UnknownAgentError, UsageError
-from tests.conftest import demo_config, write_config
+from tests.conftest import demo_config, gated_agent, write_config
 
 SUB_AGENT = """
 import json, os, subprocess, sys
@@ -48,8 +48,13 @@ def _run(*args: str) -> Any:
     return CliRunner().invoke(orchestrate, list(args), catch_exceptions=False)
 
 
-def test_routing_picks_the_idle_agent(demo_cfg: Config) -> None:
-    with open_delegator(demo_cfg) as d:
+def test_routing_picks_the_idle_agent(tmp_path: Path) -> None:
+    # study-builder stays busy until the test has looked (the file `go` appears).
+    go = tmp_path / "go"
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["study-builder"] = gated_agent(go)
+    cfg = load_config(write_config(tmp_path, raw))
+    with open_delegator(cfg) as d:
         first = d.route("manager", "research")
         # a tie goes to the first in the registry: study-builder is listed before webster
         assert first.agent == "study-builder"
@@ -57,18 +62,20 @@ def test_routing_picks_the_idle_agent(demo_cfg: Config) -> None:
         busy = threading.Thread(
             target=d.delegate,
             args=(
-                DelegationRequest(
-                    target="study-builder", task="DEMO_SLEEP=1.5 busy", caller="manager"
-                ),
+                DelegationRequest(target="study-builder", task="busy", caller="manager"),
             ),
         )
         busy.start()
-        deadline = time.monotonic() + 5
-        while d.route("manager", "research").agent == "study-builder":
-            assert time.monotonic() < deadline, "study-builder never looked busy"
-            time.sleep(0.02)
-        chosen = d.route("manager", "research")
-        busy.join()
+        try:
+            deadline = time.monotonic() + 60
+            chosen = d.route("manager", "research")
+            while chosen.agent == "study-builder":
+                assert time.monotonic() < deadline, "study-builder never looked busy"
+                time.sleep(0.02)
+                chosen = d.route("manager", "research")
+        finally:
+            go.touch()
+            busy.join()
     assert chosen.agent == "webster"
     assert dict(chosen.candidates) == {"webster": 0, "study-builder": 1}
     assert "* webster: 0 in flight" in chosen.explain()
