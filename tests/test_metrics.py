@@ -236,7 +236,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             caller="tech-lead",
             parent_run_id=parent.run_id,
         )
-        timed_out = ask("secretary", "DEMO_SLEEP=5 too slow", timeout=1)
+        timed_out = ask("secretary", "DEMO_SLEEP=60 too slow", timeout=1)  # killed at the end
         assert timed_out.outcome is Outcome.TIMEOUT
         # two at once with one pool token: the second waits for the first
         pair = [

@@ -52,6 +52,7 @@ class Task:
     handoff_agent: str | None = None
     handoff_path: Path | None = None
     timeout: float | None = None
+    handoff_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,11 @@ def task_from_message(
         # Only a file named after the run, at an absolute path, is ever written for it.
         if candidate.is_absolute() and candidate.name == f"{run_id}.json":
             path = candidate
+    from engine.handoff import KEY_PATTERN
+
+    key = block.get("key")
+    if key is not None and not KEY_PATTERN.match(key):
+        key = None
     return Task(
         gateway_run_id=gateway_run_id,
         agent=agent,
@@ -96,6 +102,7 @@ def task_from_message(
         handoff_agent=handoff_agent,
         handoff_path=path,
         timeout=timeout,
+        handoff_key=key,
     )
 
 
@@ -230,12 +237,13 @@ class CommandRunner:
             result=result,
             confidence="medium" if status == "complete" else "low",
             notes=GATEWAY_NOTE,
+            key=task.handoff_key,
         )
         try:
             if _delivered(path):  # the agent may have written it while we were composing
                 _reconcile(records_of(path))
                 return outcome
-            write_handoff(path, handoff)
+            write_handoff(path, handoff, replace=False)  # never over the agent's own
         except (HandoffProblem, OSError) as exc:
             log.warning("local gateway: cannot write the handoff of %s: %s", task.run_id, exc)
             return outcome
@@ -262,6 +270,7 @@ def _environment(spec: GatewayAgentConfig, task: Task, workspace: Path) -> dict[
             "ORCH_AGENT": task.handoff_agent or task.agent,
             "ORCH_WORKSPACE": str(workspace),
             "ORCH_GATEWAY_RUN_ID": task.gateway_run_id,
+            "ORCH_HANDOFF_KEY": task.handoff_key or "",
         }
     )
     bindir = os.path.dirname(sys.executable)
