@@ -1,8 +1,9 @@
 """Agents hosted by the local gateway: kind ``command`` runs an argv per task.
 
 Each task gets a fresh workspace ``<workspaces>/<agent>/<gateway run id>/`` holding
-``TASK.txt`` (the full message), and after the run ``stdout.log`` and ``stderr.log``
-(the last 64 KB of each). The process runs in its own session, so the whole group can be
+``TASK.txt`` (the full message, its ``key:`` line masked: the key is in
+``$ORCH_HANDOFF_KEY``, since other agents may read the workspaces), and after the run
+``stdout.log`` and ``stderr.log`` (the last 64 KB of each). The process runs in its own session, so the whole group can be
 killed on timeout, when the gateway stops, and (to leave no stray processes behind)
 when the agent's main process exits.
 
@@ -106,6 +107,18 @@ def task_from_message(
     )
 
 
+def redact_key(message: str) -> str:
+    """``message`` with the handoff block's ``key:`` line masked (for files on disk)."""
+    import re
+
+    idx = message.find(HANDOFF_MARKER)
+    if idx < 0:
+        return message
+    block = re.sub(r"(?m)^key: \S.*$", "key: (in $ORCH_HANDOFF_KEY)", message[idx:])
+    block = re.sub(r"--key \S+", "--key \"$ORCH_HANDOFF_KEY\"", block)
+    return message[:idx] + block
+
+
 class _Running:
     """A live process and whether the gateway asked it to stop."""
 
@@ -159,7 +172,7 @@ class CommandRunner:
         workspace = self.workspaces_dir / spec.name / task.gateway_run_id
         try:
             workspace.mkdir(parents=True, exist_ok=True)
-            (workspace / "TASK.txt").write_text(task.message, encoding="utf-8")
+            (workspace / "TASK.txt").write_text(redact_key(task.message), encoding="utf-8")
         except OSError as exc:
             return self._finish(task, _failed_start(f"cannot create workspace: {exc}", started))
         timeout = spec.timeout if spec.timeout is not None else task.timeout
