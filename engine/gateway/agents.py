@@ -3,9 +3,9 @@
 Each task gets a fresh workspace ``<workspaces>/<agent>/<gateway run id>/`` holding
 ``TASK.txt`` (the full message, its ``key:`` line masked: the key is in
 ``$ORCH_HANDOFF_KEY``, since other agents may read the workspaces), and after the run
-``stdout.log`` and ``stderr.log`` (the last 64 KB of each). The process runs in its own session, so the whole group can be
-killed on timeout, when the gateway stops, and (to leave no stray processes behind)
-when the agent's main process exits.
+``stdout.log`` and ``stderr.log`` (the last 64 KB of each). The process runs in its own
+session, so the whole group can be killed on timeout, when the gateway stops, and (to
+leave no stray processes behind) when the agent's main process exits.
 
 If the message carried a handoff block and the agent left no file at ``handoff_path``,
 the runner writes one for it (``complete`` with stdout on exit 0, ``failed`` otherwise),
