@@ -182,17 +182,54 @@ def record_of(
     return data
 
 
-def keep_rejected(records_dir: Path, path: Path) -> Path | None:
-    """Move a refused handoff file aside (never delete it); return where it went."""
+def keep_rejected(records_dir: Path, path: Path, *, inode: int | None = None) -> Path | None:
+    """Move a refused handoff file aside (never delete it); return where it went.
+
+    With ``inode`` (the refused file's, from ``lstat``), a file that replaced it at
+    ``path`` meanwhile (the real agent's answer, written just now) is not taken along: it
+    is put back (beside, as ``<runId>.<n>.json``, if the name is taken again) and None
+    is returned.
+    """
     if not os.path.lexists(path):
         return None
-    return _keep_aside(records_dir, path, link=False)
+    if inode is None:
+        return _keep_aside(records_dir, path, link=False)
+    import secrets
 
-
-def _keep_aside(records_dir: Path, path: Path, *, link: bool) -> Path | None:
     target_dir = records_dir / REJECTED_DIR
     target_dir.mkdir(parents=True, exist_ok=True)
-    stem = path.name[: -len(".json")] if path.name.endswith(".json") else path.name
+    held = target_dir / f".tmp-{secrets.token_hex(6)}"
+    try:
+        os.rename(path, held)  # atomic: whatever is at `path` now, and only that
+    except FileNotFoundError:
+        return None
+    if os.lstat(held).st_ino != inode:
+        _put_back(held, path)
+        return None
+    kept = _keep_aside(records_dir, held, link=False, stem=path.name)
+    return kept
+
+
+def _put_back(held: Path, path: Path) -> None:
+    stem = path.name[: -len(".json")].split(".", 1)[0]
+    target, n = path.with_name(f"{stem}.json"), 1
+    while True:
+        try:
+            os.link(held, target, follow_symlinks=False)
+            break
+        except FileExistsError:
+            n += 1
+            target = path.with_name(f"{stem}.{n}.json")
+    os.unlink(held)
+
+
+def _keep_aside(
+    records_dir: Path, path: Path, *, link: bool, stem: str | None = None
+) -> Path | None:
+    target_dir = records_dir / REJECTED_DIR
+    target_dir.mkdir(parents=True, exist_ok=True)
+    name = stem or path.name
+    stem = name[: -len(".json")] if name.endswith(".json") else name
     stem = stem.split(".", 1)[0]
     for n in range(1, 10_000):
         target = target_dir / f"{stem}.{n}.json"
@@ -371,6 +408,10 @@ def _deliver_one(
             return Delivery("already", record_path, current)
     root = records_dir.parent if records_dir.name == "sub" else records_dir
     try:
+        seen_ino: int | None = os.lstat(source).st_ino
+    except OSError:
+        seen_ino = None
+    try:
         raw, st = read_handoff_bytes(
             source, max_bytes=int(env.get("max_handoff_bytes") or MAX_HANDOFF_BYTES), root=root
         )
@@ -388,7 +429,9 @@ def _deliver_one(
     except HandoffProblem as exc:
         if exc.kind not in FINAL_KINDS and (waiting or _fresh(source, grace)):
             return Delivery("partial", problem=exc)
-        kept = keep_rejected(records_dir, source)
+        kept = keep_rejected(records_dir, source, inode=seen_ino)
+        if kept is None and os.path.lexists(source):
+            return Delivery("absent")  # replaced while being read: look at the new one
         note: dict[str, Any] = {"file": str(kept), "reason": exc.message, "at": utcnow_iso()}
         if exc.problems:
             note["problems"] = list(exc.problems)
