@@ -414,8 +414,11 @@ def test_handoff_at_the_record_path_is_accepted(
 
     def seed_agent(block: Block) -> None:
         target = Path(block["handoff_path"]).parent.parent / f"{block['run_id']}.json"
-        write_json_atomic(target, _good(block, result="seed 004 style"))
-        written.append(target.read_text())
+        text = json.dumps(_good(block, result="seed 004 style"))
+        written.append(text)
+        tmp = target.with_name(".seed.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
 
     cfg, result, took = _run_with(tmp_path, stand_in, monkeypatch, seed_agent)
     assert result.outcome is Outcome.COMPLETE and took < 30
