@@ -534,3 +534,67 @@ def test_show_and_tree_tell_the_truth_before_a_record_exists(tmp_path: Path) -> 
     )
     out = _show(cfg, other).output
     assert out.startswith("in flight: webster for manager") and "no record" not in out
+
+
+_QUIET_AGENT = """
+import os, pathlib, time
+pathlib.Path(os.environ["KEYFILE"]).write_text(os.environ["ORCH_HANDOFF_KEY"])
+go = pathlib.Path(os.environ["GOFILE"])
+for _ in range(600):  # until the test says go (at most 30 s); then exit 0, printing nothing
+    if go.exists():
+        break
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("order", ["answer-then-exit", "exit-then-answer"])
+def test_gateway_fallback_never_supersedes_the_agents_own_late_answer(
+    tmp_path: Path, order: str
+) -> None:
+    """The brief's case: a timeout, the agent's answer through the receiver, and the
+    gateway's "exited 0 and printed nothing" fallback, in either order."""
+    import sys
+
+    keyfile, gofile = tmp_path / "key.txt", tmp_path / "go"
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = {
+        "kind": "command",
+        "argv": [sys.executable, "-c", _QUIET_AGENT],
+        "env": {"KEYFILE": str(keyfile), "GOFILE": str(gofile)},
+        "timeout": 60,
+    }
+    cfg = load_config(write_config(tmp_path, raw))
+    with open_delegator(cfg) as d:
+        result = d.delegate(_req(timeout=2))
+        assert result.outcome is Outcome.TIMEOUT
+        assert _wait_for(tmp_path, "key.txt")
+        block = {"run_id": result.run_id, "agent": "webster", "key": keyfile.read_text()}
+        workspace = cfg.handoffs_dir / ".workspaces" / "webster" / result.envelope[
+            "gateway_run_id"
+        ]
+
+        def agent_exits() -> None:
+            gofile.write_text("go")
+            assert _wait_for(workspace, "stdout.log", timeout=60)  # written after the exit
+
+        def agent_answers() -> httpx.Response:
+            return httpx.post(
+                f"{d.local_url}/handoffs/{result.run_id}",
+                json=_good(block, result="the agent's own answer"),
+                headers={"Authorization": f"Bearer {d._local_token}"},
+            )
+
+        if order == "answer-then-exit":
+            resp = agent_answers()
+            agent_exits()
+        else:
+            agent_exits()
+            resp = agent_answers()
+        assert resp.status_code == 200, resp.text
+    record = read_json(result.record_path)
+    assert record["result"] == "the agent's own answer"
+    env = record["envelope"]
+    assert env["late"] is True and "fallback" not in env
+    assert env["supersedes"] == ("timeout" if order == "answer-then-exit" else "fallback")
+    shown = _show(cfg, result.run_id).output
+    assert "the agent's own answer" in shown and "printed nothing" not in shown
