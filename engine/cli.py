@@ -338,6 +338,12 @@ def handoff_group() -> None:
 @click.option("--sub", is_flag=True, help="Write under <handoffs_dir>/sub (sub-delegation).")
 @click.option("--receiver", help="POST to this receiver URL instead of writing a file.")
 @click.option("--token-env", help="With --receiver: env var holding the hooks token.")
+@click.option(
+    "--key",
+    envvar="ORCH_HANDOFF_KEY",
+    show_envvar=True,
+    help="The `key:` line of the task message (proves the handoff is yours).",
+)
 @config_option
 def handoff_write_cmd(
     run_id: str,
@@ -352,6 +358,7 @@ def handoff_write_cmd(
     sub: bool,
     receiver: str | None,
     token_env: str | None,
+    key: str | None,
     config: str | None,
 ) -> int:
     """Write a valid handoff atomically where the engine waits for it."""
@@ -376,6 +383,7 @@ def handoff_write_cmd(
         confidence=confidence,
         artifacts=artifacts,
         notes=notes,
+        key=key or None,
     )
     if receiver:
         return _post_handoff(receiver, token_env, run_id, agent, data)
@@ -384,8 +392,14 @@ def handoff_write_cmd(
     else:
         cfg = _load(config)
         path = handoff_path(cfg.handoffs_dir, run_id, sub=sub)
-    write_handoff(path, data)
-    click.echo(str(path))
+    written = write_handoff(path, data, replace=False)
+    click.echo(str(written))
+    if written != path:
+        click.echo(
+            f"note: `{path}` already held a handoff; yours was kept beside it as "
+            f"`{written.name}` (the engine records the first valid one and lists the other).",
+            err=True,
+        )
     return 0
 
 
@@ -408,7 +422,14 @@ def _post_handoff(
         agent=agent, url=base, token=token, token_source=f"environment variable `{token_env}`"
     )
     with HooksClient() as client:
-        client.post_handoff(target, run_id, data, deadline=time.monotonic() + 60)
+        client.post_handoff(
+            target,
+            run_id,
+            data,
+            deadline=time.monotonic() + 60,
+            hint=f"Check `--receiver {receiver}`, then run the same command again "
+            "(each run tries for 60 s).",
+        )
     click.echo(f"posted to {base}/handoffs/{run_id}")
     return 0
 
@@ -426,8 +447,25 @@ def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
     if as_json:
         _dump(rec)
         return 0
-    env = rec.get("envelope") or {}
+    env = rec.get("envelope")
+    if not isinstance(env, dict):
+        click.echo(
+            f"unrecorded handoff: {rec.get('status', 'unknown')} from {rec.get('agent')} "
+            f"for {run_id}; no delegation is known for this run (no record, nothing pending)"
+        )
+        if rec.get("result"):
+            click.echo(str(rec["result"]))
+        click.echo(f"file: {path}")
+        return 0
     outcome = env.get("outcome") or rec.get("status") or "unknown"
+    if "status" not in rec and outcome in ("dispatched", "unknown"):
+        click.echo(
+            f"in flight: {env.get('target')} for {env.get('caller')}, {run_id} "
+            f"(dispatched {env.get('dispatched_at') or env.get('created_at')}, deadline "
+            f"{env.get('deadline_at')}); no handoff yet"
+        )
+        click.echo(f"pending: {path}")
+        return 0
     try:
         oc = Outcome(outcome)
     except ValueError:
@@ -435,8 +473,16 @@ def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
     _print_result(DelegationResult(run_id, oc, path, rec))
     if env.get("late"):
         click.echo("note: this handoff arrived after the delegation had given up (late).")
-    if env.get("error") and outcome in ("timeout", "invalid", "errored"):
+    if env.get("supersedes"):
+        click.echo(f"note: this handoff replaced an earlier `{env['supersedes']}` record.")
+    if env.get("unverified"):
+        click.echo("note: unverified: the handoff had no key (`handoff_key: optional`).")
+    if env.get("error") and outcome in ("timeout", "invalid", "errored", "cancelled"):
         click.echo(f"error: {env['error']}")
+    for item in env.get("also_received") or []:
+        click.echo(f"also received: {item.get('file')}: {item.get('reason')}")
+    for item in env.get("rejected") or []:
+        click.echo(f"refused: {item.get('file')}: {item.get('reason')}")
     return 0
 
 

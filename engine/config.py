@@ -112,6 +112,8 @@ class Config:
     deliver: bool = False
     default_timeout: float = 120.0
     handoff_grace: float = 1.0
+    handoff_key: str = "required"
+    max_handoff_bytes: int = 1024 * 1024
     validator: str | None = None
     max_depth: int = 2
     workflow_dirs: tuple[Path, ...] = ()
@@ -260,6 +262,8 @@ def config_from_dict(raw: Any, *, path: Path | None = None) -> Config:
         deliver=bool(raw.get("deliver", False)),
         default_timeout=float(raw.get("default_timeout", 120.0)),
         handoff_grace=float(raw.get("handoff_grace", 1.0)),
+        handoff_key=str(raw.get("handoff_key", "required")),
+        max_handoff_bytes=int(raw.get("max_handoff_bytes", 1024 * 1024)),
         validator=raw.get("validator"),
         max_depth=int(raw.get("max_depth", 2)),
         workflow_dirs=tuple(p for p in (rel(d) for d in raw.get("workflow_dirs", [])) if p),

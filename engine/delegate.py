@@ -31,17 +31,24 @@ from engine.errors import (
     UsageError,
 )
 from engine.files import check_id, new_run_id, utcnow_iso
-from engine.handoff import HandoffProblem, handoff_path, load_handoff, records_dir
+from engine.handoff import (
+    MAX_HANDOFF_BYTES,
+    HandoffProblem,
+    handoff_path,
+    key_hash,
+    new_key,
+    records_dir,
+)
 from engine.hooks import HooksClient, Target
 from engine.record import (
+    deliver,
     drop_pending,
-    keep_rejected,
     pending_path,
     read_json,
+    refuse,
     write_pending,
     write_record,
 )
-from engine.record import finalize as finalize_record
 from engine.registry import Registry, read_secret
 from engine.reporter import Reporter
 
@@ -292,6 +299,7 @@ class Delegator:
             earlier = self._reattach(req, run_id, records, drop, deadline, cancel, rep)
             if earlier is not None:
                 return earlier
+        key = new_key()
         envelope: dict[str, Any] = {
             "caller": req.caller,
             "target": req.target,
@@ -308,8 +316,14 @@ class Delegator:
             "gateway_run_id": None,
             "pid": os.getpid(),
             "host": self._host,
+            # Only the key's hash is kept on disk; the key travels in the message alone.
+            "key_sha256": key_hash(key),
             **({"labels": req.labels} if req.labels else {}),
         }
+        if self.cfg.handoff_key != "required":
+            envelope["handoff_key"] = self.cfg.handoff_key
+        if self.cfg.max_handoff_bytes != MAX_HANDOFF_BYTES:
+            envelope["max_handoff_bytes"] = self.cfg.max_handoff_bytes
         write_pending(records, run_id, envelope)
         lease = None
         if self.pool is not None:
@@ -318,7 +332,7 @@ class Delegator:
                 return lease
         try:
             result = self._dispatch_and_wait(
-                req, agent, target, run_id, records, drop, envelope, deadline, cancel, rep
+                req, agent, target, run_id, records, drop, envelope, deadline, cancel, rep, key
             )
         except BaseException:
             if lease is not None:
@@ -337,8 +351,6 @@ class Delegator:
         rep: Reporter,
     ) -> DelegationResult | None:
         """Pick up a delegation dispatched by an earlier process; None = dispatch it now."""
-        from engine.watch import watcher_for
-
         record_file = records / f"{run_id}.json"
         existing = read_json(record_file)
         envelope = read_json(pending_path(records, run_id))
@@ -358,7 +370,7 @@ class Delegator:
             )
             if isinstance(lease, DelegationResult):
                 return lease
-        waiter = watcher_for(drop.parent, backend=self.watcher_backend).expect(drop.name)
+        waiter = self._expect(records, drop, run_id)
         try:
             result = self._wait(
                 waiter, run_id, req.target, records, drop, envelope, deadline, cancel, rep
@@ -431,9 +443,9 @@ class Delegator:
         deadline: float,
         cancel: threading.Event | None,
         rep: Reporter,
+        key: str,
     ) -> DelegationResult:
         from engine.message import render_message
-        from engine.watch import watcher_for
 
         message = render_message(
             task=req.task,
@@ -446,6 +458,7 @@ class Delegator:
             parent_run_id=req.parent_run_id,
             context=req.context,
             template=self.cfg.message_template,
+            key=key,
         )
         body: dict[str, Any] = {
             "message": message,
@@ -468,7 +481,7 @@ class Delegator:
             if value:
                 body[key] = value
 
-        waiter = watcher_for(drop.parent, backend=self.watcher_backend).expect(drop.name)
+        waiter = self._expect(records, drop, run_id)
         try:
             envelope["dispatched_at"] = utcnow_iso()
             try:
@@ -496,6 +509,14 @@ class Delegator:
         finally:
             waiter.close()
 
+    def _expect(self, records: Path, drop: Path, run_id: str) -> Any:
+        """Watch the inbox name and the record path (where seed 004's agents write)."""
+        from engine.watch import expect_any
+
+        return expect_any(
+            [(drop.parent, drop.name), (records, f"{run_id}.json")], backend=self.watcher_backend
+        )
+
     def _wait(
         self,
         waiter: Any,
@@ -512,36 +533,43 @@ class Delegator:
         grace = self.cfg.handoff_grace
         problem: HandoffProblem | None = None
         give_up = deadline
-        fired = drop.exists()  # it may have arrived before the watch was set
+        fired = True  # it may have arrived before the watch was set
+        last_look = False
         while True:
             if fired:
-                try:
-                    handoff = load_handoff(drop, run_id=run_id, agent=agent)
-                except HandoffProblem as exc:
-                    if exc.kind == "mismatch":
-                        return self._refused(run_id, records, drop, envelope, exc, rep)
-                    if exc.kind == "parse" and not drop.exists():
-                        problem = None
-                    else:
-                        # Perhaps caught half-written: give the writer a moment to finish.
-                        problem = exc
-                        give_up = min(deadline, self._clock() + grace)
-                else:
-                    path, record = finalize_record(records, run_id, envelope, handoff)
-                    outcome = Outcome(handoff["status"])
-                    result = DelegationResult(run_id, outcome, path, record)
-                    rep.delegation_finished(run_id, agent, outcome.value, str(path))
-                    return result
+                got = deliver(records, run_id, envelope=envelope, grace=grace)
+                if got.state in ("recorded", "duplicate", "already") and got.record:
+                    return self._handed_off(run_id, agent, got.record_path, got.record, rep)
+                if got.state == "partial":
+                    # Perhaps caught half-written: give the writer a moment to finish.
+                    problem = got.problem
+                    give_up = min(deadline, self._clock() + grace)
+                elif got.state == "refused" and got.problem.kind != "key":
+                    return self._refused(run_id, records, drop, envelope, got.problem, rep)
+                else:  # nothing there, or a forged key: the real agent may still answer
+                    problem = None
             remaining = (give_up if problem else deadline) - self._clock()
             if remaining <= 0:
                 if problem is not None:
+                    refuse(records, run_id, drop, problem, envelope)
                     return self._refused(run_id, records, drop, envelope, problem, rep)
-                return self._timed_out(run_id, agent, records, envelope, rep)
+                if not last_look:  # look once more before declaring a timeout
+                    last_look = fired = True
+                    continue
+                return self._timed_out(run_id, agent, records, drop, envelope, rep)
             if cancel is not None:
                 if cancel.is_set():
                     return self._cancelled(run_id, agent, records, envelope, rep)
                 remaining = min(remaining, 0.2)
             fired = waiter.wait(remaining)
+
+    def _handed_off(
+        self, run_id: str, agent: str, path: Path | None, record: dict[str, Any], rep: Reporter
+    ) -> DelegationResult:
+        assert path is not None
+        outcome = Outcome(record["envelope"].get("outcome") or record["status"])
+        rep.delegation_finished(run_id, agent, outcome.value, str(path))
+        return DelegationResult(run_id, outcome, path, record)
 
     # -- endings ----------------------------------------------------------------------
 
@@ -552,15 +580,27 @@ class Delegator:
         return DelegationResult(run_id, outcome, path, record, error)
 
     def _timed_out(
-        self, run_id: str, agent: str, records: Path, envelope: dict[str, Any], rep: Reporter
+        self,
+        run_id: str,
+        agent: str,
+        records: Path,
+        drop: Path,
+        envelope: dict[str, Any],
+        rep: Reporter,
     ) -> DelegationResult:
         env = dict(envelope, outcome="timeout", ended_at=utcnow_iso())
+        refused = len(env.get("rejected", []))
         env["error"] = (
             f"no handoff from `{agent}` within {envelope['timeout_s']:g} s; a handoff that "
             f"arrives later is still recorded (marked late) in {records}"
+            + (f"; {refused} refused handoff(s) are listed in `rejected`" if refused else "")
         )
         write_pending(records, run_id, env)
         path = write_record(records, run_id, env, agent=agent)
+        if os.path.lexists(drop):  # it landed while the timeout was being written
+            got = deliver(records, run_id)
+            if got.state == "recorded" and got.record:
+                return self._handed_off(run_id, agent, got.record_path, got.record, rep)
         rep.delegation_finished(run_id, agent, "timeout", str(path))
         from engine.errors import DelegationTimeoutError
 
@@ -589,10 +629,11 @@ class Delegator:
         problem: HandoffProblem,
         rep: Reporter,
     ) -> DelegationResult:
-        kept = keep_rejected(records, drop)
+        rejected = envelope.get("rejected") or [{}]
+        kept = rejected[-1].get("file")
         env = dict(envelope, outcome="invalid", ended_at=utcnow_iso())
         env["error"] = str(problem)
-        env["rejected_file"] = str(kept) if kept else None
+        env["rejected_file"] = kept
         write_pending(records, run_id, env)
         path = write_record(records, run_id, env, agent=envelope["target"])
         rep.delegation_finished(run_id, envelope["target"], "invalid", str(path))

@@ -55,8 +55,40 @@ def write_json_atomic(path: str | Path, data: Any, *, fsync: bool = False) -> Pa
     never see a partial file.
     """
     target = Path(path)
+    tmp = _write_temp(target, data, fsync=fsync)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return target
+
+
+def write_json_new(path: str | Path, data: Any) -> bool:
+    """Create ``path`` with ``data`` as JSON only if no file is there; True if it was created.
+
+    The complete file appears at once (a hard link of a finished temp file), and a file
+    that someone else put at ``path`` first is never replaced.
+    """
+    target = Path(path)
+    tmp = _write_temp(target, data, fsync=False)
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        return False
+    finally:
+        _unlink(tmp)
+    return True
+
+
+def dumps_json(data: Any, *, indent: int | None = 2) -> str:
+    """JSON text as the engine writes it; NaN and Infinity are refused (they are not JSON)."""
+    return json.dumps(data, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+
+
+def _write_temp(target: Path, data: Any, *, fsync: bool) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
-    payload = redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)) + "\n"
+    payload = redact(dumps_json(data)) + "\n"
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -64,14 +96,17 @@ def write_json_atomic(path: str | Path, data: Any, *, fsync: bool = False) -> Pa
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp, target)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink(tmp)
         raise
-    return target
+    return tmp
+
+
+def _unlink(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def append_jsonl(path: str | Path, data: Any) -> None:

@@ -1,28 +1,60 @@
-"""The handoff contract: what an agent writes, how it is checked, where it goes."""
+"""The handoff contract: what an agent writes, how it is checked, where it goes.
+
+Each delegation has a key, an unguessable string that only its task message carries;
+the handoff returns it in ``key``. Only its SHA-256 is kept on disk (in the pending
+envelope), and keys are compared in constant time. Handoff files are read defensively:
+at most ``max_handoff_bytes``, regular files only (a symlink only when it resolves
+inside the handoffs directory), no NaN or Infinity, no nesting deep enough to break
+the parser.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
+import re
+import secrets
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from engine.errors import HandoffError
-from engine.files import check_id, utcnow_iso, write_json_atomic
+from engine.files import check_id, utcnow_iso, write_json_atomic, write_json_new
 from engine.record import INBOX_DIR
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+#: The version before keys; accepted only under ``handoff_key: optional``.
+LEGACY_SCHEMA_VERSION = "1.0"
 STATUSES = ("complete", "partial", "blocked", "failed")
 CONFIDENCES = ("high", "medium", "low")
 SUB_DIR = "sub"
+#: The handoff field that carries the delegation's key back.
+KEY_FIELD = "key"
+#: ``handoff_key`` settings: a missing key is refused, or accepted as ``unverified``.
+KEY_POLICIES = ("required", "optional")
+#: Default of ``max_handoff_bytes``: larger handoff files are refused unread.
+MAX_HANDOFF_BYTES = 1024 * 1024
+#: Kinds of problems that a rewrite by the agent cannot be waiting to fix.
+FINAL_KINDS = ("mismatch", "key", "unkeyed", "size", "file")
+#: What a key looks like (the schema's pattern for ``key``).
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_DATE_TIME = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
 
 
 class HandoffProblem(HandoffError):
-    """Raised when a handoff file cannot be accepted; ``kind`` is parse, schema or mismatch.
+    """Raised when a handoff file cannot be accepted; ``kind`` says why.
 
     ``parse`` and ``schema`` problems may be a file caught half-written, so a waiter
     gives the agent a short grace to rewrite it; ``mismatch`` (a runId or agent that is
-    not the delegation's) is refused at once.
+    not the delegation's), ``key`` (a wrong key: the waiter keeps waiting for the real
+    agent), ``unkeyed`` (no key, or version 1.0 under ``handoff_key: required``), ``size`` (over
+    ``max_handoff_bytes``) and ``file`` (not a regular file, or a symlink leading out
+    of the handoffs directory) are refused at once.
     """
 
     def __init__(self, message: str, *, kind: str, path: Path, problems: list[str] | None = None):
@@ -58,10 +90,15 @@ def make_handoff(
     notes: str | None = None,
     usage: Mapping[str, Any] | None = None,
     timestamp: str | None = None,
+    key: str | None = None,
 ) -> dict[str, Any]:
-    """Build a handoff mapping with the contract's field order."""
+    """Build a handoff mapping with the contract's field order.
+
+    With ``key`` (the task message's ``key:`` line) it is a version 1.1 handoff; without
+    one, a version 1.0 handoff, accepted only under ``handoff_key: optional``.
+    """
     data: dict[str, Any] = {
-        "schemaVersion": SCHEMA_VERSION,
+        "schemaVersion": SCHEMA_VERSION if key else LEGACY_SCHEMA_VERSION,
         "runId": run_id,
         "agent": agent,
         "status": status,
@@ -74,7 +111,57 @@ def make_handoff(
         data["notes"] = notes
     if usage:
         data["usage"] = dict(usage)
+    if key:
+        data[KEY_FIELD] = key
     return data
+
+
+def new_key() -> str:
+    """A fresh delegation key: 128 random bits as 32 hex digits (safe on any command line)."""
+    return secrets.token_hex(16)
+
+
+def key_hash(key: str) -> str:
+    """The SHA-256 of ``key`` as hex: what is kept on disk instead of the key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def check_key(
+    data: dict[str, Any], *, expected_hash: str | None, policy: str, path: Path
+) -> bool:
+    """Check the handoff's ``key`` against the delegation's; True if verified.
+
+    A missing key (or a version 1.0 handoff) is refused unless ``policy`` is
+    ``optional``, when it is accepted unverified (False). A wrong key is always refused.
+    """
+    key = data.get(KEY_FIELD)
+    if expected_hash is None:
+        return False  # a delegation made before keys existed: nothing to compare
+    if not isinstance(key, str):
+        if policy == "optional":
+            return False
+        raise HandoffProblem(
+            f"handoff `{path}` refused: it has no `key`. Copy the `key:` line of the task "
+            "message into the handoff's `key` field (`orchestrate handoff write --key`), or "
+            "set `handoff_key: optional` in the config for agents on old instructions.",
+            kind="unkeyed",
+            path=path,
+        )
+    if data.get("schemaVersion") == LEGACY_SCHEMA_VERSION and policy != "optional":
+        raise HandoffProblem(
+            f"handoff `{path}` refused: `schemaVersion` `1.0` is accepted only under "
+            "`handoff_key: optional`; write `1.1`.",
+            kind="unkeyed",
+            path=path,
+        )
+    if not hmac.compare_digest(key_hash(key), expected_hash):
+        raise HandoffProblem(
+            f"handoff `{path}` refused: its `key` is not this delegation's (forged or "
+            "misdirected); it was kept for inspection.",
+            kind="key",
+            path=path,
+        )
+    return True
 
 
 def validate_handoff(
@@ -88,6 +175,12 @@ def validate_handoff(
     from engine.schemas import schema_problems
 
     problems = schema_problems("handoff", data, style="pointer")
+    if isinstance(data, dict) and isinstance(data.get("timestamp"), str):
+        if not _is_date_time(data["timestamp"]):
+            problems.append(
+                f"`/timestamp`: `{data['timestamp'][:64]}` is not an ISO-8601 date-time "
+                "with a time zone (e.g. `2026-01-01T12:00:00Z`)"
+            )
     if problems:
         raise HandoffProblem(
             f"handoff `{path}` does not match schemas/handoff.schema.json:",
@@ -112,10 +205,32 @@ def validate_handoff(
     return data
 
 
-def parse_handoff(text: str, *, path: Path) -> Any:
+def _is_date_time(value: str) -> bool:
+    if not _DATE_TIME.match(value):
+        return False
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"`{name}` is not a JSON number")
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` that refuses NaN/Infinity; may raise ValueError, RecursionError,
+    MemoryError (callers translate them)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def parse_handoff(text: str | bytes, *, path: Path) -> Any:
     """Parse handoff JSON text or raise HandoffProblem naming line and column."""
     try:
-        return json.loads(text)
+        return loads_strict(text)
     except json.JSONDecodeError as exc:
         raise HandoffProblem(
             f"handoff `{path}` is not valid JSON (line {exc.lineno}, column {exc.colno}: "
@@ -123,24 +238,110 @@ def parse_handoff(text: str, *, path: Path) -> Any:
             kind="parse",
             path=path,
         ) from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HandoffProblem(
+            f"handoff `{path}` is not valid JSON ({exc}).", kind="parse", path=path
+        ) from exc
+    except RecursionError:
+        raise HandoffProblem(
+            f"handoff `{path}` is nested too deeply to read: it was refused.",
+            kind="parse",
+            path=path,
+        ) from None
+    except MemoryError:
+        raise HandoffProblem(
+            f"handoff `{path}` is too large to parse: it was refused.", kind="size", path=path
+        ) from None
+
+
+def read_handoff_bytes(
+    path: Path, *, max_bytes: int = MAX_HANDOFF_BYTES, root: Path | None = None
+) -> tuple[bytes, os.stat_result]:
+    """Read at most ``max_bytes`` of a regular file at ``path`` (never blocking on a FIFO).
+
+    A symlink is followed only when it resolves inside ``root`` (the handoffs directory).
+    """
+    try:
+        if root is not None and os.path.islink(path):
+            real = Path(os.path.realpath(path))
+            base = Path(os.path.realpath(root))
+            if real != base and base not in real.parents:
+                raise HandoffProblem(
+                    f"handoff `{path}` refused: it is a symlink to `{real}`, outside the "
+                    f"handoffs directory `{base}`; the engine reads no file outside it.",
+                    kind="file",
+                    path=path,
+                )
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise HandoffProblem(f"handoff `{path}` does not exist.", kind="parse", path=path) from None
+    except OSError as exc:
+        raise HandoffProblem(
+            f"handoff `{path}` cannot be read: {exc.strerror}.", kind="parse", path=path
+        ) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HandoffProblem(
+                f"handoff `{path}` refused: it is not a regular file.", kind="file", path=path
+            )
+        if st.st_size > max_bytes:
+            raise _too_big(path, st.st_size, max_bytes)
+        chunks: list[bytes] = []
+        left = max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise _too_big(path, len(data), max_bytes)
+        return data, st
+    except OSError as exc:
+        raise HandoffProblem(
+            f"handoff `{path}` cannot be read: {exc.strerror}.", kind="parse", path=path
+        ) from exc
+    finally:
+        os.close(fd)
+
+
+def _too_big(path: Path, size: int, limit: int) -> HandoffProblem:
+    return HandoffProblem(
+        f"handoff `{path}` refused: it has {size} bytes or more, over the limit of {limit} "
+        "(`max_handoff_bytes` in the config). Put long results in an artifact file.",
+        kind="size",
+        path=path,
+    )
 
 
 def load_handoff(
-    path: Path, *, run_id: str | None = None, agent: str | None = None
+    path: Path,
+    *,
+    run_id: str | None = None,
+    agent: str | None = None,
+    max_bytes: int = MAX_HANDOFF_BYTES,
+    root: Path | None = None,
 ) -> dict[str, Any]:
-    """Read, parse and validate the handoff file at ``path``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise HandoffProblem(f"handoff `{path}` does not exist.", kind="parse", path=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HandoffProblem(
-            f"handoff `{path}` cannot be read: {exc}.", kind="parse", path=path
-        ) from exc
-    return validate_handoff(parse_handoff(text, path=path), path=path, run_id=run_id, agent=agent)
+    """Read, parse and validate the handoff file at ``path`` (not its key: ``check_key``)."""
+    data, _ = read_handoff_bytes(path, max_bytes=max_bytes, root=root)
+    return validate_handoff(parse_handoff(data, path=path), path=path, run_id=run_id, agent=agent)
 
 
-def write_handoff(path: Path, handoff: dict[str, Any]) -> Path:
-    """Validate ``handoff`` and write it atomically to ``path``."""
+def write_handoff(path: Path, handoff: dict[str, Any], *, replace: bool = True) -> Path:
+    """Validate ``handoff`` and write it atomically to ``path``.
+
+    With ``replace=False`` a file already at ``path`` is kept: the handoff goes to
+    ``<runId>.<n>.json`` beside it instead (both are kept; the engine records the first
+    and lists the second). Returns where it was written.
+    """
     validate_handoff(handoff, path=path)
-    return write_json_atomic(path, handoff)
+    if replace:
+        return write_json_atomic(path, handoff)
+    target = path
+    n = 1
+    while not write_json_new(target, handoff):
+        n += 1
+        target = path.with_name(f"{path.stem}.{n}.json")
+    return target

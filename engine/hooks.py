@@ -111,10 +111,18 @@ class HooksClient:
         )
 
     def post_handoff(
-        self, target: Target, run_id: str, handoff: dict[str, Any], *, deadline: float
+        self,
+        target: Target,
+        run_id: str,
+        handoff: dict[str, Any],
+        *,
+        deadline: float,
+        hint: str | None = None,
     ) -> DispatchResult:
         """POST a handoff to a gateway's receiver (`/handoffs/{runId}`)."""
-        return self._post(target, f"{target.url}/handoffs/{run_id}", handoff, {}, deadline)
+        return self._post(
+            target, f"{target.url}/handoffs/{run_id}", handoff, {}, deadline, hint=hint
+        )
 
     def _post(
         self,
@@ -124,6 +132,7 @@ class HooksClient:
         headers: dict[str, str],
         deadline: float,
         on_retry: Callable[[str, int, float, str], None] | None = None,
+        hint: str | None = None,
     ) -> DispatchResult:
         import httpx
 
@@ -145,8 +154,8 @@ class HooksClient:
                 raise HookUnreachableError(
                     redact(
                         f"could not dispatch to `{target.agent}` at {url} before the deadline "
-                        f"({attempt - 1} attempt(s)). Is the gateway running? Check "
-                        f"`agents.{target.agent}.url`, or raise `--timeout`."
+                        f"({attempt - 1} attempt(s)). Is the gateway running? "
+                        + (hint or f"Check `agents.{target.agent}.url`, or raise `--timeout`.")
                     ),
                     agent=target.agent,
                 )
@@ -188,8 +197,8 @@ class HooksClient:
                     redact(
                         f"could not dispatch to `{target.agent}` at {url} before the deadline "
                         f"(last: {reason} after {attempt} attempt(s); the next retry would "
-                        f"come in {delay:.1f} s). Is the gateway running? Raise `--timeout` "
-                        "to wait longer."
+                        f"come in {delay:.1f} s). Is the gateway running? "
+                        + (hint or "Raise `--timeout` to wait longer.")
                     ),
                     agent=target.agent,
                 )

@@ -38,7 +38,7 @@ def _template(path: str | None) -> Any:
         ) from exc
 
 
-def write_command(run_id: str, agent: str, records_dir: Path) -> str:
+def write_command(run_id: str, agent: str, records_dir: Path, key: str | None = None) -> str:
     """The `orchestrate handoff write` command line an agent may run instead of writing JSON."""
     args = [
         "orchestrate",
@@ -54,6 +54,7 @@ def write_command(run_id: str, agent: str, records_dir: Path) -> str:
         "complete",
         "--confidence",
         "high",
+        *(["--key", key] if key else []),
         "--result",
         "YOUR RESULT",
     ]
@@ -72,8 +73,12 @@ def render_message(
     parent_run_id: str | None = None,
     context: str | None = None,
     template: Path | None = None,
+    key: str | None = None,
 ) -> str:
-    """Render the message for one delegation (task and context are data, not template)."""
+    """Render the message for one delegation (task and context are data, not template).
+
+    ``key`` is the delegation's secret: the message is the only place it is written.
+    """
     import jinja2
 
     tpl = _template(str(template) if template else None)
@@ -88,7 +93,8 @@ def render_message(
             timeout=timeout,
             parent_run_id=parent_run_id,
             context=context,
-            write_command=write_command(run_id, agent, handoff_path.parent),
+            key=key,
+            write_command=write_command(run_id, agent, handoff_path.parent, key),
         )
     except jinja2.TemplateError as exc:
         raise ConfigError(f"`message_template` failed to render: {exc}.") from exc
@@ -96,7 +102,8 @@ def render_message(
 
 
 def parse_handoff_block(message: str) -> dict[str, str]:
-    """Read `run_id`, `agent`, `handoff_path`, `receiver_url` from a message's handoff block.
+    """Read `run_id`, `agent`, `handoff_path`, `receiver_url`, `key` from a message's
+    handoff block.
 
     The last occurrence wins, so a task text cannot override the block that follows it.
     """
@@ -104,7 +111,7 @@ def parse_handoff_block(message: str) -> dict[str, str]:
 
     found: dict[str, str] = {}
     for m in re.finditer(
-        r"^(run_id|agent|handoff_path|receiver_url): (\S.*?)\s*$", message, flags=re.M
+        r"^(run_id|agent|handoff_path|receiver_url|key): (\S.*?)\s*$", message, flags=re.M
     ):
         found[m.group(1)] = m.group(2)
     return found

@@ -139,7 +139,7 @@ def _num(value: Any) -> float | None:
 
 def _read(path: str) -> bytes:
     """The bytes of a file: os-level calls, cheaper than ``open()`` for 100,000 small files."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not hang
     try:
         data = os.read(fd, _CHUNK)
         if len(data) < _CHUNK:  # a short read of a regular file is its end
@@ -412,6 +412,8 @@ class _Scan:
             self.bad(path, f"{what}: {exc.msg} (line {exc.lineno}, column {exc.colno})")
         except ValueError as exc:
             self.bad(path, f"invalid JSON: {exc}")
+        except (RecursionError, MemoryError):
+            self.bad(path, "invalid JSON: nested too deeply (or too large) to read")
         return _MISSING
 
     def record(self, data: Any, path: str, sub: bool) -> None:

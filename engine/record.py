@@ -10,14 +10,19 @@ Layout of a records directory (``handoffs/`` or ``handoffs/sub/``)::
                             (dispatched, timed out or refused); removed once final
     rejected/<runId>.<n>.json  a refused (spoofed or malformed) handoff, kept for inspection
 
-A handoff that lands after its delegation gave up (timeout) is merged with the pending
-envelope by ``reconcile`` and marked ``late``: it is never lost.
+Every path a handoff takes (the waiting caller, the receiver, the gateway, any reader
+through ``reconcile``) goes through ``deliver``: one merge rule. A handoff that lands
+after its delegation gave up (timeout) is merged with the pending envelope and marked
+``late``; nothing is lost, and no file the engine did not write is ever replaced.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +65,45 @@ def drop_pending(records_dir: Path, run_id: str) -> None:
         pass
 
 
-def read_json(path: Path) -> Any:
-    """Read a JSON file, returning None when missing or unreadable."""
+#: Largest file ``read_json`` reads (records hold a handoff and the task text).
+MAX_JSON_BYTES = 64 * 1024 * 1024
+_LOCK_NAME = ".lock"
+
+
+def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Read a JSON file, returning None when missing, unreadable or not plain JSON.
+
+    Never blocks (a FIFO is not read), never reads more than ``max_bytes``, and a file
+    nested deeply enough to break the parser, or holding NaN, is None like any other.
+    """
+    import stat
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            raw = fh.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            return None
+        return json.loads(raw, parse_constant=_no_constant)
+    except (OSError, ValueError, RecursionError, MemoryError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"`{name}` is not JSON")
+
+
+def is_engine_record(data: Any) -> bool:
+    """True for a record the engine wrote (it has an ``envelope``); False for a bare handoff."""
+    return isinstance(data, dict) and isinstance(data.get("envelope"), dict)
 
 
 def write_record(
@@ -76,73 +114,452 @@ def write_record(
     *,
     agent: str | None = None,
 ) -> Path:
-    """Write the record of ``run_id``: the handoff's fields plus ``envelope``, atomically."""
+    """Write the record of ``run_id``: the handoff's fields plus ``envelope``, atomically.
+
+    A file at the record path that the engine did not write (an agent's handoff, seed
+    004's layout) is kept first (hard-linked into ``inbox/``), never silently replaced.
+    """
     data = record_of(handoff, envelope, run_id)
     if handoff is None and agent:
         data["agent"] = agent
-    return write_json_atomic(records_dir / f"{run_id}.json", data)
+    return install_record(records_dir, run_id, data)
+
+
+def install_record(records_dir: Path, run_id: str, data: dict[str, Any]) -> Path:
+    """Put ``data`` at the record path: created if absent, replaced only over our own record."""
+    from engine.files import write_json_new
+
+    target = records_dir / f"{run_id}.json"
+    if write_json_new(target, data):
+        return target
+    if not is_engine_record(read_json(target)):
+        preserve_agent_file(records_dir, run_id)
+    return write_json_atomic(target, data)
+
+
+def preserve_agent_file(records_dir: Path, run_id: str) -> Path | None:
+    """Hard-link an agent's file at the record path into ``inbox/`` so its bytes survive.
+
+    Returns the inbox path that now holds it (``inbox/<runId>.json``, or
+    ``rejected/<runId>.<n>.json`` when the inbox already holds another file).
+    """
+    source = records_dir / f"{run_id}.json"
+    inbox = records_dir / INBOX_DIR / f"{run_id}.json"
+    inbox.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, inbox, follow_symlinks=False)
+        return inbox
+    except FileExistsError:
+        if _same_file(source, inbox):
+            return inbox
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass
+    return _keep_aside(records_dir, source, link=True)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def record_of(
     handoff: dict[str, Any] | None, envelope: dict[str, Any], run_id: str
 ) -> dict[str, Any]:
-    """The record mapping ``write_record`` writes (for callers that keep it in memory)."""
+    """The record mapping ``write_record`` writes (for callers that keep it in memory).
+
+    The handoff's ``key`` is never copied: the envelope says whether it was verified.
+    """
     if handoff is not None:
-        data = {k: v for k, v in handoff.items() if k != "envelope"}
+        data = {k: v for k, v in handoff.items() if k not in ("envelope", "key")}
     else:
         data = {"schemaVersion": "1.0", "runId": run_id, "agent": envelope.get("target")}
     data["envelope"] = envelope
     return data
 
 
-def keep_rejected(records_dir: Path, path: Path) -> Path | None:
-    """Move a refused handoff file aside (never delete it); return where it went."""
-    if not path.exists():
+def keep_rejected(records_dir: Path, path: Path, *, inode: int | None = None) -> Path | None:
+    """Move a refused handoff file aside (never delete it); return where it went.
+
+    With ``inode`` (the refused file's, from ``lstat``), a file that replaced it at
+    ``path`` meanwhile (the real agent's answer, written just now) is not taken along: it
+    is put back (beside, as ``<runId>.<n>.json``, if the name is taken again) and None
+    is returned.
+    """
+    if not os.path.lexists(path):
         return None
+    if inode is None:
+        return _keep_aside(records_dir, path, link=False)
+    import secrets
+
     target_dir = records_dir / REJECTED_DIR
     target_dir.mkdir(parents=True, exist_ok=True)
-    n = 1
-    while (target := target_dir / f"{path.stem}.{n}.json").exists():
+    held = target_dir / f".tmp-{secrets.token_hex(6)}"
+    try:
+        os.rename(path, held)  # atomic: whatever is at `path` now, and only that
+    except FileNotFoundError:
+        return None
+    if os.lstat(held).st_ino != inode:
+        _put_back(held, path)
+        return None
+    kept = _keep_aside(records_dir, held, link=False, stem=path.name)
+    return kept
+
+
+def _put_back(held: Path, path: Path) -> None:
+    stem = path.name[: -len(".json")].split(".", 1)[0]
+    target, n = path.with_name(f"{stem}.json"), 1
+    while True:
+        try:
+            os.link(held, target, follow_symlinks=False)
+            break
+        except FileExistsError:
+            n += 1
+            target = path.with_name(f"{stem}.{n}.json")
+    os.unlink(held)
+
+
+def _keep_aside(
+    records_dir: Path, path: Path, *, link: bool, stem: str | None = None
+) -> Path | None:
+    target_dir = records_dir / REJECTED_DIR
+    target_dir.mkdir(parents=True, exist_ok=True)
+    name = stem or path.name
+    stem = name[: -len(".json")] if name.endswith(".json") else name
+    stem = stem.split(".", 1)[0]
+    for n in range(1, 10_000):
+        target = target_dir / f"{stem}.{n}.json"
+        try:
+            os.link(path, target, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            return None
+        if not link:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        return target
+    return None
+
+
+@contextmanager
+def _locked(records_dir: Path) -> Iterator[None]:
+    """One deliverer at a time per records directory, across processes (flock)."""
+    import fcntl
+
+    lock_dir = records_dir / PENDING_DIR
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What ``deliver`` did with the handoff of one run.
+
+    ``state``: ``recorded`` (a record was written), ``already`` (that file is the
+    record's already), ``duplicate`` (the run was recorded from another handoff; this
+    one was kept and listed), ``refused`` (kept in ``rejected/`` with the reason),
+    ``partial`` (unreadable, perhaps half-written: try again), ``absent`` (no handoff
+    there), ``waiting`` (a live caller will record it), ``unknown`` (no delegation is
+    known for the run: left where it is).
+    """
+
+    state: str
+    record_path: Path | None = None
+    record: dict[str, Any] | None = None
+    problem: Any = None
+    kept: Path | None = None
+
+
+def _sources(records_dir: Path, run_id: str) -> list[Path]:
+    inbox = records_dir / INBOX_DIR
+    found = []
+    first = inbox / f"{run_id}.json"
+    if os.path.lexists(first):
+        found.append(first)
+    n = 2
+    while os.path.lexists(alt := inbox / f"{run_id}.{n}.json"):
+        found.append(alt)
         n += 1
-    os.replace(path, target)
-    return target
+    return found
 
 
-def finalize(
+def _file_id(path: Path) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+def deliver(
     records_dir: Path,
     run_id: str,
-    envelope: dict[str, Any],
-    handoff: dict[str, Any],
     *,
-    received_at: str | None = None,
-) -> tuple[Path, dict[str, Any]]:
-    """Record a valid handoff: fill the envelope's timing and outcome, then write it."""
-    received = received_at or utcnow_iso()
-    env = dict(envelope)
-    env["received_at"] = received
-    dispatched = env.get("dispatched_at")
-    if dispatched:
-        env["duration_ms"] = round(
-            (parse_iso(received) - parse_iso(dispatched)).total_seconds() * 1000, 3
+    envelope: dict[str, Any] | None = None,
+    grace: float = 2.0,
+) -> Delivery:
+    """Deliver the handoff of ``run_id``: the one merge rule for every path a handoff takes.
+
+    The waiting caller passes its ``envelope`` (then nothing it notes is written: it
+    records at the end); the receiver, the gateway and every reader call it without
+    one, and the pending envelope is used. The rule:
+
+    - the handoff is found in ``inbox/<runId>.json`` (then ``inbox/<runId>.<n>.json``),
+      or at the record path if an agent wrote it there (it is hard-linked into the inbox
+      first, so its bytes survive);
+    - a record final because of an agent's own handoff stays final: a further handoff
+      is kept and listed in the record's ``also_received``; a gateway-written fallback
+      never supersedes an agent's handoff, but an agent's handoff supersedes a fallback;
+    - a timeout, cancelled, invalid or errored record is superseded by a later valid
+      handoff (``supersedes`` names it); ``late`` is true when it was received (by our
+      clock) after the deadline and no caller was waiting for it;
+    - a refused handoff (wrong or missing key, spoofed, oversized, not a regular file,
+      malformed) is moved to ``rejected/`` and listed with the reason in ``rejected``.
+    """
+    waiting = envelope is not None
+    with _locked(records_dir):
+        current = read_json(records_dir / f"{run_id}.json")
+        if current is None and os.path.lexists(records_dir / f"{run_id}.json"):
+            current = {}  # something unreadable that is not ours
+        if current is not None and not is_engine_record(current):
+            preserve_agent_file(records_dir, run_id)  # seed 004's agents write here
+            current = None
+        sources = _sources(records_dir, run_id)
+        if not sources:
+            return Delivery("absent")
+        env = envelope
+        if env is None:
+            pending = read_json(pending_path(records_dir, run_id))
+            if isinstance(pending, dict):
+                env = pending
+                if _live_waiter(pending):
+                    return Delivery("waiting")
+        cur_env = current["envelope"] if current is not None else None
+        if env is None:
+            if cur_env is None:
+                return Delivery("unknown")
+            env = cur_env
+        results = []
+        for source in sources:
+            step = _deliver_one(records_dir, run_id, source, env, current, waiting, grace)
+            results.append(step)
+            if step.state == "recorded":
+                assert step.record is not None
+                current, env, waiting = step.record, step.record["envelope"], False
+            elif step.state == "partial":
+                break
+        for state in ("recorded", "partial", "refused", "duplicate", "already"):
+            for step in results:
+                if step.state == state:
+                    return step
+        return Delivery("absent")
+
+
+def _live_waiter(envelope: dict[str, Any]) -> bool:
+    if envelope.get("outcome") not in (None, "dispatched") or envelope.get("orphaned"):
+        return False
+    pid = envelope.get("pid")
+    return isinstance(pid, int) and process_alive(pid)
+
+
+def _deliver_one(
+    records_dir: Path,
+    run_id: str,
+    source: Path,
+    env: dict[str, Any],
+    current: dict[str, Any] | None,
+    waiting: bool,
+    grace: float,
+) -> Delivery:
+    from engine.handoff import (
+        FINAL_KINDS,
+        MAX_HANDOFF_BYTES,
+        HandoffProblem,
+        check_key,
+        parse_handoff,
+        read_handoff_bytes,
+        validate_handoff,
+    )
+
+    cur_env = current.get("envelope") if current else None
+    record_path = records_dir / f"{run_id}.json"
+    final = isinstance(cur_env, dict) and cur_env.get("outcome") in _AGENT_STATUSES
+    if final:
+        assert isinstance(cur_env, dict)
+        fid = _file_id(source)
+        if cur_env.get("handoff_inode") is None and "handoff_file" not in cur_env:
+            cur_env["handoff_inode"] = fid  # recorded before inodes were kept: that one
+            return Delivery("already", record_path, current)
+        if fid == cur_env.get("handoff_inode") or fid in [
+            e.get("inode") for e in cur_env.get("also_received", [])
+        ]:
+            return Delivery("already", record_path, current)
+    root = records_dir.parent if records_dir.name == "sub" else records_dir
+    try:
+        seen_ino: int | None = os.lstat(source).st_ino
+    except OSError:
+        seen_ino = None
+    try:
+        raw, st = read_handoff_bytes(
+            source, max_bytes=int(env.get("max_handoff_bytes") or MAX_HANDOFF_BYTES), root=root
         )
-    deadline = env.get("deadline_at")
-    late = bool(deadline and parse_iso(received) > parse_iso(deadline))
-    env["late"] = late or env.get("outcome") in ("timeout", "invalid")
-    env["outcome"] = handoff["status"]
-    env.pop("error", None)
-    data = record_of(handoff, env, run_id)
-    path = write_json_atomic(records_dir / f"{run_id}.json", data)
+        if not raw.strip() and waiting:
+            return Delivery("absent")  # created, not written yet
+        handoff = validate_handoff(
+            parse_handoff(raw, path=source), path=source, run_id=run_id, agent=env.get("target")
+        )
+        verified = check_key(
+            handoff,
+            expected_hash=env.get("key_sha256"),
+            policy=str(env.get("handoff_key") or "required"),
+            path=source,
+        )
+    except HandoffProblem as exc:
+        if exc.kind not in FINAL_KINDS and (waiting or _fresh(source, grace)):
+            return Delivery("partial", problem=exc)
+        kept = keep_rejected(records_dir, source, inode=seen_ino)
+        if kept is None and os.path.lexists(source):
+            return Delivery("absent")  # replaced while being read: look at the new one
+        note: dict[str, Any] = {"file": str(kept), "reason": exc.message, "at": utcnow_iso()}
+        if exc.problems:
+            note["problems"] = list(exc.problems)
+        _note(records_dir, run_id, env, current, "rejected", note, waiting)
+        return Delivery("refused", problem=exc, kept=kept)
+    fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
+    if final and not (cur_env.get("fallback") and not fallback):  # type: ignore[union-attr]
+        kept = _keep_aside(records_dir, source, link=source.name == f"{run_id}.json")
+        first = cur_env.get("handoff_file") or "the first handoff"  # type: ignore[union-attr]
+        reason = (
+            "a gateway-written fallback, after the agent's own handoff was recorded"
+            if fallback
+            else f"a second handoff for a run already recorded from {first}"
+        )
+        dup: dict[str, Any] = {"file": str(kept), "reason": reason, "at": utcnow_iso()}
+        dup["inode"] = _file_id(kept) if kept else None
+        _note(records_dir, run_id, env, current, "also_received", dup, False)
+        return Delivery("duplicate", record_path, read_json(record_path), kept=kept)
+    received = utcnow_iso()
+    new = dict(env)
+    for k in ("error", "rejected_file", "status_code", "ended_at", "handoff_inode"):
+        new.pop(k, None)
+    for k in ("rejected", "also_received"):
+        if isinstance(cur_env, dict) and cur_env.get(k):
+            new[k] = _merge_lists(new.get(k), cur_env[k])
+    new["received_at"] = received
+    dispatched = new.get("dispatched_at") or new.get("created_at")
+    if dispatched:
+        new["duration_ms"] = max(
+            0.0, round((parse_iso(received) - parse_iso(dispatched)).total_seconds() * 1000, 3)
+        )
+    deadline = new.get("deadline_at")
+    if deadline:
+        late = parse_iso(received) > parse_iso(deadline)
+    else:  # an envelope without a deadline: late if its caller had stopped waiting
+        late = env.get("outcome") in ("timeout", "cancelled")
+    new["late"] = bool(not waiting and late)
+    old = cur_env.get("outcome") if isinstance(cur_env, dict) else None
+    if isinstance(cur_env, dict) and cur_env.get("fallback"):
+        new["supersedes"] = "fallback"
+    elif not waiting and old and old != "dispatched":
+        new["supersedes"] = old
+    elif not waiting and env.get("outcome") not in (None, "dispatched"):
+        new["supersedes"] = env.get("outcome")
+    new["outcome"] = handoff["status"]
+    new["key_verified"] = verified
+    if not verified:
+        new["unverified"] = True
+    new["handoff_file"] = str(source)
+    new["handoff_inode"] = [st.st_dev, st.st_ino]
+    if fallback:
+        new["fallback"] = True
+    else:
+        new.pop("fallback", None)
+    data = record_of(handoff, new, run_id)
+    path = install_record(records_dir, run_id, data)
     drop_pending(records_dir, run_id)
-    return path, data
+    return Delivery("recorded", path, data)
+
+
+_AGENT_STATUSES = ("complete", "partial", "blocked", "failed")
+
+
+def _gateway_note() -> str:
+    """The start of every note the local gateway puts on a handoff it writes itself."""
+    from engine.gateway.agents import GATEWAY_NOTE_PREFIX
+
+    return GATEWAY_NOTE_PREFIX
+
+
+def _merge_lists(a: Any, b: Any) -> list[Any]:
+    out = list(a or [])
+    for item in b or []:
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def _fresh(path: Path, grace: float) -> bool:
+    """True while a file was changed less than ``grace`` seconds ago (maybe being written)."""
+    import time
+
+    try:
+        return time.time() - os.lstat(path).st_mtime < grace
+    except OSError:
+        return False
+
+
+def _note(
+    records_dir: Path,
+    run_id: str,
+    env: dict[str, Any],
+    current: dict[str, Any] | None,
+    field: str,
+    note: dict[str, Any],
+    waiting: bool,
+) -> None:
+    """List ``note`` under ``field`` where it will be seen: the waiter's envelope (it
+    records at the end), else the pending envelope and the engine's record."""
+    if waiting:
+        env.setdefault(field, []).append(note)
+        return
+    pending = pending_path(records_dir, run_id)
+    if os.path.exists(pending):
+        data = read_json(pending)
+        if isinstance(data, dict):
+            data.setdefault(field, []).append(note)
+            write_json_atomic(pending, data)
+    if current is not None and is_engine_record(current):
+        current["envelope"].setdefault(field, []).append(note)
+        install_record(records_dir, run_id, current)
+
+
+def refuse(
+    records_dir: Path, run_id: str, source: Path, problem: Any, envelope: dict[str, Any]
+) -> Path | None:
+    """Move a handoff the waiter gave up on to ``rejected/`` and list it in ``envelope``."""
+    kept = keep_rejected(records_dir, source)
+    note = {"file": str(kept), "reason": problem.message, "at": utcnow_iso()}
+    envelope.setdefault("rejected", []).append(note)
+    return kept
 
 
 def reconcile(records_dir: Path) -> list[Path]:
     """Merge handoffs that arrived with nobody waiting into their pending envelopes.
 
-    Returns the records written. Invalid files are left for the waiter's report.
+    Returns the records written. Each run goes through ``deliver``, the one merge rule.
     """
-    from engine.handoff import HandoffProblem, load_handoff
-
     pending_dir = records_dir / PENDING_DIR
     written: list[Path] = []
     try:
@@ -154,22 +571,20 @@ def reconcile(records_dir: Path) -> list[Path]:
             continue
         run_id = entry.name[: -len(".json")]
         envelope = read_json(Path(entry.path))
-        if not isinstance(envelope, dict):
+        if not isinstance(envelope, dict) or _live_waiter(envelope):
             continue
-        if envelope.get("outcome") in (None, "dispatched") and not envelope.get("orphaned"):
-            # Someone may still be waiting: leave it to them unless their process is gone.
-            pid = envelope.get("pid")
-            if isinstance(pid, int) and process_alive(pid):
-                continue
-        drop = records_dir / INBOX_DIR / f"{run_id}.json"
-        if not drop.is_file():
+        if not (
+            os.path.lexists(records_dir / INBOX_DIR / f"{run_id}.json")
+            or not is_engine_record(read_json(records_dir / f"{run_id}.json"))
+            and os.path.lexists(records_dir / f"{run_id}.json")
+        ):
             continue
         try:
-            handoff = load_handoff(drop, run_id=run_id, agent=envelope.get("target"))
-        except HandoffProblem:
+            done = deliver(records_dir, run_id)
+        except OSError:
             continue
-        received = _mtime_iso(drop)
-        written.append(finalize(records_dir, run_id, envelope, handoff, received_at=received)[0])
+        if done.state == "recorded" and done.record_path is not None:
+            written.append(done.record_path)
     return written
 
 
@@ -188,20 +603,15 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def _mtime_iso(path: Path) -> str:
-    from datetime import UTC, datetime
-
-    ts = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _node(run_id: str, data: dict[str, Any], pending: bool) -> dict[str, Any]:
     env = data.get("envelope", data) if not pending else data
     return {
         "run_id": run_id,
         "caller": env.get("caller"),
         "target": env.get("target"),
-        "outcome": env.get("outcome") if not pending else "in flight",
+        "outcome": env.get("outcome")
+        if not pending or env.get("outcome") not in (None, "dispatched")
+        else "in flight",
         "confidence": data.get("confidence"),
         "duration_ms": env.get("duration_ms"),
         "late": env.get("late", False),
@@ -245,18 +655,35 @@ def delegation_tree(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
 
 
 def find_record(handoffs_dir: Path, run_id: str) -> tuple[Path, dict[str, Any]]:
-    """The record of ``run_id`` (top-level or sub-delegation), merging a late handoff first;
-    a handoff delivered but never recorded if that is all there is."""
+    """The record of ``run_id`` (top-level or sub-delegation), delivering a handoff that
+    arrived meanwhile first; else its pending envelope (no ``status``: not answered yet);
+    else a handoff delivered for a run no delegation knows (no ``envelope``)."""
     from engine.errors import RunStateError
     from engine.files import check_id
 
     check_id(run_id, "run id")
+    found: tuple[Path, dict[str, Any]] | None = None
     for records in (handoffs_dir, handoffs_dir / "sub"):
-        reconcile(records)
-        for path in (records / f"{run_id}.json", records / INBOX_DIR / f"{run_id}.json"):
-            data = read_json(path)
-            if isinstance(data, dict):
-                return path, data
+        record = records / f"{run_id}.json"
+        pending = pending_path(records, run_id)
+        inbox = records / INBOX_DIR / f"{run_id}.json"
+        if not any(os.path.lexists(p) for p in (record, pending, inbox)):
+            continue
+        try:
+            deliver(records, run_id)
+        except OSError:
+            pass
+        data = read_json(record)
+        if is_engine_record(data):
+            return record, data
+        env = read_json(pending)
+        if isinstance(env, dict):
+            return pending, record_of(None, env, run_id)
+        handoff = read_json(inbox)
+        if found is None and isinstance(handoff, dict):
+            found = inbox, {k: v for k, v in handoff.items() if k not in ("key", "envelope")}
+    if found is not None:
+        return found
     raise RunStateError(
         f"no record for `{run_id}` in `{handoffs_dir}`. Run ids are printed by "
         "`orchestrate` (`record: ...`) and listed by `metrics json`."

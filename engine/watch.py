@@ -2,29 +2,38 @@
 
 ``watcher_for(directory)`` returns the process-wide watcher of a directory. A delegation
 calls ``expect(name)`` *before* it dispatches (so nothing can slip between dispatch and
-watch), then ``Waiter.wait(timeout)`` wakes on close-after-write or moved-into of that
-file name. The inotify backend uses one inotify instance and one thread per directory;
-the polling backend (no inotify on this system) has the same interface.
+watch), then ``Waiter.wait(timeout)`` wakes when that file name may hold a complete
+file: close-after-write, moved-into, and create (a hard link or symlink arrives complete
+and fires nothing else; a created regular file may still be partial, which the reader
+handles). ``<name-stem>.<n>.json`` (a second copy kept beside the first) wakes the
+waiter of ``<name-stem>.json`` too. ``expect_any`` waits on names in several
+directories at once (the inbox and the records directory). The inotify backend uses one
+inotify instance and one thread per directory; the polling backend (no inotify on this
+system) has the same interface.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 _EVENT_TIMEOUT_MS = 250
+_COPY = re.compile(r"^(?P<stem>[^.]+)\.\d+\.json$")
 
 
 class Waiter:
     """One delegation waiting for one file name in a watched directory."""
 
-    def __init__(self, watcher: HandoffWatcher, name: str) -> None:
+    def __init__(
+        self, watcher: HandoffWatcher, name: str, event: threading.Event | None = None
+    ) -> None:
         self.name = name
         self.path = watcher.directory / name
         self._watcher = watcher
-        self._event = threading.Event()
+        self._event = event or threading.Event()
 
     def _fire(self) -> None:
         self._event.set()
@@ -71,7 +80,9 @@ class HandoffWatcher:
                 from inotify_simple import INotify, flags
 
                 ino = INotify()
-                ino.add_watch(str(self.directory), flags.CLOSE_WRITE | flags.MOVED_TO)
+                ino.add_watch(
+                    str(self.directory), flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE
+                )
                 self._inotify = ino
                 self.backend = "inotify"
             except (ImportError, OSError):
@@ -85,9 +96,9 @@ class HandoffWatcher:
         )
         self._thread.start()
 
-    def expect(self, name: str) -> Waiter:
+    def expect(self, name: str, *, event: threading.Event | None = None) -> Waiter:
         """Register interest in ``name`` (a file name inside the directory)."""
-        waiter = Waiter(self, name)
+        waiter = Waiter(self, name, event)
         with self._lock:
             self._waiters.setdefault(name, set()).add(waiter)
             if self._inotify is None:
@@ -110,6 +121,9 @@ class HandoffWatcher:
             return sum(len(g) for g in self._waiters.values())
 
     def _notify(self, name: str) -> None:
+        copy = _COPY.match(name)
+        if copy is not None:
+            name = f"{copy.group('stem')}.json"
         with self._lock:
             group = tuple(self._waiters.get(name, ()))
         for w in group:
@@ -157,10 +171,39 @@ class HandoffWatcher:
 
 def _stat_key(path: Path) -> tuple[int, int] | None:
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size)
+    return (st.st_mtime_ns ^ st.st_ino, st.st_size)
+
+
+class WaiterGroup:
+    """Waiters on several (directory, name) pairs that share one wake-up."""
+
+    def __init__(self, waiters: list[Waiter], event: threading.Event) -> None:
+        self._waiters = waiters
+        self._event = event
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until any of the files is (re)written or ``timeout`` passes."""
+        fired = self._event.wait(None if timeout is None else max(0.0, timeout))
+        self._event.clear()
+        return fired
+
+    def close(self) -> None:
+        """Stop waiting on every name (idempotent)."""
+        for w in self._waiters:
+            w.close()
+
+
+def expect_any(pairs: Iterable[tuple[Path, str]], *, backend: str = "auto") -> WaiterGroup:
+    """Wait on ``name`` in each ``directory`` at once (each directory's shared watcher)."""
+    event = threading.Event()
+    waiters = [
+        watcher_for(directory, backend=backend).expect(name, event=event)
+        for directory, name in pairs
+    ]
+    return WaiterGroup(waiters, event)
 
 
 _registry: dict[tuple[Path, str], HandoffWatcher] = {}

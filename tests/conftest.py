@@ -95,7 +95,8 @@ class StandIn:
     """A scripted stand-in for an OpenClaw gateway's hooks API on 127.0.0.1.
 
     ``statuses`` is consumed one per POST (then 200 forever); on a 200 the ``agent``
-    callable gets the parsed handoff block of the message and plays the agent.
+    callable gets the parsed handoff block of the message (``run_id``, ``agent``,
+    ``handoff_path``, ``key``...) and plays the agent.
     """
 
     def __init__(
@@ -211,6 +212,7 @@ def write_valid_handoff(block: dict[str, str], **fields: Any) -> None:
         status="complete",
         result="stand-in result",
         confidence="high",
+        key=block.get("key"),
     )
     data.update(fields)
     write_handoff(Path(block["handoff_path"]), data) if not fields else Path(

@@ -208,7 +208,9 @@ def test_bad_status_is_refused_naming_the_pointer(
     tmp_path: Path, stand_in: Any, monkeypatch: Any
 ) -> None:
     def bad(block: dict[str, str]) -> str:
-        data = make_handoff(run_id=block["run_id"], agent="webster", status="complete", result="x")
+        data = make_handoff(
+            run_id=block["run_id"], agent="webster", status="complete", result="x", key=block["key"]
+        )
         data["status"] = "done"
         return json.dumps(data)
 
@@ -229,7 +231,9 @@ def test_mismatched_handoff_is_refused(
     tmp_path: Path, stand_in: Any, monkeypatch: Any, field: str, value: str
 ) -> None:
     def spoof(block: dict[str, str]) -> str:
-        data = make_handoff(run_id=block["run_id"], agent="webster", status="complete", result="x")
+        data = make_handoff(
+            run_id=block["run_id"], agent="webster", status="complete", result="x", key=block["key"]
+        )
         data[field] = value
         return json.dumps(data)
 
@@ -246,7 +250,8 @@ def test_mismatched_handoff_is_refused(
 
 def test_handoff_present_before_the_wait(tmp_path: Path, stand_in: Any, monkeypatch: Any) -> None:
     server = stand_in()  # accepts, but its "agent" does nothing
-    cfg = _remote(tmp_path, server.url, monkeypatch)
+    # Written before dispatch, so without the delegation's key: accepted only unverified.
+    cfg = _remote(tmp_path, server.url, monkeypatch, handoff_key="optional")
     run_id = "orch-20260101T000000-0badcafe"
     write_valid_handoff(
         {
@@ -264,7 +269,11 @@ def test_half_written_then_completed(tmp_path: Path, stand_in: Any, monkeypatch:
     def slow_writer(block: dict[str, str]) -> None:
         data = json.dumps(
             make_handoff(
-                run_id=block["run_id"], agent="webster", status="partial", result="done at last"
+                run_id=block["run_id"],
+                agent="webster",
+                status="partial",
+                result="done at last",
+                key=block["key"],
             )
         )
         path = Path(block["handoff_path"])

@@ -367,6 +367,7 @@ def test_command_agent_environment_and_workspace(
         "ORCH_AGENT": "probe",
         "ORCH_WORKSPACE": str(workspace),
         "ORCH_GATEWAY_RUN_ID": gw_run,
+        "ORCH_HANDOFF_KEY": "",  # the message had no key line
         "DEMO_EXTRA": "1",
         "cwd": str(workspace),
         "path0": os.path.dirname(sys.executable),

@@ -39,8 +39,9 @@ time.sleep(0.15)
 bump(-1)
 path = pathlib.Path(os.environ["ORCH_HANDOFF_PATH"])
 tmp = path.with_name("." + path.name + ".tmp")
-tmp.write_text(json.dumps({"schemaVersion": "1.0", "runId": os.environ["ORCH_RUN_ID"],
-    "agent": os.environ["ORCH_AGENT"], "status": "complete", "result": "counted",
+tmp.write_text(json.dumps({"schemaVersion": "1.1", "runId": os.environ["ORCH_RUN_ID"],
+    "agent": os.environ["ORCH_AGENT"], "key": os.environ["ORCH_HANDOFF_KEY"],
+    "status": "complete", "result": "counted",
     "confidence": "high", "timestamp": "2026-11-21T00:00:00Z"}))
 os.replace(tmp, path)
 """

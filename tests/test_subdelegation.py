@@ -29,7 +29,8 @@ rec = json.loads(out.stdout)
 from engine.handoff import make_handoff, write_handoff
 write_handoff(__import__("pathlib").Path(os.environ["ORCH_HANDOFF_PATH"]), make_handoff(
     run_id=os.environ["ORCH_RUN_ID"], agent="tech-lead", status="complete",
-    result="checked with webster: " + rec["result"][:60], confidence="high"))
+    result="checked with webster: " + rec["result"][:60], confidence="high",
+    key=os.environ["ORCH_HANDOFF_KEY"]))
 """
 
 

@@ -1,10 +1,11 @@
 """Agents hosted by the local gateway: kind ``command`` runs an argv per task.
 
 Each task gets a fresh workspace ``<workspaces>/<agent>/<gateway run id>/`` holding
-``TASK.txt`` (the full message), and after the run ``stdout.log`` and ``stderr.log``
-(the last 64 KB of each). The process runs in its own session, so the whole group can be
-killed on timeout, when the gateway stops, and (to leave no stray processes behind)
-when the agent's main process exits.
+``TASK.txt`` (the full message, its ``key:`` line masked: the key is in
+``$ORCH_HANDOFF_KEY``, since other agents may read the workspaces), and after the run
+``stdout.log`` and ``stderr.log`` (the last 64 KB of each). The process runs in its own
+session, so the whole group can be killed on timeout, when the gateway stops, and (to
+leave no stray processes behind) when the agent's main process exits.
 
 If the message carried a handoff block and the agent left no file at ``handoff_path``,
 the runner writes one for it (``complete`` with stdout on exit 0, ``failed`` otherwise),
@@ -52,7 +53,9 @@ STDERR_TAIL = 2000
 #: Seconds between SIGTERM and SIGKILL of a process group.
 KILL_GRACE = 2.0
 _STOPPING = "the local gateway is stopping"
-GATEWAY_NOTE = "written by the local gateway: the agent exited without a handoff"
+#: Every handoff the gateway writes itself (a fallback) has notes starting with this.
+GATEWAY_NOTE_PREFIX = "written by the local gateway"
+GATEWAY_NOTE = f"{GATEWAY_NOTE_PREFIX}: the agent exited without a handoff"
 #: Without any ``kill_after`` or ``timeout``, a command agent may run this many times the
 #: delegation's timeout (and at least ``HARD_LIMIT_EXTRA`` seconds past it) before it is
 #: killed.
@@ -75,6 +78,7 @@ class Task:
     handoff_agent: str | None = None
     handoff_path: Path | None = None
     timeout: float | None = None
+    handoff_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,11 @@ def task_from_message(
         # Only a file named after the run, at an absolute path, is ever written for it.
         if candidate.is_absolute() and candidate.name == f"{run_id}.json":
             path = candidate
+    from engine.handoff import KEY_PATTERN
+
+    key = block.get("key")
+    if key is not None and not KEY_PATTERN.match(key):
+        key = None
     return Task(
         gateway_run_id=gateway_run_id,
         agent=agent,
@@ -120,7 +129,20 @@ def task_from_message(
         handoff_agent=handoff_agent,
         handoff_path=path,
         timeout=timeout,
+        handoff_key=key,
     )
+
+
+def redact_key(message: str) -> str:
+    """``message`` with the handoff block's ``key:`` line masked (for files on disk)."""
+    import re
+
+    idx = message.find(HANDOFF_MARKER)
+    if idx < 0:
+        return message
+    block = re.sub(r"(?m)^key: \S.*$", "key: (in $ORCH_HANDOFF_KEY)", message[idx:])
+    block = re.sub(r"--key \S+", "--key \"$ORCH_HANDOFF_KEY\"", block)
+    return message[:idx] + block
 
 
 class _Running:
@@ -198,7 +220,7 @@ class CommandRunner:
         workspace = self.workspaces_dir / spec.name / task.gateway_run_id
         try:
             workspace.mkdir(parents=True, exist_ok=True)
-            (workspace / "TASK.txt").write_text(task.message, encoding="utf-8")
+            (workspace / "TASK.txt").write_text(redact_key(task.message), encoding="utf-8")
         except OSError as exc:
             why = f"cannot create the workspace `{workspace}`: {exc.strerror or exc}"
             return self._finish(task, _failed_start(why, started))
@@ -287,6 +309,7 @@ class CommandRunner:
             result=result,
             confidence="medium" if status == "complete" else "low",
             notes=notes,
+            key=task.handoff_key,
         )
         try:
             # Placed only where nothing is: the agent may deliver while we compose this.
@@ -361,6 +384,7 @@ def _environment(spec: GatewayAgentConfig, task: Task, workspace: Path) -> dict[
             "ORCH_AGENT": task.handoff_agent or task.agent,
             "ORCH_WORKSPACE": str(workspace),
             "ORCH_GATEWAY_RUN_ID": task.gateway_run_id,
+            "ORCH_HANDOFF_KEY": task.handoff_key or "",
         }
     )
     bindir = os.path.dirname(sys.executable)

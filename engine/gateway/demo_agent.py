@@ -4,7 +4,8 @@ Usage (the local gateway sets the ``ORCH_*`` variables)::
 
     python -m engine.gateway.demo_agent --role webster
 
-It reads ``ORCH_TASK``, ``ORCH_RUN_ID``, ``ORCH_AGENT`` and ``ORCH_HANDOFF_PATH`` and
+It reads ``ORCH_TASK``, ``ORCH_RUN_ID``, ``ORCH_AGENT``, ``ORCH_HANDOFF_PATH`` and
+``ORCH_HANDOFF_KEY`` (the delegation's key, returned in the handoff) and
 writes a valid handoff whose result is a short answer in the role's voice, derived only
 from the task text and clearly labelled as demo output. Directives anywhere in the task
 text steer it in tests: ``DEMO_SLEEP=<s>``, ``DEMO_STATUS=<status>``,
@@ -190,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             "cost": 0.0,
             "model": "demo",
         },
+        key=os.environ.get("ORCH_HANDOFF_KEY") or None,
     )
     try:
-        write_handoff(Path(path), handoff)
+        write_handoff(Path(path), handoff, replace=False)
     except (OrchestratorError, OSError) as exc:
         print(f"demo agent {role}: cannot write the handoff: {exc}", file=sys.stderr)
         return 1

@@ -317,8 +317,7 @@ def _failed(result: str) -> _Answer:
 
 
 def _write(task: Task, answer: _Answer) -> None:
-    from engine.gateway.agents import write_new_handoff
-    from engine.handoff import HandoffProblem, make_handoff
+    from engine.handoff import HandoffProblem, make_handoff, write_handoff
     from engine.record import reconcile
 
     path = task.handoff_path
@@ -331,11 +330,12 @@ def _write(task: Task, answer: _Answer) -> None:
         confidence="medium" if answer.status in ("complete", "partial") else "low",
         notes=answer.notes,
         usage=answer.usage,
+        key=task.handoff_key,
     )
     try:
-        # A handoff that someone else delivered meanwhile is never overwritten; an answer
-        # after the engine gave up is merged by reconcile() and marked late.
-        write_new_handoff(path, handoff)  # atomic, and never replaces a delivered one
+        # A handoff that someone else delivered meanwhile is never overwritten (this one
+        # is kept beside it); an answer after the engine gave up is merged late.
+        write_handoff(path, handoff, replace=False)
         reconcile(records_of(path))
     except (HandoffProblem, OSError) as exc:
         log.warning("local gateway: cannot write the handoff of %s: %s", task.run_id, exc)

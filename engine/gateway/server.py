@@ -19,6 +19,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import secrets
 import signal
 import socket
@@ -557,44 +558,92 @@ class LocalGateway:
                 self._threads.discard(threading.current_thread())
 
     def _receive(self, raw_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """``POST /handoffs/{runId}``: store the handoff in the inbox, then deliver it
+        through the one merge rule (``engine.record.deliver``), late or not."""
         from engine.errors import InvalidIdError
-        from engine.files import check_id, write_json_atomic
-        from engine.handoff import SUB_DIR, HandoffProblem, validate_handoff
-        from engine.record import INBOX_DIR, PENDING_DIR, read_json, reconcile
+        from engine.files import check_id, write_json_new
+        from engine.handoff import (
+            SUB_DIR,
+            HandoffProblem,
+            check_key,
+            validate_handoff,
+        )
+        from engine.record import INBOX_DIR, PENDING_DIR, deliver, read_json
 
         run_id = unquote(raw_id)
         try:
             check_id(run_id, "run id")
         except InvalidIdError as exc:
             return 400, {"ok": False, "error": exc.message}
-        data, problem = _parse_json(body)
-        if problem:
-            return 400, _err(problem)
+        cap = self.cfg.max_handoff_bytes
+        if len(body) > cap:
+            return 413, {
+                "ok": False,
+                "error": f"the handoff has {len(body)} bytes, over the limit of {cap} "
+                "(`max_handoff_bytes`); put long results in an artifact file",
+            }
+        data, parse_problem = _parse_json(body)
+        if parse_problem:
+            return 400, _err(parse_problem)
         base = self.cfg.handoffs_dir
         sub = base / SUB_DIR
-        records_dir = sub if (sub / PENDING_DIR / f"{run_id}.json").exists() else base
+        in_sub = os.path.lexists(sub / PENDING_DIR / f"{run_id}.json") or os.path.lexists(
+            sub / f"{run_id}.json"
+        )
+        records_dir = sub if in_sub else base
         target = records_dir / INBOX_DIR / f"{run_id}.json"
-        try:
-            validate_handoff(data, path=target, run_id=run_id)
-        except HandoffProblem as exc:
-            return 400, {"ok": False, "error": exc.message, "problems": exc.problems}
-        if "envelope" in data:
+        if isinstance(data, dict) and "envelope" in data:
             return 400, {
                 "ok": False,
                 "error": "`/envelope` is added by the engine when it records a handoff; "
                 "leave it out",
             }
-        for records in (base, sub):
-            # Never overwrite a final record (a handoff merged with its envelope).
-            existing = read_json(records / f"{run_id}.json")
-            if isinstance(existing, dict) and "envelope" in existing:
-                return 409, {"ok": False, "error": f"run `{run_id}` is already recorded"}
         try:
-            write_json_atomic(target, data)
-            reconcile(records_dir)
-        except OSError as exc:
+            validate_handoff(data, path=target, run_id=run_id)
+        except HandoffProblem as exc:
+            return 400, {"ok": False, "error": exc.message, "problems": exc.problems}
+        env = read_json(records_dir / PENDING_DIR / f"{run_id}.json")
+        if not isinstance(env, dict):
+            record = read_json(records_dir / f"{run_id}.json")
+            env = record.get("envelope") if isinstance(record, dict) else None
+        key_problem: HandoffProblem | None = None
+        if isinstance(env, dict):
+            try:
+                check_key(
+                    data,
+                    expected_hash=env.get("key_sha256"),
+                    policy=str(env.get("handoff_key") or "required"),
+                    path=target,
+                )
+            except HandoffProblem as exc:
+                key_problem = exc
+        try:
+            stored = target
+            n = 1
+            while not write_json_new(stored, data):  # never over another delivery
+                n += 1
+                stored = target.with_name(f"{run_id}.{n}.json")
+            got = deliver(records_dir, run_id)
+        except (OSError, ValueError) as exc:
             log.warning("local gateway: cannot store the handoff of %s: %s", run_id, exc)
             return 500, {"ok": False, "error": "cannot store the handoff"}
+        if key_problem is not None or got.state == "refused":
+            problem = key_problem or got.problem
+            assert problem is not None
+            return 403 if problem.kind in ("key", "unkeyed") else 400, {
+                "ok": False,
+                "error": problem.message,
+                "problems": problem.problems,
+            }
+        if got.state == "duplicate":
+            return 409, {
+                "ok": False,
+                "error": f"run `{run_id}` is already recorded from another handoff; yours was "
+                f"kept as `{got.kept}` and listed in the record",
+            }
+        if got.state == "recorded" and got.record is not None:
+            late = bool(got.record["envelope"].get("late"))
+            return 200, {"ok": True, "recorded": str(got.record_path), "late": late}
         return 200, {"ok": True}
 
 
@@ -611,6 +660,7 @@ def _echo(task: Any) -> None:
         status="complete",
         result=f"echo: {task.text[:2000]}",
         confidence="high",
+        key=task.handoff_key,
     )
     write_json_atomic(task.handoff_path, data)
 

@@ -7,8 +7,8 @@ content, never from a call count, because the gateway makes calls of its own (wa
 follow-ups after a failed hook run, delivery turns):
 
 - a wrapped task whose handoff block names ``handoff_path:`` (and ``run_id:``,
-  ``agent:``) and has no tool result yet -> one ``write`` tool call whose content is a
-  valid handoff for that run;
+  ``agent:``, ``key:``) and has no tool result yet -> one ``write`` tool call whose
+  content is a valid handoff for that run (carrying the block's key);
 - the same conversation after the tool result -> a short final text;
 - ``stub_no_write`` in the task -> a final text without writing anything;
 - ``stub_fail: <code>`` -> that HTTP status (use 4xx: the gateway retries 5xx for ~80 s);
@@ -39,7 +39,7 @@ MODEL_ID = "stub-model"
 #: The gateway's marker around hook messages (it adds a random id after the name).
 WRAPPER_START = "<<<EXTERNAL_UNTRUSTED_CONTENT"
 WRAPPER_END = "<<<END_EXTERNAL_UNTRUSTED_CONTENT"
-_BLOCK = re.compile(r"^[ \t>]*(run_id|agent|handoff_path):[ \t]*(\S.*?)[ \t]*$", re.M)
+_BLOCK = re.compile(r"^[ \t>]*(run_id|agent|key|handoff_path):[ \t]*(\S.*?)[ \t]*$", re.M)
 _DIRECTIVE = re.compile(r"\bstub_(no_write|fail|status|sleep)\b(?::[ \t]*([A-Za-z0-9_.]+))?")
 _STATUSES = ("complete", "partial", "blocked", "failed")
 
@@ -104,7 +104,9 @@ def _has_tool_result(messages: list[dict[str, Any]]) -> bool:
     )
 
 
-def _handoff(run_id: str, agent: str, status: str, task: str) -> dict[str, Any]:
+def _handoff(
+    run_id: str, agent: str, status: str, task: str, key: str | None = None
+) -> dict[str, Any]:
     from engine.handoff import make_handoff
 
     summary = task[:300] or "(empty task)"
@@ -116,6 +118,7 @@ def _handoff(run_id: str, agent: str, status: str, task: str) -> dict[str, Any]:
         confidence="medium" if status == "complete" else "low",
         notes="written by the scripted model stand-in through the gateway's write tool",
         usage={"input_tokens": 0, "output_tokens": 0, "cost": 0, "model": f"stub/{MODEL_ID}"},
+        key=key,
     )
 
 
@@ -228,7 +231,9 @@ class StubLLM:
         if "write" not in tools:
             return {**info, "decision": "text", "text": "No `write` tool was offered."}
         status = d.get("status") if d.get("status") in _STATUSES else "complete"
-        handoff = _handoff(task["run_id"], task["agent"], str(status), task["task"])
+        handoff = _handoff(
+            task["run_id"], task["agent"], str(status), task["task"], task.get("key")
+        )
         sleep = 0.0
         if "sleep" in d:
             try:
