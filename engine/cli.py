@@ -79,7 +79,16 @@ def _load_optional(config: str | None) -> Any:
 
 
 def _dump(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    from engine.redact import redact
+
+    click.echo(redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)))
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    """Print a line that may carry text from an agent or a URL, with known secrets masked."""
+    from engine.redact import redact
+
+    click.echo(redact(text), err=err)
 
 
 config_option = click.option(
@@ -292,16 +301,16 @@ def _print_result(result: Any) -> None:
         head += f" (confidence {rec['confidence']})"
     dur = env.get("duration_ms")
     took = f", {dur / 1000:.2f} s" if isinstance(dur, int | float) else ""
-    click.echo(f"{head}: {env.get('target')} for {env.get('caller')}, {result.run_id}{took}")
+    _say(f"{head}: {env.get('target')} for {env.get('caller')}, {result.run_id}{took}")
     if rec.get("result"):
-        click.echo(rec["result"])
+        _say(rec["result"])
     if rec.get("notes"):
-        click.echo(f"notes: {rec['notes']}")
+        _say(f"notes: {rec['notes']}")
     if rec.get("artifacts"):
-        click.echo("artifacts: " + ", ".join(rec["artifacts"]))
-    click.echo(f"record: {result.record_path}")
+        _say("artifacts: " + ", ".join(rec["artifacts"]))
+    _say(f"record: {result.record_path}")
     if outcome == "partial":
-        click.echo("warning: the agent finished only part of the task (status partial).", err=True)
+        _say("warning: the agent finished only part of the task (status partial).", err=True)
 
 
 @orchestrate.group("handoff")
@@ -430,7 +439,7 @@ def _post_handoff(
             hint=f"Check `--receiver {receiver}`, then run the same command again "
             "(each run tries for 60 s).",
         )
-    click.echo(f"posted to {base}/handoffs/{run_id}")
+    _say(f"posted to {base}/handoffs/{run_id}")
     return 0
 
 

@@ -556,11 +556,12 @@ def test_write_new_handoff_never_replaces(
 def test_fallback_is_not_written_when_the_record_holds_the_agents_handoff(
     tmp_path: Path,
 ) -> None:
-    from engine.record import finalize
+    from engine.record import install_record, record_of
 
     run_id = new_run_id()
     path = tmp_path / "inbox" / f"{run_id}.json"
-    finalize(tmp_path, run_id, {"target": "w"}, _fallback(run_id, "the agent's"))
+    agents_own = record_of(_fallback(run_id, "the agent's"), {"target": "w"}, run_id)
+    install_record(tmp_path, run_id, dict(agents_own, envelope={"outcome": "complete"}))
     assert gateway_agents.write_new_handoff(path, _fallback(run_id, "fallback")) is False
     assert not path.exists()
 

@@ -237,6 +237,7 @@ class Echo:
                             agent=block["agent"],
                             status="complete",
                             result="echo agent: done",
+                            key=block.get("key"),
                         ),
                     )
 
