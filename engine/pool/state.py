@@ -24,6 +24,7 @@ __all__ = [
     "Token",
     "decode",
     "encode",
+    "encode_changed",
     "granted_hint",
     "parse",
 ]
@@ -36,6 +37,7 @@ MAX_TEXT = 200
 #: Why a token was taken back from its holder: its process died, it held past
 #: ``token_timeout`` or past its deadline, or (another host) it stopped renewing.
 RECLAIM_REASONS = ("dead", "timeout", "deadline", "expired")
+_MODES = {mode.value: mode for mode in PoolMode}
 
 
 @dataclass(slots=True)
@@ -140,10 +142,10 @@ class PoolState:
 
 
 def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    f = float(value)
-    return f if math.isfinite(f) else None
+    kind = type(value)  # exact types: JSON gives int, float or bool, and bool is no number
+    if kind is float:
+        return value if math.isfinite(value) else None
+    return float(value) if kind is int else None
 
 
 def _pos_int(value: Any) -> int | None:
@@ -259,10 +261,10 @@ def decode(raw: Any, settings: PoolSettings, *, host: str) -> tuple[PoolState, b
         size = cfg.max_tokens  # a fresh pool starts at its ceiling and adapts down
     size = min(max(size, cfg.min_tokens), cfg.max_tokens)
     raw_mode = raw.get("mode")
-    if raw_mode not in (PoolMode.NORMAL.value, PoolMode.EMERGENCY.value):
+    mode = _MODES.get(raw_mode) if isinstance(raw_mode, str) else None
+    if mode is None:
         repaired = repaired or raw_mode is not None
-        raw_mode = PoolMode.NORMAL.value
-    mode = PoolMode(raw_mode)
+        mode = PoolMode.NORMAL
     cooldown_until = _num(raw.get("cooldown_until"))
     if mode is PoolMode.EMERGENCY and cooldown_until is None:
         mode = PoolMode.NORMAL
@@ -351,8 +353,14 @@ def _token(t: Token) -> dict[str, Any]:
 
 
 def to_json(state: PoolState) -> dict[str, Any]:
-    """The state as the JSON document every backend stores (tokens before the queue)."""
-    clock = state.clock
+    """The state as the JSON document every backend stores (tokens before the queue,
+    the clock pair last)."""
+    doc = _body(state)
+    doc["clock"] = _clock_json(state.clock)
+    return doc
+
+
+def _body(state: PoolState) -> dict[str, Any]:
     return {
         "version": STATE_VERSION,
         "size": state.size,
@@ -378,15 +386,38 @@ def to_json(state: PoolState) -> dict[str, Any]:
             for r in state.reclaimed
         ],
         "repairs": state.repairs,
-        "clock": None
-        if clock is None
-        else {"wall": clock.wall, "mono": clock.mono, "boot": clock.boot},
     }
+
+
+def _clock_json(clock: ClockPair | None) -> dict[str, Any] | None:
+    return None if clock is None else {"wall": clock.wall, "mono": clock.mono, "boot": clock.boot}
+
+
+#: One compact encoder for every write (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def _dump(value: Any) -> bytes:
+    return _ENCODER.encode(value).encode()
 
 
 def encode(state: PoolState) -> bytes:
     """The stored bytes of ``state`` (compact JSON)."""
-    return json.dumps(to_json(state), separators=(",", ":")).encode()
+    return _dump(to_json(state))
+
+
+def encode_changed(state: PoolState, stored: bytes, stamp: ClockPair | None) -> bytes | None:
+    """The bytes to store, or None when ``state`` is what ``stored`` holds.
+
+    The clock pair is the last key: the body is encoded once, and the pair ``stamp``
+    (the time of this write) replaces the stored one only when the body changed, so a
+    look at the pool writes nothing.
+    """
+    body = _dump(_body(state))[:-1] + b',"clock":'
+    if stored == body + _dump(_clock_json(state.clock)) + b"}":
+        return None
+    state.clock = stamp
+    return body + _dump(_clock_json(stamp)) + b"}"
 
 
 def granted_hint(raw: bytes, ticket_id: str) -> bool:

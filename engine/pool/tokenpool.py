@@ -22,7 +22,7 @@ from engine.pool.state import (
     Ticket,
     Token,
     decode,
-    encode,
+    encode_changed,
     granted_hint,
     parse,
 )
@@ -79,8 +79,9 @@ class TokenLease:
         self.reclaimed_reason: str | None = None
         self._released = pool is None
         self._guard = threading.Lock()
-        self._stop = threading.Event()
+        self._stop: threading.Event | None = None
         if pool is not None and renew_every is not None and renew_every > 0:
+            self._stop = threading.Event()
             beat = threading.Thread(
                 target=self._heartbeat, args=(renew_every,), name="pool-lease", daemon=True
             )
@@ -112,7 +113,8 @@ class TokenLease:
             if self._released:
                 return
             self._released = True
-        self._stop.set()
+        if self._stop is not None:
+            self._stop.set()
         assert self._pool is not None
         try:
             self.reclaimed_reason = self._pool._release(self.token_id)
@@ -120,6 +122,7 @@ class TokenLease:
             self.reclaimed_reason = "unreleased"
 
     def _heartbeat(self, every: float) -> None:
+        assert self._stop is not None
         while not self._stop.wait(every):
             if not self.renew():
                 return
@@ -402,13 +405,10 @@ class TokenPool:
             load = self._read_load() if due else None
             policy.housekeep(state, now, self._pid_alive, sampled=due, load=load)
             result = op(state, now)
-            out = encode(state)
-            if out == raw:
-                return result, None
             # The clock pair is renewed only with a write that happens anyway, so a look
             # at the pool writes nothing (and wakes no waiter).
-            state.clock = None if boot is None else ClockPair(wall=now, mono=mono, boot=boot)
-            return result, encode(state)
+            stamp = None if boot is None else ClockPair(wall=now, mono=mono, boot=boot)
+            return result, encode_changed(state, raw, stamp)
 
         return self.store.transact(step)
 

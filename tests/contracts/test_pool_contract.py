@@ -468,3 +468,28 @@ def _renewed_at(pool: TokenPool) -> float | None:
     tokens = data.get("tokens") or [{}]
     value = tokens[0].get("renewed_at")
     return float(value) if value is not None else None
+
+
+def test_the_documented_protocols_are_the_protocols() -> None:
+    """docs/architecture.md shows the Pool and Lease protocols with their real members."""
+    import ast
+    import re
+
+    from engine import lease
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "Pool(" in b]
+    tree = ast.parse("from typing import Any, Protocol\n" + block)
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            shown = {
+                n.name if isinstance(n, ast.FunctionDef) else ast.unparse(n.target)
+                for n in node.body
+                if isinstance(n, ast.FunctionDef | ast.AnnAssign)
+            }
+            real = {
+                name
+                for name in vars(getattr(lease, node.name))
+                if not name.startswith("_") or name in ("__enter__", "__exit__")
+            }
+            assert shown == real - {"__enter__", "__exit__"}, node.name
