@@ -38,10 +38,11 @@ file is replaced (inotify on the pool directory; polling with a 2-10 ms backoff 
 inotify is missing), glances at it without the lock, and takes the lock only when its
 ticket has become a token, or every 50 ms to reclaim what dead processes left behind.
 
-The state lives on the local host: processes sharing a pool must share its PID
-namespace and filesystem (not NFS between hosts). Every token and ticket also records its
-``host`` and ``renewed_at``: a holder on another host (possible only with a store shared
-between hosts) is alive while it renews its lease within ``lease_ttl``.
+With the file store, the state lives on the local host: processes sharing a pool must
+share its PID namespace and filesystem (not NFS between hosts). Every token and ticket
+also records its ``host`` and ``renewed_at``: a holder on another host (possible only
+with a store shared between hosts) is alive while it renews its lease within
+``lease_ttl``.
 
 The package, layer by layer (docs/architecture.md, "The Pool seam"):
 
@@ -54,7 +55,6 @@ The package, layer by layer (docs/architecture.md, "The Pool seam"):
 * ``tokenpool``: ``TokenPool`` (rules applied to a store) and its ``TokenLease``;
 * ``status``: the status view and its text.
 """
-
 
 from __future__ import annotations
 

@@ -99,10 +99,6 @@ class PoolPolicy:
         self.settings = settings
         self.host = host
 
-    def fresh(self) -> PoolState:
-        """The state of a pool never used: at its ceiling (or fixed size), empty."""
-        return PoolState(size=self.settings.max_tokens)
-
     # -- time ---------------------------------------------------------------------------
 
     def correct_jump(self, state: PoolState, now: float, mono: float, boot: str | None) -> None:
