@@ -310,3 +310,13 @@ def test_state_round_trips_and_old_files_read_as_this_host() -> None:
     again, _ = decode(parse(encode(s)), settings, host="elsewhere")
     assert again == s
     assert encode(again) == encode(s)
+
+
+@pytest.mark.parametrize("key", ["lease_ttl", "token_timeout", "cooldown", "load_high"])
+def test_nan_settings_are_refused_with_their_key(key: str) -> None:
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        PoolSettings(dir=Path("/unused"), **{key: float("nan")})
+    assert f"`pool.{key}` must be a number, not NaN." in info.value.problems
+    assert info.value.exit_code == 2

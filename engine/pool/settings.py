@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -54,6 +55,10 @@ class PoolSettings:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        for key in ("load_low", "load_high", "token_timeout", "emergency_load", "cooldown",
+                    "sample_interval", "lease_ttl"):  # fmt: skip
+            if math.isnan(getattr(self, key)):
+                problems.append(f"`pool.{key}` must be a number, not NaN.")
         if self.min_tokens < 1:
             problems.append("`pool.min_tokens` must be at least 1.")
         if self.max_tokens < self.min_tokens:
