@@ -181,7 +181,7 @@ class TokenPool:
             raise ValueError(f"wake must be 'auto' or 'poll', not {wake!r}")
         self.settings = settings
         self.store = store
-        self.host = host or host_id()
+        self.host = (host or host_id())[:MAX_TEXT]  # as the state stores it
         self.policy = PoolPolicy(settings, host=self.host)
         self._load_source = load_source
         self._clock = clock
