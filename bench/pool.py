@@ -1,12 +1,14 @@
 """Benchmark the token pool: acquire+release cost, alone and with processes contending.
 
     python bench/pool.py [--json] [--iterations 2000] [--procs 8] [--tokens 5]
-                         [--wake auto|poll] [--dir DIR]
+                         [--wake auto|poll] [--store file|memory] [--dir DIR]
 
 Prints p50 and p99 in microseconds for one acquire followed by one release, first by a
 single process (uncontended), then by ``--procs`` processes looping at the same time on
 one pool of the default size (5 tokens, so some of them queue; ``--tokens 8`` measures the
-lock alone). With ``--json`` the last line is one JSON object
+lock alone). ``--store memory`` keeps the state in the process instead of the pool
+directory: the cost of the rules and the JSON alone, without locks and files (uncontended
+only, since processes cannot share it). With ``--json`` the last line is one JSON object
 with the figures. A benchmark reports; it never asserts timings.
 """
 
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.pool import PoolSettings, TokenPool
+from engine.pool import MemoryStore, PoolSettings, TokenPool
 
 
 def _pool(pool_dir: Path) -> TokenPool:
@@ -33,6 +35,8 @@ def _pool(pool_dir: Path) -> TokenPool:
     wake = os.environ.get("POOL_BENCH_WAKE", "auto")
     tokens = int(os.environ.get("POOL_BENCH_TOKENS", "5"))
     settings = PoolSettings(dir=pool_dir, adaptive=False, max_tokens=tokens)
+    if os.environ.get("POOL_BENCH_STORE") == "memory":
+        return TokenPool(settings, store=MemoryStore("bench"))
     return TokenPool(settings, wake=wake)
 
 
@@ -121,11 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         help="how waiters wake: inotify when available (auto) or polling",
     )
     parser.add_argument("--tokens", type=int, default=5, help="pool size (default 5)")
+    parser.add_argument(
+        "--store",
+        choices=["file", "memory"],
+        default="file",
+        help="where the state lives: the pool directory (file) or this process (memory)",
+    )
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # Inherited by the worker processes.
     os.environ["POOL_BENCH_WAKE"] = args.wake
     os.environ["POOL_BENCH_TOKENS"] = str(args.tokens)
+    os.environ["POOL_BENCH_STORE"] = args.store
     if args.worker:
         pool_dir, n, go, out = args.worker
         _worker(Path(pool_dir), int(n), Path(go), Path(out))
@@ -139,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         alone = _summary(_measure(pool, args.iterations, "alone"), time.perf_counter() - t0)
         pool.close()
-        shared = _contended(base / "shared" / "pool", args.procs, args.per_proc)
+        shared = None
+        if args.store == "file":
+            shared = _contended(base / "shared" / "pool", args.procs, args.per_proc)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -151,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  uncontended        {alone['ops']:>6} ops   p50 {alone['p50_us']:>8.1f} us   "
         f"p99 {alone['p99_us']:>8.1f} us   {alone['ops_per_s']:>8.0f} ops/s"
     )
-    print(
-        f"  {args.procs} processes{'':<6} {shared['ops']:>6} ops   p50 "
-        f"{shared['p50_us']:>8.1f} us   p99 {shared['p99_us']:>8.1f} us   "
-        f"{shared['ops_per_s']:>8.0f} ops/s (all processes)"
-    )
+    if shared is not None:
+        print(
+            f"  {args.procs} processes{'':<6} {shared['ops']:>6} ops   p50 "
+            f"{shared['p50_us']:>8.1f} us   p99 {shared['p99_us']:>8.1f} us   "
+            f"{shared['ops_per_s']:>8.0f} ops/s (all processes)"
+        )
     if args.json:
         print(
             json.dumps(
@@ -165,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cpus": os.cpu_count(),
                     "tokens": args.tokens,
                     "wake": args.wake,
+                    "store": args.store,
                     "uncontended": alone,
                     "contended": shared,
                 }

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from engine.acl import Acl, check_chain
 from engine.config import AgentConfig, Config
@@ -40,6 +40,7 @@ from engine.handoff import (
     records_dir,
 )
 from engine.hooks import HooksClient, Target
+from engine.lease import Lease, Pool
 from engine.record import (
     deliver,
     drop_pending,
@@ -144,7 +145,7 @@ class Delegator:
         *,
         client: HooksClient | None = None,
         reporter: Reporter | None = None,
-        pool: Any = None,
+        pool: Pool | None = None,
         local_url: str | None = None,
         local_token: str | None = None,
         watcher_backend: str = "auto",
@@ -325,11 +326,12 @@ class Delegator:
         if self.cfg.max_handoff_bytes != MAX_HANDOFF_BYTES:
             envelope["max_handoff_bytes"] = self.cfg.max_handoff_bytes
         write_pending(records, run_id, envelope)
-        lease = None
+        lease: Lease | None = None
         if self.pool is not None:
-            lease = self._acquire(run_id, agent, envelope, records, deadline, rep)
-            if isinstance(lease, DelegationResult):
-                return lease
+            got = self._acquire(run_id, agent, envelope, records, deadline, rep)
+            if isinstance(got, DelegationResult):
+                return got
+            lease = got
         try:
             result = self._dispatch_and_wait(
                 req, agent, target, run_id, records, drop, envelope, deadline, cancel, rep, key
@@ -363,13 +365,14 @@ class Delegator:
         envelope = dict(envelope, outcome="dispatched", reattached_at=utcnow_iso())
         envelope.pop("error", None)
         envelope["deadline_at"] = _iso_in(max(0.0, deadline - self._clock()))
-        lease = None
+        lease: Lease | None = None
         if self.pool is not None:
-            lease = self._acquire(
+            got = self._acquire(
                 run_id, self.registry.get(req.target), envelope, records, deadline, rep
             )
-            if isinstance(lease, DelegationResult):
-                return lease
+            if isinstance(got, DelegationResult):
+                return got
+            lease = got
         waiter = self._expect(records, drop, run_id)
         try:
             result = self._wait(
@@ -391,8 +394,10 @@ class Delegator:
         records: Path,
         deadline: float,
         rep: Reporter,
-    ) -> Any:
+    ) -> Lease | DelegationResult:
         from engine.errors import DelegationTimeoutError
+
+        assert self.pool is not None
 
         t0 = self._clock()
         try:
@@ -416,10 +421,10 @@ class Delegator:
         envelope["token_wait_ms"] = round((self._clock() - t0) * 1000, 3)
         return lease
 
-    def _release(self, lease: Any, result: DelegationResult) -> DelegationResult:
+    def _release(self, lease: Lease, result: DelegationResult) -> DelegationResult:
         """Give the token back; mark the record if the pool had reclaimed it meanwhile."""
         lease.release()
-        reason = getattr(lease, "reclaimed_reason", None)
+        reason = lease.reclaimed_reason
         if not reason:
             return result
         from engine.files import write_json_atomic
@@ -686,7 +691,7 @@ def open_delegator(
     cfg: Config,
     *,
     reporter: Reporter | None = None,
-    pool: Any = "auto",
+    pool: Pool | Literal["auto"] | None = "auto",
     watcher_backend: str = "auto",
 ) -> Iterator[Delegator]:
     """A Delegator with what it needs running: the embedded gateway (if configured)
@@ -719,7 +724,7 @@ def open_delegator(
         yield delegator
     finally:
         delegator.close()
-        if pool is not None and hasattr(pool, "close"):
+        if pool is not None:
             pool.close()
         if gateway is not None:
             gateway.stop()
@@ -732,7 +737,7 @@ def _embedded_token(cfg: Config) -> str:
     return secrets.token_urlsafe(24)
 
 
-def _pool_for(cfg: Config) -> Any:
+def _pool_for(cfg: Config) -> Pool | None:
     try:
         from engine.pool import PoolSettings, TokenPool
     except ImportError:  # pragma: no cover - the pool module ships with the package

@@ -1,0 +1,77 @@
+"""What this host can tell about a holder: its identity, and whether a PID is still alive.
+
+The only module of the pool that asks the kernel (``/proc``, ``kill(pid, 0)``); the
+policy gets its answers as an injected ``pid_alive(pid, start)`` function.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+__all__ = ["boot_id", "host_id", "pid_alive", "start_time"]
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) from /proc/<pid>/stat, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return fields[0].decode("ascii", "replace"), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (field 22), or None."""
+    info = _proc_stat(pid)
+    return info[1] if info else None
+
+
+def pid_alive(pid: int, start: int | None) -> bool:
+    """Is ``pid`` a running process on this host, and the same one that recorded ``start``?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    except OSError:
+        return False
+    if not os.path.isdir("/proc/self"):
+        return True  # no procfs: the signal check is all we have
+    info = _proc_stat(pid)
+    if info is None:
+        return False  # it vanished between the two checks
+    state, started = info
+    if state in ("Z", "X", "x"):
+        return False  # killed and not yet reaped by its parent: it holds nothing
+    return start is None or started == start
+
+
+_boot: list[str | None] = []
+
+
+def boot_id() -> str | None:
+    """This boot's id (Linux), read once per process: monotonic times compare within it."""
+    if not _boot:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+                _boot.append(fh.read().strip()[:64] or None)
+        except (OSError, ValueError):
+            _boot.append(None)
+    return _boot[0]
+
+
+def host_id() -> str:
+    """Who can check this process's PID: the kernel's boot id, else the host name.
+
+    The boot id, not the name: a host renamed while it runs is still the host whose PIDs
+    it can check, and two hosts cloned with the same name are not.
+    """
+    return boot_id() or socket.gethostname()[:64] or "localhost"

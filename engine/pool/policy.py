@@ -1,0 +1,429 @@
+"""The pool's rules as pure transitions of a ``PoolState``: no IO, no clock reads.
+
+Every transition takes the time as ``now`` and the facts it cannot know as arguments:
+``pid_alive(pid, start)`` answers for holders on this host (the caller asks the kernel),
+and a load sample is a number given to ``record_sample``. So a table of (state, event)
+-> (state, grants) tests the rules, and any storage (a file, a database row) applies them
+the same way.
+
+Liveness of a holder:
+
+* on this host (``host`` equal to the policy's): its PID is alive and is the same process
+  (start time); a dead holder's token is reclaimed at once (``dead``);
+* on another host: it renewed its lease within ``lease_ttl``; else ``expired``.
+
+A live holder keeps its token for ``token_timeout`` and, if it gave its delegation's
+deadline, until ``DEADLINE_GRACE`` after that deadline, whichever is later.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.pool.settings import PoolMode, PoolSettings
+from engine.pool.state import (
+    MAX_RECLAIMED,
+    MAX_SAMPLES,
+    ClockPair,
+    PoolState,
+    Reclaim,
+    Sample,
+    Ticket,
+    Token,
+)
+
+__all__ = ["DEADLINE_GRACE", "Outcome", "PidAlive", "Poll", "PoolPolicy"]
+
+#: A live holder that gave its delegation's deadline keeps its token until this long after
+#: that deadline: the delegation records its timeout and releases at the deadline, and on a
+#: busy host that can take a few seconds. Past it (and past ``token_timeout``) the holder
+#: is wedged and the token is reclaimed with reason ``deadline``.
+DEADLINE_GRACE = 60.0
+#: Dead waiters are swept from the queue at most this often (seconds on the pool clock).
+QUEUE_SWEEP = 1.0
+#: A difference between wall-clock and monotonic time elapsed since the last write larger
+#: than this is a wall-clock jump (NTP slewing stays far below it).
+JUMP_TOLERANCE = 2.0
+
+#: ``pid_alive(pid, start)``: is this host's process ``pid`` (started at ``start``) alive?
+PidAlive = Callable[[int, "int | None"], bool]
+
+
+class Outcome(enum.Enum):
+    """What a request for a token came to."""
+
+    GRANTED = "granted"  # the ticket is a token now
+    WAITING = "waiting"  # still in the queue
+    REFUSED = "refused"  # the queue is full: not queued
+
+
+@dataclass
+class Poll:
+    """The answer to a request: its outcome, the token when granted, why when refused."""
+
+    outcome: Outcome
+    token: Token | None = None
+    detail: str = ""
+
+
+class _Liveness:
+    """Liveness of the holders of one transition, asking ``pid_alive`` once per process."""
+
+    def __init__(self, policy: PoolPolicy, now: float, pid_alive: PidAlive) -> None:
+        self._host = policy.host
+        self._ttl = policy.settings.lease_ttl
+        self._now = now
+        self._pid_alive = pid_alive
+        self._seen: dict[tuple[int, int | None], bool] = {}
+
+    def __call__(self, entry: Token | Ticket) -> bool:
+        if entry.host != self._host:
+            return self._now - entry.renewed_at <= self._ttl
+        key = (entry.pid, entry.start)
+        alive = self._seen.get(key)
+        if alive is None:
+            alive = self._seen[key] = self._pid_alive(*key)
+        return alive
+
+
+class PoolPolicy:
+    """The rules of the pool for one host: grant, reclaim, adapt the size, queue, release.
+
+    ``host`` identifies the holders whose PIDs ``pid_alive`` can check; everyone else is
+    alive while they renew within ``settings.lease_ttl``.
+    """
+
+    def __init__(self, settings: PoolSettings, *, host: str) -> None:
+        self.settings = settings
+        self.host = host
+
+    # -- time ---------------------------------------------------------------------------
+
+    def correct_jump(self, state: PoolState, now: float, mono: float, boot: str | None) -> None:
+        """Shift the stored times by a wall-clock jump since the last write.
+
+        The last write recorded the wall and monotonic times; the monotonic clock is
+        host-wide and never jumps, so wall time elapsed minus monotonic time elapsed is the
+        jump. Only within one boot: after a reboot the monotonic clock starts over (and
+        every holder is dead anyway). Older state files have no pair: nothing to correct.
+        """
+        pair = state.clock
+        if pair is None or pair.boot != boot:
+            return
+        jump = (now - pair.wall) - (mono - pair.mono)
+        if abs(jump) <= JUMP_TOLERANCE:
+            return
+        entries: list[Token | Ticket] = [*state.tokens, *state.queue]
+        for entry in entries:
+            entry.queued_at += jump
+            entry.renewed_at += jump
+            if entry.hold_until is not None:
+                entry.hold_until += jump
+            if isinstance(entry, Token):
+                entry.acquired_at += jump
+        if state.cooldown_until is not None:
+            state.cooldown_until += jump
+        if state.last_sample_at is not None:
+            state.last_sample_at += jump
+        state.last_sweep += jump
+        state.clock = ClockPair(wall=now, mono=mono, boot=pair.boot)
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def overdue(self, tok: Token, now: float) -> str | None:
+        """Why a live holder's token is taken back now (``timeout``/``deadline``), or None.
+
+        A live holder keeps its token for ``token_timeout`` and, if it gave its
+        delegation's deadline, until ``DEADLINE_GRACE`` after that deadline, whichever
+        is later: a step allowed 900 s is not cut off at 300 s.
+        """
+        limit, reason = tok.acquired_at + self.settings.token_timeout, "timeout"
+        if tok.hold_until is not None and tok.hold_until + DEADLINE_GRACE > limit:
+            limit, reason = tok.hold_until + DEADLINE_GRACE, "deadline"
+        return reason if now > limit else None
+
+    def housekeep(
+        self,
+        state: PoolState,
+        now: float,
+        pid_alive: PidAlive,
+        *,
+        sampled: bool = False,
+        load: float | None = None,
+    ) -> None:
+        """Reclaim dead and overdue tokens, sweep dead waiters, end a finished cooldown,
+        apply the load sample (``sampled``: one was due; ``load`` None: the source
+        failed), grant. Runs before every event."""
+        alive = _Liveness(self, now, pid_alive)
+        kept = []
+        for tok in state.tokens:
+            if tok.acquired_at > now:
+                # The clock went back (a state file without a clock pair to correct it):
+                # restart the hold rather than keep it for the length of the jump.
+                back = tok.acquired_at - now
+                tok.acquired_at = now
+                tok.renewed_at = min(tok.renewed_at, now)
+                if tok.hold_until is not None:
+                    tok.hold_until -= back
+            if alive(tok):
+                reason = self.overdue(tok, now)
+            else:
+                reason = "dead" if tok.host == self.host else "expired"
+            if reason is None:
+                kept.append(tok)
+                continue
+            state.reclaimed.append(
+                Reclaim(
+                    token_id=tok.id,
+                    run_id=tok.run_id,
+                    agent=tok.agent,
+                    pid=tok.pid,
+                    reason=reason,
+                    at=now,
+                    held_s=round(max(0.0, now - tok.acquired_at), 3),
+                )
+            )
+        if len(kept) != len(state.tokens):
+            state.tokens = kept
+            state.reclaimed = state.reclaimed[-MAX_RECLAIMED:]
+        if abs(now - state.last_sweep) >= QUEUE_SWEEP:
+            state.last_sweep = now
+            state.queue = [w for w in state.queue if alive(w)]
+        if state.mode is PoolMode.EMERGENCY:
+            # Never longer than one cooldown from now, whatever the clock did meanwhile.
+            state.cooldown_until = min(state.cooldown_until or 0, now + self.settings.cooldown)
+            if now >= state.cooldown_until:
+                state.mode = PoolMode.NORMAL
+                state.cooldown_until = None
+        if sampled:
+            if load is None:
+                state.last_sample_at = now  # count the interval, change nothing else
+            else:
+                self.record_sample(state, now, load, "loadavg", pid_alive)
+        self._grant(state, now, alive)
+
+    # -- load ---------------------------------------------------------------------------
+
+    def sample_due(self, state: PoolState, now: float) -> bool:
+        """Is an automatic load sample due (at most one per ``sample_interval``)?"""
+        if not self.settings.adaptive:
+            return False
+        last = state.last_sample_at
+        return last is None or now - last >= self.settings.sample_interval or now < last
+
+    def record_sample(
+        self,
+        state: PoolState,
+        now: float,
+        load: float | None,
+        source: str,
+        pid_alive: PidAlive,
+    ) -> list[str]:
+        """Apply one load sample (None with source ``overload`` for a 429/503): emergency,
+        streaks, size. Returns the ids of tickets granted because the pool grew."""
+        cfg = self.settings
+        state.samples = [*state.samples, Sample(at=now, load=load, source=source)][-MAX_SAMPLES:]
+        if source == "loadavg":
+            state.last_sample_at = now
+        if load is not None and load > cfg.emergency_load:
+            state.mode = PoolMode.EMERGENCY
+            state.cooldown_until = now + cfg.cooldown
+            state.size = cfg.min_tokens
+            state.low = state.high = 0
+            return []
+        if state.mode is PoolMode.EMERGENCY:
+            state.low = state.high = 0  # no adapting until the cooldown is over
+            return []
+        if load is None or load > cfg.load_high:
+            state.high += 1
+            state.low = 0
+        elif load < cfg.load_low:
+            state.low += 1
+            state.high = 0
+        else:
+            state.low = state.high = 0
+        if state.high >= cfg.hysteresis:
+            state.size = max(cfg.min_tokens, state.size - 1)
+            state.high = 0
+        elif state.low >= cfg.hysteresis:
+            state.size = min(cfg.max_tokens, state.size + 1)
+            state.low = 0
+            return self._grant(state, now, _Liveness(self, now, pid_alive))
+        return []
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _grant(
+        self,
+        state: PoolState,
+        now: float,
+        alive: Callable[[Ticket], bool],
+        *,
+        own: str | None = None,
+    ) -> list[str]:
+        """Turn the first eligible tickets into tokens while tokens are free, in order.
+
+        A ticket of a dead holder is dropped, not granted; ``own`` is the caller's ticket,
+        alive by definition. Returns the ids granted.
+        """
+        if state.mode is PoolMode.EMERGENCY or not state.queue:
+            return []
+        free = state.size - len(state.tokens)
+        if free <= 0:
+            return []
+        per_agent: dict[str, int] = {}
+        for tok in state.tokens:
+            per_agent[tok.agent] = per_agent.get(tok.agent, 0) + 1
+        granted: list[str] = []
+        remaining = []
+        for ticket in state.queue:
+            if free <= 0:
+                remaining.append(ticket)
+                continue
+            cap = ticket.max_concurrent
+            if cap is not None and per_agent.get(ticket.agent, 0) >= cap:
+                remaining.append(ticket)  # keeps its place, does not hold up the others
+                continue
+            if ticket.id != own and not alive(ticket):
+                continue  # its holder died while waiting: never grant it a token
+            state.tokens.append(Token.granted(ticket, now))
+            granted.append(ticket.id)
+            per_agent[ticket.agent] = per_agent.get(ticket.agent, 0) + 1
+            free -= 1
+        state.queue = remaining
+        return granted
+
+    def grant(self, state: PoolState, now: float, pid_alive: PidAlive) -> list[str]:
+        """Grant free tokens to the tickets at the head of the queue; the ids granted."""
+        return self._grant(state, now, _Liveness(self, now, pid_alive))
+
+    @staticmethod
+    def _find(state: PoolState, ticket_id: str) -> Poll | None:
+        for tok in state.tokens:
+            if tok.id == ticket_id:
+                return Poll(Outcome.GRANTED, tok)
+        return None
+
+    def why_waiting(self, state: PoolState, now: float) -> str:
+        """Tokens in use, waiters, and the cooldown left: why a request is not served."""
+        why = f"{len(state.tokens)} of {state.size} tokens in use, {len(state.queue)} waiting"
+        if state.mode is PoolMode.EMERGENCY:
+            left = max(0.0, (state.cooldown_until or now) - now)
+            why += f", emergency cooldown for {left:.0f} s more"
+        return why
+
+    def enqueue(self, state: PoolState, now: float, ticket: Ticket, pid_alive: PidAlive) -> Poll:
+        """A new request: granted at once if a token is free and nobody is ahead, else
+        queued at the end, or refused when ``queue_limit`` requests already wait."""
+        alive = _Liveness(self, now, pid_alive)
+        if ticket.hold_until is not None:  # the deadline moves with the clock reading
+            ticket.hold_until += now - ticket.queued_at
+        ticket.queued_at = ticket.renewed_at = now  # the grant's clock reading: no wait is none
+        state.queue.append(_copy(ticket))
+        self._grant(state, now, alive, own=ticket.id)
+        found = self._find(state, ticket.id)
+        if found is not None:
+            return found
+        limit = self.settings.queue_limit
+        if len(state.queue) > limit:
+            # Before refusing, make sure the line is not full of dead processes.
+            state.queue = [w for w in state.queue if w.id == ticket.id or alive(w)]
+        if len(state.queue) > limit:
+            state.queue = [w for w in state.queue if w.id != ticket.id]
+            if limit == 0:
+                detail = (
+                    f"no token is free ({self.why_waiting(state, now)}) and "
+                    "`pool.queue_limit` is 0, so nobody may wait. Try again later or raise "
+                    "`pool.queue_limit`."
+                )
+            else:
+                detail = (
+                    f"the wait queue is full ({len(state.queue)} requests waiting, "
+                    f"`pool.queue_limit` is {limit}). Try again later, or raise "
+                    "`pool.queue_limit` or `pool.max_tokens`."
+                )
+            return Poll(Outcome.REFUSED, detail=detail)
+        return Poll(Outcome.WAITING)
+
+    def poll(self, state: PoolState, now: float, ticket: Ticket, pid_alive: PidAlive) -> Poll:
+        """Has the request been granted? A waiter's ticket is renewed (at most every half
+        ``lease_ttl``), and requeued in its old place if a repaired state lost it."""
+        found = self._find(state, ticket.id)
+        if found is not None:
+            return found
+        for waiting in state.queue:
+            if waiting.id == ticket.id:
+                if now - waiting.renewed_at >= self.settings.lease_ttl / 2:
+                    waiting.renewed_at = now
+                return Poll(Outcome.WAITING)
+        for rec in state.reclaimed:
+            if rec.token_id == ticket.id:
+                # Granted, then reclaimed before we looked: ours, already taken back;
+                # the lease's release will report why.
+                token = Token.granted(ticket, rec.at - rec.held_s)
+                return Poll(Outcome.GRANTED, token)
+        # Our ticket vanished (a repaired state): queue again in our old place.
+        later = [i for i, w in enumerate(state.queue) if w.queued_at > ticket.queued_at]
+        mine = _copy(ticket)
+        mine.renewed_at = now
+        state.queue.insert(later[0] if later else len(state.queue), mine)
+        self._grant(state, now, _Liveness(self, now, pid_alive), own=ticket.id)
+        found = self._find(state, ticket.id)
+        return found if found is not None else Poll(Outcome.WAITING)
+
+    def cancel(self, state: PoolState, now: float, ticket_id: str) -> Poll:
+        """The waiter gives up at its deadline: leave the queue, unless granted meanwhile."""
+        found = self._find(state, ticket_id)
+        if found is not None:
+            return found
+        state.queue = [w for w in state.queue if w.id != ticket_id]
+        return Poll(Outcome.WAITING, detail=self.why_waiting(state, now))
+
+    def abandon(self, state: PoolState, now: float, ticket_id: str, pid_alive: PidAlive) -> None:
+        """The waiter was interrupted: drop its ticket, or its token if it was granted."""
+        state.queue = [w for w in state.queue if w.id != ticket_id]
+        state.tokens = [t for t in state.tokens if t.id != ticket_id]
+        self.grant(state, now, pid_alive)
+
+    def release(
+        self, state: PoolState, now: float, token_id: str, pid_alive: PidAlive
+    ) -> str | None:
+        """Give a token back and grant it on. None, or why it was no longer held (the
+        reclaim reason, or ``lost`` if a repaired state had forgotten it)."""
+        before = len(state.tokens)
+        state.tokens = [t for t in state.tokens if t.id != token_id]
+        reason = None
+        if len(state.tokens) == before:
+            for rec in reversed(state.reclaimed):
+                if rec.token_id == token_id:
+                    reason = rec.reason
+                    break
+            else:
+                reason = "lost"  # not held and not on record: the state was repaired
+        self.grant(state, now, pid_alive)
+        return reason
+
+    def renew(self, state: PoolState, now: float, token_id: str) -> bool:
+        """The holder is alive: its token's ``renewed_at`` is now. False if not held."""
+        for tok in state.tokens:
+            if tok.id == token_id:
+                tok.renewed_at = now
+                return True
+        return False
+
+
+def _copy(ticket: Ticket) -> Ticket:
+    return Ticket(
+        id=ticket.id,
+        run_id=ticket.run_id,
+        agent=ticket.agent,
+        pid=ticket.pid,
+        start=ticket.start,
+        host=ticket.host,
+        queued_at=ticket.queued_at,
+        hold_until=ticket.hold_until,
+        renewed_at=ticket.renewed_at,
+        max_concurrent=ticket.max_concurrent,
+    )

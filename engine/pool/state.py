@@ -1,0 +1,432 @@
+"""The pool's shared state as values, and its JSON form (read leniently, written exactly).
+
+Every backend stores the same document: the file backend as ``state.json``, a database
+backend as one JSON value. ``decode`` repairs whatever it is given (bad entries dropped,
+the rest kept; older files without ``host``/``renewed_at`` read as this host's, renewed
+when granted); ``encode`` writes tokens before the queue, which ``granted_hint`` relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.pool.settings import PoolMode, PoolSettings
+
+__all__ = [
+    "ClockPair",
+    "PoolState",
+    "Reclaim",
+    "Sample",
+    "Ticket",
+    "Token",
+    "decode",
+    "encode",
+    "encode_changed",
+    "granted_hint",
+    "parse",
+]
+
+STATE_VERSION = 1
+#: How many load samples and reclaimed tokens the state keeps for ``status``.
+MAX_SAMPLES = 12
+MAX_RECLAIMED = 20
+MAX_TEXT = 200
+#: Why a token was taken back from its holder: its process died, it held past
+#: ``token_timeout`` or past its deadline, or (another host) it stopped renewing.
+RECLAIM_REASONS = ("dead", "timeout", "deadline", "expired")
+_MODES = {mode.value: mode for mode in PoolMode}
+
+
+@dataclass(slots=True)
+class Ticket:
+    """A request waiting in the queue (``max_concurrent``: its agent's cap, if any)."""
+
+    id: str
+    run_id: str
+    agent: str
+    pid: int
+    start: int | None
+    host: str
+    queued_at: float
+    hold_until: float | None  # the delegation's deadline on the pool clock
+    renewed_at: float  # last sign of life of a holder on another host
+    max_concurrent: int | None = None
+
+
+@dataclass(slots=True)
+class Token:
+    """A token held by a delegation."""
+
+    id: str
+    run_id: str
+    agent: str
+    pid: int
+    start: int | None
+    host: str
+    queued_at: float
+    hold_until: float | None
+    renewed_at: float
+    acquired_at: float
+
+    @classmethod
+    def granted(cls, ticket: Ticket, now: float) -> Token:
+        """The token a ticket becomes when it is granted at ``now``."""
+        return cls(
+            id=ticket.id,
+            run_id=ticket.run_id,
+            agent=ticket.agent,
+            pid=ticket.pid,
+            start=ticket.start,
+            host=ticket.host,
+            queued_at=ticket.queued_at,
+            hold_until=ticket.hold_until,
+            renewed_at=now,
+            acquired_at=now,
+        )
+
+
+@dataclass(slots=True)
+class Sample:
+    """One load sample; ``load`` None with source ``overload`` is a 429/503 from a gateway."""
+
+    at: float
+    load: float | None
+    source: str
+
+
+@dataclass(slots=True)
+class Reclaim:
+    """A token taken back from its holder, kept for ``status``."""
+
+    token_id: str
+    run_id: str
+    agent: str
+    pid: int
+    reason: str
+    at: float
+    held_s: float
+
+
+@dataclass(slots=True)
+class ClockPair:
+    """Wall and monotonic times of the last write, within one boot (detects clock jumps)."""
+
+    wall: float
+    mono: float
+    boot: str
+
+
+@dataclass(slots=True)
+class PoolState:
+    """Everything the pool shares: size, mode, tokens, queue, load streaks and history."""
+
+    size: int
+    mode: PoolMode = PoolMode.NORMAL
+    cooldown_until: float | None = None
+    tokens: list[Token] = field(default_factory=list)
+    queue: list[Ticket] = field(default_factory=list)
+    low: int = 0
+    high: int = 0
+    last_sample_at: float | None = None
+    last_sweep: float = 0.0
+    samples: list[Sample] = field(default_factory=list)
+    reclaimed: list[Reclaim] = field(default_factory=list)
+    repairs: int = 0
+    clock: ClockPair | None = None
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _num(value: Any) -> float | None:
+    kind = type(value)  # exact types: JSON gives int, float or bool, and bool is no number
+    if kind is float:
+        return value if math.isfinite(value) else None
+    return float(value) if kind is int else None
+
+
+def _pos_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return value
+
+
+def _text(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return value[:MAX_TEXT]
+
+
+def _entry(raw: Any, *, ticket: bool, host: str) -> Ticket | Token | None:
+    """A token (or queue ticket) with the right types, or None if it cannot be one."""
+    if not isinstance(raw, dict):
+        return None
+    entry_id, run_id, agent = _text(raw.get("id")), _text(raw.get("run_id")), raw.get("agent")
+    pid, queued_at = _pos_int(raw.get("pid")), _num(raw.get("queued_at"))
+    start = raw.get("start")
+    if entry_id is None or run_id is None or pid is None or queued_at is None:
+        return None
+    if start is not None and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
+        return None
+    # Older state files name no host: the file backend is host-local, so it is this one.
+    holder = _text(raw.get("host")) or host
+    renewed = _num(raw.get("renewed_at"))
+    # The delegation's deadline on the pool clock; absent in older state files (and for
+    # callers that gave none): then only ``token_timeout`` bounds a live holder.
+    hold_until = _num(raw.get("hold_until"))
+    if ticket:
+        return Ticket(
+            id=entry_id,
+            run_id=run_id,
+            agent=_text(agent) or "?",
+            pid=pid,
+            start=start,
+            host=holder,
+            queued_at=queued_at,
+            hold_until=hold_until,
+            renewed_at=queued_at if renewed is None else renewed,
+            max_concurrent=_pos_int(raw.get("max_concurrent")),
+        )
+    acquired = _num(raw.get("acquired_at"))
+    if acquired is None:
+        return None
+    return Token(
+        id=entry_id,
+        run_id=run_id,
+        agent=_text(agent) or "?",
+        pid=pid,
+        start=start,
+        host=holder,
+        queued_at=queued_at,
+        hold_until=hold_until,
+        renewed_at=acquired if renewed is None else renewed,
+        acquired_at=acquired,
+    )
+
+
+def _entries(raw: Any, *, ticket: bool, host: str) -> tuple[list[Any], bool]:
+    if not isinstance(raw, list):
+        return [], raw is not None
+    out: list[Any] = []
+    seen: set[str] = set()
+    for item in raw:
+        entry = _entry(item, ticket=ticket, host=host)
+        if entry is None or entry.id in seen:
+            continue
+        seen.add(entry.id)
+        out.append(entry)
+    return out, len(out) != len(raw)
+
+
+def _clock_pair(raw: Any) -> ClockPair | None:
+    if not isinstance(raw, dict):
+        return None
+    wall, mono, boot = _num(raw.get("wall")), _num(raw.get("mono")), raw.get("boot")
+    if wall is None or mono is None or not isinstance(boot, str) or not boot:
+        return None
+    return ClockPair(wall=wall, mono=mono, boot=boot[:64])
+
+
+def parse(raw: bytes) -> Any:
+    """The JSON value of a stored state: None when empty, ``"garbage"`` when not JSON."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return "garbage"
+
+
+def decode(raw: Any, settings: PoolSettings, *, host: str) -> tuple[PoolState, bool]:
+    """A well-formed state from a parsed JSON value; True if anything was repaired.
+
+    ``host`` is the holder host of entries that name none (state files of older versions).
+    """
+    cfg = settings
+    repaired = False
+    if not isinstance(raw, dict):
+        repaired = raw is not None
+        raw = {}
+    tokens, bad_t = _entries(raw.get("tokens"), ticket=False, host=host)
+    queue, bad_q = _entries(raw.get("queue"), ticket=True, host=host)
+    repaired = repaired or bad_t or bad_q
+    size = raw.get("size")
+    if not cfg.adaptive:
+        size = cfg.max_tokens
+    elif isinstance(size, bool) or not isinstance(size, int):
+        repaired = repaired or size is not None
+        size = cfg.max_tokens  # a fresh pool starts at its ceiling and adapts down
+    size = min(max(size, cfg.min_tokens), cfg.max_tokens)
+    raw_mode = raw.get("mode")
+    mode = _MODES.get(raw_mode) if isinstance(raw_mode, str) else None
+    if mode is None:
+        repaired = repaired or raw_mode is not None
+        mode = PoolMode.NORMAL
+    cooldown_until = _num(raw.get("cooldown_until"))
+    if mode is PoolMode.EMERGENCY and cooldown_until is None:
+        mode = PoolMode.NORMAL
+    samples = []
+    raw_samples = raw.get("samples")
+    for item in raw_samples if isinstance(raw_samples, list) else []:
+        at = _num(item.get("at")) if isinstance(item, dict) else None
+        if at is not None:
+            source = item.get("source")
+            samples.append(
+                Sample(
+                    at=at,
+                    load=_num(item.get("load")),
+                    source=source if source in ("loadavg", "overload") else "loadavg",
+                )
+            )
+    reclaimed = []
+    raw_reclaimed = raw.get("reclaimed")
+    for item in raw_reclaimed if isinstance(raw_reclaimed, list) else []:
+        if isinstance(item, dict) and item.get("reason") in RECLAIM_REASONS:
+            reclaimed.append(
+                Reclaim(
+                    token_id=_text(item.get("token_id")) or "?",
+                    run_id=_text(item.get("run_id")) or "?",
+                    agent=_text(item.get("agent")) or "?",
+                    pid=_pos_int(item.get("pid")) or 0,
+                    reason=item["reason"],
+                    at=_num(item.get("at")) or 0.0,
+                    held_s=_num(item.get("held_s")) or 0.0,
+                )
+            )
+
+    def counter(key: str) -> int:
+        value = raw.get(key)
+        return max(0, value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    state = PoolState(
+        size=size,
+        mode=mode,
+        cooldown_until=cooldown_until if mode is PoolMode.EMERGENCY else None,
+        tokens=tokens,
+        queue=queue,
+        low=counter("low"),
+        high=counter("high"),
+        last_sample_at=_num(raw.get("last_sample_at")),
+        last_sweep=_num(raw.get("last_sweep")) or 0.0,
+        samples=samples[-MAX_SAMPLES:],
+        reclaimed=reclaimed[-MAX_RECLAIMED:],
+        repairs=counter("repairs"),
+        clock=_clock_pair(raw.get("clock")),
+    )
+    return state, repaired
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def _ticket(t: Ticket) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "run_id": t.run_id,
+        "agent": t.agent,
+        "pid": t.pid,
+        "start": t.start,
+        "host": t.host,
+        "queued_at": t.queued_at,
+        "hold_until": t.hold_until,
+        "renewed_at": t.renewed_at,
+        "max_concurrent": t.max_concurrent,
+    }
+
+
+def _token(t: Token) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "run_id": t.run_id,
+        "agent": t.agent,
+        "pid": t.pid,
+        "start": t.start,
+        "host": t.host,
+        "queued_at": t.queued_at,
+        "hold_until": t.hold_until,
+        "renewed_at": t.renewed_at,
+        "acquired_at": t.acquired_at,
+    }
+
+
+def to_json(state: PoolState) -> dict[str, Any]:
+    """The state as the JSON document every backend stores (tokens before the queue,
+    the clock pair last)."""
+    doc = _body(state)
+    doc["clock"] = _clock_json(state.clock)
+    return doc
+
+
+def _body(state: PoolState) -> dict[str, Any]:
+    return {
+        "version": STATE_VERSION,
+        "size": state.size,
+        "mode": state.mode.value,
+        "cooldown_until": state.cooldown_until,
+        "tokens": [_token(t) for t in state.tokens],
+        "queue": [_ticket(t) for t in state.queue],
+        "low": state.low,
+        "high": state.high,
+        "last_sample_at": state.last_sample_at,
+        "last_sweep": state.last_sweep,
+        "samples": [{"at": s.at, "load": s.load, "source": s.source} for s in state.samples],
+        "reclaimed": [
+            {
+                "token_id": r.token_id,
+                "run_id": r.run_id,
+                "agent": r.agent,
+                "pid": r.pid,
+                "reason": r.reason,
+                "at": r.at,
+                "held_s": r.held_s,
+            }
+            for r in state.reclaimed
+        ],
+        "repairs": state.repairs,
+    }
+
+
+def _clock_json(clock: ClockPair | None) -> dict[str, Any] | None:
+    return None if clock is None else {"wall": clock.wall, "mono": clock.mono, "boot": clock.boot}
+
+
+#: One compact encoder for every write (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def _dump(value: Any) -> bytes:
+    return _ENCODER.encode(value).encode()
+
+
+def encode(state: PoolState) -> bytes:
+    """The stored bytes of ``state`` (compact JSON)."""
+    return _dump(to_json(state))
+
+
+def encode_changed(state: PoolState, stored: bytes, stamp: ClockPair | None) -> bytes | None:
+    """The bytes to store, or None when ``state`` is what ``stored`` holds.
+
+    The clock pair is the last key: the body is encoded once, and the pair ``stamp``
+    (the time of this write) replaces the stored one only when the body changed, so a
+    look at the pool writes nothing.
+    """
+    body = _dump(_body(state))[:-1] + b',"clock":'
+    if stored == body + _dump(_clock_json(state.clock)) + b"}":
+        return None
+    state.clock = stamp
+    return body + _dump(_clock_json(stamp)) + b"}"
+
+
+def granted_hint(raw: bytes, ticket_id: str) -> bool:
+    """Does a stored state (read without the lock) list ``ticket_id`` among the tokens?
+
+    A store only ever replaces the state whole, so a lockless read sees one complete
+    version (or none). Tokens are written before the queue, and ids are random hex that
+    JSON never escapes, so a byte search suffices; the locked look that follows decides.
+    """
+    pos = raw.find(f'"{ticket_id}"'.encode())
+    queue = raw.find(b'"queue":')
+    return pos >= 0 and (queue < 0 or pos < queue)

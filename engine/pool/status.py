@@ -1,0 +1,138 @@
+"""The pool's status: a JSON-ready view of its state, and that view as aligned text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.pool.settings import PoolMode
+from engine.pool.state import PoolState, Reclaim
+
+__all__ = ["format_status", "reclaim_json", "status_view"]
+
+
+def status_view(
+    state: PoolState, now: float, *, where: str, enabled: bool, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``orchestrate pool status --json`` prints, from a state at ``now``."""
+    until = state.cooldown_until
+    return {
+        "dir": where,
+        "enabled": enabled,
+        "size": state.size,
+        "min_tokens": settings["min_tokens"],
+        "max_tokens": settings["max_tokens"],
+        "mode": state.mode.value,
+        "cooldown_until": until,
+        "cooldown_remaining_s": round(max(0.0, until - now), 3) if until else 0.0,
+        "in_use": [
+            {
+                "run_id": t.run_id,
+                "agent": t.agent,
+                "pid": t.pid,
+                "age_s": round(max(0.0, now - t.acquired_at), 3),
+            }
+            for t in state.tokens
+        ],
+        "queue": [
+            {
+                "run_id": w.run_id,
+                "agent": w.agent,
+                "pid": w.pid,
+                "waited_s": round(max(0.0, now - w.queued_at), 3),
+            }
+            for w in state.queue
+        ],
+        "samples": [{"at": s.at, "load": s.load, "source": s.source} for s in state.samples],
+        "streak": {"low": state.low, "high": state.high},
+        "last_sample_at": state.last_sample_at,
+        "reclaimed": [reclaim_json(r) for r in state.reclaimed],
+        "repairs": state.repairs,
+        "settings": settings,
+    }
+
+
+def reclaim_json(r: Reclaim) -> dict[str, Any]:
+    """One reclamation as JSON (``token_id``, ``run_id``, ``agent``, ``pid``, ``reason``,
+    ``at``, ``held_s``)."""
+    return {
+        "token_id": r.token_id,
+        "run_id": r.run_id,
+        "agent": r.agent,
+        "pid": r.pid,
+        "reason": r.reason,
+        "at": r.at,
+        "held_s": r.held_s,
+    }
+
+
+# -- rendering --------------------------------------------------------------------------
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return [line(headers)] + [line(r) for r in rows]
+
+
+def _secs(value: float) -> str:
+    return f"{value:.1f}s"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """Render ``TokenPool.status()`` as aligned text for ``orchestrate pool status``."""
+    in_use, queue = status.get("in_use", []), status.get("queue", [])
+    settings = status.get("settings", {})
+    mode = status.get("mode", "normal")
+    if mode == PoolMode.EMERGENCY.value:
+        mode += f" (cooldown {_secs(status.get('cooldown_remaining_s', 0.0))} left)"
+    if not status.get("enabled", True):
+        mode = "disabled (`pool.enabled` is false)"
+    samples = []
+    for s in status.get("samples", []):
+        samples.append("429/503" if s.get("load") is None else f"{s['load']:.2f}")
+    streak = status.get("streak", {})
+    lines = [
+        f"pool     {status.get('dir', '?')}",
+        f"mode     {mode}",
+        f"size     {status.get('size')} (min {status.get('min_tokens')}, "
+        f"max {status.get('max_tokens')}"
+        + ("" if settings.get("adaptive", True) else ", fixed: `pool.adaptive` is false")
+        + ")",
+        f"in use   {len(in_use)} of {status.get('size')}",
+        f"queue    {len(queue)} waiting (limit {settings.get('queue_limit', '?')})",
+        "load     "
+        + (" ".join(samples) if samples else "no samples yet")
+        + (
+            f"  (newest last; streak: {streak.get('low', 0)} low, {streak.get('high', 0)} high)"
+            if samples
+            else ""
+        ),
+    ]
+    if in_use:
+        lines += ["", "tokens in use:"]
+        lines += _table(
+            ["RUN ID", "AGENT", "PID", "AGE"],
+            [[t["run_id"], t["agent"], str(t["pid"]), _secs(t["age_s"])] for t in in_use],
+        )
+    if queue:
+        lines += ["", "waiting (first come, first served):"]
+        lines += _table(
+            ["RUN ID", "AGENT", "PID", "WAITED"],
+            [[w["run_id"], w["agent"], str(w["pid"]), _secs(w["waited_s"])] for w in queue],
+        )
+    reclaimed = status.get("reclaimed", [])
+    if reclaimed:
+        lines += ["", "recently reclaimed:"]
+        lines += _table(
+            ["RUN ID", "AGENT", "PID", "REASON", "HELD"],
+            [
+                [r["run_id"], r["agent"], str(r["pid"]), r["reason"], _secs(r["held_s"])]
+                for r in reclaimed
+            ],
+        )
+    if status.get("repairs"):
+        lines += ["", f"state file repaired {status['repairs']} time(s) (garbage was dropped)"]
+    return "\n".join(lines)
