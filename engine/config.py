@@ -145,7 +145,7 @@ def find_config(explicit: str | Path | None = None) -> Path:
                 f"`{CONFIG_ENV}`, or copy `examples/quickstart/{CONFIG_NAME}` here."
             )
         return candidate
-    if not candidate.is_file():
+    if not os.path.lexists(candidate):
         raise ConfigError(
             f"config file `{candidate}` (from {source}) does not exist.", path=candidate
         )
@@ -154,35 +154,24 @@ def find_config(explicit: str | Path | None = None) -> Path:
 
 def load_config(path: str | Path | None = None) -> Config:
     """Find, parse and validate the config; every problem of the file is reported at once."""
+    from engine.yamlio import read_yaml
+
     cfg_path = find_config(path)
-    import yaml
-
-    try:
-        text = cfg_path.read_text(encoding="utf-8")
-        raw = yaml.safe_load(text)
-    except OSError as exc:
-        raise ConfigError(f"cannot read `{cfg_path}`: {exc.strerror}.", path=cfg_path) from exc
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(
-            f"`{cfg_path}` is not valid YAML{where}: {problem}. Fix the syntax and run again.",
-            path=cfg_path,
-        ) from exc
-    return config_from_dict(raw, path=cfg_path)
+    raw, duplicates, _ = read_yaml(cfg_path, error=ConfigError, what="config file")
+    return config_from_dict(raw, path=cfg_path, extra_problems=duplicates)
 
 
-def config_from_dict(raw: Any, *, path: Path | None = None) -> Config:
+def config_from_dict(
+    raw: Any, *, path: Path | None = None, extra_problems: list[str] | None = None
+) -> Config:
     """Validate a parsed config mapping against the schema and build ``Config``."""
     from engine.schemas import schema_problems
 
     label = str(path) if path else "config"
     if not isinstance(raw, dict):
         raise ConfigError(f"`{label}` must be a mapping with at least an `agents:` key.", path=path)
-    problems = schema_problems("config", raw)
+    problems = list(extra_problems or [])
+    problems += schema_problems("config", raw)
     problems += _semantic_problems(raw)
     if problems:
         raise ConfigError(f"`{label}` is not a valid config:", path=path, problems=problems)
@@ -275,15 +264,76 @@ def config_from_dict(raw: Any, *, path: Path | None = None) -> Config:
     )
 
 
+#: Words that are `orchestrate` subcommands: an agent of that name could not be reached by
+#: `orchestrate AGENT TASK` (tests pin that every subcommand is listed).
+RESERVED_AGENT_NAMES = frozenset(
+    {
+        "delegate",
+        "handoff",
+        "show",
+        "tree",
+        "pool",
+        "gateway",
+        "agent-skill",
+        "agents",
+        "serve",
+        "help",
+        "version",
+        "workflow",
+        "metrics",
+        "status",
+    }
+)
+
+
+def url_problem(
+    url: object, key: str, *, schemes: tuple[str, ...] = ("http", "https")
+) -> str | None:
+    """Why ``url`` cannot be used for ``key`` (scheme, host, port), or None when it can."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str):
+        return None  # the schema reports the type
+    wanted = " or ".join(f"{s}://" for s in schemes)
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        return f"`{key}` contains whitespace or a control character; write the URL alone."
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"`{key}` is not a valid URL ({exc}); expected e.g. `http://127.0.0.1:18789`."
+    if parts.scheme not in schemes:
+        return f"`{key}` must start with {wanted}; expected e.g. `http://127.0.0.1:18789`."
+    if not parts.hostname:
+        return f"`{key}` has no host; expected e.g. `http://127.0.0.1:18789`."
+    if port == 0:
+        return f"`{key}` has port 0; give the port the service listens on (1-65535)."
+    return None
+
+
+def _mapping(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _semantic_problems(raw: dict[str, Any]) -> list[str]:
-    """Cross-key checks the schema cannot express; reported together with schema problems."""
+    """Cross-key checks the schema cannot express; reported together with schema problems.
+
+    Every value is shape-checked before use: the schema reports a wrong shape, this
+    function only skips it.
+    """
     problems: list[str] = []
-    agents = raw.get("agents")
-    if not isinstance(agents, dict):
-        return problems
-    names = set(agents)
+    agents = _mapping(raw, "agents")
+    names = {str(n) for n in agents}
     gw = raw.get("gateway") if isinstance(raw.get("gateway"), dict) else None
-    gw_agents = set((gw or {}).get("agents", {}) or {})
+    gw_agents_raw = (gw or {}).get("agents")
+    gw_agents_map = gw_agents_raw if isinstance(gw_agents_raw, dict) else {}
+    gw_agents = set(gw_agents_map)
+    for name in sorted(names & RESERVED_AGENT_NAMES):
+        problems.append(
+            f"`agents.{name}`: `{name}` is an `orchestrate` subcommand, so "
+            f"`orchestrate {name} TASK` could not reach the agent; rename it."
+        )
     for name, spec in agents.items():
         if not isinstance(spec, dict):
             continue
@@ -294,48 +344,58 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
                     f"`agents.{name}.url` is `local` (the default) but there is no `gateway:` "
                     "section: add one, or give the agent's OpenClaw gateway URL."
                 )
-            elif name not in gw_agents and spec.get("agent_id") not in gw_agents:
+            elif name not in gw_agents and not (
+                isinstance(spec.get("agent_id"), str) and spec["agent_id"] in gw_agents
+            ):
                 problems.append(
                     f"`agents.{name}` runs on the local gateway but `gateway.agents` has no "
                     f"`{name}`{did_you_mean(name, gw_agents)}"
                 )
-        elif isinstance(url, str) and not url.startswith(("http://", "https://")):
-            problems.append(
-                f"`agents.{name}.url` must start with http:// or https:// (or be `local`)."
-            )
+            continue
+        bad = url_problem(url, f"agents.{name}.url")
+        if bad:
+            problems.append(bad + " (or `local` for the local gateway)")
         elif "token_env" not in spec and "token_file" not in spec:
             problems.append(
                 f"`agents.{name}` needs `token_env` (the environment variable holding its "
                 "hooks token) or `token_file`."
             )
-    for name, spec in ((gw or {}).get("agents") or {}).items():
-        if isinstance(spec, dict) and spec.get("kind") == "command" and not spec.get("argv"):
+    for name, spec in gw_agents_map.items():
+        if not isinstance(spec, dict):
+            continue
+        if spec.get("kind") == "command" and not spec.get("argv"):
             problems.append(f"`gateway.agents.{name}` is a `command` agent and needs `argv`.")
-        if isinstance(spec, dict) and spec.get("kind") == "openai":
+        if spec.get("kind") == "openai":
             for key in ("base_url", "model"):
                 if not spec.get(key):
                     problems.append(
                         f"`gateway.agents.{name}` is an `openai` agent and needs `{key}`."
                     )
-    for key in ("acl",):
-        for caller, targets in (raw.get(key) or {}).items():
-            if caller not in names:
+            bad = url_problem(spec.get("base_url") or None, f"gateway.agents.{name}.base_url")
+            if bad:
+                problems.append(bad)
+    for key, where in (
+        ("receiver_url", raw),
+        ("base_url", _mapping(raw, "channels")),
+    ):
+        bad = url_problem(where.get(key), key if where is raw else f"channels.{key}")
+        if bad:
+            problems.append(bad)
+    for caller, targets in _mapping(raw, "acl").items():
+        if caller not in names:
+            problems.append(f"`acl.{caller}` names an unknown agent{did_you_mean(caller, names)}")
+        for t in targets if isinstance(targets, list) else []:
+            if isinstance(t, str) and t != "*" and t not in names:
                 problems.append(
-                    f"`acl.{caller}` names an unknown agent{did_you_mean(caller, names)}"
+                    f"`acl.{caller}` allows unknown agent `{t}`{did_you_mean(t, names)}"
                 )
-            for t in targets if isinstance(targets, list) else []:
-                if t != "*" and t not in names:
-                    problems.append(
-                        f"`acl.{caller}` allows unknown agent `{t}`{did_you_mean(t, names)}"
-                    )
     validator = raw.get("validator")
     if isinstance(validator, str) and validator not in names:
         problems.append(
             f"`validator` `{validator}` is not an agent{did_you_mean(validator, names)}"
         )
-    pool = raw.get("pool")
-    if isinstance(pool, dict):
-        lo, hi = pool.get("min_tokens", 1), pool.get("max_tokens", 5)
-        if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
-            problems.append("`pool.min_tokens` is larger than `pool.max_tokens`.")
+    pool = _mapping(raw, "pool")
+    lo, hi = pool.get("min_tokens", 1), pool.get("max_tokens", 5)
+    if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+        problems.append("`pool.min_tokens` is larger than `pool.max_tokens`.")
     return problems

@@ -207,9 +207,11 @@ def list_workflows(cfg: Config | None) -> list[tuple[str, Path, str]]:
 
 
 def _description_of(path: Path) -> str:
+    from engine.textio import read_text
+
     try:
-        raw, _ = _parse_yaml(path.read_text(encoding="utf-8"), path)
-    except (OSError, UnicodeDecodeError, WorkflowError):
+        raw, _ = _parse_yaml(read_text(path, error=WorkflowError), path)
+    except WorkflowError:
         return "(cannot be read: run `workflow validate` on it)"
     desc = raw.get("description") if isinstance(raw, dict) else None
     if not isinstance(desc, str) or not desc.strip():
@@ -235,60 +237,19 @@ def parse_inputs(pairs: list[str]) -> dict[str, str]:
             )
         if name in out:
             raise WorkflowError(f"input `{name}` is given twice; pass each `--input` once.")
+        from engine.textio import check_text
+
+        check_text(name, what="an `--input` name", error=WorkflowError)
+        check_text(value, what=f"the value of `--input {name}`", error=WorkflowError)
         out[name] = value
     return out
 
 
-@functools.cache
-def _loader_class() -> Any:
-    import yaml
-
-    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-    class _Loader(base):  # type: ignore[misc, valid-type]
-        """Safe loader that records duplicate keys (YAML silently keeps the last one)."""
-
-        duplicates: list[str]
-
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                key = key_node.value
-                if key in seen:
-                    self.duplicates.append(
-                        f"line {key_node.start_mark.line + 1}: key `{key}` appears twice in "
-                        "the same mapping; YAML would keep only the last one."
-                    )
-                seen.add(key)
-            return super().construct_mapping(node, deep=deep)
-
-    return _Loader
-
-
 def _parse_yaml(text: str, path: Path) -> tuple[Any, list[str]]:
-    """Parse YAML text; return the data and duplicate-key problems. YAML errors raise."""
-    import yaml
+    """Parse YAML text strictly (``engine.yamlio``); return the data and duplicate keys."""
+    from engine.yamlio import parse_yaml
 
-    loader = _loader_class()(text)
-    loader.duplicates = []
-    try:
-        data = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        if context and cmark is not None:
-            problem += f" ({context} at line {cmark.line + 1}, column {cmark.column + 1})"
-        raise WorkflowError(
-            f"`{path}` is not valid YAML{where}: {problem}. Fix the syntax and run again.",
-            path=path,
-        ) from exc
-    finally:
-        loader.dispose()
-    return data, list(loader.duplicates)
+    return parse_yaml(text, source=path, error=WorkflowError)
 
 
 def load_workflow(path: Path) -> WorkflowSpec:
@@ -298,17 +259,10 @@ def load_workflow(path: Path) -> WorkflowSpec:
     be read, is not YAML, or breaks the schema. What the steps *mean* (references, cycles,
     agents, ACL) is checked by ``engine.dag.plan_workflow``.
     """
+    from engine.textio import read_text
+
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise WorkflowError(f"cannot read `{path}`: {exc.strerror}.", path=path) from exc
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise WorkflowError(
-            f"`{path}` is not UTF-8 text (byte {exc.start}); save it as UTF-8.", path=path
-        ) from exc
+    text = read_text(path, error=WorkflowError, what="workflow file")
     raw, duplicates = _parse_yaml(text, path)
     return workflow_from_dict(raw, path=path, source_text=text, extra_problems=duplicates)
 
@@ -367,6 +321,12 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
                 problems.append(
                     f"`inputs.{name}`: `{name}` is reserved (in a template `inputs.{name}` is "
                     "a dict method); choose another name."
+                )
+            default = spec.get("default") if isinstance(spec, dict) else None
+            if isinstance(default, float):
+                problems.append(
+                    f"`inputs.{name}.default` is a decimal number, which YAML may not keep as "
+                    f'written (`0.10` becomes `0.1`); quote it, e.g. `default: "{default}"`.'
                 )
             if isinstance(spec, dict) and spec.get("required") is True and "default" in spec:
                 problems.append(

@@ -232,7 +232,7 @@ LOAD_CASES = [
     ),
     (
         "duplicate-key",
-        "line 7: key `task` appears twice in the same mapping; YAML would keep only the last one.",
+        "line 7: key `steps[0].task` is written twice (first at line 6); keep one of them.",
     ),
     ("schema-errors", "`name` does not match the pattern `^[a-z0-9][a-z0-9_-]{0,63}$`."),
     (

@@ -1,0 +1,114 @@
+"""Text the user hands the engine: files they name and command-line arguments.
+
+``read_text`` reads a file as UTF-8 and refuses, with one sentence naming the file,
+what cannot be text: a missing file, a directory, a FIFO (without blocking on it), a
+device, a huge file, bytes that are not UTF-8. ``check_text`` refuses command-line text
+that came in as bytes that are not UTF-8 (Python keeps them as lone surrogates).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from engine.errors import OrchestratorError
+
+#: Largest file read, in bytes.
+MAX_BYTES = 4 * 1024 * 1024
+
+
+def read_text(path: str | Path, *, error: type[OrchestratorError], what: str = "file") -> str:
+    """Read a UTF-8 text file the user named; refuse devices, FIFOs, huge or non-UTF-8 files.
+
+    Opens non-blocking so that a FIFO never hangs, and names the file and what is wrong.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise error(f"{what} `{p}` does not exist.", path=p) from None
+    except OSError as exc:
+        raise error(f"cannot read {what} `{p}`: {describe_oserror(exc)}.", path=p) from exc
+    if not stat.S_ISREG(st.st_mode):
+        kind = _file_kind(st.st_mode)
+        raise error(f"{what} `{p}` is {kind}, not a regular file; give a file path.", path=p)
+    if st.st_size > MAX_BYTES:
+        raise error(
+            f"{what} `{p}` is {st.st_size} bytes; more than {MAX_BYTES} is not read.", path=p
+        )
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} `{p}`: {describe_oserror(exc)}.", path=p) from exc
+    return decode_utf8(data, source=str(p), error=error, what=what)
+
+
+def decode_utf8(
+    data: bytes, *, source: str, error: type[OrchestratorError], what: str = "file"
+) -> str:
+    """Decode UTF-8 (a leading BOM is dropped) or raise ``error`` naming the byte and line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(
+            f"{what} `{source}` is not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); "
+            "save it as UTF-8 (e.g. `iconv -f cp1252 -t utf-8`).",
+            path=source,
+        ) from None
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def describe_oserror(exc: OSError) -> str:
+    """``strerror (ENAME)`` plus what to do for the common cases."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    text = f"{exc.strerror or exc}" + (f" ({name})" if name else "")
+    hint = {
+        errno.EACCES: "check the permissions",
+        errno.EPERM: "check the permissions",
+        errno.EROFS: "the file system is read-only; choose a writable directory",
+        errno.ENOSPC: "the disk is full; free some space",
+        errno.EDQUOT: "the disk quota is exceeded; free some space",
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
+        errno.EISDIR: "the path is a directory",
+        errno.ENAMETOOLONG: "use a shorter path",
+    }.get(exc.errno or 0)
+    return f"{text}; {hint}" if hint else text
+
+
+def check_text(value: str, *, what: str, error: type[OrchestratorError]) -> str:
+    """Return ``value`` if it is valid Unicode text, else raise ``error`` naming ``what``.
+
+    Bytes that are not UTF-8 on the command line (a file saved as cp1252 and passed with
+    ``$(cat file)``) reach Python as lone surrogates; they could not be written anywhere.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raw = value[exc.start].encode("utf-8", "surrogateescape")
+        byte = f"0x{raw[0]:02x}" if len(raw) == 1 else "a lone surrogate"
+        raise error(
+            f"{what} is not valid UTF-8 text ({byte} at character {exc.start + 1}). "
+            "Convert the text to UTF-8 (e.g. `iconv -f cp1252 -t utf-8 FILE`) and run again."
+        ) from None
+    if "\x00" in value:
+        raise error(f"{what} contains a NUL character; remove it.")
+    return value
