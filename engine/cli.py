@@ -23,6 +23,56 @@ def _fail(exc: OrchestratorError) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
+def _os_error(exc: OSError) -> OrchestratorError:
+    """An OSError that reached the CLI (a directory the engine writes to, a full disk)."""
+    from engine.textio import describe_oserror
+
+    where = f" `{exc.filename}`" if exc.filename else ""
+    return OrchestratorError(
+        f"cannot use{where}: {describe_oserror(exc)}. Nothing was lost; fix the path or its "
+        "permissions (e.g. `handoffs_dir` in the config) and run again."
+    )
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds in ``(0, MAX_SECONDS]``: no nan, inf or 1e12."""
+
+    name = "SECONDS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        import math
+
+        from engine.config import MAX_SECONDS
+
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        try:
+            number = float(text) if len(text) <= 32 else math.nan
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or not 0 < number <= MAX_SECONDS:
+            self.fail(
+                f"`{text[:32]}` is not a number of seconds between 0 and {MAX_SECONDS} "
+                "(e.g. `120`).",
+                param,
+                ctx,
+            )
+        return number
+
+
+def _check_args(**values: str | None) -> None:
+    """Refuse command-line text that is not valid UTF-8, naming the option."""
+    from engine.errors import UsageError
+    from engine.textio import check_text
+
+    for name, value in values.items():
+        if value is not None:
+            check_text(value, what=name, error=UsageError)
+
+
 class EngineGroup(click.Group):
     """A click group whose user errors become one message and the documented exit code."""
 
@@ -44,6 +94,8 @@ class EngineGroup(click.Group):
             )
         except OrchestratorError as exc:
             _fail(exc)
+        except OSError as exc:
+            _fail(_os_error(exc))
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
@@ -138,7 +190,7 @@ def orchestrate() -> None:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(),
     help="Seconds to wait for the handoff (default: the agent's, else 120).",
 )
 @click.option(
@@ -214,6 +266,12 @@ def delegate_cmd(
             else "give `AGENT TASK` (or `--capability NAME TASK`)"
         )
     task = args[-1]
+    _check_args(
+        **{"the TASK": task, "AGENT": args[0] if len(args) == 2 else None},
+        **{"`--caller`": caller, "`--capability`": capability, "`--validator`": validator},
+        **{"`--model`": model, "`--thinking`": thinking, "`--channel`": channel},
+        **{"`--parent-run-id`": parent_run_id, "`--channel-context`": channel_context},
+    )
     cfg = _load(config)
     if validate and not (validator or cfg.validator):
         raise UsageError(
@@ -223,6 +281,9 @@ def delegate_cmd(
     context = _context_text(cfg, channel_context, channel_messages, context_file)
     reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
     with open_delegator(cfg, reporter=reporter, pool=None if dry_run else "auto") as delegator:
+        if validate:  # every check of the command before anything is dispatched
+            delegator.registry.get(validator or str(cfg.validator), role="validator")
+            delegator.acl.check(caller, validator or str(cfg.validator))
         route = delegator.route(caller, capability) if capability else None
         agent = route.agent if route else args[0]
         req = DelegationRequest(
@@ -239,8 +300,6 @@ def delegate_cmd(
         )
         if dry_run:
             delegator.check(req)
-            if validate:
-                delegator.acl.check(caller, validator or str(cfg.validator))
             if route:
                 click.echo(route.explain())
             click.echo(f"dry run: `{caller}` -> `{agent}` passes every check; nothing sent.")

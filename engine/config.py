@@ -19,6 +19,8 @@ from engine.errors import ConfigError, did_you_mean
 CONFIG_NAME = "orchestrator.yaml"
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
 LOCAL_URL = "local"
+#: Longest timeout, grace or wait accepted anywhere (a week); the schemas say the same.
+MAX_SECONDS = 7 * 24 * 3600
 
 #: Seed 004's delegation matrix, used when the config has no ``acl``.
 DEFAULT_ACL: dict[str, tuple[str, ...]] = {

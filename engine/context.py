@@ -133,12 +133,15 @@ def file_context(path: Path) -> str:
     Raises UsageError when the file cannot be read or is not UTF-8 text; a longer file is
     cut, with a note saying so.
     """
+    import stat
+
     try:
-        with open(path, "rb") as fh:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or not end
+            raise UsageError(f"--context-file `{path}` is not a regular file; give a text file.")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
             data = fh.read(MAX_CONTEXT + 1)
             size = os.fstat(fh.fileno()).st_size
-    except IsADirectoryError:
-        raise UsageError(f"--context-file `{path}` is a directory, not a file.") from None
     except OSError as exc:
         raise UsageError(f"--context-file `{path}` cannot be read: {exc.strerror or exc}.") from exc
     truncated = len(data) > MAX_CONTEXT

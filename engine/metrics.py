@@ -70,6 +70,11 @@ _RUNS_DIR = "workflows"
 _CONF = ("high", "medium", "low")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_MAX_SINCE_S = 100 * 366 * 86400
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 # ----------------------------------------------------------------------------- small parts
@@ -83,15 +88,26 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     m = _DURATION.fullmatch(value.lower())
     if m:
-        return now - timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2)] if len(m.group(1)) <= 12 else math.inf
+        if seconds > _MAX_SINCE_S:
+            raise UsageError(
+                f"`--since {_short(text)}` reaches back more than 100 years; give a shorter "
+                "duration (e.g. `30d`) or an ISO date."
+            )
+        return now - timedelta(seconds=seconds)
     try:
+        if len(value) > 64:
+            raise ValueError(value)
         when = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(
-            f"`--since {text}`: expected a duration such as `24h`, `7d`, `30m` or an ISO "
+            f"`--since {_short(text)}`: expected a duration such as `24h`, `7d`, `30m` or an ISO "
             "date such as `2026-11-21` or `2026-11-21T08:00:00Z`."
         ) from None
-    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    except (OverflowError, ValueError):
+        raise UsageError(f"`--since {_short(text)}` is out of range; give a real date.") from None
 
 
 def percentile(values: Iterable[float], p: float) -> float | None:

@@ -48,12 +48,17 @@ class Registry:
 
 
 def read_secret(*, env: str | None, file: os.PathLike[str] | str | None, what: str) -> str:
-    """Read a token from an environment variable or a file; the value is never echoed."""
+    """Read a token from an environment variable or a file; the value is never echoed.
+
+    A token must be sendable as an HTTP header value: printable ASCII, no spaces inside, no
+    surrounding quotes. One trailing newline of a file (and surrounding blanks) is dropped;
+    anything else is refused naming the source (variable or file), never the value.
+    """
     if env:
         value = os.environ.get(env, "").strip()
         if value:
             register(value)
-            return value
+            return check_token(value, source=f"environment variable `{env}`", what=what)
         if not file:
             raise ConfigError(
                 f"{what}: environment variable `{env}` is not set (or empty). Export it "
@@ -61,12 +66,38 @@ def read_secret(*, env: str | None, file: os.PathLike[str] | str | None, what: s
                 f"{env}=...` (the value must match `hooks.token` of that gateway)."
             )
     if file:
-        try:
-            value = open(file, encoding="utf-8").read().strip()
-        except OSError as exc:
-            raise ConfigError(f"{what}: cannot read token file `{file}`: {exc.strerror}.") from exc
+        from engine.textio import read_text
+
+        text = read_text(file, error=ConfigError, what=f"{what}: token file")
+        value = text.strip()
         if not value:
             raise ConfigError(f"{what}: token file `{file}` is empty.")
         register(value)
-        return value
+        return check_token(value, source=f"token file `{file}`", what=what)
     raise ConfigError(f"{what}: no `token_env` or `token_file` configured.")
+
+
+def check_token(value: str, *, source: str, what: str) -> str:
+    """Return ``value`` if it can be sent as a bearer token; else say why, never showing it."""
+    problem = None
+    if "\n" in value or "\r" in value:
+        problem = "has more than one line (only the token may be in it; put notes elsewhere)"
+    elif value[:1] in _QUOTES and value[-1:] in _QUOTES:
+        problem = "is wrapped in quotes; remove them"
+    elif any(ord(c) > 126 for c in value):
+        problem = "contains a non-ASCII character (a typographic quote or a non-breaking space?)"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+        problem = "contains a control character"
+    elif any(c.isspace() for c in value):
+        problem = "contains a space"
+    elif any(c in _QUOTES for c in value):
+        problem = "contains a quote character"
+    if problem:
+        raise ConfigError(
+            f"{what}: the token in {source} {problem}. It cannot be sent as an HTTP header; "
+            "fix the token and run again."
+        )
+    return value
+
+
+_QUOTES = frozenset("\"'\u2018\u2019\u201c\u201d`")

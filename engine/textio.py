@@ -18,7 +18,9 @@ from engine.errors import OrchestratorError
 MAX_BYTES = 4 * 1024 * 1024
 
 
-def read_text(path: str | Path, *, error: type[OrchestratorError], what: str = "file") -> str:
+def read_text(
+    path: str | os.PathLike[str], *, error: type[OrchestratorError], what: str = "file"
+) -> str:
     """Read a UTF-8 text file the user named; refuse devices, FIFOs, huge or non-UTF-8 files.
 
     Opens non-blocking so that a FIFO never hangs, and names the file and what is wrong.

@@ -278,7 +278,8 @@ def parse_yaml(
         raise error(f"`{label}`{_where(exc)}: {_problem(exc)}.", path=label) from exc
     except yaml.YAMLError as exc:
         raise error(
-            f"`{label}` is not valid YAML{_where(exc)}: {_problem(exc)}. Fix the syntax and run again.",
+            f"`{label}` is not valid YAML{_where(exc)}: {_problem(exc)}. "
+            "Fix the syntax and run again.",
             path=label,
         ) from exc
     except (RecursionError, MemoryError) as exc:  # belt and braces; the bounds come first
