@@ -34,7 +34,7 @@ def _os_error(exc: OSError) -> OrchestratorError:
     )
 
 
-class Seconds(click.ParamType):
+class Seconds(click.ParamType[float]):
     """A finite number of seconds in ``(0, MAX_SECONDS]``: no nan, inf or 1e12."""
 
     name = "SECONDS"
@@ -437,10 +437,14 @@ def handoff_write_cmd(
     from engine.handoff import handoff_path, make_handoff, write_handoff
 
     check_id(run_id, "run id")
+    from engine.textio import check_text, decode_utf8, read_text
+
     if result_file:
-        result_text = Path(result_file).read_text(encoding="utf-8")
+        result_text = read_text(result_file, error=UsageError, what="--result-file")
     elif result_text == "-":
-        result_text = sys.stdin.read()
+        result_text = decode_utf8(sys.stdin.buffer.read(), source="stdin", error=UsageError)
+    elif result_text is not None:
+        check_text(result_text, what="`--result`", error=UsageError)
     if result_text is None:
         raise UsageError("give the result with `--result TEXT`, `--result -` or `--result-file`.")
     data = make_handoff(
@@ -1024,6 +1028,9 @@ def workflow_runs_cmd(limit: int, as_json: bool, config: str | None) -> int:
     from engine.progress import runs_table
 
     click.echo(runs_table(rows))
+    for row in rows:
+        if row.get("error"):
+            click.echo(f"error: {row['error']}", err=True)
     return 0
 
 
