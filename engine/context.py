@@ -136,7 +136,10 @@ def file_context(path: Path) -> str:
     import stat
 
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or not end
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"--context-file `{path}` is a directory, not a file.")
+        if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
             raise UsageError(f"--context-file `{path}` is not a regular file; give a text file.")
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as fh:

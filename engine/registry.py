@@ -84,7 +84,7 @@ def check_token(value: str, *, source: str, what: str) -> str:
         problem = "has more than one line (only the token may be in it; put notes elsewhere)"
     elif value[:1] in _QUOTES and value[-1:] in _QUOTES:
         problem = "is wrapped in quotes; remove them"
-    elif any(ord(c) > 126 for c in value):
+    elif any(ord(c) > 127 for c in value):
         problem = "contains a non-ASCII character (a typographic quote or a non-breaking space?)"
     elif any(ord(c) < 32 or ord(c) == 127 for c in value):
         problem = "contains a control character"

@@ -1,0 +1,839 @@
+"""Bad input from users: one clear paragraph and the documented exit code, never a traceback.
+
+A table of cases across configs, workflow templates and command-line arguments. Each case
+asserts the exit code, a substring naming the file, field or value, that no traceback was
+printed, and that nothing was written outside the handoffs directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from engine.cli import metrics, orchestrate, workflow
+from tests.conftest import demo_config
+
+PROGRAMS = {"orchestrate": orchestrate, "workflow": workflow, "metrics": metrics}
+TOKEN = "sk-distinctive-token-9f8e7d"
+
+
+def _listing(root: Path) -> set[str]:
+    """Every path under ``root`` except the handoffs directory's contents."""
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        if rel.parts[:1] == ("handoffs",):
+            continue
+        out.update(str(rel / n) for n in dirnames + filenames)
+    return out
+
+
+def invoke(program: str, args: list[str], env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(PROGRAMS[program], args, env=env, catch_exceptions=True)
+
+
+def check(res: Any, code: int, needle: str | tuple[str, ...]) -> str:
+    """Assert the exit code, the message and the absence of a traceback; return the text."""
+    text = res.output
+    assert "Traceback" not in text, text
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise AssertionError(f"uncaught {type(res.exception).__name__}: {res.exception}")
+    assert res.exit_code == code, text
+    for n in (needle,) if isinstance(needle, str) else needle:
+        assert n in text, text
+    return str(text)
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def base_config(tmp: Path) -> dict[str, Any]:
+    return demo_config(tmp)
+
+
+def dump(raw: dict[str, Any]) -> str:
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class ConfigCase:
+    """A config (a change to the demo config, or extra YAML text) and what is said of it."""
+
+    change: Callable[[dict[str, Any]], None] | None = None
+    text: str = ""  # appended to the dumped config
+    raw: bytes | None = None  # the whole file instead
+    needle: tuple[str, ...] = ()
+    code: int = 2
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(raw: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+
+    return change
+
+
+def _rename_agent(new: str) -> Callable[[dict[str, Any]], None]:
+    def change(raw: dict[str, Any]) -> None:
+        raw["agents"][new] = raw["agents"].pop("secretary")
+        raw["gateway"]["agents"][new] = raw["gateway"]["agents"].pop("secretary")
+
+    return change
+
+
+_BOMB = "".join(
+    f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9) if i else ', '.join(['lol'] * 9)}]\n"
+    for i in range(8)
+)
+
+CONFIG_CASES: dict[str, ConfigCase] = {
+    "acl-list": ConfigCase(_set("acl", ["manager"]), needle=("`acl` must be of type",)),
+    "gateway-agents-list": ConfigCase(
+        _set("gateway.agents", ["webster"]), needle=("`gateway.agents` must be of type",)
+    ),
+    "agents-list": ConfigCase(_set("agents", ["webster"]), needle=("`agents` must be",)),
+    "agent-spec-list": ConfigCase(
+        _set("agents.webster", ["local"]), needle=("`agents.webster` must be",)
+    ),
+    "capabilities-string": ConfigCase(
+        _set("agents.webster.capabilities", "research"), needle=("capabilities",)
+    ),
+    "gateway-string": ConfigCase(_set("gateway", "embedded"), needle=("`gateway` must be",)),
+    "pool-list": ConfigCase(_set("pool", [1, 2]), needle=("`pool` must be",)),
+    "retry-string": ConfigCase(_set("retry", "fast"), needle=("`retry` must be",)),
+    "models-list": ConfigCase(_set("models", ["a"]), needle=("`models` must be",)),
+    "channels-list": ConfigCase(_set("channels", ["a"]), needle=("`channels` must be",)),
+    "workflow-dirs-string": ConfigCase(
+        _set("workflow_dirs", "workflows"), needle=("`workflow_dirs` must be",)
+    ),
+    "handoffs-dir-int": ConfigCase(_set("handoffs_dir", 5), needle=("`handoffs_dir` must be",)),
+    "acl-row-string": ConfigCase(_set("acl", {"manager": "*"}), needle=("`acl.manager` must",)),
+    "url-no-host": ConfigCase(
+        _set("agents.webster", {"url": "http://", "token_env": "T"}),
+        needle=("`agents.webster.url` has no host",),
+    ),
+    "url-port-range": ConfigCase(
+        _set("agents.webster", {"url": "http://127.0.0.1:99999", "token_env": "T"}),
+        needle=("`agents.webster.url` is not a valid URL", "port"),
+    ),
+    "url-port-zero": ConfigCase(
+        _set("agents.webster", {"url": "http://127.0.0.1:0", "token_env": "T"}),
+        needle=("port 0",),
+    ),
+    "url-scheme": ConfigCase(
+        _set("agents.webster", {"url": "ftp://127.0.0.1", "token_env": "T"}),
+        needle=("`agents.webster.url` must start with http:// or https://",),
+    ),
+    "url-space": ConfigCase(
+        _set("agents.webster", {"url": "http://exa mple.com", "token_env": "T"}),
+        needle=("`agents.webster.url` contains whitespace",),
+    ),
+    "receiver-url-no-host": ConfigCase(
+        _set("receiver_url", "https://"), needle=("`receiver_url` has no host",)
+    ),
+    "channels-base-url": ConfigCase(
+        _set("channels", {"provider": "discord", "base_url": "discord.com/api"}),
+        needle=("`channels.base_url` must start with",),
+    ),
+    "openai-base-url": ConfigCase(
+        _set(
+            "gateway.agents.webster",
+            {"kind": "openai", "base_url": "http:///v1", "model": "m"},
+        ),
+        needle=("`gateway.agents.webster.base_url` has no host",),
+    ),
+    **{
+        f"agent-named-{name}": ConfigCase(
+            _rename_agent(name), needle=(f"`agents.{name}`", "subcommand")
+        )
+        for name in ("show", "tree", "pool", "handoff", "gateway", "delegate", "agent-skill")
+    },
+    "default-timeout-huge": ConfigCase(
+        _set("default_timeout", 1e12), needle=("`default_timeout` must be <= 604800",)
+    ),
+    "default-timeout-negative": ConfigCase(
+        _set("default_timeout", -1), needle=("`default_timeout` must be > 0",)
+    ),
+    "handoff-grace-huge": ConfigCase(
+        _set("handoff_grace", 99999), needle=("`handoff_grace` must be <=",)
+    ),
+    "retry-delay-huge": ConfigCase(
+        _set("retry.delays", [1e9]), needle=("`retry.delays[0]` must be <=",)
+    ),
+    "retry-jitter": ConfigCase(_set("retry.jitter", 5), needle=("`retry.jitter` must be <= 1",)),
+    "pool-max-tokens": ConfigCase(
+        _set("pool.max_tokens", 10**6), needle=("`pool.max_tokens` must be <=",)
+    ),
+    "pool-min-tokens-zero": ConfigCase(
+        _set("pool.min_tokens", 0), needle=("`pool.min_tokens` must be >= 1",)
+    ),
+    "pool-queue-limit": ConfigCase(
+        _set("pool.queue_limit", 10**9), needle=("`pool.queue_limit` must be <=",)
+    ),
+    "max-depth": ConfigCase(_set("max_depth", 1000), needle=("`max_depth` must be <= 10",)),
+    "agent-timeout-zero": ConfigCase(
+        _set("agents.webster.timeout", 0), needle=("`agents.webster.timeout` must be > 0",)
+    ),
+    "gateway-port": ConfigCase(_set("gateway.port", 70000), needle=("`gateway.port` must be <=",)),
+    "temperature": ConfigCase(
+        _set(
+            "gateway.agents.webster",
+            {"kind": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "m", "temperature": 9},
+        ),
+        needle=("`gateway.agents.webster.temperature` must be <= 2",),
+    ),
+    "token-in-file": ConfigCase(
+        _set("agents.webster.token", "abc"), needle=("`agents.webster.token` is not allowed",)
+    ),
+    "unknown-key-near-miss": ConfigCase(
+        _set("default_timout", 5), needle=("`default_timout`", "did you mean `default_timeout`")
+    ),
+    "agent-spec-null": ConfigCase(_set("agents.webster", None), needle=("`agents.webster`",)),
+    "gateway-agent-null": ConfigCase(
+        _set("gateway.agents.webster", None), needle=("`gateway.agents.webster`",)
+    ),
+    "acl-row-null": ConfigCase(_set("acl", {"manager": None}), needle=("`acl.manager`",)),
+    "acl-target-int": ConfigCase(_set("acl", {"manager": [1]}), needle=("`acl.manager[0]`",)),
+    "retry-delays-scalar": ConfigCase(_set("retry.delays", 5), needle=("`retry.delays` must",)),
+    "pool-min-over-max": ConfigCase(
+        _set("pool", {"min_tokens": 3, "max_tokens": 2}), needle=("`pool.min_tokens` is larger",)
+    ),
+    "agent-id-list": ConfigCase(_set("agents.webster.agent_id", ["x"]), needle=("agent_id",)),
+    # ---- YAML text
+    "duplicate-top-key": ConfigCase(
+        text="default_timeout: 5\n", needle=("key `default_timeout` is written twice",)
+    ),
+    "duplicate-acl-row": ConfigCase(
+        text="acl:\n  tech-lead: [webster]\n  tech-lead: ['*']\n",
+        needle=("line", "key `acl.tech-lead` is written twice"),
+    ),
+    "duplicate-nested-key": ConfigCase(
+        text="channels:\n  map:\n    general: '1'\n    general: '2'\n",
+        needle=("key `channels.map.general` is written twice",),
+    ),
+    "alias-bomb": ConfigCase(
+        text="description_bomb:\n  " + _BOMB.replace("\n", "\n  "), needle=("expands to more than",)
+    ),
+    "recursive-alias": ConfigCase(text="models: &m {aliases: *m}\n", needle=("recursive",)),
+    "deep-flow-nesting": ConfigCase(
+        text="models: " + "[" * 1000 + "]" * 1000 + "\n", needle=("nesting",)
+    ),
+    "deep-block-nesting": ConfigCase(
+        text="models:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(80)),
+        needle=("deeper than 64",),
+    ),
+    "timeout-nan": ConfigCase(
+        text="handoff_grace: .nan\n", needle=("`handoff_grace` must be of type a number",)
+    ),
+    "timeout-inf": ConfigCase(
+        text="handoff_grace: .inf\n", needle=("`handoff_grace` must be of type a number",)
+    ),
+    "timeout-1e999": ConfigCase(text="handoff_grace: 1e999\n", needle=("not a finite",)),
+    "int-5000-digits": ConfigCase(text="max_depth: " + "9" * 5000 + "\n", needle=("30 digits",)),
+    "bool-yes": ConfigCase(text="deliver: yes\n", needle=("`deliver` must be of type a boolean",)),
+    "bool-NO": ConfigCase(text="deliver: NO\n", needle=("`deliver` must be of type a boolean",)),
+    "octal": ConfigCase(text="max_depth: 0777\n", needle=("`max_depth` must be of type",)),
+    "underscore-int": ConfigCase(
+        text="max_depth: 1_000\n", needle=("`max_depth` must be of type",)
+    ),
+    "sexagesimal": ConfigCase(
+        text="handoff_grace: 12:30\n", needle=("`handoff_grace` must be of type",)
+    ),
+    "date": ConfigCase(text="handoff_grace: 2026-11-01\n", needle=("`handoff_grace` must be",)),
+    "python-tag": ConfigCase(
+        text="validator: !!python/object:os.system x\n", needle=("tag", "not supported")
+    ),
+    "binary-tag": ConfigCase(text="validator: !!binary aGVsbG8=\n", needle=("tag",)),
+    "syntax-tab": ConfigCase(text="deliver:\tfalse\n  x: [\n", needle=("not valid YAML", "line")),
+    "two-documents": ConfigCase(text="---\nagents: {}\n", needle=("not valid YAML",)),
+    "jinja-unquoted": ConfigCase(
+        text="validator: {{ inputs.x }}\n", needle=("`validator`", "quote the value")
+    ),
+    "not-utf8": ConfigCase(raw=b"agents:\n  caf\xe9: {url: local}\n", needle=("not UTF-8",)),
+    "top-level-list": ConfigCase(raw=b"- a\n- b\n", needle=("must be a mapping",)),
+    "empty-file": ConfigCase(raw=b"", needle=("must be a mapping",)),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES), ids=list(CONFIG_CASES))
+def test_bad_config(case: str, tmp_path: Path) -> None:
+    c = CONFIG_CASES[case]
+    raw = base_config(tmp_path)
+    if c.change:
+        c.change(raw)
+    path = tmp_path / "orchestrator.yaml"
+    data = c.raw if c.raw is not None else (dump(raw) + c.text).encode()
+    path.write_bytes(data)
+    before = _listing(tmp_path)
+    res = invoke(
+        "orchestrate", ["webster", "t", "--caller", "manager", "--dry-run", "--config", str(path)]
+    )
+    text = check(res, c.code, c.needle)
+    assert str(path) in text or "orchestrator.yaml" in text
+    assert _listing(tmp_path) == before
+
+
+def test_config_paths_that_are_not_files(tmp_path: Path) -> None:
+    args = ["webster", "t", "--caller", "manager", "--dry-run", "--config"]
+    check(invoke("orchestrate", [*args, "/dev/null"]), 2, "`/dev/null` is a character device")
+    check(invoke("orchestrate", [*args, str(tmp_path / "nope.yaml")]), 2, "does not exist")
+    check(invoke("orchestrate", [*args, str(tmp_path)]), 2, "is a directory")
+
+
+def test_config_fifo_neither_hangs_nor_is_missing(tmp_path: Path) -> None:
+    fifo = tmp_path / "orchestrator.yaml"
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from engine.cli import orchestrate_main; orchestrate_main()"]
+        + ["webster", "t", "--caller", "manager", "--dry-run", "--config", str(fifo)],
+        capture_output=True,
+        timeout=30,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "is a FIFO (named pipe), not a regular file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- templates
+
+GOOD_STEPS = """\
+name: t
+caller: manager
+inputs:
+  query: {}
+steps:
+  - id: research
+    agent: webster
+    task: "Find {{ inputs.query }}"
+"""
+
+
+@dataclass(frozen=True)
+class TemplateCase:
+    text: str | bytes
+    needle: tuple[str, ...]
+    code: int = 2
+    command: str = "validate"
+    inputs: list[str] = field(default_factory=list)
+
+
+def _step(extra: str) -> str:
+    return GOOD_STEPS + "".join(f"    {line}\n" for line in extra.splitlines())
+
+
+TEMPLATE_CASES: dict[str, TemplateCase] = {
+    "jinja-unquoted-task": TemplateCase(
+        "name: t\nsteps:\n  - id: a\n    agent: webster\n    task: {{ inputs.query }}\n",
+        ("line 5", "`steps[0].task`", "quote the value"),
+    ),
+    "jinja-unquoted-task-dry-run": TemplateCase(
+        "name: t\nsteps:\n  - id: a\n    agent: webster\n    task: {{ inputs.query }}\n",
+        ("line 5", "quote the value"),
+        command="dry-run",
+    ),
+    "jinja-unquoted-when": TemplateCase(_step("when: {{ inputs.query }}"), ("quote the value",)),
+    "jinja-as-key": TemplateCase(
+        "name: t\n{{ x }}: 1\nsteps: []\n", ("a mapping or list is used as a key",)
+    ),
+    "duplicate-step-key": TemplateCase(
+        _step("timeout: 5\ntimeout: 9"), ("key `steps[0].timeout` is written twice",)
+    ),
+    "duplicate-top-key": TemplateCase(GOOD_STEPS + "name: u\n", ("key `name` is written twice",)),
+    "alias-bomb": TemplateCase(
+        GOOD_STEPS + "outputs:\n  " + _BOMB.replace("\n", "\n  "), ("expands to more than",)
+    ),
+    "recursive-alias": TemplateCase(GOOD_STEPS + "defaults: &d {x: *d}\n", ("recursive",)),
+    "deep-nesting": TemplateCase(
+        GOOD_STEPS + "outputs: " + "[" * 1000 + "]" * 1000 + "\n", ("nesting",)
+    ),
+    "timeout-nan": TemplateCase(_step("timeout: .nan"), ("`steps[0].timeout` must be of type",)),
+    "timeout-inf": TemplateCase(_step("timeout: .inf"), ("`steps[0].timeout` must be of type",)),
+    "timeout-1e999": TemplateCase(_step("timeout: 1e999"), ("not a finite",)),
+    "timeout-1e12": TemplateCase(_step("timeout: 1e12"), ("`steps[0].timeout` must be <=",)),
+    "timeout-negative": TemplateCase(_step("timeout: -3"), ("`steps[0].timeout` must be > 0",)),
+    "retries-5000-digits": TemplateCase(_step("retries: " + "7" * 5000), ("30 digits",)),
+    "retries-underscore": TemplateCase(
+        _step("retries: 1_000"), ("`steps[0].retries` must be of type",)
+    ),
+    "retries-huge": TemplateCase(_step("retries: 100000"), ("`steps[0].retries` must be <=",)),
+    "defaults-timeout-nan": TemplateCase(
+        GOOD_STEPS + "defaults:\n  timeout: .nan\n", ("`defaults.timeout` must be",)
+    ),
+    "deliver-yes": TemplateCase(_step("deliver: yes"), ("`steps[0].deliver` must be of type",)),
+    "default-float": TemplateCase(
+        GOOD_STEPS.replace("query: {}", "query: {default: 0.10}"), ("quote it",)
+    ),
+    "python-tag": TemplateCase(GOOD_STEPS + "description: !!python/name:os.system\n", ("tag",)),
+    "timestamp-tag": TemplateCase(GOOD_STEPS + "description: !!timestamp 2026-11-01\n", ("tag",)),
+    "not-utf8": TemplateCase(
+        GOOD_STEPS.encode() + b"description: caf\xe9\n", ("not UTF-8", "line 9")
+    ),
+    "steps-mapping": TemplateCase("name: t\nsteps: {a: 1}\n", ("`steps` must be of type",)),
+    "step-list": TemplateCase("name: t\nsteps:\n  - [a, b]\n", ("`steps[0]` must be",)),
+    "inputs-list": TemplateCase(
+        GOOD_STEPS.replace("inputs:\n  query: {}", "inputs: [query]"), ("`inputs` must be",)
+    ),
+    "defaults-list": TemplateCase(GOOD_STEPS + "defaults: [1]\n", ("`defaults` must be",)),
+    "outputs-list": TemplateCase(GOOD_STEPS + "outputs: [1]\n", ("`outputs` must be",)),
+    "gate-string": TemplateCase(_step("gate: yes"), ("`steps[0].gate` must be",)),
+    "input-spec-list": TemplateCase(
+        GOOD_STEPS.replace("query: {}", "query: []"), ("`inputs.query` must be",)
+    ),
+    "depends-on-int": TemplateCase(_step("depends_on: 5"), ("`steps[0].depends_on` must be",)),
+    "gate-prompt-unquoted-jinja": TemplateCase(
+        _step("gate:\n  prompt: {{ inputs.query }}"), ("`steps[0].gate.prompt`", "quote")
+    ),
+    "step-id-int": TemplateCase(_step("").replace("id: research", "id: 7"), ("`steps[0].id`",)),
+    "top-level-scalar": TemplateCase("just text\n", ("must be a mapping",)),
+    "empty": TemplateCase("", ("must be a mapping",)),
+    "syntax": TemplateCase("name: t\nsteps: [\n", ("not valid YAML", "line")),
+    "unknown-agent": TemplateCase(_step("").replace("webster", "webstr"), ("webstr",)),
+    "input-not-utf8": TemplateCase(
+        GOOD_STEPS, ("`--input query`", "not valid UTF-8"), inputs=["query=caf\udce9"]
+    ),
+    "input-no-equals": TemplateCase(GOOD_STEPS, ("name=value",), inputs=["query"]),
+    "input-twice": TemplateCase(GOOD_STEPS, ("given twice",), inputs=["query=a", "query=b"]),
+    "input-not-utf8-run": TemplateCase(
+        GOOD_STEPS,
+        ("`--input query`", "not valid UTF-8"),
+        command="run",
+        inputs=["query=\udc93quoted\udc94"],
+    ),
+}
+
+
+@pytest.fixture
+def cfg_file(tmp_path: Path) -> Path:
+    path = tmp_path / "orchestrator.yaml"
+    path.write_text(dump(base_config(tmp_path)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("case", list(TEMPLATE_CASES), ids=list(TEMPLATE_CASES))
+def test_bad_template(case: str, tmp_path: Path, cfg_file: Path) -> None:
+    c = TEMPLATE_CASES[case]
+    tpl = tmp_path / "wf.yaml"
+    tpl.write_bytes(c.text if isinstance(c.text, bytes) else c.text.encode())
+    inputs = [a for i in c.inputs for a in ("--input", i)]
+    args = {
+        "validate": ["validate", str(tpl), *inputs],
+        "dry-run": ["run", str(tpl), "--dry-run", "--input", "query=x"],
+        "run": ["run", str(tpl), "--non-interactive", *inputs],
+    }[c.command] + ["--config", str(cfg_file)]
+    before = _listing(tmp_path)
+    text = check(invoke("workflow", args), c.code, c.needle)
+    assert "Traceback" not in text
+    assert _listing(tmp_path) == before
+    handoffs = tmp_path / "handoffs"
+    assert not handoffs.exists() or not list(handoffs.rglob("run.json"))
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [
+        ("NO", "NO"),
+        ("yes", "yes"),
+        ("off", "off"),
+        ("0777", "0777"),
+        ("1_000", "1_000"),
+        ("12:30", "12:30"),
+        ("2026-11-01", "2026-11-01"),
+        (".nan", ".nan"),
+        (".inf", ".inf"),
+        ("'0.10'", "0.10"),
+    ],
+    ids=["NO", "yes", "off", "octal", "underscore", "sexagesimal", "date", "nan", "inf", "quoted"],
+)
+def test_defaults_are_kept_as_written(
+    written: str, shown: str, tmp_path: Path, cfg_file: Path
+) -> None:
+    tpl = tmp_path / "wf.yaml"
+    tpl.write_text(GOOD_STEPS.replace("query: {}", f"query: {{default: {written}}}"))
+    res = invoke("workflow", ["run", str(tpl), "--dry-run", "--json", "--config", str(cfg_file)])
+    check(res, 0, f"Find {shown}")
+
+
+def test_one_broken_template_does_not_break_the_listing(
+    tmp_path: Path, cfg_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "bad.yaml").write_text(
+        "name: bad\ndescription: x\nsteps:\n  - id: a\n    agent: webster\n"
+        "    task: {{ inputs.query }}\n"
+    )
+    (tmp_path / "workflows" / "good.yaml").write_text(GOOD_STEPS + "description: the good one\n")
+    monkeypatch.chdir(tmp_path)
+    text = check(invoke("workflow", ["list", "--config", str(cfg_file)]), 0, "the good one")
+    assert "bad" in text and "cannot be read" in text
+    check(invoke("workflow", ["validate", "bad", "--config", str(cfg_file)]), 2, "quote the value")
+
+
+# --------------------------------------------------------------------------- CLI arguments
+
+DELEGATE = ["webster", "Find CTE", "--caller", "manager", "--dry-run"]
+
+
+@dataclass(frozen=True)
+class CliCase:
+    program: str
+    args: list[str]
+    needle: tuple[str, ...]
+    code: int = 2
+
+
+CLI_CASES: dict[str, CliCase] = {
+    **{
+        f"timeout-{v}": CliCase(
+            "orchestrate", [*DELEGATE, "--timeout", v], ("--timeout", "seconds")
+        )
+        for v in ("nan", "inf", "-inf", "1e12", "0", "-5", "abc", "1" * 5000, "NaN")
+    },
+    "task-not-utf8": CliCase(
+        "orchestrate", ["webster", "caf\udce9", "--caller", "manager"], ("TASK", "0xe9")
+    ),
+    "task-cp1252-quotes": CliCase(
+        "orchestrate",
+        ["webster", "\udc93quoted\udc94", "--caller", "manager"],
+        ("not valid UTF-8", "iconv"),
+    ),
+    "caller-not-utf8": CliCase(
+        "orchestrate", ["webster", "t", "--caller", "man\udce9"], ("`--caller`",)
+    ),
+    "model-not-utf8": CliCase("orchestrate", [*DELEGATE, "--model", "m\udcff"], ("`--model`",)),
+    "task-nul": CliCase("orchestrate", ["webster", "a\x00b", "--caller", "manager"], ("NUL",)),
+    "unknown-agent": CliCase(
+        "orchestrate", ["webstr", "t", "--caller", "manager", "--dry-run"], ("webster",)
+    ),
+    "unknown-caller": CliCase(
+        "orchestrate", ["webster", "t", "--caller", "nobody", "--dry-run"], ("nobody",)
+    ),
+    "validator-path": CliCase(
+        "orchestrate", [*DELEGATE, "--validate", "--validator", "../x"], ("../x",)
+    ),
+    "channel-messages-zero": CliCase(
+        "orchestrate", [*DELEGATE, "--channel-messages", "0"], ("--channel-messages",)
+    ),
+    "channel-messages-5000-digits": CliCase(
+        "orchestrate", [*DELEGATE, "--channel-messages", "9" * 5000], ("--channel-messages",)
+    ),
+    "context-file-missing": CliCase(
+        "orchestrate", [*DELEGATE, "--context-file", "/nonexistent/x"], ("/nonexistent/x",)
+    ),
+    "context-file-devnull": CliCase(
+        "orchestrate", [*DELEGATE, "--context-file", "/dev/null"], ("not a regular file",)
+    ),
+    "parent-run-id-path": CliCase(
+        "orchestrate", [*DELEGATE, "--parent-run-id", "../../etc"], ("../../etc",)
+    ),
+    "gateway-port": CliCase("orchestrate", ["gateway", "--port", "70000"], ("--port",)),
+    "show-bad-id": CliCase("orchestrate", ["show", "../x"], ("../x",)),
+    "tree-bad-id": CliCase("orchestrate", ["tree", "../x"], ("../x",)),
+    "handoff-write-result-not-utf8": CliCase(
+        "orchestrate",
+        ["handoff", "write", "--run-id", "orch-1", "--agent", "webster", "--status", "complete"]
+        + ["--result", "caf\udce9"],
+        ("`--result`", "not valid UTF-8"),
+    ),
+    "handoff-write-bad-run-id": CliCase(
+        "orchestrate",
+        ["handoff", "write", "--run-id", "../x", "--agent", "webster", "--status", "complete"]
+        + ["--result", "r"],
+        ("../x",),
+    ),
+    "wf-max-parallel-zero": CliCase(
+        "workflow", ["run", "quick-research", "--max-parallel", "0"], ("--max-parallel",)
+    ),
+    "wf-max-parallel-5000-digits": CliCase(
+        "workflow", ["run", "quick-research", "--max-parallel", "9" * 5000], ("--max-parallel",)
+    ),
+    "wf-runs-limit-zero": CliCase("workflow", ["runs", "--limit", "0"], ("--limit",)),
+    "wf-status-bad-id": CliCase("workflow", ["status", "../x"], ("../x",)),
+    "wf-status-unknown": CliCase("workflow", ["status", "wf-nope"], ("no workflow run `wf-nope`",)),
+    "wf-resume-unknown": CliCase("workflow", ["resume", "wf-nope"], ("no workflow run `wf-nope`",)),
+    "wf-unknown-name": CliCase("workflow", ["validate", "quick-reserch"], ("quick-research",)),
+    "wf-missing-file": CliCase("workflow", ["validate", "/nonexistent.yaml"], ("does not exist",)),
+    "wf-unknown-input": CliCase(
+        "workflow", ["run", "quick-research", "--dry-run", "--input", "qery=x"], ("qery",)
+    ),
+    "since-huge": CliCase("metrics", ["text", "--since", "99999999999d"], ("100 years",)),
+    "since-5000-digits": CliCase("metrics", ["json", "--since", "9" * 5000 + "d"], ("100 years",)),
+    "since-garbage": CliCase("metrics", ["text", "--since", "yesterday"], ("`--since yesterday`",)),
+    "since-overflow-date": CliCase(
+        "metrics", ["text", "--since", "9999-12-31T23:59:59-12:00"], ("out of range",)
+    ),
+    "since-year-zero": CliCase("metrics", ["text", "--since", "0000-01-01"], ("--since",)),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES), ids=list(CLI_CASES))
+def test_bad_cli_argument(case: str, tmp_path: Path, cfg_file: Path) -> None:
+    c = CLI_CASES[case]
+    before = _listing(tmp_path)
+    res = invoke(c.program, [*c.args, "--config", str(cfg_file)])
+    check(res, c.code, c.needle)
+    assert _listing(tmp_path) == before
+    handoffs = tmp_path / "handoffs"
+    records = [p for p in handoffs.rglob("*.json")] if handoffs.exists() else []
+    assert not [p for p in records if "pool" not in p.parts], records
+
+
+def test_validator_is_refused_before_the_task_is_dispatched(tmp_path: Path, cfg_file: Path) -> None:
+    """Live, with the embedded demo gateway: nothing may be sent before `../x` is refused."""
+    res = invoke(
+        "orchestrate",
+        ["webster", "Find CTE", "--caller", "manager", "--validate", "--validator", "../x"]
+        + ["--config", str(cfg_file)],
+    )
+    check(res, 2, "unknown validator `../x`")
+    handoffs = tmp_path / "handoffs"
+    sent = [p.name for p in handoffs.rglob("orch-*.json")] if handoffs.exists() else []
+    assert sent == []
+
+
+def test_non_utf8_argv_bytes_in_a_real_process(tmp_path: Path, cfg_file: Path) -> None:
+    """The real path: bytes from `$(cat cp1252.txt)` in argv, and no run directory left."""
+    code = "from engine.cli import orchestrate_main; orchestrate_main()"
+    argv = [sys.executable.encode(), b"-c", code.encode(), b"webster", b"\x93CTE\x94 caf\xe9"]
+    argv += [b"--caller", b"manager", b"--config", str(cfg_file).encode()]
+    proc = subprocess.run(argv, capture_output=True, timeout=60)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2, err
+    assert "the TASK is not valid UTF-8 text (0x93" in err and "Traceback" not in err
+    handoffs = tmp_path / "handoffs"
+    assert not handoffs.exists() or not list(handoffs.rglob("orch-*"))
+
+
+def test_handoff_write_result_file_not_utf8(tmp_path: Path, cfg_file: Path) -> None:
+    bad = tmp_path / "result.txt"
+    bad.write_bytes(b"caf\xe9 \x93quoted\x94\n")
+    res = invoke(
+        "orchestrate",
+        ["handoff", "write", "--run-id", "orch-1", "--agent", "webster", "--status", "complete"]
+        + ["--result-file", str(bad), "--config", str(cfg_file)],
+    )
+    check(res, 2, ("--result-file", "not UTF-8", "0xe9"))
+
+
+def test_context_file_not_utf8_and_fifo(tmp_path: Path, cfg_file: Path) -> None:
+    bad = tmp_path / "ctx.txt"
+    bad.write_bytes(b"caf\xe9\n")
+    res = invoke("orchestrate", [*DELEGATE, "--context-file", str(bad), "--config", str(cfg_file)])
+    check(res, 2, ("--context-file", "not UTF-8"))
+    fifo = tmp_path / "ctx.fifo"
+    os.mkfifo(fifo)
+    res = invoke("orchestrate", [*DELEGATE, "--context-file", str(fifo), "--config", str(cfg_file)])
+    check(res, 2, "not a regular file")
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def _remote_cfg(tmp: Path, **source: str) -> Path:
+    raw = {
+        "handoffs_dir": str(tmp / "handoffs"),
+        "retry": {"delays": [0.01], "jitter": 0.0, "request_timeout": 1},
+        "pool": {"enabled": False},
+        "agents": {
+            "manager": {"url": "http://127.0.0.1:9", "token_env": "UNUSED_TOKEN"},
+            "webster": {"url": "http://127.0.0.1:9", **source},
+        },
+    }
+    path = tmp / "orchestrator.yaml"
+    path.write_text(dump(raw))
+    return path
+
+
+TOKEN_FILES: dict[str, tuple[bytes, tuple[str, ...]]] = {
+    "second-line": (
+        (TOKEN + "\nrotated 2026-11-01 by ops\n").encode(),
+        ("more than one line",),
+    ),
+    "typographic-quotes": (f"\u201c{TOKEN}\u201d".encode(), ("wrapped in quotes",)),
+    "ascii-quotes": (f"'{TOKEN}'\n".encode(), ("wrapped in quotes",)),
+    "non-ascii": (f"{TOKEN}\u00e9".encode(), ("non-ASCII",)),
+    "nbsp": (f"{TOKEN}\u00a0x".encode(), ("non-ASCII",)),
+    "control-char": (f"{TOKEN}\x01".encode(), ("control character",)),
+    "inner-space": (f"{TOKEN} x".encode(), ("contains a space",)),
+    "empty": (b"\n", ("is empty",)),
+    "not-utf8": (b"sk-\xe9\n", ("not UTF-8",)),
+}
+
+
+@pytest.mark.parametrize("case", list(TOKEN_FILES), ids=list(TOKEN_FILES))
+def test_bad_token_file(case: str, tmp_path: Path) -> None:
+    data, needle = TOKEN_FILES[case]
+    tok = tmp_path / "token"
+    tok.write_bytes(data)
+    cfg = _remote_cfg(tmp_path, token_file=str(tok))
+    res = invoke("orchestrate", ["webster", "t", "--caller", "manager", "--config", str(cfg)])
+    text = check(res, 2, (*needle, f"token file `{tok}`"))
+    assert TOKEN not in text
+    handoffs = tmp_path / "handoffs"
+    assert not handoffs.exists() or not [p for p in handoffs.rglob("*.json")]
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        (TOKEN + "\nrotated", "more than one line"),
+        (f"\u201c{TOKEN}\u201d", "wrapped in quotes"),
+        (f"{TOKEN}\x7f", "control character"),
+    ],
+    ids=["env-second-line", "env-typographic-quotes", "env-del"],
+)
+def test_bad_token_env(value: str, needle: str, tmp_path: Path) -> None:
+    cfg = _remote_cfg(tmp_path, token_env="WEBSTER_TOKEN")
+    res = invoke(
+        "orchestrate",
+        ["webster", "t", "--caller", "manager", "--config", str(cfg)],
+        env={"WEBSTER_TOKEN": value},
+    )
+    text = check(res, 2, (needle, "environment variable `WEBSTER_TOKEN`"))
+    assert TOKEN not in text
+
+
+def test_token_file_with_one_trailing_newline_is_fine(tmp_path: Path) -> None:
+    tok = tmp_path / "token"
+    tok.write_text(TOKEN + "\n")
+    cfg = _remote_cfg(tmp_path, token_file=str(tok))
+    res = invoke("orchestrate", ["webster", "t", "--caller", "manager", "--config", str(cfg)])
+    text = check(res, 4, "127.0.0.1:9")  # the token was accepted; nothing listens there
+    assert TOKEN not in text
+
+
+# --------------------------------------------------------------------------- filesystem
+
+
+def test_handoffs_dir_that_is_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "handoffs-file"
+    blocker.write_text("keep me\n")
+    raw = base_config(tmp_path)
+    raw["handoffs_dir"] = str(blocker)
+    cfg = tmp_path / "orchestrator.yaml"
+    cfg.write_text(dump(raw))
+    res = invoke("orchestrate", ["webster", "t", "--caller", "manager", "--config", str(cfg)])
+    check(res, 2, (str(blocker), "handoffs_dir"))
+    assert blocker.read_text() == "keep me\n"
+    res = invoke(
+        "orchestrate",
+        ["handoff", "write", "--run-id", "orch-1", "--agent", "webster", "--status", "complete"]
+        + ["--result", "r", "--config", str(cfg)],
+    )
+    check(res, 2, str(blocker))
+    assert blocker.read_text() == "keep me\n"
+
+
+def test_handoff_with_a_5000_digit_usage_is_refused_not_raised(tmp_path: Path) -> None:
+    from engine.handoff import HandoffProblem, load_handoff
+
+    path = tmp_path / "orch-1.json"
+    path.write_text('{"runId": "orch-1", "usage": {"input_tokens": ' + "9" * 5000 + "}}")
+    with pytest.raises(HandoffProblem, match="4300 digits"):
+        load_handoff(path)
+    res = invoke("metrics", ["json", "--handoffs-dir", str(tmp_path)])
+    check(res, 0, "orch-1.json")
+
+
+def test_describe_oserror_names_errno_and_what_to_do() -> None:
+    import errno
+
+    from engine.textio import describe_oserror
+
+    text = describe_oserror(OSError(errno.ENOSPC, "No space left on device", "/x"))
+    assert text == "No space left on device (ENOSPC); the disk is full; free some space"
+    assert "read-only" in describe_oserror(OSError(errno.EROFS, "Read-only file system"))
+
+
+# --------------------------------------------------------------------------- run state
+
+
+def _runs(tmp: Path) -> Path:
+    d = tmp / "handoffs" / "workflows"
+    d.mkdir(parents=True)
+    return d
+
+
+DAMAGED_RUNS: dict[str, tuple[bytes, bytes]] = {
+    "run-json-empty": (b"{}", b""),
+    "run-json-list": (b"[1, 2]", b""),
+    "run-json-not-json": (b"{not json", b""),
+    "events-missing-keys": (
+        json.dumps(
+            {"runId": "wf-x", "workflow": "t", "plan": {"groups": [["a"]], "steps": {"a": {}}}}
+        ).encode(),
+        b'{"event": "step_started", "step": "a"}\n{"event": "run_finished"}\n',
+    ),
+    "events-bad-status": (
+        json.dumps(
+            {"runId": "wf-x", "workflow": "t", "plan": {"groups": [["a"]], "steps": {"a": {}}}}
+        ).encode(),
+        b'{"event": "run_finished", "status": "exploded", "at": "x"}\n',
+    ),
+    "plan-wrong-shape": (json.dumps({"runId": "wf-x", "plan": {"groups": 5}}).encode(), b""),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_RUNS), ids=list(DAMAGED_RUNS))
+def test_damaged_run(case: str, tmp_path: Path, cfg_file: Path) -> None:
+    run_json, events = DAMAGED_RUNS[case]
+    runs = _runs(tmp_path)
+    for rid in ("wf-20261130-000000-aaaa", "wf-20261130-000001-bbbb"):
+        (runs / rid).mkdir()
+        (runs / rid / "run.json").write_bytes(run_json)
+        (runs / rid / "events.jsonl").write_bytes(events + b"\xff\xfe broken line\n")
+    rid = "wf-20261130-000000-aaaa"
+    text = check(invoke("workflow", ["runs", "--config", str(cfg_file)]), 0, rid)
+    assert "wf-20261130-000001-bbbb" in text
+    if case not in ("run-json-list", "run-json-not-json"):
+        assert "damaged" in text
+    for cmd in (["status", rid], ["resume", rid, "--non-interactive"], ["status", rid, "--json"]):
+        check(invoke("workflow", [*cmd, "--config", str(cfg_file)]), 2, rid)
+    assert (runs / rid / "run.json").read_bytes() == run_json  # left as it was
+
+
+# --------------------------------------------------------------------------- pins
+
+
+def test_every_orchestrate_subcommand_is_a_reserved_agent_name() -> None:
+    from engine.config import RESERVED_AGENT_NAMES
+
+    assert set(orchestrate.commands) <= RESERVED_AGENT_NAMES
+
+
+def test_the_engine_has_one_yaml_loader() -> None:
+    engine = Path(__file__).resolve().parent.parent / "engine"
+    offenders = [
+        str(p.relative_to(engine))
+        for p in engine.rglob("*.py")
+        if p.name != "yamlio.py"
+        and any(w in p.read_text() for w in ("yaml.safe_load", "yaml.load(", "SafeLoader"))
+    ]
+    assert offenders == []
+
+
+def test_case_count() -> None:
+    total = (
+        len(CONFIG_CASES)
+        + len(TEMPLATE_CASES)
+        + len(CLI_CASES)
+        + len(TOKEN_FILES)
+        + len(DAMAGED_RUNS)
+        + 3
+        + 10
+    )
+    assert total >= 120
