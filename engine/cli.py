@@ -286,6 +286,10 @@ def delegate_cmd(
             delegator.acl.check(caller, validator or str(cfg.validator))
         route = delegator.route(caller, capability) if capability else None
         agent = route.agent if route else args[0]
+        if dry_run:
+            from engine.registry import check_secrets
+
+            check_secrets(cfg, [agent, *([validator or str(cfg.validator)] if validate else [])])
         req = DelegationRequest(
             target=agent,
             task=task,
@@ -480,10 +484,14 @@ def _post_handoff(
 ) -> int:
     import time
 
+    from engine.config import url_problem
     from engine.errors import UsageError
     from engine.hooks import HooksClient, Target
     from engine.registry import read_secret
 
+    bad_url = url_problem(receiver, "--receiver")
+    if bad_url:
+        raise UsageError(bad_url)
     if not token_env:
         raise UsageError("`--receiver` needs `--token-env VAR` (the env var with the token).")
     token = read_secret(env=token_env, file=None, what="--receiver")
@@ -867,11 +875,16 @@ def workflow_run_cmd(
     config: str | None,
 ) -> int:
     """Run workflow NAME (a name in ./workflows, the config's dirs, the shipped set, or a path)."""
+    from engine.registry import check_secrets
     from engine.runner import RunOptions, prepare
     from engine.workflow import parse_inputs
 
     cfg = _load(config)
     prepared = prepare(cfg, name, parse_inputs(list(inputs)), caller=caller)
+    check_secrets(
+        cfg,
+        [a for ps in prepared.plan.steps.values() for a in (*ps.candidates, ps.validator) if a],
+    )
     if dry_run:
         from engine.dag import dry_run_dict, dry_run_text
 

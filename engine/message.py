@@ -20,12 +20,9 @@ def _template(path: str | None) -> Any:
         source = resources.files("engine").joinpath("templates/message.j2").read_text("utf-8")
         name = "message.j2"
     else:
-        try:
-            source = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"`message_template` `{path}` cannot be read: {exc.strerror}.", path=path
-            ) from exc
+        from engine.textio import read_text
+
+        source = read_text(path, error=ConfigError, what="`message_template`")
         name = path
     env = jinja2.Environment(
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from engine.config import AgentConfig, Config
@@ -45,6 +46,17 @@ class Registry:
     def capabilities(self) -> tuple[str, ...]:
         """Every capability some agent has, sorted."""
         return tuple(sorted({c for a in self.agents.values() for c in a.capabilities}))
+
+
+def check_secrets(cfg: Config, names: Iterable[str]) -> None:
+    """Read the token of each named remote agent now, so a bad one is refused before a run.
+
+    Raises ConfigError (exit 2) naming the agent and the token's source, never its value.
+    """
+    for name in dict.fromkeys(names):
+        agent = cfg.agents.get(name)
+        if agent is not None and (agent.token_env or agent.token_file):
+            read_secret(env=agent.token_env, file=agent.token_file, what=f"agent `{name}`")
 
 
 def read_secret(*, env: str | None, file: os.PathLike[str] | str | None, what: str) -> str:

@@ -549,6 +549,18 @@ CLI_CASES: dict[str, CliCase] = {
         + ["--result", "caf\udce9"],
         ("`--result`", "not valid UTF-8"),
     ),
+    "handoff-write-receiver-no-host": CliCase(
+        "orchestrate",
+        ["handoff", "write", "--run-id", "orch-1", "--agent", "webster", "--status", "complete"]
+        + ["--result", "r", "--receiver", "http://", "--token-env", "HOME"],
+        ("`--receiver` has no host",),
+    ),
+    "handoff-write-receiver-port": CliCase(
+        "orchestrate",
+        ["handoff", "write", "--run-id", "orch-1", "--agent", "webster", "--status", "complete"]
+        + ["--result", "r", "--receiver", "http://127.0.0.1:99999", "--token-env", "HOME"],
+        ("`--receiver` is not a valid URL",),
+    ),
     "handoff-write-bad-run-id": CliCase(
         "orchestrate",
         ["handoff", "write", "--run-id", "../x", "--agent", "webster", "--status", "complete"]
@@ -705,6 +717,40 @@ def test_bad_token_env(value: str, needle: str, tmp_path: Path) -> None:
     )
     text = check(res, 2, (needle, "environment variable `WEBSTER_TOKEN`"))
     assert TOKEN not in text
+
+
+@pytest.mark.parametrize("command", ["run", "dry-run", "delegate-dry-run"])
+def test_bad_token_is_refused_before_a_run_starts(command: str, tmp_path: Path) -> None:
+    tok = tmp_path / "token"
+    tok.write_text(TOKEN + "\nrotated 2026-11-01 by ops\n")
+    raw = base_config(tmp_path)
+    raw["agents"]["webster"] = {
+        "url": "http://127.0.0.1:9",
+        "token_file": str(tok),
+        "capabilities": ["research"],
+    }
+    cfg = tmp_path / "orchestrator.yaml"
+    cfg.write_text(dump(raw))
+    args = {
+        "run": ["run", "quick-research", "--input", "query=x", "--non-interactive"],
+        "dry-run": ["run", "quick-research", "--input", "query=x", "--dry-run"],
+        "delegate-dry-run": ["webster", "t", "--caller", "manager", "--dry-run"],
+    }[command]
+    program = "orchestrate" if command.startswith("delegate") else "workflow"
+    text = check(invoke(program, [*args, "--config", str(cfg)]), 2, "more than one line")
+    assert TOKEN not in text
+    assert not (tmp_path / "handoffs").exists()
+
+
+def test_message_template_not_utf8(tmp_path: Path) -> None:
+    tpl = tmp_path / "message.j2"
+    tpl.write_bytes(b"caf\xe9 {{ task }}\n")
+    raw = base_config(tmp_path)
+    raw["message_template"] = str(tpl)
+    cfg = tmp_path / "orchestrator.yaml"
+    cfg.write_text(dump(raw))
+    res = invoke("orchestrate", ["webster", "t", "--caller", "manager", "--config", str(cfg)])
+    check(res, 2, ("`message_template`", "not UTF-8"))
 
 
 def test_token_file_with_one_trailing_newline_is_fine(tmp_path: Path) -> None:
