@@ -784,12 +784,19 @@ def test_handoffs_dir_that_is_a_file(tmp_path: Path) -> None:
     assert blocker.read_text() == "keep me\n"
 
 
-def test_handoff_with_a_5000_digit_usage_is_refused_not_raised(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("number", "needle"),
+    [("9" * 5000, "4300 digits"), ("NaN", "`NaN`"), ("Infinity", "`Infinity`"), ("1e999", "1e999")],
+    ids=["5000-digits", "nan", "infinity", "1e999"],
+)
+def test_handoff_usage_number_is_refused_not_raised(
+    number: str, needle: str, tmp_path: Path
+) -> None:
     from engine.handoff import HandoffProblem, load_handoff
 
     path = tmp_path / "orch-1.json"
-    path.write_text('{"runId": "orch-1", "usage": {"input_tokens": ' + "9" * 5000 + "}}")
-    with pytest.raises(HandoffProblem, match="4300 digits"):
+    path.write_text('{"runId": "orch-1", "usage": {"input_tokens": ' + number + "}}")
+    with pytest.raises(HandoffProblem, match=needle):
         load_handoff(path)
     res = invoke("metrics", ["json", "--handoffs-dir", str(tmp_path)])
     check(res, 0, "orch-1.json")
