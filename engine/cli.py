@@ -28,6 +28,8 @@ def _os_error(exc: OSError) -> OrchestratorError:
     from engine.textio import describe_oserror
 
     where = f" `{exc.filename}`" if exc.filename else ""
+    if not where and _LOADED:  # a write into an open file: the handoffs directory is the place
+        where = f" the handoffs directory `{_LOADED[-1]}`"
     return OrchestratorError(
         f"cannot use{where}: {describe_oserror(exc)}. Nothing was lost; fix the path or its "
         "permissions (e.g. `handoffs_dir` in the config) and run again."
@@ -110,10 +112,16 @@ class EngineGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+#: The handoffs directory of the config each command loaded, to name it in OSError messages.
+_LOADED: list[str] = []
+
+
 def _load(config: str | None) -> Any:
     from engine.config import load_config
 
-    return load_config(config)
+    cfg = load_config(config)
+    _LOADED.append(str(cfg.handoffs_dir))
+    return cfg
 
 
 def _load_optional(config: str | None) -> Any:
