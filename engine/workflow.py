@@ -332,6 +332,11 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
                 problems.append(
                     f"`inputs.{name}` is `required: true` but has a `default`; keep one of them."
                 )
+    if isinstance(raw.get("version"), float):
+        problems.append(
+            f"`version` is a decimal number, which YAML may not keep as written (`1.10` "
+            f'becomes `1.1`); quote it, e.g. `version: "{raw["version"]}"`.'
+        )
     steps = raw.get("steps")
     for i, step in enumerate(steps if isinstance(steps, list) else []):
         if not isinstance(step, dict):

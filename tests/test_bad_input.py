@@ -378,6 +378,7 @@ TEMPLATE_CASES: dict[str, TemplateCase] = {
     "default-float": TemplateCase(
         GOOD_STEPS.replace("query: {}", "query: {default: 0.10}"), ("quote it",)
     ),
+    "version-float": TemplateCase(GOOD_STEPS + "version: 1.10\n", ("`version`", "quote it")),
     "python-tag": TemplateCase(GOOD_STEPS + "description: !!python/name:os.system\n", ("tag",)),
     "timestamp-tag": TemplateCase(GOOD_STEPS + "description: !!timestamp 2026-11-01\n", ("tag",)),
     "not-utf8": TemplateCase(
@@ -854,9 +855,19 @@ def test_damaged_run(case: str, tmp_path: Path, cfg_file: Path) -> None:
     assert "wf-20261130-000001-bbbb" in text
     if case not in ("run-json-list", "run-json-not-json"):
         assert "damaged" in text
-    for cmd in (["status", rid], ["resume", rid, "--non-interactive"], ["status", rid, "--json"]):
+    for cmd in (
+        ["status", rid],
+        ["status", rid, "--json"],
+        ["resume", rid, "--non-interactive"],
+        ["approve", rid, "a"],
+        ["reject", rid, "a", "--reason", "no"],
+        ["cancel", rid],
+    ):
         check(invoke("workflow", [*cmd, "--config", str(cfg_file)]), 2, rid)
     assert (runs / rid / "run.json").read_bytes() == run_json  # left as it was
+    assert (runs / rid / "events.jsonl").read_bytes() == events + b"\xff\xfe broken line\n"
+    names = sorted(p.name for p in (runs / rid).iterdir() if p.name != ".lock")
+    assert names == ["events.jsonl", "run.json"]
 
 
 # --------------------------------------------------------------------------- pins
