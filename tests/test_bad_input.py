@@ -901,3 +901,72 @@ def test_case_count() -> None:
         + 10
     )
     assert total >= 120
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+YAML_CASES = {
+    "duplicate": ("a: 1\nb:\n  c: 1\n  c: 2\n", "key `b.c` is written twice"),
+    "jinja": ("task: {{ inputs.query }}\n", "quote the value"),
+    "bomb": (_BOMB, "expands to more than"),
+    "recursive": ("a: &a [*a]\n", "recursive"),
+    "deep-block": ("".join("  " * i + f"k{i}:\n" for i in range(100)), "deeper than 64"),
+    "deep-flow": ("a: " + "[" * 100 + "]" * 100 + "\n", "deeper than 64"),
+    "big-int": ("a: " + "9" * 5000 + "\n", "30 digits"),
+    "inf": ("a: !!float .inf\n", "not a finite"),
+    "set": ("a: !!set {x}\n", "tag"),
+}
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["c-loader", "python-loader"])
+@pytest.mark.parametrize("case", list(YAML_CASES), ids=list(YAML_CASES))
+def test_loader_bounds_with_either_parser(
+    case: str, pure: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine import yamlio
+    from engine.errors import ConfigError
+
+    if pure:
+        monkeypatch.setattr(yamlio, "_loader_base", lambda: yaml.SafeLoader)
+    yamlio._loader_class.cache_clear()
+    try:
+        text, needle = YAML_CASES[case]
+        try:
+            _, problems = yamlio.parse_yaml(text, source="f.yaml", error=ConfigError)
+        except ConfigError as exc:
+            assert needle in str(exc) and "`f.yaml`" in str(exc)
+        else:
+            assert any(needle in p for p in problems), problems
+    finally:
+        yamlio._loader_class.cache_clear()
+
+
+def test_loader_keeps_values_as_written() -> None:
+    from engine.errors import ConfigError
+    from engine.yamlio import parse_yaml
+
+    text = (
+        "a: NO\nb: 0777\nc: 1_000\nd: 12:30\ne: 2026-11-01\nf: .nan\ng: .inf\nh: yes\n"
+        "i: 1.5\nj: -3\nk: true\nl: ~\nm: 1e3\n1: x\nn: 0x1F\no: off\n"
+    )
+    data, problems = parse_yaml(text, source="f.yaml", error=ConfigError)
+    assert problems == []
+    assert data == {
+        "a": "NO",
+        "b": "0777",
+        "c": "1_000",
+        "d": "12:30",
+        "e": "2026-11-01",
+        "f": ".nan",
+        "g": ".inf",
+        "h": "yes",
+        "i": 1.5,
+        "j": -3,
+        "k": True,
+        "l": None,
+        "m": 1000.0,
+        "1": "x",
+        "n": "0x1F",
+        "o": "off",
+    }
