@@ -65,14 +65,23 @@ class Seconds(click.ParamType[float]):
         return number
 
 
-def _check_args(**values: str | None) -> None:
-    """Refuse command-line text that is not valid UTF-8, naming the option."""
+def _check_argv(args: list[str]) -> None:
+    """Refuse command-line text that is not valid UTF-8 before any command runs.
+
+    Bytes from a file saved as cp1252 (``$(cat notes.txt)``) reach Python as lone
+    surrogates, which nothing could write; the message names the option or position.
+    """
     from engine.errors import UsageError
     from engine.textio import check_text
 
-    for name, value in values.items():
-        if value is not None:
-            check_text(value, what=name, error=UsageError)
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and "=" in arg:
+            what = f"the value of `{arg.split('=', 1)[0]}`"
+        elif i and args[i - 1].startswith("-") and not arg.startswith("-"):
+            what = f"the value of `{args[i - 1]}` (argument {i + 1})"
+        else:
+            what = f"argument {i + 1} `{arg.encode('utf-8', 'replace').decode()[:40]}`"
+        check_text(arg, what=what, error=UsageError)
 
 
 class EngineGroup(click.Group):
@@ -86,7 +95,10 @@ class EngineGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        if args is None:
+            args = sys.argv[1:]
         try:
+            _check_argv(list(args))
             rv = super().main(
                 args=args,
                 prog_name=prog_name,
@@ -274,12 +286,6 @@ def delegate_cmd(
             else "give `AGENT TASK` (or `--capability NAME TASK`)"
         )
     task = args[-1]
-    _check_args(
-        **{"the TASK": task, "AGENT": args[0] if len(args) == 2 else None},
-        **{"`--caller`": caller, "`--capability`": capability, "`--validator`": validator},
-        **{"`--model`": model, "`--thinking`": thinking, "`--channel`": channel},
-        **{"`--parent-run-id`": parent_run_id, "`--channel-context`": channel_context},
-    )
     cfg = _load(config)
     if validate and not (validator or cfg.validator):
         raise UsageError(

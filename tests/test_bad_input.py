@@ -405,13 +405,13 @@ TEMPLATE_CASES: dict[str, TemplateCase] = {
     "syntax": TemplateCase("name: t\nsteps: [\n", ("not valid YAML", "line")),
     "unknown-agent": TemplateCase(_step("").replace("webster", "webstr"), ("webstr",)),
     "input-not-utf8": TemplateCase(
-        GOOD_STEPS, ("`--input query`", "not valid UTF-8"), inputs=["query=caf\udce9"]
+        GOOD_STEPS, ("the value of `--input`", "not valid UTF-8"), inputs=["query=caf\udce9"]
     ),
     "input-no-equals": TemplateCase(GOOD_STEPS, ("name=value",), inputs=["query"]),
     "input-twice": TemplateCase(GOOD_STEPS, ("given twice",), inputs=["query=a", "query=b"]),
     "input-not-utf8-run": TemplateCase(
         GOOD_STEPS,
-        ("`--input query`", "not valid UTF-8"),
+        ("the value of `--input`", "not valid UTF-8"),
         command="run",
         inputs=["query=\udc93quoted\udc94"],
     ),
@@ -505,7 +505,9 @@ CLI_CASES: dict[str, CliCase] = {
         for v in ("nan", "inf", "-inf", "1e12", "0", "-5", "abc", "1" * 5000, "NaN")
     },
     "task-not-utf8": CliCase(
-        "orchestrate", ["webster", "caf\udce9", "--caller", "manager"], ("TASK", "0xe9")
+        "orchestrate",
+        ["webster", "caf\udce9", "--caller", "manager"],
+        ("argument 2 `caf?`", "0xe9"),
     ),
     "task-cp1252-quotes": CliCase(
         "orchestrate",
@@ -562,6 +564,22 @@ CLI_CASES: dict[str, CliCase] = {
         + ["--result", "r", "--receiver", "http://127.0.0.1:99999", "--token-env", "HOME"],
         ("`--receiver` is not a valid URL",),
     ),
+    "handoff-write-notes-not-utf8": CliCase(
+        "orchestrate",
+        ["handoff", "write", "--run-id", "orch-1", "--agent", "webster", "--status", "complete"]
+        + ["--result", "r", "--notes", "n\udce9"],
+        ("the value of `--notes`", "0xe9"),
+    ),
+    "handoff-write-artifact-not-utf8": CliCase(
+        "orchestrate",
+        ["handoff", "write", "--run-id", "orch-1", "--agent", "webster", "--status", "complete"]
+        + ["--result", "r", "--artifact=a\udce9"],
+        ("the value of `--artifact`", "0xe9"),
+    ),
+    "wf-reject-reason-not-utf8": CliCase(
+        "workflow", ["reject", "wf-x", "a", "--reason", "\udc93no\udc94"], ("`--reason`", "0x93")
+    ),
+    "metrics-agent-not-utf8": CliCase("metrics", ["text", "--agent", "w\udce9"], ("`--agent`",)),
     "handoff-write-bad-run-id": CliCase(
         "orchestrate",
         ["handoff", "write", "--run-id", "../x", "--agent", "webster", "--status", "complete"]
@@ -626,7 +644,7 @@ def test_non_utf8_argv_bytes_in_a_real_process(tmp_path: Path, cfg_file: Path) -
     proc = subprocess.run(argv, capture_output=True, timeout=60)
     err = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 2, err
-    assert "the TASK is not valid UTF-8 text (0x93" in err and "Traceback" not in err
+    assert "argument 2 `?CTE? caf?` is not valid UTF-8 text (0x93" in err and "Traceback" not in err
     handoffs = tmp_path / "handoffs"
     assert not handoffs.exists() or not list(handoffs.rglob("orch-*"))
 
