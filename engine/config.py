@@ -141,7 +141,7 @@ def find_config(explicit: str | Path | None = None) -> Path:
         source = f"${CONFIG_ENV}"
     else:
         candidate = Path.cwd() / CONFIG_NAME
-        if not candidate.is_file():
+        if not os.path.lexists(candidate):
             raise ConfigError(
                 f"no `{CONFIG_NAME}` in {Path.cwd()}: pass `--config FILE`, set "
                 f"`{CONFIG_ENV}`, or copy `examples/quickstart/{CONFIG_NAME}` here."
