@@ -83,7 +83,7 @@ def inflight_counts(*records_dirs: Path) -> dict[str, int]:
             try:
                 with open(entry.path, encoding="utf-8") as fh:
                     env = json.load(fh)
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 continue
             if not isinstance(env, dict) or env.get("outcome") != "dispatched":
                 continue

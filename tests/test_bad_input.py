@@ -805,8 +805,14 @@ def test_handoffs_dir_that_is_a_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("number", "needle"),
-    [("9" * 5000, "4300 digits"), ("NaN", "`NaN`"), ("Infinity", "`Infinity`"), ("1e999", "1e999")],
-    ids=["5000-digits", "nan", "infinity", "1e999"],
+    [
+        ("9" * 5000, "4300 digits"),
+        ("NaN", "`NaN`"),
+        ("Infinity", "`Infinity`"),
+        ("1e999", "1e999"),
+        ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ],
+    ids=["5000-digits", "nan", "infinity", "1e999", "100000-deep"],
 )
 def test_handoff_usage_number_is_refused_not_raised(
     number: str, needle: str, tmp_path: Path
@@ -856,6 +862,13 @@ DAMAGED_RUNS: dict[str, tuple[bytes, bytes]] = {
         ).encode(),
         b'{"event": "run_finished", "status": "exploded", "at": "x"}\n',
     ),
+    "run-json-deep": (b"[" * 100000 + b"]" * 100000, b""),
+    "events-deep": (
+        json.dumps(
+            {"runId": "wf-x", "workflow": "t", "plan": {"groups": [["a"]], "steps": {"a": {}}}}
+        ).encode(),
+        b"[" * 100000 + b"]" * 100000 + b'\n{"event": "run_finished"}\n',
+    ),
     "plan-wrong-shape": (json.dumps({"runId": "wf-x", "plan": {"groups": 5}}).encode(), b""),
 }
 
@@ -871,7 +884,7 @@ def test_damaged_run(case: str, tmp_path: Path, cfg_file: Path) -> None:
     rid = "wf-20261130-000000-aaaa"
     text = check(invoke("workflow", ["runs", "--config", str(cfg_file)]), 0, rid)
     assert "wf-20261130-000001-bbbb" in text
-    if case not in ("run-json-list", "run-json-not-json"):
+    if case not in ("run-json-list", "run-json-not-json", "run-json-deep"):
         assert "damaged" in text
     for cmd in (
         ["status", rid],
