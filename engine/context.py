@@ -222,6 +222,13 @@ def _token(cfg: Config, channels: Mapping[str, Any]) -> tuple[str, str]:
             path=cfg.path,
         )
     register(token)
+    from engine.registry import check_token
+
+    check_token(
+        token,
+        source=f"environment variable `{env}` (from `channels.token_env`)",
+        what="channel context",
+    )
     return str(env), token
 
 

@@ -772,6 +772,34 @@ def test_message_template_not_utf8(tmp_path: Path) -> None:
     check(res, 2, ("`message_template`", "not UTF-8"))
 
 
+def test_bad_discord_token_is_refused_naming_its_variable(tmp_path: Path) -> None:
+    raw = base_config(tmp_path)
+    raw["channels"] = {
+        "provider": "discord",
+        "base_url": "http://127.0.0.1:9",
+        "token_env": "DISCORD_TOKEN",
+        "map": {"general": "1"},
+    }
+    cfg = tmp_path / "orchestrator.yaml"
+    cfg.write_text(dump(raw))
+    res = invoke(
+        "orchestrate",
+        [*DELEGATE, "--channel-context", "general", "--config", str(cfg)],
+        env={"DISCORD_TOKEN": TOKEN + "\nrotated by ops"},
+    )
+    text = check(res, 2, ("environment variable `DISCORD_TOKEN`", "more than one line"))
+    assert TOKEN not in text
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e12", "-1"])
+def test_model_agent_timeout_env_must_be_finite(value: str) -> None:
+    from engine.config import GatewayAgentConfig
+    from engine.gateway.models import model_timeout
+
+    spec = GatewayAgentConfig(name="m", kind="openai", argv=(), timeout=30.0)
+    assert model_timeout(spec, None, env={"TIMEOUT": value}) == 30.0
+
+
 def test_token_file_with_one_trailing_newline_is_fine(tmp_path: Path) -> None:
     tok = tmp_path / "token"
     tok.write_text(TOKEN + "\n")

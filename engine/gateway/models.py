@@ -28,11 +28,13 @@ from typing import Any
 
 import httpx
 
-from engine.config import Config, GatewayAgentConfig
+from engine.config import MAX_SECONDS, Config, GatewayAgentConfig
 from engine.cost import compute_cost, price_for
+from engine.errors import ConfigError
 from engine.gateway.agents import Task, records_of
 from engine.hooks import retry_after_seconds
 from engine.redact import install_log_filter, redact, register, register_url
+from engine.registry import check_token
 
 log = logging.getLogger("engine.gateway")
 install_log_filter(log)
@@ -84,7 +86,7 @@ def model_timeout(
             value = float(raw)
         except ValueError:
             value = 0.0
-        if value > 0:
+        if 0 < value <= MAX_SECONDS:  # also refuses nan and inf
             return value
         log.warning("ignoring $%s=%r: not a positive number of seconds", TIMEOUT_ENV, raw)
     if spec.timeout is not None:
@@ -160,6 +162,10 @@ def _answer(
                 "not set or empty: export the API key where the gateway runs."
             )
         register(key)
+        try:
+            check_token(key, source=f"environment variable `{spec.api_key_env}`", what=where)
+        except ConfigError as exc:
+            return _failed(exc.message)
     register_url(spec.base_url)
     if not task.text.strip():
         return _failed("the message has no task text before its handoff block.")
