@@ -168,12 +168,13 @@ def config_from_dict(
 ) -> Config:
     """Validate a parsed config mapping against the schema and build ``Config``."""
     from engine.schemas import schema_problems
+    from engine.yamlio import explain_types
 
     label = str(path) if path else "config"
     if not isinstance(raw, dict):
         raise ConfigError(f"`{label}` must be a mapping with at least an `agents:` key.", path=path)
     problems = list(extra_problems or [])
-    problems += schema_problems("config", raw)
+    problems += explain_types(schema_problems("config", raw), raw)
     problems += _semantic_problems(raw)
     if problems:
         raise ConfigError(f"`{label}` is not a valid config:", path=path, problems=problems)

@@ -276,13 +276,14 @@ def workflow_from_dict(
 ) -> WorkflowSpec:
     """Validate a parsed template mapping and build the ``WorkflowSpec`` (defaults applied)."""
     from engine.schemas import schema_problems
+    from engine.yamlio import explain_types
 
     if not isinstance(raw, dict):
         raise WorkflowError(
             f"`{path}` must be a mapping with at least `name` and `steps` keys.", path=path
         )
     problems = list(extra_problems or [])
-    problems += _label_steps(schema_problems("workflow", raw), raw)
+    problems += _label_steps(explain_types(schema_problems("workflow", raw), raw), raw)
     problems += _semantic_problems(raw)
     if problems:
         raise WorkflowError(f"`{path}` is not a valid workflow:", path=path, problems=problems)

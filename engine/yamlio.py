@@ -309,3 +309,39 @@ def read_yaml(
     text = read_text(path, error=error, what=what)
     data, problems = parse_yaml(text, source=path, error=error)
     return data, problems, text
+
+
+_TYPE_PROBLEM = re.compile(r"^(.*`([^`]+)` must be of type an? ([a-z ]+))\.$")
+_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def explain_types(problems: list[str], raw: Any) -> list[str]:
+    """Add to "must be of type" problems why a value YAML 1.1 would have typed is text.
+
+    ``deliver: yes`` or ``timeout: 1_000`` are kept as written (see the module docstring);
+    the schema then says the type is wrong, and this says what to write instead.
+    """
+    out = []
+    for line in problems:
+        m = _TYPE_PROBLEM.match(line)
+        value = _lookup(raw, m.group(2)) if m else None
+        if m and isinstance(value, str) and YAML11_LOOKALIKE.match(value):
+            want = "`true` or `false`" if "boolean" in m.group(3) else "a plain decimal number"
+            line = (
+                f"{m.group(1)}: `{_short(value)}` is kept as text (this loader does not read "
+                f"YAML 1.1 forms); write {want}."
+            )
+        out.append(line)
+    return out
+
+
+def _lookup(raw: Any, dotted: str) -> Any:
+    node = raw
+    for name, index in _PART.findall(dotted):
+        if index and isinstance(node, list) and int(index) < len(node):
+            node = node[int(index)]
+        elif name and isinstance(node, dict) and name in node:
+            node = node[name]
+        else:
+            return None
+    return node

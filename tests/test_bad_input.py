@@ -237,23 +237,63 @@ CONFIG_CASES: dict[str, ConfigCase] = {
         needle=("deeper than 64",),
     ),
     "timeout-nan": ConfigCase(
-        text="handoff_grace: .nan\n", needle=("`handoff_grace` must be of type a number",)
+        text="handoff_grace: .nan\n",
+        needle=(
+            "kept as text",
+            "`handoff_grace` must be of type a number",
+        ),
     ),
     "timeout-inf": ConfigCase(
-        text="handoff_grace: .inf\n", needle=("`handoff_grace` must be of type a number",)
+        text="handoff_grace: .inf\n",
+        needle=(
+            "kept as text",
+            "`handoff_grace` must be of type a number",
+        ),
     ),
     "timeout-1e999": ConfigCase(text="handoff_grace: 1e999\n", needle=("not a finite",)),
     "int-5000-digits": ConfigCase(text="max_depth: " + "9" * 5000 + "\n", needle=("30 digits",)),
-    "bool-yes": ConfigCase(text="deliver: yes\n", needle=("`deliver` must be of type a boolean",)),
-    "bool-NO": ConfigCase(text="deliver: NO\n", needle=("`deliver` must be of type a boolean",)),
-    "octal": ConfigCase(text="max_depth: 0777\n", needle=("`max_depth` must be of type",)),
+    "bool-yes": ConfigCase(
+        text="deliver: yes\n",
+        needle=(
+            "kept as text",
+            "`deliver` must be of type a boolean",
+        ),
+    ),
+    "bool-NO": ConfigCase(
+        text="deliver: NO\n",
+        needle=(
+            "kept as text",
+            "`deliver` must be of type a boolean",
+        ),
+    ),
+    "octal": ConfigCase(
+        text="max_depth: 0777\n",
+        needle=(
+            "kept as text",
+            "`max_depth` must be of type",
+        ),
+    ),
     "underscore-int": ConfigCase(
-        text="max_depth: 1_000\n", needle=("`max_depth` must be of type",)
+        text="max_depth: 1_000\n",
+        needle=(
+            "kept as text",
+            "`max_depth` must be of type",
+        ),
     ),
     "sexagesimal": ConfigCase(
-        text="handoff_grace: 12:30\n", needle=("`handoff_grace` must be of type",)
+        text="handoff_grace: 12:30\n",
+        needle=(
+            "kept as text",
+            "`handoff_grace` must be of type",
+        ),
     ),
-    "date": ConfigCase(text="handoff_grace: 2026-11-01\n", needle=("`handoff_grace` must be",)),
+    "date": ConfigCase(
+        text="handoff_grace: 2026-11-01\n",
+        needle=(
+            "kept as text",
+            "`handoff_grace` must be",
+        ),
+    ),
     "python-tag": ConfigCase(
         text="validator: !!python/object:os.system x\n", needle=("tag", "not supported")
     ),
@@ -361,20 +401,42 @@ TEMPLATE_CASES: dict[str, TemplateCase] = {
     "deep-nesting": TemplateCase(
         GOOD_STEPS + "outputs: " + "[" * 1000 + "]" * 1000 + "\n", ("nesting",)
     ),
-    "timeout-nan": TemplateCase(_step("timeout: .nan"), ("`steps[0].timeout` must be of type",)),
-    "timeout-inf": TemplateCase(_step("timeout: .inf"), ("`steps[0].timeout` must be of type",)),
+    "timeout-nan": TemplateCase(
+        _step("timeout: .nan"),
+        (
+            "kept as text",
+            "`steps[0].timeout` must be of type",
+        ),
+    ),
+    "timeout-inf": TemplateCase(
+        _step("timeout: .inf"),
+        (
+            "kept as text",
+            "`steps[0].timeout` must be of type",
+        ),
+    ),
     "timeout-1e999": TemplateCase(_step("timeout: 1e999"), ("not a finite",)),
     "timeout-1e12": TemplateCase(_step("timeout: 1e12"), ("`steps[0].timeout` must be <=",)),
     "timeout-negative": TemplateCase(_step("timeout: -3"), ("`steps[0].timeout` must be > 0",)),
     "retries-5000-digits": TemplateCase(_step("retries: " + "7" * 5000), ("30 digits",)),
     "retries-underscore": TemplateCase(
-        _step("retries: 1_000"), ("`steps[0].retries` must be of type",)
+        _step("retries: 1_000"),
+        (
+            "kept as text",
+            "`steps[0].retries` must be of type",
+        ),
     ),
     "retries-huge": TemplateCase(_step("retries: 100000"), ("`steps[0].retries` must be <=",)),
     "defaults-timeout-nan": TemplateCase(
         GOOD_STEPS + "defaults:\n  timeout: .nan\n", ("`defaults.timeout` must be",)
     ),
-    "deliver-yes": TemplateCase(_step("deliver: yes"), ("`steps[0].deliver` must be of type",)),
+    "deliver-yes": TemplateCase(
+        _step("deliver: yes"),
+        (
+            "kept as text",
+            "`steps[0].deliver` must be of type",
+        ),
+    ),
     "default-float": TemplateCase(
         GOOD_STEPS.replace("query: {}", "query: {default: 0.10}"), ("quote it",)
     ),
