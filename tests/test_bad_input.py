@@ -936,46 +936,102 @@ def _runs(tmp: Path) -> Path:
     return d
 
 
-DAMAGED_RUNS: dict[str, tuple[bytes, bytes]] = {
-    "run-json-empty": (b"{}", b""),
-    "run-json-list": (b"[1, 2]", b""),
-    "run-json-not-json": (b"{not json", b""),
-    "events-missing-keys": (
-        json.dumps(
-            {"runId": "wf-x", "workflow": "t", "plan": {"groups": [["a"]], "steps": {"a": {}}}}
-        ).encode(),
-        b'{"event": "step_started", "step": "a"}\n{"event": "run_finished"}\n',
+_AT = "2026-11-30T10:00:00.000Z"
+_META = {
+    "runId": "RID",
+    "workflow": "t",
+    "caller": "manager",
+    "inputs": {"query": "x"},
+    "fingerprint": {"template": "0", "inputs": "0", "agents": "0"},
+    "plan": {"groups": [["a"]], "steps": {"a": {"agent": "webster"}}},
+}
+_EVENTS = [
+    {"event": "run_started", "at": _AT, "run_id": "RID", "workflow": "t"},
+    {"event": "step_started", "at": _AT, "step": "a", "attempt": 1, "agent": "webster"}
+    | {"delegation_run_id": "RID-a-1"},
+    {"event": "step_finished", "at": _AT, "step": "a", "status": "complete", "attempt": 1},
+    {"event": "run_finished", "at": _AT, "status": "complete"},
+]
+_STEP = {
+    "step": "a",
+    "agent": "webster",
+    "status": "complete",
+    "handoff": {"runId": "RID-a-1", "agent": "webster", "status": "complete"}
+    | {"result": "r", "confidence": "high", "artifacts": []},
+    "attempts": [],
+}
+
+
+def _record(meta: Any = None, events: Any = None, step: Any = None) -> dict[str, bytes]:
+    """The files of a finished one-step run, with the parts given replaced."""
+    ev = _EVENTS if events is None else events
+    return {
+        "run.json": json.dumps(_META if meta is None else meta).encode(),
+        "events.jsonl": b"".join(json.dumps(e).encode() + b"\n" for e in ev),
+        "a.json": json.dumps(_STEP if step is None else step).encode(),
+    }
+
+
+def _with(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    out = json.loads(json.dumps(base))
+    *parents, last = path.split(".")
+    node = out
+    for p in parents:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return out
+
+
+DAMAGED_RUNS: dict[str, dict[str, bytes]] = {
+    "run-json-empty": _record(meta={}),
+    "run-json-list": _record(meta=[1, 2]),
+    "run-json-not-json": {**_record(), "run.json": b"{not json"},
+    "run-json-deep": {**_record(), "run.json": b"[" * 100000 + b"]" * 100000},
+    "run-id-mismatch": _record(meta=_with(_META, "runId", "wf-other")),
+    "workflow-int": _record(meta=_with(_META, "workflow", 7)),
+    "inputs-null": _record(meta=_with(_META, "inputs", None)),
+    "fingerprint-null": _record(meta=_with(_META, "fingerprint", None)),
+    "plan-groups-int": _record(meta=_with(_META, "plan.groups", 5)),
+    "plan-group-unknown-step": _record(meta=_with(_META, "plan.groups", [["a", "b"]])),
+    "plan-steps-list": _record(meta=_with(_META, "plan.steps", ["a"])),
+    "events-missing-keys": _record(
+        events=[{"event": "step_started", "step": "a"}, {"event": "run_finished"}]
     ),
-    "events-bad-status": (
-        json.dumps(
-            {"runId": "wf-x", "workflow": "t", "plan": {"groups": [["a"]], "steps": {"a": {}}}}
-        ).encode(),
-        b'{"event": "run_finished", "status": "exploded", "at": "x"}\n',
-    ),
-    "run-json-deep": (b"[" * 100000 + b"]" * 100000, b""),
-    "events-deep": (
-        json.dumps(
-            {"runId": "wf-x", "workflow": "t", "plan": {"groups": [["a"]], "steps": {"a": {}}}}
-        ).encode(),
-        b"[" * 100000 + b"]" * 100000 + b'\n{"event": "run_finished"}\n',
-    ),
-    "plan-wrong-shape": (json.dumps({"runId": "wf-x", "plan": {"groups": 5}}).encode(), b""),
+    "events-bad-status": _record(events=[{"event": "run_finished", "status": "exploded"}]),
+    "events-at-garbage": _record(events=[_with(_EVENTS[0], "at", "2026-13-45T99:99:99Z")]),
+    "events-at-bool": _record(events=[_with(_EVENTS[0], "at", True)]),
+    "events-attempt-text": _record(events=[_EVENTS[0], _with(_EVENTS[1], "attempt", "x")]),
+    "events-attempt-null": _record(events=[_EVENTS[0], _with(_EVENTS[1], "attempt", None)]),
+    "events-agent-int": _record(events=[_EVENTS[0], _with(_EVENTS[1], "agent", -1)]),
+    "events-deep": {
+        **_record(),
+        "events.jsonl": b"[" * 100000 + b"]" * 100000 + b'\n{"event": "run_finished"}\n',
+    },
+    "step-handoff-text": _record(step=_with(_STEP, "handoff", "complete")),
+    "step-confidence-mapping": _record(step=_with(_STEP, "handoff.confidence", {"a": 1})),
+    "step-attempts-text": _record(step=_with(_STEP, "attempts", "x")),
 }
 
 
 @pytest.mark.parametrize("case", list(DAMAGED_RUNS), ids=list(DAMAGED_RUNS))
 def test_damaged_run(case: str, tmp_path: Path, cfg_file: Path) -> None:
-    run_json, events = DAMAGED_RUNS[case]
     runs = _runs(tmp_path)
-    for rid in ("wf-20261130-000000-aaaa", "wf-20261130-000001-bbbb"):
-        (runs / rid).mkdir()
-        (runs / rid / "run.json").write_bytes(run_json)
-        (runs / rid / "events.jsonl").write_bytes(events + b"\xff\xfe broken line\n")
-    rid = "wf-20261130-000000-aaaa"
-    text = check(invoke("workflow", ["runs", "--config", str(cfg_file)]), 0, rid)
-    assert "wf-20261130-000001-bbbb" in text
-    if case not in ("run-json-list", "run-json-not-json", "run-json-deep"):
-        assert "damaged" in text
+    rid, good = "wf-20261130-000000-aaaa", "wf-20261130-000001-bbbb"
+    for run, files in ((rid, DAMAGED_RUNS[case]), (good, _record())):
+        (runs / run).mkdir()
+        for name, data in files.items():
+            (runs / run / name).write_bytes(data.replace(b"RID", run.encode()))
+    with (runs / rid / "events.jsonl").open("ab") as fh:
+        fh.write(b"\xff\xfe broken line\n")
+    before = {p.name: p.read_bytes() for p in (runs / rid).iterdir()}
+    text = check(
+        invoke("workflow", ["runs", "--config", str(cfg_file)]), 0, f"run `{rid}` is damaged"
+    )
+    assert good in text and "complete" in text
+    check(invoke("workflow", ["status", good, "--config", str(cfg_file)]), 0, good)
     for cmd in (
         ["status", rid],
         ["status", rid, "--json"],
@@ -984,11 +1040,9 @@ def test_damaged_run(case: str, tmp_path: Path, cfg_file: Path) -> None:
         ["reject", rid, "a", "--reason", "no"],
         ["cancel", rid],
     ):
-        check(invoke("workflow", [*cmd, "--config", str(cfg_file)]), 2, rid)
-    assert (runs / rid / "run.json").read_bytes() == run_json  # left as it was
-    assert (runs / rid / "events.jsonl").read_bytes() == events + b"\xff\xfe broken line\n"
-    names = sorted(p.name for p in (runs / rid).iterdir() if p.name != ".lock")
-    assert names == ["events.jsonl", "run.json"]
+        check(invoke("workflow", [*cmd, "--config", str(cfg_file)]), 2, f"run `{rid}` is damaged")
+    after = {p.name: p.read_bytes() for p in (runs / rid).iterdir() if p.name != ".lock"}
+    assert after == before  # left as it was
 
 
 # --------------------------------------------------------------------------- pins

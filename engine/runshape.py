@@ -1,0 +1,125 @@
+"""The shape of a workflow run record, checked before anything uses it.
+
+A run record (``run.json``, ``events.jsonl``, one ``<step>.json`` per finished step) is
+written by the engine, but people edit, truncate and copy them. ``shape_problem`` says
+what in a record has the wrong type, so that ``workflow runs``, ``status``, ``resume``,
+``approve``, ``reject`` and ``cancel`` answer with one paragraph instead of failing deep
+inside the runner. It only reads values already parsed; it does no IO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from engine.files import parse_iso
+
+_META_TEXT = ("workflow", "workflow_path", "version", "caller", "config", "created_at")
+_EVENT_TEXT = (
+    "step",
+    "agent",
+    "status",
+    "delegation_run_id",
+    "reason",
+    "kind",
+    "decision",
+    "by",
+    "run_id",
+    "workflow",
+)
+_EVENT_INT = ("attempt", "attempts", "pid")
+_STEP_TEXT = ("step", "agent", "status", "started_at", "finished_at", "delegation_run_id")
+_STEP_MAPPING = ("handoff", "validation", "gate")
+
+
+def shape_problem(
+    run_id: str,
+    meta: Any,
+    events: Iterable[Mapping[str, Any]],
+    step_files: Mapping[str, Any],
+) -> str | None:
+    """The first problem of a run record's shape, as ``file: what``; None when it is sound."""
+    problem = _meta_problem(run_id, meta)
+    if problem:
+        return f"`run.json`: {problem}"
+    for n, ev in enumerate(events, 1):
+        problem = _event_problem(ev)
+        if problem:
+            return f"`events.jsonl` event {n} (`{str(ev.get('event'))[:40]}`): {problem}"
+    for step, data in step_files.items():
+        problem = _step_problem(data)
+        if problem:
+            return f"`{step}.json`: {problem}"
+    return None
+
+
+def _meta_problem(run_id: str, meta: Any) -> str | None:
+    if not isinstance(meta, dict):
+        return "is not a JSON object"
+    if meta.get("runId") != run_id:
+        return f"`runId` is not `{run_id}`, the name of its directory"
+    for key in _META_TEXT:
+        if key in meta and not isinstance(meta[key], str):
+            return f"`{key}` is not text"
+    for key in ("inputs", "fingerprint"):
+        value = meta.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            return f"`{key}` is not a mapping of texts"
+    plan = meta.get("plan")
+    if not isinstance(plan, dict):
+        return "`plan` is not a mapping"
+    groups, steps = plan.get("groups"), plan.get("steps")
+    if not isinstance(groups, list) or not all(
+        isinstance(g, list) and all(isinstance(s, str) for s in g) for g in groups
+    ):
+        return "`plan.groups` is not a list of lists of step ids"
+    if not isinstance(steps, dict) or not all(isinstance(v, dict) for v in steps.values()):
+        return "`plan.steps` is not a mapping of steps"
+    missing = [s for g in groups for s in g if s not in steps]
+    if missing:
+        return f"`plan.groups` names `{missing[0][:40]}`, which `plan.steps` lacks"
+    return None
+
+
+def _event_problem(ev: Mapping[str, Any]) -> str | None:
+    at = ev.get("at")
+    if "at" in ev:
+        if not isinstance(at, str):
+            return "`at` is not a time stamp"
+        try:
+            parse_iso(at)
+        except ValueError:
+            return f"`at` `{at[:40]}` is not an ISO time stamp"
+    for key in _EVENT_TEXT:
+        if ev.get(key) is not None and not isinstance(ev[key], str):
+            return f"`{key}` is not text"
+    for key in _EVENT_INT:
+        value = ev.get(key)
+        if key in ev and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"`{key}` is not a whole number"
+    return None
+
+
+def _step_problem(data: Any) -> str | None:
+    if data is None:
+        return None  # a missing or unreadable step file: the journal still says what happened
+    if not isinstance(data, dict):
+        return "is not a JSON object"
+    for key in _STEP_TEXT:
+        if data.get(key) is not None and not isinstance(data[key], str):
+            return f"`{key}` is not text"
+    for key in _STEP_MAPPING:
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            return f"`{key}` is not a mapping"
+    handoff = data.get("handoff") or {}
+    for key in ("runId", "agent", "status", "confidence", "result", "notes"):
+        if handoff.get(key) is not None and not isinstance(handoff[key], str):
+            return f"`handoff.{key}` is not text"
+    if handoff.get("artifacts") is not None and not isinstance(handoff["artifacts"], list):
+        return "`handoff.artifacts` is not a list"
+    attempts = data.get("attempts")
+    if attempts is not None and not (
+        isinstance(attempts, list) and all(isinstance(a, dict) for a in attempts)
+    ):
+        return "`attempts` is not a list of mappings"
+    return None
