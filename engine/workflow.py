@@ -172,8 +172,12 @@ def find_workflow(name_or_path: str, cfg: Config | None) -> Path:
     text = str(name_or_path)
     if _looks_like_path(text):
         candidate = Path(text).expanduser()
-        if candidate.is_file():
-            return candidate
+        if candidate.is_dir():
+            raise WorkflowError(
+                f"`{text}` is a directory; give a workflow file or a name.", path=candidate
+            )
+        if os.path.lexists(candidate):
+            return candidate  # load_workflow names a FIFO or a device as such
         raise WorkflowError(f"workflow file `{text}` does not exist.", path=candidate)
     dirs = search_path(cfg)
     for directory in dirs:

@@ -531,6 +531,15 @@ def test_defaults_are_kept_as_written(
     check(res, 0, f"Find {shown}")
 
 
+def test_template_paths_that_are_not_files(tmp_path: Path, cfg_file: Path) -> None:
+    fifo = tmp_path / "wf.yaml"
+    os.mkfifo(fifo)
+    args = ["--config", str(cfg_file)]
+    check(invoke("workflow", ["validate", str(fifo), *args]), 2, "is a FIFO (named pipe)")
+    check(invoke("workflow", ["graph", "/dev/null", *args]), 2, "is a character device")
+    check(invoke("workflow", ["run", str(tmp_path) + "/", "--dry-run", *args]), 2, "a directory")
+
+
 def test_one_broken_template_does_not_break_the_listing(
     tmp_path: Path, cfg_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
