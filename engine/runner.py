@@ -303,11 +303,11 @@ class Journal:
 def _read_numbered(path: Path) -> Iterator[tuple[int, Any]]:
     """Each parsed line of a journal with its line number; unparsable lines are left out."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:
             for number, line in enumerate(fh, 1):
                 try:
                     yield number, json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
     except FileNotFoundError:
         return
@@ -586,6 +586,19 @@ def _plan_order(meta: Any, path: Path) -> tuple[list[str], dict[str, Any]]:
     return order, {s: e if isinstance(e := entries.get(s), dict) else {} for s in order}
 
 
+def _check_shape(path: Path, meta: Any, order: list[str]) -> None:
+    """RunStateError naming the file and value when a hand-edited record has a wrong shape."""
+    from engine.runshape import shape_problem
+
+    problem = shape_problem(meta, {s: read_json(path / f"{s}.json") for s in order})
+    if problem:
+        raise RunStateError(
+            f"run `{path.name}` is damaged: {problem} (in `{path}`). Its files were left as "
+            "they are; restore them from a backup, or start the workflow again.",
+            path=path,
+        )
+
+
 def replay(path: Path) -> RunView:
     """Rebuild a run's state from run.json and its journal.
 
@@ -596,6 +609,7 @@ def replay(path: Path) -> RunView:
     if meta is None:
         raise RunStateError(f"`{path / 'run.json'}` is missing or unreadable.", path=path)
     order, entries = _plan_order(meta, path)
+    _check_shape(path, meta, order)
     steps = {s: StepRun(id=s, agent=_opt_str(entries[s], "agent")) for s in order}
     fold = _Fold(path, steps)
     warnings: list[str] = []
@@ -1470,13 +1484,17 @@ def list_runs(cfg: Config, *, limit: int = 20) -> list[dict[str, Any]]:
     base = runs_dir(cfg)
     if not base.exists():
         return []
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in sorted(base.iterdir(), key=lambda p: p.name, reverse=True)[:limit]:
         if not (path / "run.json").is_file():
             continue
         try:
             view = replay(path)
-        except OrchestratorError:
+        except OrchestratorError as exc:  # listed, with its paragraph; the others still are
+            rows.append(
+                {"runId": path.name, "workflow": "?", "status": "damaged", "started_at": None}
+                | {"duration_ms": None, "steps": {}, "error": str(exc)}
+            )
             continue
         summary = summarize(view)
         counts: dict[str, int] = {}
@@ -1485,7 +1503,7 @@ def list_runs(cfg: Config, *, limit: int = 20) -> list[dict[str, Any]]:
         rows.append(
             {
                 "runId": view.run_id,
-                "workflow": view.meta["workflow"],
+                "workflow": str(view.meta.get("workflow")),
                 "status": view.state.value,
                 "started_at": view.started_at,
                 "duration_ms": summary["duration_ms"],

@@ -4,48 +4,30 @@ A run record (``run.json``, ``events.jsonl``, one ``<step>.json`` per finished s
 written by the engine, but people edit, truncate and copy them. ``shape_problem`` says
 what in a record has the wrong type, so that ``workflow runs``, ``status``, ``resume``,
 ``approve``, ``reject`` and ``cancel`` answer with one paragraph instead of failing deep
-inside the runner. It only reads values already parsed; it does no IO.
+inside the runner (the replay itself skips malformed journal events, with a warning). It
+only looks at values already parsed; it does no IO.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from engine.files import parse_iso
-
 _META_TEXT = ("workflow", "workflow_path", "version", "caller", "config", "created_at")
-_EVENT_TEXT = (
-    "step",
-    "agent",
-    "status",
-    "delegation_run_id",
-    "reason",
-    "kind",
-    "decision",
-    "by",
-    "run_id",
-    "workflow",
-)
-_EVENT_INT = ("attempt", "attempts", "pid")
 _STEP_TEXT = ("step", "agent", "status", "started_at", "finished_at", "delegation_run_id")
 _STEP_MAPPING = ("handoff", "validation", "gate")
 
 
-def shape_problem(
-    run_id: str,
-    meta: Any,
-    events: Iterable[Mapping[str, Any]],
-    step_files: Mapping[str, Any],
-) -> str | None:
-    """The first problem of a run record's shape, as ``file: what``; None when it is sound."""
-    problem = _meta_problem(run_id, meta)
+def shape_problem(meta: Any, step_files: Mapping[str, Any]) -> str | None:
+    """The first problem of a run record's shape, as ``file: what``; None when it is sound.
+
+    ``meta`` is the parsed ``run.json``, ``step_files`` maps step ids to their parsed
+    ``<step>.json`` (None when missing). Journal events are not checked here: the replay
+    skips a malformed event and names it in its warnings.
+    """
+    problem = _meta_problem(meta)
     if problem:
         return f"`run.json`: {problem}"
-    for n, ev in enumerate(events, 1):
-        problem = _event_problem(ev)
-        if problem:
-            return f"`events.jsonl` event {n} (`{str(ev.get('event'))[:40]}`): {problem}"
     for step, data in step_files.items():
         problem = _step_problem(data)
         if problem:
@@ -53,11 +35,11 @@ def shape_problem(
     return None
 
 
-def _meta_problem(run_id: str, meta: Any) -> str | None:
+def _meta_problem(meta: Any) -> str | None:
     if not isinstance(meta, dict):
         return "is not a JSON object"
-    if meta.get("runId") != run_id:
-        return f"`runId` is not `{run_id}`, the name of its directory"
+    if not isinstance(meta.get("runId"), str):
+        return "`runId` is not text"
     for key in _META_TEXT:
         if key in meta and not isinstance(meta[key], str):
             return f"`{key}` is not text"
@@ -75,28 +57,15 @@ def _meta_problem(run_id: str, meta: Any) -> str | None:
         return "`plan.groups` is not a list of lists of step ids"
     if not isinstance(steps, dict) or not all(isinstance(v, dict) for v in steps.values()):
         return "`plan.steps` is not a mapping of steps"
-    missing = [s for g in groups for s in g if s not in steps]
+    grouped = [s for g in groups for s in g]
+    missing = [s for s in grouped if s not in steps]
     if missing:
         return f"`plan.groups` names `{missing[0][:40]}`, which `plan.steps` lacks"
-    return None
-
-
-def _event_problem(ev: Mapping[str, Any]) -> str | None:
-    at = ev.get("at")
-    if "at" in ev:
-        if not isinstance(at, str):
-            return "`at` is not a time stamp"
-        try:
-            parse_iso(at)
-        except ValueError:
-            return f"`at` `{at[:40]}` is not an ISO time stamp"
-    for key in _EVENT_TEXT:
-        if ev.get(key) is not None and not isinstance(ev[key], str):
-            return f"`{key}` is not text"
-    for key in _EVENT_INT:
-        value = ev.get(key)
-        if key in ev and (isinstance(value, bool) or not isinstance(value, int)):
-            return f"`{key}` is not a whole number"
+    ungrouped = [s for s in steps if s not in grouped]
+    if ungrouped:
+        return f"`plan.steps` has `{str(ungrouped[0])[:40]}`, which `plan.groups` lacks"
+    if len(set(grouped)) != len(grouped):
+        return "`plan.groups` names a step twice"
     return None
 
 

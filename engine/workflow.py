@@ -21,7 +21,6 @@ Jinja2 (compiling costs about half a millisecond per template, rendering microse
 
 from __future__ import annotations
 
-import functools
 import operator
 import os
 import re
