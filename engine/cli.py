@@ -1045,7 +1045,10 @@ def workflow_runs_cmd(limit: int, as_json: bool, config: str | None) -> int:
     """List recent runs, newest first."""
     from engine.runner import list_runs
 
-    rows = list_runs(_load(config), limit=limit)
+    problems: list[str] = []
+    rows = list_runs(_load(config), limit=limit, problems=problems)
+    for problem in problems:  # a damaged run: its paragraph, the others still listed
+        click.echo(f"error: {problem}", err=True)
     if as_json:
         _dump(rows)
         return 0
@@ -1055,9 +1058,6 @@ def workflow_runs_cmd(limit: int, as_json: bool, config: str | None) -> int:
     from engine.progress import runs_table
 
     click.echo(runs_table(rows))
-    for row in rows:
-        if row.get("error"):
-            click.echo(f"error: {row['error']}", err=True)
     return 0
 
 

@@ -1479,8 +1479,13 @@ def cancel_run(cfg: Config, run_id: str) -> RunState:
     return RunState.CANCELLED
 
 
-def list_runs(cfg: Config, *, limit: int = 20) -> list[dict[str, Any]]:
-    """Recent runs, newest first: id, workflow, status, started, duration."""
+def list_runs(
+    cfg: Config, *, limit: int = 20, problems: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Recent runs, newest first: id, workflow, status, started, duration.
+
+    A run whose record is damaged is left out; its paragraph is appended to ``problems``.
+    """
     base = runs_dir(cfg)
     if not base.exists():
         return []
@@ -1490,11 +1495,9 @@ def list_runs(cfg: Config, *, limit: int = 20) -> list[dict[str, Any]]:
             continue
         try:
             view = replay(path)
-        except OrchestratorError as exc:  # listed, with its paragraph; the others still are
-            rows.append(
-                {"runId": path.name, "workflow": "?", "status": "damaged", "started_at": None}
-                | {"duration_ms": None, "steps": {}, "error": str(exc)}
-            )
+        except OrchestratorError as exc:  # left out, and said why; the others still listed
+            if problems is not None:
+                problems.append(str(exc))
             continue
         summary = summarize(view)
         counts: dict[str, int] = {}

@@ -1048,7 +1048,8 @@ def _two_runs(tmp: Path, files: dict[str, bytes]) -> tuple[Path, str, str]:
 def test_damaged_run(case: str, tmp_path: Path, cfg_file: Path) -> None:
     runs, rid, good = _two_runs(tmp_path, DAMAGED_RUNS[case])
     before = {p.name: p.read_bytes() for p in (runs / rid).iterdir()}
-    text = check(invoke("workflow", ["runs", "--config", str(cfg_file)]), 0, (rid, "damaged"))
+    text = check(invoke("workflow", ["runs", "--config", str(cfg_file)]), 0, "error: ")
+    assert rid in text
     assert good in text and "complete" in text
     check(invoke("workflow", ["status", good, "--config", str(cfg_file)]), 0, good)
     for cmd in (
