@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -224,7 +225,15 @@ def _refuse_constant(name: str) -> Any:
 def loads_strict(text: str | bytes) -> Any:
     """``json.loads`` that refuses NaN/Infinity; may raise ValueError, RecursionError,
     MemoryError (callers translate them)."""
-    return json.loads(text, parse_constant=_refuse_constant)
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a float, refusing one too large to be finite (``1e999``)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is too large (not finite)")
+    return value
 
 
 def parse_handoff(text: str | bytes, *, path: Path) -> Any:

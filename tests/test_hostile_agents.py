@@ -598,3 +598,14 @@ def test_gateway_fallback_never_supersedes_the_agents_own_late_answer(
     assert env["supersedes"] == ("timeout" if order == "answer-then-exit" else "fallback")
     shown = _show(cfg, result.run_id).output
     assert "the agent's own answer" in shown and "printed nothing" not in shown
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999", "1E400"])
+def test_a_number_too_large_to_be_finite_is_refused(tmp_path: Path, number: str) -> None:
+    """`1e999` parses to infinity in Python's json; a handoff must not carry it into a record."""
+    from engine.handoff import HandoffProblem, parse_handoff
+
+    with pytest.raises(HandoffProblem) as info:
+        parse_handoff('{"usage": {"cost": ' + number + '}}', path=tmp_path / "h.json")
+    assert info.value.kind == "parse"
+    assert "not finite" in info.value.message and "h.json" in info.value.message
