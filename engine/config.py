@@ -99,6 +99,9 @@ class GatewayConfig:
     workspaces_dir: Path | None = None
     agents: dict[str, GatewayAgentConfig] = field(default_factory=dict)
     kill_after: float | None = None
+    #: An embedded gateway leaves agents still running when its command exits to
+    #: watchdogs (their late answers are merged) instead of killing them.
+    detach_on_exit: bool = True
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,7 @@ def config_from_dict(
                 for name, spec in gw.get("agents", {}).items()
             },
             kill_after=float(gw["kill_after"]) if "kill_after" in gw else None,
+            detach_on_exit=bool(gw.get("detach_on_exit", True)),
         )
     retry_raw = raw.get("retry", {})
     retry = RetryPolicy(

@@ -706,7 +706,9 @@ def open_delegator(
             from engine.gateway.server import LocalGateway
 
             local_token = _embedded_token(cfg)
-            gateway = LocalGateway(cfg, token=local_token, port=gw.port).start()
+            gateway = LocalGateway(
+                cfg, token=local_token, port=gw.port, detach_on_stop=gw.detach_on_exit
+            ).start()
             local_url = gateway.url
         else:
             local_url = f"http://{gw.host}:{gw.port}"

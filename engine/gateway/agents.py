@@ -148,11 +148,12 @@ def redact_key(message: str) -> str:
 class _Running:
     """A live process and whether the gateway asked it to stop."""
 
-    __slots__ = ("popen", "cancelled")
+    __slots__ = ("popen", "cancelled", "detached")
 
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self.popen = popen
         self.cancelled = False
+        self.detached = False  # left running when the gateway stopped (see detach_all)
 
 
 def hard_limit(
@@ -184,6 +185,7 @@ class CommandRunner:
         self.kill_after = kill_after
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
+        self._detach_info: dict[str, dict[str, Any]] = {}
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -192,20 +194,43 @@ class CommandRunner:
         """Refuse new tasks, SIGTERM every running group, SIGKILL what outlives ``grace``."""
         with self._lock:
             self._closed = True
-            running = list(self._running.values())
+            running = [r for r in self._running.values() if not r.detached]
         for r in running:
             r.cancelled = True
             _killpg(r.popen.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._lock:
-                if not self._running:
+                if not any(not r.detached for r in self._running.values()):
                     return
             time.sleep(0.01)
         with self._lock:
-            running = list(self._running.values())
+            running = [r for r in self._running.values() if not r.detached]
         for r in running:
             _killpg(r.popen.pid, signal.SIGKILL)
+
+    def detach_all(self) -> list[int]:
+        """Refuse new tasks and leave every running agent to a watchdog; return their pids.
+
+        An embedded gateway stops when its one-shot ``orchestrate`` or ``workflow run``
+        exits, often because the caller stopped waiting (timeout). Killing the agents then
+        would lose answers that the engine promises to merge late. Each agent keeps
+        running in its own session; a detached watchdog process
+        (``engine.gateway.watchdog``) enforces its hard limit, writes the fallback handoff
+        if the agent leaves none, and reconciles the records directory so the late
+        answer is merged.
+        """
+        with self._lock:
+            self._closed = True
+            running = list(self._running.items())
+        pids = []
+        for gateway_run_id, r in running:
+            info = self._detach_info.get(gateway_run_id)
+            if info is None or not _spawn_watchdog(r.popen, info):
+                continue  # no watchdog, no detaching: kill_all() ends it as before
+            r.detached = True
+            pids.append(r.popen.pid)
+        return pids
 
     def running_pids(self) -> list[int]:
         """Pids of the process-group leaders still running."""
@@ -232,8 +257,12 @@ class CommandRunner:
             return self._finish(task, _failed_start(popen_or_reason, started))
         popen = popen_or_reason
         running = _Running(popen)
+        deadline_epoch = time.time() + timeout if timeout is not None else None
         with self._lock:
             self._running[task.gateway_run_id] = running
+            self._detach_info[task.gateway_run_id] = _watchdog_info(
+                task, workspace, deadline_epoch, timeout, source
+            )
             if self._closed:  # stop() began while we were starting it
                 running.cancelled = True
                 _killpg(popen.pid, signal.SIGTERM)
@@ -242,6 +271,9 @@ class CommandRunner:
         finally:
             with self._lock:
                 self._running.pop(task.gateway_run_id, None)
+                self._detach_info.pop(task.gateway_run_id, None)
+        if running.detached:  # its watchdog writes the logs and the fallback
+            return outcome
         for name, text in (("stdout.log", outcome.stdout), ("stderr.log", outcome.stderr)):
             try:
                 (workspace / name).write_text(redact(text), encoding="utf-8")
@@ -429,6 +461,8 @@ def _supervise(running: _Running, timeout: float | None, started: float) -> Outc
                 killed = True
             if exited and (open_pipes == 0 or killed):
                 break
+            if running.detached and not exited:
+                break  # the watchdog owns it now; output goes on to its log files
             waits: list[float] = []
             if deadline is not None and term_at is None:
                 waits.append(deadline - now)
@@ -461,9 +495,9 @@ def _supervise(running: _Running, timeout: float | None, started: float) -> Outc
             if pidfd is None and not exited:
                 exited = _exited_unreaped(pid)
         # Reap only now: until then the zombie leader keeps the group id from being reused.
-        returncode = proc.wait()
+        returncode = None if running.detached and not exited else proc.wait()
     finally:
-        if proc.returncode is None:  # only if the loop itself broke: leave nothing behind
+        if proc.returncode is None and not running.detached:  # the loop broke: end it
             _killpg(pid, signal.SIGKILL)
             proc.wait()
         sel.close()
@@ -480,6 +514,57 @@ def _supervise(running: _Running, timeout: float | None, started: float) -> Outc
         stderr=err,
         seconds=time.monotonic() - started,
     )
+
+
+def _watchdog_info(
+    task: Task, workspace: Path, deadline_epoch: float | None, timeout: float | None, source: str
+) -> dict[str, Any]:
+    """What a watchdog needs to finish a detached task (sent on its stdin, never argv)."""
+    return {
+        "run_id": task.run_id,
+        "agent": task.handoff_agent or task.agent,
+        "handoff_path": str(task.handoff_path) if task.handoff_path else None,
+        "key": task.handoff_key,
+        "workspace": str(workspace),
+        "deadline_epoch": deadline_epoch,
+        "limit_s": timeout,
+        "limit_source": source,
+    }
+
+
+#: Detached agents and their watchdogs: kept referenced so that they are neither reaped
+#: too early nor reported as leaked; finished ones are reaped on the next detach.
+_DETACHED: list[subprocess.Popen[bytes]] = []
+_DETACHED_LOCK = threading.Lock()
+
+
+def _keep(*procs: subprocess.Popen[bytes]) -> None:
+    with _DETACHED_LOCK:
+        _DETACHED[:] = [p for p in _DETACHED if p.poll() is None]
+        _DETACHED.extend(procs)
+
+
+def _spawn_watchdog(popen: subprocess.Popen[bytes], info: dict[str, Any]) -> bool:
+    """Start a detached watchdog for the agent ``popen``, handing it the output pipes."""
+    fds = [f.fileno() for f in (popen.stdout, popen.stderr) if f is not None and not f.closed]
+    payload = dict(info, pid=popen.pid, fds=fds)
+    try:
+        watchdog = subprocess.Popen(
+            [sys.executable, "-m", "engine.gateway.watchdog"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            pass_fds=tuple(fds),
+        )
+        assert watchdog.stdin is not None
+        watchdog.stdin.write(json.dumps(payload).encode())
+        watchdog.stdin.close()
+        _keep(popen, watchdog)
+    except (OSError, ValueError) as exc:
+        log.warning("local gateway: cannot start a watchdog for pid %s: %s", popen.pid, exc)
+        return False
+    return True
 
 
 def _exited_unreaped(pid: int) -> bool:

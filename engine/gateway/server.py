@@ -264,9 +264,13 @@ class LocalGateway:
         token: str,
         host: str | None = None,
         port: int | None = None,
+        detach_on_stop: bool = False,
     ) -> None:
         if not token:
             raise ValueError("the local gateway needs a non-empty token")
+        #: On ``stop()``, leave running command agents to watchdogs instead of killing them
+        #: (the embedded gateway of a one-shot command: see ``CommandRunner.detach_all``).
+        self.detach_on_stop = detach_on_stop
         self.cfg = cfg
         self.gw_cfg: GatewayConfig = cfg.gateway or GatewayConfig()
         self.host = host if host is not None else self.gw_cfg.host
@@ -381,6 +385,8 @@ class LocalGateway:
                 server.shutdown()
                 server.server_close()
                 server.close_connections()
+            if self.detach_on_stop:
+                self._runner.detach_all()
             self._runner.kill_all()
             with self._lock:
                 threads = list(self._threads)

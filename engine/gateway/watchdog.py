@@ -1,0 +1,184 @@
+"""The watchdog of a command agent left running when its embedded gateway stopped.
+
+An embedded local gateway lives inside a one-shot ``orchestrate`` or ``workflow run``
+process. When that process ends because the caller stopped waiting (a timeout), the
+agent may still be working, and the engine promises that its answer is merged later
+(marked ``late``). So the gateway does not kill it: it starts this watchdog, in a
+session of its own, and hands it the agent's output pipes (``pass_fds``) and, on stdin,
+a JSON object::
+
+    {"pid": 1234, "fds": [5, 7], "run_id": "orch-…", "agent": "webster",
+     "handoff_path": "/…/handoffs/inbox/orch-….json", "key": "…",
+     "workspace": "/…/workspaces/webster/…", "deadline_epoch": 1764504000.0,
+     "limit_s": 600.0, "limit_source": "agent timeout"}
+
+The watchdog drains the pipes into ``stdout.late.log`` and ``stderr.late.log`` in the
+workspace (the last 64 KB, redacted), ends the agent's process group at its hard limit
+(SIGTERM, then SIGKILL), and when the agent is gone writes the fallback handoff if the
+agent left none (never over one it delivered), then reconciles the records directory, so
+the late answer meets its pending envelope. The agent is not its child, so its exit code
+is unknown: a fallback is ``failed``, with what the agent printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.gateway.agents import (
+    GATEWAY_NOTE_PREFIX,
+    KILL_GRACE,
+    OUTPUT_LIMIT,
+    STDERR_TAIL,
+    _delivered,
+    _killpg,
+    _reconcile,
+    records_of,
+    write_new_handoff,
+)
+from engine.redact import redact
+
+LATE_NOTE = f"{GATEWAY_NOTE_PREFIX} after it stopped: the agent exited without a handoff"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def watch(info: dict[str, Any]) -> None:
+    """Drain, bound and finish one detached agent (see the module docstring)."""
+    pid = int(info["pid"])
+    fds = [int(fd) for fd in info.get("fds") or []]
+    bufs: dict[int, bytearray] = {fd: bytearray() for fd in fds}
+    sel = selectors.DefaultSelector()
+    for fd in fds:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    pidfd: int | None = None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    exited = pidfd is None and not _alive(pid)
+    if pidfd is not None:
+        sel.register(pidfd, selectors.EVENT_READ)
+    deadline = info.get("deadline_epoch")
+    term_at: float | None = None
+    killed = timed_out = False
+    open_pipes = len(fds)
+    while not (exited and (open_pipes == 0 or killed)):
+        now = time.time()
+        if not exited and deadline is not None and now >= deadline and term_at is None:
+            timed_out = True
+            _killpg(pid, signal.SIGTERM)
+            term_at = now
+        if term_at is not None and not killed and now >= term_at + KILL_GRACE:
+            _killpg(pid, signal.SIGKILL)
+            killed = True
+        wait = 1.0
+        if deadline is not None and term_at is None:
+            wait = min(wait, max(0.0, deadline - now))
+        for key, _ in sel.select(wait):
+            fd = int(key.fd)
+            if fd == pidfd:
+                sel.unregister(fd)
+                exited = True
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                sel.unregister(fd)
+                open_pipes -= 1
+                continue
+            buf = bufs[fd]
+            buf += chunk
+            if len(buf) > 2 * OUTPUT_LIMIT:
+                del buf[:-OUTPUT_LIMIT]
+        if pidfd is None and not exited:
+            exited = not _alive(pid)
+    _killpg(pid, signal.SIGTERM)  # stragglers left in the agent's session
+    texts = [bytes(b[-OUTPUT_LIMIT:]).decode("utf-8", "replace") for b in bufs.values()]
+    out, err = (texts + ["", ""])[:2]
+    workspace = Path(str(info.get("workspace") or ""))
+    for name, text in (("stdout.late.log", out), ("stderr.late.log", err)):
+        try:
+            (workspace / name).write_text(redact(text), encoding="utf-8")
+        except OSError:
+            pass
+    _finish(info, out, err, timed_out)
+
+
+def _finish(info: dict[str, Any], out: str, err: str, timed_out: bool) -> None:
+    raw = info.get("handoff_path")
+    if not raw or not info.get("run_id"):
+        return
+    path = Path(str(raw))
+    if not _delivered(path):
+        from engine.handoff import HandoffProblem, make_handoff
+
+        earlier = _read(Path(str(info.get("workspace") or "")) / "stdout.log")
+        printed = (earlier + out).strip()
+        if timed_out:
+            result = (
+                f"killed at the local gateway's hard limit of {info.get('limit_s')} s "
+                f"({info.get('limit_source')}), after the gateway stopped"
+            )
+        else:
+            result = "the agent exited without a handoff after the local gateway stopped"
+        if printed:
+            result += f"; it printed:\n{printed[-STDERR_TAIL:]}"
+        elif err.strip():
+            result += f"; stderr (tail):\n{err.strip()[-STDERR_TAIL:]}"
+        handoff = make_handoff(
+            run_id=str(info["run_id"]),
+            agent=str(info.get("agent")),
+            status="failed",
+            result=redact(result),
+            confidence="low",
+            notes=LATE_NOTE,
+            key=info.get("key"),
+        )
+        try:
+            write_new_handoff(path, handoff)
+        except (HandoffProblem, OSError):
+            return
+    _reconcile(records_of(path))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def main() -> int:
+    """Read the task's JSON from stdin and watch it (``python -m engine.gateway.watchdog``)."""
+    try:
+        info = json.loads(sys.stdin.read())
+    except (OSError, ValueError):
+        return 2
+    if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
+        return 2
+    watch(info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
