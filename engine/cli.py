@@ -732,6 +732,78 @@ def gateway_cmd(host: str | None, port: int | None, config: str | None) -> int:
     return 0
 
 
+@orchestrate.group("agents")
+def agents_group() -> None:
+    """The cluster's gateways: health, systemd units, logs."""
+
+
+@agents_group.command("status")
+@click.argument("names", nargs=-1, metavar="[AGENT]...")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 60.0),
+    default=5.0,
+    show_default=True,
+    help="Longest probe of one agent, in seconds.",
+)
+@config_option
+def agents_status_cmd(
+    names: tuple[str, ...], as_json: bool, timeout: float, config: str | None
+) -> int:
+    """Probe every agent's gateway: reachable, /health, hooks token, latency, in-flight.
+
+    Exits 1 when any agent is not up.
+    """
+    from engine.health import check_agents, format_table
+
+    report = check_agents(_load(config), names=list(names) or None, timeout=timeout)
+    if as_json:
+        _dump(report.as_dict())
+    else:
+        _say(format_table(report))
+    return 0 if report.ok else 1
+
+
+@agents_group.command("systemd")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Directory to write into."
+)
+@config_option
+def agents_systemd_cmd(out: str, config: str | None) -> int:
+    """Write one systemd user unit per gateway (tokens from an EnvironmentFile)."""
+    from pathlib import Path
+
+    from engine.systemd import gateway_units, write_units
+
+    units = gateway_units(_load(config))
+    if not units:
+        click.echo("no gateway on this host in the registry: nothing to write", err=True)
+        return 0
+    for path in write_units(units, Path(out)):
+        click.echo(f"wrote {path}")
+    return 0
+
+
+@agents_group.command("logs")
+@click.argument("agent")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended (Ctrl-C).")
+@click.option("-n", "--lines", type=click.IntRange(0, 100000), default=50, show_default=True)
+@config_option
+def agents_logs_cmd(agent: str, follow: bool, lines: int, config: str | None) -> int:
+    """Print the end of AGENT's gateway log (`operations.logs`); -f follows it."""
+    from engine import opslog
+
+    path = opslog.log_path(_load(config), agent)
+    assert path is not None
+    for line in opslog.tail(path, lines):
+        click.echo(line)
+    if follow:
+        for line in opslog.follow(path):
+            click.echo(line)
+    return 0
+
+
 def orchestrate_main() -> None:
     """Entry point of the `orchestrate` console script."""
     orchestrate.main(prog_name="orchestrate")

@@ -102,6 +102,8 @@ class GatewayConfig:
     #: An embedded gateway leaves agents still running when its command exits to
     #: watchdogs (their late answers are merged) instead of killing them.
     detach_on_exit: bool = True
+    #: Finished task workspaces kept per agent (oldest removed first); None keeps all.
+    workspace_retention: int | None = 100
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class Config:
     pool: dict[str, Any] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
     channels: dict[str, Any] = field(default_factory=dict)
+    operations: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -239,6 +242,7 @@ def config_from_dict(
             },
             kill_after=float(gw["kill_after"]) if "kill_after" in gw else None,
             detach_on_exit=bool(gw.get("detach_on_exit", True)),
+            workspace_retention=gw.get("workspace_retention", 100),
         )
     retry_raw = raw.get("retry", {})
     retry = RetryPolicy(
@@ -268,6 +272,7 @@ def config_from_dict(
         pool=dict(raw.get("pool", {})),
         models=dict(raw.get("models", {})),
         channels=dict(raw.get("channels", {})),
+        operations=dict(raw.get("operations", {})),
     )
 
 

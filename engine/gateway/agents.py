@@ -180,9 +180,16 @@ def hard_limit(
 class CommandRunner:
     """Runs ``command`` agents, one process group per task, and can kill them all."""
 
-    def __init__(self, workspaces_dir: Path, *, kill_after: float | None = None) -> None:
+    def __init__(
+        self,
+        workspaces_dir: Path,
+        *,
+        kill_after: float | None = None,
+        retention: int | None = None,
+    ) -> None:
         self.workspaces_dir = workspaces_dir
         self.kill_after = kill_after
+        self.retention = retention
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
         self._detach_info: dict[str, dict[str, Any]] = {}
@@ -279,7 +286,14 @@ class CommandRunner:
                 (workspace / name).write_text(redact(text), encoding="utf-8")
             except OSError:
                 pass
-        return self._finish(task, outcome, timeout=timeout, source=source)
+        finished = self._finish(task, outcome, timeout=timeout, source=source)
+        if self.retention is not None:
+            from engine.gateway.retention import prune_workspaces
+
+            with self._lock:
+                busy = set(self._running)
+            prune_workspaces(workspace.parent, self.retention, busy)
+        return finished
 
     def _finish(
         self,

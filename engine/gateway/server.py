@@ -280,7 +280,11 @@ class LocalGateway:
         self.agents: dict[str, GatewayAgentConfig] = dict(self.gw_cfg.agents)
         self._agent_names = sorted(self.agents)
         workspaces = self.gw_cfg.workspaces_dir or (cfg.handoffs_dir / ".workspaces")
-        self._runner = CommandRunner(Path(workspaces), kill_after=self.gw_cfg.kill_after)
+        self._runner = CommandRunner(
+            Path(workspaces),
+            kill_after=self.gw_cfg.kill_after,
+            retention=self.gw_cfg.workspace_retention,
+        )
         self._lock = threading.Lock()
         self._idempotency: OrderedDict[str, str] = OrderedDict()
         self._dispatched = dict.fromkeys(self.agents, 0)

@@ -1,0 +1,49 @@
+"""How many finished task workspaces the local gateway keeps (``gateway.workspace_retention``).
+
+Each command task gets ``<workspaces>/<agent>/<gateway run id>/``; without a limit they
+pile up forever. After a task ends, the finished workspaces of its agent beyond the newest
+``keep`` are removed. A workspace counts as finished once the gateway wrote its
+``stdout.log``; a running task's workspace is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Collection
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Written by the gateway when a task ends: marks a workspace as finished.
+FINISHED_MARKER = "stdout.log"
+
+
+def prune_workspaces(agent_dir: Path, keep: int | None, running: Collection[str] = ()) -> int:
+    """Remove finished workspaces in ``agent_dir`` beyond the newest ``keep``; return how many.
+
+    ``keep=None`` keeps all. Errors are logged, never raised: pruning must not fail a task.
+    """
+    if keep is None:
+        return 0
+    try:
+        entries = [
+            p
+            for p in agent_dir.iterdir()
+            if p.name not in running
+            and p.is_dir()
+            and not p.is_symlink()
+            and (p / FINISHED_MARKER).exists()
+        ]
+        entries.sort(key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+    except OSError as exc:
+        log.warning("local gateway: cannot list workspaces in %s: %s", agent_dir, exc)
+        return 0
+    removed = 0
+    for old in entries[keep:]:
+        try:
+            shutil.rmtree(old)
+            removed += 1
+        except OSError as exc:
+            log.warning("local gateway: cannot remove workspace %s: %s", old, exc)
+    return removed

@@ -1,0 +1,133 @@
+"""Gateway log files: where each agent's gateway writes, and reading or following one.
+
+Example (``orchestrator.yaml``)::
+
+    operations:
+      logs: ~/atomizer/logs/{agent}.log      # or a mapping: {webster: /var/log/webster.log}
+
+``orchestrate agents logs webster -f`` prints the last lines, then what is appended, until
+Ctrl-C. A rotated or truncated file is reopened from its start.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config
+from engine.errors import ConfigError, UsageError, did_you_mean
+from engine.redact import redact
+
+#: How often a followed file is checked for new text, in seconds.
+FOLLOW_INTERVAL = 0.25
+_CHUNK = 64 * 1024
+
+
+def log_path(cfg: Config, agent: str, *, required: bool = True) -> Path | None:
+    """The configured log file of ``agent`` (``gateway`` for the local gateway)."""
+    spec = (cfg.operations or {}).get("logs")
+    base = cfg.path.parent if cfg.path else Path.cwd()
+    if agent != "gateway" and agent not in cfg.agents:
+        raise UsageError(
+            f"unknown agent `{agent}`{did_you_mean(agent, list(cfg.agents)) or '.'} "
+            f"Known agents: {', '.join(cfg.agents)}."
+        )
+    raw: str | None = None
+    if isinstance(spec, str):
+        raw = spec.replace("{agent}", agent)
+    elif isinstance(spec, dict) and agent in spec:
+        raw = str(spec[agent])
+    if raw is None:
+        if not required:
+            return None
+        raise ConfigError(
+            f"no log file configured for `{agent}` in `{cfg.label}`: set `operations.logs` "
+            "to a path with `{agent}` (e.g. `~/atomizer/logs/{agent}.log`) or to a mapping "
+            f"`{{{agent}: /path/to/file.log}}`.",
+            path=cfg.path,
+        )
+    path = Path(os.path.expanduser(raw))
+    return path if path.is_absolute() else base / path
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of ``path`` (redacted)."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            start = max(0, size - _CHUNK * 4)
+            fh.seek(start)
+            data = fh.read()
+    except FileNotFoundError:
+        raise UsageError(
+            f"log file `{path}` does not exist (yet): is the gateway running with its output "
+            "going there (`StandardOutput=append:` in its unit)?"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read log file `{path}`: {exc.strerror or exc}.") from exc
+    text = data.decode("utf-8", "replace").splitlines()
+    if start > 0 and text:
+        text = text[1:]  # the first line may be cut
+    return [redact(line) for line in text[-lines:]] if lines > 0 else []
+
+
+def follow(
+    path: Path,
+    *,
+    stop: threading.Event | None = None,
+    interval: float = FOLLOW_INTERVAL,
+    sleep: Callable[[float], object] | None = None,
+) -> Iterator[str]:
+    """Yield lines appended to ``path`` from now on, until ``stop`` is set."""
+    stop = stop or threading.Event()
+    wait: Callable[[float], object] = sleep or stop.wait
+    fh = _open_at_end(path)
+    pending = b""
+    try:
+        while not stop.is_set():
+            chunk = fh.read(_CHUNK) if fh is not None else b""
+            if chunk:
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    yield redact(line.decode("utf-8", "replace"))
+                continue
+            if _replaced(path, fh):
+                if fh is not None:
+                    fh.close()
+                fh = _open(path)
+                pending = b""
+                continue
+            wait(interval)
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def _open(path: Path) -> Any:
+    try:
+        return open(path, "rb")
+    except OSError:
+        return None
+
+
+def _open_at_end(path: Path) -> Any:
+    fh = _open(path)
+    if fh is not None:
+        fh.seek(0, os.SEEK_END)
+    return fh
+
+
+def _replaced(path: Path, fh: Any) -> bool:
+    """True when the file was rotated, truncated, or appeared after we started."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if fh is None:
+        return True
+    own = os.fstat(fh.fileno())
+    return (st.st_ino, st.st_dev) != (own.st_ino, own.st_dev) or st.st_size < fh.tell()
