@@ -804,6 +804,72 @@ def agents_logs_cmd(agent: str, follow: bool, lines: int, config: str | None) ->
     return 0
 
 
+@orchestrate.group("inbox")
+def inbox_group() -> None:
+    """Tasks from a Discord channel: claim by reaction, post results (docs/discord.md)."""
+
+
+@inbox_group.command("discord")
+@click.option("--once", is_flag=True, help="One poll, wait for its tasks, exit (for cron).")
+@config_option
+def inbox_discord_cmd(once: bool, config: str | None) -> int:
+    """Poll `channels.queue`, run the tasks claimed, post results until Ctrl-C."""
+    import signal
+    import threading
+
+    from engine.discord import DiscordClient
+    from engine.inbox import DiscordInbox
+
+    cfg = _load(config)
+    client = DiscordClient.from_config(cfg)
+    stop = threading.Event()
+    try:
+        with DiscordInbox(cfg, client, log=lambda line: _say(line, err=True)) as inbox:
+            if once:
+                inbox.recover()
+                inbox.poll_once()
+                inbox.drain()
+                return 0
+            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            click.echo("inbox: polling Discord (Ctrl-C to stop)", err=True)
+            try:
+                inbox.run(stop)
+            except KeyboardInterrupt:
+                click.echo("inbox: stopping after the tasks in flight", err=True)
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+    finally:
+        client.close()
+    return 0
+
+
+@inbox_group.command("submit")
+@click.argument("task")
+@click.option(
+    "--agent", help="Delegate to this agent (else TASK is `AGENT: ...` or `workflow ...`)."
+)
+@click.option("--model", help="Model or alias for the agent (e.g. cheap).")
+@click.option("--thinking", type=click.Choice(["low", "medium", "high"]), help="Thinking level.")
+@config_option
+def inbox_submit_cmd(
+    task: str, agent: str | None, model: str | None, thinking: str | None, config: str | None
+) -> int:
+    """Post TASK to the queue channel, as seed 002's submit-to-queue.sh does."""
+    from engine.discord import DiscordClient
+    from engine.inbox import InboxSettings, submission_text
+
+    cfg = _load(config)
+    text = submission_text(task, agent=agent, model=model, thinking=thinking)
+    settings = InboxSettings.from_config(cfg)
+    client = DiscordClient.from_config(cfg)
+    try:
+        posted = client.post(settings.queue, text)
+    finally:
+        client.close()
+    click.echo(f"queued as message {posted.get('id')}: {text}")
+    return 0
+
+
 def orchestrate_main() -> None:
     """Entry point of the `orchestrate` console script."""
     orchestrate.main(prog_name="orchestrate")

@@ -13,9 +13,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -45,6 +48,7 @@ class Recorded:
     headers: dict[str, str]
     body: Any
     at: float
+    raw: bytes = b""
 
 
 class _Base:
@@ -68,6 +72,12 @@ class _Base:
 
             def do_POST(self) -> None:  # noqa: N802
                 outer._serve(self, "POST")
+
+            def do_PUT(self) -> None:  # noqa: N802
+                outer._serve(self, "PUT")
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                outer._serve(self, "DELETE")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -95,17 +105,17 @@ class _Base:
             body = raw.decode("utf-8", "replace")
         split = urlsplit(h.path)
         rec = Recorded(
-            method, split.path, parse_qs(split.query), dict(h.headers), body, time.monotonic()
+            method, split.path, parse_qs(split.query), dict(h.headers), body, time.monotonic(), raw
         )
         with self.lock:
             self.requests.append(rec)
-            step = self.script.pop(0) if self.script else None
+            step = self.next_step(rec)
         if isinstance(step, int):
             step = Scripted(step)
         if step is not None and step.delay:
             time.sleep(step.delay)
         status, payload, headers = self.answer(rec, step)
-        data = json.dumps(payload).encode("utf-8")
+        data = b"" if status == 204 else json.dumps(payload).encode("utf-8")
         h.send_response(status)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
@@ -114,16 +124,27 @@ class _Base:
         h.end_headers()
         h.wfile.write(data)
 
+    def next_step(self, rec: Recorded) -> Script | None:
+        """The scripted answer for this request (called under the lock)."""
+        return self.script.pop(0) if self.script else None
+
     def answer(self, rec: Recorded, step: Scripted | None) -> tuple[int, Any, dict[str, str]]:
         raise NotImplementedError
 
 
 class DiscordAPI(_Base):
-    """Discord's ``GET /api/v10/channels/{id}/messages?limit=N``, bot-token authenticated.
+    """Discord's REST API as the engine uses it, bot-token authenticated.
 
-    ``channels`` maps channel ids to messages, oldest first; answers are newest first, as
-    Discord's. Scripted statuses (429, 401, 404, 500...) come first, one per request.
+    ``GET /api/v10/channels/{id}/messages?limit=N`` answers newest first, as Discord's;
+    ``channels`` maps channel ids to messages, oldest first. Also: ``GET /users/@me``,
+    ``POST .../messages`` (JSON, or multipart with ``payload_json`` and ``files[n]``),
+    ``PUT``/``DELETE .../reactions/{emoji}/@me`` and ``GET .../reactions/{emoji}``.
+    ``bots`` maps further tokens to user objects (several bots on one server). Scripted
+    statuses (429, 401, 404, 500...) come first, one per request; ``post_script`` holds
+    statuses for message posts only.
     """
+
+    BOT_ID = "900000000000000001"
 
     def __init__(
         self,
@@ -131,31 +152,177 @@ class DiscordAPI(_Base):
         token: str,
         channels: dict[str, list[dict[str, Any]]] | None = None,
         script: list[Script] | None = None,
+        bots: dict[str, dict[str, Any]] | None = None,
+        post_script: list[Script] | None = None,
     ) -> None:
         super().__init__(script)
         self.token = token
         self.channels = channels or {}
         self.base_url = f"{self.url}/api/v10"
+        self.users: dict[str, dict[str, Any]] = {
+            token: {"id": self.BOT_ID, "username": "orchestrator", "bot": True}
+        }
+        self.users.update(bots or {})
+        self.post_script: list[Script] = list(post_script or [])
+        self.reactions: dict[str, dict[str, list[str]]] = {}
+        self.files: dict[str, dict[str, bytes]] = {}
+        self.state = threading.RLock()
+        self._next_id = 1_480_000_000_000_000_000
+
+    # -- test helpers ---------------------------------------------------------------------
+
+    def add_message(
+        self, channel_id: str, text: str, *, author_id: str, username: str = "someone"
+    ) -> str:
+        """A message posted by a user; returns its id."""
+        with self.state:
+            msg_id = self._new_id()
+            self.channels.setdefault(channel_id, []).append(
+                {
+                    **discord_message(0, text, username=username, timestamp=_now()),
+                    "id": msg_id,
+                    "channel_id": channel_id,
+                    "author": {"id": author_id, "username": username, "bot": False},
+                }
+            )
+            return msg_id
+
+    def react_as(self, user_id: str, message_id: str, emoji: str) -> None:
+        """``user_id`` reacts to a message."""
+        with self.state:
+            users = self.reactions.setdefault(message_id, {}).setdefault(emoji, [])
+            if user_id not in users:
+                users.append(user_id)
+
+    def posted(self, channel_id: str) -> list[dict[str, Any]]:
+        """Messages posted in a channel, oldest first."""
+        with self.state:
+            return [dict(m) for m in self.channels.get(channel_id, [])]
+
+    def reactors_of(self, message_id: str, emoji: str) -> list[str]:
+        """User ids that reacted to a message with ``emoji``."""
+        with self.state:
+            return list(self.reactions.get(message_id, {}).get(emoji, []))
+
+    # -- serving --------------------------------------------------------------------------
+
+    def next_step(self, rec: Recorded) -> Script | None:
+        if rec.method == "POST" and self.post_script:
+            return self.post_script.pop(0)
+        return super().next_step(rec)
 
     def answer(self, rec: Recorded, step: Scripted | None) -> tuple[int, Any, dict[str, str]]:
         if step is not None and step.status != 200:
             return step.status, step.body or _discord_error(step.status), step.headers
-        if rec.headers.get("Authorization") != f"Bot {self.token}":
+        auth = rec.headers.get("Authorization") or ""
+        user = self.users.get(auth[4:]) if auth.startswith("Bot ") else None
+        if user is None:
             return 401, _discord_error(401), {}
-        parts = rec.path.split("/")
-        # /api/v10/channels/{id}/messages
-        if len(parts) != 6 or parts[1:4] != ["api", "v10", "channels"] or parts[5] != "messages":
+        parts = [unquote(p) for p in rec.path.split("/")]
+        if parts[1:3] != ["api", "v10"]:
             return 404, {"message": "404: Not Found", "code": 0}, {}
-        if parts[4] not in self.channels:
-            return 404, _discord_error(404), {}
+        parts = parts[3:]
+        with self.state:
+            if parts == ["users", "@me"] and rec.method == "GET":
+                return 200, dict(user), {}
+            if len(parts) < 3 or parts[0] != "channels" or parts[2] != "messages":
+                return 404, {"message": "404: Not Found", "code": 0}, {}
+            channel = parts[1]
+            if channel not in self.channels:
+                return 404, _discord_error(404), {}
+            if len(parts) == 3:
+                if rec.method == "GET":
+                    return self._list(rec, channel, user)
+                if rec.method == "POST":
+                    return self._create(rec, channel, user)
+                return 405, {"message": "405: Method Not Allowed", "code": 0}, {}
+            message = parts[3]
+            if not any(m["id"] == message for m in self.channels[channel]):
+                return 404, {"message": "Unknown Message", "code": 10008}, {}
+            if len(parts) == 6 and parts[4] == "reactions" and rec.method == "GET":
+                users = self.reactions.get(message, {}).get(parts[5], [])
+                by_id = {u["id"]: u for u in self.users.values()}
+                return 200, [by_id.get(u, {"id": u, "username": u}) for u in users], {}
+            if len(parts) == 7 and parts[4] == "reactions" and parts[6] == "@me":
+                users = self.reactions.setdefault(message, {}).setdefault(parts[5], [])
+                if rec.method == "PUT" and user["id"] not in users:
+                    users.append(user["id"])
+                elif rec.method == "DELETE" and user["id"] in users:
+                    users.remove(user["id"])
+                return 204, None, {}
+        return 404, {"message": "404: Not Found", "code": 0}, {}
+
+    def _list(
+        self, rec: Recorded, channel: str, user: dict[str, Any]
+    ) -> tuple[int, Any, dict[str, str]]:
         try:
             limit = int(rec.query.get("limit", ["50"])[0])
         except ValueError:
             limit = -1
         if not 1 <= limit <= 100:
             return 400, {"message": "Invalid Form Body", "code": 50035}, {}
-        newest_first = list(reversed(self.channels[parts[4]]))
-        return 200, newest_first[:limit], {}
+        out = []
+        for m in reversed(self.channels[channel]):
+            m = dict(m)
+            reacted = {e: u for e, u in self.reactions.get(m["id"], {}).items() if u}
+            if reacted:
+                m["reactions"] = [
+                    {"emoji": {"id": None, "name": e}, "count": len(u), "me": user["id"] in u}
+                    for e, u in reacted.items()
+                ]
+            out.append(m)
+        return 200, out[:limit], {}
+
+    def _create(
+        self, rec: Recorded, channel: str, user: dict[str, Any]
+    ) -> tuple[int, Any, dict[str, str]]:
+        ctype = rec.headers.get("Content-Type") or rec.headers.get("content-type") or ""
+        files: dict[str, bytes] = {}
+        if ctype.startswith("multipart/form-data"):
+            payload: Any = None
+            parsed = BytesParser(policy=HTTP).parsebytes(
+                b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + rec.raw
+            )
+            for part in parsed.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                data = part.get_payload(decode=True) or b""
+                if name == "payload_json":
+                    payload = json.loads(data)
+                elif isinstance(name, str) and name.startswith("files["):
+                    files[str(part.get_filename())] = data
+        else:
+            payload = rec.body
+        if not isinstance(payload, dict) or not (payload.get("content") or files):
+            return 400, {"message": "Cannot send an empty message", "code": 50006}, {}
+        content = str(payload.get("content") or "")
+        if len(content) > 2000:
+            return 400, {"message": "Invalid Form Body", "code": 50035}, {}
+        msg_id = self._new_id()
+        message = {
+            **discord_message(0, content, username=user["username"], timestamp=_now()),
+            "id": msg_id,
+            "channel_id": channel,
+            "author": dict(user),
+            "attachments": [
+                {"id": str(i), "filename": n, "size": len(b)}
+                for i, (n, b) in enumerate(files.items())
+            ],
+        }
+        if payload.get("message_reference"):
+            message["message_reference"] = payload["message_reference"]
+            message["type"] = 19
+        self.channels[channel].append(message)
+        if files:
+            self.files[msg_id] = files
+        return 200, message, {}
+
+    def _new_id(self) -> str:
+        self._next_id += 1
+        return str(self._next_id)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def _discord_error(status: int) -> dict[str, Any]:

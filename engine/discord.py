@@ -1,0 +1,323 @@
+"""A small Discord REST client for the inbox: messages, reactions, posts with attachments.
+
+Example::
+
+    client = DiscordClient.from_config(cfg)
+    me = client.me()["id"]
+    for msg in client.messages(queue_id, limit=50):
+        ...
+    client.react(queue_id, msg["id"], CLAIM)
+    client.post(results_id, "done", attachment=("result.md", b"..."))
+
+Every request goes through one retry helper (``RetrySchedule``): a 429 waits what Discord
+asks (``retry_after`` in the body, else the rate-limit headers), 5xx and connection
+failures back off along ``delays`` (seed 002: 2, 4, 8, 16, 32 s; tests pass tiny ones),
+and 401/403/404 fail at once with a message naming what to fix. The bot token travels
+only in the ``Authorization`` header and never appears in a message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from engine.config import Config
+from engine.errors import ConfigError, HookError, HookUnreachableError
+from engine.redact import redact, register, register_url
+
+#: The claim reaction, and the decisions on a gate notice.
+CLAIM = "\u2705"  # ✅
+REJECT = "\u274c"  # ❌
+#: seed 002's backoff between attempts of a post.
+DEFAULT_DELAYS = (2.0, 4.0, 8.0, 16.0, 32.0)
+#: A 429 that asks for longer than this is not waited for.
+MAX_RETRY_WAIT = 60.0
+#: Discord's limit for a message's content.
+MAX_CONTENT = 2000
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """When to try again: 429 as told, 5xx and connection failures along ``delays``."""
+
+    delays: tuple[float, ...] = DEFAULT_DELAYS
+    max_retry_wait: float = MAX_RETRY_WAIT
+
+    def next_wait(
+        self, retries: int, status: int | None, retry_after: float | None
+    ) -> float | None:
+        """Seconds before retry number ``retries + 1``, or None to give up."""
+        if retries >= len(self.delays):
+            return None
+        if status == 429:
+            wait = retry_after if retry_after is not None else self.delays[retries]
+            return wait if wait <= self.max_retry_wait else None
+        return self.delays[retries]
+
+
+class DiscordClient:
+    """Discord's REST API with a bot token; thread-safe (one ``httpx.Client``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        token_env: str = "the bot token",
+        schedule: RetrySchedule | None = None,
+        client: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        timeout: float = 10.0,
+    ) -> None:
+        register(token)
+        register_url(base_url)
+        self.base_url = base_url.rstrip("/")
+        self.token_env = token_env
+        self.schedule = schedule or RetrySchedule()
+        self._headers = {
+            "Authorization": f"Bot {token}",
+            "User-Agent": "DiscordBot (agent-orchestrator, 0.1.0)",
+        }
+        self._own = client is None
+        self._http = client or httpx.Client(timeout=timeout)
+        self._sleep = sleep
+        self.attempts = 0  # requests sent, retries included (for tests and logs)
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        client: httpx.Client | None = None,
+    ) -> DiscordClient:
+        """A client from ``channels:``: ``base_url``, ``token_env`` and ``post_delays``."""
+        from engine.context import DISCORD_API, _token
+
+        channels = cfg.channels
+        if not channels:
+            raise ConfigError(
+                f"`{cfg.label}` has no `channels:` section: the Discord inbox needs one "
+                "(see docs/discord.md).",
+                path=cfg.path,
+            )
+        token_env, token = _token(cfg, channels)
+        delays = channels.get("post_delays")
+        schedule = RetrySchedule(
+            tuple(float(d) for d in delays) if isinstance(delays, list) else DEFAULT_DELAYS
+        )
+        return cls(
+            str(channels.get("base_url") or DISCORD_API),
+            token,
+            token_env=token_env,
+            schedule=schedule,
+            client=client,
+            sleep=sleep,
+            timeout=cfg.retry.request_timeout,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP client if this object made it."""
+        if self._own:
+            self._http.close()
+
+    # -- endpoints ----------------------------------------------------------------------
+
+    def me(self) -> dict[str, Any]:
+        """The bot's own user object (``GET /users/@me``)."""
+        return _dict(self._request("GET", "/users/@me", what="the bot's own user"))
+
+    def messages(self, channel_id: str, *, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest ``limit`` messages of a channel, newest first."""
+        data = self._request(
+            "GET",
+            f"/channels/{channel_id}/messages",
+            params={"limit": limit},
+            what=f"channel {channel_id}",
+        )
+        if not isinstance(data, list):
+            raise HookError(f"Discord channel {channel_id}: expected a list of messages.")
+        return [m for m in data if isinstance(m, dict)]
+
+    def react(self, channel_id: str, message_id: str, emoji: str) -> None:
+        """Add the bot's ``emoji`` reaction to a message."""
+        self._request(
+            "PUT",
+            _reaction_path(channel_id, message_id, emoji) + "/@me",
+            what=f"message {message_id}",
+        )
+
+    def unreact(self, channel_id: str, message_id: str, emoji: str) -> None:
+        """Remove the bot's own ``emoji`` reaction."""
+        self._request(
+            "DELETE",
+            _reaction_path(channel_id, message_id, emoji) + "/@me",
+            what=f"message {message_id}",
+        )
+
+    def reactors(self, channel_id: str, message_id: str, emoji: str) -> list[dict[str, Any]]:
+        """The users who reacted with ``emoji`` (at most 100)."""
+        data = self._request(
+            "GET",
+            _reaction_path(channel_id, message_id, emoji),
+            params={"limit": 100},
+            what=f"message {message_id}",
+        )
+        return [u for u in data if isinstance(u, dict)] if isinstance(data, list) else []
+
+    def post(
+        self,
+        channel_id: str,
+        content: str,
+        *,
+        reply_to: str | None = None,
+        attachment: tuple[str, bytes] | None = None,
+    ) -> dict[str, Any]:
+        """Post a message (at most ``MAX_CONTENT`` characters), optionally a reply or a file."""
+        payload: dict[str, Any] = {
+            "content": content[:MAX_CONTENT],
+            "allowed_mentions": {"parse": []},
+        }
+        if reply_to:
+            payload["message_reference"] = {"message_id": reply_to, "fail_if_not_exists": False}
+        path = f"/channels/{channel_id}/messages"
+        if attachment is None:
+            data = self._request("POST", path, json_body=payload, what=f"channel {channel_id}")
+        else:
+            name, blob = attachment
+            payload["attachments"] = [{"id": 0, "filename": name}]
+            files = {
+                "payload_json": (None, json.dumps(payload), "application/json"),
+                "files[0]": (name, blob, "text/plain; charset=utf-8"),
+            }
+            data = self._request("POST", path, files=files, what=f"channel {channel_id}")
+        return _dict(data)
+
+    # -- the one retry loop -------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        files: dict[str, Any] | None = None,
+    ) -> Any:
+        url = self.base_url + path
+        retries = 0
+        while True:
+            self.attempts += 1
+            status: int | None = None
+            retry_after: float | None = None
+            try:
+                resp = self._http.request(
+                    method, url, params=params, json=json_body, files=files, headers=self._headers
+                )
+            except httpx.TimeoutException:
+                reason = "no answer in time"
+            except httpx.TransportError as exc:
+                text = str(exc) or type(exc).__name__
+                reason = "connection refused" if "refused" in text.lower() else redact(text)[:200]
+            else:
+                status = resp.status_code
+                if 200 <= status < 300:
+                    return _body(resp)
+                if status == 429:
+                    retry_after = _retry_after(resp)
+                    reason = f"rate limited (429, retry after {retry_after or 0:g} s)"
+                elif status >= 500:
+                    reason = f"HTTP {status}"
+                else:
+                    raise self._refusal(resp, what)
+            wait = self.schedule.next_wait(retries, status, retry_after)
+            if wait is None:
+                raise HookUnreachableError(
+                    f"Discord {what}: {method} gave up after {retries + 1} attempt(s) "
+                    f"(last: {reason}). Check the network and `channels.base_url`.",
+                    status_code=status,
+                )
+            retries += 1
+            self._sleep(wait)
+
+    def _refusal(self, resp: httpx.Response, what: str) -> Exception:
+        code = resp.status_code
+        detail = _error_text(resp)
+        if code == 401:
+            return ConfigError(
+                f"Discord rejected the bot token from `{self.token_env}` (401 Unauthorized): "
+                f"set `{self.token_env}` to the bot's token (Developer Portal > Bot > Token).",
+                status_code=code,
+            )
+        if code == 403:
+            return ConfigError(
+                f"Discord {what}: the bot lacks a permission (403 {detail or 'Forbidden'}): "
+                "give it View Channel, Read Message History, Send Messages, Attach Files and "
+                "Add Reactions there (docs/discord.md).",
+                status_code=code,
+            )
+        if code == 404:
+            return ConfigError(
+                f"Discord {what} not found (404{f': {detail}' if detail else ''}): check the "
+                "channel ids in `channels.map`.",
+                status_code=code,
+            )
+        return HookError(
+            f"Discord {what}: refused (HTTP {code}{f': {detail}' if detail else ''}).",
+            status_code=code,
+        )
+
+
+def split_content(text: str, limit: int) -> tuple[str, bool]:
+    """``text`` cut to ``limit`` characters at a line end when it can be; (text, was_cut)."""
+    if len(text) <= limit:
+        return text, False
+    cut = text.rfind("\n", 0, limit)
+    if cut < limit // 2:
+        cut = limit
+    return text[:cut].rstrip() + " …", True
+
+
+def _reaction_path(channel_id: str, message_id: str, emoji: str) -> str:
+    return f"/channels/{channel_id}/messages/{message_id}/reactions/{quote(emoji, safe='')}"
+
+
+def _body(resp: httpx.Response) -> Any:
+    if resp.status_code == 204 or not resp.content:
+        return None
+    try:
+        return resp.json()
+    except (ValueError, RecursionError):
+        return None
+
+
+def _dict(data: Any) -> dict[str, Any]:
+    return data if isinstance(data, dict) else {}
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    from engine.context import _rate_limit_wait
+
+    return _rate_limit_wait(resp)
+
+
+def _error_text(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+    except (ValueError, RecursionError):
+        return redact(resp.text[:65536].strip())[:200]
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return redact(str(data["message"])[:65536])[:200]
+    return ""
+
+
+def ids(users: Sequence[dict[str, Any]]) -> list[str]:
+    """The ``id`` of each user object."""
+    return [str(u.get("id")) for u in users if u.get("id") is not None]

@@ -1,0 +1,514 @@
+"""The Discord inbox end to end: a Discord stand-in on 127.0.0.1, demo agents on the
+embedded gateway, real files. Retry delays are tiny; nothing sleeps for real."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import orchestrate
+from engine.config import Config, load_config
+from engine.discord import CLAIM, REJECT, DiscordClient, RetrySchedule
+from engine.errors import ConfigError, HookUnreachableError
+from engine.inbox import DiscordInbox, InboxError, parse_task, submission_text
+from tests import standins
+from tests.conftest import demo_config, write_config
+from tests.standins import DiscordAPI, Scripted
+
+discord_api = standins.discord_api
+
+TOKEN = "discord-bot-token-inbox-77aa31"
+OTHER_TOKEN = "discord-bot-token-other-55bb42"
+QUEUE, RESULTS, POOL, GATES = "100", "200", "300", "400"
+MANAGER, SECRETARY, STRANGER, BOSS = "111", "222", "333", "444"
+OTHER_BOT = "900000000000000002"
+
+
+def inbox_config(tmp_path: Path, base_url: str, **channels: Any) -> Config:
+    raw = demo_config(
+        tmp_path,
+        channels={
+            "provider": "discord",
+            "base_url": base_url,
+            "token_env": "INBOX_DISCORD_TOKEN",
+            "map": {"task-queue": QUEUE, "results": RESULTS, "worker-pool": POOL, "gates": GATES},
+            "queue": "task-queue",
+            "results": "results",
+            "worker_pool": "worker-pool",
+            "gates": "gates",
+            "callers": {MANAGER: "manager", SECRETARY: "secretary"},
+            "approvers": [BOSS],
+            "poll_interval": 0.05,
+            "post_delays": [0.01, 0.01, 0.01, 0.01, 0.01],
+            **channels,
+        },
+    )
+    return load_config(write_config(tmp_path, raw))
+
+
+@pytest.fixture
+def api(discord_api: Callable[..., DiscordAPI], monkeypatch: pytest.MonkeyPatch) -> DiscordAPI:
+    monkeypatch.setenv("INBOX_DISCORD_TOKEN", TOKEN)
+    return discord_api(
+        token=TOKEN,
+        channels={QUEUE: [], RESULTS: [], POOL: [], GATES: []},
+        bots={OTHER_TOKEN: {"id": OTHER_BOT, "username": "orchestrator-2", "bot": True}},
+    )
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, api: DiscordAPI) -> Config:
+    return inbox_config(tmp_path, api.base_url)
+
+
+def client_for(cfg: Config, **kw: Any) -> DiscordClient:
+    return DiscordClient.from_config(cfg, sleep=lambda s: None, **kw)
+
+
+def state_of(cfg: Config, mid: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(
+        (cfg.handoffs_dir / "inbox-discord" / f"{mid}.json").read_text()
+    )
+    return data
+
+
+# -- syntax -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "webster: find the CTE of ULE",
+            ("delegation", "webster", "find the CTE of ULE", {}, None, None),
+        ),
+        (
+            "webster: find the CTE of ULE model=cheap thinking=low",
+            ("delegation", "webster", "find the CTE of ULE", {}, "cheap", "low"),
+        ),
+        (
+            "  tech-lead:review: the margins ",
+            ("delegation", "tech-lead", "review: the margins", {}, None, None),
+        ),
+        (
+            'workflow material-trade-study materials="Zerodur, ULE" '
+            'requirements="CTE < 0.01 ppm/K"',
+            (
+                "workflow",
+                "material-trade-study",
+                "",
+                {"materials": "Zerodur, ULE", "requirements": "CTE < 0.01 ppm/K"},
+                None,
+                None,
+            ),
+        ),
+    ],
+    ids=["delegation", "options", "colon-in-task", "workflow"],
+)
+def test_parse_task(text: str, expected: tuple[Any, ...]) -> None:
+    req = parse_task(text)
+    assert (req.kind, req.target, req.task, req.inputs, req.model, req.thinking) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("find the CTE of ULE", "not a task: write `AGENT: task text`"),
+        ("webster:   model=cheap", "the task for `webster` is empty"),
+        ("webster: x thinking=max", "`thinking=max`: use low, medium or high."),
+        ('workflow quick-research query="open', "cannot read the workflow's inputs"),
+        ("workflow", "name the workflow"),
+        ("workflow quick-research query", 'workflow input `query` is not `key="value"`.'),
+        ("workflow quick-research query=x model=cheap", "apply to delegations only"),
+    ],
+    ids=["no-agent", "empty", "thinking", "quote", "no-name", "bare-input", "wf-model"],
+)
+def test_parse_errors(text: str, message: str) -> None:
+    with pytest.raises(InboxError) as err:
+        parse_task(text)
+    assert message in err.value.message
+
+
+def test_submission_text_round_trips() -> None:
+    text = submission_text("find X", agent="webster", model="cheap", thinking="low")
+    assert text == "webster: find X model=cheap thinking=low"
+    assert parse_task(text).model == "cheap"
+    with pytest.raises(InboxError):
+        submission_text("no agent here", agent=None)
+
+
+# -- intake end to end --------------------------------------------------------------------
+
+
+def test_a_delegation_end_to_end(cfg: Config, api: DiscordAPI) -> None:
+    mid = api.add_message(QUEUE, "webster: find the CTE of ULE", author_id=MANAGER)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        assert inbox.poll_once() == [mid]
+        inbox.drain()
+        assert inbox.poll_once() == []  # claimed: never again
+    assert api.reactors_of(mid, CLAIM) == [DiscordAPI.BOT_ID]
+    (result,) = api.posted(RESULTS)
+    head, task_line, *body = result["content"].split("\n")
+    state = state_of(cfg, mid)
+    run_id = state["run_id"]
+    assert head.startswith("**complete** · agent `webster` · model demo · tokens ")
+    assert head.endswith(f" · cost $0.0000 · {head.split(' · ')[-2]} · run `{run_id}`")
+    assert task_line == f"Task {mid} from <@{MANAGER}>: find the CTE of ULE"
+    record = json.loads((cfg.handoffs_dir / f"{run_id}.json").read_text())
+    assert "\n".join(body) == record["result"]
+    assert record["envelope"]["caller"] == "manager"
+    assert state["state"] == "posted" and state["result_message_id"] == result["id"]
+    assert state["caller"] == "manager" and state["request"]["target"] == "webster"
+    notices = [m["content"] for m in api.posted(POOL)]
+    assert notices[0] == (f"▶ spawned `webster` for task {mid} (run `{run_id}`, caller `manager`)")
+    assert notices[1].startswith(f"■ `webster` finished task {mid}: complete in ")
+    assert TOKEN not in json.dumps(state)
+
+
+def test_a_workflow_end_to_end(cfg: Config, api: DiscordAPI) -> None:
+    mid = api.add_message(
+        QUEUE,
+        'workflow material-trade-study materials="Zerodur, ULE" requirements="CTE < 0.01 ppm/K"',
+        author_id=MANAGER,
+    )
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        inbox.poll_once()
+        inbox.drain()
+    state = state_of(cfg, mid)
+    assert state["state"] == "posted", state
+    (result,) = api.posted(RESULTS)
+    head = result["content"].split("\n")[0]
+    assert head.startswith("**complete** · agent `workflow material-trade-study` · model demo")
+    assert f"run `{state['run_id']}`" in head
+    summary = json.loads(
+        (cfg.handoffs_dir / "workflows" / state["run_id"] / "summary.json").read_text()
+    )
+    assert summary["caller"] == "manager" and summary["status"] == "complete"
+    assert [m["content"][:2] for m in api.posted(POOL)] == ["▶ ", "■ "]
+
+
+def test_acl_refusal_unmapped_author_and_bad_syntax(cfg: Config, api: DiscordAPI) -> None:
+    denied = api.add_message(QUEUE, "webster: look this up", author_id=SECRETARY)
+    stranger = api.add_message(QUEUE, "webster: look this up", author_id=STRANGER)
+    garbled = api.add_message(QUEUE, "please find the CTE", author_id=MANAGER)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        assert inbox.poll_once() == [denied, stranger, garbled]
+        inbox.drain()
+    replies = {
+        m["message_reference"]["message_id"]: m["content"]
+        for m in api.posted(QUEUE)
+        if m.get("message_reference")
+    }
+    assert replies[denied].startswith("⛔ not run: ")
+    assert "`secretary`" in replies[denied] and "`webster`" in replies[denied]
+    assert replies[stranger] == (
+        f"⛔ not run: your Discord user id {STRANGER} is not mapped to an agent in "
+        "`channels.callers`, so nothing runs on your behalf: ask an operator to add "
+        '`channels.callers: {"<your id>": <agent>}`.'
+    )
+    assert replies[garbled].startswith("⛔ not run: not a task: write `AGENT: task text`")
+    assert api.posted(RESULTS) == [] and api.posted(POOL) == []
+    for mid in (denied, stranger, garbled):
+        assert state_of(cfg, mid)["state"] == "refused"
+    assert not list(cfg.handoffs_dir.glob("orch-*.json"))  # nothing was dispatched
+
+
+def test_two_inboxes_on_one_queue_never_run_a_task_twice(
+    tmp_path: Path, api: DiscordAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts (own handoffs directory, own bot) poll one queue at the same time."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cfg_a = inbox_config(tmp_path / "a", api.base_url)
+    monkeypatch.setenv("INBOX_DISCORD_TOKEN_B", OTHER_TOKEN)
+    raw_b = demo_config(tmp_path / "b")
+    raw_b["channels"] = {**cfg_a.channels, "token_env": "INBOX_DISCORD_TOKEN_B"}
+    cfg_b = load_config(write_config(tmp_path / "b", raw_b))
+    mids = [
+        api.add_message(QUEUE, f"webster: task number {i}", author_id=MANAGER) for i in range(6)
+    ]
+    barrier = threading.Barrier(2)
+    claimed: dict[str, list[str]] = {}
+
+    def run(name: str, c: Config) -> None:
+        with DiscordInbox(c, client_for(c)) as inbox:
+            barrier.wait(10)
+            got: list[str] = []
+            for _ in range(8):  # bounded: the ones both backed off from are taken later
+                got += inbox.poll_once()
+            inbox.drain()
+            claimed[name] = got
+
+    threads = [
+        threading.Thread(target=run, args=("a", cfg_a)),
+        threading.Thread(target=run, args=("b", cfg_b)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    both = claimed["a"] + claimed["b"]
+    assert sorted(both) == sorted(set(both))  # no task claimed by both
+    results = [m["content"].split("\n")[1] for m in api.posted(RESULTS)]
+    assert len(results) == len(set(results)) == len(both)
+    for mid in both:
+        owner = cfg_a if mid in claimed["a"] else cfg_b
+        assert state_of(owner, mid)["state"] == "posted"
+        assert len(api.reactors_of(mid, CLAIM)) == 1
+    # every task ran, once
+    assert sorted(both) == sorted(mids)
+
+
+def test_one_inbox_per_handoffs_directory(cfg: Config, api: DiscordAPI) -> None:
+    with DiscordInbox(cfg, client_for(cfg)):
+        with pytest.raises(ConfigError) as err:
+            DiscordInbox(cfg, client_for(cfg)).__enter__()
+    assert "another `orchestrate inbox discord` is running" in err.value.message
+
+
+def test_a_message_claimed_by_someone_else_is_left_alone(cfg: Config, api: DiscordAPI) -> None:
+    taken = api.add_message(QUEUE, "webster: one", author_id=MANAGER)
+    api.react_as(OTHER_BOT, taken, CLAIM)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        assert inbox.poll_once() == []
+    assert api.reactors_of(taken, CLAIM) == [OTHER_BOT]
+    assert not (cfg.handoffs_dir / "inbox-discord" / f"{taken}.json").exists()
+
+
+def test_a_429_storm_still_posts_results(cfg: Config, api: DiscordAPI) -> None:
+    mid = api.add_message(QUEUE, "webster: storm test", author_id=MANAGER)
+    waits: list[float] = []
+    storm = [
+        Scripted(429, {"message": "rate limited", "retry_after": 0.002, "global": False})
+        for _ in range(4)
+    ]
+    with DiscordInbox(cfg, DiscordClient.from_config(cfg, sleep=waits.append)) as inbox:
+        # start notice, finish notice and result each meet four 429s, then get through
+        api.post_script.extend([*storm, 200, *storm, 200, *storm])
+        inbox.poll_once()
+        inbox.drain()
+    assert api.posted(RESULTS)[0]["content"].startswith("**complete**")
+    assert len(api.posted(POOL)) == 2
+    assert state_of(cfg, mid)["state"] == "posted"
+    assert waits == [0.002] * 12  # each 429 waited what Discord asked, no more
+
+
+def test_posts_that_keep_failing_are_posted_by_a_later_poll(cfg: Config, api: DiscordAPI) -> None:
+    mid = api.add_message(QUEUE, "webster: flaky", author_id=MANAGER)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        api.post_script.extend([Scripted(503)] * 6 * 3)  # start notice, finish notice, result
+        inbox.poll_once()
+        inbox.drain()
+        assert state_of(cfg, mid)["state"] == "finished"
+        assert api.posted(RESULTS) == []
+        inbox.poll_once()
+    assert state_of(cfg, mid)["state"] == "posted"
+    assert state_of(cfg, mid)["post_attempts"] == 2
+    assert len(api.posted(RESULTS)) == 1
+
+
+def test_a_restarted_inbox_posts_a_recorded_result_once(cfg: Config, api: DiscordAPI) -> None:
+    mid = api.add_message(QUEUE, "webster: crash test", author_id=MANAGER)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        api.post_script.extend([Scripted(500)] * 6 * 3)
+        inbox.poll_once()
+        inbox.drain()
+    assert state_of(cfg, mid)["state"] == "finished"  # "crashed" before the post
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        assert inbox.recover() == []
+        assert inbox.poll_once() == []
+    assert state_of(cfg, mid)["state"] == "posted"
+    assert len(api.posted(RESULTS)) == 1
+    assert len(list((cfg.handoffs_dir).glob("orch-*.json"))) == 1  # ran once
+
+
+def test_a_restarted_inbox_finishes_a_claimed_task(cfg: Config, api: DiscordAPI) -> None:
+    mid = api.add_message(QUEUE, "webster: claimed then crashed", author_id=MANAGER)
+    api.react_as(DiscordAPI.BOT_ID, mid, CLAIM)
+    state_dir = cfg.handoffs_dir / "inbox-discord"
+    state_dir.mkdir(parents=True)
+    (state_dir / f"{mid}.json").write_text(
+        json.dumps(
+            {
+                "message_id": mid,
+                "channel_id": QUEUE,
+                "author_id": MANAGER,
+                "text": "webster: claimed then crashed",
+                "state": "claiming",
+            }
+        )
+    )
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        assert inbox.recover() == [mid]
+        inbox.drain()
+    assert state_of(cfg, mid)["state"] == "posted"
+    assert len(api.posted(RESULTS)) == 1
+
+
+def test_a_long_result_is_attached(tmp_path: Path, api: DiscordAPI) -> None:
+    cfg = inbox_config(tmp_path, api.base_url, attach_over=100)
+    mid = api.add_message(QUEUE, "webster: " + "word " * 120, author_id=MANAGER)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        inbox.poll_once()
+        inbox.drain()
+    (result,) = api.posted(RESULTS)
+    run_id = state_of(cfg, mid)["run_id"]
+    name = f"result-{run_id}.md"
+    assert result["content"].endswith(f"(full result attached: {name})")
+    shown = result["content"].split("\n", 2)[2].rsplit("\n", 1)[0]
+    assert len(shown) <= 102 and shown.endswith(" …")
+    record = json.loads((cfg.handoffs_dir / f"{run_id}.json").read_text())
+    assert api.files[result["id"]][name].decode() == record["result"]
+
+
+# -- gates --------------------------------------------------------------------------------
+
+
+def test_a_gate_approved_by_reaction(cfg: Config, api: DiscordAPI) -> None:
+    mid = api.add_message(
+        QUEUE,
+        "workflow material-trade-study materials=Zerodur "
+        'requirements="CTE < 0.01 ppm/K DEMO_CONFIDENCE=low"',
+        author_id=MANAGER,
+    )
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        inbox.poll_once()
+        inbox.drain()
+        state = state_of(cfg, mid)
+        assert state["state"] == "waiting"
+        (notice,) = api.posted(GATES)
+        assert notice["content"].startswith(
+            f"⏸ approval needed: workflow `material-trade-study`, step `audit` (agent "
+            f"`auditor`), run `{state['run_id']}`, task {mid}."
+        )
+        assert f"React {CLAIM} to approve or {REJECT} to reject (<@{BOSS}>)." in notice["content"]
+        api.react_as(STRANGER, notice["id"], CLAIM)  # not an approver: ignored
+        inbox.poll_once()
+        inbox.drain()
+        assert state_of(cfg, mid)["state"] == "waiting"
+        api.react_as(BOSS, notice["id"], CLAIM)
+        inbox.poll_once()
+        inbox.drain()
+    state = state_of(cfg, mid)
+    assert state["state"] == "posted"
+    assert state["gates"]["audit"]["decision"] == "approved"
+    assert state["gates"]["audit"]["by"] == BOSS
+    events = [
+        json.loads(line)
+        for line in (cfg.handoffs_dir / "workflows" / state["run_id"] / "events.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    decided = [e for e in events if e.get("event", e.get("kind")) == "gate_decided"]
+    assert decided and decided[0]["by"] == f"discord:{BOSS}"
+    assert decided[0]["decision"] == "approved"
+    assert api.posted(RESULTS)[0]["content"].startswith("**complete**")
+
+
+def test_a_gate_rejected_by_reaction(tmp_path: Path, api: DiscordAPI) -> None:
+    cfg = inbox_config(
+        tmp_path, api.base_url, approvers=[], gate_approvers={"material-trade-study/audit": [BOSS]}
+    )
+    mid = api.add_message(
+        QUEUE,
+        'workflow material-trade-study materials=Zerodur requirements="DEMO_CONFIDENCE=low"',
+        author_id=MANAGER,
+    )
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        inbox.poll_once()
+        inbox.drain()
+        (notice,) = api.posted(GATES)
+        api.react_as(BOSS, notice["id"], REJECT)
+        inbox.poll_once()
+        inbox.drain()
+    state = state_of(cfg, mid)
+    assert state["gates"]["audit"]["decision"] == "rejected"
+    assert api.posted(RESULTS)[0]["content"].startswith("**failed**")
+
+
+# -- the REST client ----------------------------------------------------------------------
+
+
+def test_client_refusals_name_what_to_fix(cfg: Config, api: DiscordAPI) -> None:
+    client = client_for(cfg)
+    api.script.extend([401, 403, 404])
+    for code, text in (
+        (401, "Discord rejected the bot token from `INBOX_DISCORD_TOKEN` (401 Unauthorized)"),
+        (403, "the bot lacks a permission (403 Missing Access)"),
+        (404, "not found (404: Unknown Channel): check the channel ids in `channels.map`"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            client.messages(QUEUE)
+        assert err.value.status_code == code and text in err.value.message
+        assert TOKEN not in err.value.message
+    client.close()
+
+
+def test_client_gives_up_after_the_schedule(cfg: Config, api: DiscordAPI) -> None:
+    waits: list[float] = []
+    client = DiscordClient(
+        api.base_url, TOKEN, schedule=RetrySchedule((0.1, 0.2)), sleep=waits.append
+    )
+    api.script.extend([500, 502, 503])
+    with pytest.raises(HookUnreachableError) as err:
+        client.messages(QUEUE)
+    assert (
+        waits == [0.1, 0.2] and "gave up after 3 attempt(s) (last: HTTP 503)" in err.value.message
+    )
+    api.script.extend([Scripted(429, {"retry_after": 999})])
+    with pytest.raises(HookUnreachableError):
+        client.messages(QUEUE)  # a 429 that asks too long is not waited for
+    client.close()
+    down = DiscordClient(
+        "http://127.0.0.1:9", TOKEN, schedule=RetrySchedule(()), client=httpx.Client()
+    )
+    with pytest.raises(HookUnreachableError) as err:
+        down.me()
+    assert "connection refused" in err.value.message
+
+
+# -- CLI ----------------------------------------------------------------------------------
+
+
+def test_cli_submit_and_once(cfg: Config, api: DiscordAPI) -> None:
+    runner = CliRunner()
+    res = runner.invoke(
+        orchestrate,
+        [
+            "inbox",
+            "submit",
+            "find the CTE of ULE",
+            "--agent",
+            "webster",
+            "--model",
+            "cheap",
+            "--thinking",
+            "low",
+            "--config",
+            str(cfg.path),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    (queued,) = api.posted(QUEUE)
+    assert queued["content"] == "webster: find the CTE of ULE model=cheap thinking=low"
+    assert res.output == f"queued as message {queued['id']}: {queued['content']}\n"
+    res = runner.invoke(orchestrate, ["inbox", "submit", "no agent", "--config", str(cfg.path)])
+    assert res.exit_code == 2 and "not a task" in res.output
+
+
+def test_cli_config_problems(tmp_path: Path, api: DiscordAPI) -> None:
+    cfg = inbox_config(tmp_path, api.base_url, queue="task-queu", callers={MANAGER: "managr"})
+    res = CliRunner().invoke(orchestrate, ["inbox", "discord", "--once", "--config", str(cfg.path)])
+    assert res.exit_code == 2
+    assert (
+        "`channels.queue` is `task-queu`, which is not in `channels.map`; did you mean "
+        "`task-queue`?" in res.output
+    )
+    assert "`channels.callers.111` is `managr`, not an agent; did you mean `manager`?" in res.output
