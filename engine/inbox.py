@@ -579,6 +579,18 @@ class DiscordInbox:
         state["state"] = WAITING
         self._save(state)
 
+    def _decided_elsewhere(self, run_id: str, step: str) -> dict[str, Any] | None:
+        """The gate decision a run's journal holds for ``step``, if one was made."""
+        from engine.runner import replay, run_dir
+
+        try:
+            gate = replay(run_dir(self.cfg, run_id)).steps[step].gate
+        except (OrchestratorError, KeyError):
+            return None
+        if isinstance(gate, dict) and gate.get("decision") in ("approved", "rejected"):
+            return {"decision": gate["decision"], "by": str(gate.get("by") or "")}
+        return None
+
     def _approvers(self, workflow: str, step: str) -> tuple[str, ...]:
         per = self.settings.gate_approvers
         return per.get(f"{workflow}/{step}") or per.get(step) or self.settings.approvers
@@ -597,10 +609,8 @@ class DiscordInbox:
                 if gate.get("decision"):
                     continue
                 allowed = set(self._approvers(req.target, sid))
-                if not allowed:
-                    continue
                 verdict = None
-                for emoji, approved in ((REJECT, False), (CLAIM, True)):
+                for emoji, approved in ((REJECT, False), (CLAIM, True)) if allowed else ():
                     who = [
                         u
                         for u in ids(
@@ -612,6 +622,10 @@ class DiscordInbox:
                         verdict = (approved, who[0])
                         break
                 if verdict is None:
+                    elsewhere = self._decided_elsewhere(state["run_id"], sid)
+                    if elsewhere is not None:  # `workflow approve|reject` from a terminal
+                        gate.update(elsewhere, decided_at=utcnow_iso())
+                        decided = True
                     continue
                 approved, uid = verdict
                 try:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from engine.cli import orchestrate
+from engine.cli import orchestrate, workflow
 from engine.config import Config, load_config
 from engine.discord import CLAIM, REJECT, DiscordClient, RetrySchedule
 from engine.errors import ConfigError, HookUnreachableError
@@ -431,6 +431,36 @@ def test_a_gate_rejected_by_reaction(tmp_path: Path, api: DiscordAPI) -> None:
     state = state_of(cfg, mid)
     assert state["gates"]["audit"]["decision"] == "rejected"
     assert api.posted(RESULTS)[0]["content"].startswith("**failed**")
+
+
+def test_a_gate_decided_at_a_terminal_is_resumed_by_the_inbox(
+    tmp_path: Path, api: DiscordAPI
+) -> None:
+    cfg = inbox_config(tmp_path, api.base_url, approvers=[])
+    mid = api.add_message(
+        QUEUE,
+        'workflow material-trade-study materials=Zerodur requirements="DEMO_CONFIDENCE=low"',
+        author_id=MANAGER,
+    )
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        inbox.poll_once()
+        inbox.drain()
+        (notice,) = api.posted(GATES)
+        run_id = state_of(cfg, mid)["run_id"]
+        assert f"use `workflow approve {run_id} audit`" in notice["content"]
+        api.react_as(BOSS, notice["id"], CLAIM)  # no approvers configured: ignored
+        inbox.poll_once()
+        inbox.drain()
+        assert state_of(cfg, mid)["state"] == "waiting"
+        res = CliRunner().invoke(workflow, ["approve", run_id, "audit", "--config", str(cfg.path)])
+        assert res.exit_code == 0, res.output
+        inbox.poll_once()
+        inbox.drain()
+    state = state_of(cfg, mid)
+    assert state["state"] == "posted"
+    assert state["gates"]["audit"]["decision"] == "approved"
+    assert state["gates"]["audit"]["by"] == "cli"
+    assert api.posted(RESULTS)[0]["content"].startswith("**complete**")
 
 
 # -- the REST client ----------------------------------------------------------------------
