@@ -643,6 +643,36 @@ def pool_status_cmd(as_json: bool, config: str | None) -> int:
     return 0
 
 
+@pool_group.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=18950, show_default=True)
+@click.option(
+    "--token-env",
+    default="ORCH_POOL_TOKEN",
+    show_default=True,
+    help="Environment variable holding the bearer token clients must send.",
+)
+@config_option
+def pool_serve_cmd(host: str, port: int, token_env: str, config: str | None) -> int:
+    """Serve the pool over HTTP for the OpenClaw plugin (docs/operations.md) until Ctrl-C."""
+    from engine.pool import PoolSettings, TokenPool
+    from engine.poolserver import PoolServer
+    from engine.registry import read_secret
+
+    cfg = _load(config)
+    token = read_secret(env=token_env, file=None, what="`orchestrate pool serve`")
+    with TokenPool(PoolSettings.from_config(cfg)) as pool:
+        server = PoolServer(pool, token=token, host=host, port=port)
+        click.echo(f"pool endpoint on {server.url} (Ctrl-C to stop)", err=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+    return 0
+
+
 @orchestrate.group("agent-skill")
 def agent_skill_group() -> None:
     """Standing instructions for hook tasks, in an OpenClaw agent's workspace."""

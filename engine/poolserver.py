@@ -1,0 +1,208 @@
+"""The token pool over HTTP, for runs the engine does not start (the OpenClaw plugin).
+
+Example::
+
+    server = PoolServer(TokenPool(PoolSettings.from_config(cfg)), token=token).start()
+    print(server.url)        # http://127.0.0.1:41234
+    ...
+    server.stop()
+
+Endpoints (bearer token, JSON bodies)::
+
+    POST /pool/acquire  {"runId", "agent", "waitSeconds"?, "holdSeconds"?}
+         200 {"ok": true, "runId", "waited_s"}   a token is held for runId (again: the same)
+         503 {"ok": false, "error"}              none within waitSeconds
+         429 {"ok": false, "error"}              the pool refused (queue full, emergency)
+    POST /pool/release  {"runId"}  -> 200 {"ok": true, "released": true|false}
+    GET  /health                   -> 200 {"ok": true, "held": N}
+
+A held token is released by ``/pool/release``, when the server stops, or by the pool's
+own ``token_timeout`` (the holder recorded on the token is this server's process).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from engine.errors import DelegationTimeoutError, PoolRefusedError
+from engine.redact import register
+
+log = logging.getLogger(__name__)
+
+#: The longest a client may ask to wait for a token, in seconds.
+MAX_WAIT = 600.0
+_MAX_BODY = 16 * 1024
+_RUN_ID = re.compile(r"^[A-Za-z0-9:_.@/+=-]{1,200}$")
+
+
+class PoolServer:
+    """Serves ``/pool/acquire`` and ``/pool/release`` over one ``TokenPool``."""
+
+    def __init__(self, pool: Any, *, token: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        if not token:
+            raise ValueError("the pool server needs a non-empty token")
+        register(token)
+        self.pool = pool
+        self._token = token.encode("utf-8")
+        self._leases: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.granted: list[str] = []  # run ids in the order they got a token
+        self.max_held = 0  # the most tokens held at once through this server
+        self._server = ThreadingHTTPServer((host, port), self._handler())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> PoolServer:
+        """Serve on a daemon thread; return self."""
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until ``stop()`` (from another thread or a signal)."""
+        self._server.serve_forever(poll_interval=0.1)
+
+    def stop(self) -> None:
+        """Stop serving and release every token still held."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(5)
+        self._server.server_close()
+        with self._lock:
+            leases = list(self._leases.values())
+            self._leases.clear()
+        for lease in leases:
+            lease.release()
+
+    @property
+    def held(self) -> list[str]:
+        """Run ids holding a token through this server."""
+        with self._lock:
+            return sorted(self._leases)
+
+    # -- requests ------------------------------------------------------------------------
+
+    def acquire(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Handle ``/pool/acquire``."""
+        run_id, agent = body.get("runId"), body.get("agent") or "openclaw"
+        if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+            return 400, {"ok": False, "error": "`runId` must be a short id string"}
+        if not isinstance(agent, str) or len(agent) > 200:
+            return 400, {"ok": False, "error": "`agent` must be a short string"}
+        wait = _seconds(body.get("waitSeconds"), 60.0)
+        hold = body.get("holdSeconds")
+        with self._lock:
+            if run_id in self._leases:  # a retried attempt of the same run
+                return 200, {"ok": True, "runId": run_id, "waited_s": 0.0}
+        try:
+            lease = self.pool.acquire(
+                run_id=run_id,
+                agent=agent,
+                timeout=wait,
+                hold_for=_seconds(hold, 0.0) if hold is not None else None,
+            )
+        except DelegationTimeoutError:
+            return 503, {"ok": False, "error": f"no pool token within {wait:g} s"}
+        except PoolRefusedError as exc:
+            return 429, {"ok": False, "error": exc.message}
+        with self._lock:
+            if run_id in self._leases:  # two attempts raced: keep one token
+                lease.release()
+            else:
+                self._leases[run_id] = lease
+                self.granted.append(run_id)
+                self.max_held = max(self.max_held, len(self._leases))
+        return 200, {"ok": True, "runId": run_id, "waited_s": round(lease.waited_s, 3)}
+
+    def release(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Handle ``/pool/release``."""
+        run_id = body.get("runId")
+        if not isinstance(run_id, str):
+            return 400, {"ok": False, "error": "`runId` is required"}
+        with self._lock:
+            lease = self._leases.pop(run_id, None)
+        if lease is not None:
+            lease.release()
+        return 200, {"ok": True, "released": lease is not None}
+
+    def _authorized(self, header: str | None) -> bool:
+        scheme, _, value = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            value.strip().encode("utf-8"), self._token
+        )
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, data: dict[str, Any]) -> None:
+                raw = json.dumps(data).encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/health":
+                    self._send(200, {"ok": True, "held": len(outer.held)})
+                else:
+                    self._send(404, {"ok": False, "error": "not found"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                if self.path not in ("/pool/acquire", "/pool/release"):
+                    self._send(404, {"ok": False, "error": "not found"})
+                    return
+                if not outer._authorized(self.headers.get("Authorization")):
+                    self._send(401, {"ok": False, "error": "Unauthorized"})
+                    return
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= _MAX_BODY:
+                    self._send(400, {"ok": False, "error": "bad Content-Length"})
+                    return
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except ValueError:
+                    body = None
+                if not isinstance(body, dict):
+                    self._send(400, {"ok": False, "error": "body must be a JSON object"})
+                    return
+                try:
+                    if self.path == "/pool/acquire":
+                        status, data = outer.acquire(body)
+                    else:
+                        status, data = outer.release(body)
+                except Exception as exc:  # a bug must not leave the client without an answer
+                    log.error("pool server: %s broke: %s", self.path, type(exc).__name__)
+                    status, data = 500, {"ok": False, "error": "the pool server failed"}
+                self._send(status, data)
+
+        return Handler
+
+
+def _seconds(value: Any, default: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return default
+    return min(max(0.0, float(value)), MAX_WAIT)
