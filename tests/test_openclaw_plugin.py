@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,7 @@ def _cached_node() -> str | None:
 def pooled_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, PoolServer]]:
     """A real OpenClaw gateway with the plugin, in front of a pool of one token."""
     from tests.peers.openclaw.fixtures import OpenClawSession
-    from tests.peers.openclaw.peer import SKIP_ENV, PeerUnavailable, running_peer
+    from tests.peers.openclaw.peer import SKIP_ENV, PeerSettings, PeerUnavailable, running_peer
 
     if os.environ.get(SKIP_ENV) == "1":
         pytest.skip(f"{SKIP_ENV}=1: the real OpenClaw gateway tier is skipped")
@@ -181,35 +182,37 @@ def pooled_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any,
     token_file = run_dir / "pool-token"
     token_file.write_text(POOL_TOKEN + "\n")
 
-    def prepare(settings: Any) -> None:
-        install(settings.workspace)
-        text = settings.config_path.read_text(encoding="utf-8").rstrip()
+    plugins = {
+        "load": {"paths": [str(PLUGIN)]},
+        "entries": {
+            "orchestrator-pool": {
+                "enabled": True,
+                "hooks": {
+                    "allowConversationAccess": True,
+                    "timeouts": {"before_agent_run": 120000},
+                },
+                "config": {
+                    "url": server.url,
+                    "tokenFile": str(token_file),
+                    "waitSeconds": 100,
+                    "failOpen": False,
+                },
+            }
+        },
+    }
+    plain_render = PeerSettings.render
+
+    def render(settings: Any) -> str:
+        """The peer's config plus the plugin (the peer writes its config at each start)."""
+        text = plain_render(settings).rstrip()
         assert text.endswith("}")
-        plugins = {
-            "load": {"paths": [str(PLUGIN)]},
-            "entries": {
-                "orchestrator-pool": {
-                    "enabled": True,
-                    "hooks": {
-                        "allowConversationAccess": True,
-                        "timeouts": {"before_agent_run": 120000},
-                    },
-                    "config": {
-                        "url": server.url,
-                        "tokenFile": str(token_file),
-                        "waitSeconds": 100,
-                        "failOpen": False,
-                    },
-                }
-            },
-        }
-        settings.config_path.write_text(
-            text[:-1] + f"  plugins: {json.dumps(plugins)},\n}}\n", encoding="utf-8"
-        )
+        return text[:-1] + f"  plugins: {json.dumps(plugins)},\n}}\n"
 
     try:
-        with running_peer(run_dir, before_start=prepare) as peer:
-            yield OpenClawSession(peer), server
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(PeerSettings, "render", render)
+            with running_peer(run_dir, before_start=lambda st: install(st.workspace)) as peer:
+                yield OpenClawSession(peer), server
     except PeerUnavailable as exc:
         pytest.fail(f"the OpenClaw peer is unavailable: {exc}", pytrace=False)
     finally:
@@ -292,4 +295,8 @@ def test_three_hook_tasks_against_a_pool_of_one_run_one_at_a_time(
     spans.sort()
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end, f"two runs overlapped: {spans}"
-    assert server.held == []  # every run gave its token back
+    # agent_end runs after the handoff was written: every run gives its token back
+    deadline = time.monotonic() + 30
+    while server.held and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.held == []
