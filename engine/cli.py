@@ -655,12 +655,21 @@ def pool_status_cmd(as_json: bool, config: str | None) -> int:
 @config_option
 def pool_serve_cmd(host: str, port: int, token_env: str, config: str | None) -> int:
     """Serve the pool over HTTP for the OpenClaw plugin (docs/operations.md) until Ctrl-C."""
+    import os
+
+    from engine.errors import ConfigError
     from engine.pool import PoolSettings, TokenPool
     from engine.poolserver import PoolServer
-    from engine.registry import read_secret
+    from engine.redact import register
 
     cfg = _load(config)
-    token = read_secret(env=token_env, file=None, what="`orchestrate pool serve`")
+    token = os.environ.get(token_env, "").strip()
+    if not token:
+        raise ConfigError(
+            f"environment variable `{token_env}` is not set: export the bearer token the "
+            f"OpenClaw plugin sends (its `tokenFile` or `tokenEnv`), e.g. `export {token_env}=...`."
+        )
+    register(token)
     with TokenPool(PoolSettings.from_config(cfg)) as pool:
         server = PoolServer(pool, token=token, host=host, port=port)
         click.echo(f"pool endpoint on {server.url} (Ctrl-C to stop)", err=True)

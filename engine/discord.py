@@ -240,7 +240,7 @@ class DiscordClient:
             wait = self.schedule.next_wait(retries, status, retry_after)
             if wait is None:
                 raise HookUnreachableError(
-                    f"Discord {what}: {method} gave up after {retries + 1} attempt(s) "
+                    f"cannot reach Discord ({what}): gave up after {retries + 1} attempt(s) "
                     f"(last: {reason}). Check the network and `channels.base_url`.",
                     status_code=status,
                 )

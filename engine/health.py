@@ -188,8 +188,10 @@ def format_table(report: HealthReport) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     down = [a.agent for a in report.agents if not a.ok]
+    embedded = sum(1 for a in report.agents if a.state == EMBEDDED)
     lines.append(
         f"{len(report.agents) - len(down)}/{len(report.agents)} up"
+        + (f" ({embedded} embedded)" if embedded else "")
         + (f"; not up: {', '.join(down)}" if down else "")
     )
     lines.extend(f"warning: {w}" for w in report.warnings)

@@ -30,7 +30,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from engine.errors import DelegationTimeoutError, PoolRefusedError
+from engine.errors import DelegationTimeoutError, PoolRefusedError, UsageError
 from engine.redact import register
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,13 @@ class PoolServer:
         self._lock = threading.Lock()
         self.granted: list[str] = []  # run ids in the order they got a token
         self.max_held = 0  # the most tokens held at once through this server
-        self._server = ThreadingHTTPServer((host, port), self._handler())
+        try:
+            self._server = ThreadingHTTPServer((host, port), self._handler())
+        except OSError as exc:
+            raise UsageError(
+                f"the pool endpoint cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                "choose another `--port`."
+            ) from None
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -87,6 +93,12 @@ class PoolServer:
             self._leases.clear()
         for lease in leases:
             lease.release()
+
+    def __enter__(self) -> PoolServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def held(self) -> list[str]:

@@ -489,8 +489,10 @@ def test_client_gives_up_after_the_schedule(cfg: Config, api: DiscordAPI) -> Non
     api.script.extend([500, 502, 503])
     with pytest.raises(HookUnreachableError) as err:
         client.messages(QUEUE)
+    assert waits == [0.1, 0.2]
     assert (
-        waits == [0.1, 0.2] and "gave up after 3 attempt(s) (last: HTTP 503)" in err.value.message
+        "cannot reach Discord (channel 100): gave up after 3 attempt(s) (last: HTTP 503)"
+        in err.value.message
     )
     api.script.extend([Scripted(429, {"retry_after": 999})])
     with pytest.raises(HookUnreachableError):

@@ -127,7 +127,17 @@ def test_pool_serve_needs_its_token(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     cfg = write_config(tmp_path, demo_config(tmp_path))
     res = CliRunner().invoke(orchestrate, ["pool", "serve", "--port", "0", "--config", str(cfg)])
     assert res.exit_code == 2
-    assert "environment variable `ORCH_POOL_TOKEN` is not set" in res.output
+    assert (
+        "environment variable `ORCH_POOL_TOKEN` is not set: export the bearer token" in res.output
+    )
+    monkeypatch.setenv("ORCH_POOL_TOKEN", POOL_TOKEN)
+    with PoolServer(None, token=POOL_TOKEN).start() as busy:  # noqa: F841
+        port = busy.url.rsplit(":", 1)[1]
+        res = CliRunner().invoke(
+            orchestrate, ["pool", "serve", "--port", port, "--config", str(cfg)]
+        )
+    assert res.exit_code == 2
+    assert f"the pool endpoint cannot listen on 127.0.0.1:{port}" in res.output
 
 
 def test_plugin_manifest_and_entry_agree() -> None:
