@@ -455,8 +455,11 @@ class DiscordInbox:
             return
         state["caller"] = caller
         try:
+            # A known secret (the bot token, a hooks token) is never passed on to an agent.
             req = (
-                TaskRequest(**state["request"]) if "request" in state else parse_task(state["text"])
+                TaskRequest(**state["request"])
+                if "request" in state
+                else parse_task(redact(state["text"]))
             )
         except InboxError as exc:
             self._refuse(state, exc.message)

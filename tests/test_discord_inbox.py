@@ -198,9 +198,11 @@ def test_acl_refusal_unmapped_author_and_bad_syntax(cfg: Config, api: DiscordAPI
     denied = api.add_message(QUEUE, "webster: look this up", author_id=SECRETARY)
     stranger = api.add_message(QUEUE, "webster: look this up", author_id=STRANGER)
     garbled = api.add_message(QUEUE, "please find the CTE", author_id=MANAGER)
+    unknown = api.add_message(QUEUE, "workflow materal-trade-study x=1", author_id=MANAGER)
     with DiscordInbox(cfg, client_for(cfg)) as inbox:
-        assert inbox.poll_once() == [denied, stranger, garbled]
+        assert inbox.poll_once() == [denied, stranger, garbled, unknown]
         inbox.drain()
+        assert inbox.poll_once() == []  # its own replies are not tasks
     replies = {
         m["message_reference"]["message_id"]: m["content"]
         for m in api.posted(QUEUE)
@@ -214,10 +216,28 @@ def test_acl_refusal_unmapped_author_and_bad_syntax(cfg: Config, api: DiscordAPI
         '`channels.callers: {"<your id>": <agent>}`.'
     )
     assert replies[garbled].startswith("⛔ not run: not a task: write `AGENT: task text`")
+    assert "did you mean `material-trade-study`?" in replies[unknown]
     assert api.posted(RESULTS) == [] and api.posted(POOL) == []
-    for mid in (denied, stranger, garbled):
+    for mid in (denied, stranger, garbled, unknown):
         assert state_of(cfg, mid)["state"] == "refused"
     assert not list(cfg.handoffs_dir.glob("orch-*.json"))  # nothing was dispatched
+
+
+def test_the_bot_token_never_leaves_in_posts_or_records(cfg: Config, api: DiscordAPI) -> None:
+    mid = api.add_message(QUEUE, f"webster: echo {TOKEN} please", author_id=MANAGER)
+    leaked = api.add_message(QUEUE, f"{TOKEN}: hello", author_id=STRANGER)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        inbox.poll_once()
+        inbox.drain()
+    assert state_of(cfg, mid)["state"] == "posted"
+    assert state_of(cfg, leaked)["state"] == "refused"
+    for channel in (QUEUE, RESULTS, POOL):
+        for m in api.posted(channel):
+            if m["id"] not in (mid, leaked):
+                assert TOKEN not in m["content"], m["content"]
+    for path in cfg.handoffs_dir.rglob("*"):
+        if path.is_file():
+            assert TOKEN not in path.read_text(errors="replace"), path
 
 
 def test_two_inboxes_on_one_queue_never_run_a_task_twice(
