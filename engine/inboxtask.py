@@ -1,0 +1,222 @@
+"""A task message and its result post: the syntax the inbox reads, the text it posts.
+
+Example::
+
+    parse_task("webster: find the CTE of ULE model=cheap")
+    # TaskRequest(kind="delegation", target="webster", task="find the CTE of ULE", model="cheap")
+    submission_text("find X", agent="webster", thinking="low")   # "webster: find X thinking=low"
+
+Pure functions and values, apart from reading a finished workflow's step records.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config
+from engine.errors import UsageError
+from engine.redact import redact
+
+_OPTIONS = ("model", "thinking")
+_THINKING = ("low", "medium", "high")
+
+class InboxError(UsageError):
+    """Raised when a task message cannot be run as written (the reply says why)."""
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """A parsed task message."""
+
+    kind: str  # "delegation" | "workflow"
+    target: str  # the agent, or the workflow's name
+    task: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)
+    model: str | None = None
+    thinking: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """As recorded in the state file."""
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "task": self.task,
+            "inputs": dict(self.inputs),
+            "model": self.model,
+            "thinking": self.thinking,
+        }
+
+
+def parse_task(text: str) -> TaskRequest:
+    """Parse a task message; raise InboxError with the syntax when it is not one."""
+    body = text.strip()
+    if body.startswith("workflow ") or body == "workflow":
+        return _parse_workflow(body[len("workflow") :])
+    agent, sep, task = body.partition(":")
+    agent = agent.strip()
+    if not sep or not agent or " " in agent:
+        raise InboxError(
+            "not a task: write `AGENT: task text` (e.g. `webster: find the CTE of ULE`) or "
+            '`workflow NAME key="value" ...`, optionally ending with `model=...` and '
+            "`thinking=low|medium|high`."
+        )
+    words = task.strip().split(" ")
+    options: dict[str, str] = {}
+    while words and "=" in words[-1] and words[-1].split("=", 1)[0] in _OPTIONS:
+        key, value = words.pop().split("=", 1)
+        options.setdefault(key, value)
+    task = " ".join(words).strip()
+    if not task:
+        raise InboxError(f"the task for `{agent}` is empty: write `{agent}: what to do`.")
+    _check_options(options)
+    return TaskRequest(
+        "delegation", agent, task, model=options.get("model"), thinking=options.get("thinking")
+    )
+
+
+def _parse_workflow(rest: str) -> TaskRequest:
+    try:
+        words = shlex.split(rest)
+    except ValueError as exc:
+        raise InboxError(f"cannot read the workflow's inputs: {exc} (close the quotes).") from None
+    if not words or "=" in words[0]:
+        raise InboxError('name the workflow: `workflow NAME key="value" ...`.')
+    name, inputs = words[0], {}
+    for word in words[1:]:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise InboxError(f'workflow input `{word}` is not `key="value"`.')
+        inputs[key] = value
+    options = {k: inputs.pop(k) for k in _OPTIONS if k in inputs}
+    if options:
+        raise InboxError(
+            "`model=` and `thinking=` apply to delegations only: a workflow's steps use "
+            "their agents' settings."
+        )
+    return TaskRequest("workflow", name, inputs=inputs)
+
+
+def _check_options(options: dict[str, str]) -> None:
+    thinking = options.get("thinking")
+    if thinking is not None and thinking not in _THINKING:
+        raise InboxError(f"`thinking={thinking}`: use low, medium or high.")
+
+
+def submission_text(
+    task: str, *, agent: str | None, model: str | None = None, thinking: str | None = None
+) -> str:
+    """The queue message ``orchestrate inbox submit`` posts (the syntax ``parse_task`` reads)."""
+    text = task.strip()
+    if agent:
+        text = f"{agent}: {text}"
+    for key, value in (("model", model), ("thinking", thinking)):
+        if value:
+            text += f" {key}={value}"
+    parse_task(text)  # what we post must be readable by the inbox
+    return text
+
+
+def summarize_delegation(cfg: Config, result: Any, req: TaskRequest) -> dict[str, Any]:
+    rec = result.record or {}
+    env = result.envelope or {}
+    raw_usage = rec.get("usage")
+    usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+    text = rec.get("result") if isinstance(rec.get("result"), str) else None
+    if text is None and result.error is not None:
+        text = str(result.error)
+    agent = cfg.agents.get(req.target)
+    model = usage.get("model") or req.model or (agent.model if agent else None)
+    return {
+        "status": result.outcome.value,
+        "agent": req.target,
+        "model": model,
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
+        "cost": _cost(cfg, usage, model),
+        "duration_ms": env.get("duration_ms"),
+        "run_id": result.run_id,
+        "task": req.task,
+        "text": redact(text or ""),
+    }
+
+
+def summarize_workflow(cfg: Config, req: TaskRequest, result: Any) -> dict[str, Any]:
+    summary = result.summary
+    tokens_in = tokens_out = 0
+    cost = 0.0
+    models: list[str] = []
+    seen_usage = False
+    for sid in summary.get("steps", {}):
+        data = _read_json(result.run_dir / f"{sid}.json")
+        handoff = (data or {}).get("handoff") or {}
+        usage = handoff.get("usage") if isinstance(handoff.get("usage"), dict) else None
+        if not usage:
+            continue
+        seen_usage = True
+        tokens_in += int(usage.get("input_tokens") or 0)
+        tokens_out += int(usage.get("output_tokens") or 0)
+        step_cost = _cost(cfg, usage, usage.get("model"))
+        cost += step_cost or 0.0
+        if usage.get("model") and usage["model"] not in models:
+            models.append(str(usage["model"]))
+    outputs = summary.get("outputs") or {}
+    text = "\n\n".join(f"## {k}\n{v}" for k, v in outputs.items())
+    if not text:
+        rows = [
+            f"- {sid}: {st.get('status')}" + (f" ({st['error']})" if st.get("error") else "")
+            for sid, st in summary.get("steps", {}).items()
+        ]
+        text = "\n".join(rows)
+    return {
+        "status": summary.get("status"),
+        "agent": f"workflow {req.target}",
+        "model": ", ".join(models) or None,
+        "input_tokens": tokens_in if seen_usage else None,
+        "output_tokens": tokens_out if seen_usage else None,
+        "cost": round(cost, 8) if seen_usage else None,
+        "duration_ms": summary.get("duration_ms"),
+        "run_id": result.run_id,
+        "task": " ".join(f'{k}="{v}"' for k, v in req.inputs.items()),
+        "text": redact(text),
+    }
+
+
+def _cost(cfg: Config, usage: dict[str, Any], model: Any) -> float | None:
+    if isinstance(usage.get("cost"), int | float):
+        return float(usage["cost"])
+    from engine.cost import compute_cost, price_for
+
+    price = price_for(cfg.models, model if isinstance(model, str) else None)
+    tin, tout = usage.get("input_tokens"), usage.get("output_tokens")
+    if price is None or not isinstance(tin, int) or not isinstance(tout, int):
+        return None
+    return compute_cost(tin, tout, price)
+
+
+def headline(res: dict[str, Any]) -> str:
+    tokens = (
+        f"{res['input_tokens']} in / {res['output_tokens']} out"
+        if res.get("input_tokens") is not None
+        else "-"
+    )
+    cost = f"${res['cost']:.4f}" if isinstance(res.get("cost"), int | float) else "-"
+    return (
+        f"**{res.get('status')}** · agent `{res.get('agent')}` · model {res.get('model') or '-'} "
+        f"· tokens {tokens} · cost {cost} · {seconds_text(res.get('duration_ms'))} "
+        f"· run `{res.get('run_id')}`"
+    )
+
+
+def seconds_text(ms: Any) -> str:
+    return f"{ms / 1000:.1f} s" if isinstance(ms, int | float) else "-"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
