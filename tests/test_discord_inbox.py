@@ -286,6 +286,60 @@ def test_two_inboxes_on_one_queue_never_run_a_task_twice(
     assert sorted(both) == sorted(mids)
 
 
+def test_two_inbox_processes_never_run_a_task_twice(tmp_path: Path, api: DiscordAPI) -> None:
+    """The same with real processes: `orchestrate inbox discord --once`, side by side."""
+    import os
+    import subprocess
+    import sys
+
+    configs = []
+    for name, token_env in (("a", "INBOX_DISCORD_TOKEN"), ("b", "INBOX_DISCORD_TOKEN_B")):
+        (tmp_path / name).mkdir()
+        raw = demo_config(tmp_path / name)
+        raw["channels"] = {
+            **inbox_config(tmp_path / name, api.base_url).channels,
+            "token_env": token_env,
+        }
+        configs.append(load_config(write_config(tmp_path / name, raw)))
+    mids = [
+        api.add_message(QUEUE, f"webster: process task {i}", author_id=MANAGER) for i in range(4)
+    ]
+    env = {**os.environ, "INBOX_DISCORD_TOKEN": TOKEN, "INBOX_DISCORD_TOKEN_B": OTHER_TOKEN}
+    for _ in range(4):  # bounded: a task both backed off from is taken in a later round
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "from engine.cli import orchestrate_main; orchestrate_main()",
+                    "inbox",
+                    "discord",
+                    "--once",
+                    "--config",
+                    str(c.path),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for c in configs
+        ]
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+        if len(api.posted(RESULTS)) >= len(mids):
+            break
+    tasks = [m["content"].split("\n")[1] for m in api.posted(RESULTS)]
+    assert len(tasks) == len(set(tasks)) == len(mids)
+    owners = {
+        mid: [c for c in configs if (c.handoffs_dir / "inbox-discord" / f"{mid}.json").exists()]
+        for mid in mids
+    }
+    assert all(len(o) == 1 for o in owners.values()), owners
+    assert all(len(api.reactors_of(mid, CLAIM)) == 1 for mid in mids)
+
+
 def test_one_inbox_per_handoffs_directory(cfg: Config, api: DiscordAPI) -> None:
     with DiscordInbox(cfg, client_for(cfg)):
         with pytest.raises(ConfigError) as err:
