@@ -426,6 +426,23 @@ def test_a_restarted_inbox_finishes_a_claimed_task(cfg: Config, api: DiscordAPI)
     assert len(api.posted(RESULTS)) == 1
 
 
+def test_a_claim_left_unconfirmed_is_confirmed_by_the_next_poll(
+    cfg: Config, api: DiscordAPI
+) -> None:
+    mid = api.add_message(QUEUE, "webster: confirm me", author_id=MANAGER)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        # list and react go through; listing the reactions fails past every retry
+        api.script.extend([200, 200, *[500] * 6])
+        with pytest.raises(HookUnreachableError):
+            inbox.poll_once()
+        assert state_of(cfg, mid)["state"] == "claiming"
+        assert inbox.poll_once() == []  # already ours: not claimed again...
+        inbox.drain()  # ...but confirmed and run
+    assert state_of(cfg, mid)["state"] == "posted"
+    assert api.reactors_of(mid, CLAIM) == [DiscordAPI.BOT_ID]
+    assert len(api.posted(RESULTS)) == 1
+
+
 def test_a_long_result_is_attached(tmp_path: Path, api: DiscordAPI) -> None:
     cfg = inbox_config(tmp_path, api.base_url, attach_over=100)
     mid = api.add_message(QUEUE, "webster: " + "word " * 120, author_id=MANAGER)
