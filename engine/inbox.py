@@ -274,9 +274,9 @@ class DiscordInbox:
 
     def poll_once(self) -> list[str]:
         """One pass: post what is pending, decide gates, claim new tasks; return claimed ids."""
-        for state in self._states(CLAIMING):  # a claim a failed request left unconfirmed
-            if not self._busy(state["message_id"]) and self._confirm(state):
-                self._submit(state["message_id"], state)
+        for pending in self._states(CLAIMING):  # a claim a failed request left unconfirmed
+            if not self._busy(pending["message_id"]) and self._confirm(pending):
+                self._submit(pending["message_id"], pending)
         self._post_pending()
         self._check_gates()
         s = self.settings
