@@ -288,6 +288,7 @@ RESERVED_AGENT_NAMES = frozenset(
         "gateway",
         "agent-skill",
         "agents",
+        "inbox",
         "serve",
         "help",
         "version",
