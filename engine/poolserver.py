@@ -9,8 +9,9 @@ Example::
 
 Endpoints (bearer token, JSON bodies)::
 
-    POST /pool/acquire  {"runId", "agent", "waitSeconds"?, "holdSeconds"?}
+    POST /pool/acquire  {"runId", "agent", "waitSeconds"?, "holdSeconds"?, "engineRunId"?}
          200 {"ok": true, "runId", "waited_s"}   a token is held for runId (again: the same)
+         200 {"ok": true, "covered_by"}          the engine's delegation engineRunId holds one
          503 {"ok": false, "error"}              none within waitSeconds
          429 {"ok": false, "error"}              the pool refused (queue full, emergency)
     POST /pool/release  {"runId"}  -> 200 {"ok": true, "released": true|false}
@@ -120,6 +121,11 @@ class PoolServer:
         with self._lock:
             if run_id in self._leases:  # a retried attempt of the same run
                 return 200, {"ok": True, "runId": run_id, "waited_s": 0.0}
+        engine_run = body.get("engineRunId")
+        if isinstance(engine_run, str) and self._engine_holds(engine_run):
+            # The engine's delegation already holds a token for this very task: a second
+            # one would count the run twice (and, in a pool of one, wait forever).
+            return 200, {"ok": True, "runId": run_id, "covered_by": engine_run, "waited_s": 0.0}
         try:
             lease = self.pool.acquire(
                 run_id=run_id,
@@ -139,6 +145,13 @@ class PoolServer:
                 self.granted.append(run_id)
                 self.max_held = max(self.max_held, len(self._leases))
         return 200, {"ok": True, "runId": run_id, "waited_s": round(lease.waited_s, 3)}
+
+    def _engine_holds(self, run_id: str) -> bool:
+        """True when a token in the pool is held for the engine delegation ``run_id``."""
+        if not _RUN_ID.match(run_id):
+            return False
+        status = self.pool.status()
+        return any(t.get("run_id") == run_id for t in status.get("in_use", []))
 
     def release(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Handle ``/pool/release``."""

@@ -91,6 +91,33 @@ def test_a_waiting_acquire_gets_the_released_token(pool_server: PoolServer) -> N
     assert got == [200] and pool_server.held == ["second"]
 
 
+def test_a_run_the_engine_holds_a_token_for_is_not_counted_twice(
+    pool_server: PoolServer,
+) -> None:
+    lease = pool_server.pool.acquire(run_id="orch-engine-1", agent="webster", timeout=0)
+    try:
+        resp = httpx.post(
+            f"{pool_server.url}/pool/acquire",
+            json={"runId": "oc-run-9", "engineRunId": "orch-engine-1", "waitSeconds": 0},
+            headers=AUTH,
+        )
+        assert resp.json() == {
+            "ok": True,
+            "runId": "oc-run-9",
+            "covered_by": "orch-engine-1",
+            "waited_s": 0.0,
+        }
+        other = httpx.post(
+            f"{pool_server.url}/pool/acquire",
+            json={"runId": "oc-run-10", "engineRunId": "orch-someone-else", "waitSeconds": 0},
+            headers=AUTH,
+        )
+        assert other.status_code == 503  # the pool of one is taken
+    finally:
+        lease.release()
+    assert pool_server.granted == []
+
+
 @pytest.mark.parametrize(
     ("headers", "body", "status", "error"),
     [
@@ -228,6 +255,44 @@ def pooled_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any,
     finally:
         server.stop()
         pool.close()
+
+
+@pytest.mark.openclaw
+def test_engine_delegations_through_the_plugin_take_one_token_each(
+    pooled_peer: tuple[Any, PoolServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine holds a token per delegation and the plugin sees that it does: two
+    delegations in a pool of one run one after the other, without waiting on themselves."""
+    from engine.config import load_config
+    from engine.delegate import DelegationRequest, Outcome, open_delegator
+
+    oc, server = pooled_peer
+    pool_dir = server.pool.settings.dir
+    cfg = load_config(
+        oc.engine_config(
+            tmp_path,
+            default_timeout=90,
+            pool={"dir": str(pool_dir), "min_tokens": 1, "max_tokens": 1, "adaptive": False},
+        )
+    )
+    for key, value in oc.env().items():
+        monkeypatch.setenv(key, value)
+    granted = len(server.granted)
+    results: dict[int, Any] = {}
+    with open_delegator(cfg) as delegator:
+
+        def one(i: int) -> None:
+            results[i] = delegator.delegate(
+                DelegationRequest(target="webster", task=f"Shared pool {i}", caller="manager")
+            )
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(240)
+    assert [results[i].outcome for i in range(2)] == [Outcome.COMPLETE] * 2
+    assert len(server.granted) == granted  # covered by the engine's own tokens
 
 
 @pytest.mark.openclaw

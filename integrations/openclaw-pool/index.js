@@ -50,6 +50,14 @@ async function post(s, path, body, timeoutMs) {
   return { status: res.status, data };
 }
 
+// A task the engine delegated carries its run id in the handoff block ("run_id: ...");
+// the engine already holds a pool token for it, which the pool endpoint then counts.
+function engineRunId(event) {
+  const text = typeof event?.prompt === "string" ? event.prompt : "";
+  const found = [...text.matchAll(/^run_id:[ \t]*([A-Za-z0-9_-]{1,128})[ \t]*$/gm)];
+  return found.length ? found[found.length - 1][1] : undefined;
+}
+
 function runKey(event, ctx) {
   return ctx?.runId ?? event?.runId ?? ctx?.sessionKey ?? null;
 }
@@ -75,8 +83,12 @@ export default {
         const agent = s.agent ?? ctx?.agentId ?? "openclaw";
         let answer;
         try {
-          answer = await post(s, "/pool/acquire", { runId, agent, waitSeconds: s.wait },
-                              (s.wait + 10) * 1000);
+          answer = await post(
+            s,
+            "/pool/acquire",
+            { runId, agent, waitSeconds: s.wait, engineRunId: engineRunId(event) },
+            (s.wait + 10) * 1000,
+          );
         } catch (err) {
           log.warn?.(`orchestrator-pool: the pool at ${s.url} is unreachable: ${err?.name ?? err}`);
           if (s.failOpen) return undefined;
