@@ -101,6 +101,7 @@ class InboxSettings:
     approvers: tuple[str, ...] = ()
     gate_approvers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     poll_interval: float = 5.0
+    announce_parked: bool = True
     attach_over: int = 1500
     limit: int = 50
     max_parallel: int = 4
@@ -155,6 +156,7 @@ class InboxSettings:
                 for k, v in (ch.get("gate_approvers") or {}).items()
             },
             poll_interval=float(ch.get("poll_interval", 5.0)),
+            announce_parked=bool(ch.get("announce_parked_runs", True)),
             attach_over=int(ch.get("attach_over", 1500)),
         )
 
@@ -197,6 +199,7 @@ class DiscordInbox:
         self._delegator: Any = None
         self._lock_fd: int | None = None
         self._final: set[str] = set()  # message ids whose state is posted or refused
+        self._next_adopt = 0.0  # when to look for runs parked elsewhere next
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -278,6 +281,10 @@ class DiscordInbox:
             if not self._busy(pending["message_id"]) and self._confirm(pending):
                 self._submit(pending["message_id"], pending)
         self._post_pending()
+        if self.settings.announce_parked and time.monotonic() >= self._next_adopt:
+            # list_runs replays journals: look for parked runs every 30 s, not every poll
+            self._next_adopt = time.monotonic() + max(30.0, self.settings.poll_interval)
+            self._adopt_parked()
         self._check_gates()
         s = self.settings
         claimed = []
@@ -365,7 +372,8 @@ class DiscordInbox:
             return mid in self._active
 
     def _handle(self, state: dict[str, Any]) -> None:
-        caller = self.settings.callers.get(state["author_id"])
+        adopted = state.get("adopted") is True
+        caller = state.get("caller") if adopted else self.settings.callers.get(state["author_id"])
         if caller is None:
             self._refuse(
                 state,
@@ -490,9 +498,14 @@ class DiscordInbox:
                 f"`workflow approve {run_id} {sid}` or `workflow reject {run_id} {sid} "
                 "--reason ...`."
             )
+            origin = (
+                "started from the command line"
+                if state.get("adopted")
+                else f"task {state['message_id']}"
+            )
             text = (
                 f"⏸ approval needed: workflow `{req.target}`, step `{sid}` "
-                f"(agent `{st.get('agent')}`), run `{run_id}`, task {state['message_id']}.\n{how}"
+                f"(agent `{st.get('agent')}`), run `{run_id}`, {origin}.\n{how}"
             )
             posted = self.client.post(channel, text)
             gates[sid] = {
@@ -502,6 +515,46 @@ class DiscordInbox:
             }
         state["state"] = WAITING
         self._save(state)
+
+    def _adopt_parked(self) -> None:
+        """Announce gates of runs parked elsewhere (`workflow run --non-interactive`).
+
+        Such a run gets a state file of its own (``run-<run id>.json``); after a decision
+        this inbox resumes it, like the runs it started, and posts its result.
+        """
+        from types import SimpleNamespace
+
+        from engine.runner import list_runs, run_status
+
+        known = {st.get("run_id") for st in self._states(CLAIMED, RUNNING, WAITING, FINISHED)}
+        for row in list_runs(self.cfg, limit=50):
+            run_id = row.get("runId")
+            if row.get("status") != "waiting_approval" or not run_id or run_id in known:
+                continue
+            key = f"run-{run_id}"
+            if key in self._final or self._state_path(key).exists():
+                continue
+            try:
+                summary = run_status(self.cfg, run_id)
+            except OrchestratorError:
+                continue
+            if summary.get("live"):
+                continue  # a process is running it (and will ask its own approver)
+            req = TaskRequest("workflow", str(row.get("workflow")), inputs={})
+            state: dict[str, Any] = {
+                "message_id": key,
+                "channel_id": self.settings.results,
+                "author_id": None,
+                "adopted": True,
+                "caller": summary.get("caller"),
+                "request": req.as_dict(),
+                "run_id": run_id,
+                "state": CLAIMED,
+                "adopted_at": utcnow_iso(),
+            }
+            if not write_json_new(self._state_path(key), state):
+                continue
+            self._announce_gates(state, req, SimpleNamespace(run_id=run_id, summary=summary))
 
     def _decided_elsewhere(self, run_id: str, step: str) -> dict[str, Any] | None:
         """The gate decision a run's journal holds for ``step``, if one was made."""
@@ -590,7 +643,10 @@ class DiscordInbox:
         task = res.get("task") or ""
         if len(task) > 150:
             task = task[:149] + "…"
-        intro = f"{head}\nTask {state['message_id']} from {who}: {task}"
+        if state.get("adopted"):
+            intro = f"{head}\nRun `{res.get('run_id')}` (started from the command line): {task}"
+        else:
+            intro = f"{head}\nTask {state['message_id']} from {who}: {task}"
         body = str(res.get("text") or "(no result text)")
         shown, cut = split_content(body, self.settings.attach_over)
         attachment = None

@@ -554,6 +554,69 @@ def test_a_gate_decided_at_a_terminal_is_resumed_by_the_inbox(
     assert api.posted(RESULTS)[0]["content"].startswith("**complete**")
 
 
+def test_a_run_parked_at_the_command_line_is_announced_and_resumed(
+    cfg: Config, api: DiscordAPI
+) -> None:
+    res = CliRunner().invoke(
+        workflow,
+        [
+            "run",
+            "material-trade-study",
+            "-i",
+            "materials=Zerodur",
+            "-i",
+            "requirements=DEMO_CONFIDENCE=low",
+            "--non-interactive",
+            "--json",
+            "--config",
+            str(cfg.path),
+        ],
+    )
+    assert res.exit_code == 3, res.output
+    run_id = json.loads(res.output)["runId"]
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        inbox.poll_once()
+        (notice,) = api.posted(GATES)
+        assert notice["content"].startswith(
+            "⏸ approval needed: workflow `material-trade-study`, step `audit` (agent "
+            f"`auditor`), run `{run_id}`, started from the command line."
+        )
+        inbox.poll_once()
+        assert len(api.posted(GATES)) == 1  # announced once
+        api.react_as(BOSS, notice["id"], CLAIM)
+        inbox.poll_once()
+        inbox.drain()
+    state = state_of(cfg, f"run-{run_id}")
+    assert state["state"] == "posted" and state["gates"]["audit"]["by"] == BOSS
+    (result,) = api.posted(RESULTS)
+    assert result["content"].startswith("**complete** · agent `workflow material-trade-study`")
+    assert f"Run `{run_id}` (started from the command line)" in result["content"]
+    summary = json.loads((cfg.handoffs_dir / "workflows" / run_id / "summary.json").read_text())
+    assert summary["status"] == "complete"
+
+
+def test_parked_runs_are_left_alone_when_told(tmp_path: Path, api: DiscordAPI) -> None:
+    cfg = inbox_config(tmp_path, api.base_url, announce_parked_runs=False)
+    res = CliRunner().invoke(
+        workflow,
+        [
+            "run",
+            "material-trade-study",
+            "-i",
+            "materials=Zerodur",
+            "-i",
+            "requirements=DEMO_CONFIDENCE=low",
+            "--non-interactive",
+            "--config",
+            str(cfg.path),
+        ],
+    )
+    assert res.exit_code == 3, res.output
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        inbox.poll_once()
+    assert api.posted(GATES) == []
+
+
 # -- the REST client ----------------------------------------------------------------------
 
 
