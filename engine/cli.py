@@ -386,6 +386,9 @@ def _print_result(result: Any) -> None:
     if rec.get("artifacts"):
         _say("artifacts: " + ", ".join(rec["artifacts"]))
     _say(f"record: {result.record_path}")
+    if outcome == "blocked" and rec.get("question"):
+        _say(f"question: {rec['question']}")
+        _say(f'continue with: orchestrate answer {result.run_id} "YOUR ANSWER"', err=True)
     if outcome == "partial":
         _say("warning: the agent finished only part of the task (status partial).", err=True)
 
@@ -415,6 +418,7 @@ def handoff_group() -> None:
 )
 @click.option("--artifact", "artifacts", multiple=True, help="An artifact path (repeatable).")
 @click.option("--notes", help="Free-form notes.")
+@click.option("--question", help="With --status blocked: what you need to know to go on.")
 @click.option(
     "--dir",
     "directory",
@@ -440,6 +444,7 @@ def handoff_write_cmd(
     confidence: str,
     artifacts: tuple[str, ...],
     notes: str | None,
+    question: str | None,
     directory: str | None,
     sub: bool,
     receiver: str | None,
@@ -475,6 +480,10 @@ def handoff_write_cmd(
         notes=notes,
         key=key or None,
     )
+    if question:
+        if status != "blocked":
+            raise UsageError("`--question` goes with `--status blocked`.")
+        data["question"] = question
     if receiver:
         return _post_handoff(receiver, token_env, run_id, agent, data)
     if directory:
@@ -490,6 +499,71 @@ def handoff_write_cmd(
             f"`{written.name}` (the engine records the first valid one and lists the other).",
             err=True,
         )
+    return 0
+
+
+@handoff_group.command("progress")
+@click.option("--run-id", required=True, help="The run id from the task message.")
+@click.argument("text")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    help="The directory of handoff_path (as given in the task message).",
+)
+@click.option("--sub", is_flag=True, help="A sub-delegation (under <handoffs_dir>/sub).")
+@click.option("--receiver", help="POST to this receiver URL instead (another host).")
+@click.option("--token-env", help="With --receiver: env var holding the hooks token.")
+@config_option
+def handoff_progress_cmd(
+    run_id: str,
+    text: str,
+    directory: str | None,
+    sub: bool,
+    receiver: str | None,
+    token_env: str | None,
+    config: str | None,
+) -> int:
+    """Report what you are doing while you work (the caller sees the latest line)."""
+    from pathlib import Path
+
+    from engine.files import check_id
+    from engine.handoff import records_dir
+    from engine.liveness import report_progress
+    from engine.record import INBOX_DIR
+
+    check_id(run_id, "run id")
+    if receiver:
+        return _post_progress(receiver, token_env, run_id, text)
+    if directory:
+        where = Path(directory)
+        records = where.parent if where.name == INBOX_DIR else where
+    else:
+        records = records_dir(_load(config).handoffs_dir, sub=sub)
+    report_progress(records, run_id, text)
+    return 0
+
+
+def _post_progress(receiver: str, token_env: str | None, run_id: str, text: str) -> int:
+    import time
+
+    from engine.errors import UsageError
+    from engine.hooks import HooksClient, Target
+    from engine.registry import read_secret
+
+    if not token_env:
+        raise UsageError("`--receiver` needs `--token-env VAR` (the env var with the token).")
+    token = read_secret(env=token_env, file=None, what="--receiver")
+    base = receiver.rstrip("/")
+    for tail in (f"/handoffs/{run_id}/progress", f"/handoffs/{run_id}"):
+        if base.endswith(tail):
+            base = base[: -len(tail)]
+            break
+    target = Target(
+        agent=run_id, url=base, token=token, token_source=f"environment variable `{token_env}`"
+    )
+    with HooksClient() as client:
+        client.post_progress(target, run_id, text, deadline=time.monotonic() + 30)
     return 0
 
 
@@ -526,6 +600,44 @@ def _post_handoff(
         )
     _say(f"posted to {base}/handoffs/{run_id}")
     return 0
+
+
+@orchestrate.command("answer")
+@click.argument("run_id")
+@click.argument("text")
+@click.option("--by", default="cli", show_default=True, help="Who answers (recorded).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to wait (default: the asking run's).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@config_option
+def answer_cmd(
+    run_id: str,
+    text: str,
+    by: str,
+    timeout: float | None,
+    as_json: bool,
+    quiet: bool,
+    config: str | None,
+) -> int:
+    """Answer the question a delegation asked, send it back to the agent, and wait."""
+    from engine.ask import answer_delegation
+    from engine.delegate import open_delegator
+    from engine.reporter import ConsoleReporter, Reporter
+
+    reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
+    with open_delegator(_load(config), reporter=reporter) as delegator:
+        result = answer_delegation(delegator, run_id, text, by=by, timeout=timeout)
+    if as_json:
+        _dump(result.record)
+    else:
+        _print_result(result)
+        if result.error is not None:
+            click.echo(f"error: {result.error}", err=True)
+    return result.exit_code
 
 
 @orchestrate.command("show")
@@ -571,7 +683,13 @@ def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
         click.echo(f"note: this handoff replaced an earlier `{env['supersedes']}` record.")
     if env.get("unverified"):
         click.echo("note: unverified: the handoff had no key (`handoff_key: optional`).")
-    if env.get("error") and outcome in ("timeout", "invalid", "errored", "cancelled"):
+    from engine.liveness import progress_note
+
+    note = progress_note(path.parent.parent if path.parent.name == "inbox" else path.parent, run_id)
+    if note:
+        click.echo(f"progress: {note}")
+    failed = ("timeout", "invalid", "errored", "cancelled", "unusable", "lost")
+    if env.get("error") and outcome in failed:
         click.echo(f"error: {env['error']}")
     for item in env.get("also_received") or []:
         click.echo(f"also received: {item.get('file')}: {item.get('reason')}")
@@ -1030,6 +1148,15 @@ def _render_run(result: Any, as_json: bool) -> int:
                     "--reason ...)",
                     err=True,
                 )
+    elif summary["status"] == "waiting_input":
+        for sid, st in summary["steps"].items():
+            if st["status"] == "waiting_input":
+                q = (st.get("question") or {}).get("text", "")
+                click.echo(
+                    f'`{sid}` asks: {q}\nanswer with: workflow answer {rid} {sid} "..." && '
+                    f"workflow resume {rid}",
+                    err=True,
+                )
     elif summary["status"] == "failed":
         click.echo(
             f"the run failed; after fixing the cause: workflow resume {rid} --retry-failed",
@@ -1163,6 +1290,21 @@ def workflow_approve_cmd(run_id: str, step: str, reason: str | None, config: str
 
     decide_gate(_load(config), run_id, step, approved=True, reason=reason)
     click.echo(f"approved `{step}`; continue with: workflow resume {run_id}")
+    return 0
+
+
+@workflow.command("answer")
+@click.argument("run_id")
+@click.argument("step")
+@click.argument("text")
+@click.option("--by", default="cli", show_default=True, help="Who answers (recorded).")
+@config_option
+def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, config: str | None) -> int:
+    """Answer the question STEP's agent asked (then `workflow resume`)."""
+    from engine.ask import answer_step
+
+    answer_step(_load(config), run_id, step, text, by=by)
+    click.echo(f"answered `{step}`; continue with: workflow resume {run_id}")
     return 0
 
 

@@ -60,6 +60,9 @@ class AgentConfig:
     deliver: bool | None = None
     max_concurrent: int | None = None
     description: str | None = None
+    repair_attempts: int | None = None
+    wait_for_completion: bool | None = None
+    heartbeat_timeout: float | None = None
 
     @property
     def is_local(self) -> bool:
@@ -85,6 +88,7 @@ class GatewayAgentConfig:
     max_tokens: int | None = None
     temperature: float | None = None
     kill_after: float | None = None
+    fallback_handoff: bool = True
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ class Config:
     handoff_grace: float = 1.0
     handoff_key: str = "required"
     max_handoff_bytes: int = 1024 * 1024
+    repair_attempts: int = 1
+    wait_for_completion: bool = True
     validator: str | None = None
     max_depth: int = 2
     workflow_dirs: tuple[Path, ...] = ()
@@ -208,6 +214,11 @@ def config_from_dict(
             deliver=spec.get("deliver"),
             max_concurrent=spec.get("max_concurrent"),
             description=spec.get("description"),
+            repair_attempts=spec.get("repair_attempts"),
+            wait_for_completion=spec.get("wait_for_completion"),
+            heartbeat_timeout=(
+                float(spec["heartbeat_timeout"]) if "heartbeat_timeout" in spec else None
+            ),
         )
         for name, spec in raw["agents"].items()
     }
@@ -237,6 +248,7 @@ def config_from_dict(
                     max_tokens=spec.get("max_tokens"),
                     temperature=spec.get("temperature"),
                     kill_after=float(spec["kill_after"]) if "kill_after" in spec else None,
+                    fallback_handoff=bool(spec.get("fallback_handoff", True)),
                 )
                 for name, spec in gw.get("agents", {}).items()
             },
@@ -264,6 +276,8 @@ def config_from_dict(
         handoff_grace=float(raw.get("handoff_grace", 1.0)),
         handoff_key=str(raw.get("handoff_key", "required")),
         max_handoff_bytes=int(raw.get("max_handoff_bytes", 1024 * 1024)),
+        repair_attempts=int(raw.get("repair_attempts", 1)),
+        wait_for_completion=bool(raw.get("wait_for_completion", True)),
         validator=raw.get("validator"),
         max_depth=int(raw.get("max_depth", 2)),
         workflow_dirs=tuple(p for p in (rel(d) for d in raw.get("workflow_dirs", [])) if p),

@@ -25,7 +25,9 @@ from engine.errors import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_TIMEOUT,
+    EXIT_UNUSABLE,
     EXIT_USAGE,
+    EXIT_WAITING,
     OrchestratorError,
     RunStateError,
     UsageError,
@@ -65,6 +67,8 @@ class Outcome(enum.Enum):
     INVALID = "invalid"  # a handoff arrived but was refused (malformed or spoofed)
     ERRORED = "errored"  # the machinery broke: refused or unreachable gateway, pool refusal
     CANCELLED = "cancelled"  # the caller stopped waiting (workflow cancelled)
+    UNUSABLE = "unusable"  # the agent's run ended without a usable handoff; repairs spent
+    LOST = "lost"  # the agent was silent longer than its heartbeat_timeout
 
     @property
     def ok(self) -> bool:
@@ -80,6 +84,8 @@ _EXIT = {
     Outcome.TIMEOUT: EXIT_TIMEOUT,
     Outcome.INVALID: EXIT_USAGE,
     Outcome.CANCELLED: EXIT_FAILED,
+    Outcome.UNUSABLE: EXIT_UNUSABLE,
+    Outcome.LOST: EXIT_TIMEOUT,
 }
 
 
@@ -103,6 +109,8 @@ class DelegationRequest:
     context: str | None = None
     name: str | None = None
     labels: dict[str, Any] = field(default_factory=dict)
+    repair_attempts: int | None = None  # the step's bound (else the agent's, else the config's)
+    heartbeat_timeout: float | None = None  # the step's (else the agent's); None: off
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,8 @@ class DelegationResult:
         """The CLI exit code for this outcome (DESIGN.md's table)."""
         if self.outcome is Outcome.ERRORED:
             return self.error.exit_code if self.error else EXIT_USAGE
+        if self.outcome is Outcome.BLOCKED and self.record.get("question"):
+            return EXIT_WAITING  # the agent asked: answer it (engine.ask) to continue
         return _EXIT[self.outcome]
 
     @property
@@ -478,29 +488,27 @@ class Delegator:
             body["agentId"] = agent_id
         if agent.send_session_key:
             body["sessionKey"] = f"hook:orchestrate:{run_id}"
-        for key, value in (
+        for option, value in (
             ("channel", req.channel or agent.channel),
             ("model", req.model),
             ("thinking", req.thinking or agent.thinking),
         ):
             if value:
-                body[key] = value
+                body[option] = value
 
         waiter = self._expect(records, drop, run_id)
         try:
             envelope["dispatched_at"] = utcnow_iso()
             try:
-                sent = self.client.post_agent(
-                    target,
-                    body,
-                    idempotency_key=run_id,
-                    deadline=deadline,
-                    on_retry=lambda *a: self._on_retry(rep, *a),
-                )
+                watch, sent = self._start(req, agent, target, body, run_id, records, drop,
+                                          envelope, deadline, waiter, rep, key)
             except OrchestratorError as exc:
                 # A 4xx means the agent never got the task; a transport failure may have.
                 keep = exc.status_code is None or exc.status_code >= 500
                 return self._errored(run_id, records, envelope, exc, rep, keep_pending=keep)
+            if sent is None:  # held until the run ends: admission is reported by the watch
+                return self._wait(waiter, run_id, req.target, records, drop, envelope,
+                                  deadline, cancel, rep, watch=watch)
             envelope["attempts"] = sent.attempts
             envelope["gateway_run_id"] = sent.gateway_run_id
             if self.pool is not None and sent.overloaded:
@@ -509,7 +517,8 @@ class Delegator:
             # handoff; not rewriting it here saves a file create on the hot path.
             rep.delegation_dispatched(run_id, req.caller, req.target, sent.attempts)
             return self._wait(
-                waiter, run_id, req.target, records, drop, envelope, deadline, cancel, rep
+                waiter, run_id, req.target, records, drop, envelope, deadline, cancel, rep,
+                watch=watch,
             )
         finally:
             waiter.close()
@@ -520,6 +529,60 @@ class Delegator:
 
         return expect_any(
             [(drop.parent, drop.name), (records, f"{run_id}.json")], backend=self.watcher_backend
+        )
+
+    def _start(
+        self,
+        req: DelegationRequest,
+        agent: AgentConfig,
+        target: Target,
+        body: dict[str, Any],
+        run_id: str,
+        records: Path,
+        drop: Path,
+        envelope: dict[str, Any],
+        deadline: float,
+        waiter: Any,
+        rep: Reporter,
+        key: str,
+    ) -> tuple[Any, Any]:
+        """Send the task (see engine.repair.start): the run's watch, and the answer if known."""
+        from engine import repair
+        from engine.liveness import Heartbeat
+        from engine.message import write_command
+
+        beat = req.heartbeat_timeout or agent.heartbeat_timeout
+
+        hold = (
+            agent.wait_for_completion
+            if agent.wait_for_completion is not None
+            else self.cfg.wait_for_completion
+        )
+        return repair.start(
+            client=self.client,
+            target=target,
+            body=body,
+            run_id=run_id,
+            deadline=deadline,
+            on_retry=lambda *a: self._on_retry(rep, *a),
+            hold=hold,
+            same_session="sessionKey" in body and not agent.is_local,
+            envelope=envelope,
+            drop=drop,
+            records=records,
+            allowed=repair.attempts_for(
+                req.repair_attempts, agent.repair_attempts, self.cfg.repair_attempts
+            ),
+            grace=min(self.cfg.handoff_grace, repair.END_GRACE),
+            write_command=write_command(run_id, req.target, drop.parent, key),
+            clock=self._clock,
+            wake=waiter.wake,
+            on_admitted=lambda: rep.delegation_dispatched(
+                run_id, req.caller, req.target, int(envelope.get("attempts") or 1)
+            ),
+            on_repair=rep.warning,
+            key=key,
+            heartbeat=Heartbeat(records, run_id, float(beat)) if beat else None,
         )
 
     def _wait(
@@ -533,6 +596,8 @@ class Delegator:
         deadline: float,
         cancel: threading.Event | None = None,
         rep: Reporter | None = None,
+        *,
+        watch: Any = None,
     ) -> DelegationResult:
         rep = rep or self.reporter
         grace = self.cfg.handoff_grace
@@ -542,6 +607,8 @@ class Delegator:
         last_look = False
         while True:
             if fired:
+                if watch is not None and os.path.lexists(drop):
+                    watch.before_delivery()  # the run's end, if it comes within a second
                 got = deliver(records, run_id, envelope=envelope, grace=grace)
                 if got.state in ("recorded", "duplicate", "already") and got.record:
                     return self._handed_off(run_id, agent, got.record_path, got.record, rep)
@@ -550,18 +617,32 @@ class Delegator:
                     problem = got.problem
                     give_up = min(deadline, self._clock() + grace)
                 elif got.state == "refused" and got.problem.kind != "key":
-                    return self._refused(run_id, records, drop, envelope, got.problem, rep)
+                    ending = _repair_refused(watch, got.problem, got.kept)
+                    if ending is not None:
+                        return self._end_refused(ending, run_id, records, drop, envelope, rep)
+                    problem = None  # a repair was sent
                 else:  # nothing there, or a forged key: the real agent may still answer
                     problem = None
             remaining = (give_up if problem else deadline) - self._clock()
             if remaining <= 0:
                 if problem is not None:
-                    refuse(records, run_id, drop, problem, envelope)
-                    return self._refused(run_id, records, drop, envelope, problem, rep)
+                    kept = refuse(records, run_id, drop, problem, envelope)
+                    ending = _repair_refused(watch, problem, kept)
+                    if ending is not None:
+                        return self._end_refused(ending, run_id, records, drop, envelope, rep)
+                    problem, fired = None, False  # a repair was sent
+                    continue
                 if not last_look:  # look once more before declaring a timeout
                     last_look = fired = True
                     continue
                 return self._timed_out(run_id, agent, records, drop, envelope, rep)
+            if watch is not None:  # has the agent's run ended (or the dispatch failed)?
+                ending = watch.check()
+                if ending is not None:
+                    return self._ended(ending, run_id, records, drop, envelope, rep)
+                wake = watch.next_wake()
+                if wake is not None:
+                    remaining = min(remaining, max(0.0, wake - self._clock()))
             if cancel is not None:
                 if cancel.is_set():
                     return self._cancelled(run_id, agent, records, envelope, rep)
@@ -652,6 +733,45 @@ class Delegator:
         )
         return self._result(run_id, Outcome.INVALID, path, err)
 
+    def _end_refused(
+        self,
+        ending: Any,
+        run_id: str,
+        records: Path,
+        drop: Path,
+        envelope: dict[str, Any],
+        rep: Reporter,
+    ) -> DelegationResult:
+        """A refused handoff ends the delegation: ``invalid`` (no repair), or ``unusable``."""
+        if ending.outcome == "unusable":
+            return self._ended(ending, run_id, records, drop, envelope, rep)
+        return self._refused(run_id, records, drop, envelope, ending.error, rep)
+
+    def _ended(
+        self,
+        ending: Any,
+        run_id: str,
+        records: Path,
+        drop: Path,
+        envelope: dict[str, Any],
+        rep: Reporter,
+    ) -> DelegationResult:
+        """End before the deadline: the dispatch or the run failed, or repairs are spent."""
+        if ending.outcome == "errored":
+            return self._errored(
+                run_id, records, envelope, ending.error, rep, keep_pending=ending.keep_pending
+            )
+        outcome = Outcome(ending.outcome)  # unusable, or lost (silent past its heartbeat)
+        env = dict(envelope, outcome=outcome.value, ended_at=utcnow_iso())
+        env["error"] = ending.error.message
+        rejected = envelope.get("rejected") or []
+        if outcome is Outcome.UNUSABLE and rejected:
+            env["rejected_file"] = rejected[-1].get("file")
+        write_pending(records, run_id, env)
+        path = write_record(records, run_id, env, agent=envelope["target"])
+        rep.delegation_finished(run_id, envelope["target"], outcome.value, str(path))
+        return self._result(run_id, outcome, path, ending.error)
+
     def _errored(
         self,
         run_id: str,
@@ -672,6 +792,16 @@ class Delegator:
             drop_pending(records, run_id)
         rep.delegation_finished(run_id, envelope["target"], "errored", str(path))
         return self._result(run_id, Outcome.ERRORED, path, exc)
+
+
+def _repair_refused(watch: Any, problem: HandoffProblem, kept: Path | None) -> Any:
+    """A refused handoff: None when a repair was sent, else the ending (engine.repair)."""
+    from engine.repair import REPAIRABLE, Ending
+
+    if watch is None or problem.kind not in REPAIRABLE:
+        return Ending("invalid", problem)
+    found = problem.problems or [str(problem)]
+    return watch.refused(problem.kind, found, moved_to=str(kept) if kept else None)
 
 
 def _iso_in(seconds: float) -> str:

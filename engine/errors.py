@@ -11,11 +11,14 @@ message (never a traceback) and exits with its ``exit_code`` (see DESIGN.md)::
     ├── WorkflowError                 a workflow template or its inputs are invalid
     ├── HandoffError                  a handoff file is malformed, invalid or spoofed
     ├── HookError                     the hooks API refused or could not be reached
-    │   └── HookUnreachableError      retries exhausted on transient failures (exit 4)
+    │   ├── HookUnreachableError      retries exhausted on transient failures (exit 4)
+    │   └── AgentRunError             the gateway says the agent's run ended in error (exit 1)
     ├── RunStateError                 a run record is missing or in the wrong state
     ├── AclDeniedError                the ACL forbids caller -> target (exit 5)
     ├── PoolRefusedError              the token pool refused the request (exit 5)
-    └── DelegationTimeoutError        no handoff before the deadline (exit 4)
+    ├── DelegationTimeoutError        no handoff before the deadline (exit 4)
+    │   └── DelegationLostError       the agent was silent past its heartbeat_timeout (exit 4)
+    └── UnusableHandoffError          the run ended without a usable handoff, repairs spent (exit 6)
 
 A failed delegation (the agent said ``failed`` or ``blocked``) is a result value, not an
 exception: see ``engine.delegate.DelegationResult``.
@@ -31,6 +34,7 @@ EXIT_USAGE = 2
 EXIT_WAITING = 3
 EXIT_TIMEOUT = 4
 EXIT_REFUSED = 5
+EXIT_UNUSABLE = 6
 
 
 class OrchestratorError(Exception):
@@ -96,6 +100,12 @@ class HookUnreachableError(HookError):
     exit_code = EXIT_TIMEOUT
 
 
+class AgentRunError(HookError):
+    """Raised when the gateway reports that the agent's run ended in error (no handoff)."""
+
+    exit_code = EXIT_FAILED
+
+
 class RunStateError(OrchestratorError):
     """Raised when a run record is missing, or in a state that does not allow the action."""
 
@@ -116,6 +126,16 @@ class DelegationTimeoutError(OrchestratorError):
     """Raised when waiting for something (a handoff, a token) outlasts its deadline."""
 
     exit_code = EXIT_TIMEOUT
+
+
+class DelegationLostError(DelegationTimeoutError):
+    """Raised when the agent reported nothing for longer than its ``heartbeat_timeout``."""
+
+
+class UnusableHandoffError(OrchestratorError):
+    """Raised when the agent's run ended without a usable handoff and repairs are spent."""
+
+    exit_code = EXIT_UNUSABLE
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:

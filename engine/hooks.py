@@ -51,6 +51,8 @@ class DispatchResult:
     attempts: int
     elapsed_s: float
     overloaded: int  # how many 429/503 answers were seen on the way
+    #: The gateway's ``completion`` object (``waitForCompletion``: the run has ended), if any.
+    completion: dict[str, Any] | None = None
 
 
 class HooksClient:
@@ -95,11 +97,13 @@ class HooksClient:
         idempotency_key: str,
         deadline: float,
         on_retry: Callable[[str, int, float, str], None] | None = None,
+        hold: bool = False,
     ) -> DispatchResult:
         """POST the task; retry transient failures until ``deadline`` (a ``clock()`` value).
 
         ``on_retry(agent, attempt, delay_s, reason)`` observes this call's retries (the
-        client's own ``on_retry`` when not given).
+        client's own ``on_retry`` when not given). ``hold``: the body asks for
+        ``waitForCompletion``, so the answer may take until the run ends (up to the deadline).
         """
         return self._post(
             target,
@@ -108,6 +112,7 @@ class HooksClient:
             headers={"Idempotency-Key": idempotency_key},
             deadline=deadline,
             on_retry=on_retry,
+            hold=hold,
         )
 
     def post_handoff(
@@ -124,6 +129,13 @@ class HooksClient:
             target, f"{target.url}/handoffs/{run_id}", handoff, {}, deadline, hint=hint
         )
 
+    def post_progress(
+        self, target: Target, run_id: str, text: str, *, deadline: float
+    ) -> DispatchResult:
+        """POST a progress line to a gateway's receiver (`/handoffs/{runId}/progress`)."""
+        url = f"{target.url}/handoffs/{run_id}/progress"
+        return self._post(target, url, {"text": text}, {}, deadline)
+
     def _post(
         self,
         target: Target,
@@ -133,6 +145,7 @@ class HooksClient:
         deadline: float,
         on_retry: Callable[[str, int, float, str], None] | None = None,
         hint: str | None = None,
+        hold: bool = False,
     ) -> DispatchResult:
         import httpx
 
@@ -161,8 +174,10 @@ class HooksClient:
                 )
             timeout = min(self.retry.request_timeout, remaining)
             retry_after: float | None = None
+            # A held request answers when the run ends: only the read may take that long.
+            limits = httpx.Timeout(timeout, read=remaining) if hold else timeout
             try:
-                resp = self._client.post(url, content=payload, headers=hdrs, timeout=timeout)
+                resp = self._client.post(url, content=payload, headers=hdrs, timeout=limits)
             except httpx.TimeoutException:
                 reason = f"no answer within {timeout:.1f} s"
             except httpx.TransportError as exc:
@@ -170,8 +185,9 @@ class HooksClient:
             else:
                 code = resp.status_code
                 if code in (200, 201, 202):
+                    run_id, completion = _accepted(resp)
                     return DispatchResult(
-                        code, _gateway_run_id(resp), attempt, self._clock() - start, overloaded
+                        code, run_id, attempt, self._clock() - start, overloaded, completion
                     )
                 if code not in RETRYABLE_STATUS:
                     raise _refusal(target, url, resp)
@@ -215,14 +231,20 @@ def _transport_reason(exc: Exception) -> str:
     return f"{name}: {text}"[:200]
 
 
-def _gateway_run_id(resp: Any) -> str | None:
+def _accepted(resp: Any) -> tuple[str | None, dict[str, Any] | None]:
+    """The gateway's runId and ``completion`` object from an accepting answer."""
     try:
         data = resp.json()
     except (ValueError, RecursionError):  # not JSON, or nested past the parser
-        return None
-    if isinstance(data, dict) and isinstance(data.get("runId"), str):
-        return redact(str(data["runId"])[:MAX_RUN_ID])
-    return None
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    run_id = data.get("runId")
+    completion = data.get("completion")
+    return (
+        redact(str(run_id)[:MAX_RUN_ID]) if isinstance(run_id, str) else None,
+        completion if isinstance(completion, dict) else None,
+    )
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -39,13 +39,21 @@ from engine.record import INBOX_DIR, OUTCOMES, process_alive
 SCHEMA_VERSION = "1.0"
 CONFIDENCES = ("high", "medium", "low", "none")
 #: ``engine.runner.RunState`` values (a test pins them).
-RUN_STATUSES = ("running", "waiting_approval", "complete", "failed", "cancelled")
+RUN_STATUSES = (
+    "running",
+    "waiting_approval",
+    "waiting_input",
+    "complete",
+    "failed",
+    "cancelled",
+)
 #: ``engine.runner.StepState`` values (a test pins them).
 STEP_STATUSES = (
     "pending",
     "queued",
     "running",
     "waiting_approval",
+    "waiting_input",
     "complete",
     "partial",
     "blocked",
@@ -56,6 +64,8 @@ STEP_STATUSES = (
     "cancelled",
     "skipped",
     "rejected",
+    "unusable",
+    "lost",
 )
 #: At most this many problem files are listed by path (all of them are counted).
 MAX_LISTED = 100
@@ -205,6 +215,8 @@ class _Group:
         "cost",
         "models",
         "token_wait",
+        "repaired",
+        "repairs",
     )
 
     def __init__(self) -> None:
@@ -221,6 +233,8 @@ class _Group:
         self.cost = 0.0
         self.models: dict[str, int] = {}
         self.token_wait: list[float] = []
+        self.repaired = 0  # delegations that needed at least one repair
+        self.repairs = 0  # repair messages sent
 
     def add(self, other: _Group) -> None:
         """Fold ``other`` into this group (the totals are the sum of the agents)."""
@@ -234,6 +248,8 @@ class _Group:
             self.confidence[k] += v
         self.latency.extend(other.latency)
         self.token_wait.extend(other.token_wait)
+        self.repaired += other.repaired
+        self.repairs += other.repairs
         self.usage_records += other.usage_records
         self.tokens_in += other.tokens_in
         self.tokens_out += other.tokens_out
@@ -254,7 +270,13 @@ class _Group:
             "confidence": self.confidence,
             "usage": self.usage_doc(),
             "token_wait_ms": _dist(self.token_wait),
+            "repairs": self.repairs_doc(),
         }
+
+    def repairs_doc(self) -> dict[str, Any]:
+        """How often the agent needed a corrective message (``envelope.repairs``)."""
+        rate = round(self.repaired / self.n, 4) if self.n else None
+        return {"delegations": self.repaired, "messages": self.repairs, "rate": rate}
 
     def edge_doc(self, caller: str, target: str) -> dict[str, Any]:
         """One item of ``edges``."""
@@ -265,6 +287,7 @@ class _Group:
             "by_status": self.by_status,
             "success_rate": _rate(self.by_status, self.n),
             "latency_ms": _dist(self.latency),
+            "repairs": self.repairs_doc(),
         }
 
     def usage_doc(self) -> dict[str, Any]:
@@ -497,6 +520,11 @@ class _Scan:
                 g.latency.append(latency)
             if env.get("late") is True:
                 g.late += 1
+            repairs = env.get("repairs")
+            repaired = len(repairs) if isinstance(repairs, list) else 0
+            if repaired:
+                g.repaired += 1
+                g.repairs += repaired
             wait = _num(env.get("token_wait_ms"))
             if wait is not None:
                 g.token_wait.append(wait)
@@ -518,6 +546,9 @@ class _Scan:
                 e = self.edges[(caller, agent)] = _Group()
             e.n += 1
             e.by_status[outcome] += 1
+            if env is not None and isinstance(env.get("repairs"), list) and env["repairs"]:
+                e.repaired += 1
+                e.repairs += len(env["repairs"])
             if latency is not None:
                 e.latency.append(latency)
 

@@ -15,6 +15,7 @@ _ICONS = {
     "partial": "◐",
     "skipped": "↷",
     "waiting_approval": "⏸",
+    "waiting_input": "?",
     "running": "▶",
     "queued": "…",
     "pending": "·",
@@ -75,6 +76,7 @@ class LiveReporter(Reporter):
         self._rows: dict[str, dict[str, Any]] = {}
         self._title = ""
         self._live: Any = None
+        self._handoffs: str | None = None
 
     def _table(self) -> Any:
         from rich.table import Table
@@ -88,13 +90,16 @@ class LiveReporter(Reporter):
                 elapsed = ""
             else:
                 elapsed = f"{(r.get('t1') or now) - r['t0']:.1f} s"
-            table.add_row(
-                sid,
-                r.get("agent") or "",
-                f"{_icon(r['state'])} {r['state']}",
-                elapsed,
-                r.get("note", ""),
-            )
+            note = r.get("note", "")
+            if r["state"] == "running" and self._handoffs and r.get("drid"):
+                from pathlib import Path
+
+                from engine.liveness import progress_note
+
+                said = progress_note(Path(self._handoffs), r["drid"])
+                note = redact(said[:80]) if said else note
+            table.add_row(sid, r.get("agent") or "", f"{_icon(r['state'])} {r['state']}",
+                          elapsed, note)
         return table
 
     def event(self, kind: str, **f: Any) -> None:
@@ -104,6 +109,7 @@ class LiveReporter(Reporter):
                 from rich.live import Live
 
                 self._title = f"{f['workflow']} · {f['run_id']}"
+                self._handoffs = f.get("handoffs_dir")
                 for group in f["steps"]:
                     for sid, agent in group:
                         self._rows.setdefault(sid, {"agent": agent, "state": "pending"})
@@ -126,6 +132,7 @@ class LiveReporter(Reporter):
                     t0=time.monotonic(),
                     t1=None,
                     note=f"attempt {f['attempt']}" if f["attempt"] > 1 else "",
+                    drid=f.get("delegation_run_id"),
                 )
             elif kind == "step_queued":
                 row.update(state="queued", note="waiting for a pool token")

@@ -57,6 +57,7 @@ class StepState(enum.Enum):
     QUEUED = "queued"  # ready, waiting for a pool token
     RUNNING = "running"  # dispatched, waiting for the agent's handoff
     WAITING_APPROVAL = "waiting_approval"  # parked at its approval gate
+    WAITING_INPUT = "waiting_input"  # the agent asked a question; parked until answered
     COMPLETE = "complete"  # the agent did it
     PARTIAL = "partial"  # the agent did part of it (dependents still run)
     BLOCKED = "blocked"  # the agent could not proceed (never retried)
@@ -67,6 +68,8 @@ class StepState(enum.Enum):
     CANCELLED = "cancelled"  # the run was cancelled while it ran
     SKIPPED = "skipped"  # not run: its condition was false, or upstream failed, or run stopped
     REJECTED = "rejected"  # its approval gate was rejected
+    UNUSABLE = "unusable"  # the agent's run ended without a usable handoff (repairs spent)
+    LOST = "lost"  # the agent was silent longer than its heartbeat_timeout (after retries)
 
     @property
     def final(self) -> bool:
@@ -76,6 +79,7 @@ class StepState(enum.Enum):
             StepState.QUEUED,
             StepState.RUNNING,
             StepState.WAITING_APPROVAL,
+            StepState.WAITING_INPUT,
         )
 
     @property
@@ -92,6 +96,8 @@ RETRYABLE = (
     StepState.INVALID,
     StepState.BLOCKED,
     StepState.CANCELLED,
+    StepState.UNUSABLE,
+    StepState.LOST,
 )
 
 
@@ -100,6 +106,7 @@ class RunState(enum.Enum):
 
     RUNNING = "running"  # a process is executing it (or died doing so: resume it)
     WAITING_APPROVAL = "waiting_approval"  # parked at a gate; approve/reject, then resume
+    WAITING_INPUT = "waiting_input"  # an agent asked a question; `workflow answer`, then resume
     COMPLETE = "complete"  # every step complete, partial, or skipped by its condition
     FAILED = "failed"  # some step failed, timed out, errored or was rejected
     CANCELLED = "cancelled"  # `workflow cancel` stopped it
@@ -125,6 +132,8 @@ class StepRun:
     gate: dict[str, Any] | None = None  # {"decision": approved|rejected, "by", "reason", "at"}
     error: str | None = None
     in_flight: bool = False  # started in an earlier process and not finished
+    #: The agent's question (engine.ask): text, asked_at, and once given answer, by, answered_at.
+    question: dict[str, Any] | None = None
 
     @property
     def duration_ms(self) -> float | None:
@@ -190,7 +199,7 @@ class RunResult:
         """0 complete · 1 failed or cancelled · 3 waiting for approval · 4 only timeouts."""
         if self.state is RunState.COMPLETE:
             return EXIT_OK
-        if self.state is RunState.WAITING_APPROVAL:
+        if self.state in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
             return EXIT_WAITING
         states = {s["status"] for s in self.summary.get("steps", {}).values()}
         if (
@@ -426,7 +435,9 @@ def _on_run_finished(f: _Fold, ev: dict[str, Any]) -> None:
 
 def _on_run_paused(f: _Fold, ev: dict[str, Any]) -> None:
     _at(ev)
-    f.state, f.finished = RunState.WAITING_APPROVAL, None
+    waiting = ev.get("status") == RunState.WAITING_INPUT.value  # a question, else a gate
+    state = RunState.WAITING_INPUT if waiting else RunState.WAITING_APPROVAL
+    f.state, f.finished = state, None
 
 
 def _on_run_resumed(f: _Fold, ev: dict[str, Any]) -> None:
@@ -514,6 +525,13 @@ def _on_gate_decided(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
         f.gate_wait_ms += (parse_iso(at) - parse_iso(since)).total_seconds() * 1000
 
 
+def _on_question(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    from engine.ask import replay_question
+
+    _at(ev)
+    replay_question(s, ev)
+
+
 def _on_step_reset(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
     s.state = StepState.PENDING
     s.skip_reason = s.skip_kind = s.error = None
@@ -538,6 +556,8 @@ _STEP_REDUCERS: dict[str, Callable[[_Fold, dict[str, Any], StepRun], None]] = {
     "gate_waiting": _on_gate_waiting,
     "gate_decided": _on_gate_decided,
     "step_reset": _on_step_reset,
+    "step_question": _on_question,  # engine.ask: the agent asked
+    "step_answered": _on_question,  # engine.ask: someone answered
 }
 #: Journal events that change no state (they are history for people and tools).
 _HISTORY_ONLY = frozenset({"step_retry", "step_validated"})
@@ -660,6 +680,7 @@ def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str,
             **({"skip_reason": s.skip_reason} if s.skip_reason else {}),
             **({"error": s.error} if s.error else {}),
             **({"gate": s.gate} if s.gate else {}),
+            **({"question": s.question} if s.question else {}),
         }
     return {
         "runId": view.run_id,
@@ -956,6 +977,8 @@ class _Execution:
         for s in steps.values():
             if s.state is StepState.WAITING_APPROVAL:
                 s.state = StepState.PENDING
+            if s.state is StepState.WAITING_INPUT and (s.question or {}).get("answer") is not None:
+                s.state = StepState.PENDING  # answered: it is delegated again with the answer
             if s.state.final and not s.state.ok and s.state is not StepState.SKIPPED:
                 if plan.steps[s.id].spec.on_failure == "stop":
                     self.stop_reason = f"`{s.id}` ended {s.state.value}"
@@ -964,6 +987,7 @@ class _Execution:
             run_id=self.run_id,
             workflow=plan.workflow.name,
             steps=[[(sid, steps[sid].agent) for sid in g] for g in plan.groups],
+            handoffs_dir=str(self.cfg.handoffs_dir),  # where progress lines are (live table)
         )
         running: dict[Future[None], str] = {}
         # Incremental readiness: a step becomes ready when its last upstream step settles,
@@ -995,7 +1019,8 @@ class _Execution:
                     heap.clear()
                     for sid in order:
                         st = steps[sid]
-                        if st.state in (StepState.PENDING, StepState.WAITING_APPROVAL) and (
+                        waiting = (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT)
+                        if (st.state is StepState.PENDING or st.state in waiting) and (
                             sid not in running.values()
                         ):
                             self._skip(st, "the run was cancelled", "stopped")
@@ -1015,6 +1040,8 @@ class _Execution:
                     st = steps[sid]
                     if exc is not None:  # a bug, not a step outcome: record and go on
                         self._finish(st, StepState.ERRORED, error=f"internal error: {exc}")
+                    if st.state is StepState.WAITING_INPUT:
+                        continue  # parked with a question: its dependents wait for the answer
                     if not st.state.ok and plan.steps[sid].spec.on_failure == "stop":
                         self.stop_reason = self.stop_reason or f"`{sid}` ended {st.state.value}"
                     settle(sid)
@@ -1031,7 +1058,7 @@ class _Execution:
         ps = self.plan.steps[sid]
         if s.in_flight:  # dispatched by an earlier process: re-attach, never resend
             return pool.submit(self._run_step, s, True)
-        if s.state.final:
+        if s.state.final or s.state is StepState.WAITING_INPUT:
             return None
         ups = [steps[d] for d in ps.depends_on]
         bad = [
@@ -1188,6 +1215,9 @@ class _Execution:
         except Exception as exc:
             self._finish(s, StepState.ERRORED, error=f"task failed to render: {exc}")
             return
+        from engine.ask import asked, with_answer
+
+        task = with_answer(task, s.question)
         attempt = first
         while True:
             s.attempt = attempt
@@ -1201,7 +1231,12 @@ class _Execution:
                     "step_started", step=s.id, attempt=attempt, agent=agent, delegation_run_id=drid
                 )
             self.reporter.event(
-                "step_started", step=s.id, agent=agent, attempt=attempt, reattached=again
+                "step_started",
+                step=s.id,
+                agent=agent,
+                attempt=attempt,
+                reattached=again,
+                delegation_run_id=drid,
             )
             s.state = StepState.RUNNING
             req = DelegationRequest(
@@ -1216,6 +1251,8 @@ class _Execution:
                 thinking=ps.spec.options.get("thinking"),
                 channel=ps.spec.options.get("channel"),
                 labels={"workflow": plan.workflow.name, "workflow_run": run_id, "step": s.id},
+                repair_attempts=ps.spec.repair_attempts,
+                heartbeat_timeout=ps.spec.heartbeat_timeout,
             )
             try:
                 result = self.delegator.delegate(
@@ -1239,7 +1276,7 @@ class _Execution:
                 }
             )
             if (
-                result.outcome in (Outcome.FAILED, Outcome.TIMEOUT)
+                result.outcome in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.LOST)
                 and attempt <= retries
                 and not cancel.is_set()
             ):
@@ -1275,6 +1312,9 @@ class _Execution:
             break
         if result.outcome.ok or result.outcome in (Outcome.FAILED, Outcome.BLOCKED):
             s.handoff = result.handoff
+        if asked(result, s, journal):  # blocked with a question: parked until answered
+            self.reporter.event("step_waiting_input", step=s.id, question=s.question)
+            return
         state = StepState(result.outcome.value)
         error = str(result.error) if result.error else None
         if state.ok and ps.validator:
@@ -1329,6 +1369,8 @@ class _Execution:
         view = self.view
         if self.cancel.is_set():
             state = RunState.CANCELLED
+        elif any(s.state is StepState.WAITING_INPUT for s in steps.values()):
+            state = RunState.WAITING_INPUT
         elif any(s.state is StepState.WAITING_APPROVAL for s in steps.values()):
             state = RunState.WAITING_APPROVAL
         elif all(
@@ -1344,8 +1386,9 @@ class _Execution:
                 outputs = self.prepared.renderer.render_outputs(self._context())
             except Exception as exc:  # an output template that fails must not lose the run
                 outputs = {"error": f"outputs failed to render: {exc}"}
-        if state is RunState.WAITING_APPROVAL:
-            waiting = [s.id for s in steps.values() if s.state is StepState.WAITING_APPROVAL]
+        if state in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
+            parked = (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT)
+            waiting = [s.id for s in steps.values() if s.state in parked]
             self.journal.append("run_paused", status=state.value, waiting=waiting)
         else:
             self.journal.append("run_finished", status=state.value)
@@ -1354,7 +1397,7 @@ class _Execution:
         for sid, s in steps.items():  # in-memory states are the freshest
             final.steps[sid] = s
         summary = summarize(final, outputs)
-        if state is RunState.WAITING_APPROVAL:
+        if state in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
             summary["finished_at"] = None
         write_json_atomic(view.path / "summary.json", summary)
         self.reporter.event("run_finished", run_id=view.run_id, status=state.value, summary=summary)
@@ -1536,6 +1579,13 @@ def run_status(cfg: Config, run_id: str) -> dict[str, Any]:
                 limit = env.get("timeout_s") if isinstance(env, dict) else None
                 of = f" of {limit:g} s" if isinstance(limit, int | float) else ""
                 row["waiting"] = f"waiting on `{s.agent}` for {waited:.0f} s{of}"
+                from engine.liveness import latest_progress
+
+                said = latest_progress(cfg.handoffs_dir, str(s.delegation_run_id))
+                if said is not None:
+                    row["progress"] = said
+                    age = f' {said["age_s"]:.0f} s ago' if said["age_s"] is not None else ""
+                    row["waiting"] += f'; said "{said["text"]}"{age}'
             else:
                 row["waiting"] = "being dispatched"
             if not _lock_held(path):
@@ -1545,6 +1595,10 @@ def run_status(cfg: Config, run_id: str) -> dict[str, Any]:
                 f"at its approval gate: `workflow approve {run_id} {sid}` or "
                 f"`workflow reject {run_id} {sid} --reason ...`"
             )
+        elif s.state is StepState.WAITING_INPUT:
+            from engine.ask import waiting_line
+
+            row["waiting"] = waiting_line(run_id, sid, s.question)
     summary["run_dir"] = str(path)
     summary["live"] = _lock_held(path)
     return summary

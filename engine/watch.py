@@ -195,6 +195,10 @@ class WaiterGroup:
         for w in self._waiters:
             w.close()
 
+    def wake(self) -> None:
+        """Wake the waiting delegation now (its agent's run ended: engine.completion)."""
+        self._event.set()
+
 
 def expect_any(pairs: Iterable[tuple[Path, str]], *, backend: str = "auto") -> WaiterGroup:
     """Wait on ``name`` in each ``directory`` at once (each directory's shared watcher)."""

@@ -86,6 +86,10 @@ class StepSpec:
     retries: int = 0
     #: Seconds before the first retry; each next retry waits twice as long (plus jitter).
     retry_delay: float = 2.0
+    #: Corrective messages when the agent ends without a usable handoff (None: the agent's).
+    repair_attempts: int | None = None
+    #: Seconds without progress after which the agent counts as lost (None: the agent's).
+    heartbeat_timeout: float | None = None
     #: True: validated by the configured validator; a str: by that agent; False: not.
     validate: bool | str = False
     gate: GateSpec | None = None
@@ -398,6 +402,8 @@ def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> Workflo
                 timeout=None if timeout is None else float(timeout),
                 retries=int(s.get("retries", defaults.get("retries", 0))),
                 retry_delay=float(s.get("retry_delay", defaults.get("retry_delay", 2.0))),
+                repair_attempts=s.get("repair_attempts", defaults.get("repair_attempts")),
+                heartbeat_timeout=s.get("heartbeat_timeout", defaults.get("heartbeat_timeout")),
                 validate=s.get("validate", defaults.get("validate", False)),
                 gate=(
                     GateSpec(prompt=gate["prompt"], when=_strip_braces(gate.get("when")))

@@ -193,7 +193,7 @@ def test_malformed_json_is_refused_and_kept(
     tmp_path: Path, stand_in: Any, monkeypatch: Any
 ) -> None:
     server = stand_in(agent=_agent_writing(lambda b: '{"schemaVersion": "1.0", "runId": '))
-    cfg = _remote(tmp_path, server.url, monkeypatch)
+    cfg = _remote(tmp_path, server.url, monkeypatch, repair_attempts=0)
     with open_delegator(cfg) as d:
         result = d.delegate(_req(timeout=60))
     assert result.outcome is Outcome.INVALID and result.exit_code == 2
@@ -215,7 +215,7 @@ def test_bad_status_is_refused_naming_the_pointer(
         return json.dumps(data)
 
     server = stand_in(agent=_agent_writing(bad))
-    cfg = _remote(tmp_path, server.url, monkeypatch)
+    cfg = _remote(tmp_path, server.url, monkeypatch, repair_attempts=0)
     with open_delegator(cfg) as d:
         result = d.delegate(_req(timeout=60))
     assert result.outcome is Outcome.INVALID

@@ -589,6 +589,7 @@ def _expected_agents(truth: list[dict[str, Any]]) -> dict[str, Any]:
                 sum(u[2] for u in usage),
             ),
             "token_wait_ms": dist(t["wait"] for t in mine if t["wait"] is not None),
+            "repairs": {"delegations": 0, "messages": 0, "rate": 0.0},
         }
     return out
 

@@ -255,13 +255,13 @@ class CommandRunner:
             (workspace / "TASK.txt").write_text(redact_key(task.message), encoding="utf-8")
         except OSError as exc:
             why = f"cannot create the workspace `{workspace}`: {exc.strerror or exc}"
-            return self._finish(task, _failed_start(why, started))
+            return self._finish(task, _failed_start(why, started), spec=spec)
         timeout, source = hard_limit(spec, task.timeout, self.kill_after)
         if self._closed:
-            return self._finish(task, _failed_start(_STOPPING, started))
+            return self._finish(task, _failed_start(_STOPPING, started), spec=spec)
         popen_or_reason = _start(spec, _environment(spec, task, workspace), workspace)
         if isinstance(popen_or_reason, str):
-            return self._finish(task, _failed_start(popen_or_reason, started))
+            return self._finish(task, _failed_start(popen_or_reason, started), spec=spec)
         popen = popen_or_reason
         running = _Running(popen)
         deadline_epoch = time.time() + timeout if timeout is not None else None
@@ -286,7 +286,7 @@ class CommandRunner:
                 (workspace / name).write_text(redact(text), encoding="utf-8")
             except OSError:
                 pass
-        finished = self._finish(task, outcome, timeout=timeout, source=source)
+        finished = self._finish(task, outcome, timeout=timeout, source=source, spec=spec)
         if self.retention is not None:
             from engine.gateway.retention import prune_workspaces
 
@@ -302,12 +302,15 @@ class CommandRunner:
         *,
         timeout: float | None = None,
         source: str = "agent timeout",
+        spec: GatewayAgentConfig | None = None,
     ) -> Outcome:
         """Write the handoff the agent did not write, then reconcile its directory."""
         path = task.handoff_path
         if (
             path is None
             or task.run_id is None
+            # `fallback_handoff: false`: the engine sees the run end and repairs instead
+            or (spec is not None and not spec.fallback_handoff)
             or _delivered(path)
             # killed by stop() after the engine gave up (its record is there): nothing new
             or (outcome.cancelled and (records_of(path) / path.name).exists())
@@ -413,6 +416,24 @@ def _start(
     except (OSError, ValueError, TypeError) as exc:  # E2BIG, ENOEXEC, a NUL byte...
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return f"cannot start `{spec.argv[0]}` ({where}.argv): {text}"
+
+
+def completion_of(outcome: Outcome) -> dict[str, str]:
+    """The ``completion`` object of a hooks answer held with ``waitForCompletion``."""
+    if outcome.returncode == 0 and not outcome.timed_out and not outcome.cancelled:
+        return {"status": "ok"}
+    if outcome.cancelled:
+        reason = "killed: the local gateway stopped"
+    elif outcome.timed_out:
+        reason = "killed at the agent's timeout"
+    elif outcome.returncode is None:
+        reason = outcome.stderr.strip()[:STDERR_TAIL] or "the agent could not start"
+    else:
+        tail = outcome.stderr.strip()[-500:]
+        reason = f"the agent exited with code {outcome.returncode}" + (
+            f"; stderr (tail): {tail}" if tail else ""
+        )
+    return {"status": "error", "error": reason}
 
 
 def _environment(spec: GatewayAgentConfig, task: Task, workspace: Path) -> dict[str, str]:

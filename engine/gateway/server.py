@@ -34,7 +34,7 @@ from urllib.parse import unquote
 
 from engine.config import Config, GatewayAgentConfig, GatewayConfig
 from engine.errors import ConfigError
-from engine.gateway.agents import CommandRunner, task_from_message
+from engine.gateway.agents import CommandRunner, completion_of, task_from_message
 from engine.redact import install_log_filter, redact, register
 
 log = logging.getLogger("engine.gateway")
@@ -216,10 +216,18 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/hooks/wake":
                 (status, data), thread = gw._hook_wake(body), None
             else:
-                (status, data), thread = gw._receive(path[len("/handoffs/") :], body), None
+                (status, data), thread = gw._receive_any(path[len("/handoffs/") :], body), None
         except Exception as exc:  # a bug must not leave the client without an answer
             log.error("local gateway: %s broke: %s: %s", path, type(exc).__name__, exc)
             self._error(500, "the local gateway failed to handle this request", True)
+            return
+        ended = gw._held.pop(str(data.get("runId")), None) if thread is not None else None
+        if thread is not None and ended is not None:  # waitForCompletion: answer at the end
+            gw._launch(thread)
+            try:
+                self._json(status, {**data, "completion": ended.wait()})
+            except OSError:  # the caller stopped waiting (it had the handoff already)
+                self.close_connection = True
             return
         try:
             self._json(status, data)
@@ -293,6 +301,7 @@ class LocalGateway:
         self._total_inflight = 0
         self._max_total = 0
         self._threads: set[threading.Thread] = set()
+        self._held: dict[str, _RunEnd] = {}  # waitForCompletion answers not yet sent
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
         self._stopping = False
@@ -521,12 +530,15 @@ class LocalGateway:
             self._max_inflight[agent] = max(self._max_inflight.get(agent, 0), n)
             self._total_inflight += 1
             self._max_total = max(self._max_total, self._total_inflight)
+            ended = _RunEnd() if data.get("waitForCompletion") is True else None
             thread = threading.Thread(
                 target=self._run_task,
-                args=(agent, run_id, message, float(timeout) if timeout else None),
+                args=(agent, run_id, message, float(timeout) if timeout else None, ended),
                 name=f"agent:{agent}:{run_id}",
                 daemon=True,
             )
+            if ended is not None:
+                self._held[run_id] = ended
         return 200, {"ok": True, "runId": run_id}, thread
 
     def _launch(self, thread: threading.Thread) -> None:
@@ -535,20 +547,31 @@ class LocalGateway:
             self._threads.add(thread)
             thread.start()  # under the lock, so stop() never joins an unstarted thread
 
-    def _run_task(self, agent: str, run_id: str, message: str, timeout: float | None) -> None:
+    def _run_task(
+        self,
+        agent: str,
+        run_id: str,
+        message: str,
+        timeout: float | None,
+        ended: _RunEnd | None = None,
+    ) -> None:
         task = None
+        completion = {"status": "error", "error": "the local gateway broke running the agent"}
         try:
             spec = self.agents[agent]
             task = task_from_message(run_id, agent, message, timeout)
             if spec.kind == "echo":
                 _echo(task)
+                completion = {"status": "ok"}
                 return
             elif spec.kind == "openai":
                 from engine.gateway.models import run_model_agent
 
                 run_model_agent(spec, task, self.cfg)
+                completion = {"status": "ok"}
                 return
             outcome = self._runner.run(spec, task)
+            completion = completion_of(outcome)
             if outcome.returncode != 0:
                 log.info(
                     "local gateway: %s run %s ended (exit %s%s)",
@@ -566,6 +589,48 @@ class LocalGateway:
                 self._inflight[agent] -= 1
                 self._total_inflight -= 1
                 self._threads.discard(threading.current_thread())
+            if ended is not None:
+                ended.set(completion)
+
+    def _receive_any(self, tail: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """``/handoffs/{runId}``: a handoff; ``/handoffs/{runId}/progress``: a progress line."""
+        run_id, sep, rest = tail.partition("/")
+        if not sep:
+            return self._receive(tail, body)
+        if rest != "progress":
+            return 404, {"ok": False, "error": "unknown receiver path"}
+        return self._progress(run_id, body)
+
+    def _progress(self, raw_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        from engine.errors import OrchestratorError
+        from engine.files import check_id
+        from engine.handoff import SUB_DIR
+        from engine.liveness import report_progress
+        from engine.record import PENDING_DIR
+
+        run_id = unquote(raw_id)
+        try:
+            check_id(run_id, "run id")
+        except OrchestratorError as exc:
+            return 400, {"ok": False, "error": exc.message}
+        data, problem = _parse_json(body)
+        if problem:
+            return 400, _err(problem)
+        text = data.get("text") if isinstance(data, dict) else None
+        if not isinstance(text, str):
+            return 400, {"ok": False, "error": "send {\"text\": \"what you are doing\"}"}
+        base = self.cfg.handoffs_dir
+        sub = base / SUB_DIR
+        records = sub if (sub / PENDING_DIR / f"{run_id}.json").exists() else base
+        if not (records / PENDING_DIR / f"{run_id}.json").exists():
+            return 404, {"ok": False, "error": f"run `{run_id}` is not in flight here"}
+        try:
+            report_progress(records, run_id, text)
+        except OrchestratorError as exc:
+            return 400, {"ok": False, "error": exc.message}
+        except OSError:
+            return 500, {"ok": False, "error": "cannot store the progress line"}
+        return 200, {"ok": True}
 
     def _receive(self, raw_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """``POST /handoffs/{runId}``: store the handoff in the inbox, then deliver it
@@ -655,6 +720,22 @@ class LocalGateway:
             late = bool(got.record["envelope"].get("late"))
             return 200, {"ok": True, "recorded": str(got.record_path), "late": late}
         return 200, {"ok": True}
+
+
+class _RunEnd:
+    """The end of one run, for a hooks answer held with ``waitForCompletion``."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._completion: dict[str, str] = {"status": "error", "error": "not finished"}
+
+    def set(self, completion: dict[str, str]) -> None:
+        self._completion = completion
+        self._event.set()
+
+    def wait(self) -> dict[str, str]:
+        self._event.wait()
+        return self._completion
 
 
 def _echo(task: Any) -> None:

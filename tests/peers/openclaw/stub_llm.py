@@ -14,6 +14,11 @@ follow-ups after a failed hook run, delivery turns):
 - ``stub_fail: <code>`` -> that HTTP status (use 4xx: the gateway retries 5xx for ~80 s);
 - ``stub_status: <complete|partial|blocked|failed>`` -> that handoff status;
 - ``stub_sleep: <seconds>`` -> wait that long before the tool call (at most 30 s);
+- ``stub_once: <forget|done|fence>`` -> the first time a run id reaches the model, get
+  the handoff wrong (answer without writing; write ``"status": "done"``; write the JSON
+  in a Markdown fence); every later time (the engine's repair), write it right;
+- ``stub_ask`` -> write ``blocked`` with a ``question`` until the task carries the
+  caller's answer (``--- YOUR QUESTION AND ITS ANSWER ---``), then ``complete``;
 - anything else (no wrapped task) -> the text ``NO_REPLY``.
 
 Every request is logged (in memory, optionally as JSON lines, and at ``GET /_stub/log``)
@@ -42,6 +47,10 @@ WRAPPER_END = "<<<END_EXTERNAL_UNTRUSTED_CONTENT"
 _BLOCK = re.compile(r"^[ \t>]*(run_id|agent|key|handoff_path):[ \t]*(\S.*?)[ \t]*$", re.M)
 _DIRECTIVE = re.compile(r"\bstub_(no_write|fail|status|sleep)\b(?::[ \t]*([A-Za-z0-9_.]+))?")
 _STATUSES = ("complete", "partial", "blocked", "failed")
+_ONCE = re.compile(r"\bstub_once:[ \t]*(forget|done|fence)\b")
+_ASK = re.compile(r"\bstub_ask\b")
+ANSWER_MARKER = "--- YOUR QUESTION AND ITS ANSWER ---"
+STUB_QUESTION = "Which temperature range?"
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -142,6 +151,7 @@ class StubLLM:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._seq = 0
+        self._misbehaved: set[str] = set()  # run ids that got their one wrong answer
         self.server = _QuietServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
@@ -225,6 +235,18 @@ class StubLLM:
             info["tool_result"] = results[-1][:1000] if results else None
             return {**info, "decision": "final",
                     "text": f"Handoff written to {task['handoff_path']}."}
+        if _ASK.search(task_text) and ANSWER_MARKER not in task_text:
+            handoff = {**_handoff(task["run_id"], task["agent"], "blocked", task["task"],
+                                  task.get("key")),
+                       "question": STUB_QUESTION}
+            return {**info, "decision": "tool_call", "sleep": 0.0, "tool": "write", "ask": True,
+                    "arguments": {"path": task["handoff_path"],
+                                  "content": json.dumps(handoff, indent=2) + "\n"}}
+        once = _ONCE.search(task_text)
+        if once is not None:
+            wrong = self._once(task, once.group(1), info)
+            if wrong is not None:
+                return wrong
         if "no_write" in d:
             return {**info, "decision": "text",
                     "text": "I looked at the task and chose not to write a handoff."}
@@ -248,6 +270,25 @@ class StubLLM:
             "arguments": {"path": task["handoff_path"],
                           "content": json.dumps(handoff, indent=2) + "\n"},
         }
+
+    def _once(self, task: dict[str, Any], kind: str,
+              info: dict[str, Any]) -> dict[str, Any] | None:
+        """The wrong answer for ``stub_once``, the first time only (None afterwards)."""
+        with self._lock:
+            if task["run_id"] in self._misbehaved:
+                return None
+            self._misbehaved.add(task["run_id"])
+        info = {**info, "once": kind}
+        if kind == "forget":
+            return {**info, "decision": "text", "text": "Done. (I forgot the handoff file.)"}
+        handoff = _handoff(task["run_id"], task["agent"], "complete", task["task"],
+                           task.get("key"))
+        if kind == "done":
+            content = json.dumps({**handoff, "status": "done"}, indent=2) + "\n"
+        else:
+            content = "```json\n" + json.dumps(handoff, indent=2) + "\n```\n"
+        return {**info, "decision": "tool_call", "sleep": 0.0, "tool": "write",
+                "arguments": {"path": task["handoff_path"], "content": content}}
 
     def _record(self, row: dict[str, Any], body: dict[str, Any] | None) -> None:
         with self._changed:

@@ -1,0 +1,198 @@
+"""An agent can ask: a ``blocked`` handoff with a ``question``, and its answer.
+
+An agent that cannot go on without something only a person knows writes
+``"status": "blocked"`` with a ``question``. The delegation then waits for input
+(exit 3), like a gate:
+
+- in a workflow the step parks as ``waiting_input``; ``workflow answer RUN STEP "text"``
+  records the answer (``answer_step``) and ``workflow resume`` delegates the step again
+  to the same agent, with the question and the answer after the task (``with_answer``);
+- a single ``orchestrate`` prints the question and the command to continue,
+  ``orchestrate answer RUN "text"`` (``answer_delegation``), which records the answer in
+  the asking run's record and delegates again (run id ``<RUN>-a<n>``), waiting as usual.
+
+The seed 003 daemon calls this "reply-parent"; Lobster and LangGraph call it an input
+step or an interrupt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import RunStateError, UsageError, did_you_mean
+from engine.files import utcnow_iso, write_json_atomic
+
+if TYPE_CHECKING:
+    from engine.config import Config
+    from engine.delegate import DelegationResult, Delegator
+    from engine.reporter import Reporter
+
+#: How a continuation's task shows the question and its answer.
+ANSWER_MARKER = "--- YOUR QUESTION AND ITS ANSWER ---"
+
+
+def question_of(handoff: dict[str, Any] | None) -> str | None:
+    """The question of a ``blocked`` handoff, if it asks one."""
+    if not handoff or handoff.get("status") != "blocked":
+        return None
+    q = handoff.get("question")
+    return q if isinstance(q, str) and q.strip() else None
+
+
+def with_answer(task: str, question: dict[str, Any] | None) -> str:
+    """The task followed by the agent's question and its answer (when answered)."""
+    if not question or question.get("answer") is None:
+        return task
+    return (
+        f"{task}\n\n{ANSWER_MARKER}\nYou asked: {question['text']}\n"
+        f"Answer (from {question.get('by') or 'the caller'}): {question['answer']}\n"
+        "Continue the task with this answer."
+    )
+
+
+# -- workflows -------------------------------------------------------------------------
+
+
+def asked(result: DelegationResult, step: Any, journal: Any) -> bool:
+    """Park ``step`` as ``waiting_input`` if ``result`` is a question; True when parked."""
+    from engine.runner import StepState
+
+    text = question_of(result.handoff)
+    if text is None:
+        return False
+    step.question = {
+        "text": text,
+        "asked_at": utcnow_iso(),
+        "delegation_run_id": result.run_id,
+    }
+    step.state = StepState.WAITING_INPUT
+    step.in_flight = False
+    journal.append(
+        "step_question", step=step.id, question=text, delegation_run_id=result.run_id
+    )
+    return True
+
+
+def replay_question(step: Any, ev: dict[str, Any]) -> None:
+    """Apply a ``step_question`` or ``step_answered`` journal event to a replayed step."""
+    from engine.runner import StepState
+
+    if ev["event"] == "step_question":
+        step.question = {
+            "text": ev.get("question"),
+            "asked_at": ev.get("at"),
+            "delegation_run_id": ev.get("delegation_run_id"),
+        }
+        step.state = StepState.WAITING_INPUT
+        step.in_flight = False
+    elif step.question is not None:
+        step.question = {
+            **step.question,
+            "answer": ev.get("answer"),
+            "by": ev.get("by"),
+            "answered_at": ev.get("at"),
+        }
+
+
+def waiting_line(run_id: str, step: str, question: dict[str, Any] | None) -> str:
+    """What ``workflow status`` says about a step waiting for an answer."""
+    q = (question or {}).get("text", "?")
+    if (question or {}).get("answer") is not None:
+        return f'asked "{q}"; answered: continue with `workflow resume {run_id}`'
+    return (
+        f'asks "{q}": answer with `workflow answer {run_id} {step} "..."`, then '
+        f"`workflow resume {run_id}`"
+    )
+
+
+def answer_step(cfg: Config, run_id: str, step: str, text: str, *, by: str) -> dict[str, Any]:
+    """Record the answer to the question of a parked step (then ``workflow resume``)."""
+    from engine.runner import Journal, StepState, replay, run_dir
+
+    if not text.strip():
+        raise UsageError("the answer is empty: pass the text to send to the agent.")
+    path = run_dir(cfg, run_id)
+    view = replay(path)
+    if step not in view.steps:
+        raise UsageError(
+            f"run `{run_id}` has no step `{step}`{did_you_mean(step, list(view.steps)) or '.'}"
+        )
+    s = view.steps[step]
+    if s.state is not StepState.WAITING_INPUT or s.question is None:
+        raise RunStateError(
+            f"step `{step}` of run `{run_id}` is not waiting for an answer (it is "
+            f"{s.state.value})."
+        )
+    journal = Journal(path / "events.jsonl")
+    try:
+        return journal.append("step_answered", step=step, answer=text, by=by)
+    finally:
+        journal.close()
+
+
+# -- a single delegation -----------------------------------------------------------------
+
+
+def answer_delegation(
+    delegator: Delegator,
+    run_id: str,
+    text: str,
+    *,
+    by: str,
+    timeout: float | None = None,
+    reporter: Reporter | None = None,
+) -> DelegationResult:
+    """Answer the question of delegation ``run_id`` and delegate again; wait for the result."""
+    from engine.delegate import DelegationRequest
+    from engine.files import check_id
+
+    if not text.strip():
+        raise UsageError("the answer is empty: pass the text to send to the agent.")
+    check_id(run_id, "run id")
+    path, record = _asking_record(delegator.cfg.handoffs_dir, run_id)
+    env = record["envelope"]
+    question = question_of(record)
+    assert question is not None
+    answers = list(env.get("answers") or [])
+    continuation = f"{run_id}-a{len(answers) + 1}"
+    answer = {"text": text, "by": by, "at": utcnow_iso(), "continued_as": continuation}
+    record = {**record, "envelope": {**env, "answers": [*answers, answer]}}
+    write_json_atomic(path, record)
+    asked_q = {"text": question, "answer": text, "by": by}
+    req = DelegationRequest(
+        target=str(env["target"]),
+        caller=str(env["caller"]),
+        task=with_answer(str(env.get("task", "")), asked_q),
+        timeout=timeout if timeout is not None else env.get("timeout_s"),
+        parent_run_id=env.get("parent_run_id"),
+        run_id=continuation,
+        labels={**(env.get("labels") or {}), "answer_to": run_id, "answered_by": by},
+    )
+    return delegator.delegate(req, reporter=reporter)
+
+
+def _asking_record(handoffs_dir: Path, run_id: str) -> tuple[Path, dict[str, Any]]:
+    from engine.record import read_json
+
+    for records in (handoffs_dir, handoffs_dir / "sub"):
+        path = records / f"{run_id}.json"
+        data = read_json(path)
+        if isinstance(data, dict) and isinstance(data.get("envelope"), dict):
+            if question_of(data) is None:
+                raise RunStateError(
+                    f"run `{run_id}` asked no question (its outcome is "
+                    f"`{data['envelope'].get('outcome')}`): there is nothing to answer."
+                )
+            done = [a for a in data["envelope"].get("answers") or [] if a.get("continued_as")]
+            if done:
+                raise RunStateError(
+                    f"run `{run_id}` was answered already; it continued as "
+                    f"`{done[-1]['continued_as']}` (see `orchestrate show "
+                    f"{done[-1]['continued_as']}`)."
+                )
+            return path, data
+    raise RunStateError(
+        f"no record for `{run_id}` in `{handoffs_dir}`. The run id is the one `orchestrate` "
+        "printed with the question."
+    )

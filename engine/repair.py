@@ -1,0 +1,459 @@
+"""Repairing what the agent got wrong: a bounded corrective message, then a clear ending.
+
+Real agents finish their turn without writing the handoff, write ``"status": "done"``,
+wrap the JSON in a Markdown fence, or write it somewhere else. When the agent's run has
+ended without a handoff (``engine.completion``), or a handoff was refused (parse or
+schema errors), the delegation sends the agent ONE corrective message: what was wrong
+(the JSON pointer errors, verbatim), the path to write, the ``orchestrate handoff write``
+command and the delegation's key, after the original task (sent again). With a
+session key (``send_session_key``, which OpenClaw allows with
+``hooks.allowRequestSessionKey``) it goes under the same ``sessionKey``; openclaw@2026.9.6
+still runs each hook message in a fresh session, which is why the task is repeated.
+
+``repair_attempts`` (per step, else per agent, else the config's; default 1) bounds it.
+Every attempt is in the record (``envelope.repairs``). When they are spent the outcome
+is ``unusable`` (exit 6): the agent finished without a usable handoff. It is not
+retried as if the agent were slow.
+
+``RunWatch`` is what a waiting delegation consults on each wake-up: ``check`` (has the
+run ended? was the dispatch refused?) and ``refused`` (a handoff could not be accepted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.completion import ADMISSION_WAIT, COMPLETION_ERROR, Dispatch
+from engine.errors import (
+    AgentRunError,
+    DelegationLostError,
+    HookUnreachableError,
+    OrchestratorError,
+    UnusableHandoffError,
+)
+from engine.files import utcnow_iso
+from engine.liveness import Heartbeat
+
+#: The first line of a corrective message (agents and scripted models look for it).
+REPAIR_MARKER = "--- HANDOFF REPAIR ---"
+
+#: Seconds a file may lag behind the run's end before the run counts as ended without a
+#: handoff (agents write before they end: this only covers the file system's own lag).
+END_GRACE = 0.2
+
+#: Seconds a delegation whose handoff arrived waits for the run's end to be reported.
+END_WAIT = 1.0
+
+#: Refusals a repair can fix (a forged key or another run's handoff is never repaired).
+REPAIRABLE = frozenset({"parse", "schema", "unkeyed", "size"})
+
+#: Why a repair was sent, as the record names it, and how the message says it.
+WHY = {
+    "no_handoff": "your run ended, but nothing was written to handoff_path.",
+    "parse": (
+        "the file at handoff_path is not valid JSON. Write the bare JSON object: no "
+        "Markdown fence, no text before or after it."
+    ),
+    "schema": "the file at handoff_path does not match the handoff schema:",
+    "unkeyed": "the handoff has no `key`: copy the block's `key:` line into it.",
+    "size": "the handoff is too large: keep `result` short and put long output in a file "
+    "listed in `artifacts`.",
+}
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Why a delegation ends before its deadline: ``errored`` or ``unusable``."""
+
+    outcome: str
+    error: OrchestratorError
+    keep_pending: bool = True
+
+
+def repair_message(
+    *,
+    run_id: str,
+    agent: str,
+    handoff_path: Path,
+    write_command: str,
+    why: str,
+    problems: list[str],
+    attempt: int,
+    attempts: int,
+    key: str | None = None,
+) -> str:
+    """The corrective message: what was wrong, where to write, how, and the key."""
+    lines = [
+        REPAIR_MARKER,
+        f"Repair {attempt} of {attempts}: {WHY.get(why, why)}",
+        *(f"  - {p}" for p in problems),
+        "Write the handoff now (the fields of the HANDOFF block), then stop.",
+        f"run_id: {run_id}",
+        f"agent: {agent}",
+        f"handoff_path: {handoff_path}",
+    ]
+    if key is not None:
+        lines.append(f"key: {key}")
+    lines += ["or run:", write_command]
+    return "\n".join(lines)
+
+
+def attempts_for(step: int | None, agent: int | None, default: int) -> int:
+    """How many repairs a delegation may send: the step's, else the agent's, else the config's."""
+    for value in (step, agent):
+        if value is not None:
+            return max(0, int(value))
+    return max(0, int(default))
+
+
+#: Sends a repair: (message text, attempt number) -> the held dispatch, or None when the
+#: gateway answered at once (no completion to wait for). Raises OrchestratorError.
+Resend = Callable[[str, int], "Dispatch | None"]
+
+
+class RunWatch:
+    """One delegation's view of its agent's run: completion, refusals and repairs.
+
+    The delegation's wait loop calls ``check`` on every wake-up and ``refused`` when a
+    handoff cannot be accepted; both return an ``Ending`` when the delegation must end
+    now, else None (keep waiting, perhaps after a repair was sent).
+    """
+
+    def __init__(
+        self,
+        *,
+        envelope: dict[str, Any],
+        run_id: str,
+        agent: str,
+        drop: Path,
+        records: Path,
+        allowed: int,
+        grace: float,
+        message: str,
+        same_session: bool,
+        resend: Resend,
+        write_command: str,
+        clock: Callable[[], float],
+        dispatch: Dispatch | None = None,
+        on_admitted: Callable[[], None] | None = None,
+        on_repair: Callable[[str], None] | None = None,
+        key: str | None = None,
+        heartbeat: Heartbeat | None = None,
+    ) -> None:
+        self.heartbeat = heartbeat
+        self.envelope = envelope
+        self.run_id = run_id
+        self.agent = agent
+        self.drop = drop
+        self.records = records
+        self.allowed = allowed
+        self.grace = grace
+        self.message = message
+        self.same_session = same_session
+        self._resend = resend
+        self.write_command = write_command
+        self._clock = clock
+        self.dispatch = dispatch
+        self._first = dispatch
+        self._on_admitted = on_admitted
+        self._on_repair = on_repair
+        self.key = key
+        self._admitted = dispatch is None
+        self._seen: Dispatch | None = None  # the dispatch whose answer was read already
+
+    @property
+    def repairs(self) -> list[dict[str, Any]]:
+        """The repairs sent so far (the envelope's ``repairs``)."""
+        found: list[dict[str, Any]] = self.envelope.get("repairs", [])
+        return found
+
+    # -- the wait loop's questions ---------------------------------------------------
+
+    def next_wake(self) -> float | None:
+        """The ``clock()`` time at which ``check`` has something new to decide, if any."""
+        wake = self._dispatch_wake()
+        if self.heartbeat is not None:
+            beat = self._clock() + max(0.0, self.heartbeat.left())
+            wake = beat if wake is None else min(wake, beat)
+        return wake
+
+    def _dispatch_wake(self) -> float | None:
+        d = self.dispatch
+        if d is None:
+            return None
+        if not d.done:
+            return None if self._admitted else d.started_at + ADMISSION_WAIT
+        if d.ended_at is not None and d.completion is not None and d is not self._seen:
+            return d.ended_at + self.grace
+        return None
+
+    def check(self) -> Ending | None:
+        """Decide after a wake-up: end now (refused dispatch, run error, no handoff, silent
+        past ``heartbeat_timeout``) or not."""
+        ending = self._check_dispatch()
+        if ending is None and self.heartbeat is not None and self.heartbeat.left() <= 0:
+            silent = self.heartbeat.silent_for()
+            return Ending(
+                "lost",
+                DelegationLostError(
+                    f"`{self.agent}` was silent for {silent:.0f} s (heartbeat_timeout "
+                    f"{self.heartbeat.timeout:g} s: no progress reported, no handoff); a "
+                    "handoff that arrives later is still recorded (late).",
+                    agent=self.agent,
+                ),
+            )
+        return ending
+
+    def _check_dispatch(self) -> Ending | None:
+        d = self.dispatch
+        if d is None or d is self._seen:
+            return None
+        now = self._clock()
+        if not d.done:
+            if not self._admitted and now - d.started_at >= ADMISSION_WAIT:
+                self._admit()
+            return None
+        if d.error is not None:
+            self._seen = d
+            return self._dispatch_failed(d.error, first=d is self._first)
+        if not self._admitted:
+            self._admit()
+        result = d.result
+        if d is self._first and result is not None:
+            self.envelope["attempts"] = result.attempts
+            self.envelope["gateway_run_id"] = result.gateway_run_id
+        completion = d.completion
+        if completion is None:  # a gateway without waitForCompletion: wait for the file
+            self._seen = d
+            return None
+        if completion.status == COMPLETION_ERROR:
+            self._seen = d
+            self.envelope["run_ended"] = {"status": "error", "at": utcnow_iso()}
+            self._came_back("run_error")
+            return Ending(
+                "errored",
+                AgentRunError(
+                    f"the gateway reports that `{self.agent}`'s run ended in error "
+                    f"({completion.reason}) and no handoff arrived.",
+                    agent=self.agent,
+                ),
+            )
+        if self.drop.exists():
+            return None  # the loop reads it
+        assert d.ended_at is not None
+        if now < d.ended_at + self.grace:
+            return None
+        self._seen = d
+        self.envelope["run_ended"] = {"status": "ok", "at": utcnow_iso()}
+        return self._repair("no_handoff", [], None)
+
+    def refused(
+        self, kind: str, problems: list[str], *, moved_to: str | None = None
+    ) -> Ending | None:
+        """A handoff was refused (``parse`` or ``schema``): send a repair, or end.
+
+        Returns None when a repair was sent (the refused file is in ``rejected/``:
+        ``moved_to`` when the caller moved it there, else it is moved here); otherwise
+        the ending: ``unusable`` once repairs were spent, or ``invalid`` when none were
+        allowed (the caller then refuses as before).
+        """
+        from engine.record import keep_rejected
+
+        if len(self.repairs) >= self.allowed:
+            if not self.repairs:
+                return Ending("invalid", UnusableHandoffError("refused"))
+            self._came_back(kind)
+            return self._exhausted(kind, problems)
+        if moved_to is None:
+            kept = keep_rejected(self.records, self.drop)
+            moved_to = str(kept) if kept else None
+        return self._repair(kind, problems, moved_to)
+
+    def before_delivery(self) -> None:
+        """A handoff file is there: note the run's end (and what a repair brought back)."""
+        from engine.handoff import STATUSES
+        from engine.record import read_json
+
+        status = None
+        if self.repairs:
+            data = read_json(self.drop)
+            if isinstance(data, dict) and data.get("status") in STATUSES:
+                status = str(data["status"])
+        self.note_handoff(status)
+
+    def note_handoff(self, status: str | None) -> None:
+        """A handoff was accepted: note the run's end if it comes within ``END_WAIT``.
+
+        The agent usually ends its run right after writing; a short wait lets the record
+        carry the gateway's run id and the run's end without delaying the caller much.
+        """
+        if not self._admitted:
+            self._admit()
+        d = self.dispatch
+        if d is not None and (d.done or d.wait(END_WAIT)):
+            first = self._first
+            if first is not None and first.result is not None:
+                self.envelope["attempts"] = first.result.attempts
+                self.envelope["gateway_run_id"] = first.result.gateway_run_id
+            if d.completion is not None:
+                self.envelope["run_ended"] = {"status": d.completion.status, "at": utcnow_iso()}
+            if d is not first and d.result is not None and self.repairs:
+                self.repairs[-1]["gateway_run_id"] = d.result.gateway_run_id
+        if not self.envelope.get("attempts"):
+            self.envelope["attempts"] = 1  # admitted: the agent answered
+        if self.repairs and status is not None:
+            self._came_back(f"handoff:{status}")
+
+    # -- internals -------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        self._admitted = True
+        if self._on_admitted is not None:
+            self._on_admitted()
+
+    def _dispatch_failed(self, error: OrchestratorError, *, first: bool) -> Ending | None:
+        refused = error.status_code is not None and 400 <= error.status_code < 500
+        if first and not self._admitted:
+            # As without a held request: a 4xx means the agent never got the task.
+            return Ending("errored", error, keep_pending=not refused)
+        if refused:
+            return Ending("errored", error)
+        if isinstance(error, HookUnreachableError) or error.status_code is None:
+            return None  # the held answer was lost, not the run: wait for the file
+        return Ending("errored", error)
+
+    def _came_back(self, what: str) -> None:
+        if self.repairs and self.repairs[-1].get("came_back") is None:
+            self.repairs[-1]["came_back"] = what
+
+    def _exhausted(self, why: str, problems: list[str]) -> Ending:
+        n = len(self.repairs)
+        detail = WHY.get(why, why).rstrip(":.")
+        listed = "".join(f"\n  - {p}" for p in problems)
+        return Ending(
+            "unusable",
+            UnusableHandoffError(
+                f"`{self.agent}` finished without a usable handoff ({detail}) after "
+                f"{n} repair attempt(s); expected at `{self.drop}`.{listed}",
+                agent=self.agent,
+                path=self.drop,
+            ),
+        )
+
+    def _repair(self, why: str, problems: list[str], rejected: str | None) -> Ending | None:
+        self._came_back(why)
+        if len(self.repairs) >= self.allowed:
+            return self._exhausted(why, problems)
+        n = len(self.repairs) + 1
+        correction = repair_message(
+            run_id=self.run_id,
+            agent=self.agent,
+            handoff_path=self.drop,
+            write_command=self.write_command,
+            why=why,
+            problems=problems,
+            attempt=n,
+            attempts=self.allowed,
+            key=self.key,
+        )
+        # The task goes again in every case: openclaw@2026.9.6 starts each hook run in a
+        # fresh session even under the same `sessionKey` (measured: the second run's model
+        # call carried none of the first run's turns), so a bare correction would be
+        # all the agent saw.
+        text = f"{self.message}\n\n{correction}"
+        entry: dict[str, Any] = {
+            "attempt": n,
+            "why": why,
+            "problems": problems,
+            "at": utcnow_iso(),
+            "session": "same" if self.same_session else "new",
+            "came_back": None,
+        }
+        if rejected:
+            entry["rejected_file"] = rejected
+        self.envelope.setdefault("repairs", []).append(entry)
+        if self._on_repair is not None:
+            self._on_repair(f"{self.agent}: {WHY.get(why, why).rstrip(':.')}; repair {n} of "
+                            f"{self.allowed} sent ({self.run_id})")
+        try:
+            self.dispatch = self._resend(text, n)
+        except OrchestratorError as exc:
+            entry["error"] = exc.message
+            return Ending("errored", exc)
+        return None
+
+
+def start(
+    *,
+    client: Any,
+    target: Any,
+    body: dict[str, Any],
+    run_id: str,
+    deadline: float,
+    on_retry: Callable[[str, int, float, str], None],
+    hold: bool,
+    same_session: bool,
+    envelope: dict[str, Any],
+    drop: Path,
+    records: Path,
+    allowed: int,
+    grace: float,
+    write_command: str,
+    clock: Callable[[], float],
+    wake: Callable[[], None],
+    on_admitted: Callable[[], None] | None = None,
+    on_repair: Callable[[str], None] | None = None,
+    key: str | None = None,
+    heartbeat: Heartbeat | None = None,
+) -> tuple[RunWatch, Any]:
+    """Send the task and return the watch of its run, plus the gateway's answer if known.
+
+    With ``hold`` the body asks for ``waitForCompletion`` and the POST runs on a thread
+    (``engine.completion.Dispatch``): the answer is None here and ``RunWatch.check``
+    reports a refusal as soon as it comes. Without it the POST is made here, and a
+    refusal raises as before.
+    """
+
+    def post(message: str | None, idem: str) -> Any:
+        sent = body if message is None else {**body, "message": message}
+        return client.post_agent(
+            target, sent, idempotency_key=idem, deadline=deadline, on_retry=on_retry, hold=hold
+        )
+
+    def resend(text: str, n: int) -> Dispatch | None:
+        idem = f"{run_id}-r{n}"
+        if hold:
+            return Dispatch(lambda: post(text, idem), wake, clock=clock, name=f"repair:{run_id}")
+        post(text, idem)
+        return None
+
+    answer = None
+    dispatch = None
+    if hold:
+        body["waitForCompletion"] = True
+        dispatch = Dispatch(lambda: post(None, run_id), wake, clock=clock, name=f"hook:{run_id}")
+    else:
+        answer = post(None, run_id)
+    watch = RunWatch(
+        envelope=envelope,
+        run_id=run_id,
+        agent=envelope["target"],
+        drop=drop,
+        records=records,
+        allowed=allowed,
+        grace=grace,
+        message=str(body["message"]),
+        same_session=same_session,
+        resend=resend,
+        write_command=write_command,
+        clock=clock,
+        dispatch=dispatch,
+        on_admitted=on_admitted,
+        on_repair=on_repair,
+        key=key,
+        heartbeat=heartbeat,
+    )
+    return watch, answer
