@@ -607,8 +607,8 @@ class Delegator:
         last_look = False
         while True:
             if fired:
-                if watch is not None and os.path.lexists(drop):
-                    watch.before_delivery()  # the run's end, if it comes within a second
+                if watch is not None:  # the gateway's answer so far; the run's end, if near
+                    watch.before_delivery(file_there=os.path.lexists(drop))
                 got = deliver(records, run_id, envelope=envelope, grace=grace)
                 if got.state in ("recorded", "duplicate", "already") and got.record:
                     return self._handed_off(run_id, agent, got.record_path, got.record, rep)
@@ -801,7 +801,10 @@ def _repair_refused(watch: Any, problem: HandoffProblem, kept: Path | None) -> A
     if watch is None or problem.kind not in REPAIRABLE:
         return Ending("invalid", problem)
     found = problem.problems or [str(problem)]
-    return watch.refused(problem.kind, found, moved_to=str(kept) if kept else None)
+    ending = watch.refused(problem.kind, found, moved_to=str(kept) if kept else None)
+    if ending is not None and ending.outcome == "invalid":  # no repair allowed: as before
+        return Ending("invalid", problem)
+    return ending
 
 
 def _iso_in(seconds: float) -> str:

@@ -44,6 +44,8 @@ OUTCOMES = (
     "invalid",
     "errored",
     "cancelled",
+    "unusable",
+    "lost",
 )
 
 

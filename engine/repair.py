@@ -257,26 +257,38 @@ class RunWatch:
 
         Returns None when a repair was sent (the refused file is in ``rejected/``:
         ``moved_to`` when the caller moved it there, else it is moved here); otherwise
-        the ending: ``unusable`` once repairs were spent, or ``invalid`` when none were
-        allowed (the caller then refuses as before).
+        ``invalid``: the caller refuses the handoff as it would without repairs.
         """
         from engine.record import keep_rejected
 
         if len(self.repairs) >= self.allowed:
-            if not self.repairs:
-                return Ending("invalid", UnusableHandoffError("refused"))
+            # Spent (or none allowed): the refusal stands, `invalid` as without repairs;
+            # the record lists the repairs that were tried.
             self._came_back(kind)
-            return self._exhausted(kind, problems)
+            return Ending("invalid", UnusableHandoffError("refused"))
         if moved_to is None:
             kept = keep_rejected(self.records, self.drop)
             moved_to = str(kept) if kept else None
         return self._repair(kind, problems, moved_to)
 
-    def before_delivery(self) -> None:
-        """A handoff file is there: note the run's end (and what a repair brought back)."""
+    def before_delivery(self, *, file_there: bool) -> None:
+        """Before the loop looks for the handoff: note what the gateway answered so far.
+
+        With a file there, note the run's end if it comes within ``END_WAIT`` (and what
+        a repair brought back); without one, only take an answer already in (the file may
+        land before the loop sees that answer).
+        """
         from engine.handoff import STATUSES
         from engine.record import read_json
 
+        if not file_there:
+            first = self._first
+            if first is not None and first.done and first.result is not None:
+                if not self._admitted:
+                    self._admit()
+                self.envelope["attempts"] = first.result.attempts
+                self.envelope["gateway_run_id"] = first.result.gateway_run_id
+            return
         status = None
         if self.repairs:
             data = read_json(self.drop)
@@ -434,6 +446,7 @@ def start(
     dispatch = None
     if hold:
         body["waitForCompletion"] = True
+        envelope["attempts"] = 1  # in flight; the answer says how many it took
         dispatch = Dispatch(lambda: post(None, run_id), wake, clock=clock, name=f"hook:{run_id}")
     else:
         answer = post(None, run_id)
