@@ -687,7 +687,7 @@ def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
 
     note = progress_note(path.parent.parent if path.parent.name == "inbox" else path.parent, run_id)
     if note:
-        click.echo(f"progress: {note}")
+        _say(f"progress: {note}")
     failed = ("timeout", "invalid", "errored", "cancelled", "unusable", "lost")
     if env.get("error") and outcome in failed:
         click.echo(f"error: {env['error']}")
@@ -1152,7 +1152,7 @@ def _render_run(result: Any, as_json: bool) -> int:
         for sid, st in summary["steps"].items():
             if st["status"] == "waiting_input":
                 q = (st.get("question") or {}).get("text", "")
-                click.echo(
+                _say(
                     f'`{sid}` asks: {q}\nanswer with: workflow answer {rid} {sid} "..." && '
                     f"workflow resume {rid}",
                     err=True,

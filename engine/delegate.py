@@ -635,6 +635,8 @@ class Delegator:
                 if not last_look:  # look once more before declaring a timeout
                     last_look = fired = True
                     continue
+                if watch is not None:
+                    watch.learn_run_id()
                 return self._timed_out(run_id, agent, records, drop, envelope, rep)
             if watch is not None:  # has the agent's run ended (or the dispatch failed)?
                 ending = watch.check()
@@ -645,6 +647,8 @@ class Delegator:
                     remaining = min(remaining, max(0.0, wake - self._clock()))
             if cancel is not None:
                 if cancel.is_set():
+                    if watch is not None:
+                        watch.learn_run_id()
                     return self._cancelled(run_id, agent, records, envelope, rep)
                 remaining = min(remaining, 0.2)
             fired = waiter.wait(remaining)

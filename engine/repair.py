@@ -47,6 +47,9 @@ END_GRACE = 0.2
 #: Seconds a delegation whose handoff arrived waits for the run's end to be reported.
 END_WAIT = 1.0
 
+#: Seconds the run-id look-up of ``RunWatch.learn_run_id`` may take.
+LOOKUP_S = 5.0
+
 #: Refusals a repair can fix (a forged key or another run's handoff is never repaired).
 REPAIRABLE = frozenset({"parse", "schema", "unkeyed", "size"})
 
@@ -142,8 +145,10 @@ class RunWatch:
         on_repair: Callable[[str], None] | None = None,
         key: str | None = None,
         heartbeat: Heartbeat | None = None,
+        lookup: Callable[[], Any] | None = None,
     ) -> None:
         self.heartbeat = heartbeat
+        self._lookup = lookup
         self.envelope = envelope
         self.run_id = run_id
         self.agent = agent
@@ -196,6 +201,7 @@ class RunWatch:
         ending = self._check_dispatch()
         if ending is None and self.heartbeat is not None and self.heartbeat.left() <= 0:
             silent = self.heartbeat.silent_for()
+            self.learn_run_id()
             return Ending(
                 "lost",
                 DelegationLostError(
@@ -319,6 +325,23 @@ class RunWatch:
         if self.repairs and status is not None:
             self._came_back(f"handoff:{status}")
 
+    def learn_run_id(self) -> None:
+        """The delegation ends before the run: ask the gateway for the run's id once.
+
+        A held answer names the run only when the run ends; a record of a timeout needs
+        it (the agent's workspace, the gateway's logs), so the same request is sent again
+        without waiting, under the same Idempotency-Key, which the gateway dedupes.
+        """
+        first = self._first
+        if self._lookup is None or first is None or first.done:
+            return
+        if self.envelope.get("gateway_run_id"):
+            return
+        try:
+            self.envelope["gateway_run_id"] = self._lookup().gateway_run_id
+        except OrchestratorError:
+            pass  # the record says null, as it would have
+
     # -- internals -------------------------------------------------------------------
 
     def _admit(self) -> None:
@@ -435,6 +458,14 @@ def start(
             target, sent, idempotency_key=idem, deadline=deadline, on_retry=on_retry, hold=hold
         )
 
+    def lookup() -> Any:
+        # The same Idempotency-Key without waiting: a gateway that holds its answers
+        # (OpenClaw, the local gateway) dedupes it and names the run at once.
+        quick = {k: v for k, v in body.items() if k != "waitForCompletion"}
+        return client.post_agent(
+            target, quick, idempotency_key=run_id, deadline=clock() + LOOKUP_S, hold=False
+        )
+
     def resend(text: str, n: int) -> Dispatch | None:
         idem = f"{run_id}-r{n}"
         if hold:
@@ -468,5 +499,6 @@ def start(
         on_repair=on_repair,
         key=key,
         heartbeat=heartbeat,
+        lookup=lookup if hold else None,
     )
     return watch, answer

@@ -337,6 +337,17 @@ def test_a_silent_agent_is_lost_at_its_heartbeat_timeout(tmp_path: Path) -> None
     assert 1.4 < took < 5, took
     assert "`webster` was silent for 2 s (heartbeat_timeout 1.5 s" in str(result.error)
     assert result.envelope["outcome"] == "lost"
+    # The run had not ended, so its id came from a look-up the gateway deduped.
+    assert result.envelope["gateway_run_id"].startswith("gw-")
+    assert len(_messages(tmp_path, result.run_id)) == 1
+
+
+def test_a_timeout_before_the_runs_end_still_names_the_gateways_run(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "silent")
+    result, took = _delegate(cfg, timeout=1.5)
+    assert result.outcome is Outcome.TIMEOUT and took < 5
+    assert result.envelope["gateway_run_id"].startswith("gw-")
+    assert len(_messages(tmp_path, result.run_id)) == 1  # asked for its id, not run again
 
 
 def test_progress_keeps_an_agent_alive_past_its_heartbeat_timeout(tmp_path: Path) -> None:
