@@ -611,6 +611,8 @@ class Delegator:
                     watch.before_delivery(file_there=os.path.lexists(drop))
                 got = deliver(records, run_id, envelope=envelope, grace=grace)
                 if got.state in ("recorded", "duplicate", "already") and got.record:
+                    if watch is not None and got.state == "recorded" and got.record_path:
+                        watch.after_delivery(got.record_path, got.record)
                     return self._handed_off(run_id, agent, got.record_path, got.record, rep)
                 if got.state == "partial":
                     # Perhaps caught half-written: give the writer a moment to finish.

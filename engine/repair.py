@@ -325,6 +325,18 @@ class RunWatch:
         if self.repairs and status is not None:
             self._came_back(f"handoff:{status}")
 
+    def after_delivery(self, path: Path, record: dict[str, Any]) -> None:
+        """The handoff was recorded: say in its record what the last repair brought back,
+        when the file landed too late for ``before_delivery`` to see it (rare; one write)."""
+        repairs = record.get("envelope", {}).get("repairs")
+        if not isinstance(repairs, list) or not repairs or repairs[-1].get("came_back"):
+            return
+        from engine.files import write_json_atomic
+
+        repairs[-1]["came_back"] = f"handoff:{record.get('status')}"
+        self._came_back(f"handoff:{record.get('status')}")
+        write_json_atomic(path, record)
+
     def learn_run_id(self) -> None:
         """The delegation ends before the run: ask the gateway for the run's id once.
 
