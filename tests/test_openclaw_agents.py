@@ -68,6 +68,7 @@ def _wrapped(call: dict[str, Any]) -> str:
         ("forget", "no_handoff", ["text", "tool_call", "final"]),
         ("done", "schema", ["tool_call", "final", "tool_call", "final"]),
         ("fence", "parse", ["tool_call", "final", "tool_call", "final"]),
+        ("nokey", "schema", ["tool_call", "final", "tool_call", "final"]),
     ],
 )
 def test_wrong_once_then_repaired_in_seconds(openclaw_peer: OpenClawSession, tmp_path: Path,
@@ -84,9 +85,11 @@ def test_wrong_once_then_repaired_in_seconds(openclaw_peer: OpenClawSession, tmp
     (repair,) = env["repairs"]
     assert repair["why"] == why and repair["came_back"] == "handoff:complete"
     assert repair["session"] == "new"
-    if why == "schema":
+    if kind == "done":
         assert "`/status`: `done` is not one of `complete`, `partial`, `blocked`, `failed`" in (
             repair["problems"])
+    if kind == "nokey":
+        assert repair["problems"] == ["`/`: missing required key `key`."]
     calls = _calls(oc, rec["runId"], decisions.count("final") + decisions.count("text"))
     assert [c["decision"] for c in calls] == decisions
     # The repair is a second hook run: the task again, then the correction.

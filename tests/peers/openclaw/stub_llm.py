@@ -14,9 +14,10 @@ follow-ups after a failed hook run, delivery turns):
 - ``stub_fail: <code>`` -> that HTTP status (use 4xx: the gateway retries 5xx for ~80 s);
 - ``stub_status: <complete|partial|blocked|failed>`` -> that handoff status;
 - ``stub_sleep: <seconds>`` -> wait that long before the tool call (at most 30 s);
-- ``stub_once: <forget|done|fence>`` -> the first time a run id reaches the model, get
-  the handoff wrong (answer without writing; write ``"status": "done"``; write the JSON
-  in a Markdown fence); every later time (the engine's repair), write it right;
+- ``stub_once: <forget|done|fence|nokey>`` -> the first time a run id reaches the model,
+  get the handoff wrong (answer without writing; write ``"status": "done"``; write the
+  JSON in a Markdown fence; leave the key out); every later time (the engine's repair),
+  write it right;
 - ``stub_ask`` -> write ``blocked`` with a ``question`` until the task carries the
   caller's answer (``--- YOUR QUESTION AND ITS ANSWER ---``), then ``complete``;
 - anything else (no wrapped task) -> the text ``NO_REPLY``.
@@ -47,7 +48,7 @@ WRAPPER_END = "<<<END_EXTERNAL_UNTRUSTED_CONTENT"
 _BLOCK = re.compile(r"^[ \t>]*(run_id|agent|key|handoff_path):[ \t]*(\S.*?)[ \t]*$", re.M)
 _DIRECTIVE = re.compile(r"\bstub_(no_write|fail|status|sleep)\b(?::[ \t]*([A-Za-z0-9_.]+))?")
 _STATUSES = ("complete", "partial", "blocked", "failed")
-_ONCE = re.compile(r"\bstub_once:[ \t]*(forget|done|fence)\b")
+_ONCE = re.compile(r"\bstub_once:[ \t]*(forget|done|fence|nokey)\b")
 _ASK = re.compile(r"\bstub_ask\b")
 ANSWER_MARKER = "--- YOUR QUESTION AND ITS ANSWER ---"
 STUB_QUESTION = "Which temperature range?"
@@ -283,7 +284,9 @@ class StubLLM:
             return {**info, "decision": "text", "text": "Done. (I forgot the handoff file.)"}
         handoff = _handoff(task["run_id"], task["agent"], "complete", task["task"],
                            task.get("key"))
-        if kind == "done":
+        if kind == "nokey":
+            content = json.dumps({k: v for k, v in handoff.items() if k != "key"}) + "\n"
+        elif kind == "done":
             content = json.dumps({**handoff, "status": "done"}, indent=2) + "\n"
         else:
             content = "```json\n" + json.dumps(handoff, indent=2) + "\n```\n"
