@@ -296,6 +296,7 @@ RESERVED_AGENT_NAMES = frozenset(
     {
         "delegate",
         "handoff",
+        "answer",
         "show",
         "tree",
         "pool",
