@@ -136,6 +136,9 @@ class Config:
     models: dict[str, Any] = field(default_factory=dict)
     channels: dict[str, Any] = field(default_factory=dict)
     operations: dict[str, Any] = field(default_factory=dict)
+    #: The ``store:`` URL as written (``file://…``); None: ``file://<handoffs_dir>``.
+    #: ``engine.store.open_store`` resolves it; a file store's directory is ``handoffs_dir``.
+    store: str | None = None
 
     @property
     def label(self) -> str:
@@ -266,7 +269,7 @@ def config_from_dict(
     template = rel(raw.get("message_template"))
     return Config(
         path=path.resolve() if path else None,
-        handoffs_dir=(rel(raw.get("handoffs_dir", "handoffs")) or base).resolve(),
+        handoffs_dir=_handoffs_dir(raw, base, rel),
         agents=agents,
         acl=acl,
         receiver_url=raw.get("receiver_url"),
@@ -287,6 +290,7 @@ def config_from_dict(
         models=dict(raw.get("models", {})),
         channels=dict(raw.get("channels", {})),
         operations=dict(raw.get("operations", {})),
+        store=raw.get("store"),
     )
 
 
@@ -344,6 +348,15 @@ def _mapping(raw: dict[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _handoffs_dir(raw: dict[str, Any], base: Path, rel: Any) -> Path:
+    """The handoffs directory: the ``store:`` URL's (``file://``), else ``handoffs_dir``."""
+    if isinstance(raw.get("store"), str):
+        from engine.store import store_path
+
+        return store_path(raw["store"], base)
+    return Path(rel(raw.get("handoffs_dir", "handoffs")) or base).resolve()
+
+
 def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     """Cross-key checks the schema cannot express; reported together with schema problems.
 
@@ -351,6 +364,17 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     function only skips it.
     """
     problems: list[str] = []
+    if isinstance(raw.get("store"), str):
+        from engine.store import store_url_problem
+
+        problem = store_url_problem(raw["store"])
+        if problem is None and "handoffs_dir" in raw:
+            problem = (
+                "`store` and `handoffs_dir` both name where records go; keep one "
+                f"(`store: file://{raw['handoffs_dir']}` says the same as `handoffs_dir`)."
+            )
+        if problem:
+            problems.append(problem)
     agents = _mapping(raw, "agents")
     names = {str(n) for n in agents}
     gw = raw.get("gateway") if isinstance(raw.get("gateway"), dict) else None

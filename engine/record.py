@@ -22,11 +22,26 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.files import parse_iso, utcnow_iso, write_json_atomic
+from engine.store.liveness import process_alive, waiter_alive
+from engine.store.protocol import Delivery
+
+__all__ = [
+    "INBOX_DIR",
+    "OUTCOMES",
+    "PENDING_DIR",
+    "REJECTED_DIR",
+    "Delivery",
+    "deliver",
+    "delegation_tree",
+    "find_record",
+    "process_alive",
+    "read_json",
+    "reconcile",
+]
 
 #: Where agents deliver handoffs inside a records directory (see the layout above).
 INBOX_DIR = "inbox"
@@ -265,25 +280,6 @@ def _locked(records_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """What ``deliver`` did with the handoff of one run.
-
-    ``state``: ``recorded`` (a record was written), ``already`` (that file is the
-    record's already), ``duplicate`` (the run was recorded from another handoff; this
-    one was kept and listed), ``refused`` (kept in ``rejected/`` with the reason),
-    ``partial`` (unreadable, perhaps half-written: try again), ``absent`` (no handoff
-    there), ``waiting`` (a live caller will record it), ``unknown`` (no delegation is
-    known for the run: left where it is).
-    """
-
-    state: str
-    record_path: Path | None = None
-    record: dict[str, Any] | None = None
-    problem: Any = None
-    kept: Path | None = None
-
-
 def _sources(records_dir: Path, run_id: str) -> list[Path]:
     inbox = records_dir / INBOX_DIR
     found = []
@@ -370,10 +366,7 @@ def deliver(
 
 
 def _live_waiter(envelope: dict[str, Any]) -> bool:
-    if envelope.get("outcome") not in (None, "dispatched") or envelope.get("orphaned"):
-        return False
-    pid = envelope.get("pid")
-    return isinstance(pid, int) and process_alive(pid)
+    return waiter_alive(envelope)
 
 
 def _deliver_one(
@@ -588,21 +581,6 @@ def reconcile(records_dir: Path) -> list[Path]:
         if done.state == "recorded" and done.record_path is not None:
             written.append(done.record_path)
     return written
-
-
-def process_alive(pid: int) -> bool:
-    """True when process ``pid`` exists on this host (this process counts as alive)."""
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _node(run_id: str, data: dict[str, Any], pending: bool) -> dict[str, Any]:

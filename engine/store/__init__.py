@@ -1,0 +1,89 @@
+"""Where delegations and workflow runs are kept: the ``RunStore`` and ``HandoffSignals`` seams.
+
+``open_store(cfg)`` resolves the config's ``store:`` key (``file://<dir>``; default: the
+``handoffs_dir``) in this one place, and ``open_signals(store)`` gives the matching
+``HandoffSignals``. Everything else takes a ``RunStore`` (``engine.store.protocol``) and
+never builds a path into the store itself. A new backend adds a scheme to ``SCHEMES``
+and passes ``tests/contracts/test_store_contract.py``.
+
+Example::
+
+    store = open_store(cfg)
+    store.pending(run_id, envelope, sub=False)
+    print(store.find(run_id))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from engine.store.file import FileHandoffSignals, FileRunStore
+from engine.store.liveness import LIVENESS_TTL, RENEW_EVERY, process_alive, waiter_alive
+from engine.store.protocol import Delivery, HandoffSignals, Journal, RunStore, Waiter
+
+if TYPE_CHECKING:
+    from engine.config import Config
+
+__all__ = [
+    "LIVENESS_TTL",
+    "RENEW_EVERY",
+    "SCHEMES",
+    "Delivery",
+    "FileHandoffSignals",
+    "FileRunStore",
+    "HandoffSignals",
+    "Journal",
+    "RunStore",
+    "Waiter",
+    "open_signals",
+    "open_store",
+    "process_alive",
+    "store_url_problem",
+    "waiter_alive",
+]
+
+#: The ``store:`` URL schemes this build knows.
+SCHEMES = ("file",)
+
+
+def store_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable ``store:`` value, or None (for the config's report)."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        known = ", ".join(f"`{s}://`" for s in SCHEMES)
+        return (
+            f"`store`: `{parts.scheme or url}` is not a known store scheme; use one of "
+            f"{known} (e.g. `store: file://./handoffs`)."
+        )
+    if parts.netloc not in ("", "localhost", ".", ".."):
+        return (
+            f"`store`: `{url}` names the host `{parts.netloc}`; a file store is a local "
+            "directory: `file:///abs/dir` or `file://./rel/dir`."
+        )
+    if not (parts.netloc + parts.path).strip("/") and parts.path != "/":
+        return f"`store`: `{url}` has no directory; write `file://./handoffs`."
+    return None
+
+
+def store_path(url: str, base: Path) -> Path:
+    """The directory of a ``file://`` store URL (relative ones against ``base``)."""
+    parts = urlsplit(url)
+    raw = unquote(parts.path)
+    if parts.netloc in (".", ".."):
+        raw = parts.netloc + raw
+    p = Path(raw).expanduser()
+    return (p if p.is_absolute() else base / p).resolve()
+
+
+def open_store(cfg: Config) -> RunStore:
+    """The run store the config names (``store:``; default ``file://<handoffs_dir>``)."""
+    return FileRunStore(cfg.handoffs_dir)
+
+
+def open_signals(store: RunStore, *, backend: str = "auto") -> HandoffSignals:
+    """The handoff signals matching ``store`` (inotify on a file store)."""
+    if isinstance(store, FileRunStore):
+        return FileHandoffSignals(store, backend=backend)
+    raise TypeError(f"no handoff signals for {store!r}")  # pragma: no cover - one backend

@@ -1,0 +1,376 @@
+"""``FileRunStore``: the run store as a handoffs directory; the one place that knows its layout.
+
+Layout (``<handoffs>/`` holds top-level delegations, ``<handoffs>/sub/`` sub-delegations;
+each of the two is a *records directory*, see ``engine.record`` for the merge rule)::
+
+    <records>/<runId>.json             the record: handoff fields + "envelope"
+    <records>/inbox/<runId>.json       where the agent delivers (never rewritten by us)
+    <records>/.pending/<runId>.json    envelope of a delegation not final yet
+    <records>/.pending/.lock           one deliverer at a time (flock)
+    <records>/rejected/<runId>.<n>.json  refused handoffs, kept
+    <handoffs>/workflows/<run>/run.json      workflow, inputs, plan, fingerprint
+    <handoffs>/workflows/<run>/events.jsonl  the journal (append-only)
+    <handoffs>/workflows/<run>/<step>.json   one per finished step
+    <handoffs>/workflows/<run>/summary.json  at the end, on pause, on cancel
+    <handoffs>/workflows/<run>/CANCEL        a cancel request
+    <handoffs>/workflows/<run>/.lock         held (flock) by the run's one executor
+
+``FileHandoffSignals`` wakes waiters through inotify on the inbox and the records
+directory (one watch per directory per process, ``engine.watch``), polling where inotify
+is missing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from engine import record as _rec
+from engine.errors import RunStateError
+from engine.files import check_id, utcnow_iso, write_json_atomic
+from engine.redact import redact
+from engine.store.protocol import Delivery, Waiter
+
+__all__ = [
+    "CANCEL_FILE",
+    "RUNS_DIR",
+    "SUB_DIR",
+    "FileHandoffSignals",
+    "FileJournal",
+    "FileRunStore",
+    "RunLock",
+    "lock_held",
+    "read_events",
+]
+
+SUB_DIR = "sub"
+RUNS_DIR = "workflows"
+CANCEL_FILE = "CANCEL"
+RUN_META = "run.json"
+EVENTS = "events.jsonl"
+SUMMARY = "summary.json"
+LOCK = ".lock"
+
+
+class FileJournal:
+    """The append-only event log of a run; one JSON object per line, thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[str] | None = None
+        self._lock = threading.Lock()
+
+    def append(self, kind: str, /, **fields: Any) -> dict[str, Any]:
+        """Append one event (stamped with ``at``) and flush it to the OS."""
+        event = {"event": kind, "at": utcnow_iso(), **fields}
+        line = redact(json.dumps(event, ensure_ascii=False, default=str)) + "\n"
+        with self._lock:
+            if self._fh is None:
+                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._fh.write(line)
+            self._fh.flush()
+        return event
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+
+def read_numbered(path: Path) -> Iterator[tuple[int, Any]]:
+    """Each parsed line of a journal with its line number; unparsable lines are left out."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                try:
+                    yield number, json.loads(line)
+                except ValueError:
+                    continue
+    except FileNotFoundError:
+        return
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Read a journal; a torn last line (a crash mid-write) is ignored."""
+    return [ev for _, ev in read_numbered(path) if isinstance(ev, dict) and "event" in ev]
+
+
+class RunLock:
+    """An exclusive lock on a run directory: one process executes a run at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path / LOCK
+        self._fh: IO[str] | None = None
+
+    def __enter__(self) -> RunLock:
+        self._fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            self._fh = None
+            raise RunStateError(
+                f"run `{self.path.parent.name}` is being executed right now (pid {holder}); "
+                "wait for it, or `workflow cancel` it."
+            ) from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(str(os.getpid()))
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def lock_held(path: Path) -> bool:
+    """True while some process holds the run lock of the run directory ``path``."""
+    try:
+        fh = open(path / LOCK, "a+", encoding="utf-8")  # noqa: SIM115
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        fh.close()
+    return False
+
+
+class FileRunStore:
+    """Today's handoffs directory as a ``RunStore`` (``store: file://<dir>``)."""
+
+    def __init__(self, handoffs_dir: Path) -> None:
+        self.root = Path(handoffs_dir)
+
+    def __repr__(self) -> str:
+        return f"FileRunStore({str(self.root)!r})"
+
+    @property
+    def location(self) -> str:
+        """``file://`` and the absolute handoffs directory."""
+        return f"file://{self.root}"
+
+    # -- delegations -------------------------------------------------------------------
+
+    def records_dir(self, *, sub: bool) -> Path:
+        """The records directory of top-level (or sub-) delegations (file store only)."""
+        return self.root / SUB_DIR if sub else self.root
+
+    def handoff_target(self, run_id: str, *, sub: bool) -> Path:
+        """``<records>/inbox/<runId>.json``."""
+        check_id(run_id, "run id")
+        return self.records_dir(sub=sub) / _rec.INBOX_DIR / f"{run_id}.json"
+
+    def record_locator(self, run_id: str, *, sub: bool) -> Path:
+        """``<records>/<runId>.json``."""
+        check_id(run_id, "run id")
+        return self.records_dir(sub=sub) / f"{run_id}.json"
+
+    def pending(self, run_id: str, envelope: dict[str, Any], *, sub: bool) -> None:
+        """Write ``.pending/<runId>.json`` atomically."""
+        _rec.write_pending(self.records_dir(sub=sub), run_id, envelope)
+
+    def read_pending(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:
+        """The envelope in ``.pending/<runId>.json``, or None."""
+        data = _rec.read_json(_rec.pending_path(self.records_dir(sub=sub), run_id))
+        return data if isinstance(data, dict) else None
+
+    def finalize(
+        self,
+        run_id: str,
+        envelope: dict[str, Any],
+        *,
+        sub: bool,
+        keep_pending: bool,
+        agent: str | None = None,
+    ) -> tuple[Path, dict[str, Any]]:
+        """Pending envelope first (so a late handoff finds it), then the record."""
+        records = self.records_dir(sub=sub)
+        if keep_pending:
+            _rec.write_pending(records, run_id, envelope)
+        data = _rec.record_of(None, envelope, run_id)
+        if agent:
+            data["agent"] = agent
+        path = _rec.install_record(records, run_id, data)
+        if not keep_pending:
+            _rec.drop_pending(records, run_id)
+        return path, data
+
+    def deliver(
+        self,
+        run_id: str,
+        *,
+        sub: bool,
+        envelope: dict[str, Any] | None = None,
+        grace: float = 2.0,
+    ) -> Delivery:
+        """``engine.record.deliver`` on the run's records directory."""
+        return _rec.deliver(self.records_dir(sub=sub), run_id, envelope=envelope, grace=grace)
+
+    def has_handoff(self, run_id: str, *, sub: bool) -> bool:
+        """An inbox file for ``run_id`` exists."""
+        return os.path.lexists(self.handoff_target(run_id, sub=sub))
+
+    def reject(
+        self, run_id: str, problem: Any, envelope: dict[str, Any], *, sub: bool
+    ) -> Path | None:
+        """Move the inbox file to ``rejected/`` and list it in ``envelope``."""
+        return _rec.refuse(
+            self.records_dir(sub=sub),
+            run_id,
+            self.handoff_target(run_id, sub=sub),
+            problem,
+            envelope,
+        )
+
+    def read(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:
+        """The engine's record at ``<records>/<runId>.json`` (not a bare handoff)."""
+        data = _rec.read_json(self.record_locator(run_id, sub=sub))
+        return data if _rec.is_engine_record(data) else None
+
+    def annotate(
+        self, run_id: str, record: dict[str, Any], *, sub: bool
+    ) -> tuple[Path, dict[str, Any]]:
+        """Rewrite the record atomically (only over the engine's own record)."""
+        path = _rec.install_record(self.records_dir(sub=sub), run_id, record)
+        return path, record
+
+    def find(self, run_id: str) -> tuple[Path, dict[str, Any]]:
+        """``engine.record.find_record`` over both records directories."""
+        return _rec.find_record(self.root, run_id)
+
+    def list_pending(self, *, sub: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Scan ``.pending/`` (temp files and unreadable envelopes left out)."""
+        try:
+            entries = list(os.scandir(self.records_dir(sub=sub) / _rec.PENDING_DIR))
+        except OSError:
+            return
+        for entry in entries:
+            name = entry.name
+            if name[0] == "." or not name.endswith(".json"):
+                continue
+            env = _rec.read_json(Path(entry.path))
+            if isinstance(env, dict):
+                yield name[: -len(".json")], env
+
+    def reconcile(self, *, sub: bool) -> list[Path]:
+        """``engine.record.reconcile`` on the records directory."""
+        return _rec.reconcile(self.records_dir(sub=sub))
+
+    def tree(self, run_id: str) -> dict[str, Any] | None:
+        """``engine.record.delegation_tree``."""
+        return _rec.delegation_tree(self.root, run_id)
+
+    # -- workflow runs -----------------------------------------------------------------
+
+    @property
+    def runs_root(self) -> Path:
+        """``<handoffs>/workflows`` (file store only)."""
+        return self.root / RUNS_DIR
+
+    def run_locator(self, run_id: str) -> Path:
+        """``<handoffs>/workflows/<run>``."""
+        check_id(run_id, "workflow run id")
+        return self.runs_root / run_id
+
+    def run_exists(self, run_id: str) -> bool:
+        """``run.json`` is there."""
+        return (self.run_locator(run_id) / RUN_META).is_file()
+
+    def create_run(self, run_id: str, meta: dict[str, Any]) -> Path:
+        """Make the run directory and write ``run.json`` atomically."""
+        path = self.run_locator(run_id)
+        path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path / RUN_META, meta)
+        return path
+
+    def read_run(self, run_id: str) -> dict[str, Any] | None:
+        """``run.json``, or None."""
+        data = _rec.read_json(self.run_locator(run_id) / RUN_META)
+        return data if isinstance(data, dict) else None
+
+    def journal(self, run_id: str) -> FileJournal:
+        """The journal file, opened for appending on first use."""
+        return FileJournal(self.run_locator(run_id) / EVENTS)
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """Every complete event of ``events.jsonl``."""
+        return read_events(self.run_locator(run_id) / EVENTS)
+
+    def write_step(self, run_id: str, step_id: str, data: dict[str, Any]) -> None:
+        """``<run>/<step>.json`` atomically."""
+        write_json_atomic(self.run_locator(run_id) / f"{check_id(step_id, 'step id')}.json", data)
+
+    def read_step(self, run_id: str, step_id: str) -> dict[str, Any] | None:
+        """``<run>/<step>.json``, or None."""
+        data = _rec.read_json(self.run_locator(run_id) / f"{check_id(step_id, 'step id')}.json")
+        return data if isinstance(data, dict) else None
+
+    def write_summary(self, run_id: str, summary: dict[str, Any]) -> None:
+        """``<run>/summary.json`` atomically."""
+        write_json_atomic(self.run_locator(run_id) / SUMMARY, summary)
+
+    def read_summary(self, run_id: str) -> dict[str, Any] | None:
+        """``<run>/summary.json``, or None."""
+        data = _rec.read_json(self.run_locator(run_id) / SUMMARY)
+        return data if isinstance(data, dict) else None
+
+    def claim(self, run_id: str) -> RunLock:
+        """The run's ``.lock`` (flock; released with the process)."""
+        return RunLock(self.run_locator(run_id))
+
+    def claimed(self, run_id: str) -> bool:
+        """Someone holds the run's ``.lock``."""
+        return lock_held(self.run_locator(run_id))
+
+    def request_cancel(self, run_id: str) -> None:
+        """Write ``<run>/CANCEL``."""
+        (self.run_locator(run_id) / CANCEL_FILE).write_text(utcnow_iso())
+
+    def cancel_requested(self, run_id: str) -> bool:
+        """``<run>/CANCEL`` exists."""
+        return (self.run_locator(run_id) / CANCEL_FILE).exists()
+
+    def list_runs(self) -> list[str]:
+        """Directories of ``workflows/`` that hold a ``run.json``, by name."""
+        try:
+            entries = list(os.scandir(self.runs_root))
+        except OSError:
+            return []
+        return sorted(
+            e.name for e in entries if os.path.isfile(os.path.join(e.path, RUN_META))
+        )
+
+
+class FileHandoffSignals:
+    """Wakes a delegation when its inbox name or its record path is written (inotify)."""
+
+    def __init__(self, store: FileRunStore, *, backend: str = "auto") -> None:
+        self.store = store
+        self.backend = backend
+
+    def expect(self, run_id: str, *, sub: bool) -> Waiter:
+        """Watch ``inbox/<runId>.json`` and ``<runId>.json`` (where seed 004's agents
+        write), through each directory's shared watcher."""
+        from engine.watch import expect_any
+
+        drop = self.store.handoff_target(run_id, sub=sub)
+        return expect_any(
+            [(drop.parent, drop.name), (self.store.records_dir(sub=sub), f"{run_id}.json")],
+            backend=self.backend,
+        )
+
