@@ -334,7 +334,7 @@ def delegate_cmd(
                 task=task,
                 handoff=result.handoff,
             )
-            record = record_verdict(result.record_path, verdict)
+            record = record_verdict(delegator.store, result, verdict)
             result = type(result)(
                 result.run_id, result.outcome, result.record_path, record, result.error
             )

@@ -36,24 +36,15 @@ from engine.files import check_id, new_run_id, utcnow_iso
 from engine.handoff import (
     MAX_HANDOFF_BYTES,
     HandoffProblem,
-    handoff_path,
     key_hash,
     new_key,
     records_dir,
 )
 from engine.hooks import HooksClient, Target
 from engine.lease import Lease, Pool
-from engine.record import (
-    deliver,
-    drop_pending,
-    pending_path,
-    read_json,
-    refuse,
-    write_pending,
-    write_record,
-)
 from engine.registry import Registry, read_secret
 from engine.reporter import Reporter
+from engine.store import RENEW_EVERY, HandoffSignals, RunStore, Waiter, open_signals, open_store
 
 
 class Outcome(enum.Enum):
@@ -160,8 +151,16 @@ class Delegator:
         local_token: str | None = None,
         watcher_backend: str = "auto",
         clock: Callable[[], float] = time.monotonic,
+        store: RunStore | None = None,
+        signals: HandoffSignals | None = None,
     ) -> None:
         self.cfg = cfg
+        #: Where delegations are kept (``store:`` in the config, resolved once).
+        self.store: RunStore = store if store is not None else open_store(cfg)
+        #: What wakes a waiting delegation when its handoff may be there.
+        self.signals: HandoffSignals = (
+            signals if signals is not None else open_signals(self.store, backend=watcher_backend)
+        )
         self.registry = Registry.from_config(cfg)
         self.acl = Acl(cfg.acl, self.registry.names)
         self.reporter = reporter or Reporter()
@@ -227,21 +226,25 @@ class Delegator:
         return token, f"the local gateway's token ({src})"
 
     def records_dir(self, *, sub: bool) -> Path:
-        """Where records of top-level (or sub-) delegations go."""
+        """Where records of top-level (or sub-) delegations are on the file store, for
+        callers that read files themselves (the engine asks ``self.store``)."""
         return records_dir(self.cfg.handoffs_dir, sub=sub)
+
+    def _sub(self, records: Path) -> bool:
+        """True when ``records`` is the sub-delegations' records location."""
+        return records == self.records_dir(sub=True)
 
     def _chain_for(self, req: DelegationRequest) -> list[str]:
         if req.parent_run_id is None:
             return [req.caller]
         parent = check_id(req.parent_run_id, "parent run id")
-        record: Any = None
+        env: dict[str, Any] | None = None
         for sub in (False, True):
-            d = self.records_dir(sub=sub)
-            record = read_json(d / f"{parent}.json")
-            env = record.get("envelope") if isinstance(record, dict) else None
+            record = self.store.read(parent, sub=sub)
+            env = record["envelope"] if record is not None else None
             if env is None:
-                env = read_json(pending_path(d, parent))
-            if isinstance(env, dict):
+                env = self.store.read_pending(parent, sub=sub)
+            if env is not None:
                 break
         else:
             raise RunStateError(
@@ -262,7 +265,7 @@ class Delegator:
         from engine.routing import inflight_counts, route
 
         self.registry.get(caller, role="caller")
-        counts = inflight_counts(self.cfg.handoffs_dir, self.records_dir(sub=True))
+        counts = inflight_counts(self.store)
         return route(self.registry, self.acl, caller=caller, capability=capability, inflight=counts)
 
     # -- the delegation ---------------------------------------------------------------
@@ -302,7 +305,7 @@ class Delegator:
         sub = req.parent_run_id is not None
         records = self.records_dir(sub=sub)
         run_id = req.run_id or new_run_id()
-        drop = handoff_path(self.cfg.handoffs_dir, run_id, sub=sub)
+        drop = self.store.handoff_target(run_id, sub=sub)
         timeout = float(req.timeout or agent.timeout or self.cfg.default_timeout)
         start = self._clock()
         deadline = start + timeout
@@ -327,6 +330,7 @@ class Delegator:
             "gateway_run_id": None,
             "pid": os.getpid(),
             "host": self._host,
+            "renewed_at": utcnow_iso(),
             # Only the key's hash is kept on disk; the key travels in the message alone.
             "key_sha256": key_hash(key),
             **({"labels": req.labels} if req.labels else {}),
@@ -335,7 +339,7 @@ class Delegator:
             envelope["handoff_key"] = self.cfg.handoff_key
         if self.cfg.max_handoff_bytes != MAX_HANDOFF_BYTES:
             envelope["max_handoff_bytes"] = self.cfg.max_handoff_bytes
-        write_pending(records, run_id, envelope)
+        self.store.pending(run_id, envelope, sub=sub)
         lease: Lease | None = None
         if self.pool is not None:
             got = self._acquire(run_id, agent, envelope, records, deadline, rep)
@@ -363,18 +367,28 @@ class Delegator:
         rep: Reporter,
     ) -> DelegationResult | None:
         """Pick up a delegation dispatched by an earlier process; None = dispatch it now."""
-        record_file = records / f"{run_id}.json"
-        existing = read_json(record_file)
-        envelope = read_json(pending_path(records, run_id))
-        if isinstance(existing, dict) and isinstance(existing.get("envelope"), dict):
+        sub = self._sub(records)
+        record_file = self.store.record_locator(run_id, sub=sub)
+        existing = self.store.read(run_id, sub=sub)
+        envelope = self.store.read_pending(run_id, sub=sub)
+        if existing is not None:
             outcome = existing["envelope"].get("outcome")
             if outcome in {o.value for o in Outcome} and outcome not in ("timeout", "cancelled"):
                 return DelegationResult(run_id, Outcome(outcome), record_file, existing)
-        if not isinstance(envelope, dict):
+        if envelope is None:
             return None  # nothing was prepared: dispatch (the same Idempotency-Key)
-        envelope = dict(envelope, outcome="dispatched", reattached_at=utcnow_iso())
+        envelope = dict(
+            envelope,
+            outcome="dispatched",
+            reattached_at=utcnow_iso(),
+            pid=os.getpid(),
+            host=self._host,
+            renewed_at=utcnow_iso(),
+        )
         envelope.pop("error", None)
         envelope["deadline_at"] = _iso_in(max(0.0, deadline - self._clock()))
+        # This process waits now: readers (reconcile, routing, metrics) see it alive.
+        self.store.pending(run_id, envelope, sub=sub)
         lease: Lease | None = None
         if self.pool is not None:
             got = self._acquire(
@@ -437,11 +451,10 @@ class Delegator:
         reason = lease.reclaimed_reason
         if not reason:
             return result
-        from engine.files import write_json_atomic
-
         record = dict(result.record)
         record.setdefault("envelope", {})["token_reclaimed"] = reason
-        write_json_atomic(result.record_path, record)
+        sub = bool(record["envelope"].get("parent_run_id"))
+        self.store.annotate(result.run_id, record, sub=sub)
         return DelegationResult(
             result.run_id, result.outcome, result.record_path, record, result.error
         )
@@ -523,13 +536,9 @@ class Delegator:
         finally:
             waiter.close()
 
-    def _expect(self, records: Path, drop: Path, run_id: str) -> Any:
-        """Watch the inbox name and the record path (where seed 004's agents write)."""
-        from engine.watch import expect_any
-
-        return expect_any(
-            [(drop.parent, drop.name), (records, f"{run_id}.json")], backend=self.watcher_backend
-        )
+    def _expect(self, records: Path, drop: Path, run_id: str) -> Waiter:
+        """The injected signals' waiter for ``run_id``'s handoff."""
+        return self.signals.expect(run_id, sub=self._sub(records))
 
     def _start(
         self,
@@ -605,11 +614,13 @@ class Delegator:
         give_up = deadline
         fired = True  # it may have arrived before the watch was set
         last_look = False
+        sub = self._sub(records)
+        renew_at = self._clock() + RENEW_EVERY
         while True:
             if fired:
                 if watch is not None:  # the gateway's answer so far; the run's end, if near
-                    watch.before_delivery(file_there=os.path.lexists(drop))
-                got = deliver(records, run_id, envelope=envelope, grace=grace)
+                    watch.before_delivery(file_there=self.store.has_handoff(run_id, sub=sub))
+                got = self.store.deliver(run_id, sub=sub, envelope=envelope, grace=grace)
                 if got.state in ("recorded", "duplicate", "already") and got.record:
                     if watch is not None and got.state == "recorded" and got.record_path:
                         watch.after_delivery(got.record_path, got.record)
@@ -628,7 +639,7 @@ class Delegator:
             remaining = (give_up if problem else deadline) - self._clock()
             if remaining <= 0:
                 if problem is not None:
-                    kept = refuse(records, run_id, drop, problem, envelope)
+                    kept = self.store.reject(run_id, problem, envelope, sub=sub)
                     ending = _repair_refused(watch, problem, kept)
                     if ending is not None:
                         return self._end_refused(ending, run_id, records, drop, envelope, rep)
@@ -653,7 +664,10 @@ class Delegator:
                         watch.learn_run_id()
                     return self._cancelled(run_id, agent, records, envelope, rep)
                 remaining = min(remaining, 0.2)
-            fired = waiter.wait(remaining)
+            if self._clock() >= renew_at:  # a long wait says it is alive (other hosts look)
+                renew_at = self._clock() + RENEW_EVERY
+                self.store.pending(run_id, dict(envelope, renewed_at=utcnow_iso()), sub=sub)
+            fired = waiter.wait(min(remaining, max(0.0, renew_at - self._clock())))
 
     def _handed_off(
         self, run_id: str, agent: str, path: Path | None, record: dict[str, Any], rep: Reporter
@@ -665,11 +679,13 @@ class Delegator:
 
     # -- endings ----------------------------------------------------------------------
 
-    def _result(
-        self, run_id: str, outcome: Outcome, path: Path, error: OrchestratorError | None = None
-    ) -> DelegationResult:
-        record = read_json(path) or {}
-        return DelegationResult(run_id, outcome, path, record, error)
+    def _finalize(
+        self, run_id: str, records: Path, env: dict[str, Any], *, keep_pending: bool, agent: str
+    ) -> tuple[Path, dict[str, Any]]:
+        """Record an ending the engine decided (``RunStore.finalize``)."""
+        return self.store.finalize(
+            run_id, env, sub=self._sub(records), keep_pending=keep_pending, agent=agent
+        )
 
     def _timed_out(
         self,
@@ -687,16 +703,17 @@ class Delegator:
             f"arrives later is still recorded (marked late) in {records}"
             + (f"; {refused} refused handoff(s) are listed in `rejected`" if refused else "")
         )
-        write_pending(records, run_id, env)
-        path = write_record(records, run_id, env, agent=agent)
-        if os.path.lexists(drop):  # it landed while the timeout was being written
-            got = deliver(records, run_id)
+        path, record = self._finalize(run_id, records, env, keep_pending=True, agent=agent)
+        sub = self._sub(records)
+        if self.store.has_handoff(run_id, sub=sub):  # it landed while the timeout was written
+            got = self.store.deliver(run_id, sub=sub)
             if got.state == "recorded" and got.record:
                 return self._handed_off(run_id, agent, got.record_path, got.record, rep)
         rep.delegation_finished(run_id, agent, "timeout", str(path))
         from engine.errors import DelegationTimeoutError
 
-        return self._result(run_id, Outcome.TIMEOUT, path, DelegationTimeoutError(env["error"]))
+        err = DelegationTimeoutError(env["error"])
+        return DelegationResult(run_id, Outcome.TIMEOUT, path, record, err)
 
     def _cancelled(
         self, run_id: str, agent: str, records: Path, envelope: dict[str, Any], rep: Reporter
@@ -707,10 +724,9 @@ class Delegator:
             ended_at=utcnow_iso(),
             error="cancelled while waiting; a later handoff is still recorded (late)",
         )
-        write_pending(records, run_id, env)
-        path = write_record(records, run_id, env, agent=agent)
+        path, record = self._finalize(run_id, records, env, keep_pending=True, agent=agent)
         rep.delegation_finished(run_id, agent, "cancelled", str(path))
-        return self._result(run_id, Outcome.CANCELLED, path)
+        return DelegationResult(run_id, Outcome.CANCELLED, path, record)
 
     def _refused(
         self,
@@ -726,8 +742,9 @@ class Delegator:
         env = dict(envelope, outcome="invalid", ended_at=utcnow_iso())
         env["error"] = str(problem)
         env["rejected_file"] = kept
-        write_pending(records, run_id, env)
-        path = write_record(records, run_id, env, agent=envelope["target"])
+        path, record = self._finalize(
+            run_id, records, env, keep_pending=True, agent=envelope["target"]
+        )
         rep.delegation_finished(run_id, envelope["target"], "invalid", str(path))
         note = f"\nThe refused file was kept as `{kept}`." if kept else ""
         err = HandoffProblem(
@@ -737,7 +754,7 @@ class Delegator:
             kind=problem.kind,
             path=drop,
         )
-        return self._result(run_id, Outcome.INVALID, path, err)
+        return DelegationResult(run_id, Outcome.INVALID, path, record, err)
 
     def _end_refused(
         self,
@@ -773,10 +790,11 @@ class Delegator:
         rejected = envelope.get("rejected") or []
         if outcome is Outcome.UNUSABLE and rejected:
             env["rejected_file"] = rejected[-1].get("file")
-        write_pending(records, run_id, env)
-        path = write_record(records, run_id, env, agent=envelope["target"])
+        path, record = self._finalize(
+            run_id, records, env, keep_pending=True, agent=envelope["target"]
+        )
         rep.delegation_finished(run_id, envelope["target"], outcome.value, str(path))
-        return self._result(run_id, outcome, path, ending.error)
+        return DelegationResult(run_id, outcome, path, record, ending.error)
 
     def _errored(
         self,
@@ -791,13 +809,11 @@ class Delegator:
         env = dict(envelope, outcome="errored", ended_at=utcnow_iso(), error=exc.message)
         if exc.status_code is not None:
             env["status_code"] = exc.status_code
-        path = write_record(records, run_id, env, agent=envelope["target"])
-        if keep_pending:
-            write_pending(records, run_id, env)
-        else:
-            drop_pending(records, run_id)
+        path, record = self._finalize(
+            run_id, records, env, keep_pending=keep_pending, agent=envelope["target"]
+        )
         rep.delegation_finished(run_id, envelope["target"], "errored", str(path))
-        return self._result(run_id, Outcome.ERRORED, path, exc)
+        return DelegationResult(run_id, Outcome.ERRORED, path, record, exc)
 
 
 def _repair_refused(watch: Any, problem: HandoffProblem, kept: Path | None) -> Any:
@@ -832,9 +848,12 @@ def open_delegator(
     reporter: Reporter | None = None,
     pool: Pool | Literal["auto"] | None = "auto",
     watcher_backend: str = "auto",
+    store: RunStore | None = None,
+    signals: HandoffSignals | None = None,
 ) -> Iterator[Delegator]:
     """A Delegator with what it needs running: the embedded gateway (if configured)
-    and the token pool (if enabled)."""
+    and the token pool (if enabled), sharing one run store (default: ``open_store``)."""
+    store = store if store is not None else open_store(cfg)
     gateway = None
     local_url = None
     local_token = None
@@ -846,7 +865,11 @@ def open_delegator(
 
             local_token = _embedded_token(cfg)
             gateway = LocalGateway(
-                cfg, token=local_token, port=gw.port, detach_on_stop=gw.detach_on_exit
+                cfg,
+                token=local_token,
+                port=gw.port,
+                detach_on_stop=gw.detach_on_exit,
+                store=store,
             ).start()
             local_url = gateway.url
         else:
@@ -860,6 +883,8 @@ def open_delegator(
         local_url=local_url,
         local_token=local_token,
         watcher_backend=watcher_backend,
+        store=store,
+        signals=signals,
     )
     try:
         yield delegator

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from engine.acl import Acl
 from engine.errors import AclDeniedError, UnknownAgentError, did_you_mean
-from engine.record import process_alive
 from engine.registry import Registry
+from engine.store import RunStore, waiter_alive
 
 
 @dataclass(frozen=True)
@@ -69,26 +66,13 @@ def route(
     return Route(capability, best[0], candidates, excluded)
 
 
-def inflight_counts(*records_dirs: Path) -> dict[str, int]:
-    """Delegations in flight per target, host-wide: pending envelopes of live processes."""
+def inflight_counts(store: RunStore) -> dict[str, int]:
+    """Delegations in flight per target: pending envelopes whose waiter is alive
+    (``engine.store.waiter_alive``), top-level and sub-delegations."""
     counts: dict[str, int] = {}
-    for records in records_dirs:
-        try:
-            entries = list(os.scandir(records / ".pending"))
-        except FileNotFoundError:
-            continue
-        for entry in entries:
-            if not entry.name.endswith(".json") or entry.name.startswith(".tmp-"):
-                continue
-            try:
-                with open(entry.path, encoding="utf-8") as fh:
-                    env = json.load(fh)
-            except (OSError, ValueError, RecursionError):
-                continue
-            if not isinstance(env, dict) or env.get("outcome") != "dispatched":
-                continue
-            pid = env.get("pid")
-            if isinstance(pid, int) and not process_alive(pid):
+    for sub in (False, True):
+        for _, env in store.list_pending(sub=sub):
+            if env.get("outcome") != "dispatched" or not waiter_alive(env):
                 continue
             target = env.get("target")
             if isinstance(target, str):

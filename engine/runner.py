@@ -1326,7 +1326,7 @@ class _Execution:
         from engine.routing import inflight_counts
 
         with self.route_lock:
-            counts = inflight_counts(self.cfg.handoffs_dir, self.cfg.handoffs_dir / "sub")
+            counts = inflight_counts(self.delegator.store)
             here: dict[str, int] = {}
             for other in self.steps.values():
                 if other.state is StepState.RUNNING and other.agent:

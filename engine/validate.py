@@ -11,8 +11,9 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from engine.delegate import DelegationRequest, Delegator
+from engine.delegate import DelegationRequest, DelegationResult, Delegator
 from engine.reporter import Reporter
+from engine.store import RunStore
 
 _TEMPLATE = """Validate another agent's result against its task.
 
@@ -110,12 +111,11 @@ def validate_result(
     )
 
 
-def record_verdict(record_path: Any, verdict: Verdict) -> dict[str, Any]:
+def record_verdict(store: RunStore, result: DelegationResult, verdict: Verdict) -> dict[str, Any]:
     """Store the verdict in the validated delegation's record (``envelope.validation``)."""
-    from engine.files import write_json_atomic
-    from engine.record import read_json
-
-    record = read_json(record_path) or {}
-    record.setdefault("envelope", {})["validation"] = verdict.as_dict()
-    write_json_atomic(record_path, record)
-    return dict(record)
+    record = dict(result.record)
+    envelope = dict(record.get("envelope") or {})
+    envelope["validation"] = verdict.as_dict()
+    record["envelope"] = envelope
+    store.annotate(result.run_id, record, sub=bool(envelope.get("parent_run_id")))
+    return record
