@@ -34,7 +34,8 @@ from typing import Any
 
 from engine.errors import UsageError
 from engine.handoff import STATUSES as HANDOFF_STATUSES
-from engine.record import INBOX_DIR, OUTCOMES, process_alive
+from engine.record import INBOX_DIR, OUTCOMES
+from engine.store import waiter_alive
 
 SCHEMA_VERSION = "1.0"
 CONFIDENCES = ("high", "medium", "low", "none")
@@ -583,8 +584,7 @@ class _Scan:
                     if t is None or t < self.since:
                         continue
                 self.in_flight[target] = self.in_flight.get(target, 0) + 1
-                pid = env.get("pid")
-                if env.get("host") == self.host and type(pid) is int and not process_alive(pid):
+                if not waiter_alive(env, host=self.host):
                     self.orphaned += 1
 
     def count_rejected(self, directory: str) -> None:

@@ -19,7 +19,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import secrets
 import signal
 import socket
@@ -36,6 +35,7 @@ from engine.config import Config, GatewayAgentConfig, GatewayConfig
 from engine.errors import ConfigError
 from engine.gateway.agents import CommandRunner, completion_of, task_from_message
 from engine.redact import install_log_filter, redact, register
+from engine.store import RunStore, open_store
 
 log = logging.getLogger("engine.gateway")
 install_log_filter(log)
@@ -273,6 +273,7 @@ class LocalGateway:
         host: str | None = None,
         port: int | None = None,
         detach_on_stop: bool = False,
+        store: RunStore | None = None,
     ) -> None:
         if not token:
             raise ValueError("the local gateway needs a non-empty token")
@@ -280,6 +281,8 @@ class LocalGateway:
         #: (the embedded gateway of a one-shot command: see ``CommandRunner.detach_all``).
         self.detach_on_stop = detach_on_stop
         self.cfg = cfg
+        #: Where the receiver (``POST /handoffs/{runId}``) keeps and delivers handoffs.
+        self.store: RunStore = store if store is not None else open_store(cfg)
         self.gw_cfg: GatewayConfig = cfg.gateway or GatewayConfig()
         self.host = host if host is not None else self.gw_cfg.host
         self.port = port if port is not None else self.gw_cfg.port
@@ -634,16 +637,10 @@ class LocalGateway:
 
     def _receive(self, raw_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """``POST /handoffs/{runId}``: store the handoff in the inbox, then deliver it
-        through the one merge rule (``engine.record.deliver``), late or not."""
+        through the one merge rule (``RunStore.deliver``), late or not."""
         from engine.errors import InvalidIdError
-        from engine.files import check_id, write_json_new
-        from engine.handoff import (
-            SUB_DIR,
-            HandoffProblem,
-            check_key,
-            validate_handoff,
-        )
-        from engine.record import INBOX_DIR, PENDING_DIR, deliver, read_json
+        from engine.files import check_id
+        from engine.handoff import HandoffProblem, check_key, validate_handoff
 
         run_id = unquote(raw_id)
         try:
@@ -660,13 +657,9 @@ class LocalGateway:
         data, parse_problem = _parse_json(body)
         if parse_problem:
             return 400, _err(parse_problem)
-        base = self.cfg.handoffs_dir
-        sub = base / SUB_DIR
-        in_sub = os.path.lexists(sub / PENDING_DIR / f"{run_id}.json") or os.path.lexists(
-            sub / f"{run_id}.json"
-        )
-        records_dir = sub if in_sub else base
-        target = records_dir / INBOX_DIR / f"{run_id}.json"
+        store = self.store
+        in_sub = store.is_sub(run_id)
+        target = store.handoff_target(run_id, sub=in_sub)
         if isinstance(data, dict) and "envelope" in data:
             return 400, {
                 "ok": False,
@@ -677,10 +670,10 @@ class LocalGateway:
             validate_handoff(data, path=target, run_id=run_id)
         except HandoffProblem as exc:
             return 400, {"ok": False, "error": exc.message, "problems": exc.problems}
-        env = read_json(records_dir / PENDING_DIR / f"{run_id}.json")
-        if not isinstance(env, dict):
-            record = read_json(records_dir / f"{run_id}.json")
-            env = record.get("envelope") if isinstance(record, dict) else None
+        env = store.read_pending(run_id, sub=in_sub)
+        if env is None:
+            record = store.read(run_id, sub=in_sub)
+            env = record["envelope"] if record is not None else None
         key_problem: HandoffProblem | None = None
         if isinstance(env, dict):
             try:
@@ -693,12 +686,8 @@ class LocalGateway:
             except HandoffProblem as exc:
                 key_problem = exc
         try:
-            stored = target
-            n = 1
-            while not write_json_new(stored, data):  # never over another delivery
-                n += 1
-                stored = target.with_name(f"{run_id}.{n}.json")
-            got = deliver(records_dir, run_id)
+            store.put_handoff(run_id, data, sub=in_sub)
+            got = store.deliver(run_id, sub=in_sub)
         except (OSError, ValueError) as exc:
             log.warning("local gateway: cannot store the handoff of %s: %s", run_id, exc)
             return 500, {"ok": False, "error": "cannot store the handoff"}

@@ -32,7 +32,7 @@ from typing import IO, Any
 
 from engine import record as _rec
 from engine.errors import RunStateError
-from engine.files import check_id, utcnow_iso, write_json_atomic
+from engine.files import check_id, utcnow_iso, write_json_atomic, write_json_new
 from engine.redact import redact
 from engine.store.protocol import Delivery, Waiter
 
@@ -220,6 +220,22 @@ class FileRunStore:
     ) -> Delivery:
         """``engine.record.deliver`` on the run's records directory."""
         return _rec.deliver(self.records_dir(sub=sub), run_id, envelope=envelope, grace=grace)
+
+    def is_sub(self, run_id: str) -> bool:
+        """``sub/.pending/<runId>.json`` or ``sub/<runId>.json`` exists."""
+        sub = self.records_dir(sub=True)
+        return os.path.lexists(_rec.pending_path(sub, run_id)) or os.path.lexists(
+            sub / f"{run_id}.json"
+        )
+
+    def put_handoff(self, run_id: str, handoff: dict[str, Any], *, sub: bool) -> Path:
+        """``inbox/<runId>.json``, else the first free ``inbox/<runId>.<n>.json``."""
+        target = self.handoff_target(run_id, sub=sub)
+        stored, n = target, 1
+        while not write_json_new(stored, handoff):  # never over another delivery
+            n += 1
+            stored = target.with_name(f"{run_id}.{n}.json")
+        return stored
 
     def has_handoff(self, run_id: str, *, sub: bool) -> bool:
         """An inbox file for ``run_id`` exists."""

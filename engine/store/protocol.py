@@ -8,10 +8,11 @@ hosts) implements the same operations and passes ``tests/contracts/test_store_co
 
 The operations are semantic, not paths:
 
-* **delegations**: ``pending`` (the envelope before dispatch), ``finalize`` (an ending
-  the engine decides: timeout, cancelled, invalid, errored), ``deliver`` (the agent's
-  handoff, by the one merge rule: ``outcome``), ``reject`` (move a refused handoff
-  aside), ``read``, ``read_pending``, ``annotate``, ``list_pending``, ``reconcile``;
+* **delegations**: ``pending`` (the envelope before dispatch), ``put_handoff`` (a
+  handoff received over HTTP), ``finalize`` (an ending the engine decides: timeout,
+  cancelled, invalid, errored), ``deliver`` (the agent's handoff, by the one merge
+  rule: ``outcome``), ``reject`` (set a refused handoff aside), ``read``, ``find``,
+  ``read_pending``, ``annotate``, ``list_pending``, ``reconcile``;
 * **sub-delegation trees**: ``tree``;
 * **workflow runs**: ``create_run``, ``append_event`` (through a ``Journal``),
   ``events``, ``write_step`` / ``read_step``, ``write_summary`` / ``read_summary``,
@@ -151,6 +152,15 @@ class RunStore(Protocol):
 
         The waiting caller passes its ``envelope`` (nothing it notes is written then);
         every other path passes none and the pending envelope is used."""
+        ...
+
+    def is_sub(self, run_id: str) -> bool:
+        """True when ``run_id`` is known as a sub-delegation (pending or recorded)."""
+        ...
+
+    def put_handoff(self, run_id: str, handoff: dict[str, Any], *, sub: bool) -> Path:
+        """Keep a handoff received for ``run_id`` (the gateway's receiver) where
+        ``deliver`` finds it, never over another one; return where it went."""
         ...
 
     def has_handoff(self, run_id: str, *, sub: bool) -> bool:
