@@ -15,7 +15,6 @@ flight instead of sending it again, and takes a handoff that arrived meanwhile.
 from __future__ import annotations
 
 import enum
-import fcntl
 import hashlib
 import heapq
 import json
@@ -23,11 +22,11 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from engine.config import Config
 from engine.delegate import DelegationRequest, Delegator, Outcome
@@ -41,13 +40,12 @@ from engine.errors import (
     UsageError,
     did_you_mean,
 )
-from engine.files import check_id, new_run_id, parse_iso, utcnow_iso, write_json_atomic
-from engine.record import read_json
-from engine.redact import redact
+from engine.files import check_id, new_run_id, parse_iso, utcnow_iso
 from engine.reporter import Reporter
-
-RUNS_DIR = "workflows"
-CANCEL_FILE = "CANCEL"
+from engine.store import FileRunStore, Journal, RunStore, open_store
+from engine.store.file import CANCEL_FILE as CANCEL_FILE  # the names runner always had
+from engine.store.file import RUNS_DIR
+from engine.store.file import read_events as read_events
 
 
 class StepState(enum.Enum):
@@ -282,71 +280,25 @@ def fingerprint_parts(cfg: Config, prepared: Prepared) -> dict[str, str]:
 # ----------------------------------------------------------------------------- journal
 
 
-class Journal:
-    """The append-only event log of a run; one JSON object per line, thread-safe."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh: IO[str] | None = None
-        self._lock = threading.Lock()
-
-    def append(self, kind: str, /, **fields: Any) -> dict[str, Any]:
-        """Append one event (stamped with ``at``) and flush it to the OS."""
-        event = {"event": kind, "at": utcnow_iso(), **fields}
-        line = redact(json.dumps(event, ensure_ascii=False, default=str)) + "\n"
-        with self._lock:
-            if self._fh is None:
-                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-            self._fh.write(line)
-            self._fh.flush()
-        return event
-
-    def close(self) -> None:
-        """Close the file."""
-        with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
-
-
-def _read_numbered(path: Path) -> Iterator[tuple[int, Any]]:
-    """Each parsed line of a journal with its line number; unparsable lines are left out."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for number, line in enumerate(fh, 1):
-                try:
-                    yield number, json.loads(line)
-                except (ValueError, RecursionError):
-                    continue
-    except FileNotFoundError:
-        return
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """Read a journal; a torn last line (a crash mid-write) is ignored."""
-    return [ev for _, ev in _read_numbered(path) if isinstance(ev, dict) and "event" in ev]
-
-
 # ----------------------------------------------------------------------------- run state
 
 
 def runs_dir(cfg: Config) -> Path:
-    """Where workflow runs live."""
+    """Where workflow runs live (on the file store)."""
     return cfg.handoffs_dir / RUNS_DIR
 
 
-def run_dir(cfg: Config, run_id: str) -> Path:
-    """The directory of run ``run_id`` (checked to exist)."""
+def run_dir(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Path:
+    """Where run ``run_id`` is (checked to exist in the store)."""
+    store = store if store is not None else open_store(cfg)
     check_id(run_id, "workflow run id")
-    path = runs_dir(cfg) / run_id
-    if not (path / "run.json").is_file():
-        known = [p.name for p in runs_dir(cfg).glob("*/run.json")] if runs_dir(cfg).exists() else []
-        known = [Path(k).parent.name for k in known]
+    if not store.run_exists(run_id):
+        where = store.run_locator(run_id).parent
         raise RunStateError(
-            f"no workflow run `{run_id}` in `{runs_dir(cfg)}`"
-            f"{did_you_mean(run_id, known) or '.'} List runs with `workflow runs`."
+            f"no workflow run `{run_id}` in `{where}`"
+            f"{did_you_mean(run_id, store.list_runs()) or '.'} List runs with `workflow runs`."
         )
-    return path
+    return store.run_locator(run_id)
 
 
 @dataclass
@@ -375,7 +327,8 @@ class _Malformed(Exception):
 class _Fold:
     """What replay accumulates while it folds the journal."""
 
-    path: Path
+    store: RunStore
+    run_id: str
     steps: dict[str, StepRun]
     state: RunState = RunState.RUNNING
     started: str | None = None
@@ -483,7 +436,7 @@ def _on_step_finished(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
     s.finished_at = at
     s.in_flight = False
     s.error = _opt_str(ev, "error")
-    data = read_json(f.path / f"{s.id}.json")
+    data = f.store.read_step(f.run_id, s.id)
     if isinstance(data, dict):
         handoff, validation = data.get("handoff"), data.get("validation")
         s.handoff = handoff if isinstance(handoff, dict) else None
@@ -606,11 +559,11 @@ def _plan_order(meta: Any, path: Path) -> tuple[list[str], dict[str, Any]]:
     return order, {s: e if isinstance(e := entries.get(s), dict) else {} for s in order}
 
 
-def _check_shape(path: Path, meta: Any, order: list[str]) -> None:
+def _check_shape(store: RunStore, run_id: str, path: Path, meta: Any, order: list[str]) -> None:
     """RunStateError naming the file and value when a hand-edited record has a wrong shape."""
     from engine.runshape import shape_problem
 
-    problem = shape_problem(meta, {s: read_json(path / f"{s}.json") for s in order})
+    problem = shape_problem(meta, {s: store.read_step(run_id, s) for s in order})
     if problem:
         raise RunStateError(
             f"run `{path.name}` is damaged: {problem} (in `{path}`). Its files were left as "
@@ -619,22 +572,32 @@ def _check_shape(path: Path, meta: Any, order: list[str]) -> None:
         )
 
 
-def replay(path: Path) -> RunView:
-    """Rebuild a run's state from run.json and its journal.
+def replay(path: Path, *, store: RunStore | None = None) -> RunView:
+    """Rebuild the state of the run at ``path`` (``RunView.path``) from its store."""
+    if store is None:
+        store, run_id = FileRunStore.of_run(path)
+    else:
+        run_id = path.name
+    return replay_run(store, run_id)
+
+
+def replay_run(store: RunStore, run_id: str) -> RunView:
+    """Rebuild a run's state from its metadata and its journal.
 
     Each journal event kind has one small reducer; an event that is unknown or lacks
     what its reducer needs is skipped and named in ``RunView.warnings``, never raised.
     """
-    meta = read_json(path / "run.json")
+    path = store.run_locator(run_id)
+    meta = store.read_run(run_id)
     if meta is None:
         raise RunStateError(f"`{path / 'run.json'}` is missing or unreadable.", path=path)
     order, entries = _plan_order(meta, path)
-    _check_shape(path, meta, order)
+    _check_shape(store, run_id, path, meta, order)
     steps = {s: StepRun(id=s, agent=_opt_str(entries[s], "agent")) for s in order}
-    fold = _Fold(path, steps)
+    fold = _Fold(store, run_id, steps)
     warnings: list[str] = []
     events: list[dict[str, Any]] = []
-    for line, ev in _read_numbered(path / "events.jsonl"):
+    for line, ev in store.events(run_id):
         try:
             if not isinstance(ev, dict):
                 raise _Malformed("not a JSON object")
@@ -646,9 +609,9 @@ def replay(path: Path) -> RunView:
             )
             continue
         events.append(ev)
-    run_id = meta.get("runId")
+    meta_id = meta.get("runId")
     return RunView(
-        run_id if isinstance(run_id, str) else path.name,
+        meta_id if isinstance(meta_id, str) else run_id,
         path,
         meta,
         steps,
@@ -788,6 +751,8 @@ class WorkflowRunner:
     ) -> None:
         self.cfg = cfg
         self.delegator = delegator
+        #: Where runs are kept: the delegator's store (one store per process and config).
+        self.store: RunStore = delegator.store
         self.reporter = reporter or Reporter()
         self.approver = approver
         self.retry_wait = retry_wait
@@ -803,8 +768,7 @@ class WorkflowRunner:
         plan = prepared.plan
         self._check_approvals(plan, options)
         run_id = new_run_id("wf")
-        path = runs_dir(self.cfg) / run_id
-        path.mkdir(parents=True)
+        store = self.store
         meta = {
             "runId": run_id,
             "workflow": prepared.spec.name,
@@ -830,23 +794,24 @@ class WorkflowRunner:
                 },
             },
         }
-        write_json_atomic(path / "run.json", meta)
-        with _RunLock(path):
-            journal = Journal(path / "events.jsonl")
+        store.create_run(run_id, meta)
+        with store.claim(run_id):
+            journal = store.journal(run_id)
             try:
                 journal.append(
                     "run_started", run_id=run_id, workflow=prepared.spec.name, pid=os.getpid()
                 )
-                view = replay(path)
+                view = replay_run(store, run_id)
                 return _Execution(self, prepared, view, journal, options).run()
             finally:
                 journal.close()
 
     def resume(self, run_id: str, options: RunOptions) -> RunResult:
         """Continue a run after a crash, a gate, a failure or a restart."""
-        path = run_dir(self.cfg, run_id)
-        with _RunLock(path):
-            view = replay(path)
+        store = self.store
+        path = run_dir(self.cfg, run_id, store=store)
+        with store.claim(run_id):
+            view = replay_run(store, run_id)
             if view.state is RunState.CANCELLED:
                 raise RunStateError(f"run `{run_id}` was cancelled; start a new run instead.")
             meta = view.meta
@@ -885,7 +850,7 @@ class WorkflowRunner:
             self._check_approvals(prepared.plan, options)
             for warning in view.warnings:
                 self.reporter.warning(warning)
-            journal = Journal(path / "events.jsonl")
+            journal = store.journal(run_id)
             try:
                 journal.append(
                     "run_resumed",
@@ -895,7 +860,7 @@ class WorkflowRunner:
                 )
                 if options.retry_failed:
                     _reset_failed(view, prepared, journal)
-                view = replay(path)
+                view = replay_run(store, run_id)
                 return _Execution(self, prepared, view, journal, options).run()
             finally:
                 journal.close()
@@ -945,6 +910,7 @@ class _Execution:
         options: RunOptions,
     ) -> None:
         self.cfg = runner.cfg
+        self.store = runner.store
         self.delegator = runner.delegator
         self.reporter = runner.reporter
         self.approver = runner.approver
@@ -973,7 +939,6 @@ class _Execution:
         steps = self.steps
         journal = self.journal
         order = [s for group in plan.groups for s in group]
-        cancel_file = self.view.path / CANCEL_FILE
         for s in steps.values():
             if s.state is StepState.WAITING_APPROVAL:
                 s.state = StepState.PENDING
@@ -1012,7 +977,7 @@ class _Execution:
             thread_name_prefix=f"step-{self.run_id[-8:]}",
         ) as pool:
             while True:
-                if not self.cancel.is_set() and cancel_file.exists():
+                if not self.cancel.is_set() and self.store.cancel_requested(self.run_id):
                     self.cancel.set()
                     journal.append("run_cancelled", by="workflow cancel")
                 if self.cancel.is_set():
@@ -1159,7 +1124,7 @@ class _Execution:
         s.skip_kind = kind
         s.finished_at = utcnow_iso()
         self.journal.append("step_skipped", step=s.id, reason=reason, kind=kind)
-        write_json_atomic(self.view.path / f"{s.id}.json", _step_record(s))
+        self.store.write_step(self.run_id, s.id, _step_record(s))
         self.reporter.event("step_skipped", step=s.id, reason=reason)
 
     def _finish(self, s: StepRun, state: StepState, *, error: str | None = None) -> None:
@@ -1167,7 +1132,7 @@ class _Execution:
         s.error = error
         s.finished_at = utcnow_iso()
         s.in_flight = False
-        write_json_atomic(self.view.path / f"{s.id}.json", _step_record(s))
+        self.store.write_step(self.run_id, s.id, _step_record(s))
         self.journal.append(
             "step_finished",
             step=s.id,
@@ -1392,14 +1357,14 @@ class _Execution:
             self.journal.append("run_paused", status=state.value, waiting=waiting)
         else:
             self.journal.append("run_finished", status=state.value)
-        final = replay(view.path)
+        final = replay_run(self.store, view.run_id)
         final.state = state
         for sid, s in steps.items():  # in-memory states are the freshest
             final.steps[sid] = s
         summary = summarize(final, outputs)
         if state in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
             summary["finished_at"] = None
-        write_json_atomic(view.path / "summary.json", summary)
+        self.store.write_summary(view.run_id, summary)
         self.reporter.event("run_finished", run_id=view.run_id, status=state.value, summary=summary)
         return RunResult(view.run_id, state, view.path, summary)
 
@@ -1422,37 +1387,6 @@ def _step_record(s: StepRun) -> dict[str, Any]:
     }
 
 
-class _RunLock:
-    """An exclusive lock on a run directory: one process executes a run at a time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path / ".lock"
-        self._fh: IO[str] | None = None
-
-    def __enter__(self) -> _RunLock:
-        self._fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.seek(0)
-            holder = self._fh.read().strip() or "another process"
-            self._fh.close()
-            raise RunStateError(
-                f"run `{self.path.parent.name}` is being executed right now (pid {holder}); "
-                "wait for it, or `workflow cancel` it."
-            ) from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(str(os.getpid()))
-        self._fh.flush()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-
-
 # ----------------------------------------------------------------------------- around it
 
 
@@ -1464,10 +1398,12 @@ def decide_gate(
     approved: bool,
     reason: str | None = None,
     by: str = "cli",
+    store: RunStore | None = None,
 ) -> dict[str, Any]:
     """Record an approval or rejection of a parked gate (then `workflow resume`)."""
-    path = run_dir(cfg, run_id)
-    view = replay(path)
+    store = store if store is not None else open_store(cfg)
+    run_dir(cfg, run_id, store=store)
+    view = replay_run(store, run_id)
     if step not in view.steps:
         raise UsageError(
             f"run `{run_id}` has no step `{step}`{did_you_mean(step, list(view.steps)) or '.'}"
@@ -1481,7 +1417,7 @@ def decide_gate(
         raise RunStateError(
             f"step `{step}` of run `{run_id}` is not waiting for approval (it is {s.state.value})."
         )
-    journal = Journal(path / "events.jsonl")
+    journal = store.journal(run_id)
     try:
         return journal.append(
             "gate_decided",
@@ -1494,20 +1430,21 @@ def decide_gate(
         journal.close()
 
 
-def cancel_run(cfg: Config, run_id: str) -> RunState:
+def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> RunState:
     """Cancel a run: a running process stops dispatching; a parked run is closed now."""
-    path = run_dir(cfg, run_id)
-    view = replay(path)
+    store = store if store is not None else open_store(cfg)
+    run_dir(cfg, run_id, store=store)
+    view = replay_run(store, run_id)
     if view.state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED):
         raise RunStateError(f"run `{run_id}` has already ended ({view.state.value}).")
-    (path / CANCEL_FILE).write_text(utcnow_iso())
-    lock = _RunLock(path)
+    store.request_cancel(run_id)
+    lock = store.claim(run_id)
     try:
         lock.__enter__()
     except RunStateError:
-        return RunState.RUNNING  # the live process notices the CANCEL file within 0.2 s
+        return RunState.RUNNING  # the live executor notices the request within 0.2 s
     try:
-        journal = Journal(path / "events.jsonl")
+        journal = store.journal(run_id)
         for s in view.steps.values():
             if not s.state.final:
                 journal.append(
@@ -1515,29 +1452,28 @@ def cancel_run(cfg: Config, run_id: str) -> RunState:
                 )
         journal.append("run_cancelled", by="workflow cancel")
         journal.close()
-        final = replay(path)
-        write_json_atomic(path / "summary.json", summarize(final))
+        store.write_summary(run_id, summarize(replay_run(store, run_id)))
     finally:
-        lock.__exit__()
+        lock.__exit__(None, None, None)
     return RunState.CANCELLED
 
 
 def list_runs(
-    cfg: Config, *, limit: int = 20, problems: list[str] | None = None
+    cfg: Config,
+    *,
+    limit: int = 20,
+    problems: list[str] | None = None,
+    store: RunStore | None = None,
 ) -> list[dict[str, Any]]:
     """Recent runs, newest first: id, workflow, status, started, duration.
 
     A run whose record is damaged is left out; its paragraph is appended to ``problems``.
     """
-    base = runs_dir(cfg)
-    if not base.exists():
-        return []
+    store = store if store is not None else open_store(cfg)
     rows: list[dict[str, Any]] = []
-    for path in sorted(base.iterdir(), key=lambda p: p.name, reverse=True)[:limit]:
-        if not (path / "run.json").is_file():
-            continue
+    for rid in sorted(store.list_runs(), reverse=True)[:limit]:
         try:
-            view = replay(path)
+            view = replay_run(store, rid)
         except OrchestratorError as exc:  # left out, and said why; the others still listed
             if problems is not None:
                 problems.append(str(exc))
@@ -1559,13 +1495,13 @@ def list_runs(
     return rows
 
 
-def run_status(cfg: Config, run_id: str) -> dict[str, Any]:
+def run_status(cfg: Config, run_id: str, *, store: RunStore | None = None) -> dict[str, Any]:
     """A run's step table, with why each waiting step waits."""
-    from engine.record import reconcile
-
-    reconcile(cfg.handoffs_dir)
-    path = run_dir(cfg, run_id)
-    view = replay(path)
+    store = store if store is not None else open_store(cfg)
+    store.reconcile(sub=False)
+    path = run_dir(cfg, run_id, store=store)
+    view = replay_run(store, run_id)
+    live = store.claimed(run_id)
     summary = summarize(view)
     now = time.time()
     for sid, s in view.steps.items():
@@ -1575,8 +1511,12 @@ def run_status(cfg: Config, run_id: str) -> dict[str, Any]:
         elif s.state is StepState.RUNNING:
             if s.dispatched_at:
                 waited = now - parse_iso(s.dispatched_at).timestamp()
-                env = read_json(cfg.handoffs_dir / ".pending" / f"{s.delegation_run_id}.json")
-                limit = env.get("timeout_s") if isinstance(env, dict) else None
+                env = (
+                    store.read_pending(s.delegation_run_id, sub=False)
+                    if s.delegation_run_id
+                    else None
+                )
+                limit = env.get("timeout_s") if env is not None else None
                 of = f" of {limit:g} s" if isinstance(limit, int | float) else ""
                 row["waiting"] = f"waiting on `{s.agent}` for {waited:.0f} s{of}"
                 from engine.liveness import latest_progress
@@ -1588,7 +1528,7 @@ def run_status(cfg: Config, run_id: str) -> dict[str, Any]:
                     row["waiting"] += f'; said "{said["text"]}"{age}'
             else:
                 row["waiting"] = "being dispatched"
-            if not _lock_held(path):
+            if not live:
                 row["waiting"] += " (no process is running this run: `workflow resume` it)"
         elif s.state is StepState.WAITING_APPROVAL:
             row["waiting"] = (
@@ -1600,19 +1540,5 @@ def run_status(cfg: Config, run_id: str) -> dict[str, Any]:
 
             row["waiting"] = waiting_line(run_id, sid, s.question)
     summary["run_dir"] = str(path)
-    summary["live"] = _lock_held(path)
+    summary["live"] = live
     return summary
-
-
-def _lock_held(path: Path) -> bool:
-    try:
-        fh = open(path / ".lock", "a+", encoding="utf-8")  # noqa: SIM115
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        fh.close()
-    return False

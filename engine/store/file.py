@@ -32,7 +32,7 @@ from typing import IO, Any
 
 from engine import record as _rec
 from engine.errors import RunStateError
-from engine.files import check_id, utcnow_iso, write_json_atomic, write_json_new
+from engine.files import SAFE_ID, check_id, utcnow_iso, write_json_atomic, write_json_new
 from engine.redact import redact
 from engine.store.protocol import Delivery, Waiter
 
@@ -87,11 +87,11 @@ class FileJournal:
 def read_numbered(path: Path) -> Iterator[tuple[int, Any]]:
     """Each parsed line of a journal with its line number; unparsable lines are left out."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:
             for number, line in enumerate(fh, 1):
                 try:
                     yield number, json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
     except FileNotFoundError:
         return
@@ -153,8 +153,17 @@ def lock_held(path: Path) -> bool:
 class FileRunStore:
     """Today's handoffs directory as a ``RunStore`` (``store: file://<dir>``)."""
 
-    def __init__(self, handoffs_dir: Path) -> None:
+    def __init__(self, handoffs_dir: Path, *, runs_root: Path | None = None) -> None:
         self.root = Path(handoffs_dir)
+        self._runs_root = runs_root if runs_root is not None else self.root / RUNS_DIR
+
+    @classmethod
+    def of_run(cls, run_dir: Path) -> tuple[FileRunStore, str]:
+        """The store holding the run directory ``run_dir``, and the run's id."""
+        run_dir = Path(run_dir)
+        runs = run_dir.parent
+        root = runs.parent if runs.name == RUNS_DIR else runs
+        return cls(root, runs_root=runs), run_dir.name
 
     def __repr__(self) -> str:
         return f"FileRunStore({str(self.root)!r})"
@@ -296,7 +305,7 @@ class FileRunStore:
     @property
     def runs_root(self) -> Path:
         """``<handoffs>/workflows`` (file store only)."""
-        return self.root / RUNS_DIR
+        return self._runs_root
 
     def run_locator(self, run_id: str) -> Path:
         """``<handoffs>/workflows/<run>``."""
@@ -314,27 +323,27 @@ class FileRunStore:
         write_json_atomic(path / RUN_META, meta)
         return path
 
-    def read_run(self, run_id: str) -> dict[str, Any] | None:
-        """``run.json``, or None."""
-        data = _rec.read_json(self.run_locator(run_id) / RUN_META)
-        return data if isinstance(data, dict) else None
+    def read_run(self, run_id: str) -> Any:
+        """``run.json`` as parsed, or None."""
+        return _rec.read_json(self.run_locator(run_id) / RUN_META)
 
     def journal(self, run_id: str) -> FileJournal:
         """The journal file, opened for appending on first use."""
         return FileJournal(self.run_locator(run_id) / EVENTS)
 
-    def events(self, run_id: str) -> list[dict[str, Any]]:
-        """Every complete event of ``events.jsonl``."""
-        return read_events(self.run_locator(run_id) / EVENTS)
+    def events(self, run_id: str) -> list[tuple[int, Any]]:
+        """Every parsable line of ``events.jsonl`` with its line number."""
+        return list(read_numbered(self.run_locator(run_id) / EVENTS))
 
     def write_step(self, run_id: str, step_id: str, data: dict[str, Any]) -> None:
         """``<run>/<step>.json`` atomically."""
         write_json_atomic(self.run_locator(run_id) / f"{check_id(step_id, 'step id')}.json", data)
 
-    def read_step(self, run_id: str, step_id: str) -> dict[str, Any] | None:
-        """``<run>/<step>.json``, or None."""
-        data = _rec.read_json(self.run_locator(run_id) / f"{check_id(step_id, 'step id')}.json")
-        return data if isinstance(data, dict) else None
+    def read_step(self, run_id: str, step_id: str) -> Any:
+        """``<run>/<step>.json`` as parsed, or None."""
+        if not isinstance(step_id, str) or not SAFE_ID.match(step_id):
+            return None
+        return _rec.read_json(self.run_locator(run_id) / f"{step_id}.json")
 
     def write_summary(self, run_id: str, summary: dict[str, Any]) -> None:
         """``<run>/summary.json`` atomically."""

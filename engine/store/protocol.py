@@ -217,24 +217,29 @@ class RunStore(Protocol):
         """Create (or rewrite the metadata of) workflow run ``run_id``."""
         ...
 
-    def read_run(self, run_id: str) -> dict[str, Any] | None:
-        """The metadata of ``run_id`` (workflow, inputs, plan, fingerprint), or None."""
+    def read_run(self, run_id: str) -> Any:
+        """The metadata of ``run_id`` (workflow, inputs, plan, fingerprint) as stored,
+        whatever its shape (the runner checks it), or None when missing or unreadable."""
         ...
 
     def journal(self, run_id: str) -> Journal:
         """The journal of ``run_id`` to append to (close it when done)."""
         ...
 
-    def events(self, run_id: str) -> list[dict[str, Any]]:
-        """The journal of ``run_id`` in order (a torn last event is left out)."""
+    def events(self, run_id: str) -> list[tuple[int, Any]]:
+        """The journal of ``run_id`` in order, each entry with its 1-based position
+        (a file's line number), for replay to name what it skips. An entry that is not
+        JSON (a torn last line) is left out; one that is JSON but not an event object
+        is kept as it is."""
         ...
 
     def write_step(self, run_id: str, step_id: str, data: dict[str, Any]) -> None:
         """Save the result of a finished (or skipped) step."""
         ...
 
-    def read_step(self, run_id: str, step_id: str) -> dict[str, Any] | None:
-        """The result of step ``step_id`` of ``run_id``, or None."""
+    def read_step(self, run_id: str, step_id: str) -> Any:
+        """The result of step ``step_id`` of ``run_id`` as stored, whatever its shape,
+        or None when missing, unreadable or not a usable step id."""
         ...
 
     def write_summary(self, run_id: str, summary: dict[str, Any]) -> None:
