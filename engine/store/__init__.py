@@ -50,30 +50,31 @@ SCHEMES = ("file",)
 
 def store_url_problem(url: str) -> str | None:
     """Why ``url`` is not a usable ``store:`` value, or None (for the config's report)."""
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES:
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
         known = ", ".join(f"`{s}://`" for s in SCHEMES)
         return (
-            f"`store`: `{parts.scheme or url}` is not a known store scheme; use one of "
+            f"`store`: `{scheme or url}` is not a known store scheme; use one of "
             f"{known} (e.g. `store: file://./handoffs`)."
         )
-    if parts.netloc not in ("", "localhost", ".", ".."):
-        return (
-            f"`store`: `{url}` names the host `{parts.netloc}`; a file store is a local "
-            "directory: `file:///abs/dir` or `file://./rel/dir`."
-        )
-    if not (parts.netloc + parts.path).strip("/") and parts.path != "/":
+    if not _file_part(url).strip():
         return f"`store`: `{url}` has no directory; write `file://./handoffs`."
     return None
 
 
+def _file_part(url: str) -> str:
+    """What follows ``file://`` (``localhost/`` dropped): an absolute or relative path."""
+    rest = url.split(":", 1)[1]
+    rest = rest[2:] if rest.startswith("//") else rest
+    if rest.startswith("localhost/"):
+        rest = rest[len("localhost") :]
+    return unquote(rest)
+
+
 def store_path(url: str, base: Path) -> Path:
-    """The directory of a ``file://`` store URL (relative ones against ``base``)."""
-    parts = urlsplit(url)
-    raw = unquote(parts.path)
-    if parts.netloc in (".", ".."):
-        raw = parts.netloc + raw
-    p = Path(raw).expanduser()
+    """The directory of a ``file://`` store URL: ``file:///abs/dir``, ``file://./dir``
+    or ``file://dir`` (relative ones against ``base``, the config's directory)."""
+    p = Path(_file_part(url)).expanduser()
     return (p if p.is_absolute() else base / p).resolve()
 
 

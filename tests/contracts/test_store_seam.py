@@ -1,0 +1,83 @@
+"""The delegator takes any RunStore and any HandoffSignals: injected, never found globally.
+
+A real delegation through the embedded demo gateway runs over a store that counts what
+the delegator asks of it, and wakes through polling signals instead of inotify: the
+shared inotify watchers are never created, and every store operation is a semantic one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from engine import watch
+from engine.config import Config
+from engine.delegate import DelegationRequest, open_delegator
+from engine.store import FileRunStore, RunStore, Waiter
+
+
+class CountingStore(FileRunStore):
+    """The file store, counting each operation the engine calls on it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.calls: Counter[str] = Counter()
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if callable(attr) and not name.startswith("_") and name != "calls":
+            super().__getattribute__("calls")[name] += 1
+        return attr
+
+
+class PollingWaiter:
+    """Wakes when the store says a handoff is there; looks every 20 ms."""
+
+    def __init__(self, store: RunStore, run_id: str, sub: bool) -> None:
+        self._store, self._run_id, self._sub = store, run_id, sub
+        self._closed = threading.Event()
+
+    def wait(self, timeout: float | None) -> bool:
+        limit = 60.0 if timeout is None else timeout
+        for _ in range(max(1, int(limit / 0.02))):
+            if self._store.has_handoff(self._run_id, sub=self._sub):
+                return True
+            if self._closed.wait(0.02):
+                return False
+        return False
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class PollingSignals:
+    """A second HandoffSignals: no inotify, no watcher registry."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.expected: list[str] = []
+
+    def expect(self, run_id: str, *, sub: bool) -> Waiter:
+        self.expected.append(run_id)
+        return PollingWaiter(self.store, run_id, sub)
+
+
+def test_a_delegation_runs_over_the_injected_store_and_signals(demo_cfg: Config) -> None:
+    store = CountingStore(demo_cfg.handoffs_dir)
+    signals = PollingSignals(store)
+    with open_delegator(demo_cfg, store=store, signals=signals) as delegator:
+        assert delegator.store is store and delegator.signals is signals
+        result = delegator.delegate(
+            DelegationRequest(target="webster", task="Find CTE of Zerodur", caller="manager")
+        )
+    assert result.outcome.value == "complete", result.record
+    assert signals.expected == [result.run_id]
+    assert store.calls["pending"] == 1  # one envelope write before dispatch, none after
+    assert store.calls["deliver"] >= 1
+    assert store.calls["finalize"] == 0
+    record = store.read(result.run_id, sub=False)
+    assert record is not None and record["status"] == "complete"
+    assert record["envelope"]["host"] and record["envelope"]["renewed_at"]
+    assert watch._registry == {}  # no shared inotify watcher was created
