@@ -23,15 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import HandoffError
-from engine.files import check_id, utcnow_iso, write_json_atomic, write_json_new
-from engine.record import INBOX_DIR
+from engine.files import utcnow_iso, write_json_atomic, write_json_new
 
 SCHEMA_VERSION = "1.1"
 #: The version before keys; accepted only under ``handoff_key: optional``.
 LEGACY_SCHEMA_VERSION = "1.0"
 STATUSES = ("complete", "partial", "blocked", "failed")
 CONFIDENCES = ("high", "medium", "low")
-SUB_DIR = "sub"
 #: The handoff field that carries the delegation's key back.
 KEY_FIELD = "key"
 #: ``handoff_key`` settings: a missing key is refused, or accepted as ``unverified``.
@@ -64,20 +62,26 @@ class HandoffProblem(HandoffError):
 
 
 def records_dir(handoffs_dir: Path, *, sub: bool = False) -> Path:
-    """Where the records of top-level (or sub-) delegations are."""
-    return handoffs_dir / SUB_DIR if sub else handoffs_dir
+    """Where the records of top-level (or sub-) delegations are, on a file store
+    (``engine.store.FileRunStore``, which alone knows the layout)."""
+    from engine.store import FileRunStore
+
+    return FileRunStore(handoffs_dir).records_dir(sub=sub)
 
 
 def handoff_path(handoffs_dir: Path, run_id: str, *, sub: bool = False) -> Path:
-    """Where the agent delivers the handoff of ``run_id``: ``<records>/inbox/<runId>.json``."""
-    check_id(run_id, "run id")
-    return records_dir(handoffs_dir, sub=sub) / INBOX_DIR / f"{run_id}.json"
+    """Where the agent delivers the handoff of ``run_id`` on a file store
+    (``RunStore.handoff_target``)."""
+    from engine.store import FileRunStore
+
+    return FileRunStore(handoffs_dir).handoff_target(run_id, sub=sub)
 
 
 def record_path(handoffs_dir: Path, run_id: str, *, sub: bool = False) -> Path:
-    """Where the engine records ``run_id``: ``<records>/<runId>.json`` (handoff + envelope)."""
-    check_id(run_id, "run id")
-    return records_dir(handoffs_dir, sub=sub) / f"{run_id}.json"
+    """Where the engine records ``run_id`` on a file store (``RunStore.record_locator``)."""
+    from engine.store import FileRunStore
+
+    return FileRunStore(handoffs_dir).record_locator(run_id, sub=sub)
 
 
 def make_handoff(
