@@ -647,9 +647,9 @@ def answer_cmd(
 def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
     """Show the record of a delegation (merging a late handoff first)."""
     from engine.delegate import DelegationResult, Outcome
-    from engine.record import find_record
+    from engine.store import open_store
 
-    path, rec = find_record(_load(config).handoffs_dir, run_id)
+    path, rec = open_store(_load(config)).find(run_id)
     if as_json:
         _dump(rec)
         return 0
@@ -706,11 +706,11 @@ def tree_cmd(run_id: str, as_json: bool, config: str | None) -> int:
     """Print the delegation tree of RUN_ID: its sub-delegations, with statuses."""
     from engine.errors import RunStateError
     from engine.files import check_id
-    from engine.record import delegation_tree
+    from engine.store import open_store
 
     cfg = _load(config)
     check_id(run_id, "run id")
-    root = delegation_tree(cfg.handoffs_dir, run_id)
+    root = open_store(cfg).tree(run_id)
     if root is None:
         raise RunStateError(f"no delegation `{run_id}` in `{cfg.handoffs_dir}`.")
     if as_json:
