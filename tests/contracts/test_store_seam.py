@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from engine import watch
 from engine.config import Config
 from engine.delegate import DelegationRequest, open_delegator
@@ -81,3 +83,50 @@ def test_a_delegation_runs_over_the_injected_store_and_signals(demo_cfg: Config)
     assert record is not None and record["status"] == "complete"
     assert record["envelope"]["host"] and record["envelope"]["renewed_at"]
     assert watch._registry == {}  # no shared inotify watcher was created
+
+
+def test_a_long_wait_renews_its_envelope(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readers on other hosts see a waiter alive by ``renewed_at``: a long wait rewrites it."""
+    import engine.delegate
+    from engine.config import load_config
+    from engine.files import new_run_id, parse_iso
+    from tests.conftest import demo_config, gated_agent, write_config
+
+    go = tmp_path / "go"
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = gated_agent(go)
+    cfg = load_config(write_config(tmp_path, raw))
+    monkeypatch.setattr(engine.delegate, "RENEW_EVERY", 0.05)
+    run_id = new_run_id()
+    store = FileRunStore(cfg.handoffs_dir)
+    pending_dir = store.records_dir(sub=False) / ".pending"
+    waiter = watch.watcher_for(pending_dir).expect(f"{run_id}.json")
+    results: list[Any] = []
+    with open_delegator(cfg, store=store) as delegator:
+        worker = threading.Thread(
+            target=lambda: results.append(
+                delegator.delegate(
+                    DelegationRequest(target="webster", task="t", caller="manager", run_id=run_id)
+                )
+            )
+        )
+        worker.start()
+        try:
+            stamps: list[str] = []
+            for _ in range(200):  # each write of the envelope wakes the watch
+                waiter.wait(10)
+                env = store.read_pending(run_id, sub=False)
+                if env is not None and env["renewed_at"] not in stamps:
+                    stamps.append(env["renewed_at"])
+                if len(stamps) >= 3:
+                    break
+        finally:
+            go.touch()
+            worker.join(60)
+            waiter.close()
+    assert len(stamps) >= 3, stamps
+    assert [parse_iso(s) for s in stamps] == sorted(parse_iso(s) for s in stamps)
+    assert results and results[0].outcome.value == "complete", results
+    assert store.read_pending(run_id, sub=False) is None
