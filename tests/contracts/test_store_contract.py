@@ -12,6 +12,8 @@ given its host, clock and PID check where a rule depends on them.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,15 +32,22 @@ from engine.store.liveness import this_host
 
 @dataclass
 class Backend:
-    """Makes stores over one shared location."""
+    """Makes stores over one shared location; ``child`` is Python source that defines
+    ``store``, the same store opened in another process (None: in-process only)."""
 
     name: str
     make: Callable[[], RunStore]
+    child: str | None = None
 
 
 def _file_backend(tmp_path: Path) -> Backend:
     root = tmp_path / "handoffs"
-    return Backend("file", lambda: FileRunStore(root))
+    child = (
+        "from pathlib import Path\n"
+        "from engine.store import FileRunStore\n"
+        f"store = FileRunStore(Path({str(root)!r}))\n"
+    )
+    return Backend("file", lambda: FileRunStore(root), child)
 
 
 BACKENDS: dict[str, Callable[[Path], Backend]] = {"file": _file_backend}
@@ -321,6 +330,73 @@ class TestRuns:
         assert not b.cancel_requested(run_id)
         a.request_cancel(run_id)
         assert b.cancel_requested(run_id)
+
+
+class TestProcesses:
+    """What another process (another executor, another waiter) sees through the store."""
+
+    def _child(self, backend: Backend, body: str) -> subprocess.Popen[str]:
+        if backend.child is None:
+            pytest.skip(f"the {backend.name} store is not shared between processes")
+        return subprocess.Popen(
+            [sys.executable, "-c", backend.child + body],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+
+    def test_a_run_claimed_by_another_process(self, backend: Backend) -> None:
+        store = backend.make()
+        run_id = new_run_id("wf")
+        store.create_run(run_id, {"runId": run_id})
+        child = self._child(
+            backend,
+            f"import sys\nwith store.claim({run_id!r}):\n"
+            "    print('held', flush=True)\n    sys.stdin.readline()\n",
+        )
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "held"
+            assert store.claimed(run_id)
+            with pytest.raises(RunStateError, match=f"pid {child.pid}"):
+                with store.claim(run_id):
+                    pass
+        finally:
+            assert child.stdin is not None
+            child.stdin.write("done\n")
+            child.stdin.close()
+            assert child.wait(30) == 0
+            assert child.stdout is not None
+            child.stdout.close()
+        assert not store.claimed(run_id)
+
+    def test_a_waiter_in_another_process_is_alive_until_it_exits(
+        self, backend: Backend
+    ) -> None:
+        store = backend.make()
+        run_id, key = new_run_id(), new_key()
+        env = _envelope(key)
+        child = self._child(
+            backend,
+            "import os, sys\n"
+            f"env = dict({env!r}, pid=os.getpid())\n"
+            f"store.pending({run_id!r}, env, sub=False)\n"
+            "print('waiting', flush=True)\nsys.stdin.readline()\n",
+        )
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "waiting"
+            store.put_handoff(run_id, _handoff(run_id, key), sub=False)
+            assert store.deliver(run_id, sub=False).state == "waiting"
+        finally:
+            assert child.stdin is not None
+            child.stdin.write("done\n")
+            child.stdin.close()
+            assert child.wait(30) == 0
+            assert child.stdout is not None
+            child.stdout.close()
+        assert store.reconcile(sub=False) == [store.record_locator(run_id, sub=False)]
+        record = store.read(run_id, sub=False)
+        assert record is not None and record["status"] == "complete"
 
 
 class TestSignals:
