@@ -42,9 +42,10 @@ from engine.errors import (
 )
 from engine.files import check_id, new_run_id, parse_iso, utcnow_iso
 from engine.reporter import Reporter
-from engine.store import FileRunStore, Journal, RunStore, open_store
-from engine.store.file import CANCEL_FILE as CANCEL_FILE  # the names runner always had
-from engine.store.file import RUNS_DIR
+from engine.store import FileRunStore, RunStore, open_store
+from engine.store import Journal as RunJournal
+from engine.store.file import CANCEL_FILE as CANCEL_FILE  # names runner always had
+from engine.store.file import RUNS_DIR, FileJournal
 from engine.store.file import read_events as read_events
 
 
@@ -278,6 +279,11 @@ def fingerprint_parts(cfg: Config, prepared: Prepared) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- journal
+
+
+#: The journal file of a run directory, by the name runner always had; the engine itself
+#: gets journals from its store (``RunStore.journal``).
+Journal = FileJournal
 
 
 # ----------------------------------------------------------------------------- run state
@@ -668,7 +674,7 @@ def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str,
 class _StepReporter(Reporter):
     """Journals the delegation events of steps, and forwards everything to the user's."""
 
-    def __init__(self, inner: Reporter, journal: Journal, steps_by_run: dict[str, str]) -> None:
+    def __init__(self, inner: Reporter, journal: RunJournal, steps_by_run: dict[str, str]) -> None:
         self.inner = inner
         self.journal = journal
         self.steps_by_run = steps_by_run
@@ -875,7 +881,7 @@ class WorkflowRunner:
                 raise UsageError(f"`--approve {step}`: that step has no approval gate.")
 
 
-def _reset_failed(view: RunView, prepared: Prepared, journal: Journal) -> None:
+def _reset_failed(view: RunView, prepared: Prepared, journal: RunJournal) -> None:
     """Journal a reset of what ``--retry-failed`` runs again.
 
     That is every step that ended in a retryable state, every step skipped only because
@@ -906,7 +912,7 @@ class _Execution:
         runner: WorkflowRunner,
         prepared: Prepared,
         view: RunView,
-        journal: Journal,
+        journal: RunJournal,
         options: RunOptions,
     ) -> None:
         self.cfg = runner.cfg

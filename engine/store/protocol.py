@@ -73,6 +73,11 @@ class Waiter(Protocol):
         True when woken by a signal. A spurious wake is allowed: the caller looks."""
         ...
 
+    def wake(self) -> None:
+        """Wake the wait now (something else than a handoff needs a look: the agent's
+        run ended, a repair is due)."""
+        ...
+
     def close(self) -> None:
         """Stop waiting (idempotent)."""
         ...

@@ -40,15 +40,20 @@ class PollingWaiter:
     def __init__(self, store: RunStore, run_id: str, sub: bool) -> None:
         self._store, self._run_id, self._sub = store, run_id, sub
         self._closed = threading.Event()
+        self._woken = threading.Event()
 
     def wait(self, timeout: float | None) -> bool:
         limit = 60.0 if timeout is None else timeout
         for _ in range(max(1, int(limit / 0.02))):
-            if self._store.has_handoff(self._run_id, sub=self._sub):
+            if self._store.has_handoff(self._run_id, sub=self._sub) or self._woken.is_set():
+                self._woken.clear()
                 return True
             if self._closed.wait(0.02):
                 return False
         return False
+
+    def wake(self) -> None:
+        self._woken.set()
 
     def close(self) -> None:
         self._closed.set()
