@@ -607,9 +607,8 @@ class LocalGateway:
     def _progress(self, raw_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
         from engine.errors import OrchestratorError
         from engine.files import check_id
-        from engine.handoff import SUB_DIR
+        from engine.handoff import records_dir
         from engine.liveness import report_progress
-        from engine.record import PENDING_DIR
 
         run_id = unquote(raw_id)
         try:
@@ -622,11 +621,10 @@ class LocalGateway:
         text = data.get("text") if isinstance(data, dict) else None
         if not isinstance(text, str):
             return 400, {"ok": False, "error": "send {\"text\": \"what you are doing\"}"}
-        base = self.cfg.handoffs_dir
-        sub = base / SUB_DIR
-        records = sub if (sub / PENDING_DIR / f"{run_id}.json").exists() else base
-        if not (records / PENDING_DIR / f"{run_id}.json").exists():
+        in_sub = self.store.read_pending(run_id, sub=True) is not None
+        if not in_sub and self.store.read_pending(run_id, sub=False) is None:
             return 404, {"ok": False, "error": f"run `{run_id}` is not in flight here"}
+        records = records_dir(self.cfg.handoffs_dir, sub=in_sub)  # progress: file store only
         try:
             report_progress(records, run_id, text)
         except OrchestratorError as exc:
