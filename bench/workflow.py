@@ -65,7 +65,7 @@ def main() -> int:
     ap.add_argument("--layer", type=int, default=50)
     args = ap.parse_args()
 
-    from engine.dag import dry_run_text
+    from engine.planview import dry_run_text
     from engine.delegate import DelegationRequest, open_delegator
     from engine.runner import RunOptions, RunState, WorkflowRunner, prepare
 

@@ -27,8 +27,8 @@ import httpx
 
 from engine.config import Config
 from engine.errors import ConfigError, HookError, UsageError, did_you_mean
-from engine.hooks import retry_after_seconds
 from engine.redact import redact, register, register_url
+from engine.retry import Backoff, GiveUp, retry_after_seconds, send_with_retries
 
 #: Discord's REST API root, used when ``channels.base_url`` is not set.
 DISCORD_API = "https://discord.com/api/v10"
@@ -249,51 +249,45 @@ def _fetch(
 ) -> list[Mapping[str, Any]]:
     """GET the messages, retrying 429 (as told), 5xx and connection failures a few times."""
     where = f"Discord channel `{name}` (id {channel_id})"
-    retries = 0
-    while True:
-        try:
-            resp = http.get(url, params={"limit": limit}, headers=headers)
-        except httpx.TimeoutException:
-            reason = "no answer in time"
-            wait = _server_delay(retries)
-        except httpx.TransportError as exc:
-            text = str(exc) or type(exc).__name__
-            reason = (
-                "connection refused"
-                if "refused" in text.lower()
-                else _scrub(f"{type(exc).__name__}: {text}"[:200], token)
-            )
-            wait = _server_delay(retries)
-        else:
-            code = resp.status_code
-            if code == 200:
-                return _messages(resp, where)
-            if code == 429:
-                wait = _rate_limit_wait(resp)
-                reason = f"rate limited (429), asked to wait {wait:g} s"
-                if wait > MAX_RETRY_WAIT:
-                    raise HookError(
-                        f"{where}: Discord rate-limited the bot for {wait:g} s; try again later.",
-                        status_code=429,
-                    )
-            elif code >= 500:
-                reason = f"HTTP {code}"
-                wait = _server_delay(retries)
-            else:
-                raise _refusal(resp, where, name, channel_id, token_env, token)
-        if retries >= MAX_RETRIES:
-            raise HookError(
-                redact(
-                    f"cannot read {where} at {url}: gave up after {retries + 1} attempts "
-                    f"(last: {reason}). Check the network and `channels.base_url`."
-                ),
-            )
-        retries += 1
-        sleep(wait)
 
+    def server_wait(resp: httpx.Response) -> float | None:
+        return _rate_limit_wait(resp) if resp.status_code == 429 else None
 
-def _server_delay(retries: int) -> float:
-    return SERVER_ERROR_DELAYS[min(retries, len(SERVER_ERROR_DELAYS) - 1)]
+    def describe(resp: httpx.Response) -> str:
+        if resp.status_code == 429:
+            return f"rate limited (429), asked to wait {_rate_limit_wait(resp):g} s"
+        return f"HTTP {resp.status_code}"
+
+    done = send_with_retries(
+        lambda _timeout: http.get(url, params={"limit": limit}, headers=headers),
+        Backoff(
+            SERVER_ERROR_DELAYS[:MAX_RETRIES],
+            max_wait=MAX_RETRY_WAIT,
+            server_wait_replaces=True,
+        ),
+        accept=lambda r: r.status_code == 200,
+        retryable=lambda r: r.status_code == 429 or r.status_code >= 500,
+        describe=describe,
+        server_wait=server_wait,
+        scrub=lambda text: _scrub(text, token),
+        sleep=sleep,
+    )
+    resp = done.response
+    if resp is not None and done.accepted:
+        return _messages(resp, where)
+    if resp is not None:
+        raise _refusal(resp, where, name, channel_id, token_env, token)
+    if done.gave_up is GiveUp.WAIT_TOO_LONG:
+        raise HookError(
+            f"{where}: Discord rate-limited the bot for {done.delay or 0:g} s; try again later.",
+            status_code=429,
+        )
+    raise HookError(
+        redact(
+            f"cannot read {where} at {url}: gave up after {done.attempts} attempts "
+            f"(last: {done.reason}). Check the network and `channels.base_url`."
+        ),
+    )
 
 
 def _rate_limit_wait(resp: httpx.Response) -> float:

@@ -1,4 +1,4 @@
-"""The planner: a workflow's step graph, every check before dispatch, and the dry-run plan.
+"""The planner: a workflow's step graph and every check before dispatch.
 
 Pure: no IO. ``plan_workflow`` turns a ``WorkflowSpec`` into a ``Plan`` (agents chosen,
 parallel groups in order) or raises one WorkflowError listing every problem found::
@@ -7,7 +7,7 @@ parallel groups in order) or raises one WorkflowError listing every problem foun
     plan = plan_workflow(spec, registry=registry, acl=acl, inputs={"query": "CTE of ULE"},
                          caller="manager", validator=cfg.validator, renderer=renderer)
     plan.groups                       # [["research"], ["verify"]]
-    print(dry_run_text(plan, renderer))
+    print(dry_run_text(plan, renderer))  # engine.planview draws it
 
 The dry run, and the planner's trial render, give every upstream step the placeholder
 result ``<result of ID>`` with status ``complete`` and confidence ``high``.
@@ -15,13 +15,12 @@ result ``<result of ID>`` with status ``complete`` and confidence ``high``.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import AclDeniedError, UsageError, WorkflowError, did_you_mean
-from engine.workflow import StepSpec, TaskRenderer, WorkflowSpec
+from engine.errors import AclDeniedError, WorkflowError, did_you_mean
+from engine.renderer import TaskRenderer
+from engine.workflow import StepSpec, WorkflowSpec
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
     from engine.acl import Acl
     from engine.registry import Registry
 
-GRAPH_FORMATS = ("mermaid", "dot")
 #: The run id shown in a dry run, where ``{{ run.id }}`` is not known yet.
 PLACEHOLDER_RUN_ID = "<run id>"
 
@@ -159,21 +157,61 @@ def plan_workflow(
     if renderer is None:
         renderer = TaskRenderer(spec)
     problems: list[str] = []
+    first, position = _unique_steps(spec, problems)
+    graph = _step_graph(first, problems)
+    # is_directed_acyclic_graph is fast; find_cycle on a big acyclic graph is not.
+    acyclic = nx.is_directed_acyclic_graph(graph)
+    if not acyclic:
+        problems.extend(_cycle_problems(graph, position))
+    upstream = _Upstream(graph, position, acyclic)
+    who = caller or spec.caller
+    known = _known_caller(who, registry, problems)
+    planned = {
+        step.id: _plan_step(step, first, registry, acl, known, validator, problems)
+        for step in first.values()
+    }
+    resolved = _resolve_inputs(spec, inputs, problems)
+    problems.extend(renderer.problems)
+    skip = _step_reference_problems(spec, renderer, first, upstream, problems)
+    skip_outputs = _output_reference_problems(spec, renderer, first, problems)
+    trial_inputs = {n: resolved.get(n, f"<input {n}>") for n in spec.inputs}
+    _trial_render(spec, renderer, first, upstream, trial_inputs, skip, skip_outputs, problems)
+    if problems:
+        raise WorkflowError(f"`{spec.path}` cannot run:", path=spec.path, problems=problems)
+    assert who is not None  # a missing caller is a problem above
+    groups = [sorted(gen, key=position.__getitem__) for gen in nx.topological_generations(graph)]
+    return Plan(
+        workflow=spec,
+        caller=who,
+        inputs=resolved,
+        steps=planned,
+        groups=groups,
+        graph=graph,
+    )
 
-    # Step ids and the graph.
+
+def _unique_steps(
+    spec: WorkflowSpec, problems: list[str]
+) -> tuple[dict[str, StepSpec], dict[str, int]]:
+    """The first step of each id, and each id's position; a repeated id is a problem."""
     position: dict[str, int] = {}
     first: dict[str, StepSpec] = {}
-    for step in spec.steps:
-        if step.id in first:
-            continue
-        position[step.id] = len(position)
-        first[step.id] = step
     counts: dict[str, int] = {}
     for step in spec.steps:
         counts[step.id] = counts.get(step.id, 0) + 1
+        if step.id not in first:
+            position[step.id] = len(position)
+            first[step.id] = step
     for sid, n in counts.items():
         if n > 1:
             problems.append(f"step id `{sid}` is used by {n} steps; step ids must be unique.")
+    return first, position
+
+
+def _step_graph(first: dict[str, StepSpec], problems: list[str]) -> nx.DiGraph:
+    """The dependency graph; a self, repeated or unknown dependency is a problem (no edge)."""
+    import networkx as nx
+
     ids = list(first)
     graph = nx.DiGraph()
     graph.add_nodes_from(ids)
@@ -192,47 +230,57 @@ def plan_workflow(
             else:
                 graph.add_edge(dep, step.id)
             seen.add(dep)
-    # is_directed_acyclic_graph is fast; find_cycle on a big acyclic graph is not.
-    acyclic = nx.is_directed_acyclic_graph(graph)
-    if not acyclic:
-        problems.extend(_cycle_problems(graph, position))
-    upstream = _Upstream(graph, position, acyclic)
+    return graph
 
-    # Caller, agents, capabilities, the ACL, validators.
-    who = caller or spec.caller
-    caller_known = False
+
+def _known_caller(who: str | None, registry: Registry, problems: list[str]) -> str | None:
+    """``who`` when it is a registered agent; else None and the problem."""
     if who is None:
         problems.append(
             "no caller: give the workflow a `caller` key or pass `--caller NAME` "
             "(the agent on whose behalf the steps are delegated, e.g. `manager`)."
         )
-    elif who not in registry.agents:
+        return None
+    if who not in registry.agents:
         problems.append(
             f"unknown caller `{who}`{did_you_mean(who, registry.names) or '.'} "
             f"Known agents: {', '.join(registry.names)}."
         )
-    else:
-        caller_known = True
-    planned: dict[str, PlannedStep] = {}
-    for step in first.values():
-        candidates = _candidates(step, registry, acl, who if caller_known else None, problems)
-        agent = candidates[0] if candidates else None
-        checker = who if caller_known else None
-        checked_validator = _validator(step, agent, registry, acl, checker, validator, problems)
-        planned[step.id] = PlannedStep(
-            id=step.id,
-            agent=agent,
-            candidates=candidates,
-            depends_on=tuple(dict.fromkeys(d for d in step.depends_on if d in first)),
-            validator=checked_validator,
-            spec=step,
-        )
+        return None
+    return who
 
-    # Inputs.
-    resolved = _resolve_inputs(spec, inputs, problems)
 
-    # Templates: syntax, references, then a trial render of what is left.
-    problems.extend(renderer.problems)
+def _plan_step(
+    step: StepSpec,
+    first: dict[str, StepSpec],
+    registry: Registry,
+    acl: Acl,
+    caller: str | None,
+    validator: str | None,
+    problems: list[str],
+) -> PlannedStep:
+    """One step's agent, candidates and validator, checked against the registry and ACL."""
+    candidates = _candidates(step, registry, acl, caller, problems)
+    agent = candidates[0] if candidates else None
+    return PlannedStep(
+        id=step.id,
+        agent=agent,
+        candidates=candidates,
+        depends_on=tuple(dict.fromkeys(d for d in step.depends_on if d in first)),
+        validator=_validator(step, agent, registry, acl, caller, validator, problems),
+        spec=step,
+    )
+
+
+def _step_reference_problems(
+    spec: WorkflowSpec,
+    renderer: TaskRenderer,
+    first: dict[str, StepSpec],
+    upstream: _Upstream,
+    problems: list[str],
+) -> set[str]:
+    """Steps whose templates read a step that is not upstream or an unknown input."""
+    ids = list(first)
     skip: set[str] = set()
     for step in first.values():
         for field_name, refs in renderer.references(step.id).items():
@@ -245,46 +293,54 @@ def plan_workflow(
                 if name not in spec.inputs:
                     problems.append(_input_ref_problem(f"step `{step.id}`", field_name, name, spec))
                     skip.add(step.id)
-    skip_outputs: set[str] = set()
+    return skip
+
+
+def _output_reference_problems(
+    spec: WorkflowSpec, renderer: TaskRenderer, first: dict[str, StepSpec], problems: list[str]
+) -> set[str]:
+    """Outputs whose templates read an unknown step or input."""
+    ids = list(first)
+    skip: set[str] = set()
     for out_name, refs in renderer.output_references().items():
         for ref in sorted(refs.steps):
             if ref not in first:
                 problems.append(_unknown_step_problem(f"output `{out_name}`", None, ref, ids))
-                skip_outputs.add(out_name)
+                skip.add(out_name)
         for name in sorted(refs.inputs):
             if name not in spec.inputs:
                 problems.append(_input_ref_problem(f"output `{out_name}`", None, name, spec))
-                skip_outputs.add(out_name)
+                skip.add(out_name)
+    return skip
 
-    trial_inputs = {n: resolved.get(n, f"<input {n}>") for n in spec.inputs}
+
+def _trial_render(
+    spec: WorkflowSpec,
+    renderer: TaskRenderer,
+    first: dict[str, StepSpec],
+    upstream: _Upstream,
+    trial_inputs: dict[str, str],
+    skip: set[str],
+    skip_outputs: set[str],
+    problems: list[str],
+) -> None:
+    """Render every template not already found wrong, with placeholder upstream results."""
     placeholders = _Placeholders()
     for step in first.values():
         if step.id in skip or renderer.is_broken(step.id):
             continue
         ctx = _context(spec, trial_inputs, _trial_steps(step.id, renderer, upstream, placeholders))
         problems.extend(_trial_problems(step, renderer, ctx))
-    if spec.outputs:
-        ctx = _context(spec, trial_inputs, {s: placeholders[s] for s in ids})
-        for out_name in spec.outputs:
-            if out_name in skip_outputs or out_name not in renderer.output_references():
-                continue
-            try:
-                renderer.render_output(out_name, ctx)
-            except WorkflowError as exc:
-                problems.append(exc.message)
-
-    if problems:
-        raise WorkflowError(f"`{spec.path}` cannot run:", path=spec.path, problems=problems)
-    assert who is not None  # a missing caller is a problem above
-    groups = [sorted(gen, key=position.__getitem__) for gen in nx.topological_generations(graph)]
-    return Plan(
-        workflow=spec,
-        caller=who,
-        inputs=resolved,
-        steps=planned,
-        groups=groups,
-        graph=graph,
-    )
+    if not spec.outputs:
+        return
+    ctx = _context(spec, trial_inputs, {s: placeholders[s] for s in first})
+    for out_name in spec.outputs:
+        if out_name in skip_outputs or out_name not in renderer.output_references():
+            continue
+        try:
+            renderer.render_output(out_name, ctx)
+        except WorkflowError as exc:
+            problems.append(exc.message)
 
 
 def _cycle_problems(graph: nx.DiGraph, position: dict[str, int]) -> list[str]:
@@ -513,11 +569,11 @@ def _trial_problems(step: StepSpec, renderer: TaskRenderer, ctx: dict[str, Any])
     return out
 
 
-# --------------------------------------------------------------------------- dry run
+def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, Any]]:
+    """Each step's task (and gate prompt) rendered with placeholder upstream results.
 
-
-def _rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, Any]]:
-    """Each step's task (and gate prompt) rendered with placeholder upstream results."""
+    What a dry run shows; the same placeholders as the planner's trial render.
+    """
     import networkx as nx
 
     spec = plan.workflow
@@ -534,242 +590,7 @@ def _rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, A
     return out
 
 
-def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
-    """The plan as JSON-ready data: groups in order and every step rendered."""
-    spec = plan.workflow
-    rendered = _rendered_steps(plan, renderer)
-    group_of = {sid: i for i, group in enumerate(plan.groups, 1) for sid in group}
-    steps = []
-    for group in plan.groups:
-        for sid in group:
-            p = plan.steps[sid]
-            s = p.spec
-            steps.append(
-                {
-                    "id": sid,
-                    "group": group_of[sid],
-                    "agent": p.agent,
-                    "capability": s.capability,
-                    "candidates": list(p.candidates),
-                    "depends_on": list(p.depends_on),
-                    "when": s.when,
-                    "gate": (
-                        {"prompt": rendered[sid]["gate_prompt"], "when": s.gate.when}
-                        if s.gate is not None
-                        else None
-                    ),
-                    "validator": p.validator,
-                    "timeout": s.timeout,
-                    "retries": s.retries,
-                    "on_failure": s.on_failure,
-                    "options": dict(s.options),
-                    "task": rendered[sid]["task"],
-                }
-            )
+def rendered_outputs(plan: Plan, renderer: TaskRenderer) -> dict[str, str]:
+    """The workflow's outputs rendered with every step's placeholder result."""
     all_steps = {sid: placeholder_result(sid) for sid in plan.steps}
-    outputs = renderer.render_outputs(_context(spec, plan.inputs, all_steps))
-    return {
-        "workflow": spec.name,
-        "version": spec.version,
-        "path": str(spec.path),
-        "caller": plan.caller,
-        "inputs": dict(plan.inputs),
-        "groups": [list(g) for g in plan.groups],
-        "steps": steps,
-        "outputs": outputs,
-        "placeholders": {
-            "result": "<result of ID>",
-            "status": "complete",
-            "confidence": "high",
-            "run_id": PLACEHOLDER_RUN_ID,
-        },
-    }
-
-
-def _indent(text: str, prefix: str) -> str:
-    return "\n".join(prefix + line if line else prefix.rstrip() for line in text.splitlines())
-
-
-def dry_run_text(plan: Plan, renderer: TaskRenderer) -> str:
-    """The plan for a person: parallel groups in order, each step's agent and task."""
-    data = dry_run_dict(plan, renderer)
-    n_steps, n_groups = len(data["steps"]), len(data["groups"])
-    lines = [
-        f"Dry run of `{data['workflow']}` (version {data['version']}, {data['path']}): "
-        "nothing is sent.",
-        f"Caller: {data['caller']}",
-    ]
-    if data["inputs"]:
-        lines.append("Inputs:")
-        for name, value in data["inputs"].items():
-            first, *rest = (value or "").splitlines() or [""]
-            lines.append(f"  {name} = {first}")
-            lines.extend(f"  {' ' * len(name)}   {r}" for r in rest)
-    lines.append(
-        f"{_plural(n_steps, 'step')} in {_plural(n_groups, 'group')}; the steps of a group "
-        "run in parallel."
-    )
-    lines.append(
-        "Upstream results are placeholders: `<result of ID>`, status `complete`, confidence `high`."
-    )
-    by_group: dict[int, list[dict[str, Any]]] = {}
-    for s in data["steps"]:
-        by_group.setdefault(s["group"], []).append(s)
-    for number in range(1, n_groups + 1):
-        members = by_group.get(number, [])
-        lines.append("")
-        lines.append(f"Group {number} of {n_groups}: {', '.join(s['id'] for s in members)}")
-        for s in members:
-            lines.extend(_step_lines(s))
-    if data["outputs"]:
-        lines.append("")
-        lines.append("Outputs:")
-        for name, value in data["outputs"].items():
-            lines.append(f"  {name}:")
-            lines.append(_indent(value, "    "))
-    return "\n".join(lines) + "\n"
-
-
-def _step_lines(s: dict[str, Any]) -> list[str]:
-    if s["capability"]:
-        others = [c for c in s["candidates"] if c != s["agent"]]
-        also = f" (also capable: {', '.join(others)})" if others else ""
-        target = f"capability `{s['capability']}` -> {s['agent']}{also}"
-    else:
-        target = s["agent"]
-    lines = [f"  - {s['id']}: {target}"]
-    if s["depends_on"]:
-        lines.append(f"      after: {', '.join(s['depends_on'])}")
-    if s["when"]:
-        lines.append(f"      when: {s['when']}")
-    gate = s["gate"]
-    if gate:
-        cond = f" (only when {gate['when']})" if gate["when"] else ""
-        lines.append(f"      gate{cond}: approval needed before dispatch")
-        lines.append(_indent(gate["prompt"], "        | "))
-    if s["validator"]:
-        lines.append(f"      validate: by {s['validator']}")
-    timeout = f"{s['timeout']:g} s" if s["timeout"] is not None else "agent default"
-    extra = [f"timeout {timeout}", f"retries {s['retries']}", f"on failure: {s['on_failure']}"]
-    extra += [f"{k} {json.dumps(v) if isinstance(v, bool) else v}" for k, v in s["options"].items()]
-    lines.append(f"      {', '.join(extra)}")
-    lines.append("      task:")
-    lines.append(_indent(s["task"], "        | "))
-    return lines
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-# --------------------------------------------------------------------------- graph export
-
-
-def graph_text(plan_or_spec: Plan | WorkflowSpec, fmt: str) -> str:
-    """The step graph as Mermaid (``flowchart``) or Graphviz DOT text.
-
-    Steps with a gate are hexagons (Mermaid ``{{...}}``, DOT ``shape=hexagon``); steps
-    with a ``when`` are dashed, as are the edges into them. From a ``Plan`` the chosen
-    agents are shown; from a bare spec, the template's agent or capability.
-    """
-    if fmt not in GRAPH_FORMATS:
-        raise UsageError(
-            f"unknown graph format `{fmt}`{did_you_mean(fmt, GRAPH_FORMATS) or '.'} "
-            f"Use one of: {', '.join(GRAPH_FORMATS)}."
-        )
-    nodes, edges, name = _graph_parts(plan_or_spec)
-    if fmt == "mermaid":
-        return _mermaid(nodes, edges)
-    return _dot(name, nodes, edges)
-
-
-@dataclass(frozen=True)
-class _Node:
-    id: str
-    lines: tuple[str, ...]
-    gate: bool
-    conditional: bool
-
-
-def _graph_parts(
-    plan_or_spec: Plan | WorkflowSpec,
-) -> tuple[list[_Node], list[tuple[str, str]], str]:
-    if isinstance(plan_or_spec, Plan):
-        spec = plan_or_spec.workflow
-        agents: dict[str, str] = {}
-        for sid, p in plan_or_spec.steps.items():
-            cap = p.spec.capability
-            agents[sid] = f"{p.agent} (capability {cap})" if cap else str(p.agent)
-        edges = [(str(a), str(b)) for a, b in plan_or_spec.graph.edges()]
-        steps: Iterable[StepSpec] = (p.spec for p in plan_or_spec.steps.values())
-    else:
-        spec = plan_or_spec
-        seen: dict[str, StepSpec] = {}
-        for s in spec.steps:
-            seen.setdefault(s.id, s)
-        steps = seen.values()
-        agents = {s.id: s.agent if s.agent else f"capability {s.capability}" for s in seen.values()}
-        edges = [(d, s.id) for s in seen.values() for d in dict.fromkeys(s.depends_on) if d in seen]
-    nodes = []
-    for s in steps:
-        lines = [s.id, agents[s.id]]
-        if s.when:
-            lines.append(f"when {s.when}")
-        if s.gate is not None:
-            lines.append(f"gate when {s.gate.when}" if s.gate.when else "gate")
-        nodes.append(_Node(s.id, tuple(lines), s.gate is not None, s.when is not None))
-    return nodes, edges, spec.name
-
-
-def _mermaid_text(text: str) -> str:
-    return (
-        text.replace("&", "#amp;").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
-    )
-
-
-def _mermaid(nodes: list[_Node], edges: list[tuple[str, str]]) -> str:
-    # Mermaid ids cannot hold every step id (`-` reads as an arrow): use n0, n1, ...
-    key = {n.id: f"n{i}" for i, n in enumerate(nodes)}
-    out = ["flowchart TD"]
-    for n in nodes:
-        label = "<br/>".join(_mermaid_text(line) for line in n.lines)
-        shape = ('{{"', '"}}') if n.gate else ('["', '"]')
-        out.append(f"    {key[n.id]}{shape[0]}{label}{shape[1]}")
-    conditional = {n.id for n in nodes if n.conditional}
-    for a, b in edges:
-        arrow = "-.->" if b in conditional else "-->"
-        out.append(f"    {key[a]} {arrow} {key[b]}")
-    out.append("    classDef gate fill:#fff3cd,stroke:#b58900,stroke-width:2px")
-    out.append("    classDef conditional stroke-dasharray: 5 5")
-    gates = [key[n.id] for n in nodes if n.gate]
-    conds = [key[n.id] for n in nodes if n.conditional]
-    if gates:
-        out.append(f"    class {','.join(gates)} gate")
-    if conds:
-        out.append(f"    class {','.join(conds)} conditional")
-    return "\n".join(out) + "\n"
-
-
-def _dot_text(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def _dot(name: str, nodes: list[_Node], edges: list[tuple[str, str]]) -> str:
-    out = [f'digraph "{_dot_text(name)}" {{', "    rankdir=TB;", "    node [shape=box];"]
-    conditional = {n.id for n in nodes if n.conditional}
-    for n in nodes:
-        attrs = ['label="' + "\\n".join(_dot_text(line) for line in n.lines) + '"']
-        styles = []
-        if n.gate:
-            attrs += ["shape=hexagon", 'fillcolor="#fff3cd"']
-            styles.append("filled")
-        if n.conditional:
-            styles.append("dashed")
-        if styles:
-            attrs.append(f'style="{",".join(styles)}"')
-        out.append(f'    "{_dot_text(n.id)}" [{", ".join(attrs)}];')
-    for a, b in edges:
-        style = " [style=dashed]" if b in conditional else ""
-        out.append(f'    "{_dot_text(a)}" -> "{_dot_text(b)}"{style};')
-    out.append("}")
-    return "\n".join(out) + "\n"
+    return renderer.render_outputs(_context(plan.workflow, plan.inputs, all_steps))

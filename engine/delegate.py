@@ -7,7 +7,6 @@ thread-safe: a workflow runs many ``delegate`` calls at once.
 
 from __future__ import annotations
 
-import enum
 import os
 import secrets
 import socket
@@ -44,28 +43,8 @@ from engine.hooks import HooksClient, Target
 from engine.lease import Lease, Pool
 from engine.registry import Registry, read_secret
 from engine.reporter import Reporter
+from engine.states import Outcome as Outcome
 from engine.store import RENEW_EVERY, HandoffSignals, RunStore, Waiter, open_signals, open_store
-
-
-class Outcome(enum.Enum):
-    """How a delegation ended."""
-
-    COMPLETE = "complete"  # the agent did the task
-    PARTIAL = "partial"  # the agent did part of it (exit 0, with a warning)
-    BLOCKED = "blocked"  # the agent could not proceed without something
-    FAILED = "failed"  # the agent said it failed
-    TIMEOUT = "timeout"  # no acceptable handoff before the deadline
-    INVALID = "invalid"  # a handoff arrived but was refused (malformed or spoofed)
-    ERRORED = "errored"  # the machinery broke: refused or unreachable gateway, pool refusal
-    CANCELLED = "cancelled"  # the caller stopped waiting (workflow cancelled)
-    UNUSABLE = "unusable"  # the agent's run ended without a usable handoff; repairs spent
-    LOST = "lost"  # the agent was silent longer than its heartbeat_timeout
-
-    @property
-    def ok(self) -> bool:
-        """True for outcomes whose result can be used downstream."""
-        return self in (Outcome.COMPLETE, Outcome.PARTIAL)
-
 
 _EXIT = {
     Outcome.COMPLETE: EXIT_OK,

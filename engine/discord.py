@@ -9,11 +9,12 @@ Example::
     client.react(queue_id, msg["id"], CLAIM)
     client.post(results_id, "done", attachment=("result.md", b"..."))
 
-Every request goes through one retry helper (``RetrySchedule``): a 429 waits what Discord
-asks (``retry_after`` in the body, else the rate-limit headers), 5xx and connection
-failures back off along ``delays`` (seed 002: 2, 4, 8, 16, 32 s; tests pass tiny ones),
-and 401/403/404 fail at once with a message naming what to fix. The bot token travels
-only in the ``Authorization`` header and never appears in a message.
+Every request goes through the engine's retry helper (``engine.retry``) along a
+``RetrySchedule``: a 429 waits what Discord asks (``retry_after`` in the body, else the
+rate-limit headers), 5xx and connection failures back off along ``delays`` (seed 002: 2,
+4, 8, 16, 32 s; tests pass tiny ones), and 401/403/404 fail at once with a message naming
+what to fix. The bot token travels only in the ``Authorization`` header and never appears
+in a message.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import httpx
 from engine.config import Config
 from engine.errors import ConfigError, HookError, HookUnreachableError
 from engine.redact import redact, register, register_url
+from engine.retry import Backoff, send_with_retries
 
 #: The claim reaction, and the decisions on a gate notice.
 CLAIM = "\u2705"  # ✅
@@ -48,17 +50,6 @@ class RetrySchedule:
 
     delays: tuple[float, ...] = DEFAULT_DELAYS
     max_retry_wait: float = MAX_RETRY_WAIT
-
-    def next_wait(
-        self, retries: int, status: int | None, retry_after: float | None
-    ) -> float | None:
-        """Seconds before retry number ``retries + 1``, or None to give up."""
-        if retries >= len(self.delays):
-            return None
-        if status == 429:
-            wait = retry_after if retry_after is not None else self.delays[retries]
-            return wait if wait <= self.max_retry_wait else None
-        return self.delays[retries]
 
 
 class DiscordClient:
@@ -212,40 +203,36 @@ class DiscordClient:
         files: dict[str, Any] | None = None,
     ) -> Any:
         url = self.base_url + path
-        retries = 0
-        while True:
-            self.attempts += 1
-            status: int | None = None
-            retry_after: float | None = None
-            try:
-                resp = self._http.request(
-                    method, url, params=params, json=json_body, files=files, headers=self._headers
-                )
-            except httpx.TimeoutException:
-                reason = "no answer in time"
-            except httpx.TransportError as exc:
-                text = str(exc) or type(exc).__name__
-                reason = "connection refused" if "refused" in text.lower() else redact(text)[:200]
-            else:
-                status = resp.status_code
-                if 200 <= status < 300:
-                    return _body(resp)
-                if status == 429:
-                    retry_after = _retry_after(resp)
-                    reason = f"rate limited (429, retry after {retry_after or 0:g} s)"
-                elif status >= 500:
-                    reason = f"HTTP {status}"
-                else:
-                    raise self._refusal(resp, what)
-            wait = self.schedule.next_wait(retries, status, retry_after)
-            if wait is None:
-                raise HookUnreachableError(
-                    f"cannot reach Discord ({what}): gave up after {retries + 1} attempt(s) "
-                    f"(last: {reason}). Check the network and `channels.base_url`.",
-                    status_code=status,
-                )
-            retries += 1
-            self._sleep(wait)
+        schedule = self.schedule
+
+        def describe(resp: httpx.Response) -> str:
+            if resp.status_code == 429:
+                return f"rate limited (429, retry after {_retry_after(resp) or 0:g} s)"
+            return f"HTTP {resp.status_code}"
+
+        done = send_with_retries(
+            lambda _timeout: self._http.request(
+                method, url, params=params, json=json_body, files=files, headers=self._headers
+            ),
+            Backoff(
+                schedule.delays, max_wait=schedule.max_retry_wait, server_wait_replaces=True
+            ),
+            accept=lambda r: 200 <= r.status_code < 300,
+            retryable=lambda r: r.status_code == 429 or r.status_code >= 500,
+            describe=describe,
+            server_wait=lambda r: _retry_after(r) if r.status_code == 429 else None,
+            sleep=self._sleep,
+        )
+        self.attempts += done.attempts
+        if done.response is not None and done.accepted:
+            return _body(done.response)
+        if done.response is not None:
+            raise self._refusal(done.response, what)
+        raise HookUnreachableError(
+            f"cannot reach Discord ({what}): gave up after {done.attempts} attempt(s) "
+            f"(last: {done.reason}). Check the network and `channels.base_url`.",
+            status_code=done.status,
+        )
 
     def _refusal(self, resp: httpx.Response, what: str) -> Exception:
         code = resp.status_code

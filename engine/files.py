@@ -16,8 +16,6 @@ from engine.redact import redact
 
 #: Ids and names that become part of a path: no dots, no slashes, no leading dash.
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-#: Run ids the engine generates for single delegations.
-RUN_ID = re.compile(r"^orch-\d{8}T\d{6}-[0-9a-f]{8}$")
 
 
 def check_id(value: str, what: str = "id") -> str:
@@ -107,10 +105,3 @@ def _unlink(path: str | Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def append_jsonl(path: str | Path, data: Any) -> None:
-    """Append one JSON line to ``path`` (a journal); one ``write`` call per line."""
-    line = redact(json.dumps(data, ensure_ascii=False, default=str)) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)

@@ -24,12 +24,13 @@ from typing import Any
 
 from engine.errors import HandoffError
 from engine.files import utcnow_iso, write_json_atomic, write_json_new
+from engine.states import Confidence, HandoffStatus
 
 SCHEMA_VERSION = "1.1"
 #: The version before keys; accepted only under ``handoff_key: optional``.
 LEGACY_SCHEMA_VERSION = "1.0"
-STATUSES = ("complete", "partial", "blocked", "failed")
-CONFIDENCES = ("high", "medium", "low")
+STATUSES = tuple(s.value for s in HandoffStatus)
+CONFIDENCES = tuple(c.value for c in Confidence)
 #: The handoff field that carries the delegation's key back.
 KEY_FIELD = "key"
 #: ``handoff_key`` settings: a missing key is refused, or accepted as ``unverified``.

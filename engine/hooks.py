@@ -16,14 +16,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from engine.config import RetryPolicy
 from engine.errors import HookError, HookUnreachableError
 from engine.redact import redact, register, register_url
+from engine.retry import Backoff, GiveUp, send_with_retries
+from engine.retry import retry_after_seconds as retry_after_seconds
 
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: HTTP statuses a dispatch is retried on: timeout, too early, rate limited, server trouble.
+RETRYABLE_STATUS_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: The longest gateway ``runId`` kept in a record (a gateway may answer anything).
 MAX_RUN_ID = 256
 
@@ -147,8 +149,6 @@ class HooksClient:
         hint: str | None = None,
         hold: bool = False,
     ) -> DispatchResult:
-        import httpx
-
         on_retry = on_retry or self.on_retry
 
         payload = json.dumps(body).encode()
@@ -157,78 +157,65 @@ class HooksClient:
             "Content-Type": "application/json",
             **headers,
         }
-        start = self._clock()
-        attempt = 0
-        overloaded = 0
-        while True:
-            attempt += 1
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise HookUnreachableError(
-                    redact(
-                        f"could not dispatch to `{target.agent}` at {url} before the deadline "
-                        f"({attempt - 1} attempt(s)). Is the gateway running? "
-                        + (hint or f"Check `agents.{target.agent}.url`, or raise `--timeout`.")
-                    ),
-                    agent=target.agent,
-                )
-            timeout = min(self.retry.request_timeout, remaining)
-            retry_after: float | None = None
-            # A held request answers when the run ends: only the read may take that long.
-            limits = httpx.Timeout(timeout, read=remaining) if hold else timeout
-            try:
-                resp = self._client.post(url, content=payload, headers=hdrs, timeout=limits)
-            except httpx.TimeoutException:
-                reason = f"no answer within {timeout:.1f} s"
-            except httpx.TransportError as exc:
-                reason = _transport_reason(exc)
-            else:
-                code = resp.status_code
-                if code in (200, 201, 202):
-                    run_id, completion = _accepted(resp)
-                    return DispatchResult(
-                        code, run_id, attempt, self._clock() - start, overloaded, completion
-                    )
-                if code not in RETRYABLE_STATUS:
-                    raise _refusal(target, url, resp)
-                if code in (429, 503):
-                    overloaded += 1
-                retry_after = _retry_after(resp)
-                reason = f"HTTP {code}"
-            delays = self.retry.delays
-            if attempt > len(delays):
-                raise HookUnreachableError(
-                    redact(
-                        f"gave up dispatching to `{target.agent}` at {url} after {attempt} "
-                        f"attempts (last: {reason}). Check that the gateway is running and "
-                        f"healthy, or raise `retry.delays` in the config."
-                    ),
-                    agent=target.agent,
-                )
-            delay = delays[attempt - 1] * (1 + self.retry.jitter * self._rng())
-            if retry_after is not None:
-                delay = max(delay, retry_after)
-            if self._clock() + delay >= deadline:
-                raise HookUnreachableError(
-                    redact(
-                        f"could not dispatch to `{target.agent}` at {url} before the deadline "
-                        f"(last: {reason} after {attempt} attempt(s); the next retry would "
-                        f"come in {delay:.1f} s). Is the gateway running? "
-                        + (hint or "Raise `--timeout` to wait longer.")
-                    ),
-                    agent=target.agent,
-                )
+        agent = target.agent
+
+        def observe(attempt: int, delay: float, reason: str) -> None:
             if on_retry is not None:
-                on_retry(target.agent, attempt, delay, redact(reason))
-            self._sleep(delay)
+                on_retry(agent, attempt, delay, reason)
 
+        def send(timeout: float | None) -> Any:
+            import httpx
 
-def _transport_reason(exc: Exception) -> str:
-    name = type(exc).__name__
-    text = str(exc) or name
-    if "refused" in text.lower():
-        return "connection refused"
-    return f"{name}: {text}"[:200]
+            # A held request answers when the run ends: only the read may take that long.
+            limits: Any = timeout
+            if hold:
+                limits = httpx.Timeout(timeout, read=max(0.0, deadline - self._clock()))
+            return self._client.post(url, content=payload, headers=hdrs, timeout=limits)
+
+        done = send_with_retries(
+            send,
+            Backoff(
+                self.retry.delays,
+                jitter=self.retry.jitter,
+                request_timeout=self.retry.request_timeout,
+            ),
+            accept=lambda r: r.status_code in (200, 201, 202),
+            retryable=lambda r: r.status_code in RETRYABLE_STATUS_CODES,
+            deadline=deadline,
+            on_retry=observe,
+            clock=self._clock,
+            sleep=self._sleep,
+            rng=self._rng,
+        )
+        resp = done.response
+        if resp is not None and done.accepted:
+            overloaded = sum(code in (429, 503) for code in done.retried)
+            run_id, completion = _accepted(resp)
+            return DispatchResult(
+                resp.status_code, run_id, done.attempts, done.elapsed, overloaded, completion
+            )
+        if resp is not None:
+            raise _refusal(target, url, resp)
+        if done.gave_up is GiveUp.EXHAUSTED:
+            msg = (
+                f"gave up dispatching to `{agent}` at {url} after {done.attempts} "
+                f"attempts (last: {done.reason}). Check that the gateway is running and "
+                f"healthy, or raise `retry.delays` in the config."
+            )
+        elif done.gave_up is GiveUp.PAST_DEADLINE:
+            msg = (
+                f"could not dispatch to `{agent}` at {url} before the deadline "
+                f"(last: {done.reason} after {done.attempts} attempt(s); the next retry would "
+                f"come in {done.delay or 0:.1f} s). Is the gateway running? "
+                + (hint or "Raise `--timeout` to wait longer.")
+            )
+        else:
+            msg = (
+                f"could not dispatch to `{agent}` at {url} before the deadline "
+                f"({done.attempts} attempt(s)). Is the gateway running? "
+                + (hint or f"Check `agents.{agent}.url`, or raise `--timeout`.")
+            )
+        raise HookUnreachableError(redact(msg), agent=agent)
 
 
 def _accepted(resp: Any) -> tuple[str | None, dict[str, Any] | None]:
@@ -245,25 +232,6 @@ def _accepted(resp: Any) -> tuple[str | None, dict[str, Any] | None]:
         redact(str(run_id)[:MAX_RUN_ID]) if isinstance(run_id, str) else None,
         completion if isinstance(completion, dict) else None,
     )
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Seconds a ``Retry-After`` value asks for (delta seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _retry_after(resp: Any) -> float | None:
-    return retry_after_seconds(resp.headers.get("retry-after"))
 
 
 def _error_text(resp: Any) -> str:

@@ -35,39 +35,15 @@ from typing import Any
 from engine.errors import UsageError
 from engine.handoff import STATUSES as HANDOFF_STATUSES
 from engine.record import INBOX_DIR, OUTCOMES
+from engine.states import Confidence, RunState, StepState
 from engine.store import waiter_alive
 
 SCHEMA_VERSION = "1.0"
-CONFIDENCES = ("high", "medium", "low", "none")
-#: ``engine.runner.RunState`` values (a test pins them).
-RUN_STATUSES = (
-    "running",
-    "waiting_approval",
-    "waiting_input",
-    "complete",
-    "failed",
-    "cancelled",
-)
-#: ``engine.runner.StepState`` values (a test pins them).
-STEP_STATUSES = (
-    "pending",
-    "queued",
-    "running",
-    "waiting_approval",
-    "waiting_input",
-    "complete",
-    "partial",
-    "blocked",
-    "failed",
-    "timeout",
-    "invalid",
-    "errored",
-    "cancelled",
-    "skipped",
-    "rejected",
-    "unusable",
-    "lost",
-)
+CONFIDENCES = (*(c.value for c in Confidence), "none")
+#: ``engine.states.RunState`` values.
+RUN_STATUSES = tuple(s.value for s in RunState)
+#: ``engine.states.StepState`` values.
+STEP_STATUSES = tuple(s.value for s in StepState)
 #: At most this many problem files are listed by path (all of them are counted).
 MAX_LISTED = 100
 _CHUNK = 1 << 18
@@ -78,7 +54,7 @@ _REJECTED_DIR = "rejected"
 _RUNS_DIR = "workflows"
 # Membership is tested against tuples, not sets: a value from a file may be a list or an
 # object, which a set lookup would refuse with a TypeError (unhashable).
-_CONF = ("high", "medium", "low")
+_CONF = tuple(c.value for c in Confidence)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _MAX_SINCE_S = 100 * 366 * 86400

@@ -9,16 +9,18 @@ from typing import Any, TextIO
 
 from engine.redact import redact, redact_obj
 from engine.reporter import ConsoleReporter, Reporter
+from engine.states import StepState
 
-_ICONS = {
-    "complete": "✔",
-    "partial": "◐",
-    "skipped": "↷",
-    "waiting_approval": "⏸",
-    "waiting_input": "?",
-    "running": "▶",
-    "queued": "…",
-    "pending": "·",
+#: Icon per step or run state; every other (failed, timed out, …) state shows ✘.
+_ICONS: dict[str, str] = {
+    StepState.COMPLETE: "✔",
+    StepState.PARTIAL: "◐",
+    StepState.SKIPPED: "↷",
+    StepState.WAITING_APPROVAL: "⏸",
+    StepState.WAITING_INPUT: "?",
+    StepState.RUNNING: "▶",
+    StepState.QUEUED: "…",
+    StepState.PENDING: "·",
 }
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.files import parse_iso, utcnow_iso, write_json_atomic
+from engine.states import HandoffStatus, Outcome
 from engine.store.liveness import process_alive, waiter_alive
 from engine.store.protocol import Delivery
 
@@ -48,20 +49,9 @@ INBOX_DIR = "inbox"
 
 PENDING_DIR = ".pending"
 REJECTED_DIR = "rejected"
-#: Outcomes a record can have (``engine.delegate.Outcome``); the first four are the agent's
+#: Outcomes a record can have (``engine.states.Outcome``); the first four are the agent's
 #: own statuses.
-OUTCOMES = (
-    "complete",
-    "partial",
-    "blocked",
-    "failed",
-    "timeout",
-    "invalid",
-    "errored",
-    "cancelled",
-    "unusable",
-    "lost",
-)
+OUTCOMES = tuple(o.value for o in Outcome)
 
 
 def pending_path(records_dir: Path, run_id: str) -> Path:
@@ -487,7 +477,7 @@ def _deliver_one(
     return Delivery("recorded", path, data)
 
 
-_AGENT_STATUSES = ("complete", "partial", "blocked", "failed")
+_AGENT_STATUSES = tuple(s.value for s in HandoffStatus)
 
 
 def _gateway_note() -> str:

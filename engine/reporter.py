@@ -1,14 +1,13 @@
 """Reporters: how the engine tells the outside what is happening, without printing itself.
 
 The engine calls a ``Reporter``; the CLI picks an implementation: ``ConsoleReporter``
-(human lines on stderr), ``JsonReporter`` (one JSON object per event) or the silent
+(human lines on stderr), the workflow reporters of engine/progress.py, or the silent
 ``Reporter`` base class. Every line they write is redacted (engine/redact.py): an error
 text from a gateway may echo a token.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from typing import Any, TextIO
@@ -78,16 +77,3 @@ class ConsoleReporter(Reporter):
 
     def warning(self, message: str) -> None:
         self._line(f"warning: {message}")
-
-
-class JsonReporter(Reporter):
-    """One JSON object per event, one per line (for scripts)."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self._lock = threading.Lock()
-
-    def event(self, kind: str, **fields: Any) -> None:
-        with self._lock:
-            line = redact(json.dumps({"event": kind, **fields}, default=str))
-            print(line, file=self.stream, flush=True)

@@ -42,73 +42,14 @@ from engine.errors import (
 )
 from engine.files import check_id, new_run_id, parse_iso, utcnow_iso
 from engine.reporter import Reporter
+from engine.states import RETRYABLE_STEP_STATES
+from engine.states import RunState as RunState
+from engine.states import StepState as StepState
 from engine.store import FileRunStore, RunStore, open_store
 from engine.store import Journal as RunJournal
 from engine.store.file import CANCEL_FILE as CANCEL_FILE  # names runner always had
 from engine.store.file import RUNS_DIR, FileJournal
 from engine.store.file import read_events as read_events
-
-
-class StepState(enum.Enum):
-    """Where a step is."""
-
-    PENDING = "pending"  # waiting for its upstream steps
-    QUEUED = "queued"  # ready, waiting for a pool token
-    RUNNING = "running"  # dispatched, waiting for the agent's handoff
-    WAITING_APPROVAL = "waiting_approval"  # parked at its approval gate
-    WAITING_INPUT = "waiting_input"  # the agent asked a question; parked until answered
-    COMPLETE = "complete"  # the agent did it
-    PARTIAL = "partial"  # the agent did part of it (dependents still run)
-    BLOCKED = "blocked"  # the agent could not proceed (never retried)
-    FAILED = "failed"  # the agent said it failed, or its validator rejected it
-    TIMEOUT = "timeout"  # no handoff in time (after retries)
-    INVALID = "invalid"  # its handoff was refused
-    ERRORED = "errored"  # the machinery broke (gateway refused, render error, pool refusal)
-    CANCELLED = "cancelled"  # the run was cancelled while it ran
-    SKIPPED = "skipped"  # not run: its condition was false, or upstream failed, or run stopped
-    REJECTED = "rejected"  # its approval gate was rejected
-    UNUSABLE = "unusable"  # the agent's run ended without a usable handoff (repairs spent)
-    LOST = "lost"  # the agent was silent longer than its heartbeat_timeout (after retries)
-
-    @property
-    def final(self) -> bool:
-        """True once the step will not change in this run."""
-        return self not in (
-            StepState.PENDING,
-            StepState.QUEUED,
-            StepState.RUNNING,
-            StepState.WAITING_APPROVAL,
-            StepState.WAITING_INPUT,
-        )
-
-    @property
-    def ok(self) -> bool:
-        """True when dependents may use the step's result."""
-        return self in (StepState.COMPLETE, StepState.PARTIAL)
-
-
-#: Step states that ``--retry-failed`` runs again.
-RETRYABLE = (
-    StepState.FAILED,
-    StepState.TIMEOUT,
-    StepState.ERRORED,
-    StepState.INVALID,
-    StepState.BLOCKED,
-    StepState.CANCELLED,
-    StepState.UNUSABLE,
-    StepState.LOST,
-)
-
-
-class RunState(enum.Enum):
-    """Where a run is."""
-
-    RUNNING = "running"  # a process is executing it (or died doing so: resume it)
-    WAITING_APPROVAL = "waiting_approval"  # parked at a gate; approve/reject, then resume
-    WAITING_INPUT = "waiting_input"  # an agent asked a question; `workflow answer`, then resume
-    COMPLETE = "complete"  # every step complete, partial, or skipped by its condition
-    FAILED = "failed"  # some step failed, timed out, errored or was rejected
-    CANCELLED = "cancelled"  # `workflow cancel` stopped it
 
 
 @dataclass
@@ -233,7 +174,8 @@ def prepare(
     from engine.acl import Acl
     from engine.dag import plan_workflow
     from engine.registry import Registry
-    from engine.workflow import TaskRenderer, find_workflow, load_workflow
+    from engine.renderer import TaskRenderer
+    from engine.workflow import find_workflow, load_workflow
 
     spec = load_workflow(find_workflow(name_or_path, cfg))
     registry = Registry.from_config(cfg)
@@ -892,13 +834,14 @@ def _reset_failed(view: RunView, prepared: Prepared, journal: RunJournal) -> Non
     again = {
         s.id
         for s in view.steps.values()
-        if s.state in RETRYABLE or (s.state is StepState.SKIPPED and s.skip_kind == "stopped")
+        if s.state in RETRYABLE_STEP_STATES
+        or (s.state is StepState.SKIPPED and s.skip_kind == "stopped")
     }
     for sid in list(again):
         again |= plan.downstream(sid)
     for sid in sorted(again, key=list(view.steps).index):
         s = view.steps[sid]
-        if s.state in RETRYABLE or (
+        if s.state in RETRYABLE_STEP_STATES or (
             s.state is StepState.SKIPPED and s.skip_kind in ("upstream", "stopped")
         ):
             journal.append("step_reset", step=sid, previous=s.state.value)
@@ -1099,7 +1042,7 @@ class _Execution:
 
     def _context(self, step_id: str | None = None) -> dict[str, Any]:
         """The rendering context: for a step, only its upstream steps (all for outputs)."""
-        from engine.workflow import render_context
+        from engine.renderer import render_context
 
         steps = self.steps
         if step_id is not None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 from engine.errors import did_you_mean
-
-SCHEMA_NAMES = ("config", "handoff", "workflow", "metrics")
 
 _FORBIDDEN_KEYS = {
     "token": "tokens are never written in the file: put the name of an environment "
@@ -69,55 +68,77 @@ def schema_problems(name: str, data: Any, *, style: str = "dotted") -> list[str]
 
 
 def _describe(err: Any, style: str) -> list[str]:
+    """One line per problem a jsonschema error stands for (one per unknown key, say)."""
     where = pointer(err.absolute_path) if style == "pointer" else dotted(err.absolute_path)
-    prefix = f"`{where}`"
-    kw = err.validator
-    if kw == "additionalProperties" and isinstance(err.instance, dict):
-        allowed = set(err.schema.get("properties", {}))
-        lines = []
-        for key in err.instance:
-            if key in allowed:
-                continue
-            sub = f"{where}.{key}" if style == "dotted" and where != "(top level)" else key
-            if style == "pointer":
-                sub = (where.rstrip("/") + "/" + str(key)) if where != "/" else "/" + str(key)
-            why = _FORBIDDEN_KEYS.get(str(key))
-            if why:
-                lines.append(f"`{sub}` is not allowed: {why}.")
-            else:
-                lines.append(f"`{sub}` is not a known key{did_you_mean(str(key), allowed)}")
-        return lines
-    if kw == "required":
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        return _unknown_keys(err, where, style)
+    if err.validator == "required":
         missing = [k for k in err.validator_value if k not in (err.instance or {})]
-        return [f"{prefix}: missing required key `{k}`." for k in missing]
-    if kw == "type":
-        expected = err.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return [f"{prefix} must be of type {_article(str(expected))}."]
-    if kw == "enum":
-        choices = ", ".join(f"`{v}`" for v in err.validator_value)
-        near = did_you_mean(str(err.instance), [str(v) for v in err.validator_value])
-        short = isinstance(err.instance, str) and len(err.instance) < 40
-        shown = f"`{err.instance}`" if short else "value"
-        return [f"{prefix}: {shown} is not one of {choices}{near}"]
-    if kw == "const":
-        return [f"{prefix} must be `{err.validator_value}`."]
-    if kw == "pattern":
-        return [f"{prefix} does not match the pattern `{err.validator_value}`."]
-    if kw in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-        word = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
-        return [f"{prefix} must be {word[kw]} {err.validator_value}."]
-    if kw in ("minItems", "minProperties", "minLength"):
-        return [f"{prefix} must not be empty."]
-    if kw == "format":
-        return [f"{prefix} is not a valid {err.validator_value}."]
-    if kw == "propertyNames":
-        return [
-            f"{prefix} has a key that is not a valid name (lowercase letters, digits, `-`, `_`)."
-        ]
-    if kw in ("oneOf", "anyOf"):
-        return [f"{prefix} does not match any allowed form."]
-    return [f"{prefix}: fails `{kw}`."]
+        return [f"`{where}`: missing required key `{k}`." for k in missing]
+    describe = _ONE_LINE.get(err.validator)
+    if describe is None:
+        return [f"`{where}`: fails `{err.validator}`."]
+    return [describe(err, f"`{where}`")]
+
+
+def _unknown_keys(err: Any, where: str, style: str) -> list[str]:
+    allowed = set(err.schema.get("properties", {}))
+    lines = []
+    for key in err.instance:
+        if key in allowed:
+            continue
+        sub = f"{where}.{key}" if style == "dotted" and where != "(top level)" else key
+        if style == "pointer":
+            sub = (where.rstrip("/") + "/" + str(key)) if where != "/" else "/" + str(key)
+        why = _FORBIDDEN_KEYS.get(str(key))
+        if why:
+            lines.append(f"`{sub}` is not allowed: {why}.")
+        else:
+            lines.append(f"`{sub}` is not a known key{did_you_mean(str(key), allowed)}")
+    return lines
+
+
+def _type_line(err: Any, prefix: str) -> str:
+    expected = err.validator_value
+    expected = " or ".join(expected) if isinstance(expected, list) else expected
+    return f"{prefix} must be of type {_article(str(expected))}."
+
+
+def _enum_line(err: Any, prefix: str) -> str:
+    choices = ", ".join(f"`{v}`" for v in err.validator_value)
+    near = did_you_mean(str(err.instance), [str(v) for v in err.validator_value])
+    short = isinstance(err.instance, str) and len(err.instance) < 40
+    shown = f"`{err.instance}`" if short else "value"
+    return f"{prefix}: {shown} is not one of {choices}{near}"
+
+
+_BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+_NAME_RULE = "lowercase letters, digits, `-`, `_`"
+
+#: The line for each jsonschema keyword that fails with one line: ``(error, prefix) -> line``.
+_ONE_LINE: dict[str, Callable[[Any, str], str]] = {
+    "type": _type_line,
+    "enum": _enum_line,
+    "const": lambda err, prefix: f"{prefix} must be `{err.validator_value}`.",
+    "pattern": lambda err, prefix: (
+        f"{prefix} does not match the pattern `{err.validator_value}`."
+    ),
+    **{
+        kw: lambda err, prefix: f"{prefix} must be {_BOUNDS[err.validator]} {err.validator_value}."
+        for kw in _BOUNDS
+    },
+    **dict.fromkeys(
+        ("minItems", "minProperties", "minLength"),
+        lambda err, prefix: f"{prefix} must not be empty.",
+    ),
+    "format": lambda err, prefix: f"{prefix} is not a valid {err.validator_value}.",
+    "propertyNames": lambda err, prefix: (
+        f"{prefix} has a key that is not a valid name ({_NAME_RULE})."
+    ),
+    **dict.fromkeys(
+        ("oneOf", "anyOf"), lambda err, prefix: f"{prefix} does not match any allowed form."
+    ),
+}
 
 
 def _article(word: str) -> str:

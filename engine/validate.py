@@ -8,12 +8,16 @@ delegation is made on behalf of the original caller, so the caller's ACL applies
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from engine.delegate import DelegationRequest, DelegationResult, Delegator
+from engine.errors import UsageError
 from engine.reporter import Reporter
 from engine.store import RunStore
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 _TEMPLATE = """Validate another agent's result against its task.
 
@@ -119,3 +123,45 @@ def record_verdict(store: RunStore, result: DelegationResult, verdict: Verdict) 
     record["envelope"] = envelope
     store.annotate(result.run_id, record, sub=bool(envelope.get("parent_run_id")))
     return record
+
+
+# -- a delegation's `--validate` (the CLI's `orchestrate ... --validate`) ----------------
+
+
+def validator_for(cfg: Config, validator: str | None) -> str:
+    """The validator of a ``--validate`` delegation: the one given, else the config's."""
+    chosen = validator or cfg.validator
+    if not chosen:
+        raise UsageError(
+            "`--validate` needs a validator: pass `--validator AGENT` or set "
+            f"`validator:` in `{cfg.label}`."
+        )
+    return str(chosen)
+
+
+def check_validator(delegator: Delegator, caller: str, validator: str) -> None:
+    """Every check of the validation before anything is dispatched: a known agent, the ACL."""
+    delegator.registry.get(validator, role="validator")
+    delegator.acl.check(caller, validator)
+
+
+def validate_delegation(
+    delegator: Delegator,
+    result: DelegationResult,
+    *,
+    caller: str,
+    validator: str,
+    task: str,
+) -> tuple[DelegationResult, Verdict | None]:
+    """Have ``validator`` check a finished delegation and store its verdict in the record.
+
+    Returns the result (with the record as stored now) and the verdict; the verdict is None
+    when the delegation left nothing to validate (it did not finish ``complete``/``partial``).
+    """
+    if not (result.outcome.ok and result.handoff):
+        return result, None
+    verdict = validate_result(
+        delegator, caller=caller, validator=validator, task=task, handoff=result.handoff
+    )
+    record = record_verdict(delegator.store, result, verdict)
+    return replace(result, record=record), verdict

@@ -1,48 +1,34 @@
-"""Workflow templates: finding, loading and validating them, and rendering their Jinja2 parts.
+"""Workflow templates: finding them, loading them and checking their shape (the spec).
 
 A template is a YAML file ``workflows/<name>.yaml`` checked against
 ``schemas/workflow.schema.json``; ``docs/workflows.md`` describes it key by key. The
-planner (``engine.dag``) checks what a template means; this module reads it and renders
-its tasks, conditions, gate prompts and outputs in a sandbox::
+planner (``engine.dag``) checks what a template means; ``engine.renderer`` renders its
+tasks, conditions, gate prompts and outputs in a sandbox::
 
     spec = load_workflow(find_workflow("quick-research", cfg))
     renderer = TaskRenderer(spec)
     ctx = render_context(inputs={"query": "CTE of ULE"}, steps={}, run_id="wf-1",
                          workflow=spec.name)
     renderer.render_task("research", ctx)
-
-Rendering uses Jinja2's immutable sandbox with strict undefined names. Values (inputs,
-upstream results) only ever enter as context data, never as template source, so an input
-``{{ 7*7 }}`` reaches the agent as those characters. Each template is parsed once;
-templates that only look values up (``{{ inputs.query }}``, ``steps.a.status == 'partial'``)
-are evaluated straight from their syntax tree, and anything else is compiled once by
-Jinja2 (compiling costs about half a millisecond per template, rendering microseconds).
 """
 
 from __future__ import annotations
 
-import operator
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import sandbox
 from engine.errors import WorkflowError, did_you_mean
 
 if TYPE_CHECKING:
-    from jinja2 import nodes
 
     from engine.config import Config
 
-#: Pattern for workflow names and step ids (both become file names).
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 #: Pattern for input names: identifiers, so that templates can write ``inputs.<name>``.
 INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-#: What a template sees of each step: ``steps.<id>.<field>``.
-STEP_FIELDS = ("result", "status", "confidence", "artifacts", "notes")
 #: Agent options a step (or ``defaults``) may set; passed to the hooks call.
 OPTION_KEYS = ("deliver", "model", "thinking", "channel")
 #: Where the shipped templates live inside the package.
@@ -51,7 +37,6 @@ EXTENSIONS = (".yaml", ".yml")
 
 # In Jinja2 ``steps.items`` is the dict method, not the step `items`: such ids are refused.
 _RESERVED = frozenset(n for n in dir(dict) if not n.startswith("_"))
-_DICT_ATTRS = frozenset(dir(dict))
 
 
 @dataclass(frozen=True)
@@ -144,12 +129,24 @@ def shipped_workflows_dir() -> Path:
 
 
 def search_path(cfg: Config | None) -> tuple[Path, ...]:
-    """Where names are looked up, first match wins: ./workflows, configured, shipped."""
+    """Where names are looked up, first match wins: ./workflows, configured, shipped.
+
+    A directory that is the shipped one under another name (the repository's top-level
+    ``workflows/`` links into the package) is left out: its templates are the shipped
+    ones, not the user's own.
+    """
+    shipped = shipped_workflows_dir()
     dirs = [Path.cwd() / "workflows"]
     if cfg is not None:
         dirs.extend(cfg.workflow_dirs)
-    dirs.append(shipped_workflows_dir())
-    return tuple(dirs)
+    return (*(d for d in dirs if not _same_dir(d, shipped)), shipped)
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # missing, unreadable, or a name with a NUL
+        return False
 
 
 def _looks_like_path(text: str) -> bool:
@@ -320,26 +317,7 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     inputs = raw.get("inputs")
     if isinstance(inputs, dict):
         for name, spec in inputs.items():
-            if not isinstance(name, str) or not INPUT_NAME_RE.match(name):
-                problems.append(
-                    f"`inputs.{name}`: input names use letters, digits and `_` and start with a "
-                    "letter or `_`, so that templates can write `inputs.<name>`."
-                )
-            elif name in _RESERVED:
-                problems.append(
-                    f"`inputs.{name}`: `{name}` is reserved (in a template `inputs.{name}` is "
-                    "a dict method); choose another name."
-                )
-            default = spec.get("default") if isinstance(spec, dict) else None
-            if isinstance(default, float):
-                problems.append(
-                    f"`inputs.{name}.default` is a decimal number, which YAML may not keep as "
-                    f'written (`0.10` becomes `0.1`); quote it, e.g. `default: "{default}"`.'
-                )
-            if isinstance(spec, dict) and spec.get("required") is True and "default" in spec:
-                problems.append(
-                    f"`inputs.{name}` is `required: true` but has a `default`; keep one of them."
-                )
+            _input_problems(name, spec, problems)
     if isinstance(raw.get("version"), float):
         problems.append(
             f"`version` is a decimal number, which YAML may not keep as written (`1.10` "
@@ -347,28 +325,55 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
         )
     steps = raw.get("steps")
     for i, step in enumerate(steps if isinstance(steps, list) else []):
-        if not isinstance(step, dict):
-            continue
-        sid = step.get("id")
-        label = f"step `{sid}`" if isinstance(sid, str) else f"`steps[{i}]`"
-        has_agent, has_cap = "agent" in step, "capability" in step
-        if has_agent == has_cap:
-            which = "has both" if has_agent else "needs one of"
-            problems.append(f"{label} {which} `agent` and `capability`.")
-        if isinstance(sid, str) and sid in _RESERVED:
-            problems.append(
-                f"{label}: the id `{sid}` is reserved (in a template `steps.{sid}` is a dict "
-                "method); choose another id."
-            )
+        if isinstance(step, dict):
+            _step_problems(i, step, problems)
     outputs = raw.get("outputs")
-    if isinstance(outputs, dict):
-        for name in outputs:
-            if not isinstance(name, str) or not INPUT_NAME_RE.match(name):
-                problems.append(
-                    f"`outputs.{name}`: output names use letters, digits and `_` and start "
-                    "with a letter or `_`."
-                )
+    for name in outputs if isinstance(outputs, dict) else ():
+        if not isinstance(name, str) or not INPUT_NAME_RE.match(name):
+            problems.append(
+                f"`outputs.{name}`: output names use letters, digits and `_` and start "
+                "with a letter or `_`."
+            )
     return problems
+
+
+def _input_problems(name: Any, spec: Any, problems: list[str]) -> None:
+    if not isinstance(name, str) or not INPUT_NAME_RE.match(name):
+        problems.append(
+            f"`inputs.{name}`: input names use letters, digits and `_` and start with a "
+            "letter or `_`, so that templates can write `inputs.<name>`."
+        )
+    elif name in _RESERVED:
+        problems.append(
+            f"`inputs.{name}`: `{name}` is reserved (in a template `inputs.{name}` is "
+            "a dict method); choose another name."
+        )
+    if not isinstance(spec, dict):
+        return
+    default = spec.get("default")
+    if isinstance(default, float):
+        problems.append(
+            f"`inputs.{name}.default` is a decimal number, which YAML may not keep as "
+            f'written (`0.10` becomes `0.1`); quote it, e.g. `default: "{default}"`.'
+        )
+    if spec.get("required") is True and "default" in spec:
+        problems.append(
+            f"`inputs.{name}` is `required: true` but has a `default`; keep one of them."
+        )
+
+
+def _step_problems(i: int, step: dict[str, Any], problems: list[str]) -> None:
+    sid = step.get("id")
+    label = f"step `{sid}`" if isinstance(sid, str) else f"`steps[{i}]`"
+    has_agent, has_cap = "agent" in step, "capability" in step
+    if has_agent == has_cap:
+        which = "has both" if has_agent else "needs one of"
+        problems.append(f"{label} {which} `agent` and `capability`.")
+    if isinstance(sid, str) and sid in _RESERVED:
+        problems.append(
+            f"{label}: the id `{sid}` is reserved (in a template `steps.{sid}` is a dict "
+            "method); choose another id."
+        )
 
 
 def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> WorkflowSpec:
@@ -436,556 +441,3 @@ def _strip_braces(expr: str | None) -> str | None:
     if text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1:
         text = text[2:-2].strip()
     return text
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def step_context(handoff: Mapping[str, Any]) -> dict[str, Any]:
-    """What templates see of one finished step: its handoff's five public fields."""
-    return {
-        "result": handoff.get("result", ""),
-        "status": handoff.get("status", ""),
-        "confidence": handoff.get("confidence", ""),
-        "artifacts": list(handoff.get("artifacts") or ()),
-        "notes": handoff.get("notes") or "",
-    }
-
-
-def render_context(
-    *, inputs: dict[str, str], steps: dict[str, dict[str, Any]], run_id: str, workflow: str
-) -> dict[str, Any]:
-    """Build the rendering context ``{"inputs", "steps", "run": {"id", "workflow"}}``.
-
-    ``steps`` maps step ids to their handoffs (or any mapping with the handoff fields);
-    each becomes ``{result, status, confidence, artifacts, notes}`` (see ``step_context``).
-    Pass the steps upstream of the step being rendered: a template that loops over
-    ``steps`` then sees the same steps in every run.
-    """
-    return {
-        "inputs": dict(inputs),
-        "steps": {sid: step_context(h) for sid, h in steps.items()},
-        "run": {"id": run_id, "workflow": workflow},
-    }
-
-
-@dataclass(frozen=True)
-class TemplateRefs:
-    """What one template reads, found in its Jinja2 syntax tree."""
-
-    #: Step ids read as ``steps.<id>`` or ``steps['<id>']``.
-    steps: frozenset[str] = frozenset()
-    #: Input names read as ``inputs.<name>`` or ``inputs['<name>']``.
-    inputs: frozenset[str] = frozenset()
-    #: True when ``steps`` is used otherwise (a loop, a computed key): any step may be read.
-    dynamic_steps: bool = False
-
-
-def _environment() -> Any:
-    """The one sandboxed Jinja2 environment of the process (bounded: see engine.sandbox)."""
-    return sandbox.environment()
-
-
-class _Fallback(Exception):
-    """The fast evaluator cannot be sure of Jinja2's answer: let Jinja2 render it."""
-
-
-_Eval = Callable[[Mapping[str, Any]], Any]
-
-_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
-    "eq": operator.eq,
-    "ne": operator.ne,
-    "lt": operator.lt,
-    "lteq": operator.le,
-    "gt": operator.gt,
-    "gteq": operator.ge,
-    "in": lambda a, b: a in b,
-    "notin": lambda a, b: a not in b,
-}
-
-
-def _fast_expr(node: nodes.Node) -> _Eval | None:
-    """Return an evaluator for a plain lookup/comparison expression, or None.
-
-    Only forms whose Jinja2 result is certain are accepted; at run time the evaluator
-    raises ``_Fallback`` for anything but plain dict/list lookups that hit, so the answer
-    (or the error) is then Jinja2's own.
-    """
-    from jinja2 import nodes
-
-    if isinstance(node, nodes.Const):
-        value = node.value
-        if value is None or isinstance(value, str | int | float | bool):
-            return lambda ctx: value
-        return None
-    if isinstance(node, nodes.List | nodes.Tuple):
-        items = [_fast_expr(i) for i in node.items]
-        if any(i is None for i in items):
-            return None
-        funcs = [i for i in items if i is not None]
-        if isinstance(node, nodes.List):
-            return lambda ctx: [f(ctx) for f in funcs]
-        return lambda ctx: tuple(f(ctx) for f in funcs)
-    if isinstance(node, nodes.Not):
-        inner = _fast_expr(node.node)
-        return None if inner is None else (lambda ctx: not inner(ctx))
-    if isinstance(node, nodes.And | nodes.Or):
-        left, right = _fast_expr(node.left), _fast_expr(node.right)
-        if left is None or right is None:
-            return None
-        if isinstance(node, nodes.And):
-            return lambda ctx: left(ctx) and right(ctx)
-        return lambda ctx: left(ctx) or right(ctx)
-    if isinstance(node, nodes.Compare):
-        first = _fast_expr(node.expr)
-        ops = [(_COMPARE.get(o.op), _fast_expr(o.expr)) for o in node.ops]
-        if first is None or any(op is None or f is None for op, f in ops):
-            return None
-        pairs = [(op, f) for op, f in ops if op is not None and f is not None]
-
-        def compare(ctx: Mapping[str, Any]) -> Any:
-            left = first(ctx)
-            result: Any = True
-            for op, f in pairs:  # a chained comparison, as in Python
-                right = f(ctx)
-                result = op(left, right)
-                if not result:
-                    return result
-                left = right
-            return result
-
-        return compare
-    path = _lookup_path(node)
-    if path is None:
-        return None
-    root, keys = path
-
-    def lookup(ctx: Mapping[str, Any]) -> Any:
-        try:
-            obj = ctx[root]
-        except KeyError:
-            raise _Fallback from None
-        for is_attr, key in keys:
-            if type(obj) is dict:
-                # Jinja2 tries getattr() first for `a.b`: a dict attribute would win.
-                if (is_attr and key in _DICT_ATTRS) or key not in obj:
-                    raise _Fallback
-                obj = obj[key]
-            elif type(obj) is list and type(key) is int and -len(obj) <= key < len(obj):
-                obj = obj[key]
-            else:
-                raise _Fallback
-        return obj
-
-    return lookup
-
-
-def _lookup_path(node: nodes.Node) -> tuple[str, tuple[tuple[bool, Any], ...]] | None:
-    """``steps.a['b']`` -> ("steps", ((True, "a"), (False, "b"))); None for other forms."""
-    from jinja2 import nodes
-
-    keys: list[tuple[bool, Any]] = []
-    while True:
-        if isinstance(node, nodes.Getattr):
-            if node.attr.startswith("_"):
-                return None
-            keys.append((True, node.attr))
-            node = node.node
-        elif isinstance(node, nodes.Getitem):
-            arg = node.arg
-            if not isinstance(arg, nodes.Const) or type(arg.value) not in (str, int):
-                return None
-            keys.append((False, arg.value))
-            node = node.node
-        elif isinstance(node, nodes.Name) and node.ctx == "load":
-            return node.name, tuple(reversed(keys))
-        else:
-            return None
-
-
-def _fast_template(
-    ast: nodes.Template,
-) -> tuple[Callable[[Mapping[str, Any]], str], TemplateRefs] | None:
-    """An evaluator (and the references) for text and plain lookups only, or None."""
-    from jinja2 import nodes
-
-    parts: list[str | _Eval] = []
-    steps: set[str] = set()
-    inputs: set[str] = set()
-    dynamic = False
-    for stmt in ast.body:
-        if not isinstance(stmt, nodes.Output):
-            return None
-        for child in stmt.nodes:
-            if isinstance(child, nodes.TemplateData):
-                parts.append(child.data)
-                continue
-            path = _lookup_path(child)
-            func = _fast_expr(child) if path is not None else None
-            if path is None or func is None:
-                return None
-            parts.append(func)
-            root, keys = path
-            first = keys[0][1] if keys else None
-            if root == "steps":
-                if isinstance(first, str):
-                    steps.add(first)
-                else:
-                    dynamic = True
-            elif root == "inputs" and isinstance(first, str):
-                inputs.add(first)
-
-    def render(ctx: Mapping[str, Any]) -> str:
-        return "".join(p if type(p) is str else str(p(ctx)) for p in parts)  # type: ignore[operator]
-
-    return render, TemplateRefs(frozenset(steps), frozenset(inputs), dynamic)
-
-
-# The trivial subset of Jinja2 most tasks are written in: text and `{{ root.a['b'] }}`.
-_OPEN_RE = re.compile(r"\{[{%#]")
-_VAR_RE = re.compile(
-    r"\{\{\s*(inputs|steps|run)((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\s*'[A-Za-z0-9_-]*'\s*\])*)\s*\}\}"
-)
-_PART_RE = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*'([A-Za-z0-9_-]*)'\s*\]")
-_NEWLINE_RE = re.compile(r"\r\n|\r|\n")
-
-
-def _quick_parse(source: str) -> nodes.Template | None:
-    """Build the syntax tree Jinja2's parser would, for the trivial subset only; else None.
-
-    Jinja2's parser costs about 0.3 ms for a typical task, too much for a 1,000-step
-    dry run. A template of plain text and ``{{ inputs.x }}`` / ``{{ steps.a.result }}`` /
-    ``{{ steps['a-b'].notes }}`` lookups gets the identical tree here (the tests compare
-    with ``Environment.parse``); anything else -- blocks, comments, filters, whitespace
-    control -- returns None and goes to Jinja2's parser.
-    """
-    from jinja2 import nodes
-
-    # As Jinja2's lexer does: normalize newlines, drop one trailing newline.
-    text = "\n".join(_NEWLINE_RE.split(source))
-    if text.endswith("\n"):
-        text = text[:-1]
-    body: list[nodes.Expr] = []
-    pos, lineno = 0, 1
-    while True:
-        m = _OPEN_RE.search(text, pos)
-        end = m.start() if m else len(text)
-        if end > pos:
-            body.append(nodes.TemplateData(text[pos:end], lineno=lineno))
-            lineno += text.count("\n", pos, end)
-        if m is None:
-            break
-        var = _VAR_RE.match(text, end) if m.group() == "{{" else None
-        if var is None:
-            return None
-        node: nodes.Expr = nodes.Name(var.group(1), "load", lineno=lineno)
-        for attr, key in _PART_RE.findall(var.group(2)):
-            if attr:
-                node = nodes.Getattr(node, attr, "load", lineno=lineno)
-            else:
-                node = nodes.Getitem(node, nodes.Const(key, lineno=lineno), "load", lineno=lineno)
-        body.append(node)
-        lineno += var.group().count("\n")
-        pos = var.end()
-    return nodes.Template([nodes.Output(body, lineno=1)] if body else [], lineno=1)
-
-
-def _references(ast: nodes.Node) -> TemplateRefs:
-    """Collect the steps and inputs a syntax tree reads (see ``TemplateRefs``)."""
-    from jinja2 import nodes
-
-    steps: set[str] = set()
-    inputs: set[str] = set()
-    dynamic = False
-    stack: list[tuple[nodes.Node, nodes.Node | None]] = [(ast, None)]
-    while stack:
-        node, parent = stack.pop()
-        if isinstance(node, nodes.Name) and node.name in ("steps", "inputs"):
-            key: Any = None
-            if isinstance(parent, nodes.Getattr) and parent.node is node:
-                key = parent.attr
-            elif (
-                isinstance(parent, nodes.Getitem)
-                and parent.node is node
-                and isinstance(parent.arg, nodes.Const)
-            ):
-                key = parent.arg.value
-            if node.name == "steps":
-                if isinstance(key, str):
-                    steps.add(key)
-                else:
-                    dynamic = True
-            elif isinstance(key, str):
-                inputs.add(key)
-        stack.extend((child, node) for child in node.iter_child_nodes())
-    return TemplateRefs(frozenset(steps), frozenset(inputs), dynamic)
-
-
-class _Compiled:
-    """One template or expression: source, syntax tree, references, evaluators."""
-
-    __slots__ = ("source", "is_expr", "refs", "_fast", "_jinja", "_ast")
-
-    def __init__(self, source: str, *, is_expr: bool) -> None:
-        """Parse ``source``; compile it now unless the fast evaluator covers it.
-
-        Raises jinja2.TemplateSyntaxError (or TemplateAssertionError on compiling).
-        """
-        from jinja2.lexer import describe_token
-        from jinja2.parser import Parser
-
-        env = _environment()
-        self.source = source
-        self.is_expr = is_expr
-        self._jinja: Any = None
-        self._fast: Callable[[Mapping[str, Any]], Any] | None = None
-        self._ast: nodes.Node
-        refs: TemplateRefs | None = None
-        if is_expr:
-            parser = Parser(env, source, state="variable")
-            self._ast = parser.parse_expression()
-            if not parser.stream.eos:
-                tok = parser.stream.current
-                parser.fail(f"unexpected {describe_token(tok)!r} after the expression", tok.lineno)
-            self._fast = _fast_expr(self._ast)
-        else:
-            self._ast = _quick_parse(source) or env.parse(source)
-            fast = _fast_template(self._ast)
-            if fast is not None:  # the references were read from the same tree on the way
-                self._fast, refs = fast
-        self.refs = refs if refs is not None else _references(self._ast)
-        if self._fast is None:
-            self._compile()
-
-    def _compile(self) -> Any:
-        if self._jinja is None:
-            env = _environment()
-            if self.is_expr:
-                self._jinja = env.compile_expression(self.source, undefined_to_none=False)
-            else:  # from the tree parsed in __init__: no second parse
-                tree = sandbox.guard_loops(self._ast)  # refs were read already
-                tree.set_environment(env)
-                self._jinja = env.from_string(tree)
-        return self._jinja
-
-    def __call__(
-        self, ctx: Mapping[str, Any], limits: sandbox.RenderLimits = sandbox.DEFAULT_LIMITS
-    ) -> Any:
-        """Render (a template, to str) or evaluate (an expression, to its value)."""
-        if self._fast is not None:
-            try:
-                value = self._fast(ctx)
-            except _Fallback:
-                pass
-            else:
-                if not self.is_expr and len(value) > limits.max_chars:
-                    with sandbox.render_budget(limits):
-                        sandbox.check_output(value)
-                return value
-        return self.jinja(ctx, limits)
-
-    def jinja(
-        self, ctx: Mapping[str, Any], limits: sandbox.RenderLimits = sandbox.DEFAULT_LIMITS
-    ) -> Any:
-        """Render or evaluate with Jinja2 itself (the fast evaluator's reference)."""
-        compiled = self._compile()
-        with sandbox.render_budget(limits):
-            if self.is_expr:
-                value = compiled(**ctx)
-                bool(value)  # a StrictUndefined result raises here, as it would in `if`
-                return value
-            return sandbox.bounded_render(compiled, ctx)
-
-
-def _jinja_problem(exc: Exception) -> str:
-    """A readable sentence for a Jinja2 (or Python) error, with a near miss for filters."""
-    text = str(getattr(exc, "message", None) or exc).strip().rstrip(".") or type(exc).__name__
-    m = re.fullmatch(r"No (filter|test) named '([^']+)'", text)
-    if m:
-        env = _environment()
-        known = env.filters if m.group(1) == "filter" else env.tests
-        return text + (did_you_mean(m.group(2), list(known)) or ".")
-    return text + "."
-
-
-class TaskRenderer:
-    """Renders a template's tasks, conditions, gate prompts and outputs in a sandbox.
-
-    Every template is parsed (and, unless trivially evaluable, compiled) once here;
-    syntax errors are collected in ``problems`` instead of raised. Render methods raise
-    WorkflowError naming the step and field.
-
-    Example::
-
-        renderer = TaskRenderer(spec)
-        assert not renderer.problems
-        renderer.render_task("research", ctx)
-        renderer.evaluate_when("review", ctx)   # True when the step has no `when`
-    """
-
-    def __init__(
-        self, spec: WorkflowSpec, *, limits: sandbox.RenderLimits = sandbox.DEFAULT_LIMITS
-    ) -> None:
-        """Parse and compile every template of ``spec``; each render stays within ``limits``."""
-        self.spec = spec
-        self.limits = limits
-        self.problems: list[str] = []
-        self._steps: dict[str, dict[str, _Compiled]] = {}
-        self._outputs: dict[str, _Compiled] = {}
-        self._broken: set[tuple[str, str]] = set()
-        for step in spec.steps:
-            if step.id in self._steps:
-                continue  # a duplicate id; the planner reports it
-            fields: list[tuple[str, str, bool]] = [("task", step.task, False)]
-            if step.when is not None:
-                fields.append(("when", step.when, True))
-            if step.gate is not None:
-                fields.append(("gate.prompt", step.gate.prompt, False))
-                if step.gate.when is not None:
-                    fields.append(("gate.when", step.gate.when, True))
-            compiled: dict[str, _Compiled] = {}
-            for name, source, is_expr in fields:
-                item = self._compile(f"step `{step.id}`", name, source, is_expr)
-                if item is None:
-                    self._broken.add((step.id, name))
-                else:
-                    compiled[name] = item
-            self._steps[step.id] = compiled
-        for name, source in spec.outputs.items():
-            item = self._compile(f"output `{name}`", "outputs", source, False)
-            if item is not None:
-                self._outputs[name] = item
-
-    def _compile(self, label: str, name: str, source: str, is_expr: bool) -> _Compiled | None:
-        import jinja2
-
-        try:
-            return _Compiled(source, is_expr=is_expr)
-        except jinja2.TemplateSyntaxError as exc:  # includes TemplateAssertionError
-            line = f" at line {exc.lineno}" if not is_expr else ""
-            self.problems.append(
-                f"{label}: `{name}` has a template error{line}: {_jinja_problem(exc)}"
-            )
-        return None
-
-    # -- inspection
-
-    def references(self, step_id: str) -> dict[str, TemplateRefs]:
-        """What each template field of a step reads: ``{"task": ..., "when": ..., ...}``."""
-        return {name: c.refs for name, c in self._fields(step_id).items()}
-
-    def output_references(self) -> dict[str, TemplateRefs]:
-        """What each output template reads."""
-        return {name: c.refs for name, c in self._outputs.items()}
-
-    def referenced_steps(self, step_id: str) -> set[str]:
-        """Step ids read as ``steps.<id>`` / ``steps['id']`` by the step's task, when, gate."""
-        return {s for c in self._fields(step_id).values() for s in c.refs.steps}
-
-    def referenced_inputs(self, step_id: str) -> set[str]:
-        """Input names read as ``inputs.<name>`` / ``inputs['name']`` by the step."""
-        return {s for c in self._fields(step_id).values() for s in c.refs.inputs}
-
-    def is_broken(self, step_id: str, field_name: str | None = None) -> bool:
-        """True when a template of the step (or the given field) failed to compile."""
-        return any(
-            sid == step_id and (field_name is None or f == field_name) for sid, f in self._broken
-        )
-
-    def _fields(self, step_id: str) -> dict[str, _Compiled]:
-        try:
-            return self._steps[step_id]
-        except KeyError:
-            raise WorkflowError(
-                f"`{self.spec.name}` has no step `{step_id}`"
-                f"{did_you_mean(step_id, list(self._steps))}",
-                path=self.spec.path,
-                step=step_id,
-            ) from None
-
-    # -- rendering
-
-    def _run(self, step_id: str, name: str, context: Mapping[str, Any]) -> Any:
-        fields = self._fields(step_id)
-        item = fields.get(name)
-        if item is None:
-            raise WorkflowError(
-                f"step `{step_id}`: `{name}` has a template error; run `workflow validate`.",
-                path=self.spec.path,
-                step=step_id,
-            )
-        try:
-            return item(context, self.limits)
-        except sandbox.RenderLimitError as exc:
-            raise WorkflowError(
-                f"step `{step_id}`: `{name}` was stopped: {exc}. {self._bounds()}",
-                path=self.spec.path,
-                step=step_id,
-            ) from exc
-        except Exception as exc:  # the boundary: no jinja2 error type leaves the engine
-            verb = "cannot be evaluated" if item.is_expr else "fails to render"
-            raise WorkflowError(
-                f"step `{step_id}`: `{name}` {verb}: {_jinja_problem(exc)}",
-                path=self.spec.path,
-                step=step_id,
-            ) from exc
-
-    def _bounds(self) -> str:
-        return (
-            f"A render may use at most {self.limits.describe()}; make the template do less "
-            "(loop over fewer items, build shorter text)."
-        )
-
-    def render_task(self, step_id: str, context: Mapping[str, Any]) -> str:
-        """Render the step's ``task``."""
-        return str(self._run(step_id, "task", context))
-
-    def _has(self, step_id: str, name: str) -> bool:
-        return name in self._fields(step_id) or (step_id, name) in self._broken
-
-    def render_gate_prompt(self, step_id: str, context: Mapping[str, Any]) -> str:
-        """Render the prompt of the step's gate (WorkflowError if it has none)."""
-        if not self._has(step_id, "gate.prompt"):
-            raise WorkflowError(f"step `{step_id}` has no gate.", step=step_id)
-        return str(self._run(step_id, "gate.prompt", context))
-
-    def evaluate_when(self, step_id: str, context: Mapping[str, Any]) -> bool:
-        """Evaluate the step's ``when`` (True when it has none)."""
-        if not self._has(step_id, "when"):
-            return True
-        return bool(self._run(step_id, "when", context))
-
-    def evaluate_gate_when(self, step_id: str, context: Mapping[str, Any]) -> bool:
-        """Evaluate the ``when`` of the step's gate (True when it has none)."""
-        if not self._has(step_id, "gate.when"):
-            return True
-        return bool(self._run(step_id, "gate.when", context))
-
-    def render_output(self, name: str, context: Mapping[str, Any]) -> str:
-        """Render one output template."""
-        if name not in self.spec.outputs:
-            raise WorkflowError(
-                f"`{self.spec.name}` has no output `{name}`"
-                f"{did_you_mean(name, list(self.spec.outputs))}",
-                path=self.spec.path,
-            )
-        item = self._outputs.get(name)
-        if item is None:
-            raise WorkflowError(
-                f"output `{name}` has a template error; run `workflow validate`.",
-                path=self.spec.path,
-            )
-        try:
-            return str(item(context, self.limits))
-        except sandbox.RenderLimitError as exc:
-            raise WorkflowError(
-                f"output `{name}` was stopped: {exc}. {self._bounds()}", path=self.spec.path
-            ) from exc
-        except Exception as exc:  # the boundary, as in _run
-            raise WorkflowError(
-                f"output `{name}` fails to render: {_jinja_problem(exc)}", path=self.spec.path
-            ) from exc
-
-    def render_outputs(self, context: Mapping[str, Any]) -> dict[str, str]:
-        """Render every output template; raises WorkflowError naming the first that fails."""
-        return {name: self.render_output(name, context) for name in self.spec.outputs}

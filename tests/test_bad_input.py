@@ -21,7 +21,7 @@ import yaml
 from click.testing import CliRunner
 
 from engine.cli import metrics, orchestrate, workflow
-from tests.conftest import demo_config
+from tests.helpers import demo_config
 
 PROGRAMS = {"orchestrate": orchestrate, "workflow": workflow, "metrics": metrics}
 TOKEN = "sk-distinctive-token-9f8e7d"

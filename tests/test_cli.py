@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from engine.cli import orchestrate
 from engine.config import load_config
 from engine.gateway.server import LocalGateway
-from tests.conftest import demo_config, write_config
+from tests.helpers import demo_config, write_config
 
 GATEWAY_TOKEN = "gw-secret-token-0123456789abcdef"
 WRONG_TOKEN = "wrong-token-fedcba9876543210"

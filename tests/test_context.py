@@ -21,7 +21,7 @@ from engine.context import (
 )
 from engine.errors import ConfigError, HookError, UsageError
 from tests import standins
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.standins import DiscordAPI, Scripted, discord_message
 
 TOKEN = "discord-bot-token-5f0c9a1e77"
@@ -499,7 +499,7 @@ def test_channel_context_reaches_the_agent_through_the_cli(discord_api: Any, tmp
     from click.testing import CliRunner
 
     from engine.cli import orchestrate
-    from tests.conftest import demo_config, write_config
+    from tests.helpers import demo_config, write_config
 
     api = discord_api(token=TOKEN, channels={TECH: list(MESSAGES)})
     raw = demo_config(tmp_path)

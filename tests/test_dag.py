@@ -13,24 +13,12 @@ import yaml
 
 from engine.acl import Acl
 from engine.config import Config, config_from_dict
-from engine.dag import (
-    Plan,
-    dry_run_dict,
-    dry_run_text,
-    graph_text,
-    placeholder_result,
-    plan_workflow,
-)
+from engine.dag import Plan, placeholder_result, plan_workflow
 from engine.errors import UsageError, WorkflowError
+from engine.planview import dry_run_dict, dry_run_text, graph_text
 from engine.registry import Registry
-from engine.workflow import (
-    TaskRenderer,
-    WorkflowSpec,
-    load_workflow,
-    render_context,
-    shipped_workflows_dir,
-    workflow_from_dict,
-)
+from engine.renderer import TaskRenderer, render_context
+from engine.workflow import WorkflowSpec, load_workflow, shipped_workflows_dir, workflow_from_dict
 
 SAMPLES = Path(__file__).parent / "workflows"
 DOCS = Path(__file__).parent.parent / "docs" / "workflows.md"

@@ -18,7 +18,7 @@ from engine.handoff import handoff_path, make_handoff
 from engine.record import reconcile
 from engine.reporter import Reporter
 from engine.watch import watcher_for
-from tests.conftest import demo_config, free_port, remote_config, write_config, write_valid_handoff
+from tests.helpers import demo_config, free_port, remote_config, write_config, write_valid_handoff
 
 
 def _req(task: str = "Find CTE of Zerodur", **kw: Any) -> DelegationRequest:

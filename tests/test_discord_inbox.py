@@ -19,7 +19,7 @@ from engine.discord import CLAIM, REJECT, DiscordClient, RetrySchedule
 from engine.errors import ConfigError, HookUnreachableError
 from engine.inbox import DiscordInbox, InboxError, parse_task, submission_text
 from tests import standins
-from tests.conftest import demo_config, write_config
+from tests.helpers import demo_config, write_config
 from tests.standins import DiscordAPI, Scripted
 
 discord_api = standins.discord_api

@@ -22,7 +22,7 @@ from engine.gateway.server import LocalGateway
 from engine.health import BAD_TOKEN, DEGRADED, DOWN, EMBEDDED, UP, check_agents, config_warnings
 from engine.opslog import follow, log_path, tail
 from engine.systemd import gateway_units, write_units
-from tests.conftest import StandIn, demo_config, free_port, write_config
+from tests.helpers import StandIn, demo_config, free_port, write_config
 
 GW_TOKEN = "health-gw-token-5d1f0a"
 REMOTE_TOKEN = "health-remote-token-9e3c71"

@@ -30,7 +30,7 @@ from engine.metrics import compute_metrics
 from engine.record import pending_path, read_json, write_record
 from engine.validate import validate_result
 from engine.watch import watcher_for
-from tests.conftest import demo_config, remote_config, write_config
+from tests.helpers import demo_config, remote_config, write_config
 
 Block = dict[str, str]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import demo_config
+from tests.helpers import demo_config
 
 
 def _config(tmp_path: Path, **gateway: Any) -> Path:

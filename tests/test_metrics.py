@@ -42,7 +42,7 @@ from engine.runner import (
     summarize,
 )
 from engine.schemas import schema_problems
-from tests.conftest import demo_config, write_config
+from tests.helpers import demo_config, write_config
 
 RUN_WORKFLOWS = Path(__file__).parent / "workflows" / "run"
 FLAKY = """

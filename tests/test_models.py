@@ -19,7 +19,7 @@ from engine.handoff import load_handoff
 from engine.message import render_message
 from engine.record import reconcile
 from tests import standins
-from tests.conftest import demo_config, free_port, write_config
+from tests.helpers import demo_config, free_port, write_config
 from tests.standins import Scripted, openai_error
 
 #: The stand-in's fixture, made visible to this module's tests.

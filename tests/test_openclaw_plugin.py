@@ -148,7 +148,7 @@ def test_stop_releases_what_is_held(tmp_path: Path) -> None:
 
 
 def test_pool_serve_needs_its_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.conftest import demo_config, write_config
+    from tests.helpers import demo_config, write_config
 
     monkeypatch.delenv("ORCH_POOL_TOKEN", raising=False)
     cfg = write_config(tmp_path, demo_config(tmp_path))
@@ -299,7 +299,7 @@ def test_engine_delegations_through_the_plugin_take_one_token_each(
 def test_agents_status_against_the_real_gateway(
     pooled_peer: tuple[Any, PoolServer], tmp_path: Path
 ) -> None:
-    from tests.conftest import free_port
+    from tests.helpers import free_port
     from tests.peers.openclaw.fixtures import TOKEN_ENV, WRONG_TOKEN
 
     oc, server = pooled_peer

@@ -19,7 +19,7 @@ from engine.config import load_config
 from engine.delegate import DelegationRequest, open_delegator
 from engine.gateway.server import LocalGateway
 from engine.runner import read_events
-from tests.conftest import demo_config, write_config
+from tests.helpers import demo_config, write_config
 
 TOKEN = "pool-test-token-0123456789"
 SLOW = [sys.executable, "-c", "import time; time.sleep(0.25); print('slept')"]

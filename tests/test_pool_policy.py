@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine.pool import DEADLINE_GRACE, PoolMode, PoolPolicy, PoolSettings, PoolState
-from engine.pool.policy import Outcome
+from engine.pool.policy import PollOutcome as Outcome
 from engine.pool.state import ClockPair, Reclaim, Ticket, Token, decode, encode, parse
 
 HERE, THERE = "host-here", "host-there"

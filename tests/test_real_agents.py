@@ -20,7 +20,7 @@ from engine.config import load_config
 from engine.delegate import DelegationRequest, Outcome, open_delegator
 from engine.gateway.server import LocalGateway
 from engine.repair import REPAIR_MARKER
-from tests.conftest import demo_config, remote_config, write_config, write_valid_handoff
+from tests.helpers import demo_config, remote_config, write_config, write_valid_handoff
 
 AGENT = Path(__file__).parent / "peers" / "misbehaving_agent.py"
 #: A delegation that needs one repair must end long before this.

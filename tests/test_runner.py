@@ -20,7 +20,7 @@ from engine.config import Config, load_config
 from engine.delegate import open_delegator
 from engine.gateway.server import LocalGateway
 from engine.runner import RunOptions, RunState, WorkflowRunner, prepare, read_events
-from tests.conftest import demo_config, rendezvous_agent, write_config
+from tests.helpers import demo_config, rendezvous_agent, write_config
 
 HERE = Path(__file__).parent / "workflows" / "run"
 FLAKY = """

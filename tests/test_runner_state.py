@@ -1,6 +1,6 @@
 """Run state under real input: per-run state, resume, replay, retry backoff, bounded templates.
 
-Real local gateway with demo agents (tests/conftest.py `demo_config`), real run directories.
+Real local gateway with demo agents (tests/helpers.py `demo_config`), real run directories.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from engine.config import Config, load_config
 from engine.delegate import open_delegator
 from engine.errors import RunStateError, WorkflowError
 from engine.progress import LineReporter
+from engine.renderer import TaskRenderer, render_context
 from engine.runner import (
     MAX_RETRY_DELAY,
     RunOptions,
@@ -37,8 +38,8 @@ from engine.runner import (
     summarize,
 )
 from engine.sandbox import RenderLimits
-from engine.workflow import TaskRenderer, render_context, workflow_from_dict
-from tests.conftest import demo_config, write_config
+from engine.workflow import workflow_from_dict
+from tests.helpers import demo_config, write_config
 
 HERE = Path(__file__).parent / "workflows"
 STATE = HERE / "state"

@@ -26,7 +26,7 @@ import yaml
 
 from engine import redact as redaction
 from engine.redact import MASK, redact, redact_obj, register, register_url
-from tests.conftest import demo_config
+from tests.helpers import demo_config
 
 # -- the redaction itself -----------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from engine.cli import orchestrate
 from engine.config import Config, load_config
 from engine.delegate import DelegationRequest, Delegator, Outcome, open_delegator
 from engine.errors import AclDeniedError, RunStateError, UnknownAgentError, UsageError
-from tests.conftest import demo_config, gated_agent, write_config
+from tests.helpers import demo_config, gated_agent, write_config
 
 SUB_AGENT = """
 import json, os, subprocess, sys

@@ -11,21 +11,23 @@ import yaml
 
 from engine.config import Config, config_from_dict
 from engine.errors import WorkflowError
-from engine.workflow import (
-    GateSpec,
-    InputSpec,
+from engine.renderer import (
     TaskRenderer,
-    WorkflowSpec,
     _Compiled,
     _environment,
     _quick_parse,
+    render_context,
+    step_context,
+)
+from engine.workflow import (
+    GateSpec,
+    InputSpec,
+    WorkflowSpec,
     find_workflow,
     list_workflows,
     load_workflow,
     parse_inputs,
-    render_context,
     shipped_workflows_dir,
-    step_context,
     workflow_from_dict,
 )
 

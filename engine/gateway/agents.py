@@ -82,7 +82,7 @@ class Task:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ProcessOutcome:
     """How a command agent's process ended."""
 
     returncode: int | None
@@ -246,7 +246,7 @@ class CommandRunner:
 
     # -- one task --------------------------------------------------------------------
 
-    def run(self, spec: GatewayAgentConfig, task: Task) -> Outcome:
+    def run(self, spec: GatewayAgentConfig, task: Task) -> ProcessOutcome:
         """Run ``task`` on the command agent ``spec`` to the end (blocking)."""
         started = time.monotonic()
         workspace = self.workspaces_dir / spec.name / task.gateway_run_id
@@ -298,12 +298,12 @@ class CommandRunner:
     def _finish(
         self,
         task: Task,
-        outcome: Outcome,
+        outcome: ProcessOutcome,
         *,
         timeout: float | None = None,
         source: str = "agent timeout",
         spec: GatewayAgentConfig | None = None,
-    ) -> Outcome:
+    ) -> ProcessOutcome:
         """Write the handoff the agent did not write, then reconcile its directory."""
         path = task.handoff_path
         if (
@@ -369,7 +369,7 @@ class CommandRunner:
         _reconcile(records_of(path))
         if not written:
             return outcome
-        return Outcome(
+        return ProcessOutcome(
             returncode=outcome.returncode,
             timed_out=outcome.timed_out,
             cancelled=outcome.cancelled,
@@ -418,7 +418,7 @@ def _start(
         return f"cannot start `{spec.argv[0]}` ({where}.argv): {text}"
 
 
-def completion_of(outcome: Outcome) -> dict[str, str]:
+def completion_of(outcome: ProcessOutcome) -> dict[str, str]:
     """The ``completion`` object of a hooks answer held with ``waitForCompletion``."""
     if outcome.returncode == 0 and not outcome.timed_out and not outcome.cancelled:
         return {"status": "ok"}
@@ -460,7 +460,7 @@ def _environment(spec: GatewayAgentConfig, task: Task, workspace: Path) -> dict[
     return env
 
 
-def _supervise(running: _Running, timeout: float | None, started: float) -> Outcome:
+def _supervise(running: _Running, timeout: float | None, started: float) -> ProcessOutcome:
     """Collect output tails, enforce the timeout, and clean up the group after exit."""
     proc = running.popen
     pid = proc.pid
@@ -541,7 +541,7 @@ def _supervise(running: _Running, timeout: float | None, started: float) -> Outc
         proc.stdout.close()
         proc.stderr.close()
     out, err = (bytes(b[-OUTPUT_LIMIT:]).decode("utf-8", "replace") for b in bufs.values())
-    return Outcome(
+    return ProcessOutcome(
         returncode=returncode,
         timed_out=timed_out,
         cancelled=running.cancelled and not timed_out,
@@ -618,8 +618,8 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def _failed_start(reason: str, started: float) -> Outcome:
-    return Outcome(
+def _failed_start(reason: str, started: float) -> ProcessOutcome:
+    return ProcessOutcome(
         returncode=None,
         timed_out=False,
         cancelled=False,

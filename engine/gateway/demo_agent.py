@@ -20,6 +20,8 @@ import re
 import sys
 import time
 
+from engine.states import Confidence, HandoffStatus
+
 ROLES = (
     "manager",
     "tech-lead",
@@ -33,8 +35,8 @@ ROLES = (
 #: Roles that answer ``APPROVED:`` to a review request unless told ``DEMO_REJECT``.
 VALIDATORS = ("tech-lead", "auditor")
 _DIRECTIVE = re.compile(r"\bDEMO_[A-Z_]+(?:=\S*)?")
-_STATUSES = ("complete", "partial", "blocked", "failed")
-_CONFIDENCES = ("high", "medium", "low")
+_STATUSES = tuple(s.value for s in HandoffStatus)
+_CONFIDENCES = tuple(c.value for c in Confidence)
 _STOPWORDS = frozenset(
     "the and for with from into about find what which this that give list make check "
     "between over under please using review validate verify approve".split()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,9 +31,9 @@ from engine.config import MAX_SECONDS, Config, GatewayAgentConfig
 from engine.cost import compute_cost, price_for
 from engine.errors import ConfigError
 from engine.gateway.agents import Task, records_of
-from engine.hooks import retry_after_seconds
 from engine.redact import install_log_filter, redact, register, register_url
 from engine.registry import check_token
+from engine.retry import Backoff, GiveUp, retry_after_seconds, send_with_retries
 
 log = logging.getLogger("engine.gateway")
 install_log_filter(log)
@@ -46,7 +45,7 @@ DEFAULT_TIMEOUT = 120.0
 #: Environment variable that overrides every model agent's timeout (seed 002).
 TIMEOUT_ENV = "TIMEOUT"
 #: HTTP statuses worth retrying: rate limited, or the server failed.
-RETRYABLE = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+RETRYABLE_STATUS_CODES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 #: How much of an error body goes into a ``failed`` handoff.
 ERROR_LIMIT = 500
 MODEL_NOTE = "written by the local gateway for the `openai` agent"
@@ -186,52 +185,49 @@ def _answer(
         headers["Authorization"] = f"Bearer {key}"
 
     timeout = model_timeout(spec, task.timeout)
-    start = time.monotonic()
-    deadline = start + timeout
-    delays = cfg.retry.delays
-    attempt = 0
-    while True:
-        attempt += 1
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return _failed(
-                f"no answer from `{model}` at {shown} within {timeout:g} s "
-                f"({attempt - 1} attempt(s)); {_timeout_hint(spec)}"
-            )
-        retry_after: float | None = None
-        try:
-            resp = http.post(url, json=body, headers=headers, timeout=remaining)
-        except httpx.TimeoutException:
-            return _failed(
-                f"no answer from `{model}` at {shown} within {timeout:g} s "
-                f"({attempt} attempt(s)); {_timeout_hint(spec)}"
-            )
-        except httpx.TransportError as exc:
-            reason = _scrub(_transport_reason(exc), key)
-        else:
-            code = resp.status_code
-            if code == 200:
-                return _parse(resp, model, shown, key, cfg, attempt, time.monotonic() - start)
-            detail = _scrub(_error_text(resp), key)
-            reason = f"HTTP {code}" + (f": {detail}" if detail else "")
-            if code not in RETRYABLE:
-                return _failed(f"the model endpoint {shown} refused the request ({reason}).")
-            retry_after = _retry_after(resp)
-        if attempt > len(delays):
-            return _failed(
-                f"gave up on `{model}` at {shown} after {attempt} attempts (last: {reason})."
-            )
-        delay = delays[attempt - 1] * (1 + cfg.retry.jitter * random.random())
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        if time.monotonic() + delay >= deadline:
-            return _failed(
-                f"gave up on `{model}` at {shown} after {attempt} attempt(s) "
-                f"(last: {reason}): the next retry, in {delay:.1f} s, would come "
-                f"after the {timeout:g} s timeout; {_timeout_hint(spec)}"
-            )
+    deadline = time.monotonic() + timeout
+
+    def scrub(text: str) -> str:
+        return _scrub(text, key)
+
+    def describe(resp: httpx.Response) -> str:
+        detail = scrub(_error_text(resp))
+        return f"HTTP {resp.status_code}" + (f": {detail}" if detail else "")
+
+    def observe(attempt: int, delay: float, reason: str) -> None:
         log.info("local gateway: %s: %s, retry %d in %.1f s", spec.name, reason, attempt, delay)
-        sleep(delay)
+
+    done = send_with_retries(
+        lambda remaining: http.post(url, json=body, headers=headers, timeout=remaining),
+        Backoff(cfg.retry.delays, jitter=cfg.retry.jitter),
+        accept=lambda r: r.status_code == 200,
+        retryable=lambda r: r.status_code in RETRYABLE_STATUS_CODES,
+        deadline=deadline,
+        describe=describe,
+        server_wait=_retry_after,
+        scrub=scrub,
+        on_retry=observe,
+        sleep=sleep,
+    )
+    resp = done.response
+    if resp is not None and done.accepted:
+        return _parse(resp, model, shown, key, cfg, done.attempts, done.elapsed)
+    if resp is not None:
+        return _failed(f"the model endpoint {shown} refused the request ({describe(resp)}).")
+    if done.timed_out or done.gave_up is GiveUp.DEADLINE:
+        return _failed(
+            f"no answer from `{model}` at {shown} within {timeout:g} s "
+            f"({done.attempts} attempt(s)); {_timeout_hint(spec)}"
+        )
+    if done.gave_up is GiveUp.PAST_DEADLINE:
+        return _failed(
+            f"gave up on `{model}` at {shown} after {done.attempts} attempt(s) "
+            f"(last: {done.reason}): the next retry, in {done.delay or 0:.1f} s, would come "
+            f"after the {timeout:g} s timeout; {_timeout_hint(spec)}"
+        )
+    return _failed(
+        f"gave up on `{model}` at {shown} after {done.attempts} attempts (last: {done.reason})."
+    )
 
 
 def _parse(
@@ -365,13 +361,6 @@ def _display_url(url: str) -> str:
 
 def _scrub(text: str, key: str) -> str:
     return redact(text.replace(key, "***") if key else text)
-
-
-def _transport_reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    if "refused" in text.lower():
-        return "connection refused"
-    return redact(f"{type(exc).__name__}: {text}")[:200]
 
 
 def _error_text(resp: httpx.Response) -> str:

@@ -60,10 +60,6 @@ _HOOK_PATHS = ("/hooks/agent", "/hooks/wake")
 _JSON = "application/json"
 
 
-class _Stopping(Exception):
-    """The gateway is shutting down and takes no new work."""
-
-
 class _Server(ThreadingHTTPServer):
     """ThreadingHTTPServer without the reverse DNS lookup, tracking its open connections."""
 

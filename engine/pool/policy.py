@@ -34,7 +34,7 @@ from engine.pool.state import (
     Token,
 )
 
-__all__ = ["DEADLINE_GRACE", "Outcome", "PidAlive", "Poll", "PoolPolicy"]
+__all__ = ["DEADLINE_GRACE", "PidAlive", "Poll", "PollOutcome", "PoolPolicy"]
 
 #: A live holder that gave its delegation's deadline keeps its token until this long after
 #: that deadline: the delegation records its timeout and releases at the deadline, and on a
@@ -51,7 +51,7 @@ JUMP_TOLERANCE = 2.0
 PidAlive = Callable[[int, "int | None"], bool]
 
 
-class Outcome(enum.Enum):
+class PollOutcome(enum.Enum):
     """What a request for a token came to."""
 
     GRANTED = "granted"  # the ticket is a token now
@@ -63,7 +63,7 @@ class Outcome(enum.Enum):
 class Poll:
     """The answer to a request: its outcome, the token when granted, why when refused."""
 
-    outcome: Outcome
+    outcome: PollOutcome
     token: Token | None = None
     detail: str = ""
 
@@ -303,7 +303,7 @@ class PoolPolicy:
     def _find(state: PoolState, ticket_id: str) -> Poll | None:
         for tok in state.tokens:
             if tok.id == ticket_id:
-                return Poll(Outcome.GRANTED, tok)
+                return Poll(PollOutcome.GRANTED, tok)
         return None
 
     def why_waiting(self, state: PoolState, now: float) -> str:
@@ -344,8 +344,8 @@ class PoolPolicy:
                     f"`pool.queue_limit` is {limit}). Try again later, or raise "
                     "`pool.queue_limit` or `pool.max_tokens`."
                 )
-            return Poll(Outcome.REFUSED, detail=detail)
-        return Poll(Outcome.WAITING)
+            return Poll(PollOutcome.REFUSED, detail=detail)
+        return Poll(PollOutcome.WAITING)
 
     def poll(self, state: PoolState, now: float, ticket: Ticket, pid_alive: PidAlive) -> Poll:
         """Has the request been granted? A waiter's ticket is renewed (at most every half
@@ -357,13 +357,13 @@ class PoolPolicy:
             if waiting.id == ticket.id:
                 if now - waiting.renewed_at >= self.settings.lease_ttl / 2:
                     waiting.renewed_at = now
-                return Poll(Outcome.WAITING)
+                return Poll(PollOutcome.WAITING)
         for rec in state.reclaimed:
             if rec.token_id == ticket.id:
                 # Granted, then reclaimed before we looked: ours, already taken back;
                 # the lease's release will report why.
                 token = Token.granted(ticket, rec.at - rec.held_s)
-                return Poll(Outcome.GRANTED, token)
+                return Poll(PollOutcome.GRANTED, token)
         # Our ticket vanished (a repaired state): queue again in our old place.
         later = [i for i, w in enumerate(state.queue) if w.queued_at > ticket.queued_at]
         mine = _copy(ticket)
@@ -371,7 +371,7 @@ class PoolPolicy:
         state.queue.insert(later[0] if later else len(state.queue), mine)
         self._grant(state, now, _Liveness(self, now, pid_alive), own=ticket.id)
         found = self._find(state, ticket.id)
-        return found if found is not None else Poll(Outcome.WAITING)
+        return found if found is not None else Poll(PollOutcome.WAITING)
 
     def cancel(self, state: PoolState, now: float, ticket_id: str) -> Poll:
         """The waiter gives up at its deadline: leave the queue, unless granted meanwhile."""
@@ -379,7 +379,7 @@ class PoolPolicy:
         if found is not None:
             return found
         state.queue = [w for w in state.queue if w.id != ticket_id]
-        return Poll(Outcome.WAITING, detail=self.why_waiting(state, now))
+        return Poll(PollOutcome.WAITING, detail=self.why_waiting(state, now))
 
     def abandon(self, state: PoolState, now: float, ticket_id: str, pid_alive: PidAlive) -> None:
         """The waiter was interrupted: drop its ticket, or its token if it was granted."""

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from engine.errors import ConfigError, DelegationTimeoutError, PoolRefusedError
 from engine.pool.host import boot_id, host_id, pid_alive, start_time
-from engine.pool.policy import Outcome, Poll, PoolPolicy
+from engine.pool.policy import Poll, PollOutcome, PoolPolicy
 from engine.pool.settings import PoolSettings, system_load
 from engine.pool.state import (
     MAX_TEXT,
@@ -323,13 +323,13 @@ class TokenPool:
         policy, alive = self.policy, self._pid_alive
         try:
             poll = self._transact(lambda s, t: policy.enqueue(s, t, ticket, alive))
-            if poll.outcome is Outcome.REFUSED:
+            if poll.outcome is PollOutcome.REFUSED:
                 raise PoolRefusedError(
                     f"token pool refused run `{ticket.run_id}` (agent `{ticket.agent}`): "
                     f"{poll.detail}",
                     agent=ticket.agent,
                 )
-            feed = self.store.changes() if poll.outcome is Outcome.WAITING else None
+            feed = self.store.changes() if poll.outcome is PollOutcome.WAITING else None
             backoff = _Backoff(self._sleep)
             seen = 0
             if feed is not None:
@@ -337,11 +337,11 @@ class TokenPool:
                 seen = feed.generation()
                 poll = self._transact(lambda s, t: policy.poll(s, t, ticket, alive))
             last_full = time.monotonic()
-            while poll.outcome is not Outcome.GRANTED:
+            while poll.outcome is not PollOutcome.GRANTED:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     poll = self._transact(lambda s, t: policy.cancel(s, t, ticket.id))
-                    if poll.outcome is Outcome.GRANTED:
+                    if poll.outcome is PollOutcome.GRANTED:
                         break
                     raise DelegationTimeoutError(
                         f"no pool token for run `{ticket.run_id}` (agent `{ticket.agent}`) "

@@ -97,7 +97,7 @@ def test_a_long_wait_renews_its_envelope(
     import engine.delegate
     from engine.config import load_config
     from engine.files import new_run_id, parse_iso
-    from tests.conftest import demo_config, gated_agent, write_config
+    from tests.helpers import demo_config, gated_agent, write_config
 
     go = tmp_path / "go"
     raw = demo_config(tmp_path)

@@ -1,174 +1,23 @@
-"""Command-line shells over the engine: ``orchestrate`` (and ``workflow``, ``metrics``).
-
-Thin by design: each command parses options, calls one engine function and renders the
-result. Heavy modules are imported inside commands so ``--help`` starts fast.
-"""
+"""The ``orchestrate`` program: delegate a task, write and show handoffs, the pool, the
+gateway. Each command parses options, calls the engine and renders what it returns."""
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from engine.errors import EXIT_USAGE, OrchestratorError
-from engine.redact import redact
-
-CONFIG_HELP = "Config file (default: $ORCHESTRATOR_CONFIG, else ./orchestrator.yaml)."
-
-
-def _fail(exc: OrchestratorError) -> NoReturn:
-    click.echo(f"error: {redact(str(exc))}", err=True)
-    sys.exit(exc.exit_code)
-
-
-def _os_error(exc: OSError) -> OrchestratorError:
-    """An OSError that reached the CLI (a directory the engine writes to, a full disk)."""
-    from engine.textio import describe_oserror
-
-    where = f" `{exc.filename}`" if exc.filename else ""
-    if not where and _LOADED:  # a write into an open file: the handoffs directory is the place
-        where = f" the handoffs directory `{_LOADED[-1]}`"
-    return OrchestratorError(
-        f"cannot use{where}: {describe_oserror(exc)}. Nothing was lost; fix the path or its "
-        "permissions (e.g. `handoffs_dir` in the config) and run again."
-    )
-
-
-class Seconds(click.ParamType[float]):
-    """A finite number of seconds in ``(0, MAX_SECONDS]``: no nan, inf or 1e12."""
-
-    name = "SECONDS"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        import math
-
-        from engine.config import MAX_SECONDS
-
-        if isinstance(value, float):
-            return value
-        text = str(value).strip()
-        try:
-            number = float(text) if len(text) <= 32 else math.nan
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number) or not 0 < number <= MAX_SECONDS:
-            self.fail(
-                f"`{text[:32]}` is not a number of seconds between 0 and {MAX_SECONDS} "
-                "(e.g. `120`).",
-                param,
-                ctx,
-            )
-        return number
-
-
-def _check_argv(args: list[str]) -> None:
-    """Refuse command-line text that is not valid UTF-8 before any command runs.
-
-    Bytes from a file saved as cp1252 (``$(cat notes.txt)``) reach Python as lone
-    surrogates, which nothing could write; the message names the option or position.
-    """
-    from engine.errors import UsageError
-    from engine.textio import check_text
-
-    for i, arg in enumerate(args):
-        if arg.startswith("--") and "=" in arg:
-            what = f"the value of `{arg.split('=', 1)[0]}`"
-        elif i and args[i - 1].startswith("-") and not arg.startswith("-"):
-            what = f"the value of `{args[i - 1]}` (argument {i + 1})"
-        else:
-            what = f"argument {i + 1} `{arg.encode('utf-8', 'replace').decode()[:40]}`"
-        check_text(arg, what=what, error=UsageError)
-
-
-class EngineGroup(click.Group):
-    """A click group whose user errors become one message and the documented exit code."""
-
-    def main(
-        self,
-        args: Any = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        if args is None:
-            args = sys.argv[1:]
-        try:
-            _check_argv(list(args))
-            rv = super().main(
-                args=args,
-                prog_name=prog_name,
-                complete_var=complete_var,
-                standalone_mode=False,
-                **extra,
-            )
-        except OrchestratorError as exc:
-            _fail(exc)
-        except OSError as exc:
-            _fail(_os_error(exc))
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            exc.show()
-            sys.exit(EXIT_USAGE)
-        except click.Abort:
-            click.echo("aborted.", err=True)
-            sys.exit(130)
-        except KeyboardInterrupt:
-            click.echo("interrupted.", err=True)
-            sys.exit(130)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-#: The handoffs directory of the config each command loaded, to name it in OSError messages.
-_LOADED: list[str] = []
-
-
-def _load(config: str | None) -> Any:
-    from engine.config import load_config
-
-    cfg = load_config(config)
-    _LOADED.append(str(cfg.handoffs_dir))
-    return cfg
-
-
-def _load_optional(config: str | None) -> Any:
-    """The config if there is one (an invalid one is still an error), else None."""
-    from engine.config import find_config, load_config
-    from engine.errors import ConfigError
-
-    try:
-        path = find_config(config)
-    except ConfigError:
-        if config:
-            raise
-        return None
-    return load_config(path)
-
-
-def _dump(data: Any) -> None:
-    from engine.redact import redact
-
-    click.echo(redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)))
-
-
-def _say(text: str, *, err: bool = False) -> None:
-    """Print a line that may carry text from an agent or a URL, with known secrets masked."""
-    from engine.redact import redact
-
-    click.echo(redact(text), err=err)
-
-
-config_option = click.option(
-    "--config", "config", type=click.Path(dir_okay=False), help=CONFIG_HELP
+from engine.cli.common import (
+    EngineGroup,
+    Seconds,
+    config_option,
+    dump,
+    load,
+    load_optional,
+    say,
 )
-
-
-# --------------------------------------------------------------------------- orchestrate
+from engine.states import Confidence, HandoffStatus
 
 
 class _DelegateByDefault(EngineGroup):
@@ -275,35 +124,24 @@ def delegate_cmd(
 ) -> int:
     """Delegate TASK to AGENT on behalf of --caller and wait for the handoff."""
     from engine.delegate import DelegationRequest, open_delegator
-    from engine.errors import UsageError
     from engine.reporter import ConsoleReporter, Reporter
 
-    want = 1 if capability else 2
-    if len(args) != want:
-        raise UsageError(
-            "give `TASK` only with --capability"
-            if capability
-            else "give `AGENT TASK` (or `--capability NAME TASK`)"
-        )
-    task = args[-1]
-    cfg = _load(config)
-    if validate and not (validator or cfg.validator):
-        raise UsageError(
-            "`--validate` needs a validator: pass `--validator AGENT` or set "
-            f"`validator:` in `{cfg.label}`."
-        )
+    task = _task_of(args, capability)
+    cfg = load(config)
+    checker = None
+    if validate:
+        from engine.validate import validator_for
+
+        checker = validator_for(cfg, validator)
     context = _context_text(cfg, channel_context, channel_messages, context_file)
     reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
     with open_delegator(cfg, reporter=reporter, pool=None if dry_run else "auto") as delegator:
-        if validate:  # every check of the command before anything is dispatched
-            delegator.registry.get(validator or str(cfg.validator), role="validator")
-            delegator.acl.check(caller, validator or str(cfg.validator))
+        if checker:  # every check of the command before anything is dispatched
+            from engine.validate import check_validator
+
+            check_validator(delegator, caller, checker)
         route = delegator.route(caller, capability) if capability else None
         agent = route.agent if route else args[0]
-        if dry_run:
-            from engine.registry import check_secrets
-
-            check_secrets(cfg, [agent, *([validator or str(cfg.validator)] if validate else [])])
         req = DelegationRequest(
             target=agent,
             task=task,
@@ -317,6 +155,9 @@ def delegate_cmd(
             context=context,
         )
         if dry_run:
+            from engine.registry import check_secrets
+
+            check_secrets(cfg, [agent, *([checker] if checker else [])])
             delegator.check(req)
             if route:
                 click.echo(route.explain())
@@ -324,22 +165,21 @@ def delegate_cmd(
             return 0
         result = delegator.delegate(req)
         verdict = None
-        if validate and result.outcome.ok and result.handoff:
-            from engine.validate import record_verdict, validate_result
+        if checker:
+            from engine.validate import validate_delegation
 
-            verdict = validate_result(
-                delegator,
-                caller=caller,
-                validator=validator or str(cfg.validator),
-                task=task,
-                handoff=result.handoff,
+            result, verdict = validate_delegation(
+                delegator, result, caller=caller, validator=checker, task=task
             )
-            record = record_verdict(delegator.store, result, verdict)
-            result = type(result)(
-                result.run_id, result.outcome, result.record_path, record, result.error
-            )
+    return _render_delegation(result, verdict, route, as_json=as_json, strict=fail_on_reject)
+
+
+def _render_delegation(
+    result: Any, verdict: Any, route: Any, *, as_json: bool, strict: bool
+) -> int:
+    """Print a delegation's record (and its validation); the exit code it comes to."""
     if as_json:
-        _dump(result.record)
+        dump(result.record)
     else:
         if route:
             click.echo(route.explain(), err=True)
@@ -347,11 +187,24 @@ def delegate_cmd(
         if verdict is not None:
             word = "approved" if verdict.approved else "REJECTED"
             click.echo(f"validation by {verdict.validator}: {word}: {verdict.reasons}")
-    if result.error is not None and not as_json:
-        click.echo(f"error: {result.error}", err=True)
-    if verdict is not None and not verdict.approved and fail_on_reject and result.exit_code == 0:
+        if result.error is not None:
+            click.echo(f"error: {result.error}", err=True)
+    if verdict is not None and not verdict.approved and strict and result.exit_code == 0:
         return 1
-    return result.exit_code
+    return int(result.exit_code)
+
+
+def _task_of(args: tuple[str, ...], capability: str | None) -> str:
+    """The TASK of `AGENT TASK` (or of `--capability NAME TASK`)."""
+    from engine.errors import UsageError
+
+    if len(args) != (1 if capability else 2):
+        raise UsageError(
+            "give `TASK` only with --capability"
+            if capability
+            else "give `AGENT TASK` (or `--capability NAME TASK`)"
+        )
+    return args[-1]
 
 
 def _context_text(cfg: Any, channel: str | None, messages: int, path: str | None) -> str | None:
@@ -378,19 +231,19 @@ def _print_result(result: Any) -> None:
         head += f" (confidence {rec['confidence']})"
     dur = env.get("duration_ms")
     took = f", {dur / 1000:.2f} s" if isinstance(dur, int | float) else ""
-    _say(f"{head}: {env.get('target')} for {env.get('caller')}, {result.run_id}{took}")
+    say(f"{head}: {env.get('target')} for {env.get('caller')}, {result.run_id}{took}")
     if rec.get("result"):
-        _say(rec["result"])
+        say(rec["result"])
     if rec.get("notes"):
-        _say(f"notes: {rec['notes']}")
+        say(f"notes: {rec['notes']}")
     if rec.get("artifacts"):
-        _say("artifacts: " + ", ".join(rec["artifacts"]))
-    _say(f"record: {result.record_path}")
+        say("artifacts: " + ", ".join(rec["artifacts"]))
+    say(f"record: {result.record_path}")
     if outcome == "blocked" and rec.get("question"):
-        _say(f"question: {rec['question']}")
-        _say(f'continue with: orchestrate answer {result.run_id} "YOUR ANSWER"', err=True)
+        say(f"question: {rec['question']}")
+        say(f'continue with: orchestrate answer {result.run_id} "YOUR ANSWER"', err=True)
     if outcome == "partial":
-        _say("warning: the agent finished only part of the task (status partial).", err=True)
+        say("warning: the agent finished only part of the task (status partial).", err=True)
 
 
 @orchestrate.group("handoff")
@@ -402,7 +255,7 @@ def handoff_group() -> None:
 @click.option("--run-id", required=True, help="The run id from the task message.")
 @click.option("--agent", required=True, help="Your agent name.")
 @click.option(
-    "--status", required=True, type=click.Choice(["complete", "partial", "blocked", "failed"])
+    "--status", required=True, type=click.Choice([s.value for s in HandoffStatus])
 )
 @click.option("--result", "result_text", help="The result text ('-' reads stdin).")
 @click.option(
@@ -414,7 +267,7 @@ def handoff_group() -> None:
     "--confidence",
     default="medium",
     show_default=True,
-    type=click.Choice(["high", "medium", "low"]),
+    type=click.Choice([c.value for c in Confidence]),
 )
 @click.option("--artifact", "artifacts", multiple=True, help="An artifact path (repeatable).")
 @click.option("--notes", help="Free-form notes.")
@@ -489,7 +342,7 @@ def handoff_write_cmd(
     if directory:
         path = Path(directory) / f"{run_id}.json"
     else:
-        cfg = _load(config)
+        cfg = load(config)
         path = handoff_path(cfg.handoffs_dir, run_id, sub=sub)
     written = write_handoff(path, data, replace=False)
     click.echo(str(written))
@@ -539,7 +392,7 @@ def handoff_progress_cmd(
         where = Path(directory)
         records = where.parent if where.name == INBOX_DIR else where
     else:
-        records = records_dir(_load(config).handoffs_dir, sub=sub)
+        records = records_dir(load(config).handoffs_dir, sub=sub)
     report_progress(records, run_id, text)
     return 0
 
@@ -565,6 +418,8 @@ def _post_progress(receiver: str, token_env: str | None, run_id: str, text: str)
     with HooksClient() as client:
         client.post_progress(target, run_id, text, deadline=time.monotonic() + 30)
     return 0
+
+
 
 
 def _post_handoff(
@@ -598,7 +453,7 @@ def _post_handoff(
             hint=f"Check `--receiver {receiver}`, then run the same command again "
             "(each run tries for 60 s).",
         )
-    _say(f"posted to {base}/handoffs/{run_id}")
+    say(f"posted to {base}/handoffs/{run_id}")
     return 0
 
 
@@ -629,15 +484,17 @@ def answer_cmd(
     from engine.reporter import ConsoleReporter, Reporter
 
     reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
-    with open_delegator(_load(config), reporter=reporter) as delegator:
+    with open_delegator(load(config), reporter=reporter) as delegator:
         result = answer_delegation(delegator, run_id, text, by=by, timeout=timeout)
     if as_json:
-        _dump(result.record)
+        dump(result.record)
     else:
         _print_result(result)
         if result.error is not None:
             click.echo(f"error: {result.error}", err=True)
     return result.exit_code
+
+
 
 
 @orchestrate.command("show")
@@ -649,9 +506,9 @@ def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
     from engine.delegate import DelegationResult, Outcome
     from engine.store import open_store
 
-    path, rec = open_store(_load(config)).find(run_id)
+    path, rec = open_store(load(config)).find(run_id)
     if as_json:
-        _dump(rec)
+        dump(rec)
         return 0
     env = rec.get("envelope")
     if not isinstance(env, dict):
@@ -677,25 +534,31 @@ def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
     except ValueError:
         oc = Outcome.ERRORED
     _print_result(DelegationResult(run_id, oc, path, rec))
+    _record_notes(env, path, run_id, outcome)
+    return 0
+
+
+def _record_notes(env: dict[str, Any], path: Any, run_id: str, outcome: str) -> None:
+    """The notes under a shown record: late, superseded, unverified, progress, errors."""
+    from engine.liveness import progress_note
+    from engine.states import FINAL_OUTCOMES, Outcome
+
     if env.get("late"):
         click.echo("note: this handoff arrived after the delegation had given up (late).")
     if env.get("supersedes"):
         click.echo(f"note: this handoff replaced an earlier `{env['supersedes']}` record.")
     if env.get("unverified"):
         click.echo("note: unverified: the handoff had no key (`handoff_key: optional`).")
-    from engine.liveness import progress_note
-
     note = progress_note(path.parent.parent if path.parent.name == "inbox" else path.parent, run_id)
     if note:
-        _say(f"progress: {note}")
-    failed = ("timeout", "invalid", "errored", "cancelled", "unusable", "lost")
+        say(f"progress: {note}")
+    failed = tuple(o.value for o in Outcome if o not in FINAL_OUTCOMES)
     if env.get("error") and outcome in failed:
         click.echo(f"error: {env['error']}")
     for item in env.get("also_received") or []:
         click.echo(f"also received: {item.get('file')}: {item.get('reason')}")
     for item in env.get("rejected") or []:
         click.echo(f"refused: {item.get('file')}: {item.get('reason')}")
-    return 0
 
 
 @orchestrate.command("tree")
@@ -708,13 +571,13 @@ def tree_cmd(run_id: str, as_json: bool, config: str | None) -> int:
     from engine.files import check_id
     from engine.store import open_store
 
-    cfg = _load(config)
+    cfg = load(config)
     check_id(run_id, "run id")
     root = open_store(cfg).tree(run_id)
     if root is None:
         raise RunStateError(f"no delegation `{run_id}` in `{cfg.handoffs_dir}`.")
     if as_json:
-        _dump(root)
+        dump(root)
         return 0
 
     def line(n: dict[str, Any]) -> str:
@@ -751,11 +614,11 @@ def pool_status_cmd(as_json: bool, config: str | None) -> int:
     """Size, mode, tokens in use (run, agent, PID, age), queue and recent load samples."""
     from engine.pool import PoolSettings, TokenPool, format_status
 
-    cfg = _load(config)
+    cfg = load(config)
     with TokenPool(PoolSettings.from_config(cfg)) as pool:
         status = pool.status()
     if as_json:
-        _dump(status)
+        dump(status)
     else:
         click.echo(format_status(status))
     return 0
@@ -780,7 +643,7 @@ def pool_serve_cmd(host: str, port: int, token_env: str, config: str | None) -> 
     from engine.poolserver import PoolServer
     from engine.redact import register
 
-    cfg = _load(config)
+    cfg = load(config)
     token = os.environ.get(token_env, "").strip()
     if not token:
         raise ConfigError(
@@ -821,7 +684,7 @@ def agent_skill_install_cmd(workspace: str, agent: str | None, config: str | Non
     from engine.agentskill import install
     from engine.registry import Registry
 
-    cfg = _load_optional(config)
+    cfg = load_optional(config)
     if agent and cfg is not None:
         Registry.from_config(cfg).get(agent)
     changed = install(
@@ -868,7 +731,7 @@ def gateway_cmd(host: str | None, port: int | None, config: str | None) -> int:
     from engine.gateway.server import LocalGateway
     from engine.registry import read_secret
 
-    cfg = _load(config)
+    cfg = load(config)
     gw = cfg.gateway
     if gw is None or not gw.agents:
         raise ConfigError(f"`{cfg.label}` has no `gateway.agents`: nothing to serve.")
@@ -914,11 +777,11 @@ def agents_status_cmd(
     """
     from engine.health import check_agents, format_table
 
-    report = check_agents(_load(config), names=list(names) or None, timeout=timeout)
+    report = check_agents(load(config), names=list(names) or None, timeout=timeout)
     if as_json:
-        _dump(report.as_dict())
+        dump(report.as_dict())
     else:
-        _say(format_table(report))
+        say(format_table(report))
     return 0 if report.ok else 1
 
 
@@ -933,7 +796,7 @@ def agents_systemd_cmd(out: str, config: str | None) -> int:
 
     from engine.systemd import gateway_units, write_units
 
-    units = gateway_units(_load(config))
+    units = gateway_units(load(config))
     if not units:
         click.echo("no gateway on this host in the registry: nothing to write", err=True)
         return 0
@@ -951,7 +814,7 @@ def agents_logs_cmd(agent: str, follow: bool, lines: int, config: str | None) ->
     """Print the end of AGENT's gateway log (`operations.logs`); -f follows it."""
     from engine import opslog
 
-    path = opslog.log_path(_load(config), agent)
+    path = opslog.log_path(load(config), agent)
     assert path is not None
     for line in opslog.tail(path, lines):
         click.echo(line)
@@ -977,11 +840,11 @@ def inbox_discord_cmd(once: bool, config: str | None) -> int:
     from engine.discord import DiscordClient
     from engine.inbox import DiscordInbox
 
-    cfg = _load(config)
+    cfg = load(config)
     client = DiscordClient.from_config(cfg)
     stop = threading.Event()
     try:
-        with DiscordInbox(cfg, client, log=lambda line: _say(line, err=True)) as inbox:
+        with DiscordInbox(cfg, client, log=lambda line: say(line, err=True)) as inbox:
             if once:
                 inbox.recover()
                 inbox.poll_once()
@@ -1015,7 +878,7 @@ def inbox_submit_cmd(
     from engine.discord import DiscordClient
     from engine.inbox import InboxSettings, submission_text
 
-    cfg = _load(config)
+    cfg = load(config)
     text = submission_text(task, agent=agent, model=model, thinking=thinking)
     settings = InboxSettings.from_config(cfg)
     client = DiscordClient.from_config(cfg)
@@ -1030,515 +893,3 @@ def inbox_submit_cmd(
 def orchestrate_main() -> None:
     """Entry point of the `orchestrate` console script."""
     orchestrate.main(prog_name="orchestrate")
-
-
-# --------------------------------------------------------------------------- workflow
-
-
-@click.group(
-    cls=EngineGroup,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="""\b
-Examples:
-  workflow list
-  workflow run quick-research --input query="CTE of ULE" --dry-run
-  workflow run material-trade-study --input materials="Zerodur, ULE" \\
-      --input requirements="CTE < 0.01 ppm/K" --non-interactive
-  workflow approve RUN review && workflow resume RUN
-Exit codes: 0 complete · 1 a step failed · 2 bad input · 3 waiting for approval
-            4 timed out · 5 refused by the ACL or the pool""",
-)
-@click.version_option(package_name="agent-orchestrator", prog_name="workflow")
-def workflow() -> None:
-    """Run YAML workflows: steps delegated to agents, in parallel where they can be."""
-
-
-input_option = click.option(
-    "--input",
-    "-i",
-    "inputs",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A workflow input (repeatable). Values are data, never template code.",
-)
-caller_option = click.option("--caller", help="Caller for the ACL (default: the template's).")
-interactive_option = click.option(
-    "--interactive/--non-interactive",
-    default=None,
-    help="Ask at approval gates on the terminal (default: when stdin is a terminal). "
-    "Non-interactive runs park at a gate (exit 3).",
-)
-approve_option = click.option(
-    "--approve",
-    "approve",
-    multiple=True,
-    metavar="STEP",
-    help="Approve this step's gate up front (repeatable).",
-)
-approve_all_option = click.option(
-    "--approve-all", is_flag=True, help="Approve every gate up front."
-)
-parallel_option = click.option(
-    "--max-parallel",
-    type=click.IntRange(1, 256),
-    default=4,
-    show_default=True,
-    help="Steps in flight at once (the token pool may allow fewer).",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-def _reporter_for(as_json: bool, quiet: bool = False) -> Any:
-    from engine.reporter import Reporter
-
-    if as_json or quiet:
-        return Reporter()
-    from engine.progress import progress_reporter
-
-    return progress_reporter()
-
-
-def _approver(interactive: bool | None) -> Any:
-    if interactive is None:
-        interactive = sys.stdin.isatty()
-    if not interactive:
-        return None
-
-    def ask(req: Any) -> Any:
-        click.echo(f"\n=== approval gate: step `{req.step}` (agent {req.agent}) ===", err=True)
-        click.echo(req.prompt, err=True)
-        for up, ctx in req.upstream.items():
-            text = str(ctx.get("result", ""))
-            if len(text) > 1500:
-                text = text[:1500] + " …"
-            click.echo(
-                f"--- {up}: {ctx.get('status')} (confidence "
-                f"{ctx.get('confidence') or '-'})\n{text}",
-                err=True,
-            )
-        answer = click.prompt(
-            "Approve? [y/n]", type=click.Choice(["y", "n"]), err=True, show_choices=False
-        )
-        if answer == "y":
-            return "approved"
-        reason = click.prompt("Reason", default="rejected at the terminal", err=True)
-        return ("rejected", reason)
-
-    return ask
-
-
-def _render_run(result: Any, as_json: bool) -> int:
-    summary = result.summary
-    if as_json:
-        _dump({**summary, "run_dir": str(result.run_dir)})
-        return int(result.exit_code)
-    from engine.progress import summary_table
-
-    click.echo(summary_table(summary))
-    for name, value in (summary.get("outputs") or {}).items():
-        click.echo(f"\n## {name}\n{value}")
-    click.echo(f"\nrun: {result.run_dir}")
-    rid = summary["runId"]
-    if summary["status"] == "waiting_approval":
-        for sid, st in summary["steps"].items():
-            if st["status"] == "waiting_approval":
-                click.echo(
-                    f"waiting for approval at `{sid}`: workflow approve {rid} {sid} && "
-                    f"workflow resume {rid}   (or: workflow reject {rid} {sid} "
-                    "--reason ...)",
-                    err=True,
-                )
-    elif summary["status"] == "waiting_input":
-        for sid, st in summary["steps"].items():
-            if st["status"] == "waiting_input":
-                q = (st.get("question") or {}).get("text", "")
-                _say(
-                    f'`{sid}` asks: {q}\nanswer with: workflow answer {rid} {sid} "..." && '
-                    f"workflow resume {rid}",
-                    err=True,
-                )
-    elif summary["status"] == "failed":
-        click.echo(
-            f"the run failed; after fixing the cause: workflow resume {rid} --retry-failed",
-            err=True,
-        )
-    return int(result.exit_code)
-
-
-@workflow.command("run")
-@click.argument("name")
-@input_option
-@caller_option
-@click.option(
-    "--dry-run", is_flag=True, help="Check everything and print the plan; dispatch nothing."
-)
-@interactive_option
-@approve_option
-@approve_all_option
-@parallel_option
-@json_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@config_option
-def workflow_run_cmd(
-    name: str,
-    inputs: tuple[str, ...],
-    caller: str | None,
-    dry_run: bool,
-    interactive: bool | None,
-    approve: tuple[str, ...],
-    approve_all: bool,
-    max_parallel: int,
-    as_json: bool,
-    quiet: bool,
-    config: str | None,
-) -> int:
-    """Run workflow NAME (a name in ./workflows, the config's dirs, the shipped set, or a path)."""
-    from engine.registry import check_secrets
-    from engine.runner import RunOptions, prepare
-    from engine.workflow import parse_inputs
-
-    cfg = _load(config)
-    prepared = prepare(cfg, name, parse_inputs(list(inputs)), caller=caller)
-    check_secrets(
-        cfg,
-        [a for ps in prepared.plan.steps.values() for a in (*ps.candidates, ps.validator) if a],
-    )
-    if dry_run:
-        from engine.dag import dry_run_dict, dry_run_text
-
-        if as_json:
-            _dump(dry_run_dict(prepared.plan, prepared.renderer))
-        else:
-            click.echo(dry_run_text(prepared.plan, prepared.renderer))
-        return 0
-    options = RunOptions(
-        caller=caller,
-        max_parallel=max_parallel,
-        approve=frozenset(approve),
-        approve_all=approve_all,
-    )
-    return _drive(cfg, interactive, as_json, quiet, lambda r: r.start(prepared, options))
-
-
-def _drive(cfg: Any, interactive: bool | None, as_json: bool, quiet: bool, act: Any) -> int:
-    """Run ``act(runner)`` with the delegator, reporter and approver a run needs; render it."""
-    from engine.delegate import open_delegator
-    from engine.runner import WorkflowRunner
-
-    reporter = _reporter_for(as_json, quiet)
-    with open_delegator(cfg, reporter=reporter) as delegator:
-        runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=_approver(interactive))
-        try:
-            result = act(runner)
-        finally:
-            getattr(reporter, "close", lambda: None)()
-    return _render_run(result, as_json)
-
-
-@workflow.command("resume")
-@click.argument("run_id")
-@click.option(
-    "--retry-failed",
-    is_flag=True,
-    help="Run failed, timed-out and errored steps again (and what they skipped).",
-)
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Resume even if the template, inputs or agents changed since the run started.",
-)
-@interactive_option
-@approve_option
-@approve_all_option
-@parallel_option
-@json_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@config_option
-def workflow_resume_cmd(
-    run_id: str,
-    retry_failed: bool,
-    force: bool,
-    interactive: bool | None,
-    approve: tuple[str, ...],
-    approve_all: bool,
-    max_parallel: int,
-    as_json: bool,
-    quiet: bool,
-    config: str | None,
-) -> int:
-    """Continue run RUN_ID: finished steps are never sent again."""
-    from engine.runner import RunOptions
-
-    options = RunOptions(
-        max_parallel=max_parallel,
-        approve=frozenset(approve),
-        approve_all=approve_all,
-        retry_failed=retry_failed,
-        force=force,
-    )
-    return _drive(_load(config), interactive, as_json, quiet, lambda r: r.resume(run_id, options))
-
-
-@workflow.command("approve")
-@click.argument("run_id")
-@click.argument("step")
-@click.option("--reason", help="Why (recorded).")
-@config_option
-def workflow_approve_cmd(run_id: str, step: str, reason: str | None, config: str | None) -> int:
-    """Approve the gate of STEP in a parked run (then `workflow resume`)."""
-    from engine.runner import decide_gate
-
-    decide_gate(_load(config), run_id, step, approved=True, reason=reason)
-    click.echo(f"approved `{step}`; continue with: workflow resume {run_id}")
-    return 0
-
-
-@workflow.command("answer")
-@click.argument("run_id")
-@click.argument("step")
-@click.argument("text")
-@click.option("--by", default="cli", show_default=True, help="Who answers (recorded).")
-@config_option
-def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, config: str | None) -> int:
-    """Answer the question STEP's agent asked (then `workflow resume`)."""
-    from engine.ask import answer_step
-
-    answer_step(_load(config), run_id, step, text, by=by)
-    click.echo(f"answered `{step}`; continue with: workflow resume {run_id}")
-    return 0
-
-
-@workflow.command("reject")
-@click.argument("run_id")
-@click.argument("step")
-@click.option("--reason", required=True, help="Why (recorded; dependents are skipped).")
-@config_option
-def workflow_reject_cmd(run_id: str, step: str, reason: str, config: str | None) -> int:
-    """Reject the gate of STEP in a parked run (then `workflow resume` to close it)."""
-    from engine.runner import decide_gate
-
-    decide_gate(_load(config), run_id, step, approved=False, reason=reason)
-    click.echo(f"rejected `{step}`; finish the run with: workflow resume {run_id}")
-    return 0
-
-
-@workflow.command("cancel")
-@click.argument("run_id")
-@config_option
-def workflow_cancel_cmd(run_id: str, config: str | None) -> int:
-    """Cancel a run: stop dispatching, release what it holds, record `cancelled`."""
-    from engine.runner import RunState, cancel_run
-
-    state = cancel_run(_load(config), run_id)
-    if state is RunState.RUNNING:
-        click.echo(f"cancel requested; the process running {run_id} stops within a second.")
-    else:
-        click.echo(f"cancelled {run_id}.")
-    return 0
-
-
-@workflow.command("status")
-@click.argument("run_id")
-@json_option
-@config_option
-def workflow_status_cmd(run_id: str, as_json: bool, config: str | None) -> int:
-    """Show the steps of a run, and why a waiting step waits."""
-    from engine.progress import summary_table
-    from engine.runner import run_status
-
-    status = run_status(_load(config), run_id)
-    if as_json:
-        _dump(status)
-        return 0
-    live = "running now" if status["live"] else "no process running it"
-    click.echo(f"{run_id}: {status['workflow']} — {status['status']} ({live})")
-    click.echo(summary_table(status, waiting=True))
-    return 0
-
-
-@workflow.command("runs")
-@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
-@json_option
-@config_option
-def workflow_runs_cmd(limit: int, as_json: bool, config: str | None) -> int:
-    """List recent runs, newest first."""
-    from engine.runner import list_runs
-
-    problems: list[str] = []
-    rows = list_runs(_load(config), limit=limit, problems=problems)
-    for problem in problems:  # a damaged run: its paragraph, the others still listed
-        click.echo(f"error: {problem}", err=True)
-    if as_json:
-        _dump(rows)
-        return 0
-    if not rows:
-        click.echo("no workflow runs yet.")
-        return 0
-    from engine.progress import runs_table
-
-    click.echo(runs_table(rows))
-    return 0
-
-
-@workflow.command("list")
-@json_option
-@config_option
-def workflow_list_cmd(as_json: bool, config: str | None) -> int:
-    """List the workflow templates that can be run by name."""
-    from engine.workflow import list_workflows
-
-    rows = list_workflows(_load_optional(config))
-    if as_json:
-        _dump([{"name": n, "path": str(p), "description": d} for n, p, d in rows])
-        return 0
-    width = max((len(n) for n, _, _ in rows), default=4)
-    for name, path, desc in rows:
-        click.echo(f"{name:<{width}}  {desc}  ({path})")
-    return 0
-
-
-@workflow.command("validate")
-@click.argument("name")
-@input_option
-@caller_option
-@config_option
-def workflow_validate_cmd(
-    name: str, inputs: tuple[str, ...], caller: str | None, config: str | None
-) -> int:
-    """Check a template against the config (agents, ACL, graph, templates) without running."""
-    from engine.runner import prepare
-    from engine.workflow import find_workflow, load_workflow, parse_inputs
-
-    cfg = _load(config)
-    given = parse_inputs(list(inputs))
-    spec = load_workflow(find_workflow(name, cfg))
-    for key, inp in spec.inputs.items():  # placeholders for required inputs not given
-        if inp.required and key not in given:
-            given[key] = f"<{key}>"
-    prepared = prepare(cfg, str(spec.path), given, caller=caller)
-    plan = prepared.plan
-    click.echo(
-        f"`{spec.path}` is valid: {len(plan.steps)} steps in {len(plan.groups)} "
-        f"group(s), caller `{plan.caller}`."
-    )
-    return 0
-
-
-@workflow.command("graph")
-@click.argument("name")
-@click.option(
-    "--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True
-)
-@config_option
-def workflow_graph_cmd(name: str, fmt: str, config: str | None) -> int:
-    """Print the step graph as Mermaid or Graphviz dot (gates drawn distinctly)."""
-    from engine.dag import graph_text
-    from engine.workflow import find_workflow, load_workflow
-
-    spec = load_workflow(find_workflow(name, _load_optional(config)))
-    click.echo(graph_text(spec, fmt))
-    return 0
-
-
-def workflow_main() -> None:
-    """Entry point of the `workflow` console script."""
-    workflow.main(prog_name="workflow")
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def _metrics_options(fn: Any) -> Any:
-    for opt in reversed(
-        [
-            click.option("--since", help="Only records since: 24h, 7d, 30m or an ISO date."),
-            click.option(
-                "--agent", help="Only this agent's delegations (and runs it took part in)."
-            ),
-            click.option(
-                "--workflow", "workflow_name", help="Only this workflow's runs and steps."
-            ),
-            click.option("--caller", help="Only delegations made by this caller."),
-            click.option(
-                "--handoffs-dir",
-                type=click.Path(file_okay=False),
-                help="Read this directory instead of the config's `handoffs_dir`.",
-            ),
-            config_option,
-        ]
-    ):
-        fn = opt(fn)
-    return fn
-
-
-def _metrics(
-    since: str | None,
-    agent: str | None,
-    workflow_name: str | None,
-    caller: str | None,
-    handoffs_dir: str | None,
-    config: str | None,
-) -> Any:
-    from pathlib import Path
-
-    from engine.metrics import compute_metrics, parse_since
-
-    when = parse_since(since) if since else None
-    directory = Path(handoffs_dir) if handoffs_dir else _load(config).handoffs_dir
-    return compute_metrics(
-        directory, since=when, agent=agent, workflow=workflow_name, caller=caller
-    )
-
-
-@click.group(
-    cls=EngineGroup,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="""\b
-Examples:
-  metrics text
-  metrics json --since 24h --agent webster
-  metrics text --workflow material-trade-study --since 2026-11-01""",
-)
-@click.version_option(package_name="agent-orchestrator", prog_name="metrics")
-def metrics() -> None:
-    """What the delegations and workflows did: per agent, per edge, per workflow."""
-
-
-@metrics.command("text")
-@_metrics_options
-def metrics_text_cmd(
-    since: str | None,
-    agent: str | None,
-    workflow_name: str | None,
-    caller: str | None,
-    handoffs_dir: str | None,
-    config: str | None,
-) -> int:
-    """Aligned tables for people."""
-    import shutil
-
-    from engine.metrics import render_text
-
-    doc = _metrics(since, agent, workflow_name, caller, handoffs_dir, config)
-    click.echo(render_text(doc, width=max(100, shutil.get_terminal_size((140, 40)).columns)))
-    return 0
-
-
-@metrics.command("json")
-@_metrics_options
-def metrics_json_cmd(
-    since: str | None,
-    agent: str | None,
-    workflow_name: str | None,
-    caller: str | None,
-    handoffs_dir: str | None,
-    config: str | None,
-) -> int:
-    """One JSON document (schema: schemas/metrics.schema.json) for scripts."""
-    _dump(_metrics(since, agent, workflow_name, caller, handoffs_dir, config))
-    return 0
-
-
-def metrics_main() -> None:
-    """Entry point of the `metrics` console script."""
-    metrics.main(prog_name="metrics")

@@ -1,0 +1,178 @@
+"""What the three programs share: loading the config, printing, mapping errors to exit codes.
+
+``EngineGroup`` is the click group every program uses: an ``OrchestratorError`` (or an
+``OSError`` from a directory the engine writes to) becomes one message and the exit code
+from DESIGN.md, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from engine.errors import EXIT_USAGE, OrchestratorError
+from engine.redact import redact
+
+CONFIG_HELP = "Config file (default: $ORCHESTRATOR_CONFIG, else ./orchestrator.yaml)."
+
+
+def fail(exc: OrchestratorError) -> NoReturn:
+    click.echo(f"error: {redact(str(exc))}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def os_error(exc: OSError) -> OrchestratorError:
+    """An OSError that reached the CLI (a directory the engine writes to, a full disk)."""
+    from engine.textio import describe_oserror
+
+    where = f" `{exc.filename}`" if exc.filename else ""
+    if not where and LOADED:  # a write into an open file: the handoffs directory is the place
+        where = f" the handoffs directory `{LOADED[-1]}`"
+    return OrchestratorError(
+        f"cannot use{where}: {describe_oserror(exc)}. Nothing was lost; fix the path or its "
+        "permissions (e.g. `handoffs_dir` in the config) and run again."
+    )
+
+
+class Seconds(click.ParamType[float]):
+    """A finite number of seconds in ``(0, MAX_SECONDS]``: no nan, inf or 1e12."""
+
+    name = "SECONDS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        import math
+
+        from engine.config import MAX_SECONDS
+
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        try:
+            number = float(text) if len(text) <= 32 else math.nan
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or not 0 < number <= MAX_SECONDS:
+            self.fail(
+                f"`{text[:32]}` is not a number of seconds between 0 and {MAX_SECONDS} "
+                "(e.g. `120`).",
+                param,
+                ctx,
+            )
+        return number
+
+
+def check_argv(args: list[str]) -> None:
+    """Refuse command-line text that is not valid UTF-8 before any command runs.
+
+    Bytes from a file saved as cp1252 (``$(cat notes.txt)``) reach Python as lone
+    surrogates, which nothing could write; the message names the option or position.
+    """
+    from engine.errors import UsageError
+    from engine.textio import check_text
+
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and "=" in arg:
+            what = f"the value of `{arg.split('=', 1)[0]}`"
+        elif i and args[i - 1].startswith("-") and not arg.startswith("-"):
+            what = f"the value of `{args[i - 1]}` (argument {i + 1})"
+        else:
+            what = f"argument {i + 1} `{arg.encode('utf-8', 'replace').decode()[:40]}`"
+        check_text(arg, what=what, error=UsageError)
+
+
+class EngineGroup(click.Group):
+    """A click group whose user errors become one message and the documented exit code."""
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if args is None:
+            args = sys.argv[1:]
+        if not standalone_mode:  # the caller handles errors and the exit code itself
+            check_argv(list(args))
+            return super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        try:
+            check_argv(list(args))
+            rv = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        except OrchestratorError as exc:
+            fail(exc)
+        except OSError as exc:
+            fail(os_error(exc))
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            click.echo("aborted.", err=True)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            click.echo("interrupted.", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+#: The handoffs directory of the config each command loaded, to name it in OSError messages.
+LOADED: list[str] = []
+
+
+def load(config: str | None) -> Any:
+    from engine.config import load_config
+
+    cfg = load_config(config)
+    LOADED.append(str(cfg.handoffs_dir))
+    return cfg
+
+
+def load_optional(config: str | None) -> Any:
+    """The config if there is one (an invalid one is still an error), else None."""
+    from engine.config import find_config, load_config
+    from engine.errors import ConfigError
+
+    try:
+        path = find_config(config)
+    except ConfigError:
+        if config:
+            raise
+        return None
+    return load_config(path)
+
+
+def dump(data: Any) -> None:
+    from engine.redact import redact
+
+    click.echo(redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)))
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Print a line that may carry text from an agent or a URL, with known secrets masked."""
+    from engine.redact import redact
+
+    click.echo(redact(text), err=err)
+
+
+config_option = click.option(
+    "--config", "config", type=click.Path(dir_okay=False), help=CONFIG_HELP
+)

@@ -1,0 +1,429 @@
+"""The ``workflow`` program: run, resume, approve, inspect and validate YAML workflows."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from engine.cli.common import (
+    EngineGroup,
+    config_option,
+    dump,
+    load,
+    load_optional,
+    say,
+)
+
+
+@click.group(
+    cls=EngineGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="""\b
+Examples:
+  workflow list
+  workflow run quick-research --input query="CTE of ULE" --dry-run
+  workflow run material-trade-study --input materials="Zerodur, ULE" \\
+      --input requirements="CTE < 0.01 ppm/K" --non-interactive
+  workflow approve RUN review && workflow resume RUN
+Exit codes: 0 complete · 1 a step failed · 2 bad input · 3 waiting for approval
+            4 timed out · 5 refused by the ACL or the pool""",
+)
+@click.version_option(package_name="agent-orchestrator", prog_name="workflow")
+def workflow() -> None:
+    """Run YAML workflows: steps delegated to agents, in parallel where they can be."""
+
+
+input_option = click.option(
+    "--input",
+    "-i",
+    "inputs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A workflow input (repeatable). Values are data, never template code.",
+)
+caller_option = click.option("--caller", help="Caller for the ACL (default: the template's).")
+interactive_option = click.option(
+    "--interactive/--non-interactive",
+    default=None,
+    help="Ask at approval gates on the terminal (default: when stdin is a terminal). "
+    "Non-interactive runs park at a gate (exit 3).",
+)
+approve_option = click.option(
+    "--approve",
+    "approve",
+    multiple=True,
+    metavar="STEP",
+    help="Approve this step's gate up front (repeatable).",
+)
+approve_all_option = click.option(
+    "--approve-all", is_flag=True, help="Approve every gate up front."
+)
+parallel_option = click.option(
+    "--max-parallel",
+    type=click.IntRange(1, 256),
+    default=4,
+    show_default=True,
+    help="Steps in flight at once (the token pool may allow fewer).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _reporter_for(as_json: bool, quiet: bool = False) -> Any:
+    from engine.reporter import Reporter
+
+    if as_json or quiet:
+        return Reporter()
+    from engine.progress import progress_reporter
+
+    return progress_reporter()
+
+
+def _approver(interactive: bool | None) -> Any:
+    if interactive is None:
+        interactive = sys.stdin.isatty()
+    if not interactive:
+        return None
+
+    def ask(req: Any) -> Any:
+        click.echo(f"\n=== approval gate: step `{req.step}` (agent {req.agent}) ===", err=True)
+        click.echo(req.prompt, err=True)
+        for up, ctx in req.upstream.items():
+            text = str(ctx.get("result", ""))
+            if len(text) > 1500:
+                text = text[:1500] + " …"
+            click.echo(
+                f"--- {up}: {ctx.get('status')} (confidence "
+                f"{ctx.get('confidence') or '-'})\n{text}",
+                err=True,
+            )
+        answer = click.prompt(
+            "Approve? [y/n]", type=click.Choice(["y", "n"]), err=True, show_choices=False
+        )
+        if answer == "y":
+            return "approved"
+        reason = click.prompt("Reason", default="rejected at the terminal", err=True)
+        return ("rejected", reason)
+
+    return ask
+
+
+def _render_run(result: Any, as_json: bool) -> int:
+    summary = result.summary
+    if as_json:
+        dump({**summary, "run_dir": str(result.run_dir)})
+        return int(result.exit_code)
+    from engine.progress import summary_table
+
+    click.echo(summary_table(summary))
+    for name, value in (summary.get("outputs") or {}).items():
+        click.echo(f"\n## {name}\n{value}")
+    click.echo(f"\nrun: {result.run_dir}")
+    rid = summary["runId"]
+    if summary["status"] == "waiting_approval":
+        for sid, st in summary["steps"].items():
+            if st["status"] == "waiting_approval":
+                click.echo(
+                    f"waiting for approval at `{sid}`: workflow approve {rid} {sid} && "
+                    f"workflow resume {rid}   (or: workflow reject {rid} {sid} "
+                    "--reason ...)",
+                    err=True,
+                )
+    elif summary["status"] == "waiting_input":
+        for sid, st in summary["steps"].items():
+            if st["status"] == "waiting_input":
+                q = (st.get("question") or {}).get("text", "")
+                say(
+                    f'`{sid}` asks: {q}\nanswer with: workflow answer {rid} {sid} "..." && '
+                    f"workflow resume {rid}",
+                    err=True,
+                )
+    elif summary["status"] == "failed":
+        click.echo(
+            f"the run failed; after fixing the cause: workflow resume {rid} --retry-failed",
+            err=True,
+        )
+    return int(result.exit_code)
+
+
+@workflow.command("run")
+@click.argument("name")
+@input_option
+@caller_option
+@click.option(
+    "--dry-run", is_flag=True, help="Check everything and print the plan; dispatch nothing."
+)
+@interactive_option
+@approve_option
+@approve_all_option
+@parallel_option
+@json_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@config_option
+def workflow_run_cmd(
+    name: str,
+    inputs: tuple[str, ...],
+    caller: str | None,
+    dry_run: bool,
+    interactive: bool | None,
+    approve: tuple[str, ...],
+    approve_all: bool,
+    max_parallel: int,
+    as_json: bool,
+    quiet: bool,
+    config: str | None,
+) -> int:
+    """Run workflow NAME (a name in ./workflows, the config's dirs, the shipped set, or a path)."""
+    from engine.registry import check_secrets
+    from engine.runner import RunOptions, prepare
+    from engine.workflow import parse_inputs
+
+    cfg = load(config)
+    prepared = prepare(cfg, name, parse_inputs(list(inputs)), caller=caller)
+    check_secrets(
+        cfg,
+        [a for ps in prepared.plan.steps.values() for a in (*ps.candidates, ps.validator) if a],
+    )
+    if dry_run:
+        from engine.planview import dry_run_dict, dry_run_text
+
+        if as_json:
+            dump(dry_run_dict(prepared.plan, prepared.renderer))
+        else:
+            click.echo(dry_run_text(prepared.plan, prepared.renderer))
+        return 0
+    options = RunOptions(
+        caller=caller,
+        max_parallel=max_parallel,
+        approve=frozenset(approve),
+        approve_all=approve_all,
+    )
+    return _drive(cfg, interactive, as_json, quiet, lambda r: r.start(prepared, options))
+
+
+def _drive(cfg: Any, interactive: bool | None, as_json: bool, quiet: bool, act: Any) -> int:
+    """Run ``act(runner)`` with the delegator, reporter and approver a run needs; render it."""
+    from engine.delegate import open_delegator
+    from engine.runner import WorkflowRunner
+
+    reporter = _reporter_for(as_json, quiet)
+    with open_delegator(cfg, reporter=reporter) as delegator:
+        runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=_approver(interactive))
+        try:
+            result = act(runner)
+        finally:
+            getattr(reporter, "close", lambda: None)()
+    return _render_run(result, as_json)
+
+
+@workflow.command("resume")
+@click.argument("run_id")
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Run failed, timed-out and errored steps again (and what they skipped).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Resume even if the template, inputs or agents changed since the run started.",
+)
+@interactive_option
+@approve_option
+@approve_all_option
+@parallel_option
+@json_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@config_option
+def workflow_resume_cmd(
+    run_id: str,
+    retry_failed: bool,
+    force: bool,
+    interactive: bool | None,
+    approve: tuple[str, ...],
+    approve_all: bool,
+    max_parallel: int,
+    as_json: bool,
+    quiet: bool,
+    config: str | None,
+) -> int:
+    """Continue run RUN_ID: finished steps are never sent again."""
+    from engine.runner import RunOptions
+
+    options = RunOptions(
+        max_parallel=max_parallel,
+        approve=frozenset(approve),
+        approve_all=approve_all,
+        retry_failed=retry_failed,
+        force=force,
+    )
+    return _drive(load(config), interactive, as_json, quiet, lambda r: r.resume(run_id, options))
+
+
+@workflow.command("approve")
+@click.argument("run_id")
+@click.argument("step")
+@click.option("--reason", help="Why (recorded).")
+@config_option
+def workflow_approve_cmd(run_id: str, step: str, reason: str | None, config: str | None) -> int:
+    """Approve the gate of STEP in a parked run (then `workflow resume`)."""
+    from engine.runner import decide_gate
+
+    decide_gate(load(config), run_id, step, approved=True, reason=reason)
+    click.echo(f"approved `{step}`; continue with: workflow resume {run_id}")
+    return 0
+
+
+@workflow.command("answer")
+@click.argument("run_id")
+@click.argument("step")
+@click.argument("text")
+@click.option("--by", default="cli", show_default=True, help="Who answers (recorded).")
+@config_option
+def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, config: str | None) -> int:
+    """Answer the question STEP's agent asked (then `workflow resume`)."""
+    from engine.ask import answer_step
+
+    answer_step(load(config), run_id, step, text, by=by)
+    click.echo(f"answered `{step}`; continue with: workflow resume {run_id}")
+    return 0
+
+
+
+
+@workflow.command("reject")
+@click.argument("run_id")
+@click.argument("step")
+@click.option("--reason", required=True, help="Why (recorded; dependents are skipped).")
+@config_option
+def workflow_reject_cmd(run_id: str, step: str, reason: str, config: str | None) -> int:
+    """Reject the gate of STEP in a parked run (then `workflow resume` to close it)."""
+    from engine.runner import decide_gate
+
+    decide_gate(load(config), run_id, step, approved=False, reason=reason)
+    click.echo(f"rejected `{step}`; finish the run with: workflow resume {run_id}")
+    return 0
+
+
+@workflow.command("cancel")
+@click.argument("run_id")
+@config_option
+def workflow_cancel_cmd(run_id: str, config: str | None) -> int:
+    """Cancel a run: stop dispatching, release what it holds, record `cancelled`."""
+    from engine.runner import RunState, cancel_run
+
+    state = cancel_run(load(config), run_id)
+    if state is RunState.RUNNING:
+        click.echo(f"cancel requested; the process running {run_id} stops within a second.")
+    else:
+        click.echo(f"cancelled {run_id}.")
+    return 0
+
+
+@workflow.command("status")
+@click.argument("run_id")
+@json_option
+@config_option
+def workflow_status_cmd(run_id: str, as_json: bool, config: str | None) -> int:
+    """Show the steps of a run, and why a waiting step waits."""
+    from engine.progress import summary_table
+    from engine.runner import run_status
+
+    status = run_status(load(config), run_id)
+    if as_json:
+        dump(status)
+        return 0
+    live = "running now" if status["live"] else "no process running it"
+    click.echo(f"{run_id}: {status['workflow']} — {status['status']} ({live})")
+    click.echo(summary_table(status, waiting=True))
+    return 0
+
+
+@workflow.command("runs")
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@json_option
+@config_option
+def workflow_runs_cmd(limit: int, as_json: bool, config: str | None) -> int:
+    """List recent runs, newest first."""
+    from engine.runner import list_runs
+
+    problems: list[str] = []
+    rows = list_runs(load(config), limit=limit, problems=problems)
+    for problem in problems:  # a damaged run: its paragraph, the others still listed
+        click.echo(f"error: {problem}", err=True)
+    if as_json:
+        dump(rows)
+        return 0
+    if not rows:
+        click.echo("no workflow runs yet.")
+        return 0
+    from engine.progress import runs_table
+
+    click.echo(runs_table(rows))
+    return 0
+
+
+@workflow.command("list")
+@json_option
+@config_option
+def workflow_list_cmd(as_json: bool, config: str | None) -> int:
+    """List the workflow templates that can be run by name."""
+    from engine.workflow import list_workflows
+
+    rows = list_workflows(load_optional(config))
+    if as_json:
+        dump([{"name": n, "path": str(p), "description": d} for n, p, d in rows])
+        return 0
+    width = max((len(n) for n, _, _ in rows), default=4)
+    for name, path, desc in rows:
+        click.echo(f"{name:<{width}}  {desc}  ({path})")
+    return 0
+
+
+@workflow.command("validate")
+@click.argument("name")
+@input_option
+@caller_option
+@config_option
+def workflow_validate_cmd(
+    name: str, inputs: tuple[str, ...], caller: str | None, config: str | None
+) -> int:
+    """Check a template against the config (agents, ACL, graph, templates) without running."""
+    from engine.runner import prepare
+    from engine.workflow import find_workflow, load_workflow, parse_inputs
+
+    cfg = load(config)
+    given = parse_inputs(list(inputs))
+    spec = load_workflow(find_workflow(name, cfg))
+    for key, inp in spec.inputs.items():  # placeholders for required inputs not given
+        if inp.required and key not in given:
+            given[key] = f"<{key}>"
+    prepared = prepare(cfg, str(spec.path), given, caller=caller)
+    plan = prepared.plan
+    click.echo(
+        f"`{spec.path}` is valid: {len(plan.steps)} steps in {len(plan.groups)} "
+        f"group(s), caller `{plan.caller}`."
+    )
+    return 0
+
+
+@workflow.command("graph")
+@click.argument("name")
+@click.option(
+    "--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True
+)
+@config_option
+def workflow_graph_cmd(name: str, fmt: str, config: str | None) -> int:
+    """Print the step graph as Mermaid or Graphviz dot (gates drawn distinctly)."""
+    from engine.planview import graph_text
+    from engine.workflow import find_workflow, load_workflow
+
+    spec = load_workflow(find_workflow(name, load_optional(config)))
+    click.echo(graph_text(spec, fmt))
+    return 0
+
+
+def workflow_main() -> None:
+    """Entry point of the `workflow` console script."""
+    workflow.main(prog_name="workflow")

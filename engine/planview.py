@@ -1,0 +1,264 @@
+"""Views of a plan: the dry run (text and JSON) and the step graph (Mermaid, Graphviz dot).
+
+Pure: no IO. The planner (``engine.dag``) makes the ``Plan``; this module only draws it::
+
+    print(dry_run_text(plan, renderer))
+    print(graph_text(spec, "mermaid"))
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from engine.dag import PLACEHOLDER_RUN_ID, Plan, rendered_outputs, rendered_steps
+from engine.errors import UsageError, did_you_mean
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from engine.renderer import TaskRenderer
+    from engine.workflow import StepSpec, WorkflowSpec
+
+GRAPH_FORMATS = ("mermaid", "dot")
+
+
+def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
+    """The plan as JSON-ready data: groups in order and every step rendered."""
+    spec = plan.workflow
+    rendered = rendered_steps(plan, renderer)
+    group_of = {sid: i for i, group in enumerate(plan.groups, 1) for sid in group}
+    steps = []
+    for group in plan.groups:
+        for sid in group:
+            p = plan.steps[sid]
+            s = p.spec
+            steps.append(
+                {
+                    "id": sid,
+                    "group": group_of[sid],
+                    "agent": p.agent,
+                    "capability": s.capability,
+                    "candidates": list(p.candidates),
+                    "depends_on": list(p.depends_on),
+                    "when": s.when,
+                    "gate": (
+                        {"prompt": rendered[sid]["gate_prompt"], "when": s.gate.when}
+                        if s.gate is not None
+                        else None
+                    ),
+                    "validator": p.validator,
+                    "timeout": s.timeout,
+                    "retries": s.retries,
+                    "on_failure": s.on_failure,
+                    "options": dict(s.options),
+                    "task": rendered[sid]["task"],
+                }
+            )
+    outputs = rendered_outputs(plan, renderer)
+    return {
+        "workflow": spec.name,
+        "version": spec.version,
+        "path": str(spec.path),
+        "caller": plan.caller,
+        "inputs": dict(plan.inputs),
+        "groups": [list(g) for g in plan.groups],
+        "steps": steps,
+        "outputs": outputs,
+        "placeholders": {
+            "result": "<result of ID>",
+            "status": "complete",
+            "confidence": "high",
+            "run_id": PLACEHOLDER_RUN_ID,
+        },
+    }
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line if line else prefix.rstrip() for line in text.splitlines())
+
+
+def dry_run_text(plan: Plan, renderer: TaskRenderer) -> str:
+    """The plan for a person: parallel groups in order, each step's agent and task."""
+    data = dry_run_dict(plan, renderer)
+    n_steps, n_groups = len(data["steps"]), len(data["groups"])
+    lines = [
+        f"Dry run of `{data['workflow']}` (version {data['version']}, {data['path']}): "
+        "nothing is sent.",
+        f"Caller: {data['caller']}",
+    ]
+    if data["inputs"]:
+        lines.append("Inputs:")
+        for name, value in data["inputs"].items():
+            first, *rest = (value or "").splitlines() or [""]
+            lines.append(f"  {name} = {first}")
+            lines.extend(f"  {' ' * len(name)}   {r}" for r in rest)
+    lines.append(
+        f"{_plural(n_steps, 'step')} in {_plural(n_groups, 'group')}; the steps of a group "
+        "run in parallel."
+    )
+    lines.append(
+        "Upstream results are placeholders: `<result of ID>`, status `complete`, confidence `high`."
+    )
+    by_group: dict[int, list[dict[str, Any]]] = {}
+    for s in data["steps"]:
+        by_group.setdefault(s["group"], []).append(s)
+    for number in range(1, n_groups + 1):
+        members = by_group.get(number, [])
+        lines.append("")
+        lines.append(f"Group {number} of {n_groups}: {', '.join(s['id'] for s in members)}")
+        for s in members:
+            lines.extend(_step_lines(s))
+    if data["outputs"]:
+        lines.append("")
+        lines.append("Outputs:")
+        for name, value in data["outputs"].items():
+            lines.append(f"  {name}:")
+            lines.append(_indent(value, "    "))
+    return "\n".join(lines) + "\n"
+
+
+def _step_lines(s: dict[str, Any]) -> list[str]:
+    if s["capability"]:
+        others = [c for c in s["candidates"] if c != s["agent"]]
+        also = f" (also capable: {', '.join(others)})" if others else ""
+        target = f"capability `{s['capability']}` -> {s['agent']}{also}"
+    else:
+        target = s["agent"]
+    lines = [f"  - {s['id']}: {target}"]
+    if s["depends_on"]:
+        lines.append(f"      after: {', '.join(s['depends_on'])}")
+    if s["when"]:
+        lines.append(f"      when: {s['when']}")
+    gate = s["gate"]
+    if gate:
+        cond = f" (only when {gate['when']})" if gate["when"] else ""
+        lines.append(f"      gate{cond}: approval needed before dispatch")
+        lines.append(_indent(gate["prompt"], "        | "))
+    if s["validator"]:
+        lines.append(f"      validate: by {s['validator']}")
+    timeout = f"{s['timeout']:g} s" if s["timeout"] is not None else "agent default"
+    extra = [f"timeout {timeout}", f"retries {s['retries']}", f"on failure: {s['on_failure']}"]
+    extra += [f"{k} {json.dumps(v) if isinstance(v, bool) else v}" for k, v in s["options"].items()]
+    lines.append(f"      {', '.join(extra)}")
+    lines.append("      task:")
+    lines.append(_indent(s["task"], "        | "))
+    return lines
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# --------------------------------------------------------------------------- graph export
+
+
+def graph_text(plan_or_spec: Plan | WorkflowSpec, fmt: str) -> str:
+    """The step graph as Mermaid (``flowchart``) or Graphviz DOT text.
+
+    Steps with a gate are hexagons (Mermaid ``{{...}}``, DOT ``shape=hexagon``); steps
+    with a ``when`` are dashed, as are the edges into them. From a ``Plan`` the chosen
+    agents are shown; from a bare spec, the template's agent or capability.
+    """
+    if fmt not in GRAPH_FORMATS:
+        raise UsageError(
+            f"unknown graph format `{fmt}`{did_you_mean(fmt, GRAPH_FORMATS) or '.'} "
+            f"Use one of: {', '.join(GRAPH_FORMATS)}."
+        )
+    nodes, edges, name = _graph_parts(plan_or_spec)
+    if fmt == "mermaid":
+        return _mermaid(nodes, edges)
+    return _dot(name, nodes, edges)
+
+
+@dataclass(frozen=True)
+class _Node:
+    id: str
+    lines: tuple[str, ...]
+    gate: bool
+    conditional: bool
+
+
+def _graph_parts(
+    plan_or_spec: Plan | WorkflowSpec,
+) -> tuple[list[_Node], list[tuple[str, str]], str]:
+    if isinstance(plan_or_spec, Plan):
+        spec = plan_or_spec.workflow
+        agents: dict[str, str] = {}
+        for sid, p in plan_or_spec.steps.items():
+            cap = p.spec.capability
+            agents[sid] = f"{p.agent} (capability {cap})" if cap else str(p.agent)
+        edges = [(str(a), str(b)) for a, b in plan_or_spec.graph.edges()]
+        steps: Iterable[StepSpec] = (p.spec for p in plan_or_spec.steps.values())
+    else:
+        spec = plan_or_spec
+        seen: dict[str, StepSpec] = {}
+        for s in spec.steps:
+            seen.setdefault(s.id, s)
+        steps = seen.values()
+        agents = {s.id: s.agent if s.agent else f"capability {s.capability}" for s in seen.values()}
+        edges = [(d, s.id) for s in seen.values() for d in dict.fromkeys(s.depends_on) if d in seen]
+    nodes = []
+    for s in steps:
+        lines = [s.id, agents[s.id]]
+        if s.when:
+            lines.append(f"when {s.when}")
+        if s.gate is not None:
+            lines.append(f"gate when {s.gate.when}" if s.gate.when else "gate")
+        nodes.append(_Node(s.id, tuple(lines), s.gate is not None, s.when is not None))
+    return nodes, edges, spec.name
+
+
+def _mermaid_text(text: str) -> str:
+    return (
+        text.replace("&", "#amp;").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+    )
+
+
+def _mermaid(nodes: list[_Node], edges: list[tuple[str, str]]) -> str:
+    # Mermaid ids cannot hold every step id (`-` reads as an arrow): use n0, n1, ...
+    key = {n.id: f"n{i}" for i, n in enumerate(nodes)}
+    out = ["flowchart TD"]
+    for n in nodes:
+        label = "<br/>".join(_mermaid_text(line) for line in n.lines)
+        shape = ('{{"', '"}}') if n.gate else ('["', '"]')
+        out.append(f"    {key[n.id]}{shape[0]}{label}{shape[1]}")
+    conditional = {n.id for n in nodes if n.conditional}
+    for a, b in edges:
+        arrow = "-.->" if b in conditional else "-->"
+        out.append(f"    {key[a]} {arrow} {key[b]}")
+    out.append("    classDef gate fill:#fff3cd,stroke:#b58900,stroke-width:2px")
+    out.append("    classDef conditional stroke-dasharray: 5 5")
+    gates = [key[n.id] for n in nodes if n.gate]
+    conds = [key[n.id] for n in nodes if n.conditional]
+    if gates:
+        out.append(f"    class {','.join(gates)} gate")
+    if conds:
+        out.append(f"    class {','.join(conds)} conditional")
+    return "\n".join(out) + "\n"
+
+
+def _dot_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _dot(name: str, nodes: list[_Node], edges: list[tuple[str, str]]) -> str:
+    out = [f'digraph "{_dot_text(name)}" {{', "    rankdir=TB;", "    node [shape=box];"]
+    conditional = {n.id for n in nodes if n.conditional}
+    for n in nodes:
+        attrs = ['label="' + "\\n".join(_dot_text(line) for line in n.lines) + '"']
+        styles = []
+        if n.gate:
+            attrs += ["shape=hexagon", 'fillcolor="#fff3cd"']
+            styles.append("filled")
+        if n.conditional:
+            styles.append("dashed")
+        if styles:
+            attrs.append(f'style="{",".join(styles)}"')
+        out.append(f'    "{_dot_text(n.id)}" [{", ".join(attrs)}];')
+    for a, b in edges:
+        style = " [style=dashed]" if b in conditional else ""
+        out.append(f'    "{_dot_text(a)}" -> "{_dot_text(b)}"{style};')
+    out.append("}")
+    return "\n".join(out) + "\n"
