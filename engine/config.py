@@ -139,6 +139,8 @@ class Config:
     #: The ``store:`` URL as written (``file://…``); None: ``file://<handoffs_dir>``.
     #: ``engine.store.open_store`` resolves it; a file store's directory is ``handoffs_dir``.
     store: str | None = None
+    #: The ``serve:`` section, as written (``engine.serve.settings`` reads it).
+    serve: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -291,6 +293,7 @@ def config_from_dict(
         channels=dict(raw.get("channels", {})),
         operations=dict(raw.get("operations", {})),
         store=raw.get("store"),
+        serve=dict(raw.get("serve", {})),
     )
 
 

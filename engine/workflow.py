@@ -55,6 +55,8 @@ class GateSpec:
 
     prompt: str
     when: str | None = None
+    #: Who may decide it through `orchestrate serve` (token names); empty: any operator.
+    approvers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -411,7 +413,11 @@ def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> Workflo
                 heartbeat_timeout=s.get("heartbeat_timeout", defaults.get("heartbeat_timeout")),
                 validate=s.get("validate", defaults.get("validate", False)),
                 gate=(
-                    GateSpec(prompt=gate["prompt"], when=_strip_braces(gate.get("when")))
+                    GateSpec(
+                        prompt=gate["prompt"],
+                        when=_strip_braces(gate.get("when")),
+                        approvers=tuple(gate.get("approvers", ())),
+                    )
                     if gate
                     else None
                 ),

@@ -890,6 +890,20 @@ def inbox_submit_cmd(
     return 0
 
 
+@orchestrate.command("serve")
+@click.option("--host", help="Address to bind (default: serve.host, else 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: serve.port, 8765).")
+@config_option
+def serve_cmd(host: str | None, port: int | None, config: str | None) -> int:
+    """Run the server: API (/v1), live events, dashboard; it executes the runs it starts."""
+    from engine.serve import ServeSettings, serve
+
+    cfg = _load(config)
+    settings = ServeSettings.from_config(cfg, host=host, port=port)
+    serve(cfg, settings, on_started=lambda url: click.echo(f"serving on {url}", err=True))
+    return 0
+
+
 def orchestrate_main() -> None:
     """Entry point of the `orchestrate` console script."""
     orchestrate.main(prog_name="orchestrate")

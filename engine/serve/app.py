@@ -1,0 +1,641 @@
+"""The HTTP API (``/v1``, OpenAPI at ``/v1/openapi.json``), ``/metrics`` and the dashboard.
+
+Every response passes ``redact_obj``/``redact``: no secret leaves the server. Every path
+but ``/health`` and the dashboard's static page needs ``Authorization: Bearer <token>``;
+changes need a token with the ``operate`` role, and a cross-site ``Origin`` is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from engine import __version__
+from engine.delegate import DelegationRequest
+from engine.errors import EXIT_REFUSED, EXIT_TIMEOUT, OrchestratorError, RunStateError
+from engine.redact import redact, redact_obj
+from engine.serve.dashboard import dag_svg, page
+from engine.serve.hub import EventHub, read_journal
+from engine.serve.manager import NotFoundError, RunManager
+from engine.serve.settings import ApiToken, ServeSettings
+
+OPEN_PATHS = ("/health", "/", "/favicon.ico")
+MAX_WAIT = 300.0
+KEEPALIVE = 15.0
+ENDED = ("complete", "failed", "cancelled")
+
+
+class StartRun(BaseModel):
+    """Start a workflow run."""
+
+    workflow: str = Field(description="A workflow name (from `workflow list`).")
+    inputs: dict[str, str] = Field(default_factory=dict)
+    caller: str | None = Field(
+        default=None, description="Caller for the ACL (default: the template's)."
+    )
+    approve: list[str] = Field(default_factory=list, description="Gates approved up front.")
+
+
+class StartDelegation(BaseModel):
+    """Start one delegation."""
+
+    target: str | None = Field(default=None, description="The agent (or give `capability`).")
+    capability: str | None = None
+    task: str
+    caller: str
+    timeout: float | None = Field(default=None, gt=0)
+    model: str | None = None
+    thinking: str | None = None
+    channel: str | None = None
+    parent_run_id: str | None = None
+
+
+class Decision(BaseModel):
+    """Why a gate was approved or rejected (recorded with the token's name)."""
+
+    reason: str | None = None
+
+
+def _status_for(exc: OrchestratorError) -> int:
+    if isinstance(exc, NotFoundError):
+        return 404
+    if exc.exit_code == EXIT_REFUSED:
+        return 403
+    if exc.exit_code == EXIT_TIMEOUT:
+        return 504
+    if isinstance(exc, RunStateError):
+        return 409
+    from engine.idempotency import IdempotencyConflict
+
+    if isinstance(exc, IdempotencyConflict):
+        return 409
+    return 400
+
+
+def _json(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(redact_obj(data), status_code=status)
+
+
+def _sse(seq: int | str, ev: dict[str, Any]) -> str:
+    data = redact(json.dumps(ev, ensure_ascii=False, default=str))
+    return f"id: {seq}\nevent: {ev.get('event', 'message')}\ndata: {data}\n\n"
+
+
+def _after(after: int | None, last_event_id: str | None) -> int:
+    if last_event_id and last_event_id.strip().isdigit():
+        return int(last_event_id.strip())
+    return max(0, after or 0)
+
+
+def create_app(
+    manager: RunManager,
+    settings: ServeSettings,
+    hub: EventHub,
+    *,
+    metrics_text: Callable[[], bytes],
+    on_start: Callable[[], None] = lambda: None,
+) -> FastAPI:
+    """The ASGI application of ``orchestrate serve``."""
+    cfg = manager.cfg
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(hub.run())
+        await asyncio.sleep(0)  # let the hub bind to this loop before runs report
+        await run_in_threadpool(on_start)
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    app = FastAPI(
+        title="orchestrator",
+        version=__version__,
+        description="Runs, delegations, gates and events of one orchestrator host.",
+        openapi_url="/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+
+    @app.middleware("http")
+    async def auth(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        path = request.url.path
+        if path in OPEN_PATHS or path.startswith("/runs/"):
+            return await call_next(request)
+        who = settings.authenticate(request.headers.get("authorization"))
+        if who is None:
+            return JSONResponse(
+                {
+                    "detail": "missing or unknown bearer token: send "
+                    "`Authorization: Bearer <token>`."
+                },
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            origin = request.headers.get("origin")
+            if origin and urlsplit(origin).netloc != request.headers.get("host"):
+                return JSONResponse(
+                    {"detail": f"cross-site request from `{origin}` refused."}, status_code=403
+                )
+            if not who.can_operate:
+                return JSONResponse(
+                    {
+                        "detail": f"token `{who.name}` has the `{who.role}` role; this needs "
+                        "`operate`."
+                    },
+                    status_code=403,
+                )
+        request.state.who = who
+        return await call_next(request)
+
+    @app.exception_handler(OrchestratorError)
+    async def on_error(request: Request, exc: OrchestratorError) -> JSONResponse:
+        return _json({"detail": str(exc), "exit_code": exc.exit_code}, _status_for(exc))
+
+    def who(request: Request) -> ApiToken:
+        token: ApiToken = request.state.who
+        return token
+
+    # -- open -------------------------------------------------------------------------
+
+    @app.get("/health", tags=["server"])
+    async def health() -> dict[str, Any]:
+        """Open: is the server up."""
+        return {"ok": True, "version": __version__}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page(), headers=_PAGE_HEADERS)
+
+    @app.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
+    async def run_page(run_id: str) -> HTMLResponse:
+        return HTMLResponse(page(), headers=_PAGE_HEADERS)
+
+    @app.get("/v1/whoami", tags=["server"])
+    async def whoami(request: Request) -> dict[str, Any]:
+        """The token's name and role."""
+        t = who(request)
+        return {"name": t.name, "role": t.role}
+
+    # -- runs -------------------------------------------------------------------------
+
+    @app.get("/v1/workflows", tags=["runs"])
+    async def workflows() -> JSONResponse:
+        """The workflows that can be started by name."""
+        from engine.workflow import list_workflows
+
+        rows = await run_in_threadpool(list_workflows, cfg)
+        return _json({"workflows": [{"name": n, "description": d} for n, _, d in rows]})
+
+    @app.post("/v1/runs", status_code=201, tags=["runs"])
+    async def start_run(
+        request: Request,
+        body: StartRun,
+        idempotency_key: str | None = Header(default=None),
+    ) -> JSONResponse:
+        """Start a workflow run; the same `Idempotency-Key` returns the same run."""
+        _check_name(body.workflow)
+        run_id, created = await run_in_threadpool(
+            lambda: manager.start_workflow(
+                body.workflow,
+                dict(body.inputs),
+                by=who(request).name,
+                caller=body.caller,
+                key=idempotency_key,
+                approve=tuple(body.approve),
+            )
+        )
+        doc = await run_in_threadpool(run_doc, manager, run_id)
+        return _json({"runId": run_id, "created": created, "run": doc}, 201 if created else 200)
+
+    @app.get("/v1/runs", tags=["runs"])
+    async def runs(
+        status: str | None = Query(default=None, description="Only runs in this state."),
+        workflow: str | None = Query(default=None),
+        limit: int = Query(default=20, ge=1, le=500),
+        cursor: str | None = Query(default=None, description="`next` of the previous page."),
+    ) -> JSONResponse:
+        """Runs, newest first, with filters and pagination."""
+        return _json(await run_in_threadpool(list_page, manager, status, workflow, limit, cursor))
+
+    @app.get("/v1/runs/{run_id}", tags=["runs"])
+    async def get_run(run_id: str) -> JSONResponse:
+        """A run: steps, states, results, progress, and why a waiting step waits."""
+        return _json(await run_in_threadpool(run_doc, manager, run_id))
+
+    @app.get("/v1/runs/{run_id}/dag.svg", tags=["runs"])
+    async def run_svg(run_id: str) -> Response:
+        """The run's step graph, each step coloured by its state."""
+        doc = await run_in_threadpool(run_doc, manager, run_id)
+        states = {sid: s["status"] for sid, s in doc["steps"].items()}
+        return Response(redact(dag_svg(doc["plan"], states)), media_type="image/svg+xml")
+
+    @app.get("/v1/runs/{run_id}/wait", tags=["runs"])
+    async def wait_run(
+        run_id: str,
+        timeout: float = Query(default=30.0, gt=0, le=MAX_WAIT),
+        until: str = Query(default="end", pattern="^(end|parked)$"),
+    ) -> JSONResponse:
+        """Wait until the run ends (or, with `until=parked`, also until it waits at a gate)."""
+        stop = ENDED + (("waiting_approval",) if until == "parked" else ())
+
+        def check() -> tuple[bool, dict[str, Any]]:
+            doc = run_doc(manager, run_id)
+            settled = doc["status"] in stop and not (
+                doc["status"] == "waiting_approval" and doc["executing"]
+            )
+            return settled, doc
+
+        done, doc = await _wait(hub, check, timeout)
+        return _json({**doc, "done": done})
+
+    @app.get("/v1/runs/{run_id}/events", tags=["events"])
+    async def run_events(run_id: str, after: int = Query(default=0, ge=0)) -> JSONResponse:
+        """The run's journal events after line `after` (the cursor is the `line`)."""
+        path = manager.run_path(run_id) / "events.jsonl"
+        events = await run_in_threadpool(read_journal, path, after)
+        return _json({"events": events, "cursor": events[-1]["line"] if events else after})
+
+    @app.get("/v1/runs/{run_id}/stream", tags=["events"])
+    async def run_stream(
+        request: Request,
+        run_id: str,
+        after: int | None = Query(default=None, ge=0),
+        last_event_id: str | None = Header(default=None),
+    ) -> StreamingResponse:
+        """Server-sent events of one run (`id` is the journal line; resume with Last-Event-ID)."""
+        path = manager.run_path(run_id) / "events.jsonl"
+        start = _after(after, last_event_id)
+
+        async def gen() -> AsyncIterator[str]:
+            line = start
+            snap = hub.seq
+            for ev in await run_in_threadpool(read_journal, path, line):
+                line = ev["line"]
+                yield _sse(line, {**ev, "runId": run_id})
+            while not await request.is_disconnected():
+                changed = hub.changed()
+                new = hub.since(snap, run_id)
+                snap = new[-1]["seq"] if new else snap
+                for ev in new:
+                    n = ev.get("line")
+                    if isinstance(n, int) and n > line:
+                        line = n
+                        yield _sse(n, ev)
+                if new:
+                    continue
+                try:
+                    await asyncio.wait_for(changed.wait(), KEEPALIVE)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+
+        return StreamingResponse(gen(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    @app.post("/v1/runs/{run_id}/cancel", tags=["runs"])
+    async def cancel(run_id: str) -> JSONResponse:
+        """Cancel a run: it stops dispatching, parked steps are skipped."""
+        state = await run_in_threadpool(manager.cancel, run_id)
+        return _json({"runId": run_id, "status": state.value})
+
+    @app.post("/v1/runs/{run_id}/resume", tags=["runs"])
+    async def resume(request: Request, run_id: str) -> JSONResponse:
+        """Take over a run that no process executes (e.g. its CLI died)."""
+        await run_in_threadpool(lambda: manager.resume(run_id, by=who(request).name))
+        return _json({"runId": run_id, "resumed": True})
+
+    @app.post("/v1/runs/{run_id}/steps/{step}/approve", tags=["gates"])
+    async def approve(
+        request: Request, run_id: str, step: str, body: Annotated[Decision | None, Body()] = None
+    ) -> JSONResponse:
+        """Approve a parked gate as the token's holder; the run continues at once."""
+        reason = body.reason if body else None
+        ev = await run_in_threadpool(
+            lambda: manager.decide(run_id, step, approved=True, by=who(request).name, reason=reason)
+        )
+        return _json({"runId": run_id, "step": step, "decision": ev})
+
+    @app.post("/v1/runs/{run_id}/steps/{step}/reject", tags=["gates"])
+    async def reject(request: Request, run_id: str, step: str, body: Decision) -> JSONResponse:
+        """Reject a parked gate (dependents are skipped); the run concludes at once."""
+        ev = await run_in_threadpool(
+            lambda: manager.decide(
+                run_id, step, approved=False, by=who(request).name, reason=body.reason or "rejected"
+            )
+        )
+        return _json({"runId": run_id, "step": step, "decision": ev})
+
+    # -- delegations ------------------------------------------------------------------
+
+    @app.post("/v1/delegations", status_code=201, tags=["delegations"])
+    async def start_delegation(
+        request: Request,
+        body: StartDelegation,
+        idempotency_key: str | None = Header(default=None),
+    ) -> JSONResponse:
+        """Start one delegation; the same `Idempotency-Key` returns the same delegation."""
+
+        def go() -> tuple[str, bool]:
+            target = body.target
+            if body.capability and not target:
+                target = manager.delegator.route(body.caller, body.capability).agent
+            if not target:
+                from engine.errors import UsageError
+
+                raise UsageError("give `target` (an agent) or `capability`.")
+            req = DelegationRequest(
+                target=target,
+                task=body.task,
+                caller=body.caller,
+                timeout=body.timeout,
+                model=body.model,
+                thinking=body.thinking,
+                channel=body.channel,
+                parent_run_id=body.parent_run_id,
+            )
+            return manager.start_delegation(req, by=who(request).name, key=idempotency_key)
+
+        run_id, created = await run_in_threadpool(go)
+        doc = await run_in_threadpool(manager.delegation, run_id)
+        return _json(
+            {"runId": run_id, "created": created, "delegation": doc}, 201 if created else 200
+        )
+
+    @app.get("/v1/delegations/{run_id}", tags=["delegations"])
+    async def get_delegation(run_id: str) -> JSONResponse:
+        """A delegation: its record when it ended, else what is pending."""
+        return _json(await run_in_threadpool(manager.delegation, run_id))
+
+    @app.get("/v1/delegations/{run_id}/wait", tags=["delegations"])
+    async def wait_delegation(
+        run_id: str, timeout: float = Query(default=30.0, gt=0, le=MAX_WAIT)
+    ) -> JSONResponse:
+        """Wait until the delegation ends (bounded)."""
+
+        def check() -> tuple[bool, dict[str, Any]]:
+            doc = manager.delegation(run_id)
+            return bool(doc["done"]), doc
+
+        done, doc = await _wait(hub, check, timeout)
+        return _json({**doc, "done": done})
+
+    @app.post("/v1/delegations/{run_id}/cancel", tags=["delegations"])
+    async def cancel_delegation(run_id: str) -> JSONResponse:
+        """Stop waiting for a delegation this server runs (outcome `cancelled`)."""
+        ok = await run_in_threadpool(manager.cancel_delegation, run_id)
+        if not ok:
+            raise RunStateError(f"delegation `{run_id}` is not running in this server.")
+        return _json({"runId": run_id, "cancelling": True})
+
+    # -- all runs ---------------------------------------------------------------------
+
+    @app.get("/v1/events", tags=["events"])
+    async def events(
+        after: int = Query(default=0, ge=0), limit: int = Query(default=500, ge=1, le=5000)
+    ) -> JSONResponse:
+        """Events of all runs since the server started, after cursor `after` (`seq`)."""
+        evs = hub.since(after, None, limit)
+        reset = after + 1 < hub.oldest() and after != 0
+        return _json(
+            {"events": evs, "cursor": evs[-1]["seq"] if evs else max(after, 0), "reset": reset}
+        )
+
+    @app.get("/v1/events/stream", tags=["events"])
+    async def events_stream(
+        request: Request,
+        after: int | None = Query(default=None, ge=0),
+        last_event_id: str | None = Header(default=None),
+    ) -> StreamingResponse:
+        """Server-sent events of all runs (`id` is `seq`); without a cursor, from now on."""
+        start = hub.seq if after is None and not last_event_id else _after(after, last_event_id)
+
+        async def gen() -> AsyncIterator[str]:
+            seq = start
+            yield ": connected\n\n"
+            while not await request.is_disconnected():
+                changed = hub.changed()
+                new = hub.since(seq)
+                for ev in new:
+                    seq = ev["seq"]
+                    yield _sse(seq, ev)
+                if new:
+                    continue
+                try:
+                    await asyncio.wait_for(changed.wait(), KEEPALIVE)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+
+        return StreamingResponse(gen(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    # -- host -------------------------------------------------------------------------
+
+    @app.get("/v1/pool", tags=["host"])
+    async def pool() -> JSONResponse:
+        """The token pool's status (as `orchestrate pool status --json`)."""
+        return _json(await run_in_threadpool(pool_status, cfg))
+
+    @app.get("/v1/agents", tags=["host"])
+    async def agents() -> JSONResponse:
+        """Each agent's gateway health (`GET <gateway>/health`, 2 s at most)."""
+        return _json({"agents": await run_in_threadpool(agent_health, manager)})
+
+    @app.get("/v1/metrics", tags=["host"])
+    async def metrics_json() -> JSONResponse:
+        """The metrics document (as `metrics json`)."""
+        from engine.metrics import compute_metrics
+
+        return _json(await run_in_threadpool(compute_metrics, cfg.handoffs_dir))
+
+    @app.get("/metrics", tags=["host"])
+    async def metrics_prom() -> Response:
+        """Prometheus text format."""
+        from engine.serve.prom import CONTENT_TYPE
+
+        text = await run_in_threadpool(metrics_text)
+        return Response(redact(text.decode()), media_type=CONTENT_TYPE)
+
+    return app
+
+
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+_SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+def _check_name(workflow: str) -> None:
+    from engine.errors import UsageError
+    from engine.files import SAFE_ID
+
+    if not SAFE_ID.match(workflow):
+        raise UsageError(
+            f"workflow {workflow!r}: give a workflow name (see `GET /v1/workflows`); the API "
+            "does not read template files by path."
+        )
+
+
+async def _wait(
+    hub: EventHub, check: Callable[[], tuple[bool, dict[str, Any]]], timeout: float
+) -> tuple[bool, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        changed = hub.changed()
+        done, doc = await run_in_threadpool(check)
+        left = deadline - time.monotonic()
+        if done or left <= 0:
+            return done, doc
+        try:  # the hub also polls: an end written by another process is seen too
+            await asyncio.wait_for(changed.wait(), min(left, 1.0))
+        except TimeoutError:
+            pass
+
+
+# ----------------------------------------------------------------------------- read model
+
+
+def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
+    """Everything the API and the dashboard show about a run."""
+    from engine.record import read_json
+    from engine.runner import replay, run_status
+
+    path = manager.run_path(run_id)
+    status = run_status(manager.cfg, run_id)
+    view = replay(path)
+    plan = view.meta.get("plan") or {}
+    records = manager.cfg.handoffs_dir
+    for sid, row in status["steps"].items():
+        rec = read_json(path / f"{sid}.json")
+        if isinstance(rec, dict):
+            for k in ("handoff", "attempts", "validation", "started_at", "finished_at"):
+                row[k] = rec.get(k)
+            row["attempt_log"] = row.pop("attempts")
+            row["attempts"] = status["steps"][sid].get("attempts") or len(row["attempt_log"] or [])
+        s = view.steps.get(sid)
+        drid = s.delegation_run_id if s else None
+        if drid:
+            env = read_json(records / f"{drid}.json")
+            env = env.get("envelope") if isinstance(env, dict) else None
+            if not isinstance(env, dict):
+                env = read_json(records / ".pending" / f"{drid}.json")
+            if isinstance(env, dict):
+                row["task"] = env.get("task")
+                if env.get("repairs"):
+                    row["repairs"] = env.get("repairs")
+        handoff = row.get("handoff")
+        if isinstance(handoff, dict) and handoff.get("usage"):
+            row["usage"] = handoff["usage"]
+        if s is not None and s.state.value == "waiting_approval":
+            prompt = next(
+                (
+                    e.get("prompt")
+                    for e in reversed(view.events)
+                    if e.get("event") == "gate_waiting" and e.get("step") == sid
+                ),
+                None,
+            )
+            row["prompt"] = prompt
+            row["waiting"] = "at its approval gate: approve or reject it"
+    total = len(status["steps"])
+    done = sum(1 for s in view.steps.values() if s.state.final)
+    owner = manager.owned(run_id) or {}
+    status.pop("run_dir", None)
+    return {
+        **status,
+        "plan": {"groups": plan.get("groups") or [], "steps": plan.get("steps") or {}},
+        "progress": {"done": done, "total": total},
+        "started_by": owner.get("by"),
+        "owned": bool(owner),
+        "executing": manager.executing(run_id),
+        "error": manager.last_error(run_id),
+        "cursor": len(view.events) and _last_line(path),
+    }
+
+
+def _last_line(path: Any) -> int:
+    with open(path / "events.jsonl", "rb") as fh:
+        return sum(1 for _ in fh)
+
+
+def list_page(
+    manager: RunManager,
+    status: str | None,
+    workflow: str | None,
+    limit: int,
+    cursor: str | None,
+) -> dict[str, Any]:
+    """One page of runs, newest first; ``next`` is the cursor of the next page."""
+    from engine.runner import list_runs
+
+    rows = list_runs(manager.cfg, limit=100000)
+    if cursor:
+        rows = [r for r in rows if r["runId"] < cursor]
+    if status:
+        rows = [r for r in rows if r["status"] == status]
+    if workflow:
+        rows = [r for r in rows if r["workflow"] == workflow]
+    page = rows[:limit]
+    more = len(rows) > limit
+    return {"runs": page, "next": page[-1]["runId"] if more and page else None}
+
+
+def pool_status(cfg: Any) -> dict[str, Any]:
+    """The pool's status, or ``{"enabled": false}``."""
+    from engine.pool import PoolSettings, TokenPool
+
+    settings = PoolSettings.from_config(cfg)
+    if not settings.enabled:
+        return {"enabled": False}
+    with TokenPool(settings) as pool:
+        status: dict[str, Any] = pool.status()
+    return status
+
+
+def agent_health(manager: RunManager) -> list[dict[str, Any]]:
+    """Probe each agent's gateway ``/health`` once (one probe per gateway URL)."""
+    import httpx
+
+    delegator = manager.delegator
+    urls: dict[str, str] = {}
+    for name, agent in manager.cfg.agents.items():
+        url = delegator.local_url if agent.is_local else agent.url
+        urls[name] = url or ""
+    seen: dict[str, tuple[str, str]] = {}
+    with httpx.Client(timeout=2.0) as client:
+        for url in set(urls.values()):
+            if not url:
+                seen[url] = ("down", "no gateway running")
+                continue
+            try:
+                r = client.get(f"{url}/health")
+                seen[url] = (
+                    ("ok", "") if r.status_code == 200 else ("down", f"HTTP {r.status_code}")
+                )
+            except httpx.HTTPError as exc:
+                seen[url] = ("down", type(exc).__name__)
+    return [
+        {
+            "name": n,
+            "health": seen[u][0],
+            "detail": seen[u][1],
+            "local": manager.cfg.agents[n].is_local,
+        }
+        for n, u in sorted(urls.items())
+    ]

@@ -1,0 +1,545 @@
+"""The runs the server owns: it starts them, continues them, and picks them up again.
+
+One ``RunManager`` per server. Each workflow run it executes has one driver thread that
+calls ``WorkflowRunner.start`` and then, whenever a gate of the run is decided (through
+the API or by ``workflow approve`` beside the server), ``WorkflowRunner.resume`` again: a
+decision continues the run at once. A decision that arrives while the run still executes
+other steps is kept and acted on when that stretch ends.
+
+What the server started is listed in ``<handoffs_dir>/serve/<run-id>.json`` (who started
+it, and for a delegation the request), so that after a crash or a restart it resumes its
+runs from their journals and re-attaches its delegations by run id: nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config
+from engine.delegate import DelegationRequest, DelegationResult, Delegator
+from engine.errors import (
+    AclDeniedError,
+    OrchestratorError,
+    RunStateError,
+)
+from engine.files import check_id, utcnow_iso, write_json_atomic
+from engine.idempotency import IdempotencyConflict, IdempotencyKeys
+from engine.record import pending_path, read_json
+from engine.reporter import Reporter
+from engine.runner import (
+    RunOptions,
+    RunState,
+    StepState,
+    WorkflowRunner,
+    cancel_run,
+    decide_gate,
+    prepare,
+    replay,
+    runs_dir,
+)
+
+log = logging.getLogger("engine.serve")
+
+OWNED_DIR = "serve"
+START_TIMEOUT = 60.0
+
+
+class NotFoundError(RunStateError):
+    """Raised when a run or delegation id names nothing the server can find."""
+
+
+class RefusedError(AclDeniedError):
+    """Raised when a token may not do what it asks (its role, a gate's approvers)."""
+
+
+@dataclass
+class _Driver:
+    """The driver thread of one run: ``again`` asks it to resume once more."""
+
+    again: bool = False
+
+
+@dataclass
+class Observer:
+    """What the server watches besides the journals (metrics, the event feed)."""
+
+    wake: Callable[[], None] = lambda: None
+    publish: Callable[..., None] = lambda run_id, kind, **f: None
+    step_finished: Callable[[str, str, float | None], None] = lambda agent, status, ms: None
+    delegation_finished: Callable[[str, str, float | None], None] = lambda a, o, ms: None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _RunReporter(Reporter):
+    """Wakes the event feed at each workflow event and learns the run id at the start."""
+
+    def __init__(self, manager: RunManager, started: Future[str] | None) -> None:
+        self.manager = manager
+        self.started = started
+        self.run_id: str | None = None
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if kind == "run_started" and self.run_id is None:
+            self.run_id = str(fields["run_id"])
+            if self.started is not None and not self.started.done():
+                self.manager._adopt(self.run_id)
+                self.started.set_result(self.run_id)
+        elif kind == "step_finished":
+            duration = fields.get("duration_ms")
+            self.manager.observer.step_finished(
+                str(fields.get("agent") or "?"),
+                str(fields.get("status")),
+                float(duration) if isinstance(duration, int | float) else None,
+            )
+        self.manager.observer.wake()
+
+
+class RunManager:
+    """Executes workflow runs and delegations inside the server process."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        delegator: Delegator,
+        *,
+        max_parallel: int = 4,
+        self_approval: bool = True,
+        observer: Observer | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.delegator = delegator
+        self.max_parallel = max_parallel
+        self.self_approval = self_approval
+        self.observer = observer or Observer()
+        self.keys = IdempotencyKeys(cfg.handoffs_dir)
+        self.owned_dir = cfg.handoffs_dir / OWNED_DIR
+        self._lock = threading.Lock()
+        self._drivers: dict[str, _Driver] = {}
+        self._pending_owner: dict[str, Any] = {}
+        self._cancels: dict[str, threading.Event] = {}
+        self._errors: dict[str, str] = {}
+        self._threads: list[threading.Thread] = []
+
+    # -- ownership ------------------------------------------------------------------------
+
+    def _owned_path(self, run_id: str) -> Path:
+        return self.owned_dir / f"{check_id(run_id, 'run id')}.json"
+
+    def owned(self, run_id: str) -> dict[str, Any] | None:
+        """What the server recorded when it started ``run_id`` (None: not started here)."""
+        data = read_json(self._owned_path(run_id))
+        return data if isinstance(data, dict) else None
+
+    def _own(self, run_id: str, entry: dict[str, Any]) -> None:
+        self.owned_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self._owned_path(run_id), {"runId": run_id, **entry})
+
+    def _adopt(self, run_id: str) -> None:
+        """Called in the driver thread as a new run starts: record it, register its driver."""
+        with self._lock:
+            entry = self._pending_owner.pop(threading.current_thread().name, {})
+            self._drivers[run_id] = _Driver()
+        self._own(run_id, {"kind": "workflow", "created_at": utcnow_iso(), **entry})
+
+    # -- workflow runs --------------------------------------------------------------------
+
+    def start_workflow(
+        self,
+        workflow: str,
+        inputs: dict[str, str],
+        *,
+        by: str,
+        caller: str | None = None,
+        key: str | None = None,
+        approve: tuple[str, ...] = (),
+    ) -> tuple[str, bool]:
+        """Plan and start a run; return ``(run id, created)`` once it has started.
+
+        With ``key`` a second call returns the first call's run (``created`` False).
+        Every planner error is raised here, before anything runs.
+        """
+        prepared = prepare(self.cfg, workflow, inputs, caller=caller)
+        request = {"workflow": workflow, "inputs": inputs, "caller": caller, "approve": approve}
+        if key is not None:
+            claim = self.keys.claim("workflow", key, request, run_id="")
+            if not claim.new:
+                if claim.run_id is None:
+                    raise IdempotencyConflict(
+                        f"idempotency key {key!r}: its run is starting right now; retry."
+                    )
+                return claim.run_id, False
+        options = RunOptions(
+            caller=caller, max_parallel=self.max_parallel, approve=frozenset(approve)
+        )
+        started: Future[str] = Future()
+        reporter = _RunReporter(self, started)
+        name = f"serve-run-{id(reporter):x}"
+        with self._lock:
+            self._pending_owner[name] = {"by": by, "workflow": workflow, "key": key}
+
+        def first(runner: WorkflowRunner) -> Any:
+            return runner.start(prepared, options)
+
+        self._spawn(name, lambda: self._drive(first, reporter, started))
+        try:
+            run_id = started.result(timeout=START_TIMEOUT)
+        except OrchestratorError:
+            if key is not None:
+                self.keys.release("workflow", key)
+            raise
+        if key is not None:
+            self.keys.bind("workflow", key, run_id)
+        return run_id, True
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        with self._lock:
+            self._threads = [x for x in self._threads if x.is_alive()]
+            self._threads.append(t)
+        t.start()
+
+    def _drive(
+        self,
+        first: Callable[[WorkflowRunner], Any],
+        reporter: _RunReporter,
+        started: Future[str] | None,
+    ) -> None:
+        runner = WorkflowRunner(self.cfg, self.delegator, reporter=reporter)
+        act = first
+        while True:
+            try:
+                act(runner)
+            except OrchestratorError as exc:
+                if started is not None and not started.done():
+                    started.set_exception(exc)
+                if reporter.run_id:
+                    self._errors[reporter.run_id] = str(exc)
+                    log.warning("run %s: %s", reporter.run_id, exc)
+            except Exception as exc:  # a bug: keep the server up, say which run
+                log.exception("run %s broke", reporter.run_id)
+                if started is not None and not started.done():
+                    started.set_exception(RunStateError(f"the run could not start: {exc}"))
+                if reporter.run_id:
+                    self._errors[reporter.run_id] = f"internal error: {exc}"
+            rid = reporter.run_id
+            with self._lock:
+                driver = self._drivers.get(rid) if rid else None
+                if driver is None or rid is None:
+                    break
+                if driver.again:
+                    driver.again = False
+                    act = self._resumer(rid)
+                    continue
+                del self._drivers[rid]
+                break
+        self.observer.wake()
+
+    def _resumer(self, run_id: str) -> Callable[[WorkflowRunner], Any]:
+        options = RunOptions(max_parallel=self.max_parallel)
+        return lambda runner: runner.resume(run_id, options)
+
+    def kick(self, run_id: str) -> bool:
+        """Continue ``run_id`` now (or once its current stretch ends); False if not ours."""
+        if self.owned(run_id) is None:
+            return False
+        with self._lock:
+            driver = self._drivers.get(run_id)
+            if driver is not None:
+                driver.again = True
+                return True
+            self._drivers[run_id] = _Driver()
+        reporter = _RunReporter(self, None)
+        reporter.run_id = run_id
+        self._spawn(
+            f"serve-resume-{run_id[-8:]}",
+            lambda: self._drive(self._resumer(run_id), reporter, None),
+        )
+        return True
+
+    def executing(self, run_id: str) -> bool:
+        """True while a driver thread of this server works on the run."""
+        with self._lock:
+            return run_id in self._drivers
+
+    def last_error(self, run_id: str) -> str | None:
+        """The error that stopped the server's last attempt to run it, if any."""
+        return self._errors.get(run_id)
+
+    def on_event(self, run_id: str, ev: dict[str, Any]) -> None:
+        """The event feed saw a journal event: a decided gate continues an owned run."""
+        if ev.get("event") == "gate_decided":
+            try:
+                self.kick(run_id)
+            except OrchestratorError:
+                pass
+
+    def decide(
+        self,
+        run_id: str,
+        step: str,
+        *,
+        approved: bool,
+        by: str,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Approve or reject a parked gate as ``by``; the run continues at once."""
+        path = self.run_path(run_id)
+        view = replay(path)
+        approvers = self._approvers(view.meta, step)
+        if approvers and by not in approvers:
+            raise RefusedError(
+                f"`{by}` may not decide the gate of `{step}` in run `{run_id}`: its "
+                f"approvers are {', '.join(f'`{a}`' for a in approvers)}."
+            )
+        owner = self.owned(run_id) or {}
+        if not self.self_approval and owner.get("by") == by:
+            raise RefusedError(
+                f"`{by}` started run `{run_id}` and may not decide its own gate "
+                "(`serve.self_approval: false`); ask another operator."
+            )
+        event = decide_gate(self.cfg, run_id, step, approved=approved, reason=reason, by=by)
+        self.observer.wake()
+        return event
+
+    def _approvers(self, meta: dict[str, Any], step: str) -> tuple[str, ...]:
+        from engine.workflow import load_workflow
+
+        path = meta.get("workflow_path")
+        if not isinstance(path, str):
+            return ()
+        try:
+            spec = load_workflow(Path(path))
+        except OrchestratorError:
+            return ()
+        for s in spec.steps:
+            if s.id == step and s.gate is not None:
+                return s.gate.approvers
+        return ()
+
+    def cancel(self, run_id: str) -> RunState:
+        """Cancel a workflow run (a running stretch stops within a fraction of a second)."""
+        self.run_path(run_id)
+        state = cancel_run(self.cfg, run_id)
+        self.observer.wake()
+        return state
+
+    def resume(self, run_id: str, *, by: str) -> None:
+        """Take over a run no process executes (one started by a CLI that died)."""
+        path = self.run_path(run_id)
+        view = replay(path)
+        if view.state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED):
+            raise RunStateError(f"run `{run_id}` has already ended ({view.state.value}).")
+        if self.owned(run_id) is None:
+            self._own(run_id, {"kind": "workflow", "by": by, "adopted_at": utcnow_iso()})
+        self.kick(run_id)
+
+    def run_path(self, run_id: str) -> Path:
+        """The directory of a workflow run, or NotFoundError."""
+        check_id(run_id, "run id")
+        path = runs_dir(self.cfg) / run_id
+        if not (path / "run.json").is_file():
+            raise NotFoundError(f"no workflow run `{run_id}` in `{runs_dir(self.cfg)}`.")
+        return path
+
+    # -- delegations ----------------------------------------------------------------------
+
+    def start_delegation(
+        self,
+        req: DelegationRequest,
+        *,
+        by: str,
+        key: str | None = None,
+    ) -> tuple[str, bool]:
+        """Check and start one delegation; return ``(run id, created)`` at once."""
+        self.delegator.check(req)
+        request = _request_dict(req)
+        if key is not None:
+            claim = self.keys.claim("delegate", key, {k: request[k] for k in _KEYED})
+            if not claim.new and claim.run_id:
+                return claim.run_id, False
+            run_id = str(claim.run_id)
+        else:
+            from engine.files import new_run_id
+
+            run_id = new_run_id()
+        self._own(
+            run_id,
+            {
+                "kind": "delegation",
+                "by": by,
+                "key": key,
+                "request": {**request, "run_id": run_id},
+                "created_at": utcnow_iso(),
+            },
+        )
+        self._launch_delegation(DelegationRequest(**{**request, "run_id": run_id}), False)
+        return run_id, True
+
+    def _launch_delegation(self, req: DelegationRequest, reattach: bool) -> None:
+        cancel = threading.Event()
+        run_id = str(req.run_id)
+        with self._lock:
+            self._cancels[run_id] = cancel
+
+        def work() -> None:
+            self.observer.publish(
+                run_id,
+                "delegation_started",
+                target=req.target,
+                caller=req.caller,
+                reattached=reattach,
+            )
+            t0 = time.monotonic()
+            try:
+                result: DelegationResult = self.delegator.delegate(
+                    req, reattach=reattach, cancel=cancel
+                )
+                outcome = result.outcome.value
+            except OrchestratorError as exc:
+                outcome = "errored"
+                self._errors[run_id] = str(exc)
+            except Exception as exc:  # a bug: keep the server up
+                log.exception("delegation %s broke", run_id)
+                outcome = "errored"
+                self._errors[run_id] = f"internal error: {exc}"
+            finally:
+                with self._lock:
+                    self._cancels.pop(run_id, None)
+            self.observer.delegation_finished(req.target, outcome, (time.monotonic() - t0) * 1000)
+            self.observer.publish(run_id, "delegation_finished", target=req.target, outcome=outcome)
+
+        self._spawn(f"serve-deleg-{run_id[-8:]}", work)
+
+    def delegation(self, run_id: str) -> dict[str, Any]:
+        """A delegation's state: its record when it ended, else its pending envelope."""
+        check_id(run_id, "run id")
+        for sub in (False, True):
+            records = self.delegator.records_dir(sub=sub)
+            record = read_json(records / f"{run_id}.json")
+            if isinstance(record, dict) and isinstance(record.get("envelope"), dict):
+                env = record["envelope"]
+                return {
+                    "runId": run_id,
+                    "status": env.get("outcome"),
+                    "done": env.get("outcome") not in (None, "dispatched"),
+                    "record": record,
+                }
+            pending = read_json(pending_path(records, run_id))
+            if isinstance(pending, dict):
+                return {
+                    "runId": run_id,
+                    "status": "running",
+                    "done": False,
+                    "record": None,
+                    "envelope": pending,
+                }
+        entry = self.owned(run_id)
+        if entry is not None and entry.get("kind") == "delegation":
+            error = self._errors.get(run_id)
+            return {
+                "runId": run_id,
+                "status": "errored" if error else "starting",
+                "done": error is not None,
+                "record": None,
+                "error": error,
+            }
+        raise NotFoundError(f"no delegation `{run_id}` in `{self.cfg.handoffs_dir}`.")
+
+    def cancel_delegation(self, run_id: str) -> bool:
+        """Stop waiting for a delegation this server runs; False when it is not running here."""
+        self.delegation(run_id)
+        with self._lock:
+            ev = self._cancels.get(run_id)
+        if ev is None:
+            return False
+        ev.set()
+        return True
+
+    # -- restart --------------------------------------------------------------------------
+
+    def pick_up(self) -> list[str]:
+        """Continue what the server owned when it stopped; return the run ids taken up."""
+        taken: list[str] = []
+        try:
+            entries = sorted(self.owned_dir.glob("*.json"))
+        except OSError:
+            return taken
+        for path in entries:
+            entry = read_json(path)
+            if not isinstance(entry, dict):
+                continue
+            run_id = str(entry.get("runId") or path.stem)
+            try:
+                if entry.get("kind") == "delegation":
+                    if self._pick_up_delegation(run_id, entry):
+                        taken.append(run_id)
+                elif self._pick_up_run(run_id):
+                    taken.append(run_id)
+            except OrchestratorError as exc:
+                log.warning("cannot pick up %s: %s", run_id, exc)
+        return taken
+
+    def _pick_up_run(self, run_id: str) -> bool:
+        view = replay(self.run_path(run_id))
+        if view.state is RunState.RUNNING or (
+            view.state is RunState.WAITING_APPROVAL
+            and not any(s.state is StepState.WAITING_APPROVAL for s in view.steps.values())
+        ):
+            return self.kick(run_id)
+        return False
+
+    def _pick_up_delegation(self, run_id: str, entry: dict[str, Any]) -> bool:
+        if self.delegation(run_id)["done"]:
+            return False
+        request = entry.get("request")
+        if not isinstance(request, dict):
+            return False
+        fields: dict[str, Any] = {k: request[k] for k in _FIELDS if k in request}
+        req = DelegationRequest(**fields)
+        self._launch_delegation(req, True)
+        return True
+
+
+_FIELDS = (
+    "target",
+    "task",
+    "caller",
+    "timeout",
+    "run_id",
+    "model",
+    "thinking",
+    "channel",
+    "context",
+    "name",
+    "parent_run_id",
+)
+_KEYED = (
+    "target",
+    "task",
+    "caller",
+    "timeout",
+    "model",
+    "thinking",
+    "channel",
+    "context",
+    "parent_run_id",
+)
+
+
+def _request_dict(req: DelegationRequest) -> dict[str, Any]:
+    return {k: getattr(req, k) for k in _FIELDS if k != "run_id"}
+
+
+__all__ = [
+    "NotFoundError",
+    "Observer",
+    "RefusedError",
+    "RunManager",
+]
