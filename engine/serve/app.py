@@ -556,7 +556,9 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
     total = len(status["steps"])
     done = sum(1 for s in view.steps.values() if s.state.final)
     owner = manager.owned(run_id) or {}
-    status.pop("run_dir", None)
+    summary = read_json(path / "summary.json")
+    if isinstance(summary, dict) and isinstance(summary.get("outputs"), dict):
+        status["outputs"] = summary["outputs"]
     return {
         **status,
         "plan": {"groups": plan.get("groups") or [], "steps": plan.get("steps") or {}},
