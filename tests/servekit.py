@@ -125,7 +125,9 @@ class Served:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
-def sse(client: httpx.Client, path: str, *, until: Any, timeout: float = 60) -> Iterator[dict[str, Any]]:
+def sse(
+    client: httpx.Client, path: str, *, until: Any, timeout: float = 60
+) -> Iterator[dict[str, Any]]:
     """Yield the events of an SSE stream until ``until(event)`` is true (bounded)."""
     deadline = time.monotonic() + timeout
     with client.stream("GET", path, timeout=timeout) as resp:

@@ -54,7 +54,7 @@ def dag_svg(plan: dict[str, Any], states: dict[str, str]) -> str:
         info = steps.get(sid) or {}
         color = STATE_COLORS.get(state, FAILED_COLOR)
         agent = info.get("agent") or "/".join(info.get("candidates") or []) or "?"
-        gate = " ⏸" if info.get("gate") else ""
+        gate = " [gate]" if info.get("gate") else ""
         out.append(
             f'<g class="node state-{escape(state)}" data-step="{escape(sid)}" '
             f'id="node-{escape(sid)}"><title>{escape(sid)}: {escape(state)}</title>'

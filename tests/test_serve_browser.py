@@ -1,0 +1,97 @@
+"""The dashboard in a real headless Chromium (Debian's `chromium` + `chromium-driver`).
+
+It opens the dashboard, starts a gated workflow from the page, clicks Approve on the
+run's page and sees the run complete. Set ``ORCH_SERVE_SCREENSHOT=docs/serve-run.png`` to
+keep the screenshot of the run page.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servekit import TOKENS, Served
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="needs Debian's `chromium` and `chromium-driver` (.ci/run installs them with apt)",
+)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    served = Served(tmp_path_factory.mktemp("browser")).start()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_start_approve_and_watch_it_complete(srv: Served, browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(srv.url + "/")
+    browser.find_element(By.ID, "token").send_keys(TOKENS["alice"][1])
+    browser.find_element(By.ID, "save-token").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "who"), "alice (operate)"))
+    wait.until(lambda d: "gate" in [o.text for o in Select(d.find_element(By.ID, "wf")).options])
+    Select(browser.find_element(By.ID, "wf")).select_by_visible_text("gate")
+    browser.find_element(By.ID, "inputs").send_keys("query=CTE of ULE")
+    browser.find_element(By.ID, "start-btn").click()
+    wait.until(ec.url_contains("/runs/wf-"))
+    run_id = browser.current_url.rsplit("/", 1)[-1]
+    approve = wait.until(ec.element_to_be_clickable((By.ID, "approve-review")))
+    node = browser.find_element(By.ID, "node-review")
+    assert "state-waiting_approval" in node.get_attribute("class")
+    approve.click()
+    wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-status") == "complete")
+    wait.until(
+        lambda d: "state-complete" in d.find_element(By.ID, "node-review").get_attribute("class")
+    )
+    browser.find_element(By.CSS_SELECTOR, "details[data-step='research'] summary").click()
+    shot = tmp_path / "serve-run.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    keep = os.environ.get("ORCH_SERVE_SCREENSHOT")
+    if keep:
+        shutil.copyfile(shot, keep)
+    with srv.client("alice") as c:
+        doc = c.get(f"/v1/runs/{run_id}").json()
+    assert doc["status"] == "complete"
+    assert doc["steps"]["review"]["gate"]["by"] == "alice"
+    assert doc["started_by"] == "alice"
+    assert "CTE of ULE" in browser.page_source
