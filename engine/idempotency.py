@@ -19,11 +19,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import UsageError
 from engine.files import new_run_id, utcnow_iso, write_json_atomic
 from engine.record import read_json
+
+if TYPE_CHECKING:
+    from engine.delegate import DelegationRequest, DelegationResult, Delegator
 
 KEYS_DIR = ".idempotency"
 MAX_KEY = 200
@@ -124,7 +127,7 @@ class IdempotencyKeys:
         self._path(kind, key).unlink(missing_ok=True)
 
 
-def finished_delegation(records: Path, run_id: str) -> Any:
+def finished_delegation(records: Path, run_id: str) -> DelegationResult | None:
     """The ``DelegationResult`` of a delegation that has ended, else None."""
     from engine.delegate import DelegationResult, Outcome
 
@@ -138,7 +141,9 @@ def finished_delegation(records: Path, run_id: str) -> Any:
     return DelegationResult(run_id, Outcome(outcome), path, record)
 
 
-def delegate_once(delegator: Any, req: Any, key: str, **kwargs: Any) -> Any:
+def delegate_once(
+    delegator: Delegator, req: DelegationRequest, key: str, **kwargs: Any
+) -> DelegationResult:
     """``delegator.delegate(req)`` at most once per ``key``.
 
     The first call claims the key and dispatches under the key's run id; a retry returns

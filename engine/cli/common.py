@@ -176,3 +176,22 @@ def say(text: str, *, err: bool = False) -> None:
 config_option = click.option(
     "--config", "config", type=click.Path(dir_okay=False), help=CONFIG_HELP
 )
+
+
+def server_options(fn: Any) -> Any:
+    """`--server URL` (or $ORCH_SERVER) and `--server-token-env VAR`: act through a server."""
+    fn = click.option(
+        "--server-token-env",
+        metavar="VAR",
+        help="Env var with the server token [ORCH_SERVER_TOKEN].",
+    )(fn)
+    return click.option(
+        "--server", envvar="ORCH_SERVER", metavar="URL", help="Act through `orchestrate serve`."
+    )(fn)
+
+
+def client(server: str, token_env: str | None) -> Any:
+    """A client of `orchestrate serve` at ``server``."""
+    from engine.serve.client import ServerClient
+
+    return ServerClient(server, token_env=token_env)

@@ -11,11 +11,13 @@ import click
 from engine.cli.common import (
     EngineGroup,
     Seconds,
+    client,
     config_option,
     dump,
     load,
     load_optional,
     say,
+    server_options,
 )
 from engine.states import Confidence, HandoffStatus
 
@@ -100,6 +102,10 @@ def orchestrate() -> None:
 @click.option("--dry-run", is_flag=True, help="Do every check (and the routing), send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
+@click.option(
+    "--idempotency-key", "key", help="A retry with this key returns the first result, unsent."
+)
+@server_options
 @config_option
 def delegate_cmd(
     args: tuple[str, ...],
@@ -120,6 +126,9 @@ def delegate_cmd(
     dry_run: bool,
     as_json: bool,
     quiet: bool,
+    key: str | None,
+    server: str | None,
+    server_token_env: str | None,
     config: str | None,
 ) -> int:
     """Delegate TASK to AGENT on behalf of --caller and wait for the handoff."""
@@ -127,6 +136,31 @@ def delegate_cmd(
     from engine.reporter import ConsoleReporter, Reporter
 
     task = _task_of(args, capability)
+    if server:
+        from engine.errors import UsageError
+
+        if validate or dry_run or channel_context or context_file or deliver is not None:
+            raise UsageError(
+                "`--validate`, `--dry-run`, `--deliver` and context options are local."
+            )
+        request = {
+            "target": None if capability else args[0],
+            "capability": capability,
+            "task": task,
+            "caller": caller,
+            "timeout": timeout,
+            "model": model,
+            "thinking": thinking,
+            "channel": channel,
+            "parent_run_id": parent_run_id,
+        }
+        with client(server, server_token_env) as remote:
+            result = remote.delegate(request, key=key)
+        if as_json:
+            dump(result.record)
+        else:
+            _print_result(result)
+        return int(result.exit_code)
     cfg = load(config)
     checker = None
     if validate:
@@ -163,7 +197,12 @@ def delegate_cmd(
                 click.echo(route.explain())
             click.echo(f"dry run: `{caller}` -> `{agent}` passes every check; nothing sent.")
             return 0
-        result = delegator.delegate(req)
+        if key:
+            from engine.idempotency import delegate_once
+
+            result = delegate_once(delegator, req, key)
+        else:
+            result = delegator.delegate(req)
         verdict = None
         if checker:
             from engine.validate import validate_delegation
@@ -898,7 +937,7 @@ def serve_cmd(host: str | None, port: int | None, config: str | None) -> int:
     """Run the server: API (/v1), live events, dashboard; it executes the runs it starts."""
     from engine.serve import ServeSettings, serve
 
-    cfg = _load(config)
+    cfg = load(config)
     settings = ServeSettings.from_config(cfg, host=host, port=port)
     serve(cfg, settings, on_started=lambda url: click.echo(f"serving on {url}", err=True))
     return 0

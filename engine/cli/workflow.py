@@ -14,7 +14,9 @@ from engine.cli.common import (
     load,
     load_optional,
     say,
+    server_options,
 )
+from engine.cli.common import client as _client
 
 
 @click.group(
@@ -109,7 +111,7 @@ def _approver(interactive: bool | None) -> Any:
     return ask
 
 
-def _render_run(result: Any, as_json: bool) -> int:
+def _render_run(result: Any, as_json: bool, resume: str = " && workflow resume {rid}") -> int:
     summary = result.summary
     if as_json:
         dump({**summary, "run_dir": str(result.run_dir)})
@@ -125,9 +127,9 @@ def _render_run(result: Any, as_json: bool) -> int:
         for sid, st in summary["steps"].items():
             if st["status"] == "waiting_approval":
                 click.echo(
-                    f"waiting for approval at `{sid}`: workflow approve {rid} {sid} && "
-                    f"workflow resume {rid}   (or: workflow reject {rid} {sid} "
-                    "--reason ...)",
+                    f"waiting for approval at `{sid}`: workflow approve {rid} {sid}"
+                    + resume.format(rid=rid)
+                    + f"   (or: workflow reject {rid} {sid} --reason ...)",
                     err=True,
                 )
     elif summary["status"] == "waiting_input":
@@ -160,6 +162,7 @@ def _render_run(result: Any, as_json: bool) -> int:
 @parallel_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@server_options
 @config_option
 def workflow_run_cmd(
     name: str,
@@ -172,6 +175,8 @@ def workflow_run_cmd(
     max_parallel: int,
     as_json: bool,
     quiet: bool,
+    server: str | None,
+    server_token_env: str | None,
     config: str | None,
 ) -> int:
     """Run workflow NAME (a name in ./workflows, the config's dirs, the shipped set, or a path)."""
@@ -179,6 +184,16 @@ def workflow_run_cmd(
     from engine.runner import RunOptions, prepare
     from engine.workflow import parse_inputs
 
+    if server and not dry_run:
+        with _client(server, server_token_env) as remote:
+            result = remote.run_workflow(
+                name,
+                parse_inputs(list(inputs)),
+                caller=caller,
+                approve=approve,
+                approve_all=approve_all,
+            )
+        return _render_run(result, as_json, resume=" --server URL")
     cfg = load(config)
     prepared = prepare(cfg, name, parse_inputs(list(inputs)), caller=caller)
     check_secrets(
@@ -265,11 +280,24 @@ def workflow_resume_cmd(
 @click.argument("run_id")
 @click.argument("step")
 @click.option("--reason", help="Why (recorded).")
+@server_options
 @config_option
-def workflow_approve_cmd(run_id: str, step: str, reason: str | None, config: str | None) -> int:
+def workflow_approve_cmd(
+    run_id: str,
+    step: str,
+    reason: str | None,
+    server: str | None,
+    server_token_env: str | None,
+    config: str | None,
+) -> int:
     """Approve the gate of STEP in a parked run (then `workflow resume`)."""
     from engine.runner import decide_gate
 
+    if server:
+        with _client(server, server_token_env) as remote:
+            remote.decide(run_id, step, approved=True, reason=reason)
+        click.echo(f"approved `{step}`; the server continues run {run_id}.")
+        return 0
     decide_gate(load(config), run_id, step, approved=True, reason=reason)
     click.echo(f"approved `{step}`; continue with: workflow resume {run_id}")
     return 0
@@ -296,11 +324,24 @@ def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, config: str 
 @click.argument("run_id")
 @click.argument("step")
 @click.option("--reason", required=True, help="Why (recorded; dependents are skipped).")
+@server_options
 @config_option
-def workflow_reject_cmd(run_id: str, step: str, reason: str, config: str | None) -> int:
+def workflow_reject_cmd(
+    run_id: str,
+    step: str,
+    reason: str,
+    server: str | None,
+    server_token_env: str | None,
+    config: str | None,
+) -> int:
     """Reject the gate of STEP in a parked run (then `workflow resume` to close it)."""
     from engine.runner import decide_gate
 
+    if server:
+        with _client(server, server_token_env) as remote:
+            remote.decide(run_id, step, approved=False, reason=reason)
+        click.echo(f"rejected `{step}`; the server concludes run {run_id}.")
+        return 0
     decide_gate(load(config), run_id, step, approved=False, reason=reason)
     click.echo(f"rejected `{step}`; finish the run with: workflow resume {run_id}")
     return 0
@@ -308,12 +349,19 @@ def workflow_reject_cmd(run_id: str, step: str, reason: str, config: str | None)
 
 @workflow.command("cancel")
 @click.argument("run_id")
+@server_options
 @config_option
-def workflow_cancel_cmd(run_id: str, config: str | None) -> int:
+def workflow_cancel_cmd(
+    run_id: str, server: str | None, server_token_env: str | None, config: str | None
+) -> int:
     """Cancel a run: stop dispatching, release what it holds, record `cancelled`."""
     from engine.runner import RunState, cancel_run
 
-    state = cancel_run(load(config), run_id)
+    if server:
+        with _client(server, server_token_env) as remote:
+            state = remote.cancel(run_id)
+    else:
+        state = cancel_run(load(config), run_id)
     if state is RunState.RUNNING:
         click.echo(f"cancel requested; the process running {run_id} stops within a second.")
     else:
@@ -324,13 +372,20 @@ def workflow_cancel_cmd(run_id: str, config: str | None) -> int:
 @workflow.command("status")
 @click.argument("run_id")
 @json_option
+@server_options
 @config_option
-def workflow_status_cmd(run_id: str, as_json: bool, config: str | None) -> int:
+def workflow_status_cmd(
+    run_id: str, as_json: bool, server: str | None, server_token_env: str | None, config: str | None
+) -> int:
     """Show the steps of a run, and why a waiting step waits."""
     from engine.progress import summary_table
     from engine.runner import run_status
 
-    status = run_status(load(config), run_id)
+    if server:
+        with _client(server, server_token_env) as remote:
+            status = remote.status(run_id)
+    else:
+        status = run_status(load(config), run_id)
     if as_json:
         dump(status)
         return 0

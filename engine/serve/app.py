@@ -44,6 +44,7 @@ class StartRun(BaseModel):
         default=None, description="Caller for the ACL (default: the template's)."
     )
     approve: list[str] = Field(default_factory=list, description="Gates approved up front.")
+    approve_all: bool = Field(default=False, description="Approve every gate up front.")
 
 
 class StartDelegation(BaseModel):
@@ -217,6 +218,7 @@ def create_app(
                 caller=body.caller,
                 key=idempotency_key,
                 approve=tuple(body.approve),
+                approve_all=body.approve_all,
             )
         )
         doc = await run_in_threadpool(run_doc, manager, run_id)

@@ -159,6 +159,7 @@ class RunManager:
         caller: str | None = None,
         key: str | None = None,
         approve: tuple[str, ...] = (),
+        approve_all: bool = False,
     ) -> tuple[str, bool]:
         """Plan and start a run; return ``(run id, created)`` once it has started.
 
@@ -166,7 +167,13 @@ class RunManager:
         Every planner error is raised here, before anything runs.
         """
         prepared = prepare(self.cfg, workflow, inputs, caller=caller)
-        request = {"workflow": workflow, "inputs": inputs, "caller": caller, "approve": approve}
+        request = {
+            "workflow": workflow,
+            "inputs": inputs,
+            "caller": caller,
+            "approve": approve,
+            "approve_all": approve_all,
+        }
         if key is not None:
             claim = self.keys.claim("workflow", key, request, run_id="")
             if not claim.new:
@@ -176,7 +183,10 @@ class RunManager:
                     )
                 return claim.run_id, False
         options = RunOptions(
-            caller=caller, max_parallel=self.max_parallel, approve=frozenset(approve)
+            caller=caller,
+            max_parallel=self.max_parallel,
+            approve=frozenset(approve),
+            approve_all=approve_all,
         )
         started: Future[str] = Future()
         reporter = _RunReporter(self, started)

@@ -1,0 +1,203 @@
+"""The CLI as a thin remote of ``orchestrate serve`` (``--server URL``).
+
+Each call returns the same engine value the local command renders (``RunResult``,
+``DelegationResult``, the status dict), so ``--json`` output keeps its shape::
+
+    client = ServerClient("http://10.0.0.5:8765", token_env="ORCH_SERVER_TOKEN")
+    result = client.run_workflow("quick-research", {"query": "CTE of ULE"})
+    result.state, result.exit_code
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from engine.errors import EXIT_USAGE, OrchestratorError
+from engine.redact import register
+
+DEFAULT_TOKEN_ENV = "ORCH_SERVER_TOKEN"
+SERVER_ENV = "ORCH_SERVER"
+WAIT_CHUNK = 60.0  # seconds per /wait call; the client loops, the server stays bounded
+
+#: The keys of a step in a local summary (the server adds details the CLI leaves out).
+_ALWAYS = ("status", "agent", "attempts", "duration_ms", "confidence", "delegation_run_id")
+_WHEN_SET = ("skip_reason", "error", "gate", "waiting")
+_SERVER_ONLY = ("plan", "progress", "started_by", "owned", "executing", "error", "cursor", "done")
+
+
+class RemoteError(OrchestratorError):
+    """Raised when the server refuses a call or cannot be reached (its exit code is kept)."""
+
+    def __init__(self, message: str, *, exit_code: int = EXIT_USAGE, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.exit_code = exit_code
+
+
+class ServerClient:
+    """Calls one server with one bearer token (read from an environment variable)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token_env: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        env = token_env or DEFAULT_TOKEN_ENV
+        token = os.environ.get(env, "").strip()
+        if token_env and not token:
+            raise RemoteError(
+                f"`--server-token-env {token_env}`: environment variable `{token_env}` is not "
+                "set or empty; export the server token there."
+            )
+        register(token)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=WAIT_CHUNK + 30, transport=transport
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    def __enter__(self) -> ServerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise RemoteError(
+                f"cannot reach the server `{self.url}`: {type(exc).__name__}. Is "
+                "`orchestrate serve` running there (check `--server` / $ORCH_SERVER)?"
+            ) from None
+        try:
+            data = r.json()
+        except ValueError:
+            data = {"detail": r.text[:200]}
+        if r.status_code >= 400:
+            detail = data.get("detail") if isinstance(data, dict) else None
+            code = data.get("exit_code") if isinstance(data, dict) else None
+            if r.status_code == 401:
+                detail = (
+                    f"the server `{self.url}` refused the token: set ${DEFAULT_TOKEN_ENV} (or "
+                    "`--server-token-env VAR`) to a token it knows."
+                )
+                code = 5
+            elif r.status_code == 403 and not isinstance(code, int):
+                code = 5
+            raise RemoteError(
+                str(detail or f"HTTP {r.status_code}"),
+                exit_code=code if isinstance(code, int) else EXIT_USAGE,
+            )
+        return data
+
+    # -- workflow runs --------------------------------------------------------------------
+
+    def run_workflow(
+        self,
+        workflow: str,
+        inputs: dict[str, str],
+        *,
+        caller: str | None = None,
+        approve: tuple[str, ...] = (),
+        approve_all: bool = False,
+        key: str | None = None,
+    ) -> Any:
+        """Start a run and wait until it ends or parks at a gate; a ``RunResult``."""
+        headers = {"Idempotency-Key": key} if key else {}
+        body = {
+            "workflow": workflow,
+            "inputs": inputs,
+            "caller": caller,
+            "approve": list(approve),
+            "approve_all": approve_all,
+        }
+        run_id = self._call("POST", "/v1/runs", json=body, headers=headers)["runId"]
+        return self.wait_run(run_id)
+
+    def wait_run(self, run_id: str) -> Any:
+        """Wait (in bounded chunks) until the run ends or parks; a ``RunResult``."""
+        from engine.runner import RunResult, RunState
+
+        while True:
+            doc = self._call(
+                "GET", f"/v1/runs/{run_id}/wait", params={"until": "parked", "timeout": WAIT_CHUNK}
+            )
+            if doc.get("done"):
+                break
+            time.sleep(0)  # the server waited; loop at once
+        summary = summary_shape(doc)
+        summary.pop("live", None)
+        run_dir = summary.pop("run_dir", "")
+        return RunResult(run_id, RunState(doc["status"]), Path(run_dir), summary)
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        """The run's status, shaped as ``engine.runner.run_status`` returns it."""
+        return summary_shape(self._call("GET", f"/v1/runs/{run_id}"))
+
+    def decide(
+        self, run_id: str, step: str, *, approved: bool, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Approve or reject a gate; the server continues the run."""
+        what = "approve" if approved else "reject"
+        data: dict[str, Any] = self._call(
+            "POST", f"/v1/runs/{run_id}/steps/{step}/{what}", json={"reason": reason}
+        )
+        return data
+
+    def cancel(self, run_id: str) -> Any:
+        """Cancel a run; its state afterwards."""
+        from engine.runner import RunState
+
+        return RunState(self._call("POST", f"/v1/runs/{run_id}/cancel")["status"])
+
+    # -- delegations ----------------------------------------------------------------------
+
+    def delegate(self, request: dict[str, Any], *, key: str | None = None) -> Any:
+        """Start a delegation and wait for its end; a ``DelegationResult``."""
+        from engine.delegate import DelegationResult, Outcome
+
+        headers = {"Idempotency-Key": key} if key else {}
+        run_id = self._call("POST", "/v1/delegations", json=request, headers=headers)["runId"]
+        while True:
+            doc = self._call(
+                "GET", f"/v1/delegations/{run_id}/wait", params={"timeout": WAIT_CHUNK}
+            )
+            if doc.get("done"):
+                break
+        record = doc.get("record") or {}
+        if not record:
+            raise RemoteError(f"delegation `{run_id}` ended without a record: {doc.get('error')}")
+        error = None
+        env = record.get("envelope") or {}
+        if env.get("error"):
+            error = RemoteError(str(env["error"]))
+        return DelegationResult(
+            run_id,
+            Outcome(doc["status"]),
+            Path(f"{self.url}/v1/delegations/{run_id}"),
+            record,
+            error,
+        )
+
+
+def summary_shape(doc: dict[str, Any]) -> dict[str, Any]:
+    """A server run document cut to the keys of the local summary / status."""
+    out = {k: v for k, v in doc.items() if k not in _SERVER_ONLY}
+    steps = {}
+    for sid, row in (doc.get("steps") or {}).items():
+        step = {k: row.get(k) for k in _ALWAYS}
+        step.update({k: row[k] for k in _WHEN_SET if row.get(k)})
+        steps[sid] = step
+    out["steps"] = steps
+    return out
