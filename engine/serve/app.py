@@ -92,6 +92,10 @@ def _sse(seq: int | str, ev: dict[str, Any]) -> str:
     return f"id: {seq}\nevent: {ev.get('event', 'message')}\ndata: {data}\n\n"
 
 
+def _wire(seq: int, ev: dict[str, Any], data: str) -> str:
+    return f"id: {seq}\nevent: {ev.get('event', 'message')}\ndata: {data}\n\n"
+
+
 def _after(after: int | None, last_event_id: str | None) -> int:
     if last_event_id and last_event_id.strip().isdigit():
         return int(last_event_id.strip())
@@ -292,18 +296,22 @@ def create_app(
             while not await request.is_disconnected():
                 changed = hub.changed()
                 new = hub.since(snap, run_id)
-                snap = new[-1]["seq"] if new else snap
-                for ev in new:
+                if not new:
+                    snap = hub.seq
+                    try:
+                        await asyncio.wait_for(changed.wait(), KEEPALIVE)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+                    continue
+                snap = new[-1][0]["seq"]
+                chunk = []
+                for ev, data in new:
                     n = ev.get("line")
                     if isinstance(n, int) and n > line:
                         line = n
-                        yield _sse(n, ev)
-                if new:
-                    continue
-                try:
-                    await asyncio.wait_for(changed.wait(), KEEPALIVE)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
+                        chunk.append(_wire(n, ev, data))
+                if chunk:
+                    yield "".join(chunk)
 
         return StreamingResponse(gen(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
@@ -409,7 +417,7 @@ def create_app(
         after: int = Query(default=0, ge=0), limit: int = Query(default=500, ge=1, le=5000)
     ) -> JSONResponse:
         """Events of all runs since the server started, after cursor `after` (`seq`)."""
-        evs = hub.since(after, None, limit)
+        evs = [ev for ev, _ in hub.since(after, None, limit)]
         reset = after + 1 < hub.oldest() and after != 0
         return _json(
             {"events": evs, "cursor": evs[-1]["seq"] if evs else max(after, 0), "reset": reset}
@@ -430,10 +438,9 @@ def create_app(
             while not await request.is_disconnected():
                 changed = hub.changed()
                 new = hub.since(seq)
-                for ev in new:
-                    seq = ev["seq"]
-                    yield _sse(seq, ev)
                 if new:
+                    seq = new[-1][0]["seq"]
+                    yield "".join(_wire(ev["seq"], ev, data) for ev, data in new)
                     continue
                 try:
                     await asyncio.wait_for(changed.wait(), KEEPALIVE)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.files import utcnow_iso
 from engine.redact import redact_obj
 
 #: Events kept for ``after=N`` queries over all runs (older cursors get ``reset``).
@@ -42,7 +42,11 @@ def read_journal(path: Path, after: int = 0) -> list[dict[str, Any]]:
 
 
 class EventHub:
-    """Tails ``runs_dir/*/events.jsonl`` inside the server's event loop."""
+    """Tails ``runs_dir/*/events.jsonl`` inside the server's event loop.
+
+    ``buffer[i]`` holds the event numbered ``base + i``; ``wire[i]`` is its JSON text,
+    made (and redacted) once however many streams send it.
+    """
 
     def __init__(
         self,
@@ -50,13 +54,18 @@ class EventHub:
         *,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         poll: float = 0.5,
+        keep: int = BUFFER,
     ) -> None:
         self.runs_dir = runs_dir
         self.on_event = on_event
         self.poll = poll
+        self.keep = keep
         self.seq = 0
-        self.buffer: deque[dict[str, Any]] = deque(maxlen=BUFFER)
+        self.base = 1
+        self.buffer: list[dict[str, Any]] = []
+        self.wire: list[str] = []
         self._tails: dict[str, tuple[int, int]] = {}  # run id -> (byte offset, lines read)
+        self._dirty: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
@@ -73,26 +82,42 @@ class EventHub:
                 continue
 
     async def run(self) -> None:
-        """Scan whenever woken, and every ``poll`` seconds; until cancelled."""
+        """Scan the runs that reported when woken, and every run each ``poll`` seconds."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
+        last_full = 0.0
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll)
             except TimeoutError:
                 pass
             self._wake.clear()
-            self.scan()
+            now = self._loop.time()
+            if now - last_full >= self.poll:
+                last_full = now
+                self._dirty.clear()
+                self.scan()
+            else:
+                dirty, self._dirty = self._dirty, set()
+                self.scan(dirty)
 
-    def wake(self) -> None:
-        """Ask for a scan now; safe from any thread."""
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
+    def wake(self, run_id: str | None = None) -> None:
+        """Ask for a scan now (of ``run_id``, else of every run); safe from any thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(wake.set)
+                loop.call_soon_threadsafe(self._mark, run_id)
             except RuntimeError:  # the loop closed meanwhile
                 pass
+
+    def _mark(self, run_id: str | None) -> None:
+        if run_id is None:
+            self._dirty.update(n for n, _ in self._journals())
+        else:
+            self._dirty.add(run_id)
+        if self._wake is not None:
+            self._wake.set()
 
     # -- feeding --------------------------------------------------------------------------
 
@@ -103,10 +128,15 @@ class EventHub:
             return []
         return [(n, self.runs_dir / n / "events.jsonl") for n in names]
 
-    def scan(self) -> int:
-        """Read new journal lines of every run; return how many events were added."""
+    def scan(self, only: set[str] | None = None) -> int:
+        """Read new journal lines (of ``only``, else of every run); return how many."""
         added = 0
-        for run_id, path in self._journals():
+        journals = (
+            self._journals()
+            if only is None
+            else [(n, self.runs_dir / n / "events.jsonl") for n in only]
+        )
+        for run_id, path in journals:
             try:
                 size = path.stat().st_size
             except OSError:
@@ -136,7 +166,7 @@ class EventHub:
 
     def publish(self, run_id: str, kind: str, **fields: Any) -> None:
         """Add an event that no journal holds (a delegation's start and end); any thread."""
-        ev = {"event": kind, "runId": run_id, **fields}
+        ev = {"event": kind, "runId": run_id, "at": utcnow_iso(), **fields}
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -153,6 +183,12 @@ class EventHub:
         self.seq += 1
         ev = redact_obj({**ev, "seq": self.seq})
         self.buffer.append(ev)
+        self.wire.append(json.dumps(ev, ensure_ascii=False, default=str))
+        if len(self.buffer) > 2 * self.keep:  # trim in chunks: amortised O(1)
+            cut = len(self.buffer) - self.keep
+            del self.buffer[:cut]
+            del self.wire[:cut]
+            self.base += cut
         if self.on_event is not None:
             self.on_event(str(ev.get("runId")), ev)
 
@@ -171,19 +207,18 @@ class EventHub:
 
     def oldest(self) -> int:
         """The sequence number of the oldest event kept (``seq + 1`` when none)."""
-        return int(self.buffer[0]["seq"]) if self.buffer else self.seq + 1
+        return self.base if self.buffer else self.seq + 1
 
     def since(
         self, after: int, run_id: str | None = None, limit: int = 1000
-    ) -> list[dict[str, Any]]:
-        """Events with ``seq > after`` (of one run, or all), oldest first."""
-        out: list[dict[str, Any]] = []
-        if after >= self.seq:
-            return out
-        for ev in self.buffer:
-            if ev["seq"] <= after or (run_id is not None and ev.get("runId") != run_id):
-                continue
-            out.append(ev)
-            if len(out) >= limit:
-                break
+    ) -> list[tuple[dict[str, Any], str]]:
+        """``(event, its JSON)`` with ``seq > after`` (of one run, or all), oldest first."""
+        out: list[tuple[dict[str, Any], str]] = []
+        i = max(0, after + 1 - self.base)
+        n = len(self.buffer)
+        while i < n and len(out) < limit:
+            ev = self.buffer[i]
+            if run_id is None or ev.get("runId") == run_id:
+                out.append((ev, self.wire[i]))
+            i += 1
         return out

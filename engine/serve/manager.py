@@ -70,7 +70,7 @@ class _Driver:
 class Observer:
     """What the server watches besides the journals (metrics, the event feed)."""
 
-    wake: Callable[[], None] = lambda: None
+    wake: Callable[[str | None], None] = lambda run_id: None
     publish: Callable[..., None] = lambda run_id, kind, **f: None
     step_finished: Callable[[str, str, float | None], None] = lambda agent, status, ms: None
     delegation_finished: Callable[[str, str, float | None], None] = lambda a, o, ms: None
@@ -98,7 +98,7 @@ class _RunReporter(Reporter):
                 str(fields.get("status")),
                 float(duration) if isinstance(duration, int | float) else None,
             )
-        self.manager.observer.wake()
+        self.manager.observer.wake(self.run_id)
 
 
 class RunManager:
@@ -249,7 +249,7 @@ class RunManager:
                     continue
                 del self._drivers[rid]
                 break
-        self.observer.wake()
+        self.observer.wake(reporter.run_id)
 
     def _resumer(self, run_id: str) -> Callable[[WorkflowRunner], Any]:
         options = RunOptions(max_parallel=self.max_parallel)
@@ -315,7 +315,7 @@ class RunManager:
                 "(`serve.self_approval: false`); ask another operator."
             )
         event = decide_gate(self.cfg, run_id, step, approved=approved, reason=reason, by=by)
-        self.observer.wake()
+        self.observer.wake(run_id)
         return event
 
     def _approvers(self, meta: dict[str, Any], step: str) -> tuple[str, ...]:
@@ -337,7 +337,7 @@ class RunManager:
         """Cancel a workflow run (a running stretch stops within a fraction of a second)."""
         self.run_path(run_id)
         state = cancel_run(self.cfg, run_id)
-        self.observer.wake()
+        self.observer.wake(run_id)
         return state
 
     def resume(self, run_id: str, *, by: str) -> None:
