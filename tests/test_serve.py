@@ -188,6 +188,76 @@ def test_delegation_with_an_idempotency_key_is_sent_once(srv: Served) -> None:
         assert r.status_code == 403  # the ACL: webster delegates to nobody
 
 
+def _feed_until(c: httpx.Client, cursor: int, run_id: str, kind: str) -> dict[str, Any]:
+    """Follow the all-runs stream from ``cursor`` until ``run_id`` has a ``kind`` event."""
+    for ev in sse(
+        c,
+        f"/v1/events/stream?after={cursor}",
+        until=lambda e: e["runId"] == run_id and e["event"] == kind,
+    ):
+        if ev["runId"] == run_id and ev["event"] == kind:
+            return ev
+    raise AssertionError(f"no {kind} for {run_id}")
+
+
+def test_cancel_a_delegation_in_flight(srv: Served) -> None:
+    with srv.client("alice") as alice:
+        cursor = alice.get("/v1/events").json()["cursor"]
+        r = alice.post(
+            "/v1/delegations",
+            json={"target": "slowpoke", "task": "wait for me", "caller": "manager"},
+        )
+        run_id = r.json()["runId"]
+        ev = _feed_until(alice, cursor, run_id, "delegation_dispatched")
+        assert ev["target"] == "slowpoke"
+        running = alice.get(f"/v1/delegations/{run_id}").json()
+        assert running["status"] == "running" and running["done"] is False
+        r = alice.post(f"/v1/delegations/{run_id}/cancel")
+        assert r.json() == {"runId": run_id, "cancelling": True}
+        done = alice.get(f"/v1/delegations/{run_id}/wait", params={"timeout": 60}).json()
+        assert done["done"] and done["status"] == "cancelled"
+        r = alice.post(f"/v1/delegations/{run_id}/cancel")
+        assert r.status_code == 409 and "is not running in this server" in r.json()["detail"]
+
+
+def test_bad_requests_get_one_paragraph(srv: Served) -> None:
+    with srv.client("alice") as alice:
+        r = alice.post("/v1/runs", json={"workflow": "gate", "inputs": ["not", "a", "map"]})
+        assert r.status_code == 400
+        assert r.json()["detail"].startswith("invalid request: `inputs`: Input should be")
+        r = alice.post(
+            "/v1/runs", content=b"{not json", headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 400 and r.json()["exit_code"] == 2
+        r = alice.get("/v1/runs/x/wait", params={"timeout": 99999})
+        assert r.status_code == 400 and "`timeout`" in r.json()["detail"]
+        r = alice.post("/v1/delegations", json={"task": "x", "caller": "manager"})
+        assert r.status_code == 400 and "give `target`" in r.json()["detail"]
+
+
+def test_api_approval_continues_a_parked_run_of_the_cli(srv: Served) -> None:
+    res = CliRunner(env={"ORCH_TEST_GW_TOKEN": GATEWAY_TOKEN}).invoke(
+        workflow,
+        [
+            "run",
+            "gate",
+            "-i",
+            "query=cli",
+            "--non-interactive",
+            "--json",
+            "--config",
+            str(srv.path),
+        ],
+    )
+    assert res.exit_code == 3, res.output
+    run_id = json.loads(res.stdout)["runId"]
+    with srv.client("bob") as bob:
+        r = bob.post(f"/v1/runs/{run_id}/steps/review/approve", json={})
+        assert r.status_code == 200, r.text
+        done = bob.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()
+        assert done["status"] == "complete" and done["owned"] is True
+
+
 def test_all_runs_feed_has_a_cursor(srv: Served) -> None:
     with srv.client("reader") as reader, srv.client("alice") as alice:
         cursor = reader.get("/v1/events", params={"after": 0}).json()["cursor"]
@@ -261,21 +331,25 @@ def test_kill_9_mid_run_then_restart_finishes_without_resending(srv: Served) -> 
     stats = srv.gateway.stats()["dispatched"]
     slow0, tech0 = stats.get("slowpoke", 0), stats.get("tech-lead", 0)
     with srv.client("alice") as alice:
+        cursor = alice.get("/v1/events").json()["cursor"]
         run_id = _start(alice, "hold")["runId"]
-        for _ in sse(
-            alice, f"/v1/runs/{run_id}/stream", until=lambda e: e["event"] == "step_dispatched"
-        ):
-            pass
+        _feed_until(alice, cursor, run_id, "step_dispatched")
+        body = {"target": "slowpoke", "task": "held delegation", "caller": "manager"}
+        deleg = alice.post("/v1/delegations", json=body).json()["runId"]
+        _feed_until(alice, cursor, deleg, "delegation_dispatched")
     srv.kill9()
     srv.go.touch()  # the agent finishes while no server is alive
     srv.start()
     with srv.client("alice") as alice:
         done = alice.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()
+        deleg_done = alice.get(f"/v1/delegations/{deleg}/wait", params={"timeout": 60}).json()
+    assert deleg_done["status"] == "complete", deleg_done
+    assert deleg_done["record"]["result"].startswith("held and released")
     assert done["status"] == "complete", done
     assert done["steps"]["hold"]["attempts"] == 1
     assert "held and released" in done["steps"]["after"]["task"]
     stats = srv.gateway.stats()["dispatched"]
-    assert stats["slowpoke"] == slow0 + 1 and stats["tech-lead"] == tech0 + 1  # each once
+    assert stats["slowpoke"] == slow0 + 2 and stats["tech-lead"] == tech0 + 1  # each once
     events = read_events(Path(done["run_dir"]) / "events.jsonl")
     kinds = [e["event"] for e in events]
     assert kinds.count("step_started") == 2 and kinds.count("run_resumed") == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +30,8 @@ from engine.serve.dashboard import dag_svg, page
 from engine.serve.hub import EventHub, read_journal
 from engine.serve.manager import NotFoundError, RunManager
 from engine.serve.settings import ApiToken, ServeSettings
+
+log = logging.getLogger("engine.serve")
 
 OPEN_PATHS = ("/health", "/", "/favicon.ico")
 MAX_WAIT = 300.0
@@ -170,6 +174,24 @@ def create_app(
     @app.exception_handler(OrchestratorError)
     async def on_error(request: Request, exc: OrchestratorError) -> JSONResponse:
         return _json({"detail": str(exc), "exit_code": exc.exit_code}, _status_for(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            loc = [str(p) for p in e.get("loc", ())]
+            where = loc[0] if loc and loc[0] in ("body", "query", "header", "path") else ""
+            name = ".".join(loc[1:] if where else loc) or "body"
+            of = f" ({where} parameter)" if where in ("query", "header", "path") else ""
+            problems.append(f"`{name}`{of}: {e.get('msg', 'invalid')}")
+        return _json(
+            {"detail": "invalid request: " + "; ".join(problems) + ".", "exit_code": 2}, 400
+        )
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed: %s", request.method, request.url.path, redact(repr(exc)))
+        return _json({"detail": f"internal error ({type(exc).__name__}); see the server log."}, 500)
 
     def who(request: Request) -> ApiToken:
         token: ApiToken = request.state.who
@@ -592,19 +614,50 @@ def list_page(
     limit: int,
     cursor: str | None,
 ) -> dict[str, Any]:
-    """One page of runs, newest first; ``next`` is the cursor of the next page."""
-    from engine.runner import list_runs
+    """One page of runs, newest first; ``next`` is the cursor of the next page.
 
-    rows = list_runs(manager.cfg, limit=100000)
-    if cursor:
-        rows = [r for r in rows if r["runId"] < cursor]
-    if status:
-        rows = [r for r in rows if r["status"] == status]
-    if workflow:
-        rows = [r for r in rows if r["workflow"] == workflow]
-    page = rows[:limit]
-    more = len(rows) > limit
-    return {"runs": page, "next": page[-1]["runId"] if more and page else None}
+    Runs are replayed only until the page is full, however many the directory holds.
+    """
+    from engine.runner import replay, runs_dir, summarize
+
+    base = runs_dir(manager.cfg)
+    try:
+        names = sorted((p.name for p in base.iterdir()), reverse=True)
+    except OSError:
+        names = []
+    rows: list[dict[str, Any]] = []
+    more = False
+    for name in names:
+        if cursor and name >= cursor:
+            continue
+        if not (base / name / "run.json").is_file():
+            continue
+        try:
+            view = replay(base / name)
+        except OrchestratorError:
+            continue
+        if (status and view.state.value != status) or (
+            workflow and view.meta.get("workflow") != workflow
+        ):
+            continue
+        if len(rows) == limit:
+            more = True
+            break
+        summary = summarize(view)
+        counts: dict[str, int] = {}
+        for st in summary["steps"].values():
+            counts[st["status"]] = counts.get(st["status"], 0) + 1
+        rows.append(
+            {
+                "runId": view.run_id,
+                "workflow": view.meta.get("workflow"),
+                "status": view.state.value,
+                "started_at": view.started_at,
+                "duration_ms": summary["duration_ms"],
+                "steps": counts,
+            }
+        )
+    return {"runs": rows, "next": rows[-1]["runId"] if more and rows else None}
 
 
 def pool_status(cfg: Any) -> dict[str, Any]:

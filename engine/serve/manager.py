@@ -101,6 +101,18 @@ class _RunReporter(Reporter):
         self.manager.observer.wake(self.run_id)
 
 
+class _DelegationReporter(Reporter):
+    """Puts a delegation's dispatch and retries on the live feed."""
+
+    def __init__(self, manager: RunManager) -> None:
+        self.manager = manager
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if kind in ("delegation_dispatched", "delegation_retry", "pool_waiting"):
+            run_id = str(fields.pop("run_id", "") or "")
+            self.manager.observer.publish(run_id, kind, **fields)
+
+
 class RunManager:
     """Executes workflow runs and delegations inside the server process."""
 
@@ -204,6 +216,11 @@ class RunManager:
             if key is not None:
                 self.keys.release("workflow", key)
             raise
+        except TimeoutError:
+            raise RunStateError(
+                f"the run of `{workflow}` did not start within {START_TIMEOUT:.0f} s; see "
+                "`GET /v1/runs` and the server's log."
+            ) from None
         if key is not None:
             self.keys.bind("workflow", key, run_id)
         return run_id, True
@@ -239,21 +256,52 @@ class RunManager:
                 if reporter.run_id:
                     self._errors[reporter.run_id] = f"internal error: {exc}"
             rid = reporter.run_id
-            with self._lock:
-                driver = self._drivers.get(rid) if rid else None
-                if driver is None or rid is None:
-                    break
-                if driver.again:
-                    driver.again = False
-                    act = self._resumer(rid)
-                    continue
-                del self._drivers[rid]
+            if rid is None or not self._again(rid):
                 break
+            act = self._resumer(rid)
         self.observer.wake(reporter.run_id)
 
-    def _resumer(self, run_id: str) -> Callable[[WorkflowRunner], Any]:
+    def _again(self, run_id: str) -> bool:
+        """After a stretch: True to resume once more (a decision came meanwhile), else
+        retire the driver. Only a journal that needs it is resumed: one decision seen
+        twice (API and feed) runs the run once."""
+        while True:
+            with self._lock:
+                driver = self._drivers.get(run_id)
+                if driver is None:
+                    return False
+                if not driver.again:
+                    del self._drivers[run_id]
+                    return False
+                driver.again = False
+            try:
+                if self.needs_resume(run_id):
+                    return True
+            except OrchestratorError:
+                pass
+
+    def needs_resume(self, run_id: str) -> bool:
+        """True when the journal says the run should go on: it was executing when its
+        process died, or a gate was decided since it parked."""
+        view = replay(self.run_path(run_id))
+        if view.state is RunState.RUNNING:
+            return True
+        if view.state is not RunState.WAITING_APPROVAL:
+            return False
+        steps = view.steps.values()
+        return any(s.gate and s.state is StepState.PENDING for s in steps) or not any(
+            s.state is StepState.WAITING_APPROVAL for s in steps
+        )
+
+    def _resumer(self, run_id: str, *, check: bool = False) -> Callable[[WorkflowRunner], Any]:
         options = RunOptions(max_parallel=self.max_parallel)
-        return lambda runner: runner.resume(run_id, options)
+
+        def act(runner: WorkflowRunner) -> Any:
+            if check and not self.needs_resume(run_id):
+                return None
+            return runner.resume(run_id, options)
+
+        return act
 
     def kick(self, run_id: str) -> bool:
         """Continue ``run_id`` now (or once its current stretch ends); False if not ours."""
@@ -269,7 +317,7 @@ class RunManager:
         reporter.run_id = run_id
         self._spawn(
             f"serve-resume-{run_id[-8:]}",
-            lambda: self._drive(self._resumer(run_id), reporter, None),
+            lambda: self._drive(self._resumer(run_id, check=True), reporter, None),
         )
         return True
 
@@ -315,6 +363,9 @@ class RunManager:
                 "(`serve.self_approval: false`); ask another operator."
             )
         event = decide_gate(self.cfg, run_id, step, approved=approved, reason=reason, by=by)
+        if not owner:  # a parked run of the CLI: the server continues it from now on
+            self._own(run_id, {"kind": "workflow", "adopted_by": by, "adopted_at": utcnow_iso()})
+        self.kick(run_id)
         self.observer.wake(run_id)
         return event
 
@@ -409,7 +460,7 @@ class RunManager:
             t0 = time.monotonic()
             try:
                 result: DelegationResult = self.delegator.delegate(
-                    req, reattach=reattach, cancel=cancel
+                    req, reattach=reattach, cancel=cancel, reporter=_DelegationReporter(self)
                 )
                 outcome = result.outcome.value
             except OrchestratorError as exc:
@@ -497,13 +548,7 @@ class RunManager:
         return taken
 
     def _pick_up_run(self, run_id: str) -> bool:
-        view = replay(self.run_path(run_id))
-        if view.state is RunState.RUNNING or (
-            view.state is RunState.WAITING_APPROVAL
-            and not any(s.state is StepState.WAITING_APPROVAL for s in view.steps.values())
-        ):
-            return self.kick(run_id)
-        return False
+        return self.needs_resume(run_id) and self.kick(run_id)
 
     def _pick_up_delegation(self, run_id: str, entry: dict[str, Any]) -> bool:
         if self.delegation(run_id)["done"]:
