@@ -162,3 +162,15 @@ def test_tokens_from_env_authenticate_by_name(tmp_path: Any, monkeypatch: Any) -
     assert s.authenticate(f"Bearer {b}") == s.tokens[1]
     assert s.authenticate(f"Bearer {a}x") is None and s.authenticate(None) is None
     assert a not in repr(s)
+
+
+def test_serve_refuses_a_busy_port_and_an_open_address(srv: Served, tmp_path: Any) -> None:
+    from tests.conftest import demo_config, write_config
+
+    port = srv.url.rsplit(":", 1)[1]
+    res = _cli(orchestrate, "serve", "--port", port, "--config", str(srv.path))
+    assert res.exit_code == 2
+    assert res.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    bare = write_config(tmp_path, demo_config(tmp_path))
+    res = _cli(orchestrate, "serve", "--host", "0.0.0.0", "--config", str(bare))
+    assert res.exit_code == 2 and "refusing to serve on `0.0.0.0` without tokens" in res.stderr

@@ -17,6 +17,7 @@ Needs the ``serve`` extra (FastAPI, uvicorn, prometheus-client).
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -94,41 +95,47 @@ def serve(
     from engine.delegate import open_delegator
     from engine.redact import install_log_filter
 
-    install_log_filter(logging.getLogger("uvicorn"))
-    install_log_filter(logging.getLogger("uvicorn.error"))
-    install_log_filter(log)
-    with open_delegator(cfg) as delegator:
-        holder: dict[str, Any] = {}
-
-        def started() -> None:
-            server = holder.get("server")
-            if on_started is not None and server is not None:
-                sockets = [s for srv in server.servers for s in srv.sockets]
-                port = sockets[0].getsockname()[1] if sockets else settings.port
-                on_started(f"http://{settings.host}:{port}")
-
+    for name in ("uvicorn", "uvicorn.error", "engine.serve"):
+        install_log_filter(logging.getLogger(name))
+    sock = _bind(settings.host, settings.port)
+    url = f"http://{_host_for_url(settings.host)}:{sock.getsockname()[1]}"
+    with sock, open_delegator(cfg) as delegator:
         app, _ = build(cfg, settings, delegator, on_started=lambda: None)
         config = uvicorn.Config(
             app,
-            host=settings.host,
-            port=settings.port,
             log_level="warning",
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=2,
         )
         server = uvicorn.Server(config)
-        holder["server"] = server
-        _announce_when_up(server, started)
-        server.run()
+        original = server.startup
+
+        async def startup(sockets: Any = None) -> None:
+            await original(sockets=sockets)
+            if on_started is not None:
+                on_started(url)
+
+        server.startup = startup  # type: ignore[method-assign]
+        server.run(sockets=[sock])
 
 
-def _announce_when_up(server: Any, started: Callable[[], None]) -> None:
-    """Call ``started`` once uvicorn has bound its sockets."""
-    original = server.startup
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a busy port is one clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}. Pick another `--port` (or "
+            "`serve.port`), or stop what uses it."
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
-    async def startup(sockets: Any = None) -> None:
-        await original(sockets=sockets)
-        started()
 
-    server.startup = startup
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
