@@ -290,10 +290,14 @@ def test_pool_agents_and_metrics(srv: Served) -> None:
 def test_dashboard_page_and_svg(srv: Served) -> None:
     with srv.client(None) as anon, srv.client("reader") as c:
         page = anon.get("/")
-        assert page.status_code == 200 and "EventSource" not in page.text
-        assert "Authorization" in page.text and "<script" in page.text
-        assert "http://" not in page.text and "https://" not in page.text  # nothing fetched
-        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert page.status_code == 200 and '<script src="/dashboard.js">' in page.text
+        js = anon.get("/dashboard.js")
+        assert js.headers["content-type"].startswith("text/javascript")
+        assert '"Authorization"' in js.text and "EventSource" not in js.text
+        for text in (page.text, js.text):
+            assert "http://" not in text and "https://" not in text  # nothing from elsewhere
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
         rid = c.get("/v1/runs", params={"status": "complete", "limit": 1}).json()["runs"][0]
         svg = c.get(f"/v1/runs/{rid['runId']}/dag.svg")
         assert svg.headers["content-type"].startswith("image/svg+xml")
@@ -314,7 +318,8 @@ def test_no_secret_in_any_page_or_response(srv: Served) -> None:
     """Everything the server answers, grepped for the gateway's and the API's tokens."""
     secrets = [GATEWAY_TOKEN, *(t for _, t in TOKENS.values())]
     with srv.client("alice") as c:
-        bodies = [c.get(p).text for p in ("/", "/v1/runs?limit=100", "/v1/events", "/metrics")]
+        bodies = [c.get(p).text for p in ("/", "/dashboard.js", "/v1/runs?limit=100", "/metrics")]
+        bodies.append(c.get("/v1/events").text)
         bodies += [c.get(p).text for p in ("/v1/pool", "/v1/agents", "/v1/metrics")]
         bodies.append(c.get("/v1/openapi.json").text)
         for row in c.get("/v1/runs", params={"limit": 100}).json()["runs"]:

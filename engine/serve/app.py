@@ -26,14 +26,14 @@ from engine import __version__
 from engine.delegate import DelegationRequest
 from engine.errors import EXIT_REFUSED, EXIT_TIMEOUT, OrchestratorError, RunStateError
 from engine.redact import redact, redact_obj
-from engine.serve.dashboard import dag_svg, page
+from engine.serve.dashboard import dag_svg, page, script
 from engine.serve.hub import EventHub, read_journal
 from engine.serve.manager import NotFoundError, RunManager
 from engine.serve.settings import ApiToken, ServeSettings
 
 log = logging.getLogger("engine.serve")
 
-OPEN_PATHS = ("/health", "/", "/favicon.ico")
+OPEN_PATHS = ("/health", "/", "/dashboard.js", "/favicon.ico")
 MAX_WAIT = 300.0
 KEEPALIVE = 15.0
 ENDED = ("complete", "failed", "cancelled")
@@ -207,6 +207,10 @@ def create_app(
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page(), headers=_PAGE_HEADERS)
+
+    @app.get("/dashboard.js", include_in_schema=False)
+    async def dashboard_js() -> Response:
+        return Response(script(), media_type="text/javascript", headers=_PAGE_HEADERS)
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
     async def run_page(run_id: str) -> HTMLResponse:
@@ -503,7 +507,7 @@ def create_app(
 
 _PAGE_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "default-src 'self'; script-src 'self'; style-src 'unsafe-inline'; "
         "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'"
     ),
     "X-Frame-Options": "DENY",

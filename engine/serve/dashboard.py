@@ -71,6 +71,15 @@ def dag_svg(plan: dict[str, Any], states: dict[str, str]) -> str:
 
 def page() -> str:
     """The dashboard's one page (the runs list and a run's page; the script routes)."""
+    return _static("dashboard.html")
+
+
+def script() -> str:
+    """The dashboard's script."""
+    return _static("dashboard.js")
+
+
+def _static(name: str) -> str:
     from importlib.resources import files
 
-    return files("engine.serve").joinpath("static/dashboard.html").read_text(encoding="utf-8")
+    return files("engine.serve").joinpath(f"static/{name}").read_text(encoding="utf-8")
