@@ -94,6 +94,12 @@ def test_workflow_commands_through_the_server(srv: Served) -> None:
     parked = json.loads(_cli(workflow, "run", "gate", "-i", "query=y", "--json", **server).stdout)
     res = _cli(workflow, "cancel", parked["runId"], **server)
     assert res.exit_code == 0 and res.stdout.strip() == f"cancelled {parked['runId']}."
+    parked = json.loads(_cli(workflow, "run", "gate", "-i", "query=z", "--json", **server).stdout)
+    res = _cli(workflow, "reject", parked["runId"], "review", "--reason", "no", **server)
+    assert res.exit_code == 0 and res.stdout.startswith("rejected `review`; the server concludes")
+    with srv.client("alice") as c:
+        doc = c.get(f"/v1/runs/{parked['runId']}/wait", params={"timeout": 60}).json()
+    assert doc["status"] == "failed" and doc["steps"]["review"]["status"] == "rejected"
     res = _cli(workflow, "run", "gate", "--json", **server)
     assert res.exit_code == 2 and "query" in res.stderr
 
