@@ -24,6 +24,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield served
     finally:
         served.stop()
+    assert "Traceback" not in "".join(served.log), "".join(served.log)
 
 
 def _start(c: httpx.Client, workflow: str, key: str | None = None, **inputs: str) -> Any:

@@ -33,6 +33,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield served
     finally:
         served.stop()
+    assert "Traceback" not in "".join(served.log), "".join(served.log)
 
 
 @pytest.fixture
