@@ -213,6 +213,8 @@ class RunManager:
         try:
             run_id = started.result(timeout=START_TIMEOUT)
         except OrchestratorError:
+            with self._lock:
+                self._pending_owner.pop(name, None)
             if key is not None:
                 self.keys.release("workflow", key)
             raise
