@@ -52,7 +52,11 @@ def test_health_is_open_everything_else_needs_a_token(srv: Served) -> None:
         assert bad.status_code == 401
     with srv.client("reader") as c:
         assert c.get("/v1/whoami").json() == {"name": "reader", "role": "read"}
-        paths = c.get("/v1/openapi.json").json()["paths"]
+        doc = c.get("/v1/openapi.json").json()
+        assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        assert doc["security"] == [{"bearer": []}]
+        assert doc["paths"]["/health"]["get"]["security"] == []
+        paths = doc["paths"]
         for p in ("/v1/runs", "/v1/runs/{run_id}/stream", "/v1/delegations", "/v1/events"):
             assert p in paths
 
