@@ -292,7 +292,7 @@ def create_app(
             )
             return settled, doc
 
-        done, doc = await _wait(hub, check, timeout)
+        done, doc = await _wait(hub, run_id, check, timeout)
         return _json({**doc, "done": done})
 
     @app.get("/v1/runs/{run_id}/events", tags=["events"])
@@ -425,7 +425,7 @@ def create_app(
             doc = manager.delegation(run_id)
             return bool(doc["done"]), doc
 
-        done, doc = await _wait(hub, check, timeout)
+        done, doc = await _wait(hub, run_id, check, timeout)
         return _json({**doc, "done": done})
 
     @app.post("/v1/delegations/{run_id}/cancel", tags=["delegations"])
@@ -548,19 +548,28 @@ def _check_name(workflow: str) -> None:
 
 
 async def _wait(
-    hub: EventHub, check: Callable[[], tuple[bool, dict[str, Any]]], timeout: float
+    hub: EventHub,
+    run_id: str,
+    check: Callable[[], tuple[bool, dict[str, Any]]],
+    timeout: float,
 ) -> tuple[bool, dict[str, Any]]:
+    """Check when ``run_id`` has news (or each second: another process may end it)."""
     deadline = time.monotonic() + timeout
     while True:
         changed = hub.changed()
+        snap = hub.seq
         done, doc = await run_in_threadpool(check)
-        left = deadline - time.monotonic()
-        if done or left <= 0:
-            return done, doc
-        try:  # the hub also polls: an end written by another process is seen too
-            await asyncio.wait_for(changed.wait(), min(left, 1.0))
-        except TimeoutError:
-            pass
+        while True:
+            left = deadline - time.monotonic()
+            if done or left <= 0:
+                return done, doc
+            try:
+                await asyncio.wait_for(changed.wait(), min(left, 1.0))
+            except TimeoutError:
+                break
+            if hub.since(snap, run_id, limit=1):
+                break
+            changed = hub.changed()  # news of other runs only: keep waiting
 
 
 # ----------------------------------------------------------------------------- read model
