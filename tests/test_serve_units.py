@@ -115,3 +115,19 @@ def test_dag_svg_draws_layers_states_and_escapes() -> None:
     assert 'class="node state-waiting_approval"' in svg and "b [gate]" in svg
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     assert "x/y" in svg and "#ef9a9a" in svg  # a failed step is red
+
+
+def test_the_listening_socket_is_tcp_so_responses_skip_nagle() -> None:
+    """asyncio turns on TCP_NODELAY for accepted connections only of IPPROTO_TCP sockets."""
+    import socket
+
+    from engine.errors import ConfigError
+    from engine.serve import _bind
+
+    with _bind("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP
+        port = sock.getsockname()[1]
+        sock.listen()
+        with pytest.raises(ConfigError) as err:
+            _bind("127.0.0.1", port)
+    assert f"cannot listen on 127.0.0.1:{port}" in str(err.value)
