@@ -131,3 +131,27 @@ def test_the_listening_socket_is_tcp_so_responses_skip_nagle() -> None:
         with pytest.raises(ConfigError) as err:
             _bind("127.0.0.1", port)
     assert f"cannot listen on 127.0.0.1:{port}" in str(err.value)
+
+
+def test_prometheus_text_with_an_enabled_pool(tmp_path: Path) -> None:
+    from engine.config import config_from_dict
+    from engine.serve.app import pool_status
+    from engine.serve.prom import ServeMetrics
+    from tests.conftest import demo_config
+
+    raw = demo_config(tmp_path)
+    raw["pool"] = {"enabled": True, "max_tokens": 3}
+    cfg = config_from_dict(raw)
+    status = pool_status(cfg)
+    assert status["enabled"] is True and status["in_use"] == []
+    metrics = ServeMetrics(runs_by_state=lambda: {"complete": 2}, pool=lambda: status)
+    metrics.delegation_finished("webster", "complete", 1500.0)
+    metrics.step_finished("auditor", "failed", None)
+    text = metrics.render().decode()
+    assert f"orchestrator_pool_tokens {float(status['size'])}" in text
+    assert "orchestrator_pool_tokens_in_use 0.0" in text
+    assert 'orchestrator_runs{state="complete"} 2.0' in text
+    assert 'orchestrator_delegations_total{agent="webster",outcome="complete"} 1.0' in text
+    assert 'orchestrator_delegation_seconds_bucket{agent="webster",le="2.5"} 1.0' in text
+    assert 'orchestrator_delegation_seconds_bucket{agent="webster",le="1.0"} 0.0' in text
+    assert 'orchestrator_steps_total{agent="auditor",status="failed"} 1.0' in text
