@@ -83,7 +83,9 @@ def test_start_approve_and_watch_it_complete(srv: Served, browser: Any, tmp_path
     wait.until(
         lambda d: "state-complete" in d.find_element(By.ID, "node-review").get_attribute("class")
     )
-    browser.find_element(By.CSS_SELECTOR, "details[data-step='research'] summary").click()
+    assert not browser.find_element(By.ID, "cancel").is_displayed()  # nothing left to cancel
+    for step in ("research", "review"):
+        browser.find_element(By.CSS_SELECTOR, f"details[data-step='{step}'] summary").click()
     shot = tmp_path / "serve-run.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
@@ -96,3 +98,4 @@ def test_start_approve_and_watch_it_complete(srv: Served, browser: Any, tmp_path
     assert doc["steps"]["review"]["gate"]["by"] == "alice"
     assert doc["started_by"] == "alice"
     assert "CTE of ULE" in browser.page_source
+    assert "gate: approved by alice" in browser.find_element(By.ID, "step-review").text

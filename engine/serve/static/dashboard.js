@@ -114,14 +114,15 @@ function stepDetails(s){
   if (s.usage) parts.push(`<div><b>cost/usage:</b> ${esc(JSON.stringify(s.usage))}</div>`);
   if (s.repairs) parts.push(`<div><b>repairs:</b> ${esc(JSON.stringify(s.repairs))}</div>`);
   if (s.error) parts.push(`<div><b>error:</b> ${esc(s.error)}</div>`);
-  if (s.gate) parts.push(`<div><b>gate:</b> ${esc(JSON.stringify(s.gate))}</div>`);
+  if (s.gate) parts.unshift(`<div><b>gate:</b> ${esc(s.gate.decision)} by ${esc(s.gate.by)}` +
+    (s.gate.reason ? ` (${esc(s.gate.reason)})` : "") + ` at ${esc(s.gate.at || "")}</div>`);
   if (s.prompt) parts.push(`<div><b>gate asks:</b><pre>${esc(s.prompt)}</pre></div>`);
   return parts.join("");
 }
 
 async function runPage(id){
   $("#app").innerHTML = `<section><h2 id="title">${esc(id)}</h2>
-    <div>status: <span id="status"></span> <span id="progress"></span>
+    <div>status: <span id="status"></span> <span id="progress"></span> <span id="meta"></span>
     <button id="cancel">cancel run</button></div></section>
     <section><div id="dag"></div></section>
     <section><table><thead><tr><th>step</th><th>agent</th><th>status</th><th>attempts</th>
@@ -146,7 +147,10 @@ async function runPage(id){
       const run = await api(`/v1/runs/${encodeURIComponent(id)}`);
       $("#status").innerHTML = badge(run.status);
       $("#status").dataset.status = run.status;
+      $("#cancel").hidden = ["complete", "failed", "cancelled"].includes(run.status);
       $("#progress").textContent = `${run.progress.done}/${run.progress.total} steps done`;
+      $("#meta").textContent = `· ${run.workflow}` + (run.started_by ? ` · started by ${run.started_by}` : "")
+        + (run.duration_ms != null ? ` · ${(run.duration_ms / 1000).toFixed(1)} s` : "");
       const svg = await fetch(`/v1/runs/${encodeURIComponent(id)}/dag.svg`,
         {headers: headers(), cache: "no-store"});
       if (svg.ok) $("#dag").innerHTML = await svg.text();
