@@ -59,12 +59,25 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
+def _wait(browser: Any) -> Any:
+    """A 60 s wait that retries when the page re-rendered the element it was reading."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
+
+
+def _click(browser: Any, by: str, what: str) -> None:
+    """Click an element that live updates may replace at any moment (retried, bounded)."""
+    _wait(browser).until(lambda d: d.find_element(by, what).click() or True)
+
+
 def test_start_approve_and_watch_it_complete(srv: Served, browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
-    wait = WebDriverWait(browser, 60)
+    wait = _wait(browser)
     browser.get(srv.url + "/")
     browser.find_element(By.ID, "token").send_keys(TOKENS["alice"][1])
     browser.find_element(By.ID, "save-token").click()
@@ -75,17 +88,25 @@ def test_start_approve_and_watch_it_complete(srv: Served, browser: Any, tmp_path
     browser.find_element(By.ID, "start-btn").click()
     wait.until(ec.url_contains("/runs/wf-"))
     run_id = browser.current_url.rsplit("/", 1)[-1]
-    approve = wait.until(ec.element_to_be_clickable((By.ID, "approve-review")))
-    node = browser.find_element(By.ID, "node-review")
-    assert "state-waiting_approval" in node.get_attribute("class")
-    approve.click()
+    wait.until(ec.element_to_be_clickable((By.ID, "approve-review")))
+    wait.until(
+        lambda d: (
+            "state-waiting_approval" in d.find_element(By.ID, "node-review").get_attribute("class")
+        )
+    )
+    _click(browser, By.ID, "approve-review")
     wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-status") == "complete")
     wait.until(
         lambda d: "state-complete" in d.find_element(By.ID, "node-review").get_attribute("class")
     )
     assert not browser.find_element(By.ID, "cancel").is_displayed()  # nothing left to cancel
     for step in ("research", "review"):
-        browser.find_element(By.CSS_SELECTOR, f"details[data-step='{step}'] summary").click()
+        _click(browser, By.CSS_SELECTOR, f"details[data-step='{step}'] summary")
+        wait.until(
+            lambda d, step=step: d.find_element(
+                By.CSS_SELECTOR, f"details[data-step='{step}']"
+            ).get_attribute("open")
+        )
     shot = tmp_path / "serve-run.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
@@ -98,4 +119,4 @@ def test_start_approve_and_watch_it_complete(srv: Served, browser: Any, tmp_path
     assert doc["steps"]["review"]["gate"]["by"] == "alice"
     assert doc["started_by"] == "alice"
     assert "CTE of ULE" in browser.page_source
-    assert "gate: approved by alice" in browser.find_element(By.ID, "step-review").text
+    wait.until(lambda d: "gate: approved by alice" in d.find_element(By.ID, "step-review").text)

@@ -141,7 +141,10 @@ async function runPage(id){
       say("");
     } catch (e) { say(e.message); }
   };
-  const open = new Set();
+  const open = new Set();  // steps whose details the user opened, kept across re-renders
+  $("#steps").addEventListener("toggle", (e) => {
+    if (e.target.open) open.add(e.target.dataset.step); else open.delete(e.target.dataset.step);
+  }, true);
   const refresh = async () => {
     try {
       const run = await api(`/v1/runs/${encodeURIComponent(id)}`);
@@ -154,7 +157,6 @@ async function runPage(id){
       const svg = await fetch(`/v1/runs/${encodeURIComponent(id)}/dag.svg`,
         {headers: headers(), cache: "no-store"});
       if (svg.ok) $("#dag").innerHTML = await svg.text();
-      $("#steps").querySelectorAll("details[open]").forEach((d) => open.add(d.dataset.step));
       $("#steps").innerHTML = Object.entries(run.steps).map(([sid, s]) => {
         const buttons = s.status === "waiting_approval" ?
           `<button id="approve-${esc(sid)}" data-step="${esc(sid)}" class="approve">Approve</button>
