@@ -90,6 +90,12 @@ def test_gated_run_streams_and_continues_on_approval(srv: Served) -> None:
         review = doc["steps"]["review"]
         assert review["status"] == "waiting_approval" and "Send the research" in review["prompt"]
 
+        diag = reader.get(f"/v1/runs/{run_id}/diagnose").json()
+        assert diag["status"] == "waiting_approval" and diag["started_by"] == "alice"
+        assert diag["live"] is False and diag["executing_here"] is False  # nothing runs
+        assert list(diag["open_steps"]) == ["review"]
+        assert diag["open_steps"]["review"]["waiting"].startswith("at its approval gate")
+        assert diag["pool"] == {"enabled": False, "size": None, "in_use": 0, "queue": 0}
         r = reader.post(f"/v1/runs/{run_id}/steps/review/approve", json={})
         assert r.status_code == 403 and "`read` role" in r.json()["detail"]
         r = alice.post(f"/v1/runs/{run_id}/steps/review/approve", json={})
@@ -344,6 +350,12 @@ def test_kill_9_mid_run_then_restart_finishes_without_resending(srv: Served) -> 
         cursor = alice.get("/v1/events").json()["cursor"]
         run_id = _start(alice, "hold")["runId"]
         _feed_until(alice, cursor, run_id, "step_dispatched")
+        diag = alice.get(f"/v1/runs/{run_id}/diagnose").json()
+        assert diag["live"] is True and diag["executing_here"] is True
+        assert srv.proc is not None and diag["lock_pid"] == diag["server_pid"] == srv.proc.pid
+        hold = diag["open_steps"]["hold"]
+        assert hold["status"] == "running" and hold["delegation"]["target"] == "slowpoke"
+        assert hold["delegation"]["deadline_at"] and "after" in diag["open_steps"]
         body = {"target": "slowpoke", "task": "held delegation", "caller": "manager"}
         deleg = alice.post("/v1/delegations", json=body).json()["runId"]
         _feed_until(alice, cursor, deleg, "delegation_dispatched")

@@ -269,6 +269,11 @@ def create_app(
         """A run: steps, states, results, progress, and why a waiting step waits."""
         return _json(await run_in_threadpool(run_doc, manager, run_id))
 
+    @app.get("/v1/runs/{run_id}/diagnose", tags=["runs"])
+    async def diagnose_run(run_id: str) -> JSONResponse:
+        """Why a run is where it is: who executes it, what each open step waits on."""
+        return _json(await run_in_threadpool(diagnose, manager, run_id))
+
     @app.get("/v1/runs/{run_id}/dag.svg", tags=["runs"])
     async def run_svg(run_id: str) -> Response:
         """The run's step graph, each step coloured by its state."""
@@ -632,6 +637,75 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
         "executing": manager.executing(run_id),
         "error": manager.last_error(run_id),
         "cursor": len(view.events) and _last_line(path),
+    }
+
+
+def diagnose(manager: RunManager, run_id: str) -> dict[str, Any]:
+    """The run's state with what explains it: the executing process, each open step's
+    delegation (dispatched, deadline, gateway run), journal warnings, the pool."""
+    import os
+
+    from engine.record import pending_path, read_json
+    from engine.runner import replay, run_status
+
+    path = manager.run_path(run_id)
+    status = run_status(manager.cfg, run_id)
+    view = replay(path)
+    holder = None
+    try:
+        holder = (path / ".lock").read_text(encoding="utf-8").strip() or None
+    except OSError:
+        pass
+    steps: dict[str, Any] = {}
+    for sid, s in view.steps.items():
+        if s.state.final:
+            continue
+        row: dict[str, Any] = {
+            "status": s.state.value,
+            "waiting": status["steps"][sid].get("waiting"),
+        }
+        if s.delegation_run_id and s.state.value in ("running", "queued"):
+            env = read_json(
+                pending_path(manager.delegator.records_dir(sub=False), s.delegation_run_id)
+            )
+            if isinstance(env, dict):
+                row["delegation"] = {
+                    k: env.get(k)
+                    for k in (
+                        "outcome",
+                        "target",
+                        "dispatched_at",
+                        "deadline_at",
+                        "attempts",
+                        "gateway_run_id",
+                        "token_wait_ms",
+                        "pid",
+                        "host",
+                    )
+                }
+            row["delegation_run_id"] = s.delegation_run_id
+        steps[sid] = row
+    pool = pool_status(manager.cfg)
+    owner = manager.owned(run_id) or {}
+    return {
+        "runId": run_id,
+        "status": view.state.value,
+        "live": status["live"],
+        "lock_pid": int(holder) if holder and holder.isdigit() and status["live"] else None,
+        "server_pid": os.getpid(),
+        "executing_here": manager.executing(run_id),
+        "owned": bool(owner),
+        "started_by": owner.get("by"),
+        "last_error": manager.last_error(run_id),
+        "journal_warnings": view.warnings,
+        "open_steps": steps,
+        "pool": {
+            "enabled": bool(pool.get("enabled")),
+            "size": pool.get("size"),
+            "in_use": len(pool.get("in_use") or []),
+            "queue": len(pool.get("queue") or []),
+        },
+        "max_parallel": manager.max_parallel,
     }
 
 
