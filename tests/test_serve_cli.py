@@ -181,3 +181,30 @@ def test_serve_refuses_a_busy_port_and_an_open_address(srv: Served, tmp_path: An
     bare = write_config(tmp_path, demo_config(tmp_path))
     res = _cli(orchestrate, "serve", "--host", "0.0.0.0", "--config", str(bare))
     assert res.exit_code == 2 and "refusing to serve on `0.0.0.0` without tokens" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- name: a\n  role: operate\n  token: SECRETTOKENVALUE0001: x\n", "is not valid YAML"),
+        (
+            "- name: a\n  role: operate\n  token: SECRETTOKENVALUE0001\n"
+            "  token: SECRETTOKENVALUE0002\n",
+            "key `[0].token` is written twice",
+        ),
+        ("tokens: {a: SECRETTOKENVALUE0001}\n", "must be a list of `{name, role, token}`"),
+        ("- SECRETTOKENVALUE0001\n", "item 1 is not a mapping with `name`, `role` and `token`"),
+    ],
+    ids=["syntax", "duplicate", "not-a-list", "not-a-mapping"],
+)
+def test_tokens_file_problems_never_show_a_token(tmp_path: Any, text: str, message: str) -> None:
+    from engine.config import config_from_dict
+    from engine.errors import ConfigError
+    from tests.conftest import demo_config
+
+    path = tmp_path / "tokens.yaml"
+    path.write_text(text)
+    cfg = config_from_dict(demo_config(tmp_path, serve={"tokens_file": str(path)}))
+    with pytest.raises(ConfigError) as err:
+        ServeSettings.from_config(cfg)
+    assert message in str(err.value) and "SECRETTOKEN" not in str(err.value)

@@ -172,16 +172,14 @@ def _parse_env(text: str, where: str, problems: list[str]) -> list[ApiToken]:
 
 
 def _parse_file(path: Path, problems: list[str]) -> list[ApiToken]:
-    import yaml
+    from engine.yamlio import read_yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        problems.append(f"`tokens_file`: cannot read `{path}`: {exc.strerror}.")
+        data, duplicates, _ = read_yaml(path, error=ConfigError, what="`serve.tokens_file`")
+    except ConfigError as exc:
+        problems.append(f"`tokens_file`: {exc}")
         return []
-    except yaml.YAMLError:
-        problems.append(f"`tokens_file`: `{path}` is not valid YAML.")
-        return []
+    problems.extend(f"`{path}`: {d}" for d in duplicates)
     if isinstance(data, dict):
         data = data.get("tokens")
     if not isinstance(data, list):
