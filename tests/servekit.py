@@ -26,6 +26,7 @@ from engine.gateway.server import LocalGateway
 from tests.conftest import demo_config, gated_agent, write_config
 
 HERE = Path(__file__).parent / "workflows" / "serve"
+ASKER = Path(__file__).parent / "peers" / "misbehaving_agent.py"
 GATEWAY_TOKEN = "gw-tok-7f3c9e1d2b4a6f80"  # distinctive: grepped for in every response
 TOKENS = {
     "alice": ("operate", "alice-tok-41d8cd98f00b204e9800"),
@@ -41,6 +42,14 @@ def serve_config(tmp: Path, go: Path, **serve: Any) -> Path:
     raw["gateway"].update(embedded=False, token_env="ORCH_TEST_GW_TOKEN")
     raw["gateway"]["agents"]["slowpoke"] = gated_agent(go, output="held and released")
     raw["agents"]["slowpoke"] = {"url": "local"}
+    raw["gateway"]["agents"]["asker"] = {  # asks "Which temperature range?" until answered
+        "kind": "command",
+        "argv": [sys.executable, str(ASKER), "ask"],
+        "env": {"AGENT_STATE": str(tmp / "asker-state")},
+        "timeout": 60,
+        "fallback_handoff": False,
+    }
+    raw["agents"]["asker"] = {"url": "local"}
     raw["workflow_dirs"] = [str(HERE)]
     tokens = tmp / "serve-tokens.yaml"
     tokens.write_text(

@@ -120,3 +120,26 @@ def test_start_approve_and_watch_it_complete(srv: Served, browser: Any, tmp_path
     assert doc["started_by"] == "alice"
     assert "CTE of ULE" in browser.page_source
     wait.until(lambda d: "gate: approved by alice" in d.find_element(By.ID, "step-review").text)
+
+
+def test_answer_an_agents_question_from_the_page(srv: Served, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    with srv.client("alice") as c:
+        run_id = c.post("/v1/runs", json={"workflow": "ask"}).json()["runId"]
+    wait = _wait(browser)
+    browser.get(srv.url + "/")
+    browser.execute_script("localStorage.setItem('orchToken', arguments[0])", TOKENS["bob"][1])
+    browser.get(f"{srv.url}/runs/{run_id}")
+    wait.until(lambda d: "Which temperature range?" in d.find_element(By.ID, "step-research").text)
+    # what is typed survives live updates of the table
+    wait.until(lambda d: d.find_element(By.ID, "answer-text-research").send_keys("0-50 °C") or True)
+    wait.until(
+        lambda d: d.find_element(By.ID, "answer-text-research").get_attribute("value") == "0-50 °C"
+    )
+    _click(browser, By.ID, "answer-research")
+    wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-status") == "complete")
+    with srv.client("alice") as c:
+        doc = c.get(f"/v1/runs/{run_id}").json()
+    assert doc["steps"]["research"]["question"]["by"] == "bob"
+    assert doc["steps"]["research"]["question"]["answer"] == "0-50 °C"

@@ -65,6 +65,12 @@ class StartDelegation(BaseModel):
     parent_run_id: str | None = None
 
 
+class Answer(BaseModel):
+    """The answer to an agent's question (recorded with the token's name)."""
+
+    text: str = Field(min_length=1)
+
+
 class Decision(BaseModel):
     """Why a gate was approved or rejected (recorded with the token's name)."""
 
@@ -288,12 +294,12 @@ def create_app(
         until: str = Query(default="end", pattern="^(end|parked)$"),
     ) -> JSONResponse:
         """Wait until the run ends (or, with `until=parked`, also until it waits at a gate)."""
-        stop = ENDED + (("waiting_approval",) if until == "parked" else ())
+        stop = ENDED + (("waiting_approval", "waiting_input") if until == "parked" else ())
 
         def check() -> tuple[bool, dict[str, Any]]:
             doc = run_doc(manager, run_id)
             settled = doc["status"] in stop and not (
-                doc["status"] == "waiting_approval" and doc["executing"]
+                doc["status"] in ("waiting_approval", "waiting_input") and doc["executing"]
             )
             return settled, doc
 
@@ -379,6 +385,14 @@ def create_app(
         )
         return _json({"runId": run_id, "step": step, "decision": ev})
 
+    @app.post("/v1/runs/{run_id}/steps/{step}/answer", tags=["gates"])
+    async def answer(request: Request, run_id: str, step: str, body: Answer) -> JSONResponse:
+        """Answer the question a step's agent asked; the run continues at once."""
+        ev = await run_in_threadpool(
+            lambda: manager.answer(run_id, step, body.text, by=who(request).name)
+        )
+        return _json({"runId": run_id, "step": step, "answer": ev})
+
     # -- delegations ------------------------------------------------------------------
 
     @app.post("/v1/delegations", status_code=201, tags=["delegations"])
@@ -432,6 +446,14 @@ def create_app(
 
         done, doc = await _wait(hub, run_id, check, timeout)
         return _json({**doc, "done": done})
+
+    @app.post("/v1/delegations/{run_id}/answer", status_code=201, tags=["delegations"])
+    async def answer_delegation(request: Request, run_id: str, body: Answer) -> JSONResponse:
+        """Answer a delegation's question: it continues as a new delegation (`runId`)."""
+        new = await run_in_threadpool(
+            lambda: manager.answer_delegation(run_id, body.text, by=who(request).name)
+        )
+        return _json({"runId": new, "answers": run_id}, 201)
 
     @app.post("/v1/delegations/{run_id}/cancel", tags=["delegations"])
     async def cancel_delegation(run_id: str) -> JSONResponse:
@@ -611,6 +633,14 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
         handoff = row.get("handoff")
         if isinstance(handoff, dict) and handoff.get("usage"):
             row["usage"] = handoff["usage"]
+        if s is not None and s.state.value == "waiting_input" and s.question:
+            q = s.question
+            row["question"] = q
+            row["waiting"] = (
+                "asks a question: answer it"
+                if q.get("answer") is None
+                else "answered: the run continues"
+            )
         if s is not None and s.state.value == "waiting_approval":
             prompt = next(
                 (

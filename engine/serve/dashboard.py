@@ -15,6 +15,7 @@ STATE_COLORS = {
     "queued": "#f3e3a1",
     "running": "#9cc7f2",
     "waiting_approval": "#f5b971",
+    "waiting_input": "#f5b971",
     "complete": "#9ad8a4",
     "partial": "#c8e6a0",
     "skipped": "#eeeeee",

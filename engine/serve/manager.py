@@ -284,15 +284,21 @@ class RunManager:
 
     def needs_resume(self, run_id: str) -> bool:
         """True when the journal says the run should go on: it was executing when its
-        process died, or a gate was decided since it parked."""
+        process died, or a gate was decided or a question answered since it parked."""
         view = replay(self.run_path(run_id))
         if view.state is RunState.RUNNING:
             return True
-        if view.state is not RunState.WAITING_APPROVAL:
+        if view.state not in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
             return False
         steps = view.steps.values()
-        return any(s.gate and s.state is StepState.PENDING for s in steps) or not any(
-            s.state is StepState.WAITING_APPROVAL for s in steps
+        parked = (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT)
+        return (
+            any(s.gate and s.state is StepState.PENDING for s in steps)
+            or any(
+                s.state is StepState.WAITING_INPUT and (s.question or {}).get("answer") is not None
+                for s in steps
+            )
+            or not any(s.state in parked for s in steps)
         )
 
     def _resumer(self, run_id: str, *, check: bool = False) -> Callable[[WorkflowRunner], Any]:
@@ -333,8 +339,8 @@ class RunManager:
         return self._errors.get(run_id)
 
     def on_event(self, run_id: str, ev: dict[str, Any]) -> None:
-        """The event feed saw a journal event: a decided gate continues an owned run."""
-        if ev.get("event") == "gate_decided":
+        """The event feed saw a journal event: a decision or an answer continues a run."""
+        if ev.get("event") in ("gate_decided", "step_answered"):
             try:
                 self.kick(run_id)
             except OrchestratorError:
@@ -370,6 +376,86 @@ class RunManager:
         self.kick(run_id)
         self.observer.wake(run_id)
         return event
+
+    def answer(self, run_id: str, step: str, text: str, *, by: str) -> dict[str, Any]:
+        """Answer the question a step's agent asked, as ``by``; the run continues at once."""
+        from engine.ask import answer_step
+
+        self.run_path(run_id)
+        event = answer_step(self.cfg, run_id, step, text, by=by)
+        if self.owned(run_id) is None:
+            self._own(run_id, {"kind": "workflow", "adopted_by": by, "adopted_at": utcnow_iso()})
+        self.kick(run_id)
+        self.observer.wake(run_id)
+        return event
+
+    def answer_delegation(self, run_id: str, text: str, *, by: str) -> str:
+        """Answer a delegation's question: it continues as a new delegation (returned)."""
+        from engine.ask import answer_delegation
+
+        self.delegation(run_id)
+        started: Future[str] = Future()
+        cancel = threading.Event()
+        manager = self
+
+        class _First(_DelegationReporter):
+            def event(self, kind: str, **fields: Any) -> None:
+                rid = fields.get("run_id")
+                if isinstance(rid, str) and not started.done():
+                    with manager._lock:
+                        manager._cancels[rid] = cancel
+                    started.set_result(rid)
+                super().event(kind, **fields)
+
+        def work() -> None:
+            t0 = time.monotonic()
+            try:
+                result = answer_delegation(
+                    self.delegator, run_id, text, by=by, reporter=_First(self)
+                )
+            except OrchestratorError as exc:
+                if not started.done():
+                    started.set_exception(exc)
+                return
+            except Exception as exc:  # a bug: keep the server up
+                log.exception("answer to %s broke", run_id)
+                if not started.done():
+                    started.set_exception(RunStateError(f"the answer could not be sent: {exc}"))
+                return
+            if not started.done():
+                started.set_result(result.run_id)
+            with self._lock:
+                self._cancels.pop(result.run_id, None)
+            self.observer.delegation_finished(
+                str(result.envelope.get("target") or "?"),
+                result.outcome.value,
+                (time.monotonic() - t0) * 1000,
+            )
+            self.observer.publish(
+                result.run_id, "delegation_finished", outcome=result.outcome.value
+            )
+
+        self._spawn(f"serve-answer-{run_id[-8:]}", work)
+        try:
+            continuation = started.result(timeout=START_TIMEOUT)
+        except TimeoutError:
+            raise RunStateError(f"the answer to `{run_id}` was not sent within 60 s.") from None
+        sub = self.delegator.records_dir(sub=True)
+        env = read_json(pending_path(self.delegator.records_dir(sub=False), continuation))
+        env = env if isinstance(env, dict) else read_json(pending_path(sub, continuation))
+        env = env if isinstance(env, dict) else {}
+        request = {
+            "target": env.get("target"),
+            "caller": env.get("caller"),
+            "task": env.get("task"),
+            "timeout": env.get("timeout_s"),
+            "parent_run_id": env.get("parent_run_id"),
+            "run_id": continuation,
+        }
+        self._own(
+            continuation, {"kind": "delegation", "by": by, "answers": run_id, "request": request}
+        )
+        return continuation
 
     def _approvers(self, meta: dict[str, Any], step: str) -> tuple[str, ...]:
         from engine.workflow import load_workflow

@@ -117,6 +117,9 @@ function stepDetails(s){
   if (s.gate) parts.unshift(`<div><b>gate:</b> ${esc(s.gate.decision)} by ${esc(s.gate.by)}` +
     (s.gate.reason ? ` (${esc(s.gate.reason)})` : "") + ` at ${esc(s.gate.at || "")}</div>`);
   if (s.prompt) parts.push(`<div><b>gate asks:</b><pre>${esc(s.prompt)}</pre></div>`);
+  if (s.question) parts.push(`<div><b>the agent asks:</b> ${esc(s.question.text)}` +
+    (s.question.answer != null ? ` — answered by ${esc(s.question.by)}: ${esc(s.question.answer)}` : "") +
+    `</div>`);
   return parts.join("");
 }
 
@@ -157,20 +160,43 @@ async function runPage(id){
       const svg = await fetch(`/v1/runs/${encodeURIComponent(id)}/dag.svg`,
         {headers: headers(), cache: "no-store"});
       if (svg.ok) $("#dag").innerHTML = await svg.text();
+      const typed = {};  // answers being typed survive the re-render
+      $("#steps").querySelectorAll("input[id^='answer-text-']").forEach((i) => {
+        typed[i.id] = [i.value, document.activeElement === i];
+      });
       $("#steps").innerHTML = Object.entries(run.steps).map(([sid, s]) => {
-        const buttons = s.status === "waiting_approval" ?
-          `<button id="approve-${esc(sid)}" data-step="${esc(sid)}" class="approve">Approve</button>
-           <button id="reject-${esc(sid)}" data-step="${esc(sid)}" class="reject">Reject</button>` : "";
+        let buttons = "";
+        if (s.status === "waiting_approval") {
+          buttons = `<button id="approve-${esc(sid)}" data-step="${esc(sid)}" class="approve">Approve</button>
+           <button id="reject-${esc(sid)}" data-step="${esc(sid)}" class="reject">Reject</button>`;
+        } else if (s.status === "waiting_input" && s.question && s.question.answer == null) {
+          buttons = `<div class="ask">${esc(s.question.text)}</div>
+           <input id="answer-text-${esc(sid)}" size="24" placeholder="your answer">
+           <button id="answer-${esc(sid)}" data-step="${esc(sid)}" class="answer">Answer</button>`;
+        }
         return `<tr id="step-${esc(sid)}"><td><details data-step="${esc(sid)}"
           ${open.has(sid) ? "open" : ""}><summary>${esc(sid)}</summary>${stepDetails(s)}</details></td>
           <td>${esc(s.agent)}</td><td>${badge(s.status)}</td><td>${esc(s.attempts)}</td>
           <td>${esc(s.confidence || "")}</td><td>${esc(s.duration_ms == null ? "" :
           (s.duration_ms / 1000).toFixed(1) + " s")}</td><td>${buttons}</td></tr>`;
       }).join("");
+      for (const [key, [value, focused]] of Object.entries(typed)) {
+        const input = document.getElementById(key);
+        if (input) { input.value = value; if (focused) input.focus(); }
+      }
       $("#steps").querySelectorAll("button.approve").forEach((b) =>
         b.onclick = () => decide(b.dataset.step, "approve"));
       $("#steps").querySelectorAll("button.reject").forEach((b) =>
         b.onclick = () => decide(b.dataset.step, "reject"));
+      $("#steps").querySelectorAll("button.answer").forEach((b) => b.onclick = async () => {
+        const text = $("#answer-text-" + CSS.escape(b.dataset.step)).value.trim();
+        if (!text) { say("type an answer first"); return; }
+        try {
+          await api(`/v1/runs/${encodeURIComponent(id)}/steps/${encodeURIComponent(b.dataset.step)}/answer`,
+            {method: "POST", body: {text: text}});
+          say("");
+        } catch (e) { say(e.message); }
+      });
       const outputs = Object.entries(run.outputs || {});
       $("#outputs-box").hidden = outputs.length === 0;
       $("#outputs").innerHTML = outputs.map(([k, v]) =>
