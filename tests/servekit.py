@@ -23,7 +23,7 @@ import yaml
 
 from engine.config import load_config
 from engine.gateway.server import LocalGateway
-from tests.conftest import demo_config, gated_agent, write_config
+from tests.helpers import demo_config, gated_agent, write_config
 
 HERE = Path(__file__).parent / "workflows" / "serve"
 ASKER = Path(__file__).parent / "peers" / "misbehaving_agent.py"

@@ -123,7 +123,7 @@ def test_delegate_through_the_server_keeps_the_record_shape(srv: Served) -> None
 
 def test_non_loopback_without_tokens_is_refused(tmp_path: Any) -> None:
     from engine.config import config_from_dict
-    from tests.conftest import demo_config
+    from tests.helpers import demo_config
 
     cfg = config_from_dict(demo_config(tmp_path))
     with pytest.raises(Exception) as err:
@@ -147,7 +147,7 @@ def test_non_loopback_without_tokens_is_refused(tmp_path: Any) -> None:
 def test_token_settings_problems(tmp_path: Any, value: str, message: str, monkeypatch: Any) -> None:
     from engine.config import config_from_dict
     from engine.errors import ConfigError
-    from tests.conftest import demo_config
+    from tests.helpers import demo_config
 
     monkeypatch.setenv("SRV_TOKENS", value)
     cfg = config_from_dict(demo_config(tmp_path, serve={"tokens_env": "SRV_TOKENS"}))
@@ -159,7 +159,7 @@ def test_token_settings_problems(tmp_path: Any, value: str, message: str, monkey
 
 def test_tokens_from_env_authenticate_by_name(tmp_path: Any, monkeypatch: Any) -> None:
     from engine.config import config_from_dict
-    from tests.conftest import demo_config
+    from tests.helpers import demo_config
 
     a, b = "a" * 24, "b" * 24
     monkeypatch.setenv("SRV_TOKENS", f"ops:operate:{a}, viewer:read:{b}")
@@ -172,7 +172,7 @@ def test_tokens_from_env_authenticate_by_name(tmp_path: Any, monkeypatch: Any) -
 
 
 def test_serve_refuses_a_busy_port_and_an_open_address(srv: Served, tmp_path: Any) -> None:
-    from tests.conftest import demo_config, write_config
+    from tests.helpers import demo_config, write_config
 
     port = srv.url.rsplit(":", 1)[1]
     res = _cli(orchestrate, "serve", "--port", port, "--config", str(srv.path))
@@ -200,7 +200,7 @@ def test_serve_refuses_a_busy_port_and_an_open_address(srv: Served, tmp_path: An
 def test_tokens_file_problems_never_show_a_token(tmp_path: Any, text: str, message: str) -> None:
     from engine.config import config_from_dict
     from engine.errors import ConfigError
-    from tests.conftest import demo_config
+    from tests.helpers import demo_config
 
     path = tmp_path / "tokens.yaml"
     path.write_text(text)

@@ -137,7 +137,7 @@ def test_prometheus_text_with_an_enabled_pool(tmp_path: Path) -> None:
     from engine.config import config_from_dict
     from engine.serve.app import pool_status
     from engine.serve.prom import ServeMetrics
-    from tests.conftest import demo_config
+    from tests.helpers import demo_config
 
     raw = demo_config(tmp_path)
     raw["pool"] = {"enabled": True, "max_tokens": 3}
