@@ -31,6 +31,9 @@ def demo_config(tmp_path: Path, **extra: Any) -> dict[str, Any]:
         "validator": "tech-lead",
         "gateway": {
             "embedded": True,
+            # Agents still running when a test's gateway stops end with it, so nothing
+            # outlives the suite; tests/test_late_agents.py checks the default (detach).
+            "detach_on_exit": False,
             "agents": {r: {"kind": "command", "argv": [*DEMO, r], "timeout": 60} for r in ROLES},
         },
         "agents": {r: {"url": "local", "capabilities": [r]} for r in ROLES},

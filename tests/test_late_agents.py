@@ -21,6 +21,7 @@ from tests.helpers import demo_config
 
 def _config(tmp_path: Path, **gateway: Any) -> Path:
     raw = demo_config(tmp_path)
+    raw["gateway"].pop("detach_on_exit", None)  # the shipped default (true) unless given
     raw["gateway"].update(gateway)
     path = tmp_path / "orchestrator.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
@@ -84,6 +85,7 @@ def test_an_agent_outliving_a_one_shot_command_is_recorded_late(tmp_path: Path) 
 
 def test_a_detached_agent_is_killed_at_its_hard_limit_and_said_so(tmp_path: Path) -> None:
     raw = demo_config(tmp_path)
+    raw["gateway"].pop("detach_on_exit", None)  # the shipped default: detach
     raw["gateway"]["agents"]["webster"]["kill_after"] = 3
     config = tmp_path / "orchestrator.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
