@@ -397,6 +397,10 @@ class _Scan:
                 name = entry.name
                 if name[0] == "." or not name.endswith(".json") or name in recorded:
                     continue
+                if "." in name[: -len(".json")]:
+                    # `<runId>.<n>.json`: a second delivery kept beside the first (run ids
+                    # have no dots); its record lists it under `also_received`.
+                    continue
                 data = self.load(entry.path)
                 if data is not _MISSING:
                     self.record(data, entry.path, sub)

@@ -299,9 +299,7 @@ def test_oversized_handoff_is_refused_unread(
     def big(block: Block) -> None:
         write_json_atomic(Path(block["handoff_path"]), _good(block, result="x" * 20_000))
 
-    cfg, result, took = _run_with(
-        tmp_path, stand_in, monkeypatch, big, max_handoff_bytes=8192
-    )
+    cfg, result, took = _run_with(tmp_path, stand_in, monkeypatch, big, max_handoff_bytes=8192)
     assert result.outcome is Outcome.INVALID and took < 30
     assert "over the limit of 8192 (`max_handoff_bytes`" in str(result.error)
     assert Path(result.envelope["rejected_file"]).stat().st_size > 20_000
@@ -569,9 +567,7 @@ def test_gateway_fallback_never_supersedes_the_agents_own_late_answer(
         assert result.outcome is Outcome.TIMEOUT
         assert _wait_for(tmp_path, "key.txt")
         block = {"run_id": result.run_id, "agent": "webster", "key": keyfile.read_text()}
-        workspace = cfg.handoffs_dir / ".workspaces" / "webster" / result.envelope[
-            "gateway_run_id"
-        ]
+        workspace = cfg.handoffs_dir / ".workspaces" / "webster" / result.envelope["gateway_run_id"]
 
         def agent_exits() -> None:
             gofile.write_text("go")
@@ -606,6 +602,38 @@ def test_a_number_too_large_to_be_finite_is_refused(tmp_path: Path, number: str)
     from engine.handoff import HandoffProblem, parse_handoff
 
     with pytest.raises(HandoffProblem) as info:
-        parse_handoff('{"usage": {"cost": ' + number + '}}', path=tmp_path / "h.json")
+        parse_handoff('{"usage": {"cost": ' + number + "}}", path=tmp_path / "h.json")
     assert info.value.kind == "parse"
     assert "not finite" in info.value.message and "h.json" in info.value.message
+
+
+def test_metrics_does_not_count_a_kept_second_delivery_as_unrecorded(tmp_path: Path) -> None:
+    """A racing writer's copy (`inbox/<runId>.2.json`) is listed in the record, not counted."""
+    import json as _json
+
+    from engine.cli import metrics_main  # noqa: F401  (the command under test)
+    from engine.handoff import make_handoff
+    from engine.record import record_of
+
+    run_id = "orch-20261130T000000-0000abcd"
+    first = make_handoff(run_id=run_id, agent="webster", status="complete", result="first")
+    second = make_handoff(run_id=run_id, agent="webster", status="complete", result="second")
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / f"{run_id}.json").write_text(_json.dumps(first))
+    (tmp_path / "inbox" / f"{run_id}.2.json").write_text(_json.dumps(second))
+    env = {
+        "caller": "manager",
+        "target": "webster",
+        "outcome": "complete",
+        "also_received": [{"file": f"inbox/{run_id}.2.json"}],
+    }
+    (tmp_path / f"{run_id}.json").write_text(_json.dumps(record_of(first, env, run_id)))
+    from click.testing import CliRunner
+
+    from engine.cli import metrics
+
+    res = CliRunner().invoke(metrics, ["json", "--handoffs-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    data = _json.loads(res.output)
+    assert data["totals"]["unrecorded"] == 0
+    assert data["totals"]["delegations"] == 1
