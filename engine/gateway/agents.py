@@ -141,7 +141,7 @@ def redact_key(message: str) -> str:
     if idx < 0:
         return message
     block = re.sub(r"(?m)^key: \S.*$", "key: (in $ORCH_HANDOFF_KEY)", message[idx:])
-    block = re.sub(r"--key \S+", "--key \"$ORCH_HANDOFF_KEY\"", block)
+    block = re.sub(r"--key \S+", '--key "$ORCH_HANDOFF_KEY"', block)
     return message[:idx] + block
 
 
@@ -389,10 +389,7 @@ def _start(
         return f"{where} has no `argv`: give the command to run"
     cwd = spec.cwd or workspace
     if not cwd.is_dir():
-        return (
-            f"the working directory `{cwd}` ({where}.cwd) does not exist or is not a "
-            "directory"
-        )
+        return f"the working directory `{cwd}` ({where}.cwd) does not exist or is not a directory"
     try:
         return subprocess.Popen(
             list(spec.argv),
@@ -509,24 +506,9 @@ def _supervise(running: _Running, timeout: float | None, started: float) -> Proc
                 waits.append(0.0)
             wait = max(0.0, min(waits)) if waits else None
             # Wake at least once a second so a cancel from stop() is seen promptly.
-            for key, _ in sel.select(1.0 if wait is None else min(wait, 1.0)):
-                fd = int(key.fd)
-                if fd == pidfd:
-                    sel.unregister(fd)
-                    exited = True
-                    continue
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    sel.unregister(fd)
-                    open_pipes -= 1
-                    continue
-                buf = bufs[fd]
-                buf += chunk
-                if len(buf) > 2 * OUTPUT_LIMIT:
-                    del buf[:-OUTPUT_LIMIT]
+            ended, closed = drain_ready(sel, 1.0 if wait is None else min(wait, 1.0), pidfd, bufs)
+            exited = exited or ended
+            open_pipes -= closed
             if pidfd is None and not exited:
                 exited = _exited_unreaped(pid)
         # Reap only now: until then the zombie leader keeps the group id from being reused.
@@ -600,6 +582,38 @@ def _spawn_watchdog(popen: subprocess.Popen[bytes], info: dict[str, Any]) -> boo
         log.warning("local gateway: cannot start a watchdog for pid %s: %s", popen.pid, exc)
         return False
     return True
+
+
+def drain_ready(
+    sel: selectors.BaseSelector, timeout: float, pidfd: int | None, bufs: dict[int, bytearray]
+) -> tuple[bool, int]:
+    """Wait up to ``timeout`` s, keep the tail of ready output pipes in ``bufs``.
+
+    Returns (the process exited: its ``pidfd`` became readable, pipes that reached EOF).
+    Shared by the gateway's supervision and the detached watchdog.
+    """
+    exited, closed = False, 0
+    for key, _ in sel.select(timeout):
+        fd = int(key.fd)
+        if fd == pidfd:
+            sel.unregister(fd)
+            exited = True
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        except OSError:  # the pipe broke: as good as EOF
+            chunk = b""
+        if not chunk:
+            sel.unregister(fd)
+            closed += 1
+            continue
+        buf = bufs[fd]
+        buf += chunk
+        if len(buf) > 2 * OUTPUT_LIMIT:
+            del buf[:-OUTPUT_LIMIT]
+    return exited, closed
 
 
 def _exited_unreaped(pid: int) -> bool:

@@ -39,6 +39,7 @@ from engine.gateway.agents import (
     _delivered,
     _killpg,
     _reconcile,
+    drain_ready,
     records_of,
     write_new_handoff,
 )
@@ -90,26 +91,9 @@ def watch(info: dict[str, Any]) -> None:
         wait = 1.0
         if deadline is not None and term_at is None:
             wait = min(wait, max(0.0, deadline - now))
-        for key, _ in sel.select(wait):
-            fd = int(key.fd)
-            if fd == pidfd:
-                sel.unregister(fd)
-                exited = True
-                continue
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                chunk = b""
-            if not chunk:
-                sel.unregister(fd)
-                open_pipes -= 1
-                continue
-            buf = bufs[fd]
-            buf += chunk
-            if len(buf) > 2 * OUTPUT_LIMIT:
-                del buf[:-OUTPUT_LIMIT]
+        ended, closed = drain_ready(sel, wait, pidfd, bufs)
+        exited = exited or ended
+        open_pipes -= closed
         if pidfd is None and not exited:
             exited = not _alive(pid)
     _killpg(pid, signal.SIGTERM)  # stragglers left in the agent's session
