@@ -65,8 +65,8 @@ def main() -> int:
     ap.add_argument("--layer", type=int, default=50)
     args = ap.parse_args()
 
-    from engine.planview import dry_run_text
     from engine.delegate import DelegationRequest, open_delegator
+    from engine.planview import dry_run_text
     from engine.runner import RunOptions, RunState, WorkflowRunner, prepare
 
     with tempfile.TemporaryDirectory(prefix="bench-wf-") as tmpname:

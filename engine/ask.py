@@ -56,7 +56,7 @@ def with_answer(task: str, question: dict[str, Any] | None) -> str:
 
 def asked(result: DelegationResult, step: Any, journal: Any) -> bool:
     """Park ``step`` as ``waiting_input`` if ``result`` is a question; True when parked."""
-    from engine.runner import StepState
+    from engine.states import StepState
 
     text = question_of(result.handoff)
     if text is None:
@@ -76,7 +76,7 @@ def asked(result: DelegationResult, step: Any, journal: Any) -> bool:
 
 def replay_question(step: Any, ev: dict[str, Any]) -> None:
     """Apply a ``step_question`` or ``step_answered`` journal event to a replayed step."""
-    from engine.runner import StepState
+    from engine.states import StepState
 
     if ev["event"] == "step_question":
         step.question = {
@@ -108,7 +108,8 @@ def waiting_line(run_id: str, step: str, question: dict[str, Any] | None) -> str
 
 def answer_step(cfg: Config, run_id: str, step: str, text: str, *, by: str) -> dict[str, Any]:
     """Record the answer to the question of a parked step (then ``workflow resume``)."""
-    from engine.runner import Journal, StepState, replay, run_dir
+    from engine.runs import Journal, replay, run_dir
+    from engine.states import StepState
 
     if not text.strip():
         raise UsageError("the answer is empty: pass the text to send to the agent.")

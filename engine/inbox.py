@@ -524,7 +524,7 @@ class DiscordInbox:
         """
         from types import SimpleNamespace
 
-        from engine.runner import list_runs, run_status
+        from engine.runs import list_runs, run_status
 
         known = {st.get("run_id") for st in self._states(CLAIMED, RUNNING, WAITING, FINISHED)}
         for row in list_runs(self.cfg, limit=50):
@@ -558,7 +558,7 @@ class DiscordInbox:
 
     def _decided_elsewhere(self, run_id: str, step: str) -> dict[str, Any] | None:
         """The gate decision a run's journal holds for ``step``, if one was made."""
-        from engine.runner import replay, run_dir
+        from engine.runs import replay, run_dir
 
         try:
             gate = replay(run_dir(self.cfg, run_id)).steps[step].gate
@@ -574,7 +574,7 @@ class DiscordInbox:
 
     def _check_gates(self) -> None:
         from engine.errors import RunStateError
-        from engine.runner import decide_gate
+        from engine.runs import decide_gate
 
         for state in self._states(WAITING):
             mid = state["message_id"]

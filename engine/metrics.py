@@ -605,7 +605,7 @@ class _Scan:
             self.bad(path, "not a workflow run: no `run.json`")
             return None
         try:
-            from engine.runner import replay, summarize
+            from engine.runs import replay, summarize
 
             self.scanned += 1
             data = summarize(replay(Path(path)))

@@ -64,6 +64,15 @@ def test_importing_engine_cli_loads_no_subcommand_dependencies() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_the_runs_read_model_loads_no_executor() -> None:
+    code = (
+        "import sys, engine.runs; mods = ('engine.runner', 'engine.delegate', 'engine.hooks', "
+        "'engine.dag', 'httpx'); print([m for m in mods if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize(
     ("module", "name"),
     [

@@ -32,15 +32,8 @@ from engine.metrics import (
     percentile,
     render_text,
 )
-from engine.runner import (
-    RunOptions,
-    RunState,
-    StepState,
-    WorkflowRunner,
-    prepare,
-    replay,
-    summarize,
-)
+from engine.runner import RunOptions, RunState, StepState, WorkflowRunner, prepare
+from engine.runs import replay, summarize
 from engine.schemas import schema_problems
 from tests.helpers import demo_config, write_config
 

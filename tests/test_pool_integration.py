@@ -18,7 +18,7 @@ from engine.cli import orchestrate, workflow
 from engine.config import load_config
 from engine.delegate import DelegationRequest, open_delegator
 from engine.gateway.server import LocalGateway
-from engine.runner import read_events
+from engine.runs import read_events
 from tests.helpers import demo_config, write_config
 
 TOKEN = "pool-test-token-0123456789"

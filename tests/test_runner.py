@@ -19,7 +19,8 @@ from engine.cli import workflow
 from engine.config import Config, load_config
 from engine.delegate import open_delegator
 from engine.gateway.server import LocalGateway
-from engine.runner import RunOptions, RunState, WorkflowRunner, prepare, read_events
+from engine.runner import RunOptions, RunState, WorkflowRunner, prepare
+from engine.runs import read_events
 from tests.helpers import demo_config, rendezvous_agent, write_config
 
 HERE = Path(__file__).parent / "workflows" / "run"

@@ -28,15 +28,10 @@ from engine.runner import (
     RunState,
     StepState,
     WorkflowRunner,
-    cancel_run,
-    list_runs,
     prepare,
-    read_events,
-    replay,
     retry_delay,
-    run_status,
-    summarize,
 )
+from engine.runs import cancel_run, list_runs, read_events, replay, run_status, summarize
 from engine.sandbox import RenderLimits
 from engine.workflow import workflow_from_dict
 from tests.helpers import demo_config, write_config

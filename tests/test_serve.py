@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import workflow
-from engine.runner import read_events
+from engine.runs import read_events
 from tests.servekit import GATEWAY_TOKEN, TOKENS, Served, sse
 
 

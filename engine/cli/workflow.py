@@ -291,7 +291,7 @@ def workflow_approve_cmd(
     config: str | None,
 ) -> int:
     """Approve the gate of STEP in a parked run (then `workflow resume`)."""
-    from engine.runner import decide_gate
+    from engine.runs import decide_gate
 
     if server:
         with _client(server, server_token_env) as remote:
@@ -335,7 +335,7 @@ def workflow_reject_cmd(
     config: str | None,
 ) -> int:
     """Reject the gate of STEP in a parked run (then `workflow resume` to close it)."""
-    from engine.runner import decide_gate
+    from engine.runs import decide_gate
 
     if server:
         with _client(server, server_token_env) as remote:
@@ -355,7 +355,8 @@ def workflow_cancel_cmd(
     run_id: str, server: str | None, server_token_env: str | None, config: str | None
 ) -> int:
     """Cancel a run: stop dispatching, release what it holds, record `cancelled`."""
-    from engine.runner import RunState, cancel_run
+    from engine.runs import cancel_run
+    from engine.states import RunState
 
     if server:
         with _client(server, server_token_env) as remote:
@@ -379,7 +380,7 @@ def workflow_status_cmd(
 ) -> int:
     """Show the steps of a run, and why a waiting step waits."""
     from engine.progress import summary_table
-    from engine.runner import run_status
+    from engine.runs import run_status
 
     if server:
         with _client(server, server_token_env) as remote:
@@ -401,7 +402,7 @@ def workflow_status_cmd(
 @config_option
 def workflow_runs_cmd(limit: int, as_json: bool, config: str | None) -> int:
     """List recent runs, newest first."""
-    from engine.runner import list_runs
+    from engine.runs import list_runs
 
     problems: list[str] = []
     rows = list_runs(load(config), limit=limit, problems=problems)

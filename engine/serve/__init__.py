@@ -46,7 +46,7 @@ def build(
     cfg: Config, settings: ServeSettings, delegator: Any, *, on_started: Callable[[], None]
 ) -> tuple[Any, Any]:
     """The ASGI app and its run manager, over an open delegator."""
-    from engine.runner import list_runs, runs_dir
+    from engine.runs import list_runs, runs_dir
     from engine.serve.app import create_app, pool_status
     from engine.serve.hub import EventHub
     from engine.serve.manager import Observer, RunManager

@@ -605,7 +605,7 @@ async def _wait(
 def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
     """Everything the API and the dashboard show about a run."""
     from engine.record import read_json
-    from engine.runner import replay, run_status
+    from engine.runs import replay, run_status
 
     path = manager.run_path(run_id)
     status = run_status(manager.cfg, run_id)
@@ -676,7 +676,7 @@ def diagnose(manager: RunManager, run_id: str) -> dict[str, Any]:
     import os
 
     from engine.record import pending_path, read_json
-    from engine.runner import replay, run_status
+    from engine.runs import replay, run_status
 
     path = manager.run_path(run_id)
     status = run_status(manager.cfg, run_id)
@@ -755,7 +755,7 @@ def list_page(
 
     Runs are replayed only until the page is full, however many the directory holds.
     """
-    from engine.runner import replay, runs_dir, summarize
+    from engine.runs import replay, runs_dir, summarize
 
     base = runs_dir(manager.cfg)
     try:

@@ -142,7 +142,7 @@ class ServerClient:
         return RunResult(run_id, RunState(doc["status"]), Path(run_dir), summary)
 
     def status(self, run_id: str) -> dict[str, Any]:
-        """The run's status, shaped as ``engine.runner.run_status`` returns it."""
+        """The run's status, shaped as ``engine.runs.run_status`` returns it."""
         return summary_shape(self._call("GET", f"/v1/runs/{run_id}"))
 
     def decide(

@@ -33,17 +33,8 @@ from engine.files import check_id, utcnow_iso, write_json_atomic
 from engine.idempotency import IdempotencyConflict, IdempotencyKeys
 from engine.record import pending_path, read_json
 from engine.reporter import Reporter
-from engine.runner import (
-    RunOptions,
-    RunState,
-    StepState,
-    WorkflowRunner,
-    cancel_run,
-    decide_gate,
-    prepare,
-    replay,
-    runs_dir,
-)
+from engine.runner import RunOptions, RunState, StepState, WorkflowRunner, prepare
+from engine.runs import cancel_run, decide_gate, replay, runs_dir
 
 log = logging.getLogger("engine.serve")
 

@@ -1,0 +1,193 @@
+"""Admin commands on runs: find, list, show status, decide a gate, cancel.
+
+Each reads the run through replay and writes only journal events (``gate_decided``,
+``step_skipped``, ``run_cancelled``) and the summary, through the run store.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import OrchestratorError, RunStateError, UsageError, did_you_mean
+from engine.files import check_id, parse_iso
+from engine.runs.replay import replay_run, summarize
+from engine.states import RunState, StepState
+from engine.store import RunStore, open_store
+from engine.store.file import RUNS_DIR
+
+if TYPE_CHECKING:
+    from engine.config import Config
+
+
+def runs_dir(cfg: Config) -> Path:
+    """Where workflow runs live (on the file store)."""
+    return cfg.handoffs_dir / RUNS_DIR
+
+
+def run_dir(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Path:
+    """Where run ``run_id`` is (checked to exist in the store)."""
+    store = store if store is not None else open_store(cfg)
+    check_id(run_id, "workflow run id")
+    if not store.run_exists(run_id):
+        where = store.run_locator(run_id).parent
+        raise RunStateError(
+            f"no workflow run `{run_id}` in `{where}`"
+            f"{did_you_mean(run_id, store.list_runs()) or '.'} List runs with `workflow runs`."
+        )
+    return store.run_locator(run_id)
+
+
+def decide_gate(
+    cfg: Config,
+    run_id: str,
+    step: str,
+    *,
+    approved: bool,
+    reason: str | None = None,
+    by: str = "cli",
+    store: RunStore | None = None,
+) -> dict[str, Any]:
+    """Record an approval or rejection of a parked gate (then `workflow resume`)."""
+    store = store if store is not None else open_store(cfg)
+    run_dir(cfg, run_id, store=store)
+    view = replay_run(store, run_id)
+    if step not in view.steps:
+        raise UsageError(
+            f"run `{run_id}` has no step `{step}`{did_you_mean(step, list(view.steps)) or '.'}"
+        )
+    if not view.meta["plan"]["steps"][step].get("gate"):
+        raise UsageError(f"step `{step}` of run `{run_id}` has no approval gate.")
+    s = view.steps[step]
+    if s.state is not StepState.WAITING_APPROVAL and not (
+        s.state is StepState.PENDING and not s.gate
+    ):
+        raise RunStateError(
+            f"step `{step}` of run `{run_id}` is not waiting for approval (it is {s.state.value})."
+        )
+    journal = store.journal(run_id)
+    try:
+        return journal.append(
+            "gate_decided",
+            step=step,
+            decision="approved" if approved else "rejected",
+            by=by,
+            reason=reason,
+        )
+    finally:
+        journal.close()
+
+
+def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> RunState:
+    """Cancel a run: a running process stops dispatching; a parked run is closed now."""
+    store = store if store is not None else open_store(cfg)
+    run_dir(cfg, run_id, store=store)
+    view = replay_run(store, run_id)
+    if view.state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED):
+        raise RunStateError(f"run `{run_id}` has already ended ({view.state.value}).")
+    store.request_cancel(run_id)
+    lock = store.claim(run_id)
+    try:
+        lock.__enter__()
+    except RunStateError:
+        return RunState.RUNNING  # the live executor notices the request within 0.2 s
+    try:
+        journal = store.journal(run_id)
+        for s in view.steps.values():
+            if not s.state.final:
+                journal.append(
+                    "step_skipped", step=s.id, reason="the run was cancelled", kind="stopped"
+                )
+        journal.append("run_cancelled", by="workflow cancel")
+        journal.close()
+        store.write_summary(run_id, summarize(replay_run(store, run_id)))
+    finally:
+        lock.__exit__(None, None, None)
+    return RunState.CANCELLED
+
+
+def list_runs(
+    cfg: Config,
+    *,
+    limit: int = 20,
+    problems: list[str] | None = None,
+    store: RunStore | None = None,
+) -> list[dict[str, Any]]:
+    """Recent runs, newest first: id, workflow, status, started, duration.
+
+    A run whose record is damaged is left out; its paragraph is appended to ``problems``.
+    """
+    store = store if store is not None else open_store(cfg)
+    rows: list[dict[str, Any]] = []
+    for rid in sorted(store.list_runs(), reverse=True)[:limit]:
+        try:
+            view = replay_run(store, rid)
+        except OrchestratorError as exc:  # left out, and said why; the others still listed
+            if problems is not None:
+                problems.append(str(exc))
+            continue
+        summary = summarize(view)
+        counts: dict[str, int] = {}
+        for st in summary["steps"].values():
+            counts[st["status"]] = counts.get(st["status"], 0) + 1
+        rows.append(
+            {
+                "runId": view.run_id,
+                "workflow": str(view.meta.get("workflow")),
+                "status": view.state.value,
+                "started_at": view.started_at,
+                "duration_ms": summary["duration_ms"],
+                "steps": counts,
+            }
+        )
+    return rows
+
+
+def run_status(cfg: Config, run_id: str, *, store: RunStore | None = None) -> dict[str, Any]:
+    """A run's step table, with why each waiting step waits."""
+    store = store if store is not None else open_store(cfg)
+    store.reconcile(sub=False)
+    path = run_dir(cfg, run_id, store=store)
+    view = replay_run(store, run_id)
+    live = store.claimed(run_id)
+    summary = summarize(view)
+    now = time.time()
+    for sid, s in view.steps.items():
+        row = summary["steps"][sid]
+        if s.state is StepState.QUEUED:
+            row["waiting"] = "queued for a pool token"
+        elif s.state is StepState.RUNNING:
+            if s.dispatched_at:
+                waited = now - parse_iso(s.dispatched_at).timestamp()
+                env = (
+                    store.read_pending(s.delegation_run_id, sub=False)
+                    if s.delegation_run_id
+                    else None
+                )
+                limit = env.get("timeout_s") if env is not None else None
+                of = f" of {limit:g} s" if isinstance(limit, int | float) else ""
+                row["waiting"] = f"waiting on `{s.agent}` for {waited:.0f} s{of}"
+                from engine.liveness import latest_progress
+
+                said = latest_progress(cfg.handoffs_dir, str(s.delegation_run_id))
+                if said is not None:
+                    row["progress"] = said
+                    age = f' {said["age_s"]:.0f} s ago' if said["age_s"] is not None else ""
+                    row["waiting"] += f'; said "{said["text"]}"{age}'
+            else:
+                row["waiting"] = "being dispatched"
+            if not live:
+                row["waiting"] += " (no process is running this run: `workflow resume` it)"
+        elif s.state is StepState.WAITING_APPROVAL:
+            row["waiting"] = (
+                f"at its approval gate: `workflow approve {run_id} {sid}` or "
+                f"`workflow reject {run_id} {sid} --reason ...`"
+            )
+        elif s.state is StepState.WAITING_INPUT:
+            from engine.ask import waiting_line
+
+            row["waiting"] = waiting_line(run_id, sid, s.question)
+    summary["run_dir"] = str(path)
+    summary["live"] = live
+    return summary

@@ -1,0 +1,363 @@
+"""Replay: a run's state rebuilt from its metadata and its journal, and its summary.
+
+The journal is folded by a table of reducers, one small function per event kind
+(``_RUN_REDUCERS``, ``_STEP_REDUCERS``). An event that is unknown or lacks what its
+reducer needs is skipped and named in ``RunView.warnings``, never raised.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import RunStateError
+from engine.files import parse_iso, utcnow_iso
+from engine.runs.model import RunView, StepRun
+from engine.states import RunState, StepState
+from engine.store import FileRunStore, RunStore
+
+
+class _Malformed(Exception):
+    """An event replay cannot use: a key is missing or holds an unusable value."""
+
+
+@dataclass
+class _Fold:
+    """What replay accumulates while it folds the journal."""
+
+    store: RunStore
+    run_id: str
+    steps: dict[str, StepRun]
+    state: RunState = RunState.RUNNING
+    started: str | None = None
+    finished: str | None = None
+    gate_since: dict[str, str] = field(default_factory=dict)
+    gate_wait_ms: float = 0.0
+
+
+def _need(ev: dict[str, Any], key: str, kind: type) -> Any:
+    value = ev.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        article = "an" if kind is int else "a"
+        raise _Malformed(f"`{key}` is missing or not {article} {kind.__name__}")
+    return value
+
+
+def _opt_str(ev: dict[str, Any], key: str) -> str | None:
+    value = ev.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _at(ev: dict[str, Any]) -> str | None:
+    """The event's timestamp (None when absent); a value that is no timestamp is refused."""
+    at = ev.get("at")
+    if at is None:
+        return None
+    if not isinstance(at, str):
+        raise _Malformed("`at` is not a timestamp")
+    try:
+        parse_iso(at)
+    except ValueError:
+        raise _Malformed(f"`at` is not a timestamp: {at!r}") from None
+    return at
+
+
+def _enum(kind: type[enum.Enum], ev: dict[str, Any], key: str) -> Any:
+    value = ev.get(key)
+    try:
+        return kind(value)
+    except ValueError:
+        raise _Malformed(f"`{key}` {value!r} is not a known {kind.__name__}") from None
+
+
+# -- run events: (fold, event) -> None
+
+
+def _on_run_started(f: _Fold, ev: dict[str, Any]) -> None:
+    at = _at(ev)
+    if f.started is None:
+        f.started = at
+
+
+def _on_run_finished(f: _Fold, ev: dict[str, Any]) -> None:
+    state, at = _enum(RunState, ev, "status"), _at(ev)
+    f.state, f.finished = state, at
+
+
+def _on_run_paused(f: _Fold, ev: dict[str, Any]) -> None:
+    _at(ev)
+    waiting = ev.get("status") == RunState.WAITING_INPUT.value  # a question, else a gate
+    state = RunState.WAITING_INPUT if waiting else RunState.WAITING_APPROVAL
+    f.state, f.finished = state, None
+
+
+def _on_run_resumed(f: _Fold, ev: dict[str, Any]) -> None:
+    f.state, f.finished = RunState.RUNNING, None
+
+
+def _on_run_cancelled(f: _Fold, ev: dict[str, Any]) -> None:
+    at = _at(ev)
+    f.state, f.finished = RunState.CANCELLED, at
+
+
+# -- step events: (fold, event, step) -> None; validate first, then change the step
+
+
+def _on_step_started(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    attempt, drid, at = _need(ev, "attempt", int), _need(ev, "delegation_run_id", str), _at(ev)
+    s.state = StepState.RUNNING
+    s.attempt = attempt
+    s.agent = _opt_str(ev, "agent") or s.agent
+    s.delegation_run_id = drid
+    s.started_at = s.started_at or at
+    s.dispatched_at = None
+    s.in_flight = True
+
+
+def _on_step_queued(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    s.state = StepState.QUEUED
+
+
+def _on_step_dispatched(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    at = _at(ev)
+    s.state = StepState.RUNNING
+    s.dispatched_at = at or utcnow_iso()
+
+
+def _on_step_attempt(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    s.attempts.append({k: v for k, v in ev.items() if k not in ("event", "step", "at")})
+
+
+def _on_step_finished(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    state, at = _enum(StepState, ev, "status"), _at(ev)
+    s.state = state
+    s.finished_at = at
+    s.in_flight = False
+    s.error = _opt_str(ev, "error")
+    data = f.store.read_step(f.run_id, s.id)
+    if isinstance(data, dict):
+        handoff, validation = data.get("handoff"), data.get("validation")
+        s.handoff = handoff if isinstance(handoff, dict) else None
+        s.validation = validation if isinstance(validation, dict) else None
+        attempts = data.get("attempts")
+        if isinstance(attempts, list) and attempts:
+            s.attempts = [a for a in attempts if isinstance(a, dict)]
+
+
+def _on_step_skipped(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    at = _at(ev)
+    s.state = StepState.SKIPPED
+    s.skip_reason = _opt_str(ev, "reason")
+    s.skip_kind = _opt_str(ev, "kind")
+    s.finished_at = at
+    s.in_flight = False
+
+
+def _on_gate_waiting(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    at = _at(ev)
+    s.state = StepState.WAITING_APPROVAL
+    if at is not None:
+        f.gate_since.setdefault(s.id, at)
+
+
+def _on_gate_decided(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    decision, at = ev.get("decision"), _at(ev)
+    if decision not in ("approved", "rejected"):
+        raise _Malformed(f"`decision` {decision!r} is neither approved nor rejected")
+    s.gate = {"decision": decision, "by": ev.get("by"), "reason": ev.get("reason"), "at": at}
+    if s.state is StepState.WAITING_APPROVAL:
+        if decision == "rejected":
+            s.state = StepState.REJECTED
+            s.finished_at = at
+        else:
+            s.state = StepState.PENDING
+    since = f.gate_since.pop(s.id, None)
+    if since is not None and at is not None:
+        f.gate_wait_ms += (parse_iso(at) - parse_iso(since)).total_seconds() * 1000
+
+
+def _on_question(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    from engine.ask import replay_question
+
+    _at(ev)
+    replay_question(s, ev)
+
+
+def _on_step_reset(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    s.state = StepState.PENDING
+    s.skip_reason = s.skip_kind = s.error = None
+    s.finished_at = None
+    s.in_flight = False
+
+
+_RUN_REDUCERS: dict[str, Callable[[_Fold, dict[str, Any]], None]] = {
+    "run_started": _on_run_started,
+    "run_finished": _on_run_finished,
+    "run_paused": _on_run_paused,
+    "run_resumed": _on_run_resumed,
+    "run_cancelled": _on_run_cancelled,
+}
+_STEP_REDUCERS: dict[str, Callable[[_Fold, dict[str, Any], StepRun], None]] = {
+    "step_started": _on_step_started,
+    "step_queued": _on_step_queued,
+    "step_dispatched": _on_step_dispatched,
+    "step_attempt": _on_step_attempt,
+    "step_finished": _on_step_finished,
+    "step_skipped": _on_step_skipped,
+    "gate_waiting": _on_gate_waiting,
+    "gate_decided": _on_gate_decided,
+    "step_reset": _on_step_reset,
+    "step_question": _on_question,  # engine.ask: the agent asked
+    "step_answered": _on_question,  # engine.ask: someone answered
+}
+#: Journal events that change no state (they are history for people and tools).
+_HISTORY_ONLY = frozenset({"step_retry", "step_validated"})
+
+
+def _apply(f: _Fold, ev: dict[str, Any]) -> None:
+    """Fold one event into ``f``; raises _Malformed for an event it cannot use."""
+    kind = ev.get("event")
+    if not isinstance(kind, str):
+        raise _Malformed("`event` is not a name")
+    run_reducer = _RUN_REDUCERS.get(kind)
+    if run_reducer is not None:
+        run_reducer(f, ev)
+        return
+    step_reducer = _STEP_REDUCERS.get(kind)
+    if step_reducer is None:
+        if kind in _HISTORY_ONLY:
+            return
+        raise _Malformed("unknown event")
+    sid = ev.get("step")
+    step = f.steps.get(sid) if isinstance(sid, str) else None
+    if step is None:
+        raise _Malformed(f"no step {sid!r} in the run's plan")
+    step_reducer(f, ev, step)
+
+
+def _plan_order(meta: Any, path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The step ids of run.json's plan in order, and their entries; RunStateError if unusable."""
+    where = f"`{path / 'run.json'}`"
+    plan = meta.get("plan") if isinstance(meta, dict) else None
+    groups = plan.get("groups") if isinstance(plan, dict) else None
+    entries = plan.get("steps") if isinstance(plan, dict) else None
+    if (
+        not isinstance(groups, list)
+        or not isinstance(entries, dict)
+        or not all(isinstance(g, list) and all(isinstance(s, str) for s in g) for g in groups)
+    ):
+        what = "is not a JSON object" if not isinstance(meta, dict) else "has no usable `plan`"
+        raise RunStateError(
+            f"{where} {what} (`plan.groups` and `plan.steps` are needed): the run record was "
+            "edited or damaged, so this run cannot be shown or resumed. Other runs are not "
+            "affected; start this workflow again with `workflow run`.",
+            path=path,
+        )
+    order = [s for group in groups for s in group]
+    return order, {s: e if isinstance(e := entries.get(s), dict) else {} for s in order}
+
+
+def _check_shape(store: RunStore, run_id: str, path: Path, meta: Any, order: list[str]) -> None:
+    """RunStateError naming the file and value when a hand-edited record has a wrong shape."""
+    from engine.runshape import shape_problem
+
+    problem = shape_problem(meta, {s: store.read_step(run_id, s) for s in order})
+    if problem:
+        raise RunStateError(
+            f"run `{path.name}` is damaged: {problem} (in `{path}`). Its files were left as "
+            "they are; restore them from a backup, or start the workflow again.",
+            path=path,
+        )
+
+
+def replay(path: Path, *, store: RunStore | None = None) -> RunView:
+    """Rebuild the state of the run at ``path`` (``RunView.path``) from its store."""
+    if store is None:
+        store, run_id = FileRunStore.of_run(path)
+    else:
+        run_id = path.name
+    return replay_run(store, run_id)
+
+
+def replay_run(store: RunStore, run_id: str) -> RunView:
+    """Rebuild a run's state from its metadata and its journal.
+
+    Each journal event kind has one small reducer; an event that is unknown or lacks
+    what its reducer needs is skipped and named in ``RunView.warnings``, never raised.
+    """
+    path = store.run_locator(run_id)
+    meta = store.read_run(run_id)
+    if meta is None:
+        raise RunStateError(f"`{path / 'run.json'}` is missing or unreadable.", path=path)
+    order, entries = _plan_order(meta, path)
+    _check_shape(store, run_id, path, meta, order)
+    steps = {s: StepRun(id=s, agent=_opt_str(entries[s], "agent")) for s in order}
+    fold = _Fold(store, run_id, steps)
+    warnings: list[str] = []
+    events: list[dict[str, Any]] = []
+    for line, ev in store.events(run_id):
+        try:
+            if not isinstance(ev, dict):
+                raise _Malformed("not a JSON object")
+            _apply(fold, ev)
+        except _Malformed as exc:
+            warnings.append(
+                f"`{path / 'events.jsonl'}` line {line}: event "
+                f"{str(ev.get('event') if isinstance(ev, dict) else ev)[:40]!r} skipped: {exc}."
+            )
+            continue
+        events.append(ev)
+    meta_id = meta.get("runId")
+    return RunView(
+        meta_id if isinstance(meta_id, str) else run_id,
+        path,
+        meta,
+        steps,
+        fold.state,
+        events,
+        fold.started,
+        fold.finished,
+        gate_wait_ms=round(fold.gate_wait_ms, 3),
+        warnings=warnings,
+    )
+
+
+def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str, Any]:
+    """The content of summary.json for a run."""
+    started = view.started_at
+    finished = view.finished_at
+    duration = None
+    if started and finished:
+        duration = round((parse_iso(finished) - parse_iso(started)).total_seconds() * 1000, 3)
+    steps = {}
+    for s in view.steps.values():
+        steps[s.id] = {
+            "status": s.state.value,
+            "agent": s.agent,
+            "attempts": s.attempt,
+            "duration_ms": s.duration_ms,
+            "confidence": (s.handoff or {}).get("confidence"),
+            "delegation_run_id": s.delegation_run_id,
+            **({"skip_reason": s.skip_reason} if s.skip_reason else {}),
+            **({"error": s.error} if s.error else {}),
+            **({"gate": s.gate} if s.gate else {}),
+            **({"question": s.question} if s.question else {}),
+        }
+    return {
+        "runId": view.run_id,
+        "workflow": view.meta.get("workflow"),
+        "status": view.state.value,
+        "caller": view.meta.get("caller"),
+        "inputs": view.meta.get("inputs") or {},
+        "started_at": started,
+        "finished_at": finished,
+        "duration_ms": duration,
+        "gate_wait_ms": view.gate_wait_ms,
+        "retries": sum(max(0, s.attempt - 1) for s in view.steps.values()),
+        "steps": steps,
+        "outputs": outputs or {},
+        **({"warnings": list(view.warnings)} if view.warnings else {}),
+    }
