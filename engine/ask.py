@@ -11,22 +11,27 @@ An agent that cannot go on without something only a person knows writes
   ``orchestrate answer RUN "text"`` (``answer_delegation``), which records the answer in
   the asking run's record and delegates again (run id ``<RUN>-a<n>``), waiting as usual.
 
+Either way the new delegation continues the asking attempt's session
+(``DelegationRequest.session_of``, ``session_of``): with ``send_session_key`` its
+``sessionKey`` is the asking run's, so the agent keeps its work where the gateway keeps
+sessions.
+
 The seed 003 daemon calls this "reply-parent"; Lobster and LangGraph call it an input
 step or an interrupt.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import RunStateError, UsageError, did_you_mean
-from engine.files import utcnow_iso, write_json_atomic
+from engine.files import utcnow_iso
 
 if TYPE_CHECKING:
     from engine.config import Config
     from engine.delegate import DelegationResult, Delegator
     from engine.reporter import Reporter
+    from engine.store.protocol import RunStore
 
 #: How a continuation's task shows the question and its answer.
 ANSWER_MARKER = "--- YOUR QUESTION AND ITS ANSWER ---"
@@ -49,6 +54,14 @@ def with_answer(task: str, question: dict[str, Any] | None) -> str:
         f"Answer (from {question.get('by') or 'the caller'}): {question['answer']}\n"
         "Continue the task with this answer."
     )
+
+
+def session_of(question: dict[str, Any] | None) -> str | None:
+    """The delegation whose session an answered question continues (the asking attempt)."""
+    if not question or question.get("answer") is None:
+        return None
+    asking = question.get("delegation_run_id")
+    return asking if isinstance(asking, str) and asking else None
 
 
 # -- workflows -------------------------------------------------------------------------
@@ -151,7 +164,8 @@ def answer_delegation(
     if not text.strip():
         raise UsageError("the answer is empty: pass the text to send to the agent.")
     check_id(run_id, "run id")
-    path, record = _asking_record(delegator.cfg.handoffs_dir, run_id)
+    store = delegator.store
+    record = _asking_record(store, run_id)
     env = record["envelope"]
     question = question_of(record)
     assert question is not None
@@ -159,7 +173,7 @@ def answer_delegation(
     continuation = f"{run_id}-a{len(answers) + 1}"
     answer = {"text": text, "by": by, "at": utcnow_iso(), "continued_as": continuation}
     record = {**record, "envelope": {**env, "answers": [*answers, answer]}}
-    write_json_atomic(path, record)
+    store.annotate(run_id, record, sub=bool(env.get("parent_run_id")))
     asked_q = {"text": question, "answer": text, "by": by}
     req = DelegationRequest(
         target=str(env["target"]),
@@ -169,31 +183,34 @@ def answer_delegation(
         parent_run_id=env.get("parent_run_id"),
         run_id=continuation,
         labels={**(env.get("labels") or {}), "answer_to": run_id, "answered_by": by},
+        session_of=str(env.get("session_of") or run_id),  # the asking run's session
     )
     return delegator.delegate(req, reporter=reporter)
 
 
-def _asking_record(handoffs_dir: Path, run_id: str) -> tuple[Path, dict[str, Any]]:
-    from engine.record import read_json
-
-    for records in (handoffs_dir, handoffs_dir / "sub"):
-        path = records / f"{run_id}.json"
-        data = read_json(path)
-        if isinstance(data, dict) and isinstance(data.get("envelope"), dict):
-            if question_of(data) is None:
-                raise RunStateError(
-                    f"run `{run_id}` asked no question (its outcome is "
-                    f"`{data['envelope'].get('outcome')}`): there is nothing to answer."
-                )
-            done = [a for a in data["envelope"].get("answers") or [] if a.get("continued_as")]
-            if done:
-                raise RunStateError(
-                    f"run `{run_id}` was answered already; it continued as "
-                    f"`{done[-1]['continued_as']}` (see `orchestrate show "
-                    f"{done[-1]['continued_as']}`)."
-                )
-            return path, data
-    raise RunStateError(
-        f"no record for `{run_id}` in `{handoffs_dir}`. The run id is the one `orchestrate` "
-        "printed with the question."
-    )
+def _asking_record(store: RunStore, run_id: str) -> dict[str, Any]:
+    """The final record of the delegation ``run_id`` that asked, still unanswered."""
+    try:
+        _, data = store.find(run_id)
+    except RunStateError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("envelope"), dict) or (
+        "status" not in data and data["envelope"].get("outcome") == "dispatched"
+    ):
+        raise RunStateError(
+            f"no record for `{run_id}` in `{store.location}`. The run id is the one "
+            "`orchestrate` printed with the question."
+        )
+    if question_of(data) is None:
+        raise RunStateError(
+            f"run `{run_id}` asked no question (its outcome is "
+            f"`{data['envelope'].get('outcome')}`): there is nothing to answer."
+        )
+    done = [a for a in data["envelope"].get("answers") or [] if a.get("continued_as")]
+    if done:
+        raise RunStateError(
+            f"run `{run_id}` was answered already; it continued as "
+            f"`{done[-1]['continued_as']}` (see `orchestrate show "
+            f"{done[-1]['continued_as']}`)."
+        )
+    return data

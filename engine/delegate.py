@@ -81,6 +81,9 @@ class DelegationRequest:
     labels: dict[str, Any] = field(default_factory=dict)
     repair_attempts: int | None = None  # the step's bound (else the agent's, else the config's)
     heartbeat_timeout: float | None = None  # the step's (else the agent's); None: off
+    #: Continue the session of this earlier run (an answered question): with
+    #: ``send_session_key`` the ``sessionKey`` is that run's, so the agent keeps its work.
+    session_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -479,7 +482,7 @@ class Delegator:
         if agent_id:
             body["agentId"] = agent_id
         if agent.send_session_key:
-            body["sessionKey"] = f"hook:orchestrate:{run_id}"
+            body["sessionKey"] = envelope["session_key"] = session_key(req.session_of or run_id)
         for option, value in (
             ("channel", req.channel or agent.channel),
             ("model", req.model),
@@ -554,10 +557,15 @@ class Delegator:
             deadline=deadline,
             on_retry=lambda *a: self._on_retry(rep, *a),
             hold=hold,
-            same_session="sessionKey" in body and not agent.is_local,
+            same_session="sessionKey" in body,
+            # The local gateway keeps a session's work (its agents get the key and a
+            # session directory): the correction alone is enough there. OpenClaw starts
+            # each hook run afresh, so the task goes again (engine.repair).
+            resend_task=not agent.is_local,
             envelope=envelope,
             drop=drop,
-            records=records,
+            store=self.store,
+            sub=self._sub(records),
             allowed=repair.attempts_for(
                 req.repair_attempts, agent.repair_attempts, self.cfg.repair_attempts
             ),
@@ -570,7 +578,11 @@ class Delegator:
             ),
             on_repair=rep.warning,
             key=key,
-            heartbeat=Heartbeat(records, run_id, float(beat)) if beat else None,
+            heartbeat=(
+                Heartbeat(self.store, run_id, float(beat), sub=self._sub(records))
+                if beat
+                else None
+            ),
         )
 
     def _wait(
@@ -587,53 +599,25 @@ class Delegator:
         *,
         watch: Any = None,
     ) -> DelegationResult:
-        rep = rep or self.reporter
-        grace = self.cfg.handoff_grace
-        problem: HandoffProblem | None = None
-        give_up = deadline
+        """Wait for the handoff of ``run_id`` until it is recorded or the delegation ends."""
+        c = _Call(run_id, agent, records, drop, envelope, rep or self.reporter, watch,
+                  self._sub(records), deadline, deadline, self._clock() + RENEW_EVERY)
         fired = True  # it may have arrived before the watch was set
-        last_look = False
-        sub = self._sub(records)
-        renew_at = self._clock() + RENEW_EVERY
         while True:
             if fired:
-                if watch is not None:  # the gateway's answer so far; the run's end, if near
-                    watch.before_delivery(file_there=self.store.has_handoff(run_id, sub=sub))
-                got = self.store.deliver(run_id, sub=sub, envelope=envelope, grace=grace)
-                if got.state in ("recorded", "duplicate", "already") and got.record:
-                    if watch is not None and got.state == "recorded" and got.record_path:
-                        watch.after_delivery(got.record_path, got.record)
-                    return self._handed_off(run_id, agent, got.record_path, got.record, rep)
-                if got.state == "partial":
-                    # Perhaps caught half-written: give the writer a moment to finish.
-                    problem = got.problem
-                    give_up = min(deadline, self._clock() + grace)
-                elif got.state == "refused" and got.problem.kind != "key":
-                    ending = _repair_refused(watch, got.problem, got.kept)
-                    if ending is not None:
-                        return self._end_refused(ending, run_id, records, drop, envelope, rep)
-                    problem = None  # a repair was sent
-                else:  # nothing there, or a forged key: the real agent may still answer
-                    problem = None
-            remaining = (give_up if problem else deadline) - self._clock()
+                done = self._look(c)
+                if done is not None:
+                    return done
+            remaining = (c.give_up if c.problem else deadline) - self._clock()
             if remaining <= 0:
-                if problem is not None:
-                    kept = self.store.reject(run_id, problem, envelope, sub=sub)
-                    ending = _repair_refused(watch, problem, kept)
-                    if ending is not None:
-                        return self._end_refused(ending, run_id, records, drop, envelope, rep)
-                    problem, fired = None, False  # a repair was sent
-                    continue
-                if not last_look:  # look once more before declaring a timeout
-                    last_look = fired = True
-                    continue
-                if watch is not None:
-                    watch.learn_run_id()
-                return self._timed_out(run_id, agent, records, drop, envelope, rep)
+                done, fired = self._at_deadline(c)
+                if done is not None:
+                    return done
+                continue
             if watch is not None:  # has the agent's run ended (or the dispatch failed)?
                 ending = watch.check()
                 if ending is not None:
-                    return self._ended(ending, run_id, records, drop, envelope, rep)
+                    return self._ended(ending, run_id, records, drop, envelope, c.rep)
                 wake = watch.next_wake()
                 if wake is not None:
                     remaining = min(remaining, max(0.0, wake - self._clock()))
@@ -641,12 +625,57 @@ class Delegator:
                 if cancel.is_set():
                     if watch is not None:
                         watch.learn_run_id()
-                    return self._cancelled(run_id, agent, records, envelope, rep)
+                    return self._cancelled(run_id, agent, records, envelope, c.rep)
                 remaining = min(remaining, 0.2)
-            if self._clock() >= renew_at:  # a long wait says it is alive (other hosts look)
-                renew_at = self._clock() + RENEW_EVERY
-                self.store.pending(run_id, dict(envelope, renewed_at=utcnow_iso()), sub=sub)
-            fired = waiter.wait(min(remaining, max(0.0, renew_at - self._clock())))
+            self._renew(c)
+            fired = waiter.wait(min(remaining, max(0.0, c.renew_at - self._clock())))
+
+    def _look(self, c: _Call) -> DelegationResult | None:
+        """Take the handoff if it is there; note a partial one; repair or end on a refusal."""
+        if c.watch is not None:  # the gateway's answer so far; the run's end, if near
+            c.watch.before_delivery(file_there=self.store.has_handoff(c.run_id, sub=c.sub))
+        grace = self.cfg.handoff_grace
+        got = self.store.deliver(c.run_id, sub=c.sub, envelope=c.envelope, grace=grace)
+        if got.state in ("recorded", "duplicate", "already") and got.record:
+            if c.watch is not None and got.state == "recorded":
+                c.watch.after_delivery(got.record)
+            return self._handed_off(c.run_id, c.agent, got.record_path, got.record, c.rep)
+        c.problem = None  # nothing there, or a forged key: the real agent may still answer
+        if got.state == "partial":
+            # Perhaps caught half-written: give the writer a moment to finish.
+            c.problem = got.problem
+            c.give_up = min(c.deadline, self._clock() + grace)
+        elif got.state == "refused" and got.problem.kind != "key":
+            return self._refusal(c, got.problem, got.kept)
+        return None
+
+    def _at_deadline(self, c: _Call) -> tuple[DelegationResult | None, bool]:
+        """The deadline (or a partial file's grace) passed: the ending, or look again."""
+        if c.problem is not None:  # still unreadable after its grace: refuse it
+            problem, c.problem = c.problem, None
+            kept = self.store.reject(c.run_id, problem, c.envelope, sub=c.sub)
+            return self._refusal(c, problem, kept), False
+        if not c.last_look:  # look once more before declaring a timeout
+            c.last_look = True
+            return None, True
+        if c.watch is not None:
+            c.watch.learn_run_id()
+        return self._timed_out(c.run_id, c.agent, c.records, c.drop, c.envelope, c.rep), False
+
+    def _refusal(
+        self, c: _Call, problem: HandoffProblem, kept: Path | None
+    ) -> DelegationResult | None:
+        """A refused handoff: None when a repair was sent, else the delegation's ending."""
+        ending = _repair_refused(c, problem, kept)
+        if ending is None:
+            return None
+        return self._end_refused(ending, c.run_id, c.records, c.drop, c.envelope, c.rep)
+
+    def _renew(self, c: _Call) -> None:
+        """A long wait says it is alive (readers on other hosts look at ``renewed_at``)."""
+        if self._clock() >= c.renew_at:
+            c.renew_at = self._clock() + RENEW_EVERY
+            self.store.pending(c.run_id, dict(c.envelope, renewed_at=utcnow_iso()), sub=c.sub)
 
     def _handed_off(
         self, run_id: str, agent: str, path: Path | None, record: dict[str, Any], rep: Reporter
@@ -744,7 +773,8 @@ class Delegator:
         envelope: dict[str, Any],
         rep: Reporter,
     ) -> DelegationResult:
-        """A refused handoff ends the delegation: ``invalid`` (no repair), or ``unusable``."""
+        """A refused handoff ends the delegation: ``invalid`` (not this delegation's
+        file), or ``unusable`` (the agent's own handoff, repairs spent)."""
         if ending.outcome == "unusable":
             return self._ended(ending, run_id, records, drop, envelope, rep)
         return self._refused(run_id, records, drop, envelope, ending.error, rep)
@@ -795,17 +825,45 @@ class Delegator:
         return DelegationResult(run_id, Outcome.ERRORED, path, record, exc)
 
 
-def _repair_refused(watch: Any, problem: HandoffProblem, kept: Path | None) -> Any:
-    """A refused handoff: None when a repair was sent, else the ending (engine.repair)."""
-    from engine.repair import REPAIRABLE, Ending
+def _repair_refused(c: _Call, problem: HandoffProblem, kept: Path | None) -> Any:
+    """A refused handoff: None when a repair was sent, else the ending (engine.repair).
 
-    if watch is None or problem.kind not in REPAIRABLE:
+    The agent's own handoff that cannot be used (``REPAIRABLE`` kinds) ends ``unusable``
+    once no repair is left, with the refusal's JSON pointer errors; a file that is not
+    this delegation's (mismatched, not a regular file) ends ``invalid`` at once.
+    """
+    from engine.repair import REPAIRABLE, Ending, unusable
+
+    if problem.kind not in REPAIRABLE:
         return Ending("invalid", problem)
-    found = problem.problems or [str(problem)]
-    ending = watch.refused(problem.kind, found, moved_to=str(kept) if kept else None)
-    if ending is not None and ending.outcome == "invalid":  # no repair allowed: as before
-        return Ending("invalid", problem)
-    return ending
+    found = problem.problems or [problem.message]
+    if c.watch is None:  # re-attached: no dispatch of this process to send a repair on
+        return unusable(c.agent, c.drop, problem.kind, found, len(c.envelope.get("repairs", [])))
+    return c.watch.refused(problem.kind, found, moved_to=str(kept) if kept else None)
+
+
+@dataclass
+class _Call:
+    """One ``Delegator._wait``: what it waits for, and what it has seen so far."""
+
+    run_id: str
+    agent: str
+    records: Path
+    drop: Path
+    envelope: dict[str, Any]
+    rep: Reporter
+    watch: Any
+    sub: bool
+    deadline: float
+    give_up: float  # when a partial file's grace ends
+    renew_at: float
+    problem: HandoffProblem | None = None
+    last_look: bool = False
+
+
+def session_key(run_id: str) -> str:
+    """The ``sessionKey`` a delegation (or its continuation) sends with ``send_session_key``."""
+    return f"hook:orchestrate:{check_id(run_id, 'run id')}"
 
 
 def _iso_in(seconds: float) -> str:

@@ -132,11 +132,13 @@ class HooksClient:
         )
 
     def post_progress(
-        self, target: Target, run_id: str, text: str, *, deadline: float
+        self, target: Target, run_id: str, text: str, *, deadline: float, key: str | None = None
     ) -> DispatchResult:
-        """POST a progress line to a gateway's receiver (`/handoffs/{runId}/progress`)."""
+        """POST a progress line (and the delegation's ``key``) to a gateway's receiver
+        (`/handoffs/{runId}/progress`)."""
         url = f"{target.url}/handoffs/{run_id}/progress"
-        return self._post(target, url, {"text": text}, {}, deadline)
+        body = {"text": text, **({"key": key} if key else {})}
+        return self._post(target, url, body, {}, deadline)
 
     def _post(
         self,

@@ -58,9 +58,11 @@ def write_command(run_id: str, agent: str, records_dir: Path, key: str | None = 
     return " ".join(shlex.quote(a) for a in args)
 
 
-def progress_command(run_id: str, records_dir: Path) -> str:
-    """The `orchestrate handoff progress` command line an agent may run while it works."""
+def progress_command(run_id: str, records_dir: Path, key: str | None = None) -> str:
+    """The `orchestrate handoff progress` command line an agent may run while it works
+    (with the delegation's ``key``: progress is checked like a handoff)."""
     args = ["orchestrate", "handoff", "progress", "--dir", str(records_dir), "--run-id", run_id]
+    args += ["--key", key] if key else []
     return " ".join(shlex.quote(a) for a in args) + " 'NOW DOING'"
 
 
@@ -98,7 +100,7 @@ def render_message(
             context=context,
             key=key,
             write_command=write_command(run_id, agent, handoff_path.parent, key),
-            progress_command=progress_command(run_id, handoff_path.parent),
+            progress_command=progress_command(run_id, handoff_path.parent, key),
         )
     except jinja2.TemplateError as exc:
         raise ConfigError(f"`message_template` failed to render: {exc}.") from exc

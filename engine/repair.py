@@ -5,15 +5,22 @@ wrap the JSON in a Markdown fence, or write it somewhere else. When the agent's 
 ended without a handoff (``engine.completion``), or a handoff was refused (parse or
 schema errors), the delegation sends the agent ONE corrective message: what was wrong
 (the JSON pointer errors, verbatim), the path to write, the ``orchestrate handoff write``
-command and the delegation's key, after the original task (sent again). With a
-session key (``send_session_key``, which OpenClaw allows with
-``hooks.allowRequestSessionKey``) it goes under the same ``sessionKey``; openclaw@2026.9.6
-still runs each hook message in a fresh session, which is why the task is repeated.
+command and the delegation's key. With a session key (``send_session_key``) it goes
+under the same ``sessionKey``:
+
+- on the local gateway the session is real (the command agent gets
+  ``$ORCH_SESSION_KEY`` and a session directory that outlives the run,
+  ``$ORCH_SESSION_DIR``), so the correction is sent alone and the agent keeps its work;
+- on OpenClaw (``hooks.allowRequestSessionKey``) openclaw@2026.9.6 runs each hook
+  message in a fresh session even under the same key, so the original task is sent
+  again before the correction, as it is without a session key.
 
 ``repair_attempts`` (per step, else per agent, else the config's; default 1) bounds it.
-Every attempt is in the record (``envelope.repairs``). When they are spent the outcome
-is ``unusable`` (exit 6): the agent finished without a usable handoff. It is not
-retried as if the agent were slow.
+Every attempt is in the record (``envelope.repairs``). When none is left and the agent's
+own handoff is still missing or refused (parse or schema errors, no key, too large) the
+outcome is ``unusable`` (exit 6): the agent finished without a usable handoff; the
+record keeps the refusal's JSON pointer errors. It is not retried as if the agent were
+slow.
 
 ``RunWatch`` is what a waiting delegation consults on each wake-up: ``check`` (has the
 run ended? was the dispatch refused?) and ``refused`` (a handoff could not be accepted).
@@ -24,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.completion import ADMISSION_WAIT, COMPLETION_ERROR, Dispatch
 from engine.errors import (
@@ -37,12 +44,17 @@ from engine.errors import (
 from engine.files import utcnow_iso
 from engine.liveness import Heartbeat
 
+if TYPE_CHECKING:
+    from engine.store.protocol import RunStore
+
 #: The first line of a corrective message (agents and scripted models look for it).
 REPAIR_MARKER = "--- HANDOFF REPAIR ---"
 
 #: Seconds a file may lag behind the run's end before the run counts as ended without a
-#: handoff (agents write before they end: this only covers the file system's own lag).
-END_GRACE = 0.2
+#: handoff. The agent writes before its run ends, and the wait loop looks for the
+#: handoff (inbox and record path) as soon as the end is reported, so this covers only a
+#: writer whose rename lands a moment after its process is reaped (bench/repair.py).
+END_GRACE = 0.05
 
 #: Seconds a delegation whose handoff arrived waits for the run's end to be reported.
 END_WAIT = 1.0
@@ -104,6 +116,32 @@ def repair_message(
     return "\n".join(lines)
 
 
+def unusable(
+    agent: str, drop: Path, why: str, problems: list[str], repairs: int
+) -> Ending:
+    """The ending of a delegation whose agent finished without a usable handoff.
+
+    ``why`` is a key of ``WHY`` (or a refusal's kind); ``problems`` (the refusal's JSON
+    pointer errors) are kept verbatim in the error, hence in the record's ``error``.
+    """
+    detail = WHY.get(why, why).rstrip(":.")
+    listed = "".join(f"\n  - {p}" for p in problems)
+    spent = (
+        f"after {repairs} repair attempt(s)"
+        if repairs
+        else "with no repair allowed (`repair_attempts: 0`)"
+    )
+    return Ending(
+        "unusable",
+        UnusableHandoffError(
+            f"`{agent}` finished without a usable handoff ({detail}) {spent}; expected at "
+            f"`{drop}`.{listed}",
+            agent=agent,
+            path=drop,
+        ),
+    )
+
+
 def attempts_for(step: int | None, agent: int | None, default: int) -> int:
     """How many repairs a delegation may send: the step's, else the agent's, else the config's."""
     for value in (step, agent):
@@ -132,7 +170,8 @@ class RunWatch:
         run_id: str,
         agent: str,
         drop: Path,
-        records: Path,
+        store: RunStore,
+        sub: bool,
         allowed: int,
         grace: float,
         message: str,
@@ -146,6 +185,7 @@ class RunWatch:
         key: str | None = None,
         heartbeat: Heartbeat | None = None,
         lookup: Callable[[], Any] | None = None,
+        resend_task: bool = True,
     ) -> None:
         self.heartbeat = heartbeat
         self._lookup = lookup
@@ -153,11 +193,13 @@ class RunWatch:
         self.run_id = run_id
         self.agent = agent
         self.drop = drop
-        self.records = records
+        self._store = store
+        self._sub = sub
         self.allowed = allowed
         self.grace = grace
         self.message = message
         self.same_session = same_session
+        self.resend_task = resend_task or not same_session
         self._resend = resend
         self.write_command = write_command
         self._clock = clock
@@ -247,7 +289,7 @@ class RunWatch:
                     agent=self.agent,
                 ),
             )
-        if self.drop.exists():
+        if self._store.has_handoff(self.run_id, sub=self._sub):
             return None  # the loop reads it
         assert d.ended_at is not None
         if now < d.ended_at + self.grace:
@@ -259,22 +301,11 @@ class RunWatch:
     def refused(
         self, kind: str, problems: list[str], *, moved_to: str | None = None
     ) -> Ending | None:
-        """A handoff was refused (``parse`` or ``schema``): send a repair, or end.
+        """A handoff was refused (``parse``, ``schema``, ``unkeyed``, ``size``): repair, or end.
 
-        Returns None when a repair was sent (the refused file is in ``rejected/``:
-        ``moved_to`` when the caller moved it there, else it is moved here); otherwise
-        ``invalid``: the caller refuses the handoff as it would without repairs.
+        Returns None when a repair was sent (``moved_to``: where the caller kept the
+        refused file); otherwise ``unusable`` with the refusal's ``problems``.
         """
-        from engine.record import keep_rejected
-
-        if len(self.repairs) >= self.allowed:
-            # Spent (or none allowed): the refusal stands, `invalid` as without repairs;
-            # the record lists the repairs that were tried.
-            self._came_back(kind)
-            return Ending("invalid", UnusableHandoffError("refused"))
-        if moved_to is None:
-            kept = keep_rejected(self.records, self.drop)
-            moved_to = str(kept) if kept else None
         return self._repair(kind, problems, moved_to)
 
     def before_delivery(self, *, file_there: bool) -> None:
@@ -284,9 +315,6 @@ class RunWatch:
         a repair brought back); without one, only take an answer already in (the file may
         land before the loop sees that answer).
         """
-        from engine.handoff import STATUSES
-        from engine.record import read_json
-
         if not file_there:
             first = self._first
             if first is not None and first.done and first.result is not None:
@@ -295,12 +323,7 @@ class RunWatch:
                 self.envelope["attempts"] = first.result.attempts
                 self.envelope["gateway_run_id"] = first.result.gateway_run_id
             return
-        status = None
-        if self.repairs:
-            data = read_json(self.drop)
-            if isinstance(data, dict) and data.get("status") in STATUSES:
-                status = str(data["status"])
-        self.note_handoff(status)
+        self.note_handoff(None)
 
     def note_handoff(self, status: str | None) -> None:
         """A handoff was accepted: note the run's end if it comes within ``END_WAIT``.
@@ -325,17 +348,15 @@ class RunWatch:
         if self.repairs and status is not None:
             self._came_back(f"handoff:{status}")
 
-    def after_delivery(self, path: Path, record: dict[str, Any]) -> None:
-        """The handoff was recorded: say in its record what the last repair brought back,
-        when the file landed too late for ``before_delivery`` to see it (rare; one write)."""
+    def after_delivery(self, record: dict[str, Any]) -> None:
+        """The handoff was recorded: say in its record what the last repair brought back
+        (``RunStore.annotate``: one more write, on repaired delegations only)."""
         repairs = record.get("envelope", {}).get("repairs")
         if not isinstance(repairs, list) or not repairs or repairs[-1].get("came_back"):
             return
-        from engine.files import write_json_atomic
-
         repairs[-1]["came_back"] = f"handoff:{record.get('status')}"
         self._came_back(f"handoff:{record.get('status')}")
-        write_json_atomic(path, record)
+        self._store.annotate(self.run_id, record, sub=self._sub)
 
     def learn_run_id(self) -> None:
         """The delegation ends before the run: ask the gateway for the run's id once.
@@ -376,24 +397,10 @@ class RunWatch:
         if self.repairs and self.repairs[-1].get("came_back") is None:
             self.repairs[-1]["came_back"] = what
 
-    def _exhausted(self, why: str, problems: list[str]) -> Ending:
-        n = len(self.repairs)
-        detail = WHY.get(why, why).rstrip(":.")
-        listed = "".join(f"\n  - {p}" for p in problems)
-        return Ending(
-            "unusable",
-            UnusableHandoffError(
-                f"`{self.agent}` finished without a usable handoff ({detail}) after "
-                f"{n} repair attempt(s); expected at `{self.drop}`.{listed}",
-                agent=self.agent,
-                path=self.drop,
-            ),
-        )
-
     def _repair(self, why: str, problems: list[str], rejected: str | None) -> Ending | None:
         self._came_back(why)
         if len(self.repairs) >= self.allowed:
-            return self._exhausted(why, problems)
+            return unusable(self.agent, self.drop, why, problems, len(self.repairs))
         n = len(self.repairs) + 1
         correction = repair_message(
             run_id=self.run_id,
@@ -406,17 +413,18 @@ class RunWatch:
             attempts=self.allowed,
             key=self.key,
         )
-        # The task goes again in every case: openclaw@2026.9.6 starts each hook run in a
-        # fresh session even under the same `sessionKey` (measured: the second run's model
-        # call carried none of the first run's turns), so a bare correction would be
-        # all the agent saw.
-        text = f"{self.message}\n\n{correction}"
+        # Without a session that keeps the agent's work the task goes again: so on
+        # OpenClaw, where openclaw@2026.9.6 starts each hook run in a fresh session even
+        # under the same `sessionKey` (measured: the second run's model call carried none
+        # of the first run's turns), a bare correction would be all the agent saw.
+        text = f"{self.message}\n\n{correction}" if self.resend_task else correction
         entry: dict[str, Any] = {
             "attempt": n,
             "why": why,
             "problems": problems,
             "at": utcnow_iso(),
             "session": "same" if self.same_session else "new",
+            "task_resent": self.resend_task,
             "came_back": None,
         }
         if rejected:
@@ -445,7 +453,8 @@ def start(
     same_session: bool,
     envelope: dict[str, Any],
     drop: Path,
-    records: Path,
+    store: RunStore,
+    sub: bool,
     allowed: int,
     grace: float,
     write_command: str,
@@ -455,6 +464,7 @@ def start(
     on_repair: Callable[[str], None] | None = None,
     key: str | None = None,
     heartbeat: Heartbeat | None = None,
+    resend_task: bool = True,
 ) -> tuple[RunWatch, Any]:
     """Send the task and return the watch of its run, plus the gateway's answer if known.
 
@@ -498,7 +508,8 @@ def start(
         run_id=run_id,
         agent=envelope["target"],
         drop=drop,
-        records=records,
+        store=store,
+        sub=sub,
         allowed=allowed,
         grace=grace,
         message=str(body["message"]),
@@ -512,5 +523,6 @@ def start(
         key=key,
         heartbeat=heartbeat,
         lookup=lookup if hold else None,
+        resend_task=resend_task,
     )
     return watch, answer

@@ -690,9 +690,10 @@ class _Execution:
         except Exception as exc:
             self._finish(s, StepState.ERRORED, error=f"task failed to render: {exc}")
             return
-        from engine.ask import asked, with_answer
+        from engine.ask import asked, session_of, with_answer
 
         task = with_answer(task, s.question)
+        continues = session_of(s.question)  # the asking attempt's session, if answered
         attempt = first
         while True:
             s.attempt = attempt
@@ -728,6 +729,7 @@ class _Execution:
                 labels={"workflow": plan.workflow.name, "workflow_run": run_id, "step": s.id},
                 repair_attempts=ps.spec.repair_attempts,
                 heartbeat_timeout=ps.spec.heartbeat_timeout,
+                session_of=continues,
             )
             try:
                 result = self.delegator.delegate(

@@ -27,7 +27,7 @@ AGENT = Path(__file__).parent / "peers" / "misbehaving_agent.py"
 TIMEOUT = 60
 
 
-def _config(tmp_path: Path, mode: str, **extra: Any) -> Any:
+def _config(tmp_path: Path, mode: str, *, session: bool = False, **extra: Any) -> Any:
     raw = demo_config(tmp_path, **extra)
     raw["gateway"]["agents"]["webster"] = {
         "kind": "command",
@@ -36,6 +36,8 @@ def _config(tmp_path: Path, mode: str, **extra: Any) -> Any:
         "timeout": 30,
         "fallback_handoff": False,
     }
+    if session:  # the agent keeps a session's work: repairs go into the same session
+        raw["agents"]["webster"]["send_session_key"] = True
     return load_config(write_config(tmp_path, raw))
 
 
@@ -50,6 +52,11 @@ def _delegate(cfg: Any, **kw: Any) -> tuple[Any, float]:
 
 def _messages(tmp_path: Path, run_id: str) -> list[str]:
     return [p.read_text() for p in sorted((tmp_path / "state").glob(f"{run_id}.*.txt"))]
+
+
+def _sessions(tmp_path: Path, run_id: str) -> list[str]:
+    """``$ORCH_SESSION_KEY`` of each message the agent got for ``run_id``, in order."""
+    return [p.read_text() for p in sorted((tmp_path / "state").glob(f"{run_id}.*.session"))]
 
 
 @pytest.mark.parametrize(
@@ -73,6 +80,7 @@ def test_one_repair_then_complete(tmp_path: Path, mode: str, why: str,
     (repair,) = env["repairs"]
     assert repair["attempt"] == 1 and repair["why"] == why
     assert repair["session"] == "new" and repair["came_back"] == "handoff:complete"
+    assert repair["task_resent"] is True
     assert env["attempts"] == 1 and env["gateway_run_id"].startswith("gw-")
     first, second = _messages(tmp_path, result.run_id)
     assert REPAIR_MARKER not in first
@@ -110,6 +118,85 @@ def test_an_agent_that_never_writes_ends_unusable_in_seconds(tmp_path: Path) -> 
     assert len(_messages(tmp_path, result.run_id)) == 2
     # Still recorded as pending: a handoff written later is merged (late), not lost.
     assert (cfg.handoffs_dir / ".pending" / f"{result.run_id}.json").exists()
+
+
+@pytest.mark.parametrize(
+    "mode,why,pointer",
+    [
+        ("always-done", "schema", "`/status`: `done` is not one of `complete`, `partial`, "
+                                  "`blocked`, `failed`"),
+        ("always-fence", "parse", "is not valid JSON (line 1, column 1: Expecting value)"),
+    ],
+)
+def test_a_handoff_still_refused_after_the_repairs_ends_unusable(
+    tmp_path: Path, mode: str, why: str, pointer: str
+) -> None:
+    cfg = _config(tmp_path, mode)
+    result, took = _delegate(cfg)
+    assert result.outcome is Outcome.UNUSABLE and result.exit_code == 6
+    assert took < 10, took
+    msg = str(result.error)
+    assert msg.startswith("`webster` finished without a usable handoff")
+    assert "after 1 repair attempt(s)" in msg and pointer in msg
+    env = result.envelope
+    (repair,) = env["repairs"]
+    assert repair["why"] == why and repair["came_back"] == why
+    assert any(pointer in p for p in repair["problems"])
+    rec = json.loads(result.record_path.read_text())
+    assert rec["envelope"]["outcome"] == "unusable" and pointer in rec["envelope"]["error"]
+    # Both refused files are kept, the last one named as the record's.
+    first, last = env["rejected"]
+    assert rec["envelope"]["rejected_file"] == last["file"] and Path(last["file"]).exists()
+    assert len(_messages(tmp_path, result.run_id)) == 2
+
+
+def test_no_repair_allowed_a_refused_handoff_ends_unusable(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "done", repair_attempts=0)
+    result, took = _delegate(cfg)
+    assert result.outcome is Outcome.UNUSABLE and result.exit_code == 6 and took < 10
+    assert "with no repair allowed (`repair_attempts: 0`)" in str(result.error)
+    assert "`/status`: `done` is not one of" in str(result.error)
+    assert "repairs" not in result.envelope
+    assert len(_messages(tmp_path, result.run_id)) == 1
+
+
+def test_an_unusable_step_is_not_retried_as_if_the_agent_were_slow(tmp_path: Path) -> None:
+    from engine.cli import workflow
+
+    cfg = _config(tmp_path, "always-done")
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("name: unusable\ncaller: manager\nsteps:\n"
+                    "  - id: research\n    agent: webster\n    task: Find CTE of ULE\n"
+                    "    retries: 2\n    retry_delay: 0\n")
+    res = _cli(workflow, cfg, "run", str(flow), "--non-interactive", "--json")
+    summary = json.loads(res.stdout)
+    research = summary["steps"]["research"]
+    assert research["status"] == "unusable", research
+    assert research["attempts"] == 1  # retries are for failed, timeout and lost
+    assert "finished without a usable handoff" in research["error"]
+
+
+def test_same_session_repair_sends_the_correction_alone(tmp_path: Path) -> None:
+    """A local agent with `send_session_key` keeps its session's work: only the correction
+    goes, into the same session (the task is not re-sent, the work is not redone)."""
+    cfg = _config(tmp_path, "forget", session=True)
+    result, took = _delegate(cfg)
+    assert result.outcome is Outcome.COMPLETE, result.error
+    assert took < 10
+    (repair,) = result.envelope["repairs"]
+    assert repair["session"] == "same" and repair["task_resent"] is False
+    assert repair["came_back"] == "handoff:complete"
+    key = f"hook:orchestrate:{result.run_id}"
+    assert result.envelope["session_key"] == key
+    assert _sessions(tmp_path, result.run_id) == [key, key]
+    first, second = _messages(tmp_path, result.run_id)
+    assert "Find CTE of Zerodur" in first and "Find CTE of Zerodur" not in second
+    assert second.startswith(REPAIR_MARKER)
+    assert f"run_id: {result.run_id}" in second
+    # The workspace copy of the message never shows the key.
+    assert "key: (in $ORCH_HANDOFF_KEY)" in second
+    session_dirs = list((cfg.handoffs_dir / ".workspaces" / ".sessions" / "webster").iterdir())
+    assert [(d / "work.txt").exists() for d in session_dirs] == [True]
 
 
 def test_no_repairs_allowed_ends_at_the_runs_end(tmp_path: Path) -> None:
@@ -268,8 +355,48 @@ def test_a_single_delegation_asks_and_is_answered(tmp_path: Path) -> None:
     (answer,) = asked["envelope"]["answers"]
     assert answer["text"] == "0-50 °C" and answer["by"] == "manager"
     assert answer["continued_as"] == f"{run_id}-a1"
+    # Without `send_session_key` no session is named.
+    assert _sessions(tmp_path, run_id) == [""] and _sessions(tmp_path, f"{run_id}-a1") == [""]
     again = _cli(orchestrate, cfg, "answer", run_id, "twice")
     assert again.exit_code == 2 and f"continued as `{run_id}-a1`" in again.output
+
+
+def test_an_answer_continues_the_asking_runs_session(tmp_path: Path) -> None:
+    from engine.cli import orchestrate
+
+    cfg = _config(tmp_path, "ask", session=True)
+    res = _cli(orchestrate, cfg, "webster", "Find CTE of ULE", "--caller", "manager")
+    assert res.exit_code == 3, res.output
+    (record,) = cfg.handoffs_dir.glob("orch-*.json")
+    run_id = record.stem
+    res = _cli(orchestrate, cfg, "answer", run_id, "0-50 °C", "--json")
+    assert res.exit_code == 0, res.output
+    done = json.loads(res.stdout)
+    key = f"hook:orchestrate:{run_id}"
+    assert done["envelope"]["session_key"] == key
+    assert _sessions(tmp_path, run_id) == [key]
+    assert _sessions(tmp_path, f"{run_id}-a1") == [key]
+
+
+def test_workflow_resume_after_an_answer_continues_the_askers_session(tmp_path: Path) -> None:
+    from engine.cli import workflow
+
+    cfg = _config(tmp_path, "ask", session=True)
+    flow = tmp_path / "ask.yaml"
+    flow.write_text("name: ask\ncaller: manager\nsteps:\n"
+                    "  - id: research\n    agent: webster\n    task: Find CTE of ULE\n")
+    run_id = json.loads(_cli(workflow, cfg, "run", str(flow), "--non-interactive",
+                             "--json").stdout)["runId"]
+    asking = f"{run_id}-research-1"
+    assert _cli(workflow, cfg, "answer", run_id, "research", "0-50 °C").exit_code == 0
+    res = _cli(workflow, cfg, "resume", run_id, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["steps"]["research"]["status"] == "complete"
+    key = f"hook:orchestrate:{asking}"
+    assert _sessions(tmp_path, asking) == [key]
+    assert _sessions(tmp_path, f"{run_id}-research-2") == [key]
+    step = json.loads((cfg.handoffs_dir / f"{run_id}-research-2.json").read_text())
+    assert step["envelope"]["session_key"] == key and step["result"] == "CTE over 0-50 °C"
 
 
 def test_a_workflow_step_asks_parks_and_resumes_with_the_answer(tmp_path: Path) -> None:
@@ -360,26 +487,84 @@ def test_progress_keeps_an_agent_alive_past_its_heartbeat_timeout(tmp_path: Path
     assert took > 0.9  # it worked past the heartbeat timeout, reporting as it went
 
 
+KEY = "k" * 32
+
+
+def _in_flight(cfg: Any, run_id: str, **extra: Any) -> None:
+    from engine.handoff import key_hash
+    from engine.record import write_pending
+
+    write_pending(cfg.handoffs_dir, run_id, {"target": "webster", "outcome": "dispatched",
+                                             "key_sha256": key_hash(KEY), **extra})
+
+
 def test_the_receiver_takes_progress_for_runs_in_flight(tmp_path: Path) -> None:
     from engine.liveness import latest_progress
-    from engine.record import write_pending
 
     cfg = _config(tmp_path, "beat")
     run_id = "orch-20261130T000000-0000abcd"
-    write_pending(cfg.handoffs_dir, run_id, {"target": "webster", "outcome": "dispatched"})
+    _in_flight(cfg, run_id)
     hdr = {"Authorization": "Bearer t0ken"}
+    url = f"/handoffs/{run_id}/progress"
     with LocalGateway(cfg, token="t0ken", port=0) as gw:
-        ok = httpx.post(f"{gw.url}/handoffs/{run_id}/progress", headers=hdr,
-                        json={"text": "  halfway\n there "})
+        ok = httpx.post(f"{gw.url}{url}", headers=hdr,
+                        json={"text": "  halfway\n there ", "key": KEY})
+        forged = httpx.post(f"{gw.url}{url}", headers=hdr,
+                            json={"text": "forged", "key": "f" * 32})
+        unkeyed = httpx.post(f"{gw.url}{url}", headers=hdr, json={"text": "no key"})
         unknown = httpx.post(f"{gw.url}/handoffs/orch-20261130T000000-00000000/progress",
-                             headers=hdr, json={"text": "x"})
-        bad = httpx.post(f"{gw.url}/handoffs/{run_id}/progress", headers=hdr, json={"t": 1})
-        anon = httpx.post(f"{gw.url}/handoffs/{run_id}/progress", json={"text": "x"})
+                             headers=hdr, json={"text": "x", "key": KEY})
+        bad = httpx.post(f"{gw.url}{url}", headers=hdr, json={"t": 1})
+        odd_key = httpx.post(f"{gw.url}{url}", headers=hdr, json={"text": "x", "key": 5})
+        anon = httpx.post(f"{gw.url}{url}", json={"text": "x", "key": KEY})
     assert ok.status_code == 200 and ok.json() == {"ok": True}
+    assert forged.status_code == 403
+    assert "its key is not this delegation's" in forged.json()["error"]
+    assert unkeyed.status_code == 403 and "it has no key" in unkeyed.json()["error"]
+    # Refused lines are recorded nowhere: the latest line is still the keyed one.
     said = latest_progress(cfg.handoffs_dir, run_id)
-    assert said is not None and said["text"] == "halfway there"
+    assert said is not None and said["text"] == "halfway there" and said["count"] == 1
     assert unknown.status_code == 404 and "not in flight" in unknown.json()["error"]
-    assert bad.status_code == 400 and anon.status_code == 401
+    assert bad.status_code == 400 and odd_key.status_code == 400 and anon.status_code == 401
+    assert "key" in bad.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "key,code,needle",
+    [
+        (None, 2, "progress for run `orch-20261130T000000-0000abcd` refused: it has no key"),
+        ("f" * 32, 2, "its key is not this delegation's (forged or misdirected)"),
+        (KEY, 0, ""),
+    ],
+    ids=["missing", "wrong", "right"],
+)
+def test_progress_from_the_command_line_is_checked_like_a_handoff(
+    tmp_path: Path, key: str | None, code: int, needle: str
+) -> None:
+    from engine.cli import orchestrate
+    from engine.liveness import latest_progress
+
+    cfg = _config(tmp_path, "beat")
+    run_id = "orch-20261130T000000-0000abcd"
+    _in_flight(cfg, run_id)
+    args = ["handoff", "progress", "--run-id", run_id, "reading",
+            "--dir", str(cfg.handoffs_dir / "inbox"), *(["--key", key] if key else [])]
+    res = _cli(orchestrate, cfg, *args)
+    assert res.exit_code == code, res.output
+    assert needle in res.output and "Traceback" not in res.output
+    said = latest_progress(cfg.handoffs_dir, run_id)
+    assert (said is not None) is (code == 0)  # a refused line is recorded nowhere
+
+
+def test_progress_without_a_key_is_taken_under_handoff_key_optional(tmp_path: Path) -> None:
+    from engine.liveness import latest_progress, report_progress
+
+    cfg = _config(tmp_path, "beat")
+    run_id = "orch-20261130T000000-0000abcd"
+    _in_flight(cfg, run_id, handoff_key="optional")
+    report_progress(cfg.handoffs_dir, run_id, "old instructions")
+    said = latest_progress(cfg.handoffs_dir, run_id)
+    assert said is not None and said["text"] == "old instructions"
 
 
 def yaml_load(path: Path) -> Any:
@@ -393,15 +578,18 @@ def test_the_live_table_shows_the_latest_progress_line(tmp_path: Path) -> None:
 
     from rich.console import Console
 
+    from engine.handoff import key_hash
     from engine.liveness import report_progress
     from engine.progress import LiveReporter
+    from engine.record import write_pending
 
     rep = LiveReporter(stream=io.StringIO())
     rep.event("run_started", run_id="wf-1", workflow="demo", steps=[[("a", "webster")]],
               handoffs_dir=str(tmp_path))
     rep.event("step_started", step="a", agent="webster", attempt=1, reattached=False,
               delegation_run_id="wf-1-a-1")
-    report_progress(tmp_path, "wf-1-a-1", "reading the SCHOTT datasheet")
+    write_pending(tmp_path, "wf-1-a-1", {"target": "webster", "key_sha256": key_hash(KEY)})
+    report_progress(tmp_path, "wf-1-a-1", "reading the SCHOTT datasheet", key=KEY)
     buf = io.StringIO()
     Console(file=buf, width=160, color_system=None).print(rep._table())
     rep.close()

@@ -406,6 +406,12 @@ def handoff_write_cmd(
 @click.option("--sub", is_flag=True, help="A sub-delegation (under <handoffs_dir>/sub).")
 @click.option("--receiver", help="POST to this receiver URL instead (another host).")
 @click.option("--token-env", help="With --receiver: env var holding the hooks token.")
+@click.option(
+    "--key",
+    envvar="ORCH_HANDOFF_KEY",
+    show_envvar=True,
+    help="The `key:` line of the task message (progress is checked like a handoff).",
+)
 @config_option
 def handoff_progress_cmd(
     run_id: str,
@@ -414,6 +420,7 @@ def handoff_progress_cmd(
     sub: bool,
     receiver: str | None,
     token_env: str | None,
+    key: str | None,
     config: str | None,
 ) -> int:
     """Report what you are doing while you work (the caller sees the latest line)."""
@@ -426,17 +433,19 @@ def handoff_progress_cmd(
 
     check_id(run_id, "run id")
     if receiver:
-        return _post_progress(receiver, token_env, run_id, text)
+        return _post_progress(receiver, token_env, run_id, text, key or None)
     if directory:
         where = Path(directory)
         records = where.parent if where.name == INBOX_DIR else where
     else:
         records = records_dir(load(config).handoffs_dir, sub=sub)
-    report_progress(records, run_id, text)
+    report_progress(records, run_id, text, key=key or None)
     return 0
 
 
-def _post_progress(receiver: str, token_env: str | None, run_id: str, text: str) -> int:
+def _post_progress(
+    receiver: str, token_env: str | None, run_id: str, text: str, key: str | None
+) -> int:
     import time
 
     from engine.errors import UsageError
@@ -455,7 +464,7 @@ def _post_progress(receiver: str, token_env: str | None, run_id: str, text: str)
         agent=run_id, url=base, token=token, token_source=f"environment variable `{token_env}`"
     )
     with HooksClient() as client:
-        client.post_progress(target, run_id, text, deadline=time.monotonic() + 30)
+        client.post_progress(target, run_id, text, deadline=time.monotonic() + 30, key=key)
     return 0
 
 

@@ -46,6 +46,8 @@ log = logging.getLogger("engine.gateway")
 install_log_filter(log)
 
 HANDOFF_MARKER = "--- HANDOFF (required) ---"
+#: The first line of a correction sent alone into a session (engine.repair.REPAIR_MARKER).
+REPAIR_MARKER = "--- HANDOFF REPAIR ---"
 #: How much of each output stream is kept (the tail).
 OUTPUT_LIMIT = 64 * 1024
 #: How much of stderr goes into a ``failed`` handoff written by the gateway.
@@ -79,6 +81,7 @@ class Task:
     handoff_path: Path | None = None
     timeout: float | None = None
     handoff_key: str | None = None
+    session_key: str | None = None  # the request's ``sessionKey``: runs that share a session
 
 
 @dataclass(frozen=True)
@@ -95,14 +98,24 @@ class ProcessOutcome:
 
 
 def task_from_message(
-    gateway_run_id: str, agent: str, message: str, timeout: float | None = None
+    gateway_run_id: str,
+    agent: str,
+    message: str,
+    timeout: float | None = None,
+    session_key: str | None = None,
 ) -> Task:
-    """Build a Task: split the task text from the handoff block and read the block's keys."""
+    """Build a Task: split the task text from the handoff block and read the block's keys.
+
+    A correction sent alone into a session (``REPAIR_MARKER`` first, no handoff block)
+    carries the same keys; its text is the correction itself.
+    """
     from engine.message import parse_handoff_block
 
     # The LAST marker is the block the engine appended; an earlier one is quoted data.
     idx = message.rfind(HANDOFF_MARKER)
     text = message[:idx].rstrip() if idx >= 0 else message
+    if idx < 0 and message.startswith(REPAIR_MARKER):
+        idx = 0
     block = parse_handoff_block(message[idx:]) if idx >= 0 else {}
     run_id = block.get("run_id")
     if run_id is not None and not SAFE_ID.match(run_id):
@@ -130,6 +143,7 @@ def task_from_message(
         handoff_path=path,
         timeout=timeout,
         handoff_key=key,
+        session_key=session_key,
     )
 
 
@@ -137,9 +151,10 @@ def redact_key(message: str) -> str:
     """``message`` with the handoff block's ``key:`` line masked (for files on disk)."""
     import re
 
-    idx = message.find(HANDOFF_MARKER)
-    if idx < 0:
+    found = [i for i in (message.find(HANDOFF_MARKER), message.find(REPAIR_MARKER)) if i >= 0]
+    if not found:
         return message
+    idx = min(found)
     block = re.sub(r"(?m)^key: \S.*$", "key: (in $ORCH_HANDOFF_KEY)", message[idx:])
     block = re.sub(r"--key \S+", '--key "$ORCH_HANDOFF_KEY"', block)
     return message[:idx] + block
@@ -268,7 +283,7 @@ class CommandRunner:
         with self._lock:
             self._running[task.gateway_run_id] = running
             self._detach_info[task.gateway_run_id] = _watchdog_info(
-                task, workspace, deadline_epoch, timeout, source
+                task, workspace, deadline_epoch, timeout, source, spec.fallback_handoff
             )
             if self._closed:  # stop() began while we were starting it
                 running.cancelled = True
@@ -449,12 +464,31 @@ def _environment(spec: GatewayAgentConfig, task: Task, workspace: Path) -> dict[
             "ORCH_WORKSPACE": str(workspace),
             "ORCH_GATEWAY_RUN_ID": task.gateway_run_id,
             "ORCH_HANDOFF_KEY": task.handoff_key or "",
+            **_session_env(task, workspace),
         }
     )
     bindir = os.path.dirname(sys.executable)
     path = env.get("PATH", "")
     env["PATH"] = bindir + (os.pathsep + path if path else "")
     return env
+
+
+def _session_env(task: Task, workspace: Path) -> dict[str, str]:
+    """``ORCH_SESSION_KEY`` and ``ORCH_SESSION_DIR``: a directory shared by every run of
+    the request's ``sessionKey`` on this agent, where a session-aware agent keeps its
+    work between messages (a repair, an answered question). Empty without a session."""
+    if not task.session_key:
+        return {"ORCH_SESSION_KEY": "", "ORCH_SESSION_DIR": ""}
+    import hashlib
+
+    digest = hashlib.sha256(task.session_key.encode()).hexdigest()[:24]
+    # Beside the agent's workspaces, out of reach of their pruning.
+    where = workspace.parent.parent / ".sessions" / workspace.parent.name / digest
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return {"ORCH_SESSION_KEY": task.session_key, "ORCH_SESSION_DIR": ""}
+    return {"ORCH_SESSION_KEY": task.session_key, "ORCH_SESSION_DIR": str(where)}
 
 
 def _supervise(running: _Running, timeout: float | None, started: float) -> ProcessOutcome:
@@ -534,7 +568,12 @@ def _supervise(running: _Running, timeout: float | None, started: float) -> Proc
 
 
 def _watchdog_info(
-    task: Task, workspace: Path, deadline_epoch: float | None, timeout: float | None, source: str
+    task: Task,
+    workspace: Path,
+    deadline_epoch: float | None,
+    timeout: float | None,
+    source: str,
+    fallback: bool = True,
 ) -> dict[str, Any]:
     """What a watchdog needs to finish a detached task (sent on its stdin, never argv)."""
     return {
@@ -546,6 +585,7 @@ def _watchdog_info(
         "deadline_epoch": deadline_epoch,
         "limit_s": timeout,
         "limit_source": source,
+        "fallback": fallback,  # `fallback_handoff: false`: never write a stand-in
     }
 
 

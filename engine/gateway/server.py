@@ -532,7 +532,8 @@ class LocalGateway:
             ended = _RunEnd() if data.get("waitForCompletion") is True else None
             thread = threading.Thread(
                 target=self._run_task,
-                args=(agent, run_id, message, float(timeout) if timeout else None, ended),
+                args=(agent, run_id, message, float(timeout) if timeout else None, ended,
+                      data.get("sessionKey") or None),
                 name=f"agent:{agent}:{run_id}",
                 daemon=True,
             )
@@ -553,12 +554,13 @@ class LocalGateway:
         message: str,
         timeout: float | None,
         ended: _RunEnd | None = None,
+        session_key: str | None = None,
     ) -> None:
         task = None
         completion = {"status": "error", "error": "the local gateway broke running the agent"}
         try:
             spec = self.agents[agent]
-            task = task_from_message(run_id, agent, message, timeout)
+            task = task_from_message(run_id, agent, message, timeout, session_key)
             if spec.kind == "echo":
                 _echo(task)
                 completion = {"status": "ok"}
@@ -603,8 +605,7 @@ class LocalGateway:
     def _progress(self, raw_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
         from engine.errors import OrchestratorError
         from engine.files import check_id
-        from engine.handoff import records_dir
-        from engine.liveness import report_progress
+        from engine.liveness import ProgressRefused, report_progress
 
         run_id = unquote(raw_id)
         try:
@@ -615,14 +616,14 @@ class LocalGateway:
         if problem:
             return 400, _err(problem)
         text = data.get("text") if isinstance(data, dict) else None
-        if not isinstance(text, str):
-            return 400, {"ok": False, "error": "send {\"text\": \"what you are doing\"}"}
+        key = data.get("key") if isinstance(data, dict) else None
+        if not isinstance(text, str) or not isinstance(key, str | None):
+            return 400, {"ok": False, "error": _PROGRESS_BODY}
         in_sub = self.store.read_pending(run_id, sub=True) is not None
-        if not in_sub and self.store.read_pending(run_id, sub=False) is None:
-            return 404, {"ok": False, "error": f"run `{run_id}` is not in flight here"}
-        records = records_dir(self.cfg.handoffs_dir, sub=in_sub)  # progress: file store only
         try:
-            report_progress(records, run_id, text)
+            report_progress(self.store, run_id, text, key=key, sub=in_sub)
+        except ProgressRefused as exc:
+            return {"unknown": 404}.get(exc.kind, 403), {"ok": False, "error": exc.message}
         except OrchestratorError as exc:
             return 400, {"ok": False, "error": exc.message}
         except OSError:
@@ -760,6 +761,9 @@ def _broke(task: Any, reason: str) -> None:
         reconcile(records_of(task.handoff_path))
     except (HandoffProblem, OSError) as exc:
         log.warning("local gateway: cannot write the handoff of %s: %s", task.run_id, exc)
+
+
+_PROGRESS_BODY = 'send {"text": "what you are doing", "key": "the key of the task message"}'
 
 
 def _err(message: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ a JSON object::
     {"pid": 1234, "fds": [5, 7], "run_id": "orch-…", "agent": "webster",
      "handoff_path": "/…/handoffs/inbox/orch-….json", "key": "…",
      "workspace": "/…/workspaces/webster/…", "deadline_epoch": 1764504000.0,
-     "limit_s": 600.0, "limit_source": "agent timeout"}
+     "limit_s": 600.0, "limit_source": "agent timeout", "fallback": true}
 
 The watchdog drains the pipes into ``stdout.late.log`` and ``stderr.late.log`` in the
 workspace (the last 64 KB, redacted), ends the agent's process group at its hard limit
@@ -72,30 +72,16 @@ def watch(info: dict[str, Any]) -> None:
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         pidfd = None
-    exited = pidfd is None and not _alive(pid)
     if pidfd is not None:
         sel.register(pidfd, selectors.EVENT_READ)
-    deadline = info.get("deadline_epoch")
-    term_at: float | None = None
-    killed = timed_out = False
+    bound = _Bound(pid, info.get("deadline_epoch"))
+    exited = pidfd is None and not _alive(pid)
     open_pipes = len(fds)
-    while not (exited and (open_pipes == 0 or killed)):
-        now = time.time()
-        if not exited and deadline is not None and now >= deadline and term_at is None:
-            timed_out = True
-            _killpg(pid, signal.SIGTERM)
-            term_at = now
-        if term_at is not None and not killed and now >= term_at + KILL_GRACE:
-            _killpg(pid, signal.SIGKILL)
-            killed = True
-        wait = 1.0
-        if deadline is not None and term_at is None:
-            wait = min(wait, max(0.0, deadline - now))
-        ended, closed = drain_ready(sel, wait, pidfd, bufs)
-        exited = exited or ended
+    while not (exited and (open_pipes == 0 or bound.killed)):
+        bound.enforce(time.time(), exited)
+        ended, closed = drain_ready(sel, bound.wait(time.time()), pidfd, bufs)
+        exited = exited or ended or (pidfd is None and not _alive(pid))
         open_pipes -= closed
-        if pidfd is None and not exited:
-            exited = not _alive(pid)
     _killpg(pid, signal.SIGTERM)  # stragglers left in the agent's session
     texts = [bytes(b[-OUTPUT_LIMIT:]).decode("utf-8", "replace") for b in bufs.values()]
     out, err = (texts + ["", ""])[:2]
@@ -105,7 +91,39 @@ def watch(info: dict[str, Any]) -> None:
             (workspace / name).write_text(redact(text), encoding="utf-8")
         except OSError:
             pass
-    _finish(info, out, err, timed_out)
+    _finish(info, out, err, bound.timed_out)
+
+
+class _Bound:
+    """The hard limit of a detached agent: SIGTERM at ``deadline`` (epoch seconds), then
+    SIGKILL ``KILL_GRACE`` seconds later."""
+
+    def __init__(self, pid: int, deadline: float | None) -> None:
+        self.pid = pid
+        self.deadline = deadline
+        self.term_at: float | None = None
+        self.killed = False
+
+    @property
+    def timed_out(self) -> bool:
+        """True once the agent was told to stop at its hard limit."""
+        return self.term_at is not None
+
+    def enforce(self, now: float, exited: bool) -> None:
+        """Send the signal due at ``now``, if any."""
+        if not exited and self.deadline is not None and now >= self.deadline:
+            if self.term_at is None:
+                _killpg(self.pid, signal.SIGTERM)
+                self.term_at = now
+        if self.term_at is not None and not self.killed and now >= self.term_at + KILL_GRACE:
+            _killpg(self.pid, signal.SIGKILL)
+            self.killed = True
+
+    def wait(self, now: float) -> float:
+        """Seconds to wait for output or the exit before looking again (at most 1)."""
+        if self.deadline is not None and self.term_at is None:
+            return min(1.0, max(0.0, self.deadline - now))
+        return 1.0
 
 
 def _finish(info: dict[str, Any], out: str, err: str, timed_out: bool) -> None:
@@ -113,7 +131,8 @@ def _finish(info: dict[str, Any], out: str, err: str, timed_out: bool) -> None:
     if not raw or not info.get("run_id"):
         return
     path = Path(str(raw))
-    if not _delivered(path):
+    # `fallback_handoff: false`: the engine repairs or ends `unusable`; no stand-in.
+    if info.get("fallback", True) is not False and not _delivered(path):
         from engine.handoff import HandoffProblem, make_handoff
 
         earlier = _read(Path(str(info.get("workspace") or "")) / "stdout.log")

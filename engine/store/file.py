@@ -8,6 +8,7 @@ each of the two is a *records directory*, see ``engine.record`` for the merge ru
     <records>/.pending/<runId>.json    envelope of a delegation not final yet
     <records>/.pending/.lock           one deliverer at a time (flock)
     <records>/rejected/<runId>.<n>.json  refused handoffs, kept
+    <records>/progress/<runId>.json    the latest progress line (engine.liveness)
     <handoffs>/workflows/<run>/run.json      workflow, inputs, plan, fingerprint
     <handoffs>/workflows/<run>/events.jsonl  the journal (append-only)
     <handoffs>/workflows/<run>/<step>.json   one per finished step
@@ -55,6 +56,7 @@ RUN_META = "run.json"
 EVENTS = "events.jsonl"
 SUMMARY = "summary.json"
 LOCK = ".lock"
+PROGRESS_DIR = "progress"
 
 
 class FileJournal:
@@ -299,6 +301,21 @@ class FileRunStore:
     def tree(self, run_id: str) -> dict[str, Any] | None:
         """``engine.record.delegation_tree``."""
         return _rec.delegation_tree(self.root, run_id)
+
+    # -- progress ----------------------------------------------------------------------
+
+    def _progress_file(self, run_id: str, sub: bool) -> Path:
+        check_id(run_id, "run id")
+        return self.records_dir(sub=sub) / PROGRESS_DIR / f"{run_id}.json"
+
+    def write_progress(self, run_id: str, line: dict[str, Any], *, sub: bool) -> None:
+        """``<records>/progress/<runId>.json`` atomically."""
+        write_json_atomic(self._progress_file(run_id, sub), line)
+
+    def read_progress(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:
+        """``<records>/progress/<runId>.json`` as parsed, or None."""
+        data = _rec.read_json(self._progress_file(run_id, sub))
+        return data if isinstance(data, dict) else None
 
     # -- workflow runs -----------------------------------------------------------------
 

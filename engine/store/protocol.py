@@ -13,6 +13,8 @@ The operations are semantic, not paths:
   cancelled, invalid, errored), ``deliver`` (the agent's handoff, by the one merge
   rule: ``outcome``), ``reject`` (set a refused handoff aside), ``read``, ``find``,
   ``read_pending``, ``annotate``, ``list_pending``, ``reconcile``;
+* **progress** (what an agent says while it works, ``engine.liveness``):
+  ``write_progress``, ``read_progress``;
 * **sub-delegation trees**: ``tree``;
 * **workflow runs**: ``create_run``, ``append_event`` (through a ``Journal``),
   ``events``, ``write_step`` / ``read_step``, ``write_summary`` / ``read_summary``,
@@ -206,6 +208,17 @@ class RunStore(Protocol):
 
     def tree(self, run_id: str) -> dict[str, Any] | None:
         """The delegation tree under ``run_id`` (nodes with ``children``), or None."""
+        ...
+
+    # -- progress ----------------------------------------------------------------------
+
+    def write_progress(self, run_id: str, line: dict[str, Any], *, sub: bool) -> None:
+        """Keep ``line`` (``text``, ``at``, ``count``; checked by ``engine.liveness``)
+        as the latest progress line of ``run_id``, replacing the one before."""
+        ...
+
+    def read_progress(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:
+        """The latest progress line of ``run_id`` as written, or None."""
         ...
 
     # -- workflow runs -----------------------------------------------------------------

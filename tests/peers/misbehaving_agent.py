@@ -11,9 +11,15 @@ MODE is what it does the first time a run id reaches it: ``forget`` (exit 0, no 
 reaches it (a repair), it writes a valid handoff. ``ask`` answers ``blocked`` with a
 question until its task carries the answer, then ``complete`` quoting the answer.
 ``beat`` reports progress (``orchestrate handoff progress``) four times, 0.3 s apart,
-then writes; ``silent`` sleeps 20 s without a word, then writes.
-``$AGENT_STATE`` is a directory where it keeps which run ids it has seen, and a copy of
-each message it got (``<run id>.<n>.txt``), so a test can read what the engine sent.
+then writes; ``silent`` sleeps 20 s without a word, then writes. ``always-done`` and
+``always-fence`` get it wrong every time.
+``$AGENT_STATE`` is a directory where it keeps which run ids it has seen, a copy of
+each message it got (``<run id>.<n>.txt``) and the session it ran in
+(``<run id>.<n>.session``: ``$ORCH_SESSION_KEY``), so a test can read what the engine sent.
+
+``$AGENT_WORK_S`` seconds of work per turn (bench/repair.py). The agent is
+session-aware: in a session (``$ORCH_SESSION_DIR``) it keeps its work there, and a
+later message in the same session (a repair) does not do the work again.
 """
 
 from __future__ import annotations
@@ -34,16 +40,16 @@ def main(argv: list[str]) -> int:
     from engine.handoff import make_handoff
 
     mode = argv[1] if len(argv) > 1 else "forget"
-    if os.environ.get("AGENT_WORK_S"):  # a turn of real work (bench/repair.py)
-        import time
-
-        time.sleep(float(os.environ["AGENT_WORK_S"]))
+    _work()
     state = Path(os.environ["AGENT_STATE"])
     state.mkdir(parents=True, exist_ok=True)
     run_id = os.environ["ORCH_RUN_ID"]
     seen = sorted(state.glob(f"{run_id}.*.txt"))
     message = (Path(os.environ["ORCH_WORKSPACE"]) / "TASK.txt").read_text(encoding="utf-8")
     (state / f"{run_id}.{len(seen) + 1}.txt").write_text(message, encoding="utf-8")
+    (state / f"{run_id}.{len(seen) + 1}.session").write_text(
+        os.environ.get("ORCH_SESSION_KEY", ""), encoding="utf-8"
+    )
     path = Path(os.environ["ORCH_HANDOFF_PATH"])
     handoff = make_handoff(
         run_id=run_id,
@@ -74,6 +80,12 @@ def main(argv: list[str]) -> int:
             return 0
         answer = message.split("Answer (from ", 1)[1].split(": ", 1)[1].splitlines()[0]
         handoff["result"] = f"CTE over {answer}"
+    if mode == "always-done":
+        _write(path, json.dumps({**handoff, "status": "done"}))
+        return 0
+    if mode == "always-fence":
+        _write(path, "```json\n" + json.dumps(handoff) + "\n```\n")
+        return 0
     if mode == "never" or (first and mode == "forget"):
         print("I did the work but forgot the handoff.")
         return 0
@@ -94,6 +106,20 @@ def main(argv: list[str]) -> int:
         return 0
     _write(path, json.dumps(handoff))
     return 0
+
+
+def _work() -> None:
+    """A turn of work: ``$AGENT_WORK_S`` seconds, unless this session did it already."""
+    import time
+
+    seconds = float(os.environ.get("AGENT_WORK_S") or 0)
+    session = os.environ.get("ORCH_SESSION_DIR")
+    done = Path(session) / "work.txt" if session else None
+    if done is not None and done.exists():
+        return  # kept from an earlier message of this session
+    time.sleep(seconds)
+    if done is not None:
+        done.write_text("the work of this session", encoding="utf-8")
 
 
 if __name__ == "__main__":
