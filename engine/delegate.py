@@ -29,6 +29,7 @@ from engine.errors import (
     EXIT_WAITING,
     OrchestratorError,
     RunStateError,
+    UnusableHandoffError,
     UsageError,
 )
 from engine.files import check_id, new_run_id, utcnow_iso
@@ -795,15 +796,21 @@ class Delegator:
             )
         outcome = Outcome(ending.outcome)  # unusable, or lost (silent past its heartbeat)
         env = dict(envelope, outcome=outcome.value, ended_at=utcnow_iso())
-        env["error"] = ending.error.message
+        error = ending.error
         rejected = envelope.get("rejected") or []
-        if outcome is Outcome.UNUSABLE and rejected:
-            env["rejected_file"] = rejected[-1].get("file")
+        if outcome is Outcome.UNUSABLE and rejected and rejected[-1].get("file"):
+            env["rejected_file"] = kept = rejected[-1]["file"]
+            error = UnusableHandoffError(
+                f"{error.message}\nThe refused file was kept as `{kept}`.",
+                agent=error.agent,
+                path=error.path,
+            )
+        env["error"] = error.message
         path, record = self._finalize(
             run_id, records, env, keep_pending=True, agent=envelope["target"]
         )
         rep.delegation_finished(run_id, envelope["target"], outcome.value, str(path))
-        return DelegationResult(run_id, outcome, path, record, ending.error)
+        return DelegationResult(run_id, outcome, path, record, error)
 
     def _errored(
         self,

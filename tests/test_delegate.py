@@ -196,7 +196,8 @@ def test_malformed_json_is_refused_and_kept(
     cfg = _remote(tmp_path, server.url, monkeypatch, repair_attempts=0)
     with open_delegator(cfg) as d:
         result = d.delegate(_req(timeout=60))
-    assert result.outcome is Outcome.INVALID and result.exit_code == 2
+    # The agent's own handoff, unusable and no repair allowed: `unusable`, exit 6.
+    assert result.outcome is Outcome.UNUSABLE and result.exit_code == 6
     msg = str(result.error)
     assert f"{result.run_id}.json` is not valid JSON (line 1" in msg
     kept = Path(result.envelope["rejected_file"])
@@ -218,7 +219,7 @@ def test_bad_status_is_refused_naming_the_pointer(
     cfg = _remote(tmp_path, server.url, monkeypatch, repair_attempts=0)
     with open_delegator(cfg) as d:
         result = d.delegate(_req(timeout=60))
-    assert result.outcome is Outcome.INVALID
+    assert result.outcome is Outcome.UNUSABLE
     assert "`/status`: `done` is not one of `complete`, `partial`, `blocked`, `failed`" in str(
         result.error
     )

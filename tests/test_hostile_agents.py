@@ -133,7 +133,7 @@ def test_missing_key_is_refused_at_once(
         write_json_atomic(Path(block["handoff_path"]), data)
 
     cfg, result, took = _run_with(tmp_path, stand_in, monkeypatch, old_agent)
-    assert result.outcome is Outcome.INVALID and result.exit_code == 2
+    assert result.outcome is Outcome.UNUSABLE and result.exit_code == 6
     assert took < 30
     assert "it has no `key`" in str(result.error) and "handoff_key: optional" in str(result.error)
     kept = Path(result.envelope["rejected_file"])
@@ -300,7 +300,7 @@ def test_oversized_handoff_is_refused_unread(
         write_json_atomic(Path(block["handoff_path"]), _good(block, result="x" * 20_000))
 
     cfg, result, took = _run_with(tmp_path, stand_in, monkeypatch, big, max_handoff_bytes=8192)
-    assert result.outcome is Outcome.INVALID and took < 30
+    assert result.outcome is Outcome.UNUSABLE and took < 30
     assert "over the limit of 8192 (`max_handoff_bytes`" in str(result.error)
     assert Path(result.envelope["rejected_file"]).stat().st_size > 20_000
 
@@ -314,7 +314,7 @@ def test_deeply_nested_handoff_breaks_nothing(
         Path(block["handoff_path"]).write_text(deep)
 
     cfg, result, took = _run_with(tmp_path, stand_in, monkeypatch, nested)
-    assert result.outcome is Outcome.INVALID and took < 30
+    assert result.outcome is Outcome.UNUSABLE and took < 30
     assert "nested too deeply" in str(result.error)
     # the same file sitting in the inbox for a run nobody knows: every command still works
     (cfg.handoffs_dir / "inbox" / "orch-20260101T000000-00000bad.json").write_text(deep)
@@ -336,7 +336,7 @@ def test_nan_in_usage_is_refused_and_records_stay_json(
         Path(block["handoff_path"]).write_text(text.replace("0.1", "NaN"))
 
     cfg, result, took = _run_with(tmp_path, stand_in, monkeypatch, nan)
-    assert result.outcome is Outcome.INVALID and took < 30
+    assert result.outcome is Outcome.UNUSABLE and took < 30
     assert "`NaN` is not a JSON number" in str(result.error)
     json.loads(result.record_path.read_text(), parse_constant=lambda c: pytest.fail(c))
 
@@ -348,7 +348,7 @@ def test_timestamp_must_be_a_date_time(
         write_json_atomic(Path(block["handoff_path"]), _good(block, timestamp="last tuesday"))
 
     cfg, result, _ = _run_with(tmp_path, stand_in, monkeypatch, odd)
-    assert result.outcome is Outcome.INVALID
+    assert result.outcome is Outcome.UNUSABLE
     assert "`/timestamp`: `last tuesday` is not an ISO-8601 date-time" in str(result.error)
 
 
@@ -507,13 +507,13 @@ def test_corrected_redelivery_after_a_refused_handoff(
         write_json_atomic(Path(block["handoff_path"]), bad)
 
     cfg, result, _ = _run_with(tmp_path, stand_in, monkeypatch, careless)
-    assert result.outcome is Outcome.INVALID
+    assert result.outcome is Outcome.UNUSABLE
     # the corrected handoff, as a file: merged by the next reader
     write_json_atomic(Path(blocks[0]["handoff_path"]), _good(blocks[0], result="fixed"))
     shown = _show(cfg, result.run_id)
-    assert "fixed" in shown.output and "replaced an earlier `invalid` record" in shown.output
+    assert "fixed" in shown.output and "replaced an earlier `unusable` record" in shown.output
     record = read_json(result.record_path)
-    assert record["envelope"]["supersedes"] == "invalid" and record["envelope"]["late"] is False
+    assert record["envelope"]["supersedes"] == "unusable" and record["envelope"]["late"] is False
 
 
 def test_show_and_tree_tell_the_truth_before_a_record_exists(tmp_path: Path) -> None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from tests.helpers import demo_config
+from engine.config import load_config
+from tests.helpers import demo_config, gated_agent, write_config
 
 
 def _config(tmp_path: Path, **gateway: Any) -> Path:
@@ -109,3 +112,43 @@ def test_detach_on_exit_false_ends_the_agent_with_its_command(tmp_path: Path) ->
     assert not (workspace / "stdout.late.log").exists()
     record = json.loads((tmp_path / "handoffs" / f"{first['runId']}.json").read_text())
     assert record["envelope"]["outcome"] == "timeout"
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["no-fallback", "fallback"])
+def test_the_watchdog_writes_a_stand_in_only_when_the_agent_allows_it(
+    tmp_path: Path, fallback: bool
+) -> None:
+    """`fallback_handoff: false`: the engine repairs or ends `unusable`; no stand-in
+    handoff appears, not even after the agent was left to a watchdog."""
+    from engine.gateway import agents
+
+    go = tmp_path / "go"
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = {**gated_agent(go), "fallback_handoff": fallback}
+    cfg = load_config(write_config(tmp_path, raw))
+    assert cfg.gateway is not None
+    spec = cfg.gateway.agents["webster"]
+    run_id = "orch-20261130T000000-0000cafe"
+    drop = cfg.handoffs_dir / "inbox" / f"{run_id}.json"
+    message = (f"Find CTE\n\n--- HANDOFF (required) ---\nrun_id: {run_id}\nagent: webster\n"
+               f"handoff_path: {drop}\n")
+    runner = agents.CommandRunner(tmp_path / "workspaces")
+    task = agents.task_from_message("gw-1", "webster", message, 60)
+    supervised = threading.Thread(target=runner.run, args=(spec, task), daemon=True)
+    supervised.start()
+    end = time.monotonic() + 30
+    while not runner.running_pids() and time.monotonic() < end:  # the agent has started
+        supervised.join(0.01)
+    assert runner.detach_all()  # the gateway stops: the agent is left to a watchdog
+    watchdog = agents._DETACHED[-1]
+    supervised.join(30)
+    go.touch()  # the agent now exits without a handoff
+    assert watchdog.wait(60) == 0
+    workspace = tmp_path / "workspaces" / "webster" / "gw-1"
+    assert (workspace / "stdout.late.log").exists()
+    if fallback:
+        stand_in = json.loads(drop.read_text())
+        assert stand_in["status"] == "failed" and "after it stopped" in stand_in["notes"]
+    else:
+        assert not drop.exists()
+        assert not list(cfg.handoffs_dir.glob("orch-*.json"))  # and no record from it

@@ -453,7 +453,7 @@ def _environment(spec: GatewayAgentConfig, task: Task, workspace: Path) -> dict[
     if len(text.encode("utf-8", "replace")) > ENV_TASK_LIMIT:
         cut = text.encode("utf-8", "replace")[:ENV_TASK_LIMIT].decode("utf-8", "ignore")
         text = cut + "\n[truncated: the full message is in $ORCH_WORKSPACE/TASK.txt]"
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in _SESSION_VARS}
     env.update(spec.env)
     env.update(
         {
@@ -473,12 +473,16 @@ def _environment(spec: GatewayAgentConfig, task: Task, workspace: Path) -> dict[
     return env
 
 
+#: Set only for a run in a session (never inherited from the gateway's own environment).
+_SESSION_VARS = ("ORCH_SESSION_KEY", "ORCH_SESSION_DIR")
+
+
 def _session_env(task: Task, workspace: Path) -> dict[str, str]:
     """``ORCH_SESSION_KEY`` and ``ORCH_SESSION_DIR``: a directory shared by every run of
     the request's ``sessionKey`` on this agent, where a session-aware agent keeps its
-    work between messages (a repair, an answered question). Empty without a session."""
+    work between messages (a repair, an answered question). None without a session."""
     if not task.session_key:
-        return {"ORCH_SESSION_KEY": "", "ORCH_SESSION_DIR": ""}
+        return {}
     import hashlib
 
     digest = hashlib.sha256(task.session_key.encode()).hexdigest()[:24]

@@ -245,6 +245,32 @@ class TestDelegations:
         again = store.read(run_id, sub=False)
         assert again is not None and again["envelope"]["validation"] == {"approved": True}
 
+    def test_the_latest_progress_line_replaces_the_one_before(self, backend: Backend) -> None:
+        a, b = backend.make(), backend.make()
+        run_id = new_run_id()
+        assert a.read_progress(run_id, sub=False) is None
+        first = {"text": "reading the datasheets", "at": utcnow_iso(), "count": 1}
+        a.write_progress(run_id, first, sub=False)
+        assert b.read_progress(run_id, sub=False) == first
+        assert b.read_progress(run_id, sub=True) is None  # sub-delegations apart
+        second = {"text": "comparing", "at": utcnow_iso(), "count": 2}
+        b.write_progress(run_id, second, sub=False)
+        assert a.read_progress(run_id, sub=False) == second
+
+    def test_progress_of_a_sub_delegation_is_kept_apart(self, store: RunStore) -> None:
+        run_id = new_run_id()
+        line = {"text": "sub work", "at": utcnow_iso(), "count": 1}
+        store.write_progress(run_id, line, sub=True)
+        assert store.read_progress(run_id, sub=True) == line
+        assert store.read_progress(run_id, sub=False) is None
+
+    def test_progress_of_a_bad_run_id_is_refused(self, store: RunStore) -> None:
+        from engine.errors import InvalidIdError
+
+        with pytest.raises(InvalidIdError):
+            store.write_progress("../x", {"text": "x", "at": utcnow_iso(), "count": 1},
+                                 sub=False)
+
     def test_two_stores_over_one_location_see_each_other(self, backend: Backend) -> None:
         a, b = backend.make(), backend.make()
         run_id, key = new_run_id(), new_key()
