@@ -84,7 +84,7 @@ def test_wrong_once_then_repaired_in_seconds(openclaw_peer: OpenClawSession, tmp
     env = rec["envelope"]
     (repair,) = env["repairs"]
     assert repair["why"] == why and repair["came_back"] == "handoff:complete"
-    assert repair["session"] == "new"
+    assert repair["session"] == "new" and repair["task_resent"] is True
     if kind == "done":
         assert "`/status`: `done` is not one of `complete`, `partial`, `blocked`, `failed`" in (
             repair["problems"])
@@ -120,6 +120,24 @@ def test_an_agent_that_never_writes_ends_unusable_in_seconds(openclaw_peer: Open
     assert [c["decision"] for c in _calls(oc, rec["runId"], 2)] == ["text", "text"]
 
 
+def test_a_handoff_refused_again_after_the_repair_ends_unusable(
+    openclaw_peer: OpenClawSession, tmp_path: Path
+) -> None:
+    oc = openclaw_peer
+    cfg = oc.engine_config(tmp_path)
+    res, took = _run(oc, cfg, "Find CTE of ULE. stub_always: done")
+    assert res.exit_code == 6, res.output
+    assert took < QUICK, took
+    env = json.loads(res.stdout)["envelope"]
+    assert env["outcome"] == "unusable"
+    assert env["error"].startswith("`webster` finished without a usable handoff")
+    pointer = "`/status`: `done` is not one of `complete`, `partial`, `blocked`, `failed`"
+    assert pointer in env["error"]
+    (repair,) = env["repairs"]
+    assert repair["why"] == "schema" and repair["came_back"] == "schema"
+    assert env["rejected_file"] == env["rejected"][-1]["file"]
+
+
 def test_a_model_error_ends_at_once_with_the_gateways_reason(openclaw_peer: OpenClawSession,
                                                             tmp_path: Path) -> None:
     oc = openclaw_peer
@@ -151,7 +169,8 @@ def test_same_session_key_repair(openclaw_peer: OpenClawSession, tmp_path: Path)
     assert took < QUICK
     rec = json.loads(res.stdout)
     (repair,) = rec["envelope"]["repairs"]
-    assert repair["session"] == "same"
+    assert repair["session"] == "same" and repair["task_resent"] is True
+    assert rec["envelope"]["session_key"] == f"hook:orchestrate:{rec['runId']}"
     first, second, _ = _calls(oc, rec["runId"], 2)
     roles = [m.get("role") for m in second["body"]["messages"]]
     assert roles == ["system", "user", "user"], roles

@@ -18,6 +18,7 @@ follow-ups after a failed hook run, delivery turns):
   get the handoff wrong (answer without writing; write ``"status": "done"``; write the
   JSON in a Markdown fence; leave the key out); every later time (the engine's repair),
   write it right;
+- ``stub_always: <done|fence>`` -> that wrong handoff every time (repairs do not help);
 - ``stub_ask`` -> write ``blocked`` with a ``question`` until the task carries the
   caller's answer (``--- YOUR QUESTION AND ITS ANSWER ---``), then ``complete``;
 - anything else (no wrapped task) -> the text ``NO_REPLY``.
@@ -49,6 +50,7 @@ _BLOCK = re.compile(r"^[ \t>]*(run_id|agent|key|handoff_path):[ \t]*(\S.*?)[ \t]
 _DIRECTIVE = re.compile(r"\bstub_(no_write|fail|status|sleep)\b(?::[ \t]*([A-Za-z0-9_.]+))?")
 _STATUSES = ("complete", "partial", "blocked", "failed")
 _ONCE = re.compile(r"\bstub_once:[ \t]*(forget|done|fence|nokey)\b")
+_ALWAYS = re.compile(r"\bstub_always:[ \t]*(done|fence)\b")
 _ASK = re.compile(r"\bstub_ask\b")
 ANSWER_MARKER = "--- YOUR QUESTION AND ITS ANSWER ---"
 STUB_QUESTION = "Which temperature range?"
@@ -248,6 +250,11 @@ class StubLLM:
             wrong = self._once(task, once.group(1), info)
             if wrong is not None:
                 return wrong
+        always = _ALWAYS.search(task_text)
+        wrong = None if always is None else self._once(task, always.group(1), info,
+                                                        every_time=True)
+        if wrong is not None:
+            return wrong
         if "no_write" in d:
             return {**info, "decision": "text",
                     "text": "I looked at the task and chose not to write a handoff."}
@@ -273,10 +280,11 @@ class StubLLM:
         }
 
     def _once(self, task: dict[str, Any], kind: str,
-              info: dict[str, Any]) -> dict[str, Any] | None:
-        """The wrong answer for ``stub_once``, the first time only (None afterwards)."""
+              info: dict[str, Any], *, every_time: bool = False) -> dict[str, Any] | None:
+        """The wrong answer for ``stub_once``, the first time only (None afterwards);
+        for ``stub_always``, every time."""
         with self._lock:
-            if task["run_id"] in self._misbehaved:
+            if task["run_id"] in self._misbehaved and not every_time:
                 return None
             self._misbehaved.add(task["run_id"])
         info = {**info, "once": kind}
