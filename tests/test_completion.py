@@ -125,3 +125,39 @@ def test_the_repair_message_names_what_to_fix_and_where() -> None:
         "or run:",
         "orchestrate handoff write --dir /h/inbox --run-id orch-1",
     ]
+
+
+@pytest.mark.parametrize(
+    "repairs,spent",
+    [(1, "after 1 repair attempt(s)"), (0, "with no repair allowed (`repair_attempts: 0`)")],
+)
+def test_the_unusable_ending_keeps_the_pointer_errors(repairs: int, spent: str) -> None:
+    from engine.errors import EXIT_UNUSABLE
+    from engine.repair import unusable
+
+    drop = Path("/h/inbox/orch-1.json")
+    pointer = "`/status`: `done` is not one of `complete`, `partial`, `blocked`, `failed`"
+    ending = unusable("webster", drop, "schema", [pointer], repairs)
+    assert ending.outcome == "unusable" and ending.error.exit_code == EXIT_UNUSABLE
+    assert ending.error.message == (
+        "`webster` finished without a usable handoff (the file at handoff_path does not "
+        f"match the handoff schema) {spent}; expected at `{drop}`.\n  - {pointer}"
+    )
+
+
+def test_a_correction_sent_alone_still_names_the_run_and_hides_its_key() -> None:
+    """Into a session the correction goes alone: the local gateway reads the run id, the
+    path and the key from the repair block, and masks the key in TASK.txt."""
+    from engine.gateway.agents import redact_key, task_from_message
+
+    key = "k" * 32
+    text = repair_message(run_id="orch-1", agent="webster",
+                          handoff_path=Path("/h/inbox/orch-1.json"),
+                          write_command=f"orchestrate handoff write --key {key}",
+                          why="no_handoff", problems=[], attempt=1, attempts=1, key=key)
+    task = task_from_message("gw-1", "webster", text, 30, "hook:orchestrate:orch-1")
+    assert (task.run_id, task.handoff_agent, task.handoff_key) == ("orch-1", "webster", key)
+    assert task.handoff_path == Path("/h/inbox/orch-1.json")
+    assert task.session_key == "hook:orchestrate:orch-1" and task.text == text
+    shown = redact_key(text)
+    assert key not in shown and "key: (in $ORCH_HANDOFF_KEY)" in shown
