@@ -121,13 +121,16 @@ def waiting_line(run_id: str, step: str, question: dict[str, Any] | None) -> str
 
 def answer_step(cfg: Config, run_id: str, step: str, text: str, *, by: str) -> dict[str, Any]:
     """Record the answer to the question of a parked step (then ``workflow resume``)."""
-    from engine.runs import Journal, replay, run_dir
+    from engine.runs import run_dir
+    from engine.runs.replay import replay_run
     from engine.states import StepState
+    from engine.store import open_store
 
     if not text.strip():
         raise UsageError("the answer is empty: pass the text to send to the agent.")
-    path = run_dir(cfg, run_id)
-    view = replay(path)
+    store = open_store(cfg)
+    run_dir(cfg, run_id, store=store)  # the run exists, or one clear paragraph
+    view = replay_run(store, run_id)
     if step not in view.steps:
         raise UsageError(
             f"run `{run_id}` has no step `{step}`{did_you_mean(step, list(view.steps)) or '.'}"
@@ -138,7 +141,7 @@ def answer_step(cfg: Config, run_id: str, step: str, text: str, *, by: str) -> d
             f"step `{step}` of run `{run_id}` is not waiting for an answer (it is "
             f"{s.state.value})."
         )
-    journal = Journal(path / "events.jsonl")
+    journal = store.journal(run_id)
     try:
         return journal.append("step_answered", step=step, answer=text, by=by)
     finally:
