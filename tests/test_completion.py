@@ -158,6 +158,6 @@ def test_a_correction_sent_alone_still_names_the_run_and_hides_its_key() -> None
     task = task_from_message("gw-1", "webster", text, 30, "hook:orchestrate:orch-1")
     assert (task.run_id, task.handoff_agent, task.handoff_key) == ("orch-1", "webster", key)
     assert task.handoff_path == Path("/h/inbox/orch-1.json")
-    assert task.session_key == "hook:orchestrate:orch-1" and task.text == text
     shown = redact_key(text)
+    assert task.session_key == "hook:orchestrate:orch-1" and task.text == shown
     assert key not in shown and "key: (in $ORCH_HANDOFF_KEY)" in shown

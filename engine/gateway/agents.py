@@ -107,7 +107,7 @@ def task_from_message(
     """Build a Task: split the task text from the handoff block and read the block's keys.
 
     A correction sent alone into a session (``REPAIR_MARKER`` first, no handoff block)
-    carries the same keys; its text is the correction itself.
+    carries the same keys; its text is the correction itself, its key masked.
     """
     from engine.message import parse_handoff_block
 
@@ -115,7 +115,7 @@ def task_from_message(
     idx = message.rfind(HANDOFF_MARKER)
     text = message[:idx].rstrip() if idx >= 0 else message
     if idx < 0 and message.startswith(REPAIR_MARKER):
-        idx = 0
+        idx, text = 0, redact_key(message)  # the key is in $ORCH_HANDOFF_KEY
     block = parse_handoff_block(message[idx:]) if idx >= 0 else {}
     run_id = block.get("run_id")
     if run_id is not None and not SAFE_ID.match(run_id):
