@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -258,10 +259,9 @@ def _refusal(target: Target, url: str, resp: Any) -> HookError:
             "`hooks.token`. Set it to the right value and run again."
         )
     elif code == 403:
-        msg = (
-            f"the gateway at {url} refused `{agent}` (403 Forbidden: {err or 'no reason'}). "
-            f"Check the token from {target.token_source} and the gateway's hooks settings."
-        )
+        msg = f"the gateway at {url} refused `{agent}` (403 Forbidden: {err or 'no reason'})."
+        if not re.search(r"\bkey\b", err):  # a refused delegation key is not the token's fault
+            msg += f" Check the token from {target.token_source} and the gateway's hooks settings."
     elif code == 404:
         if "agentid" in err.lower():
             msg = (

@@ -642,3 +642,26 @@ def test_a_handoff_at_the_record_path_is_taken_without_a_repair(tmp_path: Path) 
     assert result.outcome is Outcome.COMPLETE and took < 10
     assert "repairs" not in result.envelope
     assert len(_messages(tmp_path, result.run_id)) == 1
+
+
+def test_progress_through_the_receiver_from_another_host_carries_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.cli import orchestrate
+    from engine.liveness import latest_progress
+
+    cfg = _config(tmp_path, "beat")
+    run_id = "orch-20261130T000000-0000abcd"
+    _in_flight(cfg, run_id)
+    monkeypatch.setenv("HOOKS_TOKEN", "t0ken")
+    monkeypatch.delenv("ORCH_HANDOFF_KEY", raising=False)
+    with LocalGateway(cfg, token="t0ken", port=0) as gw:
+        base = ["handoff", "progress", "--run-id", run_id, "--receiver",
+                f"{gw.url}/handoffs/{run_id}", "--token-env", "HOOKS_TOKEN"]
+        ok = _cli(orchestrate, cfg, *base, "--key", KEY, "from afar")
+        forged = _cli(orchestrate, cfg, *base, "--key", "f" * 32, "forged")
+    assert ok.exit_code == 0, ok.output
+    assert forged.exit_code == 2 and "its key is not this delegation's" in forged.output
+    assert "Check the token" not in forged.output  # the token was right; the key was not
+    said = latest_progress(cfg.handoffs_dir, run_id)
+    assert said is not None and said["text"] == "from afar" and said["count"] == 1
