@@ -58,3 +58,43 @@ def test_a_delegation_asks_and_its_answer_continues_it(srv: Served) -> None:
         assert done["record"]["envelope"]["labels"]["answered_by"] == "alice"
         again = alice.post(f"/v1/delegations/{run_id}/answer", json={"text": "twice"})
         assert again.status_code == 409 and f"continued as `{new}`" in again.json()["detail"]
+
+
+def test_workflow_answer_through_the_server(srv: Served) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from engine.cli.workflow import workflow
+    from tests.servekit import GATEWAY_TOKEN, TOKENS
+
+    env = {
+        "ORCH_TEST_GW_TOKEN": GATEWAY_TOKEN,
+        "ORCH_SERVER": srv.url,
+        "ORCH_SERVER_TOKEN": TOKENS["bob"][1],
+    }
+
+    def cli(*args: str, **more: str) -> object:
+        return CliRunner(env={**env, **more}).invoke(workflow, list(args), catch_exceptions=False)
+
+    with srv.client("alice") as alice:
+        run_id = alice.post("/v1/runs", json={"workflow": "ask"}).json()["runId"]
+        parked = alice.get(f"/v1/runs/{run_id}/wait", params={"until": "parked", "timeout": 60})
+        assert parked.json()["status"] == "waiting_input"
+    res = cli("answer", run_id, "research", "0-50 °C", ORCH_SERVER_TOKEN=TOKENS["reader"][1])
+    assert res.exit_code == 5 and "has the `read` role" in res.stderr  # type: ignore[attr-defined]
+    res = cli("answer", run_id, "review", "x")
+    assert res.exit_code == 2 and "is not waiting for an answer" in res.stderr  # type: ignore[attr-defined]
+    res = cli("answer", run_id, "research", "0-50 °C")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.stdout.strip() == (  # type: ignore[attr-defined]
+        f"answered `research`; the server continues run {run_id}."
+    )
+    with srv.client("alice") as alice:
+        done = alice.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()
+        events = alice.get(f"/v1/runs/{run_id}/events").json()["events"]
+    assert done["status"] == "complete"
+    answered = [e for e in events if e["event"] == "step_answered"]
+    assert [(e["step"], e["answer"], e["by"]) for e in answered] == [("research", "0-50 °C", "bob")]
+    status = json.loads(cli("status", run_id, "--json").stdout)  # type: ignore[attr-defined]
+    assert status["status"] == "complete"

@@ -308,11 +308,26 @@ def workflow_approve_cmd(
 @click.argument("step")
 @click.argument("text")
 @click.option("--by", default="cli", show_default=True, help="Who answers (recorded).")
+@server_options
 @config_option
-def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, config: str | None) -> int:
-    """Answer the question STEP's agent asked (then `workflow resume`)."""
+def workflow_answer_cmd(
+    run_id: str,
+    step: str,
+    text: str,
+    by: str,
+    server: str | None,
+    server_token_env: str | None,
+    config: str | None,
+) -> int:
+    """Answer the question STEP's agent asked (then `workflow resume`; with `--server`, the
+    server continues the run and records the token's name as the answerer)."""
     from engine.ask import answer_step
 
+    if server:
+        with _client(server, server_token_env) as remote:
+            remote.answer(run_id, step, text)
+        click.echo(f"answered `{step}`; the server continues run {run_id}.")
+        return 0
     answer_step(load(config), run_id, step, text, by=by)
     click.echo(f"answered `{step}`; continue with: workflow resume {run_id}")
     return 0

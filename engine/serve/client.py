@@ -155,6 +155,17 @@ class ServerClient:
         )
         return data
 
+    def answer(self, run_id: str, step: str, text: str) -> dict[str, Any]:
+        """Answer the question STEP's agent asked; the server continues the run.
+
+        The answerer recorded is the token's name (the server ignores a client-side ``by``).
+        Raises ``RemoteError`` (exit 2) when the step asks nothing or was answered already.
+        """
+        data: dict[str, Any] = self._call(
+            "POST", f"/v1/runs/{run_id}/steps/{step}/answer", json={"text": text}
+        )
+        return data
+
     def cancel(self, run_id: str) -> Any:
         """Cancel a run; its state afterwards."""
         from engine.runner import RunState
