@@ -24,6 +24,7 @@ from engine.redact import redact
 _OPTIONS = ("model", "thinking")
 _THINKING = ("low", "medium", "high")
 
+
 class InboxError(UsageError):
     """Raised when a task message cannot be run as written (the reply says why)."""
 
@@ -145,44 +146,52 @@ def summarize_delegation(cfg: Config, result: Any, req: TaskRequest) -> dict[str
 
 
 def summarize_workflow(cfg: Config, req: TaskRequest, result: Any) -> dict[str, Any]:
+    """The result post's fields for a workflow run (same keys as ``summarize_delegation``).
+
+    Tokens and cost are summed over the steps' handoff ``usage``; they are ``None`` when no
+    step reported any. The text is the run's outputs, else one line per step.
+    """
     summary = result.summary
-    tokens_in = tokens_out = 0
-    cost = 0.0
-    models: list[str] = []
-    seen_usage = False
-    for sid in summary.get("steps", {}):
-        data = _read_json(result.run_dir / f"{sid}.json")
-        handoff = (data or {}).get("handoff") or {}
-        usage = handoff.get("usage") if isinstance(handoff.get("usage"), dict) else None
-        if not usage:
-            continue
-        seen_usage = True
-        tokens_in += int(usage.get("input_tokens") or 0)
-        tokens_out += int(usage.get("output_tokens") or 0)
-        step_cost = _cost(cfg, usage, usage.get("model"))
-        cost += step_cost or 0.0
-        if usage.get("model") and usage["model"] not in models:
-            models.append(str(usage["model"]))
-    outputs = summary.get("outputs") or {}
-    text = "\n\n".join(f"## {k}\n{v}" for k, v in outputs.items())
-    if not text:
-        rows = [
-            f"- {sid}: {st.get('status')}" + (f" ({st['error']})" if st.get("error") else "")
-            for sid, st in summary.get("steps", {}).items()
-        ]
-        text = "\n".join(rows)
+    steps = summary.get("steps", {})
+    usage = _workflow_usage(cfg, result.run_dir, steps)
     return {
         "status": summary.get("status"),
         "agent": f"workflow {req.target}",
-        "model": ", ".join(models) or None,
-        "input_tokens": tokens_in if seen_usage else None,
-        "output_tokens": tokens_out if seen_usage else None,
-        "cost": round(cost, 8) if seen_usage else None,
         "duration_ms": summary.get("duration_ms"),
         "run_id": result.run_id,
         "task": " ".join(f'{k}="{v}"' for k, v in req.inputs.items()),
-        "text": redact(text),
+        "text": redact(_workflow_text(summary.get("outputs") or {}, steps)),
+        **usage,
     }
+
+
+def _step_usage(run_dir: Path, sid: str) -> dict[str, Any] | None:
+    handoff = (_read_json(run_dir / f"{sid}.json") or {}).get("handoff") or {}
+    usage = handoff.get("usage")
+    return usage if isinstance(usage, dict) and usage else None
+
+
+def _workflow_usage(cfg: Config, run_dir: Path, steps: dict[str, Any]) -> dict[str, Any]:
+    """``model``, ``input_tokens``, ``output_tokens`` and ``cost`` summed over the steps."""
+    usages = [u for u in (_step_usage(run_dir, sid) for sid in steps) if u is not None]
+    models = list(dict.fromkeys(str(u["model"]) for u in usages if u.get("model")))
+    if not usages:
+        return {"model": None, "input_tokens": None, "output_tokens": None, "cost": None}
+    return {
+        "model": ", ".join(models) or None,
+        "input_tokens": sum(int(u.get("input_tokens") or 0) for u in usages),
+        "output_tokens": sum(int(u.get("output_tokens") or 0) for u in usages),
+        "cost": round(sum(_cost(cfg, u, u.get("model")) or 0.0 for u in usages), 8),
+    }
+
+
+def _workflow_text(outputs: dict[str, Any], steps: dict[str, Any]) -> str:
+    if outputs:
+        return "\n\n".join(f"## {k}\n{v}" for k, v in outputs.items())
+    return "\n".join(
+        f"- {sid}: {st.get('status')}" + (f" ({st['error']})" if st.get("error") else "")
+        for sid, st in steps.items()
+    )
 
 
 def _cost(cfg: Config, usage: dict[str, Any], model: Any) -> float | None:

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -603,7 +604,14 @@ async def _wait(
 
 
 def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
-    """Everything the API and the dashboard show about a run."""
+    """Everything the API and the dashboard show about a run.
+
+    ``engine.runner.run_status``'s dict, each step enriched with its record (handoff,
+    attempt log, validation, times), its rendered task and repairs, usage, and what it
+    waits for; plus ``plan``, ``progress``, ``started_by``, ``owned``, ``executing``,
+    ``error`` and ``cursor`` (the journal's line count). Raises ``UsageError`` for an
+    unknown run.
+    """
     from engine.record import read_json
     from engine.runs import replay, run_status
 
@@ -611,49 +619,15 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
     status = run_status(manager.cfg, run_id)
     view = replay(path)
     plan = view.meta.get("plan") or {}
-    records = manager.cfg.handoffs_dir
     for sid, row in status["steps"].items():
-        rec = read_json(path / f"{sid}.json")
-        if isinstance(rec, dict):
-            for k in ("handoff", "attempts", "validation", "started_at", "finished_at"):
-                row[k] = rec.get(k)
-            row["attempt_log"] = row.pop("attempts")
-            row["attempts"] = status["steps"][sid].get("attempts") or len(row["attempt_log"] or [])
+        _add_record(row, read_json(path / f"{sid}.json"))
         s = view.steps.get(sid)
-        drid = s.delegation_run_id if s else None
-        if drid:
-            env = read_json(records / f"{drid}.json")
-            env = env.get("envelope") if isinstance(env, dict) else None
-            if not isinstance(env, dict):
-                env = read_json(records / ".pending" / f"{drid}.json")
-            if isinstance(env, dict):
-                row["task"] = env.get("task")
-                if env.get("repairs"):
-                    row["repairs"] = env.get("repairs")
+        if s is not None:
+            _add_task(row, manager.cfg.handoffs_dir, s.delegation_run_id)
+            _add_waiting(row, sid, s, view.events)
         handoff = row.get("handoff")
         if isinstance(handoff, dict) and handoff.get("usage"):
             row["usage"] = handoff["usage"]
-        if s is not None and s.state.value == "waiting_input" and s.question:
-            q = s.question
-            row["question"] = q
-            row["waiting"] = (
-                "asks a question: answer it"
-                if q.get("answer") is None
-                else "answered: the run continues"
-            )
-        if s is not None and s.state.value == "waiting_approval":
-            prompt = next(
-                (
-                    e.get("prompt")
-                    for e in reversed(view.events)
-                    if e.get("event") == "gate_waiting" and e.get("step") == sid
-                ),
-                None,
-            )
-            row["prompt"] = prompt
-            row["waiting"] = "at its approval gate: approve or reject it"
-    total = len(status["steps"])
-    done = sum(1 for s in view.steps.values() if s.state.final)
     owner = manager.owned(run_id) or {}
     summary = read_json(path / "summary.json")
     if isinstance(summary, dict) and isinstance(summary.get("outputs"), dict):
@@ -661,13 +635,64 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
     return {
         **status,
         "plan": {"groups": plan.get("groups") or [], "steps": plan.get("steps") or {}},
-        "progress": {"done": done, "total": total},
+        "progress": {
+            "done": sum(1 for s in view.steps.values() if s.state.final),
+            "total": len(status["steps"]),
+        },
         "started_by": owner.get("by"),
         "owned": bool(owner),
         "executing": manager.executing(run_id),
         "error": manager.last_error(run_id),
         "cursor": len(view.events) and _last_line(path),
     }
+
+
+def _add_record(row: dict[str, Any], rec: Any) -> None:
+    """Copy a step record's details into its row (``attempts`` becomes the log's length)."""
+    if not isinstance(rec, dict):
+        return
+    for k in ("handoff", "validation", "started_at", "finished_at"):
+        row[k] = rec.get(k)
+    row["attempt_log"] = rec.get("attempts")
+    row["attempts"] = len(row["attempt_log"] or [])
+
+
+def _add_task(row: dict[str, Any], records: Path, drid: str | None) -> None:
+    """The delegation's rendered task and repairs, from its record or its pending file."""
+    from engine.record import read_json
+
+    if not drid:
+        return
+    env = read_json(records / f"{drid}.json")
+    env = env.get("envelope") if isinstance(env, dict) else None
+    if not isinstance(env, dict):
+        env = read_json(records / ".pending" / f"{drid}.json")
+    if isinstance(env, dict):
+        row["task"] = env.get("task")
+        if env.get("repairs"):
+            row["repairs"] = env.get("repairs")
+
+
+def _add_waiting(row: dict[str, Any], sid: str, step: Any, events: list[dict[str, Any]]) -> None:
+    """Why a parked step waits: its question, or its gate's prompt."""
+    state = step.state.value
+    if state == "waiting_input" and step.question:
+        row["question"] = step.question
+        row["waiting"] = (
+            "asks a question: answer it"
+            if step.question.get("answer") is None
+            else "answered: the run continues"
+        )
+    elif state == "waiting_approval":
+        row["prompt"] = next(
+            (
+                e.get("prompt")
+                for e in reversed(events)
+                if e.get("event") == "gate_waiting" and e.get("step") == sid
+            ),
+            None,
+        )
+        row["waiting"] = "at its approval gate: approve or reject it"
 
 
 def diagnose(manager: RunManager, run_id: str) -> dict[str, Any]:
