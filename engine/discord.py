@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -124,17 +124,81 @@ class DiscordClient:
         """The bot's own user object (``GET /users/@me``)."""
         return _dict(self._request("GET", "/users/@me", what="the bot's own user"))
 
-    def messages(self, channel_id: str, *, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest ``limit`` messages of a channel, newest first."""
+    def messages(
+        self,
+        channel_id: str,
+        *,
+        limit: int = 50,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """At most ``limit`` (1-100) messages of a channel, newest first.
+
+        Without ``after``/``before``: the newest. With ``after=ID``: the oldest ``limit``
+        messages after ``ID``; with ``before=ID``: the newest ``limit`` before it (Discord's
+        paging; the order is made newest first here whatever the server sent).
+        """
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        if before is not None:
+            params["before"] = before
         data = self._request(
             "GET",
             f"/channels/{channel_id}/messages",
-            params={"limit": limit},
+            params=params,
             what=f"channel {channel_id}",
         )
         if not isinstance(data, list):
             raise HookError(f"Discord channel {channel_id}: expected a list of messages.")
-        return [m for m in data if isinstance(m, dict)]
+        found = [m for m in data if isinstance(m, dict) and _snowflake(m) is not None]
+        return sorted(found, key=lambda m: _snowflake(m) or 0, reverse=True)
+
+    def messages_after(
+        self, channel_id: str, after: str, *, until: str | None = None, page: int = 100
+    ) -> Iterator[dict[str, Any]]:
+        """Every message after ``after``, oldest first, paged ``page`` at a time.
+
+        Stops after the message ``until`` when given (its id included), else at the
+        newest. Nothing posted meanwhile is skipped: each page starts after the last seen.
+        """
+        cursor = after
+        stop = int(until) if until is not None and until.isdigit() else None
+        while True:
+            batch = list(reversed(self.messages(channel_id, limit=page, after=cursor)))
+            for msg in batch:
+                yield msg
+                if stop is not None and (_snowflake(msg) or 0) >= stop:
+                    return
+            if len(batch) < page:
+                return
+            cursor = str(batch[-1]["id"])
+
+    def message(self, channel_id: str, message_id: str) -> dict[str, Any] | None:
+        """One message, or None when it was deleted (404)."""
+        try:
+            data = self._request(
+                "GET",
+                f"/channels/{channel_id}/messages/{message_id}",
+                what=f"message {message_id}",
+            )
+        except ConfigError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+        return _dict(data) or None
+
+    def delete(self, channel_id: str, message_id: str) -> None:
+        """Delete one of the bot's own messages (a 404, already gone, is fine)."""
+        try:
+            self._request(
+                "DELETE",
+                f"/channels/{channel_id}/messages/{message_id}",
+                what=f"message {message_id}",
+            )
+        except ConfigError as exc:
+            if exc.status_code != 404:
+                raise
 
     def react(self, channel_id: str, message_id: str, emoji: str) -> None:
         """Add the bot's ``emoji`` reaction to a message."""
@@ -303,6 +367,19 @@ def _error_text(resp: httpx.Response) -> str:
     if isinstance(data, dict) and isinstance(data.get("message"), str):
         return redact(str(data["message"])[:65536])[:200]
     return ""
+
+
+def _snowflake(msg: dict[str, Any]) -> int | None:
+    """A message's id as a number (Discord ids grow with time), or None if it has none."""
+    mid = str(msg.get("id") or "")
+    return int(mid) if mid.isdigit() else None
+
+
+def reference_of(msg: dict[str, Any]) -> str | None:
+    """The id of the message ``msg`` replies to, or None."""
+    ref = msg.get("message_reference")
+    mid = ref.get("message_id") if isinstance(ref, dict) else None
+    return str(mid) if mid is not None else None
 
 
 def ids(users: Sequence[dict[str, Any]]) -> list[str]:

@@ -36,7 +36,7 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Config
-from engine.discord import CLAIM, REJECT, DiscordClient, ids, split_content
+from engine.discord import CLAIM, REJECT, DiscordClient, ids, reference_of, split_content
 from engine.errors import (
     ConfigError,
     HookError,
@@ -76,14 +76,22 @@ __all__ = [
 
 #: Where the inbox keeps its state, under the handoffs directory.
 STATE_DIR = "inbox-discord"
+#: The queue cursor (newest message looked at, messages to look at again) in STATE_DIR.
+CURSOR_FILE = "cursor.json"
+#: How long a message a claim backed off from is looked at again while another holds it.
+RETRY_FOR = 600.0
+#: How a claim reply starts (then the orchestrator's name in backticks).
+CLAIM_REPLY = "\U0001f512 claimed by"  # 🔒
 # States of a claimed message, in order.
 CLAIMING = "claiming"  # the state file exists; the reaction claim is not confirmed yet
 CLAIMED = "claimed"  # the claim holds; the task has not started
 RUNNING = "running"  # dispatched (delegation) or started (workflow)
-WAITING = "waiting"  # a workflow parked at an approval gate
+WAITING = "waiting"  # parked at an approval gate or on an agent's question
 FINISHED = "finished"  # the result is recorded here, not yet posted
 POSTED = "posted"  # the result is in the results channel: done
 REFUSED = "refused"  # refused (unmapped author, syntax, ACL): the reply says why
+#: Run states the inbox announces and resumes.
+PARKED = ("waiting_approval", "waiting_input")
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ class InboxSettings:
     attach_over: int = 1500
     limit: int = 50
     max_parallel: int = 4
+    name: str = ""  # this orchestrator in claim replies; "" = host name and state directory
 
     @classmethod
     def from_config(cls, cfg: Config) -> InboxSettings:
@@ -158,6 +167,7 @@ class InboxSettings:
             poll_interval=float(ch.get("poll_interval", 5.0)),
             announce_parked=bool(ch.get("announce_parked_runs", True)),
             attach_over=int(ch.get("attach_over", 1500)),
+            name=str(ch.get("inbox_name") or ""),
         )
 
 
@@ -200,12 +210,15 @@ class DiscordInbox:
         self._lock_fd: int | None = None
         self._final: set[str] = set()  # message ids whose state is posted or refused
         self._next_adopt = 0.0  # when to look for runs parked elsewhere next
+        self.name = self.settings.name or _default_name(self.state_dir)
+        self._cursor: dict[str, Any] = {}  # {"channel", "after", "retry"}: see _new_messages
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def __enter__(self) -> DiscordInbox:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._take_dir_lock()
+        self._cursor = self._load_cursor()
         try:
             from engine.delegate import open_delegator
 
@@ -272,6 +285,11 @@ class DiscordInbox:
             elif state["state"] in (CLAIMED, RUNNING):
                 self._submit(mid, state)
                 resumed.append(mid)
+        for state in self._states(WAITING):  # answered or decided, then stopped
+            gates = state.get("gates") or {}
+            if state.get("answer") or (gates and all(g.get("decision") for g in gates.values())):
+                self._submit(str(state["message_id"]), state)
+                resumed.append(str(state["message_id"]))
         self._post_pending()
         return resumed
 
@@ -286,24 +304,84 @@ class DiscordInbox:
             self._next_adopt = time.monotonic() + max(30.0, self.settings.poll_interval)
             self._adopt_parked()
         self._check_gates()
-        s = self.settings
         claimed = []
-        for msg in reversed(self.client.messages(s.queue, limit=s.limit)):
+        for msg in self._new_messages():
             mid = str(msg.get("id"))
-            if not mid.isdigit() or self._busy(mid) or self._state_path(mid).exists():
-                continue
-            author = msg.get("author") or {}
-            if str(author.get("id")) == self._me and (
-                msg.get("message_reference") or msg.get("type") == 19
-            ):
-                continue  # our own replies
-            if _claimed_by_anyone(msg):
-                continue
-            state = self._claim(msg)
-            if state is not None:
+            if self._take(msg):
                 claimed.append(mid)
-                self._submit(mid, state)
+            self._seen(mid)
         return claimed
+
+    def _take(self, msg: dict[str, Any]) -> bool:
+        """Claim one queue message if it is a task nobody took; True when claimed here."""
+        mid = str(msg.get("id"))
+        if not mid.isdigit() or self._busy(mid) or self._state_path(mid).exists():
+            return False
+        author = msg.get("author") or {}
+        if (str(author.get("id")) == self._me or author.get("bot")) and (
+            msg.get("message_reference") or msg.get("type") == 19
+        ):
+            return False  # replies of bots (claims, refusals): ours or another orchestrator's
+        if _claimed_by_anyone(msg):
+            return False
+        state = self._claim(msg)
+        if state is None:
+            return False
+        if self._cursor["retry"].pop(mid, None) is not None:
+            self._save_cursor()
+        self._submit(mid, state)
+        return True
+
+    # -- reading the queue ---------------------------------------------------------------
+
+    def _new_messages(self) -> Iterator[dict[str, Any]]:
+        """The queue's messages this inbox has not looked at, oldest first.
+
+        The first poll (no cursor yet) reads the newest ``limit`` messages; every later one
+        pages forward from the newest message seen (``cursor.json``), 100 at a time, so
+        nothing posted while the inbox was down or busy is missed. Messages a claim backed
+        off from (two bots reacted at once) are fetched again by id until someone holds
+        them (``RETRY_FOR``).
+        """
+        queue = self.settings.queue
+        retry: dict[str, float] = self._cursor["retry"]
+        for rid in sorted(retry, key=int):
+            msg = self.client.message(queue, rid)
+            held = msg is not None and _claimed_by_anyone(msg)
+            if msg is None or self._state_path(rid).exists() or (held and time.time() > retry[rid]):
+                del retry[rid]  # gone, ours, or held by another for RETRY_FOR seconds
+                self._save_cursor()
+            elif not held:
+                yield msg
+        after = self._cursor.get("after")
+        if after is None:
+            yield from reversed(self.client.messages(queue, limit=self.settings.limit))
+        else:
+            yield from self.client.messages_after(queue, str(after))
+
+    def _seen(self, mid: str) -> None:
+        """Move the cursor past ``mid`` (a task claimed, refused, skipped or backed off)."""
+        after = self._cursor.get("after")
+        if mid.isdigit() and (after is None or int(mid) > int(after)):
+            self._cursor["after"] = mid
+            self._save_cursor()
+
+    def _load_cursor(self) -> dict[str, Any]:
+        data = _read_any(self.state_dir / CURSOR_FILE)
+        fresh: dict[str, Any] = {"channel": self.settings.queue, "after": None, "retry": {}}
+        if not isinstance(data, dict) or data.get("channel") != self.settings.queue:
+            return fresh  # none yet, or the queue channel changed: start from the newest
+        after = data.get("after")
+        raw = data.get("retry")
+        retry = {
+            str(k): float(v)
+            for k, v in (raw.items() if isinstance(raw, dict) else ())
+            if str(k).isdigit() and isinstance(v, int | float)
+        }
+        return {**fresh, "after": str(after) if str(after).isdigit() else None, "retry": retry}
+
+    def _save_cursor(self) -> None:
+        write_json_atomic(self.state_dir / CURSOR_FILE, self._cursor)
 
     # -- claiming ------------------------------------------------------------------------
 
@@ -332,18 +410,57 @@ class DiscordInbox:
         return state
 
     def _confirm(self, state: dict[str, Any]) -> bool:
-        """Keep a claim only when our ✅ is the only one; else take it back and forget it."""
+        """Keep a claim only when our ✅ is the only one and our claim reply came first.
+
+        Another bot's ✅ beside ours: take ours back, forget the claim, and look at the
+        message again next poll. Several orchestrators sharing one bot cannot tell their
+        ✅ apart, so each then posts a claim reply naming itself; Discord numbers messages
+        in the order it receives them, and the lowest-numbered claim wins (the others delete
+        theirs). Unsure (our own claim not listed yet): the claim stays unconfirmed and a
+        later poll decides.
+        """
         mid = state["message_id"]
         users = ids(self.client.reactors(self.settings.queue, mid, CLAIM))
-        if users == [self._me]:
-            state["state"] = CLAIMED
+        if users != [self._me]:
+            if self._me in users:
+                self.client.unreact(self.settings.queue, mid, CLAIM)
+            self._state_path(mid).unlink(missing_ok=True)
+            if users:
+                self._retry(mid)
+            self.log(f"message {mid}: claimed by someone else too; left to them")
+            return False
+        winner = self._first_claim(state)
+        if winner is None:
+            return False
+        if winner != self.name:
+            self.client.delete(self.settings.queue, state["claim_message_id"])
+            self._state_path(mid).unlink(missing_ok=True)
+            self.log(f"message {mid}: `{winner}` claimed it first; left to it")
+            return False
+        state["state"] = CLAIMED
+        self._save(state)
+        return True
+
+    def _first_claim(self, state: dict[str, Any]) -> str | None:
+        """Post our claim reply (once) and return the name in the first claim, or None."""
+        mid, queue = state["message_id"], self.settings.queue
+        if not state.get("claim_message_id"):
+            posted = self.client.post(queue, f"{CLAIM_REPLY} `{self.name}`", reply_to=mid)
+            state["claim_message_id"] = str(posted.get("id"))
             self._save(state)
-            return True
-        if self._me in users:
-            self.client.unreact(self.settings.queue, mid, CLAIM)
-        self._state_path(mid).unlink(missing_ok=True)
-        self.log(f"message {mid}: claimed by someone else too; left to them")
-        return False
+        ours = str(state["claim_message_id"])
+        for msg in self.client.messages_after(queue, mid, until=ours):
+            if reference_of(msg) == mid and str(msg.get("author", {}).get("id")) == self._me:
+                name = _claim_name(str(msg.get("content") or ""))
+                if name is not None:
+                    return name
+        return None
+
+    def _retry(self, mid: str) -> None:
+        """Look at ``mid`` again each poll while unclaimed, for up to ``RETRY_FOR`` seconds
+        while another holds it (it may back off too)."""
+        self._cursor["retry"][mid] = time.time() + RETRY_FOR
+        self._save_cursor()
 
     # -- running -------------------------------------------------------------------------
 
@@ -395,7 +512,9 @@ class DiscordInbox:
             return
         state["request"] = req.as_dict()
         try:
-            if req.kind == "delegation":
+            if req.kind == "delegation" and state.get("answer"):
+                self._answered_delegation(state, req)
+            elif req.kind == "delegation":
                 self._delegation(state, req, caller)
             else:
                 self._workflow(state, req, caller)
@@ -440,10 +559,52 @@ class DiscordInbox:
                 f"(run `{run_id}`, caller `{caller}`)"
             )
         result = self._delegator.delegate(dreq, reattach=resuming)
+        self._after_delegation(state, req, result)
+
+    def _after_delegation(self, state: dict[str, Any], req: TaskRequest, result: Any) -> None:
+        """Post the result, or announce the question the agent asked (a reply answers it)."""
+        from types import SimpleNamespace
+
+        from engine.ask import question_of
+
+        question = question_of(result.record)
+        state["run_id"] = result.run_id
+        if question is not None:
+            step = {"status": "waiting_input", "question": {"text": question}}
+            state.setdefault("gates", {}).pop("delegation", None)
+            self._announce_gates(
+                state,
+                req,
+                SimpleNamespace(run_id=result.run_id, summary={"steps": {"delegation": step}}),
+            )
+            return
         state["result"] = summarize_delegation(self.cfg, result, req)
         state.update(state=FINISHED, finished_at=utcnow_iso())
         self._save(state)
         self._finish_notice(state)
+
+    def _answered_delegation(self, state: dict[str, Any], req: TaskRequest) -> None:
+        """Continue a delegation whose question was answered by a reply (``<run>-aN``)."""
+        from engine.ask import answer_delegation
+        from engine.delegate import DelegationRequest
+        from engine.errors import RunStateError
+
+        answer = state["answer"]
+        try:
+            result = answer_delegation(
+                self._delegator, state["run_id"], answer["text"], by=answer["by"]
+            )
+        except RunStateError:
+            # answered before a crash: wait for the continuation that answer started
+            cont = _continued_as(self.cfg.handoffs_dir, state["run_id"])
+            if cont is None:
+                raise
+            dreq = DelegationRequest(
+                target=req.target, task=req.task, caller=state["caller"], run_id=cont
+            )
+            result = self._delegator.delegate(dreq, reattach=True)
+        state.pop("answer", None)
+        self._after_delegation(state, req, result)
 
     def _workflow(self, state: dict[str, Any], req: TaskRequest, caller: str) -> None:
         from engine.runner import RunOptions, WorkflowRunner, prepare
@@ -472,7 +633,7 @@ class DiscordInbox:
         from engine.runner import RunState
 
         state["run_id"] = result.run_id
-        if result.state is RunState.WAITING_APPROVAL:
+        if result.state in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
             self._announce_gates(state, req, result)
             return
         state["result"] = summarize_workflow(self.cfg, req, result)
@@ -480,35 +641,26 @@ class DiscordInbox:
         self._save(state)
         self._finish_notice(state)
 
-    # -- gates ---------------------------------------------------------------------------
+    # -- gates and questions ----------------------------------------------------------------
 
     def _announce_gates(self, state: dict[str, Any], req: TaskRequest, result: Any) -> None:
+        """Post a notice for each step newly parked at a gate or on a question; ``WAITING``."""
         gates = state.setdefault("gates", {})
         channel = self.settings.gates or self.settings.results
-        run_id = result.run_id
         for sid, st in result.summary.get("steps", {}).items():
-            if st.get("status") != "waiting_approval" or sid in gates:
+            if sid in gates and not gates[sid].get("decision"):
+                continue  # announced, not decided yet
+            if st.get("status") == "waiting_approval" and sid not in gates:
+                text = self._gate_text(state, req, result.run_id, sid, st)
+                kind = "gate"
+            elif st.get("status") == "waiting_input" and _unanswered(st.get("question")):
+                text = self._question_text(state, req, result.run_id, sid, st)
+                kind = "question"
+            else:
                 continue
-            allowed = self._approvers(req.target, sid)
-            how = (
-                f"React {CLAIM} to approve or {REJECT} to reject "
-                f"({', '.join(f'<@{u}>' for u in allowed)})."
-                if allowed
-                else "No Discord approvers are configured: use "
-                f"`workflow approve {run_id} {sid}` or `workflow reject {run_id} {sid} "
-                "--reason ...`."
-            )
-            origin = (
-                "started from the command line"
-                if state.get("adopted")
-                else f"task {state['message_id']}"
-            )
-            text = (
-                f"⏸ approval needed: workflow `{req.target}`, step `{sid}` "
-                f"(agent `{st.get('agent')}`), run `{run_id}`, {origin}.\n{how}"
-            )
             posted = self.client.post(channel, text)
             gates[sid] = {
+                "kind": kind,
                 "channel_id": channel,
                 "message_id": str(posted.get("id")),
                 "at": utcnow_iso(),
@@ -516,20 +668,64 @@ class DiscordInbox:
         state["state"] = WAITING
         self._save(state)
 
+    def _origin(self, state: dict[str, Any]) -> str:
+        if state.get("adopted"):
+            return "started from the command line"
+        return f"task {state['message_id']}"
+
+    def _gate_text(
+        self, state: dict[str, Any], req: TaskRequest, run_id: str, sid: str, st: dict[str, Any]
+    ) -> str:
+        allowed = self._approvers(req.target, sid)
+        how = (
+            f"React {CLAIM} to approve or {REJECT} to reject "
+            f"({', '.join(f'<@{u}>' for u in allowed)})."
+            if allowed
+            else "No Discord approvers are configured: use "
+            f"`workflow approve {run_id} {sid}` or `workflow reject {run_id} {sid} "
+            "--reason ...`."
+        )
+        return (
+            f"⏸ approval needed: workflow `{req.target}`, step `{sid}` "
+            f"(agent `{st.get('agent')}`), run `{run_id}`, {self._origin(state)}.\n{how}"
+        )
+
+    def _question_text(
+        self, state: dict[str, Any], req: TaskRequest, run_id: str, sid: str, st: dict[str, Any]
+    ) -> str:
+        question = str((st.get("question") or {}).get("text") or "?")
+        allowed = self._answerers(state, req, sid)
+        if req.kind == "delegation":
+            where = f"delegation to `{req.target}`, run `{run_id}`"
+            cli = f'`orchestrate answer {run_id} "..."`'
+        else:
+            where = (
+                f"workflow `{req.target}`, step `{sid}` (agent `{st.get('agent')}`), run `{run_id}`"
+            )
+            cli = f'`workflow answer {run_id} {sid} "..."`'
+        how = (
+            f"Reply to this message to answer ({', '.join(f'<@{u}>' for u in allowed)})."
+            if allowed
+            else f"No Discord approvers are configured: answer with {cli}."
+        )
+        quoted = "\n".join(f"> {line}" for line in question.splitlines() or ["?"])
+        return redact(f"❓ question: {where}, {self._origin(state)}.\n{quoted}\n{how}")
+
     def _adopt_parked(self) -> None:
-        """Announce gates of runs parked elsewhere (`workflow run --non-interactive`).
+        """Announce gates and questions of runs parked elsewhere (`workflow run
+        --non-interactive`).
 
         Such a run gets a state file of its own (``run-<run id>.json``); after a decision
-        this inbox resumes it, like the runs it started, and posts its result.
+        or an answer this inbox resumes it, like the runs it started, and posts its result.
         """
         from types import SimpleNamespace
 
-        from engine.runs import list_runs, run_status
+        from engine.runner import list_runs, run_status
 
         known = {st.get("run_id") for st in self._states(CLAIMED, RUNNING, WAITING, FINISHED)}
         for row in list_runs(self.cfg, limit=50):
             run_id = row.get("runId")
-            if row.get("status") != "waiting_approval" or not run_id or run_id in known:
+            if row.get("status") not in PARKED or not run_id or run_id in known:
                 continue
             key = f"run-{run_id}"
             if key in self._final or self._state_path(key).exists():
@@ -557,72 +753,134 @@ class DiscordInbox:
             self._announce_gates(state, req, SimpleNamespace(run_id=run_id, summary=summary))
 
     def _decided_elsewhere(self, run_id: str, step: str) -> dict[str, Any] | None:
-        """The gate decision a run's journal holds for ``step``, if one was made."""
-        from engine.runs import replay, run_dir
+        """The gate decision or the answer a run's journal holds for ``step``, if any."""
+        from engine.runner import replay, run_dir
 
         try:
-            gate = replay(run_dir(self.cfg, run_id)).steps[step].gate
+            s = replay(run_dir(self.cfg, run_id)).steps[step]
         except (OrchestratorError, KeyError):
             return None
+        gate = s.gate
         if isinstance(gate, dict) and gate.get("decision") in ("approved", "rejected"):
             return {"decision": gate["decision"], "by": str(gate.get("by") or "")}
+        if s.question is not None and s.question.get("answer") is not None:
+            return {"decision": "answered", "by": str(s.question.get("by") or "")}
         return None
 
     def _approvers(self, workflow: str, step: str) -> tuple[str, ...]:
         per = self.settings.gate_approvers
         return per.get(f"{workflow}/{step}") or per.get(step) or self.settings.approvers
 
-    def _check_gates(self) -> None:
-        from engine.errors import RunStateError
-        from engine.runs import decide_gate
+    def _answerers(self, state: dict[str, Any], req: TaskRequest, step: str) -> tuple[str, ...]:
+        """Who may answer a question: the task's author, then the step's approvers."""
+        author = () if state.get("adopted") or not state.get("author_id") else (state["author_id"],)
+        return tuple(dict.fromkeys((*author, *self._approvers(req.target, step))))
 
+    def _check_gates(self) -> None:
+        """Decide each announced gate by reaction and answer each question by reply; resume
+        the runs that can continue."""
         for state in self._states(WAITING):
-            mid = state["message_id"]
-            if self._busy(mid):
+            if self._busy(state["message_id"]):
                 continue
             req = TaskRequest(**state["request"])
             decided = False
             for sid, gate in state.get("gates", {}).items():
                 if gate.get("decision"):
                     continue
-                allowed = set(self._approvers(req.target, sid))
-                verdict = None
-                for emoji, approved in ((REJECT, False), (CLAIM, True)) if allowed else ():
-                    who = [
-                        u
-                        for u in ids(
-                            self.client.reactors(gate["channel_id"], gate["message_id"], emoji)
-                        )
-                        if u in allowed
-                    ]
-                    if who:
-                        verdict = (approved, who[0])
-                        break
-                if verdict is None:
-                    elsewhere = self._decided_elsewhere(state["run_id"], sid)
-                    if elsewhere is not None:  # `workflow approve|reject` from a terminal
-                        gate.update(elsewhere, decided_at=utcnow_iso())
-                        decided = True
-                    continue
-                approved, uid = verdict
-                try:
-                    decide_gate(
-                        self.cfg,
-                        state["run_id"],
-                        sid,
-                        approved=approved,
-                        reason=f"{'approved' if approved else 'rejected'} by reaction in Discord",
-                        by=f"discord:{uid}",
-                    )
-                except RunStateError:
-                    pass  # decided elsewhere meanwhile (`workflow approve`): resume anyway
-                gate.update(
-                    decision="approved" if approved else "rejected", by=uid, decided_at=utcnow_iso()
-                )
-                decided = True
+                if gate.get("kind") == "question":
+                    done = self._take_answer(state, req, sid, gate)
+                else:
+                    done = self._take_decision(state, req, sid, gate)
+                decided = decided or done
             if decided:
                 self._save(state)
-                self._submit(mid, state)
+                self._submit(state["message_id"], state)
+
+    def _take_decision(
+        self, state: dict[str, Any], req: TaskRequest, sid: str, gate: dict[str, Any]
+    ) -> bool:
+        """A ✅ or ❌ by an allowed approver decides the gate (or a terminal did already)."""
+        from engine.errors import RunStateError
+        from engine.runner import decide_gate
+
+        allowed = set(self._approvers(req.target, sid))
+        verdict = None
+        for emoji, approved in ((REJECT, False), (CLAIM, True)) if allowed else ():
+            reactors = ids(self.client.reactors(gate["channel_id"], gate["message_id"], emoji))
+            who = [u for u in reactors if u in allowed]
+            if who:
+                verdict = (approved, who[0])
+                break
+        if verdict is None:
+            return self._settled_elsewhere(state, sid, gate)
+        approved, uid = verdict
+        try:
+            decide_gate(
+                self.cfg,
+                state["run_id"],
+                sid,
+                approved=approved,
+                reason=f"{'approved' if approved else 'rejected'} by reaction in Discord",
+                by=f"discord:{uid}",
+            )
+        except RunStateError:
+            pass  # decided elsewhere meanwhile (`workflow approve`): resume anyway
+        gate.update(
+            decision="approved" if approved else "rejected", by=uid, decided_at=utcnow_iso()
+        )
+        return True
+
+    def _settled_elsewhere(self, state: dict[str, Any], sid: str, gate: dict[str, Any]) -> bool:
+        if state.get("request", {}).get("kind") == "delegation":
+            return False
+        elsewhere = self._decided_elsewhere(state["run_id"], sid)
+        if elsewhere is None:
+            return False
+        gate.update(elsewhere, decided_at=utcnow_iso())  # `workflow approve|answer`
+        return True
+
+    def _take_answer(
+        self, state: dict[str, Any], req: TaskRequest, sid: str, gate: dict[str, Any]
+    ) -> bool:
+        """The first reply to the question's notice by an allowed user answers it."""
+        from engine.ask import answer_step
+        from engine.errors import RunStateError
+
+        reply = self._first_reply(gate, set(self._answerers(state, req, sid)))
+        if reply is None:
+            return self._settled_elsewhere(state, sid, gate)
+        uid, text, reply_id = reply
+        if req.kind == "delegation":
+            state["answer"] = {"text": text, "by": f"discord:{uid}"}
+        else:
+            try:
+                answer_step(self.cfg, state["run_id"], sid, text, by=f"discord:{uid}")
+            except RunStateError:
+                pass  # answered elsewhere meanwhile (`workflow answer`): resume anyway
+        gate.update(decision="answered", by=uid, reply_id=reply_id, decided_at=utcnow_iso())
+        try:
+            self.client.react(gate["channel_id"], reply_id, CLAIM)  # "taken"
+        except OrchestratorError as exc:
+            self.log(f"answer {reply_id}: not acknowledged: {exc}")
+        return True
+
+    def _first_reply(self, gate: dict[str, Any], allowed: set[str]) -> tuple[str, str, str] | None:
+        """(user id, text, message id) of the first allowed reply to the notice, or None.
+
+        Pages forward from what the last look saw (``gate["after"]``), so a busy channel
+        is read once.
+        """
+        found = None
+        for msg in self.client.messages_after(
+            gate["channel_id"], str(gate.get("after") or gate["message_id"])
+        ):
+            gate["after"] = str(msg.get("id"))
+            uid = str((msg.get("author") or {}).get("id"))
+            text = _strip_mentions(str(msg.get("content") or ""))
+            if reference_of(msg) == gate["message_id"] and uid in allowed and text:
+                found = (uid, redact(text), str(msg["id"]))
+                break
+        return found
 
     # -- posting -------------------------------------------------------------------------
 
@@ -704,7 +962,7 @@ class DiscordInbox:
         """State files in one of the ``wanted`` states (final ones are skipped unread)."""
         found = []
         for path in sorted(self.state_dir.glob("*.json")):
-            if path.stem in self._final:
+            if path.stem in self._final or path.name == CURSOR_FILE:
                 continue
             state = _read(path)
             if state is None:
@@ -726,6 +984,43 @@ class DiscordInbox:
                 "inbox per handoffs directory (each host with its own bot)."
             ) from None
         self._lock_fd = fd
+
+
+def _unanswered(question: Any) -> bool:
+    return isinstance(question, dict) and question.get("answer") is None
+
+
+def _strip_mentions(text: str) -> str:
+    """A reply's text without the leading ``<@id>`` mentions Discord adds."""
+    import re
+
+    return re.sub(r"^(\s*<@!?\d+>)+", "", text).strip()
+
+
+def _continued_as(handoffs_dir: Path, run_id: str) -> str | None:
+    """The run an answered delegation continued as (``<run>-aN``), from its record."""
+    data = _read_any(handoffs_dir / f"{run_id}.json")
+    env = data.get("envelope") if isinstance(data, dict) else None
+    answers = env.get("answers") if isinstance(env, dict) else None
+    done = [a for a in answers or [] if isinstance(a, dict) and a.get("continued_as")]
+    return str(done[-1]["continued_as"]) if done else None
+
+
+def _default_name(state_dir: Path) -> str:
+    """``host/abc123``: the host and a short hash of the state directory (stable across
+    restarts, distinct for two inboxes of one host)."""
+    import hashlib
+    import socket
+
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:6]
+    return f"{socket.gethostname()}/{digest}"
+
+
+def _claim_name(content: str) -> str | None:
+    """The orchestrator a claim reply names, or None if ``content`` is not a claim."""
+    if not content.startswith(CLAIM_REPLY + " `") or not content.endswith("`"):
+        return None
+    return content[len(CLAIM_REPLY) + 2 : -1]
 
 
 def _claimed_by_anyone(msg: dict[str, Any]) -> bool:

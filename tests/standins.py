@@ -138,7 +138,8 @@ class DiscordAPI(_Base):
     ``GET /api/v10/channels/{id}/messages?limit=N`` answers newest first, as Discord's;
     ``channels`` maps channel ids to messages, oldest first. Also: ``GET /users/@me``,
     ``POST .../messages`` (JSON, or multipart with ``payload_json`` and ``files[n]``),
-    ``PUT``/``DELETE .../reactions/{emoji}/@me`` and ``GET .../reactions/{emoji}``.
+    ``PUT``/``DELETE .../reactions/{emoji}/@me`` and ``GET .../reactions/{emoji}``,
+    ``GET``/``DELETE .../messages/{id}`` and the ``after``/``before`` paging of the list.
     ``bots`` maps further tokens to user objects (several bots on one server). Scripted
     statuses (429, 401, 404, 500...) come first, one per request; ``post_script`` holds
     statuses for message posts only.
@@ -166,6 +167,7 @@ class DiscordAPI(_Base):
         self.post_script: list[Script] = list(post_script or [])
         self.reactions: dict[str, dict[str, list[str]]] = {}
         self.files: dict[str, dict[str, bytes]] = {}
+        self.deleted: list[str] = []  # ids of messages deleted through the API
         self.state = threading.RLock()
         self._next_id = 1_480_000_000_000_000_000
 
@@ -185,6 +187,17 @@ class DiscordAPI(_Base):
                     "author": {"id": author_id, "username": username, "bot": False},
                 }
             )
+            return msg_id
+
+    def reply_as(
+        self, channel_id: str, reply_to: str, text: str, *, author_id: str, username: str = "x"
+    ) -> str:
+        """A user's reply to ``reply_to`` (type 19, with its ``message_reference``)."""
+        with self.state:
+            msg_id = self.add_message(channel_id, text, author_id=author_id, username=username)
+            msg = self._find(channel_id, msg_id)
+            msg["type"] = 19
+            msg["message_reference"] = {"message_id": reply_to, "channel_id": channel_id}
             return msg_id
 
     def react_as(self, user_id: str, message_id: str, emoji: str) -> None:
@@ -239,6 +252,15 @@ class DiscordAPI(_Base):
             message = parts[3]
             if not any(m["id"] == message for m in self.channels[channel]):
                 return 404, {"message": "Unknown Message", "code": 10008}, {}
+            if len(parts) == 4 and rec.method == "GET":
+                return 200, self._shown(self._find(channel, message), user), {}
+            if len(parts) == 4 and rec.method == "DELETE":
+                found = self._find(channel, message)
+                if found["author"]["id"] != user["id"]:
+                    return 403, {"message": "Cannot delete another user's message"}, {}
+                self.channels[channel].remove(found)
+                self.deleted.append(message)
+                return 204, None, {}
             if len(parts) == 6 and parts[4] == "reactions" and rec.method == "GET":
                 users = self.reactions.get(message, {}).get(parts[5], [])
                 by_id = {u["id"]: u for u in self.users.values()}
@@ -261,17 +283,29 @@ class DiscordAPI(_Base):
             limit = -1
         if not 1 <= limit <= 100:
             return 400, {"message": "Invalid Form Body", "code": 50035}, {}
-        out = []
-        for m in reversed(self.channels[channel]):
-            m = dict(m)
-            reacted = {e: u for e, u in self.reactions.get(m["id"], {}).items() if u}
-            if reacted:
-                m["reactions"] = [
-                    {"emoji": {"id": None, "name": e}, "count": len(u), "me": user["id"] in u}
-                    for e, u in reacted.items()
-                ]
-            out.append(m)
+        after = rec.query.get("after", [None])[0]
+        before = rec.query.get("before", [None])[0]
+        msgs = self.channels[channel]
+        if after is not None:  # Discord: the oldest `limit` after the id, sent newest first
+            msgs = [m for m in msgs if int(m["id"]) > int(after)][:limit]
+        if before is not None:
+            msgs = [m for m in msgs if int(m["id"]) < int(before)]
+        out = [self._shown(m, user) for m in reversed(msgs)]
         return 200, out[:limit], {}
+
+    def _find(self, channel: str, message: str) -> dict[str, Any]:
+        return next(m for m in self.channels[channel] if m["id"] == message)
+
+    def _shown(self, m: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+        """A message as the API shows it to ``user``: with its reaction counts."""
+        m = dict(m)
+        reacted = {e: u for e, u in self.reactions.get(m["id"], {}).items() if u}
+        if reacted:
+            m["reactions"] = [
+                {"emoji": {"id": None, "name": e}, "count": len(u), "me": user["id"] in u}
+                for e, u in reacted.items()
+            ]
+        return m
 
     def _create(
         self, rec: Recorded, channel: str, user: dict[str, Any]

@@ -373,20 +373,21 @@ def test_a_429_storm_still_posts_results(cfg: Config, api: DiscordAPI) -> None:
         for _ in range(4)
     ]
     with DiscordInbox(cfg, DiscordClient.from_config(cfg, sleep=waits.append)) as inbox:
-        # start notice, finish notice and result each meet four 429s, then get through
-        api.post_script.extend([*storm, 200, *storm, 200, *storm])
+        # the claim reply, start notice, finish notice and result each meet four 429s
+        api.post_script.extend([*storm, 200, *storm, 200, *storm, 200, *storm])
         inbox.poll_once()
         inbox.drain()
     assert api.posted(RESULTS)[0]["content"].startswith("**complete**")
     assert len(api.posted(POOL)) == 2
     assert state_of(cfg, mid)["state"] == "posted"
-    assert waits == [0.002] * 12  # each 429 waited what Discord asked, no more
+    assert waits == [0.002] * 16  # each 429 waited what Discord asked, no more
 
 
 def test_posts_that_keep_failing_are_posted_by_a_later_poll(cfg: Config, api: DiscordAPI) -> None:
     mid = api.add_message(QUEUE, "webster: flaky", author_id=MANAGER)
     with DiscordInbox(cfg, client_for(cfg)) as inbox:
-        api.post_script.extend([Scripted(503)] * 6 * 3)  # start notice, finish notice, result
+        # the claim reply goes through; start notice, finish notice and result do not
+        api.post_script.extend([200, *[Scripted(503)] * 6 * 3])
         inbox.poll_once()
         inbox.drain()
         assert state_of(cfg, mid)["state"] == "finished"
@@ -400,7 +401,7 @@ def test_posts_that_keep_failing_are_posted_by_a_later_poll(cfg: Config, api: Di
 def test_a_restarted_inbox_posts_a_recorded_result_once(cfg: Config, api: DiscordAPI) -> None:
     mid = api.add_message(QUEUE, "webster: crash test", author_id=MANAGER)
     with DiscordInbox(cfg, client_for(cfg)) as inbox:
-        api.post_script.extend([Scripted(500)] * 6 * 3)
+        api.post_script.extend([200, *[Scripted(500)] * 6 * 3])  # all but the claim reply fail
         inbox.poll_once()
         inbox.drain()
     assert state_of(cfg, mid)["state"] == "finished"  # "crashed" before the post
@@ -707,3 +708,208 @@ def test_cli_config_problems(tmp_path: Path, api: DiscordAPI) -> None:
         "`task-queue`?" in res.output
     )
     assert "`channels.callers.111` is `managr`, not an agent; did you mean `manager`?" in res.output
+
+
+# -- several orchestrators on one bot; paging ------------------------------------------------
+
+
+def test_two_orchestrators_sharing_one_bot_never_run_a_task_twice(
+    tmp_path: Path, api: DiscordAPI
+) -> None:
+    """Two hosts with one bot token: their ✅ are one; the first claim reply decides."""
+    configs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        configs.append(inbox_config(tmp_path / name, api.base_url, inbox_name=f"host-{name}"))
+    mids = [
+        api.add_message(QUEUE, f"webster: shared bot task {i}", author_id=MANAGER) for i in range(6)
+    ]
+    barrier = threading.Barrier(2)
+    claimed: dict[str, list[str]] = {}
+
+    def run(c: Config) -> None:
+        with DiscordInbox(c, client_for(c)) as inbox:
+            barrier.wait(10)
+            got: list[str] = []
+            for _ in range(3):  # each message is decided within one poll
+                got += inbox.poll_once()
+            inbox.drain()
+            claimed[inbox.name] = got
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    both = claimed["host-a"] + claimed["host-b"]
+    assert sorted(both) == sorted(mids)  # every task claimed, by exactly one of them
+    results = [m["content"].split("\n")[1] for m in api.posted(RESULTS)]
+    assert len(results) == len(set(results)) == len(mids)
+    claims = {
+        m["message_reference"]["message_id"]: m["content"]
+        for m in api.posted(QUEUE)
+        if m["content"].startswith("\U0001f512 claimed by")
+    }
+    # one claim reply stays per task (a loser deletes its own), naming the one that ran it
+    assert len([m for m in api.posted(QUEUE) if m["content"].startswith("\U0001f512")]) == 6
+    for mid in mids:
+        owner = "host-a" if mid in claimed["host-a"] else "host-b"
+        assert claims[mid] == f"\U0001f512 claimed by `{owner}`"
+        cfg = configs[0] if owner == "host-a" else configs[1]
+        assert state_of(cfg, mid)["state"] == "posted"
+
+
+def test_a_lost_claim_race_leaves_the_task_to_the_first_claim(cfg: Config, api: DiscordAPI) -> None:
+    """Deterministic: another orchestrator on this bot replied its claim first."""
+    mid = api.add_message(QUEUE, "webster: raced", author_id=MANAGER)
+    api.react_as(DiscordAPI.BOT_ID, mid, CLAIM)  # its ✅ (the bot's, so ours too)
+    other = DiscordClient(api.base_url, TOKEN)
+    other.post(QUEUE, "\U0001f512 claimed by `elsewhere`", reply_to=mid)
+    other.close()
+    state_dir = cfg.handoffs_dir / "inbox-discord"
+    state_dir.mkdir(parents=True)
+    (state_dir / f"{mid}.json").write_text(  # we had reacted too, then stopped
+        json.dumps(
+            {"message_id": mid, "channel_id": QUEUE, "author_id": MANAGER, "state": "claiming"}
+        )
+    )
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        assert inbox.recover() == []
+        assert inbox.poll_once() == []
+        inbox.drain()
+    assert not (state_dir / f"{mid}.json").exists()
+    claims = [m["content"] for m in api.posted(QUEUE) if m["content"].startswith("\U0001f512")]
+    assert claims == ["\U0001f512 claimed by `elsewhere`"]  # ours was deleted
+    assert len(api.deleted) == 1
+    assert api.reactors_of(mid, CLAIM) == [DiscordAPI.BOT_ID]  # left for the winner
+    assert api.posted(RESULTS) == [] and not list(cfg.handoffs_dir.glob("orch-*.json"))
+
+
+def test_no_task_is_missed_after_downtime(cfg: Config, api: DiscordAPI) -> None:
+    """More than a page (and than the first look's 50) posted while no inbox ran."""
+    first = api.add_message(QUEUE, "hello", author_id=STRANGER)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        assert inbox.poll_once() == [first]
+        inbox.drain()
+    down = [api.add_message(QUEUE, f"task {i}", author_id=STRANGER) for i in range(130)]
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        assert inbox.poll_once() == down  # oldest first, all of them
+        inbox.drain()
+        assert inbox.poll_once() == []  # its replies are not tasks; nothing twice
+    for mid in down:
+        assert state_of(cfg, mid)["state"] == "refused"  # STRANGER is not mapped
+
+
+def test_a_task_backed_off_from_is_looked_at_again(cfg: Config, api: DiscordAPI) -> None:
+    """Two bots reacted at once: ours is taken back; once the other withdraws too, the
+    message (now behind the cursor) is fetched again and claimed."""
+    mid = api.add_message(QUEUE, "webster: contested", author_id=MANAGER)
+    for user in (DiscordAPI.BOT_ID, OTHER_BOT):
+        api.react_as(user, mid, CLAIM)
+    state_dir = cfg.handoffs_dir / "inbox-discord"
+    state_dir.mkdir(parents=True)
+    (state_dir / f"{mid}.json").write_text(
+        json.dumps(
+            {"message_id": mid, "channel_id": QUEUE, "author_id": MANAGER, "state": "claiming"}
+        )
+    )
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        assert inbox.poll_once() == []  # backed off; the other bot's ✅ stays
+        assert api.reactors_of(mid, CLAIM) == [OTHER_BOT]
+        assert inbox.poll_once() == []
+        with api.state:
+            api.reactions[mid][CLAIM].remove(OTHER_BOT)  # the other one backed off too
+        assert inbox.poll_once() == [mid]
+        inbox.drain()
+    assert state_of(cfg, mid)["state"] == "posted"
+    cursor = json.loads((state_dir / "cursor.json").read_text())
+    assert cursor["retry"] == {} and int(cursor["after"]) >= int(mid)
+
+
+# -- agents' questions ---------------------------------------------------------------------
+
+
+def asker_config(tmp_path: Path, api: DiscordAPI) -> Config:
+    import sys
+
+    from tests.servekit import ASKER, HERE
+
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["asker"] = {
+        "kind": "command",
+        "argv": [sys.executable, str(ASKER), "ask"],
+        "env": {"AGENT_STATE": str(tmp_path / "asker-state")},
+        "timeout": 60,
+        "fallback_handoff": False,
+    }
+    raw["agents"]["asker"] = {"url": "local"}
+    raw["workflow_dirs"] = [str(HERE)]
+    raw["channels"] = inbox_config(tmp_path, api.base_url).channels
+    return load_config(write_config(tmp_path, raw))
+
+
+def test_a_question_answered_by_reply(tmp_path: Path, api: DiscordAPI) -> None:
+    cfg = asker_config(tmp_path, api)
+    mid = api.add_message(QUEUE, "workflow ask", author_id=MANAGER)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        inbox.poll_once()
+        inbox.drain()
+        state = state_of(cfg, mid)
+        assert state["state"] == "waiting"
+        (notice,) = api.posted(GATES)
+        assert notice["content"] == (
+            f"❓ question: workflow `ask`, step `research` (agent `asker`), run "
+            f"`{state['run_id']}`, task {mid}.\n> Which temperature range?\n"
+            f"Reply to this message to answer (<@{MANAGER}>, <@{BOSS}>)."
+        )
+        api.reply_as(GATES, notice["id"], "20-30 °C", author_id=STRANGER)  # not allowed
+        api.add_message(GATES, "0-100 °C", author_id=BOSS)  # not a reply
+        inbox.poll_once()
+        inbox.drain()
+        assert state_of(cfg, mid)["state"] == "waiting"
+        reply = api.reply_as(
+            GATES, notice["id"], f"<@{DiscordAPI.BOT_ID}> 0-50 °C", author_id=MANAGER
+        )
+        inbox.poll_once()
+        inbox.drain()
+    state = state_of(cfg, mid)
+    assert state["state"] == "posted"
+    assert state["gates"]["research"]["decision"] == "answered"
+    assert state["gates"]["research"]["by"] == MANAGER
+    assert api.reactors_of(reply, CLAIM) == [DiscordAPI.BOT_ID]  # the answer was taken
+    events = [
+        json.loads(line)
+        for line in (cfg.handoffs_dir / "workflows" / state["run_id"] / "events.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    answered = [e for e in events if e.get("event") == "step_answered"]
+    assert [(e["answer"], e["by"]) for e in answered] == [("0-50 °C", f"discord:{MANAGER}")]
+    (result,) = api.posted(RESULTS)
+    assert result["content"].startswith("**complete**")
+
+
+def test_a_delegations_question_answered_by_reply(tmp_path: Path, api: DiscordAPI) -> None:
+    cfg = asker_config(tmp_path, api)
+    mid = api.add_message(QUEUE, "asker: Find CTE of ULE", author_id=MANAGER)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        inbox.poll_once()
+        inbox.drain()
+        state = state_of(cfg, mid)
+        run_id = state["run_id"]
+        assert state["state"] == "waiting"
+        (notice,) = api.posted(GATES)
+        assert notice["content"].startswith(
+            f"❓ question: delegation to `asker`, run `{run_id}`, task {mid}.\n"
+            "> Which temperature range?\n"
+        )
+        api.reply_as(GATES, notice["id"], "0-50 °C", author_id=BOSS)
+        inbox.poll_once()
+        inbox.drain()
+    state = state_of(cfg, mid)
+    assert state["state"] == "posted" and state["run_id"] == f"{run_id}-a1"
+    (result,) = api.posted(RESULTS)
+    assert result["content"].startswith("**complete**")
+    assert "CTE over 0-50 °C" in result["content"]
+    record = json.loads((cfg.handoffs_dir / f"{run_id}-a1.json").read_text())
+    assert record["envelope"]["labels"]["answered_by"] == f"discord:{BOSS}"
