@@ -36,6 +36,19 @@ TOKENS = {
 }
 
 
+def counted_gated_agent(go: Path, starts: Path) -> dict[str, Any]:
+    """``gated_agent`` that also appends a line to ``starts`` each time it starts."""
+    script = (
+        "import os, time\n"
+        f"with open({str(starts)!r}, 'a') as fh: fh.write(str(os.getpid()) + '\\n')\n"
+        "deadline = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('held and released')\n"
+    )
+    return {"kind": "command", "argv": [sys.executable, "-c", script], "timeout": 90}
+
+
 def serve_config(tmp: Path, go: Path, **serve: Any) -> Path:
     """A demo config with a standalone gateway (port filled in by ``Served``) and tokens."""
     raw = demo_config(tmp)
@@ -62,13 +75,19 @@ def serve_config(tmp: Path, go: Path, **serve: Any) -> Path:
 class Served:
     """A gateway in this process and an `orchestrate serve` subprocess; restartable."""
 
-    def __init__(self, tmp: Path, **serve: Any) -> None:
+    def __init__(self, tmp: Path, *, embedded: bool = False, **serve: Any) -> None:
         self.tmp = tmp
         self.go = tmp / "go"
         self.path = serve_config(tmp, self.go, **serve)
-        self.gateway = LocalGateway(load_config(self.path), token=GATEWAY_TOKEN).start()
         raw = yaml.safe_load(self.path.read_text())
-        raw["gateway"]["port"] = int(self.gateway.url.rsplit(":", 1)[1])
+        self.gateway: LocalGateway | None = None
+        if embedded:  # the server runs it (as its companion process)
+            raw["gateway"]["embedded"] = True
+            raw["gateway"].pop("token_env", None)
+            raw["gateway"]["agents"]["slowpoke"] = counted_gated_agent(self.go, tmp / "starts")
+        else:
+            self.gateway = LocalGateway(load_config(self.path), token=GATEWAY_TOKEN).start()
+            raw["gateway"]["port"] = int(self.gateway.url.rsplit(":", 1)[1])
         write_config(tmp, raw)
         self.env = {**os.environ, "ORCH_TEST_GW_TOKEN": GATEWAY_TOKEN}
         self.proc: subprocess.Popen[str] | None = None
@@ -127,7 +146,8 @@ class Served:
                 self.proc.kill()
                 self.proc.wait()
             self._drain.join(timeout=30)
-        self.gateway.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
 
     def client(self, who: str | None = "alice") -> httpx.Client:
         headers = {"Authorization": f"Bearer {TOKENS[who][1]}"} if who else {}

@@ -10,7 +10,8 @@ Example::
 
 The parts: ``settings`` (tokens, roles, address), ``manager`` (executes runs and
 delegations, continues them on decisions, picks them up after a restart), ``hub`` (the
-event feed over the journals), ``app`` (the API and the dashboard), ``prom`` (/metrics).
+event feed over the journals), ``app`` (the API and the dashboard), ``prom`` (/metrics),
+``companion`` (an embedded gateway as a process that outlives a killed server).
 Needs the ``serve`` extra (FastAPI, uvicorn, prometheus-client).
 """
 
@@ -99,8 +100,11 @@ def serve(
         install_log_filter(logging.getLogger(name))
     sock = _bind(settings.host, settings.port)
     url = f"http://{_host_for_url(settings.host)}:{sock.getsockname()[1]}"
-    with sock, open_delegator(cfg) as delegator:
-        app, _ = build(cfg, settings, delegator, on_started=lambda: None)
+    from engine.serve.companion import companion_gateway
+
+    # An embedded gateway runs as a companion process that outlives a killed server.
+    with sock, companion_gateway(cfg) as served, open_delegator(served) as delegator:
+        app, _ = build(served, settings, delegator, on_started=lambda: None)
         config = uvicorn.Config(
             app,
             log_level="warning",
@@ -117,7 +121,38 @@ def serve(
                 on_started(url)
 
         server.startup = startup  # type: ignore[method-assign]
+        _run_until_term(server, sock)
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived: uvicorn shut down and raised it again (see ``_run_until_term``)."""
+
+
+def _run_until_term(server: Any, sock: socket.socket) -> None:
+    """Run uvicorn; return normally on SIGTERM.
+
+    After its graceful shutdown uvicorn raises the signal it caught once more, with the
+    handler that was there before it ran: the default one would end the process before
+    the server's context managers (the companion gateway, the pool) close. Ours turns it
+    into an exception caught here.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
         server.run(sockets=[sock])
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        server.run(sockets=[sock])
+    except _Terminated:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _bind(host: str, port: int) -> socket.socket:
