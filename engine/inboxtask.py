@@ -21,6 +21,17 @@ from engine.config import Config
 from engine.errors import UsageError
 from engine.redact import redact
 
+# States of a claimed message, in order.
+CLAIMING = "claiming"  # the state file exists; the reaction claim is not confirmed yet
+CLAIMED = "claimed"  # the claim holds; the task has not started
+RUNNING = "running"  # dispatched (delegation) or started (workflow)
+WAITING = "waiting"  # parked at an approval gate or on an agent's question
+FINISHED = "finished"  # the result is recorded here, not yet posted
+POSTED = "posted"  # the result is in the results channel: done
+REFUSED = "refused"  # refused (unmapped author, syntax, ACL): the reply says why
+#: Run states the inbox announces and resumes.
+PARKED = ("waiting_approval", "waiting_input")
+
 _OPTIONS = ("model", "thinking")
 _THINKING = ("low", "medium", "high")
 

@@ -1,0 +1,307 @@
+"""Gates and agents' questions of the Discord inbox: notices, reactions, replies.
+
+A workflow the inbox runs (or a run parked elsewhere, ``_adopt_parked``) that parks at an
+approval gate gets a notice in ``channels.gates``; a ✅ or ❌ reaction by an allowed
+approver decides it. An agent's question (a ``blocked`` handoff with a ``question``, in a
+workflow step or a delegation) gets a notice too; the first reply to it by the task's
+author or an approver answers it. Decisions and answers are recorded with
+``by: discord:<user id>``, and the inbox continues the run (docs/discord.md).
+
+``ParkedRuns`` is a part of ``engine.inbox.DiscordInbox``, which provides the state files,
+the Discord client and the task pool it uses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from engine.config import Config
+from engine.discord import CLAIM, REJECT, DiscordClient, ids, reference_of
+from engine.errors import OrchestratorError
+from engine.files import utcnow_iso, write_json_new
+from engine.inboxtask import CLAIMED, FINISHED, PARKED, RUNNING, WAITING, TaskRequest
+from engine.redact import redact
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from engine.inbox import InboxSettings
+
+
+class ParkedRuns:
+    """Announce, decide and answer what parked runs and delegations wait for."""
+
+    cfg: Config
+    client: DiscordClient
+    settings: InboxSettings
+    log: Callable[[str], None]
+    _final: set[str]
+
+    # -- provided by DiscordInbox --------------------------------------------------------
+
+    def _save(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _states(self, *wanted: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _submit(self, mid: str, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _busy(self, mid: str) -> bool:
+        raise NotImplementedError
+
+    def _state_path(self, mid: str) -> Path:
+        raise NotImplementedError
+
+    # -- notices ---------------------------------------------------------------------------
+
+    def _announce_gates(self, state: dict[str, Any], req: TaskRequest, result: Any) -> None:
+        """Post a notice for each step newly parked at a gate or on a question; ``WAITING``."""
+        gates = state.setdefault("gates", {})
+        channel = self.settings.gates or self.settings.results
+        for sid, st in result.summary.get("steps", {}).items():
+            if sid in gates and not gates[sid].get("decision"):
+                continue  # announced, not decided yet
+            if st.get("status") == "waiting_approval" and sid not in gates:
+                text = self._gate_text(state, req, result.run_id, sid, st)
+                kind = "gate"
+            elif st.get("status") == "waiting_input" and _unanswered(st.get("question")):
+                text = self._question_text(state, req, result.run_id, sid, st)
+                kind = "question"
+            else:
+                continue
+            posted = self.client.post(channel, text)
+            gates[sid] = {
+                "kind": kind,
+                "channel_id": channel,
+                "message_id": str(posted.get("id")),
+                "at": utcnow_iso(),
+            }
+        state["state"] = WAITING
+        self._save(state)
+
+    def _origin(self, state: dict[str, Any]) -> str:
+        if state.get("adopted"):
+            return "started from the command line"
+        return f"task {state['message_id']}"
+
+    def _gate_text(
+        self, state: dict[str, Any], req: TaskRequest, run_id: str, sid: str, st: dict[str, Any]
+    ) -> str:
+        allowed = self._approvers(req.target, sid)
+        how = (
+            f"React {CLAIM} to approve or {REJECT} to reject "
+            f"({', '.join(f'<@{u}>' for u in allowed)})."
+            if allowed
+            else "No Discord approvers are configured: use "
+            f"`workflow approve {run_id} {sid}` or `workflow reject {run_id} {sid} "
+            "--reason ...`."
+        )
+        return (
+            f"⏸ approval needed: workflow `{req.target}`, step `{sid}` "
+            f"(agent `{st.get('agent')}`), run `{run_id}`, {self._origin(state)}.\n{how}"
+        )
+
+    def _question_text(
+        self, state: dict[str, Any], req: TaskRequest, run_id: str, sid: str, st: dict[str, Any]
+    ) -> str:
+        question = str((st.get("question") or {}).get("text") or "?")
+        allowed = self._answerers(state, req, sid)
+        if req.kind == "delegation":
+            where = f"delegation to `{req.target}`, run `{run_id}`"
+            cli = f'`orchestrate answer {run_id} "..."`'
+        else:
+            where = (
+                f"workflow `{req.target}`, step `{sid}` (agent `{st.get('agent')}`), run `{run_id}`"
+            )
+            cli = f'`workflow answer {run_id} {sid} "..."`'
+        how = (
+            f"Reply to this message to answer ({', '.join(f'<@{u}>' for u in allowed)})."
+            if allowed
+            else f"No Discord approvers are configured: answer with {cli}."
+        )
+        quoted = "\n".join(f"> {line}" for line in question.splitlines() or ["?"])
+        return redact(f"❓ question: {where}, {self._origin(state)}.\n{quoted}\n{how}")
+
+    def _adopt_parked(self) -> None:
+        """Announce gates and questions of runs parked elsewhere (`workflow run
+        --non-interactive`).
+
+        Such a run gets a state file of its own (``run-<run id>.json``); after a decision
+        or an answer this inbox resumes it, like the runs it started, and posts its result.
+        """
+        from types import SimpleNamespace
+
+        from engine.runner import list_runs, run_status
+
+        known = {st.get("run_id") for st in self._states(CLAIMED, RUNNING, WAITING, FINISHED)}
+        for row in list_runs(self.cfg, limit=50):
+            run_id = row.get("runId")
+            if row.get("status") not in PARKED or not run_id or run_id in known:
+                continue
+            key = f"run-{run_id}"
+            if key in self._final or self._state_path(key).exists():
+                continue
+            try:
+                summary = run_status(self.cfg, run_id)
+            except OrchestratorError:
+                continue
+            if summary.get("live"):
+                continue  # a process is running it (and will ask its own approver)
+            req = TaskRequest("workflow", str(row.get("workflow")), inputs={})
+            state: dict[str, Any] = {
+                "message_id": key,
+                "channel_id": self.settings.results,
+                "author_id": None,
+                "adopted": True,
+                "caller": summary.get("caller"),
+                "request": req.as_dict(),
+                "run_id": run_id,
+                "state": CLAIMED,
+                "adopted_at": utcnow_iso(),
+            }
+            if not write_json_new(self._state_path(key), state):
+                continue
+            self._announce_gates(state, req, SimpleNamespace(run_id=run_id, summary=summary))
+
+    def _decided_elsewhere(self, run_id: str, step: str) -> dict[str, Any] | None:
+        """The gate decision or the answer a run's journal holds for ``step``, if any."""
+        from engine.runner import replay, run_dir
+
+        try:
+            s = replay(run_dir(self.cfg, run_id)).steps[step]
+        except (OrchestratorError, KeyError):
+            return None
+        gate = s.gate
+        if isinstance(gate, dict) and gate.get("decision") in ("approved", "rejected"):
+            return {"decision": gate["decision"], "by": str(gate.get("by") or "")}
+        if s.question is not None and s.question.get("answer") is not None:
+            return {"decision": "answered", "by": str(s.question.get("by") or "")}
+        return None
+
+    def _approvers(self, workflow: str, step: str) -> tuple[str, ...]:
+        per = self.settings.gate_approvers
+        return per.get(f"{workflow}/{step}") or per.get(step) or self.settings.approvers
+
+    def _answerers(self, state: dict[str, Any], req: TaskRequest, step: str) -> tuple[str, ...]:
+        """Who may answer a question: the task's author, then the step's approvers."""
+        author = () if state.get("adopted") or not state.get("author_id") else (state["author_id"],)
+        return tuple(dict.fromkeys((*author, *self._approvers(req.target, step))))
+
+    def _check_gates(self) -> None:
+        """Decide each announced gate by reaction and answer each question by reply; resume
+        the runs that can continue."""
+        for state in self._states(WAITING):
+            if self._busy(state["message_id"]):
+                continue
+            req = TaskRequest(**state["request"])
+            decided = False
+            for sid, gate in state.get("gates", {}).items():
+                if gate.get("decision"):
+                    continue
+                if gate.get("kind") == "question":
+                    done = self._take_answer(state, req, sid, gate)
+                else:
+                    done = self._take_decision(state, req, sid, gate)
+                decided = decided or done
+            if decided:
+                self._save(state)
+                self._submit(state["message_id"], state)
+
+    def _take_decision(
+        self, state: dict[str, Any], req: TaskRequest, sid: str, gate: dict[str, Any]
+    ) -> bool:
+        """A ✅ or ❌ by an allowed approver decides the gate (or a terminal did already)."""
+        from engine.errors import RunStateError
+        from engine.runner import decide_gate
+
+        allowed = set(self._approvers(req.target, sid))
+        verdict = None
+        for emoji, approved in ((REJECT, False), (CLAIM, True)) if allowed else ():
+            reactors = ids(self.client.reactors(gate["channel_id"], gate["message_id"], emoji))
+            who = [u for u in reactors if u in allowed]
+            if who:
+                verdict = (approved, who[0])
+                break
+        if verdict is None:
+            return self._settled_elsewhere(state, sid, gate)
+        approved, uid = verdict
+        try:
+            decide_gate(
+                self.cfg,
+                state["run_id"],
+                sid,
+                approved=approved,
+                reason=f"{'approved' if approved else 'rejected'} by reaction in Discord",
+                by=f"discord:{uid}",
+            )
+        except RunStateError:
+            pass  # decided elsewhere meanwhile (`workflow approve`): resume anyway
+        gate.update(
+            decision="approved" if approved else "rejected", by=uid, decided_at=utcnow_iso()
+        )
+        return True
+
+    def _settled_elsewhere(self, state: dict[str, Any], sid: str, gate: dict[str, Any]) -> bool:
+        if state.get("request", {}).get("kind") == "delegation":
+            return False
+        elsewhere = self._decided_elsewhere(state["run_id"], sid)
+        if elsewhere is None:
+            return False
+        gate.update(elsewhere, decided_at=utcnow_iso())  # `workflow approve|answer`
+        return True
+
+    def _take_answer(
+        self, state: dict[str, Any], req: TaskRequest, sid: str, gate: dict[str, Any]
+    ) -> bool:
+        """The first reply to the question's notice by an allowed user answers it."""
+        from engine.ask import answer_step
+        from engine.errors import RunStateError
+
+        reply = self._first_reply(gate, set(self._answerers(state, req, sid)))
+        if reply is None:
+            return self._settled_elsewhere(state, sid, gate)
+        uid, text, reply_id = reply
+        if req.kind == "delegation":
+            state["answer"] = {"text": text, "by": f"discord:{uid}"}
+        else:
+            try:
+                answer_step(self.cfg, state["run_id"], sid, text, by=f"discord:{uid}")
+            except RunStateError:
+                pass  # answered elsewhere meanwhile (`workflow answer`): resume anyway
+        gate.update(decision="answered", by=uid, reply_id=reply_id, decided_at=utcnow_iso())
+        try:
+            self.client.react(gate["channel_id"], reply_id, CLAIM)  # "taken"
+        except OrchestratorError as exc:
+            self.log(f"answer {reply_id}: not acknowledged: {exc}")
+        return True
+
+    def _first_reply(self, gate: dict[str, Any], allowed: set[str]) -> tuple[str, str, str] | None:
+        """(user id, text, message id) of the first allowed reply to the notice, or None.
+
+        Pages forward from what the last look saw (``gate["after"]``), so a busy channel
+        is read once.
+        """
+        found = None
+        for msg in self.client.messages_after(
+            gate["channel_id"], str(gate.get("after") or gate["message_id"])
+        ):
+            gate["after"] = str(msg.get("id"))
+            uid = str((msg.get("author") or {}).get("id"))
+            text = _strip_mentions(str(msg.get("content") or ""))
+            if reference_of(msg) == gate["message_id"] and uid in allowed and text:
+                found = (uid, redact(text), str(msg["id"]))
+                break
+        return found
+
+
+def _unanswered(question: Any) -> bool:
+    return isinstance(question, dict) and question.get("answer") is None
+
+
+def _strip_mentions(text: str) -> str:
+    """A reply's text without the leading ``<@id>`` mentions Discord adds."""
+    return re.sub(r"^(\s*<@!?\d+>)+", "", text).strip()
