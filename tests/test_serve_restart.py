@@ -71,3 +71,29 @@ def _reaped(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_an_orphaned_idle_companion_stops_by_itself(tmp_path: Path) -> None:
+    """Its server died and none adopted it: it stops once idle for the grace period."""
+    import subprocess
+    import sys
+    import time
+
+    from engine.config import load_config
+    from engine.serve import companion as comp
+    from tests.helpers import demo_config, write_config
+
+    raw = demo_config(tmp_path)
+    raw["gateway"]["embedded"] = True
+    cfg = load_config(write_config(tmp_path, raw))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    folder = comp.state_dir(cfg)
+    folder.mkdir(mode=0o700, parents=True)
+    info = comp._start(cfg, folder, "tok-" + "x" * 20, owner=int(gone.stdout), orphan_grace=0.2)
+    pid = int(info["pid"])
+    deadline = time.monotonic() + 30
+    child = comp._children.pop(pid)
+    assert child.wait(30) == 0  # it ended by itself
+    assert time.monotonic() < deadline
+    assert not (folder / "gateway.json").exists()

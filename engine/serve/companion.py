@@ -49,6 +49,8 @@ from engine.errors import ConfigError
 TOKEN_ENV = "ORCH_SERVE_GATEWAY_TOKEN"
 #: Seconds a companion whose owner died stays up while idle (a restart adopts it).
 ORPHAN_GRACE = 120.0
+#: Companions this process started, by pid (kept to be reaped).
+_children: dict[int, subprocess.Popen[bytes]] = {}
 #: Seconds to wait for a new companion to listen, and for one to stop.
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
@@ -125,18 +127,19 @@ def alive(pid: int) -> bool:
 
 def stop(pid: int) -> None:
     """SIGTERM the companion and wait (bounded) until it is gone."""
+    child = _children.pop(pid, None)
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
+    if child is not None:  # ours: reap it
+        try:
+            child.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+        return
     deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        try:  # our child: reap it; adopted: just look
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:
-            if not alive(pid):
-                return
+    while alive(pid) and time.monotonic() < deadline:  # adopted: just look
         time.sleep(0.05)
 
 
@@ -184,8 +187,16 @@ def _set_owner(folder: Path, info: dict[str, Any]) -> None:
     write_json_atomic(folder / "gateway.json", info)
 
 
-def _start(cfg: Config, folder: Path, token: str) -> dict[str, Any]:
-    """Start a companion in its own session; its state once it listens."""
+def _start(
+    cfg: Config,
+    folder: Path,
+    token: str,
+    *,
+    owner: int | None = None,
+    orphan_grace: float = ORPHAN_GRACE,
+) -> dict[str, Any]:
+    """Start a companion in its own session, owned by ``owner`` (default: this process);
+    its state once it listens."""
     (folder / "gateway.json").unlink(missing_ok=True)
     gw = cfg.gateway
     assert gw is not None
@@ -201,13 +212,21 @@ def _start(cfg: Config, folder: Path, token: str) -> dict[str, Any]:
     finally:
         log.close()
     assert proc.stdin is not None and proc.stdout is not None
-    order = {"config": str(cfg.path), "token": token, "port": gw.port, "owner": os.getpid()}
+    order = {
+        "config": str(cfg.path),
+        "token": token,
+        "port": gw.port,
+        "owner": owner or os.getpid(),
+        "orphan_grace": orphan_grace,
+    }
     proc.stdin.write(json.dumps(order).encode())
     proc.stdin.close()
     line = _first_line(proc, START_TIMEOUT)
     proc.stdout.close()
     info = _read(folder / "gateway.json")
-    if not line.startswith("listening ") or info is None:
+    if line.startswith("listening ") and info is not None:
+        _children[proc.pid] = proc
+    else:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
@@ -279,6 +298,7 @@ def main() -> int:
     write_json_atomic(folder / "gateway.json", state)
     print(f"listening {gateway.url}", flush=True)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    grace = float(order.get("orphan_grace", ORPHAN_GRACE))
     idle_since: float | None = None
     try:
         while not stopping.wait(1.0):
@@ -288,7 +308,7 @@ def main() -> int:
                 idle_since = None
             elif idle_since is None:
                 idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > ORPHAN_GRACE:
+            elif time.monotonic() - idle_since > grace:
                 break
     finally:
         gateway.stop()
