@@ -210,6 +210,7 @@ class DiscordInbox(ParkedRuns):
         self._lock_fd: int | None = None
         self._final: set[str] = set()  # message ids whose state is posted or refused
         self._next_adopt = 0.0  # when to look for runs parked elsewhere next
+        self._closing = threading.Event()  # set by close(): runs being followed let go
         self.name = self.settings.name or _default_name(self.state_dir)
         self._cursor: dict[str, Any] = {}  # {"channel", "after", "retry"}: see _new_messages
 
@@ -239,6 +240,7 @@ class DiscordInbox(ParkedRuns):
 
     def close(self) -> None:
         """Wait for the tasks in flight, stop the gateway, close the Discord client, unlock."""
+        self._closing.set()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -518,6 +520,8 @@ class DiscordInbox(ParkedRuns):
                 self._delegation(state, req, caller)
             else:
                 self._workflow(state, req, caller)
+        except _Stopping:
+            return  # closing: the state file says where to go on
         except OrchestratorError as exc:
             if state["state"] in (CLAIMED, CLAIMING):
                 self._refuse(state, redact(str(exc)))
@@ -623,11 +627,30 @@ class DiscordInbox(ParkedRuns):
             self.cfg, self._delegator, reporter=_RunIdReporter(started), approver=None
         )
         if state.get("run_id"):
-            result = runner.resume(state["run_id"], RunOptions())
+            result = self._resume(runner, state["run_id"])
         else:
             prepared = prepare(self.cfg, req.target, dict(req.inputs), caller=caller)
             result = runner.start(prepared, RunOptions(caller=caller))
         self._after_run(state, req, result)
+
+    def _resume(self, runner: Any, run_id: str) -> Any:
+        """Resume a run; while another process executes it (``orchestrate serve``, a
+        terminal), follow it until it stops, then take what is left (or its result)."""
+        from engine.errors import RunStateError
+        from engine.runner import RunOptions, run_status
+
+        told = False
+        while True:
+            try:
+                return runner.resume(run_id, RunOptions())
+            except RunStateError:
+                if not run_status(self.cfg, run_id).get("live"):
+                    raise
+            if not told:
+                self.log(f"run {run_id}: another process executes it; following it")
+                told = True
+            if self._closing.wait(min(1.0, self.settings.poll_interval)):
+                raise _Stopping
 
     def _after_run(self, state: dict[str, Any], req: TaskRequest, result: Any) -> None:
         from engine.runner import RunState
@@ -743,6 +766,10 @@ class DiscordInbox(ParkedRuns):
                 "inbox per handoffs directory (each host with its own bot)."
             ) from None
         self._lock_fd = fd
+
+
+class _Stopping(Exception):
+    """The inbox closes while a task follows a run another process executes."""
 
 
 def _continued_as(handoffs_dir: Path, run_id: str) -> str | None:

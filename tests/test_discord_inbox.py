@@ -913,3 +913,44 @@ def test_a_delegations_question_answered_by_reply(tmp_path: Path, api: DiscordAP
     assert "CTE over 0-50 °C" in result["content"]
     record = json.loads((cfg.handoffs_dir / f"{run_id}-a1.json").read_text())
     assert record["envelope"]["labels"]["answered_by"] == f"discord:{BOSS}"
+
+
+def test_a_gate_decided_while_another_process_executes_the_run(
+    tmp_path: Path, api: DiscordAPI
+) -> None:
+    """`orchestrate serve` (here: the run's lock, held) continues the run after the
+    reaction: the inbox follows it instead of posting an error, then posts its result."""
+    from engine.store import open_store
+
+    cfg = inbox_config(tmp_path, api.base_url)
+    mid = api.add_message(
+        QUEUE,
+        "workflow material-trade-study materials=Zerodur "
+        'requirements="CTE < 0.01 ppm/K DEMO_CONFIDENCE=low"',
+        author_id=MANAGER,
+    )
+    following = threading.Event()
+
+    def log(line: str) -> None:
+        if "another process executes it" in line:
+            following.set()
+
+    with DiscordInbox(cfg, client_for(cfg), log=log) as inbox:
+        inbox.poll_once()
+        inbox.drain()
+        run_id = state_of(cfg, mid)["run_id"]
+        (notice,) = api.posted(GATES)
+        lock = open_store(cfg).claim(run_id)
+        lock.__enter__()  # another executor holds the run
+        try:
+            api.react_as(BOSS, notice["id"], CLAIM)
+            inbox.poll_once()
+            assert following.wait(60)
+            assert api.posted(RESULTS) == []  # no error posted meanwhile
+        finally:
+            lock.__exit__(None, None, None)
+        inbox.drain()
+    state = state_of(cfg, mid)
+    assert state["state"] == "posted" and state["gates"]["audit"]["decision"] == "approved"
+    (result,) = api.posted(RESULTS)
+    assert result["content"].startswith("**complete**")
