@@ -637,7 +637,8 @@ class DiscordInbox(ParkedRuns):
         """Resume a run; while another process executes it (``orchestrate serve``, a
         terminal), follow it until it stops, then take what is left (or its result)."""
         from engine.errors import RunStateError
-        from engine.runner import RunOptions, run_status
+        from engine.runner import RunOptions
+        from engine.runs import run_status
 
         told = False
         while True:

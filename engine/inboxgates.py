@@ -135,7 +135,7 @@ class ParkedRuns:
         """
         from types import SimpleNamespace
 
-        from engine.runner import list_runs, run_status
+        from engine.runs import list_runs, run_status
 
         known = {st.get("run_id") for st in self._states(CLAIMED, RUNNING, WAITING, FINISHED)}
         for row in list_runs(self.cfg, limit=50):
@@ -169,7 +169,7 @@ class ParkedRuns:
 
     def _decided_elsewhere(self, run_id: str, step: str) -> dict[str, Any] | None:
         """The gate decision or the answer a run's journal holds for ``step``, if any."""
-        from engine.runner import replay, run_dir
+        from engine.runs import replay, run_dir
 
         try:
             s = replay(run_dir(self.cfg, run_id)).steps[step]
@@ -216,7 +216,7 @@ class ParkedRuns:
     ) -> bool:
         """A ✅ or ❌ by an allowed approver decides the gate (or a terminal did already)."""
         from engine.errors import RunStateError
-        from engine.runner import decide_gate
+        from engine.runs import decide_gate
 
         allowed = set(self._approvers(req.target, sid))
         verdict = None

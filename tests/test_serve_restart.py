@@ -11,7 +11,7 @@ import os
 import signal
 from pathlib import Path
 
-from engine.runner import read_events
+from engine.runs import read_events
 from engine.serve.companion import alive
 from tests.servekit import Served
 from tests.test_serve import _feed_until, _start
