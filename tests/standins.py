@@ -169,6 +169,7 @@ class DiscordAPI(_Base):
         self.files: dict[str, dict[str, bytes]] = {}
         self.deleted: list[str] = []  # ids of messages deleted through the API
         self.state = threading.RLock()
+        self._changed = threading.Condition(self.state)  # notified at each new message
         self._next_id = 1_480_000_000_000_000_000
 
     # -- test helpers ---------------------------------------------------------------------
@@ -206,6 +207,16 @@ class DiscordAPI(_Base):
             users = self.reactions.setdefault(message_id, {}).setdefault(emoji, [])
             if user_id not in users:
                 users.append(user_id)
+
+    def wait_posts(self, channel_id: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+        """The channel's messages once it holds at least ``count`` (AssertionError after
+        ``timeout`` seconds); woken by each message the API creates."""
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: len(self.channels.get(channel_id, [])) >= count, timeout
+            ):
+                raise AssertionError(f"channel {channel_id}: {self.channels.get(channel_id)}")
+            return [dict(m) for m in self.channels[channel_id]]
 
     def posted(self, channel_id: str) -> list[dict[str, Any]]:
         """Messages posted in a channel, oldest first."""
@@ -348,6 +359,7 @@ class DiscordAPI(_Base):
         self.channels[channel].append(message)
         if files:
             self.files[msg_id] = files
+        self._changed.notify_all()
         return 200, message, {}
 
     def _new_id(self) -> str:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from engine.config import Config
@@ -103,7 +104,12 @@ def serve(
     from engine.serve.companion import companion_gateway
 
     # An embedded gateway runs as a companion process that outlives a killed server.
-    with sock, companion_gateway(cfg) as served, open_delegator(served) as delegator:
+    with ExitStack() as stack:
+        stack.enter_context(sock)
+        served = stack.enter_context(companion_gateway(cfg))
+        delegator = stack.enter_context(open_delegator(served))
+        if settings.discord_inbox:
+            stack.enter_context(discord_inbox(served))
         app, _ = build(served, settings, delegator, on_started=lambda: None)
         config = uvicorn.Config(
             app,
@@ -122,6 +128,40 @@ def serve(
 
         server.startup = startup  # type: ignore[method-assign]
         _run_until_term(server, sock)
+
+
+@contextmanager
+def discord_inbox(cfg: Config) -> Iterator[None]:
+    """The Discord inbox (``engine.inbox``) polling in a thread while the server runs.
+
+    Its settings are checked, and the bot token read, before the server listens (a
+    ``ConfigError`` names the problem). On exit it stops polling and waits for its tasks.
+    """
+    import threading
+
+    from engine.discord import DiscordClient
+    from engine.inbox import DiscordInbox, InboxSettings
+
+    InboxSettings.from_config(cfg)
+    inbox = DiscordInbox(
+        cfg, DiscordClient.from_config(cfg), log=lambda line: log.warning("inbox: %s", line)
+    )
+    stop = threading.Event()
+    with inbox:
+
+        def poll() -> None:
+            try:
+                inbox.run(stop)
+            except Exception as exc:  # a refused token: say so, keep serving
+                log.error("inbox: stopped: %s", exc)
+
+        thread = threading.Thread(target=poll, name="discord-inbox", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 class _Terminated(Exception):

@@ -63,6 +63,7 @@ class ServeSettings:
     tokens: tuple[ApiToken, ...] = ()
     self_approval: bool = True
     max_parallel: int = 4
+    discord_inbox: bool = False  # run the Discord inbox in the server (engine.inbox)
 
     @classmethod
     def from_config(
@@ -107,6 +108,7 @@ class ServeSettings:
             tokens=tuple(tokens),
             self_approval=bool(raw.get("self_approval", True)),
             max_parallel=int(raw.get("max_parallel", 4)),
+            discord_inbox=bool(raw.get("discord_inbox", False)),
         )
 
     def check_bind(self) -> None:
