@@ -78,7 +78,8 @@ def companion_gateway(cfg: Config) -> Iterator[Config]:
     """Adopt the live companion or start one; yield ``cfg`` pointed at it.
 
     The yielded config has ``gateway.embedded: false`` and the companion's port, with the
-    token in ``$ORCH_SERVE_GATEWAY_TOKEN``. On exit the companion is stopped (SIGTERM).
+    token in ``$ORCH_SERVE_GATEWAY_TOKEN``. On exit the companion is stopped (SIGTERM),
+    unless another live server owns it (two servers on one handoffs directory share it).
     Without ``wanted(cfg)`` the config is yielded unchanged. Raises ``ConfigError`` when
     the companion cannot start (its log's last lines say why).
     """
@@ -94,10 +95,13 @@ def companion_gateway(cfg: Config) -> Iterator[Config]:
     token = _token(cfg, folder)
     register(token)
     info = _adoptable(folder, token)
-    if info is not None:
-        _set_owner(folder, info)
-    else:
+    shared = False
+    if info is None:
         info = _start(cfg, folder, token)
+    elif alive(int(info.get("owner") or 0)) and info.get("owner") != os.getpid():
+        shared = True  # another live server owns it: use it, leave it running at exit
+    else:
+        _set_owner(folder, info)
     os.environ[TOKEN_ENV] = token
     port = urlsplit(str(info["url"])).port or 0
     served = replace(
@@ -109,7 +113,8 @@ def companion_gateway(cfg: Config) -> Iterator[Config]:
     try:
         yield served
     finally:
-        stop(int(info["pid"]))
+        if not shared:
+            stop(int(info["pid"]))
 
 
 def alive(pid: int) -> bool:
