@@ -226,7 +226,12 @@ class DiscordInbox(ParkedRuns):
             self._me = str(self.client.me().get("id") or "")
             if not self._me:
                 raise HookError("Discord did not say who the bot is (`GET /users/@me`).")
-            self._delegator = self._stack.enter_context(open_delegator(self.cfg))
+            from engine.serve.companion import companion_gateway
+
+            # An embedded gateway runs as a companion process: a killed inbox does not
+            # take its running agents along, and its restart collects their results.
+            served = self._stack.enter_context(companion_gateway(self.cfg))
+            self._delegator = self._stack.enter_context(open_delegator(served))
             self._pool = ThreadPoolExecutor(
                 max_workers=self.settings.max_parallel, thread_name_prefix="inbox"
             )

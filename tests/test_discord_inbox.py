@@ -954,3 +954,49 @@ def test_a_gate_decided_while_another_process_executes_the_run(
     assert state["state"] == "posted" and state["gates"]["audit"]["decision"] == "approved"
     (result,) = api.posted(RESULTS)
     assert result["content"].startswith("**complete**")
+
+
+def test_a_killed_inbox_loses_no_running_agent(tmp_path: Path, api: DiscordAPI) -> None:
+    """`kill -9` of the inbox mid-delegation: the embedded gateway (its companion
+    process) keeps the agent; the restarted inbox posts its result; sent once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.servekit import counted_gated_agent
+
+    go, starts = tmp_path / "go", tmp_path / "starts"
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["slowpoke"] = counted_gated_agent(go, starts)
+    raw["agents"]["slowpoke"] = {"url": "local"}
+    raw["channels"] = inbox_config(tmp_path, api.base_url).channels
+    path = write_config(tmp_path, raw)
+    mid = api.add_message(QUEUE, "slowpoke: hold on", author_id=MANAGER)
+    env = {**os.environ, "INBOX_DISCORD_TOKEN": TOKEN}
+    cmd = [sys.executable, "-c", "from engine.cli import orchestrate_main; orchestrate_main()"]
+    args = ["inbox", "discord", "--config", str(path)]
+    first = subprocess.Popen([*cmd, *args], env=env, stderr=subprocess.DEVNULL)
+    try:
+        api.wait_posts(POOL, 1)  # ▶ spawned
+        deadline = time.monotonic() + 60
+        while not starts.exists() and time.monotonic() < deadline:  # the agent's own mark
+            time.sleep(0.02)
+        assert starts.exists()
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(30)
+    state_file = tmp_path / "handoffs" / ".serve" / "gateway.json"
+    companion = json.loads(state_file.read_text())
+    assert api.posted(RESULTS) == []
+    go.touch()  # the agent finishes while no inbox runs
+    again = subprocess.run([*cmd, *args, "--once"], env=env, capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    (result,) = api.posted(RESULTS)
+    assert result["content"].startswith("**complete**"), result["content"]
+    assert "held and released" in result["content"]
+    assert state_of(load_config(path), mid)["state"] == "posted"
+    assert len(starts.read_text().split()) == 1  # dispatched once
+    assert companion["pid"] and not state_file.exists()  # adopted, then stopped with it
