@@ -54,7 +54,7 @@ from engine.errors import (
     did_you_mean,
 )
 from engine.files import new_run_id, utcnow_iso, write_json_atomic, write_json_new
-from engine.inboxgates import ParkedRuns
+from engine.inboxgates import ParkedRuns, last_answer
 from engine.inboxtask import (
     CLAIMED,
     CLAIMING,
@@ -605,8 +605,9 @@ class DiscordInbox(ParkedRuns):
             )
         except RunStateError:
             # answered before a crash: wait for the continuation that answer started
-            cont = _continued_as(self.cfg.handoffs_dir, state["run_id"])
-            if cont is None:
+            done = last_answer(self.cfg.handoffs_dir, state["run_id"])
+            cont = done.get("continued_as") if done else None
+            if not isinstance(cont, str):
                 raise
             dreq = DelegationRequest(
                 target=req.target, task=req.task, caller=state["caller"], run_id=cont
@@ -776,15 +777,6 @@ class DiscordInbox(ParkedRuns):
 
 class _Stopping(Exception):
     """The inbox closes while a task follows a run another process executes."""
-
-
-def _continued_as(handoffs_dir: Path, run_id: str) -> str | None:
-    """The run an answered delegation continued as (``<run>-aN``), from its record."""
-    data = _read_any(handoffs_dir / f"{run_id}.json")
-    env = data.get("envelope") if isinstance(data, dict) else None
-    answers = env.get("answers") if isinstance(env, dict) else None
-    done = [a for a in answers or [] if isinstance(a, dict) and a.get("continued_as")]
-    return str(done[-1]["continued_as"]) if done else None
 
 
 def _default_name(state_dir: Path) -> str:

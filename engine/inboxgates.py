@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.config import Config
@@ -25,8 +26,6 @@ from engine.inboxtask import CLAIMED, FINISHED, PARKED, RUNNING, WAITING, TaskRe
 from engine.redact import redact
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from engine.inbox import InboxSettings
 
 
@@ -246,8 +245,15 @@ class ParkedRuns:
         return True
 
     def _settled_elsewhere(self, state: dict[str, Any], sid: str, gate: dict[str, Any]) -> bool:
+        """A decision or an answer made from a terminal (`workflow approve|answer`,
+        `orchestrate answer`): recorded here, and the run or delegation continues."""
         if state.get("request", {}).get("kind") == "delegation":
-            return False
+            done = last_answer(self.cfg.handoffs_dir, state["run_id"])
+            if done is None:
+                return False
+            state["answer"] = {"text": str(done.get("text") or ""), "by": str(done.get("by"))}
+            gate.update(decision="answered", by=str(done.get("by")), decided_at=utcnow_iso())
+            return True
         elsewhere = self._decided_elsewhere(state["run_id"], sid)
         if elsewhere is None:
             return False
@@ -305,3 +311,18 @@ def _unanswered(question: Any) -> bool:
 def _strip_mentions(text: str) -> str:
     """A reply's text without the leading ``<@id>`` mentions Discord adds."""
     return re.sub(r"^(\s*<@!?\d+>)+", "", text).strip()
+
+
+def last_answer(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
+    """The answer that continued delegation ``run_id`` (``text``, ``by``,
+    ``continued_as``: ``<run>-aN``), from its record, or None."""
+    import json
+
+    try:
+        data = json.loads((handoffs_dir / f"{run_id}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    env = data.get("envelope") if isinstance(data, dict) else None
+    answers = env.get("answers") if isinstance(env, dict) else None
+    done = [a for a in answers or [] if isinstance(a, dict) and a.get("continued_as")]
+    return done[-1] if done else None

@@ -1000,3 +1000,27 @@ def test_a_killed_inbox_loses_no_running_agent(tmp_path: Path, api: DiscordAPI) 
     assert state_of(load_config(path), mid)["state"] == "posted"
     assert len(starts.read_text().split()) == 1  # dispatched once
     assert companion["pid"] and not state_file.exists()  # adopted, then stopped with it
+
+
+def test_a_delegations_question_answered_at_a_terminal(tmp_path: Path, api: DiscordAPI) -> None:
+    """`orchestrate answer` instead of a reply: the inbox sees the continuation and posts
+    its result."""
+    from engine.ask import answer_delegation
+    from engine.delegate import open_delegator
+
+    cfg = asker_config(tmp_path, api)
+    mid = api.add_message(QUEUE, "asker: Find CTE of ULE", author_id=MANAGER)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        inbox.poll_once()
+        inbox.drain()
+        run_id = state_of(cfg, mid)["run_id"]
+        with open_delegator(cfg) as delegator:
+            done = answer_delegation(delegator, run_id, "0-50 °C", by="cli")
+        assert done.outcome.value == "complete"
+        inbox.poll_once()
+        inbox.drain()
+    state = state_of(cfg, mid)
+    assert state["state"] == "posted" and state["run_id"] == f"{run_id}-a1"
+    assert state["gates"]["delegation"]["by"] == "cli"
+    (result,) = api.posted(RESULTS)
+    assert result["content"].startswith("**complete**") and "CTE over 0-50 °C" in result["content"]
