@@ -98,3 +98,32 @@ def test_workflow_answer_through_the_server(srv: Served) -> None:
     assert [(e["step"], e["answer"], e["by"]) for e in answered] == [("research", "0-50 °C", "bob")]
     status = json.loads(cli("status", run_id, "--json").stdout)  # type: ignore[attr-defined]
     assert status["status"] == "complete"
+
+
+def test_orchestrate_answer_through_the_server(srv: Served) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from engine.cli import orchestrate
+    from tests.servekit import GATEWAY_TOKEN, TOKENS
+
+    env = {
+        "ORCH_TEST_GW_TOKEN": GATEWAY_TOKEN,
+        "ORCH_SERVER": srv.url,
+        "ORCH_SERVER_TOKEN": TOKENS["carol"][1],
+    }
+    runner = CliRunner(env=env)
+    asked = runner.invoke(
+        orchestrate, ["asker", "Find CTE of Zerodur", "--caller", "manager", "--json"]
+    )
+    record = json.loads(asked.stdout)
+    assert record["status"] == "blocked" and record["question"] == "Which temperature range?"
+    run_id = record["runId"]
+    res = runner.invoke(orchestrate, ["answer", run_id, "0-50 °C", "--json"])
+    assert res.exit_code == 0, res.output
+    done = json.loads(res.stdout)
+    assert done["status"] == "complete" and done["result"] == "CTE over 0-50 °C"
+    assert done["envelope"]["labels"]["answered_by"] == "carol"
+    again = runner.invoke(orchestrate, ["answer", run_id, "twice"])
+    assert again.exit_code == 2 and "was answered already" in again.stderr

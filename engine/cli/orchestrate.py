@@ -516,6 +516,7 @@ def _post_handoff(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@server_options
 @config_option
 def answer_cmd(
     run_id: str,
@@ -524,16 +525,24 @@ def answer_cmd(
     timeout: float | None,
     as_json: bool,
     quiet: bool,
+    server: str | None,
+    server_token_env: str | None,
     config: str | None,
 ) -> int:
-    """Answer the question a delegation asked, send it back to the agent, and wait."""
+    """Answer the question a delegation asked, send it back to the agent, and wait
+    (with `--server`, the server does; the answerer recorded is the token's name)."""
     from engine.ask import answer_delegation
-    from engine.delegate import open_delegator
+    from engine.delegate import DelegationResult, open_delegator
     from engine.reporter import ConsoleReporter, Reporter
 
     reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
-    with open_delegator(load(config), reporter=reporter) as delegator:
-        result = answer_delegation(delegator, run_id, text, by=by, timeout=timeout)
+    result: DelegationResult
+    if server:
+        with client(server, server_token_env) as remote:
+            result = remote.answer_delegation(run_id, text)
+    else:
+        with open_delegator(load(config), reporter=reporter) as delegator:
+            result = answer_delegation(delegator, run_id, text, by=by, timeout=timeout)
     if as_json:
         dump(result.record)
     else:

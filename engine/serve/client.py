@@ -176,10 +176,20 @@ class ServerClient:
 
     def delegate(self, request: dict[str, Any], *, key: str | None = None) -> Any:
         """Start a delegation and wait for its end; a ``DelegationResult``."""
-        from engine.delegate import DelegationResult, Outcome
-
         headers = {"Idempotency-Key": key} if key else {}
         run_id = self._call("POST", "/v1/delegations", json=request, headers=headers)["runId"]
+        return self.wait_delegation(run_id)
+
+    def answer_delegation(self, run_id: str, text: str) -> Any:
+        """Answer a ``blocked`` delegation's question; wait for its continuation
+        (``<run>-aN``, a ``DelegationResult``). The answerer is the token's name."""
+        new = self._call("POST", f"/v1/delegations/{run_id}/answer", json={"text": text})
+        return self.wait_delegation(str(new["runId"]))
+
+    def wait_delegation(self, run_id: str) -> Any:
+        """Wait (in bounded chunks) until the delegation ends; a ``DelegationResult``."""
+        from engine.delegate import DelegationResult, Outcome
+
         while True:
             doc = self._call(
                 "GET", f"/v1/delegations/{run_id}/wait", params={"timeout": WAIT_CHUNK}
