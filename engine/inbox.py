@@ -90,6 +90,10 @@ STATE_DIR = "inbox-discord"
 CURSOR_FILE = "cursor.json"
 #: How long a message a claim backed off from is looked at again while another holds it.
 RETRY_FOR = 600.0
+#: Discord's epoch (2015-01-01) in ms: a message id is (ms since it) << 22.
+DISCORD_EPOCH_MS = 1_420_070_400_000
+#: Seconds our clock may be ahead of Discord's, when claim replies are read from a time.
+CLOCK_SKEW = 120.0
 #: How a claim reply starts (then the orchestrator's name in backticks).
 CLAIM_REPLY = "\U0001f512 claimed by"  # 🔒
 
@@ -213,6 +217,7 @@ class DiscordInbox(ParkedRuns):
         self._closing = threading.Event()  # set by close(): runs being followed let go
         self.name = self.settings.name or _default_name(self.state_dir)
         self._cursor: dict[str, Any] = {}  # {"channel", "after", "retry"}: see _new_messages
+        self._listed_at = 0.0  # when this poll began listing the queue (epoch seconds)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -312,6 +317,7 @@ class DiscordInbox(ParkedRuns):
             self._adopt_parked()
         self._check_gates()
         claimed = []
+        self._listed_at = time.time()  # no ✅ seen in this listing: rivals reacted later
         for msg in self._new_messages():
             mid = str(msg.get("id"))
             if self._take(msg):
@@ -403,6 +409,7 @@ class DiscordInbox(ParkedRuns):
             "text": str(msg.get("content") or ""),
             "state": CLAIMING,
             "claimed_at": utcnow_iso(),
+            "listed_at": self._listed_at,
             "pid": os.getpid(),
         }
         if not write_json_new(self._state_path(mid), state):
@@ -432,8 +439,7 @@ class DiscordInbox(ParkedRuns):
             if self._me in users:
                 self.client.unreact(self.settings.queue, mid, CLAIM)
             self._state_path(mid).unlink(missing_ok=True)
-            if users:
-                self._retry(mid)
+            self._retry(mid)  # looked at again while nobody holds it
             self.log(f"message {mid}: claimed by someone else too; left to them")
             return False
         winner = self._first_claim(state)
@@ -456,7 +462,7 @@ class DiscordInbox(ParkedRuns):
             state["claim_message_id"] = str(posted.get("id"))
             self._save(state)
         ours = str(state["claim_message_id"])
-        for msg in self.client.messages_after(queue, mid, until=ours):
+        for msg in self.client.messages_after(queue, _scan_from(state, ours), until=ours):
             if reference_of(msg) == mid and str(msg.get("author", {}).get("id")) == self._me:
                 name = _claim_name(str(msg.get("content") or ""))
                 if name is not None:
@@ -777,6 +783,23 @@ class DiscordInbox(ParkedRuns):
 
 class _Stopping(Exception):
     """The inbox closes while a task follows a run another process executes."""
+
+
+def _scan_from(state: dict[str, Any], ours: str) -> str:
+    """Where to start reading claim replies to a task: after the task, or, for an old
+    task, after the last moment a rival's claim can date from.
+
+    A rival posts its claim after its ✅, and its ✅ came after our listing showed none
+    (``listed_at``), so no rival claim is older than that, less ``CLOCK_SKEW``. Discord
+    ids carry their time (ms since 2015-01-01, shifted left 22 bits); ids that do not
+    (our own claim would look older than the bound) fall back to the task's id.
+    """
+    mid = int(state["message_id"])
+    listed = state.get("listed_at")
+    if not isinstance(listed, int | float) or listed <= 0:
+        return str(mid)
+    floor = max(0, int((listed - CLOCK_SKEW) * 1000) - DISCORD_EPOCH_MS) << 22
+    return str(floor) if mid < floor < int(ours) else str(mid)
 
 
 def _default_name(state_dir: Path) -> str:

@@ -1024,3 +1024,32 @@ def test_a_delegations_question_answered_at_a_terminal(tmp_path: Path, api: Disc
     assert state["gates"]["delegation"]["by"] == "cli"
     (result,) = api.posted(RESULTS)
     assert result["content"].startswith("**complete**") and "CTE over 0-50 °C" in result["content"]
+
+
+def test_claim_replies_are_read_from_the_listing_time_for_an_old_task(
+    cfg: Config, api: DiscordAPI
+) -> None:
+    """A task far behind the newest message: the claim check reads replies from when the
+    queue was listed (ids carry their time), not every message after the task."""
+    import time
+
+    from engine.inbox import DISCORD_EPOCH_MS
+
+    def snowflake(seconds: float) -> int:
+        return (int(seconds * 1000) - DISCORD_EPOCH_MS) << 22
+
+    api._next_id = snowflake(time.time() - 3600)  # messages posted an hour ago
+    hello = api.add_message(QUEUE, "hello", author_id=STRANGER)
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        assert inbox.poll_once() == [hello]  # sets the cursor
+        inbox.drain()
+    task = api.add_message(QUEUE, "webster: an old task", author_id=MANAGER)
+    for i in range(250):  # taken by someone else long ago
+        api.react_as(OTHER_BOT, api.add_message(QUEUE, f"x{i}", author_id=MANAGER), CLAIM)
+    api._next_id = snowflake(time.time())  # what the inbox posts now is new
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        assert inbox.poll_once() == [task]
+        inbox.drain()
+    scans = [r.query["after"][0] for r in api.requests if r.method == "GET" and "after" in r.query]
+    assert task not in scans  # the claim check did not page from the task
+    assert state_of(cfg, task)["state"] == "posted"
