@@ -97,3 +97,26 @@ def test_an_orphaned_idle_companion_stops_by_itself(tmp_path: Path) -> None:
     assert child.wait(30) == 0  # it ended by itself
     assert time.monotonic() < deadline
     assert not (folder / "gateway.json").exists()
+
+
+def test_a_companion_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    import pytest
+
+    from engine.config import load_config
+    from engine.errors import ConfigError
+    from engine.serve.companion import companion_gateway
+    from tests.helpers import demo_config, write_config
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        raw = demo_config(tmp_path)
+        raw["gateway"].update(embedded=True, port=busy.getsockname()[1])
+        cfg = load_config(write_config(tmp_path, raw))
+        with pytest.raises(ConfigError) as err, companion_gateway(cfg):
+            pass
+    text = str(err.value)
+    assert text.startswith("the embedded gateway (a companion process) did not start: ")
+    assert "already in use" in text and "Traceback" not in text and 'File "' not in text

@@ -206,6 +206,7 @@ def _start(
     gw = cfg.gateway
     assert gw is not None
     log = open(folder / "gateway.log", "ab")  # noqa: SIM115 - the child keeps it
+    since = log.tell()
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.serve.companion"],
@@ -236,8 +237,8 @@ def _start(
             proc.kill()
         proc.wait()
         raise ConfigError(
-            "`orchestrate serve`: the embedded gateway did not start: "
-            f"{_tail(folder / 'gateway.log')} (log: {folder / 'gateway.log'})."
+            "the embedded gateway (a companion process) did not start: "
+            f"{_tail(folder / 'gateway.log', since)} (log: {folder / 'gateway.log'})."
         )
     return info
 
@@ -252,13 +253,17 @@ def _first_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     return out[0].decode("utf-8", "replace").strip() if out else ""
 
 
-def _tail(path: Path) -> str:
+def _tail(path: Path, since: int) -> str:
+    """The last lines the companion wrote to its log (from byte ``since``), redacted."""
     from engine.redact import redact
 
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        with open(path, "rb") as fh:
+            fh.seek(since)
+            text = fh.read().decode("utf-8", "replace")
     except OSError:
         return "no log"
+    lines = text.strip().splitlines()
     return redact(" / ".join(lines[-3:]))[:600] or "it exited without a word"
 
 
@@ -274,13 +279,25 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def main() -> int:
-    """The companion: read its order on stdin, serve the gateway, say ``listening URL``."""
+    """The companion: read its order on stdin, serve the gateway, say ``listening URL``.
+
+    A problem (the config, a busy port) is one line on stderr (its log), exit 2."""
+    from engine.errors import OrchestratorError
+    from engine.redact import redact
+
+    try:
+        return _serve(json.loads(sys.stdin.read()))
+    except OrchestratorError as exc:
+        print(redact(str(exc)), file=sys.stderr, flush=True)
+        return 2
+
+
+def _serve(order: dict[str, Any]) -> int:
     from engine.config import load_config
     from engine.files import write_json_atomic
     from engine.gateway.server import LocalGateway
     from engine.redact import register
 
-    order = json.loads(sys.stdin.read())
     token = str(order["token"])
     register(token)
     cfg = load_config(order["config"])
