@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import yaml
 
-from engine.config import load_config
+from engine.config import DEFAULT_ACL, load_config
 from engine.gateway.server import LocalGateway
 from tests.helpers import demo_config, gated_agent, write_config
 
@@ -63,6 +63,9 @@ def serve_config(tmp: Path, go: Path, **serve: Any) -> Path:
         "fallback_handoff": False,
     }
     raw["agents"]["asker"] = {"url": "local"}
+    # seed 004's matrix, and the tech lead may hand a part to the asker (a child run)
+    raw["acl"] = {k: list(v) for k, v in DEFAULT_ACL.items()}
+    raw["acl"]["tech-lead"].append("asker")
     raw["workflow_dirs"] = [str(HERE)]
     tokens = tmp / "serve-tokens.yaml"
     tokens.write_text(

@@ -127,3 +127,48 @@ def test_orchestrate_answer_through_the_server(srv: Served) -> None:
     assert done["envelope"]["labels"]["answered_by"] == "carol"
     again = runner.invoke(orchestrate, ["answer", run_id, "twice"])
     assert again.exit_code == 2 and "was answered already" in again.stderr
+
+
+def test_a_childs_question_escalates_to_its_parent(srv: Served) -> None:
+    """Seed 003's reply-parent: a sub-delegation that asks shows up on its parent's feed
+    and in its tree; the parent answers it through the API."""
+    from tests.servekit import sse
+
+    with srv.client("alice") as alice:
+        cursor = alice.get("/v1/events").json()["cursor"]
+        body = {"target": "tech-lead", "task": "plan the CTE survey", "caller": "manager"}
+        r = alice.post("/v1/delegations", json=body)
+        assert r.status_code == 201, r.text
+        parent = r.json()["runId"]
+        assert alice.get(f"/v1/delegations/{parent}/wait", params={"timeout": 60}).json()["done"]
+        body = {
+            "target": "asker",
+            "task": "Find CTE of ULE",
+            "caller": "tech-lead",  # the agent doing the parent run delegates a part
+            "parent_run_id": parent,
+        }
+        r = alice.post("/v1/delegations", json=body)
+        assert r.status_code == 201, r.text
+        child = r.json()["runId"]
+        (escalated,) = (
+            ev
+            for ev in sse(
+                alice,
+                f"/v1/events/stream?after={cursor}",
+                until=lambda e: e["event"] == "child_escalated",
+            )
+            if ev["event"] == "child_escalated"
+        )
+        assert escalated["runId"] == parent and escalated["child"] == child
+        assert escalated["request_kind"] == "question"
+        assert escalated["question"] == "Which temperature range?"
+        tree = alice.get(f"/v1/delegations/{parent}/tree").json()["tree"]
+        (node,) = tree["children"]
+        assert node["run_id"] == child and node["outcome"] == "blocked"
+        assert node["question"] == "Which temperature range?"
+        new = alice.post(f"/v1/delegations/{child}/answer", json={"text": "0-50 °C"})
+        done = alice.get(f"/v1/delegations/{new.json()['runId']}/wait", params={"timeout": 60})
+        assert done.json()["record"]["result"] == "CTE over 0-50 °C"
+        tree = alice.get(f"/v1/delegations/{parent}/tree").json()["tree"]
+        assert {n["run_id"] for n in tree["children"]} == {child, f"{child}-a1"}
+        assert alice.get("/v1/delegations/orch-nope/tree").status_code == 404

@@ -448,6 +448,12 @@ def create_app(
         done, doc = await _wait(hub, run_id, check, timeout)
         return _json({**doc, "done": done})
 
+    @app.get("/v1/delegations/{run_id}/tree", tags=["delegations"])
+    async def delegation_tree(run_id: str) -> JSONResponse:
+        """The delegation and its sub-delegations (children started with
+        `parent_run_id`), nested, with each blocked child's question."""
+        return _json({"tree": await run_in_threadpool(manager.tree, run_id)})
+
     @app.post("/v1/delegations/{run_id}/answer", status_code=201, tags=["delegations"])
     async def answer_delegation(request: Request, run_id: str, body: Answer) -> JSONResponse:
         """Answer a delegation's question: it continues as a new delegation (`runId`)."""

@@ -425,6 +425,8 @@ class RunManager:
             self.observer.publish(
                 result.run_id, "delegation_finished", outcome=result.outcome.value
             )
+            if result.outcome.value == "blocked":
+                self._escalate(result.run_id, result.record, result.envelope)
 
         self._spawn(f"serve-answer-{run_id[-8:]}", work)
         try:
@@ -447,6 +449,50 @@ class RunManager:
             continuation, {"kind": "delegation", "by": by, "answers": run_id, "request": request}
         )
         return continuation
+
+    def _escalate(
+        self, run_id: str, record: dict[str, Any] | None, envelope: dict[str, Any]
+    ) -> None:
+        """A child delegation (``parent_run_id`` set) that ends ``blocked`` escalates to its
+        parent: ``child_escalated`` on the parent's id in the event feed, with the child's
+        question (answer it with ``POST /v1/delegations/{child}/answer``). Seed 003's
+        ``reply-parent``."""
+        from engine.ask import question_of
+
+        parent = envelope.get("parent_run_id")
+        if not isinstance(parent, str) or not parent:
+            return
+        question = question_of(record)
+        self.observer.publish(
+            parent,
+            "child_escalated",
+            child=run_id,
+            target=envelope.get("target"),
+            request_kind="question" if question else "blocked",
+            question=question,
+            reason=None if question else (record or {}).get("result"),
+        )
+
+    def tree(self, run_id: str) -> dict[str, Any]:
+        """The delegation tree under ``run_id`` (``engine.record.delegation_tree``): each
+        node's outcome and children; a blocked child's question is in ``question``."""
+        from engine.ask import question_of
+        from engine.record import delegation_tree
+
+        check_id(run_id, "run id")
+        root = delegation_tree(self.cfg.handoffs_dir, run_id)
+        if root is None:
+            raise NotFoundError(f"no delegation `{run_id}` in `{self.cfg.handoffs_dir}`.")
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            stack.extend(node["children"])
+            if node.get("outcome") == "blocked":
+                rec = read_json(self.delegator.records_dir(sub=True) / f"{node['run_id']}.json")
+                if not isinstance(rec, dict):
+                    rec = read_json(self.cfg.handoffs_dir / f"{node['run_id']}.json")
+                node["question"] = question_of(rec if isinstance(rec, dict) else None)
+        return root
 
     def _approvers(self, meta: dict[str, Any], step: str) -> tuple[str, ...]:
         from engine.workflow import load_workflow
@@ -554,6 +600,8 @@ class RunManager:
                     self._cancels.pop(run_id, None)
             self.observer.delegation_finished(req.target, outcome, (time.monotonic() - t0) * 1000)
             self.observer.publish(run_id, "delegation_finished", target=req.target, outcome=outcome)
+            if outcome == "blocked":
+                self._escalate(run_id, result.record, result.envelope)
 
         self._spawn(f"serve-deleg-{run_id[-8:]}", work)
 
