@@ -697,7 +697,8 @@ class DiscordInbox(ParkedRuns):
         if len(task) > 150:
             task = task[:149] + "…"
         if state.get("adopted"):
-            intro = f"{head}\nRun `{res.get('run_id')}` (started from the command line): {task}"
+            origin = state.get("origin") or "started from the command line"
+            intro = f"{head}\nRun `{res.get('run_id')}` ({origin}): {task}"
         else:
             intro = f"{head}\nTask {state['message_id']} from {who}: {task}"
         body = str(res.get("text") or "(no result text)")

@@ -84,7 +84,7 @@ class ParkedRuns:
 
     def _origin(self, state: dict[str, Any]) -> str:
         if state.get("adopted"):
-            return "started from the command line"
+            return str(state.get("origin") or "started from the command line")
         return f"task {state['message_id']}"
 
     def _gate_text(
@@ -161,6 +161,7 @@ class ParkedRuns:
                 "run_id": run_id,
                 "state": CLAIMED,
                 "adopted_at": utcnow_iso(),
+                "origin": _origin_of(self.cfg.handoffs_dir, run_id),
             }
             if not write_json_new(self._state_path(key), state):
                 continue
@@ -311,6 +312,19 @@ def _unanswered(question: Any) -> bool:
 def _strip_mentions(text: str) -> str:
     """A reply's text without the leading ``<@id>`` mentions Discord adds."""
     return re.sub(r"^(\s*<@!?\d+>)+", "", text).strip()
+
+
+def _origin_of(handoffs_dir: Path, run_id: str) -> str:
+    """Who started a run the inbox adopts: `orchestrate serve` (and its token's name, from
+    ``<handoffs>/serve/<run>.json``), else the command line."""
+    import json
+
+    try:
+        entry = json.loads((handoffs_dir / "serve" / f"{run_id}.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return "started from the command line"
+    by = entry.get("by") if isinstance(entry, dict) else None
+    return f"started through `orchestrate serve` by `{by}`" if by else "run by `orchestrate serve`"
 
 
 def last_answer(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:

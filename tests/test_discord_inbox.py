@@ -1053,3 +1053,23 @@ def test_claim_replies_are_read_from_the_listing_time_for_an_old_task(
     scans = [r.query["after"][0] for r in api.requests if r.method == "GET" and "after" in r.query]
     assert task not in scans  # the claim check did not page from the task
     assert state_of(cfg, task)["state"] == "posted"
+
+
+def test_a_run_parked_in_the_server_is_announced_as_such(cfg: Config, api: DiscordAPI) -> None:
+    res = CliRunner().invoke(
+        workflow,
+        ["run", "material-trade-study", "-i", "materials=Zerodur",
+         "-i", "requirements=DEMO_CONFIDENCE=low", "--non-interactive", "--json",
+         "--config", str(cfg.path)],
+    )  # fmt: skip
+    run_id = json.loads(res.output)["runId"]
+    owned = cfg.handoffs_dir / "serve"  # what `orchestrate serve` keeps for a run it started
+    owned.mkdir()
+    (owned / f"{run_id}.json").write_text(json.dumps({"kind": "workflow", "by": "alice"}))
+    with DiscordInbox(cfg, client_for(cfg)) as inbox:
+        inbox.poll_once()
+        (notice,) = api.posted(GATES)
+        assert notice["content"].startswith(
+            "⏸ approval needed: workflow `material-trade-study`, step `audit` (agent "
+            f"`auditor`), run `{run_id}`, started through `orchestrate serve` by `alice`."
+        )
