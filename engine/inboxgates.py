@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.config import Config
-from engine.discord import CLAIM, REJECT, DiscordClient, ids, reference_of
+from engine.discord import CLAIM, REJECT, DiscordClient, ids, reference_of, split_content
 from engine.errors import OrchestratorError
 from engine.files import utcnow_iso, write_json_new
 from engine.inboxtask import CLAIMED, FINISHED, PARKED, RUNNING, WAITING, TaskRequest
@@ -107,7 +107,7 @@ class ParkedRuns:
     def _question_text(
         self, state: dict[str, Any], req: TaskRequest, run_id: str, sid: str, st: dict[str, Any]
     ) -> str:
-        question = str((st.get("question") or {}).get("text") or "?")
+        question, _ = split_content(str((st.get("question") or {}).get("text") or "?"), 1200)
         allowed = self._answerers(state, req, sid)
         if req.kind == "delegation":
             where = f"delegation to `{req.target}`, run `{run_id}`"
@@ -199,6 +199,7 @@ class ParkedRuns:
                 continue
             req = TaskRequest(**state["request"])
             decided = False
+            seen = {sid: g.get("after") for sid, g in state.get("gates", {}).items()}
             for sid, gate in state.get("gates", {}).items():
                 if gate.get("decision"):
                     continue
@@ -210,6 +211,8 @@ class ParkedRuns:
             if decided:
                 self._save(state)
                 self._submit(state["message_id"], state)
+            elif seen != {sid: g.get("after") for sid, g in state.get("gates", {}).items()}:
+                self._save(state)  # how far the replies were read: not read again
 
     def _take_decision(
         self, state: dict[str, Any], req: TaskRequest, sid: str, gate: dict[str, Any]

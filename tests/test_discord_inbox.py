@@ -863,10 +863,11 @@ def test_a_question_answered_by_reply(tmp_path: Path, api: DiscordAPI) -> None:
             f"Reply to this message to answer (<@{MANAGER}>, <@{BOSS}>)."
         )
         api.reply_as(GATES, notice["id"], "20-30 °C", author_id=STRANGER)  # not allowed
-        api.add_message(GATES, "0-100 °C", author_id=BOSS)  # not a reply
+        last = api.add_message(GATES, "0-100 °C", author_id=BOSS)  # not a reply
         inbox.poll_once()
         inbox.drain()
         assert state_of(cfg, mid)["state"] == "waiting"
+        assert state_of(cfg, mid)["gates"]["research"]["after"] == last  # read once
         reply = api.reply_as(
             GATES, notice["id"], f"<@{DiscordAPI.BOT_ID}> 0-50 °C", author_id=MANAGER
         )
