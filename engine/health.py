@@ -13,9 +13,10 @@ Each agent is probed concurrently, each probe bounded by ``timeout``:
 2. ``POST {url}/hooks/agent`` with an empty message: a gateway answers 400 with a valid
    token and 401 without one, so the token is checked without starting a task.
 
-Agents on the embedded gateway have no standing process: they are reported as
-``embedded`` and count as up. Config checks that are only advice (seed 001's port rule)
-come from ``config_warnings``.
+Agents on the embedded gateway are probed on its companion process when a server or an
+inbox runs one (``engine.serve.companion``); otherwise they have no standing process and
+are reported as ``embedded``, which counts as up. Config checks that are only advice
+(seed 001's port rule) come from ``config_warnings``.
 """
 
 from __future__ import annotations
@@ -206,10 +207,33 @@ def _gateway_of(cfg: Config, agent: AgentConfig) -> tuple[str, str | None, Any] 
     if not agent.is_local:
         return agent.url, agent.token_env, agent.token_file
     gw = cfg.gateway
-    if gw is None or gw.embedded:
+    if gw is None:
         return None
+    if gw.embedded:
+        return _companion_of(cfg)
     host = "127.0.0.1" if gw.host in ("0.0.0.0", "", "::") else gw.host
     return f"http://{host}:{gw.port}", gw.token_env, gw.token_file
+
+
+def _companion_of(cfg: Config) -> tuple[str, str | None, Any] | None:
+    """The embedded gateway's companion process when one runs (``orchestrate serve`` or
+    ``inbox discord`` started it: ``<handoffs>/.serve/gateway.json``), else None."""
+    import json
+
+    from engine.serve.companion import alive, state_dir
+
+    gw = cfg.gateway
+    assert gw is not None
+    folder = state_dir(cfg)
+    try:
+        info = json.loads((folder / "gateway.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not alive(int(info.get("pid") or 0)):
+        return None
+    if gw.token_env or gw.token_file:
+        return str(info.get("url")), gw.token_env, gw.token_file
+    return str(info.get("url")), None, folder / "gateway.token"
 
 
 def _check_token(

@@ -428,3 +428,21 @@ def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def test_embedded_agents_are_probed_on_a_running_companion(tmp_path: Path) -> None:
+    """A server or an inbox runs the embedded gateway as a companion: it is probed."""
+    from engine.config import load_config
+    from engine.serve.companion import companion_gateway
+    from tests.helpers import write_config
+
+    raw = demo_config(tmp_path)
+    raw["gateway"]["embedded"] = True
+    cfg = load_config(write_config(tmp_path, raw))
+    assert check_agents(cfg, names=["auditor"], timeout=5.0).agents[0].state == EMBEDDED
+    with companion_gateway(cfg) as served:
+        report = check_agents(cfg, names=["auditor", "webster"], timeout=5.0)
+        port = served.gateway.port if served.gateway is not None else 0
+    aud, web = report.agents
+    assert (aud.state, aud.url, aud.health) == ("up", f"http://127.0.0.1:{port}", "ok"), aud
+    assert web.state == "up" and report.ok
