@@ -278,9 +278,7 @@ class DiscordClient:
             lambda _timeout: self._http.request(
                 method, url, params=params, json=json_body, files=files, headers=self._headers
             ),
-            Backoff(
-                schedule.delays, max_wait=schedule.max_retry_wait, server_wait_replaces=True
-            ),
+            Backoff(schedule.delays, max_wait=schedule.max_retry_wait, server_wait_replaces=True),
             accept=lambda r: 200 <= r.status_code < 300,
             retryable=lambda r: r.status_code == 429 or r.status_code >= 500,
             describe=describe,
