@@ -37,14 +37,14 @@ def test_kill_9_with_an_embedded_gateway_loses_nothing(tmp_path: Path) -> None:
             _feed_until(alice, cursor, deleg, "delegation_dispatched")
         first = _companion(srv)
         companion = int(str(first["pid"]))
-        assert srv.proc is not None and first["owner"] == srv.proc.pid
+        assert srv.proc is not None and first["owners"] == [srv.proc.pid]
         assert "token" not in first  # only its digest
         srv.kill9()
         assert alive(companion)  # the gateway and its agents live on
         srv.go.touch()  # the agents finish while no server is alive
         srv.start()
         again = _companion(srv)
-        assert again["pid"] == companion and again["owner"] == srv.proc.pid  # adopted
+        assert again["pid"] == companion and again["owners"] == [srv.proc.pid]  # adopted
         with srv.client("alice") as alice:
             done = alice.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()
             deleg_done = alice.get(f"/v1/delegations/{deleg}/wait", params={"timeout": 60})
@@ -120,3 +120,47 @@ def test_a_companion_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> N
     text = str(err.value)
     assert text.startswith("the embedded gateway (a companion process) did not start: ")
     assert "already in use" in text and "Traceback" not in text and 'File "' not in text
+
+
+def test_two_owners_share_one_companion_and_the_last_stops_it(tmp_path: Path) -> None:
+    """A server and an inbox on one handoffs directory: one companion; it outlives the
+    first to leave and stops with the last."""
+    import subprocess
+    import sys
+
+    from engine.config import load_config
+    from engine.serve.companion import companion_gateway, state_dir
+    from tests.helpers import demo_config, write_config
+
+    raw = demo_config(tmp_path)
+    raw["gateway"]["embedded"] = True
+    path = write_config(tmp_path, raw)
+    cfg = load_config(path)
+    other = (
+        "import sys\n"
+        "from engine.config import load_config\n"
+        "from engine.serve.companion import companion_gateway\n"
+        f"with companion_gateway(load_config({str(path)!r})) as c:\n"
+        "    print(c.gateway.port, flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    with companion_gateway(cfg) as mine:
+        info = json.loads((state_dir(cfg) / "gateway.json").read_text())
+        second = subprocess.Popen(
+            [sys.executable, "-c", other], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert second.stdout is not None and second.stdin is not None
+        port = int(second.stdout.readline())
+        assert mine.gateway is not None and port == mine.gateway.port  # the same companion
+        shared = json.loads((state_dir(cfg) / "gateway.json").read_text())
+        assert shared["owners"] == [os.getpid(), second.pid]
+    assert alive(int(info["pid"]))  # the other owner still uses it
+    left = json.loads((state_dir(cfg) / "gateway.json").read_text())
+    assert left["owners"] == [second.pid]
+    second.stdin.close()
+    assert second.wait(60) == 0
+    second.stdout.close()
+    from engine.serve import companion as comp
+
+    assert comp._children.pop(int(info["pid"])).wait(30) == 0  # the last owner stopped it

@@ -15,13 +15,13 @@ Example::
             ...                                    # delegations go to the companion
 
 State lives in ``<handoffs>/.serve/`` (mode 0700): ``gateway.json`` (``pid``, ``url``,
-``owner`` — the server's pid — and the token's SHA-256, never the token), the
-companion's log ``gateway.log``, and, only when no ``gateway.token_env`` /
-``gateway.token_file`` is configured, ``gateway.token`` (mode 0600: the random token the
-server and its companion share, read again by a restarted server). The companion stops on
-SIGTERM (an orderly server exit; ``gateway.detach_on_exit`` then leaves running agents to
-watchdogs as before), and by itself once its owner has been dead for ``ORPHAN_GRACE``
-seconds with no agent running.
+``owners`` -- the pids of the servers and inboxes using it -- and the token's SHA-256,
+never the token), the companion's log ``gateway.log``, and, only when no
+``gateway.token_env`` / ``gateway.token_file`` is configured, ``gateway.token`` (mode
+0600: the random token the owners and the companion share, read again after a restart).
+The last owner to leave stops it with SIGTERM (``gateway.detach_on_exit`` then leaves
+running agents to watchdogs, as before); it stops by itself once no owner has been alive
+for ``ORPHAN_GRACE`` seconds with no agent running.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def companion_gateway(cfg: Config) -> Iterator[Config]:
     """Adopt the live companion or start one; yield ``cfg`` pointed at it.
 
     The yielded config has ``gateway.embedded: false`` and the companion's port, with the
-    token in ``$ORCH_SERVE_GATEWAY_TOKEN``. On exit the companion is stopped (SIGTERM),
-    unless another live server owns it (two servers on one handoffs directory share it).
+    token in ``$ORCH_SERVE_GATEWAY_TOKEN``. Several processes on one handoffs directory
+    (a server, an inbox) share one companion; on exit the last one stops it (SIGTERM).
     Without ``wanted(cfg)`` the config is yielded unchanged. Raises ``ConfigError`` when
     the companion cannot start (its log's last lines say why).
     """
@@ -94,14 +94,12 @@ def companion_gateway(cfg: Config) -> Iterator[Config]:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = _token(cfg, folder)
     register(token)
-    info = _adoptable(folder, token)
-    shared = False
-    if info is None:
-        info = _start(cfg, folder, token)
-    elif alive(int(info.get("owner") or 0)) and info.get("owner") != os.getpid():
-        shared = True  # another live server owns it: use it, leave it running at exit
-    else:
-        _set_owner(folder, info)
+    with _locked(folder):  # one process at a time starts, adopts or leaves it
+        info = _adoptable(folder, token)
+        if info is None:
+            info = _start(cfg, folder, token)
+        else:
+            _owners(folder, info, add=os.getpid())
     os.environ[TOKEN_ENV] = token
     port = urlsplit(str(info["url"])).port or 0
     served = replace(
@@ -113,8 +111,43 @@ def companion_gateway(cfg: Config) -> Iterator[Config]:
     try:
         yield served
     finally:
-        if not shared:
+        with _locked(folder):
+            current = _read(folder / "gateway.json")
+            others = (
+                _owners(folder, current, drop=os.getpid())
+                if current is not None and current.get("pid") == info["pid"]
+                else []
+            )
+        if not others:  # the last owner stops it
             stop(int(info["pid"]))
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    import fcntl
+
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _owners(
+    folder: Path, info: dict[str, Any], *, add: int | None = None, drop: int | None = None
+) -> list[int]:
+    """Update the companion's live owners (``add``/``drop`` a pid); the owners left."""
+    from engine.files import write_json_atomic
+
+    owners = [int(p) for p in info.get("owners") or [] if isinstance(p, int) and alive(p)]
+    if drop is not None:
+        owners = [p for p in owners if p != drop]
+    if add is not None and add not in owners:
+        owners.append(add)
+    info["owners"] = owners
+    write_json_atomic(folder / "gateway.json", info)
+    return owners
 
 
 def alive(pid: int) -> bool:
@@ -185,13 +218,6 @@ def _adoptable(folder: Path, token: str) -> dict[str, Any] | None:
     return info if r.status_code == 200 else None
 
 
-def _set_owner(folder: Path, info: dict[str, Any]) -> None:
-    from engine.files import write_json_atomic
-
-    info["owner"] = os.getpid()
-    write_json_atomic(folder / "gateway.json", info)
-
-
 def _start(
     cfg: Config,
     folder: Path,
@@ -222,7 +248,7 @@ def _start(
         "config": str(cfg.path),
         "token": token,
         "port": gw.port,
-        "owner": owner or os.getpid(),
+        "owners": [owner or os.getpid()],
         "orphan_grace": orphan_grace,
     }
     proc.stdin.write(json.dumps(order).encode())
@@ -313,7 +339,7 @@ def _serve(order: dict[str, Any]) -> int:
     state: dict[str, Any] = {
         "pid": os.getpid(),
         "url": gateway.url,
-        "owner": int(order["owner"]),
+        "owners": [int(p) for p in order["owners"]],
         "token_sha256": _digest(token),
         "started_at": time.time(),
     }
@@ -324,9 +350,9 @@ def _serve(order: dict[str, Any]) -> int:
     idle_since: float | None = None
     try:
         while not stopping.wait(1.0):
-            owner = int((_read(folder / "gateway.json") or state).get("owner") or 0)
+            owners = (_read(folder / "gateway.json") or state).get("owners") or []
             busy = any(gateway.stats()["inflight"].values())
-            if alive(owner) or busy:
+            if any(alive(int(p)) for p in owners) or busy:
                 idle_since = None
             elif idle_since is None:
                 idle_since = time.monotonic()
