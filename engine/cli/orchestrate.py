@@ -134,12 +134,13 @@ def delegate_cmd(
     """Delegate TASK to AGENT on behalf of --caller and wait for the handoff."""
     from engine.delegate import DelegationRequest, open_delegator
     from engine.reporter import ConsoleReporter, Reporter
+    from engine.validate import delegate_validated, validator_for
 
     task = _task_of(args, capability)
     if server:
-        from engine.errors import UsageError
-
         if validate or dry_run or channel_context or context_file or deliver is not None:
+            from engine.errors import UsageError
+
             raise UsageError(
                 "`--validate`, `--dry-run`, `--deliver` and context options are local."
             )
@@ -154,63 +155,47 @@ def delegate_cmd(
             "channel": channel,
             "parent_run_id": parent_run_id,
         }
-        with client(server, server_token_env) as remote:
-            result = remote.delegate(request, key=key)
-        if as_json:
-            dump(result.record)
-        else:
-            _print_result(result)
-        return int(result.exit_code)
+        return _delegate_remote(server, server_token_env, request, key=key, as_json=as_json)
     cfg = load(config)
-    checker = None
-    if validate:
-        from engine.validate import validator_for
-
-        checker = validator_for(cfg, validator)
-    context = _context_text(cfg, channel_context, channel_messages, context_file)
+    checker = validator_for(cfg, validator) if validate else None
+    req = DelegationRequest(
+        target="" if capability else args[0],
+        task=task,
+        caller=caller,
+        timeout=timeout,
+        deliver=deliver,
+        parent_run_id=parent_run_id,
+        model=model,
+        thinking=thinking,
+        channel=channel,
+        context=_context_text(cfg, channel_context, channel_messages, context_file),
+    )
     reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
     with open_delegator(cfg, reporter=reporter, pool=None if dry_run else "auto") as delegator:
-        if checker:  # every check of the command before anything is dispatched
-            from engine.validate import check_validator
-
-            check_validator(delegator, caller, checker)
-        route = delegator.route(caller, capability) if capability else None
-        agent = route.agent if route else args[0]
-        req = DelegationRequest(
-            target=agent,
-            task=task,
-            caller=caller,
-            timeout=timeout,
-            deliver=deliver,
-            parent_run_id=parent_run_id,
-            model=model,
-            thinking=thinking,
-            channel=channel,
-            context=context,
+        done = delegate_validated(
+            delegator, req, capability=capability, validator=checker, key=key, dry_run=dry_run
         )
-        if dry_run:
-            from engine.registry import check_secrets
+    if done.result is None:
+        if done.route:
+            click.echo(done.route.explain())
+        click.echo(f"dry run: `{caller}` -> `{done.agent}` passes every check; nothing sent.")
+        return 0
+    return _render_delegation(
+        done.result, done.verdict, done.route, as_json=as_json, strict=fail_on_reject
+    )
 
-            check_secrets(cfg, [agent, *([checker] if checker else [])])
-            delegator.check(req)
-            if route:
-                click.echo(route.explain())
-            click.echo(f"dry run: `{caller}` -> `{agent}` passes every check; nothing sent.")
-            return 0
-        if key:
-            from engine.idempotency import delegate_once
 
-            result = delegate_once(delegator, req, key)
-        else:
-            result = delegator.delegate(req)
-        verdict = None
-        if checker:
-            from engine.validate import validate_delegation
-
-            result, verdict = validate_delegation(
-                delegator, result, caller=caller, validator=checker, task=task
-            )
-    return _render_delegation(result, verdict, route, as_json=as_json, strict=fail_on_reject)
+def _delegate_remote(
+    server: str, token_env: str | None, request: dict[str, Any], *, key: str | None, as_json: bool
+) -> int:
+    """`delegate --server`: the serve API delegates; its record is printed here."""
+    with client(server, token_env) as remote:
+        result = remote.delegate(request, key=key)
+    if as_json:
+        dump(result.record)
+    else:
+        _print_result(result)
+    return int(result.exit_code)
 
 
 def _render_delegation(
@@ -293,9 +278,7 @@ def handoff_group() -> None:
 @handoff_group.command("write")
 @click.option("--run-id", required=True, help="The run id from the task message.")
 @click.option("--agent", required=True, help="Your agent name.")
-@click.option(
-    "--status", required=True, type=click.Choice([s.value for s in HandoffStatus])
-)
+@click.option("--status", required=True, type=click.Choice([s.value for s in HandoffStatus]))
 @click.option("--result", "result_text", help="The result text ('-' reads stdin).")
 @click.option(
     "--result-file",
@@ -468,8 +451,6 @@ def _post_progress(
     return 0
 
 
-
-
 def _post_handoff(
     receiver: str, token_env: str | None, run_id: str, agent: str, data: dict[str, Any]
 ) -> int:
@@ -541,8 +522,6 @@ def answer_cmd(
         if result.error is not None:
             click.echo(f"error: {result.error}", err=True)
     return result.exit_code
-
-
 
 
 @orchestrate.command("show")

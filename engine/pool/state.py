@@ -245,57 +245,18 @@ def decode(raw: Any, settings: PoolSettings, *, host: str) -> tuple[PoolState, b
 
     ``host`` is the holder host of entries that name none (state files of older versions).
     """
-    cfg = settings
     repaired = False
     if not isinstance(raw, dict):
         repaired = raw is not None
         raw = {}
     tokens, bad_t = _entries(raw.get("tokens"), ticket=False, host=host)
     queue, bad_q = _entries(raw.get("queue"), ticket=True, host=host)
-    repaired = repaired or bad_t or bad_q
-    size = raw.get("size")
-    if not cfg.adaptive:
-        size = cfg.max_tokens
-    elif isinstance(size, bool) or not isinstance(size, int):
-        repaired = repaired or size is not None
-        size = cfg.max_tokens  # a fresh pool starts at its ceiling and adapts down
-    size = min(max(size, cfg.min_tokens), cfg.max_tokens)
-    raw_mode = raw.get("mode")
-    mode = _MODES.get(raw_mode) if isinstance(raw_mode, str) else None
-    if mode is None:
-        repaired = repaired or raw_mode is not None
-        mode = PoolMode.NORMAL
+    size, bad_size = _size(raw.get("size"), settings)
+    mode, bad_mode = _mode(raw.get("mode"))
     cooldown_until = _num(raw.get("cooldown_until"))
     if mode is PoolMode.EMERGENCY and cooldown_until is None:
         mode = PoolMode.NORMAL
-    samples = []
-    raw_samples = raw.get("samples")
-    for item in raw_samples if isinstance(raw_samples, list) else []:
-        at = _num(item.get("at")) if isinstance(item, dict) else None
-        if at is not None:
-            source = item.get("source")
-            samples.append(
-                Sample(
-                    at=at,
-                    load=_num(item.get("load")),
-                    source=source if source in ("loadavg", "overload") else "loadavg",
-                )
-            )
-    reclaimed = []
-    raw_reclaimed = raw.get("reclaimed")
-    for item in raw_reclaimed if isinstance(raw_reclaimed, list) else []:
-        if isinstance(item, dict) and item.get("reason") in RECLAIM_REASONS:
-            reclaimed.append(
-                Reclaim(
-                    token_id=_text(item.get("token_id")) or "?",
-                    run_id=_text(item.get("run_id")) or "?",
-                    agent=_text(item.get("agent")) or "?",
-                    pid=_pos_int(item.get("pid")) or 0,
-                    reason=item["reason"],
-                    at=_num(item.get("at")) or 0.0,
-                    held_s=_num(item.get("held_s")) or 0.0,
-                )
-            )
+    repaired = repaired or bad_t or bad_q or bad_size or bad_mode
 
     def counter(key: str) -> int:
         value = raw.get(key)
@@ -311,12 +272,67 @@ def decode(raw: Any, settings: PoolSettings, *, host: str) -> tuple[PoolState, b
         high=counter("high"),
         last_sample_at=_num(raw.get("last_sample_at")),
         last_sweep=_num(raw.get("last_sweep")) or 0.0,
-        samples=samples[-MAX_SAMPLES:],
-        reclaimed=reclaimed[-MAX_RECLAIMED:],
+        samples=_samples(raw.get("samples"))[-MAX_SAMPLES:],
+        reclaimed=_reclaimed(raw.get("reclaimed"))[-MAX_RECLAIMED:],
         repairs=counter("repairs"),
         clock=_clock_pair(raw.get("clock")),
     )
     return state, repaired
+
+
+def _size(raw: Any, cfg: PoolSettings) -> tuple[int, bool]:
+    """The pool's size within its bounds, and whether a stored value had to be replaced."""
+    repaired = False
+    if not cfg.adaptive:
+        size = cfg.max_tokens
+    elif isinstance(raw, bool) or not isinstance(raw, int):
+        repaired = raw is not None
+        size = cfg.max_tokens  # a fresh pool starts at its ceiling and adapts down
+    else:
+        size = raw
+    return min(max(size, cfg.min_tokens), cfg.max_tokens), repaired
+
+
+def _mode(raw: Any) -> tuple[PoolMode, bool]:
+    """The stored mode (normal when unknown), and whether an unknown value was replaced."""
+    mode = _MODES.get(raw) if isinstance(raw, str) else None
+    if mode is None:
+        return PoolMode.NORMAL, raw is not None
+    return mode, False
+
+
+def _samples(raw: Any) -> list[Sample]:
+    """The load samples that have a time; an unknown source reads as ``loadavg``."""
+    samples = []
+    for item in raw if isinstance(raw, list) else []:
+        at = _num(item.get("at")) if isinstance(item, dict) else None
+        if at is not None:
+            source = item.get("source")
+            samples.append(
+                Sample(
+                    at=at,
+                    load=_num(item.get("load")),
+                    source=source if source in ("loadavg", "overload") else "loadavg",
+                )
+            )
+    return samples
+
+
+def _reclaimed(raw: Any) -> list[Reclaim]:
+    """The reclaims with a known reason; missing fields read as ``?`` or 0."""
+    return [
+        Reclaim(
+            token_id=_text(item.get("token_id")) or "?",
+            run_id=_text(item.get("run_id")) or "?",
+            agent=_text(item.get("agent")) or "?",
+            pid=_pos_int(item.get("pid")) or 0,
+            reason=item["reason"],
+            at=_num(item.get("at")) or 0.0,
+            held_s=_num(item.get("held_s")) or 0.0,
+        )
+        for item in (raw if isinstance(raw, list) else [])
+        if isinstance(item, dict) and item.get("reason") in RECLAIM_REASONS
+    ]
 
 
 # -- writing ------------------------------------------------------------------------------
