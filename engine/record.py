@@ -22,6 +22,7 @@ import json
 import os
 from collections.abc import Container, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -341,7 +342,7 @@ def deliver(
             env = cur_env
         results = []
         for source in sources:
-            step = _deliver_one(records_dir, run_id, source, env, current, waiting, grace)
+            step = _deliver_one(_Into(records_dir, run_id, env, current, waiting), source, grace)
             results.append(step)
             if step.state == "recorded":
                 assert step.record is not None
@@ -359,18 +360,23 @@ def _live_waiter(envelope: dict[str, Any]) -> bool:
     return waiter_alive(envelope)
 
 
-def _deliver_one(
-    records_dir: Path,
-    run_id: str,
-    source: Path,
-    env: dict[str, Any],
-    current: dict[str, Any] | None,
-    waiting: bool,
-    grace: float,
-) -> Delivery:
-    """Take one delivered file: record it, refuse it, or keep it aside as a second one."""
-    from engine.handoff import HandoffProblem
+@dataclass(frozen=True)
+class _Into:
+    """Where a delivered file goes: the run's records directory and id, its pending
+    envelope, its record so far (if any), and whether its delegation still waits."""
 
+    records_dir: Path
+    run_id: str
+    env: dict[str, Any]
+    current: dict[str, Any] | None
+    waiting: bool
+
+
+def _deliver_one(into: _Into, source: Path, grace: float) -> Delivery:
+    """Take one delivered file: record it, refuse it, or keep it aside as a second one."""
+    from engine.handoff import FINAL_KINDS, HandoffProblem
+
+    records_dir, run_id, env, current = into.records_dir, into.run_id, into.env, into.current
     found = current.get("envelope") if current else None
     cur_env = found if isinstance(found, dict) else None
     # the envelope of a record an agent's handoff already made final, if there is one
@@ -382,16 +388,18 @@ def _deliver_one(
     except OSError:
         seen_ino = None
     try:
-        checked = _checked(records_dir, run_id, source, env, waiting)
+        checked = _checked(into, source)
     except HandoffProblem as exc:
-        return _refuse(records_dir, run_id, source, env, current, waiting, grace, exc, seen_ino)
+        if exc.kind not in FINAL_KINDS and (into.waiting or _fresh(source, grace)):
+            return Delivery("partial", problem=exc)
+        return _refuse(into, source, exc, seen_ino)
     if checked is None:
         return Delivery("absent")  # created, not written yet
     handoff, verified, st = checked
     fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
     if final is not None and not (final.get("fallback") and not fallback):
-        return _keep_second(records_dir, run_id, source, env, current, final, fallback)
-    new = _merged_envelope(env, cur_env, waiting)
+        return _keep_second(into, source, final, fallback)
+    new = _merged_envelope(env, cur_env, into.waiting)
     new["outcome"] = handoff["status"]
     new["key_verified"] = verified
     if not verified:
@@ -419,9 +427,7 @@ def _seen(cur_env: dict[str, Any], source: Path) -> bool:
     ]
 
 
-def _checked(
-    records_dir: Path, run_id: str, source: Path, env: dict[str, Any], waiting: bool
-) -> tuple[dict[str, Any], bool, os.stat_result] | None:
+def _checked(into: _Into, source: Path) -> tuple[dict[str, Any], bool, os.stat_result] | None:
     """The handoff in ``source``, checked (``HandoffProblem`` if not), whether its key was
     verified, and the file's stat; None while a waited-for file is still empty."""
     from engine.handoff import (
@@ -432,14 +438,15 @@ def _checked(
         validate_handoff,
     )
 
+    env, records_dir = into.env, into.records_dir
     root = records_dir.parent if records_dir.name == "sub" else records_dir
     raw, st = read_handoff_bytes(
         source, max_bytes=int(env.get("max_handoff_bytes") or MAX_HANDOFF_BYTES), root=root
     )
-    if not raw.strip() and waiting:
+    if not raw.strip() and into.waiting:
         return None
     handoff = validate_handoff(
-        parse_handoff(raw, path=source), path=source, run_id=run_id, agent=env.get("target")
+        parse_handoff(raw, path=source), path=source, run_id=into.run_id, agent=env.get("target")
     )
     verified = check_key(
         handoff,
@@ -450,43 +457,21 @@ def _checked(
     return handoff, verified, st
 
 
-def _refuse(
-    records_dir: Path,
-    run_id: str,
-    source: Path,
-    env: dict[str, Any],
-    current: dict[str, Any] | None,
-    waiting: bool,
-    grace: float,
-    exc: Any,
-    seen_ino: int | None,
-) -> Delivery:
-    """A file that is no usable handoff: wait for more (``partial``) or keep it in
-    ``rejected/`` and note it on the record (``refused``)."""
-    from engine.handoff import FINAL_KINDS
-
-    if exc.kind not in FINAL_KINDS and (waiting or _fresh(source, grace)):
-        return Delivery("partial", problem=exc)
-    kept = keep_rejected(records_dir, source, inode=seen_ino)
+def _refuse(into: _Into, source: Path, exc: Any, seen_ino: int | None) -> Delivery:
+    """A file that is no usable handoff: kept in ``rejected/`` and noted on the record."""
+    kept = keep_rejected(into.records_dir, source, inode=seen_ino)
     if kept is None and os.path.lexists(source):
         return Delivery("absent")  # replaced while being read: look at the new one
     note: dict[str, Any] = {"file": str(kept), "reason": exc.message, "at": utcnow_iso()}
     if exc.problems:
         note["problems"] = list(exc.problems)
-    _note(records_dir, run_id, env, current, "rejected", note, waiting)
+    _note(into.records_dir, into.run_id, into.env, into.current, "rejected", note, into.waiting)
     return Delivery("refused", problem=exc, kept=kept)
 
 
-def _keep_second(
-    records_dir: Path,
-    run_id: str,
-    source: Path,
-    env: dict[str, Any],
-    current: dict[str, Any] | None,
-    cur_env: dict[str, Any],
-    fallback: bool,
-) -> Delivery:
+def _keep_second(into: _Into, source: Path, cur_env: dict[str, Any], fallback: bool) -> Delivery:
     """A second handoff for a recorded run: kept aside and listed, never over the first."""
+    records_dir, run_id = into.records_dir, into.run_id
     kept = _keep_aside(records_dir, source, link=source.name == f"{run_id}.json")
     first = cur_env.get("handoff_file") or "the first handoff"
     reason = (
@@ -496,7 +481,7 @@ def _keep_second(
     )
     dup: dict[str, Any] = {"file": str(kept), "reason": reason, "at": utcnow_iso()}
     dup["inode"] = _file_id(kept) if kept else None
-    _note(records_dir, run_id, env, current, "also_received", dup, False)
+    _note(records_dir, run_id, into.env, into.current, "also_received", dup, False)
     record_path = records_dir / f"{run_id}.json"
     return Delivery("duplicate", record_path, read_json(record_path), kept=kept)
 

@@ -58,7 +58,6 @@ def _metrics(
 
 @click.group(
     cls=EngineGroup,
-    context_settings={"help_option_names": ["-h", "--help"]},
     epilog="""\b
 Examples:
   metrics text
@@ -72,36 +71,22 @@ def metrics() -> None:
 
 @metrics.command("text")
 @_metrics_options
-def metrics_text_cmd(
-    since: str | None,
-    agent: str | None,
-    workflow_name: str | None,
-    caller: str | None,
-    handoffs_dir: str | None,
-    config: str | None,
-) -> int:
+def metrics_text_cmd(**filters: Any) -> int:
     """Aligned tables for people."""
     import shutil
 
     from engine.metrics import render_text
 
-    doc = _metrics(since, agent, workflow_name, caller, handoffs_dir, config)
+    doc = _metrics(**filters)
     click.echo(render_text(doc, width=max(100, shutil.get_terminal_size((140, 40)).columns)))
     return 0
 
 
 @metrics.command("json")
 @_metrics_options
-def metrics_json_cmd(
-    since: str | None,
-    agent: str | None,
-    workflow_name: str | None,
-    caller: str | None,
-    handoffs_dir: str | None,
-    config: str | None,
-) -> int:
+def metrics_json_cmd(**filters: Any) -> int:
     """One JSON document (schema: schemas/metrics.schema.json) for scripts."""
-    dump(_metrics(since, agent, workflow_name, caller, handoffs_dir, config))
+    dump(_metrics(**filters))
     return 0
 
 

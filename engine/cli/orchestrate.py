@@ -4,6 +4,7 @@ gateway. Each command parses options, calls the engine and renders what it retur
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -33,7 +34,6 @@ class _DelegateByDefault(EngineGroup):
 
 @click.group(
     cls=_DelegateByDefault,
-    context_settings={"help_option_names": ["-h", "--help"]},
     epilog="""\b
 Examples:
   orchestrate webster "Find CTE of Zerodur" --caller manager --timeout 120
@@ -681,13 +681,7 @@ def pool_serve_cmd(host: str, port: int, token_env: str, config: str | None) -> 
     with TokenPool(PoolSettings.from_config(cfg)) as pool:
         server = PoolServer(pool, token=token, host=host, port=port)
         click.echo(f"pool endpoint on {server.url} (Ctrl-C to stop)", err=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.stop()
-    return 0
+        return _serve_until_stopped(server, ctrl_c_ok=True)
 
 
 @orchestrate.group("agent-skill")
@@ -748,10 +742,31 @@ def agent_skill_uninstall_cmd(workspace: str) -> int:
     return 0
 
 
+def _bind_options(section: str, port: str = "") -> Callable[[Any], Any]:
+    """``--host``, ``--port`` (defaults from the config's ``section``) and ``--config``."""
+
+    def add(fn: Any) -> Any:
+        for opt in reversed(
+            [
+                click.option(
+                    "--host", help=f"Address to bind (default: {section}.host, else 127.0.0.1)."
+                ),
+                click.option(
+                    "--port",
+                    type=click.IntRange(0, 65535),
+                    help=f"Port (default: {section}.port{port}).",
+                ),
+                config_option,
+            ]
+        ):
+            fn = opt(fn)
+        return fn
+
+    return add
+
+
 @orchestrate.command("gateway")
-@click.option("--host", help="Address to bind (default: gateway.host, else 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: gateway.port).")
-@config_option
+@_bind_options("gateway")
 def gateway_cmd(host: str | None, port: int | None, config: str | None) -> int:
     """Serve the local gateway (OpenClaw hooks API + handoff receiver) until Ctrl-C."""
     from engine.errors import ConfigError
@@ -772,8 +787,16 @@ def gateway_cmd(host: str | None, port: int | None, config: str | None) -> int:
     click.echo(
         f"local gateway on {server.url} serving: {', '.join(gw.agents)} (Ctrl-C to stop)", err=True
     )
+    return _serve_until_stopped(server, ctrl_c_ok=False)
+
+
+def _serve_until_stopped(server: Any, *, ctrl_c_ok: bool) -> int:
+    """Serve until Ctrl-C (exit 0 with ``ctrl_c_ok``, else interrupted: 130), then stop."""
     try:
         server.serve_forever()
+    except KeyboardInterrupt:
+        if not ctrl_c_ok:
+            raise
     finally:
         server.stop()
     return 0
@@ -918,9 +941,7 @@ def inbox_submit_cmd(
 
 
 @orchestrate.command("serve")
-@click.option("--host", help="Address to bind (default: serve.host, else 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: serve.port, 8765).")
-@config_option
+@_bind_options("serve", ", 8765")
 def serve_cmd(host: str | None, port: int | None, config: str | None) -> int:
     """Run the server: API (/v1), live events, dashboard; it executes the runs it starts."""
     from engine.serve import ServeSettings, serve

@@ -318,8 +318,6 @@ def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, config: str 
     return 0
 
 
-
-
 @workflow.command("reject")
 @click.argument("run_id")
 @click.argument("step")

@@ -397,13 +397,19 @@ class _Scan:
 
     # -- delegation records -----------------------------------------------------------
 
-    def scan_records(self, directory: str, *, sub: bool) -> None:
+    def listing(self, directory: str) -> Any:
+        """``os.scandir(directory)``; None when it is missing, or unreadable (noted)."""
         try:
-            it = os.scandir(directory)
+            return os.scandir(directory)
         except FileNotFoundError:
-            return
+            return None
         except OSError as exc:
             self.bad(directory, f"unreadable directory: {exc.strerror or exc}")
+            return None
+
+    def scan_records(self, directory: str, *, sub: bool) -> None:
+        it = self.listing(directory)
+        if it is None:
             return
         recorded: set[str] = set()
         with it:
@@ -603,12 +609,8 @@ class _Scan:
     # -- workflow runs ------------------------------------------------------------------
 
     def scan_runs(self, directory: str) -> None:
-        try:
-            it = os.scandir(directory)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            self.bad(directory, f"unreadable directory: {exc.strerror or exc}")
+        it = self.listing(directory)
+        if it is None:
             return
         with it:
             for entry in it:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.pool.settings import PoolMode, PoolSettings
 from engine.pool.state import (
@@ -415,15 +415,4 @@ class PoolPolicy:
 
 
 def _copy(ticket: Ticket) -> Ticket:
-    return Ticket(
-        id=ticket.id,
-        run_id=ticket.run_id,
-        agent=ticket.agent,
-        pid=ticket.pid,
-        start=ticket.start,
-        host=ticket.host,
-        queued_at=ticket.queued_at,
-        hold_until=ticket.hold_until,
-        renewed_at=ticket.renewed_at,
-        max_concurrent=ticket.max_concurrent,
-    )
+    return replace(ticket)

@@ -41,8 +41,8 @@ _MODES = {mode.value: mode for mode in PoolMode}
 
 
 @dataclass(slots=True)
-class Ticket:
-    """A request waiting in the queue (``max_concurrent``: its agent's cap, if any)."""
+class _Holder:
+    """What a queue ticket and a token both say of the delegation that holds (or wants) it."""
 
     id: str
     run_id: str
@@ -53,39 +53,25 @@ class Ticket:
     queued_at: float
     hold_until: float | None  # the delegation's deadline on the pool clock
     renewed_at: float  # last sign of life of a holder on another host
+
+
+@dataclass(slots=True)
+class Ticket(_Holder):
+    """A request waiting in the queue (``max_concurrent``: its agent's cap, if any)."""
+
     max_concurrent: int | None = None
 
 
 @dataclass(slots=True)
-class Token:
+class Token(_Holder):
     """A token held by a delegation."""
 
-    id: str
-    run_id: str
-    agent: str
-    pid: int
-    start: int | None
-    host: str
-    queued_at: float
-    hold_until: float | None
-    renewed_at: float
     acquired_at: float
 
     @classmethod
     def granted(cls, ticket: Ticket, now: float) -> Token:
         """The token a ticket becomes when it is granted at ``now``."""
-        return cls(
-            id=ticket.id,
-            run_id=ticket.run_id,
-            agent=ticket.agent,
-            pid=ticket.pid,
-            start=ticket.start,
-            host=ticket.host,
-            queued_at=ticket.queued_at,
-            hold_until=ticket.hold_until,
-            renewed_at=now,
-            acquired_at=now,
-        )
+        return cls(**_fields(ticket, _HOLDER), renewed_at=now, acquired_at=now)
 
 
 @dataclass(slots=True)
@@ -177,16 +163,19 @@ def _entry(raw: Any, *, ticket: bool, host: str) -> Ticket | Token | None:
     # The delegation's deadline on the pool clock; absent in older state files (and for
     # callers that gave none): then only ``token_timeout`` bounds a live holder.
     hold_until = _num(raw.get("hold_until"))
+    holder_fields: dict[str, Any] = {
+        "id": entry_id,
+        "run_id": run_id,
+        "agent": _text(agent) or "?",
+        "pid": pid,
+        "start": start,
+        "host": holder,
+        "queued_at": queued_at,
+        "hold_until": hold_until,
+    }
     if ticket:
         return Ticket(
-            id=entry_id,
-            run_id=run_id,
-            agent=_text(agent) or "?",
-            pid=pid,
-            start=start,
-            host=holder,
-            queued_at=queued_at,
-            hold_until=hold_until,
+            **holder_fields,
             renewed_at=queued_at if renewed is None else renewed,
             max_concurrent=_pos_int(raw.get("max_concurrent")),
         )
@@ -194,14 +183,7 @@ def _entry(raw: Any, *, ticket: bool, host: str) -> Ticket | Token | None:
     if acquired is None:
         return None
     return Token(
-        id=entry_id,
-        run_id=run_id,
-        agent=_text(agent) or "?",
-        pid=pid,
-        start=start,
-        host=holder,
-        queued_at=queued_at,
-        hold_until=hold_until,
+        **holder_fields,
         renewed_at=acquired if renewed is None else renewed,
         acquired_at=acquired,
     )
@@ -338,34 +320,21 @@ def _reclaimed(raw: Any) -> list[Reclaim]:
 # -- writing ------------------------------------------------------------------------------
 
 
-def _ticket(t: Ticket) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "run_id": t.run_id,
-        "agent": t.agent,
-        "pid": t.pid,
-        "start": t.start,
-        "host": t.host,
-        "queued_at": t.queued_at,
-        "hold_until": t.hold_until,
-        "renewed_at": t.renewed_at,
-        "max_concurrent": t.max_concurrent,
-    }
+#: What a token and a queue ticket both say of their holder, in the stored order.
+_HOLDER = ("id", "run_id", "agent", "pid", "start", "host", "queued_at", "hold_until")
+_TICKET_KEYS = (*_HOLDER, "renewed_at", "max_concurrent")
+_TOKEN_KEYS = (*_HOLDER, "renewed_at", "acquired_at")
+_RECLAIM_KEYS = ("token_id", "run_id", "agent", "pid", "reason", "at", "held_s")
 
 
-def _token(t: Token) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "run_id": t.run_id,
-        "agent": t.agent,
-        "pid": t.pid,
-        "start": t.start,
-        "host": t.host,
-        "queued_at": t.queued_at,
-        "hold_until": t.hold_until,
-        "renewed_at": t.renewed_at,
-        "acquired_at": t.acquired_at,
-    }
+def _fields(obj: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: getattr(obj, k) for k in keys}
+
+
+def reclaim_json(r: Reclaim) -> dict[str, Any]:
+    """One reclamation as JSON (``token_id``, ``run_id``, ``agent``, ``pid``, ``reason``,
+    ``at``, ``held_s``)."""
+    return _fields(r, _RECLAIM_KEYS)
 
 
 def to_json(state: PoolState) -> dict[str, Any]:
@@ -382,25 +351,14 @@ def _body(state: PoolState) -> dict[str, Any]:
         "size": state.size,
         "mode": state.mode.value,
         "cooldown_until": state.cooldown_until,
-        "tokens": [_token(t) for t in state.tokens],
-        "queue": [_ticket(t) for t in state.queue],
+        "tokens": [_fields(t, _TOKEN_KEYS) for t in state.tokens],
+        "queue": [_fields(t, _TICKET_KEYS) for t in state.queue],
         "low": state.low,
         "high": state.high,
         "last_sample_at": state.last_sample_at,
         "last_sweep": state.last_sweep,
         "samples": [{"at": s.at, "load": s.load, "source": s.source} for s in state.samples],
-        "reclaimed": [
-            {
-                "token_id": r.token_id,
-                "run_id": r.run_id,
-                "agent": r.agent,
-                "pid": r.pid,
-                "reason": r.reason,
-                "at": r.at,
-                "held_s": r.held_s,
-            }
-            for r in state.reclaimed
-        ],
+        "reclaimed": [reclaim_json(r) for r in state.reclaimed],
         "repairs": state.repairs,
     }
 
