@@ -78,13 +78,6 @@ def handoff_path(handoffs_dir: Path, run_id: str, *, sub: bool = False) -> Path:
     return FileRunStore(handoffs_dir).handoff_target(run_id, sub=sub)
 
 
-def record_path(handoffs_dir: Path, run_id: str, *, sub: bool = False) -> Path:
-    """Where the engine records ``run_id`` on a file store (``RunStore.record_locator``)."""
-    from engine.store import FileRunStore
-
-    return FileRunStore(handoffs_dir).record_locator(run_id, sub=sub)
-
-
 def make_handoff(
     *,
     run_id: str,

@@ -80,6 +80,7 @@ def test_the_read_side_loads_no_executor(module: str) -> None:
 @pytest.mark.parametrize(
     ("module", "name"),
     [
+        ("engine.handoff", "record_path"),
         ("engine.files", "append_jsonl"),
         ("engine.files", "RUN_ID"),
         ("engine.reporter", "JsonReporter"),
