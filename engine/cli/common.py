@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -179,6 +180,18 @@ def say(text: str, *, err: bool = False) -> None:
 config_option = click.option(
     "--config", "config", type=click.Path(dir_okay=False), help=CONFIG_HELP
 )
+
+
+def options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """One decorator applying click options in the order listed (the order ``--help``
+    shows them in)."""
+
+    def add(fn: Any) -> Any:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return add
 
 
 def server_options(fn: Any) -> Any:

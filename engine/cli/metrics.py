@@ -11,30 +11,21 @@ from engine.cli.common import (
     config_option,
     dump,
     load,
+    options,
 )
 
-
-def _metrics_options(fn: Any) -> Any:
-    for opt in reversed(
-        [
-            click.option("--since", help="Only records since: 24h, 7d, 30m or an ISO date."),
-            click.option(
-                "--agent", help="Only this agent's delegations (and runs it took part in)."
-            ),
-            click.option(
-                "--workflow", "workflow_name", help="Only this workflow's runs and steps."
-            ),
-            click.option("--caller", help="Only delegations made by this caller."),
-            click.option(
-                "--handoffs-dir",
-                type=click.Path(file_okay=False),
-                help="Read this directory instead of the config's `handoffs_dir`.",
-            ),
-            config_option,
-        ]
-    ):
-        fn = opt(fn)
-    return fn
+_metrics_options = options(
+    click.option("--since", help="Only records since: 24h, 7d, 30m or an ISO date."),
+    click.option("--agent", help="Only this agent's delegations (and runs it took part in)."),
+    click.option("--workflow", "workflow_name", help="Only this workflow's runs and steps."),
+    click.option("--caller", help="Only delegations made by this caller."),
+    click.option(
+        "--handoffs-dir",
+        type=click.Path(file_okay=False),
+        help="Read this directory instead of the config's `handoffs_dir`.",
+    ),
+    config_option,
+)
 
 
 def _metrics(

@@ -17,6 +17,7 @@ from engine.cli.common import (
     dump,
     load,
     load_optional,
+    options,
     say,
     server_options,
 )
@@ -270,6 +271,16 @@ def _print_result(result: Any) -> None:
         say("warning: the agent finished only part of the task (status partial).", err=True)
 
 
+def _delivery_options(directory: str, sub: str, receiver: str) -> Callable[[Any], Any]:
+    """``--dir``, ``--sub``, ``--receiver`` and ``--token-env`` of an agent's command."""
+    return options(
+        click.option("--dir", "directory", type=click.Path(file_okay=False), help=directory),
+        click.option("--sub", is_flag=True, help=sub),
+        click.option("--receiver", help=receiver),
+        click.option("--token-env", help="With --receiver: env var holding the hooks token."),
+    )
+
+
 @orchestrate.group("handoff")
 def handoff_group() -> None:
     """Write or show handoff files (agents call `handoff write`)."""
@@ -294,15 +305,11 @@ def handoff_group() -> None:
 @click.option("--artifact", "artifacts", multiple=True, help="An artifact path (repeatable).")
 @click.option("--notes", help="Free-form notes.")
 @click.option("--question", help="With --status blocked: what you need to know to go on.")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False),
-    help="Directory to write into (as given in the task message).",
+@_delivery_options(
+    "Directory to write into (as given in the task message).",
+    "Write under <handoffs_dir>/sub (sub-delegation).",
+    "POST to this receiver URL instead of writing a file.",
 )
-@click.option("--sub", is_flag=True, help="Write under <handoffs_dir>/sub (sub-delegation).")
-@click.option("--receiver", help="POST to this receiver URL instead of writing a file.")
-@click.option("--token-env", help="With --receiver: env var holding the hooks token.")
 @click.option(
     "--key",
     envvar="ORCH_HANDOFF_KEY",
@@ -380,15 +387,11 @@ def handoff_write_cmd(
 @handoff_group.command("progress")
 @click.option("--run-id", required=True, help="The run id from the task message.")
 @click.argument("text")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False),
-    help="The directory of handoff_path (as given in the task message).",
+@_delivery_options(
+    "The directory of handoff_path (as given in the task message).",
+    "A sub-delegation (under <handoffs_dir>/sub).",
+    "POST to this receiver URL instead (another host).",
 )
-@click.option("--sub", is_flag=True, help="A sub-delegation (under <handoffs_dir>/sub).")
-@click.option("--receiver", help="POST to this receiver URL instead (another host).")
-@click.option("--token-env", help="With --receiver: env var holding the hooks token.")
 @click.option(
     "--key",
     envvar="ORCH_HANDOFF_KEY",
@@ -744,25 +747,15 @@ def agent_skill_uninstall_cmd(workspace: str) -> int:
 
 def _bind_options(section: str, port: str = "") -> Callable[[Any], Any]:
     """``--host``, ``--port`` (defaults from the config's ``section``) and ``--config``."""
-
-    def add(fn: Any) -> Any:
-        for opt in reversed(
-            [
-                click.option(
-                    "--host", help=f"Address to bind (default: {section}.host, else 127.0.0.1)."
-                ),
-                click.option(
-                    "--port",
-                    type=click.IntRange(0, 65535),
-                    help=f"Port (default: {section}.port{port}).",
-                ),
-                config_option,
-            ]
-        ):
-            fn = opt(fn)
-        return fn
-
-    return add
+    return options(
+        click.option("--host", help=f"Address to bind (default: {section}.host, else 127.0.0.1)."),
+        click.option(
+            "--port",
+            type=click.IntRange(0, 65535),
+            help=f"Port (default: {section}.port{port}).",
+        ),
+        config_option,
+    )
 
 
 @orchestrate.command("gateway")

@@ -423,22 +423,17 @@ class _Scan:
                     self.record(data, entry.path, sub)
         # Handoffs delivered to the inbox that were never recorded (nobody waited for
         # them): counted by their own status, as `unrecorded`.
-        try:
-            inbox = os.scandir(os.path.join(directory, INBOX_DIR))
-        except OSError:
-            return
-        with inbox:
-            for entry in inbox:
-                name = entry.name
-                if name[0] == "." or not name.endswith(".json") or name in recorded:
-                    continue
-                if "." in name[: -len(".json")]:
-                    # `<runId>.<n>.json`: a second delivery kept beside the first (run ids
-                    # have no dots); its record lists it under `also_received`.
-                    continue
-                data = self.load(entry.path)
-                if data is not _MISSING:
-                    self.record(data, entry.path, sub)
+        for entry in _json_entries(os.path.join(directory, INBOX_DIR)):
+            name = entry.name
+            if name in recorded:
+                continue
+            if "." in name[: -len(".json")]:
+                # `<runId>.<n>.json`: a second delivery kept beside the first (run ids
+                # have no dots); its record lists it under `also_received`.
+                continue
+            data = self.load(entry.path)
+            if data is not _MISSING:
+                self.record(data, entry.path, sub)
 
     def load(self, path: str) -> Any:
         """Parse one JSON file; on a problem, note it and return ``_MISSING``."""
@@ -575,29 +570,22 @@ class _Scan:
 
     def scan_pending(self, directory: str) -> None:
         """Count delegations dispatched and not yet recorded (``.pending/``)."""
-        try:
-            it = os.scandir(os.path.join(directory, PENDING_DIR))
-        except OSError:
-            return
-        with it:
-            for entry in it:
-                if entry.name[0] == "." or not entry.name.endswith(".json"):
-                    continue
-                env = self.load(entry.path)
-                if not isinstance(env, dict):
-                    if env is not _MISSING:
-                        self.bad(entry.path, "not an envelope: the JSON is not an object")
-                    continue
-                if env.get("outcome") not in (None, "dispatched"):
-                    continue  # a timeout or refusal kept for a late handoff: recorded already
-                target = env.get("target")
-                if not isinstance(target, str):
-                    continue
-                if not self.wanted(target, env.get("caller"), env, env.get("created_at")):
-                    continue
-                self.in_flight[target] = self.in_flight.get(target, 0) + 1
-                if not waiter_alive(env, host=self.host):
-                    self.orphaned += 1
+        for entry in _json_entries(os.path.join(directory, PENDING_DIR)):
+            env = self.load(entry.path)
+            if not isinstance(env, dict):
+                if env is not _MISSING:
+                    self.bad(entry.path, "not an envelope: the JSON is not an object")
+                continue
+            if env.get("outcome") not in (None, "dispatched"):
+                continue  # a timeout or refusal kept for a late handoff: recorded already
+            target = env.get("target")
+            if not isinstance(target, str):
+                continue
+            if not self.wanted(target, env.get("caller"), env, env.get("created_at")):
+                continue
+            self.in_flight[target] = self.in_flight.get(target, 0) + 1
+            if not waiter_alive(env, host=self.host):
+                self.orphaned += 1
 
     def count_rejected(self, directory: str) -> None:
         try:
@@ -750,6 +738,15 @@ def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     return "a number"
+
+
+def _json_entries(directory: str) -> list[os.DirEntry[str]]:
+    """The visible ``*.json`` entries of ``directory``; none when it cannot be listed."""
+    try:
+        with os.scandir(directory) as it:
+            return [e for e in it if e.name[0] != "." and e.name.endswith(".json")]
+    except OSError:
+        return []
 
 
 def _has_agent(steps: dict[str, Any], agent: str) -> bool:
