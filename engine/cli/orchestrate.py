@@ -339,7 +339,8 @@ def handoff_write_cmd(
 
     from engine.errors import UsageError
     from engine.files import check_id
-    from engine.handoff import handoff_path, make_handoff, write_handoff
+    from engine.handoff import make_handoff, write_handoff
+    from engine.store.file import handoff_path
 
     check_id(run_id, "run id")
     from engine.textio import check_text, decode_utf8, read_text
@@ -413,9 +414,9 @@ def handoff_progress_cmd(
     from pathlib import Path
 
     from engine.files import check_id
-    from engine.handoff import records_dir
     from engine.liveness import report_progress
     from engine.record import INBOX_DIR
+    from engine.store.file import records_dir
 
     check_id(run_id, "run id")
     if receiver:
