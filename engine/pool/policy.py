@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from engine.pool.settings import PoolMode, PoolSettings
 from engine.pool.state import (
@@ -32,6 +32,7 @@ from engine.pool.state import (
     Sample,
     Ticket,
     Token,
+    holder_fields,
 )
 
 __all__ = ["DEADLINE_GRACE", "PidAlive", "Poll", "PollOutcome", "PoolPolicy"]
@@ -415,4 +416,4 @@ class PoolPolicy:
 
 
 def _copy(ticket: Ticket) -> Ticket:
-    return replace(ticket)
+    return Ticket(**holder_fields(ticket), max_concurrent=ticket.max_concurrent)

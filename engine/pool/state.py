@@ -71,7 +71,9 @@ class Token(_Holder):
     @classmethod
     def granted(cls, ticket: Ticket, now: float) -> Token:
         """The token a ticket becomes when it is granted at ``now``."""
-        return cls(**_fields(ticket, _HOLDER), renewed_at=now, acquired_at=now)
+        held = cls(**holder_fields(ticket), acquired_at=now)
+        held.renewed_at = now
+        return held
 
 
 @dataclass(slots=True)
@@ -163,30 +165,16 @@ def _entry(raw: Any, *, ticket: bool, host: str) -> Ticket | Token | None:
     # The delegation's deadline on the pool clock; absent in older state files (and for
     # callers that gave none): then only ``token_timeout`` bounds a live holder.
     hold_until = _num(raw.get("hold_until"))
-    holder_fields: dict[str, Any] = {
-        "id": entry_id,
-        "run_id": run_id,
-        "agent": _text(agent) or "?",
-        "pid": pid,
-        "start": start,
-        "host": holder,
-        "queued_at": queued_at,
-        "hold_until": hold_until,
-    }
+    # the _Holder fields, in their order (positional: this runs for every entry of every
+    # pool transaction)
+    held = (entry_id, run_id, _text(agent) or "?", pid, start, holder, queued_at, hold_until)
     if ticket:
-        return Ticket(
-            **holder_fields,
-            renewed_at=queued_at if renewed is None else renewed,
-            max_concurrent=_pos_int(raw.get("max_concurrent")),
-        )
+        renewed_at = queued_at if renewed is None else renewed
+        return Ticket(*held, renewed_at, _pos_int(raw.get("max_concurrent")))
     acquired = _num(raw.get("acquired_at"))
     if acquired is None:
         return None
-    return Token(
-        **holder_fields,
-        renewed_at=acquired if renewed is None else renewed,
-        acquired_at=acquired,
-    )
+    return Token(*held, acquired if renewed is None else renewed, acquired)
 
 
 def _entries(raw: Any, *, ticket: bool, host: str) -> tuple[list[Any], bool]:
@@ -320,21 +308,46 @@ def _reclaimed(raw: Any) -> list[Reclaim]:
 # -- writing ------------------------------------------------------------------------------
 
 
-#: What a token and a queue ticket both say of their holder, in the stored order.
-_HOLDER = ("id", "run_id", "agent", "pid", "start", "host", "queued_at", "hold_until")
-_TICKET_KEYS = (*_HOLDER, "renewed_at", "max_concurrent")
-_TOKEN_KEYS = (*_HOLDER, "renewed_at", "acquired_at")
-_RECLAIM_KEYS = ("token_id", "run_id", "agent", "pid", "reason", "at", "held_s")
+def holder_fields(h: _Holder) -> dict[str, Any]:
+    """What a token and a queue ticket both say of their holder, by field name, in the
+    stored order (a literal: this runs for every entry of every pool transaction)."""
+    return {
+        "id": h.id,
+        "run_id": h.run_id,
+        "agent": h.agent,
+        "pid": h.pid,
+        "start": h.start,
+        "host": h.host,
+        "queued_at": h.queued_at,
+        "hold_until": h.hold_until,
+        "renewed_at": h.renewed_at,
+    }
 
 
-def _fields(obj: Any, keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: getattr(obj, k) for k in keys}
+def _token_json(t: Token) -> dict[str, Any]:
+    doc = holder_fields(t)
+    doc["acquired_at"] = t.acquired_at
+    return doc
+
+
+def _ticket_json(t: Ticket) -> dict[str, Any]:
+    doc = holder_fields(t)
+    doc["max_concurrent"] = t.max_concurrent
+    return doc
 
 
 def reclaim_json(r: Reclaim) -> dict[str, Any]:
     """One reclamation as JSON (``token_id``, ``run_id``, ``agent``, ``pid``, ``reason``,
     ``at``, ``held_s``)."""
-    return _fields(r, _RECLAIM_KEYS)
+    return {
+        "token_id": r.token_id,
+        "run_id": r.run_id,
+        "agent": r.agent,
+        "pid": r.pid,
+        "reason": r.reason,
+        "at": r.at,
+        "held_s": r.held_s,
+    }
 
 
 def to_json(state: PoolState) -> dict[str, Any]:
@@ -351,8 +364,8 @@ def _body(state: PoolState) -> dict[str, Any]:
         "size": state.size,
         "mode": state.mode.value,
         "cooldown_until": state.cooldown_until,
-        "tokens": [_fields(t, _TOKEN_KEYS) for t in state.tokens],
-        "queue": [_fields(t, _TICKET_KEYS) for t in state.queue],
+        "tokens": [_token_json(t) for t in state.tokens],
+        "queue": [_ticket_json(t) for t in state.queue],
         "low": state.low,
         "high": state.high,
         "last_sample_at": state.last_sample_at,
