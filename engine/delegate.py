@@ -33,19 +33,14 @@ from engine.errors import (
     UsageError,
 )
 from engine.files import check_id, new_run_id, utcnow_iso
-from engine.handoff import (
-    MAX_HANDOFF_BYTES,
-    HandoffProblem,
-    key_hash,
-    new_key,
-    records_dir,
-)
+from engine.handoff import MAX_HANDOFF_BYTES, HandoffProblem, key_hash, new_key
 from engine.hooks import HooksClient, Target
 from engine.lease import Lease, Pool
 from engine.registry import Registry, read_secret
 from engine.reporter import Reporter
 from engine.states import Outcome as Outcome
 from engine.store import RENEW_EVERY, HandoffSignals, RunStore, Waiter, open_signals, open_store
+from engine.store.file import records_dir
 
 _EXIT = {
     Outcome.COMPLETE: EXIT_OK,

@@ -62,29 +62,6 @@ class HandoffProblem(HandoffError):
         self.kind = kind
 
 
-def records_dir(handoffs_dir: Path, *, sub: bool = False) -> Path:
-    """Where the records of top-level (or sub-) delegations are, on a file store
-    (``engine.store.FileRunStore``, which alone knows the layout)."""
-    from engine.store import FileRunStore
-
-    return FileRunStore(handoffs_dir).records_dir(sub=sub)
-
-
-def handoff_path(handoffs_dir: Path, run_id: str, *, sub: bool = False) -> Path:
-    """Where the agent delivers the handoff of ``run_id`` on a file store
-    (``RunStore.handoff_target``)."""
-    from engine.store import FileRunStore
-
-    return FileRunStore(handoffs_dir).handoff_target(run_id, sub=sub)
-
-
-def record_path(handoffs_dir: Path, run_id: str, *, sub: bool = False) -> Path:
-    """Where the engine records ``run_id`` on a file store (``RunStore.record_locator``)."""
-    from engine.store import FileRunStore
-
-    return FileRunStore(handoffs_dir).record_locator(run_id, sub=sub)
-
-
 def make_handoff(
     *,
     run_id: str,

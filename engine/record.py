@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -341,7 +342,7 @@ def deliver(
             env = cur_env
         results = []
         for source in sources:
-            step = _deliver_one(records_dir, run_id, source, env, current, waiting, grace)
+            step = _deliver_one(_Into(records_dir, run_id, env, current, waiting), source, grace)
             results.append(step)
             if step.state == "recorded":
                 assert step.record is not None
@@ -359,108 +360,46 @@ def _live_waiter(envelope: dict[str, Any]) -> bool:
     return waiter_alive(envelope)
 
 
-def _deliver_one(
-    records_dir: Path,
-    run_id: str,
-    source: Path,
-    env: dict[str, Any],
-    current: dict[str, Any] | None,
-    waiting: bool,
-    grace: float,
-) -> Delivery:
-    from engine.handoff import (
-        FINAL_KINDS,
-        MAX_HANDOFF_BYTES,
-        HandoffProblem,
-        check_key,
-        parse_handoff,
-        read_handoff_bytes,
-        validate_handoff,
-    )
+@dataclass(frozen=True)
+class _Into:
+    """Where a delivered file goes: the run's records directory and id, its pending
+    envelope, its record so far (if any), and whether its delegation still waits."""
 
-    cur_env = current.get("envelope") if current else None
-    record_path = records_dir / f"{run_id}.json"
-    final = isinstance(cur_env, dict) and cur_env.get("outcome") in _AGENT_STATUSES
-    if final:
-        assert isinstance(cur_env, dict)
-        fid = _file_id(source)
-        if cur_env.get("handoff_inode") is None and "handoff_file" not in cur_env:
-            cur_env["handoff_inode"] = fid  # recorded before inodes were kept: that one
-            return Delivery("already", record_path, current)
-        if fid == cur_env.get("handoff_inode") or fid in [
-            e.get("inode") for e in cur_env.get("also_received", [])
-        ]:
-            return Delivery("already", record_path, current)
-    root = records_dir.parent if records_dir.name == "sub" else records_dir
+    records_dir: Path
+    run_id: str
+    env: dict[str, Any]
+    current: dict[str, Any] | None
+    waiting: bool
+
+
+def _deliver_one(into: _Into, source: Path, grace: float) -> Delivery:
+    """Take one delivered file: record it, refuse it, or keep it aside as a second one."""
+    from engine.handoff import FINAL_KINDS, HandoffProblem
+
+    records_dir, run_id, env, current = into.records_dir, into.run_id, into.env, into.current
+    found = current.get("envelope") if current else None
+    cur_env = found if isinstance(found, dict) else None
+    # the envelope of a record an agent's handoff already made final, if there is one
+    final = cur_env if cur_env is not None and cur_env.get("outcome") in _AGENT_STATUSES else None
+    if final is not None and _seen(final, source):
+        return Delivery("already", records_dir / f"{run_id}.json", current)
     try:
         seen_ino: int | None = os.lstat(source).st_ino
     except OSError:
         seen_ino = None
     try:
-        raw, st = read_handoff_bytes(
-            source, max_bytes=int(env.get("max_handoff_bytes") or MAX_HANDOFF_BYTES), root=root
-        )
-        if not raw.strip() and waiting:
-            return Delivery("absent")  # created, not written yet
-        handoff = validate_handoff(
-            parse_handoff(raw, path=source), path=source, run_id=run_id, agent=env.get("target")
-        )
-        verified = check_key(
-            handoff,
-            expected_hash=env.get("key_sha256"),
-            policy=str(env.get("handoff_key") or "required"),
-            path=source,
-        )
+        checked = _checked(into, source)
     except HandoffProblem as exc:
-        if exc.kind not in FINAL_KINDS and (waiting or _fresh(source, grace)):
+        if exc.kind not in FINAL_KINDS and (into.waiting or _fresh(source, grace)):
             return Delivery("partial", problem=exc)
-        kept = keep_rejected(records_dir, source, inode=seen_ino)
-        if kept is None and os.path.lexists(source):
-            return Delivery("absent")  # replaced while being read: look at the new one
-        note: dict[str, Any] = {"file": str(kept), "reason": exc.message, "at": utcnow_iso()}
-        if exc.problems:
-            note["problems"] = list(exc.problems)
-        _note(records_dir, run_id, env, current, "rejected", note, waiting)
-        return Delivery("refused", problem=exc, kept=kept)
+        return _refuse(into, source, exc, seen_ino)
+    if checked is None:
+        return Delivery("absent")  # created, not written yet
+    handoff, verified, st = checked
     fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
-    if final and not (cur_env.get("fallback") and not fallback):  # type: ignore[union-attr]
-        kept = _keep_aside(records_dir, source, link=source.name == f"{run_id}.json")
-        first = cur_env.get("handoff_file") or "the first handoff"  # type: ignore[union-attr]
-        reason = (
-            "a gateway-written fallback, after the agent's own handoff was recorded"
-            if fallback
-            else f"a second handoff for a run already recorded from {first}"
-        )
-        dup: dict[str, Any] = {"file": str(kept), "reason": reason, "at": utcnow_iso()}
-        dup["inode"] = _file_id(kept) if kept else None
-        _note(records_dir, run_id, env, current, "also_received", dup, False)
-        return Delivery("duplicate", record_path, read_json(record_path), kept=kept)
-    received = utcnow_iso()
-    new = dict(env)
-    for k in ("error", "rejected_file", "status_code", "ended_at", "handoff_inode"):
-        new.pop(k, None)
-    for k in ("rejected", "also_received"):
-        if isinstance(cur_env, dict) and cur_env.get(k):
-            new[k] = _merge_lists(new.get(k), cur_env[k])
-    new["received_at"] = received
-    dispatched = new.get("dispatched_at") or new.get("created_at")
-    if dispatched:
-        new["duration_ms"] = max(
-            0.0, round((parse_iso(received) - parse_iso(dispatched)).total_seconds() * 1000, 3)
-        )
-    deadline = new.get("deadline_at")
-    if deadline:
-        late = parse_iso(received) > parse_iso(deadline)
-    else:  # an envelope without a deadline: late if its caller had stopped waiting
-        late = env.get("outcome") in ("timeout", "cancelled")
-    new["late"] = bool(not waiting and late)
-    old = cur_env.get("outcome") if isinstance(cur_env, dict) else None
-    if isinstance(cur_env, dict) and cur_env.get("fallback"):
-        new["supersedes"] = "fallback"
-    elif not waiting and old and old != "dispatched":
-        new["supersedes"] = old
-    elif not waiting and env.get("outcome") not in (None, "dispatched"):
-        new["supersedes"] = env.get("outcome")
+    if final is not None and not (final.get("fallback") and not fallback):
+        return _keep_second(into, source, final, fallback)
+    new = _merged_envelope(env, cur_env, into.waiting)
     new["outcome"] = handoff["status"]
     new["key_verified"] = verified
     if not verified:
@@ -475,6 +414,117 @@ def _deliver_one(
     path = install_record(records_dir, run_id, data)
     drop_pending(records_dir, run_id)
     return Delivery("recorded", path, data)
+
+
+def _seen(cur_env: dict[str, Any], source: Path) -> bool:
+    """Whether ``source`` is the file a final record already took (or kept aside)."""
+    fid = _file_id(source)
+    if cur_env.get("handoff_inode") is None and "handoff_file" not in cur_env:
+        cur_env["handoff_inode"] = fid  # recorded before inodes were kept: that one
+        return True
+    return fid == cur_env.get("handoff_inode") or fid in [
+        e.get("inode") for e in cur_env.get("also_received", [])
+    ]
+
+
+def _checked(into: _Into, source: Path) -> tuple[dict[str, Any], bool, os.stat_result] | None:
+    """The handoff in ``source``, checked (``HandoffProblem`` if not), whether its key was
+    verified, and the file's stat; None while a waited-for file is still empty."""
+    from engine.handoff import (
+        MAX_HANDOFF_BYTES,
+        check_key,
+        parse_handoff,
+        read_handoff_bytes,
+        validate_handoff,
+    )
+
+    env, records_dir = into.env, into.records_dir
+    root = records_dir.parent if records_dir.name == "sub" else records_dir
+    raw, st = read_handoff_bytes(
+        source, max_bytes=int(env.get("max_handoff_bytes") or MAX_HANDOFF_BYTES), root=root
+    )
+    if not raw.strip() and into.waiting:
+        return None
+    handoff = validate_handoff(
+        parse_handoff(raw, path=source), path=source, run_id=into.run_id, agent=env.get("target")
+    )
+    verified = check_key(
+        handoff,
+        expected_hash=env.get("key_sha256"),
+        policy=str(env.get("handoff_key") or "required"),
+        path=source,
+    )
+    return handoff, verified, st
+
+
+def _refuse(into: _Into, source: Path, exc: Any, seen_ino: int | None) -> Delivery:
+    """A file that is no usable handoff: kept in ``rejected/`` and noted on the record."""
+    kept = keep_rejected(into.records_dir, source, inode=seen_ino)
+    if kept is None and os.path.lexists(source):
+        return Delivery("absent")  # replaced while being read: look at the new one
+    note: dict[str, Any] = {"file": str(kept), "reason": exc.message, "at": utcnow_iso()}
+    if exc.problems:
+        note["problems"] = list(exc.problems)
+    _note(into.records_dir, into.run_id, into.env, into.current, "rejected", note, into.waiting)
+    return Delivery("refused", problem=exc, kept=kept)
+
+
+def _keep_second(into: _Into, source: Path, cur_env: dict[str, Any], fallback: bool) -> Delivery:
+    """A second handoff for a recorded run: kept aside and listed, never over the first."""
+    records_dir, run_id = into.records_dir, into.run_id
+    kept = _keep_aside(records_dir, source, link=source.name == f"{run_id}.json")
+    first = cur_env.get("handoff_file") or "the first handoff"
+    reason = (
+        "a gateway-written fallback, after the agent's own handoff was recorded"
+        if fallback
+        else f"a second handoff for a run already recorded from {first}"
+    )
+    dup: dict[str, Any] = {"file": str(kept), "reason": reason, "at": utcnow_iso()}
+    dup["inode"] = _file_id(kept) if kept else None
+    _note(records_dir, run_id, into.env, into.current, "also_received", dup, False)
+    record_path = records_dir / f"{run_id}.json"
+    return Delivery("duplicate", record_path, read_json(record_path), kept=kept)
+
+
+def _merged_envelope(
+    env: dict[str, Any], cur_env: dict[str, Any] | None, waiting: bool
+) -> dict[str, Any]:
+    """The envelope of a new record: the pending one, what the record before it had kept
+    (refused and second files), when it arrived and whether late, what it supersedes."""
+    new = dict(env)
+    for k in ("error", "rejected_file", "status_code", "ended_at", "handoff_inode"):
+        new.pop(k, None)
+    for k in ("rejected", "also_received"):
+        if cur_env is not None and cur_env.get(k):
+            new[k] = _merge_lists(new.get(k), cur_env[k])
+    received = new["received_at"] = utcnow_iso()
+    dispatched = new.get("dispatched_at") or new.get("created_at")
+    if dispatched:
+        new["duration_ms"] = max(
+            0.0, round((parse_iso(received) - parse_iso(dispatched)).total_seconds() * 1000, 3)
+        )
+    deadline = new.get("deadline_at")
+    if deadline:
+        late = parse_iso(received) > parse_iso(deadline)
+    else:  # an envelope without a deadline: late if its caller had stopped waiting
+        late = env.get("outcome") in ("timeout", "cancelled")
+    new["late"] = bool(not waiting and late)
+    supersedes = _supersedes(env, cur_env, waiting)
+    if supersedes:
+        new["supersedes"] = supersedes
+    return new
+
+
+def _supersedes(env: dict[str, Any], cur_env: dict[str, Any] | None, waiting: bool) -> Any:
+    """What a new record replaces: a gateway fallback, or an earlier outcome; else None."""
+    if cur_env is not None and cur_env.get("fallback"):
+        return "fallback"
+    old = cur_env.get("outcome") if cur_env is not None else None
+    if not waiting and old and old != "dispatched":
+        return old
+    if not waiting and env.get("outcome") not in (None, "dispatched"):
+        return env.get("outcome")
+    return None
 
 
 _AGENT_STATUSES = tuple(s.value for s in HandoffStatus)
@@ -595,25 +645,12 @@ def delegation_tree(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
     nodes: dict[str, dict[str, Any]] = {}
     for records in (handoffs_dir, handoffs_dir / "sub"):
         reconcile(records)
-        for folder, pending in ((records, False), (records / PENDING_DIR, True)):
-            try:
-                entries = list(os.scandir(folder))
-            except FileNotFoundError:
-                continue
-            for entry in entries:
-                if not entry.name.endswith(".json") or entry.name.startswith(".tmp-"):
-                    continue
-                rid = entry.name[: -len(".json")]
-                if rid in nodes and not pending:
-                    continue
-                if folder is records and rid != run_id and records == handoffs_dir:
-                    continue  # top-level records other than the root cannot be in the tree
-                data = read_json(Path(entry.path))
-                if not isinstance(data, dict) or (not pending and "envelope" not in data):
-                    continue
-                if pending and rid in nodes:
-                    continue
-                nodes[rid] = _node(rid, data, pending)
+        only = run_id if records == handoffs_dir else None  # the root's, of the top level
+        for rid, data in _json_files(records, nodes, only):
+            if "envelope" in data:
+                nodes[rid] = _node(rid, data, False)
+        for rid, data in _json_files(records / PENDING_DIR, nodes, None):
+            nodes[rid] = _node(rid, data, True)
     root = nodes.get(run_id)
     if root is None:
         return None
@@ -622,6 +659,25 @@ def delegation_tree(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
         if parent and parent in nodes and node is not root:
             nodes[parent]["children"].append(node)
     return root
+
+
+def _json_files(
+    folder: Path, known: Container[str], only: str | None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(runId, object)`` of each ``<runId>.json`` in ``folder`` not ``known`` yet (and
+    only ``only``'s when given), asked before the file is read; non-objects passed over."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if not entry.name.endswith(".json") or entry.name.startswith(".tmp-"):
+            continue
+        rid = entry.name[: -len(".json")]
+        if rid not in known and (only is None or rid == only):
+            data = read_json(Path(entry.path))
+            if isinstance(data, dict):
+                yield rid, data
 
 
 def find_record(handoffs_dir: Path, run_id: str) -> tuple[Path, dict[str, Any]]:

@@ -47,7 +47,10 @@ def _meta_problem(meta: Any) -> str | None:
         value = meta.get(key, {})
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             return f"`{key}` is not a mapping of texts"
-    plan = meta.get("plan")
+    return _plan_problem(meta.get("plan"))
+
+
+def _plan_problem(plan: Any) -> str | None:
     if not isinstance(plan, dict):
         return "`plan` is not a mapping"
     groups, steps = plan.get("groups"), plan.get("steps")

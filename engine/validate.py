@@ -165,3 +165,60 @@ def validate_delegation(
     )
     record = record_verdict(delegator.store, result, verdict)
     return replace(result, record=record), verdict
+
+
+@dataclass(frozen=True)
+class Delegated:
+    """What ``delegate_validated`` did.
+
+    ``result`` is None on a dry run; ``verdict`` is None when nothing was validated;
+    ``route`` is the capability route taken (``engine.routing.Route``), if any.
+    """
+
+    agent: str
+    result: DelegationResult | None = None
+    verdict: Verdict | None = None
+    route: Any = None
+
+
+def delegate_validated(
+    delegator: Delegator,
+    request: DelegationRequest,
+    *,
+    capability: str | None = None,
+    validator: str | None = None,
+    key: str | None = None,
+    dry_run: bool = False,
+) -> Delegated:
+    """One delegation as ``orchestrate delegate`` makes it, every check first.
+
+    With ``capability`` the route picks the agent (``request.target`` is replaced). The
+    validator, when given, is checked (known agent, the caller's ACL) before anything is
+    dispatched, then checks the finished delegation (``validate_delegation``). A dry run
+    does every check (secrets included) and sends nothing. With ``key`` a retry returns
+    the first result (``engine.idempotency.delegate_once``). Errors: those of the checks
+    (``UsageError``, ``AclError``, ``ConfigError``); a failed delegation is a result.
+    """
+    if validator:
+        check_validator(delegator, request.caller, validator)
+    route = delegator.route(request.caller, capability) if capability else None
+    if route is not None:
+        request = replace(request, target=route.agent)
+    if dry_run:
+        from engine.registry import check_secrets
+
+        check_secrets(delegator.cfg, [request.target, *([validator] if validator else [])])
+        delegator.check(request)
+        return Delegated(request.target, route=route)
+    if key:
+        from engine.idempotency import delegate_once
+
+        result = delegate_once(delegator, request, key)
+    else:
+        result = delegator.delegate(request)
+    verdict = None
+    if validator:
+        result, verdict = validate_delegation(
+            delegator, result, caller=request.caller, validator=validator, task=request.task
+        )
+    return Delegated(request.target, result, verdict, route)

@@ -14,9 +14,10 @@ import pytest
 from engine.config import load_config
 from engine.delegate import DelegationRequest, Delegator, Outcome, open_delegator
 from engine.errors import AclDeniedError, InvalidIdError, UnknownAgentError
-from engine.handoff import handoff_path, make_handoff
+from engine.handoff import make_handoff
 from engine.record import reconcile
 from engine.reporter import Reporter
+from engine.store.file import handoff_path
 from engine.watch import watcher_for
 from tests.helpers import demo_config, free_port, remote_config, write_config, write_valid_handoff
 

@@ -19,8 +19,9 @@ from engine.config import Config, config_from_dict
 from engine.files import new_run_id
 from engine.gateway.agents import GATEWAY_NOTE
 from engine.gateway.server import LocalGateway
-from engine.handoff import handoff_path, load_handoff, make_handoff
+from engine.handoff import load_handoff, make_handoff
 from engine.message import render_message
+from engine.store.file import handoff_path
 
 TOKEN = "gw-test-token-7c1e55d0"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

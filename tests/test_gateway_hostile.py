@@ -25,8 +25,9 @@ from engine.files import new_run_id
 from engine.gateway import agents as gateway_agents
 from engine.gateway.agents import HANDOFF_MARKER, hard_limit, task_from_message
 from engine.gateway.server import MAX_BODY, MAX_DEPTH, LocalGateway
-from engine.handoff import handoff_path, load_handoff, make_handoff, write_handoff
+from engine.handoff import load_handoff, make_handoff, write_handoff
 from engine.message import render_message
+from engine.store.file import handoff_path
 from engine.watch import watcher_for
 
 TOKEN = "hostile-test-token-5b1f0e2a"

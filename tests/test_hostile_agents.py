@@ -25,9 +25,10 @@ from engine.cli import orchestrate
 from engine.config import Config, load_config
 from engine.delegate import DelegationRequest, Outcome, open_delegator
 from engine.files import parse_iso, write_json_atomic
-from engine.handoff import handoff_path, key_hash, make_handoff, write_handoff
+from engine.handoff import key_hash, make_handoff, write_handoff
 from engine.metrics import compute_metrics
 from engine.record import pending_path, read_json, write_record
+from engine.store.file import handoff_path
 from engine.validate import validate_result
 from engine.watch import watcher_for
 from tests.helpers import demo_config, remote_config, write_config

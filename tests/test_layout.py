@@ -64,9 +64,13 @@ def test_importing_engine_cli_loads_no_subcommand_dependencies() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_the_runs_read_model_loads_no_executor() -> None:
+@pytest.mark.parametrize(
+    "module",
+    ["engine.runs", "engine.metrics", "engine.metrics.scan", "engine.metrics.render"],
+)
+def test_the_read_side_loads_no_executor(module: str) -> None:
     code = (
-        "import sys, engine.runs; mods = ('engine.runner', 'engine.delegate', 'engine.hooks', "
+        f"import sys, {module}; mods = ('engine.runner', 'engine.delegate', 'engine.hooks', "
         "'engine.dag', 'httpx'); print([m for m in mods if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -76,6 +80,7 @@ def test_the_runs_read_model_loads_no_executor() -> None:
 @pytest.mark.parametrize(
     ("module", "name"),
     [
+        ("engine.handoff", "record_path"),
         ("engine.files", "append_jsonl"),
         ("engine.files", "RUN_ID"),
         ("engine.reporter", "JsonReporter"),
@@ -143,3 +148,27 @@ def test_engine_package_lists_its_modules() -> None:
     names = {p.stem for p in Path(engine.__file__).parent.glob("*.py")}
     assert {"states", "retry", "renderer", "planview", "dag", "workflow"} <= names
     assert not (Path(engine.__file__).parent / "cli.py").exists()
+
+
+def test_metrics_replays_a_run_without_loading_the_executor(tmp_path: Path) -> None:
+    from engine.store import FileRunStore
+
+    store = FileRunStore(tmp_path)
+    meta = {
+        "runId": "wf-1",
+        "workflow": "w",
+        "plan": {"groups": [["a"]], "steps": {"a": {"agent": "x", "depends_on": []}}},
+    }
+    store.create_run("wf-1", meta)
+    journal = store.journal("wf-1")
+    journal.append("run_started", run_id="wf-1", workflow="w", pid=1)
+    journal.close()
+    code = (
+        "import sys; from pathlib import Path; from engine.metrics import compute_metrics; "
+        f"doc = compute_metrics(Path({str(tmp_path)!r})); "
+        "mods = ('engine.runner', 'engine.delegate', 'engine.hooks', 'httpx'); "
+        "print(doc['workflows']['w']['runs'], doc['files']['invalid'], "
+        "[m for m in mods if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1 0 []"

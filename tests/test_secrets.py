@@ -463,8 +463,9 @@ def test_agent_output_with_the_gateway_token_is_redacted(tmp_path: Path) -> None
     from engine.config import config_from_dict
     from engine.files import new_run_id
     from engine.gateway.server import LocalGateway
-    from engine.handoff import handoff_path, load_handoff
+    from engine.handoff import load_handoff
     from engine.message import render_message
+    from engine.store.file import handoff_path
 
     token = "gwtok-" + secrets.token_hex(12)
     code = f"import sys; print('token is {token}'); print('Bearer {token}', file=sys.stderr)"

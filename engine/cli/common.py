@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -86,7 +87,14 @@ def check_argv(args: list[str]) -> None:
 
 
 class EngineGroup(click.Group):
-    """A click group whose user errors become one message and the documented exit code."""
+    """A click group whose user errors become one message and the documented exit code.
+
+    Its programs take ``-h`` as well as ``--help``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("context_settings", {"help_option_names": ["-h", "--help"]})
+        super().__init__(*args, **kwargs)
 
     def main(
         self,
@@ -96,26 +104,22 @@ class EngineGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        if args is None:
-            args = sys.argv[1:]
+        args = list(sys.argv[1:] if args is None else args)
+
+        def run() -> Any:
+            check_argv(args)
+            return super(EngineGroup, self).main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+
         if not standalone_mode:  # the caller handles errors and the exit code itself
-            check_argv(list(args))
-            return super().main(
-                args=args,
-                prog_name=prog_name,
-                complete_var=complete_var,
-                standalone_mode=False,
-                **extra,
-            )
+            return run()
         try:
-            check_argv(list(args))
-            rv = super().main(
-                args=args,
-                prog_name=prog_name,
-                complete_var=complete_var,
-                standalone_mode=False,
-                **extra,
-            )
+            rv = run()
         except OrchestratorError as exc:
             fail(exc)
         except OSError as exc:
@@ -176,6 +180,18 @@ def say(text: str, *, err: bool = False) -> None:
 config_option = click.option(
     "--config", "config", type=click.Path(dir_okay=False), help=CONFIG_HELP
 )
+
+
+def options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """One decorator applying click options in the order listed (the order ``--help``
+    shows them in)."""
+
+    def add(fn: Any) -> Any:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return add
 
 
 def server_options(fn: Any) -> Any:

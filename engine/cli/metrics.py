@@ -11,30 +11,21 @@ from engine.cli.common import (
     config_option,
     dump,
     load,
+    options,
 )
 
-
-def _metrics_options(fn: Any) -> Any:
-    for opt in reversed(
-        [
-            click.option("--since", help="Only records since: 24h, 7d, 30m or an ISO date."),
-            click.option(
-                "--agent", help="Only this agent's delegations (and runs it took part in)."
-            ),
-            click.option(
-                "--workflow", "workflow_name", help="Only this workflow's runs and steps."
-            ),
-            click.option("--caller", help="Only delegations made by this caller."),
-            click.option(
-                "--handoffs-dir",
-                type=click.Path(file_okay=False),
-                help="Read this directory instead of the config's `handoffs_dir`.",
-            ),
-            config_option,
-        ]
-    ):
-        fn = opt(fn)
-    return fn
+_metrics_options = options(
+    click.option("--since", help="Only records since: 24h, 7d, 30m or an ISO date."),
+    click.option("--agent", help="Only this agent's delegations (and runs it took part in)."),
+    click.option("--workflow", "workflow_name", help="Only this workflow's runs and steps."),
+    click.option("--caller", help="Only delegations made by this caller."),
+    click.option(
+        "--handoffs-dir",
+        type=click.Path(file_okay=False),
+        help="Read this directory instead of the config's `handoffs_dir`.",
+    ),
+    config_option,
+)
 
 
 def _metrics(
@@ -58,7 +49,6 @@ def _metrics(
 
 @click.group(
     cls=EngineGroup,
-    context_settings={"help_option_names": ["-h", "--help"]},
     epilog="""\b
 Examples:
   metrics text
@@ -72,36 +62,22 @@ def metrics() -> None:
 
 @metrics.command("text")
 @_metrics_options
-def metrics_text_cmd(
-    since: str | None,
-    agent: str | None,
-    workflow_name: str | None,
-    caller: str | None,
-    handoffs_dir: str | None,
-    config: str | None,
-) -> int:
+def metrics_text_cmd(**filters: Any) -> int:
     """Aligned tables for people."""
     import shutil
 
     from engine.metrics import render_text
 
-    doc = _metrics(since, agent, workflow_name, caller, handoffs_dir, config)
+    doc = _metrics(**filters)
     click.echo(render_text(doc, width=max(100, shutil.get_terminal_size((140, 40)).columns)))
     return 0
 
 
 @metrics.command("json")
 @_metrics_options
-def metrics_json_cmd(
-    since: str | None,
-    agent: str | None,
-    workflow_name: str | None,
-    caller: str | None,
-    handoffs_dir: str | None,
-    config: str | None,
-) -> int:
+def metrics_json_cmd(**filters: Any) -> int:
     """One JSON document (schema: schemas/metrics.schema.json) for scripts."""
-    dump(_metrics(since, agent, workflow_name, caller, handoffs_dir, config))
+    dump(_metrics(**filters))
     return 0
 
 

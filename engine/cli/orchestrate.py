@@ -4,6 +4,7 @@ gateway. Each command parses options, calls the engine and renders what it retur
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -16,6 +17,7 @@ from engine.cli.common import (
     dump,
     load,
     load_optional,
+    options,
     say,
     server_options,
 )
@@ -33,7 +35,6 @@ class _DelegateByDefault(EngineGroup):
 
 @click.group(
     cls=_DelegateByDefault,
-    context_settings={"help_option_names": ["-h", "--help"]},
     epilog="""\b
 Examples:
   orchestrate webster "Find CTE of Zerodur" --caller manager --timeout 120
@@ -134,12 +135,13 @@ def delegate_cmd(
     """Delegate TASK to AGENT on behalf of --caller and wait for the handoff."""
     from engine.delegate import DelegationRequest, open_delegator
     from engine.reporter import ConsoleReporter, Reporter
+    from engine.validate import delegate_validated, validator_for
 
     task = _task_of(args, capability)
     if server:
-        from engine.errors import UsageError
-
         if validate or dry_run or channel_context or context_file or deliver is not None:
+            from engine.errors import UsageError
+
             raise UsageError(
                 "`--validate`, `--dry-run`, `--deliver` and context options are local."
             )
@@ -154,63 +156,47 @@ def delegate_cmd(
             "channel": channel,
             "parent_run_id": parent_run_id,
         }
-        with client(server, server_token_env) as remote:
-            result = remote.delegate(request, key=key)
-        if as_json:
-            dump(result.record)
-        else:
-            _print_result(result)
-        return int(result.exit_code)
+        return _delegate_remote(server, server_token_env, request, key=key, as_json=as_json)
     cfg = load(config)
-    checker = None
-    if validate:
-        from engine.validate import validator_for
-
-        checker = validator_for(cfg, validator)
-    context = _context_text(cfg, channel_context, channel_messages, context_file)
+    checker = validator_for(cfg, validator) if validate else None
+    req = DelegationRequest(
+        target="" if capability else args[0],
+        task=task,
+        caller=caller,
+        timeout=timeout,
+        deliver=deliver,
+        parent_run_id=parent_run_id,
+        model=model,
+        thinking=thinking,
+        channel=channel,
+        context=_context_text(cfg, channel_context, channel_messages, context_file),
+    )
     reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
     with open_delegator(cfg, reporter=reporter, pool=None if dry_run else "auto") as delegator:
-        if checker:  # every check of the command before anything is dispatched
-            from engine.validate import check_validator
-
-            check_validator(delegator, caller, checker)
-        route = delegator.route(caller, capability) if capability else None
-        agent = route.agent if route else args[0]
-        req = DelegationRequest(
-            target=agent,
-            task=task,
-            caller=caller,
-            timeout=timeout,
-            deliver=deliver,
-            parent_run_id=parent_run_id,
-            model=model,
-            thinking=thinking,
-            channel=channel,
-            context=context,
+        done = delegate_validated(
+            delegator, req, capability=capability, validator=checker, key=key, dry_run=dry_run
         )
-        if dry_run:
-            from engine.registry import check_secrets
+    if done.result is None:
+        if done.route:
+            click.echo(done.route.explain())
+        click.echo(f"dry run: `{caller}` -> `{done.agent}` passes every check; nothing sent.")
+        return 0
+    return _render_delegation(
+        done.result, done.verdict, done.route, as_json=as_json, strict=fail_on_reject
+    )
 
-            check_secrets(cfg, [agent, *([checker] if checker else [])])
-            delegator.check(req)
-            if route:
-                click.echo(route.explain())
-            click.echo(f"dry run: `{caller}` -> `{agent}` passes every check; nothing sent.")
-            return 0
-        if key:
-            from engine.idempotency import delegate_once
 
-            result = delegate_once(delegator, req, key)
-        else:
-            result = delegator.delegate(req)
-        verdict = None
-        if checker:
-            from engine.validate import validate_delegation
-
-            result, verdict = validate_delegation(
-                delegator, result, caller=caller, validator=checker, task=task
-            )
-    return _render_delegation(result, verdict, route, as_json=as_json, strict=fail_on_reject)
+def _delegate_remote(
+    server: str, token_env: str | None, request: dict[str, Any], *, key: str | None, as_json: bool
+) -> int:
+    """`delegate --server`: the serve API delegates; its record is printed here."""
+    with client(server, token_env) as remote:
+        result = remote.delegate(request, key=key)
+    if as_json:
+        dump(result.record)
+    else:
+        _print_result(result)
+    return int(result.exit_code)
 
 
 def _render_delegation(
@@ -285,6 +271,16 @@ def _print_result(result: Any) -> None:
         say("warning: the agent finished only part of the task (status partial).", err=True)
 
 
+def _delivery_options(directory: str, sub: str, receiver: str) -> Callable[[Any], Any]:
+    """``--dir``, ``--sub``, ``--receiver`` and ``--token-env`` of an agent's command."""
+    return options(
+        click.option("--dir", "directory", type=click.Path(file_okay=False), help=directory),
+        click.option("--sub", is_flag=True, help=sub),
+        click.option("--receiver", help=receiver),
+        click.option("--token-env", help="With --receiver: env var holding the hooks token."),
+    )
+
+
 @orchestrate.group("handoff")
 def handoff_group() -> None:
     """Write or show handoff files (agents call `handoff write`)."""
@@ -293,9 +289,7 @@ def handoff_group() -> None:
 @handoff_group.command("write")
 @click.option("--run-id", required=True, help="The run id from the task message.")
 @click.option("--agent", required=True, help="Your agent name.")
-@click.option(
-    "--status", required=True, type=click.Choice([s.value for s in HandoffStatus])
-)
+@click.option("--status", required=True, type=click.Choice([s.value for s in HandoffStatus]))
 @click.option("--result", "result_text", help="The result text ('-' reads stdin).")
 @click.option(
     "--result-file",
@@ -311,15 +305,11 @@ def handoff_group() -> None:
 @click.option("--artifact", "artifacts", multiple=True, help="An artifact path (repeatable).")
 @click.option("--notes", help="Free-form notes.")
 @click.option("--question", help="With --status blocked: what you need to know to go on.")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False),
-    help="Directory to write into (as given in the task message).",
+@_delivery_options(
+    "Directory to write into (as given in the task message).",
+    "Write under <handoffs_dir>/sub (sub-delegation).",
+    "POST to this receiver URL instead of writing a file.",
 )
-@click.option("--sub", is_flag=True, help="Write under <handoffs_dir>/sub (sub-delegation).")
-@click.option("--receiver", help="POST to this receiver URL instead of writing a file.")
-@click.option("--token-env", help="With --receiver: env var holding the hooks token.")
 @click.option(
     "--key",
     envvar="ORCH_HANDOFF_KEY",
@@ -349,7 +339,8 @@ def handoff_write_cmd(
 
     from engine.errors import UsageError
     from engine.files import check_id
-    from engine.handoff import handoff_path, make_handoff, write_handoff
+    from engine.handoff import make_handoff, write_handoff
+    from engine.store.file import handoff_path
 
     check_id(run_id, "run id")
     from engine.textio import check_text, decode_utf8, read_text
@@ -397,15 +388,11 @@ def handoff_write_cmd(
 @handoff_group.command("progress")
 @click.option("--run-id", required=True, help="The run id from the task message.")
 @click.argument("text")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False),
-    help="The directory of handoff_path (as given in the task message).",
+@_delivery_options(
+    "The directory of handoff_path (as given in the task message).",
+    "A sub-delegation (under <handoffs_dir>/sub).",
+    "POST to this receiver URL instead (another host).",
 )
-@click.option("--sub", is_flag=True, help="A sub-delegation (under <handoffs_dir>/sub).")
-@click.option("--receiver", help="POST to this receiver URL instead (another host).")
-@click.option("--token-env", help="With --receiver: env var holding the hooks token.")
 @click.option(
     "--key",
     envvar="ORCH_HANDOFF_KEY",
@@ -427,9 +414,9 @@ def handoff_progress_cmd(
     from pathlib import Path
 
     from engine.files import check_id
-    from engine.handoff import records_dir
     from engine.liveness import report_progress
     from engine.record import INBOX_DIR
+    from engine.store.file import records_dir
 
     check_id(run_id, "run id")
     if receiver:
@@ -466,8 +453,6 @@ def _post_progress(
     with HooksClient() as client:
         client.post_progress(target, run_id, text, deadline=time.monotonic() + 30, key=key)
     return 0
-
-
 
 
 def _post_handoff(
@@ -550,8 +535,6 @@ def answer_cmd(
         if result.error is not None:
             click.echo(f"error: {result.error}", err=True)
     return result.exit_code
-
-
 
 
 @orchestrate.command("show")
@@ -711,13 +694,7 @@ def pool_serve_cmd(host: str, port: int, token_env: str, config: str | None) -> 
     with TokenPool(PoolSettings.from_config(cfg)) as pool:
         server = PoolServer(pool, token=token, host=host, port=port)
         click.echo(f"pool endpoint on {server.url} (Ctrl-C to stop)", err=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.stop()
-    return 0
+        return _serve_until_stopped(server, ctrl_c_ok=True)
 
 
 @orchestrate.group("agent-skill")
@@ -778,10 +755,21 @@ def agent_skill_uninstall_cmd(workspace: str) -> int:
     return 0
 
 
+def _bind_options(section: str, port: str = "") -> Callable[[Any], Any]:
+    """``--host``, ``--port`` (defaults from the config's ``section``) and ``--config``."""
+    return options(
+        click.option("--host", help=f"Address to bind (default: {section}.host, else 127.0.0.1)."),
+        click.option(
+            "--port",
+            type=click.IntRange(0, 65535),
+            help=f"Port (default: {section}.port{port}).",
+        ),
+        config_option,
+    )
+
+
 @orchestrate.command("gateway")
-@click.option("--host", help="Address to bind (default: gateway.host, else 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: gateway.port).")
-@config_option
+@_bind_options("gateway")
 def gateway_cmd(host: str | None, port: int | None, config: str | None) -> int:
     """Serve the local gateway (OpenClaw hooks API + handoff receiver) until Ctrl-C."""
     from engine.errors import ConfigError
@@ -802,8 +790,16 @@ def gateway_cmd(host: str | None, port: int | None, config: str | None) -> int:
     click.echo(
         f"local gateway on {server.url} serving: {', '.join(gw.agents)} (Ctrl-C to stop)", err=True
     )
+    return _serve_until_stopped(server, ctrl_c_ok=False)
+
+
+def _serve_until_stopped(server: Any, *, ctrl_c_ok: bool) -> int:
+    """Serve until Ctrl-C (exit 0 with ``ctrl_c_ok``, else interrupted: 130), then stop."""
     try:
         server.serve_forever()
+    except KeyboardInterrupt:
+        if not ctrl_c_ok:
+            raise
     finally:
         server.stop()
     return 0
@@ -948,9 +944,7 @@ def inbox_submit_cmd(
 
 
 @orchestrate.command("serve")
-@click.option("--host", help="Address to bind (default: serve.host, else 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: serve.port, 8765).")
-@config_option
+@_bind_options("serve", ", 8765")
 def serve_cmd(host: str | None, port: int | None, config: str | None) -> int:
     """Run the server: API (/v1), live events, dashboard; it executes the runs it starts."""
     from engine.serve import ServeSettings, serve

@@ -333,8 +333,6 @@ def workflow_answer_cmd(
     return 0
 
 
-
-
 @workflow.command("reject")
 @click.argument("run_id")
 @click.argument("step")

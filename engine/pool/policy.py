@@ -32,6 +32,7 @@ from engine.pool.state import (
     Sample,
     Ticket,
     Token,
+    holder_fields,
 )
 
 __all__ = ["DEADLINE_GRACE", "PidAlive", "Poll", "PollOutcome", "PoolPolicy"]
@@ -415,15 +416,4 @@ class PoolPolicy:
 
 
 def _copy(ticket: Ticket) -> Ticket:
-    return Ticket(
-        id=ticket.id,
-        run_id=ticket.run_id,
-        agent=ticket.agent,
-        pid=ticket.pid,
-        start=ticket.start,
-        host=ticket.host,
-        queued_at=ticket.queued_at,
-        hold_until=ticket.hold_until,
-        renewed_at=ticket.renewed_at,
-        max_concurrent=ticket.max_concurrent,
-    )
+    return Ticket(**holder_fields(ticket), max_concurrent=ticket.max_concurrent)

@@ -41,8 +41,8 @@ _MODES = {mode.value: mode for mode in PoolMode}
 
 
 @dataclass(slots=True)
-class Ticket:
-    """A request waiting in the queue (``max_concurrent``: its agent's cap, if any)."""
+class _Holder:
+    """What a queue ticket and a token both say of the delegation that holds (or wants) it."""
 
     id: str
     run_id: str
@@ -53,39 +53,27 @@ class Ticket:
     queued_at: float
     hold_until: float | None  # the delegation's deadline on the pool clock
     renewed_at: float  # last sign of life of a holder on another host
+
+
+@dataclass(slots=True)
+class Ticket(_Holder):
+    """A request waiting in the queue (``max_concurrent``: its agent's cap, if any)."""
+
     max_concurrent: int | None = None
 
 
 @dataclass(slots=True)
-class Token:
+class Token(_Holder):
     """A token held by a delegation."""
 
-    id: str
-    run_id: str
-    agent: str
-    pid: int
-    start: int | None
-    host: str
-    queued_at: float
-    hold_until: float | None
-    renewed_at: float
     acquired_at: float
 
     @classmethod
     def granted(cls, ticket: Ticket, now: float) -> Token:
         """The token a ticket becomes when it is granted at ``now``."""
-        return cls(
-            id=ticket.id,
-            run_id=ticket.run_id,
-            agent=ticket.agent,
-            pid=ticket.pid,
-            start=ticket.start,
-            host=ticket.host,
-            queued_at=ticket.queued_at,
-            hold_until=ticket.hold_until,
-            renewed_at=now,
-            acquired_at=now,
-        )
+        held = cls(**holder_fields(ticket), acquired_at=now)
+        held.renewed_at = now
+        return held
 
 
 @dataclass(slots=True)
@@ -177,34 +165,16 @@ def _entry(raw: Any, *, ticket: bool, host: str) -> Ticket | Token | None:
     # The delegation's deadline on the pool clock; absent in older state files (and for
     # callers that gave none): then only ``token_timeout`` bounds a live holder.
     hold_until = _num(raw.get("hold_until"))
+    # the _Holder fields, in their order (positional: this runs for every entry of every
+    # pool transaction)
+    held = (entry_id, run_id, _text(agent) or "?", pid, start, holder, queued_at, hold_until)
     if ticket:
-        return Ticket(
-            id=entry_id,
-            run_id=run_id,
-            agent=_text(agent) or "?",
-            pid=pid,
-            start=start,
-            host=holder,
-            queued_at=queued_at,
-            hold_until=hold_until,
-            renewed_at=queued_at if renewed is None else renewed,
-            max_concurrent=_pos_int(raw.get("max_concurrent")),
-        )
+        renewed_at = queued_at if renewed is None else renewed
+        return Ticket(*held, renewed_at, _pos_int(raw.get("max_concurrent")))
     acquired = _num(raw.get("acquired_at"))
     if acquired is None:
         return None
-    return Token(
-        id=entry_id,
-        run_id=run_id,
-        agent=_text(agent) or "?",
-        pid=pid,
-        start=start,
-        host=holder,
-        queued_at=queued_at,
-        hold_until=hold_until,
-        renewed_at=acquired if renewed is None else renewed,
-        acquired_at=acquired,
-    )
+    return Token(*held, acquired if renewed is None else renewed, acquired)
 
 
 def _entries(raw: Any, *, ticket: bool, host: str) -> tuple[list[Any], bool]:
@@ -245,57 +215,18 @@ def decode(raw: Any, settings: PoolSettings, *, host: str) -> tuple[PoolState, b
 
     ``host`` is the holder host of entries that name none (state files of older versions).
     """
-    cfg = settings
     repaired = False
     if not isinstance(raw, dict):
         repaired = raw is not None
         raw = {}
     tokens, bad_t = _entries(raw.get("tokens"), ticket=False, host=host)
     queue, bad_q = _entries(raw.get("queue"), ticket=True, host=host)
-    repaired = repaired or bad_t or bad_q
-    size = raw.get("size")
-    if not cfg.adaptive:
-        size = cfg.max_tokens
-    elif isinstance(size, bool) or not isinstance(size, int):
-        repaired = repaired or size is not None
-        size = cfg.max_tokens  # a fresh pool starts at its ceiling and adapts down
-    size = min(max(size, cfg.min_tokens), cfg.max_tokens)
-    raw_mode = raw.get("mode")
-    mode = _MODES.get(raw_mode) if isinstance(raw_mode, str) else None
-    if mode is None:
-        repaired = repaired or raw_mode is not None
-        mode = PoolMode.NORMAL
+    size, bad_size = _size(raw.get("size"), settings)
+    mode, bad_mode = _mode(raw.get("mode"))
     cooldown_until = _num(raw.get("cooldown_until"))
     if mode is PoolMode.EMERGENCY and cooldown_until is None:
         mode = PoolMode.NORMAL
-    samples = []
-    raw_samples = raw.get("samples")
-    for item in raw_samples if isinstance(raw_samples, list) else []:
-        at = _num(item.get("at")) if isinstance(item, dict) else None
-        if at is not None:
-            source = item.get("source")
-            samples.append(
-                Sample(
-                    at=at,
-                    load=_num(item.get("load")),
-                    source=source if source in ("loadavg", "overload") else "loadavg",
-                )
-            )
-    reclaimed = []
-    raw_reclaimed = raw.get("reclaimed")
-    for item in raw_reclaimed if isinstance(raw_reclaimed, list) else []:
-        if isinstance(item, dict) and item.get("reason") in RECLAIM_REASONS:
-            reclaimed.append(
-                Reclaim(
-                    token_id=_text(item.get("token_id")) or "?",
-                    run_id=_text(item.get("run_id")) or "?",
-                    agent=_text(item.get("agent")) or "?",
-                    pid=_pos_int(item.get("pid")) or 0,
-                    reason=item["reason"],
-                    at=_num(item.get("at")) or 0.0,
-                    held_s=_num(item.get("held_s")) or 0.0,
-                )
-            )
+    repaired = repaired or bad_t or bad_q or bad_size or bad_mode
 
     def counter(key: str) -> int:
         value = raw.get(key)
@@ -311,44 +242,111 @@ def decode(raw: Any, settings: PoolSettings, *, host: str) -> tuple[PoolState, b
         high=counter("high"),
         last_sample_at=_num(raw.get("last_sample_at")),
         last_sweep=_num(raw.get("last_sweep")) or 0.0,
-        samples=samples[-MAX_SAMPLES:],
-        reclaimed=reclaimed[-MAX_RECLAIMED:],
+        samples=_samples(raw.get("samples"))[-MAX_SAMPLES:],
+        reclaimed=_reclaimed(raw.get("reclaimed"))[-MAX_RECLAIMED:],
         repairs=counter("repairs"),
         clock=_clock_pair(raw.get("clock")),
     )
     return state, repaired
 
 
+def _size(raw: Any, cfg: PoolSettings) -> tuple[int, bool]:
+    """The pool's size within its bounds, and whether a stored value had to be replaced."""
+    repaired = False
+    if not cfg.adaptive:
+        size = cfg.max_tokens
+    elif isinstance(raw, bool) or not isinstance(raw, int):
+        repaired = raw is not None
+        size = cfg.max_tokens  # a fresh pool starts at its ceiling and adapts down
+    else:
+        size = raw
+    return min(max(size, cfg.min_tokens), cfg.max_tokens), repaired
+
+
+def _mode(raw: Any) -> tuple[PoolMode, bool]:
+    """The stored mode (normal when unknown), and whether an unknown value was replaced."""
+    mode = _MODES.get(raw) if isinstance(raw, str) else None
+    if mode is None:
+        return PoolMode.NORMAL, raw is not None
+    return mode, False
+
+
+def _samples(raw: Any) -> list[Sample]:
+    """The load samples that have a time; an unknown source reads as ``loadavg``."""
+    samples = []
+    for item in raw if isinstance(raw, list) else []:
+        at = _num(item.get("at")) if isinstance(item, dict) else None
+        if at is not None:
+            source = item.get("source")
+            samples.append(
+                Sample(
+                    at=at,
+                    load=_num(item.get("load")),
+                    source=source if source in ("loadavg", "overload") else "loadavg",
+                )
+            )
+    return samples
+
+
+def _reclaimed(raw: Any) -> list[Reclaim]:
+    """The reclaims with a known reason; missing fields read as ``?`` or 0."""
+    return [
+        Reclaim(
+            token_id=_text(item.get("token_id")) or "?",
+            run_id=_text(item.get("run_id")) or "?",
+            agent=_text(item.get("agent")) or "?",
+            pid=_pos_int(item.get("pid")) or 0,
+            reason=item["reason"],
+            at=_num(item.get("at")) or 0.0,
+            held_s=_num(item.get("held_s")) or 0.0,
+        )
+        for item in (raw if isinstance(raw, list) else [])
+        if isinstance(item, dict) and item.get("reason") in RECLAIM_REASONS
+    ]
+
+
 # -- writing ------------------------------------------------------------------------------
 
 
-def _ticket(t: Ticket) -> dict[str, Any]:
+def holder_fields(h: _Holder) -> dict[str, Any]:
+    """What a token and a queue ticket both say of their holder, by field name, in the
+    stored order (a literal: this runs for every entry of every pool transaction)."""
     return {
-        "id": t.id,
-        "run_id": t.run_id,
-        "agent": t.agent,
-        "pid": t.pid,
-        "start": t.start,
-        "host": t.host,
-        "queued_at": t.queued_at,
-        "hold_until": t.hold_until,
-        "renewed_at": t.renewed_at,
-        "max_concurrent": t.max_concurrent,
+        "id": h.id,
+        "run_id": h.run_id,
+        "agent": h.agent,
+        "pid": h.pid,
+        "start": h.start,
+        "host": h.host,
+        "queued_at": h.queued_at,
+        "hold_until": h.hold_until,
+        "renewed_at": h.renewed_at,
     }
 
 
-def _token(t: Token) -> dict[str, Any]:
+def _token_json(t: Token) -> dict[str, Any]:
+    doc = holder_fields(t)
+    doc["acquired_at"] = t.acquired_at
+    return doc
+
+
+def _ticket_json(t: Ticket) -> dict[str, Any]:
+    doc = holder_fields(t)
+    doc["max_concurrent"] = t.max_concurrent
+    return doc
+
+
+def reclaim_json(r: Reclaim) -> dict[str, Any]:
+    """One reclamation as JSON (``token_id``, ``run_id``, ``agent``, ``pid``, ``reason``,
+    ``at``, ``held_s``)."""
     return {
-        "id": t.id,
-        "run_id": t.run_id,
-        "agent": t.agent,
-        "pid": t.pid,
-        "start": t.start,
-        "host": t.host,
-        "queued_at": t.queued_at,
-        "hold_until": t.hold_until,
-        "renewed_at": t.renewed_at,
-        "acquired_at": t.acquired_at,
+        "token_id": r.token_id,
+        "run_id": r.run_id,
+        "agent": r.agent,
+        "pid": r.pid,
+        "reason": r.reason,
+        "at": r.at,
+        "held_s": r.held_s,
     }
 
 
@@ -366,25 +364,14 @@ def _body(state: PoolState) -> dict[str, Any]:
         "size": state.size,
         "mode": state.mode.value,
         "cooldown_until": state.cooldown_until,
-        "tokens": [_token(t) for t in state.tokens],
-        "queue": [_ticket(t) for t in state.queue],
+        "tokens": [_token_json(t) for t in state.tokens],
+        "queue": [_ticket_json(t) for t in state.queue],
         "low": state.low,
         "high": state.high,
         "last_sample_at": state.last_sample_at,
         "last_sweep": state.last_sweep,
         "samples": [{"at": s.at, "load": s.load, "source": s.source} for s in state.samples],
-        "reclaimed": [
-            {
-                "token_id": r.token_id,
-                "run_id": r.run_id,
-                "agent": r.agent,
-                "pid": r.pid,
-                "reason": r.reason,
-                "at": r.at,
-                "held_s": r.held_s,
-            }
-            for r in state.reclaimed
-        ],
+        "reclaimed": [reclaim_json(r) for r in state.reclaimed],
         "repairs": state.repairs,
     }
 

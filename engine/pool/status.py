@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from engine.pool.settings import PoolMode
-from engine.pool.state import PoolState, Reclaim
+from engine.pool.state import PoolState, reclaim_json
 
 __all__ = ["format_status", "reclaim_json", "status_view"]
 
@@ -24,24 +25,8 @@ def status_view(
         "mode": state.mode.value,
         "cooldown_until": until,
         "cooldown_remaining_s": round(max(0.0, until - now), 3) if until else 0.0,
-        "in_use": [
-            {
-                "run_id": t.run_id,
-                "agent": t.agent,
-                "pid": t.pid,
-                "age_s": round(max(0.0, now - t.acquired_at), 3),
-            }
-            for t in state.tokens
-        ],
-        "queue": [
-            {
-                "run_id": w.run_id,
-                "agent": w.agent,
-                "pid": w.pid,
-                "waited_s": round(max(0.0, now - w.queued_at), 3),
-            }
-            for w in state.queue
-        ],
+        "in_use": _holders(state.tokens, now, "acquired_at", "age_s"),
+        "queue": _holders(state.queue, now, "queued_at", "waited_s"),
         "samples": [{"at": s.at, "load": s.load, "source": s.source} for s in state.samples],
         "streak": {"low": state.low, "high": state.high},
         "last_sample_at": state.last_sample_at,
@@ -51,18 +36,17 @@ def status_view(
     }
 
 
-def reclaim_json(r: Reclaim) -> dict[str, Any]:
-    """One reclamation as JSON (``token_id``, ``run_id``, ``agent``, ``pid``, ``reason``,
-    ``at``, ``held_s``)."""
-    return {
-        "token_id": r.token_id,
-        "run_id": r.run_id,
-        "agent": r.agent,
-        "pid": r.pid,
-        "reason": r.reason,
-        "at": r.at,
-        "held_s": r.held_s,
-    }
+def _holders(items: Sequence[Any], now: float, since: str, key: str) -> list[dict[str, Any]]:
+    """Run id, agent, PID and the seconds since ``since`` (as ``key``) of tokens or tickets."""
+    return [
+        {
+            "run_id": h.run_id,
+            "agent": h.agent,
+            "pid": h.pid,
+            key: round(max(0.0, now - getattr(h, since)), 3),
+        }
+        for h in items
+    ]
 
 
 # -- rendering --------------------------------------------------------------------------

@@ -140,8 +140,7 @@ class TokenLease:
 
     def __repr__(self) -> str:
         return (
-            f"TokenLease(run_id={self.run_id!r}, agent={self.agent!r}, "
-            f"token_id={self.token_id!r})"
+            f"TokenLease(run_id={self.run_id!r}, agent={self.agent!r}, token_id={self.token_id!r})"
         )
 
 
@@ -359,9 +358,7 @@ class TokenPool:
                 mono = time.monotonic()
                 if mono - last_full < FULL_CHECK and not (woken or feed is None):
                     continue  # nothing changed and no time-based check is due
-                if mono - last_full < FULL_CHECK and not granted_hint(
-                    self.store.peek(), ticket.id
-                ):
+                if mono - last_full < FULL_CHECK and not granted_hint(self.store.peek(), ticket.id):
                     # A glance without the lock: waking every waiter into the lock on each
                     # change would make the waiters, not the work, the bottleneck.
                     continue

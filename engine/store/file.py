@@ -45,8 +45,10 @@ __all__ = [
     "FileJournal",
     "FileRunStore",
     "RunLock",
+    "handoff_path",
     "lock_held",
     "read_events",
+    "records_dir",
 ]
 
 SUB_DIR = "sub"
@@ -416,3 +418,13 @@ class FileHandoffSignals:
             backend=self.backend,
         )
 
+
+def records_dir(handoffs_dir: Path, *, sub: bool = False) -> Path:
+    """Where the records of top-level (or sub-) delegations are, on a file store."""
+    return FileRunStore(handoffs_dir).records_dir(sub=sub)
+
+
+def handoff_path(handoffs_dir: Path, run_id: str, *, sub: bool = False) -> Path:
+    """Where the agent delivers the handoff of ``run_id`` on a file store
+    (``RunStore.handoff_target``)."""
+    return FileRunStore(handoffs_dir).handoff_target(run_id, sub=sub)

@@ -1,23 +1,5 @@
-"""Statistics over delegation records and workflow runs: what ``metrics text|json`` shows.
-
-``compute_metrics(handoffs_dir)`` reads, one file at a time and keeping only the numbers
-it needs (a few floats per record, for the percentiles)::
-
-    <handoffs_dir>/<runId>.json          delegation records (handoff fields + ``envelope``),
-                                         or plain handoffs never recorded (``unrecorded``)
-    <handoffs_dir>/sub/<runId>.json      records of sub-delegations
-    <handoffs_dir>/.pending/*.json       envelopes of delegations still in flight (counted)
-    <handoffs_dir>/rejected/*            refused handoff files (counted, not parsed: each
-                                         one already has an ``invalid`` record)
-    <handoffs_dir>/workflows/<run-id>/   summary.json (else a replay of events.jsonl)
-
-and skips ``.tmp-*`` and every other hidden entry (``.pool/``, ``.workspaces/``), and files
-that do not end in ``.json``. A file that cannot be read, parsed or understood is counted
-and listed under ``files``; it never stops the report.
-
-``render_text(doc)`` turns the document into aligned tables (rich, rendered to a string).
-Percentiles are nearest-rank (see ``percentile``). The document's contract is
-``schemas/metrics.schema.json``; docs/metrics.md explains every figure.
+"""The scan: one pass over the store's records, pending envelopes and runs into the
+metrics document (``schemas/metrics.schema.json``), keeping only the numbers it needs.
 """
 
 from __future__ import annotations
@@ -34,9 +16,9 @@ from typing import Any
 
 from engine.errors import UsageError
 from engine.handoff import STATUSES as HANDOFF_STATUSES
-from engine.record import INBOX_DIR, OUTCOMES
+from engine.record import INBOX_DIR, OUTCOMES, PENDING_DIR, REJECTED_DIR
 from engine.states import Confidence, RunState, StepState
-from engine.store import waiter_alive
+from engine.store import FileRunStore, waiter_alive
 
 SCHEMA_VERSION = "1.0"
 CONFIDENCES = (*(c.value for c in Confidence), "none")
@@ -48,10 +30,6 @@ STEP_STATUSES = tuple(s.value for s in StepState)
 MAX_LISTED = 100
 _CHUNK = 1 << 18
 
-_SUB_DIR = "sub"
-_PENDING_DIR = ".pending"
-_REJECTED_DIR = "rejected"
-_RUNS_DIR = "workflows"
 # Membership is tested against tuples, not sets: a value from a file may be a list or an
 # object, which a set lookup would refuse with a TypeError (unhashable).
 _CONF = tuple(c.value for c in Confidence)
@@ -234,6 +212,23 @@ class _Group:
         for m, c in other.models.items():
             self.models[m] = self.models.get(m, 0) + c
 
+    def add_repairs(self, env: dict[str, Any]) -> None:
+        """Count the corrective messages an envelope lists (``envelope.repairs``)."""
+        repairs = env.get("repairs")
+        if isinstance(repairs, list) and repairs:
+            self.repaired += 1
+            self.repairs += len(repairs)
+
+    def add_usage(self, usage: dict[str, Any]) -> None:
+        """Count a record's model usage (tokens, cost, model)."""
+        self.usage_records += 1
+        self.tokens_in += int(_num(usage.get("input_tokens")) or 0)
+        self.tokens_out += int(_num(usage.get("output_tokens")) or 0)
+        self.cost += _num(usage.get("cost")) or 0.0
+        model = usage.get("model")
+        if isinstance(model, str) and model:
+            self.models[model] = self.models.get(model, 0) + 1
+
     def agent_doc(self) -> dict[str, Any]:
         """The ``agents.<name>`` object."""
         return {
@@ -313,6 +308,35 @@ class _Workflow:
         self.skipped = 0
         self.steps: dict[str, _Steps] = {}
 
+    def add_run(self, s: dict[str, Any]) -> None:
+        """Count one run's summary (``summary.json``) and each of its steps."""
+        self.runs += 1
+        self.by_status[s["status"]] += 1
+        duration = _num(s.get("duration_ms"))
+        if duration is not None and s["status"] not in ("running", "waiting_approval"):
+            self.durations.append(duration)
+        gate = _num(s.get("gate_wait_ms"))
+        if gate:
+            self.gate_waits.append(gate)
+        self.retries += _positive(s.get("retries"))
+        for sid, st in s["steps"].items():
+            if isinstance(st, dict) and st.get("status") in STEP_STATUSES:
+                self.add_step(sid, st)
+
+    def add_step(self, sid: str, st: dict[str, Any]) -> None:
+        """Count one step of a run (its status is a known one)."""
+        row = self.steps.get(sid)
+        if row is None:
+            row = self.steps[sid] = _Steps()
+        row.n += 1
+        row.by_status[st["status"]] += 1
+        if st["status"] == "skipped":
+            self.skipped += 1
+        d = _num(st.get("duration_ms"))
+        if d is not None:
+            row.durations.append(d)
+        row.retries += max(0, _positive(st.get("attempts")) - 1)
+
     def doc(self, token_waits: list[float]) -> dict[str, Any]:
         """The ``workflows.<name>`` object."""
         st = self.by_status
@@ -330,18 +354,23 @@ class _Workflow:
         }
 
 
+#: (envelope or None, outcome, agent, caller or None, when) of one record.
+_Fields = tuple[dict[str, Any] | None, str, str, str | None, Any]
+
+
 class _Scan:
     """Everything one pass over a handoffs directory accumulates."""
 
     def __init__(
         self,
-        root: str,
+        store: FileRunStore,
         since: datetime | None,
         agent: str | None,
         workflow: str | None,
         caller: str | None,
     ) -> None:
-        self.root = root
+        self.store = store
+        self.root = os.fspath(store.root)
         self.since = since
         self.agent = agent
         self.workflow = workflow
@@ -368,13 +397,19 @@ class _Scan:
 
     # -- delegation records -----------------------------------------------------------
 
-    def scan_records(self, directory: str, *, sub: bool) -> None:
+    def listing(self, directory: str) -> Any:
+        """``os.scandir(directory)``; None when it is missing, or unreadable (noted)."""
         try:
-            it = os.scandir(directory)
+            return os.scandir(directory)
         except FileNotFoundError:
-            return
+            return None
         except OSError as exc:
             self.bad(directory, f"unreadable directory: {exc.strerror or exc}")
+            return None
+
+    def scan_records(self, directory: str, *, sub: bool) -> None:
+        it = self.listing(directory)
+        if it is None:
             return
         recorded: set[str] = set()
         with it:
@@ -388,22 +423,17 @@ class _Scan:
                     self.record(data, entry.path, sub)
         # Handoffs delivered to the inbox that were never recorded (nobody waited for
         # them): counted by their own status, as `unrecorded`.
-        try:
-            inbox = os.scandir(os.path.join(directory, INBOX_DIR))
-        except OSError:
-            return
-        with inbox:
-            for entry in inbox:
-                name = entry.name
-                if name[0] == "." or not name.endswith(".json") or name in recorded:
-                    continue
-                if "." in name[: -len(".json")]:
-                    # `<runId>.<n>.json`: a second delivery kept beside the first (run ids
-                    # have no dots); its record lists it under `also_received`.
-                    continue
-                data = self.load(entry.path)
-                if data is not _MISSING:
-                    self.record(data, entry.path, sub)
+        for entry in _json_entries(os.path.join(directory, INBOX_DIR)):
+            name = entry.name
+            if name in recorded:
+                continue
+            if "." in name[: -len(".json")]:
+                # `<runId>.<n>.json`: a second delivery kept beside the first (run ids
+                # have no dots); its record lists it under `also_received`.
+                continue
+            data = self.load(entry.path)
+            if data is not _MISSING:
+                self.record(data, entry.path, sub)
 
     def load(self, path: str) -> Any:
         """Parse one JSON file; on a problem, note it and return ``_MISSING``."""
@@ -438,51 +468,13 @@ class _Scan:
 
     def record(self, data: Any, path: str, sub: bool) -> None:
         """Count one delegation record (or plain handoff), if it passes the filters."""
-        if not isinstance(data, dict):
-            self.bad(path, f"not a record: the JSON is {_kind(data)}, not an object")
+        fields = self.fields(data, path)
+        if fields is None:
             return
-        env = data.get("envelope")
-        if isinstance(env, dict):
-            outcome = env.get("outcome")
-            agent = env.get("target") or data.get("agent")
-            caller = env.get("caller")
-            when = env.get("dispatched_at") or env.get("created_at") or data.get("timestamp")
-            if outcome not in OUTCOMES:
-                self.bad(
-                    path, "not a record: `envelope.outcome` is not one of " + ", ".join(OUTCOMES)
-                )
-                return
-        elif env is None:
-            outcome = data.get("status")
-            agent = data.get("agent")
-            caller = None
-            when = data.get("timestamp")
-            if outcome not in HANDOFF_STATUSES:
-                self.bad(
-                    path, "not a handoff: `status` is not one of " + ", ".join(HANDOFF_STATUSES)
-                )
-                return
-        else:
-            self.bad(path, "not a record: `envelope` is not an object")
-            return
-        if not isinstance(agent, str) or not agent:
-            self.bad(path, "not a record: no `agent` (or `envelope.target`)")
-            return
-        if not isinstance(caller, str) or not caller:
-            caller = None
-        if (
-            (self.agent is not None and agent != self.agent)
-            or (self.caller is not None and caller != self.caller)
-            or (self.workflow is not None and _label(env, "workflow") != self.workflow)
-        ):
+        env, outcome, agent, caller, when = fields
+        if not self.wanted(agent, caller, env, when):
             self.excluded += 1
             return
-        if self.since is not None:
-            t = _when(when)
-            if t is None or t < self.since:
-                self.excluded += 1
-                return
-
         g = self.agents.get(agent)
         if g is None:
             g = self.agents[agent] = _Group()
@@ -492,84 +484,112 @@ class _Scan:
             g.sub += 1
         conf = data.get("confidence")
         g.confidence[conf if conf in _CONF else "none"] += 1
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            g.add_usage(usage)
         latency = None
         if env is None:
             g.unrecorded += 1
         else:
-            latency = _num(env.get("duration_ms"))
-            if latency is not None:
-                g.latency.append(latency)
-            if env.get("late") is True:
-                g.late += 1
-            repairs = env.get("repairs")
-            repaired = len(repairs) if isinstance(repairs, list) else 0
-            if repaired:
-                g.repaired += 1
-                g.repairs += repaired
-            wait = _num(env.get("token_wait_ms"))
-            if wait is not None:
-                g.token_wait.append(wait)
-                flow = _label(env, "workflow")
-                if type(flow) is str:
-                    self.step_waits.setdefault(flow, []).append(wait)
-        usage = data.get("usage")
-        if isinstance(usage, dict):
-            g.usage_records += 1
-            g.tokens_in += int(_num(usage.get("input_tokens")) or 0)
-            g.tokens_out += int(_num(usage.get("output_tokens")) or 0)
-            g.cost += _num(usage.get("cost")) or 0.0
-            model = usage.get("model")
-            if isinstance(model, str) and model:
-                g.models[model] = g.models.get(model, 0) + 1
+            latency = self.envelope(g, env)
         if caller is not None:
             e = self.edges.get((caller, agent))
             if e is None:
                 e = self.edges[(caller, agent)] = _Group()
             e.n += 1
             e.by_status[outcome] += 1
-            if env is not None and isinstance(env.get("repairs"), list) and env["repairs"]:
-                e.repaired += 1
-                e.repairs += len(env["repairs"])
+            if env is not None:
+                e.add_repairs(env)
             if latency is not None:
                 e.latency.append(latency)
 
+    def fields(self, data: Any, path: str) -> _Fields | None:
+        """(envelope, outcome, agent, caller, when) of a record or a plain handoff.
+
+        None, with the file noted as a problem, when it is neither.
+        """
+        if not isinstance(data, dict):
+            self.bad(path, f"not a record: the JSON is {_kind(data)}, not an object")
+            return None
+        env = data.get("envelope")
+        if isinstance(env, dict):
+            outcome, agent, caller = (
+                env.get("outcome"),
+                env.get("target") or data.get("agent"),
+                env.get("caller"),
+            )
+            when = env.get("dispatched_at") or env.get("created_at") or data.get("timestamp")
+            known, what = OUTCOMES, "not a record: `envelope.outcome`"
+        elif env is None:
+            outcome, agent, caller, when = (
+                data.get("status"),
+                data.get("agent"),
+                None,
+                data.get("timestamp"),
+            )
+            known, what = HANDOFF_STATUSES, "not a handoff: `status`"
+        else:
+            self.bad(path, "not a record: `envelope` is not an object")
+            return None
+        if outcome not in known:
+            self.bad(path, f"{what} is not one of " + ", ".join(known))
+            return None
+        if not isinstance(agent, str) or not agent:
+            self.bad(path, "not a record: no `agent` (or `envelope.target`)")
+            return None
+        return env, outcome, agent, caller if isinstance(caller, str) and caller else None, when
+
+    def wanted(self, agent: str, caller: Any, env: Any, when: Any) -> bool:
+        """Whether a delegation passes the filters (agent, caller, workflow label, since)."""
+        if (
+            (self.agent is not None and agent != self.agent)
+            or (self.caller is not None and caller != self.caller)
+            or (self.workflow is not None and _label(env, "workflow") != self.workflow)
+        ):
+            return False
+        if self.since is None:
+            return True
+        t = _when(when)
+        return t is not None and t >= self.since
+
+    def envelope(self, g: _Group, env: dict[str, Any]) -> float | None:
+        """Count what a record's envelope says into ``g``; its latency (ms), if any."""
+        latency = _num(env.get("duration_ms"))
+        if latency is not None:
+            g.latency.append(latency)
+        if env.get("late") is True:
+            g.late += 1
+        g.add_repairs(env)
+        wait = _num(env.get("token_wait_ms"))
+        if wait is not None:
+            g.token_wait.append(wait)
+            flow = _label(env, "workflow")
+            if type(flow) is str:
+                self.step_waits.setdefault(flow, []).append(wait)
+        return latency
+
     def scan_pending(self, directory: str) -> None:
         """Count delegations dispatched and not yet recorded (``.pending/``)."""
-        try:
-            it = os.scandir(os.path.join(directory, _PENDING_DIR))
-        except OSError:
-            return
-        with it:
-            for entry in it:
-                if entry.name[0] == "." or not entry.name.endswith(".json"):
-                    continue
-                env = self.load(entry.path)
-                if not isinstance(env, dict):
-                    if env is not _MISSING:
-                        self.bad(entry.path, "not an envelope: the JSON is not an object")
-                    continue
-                if env.get("outcome") not in (None, "dispatched"):
-                    continue  # a timeout or refusal kept for a late handoff: recorded already
-                target = env.get("target")
-                if not isinstance(target, str):
-                    continue
-                if (
-                    (self.agent is not None and target != self.agent)
-                    or (self.caller is not None and env.get("caller") != self.caller)
-                    or (self.workflow is not None and _label(env, "workflow") != self.workflow)
-                ):
-                    continue
-                if self.since is not None:
-                    t = _when(env.get("created_at"))
-                    if t is None or t < self.since:
-                        continue
-                self.in_flight[target] = self.in_flight.get(target, 0) + 1
-                if not waiter_alive(env, host=self.host):
-                    self.orphaned += 1
+        for entry in _json_entries(os.path.join(directory, PENDING_DIR)):
+            env = self.load(entry.path)
+            if not isinstance(env, dict):
+                if env is not _MISSING:
+                    self.bad(entry.path, "not an envelope: the JSON is not an object")
+                continue
+            if env.get("outcome") not in (None, "dispatched"):
+                continue  # a timeout or refusal kept for a late handoff: recorded already
+            target = env.get("target")
+            if not isinstance(target, str):
+                continue
+            if not self.wanted(target, env.get("caller"), env, env.get("created_at")):
+                continue
+            self.in_flight[target] = self.in_flight.get(target, 0) + 1
+            if not waiter_alive(env, host=self.host):
+                self.orphaned += 1
 
     def count_rejected(self, directory: str) -> None:
         try:
-            with os.scandir(os.path.join(directory, _REJECTED_DIR)) as it:
+            with os.scandir(os.path.join(directory, REJECTED_DIR)) as it:
                 self.rejected += sum(1 for e in it if e.name[0] != ".")
         except OSError:
             pass
@@ -577,12 +597,8 @@ class _Scan:
     # -- workflow runs ------------------------------------------------------------------
 
     def scan_runs(self, directory: str) -> None:
-        try:
-            it = os.scandir(directory)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            self.bad(directory, f"unreadable directory: {exc.strerror or exc}")
+        it = self.listing(directory)
+        if it is None:
             return
         with it:
             for entry in it:
@@ -605,10 +621,10 @@ class _Scan:
             self.bad(path, "not a workflow run: no `run.json`")
             return None
         try:
-            from engine.runs import replay, summarize
+            from engine.runs.replay import replay_run, summarize
 
             self.scanned += 1
-            data = summarize(replay(Path(path)))
+            data = summarize(replay_run(self.store, os.path.basename(path)))
         except Exception as exc:  # a broken run is reported, never a crash
             self.bad(path, f"cannot replay the run: {exc}")
             return None
@@ -616,55 +632,26 @@ class _Scan:
 
     def run(self, s: dict[str, Any]) -> None:
         """Count one workflow run (its summary), if it passes the filters."""
-        steps = s["steps"]
-        name = s["workflow"]
-        if (
-            (self.workflow is not None and name != self.workflow)
-            or (self.caller is not None and s.get("caller") != self.caller)
-            or (
-                self.agent is not None
-                and not any(
-                    isinstance(st, dict) and st.get("agent") == self.agent for st in steps.values()
-                )
-            )
-        ):
+        if not self.run_wanted(s):
             self.excluded += 1
             return
-        if self.since is not None:
-            t = _when(s.get("started_at"))
-            if t is None or t < self.since:
-                self.excluded += 1
-                return
-        w = self.workflows.get(name)
+        w = self.workflows.get(s["workflow"])
         if w is None:
-            w = self.workflows[name] = _Workflow()
-        w.runs += 1
-        w.by_status[s["status"]] += 1
-        duration = _num(s.get("duration_ms"))
-        if duration is not None and s["status"] not in ("running", "waiting_approval"):
-            w.durations.append(duration)
-        gate = _num(s.get("gate_wait_ms"))
-        if gate:
-            w.gate_waits.append(gate)
-        retries = s.get("retries")
-        if isinstance(retries, int) and not isinstance(retries, bool) and retries > 0:
-            w.retries += retries
-        for sid, st in steps.items():
-            if not isinstance(st, dict) or st.get("status") not in STEP_STATUSES:
-                continue
-            row = w.steps.get(sid)
-            if row is None:
-                row = w.steps[sid] = _Steps()
-            row.n += 1
-            row.by_status[st["status"]] += 1
-            if st["status"] == "skipped":
-                w.skipped += 1
-            d = _num(st.get("duration_ms"))
-            if d is not None:
-                row.durations.append(d)
-            attempts = st.get("attempts")
-            if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts > 1:
-                row.retries += attempts - 1
+            w = self.workflows[s["workflow"]] = _Workflow()
+        w.add_run(s)
+
+    def run_wanted(self, s: dict[str, Any]) -> bool:
+        """Whether a run passes the filters (workflow, caller, an agent of a step, since)."""
+        if (
+            (self.workflow is not None and s["workflow"] != self.workflow)
+            or (self.caller is not None and s.get("caller") != self.caller)
+            or (self.agent is not None and not _has_agent(s["steps"], self.agent))
+        ):
+            return False
+        if self.since is None:
+            return True
+        t = _when(s.get("started_at"))
+        return t is not None and t >= self.since
 
     # -- the document ---------------------------------------------------------------------
 
@@ -753,6 +740,24 @@ def _kind(value: Any) -> str:
     return "a number"
 
 
+def _json_entries(directory: str) -> list[os.DirEntry[str]]:
+    """The visible ``*.json`` entries of ``directory``; none when it cannot be listed."""
+    try:
+        with os.scandir(directory) as it:
+            return [e for e in it if e.name[0] != "." and e.name.endswith(".json")]
+    except OSError:
+        return []
+
+
+def _has_agent(steps: dict[str, Any], agent: str) -> bool:
+    return any(isinstance(st, dict) and st.get("agent") == agent for st in steps.values())
+
+
+def _positive(value: Any) -> int:
+    """A JSON count that is a positive integer, else 0 (bools are not counts)."""
+    return value if type(value) is int and value > 0 else 0
+
+
 def _label(env: Any, key: str) -> Any:
     labels = env.get("labels") if isinstance(env, dict) else None
     return labels.get(key) if isinstance(labels, dict) else None
@@ -792,251 +797,29 @@ def compute_metrics(
     ``reconcile`` (the default), handoffs that arrived after their delegation gave up are
     first merged into records (``engine.record.reconcile``), as every reader does.
     """
-    root = os.fspath(handoffs_dir)
+    store = FileRunStore(handoffs_dir)
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
-    scan = _Scan(root, since, agent, workflow, caller)
-    exists = os.path.isdir(root)
-    sub = os.path.join(root, _SUB_DIR)
+    scan = _Scan(store, since, agent, workflow, caller)
+    exists = os.path.isdir(store.root)
     if exists:
-        if reconcile:
-            _reconcile(Path(root))
-            _reconcile(Path(sub))
-        scan.scan_records(root, sub=False)
-        scan.scan_records(sub, sub=True)
-        scan.scan_pending(root)
-        scan.scan_pending(sub)
-        scan.count_rejected(root)
-        scan.count_rejected(sub)
-        scan.scan_runs(os.path.join(root, _RUNS_DIR))
+        for sub in (False, True):
+            if reconcile:
+                _reconcile(store, sub=sub)
+            directory = os.fspath(store.records_dir(sub=sub))
+            scan.scan_records(directory, sub=sub)
+            scan.scan_pending(directory)
+            scan.count_rejected(directory)
+        scan.scan_runs(os.fspath(store.runs_root))
     return scan.document(handoffs_dir, exists)
 
 
-def _reconcile(records_dir: Path) -> None:
+def _reconcile(store: FileRunStore, *, sub: bool) -> None:
     """Merge late handoffs, when there is a pending envelope at all (cheap otherwise)."""
     try:
-        with os.scandir(records_dir / _PENDING_DIR) as it:
+        with os.scandir(store.records_dir(sub=sub) / PENDING_DIR) as it:
             if not any(e.name.endswith(".json") for e in it):
                 return
-        from engine.record import reconcile
-
-        reconcile(records_dir)
+        store.reconcile(sub=sub)
     except Exception:  # a read-only or damaged directory: report what is there
         return
-
-
-# ----------------------------------------------------------------------------- text
-
-
-def render_text(doc: dict[str, Any], *, width: int = 140) -> str:
-    """The metrics document as aligned text tables (rich, no colour), ending in a newline."""
-    import io
-
-    from rich.console import Console
-    from rich.text import Text
-
-    buf = io.StringIO()
-    console = Console(file=buf, width=width, color_system=None, force_terminal=False)
-    for block in _blocks(doc):
-        if isinstance(block, str):
-            console.print(Text(block))  # Text: a name from a file is never read as markup
-        else:
-            title, columns, rows = block
-            console.print()
-            console.print(_table(title, columns, rows))
-    # rich pads every line to the table's width: trailing blanks only get in the way
-    return "\n".join(line.rstrip() for line in buf.getvalue().rstrip().splitlines()) + "\n"
-
-
-#: A line of text, or a table: (title, column names, rows of cell texts).
-_Block = str | tuple[str, Sequence[str], Sequence[Sequence[str]]]
-_LEFT_COLUMNS = frozenset(
-    ("agent", "caller", "target", "workflow", "step", "statuses", "models", "where")
-)
-_WRAPPING_COLUMNS = frozenset(("statuses", "models"))
-_STEP_COLUMNS = ("step", "runs", "statuses", "p50", "p95", "retries", "skipped")
-
-
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Any:
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    t = Table(
-        title=Text(title),  # Text: a workflow name is never read as markup
-        title_justify="left",
-        box=box.SIMPLE,
-        pad_edge=False,
-        show_edge=False,
-        collapse_padding=True,
-    )
-    for col in columns:
-        t.add_column(
-            col,
-            justify="left" if col in _LEFT_COLUMNS else "right",
-            no_wrap=col not in _WRAPPING_COLUMNS,
-            min_width=len(col),
-        )
-    for row in rows:
-        t.add_row(*(Text(cell) for cell in row))
-    return t
-
-
-def _blocks(doc: dict[str, Any]) -> list[_Block]:
-    totals, files = doc["totals"], doc["files"]
-    out: list[_Block] = [_headline(doc)]
-    if totals["delegations"] == 0 and totals["workflow_runs"] == 0:
-        where = doc["handoffs_dir"]
-        if not files["exists"]:
-            why = f"`{where}` does not exist"
-        elif files["excluded_by_filters"]:
-            why = f"nothing in `{where}` matches the filters"
-        else:
-            why = f"`{where}` holds no delegation records or workflow runs"
-        return [*out, f"No records: {why}.", *_file_lines(files)]
-    lat = totals["latency_ms"]
-    out.append(
-        f"{totals['delegations']} delegations ({totals['sub_delegations']} sub-delegations, "
-        f"{totals['unrecorded']} unrecorded, {totals['late']} late) · success "
-        f"{_pct(totals['success_rate'])} · latency p50 {_ms(lat['p50'])}, p95 "
-        f"{_ms(lat['p95'])} · {totals['workflow_runs']} workflow runs"
-    )
-    if doc["agents"]:
-        out.extend(_agent_tables(doc))
-    if doc["edges"]:
-        rows = [
-            [e["caller"], e["target"], str(e["count"]), _pct(e["success_rate"]),
-             _mix(e["by_status"]), *_lat(e["latency_ms"])]
-            for e in doc["edges"]
-        ]  # fmt: skip
-        cols = ("caller", "target", "count", "success", "statuses", "p50", "p95", "max")
-        out.append(("Caller -> target", cols, rows))
-    if doc["workflows"]:
-        out.extend(_workflow_tables(doc["workflows"]))
-    out.extend(_waiting_blocks(doc["waiting"]))
-    out.extend(_file_lines(files))
-    return out
-
-
-def _agent_tables(doc: dict[str, Any]) -> list[_Block]:
-    agents, by_status = doc["agents"], doc["totals"]["by_status"]
-    # the issue's six statuses always; errored and cancelled only when they occur
-    shown = [k for k in OUTCOMES if k not in ("errored", "cancelled") or by_status[k]]
-    rows: list[Sequence[str]] = [
-        [name, str(a["delegations"]), _pct(a["success_rate"]),
-         *(str(a["by_status"][k]) for k in shown), *_lat(a["latency_ms"])]
-        for name, a in agents.items()
-    ]  # fmt: skip
-    usage_rows: list[Sequence[str]] = []
-    for name, a in agents.items():
-        u = a["usage"]
-        has = u["records"] > 0
-        usage_rows.append([
-            name, *(str(a["confidence"][c]) for c in CONFIDENCES), str(a["sub_delegations"]),
-            str(a["unrecorded"]), str(a["late"]),
-            f"{u['input_tokens']:,}" if has else "—", f"{u['output_tokens']:,}" if has else "—",
-            f"{u['cost']:.4f}" if has else "—", ", ".join(u["models"]) or "—",
-        ])  # fmt: skip
-    return [
-        ("Agents", ("agent", "delegations", "success", *shown, "p50", "p95", "max"), rows),
-        ("Confidence and usage",
-         ("agent", "high", "medium", "low", "none", "sub", "unrecorded", "late", "tokens in",
-          "tokens out", "cost", "models"),
-         usage_rows),
-    ]  # fmt: skip
-
-
-def _workflow_tables(workflows: dict[str, Any]) -> list[_Block]:
-    rows: list[Sequence[str]] = []
-    for name, w in workflows.items():
-        st, gate = w["by_status"], w["gate_wait_ms"]
-        rows.append([
-            name, str(w["runs"]), str(st["complete"]), str(st["failed"]), str(st["cancelled"]),
-            str(st["waiting_approval"]), str(st["running"]), *_lat(w["duration_ms"])[:2],
-            _ms(gate["total"]) if gate["count"] else "—", str(w["retries"]),
-            str(w["skipped_steps"]),
-        ])  # fmt: skip
-    cols = ("workflow", "runs", "complete", "failed", "cancelled", "waiting", "running", "p50",
-            "p95", "gate wait", "retries", "skipped")  # fmt: skip
-    out: list[_Block] = [("Workflows", cols, rows)]
-    for name, w in workflows.items():
-        steps = [
-            [sid, str(s["count"]), _mix(s["by_status"]), *_lat(s["duration_ms"])[:2],
-             str(s["retries"]), str(s["skipped"])]
-            for sid, s in w["steps"].items()
-        ]  # fmt: skip
-        out.append((f"Steps of {name}", _STEP_COLUMNS, steps))
-    return out
-
-
-def _waiting_blocks(waiting: dict[str, Any]) -> list[_Block]:
-    rows: list[Sequence[str]] = []
-    for label, d in (
-        ("pool token (delegations)", waiting["token_wait_ms"]),
-        ("pool token (workflow steps)", waiting["step_token_wait_ms"]),
-        ("approval gates (runs)", waiting["gate_wait_ms"]),
-    ):
-        total = _ms(d["total"]) if "total" in d and d["count"] else ""
-        rows.append([label, str(d["count"]), *_lat(d), total])
-    flight = waiting["in_flight"]
-    line = f"In flight: {flight['count']} delegation(s)"
-    if flight["count"]:
-        line += " (" + ", ".join(f"{k} {v}" for k, v in flight["agents"].items()) + ")"
-    if flight["orphaned"]:
-        line += f", {flight['orphaned']} of them orphaned (their process is gone)"
-    runs = (
-        f"Workflow runs waiting for approval: {waiting['runs_waiting_approval']} · running: "
-        f"{waiting['runs_running']}"
-    )
-    return [("Waiting", ("where", "count", "p50", "p95", "max", "total"), rows), line, runs]
-
-
-def _file_lines(files: dict[str, Any]) -> list[_Block]:
-    out: list[_Block] = []
-    if files["invalid"]:
-        lines = [f"Problem files: {files['invalid']} (counted nowhere else)"]
-        lines += [f"  {f['path']}: {f['reason']}" for f in files["invalid_files"]]
-        if files["invalid"] > len(files["invalid_files"]):
-            lines.append(f"  ... and {files['invalid'] - len(files['invalid_files'])} more")
-        out.append("\n".join(lines))
-    if files["rejected_handoffs"]:
-        out.append(f"Refused handoff files kept in rejected/: {files['rejected_handoffs']}")
-    return out
-
-
-def _lat(d: dict[str, Any]) -> list[str]:
-    """p50, p95 and max of a distribution, as text."""
-    return [_ms(d["p50"]), _ms(d["p95"]), _ms(d["max"])]
-
-
-def _headline(doc: dict[str, Any]) -> str:
-    f = doc["filters"]
-    parts = [f"Metrics of {doc['handoffs_dir']}"]
-    if f["since"]:
-        parts.append(f"since {f['since']}")
-    for key in ("agent", "workflow", "caller"):
-        if f[key]:
-            parts.append(f"{key} {f[key]}")
-    return " · ".join(parts)
-
-
-def _mix(by_status: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in by_status.items() if v) or "—"
-
-
-def _pct(rate: float | None) -> str:
-    return "—" if rate is None else f"{rate * 100:.1f}%"
-
-
-def _ms(value: float | None) -> str:
-    """Milliseconds as a short human duration: ``850 ms``, ``1.42 s``, ``3m 05s``, ``2h 10m``."""
-    if value is None:
-        return "—"
-    if value < 1000:
-        return f"{value:.0f} ms"
-    s = value / 1000
-    if s < 60:
-        return f"{s:.2f} s"
-    if s < 3600:
-        return f"{int(s // 60)}m {int(s % 60):02d}s"
-    return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
