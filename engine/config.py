@@ -353,7 +353,7 @@ def _mapping(raw: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _handoffs_dir(raw: dict[str, Any], base: Path, rel: Any) -> Path:
     """The handoffs directory: the ``store:`` URL's (``file://``), else ``handoffs_dir``."""
-    if isinstance(raw.get("store"), str):
+    if isinstance(raw.get("store"), str) and raw["store"].startswith("file:"):
         from engine.store import store_path
 
         return store_path(raw["store"], base)
@@ -371,7 +371,7 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
         from engine.store import store_url_problem
 
         problem = store_url_problem(raw["store"])
-        if problem is None and "handoffs_dir" in raw:
+        if problem is None and "handoffs_dir" in raw and raw["store"].startswith("file:"):
             problem = (
                 "`store` and `handoffs_dir` both name where records go; keep one "
                 f"(`store: file://{raw['handoffs_dir']}` says the same as `handoffs_dir`)."

@@ -11,6 +11,7 @@ import pytest
 
 from engine.config import Config, load_config
 from tests.helpers import StandIn, demo_config, write_config
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures: a real PostgreSQL
 
 
 @pytest.fixture

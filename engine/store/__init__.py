@@ -1,9 +1,10 @@
 """Where delegations and workflow runs are kept: the ``RunStore`` and ``HandoffSignals`` seams.
 
 ``open_store(cfg)`` resolves the config's ``store:`` key (``file://<dir>``; default: the
-``handoffs_dir``) in this one place, and ``open_signals(store)`` gives the matching
-``HandoffSignals``. Everything else takes a ``RunStore`` (``engine.store.protocol``) and
-never builds a path into the store itself. A new backend adds a scheme to ``SCHEMES``
+``handoffs_dir``; or ``postgresql://user@host:port/db``, see ``engine.store.postgres``)
+in this one place, and ``open_signals(store)`` gives the matching ``HandoffSignals``.
+Everything else takes a ``RunStore`` (``engine.store.protocol``) and never builds a path
+into the store itself. A new backend adds a scheme to ``SCHEMES``
 and passes ``tests/contracts/test_store_contract.py``.
 
 Example::
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from engine.redact import redact
 from engine.store.file import FileHandoffSignals, FileRunStore
 from engine.store.liveness import LIVENESS_TTL, RENEW_EVERY, process_alive, waiter_alive
 from engine.store.protocol import Delivery, HandoffSignals, Journal, RunStore, Waiter
@@ -37,7 +39,9 @@ __all__ = [
     "Journal",
     "RunStore",
     "Waiter",
+    "is_postgres_url",
     "open_signals",
+    "open_url",
     "open_store",
     "process_alive",
     "store_url_problem",
@@ -45,18 +49,30 @@ __all__ = [
 ]
 
 #: The ``store:`` URL schemes this build knows.
-SCHEMES = ("file",)
+SCHEMES = ("file", "postgresql", "postgres")
+
+
+def is_postgres_url(url: str | None) -> bool:
+    """True when ``url`` names a PostgreSQL store (``postgresql://`` or ``postgres://``)."""
+    return isinstance(url, str) and urlsplit(url).scheme in ("postgresql", "postgres")
 
 
 def store_url_problem(url: str) -> str | None:
-    """Why ``url`` is not a usable ``store:`` value, or None (for the config's report)."""
-    scheme = urlsplit(url).scheme
+    """Why ``url`` is not a usable ``store:`` value, or None (for the config's report).
+
+    The message never repeats a password written in the URL."""
+    scheme = urlsplit(url).scheme if "://" in url else ""
     if scheme not in SCHEMES:
-        known = ", ".join(f"`{s}://`" for s in SCHEMES)
+        known = ", ".join(f"`{s}://`" for s in SCHEMES[:2])
+        shown = scheme or redact(url)
         return (
-            f"`store`: `{scheme or url}` is not a known store scheme; use one of "
+            f"`store`: `{shown}` is not a known store scheme; use one of "
             f"{known} (e.g. `store: file://./handoffs`)."
         )
+    if is_postgres_url(url):
+        from engine.store.postgres_db import url_problem
+
+        return url_problem(url)
     if not _file_part(url).strip():
         return f"`store`: `{url}` has no directory; write `file://./handoffs`."
     return None
@@ -79,12 +95,31 @@ def store_path(url: str, base: Path) -> Path:
 
 
 def open_store(cfg: Config) -> RunStore:
-    """The run store the config names (``store:``; default ``file://<handoffs_dir>``)."""
+    """The run store the config names (``store:``; default ``file://<handoffs_dir>``).
+
+    A ``postgresql://`` store is opened lazily: the first operation connects and checks
+    the schema version (``ConfigError`` naming ``orchestrate store migrate`` if behind)."""
+    if is_postgres_url(cfg.store):
+        assert cfg.store is not None
+        return open_url(cfg.store)
     return FileRunStore(cfg.handoffs_dir)
 
 
+def open_url(url: str) -> RunStore:
+    """The run store of a ``postgresql://`` URL (``ConfigError`` when it is not usable)."""
+    from engine.store.postgres import PostgresRunStore
+    from engine.store.postgres_db import Database
+
+    return PostgresRunStore(Database.from_url(url))
+
+
 def open_signals(store: RunStore, *, backend: str = "auto") -> HandoffSignals:
-    """The handoff signals matching ``store`` (inotify on a file store)."""
+    """The handoff signals matching ``store`` (inotify on a file store, ``LISTEN`` on a
+    PostgreSQL store)."""
     if isinstance(store, FileRunStore):
         return FileHandoffSignals(store, backend=backend)
-    raise TypeError(f"no handoff signals for {store!r}")  # pragma: no cover - one backend
+    from engine.store.postgres import PostgresHandoffSignals, PostgresRunStore
+
+    if isinstance(store, PostgresRunStore):
+        return PostgresHandoffSignals(store)
+    raise TypeError(f"no handoff signals for {store!r}")

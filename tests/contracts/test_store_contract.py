@@ -50,11 +50,27 @@ def _file_backend(tmp_path: Path) -> Backend:
     return Backend("file", lambda: FileRunStore(root), child)
 
 
+def _postgres_backend(url: str) -> Backend:
+    from engine.store.postgres import PostgresRunStore
+    from engine.store.postgres_db import Database
+
+    child = (
+        "from engine.store.postgres import PostgresRunStore\n"
+        "from engine.store.postgres_db import Database\n"
+        f"store = PostgresRunStore(Database.from_url({url!r}))\n"
+    )
+    return Backend("postgres", lambda: PostgresRunStore(Database.from_url(url)), child)
+
+
 BACKENDS: dict[str, Callable[[Path], Backend]] = {"file": _file_backend}
+#: Backends over a database: made from the URL of a fresh, migrated one.
+DB_BACKENDS: dict[str, Callable[[str], Backend]] = {"postgres": _postgres_backend}
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=sorted(BACKENDS) + sorted(DB_BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param in DB_BACKENDS:
+        return DB_BACKENDS[request.param](request.getfixturevalue("pg_url"))
     return BACKENDS[request.param](tmp_path)
 
 

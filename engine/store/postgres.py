@@ -1,0 +1,869 @@
+"""``PostgresRunStore``: the run store in a PostgreSQL database shared by hosts.
+
+``store: postgresql://user@host:5432/db`` in orchestrator.yaml selects it (password from
+an environment variable, see ``engine.store.postgres_db``). The tables are those of
+``engine/store/migrations/`` (``delegations``, ``handoffs``, ``runs``, ``run_events``,
+``step_results``); the schema version is checked when the store is first used.
+
+The operations and their merge rule are the file store's (``engine.record``), with
+database rows in place of files:
+
+* a delegation is one ``delegations`` row: its pending envelope and its final record;
+  ``deliver`` takes the row ``FOR UPDATE`` (one deliverer per run across hosts) and
+  merges the handoffs in ``handoffs`` whose ``state`` is ``inbox``, in order;
+* a handoff an agent delivers is kept byte for byte and never rewritten: refused ones
+  become ``rejected``, a second one ``kept``; locators name them
+  (``postgresql:/<db>/handoffs/<id>``);
+* every handoff put and every record written sends ``NOTIFY orch_handoff`` with
+  ``<sub>:<runId>``; ``PostgresHandoffSignals`` wakes the waiters of that run (one
+  ``LISTEN`` connection per process), without polling;
+* a workflow run is executed under a lease: ``claim`` sets ``owner_host``,
+  ``owner_pid`` and ``lease_until`` (``RUN_LEASE_TTL`` s ahead) and a thread renews it
+  every third of that; a holder on this host is alive while its PID is, one on another
+  host while its lease has not expired; an expired lease is taken over.
+
+Example::
+
+    store = PostgresRunStore(Database.from_url("postgresql://orch@127.0.0.1:5432/orch"))
+    store.pending(run_id, envelope, sub=False)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from engine.errors import RunStateError
+from engine.files import SAFE_ID, check_id, parse_iso, utcnow_iso
+from engine.redact import redact
+from engine.states import HandoffStatus
+from engine.store.liveness import process_alive, this_host, waiter_alive
+from engine.store.postgres_db import Database, check_schema
+from engine.store.protocol import Delivery, Waiter
+
+__all__ = [
+    "CHANNEL",
+    "RUN_LEASE_TTL",
+    "PostgresHandoffSignals",
+    "PostgresJournal",
+    "PostgresRunStore",
+]
+
+#: The NOTIFY channel of handoffs and records (payload ``<0|1>:<runId>``).
+CHANNEL = "orch_handoff"
+#: Seconds a run's executor lease lasts without renewal (renewed every third of it).
+RUN_LEASE_TTL = float(os.environ.get("ORCH_RUN_LEASE_TTL", "30"))
+_AGENT_STATUSES = tuple(s.value for s in HandoffStatus)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def _payload(run_id: str, sub: bool) -> str:
+    return f"{int(sub)}:{run_id}"
+
+
+class PostgresJournal:
+    """The journal of one run: each ``append`` is one committed row (redacted)."""
+
+    def __init__(self, store: PostgresRunStore, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+
+    def append(self, kind: str, /, **fields: Any) -> dict[str, Any]:
+        """Insert one event (stamped with ``at``); it is durable when this returns."""
+        event = {"event": kind, "at": utcnow_iso(), **fields}
+        body = redact(_dumps(event))
+        self._store._db.conn().execute(
+            "INSERT INTO run_events (run_id, body) VALUES (%s, %s)", (self._run_id, body)
+        )
+        return event
+
+    def close(self) -> None:
+        """Nothing is held open between appends."""
+
+
+class _RunLease:
+    """Being the one executor of a run: the ``runs`` row's lease, renewed by a thread."""
+
+    def __init__(self, store: PostgresRunStore, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._token = os.urandom(8).hex()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _RunLease:
+        self._store._take_run(self._run_id, self._token)
+        self._thread = threading.Thread(target=self._renew, name="run-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew(self) -> None:
+        db = self._store._db
+        while not self._stop.wait(self._store.lease_ttl / 3):
+            try:
+                db.conn().execute(
+                    "UPDATE runs SET lease_until = now() + make_interval(secs => %s) "
+                    "WHERE run_id = %s AND owner_token = %s",
+                    (self._store.lease_ttl, self._run_id, self._token),
+                )
+            except Exception:  # noqa: BLE001 - a lost connection: try again next beat
+                continue
+        db.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._store._db.conn().execute(
+            "UPDATE runs SET owner_host = NULL, owner_pid = NULL, owner_token = NULL, "
+            "lease_until = NULL WHERE run_id = %s AND owner_token = %s",
+            (self._run_id, self._token),
+        )
+
+
+class PostgresRunStore:
+    """The run store as PostgreSQL tables (``store: postgresql://…``)."""
+
+    def __init__(
+        self, db: Database, *, host: str | None = None, lease_ttl: float | None = None
+    ) -> None:
+        self._db = db
+        self.host = host if host is not None else this_host()
+        self.lease_ttl = float(lease_ttl if lease_ttl is not None else RUN_LEASE_TTL)
+        self._checked = False
+        self._base = Path("postgresql:") / (db.name or "db")
+
+    def __repr__(self) -> str:
+        return f"PostgresRunStore({self._db.display!r})"
+
+    @property
+    def db(self) -> Database:
+        """Where the database is."""
+        return self._db
+
+    @property
+    def location(self) -> str:
+        """The store's URL (no password)."""
+        return self._db.display
+
+    def _conn(self) -> Any:
+        conn = self._db.conn()
+        if not self._checked:
+            check_schema(self._db, conn)
+            self._checked = True
+        return conn
+
+    # -- delegations -------------------------------------------------------------------
+
+    def _where(self, sub: bool) -> str:
+        return "sub-delegations" if sub else "delegations"
+
+    def handoff_target(self, run_id: str, *, sub: bool) -> Path:
+        """``postgresql:/<db>/<delegations|sub-delegations>/<runId>/handoff`` (agents
+        deliver through the receiver, ``POST /handoffs/<runId>``)."""
+        check_id(run_id, "run id")
+        return self._base / self._where(sub) / run_id / "handoff"
+
+    def record_locator(self, run_id: str, *, sub: bool) -> Path:
+        """``postgresql:/<db>/<delegations|sub-delegations>/<runId>``."""
+        check_id(run_id, "run id")
+        return self._base / self._where(sub) / run_id
+
+    def _handoff_locator(self, handoff_id: int) -> Path:
+        return self._base / "handoffs" / str(handoff_id)
+
+    def _notify(self, conn: Any, run_id: str, sub: bool) -> None:
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, _payload(run_id, sub)))
+
+    def pending(self, run_id: str, envelope: dict[str, Any], *, sub: bool) -> None:
+        """Upsert the row's envelope (and its waiter's host, pid, renewed_at)."""
+        check_id(run_id, "run id")
+        self._conn().execute(
+            "INSERT INTO delegations (run_id, sub, envelope, parent_run_id, host, pid, "
+            "renewed_at, outcome) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (run_id, sub) DO UPDATE SET envelope = EXCLUDED.envelope, "
+            "parent_run_id = EXCLUDED.parent_run_id, host = EXCLUDED.host, "
+            "pid = EXCLUDED.pid, renewed_at = EXCLUDED.renewed_at, "
+            "outcome = coalesce(delegations.outcome, EXCLUDED.outcome), updated_at = now()",
+            (run_id, sub, *self._env_cols(envelope)),
+        )
+
+    @staticmethod
+    def _env_cols(env: dict[str, Any]) -> tuple[Any, ...]:
+        pid = env.get("pid")
+        return (
+            _dumps(env),
+            env.get("parent_run_id"),
+            env.get("host"),
+            pid if type(pid) is int and -(2**31) <= pid < 2**31 else None,
+            env.get("renewed_at") if isinstance(env.get("renewed_at"), str) else None,
+            None,
+        )
+
+    def read_pending(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:
+        """The row's envelope, or None."""
+        row = self._conn().execute(
+            "SELECT envelope FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
+        ).fetchone()
+        return row[0] if row and isinstance(row[0], dict) else None
+
+    def _install(
+        self, conn: Any, run_id: str, sub: bool, record: dict[str, Any], *, drop: bool
+    ) -> None:
+        env = record.get("envelope") if isinstance(record.get("envelope"), dict) else {}
+        assert isinstance(env, dict)
+        conn.execute(
+            "INSERT INTO delegations (run_id, sub, record, outcome, parent_run_id) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, sub) DO UPDATE SET "
+            "record = EXCLUDED.record, outcome = EXCLUDED.outcome, "
+            "parent_run_id = coalesce(EXCLUDED.parent_run_id, delegations.parent_run_id), "
+            f"{'envelope = NULL, ' if drop else ''}updated_at = now()",
+            (run_id, sub, _dumps(record), env.get("outcome"), env.get("parent_run_id")),
+        )
+        self._notify(conn, run_id, sub)
+
+    def finalize(
+        self,
+        run_id: str,
+        envelope: dict[str, Any],
+        *,
+        sub: bool,
+        keep_pending: bool,
+        agent: str | None = None,
+    ) -> tuple[Path, dict[str, Any]]:
+        """Record the engine's ending; the envelope stays pending with ``keep_pending``."""
+        from engine.record import record_of
+
+        check_id(run_id, "run id")
+        data = record_of(None, envelope, run_id)
+        if agent:
+            data["agent"] = agent
+        conn = self._conn()
+        with conn.transaction():
+            if keep_pending:
+                self.pending(run_id, envelope, sub=sub)
+            self._install(conn, run_id, sub, data, drop=not keep_pending)
+        return self.record_locator(run_id, sub=sub), data
+
+    def deliver(
+        self,
+        run_id: str,
+        *,
+        sub: bool,
+        envelope: dict[str, Any] | None = None,
+        grace: float = 2.0,
+    ) -> Delivery:
+        """The merge rule of ``engine.record.deliver`` over the run's row, locked."""
+        check_id(run_id, "run id")
+        conn = self._conn()
+        waiting = envelope is not None
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_payload(run_id, sub),))
+            row = conn.execute(
+                "SELECT envelope, record FROM delegations WHERE run_id = %s AND sub = %s "
+                "FOR UPDATE",
+                (run_id, sub),
+            ).fetchone()
+            pending, current = (row[0], row[1]) if row else (None, None)
+            sources = conn.execute(
+                "SELECT id, body, extract(epoch FROM received_at) FROM handoffs "
+                "WHERE run_id = %s AND sub = %s AND state = 'inbox' ORDER BY n",
+                (run_id, sub),
+            ).fetchall()
+            if not sources:
+                return Delivery("absent")
+            env = envelope
+            if env is None and isinstance(pending, dict):
+                env = pending
+                if waiter_alive(pending):
+                    return Delivery("waiting")
+            cur_env = current["envelope"] if isinstance(current, dict) else None
+            if env is None:
+                if cur_env is None:
+                    return Delivery("unknown")
+                env = cur_env
+            results = []
+            for hid, body, at in sources:
+                step = self._deliver_one(
+                    conn, run_id, sub, (hid, bytes(body), float(at)), env, current, waiting, grace
+                )
+                results.append(step)
+                if step.state == "recorded":
+                    assert step.record is not None
+                    current, env, waiting = step.record, step.record["envelope"], False
+                elif step.state == "partial":
+                    break
+        for state in ("recorded", "partial", "refused", "duplicate", "already"):
+            for step in results:
+                if step.state == state:
+                    return step
+        return Delivery("absent")
+
+    def _deliver_one(
+        self,
+        conn: Any,
+        run_id: str,
+        sub: bool,
+        source: tuple[int, bytes, float],
+        env: dict[str, Any],
+        current: dict[str, Any] | None,
+        waiting: bool,
+        grace: float,
+    ) -> Delivery:
+        from engine.handoff import (
+            FINAL_KINDS,
+            MAX_HANDOFF_BYTES,
+            HandoffProblem,
+            check_key,
+            parse_handoff,
+            validate_handoff,
+        )
+        from engine.record import _gateway_note, _merge_lists, record_of
+
+        hid, raw, received_epoch = source
+        where = self._handoff_locator(hid)
+        record_path = self.record_locator(run_id, sub=sub)
+        cur_env = current.get("envelope") if current else None
+        final = isinstance(cur_env, dict) and cur_env.get("outcome") in _AGENT_STATUSES
+        try:
+            limit = int(env.get("max_handoff_bytes") or MAX_HANDOFF_BYTES)
+            if len(raw) > limit:
+                raise HandoffProblem(
+                    f"handoff `{where}` refused: it has {len(raw)} bytes, over the limit of "
+                    f"{limit} (`max_handoff_bytes` in the config). Put long results in an "
+                    "artifact file.",
+                    kind="size",
+                    path=where,
+                )
+            if not raw.strip() and waiting:
+                return Delivery("absent")
+            handoff = validate_handoff(
+                parse_handoff(raw, path=where), path=where, run_id=run_id, agent=env.get("target")
+            )
+            verified = check_key(
+                handoff,
+                expected_hash=env.get("key_sha256"),
+                policy=str(env.get("handoff_key") or "required"),
+                path=where,
+            )
+        except HandoffProblem as exc:
+            fresh = time.time() - received_epoch < grace
+            if exc.kind not in FINAL_KINDS and (waiting or fresh):
+                return Delivery("partial", problem=exc)
+            self._set_state(conn, hid, "rejected")
+            note: dict[str, Any] = {"file": str(where), "reason": exc.message, "at": utcnow_iso()}
+            if exc.problems:
+                note["problems"] = list(exc.problems)
+            self._note(conn, run_id, sub, env, current, "rejected", note, waiting)
+            return Delivery("refused", problem=exc, kept=where)
+        fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
+        if final and not (cur_env.get("fallback") and not fallback):  # type: ignore[union-attr]
+            self._set_state(conn, hid, "kept")
+            first = cur_env.get("handoff_file") or "the first handoff"  # type: ignore[union-attr]
+            reason = (
+                "a gateway-written fallback, after the agent's own handoff was recorded"
+                if fallback
+                else f"a second handoff for a run already recorded from {first}"
+            )
+            dup: dict[str, Any] = {"file": str(where), "reason": reason, "at": utcnow_iso()}
+            self._note(conn, run_id, sub, env, current, "also_received", dup, False)
+            return Delivery("duplicate", record_path, self._read(conn, run_id, sub), kept=where)
+        received = utcnow_iso()
+        new = dict(env)
+        for k in ("error", "rejected_file", "status_code", "ended_at", "handoff_inode"):
+            new.pop(k, None)
+        for k in ("rejected", "also_received"):
+            if isinstance(cur_env, dict) and cur_env.get(k):
+                new[k] = _merge_lists(new.get(k), cur_env[k])
+        new["received_at"] = received
+        dispatched = new.get("dispatched_at") or new.get("created_at")
+        if dispatched:
+            new["duration_ms"] = max(
+                0.0, round((parse_iso(received) - parse_iso(dispatched)).total_seconds() * 1000, 3)
+            )
+        deadline = new.get("deadline_at")
+        if deadline:
+            late = parse_iso(received) > parse_iso(deadline)
+        else:
+            late = env.get("outcome") in ("timeout", "cancelled")
+        new["late"] = bool(not waiting and late)
+        old = cur_env.get("outcome") if isinstance(cur_env, dict) else None
+        if isinstance(cur_env, dict) and cur_env.get("fallback"):
+            new["supersedes"] = "fallback"
+        elif not waiting and old and old != "dispatched":
+            new["supersedes"] = old
+        elif not waiting and env.get("outcome") not in (None, "dispatched"):
+            new["supersedes"] = env.get("outcome")
+        new["outcome"] = handoff["status"]
+        new["key_verified"] = verified
+        if not verified:
+            new["unverified"] = True
+        new["handoff_file"] = str(where)
+        if fallback:
+            new["fallback"] = True
+        else:
+            new.pop("fallback", None)
+        data = record_of(handoff, new, run_id)
+        self._set_state(conn, hid, "recorded")
+        self._install(conn, run_id, sub, data, drop=True)
+        return Delivery("recorded", record_path, data)
+
+    @staticmethod
+    def _set_state(conn: Any, hid: int, state: str) -> None:
+        conn.execute("UPDATE handoffs SET state = %s WHERE id = %s", (state, hid))
+
+    def _note(
+        self,
+        conn: Any,
+        run_id: str,
+        sub: bool,
+        env: dict[str, Any],
+        current: dict[str, Any] | None,
+        field: str,
+        note: dict[str, Any],
+        waiting: bool,
+    ) -> None:
+        """List ``note`` where it will be seen (as ``engine.record._note`` does)."""
+        if waiting:
+            env.setdefault(field, []).append(note)
+            return
+        pending = self._read_pending(conn, run_id, sub)
+        if pending is not None:
+            pending.setdefault(field, []).append(note)
+            conn.execute(
+                "UPDATE delegations SET envelope = %s WHERE run_id = %s AND sub = %s",
+                (_dumps(pending), run_id, sub),
+            )
+        if isinstance(current, dict) and isinstance(current.get("envelope"), dict):
+            current["envelope"].setdefault(field, []).append(note)
+            conn.execute(
+                "UPDATE delegations SET record = %s WHERE run_id = %s AND sub = %s",
+                (_dumps(current), run_id, sub),
+            )
+
+    @staticmethod
+    def _read_pending(conn: Any, run_id: str, sub: bool) -> dict[str, Any] | None:
+        row = conn.execute(
+            "SELECT envelope FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
+        ).fetchone()
+        return row[0] if row and isinstance(row[0], dict) else None
+
+    @staticmethod
+    def _read(conn: Any, run_id: str, sub: bool) -> dict[str, Any] | None:
+        row = conn.execute(
+            "SELECT record FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
+        ).fetchone()
+        data = row[0] if row else None
+        return data if isinstance(data, dict) and isinstance(data.get("envelope"), dict) else None
+
+    def is_sub(self, run_id: str) -> bool:
+        """A sub-delegation row exists (pending or recorded)."""
+        row = self._conn().execute(
+            "SELECT 1 FROM delegations WHERE run_id = %s AND sub", (run_id,)
+        ).fetchone()
+        return row is not None
+
+    def put_handoff(self, run_id: str, handoff: dict[str, Any], *, sub: bool) -> Path:
+        """Insert the handoff as the run's next one (never over another) and NOTIFY."""
+        return self.put_handoff_bytes(run_id, _dumps(handoff).encode(), sub=sub)
+
+    def put_handoff_bytes(self, run_id: str, body: bytes, *, sub: bool) -> Path:
+        """Keep ``body`` (a handoff as an agent wrote it) as the run's next handoff."""
+        check_id(run_id, "run id")
+        conn = self._conn()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("put:" + run_id,))
+            row = conn.execute(
+                "INSERT INTO handoffs (run_id, sub, n, body) SELECT %s, %s, "
+                "coalesce(max(n), 0) + 1, %s FROM handoffs WHERE run_id = %s AND sub = %s "
+                "RETURNING id",
+                (run_id, sub, body, run_id, sub),
+            ).fetchone()
+            self._notify(conn, run_id, sub)
+        return self._handoff_locator(int(row[0]))
+
+    def has_handoff(self, run_id: str, *, sub: bool) -> bool:
+        """A handoff of ``run_id`` is in the inbox state."""
+        row = self._conn().execute(
+            "SELECT 1 FROM handoffs WHERE run_id = %s AND sub = %s AND state = 'inbox' LIMIT 1",
+            (run_id, sub),
+        ).fetchone()
+        return row is not None
+
+    def reject(
+        self, run_id: str, problem: Any, envelope: dict[str, Any], *, sub: bool
+    ) -> Path | None:
+        """Mark the first inbox handoff ``rejected`` and list it in ``envelope``."""
+        conn = self._conn()
+        row = conn.execute(
+            "UPDATE handoffs SET state = 'rejected' WHERE id = (SELECT id FROM handoffs "
+            "WHERE run_id = %s AND sub = %s AND state = 'inbox' ORDER BY n LIMIT 1) "
+            "RETURNING id",
+            (run_id, sub),
+        ).fetchone()
+        if row is None:
+            return None
+        kept = self._handoff_locator(int(row[0]))
+        note = {"file": str(kept), "reason": problem.message, "at": utcnow_iso()}
+        envelope.setdefault("rejected", []).append(note)
+        return kept
+
+    def read(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:
+        """The row's record (only an engine record: one with an ``envelope``)."""
+        return self._read(self._conn(), run_id, sub)
+
+    def annotate(
+        self, run_id: str, record: dict[str, Any], *, sub: bool
+    ) -> tuple[Path, dict[str, Any]]:
+        """Replace the row's record."""
+        conn = self._conn()
+        self._install(conn, run_id, sub, record, drop=False)
+        return self.record_locator(run_id, sub=sub), record
+
+    def find(self, run_id: str) -> tuple[Path, dict[str, Any]]:
+        """The record (delivering a waiting handoff first), else the pending envelope as a
+        record, else a handoff no delegation knows; ``RunStateError`` when none."""
+        from engine.record import record_of
+
+        check_id(run_id, "run id")
+        conn = self._conn()
+        found: tuple[Path, dict[str, Any]] | None = None
+        for sub in (False, True):
+            row = conn.execute(
+                "SELECT envelope, record FROM delegations WHERE run_id = %s AND sub = %s",
+                (run_id, sub),
+            ).fetchone()
+            inbox = conn.execute(
+                "SELECT id, body FROM handoffs WHERE run_id = %s AND sub = %s "
+                "ORDER BY n LIMIT 1",
+                (run_id, sub),
+            ).fetchone()
+            if row is None and inbox is None:
+                continue
+            self.deliver(run_id, sub=sub)
+            record = self._read(conn, run_id, sub)
+            if record is not None:
+                return self.record_locator(run_id, sub=sub), record
+            env = self._read_pending(conn, run_id, sub)
+            if env is not None:
+                return self.record_locator(run_id, sub=sub), record_of(None, env, run_id)
+            if found is None and inbox is not None:
+                try:
+                    data = json.loads(bytes(inbox[1]))
+                except ValueError:
+                    data = None
+                if isinstance(data, dict):
+                    data = {k: v for k, v in data.items() if k not in ("key", "envelope")}
+                    found = self._handoff_locator(int(inbox[0])), data
+        if found is not None:
+            return found
+        raise RunStateError(
+            f"no record for `{run_id}` in `{self.location}`. Run ids are printed by "
+            "`orchestrate` (`record: ...`) and listed by `metrics json`."
+        )
+
+    def list_pending(self, *, sub: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every row with an envelope, by run id."""
+        rows = self._conn().execute(
+            "SELECT run_id, envelope FROM delegations WHERE sub = %s AND envelope IS NOT NULL "
+            "ORDER BY run_id",
+            (sub,),
+        ).fetchall()
+        for run_id, env in rows:
+            if isinstance(env, dict):
+                yield run_id, env
+
+    def reconcile(self, *, sub: bool) -> list[Path]:
+        """Deliver waiting handoffs of pending delegations nobody waits for."""
+        rows = self._conn().execute(
+            "SELECT DISTINCT d.run_id, d.envelope FROM delegations d JOIN handoffs h "
+            "ON h.run_id = d.run_id AND h.sub = d.sub AND h.state = 'inbox' "
+            "WHERE d.sub = %s AND d.envelope IS NOT NULL",
+            (sub,),
+        ).fetchall()
+        written: list[Path] = []
+        for run_id, env in rows:
+            if not isinstance(env, dict) or waiter_alive(env):
+                continue
+            done = self.deliver(run_id, sub=sub)
+            if done.state == "recorded" and done.record_path is not None:
+                written.append(done.record_path)
+        return written
+
+    def tree(self, run_id: str) -> dict[str, Any] | None:
+        """The delegation tree under ``run_id`` (one recursive query)."""
+        from engine.record import _node
+
+        self.reconcile(sub=False)
+        self.reconcile(sub=True)
+        rows = self._conn().execute(
+            "WITH RECURSIVE t AS ("
+            " SELECT run_id, sub, envelope, record FROM delegations WHERE run_id = %s"
+            " UNION SELECT d.run_id, d.sub, d.envelope, d.record FROM delegations d"
+            " JOIN t ON d.parent_run_id = t.run_id AND d.sub)"
+            " SELECT run_id, sub, envelope, record FROM t ORDER BY sub",
+            (run_id,),
+        ).fetchall()
+        nodes: dict[str, dict[str, Any]] = {}
+        for rid, _sub, env, record in rows:
+            if rid in nodes:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("envelope"), dict):
+                nodes[rid] = _node(rid, record, False)
+            elif isinstance(env, dict):
+                nodes[rid] = _node(rid, env, True)
+        root = nodes.get(run_id)
+        if root is None:
+            return None
+        for node in nodes.values():
+            parent = node["parent_run_id"]
+            if parent and parent in nodes and node is not root:
+                nodes[parent]["children"].append(node)
+        return root
+
+    # -- workflow runs -----------------------------------------------------------------
+
+    def run_locator(self, run_id: str) -> Path:
+        """``postgresql:/<db>/runs/<run>``."""
+        check_id(run_id, "workflow run id")
+        return self._base / "runs" / run_id
+
+    def run_exists(self, run_id: str) -> bool:
+        """A ``runs`` row exists."""
+        row = self._conn().execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+        return row is not None
+
+    def create_run(self, run_id: str, meta: dict[str, Any]) -> Path:
+        """Insert (or replace the metadata of) the run."""
+        check_id(run_id, "workflow run id")
+        self._conn().execute(
+            "INSERT INTO runs (run_id, meta) VALUES (%s, %s) "
+            "ON CONFLICT (run_id) DO UPDATE SET meta = EXCLUDED.meta",
+            (run_id, _dumps(meta)),
+        )
+        return self.run_locator(run_id)
+
+    def read_run(self, run_id: str) -> Any:
+        """The run's metadata, or None."""
+        row = self._conn().execute("SELECT meta FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def journal(self, run_id: str) -> PostgresJournal:
+        """Appends go straight to ``run_events``."""
+        self._conn()
+        return PostgresJournal(self, run_id)
+
+    def events(self, run_id: str) -> list[tuple[int, Any]]:
+        """The run's events in order, numbered from 1."""
+        rows = self._conn().execute(
+            "SELECT body FROM run_events WHERE run_id = %s ORDER BY id", (run_id,)
+        ).fetchall()
+        out: list[tuple[int, Any]] = []
+        for n, (body,) in enumerate(rows, 1):
+            try:
+                out.append((n, json.loads(body)))
+            except (ValueError, RecursionError):
+                continue
+        return out
+
+    def write_step(self, run_id: str, step_id: str, data: dict[str, Any]) -> None:
+        """Upsert the step's result."""
+        check_id(step_id, "step id")
+        self._conn().execute(
+            "INSERT INTO step_results (run_id, step_id, data) VALUES (%s, %s, %s) "
+            "ON CONFLICT (run_id, step_id) DO UPDATE SET data = EXCLUDED.data",
+            (run_id, step_id, _dumps(data)),
+        )
+
+    def read_step(self, run_id: str, step_id: str) -> Any:
+        """The step's result, or None."""
+        if not isinstance(step_id, str) or not SAFE_ID.match(step_id):
+            return None
+        row = self._conn().execute(
+            "SELECT data FROM step_results WHERE run_id = %s AND step_id = %s", (run_id, step_id)
+        ).fetchone()
+        return row[0] if row else None
+
+    def write_summary(self, run_id: str, summary: dict[str, Any]) -> None:
+        """Set the run's summary."""
+        self._conn().execute(
+            "UPDATE runs SET summary = %s WHERE run_id = %s", (_dumps(summary), run_id)
+        )
+
+    def read_summary(self, run_id: str) -> dict[str, Any] | None:
+        """The run's summary, or None."""
+        row = self._conn().execute(
+            "SELECT summary FROM runs WHERE run_id = %s", (run_id,)
+        ).fetchone()
+        return row[0] if row and isinstance(row[0], dict) else None
+
+    def _holder_alive(self, host: str | None, pid: int | None, until: float | None) -> bool:
+        if host is None:
+            return False
+        if host == self.host:
+            return pid is not None and process_alive(pid)
+        return until is not None and until > 0
+
+    def _take_run(self, run_id: str, token: str) -> None:
+        conn = self._conn()
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT owner_host, owner_pid, extract(epoch FROM lease_until - now()) "
+                "FROM runs WHERE run_id = %s FOR UPDATE",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                raise RunStateError(f"no workflow run `{run_id}` in `{self.location}`.")
+            host, pid, left = row
+            if self._holder_alive(host, pid, None if left is None else float(left)):
+                raise RunStateError(
+                    f"run `{run_id}` is being executed right now (pid {pid} on host "
+                    f"`{host}`); wait for it, or `workflow cancel` it."
+                )
+            conn.execute(
+                "UPDATE runs SET owner_host = %s, owner_pid = %s, owner_token = %s, "
+                "lease_until = now() + make_interval(secs => %s) WHERE run_id = %s",
+                (self.host, os.getpid(), token, self.lease_ttl, run_id),
+            )
+
+    def claim(self, run_id: str) -> _RunLease:
+        """The run's lease (taken on enter, renewed by a thread, given up on exit)."""
+        return _RunLease(self, run_id)
+
+    def claimed(self, run_id: str) -> bool:
+        """A live executor holds the run's lease."""
+        row = self._conn().execute(
+            "SELECT owner_host, owner_pid, extract(epoch FROM lease_until - now()) "
+            "FROM runs WHERE run_id = %s",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            return False
+        host, pid, left = row
+        return self._holder_alive(host, pid, None if left is None else float(left))
+
+    def request_cancel(self, run_id: str) -> None:
+        """Stamp the run's cancel request."""
+        self._conn().execute(
+            "UPDATE runs SET cancel_requested_at = now() WHERE run_id = %s", (run_id,)
+        )
+
+    def cancel_requested(self, run_id: str) -> bool:
+        """A cancel was requested."""
+        row = self._conn().execute(
+            "SELECT cancel_requested_at IS NOT NULL FROM runs WHERE run_id = %s", (run_id,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def list_runs(self) -> list[str]:
+        """Every run id, sorted."""
+        rows = self._conn().execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()
+        return [r[0] for r in rows]
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        self._db.close()
+
+
+class _PgWaiter:
+    def __init__(self, hub: _Listener, key: str) -> None:
+        self._hub = hub
+        self._key = key
+        self._event = threading.Event()
+        self._closed = False
+
+    def wait(self, timeout: float | None) -> bool:
+        got = self._event.wait(timeout if timeout is None else max(0.0, timeout))
+        self._event.clear()
+        return got
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._hub.drop(self._key, self)
+
+
+class _Listener:
+    """One ``LISTEN`` connection per process and database; wakes waiters by run."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[_PgWaiter]] = {}
+        self._conn: Any = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, key: str) -> _PgWaiter:
+        waiter = _PgWaiter(self, key)
+        with self._lock:
+            self._waiters.setdefault(key, set()).add(waiter)
+            self._ensure()
+        return waiter
+
+    def drop(self, key: str, waiter: _PgWaiter) -> None:
+        with self._lock:
+            group = self._waiters.get(key)
+            if group is not None:
+                group.discard(waiter)
+                if not group:
+                    del self._waiters[key]
+
+    def _ensure(self) -> None:
+        """Listening before ``add`` returns: nothing NOTIFYed after it is missed."""
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            return
+        conn = self._db.connect()
+        self._db.track(conn)
+        conn.execute(f"LISTEN {CHANNEL}")
+        self._conn, self._pid = conn, os.getpid()
+        self._thread = threading.Thread(target=self._loop, args=(conn,), daemon=True,
+                                        name="pg-listen")  # fmt: skip
+        self._thread.start()
+
+    def _loop(self, conn: Any) -> None:
+        try:
+            while True:
+                for note in conn.notifies(timeout=1.0):
+                    with self._lock:
+                        group = list(self._waiters.get(note.payload, ()))
+                    for waiter in group:
+                        waiter.wake()
+        except Exception:  # noqa: BLE001 - connection lost: wake everyone, they look
+            with self._lock:
+                everyone = [w for g in self._waiters.values() for w in g]
+                self._thread = None
+            for waiter in everyone:
+                waiter.wake()
+
+
+_listeners: dict[str, _Listener] = {}
+_listeners_lock = threading.Lock()
+
+
+class PostgresHandoffSignals:
+    """Wakes a delegation when its run's handoff or record is written (``NOTIFY``)."""
+
+    def __init__(self, store: PostgresRunStore) -> None:
+        self.store = store
+        with _listeners_lock:
+            key = f"{os.getpid()}:{store.db.display}"
+            listener = _listeners.get(key)
+            if listener is None:
+                listener = _listeners[key] = _Listener(store.db)
+        self._listener = listener
+
+    def expect(self, run_id: str, *, sub: bool) -> Waiter:
+        """Register before dispatching: a NOTIFY for ``run_id`` wakes the waiter."""
+        return self._listener.add(_payload(run_id, sub))

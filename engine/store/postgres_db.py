@@ -1,0 +1,282 @@
+"""Connecting to the PostgreSQL store and keeping its schema at the engine's version.
+
+A ``store: postgresql://user@host:port/db`` URL never holds a password: it comes from
+the environment variable named by the URL's ``password_env`` query parameter
+(``postgresql://orch@db:5432/orch?password_env=ORCH_DB_PASSWORD``), else from
+``PGPASSWORD`` (libpq's own), else none (trust or peer authentication). A URL with an
+inline password is refused (``url_problem``) and the password is never repeated.
+
+The schema is plain versioned SQL: ``engine/store/migrations/NNNN_name.sql``, applied in
+order by ``migrate`` (``orchestrate store migrate``), each in one transaction that also
+inserts its row in ``schema_version``. Opening a store checks the version
+(``check_schema``): a database behind the engine is a ``ConfigError`` naming the command.
+
+Example::
+
+    db = Database.from_url("postgresql://orch@127.0.0.1:5432/orch")
+    migrate(db)                  # [1] on an empty database, [] afterwards
+    with db.connect() as conn:
+        conn.execute("SELECT 1")
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from engine.errors import ConfigError
+from engine.redact import register
+
+__all__ = [
+    "SCHEMES",
+    "Database",
+    "check_schema",
+    "close_databases",
+    "migrate",
+    "migrations",
+    "schema_version",
+    "url_problem",
+]
+
+#: URL schemes that name a PostgreSQL store.
+SCHEMES = ("postgresql", "postgres")
+#: Query parameter naming the environment variable that holds the password.
+PASSWORD_ENV = "password_env"
+_MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+#: Advisory lock key taken while migrating (two `store migrate` at once run one by one).
+_MIGRATE_LOCK = 0x6F726368
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable PostgreSQL ``store:`` value, or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"`store`: the PostgreSQL URL is not valid ({exc}); write `postgresql://user@host:5432/db`."
+    if parts.password is not None:
+        return (
+            "`store`: the PostgreSQL URL holds a password; never write it in "
+            "orchestrator.yaml. Put it in an environment variable and name it: "
+            "`postgresql://user@host:5432/db?password_env=ORCH_DB_PASSWORD` (or set PGPASSWORD)."
+        )
+    if not parts.hostname and "host" not in dict(parse_qsl(parts.query)):
+        return "`store`: the PostgreSQL URL names no host; write `postgresql://user@host:5432/db`."
+    if not parts.path.strip("/"):
+        return "`store`: the PostgreSQL URL names no database; write `postgresql://user@host:5432/db`."
+    return None
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where the store's database is: a conninfo without a password, and where the
+    password comes from. ``display`` is the URL as shown in messages (no secret)."""
+
+    conninfo: str
+    display: str
+    password_env: str | None = None
+    _local: _Connections = field(
+        default_factory=lambda: _Connections(), compare=False, repr=False
+    )
+
+    @classmethod
+    def from_url(cls, url: str) -> Database:
+        """The database of a ``postgresql://`` URL (one object per URL in a process, so
+        every store over it shares its connections); ``ConfigError`` when ``url_problem``
+        finds one."""
+        with _registry_lock:
+            db = _registry.get(url)
+            if db is None:
+                db = _registry[url] = cls._parse(url)
+            return db
+
+    @classmethod
+    def _parse(cls, url: str) -> Database:
+        problem = url_problem(url)
+        if problem:
+            raise ConfigError(problem)
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query)
+        env = next((v for k, v in query if k == PASSWORD_ENV), None)
+        rest = [(k, v) for k, v in query if k != PASSWORD_ENV]
+        scheme = "postgresql"
+        clean = urlunsplit((scheme, parts.netloc, parts.path, urlencode(rest), ""))
+        return cls(conninfo=clean, display=clean, password_env=env)
+
+    @property
+    def name(self) -> str:
+        """The database's name (the URL's path)."""
+        return unquote(urlsplit(self.conninfo).path.strip("/"))
+
+    def _password(self) -> str | None:
+        if self.password_env is None:
+            return None
+        value = os.environ.get(self.password_env)
+        if value is None:
+            raise ConfigError(
+                f"`store`: the environment variable `{self.password_env}` "
+                f"(`{PASSWORD_ENV}` of `{self.display}`) is not set; export the "
+                "database password in it."
+            )
+        register(value)
+        return value
+
+    def connect(self, *, autocommit: bool = True) -> Any:
+        """A new ``psycopg.Connection`` (``ConfigError`` when unreachable: message
+        redacted, the URL shown without a password)."""
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise ConfigError(
+                f"`store: {self.display}` needs the PostgreSQL driver: "
+                "pip install 'agent-orchestrator[postgres]'."
+            ) from exc
+        kwargs: dict[str, Any] = {"autocommit": autocommit, "connect_timeout": 10}
+        password = self._password()
+        if password is not None:
+            kwargs["password"] = password
+        try:
+            return psycopg.connect(self.conninfo, **kwargs)
+        except psycopg.Error as exc:
+            from engine.redact import redact
+
+            raise ConfigError(
+                f"cannot connect to the PostgreSQL store `{self.display}`: "
+                f"{redact(str(exc).strip())}. Check that the server runs and the URL, "
+                "user and password are right."
+            ) from exc
+
+    def conn(self) -> Any:
+        """This thread's connection (autocommit), made on first use and after a fork or a
+        broken connection. Connections of threads that ended are closed on the way."""
+        return self._local.get(self)
+
+    def close(self) -> None:
+        """Close this process's connections (they reopen on next use)."""
+        self._local.close_all()
+
+    def track(self, conn: Any) -> None:
+        """Close ``conn`` (a listening connection) with the others in ``close``."""
+        self._local.track(conn)
+
+
+_registry: dict[str, Database] = {}
+_registry_lock = threading.Lock()
+
+
+def close_databases() -> None:
+    """Close every connection this process opened to any store (tests, shutdown)."""
+    with _registry_lock:
+        dbs = list(_registry.values())
+    for db in dbs:
+        db.close()
+
+
+class _Connections:
+    """One connection per live thread of this process; the ended threads' are closed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_thread: dict[int, tuple[threading.Thread, Any]] = {}
+        self._extra: list[Any] = []
+        self._pid = os.getpid()
+
+    def get(self, db: Database) -> Any:
+        me = threading.current_thread()
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's connections are not ours
+                self._by_thread, self._extra, self._pid = {}, [], os.getpid()
+            held = self._by_thread.get(id(me))
+            if held is not None and held[0] is me and not held[1].closed and not held[1].broken:
+                return held[1]
+            stale = [k for k, (t, _) in self._by_thread.items() if not t.is_alive()]
+            for k in stale:
+                self._by_thread.pop(k)[1].close()
+        conn = db.connect()
+        with self._lock:
+            old = self._by_thread.get(id(me))
+            self._by_thread[id(me)] = (me, conn)
+        if old is not None and old[1] is not conn:
+            old[1].close()
+        return conn
+
+    def track(self, conn: Any) -> None:
+        with self._lock:
+            self._extra.append(conn)
+
+    def close_all(self) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._by_thread, self._extra = {}, []
+                return
+            held = [c for _, c in self._by_thread.values()] + self._extra
+            self._by_thread, self._extra = {}, []
+        for conn in held:
+            conn.close()
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The schema's migrations in order: ``(version, name, sql)``."""
+    found = []
+    for entry in resources.files("engine.store.migrations").iterdir():
+        m = _MIGRATION.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    found.sort()
+    return found
+
+
+def latest_version() -> int:
+    """The schema version this engine needs (its last migration's)."""
+    return migrations()[-1][0]
+
+
+def schema_version(conn: Any) -> int:
+    """The database's schema version (0 when it has none yet)."""
+    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
+    got = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    return int(got[0]) if got else 0
+
+
+def migrate(db: Database) -> list[int]:
+    """Apply the migrations the database lacks, in order; return the versions applied."""
+    applied: list[int] = []
+    with db.connect(autocommit=False) as conn:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+            current = schema_version(conn)
+            for version, name, sql in migrations():
+                if version <= current:
+                    continue
+                conn.execute(sql)
+                conn.execute(
+                    "INSERT INTO schema_version (version, name) VALUES (%s, %s)", (version, name)
+                )
+                applied.append(version)
+        conn.commit()
+    return applied
+
+
+def check_schema(db: Database, conn: Any) -> None:
+    """Raise ``ConfigError`` (exit 2) unless the database is at the engine's version."""
+    have, need = schema_version(conn), latest_version()
+    if have == need:
+        return
+    if have < need:
+        raise ConfigError(
+            f"the PostgreSQL store `{db.display}` is at schema version {have} and this "
+            f"engine needs version {need}: nothing was read or written. Apply the "
+            f"migrations first: `orchestrate store migrate` (it changes only what is "
+            "missing, and is safe to run on every host)."
+        )
+    raise ConfigError(
+        f"the PostgreSQL store `{db.display}` is at schema version {have}, newer than "
+        f"this engine's {need}: upgrade the engine on this host before using it."
+    )
