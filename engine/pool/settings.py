@@ -52,6 +52,9 @@ class PoolSettings:
     sample_interval: float = 5.0
     lease_ttl: float = DEFAULT_LEASE_TTL
     enabled: bool = True
+    #: The ``store:`` URL when it is a database shared by hosts (``postgresql://``):
+    #: the pool's state is kept there instead of ``dir``. None: the file store in ``dir``.
+    store: str | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -111,12 +114,17 @@ class PoolSettings:
         for key, cast in casts.items():
             if key in raw and raw[key] is not None:
                 kwargs[key] = cast(raw[key])
+        from engine.store import is_postgres_url
+
+        if is_postgres_url(cfg.store):
+            kwargs["store"] = cfg.store
         return cls(dir=pool_dir.resolve(), **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-ready values (``dir`` as a string)."""
         data = asdict(self)
         data["dir"] = str(self.dir)
+        data.pop("store")  # not a `pool:` key: the status names the store's location
         return data
 
 

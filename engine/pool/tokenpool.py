@@ -147,8 +147,9 @@ class TokenLease:
 class TokenPool:
     """A load-adaptive limit on concurrent delegations, shared through a ``PoolStore``.
 
-    ``store`` holds the state (default: a ``FileStore`` in ``settings.dir``, waking
-    waiters by inotify, or polling with ``wake="poll"``). ``load_source`` returns the
+    ``store`` holds the state (default: a ``PostgresPoolStore`` when ``settings.store``
+    names a database, else a ``FileStore`` in ``settings.dir``, waking waiters by inotify,
+    or polling with ``wake="poll"``). ``load_source`` returns the
     1-minute load average, ``clock`` timestamps the shared state (ages, timeouts, cooldown,
     sample interval) and ``sleep`` paces polling waiters; all are injectable for tests.
     ``monotonic`` is the host-wide clock that detects jumps of ``clock`` between two writes
@@ -174,6 +175,11 @@ class TokenPool:
         monotonic: Callable[[], float] | None = None,
         renew_every: float | None = _AUTO,
     ) -> None:
+        if store is None and settings.store is not None:
+            from engine.pool.postgres import PostgresPoolStore
+            from engine.store.postgres_db import Database
+
+            store = PostgresPoolStore(Database.from_url(settings.store))
         if store is None:
             store = FileStore(settings.dir, wake=wake)
         elif wake not in ("auto", "poll"):

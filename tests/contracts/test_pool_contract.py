@@ -93,19 +93,48 @@ def _memory_backend(tmp_path: Path) -> Backend:
     return Backend("memory", make)
 
 
+def _postgres_backend(tmp_path: Path, url: str) -> Backend:
+    from engine.pool.postgres import PostgresPoolStore
+    from engine.store.postgres_db import Database
+
+    def make(**kw: Any) -> TokenPool:
+        opts = {k: kw.pop(k) for k in list(kw) if k in _POOL_KWARGS}
+        opts.setdefault("renew_every", None)
+        kw.setdefault("adaptive", False)
+        store = PostgresPoolStore(Database.from_url(url))
+        return TokenPool(PoolSettings(dir=tmp_path / "unused", **kw), store=store, **opts)
+
+    def child(settings: dict[str, Any]) -> str:
+        return (
+            "from pathlib import Path\n"
+            "from engine.pool import PoolSettings, TokenPool\n"
+            "from engine.pool.postgres import PostgresPoolStore\n"
+            "from engine.store.postgres_db import Database\n"
+            f"store = PostgresPoolStore(Database.from_url({url!r}))\n"
+            f"pool = TokenPool(PoolSettings(dir=Path('unused'), **{settings!r}), store=store)\n"
+        )
+
+    return Backend("postgres", make, child)
+
+
 _POOL_KWARGS = {"clock", "load_source", "pid", "host", "renew_every", "monotonic"}
 
-#: One factory per backend. A PostgreSQL backend adds ``"postgres": _postgres_backend``.
+#: One factory per backend.
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "file": _file_backend,
     "memory": _memory_backend,
 }
+#: Backends over a database: made from the URL of a fresh, migrated one.
+DB_BACKENDS: dict[str, Callable[[Path, str], Backend]] = {"postgres": _postgres_backend}
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=sorted(BACKENDS) + sorted(DB_BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     made: list[TokenPool] = []
-    factory = BACKENDS[request.param](tmp_path)
+    if request.param in DB_BACKENDS:
+        factory = DB_BACKENDS[request.param](tmp_path, request.getfixturevalue("pg_url"))
+    else:
+        factory = BACKENDS[request.param](tmp_path)
 
     def make(**kw: Any) -> TokenPool:
         pool = factory.make(**kw)

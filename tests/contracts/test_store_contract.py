@@ -531,9 +531,20 @@ def test_without_store_key_the_handoffs_dir_is_the_store(tmp_path: Path) -> None
     ("raw", "message"),
     [
         (
-            {"store": "postgresql://db/orch"},
-            "`store`: `postgresql` is not a known store scheme; use one of `file://` "
-            "(e.g. `store: file://./handoffs`).",
+            {"store": "redis://db/0"},
+            "`store`: `redis` is not a known store scheme; use one of `file://`, "
+            "`postgresql://` (e.g. `store: file://./handoffs`).",
+        ),
+        (
+            {"store": "postgresql://orch:s3cr3t-pw@db:5432/orch"},
+            "`store`: the PostgreSQL URL holds a password; never write it in "
+            "orchestrator.yaml. Put it in an environment variable and name it: "
+            "`postgresql://user@host:5432/db?password_env=ORCH_DB_PASSWORD` (or set PGPASSWORD).",
+        ),
+        (
+            {"store": "postgresql://orch@db:5432"},
+            "`store`: the PostgreSQL URL names no database; write "
+            "`postgresql://user@host:5432/db`.",
         ),
         ({"store": "file://"}, "`store`: `file://` has no directory; write `file://./handoffs`."),
         (
@@ -542,7 +553,7 @@ def test_without_store_key_the_handoffs_dir_is_the_store(tmp_path: Path) -> None
             "(`store: file://h` says the same as `handoffs_dir`).",
         ),
     ],
-    ids=["scheme", "empty", "both"],
+    ids=["scheme", "inline-password", "no-database", "empty", "both"],
 )
 def test_a_bad_store_key_is_one_clear_problem(
     tmp_path: Path, raw: dict[str, Any], message: str
