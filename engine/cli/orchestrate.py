@@ -21,6 +21,7 @@ from engine.cli.common import (
     say,
     server_options,
 )
+from engine.cli.store import store_group
 from engine.states import Confidence, HandoffStatus
 
 
@@ -953,6 +954,9 @@ def serve_cmd(host: str | None, port: int | None, config: str | None) -> int:
     settings = ServeSettings.from_config(cfg, host=host, port=port)
     serve(cfg, settings, on_started=lambda url: click.echo(f"serving on {url}", err=True))
     return 0
+
+
+orchestrate.add_command(store_group)
 
 
 def orchestrate_main() -> None:

@@ -101,16 +101,17 @@ def open_store(cfg: Config) -> RunStore:
     the schema version (``ConfigError`` naming ``orchestrate store migrate`` if behind)."""
     if is_postgres_url(cfg.store):
         assert cfg.store is not None
-        return open_url(cfg.store)
+        return open_url(cfg.store, local=cfg.handoffs_dir)
     return FileRunStore(cfg.handoffs_dir)
 
 
-def open_url(url: str) -> RunStore:
-    """The run store of a ``postgresql://`` URL (``ConfigError`` when it is not usable)."""
+def open_url(url: str, *, local: Path | None = None) -> RunStore:
+    """The run store of a ``postgresql://`` URL (``ConfigError`` when it is not usable);
+    ``local`` is this host's private directory, where local agents write handoff files."""
     from engine.store.postgres import PostgresRunStore
     from engine.store.postgres_db import Database
 
-    return PostgresRunStore(Database.from_url(url))
+    return PostgresRunStore(Database.from_url(url), local=local)
 
 
 def open_signals(store: RunStore, *, backend: str = "auto") -> HandoffSignals:

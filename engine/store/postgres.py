@@ -133,9 +133,15 @@ class PostgresRunStore:
     """The run store as PostgreSQL tables (``store: postgresql://…``)."""
 
     def __init__(
-        self, db: Database, *, host: str | None = None, lease_ttl: float | None = None
+        self,
+        db: Database,
+        *,
+        local: Path | None = None,
+        host: str | None = None,
+        lease_ttl: float | None = None,
     ) -> None:
         self._db = db
+        self.local = Path(local) if local is not None else None
         self.host = host if host is not None else this_host()
         self.lease_ttl = float(lease_ttl if lease_ttl is not None else RUN_LEASE_TTL)
         self._checked = False
@@ -167,10 +173,61 @@ class PostgresRunStore:
         return "sub-delegations" if sub else "delegations"
 
     def handoff_target(self, run_id: str, *, sub: bool) -> Path:
-        """``postgresql:/<db>/<delegations|sub-delegations>/<runId>/handoff`` (agents
-        deliver through the receiver, ``POST /handoffs/<runId>``)."""
+        """Where a local agent writes its handoff file: ``<local>[/sub]/inbox/<runId>.json``
+        in this host's private directory (imported into the database by whoever looks
+        first on this host); without a local directory, a locator (agents then deliver
+        through the receiver, ``POST /handoffs/<runId>``)."""
         check_id(run_id, "run id")
+        if self.local is not None:
+            return self._local_inbox(sub) / f"{run_id}.json"
         return self._base / self._where(sub) / run_id / "handoff"
+
+    def _local_inbox(self, sub: bool) -> Path:
+        assert self.local is not None
+        return (self.local / "sub" if sub else self.local) / "inbox"
+
+    def _import_local(self, run_id: str | None, sub: bool, grace: float = 2.0) -> int:
+        """Move handoff files agents wrote on this host into the database (the bytes
+        kept, the file moved to ``inbox/.imported/``); a file that does not parse yet
+        and is younger than ``grace`` s is left for the next look. Returns how many."""
+        if self.local is None:
+            return 0
+        from engine.handoff import HandoffProblem, read_handoff_bytes
+
+        inbox = self._local_inbox(sub)
+        try:
+            names = sorted(
+                e.name
+                for e in os.scandir(inbox)
+                if e.name[0] != "." and e.name.endswith(".json")
+                and (run_id is None or e.name.split(".", 1)[0] == run_id)
+            )  # fmt: skip
+        except OSError:
+            return 0
+        moved = 0
+        for name in names:
+            rid = name.split(".", 1)[0]
+            if not SAFE_ID.match(rid):
+                continue
+            path = inbox / name
+            try:
+                raw, st = read_handoff_bytes(path, root=self.local)
+            except HandoffProblem:
+                continue
+            try:
+                json.loads(raw)
+            except ValueError:
+                if time.time() - st.st_mtime < grace:
+                    continue
+            done = inbox / ".imported" / f"{name[:-5]}.{os.urandom(4).hex()}.json"
+            done.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(path, done)  # one importer per file, even among processes
+            except OSError:
+                continue
+            self.put_handoff_bytes(rid, raw, sub=sub)
+            moved += 1
+        return moved
 
     def record_locator(self, run_id: str, *, sub: bool) -> Path:
         """``postgresql:/<db>/<delegations|sub-delegations>/<runId>``."""
@@ -263,6 +320,7 @@ class PostgresRunStore:
     ) -> Delivery:
         """The merge rule of ``engine.record.deliver`` over the run's row, locked."""
         check_id(run_id, "run id")
+        self._import_local(run_id, sub, grace)
         conn = self._conn()
         waiting = envelope is not None
         with conn.transaction():
@@ -491,7 +549,8 @@ class PostgresRunStore:
         return self._handoff_locator(int(row[0]))
 
     def has_handoff(self, run_id: str, *, sub: bool) -> bool:
-        """A handoff of ``run_id`` is in the inbox state."""
+        """A handoff of ``run_id`` is in the inbox state (local files imported first)."""
+        self._import_local(run_id, sub)
         row = self._conn().execute(
             "SELECT 1 FROM handoffs WHERE run_id = %s AND sub = %s AND state = 'inbox' LIMIT 1",
             (run_id, sub),
@@ -537,6 +596,7 @@ class PostgresRunStore:
         conn = self._conn()
         found: tuple[Path, dict[str, Any]] | None = None
         for sub in (False, True):
+            self._import_local(run_id, sub)
             row = conn.execute(
                 "SELECT envelope, record FROM delegations WHERE run_id = %s AND sub = %s",
                 (run_id, sub),
@@ -583,6 +643,7 @@ class PostgresRunStore:
 
     def reconcile(self, *, sub: bool) -> list[Path]:
         """Deliver waiting handoffs of pending delegations nobody waits for."""
+        self._import_local(None, sub)
         rows = self._conn().execute(
             "SELECT DISTINCT d.run_id, d.envelope FROM delegations d JOIN handoffs h "
             "ON h.run_id = d.run_id AND h.sub = d.sub AND h.state = 'inbox' "
@@ -774,11 +835,12 @@ class PostgresRunStore:
 
 
 class _PgWaiter:
-    def __init__(self, hub: _Listener, key: str) -> None:
+    def __init__(self, hub: _Listener, key: str, event: threading.Event | None = None) -> None:
         self._hub = hub
         self._key = key
-        self._event = threading.Event()
+        self._event = event if event is not None else threading.Event()
         self._closed = False
+        self.also: Any = None  # the local inbox's file waiter, sharing the event
 
     def wait(self, timeout: float | None) -> bool:
         got = self._event.wait(timeout if timeout is None else max(0.0, timeout))
@@ -792,6 +854,8 @@ class _PgWaiter:
         if not self._closed:
             self._closed = True
             self._hub.drop(self._key, self)
+            if self.also is not None:
+                self.also.close()
 
 
 class _Listener:
@@ -805,8 +869,8 @@ class _Listener:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
-    def add(self, key: str) -> _PgWaiter:
-        waiter = _PgWaiter(self, key)
+    def add(self, key: str, event: threading.Event | None = None) -> _PgWaiter:
+        waiter = _PgWaiter(self, key, event)
         with self._lock:
             self._waiters.setdefault(key, set()).add(waiter)
             self._ensure()
@@ -865,5 +929,13 @@ class PostgresHandoffSignals:
         self._listener = listener
 
     def expect(self, run_id: str, *, sub: bool) -> Waiter:
-        """Register before dispatching: a NOTIFY for ``run_id`` wakes the waiter."""
-        return self._listener.add(_payload(run_id, sub))
+        """Register before dispatching: a NOTIFY for ``run_id`` wakes the waiter, and so
+        does a handoff file written into this host's local inbox (inotify)."""
+        event = threading.Event()
+        waiter = self._listener.add(_payload(run_id, sub), event)
+        if self.store.local is not None:
+            from engine.watch import watcher_for
+
+            target = self.store.handoff_target(run_id, sub=sub)
+            waiter.also = watcher_for(target.parent).expect(target.name, event=event)
+        return waiter

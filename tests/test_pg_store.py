@@ -1,0 +1,215 @@
+"""The PostgreSQL store end to end: schema and its check, the URL's password, a delegation
+and a workflow run over it, local agents' files, and moving history in from a file store.
+
+A real PostgreSQL server (``tests/pg.py``), the real embedded gateway and demo agents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli.orchestrate import orchestrate
+from engine.config import load_config
+from engine.delegate import DelegationRequest, Outcome, open_delegator
+from engine.errors import ConfigError
+from engine.files import new_run_id
+from engine.handoff import key_hash, make_handoff, new_key, write_handoff
+from engine.metrics import compute_metrics
+from engine.store import open_signals, open_store
+from engine.store.postgres import PostgresRunStore
+from engine.store.postgres_db import Database, latest_version, migrate, schema_version
+from engine.store.postgres_transfer import import_files, metrics_of
+from tests.helpers import demo_config, write_config
+from tests.pg import PgServer
+
+
+def _pg_cfg(tmp_path: Path, url: str, **extra: Any) -> Any:
+    raw = demo_config(tmp_path, **extra)
+    raw["store"] = url
+    return load_config(write_config(tmp_path, raw))
+
+
+def test_migrate_applies_the_schema_once_and_then_nothing(pg_server: PgServer) -> None:
+    url = pg_server.create_database("migrate_once")
+    runner = CliRunner()
+    first = runner.invoke(orchestrate, ["store", "migrate", "--to", url])
+    assert first.exit_code == 0, first.output
+    assert f"applied migrations 1; schema version {latest_version()}" in first.output
+    again = runner.invoke(orchestrate, ["store", "migrate", "--to", url])
+    assert again.exit_code == 0
+    assert f"schema version {latest_version()}, nothing to apply" in again.output
+    db = Database.from_url(url)
+    with db.connect() as conn:
+        assert schema_version(conn) == latest_version()
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables "
+                                             "WHERE schemaname = 'public'")}  # fmt: skip
+    assert {"schema_version", "delegations", "handoffs", "runs", "run_events",
+            "step_results", "pool_state"} <= tables  # fmt: skip
+    db.close()
+
+
+def test_a_database_behind_the_engine_is_one_clear_error(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    url = pg_server.create_database("behind")
+    cfg_path = write_config(tmp_path, dict(demo_config(tmp_path), store=url))
+    got = CliRunner().invoke(orchestrate, ["show", "orch-x", "--config", str(cfg_path)])
+    assert got.exit_code == 2
+    assert got.output.strip().splitlines() == [
+        f"error: the PostgreSQL store `{url.replace('postgres@', '***@')}` is at schema "
+        f"version 0 and this engine needs version {latest_version()}: nothing was read or "
+        "written. Apply the migrations first: `orchestrate store migrate` (it changes only "
+        "what is missing, and is safe to run on every host)."
+    ]
+    Database.from_url(url).close()
+
+
+def test_the_password_comes_from_the_named_variable_and_never_shows(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = pg_url + "?password_env=ORCH_TEST_DB_PASSWORD"
+    monkeypatch.delenv("ORCH_TEST_DB_PASSWORD", raising=False)
+    store = open_store_url(url)
+    with pytest.raises(ConfigError, match="`ORCH_TEST_DB_PASSWORD`.*is not set"):
+        store.list_runs()
+    secret = "pw-Zq81-distinctive"
+    monkeypatch.setenv("ORCH_TEST_DB_PASSWORD", secret)
+    assert store.list_runs() == []  # trust authentication: any password is accepted
+    assert secret not in store.location and secret not in repr(store)
+    Database.from_url(url).close()
+
+
+def open_store_url(url: str) -> PostgresRunStore:
+    return PostgresRunStore(Database.from_url(url))
+
+
+def test_a_delegation_runs_over_postgres(pg_url: str, tmp_path: Path) -> None:
+    cfg = _pg_cfg(tmp_path, pg_url)
+    store = open_store(cfg)
+    assert isinstance(store, PostgresRunStore)
+    with open_delegator(cfg) as d:
+        req = DelegationRequest(caller="manager", target="webster", task="Find CTE of Zerodur")
+        result = d.delegate(req)
+    assert result.outcome is Outcome.COMPLETE
+    record = store.read(result.run_id, sub=False)
+    assert record is not None and "demo output from webster" in record["result"]
+    assert record["envelope"]["key_verified"] is True
+    assert store.read_pending(result.run_id, sub=False) is None
+    # the demo agent wrote a file into this host's inbox; it was moved into the database
+    inbox = cfg.handoffs_dir / "inbox"
+    assert not (inbox / f"{result.run_id}.json").exists()
+    assert list((inbox / ".imported").glob(f"{result.run_id}.*.json"))
+    _, found = store.find(result.run_id)
+    assert found == record
+
+
+def test_a_local_agents_file_wakes_the_waiter_and_is_imported(
+    pg_url: str, tmp_path: Path
+) -> None:
+    store = PostgresRunStore(Database.from_url(pg_url), local=tmp_path / "private")
+    signals = open_signals(store)
+    run_id, key = new_run_id(), new_key()
+    env = {"caller": "manager", "target": "webster", "outcome": "dispatched",
+           "key_sha256": key_hash(key), "pid": os.getpid()}  # fmt: skip
+    store.pending(run_id, env, sub=False)
+    waiter = signals.expect(run_id, sub=False)
+    try:
+        target = store.handoff_target(run_id, sub=False)
+        assert target.parent == tmp_path / "private" / "inbox"
+        handoff = make_handoff(run_id=run_id, agent="webster", status="complete",
+                               result="0.05 ppm/K", key=key)  # fmt: skip
+        write_handoff(target, handoff, replace=False)
+        assert waiter.wait(10) is True
+    finally:
+        waiter.close()
+    got = store.deliver(run_id, sub=False, envelope=env)
+    assert got.state == "recorded" and got.record is not None
+    assert got.record["result"] == "0.05 ppm/K"
+    assert not target.exists()
+
+
+def test_a_notify_wakes_a_waiter_in_another_store_object(pg_url: str) -> None:
+    a = PostgresRunStore(Database.from_url(pg_url))
+    b = PostgresRunStore(Database.from_url(pg_url))
+    run_id, key = new_run_id(), new_key()
+    waiter = open_signals(a).expect(run_id, sub=False)
+    try:
+        assert waiter.wait(0) is False
+        b.put_handoff(run_id, make_handoff(run_id=run_id, agent="webster", status="complete",
+                                           result="x", key=key), sub=False)  # fmt: skip
+        assert waiter.wait(10) is True
+    finally:
+        waiter.close()
+
+
+def _file_history(tmp_path: Path) -> Any:
+    """A file store with delegations, a sub-delegation, a refused handoff and a workflow
+    run, made by the real engine (embedded gateway, demo agents)."""
+    from engine.runner import RunOptions, WorkflowRunner, prepare
+
+    cfg = load_config(write_config(tmp_path, demo_config(tmp_path)))
+    with open_delegator(cfg) as d:
+        for task in ("Find CTE of Zerodur", "DEMO_STATUS=failed no luck"):
+            d.delegate(DelegationRequest(caller="manager", target="webster", task=task))
+        parent = d.delegate(DelegationRequest(caller="manager", target="tech-lead", task="p"))
+        d.delegate(DelegationRequest(caller="tech-lead", target="nx-expert", task="child",
+                                     parent_run_id=parent.run_id))  # fmt: skip
+        template = Path(__file__).parent / "workflows" / "run" / "parallel.yaml"
+        prepared = prepare(cfg, str(template), {"topic": "mirrors"})
+        WorkflowRunner(cfg, d).start(prepared, RunOptions())
+    # a forged handoff for a delegation nobody waits for: refused and kept
+    store = open_store(cfg)
+    rid = new_run_id()
+    gone = {"caller": "manager", "target": "webster", "outcome": "dispatched",
+            "key_sha256": key_hash(new_key()), "pid": 2**22 + 7}  # fmt: skip
+    store.pending(rid, gone, sub=False)
+    store.put_handoff(rid, make_handoff(run_id=rid, agent="webster", status="complete",
+                                        result="x", key=new_key()), sub=False)  # fmt: skip
+    store.reconcile(sub=False)
+    return cfg
+
+
+def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
+    doc = json.loads(json.dumps(doc))
+    for key in ("handoffs_dir", "generated_at"):
+        doc.pop(key, None)
+    return doc
+
+
+def test_migrate_from_a_file_store_keeps_every_metric(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    cfg = _file_history(tmp_path)
+    before = compute_metrics(cfg.handoffs_dir)
+    assert before["totals"]["delegations"] >= 4, before["totals"]
+    url = pg_server.create_database("imported")
+    got = CliRunner().invoke(
+        orchestrate,
+        ["store", "migrate", "--to", url, "--from", f"file://{cfg.handoffs_dir}"],
+    )
+    assert got.exit_code == 0, got.output
+    assert "imported from" in got.output
+    store = PostgresRunStore(Database.from_url(url))
+    assert _comparable(metrics_of(store)) == _comparable(before)
+    again = import_files(cfg.handoffs_dir, store)  # a second import copies nothing twice
+    assert again.handoffs == 0
+    assert _comparable(metrics_of(store)) == _comparable(before)
+    sub = [r for r, _ in store.list_pending(sub=True)]
+    assert sub == []
+    Database.from_url(url).close()
+
+
+def test_migrate_needs_a_postgresql_target(tmp_path: Path) -> None:
+    got = CliRunner().invoke(orchestrate, ["store", "migrate", "--to", "file://./h"])
+    assert got.exit_code == 2
+    assert "`orchestrate store migrate` needs a PostgreSQL store" in got.output
+
+
+def test_migrate_is_idempotent_from_python(pg_url: str) -> None:
+    assert migrate(Database.from_url(pg_url)) == []
