@@ -6,7 +6,7 @@ transaction reads the row ``SELECT ... FOR UPDATE`` (every other transaction on 
 on any host, waits for the lock: first come, first served is the queue inside the
 document, as on one host), lets the policy change it, writes it back and sends
 ``NOTIFY orch_pool`` with the pool's name in the same transaction. Waiters sleep on a
-``LISTEN`` connection (one per process and database) instead of inotify.
+``LISTEN`` connection (one per store object) instead of inotify.
 
 Holders on other hosts are alive while they renew their leases (the policy's rule for a
 ``shared`` store): a ``TokenPool`` over this store renews every third of ``lease_ttl``,
@@ -177,9 +177,10 @@ class PostgresPoolStore:
             return self._feed
 
     def close(self) -> None:
-        """Stop listening and close this thread's connection."""
+        """Stop listening and close the calling thread's connection (other stores over
+        the same database share the rest)."""
         with self._feed_lock:
             if self._feed is not None:
                 self._feed.close()
             self._feed = None
-        self._db.close()
+        self._db.close_thread()

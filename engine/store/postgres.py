@@ -116,7 +116,7 @@ class _RunLease:
                 )
             except Exception:  # noqa: BLE001 - a lost connection: try again next beat
                 continue
-        db.close()
+        db.close_thread()
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -830,8 +830,8 @@ class PostgresRunStore:
         return [r[0] for r in rows]
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        self._db.close()
+        """Close the calling thread's connection (others' stay: stores share them)."""
+        self._db.close_thread()
 
 
 class _PgWaiter:

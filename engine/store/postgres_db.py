@@ -157,8 +157,13 @@ class Database:
         return self._local.get(self)
 
     def close(self) -> None:
-        """Close this process's connections (they reopen on next use)."""
+        """Close every connection of this process to the database (they reopen on next
+        use): at shutdown, or when nothing else uses it."""
         self._local.close_all()
+
+    def close_thread(self) -> None:
+        """Close the calling thread's connection (a thread that is done with the store)."""
+        self._local.close_mine()
 
     def track(self, conn: Any) -> None:
         """Close ``conn`` (a listening connection) with the others in ``close``."""
@@ -207,7 +212,16 @@ class _Connections:
 
     def track(self, conn: Any) -> None:
         with self._lock:
-            self._extra.append(conn)
+            self._extra = [c for c in self._extra if not c.closed] + [conn]
+
+    def close_mine(self) -> None:
+        me = threading.current_thread()
+        with self._lock:
+            held = self._by_thread.get(id(me))
+            if held is None or held[0] is not me or self._pid != os.getpid():
+                return
+            del self._by_thread[id(me)]
+        held[1].close()
 
     def close_all(self) -> None:
         with self._lock:
