@@ -307,6 +307,7 @@ RESERVED_AGENT_NAMES = frozenset(
         "show",
         "tree",
         "pool",
+        "store",
         "gateway",
         "agent-skill",
         "agents",
