@@ -130,25 +130,25 @@ class PostgresPoolStore:
         try:
             conn = self._conn()
             with conn.transaction():
+                # One round trip to lock and read (the row is made on first use), one to
+                # write and NOTIFY: the lock is held for as little time as possible.
                 row = conn.execute(
-                    "SELECT state FROM pool_state WHERE name = %s FOR UPDATE", (self._name,)
+                    "WITH ins AS (INSERT INTO pool_state (name, state) VALUES (%s, '') "
+                    "ON CONFLICT (name) DO NOTHING) "
+                    "SELECT state FROM pool_state WHERE name = %s FOR UPDATE",
+                    (self._name, self._name),
                 ).fetchone()
-                if row is None:
-                    conn.execute(
-                        "INSERT INTO pool_state (name, state) VALUES (%s, '') "
-                        "ON CONFLICT (name) DO NOTHING",
-                        (self._name,),
-                    )
+                if row is None:  # created just now by this statement: not visible to it
                     row = conn.execute(
                         "SELECT state FROM pool_state WHERE name = %s FOR UPDATE", (self._name,)
                     ).fetchone()
                 result, out = fn(bytes(row[0]) if row else b"")
                 if out is not None:
                     conn.execute(
-                        "UPDATE pool_state SET state = %s, updated_at = now() WHERE name = %s",
-                        (out, self._name),
+                        "WITH u AS (UPDATE pool_state SET state = %s, updated_at = now() "
+                        "WHERE name = %s) SELECT pg_notify(%s, %s)",
+                        (out, self._name, CHANNEL, self._name),
                     )
-                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._name))
             return result
         except psycopg.Error as exc:
             from engine.redact import redact

