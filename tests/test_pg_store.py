@@ -213,3 +213,37 @@ def test_migrate_needs_a_postgresql_target(tmp_path: Path) -> None:
 
 def test_migrate_is_idempotent_from_python(pg_url: str) -> None:
     assert migrate(Database.from_url(pg_url)) == []
+
+
+def test_show_tree_runs_and_pool_status_read_the_database(pg_url: str, tmp_path: Path) -> None:
+    from engine.cli.workflow import workflow
+    from engine.runner import RunOptions, WorkflowRunner, prepare
+
+    cfg = _pg_cfg(tmp_path, pg_url, pool={"enabled": True, "max_tokens": 2, "adaptive": False})
+    with open_delegator(cfg) as d:
+        parent = d.delegate(DelegationRequest(caller="manager", target="tech-lead", task="p"))
+        child = d.delegate(DelegationRequest(caller="tech-lead", target="nx-expert",
+                                             task="c", parent_run_id=parent.run_id))  # fmt: skip
+        template = Path(__file__).parent / "workflows" / "run" / "parallel.yaml"
+        run = WorkflowRunner(cfg, d).start(
+            prepare(cfg, str(template), {"topic": "lenses"}), RunOptions()
+        )
+    assert run.state.value == "complete"
+    assert not (cfg.handoffs_dir / "workflows").exists()  # nothing of the run on disk
+    config = ["--config", str(cfg.path)]
+    runner = CliRunner()
+    shown = runner.invoke(orchestrate, ["show", child.run_id, "--json", *config])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["envelope"]["parent_run_id"] == parent.run_id
+    tree = runner.invoke(orchestrate, ["tree", parent.run_id, "--json", *config])
+    assert tree.exit_code == 0, tree.output
+    assert [c["run_id"] for c in json.loads(tree.output)["children"]] == [child.run_id]
+    runs = runner.invoke(workflow, ["runs", *config])
+    assert runs.exit_code == 0, runs.output
+    assert run.run_id in runs.output
+    status = runner.invoke(orchestrate, ["pool", "status", "--json", *config])
+    assert status.exit_code == 0, status.output
+    doc = json.loads(status.output)
+    assert doc["in_use"] == [] and "#pool=default" in json.dumps(doc)
+    with Database.from_url(pg_url).connect() as conn:
+        assert conn.execute("SELECT count(*) FROM pool_state").fetchone() == (1,)
