@@ -40,7 +40,7 @@ def test_migrate_applies_the_schema_once_and_then_nothing(pg_server: PgServer) -
     runner = CliRunner()
     first = runner.invoke(orchestrate, ["store", "migrate", "--to", url])
     assert first.exit_code == 0, first.output
-    assert f"applied migrations 1; schema version {latest_version()}" in first.output
+    assert f"applied migrations 1, 2; schema version {latest_version()}" in first.output
     again = runner.invoke(orchestrate, ["store", "migrate", "--to", url])
     assert again.exit_code == 0
     assert f"schema version {latest_version()}, nothing to apply" in again.output
@@ -68,6 +68,28 @@ def test_a_database_behind_the_engine_is_one_clear_error(
         "what is missing, and is safe to run on every host)."
     ]
     Database.from_url(url).close()
+
+
+def test_a_database_one_version_behind_is_brought_up_by_migrate(pg_server: PgServer) -> None:
+    from engine.store.postgres_db import migrations
+
+    url = pg_server.create_database("one_behind")
+    version, name, sql = migrations()[0]
+    db = Database.from_url(url)
+    with db.connect() as conn:  # as an engine of schema version 1 left it
+        conn.execute(sql)
+        conn.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)",
+                     (version, name))  # fmt: skip
+    with pytest.raises(ConfigError, match="is at schema version 1 and this engine needs "
+                       f"version {latest_version()}"):  # fmt: skip
+        PostgresRunStore(db).list_runs()
+    got = CliRunner().invoke(orchestrate, ["store", "migrate", "--to", url])
+    assert got.exit_code == 0, got.output
+    assert f"applied migrations {', '.join(map(str, range(2, latest_version() + 1)))}" in (
+        got.output
+    )
+    assert PostgresRunStore(db).list_runs() == []
+    db.close()
 
 
 def test_the_password_comes_from_the_named_variable_and_never_shows(

@@ -690,6 +690,24 @@ class PostgresRunStore:
                 nodes[parent]["children"].append(node)
         return root
 
+    # -- progress ----------------------------------------------------------------------
+
+    def write_progress(self, run_id: str, line: dict[str, Any], *, sub: bool) -> None:
+        """Upsert the run's row in ``progress``."""
+        check_id(run_id, "run id")
+        self._conn().execute(
+            "INSERT INTO progress (run_id, sub, line) VALUES (%s, %s, %s) "
+            "ON CONFLICT (run_id, sub) DO UPDATE SET line = EXCLUDED.line, updated_at = now()",
+            (run_id, sub, _dumps(line)),
+        )
+
+    def read_progress(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:
+        """The run's latest progress line, or None."""
+        row = self._conn().execute(
+            "SELECT line FROM progress WHERE run_id = %s AND sub = %s", (run_id, sub)
+        ).fetchone()
+        return row[0] if row and isinstance(row[0], dict) else None
+
     # -- workflow runs -----------------------------------------------------------------
 
     def run_locator(self, run_id: str) -> Path:

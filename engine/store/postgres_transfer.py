@@ -1,7 +1,8 @@
 """Moving history between a handoffs directory and a PostgreSQL store, both ways.
 
 ``import_files(root, store)`` copies what a file store holds into the database: final
-records and pending envelopes of delegations and sub-delegations, the handoffs agents
+records, pending envelopes and progress lines of delegations and sub-delegations, the
+handoffs agents
 delivered (byte for byte: those already recorded, those refused, those nobody recorded
 yet), and workflow runs (metadata, journal in order, step results, summary, cancel
 requests). It is what ``orchestrate store migrate --from file://DIR --to postgresql://…``
@@ -31,7 +32,15 @@ from typing import Any
 from engine import record as _rec
 from engine.files import SAFE_ID, write_json_atomic
 from engine.states import HandoffStatus
-from engine.store.file import CANCEL_FILE, EVENTS, RUN_META, RUNS_DIR, SUB_DIR, SUMMARY
+from engine.store.file import (
+    CANCEL_FILE,
+    EVENTS,
+    PROGRESS_DIR,
+    RUN_META,
+    RUNS_DIR,
+    SUB_DIR,
+    SUMMARY,
+)
 from engine.store.postgres import PostgresRunStore
 
 __all__ = ["Transfer", "export_files", "import_files", "metrics_of"]
@@ -119,6 +128,10 @@ def _import_records(
         if SAFE_ID.match(run_id) and isinstance(env, dict):
             store.pending(run_id, env, sub=sub)
             done.pending += 1
+    for entry in _json_files(records / PROGRESS_DIR):
+        line = _rec.read_json(Path(entry.path))
+        if SAFE_ID.match(entry.name[: -len(".json")]) and isinstance(line, dict):
+            store.write_progress(entry.name[: -len(".json")], line, sub=sub)
     for folder, state in ((_rec.INBOX_DIR, "inbox"), (_rec.REJECTED_DIR, "rejected")):
         for entry in _json_files(records / folder):
             m = _INBOX_NAME.match(entry.name)
@@ -201,6 +214,10 @@ def export_files(store: PostgresRunStore, root: Path) -> Transfer:
             "SELECT run_id, n, body, state FROM handoffs WHERE sub = %s ORDER BY run_id, n",
             (sub,),
         ).fetchall()
+        for run_id, line in conn.execute(
+            "SELECT run_id, line FROM progress WHERE sub = %s", (sub,)
+        ).fetchall():
+            write_json_atomic(records / PROGRESS_DIR / f"{run_id}.json", line)
         rejected: dict[str, int] = {}
         for run_id, n, body, state in handoffs:
             if state == "rejected":
