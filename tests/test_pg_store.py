@@ -263,6 +263,10 @@ def test_show_tree_runs_and_pool_status_read_the_database(pg_url: str, tmp_path:
     runs = runner.invoke(workflow, ["runs", *config])
     assert runs.exit_code == 0, runs.output
     assert run.run_id in runs.output
+    st = runner.invoke(workflow, ["status", run.run_id, "--json", *config])
+    assert st.exit_code == 0, st.output
+    got = json.loads(st.output)
+    assert got["status"] == "complete" and got["live"] is False
     status = runner.invoke(orchestrate, ["pool", "status", "--json", *config])
     assert status.exit_code == 0, status.output
     doc = json.loads(status.output)
