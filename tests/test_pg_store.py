@@ -273,3 +273,18 @@ def test_show_tree_runs_and_pool_status_read_the_database(pg_url: str, tmp_path:
     assert doc["in_use"] == [] and "#pool=default" in json.dumps(doc)
     with Database.from_url(pg_url).connect() as conn:
         assert conn.execute("SELECT count(*) FROM pool_state").fetchone() == (1,)
+
+
+def test_the_metrics_command_reads_the_database(pg_url: str, tmp_path: Path) -> None:
+    from engine.cli.metrics import metrics
+
+    cfg = _pg_cfg(tmp_path, pg_url)
+    with open_delegator(cfg) as d:
+        for task in ("one", "DEMO_STATUS=failed two"):
+            d.delegate(DelegationRequest(caller="manager", target="webster", task=task))
+    got = CliRunner().invoke(metrics, ["json", "--config", str(cfg.path)])
+    assert got.exit_code == 0, got.output
+    doc = json.loads(got.output)
+    assert doc["totals"]["delegations"] == 2
+    assert doc["totals"]["by_status"]["complete"] == 1 and doc["totals"]["by_status"]["failed"] == 1
+    assert doc["handoffs_dir"] == pg_url.replace("postgres@", "***@")

@@ -41,7 +41,15 @@ def _metrics(
     from engine.metrics import compute_metrics, parse_since
 
     when = parse_since(since) if since else None
-    directory = Path(handoffs_dir) if handoffs_dir else load(config).handoffs_dir
+    if handoffs_dir:
+        directory = Path(handoffs_dir)
+    else:
+        cfg = load(config)
+        if cfg.store and cfg.store.startswith("postgres"):  # the database, not this host's
+            from engine.store.postgres_transfer import metrics_of
+
+            return metrics_of(cfg, since=when, agent=agent, workflow=workflow_name, caller=caller)
+        directory = cfg.handoffs_dir
     return compute_metrics(
         directory, since=when, agent=agent, workflow=workflow_name, caller=caller
     )

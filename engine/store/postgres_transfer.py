@@ -27,7 +27,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import record as _rec
 from engine.files import SAFE_ID, write_json_atomic
@@ -42,6 +42,9 @@ from engine.store.file import (
     SUMMARY,
 )
 from engine.store.postgres import PostgresRunStore
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 __all__ = ["Transfer", "export_files", "import_files", "metrics_of"]
 
@@ -256,11 +259,21 @@ def export_files(store: PostgresRunStore, root: Path) -> Transfer:
     return done
 
 
-def metrics_of(store: PostgresRunStore, **filters: Any) -> dict[str, Any]:
-    """``engine.metrics.compute_metrics`` over the database (through a temporary export;
-    ``handoffs_dir`` in the document is the store's URL)."""
+def metrics_of(where: PostgresRunStore | Config, **filters: Any) -> dict[str, Any]:
+    """``engine.metrics.compute_metrics`` over the database of a store or of a config's
+    ``store:`` (late handoffs reconciled first, then a temporary export; ``handoffs_dir``
+    in the document is the store's URL)."""
     from engine.metrics import compute_metrics
+    from engine.store import open_store
 
+    if isinstance(where, PostgresRunStore):
+        store = where
+    else:
+        opened = open_store(where)
+        assert isinstance(opened, PostgresRunStore)
+        store = opened
+    store.reconcile(sub=False)
+    store.reconcile(sub=True)
     with tempfile.TemporaryDirectory(prefix="orch-metrics-") as tmp:
         export_files(store, Path(tmp))
         doc = compute_metrics(Path(tmp), reconcile=False, **filters)
