@@ -54,6 +54,52 @@ class _Backoff:
         self._delay = min(self._delay * 1.5, _POLL_MAX)
 
 
+class _Heartbeats:
+    """One thread per pool renews every lease that asked for renewal (``renew_every``),
+    instead of a thread per lease: starting a thread cost about a millisecond of each
+    acquire on a shared store. The thread ends once no lease is left at a beat."""
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._leases: dict[TokenLease, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def _adopt_after_fork(self) -> None:
+        if self._pid != os.getpid():  # the parent's thread and leases are not ours
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._leases = {}
+            self._thread = None
+
+    def add(self, lease: TokenLease, every: float) -> None:
+        self._adopt_after_fork()
+        with self._lock:
+            self._leases[lease] = every
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, args=(every,), name="pool-leases", daemon=True
+                )
+                self._thread.start()
+
+    def drop(self, lease: TokenLease) -> None:
+        self._adopt_after_fork()
+        with self._lock:
+            self._leases.pop(lease, None)
+
+    def _run(self, every: float) -> None:
+        while True:
+            time.sleep(every)
+            with self._lock:
+                leases = list(self._leases)
+                if not leases:
+                    self._thread = None
+                    return
+            for lease in leases:
+                if not lease.renew():
+                    self.drop(lease)
+
+
 class TokenLease:
     """One token held by a delegation; a context manager, ``release()`` is idempotent.
 
@@ -79,13 +125,10 @@ class TokenLease:
         self.reclaimed_reason: str | None = None
         self._released = pool is None
         self._guard = threading.Lock()
-        self._stop: threading.Event | None = None
+        self._beating = False
         if pool is not None and renew_every is not None and renew_every > 0:
-            self._stop = threading.Event()
-            beat = threading.Thread(
-                target=self._heartbeat, args=(renew_every,), name="pool-lease", daemon=True
-            )
-            beat.start()
+            self._beating = True
+            pool._heartbeats.add(self, renew_every)
 
     @property
     def released(self) -> bool:
@@ -113,19 +156,13 @@ class TokenLease:
             if self._released:
                 return
             self._released = True
-        if self._stop is not None:
-            self._stop.set()
         assert self._pool is not None
+        if self._beating:
+            self._pool._heartbeats.drop(self)
         try:
             self.reclaimed_reason = self._pool._release(self.token_id)
         except ConfigError:
             self.reclaimed_reason = "unreleased"
-
-    def _heartbeat(self, every: float) -> None:
-        assert self._stop is not None
-        while not self._stop.wait(every):
-            if not self.renew():
-                return
 
     def __enter__(self) -> TokenLease:
         return self
@@ -160,6 +197,8 @@ class TokenPool:
     ``lease_ttl`` on a shared store, never on a host-local one; None: never).
     A pool object may be shared by threads and survives ``fork``.
     """
+
+    _heartbeats: _Heartbeats
 
     def __init__(
         self,
@@ -199,6 +238,7 @@ class TokenPool:
             renew_every = settings.lease_ttl / 3 if store.shared else None
         self._renew_every = renew_every
         self._starts: dict[int, int | None] = {}
+        self._heartbeats = _Heartbeats()
 
     # -- public API -------------------------------------------------------------------
 
