@@ -60,8 +60,8 @@ class Farm:
         self.keys: dict[str, set[str]] = {}  # run id -> distinct Idempotency-Keys
         self.by_receiver: dict[str, list[str]] = {}
         self.steps: set[str] = set()  # run ids of workflow steps (their tasks say "side")
-        self.down: set[str] = set()  # receivers of hosts about to die: their POSTs refused
         self.delivered: dict[str, int] = {}  # run id -> receiver's HTTP status
+        self.answers: dict[str, str] = {}  # run id -> receiver's answer when not 200
         self.stop_work = threading.Event()
         outer = self
 
@@ -75,11 +75,6 @@ class Farm:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 ok = self.headers.get("Authorization") == f"Bearer {FARM_TOKEN}"
                 block = parse_handoff_block(body.get("message", ""))
-                base = block.get("receiver_url", "").rsplit("/handoffs/", 1)[0]
-                with outer.lock:
-                    if base in outer.down:  # as if its POST never left the dying host
-                        self.close_connection = True
-                        return
                 data = json.dumps({"ok": ok, "runId": "farm"}).encode()
                 self.send_response(200 if ok else 401)
                 self.send_header("Content-Type", "application/json")
@@ -124,6 +119,8 @@ class Farm:
                 continue  # that host is down: the next receiver
             with self.lock:
                 self.delivered[block["run_id"]] = r.status_code
+                if r.status_code != 200:
+                    self.answers[block["run_id"]] = f"{url}: {r.text}"
                 self.lock.notify_all()
             return
 
@@ -227,19 +224,15 @@ def test_three_hosts_share_runs_pool_and_handoffs_and_survive_one_dying(
         return {json.loads(b)["delegation_run_id"] for (b,) in rows}
 
     def h0_has_a_step_in_flight() -> bool:
-        # Every step the agents accepted from h0 is in its journal as dispatched: a crash
-        # between a gateway's acceptance and that journal line is another case (the step
-        # is sent again under its Idempotency-Key with a new handoff key; see
-        # docs/scale-out.md), not the one this test counts.
+        # A step the agents accepted from h0 and have not handed off: its dispatch may or
+        # may not be in h0's journal yet (h0 is killed either way)
         steps = {r for r in farm.by_receiver.get(h0, []) if r in farm.steps}
-        return bool(steps - set(farm.delivered)) and steps <= journaled_dispatches()
+        return bool(steps - set(farm.delivered))
 
-    deadline = time.monotonic() + 60
-    with farm.lock:
-        while not h0_has_a_step_in_flight():
-            assert time.monotonic() < deadline, "h0 never had a step in flight"
-            farm.lock.wait(0.02)  # woken by each dispatch; the journal is looked at too
-        farm.down.add(h0)  # from now on h0's dispatches never reach the agents
+    farm.wait_for(h0_has_a_step_in_flight)
+    dispatch_journaled = bool(
+        {r for r in farm.by_receiver[h0] if r in farm.steps} & journaled_dispatches()
+    )
     workers[0].send_signal(signal.SIGKILL)
     assert workers[0].wait(30) == -signal.SIGKILL
     in_flight_at_kill = [r for r in farm.by_receiver[h0] if r not in farm.delivered]
@@ -254,7 +247,8 @@ def test_three_hosts_share_runs_pool_and_handoffs_and_survive_one_dying(
     # 0 lost: every handoff an agent delivered is in the database (recorded, or kept
     # for a caller that died: a reconcile records it once that caller's lease expires)
     farm.wait_for(lambda: set(farm.keys) <= set(farm.delivered))
-    assert all(status == 200 for status in farm.delivered.values()), farm.delivered
+    refused = {r: st for r, st in farm.delivered.items() if st != 200}
+    assert refused == {}, (refused, farm.answers)
     stored = {r[0] for r in conn.execute("SELECT run_id FROM handoffs")}
     lost = set(farm.delivered) - stored
     assert lost == set()
@@ -298,6 +292,7 @@ def test_three_hosts_share_runs_pool_and_handoffs_and_survive_one_dying(
     report = {
         "delegations_dispatched": len(farm.keys),
         "in_flight_at_kill": len(in_flight_at_kill),
+        "step_dispatch_journaled_at_kill": dispatch_journaled,
         "lost": len(lost),
         "dispatched_twice": len(twice),
         "max_tokens_seen": watch.most,

@@ -288,3 +288,38 @@ def test_the_metrics_command_reads_the_database(pg_url: str, tmp_path: Path) -> 
     assert doc["totals"]["delegations"] == 2
     assert doc["totals"]["by_status"]["complete"] == 1 and doc["totals"]["by_status"]["failed"] == 1
     assert doc["handoffs_dir"] == pg_url.replace("postgres@", "***@")
+
+
+def test_a_delegation_sent_again_accepts_the_key_of_its_first_message(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A sender died after the gateway accepted its message; the delegation was sent again
+    under the same Idempotency-Key with a new key, and the gateway ran the first message
+    only: the agent's handoff carries the first key, and is taken."""
+    import httpx
+
+    from engine.gateway.server import LocalGateway
+
+    cfg = _pg_cfg(tmp_path, pg_url)
+    store = open_store(cfg)
+    run_id, first, second = new_run_id(), new_key(), new_key()
+    env = {"caller": "manager", "target": "webster", "outcome": "dispatched",
+           "pid": 2**22 + 11, "host": "gone-host"}  # fmt: skip
+    store.pending(run_id, dict(env, key_sha256=key_hash(first)), sub=False)
+    store.pending(run_id, dict(env, key_sha256=key_hash(second)), sub=False)
+    pending = store.read_pending(run_id, sub=False)
+    assert pending is not None and pending["earlier_key_sha256"] == [key_hash(first)]
+    forged = make_handoff(run_id=run_id, agent="webster", status="complete", result="no",
+                          key=new_key())  # fmt: skip
+    handoff = make_handoff(run_id=run_id, agent="webster", status="complete", result="0.05",
+                           key=first)  # fmt: skip
+    with LocalGateway(cfg, token="receiver-token", port=0, store=store) as gw:
+        auth = {"Authorization": "Bearer receiver-token"}
+        refused = httpx.post(f"{gw.url}/handoffs/{run_id}", json=forged, headers=auth)
+        assert refused.status_code == 403
+        got = httpx.post(f"{gw.url}/handoffs/{run_id}", json=handoff, headers=auth)
+    assert got.status_code == 200, got.text
+    record = store.read(run_id, sub=False)
+    assert record is not None and record["result"] == "0.05"
+    assert record["envelope"]["key_verified"] is True
+    assert len(record["envelope"]["rejected"]) == 1  # the forged one, kept

@@ -69,6 +69,27 @@ def _payload(run_id: str, sub: bool) -> str:
     return f"{int(sub)}:{run_id}"
 
 
+def _check_keys(
+    handoff: dict[str, Any], env: dict[str, Any], earlier: list[str], path: Path
+) -> bool:
+    """``engine.handoff.check_key`` against the envelope's key, else an earlier one of the
+    same delegation (``earlier_key_sha256``); the first problem is raised when none fits."""
+    from engine.handoff import HandoffProblem, check_key
+
+    policy = str(env.get("handoff_key") or "required")
+    try:
+        return check_key(handoff, expected_hash=env.get("key_sha256"), policy=policy, path=path)
+    except HandoffProblem as exc:
+        if exc.kind != "key":
+            raise
+        for digest in earlier:
+            try:
+                return check_key(handoff, expected_hash=digest, policy=policy, path=path)
+            except HandoffProblem:
+                continue
+        raise
+
+
 class PostgresJournal:
     """The journal of one run: each ``append`` is one committed row (redacted)."""
 
@@ -241,17 +262,38 @@ class PostgresRunStore:
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, _payload(run_id, sub)))
 
     def pending(self, run_id: str, envelope: dict[str, Any], *, sub: bool) -> None:
-        """Upsert the row's envelope (and its waiter's host, pid, renewed_at)."""
+        """Upsert the row's envelope (and its waiter's host, pid, renewed_at).
+
+        An envelope that replaces one with another handoff key (a delegation sent again
+        under the same Idempotency-Key after its first sender died: the gateway may have
+        run the first message, whose key the agent holds) keeps the earlier key's hash in
+        ``earlier_key_sha256``; ``deliver`` and the receiver accept either."""
         check_id(run_id, "run id")
-        self._conn().execute(
-            "INSERT INTO delegations (run_id, sub, envelope, parent_run_id, host, pid, "
-            "renewed_at, outcome) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (run_id, sub) DO UPDATE SET envelope = EXCLUDED.envelope, "
-            "parent_run_id = EXCLUDED.parent_run_id, host = EXCLUDED.host, "
-            "pid = EXCLUDED.pid, renewed_at = EXCLUDED.renewed_at, "
-            "outcome = coalesce(delegations.outcome, EXCLUDED.outcome), updated_at = now()",
-            (run_id, sub, *self._env_cols(envelope)),
-        )
+        conn = self._conn()
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT envelope FROM delegations WHERE run_id = %s AND sub = %s FOR UPDATE",
+                (run_id, sub),
+            ).fetchone()
+            stored = dict(envelope)
+            old = row[0] if row and isinstance(row[0], dict) else None
+            if old is not None and old.get("key_sha256") != envelope.get("key_sha256"):
+                earlier = [h for h in old.get("earlier_key_sha256") or [] if isinstance(h, str)]
+                if isinstance(old.get("key_sha256"), str):
+                    earlier.append(old["key_sha256"])
+                if earlier:
+                    stored["earlier_key_sha256"] = earlier
+            elif old is not None and old.get("earlier_key_sha256"):
+                stored.setdefault("earlier_key_sha256", old["earlier_key_sha256"])
+            conn.execute(
+                "INSERT INTO delegations (run_id, sub, envelope, parent_run_id, host, pid, "
+                "renewed_at, outcome) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (run_id, sub) DO UPDATE SET envelope = EXCLUDED.envelope, "
+                "parent_run_id = EXCLUDED.parent_run_id, host = EXCLUDED.host, "
+                "pid = EXCLUDED.pid, renewed_at = EXCLUDED.renewed_at, "
+                "outcome = coalesce(delegations.outcome, EXCLUDED.outcome), updated_at = now()",
+                (run_id, sub, *self._env_cols(stored)),
+            )
 
     @staticmethod
     def _env_cols(env: dict[str, Any]) -> tuple[Any, ...]:
@@ -348,11 +390,19 @@ class PostgresRunStore:
                 if cur_env is None:
                     return Delivery("unknown")
                 env = cur_env
+            earlier = [
+                h
+                for e in (env, pending)
+                if isinstance(e, dict)
+                for h in e.get("earlier_key_sha256") or []
+                if isinstance(h, str)
+            ]
             results = []
             for hid, body, at in sources:
                 step = self._deliver_one(
-                    conn, run_id, sub, (hid, bytes(body), float(at)), env, current, waiting, grace
-                )
+                    conn, run_id, sub, (hid, bytes(body), float(at)), env, current, waiting,
+                    grace, earlier,
+                )  # fmt: skip
                 results.append(step)
                 if step.state == "recorded":
                     assert step.record is not None
@@ -375,12 +425,12 @@ class PostgresRunStore:
         current: dict[str, Any] | None,
         waiting: bool,
         grace: float,
+        earlier: list[str],
     ) -> Delivery:
         from engine.handoff import (
             FINAL_KINDS,
             MAX_HANDOFF_BYTES,
             HandoffProblem,
-            check_key,
             parse_handoff,
             validate_handoff,
         )
@@ -406,12 +456,7 @@ class PostgresRunStore:
             handoff = validate_handoff(
                 parse_handoff(raw, path=where), path=where, run_id=run_id, agent=env.get("target")
             )
-            verified = check_key(
-                handoff,
-                expected_hash=env.get("key_sha256"),
-                policy=str(env.get("handoff_key") or "required"),
-                path=where,
-            )
+            verified = _check_keys(handoff, env, earlier, where)
         except HandoffProblem as exc:
             fresh = time.time() - received_epoch < grace
             if exc.kind not in FINAL_KINDS and (waiting or fresh):
