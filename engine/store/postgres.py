@@ -15,9 +15,10 @@ database rows in place of files:
   become ``rejected``, a second one ``kept``; locators name them
   (``postgresql:/<db>/handoffs/<id>``);
 * every handoff put and every record written sends ``NOTIFY orch_handoff`` with
-  ``<sub>:<runId>``; ``PostgresHandoffSignals`` wakes the waiters of that run (one
-  ``LISTEN`` connection per process), without polling;
-* a workflow run is executed under a lease: ``claim`` sets ``owner_host``,
+  ``<sub>:<runId>``; ``PostgresHandoffSignals`` (``engine.store.postgres_signals``) wakes
+  the waiters of that run (one ``LISTEN`` connection per process), without polling;
+* workflow runs are ``PostgresRuns`` (``engine.store.postgres_runs``); a run is executed
+  under a lease: ``claim`` sets ``owner_host``,
   ``owner_pid`` and ``lease_until`` (``RUN_LEASE_TTL`` s ahead) and a thread renews it
   every third of that; a holder on this host is alive while its PID is, one on another
   host while its lease has not expired; an expired lease is taken over.
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,11 +40,12 @@ from typing import Any
 
 from engine.errors import RunStateError
 from engine.files import SAFE_ID, check_id, parse_iso, utcnow_iso
-from engine.redact import redact
 from engine.states import HandoffStatus
-from engine.store.liveness import process_alive, this_host, waiter_alive
+from engine.store.liveness import this_host, waiter_alive
 from engine.store.postgres_db import Database, check_schema
-from engine.store.protocol import Delivery, Waiter
+from engine.store.postgres_runs import RUN_LEASE_TTL, PostgresJournal, PostgresRuns
+from engine.store.postgres_signals import CHANNEL, PostgresHandoffSignals, payload
+from engine.store.protocol import Delivery
 
 __all__ = [
     "CHANNEL",
@@ -54,19 +55,11 @@ __all__ = [
     "PostgresRunStore",
 ]
 
-#: The NOTIFY channel of handoffs and records (payload ``<0|1>:<runId>``).
-CHANNEL = "orch_handoff"
-#: Seconds a run's executor lease lasts without renewal (renewed every third of it).
-RUN_LEASE_TTL = float(os.environ.get("ORCH_RUN_LEASE_TTL", "30"))
 _AGENT_STATUSES = tuple(s.value for s in HandoffStatus)
 
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, default=str)
-
-
-def _payload(run_id: str, sub: bool) -> str:
-    return f"{int(sub)}:{run_id}"
 
 
 def _check_keys(
@@ -90,67 +83,7 @@ def _check_keys(
         raise
 
 
-class PostgresJournal:
-    """The journal of one run: each ``append`` is one committed row (redacted)."""
-
-    def __init__(self, store: PostgresRunStore, run_id: str) -> None:
-        self._store = store
-        self._run_id = run_id
-
-    def append(self, kind: str, /, **fields: Any) -> dict[str, Any]:
-        """Insert one event (stamped with ``at``); it is durable when this returns."""
-        event = {"event": kind, "at": utcnow_iso(), **fields}
-        body = redact(_dumps(event))
-        self._store._db.conn().execute(
-            "INSERT INTO run_events (run_id, body) VALUES (%s, %s)", (self._run_id, body)
-        )
-        return event
-
-    def close(self) -> None:
-        """Nothing is held open between appends."""
-
-
-class _RunLease:
-    """Being the one executor of a run: the ``runs`` row's lease, renewed by a thread."""
-
-    def __init__(self, store: PostgresRunStore, run_id: str) -> None:
-        self._store = store
-        self._run_id = run_id
-        self._token = os.urandom(8).hex()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> _RunLease:
-        self._store._take_run(self._run_id, self._token)
-        self._thread = threading.Thread(target=self._renew, name="run-lease", daemon=True)
-        self._thread.start()
-        return self
-
-    def _renew(self) -> None:
-        db = self._store._db
-        while not self._stop.wait(self._store.lease_ttl / 3):
-            try:
-                db.conn().execute(
-                    "UPDATE runs SET lease_until = now() + make_interval(secs => %s) "
-                    "WHERE run_id = %s AND owner_token = %s",
-                    (self._store.lease_ttl, self._run_id, self._token),
-                )
-            except Exception:  # noqa: BLE001 - a lost connection: try again next beat
-                continue
-        db.close_thread()
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        self._store._db.conn().execute(
-            "UPDATE runs SET owner_host = NULL, owner_pid = NULL, owner_token = NULL, "
-            "lease_until = NULL WHERE run_id = %s AND owner_token = %s",
-            (self._run_id, self._token),
-        )
-
-
-class PostgresRunStore:
+class PostgresRunStore(PostgresRuns):
     """The run store as PostgreSQL tables (``store: postgresql://…``)."""
 
     def __init__(
@@ -259,7 +192,7 @@ class PostgresRunStore:
         return self._base / "handoffs" / str(handoff_id)
 
     def _notify(self, conn: Any, run_id: str, sub: bool) -> None:
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, _payload(run_id, sub)))
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(run_id, sub)))
 
     def pending(self, run_id: str, envelope: dict[str, Any], *, sub: bool) -> None:
         """Upsert the row's envelope (and its waiter's host, pid, renewed_at).
@@ -366,7 +299,7 @@ class PostgresRunStore:
         conn = self._conn()
         waiting = envelope is not None
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_payload(run_id, sub),))
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (payload(run_id, sub),))
             row = conn.execute(
                 "SELECT envelope, record FROM delegations WHERE run_id = %s AND sub = %s "
                 "FOR UPDATE",
@@ -753,252 +686,6 @@ class PostgresRunStore:
         ).fetchone()
         return row[0] if row and isinstance(row[0], dict) else None
 
-    # -- workflow runs -----------------------------------------------------------------
-
-    def run_locator(self, run_id: str) -> Path:
-        """``postgresql:/<db>/runs/<run>``."""
-        check_id(run_id, "workflow run id")
-        return self._base / "runs" / run_id
-
-    def run_exists(self, run_id: str) -> bool:
-        """A ``runs`` row exists."""
-        row = self._conn().execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,)).fetchone()
-        return row is not None
-
-    def create_run(self, run_id: str, meta: dict[str, Any]) -> Path:
-        """Insert (or replace the metadata of) the run."""
-        check_id(run_id, "workflow run id")
-        self._conn().execute(
-            "INSERT INTO runs (run_id, meta) VALUES (%s, %s) "
-            "ON CONFLICT (run_id) DO UPDATE SET meta = EXCLUDED.meta",
-            (run_id, _dumps(meta)),
-        )
-        return self.run_locator(run_id)
-
-    def read_run(self, run_id: str) -> Any:
-        """The run's metadata, or None."""
-        row = self._conn().execute("SELECT meta FROM runs WHERE run_id = %s", (run_id,)).fetchone()
-        return row[0] if row else None
-
-    def journal(self, run_id: str) -> PostgresJournal:
-        """Appends go straight to ``run_events``."""
-        self._conn()
-        return PostgresJournal(self, run_id)
-
-    def events(self, run_id: str) -> list[tuple[int, Any]]:
-        """The run's events in order, numbered from 1."""
-        rows = self._conn().execute(
-            "SELECT body FROM run_events WHERE run_id = %s ORDER BY id", (run_id,)
-        ).fetchall()
-        out: list[tuple[int, Any]] = []
-        for n, (body,) in enumerate(rows, 1):
-            try:
-                out.append((n, json.loads(body)))
-            except (ValueError, RecursionError):
-                continue
-        return out
-
-    def write_step(self, run_id: str, step_id: str, data: dict[str, Any]) -> None:
-        """Upsert the step's result."""
-        check_id(step_id, "step id")
-        self._conn().execute(
-            "INSERT INTO step_results (run_id, step_id, data) VALUES (%s, %s, %s) "
-            "ON CONFLICT (run_id, step_id) DO UPDATE SET data = EXCLUDED.data",
-            (run_id, step_id, _dumps(data)),
-        )
-
-    def read_step(self, run_id: str, step_id: str) -> Any:
-        """The step's result, or None."""
-        if not isinstance(step_id, str) or not SAFE_ID.match(step_id):
-            return None
-        row = self._conn().execute(
-            "SELECT data FROM step_results WHERE run_id = %s AND step_id = %s", (run_id, step_id)
-        ).fetchone()
-        return row[0] if row else None
-
-    def write_summary(self, run_id: str, summary: dict[str, Any]) -> None:
-        """Set the run's summary."""
-        self._conn().execute(
-            "UPDATE runs SET summary = %s WHERE run_id = %s", (_dumps(summary), run_id)
-        )
-
-    def read_summary(self, run_id: str) -> dict[str, Any] | None:
-        """The run's summary, or None."""
-        row = self._conn().execute(
-            "SELECT summary FROM runs WHERE run_id = %s", (run_id,)
-        ).fetchone()
-        return row[0] if row and isinstance(row[0], dict) else None
-
-    def _holder_alive(self, host: str | None, pid: int | None, until: float | None) -> bool:
-        if host is None:
-            return False
-        if host == self.host:
-            return pid is not None and process_alive(pid)
-        return until is not None and until > 0
-
-    def _take_run(self, run_id: str, token: str) -> None:
-        conn = self._conn()
-        with conn.transaction():
-            row = conn.execute(
-                "SELECT owner_host, owner_pid, extract(epoch FROM lease_until - now()) "
-                "FROM runs WHERE run_id = %s FOR UPDATE",
-                (run_id,),
-            ).fetchone()
-            if row is None:
-                raise RunStateError(f"no workflow run `{run_id}` in `{self.location}`.")
-            host, pid, left = row
-            if self._holder_alive(host, pid, None if left is None else float(left)):
-                raise RunStateError(
-                    f"run `{run_id}` is being executed right now (pid {pid} on host "
-                    f"`{host}`); wait for it, or `workflow cancel` it."
-                )
-            conn.execute(
-                "UPDATE runs SET owner_host = %s, owner_pid = %s, owner_token = %s, "
-                "lease_until = now() + make_interval(secs => %s) WHERE run_id = %s",
-                (self.host, os.getpid(), token, self.lease_ttl, run_id),
-            )
-
-    def claim(self, run_id: str) -> _RunLease:
-        """The run's lease (taken on enter, renewed by a thread, given up on exit)."""
-        return _RunLease(self, run_id)
-
-    def claimed(self, run_id: str) -> bool:
-        """A live executor holds the run's lease."""
-        row = self._conn().execute(
-            "SELECT owner_host, owner_pid, extract(epoch FROM lease_until - now()) "
-            "FROM runs WHERE run_id = %s",
-            (run_id,),
-        ).fetchone()
-        if row is None:
-            return False
-        host, pid, left = row
-        return self._holder_alive(host, pid, None if left is None else float(left))
-
-    def request_cancel(self, run_id: str) -> None:
-        """Stamp the run's cancel request."""
-        self._conn().execute(
-            "UPDATE runs SET cancel_requested_at = now() WHERE run_id = %s", (run_id,)
-        )
-
-    def cancel_requested(self, run_id: str) -> bool:
-        """A cancel was requested."""
-        row = self._conn().execute(
-            "SELECT cancel_requested_at IS NOT NULL FROM runs WHERE run_id = %s", (run_id,)
-        ).fetchone()
-        return bool(row and row[0])
-
-    def list_runs(self) -> list[str]:
-        """Every run id, sorted."""
-        rows = self._conn().execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()
-        return [r[0] for r in rows]
-
     def close(self) -> None:
         """Close the calling thread's connection (others' stay: stores share them)."""
         self._db.close_thread()
-
-
-class _PgWaiter:
-    def __init__(self, hub: _Listener, key: str, event: threading.Event | None = None) -> None:
-        self._hub = hub
-        self._key = key
-        self._event = event if event is not None else threading.Event()
-        self._closed = False
-        self.also: Any = None  # the local inbox's file waiter, sharing the event
-
-    def wait(self, timeout: float | None) -> bool:
-        got = self._event.wait(timeout if timeout is None else max(0.0, timeout))
-        self._event.clear()
-        return got
-
-    def wake(self) -> None:
-        self._event.set()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._hub.drop(self._key, self)
-            if self.also is not None:
-                self.also.close()
-
-
-class _Listener:
-    """One ``LISTEN`` connection per process and database; wakes waiters by run."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        self._lock = threading.Lock()
-        self._waiters: dict[str, set[_PgWaiter]] = {}
-        self._conn: Any = None
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    def add(self, key: str, event: threading.Event | None = None) -> _PgWaiter:
-        waiter = _PgWaiter(self, key, event)
-        with self._lock:
-            self._waiters.setdefault(key, set()).add(waiter)
-            self._ensure()
-        return waiter
-
-    def drop(self, key: str, waiter: _PgWaiter) -> None:
-        with self._lock:
-            group = self._waiters.get(key)
-            if group is not None:
-                group.discard(waiter)
-                if not group:
-                    del self._waiters[key]
-
-    def _ensure(self) -> None:
-        """Listening before ``add`` returns: nothing NOTIFYed after it is missed."""
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-            return
-        conn = self._db.connect()
-        self._db.track(conn)
-        conn.execute(f"LISTEN {CHANNEL}")
-        self._conn, self._pid = conn, os.getpid()
-        self._thread = threading.Thread(target=self._loop, args=(conn,), daemon=True,
-                                        name="pg-listen")  # fmt: skip
-        self._thread.start()
-
-    def _loop(self, conn: Any) -> None:
-        try:
-            while True:
-                for note in conn.notifies(timeout=1.0):
-                    with self._lock:
-                        group = list(self._waiters.get(note.payload, ()))
-                    for waiter in group:
-                        waiter.wake()
-        except Exception:  # noqa: BLE001 - connection lost: wake everyone, they look
-            with self._lock:
-                everyone = [w for g in self._waiters.values() for w in g]
-                self._thread = None
-            for waiter in everyone:
-                waiter.wake()
-
-
-_listeners: dict[str, _Listener] = {}
-_listeners_lock = threading.Lock()
-
-
-class PostgresHandoffSignals:
-    """Wakes a delegation when its run's handoff or record is written (``NOTIFY``)."""
-
-    def __init__(self, store: PostgresRunStore) -> None:
-        self.store = store
-        with _listeners_lock:
-            key = f"{os.getpid()}:{store.db.display}"
-            listener = _listeners.get(key)
-            if listener is None:
-                listener = _listeners[key] = _Listener(store.db)
-        self._listener = listener
-
-    def expect(self, run_id: str, *, sub: bool) -> Waiter:
-        """Register before dispatching: a NOTIFY for ``run_id`` wakes the waiter, and so
-        does a handoff file written into this host's local inbox (inotify)."""
-        event = threading.Event()
-        waiter = self._listener.add(_payload(run_id, sub), event)
-        if self.store.local is not None:
-            from engine.watch import watcher_for
-
-            target = self.store.handoff_target(run_id, sub=sub)
-            waiter.also = watcher_for(target.parent).expect(target.name, event=event)
-        return waiter

@@ -1,0 +1,252 @@
+"""Workflow runs on a PostgreSQL store: metadata, journal, step results, summaries, leases.
+
+``PostgresRuns`` holds the workflow-run half of ``PostgresRunStore`` (tables ``runs``,
+``run_events``, ``step_results``). A run is executed under a lease: ``claim`` sets
+``owner_host``, ``owner_pid`` and ``lease_until`` (``RUN_LEASE_TTL`` s ahead, the
+environment's ``ORCH_RUN_LEASE_TTL`` if set) and a thread renews it every third of that; a
+holder on this host is alive while its PID is, one on another host while its lease has
+not expired; an expired lease is taken over (``workflow resume`` on another host).
+
+Example::
+
+    with store.claim(run_id):            # RunStateError if a live executor has it
+        store.journal(run_id).append("run_started", run_id=run_id)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from engine.errors import RunStateError
+from engine.files import SAFE_ID, check_id, utcnow_iso
+from engine.redact import redact
+from engine.store.liveness import process_alive
+from engine.store.postgres_db import Database
+
+__all__ = ["RUN_LEASE_TTL", "PostgresJournal", "PostgresRuns"]
+
+#: Seconds a run's executor lease lasts without renewal (renewed every third of it).
+RUN_LEASE_TTL = float(os.environ.get("ORCH_RUN_LEASE_TTL", "30"))
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, default=str)
+
+
+class PostgresJournal:
+    """The journal of one run: each ``append`` is one committed row (redacted)."""
+
+    def __init__(self, store: PostgresRuns, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+
+    def append(self, kind: str, /, **fields: Any) -> dict[str, Any]:
+        """Insert one event (stamped with ``at``); it is durable when this returns."""
+        event = {"event": kind, "at": utcnow_iso(), **fields}
+        body = redact(_dumps(event))
+        self._store._db.conn().execute(
+            "INSERT INTO run_events (run_id, body) VALUES (%s, %s)", (self._run_id, body)
+        )
+        return event
+
+    def close(self) -> None:
+        """Nothing is held open between appends."""
+
+
+class _RunLease:
+    """Being the one executor of a run: the ``runs`` row's lease, renewed by a thread."""
+
+    def __init__(self, store: PostgresRuns, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._token = os.urandom(8).hex()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _RunLease:
+        self._store._take_run(self._run_id, self._token)
+        self._thread = threading.Thread(target=self._renew, name="run-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew(self) -> None:
+        db = self._store._db
+        while not self._stop.wait(self._store.lease_ttl / 3):
+            try:
+                db.conn().execute(
+                    "UPDATE runs SET lease_until = now() + make_interval(secs => %s) "
+                    "WHERE run_id = %s AND owner_token = %s",
+                    (self._store.lease_ttl, self._run_id, self._token),
+                )
+            except Exception:  # noqa: BLE001 - a lost connection: try again next beat
+                continue
+        db.close_thread()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._store._db.conn().execute(
+            "UPDATE runs SET owner_host = NULL, owner_pid = NULL, owner_token = NULL, "
+            "lease_until = NULL WHERE run_id = %s AND owner_token = %s",
+            (self._run_id, self._token),
+        )
+
+
+class PostgresRuns:
+    """The workflow-run operations of ``PostgresRunStore`` (see the module docstring)."""
+
+    _db: Database
+    _base: Path
+    host: str
+    lease_ttl: float
+
+    @property
+    def location(self) -> str:
+        """The store's URL (no password)."""
+        return self._db.display
+
+    def _conn(self) -> Any:
+        """This thread's connection, the schema checked (``PostgresRunStore``)."""
+        raise NotImplementedError
+
+    def run_locator(self, run_id: str) -> Path:
+        """``postgresql:/<db>/runs/<run>``."""
+        check_id(run_id, "workflow run id")
+        return self._base / "runs" / run_id
+
+    def run_exists(self, run_id: str) -> bool:
+        """A ``runs`` row exists."""
+        row = self._conn().execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+        return row is not None
+
+    def create_run(self, run_id: str, meta: dict[str, Any]) -> Path:
+        """Insert (or replace the metadata of) the run."""
+        check_id(run_id, "workflow run id")
+        self._conn().execute(
+            "INSERT INTO runs (run_id, meta) VALUES (%s, %s) "
+            "ON CONFLICT (run_id) DO UPDATE SET meta = EXCLUDED.meta",
+            (run_id, _dumps(meta)),
+        )
+        return self.run_locator(run_id)
+
+    def read_run(self, run_id: str) -> Any:
+        """The run's metadata, or None."""
+        row = self._conn().execute("SELECT meta FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def journal(self, run_id: str) -> PostgresJournal:
+        """Appends go straight to ``run_events``."""
+        self._conn()
+        return PostgresJournal(self, run_id)
+
+    def events(self, run_id: str) -> list[tuple[int, Any]]:
+        """The run's events in order, numbered from 1."""
+        rows = self._conn().execute(
+            "SELECT body FROM run_events WHERE run_id = %s ORDER BY id", (run_id,)
+        ).fetchall()
+        out: list[tuple[int, Any]] = []
+        for n, (body,) in enumerate(rows, 1):
+            try:
+                out.append((n, json.loads(body)))
+            except (ValueError, RecursionError):
+                continue
+        return out
+
+    def write_step(self, run_id: str, step_id: str, data: dict[str, Any]) -> None:
+        """Upsert the step's result."""
+        check_id(step_id, "step id")
+        self._conn().execute(
+            "INSERT INTO step_results (run_id, step_id, data) VALUES (%s, %s, %s) "
+            "ON CONFLICT (run_id, step_id) DO UPDATE SET data = EXCLUDED.data",
+            (run_id, step_id, _dumps(data)),
+        )
+
+    def read_step(self, run_id: str, step_id: str) -> Any:
+        """The step's result, or None."""
+        if not isinstance(step_id, str) or not SAFE_ID.match(step_id):
+            return None
+        row = self._conn().execute(
+            "SELECT data FROM step_results WHERE run_id = %s AND step_id = %s", (run_id, step_id)
+        ).fetchone()
+        return row[0] if row else None
+
+    def write_summary(self, run_id: str, summary: dict[str, Any]) -> None:
+        """Set the run's summary."""
+        self._conn().execute(
+            "UPDATE runs SET summary = %s WHERE run_id = %s", (_dumps(summary), run_id)
+        )
+
+    def read_summary(self, run_id: str) -> dict[str, Any] | None:
+        """The run's summary, or None."""
+        row = self._conn().execute(
+            "SELECT summary FROM runs WHERE run_id = %s", (run_id,)
+        ).fetchone()
+        return row[0] if row and isinstance(row[0], dict) else None
+
+    def _holder_alive(self, host: str | None, pid: int | None, until: float | None) -> bool:
+        if host is None:
+            return False
+        if host == self.host:
+            return pid is not None and process_alive(pid)
+        return until is not None and until > 0
+
+    def _take_run(self, run_id: str, token: str) -> None:
+        conn = self._conn()
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT owner_host, owner_pid, extract(epoch FROM lease_until - now()) "
+                "FROM runs WHERE run_id = %s FOR UPDATE",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                raise RunStateError(f"no workflow run `{run_id}` in `{self.location}`.")
+            host, pid, left = row
+            if self._holder_alive(host, pid, None if left is None else float(left)):
+                raise RunStateError(
+                    f"run `{run_id}` is being executed right now (pid {pid} on host "
+                    f"`{host}`); wait for it, or `workflow cancel` it."
+                )
+            conn.execute(
+                "UPDATE runs SET owner_host = %s, owner_pid = %s, owner_token = %s, "
+                "lease_until = now() + make_interval(secs => %s) WHERE run_id = %s",
+                (self.host, os.getpid(), token, self.lease_ttl, run_id),
+            )
+
+    def claim(self, run_id: str) -> _RunLease:
+        """The run's lease (taken on enter, renewed by a thread, given up on exit)."""
+        return _RunLease(self, run_id)
+
+    def claimed(self, run_id: str) -> bool:
+        """A live executor holds the run's lease."""
+        row = self._conn().execute(
+            "SELECT owner_host, owner_pid, extract(epoch FROM lease_until - now()) "
+            "FROM runs WHERE run_id = %s",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            return False
+        host, pid, left = row
+        return self._holder_alive(host, pid, None if left is None else float(left))
+
+    def request_cancel(self, run_id: str) -> None:
+        """Stamp the run's cancel request."""
+        self._conn().execute(
+            "UPDATE runs SET cancel_requested_at = now() WHERE run_id = %s", (run_id,)
+        )
+
+    def cancel_requested(self, run_id: str) -> bool:
+        """A cancel was requested."""
+        row = self._conn().execute(
+            "SELECT cancel_requested_at IS NOT NULL FROM runs WHERE run_id = %s", (run_id,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def list_runs(self) -> list[str]:
+        """Every run id, sorted."""
+        rows = self._conn().execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()
+        return [r[0] for r in rows]
