@@ -10,7 +10,12 @@ parallel groups in order) or raises one WorkflowError listing every problem foun
     print(dry_run_text(plan, renderer))  # engine.planview draws it
 
 The dry run, and the planner's trial render, give every upstream step the placeholder
-result ``<result of ID>`` with status ``complete`` and confidence ``high``.
+result ``<result of ID>`` with status ``complete`` and confidence ``high``; ``finally``
+steps and outputs see ``run.status`` ``complete``.
+
+``finally`` steps (``StepSpec.always``) come after every other step: the graph has an
+edge from each step of ``steps`` that nothing in ``steps`` depends on to each of them
+(``finally_edges``), so every step is upstream of them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import AclDeniedError, WorkflowError, did_you_mean
 from engine.renderer import TaskRenderer
+from engine.states import RunState, StepState
 from engine.workflow import StepSpec, WorkflowSpec
 
 if TYPE_CHECKING:
@@ -40,7 +46,24 @@ def placeholder_result(step_id: str) -> dict[str, Any]:
         "confidence": "high",
         "artifacts": [],
         "notes": "",
+        "reason": "",
     }
+
+
+#: The statuses a step can have once it has ended: what a ``when`` can compare
+#: ``steps.<id>.status`` with (engine.states.StepState).
+ENDED_STATUSES = tuple(s.value for s in StepState if s.final)
+#: What ``finally`` steps and outputs can compare ``run.status`` with.
+RUN_END_STATUSES = (RunState.COMPLETE.value, RunState.FAILED.value)
+
+
+def finally_edges(steps: list[StepSpec]) -> list[tuple[str, str]]:
+    """Edges into the ``finally`` steps: from each step of ``steps`` that no other step
+    of ``steps`` depends on, to each ``finally`` step (template order both ways)."""
+    main = [s for s in steps if not s.always]
+    needed = {d for s in main for d in s.depends_on}
+    sinks = [s.id for s in main if s.id not in needed]
+    return [(a, f.id) for f in steps if f.always for a in sinks]
 
 
 @dataclass(frozen=True)
@@ -167,11 +190,12 @@ def plan_workflow(
     who = caller or spec.caller
     known = _known_caller(who, registry, problems)
     planned = {
-        step.id: _plan_step(step, first, registry, acl, known, validator, problems)
+        step.id: _plan_step(step, graph, registry, acl, known, validator, problems)
         for step in first.values()
     }
     resolved = _resolve_inputs(spec, inputs, problems)
     problems.extend(renderer.problems)
+    _status_problems(renderer, first, problems)
     skip = _step_reference_problems(spec, renderer, first, upstream, problems)
     skip_outputs = _output_reference_problems(spec, renderer, first, problems)
     trial_inputs = {n: resolved.get(n, f"<input {n}>") for n in spec.inputs}
@@ -215,10 +239,17 @@ def _step_graph(first: dict[str, StepSpec], problems: list[str]) -> nx.DiGraph:
     ids = list(first)
     graph = nx.DiGraph()
     graph.add_nodes_from(ids)
+    graph.add_edges_from(finally_edges(list(first.values())))
     for step in first.values():
         seen: set[str] = set()
         for dep in step.depends_on:
-            if dep == step.id:
+            if dep in first and first[dep].always and not step.always:
+                problems.append(
+                    f"step `{step.id}` depends on `{dep}`, a `finally` step; `finally` steps "
+                    "run after every step of `steps`, so no step of `steps` can depend on "
+                    "one. Move the step to `finally`, or drop the dependency."
+                )
+            elif dep == step.id:
                 problems.append(f"step `{step.id}` depends on itself; remove it from `depends_on`.")
             elif dep in seen:
                 problems.append(f"step `{step.id}` lists `{dep}` twice in `depends_on`.")
@@ -252,7 +283,7 @@ def _known_caller(who: str | None, registry: Registry, problems: list[str]) -> s
 
 def _plan_step(
     step: StepSpec,
-    first: dict[str, StepSpec],
+    graph: nx.DiGraph,
     registry: Registry,
     acl: Acl,
     caller: str | None,
@@ -266,7 +297,15 @@ def _plan_step(
         id=step.id,
         agent=agent,
         candidates=candidates,
-        depends_on=tuple(dict.fromkeys(d for d in step.depends_on if d in first)),
+        # What the graph says: for a `finally` step, the steps nothing depended on too.
+        depends_on=tuple(
+            dict.fromkeys(
+                [
+                    *(d for d in step.depends_on if graph.has_edge(d, step.id)),
+                    *graph.predecessors(step.id),
+                ]
+            )
+        ),
         validator=_validator(step, agent, registry, acl, caller, validator, problems),
         spec=step,
     )
@@ -294,6 +333,36 @@ def _step_reference_problems(
                     problems.append(_input_ref_problem(f"step `{step.id}`", field_name, name, spec))
                     skip.add(step.id)
     return skip
+
+
+def _status_problems(
+    renderer: TaskRenderer, first: dict[str, StepSpec], problems: list[str]
+) -> None:
+    """A ``when`` comparing a status with a string no status can be is a problem."""
+    for step in first.values():
+        if renderer.is_broken(step.id, "when"):
+            continue
+        for subject, literal in renderer.status_tests(step.id).compared:
+            known: tuple[str, ...]
+            if subject == "run":
+                known, what = RUN_END_STATUSES, "`run.status`"
+                if not step.always:
+                    problems.append(
+                        f"step `{step.id}`: `when` tests `run.status`, which is `running` "
+                        "for every step of `steps`; only `finally` steps and outputs see "
+                        "how the run ended. Move the step to `finally`."
+                    )
+                    continue
+            elif subject not in first or subject == step.id:
+                continue  # the reference itself is the problem, reported with the others
+            else:
+                known, what = ENDED_STATUSES, f"`steps.{subject}.status`"
+            if literal not in known:
+                problems.append(
+                    f"step `{step.id}`: `when` compares {what} with `'{literal}'`, which it "
+                    f"never is{did_you_mean(literal, known) or '.'} It is one of: "
+                    f"{', '.join(known)}."
+                )
 
 
 def _output_reference_problems(
@@ -329,11 +398,12 @@ def _trial_render(
     for step in first.values():
         if step.id in skip or renderer.is_broken(step.id):
             continue
-        ctx = _context(spec, trial_inputs, _trial_steps(step.id, renderer, upstream, placeholders))
+        steps = _trial_steps(step.id, renderer, upstream, placeholders)
+        ctx = _context(spec, trial_inputs, steps, ended=step.always)
         problems.extend(_trial_problems(step, renderer, ctx))
     if not spec.outputs:
         return
-    ctx = _context(spec, trial_inputs, {s: placeholders[s] for s in first})
+    ctx = _context(spec, trial_inputs, {s: placeholders[s] for s in first}, ended=True)
     for out_name in spec.outputs:
         if out_name in skip_outputs or out_name not in renderer.output_references():
             continue
@@ -547,12 +617,18 @@ def _trial_steps(
 
 
 def _context(
-    spec: WorkflowSpec, inputs: dict[str, str], steps: dict[str, dict[str, Any]]
+    spec: WorkflowSpec,
+    inputs: dict[str, str],
+    steps: dict[str, dict[str, Any]],
+    *,
+    ended: bool = False,
 ) -> dict[str, Any]:
+    """The trial context; ``ended`` (finally steps, outputs): ``run.status`` is complete."""
+    status = RunState.COMPLETE.value if ended else RunState.RUNNING.value
     return {
         "inputs": inputs,
         "steps": steps,
-        "run": {"id": PLACEHOLDER_RUN_ID, "workflow": spec.name},
+        "run": {"id": PLACEHOLDER_RUN_ID, "workflow": spec.name, "status": status},
     }
 
 
@@ -582,7 +658,8 @@ def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, An
     placeholders = _Placeholders()
     out: dict[str, dict[str, Any]] = {}
     for sid, planned in plan.steps.items():
-        ctx = _context(spec, plan.inputs, _trial_steps(sid, renderer, upstream, placeholders))
+        steps = _trial_steps(sid, renderer, upstream, placeholders)
+        ctx = _context(spec, plan.inputs, steps, ended=planned.spec.always)
         entry: dict[str, Any] = {"task": renderer.render_task(sid, ctx)}
         if planned.spec.gate is not None:
             entry["gate_prompt"] = renderer.render_gate_prompt(sid, ctx)
@@ -593,4 +670,4 @@ def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, An
 def rendered_outputs(plan: Plan, renderer: TaskRenderer) -> dict[str, str]:
     """The workflow's outputs rendered with every step's placeholder result."""
     all_steps = {sid: placeholder_result(sid) for sid in plan.steps}
-    return renderer.render_outputs(_context(plan.workflow, plan.inputs, all_steps))
+    return renderer.render_outputs(_context(plan.workflow, plan.inputs, all_steps, ended=True))

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.dag import PLACEHOLDER_RUN_ID, Plan, rendered_outputs, rendered_steps
+from engine.dag import PLACEHOLDER_RUN_ID, Plan, finally_edges, rendered_outputs, rendered_steps
 from engine.errors import UsageError, did_you_mean
 
 if TYPE_CHECKING:
@@ -43,6 +43,10 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
                     "candidates": list(p.candidates),
                     "depends_on": list(p.depends_on),
                     "when": s.when,
+                    # Upstream steps whose status the `when` tests: it decides when they
+                    # end badly, instead of being skipped.
+                    "decides_on": sorted(renderer.status_tests(sid).steps),
+                    "finally": s.always,
                     "gate": (
                         {"prompt": rendered[sid]["gate_prompt"], "when": s.gate.when}
                         if s.gate is not None
@@ -129,8 +133,15 @@ def _step_lines(s: dict[str, Any]) -> list[str]:
     lines = [f"  - {s['id']}: {target}"]
     if s["depends_on"]:
         lines.append(f"      after: {', '.join(s['depends_on'])}")
+    if s["finally"]:
+        lines.append("      finally: runs once every other step has ended, whatever happened")
     if s["when"]:
         lines.append(f"      when: {s['when']}")
+    if s["decides_on"]:
+        lines.append(
+            f"      runs even when {', '.join(s['decides_on'])} ended badly (its `when` "
+            "tests their status)"
+        )
     gate = s["gate"]
     if gate:
         cond = f" (only when {gate['when']})" if gate["when"] else ""
@@ -178,6 +189,7 @@ class _Node:
     lines: tuple[str, ...]
     gate: bool
     conditional: bool
+    always: bool = False
 
 
 def _graph_parts(
@@ -199,14 +211,18 @@ def _graph_parts(
         steps = seen.values()
         agents = {s.id: s.agent if s.agent else f"capability {s.capability}" for s in seen.values()}
         edges = [(d, s.id) for s in seen.values() for d in dict.fromkeys(s.depends_on) if d in seen]
+        implicit = [e for e in finally_edges(list(seen.values())) if e not in edges]
+        edges = [*implicit, *edges]
     nodes = []
     for s in steps:
         lines = [s.id, agents[s.id]]
+        if s.always:
+            lines.append("finally")
         if s.when:
             lines.append(f"when {s.when}")
         if s.gate is not None:
             lines.append(f"gate when {s.gate.when}" if s.gate.when else "gate")
-        nodes.append(_Node(s.id, tuple(lines), s.gate is not None, s.when is not None))
+        nodes.append(_Node(s.id, tuple(lines), s.gate is not None, s.when is not None, s.always))
     return nodes, edges, spec.name
 
 
@@ -230,12 +246,17 @@ def _mermaid(nodes: list[_Node], edges: list[tuple[str, str]]) -> str:
         out.append(f"    {key[a]} {arrow} {key[b]}")
     out.append("    classDef gate fill:#fff3cd,stroke:#b58900,stroke-width:2px")
     out.append("    classDef conditional stroke-dasharray: 5 5")
+    finals = [key[n.id] for n in nodes if n.always]
+    if finals:
+        out.append("    classDef finally fill:#e8eaf6,stroke:#3949ab")
     gates = [key[n.id] for n in nodes if n.gate]
     conds = [key[n.id] for n in nodes if n.conditional]
     if gates:
         out.append(f"    class {','.join(gates)} gate")
     if conds:
         out.append(f"    class {','.join(conds)} conditional")
+    if finals:
+        out.append(f"    class {','.join(finals)} finally")
     return "\n".join(out) + "\n"
 
 
@@ -254,6 +275,8 @@ def _dot(name: str, nodes: list[_Node], edges: list[tuple[str, str]]) -> str:
             styles.append("filled")
         if n.conditional:
             styles.append("dashed")
+        if n.always:
+            styles.append("rounded")
         if styles:
             attrs.append(f'style="{",".join(styles)}"')
         out.append(f'    "{_dot_text(n.id)}" [{", ".join(attrs)}];')

@@ -28,31 +28,99 @@ _DICT_ATTRS = frozenset(dir(dict))
 
 
 def step_context(handoff: Mapping[str, Any]) -> dict[str, Any]:
-    """What templates see of one finished step: its handoff's five public fields."""
+    """What templates see of one finished step: its handoff's five public fields.
+
+    Plus ``reason``: why a step that did not end well ended so (its error or skip
+    reason; ``""`` otherwise), taken from the mapping's own ``reason`` key.
+    """
     return {
         "result": handoff.get("result", ""),
         "status": handoff.get("status", ""),
         "confidence": handoff.get("confidence", ""),
         "artifacts": list(handoff.get("artifacts") or ()),
         "notes": handoff.get("notes") or "",
+        "reason": handoff.get("reason") or "",
     }
 
 
 def render_context(
-    *, inputs: dict[str, str], steps: dict[str, dict[str, Any]], run_id: str, workflow: str
+    *,
+    inputs: dict[str, str],
+    steps: dict[str, dict[str, Any]],
+    run_id: str,
+    workflow: str,
+    run_status: str = "running",
 ) -> dict[str, Any]:
-    """Build the rendering context ``{"inputs", "steps", "run": {"id", "workflow"}}``.
+    """Build the rendering context ``{"inputs", "steps", "run": {"id", "workflow", "status"}}``.
 
     ``steps`` maps step ids to their handoffs (or any mapping with the handoff fields);
-    each becomes ``{result, status, confidence, artifacts, notes}`` (see ``step_context``).
-    Pass the steps upstream of the step being rendered: a template that loops over
-    ``steps`` then sees the same steps in every run.
+    each becomes ``{result, status, confidence, artifacts, notes, reason}`` (see
+    ``step_context``). Pass the steps upstream of the step being rendered: a template that
+    loops over ``steps`` then sees the same steps in every run. ``run_status`` is
+    ``running`` while steps run; ``finally`` steps and outputs see ``complete`` or
+    ``failed``, what the steps of ``steps`` came to (docs/workflows.md, "Failure paths").
     """
     return {
         "inputs": dict(inputs),
         "steps": {sid: step_context(h) for sid, h in steps.items()},
-        "run": {"id": run_id, "workflow": workflow},
+        "run": {"id": run_id, "workflow": workflow, "status": run_status},
     }
+
+
+@dataclass(frozen=True)
+class StatusTests:
+    """What a ``when`` expression tests of statuses, found in its syntax tree."""
+
+    #: Step ids whose ``status`` the expression reads (``steps.<id>.status``).
+    steps: frozenset[str] = frozenset()
+    #: ``(subject, literal)`` for each comparison of a status with a string: the subject
+    #: is a step id, or ``run`` for ``run.status``.
+    compared: tuple[tuple[str, str], ...] = ()
+
+
+def _status_subject(node: nodes.Node) -> str | None:
+    """``steps.a.status`` -> "a", ``run.status`` -> "run"; None for anything else."""
+    path = _lookup_path(node)
+    if path is None:
+        return None
+    root, keys = path
+    if root == "run" and len(keys) == 1 and keys[0][1] == "status":
+        return "run"
+    if root == "steps" and len(keys) == 2 and keys[1][1] == "status" and type(keys[0][1]) is str:
+        return str(keys[0][1])
+    return None
+
+
+def _string_consts(node: nodes.Node) -> list[str]:
+    """The strings of a constant, or of a list or tuple of constants (else none)."""
+    from jinja2 import nodes
+
+    if isinstance(node, nodes.Const):
+        return [node.value] if isinstance(node.value, str) else []
+    if isinstance(node, nodes.List | nodes.Tuple):
+        return [v for i in node.items for v in _string_consts(i)]
+    return []
+
+
+def status_tests(ast: nodes.Node) -> StatusTests:
+    """The statuses an expression's tree reads, and the strings they are compared with."""
+    from jinja2 import nodes
+
+    read: set[str] = set()
+    compared: list[tuple[str, str]] = []
+    for node in (ast, *ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Compare))):
+        if isinstance(node, nodes.Compare):
+            operands = [node.expr, *(o.expr for o in node.ops)]
+            for left, right in zip(operands, operands[1:], strict=False):
+                for a, b in ((left, right), (right, left)):
+                    subject = _status_subject(a)
+                    if subject is not None:
+                        compared.extend((subject, lit) for lit in _string_consts(b))
+            continue
+        subject = _status_subject(node)
+        if subject is not None and subject != "run":
+            read.add(subject)
+    return StatusTests(frozenset(read), tuple(compared))
 
 
 @dataclass(frozen=True)
@@ -371,6 +439,11 @@ class _Compiled:
         if self._fast is None:
             self._compile()
 
+    @property
+    def tree(self) -> nodes.Node:
+        """The parsed syntax tree (a template, or an expression)."""
+        return self._ast
+
     def _compile(self) -> Any:
         if self._jinja is None:
             env = _environment()
@@ -499,6 +572,17 @@ class TaskRenderer:
     def referenced_inputs(self, step_id: str) -> set[str]:
         """Input names read as ``inputs.<name>`` / ``inputs['name']`` by the step."""
         return {s for c in self._fields(step_id).values() for s in c.refs.inputs}
+
+    def status_tests(self, step_id: str) -> StatusTests:
+        """What the step's ``when`` tests of statuses (nothing when it has no ``when``).
+
+        A step whose ``when`` reads an upstream step's ``status`` decides for itself what
+        happens when that step ends badly, instead of being skipped (engine.runner).
+        """
+        item = self._fields(step_id).get("when")
+        if item is None:
+            return StatusTests()
+        return status_tests(item.tree)
 
     def is_broken(self, step_id: str, field_name: str | None = None) -> bool:
         """True when a template of the step (or the given field) failed to compile."""

@@ -408,6 +408,42 @@ def _reset_failed(view: RunView, prepared: Prepared, journal: RunJournal) -> Non
             journal.append("step_reset", step=sid, previous=s.state.value)
 
 
+class _Schedule:
+    """Which steps are ready: a step becomes ready when its last upstream step settles.
+
+    Each scheduling round touches only what changed (O(steps + edges) per run).
+    """
+
+    def __init__(self, plan: Any, steps: dict[str, StepRun]) -> None:
+        self.order = [s for group in plan.groups for s in group]
+        self.index = {sid: i for i, sid in enumerate(self.order)}
+        self.children = {sid: list(plan.graph.successors(sid)) for sid in self.order}
+        self.blocking = {
+            sid: sum(1 for d in plan.steps[sid].depends_on if not steps[d].state.final)
+            for sid in self.order
+        }
+        self.heap = [
+            self.index[sid]
+            for sid in self.order
+            if self.blocking[sid] == 0 and not steps[sid].state.final
+        ]
+        heapq.heapify(self.heap)
+
+    def pop(self) -> str | None:
+        """The next ready step in template order, or None."""
+        return self.order[heapq.heappop(self.heap)] if self.heap else None
+
+    def settle(self, sid: str) -> None:
+        """``sid`` will not change any more: its children may become ready."""
+        for child in self.children[sid]:
+            self.blocking[child] -= 1
+            if self.blocking[child] == 0:
+                heapq.heappush(self.heap, self.index[child])
+
+
+_PARKED = (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT)
+
+
 class _Execution:
     """One run (or resumed stretch of a run) in progress: all of its mutable state."""
 
@@ -440,23 +476,41 @@ class _Execution:
         self.step_reporter = _StepReporter(runner.reporter, journal, {})
         self.upstream: dict[str, tuple[str, ...]] = {}
         self.stop_reason: str | None = None
+        # Step id -> the upstream steps whose status its `when` tests (its "handled" set).
+        self.tests = {sid: prepared.renderer.status_tests(sid).steps for sid in self.plan.steps}
 
     # -- the scheduler ------------------------------------------------------------------
 
     def run(self) -> RunResult:
         """Run every step that can run now, then conclude (finished, failed or parked)."""
-        plan = self.plan
-        steps = self.steps
-        journal = self.journal
-        order = [s for group in plan.groups for s in group]
-        for s in steps.values():
+        self._restore()
+        self._announce()
+        schedule = _Schedule(self.plan, self.steps)
+        running: dict[Future[None], str] = {}
+        with ThreadPoolExecutor(
+            max_workers=max(1, self.options.max_parallel),
+            thread_name_prefix=f"step-{self.run_id[-8:]}",
+        ) as pool:
+            while True:
+                self._check_cancel(schedule, running)
+                self._dispatch(schedule, pool, running)
+                if not running:
+                    break
+                self._collect(schedule, running)
+        return self._conclude()
+
+    def _restore(self) -> None:
+        """Steps parked or failed in an earlier stretch, as this stretch starts."""
+        for s in self.steps.values():
             if s.state is StepState.WAITING_APPROVAL:
                 s.state = StepState.PENDING
             if s.state is StepState.WAITING_INPUT and (s.question or {}).get("answer") is not None:
                 s.state = StepState.PENDING  # answered: it is delegated again with the answer
             if s.state.final and not s.state.ok and s.state is not StepState.SKIPPED:
-                if plan.steps[s.id].spec.on_failure == "stop":
-                    self.stop_reason = f"`{s.id}` ended {s.state.value}"
+                self._note_failure(s)
+
+    def _announce(self) -> None:
+        plan, steps = self.plan, self.steps
         self.reporter.event(
             "run_started",
             run_id=self.run_id,
@@ -464,130 +518,137 @@ class _Execution:
             steps=[[(sid, steps[sid].agent) for sid in g] for g in plan.groups],
             handoffs_dir=str(self.cfg.handoffs_dir),  # where progress lines are (live table)
         )
-        running: dict[Future[None], str] = {}
-        # Incremental readiness: a step becomes ready when its last upstream step settles,
-        # so each scheduling round touches only what changed (O(steps + edges) per run).
-        index = {sid: i for i, sid in enumerate(order)}
-        children = {sid: list(plan.graph.successors(sid)) for sid in order}
-        blocking = {
-            sid: sum(1 for d in plan.steps[sid].depends_on if not steps[d].state.final)
-            for sid in order
-        }
-        heap = [index[sid] for sid in order if blocking[sid] == 0 and not steps[sid].state.final]
-        heapq.heapify(heap)
 
-        def settle(sid: str) -> None:
-            for child in children[sid]:
-                blocking[child] -= 1
-                if blocking[child] == 0:
-                    heapq.heappush(heap, index[child])
+    def _check_cancel(self, schedule: _Schedule, running: dict[Future[None], str]) -> None:
+        """Notice `workflow cancel`; once cancelled, skip every step not in flight."""
+        if not self.cancel.is_set() and self.store.cancel_requested(self.run_id):
+            self.cancel.set()
+            self.journal.append("run_cancelled", by="workflow cancel")
+        if not self.cancel.is_set():
+            return
+        schedule.heap.clear()
+        in_flight = set(running.values())
+        for sid in schedule.order:
+            st = self.steps[sid]
+            if (st.state is StepState.PENDING or st.state in _PARKED) and sid not in in_flight:
+                self._skip(st, "the run was cancelled", "stopped")
 
-        with ThreadPoolExecutor(
-            max_workers=max(1, self.options.max_parallel),
-            thread_name_prefix=f"step-{self.run_id[-8:]}",
-        ) as pool:
-            while True:
-                if not self.cancel.is_set() and self.store.cancel_requested(self.run_id):
-                    self.cancel.set()
-                    journal.append("run_cancelled", by="workflow cancel")
-                if self.cancel.is_set():
-                    heap.clear()
-                    for sid in order:
-                        st = steps[sid]
-                        waiting = (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT)
-                        if (st.state is StepState.PENDING or st.state in waiting) and (
-                            sid not in running.values()
-                        ):
-                            self._skip(st, "the run was cancelled", "stopped")
-                while heap:
-                    sid = order[heapq.heappop(heap)]
-                    fut = self._consider(steps[sid], pool)
-                    if fut is not None:
-                        running[fut] = sid
-                    elif steps[sid].state.final:
-                        settle(sid)
-                if not running:
-                    break
-                done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    sid = running.pop(fut)
-                    exc = fut.exception()
-                    st = steps[sid]
-                    if exc is not None:  # a bug, not a step outcome: record and go on
-                        self._finish(st, StepState.ERRORED, error=f"internal error: {exc}")
-                    if st.state is StepState.WAITING_INPUT:
-                        continue  # parked with a question: its dependents wait for the answer
-                    if not st.state.ok and plan.steps[sid].spec.on_failure == "stop":
-                        self.stop_reason = self.stop_reason or f"`{sid}` ended {st.state.value}"
-                    settle(sid)
-        return self._conclude()
+    def _dispatch(
+        self, schedule: _Schedule, pool: ThreadPoolExecutor, running: dict[Future[None], str]
+    ) -> None:
+        """Submit every ready step (or settle it at once: skipped, rejected, errored)."""
+        while (sid := schedule.pop()) is not None:
+            fut = self._consider(self.steps[sid], pool)
+            if fut is not None:
+                running[fut] = sid
+            elif self.steps[sid].state.final:
+                schedule.settle(sid)
+
+    def _collect(self, schedule: _Schedule, running: dict[Future[None], str]) -> None:
+        """Wait a little for steps in flight; settle the ones that ended."""
+        done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+        for fut in done:
+            sid = running.pop(fut)
+            exc = fut.exception()
+            st = self.steps[sid]
+            if exc is not None:  # a bug, not a step outcome: record and go on
+                self._finish(st, StepState.ERRORED, error=f"internal error: {exc}")
+            if st.state is StepState.WAITING_INPUT:
+                continue  # parked with a question: its dependents wait for the answer
+            if not st.state.ok:
+                self._note_failure(st)
+            schedule.settle(sid)
+
+    def _note_failure(self, s: StepRun) -> None:
+        """Stop the run after a step that ended badly, unless it should not stop it.
+
+        It does not when its ``on_failure`` is ``continue``, when it is a ``finally``
+        step, or when a step that depends on it tests its status (a failure path).
+        """
+        spec = self.plan.steps[s.id].spec
+        if spec.on_failure != "stop" or spec.always or self._has_handler(s.id):
+            return
+        self.stop_reason = self.stop_reason or f"`{s.id}` ended {s.state.value}"
+
+    def _has_handler(self, sid: str) -> bool:
+        return any(sid in self.tests[child] for child in self.plan.graph.successors(sid))
+
+    # -- one step: run, skip, gate or fail it ---------------------------------------------
+
+    @staticmethod
+    def _bad(s: StepRun) -> bool:
+        """True when a step ended so that its dependents cannot simply use it."""
+        return not s.state.ok and not (s.state is StepState.SKIPPED and s.skip_kind == "condition")
+
+    def _blocked(self, ps: Any) -> tuple[str, str] | None:
+        """Why a step must be skipped before its `when` is looked at: (reason, kind).
+
+        A ``finally`` step never is. Otherwise an upstream step that ended badly skips
+        it, unless its ``when`` tests that step's status; then the ``when`` decides. A
+        stopped run skips the steps not started, except those that take over a failure.
+        """
+        if ps.spec.always:
+            return None
+        ups = [self.steps[d] for d in ps.depends_on]
+        tested = self.tests[ps.id]
+        bad = [u for u in ups if self._bad(u) and u.id not in tested]
+        if bad:
+            return f"upstream `{bad[0].id}` ended {bad[0].state.value}", "upstream"
+        handles = any(self._bad(u) for u in ups if u.id in tested)
+        if self.stop_reason and not handles:
+            return f"the run stopped after {self.stop_reason}", "stopped"
+        return None
 
     def _consider(self, s: StepRun, pool: ThreadPoolExecutor) -> Future[None] | None:
         """Decide a step whose upstream steps have all settled: run, skip, gate or fail it.
 
         Returns the future of a submitted step; otherwise the step is final or parked.
         """
-        steps = self.steps
-        sid = s.id
-        prepared = self.prepared
-        ps = self.plan.steps[sid]
         if s.in_flight:  # dispatched by an earlier process: re-attach, never resend
             return pool.submit(self._run_step, s, True)
         if s.state.final or s.state is StepState.WAITING_INPUT:
             return None
-        ups = [steps[d] for d in ps.depends_on]
-        bad = [
-            u
-            for u in ups
-            if not u.state.ok and not (u.state is StepState.SKIPPED and u.skip_kind == "condition")
-        ]
-        if bad:
-            self._skip(s, f"upstream `{bad[0].id}` ended {bad[0].state.value}", "upstream")
+        ps = self.plan.steps[s.id]
+        blocked = self._blocked(ps)
+        if blocked is not None:
+            self._skip(s, *blocked)
             return None
-        if self.stop_reason:
-            self._skip(s, f"the run stopped after {self.stop_reason}", "stopped")
-            return None
-        gated = False
-        if ps.spec.when or ps.spec.gate is not None:
-            try:
-                ctx = self._context(sid)
-                if not prepared.renderer.evaluate_when(sid, ctx):
-                    self._skip(s, f"condition `{ps.spec.when}` is false", "condition")
-                    return None
-                gated = ps.spec.gate is not None and prepared.renderer.evaluate_gate_when(sid, ctx)
-            except Exception as exc:  # a template error at run time
-                self._finish(s, StepState.ERRORED, error=f"condition failed: {exc}")
-                return None
-        if gated and not self._gate(s):
+        gated = self._conditions(s, ps)
+        if gated is None or (gated and not self._gate(s)):
             return None
         return pool.submit(self._run_step, s, False)
 
+    def _conditions(self, s: StepRun, ps: Any) -> bool | None:
+        """Evaluate `when` and `gate.when`: None when the step was settled (skipped or
+        errored), else whether its gate fires."""
+        if not (ps.spec.when or ps.spec.gate is not None):
+            return False
+        renderer = self.prepared.renderer
+        try:
+            ctx = self._context(s.id)
+            if not renderer.evaluate_when(s.id, ctx):
+                self._skip(s, f"condition `{ps.spec.when}` is false", "condition")
+                return None
+            return ps.spec.gate is not None and bool(renderer.evaluate_gate_when(s.id, ctx))
+        except Exception as exc:  # a template error at run time
+            self._finish(s, StepState.ERRORED, error=f"condition failed: {exc}")
+            return None
+
     def _gate(self, s: StepRun) -> bool:
         """True when the step may go; parks or rejects it otherwise."""
-        journal, options, steps = self.journal, self.options, self.steps
+        journal, options = self.journal, self.options
         if s.gate and s.gate.get("decision") == "approved":
             return True
         if options.approve_all or s.id in options.approve:
             s.gate = {"decision": "approved", "by": "--approve", "reason": None, "at": utcnow_iso()}
             journal.append("gate_decided", step=s.id, decision="approved", by="--approve")
             return True
-        ps = self.plan.steps[s.id]
-        try:
-            prompt = self.prepared.renderer.render_gate_prompt(s.id, self._context(s.id))
-        except Exception:  # the raw prompt still tells the approver what is asked
-            prompt = ps.spec.gate.prompt
+        prompt = self._gate_prompt(s)
         if s.state is not StepState.WAITING_APPROVAL:
             journal.append("gate_waiting", step=s.id, prompt=prompt)
             s.state = StepState.WAITING_APPROVAL
             self.reporter.event("gate_waiting", step=s.id, prompt=prompt, run_id=self.run_id)
-        decision = None
-        if self.approver is not None:
-            upstream = {d: steps[d].context() for d in self.plan.upstream(s.id)}
-            decision = self.approver(
-                GateRequest(
-                    run_id=self.run_id, step=s.id, agent=s.agent, prompt=prompt, upstream=upstream
-                )
-            )
+        decision = self._ask_approver(s, prompt)
         if decision is None:
             return False
         if decision == "approved":
@@ -601,32 +662,72 @@ class _Execution:
         self._finish(s, StepState.REJECTED, error=f"gate rejected: {reason}")
         return False
 
+    def _gate_prompt(self, s: StepRun) -> str:
+        try:
+            return str(self.prepared.renderer.render_gate_prompt(s.id, self._context(s.id)))
+        except Exception:  # the raw prompt still tells the approver what is asked
+            return str(self.plan.steps[s.id].spec.gate.prompt)
+
+    def _ask_approver(self, s: StepRun, prompt: str) -> str | tuple[str, str] | None:
+        if self.approver is None:
+            return None
+        upstream = {d: self._step_context(self.steps[d]) for d in self.plan.upstream(s.id)}
+        return self.approver(
+            GateRequest(
+                run_id=self.run_id, step=s.id, agent=s.agent, prompt=prompt, upstream=upstream
+            )
+        )
+
+    # -- rendering ------------------------------------------------------------------------
+
+    @staticmethod
+    def _step_context(s: StepRun) -> dict[str, Any]:
+        """``steps.<id>``: the step's public fields, and why it did not end well."""
+        ctx = s.context()
+        ctx["reason"] = s.error or s.skip_reason or ""
+        return ctx
+
     def _context(self, step_id: str | None = None) -> dict[str, Any]:
-        """The rendering context: for a step, only its upstream steps (all for outputs)."""
+        """The rendering context: for a step, only its upstream steps (all for outputs).
+
+        ``finally`` steps and outputs see ``run.status``: what the steps came to.
+        """
         from engine.renderer import render_context
 
         steps = self.steps
         if step_id is not None:
-            ups = self.upstream.get(step_id)
-            if ups is None:
-                # Only what the step's templates read, unless they read `steps` dynamically
-                # (a loop): then every upstream step. Building the whole upstream context
-                # for every step of a deep graph would cost O(steps^2).
-                refs = self.prepared.renderer.references(step_id).values()
-                if any(r.dynamic_steps for r in refs):
-                    above = self.plan.upstream(step_id)
-                else:
-                    above = {sid for r in refs for sid in r.steps}
-                ups = self.upstream[step_id] = tuple(sid for sid in steps if sid in above)
-            chosen = {sid: steps[sid].context() for sid in ups}
+            chosen = {sid: self._step_context(steps[sid]) for sid in self._reads(step_id)}
+            always = self.plan.steps[step_id].spec.always
         else:
-            chosen = {sid: s.context() for sid, s in steps.items()}
+            chosen = {sid: self._step_context(s) for sid, s in steps.items()}
+            always = True
+        status = self._ended_state(main_only=True).value if always else RunState.RUNNING.value
         return render_context(
             inputs=self.plan.inputs,
             steps=chosen,
             run_id=self.run_id,
             workflow=self.prepared.spec.name,
+            run_status=status,
         )
+
+    def _reads(self, step_id: str) -> tuple[str, ...]:
+        """The upstream steps a step's templates may read, computed once per step.
+
+        Only what its templates name, unless they read `steps` dynamically (a loop): then
+        every upstream step. Building the whole upstream context for every step of a deep
+        graph would cost O(steps^2).
+        """
+        ups = self.upstream.get(step_id)
+        if ups is None:
+            refs = self.prepared.renderer.references(step_id).values()
+            if any(r.dynamic_steps for r in refs):
+                above = self.plan.upstream(step_id)
+            else:
+                above = {sid for r in refs for sid in r.steps}
+            ups = self.upstream[step_id] = tuple(sid for sid in self.steps if sid in above)
+        return ups
+
+    # -- settling a step ------------------------------------------------------------------
 
     def _skip(self, s: StepRun, reason: str, kind: str) -> None:
         s.state = StepState.SKIPPED
@@ -667,129 +768,26 @@ class _Execution:
         entry = self.cfg.agents.get(agent)
         return float(entry.timeout if entry and entry.timeout else self.cfg.default_timeout)
 
+    # -- delegating a step (in a worker thread) ---------------------------------------------
+
     def _run_step(self, s: StepRun, reattach: bool) -> None:
         """Run one step to its final state (in a worker thread)."""
-        plan = self.plan
-        journal = self.journal
-        cancel = self.cancel
-        ps = plan.steps[s.id]
-        run_id = self.run_id
-        if ps.spec.capability and not reattach and len(ps.candidates) > 1:
-            agent = self._route(ps)
-        else:
-            agent = s.agent or ps.agent
-        s.agent = agent
-        retries = int(ps.spec.retries or 0)
-        # An attempt started by an earlier process keeps its run id; it is re-attached
-        # (never re-sent) when the journal says a gateway accepted it, else sent again
-        # under the same Idempotency-Key, which a gateway runs once.
-        first = s.attempt if reattach and s.attempt else s.attempt + 1
-        accepted = reattach and s.dispatched_at is not None
+        from engine.ask import asked, with_answer
+
+        ps = self.plan.steps[s.id]
+        agent = self._agent_for(s, ps, reattach)
         try:
             task = self.prepared.renderer.render_task(s.id, self._context(s.id))
         except Exception as exc:
             self._finish(s, StepState.ERRORED, error=f"task failed to render: {exc}")
             return
-        from engine.ask import asked, session_of, with_answer
-
         task = with_answer(task, s.question)
-        continues = session_of(s.question)  # the asking attempt's session, if answered
-        attempt = first
-        while True:
-            s.attempt = attempt
-            drid = f"{run_id}-{s.id}-{attempt}"
-            self.step_reporter.steps_by_run[drid] = s.id
-            s.delegation_run_id = drid
-            s.started_at = s.started_at or utcnow_iso()
-            again = accepted and attempt == first
-            if not (reattach and attempt == first):
-                journal.append(
-                    "step_started", step=s.id, attempt=attempt, agent=agent, delegation_run_id=drid
-                )
-            self.reporter.event(
-                "step_started",
-                step=s.id,
-                agent=agent,
-                attempt=attempt,
-                reattached=again,
-                delegation_run_id=drid,
-            )
-            s.state = StepState.RUNNING
-            req = DelegationRequest(
-                target=agent,
-                task=task,
-                caller=plan.caller,
-                timeout=ps.spec.timeout,
-                run_id=drid,
-                name=f"workflow {run_id} {s.id}",
-                deliver=ps.spec.options.get("deliver"),
-                model=ps.spec.options.get("model"),
-                thinking=ps.spec.options.get("thinking"),
-                channel=ps.spec.options.get("channel"),
-                labels={"workflow": plan.workflow.name, "workflow_run": run_id, "step": s.id},
-                repair_attempts=ps.spec.repair_attempts,
-                heartbeat_timeout=ps.spec.heartbeat_timeout,
-                session_of=continues,
-            )
-            try:
-                result = self.delegator.delegate(
-                    req, reattach=again, cancel=cancel, reporter=self.step_reporter
-                )
-            except OrchestratorError as exc:
-                s.attempts.append({"run_id": drid, "outcome": "errored", "error": str(exc)})
-                self._finish(s, StepState.ERRORED, error=str(exc))
-                return
-            env = result.envelope
-            s.attempts.append(
-                {
-                    "run_id": drid,
-                    "outcome": result.outcome.value,
-                    "dispatched_at": env.get("dispatched_at"),
-                    "received_at": env.get("received_at"),
-                    "duration_ms": env.get("duration_ms"),
-                    "token_wait_ms": env.get("token_wait_ms"),
-                    "late": env.get("late"),
-                    **({"error": str(result.error)} if result.error else {}),
-                }
-            )
-            if (
-                result.outcome in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.LOST)
-                and attempt <= retries
-                and not cancel.is_set()
-            ):
-                # The last attempt is in the step file; earlier ones go to the journal so a
-                # crash during a retry keeps their history.
-                journal.append("step_attempt", step=s.id, **s.attempts[-1])
-                # Back off before the next attempt, so a short outage does not use up
-                # every retry at once; `workflow cancel` interrupts the wait.
-                delay = retry_delay(
-                    ps.spec.retry_delay,
-                    attempt,
-                    rng=self.rng,
-                    bound=self._step_timeout(ps, agent),
-                )
-                journal.append(
-                    "step_retry",
-                    step=s.id,
-                    attempt=attempt + 1,
-                    reason=result.outcome.value,
-                    delay_s=round(delay, 3),
-                )
-                self.reporter.event(
-                    "step_retry",
-                    step=s.id,
-                    attempt=attempt + 1,
-                    reason=result.outcome.value,
-                    delay_s=delay,
-                )
-                if delay > 0 and self.retry_wait(cancel, delay):
-                    break
-                attempt += 1
-                continue
-            break
+        result = self._attempts(s, ps, agent, task, reattach)
+        if result is None:
+            return
         if result.outcome.ok or result.outcome in (Outcome.FAILED, Outcome.BLOCKED):
             s.handoff = result.handoff
-        if asked(result, s, journal):  # blocked with a question: parked until answered
+        if asked(result, s, self.journal):  # blocked with a question: parked until answered
             self.reporter.event("step_waiting_input", step=s.id, question=s.question)
             return
         state = StepState(result.outcome.value)
@@ -797,6 +795,136 @@ class _Execution:
         if state.ok and ps.validator:
             state, error = self._validate(s, task, ps.validator)
         self._finish(s, state, error=error)
+
+    def _agent_for(self, s: StepRun, ps: Any, reattach: bool) -> str:
+        if ps.spec.capability and not reattach and len(ps.candidates) > 1:
+            agent = self._route(ps)
+        else:
+            agent = s.agent or ps.agent
+        s.agent = agent
+        return str(agent)
+
+    def _attempts(self, s: StepRun, ps: Any, agent: str, task: str, reattach: bool) -> Any | None:
+        """Delegate the step, retrying as its policy says; the last result (None: errored).
+
+        An attempt started by an earlier process keeps its run id; it is re-attached
+        (never re-sent) when the journal says a gateway accepted it, else sent again
+        under the same Idempotency-Key, which a gateway runs once.
+        """
+        first = s.attempt if reattach and s.attempt else s.attempt + 1
+        accepted = reattach and s.dispatched_at is not None
+        attempt = first
+        while True:
+            again = accepted and attempt == first
+            result = self._attempt(
+                s, ps, agent, task, attempt, again=again, journaled=reattach and attempt == first
+            )
+            if result is None or not self._retryable(result, ps, attempt):
+                return result
+            if self._back_off(s, ps, agent, attempt, result.outcome.value):
+                return result  # cancelled while waiting
+            attempt += 1
+
+    def _attempt(
+        self,
+        s: StepRun,
+        ps: Any,
+        agent: str,
+        task: str,
+        attempt: int,
+        *,
+        again: bool,
+        journaled: bool,
+    ) -> Any | None:
+        """One delegation of the step; its result, or None when the machinery broke."""
+        s.attempt = attempt
+        drid = f"{self.run_id}-{s.id}-{attempt}"
+        self.step_reporter.steps_by_run[drid] = s.id
+        s.delegation_run_id = drid
+        s.started_at = s.started_at or utcnow_iso()
+        if not journaled:
+            self.journal.append(
+                "step_started", step=s.id, attempt=attempt, agent=agent, delegation_run_id=drid
+            )
+        self.reporter.event(
+            "step_started",
+            step=s.id,
+            agent=agent,
+            attempt=attempt,
+            reattached=again,
+            delegation_run_id=drid,
+        )
+        s.state = StepState.RUNNING
+        try:
+            result = self.delegator.delegate(
+                self._request(s, ps, agent, task, drid),
+                reattach=again,
+                cancel=self.cancel,
+                reporter=self.step_reporter,
+            )
+        except OrchestratorError as exc:
+            s.attempts.append({"run_id": drid, "outcome": "errored", "error": str(exc)})
+            self._finish(s, StepState.ERRORED, error=str(exc))
+            return None
+        env = result.envelope
+        s.attempts.append(
+            {
+                "run_id": drid,
+                "outcome": result.outcome.value,
+                "dispatched_at": env.get("dispatched_at"),
+                "received_at": env.get("received_at"),
+                "duration_ms": env.get("duration_ms"),
+                "token_wait_ms": env.get("token_wait_ms"),
+                "late": env.get("late"),
+                **({"error": str(result.error)} if result.error else {}),
+            }
+        )
+        return result
+
+    def _request(self, s: StepRun, ps: Any, agent: str, task: str, drid: str) -> DelegationRequest:
+        plan, options = self.plan, ps.spec.options
+        return DelegationRequest(
+            target=agent,
+            task=task,
+            caller=plan.caller,
+            timeout=ps.spec.timeout,
+            run_id=drid,
+            name=f"workflow {self.run_id} {s.id}",
+            deliver=options.get("deliver"),
+            model=options.get("model"),
+            thinking=options.get("thinking"),
+            channel=options.get("channel"),
+            labels={"workflow": plan.workflow.name, "workflow_run": self.run_id, "step": s.id},
+            repair_attempts=ps.spec.repair_attempts,
+            heartbeat_timeout=ps.spec.heartbeat_timeout,
+        )
+
+    def _retryable(self, result: Any, ps: Any, attempt: int) -> bool:
+        """True when the step's retry policy sends it again after this result."""
+        return (
+            result.outcome in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.LOST)
+            and attempt <= int(ps.spec.retries or 0)
+            and not self.cancel.is_set()
+        )
+
+    def _back_off(self, s: StepRun, ps: Any, agent: str, attempt: int, reason: str) -> bool:
+        """Journal the retry and wait before it; True when the run was cancelled meanwhile.
+
+        The last attempt is in the step file; earlier ones go to the journal so a crash
+        during a retry keeps their history. The wait keeps a short outage from using up
+        every retry at once; `workflow cancel` interrupts it.
+        """
+        self.journal.append("step_attempt", step=s.id, **s.attempts[-1])
+        delay = retry_delay(
+            ps.spec.retry_delay, attempt, rng=self.rng, bound=self._step_timeout(ps, agent)
+        )
+        self.journal.append(
+            "step_retry", step=s.id, attempt=attempt + 1, reason=reason, delay_s=round(delay, 3)
+        )
+        self.reporter.event(
+            "step_retry", step=s.id, attempt=attempt + 1, reason=reason, delay_s=delay
+        )
+        return delay > 0 and self.retry_wait(self.cancel, delay)
 
     def _route(self, ps: Any) -> str:
         """The least busy candidate for a capability step, at dispatch time."""
@@ -841,40 +969,61 @@ class _Execution:
             return StepState(s.state.value if s.state.ok else "complete"), None
         return StepState.FAILED, f"validator `{validator}` rejected the result: {verdict.reasons}"
 
-    def _conclude(self) -> RunResult:
-        steps = self.steps
-        view = self.view
+    # -- the end ----------------------------------------------------------------------------
+
+    def _handled(self, s: StepRun) -> bool:
+        """True when a step that ended badly was taken over: a step whose `when` tests
+        its status ran (was not skipped, nor stopped at its gate)."""
+        return any(
+            s.id in self.tests[h]
+            and self.steps[h].state.final
+            and self.steps[h].state not in (StepState.SKIPPED, StepState.REJECTED)
+            for h in self.plan.graph.successors(s.id)
+        )
+
+    def _ended_state(self, *, main_only: bool = False) -> RunState:
+        """complete when every step ended well, was skipped by its own condition, or
+        ended badly and was taken over; failed otherwise (docs/workflows.md)."""
+        for s in self.steps.values():
+            if main_only and self.plan.steps[s.id].spec.always:
+                continue
+            if self._bad(s) and not self._handled(s):
+                return RunState.FAILED
+        return RunState.COMPLETE
+
+    def _final_state(self) -> RunState:
         if self.cancel.is_set():
-            state = RunState.CANCELLED
-        elif any(s.state is StepState.WAITING_INPUT for s in steps.values()):
-            state = RunState.WAITING_INPUT
-        elif any(s.state is StepState.WAITING_APPROVAL for s in steps.values()):
-            state = RunState.WAITING_APPROVAL
-        elif all(
-            s.state.ok or (s.state is StepState.SKIPPED and s.skip_kind == "condition")
-            for s in steps.values()
-        ):
-            state = RunState.COMPLETE
-        else:
-            state = RunState.FAILED
-        outputs: dict[str, str] = {}
-        if state is RunState.COMPLETE:
-            try:
-                outputs = self.prepared.renderer.render_outputs(self._context())
-            except Exception as exc:  # an output template that fails must not lose the run
-                outputs = {"error": f"outputs failed to render: {exc}"}
-        if state in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
-            parked = (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT)
-            waiting = [s.id for s in steps.values() if s.state in parked]
+            return RunState.CANCELLED
+        states = {s.state for s in self.steps.values()}
+        if StepState.WAITING_INPUT in states:
+            return RunState.WAITING_INPUT
+        if StepState.WAITING_APPROVAL in states:
+            return RunState.WAITING_APPROVAL
+        return self._ended_state()
+
+    def _outputs(self, state: RunState) -> dict[str, str]:
+        if state is not RunState.COMPLETE:
+            return {}
+        try:
+            return dict(self.prepared.renderer.render_outputs(self._context()))
+        except Exception as exc:  # an output template that fails must not lose the run
+            return {"error": f"outputs failed to render: {exc}"}
+
+    def _conclude(self) -> RunResult:
+        view = self.view
+        state = self._final_state()
+        outputs = self._outputs(state)
+        parked = state in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT)
+        if parked:
+            waiting = [s.id for s in self.steps.values() if s.state in _PARKED]
             self.journal.append("run_paused", status=state.value, waiting=waiting)
         else:
             self.journal.append("run_finished", status=state.value)
         final = replay_run(self.store, view.run_id)
         final.state = state
-        for sid, s in steps.items():  # in-memory states are the freshest
-            final.steps[sid] = s
+        final.steps.update(self.steps)  # in-memory states are the freshest
         summary = summarize(final, outputs)
-        if state in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
+        if parked:
             summary["finished_at"] = None
         self.store.write_summary(view.run_id, summary)
         self.reporter.event("run_finished", run_id=view.run_id, status=state.value, summary=summary)

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import WorkflowError, did_you_mean
 
 if TYPE_CHECKING:
-
     from engine.config import Config
 
 #: Pattern for input names: identifiers, so that templates can write ``inputs.<name>``.
@@ -84,6 +83,9 @@ class StepSpec:
     on_failure: str = "stop"
     #: Agent options for the hooks call: deliver, model, thinking, channel (when set).
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+    #: True for a step of the template's ``finally`` list: it runs once every step of
+    #: ``steps`` has ended, whatever happened (docs/workflows.md, "Failure paths").
+    always: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,13 @@ class WorkflowSpec:
 
     @property
     def step_ids(self) -> tuple[str, ...]:
-        """Step ids in template order (duplicates included; the planner refuses them)."""
+        """Step ids in template order, ``finally`` steps last (duplicates included)."""
         return tuple(s.id for s in self.steps)
+
+    @property
+    def finally_ids(self) -> tuple[str, ...]:
+        """The ids of the ``finally`` steps, in template order."""
+        return tuple(s.id for s in self.steps if s.always)
 
     def step(self, step_id: str) -> StepSpec:
         """Return the first step with id ``step_id``, or raise WorkflowError."""
@@ -301,11 +308,13 @@ def _label_steps(problems: list[str], raw: dict[str, Any]) -> list[str]:
     steps = raw.get("steps")
     if not isinstance(steps, list):
         return problems
+    lists = {"steps": steps, "finally": raw.get("finally")}
     out = []
     for line in problems:
-        m = re.match(r"`steps\[(\d+)\]", line)
-        if m and int(m.group(1)) < len(steps):
-            step = steps[int(m.group(1))]
+        m = re.match(r"`(steps|finally)\[(\d+)\]", line)
+        group = lists.get(m.group(1)) if m else None
+        if m and isinstance(group, list) and int(m.group(2)) < len(group):
+            step = group[int(m.group(2))]
             sid = step.get("id") if isinstance(step, dict) else None
             if isinstance(sid, str):
                 line = f"step `{sid}`: {line}"
@@ -325,10 +334,11 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
             f"`version` is a decimal number, which YAML may not keep as written (`1.10` "
             f'becomes `1.1`); quote it, e.g. `version: "{raw["version"]}"`.'
         )
-    steps = raw.get("steps")
-    for i, step in enumerate(steps if isinstance(steps, list) else []):
-        if isinstance(step, dict):
-            _step_problems(i, step, problems)
+    for key in ("steps", "finally"):
+        steps = raw.get(key)
+        for i, step in enumerate(steps if isinstance(steps, list) else []):
+            if isinstance(step, dict):
+                _step_problems(i, step, problems, key)
     outputs = raw.get("outputs")
     for name in outputs if isinstance(outputs, dict) else ():
         if not isinstance(name, str) or not INPUT_NAME_RE.match(name):
@@ -364,9 +374,9 @@ def _input_problems(name: Any, spec: Any, problems: list[str]) -> None:
         )
 
 
-def _step_problems(i: int, step: dict[str, Any], problems: list[str]) -> None:
+def _step_problems(i: int, step: dict[str, Any], problems: list[str], key: str = "steps") -> None:
     sid = step.get("id")
-    label = f"step `{sid}`" if isinstance(sid, str) else f"`steps[{i}]`"
+    label = f"step `{sid}`" if isinstance(sid, str) else f"`{key}[{i}]`"
     has_agent, has_cap = "agent" in step, "capability" in step
     if has_agent == has_cap:
         which = "has both" if has_agent else "needs one of"
@@ -392,39 +402,8 @@ def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> Workflo
             default=None if default is None else str(default),
             description=str(spec.get("description", "")),
         )
-    base_options = {k: defaults[k] for k in OPTION_KEYS if k in defaults}
-    steps = []
-    for s in raw["steps"]:
-        deps = s.get("depends_on", ())
-        gate = s.get("gate")
-        timeout = s.get("timeout", defaults.get("timeout"))
-        steps.append(
-            StepSpec(
-                id=s["id"],
-                agent=s.get("agent"),
-                capability=s.get("capability"),
-                task=s["task"],
-                depends_on=(deps,) if isinstance(deps, str) else tuple(deps),
-                when=_strip_braces(s.get("when")),
-                timeout=None if timeout is None else float(timeout),
-                retries=int(s.get("retries", defaults.get("retries", 0))),
-                retry_delay=float(s.get("retry_delay", defaults.get("retry_delay", 2.0))),
-                repair_attempts=s.get("repair_attempts", defaults.get("repair_attempts")),
-                heartbeat_timeout=s.get("heartbeat_timeout", defaults.get("heartbeat_timeout")),
-                validate=s.get("validate", defaults.get("validate", False)),
-                gate=(
-                    GateSpec(
-                        prompt=gate["prompt"],
-                        when=_strip_braces(gate.get("when")),
-                        approvers=tuple(gate.get("approvers", ())),
-                    )
-                    if gate
-                    else None
-                ),
-                on_failure=s.get("on_failure", defaults.get("on_failure", "stop")),
-                options={**base_options, **{k: s[k] for k in OPTION_KEYS if k in s}},
-            )
-        )
+    steps = [_build_step(s, defaults, always=False) for s in raw["steps"]]
+    steps += [_build_step(s, defaults, always=True) for s in raw.get("finally") or ()]
     return WorkflowSpec(
         name=raw["name"],
         description=str(raw.get("description", "")).strip(),
@@ -436,6 +415,40 @@ def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> Workflo
         outputs=dict(raw.get("outputs") or {}),
         path=path,
         source_text=source_text,
+    )
+
+
+def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) -> StepSpec:
+    """One schema-valid step mapping as a ``StepSpec``, ``defaults`` applied."""
+    base_options = {k: defaults[k] for k in OPTION_KEYS if k in defaults}
+    deps = s.get("depends_on", ())
+    gate = s.get("gate")
+    timeout = s.get("timeout", defaults.get("timeout"))
+    return StepSpec(
+        id=s["id"],
+        agent=s.get("agent"),
+        capability=s.get("capability"),
+        task=s["task"],
+        depends_on=(deps,) if isinstance(deps, str) else tuple(deps),
+        when=_strip_braces(s.get("when")),
+        timeout=None if timeout is None else float(timeout),
+        retries=int(s.get("retries", defaults.get("retries", 0))),
+        retry_delay=float(s.get("retry_delay", defaults.get("retry_delay", 2.0))),
+        repair_attempts=s.get("repair_attempts", defaults.get("repair_attempts")),
+        heartbeat_timeout=s.get("heartbeat_timeout", defaults.get("heartbeat_timeout")),
+        validate=s.get("validate", defaults.get("validate", False)),
+        gate=(
+            GateSpec(
+                prompt=gate["prompt"],
+                when=_strip_braces(gate.get("when")),
+                approvers=tuple(gate.get("approvers", ())),
+            )
+            if gate
+            else None
+        ),
+        on_failure=s.get("on_failure", defaults.get("on_failure", "stop")),
+        options={**base_options, **{k: s[k] for k in OPTION_KEYS if k in s}},
+        always=always,
     )
 
 

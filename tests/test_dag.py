@@ -556,6 +556,8 @@ def test_dry_run_dict_is_json() -> None:
         "candidates": ["study-builder", "webster"],
         "depends_on": [],
         "when": None,
+        "decides_on": [],
+        "finally": False,
         "gate": None,
         "validator": "tech-lead",
         "timeout": 300.0,
@@ -580,6 +582,7 @@ def test_placeholder_result() -> None:
         "confidence": "high",
         "artifacts": [],
         "notes": "",
+        "reason": "",
     }
 
 

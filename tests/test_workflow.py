@@ -355,7 +355,7 @@ def test_run_context_and_step_fields() -> None:
     )
 
 
-def test_step_context_keeps_the_five_fields() -> None:
+def test_step_context_keeps_the_five_fields_and_a_reason() -> None:
     assert step_context(
         {
             "status": "complete",
@@ -371,6 +371,7 @@ def test_step_context_keeps_the_five_fields() -> None:
         "confidence": "high",
         "artifacts": [],
         "notes": "",
+        "reason": "",
     }
 
 
