@@ -298,6 +298,7 @@ class WorkflowRunner:
                         "validator": ps.validator,
                         "gate": bool(ps.spec.gate),
                         "when": ps.spec.when,
+                        **({"finally": True} if ps.spec.always else {}),
                     }
                     for sid, ps in plan.steps.items()
                 },
@@ -400,10 +401,14 @@ def _reset_failed(view: RunView, prepared: Prepared, journal: RunJournal) -> Non
     }
     for sid in list(again):
         again |= plan.downstream(sid)
+    if again:  # the end comes again: `finally` steps run again after the retried steps
+        again |= {sid for sid, ps in plan.steps.items() if ps.spec.always}
     for sid in sorted(again, key=list(view.steps).index):
         s = view.steps[sid]
-        if s.state in RETRYABLE_STEP_STATES or (
-            s.state is StepState.SKIPPED and s.skip_kind in ("upstream", "stopped")
+        if (
+            s.state in RETRYABLE_STEP_STATES
+            or (s.state is StepState.SKIPPED and s.skip_kind in ("upstream", "stopped"))
+            or (plan.steps[sid].spec.always and s.state.final)
         ):
             journal.append("step_reset", step=sid, previous=s.state.value)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -421,10 +422,59 @@ def test_docs_failure_paths_example_runs(tmp_path: Path) -> None:
     name, expected, body = match.group(1), json.loads(match.group(2)), match.group(3)
     path = tmp_path / f"{name}.yaml"
     path.write_text(body, encoding="utf-8")
-    cfg = _cfg(tmp_path)
+    raw = demo_config(tmp_path)
+    for agent in expected.get("failing_agents", []):  # an agent that always fails
+        raw["gateway"]["agents"][agent] = {
+            "kind": "command",
+            "argv": [sys.executable, "-c", "import sys; sys.exit('the search service is down')"],
+        }
+    cfg = load_config(write_config(tmp_path, raw))
     prepared = prepare(cfg, str(path), expected["inputs"])
     with open_delegator(cfg) as d:
         result = WorkflowRunner(cfg, d).start(prepared, RunOptions())
     got = {k: v["status"] for k, v in result.summary["steps"].items()}
     assert got == expected["steps"]
     assert result.state.value == expected["status"]
+
+
+FLAKY = """
+import os, pathlib, sys
+counter = pathlib.Path(os.environ["FLAKY_COUNTER"])
+n = int(counter.read_text()) + 1 if counter.exists() else 1
+counter.write_text(str(n))
+if n < 2:
+    sys.exit("flaky failure %d" % n)
+print("worked on try %d" % n)
+"""
+
+
+def test_retry_failed_runs_the_finally_steps_again(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["flaky"] = {
+        "kind": "command",
+        "argv": [sys.executable, "-c", FLAKY],
+        "env": {"FLAKY_COUNTER": str(tmp_path / "count")},
+    }
+    raw["agents"]["flaky"] = {"url": "local"}
+    cfg = load_config(write_config(tmp_path, raw))
+    prepared = prepare(cfg, str(HERE / "flaky-finally.yaml"), {})
+    with open_delegator(cfg) as d:
+        runner = WorkflowRunner(cfg, d)
+        first = runner.start(prepared, RunOptions())
+        assert first.state is RunState.FAILED
+        assert first.summary["steps"]["on-failure"]["status"] == "complete"
+        assert _task(cfg, first, "summary") == "summary: failed"
+        again = runner.resume(first.run_id, RunOptions(retry_failed=True))
+    steps = again.summary["steps"]
+    assert again.state is RunState.COMPLETE, steps
+    assert {k: v["status"] for k, v in steps.items()} == {
+        "first": "complete",
+        "after": "complete",
+        "on-failure": "skipped",
+        "summary": "complete",
+    }
+    assert _task(cfg, again, "summary") == "summary: complete"
+    resets = [
+        e["step"] for e in read_events(again.run_dir / "events.jsonl") if e["event"] == "step_reset"
+    ]
+    assert resets == ["first", "after", "on-failure", "summary"]
