@@ -478,3 +478,25 @@ def test_retry_failed_runs_the_finally_steps_again(tmp_path: Path) -> None:
         e["step"] for e in read_events(again.run_dir / "events.jsonl") if e["event"] == "step_reset"
     ]
     assert resets == ["first", "after", "on-failure", "summary"]
+
+
+def test_an_unusable_handoff_runs_the_step_that_tests_for_it(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = {  # a real agent that never writes its handoff
+        "kind": "command",
+        "argv": [
+            sys.executable,
+            str(Path(__file__).parent / "peers" / "misbehaving_agent.py"),
+            "never",
+        ],
+        "env": {"AGENT_STATE": str(tmp_path / "state")},
+        "timeout": 30,
+        "fallback_handoff": False,
+    }
+    cfg = load_config(write_config(tmp_path, raw))
+    result = _run(cfg, "unusable")
+    steps = result.summary["steps"]
+    assert steps["silent"]["status"] == "unusable", steps
+    assert steps["on-unusable"]["status"] == "complete"
+    assert _task(cfg, result, "on-unusable").startswith("no usable handoff: ")
+    assert result.state is RunState.COMPLETE
