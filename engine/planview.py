@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.dag import PLACEHOLDER_RUN_ID, Plan, finally_edges, rendered_outputs, rendered_steps
 from engine.errors import UsageError, did_you_mean
+from engine.workflow import RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -55,6 +56,7 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
                     "validator": p.validator,
                     "timeout": s.timeout,
                     "retries": s.retries,
+                    "retry": _retry_dict(s),
                     "on_failure": s.on_failure,
                     "options": dict(s.options),
                     "task": rendered[sid]["task"],
@@ -77,6 +79,34 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
             "run_id": PLACEHOLDER_RUN_ID,
         },
     }
+
+
+def _retry_dict(s: StepSpec) -> dict[str, Any]:
+    policy = s.retry
+    return {
+        "max": policy.max,
+        "delay": policy.delay,
+        "backoff": policy.backoff,
+        "max_delay": policy.max_delay,
+        "jitter": policy.jitter,
+        "on": list(policy.on),
+    }
+
+
+def _retry_line(s: dict[str, Any]) -> str | None:
+    """The retry policy in words, when it is more than ``retries: N``."""
+    r = s["retry"]
+    plain = RetryPolicy.shorthand(r["max"], r["delay"])
+    if r["max"] == 0 or (
+        (r["backoff"], r["max_delay"], r["jitter"], tuple(r["on"]))
+        == (plain.backoff, plain.max_delay, plain.jitter, plain.on)
+    ):
+        return None
+    return (
+        f"      retry: up to {r['max']} more on {', '.join(r['on'])}; waits {r['delay']:g} s, "
+        f"x{r['backoff']:g} each time, at most {r['max_delay']:g} s, "
+        f"+{r['jitter'] * 100:g}% jitter"
+    )
 
 
 def _indent(text: str, prefix: str) -> str:
@@ -153,6 +183,9 @@ def _step_lines(s: dict[str, Any]) -> list[str]:
     extra = [f"timeout {timeout}", f"retries {s['retries']}", f"on failure: {s['on_failure']}"]
     extra += [f"{k} {json.dumps(v) if isinstance(v, bool) else v}" for k, v in s["options"].items()]
     lines.append(f"      {', '.join(extra)}")
+    retry = _retry_line(s)
+    if retry:
+        lines.append(retry)
     lines.append("      task:")
     lines.append(_indent(s["task"], "        | "))
     return lines

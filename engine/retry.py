@@ -42,6 +42,8 @@ __all__ = [
     "Attempts",
     "Backoff",
     "GiveUp",
+    "backoff_delay",
+    "exponential",
     "retry_after_seconds",
     "send_with_retries",
     "transport_reason",
@@ -216,6 +218,24 @@ def _try(
         return None, said, True
     except httpx.TransportError as exc:
         return None, transport_reason(exc, scrub), False
+
+
+def exponential(first: float, *, factor: float, cap: float, count: int) -> Backoff:
+    """A policy of ``count`` delays: ``first``, ``first * factor``, ... each at most ``cap``.
+
+    Example: ``exponential(2.0, factor=2.0, cap=5.0, count=3).delays == (2.0, 4.0, 5.0)``.
+    """
+    delays, delay = [], first
+    for _ in range(count):
+        delays.append(min(delay, cap))
+        delay = min(delay * factor, cap)  # stays finite however many retries
+    return Backoff(delays=tuple(delays))
+
+
+def backoff_delay(backoff: Backoff, attempt: int, draw: float) -> float:
+    """The wait before retry number ``attempt`` (1 = the first) of ``backoff``, with its
+    jitter applied to ``draw`` (a number in [0, 1), e.g. ``random.random()``)."""
+    return _delay(backoff, attempt, None, draw)
 
 
 def _delay(backoff: Backoff, attempt: int, asked: float | None, draw: float) -> float:

@@ -20,7 +20,7 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -224,15 +224,24 @@ def retry_delay(
     *,
     rng: Callable[[], float] = random.random,
     bound: float | None = None,
+    backoff: float = 2.0,
+    max_delay: float = MAX_RETRY_DELAY,
+    jitter: float = RETRY_JITTER,
 ) -> float:
     """Seconds to wait before retry number ``retry`` (1 = the first) of a step.
 
-    Example: ``retry_delay(2.0, 3, rng=lambda: 0.0)`` is 8.0.
+    ``base * backoff ** (retry - 1)``, at most ``max_delay``, plus up to ``jitter`` of it
+    at random (still at most ``max_delay``), and at most ``bound`` (the step's timeout);
+    the schedule is ``engine.retry``'s. Example: ``retry_delay(2.0, 3, rng=lambda: 0.0)``
+    is 8.0.
     """
+    from engine.retry import backoff_delay, exponential
+
     if base <= 0:
         return 0.0
-    delay = min(base * 2.0 ** min(retry - 1, 64), MAX_RETRY_DELAY) * (1 + RETRY_JITTER * rng())
-    delay = min(delay, MAX_RETRY_DELAY)
+    schedule = exponential(base, factor=backoff, cap=max_delay, count=min(retry, 200))
+    schedule = replace(schedule, jitter=jitter)
+    delay = min(backoff_delay(schedule, min(retry, 200), rng()), max_delay)
     return min(delay, bound) if bound is not None else delay
 
 
@@ -906,10 +915,9 @@ class _Execution:
 
     def _retryable(self, result: Any, ps: Any, attempt: int) -> bool:
         """True when the step's retry policy sends it again after this result."""
+        policy = ps.spec.retry
         return (
-            result.outcome in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.LOST)
-            and attempt <= int(ps.spec.retries or 0)
-            and not self.cancel.is_set()
+            result.outcome.value in policy.on and attempt <= policy.max and not self.cancel.is_set()
         )
 
     def _back_off(self, s: StepRun, ps: Any, agent: str, attempt: int, reason: str) -> bool:
@@ -920,8 +928,15 @@ class _Execution:
         every retry at once; `workflow cancel` interrupts it.
         """
         self.journal.append("step_attempt", step=s.id, **s.attempts[-1])
+        policy = ps.spec.retry
         delay = retry_delay(
-            ps.spec.retry_delay, attempt, rng=self.rng, bound=self._step_timeout(ps, agent)
+            policy.delay,
+            attempt,
+            rng=self.rng,
+            bound=self._step_timeout(ps, agent),
+            backoff=policy.backoff,
+            max_delay=policy.max_delay,
+            jitter=policy.jitter,
         )
         self.journal.append(
             "step_retry", step=s.id, attempt=attempt + 1, reason=reason, delay_s=round(delay, 3)

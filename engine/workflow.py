@@ -58,6 +58,43 @@ class GateSpec:
     approvers: tuple[str, ...] = ()
 
 
+#: Step endings a retry policy may name in ``on`` (engine.states.StepState values).
+RETRY_ON = ("failed", "timeout", "lost", "unusable", "invalid")
+#: What ``retries: N`` retries: the agent said it failed, no handoff in time, or silent.
+RETRY_ON_DEFAULT = ("failed", "timeout", "lost")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how a step is sent again (``retry:``; ``retries: N`` is short for it).
+
+    Retry number ``n`` (1 = the first) waits ``delay * backoff ** (n - 1)`` seconds, at
+    most ``max_delay``, stretched by up to ``jitter`` (a fraction) at random, and never
+    longer than the step's timeout. Example::
+
+        RetryPolicy(max=3, delay=5.0, backoff=2.0, max_delay=60.0, jitter=0.2,
+                    on=("failed", "timeout"))   # waits ~5, ~10, ~20 s
+    """
+
+    #: How many more times the step may be sent (0: never retried).
+    max: int = 0
+    #: Seconds before the first retry (0 retries at once).
+    delay: float = 2.0
+    #: Each next retry waits this many times longer.
+    backoff: float = 2.0
+    #: The longest wait, in seconds.
+    max_delay: float = 60.0
+    #: Up to this fraction is added to each wait, at random.
+    jitter: float = 0.2
+    #: The step endings that are retried (``RETRY_ON``).
+    on: tuple[str, ...] = RETRY_ON_DEFAULT
+
+    @classmethod
+    def shorthand(cls, retries: int, delay: float) -> RetryPolicy:
+        """The policy ``retries: N`` (with ``retry_delay``) stands for."""
+        return cls(max=retries, delay=delay)
+
+
 @dataclass(frozen=True)
 class StepSpec:
     """One step of a template, with the template's ``defaults`` already applied."""
@@ -83,9 +120,19 @@ class StepSpec:
     on_failure: str = "stop"
     #: Agent options for the hooks call: deliver, model, thinking, channel (when set).
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+    #: When and how the step is sent again; ``retries`` and ``retry_delay`` are its
+    #: ``max`` and ``delay`` (None: the shorthand of those two).
+    retry_policy: RetryPolicy | None = None
     #: True for a step of the template's ``finally`` list: it runs once every step of
     #: ``steps`` has ended, whatever happened (docs/workflows.md, "Failure paths").
     always: bool = False
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The step's retry policy (``retry:``, or what ``retries``/``retry_delay`` say)."""
+        if self.retry_policy is not None:
+            return self.retry_policy
+        return RetryPolicy.shorthand(self.retries, self.retry_delay)
 
 
 @dataclass(frozen=True)
@@ -329,6 +376,8 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     if isinstance(inputs, dict):
         for name, spec in inputs.items():
             _input_problems(name, spec, problems)
+    if isinstance(raw.get("defaults"), dict):
+        _retry_problems("`defaults`", raw["defaults"], problems)
     if isinstance(raw.get("version"), float):
         problems.append(
             f"`version` is a decimal number, which YAML may not keep as written (`1.10` "
@@ -381,10 +430,35 @@ def _step_problems(i: int, step: dict[str, Any], problems: list[str], key: str =
     if has_agent == has_cap:
         which = "has both" if has_agent else "needs one of"
         problems.append(f"{label} {which} `agent` and `capability`.")
+    _retry_problems(label, step, problems)
     if isinstance(sid, str) and sid in _RESERVED:
         problems.append(
             f"{label}: the id `{sid}` is reserved (in a template `steps.{sid}` is a dict "
             "method); choose another id."
+        )
+
+
+def _retry_problems(label: str, step: dict[str, Any], problems: list[str]) -> None:
+    """`retry` beside its shorthand, and a cap below the first delay."""
+    retry = step.get("retry")
+    if not isinstance(retry, dict):
+        return
+    for short in ("retries", "retry_delay"):
+        if short in step:
+            problems.append(
+                f"{label} has both `retry` and `{short}`; `retries: N` and `retry_delay: S` "
+                "are short for `retry: {max: N, delay: S}`: keep `retry` alone."
+            )
+    delay, cap = retry.get("delay"), retry.get("max_delay")
+    if isinstance(delay, int | float) and isinstance(cap, int | float) and cap < delay:
+        problems.append(
+            f"{label}: `retry.max_delay` ({cap:g} s) is shorter than `retry.delay` "
+            f"({delay:g} s), the first wait; raise `max_delay` or lower `delay`."
+        )
+    if "blocked" in (retry.get("on") or ()):
+        problems.append(
+            f"{label}: `retry.on` cannot hold `blocked`: a blocked agent needs something "
+            "(an answer, a permission) that sending the same task again does not give it."
         )
 
 
@@ -424,6 +498,7 @@ def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) ->
     deps = s.get("depends_on", ())
     gate = s.get("gate")
     timeout = s.get("timeout", defaults.get("timeout"))
+    retry = s.get("retry", None if {"retries", "retry_delay"} & s.keys() else defaults.get("retry"))
     return StepSpec(
         id=s["id"],
         agent=s.get("agent"),
@@ -432,7 +507,9 @@ def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) ->
         depends_on=(deps,) if isinstance(deps, str) else tuple(deps),
         when=_strip_braces(s.get("when")),
         timeout=None if timeout is None else float(timeout),
-        retries=int(s.get("retries", defaults.get("retries", 0))),
+        retries=int(retry["max"])
+        if retry is not None
+        else int(s.get("retries", defaults.get("retries", 0))),
         retry_delay=float(s.get("retry_delay", defaults.get("retry_delay", 2.0))),
         repair_attempts=s.get("repair_attempts", defaults.get("repair_attempts")),
         heartbeat_timeout=s.get("heartbeat_timeout", defaults.get("heartbeat_timeout")),
@@ -448,7 +525,23 @@ def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) ->
         ),
         on_failure=s.get("on_failure", defaults.get("on_failure", "stop")),
         options={**base_options, **{k: s[k] for k in OPTION_KEYS if k in s}},
+        retry_policy=None if retry is None else _retry_policy(retry, s, defaults),
         always=always,
+    )
+
+
+def _retry_policy(
+    retry: dict[str, Any], step: dict[str, Any], defaults: dict[str, Any]
+) -> RetryPolicy:
+    """A schema-valid ``retry`` mapping as a policy; ``delay`` defaults to ``retry_delay``."""
+    base = RetryPolicy()
+    return RetryPolicy(
+        max=int(retry["max"]),
+        delay=float(retry.get("delay", step.get("retry_delay", defaults.get("retry_delay", 2.0)))),
+        backoff=float(retry.get("backoff", base.backoff)),
+        max_delay=float(retry.get("max_delay", base.max_delay)),
+        jitter=float(retry.get("jitter", base.jitter)),
+        on=tuple(dict.fromkeys(retry.get("on", RETRY_ON_DEFAULT))),
     )
 
 
