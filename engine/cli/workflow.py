@@ -496,3 +496,119 @@ def workflow_graph_cmd(name: str, fmt: str, config: str | None) -> int:
 def workflow_main() -> None:
     """Entry point of the `workflow` console script."""
     workflow.main(prog_name="workflow")
+
+
+@workflow.command("test")
+@click.argument("name", required=False)
+@click.option(
+    "--fixtures",
+    "fixtures",
+    required=True,
+    type=click.Path(file_okay=False, path_type=str),
+    metavar="DIR",
+    help="Fixture files: <step>.json|.yaml, gates.yaml, inputs.yaml (with --record: "
+    "where to write them).",
+)
+@input_option
+@caller_option
+@click.option(
+    "--expect",
+    type=click.Path(dir_okay=False, path_type=str),
+    metavar="FILE",
+    help="Check the run against FILE ({status, steps: {id: status}, outputs}); exit 1 "
+    "when something differs.",
+)
+@click.option("--record", metavar="RUN", help="Write fixtures from past run RUN instead.")
+@json_option
+@config_option
+def workflow_test_cmd(
+    name: str | None,
+    fixtures: str,
+    inputs: tuple[str, ...],
+    caller: str | None,
+    expect: str | None,
+    record: str | None,
+    as_json: bool,
+    config: str | None,
+) -> int:
+    """Run workflow NAME offline: each step's handoff comes from a fixture; nothing is sent."""
+    from pathlib import Path
+
+    from engine.errors import UsageError
+    from engine.fixtures import check_expectations, load_expectations, run_fixtures
+    from engine.workflow import parse_inputs
+
+    cfg = load(config)
+    if record is not None:
+        return _record(cfg, record, Path(fixtures), name)
+    if name is None:
+        raise UsageError("`workflow test` needs a workflow NAME (or `--record RUN`).")
+    expected = load_expectations(Path(expect)) if expect else None
+    report = run_fixtures(
+        cfg, name, Path(fixtures), inputs=parse_inputs(list(inputs)), caller=caller
+    )
+    misses = check_expectations(report, expected) if expected is not None else []
+    if as_json:
+        dump({**report.as_dict(), **({"expectations": misses} if expected is not None else {})})
+    else:
+        click.echo(_fixture_report(report.as_dict()))
+        if expected is not None:
+            click.echo(
+                f"\nexpectations of `{expect}`: "
+                + ("all met." if not misses else f"{len(misses)} not met:")
+            )
+            for miss in misses:
+                click.echo(f"  ✘ {miss}")
+    if expected is not None:
+        return 1 if misses else 0
+    return int(report.exit_code)
+
+
+def _record(cfg: Any, run_id: str, directory: Any, name: str | None) -> int:
+    from engine.errors import UsageError
+    from engine.fixtures import record_fixtures
+    from engine.runner import replay_run, run_dir
+    from engine.store import open_store
+
+    store = open_store(cfg)
+    run_dir(cfg, run_id, store=store)
+    view = replay_run(store, run_id)
+    workflow_name = str(view.meta.get("workflow"))
+    if name is not None and name != workflow_name:
+        raise UsageError(f"run `{run_id}` is of workflow `{workflow_name}`, not `{name}`.")
+    written = record_fixtures(view, directory)
+    click.echo(f"wrote {len(written)} files to {directory} from run {run_id}:")
+    for path in written:
+        click.echo(f"  {path.name}")
+    click.echo(
+        f"test with: workflow test {workflow_name} --fixtures {directory} "
+        f"--expect {directory}/expect.json"
+    )
+    return 0
+
+
+def _fixture_report(data: dict[str, Any]) -> str:
+    """The offline run for a person: each step's status and why, the run, the outputs."""
+    icons = {
+        "complete": "✔",
+        "partial": "◐",
+        "skipped": "↷",
+        "waiting_approval": "⏸",
+        "waiting_input": "?",
+        "pending": "·",
+    }
+
+    lines = [
+        f"Test of `{data['workflow']}` with the fixtures in `{data['fixtures']}`: nothing was sent."
+    ]
+    width = max((len(s) for s in data["steps"]), default=0)
+    for sid, row in data["steps"].items():
+        tries = f", {row['attempts']} attempts" if row["attempts"] > 1 else ""
+        fixture = f"  [{row['fixture']}{tries}]" if row["fixture"] else ""
+        why = f": {row['why']}" if row["why"] else ""
+        icon = icons.get(row["status"], "✘")
+        lines.append(f"  {icon} {sid:<{width}}  {row['status']}{why}{fixture}")
+    lines.append(f"run: {data['status']}")
+    for name, value in data["outputs"].items():
+        lines.append(f"\n## {name}\n{value}")
+    return "\n".join(lines)

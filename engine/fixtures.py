@@ -1,0 +1,560 @@
+"""Testing a workflow offline: every step's handoff from a fixture file, nothing dispatched.
+
+``workflow test NAME --fixtures DIR`` runs the whole plan through the real runner
+(conditions, failure paths, gates, retries, ``finally`` steps, outputs), but each
+delegation is answered by a file of ``DIR`` instead of an agent; ``docs/workflows.md``
+("Testing a workflow offline") describes the files::
+
+    DIR/<step-id>.json|.yaml   the step's ending: a handoff's fields, or {outcome: ...};
+                               a list gives one ending per attempt (the last repeats)
+    DIR/gates.json|.yaml       {step: approved | rejected | {decision, reason}}
+    DIR/inputs.json|.yaml      default inputs (``--input`` wins)
+
+    report = run_fixtures(cfg, "material-trade-study", Path("tests/mts-low"), inputs={})
+    report.state, report.steps["audit"]["status"], report.outputs
+    check_expectations(report, load_expectations(Path("expect.yaml")))  # [] when met
+
+``record_fixtures`` writes such a directory from a real past run (and ``expect.json``,
+what that run came to).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.delegate import DelegationRequest, DelegationResult, Delegator
+from engine.errors import UsageError, did_you_mean
+from engine.files import utcnow_iso
+from engine.reporter import Reporter
+from engine.states import Confidence, HandoffStatus, Outcome, RunState, StepState
+from engine.store import FileRunStore
+
+if TYPE_CHECKING:
+    from engine.config import Config
+    from engine.runner import GateRequest, RunView
+
+__all__ = [
+    "FixtureSet",
+    "TestReport",
+    "check_expectations",
+    "load_expectations",
+    "load_fixtures",
+    "record_fixtures",
+    "run_fixtures",
+]
+
+EXTENSIONS = (".json", ".yaml", ".yml")
+#: Keys a step fixture may hold (one attempt's ending).
+ENDING_KEYS = (
+    "status",
+    "outcome",
+    "result",
+    "confidence",
+    "notes",
+    "artifacts",
+    "question",
+    "validation",
+)
+#: Endings without a usable handoff that a fixture may name as ``outcome``.
+FIXTURE_OUTCOMES = tuple(
+    o.value
+    for o in (Outcome.TIMEOUT, Outcome.UNUSABLE, Outcome.LOST, Outcome.INVALID, Outcome.ERRORED)
+)
+_STATUSES = tuple(s.value for s in HandoffStatus)
+_CONFIDENCES = tuple(c.value for c in Confidence)
+#: Files of a fixture directory that are not step fixtures.
+SPECIAL = ("gates", "inputs", "expect")
+
+
+def _read(path: Path) -> Any:
+    """A JSON or YAML file's data (UsageError naming the file when it cannot be read)."""
+    from engine.textio import read_text
+    from engine.yamlio import parse_yaml
+
+    text = read_text(path, error=UsageError, what="fixture file")
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"`{path}` is not valid JSON: {exc}.", path=path) from None
+    data, problems = parse_yaml(text, source=path, error=UsageError)
+    if problems:
+        raise UsageError(f"`{path}` cannot be used:", path=path, problems=problems)
+    return data
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for ext in EXTENSIONS:
+        candidate = directory / f"{stem}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class FixtureSet:
+    """The fixtures of one directory, checked: step endings, gate answers, inputs."""
+
+    directory: Path
+    #: Step id -> its endings, one per attempt (the last repeats), each a checked mapping.
+    steps: dict[str, list[dict[str, Any]]] = field(hash=False)
+    #: Step id -> the fixture file it came from.
+    files: dict[str, Path] = field(hash=False)
+    #: Step id -> ("approved" | "rejected", reason).
+    gates: dict[str, tuple[str, str | None]] = field(hash=False)
+    inputs: dict[str, str] = field(hash=False)
+
+
+def load_fixtures(directory: Path, step_ids: tuple[str, ...]) -> FixtureSet:
+    """Read and check every file of ``directory``; UsageError listing every problem.
+
+    A file named for no step of the workflow is a problem (with the near miss), as is an
+    ending with an unknown key, an unknown status, outcome or confidence, or both a
+    ``status`` and an ``outcome``.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UsageError(f"`--fixtures {directory}`: no such directory.", path=directory)
+    problems: list[str] = []
+    steps: dict[str, list[dict[str, Any]]] = {}
+    files: dict[str, Path] = {}
+    for path in sorted(directory.iterdir()):
+        if path.suffix not in EXTENSIONS or path.stem in SPECIAL or not path.is_file():
+            continue
+        if path.stem not in step_ids:
+            problems.append(
+                f"`{path}` is named for no step{did_you_mean(path.stem, list(step_ids)) or '.'} "
+                f"Steps: {', '.join(step_ids)}."
+            )
+            continue
+        endings = _endings(path, _read(path), problems)
+        if endings:
+            steps[path.stem], files[path.stem] = endings, path
+    gates = _gates(directory, step_ids, problems)
+    inputs = _inputs(directory, problems)
+    if problems:
+        raise UsageError(f"the fixtures in `{directory}` cannot be used:", problems=problems)
+    return FixtureSet(directory, steps, files, gates, inputs)
+
+
+def _endings(path: Path, data: Any, problems: list[str]) -> list[dict[str, Any]]:
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        problems.append(f"`{path}` is an empty list; give at least one ending.")
+    out = []
+    for i, item in enumerate(items):
+        where = f"`{path}`" + (f" item {i + 1}" if isinstance(data, list) else "")
+        if not isinstance(item, dict):
+            problems.append(f"{where} must be a mapping (a handoff's fields, or `outcome`).")
+            continue
+        before = len(problems)
+        _check_ending(where, item, problems)
+        if len(problems) == before:
+            out.append(item)
+    return out
+
+
+def _check_ending(where: str, item: dict[str, Any], problems: list[str]) -> None:
+    for key in item:
+        if key not in ENDING_KEYS:
+            problems.append(
+                f"{where}: unknown key `{key}`{did_you_mean(str(key), ENDING_KEYS) or '.'} "
+                f"A fixture holds: {', '.join(ENDING_KEYS)}."
+            )
+    if "status" in item and "outcome" in item:
+        problems.append(
+            f"{where} has both `status` (what the agent said) and `outcome` (an ending "
+            "without a usable handoff); keep one."
+        )
+    for key, known in (
+        ("status", _STATUSES),
+        ("outcome", FIXTURE_OUTCOMES),
+        ("confidence", _CONFIDENCES),
+    ):
+        value = item.get(key)
+        if key in item and value not in known:
+            problems.append(
+                f"{where}: `{key}` is `{value}`{did_you_mean(str(value), known) or '.'} "
+                f"It is one of: {', '.join(known)}."
+            )
+    for key in ("result", "notes", "question"):
+        if key in item and not isinstance(item[key], str):
+            problems.append(f"{where}: `{key}` must be text.")
+    arts = item.get("artifacts", [])
+    if not isinstance(arts, list) or not all(isinstance(a, str) for a in arts):
+        problems.append(f"{where}: `artifacts` must be a list of paths.")
+    validation = item.get("validation")
+    if validation is not None and validation not in ("approved", "rejected"):
+        problems.append(f"{where}: `validation` is `approved` or `rejected`.")
+
+
+def _gates(
+    directory: Path, step_ids: tuple[str, ...], problems: list[str]
+) -> dict[str, tuple[str, str | None]]:
+    path = _find(directory, "gates")
+    if path is None:
+        return {}
+    data = _read(path)
+    if not isinstance(data, dict):
+        problems.append(f"`{path}` must map step ids to `approved` or `rejected`.")
+        return {}
+    gates: dict[str, tuple[str, str | None]] = {}
+    for step, answer in data.items():
+        if step not in step_ids:
+            problems.append(
+                f"`{path}`: `{step}` is no step{did_you_mean(str(step), list(step_ids)) or '.'}"
+            )
+            continue
+        decision, reason = (
+            (answer.get("decision"), answer.get("reason"))
+            if isinstance(answer, dict)
+            else (answer, None)
+        )
+        if decision not in ("approved", "rejected"):
+            problems.append(
+                f"`{path}`: the answer for `{step}` is `approved`, `rejected`, or "
+                "`{decision: rejected, reason: ...}`."
+            )
+            continue
+        gates[str(step)] = (str(decision), None if reason is None else str(reason))
+    return gates
+
+
+def _inputs(directory: Path, problems: list[str]) -> dict[str, str]:
+    path = _find(directory, "inputs")
+    if path is None:
+        return {}
+    data = _read(path)
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        problems.append(f"`{path}` must map input names to text values.")
+        return {}
+    return {str(k): v for k, v in data.items()}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class FixtureDelegator(Delegator):
+    """A delegator whose delegations are answered by fixtures: nothing is dispatched.
+
+    The ACL and the registry are checked as for a real delegation; the handoff is the
+    step's fixture (``engine.handoff`` fields filled in), and a step with no fixture ends
+    ``errored`` with a sentence naming the files looked for.
+    """
+
+    def __init__(self, cfg: Config, fixtures: FixtureSet, store: FileRunStore) -> None:
+        super().__init__(cfg, store=store)
+        self.fixtures = fixtures
+        self._steps_by_run: dict[str, str] = {}
+        self._lock = threading.Lock()
+        #: Step id -> the attempts answered so far.
+        self.used: dict[str, int] = {}
+
+    def delegate(
+        self,
+        req: DelegationRequest,
+        *,
+        reattach: bool = False,
+        cancel: threading.Event | None = None,
+        reporter: Reporter | None = None,
+    ) -> DelegationResult:
+        """Answer ``req`` from the fixtures (the validator's request from the step's)."""
+        self.check(req)
+        run_id = str(req.run_id)
+        validates = (req.labels or {}).get("validates")
+        if validates is not None:
+            return self._validation(req, run_id, str(validates))
+        step = str((req.labels or {}).get("step"))
+        with self._lock:
+            self._steps_by_run[run_id] = step
+            n = self.used[step] = self.used.get(step, 0) + 1
+        endings = self.fixtures.steps.get(step)
+        if not endings:
+            looked = ", ".join(f"`{step}{e}`" for e in EXTENSIONS)
+            return self._result(
+                req,
+                run_id,
+                {"outcome": "errored"},
+                f"no fixture for step `{step}` in `{self.fixtures.directory}` (looked for "
+                f"{looked})",
+            )
+        return self._result(req, run_id, endings[min(n, len(endings)) - 1], None)
+
+    def _validation(self, req: DelegationRequest, run_id: str, of: str) -> DelegationResult:
+        step = self._steps_by_run.get(of, "")
+        endings = self.fixtures.steps.get(step) or [{}]
+        last = endings[min(self.used.get(step, 1), len(endings)) - 1]
+        verdict = last.get("validation", "approved")
+        text = (
+            "APPROVED: from the fixture" if verdict == "approved" else "REJECTED: from the fixture"
+        )
+        return self._result(req, run_id, {"status": "complete", "result": text}, None)
+
+    def _result(
+        self, req: DelegationRequest, run_id: str, ending: dict[str, Any], error: str | None
+    ) -> DelegationResult:
+        now = utcnow_iso()
+        outcome = Outcome(ending.get("outcome") or ending.get("status") or "complete")
+        envelope = {
+            "caller": req.caller,
+            "target": req.target,
+            "task": req.task,
+            "outcome": outcome.value,
+            "dispatched_at": now,
+            "received_at": now,
+            "duration_ms": 0.0,
+            "token_wait_ms": 0.0,
+            "fixture": True,
+        }
+        record: dict[str, Any] = {"envelope": envelope}
+        if "outcome" not in ending:
+            record.update(
+                schemaVersion="1.0",
+                runId=run_id,
+                agent=req.target,
+                status=outcome.value,
+                result=ending.get("result", f"<fixture result of {req.target}>"),
+                artifacts=list(ending.get("artifacts", [])),
+                confidence=ending.get("confidence", "high"),
+                notes=ending.get("notes", ""),
+                timestamp=now,
+                **({"question": ending["question"]} if "question" in ending else {}),
+            )
+        message = error or (
+            f"the fixture says `{outcome.value}`"
+            if not outcome.ok and "outcome" in ending
+            else None
+        )
+        return DelegationResult(
+            run_id=run_id,
+            outcome=outcome,
+            record_path=self.store.handoff_target(run_id, sub=False),
+            record=record,
+            error=UsageError(message) if message else None,
+        )
+
+
+@dataclass(frozen=True)
+class TestReport:
+    """What an offline run came to."""
+
+    workflow: str
+    fixtures: Path
+    state: RunState
+    exit_code: int
+    #: Step id -> {status, why, fixture, attempts} in plan order.
+    steps: dict[str, dict[str, Any]]
+    outputs: dict[str, str]
+    inputs: dict[str, str]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        return {
+            "workflow": self.workflow,
+            "fixtures": str(self.fixtures),
+            "status": self.state.value,
+            "inputs": self.inputs,
+            "steps": self.steps,
+            "outputs": self.outputs,
+        }
+
+
+def run_fixtures(
+    cfg: Config,
+    name_or_path: str,
+    directory: Path,
+    *,
+    inputs: dict[str, str],
+    caller: str | None = None,
+    reporter: Reporter | None = None,
+) -> TestReport:
+    """Plan the workflow and run it offline with the fixtures of ``directory``.
+
+    Raises WorkflowError (the planner's problems) or UsageError (fixture problems) before
+    anything runs; the run's records are kept in a temporary directory, removed after.
+    """
+    from engine.runner import RunOptions, WorkflowRunner, prepare
+    from engine.workflow import find_workflow, load_workflow
+
+    spec = load_workflow(find_workflow(name_or_path, cfg))
+    fixtures = load_fixtures(directory, spec.step_ids)
+    given = {**fixtures.inputs, **inputs}
+    prepared = prepare(cfg, name_or_path, given, caller=caller)
+    scratch = Path(tempfile.mkdtemp(prefix="workflow-test-"))
+    try:
+        delegator = FixtureDelegator(cfg, fixtures, FileRunStore(scratch))
+        try:
+            runner = WorkflowRunner(
+                cfg,
+                delegator,
+                reporter=reporter,
+                approver=lambda req: _answer(fixtures, req),
+                retry_wait=lambda cancel, seconds: False,  # no wait: nothing is sent
+            )
+            result = runner.start(prepared, RunOptions(caller=caller))
+        finally:
+            delegator.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return TestReport(
+        workflow=spec.name,
+        fixtures=Path(directory),
+        state=result.state,
+        exit_code=result.exit_code,
+        steps=_step_rows(result.summary, fixtures),
+        outputs=dict(result.summary.get("outputs") or {}),
+        inputs=dict(prepared.plan.inputs),
+    )
+
+
+def _answer(fixtures: FixtureSet, req: GateRequest) -> str | tuple[str, str] | None:
+    answer = fixtures.gates.get(req.step)
+    if answer is None:
+        return None  # parks: the report says the gate waits
+    decision, reason = answer
+    return "approved" if decision == "approved" else ("rejected", reason or "rejected (fixture)")
+
+
+def _step_rows(summary: dict[str, Any], fixtures: FixtureSet) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for sid, st in summary.get("steps", {}).items():
+        why = st.get("skip_reason") or st.get("error")
+        gate = st.get("gate")
+        if gate and not why:
+            why = f"gate {gate.get('decision')}"
+        if st["status"] == StepState.WAITING_APPROVAL.value:
+            why = f"its gate has no answer in `{fixtures.directory}/gates.yaml`"
+        path = fixtures.files.get(sid)
+        rows[sid] = {
+            "status": st["status"],
+            "why": why,
+            "fixture": path.name if path is not None and st.get("attempts") else None,
+            "attempts": st.get("attempts", 0),
+        }
+    return rows
+
+
+# --------------------------------------------------------------------------- expectations
+
+
+def load_expectations(path: Path) -> dict[str, Any]:
+    """An expectations file: ``{status?, steps?: {id: status}, outputs?: {name: text}}``."""
+    data = _read(Path(path))
+    problems = []
+    if not isinstance(data, dict):
+        raise UsageError(f"`{path}` must be a mapping with `status`, `steps` or `outputs`.")
+    for key in data:
+        if key not in ("status", "steps", "outputs"):
+            problems.append(
+                f"`{path}`: unknown key `{key}`"
+                f"{did_you_mean(str(key), ['status', 'steps', 'outputs']) or '.'}"
+            )
+    for key in ("steps", "outputs"):
+        if key in data and not isinstance(data[key], dict):
+            problems.append(f"`{path}`: `{key}` must be a mapping.")
+    if problems:
+        raise UsageError(f"`{path}` cannot be used:", path=Path(path), problems=problems)
+    return data
+
+
+def check_expectations(report: TestReport, expected: dict[str, Any]) -> list[str]:
+    """One sentence per expectation that does not hold (empty: all hold)."""
+    out: list[str] = []
+    status = expected.get("status")
+    if status is not None and status != report.state.value:
+        out.append(f"the run is `{report.state.value}`, expected `{status}`.")
+    for sid, want in (expected.get("steps") or {}).items():
+        row = report.steps.get(sid)
+        if row is None:
+            out.append(f"no step `{sid}`{did_you_mean(sid, list(report.steps)) or '.'}")
+        elif row["status"] != want:
+            why = f" ({row['why']})" if row.get("why") else ""
+            out.append(f"step `{sid}` is `{row['status']}`{why}, expected `{want}`.")
+    for name, want in (expected.get("outputs") or {}).items():
+        got = report.outputs.get(name)
+        if got is None:
+            out.append(f"no output `{name}` (the run is `{report.state.value}`).")
+        elif got != want:
+            out.append(f"output `{name}` is {got!r}, expected {want!r}.")
+    return out
+
+
+# --------------------------------------------------------------------------- recording
+
+
+def record_fixtures(view: RunView, directory: Path) -> list[Path]:
+    """Write fixtures (and ``expect.json``) from a past run; return the files written.
+
+    Each step that ran gets its endings, one per attempt (earlier attempts as their
+    outcome, the last with its handoff); decided gates go to ``gates.json``, the run's
+    inputs to ``inputs.json``, and what the run came to to ``expect.json``. Refuses a
+    directory that already holds fixtures.
+    """
+    from engine.files import write_json_atomic
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    taken = [p.name for p in directory.iterdir() if p.suffix in EXTENSIONS]
+    if taken:
+        raise UsageError(
+            f"`{directory}` already holds {', '.join(sorted(taken)[:5])}: record into an empty "
+            "directory, so that no fixture is mixed with another run's."
+        )
+    written = []
+    gates: dict[str, Any] = {}
+    for sid, s in view.steps.items():
+        endings = _recorded_endings(s)
+        if endings:
+            written.append(write_json_atomic(directory / f"{sid}.json", endings))
+        if s.gate and s.gate.get("decision") in ("approved", "rejected"):
+            gates[sid] = {"decision": s.gate["decision"], "reason": s.gate.get("reason")}
+    if gates:
+        written.append(write_json_atomic(directory / "gates.json", gates))
+    inputs = view.meta.get("inputs")
+    if isinstance(inputs, dict) and inputs:
+        written.append(write_json_atomic(directory / "inputs.json", inputs))
+    summary = view.path / "summary.json"
+    outputs: dict[str, Any] = {}
+    if summary.is_file():
+        outputs = json.loads(summary.read_text(encoding="utf-8")).get("outputs") or {}
+    expect = {
+        "status": view.state.value,
+        "steps": {sid: s.state.value for sid, s in view.steps.items()},
+        **({"outputs": outputs} if outputs else {}),
+    }
+    written.append(write_json_atomic(directory / "expect.json", expect))
+    return written
+
+
+def _recorded_endings(s: Any) -> list[dict[str, Any]]:
+    """A step's endings as fixtures: earlier attempts by outcome, the last in full."""
+    if s.state in (StepState.SKIPPED, StepState.PENDING, StepState.REJECTED) or not s.attempts:
+        return []
+    endings: list[dict[str, Any]] = []
+    for attempt in s.attempts[:-1]:
+        outcome = attempt.get("outcome")
+        if outcome in _STATUSES:
+            endings.append({"status": outcome})
+        elif outcome in FIXTURE_OUTCOMES:
+            endings.append({"outcome": outcome})
+    h = s.handoff
+    if h is not None:
+        last: dict[str, Any] = {
+            k: h[k]
+            for k in ("status", "result", "confidence", "notes", "artifacts", "question")
+            if k in h
+        }
+    elif s.state.value in FIXTURE_OUTCOMES:
+        last = {"outcome": s.state.value}
+    else:
+        last = {"outcome": "errored"}
+    if s.validation is not None:
+        last["validation"] = "approved" if s.validation.get("approved") else "rejected"
+    endings.append(last)
+    return endings
