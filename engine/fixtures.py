@@ -37,7 +37,8 @@ from engine.store import FileRunStore
 
 if TYPE_CHECKING:
     from engine.config import Config
-    from engine.runner import GateRequest, RunView
+    from engine.runner import GateRequest
+    from engine.runs import RunView
 
 __all__ = [
     "FixtureSet",

@@ -24,7 +24,8 @@ from engine.errors import WorkflowError
 from engine.planview import dry_run_dict, dry_run_text, graph_text
 from engine.registry import Registry
 from engine.renderer import TaskRenderer
-from engine.runner import RunOptions, RunState, WorkflowRunner, prepare, read_events
+from engine.runner import RunOptions, RunState, WorkflowRunner, prepare
+from engine.store.file import read_events
 from engine.workflow import load_workflow, workflow_from_dict
 from tests.helpers import demo_config, write_config
 

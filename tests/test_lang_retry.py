@@ -17,7 +17,8 @@ from engine.config import load_config
 from engine.delegate import open_delegator
 from engine.errors import WorkflowError
 from engine.planview import dry_run_dict, dry_run_text
-from engine.runner import RunOptions, RunState, WorkflowRunner, prepare, read_events, retry_delay
+from engine.runner import RunOptions, RunState, WorkflowRunner, prepare, retry_delay
+from engine.store.file import read_events
 from engine.workflow import RetryPolicy, workflow_from_dict
 from engine.yamlio import parse_yaml
 from tests.helpers import demo_config, write_config

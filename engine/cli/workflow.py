@@ -567,7 +567,7 @@ def workflow_test_cmd(
 def _record(cfg: Any, run_id: str, directory: Any, name: str | None) -> int:
     from engine.errors import UsageError
     from engine.fixtures import record_fixtures
-    from engine.runner import replay_run, run_dir
+    from engine.runs import replay_run, run_dir
     from engine.store import open_store
 
     store = open_store(cfg)
