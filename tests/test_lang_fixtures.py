@@ -265,7 +265,8 @@ def test_record_a_real_run_then_test_it_offline(cfg: Config, tmp_path: Path) -> 
     assert "is of workflow `material-trade-study`, not `quick-research`" in res.output
 
 
-def test_docs_show_a_report_as_printed(cfg: Config) -> None:
+def test_docs_show_a_report_as_printed(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(DOCS.parent.parent)  # the documented paths are from the repository
     text = DOCS.read_text(encoding="utf-8")
     match = re.search(r"<!-- test-output: (\S+) -->\n```text\n(.*?)```", text, re.S)
     assert match, "docs/workflows.md lost its `workflow test` example"
@@ -281,3 +282,27 @@ def test_docs_show_a_report_as_printed(cfg: Config) -> None:
     )
     assert res.exit_code == 0
     assert res.stdout == match.group(2)
+
+
+def test_validation_and_questions_come_from_fixtures(cfg: Config, tmp_path: Path) -> None:
+    wf = tmp_path / "checked.yaml"
+    wf.write_text(
+        "name: checked\ncaller: manager\nsteps:\n"
+        "  - {id: research, agent: webster, validate: auditor, task: find}\n"
+        "  - {id: ask, agent: secretary, task: ask}\n"
+    )
+    fx = tmp_path / "fx"
+    fx.mkdir()
+    (fx / "research.yaml").write_text("result: R\nvalidation: rejected\n")
+    (fx / "ask.yaml").write_text("status: blocked\nquestion: Which range?\n")
+    res = _wf(cfg, "test", str(wf), "--fixtures", str(fx), "--json")
+    report = json.loads(res.stdout)
+    assert report["steps"]["research"]["status"] == "failed"
+    assert report["steps"]["research"]["why"].startswith(
+        "validator `auditor` rejected the result: "
+    )
+    assert report["steps"]["ask"]["status"] == "waiting_input"
+    assert report["status"] == "waiting_input" and res.exit_code == 3
+    (fx / "research.yaml").write_text("result: R\n")  # validation approved by default
+    report = json.loads(_wf(cfg, "test", str(wf), "--fixtures", str(fx), "--json").stdout)
+    assert report["steps"]["research"]["status"] == "complete"
