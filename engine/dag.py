@@ -20,6 +20,7 @@ edge from each step of ``steps`` that nothing in ``steps`` depends on to each of
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +39,13 @@ if TYPE_CHECKING:
 PLACEHOLDER_RUN_ID = "<run id>"
 
 
-def placeholder_result(step_id: str) -> dict[str, Any]:
-    """What a dry run shows of an upstream step: ``<result of ID>``, complete, high."""
-    return {
+def placeholder_result(step_id: str, *, fan_out: bool = False) -> dict[str, Any]:
+    """What a dry run shows of an upstream step: ``<result of ID>``, complete, high.
+
+    A ``for_each`` step has one item result, ``<result of ID[0]>``: ``results`` lists it
+    and ``result`` is the list as a JSON array.
+    """
+    out: dict[str, Any] = {
         "result": f"<result of {step_id}>",
         "status": "complete",
         "confidence": "high",
@@ -48,6 +53,10 @@ def placeholder_result(step_id: str) -> dict[str, Any]:
         "notes": "",
         "reason": "",
     }
+    if fan_out:
+        out["results"] = [f"<result of {step_id}[0]>"]
+        out["result"] = json.dumps(out["results"])
+    return out
 
 
 #: The statuses a step can have once it has ended: what a ``when`` can compare
@@ -394,7 +403,7 @@ def _trial_render(
     problems: list[str],
 ) -> None:
     """Render every template not already found wrong, with placeholder upstream results."""
-    placeholders = _Placeholders()
+    placeholders = _Placeholders({s.id for s in first.values() if s.for_each})
     for step in first.values():
         if step.id in skip or renderer.is_broken(step.id):
             continue
@@ -592,10 +601,38 @@ def _input_ref_problem(who: str, field_name: str | None, name: str, spec: Workfl
 class _Placeholders(dict[str, dict[str, Any]]):
     """Placeholder results, made on first use and shared (templates cannot change them)."""
 
+    def __init__(self, fan_out: set[str] | frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.fan_out = fan_out
+
     def __missing__(self, key: str) -> dict[str, Any]:
-        value = placeholder_result(key)
+        value = placeholder_result(key, fan_out=key in self.fan_out)
         self[key] = value
         return value
+
+
+def trial_items(
+    step: StepSpec, renderer: TaskRenderer, ctx: dict[str, Any]
+) -> tuple[list[Any], bool]:
+    """A ``for_each`` step's items with the trial context, and whether they are known
+    now (they read no step); raises WorkflowError as the run would."""
+    from engine.workflow import items_of
+
+    known = not renderer.references(step.id)["for_each"].steps
+    value = renderer.evaluate_for_each(step.id, ctx)
+    where = f"step `{step.id}`: `for_each` ({step.for_each})"
+    return items_of(value, step.split, where=where), known
+
+
+def _with_item(step: StepSpec, renderer: TaskRenderer, ctx: dict[str, Any]) -> dict[str, Any]:
+    """The trial context of a ``for_each`` step: its first item (or a placeholder)."""
+    if step.for_each is None:
+        return ctx
+    try:
+        items, _ = trial_items(step, renderer, ctx)
+    except WorkflowError:
+        items = []
+    return {**ctx, step.item_name: items[0] if items else f"<item of {step.id}>"}
 
 
 def _trial_steps(
@@ -634,12 +671,22 @@ def _context(
 
 def _trial_problems(step: StepSpec, renderer: TaskRenderer, ctx: dict[str, Any]) -> list[str]:
     out: list[str] = []
-    checks = [renderer.render_task, renderer.evaluate_when]
-    if step.gate is not None:
-        checks += [renderer.render_gate_prompt, renderer.evaluate_gate_when]
-    for check in checks:
+    task_ctx = ctx
+    if step.for_each is not None:  # only the task sees the item: the rest decides once
         try:
-            check(step.id, ctx)
+            trial_items(step, renderer, ctx)
+        except WorkflowError as exc:
+            out.append(exc.message)
+        task_ctx = _with_item(step, renderer, ctx)
+    checks: list[tuple[Any, dict[str, Any]]] = [
+        (renderer.render_task, task_ctx),
+        (renderer.evaluate_when, ctx),
+    ]
+    if step.gate is not None:
+        checks += [(renderer.render_gate_prompt, ctx), (renderer.evaluate_gate_when, ctx)]
+    for check, with_ctx in checks:
+        try:
+            check(step.id, with_ctx)
         except WorkflowError as exc:
             out.append(exc.message)
     return out
@@ -655,12 +702,18 @@ def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, An
     spec = plan.workflow
     position = {sid: i for i, sid in enumerate(plan.steps)}
     upstream = _Upstream(plan.graph, position, nx.is_directed_acyclic_graph(plan.graph))
-    placeholders = _Placeholders()
+    placeholders = _Placeholders({s for s, p in plan.steps.items() if p.spec.for_each})
     out: dict[str, dict[str, Any]] = {}
     for sid, planned in plan.steps.items():
         steps = _trial_steps(sid, renderer, upstream, placeholders)
         ctx = _context(spec, plan.inputs, steps, ended=planned.spec.always)
-        entry: dict[str, Any] = {"task": renderer.render_task(sid, ctx)}
+        entry: dict[str, Any] = {}
+        task_ctx = ctx
+        if planned.spec.for_each is not None:
+            items, known = trial_items(planned.spec, renderer, ctx)
+            entry["items"] = items if known else None
+            task_ctx = _with_item(planned.spec, renderer, ctx)
+        entry["task"] = renderer.render_task(sid, task_ctx)
         if planned.spec.gate is not None:
             entry["gate_prompt"] = renderer.render_gate_prompt(sid, ctx)
         out[sid] = entry
@@ -669,5 +722,8 @@ def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, An
 
 def rendered_outputs(plan: Plan, renderer: TaskRenderer) -> dict[str, str]:
     """The workflow's outputs rendered with every step's placeholder result."""
-    all_steps = {sid: placeholder_result(sid) for sid in plan.steps}
+    all_steps = {
+        sid: placeholder_result(sid, fan_out=p.spec.for_each is not None)
+        for sid, p in plan.steps.items()
+    }
     return renderer.render_outputs(_context(plan.workflow, plan.inputs, all_steps, ended=True))

@@ -48,6 +48,17 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
                     # end badly, instead of being skipped.
                     "decides_on": sorted(renderer.status_tests(sid).steps),
                     "finally": s.always,
+                    "for_each": (
+                        {
+                            "expression": s.for_each,
+                            "as": s.item_name,
+                            "split": s.split,
+                            "max_parallel": s.max_parallel,
+                            "items": rendered[sid]["items"],
+                        }
+                        if s.for_each is not None
+                        else None
+                    ),
                     "gate": (
                         {"prompt": rendered[sid]["gate_prompt"], "when": s.gate.when}
                         if s.gate is not None
@@ -109,6 +120,17 @@ def _retry_line(s: dict[str, Any]) -> str | None:
     )
 
 
+def _for_each_line(fe: dict[str, Any]) -> str:
+    items = fe["items"]
+    if items is None:
+        which = "the items come from upstream results at run time"
+    else:
+        shown = ", ".join(str(i) for i in items[:5]) + (", ..." if len(items) > 5 else "")
+        which = f"{_plural(len(items), 'item')}: {shown}" if items else "no items: skipped"
+    bound = f", at most {fe['max_parallel']} at once" if fe["max_parallel"] else ""
+    return f"      for each `{fe['as']}` of {fe['expression']} ({which}){bound}"
+
+
 def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + line if line else prefix.rstrip() for line in text.splitlines())
 
@@ -167,6 +189,8 @@ def _step_lines(s: dict[str, Any]) -> list[str]:
         lines.append("      finally: runs once every other step has ended, whatever happened")
     if s["when"]:
         lines.append(f"      when: {s['when']}")
+    if s["for_each"]:
+        lines.append(_for_each_line(s["for_each"]))
     if s["decides_on"]:
         lines.append(
             f"      runs even when {', '.join(s['decides_on'])} ended badly (its `when` "
@@ -251,6 +275,8 @@ def _graph_parts(
         lines = [s.id, agents[s.id]]
         if s.always:
             lines.append("finally")
+        if s.for_each:
+            lines.append(f"for each {s.item_name} of {s.for_each}")
         if s.when:
             lines.append(f"when {s.when}")
         if s.gate is not None:

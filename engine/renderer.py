@@ -524,6 +524,8 @@ class TaskRenderer:
             if step.id in self._steps:
                 continue  # a duplicate id; the planner reports it
             fields: list[tuple[str, str, bool]] = [("task", step.task, False)]
+            if step.for_each is not None:
+                fields.append(("for_each", step.for_each, True))
             if step.when is not None:
                 fields.append(("when", step.when, True))
             if step.gate is not None:
@@ -652,6 +654,12 @@ class TaskRenderer:
         if not self._has(step_id, "when"):
             return True
         return bool(self._run(step_id, "when", context))
+
+    def evaluate_for_each(self, step_id: str, context: Mapping[str, Any]) -> Any:
+        """The value of the step's ``for_each`` (WorkflowError if it has none)."""
+        if not self._has(step_id, "for_each"):
+            raise WorkflowError(f"step `{step_id}` has no `for_each`.", step=step_id)
+        return self._run(step_id, "for_each", context)
 
     def evaluate_gate_when(self, step_id: str, context: Mapping[str, Any]) -> bool:
         """Evaluate the ``when`` of the step's gate (True when it has none)."""

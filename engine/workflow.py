@@ -58,6 +58,11 @@ class GateSpec:
     approvers: tuple[str, ...] = ()
 
 
+#: Names a ``for_each`` item may not take (``as:``): the context's own names.
+RESERVED_ITEM_NAMES = frozenset({"inputs", "steps", "run", "loop", "range", "namespace"})
+#: The most items one ``for_each`` may have.
+MAX_ITEMS = 10_000
+
 #: Step endings a retry policy may name in ``on`` (engine.states.StepState values).
 RETRY_ON = ("failed", "timeout", "lost", "unusable", "invalid")
 #: What ``retries: N`` retries: the agent said it failed, no handoff in time, or silent.
@@ -123,6 +128,14 @@ class StepSpec:
     #: When and how the step is sent again; ``retries`` and ``retry_delay`` are its
     #: ``max`` and ``delay`` (None: the shorthand of those two).
     retry_policy: RetryPolicy | None = None
+    #: An expression whose value the step runs once per item of (None: once).
+    for_each: str | None = None
+    #: The name templates read the item as (``as:``).
+    item_name: str = "item"
+    #: How a text value is cut into items: a separator, or ``lines``.
+    split: str = ","
+    #: Items in flight at once (None: as many as the run allows).
+    max_parallel: int | None = None
     #: True for a step of the template's ``finally`` list: it runs once every step of
     #: ``steps`` has ended, whatever happened (docs/workflows.md, "Failure paths").
     always: bool = False
@@ -431,6 +444,7 @@ def _step_problems(i: int, step: dict[str, Any], problems: list[str], key: str =
         which = "has both" if has_agent else "needs one of"
         problems.append(f"{label} {which} `agent` and `capability`.")
     _retry_problems(label, step, problems)
+    _fan_out_problems(label, step, problems)
     if isinstance(sid, str) and sid in _RESERVED:
         problems.append(
             f"{label}: the id `{sid}` is reserved (in a template `steps.{sid}` is a dict "
@@ -460,6 +474,57 @@ def _retry_problems(label: str, step: dict[str, Any], problems: list[str]) -> No
             f"{label}: `retry.on` cannot hold `blocked`: a blocked agent needs something "
             "(an answer, a permission) that sending the same task again does not give it."
         )
+
+
+def _fan_out_problems(label: str, step: dict[str, Any], problems: list[str]) -> None:
+    """`as`, `split`, `max_parallel` without `for_each`; an item name the context uses."""
+    if "for_each" not in step:
+        for key in ("as", "split", "max_parallel"):
+            if key in step:
+                problems.append(
+                    f"{label} has `{key}` but no `for_each`; add `for_each` or drop it."
+                )
+        return
+    name = step.get("as")
+    if isinstance(name, str) and name in RESERVED_ITEM_NAMES:
+        problems.append(
+            f"{label}: `as: {name}` would hide `{name}` from the step's templates; choose "
+            "another name (e.g. `as: item`)."
+        )
+
+
+def items_of(value: Any, split: str, *, where: str) -> list[Any]:
+    """The items a ``for_each`` value stands for (docs/workflows.md, "Fan-out").
+
+    A list is its items; a text that starts with ``[`` is parsed as a JSON array; any
+    other text is cut at ``split`` (``lines``: at line ends), each piece stripped, empty
+    pieces dropped. Raises WorkflowError naming ``where`` for a JSON text that is not an
+    array, any other kind of value, or more than ``MAX_ITEMS`` items.
+    """
+    import json
+
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise WorkflowError(
+                f"{where} starts with `[` but is not a JSON array: {exc}."
+            ) from None
+    if isinstance(value, str):
+        parts = value.splitlines() if split == "lines" else value.split(split)
+        items: list[Any] = [p.strip() for p in parts if p.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise WorkflowError(
+            f"{where} is {type(value).__name__}, not a list or a text to split; "
+            "`for_each` takes a list, a JSON array, or text such as `a, b, c`."
+        )
+    if len(items) > MAX_ITEMS:
+        raise WorkflowError(
+            f"{where} has {len(items)} items; a `for_each` takes at most {MAX_ITEMS}."
+        )
+    return items
 
 
 def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> WorkflowSpec:
@@ -526,6 +591,10 @@ def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) ->
         on_failure=s.get("on_failure", defaults.get("on_failure", "stop")),
         options={**base_options, **{k: s[k] for k in OPTION_KEYS if k in s}},
         retry_policy=None if retry is None else _retry_policy(retry, s, defaults),
+        for_each=_strip_braces(s.get("for_each")),
+        item_name=s.get("as", "item"),
+        split=s.get("split", ","),
+        max_parallel=s.get("max_parallel"),
         always=always,
     )
 
