@@ -7,6 +7,7 @@ delegation is answered by a file of ``DIR`` instead of an agent; ``docs/workflow
 
     DIR/<step-id>.json|.yaml   the step's ending: a handoff's fields, or {outcome: ...};
                                a list gives one ending per attempt (the last repeats)
+    DIR/<step-id>.<i>.json     item ``i`` (from 0) of a ``for_each`` step, when it differs
     DIR/gates.json|.yaml       {step: approved | rejected | {decision, reason}}
     DIR/inputs.json|.yaml      default inputs (``--input`` wins)
 
@@ -128,15 +129,19 @@ def load_fixtures(directory: Path, step_ids: tuple[str, ...]) -> FixtureSet:
     for path in sorted(directory.iterdir()):
         if path.suffix not in EXTENSIONS or path.stem in SPECIAL or not path.is_file():
             continue
-        if path.stem not in step_ids:
+        step, dot, index = path.stem.rpartition(".")
+        if not (dot and index.isdigit()):
+            step = path.stem
+        if step not in step_ids:
             problems.append(
-                f"`{path}` is named for no step{did_you_mean(path.stem, list(step_ids)) or '.'} "
+                f"`{path}` is named for no step{did_you_mean(step, list(step_ids)) or '.'} "
                 f"Steps: {', '.join(step_ids)}."
             )
             continue
         endings = _endings(path, _read(path), problems)
+        key = f"{step}.{int(index)}" if step != path.stem else step
         if endings:
-            steps[path.stem], files[path.stem] = endings, path
+            steps[key], files[key] = endings, path
     gates = _gates(directory, step_ids, problems)
     inputs = _inputs(directory, problems)
     if problems:
@@ -272,12 +277,19 @@ class FixtureDelegator(Delegator):
         if validates is not None:
             return self._validation(req, run_id, str(validates))
         step = str((req.labels or {}).get("step"))
+        item = (req.labels or {}).get("item")
+        key = (
+            f"{step}.{item}"
+            if item is not None and f"{step}.{item}" in self.fixtures.steps
+            else step
+        )
         with self._lock:
-            self._steps_by_run[run_id] = step
-            n = self.used[step] = self.used.get(step, 0) + 1
-        endings = self.fixtures.steps.get(step)
+            self._steps_by_run[run_id] = key
+            n = self.used[run_id.rsplit("-", 1)[0]] = self.used.get(run_id.rsplit("-", 1)[0], 0) + 1
+        endings = self.fixtures.steps.get(key)
         if not endings:
-            looked = ", ".join(f"`{step}{e}`" for e in EXTENSIONS)
+            names = [step] if item is None else [f"{step}.{item}", step]
+            looked = ", ".join(f"`{n}{e}`" for n in names for e in EXTENSIONS)
             return self._result(
                 req,
                 run_id,
@@ -288,9 +300,9 @@ class FixtureDelegator(Delegator):
         return self._result(req, run_id, endings[min(n, len(endings)) - 1], None)
 
     def _validation(self, req: DelegationRequest, run_id: str, of: str) -> DelegationResult:
-        step = self._steps_by_run.get(of, "")
-        endings = self.fixtures.steps.get(step) or [{}]
-        last = endings[min(self.used.get(step, 1), len(endings)) - 1]
+        key = self._steps_by_run.get(of, "")
+        endings = self.fixtures.steps.get(key) or [{}]
+        last = endings[min(self.used.get(of.rsplit("-", 1)[0], 1), len(endings)) - 1]
         verdict = last.get("validation", "approved")
         text = (
             "APPROVED: from the fixture" if verdict == "approved" else "REJECTED: from the fixture"

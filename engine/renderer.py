@@ -40,6 +40,7 @@ def step_context(handoff: Mapping[str, Any]) -> dict[str, Any]:
         "artifacts": list(handoff.get("artifacts") or ()),
         "notes": handoff.get("notes") or "",
         "reason": handoff.get("reason") or "",
+        **({"results": list(handoff["results"])} if "results" in handoff else {}),
     }
 
 

@@ -181,17 +181,23 @@ class _StepReporter(Reporter):
         self.inner = inner
         self.journal = journal
         self.steps_by_run = steps_by_run
+        #: Delegations whose queue and dispatch are not journaled: items of a `for_each`.
+        self.quiet: set[str] = set()
 
     def event(self, kind: str, **fields: Any) -> None:
         self.inner.event(kind, **fields)
 
     def pool_waiting(self, run_id: str, agent: str) -> None:
+        if run_id in self.quiet:
+            return
         step = self.steps_by_run.get(run_id)
         if step:
             self.journal.append("step_queued", step=step, delegation_run_id=run_id)
         self.inner.event("step_queued", step=step, agent=agent)
 
     def delegation_dispatched(self, run_id: str, caller: str, target: str, attempts: int) -> None:
+        if run_id in self.quiet:
+            return
         step = self.steps_by_run.get(run_id)
         if step:
             self.journal.append(
@@ -569,7 +575,7 @@ class _Execution:
                 self._finish(st, StepState.ERRORED, error=f"internal error: {exc}")
             if st.state is StepState.WAITING_INPUT:
                 continue  # parked with a question: its dependents wait for the answer
-            if not st.state.ok:
+            if self._bad(st):
                 self._note_failure(st)
             schedule.settle(sid)
 
@@ -592,7 +598,9 @@ class _Execution:
     @staticmethod
     def _bad(s: StepRun) -> bool:
         """True when a step ended so that its dependents cannot simply use it."""
-        return not s.state.ok and not (s.state is StepState.SKIPPED and s.skip_kind == "condition")
+        return not s.state.ok and not (
+            s.state is StepState.SKIPPED and s.skip_kind in ("condition", "empty")
+        )
 
     def _blocked(self, ps: Any) -> tuple[str, str] | None:
         """Why a step must be skipped before its `when` is looked at: (reason, kind).
@@ -699,6 +707,9 @@ class _Execution:
         """``steps.<id>``: the step's public fields, and why it did not end well."""
         ctx = s.context()
         ctx["reason"] = s.error or s.skip_reason or ""
+        results = (s.handoff or {}).get("results")
+        if isinstance(results, list):  # a `for_each` step: each item's result, in order
+            ctx["results"] = results
         return ctx
 
     def _context(self, step_id: str | None = None) -> dict[str, Any]:
@@ -752,12 +763,19 @@ class _Execution:
         self.store.write_step(self.run_id, s.id, _step_record(s))
         self.reporter.event("step_skipped", step=s.id, reason=reason)
 
-    def _finish(self, s: StepRun, state: StepState, *, error: str | None = None) -> None:
+    def _finish(
+        self,
+        s: StepRun,
+        state: StepState,
+        *,
+        error: str | None = None,
+        items: list[dict[str, Any]] | None = None,
+    ) -> None:
         s.state = state
         s.error = error
         s.finished_at = utcnow_iso()
         s.in_flight = False
-        self.store.write_step(self.run_id, s.id, _step_record(s))
+        self.store.write_step(self.run_id, s.id, _step_record(s, items))
         self.journal.append(
             "step_finished",
             step=s.id,
@@ -790,6 +808,9 @@ class _Execution:
 
         ps = self.plan.steps[s.id]
         agent = self._agent_for(s, ps, reattach)
+        if ps.spec.for_each is not None:
+            _FanOut(self, s, ps, agent).run(reattach)
+            return
         try:
             task = self.prepared.renderer.render_task(s.id, self._context(s.id))
         except Exception as exc:
@@ -798,6 +819,7 @@ class _Execution:
         task = with_answer(task, s.question)
         result = self._attempts(s, ps, agent, task, reattach)
         if result is None:
+            self._finish(s, StepState.ERRORED, error=s.error)
             return
         if result.outcome.ok or result.outcome in (Outcome.FAILED, Outcome.BLOCKED):
             s.handoff = result.handoff
@@ -818,24 +840,40 @@ class _Execution:
         s.agent = agent
         return str(agent)
 
-    def _attempts(self, s: StepRun, ps: Any, agent: str, task: str, reattach: bool) -> Any | None:
-        """Delegate the step, retrying as its policy says; the last result (None: errored).
+    def _attempts(
+        self,
+        s: StepRun,
+        ps: Any,
+        agent: str,
+        task: str,
+        reattach: bool,
+        index: int | None = None,
+    ) -> Any | None:
+        """Delegate the step (or its item ``index``), retrying as its policy says; the
+        last result (None: the machinery broke, ``s.error`` says how).
 
         An attempt started by an earlier process keeps its run id; it is re-attached
         (never re-sent) when the journal says a gateway accepted it, else sent again
         under the same Idempotency-Key, which a gateway runs once.
         """
         first = s.attempt if reattach and s.attempt else s.attempt + 1
-        accepted = reattach and s.dispatched_at is not None
+        accepted = reattach and (s.dispatched_at is not None or index is not None)
         attempt = first
         while True:
             again = accepted and attempt == first
             result = self._attempt(
-                s, ps, agent, task, attempt, again=again, journaled=reattach and attempt == first
+                s,
+                ps,
+                agent,
+                task,
+                attempt,
+                again=again,
+                journaled=reattach and attempt == first,
+                index=index,
             )
             if result is None or not self._retryable(result, ps, attempt):
                 return result
-            if self._back_off(s, ps, agent, attempt, result.outcome.value):
+            if self._back_off(s, ps, agent, attempt, result.outcome.value, index):
                 return result  # cancelled while waiting
             attempt += 1
 
@@ -849,36 +887,51 @@ class _Execution:
         *,
         again: bool,
         journaled: bool,
+        index: int | None = None,
     ) -> Any | None:
-        """One delegation of the step; its result, or None when the machinery broke."""
+        """One delegation of the step; its result, or None when the machinery broke.
+
+        An item of a ``for_each`` step has run id ``<run>-<step>-i<index>-<attempt>`` and
+        journals ``item_started`` (with ``index``) instead of ``step_started``.
+        """
         s.attempt = attempt
-        drid = f"{self.run_id}-{s.id}-{attempt}"
-        self.step_reporter.steps_by_run[drid] = s.id
+        item = {} if index is None else {"index": index}
+        drid = (
+            f"{self.run_id}-{s.id}-{attempt}"
+            if index is None
+            else f"{self.run_id}-{s.id}-i{index}-{attempt}"
+        )
+        if index is None:
+            self.step_reporter.steps_by_run[drid] = s.id
+        else:
+            self.step_reporter.quiet.add(drid)  # the step's own lines say it
         s.delegation_run_id = drid
         s.started_at = s.started_at or utcnow_iso()
+        kind = "step_started" if index is None else "item_started"
         if not journaled:
             self.journal.append(
-                "step_started", step=s.id, attempt=attempt, agent=agent, delegation_run_id=drid
+                kind, step=s.id, attempt=attempt, agent=agent, delegation_run_id=drid, **item
             )
         self.reporter.event(
-            "step_started",
+            kind,
             step=s.id,
             agent=agent,
             attempt=attempt,
             reattached=again,
             delegation_run_id=drid,
+            **item,
         )
         s.state = StepState.RUNNING
         try:
             result = self.delegator.delegate(
-                self._request(s, ps, agent, task, drid),
+                self._request(s, ps, agent, task, drid, index),
                 reattach=again,
                 cancel=self.cancel,
                 reporter=self.step_reporter,
             )
         except OrchestratorError as exc:
             s.attempts.append({"run_id": drid, "outcome": "errored", "error": str(exc)})
-            self._finish(s, StepState.ERRORED, error=str(exc))
+            s.error = str(exc)
             return None
         env = result.envelope
         s.attempts.append(
@@ -895,8 +948,13 @@ class _Execution:
         )
         return result
 
-    def _request(self, s: StepRun, ps: Any, agent: str, task: str, drid: str) -> DelegationRequest:
+    def _request(
+        self, s: StepRun, ps: Any, agent: str, task: str, drid: str, index: int | None = None
+    ) -> DelegationRequest:
         plan, options = self.plan, ps.spec.options
+        labels = {"workflow": plan.workflow.name, "workflow_run": self.run_id, "step": s.id}
+        if index is not None:
+            labels["item"] = str(index)
         return DelegationRequest(
             target=agent,
             task=task,
@@ -908,7 +966,7 @@ class _Execution:
             model=options.get("model"),
             thinking=options.get("thinking"),
             channel=options.get("channel"),
-            labels={"workflow": plan.workflow.name, "workflow_run": self.run_id, "step": s.id},
+            labels=labels,
             repair_attempts=ps.spec.repair_attempts,
             heartbeat_timeout=ps.spec.heartbeat_timeout,
         )
@@ -920,14 +978,17 @@ class _Execution:
             result.outcome.value in policy.on and attempt <= policy.max and not self.cancel.is_set()
         )
 
-    def _back_off(self, s: StepRun, ps: Any, agent: str, attempt: int, reason: str) -> bool:
+    def _back_off(
+        self, s: StepRun, ps: Any, agent: str, attempt: int, reason: str, index: int | None = None
+    ) -> bool:
         """Journal the retry and wait before it; True when the run was cancelled meanwhile.
 
         The last attempt is in the step file; earlier ones go to the journal so a crash
         during a retry keeps their history. The wait keeps a short outage from using up
         every retry at once; `workflow cancel` interrupts it.
         """
-        self.journal.append("step_attempt", step=s.id, **s.attempts[-1])
+        item, kind = ({}, "step") if index is None else ({"index": index}, "item")
+        self.journal.append(f"{kind}_attempt", step=s.id, **item, **s.attempts[-1])
         policy = ps.spec.retry
         delay = retry_delay(
             policy.delay,
@@ -939,10 +1000,15 @@ class _Execution:
             jitter=policy.jitter,
         )
         self.journal.append(
-            "step_retry", step=s.id, attempt=attempt + 1, reason=reason, delay_s=round(delay, 3)
+            f"{kind}_retry",
+            step=s.id,
+            attempt=attempt + 1,
+            reason=reason,
+            delay_s=round(delay, 3),
+            **item,
         )
         self.reporter.event(
-            "step_retry", step=s.id, attempt=attempt + 1, reason=reason, delay_s=delay
+            f"{kind}_retry", step=s.id, attempt=attempt + 1, reason=reason, delay_s=delay, **item
         )
         return delay > 0 and self.retry_wait(self.cancel, delay)
 
@@ -1050,8 +1116,203 @@ class _Execution:
         return RunResult(view.run_id, state, view.path, summary)
 
 
-def _step_record(s: StepRun) -> dict[str, Any]:
+#: How sure, from least to most: the lowest of a fan-out's items is the step's.
+_CONFIDENCE_ORDER = ("low", "medium", "high")
+
+
+class _FanOut:
+    """One ``for_each`` step in progress: one delegation (and record) per item.
+
+    Each item is delegated as a step is (retry policy, validation), under run id
+    ``<run>-<step>-i<index>-<attempt>``; at most ``max_parallel`` at once, and the pool
+    bounds them all. The step file keeps every finished item, so a resumed run sends
+    none of them again and re-attaches to the ones in flight. The step ends with the
+    items' results in order (``results``; ``result`` is that list as JSON): complete or
+    partial when every item is, else as its first item that did not end well.
+    """
+
+    def __init__(self, ex: _Execution, s: StepRun, ps: Any, agent: str) -> None:
+        self.ex, self.s, self.ps, self.agent = ex, s, ps, agent
+        self.spec = ps.spec
+        self.lock = threading.Lock()
+        #: Item index -> its record: index, item, status, delegation_run_id, handoff, error.
+        self.done: dict[int, dict[str, Any]] = {}
+        #: Item index -> its last attempt number (from the journal).
+        self.last: dict[int, int] = {}
+        #: Items started and not finished by an earlier process: re-attach, never resend.
+        self.in_flight: set[int] = set()
+
+    def run(self, reattach: bool) -> None:
+        """Delegate every item not done yet; then settle the step."""
+        ex, s = self.ex, self.s
+        items = self._items()
+        if items is None:
+            return
+        if not items:
+            ex._skip(s, f"`for_each` ({self.spec.for_each}) has no items", "empty")
+            return
+        self._restore(items, reattach)
+        self._start(len(items), reattach)
+        pending = [i for i in range(len(items)) if i not in self.done]
+        width = max(1, min(len(pending), self.spec.max_parallel or ex.options.max_parallel))
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix=f"item-{s.id}") as pool:
+            for fut in [pool.submit(self._item, i, items[i]) for i in pending]:
+                fut.result()
+        self._conclude(items)
+
+    def _items(self) -> list[Any] | None:
+        """The items (None: the step ended errored, saying why)."""
+        from engine.workflow import items_of
+
+        ex, s = self.ex, self.s
+        try:
+            value = ex.prepared.renderer.evaluate_for_each(s.id, ex._context(s.id))
+            return items_of(value, self.spec.split, where=f"`for_each` ({self.spec.for_each})")
+        except Exception as exc:  # a template error, or a value that is no list
+            ex._finish(s, StepState.ERRORED, error=f"for_each failed: {exc}")
+            return None
+
+    def _restore(self, items: list[Any], reattach: bool) -> None:
+        """What earlier processes did: finished items (kept when they ended well, or when
+        this is the same stretch of the run), attempts, and items left in flight."""
+        ex, sid = self.ex, self.s.id
+        finished: set[int] = set()
+        for ev in ex.view.events:
+            if ev.get("step") != sid or not isinstance(ev.get("index"), int):
+                continue
+            if ev.get("event") == "item_started" and isinstance(ev.get("attempt"), int):
+                self.last[ev["index"]] = ev["attempt"]
+                finished.discard(ev["index"])
+            elif ev.get("event") == "item_finished":
+                finished.add(ev["index"])
+        data = ex.store.read_step(ex.run_id, sid)
+        records = data.get("items") if isinstance(data, dict) else None
+        for rec in records if isinstance(records, list) else []:
+            i = rec.get("index") if isinstance(rec, dict) else None
+            if not isinstance(i, int) or i >= len(items) or rec.get("item") != items[i]:
+                continue
+            if StepState(rec.get("status", "errored")).ok or reattach:
+                self.done[i] = rec
+        if reattach:
+            self.in_flight = {i for i in self.last if i not in finished and i not in self.done}
+
+    def _start(self, count: int, reattach: bool) -> None:
+        ex, s = self.ex, self.s
+        drid = f"{ex.run_id}-{s.id}-items"
+        s.attempt = max(s.attempt, 1)
+        s.delegation_run_id = drid
+        s.started_at = s.started_at or utcnow_iso()
+        s.state = StepState.RUNNING
+        if not reattach:
+            ex.journal.append(
+                "step_started",
+                step=s.id,
+                attempt=s.attempt,
+                agent=self.agent,
+                delegation_run_id=drid,
+                items=count,
+            )
+        ex.reporter.event(
+            "step_started",
+            step=s.id,
+            agent=self.agent,
+            attempt=s.attempt,
+            reattached=reattach,
+            delegation_run_id=drid,
+            items=count,
+        )
+
+    def _item(self, index: int, value: Any) -> None:
+        """Delegate one item to its end and record it (in a worker thread)."""
+        ex = self.ex
+        run = StepRun(id=self.s.id, agent=self.agent, attempt=self.last.get(index, 0))
+        state: StepState = StepState.CANCELLED
+        error: str | None = "the run was cancelled"
+        if not ex.cancel.is_set():
+            try:
+                ctx = {**ex._context(self.s.id), self.spec.item_name: value}
+                task = ex.prepared.renderer.render_task(self.s.id, ctx)
+            except Exception as exc:
+                state, error = StepState.ERRORED, f"task failed to render: {exc}"
+            else:
+                state, error = self._delegate(run, task, index)
+        self._record(index, value, run, state, error)
+
+    def _delegate(self, run: StepRun, task: str, index: int) -> tuple[StepState, str | None]:
+        ex, ps = self.ex, self.ps
+        result = ex._attempts(run, ps, self.agent, task, index in self.in_flight, index)
+        if result is None:
+            return StepState.ERRORED, run.error
+        if result.outcome.ok or result.outcome in (Outcome.FAILED, Outcome.BLOCKED):
+            run.handoff = result.handoff
+        state = StepState(result.outcome.value)
+        error = str(result.error) if result.error else None
+        if state.ok and ps.validator:
+            run.state = state
+            state, error = ex._validate(run, task, ps.validator)
+        return state, error
+
+    def _record(
+        self, index: int, value: Any, run: StepRun, state: StepState, error: str | None
+    ) -> None:
+        ex, s = self.ex, self.s
+        rec = {
+            "index": index,
+            "item": value,
+            "status": state.value,
+            "delegation_run_id": run.delegation_run_id,
+            "attempts": run.attempt,
+            "handoff": run.handoff,
+            "error": error,
+        }
+        with self.lock:
+            self.done[index] = rec
+            ex.journal.append(
+                "item_finished",
+                step=s.id,
+                index=index,
+                status=state.value,
+                delegation_run_id=run.delegation_run_id,
+                **({"error": error} if error else {}),
+            )
+            ex.store.write_step(ex.run_id, s.id, _step_record(s, self._records()))
+        ex.reporter.event("item_finished", step=s.id, index=index, status=state.value)
+
+    def _records(self) -> list[dict[str, Any]]:
+        return [self.done[i] for i in sorted(self.done)]
+
+    def _conclude(self, items: list[Any]) -> None:
+        records = self._records()
+        states = [StepState(r["status"]) for r in records]
+        bad = [r for r, st in zip(records, states, strict=True) if not st.ok]
+        handoffs = [r.get("handoff") or {} for r in records]
+        confidences = [h.get("confidence") for h in handoffs if h.get("confidence")]
+        results = [h.get("result", "") for h in handoffs]
+        if bad:
+            first = bad[0]
+            state = StepState(first["status"])
+            why = f": {first['error']}" if first.get("error") else ""
+            error: str | None = (
+                f"{len(bad)} of {len(items)} items did not end well; item {first['index']} "
+                f"({json.dumps(first['item'])[:80]}) ended {first['status']}{why}"
+            )
+        else:
+            state = StepState.PARTIAL if StepState.PARTIAL in states else StepState.COMPLETE
+            error = None
+        self.s.handoff = {
+            "status": state.value if state.ok else "failed",
+            "result": json.dumps(results, ensure_ascii=False),
+            "results": results,
+            "confidence": min(confidences, key=_CONFIDENCE_ORDER.index, default=""),
+            "artifacts": [a for h in handoffs for a in h.get("artifacts") or ()],
+            "notes": "\n".join(str(h["notes"]) for h in handoffs if h.get("notes")),
+        }
+        self.ex._finish(self.s, state, error=error, items=records)
+
+
+def _step_record(s: StepRun, items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
+        **({"items": items} if items is not None else {}),
         "step": s.id,
         "agent": s.agent,
         "status": s.state.value,

@@ -214,7 +214,10 @@ _STEP_REDUCERS: dict[str, Callable[[_Fold, dict[str, Any], StepRun], None]] = {
     "step_answered": _on_question,  # engine.ask: someone answered
 }
 #: Journal events that change no state (they are history for people and tools).
-_HISTORY_ONLY = frozenset({"step_retry", "step_validated"})
+_HISTORY_ONLY = frozenset(
+    # item_*: the items of a `for_each` step; the executor reads them back (engine.runner)
+    {"step_retry", "step_validated", "item_started", "item_attempt", "item_retry", "item_finished"}
+)
 
 
 def _apply(f: _Fold, ev: dict[str, Any]) -> None:
