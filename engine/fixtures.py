@@ -34,7 +34,7 @@ from engine.errors import UsageError, did_you_mean
 from engine.files import utcnow_iso
 from engine.reporter import Reporter
 from engine.states import Confidence, HandoffStatus, Outcome, RunState, StepState
-from engine.store import FileRunStore
+from engine.store import FileRunStore, RunStore
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -501,11 +501,12 @@ def check_expectations(report: TestReport, expected: dict[str, Any]) -> list[str
 # --------------------------------------------------------------------------- recording
 
 
-def record_fixtures(view: RunView, directory: Path) -> list[Path]:
+def record_fixtures(view: RunView, directory: Path, store: RunStore) -> list[Path]:
     """Write fixtures (and ``expect.json``) from a past run; return the files written.
 
     Each step that ran gets its endings, one per attempt (earlier attempts as their
-    outcome, the last with its handoff); decided gates go to ``gates.json``, the run's
+    outcome, the last with its handoff); each item of a ``for_each`` step its own
+    ``<step>.<i>.json`` with its last ending; decided gates go to ``gates.json``, the run's
     inputs to ``inputs.json``, and what the run came to to ``expect.json``. Refuses a
     directory that already holds fixtures.
     """
@@ -522,6 +523,15 @@ def record_fixtures(view: RunView, directory: Path) -> list[Path]:
     written = []
     gates: dict[str, Any] = {}
     for sid, s in view.steps.items():
+        data = store.read_step(view.run_id, sid)
+        items = data.get("items") if isinstance(data, dict) else None
+        if isinstance(items, list):
+            for rec in items:
+                ending = _item_ending(rec)
+                if ending is not None:
+                    path = directory / f"{sid}.{rec['index']}.json"
+                    written.append(write_json_atomic(path, ending))
+            continue
         endings = _recorded_endings(s)
         if endings:
             written.append(write_json_atomic(directory / f"{sid}.json", endings))
@@ -543,6 +553,17 @@ def record_fixtures(view: RunView, directory: Path) -> list[Path]:
     }
     written.append(write_json_atomic(directory / "expect.json", expect))
     return written
+
+
+def _item_ending(rec: Any) -> dict[str, Any] | None:
+    """One item of a ``for_each`` step as a fixture (its last ending)."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("index"), int):
+        return None
+    h = rec.get("handoff")
+    if isinstance(h, dict):
+        return {k: h[k] for k in ("status", "result", "confidence", "notes", "artifacts") if k in h}
+    status = rec.get("status")
+    return {"outcome": status if status in FIXTURE_OUTCOMES else "errored"}
 
 
 def _recorded_endings(s: Any) -> list[dict[str, Any]]:

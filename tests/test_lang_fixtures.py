@@ -42,6 +42,7 @@ def test_every_branch_of_the_confidence_gate_has_a_case() -> None:
         "material-trade-study",
         "quick-research",
         "design-review",
+        "material-survey",
     }
 
 

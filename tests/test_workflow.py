@@ -32,7 +32,7 @@ from engine.workflow import (
 )
 
 SAMPLES = Path(__file__).parent / "workflows"
-SHIPPED = ("design-review", "material-trade-study", "quick-research")
+SHIPPED = ("design-review", "material-survey", "material-trade-study", "quick-research")
 
 
 def sample(case: str) -> Path:
@@ -147,7 +147,7 @@ def test_list_shipped_with_descriptions(tmp_path: Path, monkeypatch: pytest.Monk
     listed = list_workflows(None)
     assert [n for n, _, _ in listed] == list(SHIPPED)
     assert all(d for _, _, d in listed)
-    assert listed[2][2].startswith("Answer a factual question with sources: Webster researches")
+    assert listed[3][2].startswith("Answer a factual question with sources: Webster researches")
 
 
 def test_list_marks_unreadable_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,7 +175,7 @@ def test_find_unknown_name_suggests(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert err.value.message == (
         "no workflow `quik-research`; did you mean `quick-research`? Looked in "
         f"`{tmp_path / 'workflows'}`, `{shipped_workflows_dir()}`. Known workflows: "
-        "`design-review`, `material-trade-study`, `quick-research`."
+        "`design-review`, `material-survey`, `material-trade-study`, `quick-research`."
     )
 
 

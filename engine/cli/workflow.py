@@ -576,7 +576,7 @@ def _record(cfg: Any, run_id: str, directory: Any, name: str | None) -> int:
     workflow_name = str(view.meta.get("workflow"))
     if name is not None and name != workflow_name:
         raise UsageError(f"run `{run_id}` is of workflow `{workflow_name}`, not `{name}`.")
-    written = record_fixtures(view, directory)
+    written = record_fixtures(view, directory, store)
     click.echo(f"wrote {len(written)} files to {directory} from run {run_id}:")
     for path in written:
         click.echo(f"  {path.name}")
