@@ -37,7 +37,7 @@ print("worked on try %d" % n)
 
 
 def test_the_docs_keep_their_runnable_examples() -> None:
-    assert {name for name, _, _ in EXAMPLES} >= {"nightly-digest", "resilient-search"}
+    assert {name for name, _, _ in EXAMPLES} >= {"nightly-digest", "resilient-search", "survey"}
 
 
 @pytest.mark.parametrize(("name", "expect", "body"), EXAMPLES, ids=[e[0] for e in EXAMPLES])
@@ -85,3 +85,23 @@ def test_the_documented_policy_line_is_what_the_dry_run_prints() -> None:
     )
     assert line is not None
     assert f"      {line.group(1)}\n" in dry_run_text(plan, renderer)
+
+
+def test_the_documented_fan_out_line_is_what_the_dry_run_prints() -> None:
+    from engine.errors import WorkflowError
+    from engine.planview import dry_run_text
+    from engine.workflow import load_workflow
+    from engine.yamlio import parse_yaml
+    from tests.test_lang_failure import _plan
+
+    path = DOCS.parent.parent / "engine" / "workflows" / "material-survey.yaml"
+    load_workflow(path)
+    raw = parse_yaml(path.read_text(encoding="utf-8"), source=path, error=WorkflowError)[0]
+    plan, renderer = _plan(raw, {"materials": "Zerodur, ULE, Invar 36", "requirements": "r"})
+    line = re.search(
+        r"the dry run shows the items when they come from the\ninputs \(`(.*?)`\)",
+        DOCS.read_text(encoding="utf-8"),
+        re.S,
+    )
+    assert line is not None
+    assert f"      {line.group(1).replace(chr(10), ' ')}\n" in dry_run_text(plan, renderer)

@@ -400,3 +400,34 @@ def test_the_shipped_example_loads() -> None:
     load_workflow(
         Path(__file__).resolve().parent.parent / "engine" / "workflows" / "material-survey.yaml"
     )
+
+
+def test_retry_failed_sends_only_the_items_that_did_not_end_well(tmp_path: Path) -> None:
+    from tests.test_lang_failure import FLAKY
+
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = {
+        "kind": "command",
+        "argv": [sys.executable, "-c", FLAKY],  # fails on its first call only
+        "env": {"FLAKY_COUNTER": str(tmp_path / "count")},
+    }
+    cfg = load_config(write_config(tmp_path, raw))
+    path = tmp_path / "each.yaml"
+    path.write_text(
+        "name: each\ncaller: manager\nsteps:\n"
+        "  - {id: each, agent: webster, for_each: \"'a, b, c'\", max_parallel: 1, task: '{{ item }}'}\n"
+        "  - {id: after, agent: secretary, depends_on: [each], task: '{{ steps.each.results }}'}\n"
+    )
+    with open_delegator(cfg) as d:
+        runner = WorkflowRunner(cfg, d)
+        first = runner.start(prepare(cfg, str(path), {}), RunOptions())
+        assert first.state is RunState.FAILED
+        again = runner.resume(first.run_id, RunOptions(retry_failed=True))
+    assert again.state is RunState.COMPLETE, again.summary
+    items = json.loads((again.run_dir / "each.json").read_text())["items"]
+    assert [(i["item"], i["status"], i["delegation_run_id"][-5:]) for i in items] == [
+        ("a", "complete", "i0-2"),
+        ("b", "complete", "i1-1"),
+        ("c", "complete", "i2-1"),
+    ]
+    assert (tmp_path / "count").read_text() == "4"  # three items, one of them twice
