@@ -415,7 +415,8 @@ def test_retry_failed_sends_only_the_items_that_did_not_end_well(tmp_path: Path)
     path = tmp_path / "each.yaml"
     path.write_text(
         "name: each\ncaller: manager\nsteps:\n"
-        "  - {id: each, agent: webster, for_each: \"'a, b, c'\", max_parallel: 1, task: '{{ item }}'}\n"
+        "  - {id: each, agent: webster, for_each: \"'a, b, c'\", max_parallel: 1,\n"
+        "     task: '{{ item }}'}\n"
         "  - {id: after, agent: secretary, depends_on: [each], task: '{{ steps.each.results }}'}\n"
     )
     with open_delegator(cfg) as d:
@@ -425,7 +426,7 @@ def test_retry_failed_sends_only_the_items_that_did_not_end_well(tmp_path: Path)
         again = runner.resume(first.run_id, RunOptions(retry_failed=True))
     assert again.state is RunState.COMPLETE, again.summary
     items = json.loads((again.run_dir / "each.json").read_text())["items"]
-    assert [(i["item"], i["status"], i["delegation_run_id"][-5:]) for i in items] == [
+    assert [(i["item"], i["status"], i["delegation_run_id"][-4:]) for i in items] == [
         ("a", "complete", "i0-2"),
         ("b", "complete", "i1-1"),
         ("c", "complete", "i2-1"),
