@@ -432,3 +432,35 @@ def test_retry_failed_sends_only_the_items_that_did_not_end_well(tmp_path: Path)
         ("c", "complete", "i2-1"),
     ]
     assert (tmp_path / "count").read_text() == "4"  # three items, one of them twice
+
+
+def test_record_a_fan_out_run_then_test_it_offline(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    result = _run(cfg, "fan-out", {"materials": "Zerodur, ULE"})
+    out = tmp_path / "fx"
+    runner = CliRunner()
+    c = ["--config", str(cfg.path)]
+    res = runner.invoke(workflow, ["test", "--record", result.run_id, "--fixtures", str(out), *c])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "compare.json",
+        "expect.json",
+        "follow.0.json",
+        "follow.1.json",
+        "inputs.json",
+        "research.0.json",
+        "research.1.json",
+    ]
+    res = runner.invoke(
+        workflow,
+        [
+            "test",
+            str(HERE / "fan-out.yaml"),
+            "--fixtures",
+            str(out),
+            "--expect",
+            str(out / "expect.json"),
+            *c,
+        ],
+    )
+    assert res.exit_code == 0, res.output
