@@ -39,11 +39,36 @@ if TYPE_CHECKING:
 PLACEHOLDER_RUN_ID = "<run id>"
 
 
-def placeholder_result(step_id: str, *, fan_out: bool = False) -> dict[str, Any]:
+def placeholder_data(schema: Any, label: str) -> Any:
+    """An example value of a JSON Schema, for dry runs: ``<label.field>`` for text, 0 for
+    numbers, false, one item for arrays, every property for objects; an enum's first."""
+    if not isinstance(schema, dict):
+        return f"<{label}>"
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    kind = kind[0] if isinstance(kind, list) and kind else kind
+    props = schema.get("properties")
+    if kind == "object" or (kind is None and isinstance(props, dict)):
+        props = props if isinstance(props, dict) else {}
+        return {k: placeholder_data(v, f"{label}.{k}") for k, v in props.items()}
+    if kind == "array":
+        return [placeholder_data(schema.get("items"), f"{label}[0]")]
+    simple = {"integer": 0, "number": 0, "boolean": False, "null": None}
+    return simple.get(str(kind), f"<{label}>")
+
+
+def placeholder_result(
+    step_id: str, *, fan_out: bool = False, data_schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What a dry run shows of an upstream step: ``<result of ID>``, complete, high.
 
     A ``for_each`` step has one item result, ``<result of ID[0]>``: ``results`` lists it
-    and ``result`` is the list as a JSON array.
+    and ``result`` is the list as a JSON array. A step with a ``result_schema`` has
+    ``data``, an example of its schema (``placeholder_data``; for a ``for_each`` step, a
+    list of one).
     """
     out: dict[str, Any] = {
         "result": f"<result of {step_id}>",
@@ -56,6 +81,9 @@ def placeholder_result(step_id: str, *, fan_out: bool = False) -> dict[str, Any]
     if fan_out:
         out["results"] = [f"<result of {step_id}[0]>"]
         out["result"] = json.dumps(out["results"])
+    if data_schema is not None:
+        data = placeholder_data(data_schema, f"{step_id}.data")
+        out["data"] = [data] if fan_out else data
     return out
 
 
@@ -205,6 +233,7 @@ def plan_workflow(
     resolved = _resolve_inputs(spec, inputs, problems)
     problems.extend(renderer.problems)
     _status_problems(renderer, first, problems)
+    _data_problems(renderer, first, problems)
     skip = _step_reference_problems(spec, renderer, first, upstream, problems)
     skip_outputs = _output_reference_problems(spec, renderer, first, problems)
     trial_inputs = {n: resolved.get(n, f"<input {n}>") for n in spec.inputs}
@@ -374,6 +403,61 @@ def _status_problems(
                 )
 
 
+def _data_problems(renderer: TaskRenderer, first: dict[str, StepSpec], problems: list[str]) -> None:
+    """``steps.x.data...`` read where ``x`` has no ``result_schema``, or reading a property
+    that schema does not declare."""
+    reads = [
+        (f"step `{sid}`", f" in `{name}`", found)
+        for sid in first
+        if not renderer.is_broken(sid)
+        for name, found in renderer.data_reads(sid).items()
+    ]
+    reads += [(f"output `{n}`", "", f) for n, f in renderer.output_data_reads().items()]
+    for who, where, found in reads:
+        for ref, keys in sorted(found, key=str):
+            target = first.get(ref)
+            if target is None:
+                continue  # an unknown step: reported with the references
+            if target.result_schema is None:
+                problems.append(
+                    f"{who} reads `steps.{ref}.data`{where} but `{ref}` declares no "
+                    f"`result_schema`; give `{ref}` one, or read `steps.{ref}.result`."
+                )
+                continue
+            schema: Any = target.result_schema
+            if target.for_each is not None:
+                schema = {"type": "array", "items": schema}
+            msg = _data_path_problem(schema, keys)
+            if msg:
+                problems.append(f"{who} reads `steps.{ref}.data{_path_text(keys)}`{where} {msg}")
+
+
+def _path_text(keys: tuple[Any, ...]) -> str:
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys)
+
+
+def _data_path_problem(schema: Any, keys: tuple[Any, ...]) -> str | None:
+    """Why ``keys`` cannot be read from data of ``schema`` (None: it can, or it is unknown)."""
+    for depth, key in enumerate(keys):
+        if not isinstance(schema, dict):
+            return None
+        if isinstance(key, int):
+            schema = schema.get("items")
+            continue
+        props = schema.get("properties")
+        if not isinstance(props, dict):
+            return None
+        if key not in props:
+            at = _path_text(keys[:depth]) or " (the top)"
+            known = ", ".join(f"`{p}`" for p in props) or "none"
+            return (
+                f"but the `result_schema` declares no property `{key}` at{at}"
+                f"{did_you_mean(str(key), list(props)) or '.'} Properties there: {known}."
+            )
+        schema = props[key]
+    return None
+
+
 def _output_reference_problems(
     spec: WorkflowSpec, renderer: TaskRenderer, first: dict[str, StepSpec], problems: list[str]
 ) -> set[str]:
@@ -403,7 +487,7 @@ def _trial_render(
     problems: list[str],
 ) -> None:
     """Render every template not already found wrong, with placeholder upstream results."""
-    placeholders = _Placeholders({s.id for s in first.values() if s.for_each})
+    placeholders = _Placeholders(first.values())
     for step in first.values():
         if step.id in skip or renderer.is_broken(step.id):
             continue
@@ -601,12 +685,17 @@ def _input_ref_problem(who: str, field_name: str | None, name: str, spec: Workfl
 class _Placeholders(dict[str, dict[str, Any]]):
     """Placeholder results, made on first use and shared (templates cannot change them)."""
 
-    def __init__(self, fan_out: set[str] | frozenset[str] = frozenset()) -> None:
+    def __init__(self, steps: Any = ()) -> None:
         super().__init__()
-        self.fan_out = fan_out
+        self.specs: dict[str, StepSpec] = {s.id: s for s in steps}
 
     def __missing__(self, key: str) -> dict[str, Any]:
-        value = placeholder_result(key, fan_out=key in self.fan_out)
+        spec = self.specs.get(key)
+        value = placeholder_result(
+            key,
+            fan_out=spec is not None and spec.for_each is not None,
+            data_schema=spec.result_schema if spec is not None else None,
+        )
         self[key] = value
         return value
 
@@ -702,7 +791,7 @@ def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, An
     spec = plan.workflow
     position = {sid: i for i, sid in enumerate(plan.steps)}
     upstream = _Upstream(plan.graph, position, nx.is_directed_acyclic_graph(plan.graph))
-    placeholders = _Placeholders({s for s, p in plan.steps.items() if p.spec.for_each})
+    placeholders = _Placeholders(p.spec for p in plan.steps.values())
     out: dict[str, dict[str, Any]] = {}
     for sid, planned in plan.steps.items():
         steps = _trial_steps(sid, renderer, upstream, placeholders)
@@ -722,8 +811,6 @@ def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, An
 
 def rendered_outputs(plan: Plan, renderer: TaskRenderer) -> dict[str, str]:
     """The workflow's outputs rendered with every step's placeholder result."""
-    all_steps = {
-        sid: placeholder_result(sid, fan_out=p.spec.for_each is not None)
-        for sid, p in plan.steps.items()
-    }
+    placeholders = _Placeholders(p.spec for p in plan.steps.values())
+    all_steps = {sid: placeholders[sid] for sid in plan.steps}
     return renderer.render_outputs(_context(plan.workflow, plan.inputs, all_steps, ended=True))

@@ -62,6 +62,7 @@ ENDING_KEYS = (
     "artifacts",
     "question",
     "validation",
+    "data",
 )
 #: Endings without a usable handoff that a fixture may name as ``outcome``.
 FIXTURE_OUTCOMES = tuple(
@@ -338,6 +339,7 @@ class FixtureDelegator(Delegator):
                 notes=ending.get("notes", ""),
                 timestamp=now,
                 **({"question": ending["question"]} if "question" in ending else {}),
+                **({"data": ending["data"]} if "data" in ending else {}),
             )
         message = error or (
             f"the fixture says `{outcome.value}`"
@@ -561,7 +563,8 @@ def _item_ending(rec: Any) -> dict[str, Any] | None:
         return None
     h = rec.get("handoff")
     if isinstance(h, dict):
-        return {k: h[k] for k in ("status", "result", "confidence", "notes", "artifacts") if k in h}
+        keys = ("status", "result", "confidence", "notes", "artifacts", "data")
+        return {k: h[k] for k in keys if k in h}
     status = rec.get("status")
     return {"outcome": status if status in FIXTURE_OUTCOMES else "errored"}
 
@@ -581,7 +584,7 @@ def _recorded_endings(s: Any) -> list[dict[str, Any]]:
     if h is not None:
         last: dict[str, Any] = {
             k: h[k]
-            for k in ("status", "result", "confidence", "notes", "artifacts", "question")
+            for k in ("status", "result", "confidence", "notes", "artifacts", "question", "data")
             if k in h
         }
     elif s.state.value in FIXTURE_OUTCOMES:

@@ -48,6 +48,7 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
                     # end badly, instead of being skipped.
                     "decides_on": sorted(renderer.status_tests(sid).steps),
                     "finally": s.always,
+                    "result_schema": s.result_schema,
                     "for_each": (
                         {
                             "expression": s.for_each,
@@ -191,6 +192,9 @@ def _step_lines(s: dict[str, Any]) -> list[str]:
         lines.append(f"      when: {s['when']}")
     if s["for_each"]:
         lines.append(_for_each_line(s["for_each"]))
+    if s["result_schema"] is not None:
+        text = json.dumps(s["result_schema"], separators=(", ", ": "))
+        lines.append(f"      data: {text if len(text) <= 100 else text[:99] + '…'}")
     if s["decides_on"]:
         lines.append(
             f"      runs even when {', '.join(s['decides_on'])} ended badly (its `when` "

@@ -41,6 +41,7 @@ def step_context(handoff: Mapping[str, Any]) -> dict[str, Any]:
         "notes": handoff.get("notes") or "",
         "reason": handoff.get("reason") or "",
         **({"results": list(handoff["results"])} if "results" in handoff else {}),
+        **({"data": handoff["data"]} if "data" in handoff else {}),
     }
 
 
@@ -101,6 +102,26 @@ def _string_consts(node: nodes.Node) -> list[str]:
     if isinstance(node, nodes.List | nodes.Tuple):
         return [v for i in node.items for v in _string_consts(i)]
     return []
+
+
+def data_reads(ast: nodes.Node) -> set[tuple[str, tuple[Any, ...]]]:
+    """``(step, keys)`` for each ``steps.<step>.data...`` lookup of a tree, longest only:
+    ``steps.a.data.x.y`` gives ``("a", ("x", "y"))``."""
+    from jinja2 import nodes
+
+    found: set[tuple[str, tuple[Any, ...]]] = set()
+    for node in (ast, *ast.find_all((nodes.Getattr, nodes.Getitem))):
+        path = _lookup_path(node)
+        if path is None or path[0] != "steps" or len(path[1]) < 2:
+            continue
+        chain = [k for _, k in path[1]]
+        if chain[1] == "data" and isinstance(chain[0], str):
+            found.add((chain[0], tuple(chain[2:])))
+    longest = set()
+    for step, keys in found:
+        if not any(s == step and len(k) > len(keys) and k[: len(keys)] == keys for s, k in found):
+            longest.add((step, keys))
+    return longest
 
 
 def status_tests(ast: nodes.Node) -> StatusTests:
@@ -586,6 +607,14 @@ class TaskRenderer:
         if item is None:
             return StatusTests()
         return status_tests(item.tree)
+
+    def data_reads(self, step_id: str) -> dict[str, set[tuple[str, tuple[Any, ...]]]]:
+        """Field name -> the ``steps.<id>.data...`` lookups of the step's templates."""
+        return {name: data_reads(c.tree) for name, c in self._fields(step_id).items()}
+
+    def output_data_reads(self) -> dict[str, set[tuple[str, tuple[Any, ...]]]]:
+        """Output name -> the ``steps.<id>.data...`` lookups of its template."""
+        return {name: data_reads(c.tree) for name, c in self._outputs.items()}
 
     def is_broken(self, step_id: str, field_name: str | None = None) -> bool:
         """True when a template of the step (or the given field) failed to compile."""

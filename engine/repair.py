@@ -142,6 +142,20 @@ def unusable(
     )
 
 
+def data_repair_note(problems: list[str], *, attempt: int, attempts: int) -> str:
+    """The corrective note after a task whose handoff's ``data`` broke the step's result
+    schema (engine.runner): the JSON pointer errors, verbatim, before the task again."""
+    return "\n".join(
+        [
+            REPAIR_MARKER,
+            f"Repair {attempt} of {attempts}: the handoff's `data` does not match the result "
+            "schema below:",
+            *(f"  - {p}" for p in problems),
+            "Do the task again and write a handoff whose `data` matches the schema.",
+        ]
+    )
+
+
 def attempts_for(step: int | None, agent: int | None, default: int) -> int:
     """How many repairs a delegation may send: the step's, else the agent's, else the config's."""
     for value in (step, agent):

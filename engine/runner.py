@@ -710,6 +710,8 @@ class _Execution:
         results = (s.handoff or {}).get("results")
         if isinstance(results, list):  # a `for_each` step: each item's result, in order
             ctx["results"] = results
+        if s.handoff is not None and "data" in s.handoff:  # a step with a `result_schema`
+            ctx["data"] = s.handoff["data"]
         return ctx
 
     def _context(self, step_id: str | None = None) -> dict[str, Any]:
@@ -816,8 +818,8 @@ class _Execution:
         except Exception as exc:
             self._finish(s, StepState.ERRORED, error=f"task failed to render: {exc}")
             return
-        task = with_answer(task, s.question)
-        result = self._attempts(s, ps, agent, task, reattach)
+        task = with_schema(with_answer(task, s.question), ps.spec.result_schema)
+        result, bad_data = self._checked_attempts(s, ps, agent, task, reattach)
         if result is None:
             self._finish(s, StepState.ERRORED, error=s.error)
             return
@@ -828,6 +830,8 @@ class _Execution:
             return
         state = StepState(result.outcome.value)
         error = str(result.error) if result.error else None
+        if bad_data is not None:
+            state, error = StepState.INVALID, bad_data
         if state.ok and ps.validator:
             state, error = self._validate(s, task, ps.validator)
         self._finish(s, state, error=error)
@@ -876,6 +880,53 @@ class _Execution:
             if self._back_off(s, ps, agent, attempt, result.outcome.value, index):
                 return result  # cancelled while waiting
             attempt += 1
+
+    def _checked_attempts(
+        self,
+        s: StepRun,
+        ps: Any,
+        agent: str,
+        task: str,
+        reattach: bool,
+        index: int | None = None,
+    ) -> tuple[Any | None, str | None]:
+        """``_attempts``, then the handoff's ``data`` checked against ``result_schema``.
+
+        A mismatch sends the task again with a corrective note (``engine.repair``) as the
+        next attempt, up to the step's ``repair_attempts`` (else the agent's, else the
+        config's); then the last result and the JSON pointer errors as one sentence.
+        """
+        from engine.repair import attempts_for, data_repair_note
+
+        schema = ps.spec.result_schema
+        entry = self.cfg.agents.get(agent)
+        allowed = attempts_for(
+            ps.spec.repair_attempts,
+            entry.repair_attempts if entry else None,
+            self.cfg.repair_attempts,
+        )
+        current, repairs = task, 0
+        while True:
+            result = self._attempts(s, ps, agent, current, reattach, index)
+            if result is None or schema is None or not result.outcome.ok:
+                return result, None
+            problems = data_problems(schema, result.handoff or {})
+            if not problems:
+                return result, None
+            item = {} if index is None else {"index": index}
+            self.journal.append(
+                "step_data_refused", step=s.id, attempt=s.attempt, problems=problems, **item
+            )
+            if repairs >= allowed or self.cancel.is_set():
+                return result, (
+                    "its `data` does not match the step's `result_schema`"
+                    + (f" after {repairs} repair(s)" if repairs else "")
+                    + ": "
+                    + "; ".join(problems)
+                )
+            repairs += 1
+            note = data_repair_note(problems, attempt=repairs, attempts=allowed)
+            current, reattach = f"{task}\n\n{note}", False
 
     def _attempt(
         self,
@@ -1232,6 +1283,7 @@ class _FanOut:
             try:
                 ctx = {**ex._context(self.s.id), self.spec.item_name: value}
                 task = ex.prepared.renderer.render_task(self.s.id, ctx)
+                task = with_schema(task, self.spec.result_schema)
             except Exception as exc:
                 state, error = StepState.ERRORED, f"task failed to render: {exc}"
             else:
@@ -1240,13 +1292,17 @@ class _FanOut:
 
     def _delegate(self, run: StepRun, task: str, index: int) -> tuple[StepState, str | None]:
         ex, ps = self.ex, self.ps
-        result = ex._attempts(run, ps, self.agent, task, index in self.in_flight, index)
+        result, bad_data = ex._checked_attempts(
+            run, ps, self.agent, task, index in self.in_flight, index
+        )
         if result is None:
             return StepState.ERRORED, run.error
         if result.outcome.ok or result.outcome in (Outcome.FAILED, Outcome.BLOCKED):
             run.handoff = result.handoff
         state = StepState(result.outcome.value)
         error = str(result.error) if result.error else None
+        if bad_data is not None:
+            return StepState.INVALID, bad_data
         if state.ok and ps.validator:
             run.state = state
             state, error = ex._validate(run, task, ps.validator)
@@ -1306,8 +1362,33 @@ class _FanOut:
             "confidence": min(confidences, key=_CONFIDENCE_ORDER.index, default=""),
             "artifacts": [a for h in handoffs for a in h.get("artifacts") or ()],
             "notes": "\n".join(str(h["notes"]) for h in handoffs if h.get("notes")),
+            **({"data": [h.get("data") for h in handoffs]} if self.spec.result_schema else {}),
         }
         self.ex._finish(self.s, state, error=error, items=records)
+
+
+def with_schema(task: str, schema: dict[str, Any] | None) -> str:
+    """The task, and after it (when the step has a ``result_schema``) what to put in the
+    handoff's ``data``: JSON matching that schema, shown in full."""
+    if schema is None:
+        return task
+    text = json.dumps(schema, indent=2, ensure_ascii=False)
+    return (
+        f"{task}\n\nPut your structured result in the handoff's `data` field: a JSON value "
+        f"matching this JSON Schema (keep `result` a short summary):\n{text}"
+    )
+
+
+def data_problems(schema: dict[str, Any], handoff: dict[str, Any]) -> list[str]:
+    """One line per way the handoff's ``data`` breaks ``schema``: ``/pointer``: why."""
+    from jsonschema import Draft202012Validator
+
+    from engine.schemas import pointer
+
+    if "data" not in handoff:
+        return ["the handoff has no `data`"]
+    errors = Draft202012Validator(schema).iter_errors(handoff["data"])
+    return sorted({f"`{pointer(e.absolute_path)}`: {e.message}" for e in errors})[:20]
 
 
 def _step_record(s: StepRun, items: list[dict[str, Any]] | None = None) -> dict[str, Any]:

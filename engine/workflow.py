@@ -136,6 +136,8 @@ class StepSpec:
     split: str = ","
     #: Items in flight at once (None: as many as the run allows).
     max_parallel: int | None = None
+    #: The JSON Schema the handoff's ``data`` must match (None: no structured result).
+    result_schema: dict[str, Any] | None = field(default=None, hash=False)
     #: True for a step of the template's ``finally`` list: it runs once every step of
     #: ``steps`` has ended, whatever happened (docs/workflows.md, "Failure paths").
     always: bool = False
@@ -445,6 +447,7 @@ def _step_problems(i: int, step: dict[str, Any], problems: list[str], key: str =
         problems.append(f"{label} {which} `agent` and `capability`.")
     _retry_problems(label, step, problems)
     _fan_out_problems(label, step, problems)
+    _result_schema_problems(label, step.get("result_schema"), problems)
     if isinstance(sid, str) and sid in _RESERVED:
         problems.append(
             f"{label}: the id `{sid}` is reserved (in a template `steps.{sid}` is a dict "
@@ -490,6 +493,22 @@ def _fan_out_problems(label: str, step: dict[str, Any], problems: list[str]) -> 
         problems.append(
             f"{label}: `as: {name}` would hide `{name}` from the step's templates; choose "
             "another name (e.g. `as: item`)."
+        )
+
+
+def _result_schema_problems(label: str, schema: Any, problems: list[str]) -> None:
+    """A `result_schema` that is no valid JSON Schema (2020-12), with the pointer."""
+    if not isinstance(schema, dict):
+        return  # absent, or the workflow schema reports its type
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "/" + "/".join(str(p) for p in exc.absolute_path)
+        problems.append(
+            f"{label}: `result_schema` is not a valid JSON Schema at `{where}`: {exc.message}."
         )
 
 
@@ -595,6 +614,7 @@ def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) ->
         item_name=s.get("as", "item"),
         split=s.get("split", ","),
         max_parallel=s.get("max_parallel"),
+        result_schema=s.get("result_schema"),
         always=always,
     )
 

@@ -558,6 +558,7 @@ def test_dry_run_dict_is_json() -> None:
         "when": None,
         "decides_on": [],
         "finally": False,
+        "result_schema": None,
         "for_each": None,
         "gate": None,
         "validator": "tech-lead",

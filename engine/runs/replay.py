@@ -216,7 +216,8 @@ _STEP_REDUCERS: dict[str, Callable[[_Fold, dict[str, Any], StepRun], None]] = {
 #: Journal events that change no state (they are history for people and tools).
 _HISTORY_ONLY = frozenset(
     # item_*: the items of a `for_each` step; the executor reads them back (engine.runner)
-    {"step_retry", "step_validated", "item_started", "item_attempt", "item_retry", "item_finished"}
+    {"step_retry", "step_validated", "step_data_refused"}
+    | {"item_started", "item_attempt", "item_retry", "item_finished"}
 )
 
 
