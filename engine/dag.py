@@ -233,9 +233,9 @@ def plan_workflow(
     resolved = _resolve_inputs(spec, inputs, problems)
     problems.extend(renderer.problems)
     _status_problems(renderer, first, problems)
-    _data_problems(renderer, first, problems)
-    skip = _step_reference_problems(spec, renderer, first, upstream, problems)
-    skip_outputs = _output_reference_problems(spec, renderer, first, problems)
+    data_skip = _data_problems(renderer, first, problems)
+    skip = _step_reference_problems(spec, renderer, first, upstream, problems) | data_skip
+    skip_outputs = _output_reference_problems(spec, renderer, first, problems) | data_skip
     trial_inputs = {n: resolved.get(n, f"<input {n}>") for n in spec.inputs}
     _trial_render(spec, renderer, first, upstream, trial_inputs, skip, skip_outputs, problems)
     if problems:
@@ -403,33 +403,41 @@ def _status_problems(
                 )
 
 
-def _data_problems(renderer: TaskRenderer, first: dict[str, StepSpec], problems: list[str]) -> None:
+def _data_problems(
+    renderer: TaskRenderer, first: dict[str, StepSpec], problems: list[str]
+) -> set[str]:
     """``steps.x.data...`` read where ``x`` has no ``result_schema``, or reading a property
-    that schema does not declare."""
+    that schema does not declare; returns the steps and outputs found wrong (their trial
+    render would only repeat it)."""
     reads = [
-        (f"step `{sid}`", f" in `{name}`", found)
+        (sid, f"step `{sid}`", f" in `{name}`", found)
         for sid in first
         if not renderer.is_broken(sid)
         for name, found in renderer.data_reads(sid).items()
     ]
-    reads += [(f"output `{n}`", "", f) for n, f in renderer.output_data_reads().items()]
-    for who, where, found in reads:
+    reads += [(n, f"output `{n}`", "", f) for n, f in renderer.output_data_reads().items()]
+    wrong: set[str] = set()
+    for owner, who, where, found in reads:
         for ref, keys in sorted(found, key=str):
-            target = first.get(ref)
-            if target is None:
-                continue  # an unknown step: reported with the references
-            if target.result_schema is None:
-                problems.append(
-                    f"{who} reads `steps.{ref}.data`{where} but `{ref}` declares no "
-                    f"`result_schema`; give `{ref}` one, or read `steps.{ref}.result`."
-                )
-                continue
-            schema: Any = target.result_schema
-            if target.for_each is not None:
-                schema = {"type": "array", "items": schema}
-            msg = _data_path_problem(schema, keys)
+            msg = _data_read_problem(first.get(ref), ref, keys)
             if msg:
                 problems.append(f"{who} reads `steps.{ref}.data{_path_text(keys)}`{where} {msg}")
+                wrong.add(owner)
+    return wrong
+
+
+def _data_read_problem(target: StepSpec | None, ref: str, keys: tuple[Any, ...]) -> str | None:
+    if target is None:
+        return None  # an unknown step: reported with the references
+    if target.result_schema is None:
+        return (
+            f"but `{ref}` declares no `result_schema`; give `{ref}` one, or read "
+            f"`steps.{ref}.result`."
+        )
+    schema: Any = target.result_schema
+    if target.for_each is not None:
+        schema = {"type": "array", "items": schema}
+    return _data_path_problem(schema, keys)
 
 
 def _path_text(keys: tuple[Any, ...]) -> str:
@@ -448,7 +456,7 @@ def _data_path_problem(schema: Any, keys: tuple[Any, ...]) -> str | None:
         if not isinstance(props, dict):
             return None
         if key not in props:
-            at = _path_text(keys[:depth]) or " (the top)"
+            at = f" `data{_path_text(keys[:depth])}`" if depth else " the top of `data`"
             known = ", ".join(f"`{p}`" for p in props) or "none"
             return (
                 f"but the `result_schema` declares no property `{key}` at{at}"
