@@ -107,21 +107,22 @@ def test_invalid_result_schemas(schema: Any, message: str) -> None:
             [A, _then("{{ steps.a.data.cet }}")],
             {},
             "step `b` reads `steps.a.data.cet` in `task` but the `result_schema` declares no "
-            "property `cet` at the top of `data`; did you mean `cte`? Properties there: `cte`, `unit`, "
-            "`sources`.",
+            "property `cet` at the top of `data`; did you mean `cte`? Properties there: `cte`, "
+            "`unit`, `sources`.",
         ),
         (
             [A, _then("x", when="steps.a.data.sources[0].uri != ''")],
             {},
             "step `b` reads `steps.a.data.sources[0].uri` in `when` but the `result_schema` "
-            "declares no property `uri` at `data.sources[0]`; did you mean `url`? Properties there: "
-            "`url`.",
+            "declares no property `uri` at `data.sources[0]`; did you mean `url`? Properties "
+            "there: `url`.",
         ),
         (
             [A],
             {"outputs": {"cte": "{{ steps.a.data.ct }}"}},
             "output `cte` reads `steps.a.data.ct` but the `result_schema` declares no property "
-            "`ct` at the top of `data`; did you mean `cte`? Properties there: `cte`, `unit`, `sources`.",
+            "`ct` at the top of `data`; did you mean `cte`? Properties there: `cte`, `unit`, "
+            "`sources`.",
         ),
         (
             [{**A, "for_each": "'x, y'"}, _then("{{ steps.a.data[0].unt }}")],
