@@ -37,7 +37,12 @@ print("worked on try %d" % n)
 
 
 def test_the_docs_keep_their_runnable_examples() -> None:
-    assert {name for name, _, _ in EXAMPLES} >= {"nightly-digest", "resilient-search", "survey"}
+    assert {name for name, _, _ in EXAMPLES} >= {
+        "nightly-digest",
+        "resilient-search",
+        "survey",
+        "cte-check",
+    }
 
 
 @pytest.mark.parametrize(("name", "expect", "body"), EXAMPLES, ids=[e[0] for e in EXAMPLES])
@@ -52,6 +57,15 @@ def test_docs_example_runs_as_documented(tmp_path: Path, name: str, expect: str,
             "kind": "command",
             "argv": [sys.executable, "-c", FAILS_FIRST],
             "env": {"COUNTER": str(tmp_path / f"{agent}.count"), "FAILS": str(fails)},
+        }
+    for agent, data in expected.get("data_agents", {}).items():  # hands off this `data`
+        from tests.test_lang_data import DATA_AGENT
+
+        agents[agent] = {
+            "kind": "command",
+            "argv": [sys.executable, "-c", DATA_AGENT],
+            "env": {"DATA_GOOD": json.dumps(data)},
+            "fallback_handoff": False,
         }
     cfg = load_config(write_config(tmp_path, raw))
     path = tmp_path / f"{name}.yaml"
