@@ -1226,26 +1226,30 @@ class _FanOut:
     def _restore(self, items: list[Any], reattach: bool) -> None:
         """What earlier processes did: finished items (kept when they ended well, or when
         this is the same stretch of the run), attempts, and items left in flight."""
-        ex, sid = self.ex, self.s.id
+        finished = self._journaled()
+        data = self.ex.store.read_step(self.ex.run_id, self.s.id)
+        records = data.get("items") if isinstance(data, dict) else None
+        for rec in records if isinstance(records, list) else []:
+            i = rec.get("index") if isinstance(rec, dict) else None
+            if not isinstance(i, int) or i >= len(items) or rec.get("item") != items[i]:
+                continue  # damaged, or the items changed since (a retried upstream step)
+            if StepState(rec.get("status", "errored")).ok or reattach:
+                self.done[i] = rec
+        if reattach:
+            self.in_flight = {i for i in self.last if i not in finished and i not in self.done}
+
+    def _journaled(self) -> set[int]:
+        """Each item's last attempt (into ``last``); the items whose last attempt ended."""
         finished: set[int] = set()
-        for ev in ex.view.events:
-            if ev.get("step") != sid or not isinstance(ev.get("index"), int):
+        for ev in self.ex.view.events:
+            if ev.get("step") != self.s.id or not isinstance(ev.get("index"), int):
                 continue
             if ev.get("event") == "item_started" and isinstance(ev.get("attempt"), int):
                 self.last[ev["index"]] = ev["attempt"]
                 finished.discard(ev["index"])
             elif ev.get("event") == "item_finished":
                 finished.add(ev["index"])
-        data = ex.store.read_step(ex.run_id, sid)
-        records = data.get("items") if isinstance(data, dict) else None
-        for rec in records if isinstance(records, list) else []:
-            i = rec.get("index") if isinstance(rec, dict) else None
-            if not isinstance(i, int) or i >= len(items) or rec.get("item") != items[i]:
-                continue
-            if StepState(rec.get("status", "errored")).ok or reattach:
-                self.done[i] = rec
-        if reattach:
-            self.in_flight = {i for i in self.last if i not in finished and i not in self.done}
+        return finished
 
     def _start(self, count: int, reattach: bool) -> None:
         ex, s = self.ex, self.s
@@ -1341,21 +1345,26 @@ class _FanOut:
         records = self._records()
         states = [StepState(r["status"]) for r in records]
         bad = [r for r, st in zip(records, states, strict=True) if not st.ok]
-        handoffs = [r.get("handoff") or {} for r in records]
-        confidences = [h.get("confidence") for h in handoffs if h.get("confidence")]
-        results = [h.get("result", "") for h in handoffs]
+        error: str | None = None
         if bad:
             first = bad[0]
             state = StepState(first["status"])
             why = f": {first['error']}" if first.get("error") else ""
-            error: str | None = (
+            error = (
                 f"{len(bad)} of {len(items)} items did not end well; item {first['index']} "
                 f"({json.dumps(first['item'])[:80]}) ended {first['status']}{why}"
             )
         else:
             state = StepState.PARTIAL if StepState.PARTIAL in states else StepState.COMPLETE
-            error = None
-        self.s.handoff = {
+        self.s.handoff = self._handoff(records, state)
+        self.ex._finish(self.s, state, error=error, items=records)
+
+    def _handoff(self, records: list[dict[str, Any]], state: StepState) -> dict[str, Any]:
+        """The step's own handoff: its items' results in order, their lowest confidence."""
+        handoffs = [r.get("handoff") or {} for r in records]
+        confidences = [h.get("confidence") for h in handoffs if h.get("confidence")]
+        results = [h.get("result", "") for h in handoffs]
+        return {
             "status": state.value if state.ok else "failed",
             "result": json.dumps(results, ensure_ascii=False),
             "results": results,
@@ -1364,7 +1373,6 @@ class _FanOut:
             "notes": "\n".join(str(h["notes"]) for h in handoffs if h.get("notes")),
             **({"data": [h.get("data") for h in handoffs]} if self.spec.result_schema else {}),
         }
-        self.ex._finish(self.s, state, error=error, items=records)
 
 
 def with_schema(task: str, schema: dict[str, Any] | None) -> str:
