@@ -80,6 +80,7 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
         "version": spec.version,
         "path": str(spec.path),
         "caller": plan.caller,
+        "deadline": spec.deadline,
         "inputs": dict(plan.inputs),
         "groups": [list(g) for g in plan.groups],
         "steps": steps,
@@ -145,6 +146,11 @@ def dry_run_text(plan: Plan, renderer: TaskRenderer) -> str:
         "nothing is sent.",
         f"Caller: {data['caller']}",
     ]
+    if data["deadline"] is not None:
+        lines.append(
+            f"Deadline: {data['deadline']:g} s from the start for the whole run "
+            "(`finally` steps excepted)."
+        )
     if data["inputs"]:
         lines.append("Inputs:")
         for name, value in data["inputs"].items():

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -36,7 +37,7 @@ from engine.errors import (
     UsageError,
     did_you_mean,
 )
-from engine.files import new_run_id, utcnow_iso
+from engine.files import new_run_id, parse_iso, utcnow_iso
 from engine.reporter import Reporter
 from engine.runs import RunView, StepRun, replay_run, run_dir, summarize
 from engine.states import RETRYABLE_STEP_STATES
@@ -302,6 +303,11 @@ class WorkflowRunner:
             "inputs": plan.inputs,
             "config": str(self.cfg.path) if self.cfg.path else None,
             "created_at": utcnow_iso(),
+            **(
+                {"deadline_at": _iso_in(prepared.spec.deadline)}
+                if prepared.spec.deadline is not None
+                else {}
+            ),
             "fingerprint": fingerprint_parts(self.cfg, prepared),
             "plan": {
                 "groups": plan.groups,
@@ -496,6 +502,9 @@ class _Execution:
         self.step_reporter = _StepReporter(runner.reporter, journal, {})
         self.upstream: dict[str, tuple[str, ...]] = {}
         self.stop_reason: str | None = None
+        at = view.meta.get("deadline_at")
+        #: When the run must be over (epoch seconds; None: no `deadline`).
+        self.deadline_at = parse_iso(at).timestamp() if isinstance(at, str) else None
         # Step id -> the upstream steps whose status its `when` tests (its "handled" set).
         self.tests = {sid: prepared.renderer.status_tests(sid).steps for sid in self.plan.steps}
 
@@ -611,6 +620,9 @@ class _Execution:
         """
         if ps.spec.always:
             return None
+        if self._past_deadline():
+            deadline = self.plan.workflow.deadline
+            return f"the run's deadline ({deadline:g} s after its start) has passed", "stopped"
         ups = [self.steps[d] for d in ps.depends_on]
         tested = self.tests[ps.id]
         bad = [u for u in ups if self._bad(u) and u.id not in tested]
@@ -620,6 +632,28 @@ class _Execution:
         if self.stop_reason and not handles:
             return f"the run stopped after {self.stop_reason}", "stopped"
         return None
+
+    def _past_deadline(self) -> bool:
+        return self.deadline_at is not None and time.time() >= self.deadline_at
+
+    def _attempt_timeout(self, s: StepRun, ps: Any, agent: str, resumed: bool) -> float:
+        """Seconds the attempt may wait: the step's timeout, less what a resumed attempt
+        already waited (since its ``step_started``), and no later than the run's deadline
+        (``finally`` steps excepted)."""
+        timeout = self._step_timeout(ps, agent)
+        if resumed:
+            started = [
+                e.get("at")
+                for e in self.view.events
+                if e.get("step") == s.id
+                and e.get("event") in ("step_started", "item_started")
+                and e.get("delegation_run_id") == s.delegation_run_id
+            ]
+            if started and isinstance(started[-1], str):
+                timeout -= time.time() - parse_iso(started[-1]).timestamp()
+        if self.deadline_at is not None and not ps.spec.always:
+            timeout = min(timeout, self.deadline_at - time.time())
+        return max(0.1, timeout)
 
     def _consider(self, s: StepRun, pool: ThreadPoolExecutor) -> Future[None] | None:
         """Decide a step whose upstream steps have all settled: run, skip, gate or fail it.
@@ -973,9 +1007,14 @@ class _Execution:
             **item,
         )
         s.state = StepState.RUNNING
+        timeout = self._attempt_timeout(s, ps, agent, journaled)
+        if journaled:  # resumed: what is left of its deadline, not a fresh one
+            self.journal.append(
+                "step_reattached", step=s.id, attempt=attempt, timeout_s=round(timeout, 3), **item
+            )
         try:
             result = self.delegator.delegate(
-                self._request(s, ps, agent, task, drid, index),
+                self._request(s, ps, agent, task, drid, index, timeout),
                 reattach=again,
                 cancel=self.cancel,
                 reporter=self.step_reporter,
@@ -1000,7 +1039,14 @@ class _Execution:
         return result
 
     def _request(
-        self, s: StepRun, ps: Any, agent: str, task: str, drid: str, index: int | None = None
+        self,
+        s: StepRun,
+        ps: Any,
+        agent: str,
+        task: str,
+        drid: str,
+        index: int | None = None,
+        timeout: float | None = None,
     ) -> DelegationRequest:
         plan, options = self.plan, ps.spec.options
         labels = {"workflow": plan.workflow.name, "workflow_run": self.run_id, "step": s.id}
@@ -1010,7 +1056,7 @@ class _Execution:
             target=agent,
             task=task,
             caller=plan.caller,
-            timeout=ps.spec.timeout,
+            timeout=timeout if timeout is not None else ps.spec.timeout,
             run_id=drid,
             name=f"workflow {self.run_id} {s.id}",
             deliver=options.get("deliver"),
@@ -1026,7 +1072,10 @@ class _Execution:
         """True when the step's retry policy sends it again after this result."""
         policy = ps.spec.retry
         return (
-            result.outcome.value in policy.on and attempt <= policy.max and not self.cancel.is_set()
+            result.outcome.value in policy.on
+            and attempt <= policy.max
+            and not self.cancel.is_set()
+            and not (self._past_deadline() and not ps.spec.always)
         )
 
     def _back_off(
@@ -1373,6 +1422,13 @@ class _FanOut:
             "notes": "\n".join(str(h["notes"]) for h in handoffs if h.get("notes")),
             **({"data": [h.get("data") for h in handoffs]} if self.spec.result_schema else {}),
         }
+
+
+def _iso_in(seconds: float) -> str:
+    """The ISO time ``seconds`` from now (UTC)."""
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
 
 
 def with_schema(task: str, schema: dict[str, Any] | None) -> str:

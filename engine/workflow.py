@@ -166,6 +166,8 @@ class WorkflowSpec:
     path: Path
     #: The file's exact text, for fingerprints.
     source_text: str = field(repr=False)
+    #: Seconds the whole run may take from its start (None: no deadline).
+    deadline: float | None = None
 
     @property
     def step_ids(self) -> tuple[str, ...]:
@@ -573,6 +575,7 @@ def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> Workflo
         outputs=dict(raw.get("outputs") or {}),
         path=path,
         source_text=source_text,
+        deadline=None if raw.get("deadline") is None else float(raw["deadline"]),
     )
 
 

@@ -1,0 +1,118 @@
+"""Time: a deadline for a whole run, and a resumed step that keeps its original deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from engine.cli import workflow
+from engine.config import load_config
+from engine.delegate import open_delegator
+from engine.files import parse_iso
+from engine.planview import dry_run_text
+from engine.runner import RunOptions, RunState, WorkflowRunner, prepare
+from engine.store.file import read_events
+from tests.helpers import demo_config, write_config
+from tests.test_lang_failure import _plan
+from tests.test_lang_fanout import standalone  # noqa: F401  (a fixture)
+
+HERE = Path(__file__).parent / "workflows" / "lang"
+
+
+def test_the_dry_run_shows_the_deadline() -> None:
+    import yaml
+
+    plan, renderer = _plan(yaml.safe_load((HERE / "deadline.yaml").read_text()))
+    assert "Deadline: 1 s from the start for the whole run (`finally` steps excepted).\n" in (
+        dry_run_text(plan, renderer)
+    )
+
+
+def test_a_deadline_ends_the_run_and_finally_still_runs(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, demo_config(tmp_path)))
+    prepared = prepare(cfg, str(HERE / "deadline.yaml"), {})
+    with open_delegator(cfg) as d:
+        result = WorkflowRunner(cfg, d).start(prepared, RunOptions())
+    steps = result.summary["steps"]
+    assert steps["slow"]["status"] == "timeout"
+    assert steps["slow"]["attempts"] == 1  # no retry after the deadline
+    assert steps["after"]["status"] == "skipped"
+    assert steps["after"]["skip_reason"] == "the run's deadline (1 s after its start) has passed"
+    assert steps["notify"]["status"] == "complete"
+    assert result.state is RunState.FAILED and result.exit_code == 4
+    meta = json.loads((result.run_dir / "run.json").read_text())
+    created, deadline = parse_iso(meta["created_at"]), parse_iso(meta["deadline_at"])
+    assert round((deadline - created).total_seconds()) == 1
+    # the delegation was given what was left of the run, not the step's 60 s
+    record = json.loads(
+        (cfg.handoffs_dir / f"{steps['slow']['delegation_run_id']}.json").read_text()
+    )
+    assert record["envelope"]["timeout_s"] <= 1
+
+
+def test_a_step_not_started_by_the_deadline_is_skipped(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, demo_config(tmp_path)))
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        "name: wf\ncaller: manager\ndeadline: 1\nsteps:\n"
+        "  - {id: slow, agent: webster, on_failure: continue, task: 'DEMO_SLEEP=20 x'}\n"
+        "  - {id: late, agent: tech-lead, depends_on: [slow],\n"
+        "     when: \"steps.slow.status == 'timeout'\", task: y}\n"
+    )
+    with open_delegator(cfg) as d:
+        result = WorkflowRunner(cfg, d).start(prepare(cfg, str(path), {}), RunOptions())
+    late = result.summary["steps"]["late"]
+    assert late["status"] == "skipped"
+    assert late["skip_reason"] == "the run's deadline (1 s after its start) has passed"
+
+
+def test_a_resumed_step_gets_what_is_left_of_its_deadline(
+    standalone: tuple[Path, object],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    path, _ = standalone
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(
+        "name: wf\ncaller: manager\nsteps:\n"
+        "  - {id: slow, agent: webster, timeout: 30, task: 'DEMO_SLEEP=2 x'}\n"
+    )
+    env = {**os.environ, "GW_TOKEN": "tok-0123456789"}
+    exe = Path(sys.executable).parent / "workflow"
+    proc = subprocess.Popen(
+        [str(exe), "run", str(wf), "--config", str(path), "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    runs = tmp_path / "handoffs" / "workflows"
+    deadline = time.monotonic() + 60
+    run_dir = None
+    while time.monotonic() < deadline:
+        found = list(runs.glob("*/events.jsonl")) if runs.exists() else []
+        if found and any(e["event"] == "step_dispatched" for e in read_events(found[0])):
+            run_dir = found[0].parent
+            break
+        time.sleep(0.05)
+    assert run_dir is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    res = CliRunner(env={"GW_TOKEN": "tok-0123456789"}).invoke(
+        workflow,
+        ["resume", run_dir.name, "--config", str(path), "--json", "-q"],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    events = read_events(run_dir / "events.jsonl")
+    started = next(e for e in events if e["event"] == "step_started")
+    (again,) = [e for e in events if e["event"] == "step_reattached"]
+    resumed = next(e for e in events if e["event"] == "run_resumed")
+    waited = (parse_iso(resumed["at"]) - parse_iso(started["at"])).total_seconds()
+    assert again["attempt"] == 1
+    assert again["timeout_s"] <= 30 - waited + 0.5  # not a fresh 30 s
