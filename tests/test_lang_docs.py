@@ -42,6 +42,7 @@ def test_the_docs_keep_their_runnable_examples() -> None:
         "resilient-search",
         "survey",
         "cte-check",
+        "timed-search",
     }
 
 
@@ -57,6 +58,12 @@ def test_docs_example_runs_as_documented(tmp_path: Path, name: str, expect: str,
             "kind": "command",
             "argv": [sys.executable, "-c", FAILS_FIRST],
             "env": {"COUNTER": str(tmp_path / f"{agent}.count"), "FAILS": str(fails)},
+        }
+    for agent, seconds in expected.get("slow_agents", {}).items():  # no handoff in time
+        agents[agent] = {
+            "kind": "command",
+            "argv": [sys.executable, "-c", f"import time; time.sleep({seconds})"],
+            "fallback_handoff": False,
         }
     for agent, data in expected.get("data_agents", {}).items():  # hands off this `data`
         from tests.test_lang_data import DATA_AGENT
