@@ -8,7 +8,8 @@ delegation is answered by a file of ``DIR`` instead of an agent; ``docs/workflow
     DIR/<step-id>.json|.yaml   the step's ending: a handoff's fields, or {outcome: ...};
                                a list gives one ending per attempt (the last repeats)
     DIR/<step-id>.<i>.json     item ``i`` (from 0) of a ``for_each`` step, when it differs
-    DIR/gates.json|.yaml       {step: approved | rejected | {decision, reason}}
+    DIR/gates.json|.yaml       {step: approved | rejected | {decision, reason}}; a gate
+                               without an answer takes its ``default`` (as if timed out)
     DIR/inputs.json|.yaml      default inputs (``--input`` wins)
 
     report = run_fixtures(cfg, "material-trade-study", Path("tests/mts-low"), inputs={})
@@ -401,6 +402,11 @@ def run_fixtures(
     fixtures = load_fixtures(directory, spec.step_ids)
     given = {**fixtures.inputs, **inputs}
     prepared = prepare(cfg, name_or_path, given, caller=caller)
+    defaults = {
+        sid: str(p.spec.gate.default)
+        for sid, p in prepared.plan.steps.items()
+        if p.spec.gate is not None and p.spec.gate.default is not None
+    }
     scratch = Path(tempfile.mkdtemp(prefix="workflow-test-"))
     try:
         delegator = FixtureDelegator(cfg, fixtures, FileRunStore(scratch))
@@ -409,7 +415,7 @@ def run_fixtures(
                 cfg,
                 delegator,
                 reporter=reporter,
-                approver=lambda req: _answer(fixtures, req),
+                approver=lambda req: _answer(fixtures, req, defaults),
                 retry_wait=lambda cancel, seconds: False,  # no wait: nothing is sent
             )
             result = runner.start(prepared, RunOptions(caller=caller))
@@ -428,8 +434,12 @@ def run_fixtures(
     )
 
 
-def _answer(fixtures: FixtureSet, req: GateRequest) -> str | tuple[str, str] | None:
+def _answer(
+    fixtures: FixtureSet, req: GateRequest, defaults: dict[str, str]
+) -> str | tuple[str, str] | None:
     answer = fixtures.gates.get(req.step)
+    if answer is None and req.step in defaults:  # as if its timeout had passed
+        return "approved" if defaults[req.step] == "approved" else ("rejected", "its default")
     if answer is None:
         return None  # parks: the report says the gate waits
     decision, reason = answer

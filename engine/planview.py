@@ -61,7 +61,12 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
                         else None
                     ),
                     "gate": (
-                        {"prompt": rendered[sid]["gate_prompt"], "when": s.gate.when}
+                        {
+                            "prompt": rendered[sid]["gate_prompt"],
+                            "when": s.gate.when,
+                            "timeout": s.gate.timeout,
+                            "default": s.gate.default,
+                        }
                         if s.gate is not None
                         else None
                     ),
@@ -209,7 +214,12 @@ def _step_lines(s: dict[str, Any]) -> list[str]:
     gate = s["gate"]
     if gate:
         cond = f" (only when {gate['when']})" if gate["when"] else ""
-        lines.append(f"      gate{cond}: approval needed before dispatch")
+        after = (
+            f"; {gate['default']} after {gate['timeout']:g} s without a decision"
+            if gate.get("timeout") is not None
+            else ""
+        )
+        lines.append(f"      gate{cond}: approval needed before dispatch{after}")
         lines.append(_indent(gate["prompt"], "        | "))
     if s["validator"]:
         lines.append(f"      validate: by {s['validator']}")

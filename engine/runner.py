@@ -704,19 +704,41 @@ class _Execution:
             journal.append("gate_waiting", step=s.id, prompt=prompt)
             s.state = StepState.WAITING_APPROVAL
             self.reporter.event("gate_waiting", step=s.id, prompt=prompt, run_id=self.run_id)
-        decision = self._ask_approver(s, prompt)
+        decision, by = self._ask_approver(s, prompt), "terminal"
+        if decision is None:
+            decision, by = self._timed_out(s), "timeout"
         if decision is None:
             return False
         if decision == "approved":
-            s.gate = {"decision": "approved", "by": "terminal", "reason": None, "at": utcnow_iso()}
-            journal.append("gate_decided", step=s.id, decision="approved", by="terminal")
+            s.gate = {"decision": "approved", "by": by, "reason": None, "at": utcnow_iso()}
+            journal.append("gate_decided", step=s.id, decision="approved", by=by)
             s.state = StepState.PENDING
             return True
         reason = decision[1] if isinstance(decision, tuple) else "rejected"
-        journal.append("gate_decided", step=s.id, decision="rejected", by="terminal", reason=reason)
-        s.gate = {"decision": "rejected", "by": "terminal", "reason": reason}
+        journal.append("gate_decided", step=s.id, decision="rejected", by=by, reason=reason)
+        s.gate = {"decision": "rejected", "by": by, "reason": reason}
         self._finish(s, StepState.REJECTED, error=f"gate rejected: {reason}")
         return False
+
+    def _timed_out(self, s: StepRun) -> str | tuple[str, str] | None:
+        """The gate's ``default`` once it has waited ``timeout`` seconds (since its first
+        ``gate_waiting`` after the step's last reset), else None."""
+        gate = self.plan.steps[s.id].spec.gate
+        if gate is None or gate.timeout is None or gate.default is None:
+            return None
+        since: str | None = None
+        for ev in self.view.events:
+            if ev.get("step") != s.id:
+                continue
+            if ev.get("event") == "step_reset":
+                since = None
+            elif ev.get("event") == "gate_waiting" and since is None:
+                since = ev.get("at") if isinstance(ev.get("at"), str) else None
+        if since is None or time.time() - parse_iso(since).timestamp() < gate.timeout:
+            return None
+        if gate.default == "approved":
+            return "approved"
+        return ("rejected", f"no decision within {gate.timeout:g} s (the gate's default)")
 
     def _gate_prompt(self, s: StepRun) -> str:
         try:

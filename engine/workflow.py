@@ -56,6 +56,10 @@ class GateSpec:
     when: str | None = None
     #: Who may decide it through `orchestrate serve` (token names); empty: any operator.
     approvers: tuple[str, ...] = ()
+    #: Seconds a parked gate waits; then ``default`` is decided (None: it waits forever).
+    timeout: float | None = None
+    #: ``approved`` or ``rejected``: the decision once ``timeout`` has passed.
+    default: str | None = None
 
 
 #: Names a ``for_each`` item may not take (``as:``): the context's own names.
@@ -450,6 +454,13 @@ def _step_problems(i: int, step: dict[str, Any], problems: list[str], key: str =
     _retry_problems(label, step, problems)
     _fan_out_problems(label, step, problems)
     _result_schema_problems(label, step.get("result_schema"), problems)
+    gate = step.get("gate")
+    if isinstance(gate, dict) and ("timeout" in gate) != ("default" in gate):
+        has, needs = ("timeout", "default") if "timeout" in gate else ("default", "timeout")
+        problems.append(
+            f"{label}: `gate.{has}` needs `gate.{needs}`: a gate that times out takes its "
+            "`default` decision (`approved` or `rejected`) once `timeout` seconds have passed."
+        )
     if isinstance(sid, str) and sid in _RESERVED:
         problems.append(
             f"{label}: the id `{sid}` is reserved (in a template `steps.{sid}` is a dict "
@@ -606,6 +617,8 @@ def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) ->
                 prompt=gate["prompt"],
                 when=_strip_braces(gate.get("when")),
                 approvers=tuple(gate.get("approvers", ())),
+                timeout=None if gate.get("timeout") is None else float(gate["timeout"]),
+                default=gate.get("default"),
             )
             if gate
             else None

@@ -580,6 +580,8 @@ def test_dry_run_dict_is_json() -> None:
     assert audit["gate"] == {
         "prompt": "Audit complete research?",
         "when": "steps.check.confidence == 'low'",
+        "timeout": None,
+        "default": None,
     }
     assert audit["options"] == {"model": "gemini-2.5-pro", "deliver": True}
     assert data["outputs"] == {"answer": "<result of research>"}

@@ -116,3 +116,99 @@ def test_a_resumed_step_gets_what_is_left_of_its_deadline(
     waited = (parse_iso(resumed["at"]) - parse_iso(started["at"])).total_seconds()
     assert again["attempt"] == 1
     assert again["timeout_s"] <= 30 - waited + 0.5  # not a fresh 30 s
+
+
+# --------------------------------------------------------------------------- gate timeouts
+
+
+def test_gate_timeout_and_default_come_together() -> None:
+    import pytest
+
+    from engine.errors import WorkflowError
+    from engine.workflow import workflow_from_dict
+
+    for gate, message in [
+        ({"prompt": "p", "timeout": 60}, "step `a`: `gate.timeout` needs `gate.default`: "),
+        ({"prompt": "p", "default": "approved"}, "step `a`: `gate.default` needs `gate.timeout`"),
+    ]:
+        raw = {
+            "name": "t",
+            "caller": "manager",
+            "steps": [{"id": "a", "agent": "webster", "task": "a", "gate": gate}],
+        }
+        with pytest.raises(WorkflowError) as info:
+            workflow_from_dict(raw, path=Path("t.yaml"))
+        assert info.value.problems[0].startswith(message)
+
+
+def _wait_past(run_dir: Path, step: str, seconds: float) -> None:
+    """Until `seconds` have passed since the gate of `step` began to wait (a clock event)."""
+    at = next(
+        e["at"]
+        for e in read_events(run_dir / "events.jsonl")
+        if e["event"] == "gate_waiting" and e["step"] == step
+    )
+    end = parse_iso(at).timestamp() + seconds
+    while time.time() < end:
+        time.sleep(min(0.05, max(0.0, end - time.time())))
+
+
+def test_a_parked_gate_takes_its_default_when_resumed_after_its_timeout(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, demo_config(tmp_path)))
+    c = ["--config", str(cfg.path)]
+    res = CliRunner().invoke(
+        workflow,
+        ["run", str(HERE / "gate-timeout.yaml"), "--non-interactive", "--json", *c],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 3, res.output
+    summary = json.loads(res.stdout)
+    run_dir = Path(summary["run_dir"])
+    _wait_past(run_dir, "review", 0.5)
+    res = CliRunner().invoke(
+        workflow, ["resume", summary["runId"], "--json", *c], catch_exceptions=False
+    )
+    summary = json.loads(res.stdout)
+    assert summary["steps"]["review"]["status"] == "rejected"
+    assert summary["steps"]["review"]["gate"]["by"] == "timeout"
+    assert summary["steps"]["review"]["gate"]["reason"] == (
+        "no decision within 0.5 s (the gate's default)"
+    )
+    assert res.exit_code == 1
+
+
+def test_before_its_timeout_a_gate_still_waits(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, demo_config(tmp_path)))
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        (HERE / "gate-timeout.yaml").read_text().replace("timeout: 0.5", "timeout: 3600")
+    )
+    with open_delegator(cfg) as d:
+        runner = WorkflowRunner(cfg, d)
+        first = runner.start(prepare(cfg, str(path), {}), RunOptions())
+        assert first.state is RunState.WAITING_APPROVAL
+        again = runner.resume(first.run_id, RunOptions())
+    assert again.state is RunState.WAITING_APPROVAL
+
+
+def test_workflow_test_takes_a_gate_default_without_an_answer(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, demo_config(tmp_path)))
+    fx = tmp_path / "fx"
+    fx.mkdir()
+    (fx / "research.yaml").write_text("result: R\n")
+    res = CliRunner().invoke(
+        workflow,
+        [
+            "test",
+            str(HERE / "gate-timeout.yaml"),
+            "--fixtures",
+            str(fx),
+            "--json",
+            "--config",
+            str(cfg.path),
+        ],
+        catch_exceptions=False,
+    )
+    report = json.loads(res.stdout)
+    assert report["steps"]["review"]["status"] == "rejected"
+    assert report["steps"]["review"]["why"] == "gate rejected: its default"
