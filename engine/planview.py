@@ -49,6 +49,7 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
                     "decides_on": sorted(renderer.status_tests(sid).steps),
                     "finally": s.always,
                     "result_schema": s.result_schema,
+                    "budget": _budget_dict(s.budget),
                     "for_each": (
                         {
                             "expression": s.for_each,
@@ -86,6 +87,7 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
         "path": str(spec.path),
         "caller": plan.caller,
         "deadline": spec.deadline,
+        "budget": _budget_dict(spec.budget),
         "inputs": dict(plan.inputs),
         "groups": [list(g) for g in plan.groups],
         "steps": steps,
@@ -97,6 +99,18 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
             "run_id": PLACEHOLDER_RUN_ID,
         },
     }
+
+
+def _budget_dict(budget: Any) -> dict[str, Any] | None:
+    if budget is None:
+        return None
+    return {"usd": budget.usd, "tokens": budget.tokens}
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    parts = [f"${budget['usd']:g}" if budget["usd"] is not None else None]
+    parts.append(f"{budget['tokens']} tokens" if budget["tokens"] is not None else None)
+    return " and ".join(p for p in parts if p)
 
 
 def _retry_dict(s: StepSpec) -> dict[str, Any]:
@@ -151,6 +165,11 @@ def dry_run_text(plan: Plan, renderer: TaskRenderer) -> str:
         "nothing is sent.",
         f"Caller: {data['caller']}",
     ]
+    if data["budget"] is not None:
+        lines.append(
+            f"Budget: {_budget_text(data['budget'])} for the whole run (`finally` steps "
+            "excepted), from the handoffs' usage."
+        )
     if data["deadline"] is not None:
         lines.append(
             f"Deadline: {data['deadline']:g} s from the start for the whole run "
@@ -203,6 +222,8 @@ def _step_lines(s: dict[str, Any]) -> list[str]:
         lines.append(f"      when: {s['when']}")
     if s["for_each"]:
         lines.append(_for_each_line(s["for_each"]))
+    if s["budget"] is not None:
+        lines.append(f"      budget: {_budget_text(s['budget'])}")
     if s["result_schema"] is not None:
         text = json.dumps(s["result_schema"], separators=(", ", ": "))
         lines.append(f"      data: {text if len(text) <= 100 else text[:99] + '…'}")

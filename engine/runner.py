@@ -505,6 +505,12 @@ class _Execution:
         at = view.meta.get("deadline_at")
         #: When the run must be over (epoch seconds; None: no `deadline`).
         self.deadline_at = parse_iso(at).timestamp() if isinstance(at, str) else None
+        #: Step id -> [usd, tokens] its delegations spent (``step_spent`` in the journal).
+        self.spent: dict[str, list[float]] = {}
+        self.spend_lock = threading.Lock()
+        for ev in view.events:
+            if ev.get("event") == "step_spent" and isinstance(ev.get("step"), str):
+                self._add_spend(ev["step"], ev.get("usd"), ev.get("tokens"))
         # Step id -> the upstream steps whose status its `when` tests (its "handled" set).
         self.tests = {sid: prepared.renderer.status_tests(sid).steps for sid in self.plan.steps}
 
@@ -623,6 +629,9 @@ class _Execution:
         if self._past_deadline():
             deadline = self.plan.workflow.deadline
             return f"the run's deadline ({deadline:g} s after its start) has passed", "stopped"
+        over = self._over_budget(ps)
+        if over:
+            return over, "stopped"
         ups = [self.steps[d] for d in ps.depends_on]
         tested = self.tests[ps.id]
         bad = [u for u in ups if self._bad(u) and u.id not in tested]
@@ -631,6 +640,54 @@ class _Execution:
         handles = any(self._bad(u) for u in ups if u.id in tested)
         if self.stop_reason and not handles:
             return f"the run stopped after {self.stop_reason}", "stopped"
+        return None
+
+    def _add_spend(self, sid: str, usd: Any, tokens: Any) -> None:
+        with self.spend_lock:
+            total = self.spent.setdefault(sid, [0.0, 0.0])
+            total[0] += float(usd) if isinstance(usd, int | float) else 0.0
+            total[1] += float(tokens) if isinstance(tokens, int | float) else 0.0
+
+    def _note_usage(self, s: StepRun, result: Any, index: int | None) -> None:
+        """Count what one delegation spent (its handoff's ``usage``) for budgets."""
+        usage = (result.record or {}).get("usage")
+        if not isinstance(usage, dict):
+            return
+        usd = usage.get("cost") if isinstance(usage.get("cost"), int | float) else 0.0
+        tokens = sum(
+            int(usage[k])
+            for k in ("input_tokens", "output_tokens")
+            if isinstance(usage.get(k), int)
+        )
+        if not usd and not tokens:
+            return
+        self._add_spend(s.id, usd, tokens)
+        item = {} if index is None else {"index": index}
+        self.journal.append(
+            "step_spent",
+            step=s.id,
+            usd=usd,
+            tokens=tokens,
+            delegation_run_id=result.run_id,
+            **item,
+        )
+
+    def _over_budget(self, ps: Any) -> str | None:
+        """Why nothing more may be spent on step ``ps``: the run's budget (``finally``
+        steps excepted) or the step's own is reached; None when it may go on."""
+        with self.spend_lock:
+            usd = sum(v[0] for v in self.spent.values())
+            tokens = int(sum(v[1] for v in self.spent.values()))
+            mine = self.spent.get(ps.id, [0.0, 0.0])
+        run_budget = self.plan.workflow.budget
+        if run_budget is not None and not ps.spec.always:
+            why = run_budget.spent_by(usd, tokens)
+            if why:
+                return f"the run's budget is spent ({why})"
+        if ps.spec.budget is not None:
+            why = ps.spec.budget.spent_by(mine[0], int(mine[1]))
+            if why:
+                return f"the step's budget is spent ({why})"
         return None
 
     def _past_deadline(self) -> bool:
@@ -973,7 +1030,7 @@ class _Execution:
             self.journal.append(
                 "step_data_refused", step=s.id, attempt=s.attempt, problems=problems, **item
             )
-            if repairs >= allowed or self.cancel.is_set():
+            if repairs >= allowed or self.cancel.is_set() or self._over_budget(ps):
                 return result, (
                     "its `data` does not match the step's `result_schema`"
                     + (f" after {repairs} repair(s)" if repairs else "")
@@ -1045,6 +1102,7 @@ class _Execution:
             s.attempts.append({"run_id": drid, "outcome": "errored", "error": str(exc)})
             s.error = str(exc)
             return None
+        self._note_usage(s, result, index)
         env = result.envelope
         s.attempts.append(
             {
@@ -1098,6 +1156,7 @@ class _Execution:
             and attempt <= policy.max
             and not self.cancel.is_set()
             and not (self._past_deadline() and not ps.spec.always)
+            and self._over_budget(ps) is None
         )
 
     def _back_off(
@@ -1199,6 +1258,20 @@ class _Execution:
                 return RunState.FAILED
         return RunState.COMPLETE
 
+    def _add_spent(self, summary: dict[str, Any]) -> None:
+        """What the run and each step spent (from the handoffs' ``usage``), when known."""
+        with self.spend_lock:
+            spent = {sid: list(v) for sid, v in self.spent.items()}
+        if not spent:
+            return
+        for sid, (usd, tokens) in spent.items():
+            if sid in summary["steps"]:
+                summary["steps"][sid]["spent"] = {"usd": round(usd, 6), "tokens": int(tokens)}
+        summary["spent"] = {
+            "usd": round(sum(v[0] for v in spent.values()), 6),
+            "tokens": int(sum(v[1] for v in spent.values())),
+        }
+
     def _final_state(self) -> RunState:
         if self.cancel.is_set():
             return RunState.CANCELLED
@@ -1233,6 +1306,7 @@ class _Execution:
         summary = summarize(final, outputs)
         if parked:
             summary["finished_at"] = None
+        self._add_spent(summary)
         self.store.write_summary(view.run_id, summary)
         self.reporter.event("run_finished", run_id=view.run_id, status=state.value, summary=summary)
         return RunResult(view.run_id, state, view.path, summary)
@@ -1354,7 +1428,10 @@ class _FanOut:
         run = StepRun(id=self.s.id, agent=self.agent, attempt=self.last.get(index, 0))
         state: StepState = StepState.CANCELLED
         error: str | None = "the run was cancelled"
-        if not ex.cancel.is_set():
+        over = ex._over_budget(self.ps)
+        if over and not ex.cancel.is_set():
+            state, error = StepState.SKIPPED, over
+        elif not ex.cancel.is_set():
             try:
                 ctx = {**ex._context(self.s.id), self.spec.item_name: value}
                 task = ex.prepared.renderer.render_task(self.s.id, ctx)

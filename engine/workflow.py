@@ -105,6 +105,34 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """What a run or a step may spend (``budget:``), counted from the handoffs' ``usage``.
+
+    Example: ``Budget(usd=2.5, tokens=200_000)``; None means no limit of that kind.
+    """
+
+    usd: float | None = None
+    tokens: int | None = None
+
+    def spent_by(self, usd: float, tokens: int) -> str | None:
+        """Why ``usd``/``tokens`` reach this budget (None: they do not)."""
+        if self.usd is not None and usd >= self.usd:
+            return f"${usd:.4g} of its ${self.usd:g}"
+        if self.tokens is not None and tokens >= self.tokens:
+            return f"{tokens} of its {self.tokens} tokens"
+        return None
+
+
+def _budget(raw: Any) -> Budget | None:
+    if not isinstance(raw, dict):
+        return None
+    usd, tokens = raw.get("usd"), raw.get("tokens")
+    return Budget(
+        usd=None if usd is None else float(usd), tokens=None if tokens is None else int(tokens)
+    )
+
+
+@dataclass(frozen=True)
 class StepSpec:
     """One step of a template, with the template's ``defaults`` already applied."""
 
@@ -142,6 +170,8 @@ class StepSpec:
     max_parallel: int | None = None
     #: The JSON Schema the handoff's ``data`` must match (None: no structured result).
     result_schema: dict[str, Any] | None = field(default=None, hash=False)
+    #: What the step may spend on its attempts, repairs and items (None: no limit).
+    budget: Budget | None = None
     #: True for a step of the template's ``finally`` list: it runs once every step of
     #: ``steps`` has ended, whatever happened (docs/workflows.md, "Failure paths").
     always: bool = False
@@ -172,6 +202,8 @@ class WorkflowSpec:
     source_text: str = field(repr=False)
     #: Seconds the whole run may take from its start (None: no deadline).
     deadline: float | None = None
+    #: What the whole run may spend (None: no limit).
+    budget: Budget | None = None
 
     @property
     def step_ids(self) -> tuple[str, ...]:
@@ -587,6 +619,7 @@ def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> Workflo
         path=path,
         source_text=source_text,
         deadline=None if raw.get("deadline") is None else float(raw["deadline"]),
+        budget=_budget(raw.get("budget")),
     )
 
 
@@ -631,6 +664,7 @@ def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) ->
         split=s.get("split", ","),
         max_parallel=s.get("max_parallel"),
         result_schema=s.get("result_schema"),
+        budget=_budget(s.get("budget")),
         always=always,
     )
 

@@ -559,6 +559,7 @@ def test_dry_run_dict_is_json() -> None:
         "decides_on": [],
         "finally": False,
         "result_schema": None,
+        "budget": None,
         "for_each": None,
         "gate": None,
         "validator": "tech-lead",

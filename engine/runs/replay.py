@@ -216,7 +216,7 @@ _STEP_REDUCERS: dict[str, Callable[[_Fold, dict[str, Any], StepRun], None]] = {
 #: Journal events that change no state (they are history for people and tools).
 _HISTORY_ONLY = frozenset(
     # item_*: the items of a `for_each` step; the executor reads them back (engine.runner)
-    {"step_retry", "step_validated", "step_data_refused", "step_reattached"}
+    {"step_retry", "step_validated", "step_data_refused", "step_reattached", "step_spent"}
     | {"item_started", "item_attempt", "item_retry", "item_finished"}
 )
 
