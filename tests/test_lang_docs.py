@@ -43,6 +43,7 @@ def test_the_docs_keep_their_runnable_examples() -> None:
         "survey",
         "cte-check",
         "timed-search",
+        "capped-survey",
     }
 
 
@@ -63,6 +64,14 @@ def test_docs_example_runs_as_documented(tmp_path: Path, name: str, expect: str,
         agents[agent] = {
             "kind": "command",
             "argv": [sys.executable, "-c", f"import time; time.sleep({seconds})"],
+            "fallback_handoff": False,
+        }
+    for agent in expected.get("costly_agents", []):  # $0.03 and 150 tokens per handoff
+        from tests.test_lang_budget import COSTLY
+
+        agents[agent] = {
+            "kind": "command",
+            "argv": [sys.executable, "-c", COSTLY],
             "fallback_handoff": False,
         }
     for agent, data in expected.get("data_agents", {}).items():  # hands off this `data`
