@@ -1128,6 +1128,8 @@ class _Execution:
         index: int | None = None,
         timeout: float | None = None,
     ) -> DelegationRequest:
+        from engine.ask import session_of
+
         plan, options = self.plan, ps.spec.options
         labels = {"workflow": plan.workflow.name, "workflow_run": self.run_id, "step": s.id}
         if index is not None:
@@ -1146,6 +1148,8 @@ class _Execution:
             labels=labels,
             repair_attempts=ps.spec.repair_attempts,
             heartbeat_timeout=ps.spec.heartbeat_timeout,
+            # an answered question continues the asking attempt's session (engine.ask)
+            session_of=session_of(s.question) if index is None else None,
         )
 
     def _retryable(self, result: Any, ps: Any, attempt: int) -> bool:
