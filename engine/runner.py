@@ -1325,10 +1325,10 @@ class _FanOut:
 
     Each item is delegated as a step is (retry policy, validation), under run id
     ``<run>-<step>-i<index>-<attempt>``; at most ``max_parallel`` at once, and the pool
-    bounds them all. The step file keeps every finished item, so a resumed run sends
-    none of them again and re-attaches to the ones in flight. The step ends with the
-    items' results in order (``results``; ``result`` is that list as JSON): complete or
-    partial when every item is, else as its first item that did not end well.
+    bounds them all. The journal keeps every finished item (``item_finished``), so a
+    resumed run sends none of them again and re-attaches to the ones in flight. The step
+    ends with the items' results in order (``results``; ``result`` is that list as JSON):
+    complete or partial when every item is, else as its first item that did not end well.
     """
 
     def __init__(self, ex: _Execution, s: StepRun, ps: Any, agent: str) -> None:
@@ -1375,21 +1375,20 @@ class _FanOut:
     def _restore(self, items: list[Any], reattach: bool) -> None:
         """What earlier processes did: finished items (kept when they ended well, or when
         this is the same stretch of the run), attempts, and items left in flight."""
-        finished = self._journaled()
-        data = self.ex.store.read_step(self.ex.run_id, self.s.id)
-        records = data.get("items") if isinstance(data, dict) else None
-        for rec in records if isinstance(records, list) else []:
-            i = rec.get("index") if isinstance(rec, dict) else None
-            if not isinstance(i, int) or i >= len(items) or rec.get("item") != items[i]:
-                continue  # damaged, or the items changed since (a retried upstream step)
+        finished, records = self._journaled()
+        for i, rec in records.items():
+            if i >= len(items) or rec.get("item") != items[i]:
+                continue  # the items changed since (a retried upstream step)
             if StepState(rec.get("status", "errored")).ok or reattach:
                 self.done[i] = rec
         if reattach:
             self.in_flight = {i for i in self.last if i not in finished and i not in self.done}
 
-    def _journaled(self) -> set[int]:
-        """Each item's last attempt (into ``last``); the items whose last attempt ended."""
+    def _journaled(self) -> tuple[set[int], dict[int, dict[str, Any]]]:
+        """Each item's last attempt (into ``last``); the items whose last attempt ended,
+        and each item's last record (``item_finished``)."""
         finished: set[int] = set()
+        records: dict[int, dict[str, Any]] = {}
         for ev in self.ex.view.events:
             if ev.get("step") != self.s.id or not isinstance(ev.get("index"), int):
                 continue
@@ -1398,7 +1397,10 @@ class _FanOut:
                 finished.discard(ev["index"])
             elif ev.get("event") == "item_finished":
                 finished.add(ev["index"])
-        return finished
+                rec = ev.get("record")
+                if isinstance(rec, dict) and isinstance(rec.get("status"), str):
+                    records[ev["index"]] = rec
+        return finished, records
 
     def _start(self, count: int, reattach: bool) -> None:
         ex, s = self.ex, self.s
@@ -1479,15 +1481,17 @@ class _FanOut:
         }
         with self.lock:
             self.done[index] = rec
+            # The journal keeps the item (one append, whatever the number of items); the
+            # step file is written once, when the step ends.
             ex.journal.append(
                 "item_finished",
                 step=s.id,
                 index=index,
                 status=state.value,
                 delegation_run_id=run.delegation_run_id,
+                record=rec,
                 **({"error": error} if error else {}),
             )
-            ex.store.write_step(ex.run_id, s.id, _step_record(s, self._records()))
         ex.reporter.event("item_finished", step=s.id, index=index, status=state.value)
 
     def _records(self) -> list[dict[str, Any]]:
