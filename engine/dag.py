@@ -409,21 +409,39 @@ def _data_problems(
     """``steps.x.data...`` read where ``x`` has no ``result_schema``, or reading a property
     that schema does not declare; returns the steps and outputs found wrong (their trial
     render would only repeat it)."""
-    reads = [
-        (sid, f"step `{sid}`", f" in `{name}`", found)
-        for sid in first
-        if not renderer.is_broken(sid)
-        for name, found in renderer.data_reads(sid).items()
-    ]
-    reads += [(n, f"output `{n}`", "", f) for n, f in renderer.output_data_reads().items()]
     wrong: set[str] = set()
-    for owner, who, where, found in reads:
-        for ref, keys in sorted(found, key=str):
-            msg = _data_read_problem(first.get(ref), ref, keys)
-            if msg:
-                problems.append(f"{who} reads `steps.{ref}.data{_path_text(keys)}`{where} {msg}")
-                wrong.add(owner)
+    for key in ("data", "input"):
+        reads = [
+            (sid, f"step `{sid}`", f" in `{name}`", found)
+            for sid in first
+            if not renderer.is_broken(sid)
+            for name, found in renderer.data_reads(sid, key).items()
+        ]
+        reads += [(n, f"output `{n}`", "", f) for n, f in renderer.output_data_reads(key).items()]
+        for owner, who, where, found in reads:
+            for ref, keys in sorted(found, key=str):
+                target = first.get(ref)
+                msg = (
+                    _data_read_problem(target, ref, keys)
+                    if key == "data"
+                    else _input_read_problem(target, ref, keys)
+                )
+                if msg:
+                    text = f"steps.{ref}.{key}{_path_text(keys)}"
+                    problems.append(f"{who} reads `{text}`{where} {msg}")
+                    wrong.add(owner)
     return wrong
+
+
+def _input_read_problem(target: StepSpec | None, ref: str, keys: tuple[Any, ...]) -> str | None:
+    if target is None:
+        return None  # an unknown step: reported with the references
+    if target.gate is None or target.gate.input_schema is None:
+        return (
+            f"but `{ref}` has no gate that asks for an input; give its gate "
+            "`input: {schema: ...}`."
+        )
+    return _data_path_problem(target.gate.input_schema, keys, "its gate's input schema", "input")
 
 
 def _data_read_problem(target: StepSpec | None, ref: str, keys: tuple[Any, ...]) -> str | None:
@@ -444,7 +462,9 @@ def _path_text(keys: tuple[Any, ...]) -> str:
     return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys)
 
 
-def _data_path_problem(schema: Any, keys: tuple[Any, ...]) -> str | None:
+def _data_path_problem(
+    schema: Any, keys: tuple[Any, ...], what: str = "the `result_schema`", root: str = "data"
+) -> str | None:
     """Why ``keys`` cannot be read from data of ``schema`` (None: it can, or it is unknown)."""
     for depth, key in enumerate(keys):
         if not isinstance(schema, dict):
@@ -456,10 +476,10 @@ def _data_path_problem(schema: Any, keys: tuple[Any, ...]) -> str | None:
         if not isinstance(props, dict):
             return None
         if key not in props:
-            at = f" `data{_path_text(keys[:depth])}`" if depth else " the top of `data`"
+            at = f" `{root}{_path_text(keys[:depth])}`" if depth else f" the top of `{root}`"
             known = ", ".join(f"`{p}`" for p in props) or "none"
             return (
-                f"but the `result_schema` declares no property `{key}` at{at}"
+                f"but {what} declares no property `{key}` at{at}"
                 f"{did_you_mean(str(key), list(props)) or '.'} Properties there: {known}."
             )
         schema = props[key]
@@ -704,6 +724,8 @@ class _Placeholders(dict[str, dict[str, Any]]):
             fan_out=spec is not None and spec.for_each is not None,
             data_schema=spec.result_schema if spec is not None else None,
         )
+        if spec is not None and spec.gate is not None and spec.gate.input_schema is not None:
+            value["input"] = placeholder_data(spec.gate.input_schema, f"{key}.input")
         self[key] = value
         return value
 

@@ -8,7 +8,7 @@ delegation is answered by a file of ``DIR`` instead of an agent; ``docs/workflow
     DIR/<step-id>.json|.yaml   the step's ending: a handoff's fields, or {outcome: ...};
                                a list gives one ending per attempt (the last repeats)
     DIR/<step-id>.<i>.json     item ``i`` (from 0) of a ``for_each`` step, when it differs
-    DIR/gates.json|.yaml       {step: approved | rejected | {decision, reason}}; a gate
+    DIR/gates.json|.yaml       {step: approved | rejected | {decision, reason, input}}; a gate
                                without an answer takes its ``default`` (as if timed out)
     DIR/inputs.json|.yaml      default inputs (``--input`` wins)
 
@@ -110,8 +110,8 @@ class FixtureSet:
     steps: dict[str, list[dict[str, Any]]] = field(hash=False)
     #: Step id -> the fixture file it came from.
     files: dict[str, Path] = field(hash=False)
-    #: Step id -> ("approved" | "rejected", reason).
-    gates: dict[str, tuple[str, str | None]] = field(hash=False)
+    #: Step id -> ("approved" | "rejected", reason, {"input": value} or {}).
+    gates: dict[str, tuple[str, str | None, dict[str, Any]]] = field(hash=False)
     inputs: dict[str, str] = field(hash=False)
 
 
@@ -204,7 +204,7 @@ def _check_ending(where: str, item: dict[str, Any], problems: list[str]) -> None
 
 def _gates(
     directory: Path, step_ids: tuple[str, ...], problems: list[str]
-) -> dict[str, tuple[str, str | None]]:
+) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
     path = _find(directory, "gates")
     if path is None:
         return {}
@@ -212,7 +212,7 @@ def _gates(
     if not isinstance(data, dict):
         problems.append(f"`{path}` must map step ids to `approved` or `rejected`.")
         return {}
-    gates: dict[str, tuple[str, str | None]] = {}
+    gates: dict[str, tuple[str, str | None, dict[str, Any]]] = {}
     for step, answer in data.items():
         if step not in step_ids:
             problems.append(
@@ -230,7 +230,8 @@ def _gates(
                 "`{decision: rejected, reason: ...}`."
             )
             continue
-        gates[str(step)] = (str(decision), None if reason is None else str(reason))
+        given = {"input": answer["input"]} if isinstance(answer, dict) and "input" in answer else {}
+        gates[str(step)] = (str(decision), None if reason is None else str(reason), given)
     return gates
 
 
@@ -436,14 +437,16 @@ def run_fixtures(
 
 def _answer(
     fixtures: FixtureSet, req: GateRequest, defaults: dict[str, str]
-) -> str | tuple[str, str] | None:
+) -> str | tuple[str, Any] | None:
     answer = fixtures.gates.get(req.step)
     if answer is None and req.step in defaults:  # as if its timeout had passed
         return "approved" if defaults[req.step] == "approved" else ("rejected", "its default")
     if answer is None:
         return None  # parks: the report says the gate waits
-    decision, reason = answer
-    return "approved" if decision == "approved" else ("rejected", reason or "rejected (fixture)")
+    decision, reason, given = answer
+    if decision == "approved":
+        return ("approved", given["input"]) if "input" in given else "approved"
+    return ("rejected", reason or "rejected (fixture)")
 
 
 def _step_rows(summary: dict[str, Any], fixtures: FixtureSet) -> dict[str, dict[str, Any]]:
@@ -549,6 +552,8 @@ def record_fixtures(view: RunView, directory: Path, store: RunStore) -> list[Pat
             written.append(write_json_atomic(directory / f"{sid}.json", endings))
         if s.gate and s.gate.get("decision") in ("approved", "rejected"):
             gates[sid] = {"decision": s.gate["decision"], "reason": s.gate.get("reason")}
+            if "input" in s.gate:
+                gates[sid]["input"] = s.gate["input"]
     if gates:
         written.append(write_json_atomic(directory / "gates.json", gates))
     inputs = view.meta.get("inputs")

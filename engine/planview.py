@@ -67,6 +67,7 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
                             "when": s.gate.when,
                             "timeout": s.gate.timeout,
                             "default": s.gate.default,
+                            "input": s.gate.input_schema,
                         }
                         if s.gate is not None
                         else None
@@ -241,6 +242,9 @@ def _step_lines(s: dict[str, Any]) -> list[str]:
             else ""
         )
         lines.append(f"      gate{cond}: approval needed before dispatch{after}")
+        if gate.get("input") is not None:
+            text = json.dumps(gate["input"], separators=(", ", ": "))
+            lines.append(f"        input: {text if len(text) <= 100 else text[:99] + '…'}")
         lines.append(_indent(gate["prompt"], "        | "))
     if s["validator"]:
         lines.append(f"      validate: by {s['validator']}")

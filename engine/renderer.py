@@ -42,6 +42,7 @@ def step_context(handoff: Mapping[str, Any]) -> dict[str, Any]:
         "reason": handoff.get("reason") or "",
         **({"results": list(handoff["results"])} if "results" in handoff else {}),
         **({"data": handoff["data"]} if "data" in handoff else {}),
+        **({"input": handoff["input"]} if "input" in handoff else {}),
     }
 
 
@@ -104,9 +105,9 @@ def _string_consts(node: nodes.Node) -> list[str]:
     return []
 
 
-def data_reads(ast: nodes.Node) -> set[tuple[str, tuple[Any, ...]]]:
-    """``(step, keys)`` for each ``steps.<step>.data...`` lookup of a tree, longest only:
-    ``steps.a.data.x.y`` gives ``("a", ("x", "y"))``."""
+def data_reads(ast: nodes.Node, key: str = "data") -> set[tuple[str, tuple[Any, ...]]]:
+    """``(step, keys)`` for each ``steps.<step>.data...`` lookup of a tree (or ``key``
+    instead of ``data``), longest only: ``steps.a.data.x.y`` gives ``("a", ("x", "y"))``."""
     from jinja2 import nodes
 
     found: set[tuple[str, tuple[Any, ...]]] = set()
@@ -115,7 +116,7 @@ def data_reads(ast: nodes.Node) -> set[tuple[str, tuple[Any, ...]]]:
         if path is None or path[0] != "steps" or len(path[1]) < 2:
             continue
         chain = [k for _, k in path[1]]
-        if chain[1] == "data" and isinstance(chain[0], str):
+        if chain[1] == key and isinstance(chain[0], str):
             found.add((chain[0], tuple(chain[2:])))
     longest = set()
     for step, keys in found:
@@ -608,13 +609,15 @@ class TaskRenderer:
             return StatusTests()
         return status_tests(item.tree)
 
-    def data_reads(self, step_id: str) -> dict[str, set[tuple[str, tuple[Any, ...]]]]:
-        """Field name -> the ``steps.<id>.data...`` lookups of the step's templates."""
-        return {name: data_reads(c.tree) for name, c in self._fields(step_id).items()}
+    def data_reads(
+        self, step_id: str, key: str = "data"
+    ) -> dict[str, set[tuple[str, tuple[Any, ...]]]]:
+        """Field name -> the ``steps.<id>.data...`` (or ``key``) lookups of the step."""
+        return {name: data_reads(c.tree, key) for name, c in self._fields(step_id).items()}
 
-    def output_data_reads(self) -> dict[str, set[tuple[str, tuple[Any, ...]]]]:
-        """Output name -> the ``steps.<id>.data...`` lookups of its template."""
-        return {name: data_reads(c.tree) for name, c in self._outputs.items()}
+    def output_data_reads(self, key: str = "data") -> dict[str, set[tuple[str, tuple[Any, ...]]]]:
+        """Output name -> the ``steps.<id>.data...`` (or ``key``) lookups of its template."""
+        return {name: data_reads(c.tree, key) for name, c in self._outputs.items()}
 
     def is_broken(self, step_id: str, field_name: str | None = None) -> bool:
         """True when a template of the step (or the given field) failed to compile."""

@@ -56,10 +56,13 @@ class GateRequest:
     agent: str | None
     prompt: str
     upstream: dict[str, dict[str, Any]]
+    #: The JSON Schema of the value an approval must give (None: no value).
+    input_schema: dict[str, Any] | None = None
 
 
-#: Decides a gate: ``"approved"``, ``("rejected", reason)``, or None to park the run.
-Approver = Callable[[GateRequest], "str | tuple[str, str] | None"]
+#: Decides a gate: ``"approved"`` (``("approved", value)`` for a gate with ``input``),
+#: ``("rejected", reason)``, or None to park the run.
+Approver = Callable[[GateRequest], "str | tuple[str, Any] | None"]
 
 
 @dataclass(frozen=True)
@@ -318,6 +321,11 @@ class WorkflowRunner:
                         "depends_on": list(ps.depends_on),
                         "validator": ps.validator,
                         "gate": bool(ps.spec.gate),
+                        **(
+                            {"gate_input": ps.spec.gate.input_schema}
+                            if ps.spec.gate is not None and ps.spec.gate.input_schema
+                            else {}
+                        ),
                         "when": ps.spec.when,
                         **({"finally": True} if ps.spec.always else {}),
                     }
@@ -404,6 +412,11 @@ class WorkflowRunner:
                 )
             if plan.steps[step].spec.gate is None:
                 raise UsageError(f"`--approve {step}`: that step has no approval gate.")
+            if plan.steps[step].spec.gate.input_schema is not None:
+                raise UsageError(
+                    f"`--approve {step}`: its gate asks for an input; give it when the run "
+                    f"parks there: `workflow approve RUN {step} --input VALUE`."
+                )
 
 
 def _reset_failed(view: RunView, prepared: Prepared, journal: RunJournal) -> None:
@@ -766,9 +779,11 @@ class _Execution:
             decision, by = self._timed_out(s), "timeout"
         if decision is None:
             return False
-        if decision == "approved":
+        if decision == "approved" or (isinstance(decision, tuple) and decision[0] == "approved"):
+            given = {"input": decision[1]} if isinstance(decision, tuple) else {}
             s.gate = {"decision": "approved", "by": by, "reason": None, "at": utcnow_iso()}
-            journal.append("gate_decided", step=s.id, decision="approved", by=by)
+            s.gate.update(given)
+            journal.append("gate_decided", step=s.id, decision="approved", by=by, **given)
             s.state = StepState.PENDING
             return True
         reason = decision[1] if isinstance(decision, tuple) else "rejected"
@@ -803,15 +818,33 @@ class _Execution:
         except Exception:  # the raw prompt still tells the approver what is asked
             return str(self.plan.steps[s.id].spec.gate.prompt)
 
-    def _ask_approver(self, s: StepRun, prompt: str) -> str | tuple[str, str] | None:
+    def _ask_approver(self, s: StepRun, prompt: str) -> str | tuple[str, Any] | None:
         if self.approver is None:
             return None
         upstream = {d: self._step_context(self.steps[d]) for d in self.plan.upstream(s.id)}
-        return self.approver(
+        gate = self.plan.steps[s.id].spec.gate
+        schema = gate.input_schema if gate is not None else None
+        decision = self.approver(
             GateRequest(
-                run_id=self.run_id, step=s.id, agent=s.agent, prompt=prompt, upstream=upstream
+                run_id=self.run_id,
+                step=s.id,
+                agent=s.agent,
+                prompt=prompt,
+                upstream=upstream,
+                input_schema=schema,
             )
         )
+        if schema is not None and decision == "approved":
+            decision = ("approved", None)
+        if schema is not None and isinstance(decision, tuple) and decision[0] == "approved":
+            from engine.workflow import value_problems
+
+            value = decision[1]
+            bad = ["no value was given"] if value is None else value_problems(schema, value)
+            if bad:  # an approval without a usable value: the gate still waits
+                self.reporter.warning(f"`{s.id}`: the gate's input was refused: {'; '.join(bad)}")
+                return None
+        return decision
 
     # -- rendering ------------------------------------------------------------------------
 
@@ -825,6 +858,8 @@ class _Execution:
             ctx["results"] = results
         if s.handoff is not None and "data" in s.handoff:  # a step with a `result_schema`
             ctx["data"] = s.handoff["data"]
+        if s.gate is not None and "input" in s.gate:  # what its gate's approver gave
+            ctx["input"] = s.gate["input"]
         return ctx
 
     def _context(self, step_id: str | None = None) -> dict[str, Any]:
@@ -1552,14 +1587,11 @@ def with_schema(task: str, schema: dict[str, Any] | None) -> str:
 
 def data_problems(schema: dict[str, Any], handoff: dict[str, Any]) -> list[str]:
     """One line per way the handoff's ``data`` breaks ``schema``: ``/pointer``: why."""
-    from jsonschema import Draft202012Validator
-
-    from engine.schemas import pointer
+    from engine.workflow import value_problems
 
     if "data" not in handoff:
         return ["the handoff has no `data`"]
-    errors = Draft202012Validator(schema).iter_errors(handoff["data"])
-    return sorted({f"`{pointer(e.absolute_path)}`: {e.message}" for e in errors})[:20]
+    return value_problems(schema, handoff["data"])
 
 
 def _step_record(s: StepRun, items: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -60,6 +60,8 @@ class GateSpec:
     timeout: float | None = None
     #: ``approved`` or ``rejected``: the decision once ``timeout`` has passed.
     default: str | None = None
+    #: The JSON Schema of the value an approver gives with an approval (None: no value).
+    input_schema: dict[str, Any] | None = field(default=None, hash=False)
 
 
 #: Names a ``for_each`` item may not take (``as:``): the context's own names.
@@ -487,6 +489,9 @@ def _step_problems(i: int, step: dict[str, Any], problems: list[str], key: str =
     _fan_out_problems(label, step, problems)
     _result_schema_problems(label, step.get("result_schema"), problems)
     gate = step.get("gate")
+    gate_input = gate.get("input") if isinstance(gate, dict) else None
+    if isinstance(gate_input, dict):
+        _result_schema_problems(label, gate_input.get("schema"), problems, "gate.input.schema")
     if isinstance(gate, dict) and ("timeout" in gate) != ("default" in gate):
         has, needs = ("timeout", "default") if "timeout" in gate else ("default", "timeout")
         problems.append(
@@ -541,8 +546,11 @@ def _fan_out_problems(label: str, step: dict[str, Any], problems: list[str]) -> 
         )
 
 
-def _result_schema_problems(label: str, schema: Any, problems: list[str]) -> None:
-    """A `result_schema` that is no valid JSON Schema (2020-12), with the pointer."""
+def _result_schema_problems(
+    label: str, schema: Any, problems: list[str], key: str = "result_schema"
+) -> None:
+    """A `result_schema` (or ``key``) that is no valid JSON Schema (2020-12), with the
+    pointer."""
     if not isinstance(schema, dict):
         return  # absent, or the workflow schema reports its type
     from jsonschema import Draft202012Validator
@@ -552,9 +560,18 @@ def _result_schema_problems(label: str, schema: Any, problems: list[str]) -> Non
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         where = "/" + "/".join(str(p) for p in exc.absolute_path)
-        problems.append(
-            f"{label}: `result_schema` is not a valid JSON Schema at `{where}`: {exc.message}."
-        )
+        problems.append(f"{label}: `{key}` is not a valid JSON Schema at `{where}`: {exc.message}.")
+
+
+def value_problems(schema: dict[str, Any], value: Any) -> list[str]:
+    """One line per way ``value`` breaks ``schema`` (JSON Schema 2020-12): ``/pointer``:
+    why, sorted, at most 20. Used for a handoff's ``data`` and a gate's input."""
+    from jsonschema import Draft202012Validator
+
+    from engine.schemas import pointer
+
+    errors = Draft202012Validator(schema).iter_errors(value)
+    return sorted({f"`{pointer(e.absolute_path)}`: {e.message}" for e in errors})[:20]
 
 
 def items_of(value: Any, split: str, *, where: str) -> list[Any]:
@@ -652,6 +669,7 @@ def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) ->
                 approvers=tuple(gate.get("approvers", ())),
                 timeout=None if gate.get("timeout") is None else float(gate["timeout"]),
                 default=gate.get("default"),
+                input_schema=(gate.get("input") or {}).get("schema"),
             )
             if gate
             else None

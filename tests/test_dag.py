@@ -583,6 +583,7 @@ def test_dry_run_dict_is_json() -> None:
         "when": "steps.check.confidence == 'low'",
         "timeout": None,
         "default": None,
+        "input": None,
     }
     assert audit["options"] == {"model": "gemini-2.5-pro", "deliver": True}
     assert data["outputs"] == {"answer": "<result of research>"}

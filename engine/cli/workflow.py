@@ -82,6 +82,16 @@ def _reporter_for(as_json: bool, quiet: bool = False) -> Any:
     return progress_reporter()
 
 
+def _gate_value(text: str) -> Any:
+    """A gate's input as typed: JSON when it parses as JSON, else the text itself."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def _approver(interactive: bool | None) -> Any:
     if interactive is None:
         interactive = sys.stdin.isatty()
@@ -103,6 +113,11 @@ def _approver(interactive: bool | None) -> Any:
         answer = click.prompt(
             "Approve? [y/n]", type=click.Choice(["y", "n"]), err=True, show_choices=False
         )
+        if answer == "y" and req.input_schema is not None:
+            import json
+
+            click.echo(f"input (JSON Schema): {json.dumps(req.input_schema)}", err=True)
+            return ("approved", _gate_value(click.prompt("Value", err=True)))
         if answer == "y":
             return "approved"
         reason = click.prompt("Reason", default="rejected at the terminal", err=True)
@@ -280,25 +295,36 @@ def workflow_resume_cmd(
 @click.argument("run_id")
 @click.argument("step")
 @click.option("--reason", help="Why (recorded).")
+@click.option(
+    "--input",
+    "value",
+    metavar="VALUE",
+    help="The value a gate with `input` asks for: JSON (3, true, [..], {..}) or plain text.",
+)
 @server_options
 @config_option
 def workflow_approve_cmd(
     run_id: str,
     step: str,
     reason: str | None,
+    value: str | None,
     server: str | None,
     server_token_env: str | None,
     config: str | None,
 ) -> int:
     """Approve the gate of STEP in a parked run (then `workflow resume`)."""
+    from engine.errors import UsageError
     from engine.runs import decide_gate
 
     if server:
+        if value is not None:
+            raise UsageError("`--input` is not sent to a server yet; approve at the server's host.")
         with _client(server, server_token_env) as remote:
             remote.decide(run_id, step, approved=True, reason=reason)
         click.echo(f"approved `{step}`; the server continues run {run_id}.")
         return 0
-    decide_gate(load(config), run_id, step, approved=True, reason=reason)
+    given = None if value is None else _gate_value(value)
+    decide_gate(load(config), run_id, step, approved=True, reason=reason, value=given)
     click.echo(f"approved `{step}`; continue with: workflow resume {run_id}")
     return 0
 

@@ -6,6 +6,7 @@ Each reads the run through replay and writes only journal events (``gate_decided
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,8 +49,13 @@ def decide_gate(
     reason: str | None = None,
     by: str = "cli",
     store: RunStore | None = None,
+    value: Any = None,
 ) -> dict[str, Any]:
-    """Record an approval or rejection of a parked gate (then `workflow resume`)."""
+    """Record an approval or rejection of a parked gate (then `workflow resume`).
+
+    ``value`` is what the approval gives a gate with ``input`` (checked against its
+    schema: engine.workflow.value_problems); UsageError when it is missing or wrong.
+    """
     store = store if store is not None else open_store(cfg)
     run_dir(cfg, run_id, store=store)
     view = replay_run(store, run_id)
@@ -66,6 +72,7 @@ def decide_gate(
         raise RunStateError(
             f"step `{step}` of run `{run_id}` is not waiting for approval (it is {s.state.value})."
         )
+    given = _gate_value(view.meta["plan"]["steps"][step].get("gate_input"), step, approved, value)
     journal = store.journal(run_id)
     try:
         return journal.append(
@@ -74,9 +81,31 @@ def decide_gate(
             decision="approved" if approved else "rejected",
             by=by,
             reason=reason,
+            **given,
         )
     finally:
         journal.close()
+
+
+def _gate_value(schema: Any, step: str, approved: bool, value: Any) -> dict[str, Any]:
+    """``{"input": value}`` for an approval of a gate with ``input``, checked; else ``{}``."""
+    if not isinstance(schema, dict):
+        if value is not None:
+            raise UsageError(f"step `{step}`'s gate asks for no input; leave out `--input`.")
+        return {}
+    if not approved:
+        return {}
+    from engine.workflow import value_problems
+
+    problems = (
+        ["no value was given (`--input VALUE`)"] if value is None else value_problems(schema, value)
+    )
+    if problems:
+        raise UsageError(
+            f"step `{step}`'s gate needs an input matching its schema "
+            f"({json.dumps(schema)[:200]}): " + "; ".join(problems),
+        )
+    return {"input": value}
 
 
 def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> RunState:

@@ -168,6 +168,8 @@ def _on_gate_decided(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
     if decision not in ("approved", "rejected"):
         raise _Malformed(f"`decision` {decision!r} is neither approved nor rejected")
     s.gate = {"decision": decision, "by": ev.get("by"), "reason": ev.get("reason"), "at": at}
+    if "input" in ev:  # the value given with the approval (a gate with `input`)
+        s.gate["input"] = ev["input"]
     if s.state is StepState.WAITING_APPROVAL:
         if decision == "rejected":
             s.state = StepState.REJECTED
