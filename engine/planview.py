@@ -217,35 +217,9 @@ def _step_lines(s: dict[str, Any]) -> list[str]:
     lines = [f"  - {s['id']}: {target}"]
     if s["depends_on"]:
         lines.append(f"      after: {', '.join(s['depends_on'])}")
-    if s["finally"]:
-        lines.append("      finally: runs once every other step has ended, whatever happened")
-    if s["when"]:
-        lines.append(f"      when: {s['when']}")
-    if s["for_each"]:
-        lines.append(_for_each_line(s["for_each"]))
-    if s["budget"] is not None:
-        lines.append(f"      budget: {_budget_text(s['budget'])}")
-    if s["result_schema"] is not None:
-        text = json.dumps(s["result_schema"], separators=(", ", ": "))
-        lines.append(f"      data: {text if len(text) <= 100 else text[:99] + '…'}")
-    if s["decides_on"]:
-        lines.append(
-            f"      runs even when {', '.join(s['decides_on'])} ended badly (its `when` "
-            "tests their status)"
-        )
-    gate = s["gate"]
-    if gate:
-        cond = f" (only when {gate['when']})" if gate["when"] else ""
-        after = (
-            f"; {gate['default']} after {gate['timeout']:g} s without a decision"
-            if gate.get("timeout") is not None
-            else ""
-        )
-        lines.append(f"      gate{cond}: approval needed before dispatch{after}")
-        if gate.get("input") is not None:
-            text = json.dumps(gate["input"], separators=(", ", ": "))
-            lines.append(f"        input: {text if len(text) <= 100 else text[:99] + '…'}")
-        lines.append(_indent(gate["prompt"], "        | "))
+    lines += _language_lines(s)
+    if s["gate"]:
+        lines += _gate_lines(s["gate"])
     if s["validator"]:
         lines.append(f"      validate: by {s['validator']}")
     timeout = f"{s['timeout']:g} s" if s["timeout"] is not None else "agent default"
@@ -257,6 +231,46 @@ def _step_lines(s: dict[str, Any]) -> list[str]:
         lines.append(retry)
     lines.append("      task:")
     lines.append(_indent(s["task"], "        | "))
+    return lines
+
+
+def _short_json(value: Any) -> str:
+    text = json.dumps(value, separators=(", ", ": "))
+    return text if len(text) <= 100 else text[:99] + "…"
+
+
+def _language_lines(s: dict[str, Any]) -> list[str]:
+    """finally, when, for_each, budget, result schema and failure paths of a step."""
+    lines = []
+    if s["finally"]:
+        lines.append("      finally: runs once every other step has ended, whatever happened")
+    if s["when"]:
+        lines.append(f"      when: {s['when']}")
+    if s["for_each"]:
+        lines.append(_for_each_line(s["for_each"]))
+    if s["budget"] is not None:
+        lines.append(f"      budget: {_budget_text(s['budget'])}")
+    if s["result_schema"] is not None:
+        lines.append(f"      data: {_short_json(s['result_schema'])}")
+    if s["decides_on"]:
+        lines.append(
+            f"      runs even when {', '.join(s['decides_on'])} ended badly (its `when` "
+            "tests their status)"
+        )
+    return lines
+
+
+def _gate_lines(gate: dict[str, Any]) -> list[str]:
+    cond = f" (only when {gate['when']})" if gate["when"] else ""
+    after = (
+        f"; {gate['default']} after {gate['timeout']:g} s without a decision"
+        if gate.get("timeout") is not None
+        else ""
+    )
+    lines = [f"      gate{cond}: approval needed before dispatch{after}"]
+    if gate.get("input") is not None:
+        lines.append(f"        input: {_short_json(gate['input'])}")
+    lines.append(_indent(gate["prompt"], "        | "))
     return lines
 
 
