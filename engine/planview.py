@@ -336,6 +336,8 @@ def _graph_parts(
             lines.append("finally")
         if s.for_each:
             lines.append(f"for each {s.item_name} of {s.for_each}")
+        if s.result_schema is not None:
+            lines.append("returns data")
         if s.when:
             lines.append(f"when {s.when}")
         if s.gate is not None:

@@ -246,3 +246,10 @@ def test_data_that_never_matches_ends_invalid_with_the_pointers(tmp_path: Path) 
     )
     assert result.summary["steps"]["b"]["status"] == "skipped"
     assert result.state is RunState.FAILED
+
+
+def test_the_graph_marks_a_step_that_returns_data() -> None:
+    from engine.planview import graph_text
+
+    spec = workflow_from_dict(_wf([A]), path=Path("t.yaml"))
+    assert 'n0["a<br/>webster<br/>returns data"]' in graph_text(spec, "mermaid")
