@@ -613,7 +613,7 @@ class Delegator:
             if watch is not None:  # has the agent's run ended (or the dispatch failed)?
                 ending = watch.check()
                 if ending is not None:
-                    return self._ended(ending, run_id, records, drop, envelope, c.rep)
+                    return self._ended(ending, c)
                 wake = watch.next_wake()
                 if wake is not None:
                     remaining = min(remaining, max(0.0, wake - self._clock()))
@@ -661,11 +661,15 @@ class Delegator:
     def _refusal(
         self, c: _Call, problem: HandoffProblem, kept: Path | None
     ) -> DelegationResult | None:
-        """A refused handoff: None when a repair was sent, else the delegation's ending."""
+        """A refused handoff: None when a repair was sent, else the delegation's ending:
+        ``unusable`` (the agent's own handoff, repairs spent) or ``invalid`` (not this
+        delegation's file)."""
         ending = _repair_refused(c, problem, kept)
         if ending is None:
             return None
-        return self._end_refused(ending, c.run_id, c.records, c.drop, c.envelope, c.rep)
+        if ending.outcome == "unusable":
+            return self._ended(ending, c)
+        return self._refused(c, ending.error)
 
     def _renew(self, c: _Call) -> None:
         """A long wait says it is alive (readers on other hosts look at ``renewed_at``)."""
@@ -732,15 +736,8 @@ class Delegator:
         rep.delegation_finished(run_id, agent, "cancelled", str(path))
         return DelegationResult(run_id, Outcome.CANCELLED, path, record)
 
-    def _refused(
-        self,
-        run_id: str,
-        records: Path,
-        drop: Path,
-        envelope: dict[str, Any],
-        problem: HandoffProblem,
-        rep: Reporter,
-    ) -> DelegationResult:
+    def _refused(self, c: _Call, problem: HandoffProblem) -> DelegationResult:
+        run_id, records, drop, envelope, rep = c.run_id, c.records, c.drop, c.envelope, c.rep
         rejected = envelope.get("rejected") or [{}]
         kept = rejected[-1].get("file")
         env = dict(envelope, outcome="invalid", ended_at=utcnow_iso())
@@ -760,31 +757,9 @@ class Delegator:
         )
         return DelegationResult(run_id, Outcome.INVALID, path, record, err)
 
-    def _end_refused(
-        self,
-        ending: Any,
-        run_id: str,
-        records: Path,
-        drop: Path,
-        envelope: dict[str, Any],
-        rep: Reporter,
-    ) -> DelegationResult:
-        """A refused handoff ends the delegation: ``invalid`` (not this delegation's
-        file), or ``unusable`` (the agent's own handoff, repairs spent)."""
-        if ending.outcome == "unusable":
-            return self._ended(ending, run_id, records, drop, envelope, rep)
-        return self._refused(run_id, records, drop, envelope, ending.error, rep)
-
-    def _ended(
-        self,
-        ending: Any,
-        run_id: str,
-        records: Path,
-        drop: Path,
-        envelope: dict[str, Any],
-        rep: Reporter,
-    ) -> DelegationResult:
+    def _ended(self, ending: Any, c: _Call) -> DelegationResult:
         """End before the deadline: the dispatch or the run failed, or repairs are spent."""
+        run_id, records, envelope, rep = c.run_id, c.records, c.envelope, c.rep
         if ending.outcome == "errored":
             return self._errored(
                 run_id, records, envelope, ending.error, rep, keep_pending=ending.keep_pending
