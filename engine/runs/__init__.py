@@ -10,8 +10,8 @@ A run lives in the run store (on the file store ``<handoffs_dir>/workflows/<run-
 - ``engine.runs.model``: ``RunView`` and ``StepRun``, the state both sides share.
 - ``engine.runs.replay``: ``replay_run`` folds the journal through a table of event
   reducers; ``summarize`` gives the content of summary.json.
-- ``engine.runs.admin``: ``run_dir``, ``list_runs``, ``run_status``, ``decide_gate``,
-  ``cancel_run``.
+- ``engine.runs.admin``: ``run_dir``, ``list_runs``, ``run_row``, ``run_status``,
+  ``decide_gate``, ``cancel_run``.
 
 The executor that writes runs is ``engine.runner``; nothing here imports it, nor the
 delegator, so readers (``metrics``, ``workflow status``, ``serve``) stay light.
@@ -24,7 +24,15 @@ Example::
 
 from __future__ import annotations
 
-from engine.runs.admin import cancel_run, decide_gate, list_runs, run_dir, run_status, runs_dir
+from engine.runs.admin import (
+    cancel_run,
+    decide_gate,
+    list_runs,
+    run_dir,
+    run_row,
+    run_status,
+    runs_dir,
+)
 from engine.runs.model import RunView, StepRun
 from engine.runs.replay import replay, replay_run, summarize
 from engine.store.file import CANCEL_FILE, FileJournal, read_events
@@ -45,6 +53,7 @@ __all__ = [
     "replay",
     "replay_run",
     "run_dir",
+    "run_row",
     "run_status",
     "runs_dir",
     "summarize",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import OrchestratorError, RunStateError, UsageError, did_you_mean
 from engine.files import check_id, parse_iso
+from engine.runs.model import RunView
 from engine.runs.replay import replay_run, summarize
 from engine.states import RunState, StepState
 from engine.store import RunStore, open_store
@@ -156,21 +157,28 @@ def list_runs(
             if problems is not None:
                 problems.append(str(exc))
             continue
-        summary = summarize(view)
-        counts: dict[str, int] = {}
-        for st in summary["steps"].values():
-            counts[st["status"]] = counts.get(st["status"], 0) + 1
-        rows.append(
-            {
-                "runId": view.run_id,
-                "workflow": str(view.meta.get("workflow")),
-                "status": view.state.value,
-                "started_at": view.started_at,
-                "duration_ms": summary["duration_ms"],
-                "steps": counts,
-            }
-        )
+        row = run_row(view)
+        row["workflow"] = str(row["workflow"])  # the CLI's table and JSON show a string
+        rows.append(row)
     return rows
+
+
+def run_row(view: RunView) -> dict[str, Any]:
+    """One run as run lists show it: ``runId``, ``workflow`` (as run.json says, None
+    when it says nothing), ``status``, ``started_at`` (ISO 8601), ``duration_ms`` (float
+    ms, None until the run ends) and ``steps`` (how many steps are in each status)."""
+    summary = summarize(view)
+    counts: dict[str, int] = {}
+    for st in summary["steps"].values():
+        counts[st["status"]] = counts.get(st["status"], 0) + 1
+    return {
+        "runId": view.run_id,
+        "workflow": view.meta.get("workflow"),
+        "status": view.state.value,
+        "started_at": view.started_at,
+        "duration_ms": summary["duration_ms"],
+        "steps": counts,
+    }
 
 
 def run_status(cfg: Config, run_id: str, *, store: RunStore | None = None) -> dict[str, Any]:

@@ -786,7 +786,7 @@ def list_page(
 
     Runs are replayed only until the page is full, however many the directory holds.
     """
-    from engine.runs import replay, runs_dir, summarize
+    from engine.runs import replay, run_row, runs_dir
 
     base = runs_dir(manager.cfg)
     try:
@@ -811,20 +811,7 @@ def list_page(
         if len(rows) == limit:
             more = True
             break
-        summary = summarize(view)
-        counts: dict[str, int] = {}
-        for st in summary["steps"].values():
-            counts[st["status"]] = counts.get(st["status"], 0) + 1
-        rows.append(
-            {
-                "runId": view.run_id,
-                "workflow": view.meta.get("workflow"),
-                "status": view.state.value,
-                "started_at": view.started_at,
-                "duration_ms": summary["duration_ms"],
-                "steps": counts,
-            }
-        )
+        rows.append(run_row(view))
     return {"runs": rows, "next": rows[-1]["runId"] if more and rows else None}
 
 
