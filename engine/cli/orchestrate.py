@@ -272,13 +272,15 @@ def _print_result(result: Any) -> None:
         say("warning: the agent finished only part of the task (status partial).", err=True)
 
 
-def _delivery_options(directory: str, sub: str, receiver: str) -> Callable[[Any], Any]:
-    """``--dir``, ``--sub``, ``--receiver`` and ``--token-env`` of an agent's command."""
+def _delivery_options(directory: str, sub: str, receiver: str, key: str) -> Callable[[Any], Any]:
+    """``--dir``, ``--sub``, ``--receiver``, ``--token-env`` and ``--key`` (default: the
+    ``ORCH_HANDOFF_KEY`` variable) of an agent's command; the strings are their help."""
     return options(
         click.option("--dir", "directory", type=click.Path(file_okay=False), help=directory),
         click.option("--sub", is_flag=True, help=sub),
         click.option("--receiver", help=receiver),
         click.option("--token-env", help="With --receiver: env var holding the hooks token."),
+        click.option("--key", envvar="ORCH_HANDOFF_KEY", show_envvar=True, help=key),
     )
 
 
@@ -310,12 +312,7 @@ def handoff_group() -> None:
     "Directory to write into (as given in the task message).",
     "Write under <handoffs_dir>/sub (sub-delegation).",
     "POST to this receiver URL instead of writing a file.",
-)
-@click.option(
-    "--key",
-    envvar="ORCH_HANDOFF_KEY",
-    show_envvar=True,
-    help="The `key:` line of the task message (proves the handoff is yours).",
+    "The `key:` line of the task message (proves the handoff is yours).",
 )
 @config_option
 def handoff_write_cmd(
@@ -393,12 +390,7 @@ def handoff_write_cmd(
     "The directory of handoff_path (as given in the task message).",
     "A sub-delegation (under <handoffs_dir>/sub).",
     "POST to this receiver URL instead (another host).",
-)
-@click.option(
-    "--key",
-    envvar="ORCH_HANDOFF_KEY",
-    show_envvar=True,
-    help="The `key:` line of the task message (progress is checked like a handoff).",
+    "The `key:` line of the task message (progress is checked like a handoff).",
 )
 @config_option
 def handoff_progress_cmd(
@@ -431,26 +423,38 @@ def handoff_progress_cmd(
     return 0
 
 
-def _post_progress(
-    receiver: str, token_env: str | None, run_id: str, text: str, key: str | None
-) -> int:
-    import time
+def _receiver_target(agent: str, base: str, token_env: str | None) -> Any:
+    """The receiver at ``base`` (its URL without ``/handoffs/...``) as a hooks target,
+    with the token read from the ``--token-env`` variable.
 
+    Raises ``UsageError`` when ``--token-env`` is missing and the ``read_secret`` error
+    when the variable is unset or empty.
+    """
     from engine.errors import UsageError
-    from engine.hooks import HooksClient, Target
+    from engine.hooks import Target
     from engine.registry import read_secret
 
     if not token_env:
         raise UsageError("`--receiver` needs `--token-env VAR` (the env var with the token).")
     token = read_secret(env=token_env, file=None, what="--receiver")
+    return Target(
+        agent=agent, url=base, token=token, token_source=f"environment variable `{token_env}`"
+    )
+
+
+def _post_progress(
+    receiver: str, token_env: str | None, run_id: str, text: str, key: str | None
+) -> int:
+    import time
+
+    from engine.hooks import HooksClient
+
     base = receiver.rstrip("/")
     for tail in (f"/handoffs/{run_id}/progress", f"/handoffs/{run_id}"):
         if base.endswith(tail):
             base = base[: -len(tail)]
             break
-    target = Target(
-        agent=run_id, url=base, token=token, token_source=f"environment variable `{token_env}`"
-    )
+    target = _receiver_target(run_id, base, token_env)
     with HooksClient() as client:
         client.post_progress(target, run_id, text, deadline=time.monotonic() + 30, key=key)
     return 0
@@ -463,21 +467,15 @@ def _post_handoff(
 
     from engine.config import url_problem
     from engine.errors import UsageError
-    from engine.hooks import HooksClient, Target
-    from engine.registry import read_secret
+    from engine.hooks import HooksClient
 
     bad_url = url_problem(receiver, "--receiver")
     if bad_url:
         raise UsageError(bad_url)
-    if not token_env:
-        raise UsageError("`--receiver` needs `--token-env VAR` (the env var with the token).")
-    token = read_secret(env=token_env, file=None, what="--receiver")
     base, _, tail = receiver.rstrip("/").rpartition("/handoffs/")
     if not base or tail != run_id:
         base = receiver.rstrip("/")
-    target = Target(
-        agent=agent, url=base, token=token, token_source=f"environment variable `{token_env}`"
-    )
+    target = _receiver_target(agent, base, token_env)
     with HooksClient() as client:
         client.post_handoff(
             target,
