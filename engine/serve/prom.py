@@ -46,6 +46,30 @@ class _Gauges(Collector):
         yield queue
 
 
+class _Finished:
+    """Work of one kind this server finished: ``orchestrator_<kind>s``, a counter by agent
+    and ``label`` (how it ended), and ``orchestrator_<kind>_seconds``, a histogram of its
+    durations (``BUCKETS``) by agent."""
+
+    def __init__(
+        self, registry: CollectorRegistry, kind: str, label: str, counted: str, timed: str
+    ) -> None:
+        self.count = Counter(f"orchestrator_{kind}s", counted, ["agent", label], registry=registry)
+        self.seconds = Histogram(
+            f"orchestrator_{kind}_seconds",
+            timed,
+            ["agent"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+
+    def add(self, agent: str, ended: str, ms: float | None) -> None:
+        """Count one; its duration too when known (``ms``: milliseconds)."""
+        self.count.labels(agent, ended).inc()
+        if ms is not None:
+            self.seconds.labels(agent).observe(ms / 1000)
+
+
 class ServeMetrics:
     """The server's metric registry."""
 
@@ -56,45 +80,29 @@ class ServeMetrics:
         pool: Callable[[], dict[str, Any]],
     ) -> None:
         self.registry = CollectorRegistry()
-        self.delegations = Counter(
-            "orchestrator_delegations",
+        self.delegations = _Finished(
+            self.registry,
+            "delegation",
+            "outcome",
             "Delegations this server ran, by agent and outcome.",
-            ["agent", "outcome"],
-            registry=self.registry,
-        )
-        self.delegation_seconds = Histogram(
-            "orchestrator_delegation_seconds",
             "Duration of delegations this server ran, by agent.",
-            ["agent"],
-            buckets=BUCKETS,
-            registry=self.registry,
         )
-        self.steps = Counter(
-            "orchestrator_steps",
+        self.steps = _Finished(
+            self.registry,
+            "step",
+            "status",
             "Workflow steps this server finished, by agent and status.",
-            ["agent", "status"],
-            registry=self.registry,
-        )
-        self.step_seconds = Histogram(
-            "orchestrator_step_seconds",
             "Duration of workflow steps (all attempts), by agent.",
-            ["agent"],
-            buckets=BUCKETS,
-            registry=self.registry,
         )
         self.registry.register(_Gauges(runs_by_state, pool))
 
     def delegation_finished(self, agent: str, outcome: str, ms: float | None) -> None:
         """Count one delegation."""
-        self.delegations.labels(agent, outcome).inc()
-        if ms is not None:
-            self.delegation_seconds.labels(agent).observe(ms / 1000)
+        self.delegations.add(agent, outcome, ms)
 
     def step_finished(self, agent: str, status: str, ms: float | None) -> None:
         """Count one workflow step."""
-        self.steps.labels(agent, status).inc()
-        if ms is not None:
-            self.step_seconds.labels(agent).observe(ms / 1000)
+        self.steps.add(agent, status, ms)
 
     def render(self) -> bytes:
         """The exposition text."""
