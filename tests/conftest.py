@@ -41,3 +41,13 @@ def _close_watchers() -> Iterator[None]:
     from engine.watch import close_all
 
     close_all()
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """Each test starts with an empty secret registry: a token one test registered (say
+    ``"x" * 20``) must not mask another test's data (a result of 20,000 ``x``)."""
+    yield
+    from engine.redact import forget_all
+
+    forget_all()
