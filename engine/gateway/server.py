@@ -7,7 +7,9 @@ Example::
                    headers={"Authorization": "Bearer s3cret"})
 
 ``POST /hooks/agent`` answers ``{"ok": true, "runId": "gw-..."}`` at once and runs the
-agent on a background thread; the agent (or, failing that, the gateway) writes the
+agent on a background thread (reused from run to run: no thread is started per task when
+one is idle); with ``waitForCompletion`` the agent runs on the connection's own thread and
+the answer comes when it ends. The agent (or, failing that, the gateway) writes the
 handoff named in the message. ``POST /handoffs/{runId}`` lets agents on other hosts
 deliver a handoff over HTTP. See docs/gateway.md.
 """
@@ -19,6 +21,7 @@ import hmac
 import json
 import logging
 import math
+import queue
 import secrets
 import signal
 import socket
@@ -208,28 +211,27 @@ class _Handler(BaseHTTPRequestHandler):
         gw = self.server.gateway
         try:
             if path == "/hooks/agent":
-                status, data, thread = gw._hook_agent(body, self.headers.get("Idempotency-Key"))
+                status, data, job = gw._hook_agent(body, self.headers.get("Idempotency-Key"))
             elif path == "/hooks/wake":
-                (status, data), thread = gw._hook_wake(body), None
+                (status, data), job = gw._hook_wake(body), None
             else:
-                (status, data), thread = gw._receive_any(path[len("/handoffs/") :], body), None
+                (status, data), job = gw._receive_any(path[len("/handoffs/") :], body), None
         except Exception as exc:  # a bug must not leave the client without an answer
             log.error("local gateway: %s broke: %s: %s", path, type(exc).__name__, exc)
             self._error(500, "the local gateway failed to handle this request", True)
             return
-        ended = gw._held.pop(str(data.get("runId")), None) if thread is not None else None
-        if thread is not None and ended is not None:  # waitForCompletion: answer at the end
-            gw._launch(thread)
+        if job is not None and job.ended is not None:  # waitForCompletion: answer at the end
+            gw._run_here(job)  # on this connection's thread: no thread, no hand-over
             try:
-                self._json(status, {**data, "completion": ended.wait()})
+                self._json(status, {**data, "completion": job.ended.wait()})
             except OSError:  # the caller stopped waiting (it had the handoff already)
                 self.close_connection = True
             return
         try:
             self._json(status, data)
         finally:
-            if thread is not None:  # even if the client went away: the run is accepted
-                gw._launch(thread)
+            if job is not None:  # even if the client went away: the run is accepted
+                gw._launch(job)
 
     def _read_body(self) -> bytes | None:
         if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
@@ -299,8 +301,8 @@ class LocalGateway:
         self._max_inflight = dict.fromkeys(self.agents, 0)
         self._total_inflight = 0
         self._max_total = 0
-        self._threads: set[threading.Thread] = set()
-        self._held: dict[str, _RunEnd] = {}  # waitForCompletion answers not yet sent
+        self._threads: set[threading.Thread] = set()  # threads running an agent now
+        self._workers = _Workers("local-gateway-agent")
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
         self._stopping = False
@@ -403,7 +405,9 @@ class LocalGateway:
             with self._lock:
                 threads = list(self._threads)
             for t in threads:
-                t.join(timeout=5.0)
+                if t is not threading.current_thread():
+                    t.join(timeout=5.0)
+            self._workers.close()
             if self._serve_thread is not None:
                 self._serve_thread.join(timeout=5.0)
         finally:
@@ -483,7 +487,7 @@ class LocalGateway:
 
     def _hook_agent(
         self, body: bytes, idem_key: str | None
-    ) -> tuple[int, dict[str, Any], threading.Thread | None]:
+    ) -> tuple[int, dict[str, Any], _Job | None]:
         if idem_key is not None and len(idem_key) > MAX_IDEMPOTENCY_KEY:
             return 400, _err(f"Idempotency-Key longer than {MAX_IDEMPOTENCY_KEY} characters"), None
         data, problem = _parse_json(body)
@@ -530,22 +534,29 @@ class LocalGateway:
             self._total_inflight += 1
             self._max_total = max(self._max_total, self._total_inflight)
             ended = _RunEnd() if data.get("waitForCompletion") is True else None
-            thread = threading.Thread(
-                target=self._run_task,
-                args=(agent, run_id, message, float(timeout) if timeout else None, ended,
-                      data.get("sessionKey") or None),
-                name=f"agent:{agent}:{run_id}",
-                daemon=True,
+            job = _Job(
+                agent,
+                run_id,
+                message,
+                float(timeout) if timeout else None,
+                ended,
+                data.get("sessionKey") or None,
             )
-            if ended is not None:
-                self._held[run_id] = ended
-        return 200, {"ok": True, "runId": run_id}, thread
+        return 200, {"ok": True, "runId": run_id}, job
 
-    def _launch(self, thread: threading.Thread) -> None:
-        """Start a run's thread; called after the response is sent, so the answer is immediate."""
+    def _launch(self, job: _Job) -> None:
+        """Run ``job`` on an idle worker thread (a new one if none is idle); called after
+        the response is sent, so the answer is immediate."""
+        self._workers.submit(lambda: self._run_here(job))
+
+    def _run_here(self, job: _Job) -> None:
+        """Run ``job`` on the calling thread, which ``stop()`` joins meanwhile."""
+        me = threading.current_thread()
         with self._lock:
-            self._threads.add(thread)
-            thread.start()  # under the lock, so stop() never joins an unstarted thread
+            self._threads.add(me)
+        self._run_task(
+            job.agent, job.run_id, job.message, job.timeout, job.ended, job.session_key
+        )
 
     def _run_task(
         self,
@@ -713,6 +724,76 @@ class LocalGateway:
             late = bool(got.record["envelope"].get("late"))
             return 200, {"ok": True, "recorded": str(got.record_path), "late": late}
         return 200, {"ok": True}
+
+
+class _Job:
+    """One accepted run of an agent: what ``_run_task`` needs."""
+
+    __slots__ = ("agent", "ended", "message", "run_id", "session_key", "timeout")
+
+    def __init__(
+        self,
+        agent: str,
+        run_id: str,
+        message: str,
+        timeout: float | None,
+        ended: _RunEnd | None,
+        session_key: str | None = None,
+    ) -> None:
+        self.agent = agent
+        self.run_id = run_id
+        self.message = message
+        self.timeout = timeout
+        self.ended = ended  # set: the caller waits for the end (``waitForCompletion``)
+        self.session_key = session_key  # the request's ``sessionKey``, if any
+
+
+class _Workers:
+    """Daemon threads reused for runs answered at once: a run goes to an idle thread, and a
+    new thread starts only when none is idle (so as many run at once as are in flight,
+    never queued behind a long agent). An idle thread ends after ``idle_s`` seconds."""
+
+    def __init__(self, name: str, idle_s: float = 30.0) -> None:
+        self._name = name
+        self._idle_s = idle_s
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, fn: Any) -> None:
+        """Run ``fn()`` on a worker thread."""
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                self._queue.put(fn)
+                return
+        threading.Thread(target=self._loop, args=(fn,), name=self._name, daemon=True).start()
+
+    def close(self) -> None:
+        """Let every idle thread end now (running ones end after their run)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._queue.put(None)
+
+    def _loop(self, fn: Any) -> None:
+        while fn is not None:
+            fn()
+            with self._lock:
+                if self._closed:
+                    return
+                self._idle += 1
+            try:
+                fn = self._queue.get(timeout=self._idle_s)
+            except queue.Empty:
+                with self._lock:
+                    try:  # a run handed over as the wait ended is still taken
+                        fn = self._queue.get_nowait()
+                    except queue.Empty:
+                        self._idle -= 1
+                        return
 
 
 class _RunEnd:
