@@ -6,9 +6,9 @@ are sent to over ``http.client`` connections kept in a small pool: about half th
 an ``httpx`` POST, no ``httpx`` import (50-80 ms) and no TLS context (20-80 ms) when no
 gateway needs them, and no pool scan per request (``httpcore`` scans every connection for
 every request, which grew with the steps in flight). ``https://`` gateways, and a client
-given a ``transport`` (tests), go through one ``httpx.Client``. Transient failures (connection errors, timeouts, 429, 5xx) are retried
-with exponential backoff plus jitter, never past the delegation's deadline; 400, 401,
-403 and 404 fail at once with a message that says what to fix. The token is sent in a
+given a ``transport`` (tests), go through one ``httpx.Client``. Transient failures
+(connection errors, timeouts, 429, 5xx) are retried with exponential backoff plus
+jitter, never past the delegation's deadline; 400, 401, 403 and 404 fail at once with a message that says what to fix. The token is sent in a
 header and never appears in any message this module produces: every error text (the
 gateway's own body included, which may echo the request's headers) is redacted here.
 """
@@ -394,13 +394,10 @@ class _PlainPool:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn = self._take(key, timeout)
         try:
-            if conn.sock is None:
-                conn.timeout = timeout
-                conn.connect()
-                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.sock.settimeout(timeout)
+            sock: socket.socket = conn.sock or _connect(conn, timeout)
+            sock.settimeout(timeout)
             conn.request("POST", path, body=payload, headers=headers)
-            conn.sock.settimeout(read)
+            sock.settimeout(read)
             resp = conn.getresponse()
             content = resp.read()
         except BaseException as exc:
@@ -414,6 +411,15 @@ class _PlainPool:
         else:
             self._give(key, conn)
         return _PlainResponse(resp.status, resp.headers, content)
+
+
+def _connect(conn: Any, timeout: float | None) -> socket.socket:
+    """Open ``conn``'s socket (Nagle off: a request is written in two parts)."""
+    conn.timeout = timeout
+    conn.connect()
+    sock: socket.socket = conn.sock
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _still_open(conn: Any) -> bool:
