@@ -8,9 +8,10 @@ gateway needs them, and no pool scan per request (``httpcore`` scans every conne
 every request, which grew with the steps in flight). ``https://`` gateways, and a client
 given a ``transport`` (tests), go through one ``httpx.Client``. Transient failures
 (connection errors, timeouts, 429, 5xx) are retried with exponential backoff plus
-jitter, never past the delegation's deadline; 400, 401, 403 and 404 fail at once with a message that says what to fix. The token is sent in a
-header and never appears in any message this module produces: every error text (the
-gateway's own body included, which may echo the request's headers) is redacted here.
+jitter, never past the delegation's deadline; 400, 401, 403 and 404 fail at once with a
+message that says what to fix. The token is sent in a header and never appears in any
+message this module produces: every error text (the gateway's own body included, which
+may echo the request's headers) is redacted here.
 """
 
 from __future__ import annotations
