@@ -10,7 +10,6 @@ from typing import Any
 
 from engine.errors import ConfigError
 
-
 _compiling = threading.Lock()
 
 

@@ -432,6 +432,21 @@ def concurrency_rows(pairs: int, medians: dict[str, object]) -> list[Row]:
     ]
 
 
+def compile_bytecode() -> None:
+    """Compile the engine's modules to bytecode, as ``pip install`` does.
+
+    An editable install has no ``.pyc`` files until a run writes them, and a shell with
+    ``PYTHONDONTWRITEBYTECODE=1`` never does: each timed process would then compile
+    dozens of modules (about 100 ms), which no installed copy pays and the peers'
+    installs do not either.
+    """
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(REPO / "engine")],
+        check=False,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def _failed(exc: object) -> str:
     return f"failed: {str(exc).splitlines()[0]}"
 
@@ -446,6 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-langgraph", action="store_true", help="leave LangGraph out")
     ap.add_argument("--no-delegation", action="store_true", help="skip bench/delegation.py")
     ap.add_argument("--no-concurrency", action="store_true", help="skip the concurrency figures")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        help="where every system's files and runs go (default: a new directory under "
+        "the cache; /tmp is slow to create files in on a busy machine)",
+    )
     args = ap.parse_args(argv)
     if args.pairs < 1:
         ap.error("--pairs must be at least 1")
@@ -453,10 +474,13 @@ def main(argv: list[str] | None = None) -> int:
     peers = install_peers(args.cache, lobster=not args.no_lobster, langgraph=not args.no_langgraph)
     for name, why in peers.skipped.items():
         print(f"note: the {NAMES[name]} column is skipped: {why}", file=sys.stderr)
+    compile_bytecode()
+    workdir = args.workdir or (args.cache or peers_setup.default_cache()) / "runs"
+    workdir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     t_start = time.monotonic()
     medians: dict[str, object] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmpname:
+    with tempfile.TemporaryDirectory(prefix="bench-peers-", dir=workdir) as tmpname:
         tmp = Path(tmpname)
         groups = build_groups(tmp, peers)
         for g in groups.values():

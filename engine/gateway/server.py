@@ -21,7 +21,6 @@ import hmac
 import json
 import logging
 import math
-import queue
 import secrets
 import signal
 import socket
@@ -39,6 +38,7 @@ from engine.errors import ConfigError
 from engine.gateway.agents import CommandRunner, completion_of, task_from_message
 from engine.redact import install_log_filter, redact, register
 from engine.store import RunStore, open_store
+from engine.workers import Workers
 
 log = logging.getLogger("engine.gateway")
 install_log_filter(log)
@@ -302,7 +302,7 @@ class LocalGateway:
         self._total_inflight = 0
         self._max_total = 0
         self._threads: set[threading.Thread] = set()  # threads running an agent now
-        self._workers = _Workers("local-gateway-agent")
+        self._workers = Workers("local-gateway-agent")
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
         self._stopping = False
@@ -746,54 +746,6 @@ class _Job:
         self.timeout = timeout
         self.ended = ended  # set: the caller waits for the end (``waitForCompletion``)
         self.session_key = session_key  # the request's ``sessionKey``, if any
-
-
-class _Workers:
-    """Daemon threads reused for runs answered at once: a run goes to an idle thread, and a
-    new thread starts only when none is idle (so as many run at once as are in flight,
-    never queued behind a long agent). An idle thread ends after ``idle_s`` seconds."""
-
-    def __init__(self, name: str, idle_s: float = 30.0) -> None:
-        self._name = name
-        self._idle_s = idle_s
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
-        self._closed = False
-
-    def submit(self, fn: Any) -> None:
-        """Run ``fn()`` on a worker thread."""
-        with self._lock:
-            if self._idle > 0:
-                self._idle -= 1
-                self._queue.put(fn)
-                return
-        threading.Thread(target=self._loop, args=(fn,), name=self._name, daemon=True).start()
-
-    def close(self) -> None:
-        """Let every idle thread end now (running ones end after their run)."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, 0
-        for _ in range(idle):
-            self._queue.put(None)
-
-    def _loop(self, fn: Any) -> None:
-        while fn is not None:
-            fn()
-            with self._lock:
-                if self._closed:
-                    return
-                self._idle += 1
-            try:
-                fn = self._queue.get(timeout=self._idle_s)
-            except queue.Empty:
-                with self._lock:
-                    try:  # a run handed over as the wait ended is still taken
-                        fn = self._queue.get_nowait()
-                    except queue.Empty:
-                        self._idle -= 1
-                        return
 
 
 class _RunEnd:
