@@ -456,7 +456,7 @@ class _Schedule:
     def __init__(self, plan: Any, steps: dict[str, StepRun]) -> None:
         self.order = [s for group in plan.groups for s in group]
         self.index = {sid: i for i, sid in enumerate(self.order)}
-        self.children = {sid: list(plan.graph.successors(sid)) for sid in self.order}
+        self.children = {sid: plan.children(sid) for sid in self.order}
         self.blocking = {
             sid: sum(1 for d in plan.steps[sid].depends_on if not steps[d].state.final)
             for sid in self.order
@@ -619,7 +619,7 @@ class _Execution:
         self.stop_reason = self.stop_reason or f"`{s.id}` ended {s.state.value}"
 
     def _has_handler(self, sid: str) -> bool:
-        return any(sid in self.tests[child] for child in self.plan.graph.successors(sid))
+        return any(sid in self.tests[child] for child in self.plan.children(sid))
 
     # -- one step: run, skip, gate or fail it ---------------------------------------------
 
@@ -1284,7 +1284,7 @@ class _Execution:
             s.id in self.tests[h]
             and self.steps[h].state.final
             and self.steps[h].state not in (StepState.SKIPPED, StepState.REJECTED)
-            for h in self.plan.graph.successors(s.id)
+            for h in self.plan.children(s.id)
         )
 
     def _ended_state(self, *, main_only: bool = False) -> RunState:
