@@ -124,15 +124,20 @@ def prepare(
     inputs: dict[str, str],
     *,
     caller: str | None = None,
+    spec: Any = None,
 ) -> Prepared:
-    """Find, load and plan a workflow: every check of the planner, nothing dispatched."""
+    """Find, load and plan a workflow: every check of the planner, nothing dispatched.
+
+    ``spec``: the workflow already loaded from ``name_or_path`` (it is not read again).
+    """
     from engine.acl import Acl
     from engine.dag import plan_workflow
     from engine.registry import Registry
     from engine.renderer import TaskRenderer
     from engine.workflow import find_workflow, load_workflow
 
-    spec = load_workflow(find_workflow(name_or_path, cfg))
+    if spec is None:
+        spec = load_workflow(find_workflow(name_or_path, cfg))
     registry = Registry.from_config(cfg)
     renderer = TaskRenderer(spec)
     plan = plan_workflow(
