@@ -488,41 +488,58 @@ class LocalGateway:
     def _hook_agent(
         self, body: bytes, idem_key: str | None
     ) -> tuple[int, dict[str, Any], _Job | None]:
+        """``POST /hooks/agent``: the answer, and the accepted run to start (or None)."""
+        data, refusal = self._agent_request(body, idem_key)
+        if refusal is not None:
+            return *refusal, None
+        agent, refusal = self._agent_for(data.get("agentId"))
+        if refusal is not None:
+            return *refusal, None
+        return self._admit(agent, data, idem_key)
+
+    def _agent_request(
+        self, body: bytes, idem_key: str | None
+    ) -> tuple[dict[str, Any], tuple[int, dict[str, Any]] | None]:
+        """The request's JSON object, or the 400 refusing it (key, JSON, message, fields)."""
         if idem_key is not None and len(idem_key) > MAX_IDEMPOTENCY_KEY:
-            return 400, _err(f"Idempotency-Key longer than {MAX_IDEMPOTENCY_KEY} characters"), None
+            return {}, (400, _err(f"Idempotency-Key longer than {MAX_IDEMPOTENCY_KEY} characters"))
         data, problem = _parse_json(body)
         if problem:
-            return 400, _err(problem), None
+            return {}, (400, _err(problem))
         if not isinstance(data, dict):
-            return 400, {"ok": False, "error": "body must be a JSON object"}, None
+            return {}, (400, _err("body must be a JSON object"))
         message = data.get("message")
         if not isinstance(message, str) or not message.strip():
-            return 400, {"ok": False, "error": "message required"}, None
+            return {}, (400, _err("message required"))
         problem = _field_problem(data)
-        if problem:
-            return 400, _err(problem), None
-        agent_id = data.get("agentId")
+        return data, ((400, _err(problem)) if problem else None)
+
+    def _agent_for(self, agent_id: Any) -> tuple[str, tuple[int, dict[str, Any]] | None]:
+        """The agent a request names (or the only one), or the 404/400 refusing it."""
         if agent_id is not None and agent_id != "":
-            if agent_id not in self.agents:
-                shown = json.dumps(agent_id, ensure_ascii=False)
-                if len(shown) > 100:
-                    shown = shown[:100] + "..."
-                return 404, _err(f"unknown agentId {shown}"), None
-            agent = agent_id
-        elif len(self.agents) == 1:
-            agent = self._agent_names[0]
-        elif not self.agents:
-            return 404, {"ok": False, "error": "no agents are configured on this gateway"}, None
-        else:
-            return 400, {"ok": False, "error": _AGENT_REQUIRED}, None
+            if agent_id in self.agents:
+                return str(agent_id), None
+            shown = json.dumps(agent_id, ensure_ascii=False)
+            if len(shown) > 100:
+                shown = shown[:100] + "..."
+            return "", (404, _err(f"unknown agentId {shown}"))
+        if len(self.agents) == 1:
+            return self._agent_names[0], None
+        if not self.agents:
+            return "", (404, _err("no agents are configured on this gateway"))
+        return "", (400, _err(_AGENT_REQUIRED))
+
+    def _admit(
+        self, agent: str, data: dict[str, Any], idem_key: str | None
+    ) -> tuple[int, dict[str, Any], _Job | None]:
+        """Count the run in and give it an id (the known one for a repeated Idempotency-Key)."""
         timeout = data.get("timeoutSeconds")
         with self._lock:
             if self._stopping:
-                return 503, {"ok": False, "error": "the local gateway is stopping"}, None
-            if idem_key:
-                known = self._idempotency.get(idem_key)
-                if known is not None:
-                    return 200, {"ok": True, "runId": known}, None
+                return 503, _err("the local gateway is stopping"), None
+            known = self._idempotency.get(idem_key) if idem_key else None
+            if known is not None:
+                return 200, {"ok": True, "runId": known}, None
             run_id = f"gw-{secrets.token_hex(8)}"
             if idem_key:
                 self._idempotency[idem_key] = run_id
@@ -533,15 +550,10 @@ class LocalGateway:
             self._max_inflight[agent] = max(self._max_inflight.get(agent, 0), n)
             self._total_inflight += 1
             self._max_total = max(self._max_total, self._total_inflight)
-            ended = _RunEnd() if data.get("waitForCompletion") is True else None
-            job = _Job(
-                agent,
-                run_id,
-                message,
-                float(timeout) if timeout else None,
-                ended,
-                data.get("sessionKey") or None,
-            )
+        ended = _RunEnd() if data.get("waitForCompletion") is True else None
+        timeout_s = float(timeout) if timeout else None
+        session = data.get("sessionKey") or None
+        job = _Job(agent, run_id, data["message"], timeout_s, ended, session)
         return 200, {"ok": True, "runId": run_id}, job
 
     def _launch(self, job: _Job) -> None:
