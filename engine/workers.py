@@ -33,6 +33,12 @@ class Workers:
         self._idle = 0
         self._closed = False
 
+    @property
+    def idle(self) -> int:
+        """How many threads wait for a task now."""
+        with self._lock:
+            return self._idle
+
     def submit(self, fn: Callable[[], object]) -> None:
         """Run ``fn()`` on a worker thread (an idle one, else a new one); return at once."""
         with self._lock:

@@ -645,7 +645,7 @@ def test_runs_answered_at_once_reuse_one_idle_worker_thread(
         run_id, path, msg = delegation(gw, "webster", f"task {n}")
         dispatch(client, gw, {"message": msg, "agentId": "webster"})
         wait_for(path.exists)
-        wait_for(lambda: gw.stats()["inflight"]["webster"] == 0)
+        wait_for(lambda: gw._workers.idle == 1)  # its thread waits for the next run
         assert load_handoff(path, run_id=run_id)["result"] == f"echo: task {n}"
     assert len(set(_agent_threads()) - before) == 1  # one thread, reused four times
     assert gw.stats()["dispatched"]["webster"] == 5
@@ -678,13 +678,15 @@ def test_the_hooks_client_posts_to_http_gateways_without_httpx(tmp_path: Path) -
         from engine.delegate import DelegationRequest, open_delegator
         cfg = config_from_dict(
             {{"handoffs_dir": "handoffs", "pool": {{"enabled": False}},
-              "gateway": {{"embedded": True, "agents": {{"m": {{"kind": "echo"}},
+              "gateway": {{"embedded": True, "agents": {{"manager": {{"kind": "echo"}},
                                                          "w": {{"kind": "echo"}}}}}},
-              "agents": {{"m": {{"url": "local"}}, "w": {{"url": "local"}}}}}},
+              "agents": {{"manager": {{"url": "local"}}, "w": {{"url": "local"}}}}}},
             path=Path({str(tmp_path)!r}) / "orchestrator.yaml",
         )
         with open_delegator(cfg) as d:
-            res = d.delegate(DelegationRequest(target="w", task="t", caller="m", timeout=30))
+            res = d.delegate(
+                DelegationRequest(target="w", task="t", caller="manager", timeout=30)
+            )
         print(res.outcome.value, [m for m in ("httpx", "jsonschema", "networkx")
                                   if m in sys.modules])
         """
