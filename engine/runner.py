@@ -23,10 +23,9 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import Config
-from engine.delegate import DelegationRequest, Delegator, Outcome
 from engine.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -40,11 +39,14 @@ from engine.errors import (
 from engine.files import new_run_id, parse_iso, utcnow_iso
 from engine.reporter import Reporter
 from engine.runs import RunView, StepRun, replay_run, run_dir, summarize
-from engine.states import RETRYABLE_STEP_STATES
+from engine.states import RETRYABLE_STEP_STATES, Outcome
 from engine.states import RunState as RunState
 from engine.states import StepState as StepState
 from engine.store import Journal as RunJournal
 from engine.store import RunStore
+
+if TYPE_CHECKING:  # a dry run or `workflow validate` does not load the delegation stack
+    from engine.delegate import DelegationRequest, Delegator
 
 
 @dataclass(frozen=True)
@@ -1169,6 +1171,7 @@ class _Execution:
         timeout: float | None = None,
     ) -> DelegationRequest:
         from engine.ask import session_of
+        from engine.delegate import DelegationRequest
 
         plan, options = self.plan, ps.spec.options
         labels = {"workflow": plan.workflow.name, "workflow_run": self.run_id, "step": s.id}
