@@ -170,7 +170,11 @@ def _goal_le(value: float | None, limit: float) -> bool | None:
 def time_rows(
     g: Group, work: str, ours: str, peers: dict[str, str], goals: dict[str, float]
 ) -> list[Row]:
-    """Rows ours ÷ each peer of a group (wall time); a goal only where one is set."""
+    """Rows ours ÷ each peer of a group (wall time); a goal only where one is set.
+
+    Each row's note gives the same ratio for CPU time (user + system, children included),
+    which moves less with the machine's load than wall time does.
+    """
     if g.error is not None:
         return [Row(work, "-", "-", None, "-", None, _failed(g.error))]
     rows = []
@@ -187,9 +191,22 @@ def time_rows(
                 round(r, 2),
                 f"<= {limit}x" if limit is not None else "-",
                 _goal_le(r, limit) if limit is not None else None,
+                _cpu_note(g, ours, label),
             )
         )
     return rows
+
+
+def _cpu_note(g: Group, ours: str, peer: str) -> str:
+    """``CPU 0.45x (0.590 s vs 1.310 s)``: the per-round CPU ratio and the medians."""
+
+    def cpu(s: Sample) -> float:
+        return s.cpu
+
+    if not all(cpu(s) > 0 for s in g.samples[peer]):
+        return ""
+    r = g.ratio(ours, peer, cpu)
+    return f"CPU {r:.2f}x: {_fmt_s(g.median(ours, cpu))} vs {_fmt_s(g.median(peer, cpu))}"
 
 
 def sub_json(cmd: list[str], cwd: Path, timeout: float = 900) -> dict[str, object]:
