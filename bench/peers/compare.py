@@ -29,16 +29,18 @@ With --json the last line is one JSON object with every row and the raw samples'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -449,6 +451,39 @@ def concurrency_rows(pairs: int, medians: dict[str, object]) -> list[Row]:
     ]
 
 
+def create_cost_us(directory: Path, n: int = 100) -> float:
+    """Median microseconds to create (and write, close, rename) a small file in
+    ``directory``: 30 us in a quiet directory, up to 900 us where many files were deleted
+    in the last minutes (see docs/performance.md, "Files")."""
+    probe = Path(tempfile.mkdtemp(prefix="probe-", dir=directory))
+    times = []
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            tmp = probe / f".t{i}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, b"{}")
+            os.close(fd)
+            os.rename(tmp, probe / f"f{i}.json")
+            times.append(time.perf_counter() - t0)
+    finally:
+        for f in probe.iterdir():
+            f.unlink()
+        probe.rmdir()
+    return statistics.median(times) * 1e6
+
+
+@contextlib.contextmanager
+def _tempdir(parent: Path, keep: bool) -> Iterator[str]:
+    """A new directory under ``parent``, removed at the end unless ``keep``."""
+    path = tempfile.mkdtemp(prefix="bench-peers-", dir=parent)
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def compile_bytecode() -> None:
     """Compile the engine's modules to bytecode, as ``pip install`` does.
 
@@ -494,10 +529,16 @@ def main(argv: list[str] | None = None) -> int:
     compile_bytecode()
     workdir = args.workdir or (args.cache or peers_setup.default_cache()) / "runs"
     workdir.mkdir(parents=True, exist_ok=True)
+    # bench/delegation.py and concurrency.py make their temp dirs there too (TMPDIR).
+    os.environ["TMPDIR"] = str(workdir)
+    create_us = create_cost_us(workdir)
     load_before = os.getloadavg()
     t_start = time.monotonic()
     medians: dict[str, object] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-peers-", dir=workdir) as tmpname:
+    # With --workdir the run's files are kept: deleting thousands of files makes the next
+    # minutes' file creates in that part of the disk slower (docs/performance.md, "Files").
+    keep = args.workdir is not None
+    with _tempdir(workdir, keep) as tmpname:
         tmp = Path(tmpname)
         groups = build_groups(tmp, peers)
         for g in groups.values():
@@ -543,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in load_after],
         "seconds": round(time.monotonic() - t_start, 1),
+        "workdir": str(workdir),
+        "file_create_us": round(create_us, 1),
         "lobster": None if peers.lobster is None else peers.lobster.version,
         "node": None if peers.lobster is None else str(peers.lobster.node),
         "langgraph": None if peers.langgraph is None else peers.langgraph.version,
@@ -556,6 +599,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['loadavg_after'][0]} (1-min average, before -> after); "
         f"Lobster {info['lobster'] or '-'}, LangGraph {info['langgraph'] or '-'}, "
         f"Python {info['python']}"
+    )
+    print(
+        f"work directory: {workdir} (a small file create there: {create_us:.0f} us median; "
+        "30 us is a quiet directory, hundreds of us mean recent mass deletions)"
     )
     print(_table(rows))
     if args.json:
