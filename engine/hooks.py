@@ -364,13 +364,15 @@ class _PlainPool:
             conn.close()
 
     def _take(self, key: tuple[str, int], timeout: float | None) -> Any:
-        with self._lock:
-            idle = self._idle.get(key)
-            while idle:
-                conn = idle.pop()
-                if _still_open(conn):
-                    return conn
-                conn.close()
+        while True:
+            with self._lock:  # the check below is a syscall: not under the lock
+                idle = self._idle.get(key)
+                conn = idle.pop() if idle else None
+            if conn is None:
+                break
+            if _still_open(conn):
+                return conn
+            conn.close()
         import http.client
 
         return http.client.HTTPConnection(key[0], key[1], timeout=timeout)
