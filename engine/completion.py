@@ -23,10 +23,14 @@ from typing import Any
 from engine.errors import HookError, OrchestratorError
 from engine.hooks import DispatchResult
 from engine.redact import redact
+from engine.workers import Workers
 
 #: Seconds after which a held POST that has not been refused counts as admitted (the
 #: real gateway refuses within 0.3 s; it answers 200 only when the run ends).
 ADMISSION_WAIT = 0.5
+
+#: The threads held POSTs run on, shared by every delegation of the process.
+_DISPATCHERS = Workers("dispatch")
 
 COMPLETION_OK = "ok"
 COMPLETION_ERROR = "error"
@@ -87,8 +91,7 @@ class Dispatch:
         self.result: DispatchResult | None = None
         self.error: OrchestratorError | None = None
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        _DISPATCHERS.submit(self._run)  # a reused thread: starting one costs up to 1 ms
 
     def _run(self) -> None:
         try:

@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,64 +204,8 @@ def config_from_dict(
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else (base / p)
 
-    agents = {
-        name: AgentConfig(
-            name=name,
-            url=str(spec.get("url", LOCAL_URL)).rstrip("/"),
-            token_env=spec.get("token_env"),
-            token_file=rel(spec.get("token_file")),
-            agent_id=spec.get("agent_id"),
-            capabilities=tuple(spec.get("capabilities", ())),
-            model=spec.get("model"),
-            thinking=spec.get("thinking"),
-            channel=spec.get("channel"),
-            timeout=float(spec["timeout"]) if "timeout" in spec else None,
-            send_session_key=bool(spec.get("send_session_key", False)),
-            deliver=spec.get("deliver"),
-            max_concurrent=spec.get("max_concurrent"),
-            description=spec.get("description"),
-            repair_attempts=spec.get("repair_attempts"),
-            wait_for_completion=spec.get("wait_for_completion"),
-            heartbeat_timeout=(
-                float(spec["heartbeat_timeout"]) if "heartbeat_timeout" in spec else None
-            ),
-        )
-        for name, spec in raw["agents"].items()
-    }
-    gateway = None
-    if "gateway" in raw:
-        gw = raw["gateway"]
-        gateway = GatewayConfig(
-            embedded=bool(gw.get("embedded", False)),
-            host=gw.get("host", "127.0.0.1"),
-            port=int(gw.get("port", 0)),
-            token_env=gw.get("token_env"),
-            token_file=rel(gw.get("token_file")),
-            workspaces_dir=rel(gw.get("workspaces_dir")),
-            agents={
-                name: GatewayAgentConfig(
-                    name=name,
-                    kind=spec["kind"],
-                    argv=tuple(spec.get("argv", ())),
-                    env=dict(spec.get("env", {})),
-                    timeout=float(spec["timeout"]) if "timeout" in spec else None,
-                    cwd=rel(spec.get("cwd")),
-                    base_url=spec.get("base_url"),
-                    model=spec.get("model"),
-                    api_key_env=spec.get("api_key_env"),
-                    thinking=spec.get("thinking"),
-                    system_prompt=spec.get("system_prompt"),
-                    max_tokens=spec.get("max_tokens"),
-                    temperature=spec.get("temperature"),
-                    kill_after=float(spec["kill_after"]) if "kill_after" in spec else None,
-                    fallback_handoff=bool(spec.get("fallback_handoff", True)),
-                )
-                for name, spec in gw.get("agents", {}).items()
-            },
-            kill_after=float(gw["kill_after"]) if "kill_after" in gw else None,
-            detach_on_exit=bool(gw.get("detach_on_exit", True)),
-            workspace_retention=gw.get("workspace_retention", 100),
-        )
+    agents = {name: _agent_config(name, spec, rel) for name, spec in raw["agents"].items()}
+    gateway = _gateway_config(raw["gateway"], rel) if "gateway" in raw else None
     retry_raw = raw.get("retry", {})
     retry = RetryPolicy(
         delays=tuple(float(d) for d in retry_raw.get("delays", RetryPolicy.delays)),
@@ -294,6 +239,77 @@ def config_from_dict(
         operations=dict(raw.get("operations", {})),
         store=raw.get("store"),
         serve=dict(raw.get("serve", {})),
+    )
+
+
+def _float_or_none(spec: dict[str, Any], key: str) -> float | None:
+    return float(spec[key]) if key in spec else None
+
+
+def _agent_config(
+    name: str, spec: dict[str, Any], rel: Callable[[Any], Path | None]
+) -> AgentConfig:
+    """One ``agents.NAME`` entry (schema-checked) as an AgentConfig."""
+    return AgentConfig(
+        name=name,
+        url=str(spec.get("url", LOCAL_URL)).rstrip("/"),
+        token_env=spec.get("token_env"),
+        token_file=rel(spec.get("token_file")),
+        agent_id=spec.get("agent_id"),
+        capabilities=tuple(spec.get("capabilities", ())),
+        model=spec.get("model"),
+        thinking=spec.get("thinking"),
+        channel=spec.get("channel"),
+        timeout=_float_or_none(spec, "timeout"),
+        send_session_key=bool(spec.get("send_session_key", False)),
+        deliver=spec.get("deliver"),
+        max_concurrent=spec.get("max_concurrent"),
+        description=spec.get("description"),
+        repair_attempts=spec.get("repair_attempts"),
+        wait_for_completion=spec.get("wait_for_completion"),
+        heartbeat_timeout=_float_or_none(spec, "heartbeat_timeout"),
+    )
+
+
+def _gateway_agent_config(
+    name: str, spec: dict[str, Any], rel: Callable[[Any], Path | None]
+) -> GatewayAgentConfig:
+    """One ``gateway.agents.NAME`` entry (schema-checked) as a GatewayAgentConfig."""
+    return GatewayAgentConfig(
+        name=name,
+        kind=spec["kind"],
+        argv=tuple(spec.get("argv", ())),
+        env=dict(spec.get("env", {})),
+        timeout=_float_or_none(spec, "timeout"),
+        cwd=rel(spec.get("cwd")),
+        base_url=spec.get("base_url"),
+        model=spec.get("model"),
+        api_key_env=spec.get("api_key_env"),
+        thinking=spec.get("thinking"),
+        system_prompt=spec.get("system_prompt"),
+        max_tokens=spec.get("max_tokens"),
+        temperature=spec.get("temperature"),
+        kill_after=_float_or_none(spec, "kill_after"),
+        fallback_handoff=bool(spec.get("fallback_handoff", True)),
+    )
+
+
+def _gateway_config(gw: dict[str, Any], rel: Callable[[Any], Path | None]) -> GatewayConfig:
+    """The ``gateway:`` section (schema-checked) as a GatewayConfig."""
+    return GatewayConfig(
+        embedded=bool(gw.get("embedded", False)),
+        host=gw.get("host", "127.0.0.1"),
+        port=int(gw.get("port", 0)),
+        token_env=gw.get("token_env"),
+        token_file=rel(gw.get("token_file")),
+        workspaces_dir=rel(gw.get("workspaces_dir")),
+        agents={
+            name: _gateway_agent_config(name, spec, rel)
+            for name, spec in gw.get("agents", {}).items()
+        },
+        kill_after=_float_or_none(gw, "kill_after"),
+        detach_on_exit=bool(gw.get("detach_on_exit", True)),
+        workspace_retention=gw.get("workspace_retention", 100),
     )
 
 
@@ -367,69 +383,22 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     Every value is shape-checked before use: the schema reports a wrong shape, this
     function only skips it.
     """
-    problems: list[str] = []
-    if isinstance(raw.get("store"), str):
-        from engine.store import store_url_problem
-
-        problem = store_url_problem(raw["store"])
-        if problem is None and "handoffs_dir" in raw and raw["store"].startswith("file:"):
-            problem = (
-                "`store` and `handoffs_dir` both name where records go; keep one "
-                f"(`store: file://{raw['handoffs_dir']}` says the same as `handoffs_dir`)."
-            )
-        if problem:
-            problems.append(problem)
     agents = _mapping(raw, "agents")
     names = {str(n) for n in agents}
     gw = raw.get("gateway") if isinstance(raw.get("gateway"), dict) else None
-    gw_agents_raw = (gw or {}).get("agents")
-    gw_agents_map = gw_agents_raw if isinstance(gw_agents_raw, dict) else {}
-    gw_agents = set(gw_agents_map)
+    gw_agents_map = _mapping(gw or {}, "agents")
+    problems = _store_problems(raw)
     for name in sorted(names & RESERVED_AGENT_NAMES):
         problems.append(
             f"`agents.{name}`: `{name}` is an `orchestrate` subcommand, so "
             f"`orchestrate {name} TASK` could not reach the agent; rename it."
         )
     for name, spec in agents.items():
-        if not isinstance(spec, dict):
-            continue
-        url = spec.get("url", LOCAL_URL)
-        if url == LOCAL_URL:
-            if gw is None:
-                problems.append(
-                    f"`agents.{name}.url` is `local` (the default) but there is no `gateway:` "
-                    "section: add one, or give the agent's OpenClaw gateway URL."
-                )
-            elif name not in gw_agents and not (
-                isinstance(spec.get("agent_id"), str) and spec["agent_id"] in gw_agents
-            ):
-                problems.append(
-                    f"`agents.{name}` runs on the local gateway but `gateway.agents` has no "
-                    f"`{name}`{did_you_mean(name, gw_agents)}"
-                )
-            continue
-        bad = url_problem(url, f"agents.{name}.url")
-        if bad:
-            problems.append(bad + " (or `local` for the local gateway)")
-        elif "token_env" not in spec and "token_file" not in spec:
-            problems.append(
-                f"`agents.{name}` needs `token_env` (the environment variable holding its "
-                "hooks token) or `token_file`."
-            )
+        if isinstance(spec, dict):
+            problems += _agent_problems(name, spec, gw, set(gw_agents_map))
     for name, spec in gw_agents_map.items():
-        if not isinstance(spec, dict):
-            continue
-        if spec.get("kind") == "command" and not spec.get("argv"):
-            problems.append(f"`gateway.agents.{name}` is a `command` agent and needs `argv`.")
-        if spec.get("kind") == "openai":
-            for key in ("base_url", "model"):
-                if not spec.get(key):
-                    problems.append(
-                        f"`gateway.agents.{name}` is an `openai` agent and needs `{key}`."
-                    )
-            bad = url_problem(spec.get("base_url") or None, f"gateway.agents.{name}.base_url")
-            if bad:
-                problems.append(bad)
+        if isinstance(spec, dict):
+            problems += _gateway_agent_problems(name, spec)
     for key, where in (
         ("receiver_url", raw),
         ("base_url", _mapping(raw, "channels")),
@@ -437,14 +406,7 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
         bad = url_problem(where.get(key), key if where is raw else f"channels.{key}")
         if bad:
             problems.append(bad)
-    for caller, targets in _mapping(raw, "acl").items():
-        if caller not in names:
-            problems.append(f"`acl.{caller}` names an unknown agent{did_you_mean(caller, names)}")
-        for t in targets if isinstance(targets, list) else []:
-            if isinstance(t, str) and t != "*" and t not in names:
-                problems.append(
-                    f"`acl.{caller}` allows unknown agent `{t}`{did_you_mean(t, names)}"
-                )
+    problems += _acl_problems(_mapping(raw, "acl"), names)
     validator = raw.get("validator")
     if isinstance(validator, str) and validator not in names:
         problems.append(
@@ -454,4 +416,77 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     lo, hi = pool.get("min_tokens", 1), pool.get("max_tokens", 5)
     if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
         problems.append("`pool.min_tokens` is larger than `pool.max_tokens`.")
+    return problems
+
+
+def _store_problems(raw: dict[str, Any]) -> list[str]:
+    """A ``store:`` URL that cannot be used, or one given with ``handoffs_dir`` too."""
+    if not isinstance(raw.get("store"), str):
+        return []
+    from engine.store import store_url_problem
+
+    problem = store_url_problem(raw["store"])
+    if problem is None and "handoffs_dir" in raw and raw["store"].startswith("file:"):
+        problem = (
+            "`store` and `handoffs_dir` both name where records go; keep one "
+            f"(`store: file://{raw['handoffs_dir']}` says the same as `handoffs_dir`)."
+        )
+    return [problem] if problem else []
+
+
+def _agent_problems(
+    name: str, spec: dict[str, Any], gw: dict[str, Any] | None, gw_agents: set[str]
+) -> list[str]:
+    """An agent's URL: `local` needs the gateway to host it; a remote one needs a token."""
+    url = spec.get("url", LOCAL_URL)
+    if url == LOCAL_URL:
+        if gw is None:
+            return [
+                f"`agents.{name}.url` is `local` (the default) but there is no `gateway:` "
+                "section: add one, or give the agent's OpenClaw gateway URL."
+            ]
+        agent_id = spec.get("agent_id")
+        if name in gw_agents or (isinstance(agent_id, str) and agent_id in gw_agents):
+            return []
+        return [
+            f"`agents.{name}` runs on the local gateway but `gateway.agents` has no "
+            f"`{name}`{did_you_mean(name, gw_agents)}"
+        ]
+    bad = url_problem(url, f"agents.{name}.url")
+    if bad:
+        return [bad + " (or `local` for the local gateway)"]
+    if "token_env" not in spec and "token_file" not in spec:
+        return [
+            f"`agents.{name}` needs `token_env` (the environment variable holding its "
+            "hooks token) or `token_file`."
+        ]
+    return []
+
+
+def _gateway_agent_problems(name: str, spec: dict[str, Any]) -> list[str]:
+    """What a gateway agent of its ``kind`` lacks: `argv`, or `base_url` and `model`."""
+    problems: list[str] = []
+    if spec.get("kind") == "command" and not spec.get("argv"):
+        problems.append(f"`gateway.agents.{name}` is a `command` agent and needs `argv`.")
+    if spec.get("kind") == "openai":
+        for key in ("base_url", "model"):
+            if not spec.get(key):
+                problems.append(f"`gateway.agents.{name}` is an `openai` agent and needs `{key}`.")
+        bad = url_problem(spec.get("base_url") or None, f"gateway.agents.{name}.base_url")
+        if bad:
+            problems.append(bad)
+    return problems
+
+
+def _acl_problems(acl: dict[str, Any], names: set[str]) -> list[str]:
+    """ACL entries that name agents the config does not have."""
+    problems: list[str] = []
+    for caller, targets in acl.items():
+        if caller not in names:
+            problems.append(f"`acl.{caller}` names an unknown agent{did_you_mean(caller, names)}")
+        for t in targets if isinstance(targets, list) else []:
+            if isinstance(t, str) and t != "*" and t not in names:
+                problems.append(
+                    f"`acl.{caller}` allows unknown agent `{t}`{did_you_mean(t, names)}"
+                )
     return problems

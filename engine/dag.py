@@ -20,6 +20,7 @@ edge from each step of ``steps`` that nothing in ``steps`` depends on to each of
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -132,40 +133,112 @@ class Plan:
     #: Topological generations: each group's steps may run in parallel once the groups
     #: before it are done; template order inside a group.
     groups: list[list[str]] = field(hash=False)
-    #: Edges go from a dependency to its dependent.
-    graph: nx.DiGraph = field(hash=False, repr=False)
+    #: The dependency edges ``(dependency, dependent)``, each once, in the order the
+    #: planner found them (edges into ``finally`` steps first).
+    edges: tuple[tuple[str, str], ...] = field(hash=False, repr=False)
+
+    @functools.cached_property
+    def graph(self) -> nx.DiGraph:
+        """The step graph as a networkx ``DiGraph`` (edges from a dependency to its
+        dependent), built on first use: planning and running do not import networkx."""
+        import networkx as nx
+
+        graph = nx.DiGraph()
+        graph.add_nodes_from(self.steps)
+        graph.add_edges_from(self.edges)
+        return graph
+
+    def children(self, step_id: str) -> list[str]:
+        """The steps that depend on ``step_id`` directly, in edge order."""
+        return self._links.successors(step_id)
 
     def upstream(self, step_id: str) -> set[str]:
         """Every step ``step_id`` depends on, directly or not."""
-        import networkx as nx
-
-        return set(nx.ancestors(self.graph, step_id))
+        return _reach(self._links.parents, step_id)
 
     def downstream(self, step_id: str) -> set[str]:
         """Every step that depends on ``step_id``, directly or not."""
-        import networkx as nx
+        return _reach(self._links.children, step_id)
 
-        return set(nx.descendants(self.graph, step_id))
+    @functools.cached_property
+    def _links(self) -> _Links:
+        return _Links(self.steps, self.edges)
+
+
+class _Links:
+    """The step graph as adjacency lists: what the planner and the executor ask of it."""
+
+    def __init__(self, nodes: Any, edges: Any) -> None:
+        self.children: dict[str, list[str]] = {n: [] for n in nodes}
+        self.parents: dict[str, list[str]] = {n: [] for n in nodes}
+        for a, b in edges:
+            self.children[a].append(b)
+            self.parents[b].append(a)
+
+    def successors(self, node: str) -> list[str]:
+        return self.children.get(node, [])
+
+    def predecessors(self, node: str) -> list[str]:
+        return self.parents.get(node, [])
+
+    def has_edge(self, a: str, b: str) -> bool:
+        return b in self.children.get(a, ())
+
+    def generations(self, order: list[str]) -> list[list[str]] | None:
+        """Kahn's layers: each step in the first layer after all its dependencies, in
+        ``order`` inside a layer; None when the edges have a cycle."""
+        waiting = {n: len(self.parents[n]) for n in order}
+        rank = {n: i for i, n in enumerate(order)}
+        layer = [n for n in order if waiting[n] == 0]
+        layers: list[list[str]] = []
+        done = 0
+        while layer:
+            layers.append(layer)
+            done += len(layer)
+            nxt = []
+            for n in layer:
+                for c in self.children[n]:
+                    waiting[c] -= 1
+                    if waiting[c] == 0:
+                        nxt.append(c)
+            layer = sorted(nxt, key=rank.__getitem__)
+        return layers if done == len(order) else None
+
+
+def _reach(links: dict[str, list[str]], start: str) -> set[str]:
+    """Every node reached from ``start`` along ``links`` (``start`` itself only on a cycle)."""
+    seen: set[str] = set()
+    todo = list(links.get(start, ()))
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(links.get(node, ()))
+    return seen
 
 
 class _Upstream:
     """Answers "is a upstream of b" fast: ancestor sets as bitsets when the graph is a DAG."""
 
-    def __init__(self, graph: nx.DiGraph, position: dict[str, int], acyclic: bool) -> None:
-        import networkx as nx
-
-        self._graph = graph
+    def __init__(
+        self,
+        parents: dict[str, list[str]],
+        position: dict[str, int],
+        generations: list[list[str]] | None,
+    ) -> None:
+        self._parents = parents
         self._position = position
         self._ids = list(position)
         self._bits: dict[str, int] | None = None
         self._sets: dict[str, set[str]] = {}
-        if acyclic:
+        if generations is not None:  # acyclic: one pass in topological order
             bits: dict[str, int] = {}
-            for node in nx.topological_sort(graph):
-                acc = 0
-                for pred in graph.predecessors(node):
-                    acc |= bits[pred] | (1 << position[pred])
-                bits[node] = acc
+            for layer in generations:
+                for node in layer:
+                    acc = 0
+                    for pred in parents[node]:
+                        acc |= bits[pred] | (1 << position[pred])
+                    bits[node] = acc
             self._bits = bits
 
     def knows(self, step: str) -> bool:
@@ -187,10 +260,8 @@ class _Upstream:
         return [s for s in self._ids if s in found]
 
     def _set(self, step: str) -> set[str]:
-        import networkx as nx
-
         if step not in self._sets:
-            self._sets[step] = set(nx.ancestors(self._graph, step))
+            self._sets[step] = _reach(self._parents, step) - {step}
         return self._sets[step]
 
 
@@ -212,18 +283,17 @@ def plan_workflow(
     to steps that are not upstream, agents and capabilities, the ACL, inputs, template
     syntax, and a trial render of every template with placeholder results.
     """
-    import networkx as nx
-
     if renderer is None:
         renderer = TaskRenderer(spec)
     problems: list[str] = []
     first, position = _unique_steps(spec, problems)
-    graph = _step_graph(first, problems)
-    # is_directed_acyclic_graph is fast; find_cycle on a big acyclic graph is not.
-    acyclic = nx.is_directed_acyclic_graph(graph)
-    if not acyclic:
-        problems.extend(_cycle_problems(graph, position))
-    upstream = _Upstream(graph, position, acyclic)
+    edges = _step_edges(first, problems)
+    graph = _Links(first, edges)
+    # Kahn's layers tell acyclic graphs apart; only a cycle's report needs networkx.
+    generations = graph.generations(list(first))
+    if generations is None:
+        problems.extend(_cycle_problems(first, edges, position))
+    upstream = _Upstream(graph.parents, position, generations)
     who = caller or spec.caller
     known = _known_caller(who, registry, problems)
     planned = {
@@ -241,14 +311,14 @@ def plan_workflow(
     if problems:
         raise WorkflowError(f"`{spec.path}` cannot run:", path=spec.path, problems=problems)
     assert who is not None  # a missing caller is a problem above
-    groups = [sorted(gen, key=position.__getitem__) for gen in nx.topological_generations(graph)]
+    assert generations is not None  # a cycle is a problem above
     return Plan(
         workflow=spec,
         caller=who,
         inputs=resolved,
         steps=planned,
-        groups=groups,
-        graph=graph,
+        groups=generations,
+        edges=tuple(edges),
     )
 
 
@@ -270,14 +340,12 @@ def _unique_steps(
     return first, position
 
 
-def _step_graph(first: dict[str, StepSpec], problems: list[str]) -> nx.DiGraph:
-    """The dependency graph; a self, repeated or unknown dependency is a problem (no edge)."""
-    import networkx as nx
-
+def _step_edges(first: dict[str, StepSpec], problems: list[str]) -> list[tuple[str, str]]:
+    """The dependency edges ``(dependency, dependent)``, each once (edges into ``finally``
+    steps first); a self, repeated or unknown dependency is a problem (no edge)."""
     ids = list(first)
-    graph = nx.DiGraph()
-    graph.add_nodes_from(ids)
-    graph.add_edges_from(finally_edges(list(first.values())))
+    edges = list(dict.fromkeys(finally_edges(list(first.values()))))
+    known = set(edges)
     for step in first.values():
         seen: set[str] = set()
         for dep in step.depends_on:
@@ -296,10 +364,11 @@ def _step_graph(first: dict[str, StepSpec], problems: list[str]) -> nx.DiGraph:
                     f"step `{step.id}` depends on unknown step `{dep}`"
                     f"{did_you_mean(dep, ids) or '.'}"
                 )
-            else:
-                graph.add_edge(dep, step.id)
+            elif (dep, step.id) not in known:
+                known.add((dep, step.id))
+                edges.append((dep, step.id))
             seen.add(dep)
-    return graph
+    return edges
 
 
 def _known_caller(who: str | None, registry: Registry, problems: list[str]) -> str | None:
@@ -321,7 +390,7 @@ def _known_caller(who: str | None, registry: Registry, problems: list[str]) -> s
 
 def _plan_step(
     step: StepSpec,
-    graph: nx.DiGraph,
+    graph: _Links,
     registry: Registry,
     acl: Acl,
     caller: str | None,
@@ -534,10 +603,15 @@ def _trial_render(
             problems.append(exc.message)
 
 
-def _cycle_problems(graph: nx.DiGraph, position: dict[str, int]) -> list[str]:
-    """One problem per group of steps that depend on each other, as a path."""
+def _cycle_problems(
+    first: dict[str, StepSpec], edges: list[tuple[str, str]], position: dict[str, int]
+) -> list[str]:
+    """One problem per group of steps that depend on each other, as a path (networkx)."""
     import networkx as nx
 
+    graph = nx.DiGraph()
+    graph.add_nodes_from(first)
+    graph.add_edges_from(edges)
     out: list[tuple[int, str]] = []
     for component in nx.strongly_connected_components(graph):
         if len(component) < 2:
@@ -816,11 +890,9 @@ def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, An
 
     What a dry run shows; the same placeholders as the planner's trial render.
     """
-    import networkx as nx
-
     spec = plan.workflow
     position = {sid: i for i, sid in enumerate(plan.steps)}
-    upstream = _Upstream(plan.graph, position, nx.is_directed_acyclic_graph(plan.graph))
+    upstream = _Upstream(plan._links.parents, position, plan.groups)
     placeholders = _Placeholders(p.spec for p in plan.steps.values())
     out: dict[str, dict[str, Any]] = {}
     for sid, planned in plan.steps.items():

@@ -918,6 +918,8 @@ def _embedded_token(cfg: Config) -> str:
 
 
 def _pool_for(cfg: Config) -> Pool | None:
+    if not bool((cfg.pool or {}).get("enabled", True)):
+        return None  # off: engine.pool is not even imported
     try:
         from engine.pool import PoolSettings, TokenPool
     except ImportError:  # pragma: no cover - the pool module ships with the package

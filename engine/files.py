@@ -85,11 +85,19 @@ def dumps_json(data: Any, *, indent: int | None = 2) -> str:
 
 
 def _write_temp(target: Path, data: Any, *, fsync: bool) -> str:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    payload = redact(dumps_json(data)) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
+    """A finished temp file beside ``target`` holding ``data``; its path.
+
+    The directory is created only when the temp file cannot be (one ``mkdir`` per new
+    directory, not one per write: they are created once per run).
+    """
+    payload = (redact(dumps_json(data)) + "\n").encode("utf-8")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             if fsync:
                 fh.flush()

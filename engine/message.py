@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import functools
 import shlex
+import threading
 from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
 
+_compiling = threading.Lock()
+
+
+def _template(path: str | None) -> Any:
+    """The compiled message template (once per process: the first steps of a run ask for
+    it from many threads at once, and each compile costs about 20 ms)."""
+    with _compiling:
+        return _compiled(path)
+
 
 @functools.cache
-def _template(path: str | None) -> Any:
+def _compiled(path: str | None) -> Any:
     import jinja2
 
     if path is None:

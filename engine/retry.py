@@ -209,15 +209,17 @@ def _try(
     scrub: Callable[[str], str],
 ) -> tuple[httpx.Response | None, str, bool]:
     """One attempt: ``(response, "", False)``, or ``(None, reason, timed_out)``."""
-    import httpx
-
     try:
         return send(timeout), "", False
-    except httpx.TimeoutException:
-        said = "no answer in time" if timeout is None else f"no answer within {timeout:.1f} s"
-        return None, said, True
-    except httpx.TransportError as exc:
-        return None, transport_reason(exc, scrub), False
+    except Exception as exc:
+        import httpx  # only when an attempt failed: a sender need not import it
+
+        if isinstance(exc, httpx.TimeoutException):
+            said = "no answer in time" if timeout is None else f"no answer within {timeout:.1f} s"
+            return None, said, True
+        if isinstance(exc, httpx.TransportError):
+            return None, transport_reason(exc, scrub), False
+        raise
 
 
 def exponential(first: float, *, factor: float, cap: float, count: int) -> Backoff:

@@ -23,10 +23,9 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import Config
-from engine.delegate import DelegationRequest, Delegator, Outcome
 from engine.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -40,11 +39,14 @@ from engine.errors import (
 from engine.files import new_run_id, parse_iso, utcnow_iso
 from engine.reporter import Reporter
 from engine.runs import RunView, StepRun, replay_run, run_dir, summarize
-from engine.states import RETRYABLE_STEP_STATES
+from engine.states import RETRYABLE_STEP_STATES, Outcome
 from engine.states import RunState as RunState
 from engine.states import StepState as StepState
 from engine.store import Journal as RunJournal
 from engine.store import RunStore
+
+if TYPE_CHECKING:  # a dry run or `workflow validate` does not load the delegation stack
+    from engine.delegate import DelegationRequest, Delegator
 
 
 @dataclass(frozen=True)
@@ -124,15 +126,20 @@ def prepare(
     inputs: dict[str, str],
     *,
     caller: str | None = None,
+    spec: Any = None,
 ) -> Prepared:
-    """Find, load and plan a workflow: every check of the planner, nothing dispatched."""
+    """Find, load and plan a workflow: every check of the planner, nothing dispatched.
+
+    ``spec``: the workflow already loaded from ``name_or_path`` (it is not read again).
+    """
     from engine.acl import Acl
     from engine.dag import plan_workflow
     from engine.registry import Registry
     from engine.renderer import TaskRenderer
     from engine.workflow import find_workflow, load_workflow
 
-    spec = load_workflow(find_workflow(name_or_path, cfg))
+    if spec is None:
+        spec = load_workflow(find_workflow(name_or_path, cfg))
     registry = Registry.from_config(cfg)
     renderer = TaskRenderer(spec)
     plan = plan_workflow(
@@ -456,7 +463,7 @@ class _Schedule:
     def __init__(self, plan: Any, steps: dict[str, StepRun]) -> None:
         self.order = [s for group in plan.groups for s in group]
         self.index = {sid: i for i, sid in enumerate(self.order)}
-        self.children = {sid: list(plan.graph.successors(sid)) for sid in self.order}
+        self.children = {sid: plan.children(sid) for sid in self.order}
         self.blocking = {
             sid: sum(1 for d in plan.steps[sid].depends_on if not steps[d].state.final)
             for sid in self.order
@@ -619,7 +626,7 @@ class _Execution:
         self.stop_reason = self.stop_reason or f"`{s.id}` ended {s.state.value}"
 
     def _has_handler(self, sid: str) -> bool:
-        return any(sid in self.tests[child] for child in self.plan.graph.successors(sid))
+        return any(sid in self.tests[child] for child in self.plan.children(sid))
 
     # -- one step: run, skip, gate or fail it ---------------------------------------------
 
@@ -1164,6 +1171,7 @@ class _Execution:
         timeout: float | None = None,
     ) -> DelegationRequest:
         from engine.ask import session_of
+        from engine.delegate import DelegationRequest
 
         plan, options = self.plan, ps.spec.options
         labels = {"workflow": plan.workflow.name, "workflow_run": self.run_id, "step": s.id}
@@ -1284,7 +1292,7 @@ class _Execution:
             s.id in self.tests[h]
             and self.steps[h].state.final
             and self.steps[h].state not in (StepState.SKIPPED, StepState.REJECTED)
-            for h in self.plan.graph.successors(s.id)
+            for h in self.plan.children(s.id)
         )
 
     def _ended_state(self, *, main_only: bool = False) -> RunState:

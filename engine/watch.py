@@ -121,6 +121,8 @@ class HandoffWatcher:
             return sum(len(g) for g in self._waiters.values())
 
     def _notify(self, name: str) -> None:
+        if name.startswith(".tmp-"):  # an atomic write's temp file: its rename follows
+            return
         copy = _COPY.match(name)
         if copy is not None:
             name = f"{copy.group('stem')}.json"
@@ -129,8 +131,7 @@ class HandoffWatcher:
         for w in group:
             w._fire()
         if not group and self.on_unexpected is not None and name.endswith(".json"):
-            if not name.startswith(".tmp-"):
-                self.on_unexpected(name)
+            self.on_unexpected(name)
 
     def _run_inotify(self) -> None:
         ino = self._inotify
@@ -211,16 +212,25 @@ def expect_any(pairs: Iterable[tuple[Path, str]], *, backend: str = "auto") -> W
 
 
 _registry: dict[tuple[Path, str], HandoffWatcher] = {}
+#: The same watchers by the directory as callers name it: a delegation looks its two
+#: watchers up without resolving the path again (``resolve`` is an lstat per component).
+_by_given: dict[tuple[str, str], HandoffWatcher] = {}
 _registry_lock = threading.Lock()
 
 
 def watcher_for(directory: Path, *, backend: str = "auto") -> HandoffWatcher:
     """Return this process's single watcher for ``directory`` (created on first use)."""
+    given = (str(directory), backend)
+    w = _by_given.get(given)
+    if w is not None:
+        return w
     key = (Path(directory).resolve(), backend)
     with _registry_lock:
         w = _registry.get(key)
         if w is None:
             w = _registry[key] = HandoffWatcher(key[0], backend=backend)
+        if os.path.isabs(given[0]):  # a relative name depends on the working directory
+            _by_given[given] = w
         return w
 
 
@@ -229,5 +239,6 @@ def close_all() -> None:
     with _registry_lock:
         watchers = list(_registry.values())
         _registry.clear()
+        _by_given.clear()
     for w in watchers:
         w.close()

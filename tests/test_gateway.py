@@ -627,3 +627,94 @@ def test_serve_forever_returns_after_stop(tmp_path: Path, client: httpx.Client) 
         gw.stop()
         server.join(timeout=60.0)
     assert not server.is_alive()
+
+
+# -- threads and the plain HTTP client (performance shape, not timings) ------------------
+
+
+def _agent_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "local-gateway-agent"]
+
+
+def test_runs_answered_at_once_reuse_one_idle_worker_thread(
+    start_gateway: Callable[..., LocalGateway], client: httpx.Client
+) -> None:
+    gw = start_gateway({"webster": {"kind": "echo"}})
+    before = set(_agent_threads())
+    for n in range(5):
+        run_id, path, msg = delegation(gw, "webster", f"task {n}")
+        dispatch(client, gw, {"message": msg, "agentId": "webster"})
+        wait_for(path.exists)
+        wait_for(lambda: gw._workers.idle == 1)  # its thread waits for the next run
+        assert load_handoff(path, run_id=run_id)["result"] == f"echo: task {n}"
+    assert len(set(_agent_threads()) - before) == 1  # one thread, reused four times
+    assert gw.stats()["dispatched"]["webster"] == 5
+
+
+def test_a_held_run_answers_with_its_completion_on_its_connection(
+    start_gateway: Callable[..., LocalGateway], client: httpx.Client
+) -> None:
+    gw = start_gateway({"webster": {"kind": "echo"}})
+    before = set(_agent_threads())
+    run_id, path, msg = delegation(gw, "webster", "held")
+    resp = client.post(
+        f"{gw.url}/hooks/agent",
+        json={"message": msg, "agentId": "webster", "waitForCompletion": True},
+        headers=AUTH,
+    )
+    assert resp.status_code == 200 and resp.json()["completion"] == {"status": "ok"}
+    assert path.exists()  # the handoff is there when the answer comes
+    assert set(_agent_threads()) - before == set()  # no worker thread was needed
+
+
+def test_the_hooks_client_posts_to_http_gateways_without_httpx(tmp_path: Path) -> None:
+    """A delegation to the local gateway imports neither httpx nor jsonschema (their
+    import and a TLS context cost 100-200 ms per process): only a failure needs them."""
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from engine.config import config_from_dict
+        from engine.delegate import DelegationRequest, open_delegator
+        cfg = config_from_dict(
+            {{"handoffs_dir": "handoffs", "pool": {{"enabled": False}},
+              "gateway": {{"embedded": True, "agents": {{"manager": {{"kind": "echo"}},
+                                                         "w": {{"kind": "echo"}}}}}},
+              "agents": {{"manager": {{"url": "local"}}, "w": {{"url": "local"}}}}}},
+            path=Path({str(tmp_path)!r}) / "orchestrator.yaml",
+        )
+        with open_delegator(cfg) as d:
+            res = d.delegate(
+                DelegationRequest(target="w", task="t", caller="manager", timeout=30)
+            )
+        print(res.outcome.value, [m for m in ("httpx", "jsonschema", "networkx")
+                                  if m in sys.modules])
+        """
+    )
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split(None, 1) == ["complete", "[]\n"]
+
+
+def test_the_hooks_client_says_connection_refused_over_plain_http(tmp_path: Path) -> None:
+    import socket
+
+    from engine.config import RetryPolicy
+    from engine.errors import HookUnreachableError
+    from engine.hooks import HooksClient, Target
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    target = Target("webster", f"http://127.0.0.1:{port}", TOKEN, "a test")
+    with HooksClient(RetryPolicy(delays=(0.01,), jitter=0.0)) as hooks:
+        with pytest.raises(HookUnreachableError) as info:
+            hooks.post_agent(
+                target, {"message": "m"}, idempotency_key="k", deadline=time.monotonic() + 30
+            )
+    assert "connection refused" in info.value.message
+    assert TOKEN not in info.value.message

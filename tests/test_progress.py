@@ -50,3 +50,17 @@ def test_summary_table_lists_steps() -> None:
                                           "error": "boom\nmore"}}})
     assert "demo · wf-1 · failed · 1.50 s" in text
     assert "✘ failed" in text and "boom" in text and "more" not in text
+
+
+def test_the_plain_summary_table_has_the_same_rows_without_rich() -> None:
+    summary = {"workflow": "demo", "runId": "wf-1", "status": "failed", "duration_ms": 1500.0,
+               "steps": {"a": {"status": "failed", "agent": "webster", "duration_ms": 10.0,
+                               "attempts": 2, "error": "boom\nmore"},
+                         "long-step": {"status": "complete", "agent": "x"}}}
+    lines = summary_table(summary, plain=True).splitlines()
+    assert lines[0] == "demo · wf-1 · failed · 1.50 s"
+    assert lines[1].split() == ["step", "agent", "status", "duration", "confidence",
+                                "attempts", "note"]
+    assert lines[3].split() == ["a", "webster", "✘", "failed", "0.01", "s", "2", "boom"]
+    assert lines[4].split() == ["long-step", "x", "✔", "complete"]
+    assert lines[3].index("webster") == lines[4].index("x")  # columns line up

@@ -29,16 +29,18 @@ With --json the last line is one JSON object with every row and the raw samples'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,7 +172,11 @@ def _goal_le(value: float | None, limit: float) -> bool | None:
 def time_rows(
     g: Group, work: str, ours: str, peers: dict[str, str], goals: dict[str, float]
 ) -> list[Row]:
-    """Rows ours ÷ each peer of a group (wall time); a goal only where one is set."""
+    """Rows ours ÷ each peer of a group (wall time); a goal only where one is set.
+
+    Each row's note gives the same ratio for CPU time (user + system, children included),
+    which moves less with the machine's load than wall time does.
+    """
     if g.error is not None:
         return [Row(work, "-", "-", None, "-", None, _failed(g.error))]
     rows = []
@@ -187,9 +193,22 @@ def time_rows(
                 round(r, 2),
                 f"<= {limit}x" if limit is not None else "-",
                 _goal_le(r, limit) if limit is not None else None,
+                _cpu_note(g, ours, label),
             )
         )
     return rows
+
+
+def _cpu_note(g: Group, ours: str, peer: str) -> str:
+    """``CPU 0.45x (0.590 s vs 1.310 s)``: the per-round CPU ratio and the medians."""
+
+    def cpu(s: Sample) -> float:
+        return s.cpu
+
+    if not all(cpu(s) > 0 for s in g.samples[peer]):
+        return ""
+    r = g.ratio(ours, peer, cpu)
+    return f"CPU {r:.2f}x: {_fmt_s(g.median(ours, cpu))} vs {_fmt_s(g.median(peer, cpu))}"
 
 
 def sub_json(cmd: list[str], cwd: Path, timeout: float = 900) -> dict[str, object]:
@@ -432,6 +451,49 @@ def concurrency_rows(pairs: int, medians: dict[str, object]) -> list[Row]:
     ]
 
 
+def create_cost_us(directory: Path, n: int = 100) -> float:
+    """Median microseconds to create (and write, close, rename) a small file in
+    ``directory``: 30 us in a quiet directory, up to 900 us where many files were deleted
+    in the last minutes (see docs/performance.md, "Files")."""
+    probe = Path(tempfile.mkdtemp(prefix="probe-", dir=directory))
+    times = []
+    for i in range(n):  # the files stay (with the run's): deleting them would slow the run
+        t0 = time.perf_counter()
+        tmp = probe / f".t{i}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"{}")
+        os.close(fd)
+        os.rename(tmp, probe / f"f{i}.json")
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+@contextlib.contextmanager
+def _tempdir(parent: Path, keep: bool) -> Iterator[str]:
+    """A new directory under ``parent``, removed at the end unless ``keep``."""
+    path = tempfile.mkdtemp(prefix="bench-peers-", dir=parent)
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def compile_bytecode() -> None:
+    """Compile the engine's modules to bytecode, as ``pip install`` does.
+
+    An editable install has no ``.pyc`` files until a run writes them, and a shell with
+    ``PYTHONDONTWRITEBYTECODE=1`` never does: each timed process would then compile
+    dozens of modules (about 100 ms), which no installed copy pays and the peers'
+    installs do not either.
+    """
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(REPO / "engine")],
+        check=False,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def _failed(exc: object) -> str:
     return f"failed: {str(exc).splitlines()[0]}"
 
@@ -446,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-langgraph", action="store_true", help="leave LangGraph out")
     ap.add_argument("--no-delegation", action="store_true", help="skip bench/delegation.py")
     ap.add_argument("--no-concurrency", action="store_true", help="skip the concurrency figures")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        help="where every system's files and runs go (default: a new directory under "
+        "the cache; /tmp is slow to create files in on a busy machine)",
+    )
     args = ap.parse_args(argv)
     if args.pairs < 1:
         ap.error("--pairs must be at least 1")
@@ -453,11 +521,20 @@ def main(argv: list[str] | None = None) -> int:
     peers = install_peers(args.cache, lobster=not args.no_lobster, langgraph=not args.no_langgraph)
     for name, why in peers.skipped.items():
         print(f"note: the {NAMES[name]} column is skipped: {why}", file=sys.stderr)
+    compile_bytecode()
+    workdir = (args.workdir or (args.cache or peers_setup.default_cache()) / "runs").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    # bench/delegation.py and concurrency.py make their temp dirs there too (TMPDIR).
+    os.environ["TMPDIR"] = str(workdir)
     load_before = os.getloadavg()
     t_start = time.monotonic()
     medians: dict[str, object] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmpname:
+    # With --workdir the run's files are kept: deleting thousands of files makes the next
+    # minutes' file creates in that part of the disk slower (docs/performance.md, "Files").
+    keep = args.workdir is not None
+    with _tempdir(workdir, keep) as tmpname:
         tmp = Path(tmpname)
+        create_us = create_cost_us(tmp)
         groups = build_groups(tmp, peers)
         for g in groups.values():
             rounds = args.pairs * 3 if g.name == "startup" else args.pairs
@@ -502,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in load_after],
         "seconds": round(time.monotonic() - t_start, 1),
+        "workdir": str(workdir),
+        "file_create_us": round(create_us, 1),
         "lobster": None if peers.lobster is None else peers.lobster.version,
         "node": None if peers.lobster is None else str(peers.lobster.node),
         "langgraph": None if peers.langgraph is None else peers.langgraph.version,
@@ -515,6 +594,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['loadavg_after'][0]} (1-min average, before -> after); "
         f"Lobster {info['lobster'] or '-'}, LangGraph {info['langgraph'] or '-'}, "
         f"Python {info['python']}"
+    )
+    print(
+        f"work directory: {workdir} (a small file create there: {create_us:.0f} us median; "
+        "30 us is a quiet directory, hundreds of us mean recent mass deletions)"
     )
     print(_table(rows))
     if args.json:

@@ -126,14 +126,19 @@ def _approver(interactive: bool | None) -> Any:
     return ask
 
 
-def _render_run(result: Any, as_json: bool, resume: str = " && workflow resume {rid}") -> int:
+def _render_run(
+    result: Any,
+    as_json: bool,
+    resume: str = " && workflow resume {rid}",
+    plain: bool | None = None,
+) -> int:
     summary = result.summary
     if as_json:
         dump({**summary, "run_dir": str(result.run_dir)})
         return int(result.exit_code)
     from engine.progress import summary_table
 
-    click.echo(summary_table(summary))
+    click.echo(summary_table(summary, plain=plain))  # plain: -q, or not a terminal
     for name, value in (summary.get("outputs") or {}).items():
         click.echo(f"\n## {name}\n{value}")
     click.echo(f"\nrun: {result.run_dir}")
@@ -244,7 +249,7 @@ def _drive(cfg: Any, interactive: bool | None, as_json: bool, quiet: bool, act: 
             result = act(runner)
         finally:
             getattr(reporter, "close", lambda: None)()
-    return _render_run(result, as_json)
+    return _render_run(result, as_json, plain=quiet or None)
 
 
 @workflow.command("resume")
@@ -494,7 +499,7 @@ def workflow_validate_cmd(
     for key, inp in spec.inputs.items():  # placeholders for required inputs not given
         if inp.required and key not in given:
             given[key] = f"<{key}>"
-    prepared = prepare(cfg, str(spec.path), given, caller=caller)
+    prepared = prepare(cfg, str(spec.path), given, caller=caller, spec=spec)
     plan = prepared.plan
     click.echo(
         f"`{spec.path}` is valid: {len(plan.steps)} steps in {len(plan.groups)} "

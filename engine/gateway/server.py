@@ -7,7 +7,9 @@ Example::
                    headers={"Authorization": "Bearer s3cret"})
 
 ``POST /hooks/agent`` answers ``{"ok": true, "runId": "gw-..."}`` at once and runs the
-agent on a background thread; the agent (or, failing that, the gateway) writes the
+agent on a background thread (reused from run to run: no thread is started per task when
+one is idle); with ``waitForCompletion`` the agent runs on the connection's own thread and
+the answer comes when it ends. The agent (or, failing that, the gateway) writes the
 handoff named in the message. ``POST /handoffs/{runId}`` lets agents on other hosts
 deliver a handoff over HTTP. See docs/gateway.md.
 """
@@ -36,6 +38,7 @@ from engine.errors import ConfigError
 from engine.gateway.agents import CommandRunner, completion_of, task_from_message
 from engine.redact import install_log_filter, redact, register
 from engine.store import RunStore, open_store
+from engine.workers import Workers
 
 log = logging.getLogger("engine.gateway")
 install_log_filter(log)
@@ -208,28 +211,27 @@ class _Handler(BaseHTTPRequestHandler):
         gw = self.server.gateway
         try:
             if path == "/hooks/agent":
-                status, data, thread = gw._hook_agent(body, self.headers.get("Idempotency-Key"))
+                status, data, job = gw._hook_agent(body, self.headers.get("Idempotency-Key"))
             elif path == "/hooks/wake":
-                (status, data), thread = gw._hook_wake(body), None
+                (status, data), job = gw._hook_wake(body), None
             else:
-                (status, data), thread = gw._receive_any(path[len("/handoffs/") :], body), None
+                (status, data), job = gw._receive_any(path[len("/handoffs/") :], body), None
         except Exception as exc:  # a bug must not leave the client without an answer
             log.error("local gateway: %s broke: %s: %s", path, type(exc).__name__, exc)
             self._error(500, "the local gateway failed to handle this request", True)
             return
-        ended = gw._held.pop(str(data.get("runId")), None) if thread is not None else None
-        if thread is not None and ended is not None:  # waitForCompletion: answer at the end
-            gw._launch(thread)
+        if job is not None and job.ended is not None:  # waitForCompletion: answer at the end
+            gw._run_here(job)  # on this connection's thread: no thread, no hand-over
             try:
-                self._json(status, {**data, "completion": ended.wait()})
+                self._json(status, {**data, "completion": job.ended.wait()})
             except OSError:  # the caller stopped waiting (it had the handoff already)
                 self.close_connection = True
             return
         try:
             self._json(status, data)
         finally:
-            if thread is not None:  # even if the client went away: the run is accepted
-                gw._launch(thread)
+            if job is not None:  # even if the client went away: the run is accepted
+                gw._launch(job)
 
     def _read_body(self) -> bytes | None:
         if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
@@ -299,8 +301,8 @@ class LocalGateway:
         self._max_inflight = dict.fromkeys(self.agents, 0)
         self._total_inflight = 0
         self._max_total = 0
-        self._threads: set[threading.Thread] = set()
-        self._held: dict[str, _RunEnd] = {}  # waitForCompletion answers not yet sent
+        self._threads: set[threading.Thread] = set()  # threads running an agent now
+        self._workers = Workers("local-gateway-agent")
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
         self._stopping = False
@@ -403,7 +405,9 @@ class LocalGateway:
             with self._lock:
                 threads = list(self._threads)
             for t in threads:
-                t.join(timeout=5.0)
+                if t is not threading.current_thread():
+                    t.join(timeout=5.0)
+            self._workers.close()
             if self._serve_thread is not None:
                 self._serve_thread.join(timeout=5.0)
         finally:
@@ -483,42 +487,59 @@ class LocalGateway:
 
     def _hook_agent(
         self, body: bytes, idem_key: str | None
-    ) -> tuple[int, dict[str, Any], threading.Thread | None]:
+    ) -> tuple[int, dict[str, Any], _Job | None]:
+        """``POST /hooks/agent``: the answer, and the accepted run to start (or None)."""
+        data, refusal = self._agent_request(body, idem_key)
+        if refusal is not None:
+            return *refusal, None
+        agent, refusal = self._agent_for(data.get("agentId"))
+        if refusal is not None:
+            return *refusal, None
+        return self._admit(agent, data, idem_key)
+
+    def _agent_request(
+        self, body: bytes, idem_key: str | None
+    ) -> tuple[dict[str, Any], tuple[int, dict[str, Any]] | None]:
+        """The request's JSON object, or the 400 refusing it (key, JSON, message, fields)."""
         if idem_key is not None and len(idem_key) > MAX_IDEMPOTENCY_KEY:
-            return 400, _err(f"Idempotency-Key longer than {MAX_IDEMPOTENCY_KEY} characters"), None
+            return {}, (400, _err(f"Idempotency-Key longer than {MAX_IDEMPOTENCY_KEY} characters"))
         data, problem = _parse_json(body)
         if problem:
-            return 400, _err(problem), None
+            return {}, (400, _err(problem))
         if not isinstance(data, dict):
-            return 400, {"ok": False, "error": "body must be a JSON object"}, None
+            return {}, (400, _err("body must be a JSON object"))
         message = data.get("message")
         if not isinstance(message, str) or not message.strip():
-            return 400, {"ok": False, "error": "message required"}, None
+            return {}, (400, _err("message required"))
         problem = _field_problem(data)
-        if problem:
-            return 400, _err(problem), None
-        agent_id = data.get("agentId")
+        return data, ((400, _err(problem)) if problem else None)
+
+    def _agent_for(self, agent_id: Any) -> tuple[str, tuple[int, dict[str, Any]] | None]:
+        """The agent a request names (or the only one), or the 404/400 refusing it."""
         if agent_id is not None and agent_id != "":
-            if agent_id not in self.agents:
-                shown = json.dumps(agent_id, ensure_ascii=False)
-                if len(shown) > 100:
-                    shown = shown[:100] + "..."
-                return 404, _err(f"unknown agentId {shown}"), None
-            agent = agent_id
-        elif len(self.agents) == 1:
-            agent = self._agent_names[0]
-        elif not self.agents:
-            return 404, {"ok": False, "error": "no agents are configured on this gateway"}, None
-        else:
-            return 400, {"ok": False, "error": _AGENT_REQUIRED}, None
+            if agent_id in self.agents:
+                return str(agent_id), None
+            shown = json.dumps(agent_id, ensure_ascii=False)
+            if len(shown) > 100:
+                shown = shown[:100] + "..."
+            return "", (404, _err(f"unknown agentId {shown}"))
+        if len(self.agents) == 1:
+            return self._agent_names[0], None
+        if not self.agents:
+            return "", (404, _err("no agents are configured on this gateway"))
+        return "", (400, _err(_AGENT_REQUIRED))
+
+    def _admit(
+        self, agent: str, data: dict[str, Any], idem_key: str | None
+    ) -> tuple[int, dict[str, Any], _Job | None]:
+        """Count the run in and give it an id (the known one for a repeated Idempotency-Key)."""
         timeout = data.get("timeoutSeconds")
         with self._lock:
             if self._stopping:
-                return 503, {"ok": False, "error": "the local gateway is stopping"}, None
-            if idem_key:
-                known = self._idempotency.get(idem_key)
-                if known is not None:
-                    return 200, {"ok": True, "runId": known}, None
+                return 503, _err("the local gateway is stopping"), None
+            known = self._idempotency.get(idem_key) if idem_key else None
+            if known is not None:
+                return 200, {"ok": True, "runId": known}, None
             run_id = f"gw-{secrets.token_hex(8)}"
             if idem_key:
                 self._idempotency[idem_key] = run_id
@@ -529,23 +550,25 @@ class LocalGateway:
             self._max_inflight[agent] = max(self._max_inflight.get(agent, 0), n)
             self._total_inflight += 1
             self._max_total = max(self._max_total, self._total_inflight)
-            ended = _RunEnd() if data.get("waitForCompletion") is True else None
-            thread = threading.Thread(
-                target=self._run_task,
-                args=(agent, run_id, message, float(timeout) if timeout else None, ended,
-                      data.get("sessionKey") or None),
-                name=f"agent:{agent}:{run_id}",
-                daemon=True,
-            )
-            if ended is not None:
-                self._held[run_id] = ended
-        return 200, {"ok": True, "runId": run_id}, thread
+        ended = _RunEnd() if data.get("waitForCompletion") is True else None
+        timeout_s = float(timeout) if timeout else None
+        session = data.get("sessionKey") or None
+        job = _Job(agent, run_id, data["message"], timeout_s, ended, session)
+        return 200, {"ok": True, "runId": run_id}, job
 
-    def _launch(self, thread: threading.Thread) -> None:
-        """Start a run's thread; called after the response is sent, so the answer is immediate."""
+    def _launch(self, job: _Job) -> None:
+        """Run ``job`` on an idle worker thread (a new one if none is idle); called after
+        the response is sent, so the answer is immediate."""
+        self._workers.submit(lambda: self._run_here(job))
+
+    def _run_here(self, job: _Job) -> None:
+        """Run ``job`` on the calling thread, which ``stop()`` joins meanwhile."""
+        me = threading.current_thread()
         with self._lock:
-            self._threads.add(thread)
-            thread.start()  # under the lock, so stop() never joins an unstarted thread
+            self._threads.add(me)
+        self._run_task(
+            job.agent, job.run_id, job.message, job.timeout, job.ended, job.session_key
+        )
 
     def _run_task(
         self,
@@ -713,6 +736,28 @@ class LocalGateway:
             late = bool(got.record["envelope"].get("late"))
             return 200, {"ok": True, "recorded": str(got.record_path), "late": late}
         return 200, {"ok": True}
+
+
+class _Job:
+    """One accepted run of an agent: what ``_run_task`` needs."""
+
+    __slots__ = ("agent", "ended", "message", "run_id", "session_key", "timeout")
+
+    def __init__(
+        self,
+        agent: str,
+        run_id: str,
+        message: str,
+        timeout: float | None,
+        ended: _RunEnd | None,
+        session_key: str | None = None,
+    ) -> None:
+        self.agent = agent
+        self.run_id = run_id
+        self.message = message
+        self.timeout = timeout
+        self.ended = ended  # set: the caller waits for the end (``waitForCompletion``)
+        self.session_key = session_key  # the request's ``sessionKey``, if any
 
 
 class _RunEnd:
