@@ -100,6 +100,7 @@ class PostgresRunStore(PostgresRuns):
         self.lease_ttl = float(lease_ttl if lease_ttl is not None else RUN_LEASE_TTL)
         self._checked = False
         self._base = Path("postgresql:") / (db.name or "db")
+        self._cancel_watches = {}
 
     def __repr__(self) -> str:
         return f"PostgresRunStore({self._db.display!r})"
