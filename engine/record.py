@@ -698,6 +698,12 @@ def delegation_tree(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
                 nodes[rid] = _node(rid, data, False)
         for rid, data in _json_files(records / PENDING_DIR, nodes, None):
             nodes[rid] = _node(rid, data, True)
+    return nest(nodes, run_id)
+
+
+def nest(nodes: dict[str, dict[str, Any]], run_id: str) -> dict[str, Any] | None:
+    """The tree under ``run_id`` (None when it is not in ``nodes``): each node (from
+    ``_node``) appended to its parent's ``children``. Also the PostgreSQL store's."""
     root = nodes.get(run_id)
     if root is None:
         return None

@@ -42,7 +42,7 @@ from engine.errors import RunStateError
 from engine.files import SAFE_ID, check_id, utcnow_iso
 from engine.states import HandoffStatus
 from engine.store.liveness import this_host, waiter_alive
-from engine.store.postgres_db import Database, check_schema
+from engine.store.postgres_db import Database
 from engine.store.postgres_runs import RUN_LEASE_TTL, PostgresJournal, PostgresRuns
 from engine.store.postgres_signals import CHANNEL, PostgresHandoffSignals, payload
 from engine.store.protocol import Delivery
@@ -98,7 +98,6 @@ class PostgresRunStore(PostgresRuns):
         self.local = Path(local) if local is not None else None
         self.host = host if host is not None else this_host()
         self.lease_ttl = float(lease_ttl if lease_ttl is not None else RUN_LEASE_TTL)
-        self._checked = False
         self._base = Path("postgresql:") / (db.name or "db")
         self._cancel_watches = {}
 
@@ -109,18 +108,6 @@ class PostgresRunStore(PostgresRuns):
     def db(self) -> Database:
         """Where the database is."""
         return self._db
-
-    @property
-    def location(self) -> str:
-        """The store's URL (no password)."""
-        return self._db.display
-
-    def _conn(self) -> Any:
-        conn = self._db.conn()
-        if not self._checked:
-            check_schema(self._db, conn)
-            self._checked = True
-        return conn
 
     # -- delegations -------------------------------------------------------------------
 
@@ -243,10 +230,7 @@ class PostgresRunStore(PostgresRuns):
 
     def read_pending(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:
         """The row's envelope, or None."""
-        row = self._conn().execute(
-            "SELECT envelope FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
-        ).fetchone()
-        return row[0] if row and isinstance(row[0], dict) else None
+        return self._read_pending(self._conn(), run_id, sub)
 
     def _install(
         self, conn: Any, run_id: str, sub: bool, record: dict[str, Any], *, drop: bool
@@ -441,18 +425,21 @@ class PostgresRunStore(PostgresRuns):
             )
 
     @staticmethod
-    def _read_pending(conn: Any, run_id: str, sub: bool) -> dict[str, Any] | None:
+    def _cell(conn: Any, column: str, run_id: str, sub: bool) -> Any:
+        """The row's ``envelope`` or ``record`` (None without a row)."""
         row = conn.execute(
-            "SELECT envelope FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
+            f"SELECT {column} FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
         ).fetchone()
-        return row[0] if row and isinstance(row[0], dict) else None
+        return row[0] if row else None
 
-    @staticmethod
-    def _read(conn: Any, run_id: str, sub: bool) -> dict[str, Any] | None:
-        row = conn.execute(
-            "SELECT record FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
-        ).fetchone()
-        data = row[0] if row else None
+    @classmethod
+    def _read_pending(cls, conn: Any, run_id: str, sub: bool) -> dict[str, Any] | None:
+        data = cls._cell(conn, "envelope", run_id, sub)
+        return data if isinstance(data, dict) else None
+
+    @classmethod
+    def _read(cls, conn: Any, run_id: str, sub: bool) -> dict[str, Any] | None:
+        data = cls._cell(conn, "record", run_id, sub)
         return data if isinstance(data, dict) and isinstance(data.get("envelope"), dict) else None
 
     def is_sub(self, run_id: str) -> bool:
@@ -594,7 +581,7 @@ class PostgresRunStore(PostgresRuns):
 
     def tree(self, run_id: str) -> dict[str, Any] | None:
         """The delegation tree under ``run_id`` (one recursive query)."""
-        from engine.record import _node
+        from engine.record import _node, nest
 
         self.reconcile(sub=False)
         self.reconcile(sub=True)
@@ -614,14 +601,7 @@ class PostgresRunStore(PostgresRuns):
                 nodes[rid] = _node(rid, record, False)
             elif isinstance(env, dict):
                 nodes[rid] = _node(rid, env, True)
-        root = nodes.get(run_id)
-        if root is None:
-            return None
-        for node in nodes.values():
-            parent = node["parent_run_id"]
-            if parent and parent in nodes and node is not root:
-                nodes[parent]["children"].append(node)
-        return root
+        return nest(nodes, run_id)
 
     # -- progress ----------------------------------------------------------------------
 

@@ -157,8 +157,8 @@ class PostgresRuns:
         return self._db.display
 
     def _conn(self) -> Any:
-        """This thread's connection, the schema checked (``PostgresRunStore``)."""
-        raise NotImplementedError
+        """This thread's connection, the schema checked."""
+        return self._db.checked_conn()
 
     def run_locator(self, run_id: str) -> Path:
         """``postgresql:/<db>/runs/<run>``."""

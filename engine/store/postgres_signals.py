@@ -119,10 +119,7 @@ class _Listener:
         """Listening before ``add`` returns: nothing NOTIFYed after it is missed."""
         if self.listening():
             return
-        conn = self._db.connect()
-        self._db.track(conn)
-        conn.execute(f"LISTEN {CHANNEL}")
-        conn.execute(f"LISTEN {RUN_CHANNEL}")
+        conn = self._db.listen(CHANNEL, RUN_CHANNEL)
         self._conn, self._pid = conn, os.getpid()
         self.generation += 1
         self._thread = threading.Thread(target=self._loop, args=(conn,), daemon=True,
