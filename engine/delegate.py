@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +40,7 @@ from engine.reporter import Reporter
 from engine.states import Outcome as Outcome
 from engine.store import RENEW_EVERY, HandoffSignals, RunStore, Waiter, open_signals, open_store
 from engine.store.file import records_dir
+from engine.store.liveness import this_host
 
 _EXIT = {
     Outcome.COMPLETE: EXIT_OK,
@@ -150,7 +150,7 @@ class Delegator:
         self.watcher_backend = watcher_backend
         self._clock = clock
         self._tokens: dict[str, tuple[str, str]] = {}
-        self._host = socket.gethostname()
+        self._host = this_host()
 
     def close(self) -> None:
         """Release the HTTP client if this delegator created it."""

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.files import parse_iso, utcnow_iso, write_json_atomic
 from engine.states import HandoffStatus, Outcome
@@ -44,6 +44,8 @@ __all__ = [
     "read_json",
     "reconcile",
 ]
+
+_S = TypeVar("_S")  # one delivered handoff, as its store keeps it
 
 #: Where agents deliver handoffs inside a records directory (see the layout above).
 INBOX_DIR = "inbox"
@@ -317,7 +319,6 @@ def deliver(
     - a refused handoff (wrong or missing key, spoofed, oversized, not a regular file,
       malformed) is moved to ``rejected/`` and listed with the reason in ``rejected``.
     """
-    waiting = envelope is not None
     if _nothing_there(records_dir, run_id):
         return Delivery("absent")  # what the locked look would say, without the lock
     with _locked(records_dir):
@@ -330,32 +331,12 @@ def deliver(
         sources = _sources(records_dir, run_id)
         if not sources:
             return Delivery("absent")
-        env = envelope
-        if env is None:
-            pending = read_json(pending_path(records_dir, run_id))
-            if isinstance(pending, dict):
-                env = pending
-                if _live_waiter(pending):
-                    return Delivery("waiting")
-        cur_env = current["envelope"] if current is not None else None
-        if env is None:
-            if cur_env is None:
-                return Delivery("unknown")
-            env = cur_env
-        results = []
-        for source in sources:
-            step = _deliver_one(_Into(records_dir, run_id, env, current, waiting), source, grace)
-            results.append(step)
-            if step.state == "recorded":
-                assert step.record is not None
-                current, env, waiting = step.record, step.record["envelope"], False
-            elif step.state == "partial":
-                break
-        for state in ("recorded", "partial", "refused", "duplicate", "already"):
-            for step in results:
-                if step.state == state:
-                    return step
-        return Delivery("absent")
+        pending = read_json(pending_path(records_dir, run_id)) if envelope is None else None
+
+        def one(source: Path, env: dict[str, Any], cur: Any, waits: bool) -> Delivery:
+            return _deliver_one(_Into(records_dir, run_id, env, cur, waits), source, grace)
+
+        return merge_sources(sources, one, envelope=envelope, pending=pending, current=current)
 
 
 def _nothing_there(records_dir: Path, run_id: str) -> bool:
@@ -368,8 +349,48 @@ def _nothing_there(records_dir: Path, run_id: str) -> bool:
     )
 
 
-def _live_waiter(envelope: dict[str, Any]) -> bool:
-    return waiter_alive(envelope)
+def merge_sources(
+    sources: Sequence[_S],
+    one: Callable[[_S, dict[str, Any], dict[str, Any] | None, bool], Delivery],
+    *,
+    envelope: dict[str, Any] | None,
+    pending: Any,
+    current: dict[str, Any] | None,
+) -> Delivery:
+    """The merge rule's steps over a run's delivered handoffs, in order, whatever keeps them.
+
+    The envelope is the waiter's (``envelope``), else the ``pending`` one (``waiting``
+    when its caller is alive: it records its own), else the ``current`` record's
+    (``unknown`` without any). ``one(source, env, current, waiting)`` takes one handoff;
+    after a ``recorded`` one the next handoffs meet that record; a ``partial`` one stops.
+    The answer is the first of recorded, partial, refused, duplicate, already (else
+    ``absent``). Used by ``deliver`` (files) and the PostgreSQL store.
+    """
+    env = envelope
+    waiting = envelope is not None
+    if env is None and isinstance(pending, dict):
+        env = pending
+        if waiter_alive(pending):
+            return Delivery("waiting")
+    cur_env = current["envelope"] if isinstance(current, dict) else None
+    if env is None:
+        if cur_env is None:
+            return Delivery("unknown")
+        env = cur_env
+    results = []
+    for source in sources:
+        step = one(source, env, current, waiting)
+        results.append(step)
+        if step.state == "recorded":
+            assert step.record is not None
+            current, env, waiting = step.record, step.record["envelope"], False
+        elif step.state == "partial":
+            break
+    for state in ("recorded", "partial", "refused", "duplicate", "already"):
+        for step in results:
+            if step.state == state:
+                return step
+    return Delivery("absent")
 
 
 @dataclass(frozen=True)
@@ -411,12 +432,7 @@ def _deliver_one(into: _Into, source: Path, grace: float) -> Delivery:
     fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
     if final is not None and not (final.get("fallback") and not fallback):
         return _keep_second(into, source, final, fallback)
-    new = _merged_envelope(env, cur_env, into.waiting)
-    new["outcome"] = handoff["status"]
-    new["key_verified"] = verified
-    if not verified:
-        new["unverified"] = True
-    new["handoff_file"] = str(source)
+    new = recorded_envelope(env, cur_env, into.waiting, handoff["status"], verified, source)
     new["handoff_inode"] = [st.st_dev, st.st_ino]
     if fallback:
         new["fallback"] = True
@@ -496,6 +512,25 @@ def _keep_second(into: _Into, source: Path, cur_env: dict[str, Any], fallback: b
     _note(records_dir, run_id, into.env, into.current, "also_received", dup, False)
     record_path = records_dir / f"{run_id}.json"
     return Delivery("duplicate", record_path, read_json(record_path), kept=kept)
+
+
+def recorded_envelope(
+    env: dict[str, Any],
+    cur_env: dict[str, Any] | None,
+    waiting: bool,
+    status: str,
+    verified: bool,
+    handoff_file: object,
+) -> dict[str, Any]:
+    """The envelope of a record made from an agent's handoff (``_merged_envelope``) with
+    its ``outcome`` (the handoff's ``status``), ``key_verified`` and ``handoff_file``."""
+    new = _merged_envelope(env, cur_env, waiting)
+    new["outcome"] = status
+    new["key_verified"] = verified
+    if not verified:
+        new["unverified"] = True
+    new["handoff_file"] = str(handoff_file)
+    return new
 
 
 def _merged_envelope(
@@ -618,7 +653,7 @@ def reconcile(records_dir: Path) -> list[Path]:
             continue
         run_id = entry.name[: -len(".json")]
         envelope = read_json(Path(entry.path))
-        if not isinstance(envelope, dict) or _live_waiter(envelope):
+        if not isinstance(envelope, dict) or waiter_alive(envelope):
             continue
         if not (
             os.path.lexists(records_dir / INBOX_DIR / f"{run_id}.json")
@@ -663,6 +698,12 @@ def delegation_tree(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
                 nodes[rid] = _node(rid, data, False)
         for rid, data in _json_files(records / PENDING_DIR, nodes, None):
             nodes[rid] = _node(rid, data, True)
+    return nest(nodes, run_id)
+
+
+def nest(nodes: dict[str, dict[str, Any]], run_id: str) -> dict[str, Any] | None:
+    """The tree under ``run_id`` (None when it is not in ``nodes``): each node (from
+    ``_node``) appended to its parent's ``children``. Also the PostgreSQL store's."""
     root = nodes.get(run_id)
     if root is None:
         return None

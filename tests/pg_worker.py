@@ -1,8 +1,9 @@
 """One orchestrator host of the scale-out simulation (``tests/test_pg_scaleout.py``).
 
-``python -m tests.pg_worker CONFIG HOST JOBS`` runs, in this process, what one host of a
-team runs: its own private directory (the config's ``handoffs_dir``), its own host
-identity ``HOST``, a receiver (``POST /handoffs/{runId}``) on ``JOBS["port"]`` writing to
+``ORCH_HOST_ID=HOST python -m tests.pg_worker CONFIG JOBS`` runs, in this process, what one
+host of a team runs: its own private directory (the config's ``handoffs_dir``), its own
+host identity ``HOST`` (the engine's setting, for envelopes, run leases and pool tokens),
+a receiver (``POST /handoffs/{runId}``) on ``JOBS["port"]`` writing to
 the shared PostgreSQL store, the shared pool, and ``JOBS["delegations"]`` delegations and
 ``JOBS["workflows"]`` workflow runs at once. Then it takes over every workflow run whose
 executor's lease has expired (a host that died) until every run has ended or
@@ -24,11 +25,7 @@ ENDED = ("complete", "failed", "cancelled")
 
 
 def main() -> int:
-    cfg_path, host, jobs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    import engine.store.liveness as liveness
-
-    liveness._HOST = host  # this process is host HOST (envelopes, run leases)
-
+    cfg_path, jobs = sys.argv[1], json.loads(sys.argv[2])
     from engine.config import load_config
     from engine.delegate import DelegationRequest, open_delegator
     from engine.errors import OrchestratorError, RunStateError
@@ -36,10 +33,12 @@ def main() -> int:
     from engine.pool import PoolSettings, TokenPool
     from engine.runner import RunOptions, WorkflowRunner, prepare
     from engine.store import open_store
+    from engine.store.liveness import this_host
 
+    host = this_host()
     cfg = load_config(cfg_path)
     store = open_store(cfg)
-    pool = TokenPool(PoolSettings.from_config(cfg), host=host)
+    pool = TokenPool(PoolSettings.from_config(cfg))
     token = os.environ["SIM_RECEIVER_TOKEN"]
     gateway = LocalGateway(cfg, token=token, port=int(jobs["port"]), store=store).start()
     lock = threading.Lock()

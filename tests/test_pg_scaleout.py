@@ -204,8 +204,9 @@ def test_three_hosts_share_runs_pool_and_handoffs_and_survive_one_dying(
         cfg = _config(tmp_path, pg_url, host, ports[host], farm.url)
         jobs = {"port": ports[host], "delegations": 8, "workflows": 1, "deadline": 40}
         p = subprocess.Popen(
-            [sys.executable, "-m", "tests.pg_worker", str(cfg), host, json.dumps(jobs)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            [sys.executable, "-m", "tests.pg_worker", str(cfg), json.dumps(jobs)],
+            cwd=ROOT, env=dict(env, ORCH_HOST_ID=host), stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         workers.append(p)
 
@@ -259,6 +260,9 @@ def test_three_hosts_share_runs_pool_and_handoffs_and_survive_one_dying(
     # 0 dispatched twice: one agent run per delegation, one Idempotency-Key per run
     twice = {r: k for r, k in farm.keys.items() if len(k) > 1}
     assert twice == {}
+    # each process recorded its delegations under its own ORCH_HOST_ID
+    hosts = {h for (h,) in conn.execute("SELECT DISTINCT host FROM delegations")}
+    assert hosts == set(HOSTS), hosts
     # every workflow run ended complete, the dead host's taken over by another
     runs = store.list_runs()
     assert len(runs) == len(HOSTS)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +325,33 @@ def test_a_delegation_sent_again_accepts_the_key_of_its_first_message(
     assert record is not None and record["result"] == "0.05"
     assert record["envelope"]["key_verified"] is True
     assert len(record["envelope"]["rejected"]) == 1  # the forged one, kept
+
+
+def _orchestrate(cfg_path: Path, host: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, ORCH_HOST_ID=host)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "orchestrate"), *args, "--config", str(cfg_path)],
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_the_host_identity_comes_from_orch_host_id(pg_url: str, tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["store"] = pg_url
+    cfg_path = write_config(tmp_path, raw)
+    done = _orchestrate(
+        cfg_path, "orch-a", "delegate", "--caller", "manager", "--json", "webster", "Find X"
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["envelope"]["host"] == "orch-a"
+    run_id = record["runId"]
+    with Database.from_url(pg_url).connect() as conn:
+        row = conn.execute("SELECT host FROM delegations WHERE run_id = %s", (run_id,)).fetchone()
+    assert row == ("orch-a",)
+    bad = _orchestrate(
+        cfg_path, "orch\nb", "delegate", "--caller", "manager", "--json", "webster", "Find X"
+    )
+    assert bad.returncode == 2
+    assert "ORCH_HOST_ID" in bad.stderr and "Traceback" not in bad.stderr
+    assert "unset it to use the host name" in bad.stderr

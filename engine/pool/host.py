@@ -69,9 +69,12 @@ def boot_id() -> str | None:
 
 
 def host_id() -> str:
-    """Who can check this process's PID: the kernel's boot id, else the host name.
+    """Who can check this process's PID: ``ORCH_HOST_ID``, else the boot id, else the name.
 
     The boot id, not the name: a host renamed while it runs is still the host whose PIDs
-    it can check, and two hosts cloned with the same name are not.
+    it can check, and two hosts cloned with the same name are not. ``ORCH_HOST_ID`` (see
+    ``engine.store.liveness``) overrides both; raises ``ConfigError`` for a bad value.
     """
-    return boot_id() or socket.gethostname()[:64] or "localhost"
+    from engine.store.liveness import configured_host
+
+    return configured_host() or boot_id() or socket.gethostname()[:64] or "localhost"

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from engine.errors import ConfigError
-from engine.store.postgres_db import Database, check_schema
+from engine.store.postgres_db import Database
 
 __all__ = ["CHANNEL", "PostgresPoolStore"]
 
@@ -52,9 +52,7 @@ class _Feed:
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
             return
-        conn = self._db.connect()
-        self._db.track(conn)
-        conn.execute(f"LISTEN {CHANNEL}")
+        conn = self._db.listen(CHANNEL)
         self._conn, self._pid = conn, os.getpid()
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -100,7 +98,6 @@ class PostgresPoolStore:
     def __init__(self, db: Database, *, name: str = "default") -> None:
         self._db = db
         self._name = name
-        self._checked = False
         self._feed: _Feed | None = None
         self._feed_lock = threading.Lock()
 
@@ -110,11 +107,7 @@ class PostgresPoolStore:
         return f"{self._db.display}#pool={self._name}"
 
     def _conn(self) -> Any:
-        conn = self._db.conn()
-        if not self._checked:
-            check_schema(self._db, conn)
-            self._checked = True
-        return conn
+        return self._db.checked_conn()
 
     def exists(self) -> bool:
         """The pool's row exists."""

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -31,6 +30,7 @@ from engine.serve.dashboard import dag_svg, page, script
 from engine.serve.hub import EventHub, read_journal
 from engine.serve.manager import NotFoundError, RunManager
 from engine.serve.settings import ApiToken, ServeSettings
+from engine.store import FileRunStore, RunStore
 
 log = logging.getLogger("engine.serve")
 
@@ -310,8 +310,7 @@ def create_app(
     @app.get("/v1/runs/{run_id}/events", tags=["events"])
     async def run_events(run_id: str, after: int = Query(default=0, ge=0)) -> JSONResponse:
         """The run's journal events after line `after` (the cursor is the `line`)."""
-        path = manager.run_path(run_id) / "events.jsonl"
-        events = await run_in_threadpool(read_journal, path, after)
+        events = await run_in_threadpool(_journal, manager, run_id, after)
         return _json({"events": events, "cursor": events[-1]["line"] if events else after})
 
     @app.get("/v1/runs/{run_id}/stream", tags=["events"])
@@ -322,13 +321,13 @@ def create_app(
         last_event_id: str | None = Header(default=None),
     ) -> StreamingResponse:
         """Server-sent events of one run (`id` is the journal line; resume with Last-Event-ID)."""
-        path = manager.run_path(run_id) / "events.jsonl"
+        manager.run_path(run_id)  # an unknown run: 404 before the stream starts
         start = _after(after, last_event_id)
 
         async def gen() -> AsyncIterator[str]:
             line = start
             snap = hub.seq
-            for ev in await run_in_threadpool(read_journal, path, line):
+            for ev in await run_in_threadpool(_journal, manager, run_id, line):
                 line = ev["line"]
                 yield _sse(line, {**ev, "runId": run_id})
             while not await request.is_disconnected():
@@ -618,24 +617,24 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
     ``error`` and ``cursor`` (the journal's line count). Raises ``UsageError`` for an
     unknown run.
     """
-    from engine.record import read_json
     from engine.runs import replay, run_status
 
+    store = manager.delegator.store
     path = manager.run_path(run_id)
-    status = run_status(manager.cfg, run_id)
-    view = replay(path)
+    status = run_status(manager.cfg, run_id, store=store)
+    view = replay(path, store=store)
     plan = view.meta.get("plan") or {}
     for sid, row in status["steps"].items():
-        _add_record(row, read_json(path / f"{sid}.json"))
+        _add_record(row, store.read_step(run_id, sid))
         s = view.steps.get(sid)
         if s is not None:
-            _add_task(row, manager.cfg.handoffs_dir, s.delegation_run_id)
+            _add_task(row, store, s.delegation_run_id)
             _add_waiting(row, sid, s, view.events)
         handoff = row.get("handoff")
         if isinstance(handoff, dict) and handoff.get("usage"):
             row["usage"] = handoff["usage"]
     owner = manager.owned(run_id) or {}
-    summary = read_json(path / "summary.json")
+    summary = store.read_summary(run_id)
     if isinstance(summary, dict) and isinstance(summary.get("outputs"), dict):
         status["outputs"] = summary["outputs"]
     return {
@@ -649,7 +648,7 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
         "owned": bool(owner),
         "executing": manager.executing(run_id),
         "error": manager.last_error(run_id),
-        "cursor": len(view.events) and _last_line(path),
+        "cursor": len(view.events) and _last_line(manager, run_id),
     }
 
 
@@ -663,16 +662,14 @@ def _add_record(row: dict[str, Any], rec: Any) -> None:
     row["attempts"] = len(row["attempt_log"] or [])
 
 
-def _add_task(row: dict[str, Any], records: Path, drid: str | None) -> None:
+def _add_task(row: dict[str, Any], store: RunStore, drid: str | None) -> None:
     """The delegation's rendered task and repairs, from its record or its pending file."""
-    from engine.record import read_json
-
     if not drid:
         return
-    env = read_json(records / f"{drid}.json")
+    env = store.read(drid, sub=False)
     env = env.get("envelope") if isinstance(env, dict) else None
     if not isinstance(env, dict):
-        env = read_json(records / ".pending" / f"{drid}.json")
+        env = store.read_pending(drid, sub=False)
     if isinstance(env, dict):
         row["task"] = env.get("task")
         if env.get("repairs"):
@@ -706,12 +703,12 @@ def diagnose(manager: RunManager, run_id: str) -> dict[str, Any]:
     delegation (dispatched, deadline, gateway run), journal warnings, the pool."""
     import os
 
-    from engine.record import pending_path, read_json
     from engine.runs import replay, run_status
 
+    store = manager.delegator.store
     path = manager.run_path(run_id)
-    status = run_status(manager.cfg, run_id)
-    view = replay(path)
+    status = run_status(manager.cfg, run_id, store=store)
+    view = replay(path, store=store)
     holder = None
     try:
         holder = (path / ".lock").read_text(encoding="utf-8").strip() or None
@@ -726,9 +723,7 @@ def diagnose(manager: RunManager, run_id: str) -> dict[str, Any]:
             "waiting": status["steps"][sid].get("waiting"),
         }
         if s.delegation_run_id and s.state.value in ("running", "queued"):
-            env = read_json(
-                pending_path(manager.delegator.records_dir(sub=False), s.delegation_run_id)
-            )
+            env = store.read_pending(s.delegation_run_id, sub=False)
             if isinstance(env, dict):
                 row["delegation"] = {
                     k: env.get(k)
@@ -770,9 +765,24 @@ def diagnose(manager: RunManager, run_id: str) -> dict[str, Any]:
     }
 
 
-def _last_line(path: Any) -> int:
-    with open(path / "events.jsonl", "rb") as fh:
+def _last_line(manager: RunManager, run_id: str) -> int:
+    store = manager.delegator.store
+    if not isinstance(store, FileRunStore):
+        return len(store.events(run_id))
+    with open(store.run_locator(run_id) / "events.jsonl", "rb") as fh:
         return sum(1 for _ in fh)
+
+
+def _journal(manager: RunManager, run_id: str, after: int = 0) -> list[dict[str, Any]]:
+    """The run's journal events after line ``after``, each with its ``line`` number."""
+    store = manager.delegator.store
+    if isinstance(store, FileRunStore):
+        return read_journal(store.run_locator(run_id) / "events.jsonl", after)
+    return [
+        {**ev, "line": n}
+        for n, ev in store.events(run_id)
+        if n > after and isinstance(ev, dict) and "event" in ev
+    ]
 
 
 def list_page(
@@ -786,22 +796,17 @@ def list_page(
 
     Runs are replayed only until the page is full, however many the directory holds.
     """
-    from engine.runs import replay, run_row, runs_dir
+    from engine.runs import replay, run_row
 
-    base = runs_dir(manager.cfg)
-    try:
-        names = sorted((p.name for p in base.iterdir()), reverse=True)
-    except OSError:
-        names = []
+    store = manager.delegator.store
+    names = sorted(store.list_runs(), reverse=True)
     rows: list[dict[str, Any]] = []
     more = False
     for name in names:
         if cursor and name >= cursor:
             continue
-        if not (base / name / "run.json").is_file():
-            continue
         try:
-            view = replay(base / name)
+            view = replay(store.run_locator(name), store=store)
         except OrchestratorError:
             continue
         if (status and view.state.value != status) or (

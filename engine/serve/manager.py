@@ -34,7 +34,7 @@ from engine.idempotency import IdempotencyConflict, IdempotencyKeys
 from engine.record import pending_path, read_json
 from engine.reporter import Reporter
 from engine.runner import RunOptions, RunState, StepState, WorkflowRunner, prepare
-from engine.runs import cancel_run, decide_gate, replay, runs_dir
+from engine.runs import cancel_run, decide_gate, replay
 
 log = logging.getLogger("engine.serve")
 
@@ -276,7 +276,7 @@ class RunManager:
     def needs_resume(self, run_id: str) -> bool:
         """True when the journal says the run should go on: it was executing when its
         process died, or a gate was decided or a question answered since it parked."""
-        view = replay(self.run_path(run_id))
+        view = replay(self.run_path(run_id), store=self.delegator.store)
         if view.state is RunState.RUNNING:
             return True
         if view.state not in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
@@ -348,7 +348,7 @@ class RunManager:
     ) -> dict[str, Any]:
         """Approve or reject a parked gate as ``by``; the run continues at once."""
         path = self.run_path(run_id)
-        view = replay(path)
+        view = replay(path, store=self.delegator.store)
         approvers = self._approvers(view.meta, step)
         if approvers and by not in approvers:
             raise RefusedError(
@@ -519,7 +519,7 @@ class RunManager:
     def resume(self, run_id: str, *, by: str) -> None:
         """Take over a run no process executes (one started by a CLI that died)."""
         path = self.run_path(run_id)
-        view = replay(path)
+        view = replay(path, store=self.delegator.store)
         if view.state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED):
             raise RunStateError(f"run `{run_id}` has already ended ({view.state.value}).")
         if self.owned(run_id) is None:
@@ -529,9 +529,10 @@ class RunManager:
     def run_path(self, run_id: str) -> Path:
         """The directory of a workflow run, or NotFoundError."""
         check_id(run_id, "run id")
-        path = runs_dir(self.cfg) / run_id
-        if not (path / "run.json").is_file():
-            raise NotFoundError(f"no workflow run `{run_id}` in `{runs_dir(self.cfg)}`.")
+        store = self.delegator.store  # the file store's <handoffs>/workflows/<run>
+        path = store.run_locator(run_id)
+        if not store.run_exists(run_id):
+            raise NotFoundError(f"no workflow run `{run_id}` in `{path.parent}`.")
         return path
 
     # -- delegations ----------------------------------------------------------------------
@@ -608,9 +609,9 @@ class RunManager:
     def delegation(self, run_id: str) -> dict[str, Any]:
         """A delegation's state: its record when it ended, else its pending envelope."""
         check_id(run_id, "run id")
+        store = self.delegator.store
         for sub in (False, True):
-            records = self.delegator.records_dir(sub=sub)
-            record = read_json(records / f"{run_id}.json")
+            record = store.read(run_id, sub=sub)
             if isinstance(record, dict) and isinstance(record.get("envelope"), dict):
                 env = record["envelope"]
                 return {
@@ -619,7 +620,7 @@ class RunManager:
                     "done": env.get("outcome") not in (None, "dispatched"),
                     "record": record,
                 }
-            pending = read_json(pending_path(records, run_id))
+            pending = store.read_pending(run_id, sub=sub)
             if isinstance(pending, dict):
                 return {
                     "runId": run_id,

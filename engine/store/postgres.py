@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import RunStateError
-from engine.files import SAFE_ID, check_id, parse_iso, utcnow_iso
+from engine.files import SAFE_ID, check_id, utcnow_iso
 from engine.states import HandoffStatus
 from engine.store.liveness import this_host, waiter_alive
-from engine.store.postgres_db import Database, check_schema
+from engine.store.postgres_db import Database
 from engine.store.postgres_runs import RUN_LEASE_TTL, PostgresJournal, PostgresRuns
 from engine.store.postgres_signals import CHANNEL, PostgresHandoffSignals, payload
 from engine.store.protocol import Delivery
@@ -98,8 +98,8 @@ class PostgresRunStore(PostgresRuns):
         self.local = Path(local) if local is not None else None
         self.host = host if host is not None else this_host()
         self.lease_ttl = float(lease_ttl if lease_ttl is not None else RUN_LEASE_TTL)
-        self._checked = False
         self._base = Path("postgresql:") / (db.name or "db")
+        self._cancel_watches = {}
 
     def __repr__(self) -> str:
         return f"PostgresRunStore({self._db.display!r})"
@@ -108,18 +108,6 @@ class PostgresRunStore(PostgresRuns):
     def db(self) -> Database:
         """Where the database is."""
         return self._db
-
-    @property
-    def location(self) -> str:
-        """The store's URL (no password)."""
-        return self._db.display
-
-    def _conn(self) -> Any:
-        conn = self._db.conn()
-        if not self._checked:
-            check_schema(self._db, conn)
-            self._checked = True
-        return conn
 
     # -- delegations -------------------------------------------------------------------
 
@@ -242,10 +230,7 @@ class PostgresRunStore(PostgresRuns):
 
     def read_pending(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:
         """The row's envelope, or None."""
-        row = self._conn().execute(
-            "SELECT envelope FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
-        ).fetchone()
-        return row[0] if row and isinstance(row[0], dict) else None
+        return self._read_pending(self._conn(), run_id, sub)
 
     def _install(
         self, conn: Any, run_id: str, sub: bool, record: dict[str, Any], *, drop: bool
@@ -296,8 +281,9 @@ class PostgresRunStore(PostgresRuns):
         """The merge rule of ``engine.record.deliver`` over the run's row, locked."""
         check_id(run_id, "run id")
         self._import_local(run_id, sub, grace)
+        from engine.record import merge_sources
+
         conn = self._conn()
-        waiting = envelope is not None
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (payload(run_id, sub),))
             row = conn.execute(
@@ -313,40 +299,22 @@ class PostgresRunStore(PostgresRuns):
             ).fetchall()
             if not sources:
                 return Delivery("absent")
-            env = envelope
-            if env is None and isinstance(pending, dict):
-                env = pending
-                if waiter_alive(pending):
-                    return Delivery("waiting")
-            cur_env = current["envelope"] if isinstance(current, dict) else None
-            if env is None:
-                if cur_env is None:
-                    return Delivery("unknown")
-                env = cur_env
-            earlier = [
-                h
-                for e in (env, pending)
-                if isinstance(e, dict)
-                for h in e.get("earlier_key_sha256") or []
-                if isinstance(h, str)
-            ]
-            results = []
-            for hid, body, at in sources:
-                step = self._deliver_one(
-                    conn, run_id, sub, (hid, bytes(body), float(at)), env, current, waiting,
-                    grace, earlier,
-                )  # fmt: skip
-                results.append(step)
-                if step.state == "recorded":
-                    assert step.record is not None
-                    current, env, waiting = step.record, step.record["envelope"], False
-                elif step.state == "partial":
-                    break
-        for state in ("recorded", "partial", "refused", "duplicate", "already"):
-            for step in results:
-                if step.state == state:
-                    return step
-        return Delivery("absent")
+
+            def one(src: Any, env: dict[str, Any], cur: Any, waits: bool) -> Delivery:
+                earlier = [
+                    h
+                    for e in (env, pending)
+                    if isinstance(e, dict)
+                    for h in e.get("earlier_key_sha256") or []
+                    if isinstance(h, str)
+                ]
+                hid, body, at = src
+                return self._deliver_one(conn, run_id, sub, (hid, bytes(body), float(at)), env,
+                                         cur, waits, grace, earlier)  # fmt: skip
+
+            return merge_sources(
+                sources, one, envelope=envelope, pending=pending, current=current
+            )
 
     def _deliver_one(
         self,
@@ -367,7 +335,7 @@ class PostgresRunStore(PostgresRuns):
             parse_handoff,
             validate_handoff,
         )
-        from engine.record import _gateway_note, _merge_lists, record_of
+        from engine.record import _gateway_note, record_of, recorded_envelope
 
         hid, raw, received_epoch = source
         where = self._handoff_locator(hid)
@@ -412,37 +380,8 @@ class PostgresRunStore(PostgresRuns):
             dup: dict[str, Any] = {"file": str(where), "reason": reason, "at": utcnow_iso()}
             self._note(conn, run_id, sub, env, current, "also_received", dup, False)
             return Delivery("duplicate", record_path, self._read(conn, run_id, sub), kept=where)
-        received = utcnow_iso()
-        new = dict(env)
-        for k in ("error", "rejected_file", "status_code", "ended_at", "handoff_inode"):
-            new.pop(k, None)
-        for k in ("rejected", "also_received"):
-            if isinstance(cur_env, dict) and cur_env.get(k):
-                new[k] = _merge_lists(new.get(k), cur_env[k])
-        new["received_at"] = received
-        dispatched = new.get("dispatched_at") or new.get("created_at")
-        if dispatched:
-            new["duration_ms"] = max(
-                0.0, round((parse_iso(received) - parse_iso(dispatched)).total_seconds() * 1000, 3)
-            )
-        deadline = new.get("deadline_at")
-        if deadline:
-            late = parse_iso(received) > parse_iso(deadline)
-        else:
-            late = env.get("outcome") in ("timeout", "cancelled")
-        new["late"] = bool(not waiting and late)
-        old = cur_env.get("outcome") if isinstance(cur_env, dict) else None
-        if isinstance(cur_env, dict) and cur_env.get("fallback"):
-            new["supersedes"] = "fallback"
-        elif not waiting and old and old != "dispatched":
-            new["supersedes"] = old
-        elif not waiting and env.get("outcome") not in (None, "dispatched"):
-            new["supersedes"] = env.get("outcome")
-        new["outcome"] = handoff["status"]
-        new["key_verified"] = verified
-        if not verified:
-            new["unverified"] = True
-        new["handoff_file"] = str(where)
+        cur = cur_env if isinstance(cur_env, dict) else None
+        new = recorded_envelope(env, cur, waiting, handoff["status"], verified, where)
         if fallback:
             new["fallback"] = True
         else:
@@ -486,18 +425,21 @@ class PostgresRunStore(PostgresRuns):
             )
 
     @staticmethod
-    def _read_pending(conn: Any, run_id: str, sub: bool) -> dict[str, Any] | None:
+    def _cell(conn: Any, column: str, run_id: str, sub: bool) -> Any:
+        """The row's ``envelope`` or ``record`` (None without a row)."""
         row = conn.execute(
-            "SELECT envelope FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
+            f"SELECT {column} FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
         ).fetchone()
-        return row[0] if row and isinstance(row[0], dict) else None
+        return row[0] if row else None
 
-    @staticmethod
-    def _read(conn: Any, run_id: str, sub: bool) -> dict[str, Any] | None:
-        row = conn.execute(
-            "SELECT record FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
-        ).fetchone()
-        data = row[0] if row else None
+    @classmethod
+    def _read_pending(cls, conn: Any, run_id: str, sub: bool) -> dict[str, Any] | None:
+        data = cls._cell(conn, "envelope", run_id, sub)
+        return data if isinstance(data, dict) else None
+
+    @classmethod
+    def _read(cls, conn: Any, run_id: str, sub: bool) -> dict[str, Any] | None:
+        data = cls._cell(conn, "record", run_id, sub)
         return data if isinstance(data, dict) and isinstance(data.get("envelope"), dict) else None
 
     def is_sub(self, run_id: str) -> bool:
@@ -639,7 +581,7 @@ class PostgresRunStore(PostgresRuns):
 
     def tree(self, run_id: str) -> dict[str, Any] | None:
         """The delegation tree under ``run_id`` (one recursive query)."""
-        from engine.record import _node
+        from engine.record import _node, nest
 
         self.reconcile(sub=False)
         self.reconcile(sub=True)
@@ -659,14 +601,7 @@ class PostgresRunStore(PostgresRuns):
                 nodes[rid] = _node(rid, record, False)
             elif isinstance(env, dict):
                 nodes[rid] = _node(rid, env, True)
-        root = nodes.get(run_id)
-        if root is None:
-            return None
-        for node in nodes.values():
-            parent = node["parent_run_id"]
-            if parent and parent in nodes and node is not root:
-                nodes[parent]["children"].append(node)
-        return root
+        return nest(nodes, run_id)
 
     # -- progress ----------------------------------------------------------------------
 

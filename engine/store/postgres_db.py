@@ -156,6 +156,15 @@ class Database:
         broken connection. Connections of threads that ended are closed on the way."""
         return self._local.get(self)
 
+    def checked_conn(self) -> Any:
+        """``conn``, the schema's version checked on first use in this process
+        (``check_schema``: ``ConfigError`` while the database is behind the engine)."""
+        conn = self._local.get(self)
+        if not self._local.schema_ok:
+            check_schema(self, conn)
+            self._local.schema_ok = True
+        return conn
+
     def close(self) -> None:
         """Close every connection of this process to the database (they reopen on next
         use): at shutdown, or when nothing else uses it."""
@@ -168,6 +177,15 @@ class Database:
     def track(self, conn: Any) -> None:
         """Close ``conn`` (a listening connection) with the others in ``close``."""
         self._local.track(conn)
+
+    def listen(self, *channels: str) -> Any:
+        """A new connection (closed with the others in ``close``) that ``LISTEN``s on
+        ``channels`` (names of the engine's own, never input) when it returns."""
+        conn = self.connect()
+        self.track(conn)
+        for channel in channels:
+            conn.execute(f"LISTEN {channel}")
+        return conn
 
 
 _registry: dict[str, Database] = {}
@@ -190,6 +208,7 @@ class _Connections:
         self._by_thread: dict[int, tuple[threading.Thread, Any]] = {}
         self._extra: list[Any] = []
         self._pid = os.getpid()
+        self.schema_ok = False  # check_schema passed (Database.checked_conn)
 
     def get(self, db: Database) -> Any:
         me = threading.current_thread()

@@ -7,6 +7,13 @@ environment's ``ORCH_RUN_LEASE_TTL`` if set) and a thread renews it every third 
 holder on this host is alive while its PID is, one on another host while its lease has
 not expired; an expired lease is taken over (``workflow resume`` on another host).
 
+Each event appended and each cancel request sends ``NOTIFY orch_run`` in the statement that
+writes it (``engine.store.postgres_signals``). The executor holding a lease listens for its
+run's cancel: ``cancel_requested`` answers from memory while the ``LISTEN`` connection that
+was up when the lease was taken is still up, and asks the database only after a
+notification (or when that connection was lost). ``watch_run`` wakes a follower of a run
+on each event and cancel request, on any host.
+
 Example::
 
     with store.claim(run_id):            # RunStateError if a live executor has it
@@ -18,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +34,8 @@ from engine.files import SAFE_ID, check_id, utcnow_iso
 from engine.redact import redact
 from engine.store.liveness import process_alive
 from engine.store.postgres_db import Database
+from engine.store.postgres_signals import RUN_CHANNEL, listener, run_payload
+from engine.store.protocol import Waiter
 
 __all__ = ["RUN_LEASE_TTL", "PostgresJournal", "PostgresRuns"]
 
@@ -49,12 +59,39 @@ class PostgresJournal:
         event = {"event": kind, "at": utcnow_iso(), **fields}
         body = redact(_dumps(event))
         self._store._db.conn().execute(
-            "INSERT INTO run_events (run_id, body) VALUES (%s, %s)", (self._run_id, body)
+            "WITH ins AS (INSERT INTO run_events (run_id, body) VALUES (%s, %s) RETURNING 1) "
+            "SELECT pg_notify(%s, %s) FROM ins",
+            (self._run_id, body, RUN_CHANNEL, run_payload("e", self._run_id)),
         )
         return event
 
     def close(self) -> None:
         """Nothing is held open between appends."""
+
+
+class _CancelWatch:
+    """The executor's ear for its run's cancel request (``NOTIFY orch_run 'c:<run>'``)."""
+
+    def __init__(self, db: Database, run_id: str) -> None:
+        self.event = threading.Event()
+        self.event.set()  # the first look asks the database: a request before LISTEN
+        self.listener = listener(db)
+        self.waiter = self.listener.add(run_payload("c", run_id), self.event)
+        self.generation = self.listener.generation
+        self.known = False
+
+    def requested(self, ask: Callable[[], bool]) -> bool:
+        """True once a cancel was requested; ``ask`` reads the database only after a
+        notification or when notifications may have been missed."""
+        if self.known:
+            return True
+        current = self.listener.generation
+        if self.listener.listening() and current == self.generation and not self.event.is_set():
+            return False
+        self.event.clear()
+        self.generation = current
+        self.known = ask()
+        return self.known
 
 
 class _RunLease:
@@ -66,9 +103,12 @@ class _RunLease:
         self._token = os.urandom(8).hex()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watch: _CancelWatch | None = None
 
     def __enter__(self) -> _RunLease:
         self._store._take_run(self._run_id, self._token)
+        self._watch = _CancelWatch(self._store._db, self._run_id)
+        self._store._cancel_watches[self._run_id] = self._watch
         self._thread = threading.Thread(target=self._renew, name="run-lease", daemon=True)
         self._thread.start()
         return self
@@ -77,6 +117,8 @@ class _RunLease:
         db = self._store._db
         while not self._stop.wait(self._store.lease_ttl / 3):
             try:
+                if self._watch is not None:
+                    self._watch.listener.ensure()  # listen again after a lost connection
                 db.conn().execute(
                     "UPDATE runs SET lease_until = now() + make_interval(secs => %s) "
                     "WHERE run_id = %s AND owner_token = %s",
@@ -90,6 +132,9 @@ class _RunLease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        if self._watch is not None:
+            self._store._cancel_watches.pop(self._run_id, None)
+            self._watch.waiter.close()
         self._store._db.conn().execute(
             "UPDATE runs SET owner_host = NULL, owner_pid = NULL, owner_token = NULL, "
             "lease_until = NULL WHERE run_id = %s AND owner_token = %s",
@@ -104,6 +149,7 @@ class PostgresRuns:
     _base: Path
     host: str
     lease_ttl: float
+    _cancel_watches: dict[str, _CancelWatch]
 
     @property
     def location(self) -> str:
@@ -111,8 +157,8 @@ class PostgresRuns:
         return self._db.display
 
     def _conn(self) -> Any:
-        """This thread's connection, the schema checked (``PostgresRunStore``)."""
-        raise NotImplementedError
+        """This thread's connection, the schema checked."""
+        return self._db.checked_conn()
 
     def run_locator(self, run_id: str) -> Path:
         """``postgresql:/<db>/runs/<run>``."""
@@ -234,17 +280,34 @@ class PostgresRuns:
         return self._holder_alive(host, pid, None if left is None else float(left))
 
     def request_cancel(self, run_id: str) -> None:
-        """Stamp the run's cancel request."""
+        """Stamp the run's cancel request and ``NOTIFY`` its executor, on any host."""
         self._conn().execute(
-            "UPDATE runs SET cancel_requested_at = now() WHERE run_id = %s", (run_id,)
+            "WITH up AS (UPDATE runs SET cancel_requested_at = now() WHERE run_id = %s "
+            "RETURNING 1) SELECT pg_notify(%s, %s) FROM up",
+            (run_id, RUN_CHANNEL, run_payload("c", run_id)),
         )
 
     def cancel_requested(self, run_id: str) -> bool:
-        """A cancel was requested."""
+        """A cancel was requested (from memory in the run's executor, see the module)."""
+        watch = self._cancel_watches.get(run_id)
+        if watch is not None:
+            return watch.requested(lambda: self._cancel_in_db(run_id))
+        return self._cancel_in_db(run_id)
+
+    def _cancel_in_db(self, run_id: str) -> bool:
         row = self._conn().execute(
             "SELECT cancel_requested_at IS NOT NULL FROM runs WHERE run_id = %s", (run_id,)
         ).fetchone()
         return bool(row and row[0])
+
+    def watch_run(self, run_id: str) -> Waiter:
+        """A waiter woken when an event is appended to the run or a cancel is requested,
+        by any host (``NOTIFY``); listening when this returns. Close it when done."""
+        event = threading.Event()
+        hub = listener(self._db)
+        waiter = hub.add(run_payload("e", run_id), event)
+        waiter.also = hub.add(run_payload("c", run_id), event)
+        return waiter
 
     def list_runs(self) -> list[str]:
         """Every run id, sorted."""

@@ -1,9 +1,11 @@
-"""Waking delegations on a PostgreSQL store: ``LISTEN``/``NOTIFY`` on ``orch_handoff``.
+"""Waking waiters on a PostgreSQL store: ``LISTEN``/``NOTIFY`` on two channels.
 
 Every handoff put and every record written by ``PostgresRunStore`` sends ``NOTIFY
-orch_handoff`` with ``<0|1>:<runId>`` (``payload``); ``PostgresHandoffSignals`` keeps one
-``LISTEN`` connection per process and database and wakes the waiters of that run, and
-also watches this host's local inbox (inotify) for handoff files local agents write.
+orch_handoff`` with ``<0|1>:<runId>`` (``payload``); every run event appended and every
+cancel request of a workflow run sends ``NOTIFY orch_run`` with ``e:<runId>`` or
+``c:<runId>`` (``run_payload``). One ``LISTEN`` connection per process and database
+(``listener``) wakes the waiters of that key. ``PostgresHandoffSignals`` also watches this
+host's local inbox (inotify) for handoff files local agents write.
 
 Example::
 
@@ -23,15 +25,29 @@ from engine.store.protocol import Waiter
 if TYPE_CHECKING:
     from engine.store.postgres import PostgresRunStore
 
-__all__ = ["CHANNEL", "PostgresHandoffSignals", "payload"]
+__all__ = [
+    "CHANNEL",
+    "RUN_CHANNEL",
+    "PostgresHandoffSignals",
+    "listener",
+    "payload",
+    "run_payload",
+]
 
 #: The NOTIFY channel of handoffs and records (payload ``<0|1>:<runId>``).
 CHANNEL = "orch_handoff"
+#: The NOTIFY channel of workflow runs (payload ``e:<runId>`` or ``c:<runId>``).
+RUN_CHANNEL = "orch_run"
 
 
 def payload(run_id: str, sub: bool) -> str:
     """The NOTIFY payload naming ``run_id`` (``1:`` for a sub-delegation)."""
     return f"{int(sub)}:{run_id}"
+
+
+def run_payload(kind: str, run_id: str) -> str:
+    """The ``orch_run`` payload: ``kind`` is ``e`` (an event appended) or ``c`` (cancel)."""
+    return f"{kind}:{run_id}"
 
 
 class _PgWaiter:
@@ -59,7 +75,12 @@ class _PgWaiter:
 
 
 class _Listener:
-    """One ``LISTEN`` connection per process and database; wakes waiters by run."""
+    """One ``LISTEN`` connection per process and database; wakes waiters by payload.
+
+    ``generation`` counts the connections made: a notification sent while none listened
+    (after a lost connection) is missed, so a reader that relies on having seen every
+    one compares generations and asks the database when they differ.
+    """
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -68,6 +89,7 @@ class _Listener:
         self._conn: Any = None
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self.generation = 0
 
     def add(self, key: str, event: threading.Event | None = None) -> _PgWaiter:
         waiter = _PgWaiter(self, key, event)
@@ -84,14 +106,22 @@ class _Listener:
                 if not group:
                     del self._waiters[key]
 
+    def listening(self) -> bool:
+        """The ``LISTEN`` connection of this process is up."""
+        return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
+
+    def ensure(self) -> None:
+        """Listen again if the connection was lost (a lease's renewal calls this)."""
+        with self._lock:
+            self._ensure()
+
     def _ensure(self) -> None:
         """Listening before ``add`` returns: nothing NOTIFYed after it is missed."""
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+        if self.listening():
             return
-        conn = self._db.connect()
-        self._db.track(conn)
-        conn.execute(f"LISTEN {CHANNEL}")
+        conn = self._db.listen(CHANNEL, RUN_CHANNEL)
         self._conn, self._pid = conn, os.getpid()
+        self.generation += 1
         self._thread = threading.Thread(target=self._loop, args=(conn,), daemon=True,
                                         name="pg-listen")  # fmt: skip
         self._thread.start()
@@ -116,17 +146,22 @@ _listeners: dict[str, _Listener] = {}
 _listeners_lock = threading.Lock()
 
 
+def listener(db: Database) -> _Listener:
+    """This process's ``LISTEN`` connection to ``db`` (made on its first waiter)."""
+    with _listeners_lock:
+        key = f"{os.getpid()}:{db.display}"
+        found = _listeners.get(key)
+        if found is None:
+            found = _listeners[key] = _Listener(db)
+        return found
+
+
 class PostgresHandoffSignals:
     """Wakes a delegation when its run's handoff or record is written (``NOTIFY``)."""
 
     def __init__(self, store: PostgresRunStore) -> None:
         self.store = store
-        with _listeners_lock:
-            key = f"{os.getpid()}:{store.db.display}"
-            listener = _listeners.get(key)
-            if listener is None:
-                listener = _listeners[key] = _Listener(store.db)
-        self._listener = listener
+        self._listener = listener(store.db)
 
     def expect(self, run_id: str, *, sub: bool) -> Waiter:
         """Register before dispatching: a NOTIFY for ``run_id`` wakes the waiter, and so
