@@ -354,12 +354,18 @@ class _PlainPool:
 
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[Any]] = {}
+        self._busy: set[Any] = set()
+        self._closed = False
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        """Close every connection, idle or in use: a request still waiting (a held POST
+        whose delegation ended meanwhile) fails at once instead of outliving the client."""
         with self._lock:
-            conns = [c for idle in self._idle.values() for c in idle]
+            self._closed = True
+            conns = [c for idle in self._idle.values() for c in idle] + list(self._busy)
             self._idle.clear()
+            self._busy.clear()
         for conn in conns:
             conn.close()
 
@@ -371,15 +377,32 @@ class _PlainPool:
             if conn is None:
                 break
             if _still_open(conn):
-                return conn
+                return self._use(conn)
             conn.close()
         import http.client
 
-        return http.client.HTTPConnection(key[0], key[1], timeout=timeout)
+        return self._use(http.client.HTTPConnection(key[0], key[1], timeout=timeout))
+
+    def _use(self, conn: Any) -> Any:
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise ConnectionAbortedError("the hooks client was closed")
+            self._busy.add(conn)
+        return conn
 
     def _give(self, key: tuple[str, int], conn: Any) -> None:
         with self._lock:
-            self._idle.setdefault(key, []).append(conn)
+            self._busy.discard(conn)
+            if not self._closed:
+                self._idle.setdefault(key, []).append(conn)
+                return
+        conn.close()
+
+    def _drop(self, conn: Any) -> None:
+        with self._lock:
+            self._busy.discard(conn)
+        conn.close()
 
     def post(
         self,
@@ -395,7 +418,10 @@ class _PlainPool:
         parts = urlsplit(url)
         key = (parts.hostname or "127.0.0.1", parts.port or 80)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn = self._take(key, timeout)
+        try:
+            conn = self._take(key, timeout)
+        except ConnectionAbortedError as exc:
+            raise _as_httpx(exc, url) from exc
         try:
             sock: socket.socket = conn.sock or _connect(conn, timeout)
             sock.settimeout(timeout)
@@ -404,13 +430,13 @@ class _PlainPool:
             resp = conn.getresponse()
             content = resp.read()
         except BaseException as exc:
-            conn.close()
+            self._drop(conn)
             mapped = _as_httpx(exc, url)
             if mapped is exc:
                 raise
             raise mapped from exc
         if resp.will_close:
-            conn.close()
+            self._drop(conn)
         else:
             self._give(key, conn)
         return _PlainResponse(resp.status, resp.headers, content)
