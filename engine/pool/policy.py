@@ -14,6 +14,14 @@ Liveness of a holder:
 
 A live holder keeps its token for ``token_timeout`` and, if it gave its delegation's
 deadline, until ``DEADLINE_GRACE`` after that deadline, whichever is later.
+
+Adapting the size (``shared`` False: one host): every load sample moves the pool's one
+size. On a store shared by hosts (``shared`` True) each host's samples move only that
+host's ``Share`` (its size, emergency mode and streaks, keyed by host identity), a host's
+tickets are granted only while its holders hold fewer tokens than its share, and
+``max_tokens`` caps the tokens of all hosts together; within those limits the queue is
+served first come, first served across hosts (issue 15: "each host adapts its share to
+its own load").
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from engine.pool.state import (
     PoolState,
     Reclaim,
     Sample,
+    Share,
     Ticket,
     Token,
     holder_fields,
@@ -47,6 +56,9 @@ QUEUE_SWEEP = 1.0
 #: A difference between wall-clock and monotonic time elapsed since the last write larger
 #: than this is a wall-clock jump (NTP slewing stays far below it).
 JUMP_TOLERANCE = 2.0
+#: On a shared store, the share of a host that holds and awaits nothing and has not
+#: sampled for this long (seconds) is dropped: if it comes back it starts at ``max_tokens``.
+SHARE_IDLE = 3600.0
 
 #: ``pid_alive(pid, start)``: is this host's process ``pid`` (started at ``start``) alive?
 PidAlive = Callable[[int, "int | None"], bool]
@@ -93,12 +105,33 @@ class PoolPolicy:
     """The rules of the pool for one host: grant, reclaim, adapt the size, queue, release.
 
     ``host`` identifies the holders whose PIDs ``pid_alive`` can check; everyone else is
-    alive while they renew within ``settings.lease_ttl``.
+    alive while they renew within ``settings.lease_ttl``. ``shared`` (the store is shared
+    by hosts): each host adapts its own share (see the module's docstring); every host
+    must then use the same ``max_tokens``, the cap of all hosts' tokens together.
     """
 
-    def __init__(self, settings: PoolSettings, *, host: str) -> None:
+    def __init__(self, settings: PoolSettings, *, host: str, shared: bool = False) -> None:
         self.settings = settings
         self.host = host
+        self.shared = shared
+
+    # -- shares -------------------------------------------------------------------------
+
+    def share(self, state: PoolState, host: str) -> Share:
+        """``host``'s share on a shared store: its stored one, else a fresh one at
+        ``max_tokens`` (not added to ``state``)."""
+        found = state.shares.get(host)
+        return found if found is not None else Share(size=self.settings.max_tokens)
+
+    def _adapting(self, state: PoolState) -> PoolState | Share:
+        """What this host's load samples move: the pool (one host) or this host's share
+        (added to ``state`` if it had none)."""
+        if not self.shared:
+            return state
+        found = state.shares.get(self.host)
+        if found is None:
+            found = state.shares[self.host] = Share(size=self.settings.max_tokens)
+        return found
 
     # -- time ---------------------------------------------------------------------------
 
@@ -124,10 +157,12 @@ class PoolPolicy:
                 entry.hold_until += jump
             if isinstance(entry, Token):
                 entry.acquired_at += jump
-        if state.cooldown_until is not None:
-            state.cooldown_until += jump
-        if state.last_sample_at is not None:
-            state.last_sample_at += jump
+        adapted_all: list[PoolState | Share] = [state, *state.shares.values()]
+        for adapted in adapted_all:
+            if adapted.cooldown_until is not None:
+                adapted.cooldown_until += jump
+            if adapted.last_sample_at is not None:
+                adapted.last_sample_at += jump
         state.last_sweep += jump
         state.clock = ClockPair(wall=now, mono=mono, boot=pair.boot)
 
@@ -192,26 +227,46 @@ class PoolPolicy:
         if abs(now - state.last_sweep) >= QUEUE_SWEEP:
             state.last_sweep = now
             state.queue = [w for w in state.queue if alive(w)]
-        if state.mode is PoolMode.EMERGENCY:
-            # Never longer than one cooldown from now, whatever the clock did meanwhile.
-            state.cooldown_until = min(state.cooldown_until or 0, now + self.settings.cooldown)
-            if now >= state.cooldown_until:
-                state.mode = PoolMode.NORMAL
-                state.cooldown_until = None
+            if state.shares:
+                self._drop_idle_shares(state, now)
+        ending: list[PoolState | Share] = (
+            [state, *state.shares.values()] if self.shared else [state]
+        )
+        for adapted in ending:
+            if adapted.mode is PoolMode.EMERGENCY:
+                # Never longer than one cooldown from now, whatever the clock did meanwhile.
+                until = min(adapted.cooldown_until or 0, now + self.settings.cooldown)
+                adapted.cooldown_until = until
+                if now >= until:
+                    adapted.mode = PoolMode.NORMAL
+                    adapted.cooldown_until = None
         if sampled:
             if load is None:
-                state.last_sample_at = now  # count the interval, change nothing else
+                # count the interval, change nothing else
+                self._adapting(state).last_sample_at = now
             else:
                 self.record_sample(state, now, load, "loadavg", pid_alive)
         self._grant(state, now, alive)
 
+    def _drop_idle_shares(self, state: PoolState, now: float) -> None:
+        """Forget the shares of hosts that hold and await nothing and have not sampled
+        for ``SHARE_IDLE`` seconds (never this host's, nor one in its cooldown)."""
+        busy = {e.host for e in state.tokens} | {e.host for e in state.queue} | {self.host}
+        for host in [h for h in state.shares if h not in busy]:
+            share = state.shares[host]
+            last = share.last_sample_at
+            idle = last is None or abs(now - last) >= SHARE_IDLE
+            if idle and share.mode is PoolMode.NORMAL:
+                del state.shares[host]
+
     # -- load ---------------------------------------------------------------------------
 
     def sample_due(self, state: PoolState, now: float) -> bool:
-        """Is an automatic load sample due (at most one per ``sample_interval``)?"""
+        """Is an automatic load sample due (at most one per ``sample_interval``)? On a
+        shared store: one of this host's."""
         if not self.settings.adaptive:
             return False
-        last = state.last_sample_at
+        last = self.share(state, self.host).last_sample_at if self.shared else state.last_sample_at
         return last is None or now - last >= self.settings.sample_interval or now < last
 
     def record_sample(
@@ -223,34 +278,36 @@ class PoolPolicy:
         pid_alive: PidAlive,
     ) -> list[str]:
         """Apply one load sample (None with source ``overload`` for a 429/503): emergency,
-        streaks, size. Returns the ids of tickets granted because the pool grew."""
+        streaks, size; of the pool, or on a shared store of this host's share only.
+        Returns the ids of tickets granted because the pool (or the share) grew."""
         cfg = self.settings
         state.samples = [*state.samples, Sample(at=now, load=load, source=source)][-MAX_SAMPLES:]
+        mine = self._adapting(state)
         if source == "loadavg":
-            state.last_sample_at = now
+            mine.last_sample_at = now
         if load is not None and load > cfg.emergency_load:
-            state.mode = PoolMode.EMERGENCY
-            state.cooldown_until = now + cfg.cooldown
-            state.size = cfg.min_tokens
-            state.low = state.high = 0
+            mine.mode = PoolMode.EMERGENCY
+            mine.cooldown_until = now + cfg.cooldown
+            mine.size = cfg.min_tokens
+            mine.low = mine.high = 0
             return []
-        if state.mode is PoolMode.EMERGENCY:
-            state.low = state.high = 0  # no adapting until the cooldown is over
+        if mine.mode is PoolMode.EMERGENCY:
+            mine.low = mine.high = 0  # no adapting until the cooldown is over
             return []
         if load is None or load > cfg.load_high:
-            state.high += 1
-            state.low = 0
+            mine.high += 1
+            mine.low = 0
         elif load < cfg.load_low:
-            state.low += 1
-            state.high = 0
+            mine.low += 1
+            mine.high = 0
         else:
-            state.low = state.high = 0
-        if state.high >= cfg.hysteresis:
-            state.size = max(cfg.min_tokens, state.size - 1)
-            state.high = 0
-        elif state.low >= cfg.hysteresis:
-            state.size = min(cfg.max_tokens, state.size + 1)
-            state.low = 0
+            mine.low = mine.high = 0
+        if mine.high >= cfg.hysteresis:
+            mine.size = max(cfg.min_tokens, mine.size - 1)
+            mine.high = 0
+        elif mine.low >= cfg.hysteresis:
+            mine.size = min(cfg.max_tokens, mine.size + 1)
+            mine.low = 0
             return self._grant(state, now, _Liveness(self, now, pid_alive))
         return []
 
@@ -269,6 +326,8 @@ class PoolPolicy:
         A ticket of a dead holder is dropped, not granted; ``own`` is the caller's ticket,
         alive by definition. Returns the ids granted.
         """
+        if self.shared:
+            return self._grant_shared(state, now, alive, own=own)
         if state.mode is PoolMode.EMERGENCY or not state.queue:
             return []
         free = state.size - len(state.tokens)
@@ -296,6 +355,54 @@ class PoolPolicy:
         state.queue = remaining
         return granted
 
+    def _grant_shared(
+        self,
+        state: PoolState,
+        now: float,
+        alive: Callable[[Ticket], bool],
+        *,
+        own: str | None,
+    ) -> list[str]:
+        """``_grant`` on a shared store: in queue order, a ticket is granted while all
+        hosts together hold fewer than ``max_tokens``, its host's holders fewer than its
+        share's size (and its share is not in emergency mode), and its agent fewer than
+        its cap; a ticket held back by its host or agent keeps its place."""
+        if not state.queue:
+            return []
+        free = self.settings.max_tokens - len(state.tokens)
+        if free <= 0:
+            return []
+        per_agent: dict[str, int] = {}
+        per_host: dict[str, int] = {}
+        for tok in state.tokens:
+            per_agent[tok.agent] = per_agent.get(tok.agent, 0) + 1
+            per_host[tok.host] = per_host.get(tok.host, 0) + 1
+        granted: list[str] = []
+        remaining = []
+        for ticket in state.queue:
+            if free <= 0:
+                remaining.append(ticket)
+                continue
+            share = state.shares.get(ticket.host)
+            if share is not None and (
+                share.mode is PoolMode.EMERGENCY or per_host.get(ticket.host, 0) >= share.size
+            ):
+                remaining.append(ticket)  # its host is at its share: keeps its place
+                continue
+            cap = ticket.max_concurrent
+            if cap is not None and per_agent.get(ticket.agent, 0) >= cap:
+                remaining.append(ticket)
+                continue
+            if ticket.id != own and not alive(ticket):
+                continue
+            state.tokens.append(Token.granted(ticket, now))
+            granted.append(ticket.id)
+            per_agent[ticket.agent] = per_agent.get(ticket.agent, 0) + 1
+            per_host[ticket.host] = per_host.get(ticket.host, 0) + 1
+            free -= 1
+        state.queue = remaining
+        return granted
+
     def grant(self, state: PoolState, now: float, pid_alive: PidAlive) -> list[str]:
         """Grant free tokens to the tickets at the head of the queue; the ids granted."""
         return self._grant(state, now, _Liveness(self, now, pid_alive))
@@ -309,9 +416,19 @@ class PoolPolicy:
 
     def why_waiting(self, state: PoolState, now: float) -> str:
         """Tokens in use, waiters, and the cooldown left: why a request is not served."""
-        why = f"{len(state.tokens)} of {state.size} tokens in use, {len(state.queue)} waiting"
-        if state.mode is PoolMode.EMERGENCY:
-            left = max(0.0, (state.cooldown_until or now) - now)
+        adapted: PoolState | Share = state
+        if self.shared:
+            adapted = self.share(state, self.host)
+            mine = sum(1 for t in state.tokens if t.host == self.host)
+            why = (
+                f"{len(state.tokens)} of {self.settings.max_tokens} tokens in use on all "
+                f"hosts, {mine} of this host's share of {adapted.size}, "
+                f"{len(state.queue)} waiting"
+            )
+        else:
+            why = f"{len(state.tokens)} of {state.size} tokens in use, {len(state.queue)} waiting"
+        if adapted.mode is PoolMode.EMERGENCY:
+            left = max(0.0, (adapted.cooldown_until or now) - now)
             why += f", emergency cooldown for {left:.0f} s more"
         return why
 

@@ -3,7 +3,12 @@
 Every backend stores the same document: the file backend as ``state.json``, a database
 backend as one JSON value. ``decode`` repairs whatever it is given (bad entries dropped,
 the rest kept; older files without ``host``/``renewed_at`` read as this host's, renewed
-when granted); ``encode`` writes tokens before the queue, which ``granted_hint`` relies on.
+when granted; older files without ``shares`` read as no host having adapted yet);
+``encode`` writes tokens before the queue, which ``granted_hint`` relies on.
+
+On a store shared by hosts each host adapts its own share of the pool: ``shares`` maps a
+host identity to its ``Share`` (size, mode, cooldown, streaks, last sample). It is written
+only when not empty, so a host-local state file is the same document as before.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ __all__ = [
     "PoolState",
     "Reclaim",
     "Sample",
+    "Share",
     "Ticket",
     "Token",
     "decode",
@@ -34,6 +40,8 @@ STATE_VERSION = 1
 MAX_SAMPLES = 12
 MAX_RECLAIMED = 20
 MAX_TEXT = 200
+#: At most this many host shares are kept (the least recently sampled are dropped first).
+MAX_SHARES = 256
 #: Why a token was taken back from its holder: its process died, it held past
 #: ``token_timeout`` or past its deadline, or (another host) it stopped renewing.
 RECLAIM_REASONS = ("dead", "timeout", "deadline", "expired")
@@ -108,6 +116,20 @@ class ClockPair:
 
 
 @dataclass(slots=True)
+class Share:
+    """One host's adaptive share of a pool on a shared store: the size its own load
+    allows (tokens its holders may hold at once), its mode, cooldown, streaks and the time
+    of its last load sample (pool clock). A host without one is at ``max_tokens``."""
+
+    size: int
+    mode: PoolMode = PoolMode.NORMAL
+    cooldown_until: float | None = None
+    low: int = 0
+    high: int = 0
+    last_sample_at: float | None = None
+
+
+@dataclass(slots=True)
 class PoolState:
     """Everything the pool shares: size, mode, tokens, queue, load streaks and history."""
 
@@ -124,6 +146,7 @@ class PoolState:
     reclaimed: list[Reclaim] = field(default_factory=list)
     repairs: int = 0
     clock: ClockPair | None = None
+    shares: dict[str, Share] = field(default_factory=dict)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -246,8 +269,38 @@ def decode(raw: Any, settings: PoolSettings, *, host: str) -> tuple[PoolState, b
         reclaimed=_reclaimed(raw.get("reclaimed"))[-MAX_RECLAIMED:],
         repairs=counter("repairs"),
         clock=_clock_pair(raw.get("clock")),
+        shares=_shares(raw.get("shares"), settings),
     )
     return state, repaired
+
+
+def _counter(value: Any) -> int:
+    return max(0, value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _shares(raw: Any, cfg: PoolSettings) -> dict[str, Share]:
+    """The hosts' shares that have a host name; bad fields read as a fresh share's."""
+    shares: dict[str, Share] = {}
+    for key, item in raw.items() if isinstance(raw, dict) else ():
+        host = _text(key)
+        if host is None or not isinstance(item, dict):
+            continue
+        mode = _mode(item.get("mode"))[0]
+        until = _num(item.get("cooldown_until"))
+        if mode is PoolMode.EMERGENCY and until is None:
+            mode = PoolMode.NORMAL
+        shares[host] = Share(
+            size=_size(item.get("size"), cfg)[0],
+            mode=mode,
+            cooldown_until=until if mode is PoolMode.EMERGENCY else None,
+            low=_counter(item.get("low")),
+            high=_counter(item.get("high")),
+            last_sample_at=_num(item.get("last_sample_at")),
+        )
+    if len(shares) > MAX_SHARES:
+        newest = sorted(shares, key=lambda h: shares[h].last_sample_at or 0.0)[-MAX_SHARES:]
+        shares = {h: shares[h] for h in newest}
+    return shares
 
 
 def _size(raw: Any, cfg: PoolSettings) -> tuple[int, bool]:
@@ -359,7 +412,7 @@ def to_json(state: PoolState) -> dict[str, Any]:
 
 
 def _body(state: PoolState) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "version": STATE_VERSION,
         "size": state.size,
         "mode": state.mode.value,
@@ -373,6 +426,22 @@ def _body(state: PoolState) -> dict[str, Any]:
         "samples": [{"at": s.at, "load": s.load, "source": s.source} for s in state.samples],
         "reclaimed": [reclaim_json(r) for r in state.reclaimed],
         "repairs": state.repairs,
+    }
+    if state.shares:  # after the queue (``granted_hint``); absent on a host-local store
+        doc["shares"] = {host: share_json(sh) for host, sh in state.shares.items()}
+    return doc
+
+
+def share_json(share: Share) -> dict[str, Any]:
+    """One host's share as JSON (``size``, ``mode``, ``cooldown_until``, ``low``,
+    ``high``, ``last_sample_at``)."""
+    return {
+        "size": share.size,
+        "mode": share.mode.value,
+        "cooldown_until": share.cooldown_until,
+        "low": share.low,
+        "high": share.high,
+        "last_sample_at": share.last_sample_at,
     }
 
 

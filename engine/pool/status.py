@@ -6,47 +6,93 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.pool.settings import PoolMode
-from engine.pool.state import PoolState, reclaim_json
+from engine.pool.state import PoolState, Share, reclaim_json
 
 __all__ = ["format_status", "reclaim_json", "status_view"]
 
 
 def status_view(
-    state: PoolState, now: float, *, where: str, enabled: bool, settings: dict[str, Any]
+    state: PoolState,
+    now: float,
+    *,
+    where: str,
+    enabled: bool,
+    settings: dict[str, Any],
+    host: str | None = None,
+    shares: dict[str, Share] | None = None,
 ) -> dict[str, Any]:
-    """What ``orchestrate pool status --json`` prints, from a state at ``now``."""
-    until = state.cooldown_until
-    return {
+    """What ``orchestrate pool status --json`` prints, from a state at ``now``.
+
+    On a store shared by hosts, ``shares`` maps every host to its share (a fresh one for
+    a host without) and ``host`` is the viewing host: ``size``, ``mode``, the cooldown,
+    ``streak`` and ``last_sample_at`` are then its share's, ``max_tokens`` caps all hosts
+    together, holders name their ``host`` and ``hosts`` lists each host's share (``host``,
+    ``size``, ``mode``, ``cooldown_remaining_s``, ``in_use``, ``waiting``, ``streak``,
+    ``last_sample_at``), this host first.
+    """
+    adapted: PoolState | Share = state
+    if shares is not None and host is not None:
+        adapted = shares[host]
+    until = adapted.cooldown_until
+    shared = shares is not None
+    view = {
         "dir": where,
         "enabled": enabled,
-        "size": state.size,
+        "size": adapted.size,
         "min_tokens": settings["min_tokens"],
         "max_tokens": settings["max_tokens"],
-        "mode": state.mode.value,
+        "mode": adapted.mode.value,
         "cooldown_until": until,
-        "cooldown_remaining_s": round(max(0.0, until - now), 3) if until else 0.0,
-        "in_use": _holders(state.tokens, now, "acquired_at", "age_s"),
-        "queue": _holders(state.queue, now, "queued_at", "waited_s"),
+        "cooldown_remaining_s": _left(until, now),
+        "in_use": _holders(state.tokens, now, "acquired_at", "age_s", shared),
+        "queue": _holders(state.queue, now, "queued_at", "waited_s", shared),
         "samples": [{"at": s.at, "load": s.load, "source": s.source} for s in state.samples],
-        "streak": {"low": state.low, "high": state.high},
-        "last_sample_at": state.last_sample_at,
+        "streak": {"low": adapted.low, "high": adapted.high},
+        "last_sample_at": adapted.last_sample_at,
         "reclaimed": [reclaim_json(r) for r in state.reclaimed],
         "repairs": state.repairs,
         "settings": settings,
     }
+    if shares is not None:
+        view["host"] = host
+        order = sorted(shares, key=lambda h: (h != host, h))
+        view["hosts"] = [
+            {
+                "host": h,
+                "size": shares[h].size,
+                "mode": shares[h].mode.value,
+                "cooldown_remaining_s": _left(shares[h].cooldown_until, now),
+                "in_use": sum(1 for t in state.tokens if t.host == h),
+                "waiting": sum(1 for t in state.queue if t.host == h),
+                "streak": {"low": shares[h].low, "high": shares[h].high},
+                "last_sample_at": shares[h].last_sample_at,
+            }
+            for h in order
+        ]
+    return view
 
 
-def _holders(items: Sequence[Any], now: float, since: str, key: str) -> list[dict[str, Any]]:
-    """Run id, agent, PID and the seconds since ``since`` (as ``key``) of tokens or tickets."""
-    return [
-        {
+def _left(until: float | None, now: float) -> float:
+    return round(max(0.0, until - now), 3) if until else 0.0
+
+
+def _holders(
+    items: Sequence[Any], now: float, since: str, key: str, shared: bool = False
+) -> list[dict[str, Any]]:
+    """Run id, agent, PID and the seconds since ``since`` (as ``key``) of tokens or
+    tickets; with ``shared``, their ``host`` too."""
+    out = []
+    for h in items:
+        row = {
             "run_id": h.run_id,
             "agent": h.agent,
             "pid": h.pid,
             key: round(max(0.0, now - getattr(h, since)), 3),
         }
-        for h in items
-    ]
+        if shared:
+            row["host"] = h.host
+        out.append(row)
+    return out
 
 
 # -- rendering --------------------------------------------------------------------------
@@ -95,6 +141,21 @@ def format_status(status: dict[str, Any]) -> str:
             else ""
         ),
     ]
+    hosts = status.get("hosts")
+    if hosts:
+        lines[2] = (
+            f"size     {status.get('size')} on this host (all hosts together at most "
+            f"{status.get('max_tokens')})"
+        )
+        lines[3] = f"in use   {len(in_use)} of {status.get('max_tokens')} on all hosts"
+        lines += ["", "hosts (each adapts its share to its own load):"]
+        rows = []
+        for h in hosts:
+            mode = h["mode"]
+            if mode == PoolMode.EMERGENCY.value:
+                mode += f" ({_secs(h['cooldown_remaining_s'])} left)"
+            rows.append([h["host"], str(h["size"]), mode, str(h["in_use"]), str(h["waiting"])])
+        lines += _table(["HOST", "SHARE", "MODE", "IN USE", "WAITING"], rows)
     if in_use:
         lines += ["", "tokens in use:"]
         lines += _table(

@@ -226,7 +226,7 @@ class TokenPool:
         self.settings = settings
         self.store = store
         self.host = (host or host_id())[:MAX_TEXT]  # as the state stores it
-        self.policy = PoolPolicy(settings, host=self.host)
+        self.policy = PoolPolicy(settings, host=self.host, shared=store.shared)
         self._load_source = load_source
         self._clock = clock
         if monotonic is None:
@@ -326,12 +326,19 @@ class TokenPool:
         settings = self.settings.to_dict()
 
         def view(state: PoolState, now: float) -> dict[str, Any]:
+            shares = None
+            if self.policy.shared:
+                hosts = {self.host, *state.shares, *(e.host for e in state.tokens)}
+                hosts.update(e.host for e in state.queue)
+                shares = {h: self.policy.share(state, h) for h in hosts}
             return status_view(
                 state,
                 now,
                 where=self.store.location,
                 enabled=self.settings.enabled,
                 settings=settings,
+                host=self.host,
+                shares=shares,
             )
 
         if not self.settings.enabled or not self.store.exists():
