@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from engine.pool import DEADLINE_GRACE, PoolMode, PoolPolicy, PoolSettings, PoolState
+from engine.pool.policy import SHARE_IDLE
 from engine.pool.policy import PollOutcome as Outcome
-from engine.pool.state import ClockPair, Reclaim, Ticket, Token, decode, encode, parse
+from engine.pool.state import ClockPair, Reclaim, Share, Ticket, Token, decode, encode, parse
 
 HERE, THERE = "host-here", "host-there"
 NOW = 1000.0
@@ -320,3 +321,129 @@ def test_nan_settings_are_refused_with_their_key(key: str) -> None:
         PoolSettings(dir=Path("/unused"), **{key: float("nan")})
     assert f"`pool.{key}` must be a number, not NaN." in info.value.problems
     assert info.value.exit_code == 2
+
+
+# -- a store shared by hosts: each host adapts its own share ------------------------------
+
+
+def shared_policy(host: str = HERE, **kw: Any) -> PoolPolicy:
+    kw.setdefault("adaptive", True)
+    kw.setdefault("max_tokens", 4)
+    kw.setdefault("hysteresis", 2)
+    kw.setdefault("load_low", 1.0)
+    kw.setdefault("load_high", 3.0)
+    kw.setdefault("emergency_load", 8.0)
+    return PoolPolicy(PoolSettings(dir=Path("/unused"), **kw), host=host, shared=True)
+
+
+def test_a_loaded_host_shrinks_only_its_own_share() -> None:
+    here, there = shared_policy(HERE), shared_policy(THERE)
+    s = state(4)
+    for _ in range(2):
+        here.record_sample(s, NOW, 5.0, "loadavg", alive)  # loaded
+        there.record_sample(s, NOW, 0.5, "loadavg", alive)  # idle, already at the ceiling
+    assert (s.shares[HERE].size, s.shares[THERE].size) == (3, 4)
+    assert s.size == 4  # the single-host size is not touched on a shared store
+    for _ in range(4):
+        here.record_sample(s, NOW, 5.0, "loadavg", alive)
+    assert (s.shares[HERE].size, s.shares[THERE].size) == (1, 4)  # min_tokens is 1
+
+
+def test_an_idle_host_grows_only_its_own_share() -> None:
+    here, there = shared_policy(HERE), shared_policy(THERE)
+    s = state(4, shares={HERE: Share(size=1), THERE: Share(size=1)})
+    here.record_sample(s, NOW, 0.2, "loadavg", alive)
+    here.record_sample(s, NOW, 0.2, "loadavg", alive)
+    assert (s.shares[HERE].size, s.shares[THERE].size) == (2, 1)
+    assert there.share(s, THERE).low == 0
+
+
+def test_emergency_on_one_host_holds_back_only_its_tickets() -> None:
+    here = shared_policy(HERE)
+    s = state(4, queue=[tix("h1"), tix("t1", host=THERE)])
+    here.record_sample(s, NOW, 9.0, "loadavg", alive)
+    assert s.shares[HERE].mode is PoolMode.EMERGENCY and s.mode is PoolMode.NORMAL
+    assert here.grant(s, NOW, alive) == ["t1"]  # the other host is served past ours
+    assert [t.id for t in s.queue] == ["h1"]
+    assert "emergency cooldown" in here.why_waiting(s, NOW)
+    cooldown = here.settings.cooldown
+    shared_policy(THERE).housekeep(s, NOW + cooldown, alive)  # any host ends it on time
+    assert s.shares[HERE].mode is PoolMode.NORMAL and [t.id for t in s.tokens] == ["t1", "h1"]
+
+
+def test_a_host_is_granted_only_within_its_share_fifo_across_hosts() -> None:
+    # HERE's share is 1 and it holds 1; THERE has no share yet (the ceiling, 4).
+    s = state(
+        4,
+        [tok("h0")],
+        [tix("h1", at=NOW - 9), tix("t1", host=THERE, at=NOW - 8), tix("t2", host=THERE)],
+        shares={HERE: Share(size=1)},
+    )
+    assert shared_policy(THERE).grant(s, NOW, alive) == ["t1", "t2"]
+    assert [t.id for t in s.queue] == ["h1"]  # keeps its place at the head of the line
+    shared_policy(HERE).release(s, NOW, "h0", alive)
+    assert [t.id for t in s.tokens] == ["t1", "t2", "h1"]
+
+
+def test_max_tokens_caps_all_hosts_together() -> None:
+    s = state(4, shares={HERE: Share(size=4), THERE: Share(size=4)})
+    here, there = shared_policy(HERE), shared_policy(THERE)
+    outcomes = []
+    for i in range(3):
+        outcomes.append(here.enqueue(s, NOW, tix(f"h{i}"), alive).outcome)
+        outcomes.append(there.enqueue(s, NOW, tix(f"t{i}", host=THERE), alive).outcome)
+    assert outcomes == [Outcome.GRANTED] * 4 + [Outcome.WAITING] * 2
+    assert len(s.tokens) == 4 and [t.id for t in s.queue] == ["h2", "t2"]
+    here.release(s, NOW, "t0", alive)  # whoever frees a token, the head of the line gets it
+    assert [t.id for t in s.queue] == ["t2"] and s.tokens[-1].id == "h2"
+
+
+def test_per_agent_caps_hold_across_hosts() -> None:
+    s = state(
+        4, [tok("h0", agent="x")], [tix("t1", host=THERE, agent="x", cap=1), tix("t2", host=THERE)]
+    )
+    assert shared_policy(THERE).grant(s, NOW, alive) == ["t2"]
+    assert [t.id for t in s.queue] == ["t1"]
+
+
+def test_each_host_samples_on_its_own_interval() -> None:
+    here, there = shared_policy(HERE, sample_interval=5), shared_policy(THERE, sample_interval=5)
+    s = state(4)
+    here.housekeep(s, NOW, alive, sampled=True, load=0.5)
+    assert not here.sample_due(s, NOW + 1) and there.sample_due(s, NOW + 1)
+    assert here.sample_due(s, NOW + 5)
+
+
+def test_one_host_on_a_shared_store_adapts_as_a_lone_pool_does() -> None:
+    lone = PoolPolicy(shared_policy().settings, host=HERE)
+    a, b = state(4), state(4)
+    loads: list[float | None] = [5.0, 5.0, None, 5.0, 2.0, 0.5, 0.5, 9.0, 0.5]
+    for i, load in enumerate(loads):
+        source = "overload" if load is None else "loadavg"
+        lone.record_sample(a, NOW + i, load, source, alive)
+        shared_policy().record_sample(b, NOW + i, load, source, alive)
+        mine = b.shares[HERE]
+        assert (mine.size, mine.mode, mine.low, mine.high) == (a.size, a.mode, a.low, a.high)
+
+
+def test_idle_shares_of_gone_hosts_are_forgotten() -> None:
+    s = state(4, shares={THERE: Share(size=1, last_sample_at=NOW - SHARE_IDLE - 1)}, last_sweep=0)
+    shared_policy().housekeep(s, NOW, alive)
+    assert s.shares == {}
+    busy = state(4, [tok("t", host=THERE, renewed=NOW)], last_sweep=0,
+                 shares={THERE: Share(size=1, last_sample_at=NOW - SHARE_IDLE - 1)})  # fmt: skip
+    shared_policy().housekeep(busy, NOW, alive)
+    assert THERE in busy.shares
+
+
+def test_shares_round_trip_and_older_states_read_without_them() -> None:
+    cfg = shared_policy().settings
+    s = state(3, shares={THERE: Share(size=2, mode=PoolMode.EMERGENCY, cooldown_until=NOW,
+                                      low=0, high=1, last_sample_at=NOW - 1)})  # fmt: skip
+    back, repaired = decode(parse(encode(s)), cfg, host=HERE)
+    assert not repaired and back.shares == s.shares
+    assert b'"shares"' not in encode(state(3))  # a host-local state is written as before
+    old, _ = decode({"size": 2, "tokens": [], "queue": []}, cfg, host=HERE)
+    assert old.shares == {}
+    bad, _ = decode({"shares": {"h": {"size": 99, "mode": ["x"]}, "": {}, "g": 3}}, cfg, host=HERE)
+    assert bad.shares == {"h": Share(size=4)}  # clamped to max_tokens; bad entries dropped

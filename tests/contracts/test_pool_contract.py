@@ -489,6 +489,52 @@ class TestPoolContract:
         assert [touch(), touch(), touch(), touch(), touch(), touch()] == [1, 1, 2, 2, 2, 3]
         assert [touch() for _ in range(3)] == [3, 3, 3]  # never above max_tokens
 
+    def test_on_a_shared_store_each_host_adapts_its_own_share(self, backend: Backend) -> None:
+        clock = FakeClock()
+        common: dict[str, Any] = dict(
+            min_tokens=1,
+            max_tokens=4,
+            adaptive=True,
+            load_low=1.0,
+            load_high=3.0,
+            emergency_load=50.0,
+            hysteresis=1,
+            sample_interval=5,
+            clock=clock,
+        )
+        busy = backend.make(load_source=Loads(6.0), host="busy-host", **common)
+        if not busy.store.shared:
+            pytest.skip(f"the {backend.name} store is kept by one host")
+        idle = backend.make(load_source=Loads(0.2), host="idle-host", **common)
+        for _ in range(3):
+            clock.advance(5)
+            busy.acquire(run_id="b", agent="a", timeout=0).release()  # one sample each
+            idle.acquire(run_id="i", agent="a", timeout=0).release()
+        status = busy.status()
+        assert (status["size"], idle.status()["size"], status["max_tokens"]) == (1, 4, 4)
+        assert [(h["host"], h["size"]) for h in status["hosts"]] == [
+            ("busy-host", 1),
+            ("idle-host", 4),
+        ]
+        first = busy.acquire(run_id="b1", agent="a", timeout=0)
+        waiters = Waiters(busy)  # queued first, held back by its host's share of 1
+        waiters.start("b2")
+        wait_until(busy, lambda: queued(busy) == ["b2"], "the busy host's waiter")
+        with pytest.raises(DelegationTimeoutError, match="1 of this host's share of 1"):
+            busy.acquire(run_id="b3", agent="a", timeout=0)
+        # The idle host is served past the waiter, up to max_tokens for all hosts together.
+        leases = [idle.acquire(run_id=f"i{n}", agent="a", timeout=0) for n in range(3)]
+        with pytest.raises(DelegationTimeoutError, match="4 of 4 tokens in use on all hosts"):
+            idle.acquire(run_id="i3", agent="a", timeout=0)
+        assert sorted(held(idle)) == ["b1", "i0", "i1", "i2"] and queued(idle) == ["b2"]
+        leases[0].release()  # a free token, but the busy host is still at its share
+        assert queued(idle) == ["b2"]
+        first.release()
+        waiters.join()
+        assert waiters.granted == ["b2"] and waiters.errors == []
+        for lease in leases[1:]:
+            lease.release()
+
     def test_status_of_an_unused_pool_creates_nothing(self, backend: Backend) -> None:
         pool = backend.make(max_tokens=2)
         status = pool.status()
