@@ -281,7 +281,8 @@ class PoolPolicy:
         streaks, size; of the pool, or on a shared store of this host's share only.
         Returns the ids of tickets granted because the pool (or the share) grew."""
         cfg = self.settings
-        state.samples = [*state.samples, Sample(at=now, load=load, source=source)][-MAX_SAMPLES:]
+        taken = Sample(at=now, load=load, source=source, host=self.host if self.shared else None)
+        state.samples = [*state.samples, taken][-MAX_SAMPLES:]
         mine = self._adapting(state)
         if source == "loadavg":
             mine.last_sample_at = now

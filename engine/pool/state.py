@@ -86,11 +86,13 @@ class Token(_Holder):
 
 @dataclass(slots=True)
 class Sample:
-    """One load sample; ``load`` None with source ``overload`` is a 429/503 from a gateway."""
+    """One load sample; ``load`` None with source ``overload`` is a 429/503 from a gateway.
+    ``host``: the host that took it, on a store shared by hosts (else None)."""
 
     at: float
     load: float | None
     source: str
+    host: str | None = None
 
 
 @dataclass(slots=True)
@@ -336,6 +338,7 @@ def _samples(raw: Any) -> list[Sample]:
                     at=at,
                     load=_num(item.get("load")),
                     source=source if source in ("loadavg", "overload") else "loadavg",
+                    host=_text(item.get("host")),
                 )
             )
     return samples
@@ -423,12 +426,20 @@ def _body(state: PoolState) -> dict[str, Any]:
         "high": state.high,
         "last_sample_at": state.last_sample_at,
         "last_sweep": state.last_sweep,
-        "samples": [{"at": s.at, "load": s.load, "source": s.source} for s in state.samples],
+        "samples": [sample_json(s) for s in state.samples],
         "reclaimed": [reclaim_json(r) for r in state.reclaimed],
         "repairs": state.repairs,
     }
     if state.shares:  # after the queue (``granted_hint``); absent on a host-local store
         doc["shares"] = {host: share_json(sh) for host, sh in state.shares.items()}
+    return doc
+
+
+def sample_json(sample: Sample) -> dict[str, Any]:
+    """One load sample as JSON (``at``, ``load``, ``source``, and ``host`` when known)."""
+    doc: dict[str, Any] = {"at": sample.at, "load": sample.load, "source": sample.source}
+    if sample.host is not None:
+        doc["host"] = sample.host
     return doc
 
 

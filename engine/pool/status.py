@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.pool.settings import PoolMode
-from engine.pool.state import PoolState, Share, reclaim_json
+from engine.pool.state import PoolState, Share, reclaim_json, sample_json
 
 __all__ = ["format_status", "reclaim_json", "status_view"]
 
@@ -46,7 +46,7 @@ def status_view(
         "cooldown_remaining_s": _left(until, now),
         "in_use": _holders(state.tokens, now, "acquired_at", "age_s", shared),
         "queue": _holders(state.queue, now, "queued_at", "waited_s", shared),
-        "samples": [{"at": s.at, "load": s.load, "source": s.source} for s in state.samples],
+        "samples": [sample_json(s) for s in state.samples],
         "streak": {"low": adapted.low, "high": adapted.high},
         "last_sample_at": adapted.last_sample_at,
         "reclaimed": [reclaim_json(r) for r in state.reclaimed],
@@ -121,7 +121,10 @@ def format_status(status: dict[str, Any]) -> str:
     if not status.get("enabled", True):
         mode = "disabled (`pool.enabled` is false)"
     samples = []
+    hosts = status.get("hosts")
     for s in status.get("samples", []):
+        if hosts and s.get("host", status.get("host")) != status.get("host"):
+            continue  # another host's sample: its share is in the table below
         samples.append("429/503" if s.get("load") is None else f"{s['load']:.2f}")
     streak = status.get("streak", {})
     lines = [
@@ -141,7 +144,6 @@ def format_status(status: dict[str, Any]) -> str:
             else ""
         ),
     ]
-    hosts = status.get("hosts")
     if hosts:
         lines[2] = (
             f"size     {status.get('size')} on this host (all hosts together at most "
@@ -156,17 +158,28 @@ def format_status(status: dict[str, Any]) -> str:
                 mode += f" ({_secs(h['cooldown_remaining_s'])} left)"
             rows.append([h["host"], str(h["size"]), mode, str(h["in_use"]), str(h["waiting"])])
         lines += _table(["HOST", "SHARE", "MODE", "IN USE", "WAITING"], rows)
+    host_col = ["HOST"] if hosts else []
+
+    def where(h: dict[str, Any]) -> list[str]:
+        return [str(h.get("host", "?"))] if hosts else []
+
     if in_use:
         lines += ["", "tokens in use:"]
         lines += _table(
-            ["RUN ID", "AGENT", "PID", "AGE"],
-            [[t["run_id"], t["agent"], str(t["pid"]), _secs(t["age_s"])] for t in in_use],
+            ["RUN ID", "AGENT", *host_col, "PID", "AGE"],
+            [
+                [t["run_id"], t["agent"], *where(t), str(t["pid"]), _secs(t["age_s"])]
+                for t in in_use
+            ],
         )
     if queue:
         lines += ["", "waiting (first come, first served):"]
         lines += _table(
-            ["RUN ID", "AGENT", "PID", "WAITED"],
-            [[w["run_id"], w["agent"], str(w["pid"]), _secs(w["waited_s"])] for w in queue],
+            ["RUN ID", "AGENT", *host_col, "PID", "WAITED"],
+            [
+                [w["run_id"], w["agent"], *where(w), str(w["pid"]), _secs(w["waited_s"])]
+                for w in queue
+            ],
         )
     reclaimed = status.get("reclaimed", [])
     if reclaimed:
