@@ -71,7 +71,7 @@ def build(
         self_approval=settings.self_approval,
         observer=observer,
     )
-    hub = EventHub(runs_dir(cfg), on_event=manager.on_event)
+    hub = EventHub(runs_dir(cfg), on_event=manager.on_event, store=delegator.store)
     observer.wake = hub.wake
     observer.publish = hub.publish
     hub.prime()

@@ -4,6 +4,11 @@ The journals stay the truth. The hub only notices new lines (at once when the se
 runs report, within ``poll`` seconds for runs of other processes), gives each event a
 global sequence number for ``/v1/events?after=N``, and wakes the SSE streams waiting on it.
 A run's own cursor is its journal line number, which survives restarts.
+
+With a PostgreSQL store the journals are its ``run_events`` rows: the hub is woken by the
+``NOTIFY`` every appended event sends (from any process on any host), reads the new rows
+of that run, and looks at every run once per ``FULL_SCAN_PG`` seconds (each ``poll``
+seconds while it cannot listen).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from engine.redact import redact_obj
 
 #: Events kept for ``after=N`` queries over all runs (older cursors get ``reset``).
 BUFFER = 20000
+#: With a PostgreSQL store, every run is looked at this often (seconds) while the hub
+#: listens: a ``NOTIFY`` names each run that got an event, so this only repairs a miss.
+FULL_SCAN_PG = 30.0
 
 
 def read_journal(path: Path, after: int = 0) -> list[dict[str, Any]]:
@@ -42,7 +50,8 @@ def read_journal(path: Path, after: int = 0) -> list[dict[str, Any]]:
 
 
 class EventHub:
-    """Tails ``runs_dir/*/events.jsonl`` inside the server's event loop.
+    """Tails ``runs_dir/*/events.jsonl`` (or, given a ``PostgresRunStore`` as ``store``,
+    its ``run_events``) inside the server's event loop.
 
     ``buffer[i]`` holds the event numbered ``base + i``; ``wire[i]`` is its JSON text,
     made (and redacted) once however many streams send it.
@@ -55,8 +64,13 @@ class EventHub:
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         poll: float = 0.5,
         keep: int = BUFFER,
+        store: Any = None,
     ) -> None:
         self.runs_dir = runs_dir
+        # The database of a PostgreSQL store (None: the journals are files in runs_dir).
+        self._db: Any = getattr(store, "db", None) if hasattr(store, "watch_run") else None
+        self._all = False
+        self._untap: Callable[[], None] | None = None
         self.on_event = on_event
         self.poll = poll
         self.keep = keep
@@ -74,6 +88,12 @@ class EventHub:
 
     def prime(self) -> None:
         """Skip what the journals hold already: the feed starts now."""
+        if self._db is not None:
+            from engine.store.postgres_signals import journal_lengths
+
+            for run_id, count in journal_lengths(self._db).items():
+                self._tails[run_id] = (0, count)
+            return
         for run_id, path in self._journals():
             lines = len(read_journal(path))
             try:
@@ -87,20 +107,52 @@ class EventHub:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         last_full = 0.0
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            now = self._loop.time()
-            if now - last_full >= self.poll:
-                last_full = now
-                self._dirty.clear()
-                self.scan()
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                now = self._loop.time()
+                if self._all or now - last_full >= self._full_every():
+                    last_full = now
+                    self._all = False
+                    self._dirty.clear()
+                    self.scan()
+                else:
+                    dirty, self._dirty = self._dirty, set()
+                    self.scan(dirty)
+        finally:
+            if self._untap is not None:
+                self._untap()
+                self._untap = None
+
+    def _full_every(self) -> float:
+        """Seconds between looks at every run: ``poll``, or with a PostgreSQL store
+        ``FULL_SCAN_PG`` while its ``NOTIFY``s arrive (listening again if they stopped)."""
+        if self._db is None:
+            return self.poll
+        from engine.store.postgres_signals import listener
+
+        hub = listener(self._db)
+        if self._untap is not None and hub.listening():
+            return FULL_SCAN_PG
+        try:
+            if self._untap is None:
+                self._untap = hub.tap(self._heard)
             else:
-                dirty, self._dirty = self._dirty, set()
-                self.scan(dirty)
+                hub.ensure()
+        except Exception:  # noqa: BLE001 - the database is away: poll until it is back
+            return self.poll
+        return self.poll  # (re)started listening: look at everything once
+
+    def _heard(self, payload: str | None) -> None:
+        """A ``NOTIFY`` on the run channel (listening thread): wake for its run."""
+        if payload is None:
+            self.wake(None)
+        elif payload.startswith("e:"):
+            self.wake(payload[2:])
 
     def wake(self, run_id: str | None = None) -> None:
         """Ask for a scan now (of ``run_id``, else of every run); safe from any thread."""
@@ -113,7 +165,7 @@ class EventHub:
 
     def _mark(self, run_id: str | None) -> None:
         if run_id is None:
-            self._dirty.update(n for n, _ in self._journals())
+            self._all = True
         else:
             self._dirty.add(run_id)
         if self._wake is not None:
@@ -130,6 +182,8 @@ class EventHub:
 
     def scan(self, only: set[str] | None = None) -> int:
         """Read new journal lines (of ``only``, else of every run); return how many."""
+        if self._db is not None:
+            return self._scan_db(only)
         added = 0
         journals = (
             self._journals()
@@ -160,6 +214,34 @@ class EventHub:
                     self._add({**ev, "runId": run_id, "line": lines})
                     added += 1
             self._tails[run_id] = (offset + end + 1, lines)
+        if added:
+            self._notify()
+        return added
+
+    def _scan_db(self, only: set[str] | None) -> int:
+        """``scan`` over a PostgreSQL store's ``run_events`` (a run's line is its event's
+        number in the run, as ``/v1/runs/{id}/events`` numbers it)."""
+        from engine.store.postgres_signals import journal_after, journal_lengths
+
+        added = 0
+        try:
+            if only is None:
+                lengths = journal_lengths(self._db)
+                only = {n for n, count in lengths.items() if count > self._tails.get(n, (0, 0))[1]}
+            for run_id in sorted(only):
+                lines = self._tails.get(run_id, (0, 0))[1]
+                for number, raw in journal_after(self._db, run_id, lines):
+                    lines = number
+                    try:
+                        ev = json.loads(raw)
+                    except ValueError:
+                        continue
+                    if isinstance(ev, dict) and "event" in ev:
+                        self._add({**ev, "runId": run_id, "line": number})
+                        added += 1
+                self._tails[run_id] = (0, lines)
+        except Exception:  # noqa: BLE001 - the database is away: the next scan catches up
+            pass
         if added:
             self._notify()
         return added

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.store.postgres_db import Database
@@ -29,6 +30,8 @@ __all__ = [
     "CHANNEL",
     "RUN_CHANNEL",
     "PostgresHandoffSignals",
+    "journal_after",
+    "journal_lengths",
     "listener",
     "payload",
     "run_payload",
@@ -90,6 +93,22 @@ class _Listener:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self.generation = 0
+        self._taps: list[Callable[[str | None], None]] = []
+
+    def tap(self, callback: Callable[[str | None], None]) -> Callable[[], None]:
+        """Call ``callback(payload)`` from the listening thread for every notification
+        (``None`` once the connection is lost: anything may have been missed); listening
+        when this returns. Returns the function that stops the calls."""
+        with self._lock:
+            self._taps.append(callback)
+            self._ensure()
+
+        def untap() -> None:
+            with self._lock:
+                if callback in self._taps:
+                    self._taps.remove(callback)
+
+        return untap
 
     def add(self, key: str, event: threading.Event | None = None) -> _PgWaiter:
         waiter = _PgWaiter(self, key, event)
@@ -132,14 +151,20 @@ class _Listener:
                 for note in conn.notifies(timeout=1.0):
                     with self._lock:
                         group = list(self._waiters.get(note.payload, ()))
+                        taps = list(self._taps)
                     for waiter in group:
                         waiter.wake()
+                    for tap in taps:
+                        tap(note.payload)
         except Exception:  # noqa: BLE001 - connection lost: wake everyone, they look
             with self._lock:
                 everyone = [w for g in self._waiters.values() for w in g]
+                taps = list(self._taps)
                 self._thread = None
             for waiter in everyone:
                 waiter.wake()
+            for tap in taps:
+                tap(None)
 
 
 _listeners: dict[str, _Listener] = {}
@@ -154,6 +179,32 @@ def listener(db: Database) -> _Listener:
         if found is None:
             found = _listeners[key] = _Listener(db)
         return found
+
+
+def journal_lengths(db: Database) -> dict[str, int]:
+    """How many events each run's journal holds (run id -> count), in one query: what a
+    follower of every run (``orchestrate serve``'s event feed) has to catch up with."""
+    rows = (
+        db.checked_conn()
+        .execute("SELECT run_id, count(*) FROM run_events GROUP BY run_id")
+        .fetchall()
+    )
+    return {str(run_id): int(n) for run_id, n in rows}
+
+
+def journal_after(db: Database, run_id: str, after: int) -> list[tuple[int, str]]:
+    """The run's events after its ``after``-th, as ``(number, JSON text)``, numbered from
+    1 in append order as ``PostgresRunStore.events`` numbers them (one appender per run:
+    the executor holding the run's lease)."""
+    rows = (
+        db.checked_conn()
+        .execute(
+            "SELECT body FROM run_events WHERE run_id = %s ORDER BY id OFFSET %s",
+            (run_id, max(0, after)),
+        )
+        .fetchall()
+    )
+    return [(after + i, str(body)) for i, (body,) in enumerate(rows, 1)]
 
 
 class PostgresHandoffSignals:
