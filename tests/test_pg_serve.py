@@ -9,7 +9,12 @@ or run of them.
 
 from __future__ import annotations
 
+import itertools
+import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -70,3 +75,55 @@ def test_serve_runs_delegations_and_workflows_on_postgres(pg_url: str, tmp_path:
     handoffs = Path(raw["handoffs_dir"])
     assert not (handoffs / "workflows" / run_id).exists()
     assert not list(handoffs.glob(f"**/records/{deleg}*"))
+
+
+def _events(lines: Iterator[str], limit: float = 60) -> Iterator[dict[str, Any]]:
+    """The SSE events of a stream's lines (comments skipped), as they arrive; fails once
+    ``limit`` seconds have passed (a keep-alive comment arrives every 15 s)."""
+    deadline = time.monotonic() + limit
+    data = None
+    for line in lines:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no event within {limit} s")
+        if line.startswith("data: "):
+            data = json.loads(line[6:])
+        elif line == "" and data is not None:
+            yield data
+            data = None
+
+
+def test_live_feeds_show_events_another_host_appends(pg_url: str, tmp_path: Path) -> None:
+    srv = Served(tmp_path)
+    raw = yaml.safe_load(srv.path.read_text())
+    raw["store"] = pg_url
+    write_config(tmp_path, raw)
+    srv.start()
+    writer = PostgresRunStore(Database.from_url(pg_url))  # another host's executor
+    run_id = "wf-20260101T000000-0a1b2c3d"
+    try:
+        writer.create_run(run_id, {"workflow": "w"})  # a run the server never saw start
+        journal = writer.journal(run_id)
+        with srv.client("alice") as client:
+            with client.stream("GET", "/v1/events/stream", timeout=60) as feed:
+                lines = feed.iter_lines()
+                assert next(lines) == ": connected"  # subscribed: from now on
+                journal.append("run_started", workflow="w")
+                journal.append("step_started", step="a")
+                got = list(itertools.islice(_events(lines), 2))
+            assert [(e["event"], e["runId"], e["line"]) for e in got] == [
+                ("run_started", run_id, 1),
+                ("step_started", run_id, 2),
+            ]
+            assert got[1]["seq"] == got[0]["seq"] + 1
+            with client.stream("GET", f"/v1/runs/{run_id}/stream", timeout=60) as stream:
+                events = _events(stream.iter_lines())
+                replayed = [next(events)["line"], next(events)["line"]]
+                journal.append("step_finished", step="a", status="ok")
+                live = next(events)
+            assert replayed == [1, 2]
+            assert (live["event"], live["line"], live["step"]) == ("step_finished", 3, "a")
+            polled = client.get("/v1/events", params={"after": 0}).json()
+            assert [e["line"] for e in polled["events"] if e["runId"] == run_id] == [1, 2, 3]
+    finally:
+        srv.stop()
+    assert "Traceback" not in "".join(srv.log), "".join(srv.log)
