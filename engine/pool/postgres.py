@@ -111,11 +111,9 @@ class PostgresPoolStore:
 
     def exists(self) -> bool:
         """The pool's row exists."""
-        row = (
-            self._conn()
-            .execute("SELECT 1 FROM pool_state WHERE name = %s", (self._name,))
-            .fetchone()
-        )
+        row = self._conn().execute(
+            "SELECT 1 FROM pool_state WHERE name = %s", (self._name,)
+        ).fetchone()
         return row is not None
 
     def transact(self, fn: Callable[[bytes], tuple[_T, bytes | None]]) -> _T:
@@ -155,11 +153,9 @@ class PostgresPoolStore:
 
     def peek(self) -> bytes:
         """The row's state, read without the lock (b"" when none)."""
-        row = (
-            self._conn()
-            .execute("SELECT state FROM pool_state WHERE name = %s", (self._name,))
-            .fetchone()
-        )
+        row = self._conn().execute(
+            "SELECT state FROM pool_state WHERE name = %s", (self._name,)
+        ).fetchone()
         return bytes(row[0]) if row else b""
 
     def changes(self) -> _Feed | None:
