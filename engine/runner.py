@@ -136,7 +136,7 @@ def prepare(
     from engine.dag import plan_workflow
     from engine.registry import Registry
     from engine.renderer import TaskRenderer
-    from engine.workflow import find_workflow, load_workflow
+    from engine.workflow import find_workflow, load_child_workflow, load_workflow
 
     if spec is None:
         spec = load_workflow(find_workflow(name_or_path, cfg))
@@ -150,6 +150,7 @@ def prepare(
         caller=caller,
         validator=cfg.validator,
         renderer=renderer,
+        load_child=lambda name, parent: load_child_workflow(name, parent, cfg),
     )
     return Prepared(spec, plan, renderer)
 
