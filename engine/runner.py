@@ -299,11 +299,23 @@ class WorkflowRunner:
 
     # -- entry points -----------------------------------------------------------------
 
-    def start(self, prepared: Prepared, options: RunOptions) -> RunResult:
-        """Create the run directory and run the workflow."""
+    def start(
+        self,
+        prepared: Prepared,
+        options: RunOptions,
+        *,
+        run_id: str | None = None,
+        parent: dict[str, str] | None = None,
+        parent_cancel: threading.Event | None = None,
+    ) -> RunResult:
+        """Create the run directory and run the workflow.
+
+        A sub-workflow's child run is started by its parent's execution with its
+        ``run_id``, ``parent`` (``{"run_id", "step"}``, kept in run.json) and the
+        parent's cancel event, which cancels the child too."""
         plan = prepared.plan
         self._check_approvals(plan, options)
-        run_id = new_run_id("wf")
+        run_id = run_id or new_run_id("wf")
         store = self.store
         meta = {
             "runId": run_id,
@@ -320,6 +332,7 @@ class WorkflowRunner:
                 else {}
             ),
             "fingerprint": fingerprint_parts(self.cfg, prepared),
+            **({"parent": parent} if parent else {}),
             "plan": {
                 "groups": plan.groups,
                 "steps": {
@@ -336,6 +349,7 @@ class WorkflowRunner:
                         ),
                         "when": ps.spec.when,
                         **({"finally": True} if ps.spec.always else {}),
+                        **({"workflow": ps.spec.workflow} if ps.spec.workflow else {}),
                     }
                     for sid, ps in plan.steps.items()
                 },
@@ -349,12 +363,15 @@ class WorkflowRunner:
                     "run_started", run_id=run_id, workflow=prepared.spec.name, pid=os.getpid()
                 )
                 view = replay_run(store, run_id)
-                return _Execution(self, prepared, view, journal, options).run()
+                return _Execution(self, prepared, view, journal, options, parent_cancel).run()
             finally:
                 journal.close()
 
-    def resume(self, run_id: str, options: RunOptions) -> RunResult:
-        """Continue a run after a crash, a gate, a failure or a restart."""
+    def resume(
+        self, run_id: str, options: RunOptions, *, parent_cancel: threading.Event | None = None
+    ) -> RunResult:
+        """Continue a run after a crash, a gate, a failure or a restart (a sub-workflow
+        step's child run is resumed with its parent, through ``parent_cancel``)."""
         store = self.store
         path = run_dir(self.cfg, run_id, store=store)
         with store.claim(run_id):
@@ -408,7 +425,7 @@ class WorkflowRunner:
                 if options.retry_failed:
                     _reset_failed(view, prepared, journal)
                 view = replay_run(store, run_id)
-                return _Execution(self, prepared, view, journal, options).run()
+                return _Execution(self, prepared, view, journal, options, parent_cancel).run()
             finally:
                 journal.close()
 
@@ -501,7 +518,11 @@ class _Execution:
         view: RunView,
         journal: RunJournal,
         options: RunOptions,
+        parent_cancel: threading.Event | None = None,
     ) -> None:
+        self.runner = runner
+        #: Set when the parent run of this (child) run is cancelled: this run is, too.
+        self.parent_cancel = parent_cancel
         self.cfg = runner.cfg
         self.store = runner.store
         self.delegator = runner.delegator
@@ -558,6 +579,8 @@ class _Execution:
     def _restore(self) -> None:
         """Steps parked or failed in an earlier stretch, as this stretch starts."""
         for s in self.steps.values():
+            if s.state in _PARKED and s.child_run_id:  # its child run parked: resume it
+                s.state, s.in_flight = StepState.RUNNING, True
             if s.state is StepState.WAITING_APPROVAL:
                 s.state = StepState.PENDING
             if s.state is StepState.WAITING_INPUT and (s.question or {}).get("answer") is not None:
@@ -577,9 +600,11 @@ class _Execution:
 
     def _check_cancel(self, schedule: _Schedule, running: dict[Future[None], str]) -> None:
         """Notice `workflow cancel`; once cancelled, skip every step not in flight."""
-        if not self.cancel.is_set() and self.store.cancel_requested(self.run_id):
+        parent = self.parent_cancel is not None and self.parent_cancel.is_set()
+        if not self.cancel.is_set() and (parent or self.store.cancel_requested(self.run_id)):
             self.cancel.set()
-            self.journal.append("run_cancelled", by="workflow cancel")
+            by = f"parent run `{self.view.meta.get('parent', {}).get('run_id')}`"
+            self.journal.append("run_cancelled", by=by if parent else "workflow cancel")
         if not self.cancel.is_set():
             return
         schedule.heap.clear()
@@ -609,8 +634,8 @@ class _Execution:
             st = self.steps[sid]
             if exc is not None:  # a bug, not a step outcome: record and go on
                 self._finish(st, StepState.ERRORED, error=f"internal error: {exc}")
-            if st.state is StepState.WAITING_INPUT:
-                continue  # parked with a question: its dependents wait for the answer
+            if st.state in _PARKED:
+                continue  # parked (a question, a child run's gate): its dependents wait
             if self._bad(st):
                 self._note_failure(st)
             schedule.settle(sid)
@@ -965,6 +990,9 @@ class _Execution:
         from engine.ask import asked, with_answer
 
         ps = self.plan.steps[s.id]
+        if ps.spec.workflow is not None:
+            _SubRun(self, s, ps).run()
+            return
         agent = self._agent_for(s, ps, reattach)
         if ps.spec.for_each is not None:
             _FanOut(self, s, ps, agent).run(reattach)
@@ -1575,6 +1603,128 @@ class _FanOut:
         }
 
 
+class _SubRun:
+    """One sub-workflow step in progress: its child run, started or resumed, and what
+    the child came to as the step's result (docs/workflows.md, "Sub-workflows")."""
+
+    def __init__(self, ex: _Execution, s: StepRun, ps: Any) -> None:
+        self.ex, self.s, self.ps = ex, s, ps
+
+    def run(self) -> None:
+        """Start (or resume, or read) the child run; settle or park the step."""
+        ex, s = self.ex, self.s
+        try:
+            summary = self._child()
+        except OrchestratorError as exc:
+            self.s.in_flight = False
+            ex._finish(s, StepState.ERRORED, error=f"child run: {exc}")
+            return
+        self._settle(summary)
+
+    def _runner(self) -> WorkflowRunner:
+        """The parent's runner, drawing nothing: the child's steps are not the parent's."""
+        r = self.ex.runner
+        return WorkflowRunner(
+            r.cfg, r.delegator, approver=r.approver, retry_wait=r.retry_wait, rng=r.rng
+        )
+
+    def _options(self) -> RunOptions:
+        o = self.ex.options
+        return RunOptions(
+            max_parallel=o.max_parallel,
+            approve_all=o.approve_all,
+            retry_failed=o.retry_failed,
+            force=o.force,
+        )
+
+    def _child(self) -> dict[str, Any]:
+        """The child run's summary once this stretch of it is over."""
+        ex, s = self.ex, self.s
+        cid = s.child_run_id
+        if cid and ex.store.run_exists(cid):
+            state = replay_run(ex.store, cid).state
+            again = ex.options.retry_failed and state in (RunState.FAILED, RunState.CANCELLED)
+            if state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED) and not again:
+                return ex.store.read_summary(cid) or {"status": state.value}
+            if state is not RunState.CANCELLED:
+                return self._runner().resume(cid, self._options(), parent_cancel=ex.cancel).summary
+        inputs = ex.prepared.renderer.render_workflow_inputs(s.id, ex._context(s.id))
+        child = ex.plan.children[s.id].workflow
+        prepared = prepare(ex.cfg, str(child.path.resolve()), inputs, caller=ex.plan.caller)
+        cid = new_run_id("wf")
+        s.child_run_id, s.agent = cid, f"workflow {child.name}"
+        s.attempt += 1
+        s.started_at = s.started_at or utcnow_iso()
+        s.state, s.in_flight = StepState.RUNNING, True
+        ex.journal.append("child_started", step=s.id, child_run_id=cid, workflow=child.name)
+        ex.reporter.event(
+            "step_started", step=s.id, agent=s.agent, attempt=s.attempt, delegation_run_id=cid
+        )
+        parent = {"run_id": ex.run_id, "step": s.id}
+        return (
+            self._runner()
+            .start(prepared, self._options(), run_id=cid, parent=parent, parent_cancel=ex.cancel)
+            .summary
+        )
+
+    def _settle(self, summary: dict[str, Any]) -> None:
+        """The step's state from the child's: its outputs as the result when complete."""
+        ex, s = self.ex, self.s
+        status = str(summary.get("status"))
+        if status in (RunState.WAITING_APPROVAL.value, RunState.WAITING_INPUT.value):
+            s.state = StepState(status)
+            ex.journal.append("child_waiting", step=s.id, child_run_id=s.child_run_id, status=status)
+            ex.reporter.event("step_waiting_child", step=s.id, child_run_id=s.child_run_id)
+            return
+        outputs = summary.get("outputs") if isinstance(summary.get("outputs"), dict) else {}
+        s.handoff = {
+            "status": "complete" if status == "complete" else "failed",
+            "result": json.dumps(outputs, ensure_ascii=False),
+            "data": outputs,
+            "confidence": _lowest_confidence(summary),
+            "artifacts": [],
+            "notes": f"child run {s.child_run_id}",
+        }
+        spent = summary.get("spent")
+        if isinstance(spent, dict):
+            ex._add_spend(s.id, spent.get("usd"), spent.get("tokens"))
+            ex.journal.append(
+                "step_spent",
+                step=s.id,
+                usd=spent.get("usd"),
+                tokens=spent.get("tokens"),
+                delegation_run_id=s.child_run_id,
+            )
+        s.attempts.append({"run_id": s.child_run_id, "outcome": status})
+        if status == "complete":
+            ex._finish(s, StepState.COMPLETE)
+        elif status == "cancelled":
+            ex._finish(s, StepState.CANCELLED, error=f"child run `{s.child_run_id}` was cancelled")
+        else:
+            ex._finish(s, StepState.FAILED, error=self._why(summary))
+
+    def _why(self, summary: dict[str, Any]) -> str:
+        """``child run `ID` ended failed: step `x` ended timeout: ...``."""
+        steps = summary.get("steps") if isinstance(summary.get("steps"), dict) else {}
+        bad = [
+            f"step `{sid}` ended {st.get('status')}"
+            + (f": {st['error']}" if st.get("error") else "")
+            for sid, st in steps.items()
+            if isinstance(st, dict) and st.get("status") not in ("complete", "partial", "skipped")
+        ]
+        return f"child run `{self.s.child_run_id}` ended {summary.get('status')}" + (
+            f": {bad[0]}" if bad else ""
+        )
+
+
+def _lowest_confidence(summary: dict[str, Any]) -> str:
+    """The lowest confidence of a run's steps that gave one (``high`` if none did)."""
+    steps = summary.get("steps") if isinstance(summary.get("steps"), dict) else {}
+    found = [st.get("confidence") for st in steps.values() if isinstance(st, dict)]
+    known = [c for c in found if c in _CONFIDENCE_ORDER]
+    return min(known, key=_CONFIDENCE_ORDER.index) if known else "high"
+
+
 def _iso_in(seconds: float) -> str:
     """The ISO time ``seconds`` from now (UTC)."""
     from datetime import UTC, datetime, timedelta
@@ -1615,6 +1765,7 @@ def _step_record(s: StepRun, items: list[dict[str, Any]] | None = None) -> dict[
         "finished_at": s.finished_at,
         "duration_ms": s.duration_ms,
         "delegation_run_id": s.delegation_run_id,
+        **({"child_run_id": s.child_run_id} if s.child_run_id else {}),
         "skip_reason": s.skip_reason,
         "error": s.error,
         "gate": s.gate,

@@ -131,10 +131,21 @@ def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Ru
                 )
         journal.append("run_cancelled", by="workflow cancel")
         journal.close()
+        _cancel_children(cfg, view, store)
         store.write_summary(run_id, summarize(replay_run(store, run_id)))
     finally:
         lock.__exit__(None, None, None)
     return RunState.CANCELLED
+
+
+def _cancel_children(cfg: Config, view: Any, store: RunStore) -> None:
+    """Cancel the child runs of a parked run's sub-workflow steps that have not ended."""
+    for s in view.steps.values():
+        if s.child_run_id and not s.state.final and store.run_exists(s.child_run_id):
+            try:
+                cancel_run(cfg, s.child_run_id, store=store)
+            except RunStateError:
+                pass  # it has ended meanwhile
 
 
 def list_runs(

@@ -188,6 +188,20 @@ def _on_question(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
     replay_question(s, ev)
 
 
+def _on_child_started(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    cid, at = _need(ev, "child_run_id", str), _at(ev)
+    s.state = StepState.RUNNING
+    s.child_run_id = cid
+    s.attempt += 1
+    s.agent = f"workflow {ev['workflow']}" if isinstance(ev.get("workflow"), str) else s.agent
+    s.started_at = s.started_at or at
+    s.in_flight = True
+
+
+def _on_child_waiting(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    s.state = _enum(StepState, ev, "status")
+
+
 def _on_step_reset(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
     s.state = StepState.PENDING
     s.skip_reason = s.skip_kind = s.error = None
@@ -212,6 +226,8 @@ _STEP_REDUCERS: dict[str, Callable[[_Fold, dict[str, Any], StepRun], None]] = {
     "gate_waiting": _on_gate_waiting,
     "gate_decided": _on_gate_decided,
     "step_reset": _on_step_reset,
+    "child_started": _on_child_started,  # a sub-workflow step started its child run
+    "child_waiting": _on_child_waiting,  # ... which parked (a gate, a question)
     "step_question": _on_question,  # engine.ask: the agent asked
     "step_answered": _on_question,  # engine.ask: someone answered
 }
@@ -351,6 +367,7 @@ def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str,
             **({"error": s.error} if s.error else {}),
             **({"gate": s.gate} if s.gate else {}),
             **({"question": s.question} if s.question else {}),
+            **({"child_run_id": s.child_run_id} if s.child_run_id else {}),
         }
     return {
         "runId": view.run_id,
@@ -363,6 +380,7 @@ def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str,
         "duration_ms": duration,
         "gate_wait_ms": view.gate_wait_ms,
         "retries": sum(max(0, s.attempt - 1) for s in view.steps.values()),
+        **({"parent": view.meta["parent"]} if isinstance(view.meta.get("parent"), dict) else {}),
         "steps": steps,
         "outputs": outputs or {},
         **({"warnings": list(view.warnings)} if view.warnings else {}),

@@ -1,0 +1,226 @@
+"""Sub-workflows: a step that runs another workflow as a child run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.config import Config, load_config
+from engine.delegate import open_delegator
+from engine.errors import WorkflowError
+from engine.planview import dry_run_text, graph_text
+from engine.runner import RunOptions, RunState, WorkflowRunner, prepare
+from engine.runs import replay_run, run_status
+from engine.runs.admin import cancel_run
+from tests.helpers import demo_config, write_config
+
+CHILD = {
+    "name": "child",
+    "caller": "manager",
+    "inputs": {"mats": {"required": True}, "depth": {"default": "quick"}},
+    "steps": [{"id": "look", "agent": "webster", "task": "Find {{ inputs.mats }}"}],
+    "outputs": {"summary": "{{ steps.look.result }}"},
+}
+
+
+def _parent(**step: Any) -> dict[str, Any]:
+    sub = {"id": "survey", "workflow": "child.yaml", "inputs": {"mats": "{{ inputs.m }}"}}
+    sub.update(step)
+    return {
+        "name": "parent",
+        "caller": "manager",
+        "inputs": {"m": {"default": "Zerodur, ULE"}},
+        "steps": [
+            sub,
+            {
+                "id": "rank",
+                "agent": "tech-lead",
+                "depends_on": ["survey"],
+                "task": "Rank {{ steps.survey.data.summary }}",
+            },
+        ],
+        "outputs": {"ranking": "{{ steps.rank.result }}"},
+    }
+
+
+def _write(tmp_path: Path, raw: dict[str, Any], name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def _cfg(tmp_path: Path, **extra: Any) -> Config:
+    return load_config(write_config(tmp_path, demo_config(tmp_path, **extra)))
+
+
+def _prepare(tmp_path: Path, parent: dict[str, Any], child: dict[str, Any] = CHILD) -> Any:
+    cfg = _cfg(tmp_path)
+    _write(tmp_path, child, "child")
+    return cfg, prepare(cfg, str(_write(tmp_path, parent, "parent")), {})
+
+
+def test_the_dry_run_and_graph_show_the_child(tmp_path: Path) -> None:
+    _, prepared = _prepare(tmp_path, _parent())
+    text = dry_run_text(prepared.plan, prepared.renderer)
+    assert f"  - survey: workflow `child` ({tmp_path / 'child.yaml'}), a child run\n" in text
+    assert "        | mats = Zerodur, ULE\n" in text
+    assert "      child steps: look (webster)\n" in text
+    assert "        | Rank <output summary of survey>\n" in text
+    assert 'n0["survey<br/>workflow child.yaml"]' in graph_text(prepared.plan, "mermaid")
+
+
+@pytest.mark.parametrize(
+    ("parent", "child", "message"),
+    [
+        (_parent(inputs={}), CHILD, "step `survey` (workflow `child.yaml`): `child` needs the input `mats`"),
+        (
+            _parent(inputs={"mats": "x", "dept": "y"}),
+            CHILD,
+            "step `survey` (workflow `child.yaml`): `inputs.dept` is not an input of `child`; "
+            "did you mean `depth`?",
+        ),
+        (
+            _parent(workflow="nothere"),
+            CHILD,
+            "step `survey` (workflow `nothere`): no workflow `nothere`",
+        ),
+        (
+            _parent(workflow="parent.yaml"),
+            CHILD,
+            "step `survey` (workflow `parent.yaml`) would run a workflow inside itself: "
+            "`parent` -> `parent`.",
+        ),
+        (
+            _parent(),
+            {**CHILD, "steps": [{"id": "look", "workflow": "parent.yaml", "inputs": {}}]},
+            "step `survey` (workflow `child.yaml`): step `look` (workflow `parent.yaml`) would "
+            "run a workflow inside itself: `parent` -> `child` -> `parent`.",
+        ),
+        (
+            _parent(),
+            {**CHILD, "steps": [{"id": "look", "agent": "nobody", "task": "x"}]},
+            "step `survey` (workflow `child.yaml`): step `look`: unknown agent `nobody`",
+        ),
+        (
+            {**_parent(), "steps": [_parent()["steps"][0], {**_parent()["steps"][1], "task": "{{ steps.survey.data.summry }}"}]},
+            CHILD,
+            "step `rank` reads `steps.survey.data.summry`, but `child` has no output `summry`; "
+            "did you mean `summary`?",
+        ),
+        (_parent(agent="webster"), CHILD, "step `survey` runs the workflow `child.yaml`, so it cannot have `agent`"),
+        (
+            {**_parent(), "steps": [{"id": "a", "agent": "webster", "task": "t", "inputs": {"x": "y"}}]},
+            CHILD,
+            "step `a` has `inputs` but no `workflow`",
+        ),
+        (
+            {**_parent(), "steps": [{"id": "a", "agent": "webster"}]},
+            CHILD,
+            "step `a` has no `task`",
+        ),
+    ],
+)
+def test_invalid_sub_workflows(
+    tmp_path: Path, parent: dict[str, Any], child: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(WorkflowError) as info:
+        _prepare(tmp_path, parent, child)
+    found = [info.value.message, *info.value.problems]
+    assert any(p.startswith(message) for p in found), found
+
+
+def test_the_acl_is_checked_for_the_childs_steps(tmp_path: Path) -> None:
+    cfg = load_config(
+        write_config(tmp_path, demo_config(tmp_path, acl={"manager": ["tech-lead"]}))
+    )
+    _write(tmp_path, CHILD, "child")
+    with pytest.raises(WorkflowError) as info:
+        prepare(cfg, str(_write(tmp_path, _parent(), "parent")), {})
+    assert any(
+        p.startswith("step `survey` (workflow `child.yaml`): ") and "webster" in p
+        for p in info.value.problems
+    ), info.value.problems
+
+
+def test_a_child_run_end_to_end(tmp_path: Path) -> None:
+    cfg, prepared = _prepare(tmp_path, _parent())
+    with open_delegator(cfg) as d:
+        result = WorkflowRunner(cfg, d).start(prepared, RunOptions())
+    assert result.state is RunState.COMPLETE, result.summary
+    survey = result.summary["steps"]["survey"]
+    cid = survey["child_run_id"]
+    assert survey["status"] == "complete"
+    child = replay_run(d.store, cid)
+    assert child.state is RunState.COMPLETE
+    assert child.meta["parent"] == {"run_id": result.run_id, "step": "survey"}
+    child_summary = d.store.read_summary(cid)
+    assert child_summary is not None
+    assert child_summary["parent"] == {"run_id": result.run_id, "step": "survey"}
+    # the child's outputs are the step's data; the parent's next step read them
+    record = d.store.read_step(result.run_id, "survey")
+    assert record["handoff"]["data"] == child_summary["outputs"]
+    assert json.loads(record["handoff"]["result"]) == child_summary["outputs"]
+    assert "Zerodur, ULE" in child_summary["outputs"]["summary"]
+    status = run_status(cfg, result.run_id)
+    assert status["steps"]["survey"]["child_run_id"] == cid
+
+
+def test_a_failed_child_fails_the_step(tmp_path: Path) -> None:
+    child = {**CHILD, "steps": [{"id": "look", "agent": "webster", "task": "x", "timeout": 0.5}]}
+    cfg = load_config(write_config(tmp_path, demo_config(tmp_path)))
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = {
+        "kind": "command",
+        "argv": ["python3", "-c", "import time; time.sleep(30)"],
+        "fallback_handoff": False,
+    }
+    cfg = load_config(write_config(tmp_path, raw))
+    _write(tmp_path, child, "child")
+    prepared = prepare(cfg, str(_write(tmp_path, _parent(), "parent")), {})
+    with open_delegator(cfg) as d:
+        result = WorkflowRunner(cfg, d).start(prepared, RunOptions())
+    steps = result.summary["steps"]
+    assert steps["survey"]["status"] == "failed"
+    assert steps["survey"]["error"].startswith(
+        f"child run `{steps['survey']['child_run_id']}` ended failed: step `look` ended timeout"
+    )
+    assert steps["rank"]["status"] == "skipped"
+    assert result.state is RunState.FAILED
+
+
+def test_a_gate_in_the_child_parks_both_and_resume_goes_through(tmp_path: Path) -> None:
+    child = {
+        **CHILD,
+        "steps": [{**CHILD["steps"][0], "gate": {"prompt": "Search?"}}],  # type: ignore[index]
+    }
+    cfg, prepared = _prepare(tmp_path, _parent(), child)
+    with open_delegator(cfg) as d:
+        runner = WorkflowRunner(cfg, d)
+        parked = runner.start(prepared, RunOptions())
+        assert parked.state is RunState.WAITING_APPROVAL
+        cid = parked.summary["steps"]["survey"]["child_run_id"]
+        assert replay_run(d.store, cid).state is RunState.WAITING_APPROVAL
+        assert replay_run(d.store, parked.run_id).steps["survey"].state.value == "waiting_approval"
+        from engine.runs import decide_gate
+
+        decide_gate(cfg, cid, "look", approved=True, by="test")
+        done = runner.resume(parked.run_id, RunOptions())
+    assert done.state is RunState.COMPLETE, done.summary
+    assert done.summary["steps"]["survey"]["child_run_id"] == cid
+    assert replay_run(d.store, cid).state is RunState.COMPLETE
+
+
+def test_cancel_of_a_parked_parent_cancels_its_child(tmp_path: Path) -> None:
+    child = {
+        **CHILD,
+        "steps": [{**CHILD["steps"][0], "gate": {"prompt": "Search?"}}],  # type: ignore[index]
+    }
+    cfg, prepared = _prepare(tmp_path, _parent(), child)
+    with open_delegator(cfg) as d:
+        parked = WorkflowRunner(cfg, d).start(prepared, RunOptions())
+        cid = parked.summary["steps"]["survey"]["child_run_id"]
+        assert cancel_run(cfg, parked.run_id, store=d.store) is RunState.CANCELLED
+        assert replay_run(d.store, cid).state is RunState.CANCELLED
