@@ -326,7 +326,9 @@ def plan_workflow(
     children = _Children(spec, renderer, registry, acl, known, validator, load_child, parents)
     for step in first.values():
         if step.workflow is not None and step.id not in skip:
-            ctx = _context(spec, trial_inputs, _trial_steps(step.id, renderer, upstream, children.placeholders))
+            ctx = _context(
+                spec, trial_inputs, _trial_steps(step.id, renderer, upstream, children.placeholders)
+            )
             children.plan(step, ctx, problems)
     if problems:
         raise WorkflowError(f"`{spec.path}` cannot run:", path=spec.path, problems=problems)
@@ -1055,7 +1057,7 @@ class _Children:
             if ispec.required and name not in step.workflow_inputs:
                 problems.append(
                     f"{label}: `{child.name}` needs the input `{name}`; give it under the "
-                    f"step's `inputs` (e.g. `{name}: \"{{{{ inputs.{name} }}}}\"`)."
+                    f'step\'s `inputs` (e.g. `{name}: "{{{{ inputs.{name} }}}}"`).'
                 )
         if len(problems) > found:
             return None

@@ -708,6 +708,12 @@ class _Execution:
         if not usd and not tokens:
             return
         self._add_spend(s.id, usd, tokens)
+        with self.spend_lock:
+            mine = list(self.spent[s.id])
+            total = sum(v[0] for v in self.spent.values())
+        self.reporter.event(
+            "step_spent", step=s.id, usd=mine[0], tokens=int(mine[1]), run_usd=total
+        )
         item = {} if index is None else {"index": index}
         self.journal.append(
             "step_spent",
@@ -1336,17 +1342,11 @@ class _Execution:
 
     def _add_spent(self, summary: dict[str, Any]) -> None:
         """What the run and each step spent (from the handoffs' ``usage``), when known."""
+        from engine.runs.replay import add_spent
+
         with self.spend_lock:
             spent = {sid: list(v) for sid, v in self.spent.items()}
-        if not spent:
-            return
-        for sid, (usd, tokens) in spent.items():
-            if sid in summary["steps"]:
-                summary["steps"][sid]["spent"] = {"usd": round(usd, 6), "tokens": int(tokens)}
-        summary["spent"] = {
-            "usd": round(sum(v[0] for v in spent.values()), 6),
-            "tokens": int(sum(v[1] for v in spent.values())),
-        }
+        add_spent(summary, spent)
 
     def _final_state(self) -> RunState:
         if self.cancel.is_set():
@@ -1673,7 +1673,9 @@ class _SubRun:
         status = str(summary.get("status"))
         if status in (RunState.WAITING_APPROVAL.value, RunState.WAITING_INPUT.value):
             s.state = StepState(status)
-            ex.journal.append("child_waiting", step=s.id, child_run_id=s.child_run_id, status=status)
+            ex.journal.append(
+                "child_waiting", step=s.id, child_run_id=s.child_run_id, status=status
+            )
             ex.reporter.event("step_waiting_child", step=s.id, child_run_id=s.child_run_id)
             return
         outputs = summary.get("outputs") if isinstance(summary.get("outputs"), dict) else {}

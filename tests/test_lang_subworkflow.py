@@ -75,7 +75,11 @@ def test_the_dry_run_and_graph_show_the_child(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("parent", "child", "message"),
     [
-        (_parent(inputs={}), CHILD, "step `survey` (workflow `child.yaml`): `child` needs the input `mats`"),
+        (
+            _parent(inputs={}),
+            CHILD,
+            "step `survey` (workflow `child.yaml`): `child` needs the input `mats`",
+        ),
         (
             _parent(inputs={"mats": "x", "dept": "y"}),
             CHILD,
@@ -105,14 +109,27 @@ def test_the_dry_run_and_graph_show_the_child(tmp_path: Path) -> None:
             "step `survey` (workflow `child.yaml`): step `look`: unknown agent `nobody`",
         ),
         (
-            {**_parent(), "steps": [_parent()["steps"][0], {**_parent()["steps"][1], "task": "{{ steps.survey.data.summry }}"}]},
+            {
+                **_parent(),
+                "steps": [
+                    _parent()["steps"][0],
+                    {**_parent()["steps"][1], "task": "{{ steps.survey.data.summry }}"},
+                ],
+            },
             CHILD,
             "step `rank` reads `steps.survey.data.summry`, but `child` has no output `summry`; "
             "did you mean `summary`?",
         ),
-        (_parent(agent="webster"), CHILD, "step `survey` runs the workflow `child.yaml`, so it cannot have `agent`"),
         (
-            {**_parent(), "steps": [{"id": "a", "agent": "webster", "task": "t", "inputs": {"x": "y"}}]},
+            _parent(agent="webster"),
+            CHILD,
+            "step `survey` runs the workflow `child.yaml`, so it cannot have `agent`",
+        ),
+        (
+            {
+                **_parent(),
+                "steps": [{"id": "a", "agent": "webster", "task": "t", "inputs": {"x": "y"}}],
+            },
             CHILD,
             "step `a` has `inputs` but no `workflow`",
         ),
@@ -133,9 +150,7 @@ def test_invalid_sub_workflows(
 
 
 def test_the_acl_is_checked_for_the_childs_steps(tmp_path: Path) -> None:
-    cfg = load_config(
-        write_config(tmp_path, demo_config(tmp_path, acl={"manager": ["tech-lead"]}))
-    )
+    cfg = load_config(write_config(tmp_path, demo_config(tmp_path, acl={"manager": ["tech-lead"]})))
     _write(tmp_path, CHILD, "child")
     with pytest.raises(WorkflowError) as info:
         prepare(cfg, str(_write(tmp_path, _parent(), "parent")), {})
@@ -224,3 +239,20 @@ def test_cancel_of_a_parked_parent_cancels_its_child(tmp_path: Path) -> None:
         cid = parked.summary["steps"]["survey"]["child_run_id"]
         assert cancel_run(cfg, parked.run_id, store=d.store) is RunState.CANCELLED
         assert replay_run(d.store, cid).state is RunState.CANCELLED
+
+
+def test_status_says_where_a_parked_child_waits(tmp_path: Path) -> None:
+    child = {
+        **CHILD,
+        "steps": [{**CHILD["steps"][0], "gate": {"prompt": "Search?"}}],  # type: ignore[index]
+    }
+    cfg, prepared = _prepare(tmp_path, _parent(), child)
+    with open_delegator(cfg) as d:
+        parked = WorkflowRunner(cfg, d).start(prepared, RunOptions())
+    cid = parked.summary["steps"]["survey"]["child_run_id"]
+    row = run_status(cfg, parked.run_id)["steps"]["survey"]
+    assert row["status"] == "waiting_approval"
+    assert row["waiting"] == (
+        f"its child run `{cid}` is waiting_approval: see `workflow status {cid}`, decide or "
+        f"answer there, then `workflow resume {parked.run_id}`"
+    )
