@@ -79,7 +79,7 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
                     "on_failure": s.on_failure,
                     "options": dict(s.options),
                     "task": rendered[sid].get("task"),
-                    "workflow": _child_dict(plan, sid, rendered[sid]),
+                    **_child_dict(plan, sid, rendered[sid]),
                 }
             )
     outputs = rendered_outputs(plan, renderer)
@@ -103,18 +103,20 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
     }
 
 
-def _child_dict(plan: Plan, sid: str, rendered: dict[str, Any]) -> dict[str, Any] | None:
-    """A sub-workflow step's child: name, path, its inputs rendered, its groups of
-    ``[step, agent]``, its output names (None for an agent step)."""
+def _child_dict(plan: Plan, sid: str, rendered: dict[str, Any]) -> dict[str, Any]:
+    """``{"workflow": ...}`` for a sub-workflow step: its child's name, path, inputs
+    rendered, groups of ``[step, agent]`` and output names (``{}`` for an agent step)."""
     child = plan.sub_plans.get(sid)
     if child is None:
-        return None
+        return {}
     return {
-        "name": child.workflow.name,
-        "path": str(child.workflow.path),
-        "inputs": rendered.get("inputs", {}),
-        "groups": [[[c, child.steps[c].agent] for c in g] for g in child.groups],
-        "outputs": list(child.workflow.outputs),
+        "workflow": {
+            "name": child.workflow.name,
+            "path": str(child.workflow.path),
+            "inputs": rendered.get("inputs", {}),
+            "groups": [[[c, child.steps[c].agent] for c in g] for g in child.groups],
+            "outputs": list(child.workflow.outputs),
+        }
     }
 
 
@@ -245,7 +247,7 @@ def _child_lines(s: dict[str, Any]) -> list[str]:
 
 
 def _step_lines(s: dict[str, Any]) -> list[str]:
-    if s["workflow"]:
+    if s.get("workflow"):
         return _child_lines(s)
     if s["capability"]:
         others = [c for c in s["candidates"] if c != s["agent"]]
@@ -370,21 +372,27 @@ def _graph_parts(
         edges = [(d, s.id) for s in seen.values() for d in dict.fromkeys(s.depends_on) if d in seen]
         implicit = [e for e in finally_edges(list(seen.values())) if e not in edges]
         edges = [*implicit, *edges]
-    nodes = []
-    for s in steps:
-        lines = [s.id, agents[s.id]]
-        if s.always:
-            lines.append("finally")
-        if s.for_each:
-            lines.append(f"for each {s.item_name} of {s.for_each}")
-        if s.result_schema is not None:
-            lines.append("returns data")
-        if s.when:
-            lines.append(f"when {s.when}")
-        if s.gate is not None:
-            lines.append(f"gate when {s.gate.when}" if s.gate.when else "gate")
-        nodes.append(_Node(s.id, tuple(lines), s.gate is not None, s.when is not None, s.always))
+    nodes = [
+        _Node(s.id, _node_lines(s, agents[s.id]), s.gate is not None, s.when is not None, s.always)
+        for s in steps
+    ]
     return nodes, edges, spec.name
+
+
+def _node_lines(s: StepSpec, who: str) -> tuple[str, ...]:
+    """A graph node's label: the step, who does it, and what the language adds."""
+    lines = [s.id, who]
+    if s.always:
+        lines.append("finally")
+    if s.for_each:
+        lines.append(f"for each {s.item_name} of {s.for_each}")
+    if s.result_schema is not None:
+        lines.append("returns data")
+    if s.when:
+        lines.append(f"when {s.when}")
+    if s.gate is not None:
+        lines.append(f"gate when {s.gate.when}" if s.gate.when else "gate")
+    return tuple(lines)
 
 
 def _target(s: StepSpec) -> str:

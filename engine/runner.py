@@ -1707,7 +1707,7 @@ class _SubRun:
 
     def _why(self, summary: dict[str, Any]) -> str:
         """``child run `ID` ended failed: step `x` ended timeout: ...``."""
-        steps = summary.get("steps") if isinstance(summary.get("steps"), dict) else {}
+        steps: dict[str, Any] = summary.get("steps") or {}
         bad = [
             f"step `{sid}` ended {st.get('status')}"
             + (f": {st['error']}" if st.get("error") else "")
@@ -1721,7 +1721,7 @@ class _SubRun:
 
 def _lowest_confidence(summary: dict[str, Any]) -> str:
     """The lowest confidence of a run's steps that gave one (``high`` if none did)."""
-    steps = summary.get("steps") if isinstance(summary.get("steps"), dict) else {}
+    steps: dict[str, Any] = summary.get("steps") or {}
     found = [st.get("confidence") for st in steps.values() if isinstance(st, dict)]
     known = [c for c in found if c in _CONFIDENCE_ORDER]
     return min(known, key=_CONFIDENCE_ORDER.index) if known else "high"

@@ -542,7 +542,7 @@ def _agent_step_problems(label: str, step: dict[str, Any], problems: list[str]) 
     has_agent, has_cap = "agent" in step, "capability" in step
     if has_agent == has_cap:
         which = "has both" if has_agent else "needs one of"
-        problems.append(f"{label} {which} `agent` and `capability` (or `workflow`).")
+        problems.append(f"{label} {which} `agent` and `capability`.")
     if "task" not in step:
         problems.append(f"{label} has no `task`: the message for its agent.")
     if "inputs" in step:
