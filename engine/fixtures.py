@@ -64,6 +64,7 @@ ENDING_KEYS = (
     "question",
     "validation",
     "data",
+    "outputs",
 )
 #: Endings without a usable handoff that a fixture may name as ``outcome``.
 FIXTURE_OUTCOMES = tuple(
@@ -197,6 +198,9 @@ def _check_ending(where: str, item: dict[str, Any], problems: list[str]) -> None
     arts = item.get("artifacts", [])
     if not isinstance(arts, list) or not all(isinstance(a, str) for a in arts):
         problems.append(f"{where}: `artifacts` must be a list of paths.")
+    outputs = item.get("outputs", {})
+    if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()):
+        problems.append(f"{where}: `outputs` (a sub-workflow's) must map names to text.")
     validation = item.get("validation")
     if validation is not None and validation not in ("approved", "rejected"):
         problems.append(f"{where}: `validation` is `approved` or `rejected`.")
@@ -418,6 +422,7 @@ def run_fixtures(
                 reporter=reporter,
                 approver=lambda req: _answer(fixtures, req, defaults),
                 retry_wait=lambda cancel, seconds: False,  # no wait: nothing is sent
+                child_runs=lambda sid, given: _child_run(fixtures, sid),
             )
             result = runner.start(prepared, RunOptions(caller=caller))
         finally:
@@ -433,6 +438,25 @@ def run_fixtures(
         outputs=dict(result.summary.get("outputs") or {}),
         inputs=dict(prepared.plan.inputs),
     )
+
+
+def _child_run(fixtures: FixtureSet, sid: str) -> dict[str, Any]:
+    """What a sub-workflow step's child came to, from the step's fixture: its
+    ``outputs``, and ``complete`` unless the fixture says ``status: failed`` (or another
+    ending, or an ``outcome``)."""
+    endings = fixtures.steps.get(sid)
+    if not endings:
+        raise UsageError(
+            f"no fixture for the sub-workflow step `{sid}` in `{fixtures.directory}`: add "
+            f"`{sid}.yaml` with the child's `outputs` (and `status: failed` for a failed child)."
+        )
+    ending = endings[0]
+    ok = ending.get("status", "complete") in ("complete", "partial") and "outcome" not in ending
+    return {
+        "status": "complete" if ok else "failed",
+        "outputs": dict(ending.get("outputs") or {}),
+        "steps": {},
+    }
 
 
 def _answer(

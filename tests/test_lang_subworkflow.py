@@ -256,3 +256,44 @@ def test_status_says_where_a_parked_child_waits(tmp_path: Path) -> None:
         f"its child run `{cid}` is waiting_approval: see `workflow status {cid}`, decide or "
         f"answer there, then `workflow resume {parked.run_id}`"
     )
+
+
+@pytest.mark.parametrize(
+    ("fixture", "survey", "rank"),
+    [
+        ({"outputs": {"summary": "ULE wins"}}, "complete", "complete"),
+        ({"status": "failed"}, "failed", "skipped"),
+    ],
+)
+def test_workflow_test_takes_the_child_from_a_fixture(
+    tmp_path: Path, fixture: dict[str, Any], survey: str, rank: str
+) -> None:
+    from engine.fixtures import run_fixtures
+
+    cfg = _cfg(tmp_path)
+    _write(tmp_path, CHILD, "child")
+    parent = _write(tmp_path, _parent(), "parent")
+    fixtures = tmp_path / "fx"
+    fixtures.mkdir()
+    (fixtures / "survey.json").write_text(json.dumps(fixture))
+    (fixtures / "rank.json").write_text(json.dumps({"result": "ranked"}))
+    report = run_fixtures(cfg, str(parent), fixtures, inputs={})
+    assert report.steps["survey"]["status"] == survey
+    assert report.steps["rank"]["status"] == rank
+    assert report.steps["survey"]["fixture"] == "survey.json"
+    if survey == "failed":
+        assert report.steps["survey"]["why"] == "the child (a fixture) ended failed"
+
+
+def test_a_sub_workflow_step_without_a_fixture_says_so(tmp_path: Path) -> None:
+    from engine.fixtures import run_fixtures
+
+    cfg = _cfg(tmp_path)
+    _write(tmp_path, CHILD, "child")
+    fixtures = tmp_path / "fx"
+    fixtures.mkdir()
+    report = run_fixtures(cfg, str(_write(tmp_path, _parent(), "parent")), fixtures, inputs={})
+    assert report.steps["survey"]["status"] == "errored"
+    assert report.steps["survey"]["why"].startswith(
+        "child run: no fixture for the sub-workflow step `survey`"
+    )
