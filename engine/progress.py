@@ -278,6 +278,8 @@ def _summary_row(sid: str, st: dict[str, Any], waiting: bool) -> tuple[str, ...]
     )
     if _items_text(st):
         note = _items_text(st) + (f"; {note}" if note else "")
+    if st.get("child_run_id") and not note:
+        note = f"child run {st['child_run_id']}"
     return (
         sid,
         st.get("agent") or "",

@@ -1729,9 +1729,7 @@ class _SubRun:
         ]
         cid = self.s.child_run_id
         who = f"child run `{cid}`" if cid else "the child (a fixture)"
-        return f"{who} ended {summary.get('status')}" + (
-            f": {bad[0]}" if bad else ""
-        )
+        return f"{who} ended {summary.get('status')}" + (f": {bad[0]}" if bad else "")
 
 
 def _lowest_confidence(summary: dict[str, Any]) -> str:

@@ -297,3 +297,42 @@ def test_a_sub_workflow_step_without_a_fixture_says_so(tmp_path: Path) -> None:
     assert report.steps["survey"]["why"].startswith(
         "child run: no fixture for the sub-workflow step `survey`"
     )
+
+
+def test_cancel_of_a_running_parent_cancels_its_running_child(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from tests.helpers import gated_agent
+
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = gated_agent(tmp_path / "never")
+    cfg = load_config(write_config(tmp_path, raw))
+    _write(tmp_path, CHILD, "child")
+    prepared = prepare(cfg, str(_write(tmp_path, _parent(), "parent")), {})
+    out: dict[str, Any] = {}
+    with open_delegator(cfg) as d:
+        runner = WorkflowRunner(cfg, d)
+        thread = threading.Thread(target=lambda: out.update(r=runner.start(prepared, RunOptions())))
+        thread.start()
+        deadline = time.monotonic() + 60
+        parent_id = cid = None
+        while time.monotonic() < deadline and cid is None:  # the child's first step is sent
+            for rid in d.store.list_runs():
+                view = replay_run(d.store, rid)
+                if view.meta.get("parent") and view.steps["look"].dispatched_at:
+                    cid, parent_id = rid, view.meta["parent"]["run_id"]
+            time.sleep(0.05)
+        assert cid is not None and parent_id is not None
+        assert cancel_run(cfg, parent_id, store=d.store) is RunState.RUNNING  # live: noticed
+        thread.join(60)
+    result = out["r"]
+    assert result.state is RunState.CANCELLED
+    assert result.summary["steps"]["survey"]["status"] == "cancelled"
+    assert result.summary["steps"]["rank"]["status"] == "skipped"
+    child = replay_run(d.store, cid)
+    assert child.state is RunState.CANCELLED
+    assert any(
+        e.get("event") == "run_cancelled" and e.get("by") == f"parent run `{parent_id}`"
+        for e in child.events
+    )
