@@ -704,7 +704,12 @@ class _Execution:
 
     def _note_usage(self, s: StepRun, result: Any, index: int | None) -> None:
         """Count what one delegation spent (its handoff's ``usage``) for budgets."""
-        usage = (result.record or {}).get("usage")
+        self._count(s, (result.record or {}).get("usage"), result.run_id, index)
+
+    def _count(
+        self, s: StepRun, usage: Any, run_id: str, index: int | None, **extra: Any
+    ) -> None:
+        """Journal (``step_spent``) and add up one delegation's ``usage``."""
         if not isinstance(usage, dict):
             return
         usd = usage.get("cost") if isinstance(usage.get("cost"), int | float) else 0.0
@@ -728,8 +733,9 @@ class _Execution:
             step=s.id,
             usd=usd,
             tokens=tokens,
-            delegation_run_id=result.run_id,
+            delegation_run_id=run_id,
             **item,
+            **extra,
         )
 
     def _over_budget(self, ps: Any) -> str | None:
@@ -1315,6 +1321,8 @@ class _Execution:
             reporter=self.step_reporter,
         )
         s.validation = verdict.as_dict()
+        record = self.store.read(verdict.run_id, sub=False) or {}  # what the validator spent
+        self._count(s, record.get("usage"), verdict.run_id, None, validation=True)
         self.journal.append(
             "step_validated",
             step=s.id,
