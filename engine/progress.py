@@ -237,8 +237,8 @@ def summary_table(
     summary: dict[str, Any], *, waiting: bool = False, plain: bool | None = None
 ) -> str:
     """The step table of a run summary as text: one row per step (agent, status,
-    duration, confidence, attempts, cost from ``spent``, a note), under a title line
-    with the run's total cost.
+    duration, confidence, attempts, a note, and when the run spent anything, ``cost``
+    from each step's ``spent``), under a title line with the run's total cost.
 
     ``plain`` (default: when stdout is not a terminal) lays the columns out with spaces
     instead of rich's table layout: the same title, columns and rows, at a cost linear in
@@ -248,28 +248,30 @@ def summary_table(
     dur = summary.get("duration_ms")
     if isinstance(dur, int | float):
         title += f" · {dur / 1000:.2f} s"
-    if spent_text(summary.get("spent")):
+    costly = bool(spent_text(summary.get("spent")))
+    if costly:
         title += f" · {spent_text(summary.get('spent'))}"
-    rows = [_summary_row(sid, st, waiting) for sid, st in summary["steps"].items()]
+    columns = (*_SUMMARY_COLUMNS, "cost") if costly else _SUMMARY_COLUMNS
+    rows = [_summary_row(sid, st, waiting, costly) for sid, st in summary["steps"].items()]
     if plain is None:
         plain = not sys.stdout.isatty()
     if plain:
-        return redact(_plain_table(title, _SUMMARY_COLUMNS, rows))
+        return redact(_plain_table(title, columns, rows))
     from rich import box
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", box=box.SIMPLE)
-    for col in _SUMMARY_COLUMNS:
+    for col in columns:
         table.add_column(col)
     for row in rows:
         table.add_row(*row)
     return _render(table)
 
 
-_SUMMARY_COLUMNS = ("step", "agent", "status", "duration", "confidence", "attempts", "cost", "note")
+_SUMMARY_COLUMNS = ("step", "agent", "status", "duration", "confidence", "attempts", "note")
 
 
-def _summary_row(sid: str, st: dict[str, Any], waiting: bool) -> tuple[str, ...]:
+def _summary_row(sid: str, st: dict[str, Any], waiting: bool, costly: bool) -> tuple[str, ...]:
     d = st.get("duration_ms")
     note = (
         st.get("waiting")
@@ -287,8 +289,8 @@ def _summary_row(sid: str, st: dict[str, Any], waiting: bool) -> tuple[str, ...]
         f"{d / 1000:.2f} s" if isinstance(d, int | float) else "",
         st.get("confidence") or "",
         str(st.get("attempts") or ""),
-        spent_text(st.get("spent")),
         note or "",
+        *((spent_text(st.get("spent")),) if costly else ()),
     )
 
 

@@ -1670,7 +1670,7 @@ class _SubRun:
             if state is not RunState.CANCELLED:
                 return self._runner().resume(cid, self._options(), parent_cancel=ex.cancel).summary
         inputs = ex.prepared.renderer.render_workflow_inputs(s.id, ex._context(s.id))
-        child = ex.plan.children[s.id].workflow
+        child = ex.plan.sub_plans[s.id].workflow
         prepared = prepare(ex.cfg, str(child.path.resolve()), inputs, caller=ex.plan.caller)
         cid = new_run_id("wf")
         s.child_run_id, s.agent = cid, f"workflow {child.name}"
