@@ -192,6 +192,14 @@ def _check_ending(where: str, item: dict[str, Any], problems: list[str]) -> None
                 f"{where}: `{key}` is `{value}`{did_you_mean(str(value), known) or '.'} "
                 f"It is one of: {', '.join(known)}."
             )
+    _check_shapes(where, item, problems)
+    validation = item.get("validation")
+    if validation is not None and validation not in ("approved", "rejected"):
+        problems.append(f"{where}: `validation` is `approved` or `rejected`.")
+
+
+def _check_shapes(where: str, item: dict[str, Any], problems: list[str]) -> None:
+    """Texts that must be text, and the lists and mappings of an ending."""
     for key in ("result", "notes", "question"):
         if key in item and not isinstance(item[key], str):
             problems.append(f"{where}: `{key}` must be text.")
@@ -201,9 +209,6 @@ def _check_ending(where: str, item: dict[str, Any], problems: list[str]) -> None
     outputs = item.get("outputs", {})
     if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()):
         problems.append(f"{where}: `outputs` (a sub-workflow's) must map names to text.")
-    validation = item.get("validation")
-    if validation is not None and validation not in ("approved", "rejected"):
-        problems.append(f"{where}: `validation` is `approved` or `rejected`.")
 
 
 def _gates(
