@@ -1429,6 +1429,11 @@ class _FanOut:
         self.last: dict[int, int] = {}
         #: Items started and not finished by an earlier process: re-attach, never resend.
         self.in_flight: set[int] = set()
+        #: The step's answered question (an item asked it), sent with that item again.
+        answer = s.question if s.question and s.question.get("answer") is not None else None
+        self.answer: dict[str, Any] | None = answer
+        #: The index of the item that asked the answered question (None: none did).
+        self.answered: int | None = None
 
     def run(self, reattach: bool) -> None:
         """Delegate every item not done yet; then settle the step."""
@@ -1467,10 +1472,30 @@ class _FanOut:
         for i, rec in records.items():
             if i >= len(items) or rec.get("item") != items[i]:
                 continue  # the items changed since (a retried upstream step)
-            if StepState(rec.get("status", "errored")).ok or reattach:
+            if self._keep(rec, reattach):
                 self.done[i] = rec
+            elif self._answered(rec):
+                self.answered = i
         if reattach:
             self.in_flight = {i for i in self.last if i not in finished and i not in self.done}
+
+    def _keep(self, rec: dict[str, Any], reattach: bool) -> bool:
+        """Whether a finished item stays as it is: one that ended well, any in the same
+        stretch, and after an answer every item but the one whose question was
+        answered (a failed one too, unless ``--retry-failed``)."""
+        state = StepState(rec.get("status", "errored"))
+        if state.ok or reattach:
+            return True
+        if state is StepState.WAITING_INPUT:
+            return not self._answered(rec)
+        return self.answer is not None and not self.ex.options.retry_failed
+
+    def _answered(self, rec: dict[str, Any]) -> bool:
+        """True when ``rec`` is the waiting item whose question the step's answer is for."""
+        asked = rec.get("question") or {}
+        return self.answer is not None and (
+            asked.get("delegation_run_id") == self.answer.get("delegation_run_id")
+        )
 
     def _journaled(self) -> tuple[set[int], dict[int, dict[str, Any]]]:
         """Each item's last attempt (into ``last``); the items whose last attempt ended,
@@ -1529,14 +1554,22 @@ class _FanOut:
             try:
                 ctx = {**ex._context(self.s.id), self.spec.item_name: value}
                 task = ex.prepared.renderer.render_task(self.s.id, ctx)
-                task = with_schema(task, self.spec.result_schema)
+                task = with_schema(self._with_answer(task, index), self.spec.result_schema)
             except Exception as exc:
                 state, error = StepState.ERRORED, f"task failed to render: {exc}"
             else:
                 state, error = self._delegate(run, task, index)
         self._record(index, value, run, state, error)
 
+    def _with_answer(self, task: str, index: int) -> str:
+        """The task, with the question and its answer when this item asked it."""
+        from engine.ask import with_answer
+
+        return with_answer(task, self.answer) if index == self.answered else task
+
     def _delegate(self, run: StepRun, task: str, index: int) -> tuple[StepState, str | None]:
+        from engine.ask import question_of
+
         ex, ps = self.ex, self.ps
         result, bad_data = ex._checked_attempts(
             run, ps, self.agent, task, index in self.in_flight, index
@@ -1545,6 +1578,11 @@ class _FanOut:
             return StepState.ERRORED, run.error
         if result.outcome.ok or result.outcome in (Outcome.FAILED, Outcome.BLOCKED):
             run.handoff = result.handoff
+        text = question_of(result.handoff)
+        if text is not None:  # the item parks; the step asks once its items have ended
+            drid = run.delegation_run_id
+            run.question = {"text": text, "asked_at": utcnow_iso(), "delegation_run_id": drid}
+            return StepState.WAITING_INPUT, None
         state = StepState(result.outcome.value)
         error = str(result.error) if result.error else None
         if bad_data is not None:
@@ -1566,6 +1604,7 @@ class _FanOut:
             "attempts": run.attempt,
             "handoff": run.handoff,
             "error": error,
+            **({"question": run.question} if run.question else {}),
         }
         with self.lock:
             self.done[index] = rec
@@ -1587,6 +1626,10 @@ class _FanOut:
 
     def _conclude(self, items: list[Any]) -> None:
         records = self._records()
+        waiting = [r for r in records if r["status"] == StepState.WAITING_INPUT.value]
+        if waiting:
+            self._park(waiting[0], records)
+            return
         states = [StepState(r["status"]) for r in records]
         bad = [r for r, st in zip(records, states, strict=True) if not st.ok]
         error: str | None = None
@@ -1602,6 +1645,23 @@ class _FanOut:
             state = StepState.PARTIAL if StepState.PARTIAL in states else StepState.COMPLETE
         self.s.handoff = self._handoff(records, state)
         self.ex._finish(self.s, state, error=error, items=records)
+
+    def _park(self, rec: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        """Park the step as ``waiting_input`` with the question of item ``rec``; the
+        answer (``workflow answer``) goes to that item when the run is resumed."""
+        ex, s = self.ex, self.s
+        asked = rec["question"]
+        s.question = {**asked, "index": rec["index"]}
+        s.state, s.in_flight = StepState.WAITING_INPUT, False
+        ex.store.write_step(ex.run_id, s.id, _step_record(s, records))
+        ex.journal.append(
+            "step_question",
+            step=s.id,
+            question=asked["text"],
+            delegation_run_id=asked["delegation_run_id"],
+            index=rec["index"],
+        )
+        ex.reporter.event("step_waiting_input", step=s.id, question=s.question)
 
     def _handoff(self, records: list[dict[str, Any]], state: StepState) -> dict[str, Any]:
         """The step's own handoff: its items' results in order, their lowest confidence."""
