@@ -336,3 +336,20 @@ def test_cancel_of_a_running_parent_cancels_its_running_child(tmp_path: Path) ->
         e.get("event") == "run_cancelled" and e.get("by") == f"parent run `{parent_id}`"
         for e in child.events
     )
+
+
+def test_workflow_status_shows_both_links(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from engine.cli.workflow import workflow
+
+    cfg, prepared = _prepare(tmp_path, _parent())
+    with open_delegator(cfg) as d:
+        result = WorkflowRunner(cfg, d).start(prepared, RunOptions())
+    cid = result.summary["steps"]["survey"]["child_run_id"]
+    config = str(tmp_path / "orchestrator.yaml")
+    parent = CliRunner().invoke(workflow, ["status", result.run_id, "--config", config])
+    assert parent.exit_code == 0, parent.output
+    assert f"child run {cid}" in parent.stdout
+    child = CliRunner().invoke(workflow, ["status", cid, "--config", config])
+    assert f"child run of `{result.run_id}` (its step `survey`)\n" in child.stdout
