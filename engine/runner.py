@@ -706,9 +706,7 @@ class _Execution:
         """Count what one delegation spent (its handoff's ``usage``) for budgets."""
         self._count(s, (result.record or {}).get("usage"), result.run_id, index)
 
-    def _count(
-        self, s: StepRun, usage: Any, run_id: str, index: int | None, **extra: Any
-    ) -> None:
+    def _count(self, s: StepRun, usage: Any, run_id: str, index: int | None, **extra: Any) -> None:
         """Journal (``step_spent``) and add up one delegation's ``usage``."""
         if not isinstance(usage, dict):
             return

@@ -494,10 +494,18 @@ def test_an_item_that_asks_parks_the_step_until_answered(tmp_path: Path) -> None
                 "caller": "manager",
                 "inputs": {"m": {"default": "Zerodur, ULE"}},
                 "steps": [
-                    {"id": "research", "agent": "webster", "for_each": "inputs.m",
-                     "task": "CTE of {{ item }}"},
-                    {"id": "rank", "agent": "tech-lead", "depends_on": ["research"],
-                     "task": "{{ steps.research.result }}"},
+                    {
+                        "id": "research",
+                        "agent": "webster",
+                        "for_each": "inputs.m",
+                        "task": "CTE of {{ item }}",
+                    },
+                    {
+                        "id": "rank",
+                        "agent": "tech-lead",
+                        "depends_on": ["research"],
+                        "task": "{{ steps.research.result }}",
+                    },
                 ],
             }
         )

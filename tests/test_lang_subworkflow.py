@@ -353,3 +353,71 @@ def test_workflow_status_shows_both_links(tmp_path: Path) -> None:
     assert f"child run {cid}" in parent.stdout
     child = CliRunner().invoke(workflow, ["status", cid, "--config", config])
     assert f"child run of `{result.run_id}` (its step `survey`)\n" in child.stdout
+
+
+def test_kill_9_while_the_child_runs_then_resume_the_parent(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from click.testing import CliRunner
+
+    from engine.cli.workflow import workflow
+    from engine.gateway import LocalGateway
+
+    raw = demo_config(tmp_path)
+    raw["gateway"].update(embedded=False, token_env="GW_TOKEN")
+    path = write_config(tmp_path, raw)
+    gw = LocalGateway(load_config(path), token="tok-0123456789").start()
+    raw["gateway"]["port"] = int(gw.url.rsplit(":", 1)[1])
+    write_config(tmp_path, raw)
+    child = {**CHILD, "steps": [{"id": "look", "agent": "webster", "task": "DEMO_SLEEP=2 x"}]}
+    _write(tmp_path, child, "child")
+    parent = _write(tmp_path, _parent(), "parent")
+    env = {**os.environ, "GW_TOKEN": "tok-0123456789"}
+    try:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "workflow"),
+                "run",
+                str(parent),
+                "--config",
+                str(path),
+                "-q",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        store = open_delegator_store(path)
+        deadline = time.monotonic() + 60
+        cid = None
+        while time.monotonic() < deadline and cid is None:  # the child's step is sent
+            for rid in store.list_runs():
+                view = replay_run(store, rid)
+                if view.meta.get("parent") and view.steps["look"].dispatched_at:
+                    cid = rid
+            time.sleep(0.05)
+        assert cid is not None, "the child never sent its step"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pid = replay_run(store, cid).meta["parent"]["run_id"]
+        res = CliRunner(env={"GW_TOKEN": "tok-0123456789"}).invoke(
+            workflow, ["resume", pid, "--config", str(path), "--json", "-q"]
+        )
+        assert res.exit_code == 0, res.output
+        summary = json.loads(res.stdout)
+        assert summary["status"] == "complete"
+        assert summary["steps"]["survey"]["child_run_id"] == cid  # the same child, resumed
+        assert replay_run(store, cid).state is RunState.COMPLETE
+        assert gw.stats()["dispatched"]["webster"] == 1  # its step was not sent again
+    finally:
+        gw.stop()
+
+
+def open_delegator_store(path: Path) -> Any:
+    from engine.store import open_store
+
+    return open_store(load_config(path))
