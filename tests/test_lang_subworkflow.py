@@ -421,3 +421,48 @@ def open_delegator_store(path: Path) -> Any:
     from engine.store import open_store
 
     return open_store(load_config(path))
+
+
+GRANDCHILD = {
+    "name": "grandchild",
+    "caller": "manager",
+    "inputs": {"q": {"required": True}},
+    "steps": [{"id": "g", "agent": "webster", "task": "{{ inputs.q }}"}],
+    "outputs": {"out": "{{ steps.g.result }}"},
+}
+
+
+@pytest.mark.parametrize(
+    ("step", "child", "children"),
+    [
+        ({}, CHILD, ["look"]),
+        ({"when": "inputs.m != ''", "on_failure": "continue"}, CHILD, ["look"]),
+        ({"gate": {"prompt": "Survey {{ inputs.m }}?"}}, CHILD, ["look"]),
+        ({"inputs": {"mats": "{{ inputs.m }}", "depth": "full"}}, CHILD, ["look"]),
+        (
+            {},
+            {
+                **CHILD,
+                "steps": [{"id": "look", "workflow": "grandchild.yaml", "inputs": {"q": "x"}}],
+                "outputs": {"summary": "{{ steps.look.data.out }}"},
+            },
+            ["look"],
+        ),
+        (
+            {"workflow": "quick-research", "inputs": {"query": "{{ inputs.m }}"}},
+            CHILD,
+            ["research", "verify"],
+        ),
+    ],
+    ids=["plain", "when-continue", "gate", "all-inputs", "grandchild", "shipped-by-name"],
+)
+def test_valid_sub_workflows(
+    tmp_path: Path, step: dict[str, Any], child: dict[str, Any], children: list[str]
+) -> None:
+    _write(tmp_path, GRANDCHILD, "grandchild")
+    parent = _parent(**step)
+    if step.get("workflow") == "quick-research":  # its outputs are `answer`, `verification`
+        parent["steps"][1]["task"] = "Rank {{ steps.survey.data.answer }}"
+    _, prepared = _prepare(tmp_path, parent, child)
+    assert list(prepared.plan.sub_plans["survey"].steps) == children
+    assert prepared.plan.steps["survey"].agent is None
