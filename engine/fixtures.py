@@ -617,6 +617,14 @@ def _recorded_endings(s: Any) -> list[dict[str, Any]]:
     """A step's endings as fixtures: earlier attempts by outcome, the last in full."""
     if s.state in (StepState.SKIPPED, StepState.PENDING, StepState.REJECTED) or not s.attempts:
         return []
+    if s.child_run_id:  # a sub-workflow step: what its child came to
+        ok = s.state is StepState.COMPLETE
+        return [
+            {
+                "status": "complete" if ok else "failed",
+                "outputs": (s.handoff or {}).get("data") or {},
+            }
+        ]
     endings: list[dict[str, Any]] = []
     for attempt in s.attempts[:-1]:
         outcome = attempt.get("outcome")

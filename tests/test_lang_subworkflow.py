@@ -466,3 +466,24 @@ def test_valid_sub_workflows(
     _, prepared = _prepare(tmp_path, parent, child)
     assert list(prepared.plan.sub_plans["survey"].steps) == children
     assert prepared.plan.steps["survey"].agent is None
+
+
+def test_a_recorded_run_replays_its_sub_workflow_offline(tmp_path: Path) -> None:
+    from engine.fixtures import (
+        check_expectations,
+        load_expectations,
+        record_fixtures,
+        run_fixtures,
+    )
+
+    cfg, prepared = _prepare(tmp_path, _parent())
+    with open_delegator(cfg) as d:
+        result = WorkflowRunner(cfg, d).start(prepared, RunOptions())
+        fixtures = tmp_path / "fx"
+        record_fixtures(replay_run(d.store, result.run_id), fixtures, d.store)
+    child = d.store.read_summary(result.summary["steps"]["survey"]["child_run_id"])
+    assert child is not None
+    survey = json.loads((fixtures / "survey.json").read_text())
+    assert survey == [{"status": "complete", "outputs": child["outputs"]}]
+    report = run_fixtures(cfg, str(tmp_path / "parent.yaml"), fixtures, inputs={})
+    assert check_expectations(report, load_expectations(fixtures / "expect.json")) == []
