@@ -487,3 +487,28 @@ def test_a_recorded_run_replays_its_sub_workflow_offline(tmp_path: Path) -> None
     assert survey == [{"status": "complete", "outputs": child["outputs"]}]
     report = run_fixtures(cfg, str(tmp_path / "parent.yaml"), fixtures, inputs={})
     assert check_expectations(report, load_expectations(fixtures / "expect.json")) == []
+
+
+def test_retry_failed_resumes_the_failed_child(tmp_path: Path) -> None:
+    import sys
+
+    from tests.test_lang_docs import FAILS_FIRST
+
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = {
+        "kind": "command",
+        "argv": [sys.executable, "-c", FAILS_FIRST],
+        "env": {"COUNTER": str(tmp_path / "count"), "FAILS": "1"},
+    }
+    cfg = load_config(write_config(tmp_path, raw))
+    _write(tmp_path, CHILD, "child")
+    prepared = prepare(cfg, str(_write(tmp_path, _parent(), "parent")), {})
+    with open_delegator(cfg) as d:
+        runner = WorkflowRunner(cfg, d)
+        failed = runner.start(prepared, RunOptions())
+        assert failed.summary["steps"]["survey"]["status"] == "failed"
+        cid = failed.summary["steps"]["survey"]["child_run_id"]
+        done = runner.resume(failed.run_id, RunOptions(retry_failed=True))
+    assert done.state is RunState.COMPLETE, done.summary
+    assert done.summary["steps"]["survey"]["child_run_id"] == cid  # the same child, again
+    assert replay_run(d.store, cid).steps["look"].attempt == 2
