@@ -130,3 +130,25 @@ def _wait_for_items(cfg: Any, store: Any, want: dict[str, int]) -> dict[str, Any
             return dict(row)
         time.sleep(0.05)
     raise AssertionError(f"the step never showed {want}")
+
+
+def test_the_live_table_shows_cost_and_items_done() -> None:
+    import io
+
+    from rich.console import Console
+
+    from engine.progress import LiveReporter
+
+    rep = LiveReporter(stream=io.StringIO())
+    ev = rep.event
+    ev("run_started", run_id="wf-1", workflow="demo", steps=[[("a", "webster"), ("b", "x")]])
+    ev("step_started", step="a", agent="webster", attempt=1, items=3, delegation_run_id="d")
+    ev("item_finished", step="a", index=0, status="complete")
+    ev("step_spent", step="a", usd=0.03, tokens=150, run_usd=0.03)
+    buf = io.StringIO()
+    Console(file=buf, width=150).print(rep._table())
+    rep.close()
+    out = buf.getvalue()
+    assert "demo · wf-1 · $0.03" in out
+    assert "$0.03, 150 tokens" in out
+    assert "1 of 3 items done" in out
