@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import AclDeniedError, WorkflowError, did_you_mean
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
 
     from engine.acl import Acl
     from engine.registry import Registry
+
+#: Finds a sub-workflow's template: ``(name or path, the parent template's path)`` ->
+#: the loaded spec; raises WorkflowError when there is none or it is not valid.
+ChildLoader = Callable[[str, Path], WorkflowSpec]
 
 #: The run id shown in a dry run, where ``{{ run.id }}`` is not known yet.
 PLACEHOLDER_RUN_ID = "<run id>"
@@ -136,6 +142,8 @@ class Plan:
     #: The dependency edges ``(dependency, dependent)``, each once, in the order the
     #: planner found them (edges into ``finally`` steps first).
     edges: tuple[tuple[str, str], ...] = field(hash=False, repr=False)
+    #: Sub-workflow step id -> the child workflow's plan (with trial inputs).
+    sub_plans: dict[str, Plan] = field(default_factory=dict, hash=False, repr=False)
 
     @functools.cached_property
     def graph(self) -> nx.DiGraph:
@@ -274,6 +282,8 @@ def plan_workflow(
     caller: str | None,
     validator: str | None,
     renderer: TaskRenderer | None = None,
+    load_child: ChildLoader | None = None,
+    parents: tuple[WorkflowSpec, ...] = (),
 ) -> Plan:
     """Check everything a run would need and return the plan; dispatches nothing.
 
@@ -282,6 +292,11 @@ def plan_workflow(
     ``problems`` list every problem at once: step ids, dependencies, cycles, references
     to steps that are not upstream, agents and capabilities, the ACL, inputs, template
     syntax, and a trial render of every template with placeholder results.
+
+    A sub-workflow step's child is found with ``load_child(name, parent_path)`` (IO,
+    injected) and planned the same way for the same caller, with its inputs rendered
+    from placeholders; ``parents`` are the workflows above this one, so that a workflow
+    that would run itself (directly or through others) is refused.
     """
     if renderer is None:
         renderer = TaskRenderer(spec)
@@ -308,6 +323,13 @@ def plan_workflow(
     skip_outputs = _output_reference_problems(spec, renderer, first, problems) | data_skip
     trial_inputs = {n: resolved.get(n, f"<input {n}>") for n in spec.inputs}
     _trial_render(spec, renderer, first, upstream, trial_inputs, skip, skip_outputs, problems)
+    children = _Children(spec, renderer, registry, acl, known, validator, load_child, parents)
+    for step in first.values():
+        if step.workflow is not None and step.id not in skip:
+            ctx = _context(
+                spec, trial_inputs, _trial_steps(step.id, renderer, upstream, children.placeholders)
+            )
+            children.plan(step, ctx, problems)
     if problems:
         raise WorkflowError(f"`{spec.path}` cannot run:", path=spec.path, problems=problems)
     assert who is not None  # a missing caller is a problem above
@@ -319,6 +341,7 @@ def plan_workflow(
         steps=planned,
         groups=generations,
         edges=tuple(edges),
+        sub_plans=children.plans,
     )
 
 
@@ -397,8 +420,12 @@ def _plan_step(
     validator: str | None,
     problems: list[str],
 ) -> PlannedStep:
-    """One step's agent, candidates and validator, checked against the registry and ACL."""
-    candidates = _candidates(step, registry, acl, caller, problems)
+    """One step's agent, candidates and validator, checked against the registry and ACL
+    (a sub-workflow step has none: its child's steps do)."""
+    if step.workflow is not None:
+        candidates: tuple[str, ...] = ()
+    else:
+        candidates = _candidates(step, registry, acl, caller, problems)
     agent = candidates[0] if candidates else None
     return PlannedStep(
         id=step.id,
@@ -413,7 +440,9 @@ def _plan_step(
                 ]
             )
         ),
-        validator=_validator(step, agent, registry, acl, caller, validator, problems),
+        validator=None
+        if step.workflow is not None
+        else _validator(step, agent, registry, acl, caller, validator, problems),
         spec=step,
     )
 
@@ -516,6 +545,8 @@ def _input_read_problem(target: StepSpec | None, ref: str, keys: tuple[Any, ...]
 def _data_read_problem(target: StepSpec | None, ref: str, keys: tuple[Any, ...]) -> str | None:
     if target is None:
         return None  # an unknown step: reported with the references
+    if target.workflow is not None:
+        return None  # the child's outputs: checked when the child is planned (_Children)
     if target.result_schema is None:
         return (
             f"but `{ref}` declares no `result_schema`; give `{ref}` one, or read "
@@ -784,6 +815,18 @@ def _input_ref_problem(who: str, field_name: str | None, name: str, spec: Workfl
     )
 
 
+class _ChildOutputs(dict[str, str]):
+    """The placeholder ``data`` of a sub-workflow step: any output name reads as
+    ``<output NAME of ID>`` (which names exist is checked against the child)."""
+
+    def __init__(self, step_id: str) -> None:
+        super().__init__()
+        self.step_id = step_id
+
+    def __missing__(self, key: str) -> str:
+        return f"<output {key} of {self.step_id}>"
+
+
 class _Placeholders(dict[str, dict[str, Any]]):
     """Placeholder results, made on first use and shared (templates cannot change them)."""
 
@@ -798,6 +841,8 @@ class _Placeholders(dict[str, dict[str, Any]]):
             fan_out=spec is not None and spec.for_each is not None,
             data_schema=spec.result_schema if spec is not None else None,
         )
+        if spec is not None and spec.workflow is not None:
+            value["data"] = _ChildOutputs(key)
         if spec is not None and spec.gate is not None and spec.gate.input_schema is not None:
             value["input"] = placeholder_data(spec.gate.input_schema, f"{key}.input")
         self[key] = value
@@ -872,7 +917,7 @@ def _trial_problems(step: StepSpec, renderer: TaskRenderer, ctx: dict[str, Any])
             out.append(exc.message)
         task_ctx = _with_item(step, renderer, ctx)
     checks: list[tuple[Any, dict[str, Any]]] = [
-        (renderer.render_task, task_ctx),
+        (renderer.render_workflow_inputs if step.workflow else renderer.render_task, task_ctx),
         (renderer.evaluate_when, ctx),
     ]
     if step.gate is not None:
@@ -904,7 +949,10 @@ def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, An
             items, known = trial_items(planned.spec, renderer, ctx)
             entry["items"] = items if known else None
             task_ctx = _with_item(planned.spec, renderer, ctx)
-        entry["task"] = renderer.render_task(sid, task_ctx)
+        if planned.spec.workflow is not None:
+            entry["inputs"] = renderer.render_workflow_inputs(sid, task_ctx)
+        else:
+            entry["task"] = renderer.render_task(sid, task_ctx)
         if planned.spec.gate is not None:
             entry["gate_prompt"] = renderer.render_gate_prompt(sid, ctx)
         out[sid] = entry
@@ -916,3 +964,119 @@ def rendered_outputs(plan: Plan, renderer: TaskRenderer) -> dict[str, str]:
     placeholders = _Placeholders(p.spec for p in plan.steps.values())
     all_steps = {sid: placeholders[sid] for sid in plan.steps}
     return renderer.render_outputs(_context(plan.workflow, plan.inputs, all_steps, ended=True))
+
+
+class _Children:
+    """Plans the children of a workflow's sub-workflow steps (``plan_workflow``)."""
+
+    def __init__(
+        self,
+        spec: WorkflowSpec,
+        renderer: TaskRenderer,
+        registry: Registry,
+        acl: Acl,
+        caller: str | None,
+        validator: str | None,
+        load_child: ChildLoader | None,
+        parents: tuple[WorkflowSpec, ...],
+    ) -> None:
+        self.spec = spec
+        self.renderer = renderer
+        self.registry, self.acl, self.caller, self.validator = registry, acl, caller, validator
+        self.load_child = load_child
+        self.parents = (*parents, spec)
+        self.placeholders = _Placeholders(spec.steps)
+        self.plans: dict[str, Plan] = {}
+
+    def plan(self, step: StepSpec, ctx: dict[str, Any], problems: list[str]) -> None:
+        """Load, check and plan ``step``'s child; each problem is appended, labelled."""
+        assert step.workflow is not None
+        label = f"step `{step.id}` (workflow `{step.workflow}`)"
+        if self.load_child is None:
+            problems.append(f"{label}: sub-workflows cannot be found here (no loader).")
+            return
+        try:
+            child = self.load_child(step.workflow, self.spec.path)
+        except WorkflowError as exc:
+            problems.append(f"{label}: {exc.message}")
+            problems.extend(f"{label}: {p}" for p in exc.problems)
+            return
+        loop = self._loop(child)
+        if loop:
+            problems.append(
+                f"{label} would run a workflow inside itself: {loop}. A workflow cannot run "
+                "itself, directly or through other workflows; move the shared steps into a "
+                "workflow of their own."
+            )
+            return
+        given = self._inputs(step, child, ctx, label, problems)
+        self._output_reads(step, child, problems)
+        if given is None or self.caller is None:
+            return
+        try:
+            self.plans[step.id] = plan_workflow(
+                child,
+                registry=self.registry,
+                acl=self.acl,
+                inputs=given,
+                caller=self.caller,
+                validator=self.validator,
+                load_child=self.load_child,
+                parents=self.parents,
+            )
+        except WorkflowError as exc:
+            problems.extend(f"{label}: {p}" for p in exc.problems or [exc.message])
+
+    def _loop(self, child: WorkflowSpec) -> str | None:
+        """``a -> b -> a`` when ``child`` is one of the workflows above it (None: it is not)."""
+        paths = [p.path.resolve() for p in self.parents]
+        here = child.path.resolve()
+        if here not in paths:
+            return None
+        chain = [p.name for p in self.parents[paths.index(here) :]]
+        return " -> ".join(f"`{n}`" for n in (*chain, child.name))
+
+    def _inputs(
+        self,
+        step: StepSpec,
+        child: WorkflowSpec,
+        ctx: dict[str, Any],
+        label: str,
+        problems: list[str],
+    ) -> dict[str, str] | None:
+        """The trial values of the child's inputs; None when they do not fit the child."""
+        found = len(problems)
+        for name in step.workflow_inputs:
+            if name not in child.inputs:
+                problems.append(
+                    f"{label}: `inputs.{name}` is not an input of `{child.name}`"
+                    f"{did_you_mean(name, list(child.inputs)) or '.'} Its inputs: "
+                    f"{', '.join(f'`{n}`' for n in child.inputs) or 'none'}."
+                )
+        for name, ispec in child.inputs.items():
+            if ispec.required and name not in step.workflow_inputs:
+                problems.append(
+                    f"{label}: `{child.name}` needs the input `{name}`; give it under the "
+                    f'step\'s `inputs` (e.g. `{name}: "{{{{ inputs.{name} }}}}"`).'
+                )
+        if len(problems) > found:
+            return None
+        try:
+            return self.renderer.render_workflow_inputs(step.id, ctx)
+        except WorkflowError:  # reported by the trial render
+            return {n: f"<input {n}>" for n in step.workflow_inputs}
+
+    def _output_reads(self, step: StepSpec, child: WorkflowSpec, problems: list[str]) -> None:
+        """``steps.<step>.data.<name>`` where the child has no output ``name``."""
+        r = self.renderer
+        reads = [(f"step `{sid}`", r.data_reads(sid)) for sid in r.spec.step_ids]
+        reads.append(("outputs", r.output_data_reads()))
+        for who, by_field in reads:
+            for ref, keys in sorted({x for f in by_field.values() for x in f}, key=str):
+                if ref != step.id or not keys or keys[0] in child.outputs:
+                    continue
+                problems.append(
+                    f"{who} reads `steps.{ref}.data.{keys[0]}`, but `{child.name}` has no "
+                    f"output `{keys[0]}`{did_you_mean(str(keys[0]), list(child.outputs)) or '.'}"
+                    f" Its outputs: {', '.join(f'`{n}`' for n in child.outputs) or 'none'}."
+                )

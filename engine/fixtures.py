@@ -64,6 +64,7 @@ ENDING_KEYS = (
     "question",
     "validation",
     "data",
+    "outputs",
 )
 #: Endings without a usable handoff that a fixture may name as ``outcome``.
 FIXTURE_OUTCOMES = tuple(
@@ -191,15 +192,23 @@ def _check_ending(where: str, item: dict[str, Any], problems: list[str]) -> None
                 f"{where}: `{key}` is `{value}`{did_you_mean(str(value), known) or '.'} "
                 f"It is one of: {', '.join(known)}."
             )
+    _check_shapes(where, item, problems)
+    validation = item.get("validation")
+    if validation is not None and validation not in ("approved", "rejected"):
+        problems.append(f"{where}: `validation` is `approved` or `rejected`.")
+
+
+def _check_shapes(where: str, item: dict[str, Any], problems: list[str]) -> None:
+    """Texts that must be text, and the lists and mappings of an ending."""
     for key in ("result", "notes", "question"):
         if key in item and not isinstance(item[key], str):
             problems.append(f"{where}: `{key}` must be text.")
     arts = item.get("artifacts", [])
     if not isinstance(arts, list) or not all(isinstance(a, str) for a in arts):
         problems.append(f"{where}: `artifacts` must be a list of paths.")
-    validation = item.get("validation")
-    if validation is not None and validation not in ("approved", "rejected"):
-        problems.append(f"{where}: `validation` is `approved` or `rejected`.")
+    outputs = item.get("outputs", {})
+    if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()):
+        problems.append(f"{where}: `outputs` (a sub-workflow's) must map names to text.")
 
 
 def _gates(
@@ -418,6 +427,7 @@ def run_fixtures(
                 reporter=reporter,
                 approver=lambda req: _answer(fixtures, req, defaults),
                 retry_wait=lambda cancel, seconds: False,  # no wait: nothing is sent
+                child_runs=lambda sid, given: _child_run(fixtures, sid),
             )
             result = runner.start(prepared, RunOptions(caller=caller))
         finally:
@@ -433,6 +443,25 @@ def run_fixtures(
         outputs=dict(result.summary.get("outputs") or {}),
         inputs=dict(prepared.plan.inputs),
     )
+
+
+def _child_run(fixtures: FixtureSet, sid: str) -> dict[str, Any]:
+    """What a sub-workflow step's child came to, from the step's fixture: its
+    ``outputs``, and ``complete`` unless the fixture says ``status: failed`` (or another
+    ending, or an ``outcome``)."""
+    endings = fixtures.steps.get(sid)
+    if not endings:
+        raise UsageError(
+            f"no fixture for the sub-workflow step `{sid}` in `{fixtures.directory}`: add "
+            f"`{sid}.yaml` with the child's `outputs` (and `status: failed` for a failed child)."
+        )
+    ending = endings[0]
+    ok = ending.get("status", "complete") in ("complete", "partial") and "outcome" not in ending
+    return {
+        "status": "complete" if ok else "failed",
+        "outputs": dict(ending.get("outputs") or {}),
+        "steps": {},
+    }
 
 
 def _answer(
@@ -588,6 +617,14 @@ def _recorded_endings(s: Any) -> list[dict[str, Any]]:
     """A step's endings as fixtures: earlier attempts by outcome, the last in full."""
     if s.state in (StepState.SKIPPED, StepState.PENDING, StepState.REJECTED) or not s.attempts:
         return []
+    if s.child_run_id:  # a sub-workflow step: what its child came to
+        ok = s.state is StepState.COMPLETE
+        return [
+            {
+                "status": "complete" if ok else "failed",
+                "outputs": (s.handoff or {}).get("data") or {},
+            }
+        ]
     endings: list[dict[str, Any]] = []
     for attempt in s.attempts[:-1]:
         outcome = attempt.get("outcome")

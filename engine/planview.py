@@ -78,7 +78,8 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
                     "retry": _retry_dict(s),
                     "on_failure": s.on_failure,
                     "options": dict(s.options),
-                    "task": rendered[sid]["task"],
+                    "task": rendered[sid].get("task"),
+                    **_child_dict(plan, sid, rendered[sid]),
                 }
             )
     outputs = rendered_outputs(plan, renderer)
@@ -99,6 +100,23 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
             "confidence": "high",
             "run_id": PLACEHOLDER_RUN_ID,
         },
+    }
+
+
+def _child_dict(plan: Plan, sid: str, rendered: dict[str, Any]) -> dict[str, Any]:
+    """``{"workflow": ...}`` for a sub-workflow step: its child's name, path, inputs
+    rendered, groups of ``[step, agent]`` and output names (``{}`` for an agent step)."""
+    child = plan.sub_plans.get(sid)
+    if child is None:
+        return {}
+    return {
+        "workflow": {
+            "name": child.workflow.name,
+            "path": str(child.workflow.path),
+            "inputs": rendered.get("inputs", {}),
+            "groups": [[[c, child.steps[c].agent] for c in g] for g in child.groups],
+            "outputs": list(child.workflow.outputs),
+        }
     }
 
 
@@ -207,7 +225,30 @@ def dry_run_text(plan: Plan, renderer: TaskRenderer) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _child_lines(s: dict[str, Any]) -> list[str]:
+    """A sub-workflow step in the dry run: its child, inputs, steps and outputs."""
+    w = s["workflow"]
+    lines = [f"  - {s['id']}: workflow `{w['name']}` ({w['path']}), a child run"]
+    if s["depends_on"]:
+        lines.append(f"      after: {', '.join(s['depends_on'])}")
+    lines += _language_lines(s)
+    if s["gate"]:
+        lines += _gate_lines(s["gate"])
+    lines.append(f"      on failure: {s['on_failure']}")
+    lines.append("      inputs:")
+    lines += [_indent(f"{k} = {v}", "        | ") for k, v in w["inputs"].items()] or [
+        "        (none)"
+    ]
+    groups = " -> ".join(", ".join(f"{c} ({a})" for c, a in g) for g in w["groups"])
+    lines.append(f"      child steps: {groups}")
+    outs = ", ".join(w["outputs"]) or "none"
+    lines.append(f"      result: the child's outputs ({outs}), as `steps.{s['id']}.data.NAME`")
+    return lines
+
+
 def _step_lines(s: dict[str, Any]) -> list[str]:
+    if s.get("workflow"):
+        return _child_lines(s)
     if s["capability"]:
         others = [c for c in s["candidates"] if c != s["agent"]]
         also = f" (also capable: {', '.join(others)})" if others else ""
@@ -317,6 +358,8 @@ def _graph_parts(
         for sid, p in plan_or_spec.steps.items():
             cap = p.spec.capability
             agents[sid] = f"{p.agent} (capability {cap})" if cap else str(p.agent)
+            if p.spec.workflow is not None:
+                agents[sid] = f"workflow {p.spec.workflow}"
         edges = [(str(a), str(b)) for a, b in plan_or_spec.graph.edges()]
         steps: Iterable[StepSpec] = (p.spec for p in plan_or_spec.steps.values())
     else:
@@ -325,25 +368,38 @@ def _graph_parts(
         for s in spec.steps:
             seen.setdefault(s.id, s)
         steps = seen.values()
-        agents = {s.id: s.agent if s.agent else f"capability {s.capability}" for s in seen.values()}
+        agents = {s.id: _target(s) for s in seen.values()}
         edges = [(d, s.id) for s in seen.values() for d in dict.fromkeys(s.depends_on) if d in seen]
         implicit = [e for e in finally_edges(list(seen.values())) if e not in edges]
         edges = [*implicit, *edges]
-    nodes = []
-    for s in steps:
-        lines = [s.id, agents[s.id]]
-        if s.always:
-            lines.append("finally")
-        if s.for_each:
-            lines.append(f"for each {s.item_name} of {s.for_each}")
-        if s.result_schema is not None:
-            lines.append("returns data")
-        if s.when:
-            lines.append(f"when {s.when}")
-        if s.gate is not None:
-            lines.append(f"gate when {s.gate.when}" if s.gate.when else "gate")
-        nodes.append(_Node(s.id, tuple(lines), s.gate is not None, s.when is not None, s.always))
+    nodes = [
+        _Node(s.id, _node_lines(s, agents[s.id]), s.gate is not None, s.when is not None, s.always)
+        for s in steps
+    ]
     return nodes, edges, spec.name
+
+
+def _node_lines(s: StepSpec, who: str) -> tuple[str, ...]:
+    """A graph node's label: the step, who does it, and what the language adds."""
+    lines = [s.id, who]
+    if s.always:
+        lines.append("finally")
+    if s.for_each:
+        lines.append(f"for each {s.item_name} of {s.for_each}")
+    if s.result_schema is not None:
+        lines.append("returns data")
+    if s.when:
+        lines.append(f"when {s.when}")
+    if s.gate is not None:
+        lines.append(f"gate when {s.gate.when}" if s.gate.when else "gate")
+    return tuple(lines)
+
+
+def _target(s: StepSpec) -> str:
+    """Who does a step, as the template says: its agent, capability or workflow."""
+    if s.workflow is not None:
+        return f"workflow {s.workflow}"
+    return s.agent if s.agent else f"capability {s.capability}"
 
 
 def _mermaid_text(text: str) -> str:

@@ -84,7 +84,7 @@ class LiveReporter(Reporter):
         from rich.table import Table
 
         table = Table(title=self._title, title_justify="left", expand=False)
-        for col in ("step", "agent", "state", "elapsed", "note"):
+        for col in ("step", "agent", "state", "elapsed", "cost", "note"):
             table.add_column(col)
         now = time.monotonic()
         for sid, r in self._rows.items():
@@ -100,8 +100,16 @@ class LiveReporter(Reporter):
 
                 said = progress_note(Path(self._handoffs), r["drid"])
                 note = redact(said[:80]) if said else note
-            table.add_row(sid, r.get("agent") or "", f"{_icon(r['state'])} {r['state']}",
-                          elapsed, note)
+            if r.get("items") is not None and r["state"] == "running" and not note:
+                note = f"{r.get('done', 0)} of {r['items']} items done"
+            table.add_row(
+                sid,
+                r.get("agent") or "",
+                f"{_icon(r['state'])} {r['state']}",
+                elapsed,
+                spent_text(r.get("spent")),
+                note,
+            )
         return table
 
     def event(self, kind: str, **f: Any) -> None:
@@ -135,6 +143,7 @@ class LiveReporter(Reporter):
                     t1=None,
                     note=f"attempt {f['attempt']}" if f["attempt"] > 1 else "",
                     drid=f.get("delegation_run_id"),
+                    items=f.get("items", row.get("items")),
                 )
             elif kind == "step_queued":
                 row.update(state="queued", note="waiting for a pool token")
@@ -152,6 +161,18 @@ class LiveReporter(Reporter):
                 row.update(state="waiting_approval", note="approval gate")
             elif kind == "step_retry":
                 row.update(note=_retry_note(f))
+            else:
+                self._tally(kind, f, row)
+
+    def _tally(self, kind: str, f: dict[str, Any], row: dict[str, Any]) -> None:
+        """Spending (``step_spent``) and items done (``item_finished``) on a step's row."""
+        if kind == "step_spent":
+            row["spent"] = {"usd": f.get("usd"), "tokens": f.get("tokens")}
+            total = f.get("run_usd")
+            base = self._title.split(" · $")[0]
+            self._title = f"{base} · ${total:.4g}" if isinstance(total, float) and total else base
+        elif kind == "item_finished":
+            row["done"] = row.get("done", 0) + 1
 
     def warning(self, message: str) -> None:
         self.console.print(f"warning: {redact(message)}")
@@ -181,10 +202,43 @@ def _render(table: Any) -> str:
     return redact(buf.getvalue().rstrip("\n"))
 
 
+def spent_text(spent: Any) -> str:
+    """``$0.06, 300 tokens`` from a summary's ``spent`` (empty when there is none)."""
+    if not isinstance(spent, dict):
+        return ""
+    usd, tokens = spent.get("usd"), spent.get("tokens")
+    parts = [f"${usd:.4g}"] if isinstance(usd, int | float) and usd else []
+    parts += [f"{tokens} tokens"] if isinstance(tokens, int) and tokens else []
+    return ", ".join(parts)
+
+
+def usage_text(usage: Any) -> str:
+    """``150 tokens (100 in, 50 out), $0.03`` from a handoff's ``usage`` (empty when it
+    has neither tokens nor a cost)."""
+    if not isinstance(usage, dict):
+        return ""
+    t_in, t_out, cost = usage.get("input_tokens"), usage.get("output_tokens"), usage.get("cost")
+    parts = []
+    if isinstance(t_in, int) and isinstance(t_out, int):
+        parts.append(f"{t_in + t_out} tokens ({t_in} in, {t_out} out)")
+    if isinstance(cost, int | float) and not isinstance(cost, bool):
+        parts.append(f"${cost:.4g}")
+    return ", ".join(parts)
+
+
+def _items_text(st: dict[str, Any]) -> str:
+    items = st.get("items")
+    if not isinstance(items, dict) or st.get("status") not in ("running", "queued"):
+        return ""
+    return f"{items.get('done')} of {items.get('total')} items done"
+
+
 def summary_table(
     summary: dict[str, Any], *, waiting: bool = False, plain: bool | None = None
 ) -> str:
-    """The step table of a run summary as text: one row per step, under a title line.
+    """The step table of a run summary as text: one row per step (agent, status,
+    duration, confidence, attempts, a note, and when the run spent anything, ``cost``
+    from each step's ``spent``), under a title line with the run's total cost.
 
     ``plain`` (default: when stdout is not a terminal) lays the columns out with spaces
     instead of rich's table layout: the same title, columns and rows, at a cost linear in
@@ -194,16 +248,20 @@ def summary_table(
     dur = summary.get("duration_ms")
     if isinstance(dur, int | float):
         title += f" · {dur / 1000:.2f} s"
-    rows = [_summary_row(sid, st, waiting) for sid, st in summary["steps"].items()]
+    costly = bool(spent_text(summary.get("spent")))
+    if costly:
+        title += f" · {spent_text(summary.get('spent'))}"
+    columns = (*_SUMMARY_COLUMNS, "cost") if costly else _SUMMARY_COLUMNS
+    rows = [_summary_row(sid, st, waiting, costly) for sid, st in summary["steps"].items()]
     if plain is None:
         plain = not sys.stdout.isatty()
     if plain:
-        return redact(_plain_table(title, _SUMMARY_COLUMNS, rows))
+        return redact(_plain_table(title, columns, rows))
     from rich import box
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", box=box.SIMPLE)
-    for col in _SUMMARY_COLUMNS:
+    for col in columns:
         table.add_column(col)
     for row in rows:
         table.add_row(*row)
@@ -213,13 +271,17 @@ def summary_table(
 _SUMMARY_COLUMNS = ("step", "agent", "status", "duration", "confidence", "attempts", "note")
 
 
-def _summary_row(sid: str, st: dict[str, Any], waiting: bool) -> tuple[str, ...]:
+def _summary_row(sid: str, st: dict[str, Any], waiting: bool, costly: bool) -> tuple[str, ...]:
     d = st.get("duration_ms")
     note = (
         st.get("waiting")
         if waiting and st.get("waiting")
         else (st.get("skip_reason") or (st.get("error") or "").split("\n")[0])
     )
+    if _items_text(st):
+        note = _items_text(st) + (f"; {note}" if note else "")
+    if st.get("child_run_id") and not note:
+        note = f"child run {st['child_run_id']}"
     return (
         sid,
         st.get("agent") or "",
@@ -228,6 +290,7 @@ def _summary_row(sid: str, st: dict[str, Any], waiting: bool) -> tuple[str, ...]
         st.get("confidence") or "",
         str(st.get("attempts") or ""),
         note or "",
+        *((spent_text(st.get("spent")),) if costly else ()),
     )
 
 

@@ -546,7 +546,11 @@ class TaskRenderer:
         for step in spec.steps:
             if step.id in self._steps:
                 continue  # a duplicate id; the planner reports it
-            fields: list[tuple[str, str, bool]] = [("task", step.task, False)]
+            fields: list[tuple[str, str, bool]] = (
+                [(f"inputs.{k}", v, False) for k, v in step.workflow_inputs.items()]
+                if step.workflow is not None
+                else [("task", step.task, False)]
+            )
             if step.for_each is not None:
                 fields.append(("for_each", step.for_each, True))
             if step.when is not None:
@@ -672,6 +676,16 @@ class TaskRenderer:
     def render_task(self, step_id: str, context: Mapping[str, Any]) -> str:
         """Render the step's ``task``."""
         return str(self._run(step_id, "task", context))
+
+    def render_workflow_inputs(self, step_id: str, context: Mapping[str, Any]) -> dict[str, str]:
+        """Render the ``inputs`` of a sub-workflow step: input name -> text.
+
+        Raises WorkflowError naming the step and the first input that fails."""
+        spec = next(s for s in self.spec.steps if s.id == step_id)
+        return {
+            name: str(self._run(step_id, f"inputs.{name}", context))
+            for name in spec.workflow_inputs
+        }
 
     def _has(self, step_id: str, name: str) -> bool:
         return name in self._fields(step_id) or (step_id, name) in self._broken

@@ -62,6 +62,11 @@ class GateRequest:
     input_schema: dict[str, Any] | None = None
 
 
+#: Stands in for a sub-workflow step's child run (``workflow test``): ``(step id, the
+#: child's inputs)`` -> a summary-like ``{"status", "outputs", "steps"}``; raises
+#: OrchestratorError when it has nothing for the step.
+ChildRuns = Callable[[str, dict[str, str]], dict[str, Any]]
+
 #: Decides a gate: ``"approved"`` (``("approved", value)`` for a gate with ``input``),
 #: ``("rejected", reason)``, or None to park the run.
 Approver = Callable[[GateRequest], "str | tuple[str, Any] | None"]
@@ -136,7 +141,7 @@ def prepare(
     from engine.dag import plan_workflow
     from engine.registry import Registry
     from engine.renderer import TaskRenderer
-    from engine.workflow import find_workflow, load_workflow
+    from engine.workflow import find_workflow, load_child_workflow, load_workflow
 
     if spec is None:
         spec = load_workflow(find_workflow(name_or_path, cfg))
@@ -150,6 +155,7 @@ def prepare(
         caller=caller,
         validator=cfg.validator,
         renderer=renderer,
+        load_child=lambda name, parent: load_child_workflow(name, parent, cfg),
     )
     return Prepared(spec, plan, renderer)
 
@@ -283,6 +289,7 @@ class WorkflowRunner:
         approver: Approver | None = None,
         retry_wait: RetryWait = _wait_for_cancel,
         rng: Callable[[], float] = random.random,
+        child_runs: ChildRuns | None = None,
     ) -> None:
         self.cfg = cfg
         self.delegator = delegator
@@ -292,17 +299,31 @@ class WorkflowRunner:
         self.approver = approver
         self.retry_wait = retry_wait
         self.rng = rng
+        #: None: a sub-workflow step starts a real child run (the default).
+        self.child_runs = child_runs
         # Shared by the runs of this runner: capability routing claims the least busy
         # agent of the host, and two runs must not both claim the same free slot.
         self.route_lock = threading.Lock()
 
     # -- entry points -----------------------------------------------------------------
 
-    def start(self, prepared: Prepared, options: RunOptions) -> RunResult:
-        """Create the run directory and run the workflow."""
+    def start(
+        self,
+        prepared: Prepared,
+        options: RunOptions,
+        *,
+        run_id: str | None = None,
+        parent: dict[str, str] | None = None,
+        parent_cancel: threading.Event | None = None,
+    ) -> RunResult:
+        """Create the run directory and run the workflow.
+
+        A sub-workflow's child run is started by its parent's execution with its
+        ``run_id``, ``parent`` (``{"run_id", "step"}``, kept in run.json) and the
+        parent's cancel event, which cancels the child too."""
         plan = prepared.plan
         self._check_approvals(plan, options)
-        run_id = new_run_id("wf")
+        run_id = run_id or new_run_id("wf")
         store = self.store
         meta = {
             "runId": run_id,
@@ -319,6 +340,7 @@ class WorkflowRunner:
                 else {}
             ),
             "fingerprint": fingerprint_parts(self.cfg, prepared),
+            **({"parent": parent} if parent else {}),
             "plan": {
                 "groups": plan.groups,
                 "steps": {
@@ -335,6 +357,7 @@ class WorkflowRunner:
                         ),
                         "when": ps.spec.when,
                         **({"finally": True} if ps.spec.always else {}),
+                        **({"workflow": ps.spec.workflow} if ps.spec.workflow else {}),
                     }
                     for sid, ps in plan.steps.items()
                 },
@@ -348,12 +371,15 @@ class WorkflowRunner:
                     "run_started", run_id=run_id, workflow=prepared.spec.name, pid=os.getpid()
                 )
                 view = replay_run(store, run_id)
-                return _Execution(self, prepared, view, journal, options).run()
+                return _Execution(self, prepared, view, journal, options, parent_cancel).run()
             finally:
                 journal.close()
 
-    def resume(self, run_id: str, options: RunOptions) -> RunResult:
-        """Continue a run after a crash, a gate, a failure or a restart."""
+    def resume(
+        self, run_id: str, options: RunOptions, *, parent_cancel: threading.Event | None = None
+    ) -> RunResult:
+        """Continue a run after a crash, a gate, a failure or a restart (a sub-workflow
+        step's child run is resumed with its parent, through ``parent_cancel``)."""
         store = self.store
         path = run_dir(self.cfg, run_id, store=store)
         with store.claim(run_id):
@@ -407,7 +433,7 @@ class WorkflowRunner:
                 if options.retry_failed:
                     _reset_failed(view, prepared, journal)
                 view = replay_run(store, run_id)
-                return _Execution(self, prepared, view, journal, options).run()
+                return _Execution(self, prepared, view, journal, options, parent_cancel).run()
             finally:
                 journal.close()
 
@@ -500,7 +526,11 @@ class _Execution:
         view: RunView,
         journal: RunJournal,
         options: RunOptions,
+        parent_cancel: threading.Event | None = None,
     ) -> None:
+        self.runner = runner
+        #: Set when the parent run of this (child) run is cancelled: this run is, too.
+        self.parent_cancel = parent_cancel
         self.cfg = runner.cfg
         self.store = runner.store
         self.delegator = runner.delegator
@@ -557,6 +587,8 @@ class _Execution:
     def _restore(self) -> None:
         """Steps parked or failed in an earlier stretch, as this stretch starts."""
         for s in self.steps.values():
+            if s.state in _PARKED and s.child_run_id:  # its child run parked: resume it
+                s.state, s.in_flight = StepState.RUNNING, True
             if s.state is StepState.WAITING_APPROVAL:
                 s.state = StepState.PENDING
             if s.state is StepState.WAITING_INPUT and (s.question or {}).get("answer") is not None:
@@ -576,9 +608,11 @@ class _Execution:
 
     def _check_cancel(self, schedule: _Schedule, running: dict[Future[None], str]) -> None:
         """Notice `workflow cancel`; once cancelled, skip every step not in flight."""
-        if not self.cancel.is_set() and self.store.cancel_requested(self.run_id):
+        parent = self.parent_cancel is not None and self.parent_cancel.is_set()
+        if not self.cancel.is_set() and (parent or self.store.cancel_requested(self.run_id)):
             self.cancel.set()
-            self.journal.append("run_cancelled", by="workflow cancel")
+            by = f"parent run `{self.view.meta.get('parent', {}).get('run_id')}`"
+            self.journal.append("run_cancelled", by=by if parent else "workflow cancel")
         if not self.cancel.is_set():
             return
         schedule.heap.clear()
@@ -608,8 +642,8 @@ class _Execution:
             st = self.steps[sid]
             if exc is not None:  # a bug, not a step outcome: record and go on
                 self._finish(st, StepState.ERRORED, error=f"internal error: {exc}")
-            if st.state is StepState.WAITING_INPUT:
-                continue  # parked with a question: its dependents wait for the answer
+            if st.state in _PARKED:
+                continue  # parked (a question, a child run's gate): its dependents wait
             if self._bad(st):
                 self._note_failure(st)
             schedule.settle(sid)
@@ -670,7 +704,10 @@ class _Execution:
 
     def _note_usage(self, s: StepRun, result: Any, index: int | None) -> None:
         """Count what one delegation spent (its handoff's ``usage``) for budgets."""
-        usage = (result.record or {}).get("usage")
+        self._count(s, (result.record or {}).get("usage"), result.run_id, index)
+
+    def _count(self, s: StepRun, usage: Any, run_id: str, index: int | None, **extra: Any) -> None:
+        """Journal (``step_spent``) and add up one delegation's ``usage``."""
         if not isinstance(usage, dict):
             return
         usd = usage.get("cost") if isinstance(usage.get("cost"), int | float) else 0.0
@@ -682,14 +719,21 @@ class _Execution:
         if not usd and not tokens:
             return
         self._add_spend(s.id, usd, tokens)
+        with self.spend_lock:
+            mine = list(self.spent[s.id])
+            total = sum(v[0] for v in self.spent.values())
+        self.reporter.event(
+            "step_spent", step=s.id, usd=mine[0], tokens=int(mine[1]), run_usd=total
+        )
         item = {} if index is None else {"index": index}
         self.journal.append(
             "step_spent",
             step=s.id,
             usd=usd,
             tokens=tokens,
-            delegation_run_id=result.run_id,
+            delegation_run_id=run_id,
             **item,
+            **extra,
         )
 
     def _over_budget(self, ps: Any) -> str | None:
@@ -964,6 +1008,9 @@ class _Execution:
         from engine.ask import asked, with_answer
 
         ps = self.plan.steps[s.id]
+        if ps.spec.workflow is not None:
+            _SubRun(self, s, ps).run()
+            return
         agent = self._agent_for(s, ps, reattach)
         if ps.spec.for_each is not None:
             _FanOut(self, s, ps, agent).run(reattach)
@@ -1272,6 +1319,8 @@ class _Execution:
             reporter=self.step_reporter,
         )
         s.validation = verdict.as_dict()
+        record = self.store.read(verdict.run_id, sub=False) or {}  # what the validator spent
+        self._count(s, record.get("usage"), verdict.run_id, None, validation=True)
         self.journal.append(
             "step_validated",
             step=s.id,
@@ -1307,17 +1356,11 @@ class _Execution:
 
     def _add_spent(self, summary: dict[str, Any]) -> None:
         """What the run and each step spent (from the handoffs' ``usage``), when known."""
+        from engine.runs.replay import add_spent
+
         with self.spend_lock:
             spent = {sid: list(v) for sid, v in self.spent.items()}
-        if not spent:
-            return
-        for sid, (usd, tokens) in spent.items():
-            if sid in summary["steps"]:
-                summary["steps"][sid]["spent"] = {"usd": round(usd, 6), "tokens": int(tokens)}
-        summary["spent"] = {
-            "usd": round(sum(v[0] for v in spent.values()), 6),
-            "tokens": int(sum(v[1] for v in spent.values())),
-        }
+        add_spent(summary, spent)
 
     def _final_state(self) -> RunState:
         if self.cancel.is_set():
@@ -1384,6 +1427,11 @@ class _FanOut:
         self.last: dict[int, int] = {}
         #: Items started and not finished by an earlier process: re-attach, never resend.
         self.in_flight: set[int] = set()
+        #: The step's answered question (an item asked it), sent with that item again.
+        answer = s.question if s.question and s.question.get("answer") is not None else None
+        self.answer: dict[str, Any] | None = answer
+        #: The index of the item that asked the answered question (None: none did).
+        self.answered: int | None = None
 
     def run(self, reattach: bool) -> None:
         """Delegate every item not done yet; then settle the step."""
@@ -1422,10 +1470,30 @@ class _FanOut:
         for i, rec in records.items():
             if i >= len(items) or rec.get("item") != items[i]:
                 continue  # the items changed since (a retried upstream step)
-            if StepState(rec.get("status", "errored")).ok or reattach:
+            if self._keep(rec, reattach):
                 self.done[i] = rec
+            elif self._answered(rec):
+                self.answered = i
         if reattach:
             self.in_flight = {i for i in self.last if i not in finished and i not in self.done}
+
+    def _keep(self, rec: dict[str, Any], reattach: bool) -> bool:
+        """Whether a finished item stays as it is: one that ended well, any in the same
+        stretch, and after an answer every item but the one whose question was
+        answered (a failed one too, unless ``--retry-failed``)."""
+        state = StepState(rec.get("status", "errored"))
+        if state.ok or reattach:
+            return True
+        if state is StepState.WAITING_INPUT:
+            return not self._answered(rec)
+        return self.answer is not None and not self.ex.options.retry_failed
+
+    def _answered(self, rec: dict[str, Any]) -> bool:
+        """True when ``rec`` is the waiting item whose question the step's answer is for."""
+        asked = rec.get("question") or {}
+        return self.answer is not None and (
+            asked.get("delegation_run_id") == self.answer.get("delegation_run_id")
+        )
 
     def _journaled(self) -> tuple[set[int], dict[int, dict[str, Any]]]:
         """Each item's last attempt (into ``last``); the items whose last attempt ended,
@@ -1484,14 +1552,22 @@ class _FanOut:
             try:
                 ctx = {**ex._context(self.s.id), self.spec.item_name: value}
                 task = ex.prepared.renderer.render_task(self.s.id, ctx)
-                task = with_schema(task, self.spec.result_schema)
+                task = with_schema(self._with_answer(task, index), self.spec.result_schema)
             except Exception as exc:
                 state, error = StepState.ERRORED, f"task failed to render: {exc}"
             else:
                 state, error = self._delegate(run, task, index)
         self._record(index, value, run, state, error)
 
+    def _with_answer(self, task: str, index: int) -> str:
+        """The task, with the question and its answer when this item asked it."""
+        from engine.ask import with_answer
+
+        return with_answer(task, self.answer) if index == self.answered else task
+
     def _delegate(self, run: StepRun, task: str, index: int) -> tuple[StepState, str | None]:
+        from engine.ask import question_of
+
         ex, ps = self.ex, self.ps
         result, bad_data = ex._checked_attempts(
             run, ps, self.agent, task, index in self.in_flight, index
@@ -1500,6 +1576,11 @@ class _FanOut:
             return StepState.ERRORED, run.error
         if result.outcome.ok or result.outcome in (Outcome.FAILED, Outcome.BLOCKED):
             run.handoff = result.handoff
+        text = question_of(result.handoff)
+        if text is not None:  # the item parks; the step asks once its items have ended
+            drid = run.delegation_run_id
+            run.question = {"text": text, "asked_at": utcnow_iso(), "delegation_run_id": drid}
+            return StepState.WAITING_INPUT, None
         state = StepState(result.outcome.value)
         error = str(result.error) if result.error else None
         if bad_data is not None:
@@ -1521,6 +1602,7 @@ class _FanOut:
             "attempts": run.attempt,
             "handoff": run.handoff,
             "error": error,
+            **({"question": run.question} if run.question else {}),
         }
         with self.lock:
             self.done[index] = rec
@@ -1542,6 +1624,10 @@ class _FanOut:
 
     def _conclude(self, items: list[Any]) -> None:
         records = self._records()
+        waiting = [r for r in records if r["status"] == StepState.WAITING_INPUT.value]
+        if waiting:
+            self._park(waiting[0], records)
+            return
         states = [StepState(r["status"]) for r in records]
         bad = [r for r, st in zip(records, states, strict=True) if not st.ok]
         error: str | None = None
@@ -1558,6 +1644,23 @@ class _FanOut:
         self.s.handoff = self._handoff(records, state)
         self.ex._finish(self.s, state, error=error, items=records)
 
+    def _park(self, rec: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        """Park the step as ``waiting_input`` with the question of item ``rec``; the
+        answer (``workflow answer``) goes to that item when the run is resumed."""
+        ex, s = self.ex, self.s
+        asked = rec["question"]
+        s.question = {**asked, "index": rec["index"]}
+        s.state, s.in_flight = StepState.WAITING_INPUT, False
+        ex.store.write_step(ex.run_id, s.id, _step_record(s, records))
+        ex.journal.append(
+            "step_question",
+            step=s.id,
+            question=asked["text"],
+            delegation_run_id=asked["delegation_run_id"],
+            index=rec["index"],
+        )
+        ex.reporter.event("step_waiting_input", step=s.id, question=s.question)
+
     def _handoff(self, records: list[dict[str, Any]], state: StepState) -> dict[str, Any]:
         """The step's own handoff: its items' results in order, their lowest confidence."""
         handoffs = [r.get("handoff") or {} for r in records]
@@ -1572,6 +1675,135 @@ class _FanOut:
             "notes": "\n".join(str(h["notes"]) for h in handoffs if h.get("notes")),
             **({"data": [h.get("data") for h in handoffs]} if self.spec.result_schema else {}),
         }
+
+
+class _SubRun:
+    """One sub-workflow step in progress: its child run, started or resumed, and what
+    the child came to as the step's result (docs/workflows.md, "Sub-workflows")."""
+
+    def __init__(self, ex: _Execution, s: StepRun, ps: Any) -> None:
+        self.ex, self.s, self.ps = ex, s, ps
+
+    def run(self) -> None:
+        """Start (or resume, or read) the child run; settle or park the step."""
+        ex, s = self.ex, self.s
+        try:
+            summary = self._child()
+        except OrchestratorError as exc:
+            self.s.in_flight = False
+            ex._finish(s, StepState.ERRORED, error=f"child run: {exc}")
+            return
+        self._settle(summary)
+
+    def _runner(self) -> WorkflowRunner:
+        """The parent's runner, drawing nothing: the child's steps are not the parent's."""
+        r = self.ex.runner
+        return WorkflowRunner(
+            r.cfg, r.delegator, approver=r.approver, retry_wait=r.retry_wait, rng=r.rng
+        )
+
+    def _options(self) -> RunOptions:
+        o = self.ex.options
+        return RunOptions(
+            max_parallel=o.max_parallel,
+            approve_all=o.approve_all,
+            retry_failed=o.retry_failed,
+            force=o.force,
+        )
+
+    def _child(self) -> dict[str, Any]:
+        """The child run's summary once this stretch of it is over."""
+        ex, s = self.ex, self.s
+        if ex.runner.child_runs is not None:  # `workflow test`: the child from a fixture
+            s.attempt += 1
+            s.started_at = s.started_at or utcnow_iso()
+            inputs = ex.prepared.renderer.render_workflow_inputs(s.id, ex._context(s.id))
+            return ex.runner.child_runs(s.id, inputs)
+        cid = s.child_run_id
+        if cid and ex.store.run_exists(cid):
+            state = replay_run(ex.store, cid).state
+            again = ex.options.retry_failed and state in (RunState.FAILED, RunState.CANCELLED)
+            if state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED) and not again:
+                return ex.store.read_summary(cid) or {"status": state.value}
+            if state is not RunState.CANCELLED:
+                return self._runner().resume(cid, self._options(), parent_cancel=ex.cancel).summary
+        inputs = ex.prepared.renderer.render_workflow_inputs(s.id, ex._context(s.id))
+        child = ex.plan.sub_plans[s.id].workflow
+        prepared = prepare(ex.cfg, str(child.path.resolve()), inputs, caller=ex.plan.caller)
+        cid = new_run_id("wf")
+        s.child_run_id, s.agent = cid, f"workflow {child.name}"
+        s.attempt += 1
+        s.started_at = s.started_at or utcnow_iso()
+        s.state, s.in_flight = StepState.RUNNING, True
+        ex.journal.append("child_started", step=s.id, child_run_id=cid, workflow=child.name)
+        ex.reporter.event(
+            "step_started", step=s.id, agent=s.agent, attempt=s.attempt, delegation_run_id=cid
+        )
+        parent = {"run_id": ex.run_id, "step": s.id}
+        return (
+            self._runner()
+            .start(prepared, self._options(), run_id=cid, parent=parent, parent_cancel=ex.cancel)
+            .summary
+        )
+
+    def _settle(self, summary: dict[str, Any]) -> None:
+        """The step's state from the child's: its outputs as the result when complete."""
+        ex, s = self.ex, self.s
+        status = str(summary.get("status"))
+        if status in (RunState.WAITING_APPROVAL.value, RunState.WAITING_INPUT.value):
+            s.state = StepState(status)
+            ex.journal.append(
+                "child_waiting", step=s.id, child_run_id=s.child_run_id, status=status
+            )
+            ex.reporter.event("step_waiting_child", step=s.id, child_run_id=s.child_run_id)
+            return
+        outputs = summary.get("outputs") if isinstance(summary.get("outputs"), dict) else {}
+        s.handoff = {
+            "status": "complete" if status == "complete" else "failed",
+            "result": json.dumps(outputs, ensure_ascii=False),
+            "data": outputs,
+            "confidence": _lowest_confidence(summary),
+            "artifacts": [],
+            "notes": f"child run {s.child_run_id}" if s.child_run_id else "",
+        }
+        spent = summary.get("spent")
+        if isinstance(spent, dict):
+            ex._add_spend(s.id, spent.get("usd"), spent.get("tokens"))
+            ex.journal.append(
+                "step_spent",
+                step=s.id,
+                usd=spent.get("usd"),
+                tokens=spent.get("tokens"),
+                delegation_run_id=s.child_run_id,
+            )
+        s.attempts.append({"run_id": s.child_run_id, "outcome": status})
+        if status == "complete":
+            ex._finish(s, StepState.COMPLETE)
+        elif status == "cancelled":
+            ex._finish(s, StepState.CANCELLED, error=f"child run `{s.child_run_id}` was cancelled")
+        else:
+            ex._finish(s, StepState.FAILED, error=self._why(summary))
+
+    def _why(self, summary: dict[str, Any]) -> str:
+        """``child run `ID` ended failed: step `x` ended timeout: ...``."""
+        steps: dict[str, Any] = summary.get("steps") or {}
+        bad = [
+            f"step `{sid}` ended {st.get('status')}"
+            + (f": {st['error']}" if st.get("error") else "")
+            for sid, st in steps.items()
+            if isinstance(st, dict) and st.get("status") not in ("complete", "partial", "skipped")
+        ]
+        cid = self.s.child_run_id
+        who = f"child run `{cid}`" if cid else "the child (a fixture)"
+        return f"{who} ended {summary.get('status')}" + (f": {bad[0]}" if bad else "")
+
+
+def _lowest_confidence(summary: dict[str, Any]) -> str:
+    """The lowest confidence of a run's steps that gave one (``high`` if none did)."""
+    steps: dict[str, Any] = summary.get("steps") or {}
+    found = [st.get("confidence") for st in steps.values() if isinstance(st, dict)]
+    known = [c for c in found if c in _CONFIDENCE_ORDER]
+    return min(known, key=_CONFIDENCE_ORDER.index) if known else "high"
 
 
 def _iso_in(seconds: float) -> str:
@@ -1614,6 +1846,7 @@ def _step_record(s: StepRun, items: list[dict[str, Any]] | None = None) -> dict[
         "finished_at": s.finished_at,
         "duration_ms": s.duration_ms,
         "delegation_run_id": s.delegation_run_id,
+        **({"child_run_id": s.child_run_id} if s.child_run_id else {}),
         "skip_reason": s.skip_reason,
         "error": s.error,
         "gate": s.gate,

@@ -177,6 +177,11 @@ class StepSpec:
     #: True for a step of the template's ``finally`` list: it runs once every step of
     #: ``steps`` has ended, whatever happened (docs/workflows.md, "Failure paths").
     always: bool = False
+    #: A sub-workflow step: the workflow (a NAME or a PATH) run as a child run, whose
+    #: outputs become the step's result (docs/workflows.md, "Sub-workflows").
+    workflow: str | None = None
+    #: With ``workflow``: the child's inputs, as templates rendered with the step's context.
+    workflow_inputs: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def retry(self) -> RetryPolicy:
@@ -303,6 +308,16 @@ def find_workflow(name_or_path: str, cfg: Config | None) -> Path:
         f"no workflow `{text}`{did_you_mean(text, known) or '.'} Looked in {looked}. "
         f"Known workflows: {listed}."
     )
+
+
+def load_child_workflow(name_or_path: str, parent: Path, cfg: Config | None) -> WorkflowSpec:
+    """The template a sub-workflow step names, loaded: a NAME is found as ``workflow run``
+    finds it (``find_workflow``); a relative PATH is relative to the directory of the
+    parent template ``parent``. Raises WorkflowError (not found, not valid)."""
+    text = str(name_or_path)
+    if _looks_like_path(text) and not Path(text).expanduser().is_absolute():
+        text = str(parent.parent / text)
+    return load_workflow(find_workflow(text, cfg))
 
 
 def list_workflows(cfg: Config | None) -> list[tuple[str, Path, str]]:
@@ -481,10 +496,10 @@ def _input_problems(name: Any, spec: Any, problems: list[str]) -> None:
 def _step_problems(i: int, step: dict[str, Any], problems: list[str], key: str = "steps") -> None:
     sid = step.get("id")
     label = f"step `{sid}`" if isinstance(sid, str) else f"`{key}[{i}]`"
-    has_agent, has_cap = "agent" in step, "capability" in step
-    if has_agent == has_cap:
-        which = "has both" if has_agent else "needs one of"
-        problems.append(f"{label} {which} `agent` and `capability`.")
+    if "workflow" in step:
+        _sub_workflow_problems(label, step, problems)
+    else:
+        _agent_step_problems(label, step, problems)
     _retry_problems(label, step, problems)
     _fan_out_problems(label, step, problems)
     _result_schema_problems(label, step.get("result_schema"), problems)
@@ -502,6 +517,38 @@ def _step_problems(i: int, step: dict[str, Any], problems: list[str], key: str =
         problems.append(
             f"{label}: the id `{sid}` is reserved (in a template `steps.{sid}` is a dict "
             "method); choose another id."
+        )
+
+
+#: The keys a sub-workflow step may have (the child has its own agents and settings).
+SUB_WORKFLOW_KEYS = ("id", "workflow", "inputs", "depends_on", "when", "gate", "on_failure")
+
+
+def _sub_workflow_problems(label: str, step: dict[str, Any], problems: list[str]) -> None:
+    """A ``workflow`` step with a key that belongs to agent steps."""
+    extra = [k for k in step if k not in SUB_WORKFLOW_KEYS]
+    if extra:
+        problems.append(
+            f"{label} runs the workflow `{step['workflow']}`, so it cannot have "
+            + ", ".join(f"`{k}`" for k in extra)
+            + ": the child's own steps say who does what and how. A sub-workflow step takes "
+            + ", ".join(f"`{k}`" for k in SUB_WORKFLOW_KEYS)
+            + "."
+        )
+
+
+def _agent_step_problems(label: str, step: dict[str, Any], problems: list[str]) -> None:
+    """An agent step: exactly one of ``agent`` and ``capability``, a ``task``, no ``inputs``."""
+    has_agent, has_cap = "agent" in step, "capability" in step
+    if has_agent == has_cap:
+        which = "has both" if has_agent else "needs one of"
+        problems.append(f"{label} {which} `agent` and `capability`.")
+    if "task" not in step:
+        problems.append(f"{label} has no `task`: the message for its agent.")
+    if "inputs" in step:
+        problems.append(
+            f"{label} has `inputs` but no `workflow`; `inputs` gives a sub-workflow its "
+            "inputs. Read the run's inputs in `task` as `{{ inputs.<name> }}` instead."
         )
 
 
@@ -651,7 +698,7 @@ def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) ->
         id=s["id"],
         agent=s.get("agent"),
         capability=s.get("capability"),
-        task=s["task"],
+        task=s.get("task", ""),
         depends_on=(deps,) if isinstance(deps, str) else tuple(deps),
         when=_strip_braces(s.get("when")),
         timeout=None if timeout is None else float(timeout),
@@ -684,6 +731,8 @@ def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) ->
         result_schema=s.get("result_schema"),
         budget=_budget(s.get("budget")),
         always=always,
+        workflow=s.get("workflow"),
+        workflow_inputs=dict(s.get("inputs") or {}),
     )
 
 

@@ -148,3 +148,28 @@ def test_a_run_budget_stops_a_fan_out_between_items(tmp_path: Path) -> None:
     ]
     assert result.summary["steps"]["a"]["status"] == "skipped"
     assert result.state is RunState.FAILED
+
+
+def test_a_validators_usage_counts_for_the_step(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    for agent in ("webster", "auditor"):  # both hand off usage: 150 tokens, $0.03
+        raw["gateway"]["agents"][agent] = {
+            "kind": "command",
+            "argv": [sys.executable, "-c", COSTLY],
+            "fallback_handoff": False,
+        }
+    cfg = load_config(write_config(tmp_path, raw))
+    result = _run(cfg, tmp_path, {"steps": [_step("a", validate="auditor")]})
+    # the auditor's handoff has no verdict, so it rejects; what it spent still counts
+    assert result.summary["steps"]["a"]["spent"] == {"usd": 0.06, "tokens": 300}
+    events = replay_run_events(cfg, result.run_id)
+    spent = [e for e in events if e["event"] == "step_spent"]
+    assert [e.get("validation", False) for e in spent] == [False, True]
+    assert spent[1]["delegation_run_id"] == f"{result.run_id}-a-1-v"
+
+
+def replay_run_events(cfg: Config, run_id: str) -> list[dict[str, Any]]:
+    from engine.runs import replay_run
+    from engine.store import open_store
+
+    return replay_run(open_store(cfg), run_id).events

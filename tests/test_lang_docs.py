@@ -44,6 +44,7 @@ def test_the_docs_keep_their_runnable_examples() -> None:
         "cte-check",
         "timed-search",
         "capped-survey",
+        "checked-answer",
     }
 
 

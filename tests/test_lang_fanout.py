@@ -464,3 +464,69 @@ def test_record_a_fan_out_run_then_test_it_offline(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 0, res.output
+
+
+def test_an_item_that_asks_parks_the_step_until_answered(tmp_path: Path) -> None:
+    """Each item's agent asks; the step parks on one question at a time, and each answer
+    goes to the item that asked it when the run is resumed."""
+    from engine.ask import answer_step
+    from engine.config import load_config
+    from engine.delegate import open_delegator
+    from engine.runner import RunOptions, RunState, WorkflowRunner, prepare
+    from engine.runs import run_status
+    from tests.helpers import demo_config, write_config
+    from tests.test_real_agents import AGENT
+
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = {
+        "kind": "command",
+        "argv": [sys.executable, str(AGENT), "ask"],
+        "env": {"AGENT_STATE": str(tmp_path / "state")},
+        "timeout": 30,
+        "fallback_handoff": False,
+    }
+    cfg = load_config(write_config(tmp_path, raw))
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(
+        json.dumps(
+            {
+                "name": "wf",
+                "caller": "manager",
+                "inputs": {"m": {"default": "Zerodur, ULE"}},
+                "steps": [
+                    {
+                        "id": "research",
+                        "agent": "webster",
+                        "for_each": "inputs.m",
+                        "task": "CTE of {{ item }}",
+                    },
+                    {
+                        "id": "rank",
+                        "agent": "tech-lead",
+                        "depends_on": ["research"],
+                        "task": "{{ steps.research.result }}",
+                    },
+                ],
+            }
+        )
+    )
+    with open_delegator(cfg) as d:
+        runner = WorkflowRunner(cfg, d)
+        first = runner.start(prepare(cfg, str(wf), {}), RunOptions())
+        rid = first.run_id
+        assert first.state is RunState.WAITING_INPUT
+        research = first.summary["steps"]["research"]
+        assert research["status"] == "waiting_input"
+        assert research["question"]["text"] == "Which temperature range?"
+        assert first.summary["steps"]["rank"]["status"] == "pending"
+        assert run_status(cfg, rid)["steps"]["research"]["status"] == "waiting_input"
+        answer_step(cfg, rid, "research", "0-50 °C", by="manager")
+        second = runner.resume(rid, RunOptions())
+        assert second.state is RunState.WAITING_INPUT  # item 1 asked too
+        answer_step(cfg, rid, "research", "20 °C", by="manager")
+        done = runner.resume(rid, RunOptions())
+    assert done.state is RunState.COMPLETE, done.summary
+    record = d.store.read_step(rid, "research")
+    results = [i["handoff"]["result"] for i in record["items"]]
+    assert results == ["CTE over 0-50 °C", "CTE over 20 °C"]
+    assert [i["attempts"] for i in record["items"]] == [2, 2]

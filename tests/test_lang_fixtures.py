@@ -133,7 +133,7 @@ BAD = [
     (
         {"research.yaml": "stauts: complete"},
         ": unknown key `stauts`; did you mean `status`? A fixture holds: status, outcome, "
-        "result, confidence, notes, artifacts, question, validation, data.",
+        "result, confidence, notes, artifacts, question, validation, data, outputs.",
     ),
     (
         {"research.yaml": "status: done"},

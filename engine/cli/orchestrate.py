@@ -22,6 +22,7 @@ from engine.cli.common import (
     server_options,
 )
 from engine.cli.store import store_group
+from engine.progress import usage_text
 from engine.states import Confidence, HandoffStatus
 
 
@@ -264,6 +265,8 @@ def _print_result(result: Any) -> None:
         say(f"notes: {rec['notes']}")
     if rec.get("artifacts"):
         say("artifacts: " + ", ".join(rec["artifacts"]))
+    if usage_text(rec.get("usage")):
+        say(f"usage: {usage_text(rec.get('usage'))}")
     say(f"record: {result.record_path}")
     if outcome == "blocked" and rec.get("question"):
         say(f"question: {rec['question']}")

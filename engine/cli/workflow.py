@@ -436,6 +436,9 @@ def workflow_status_cmd(
         return 0
     live = "running now" if status["live"] else "no process running it"
     click.echo(f"{run_id}: {status['workflow']} — {status['status']} ({live})")
+    parent = status.get("parent")
+    if isinstance(parent, dict):
+        click.echo(f"child run of `{parent.get('run_id')}` (its step `{parent.get('step')}`)")
     click.echo(summary_table(status, waiting=True))
     return 0
 

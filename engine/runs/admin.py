@@ -131,10 +131,31 @@ def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Ru
                 )
         journal.append("run_cancelled", by="workflow cancel")
         journal.close()
+        _cancel_children(cfg, view, store)
         store.write_summary(run_id, summarize(replay_run(store, run_id)))
     finally:
         lock.__exit__(None, None, None)
     return RunState.CANCELLED
+
+
+def _child_line(run_id: str, s: Any) -> str:
+    """Why a sub-workflow step waits: its child run, and what to do."""
+    if s.state in (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT):
+        return (
+            f"its child run `{s.child_run_id}` is {s.state.value}: see `workflow status "
+            f"{s.child_run_id}`, decide or answer there, then `workflow resume {run_id}`"
+        )
+    return f"its child run `{s.child_run_id}` is running (`workflow status {s.child_run_id}`)"
+
+
+def _cancel_children(cfg: Config, view: Any, store: RunStore) -> None:
+    """Cancel the child runs of a parked run's sub-workflow steps that have not ended."""
+    for s in view.steps.values():
+        if s.child_run_id and not s.state.final and store.run_exists(s.child_run_id):
+            try:
+                cancel_run(cfg, s.child_run_id, store=store)
+            except RunStateError:
+                pass  # it has ended meanwhile
 
 
 def list_runs(
@@ -192,7 +213,9 @@ def run_status(cfg: Config, run_id: str, *, store: RunStore | None = None) -> di
     now = time.time()
     for sid, s in view.steps.items():
         row = summary["steps"][sid]
-        if s.state is StepState.QUEUED:
+        if s.child_run_id and not s.state.final:
+            row["waiting"] = _child_line(run_id, s)
+        elif s.state is StepState.QUEUED:
             row["waiting"] = "queued for a pool token"
         elif s.state is StepState.RUNNING:
             if s.dispatched_at:
@@ -210,7 +233,7 @@ def run_status(cfg: Config, run_id: str, *, store: RunStore | None = None) -> di
                 said = latest_progress(cfg.handoffs_dir, str(s.delegation_run_id))
                 if said is not None:
                     row["progress"] = said
-                    age = f' {said["age_s"]:.0f} s ago' if said["age_s"] is not None else ""
+                    age = f" {said['age_s']:.0f} s ago" if said["age_s"] is not None else ""
                     row["waiting"] += f'; said "{said["text"]}"{age}'
             else:
                 row["waiting"] = "being dispatched"

@@ -188,6 +188,20 @@ def _on_question(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
     replay_question(s, ev)
 
 
+def _on_child_started(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    cid, at = _need(ev, "child_run_id", str), _at(ev)
+    s.state = StepState.RUNNING
+    s.child_run_id = cid
+    s.attempt += 1
+    s.agent = f"workflow {ev['workflow']}" if isinstance(ev.get("workflow"), str) else s.agent
+    s.started_at = s.started_at or at
+    s.in_flight = True
+
+
+def _on_child_waiting(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    s.state = _enum(StepState, ev, "status")
+
+
 def _on_step_reset(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
     s.state = StepState.PENDING
     s.skip_reason = s.skip_kind = s.error = None
@@ -212,6 +226,8 @@ _STEP_REDUCERS: dict[str, Callable[[_Fold, dict[str, Any], StepRun], None]] = {
     "gate_waiting": _on_gate_waiting,
     "gate_decided": _on_gate_decided,
     "step_reset": _on_step_reset,
+    "child_started": _on_child_started,  # a sub-workflow step started its child run
+    "child_waiting": _on_child_waiting,  # ... which parked (a gate, a question)
     "step_question": _on_question,  # engine.ask: the agent asked
     "step_answered": _on_question,  # engine.ask: someone answered
 }
@@ -331,8 +347,53 @@ def replay_run(store: RunStore, run_id: str) -> RunView:
     )
 
 
+def _spent(view: RunView) -> dict[str, list[float]]:
+    """Step id -> [usd, tokens] its delegations spent (the journal's ``step_spent``)."""
+    out: dict[str, list[float]] = {}
+    for ev in view.events:
+        if ev.get("event") != "step_spent" or not isinstance(ev.get("step"), str):
+            continue
+        total = out.setdefault(ev["step"], [0.0, 0.0])
+        for i, key in enumerate(("usd", "tokens")):
+            value = ev.get(key)
+            total[i] += float(value) if isinstance(value, int | float) else 0.0
+    return out
+
+
+def _items(view: RunView) -> dict[str, dict[str, int]]:
+    """A ``for_each`` step -> ``{"done": n, "total": N}`` from its journal's items."""
+    totals: dict[str, int] = {}
+    done: dict[str, set[int]] = {}
+    for ev in view.events:
+        sid, kind = ev.get("step"), ev.get("event")
+        if kind == "step_started" and isinstance(ev.get("items"), int):
+            totals[str(sid)] = ev["items"]
+        elif kind == "item_started" and isinstance(ev.get("index"), int):
+            done.setdefault(str(sid), set()).discard(ev["index"])
+        elif kind == "item_finished" and isinstance(ev.get("index"), int):
+            done.setdefault(str(sid), set()).add(ev["index"])
+    return {s: {"done": len(done.get(s, ())), "total": n} for s, n in totals.items()}
+
+
+def add_spent(summary: dict[str, Any], spent: dict[str, list[float]]) -> None:
+    """Put ``spent`` (``usd`` rounded to 6 places, ``tokens``) on each step that spent
+    something and on the run; nothing when nothing was spent."""
+    if not spent:
+        return
+    for sid, (usd, tokens) in spent.items():
+        if sid in summary["steps"]:
+            summary["steps"][sid]["spent"] = {"usd": round(usd, 6), "tokens": int(tokens)}
+    summary["spent"] = {
+        "usd": round(sum(v[0] for v in spent.values()), 6),
+        "tokens": int(sum(v[1] for v in spent.values())),
+    }
+
+
 def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str, Any]:
-    """The content of summary.json for a run."""
+    """The content of summary.json for a run: per step its status, agent, attempts,
+    duration, confidence, reasons, gate, question, child run, ``items`` (``done`` and
+    ``total`` of a ``for_each`` step) and ``spent`` (``usd``, ``tokens``, from the
+    handoffs' usage); the run's status, inputs, times, outputs and total ``spent``."""
     started = view.started_at
     finished = view.finished_at
     duration = None
@@ -351,8 +412,12 @@ def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str,
             **({"error": s.error} if s.error else {}),
             **({"gate": s.gate} if s.gate else {}),
             **({"question": s.question} if s.question else {}),
+            **({"child_run_id": s.child_run_id} if s.child_run_id else {}),
         }
-    return {
+    for sid, progress in _items(view).items():
+        if sid in steps:
+            steps[sid]["items"] = progress
+    summary = {
         "runId": view.run_id,
         "workflow": view.meta.get("workflow"),
         "status": view.state.value,
@@ -363,7 +428,10 @@ def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str,
         "duration_ms": duration,
         "gate_wait_ms": view.gate_wait_ms,
         "retries": sum(max(0, s.attempt - 1) for s in view.steps.values()),
+        **({"parent": view.meta["parent"]} if isinstance(view.meta.get("parent"), dict) else {}),
         "steps": steps,
         "outputs": outputs or {},
         **({"warnings": list(view.warnings)} if view.warnings else {}),
     }
+    add_spent(summary, _spent(view))
+    return summary

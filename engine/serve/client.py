@@ -26,7 +26,7 @@ WAIT_CHUNK = 60.0  # seconds per /wait call; the client loops, the server stays 
 
 #: The keys of a step in a local summary (the server adds details the CLI leaves out).
 _ALWAYS = ("status", "agent", "attempts", "duration_ms", "confidence", "delegation_run_id")
-_WHEN_SET = ("skip_reason", "error", "gate", "waiting")
+_WHEN_SET = ("skip_reason", "error", "gate", "waiting", "spent", "items", "child_run_id")
 _SERVER_ONLY = ("plan", "progress", "started_by", "owned", "executing", "error", "cursor", "done")
 
 
