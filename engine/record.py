@@ -432,6 +432,8 @@ def _deliver_one(into: _Into, source: Path, grace: float) -> Delivery:
     fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
     if final is not None and not (final.get("fallback") and not fallback):
         return _keep_second(into, source, final, fallback)
+    if fallback and cur_env is not None and cur_env.get("outcome") not in (None, "dispatched"):
+        return _keep_second(into, source, cur_env, fallback)  # the engine's ending stands
     new = recorded_envelope(env, cur_env, into.waiting, handoff["status"], verified, source)
     new["handoff_inode"] = [st.st_dev, st.st_ino]
     if fallback:
@@ -502,8 +504,11 @@ def _keep_second(into: _Into, source: Path, cur_env: dict[str, Any], fallback: b
     records_dir, run_id = into.records_dir, into.run_id
     kept = _keep_aside(records_dir, source, link=source.name == f"{run_id}.json")
     first = cur_env.get("handoff_file") or "the first handoff"
+    outcome = cur_env.get("outcome")
     reason = (
-        "a gateway-written fallback, after the agent's own handoff was recorded"
+        f"a gateway-written fallback, after the engine recorded `{outcome}`"
+        if fallback and outcome not in _AGENT_STATUSES
+        else "a gateway-written fallback, after the agent's own handoff was recorded"
         if fallback
         else f"a second handoff for a run already recorded from {first}"
     )
