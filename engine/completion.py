@@ -10,6 +10,8 @@ delegation then waits for the handoff as before.
 ``Dispatch`` sends such a POST on a thread of its own, so the delegation keeps watching
 its inbox meanwhile; when the answer (or an error) comes, it wakes the waiter. A
 refusal (400/401/403/404) still ends the delegation at once: it wakes the waiter too.
+Once the delegation has ended (``abandon``), a held POST that fails is not retried,
+reported or sent again: it ends quietly (``abandoned``), whatever happens to its gateway.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import HookError, OrchestratorError
-from engine.hooks import DispatchResult
+from engine.hooks import Abandoned, DispatchResult
 from engine.redact import redact
 from engine.workers import Workers
 
@@ -90,12 +92,15 @@ class Dispatch:
         self.ended_at: float | None = None
         self.result: DispatchResult | None = None
         self.error: OrchestratorError | None = None
+        self.abandoned = False  # True: it failed after its delegation ended, and stopped
         self._done = threading.Event()
         _DISPATCHERS.submit(self._run)  # a reused thread: starting one costs up to 1 ms
 
     def _run(self) -> None:
         try:
             self.result = self._send()
+        except Abandoned:
+            self.abandoned = True
         except OrchestratorError as exc:
             self.error = exc
         except Exception as exc:  # the HTTP client closed under us, or a bug: never lost

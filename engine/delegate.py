@@ -488,6 +488,7 @@ class Delegator:
                 body[option] = value
 
         waiter = self._expect(records, drop, run_id)
+        watch: Any = None
         try:
             envelope["dispatched_at"] = utcnow_iso()
             try:
@@ -513,6 +514,8 @@ class Delegator:
             )
         finally:
             waiter.close()
+            if watch is not None:  # ended: its held POST is not retried or reported
+                watch.abandon()
 
     def _expect(self, records: Path, drop: Path, run_id: str) -> Waiter:
         """The injected signals' waiter for ``run_id``'s handoff."""

@@ -40,6 +40,10 @@ RETRYABLE_STATUS_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RUN_ID = 256
 
 
+class Abandoned(Exception):
+    """A POST whose delegation ended while it was retried: dropped quietly, not reported."""
+
+
 @dataclass(frozen=True)
 class Target:
     """Where and how to dispatch: the gateway URL, token, and how to describe the token."""
@@ -124,12 +128,15 @@ class HooksClient:
         deadline: float,
         on_retry: Callable[[str, int, float, str], None] | None = None,
         hold: bool = False,
+        ended: threading.Event | None = None,
     ) -> DispatchResult:
         """POST the task; retry transient failures until ``deadline`` (a ``clock()`` value).
 
         ``on_retry(agent, attempt, delay_s, reason)`` observes this call's retries (the
         client's own ``on_retry`` when not given). ``hold``: the body asks for
         ``waitForCompletion``, so the answer may take until the run ends (up to the deadline).
+        ``ended`` set: the delegation is over; the next retry (and its report) raises
+        ``Abandoned`` instead.
         """
         return self._post(
             target,
@@ -139,6 +146,7 @@ class HooksClient:
             deadline=deadline,
             on_retry=on_retry,
             hold=hold,
+            ended=ended,
         )
 
     def post_handoff(
@@ -174,6 +182,7 @@ class HooksClient:
         on_retry: Callable[[str, int, float, str], None] | None = None,
         hint: str | None = None,
         hold: bool = False,
+        ended: threading.Event | None = None,
     ) -> DispatchResult:
         on_retry = on_retry or self.on_retry
 
@@ -186,12 +195,16 @@ class HooksClient:
         agent = target.agent
 
         def observe(attempt: int, delay: float, reason: str) -> None:
+            if ended is not None and ended.is_set():
+                raise Abandoned(agent)  # no retry, no report once the delegation is over
             if on_retry is not None:
                 on_retry(agent, attempt, delay, reason)
 
         plain = self._transport is None and url.startswith("http://")
 
         def send(timeout: float | None) -> Any:
+            if ended is not None and ended.is_set():  # it ended during the retry's wait
+                raise Abandoned(agent)
             # A held request answers when the run ends: only the read may take that long.
             read = max(0.0, deadline - self._clock()) if hold else timeout
             if plain:

@@ -28,6 +28,7 @@ run ended? was the dispatch refused?) and ``refused`` (a handoff could not be ac
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,7 +201,9 @@ class RunWatch:
         heartbeat: Heartbeat | None = None,
         lookup: Callable[[], Any] | None = None,
         resend_task: bool = True,
+        ended: threading.Event | None = None,
     ) -> None:
+        self._ended = ended if ended is not None else threading.Event()
         self.heartbeat = heartbeat
         self._lookup = lookup
         self.envelope = envelope
@@ -389,6 +392,11 @@ class RunWatch:
         except OrchestratorError:
             pass  # the record says null, as it would have
 
+    def abandon(self) -> None:
+        """The delegation has ended: its held POSTs are not retried, reported or sent
+        again (docs/protocol.md: a late handoff is still merged from its file)."""
+        self._ended.set()
+
     # -- internals -------------------------------------------------------------------
 
     def _admit(self) -> None:
@@ -488,10 +496,13 @@ def start(
     refusal raises as before.
     """
 
+    ended = threading.Event()  # set by RunWatch.abandon: the delegation is over
+
     def post(message: str | None, idem: str) -> Any:
         sent = body if message is None else {**body, "message": message}
         return client.post_agent(
-            target, sent, idempotency_key=idem, deadline=deadline, on_retry=on_retry, hold=hold
+            target, sent, idempotency_key=idem, deadline=deadline, on_retry=on_retry,
+            hold=hold, ended=ended,
         )
 
     def lookup() -> Any:
@@ -538,5 +549,6 @@ def start(
         heartbeat=heartbeat,
         lookup=lookup if hold else None,
         resend_task=resend_task,
+        ended=ended,
     )
     return watch, answer

@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.helpers import demo_config, gated_agent
+from engine.config import load_config
+from engine.delegate import DelegationRequest, Outcome, open_delegator
+from engine.reporter import Reporter
+from tests.helpers import demo_config, gated_agent, write_config
 
 
 def _lost_run(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
@@ -68,3 +72,42 @@ def test_a_lost_delegation_prints_no_retry_and_keeps_its_outcome(tmp_path: Path)
     (kept,) = record["envelope"]["also_received"]
     assert "gateway-written fallback" in kept["reason"]
     assert "`lost`" in kept["reason"]
+
+
+class _Events(Reporter):
+    """A reporter that keeps what it is told (the interface's generic hook)."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+        self.retried = threading.Event()
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.kinds.append(kind)
+        if kind == "delegation_retry":
+            self.retried.set()
+
+
+def test_a_lost_delegations_held_post_is_abandoned_quietly(tmp_path: Path) -> None:
+    """Once the delegation ended, the held POST is neither retried nor reported when its
+    gateway stops (it used to say `retry 1 in 2.1 s`, and POST the task again)."""
+    from engine import completion
+
+    go = tmp_path / "go"
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = gated_agent(go)
+    raw["agents"]["webster"]["heartbeat_timeout"] = 1.5
+    cfg = load_config(write_config(tmp_path, raw))
+    events = _Events()
+    with open_delegator(cfg, reporter=events) as d:
+        result = d.delegate(DelegationRequest(target="webster", task="find the CTE",
+                                              caller="manager", timeout=60))
+        assert result.outcome is Outcome.LOST
+        before = completion._DISPATCHERS.idle  # the held POST's thread is busy still
+    # The gateway stopped under the held POST: its thread ends (idle again), or retries.
+    end = time.monotonic() + 30
+    while completion._DISPATCHERS.idle <= before and not events.retried.is_set():
+        assert time.monotonic() < end, "the held POST neither ended nor retried"
+        events.retried.wait(0.05)
+    assert not events.retried.is_set(), events.kinds
+    assert events.kinds.count("delegation_dispatched") == 1
+    go.touch()
