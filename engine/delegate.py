@@ -88,7 +88,8 @@ class DelegationResult:
 
     run_id: str
     outcome: Outcome
-    record_path: Path
+    #: Where the record is: a file (or a store's locator), or a server's URL (str).
+    record_path: Path | str
     record: dict[str, Any]
     error: OrchestratorError | None = None
 

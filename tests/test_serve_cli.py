@@ -208,3 +208,12 @@ def test_tokens_file_problems_never_show_a_token(tmp_path: Any, text: str, messa
     with pytest.raises(ConfigError) as err:
         ServeSettings.from_config(cfg)
     assert message in str(err.value) and "SECRETTOKEN" not in str(err.value)
+
+
+def test_the_record_line_of_a_served_delegation_is_its_url(srv: Served) -> None:
+    server = {"ORCH_SERVER": srv.url, "ORCH_SERVER_TOKEN": TOKENS["alice"][1]}
+    res = _cli(orchestrate, "delegate", "secretary", "file the notes", "--caller", "manager",
+               **server)
+    assert res.exit_code == 0, res.output
+    (line,) = [ln for ln in res.stdout.splitlines() if ln.startswith("record: ")]
+    assert line.startswith(f"record: {srv.url}/v1/delegations/orch-"), line  # `http://`

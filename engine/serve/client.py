@@ -206,7 +206,7 @@ class ServerClient:
         return DelegationResult(
             run_id,
             Outcome(doc["status"]),
-            Path(f"{self.url}/v1/delegations/{run_id}"),
+            f"{self.url}/v1/delegations/{run_id}",  # a URL: Path() would fold its `//`
             record,
             error,
         )
