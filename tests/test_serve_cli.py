@@ -217,3 +217,18 @@ def test_the_record_line_of_a_served_delegation_is_its_url(srv: Served) -> None:
     assert res.exit_code == 0, res.output
     (line,) = [ln for ln in res.stdout.splitlines() if ln.startswith("record: ")]
     assert line.startswith(f"record: {srv.url}/v1/delegations/orch-"), line  # `http://`
+
+
+def test_status_names_the_server_as_the_runner(srv: Served) -> None:
+    server = {"ORCH_SERVER": srv.url, "ORCH_SERVER_TOKEN": TOKENS["alice"][1]}
+    parked = json.loads(_cli(workflow, "run", "gate", "-i", "query=q", "--json", **server).stdout)
+    run_id = parked["runId"]
+    res = _cli(workflow, "status", run_id, **server)
+    assert res.exit_code == 0, res.output
+    head = res.stdout.splitlines()[0]
+    assert head == f"{run_id}: gate — waiting_approval (the server {srv.url} runs it)", head
+    assert _cli(workflow, "approve", run_id, "review", **server).exit_code == 0
+    with srv.client("alice") as c:
+        assert c.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()["done"]
+    head = _cli(workflow, "status", run_id, **server).stdout.splitlines()[0]
+    assert head == f"{run_id}: gate — complete", head  # finished: no runner to name

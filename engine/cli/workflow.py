@@ -434,13 +434,21 @@ def workflow_status_cmd(
     if as_json:
         dump(status)
         return 0
-    live = "running now" if status["live"] else "no process running it"
-    click.echo(f"{run_id}: {status['workflow']} — {status['status']} ({live})")
+    click.echo(f"{run_id}: {status['workflow']} — {status['status']}{_runner(status, server)}")
     parent = status.get("parent")
     if isinstance(parent, dict):
         click.echo(f"child run of `{parent.get('run_id')}` (its step `{parent.get('step')}`)")
     click.echo(summary_table(status, waiting=True))
     return 0
+
+
+def _runner(status: dict[str, Any], server: str | None) -> str:
+    """Who runs it, as `` (…)``: this host's process, or the server that owns the run
+    (nothing once a server's run has finished: no one needs to resume it)."""
+    if server:
+        finished = status["status"] in ("complete", "failed", "cancelled")
+        return "" if finished else f" (the server {server} runs it)"
+    return " (running now)" if status["live"] else " (no process running it)"
 
 
 @workflow.command("runs")
