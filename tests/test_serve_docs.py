@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.servekit import TOKENS, Served
 
@@ -18,9 +19,24 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "serve.md"
 
 
+def _doc_workflow() -> str:
+    """The workflow the doc tells the reader to save (its YAML block named review-gate)."""
+    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
+    (block,) = [b for b in blocks if b.startswith("name: review-gate\n")]
+    return block
+
+
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    served = Served(tmp_path_factory.mktemp("servedocs")).start()
+    served = Served(tmp_path_factory.mktemp("servedocs"))
+    # Only the reader's own copy of the doc's workflow is there (nothing shipped by that name).
+    own = served.tmp / "own-workflows"
+    own.mkdir()
+    (own / "review-gate.yaml").write_text(_doc_workflow(), encoding="utf-8")
+    raw = yaml.safe_load(served.path.read_text(encoding="utf-8"))
+    raw["workflow_dirs"] = [str(own)]
+    served.path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    served.start()
     try:
         yield served
     finally:
