@@ -262,3 +262,21 @@ def test_console_script_help_is_fast_to_import() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_help_footers_list_every_exit_code() -> None:
+    """Both programs' footers name codes 0-6 (docs/protocol.md's table), 3 with the answer."""
+    import re
+
+    from engine.cli import workflow
+
+    table = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| (\d) \|", table, flags=re.M))
+    assert documented == {str(n) for n in range(7)}
+    for group in (orchestrate, workflow):
+        res = CliRunner().invoke(group, ["--help"])
+        footer = res.stdout.split("Exit codes:", 1)[1]
+        listed = set(re.findall(r"(?:^|·|\s)(\d) (?=\S)", footer))
+        assert listed == documented, (group.name, footer)
+        assert "3 waiting: for approval, or for the answer" in footer
+        assert "6 unusable" in footer or "6 (unusable)" in footer

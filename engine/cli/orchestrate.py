@@ -42,8 +42,10 @@ Examples:
   orchestrate webster "Find CTE of Zerodur" --caller manager --timeout 120
   orchestrate handoff write --run-id RUN --agent webster --status complete --result "..."
   orchestrate gateway --config orchestrator.yaml --port 18900
-Exit codes: 0 ok · 1 agent failed/blocked · 2 bad input · 3 waiting approval
-            4 timed out · 5 refused by the ACL or the pool""",
+Exit codes: 0 ok · 1 agent failed/blocked · 2 bad input
+            3 waiting: for approval, or for the answer to the agent's question
+            4 timed out or lost · 5 refused by the ACL or the pool
+            6 unusable: the agent finished without a usable handoff""",
 )
 @click.version_option(package_name="agent-orchestrator", prog_name="orchestrate")
 def orchestrate() -> None:

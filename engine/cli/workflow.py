@@ -29,8 +29,10 @@ Examples:
   workflow run material-trade-study --input materials="Zerodur, ULE" \\
       --input requirements="CTE < 0.01 ppm/K" --non-interactive
   workflow approve RUN review && workflow resume RUN
-Exit codes: 0 complete · 1 a step failed · 2 bad input · 3 waiting for approval
-            4 timed out · 5 refused by the ACL or the pool""",
+Exit codes: 0 complete · 1 a step failed · 2 bad input
+            3 waiting: for approval, or for the answer to an agent's question
+            4 timed out · 5 refused by the ACL or the pool
+            6 (unusable) is a single delegation's: in a run, such a step fails (1)""",
 )
 @click.version_option(package_name="agent-orchestrator", prog_name="workflow")
 def workflow() -> None:
