@@ -8,6 +8,7 @@ from DESIGN.md, never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -18,6 +19,28 @@ from engine.errors import EXIT_USAGE, OrchestratorError
 from engine.redact import redact
 
 CONFIG_HELP = "Config file (default: $ORCHESTRATOR_CONFIG, else ./orchestrator.yaml)."
+
+
+def discard_stdout() -> None:
+    """The reader of stdout went away (``| head -1``): what is left to print goes to
+    /dev/null, so the command still ends with its own exit code (Python's docs, "Note on
+    SIGPIPE", in the signal module's)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file behind stdout: nothing to redirect
+        pass
+
+
+def echo(text: str, *, err: bool = False) -> None:
+    """``click.echo``, except that a closed stdout discards the output quietly."""
+    try:
+        click.echo(text, err=err)
+    except BrokenPipeError:
+        if err:
+            raise
+        discard_stdout()
 
 
 def fail(exc: OrchestratorError) -> NoReturn:
@@ -122,6 +145,9 @@ class EngineGroup(click.Group):
             rv = run()
         except OrchestratorError as exc:
             fail(exc)
+        except BrokenPipeError:  # stdout's reader went away: quietly, as `cat | head` does
+            discard_stdout()
+            sys.exit(1)
         except OSError as exc:
             fail(os_error(exc))
         except click.exceptions.Exit as exc:
@@ -167,14 +193,14 @@ def load_optional(config: str | None) -> Any:
 def dump(data: Any) -> None:
     from engine.redact import redact
 
-    click.echo(redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)))
+    echo(redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)))
 
 
 def say(text: str, *, err: bool = False) -> None:
     """Print a line that may carry text from an agent or a URL, with known secrets masked."""
     from engine.redact import redact
 
-    click.echo(redact(text), err=err)
+    echo(redact(text), err=err)
 
 
 config_option = click.option(

@@ -1,0 +1,40 @@
+"""Small CLI manners: a closed stdout (`| head -1`), plurals."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.helpers import demo_config
+
+
+def _config(tmp_path: Path) -> Path:
+    config = tmp_path / "orchestrator.yaml"
+    config.write_text(yaml.safe_dump(demo_config(tmp_path)), encoding="utf-8")
+    return config
+
+
+def test_a_reader_gone_before_the_output_keeps_the_delegations_exit_code(
+    tmp_path: Path,
+) -> None:
+    """`orchestrate ... | head -1`: the output is discarded, quietly, and the exit code is
+    the delegation's own (0 here), not 1."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "from engine.cli import orchestrate_main; orchestrate_main()",
+             "webster", "find the CTE of Zerodur", "--caller", "manager", "--timeout", "60",
+             "--config", str(_config(tmp_path))],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "error" not in proc.stderr.lower() and "Traceback" not in proc.stderr, proc.stderr
+    assert "BrokenPipe" not in proc.stderr
