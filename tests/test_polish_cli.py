@@ -38,3 +38,18 @@ def test_a_reader_gone_before_the_output_keeps_the_delegations_exit_code(
     assert proc.returncode == 0, proc.stderr
     assert "error" not in proc.stderr.lower() and "Traceback" not in proc.stderr, proc.stderr
     assert "BrokenPipe" not in proc.stderr
+
+
+def test_validate_says_one_step_in_one_group(tmp_path: Path) -> None:
+    template = tmp_path / "one.yaml"
+    template.write_text(
+        "name: one\ncaller: manager\nsteps:\n  - id: look\n    agent: webster\n    task: look\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", "from engine.cli import workflow_main; workflow_main()",
+         "validate", str(template), "--config", str(_config(tmp_path))],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"`{template}` is valid: 1 step in 1 group, caller `manager`."

@@ -394,7 +394,7 @@ def test_missing_and_unknown_inputs_exit_2(tmp_path: Path) -> None:
 def test_validate_list_graph(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     res = _wf("validate", "material-trade-study", "--config", str(cfg.path))
-    assert res.exit_code == 0 and "is valid: 3 steps in 3 group(s), caller `manager`" in res.stdout
+    assert res.exit_code == 0 and "is valid: 3 steps in 3 groups, caller `manager`" in res.stdout
     res = _wf("list", "--json", "--config", str(cfg.path))
     names = {r["name"] for r in json.loads(res.stdout)}
     assert {"quick-research", "material-trade-study", "design-review"} <= names

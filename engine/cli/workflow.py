@@ -514,9 +514,10 @@ def workflow_validate_cmd(
             given[key] = f"<{key}>"
     prepared = prepare(cfg, str(spec.path), given, caller=caller, spec=spec)
     plan = prepared.plan
+    steps, groups = len(plan.steps), len(plan.groups)
     click.echo(
-        f"`{spec.path}` is valid: {len(plan.steps)} steps in {len(plan.groups)} "
-        f"group(s), caller `{plan.caller}`."
+        f"`{spec.path}` is valid: {steps} step{'s' * (steps != 1)} in {groups} "
+        f"group{'s' * (groups != 1)}, caller `{plan.caller}`."
     )
     return 0
 
