@@ -65,7 +65,10 @@ class DiscordClient:
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
         timeout: float = 10.0,
+        on_retry: Callable[[str, int, float, str], None] | None = None,
     ) -> None:
+        """``on_retry(what, attempt, delay_s, reason)`` is told before each retry's wait
+        (``what``: the request, e.g. ``reading the queue channel``)."""
         register(token)
         register_url(base_url)
         self.base_url = base_url.rstrip("/")
@@ -78,6 +81,7 @@ class DiscordClient:
         self._own = client is None
         self._http = client or httpx.Client(timeout=timeout)
         self._sleep = sleep
+        self._on_retry = on_retry
         self.attempts = 0  # requests sent, retries included (for tests and logs)
 
     @classmethod
@@ -87,6 +91,7 @@ class DiscordClient:
         *,
         sleep: Callable[[float], None] = time.sleep,
         client: httpx.Client | None = None,
+        on_retry: Callable[[str, int, float, str], None] | None = None,
     ) -> DiscordClient:
         """A client from ``channels:``: ``base_url``, ``token_env`` and ``post_delays``."""
         from engine.context import DISCORD_API, _token
@@ -111,6 +116,7 @@ class DiscordClient:
             client=client,
             sleep=sleep,
             timeout=cfg.retry.request_timeout,
+            on_retry=on_retry,
         )
 
     def close(self) -> None:
@@ -284,6 +290,7 @@ class DiscordClient:
             describe=describe,
             server_wait=lambda r: _retry_after(r) if r.status_code == 429 else None,
             sleep=self._sleep,
+            on_retry=None if self._on_retry is None else self._told(what),
         )
         self.attempts += done.attempts
         if done.response is not None and done.accepted:
@@ -295,6 +302,11 @@ class DiscordClient:
             f"(last: {done.reason}). Check the network and `channels.base_url`.",
             status_code=done.status,
         )
+
+    def _told(self, what: str) -> Callable[[int, float, str], None]:
+        assert self._on_retry is not None
+        on_retry = self._on_retry
+        return lambda attempt, delay, reason: on_retry(what, attempt, delay, reason)
 
     def _refusal(self, resp: httpx.Response, what: str) -> Exception:
         code = resp.status_code

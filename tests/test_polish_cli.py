@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+from click.testing import CliRunner
 
-from tests.helpers import demo_config
+from tests.helpers import demo_config, free_port
 
 
 def _config(tmp_path: Path) -> Path:
@@ -53,3 +55,30 @@ def test_validate_says_one_step_in_one_group(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"`{template}` is valid: 1 step in 1 group, caller `manager`."
+
+
+def test_inbox_once_says_each_retry_while_discord_is_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.cli import orchestrate
+
+    raw = demo_config(tmp_path, channels={
+        "provider": "discord",
+        "base_url": f"http://127.0.0.1:{free_port()}",  # nothing listens: the network is down
+        "token_env": "INBOX_DISCORD_TOKEN",
+        "map": {"task-queue": "100", "results": "200"},
+        "queue": "task-queue",
+        "results": "results",
+        "callers": {"111": "manager"},
+        "post_delays": [0.01, 0.01],
+    })
+    config = tmp_path / "orchestrator.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    monkeypatch.setenv("INBOX_DISCORD_TOKEN", "discord-bot-token-polish-31cc")
+    res = CliRunner().invoke(orchestrate, ["inbox", "discord", "--once", "--config", str(config)])
+    assert res.exit_code != 0 and "Traceback" not in res.stderr
+    said = [ln for ln in res.stderr.splitlines() if ln.startswith("↻ Discord (")]
+    assert len(said) == 2, res.stderr  # one line per retry, before each wait
+    assert "; retry 1 in 0.0 s" in said[0] and "; retry 2 in 0.0 s" in said[1]
+    assert "cannot reach Discord" in res.stderr
+    assert "discord-bot-token-polish-31cc" not in res.stderr

@@ -898,7 +898,11 @@ def inbox_discord_cmd(once: bool, config: str | None) -> int:
     from engine.inbox import DiscordInbox
 
     cfg = load(config)
-    client = DiscordClient.from_config(cfg)
+
+    def retrying(what: str, attempt: int, delay: float, reason: str) -> None:
+        say(f"↻ Discord ({what}): {reason}; retry {attempt} in {delay:.1f} s", err=True)
+
+    client = DiscordClient.from_config(cfg, on_retry=retrying)
     stop = threading.Event()
     try:
         with DiscordInbox(cfg, client, log=lambda line: say(line, err=True)) as inbox:
