@@ -369,11 +369,17 @@ class PostgresRunStore(PostgresRuns):
             self._note(conn, run_id, sub, env, current, "rejected", note, waiting)
             return Delivery("refused", problem=exc, kept=where)
         fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
-        if final and not (cur_env.get("fallback") and not fallback):  # type: ignore[union-attr]
+        ended = cur_env.get("outcome") if isinstance(cur_env, dict) else None
+        decided = fallback and ended not in (None, "dispatched")  # the engine's ending stands
+        # only the agent's own handoff replaces a final record, and only a fallback
+        aside = not (cur_env or {}).get("fallback") or fallback
+        if decided or (final and aside):
             self._set_state(conn, hid, "kept")
             first = cur_env.get("handoff_file") or "the first handoff"  # type: ignore[union-attr]
             reason = (
-                "a gateway-written fallback, after the agent's own handoff was recorded"
+                f"a gateway-written fallback, after the engine recorded `{ended}`"
+                if decided and not final
+                else "a gateway-written fallback, after the agent's own handoff was recorded"
                 if fallback
                 else f"a second handoff for a run already recorded from {first}"
             )
