@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from engine.config import load_config
@@ -80,28 +81,37 @@ class _Events(Reporter):
     def __init__(self) -> None:
         self.kinds: list[str] = []
         self.retried = threading.Event()
+        self.dispatched = threading.Event()
 
     def event(self, kind: str, **fields: Any) -> None:
         self.kinds.append(kind)
         if kind == "delegation_retry":
             self.retried.set()
+        if kind == "delegation_dispatched":
+            self.dispatched.set()
 
 
-def test_a_lost_delegations_held_post_is_abandoned_quietly(tmp_path: Path) -> None:
-    """Once the delegation ended, the held POST is neither retried nor reported when its
-    gateway stops (it used to say `retry 1 in 2.1 s`, and POST the task again)."""
+@pytest.mark.parametrize("ending", ["lost", "cancelled"])
+def test_an_ended_delegations_held_post_is_abandoned_quietly(
+    tmp_path: Path, ending: str
+) -> None:
+    """Once the delegation ended (silent past its heartbeat, or cancelled), the held POST
+    is neither retried nor reported when its gateway stops (it used to say `retry 1 in
+    2.1 s`, and POST the task again)."""
     from engine import completion
 
     go = tmp_path / "go"
     raw = demo_config(tmp_path)
     raw["gateway"]["agents"]["webster"] = gated_agent(go)
-    raw["agents"]["webster"]["heartbeat_timeout"] = 1.5
+    if ending == "lost":
+        raw["agents"]["webster"]["heartbeat_timeout"] = 1.5
     cfg = load_config(write_config(tmp_path, raw))
     events = _Events()
+    cancel = events.dispatched if ending == "cancelled" else None  # cancelled once admitted
     with open_delegator(cfg, reporter=events) as d:
         result = d.delegate(DelegationRequest(target="webster", task="find the CTE",
-                                              caller="manager", timeout=60))
-        assert result.outcome is Outcome.LOST
+                                              caller="manager", timeout=60), cancel=cancel)
+        assert result.outcome is Outcome(ending)
         before = completion._DISPATCHERS.idle  # the held POST's thread is busy still
     # The gateway stopped under the held POST: its thread ends (idle again), or retries.
     end = time.monotonic() + 30
