@@ -23,6 +23,7 @@ gateway-wide ``kill_after``, else ``max(4 x timeoutSeconds, timeoutSeconds + 600
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import json
 import logging
@@ -321,54 +322,16 @@ class CommandRunner:
     ) -> ProcessOutcome:
         """Write the handoff the agent did not write, then reconcile its directory."""
         path = task.handoff_path
-        if (
-            path is None
-            or task.run_id is None
-            # `fallback_handoff: false`: the engine sees the run end and repairs instead
-            or (spec is not None and not spec.fallback_handoff)
-            or _delivered(path)
-            # killed by stop() after the engine gave up (its record is there): nothing new
-            or (outcome.cancelled and (records_of(path) / path.name).exists())
-        ):
+        if path is None or task.run_id is None or _no_fallback(path, outcome, spec):
             if path is not None:
                 _reconcile(records_of(path))
             return outcome
-        handoff_agent = task.handoff_agent or task.agent
-        notes = GATEWAY_NOTE
-        if outcome.cancelled:
-            status, result = "failed", "killed: the local gateway stopped"
-        elif outcome.timed_out and source == "agent timeout":
-            status, result = "failed", f"killed after {_fmt_seconds(timeout)} s (agent timeout)"
-        elif outcome.timed_out:
-            status = "failed"
-            past = (
-                f", past the delegation's timeout of {_fmt_seconds(task.timeout)} s"
-                if task.timeout is not None
-                else ""
-            )
-            result = (
-                f"killed after {_fmt_seconds(timeout)} s: still running at the local "
-                f"gateway's hard limit ({source}){past}"
-            )
-            notes = GATEWAY_NOTE + "; killed at the gateway's hard limit"
-        elif outcome.returncode is None:
-            status, result = "failed", f"the agent could not be started: {outcome.stderr}"
-            notes = "written by the local gateway: the agent could not be started"
-        elif outcome.returncode == 0:
-            out = outcome.stdout.strip()
-            status, result = "complete", out or "(the agent exited 0 and printed nothing)"
-        else:
-            tail = outcome.stderr.strip()[-STDERR_TAIL:]
-            code = outcome.returncode
-            status = "failed"
-            result = f"the agent exited with code {code}" + (
-                f"; stderr (tail):\n{tail}" if tail else " and printed nothing on stderr"
-            )
+        status, result, notes = _fallback_verdict(task, outcome, timeout, source)
         from engine.handoff import HandoffProblem, make_handoff
 
         handoff = make_handoff(
             run_id=task.run_id,
-            agent=handoff_agent,
+            agent=task.handoff_agent or task.agent,
             status=status,
             result=result,
             confidence="medium" if status == "complete" else "low",
@@ -384,15 +347,56 @@ class CommandRunner:
         _reconcile(records_of(path))
         if not written:
             return outcome
-        return ProcessOutcome(
-            returncode=outcome.returncode,
-            timed_out=outcome.timed_out,
-            cancelled=outcome.cancelled,
-            stdout=outcome.stdout,
-            stderr=outcome.stderr,
-            seconds=outcome.seconds,
-            wrote_handoff=True,
+        return dataclasses.replace(outcome, wrote_handoff=True)
+
+
+def _no_fallback(path: Path, outcome: ProcessOutcome, spec: GatewayAgentConfig | None) -> bool:
+    """True when the gateway writes no stand-in handoff at ``path``: the agent's config
+    says `fallback_handoff: false` (the engine sees the run end and repairs instead), a
+    handoff is already delivered, or stop() killed it after the engine gave up (its record
+    is there: nothing new)."""
+    return (
+        (spec is not None and not spec.fallback_handoff)
+        or _delivered(path)
+        or (outcome.cancelled and (records_of(path) / path.name).exists())
+    )
+
+
+def _fallback_verdict(
+    task: Task, outcome: ProcessOutcome, timeout: float | None, source: str
+) -> tuple[str, str, str]:
+    """``(status, result, notes)`` of the stand-in handoff for a run that ended as
+    ``outcome``: cancelled, killed at a limit (``source`` names it), not started, exited 0
+    (its stdout is the result) or non-zero (the tail of its stderr)."""
+    if outcome.cancelled:
+        return "failed", "killed: the local gateway stopped", GATEWAY_NOTE
+    if outcome.timed_out and source == "agent timeout":
+        return "failed", f"killed after {_fmt_seconds(timeout)} s (agent timeout)", GATEWAY_NOTE
+    if outcome.timed_out:
+        past = (
+            f", past the delegation's timeout of {_fmt_seconds(task.timeout)} s"
+            if task.timeout is not None
+            else ""
         )
+        result = (
+            f"killed after {_fmt_seconds(timeout)} s: still running at the local "
+            f"gateway's hard limit ({source}){past}"
+        )
+        return "failed", result, GATEWAY_NOTE + "; killed at the gateway's hard limit"
+    if outcome.returncode is None:
+        return (
+            "failed",
+            f"the agent could not be started: {outcome.stderr}",
+            "written by the local gateway: the agent could not be started",
+        )
+    if outcome.returncode == 0:
+        out = outcome.stdout.strip()
+        return "complete", out or "(the agent exited 0 and printed nothing)", GATEWAY_NOTE
+    tail = outcome.stderr.strip()[-STDERR_TAIL:]
+    result = f"the agent exited with code {outcome.returncode}" + (
+        f"; stderr (tail):\n{tail}" if tail else " and printed nothing on stderr"
+    )
+    return "failed", result, GATEWAY_NOTE
 
 
 def _start(
@@ -495,76 +499,109 @@ def _session_env(task: Task, workspace: Path) -> dict[str, str]:
     return {"ORCH_SESSION_KEY": task.session_key, "ORCH_SESSION_DIR": str(where)}
 
 
+class _Supervision:
+    """One supervised process: its output buffers, its exit, and the signals sent to its
+    group (SIGTERM at the deadline, a cancel or its exit; SIGKILL ``KILL_GRACE`` s later)."""
+
+    def __init__(self, running: _Running, timeout: float | None, started: float) -> None:
+        proc = running.popen
+        assert proc.stdout is not None and proc.stderr is not None
+        self.running = running
+        self.proc = proc
+        self.pid = proc.pid
+        self.bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+        self.sel = selectors.DefaultSelector()
+        for fd in self.bufs:
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ)
+        self.pidfd: int | None = None
+        try:
+            # A pidfd becomes readable when the process exits (Linux >= 5.3): no polling.
+            self.pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            pass
+        else:
+            self.sel.register(self.pidfd, selectors.EVENT_READ)
+        self.deadline = started + timeout if timeout is not None else None
+        self.exited = self.timed_out = self.killed = False
+        self.term_at: float | None = None
+        self.open_pipes = len(self.bufs)
+
+    def signal(self, now: float) -> None:
+        """Mark a timeout, then end the group: SIGTERM first, SIGKILL after the grace."""
+        cancelled = self.running.cancelled
+        if not self.exited and not cancelled and self.deadline is not None:
+            self.timed_out = self.timed_out or now >= self.deadline
+        if self.term_at is None and (self.timed_out or cancelled or self.exited):
+            # After a normal exit this ends stragglers left in the agent's session.
+            _killpg(self.pid, signal.SIGTERM)
+            self.term_at = now
+        if self.term_at is not None and not self.killed and now >= self.term_at + KILL_GRACE:
+            _killpg(self.pid, signal.SIGKILL)
+            self.killed = True
+
+    def done(self) -> bool:
+        """Exited with its pipes closed (or killed), or handed to its watchdog."""
+        if self.exited and (self.open_pipes == 0 or self.killed):
+            return True
+        # Detached: the watchdog owns it now; output goes on to its log files.
+        return self.running.detached and not self.exited
+
+    def wait_seconds(self, now: float) -> float:
+        """How long the next wait may last: up to the next deadline, at most 1 s."""
+        waits: list[float] = []
+        if self.deadline is not None and self.term_at is None:
+            waits.append(self.deadline - now)
+        if self.term_at is not None and not self.killed:
+            waits.append(self.term_at + KILL_GRACE - now)
+        if self.pidfd is None and not self.exited:
+            waits.append(0.05)
+        if self.running.cancelled and self.term_at is None:
+            waits.append(0.0)
+        # Wake at least once a second so a cancel from stop() is seen promptly.
+        return min(max(0.0, min(waits)), 1.0) if waits else 1.0
+
+    def poll(self, now: float) -> None:
+        """Read what the pipes hold and notice the exit, waiting ``wait_seconds``."""
+        ended, closed = drain_ready(self.sel, self.wait_seconds(now), self.pidfd, self.bufs)
+        self.exited = self.exited or ended
+        self.open_pipes -= closed
+        if self.pidfd is None and not self.exited:
+            self.exited = _exited_unreaped(self.pid)
+
+    def close(self) -> None:
+        """Kill and reap a process the loop left running (not a detached one); close fds."""
+        proc = self.proc
+        if proc.returncode is None and not self.running.detached:  # the loop broke: end it
+            _killpg(self.pid, signal.SIGKILL)
+            proc.wait()
+        self.sel.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        proc.stderr.close()
+
+
 def _supervise(running: _Running, timeout: float | None, started: float) -> ProcessOutcome:
     """Collect output tails, enforce the timeout, and clean up the group after exit."""
-    proc = running.popen
-    pid = proc.pid
-    assert proc.stdout is not None and proc.stderr is not None
-    bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    sel = selectors.DefaultSelector()
-    for fd in bufs:
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ)
-    pidfd: int | None = None
-    try:
-        # A pidfd becomes readable when the process exits (Linux >= 5.3): no polling.
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pass
-    else:
-        sel.register(pidfd, selectors.EVENT_READ)
-    deadline = started + timeout if timeout is not None else None
-    exited = timed_out = killed = False
-    term_at: float | None = None
-    open_pipes = len(bufs)
+    sup = _Supervision(running, timeout, started)
     try:
         while True:
             now = time.monotonic()
-            if not exited and not running.cancelled and deadline is not None and now >= deadline:
-                timed_out = True
-            if term_at is None and (timed_out or running.cancelled or exited):
-                # After a normal exit this ends stragglers left in the agent's session.
-                _killpg(pid, signal.SIGTERM)
-                term_at = now
-            if term_at is not None and not killed and now >= term_at + KILL_GRACE:
-                _killpg(pid, signal.SIGKILL)
-                killed = True
-            if exited and (open_pipes == 0 or killed):
+            sup.signal(now)
+            if sup.done():
                 break
-            if running.detached and not exited:
-                break  # the watchdog owns it now; output goes on to its log files
-            waits: list[float] = []
-            if deadline is not None and term_at is None:
-                waits.append(deadline - now)
-            if term_at is not None and not killed:
-                waits.append(term_at + KILL_GRACE - now)
-            if pidfd is None and not exited:
-                waits.append(0.05)
-            if running.cancelled and term_at is None:
-                waits.append(0.0)
-            wait = max(0.0, min(waits)) if waits else None
-            # Wake at least once a second so a cancel from stop() is seen promptly.
-            ended, closed = drain_ready(sel, 1.0 if wait is None else min(wait, 1.0), pidfd, bufs)
-            exited = exited or ended
-            open_pipes -= closed
-            if pidfd is None and not exited:
-                exited = _exited_unreaped(pid)
+            sup.poll(now)
         # Reap only now: until then the zombie leader keeps the group id from being reused.
-        returncode = None if running.detached and not exited else proc.wait()
+        returncode = None if running.detached and not sup.exited else sup.proc.wait()
     finally:
-        if proc.returncode is None and not running.detached:  # the loop broke: end it
-            _killpg(pid, signal.SIGKILL)
-            proc.wait()
-        sel.close()
-        if pidfd is not None:
-            os.close(pidfd)
-        proc.stdout.close()
-        proc.stderr.close()
-    out, err = (bytes(b[-OUTPUT_LIMIT:]).decode("utf-8", "replace") for b in bufs.values())
+        sup.close()
+    out, err = (bytes(b[-OUTPUT_LIMIT:]).decode("utf-8", "replace") for b in sup.bufs.values())
     return ProcessOutcome(
         returncode=returncode,
-        timed_out=timed_out,
-        cancelled=running.cancelled and not timed_out,
+        timed_out=sup.timed_out,
+        cancelled=running.cancelled and not sup.timed_out,
         stdout=out,
         stderr=err,
         seconds=time.monotonic() - started,

@@ -566,9 +566,7 @@ class LocalGateway:
         me = threading.current_thread()
         with self._lock:
             self._threads.add(me)
-        self._run_task(
-            job.agent, job.run_id, job.message, job.timeout, job.ended, job.session_key
-        )
+        self._run_task(job.agent, job.run_id, job.message, job.timeout, job.ended, job.session_key)
 
     def _run_task(
         self,
@@ -656,11 +654,28 @@ class LocalGateway:
     def _receive(self, raw_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """``POST /handoffs/{runId}``: store the handoff in the inbox, then deliver it
         through the one merge rule (``RunStore.deliver``), late or not."""
+        run_id = unquote(raw_id)
+        checked = self._checked_handoff(run_id, body)
+        if isinstance(checked, tuple):
+            return checked
+        store = self.store
+        in_sub = store.is_sub(run_id)
+        key_problem = self._key_problem(run_id, checked, in_sub)
+        try:
+            store.put_handoff(run_id, checked, sub=in_sub)
+            got = store.deliver(run_id, sub=in_sub)
+        except (OSError, ValueError) as exc:
+            log.warning("local gateway: cannot store the handoff of %s: %s", run_id, exc)
+            return 500, {"ok": False, "error": "cannot store the handoff"}
+        return _delivery_answer(run_id, got, key_problem)
+
+    def _checked_handoff(self, run_id: str, body: bytes) -> Any:
+        """The handoff in ``body`` once its run id, size, JSON and fields pass; else the
+        ``(status, answer)`` to send (400, or 413 over ``max_handoff_bytes``)."""
         from engine.errors import InvalidIdError
         from engine.files import check_id
-        from engine.handoff import HandoffProblem, check_key, validate_handoff
+        from engine.handoff import HandoffProblem, validate_handoff
 
-        run_id = unquote(raw_id)
         try:
             check_id(run_id, "run id")
         except InvalidIdError as exc:
@@ -675,9 +690,7 @@ class LocalGateway:
         data, parse_problem = _parse_json(body)
         if parse_problem:
             return 400, _err(parse_problem)
-        store = self.store
-        in_sub = store.is_sub(run_id)
-        target = store.handoff_target(run_id, sub=in_sub)
+        target = self.store.handoff_target(run_id, sub=self.store.is_sub(run_id))
         if isinstance(data, dict) and "envelope" in data:
             return 400, {
                 "ok": False,
@@ -688,54 +701,63 @@ class LocalGateway:
             validate_handoff(data, path=target, run_id=run_id)
         except HandoffProblem as exc:
             return 400, {"ok": False, "error": exc.message, "problems": exc.problems}
+        return data
+
+    def _key_problem(self, run_id: str, data: Any, in_sub: bool) -> Any:
+        """The ``HandoffProblem`` of ``data``'s key against the run's envelope (pending, or
+        its record's), or None when it matches or no envelope is known."""
+        from engine.handoff import HandoffProblem, check_key
+
+        store = self.store
         env = store.read_pending(run_id, sub=in_sub)
         if env is None:
             record = store.read(run_id, sub=in_sub)
             env = record["envelope"] if record is not None else None
-        key_problem: HandoffProblem | None = None
-        if isinstance(env, dict):
-            try:
-                check_key(
-                    data,
-                    expected_hash=env.get("key_sha256"),
-                    policy=str(env.get("handoff_key") or "required"),
-                    path=target,
-                )
-            except HandoffProblem as exc:
-                key_problem = exc
-            # A delegation sent again after its sender died keeps its earlier key's hash
-            # (PostgreSQL store): the agent may hold that key.
-            for digest in env.get("earlier_key_sha256") or [] if key_problem else []:
-                try:
-                    check_key(data, expected_hash=digest, policy="required", path=target)
-                    key_problem = None
-                    break
-                except HandoffProblem:
-                    continue
+        if not isinstance(env, dict):
+            return None
+        target = store.handoff_target(run_id, sub=in_sub)
         try:
-            store.put_handoff(run_id, data, sub=in_sub)
-            got = store.deliver(run_id, sub=in_sub)
-        except (OSError, ValueError) as exc:
-            log.warning("local gateway: cannot store the handoff of %s: %s", run_id, exc)
-            return 500, {"ok": False, "error": "cannot store the handoff"}
-        if key_problem is not None or got.state == "refused":
-            problem = key_problem or got.problem
-            assert problem is not None
-            return 403 if problem.kind in ("key", "unkeyed") else 400, {
-                "ok": False,
-                "error": problem.message,
-                "problems": problem.problems,
-            }
-        if got.state == "duplicate":
-            return 409, {
-                "ok": False,
-                "error": f"run `{run_id}` is already recorded from another handoff; yours was "
-                f"kept as `{got.kept}` and listed in the record",
-            }
-        if got.state == "recorded" and got.record is not None:
-            late = bool(got.record["envelope"].get("late"))
-            return 200, {"ok": True, "recorded": str(got.record_path), "late": late}
-        return 200, {"ok": True}
+            check_key(
+                data,
+                expected_hash=env.get("key_sha256"),
+                policy=str(env.get("handoff_key") or "required"),
+                path=target,
+            )
+            return None
+        except HandoffProblem as exc:
+            problem = exc
+        # A delegation sent again after its sender died keeps its earlier key's hash
+        # (PostgreSQL store): the agent may hold that key.
+        for digest in env.get("earlier_key_sha256") or []:
+            try:
+                check_key(data, expected_hash=digest, policy="required", path=target)
+                return None
+            except HandoffProblem:
+                continue
+        return problem
+
+
+def _delivery_answer(run_id: str, got: Any, key_problem: Any) -> tuple[int, dict[str, Any]]:
+    """The answer to a stored handoff: 403/400 refused (a key problem first), 409 already
+    recorded from another handoff, 200 recorded (``late`` when it came after the end)."""
+    if key_problem is not None or got.state == "refused":
+        problem = key_problem or got.problem
+        assert problem is not None
+        return 403 if problem.kind in ("key", "unkeyed") else 400, {
+            "ok": False,
+            "error": problem.message,
+            "problems": problem.problems,
+        }
+    if got.state == "duplicate":
+        return 409, {
+            "ok": False,
+            "error": f"run `{run_id}` is already recorded from another handoff; yours was "
+            f"kept as `{got.kept}` and listed in the record",
+        }
+    if got.state == "recorded" and got.record is not None:
+        late = bool(got.record["envelope"].get("late"))
+        return 200, {"ok": True, "recorded": str(got.record_path), "late": late}
+    return 200, {"ok": True}
 
 
 class _Job:
