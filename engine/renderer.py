@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import operator
 import re
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -108,21 +109,37 @@ def _string_consts(node: nodes.Node) -> list[str]:
 def data_reads(ast: nodes.Node, key: str = "data") -> set[tuple[str, tuple[Any, ...]]]:
     """``(step, keys)`` for each ``steps.<step>.data...`` lookup of a tree (or ``key``
     instead of ``data``), longest only: ``steps.a.data.x.y`` gives ``("a", ("x", "y"))``."""
+    found = {(step, keys[1:]) for step, keys in _step_lookups(ast) if keys[0] == key}
+    longest = set()
+    for step, keys in found:
+        if not any(s == step and len(k) > len(keys) and k[: len(keys)] == keys for s, k in found):
+            longest.add((step, keys))
+    return longest
+
+
+#: Tree -> its ``steps.<step>.<key>...`` lookups: one walk serves every ``key`` asked.
+_LOOKUPS: weakref.WeakKeyDictionary[Any, frozenset[tuple[str, tuple[Any, ...]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _step_lookups(ast: nodes.Node) -> frozenset[tuple[str, tuple[Any, ...]]]:
+    """``(step, (key, ...))`` for each ``steps.<step>.<key>...`` lookup of a tree."""
     from jinja2 import nodes
 
+    cached = _LOOKUPS.get(ast)
+    if cached is not None:
+        return cached
     found: set[tuple[str, tuple[Any, ...]]] = set()
     for node in (ast, *ast.find_all((nodes.Getattr, nodes.Getitem))):
         path = _lookup_path(node)
         if path is None or path[0] != "steps" or len(path[1]) < 2:
             continue
         chain = [k for _, k in path[1]]
-        if chain[1] == key and isinstance(chain[0], str):
-            found.add((chain[0], tuple(chain[2:])))
-    longest = set()
-    for step, keys in found:
-        if not any(s == step and len(k) > len(keys) and k[: len(keys)] == keys for s, k in found):
-            longest.add((step, keys))
-    return longest
+        if isinstance(chain[0], str):
+            found.add((chain[0], tuple(chain[1:])))
+    result = _LOOKUPS[ast] = frozenset(found)
+    return result
 
 
 def status_tests(ast: nodes.Node) -> StatusTests:
