@@ -123,6 +123,13 @@ def _loader_class() -> Any:
     return _Strict
 
 
+_TOO_DEEP = f"nesting is deeper than {MAX_DEPTH} levels; flatten the document."
+_TOO_MANY = (
+    f"the document expands to more than {MAX_NODES} values through its aliases (`*name`); "
+    "write the values out or use fewer aliases."
+)
+
+
 def _line(mark: Any) -> int | None:
     return None if mark is None else int(mark.line) + 1
 
@@ -155,7 +162,7 @@ def _check_events(text: str, source: str, error: type[OrchestratorError]) -> Non
                         error,
                         source,
                         _line(ev.start_mark),
-                        f"nesting is deeper than {MAX_DEPTH} levels; flatten the document.",
+                        _TOO_DEEP,
                     )
             elif isinstance(ev, yaml.CollectionEndEvent):
                 anchor, start = stack.pop()
@@ -180,22 +187,23 @@ def _check_events(text: str, source: str, error: type[OrchestratorError]) -> Non
                     error,
                     source,
                     _line(ev.start_mark),
-                    f"the document expands to more than {MAX_NODES} values through its "
-                    "aliases (`*name`); write the values out or use fewer aliases.",
+                    _TOO_MANY,
                 )
     finally:
         loader.dispose()
 
 
 def _check_nodes(root: Any, source: str, error: type[OrchestratorError]) -> list[str]:
-    """Second pass over the composed nodes: tags, key shapes, duplicate keys."""
+    """Second pass over the composed nodes: tags, key shapes, duplicate keys; and, for a
+    document without anchors (which ``_check_events`` did not read), depth and size."""
     from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
     problems: list[str] = []
     seen_ids: set[int] = set()
-    todo: list[tuple[Any, str]] = [(root, "")]
+    todo: list[tuple[Any, str, int]] = [(root, "", 1)]
+    count = 0  # values so far (no aliases here, or the first pass bounded them)
     while todo:
-        node, label = todo.pop()
+        node, label, depth = todo.pop()
         if id(node) in seen_ids:
             continue
         seen_ids.add(id(node))
@@ -208,8 +216,15 @@ def _check_nodes(root: Any, source: str, error: type[OrchestratorError]) -> list
                 f"the tag `{node.tag}` is not supported; remove it (only plain values, "
                 "lists and mappings are read).",
             )
+        count += 1 + (len(node.value) if isinstance(node, MappingNode) else 0)
+        if count > MAX_NODES:
+            raise _fail(error, source, line, _TOO_MANY)
+        if isinstance(node, ScalarNode):
+            continue
+        if depth > MAX_DEPTH:
+            raise _fail(error, source, line, _TOO_DEEP)
         if isinstance(node, SequenceNode):
-            todo.extend((child, f"{label}[{i}]") for i, child in enumerate(node.value))
+            todo.extend((child, f"{label}[{i}]", depth + 1) for i, child in enumerate(node.value))
         elif isinstance(node, MappingNode):
             keys: dict[str, int] = {}
             for key_node, value_node in node.value:
@@ -228,7 +243,7 @@ def _check_nodes(root: Any, source: str, error: type[OrchestratorError]) -> list
                         f'mapping; quote the value, e.g. `{key}: "{{{{ inputs.query }}}}"`.',
                     )
                 if key_node.tag == _TAG + "merge":
-                    todo.append((value_node, label))
+                    todo.append((value_node, label, depth + 1))
                     continue
                 if key in keys:
                     problems.append(
@@ -237,7 +252,7 @@ def _check_nodes(root: Any, source: str, error: type[OrchestratorError]) -> list
                     )
                 else:
                     keys[key] = key_node.start_mark.line + 1
-                todo.append((value_node, name))
+                todo.append((value_node, name, depth + 1))
     return problems
 
 
@@ -264,7 +279,8 @@ def parse_yaml(
 
     label = str(source)
     try:
-        _check_events(text, label, error)
+        if "&" in text:  # an anchor, so maybe aliases: bound them before composing
+            _check_events(text, label, error)
         loader = _loader_class()(text)
         try:
             node = loader.get_single_node()
