@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -46,13 +47,27 @@ def parse_iso(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def write_json_atomic(path: str | Path, data: Any, *, fsync: bool = False) -> Path:
+def write_json_atomic(
+    path: str | Path, data: Any, *, fsync: bool = False, fresh: bool = False
+) -> Path:
     """Write ``data`` as JSON to ``path`` atomically: temp file in the same dir, then rename.
 
     Readers that react only to close-after-write on the final name or to moved-into
-    never see a partial file.
+    never see a partial file. ``fresh=True`` says ``path`` is most likely absent (a file
+    written once, such as a pending envelope): the finished file is then linked there
+    from an unnamed one (``O_TMPFILE``; a watcher sees a create), which saves the temp
+    name's create and rename; a file already there is still replaced atomically.
     """
     target = Path(path)
+    if fresh:
+        fd = _unnamed(target)
+        if fd is not None:
+            try:
+                _fill(fd, _payload(data), fsync=fsync)
+                if _link_unnamed(fd, target) is True:
+                    return target
+            finally:
+                os.close(fd)
     tmp = _write_temp(target, data, fsync=fsync)
     try:
         os.replace(tmp, target)
@@ -65,10 +80,20 @@ def write_json_atomic(path: str | Path, data: Any, *, fsync: bool = False) -> Pa
 def write_json_new(path: str | Path, data: Any) -> bool:
     """Create ``path`` with ``data`` as JSON only if no file is there; True if it was created.
 
-    The complete file appears at once (a hard link of a finished temp file), and a file
-    that someone else put at ``path`` first is never replaced.
+    The complete file appears at once (a hard link of a finished file: an unnamed
+    ``O_TMPFILE`` one where the file system has them, else a temp file; watchers see a
+    create), and a file that someone else put at ``path`` first is never replaced.
     """
     target = Path(path)
+    fd = _unnamed(target)
+    if fd is not None:
+        try:
+            _fill(fd, _payload(data), fsync=False)
+            placed = _link_unnamed(fd, target)
+        finally:
+            os.close(fd)
+        if placed is not None:
+            return placed
     tmp = _write_temp(target, data, fsync=False)
     try:
         os.link(tmp, target)
@@ -77,6 +102,64 @@ def write_json_new(path: str | Path, data: Any) -> bool:
     finally:
         _unlink(tmp)
     return True
+
+
+#: ``O_TMPFILE`` (Linux >= 3.11) and ``/proc/self/fd`` to link such a file by: both are
+#: needed to give an unnamed file its name; without them temp files are used.
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0) if os.path.isdir("/proc/self/fd") else 0
+
+
+def _unnamed(target: Path) -> int | None:
+    """A writable unnamed file in ``target``'s directory (created if missing), or None
+    where the platform or file system has no ``O_TMPFILE``."""
+    if not _O_TMPFILE:
+        return None
+    flags = _O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+    try:
+        return os.open(target.parent, flags, 0o600)
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # EOPNOTSUPP, EISDIR, EINVAL: this file system has none
+        return None
+    try:
+        return os.open(target.parent, flags, 0o600)
+    except OSError:
+        return None
+
+
+def _link_unnamed(fd: int, target: Path) -> bool | None:
+    """Give the unnamed file ``fd`` the name ``target``: True when done, False if a file
+    is there, None when it cannot be linked here (the caller uses a temp file instead).
+
+    ``linkat`` with ``AT_SYMLINK_FOLLOW`` on ``/proc/self/fd/N`` is the documented way
+    (open(2), ``O_TMPFILE``) to link such a file without privileges."""
+    global _O_TMPFILE
+    try:
+        # src_dir_fd makes os.link call linkat(AT_SYMLINK_FOLLOW); the path is absolute.
+        os.link(f"/proc/self/fd/{fd}", target, src_dir_fd=fd, follow_symlinks=True)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.ENOENT):
+            if exc.errno != errno.ENOENT or target.parent.is_dir():
+                _O_TMPFILE = 0  # /proc cannot link here: temp files from now on
+            return None
+        raise
+    return True
+
+
+def _payload(data: Any) -> bytes:
+    """The bytes the engine writes for ``data``: redacted JSON and a newline."""
+    return (redact(dumps_json(data)) + "\n").encode("utf-8")
+
+
+def _fill(fd: int, payload: bytes, *, fsync: bool) -> None:
+    """Write all of ``payload`` to ``fd`` (and ``fsync`` it when asked)."""
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view) :]
+    if fsync:
+        os.fsync(fd)
 
 
 def dumps_json(data: Any, *, indent: int | None = 2) -> str:
@@ -90,7 +173,7 @@ def _write_temp(target: Path, data: Any, *, fsync: bool) -> str:
     The directory is created only when the temp file cannot be (one ``mkdir`` per new
     directory, not one per write: they are created once per run).
     """
-    payload = (redact(dumps_json(data)) + "\n").encode("utf-8")
+    payload = _payload(data)
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
     except FileNotFoundError:

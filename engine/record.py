@@ -63,8 +63,8 @@ def pending_path(records_dir: Path, run_id: str) -> Path:
 
 
 def write_pending(records_dir: Path, run_id: str, envelope: dict[str, Any]) -> None:
-    """Save the envelope of a delegation before it is dispatched."""
-    write_json_atomic(pending_path(records_dir, run_id), envelope)
+    """Save the envelope of a delegation before it is dispatched (a new file, as a rule)."""
+    write_json_atomic(pending_path(records_dir, run_id), envelope, fresh=True)
 
 
 def drop_pending(records_dir: Path, run_id: str) -> None:

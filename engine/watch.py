@@ -121,8 +121,8 @@ class HandoffWatcher:
             return sum(len(g) for g in self._waiters.values())
 
     def _notify(self, name: str) -> None:
-        if name.startswith(".tmp-"):  # an atomic write's temp file: its rename follows
-            return
+        if name.startswith((".tmp-", "#")):  # a temp file: its rename or link follows
+            return  # ("#<inode>": the close of an unnamed file linked into the directory)
         copy = _COPY.match(name)
         if copy is not None:
             name = f"{copy.group('stem')}.json"

@@ -356,7 +356,8 @@ class FileRunStore:
 
     def write_step(self, run_id: str, step_id: str, data: dict[str, Any]) -> None:
         """``<run>/<step>.json`` atomically."""
-        write_json_atomic(self.run_locator(run_id) / f"{check_id(step_id, 'step id')}.json", data)
+        path = self.run_locator(run_id) / f"{check_id(step_id, 'step id')}.json"
+        write_json_atomic(path, data, fresh=True)
 
     def read_step(self, run_id: str, step_id: str) -> Any:
         """``<run>/<step>.json`` as parsed, or None."""
