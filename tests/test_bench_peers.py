@@ -159,3 +159,35 @@ def test_a_failing_process_is_a_row_with_the_reason(tmp_path: Path) -> None:
         "goal",
         "met?",
     ]
+
+
+def test_ab_runs_both_trees_in_alternating_rounds(tmp_path: Path) -> None:
+    """bench/ab.py times a command against two engine trees and prints both and a ratio."""
+    import subprocess
+
+    root = str(BENCH.parents[1])
+    marker = tmp_path / "trees.txt"
+    code = f"import engine, pathlib; open({str(marker)!r}, 'a').write(engine.__file__ + '\\n')"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH.parent / "ab.py"),
+            "--rounds",
+            "2",
+            root,
+            root,
+            "--",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert out.count(f"{root}: wall median") == 2
+    assert "new / old: wall" in out
+    runs = marker.read_text().splitlines()
+    assert len(runs) == 6  # warm-up round + 2 rounds, both trees each
+    assert all(r.startswith(root) for r in runs)
