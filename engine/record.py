@@ -59,7 +59,7 @@ OUTCOMES = tuple(o.value for o in Outcome)
 
 def pending_path(records_dir: Path, run_id: str) -> Path:
     """Path of the pending envelope of ``run_id``."""
-    return records_dir / PENDING_DIR / f"{run_id}.json"
+    return Path(f"{records_dir}/{PENDING_DIR}/{run_id}.json")  # one Path, not three
 
 
 def write_pending(records_dir: Path, run_id: str, envelope: dict[str, Any]) -> None:
@@ -341,11 +341,11 @@ def deliver(
 
 def _nothing_there(records_dir: Path, run_id: str) -> bool:
     """No handoff in the inbox (first or second copy) and nothing at the record path."""
-    inbox = records_dir / INBOX_DIR
+    inbox = f"{records_dir}/{INBOX_DIR}/{run_id}"  # strings: this runs on every look
     return not (
-        os.path.lexists(inbox / f"{run_id}.json")
-        or os.path.lexists(inbox / f"{run_id}.2.json")
-        or os.path.lexists(records_dir / f"{run_id}.json")
+        os.path.lexists(f"{inbox}.json")
+        or os.path.lexists(f"{inbox}.2.json")
+        or os.path.lexists(f"{records_dir}/{run_id}.json")
     )
 
 

@@ -186,7 +186,7 @@ class FileRunStore:
     def handoff_target(self, run_id: str, *, sub: bool) -> Path:
         """``<records>/inbox/<runId>.json``."""
         check_id(run_id, "run id")
-        return self.records_dir(sub=sub) / _rec.INBOX_DIR / f"{run_id}.json"
+        return Path(f"{self.records_dir(sub=sub)}/{_rec.INBOX_DIR}/{run_id}.json")
 
     def record_locator(self, run_id: str, *, sub: bool) -> Path:
         """``<records>/<runId>.json``."""
