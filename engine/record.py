@@ -407,15 +407,40 @@ class _Into:
 
 def _deliver_one(into: _Into, source: Path, grace: float) -> Delivery:
     """Take one delivered file: record it, refuse it, or keep it aside as a second one."""
-    from engine.handoff import FINAL_KINDS, HandoffProblem
-
-    records_dir, run_id, env, current = into.records_dir, into.run_id, into.env, into.current
+    records_dir, run_id, current = into.records_dir, into.run_id, into.current
     found = current.get("envelope") if current else None
     cur_env = found if isinstance(found, dict) else None
     # the envelope of a record an agent's handoff already made final, if there is one
     final = cur_env if cur_env is not None and cur_env.get("outcome") in _AGENT_STATUSES else None
     if final is not None and _seen(final, source):
         return Delivery("already", records_dir / f"{run_id}.json", current)
+    read = _read(into, source, grace)
+    if isinstance(read, Delivery):
+        return read
+    handoff, verified, st = read
+    fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
+    standing = _standing(final, cur_env, fallback)
+    if standing is not None:
+        return _keep_second(into, source, standing, fallback)
+    new = recorded_envelope(into.env, cur_env, into.waiting, handoff["status"], verified, source)
+    new["handoff_inode"] = [st.st_dev, st.st_ino]
+    if fallback:
+        new["fallback"] = True
+    else:
+        new.pop("fallback", None)
+    data = record_of(handoff, new, run_id)
+    path = install_record(records_dir, run_id, data)
+    drop_pending(records_dir, run_id)
+    return Delivery("recorded", path, data)
+
+
+def _read(
+    into: _Into, source: Path, grace: float
+) -> tuple[dict[str, Any], bool, os.stat_result] | Delivery:
+    """The checked handoff in ``source`` (see ``_checked``), or what to answer instead: a
+    partial file still being written, an empty one, or a refusal kept in ``rejected/``."""
+    from engine.handoff import FINAL_KINDS, HandoffProblem
+
     try:
         seen_ino: int | None = os.lstat(source).st_ino
     except OSError:
@@ -426,24 +451,21 @@ def _deliver_one(into: _Into, source: Path, grace: float) -> Delivery:
         if exc.kind not in FINAL_KINDS and (into.waiting or _fresh(source, grace)):
             return Delivery("partial", problem=exc)
         return _refuse(into, source, exc, seen_ino)
-    if checked is None:
-        return Delivery("absent")  # created, not written yet
-    handoff, verified, st = checked
-    fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
+    return Delivery("absent") if checked is None else checked  # None: created, not written
+
+
+def _standing(
+    final: dict[str, Any] | None, cur_env: dict[str, Any] | None, fallback: bool
+) -> dict[str, Any] | None:
+    """The recorded envelope that stands against a new handoff, which is then kept beside
+    it; None when the new one is recorded. An agent's final handoff stands against any
+    other, except a gateway's stand-in against the agent's own; an ending the engine
+    decided (``lost``, ``timeout``, ``cancelled``...) stands against a stand-in only."""
     if final is not None and not (final.get("fallback") and not fallback):
-        return _keep_second(into, source, final, fallback)
+        return final
     if fallback and cur_env is not None and cur_env.get("outcome") not in (None, "dispatched"):
-        return _keep_second(into, source, cur_env, fallback)  # the engine's ending stands
-    new = recorded_envelope(env, cur_env, into.waiting, handoff["status"], verified, source)
-    new["handoff_inode"] = [st.st_dev, st.st_ino]
-    if fallback:
-        new["fallback"] = True
-    else:
-        new.pop("fallback", None)
-    data = record_of(handoff, new, run_id)
-    path = install_record(records_dir, run_id, data)
-    drop_pending(records_dir, run_id)
-    return Delivery("recorded", path, data)
+        return cur_env
+    return None
 
 
 def _seen(cur_env: dict[str, Any], source: Path) -> bool:

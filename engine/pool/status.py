@@ -113,56 +113,90 @@ def _secs(value: float) -> str:
 
 def format_status(status: dict[str, Any]) -> str:
     """Render ``TokenPool.status()`` as aligned text for ``orchestrate pool status``."""
-    in_use, queue = status.get("in_use", []), status.get("queue", [])
-    settings = status.get("settings", {})
-    mode = status.get("mode", "normal")
+    hosts = status.get("hosts")
+    lines = _summary_lines(status)
+    if hosts:
+        lines += _host_lines(status, hosts)
+    lines += _holder_lines(status, bool(hosts))
+    if status.get("repairs"):
+        lines += ["", f"state file repaired {status['repairs']} time(s) (garbage was dropped)"]
+    return "\n".join(lines)
+
+
+def _mode_text(status: dict[str, Any]) -> str:
+    mode = str(status.get("mode", "normal"))
     if mode == PoolMode.EMERGENCY.value:
         mode += f" (cooldown {_secs(status.get('cooldown_remaining_s', 0.0))} left)"
     if not status.get("enabled", True):
         mode = "disabled (`pool.enabled` is false)"
+    return mode
+
+
+def _load_text(status: dict[str, Any]) -> str:
+    """This host's recent load samples, newest last (another host's are in its share)."""
     samples = []
     hosts = status.get("hosts")
     for s in status.get("samples", []):
         if hosts and s.get("host", status.get("host")) != status.get("host"):
-            continue  # another host's sample: its share is in the table below
+            continue  # another host's sample: its share is in the hosts table
         samples.append("429/503" if s.get("load") is None else f"{s['load']:.2f}")
+    if not samples:
+        return "no samples yet"
     streak = status.get("streak", {})
-    lines = [
-        f"pool     {status.get('dir', '?')}",
-        f"mode     {mode}",
-        f"size     {status.get('size')} (min {status.get('min_tokens')}, "
-        f"max {status.get('max_tokens')}"
-        + ("" if settings.get("adaptive", True) else ", fixed: `pool.adaptive` is false")
-        + ")",
-        f"in use   {len(in_use)} of {status.get('size')}",
-        f"queue    {len(queue)} waiting (limit {settings.get('queue_limit', '?')})",
-        "load     "
-        + (" ".join(samples) if samples else "no samples yet")
-        + (
-            f"  (newest last; streak: {streak.get('low', 0)} low, {streak.get('high', 0)} high)"
-            if samples
-            else ""
-        ),
-    ]
-    if hosts:
-        lines[2] = (
+    return (
+        " ".join(samples)
+        + f"  (newest last; streak: {streak.get('low', 0)} low, {streak.get('high', 0)} high)"
+    )
+
+
+def _summary_lines(status: dict[str, Any]) -> list[str]:
+    settings = status.get("settings", {})
+    in_use, queue = status.get("in_use", []), status.get("queue", [])
+    if status.get("hosts"):
+        size = (
             f"size     {status.get('size')} on this host (all hosts together at most "
             f"{status.get('max_tokens')})"
         )
-        lines[3] = f"in use   {len(in_use)} of {status.get('max_tokens')} on all hosts"
-        lines += ["", "hosts (each adapts its share to its own load):"]
-        rows = []
-        for h in hosts:
-            mode = h["mode"]
-            if mode == PoolMode.EMERGENCY.value:
-                mode += f" ({_secs(h['cooldown_remaining_s'])} left)"
-            rows.append([h["host"], str(h["size"]), mode, str(h["in_use"]), str(h["waiting"])])
-        lines += _table(["HOST", "SHARE", "MODE", "IN USE", "WAITING"], rows)
-    host_col = ["HOST"] if hosts else []
+        used = f"in use   {len(in_use)} of {status.get('max_tokens')} on all hosts"
+    else:
+        size = (
+            f"size     {status.get('size')} (min {status.get('min_tokens')}, "
+            f"max {status.get('max_tokens')}"
+            + ("" if settings.get("adaptive", True) else ", fixed: `pool.adaptive` is false")
+            + ")"
+        )
+        used = f"in use   {len(in_use)} of {status.get('size')}"
+    return [
+        f"pool     {status.get('dir', '?')}",
+        f"mode     {_mode_text(status)}",
+        size,
+        used,
+        f"queue    {len(queue)} waiting (limit {settings.get('queue_limit', '?')})",
+        "load     " + _load_text(status),
+    ]
+
+
+def _host_lines(status: dict[str, Any], hosts: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for h in hosts:
+        mode = h["mode"]
+        if mode == PoolMode.EMERGENCY.value:
+            mode += f" ({_secs(h['cooldown_remaining_s'])} left)"
+        rows.append([h["host"], str(h["size"]), mode, str(h["in_use"]), str(h["waiting"])])
+    return ["", "hosts (each adapts its share to its own load):"] + _table(
+        ["HOST", "SHARE", "MODE", "IN USE", "WAITING"], rows
+    )
+
+
+def _holder_lines(status: dict[str, Any], shared: bool) -> list[str]:
+    """The tokens in use, the waiters and the recently reclaimed, as tables."""
+    host_col = ["HOST"] if shared else []
 
     def where(h: dict[str, Any]) -> list[str]:
-        return [str(h.get("host", "?"))] if hosts else []
+        return [str(h.get("host", "?"))] if shared else []
 
+    lines: list[str] = []
+    in_use, queue = status.get("in_use", []), status.get("queue", [])
     if in_use:
         lines += ["", "tokens in use:"]
         lines += _table(
@@ -191,6 +225,4 @@ def format_status(status: dict[str, Any]) -> str:
                 for r in reclaimed
             ],
         )
-    if status.get("repairs"):
-        lines += ["", f"state file repaired {status['repairs']} time(s) (garbage was dropped)"]
-    return "\n".join(lines)
+    return lines

@@ -328,6 +328,50 @@ class PostgresRunStore(PostgresRuns):
         grace: float,
         earlier: list[str],
     ) -> Delivery:
+        """Take one stored handoff: record it, refuse it, or keep it aside (the file
+        store's rule, ``engine.record``)."""
+        from engine.record import _gateway_note, _standing, record_of, recorded_envelope
+
+        hid = source[0]
+        found = current.get("envelope") if current else None
+        cur_env = found if isinstance(found, dict) else None
+        read = self._parsed(conn, run_id, sub, source, env, current, waiting, grace, earlier)
+        if isinstance(read, Delivery):
+            return read
+        handoff, verified = read
+        fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
+        final = (
+            cur_env if cur_env is not None and cur_env.get("outcome") in _AGENT_STATUSES else None
+        )
+        standing = _standing(final, cur_env, fallback)
+        if standing is not None:
+            return self._keep_aside(conn, run_id, sub, hid, env, current, standing, fallback)
+        new = recorded_envelope(
+            env, cur_env, waiting, handoff["status"], verified, self._handoff_locator(hid)
+        )
+        if fallback:
+            new["fallback"] = True
+        else:
+            new.pop("fallback", None)
+        data = record_of(handoff, new, run_id)
+        self._set_state(conn, hid, "recorded")
+        self._install(conn, run_id, sub, data, drop=True)
+        return Delivery("recorded", self.record_locator(run_id, sub=sub), data)
+
+    def _parsed(
+        self,
+        conn: Any,
+        run_id: str,
+        sub: bool,
+        source: tuple[int, bytes, float],
+        env: dict[str, Any],
+        current: dict[str, Any] | None,
+        waiting: bool,
+        grace: float,
+        earlier: list[str],
+    ) -> tuple[dict[str, Any], bool] | Delivery:
+        """The checked handoff and whether its key was verified, or what to answer instead:
+        an empty or partial handoff, or a refusal (its row marked ``rejected``)."""
         from engine.handoff import (
             FINAL_KINDS,
             MAX_HANDOFF_BYTES,
@@ -335,13 +379,9 @@ class PostgresRunStore(PostgresRuns):
             parse_handoff,
             validate_handoff,
         )
-        from engine.record import _gateway_note, record_of, recorded_envelope
 
         hid, raw, received_epoch = source
         where = self._handoff_locator(hid)
-        record_path = self.record_locator(run_id, sub=sub)
-        cur_env = current.get("envelope") if current else None
-        final = isinstance(cur_env, dict) and cur_env.get("outcome") in _AGENT_STATUSES
         try:
             limit = int(env.get("max_handoff_bytes") or MAX_HANDOFF_BYTES)
             if len(raw) > limit:
@@ -357,7 +397,7 @@ class PostgresRunStore(PostgresRuns):
             handoff = validate_handoff(
                 parse_handoff(raw, path=where), path=where, run_id=run_id, agent=env.get("target")
             )
-            verified = _check_keys(handoff, env, earlier, where)
+            return handoff, _check_keys(handoff, env, earlier, where)
         except HandoffProblem as exc:
             fresh = time.time() - received_epoch < grace
             if exc.kind not in FINAL_KINDS and (waiting or fresh):
@@ -368,34 +408,33 @@ class PostgresRunStore(PostgresRuns):
                 note["problems"] = list(exc.problems)
             self._note(conn, run_id, sub, env, current, "rejected", note, waiting)
             return Delivery("refused", problem=exc, kept=where)
-        fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
-        ended = cur_env.get("outcome") if isinstance(cur_env, dict) else None
-        decided = fallback and ended not in (None, "dispatched")  # the engine's ending stands
-        # only the agent's own handoff replaces a final record, and only a fallback
-        aside = not (cur_env or {}).get("fallback") or fallback
-        if decided or (final and aside):
-            self._set_state(conn, hid, "kept")
-            first = cur_env.get("handoff_file") or "the first handoff"  # type: ignore[union-attr]
-            reason = (
-                f"a gateway-written fallback, after the engine recorded `{ended}`"
-                if decided and not final
-                else "a gateway-written fallback, after the agent's own handoff was recorded"
-                if fallback
-                else f"a second handoff for a run already recorded from {first}"
-            )
-            dup: dict[str, Any] = {"file": str(where), "reason": reason, "at": utcnow_iso()}
-            self._note(conn, run_id, sub, env, current, "also_received", dup, False)
-            return Delivery("duplicate", record_path, self._read(conn, run_id, sub), kept=where)
-        cur = cur_env if isinstance(cur_env, dict) else None
-        new = recorded_envelope(env, cur, waiting, handoff["status"], verified, where)
-        if fallback:
-            new["fallback"] = True
+
+    def _keep_aside(
+        self,
+        conn: Any,
+        run_id: str,
+        sub: bool,
+        hid: int,
+        env: dict[str, Any],
+        current: dict[str, Any] | None,
+        standing: dict[str, Any],
+        fallback: bool,
+    ) -> Delivery:
+        """Keep a handoff beside the envelope that stands, noted in ``also_received``."""
+        where = self._handoff_locator(hid)
+        self._set_state(conn, hid, "kept")
+        ended = standing.get("outcome")
+        if fallback and not standing.get("fallback") and ended not in _AGENT_STATUSES:
+            reason = f"a gateway-written fallback, after the engine recorded `{ended}`"
+        elif fallback:
+            reason = "a gateway-written fallback, after the agent's own handoff was recorded"
         else:
-            new.pop("fallback", None)
-        data = record_of(handoff, new, run_id)
-        self._set_state(conn, hid, "recorded")
-        self._install(conn, run_id, sub, data, drop=True)
-        return Delivery("recorded", record_path, data)
+            first = standing.get("handoff_file") or "the first handoff"
+            reason = f"a second handoff for a run already recorded from {first}"
+        dup: dict[str, Any] = {"file": str(where), "reason": reason, "at": utcnow_iso()}
+        self._note(conn, run_id, sub, env, current, "also_received", dup, False)
+        record_path = self.record_locator(run_id, sub=sub)
+        return Delivery("duplicate", record_path, self._read(conn, run_id, sub), kept=where)
 
     @staticmethod
     def _set_state(conn: Any, hid: int, state: str) -> None:
