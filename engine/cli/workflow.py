@@ -577,7 +577,12 @@ def workflow_test_cmd(
     from pathlib import Path
 
     from engine.errors import UsageError
-    from engine.fixtures import check_expectations, load_expectations, run_fixtures
+    from engine.fixtures import (
+        check_expectations,
+        check_fixtures_dir,
+        load_expectations,
+        run_fixtures,
+    )
     from engine.workflow import parse_inputs
 
     cfg = load(config)
@@ -585,6 +590,7 @@ def workflow_test_cmd(
         return _record(cfg, record, Path(fixtures), name)
     if name is None:
         raise UsageError("`workflow test` needs a workflow NAME (or `--record RUN`).")
+    check_fixtures_dir(Path(fixtures))  # a missing folder first, not its `--expect` file
     expected = load_expectations(Path(expect)) if expect else None
     report = run_fixtures(
         cfg, name, Path(fixtures), inputs=parse_inputs(list(inputs)), caller=caller
