@@ -3,7 +3,9 @@ an approval carries a gate's typed input (API, `workflow approve --server`)."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -128,3 +130,54 @@ def test_a_restarted_server_keeps_the_gate_clock(tmp_path: Any) -> None:
     assert done["steps"]["review"]["gate"]["by"] == "timeout"
     assert done["steps"]["publish"]["gate"]["by"] == "timeout"
     assert "Traceback" not in "".join(served.log), "".join(served.log)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="needs Debian's `chromium` and `chromium-driver` (.ci/run installs them with apt)",
+)
+def test_the_dashboard_approves_with_the_gate_input(srv: Served, tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with srv.client("alice") as alice:
+        run_id = _start(alice, "typed-gate", query="CTE of Clearceram")
+        _wait(alice, run_id, "parked")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        opts.add_argument(arg)
+    opts.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    browser = webdriver.Chrome(service=Service(str(DRIVER)), options=opts)
+    try:
+        wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
+        browser.get(srv.url + "/")
+        browser.execute_script("localStorage.setItem('orchToken', arguments[0])", TOKENS["bob"][1])
+        browser.get(f"{srv.url}/runs/{run_id}")
+        field = (By.ID, "gate-input-review")
+        wait.until(lambda d: d.find_element(*field).send_keys('{"depth": "deep"}') or True)
+        wait.until(lambda d: d.find_element(By.ID, "approve-review").click() or True)
+        wait.until(
+            lambda d: "needs an input matching its schema" in d.find_element(By.ID, "msg").text
+        )
+        wait.until(lambda d: d.find_element(*field).clear() or True)
+        wait.until(lambda d: d.find_element(*field).send_keys('{"depth": "full"}') or True)
+        wait.until(lambda d: d.find_element(*field).get_attribute("value") == '{"depth": "full"}')
+        wait.until(lambda d: d.find_element(By.ID, "approve-review").click() or True)
+        wait.until(
+            lambda d: d.find_element(By.ID, "status").get_attribute("data-status") == "complete"
+        )
+    finally:
+        browser.quit()
+    with srv.client("alice") as alice:
+        doc = alice.get(f"/v1/runs/{run_id}").json()
+    assert doc["steps"]["review"]["gate"]["input"] == {"depth": "full"}
+    assert doc["steps"]["review"]["gate"]["by"] == "bob"
+    assert doc["steps"]["report"]["task"] == "a full report"
