@@ -59,7 +59,7 @@ def test_the_server_applies_a_gate_timeout_default_and_continues(srv: Served) ->
 
 def test_a_decision_before_the_timeout_wins(srv: Served) -> None:
     with srv.client("alice") as alice, srv.client("bob") as bob:
-        run_id = _start(alice, "timed-gate", query="decided early")
+        run_id = _start(alice, "late-gate", query="decided early")
         _wait(alice, run_id, "parked")
         r = bob.post(f"/v1/runs/{run_id}/steps/review/reject", json={"reason": "not now"})
         assert r.status_code == 200, r.text
@@ -67,6 +67,21 @@ def test_a_decision_before_the_timeout_wins(srv: Served) -> None:
     assert done["steps"]["review"]["gate"]["by"] == "bob"
     assert done["steps"]["review"]["status"] == "rejected"
     assert done["steps"]["publish"]["status"] == "skipped"
+
+
+def test_a_run_parked_before_its_timeout_stays_parked(srv: Served) -> None:
+    """The clock does not decide early: an hour-long gate still waits after its run was
+    looked at, resumed by the server and waited on."""
+    with srv.client("alice") as alice, srv.client("bob") as bob:
+        run_id = _start(alice, "late-gate", query="not yet")
+        _wait(alice, run_id, "parked")
+        r = bob.post(f"/v1/runs/{run_id}/resume")
+        assert r.status_code == 200, r.text
+        r = alice.get(f"/v1/runs/{run_id}/wait", params={"timeout": 1})
+        assert r.json()["done"] is False
+        doc = alice.get(f"/v1/runs/{run_id}").json()
+        assert doc["status"] == "waiting_approval" and "gate" not in doc["steps"]["review"]
+        assert alice.post(f"/v1/runs/{run_id}/cancel").status_code == 200
 
 
 def test_approve_takes_the_gate_input_and_checks_it(srv: Served) -> None:
