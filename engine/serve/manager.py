@@ -4,7 +4,9 @@ One ``RunManager`` per server. Each workflow run it executes has one driver thre
 calls ``WorkflowRunner.start`` and then, whenever a gate of the run is decided (through
 the API or by ``workflow approve`` beside the server), ``WorkflowRunner.resume`` again: a
 decision continues the run at once. A decision that arrives while the run still executes
-other steps is kept and acted on when that stretch ends.
+other steps is kept and acted on when that stretch ends. A gate with ``timeout`` and
+``default`` needs no decision: the gate clock (one thread) continues the run when the
+timeout passes, and ``WorkflowRunner.resume`` records the default (``by: timeout``).
 
 What the server started is listed in ``<handoffs_dir>/serve/<run-id>.json`` (who started
 it, and for a delegation the request), so that after a crash or a restart it resumes its
