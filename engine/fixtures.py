@@ -5,16 +5,18 @@
 delegation is answered by a file of ``DIR`` instead of an agent; ``docs/workflows.md``
 ("Testing a workflow offline") describes the files::
 
-    DIR/<step-id>.json|.yaml   the step's ending: a handoff's fields, or {outcome: ...};
+    DIR/<step-id>.json|.yaml   the step's ending: a handoff's fields (``usage`` counts
+                               against budgets), or {outcome: ...};
                                a list gives one ending per attempt (the last repeats)
     DIR/<step-id>.<i>.json     item ``i`` (from 0) of a ``for_each`` step, when it differs
     DIR/gates.json|.yaml       {step: approved | rejected | {decision, reason, input}}; a gate
                                without an answer takes its ``default`` (as if timed out)
     DIR/inputs.json|.yaml      default inputs (``--input`` wins)
 
-    report = run_fixtures(cfg, "material-trade-study", Path("tests/mts-low"), inputs={})
+    case = Path("tests/workflows/fixtures/material-trade-study/low-rejected")
+    report = run_fixtures(cfg, "material-trade-study", case, inputs={})
     report.state, report.steps["audit"]["status"], report.outputs
-    check_expectations(report, load_expectations(Path("expect.yaml")))  # [] when met
+    check_expectations(report, load_expectations(case / "expect.yaml"))  # [] when met
 
 ``record_fixtures`` writes such a directory from a real past run (and ``expect.json``,
 what that run came to).
@@ -46,6 +48,7 @@ __all__ = [
     "FixtureSet",
     "TestReport",
     "check_expectations",
+    "check_fixtures_dir",
     "load_expectations",
     "load_fixtures",
     "record_fixtures",
@@ -65,6 +68,7 @@ ENDING_KEYS = (
     "validation",
     "data",
     "outputs",
+    "usage",
 )
 #: Endings without a usable handoff that a fixture may name as ``outcome``.
 FIXTURE_OUTCOMES = tuple(
@@ -73,16 +77,18 @@ FIXTURE_OUTCOMES = tuple(
 )
 _STATUSES = tuple(s.value for s in HandoffStatus)
 _CONFIDENCES = tuple(c.value for c in Confidence)
+#: Keys of a fixture's ``usage`` (a handoff's, as budgets count it: engine.handoff).
+_USAGE_KEYS = ("cost", "input_tokens", "output_tokens")
 #: Files of a fixture directory that are not step fixtures.
 SPECIAL = ("gates", "inputs", "expect")
 
 
-def _read(path: Path) -> Any:
+def _read(path: Path, what: str = "fixture file") -> Any:
     """A JSON or YAML file's data (UsageError naming the file when it cannot be read)."""
     from engine.textio import read_text
     from engine.yamlio import parse_yaml
 
-    text = read_text(path, error=UsageError, what="fixture file")
+    text = read_text(path, error=UsageError, what=what)
     if path.suffix == ".json":
         try:
             return json.loads(text)
@@ -116,6 +122,21 @@ class FixtureSet:
     inputs: dict[str, str] = field(hash=False)
 
 
+def check_fixtures_dir(directory: Path) -> Path:
+    """``directory`` when it is a folder; UsageError saying the ``--fixtures`` folder is
+    missing (or is a file) otherwise."""
+    directory = Path(directory)
+    if directory.is_dir():
+        return directory
+    what = "is a file, not a folder" if directory.exists() else "does not exist"
+    raise UsageError(
+        f"the fixtures folder `{directory}` (`--fixtures`) {what}; give the folder that "
+        "holds the step files (e.g. tests/workflows/fixtures/material-trade-study/high), or "
+        "write one from a past run with `workflow test --record RUN --fixtures DIR`.",
+        path=directory,
+    )
+
+
 def load_fixtures(directory: Path, step_ids: tuple[str, ...]) -> FixtureSet:
     """Read and check every file of ``directory``; UsageError listing every problem.
 
@@ -123,9 +144,7 @@ def load_fixtures(directory: Path, step_ids: tuple[str, ...]) -> FixtureSet:
     ending with an unknown key, an unknown status, outcome or confidence, or both a
     ``status`` and an ``outcome``.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise UsageError(f"`--fixtures {directory}`: no such directory.", path=directory)
+    directory = check_fixtures_dir(directory)
     problems: list[str] = []
     steps: dict[str, list[dict[str, Any]]] = {}
     files: dict[str, Path] = {}
@@ -209,6 +228,19 @@ def _check_shapes(where: str, item: dict[str, Any], problems: list[str]) -> None
     outputs = item.get("outputs", {})
     if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()):
         problems.append(f"{where}: `outputs` (a sub-workflow's) must map names to text.")
+    usage = item.get("usage", {})
+    if not isinstance(usage, dict) or not all(
+        isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and v >= 0
+        and (k == "cost" or isinstance(v, int))
+        for k, v in usage.items()
+        if k in _USAGE_KEYS
+    ):
+        problems.append(
+            f"{where}: `usage` (what the delegation spent, for budgets) maps `cost` (US "
+            "dollars) and `input_tokens`, `output_tokens` (whole numbers) to numbers >= 0."
+        )
 
 
 def _gates(
@@ -351,6 +383,7 @@ class FixtureDelegator(Delegator):
                 timestamp=now,
                 **({"question": ending["question"]} if "question" in ending else {}),
                 **({"data": ending["data"]} if "data" in ending else {}),
+                **({"usage": dict(ending["usage"])} if "usage" in ending else {}),
             )
         message = error or (
             f"the fixture says `{outcome.value}`"
@@ -502,7 +535,7 @@ def _step_rows(summary: dict[str, Any], fixtures: FixtureSet) -> dict[str, dict[
 
 def load_expectations(path: Path) -> dict[str, Any]:
     """An expectations file: ``{status?, steps?: {id: status}, outputs?: {name: text}}``."""
-    data = _read(Path(path))
+    data = _read(Path(path), what="expectations file (`--expect`)")
     problems = []
     if not isinstance(data, dict):
         raise UsageError(f"`{path}` must be a mapping with `status`, `steps` or `outputs`.")
@@ -607,7 +640,7 @@ def _item_ending(rec: Any) -> dict[str, Any] | None:
         return None
     h = rec.get("handoff")
     if isinstance(h, dict):
-        keys = ("status", "result", "confidence", "notes", "artifacts", "data")
+        keys = ("status", "result", "confidence", "notes", "artifacts", "data", "usage")
         return {k: h[k] for k in keys if k in h}
     status = rec.get("status")
     return {"outcome": status if status in FIXTURE_OUTCOMES else "errored"}
@@ -636,7 +669,16 @@ def _recorded_endings(s: Any) -> list[dict[str, Any]]:
     if h is not None:
         last: dict[str, Any] = {
             k: h[k]
-            for k in ("status", "result", "confidence", "notes", "artifacts", "question", "data")
+            for k in (
+                "status",
+                "result",
+                "confidence",
+                "notes",
+                "artifacts",
+                "question",
+                "data",
+                "usage",
+            )
             if k in h
         }
     elif s.state.value in FIXTURE_OUTCOMES:

@@ -355,6 +355,14 @@ class WorkflowRunner:
                             if ps.spec.gate is not None and ps.spec.gate.input_schema
                             else {}
                         ),
+                        **(
+                            {
+                                "gate_timeout": ps.spec.gate.timeout,
+                                "gate_default": ps.spec.gate.default,
+                            }
+                            if ps.spec.gate is not None and ps.spec.gate.timeout is not None
+                            else {}
+                        ),
                         "when": ps.spec.when,
                         **({"finally": True} if ps.spec.always else {}),
                         **({"workflow": ps.spec.workflow} if ps.spec.workflow else {}),

@@ -133,7 +133,7 @@ BAD = [
     (
         {"research.yaml": "stauts: complete"},
         ": unknown key `stauts`; did you mean `status`? A fixture holds: status, outcome, "
-        "result, confidence, notes, artifacts, question, validation, data, outputs.",
+        "result, confidence, notes, artifacts, question, validation, data, outputs, usage.",
     ),
     (
         {"research.yaml": "status: done"},
@@ -214,7 +214,7 @@ def test_bad_expectations_and_usage(cfg: Config, tmp_path: Path) -> None:
         workflow,
         ["test", "quick-research", "--fixtures", str(tmp_path / "none"), "--config", str(cfg.path)],
     )
-    assert res.exit_code == 2 and "no such directory" in res.output
+    assert res.exit_code == 2 and "(`--fixtures`) does not exist" in res.output
 
 
 def test_record_a_real_run_then_test_it_offline(cfg: Config, tmp_path: Path) -> None:

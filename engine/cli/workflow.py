@@ -320,17 +320,14 @@ def workflow_approve_cmd(
     config: str | None,
 ) -> int:
     """Approve the gate of STEP in a parked run (then `workflow resume`)."""
-    from engine.errors import UsageError
     from engine.runs import decide_gate
 
+    given = None if value is None else _gate_value(value)
     if server:
-        if value is not None:
-            raise UsageError("`--input` is not sent to a server yet; approve at the server's host.")
         with _client(server, server_token_env) as remote:
-            remote.decide(run_id, step, approved=True, reason=reason)
+            remote.decide(run_id, step, approved=True, reason=reason, value=given)
         click.echo(f"approved `{step}`; the server continues run {run_id}.")
         return 0
-    given = None if value is None else _gate_value(value)
     decide_gate(load(config), run_id, step, approved=True, reason=reason, value=given)
     click.echo(f"approved `{step}`; continue with: workflow resume {run_id}")
     return 0
@@ -580,7 +577,12 @@ def workflow_test_cmd(
     from pathlib import Path
 
     from engine.errors import UsageError
-    from engine.fixtures import check_expectations, load_expectations, run_fixtures
+    from engine.fixtures import (
+        check_expectations,
+        check_fixtures_dir,
+        load_expectations,
+        run_fixtures,
+    )
     from engine.workflow import parse_inputs
 
     cfg = load(config)
@@ -588,6 +590,7 @@ def workflow_test_cmd(
         return _record(cfg, record, Path(fixtures), name)
     if name is None:
         raise UsageError("`workflow test` needs a workflow NAME (or `--record RUN`).")
+    check_fixtures_dir(Path(fixtures))  # a missing folder first, not its `--expect` file
     expected = load_expectations(Path(expect)) if expect else None
     report = run_fixtures(
         cfg, name, Path(fixtures), inputs=parse_inputs(list(inputs)), caller=caller

@@ -73,9 +73,14 @@ class Answer(BaseModel):
 
 
 class Decision(BaseModel):
-    """Why a gate was approved or rejected (recorded with the token's name)."""
+    """Why a gate was approved or rejected (recorded with the token's name), and the value
+    an approval gives a gate with ``input`` (checked against the gate's schema)."""
 
     reason: str | None = None
+    input: Any = Field(
+        default=None,
+        description="The gate's typed input (any JSON value), for a gate with `input`.",
+    )
 
 
 def _status_for(exc: OrchestratorError) -> int:
@@ -370,8 +375,11 @@ def create_app(
     ) -> JSONResponse:
         """Approve a parked gate as the token's holder; the run continues at once."""
         reason = body.reason if body else None
+        value = body.input if body else None
         ev = await run_in_threadpool(
-            lambda: manager.decide(run_id, step, approved=True, by=who(request).name, reason=reason)
+            lambda: manager.decide(
+                run_id, step, approved=True, by=who(request).name, reason=reason, value=value
+            )
         )
         return _json({"runId": run_id, "step": step, "decision": ev})
 

@@ -146,12 +146,22 @@ class ServerClient:
         return summary_shape(self._call("GET", f"/v1/runs/{run_id}"))
 
     def decide(
-        self, run_id: str, step: str, *, approved: bool, reason: str | None = None
+        self,
+        run_id: str,
+        step: str,
+        *,
+        approved: bool,
+        reason: str | None = None,
+        value: Any = None,
     ) -> dict[str, Any]:
-        """Approve or reject a gate; the server continues the run."""
+        """Approve or reject a gate (``value``: a gate's typed input); the server continues
+        the run. Raises ``RemoteError`` (exit 2) when the value is missing or wrong."""
         what = "approve" if approved else "reject"
+        body: dict[str, Any] = {"reason": reason}
+        if value is not None:
+            body["input"] = value
         data: dict[str, Any] = self._call(
-            "POST", f"/v1/runs/{run_id}/steps/{step}/{what}", json={"reason": reason}
+            "POST", f"/v1/runs/{run_id}/steps/{step}/{what}", json=body
         )
         return data
 

@@ -4,7 +4,9 @@ One ``RunManager`` per server. Each workflow run it executes has one driver thre
 calls ``WorkflowRunner.start`` and then, whenever a gate of the run is decided (through
 the API or by ``workflow approve`` beside the server), ``WorkflowRunner.resume`` again: a
 decision continues the run at once. A decision that arrives while the run still executes
-other steps is kept and acted on when that stretch ends.
+other steps is kept and acted on when that stretch ends. A gate with ``timeout`` and
+``default`` needs no decision: the gate clock (one thread) continues the run when the
+timeout passes, and ``WorkflowRunner.resume`` records the default (``by: timeout``).
 
 What the server started is listed in ``<handoffs_dir>/serve/<run-id>.json`` (who started
 it, and for a delegation the request), so that after a crash or a restart it resumes its
@@ -13,6 +15,7 @@ runs from their journals and re-attaches its delegations by run id: nothing is s
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,8 +31,9 @@ from engine.errors import (
     AclDeniedError,
     OrchestratorError,
     RunStateError,
+    UsageError,
 )
-from engine.files import check_id, utcnow_iso, write_json_atomic
+from engine.files import check_id, parse_iso, utcnow_iso, write_json_atomic
 from engine.idempotency import IdempotencyConflict, IdempotencyKeys
 from engine.record import pending_path, read_json
 from engine.reporter import Reporter
@@ -40,6 +44,7 @@ log = logging.getLogger("engine.serve")
 
 OWNED_DIR = "serve"
 START_TIMEOUT = 60.0
+GATE_SLACK = 0.05  # seconds past a gate's timeout before the clock continues its run
 
 
 class NotFoundError(RunStateError):
@@ -129,6 +134,9 @@ class RunManager:
         self._cancels: dict[str, threading.Event] = {}
         self._errors: dict[str, str] = {}
         self._threads: list[threading.Thread] = []
+        self._gate_due: dict[str, float] = {}  # run id -> epoch seconds of its next timeout
+        self._gate_wake = threading.Condition(self._lock)
+        self._gate_clock: threading.Thread | None = None
 
     # -- ownership ------------------------------------------------------------------------
 
@@ -252,6 +260,8 @@ class RunManager:
             if rid is None or not self._again(rid):
                 break
             act = self._resumer(rid)
+        if reporter.run_id:
+            self._schedule_gate(reporter.run_id)
         self.observer.wake(reporter.run_id)
 
     def _again(self, run_id: str) -> bool:
@@ -283,6 +293,7 @@ class RunManager:
             return False
         steps = view.steps.values()
         parked = (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT)
+        due = gate_due(view.meta, view.events, steps)
         return (
             any(s.gate and s.state is StepState.PENDING for s in steps)
             or any(
@@ -290,7 +301,50 @@ class RunManager:
                 for s in steps
             )
             or not any(s.state in parked for s in steps)
+            or (due is not None and due <= time.time())
         )
+
+    # -- gate timeouts --------------------------------------------------------------------
+
+    def _schedule_gate(self, run_id: str) -> None:
+        """Remember when the earliest gate timeout of a parked run passes; the gate clock
+        continues the run then (``WorkflowRunner.resume`` applies the gate's ``default``)."""
+        try:
+            view = replay(self.run_path(run_id), store=self.delegator.store)
+        except OrchestratorError:
+            return
+        due = None
+        if view.state is RunState.WAITING_APPROVAL:
+            due = gate_due(view.meta, view.events, view.steps.values())
+        with self._lock:
+            if due is None:
+                self._gate_due.pop(run_id, None)
+                return
+            self._gate_due[run_id] = due
+            if self._gate_clock is None or not self._gate_clock.is_alive():
+                self._gate_clock = threading.Thread(
+                    target=self._tick, name="serve-gate-clock", daemon=True
+                )
+                self._gate_clock.start()
+            self._gate_wake.notify_all()
+
+    def _tick(self) -> None:
+        """The gate clock: sleeps until the next gate timeout, then kicks that run."""
+        while True:
+            with self._lock:
+                now = time.time()
+                ready = [r for r, at in self._gate_due.items() if at + GATE_SLACK <= now]
+                for r in ready:
+                    del self._gate_due[r]
+                if not ready:
+                    nxt = min(self._gate_due.values(), default=None)
+                    self._gate_wake.wait(None if nxt is None else nxt + GATE_SLACK - now)
+                    continue
+            for r in ready:
+                try:
+                    self.kick(r)
+                except OrchestratorError as exc:
+                    log.warning("gate timeout of %s: %s", r, exc)
 
     def _resumer(self, run_id: str, *, check: bool = False) -> Callable[[WorkflowRunner], Any]:
         options = RunOptions(max_parallel=self.max_parallel)
@@ -345,10 +399,23 @@ class RunManager:
         approved: bool,
         by: str,
         reason: str | None = None,
+        value: Any = None,
     ) -> dict[str, Any]:
-        """Approve or reject a parked gate as ``by``; the run continues at once."""
+        """Approve or reject a parked gate as ``by``; the run continues at once.
+
+        ``value`` is the input a gate with ``input`` asks for (any JSON value), checked
+        against its schema by ``engine.runs.decide_gate``; UsageError (HTTP 400) when it is
+        missing or does not match, and the gate keeps waiting."""
         path = self.run_path(run_id)
         view = replay(path, store=self.delegator.store)
+        planned = ((view.meta.get("plan") or {}).get("steps") or {}).get(step) or {}
+        if approved and value is None and isinstance(planned.get("gate_input"), dict):
+            raise UsageError(
+                f"step `{step}`'s gate needs an input matching its schema "
+                f"({json.dumps(planned['gate_input'])[:200]}): give it as `input` in the "
+                'request body, e.g. {"input": ...} (`workflow approve --server URL RUN STEP '
+                "--input VALUE`)."
+            )
         approvers = self._approvers(view.meta, step)
         if approvers and by not in approvers:
             raise RefusedError(
@@ -361,7 +428,9 @@ class RunManager:
                 f"`{by}` started run `{run_id}` and may not decide its own gate "
                 "(`serve.self_approval: false`); ask another operator."
             )
-        event = decide_gate(self.cfg, run_id, step, approved=approved, reason=reason, by=by)
+        event = decide_gate(
+            self.cfg, run_id, step, approved=approved, reason=reason, by=by, value=value
+        )
         if not owner:  # a parked run of the CLI: the server continues it from now on
             self._own(run_id, {"kind": "workflow", "adopted_by": by, "adopted_at": utcnow_iso()})
         self.kick(run_id)
@@ -676,7 +745,10 @@ class RunManager:
         return taken
 
     def _pick_up_run(self, run_id: str) -> bool:
-        return self.needs_resume(run_id) and self.kick(run_id)
+        if self.needs_resume(run_id):
+            return self.kick(run_id)
+        self._schedule_gate(run_id)
+        return False
 
     def _pick_up_delegation(self, run_id: str, entry: dict[str, Any]) -> bool:
         if self.delegation(run_id)["done"]:
@@ -688,6 +760,33 @@ class RunManager:
         req = DelegationRequest(**fields)
         self._launch_delegation(req, True)
         return True
+
+
+def gate_due(meta: dict[str, Any], events: list[dict[str, Any]], steps: Any) -> float | None:
+    """When (epoch seconds) the earliest parked gate with ``timeout`` and ``default`` takes
+    its default: its first ``gate_waiting`` after the step's last ``step_reset``, plus the
+    timeout (the rule of ``WorkflowRunner._timed_out``). None when no such gate waits."""
+    plan = (meta.get("plan") or {}).get("steps") or {}
+    due: float | None = None
+    for s in steps:
+        if s.state is not StepState.WAITING_APPROVAL:
+            continue
+        timeout = (plan.get(s.id) or {}).get("gate_timeout")
+        if not isinstance(timeout, int | float):
+            continue
+        since: str | None = None
+        for ev in events:
+            if ev.get("step") != s.id:
+                continue
+            if ev.get("event") == "step_reset":
+                since = None
+            elif ev.get("event") == "gate_waiting" and since is None:
+                since = ev.get("at") if isinstance(ev.get("at"), str) else None
+        if since is None:
+            continue
+        at = parse_iso(since).timestamp() + float(timeout)
+        due = at if due is None else min(due, at)
+    return due
 
 
 _FIELDS = (

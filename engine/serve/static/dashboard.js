@@ -138,6 +138,12 @@ async function runPage(id){
   const decide = async (step, what) => {
     const body = {};
     if (what === "reject") { body.reason = prompt("Why reject?") || "rejected"; }
+    const field = document.getElementById("gate-input-" + step);
+    if (what === "approve" && field) {  // a gate with `input`: JSON, else the text itself
+      const text = field.value.trim();
+      if (!text) { say("type the gate's input first"); return; }
+      try { body.input = JSON.parse(text); } catch (e) { body.input = text; }
+    }
     try {
       await api(`/v1/runs/${encodeURIComponent(id)}/steps/${encodeURIComponent(step)}/${what}`,
         {method: "POST", body: body});
@@ -161,13 +167,16 @@ async function runPage(id){
         {headers: headers(), cache: "no-store"});
       if (svg.ok) $("#dag").innerHTML = await svg.text();
       const typed = {};  // answers being typed survive the re-render
-      $("#steps").querySelectorAll("input[id^='answer-text-']").forEach((i) => {
+      $("#steps").querySelectorAll("input[id^='answer-text-'], input[id^='gate-input-']").forEach((i) => {
         typed[i.id] = [i.value, document.activeElement === i];
       });
       $("#steps").innerHTML = Object.entries(run.steps).map(([sid, s]) => {
         let buttons = "";
         if (s.status === "waiting_approval") {
-          buttons = `<button id="approve-${esc(sid)}" data-step="${esc(sid)}" class="approve">Approve</button>
+          const schema = ((run.plan.steps || {})[sid] || {}).gate_input;
+          buttons = (schema ? `<input id="gate-input-${esc(sid)}" size="24"
+           title="${esc(JSON.stringify(schema))}" placeholder="input (JSON or text)">` : "")
+           + `<button id="approve-${esc(sid)}" data-step="${esc(sid)}" class="approve">Approve</button>
            <button id="reject-${esc(sid)}" data-step="${esc(sid)}" class="reject">Reject</button>`;
         } else if (s.status === "waiting_input" && s.question && s.question.answer == null) {
           buttons = `<div class="ask">${esc(s.question.text)}</div>
