@@ -114,17 +114,16 @@ def import_files(root: Path, store: PostgresRunStore) -> Transfer:
 def _import_records(
     conn: Any, store: PostgresRunStore, records: Path, sub: bool, done: Transfer
 ) -> None:
+    """One records folder (top level or ``sub/``): final records, pending envelopes,
+    progress lines, then the received and refused handoff files."""
     finals: dict[str, dict[str, Any]] = {}
     for entry in _json_files(records):
         run_id = entry.name[: -len(".json")]
-        if not SAFE_ID.match(run_id):
-            continue
-        data = _rec.read_json(Path(entry.path))
-        if not _rec.is_engine_record(data):
-            continue
-        store._install(conn, run_id, sub, data, drop=False)
-        finals[run_id] = data["envelope"]
-        done.records += 1
+        data = _rec.read_json(Path(entry.path)) if SAFE_ID.match(run_id) else None
+        if isinstance(data, dict) and _rec.is_engine_record(data):
+            store._install(conn, run_id, sub, data, drop=False)
+            finals[run_id] = data["envelope"]
+            done.records += 1
     for entry in _json_files(records / _rec.PENDING_DIR):
         run_id = entry.name[: -len(".json")]
         env = _rec.read_json(Path(entry.path))
@@ -137,26 +136,39 @@ def _import_records(
             store.write_progress(entry.name[: -len(".json")], line, sub=sub)
     for folder, state in ((_rec.INBOX_DIR, "inbox"), (_rec.REJECTED_DIR, "rejected")):
         for entry in _json_files(records / folder):
-            m = _INBOX_NAME.match(entry.name)
-            body = _read_bytes(entry.path)
-            if m is None or body is None:
-                continue
-            run_id, n = m.group(1), int(m.group(2) or 1)
-            env = finals.get(run_id)
-            kept = state
-            if state == "inbox" and env is not None:
-                if Path(str(env.get("handoff_file") or "")).name == entry.name:
-                    kept = "recorded"
-                elif env.get("outcome") in _AGENT_STATUSES:
-                    kept = "kept"
-            if state == "rejected":
-                n += 10_000  # after the run's inbox handoffs, in the order they were kept
-            row = conn.execute(
-                "INSERT INTO handoffs (run_id, sub, n, body, state) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (run_id, sub, n) DO NOTHING RETURNING id",
-                (run_id, sub, n, body, kept),
-            ).fetchone()
-            done.handoffs += 1 if row else 0
+            _import_handoff(conn, entry, state, sub, finals, done)
+
+
+def _import_handoff(
+    conn: Any,
+    entry: os.DirEntry[str],
+    state: str,
+    sub: bool,
+    finals: dict[str, dict[str, Any]],
+    done: Transfer,
+) -> None:
+    """One file of ``inbox/`` or ``rejected/``, as a handoff row in the state it has:
+    the one its record took is ``recorded``, another beside a final record ``kept``."""
+    m = _INBOX_NAME.match(entry.name)
+    body = _read_bytes(entry.path)
+    if m is None or body is None:
+        return
+    run_id, n = m.group(1), int(m.group(2) or 1)
+    env = finals.get(run_id)
+    kept = state
+    if state == "inbox" and env is not None:
+        if Path(str(env.get("handoff_file") or "")).name == entry.name:
+            kept = "recorded"
+        elif env.get("outcome") in _AGENT_STATUSES:
+            kept = "kept"
+    if state == "rejected":
+        n += 10_000  # after the run's inbox handoffs, in the order they were kept
+    row = conn.execute(
+        "INSERT INTO handoffs (run_id, sub, n, body, state) VALUES (%s, %s, %s, %s, %s) "
+        "ON CONFLICT (run_id, sub, n) DO NOTHING RETURNING id",
+        (run_id, sub, n, body, kept),
+    ).fetchone()
+    done.handoffs += 1 if row else 0
 
 
 def _import_run(conn: Any, store: PostgresRunStore, run_dir: Path, done: Transfer) -> None:
