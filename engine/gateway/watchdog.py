@@ -44,18 +44,9 @@ from engine.gateway.agents import (
     write_new_handoff,
 )
 from engine.redact import redact
+from engine.store.liveness import process_alive
 
 LATE_NOTE = f"{GATEWAY_NOTE_PREFIX} after it stopped: the agent exited without a handoff"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def watch(info: dict[str, Any]) -> None:
@@ -75,12 +66,12 @@ def watch(info: dict[str, Any]) -> None:
     if pidfd is not None:
         sel.register(pidfd, selectors.EVENT_READ)
     bound = _Bound(pid, info.get("deadline_epoch"))
-    exited = pidfd is None and not _alive(pid)
+    exited = pidfd is None and not process_alive(pid)
     open_pipes = len(fds)
     while not (exited and (open_pipes == 0 or bound.killed)):
         bound.enforce(time.time(), exited)
         ended, closed = drain_ready(sel, bound.wait(time.time()), pidfd, bufs)
-        exited = exited or ended or (pidfd is None and not _alive(pid))
+        exited = exited or ended or (pidfd is None and not process_alive(pid))
         open_pipes -= closed
     _killpg(pid, signal.SIGTERM)  # stragglers left in the agent's session
     texts = [bytes(b[-OUTPUT_LIMIT:]).decode("utf-8", "replace") for b in bufs.values()]
