@@ -27,6 +27,7 @@ its own load").
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -324,85 +325,55 @@ class PoolPolicy:
     ) -> list[str]:
         """Turn the first eligible tickets into tokens while tokens are free, in order.
 
+        Tokens are free while fewer than the pool's size are held (on a shared store:
+        fewer than ``max_tokens`` by all hosts together; a pool in emergency mode grants
+        none); a ticket held back by its agent or host (``_held_back``) keeps its place.
         A ticket of a dead holder is dropped, not granted; ``own`` is the caller's ticket,
         alive by definition. Returns the ids granted.
         """
+        if not state.queue:
+            return []
         if self.shared:
-            return self._grant_shared(state, now, alive, own=own)
-        if state.mode is PoolMode.EMERGENCY or not state.queue:
+            free = self.settings.max_tokens - len(state.tokens)
+        elif state.mode is PoolMode.EMERGENCY:
             return []
-        free = state.size - len(state.tokens)
-        if free <= 0:
-            return []
-        per_agent: dict[str, int] = {}
-        for tok in state.tokens:
-            per_agent[tok.agent] = per_agent.get(tok.agent, 0) + 1
+        else:
+            free = state.size - len(state.tokens)
+        per_agent = Counter(tok.agent for tok in state.tokens)
+        per_host = Counter(tok.host for tok in state.tokens)
         granted: list[str] = []
         remaining = []
         for ticket in state.queue:
-            if free <= 0:
-                remaining.append(ticket)
-                continue
-            cap = ticket.max_concurrent
-            if cap is not None and per_agent.get(ticket.agent, 0) >= cap:
+            if free <= 0 or self._held_back(state, ticket, per_agent, per_host):
                 remaining.append(ticket)  # keeps its place, does not hold up the others
                 continue
             if ticket.id != own and not alive(ticket):
                 continue  # its holder died while waiting: never grant it a token
             state.tokens.append(Token.granted(ticket, now))
             granted.append(ticket.id)
-            per_agent[ticket.agent] = per_agent.get(ticket.agent, 0) + 1
+            per_agent[ticket.agent] += 1
+            per_host[ticket.host] += 1
             free -= 1
         state.queue = remaining
         return granted
 
-    def _grant_shared(
+    def _held_back(
         self,
         state: PoolState,
-        now: float,
-        alive: Callable[[Ticket], bool],
-        *,
-        own: str | None,
-    ) -> list[str]:
-        """``_grant`` on a shared store: in queue order, a ticket is granted while all
-        hosts together hold fewer than ``max_tokens``, its host's holders fewer than its
-        share's size (and its share is not in emergency mode), and its agent fewer than
-        its cap; a ticket held back by its host or agent keeps its place."""
-        if not state.queue:
-            return []
-        free = self.settings.max_tokens - len(state.tokens)
-        if free <= 0:
-            return []
-        per_agent: dict[str, int] = {}
-        per_host: dict[str, int] = {}
-        for tok in state.tokens:
-            per_agent[tok.agent] = per_agent.get(tok.agent, 0) + 1
-            per_host[tok.host] = per_host.get(tok.host, 0) + 1
-        granted: list[str] = []
-        remaining = []
-        for ticket in state.queue:
-            if free <= 0:
-                remaining.append(ticket)
-                continue
-            share = state.shares.get(ticket.host)
-            if share is not None and (
-                share.mode is PoolMode.EMERGENCY or per_host.get(ticket.host, 0) >= share.size
-            ):
-                remaining.append(ticket)  # its host is at its share: keeps its place
-                continue
-            cap = ticket.max_concurrent
-            if cap is not None and per_agent.get(ticket.agent, 0) >= cap:
-                remaining.append(ticket)
-                continue
-            if ticket.id != own and not alive(ticket):
-                continue
-            state.tokens.append(Token.granted(ticket, now))
-            granted.append(ticket.id)
-            per_agent[ticket.agent] = per_agent.get(ticket.agent, 0) + 1
-            per_host[ticket.host] = per_host.get(ticket.host, 0) + 1
-            free -= 1
-        state.queue = remaining
-        return granted
+        ticket: Ticket,
+        per_agent: Counter[str],
+        per_host: Counter[str],
+    ) -> bool:
+        """True for a ticket that waits though tokens are free: its agent holds its cap
+        (``max_concurrent``), or, on a shared store, its host's share is in emergency mode
+        or its host's holders fill the share's size."""
+        cap = ticket.max_concurrent
+        if cap is not None and per_agent[ticket.agent] >= cap:
+            return True
+        share = state.shares.get(ticket.host) if self.shared else None
+        return share is not None and (
+            share.mode is PoolMode.EMERGENCY or per_host[ticket.host] >= share.size
+        )
 
     def grant(self, state: PoolState, now: float, pid_alive: PidAlive) -> list[str]:
         """Grant free tokens to the tickets at the head of the queue; the ids granted."""
