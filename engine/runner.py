@@ -38,7 +38,7 @@ from engine.errors import (
 )
 from engine.files import new_run_id, parse_iso, utcnow_iso
 from engine.reporter import Reporter
-from engine.runs import RunView, StepRun, replay_run, run_dir, summarize
+from engine.runs import RunView, StepRun, gate_waiting_since, replay_run, run_dir, summarize
 from engine.states import RETRYABLE_STEP_STATES, Outcome
 from engine.states import RunState as RunState
 from engine.states import StepState as StepState
@@ -857,14 +857,7 @@ class _Execution:
         gate = self.plan.steps[s.id].spec.gate
         if gate is None or gate.timeout is None or gate.default is None:
             return None
-        since: str | None = None
-        for ev in self.view.events:
-            if ev.get("step") != s.id:
-                continue
-            if ev.get("event") == "step_reset":
-                since = None
-            elif ev.get("event") == "gate_waiting" and since is None:
-                since = ev.get("at") if isinstance(ev.get("at"), str) else None
+        since = gate_waiting_since(self.view.events, s.id)
         if since is None or time.time() - parse_iso(since).timestamp() < gate.timeout:
             return None
         if gate.default == "approved":

@@ -34,7 +34,7 @@ from engine.runs.admin import (
     runs_dir,
 )
 from engine.runs.model import RunView, StepRun
-from engine.runs.replay import replay, replay_run, summarize
+from engine.runs.replay import gate_waiting_since, replay, replay_run, summarize
 from engine.store.file import CANCEL_FILE, FileJournal, read_events
 
 #: The journal file of a run directory (``events.jsonl``); the engine itself gets
@@ -48,6 +48,7 @@ __all__ = [
     "StepRun",
     "cancel_run",
     "decide_gate",
+    "gate_waiting_since",
     "list_runs",
     "read_events",
     "replay",

@@ -295,6 +295,22 @@ def _check_shape(store: RunStore, run_id: str, path: Path, meta: Any, order: lis
         )
 
 
+def gate_waiting_since(events: list[dict[str, Any]], step_id: str) -> str | None:
+    """When (ISO-8601 UTC text) step ``step_id``'s gate began to wait: its first
+    ``gate_waiting`` event after the step's last ``step_reset``; None when it has not
+    waited since. A gate's ``timeout`` counts from here (``WorkflowRunner._timed_out``,
+    ``engine.serve.manager.gate_due``)."""
+    since: str | None = None
+    for ev in events:
+        if ev.get("step") != step_id:
+            continue
+        if ev.get("event") == "step_reset":
+            since = None
+        elif ev.get("event") == "gate_waiting" and since is None:
+            since = ev.get("at") if isinstance(ev.get("at"), str) else None
+    return since
+
+
 def replay(path: Path, *, store: RunStore | None = None) -> RunView:
     """Rebuild the state of the run at ``path`` (``RunView.path``) from its store."""
     if store is None:

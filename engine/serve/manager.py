@@ -38,7 +38,7 @@ from engine.idempotency import IdempotencyConflict, IdempotencyKeys
 from engine.record import pending_path, read_json
 from engine.reporter import Reporter
 from engine.runner import RunOptions, RunState, StepState, WorkflowRunner, prepare
-from engine.runs import cancel_run, decide_gate, replay
+from engine.runs import cancel_run, decide_gate, gate_waiting_since, replay
 
 log = logging.getLogger("engine.serve")
 
@@ -774,14 +774,7 @@ def gate_due(meta: dict[str, Any], events: list[dict[str, Any]], steps: Any) -> 
         timeout = (plan.get(s.id) or {}).get("gate_timeout")
         if not isinstance(timeout, int | float):
             continue
-        since: str | None = None
-        for ev in events:
-            if ev.get("step") != s.id:
-                continue
-            if ev.get("event") == "step_reset":
-                since = None
-            elif ev.get("event") == "gate_waiting" and since is None:
-                since = ev.get("at") if isinstance(ev.get("at"), str) else None
+        since = gate_waiting_since(events, s.id)
         if since is None:
             continue
         at = parse_iso(since).timestamp() + float(timeout)
