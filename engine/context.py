@@ -311,13 +311,9 @@ def _refusal(
     resp: httpx.Response, where: str, name: str, channel_id: str, token_env: str, token: str
 ) -> Exception:
     code = resp.status_code
-    detail = _scrub(_discord_error(resp), token)
+    detail = _scrub(discord_error_text(resp), token)
     if code == 401:
-        return ConfigError(
-            f"Discord rejected the bot token from `{token_env}` (401 Unauthorized): set "
-            f"`{token_env}` to the bot's token (Developer Portal > Bot > Token).",
-            status_code=code,
-        )
+        return bot_token_rejected(token_env)
     if code == 403:
         return ConfigError(
             f"{where}: the bot may not read it (403 {detail or 'Forbidden'}): give the bot "
@@ -337,7 +333,18 @@ def _refusal(
     )
 
 
-def _discord_error(resp: httpx.Response) -> str:
+def bot_token_rejected(token_env: str) -> ConfigError:
+    """The error for a Discord answer of 401 Unauthorized to the bot token read from
+    environment variable ``token_env`` (exit code of ``ConfigError``; the token itself is
+    never named). Shared by channel context and the inbox client (``engine.discord``)."""
+    return ConfigError(
+        f"Discord rejected the bot token from `{token_env}` (401 Unauthorized): set "
+        f"`{token_env}` to the bot's token (Developer Portal > Bot > Token).",
+        status_code=401,
+    )
+
+
+def discord_error_text(resp: httpx.Response) -> str:
     """Discord's error text, redacted before it is cut (a cut could split a token)."""
     try:
         data = resp.json()

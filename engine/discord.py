@@ -29,8 +29,15 @@ from urllib.parse import quote
 import httpx
 
 from engine.config import Config
+from engine.context import (
+    DISCORD_API,
+    _rate_limit_wait,
+    _token,
+    bot_token_rejected,
+    discord_error_text,
+)
 from engine.errors import ConfigError, HookError, HookUnreachableError
-from engine.redact import redact, register, register_url
+from engine.redact import register, register_url
 from engine.retry import Backoff, send_with_retries
 
 #: The claim reaction, and the decisions on a gate notice.
@@ -94,8 +101,6 @@ class DiscordClient:
         on_retry: Callable[[str, int, float, str], None] | None = None,
     ) -> DiscordClient:
         """A client from ``channels:``: ``base_url``, ``token_env`` and ``post_delays``."""
-        from engine.context import DISCORD_API, _token
-
         channels = cfg.channels
         if not channels:
             raise ConfigError(
@@ -277,7 +282,7 @@ class DiscordClient:
 
         def describe(resp: httpx.Response) -> str:
             if resp.status_code == 429:
-                return f"rate limited (429, retry after {_retry_after(resp) or 0:g} s)"
+                return f"rate limited (429, retry after {_rate_limit_wait(resp):g} s)"
             return f"HTTP {resp.status_code}"
 
         done = send_with_retries(
@@ -288,7 +293,7 @@ class DiscordClient:
             accept=lambda r: 200 <= r.status_code < 300,
             retryable=lambda r: r.status_code == 429 or r.status_code >= 500,
             describe=describe,
-            server_wait=lambda r: _retry_after(r) if r.status_code == 429 else None,
+            server_wait=lambda r: _rate_limit_wait(r) if r.status_code == 429 else None,
             sleep=self._sleep,
             on_retry=None if self._on_retry is None else self._told(what),
         )
@@ -310,13 +315,9 @@ class DiscordClient:
 
     def _refusal(self, resp: httpx.Response, what: str) -> Exception:
         code = resp.status_code
-        detail = _error_text(resp)
+        detail = discord_error_text(resp)
         if code == 401:
-            return ConfigError(
-                f"Discord rejected the bot token from `{self.token_env}` (401 Unauthorized): "
-                f"set `{self.token_env}` to the bot's token (Developer Portal > Bot > Token).",
-                status_code=code,
-            )
+            return bot_token_rejected(self.token_env)
         if code == 403:
             return ConfigError(
                 f"Discord {what}: the bot lacks a permission (403 {detail or 'Forbidden'}): "
@@ -361,22 +362,6 @@ def _body(resp: httpx.Response) -> Any:
 
 def _dict(data: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    from engine.context import _rate_limit_wait
-
-    return _rate_limit_wait(resp)
-
-
-def _error_text(resp: httpx.Response) -> str:
-    try:
-        data = resp.json()
-    except (ValueError, RecursionError):
-        return redact(resp.text[:65536].strip())[:200]
-    if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return redact(str(data["message"])[:65536])[:200]
-    return ""
 
 
 def _snowflake(msg: dict[str, Any]) -> int | None:
