@@ -225,15 +225,23 @@ def dry_run_text(plan: Plan, renderer: TaskRenderer) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _child_lines(s: dict[str, Any]) -> list[str]:
-    """A sub-workflow step in the dry run: its child, inputs, steps and outputs."""
-    w = s["workflow"]
-    lines = [f"  - {s['id']}: workflow `{w['name']}` ({w['path']}), a child run"]
+def _common_lines(s: dict[str, Any]) -> list[str]:
+    """The lines an agent step and a sub-workflow step both show under their first:
+    the steps it runs after, its language checks and its gate."""
+    lines = []
     if s["depends_on"]:
         lines.append(f"      after: {', '.join(s['depends_on'])}")
     lines += _language_lines(s)
     if s["gate"]:
         lines += _gate_lines(s["gate"])
+    return lines
+
+
+def _child_lines(s: dict[str, Any]) -> list[str]:
+    """A sub-workflow step in the dry run: its child, inputs, steps and outputs."""
+    w = s["workflow"]
+    lines = [f"  - {s['id']}: workflow `{w['name']}` ({w['path']}), a child run"]
+    lines += _common_lines(s)
     lines.append(f"      on failure: {s['on_failure']}")
     lines.append("      inputs:")
     lines += [_indent(f"{k} = {v}", "        | ") for k, v in w["inputs"].items()] or [
@@ -256,11 +264,7 @@ def _step_lines(s: dict[str, Any]) -> list[str]:
     else:
         target = s["agent"]
     lines = [f"  - {s['id']}: {target}"]
-    if s["depends_on"]:
-        lines.append(f"      after: {', '.join(s['depends_on'])}")
-    lines += _language_lines(s)
-    if s["gate"]:
-        lines += _gate_lines(s["gate"])
+    lines += _common_lines(s)
     if s["validator"]:
         lines.append(f"      validate: by {s['validator']}")
     timeout = f"{s['timeout']:g} s" if s["timeout"] is not None else "agent default"
