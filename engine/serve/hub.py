@@ -206,13 +206,7 @@ class EventHub:
                 continue  # a line still being written
             for raw in chunk[: end + 1].splitlines():
                 lines += 1
-                try:
-                    ev = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(ev, dict) and "event" in ev:
-                    self._add({**ev, "runId": run_id, "line": lines})
-                    added += 1
+                added += self._add_line(run_id, lines, raw)
             self._tails[run_id] = (offset + end + 1, lines)
         if added:
             self._notify()
@@ -232,13 +226,7 @@ class EventHub:
                 lines = self._tails.get(run_id, (0, 0))[1]
                 for number, raw in journal_after(self._db, run_id, lines):
                     lines = number
-                    try:
-                        ev = json.loads(raw)
-                    except ValueError:
-                        continue
-                    if isinstance(ev, dict) and "event" in ev:
-                        self._add({**ev, "runId": run_id, "line": number})
-                        added += 1
+                    added += self._add_line(run_id, number, raw)
                 self._tails[run_id] = (0, lines)
         except Exception:  # noqa: BLE001 - the database is away: the next scan catches up
             pass
@@ -260,6 +248,18 @@ class EventHub:
     def _publish_now(self, ev: dict[str, Any]) -> None:
         self._add(ev)
         self._notify()
+
+    def _add_line(self, run_id: str, line: int, raw: str | bytes) -> int:
+        """Add journal line number ``line`` of run ``run_id``: 1 when it is an event,
+        0 when it is not JSON or not an event (skipped, as replay skips it)."""
+        try:
+            ev = json.loads(raw)
+        except ValueError:
+            return 0
+        if not (isinstance(ev, dict) and "event" in ev):
+            return 0
+        self._add({**ev, "runId": run_id, "line": line})
+        return 1
 
     def _add(self, ev: dict[str, Any]) -> None:
         self.seq += 1
