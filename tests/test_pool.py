@@ -225,6 +225,13 @@ def test_a_killed_waiter_leaves_the_queue(
     lease = pool.acquire(run_id="mine", agent="a", timeout=0)
     waiter = spawn(mode="once", dir=str(pool_dir), size=1, name="w", order=str(tmp_path / "o"))
     wait_for(lambda: len(pool.status()["queue"]) == 1, what="the waiter to queue")
+    text = format_status(pool.status()).splitlines()
+    held = text.index("tokens in use:")
+    assert text[held + 1].split() == ["RUN", "ID", "AGENT", "PID", "AGE"]
+    assert text[held + 2].split()[:3] == ["mine", "a", str(os.getpid())]
+    queued = text.index("waiting (first come, first served):")
+    assert text[queued + 1].split() == ["RUN", "ID", "AGENT", "PID", "WAITED"]
+    assert text[queued + 2].split()[:3] == ["w", "w", str(waiter.pid)]
     waiter.kill()
     waiter.wait()
     lease.release()

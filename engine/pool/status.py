@@ -196,25 +196,19 @@ def _holder_lines(status: dict[str, Any], shared: bool) -> list[str]:
         return [str(h.get("host", "?"))] if shared else []
 
     lines: list[str] = []
-    in_use, queue = status.get("in_use", []), status.get("queue", [])
-    if in_use:
-        lines += ["", "tokens in use:"]
-        lines += _table(
-            ["RUN ID", "AGENT", *host_col, "PID", "AGE"],
-            [
-                [t["run_id"], t["agent"], *where(t), str(t["pid"]), _secs(t["age_s"])]
-                for t in in_use
-            ],
-        )
-    if queue:
-        lines += ["", "waiting (first come, first served):"]
-        lines += _table(
-            ["RUN ID", "AGENT", *host_col, "PID", "WAITED"],
-            [
-                [w["run_id"], w["agent"], *where(w), str(w["pid"]), _secs(w["waited_s"])]
-                for w in queue
-            ],
-        )
+    for title, holders, since, key in (
+        ("tokens in use:", status.get("in_use", []), "AGE", "age_s"),
+        ("waiting (first come, first served):", status.get("queue", []), "WAITED", "waited_s"),
+    ):
+        if holders:
+            lines += ["", title]
+            lines += _table(
+                ["RUN ID", "AGENT", *host_col, "PID", since],
+                [
+                    [h["run_id"], h["agent"], *where(h), str(h["pid"]), _secs(h[key])]
+                    for h in holders
+                ],
+            )
     reclaimed = status.get("reclaimed", [])
     if reclaimed:
         lines += ["", "recently reclaimed:"]
