@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from engine.errors import ConfigError
+from engine.pool.store import Generation
 from engine.store.postgres_db import Database
 
 __all__ = ["CHANNEL", "PostgresPoolStore"]
@@ -36,14 +37,13 @@ _T = TypeVar("_T")
 CHANNEL = "orch_pool"
 
 
-class _Feed:
+class _Feed(Generation):
     """Generation counter bumped by NOTIFYs of one pool, read by a ``LISTEN`` thread."""
 
     def __init__(self, db: Database, name: str) -> None:
+        super().__init__()
         self._db = db
         self._name = name
-        self._cond = threading.Condition()
-        self._gen = 0
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._stop = threading.Event()
@@ -65,9 +65,7 @@ class _Feed:
             while not stop.is_set():
                 for note in conn.notifies(timeout=0.5):
                     if note.payload == self._name:
-                        with self._cond:
-                            self._gen += 1
-                            self._cond.notify_all()
+                        self.bump()
         except Exception:  # noqa: BLE001 - closed or lost: waiters fall back to timeouts
             pass
         finally:
@@ -75,14 +73,6 @@ class _Feed:
                 conn.close()
             except Exception:  # noqa: BLE001
                 pass
-
-    def generation(self) -> int:
-        with self._cond:
-            return self._gen
-
-    def wait(self, seen: int, limit: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._gen != seen, timeout=max(0.0, limit))
 
     def close(self) -> None:
         if self._pid == os.getpid():

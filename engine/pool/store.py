@@ -26,7 +26,15 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from engine.errors import ConfigError
 
-__all__ = ["LOCK_NAME", "STATE_NAME", "ChangeFeed", "FileStore", "MemoryStore", "PoolStore"]
+__all__ = [
+    "LOCK_NAME",
+    "STATE_NAME",
+    "ChangeFeed",
+    "FileStore",
+    "Generation",
+    "MemoryStore",
+    "PoolStore",
+]
 
 _T = TypeVar("_T")
 
@@ -324,18 +332,27 @@ class FileStore:
         os.rename(self._tmp_path, self._state_path)
 
 
-class _MemoryFeed:
-    def __init__(self, cond: threading.Condition) -> None:
-        self._cond = cond
-        self.gen = 0
+class Generation:
+    """A ``ChangeFeed`` told of each change by whoever sees it: the writer of a memory
+    store, or the thread that listens to a database (``engine.pool.postgres``)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._gen = 0
+
+    def bump(self) -> None:
+        """Count one change and wake every waiter."""
+        with self._cond:
+            self._gen += 1
+            self._cond.notify_all()
 
     def generation(self) -> int:
         with self._cond:
-            return self.gen
+            return self._gen
 
     def wait(self, seen: int, limit: float) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: self.gen != seen, timeout=max(0.0, limit))
+            return self._cond.wait_for(lambda: self._gen != seen, timeout=max(0.0, limit))
 
 
 class MemoryStore:
@@ -351,8 +368,7 @@ class MemoryStore:
         self._shared = shared
         self._data = b""
         self._lock = threading.Lock()
-        self._cond = threading.Condition()
-        self._feed = _MemoryFeed(self._cond)
+        self._feed = Generation()
 
     @property
     def location(self) -> str:
@@ -369,10 +385,8 @@ class MemoryStore:
         with self._lock:
             result, out = fn(self._data)
             if out is not None:
-                with self._cond:
-                    self._data = out
-                    self._feed.gen += 1
-                    self._cond.notify_all()
+                self._data = out
+                self._feed.bump()
             return result
 
     def peek(self) -> bytes:
