@@ -514,26 +514,38 @@ def _refuse(into: _Into, source: Path, exc: Any, seen_ino: int | None) -> Delive
     kept = keep_rejected(into.records_dir, source, inode=seen_ino)
     if kept is None and os.path.lexists(source):
         return Delivery("absent")  # replaced while being read: look at the new one
+    note = _rejected_note(kept, exc)
+    _note(into.records_dir, into.run_id, into.env, into.current, "rejected", note, into.waiting)
+    return Delivery("refused", problem=exc, kept=kept)
+
+
+def _rejected_note(kept: object, exc: Any) -> dict[str, Any]:
+    """The ``rejected`` entry of a refused handoff kept at ``kept`` (a path, or the
+    database's locator): ``file``, ``reason`` (``exc.message``), ``at`` and, when the
+    ``HandoffProblem`` lists them, ``problems``. Both run stores write this shape."""
     note: dict[str, Any] = {"file": str(kept), "reason": exc.message, "at": utcnow_iso()}
     if exc.problems:
         note["problems"] = list(exc.problems)
-    _note(into.records_dir, into.run_id, into.env, into.current, "rejected", note, into.waiting)
-    return Delivery("refused", problem=exc, kept=kept)
+    return note
+
+
+def _aside_reason(standing: dict[str, Any], fallback: bool) -> str:
+    """Why a handoff was kept beside the envelope ``standing`` (its ``also_received``
+    entry): a gateway's stand-in after an ending the engine decided or after the agent's
+    own handoff, else a second handoff after the first. Both run stores use this text."""
+    if fallback and standing.get("outcome") not in _AGENT_STATUSES:
+        return f"a gateway-written fallback, after the engine recorded `{standing.get('outcome')}`"
+    if fallback:
+        return "a gateway-written fallback, after the agent's own handoff was recorded"
+    first = standing.get("handoff_file") or "the first handoff"
+    return f"a second handoff for a run already recorded from {first}"
 
 
 def _keep_second(into: _Into, source: Path, cur_env: dict[str, Any], fallback: bool) -> Delivery:
     """A second handoff for a recorded run: kept aside and listed, never over the first."""
     records_dir, run_id = into.records_dir, into.run_id
     kept = _keep_aside(records_dir, source, link=source.name == f"{run_id}.json")
-    first = cur_env.get("handoff_file") or "the first handoff"
-    outcome = cur_env.get("outcome")
-    reason = (
-        f"a gateway-written fallback, after the engine recorded `{outcome}`"
-        if fallback and outcome not in _AGENT_STATUSES
-        else "a gateway-written fallback, after the agent's own handoff was recorded"
-        if fallback
-        else f"a second handoff for a run already recorded from {first}"
-    )
+    reason = _aside_reason(cur_env, fallback)
     dup: dict[str, Any] = {"file": str(kept), "reason": reason, "at": utcnow_iso()}
     dup["inode"] = _file_id(kept) if kept else None
     _note(records_dir, run_id, into.env, into.current, "also_received", dup, False)

@@ -379,6 +379,7 @@ class PostgresRunStore(PostgresRuns):
             parse_handoff,
             validate_handoff,
         )
+        from engine.record import _rejected_note
 
         hid, raw, received_epoch = source
         where = self._handoff_locator(hid)
@@ -403,9 +404,7 @@ class PostgresRunStore(PostgresRuns):
             if exc.kind not in FINAL_KINDS and (waiting or fresh):
                 return Delivery("partial", problem=exc)
             self._set_state(conn, hid, "rejected")
-            note: dict[str, Any] = {"file": str(where), "reason": exc.message, "at": utcnow_iso()}
-            if exc.problems:
-                note["problems"] = list(exc.problems)
+            note = _rejected_note(where, exc)
             self._note(conn, run_id, sub, env, current, "rejected", note, waiting)
             return Delivery("refused", problem=exc, kept=where)
 
@@ -421,16 +420,11 @@ class PostgresRunStore(PostgresRuns):
         fallback: bool,
     ) -> Delivery:
         """Keep a handoff beside the envelope that stands, noted in ``also_received``."""
+        from engine.record import _aside_reason
+
         where = self._handoff_locator(hid)
         self._set_state(conn, hid, "kept")
-        ended = standing.get("outcome")
-        if fallback and not standing.get("fallback") and ended not in _AGENT_STATUSES:
-            reason = f"a gateway-written fallback, after the engine recorded `{ended}`"
-        elif fallback:
-            reason = "a gateway-written fallback, after the agent's own handoff was recorded"
-        else:
-            first = standing.get("handoff_file") or "the first handoff"
-            reason = f"a second handoff for a run already recorded from {first}"
+        reason = _aside_reason(standing, fallback)
         dup: dict[str, Any] = {"file": str(where), "reason": reason, "at": utcnow_iso()}
         self._note(conn, run_id, sub, env, current, "also_received", dup, False)
         record_path = self.record_locator(run_id, sub=sub)
