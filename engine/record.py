@@ -408,26 +408,19 @@ class _Into:
 def _deliver_one(into: _Into, source: Path, grace: float) -> Delivery:
     """Take one delivered file: record it, refuse it, or keep it aside as a second one."""
     records_dir, run_id, current = into.records_dir, into.run_id, into.current
-    found = current.get("envelope") if current else None
-    cur_env = found if isinstance(found, dict) else None
-    # the envelope of a record an agent's handoff already made final, if there is one
-    final = cur_env if cur_env is not None and cur_env.get("outcome") in _AGENT_STATUSES else None
+    cur_env, final = _envelopes(current)
     if final is not None and _seen(final, source):
         return Delivery("already", records_dir / f"{run_id}.json", current)
     read = _read(into, source, grace)
     if isinstance(read, Delivery):
         return read
     handoff, verified, st = read
-    fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
+    fallback = _is_fallback(handoff)
     standing = _standing(final, cur_env, fallback)
     if standing is not None:
         return _keep_second(into, source, standing, fallback)
-    new = recorded_envelope(into.env, cur_env, into.waiting, handoff["status"], verified, source)
+    new = recorded_envelope(into.env, cur_env, into.waiting, handoff, verified, source)
     new["handoff_inode"] = [st.st_dev, st.st_ino]
-    if fallback:
-        new["fallback"] = True
-    else:
-        new.pop("fallback", None)
     data = record_of(handoff, new, run_id)
     path = install_record(records_dir, run_id, data)
     drop_pending(records_dir, run_id)
@@ -452,6 +445,23 @@ def _read(
             return Delivery("partial", problem=exc)
         return _refuse(into, source, exc, seen_ino)
     return Delivery("absent") if checked is None else checked  # None: created, not written
+
+
+def _envelopes(
+    current: dict[str, Any] | None,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The envelope of the record so far (``current``; None without one), and the same
+    again when an agent's handoff made that record final (else None)."""
+    found = current.get("envelope") if current else None
+    cur_env = found if isinstance(found, dict) else None
+    final = cur_env if cur_env is not None and cur_env.get("outcome") in _AGENT_STATUSES else None
+    return cur_env, final
+
+
+def _is_fallback(handoff: dict[str, Any]) -> bool:
+    """Whether ``handoff`` is a stand-in the local gateway wrote (its ``notes`` start
+    with the gateway's note), not the agent's own."""
+    return str(handoff.get("notes") or "").startswith(_gateway_note())
 
 
 def _standing(
@@ -557,14 +567,19 @@ def recorded_envelope(
     env: dict[str, Any],
     cur_env: dict[str, Any] | None,
     waiting: bool,
-    status: str,
+    handoff: dict[str, Any],
     verified: bool,
     handoff_file: object,
 ) -> dict[str, Any]:
-    """The envelope of a record made from an agent's handoff (``_merged_envelope``) with
-    its ``outcome`` (the handoff's ``status``), ``key_verified`` and ``handoff_file``."""
+    """The envelope of a record made from a checked ``handoff`` (``_merged_envelope``)
+    with its ``outcome`` (the handoff's ``status``), ``key_verified``, ``handoff_file``,
+    and ``fallback`` only when the handoff is a gateway's stand-in."""
     new = _merged_envelope(env, cur_env, waiting)
-    new["outcome"] = status
+    new["outcome"] = handoff["status"]
+    if _is_fallback(handoff):
+        new["fallback"] = True
+    else:
+        new.pop("fallback", None)
     new["key_verified"] = verified
     if not verified:
         new["unverified"] = True

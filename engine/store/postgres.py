@@ -40,7 +40,6 @@ from typing import Any
 
 from engine.errors import RunStateError
 from engine.files import SAFE_ID, check_id, utcnow_iso
-from engine.states import HandoffStatus
 from engine.store.liveness import this_host, waiter_alive
 from engine.store.postgres_db import Database
 from engine.store.postgres_runs import RUN_LEASE_TTL, PostgresJournal, PostgresRuns
@@ -54,8 +53,6 @@ __all__ = [
     "PostgresJournal",
     "PostgresRunStore",
 ]
-
-_AGENT_STATUSES = tuple(s.value for s in HandoffStatus)
 
 
 def _dumps(data: Any) -> str:
@@ -330,29 +327,26 @@ class PostgresRunStore(PostgresRuns):
     ) -> Delivery:
         """Take one stored handoff: record it, refuse it, or keep it aside (the file
         store's rule, ``engine.record``)."""
-        from engine.record import _gateway_note, _standing, record_of, recorded_envelope
+        from engine.record import (
+            _envelopes,
+            _is_fallback,
+            _standing,
+            record_of,
+            recorded_envelope,
+        )
 
         hid = source[0]
-        found = current.get("envelope") if current else None
-        cur_env = found if isinstance(found, dict) else None
+        cur_env, final = _envelopes(current)
         read = self._parsed(conn, run_id, sub, source, env, current, waiting, grace, earlier)
         if isinstance(read, Delivery):
             return read
         handoff, verified = read
-        fallback = str(handoff.get("notes") or "").startswith(_gateway_note())
-        final = (
-            cur_env if cur_env is not None and cur_env.get("outcome") in _AGENT_STATUSES else None
-        )
+        fallback = _is_fallback(handoff)
         standing = _standing(final, cur_env, fallback)
         if standing is not None:
             return self._keep_aside(conn, run_id, sub, hid, env, current, standing, fallback)
-        new = recorded_envelope(
-            env, cur_env, waiting, handoff["status"], verified, self._handoff_locator(hid)
-        )
-        if fallback:
-            new["fallback"] = True
-        else:
-            new.pop("fallback", None)
+        where = self._handoff_locator(hid)
+        new = recorded_envelope(env, cur_env, waiting, handoff, verified, where)
         data = record_of(handoff, new, run_id)
         self._set_state(conn, hid, "recorded")
         self._install(conn, run_id, sub, data, drop=True)
