@@ -35,6 +35,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,20 @@ __all__ = [
     "PostgresJournal",
     "PostgresRunStore",
 ]
+
+
+@dataclass(frozen=True)
+class _Into:
+    """Where one stored handoff goes (``engine.record._Into`` on the file store): the
+    transaction's connection, the delegation's row (``run_id``, ``sub``), its envelope,
+    its record so far (if any), and whether its delegation still waits."""
+
+    conn: Any
+    run_id: str
+    sub: bool
+    env: dict[str, Any]
+    current: dict[str, Any] | None
+    waiting: bool
 
 
 def _dumps(data: Any) -> str:
@@ -306,24 +321,15 @@ class PostgresRunStore(PostgresRuns):
                     if isinstance(h, str)
                 ]
                 hid, body, at = src
-                return self._deliver_one(conn, run_id, sub, (hid, bytes(body), float(at)), env,
-                                         cur, waits, grace, earlier)  # fmt: skip
+                into = _Into(conn, run_id, sub, env, cur, waits)
+                return self._deliver_one(into, (hid, bytes(body), float(at)), grace, earlier)
 
             return merge_sources(
                 sources, one, envelope=envelope, pending=pending, current=current
             )
 
     def _deliver_one(
-        self,
-        conn: Any,
-        run_id: str,
-        sub: bool,
-        source: tuple[int, bytes, float],
-        env: dict[str, Any],
-        current: dict[str, Any] | None,
-        waiting: bool,
-        grace: float,
-        earlier: list[str],
+        self, into: _Into, source: tuple[int, bytes, float], grace: float, earlier: list[str]
     ) -> Delivery:
         """Take one stored handoff: record it, refuse it, or keep it aside (the file
         store's rule, ``engine.record``)."""
@@ -336,33 +342,24 @@ class PostgresRunStore(PostgresRuns):
         )
 
         hid = source[0]
-        cur_env, final = _envelopes(current)
-        read = self._parsed(conn, run_id, sub, source, env, current, waiting, grace, earlier)
+        cur_env, final = _envelopes(into.current)
+        read = self._parsed(into, source, grace, earlier)
         if isinstance(read, Delivery):
             return read
         handoff, verified = read
         fallback = _is_fallback(handoff)
         standing = _standing(final, cur_env, fallback)
         if standing is not None:
-            return self._keep_aside(conn, run_id, sub, hid, env, current, standing, fallback)
+            return self._keep_aside(into, hid, standing, fallback)
         where = self._handoff_locator(hid)
-        new = recorded_envelope(env, cur_env, waiting, handoff, verified, where)
-        data = record_of(handoff, new, run_id)
-        self._set_state(conn, hid, "recorded")
-        self._install(conn, run_id, sub, data, drop=True)
-        return Delivery("recorded", self.record_locator(run_id, sub=sub), data)
+        new = recorded_envelope(into.env, cur_env, into.waiting, handoff, verified, where)
+        data = record_of(handoff, new, into.run_id)
+        self._set_state(into.conn, hid, "recorded")
+        self._install(into.conn, into.run_id, into.sub, data, drop=True)
+        return Delivery("recorded", self.record_locator(into.run_id, sub=into.sub), data)
 
     def _parsed(
-        self,
-        conn: Any,
-        run_id: str,
-        sub: bool,
-        source: tuple[int, bytes, float],
-        env: dict[str, Any],
-        current: dict[str, Any] | None,
-        waiting: bool,
-        grace: float,
-        earlier: list[str],
+        self, into: _Into, source: tuple[int, bytes, float], grace: float, earlier: list[str]
     ) -> tuple[dict[str, Any], bool] | Delivery:
         """The checked handoff and whether its key was verified, or what to answer instead:
         an empty or partial handoff, or a refusal (its row marked ``rejected``)."""
@@ -375,6 +372,7 @@ class PostgresRunStore(PostgresRuns):
         )
         from engine.record import _rejected_note
 
+        env = into.env
         hid, raw, received_epoch = source
         where = self._handoff_locator(hid)
         try:
@@ -387,61 +385,47 @@ class PostgresRunStore(PostgresRuns):
                     kind="size",
                     path=where,
                 )
-            if not raw.strip() and waiting:
+            if not raw.strip() and into.waiting:
                 return Delivery("absent")
             handoff = validate_handoff(
-                parse_handoff(raw, path=where), path=where, run_id=run_id, agent=env.get("target")
+                parse_handoff(raw, path=where),
+                path=where,
+                run_id=into.run_id,
+                agent=env.get("target"),
             )
             return handoff, _check_keys(handoff, env, earlier, where)
         except HandoffProblem as exc:
             fresh = time.time() - received_epoch < grace
-            if exc.kind not in FINAL_KINDS and (waiting or fresh):
+            if exc.kind not in FINAL_KINDS and (into.waiting or fresh):
                 return Delivery("partial", problem=exc)
-            self._set_state(conn, hid, "rejected")
-            note = _rejected_note(where, exc)
-            self._note(conn, run_id, sub, env, current, "rejected", note, waiting)
+            self._set_state(into.conn, hid, "rejected")
+            self._note(into, "rejected", _rejected_note(where, exc), waiting=into.waiting)
             return Delivery("refused", problem=exc, kept=where)
 
     def _keep_aside(
-        self,
-        conn: Any,
-        run_id: str,
-        sub: bool,
-        hid: int,
-        env: dict[str, Any],
-        current: dict[str, Any] | None,
-        standing: dict[str, Any],
-        fallback: bool,
+        self, into: _Into, hid: int, standing: dict[str, Any], fallback: bool
     ) -> Delivery:
         """Keep a handoff beside the envelope that stands, noted in ``also_received``."""
         from engine.record import _aside_reason
 
         where = self._handoff_locator(hid)
-        self._set_state(conn, hid, "kept")
+        self._set_state(into.conn, hid, "kept")
         reason = _aside_reason(standing, fallback)
         dup: dict[str, Any] = {"file": str(where), "reason": reason, "at": utcnow_iso()}
-        self._note(conn, run_id, sub, env, current, "also_received", dup, False)
-        record_path = self.record_locator(run_id, sub=sub)
-        return Delivery("duplicate", record_path, self._read(conn, run_id, sub), kept=where)
+        self._note(into, "also_received", dup, waiting=False)
+        record_path = self.record_locator(into.run_id, sub=into.sub)
+        data = self._read(into.conn, into.run_id, into.sub)
+        return Delivery("duplicate", record_path, data, kept=where)
 
     @staticmethod
     def _set_state(conn: Any, hid: int, state: str) -> None:
         conn.execute("UPDATE handoffs SET state = %s WHERE id = %s", (state, hid))
 
-    def _note(
-        self,
-        conn: Any,
-        run_id: str,
-        sub: bool,
-        env: dict[str, Any],
-        current: dict[str, Any] | None,
-        field: str,
-        note: dict[str, Any],
-        waiting: bool,
-    ) -> None:
+    def _note(self, into: _Into, field: str, note: dict[str, Any], *, waiting: bool) -> None:
         """List ``note`` where it will be seen (as ``engine.record._note`` does)."""
+        conn, run_id, sub, current = into.conn, into.run_id, into.sub, into.current
         if waiting:
-            env.setdefault(field, []).append(note)
+            into.env.setdefault(field, []).append(note)
             return
         pending = self._read_pending(conn, run_id, sub)
         if pending is not None:
