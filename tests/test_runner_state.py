@@ -447,3 +447,20 @@ def test_ordinary_templates_are_untouched_by_the_limits() -> None:
     assert TaskRenderer(spec).render_task("s", ctx) == (
         "1/2 X; 2/2 Y; 0,1,2 cb 00042    7 zzz   ok  |"
     )
+
+
+def test_a_gate_waits_from_its_first_gate_waiting_after_its_last_reset() -> None:
+    from engine.runs import gate_waiting_since
+
+    events: list[dict[str, Any]] = [
+        {"event": "gate_waiting", "step": "review", "at": "2026-01-01T00:00:00Z"},
+        {"event": "gate_waiting", "step": "other", "at": "2026-01-01T00:00:01Z"},
+        {"event": "gate_waiting", "step": "review", "at": "2026-01-01T00:00:02Z"},
+    ]
+    assert gate_waiting_since(events, "review") == "2026-01-01T00:00:00Z"
+    events.append({"event": "step_reset", "step": "review"})
+    assert gate_waiting_since(events, "review") is None
+    events.append({"event": "gate_waiting", "step": "review", "at": "2026-01-01T00:00:05Z"})
+    events.append({"event": "gate_waiting", "step": "review", "at": "2026-01-01T00:00:09Z"})
+    assert gate_waiting_since(events, "review") == "2026-01-01T00:00:05Z"
+    assert gate_waiting_since(events, "absent") is None
