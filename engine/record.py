@@ -411,6 +411,9 @@ def _deliver_one(into: _Into, source: Path, grace: float) -> Delivery:
     cur_env, final = _envelopes(current)
     if final is not None and _seen(final, source):
         return Delivery("already", records_dir / f"{run_id}.json", current)
+    if final is None and cur_env is not None and _kept_beside(cur_env, source):
+        # a stand-in kept beside an ending the engine decided: not taken again
+        return Delivery("already", records_dir / f"{run_id}.json", current)
     read = _read(into, source, grace)
     if isinstance(read, Delivery):
         return read
@@ -460,8 +463,12 @@ def _envelopes(
 
 def _is_fallback(handoff: dict[str, Any]) -> bool:
     """Whether ``handoff`` is a stand-in the local gateway wrote (its ``notes`` start
-    with the gateway's note), not the agent's own."""
-    return str(handoff.get("notes") or "").startswith(_gateway_note())
+    with the gateway's note), not the agent's own. A model agent's answer, which the
+    gateway writes for the model (``MODEL_NOTE``), is the agent's own."""
+    from engine.gateway.agents import GATEWAY_NOTE_PREFIX, MODEL_NOTE
+
+    notes = str(handoff.get("notes") or "")
+    return notes.startswith(GATEWAY_NOTE_PREFIX) and not notes.startswith(MODEL_NOTE)
 
 
 def _standing(
@@ -476,6 +483,12 @@ def _standing(
     if fallback and cur_env is not None and cur_env.get("outcome") not in (None, "dispatched"):
         return cur_env
     return None
+
+
+def _kept_beside(cur_env: dict[str, Any], source: Path) -> bool:
+    """Whether ``source`` is a file already listed in ``also_received``."""
+    fid = _file_id(source)
+    return fid is not None and fid in [e.get("inode") for e in cur_env.get("also_received", [])]
 
 
 def _seen(cur_env: dict[str, Any], source: Path) -> bool:
@@ -629,13 +642,6 @@ def _supersedes(env: dict[str, Any], cur_env: dict[str, Any] | None, waiting: bo
 
 
 _AGENT_STATUSES = tuple(s.value for s in HandoffStatus)
-
-
-def _gateway_note() -> str:
-    """The start of every note the local gateway puts on a handoff it writes itself."""
-    from engine.gateway.agents import GATEWAY_NOTE_PREFIX
-
-    return GATEWAY_NOTE_PREFIX
 
 
 def _merge_lists(a: Any, b: Any) -> list[Any]:

@@ -30,7 +30,7 @@ import httpx
 from engine.config import MAX_SECONDS, Config, GatewayAgentConfig
 from engine.cost import compute_cost, price_for
 from engine.errors import ConfigError
-from engine.gateway.agents import Task, records_of
+from engine.gateway.agents import MODEL_NOTE, Task, records_of
 from engine.redact import install_log_filter, redact, register, register_url
 from engine.registry import check_token
 from engine.retry import Backoff, GiveUp, retry_after_seconds, send_with_retries
@@ -48,7 +48,6 @@ TIMEOUT_ENV = "TIMEOUT"
 RETRYABLE_STATUS_CODES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 #: How much of an error body goes into a ``failed`` handoff.
 ERROR_LIMIT = 500
-MODEL_NOTE = "written by the local gateway for the `openai` agent"
 
 
 @dataclass(frozen=True)
