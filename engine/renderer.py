@@ -10,6 +10,7 @@ Jinja2 (compiling costs about half a millisecond per template, rendering microse
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 import weakref
@@ -109,7 +110,14 @@ def _string_consts(node: nodes.Node) -> list[str]:
 def data_reads(ast: nodes.Node, key: str = "data") -> set[tuple[str, tuple[Any, ...]]]:
     """``(step, keys)`` for each ``steps.<step>.data...`` lookup of a tree (or ``key``
     instead of ``data``), longest only: ``steps.a.data.x.y`` gives ``("a", ("x", "y"))``."""
-    found = {(step, keys[1:]) for step, keys in _step_lookups(ast) if keys[0] == key}
+    return _longest_reads(_step_lookups(ast), key)
+
+
+def _longest_reads(
+    lookups: frozenset[tuple[str, tuple[Any, ...]]], key: str
+) -> set[tuple[str, tuple[Any, ...]]]:
+    """``data_reads`` from a tree's ``steps.<step>.<key>...`` lookups."""
+    found = {(step, keys[1:]) for step, keys in lookups if keys[0] == key}
     longest = set()
     for step, keys in found:
         if not any(s == step and len(k) > len(keys) and k[: len(keys)] == keys for s, k in found):
@@ -133,13 +141,21 @@ def _step_lookups(ast: nodes.Node) -> frozenset[tuple[str, tuple[Any, ...]]]:
     found: set[tuple[str, tuple[Any, ...]]] = set()
     for node in (ast, *ast.find_all((nodes.Getattr, nodes.Getitem))):
         path = _lookup_path(node)
-        if path is None or path[0] != "steps" or len(path[1]) < 2:
-            continue
-        chain = [k for _, k in path[1]]
-        if isinstance(chain[0], str):
-            found.add((chain[0], tuple(chain[1:])))
+        if path is not None:
+            _add_step_lookup(found, path[0], path[1])
     result = _LOOKUPS[ast] = frozenset(found)
     return result
+
+
+def _add_step_lookup(
+    found: set[tuple[str, tuple[Any, ...]]], root: str, keys: tuple[tuple[bool, Any], ...]
+) -> None:
+    """Add ``steps.<step>.<key>...`` of one lookup path to ``found`` (other roots: nothing)."""
+    if root != "steps" or len(keys) < 2:
+        return
+    chain = [k for _, k in keys]
+    if isinstance(chain[0], str):
+        found.add((chain[0], tuple(chain[1:])))
 
 
 def status_tests(ast: nodes.Node) -> StatusTests:
@@ -278,9 +294,11 @@ def _fast_compare(node: nodes.Compare) -> _Eval | None:
 
 def _fast_lookup(node: nodes.Node) -> _Eval | None:
     path = _lookup_path(node)
-    if path is None:
-        return None
-    root, keys = path
+    return None if path is None else _path_lookup(*path)
+
+
+def _path_lookup(root: str, keys: tuple[tuple[bool, Any], ...]) -> _Eval:
+    """The evaluator of one lookup path (see ``_lookup_path``); ``_Fallback`` on a miss."""
 
     def lookup(ctx: Mapping[str, Any]) -> Any:
         try:
@@ -372,6 +390,45 @@ _PART_RE = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*'([A-Za-z0-9_-]*)'\s*\]"
 _NEWLINE_RE = re.compile(r"\r\n|\r|\n")
 
 
+#: One part of a trivial template: its text, or ``(root, keys, lineno)`` of a lookup
+#: (``keys`` as ``_lookup_path`` gives them).
+_Part = str | tuple[str, tuple[tuple[bool, Any], ...], int]
+
+
+def _quick_parts(source: str) -> list[_Part] | None:
+    """The text and lookups of a template in the trivial subset (see ``_quick_parse``).
+
+    Returns None for anything else. No Jinja2 import: a task of plain text and lookups
+    is rendered, and its references found, from these parts alone.
+    """
+    if "{" not in source and "\r" not in source:  # plain text: no tag can open
+        text = source[:-1] if source.endswith("\n") else source
+        return [text] if text else []
+    # As Jinja2's lexer does: normalize newlines, drop one trailing newline.
+    text = "\n".join(_NEWLINE_RE.split(source))
+    if text.endswith("\n"):
+        text = text[:-1]
+    parts: list[_Part] = []
+    pos, lineno = 0, 1
+    while True:
+        m = _OPEN_RE.search(text, pos)
+        end = m.start() if m else len(text)
+        if end > pos:
+            parts.append(text[pos:end])
+            lineno += text.count("\n", pos, end)
+        if m is None:
+            return parts
+        var = _VAR_RE.match(text, end) if m.group() == "{{" else None
+        if var is None:
+            return None
+        keys = tuple(
+            (True, attr) if attr else (False, key) for attr, key in _PART_RE.findall(var.group(2))
+        )
+        parts.append((var.group(1), keys, lineno))
+        lineno += var.group().count("\n")
+        pos = var.end()
+
+
 def _quick_parse(source: str) -> nodes.Template | None:
     """Build the syntax tree Jinja2's parser would, for the trivial subset only; else None.
 
@@ -381,35 +438,67 @@ def _quick_parse(source: str) -> nodes.Template | None:
     with ``Environment.parse``); anything else -- blocks, comments, filters, whitespace
     control -- returns None and goes to Jinja2's parser.
     """
+    parts = _quick_parts(source)
+    return None if parts is None else _parts_tree(parts)
+
+
+def _parts_tree(parts: list[_Part]) -> nodes.Template:
+    """The Jinja2 syntax tree of ``_quick_parts``' parts (what ``Environment.parse`` gives)."""
     from jinja2 import nodes
 
-    # As Jinja2's lexer does: normalize newlines, drop one trailing newline.
-    text = "\n".join(_NEWLINE_RE.split(source))
-    if text.endswith("\n"):
-        text = text[:-1]
     body: list[nodes.Expr] = []
-    pos, lineno = 0, 1
-    while True:
-        m = _OPEN_RE.search(text, pos)
-        end = m.start() if m else len(text)
-        if end > pos:
-            body.append(nodes.TemplateData(text[pos:end], lineno=lineno))
-            lineno += text.count("\n", pos, end)
-        if m is None:
-            break
-        var = _VAR_RE.match(text, end) if m.group() == "{{" else None
-        if var is None:
-            return None
-        node: nodes.Expr = nodes.Name(var.group(1), "load", lineno=lineno)
-        for attr, key in _PART_RE.findall(var.group(2)):
-            if attr:
-                node = nodes.Getattr(node, attr, "load", lineno=lineno)
+    lineno = 1
+    for part in parts:
+        if isinstance(part, str):
+            body.append(nodes.TemplateData(part, lineno=lineno))
+            lineno += part.count("\n")
+            continue
+        root, keys, lineno = part
+        node: nodes.Expr = nodes.Name(root, "load", lineno=lineno)
+        for is_attr, key in keys:
+            if is_attr:
+                node = nodes.Getattr(node, key, "load", lineno=lineno)
             else:
                 node = nodes.Getitem(node, nodes.Const(key, lineno=lineno), "load", lineno=lineno)
         body.append(node)
-        lineno += var.group().count("\n")
-        pos = var.end()
     return nodes.Template([nodes.Output(body, lineno=1)] if body else [], lineno=1)
+
+
+_Lookups = frozenset[tuple[str, tuple[Any, ...]]]
+
+
+def _parts_template(
+    parts: list[_Part],
+) -> tuple[Callable[[Mapping[str, Any]], str], TemplateRefs, _Lookups]:
+    """``_fast_template``'s evaluator and references, and the ``steps.<id>.<key>...``
+    lookups, straight from the parts (no syntax tree)."""
+    funcs: list[str | _Eval] = []
+    steps: set[str] = set()
+    inputs: set[str] = set()
+    lookups: set[tuple[str, tuple[Any, ...]]] = set()
+    dynamic = False
+    for part in parts:
+        if isinstance(part, str):
+            funcs.append(part)
+            continue
+        root, keys, _ = part
+        funcs.append(_path_lookup(root, keys))
+        for n in range(2, len(keys) + 1):  # every Getattr/Getitem node of the tree
+            _add_step_lookup(lookups, root, keys[:n])
+        first = keys[0][1] if keys else None
+        if root == "steps":
+            if isinstance(first, str):
+                steps.add(first)
+            else:
+                dynamic = True
+        elif root == "inputs" and isinstance(first, str):
+            inputs.add(first)
+
+    def render(ctx: Mapping[str, Any]) -> str:
+        return "".join(p if type(p) is str else str(p(ctx)) for p in funcs)  # type: ignore[operator]
+
+    refs = TemplateRefs(frozenset(steps), frozenset(inputs), dynamic)
+    return render, refs, frozenset(lookups)
 
 
 def _references(ast: nodes.Node) -> TemplateRefs:
@@ -446,32 +535,44 @@ def _references(ast: nodes.Node) -> TemplateRefs:
 class _Compiled:
     """One template or expression: source, syntax tree, references, evaluators."""
 
-    __slots__ = ("source", "is_expr", "refs", "_fast", "_jinja", "_ast")
+    __slots__ = ("source", "is_expr", "refs", "_fast", "_jinja", "_ast", "_parts", "_lookups")
 
     def __init__(self, source: str, *, is_expr: bool) -> None:
         """Parse ``source``; compile it now unless the fast evaluator covers it.
 
+        A template of text and plain lookups (``_quick_parts``) gets no syntax tree until
+        one is asked for (``tree``), and Jinja2 is not imported for it.
         Raises jinja2.TemplateSyntaxError (or TemplateAssertionError on compiling).
         """
-        from jinja2.lexer import describe_token
-        from jinja2.parser import Parser
-
-        env = _environment()
         self.source = source
         self.is_expr = is_expr
         self._jinja: Any = None
         self._fast: Callable[[Mapping[str, Any]], Any] | None = None
-        self._ast: nodes.Node
+        self._ast: nodes.Node | None = None
+        self._parts: list[_Part] | None = None
+        self._lookups: frozenset[tuple[str, tuple[Any, ...]]] | None = None
+        if not is_expr:
+            parts = _quick_parts(source)
+            if parts is not None and not any(
+                not isinstance(p, str) and any(a and k.startswith("_") for a, k in p[1])
+                for p in parts
+            ):
+                self._parts = parts
+                self._fast, self.refs, self._lookups = _parts_template(parts)
+                return
         refs: TemplateRefs | None = None
         if is_expr:
-            parser = Parser(env, source, state="variable")
+            from jinja2.lexer import describe_token
+            from jinja2.parser import Parser
+
+            parser = Parser(_environment(), source, state="variable")
             self._ast = parser.parse_expression()
             if not parser.stream.eos:
                 tok = parser.stream.current
                 parser.fail(f"unexpected {describe_token(tok)!r} after the expression", tok.lineno)
             self._fast = _fast_expr(self._ast)
         else:
-            self._ast = _quick_parse(source) or env.parse(source)
+            self._ast = _quick_parse(source) or _environment().parse(source)
             fast = _fast_template(self._ast)
             if fast is not None:  # the references were read from the same tree on the way
                 self._fast, refs = fast
@@ -482,7 +583,16 @@ class _Compiled:
     @property
     def tree(self) -> nodes.Node:
         """The parsed syntax tree (a template, or an expression)."""
+        if self._ast is None:
+            assert self._parts is not None  # set whenever no tree was built
+            self._ast = _parts_tree(self._parts)
         return self._ast
+
+    def step_lookups(self) -> frozenset[tuple[str, tuple[Any, ...]]]:
+        """``(step, (key, ...))`` for each ``steps.<step>.<key>...`` lookup it makes."""
+        if self._lookups is None:
+            self._lookups = _step_lookups(self.tree)
+        return self._lookups
 
     def _compile(self) -> Any:
         if self._jinja is None:
@@ -490,7 +600,7 @@ class _Compiled:
             if self.is_expr:
                 self._jinja = env.compile_expression(self.source, undefined_to_none=False)
             else:  # from the tree parsed in __init__: no second parse
-                tree = sandbox.guard_loops(self._ast)  # refs were read already
+                tree = sandbox.guard_loops(self.tree)  # refs were read already
                 tree.set_environment(env)
                 self._jinja = env.from_string(tree)
         return self._jinja
@@ -522,6 +632,14 @@ class _Compiled:
                 bool(value)  # a StrictUndefined result raises here, as it would in `if`
                 return value
             return sandbox.bounded_render(compiled, ctx)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(source: str, is_expr: bool) -> _Compiled:
+    """The ``_Compiled`` of one source, parsed once per process: the same text in many
+    steps, or the same workflow prepared again (a server, a sub-workflow), reuses it.
+    A source that fails to parse raises each time (errors are not cached)."""
+    return _Compiled(source, is_expr=is_expr)
 
 
 def _jinja_problem(exc: Exception) -> str:
@@ -590,11 +708,13 @@ class TaskRenderer:
                 self._outputs[name] = item
 
     def _compile(self, label: str, name: str, source: str, is_expr: bool) -> _Compiled | None:
-        import jinja2
-
         try:
-            return _Compiled(source, is_expr=is_expr)
-        except jinja2.TemplateSyntaxError as exc:  # includes TemplateAssertionError
+            return _compiled(source, is_expr)
+        except Exception as exc:
+            import jinja2  # imported already when a template failed to parse
+
+            if not isinstance(exc, jinja2.TemplateSyntaxError):  # incl. TemplateAssertionError
+                raise
             line = f" at line {exc.lineno}" if not is_expr else ""
             self.problems.append(
                 f"{label}: `{name}` has a template error{line}: {_jinja_problem(exc)}"
@@ -634,11 +754,13 @@ class TaskRenderer:
         self, step_id: str, key: str = "data"
     ) -> dict[str, set[tuple[str, tuple[Any, ...]]]]:
         """Field name -> the ``steps.<id>.data...`` (or ``key``) lookups of the step."""
-        return {name: data_reads(c.tree, key) for name, c in self._fields(step_id).items()}
+        return {
+            name: _longest_reads(c.step_lookups(), key) for name, c in self._fields(step_id).items()
+        }
 
     def output_data_reads(self, key: str = "data") -> dict[str, set[tuple[str, tuple[Any, ...]]]]:
         """Output name -> the ``steps.<id>.data...`` (or ``key``) lookups of its template."""
-        return {name: data_reads(c.tree, key) for name, c in self._outputs.items()}
+        return {name: _longest_reads(c.step_lookups(), key) for name, c in self._outputs.items()}
 
     def is_broken(self, step_id: str, field_name: str | None = None) -> bool:
         """True when a template of the step (or the given field) failed to compile."""
