@@ -15,7 +15,10 @@ from engine.renderer import (
     TaskRenderer,
     _Compiled,
     _environment,
+    _fast_template,
     _quick_parse,
+    _references,
+    _step_lookups,
     render_context,
     step_context,
 )
@@ -680,6 +683,79 @@ def test_quick_parse_fuzz() -> None:
             accepted += 1
             assert quick == env.parse(source), source
     assert accepted > 300
+
+
+PARTS_CORPUS = [
+    *PARSE_CORPUS,
+    "{{ steps.a.data.x.y }} and {{ steps['b'].input.k }}",
+    "{{ steps.a.data }} {{ steps.a.data.x }} {{ steps.c.status }}",
+    "{{ steps }} {{ inputs }} {{ run.status }}",
+    "{{ steps.a._private }}",
+]
+
+
+@pytest.mark.parametrize("source", PARTS_CORPUS, ids=[f"src-{i}" for i in range(len(PARTS_CORPUS))])
+def test_template_from_parts_reads_what_its_tree_reads(source: str) -> None:
+    """A trivial template is rendered and read from its parts, without a tree: its
+    references, ``steps.x.<key>`` lookups and text are the ones its Jinja2 tree gives."""
+    compiled = _Compiled(source, is_expr=False)
+    tree = _environment().parse(source)
+    assert compiled.refs == _references(tree)
+    assert compiled.step_lookups() == _step_lookups(tree)
+    assert compiled.tree == tree
+    fast = _fast_template(tree)
+    c = ctx(
+        {"q": "Q", "r": "R", "query": "x"},
+        a={"status": "complete", "result": "r", "data": {"x": {"y": 1}}},
+        b={"status": "complete", "input": {"k": "v"}},
+        c={"status": "partial"},
+    )
+    assert _outcome(compiled, c) == _outcome(compiled.jinja, c)
+    if fast is not None and _outcome(fast[0], c)[0] == "ok":  # else Jinja2 answers
+        assert _outcome(compiled, c) == _outcome(fast[0], c)
+
+
+def test_same_source_is_parsed_once() -> None:
+    spec = workflow_from_dict(
+        {
+            "name": "twice",
+            "steps": [
+                {"id": "a", "agent": "webster", "task": "look up {{ inputs.q }}"},
+                {"id": "b", "agent": "webster", "task": "look up {{ inputs.q }}"},
+            ],
+            "inputs": {"q": {"required": True}},
+        },
+        path=Path("twice.yaml"),
+    )
+    first, second = TaskRenderer(spec), TaskRenderer(spec)
+    assert first._steps["a"]["task"] is first._steps["b"]["task"] is second._steps["a"]["task"]
+
+
+def test_validating_plain_lookups_does_not_import_jinja2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    wf = tmp_path / "plain.yaml"
+    wf.write_text(
+        "name: plain\ncaller: manager\nsteps:\n- {id: a, agent: webster, task: find it}\n"
+        "- {id: b, agent: webster, depends_on: [a], task: 'after {{ steps.a.result }}'}\n",
+        encoding="utf-8",
+    )
+    cfg = tmp_path / "orchestrator.yaml"
+    cfg.write_text(
+        "handoffs_dir: handoffs\npool: {enabled: false}\n"
+        "gateway: {embedded: true, agents: {manager: {kind: echo}, webster: {kind: echo}}}\n"
+        "agents: {manager: {url: local}, webster: {url: local}}\n",
+        encoding="utf-8",
+    )
+    code = (
+        "import sys; from engine.cli import workflow_main\n"
+        f"sys.argv = ['workflow', 'validate', {str(wf)!r}, '--config', {str(cfg)!r}]\n"
+        "try:\n    workflow_main()\nexcept SystemExit as e:\n    code = e.code\n"
+        "print(code, 'jinja2' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["0", "False"], out.stdout + out.stderr
 
 
 RENDER_CORPUS = [
