@@ -531,14 +531,16 @@ def _fallback(run_id: str, result: str) -> dict[str, Any]:
     return make_handoff(run_id=run_id, agent="w", status="complete", result=result)
 
 
-@pytest.mark.parametrize("mechanism", ["renameat2", "link"])
+@pytest.mark.parametrize("mechanism", ["unnamed file", "temp file"])
 def test_write_new_handoff_never_replaces(
     tmp_path: Path, mechanism: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if mechanism == "link":
-        monkeypatch.setattr(gateway_agents, "_renameat2", None)
-    elif gateway_agents._renameat2 is None:
-        pytest.skip("renameat2 is not available here")
+    import engine.files
+
+    if mechanism == "temp file":
+        monkeypatch.setattr(engine.files, "_O_TMPFILE", 0)
+    elif not engine.files._O_TMPFILE:
+        pytest.skip("O_TMPFILE is not available here")
     run_id = new_run_id()
     inbox = tmp_path / "inbox"
     path = inbox / f"{run_id}.json"
@@ -546,7 +548,7 @@ def test_write_new_handoff_never_replaces(
     waiter = watcher_for(inbox).expect(path.name)
     try:
         assert gateway_agents.write_new_handoff(path, _fallback(run_id, "first")) is True
-        assert waiter.wait(5.0)  # readers are woken (moved-into or close-after-write)
+        assert waiter.wait(5.0)  # readers are woken (a create of the finished file)
     finally:
         waiter.close()
     assert gateway_agents.write_new_handoff(path, _fallback(run_id, "second")) is False
@@ -667,3 +669,33 @@ def test_workspace_that_cannot_be_made_fails_at_once(
     handoff = load_handoff(path, run_id=run_id, agent="w")
     assert handoff["status"] == "failed"
     assert handoff["result"].startswith("the agent could not be started: cannot create the")
+
+
+def test_workspace_keeps_stderr_log_only_when_the_agent_wrote_to_stderr(tmp_path: Path) -> None:
+    script = "import sys; print('out'); sys.argv[1:] and print('err', file=sys.stderr)"
+    raw: dict[str, Any] = {
+        "handoffs_dir": "handoffs",
+        "agents": {"quiet": {"url": "local"}, "loud": {"url": "local"}},
+        "gateway": {
+            "agents": {
+                "quiet": {"kind": "command", "argv": [sys.executable, "-c", script]},
+                "loud": {"kind": "command", "argv": [sys.executable, "-c", script, "x"]},
+            },
+        },
+    }
+    cfg = config_from_dict(raw, path=tmp_path / "orchestrator.yaml")
+    with LocalGateway(cfg, token=TOKEN, port=0) as gw:
+        for agent in ("quiet", "loud"):
+            resp = httpx.post(
+                gw.url + "/hooks/agent", json={"message": "t", "agentId": agent}, headers=AUTH
+            )
+            assert resp.status_code == 200
+        wait_for(lambda: sum(gw.stats()["dispatched"].values()) == 2)
+        wait_for(lambda: all(n == 0 for n in gw.stats()["inflight"].values()))
+    spaces = cfg.handoffs_dir / ".workspaces"
+    (quiet,) = (spaces / "quiet").iterdir()
+    (loud,) = (spaces / "loud").iterdir()
+    assert sorted(p.name for p in quiet.iterdir()) == ["TASK.txt", "stdout.log"]
+    assert sorted(p.name for p in loud.iterdir()) == ["TASK.txt", "stderr.log", "stdout.log"]
+    assert (loud / "stderr.log").read_text() == "err\n"
+    assert (quiet / "stdout.log").read_text() == "out\n"

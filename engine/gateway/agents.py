@@ -3,7 +3,8 @@
 Each task gets a fresh workspace ``<workspaces>/<agent>/<gateway run id>/`` holding
 ``TASK.txt`` (the full message, its ``key:`` line masked: the key is in
 ``$ORCH_HANDOFF_KEY``, since other agents may read the workspaces), and after the run
-``stdout.log`` and ``stderr.log`` (the last 64 KB of each). The process runs in its own
+``stdout.log`` and, when the agent wrote to stderr, ``stderr.log`` (the last 64 KB of
+each). The process runs in its own
 session, so the whole group can be killed on timeout, when the gateway stops, and (to
 leave no stray processes behind) when the agent's main process exits.
 
@@ -22,9 +23,7 @@ gateway-wide ``kill_after``, else ``max(4 x timeoutSeconds, timeoutSeconds + 600
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -32,7 +31,6 @@ import selectors
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -301,10 +299,11 @@ class CommandRunner:
         if running.detached:  # its watchdog writes the logs and the fallback
             return outcome
         for name, text in (("stdout.log", outcome.stdout), ("stderr.log", outcome.stderr)):
-            try:
-                (workspace / name).write_text(redact(text), encoding="utf-8")
-            except OSError:
-                pass
+            if text or name == "stdout.log":  # stdout.log marks the workspace finished
+                try:
+                    (workspace / name).write_text(redact(text), encoding="utf-8")
+                except OSError:
+                    pass
         finished = self._finish(task, outcome, timeout=timeout, source=source, spec=spec)
         if self.retention is not None:
             from engine.gateway.retention import prune_workspaces
@@ -760,60 +759,17 @@ def _delivered(path: Path) -> bool:
 def write_new_handoff(path: Path, handoff: dict[str, Any]) -> bool:
     """Validate ``handoff`` and place it at ``path`` only if nothing is there; True if placed.
 
-    Atomic and never replacing: the file is written under a temporary name, then moved
-    with ``renameat2(RENAME_NOREPLACE)`` (readers see a moved-into), or where that is
-    missing hard-linked (``link`` fails on an existing name) and touched for
-    close-after-write.
+    Atomic and never replacing (``engine.files.write_json_new``): the finished file is
+    linked into place (``linkat`` fails on an existing name), from an unnamed ``O_TMPFILE``
+    file where the file system has them, else from a temp file; watchers see a create.
     """
+    from engine.files import write_json_new
     from engine.handoff import validate_handoff
 
     validate_handoff(handoff, path=path)
     if _delivered(path):
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = redact(json.dumps(handoff, indent=2, ensure_ascii=False)) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(payload)
-        placed = _rename_noreplace(tmp, path)
-        if placed is None:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            os.close(os.open(path, os.O_WRONLY))  # a close-after-write for watchers
-            return True
-        return placed
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-
-
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-_renameat2: Any = None
-try:
-    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-except (OSError, AttributeError):  # not glibc >= 2.28: the link fallback is used
-    pass
-
-
-def _rename_noreplace(src: str, dst: Path) -> bool | None:
-    """Move ``src`` to ``dst`` unless ``dst`` exists: True moved, False exists, None unsupported."""
-    if _renameat2 is None:
-        return None
-    rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err == errno.EEXIST:
-        return False
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-        return None
-    raise OSError(err, os.strerror(err), str(dst))
+    return write_json_new(path, handoff)
 
 
 def records_of(handoff: Path) -> Path:

@@ -9,6 +9,7 @@ pile up forever. After a task ends, the finished workspaces of its agent beyond 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Collection
 from pathlib import Path
@@ -27,6 +28,9 @@ def prune_workspaces(agent_dir: Path, keep: int | None, running: Collection[str]
     if keep is None:
         return 0
     try:
+        names = os.listdir(agent_dir)  # names only: cheap enough for every task
+        if sum(1 for n in names if n not in running) <= keep:
+            return 0  # nothing beyond ``keep``, finished or not: no stat per workspace
         entries = [
             p
             for p in agent_dir.iterdir()

@@ -813,7 +813,7 @@ def _echo(task: Any) -> None:
         confidence="high",
         key=task.handoff_key,
     )
-    write_json_atomic(task.handoff_path, data)
+    write_json_atomic(task.handoff_path, data, fresh=True)  # an agent's file: written once
 
 
 def _broke(task: Any, reason: str) -> None:
