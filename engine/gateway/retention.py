@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Collection
 from pathlib import Path
 
@@ -27,6 +28,16 @@ def prune_workspaces(agent_dir: Path, keep: int | None, running: Collection[str]
     """
     if keep is None:
         return 0
+    with _PRUNING:  # two tasks of one agent ending together prune one after the other
+        return _prune(agent_dir, keep, running)
+
+
+#: Pruning runs on the gateway's task threads; one at a time, so two never race on the
+#: same workspace (one would find it gone halfway through and log a false alarm).
+_PRUNING = threading.Lock()
+
+
+def _prune(agent_dir: Path, keep: int, running: Collection[str]) -> int:
     try:
         names = os.listdir(agent_dir)  # names only: cheap enough for every task
         if sum(1 for n in names if n not in running) <= keep:
@@ -48,6 +59,8 @@ def prune_workspaces(agent_dir: Path, keep: int | None, running: Collection[str]
         try:
             shutil.rmtree(old)
             removed += 1
+        except FileNotFoundError:
+            pass  # removed meanwhile (by hand, or another gateway on this directory)
         except OSError as exc:
             log.warning("local gateway: cannot remove workspace %s: %s", old, exc)
     return removed
