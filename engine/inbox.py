@@ -653,12 +653,17 @@ class DiscordInbox(ParkedRuns):
         from engine.runs import run_status
 
         told = False
+        released = False  # the executor let go between our try and our look: try once more
         while True:
             try:
                 return runner.resume(run_id, RunOptions())
             except RunStateError:
                 if not run_status(self.cfg, run_id).get("live"):
-                    raise
+                    if released:
+                        raise
+                    released = True
+                    continue
+                released = False
             if not told:
                 self.log(f"run {run_id}: another process executes it; following it")
                 told = True
