@@ -87,10 +87,8 @@ def test_validate_and_dry_run_load_no_executor(tmp_path: Path, extra: list[str])
         "print(rc, [m for m in mods if m in sys.modules])"
     )
     args = [*extra, "wf.yaml", "--config", "orchestrator.yaml", "--input", "q=x"]
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True, text=True, check=True, cwd=tmp_path,
-    )
+    command = [sys.executable, "-c", code, *args]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
 
 
