@@ -8,7 +8,9 @@ example ``git archive main engine | tar -x -C /some/dir``, and the worktree itse
 timed process gets its directory first on ``PYTHONPATH``, so ``COMMAND`` must import the
 engine through Python (``python -c 'from engine.cli import workflow_main; ...'``), not
 through an installed console script's absolute path. Compile both trees first
-(``python -m compileall -q DIR/engine``) so neither pays for bytecode.
+(``python -m compileall -q DIR/engine``) so neither pays for bytecode. Run it from a
+directory without an ``engine/`` package (not the worktree): ``python -c`` puts the
+current directory ahead of ``PYTHONPATH``, so both copies would time the same engine.
 
 One untimed warm-up round, then ``--rounds`` rounds; each runs both copies once, the order
 alternating (A, B, then B, A) so drift in the machine's load falls on both. Prints the
@@ -50,6 +52,12 @@ def main() -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         ap.error("give the command after `--`")
+    if os.path.isdir("engine"):
+        ap.error(
+            f"the current directory ({os.getcwd()}) holds an `engine/` package, which "
+            "`python -c` imports ahead of PYTHONPATH, so both copies would time it; "
+            "run from another directory (e.g. `cd /tmp`) with the trees' absolute paths"
+        )
     walls: dict[str, list[float]] = {args.old: [], args.new: []}
     cpus: dict[str, list[float]] = {args.old: [], args.new: []}
     for n in range(args.rounds + 1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -28,9 +29,17 @@ class Acl:
             return tuple(a for a in self.agents if a != caller)
         return tuple(a for a in self.agents if a in allowed and a != caller)
 
+    @functools.cached_property
+    def _known(self) -> frozenset[str]:
+        """The registry's agents as a set (built once: ``allows`` runs per step and edge)."""
+        return frozenset(self.agents)
+
     def allows(self, caller: str, target: str) -> bool:
-        """True when ``caller`` may delegate to ``target``."""
-        return target in self.targets(caller)
+        """True when ``caller`` may delegate to ``target`` (``target in targets(caller)``)."""
+        if target == caller or target not in self._known:
+            return False
+        allowed = self.rules.get(caller, ())
+        return "*" in allowed or target in allowed
 
     def check(self, caller: str, target: str) -> None:
         """Raise AclDeniedError, naming the caller's allowed targets, unless allowed."""

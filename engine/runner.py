@@ -37,6 +37,8 @@ from engine.errors import (
     did_you_mean,
 )
 from engine.files import new_run_id, parse_iso, utcnow_iso
+from engine.prepare import Prepared as Prepared
+from engine.prepare import prepare as prepare
 from engine.reporter import Reporter
 from engine.runs import RunView, StepRun, gate_waiting_since, replay_run, run_dir, summarize
 from engine.states import RETRYABLE_STEP_STATES, Outcome
@@ -114,50 +116,6 @@ class RunResult:
 
 
 # ----------------------------------------------------------------------------- planning
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A workflow loaded, planned and ready to run or to print as a dry run."""
-
-    spec: Any
-    plan: Any
-    renderer: Any
-
-
-def prepare(
-    cfg: Config,
-    name_or_path: str,
-    inputs: dict[str, str],
-    *,
-    caller: str | None = None,
-    spec: Any = None,
-) -> Prepared:
-    """Find, load and plan a workflow: every check of the planner, nothing dispatched.
-
-    ``spec``: the workflow already loaded from ``name_or_path`` (it is not read again).
-    """
-    from engine.acl import Acl
-    from engine.dag import plan_workflow
-    from engine.registry import Registry
-    from engine.renderer import TaskRenderer
-    from engine.workflow import find_workflow, load_child_workflow, load_workflow
-
-    if spec is None:
-        spec = load_workflow(find_workflow(name_or_path, cfg))
-    registry = Registry.from_config(cfg)
-    renderer = TaskRenderer(spec)
-    plan = plan_workflow(
-        spec,
-        registry=registry,
-        acl=Acl(cfg.acl, registry.names),
-        inputs=inputs,
-        caller=caller,
-        validator=cfg.validator,
-        renderer=renderer,
-        load_child=lambda name, parent: load_child_workflow(name, parent, cfg),
-    )
-    return Prepared(spec, plan, renderer)
 
 
 def fingerprint_parts(cfg: Config, prepared: Prepared) -> dict[str, str]:

@@ -202,35 +202,43 @@ def _check_nodes(root: Any, source: str, error: type[OrchestratorError]) -> list
     seen_ids: set[int] = set()
     todo: list[tuple[Any, str, int]] = [(root, "", 1)]
     count = 0  # values so far (no aliases here, or the first pass bounded them)
+    merge = _TAG + "merge"
     while todo:
         node, label, depth = todo.pop()
         if id(node) in seen_ids:
             continue
         seen_ids.add(id(node))
-        line = node.start_mark.line + 1
         if node.tag not in _ALLOWED_TAGS:
             raise _fail(
                 error,
                 source,
-                line,
+                node.start_mark.line + 1,
                 f"the tag `{node.tag}` is not supported; remove it (only plain values, "
                 "lists and mappings are read).",
             )
         count += 1 + (len(node.value) if isinstance(node, MappingNode) else 0)
         if count > MAX_NODES:
-            raise _fail(error, source, line, _TOO_MANY)
+            raise _fail(error, source, node.start_mark.line + 1, _TOO_MANY)
         if isinstance(node, ScalarNode):
             continue
         if depth > MAX_DEPTH:
-            raise _fail(error, source, line, _TOO_DEEP)
+            raise _fail(error, source, node.start_mark.line + 1, _TOO_DEEP)
+        # A scalar's label is never read (it has no keys), so only containers get one.
         if isinstance(node, SequenceNode):
-            todo.extend((child, f"{label}[{i}]", depth + 1) for i, child in enumerate(node.value))
+            todo.extend(
+                (child, "" if isinstance(child, ScalarNode) else f"{label}[{i}]", depth + 1)
+                for i, child in enumerate(node.value)
+            )
         elif isinstance(node, MappingNode):
             keys: dict[str, int] = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, ScalarNode):
                     raise _fail(error, source, key_node.start_mark.line + 1, _key_problem(label))
                 key = str(key_node.value)
+                if isinstance(value_node, ScalarNode) and key not in keys and key_node.tag != merge:
+                    keys[key] = key_node.start_mark.line + 1  # the common case, no label
+                    todo.append((value_node, "", depth + 1))
+                    continue
                 name = f"{label}.{key}" if label else key
                 if isinstance(value_node, MappingNode) and any(
                     not isinstance(k, ScalarNode) for k, _ in value_node.value
@@ -242,7 +250,7 @@ def _check_nodes(root: Any, source: str, error: type[OrchestratorError]) -> list
                         f"the value of `{name}` starts with `{{` and YAML reads it as a "
                         f'mapping; quote the value, e.g. `{key}: "{{{{ inputs.query }}}}"`.',
                     )
-                if key_node.tag == _TAG + "merge":
+                if key_node.tag == merge:
                     todo.append((value_node, label, depth + 1))
                     continue
                 if key in keys:

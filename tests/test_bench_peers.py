@@ -185,9 +185,18 @@ def test_ab_runs_both_trees_in_alternating_rounds(tmp_path: Path) -> None:
         text=True,
         timeout=120,
         check=True,
+        cwd=tmp_path,  # not the worktree: `python -c` imports the current directory first
     ).stdout
     assert out.count(f"{root}: wall median") == 2
     assert "new / old: wall" in out
     runs = marker.read_text().splitlines()
     assert len(runs) == 6  # warm-up round + 2 rounds, both trees each
     assert all(r.startswith(root) for r in runs)
+    refused = subprocess.run(
+        [sys.executable, str(BENCH.parent / "ab.py"), root, root, "--", sys.executable, "-c", ""],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+    assert refused.returncode == 2 and "holds an `engine/` package" in refused.stderr

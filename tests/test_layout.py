@@ -64,6 +64,34 @@ def test_importing_engine_cli_loads_no_subcommand_dependencies() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("extra", [["validate"], ["run", "--dry-run"]])
+def test_validate_and_dry_run_load_no_executor(tmp_path: Path, extra: list[str]) -> None:
+    (tmp_path / "orchestrator.yaml").write_text(
+        f"handoffs_dir: {tmp_path / 'handoffs'}\npool: {{enabled: false}}\n"
+        "gateway: {embedded: true, agents: {manager: {kind: echo}, webster: {kind: echo}}}\n"
+        "agents: {manager: {url: local}, webster: {url: local}}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "wf.yaml").write_text(
+        "name: wf\ncaller: manager\nsteps:\n"
+        "  - {id: a, agent: webster, task: 'look up {{ inputs.q }}'}\n"
+        "  - {id: b, agent: webster, depends_on: [a], task: 'sum up {{ steps.a.result }}'}\n"
+        "inputs:\n  q: {required: true}\n",
+        encoding="utf-8",
+    )
+    code = (
+        "import sys; from engine.cli import workflow\n"
+        "rc = workflow.main(sys.argv[1:], standalone_mode=False)\n"
+        "mods = ('engine.runner', 'engine.runs', 'engine.store', 'engine.delegate', "
+        "'engine.hooks', 'engine.pool', 'httpx')\n"
+        "print(rc, [m for m in mods if m in sys.modules])"
+    )
+    args = [*extra, "wf.yaml", "--config", "orchestrator.yaml", "--input", "q=x"]
+    command = [sys.executable, "-c", code, *args]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
+
+
 @pytest.mark.parametrize(
     "module",
     ["engine.runs", "engine.metrics", "engine.metrics.scan", "engine.metrics.render"],

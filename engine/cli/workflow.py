@@ -202,8 +202,8 @@ def workflow_run_cmd(
     config: str | None,
 ) -> int:
     """Run workflow NAME (a name in ./workflows, the config's dirs, the shipped set, or a path)."""
+    from engine.prepare import prepare
     from engine.registry import check_secrets
-    from engine.runner import RunOptions, prepare
     from engine.workflow import parse_inputs
 
     if server and not dry_run:
@@ -230,6 +230,8 @@ def workflow_run_cmd(
         else:
             click.echo(dry_run_text(prepared.plan, prepared.renderer))
         return 0
+    from engine.runner import RunOptions
+
     options = RunOptions(
         caller=caller,
         max_parallel=max_parallel,
@@ -500,7 +502,7 @@ def workflow_validate_cmd(
     name: str, inputs: tuple[str, ...], caller: str | None, config: str | None
 ) -> int:
     """Check a template against the config (agents, ACL, graph, templates) without running."""
-    from engine.runner import prepare
+    from engine.prepare import prepare
     from engine.workflow import find_workflow, load_workflow, parse_inputs
 
     cfg = load(config)
