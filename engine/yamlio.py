@@ -202,7 +202,6 @@ def _check_nodes(root: Any, source: str, error: type[OrchestratorError]) -> list
     seen_ids: set[int] = set()
     todo: list[tuple[Any, str, int]] = [(root, "", 1)]
     count = 0  # values so far (no aliases here, or the first pass bounded them)
-    merge = _TAG + "merge"
     while todo:
         node, label, depth = todo.pop()
         if id(node) in seen_ids:
@@ -230,38 +229,55 @@ def _check_nodes(root: Any, source: str, error: type[OrchestratorError]) -> list
                 for i, child in enumerate(node.value)
             )
         elif isinstance(node, MappingNode):
-            keys: dict[str, int] = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, ScalarNode):
-                    raise _fail(error, source, key_node.start_mark.line + 1, _key_problem(label))
-                key = str(key_node.value)
-                if isinstance(value_node, ScalarNode) and key not in keys and key_node.tag != merge:
-                    keys[key] = key_node.start_mark.line + 1  # the common case, no label
-                    todo.append((value_node, "", depth + 1))
-                    continue
-                name = f"{label}.{key}" if label else key
-                if isinstance(value_node, MappingNode) and any(
-                    not isinstance(k, ScalarNode) for k, _ in value_node.value
-                ):
-                    raise _fail(
-                        error,
-                        source,
-                        value_node.start_mark.line + 1,
-                        f"the value of `{name}` starts with `{{` and YAML reads it as a "
-                        f'mapping; quote the value, e.g. `{key}: "{{{{ inputs.query }}}}"`.',
-                    )
-                if key_node.tag == merge:
-                    todo.append((value_node, label, depth + 1))
-                    continue
-                if key in keys:
-                    problems.append(
-                        f"line {key_node.start_mark.line + 1}: key `{name}` is written twice "
-                        f"(first at line {keys[key]}); keep one of them."
-                    )
-                else:
-                    keys[key] = key_node.start_mark.line + 1
-                todo.append((value_node, name, depth + 1))
+            _walk_mapping(node, label, depth, (source, error), problems, todo)
     return problems
+
+
+def _walk_mapping(
+    node: Any,
+    label: str,
+    depth: int,
+    where: tuple[str, type[OrchestratorError]],
+    problems: list[str],
+    todo: list[tuple[Any, str, int]],
+) -> None:
+    """One mapping of ``_check_nodes``: its keys checked (plain, not written twice, no
+    unquoted ``{{`` value), its values queued with their dotted labels."""
+    from yaml.nodes import MappingNode, ScalarNode
+
+    source, error = where
+    merge = _TAG + "merge"
+    keys: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, ScalarNode):
+            raise _fail(error, source, key_node.start_mark.line + 1, _key_problem(label))
+        key = str(key_node.value)
+        if isinstance(value_node, ScalarNode) and key not in keys and key_node.tag != merge:
+            keys[key] = key_node.start_mark.line + 1  # the common case, no label
+            todo.append((value_node, "", depth + 1))
+            continue
+        name = f"{label}.{key}" if label else key
+        if isinstance(value_node, MappingNode) and any(
+            not isinstance(k, ScalarNode) for k, _ in value_node.value
+        ):
+            raise _fail(
+                error,
+                source,
+                value_node.start_mark.line + 1,
+                f"the value of `{name}` starts with `{{` and YAML reads it as a "
+                f'mapping; quote the value, e.g. `{key}: "{{{{ inputs.query }}}}"`.',
+            )
+        if key_node.tag == merge:
+            todo.append((value_node, label, depth + 1))
+            continue
+        if key in keys:
+            problems.append(
+                f"line {key_node.start_mark.line + 1}: key `{name}` is written twice "
+                f"(first at line {keys[key]}); keep one of them."
+            )
+        else:
+            keys[key] = key_node.start_mark.line + 1
+        todo.append((value_node, name, depth + 1))
 
 
 def _key_problem(label: str) -> str:
