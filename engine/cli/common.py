@@ -161,6 +161,12 @@ class EngineGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted.", err=True)
             sys.exit(130)
+        except Exception as exc:  # a database driver's error: one paragraph, not a traceback
+            if not type(exc).__module__.startswith("psycopg"):
+                raise
+            from engine.store.postgres_db import driver_error
+
+            fail(driver_error(exc))
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "Database",
     "check_schema",
     "close_databases",
+    "driver_error",
     "migrate",
     "migrations",
     "schema_version",
@@ -279,7 +280,63 @@ def schema_version(conn: Any) -> int:
 
 
 def migrate(db: Database) -> list[int]:
-    """Apply the migrations the database lacks, in order; return the versions applied."""
+    """Apply the migrations the database lacks, in order; return the versions applied.
+
+    All of them run in one transaction: on any error nothing is changed. A role that may
+    not create tables, or tables already there while ``schema_version`` says they are
+    not (its rows deleted by hand), is a ``ConfigError`` (exit 2) naming the database and
+    what to do; another driver error is one as well (``driver_error``)."""
+    import psycopg
+
+    try:
+        return _migrate(db)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ConfigError(
+            f"the PostgreSQL store `{db.display}`: its role may not create the schema's "
+            f"tables ({_driver_text(exc)}); nothing was changed. Run `orchestrate store "
+            "migrate` once as a role that may (the database's owner, or one granted "
+            "`CREATE ON SCHEMA public`), then use this role for everything else."
+        ) from exc
+    except (psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject) as exc:
+        with db.connect() as conn:
+            have = schema_version(conn)
+        raise ConfigError(
+            f"the PostgreSQL store `{db.display}`: its `schema_version` table says "
+            f"version {have} but the tables of a later migration are already there "
+            f"({_driver_text(exc)}): `schema_version` was changed by hand. Nothing was "
+            "changed. Put the missing rows back in `schema_version` (one per migration "
+            "already applied: `INSERT INTO schema_version (version, name) VALUES ...`), "
+            "or migrate into an empty database and import the history with `--from`."
+        ) from exc
+    except psycopg.Error as exc:
+        raise driver_error(exc, db.display) from exc
+
+
+def _driver_text(exc: BaseException) -> str:
+    """The driver's message for ``exc``: its first line, known secrets masked."""
+    from engine.redact import redact
+
+    lines = str(exc).strip().splitlines()
+    return redact(lines[0] if lines else type(exc).__name__)
+
+
+def driver_error(exc: BaseException, display: str | None = None) -> ConfigError:
+    """The one-paragraph ``ConfigError`` (exit 2) for a PostgreSQL driver error that
+    reached a command: the database (``display``, else every store this process opened,
+    never a password), the driver's message, and what to do."""
+    if display is None:
+        with _registry_lock:
+            shown = sorted({db.display for db in _registry.values()})
+        display = ", ".join(shown) if shown else None
+    where = f"the PostgreSQL store `{display}`" if display else "the PostgreSQL store"
+    return ConfigError(
+        f"{where} refused the command: {_driver_text(exc)} ({type(exc).__name__}). "
+        "Check that the store's role may read and write its tables and that the schema "
+        "is this engine's (`orchestrate store migrate`), then run again."
+    )
+
+
+def _migrate(db: Database) -> list[int]:
     applied: list[int] = []
     with db.connect(autocommit=False) as conn:
         with conn.transaction():

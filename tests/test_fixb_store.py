@@ -1,0 +1,82 @@
+"""`orchestrate store migrate` and the other commands over a PostgreSQL store whose
+database refuses them: one paragraph naming the database and what to do, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from engine.cli.orchestrate import orchestrate
+from engine.store.postgres_db import Database, migrate
+from tests.helpers import demo_config, write_config
+from tests.pg import PgServer
+
+
+def _role_without_create(pg_server: PgServer, url: str, role: str) -> str:
+    """``url`` as ``role``: a login role that may not create tables in schema public."""
+    db = Database.from_url(url)
+    with db.connect() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    db.close()
+    return url.replace(f"{pg_server.user}@", f"{role}@")
+
+
+def _one_paragraph(output: str) -> str:
+    assert "Traceback" not in output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_migrate_as_a_role_that_cannot_create_tables_is_one_paragraph(
+    pg_server: PgServer,
+) -> None:
+    url = pg_server.create_database("fixb_nocreate")
+    weak = _role_without_create(pg_server, url, "fixb_weak")
+    got = CliRunner().invoke(orchestrate, ["store", "migrate", "--to", weak])
+    assert got.exit_code == 2, got.output
+    line = _one_paragraph(got.output)
+    shown = weak.replace("fixb_weak@", "***@")
+    assert line.startswith(f"error: the PostgreSQL store `{shown}`: its role may not create")
+    assert "permission denied for schema public" in line
+    assert "CREATE ON SCHEMA public" in line and "nothing was changed" in line
+    Database.from_url(weak).close()
+
+
+def test_migrate_with_schema_version_behind_its_tables_is_one_paragraph(
+    pg_server: PgServer,
+) -> None:
+    url = pg_server.create_database("fixb_behind_tables")
+    db = Database.from_url(url)
+    migrate(db)
+    with db.connect() as conn:
+        conn.execute("DELETE FROM schema_version WHERE version = 2")
+    got = CliRunner().invoke(orchestrate, ["store", "migrate", "--to", url])
+    assert got.exit_code == 2, got.output
+    line = _one_paragraph(got.output)
+    assert "says version 1 but the tables of a later migration are already there" in line
+    assert 'relation "progress" already exists' in line
+    assert "postgres@" not in line and "***@" in line
+    with db.connect() as conn:  # the transaction rolled back: nothing else changed
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 1
+    db.close()
+
+
+def test_a_driver_error_in_any_command_is_one_paragraph(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    url = pg_server.create_database("fixb_noread")
+    migrate(Database.from_url(url))
+    weak = _role_without_create(pg_server, url, "fixb_noread_role")
+    with Database.from_url(url).connect() as conn:
+        conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM PUBLIC")
+    cfg_path = write_config(tmp_path, dict(demo_config(tmp_path), store=weak))
+    got = CliRunner().invoke(orchestrate, ["show", "orch-x", "--config", str(cfg_path)])
+    assert got.exit_code == 2, got.output
+    line = _one_paragraph(got.output)
+    assert "refused the command: permission denied for table" in line
+    assert "(InsufficientPrivilege)" in line and "fixb_noread_role@" not in line
+    Database.from_url(url).close()
+    Database.from_url(weak).close()
