@@ -550,7 +550,8 @@ def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
     from engine.delegate import DelegationResult, Outcome
     from engine.store import open_store
 
-    path, rec = open_store(load(config)).find(run_id)
+    store = open_store(load(config))
+    path, rec = store.find(run_id)
     if as_json:
         dump(rec)
         return 0
@@ -571,6 +572,11 @@ def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
             f"(dispatched {env.get('dispatched_at') or env.get('created_at')}, deadline "
             f"{env.get('deadline_at')}); no handoff yet"
         )
+        from engine.liveness import progress_note
+
+        note = progress_note(store, run_id) or progress_note(store, run_id, sub=True)
+        if note:
+            say(f"progress: {note}")
         click.echo(f"pending: {path}")
         return 0
     try:
