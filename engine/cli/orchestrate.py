@@ -313,6 +313,17 @@ def handoff_group() -> None:
 @click.option("--artifact", "artifacts", multiple=True, help="An artifact path (repeatable).")
 @click.option("--notes", help="Free-form notes.")
 @click.option("--question", help="With --status blocked: what you need to know to go on.")
+@click.option(
+    "--data",
+    "data_json",
+    metavar="JSON",
+    help="The structured result (any JSON value) the task's result schema asks for.",
+)
+@click.option(
+    "--data-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Read the structured result (JSON) from this file.",
+)
 @_delivery_options(
     "Directory to write into (as given in the task message).",
     "Write under <handoffs_dir>/sub (sub-delegation).",
@@ -330,6 +341,8 @@ def handoff_write_cmd(
     artifacts: tuple[str, ...],
     notes: str | None,
     question: str | None,
+    data_json: str | None,
+    data_file: str | None,
     directory: str | None,
     sub: bool,
     receiver: str | None,
@@ -337,7 +350,8 @@ def handoff_write_cmd(
     key: str | None,
     config: str | None,
 ) -> int:
-    """Write a valid handoff atomically where the engine waits for it."""
+    """Write a valid handoff atomically where the engine waits for it (``--data`` or
+    ``--data-file``: its structured ``data``, a JSON value; bad JSON is exit 2)."""
     from pathlib import Path
 
     from engine.errors import UsageError
@@ -370,6 +384,9 @@ def handoff_write_cmd(
         if status != "blocked":
             raise UsageError("`--question` goes with `--status blocked`.")
         data["question"] = question
+    structured = _data_option(data_json, data_file)
+    if structured is not _NO_DATA:
+        data["data"] = structured
     if receiver:
         return _post_handoff(receiver, token_env, run_id, agent, data)
     if directory:
@@ -386,6 +403,38 @@ def handoff_write_cmd(
             err=True,
         )
     return 0
+
+
+_NO_DATA = object()
+
+
+def _data_option(text: str | None, path: str | None) -> Any:
+    """The JSON value of ``--data`` or ``--data-file``, or ``_NO_DATA`` when neither is
+    given; ``UsageError`` (exit 2) for both at once or for text that is not JSON."""
+    import json
+
+    from engine.errors import UsageError
+    from engine.textio import check_text, read_text
+
+    if text is not None and path is not None:
+        raise UsageError("give the structured result once: `--data JSON` or `--data-file PATH`.")
+    if path is not None:
+        text, what = read_text(path, error=UsageError, what="--data-file"), f"`--data-file {path}`"
+    elif text is not None:
+        check_text(text, what="`--data`", error=UsageError)
+        what = "`--data`"
+    else:
+        return _NO_DATA
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"`{name}` is not a JSON value")
+
+    try:
+        return json.loads(text, parse_constant=no_constant)
+    except ValueError as exc:
+        raise UsageError(
+            f"{what} is not JSON ({exc}); give one JSON value, e.g. "
+            """`--data '{"cte_ppm_per_k": 0.02}'` (quote it for the shell)."""
+        ) from None
 
 
 @handoff_group.command("progress")
