@@ -80,3 +80,15 @@ def test_a_driver_error_in_any_command_is_one_paragraph(
     assert "(InsufficientPrivilege)" in line and "fixb_noread_role@" not in line
     Database.from_url(url).close()
     Database.from_url(weak).close()
+
+
+def test_pool_status_shows_the_store_url_as_the_other_commands_do(
+    pg_url: str, tmp_path: Path
+) -> None:
+    raw = dict(demo_config(tmp_path), store=pg_url)
+    raw["pool"] = {"enabled": True, "max_tokens": 2, "adaptive": False}
+    cfg_path = write_config(tmp_path, raw)
+    got = CliRunner().invoke(orchestrate, ["pool", "status", "--config", str(cfg_path)])
+    assert got.exit_code == 0, got.output
+    first = got.output.splitlines()[0]
+    assert first == f"pool     {pg_url.replace('postgres@', '***@')}#pool=default"

@@ -7,6 +7,7 @@ from typing import Any
 
 from engine.pool.settings import PoolMode
 from engine.pool.state import PoolState, Share, reclaim_json, sample_json
+from engine.redact import redact
 
 __all__ = ["format_status", "reclaim_json", "status_view"]
 
@@ -167,7 +168,7 @@ def _summary_lines(status: dict[str, Any]) -> list[str]:
         )
         used = f"in use   {len(in_use)} of {status.get('size')}"
     return [
-        f"pool     {status.get('dir', '?')}",
+        f"pool     {redact(str(status.get('dir', '?')))}",  # a URL's user shown as ***
         f"mode     {_mode_text(status)}",
         size,
         used,
