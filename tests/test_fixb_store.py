@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from engine.cli.orchestrate import orchestrate
@@ -92,3 +93,41 @@ def test_pool_status_shows_the_store_url_as_the_other_commands_do(
     assert got.exit_code == 0, got.output
     first = got.output.splitlines()[0]
     assert first == f"pool     {pg_url.replace('postgres@', '***@')}#pool=default"
+
+
+def test_migrate_to_with_an_inline_password_is_worded_for_the_command_line() -> None:
+    got = CliRunner().invoke(
+        orchestrate, ["store", "migrate", "--to", "postgresql://orch:s3cret-pw@db:5432/orch"]
+    )
+    assert got.exit_code == 2, got.output
+    line = _one_paragraph(got.output)
+    assert line.startswith("error: `--to`: the PostgreSQL URL holds a password; never give it "
+                           "on the command line")  # fmt: skip
+    assert "orchestrator.yaml" not in line and "s3cret-pw" not in line
+
+
+@pytest.mark.parametrize(
+    "query,needle",
+    [
+        ("pasword_env=X", "query parameter `pasword_env` is not one the engine or libpq "
+         "knows; did you mean `password_env`?"),
+        ("sslmdoe=require", "did you mean `sslmode`?"),
+        ("zzzz=1", "`zzzz` is not one the engine or libpq knows. Use"),
+        ("password=hunter2", "holds a password (`?password=`)"),
+    ],
+)
+def test_unknown_query_parameters_are_refused(query: str, needle: str) -> None:
+    got = CliRunner().invoke(
+        orchestrate, ["store", "migrate", "--to", f"postgresql://orch@db:5432/orch?{query}"]
+    )
+    assert got.exit_code == 2, got.output
+    line = _one_paragraph(got.output)
+    assert needle in line and "hunter2" not in line
+
+
+def test_a_known_query_parameter_is_taken(pg_url: str) -> None:
+    got = CliRunner().invoke(
+        orchestrate, ["store", "migrate", "--to", f"{pg_url}?application_name=fixb&sslmode=disable"]
+    )
+    assert got.exit_code == 0, got.output
+

@@ -18,9 +18,17 @@ def _target(to: str | None, config: str | None) -> str:
     from engine.errors import UsageError
     from engine.store import is_postgres_url
 
+    given = to is not None
     if to is None:
         cfg = load_optional(config)
         to = cfg.store if cfg is not None else None
+    if given and is_postgres_url(to):
+        from engine.store.postgres_db import url_problem
+
+        assert to is not None
+        problem = url_problem(to, "`--to`")
+        if problem:
+            raise UsageError(problem)
     if not is_postgres_url(to):
         raise UsageError(
             "`orchestrate store migrate` needs a PostgreSQL store: give `--to "

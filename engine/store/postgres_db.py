@@ -48,28 +48,67 @@ __all__ = [
 SCHEMES = ("postgresql", "postgres")
 #: Query parameter naming the environment variable that holds the password.
 PASSWORD_ENV = "password_env"
+#: The query parameters a store URL may have: ``password_env`` and libpq's connection
+#: parameters (PostgreSQL 18 docs, "Parameter Key Words"), ``password`` excepted.
+QUERY_PARAMETERS = frozenset({
+    PASSWORD_ENV, "host", "hostaddr", "port", "dbname", "user", "passfile", "require_auth",
+    "channel_binding", "connect_timeout", "client_encoding", "options", "application_name",
+    "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
+    "keepalives_count", "tcp_user_timeout", "replication", "gssencmode", "sslmode",
+    "requiressl", "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslkeylogfile",
+    "sslpassword", "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni",
+    "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version", "krbsrvname",
+    "gsslib", "gssdelegation", "service", "target_session_attrs", "load_balance_hosts",
+    "min_protocol_version", "max_protocol_version", "oauth_issuer", "oauth_client_id",
+    "oauth_client_secret", "oauth_scope",
+})  # fmt: skip
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 #: Advisory lock key taken while migrating (two `store migrate` at once run one by one).
 _MIGRATE_LOCK = 0x6F726368
 
 
-def url_problem(url: str) -> str | None:
-    """Why ``url`` is not a usable PostgreSQL ``store:`` value, or None."""
+def url_problem(url: str, where: str = "`store`") -> str | None:
+    """Why ``url`` is not a usable PostgreSQL store URL, or None. ``where`` names where
+    it came from: ``"`store`"`` (orchestrator.yaml, the default) or a command-line
+    option such as ``"`--to`"``; a password in it is never repeated."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        return f"`store`: the PostgreSQL URL is not valid ({exc}); write `postgresql://user@host:5432/db`."
+        return f"{where}: the PostgreSQL URL is not valid ({exc}); write `postgresql://user@host:5432/db`."
     if parts.password is not None:
+        never = (
+            "never write it in orchestrator.yaml"
+            if where == "`store`"
+            else "never give it on the command line (shell history and the process list "
+            "keep it)"
+        )
         return (
-            "`store`: the PostgreSQL URL holds a password; never write it in "
-            "orchestrator.yaml. Put it in an environment variable and name it: "
+            f"{where}: the PostgreSQL URL holds a password; {never}. Put it in an "
+            "environment variable and name it: "
             "`postgresql://user@host:5432/db?password_env=ORCH_DB_PASSWORD` (or set PGPASSWORD)."
         )
+    names = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True)]
+    if "password" in names:
+        return (
+            f"{where}: the PostgreSQL URL holds a password (`?password=`); put it in an "
+            "environment variable and name it: "
+            "`postgresql://user@host:5432/db?password_env=ORCH_DB_PASSWORD` (or set PGPASSWORD)."
+        )
+    unknown = [k for k in names if k not in QUERY_PARAMETERS]
+    if unknown:
+        from engine.errors import did_you_mean
+
+        return (
+            f"{where}: the PostgreSQL URL's query parameter `{unknown[0]}` is not one the "
+            f"engine or libpq knows{did_you_mean(unknown[0], QUERY_PARAMETERS) or '.'} "
+            f"Use `{PASSWORD_ENV}=VAR` for the password's variable, or a libpq connection "
+            "parameter (e.g. `sslmode=require`)."
+        )
     if not parts.hostname and "host" not in dict(parse_qsl(parts.query)):
-        return "`store`: the PostgreSQL URL names no host; write `postgresql://user@host:5432/db`."
+        return f"{where}: the PostgreSQL URL names no host; write `postgresql://user@host:5432/db`."
     if not parts.path.strip("/"):
-        return "`store`: the PostgreSQL URL names no database; write `postgresql://user@host:5432/db`."
+        return f"{where}: the PostgreSQL URL names no database; write `postgresql://user@host:5432/db`."
     return None
 
 
