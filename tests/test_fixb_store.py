@@ -131,3 +131,26 @@ def test_a_known_query_parameter_is_taken(pg_url: str) -> None:
     )
     assert got.exit_code == 0, got.output
 
+
+def test_migrate_from_again_reports_what_was_already_there(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    from engine.config import load_config
+    from engine.delegate import DelegationRequest, open_delegator
+
+    cfg = load_config(write_config(tmp_path, demo_config(tmp_path)))
+    with open_delegator(cfg) as d:
+        for task in ("one", "two"):
+            d.delegate(DelegationRequest(caller="manager", target="webster", task=task))
+    url = pg_server.create_database("fixb_again")
+    args = ["store", "migrate", "--to", url, "--from", f"file://{cfg.handoffs_dir}"]
+    first = CliRunner().invoke(orchestrate, args)
+    assert first.exit_code == 0, first.output
+    assert ": 2 records, 0 pending, 2 handoffs, 0 runs (0 events, 0 steps)\n" in first.output
+    again = CliRunner().invoke(orchestrate, args)
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines()[-1].endswith(
+        ": 0 records, 0 pending, 0 handoffs, 0 runs (0 events, 0 steps); already there: "
+        "2 records, 0 pending, 2 handoffs, 0 runs"
+    )
+    Database.from_url(url).close()

@@ -25,7 +25,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,13 +62,27 @@ class Transfer:
     runs: int = 0
     events: int = 0
     steps: int = 0
+    #: Found already there (an import repeated): records, pending, handoffs, runs.
+    already: dict[str, int] = field(default_factory=dict)
+
+    def seen(self, kind: str) -> None:
+        """Count one ``kind`` (``records``, ``pending``, ``handoffs``, ``runs``) that the
+        target already held, so was not copied again."""
+        self.already[kind] = self.already.get(kind, 0) + 1
 
     def as_text(self) -> str:
-        """One line: ``N records, N pending, N handoffs, N runs (N events, N steps)``."""
-        return (
+        """One line: ``N records, N pending, N handoffs, N runs (N events, N steps)``,
+        then ``; already there: N records, ...`` when some were (nothing copied twice)."""
+        text = (
             f"{self.records} records, {self.pending} pending, {self.handoffs} handoffs, "
             f"{self.runs} runs ({self.events} events, {self.steps} steps)"
         )
+        if any(self.already.values()):
+            kinds = ("records", "pending", "handoffs", "runs")
+            text += "; already there: " + ", ".join(
+                f"{self.already.get(k, 0)} {k}" for k in kinds
+            )
+        return text
 
 
 def _json_files(directory: Path) -> list[os.DirEntry[str]]:
@@ -121,13 +135,25 @@ def _import_records(
         run_id = entry.name[: -len(".json")]
         data = _rec.read_json(Path(entry.path)) if SAFE_ID.match(run_id) else None
         if isinstance(data, dict) and _rec.is_engine_record(data):
-            store._install(conn, run_id, sub, data, drop=False)
             finals[run_id] = data["envelope"]
+            have = conn.execute(
+                "SELECT record FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
+            ).fetchone()
+            if have and have[0] == json.loads(json.dumps(data)):
+                done.seen("records")
+                continue
+            store._install(conn, run_id, sub, data, drop=False)
             done.records += 1
     for entry in _json_files(records / _rec.PENDING_DIR):
         run_id = entry.name[: -len(".json")]
         env = _rec.read_json(Path(entry.path))
         if SAFE_ID.match(run_id) and isinstance(env, dict):
+            have = conn.execute(
+                "SELECT envelope FROM delegations WHERE run_id = %s AND sub = %s", (run_id, sub)
+            ).fetchone()
+            if have and have[0] is not None:
+                done.seen("pending")
+                continue
             store.pending(run_id, env, sub=sub)
             done.pending += 1
     for entry in _json_files(records / PROGRESS_DIR):
@@ -168,13 +194,20 @@ def _import_handoff(
         "ON CONFLICT (run_id, sub, n) DO NOTHING RETURNING id",
         (run_id, sub, n, body, kept),
     ).fetchone()
-    done.handoffs += 1 if row else 0
+    if row:
+        done.handoffs += 1
+    else:
+        done.seen("handoffs")
 
 
 def _import_run(conn: Any, store: PostgresRunStore, run_dir: Path, done: Transfer) -> None:
     run_id = run_dir.name
     meta = _rec.read_json(run_dir / RUN_META)
     if meta is None:
+        return
+    have = conn.execute("SELECT meta FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+    if have and have[0] == json.loads(json.dumps(meta)):
+        done.seen("runs")  # imported before: its events and steps with it
         return
     store.create_run(run_id, meta)
     done.runs += 1
