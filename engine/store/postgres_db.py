@@ -101,7 +101,7 @@ def url_problem(url: str, where: str = "`store`") -> str | None:
 
         return (
             f"{where}: the PostgreSQL URL's query parameter `{unknown[0]}` is not one the "
-            f"engine or libpq knows{did_you_mean(unknown[0], QUERY_PARAMETERS) or '.'} "
+            f"engine or libpq knows{did_you_mean(unknown[0], set(QUERY_PARAMETERS)) or '.'} "
             f"Use `{PASSWORD_ENV}=VAR` for the password's variable, or a libpq connection "
             "parameter (e.g. `sslmode=require`)."
         )
