@@ -10,15 +10,20 @@ writes a valid handoff whose result is a short answer in the role's voice, deriv
 from the task text and clearly labelled as demo output. Directives anywhere in the task
 text steer it in tests: ``DEMO_SLEEP=<s>``, ``DEMO_STATUS=<status>``,
 ``DEMO_CONFIDENCE=<level>``, ``DEMO_CRASH``, ``DEMO_NO_HANDOFF``, ``DEMO_APPROVE``,
-``DEMO_REJECT``. It is started once per task, so it imports little.
+``DEMO_REJECT``. When the task asks for structured data (a step with a
+``result_schema``: the task ends with the schema, see ``engine.runner.with_schema``), the
+handoff's ``data`` is an example of that schema (``demo_data``), so such steps complete.
+It is started once per task, so it imports little.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
 import time
+from typing import Any
 
 from engine.states import Confidence, HandoffStatus
 
@@ -41,6 +46,8 @@ _STOPWORDS = frozenset(
     "the and for with from into about find what which this that give list make check "
     "between over under please using review validate verify approve".split()
 )
+#: The line ``engine.runner.with_schema`` puts before the JSON Schema of the wanted ``data``.
+SCHEMA_MARKER = "matching this JSON Schema (keep `result` a short summary):\n"
 EXIT_CRASH = 3
 EXIT_USAGE = 2
 
@@ -131,6 +138,51 @@ def result_text(role: str, task: str, found: dict[str, str]) -> str:
     return f"{verdict}{label} {answer(role, task)}"
 
 
+def schema_of(task: str) -> dict[str, Any] | None:
+    """The JSON Schema the task asks ``data`` to match (the last one given), or None."""
+    at = task.rfind(SCHEMA_MARKER)
+    if at < 0:
+        return None
+    try:
+        schema, _ = json.JSONDecoder().raw_decode(task, at + len(SCHEMA_MARKER))
+    except ValueError:
+        return None
+    return schema if isinstance(schema, dict) else None
+
+
+def demo_data(schema: Any, label: str = "data") -> Any:
+    """A deterministic example value of a JSON Schema: every declared property of an
+    object, one item of an array, an enum's first value, a number at its ``minimum`` (or
+    ``exclusiveMinimum`` + 1, else 0), and text ``demo <label>`` padded to ``minLength``."""
+    if not isinstance(schema, dict):
+        return f"demo {label}"
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    kind = kind[0] if isinstance(kind, list) and kind else kind
+    props = schema.get("properties")
+    if kind == "object" or (kind is None and isinstance(props, dict)):
+        props = props if isinstance(props, dict) else {}
+        return {k: demo_data(v, k) for k, v in props.items()}
+    if kind == "array":
+        n = max(1, int(schema.get("minItems", 1) or 1))
+        return [demo_data(schema.get("items"), label) for _ in range(n)]
+    if kind in ("number", "integer"):
+        low = schema.get("minimum")
+        if low is None and isinstance(schema.get("exclusiveMinimum"), (int, float)):
+            low = schema["exclusiveMinimum"] + 1
+        value = low if isinstance(low, (int, float)) else 0
+        return int(value) if kind == "integer" else value
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    text = f"demo {label}"
+    return text.ljust(int(schema.get("minLength", 0) or 0), ".")
+
+
 def _role_from_argv(argv: list[str]) -> str | None:
     for i, arg in enumerate(argv):
         if arg == "--role" and i + 1 < len(argv):
@@ -180,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.errors import OrchestratorError
     from engine.handoff import make_handoff, write_handoff
 
+    schema = schema_of(task)
     handoff = make_handoff(
         run_id=os.environ.get("ORCH_RUN_ID", ""),
         agent=os.environ.get("ORCH_AGENT") or role,
@@ -195,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         key=os.environ.get("ORCH_HANDOFF_KEY") or None,
     )
+    if schema is not None and status in ("complete", "partial"):
+        handoff["data"] = demo_data(schema)
     try:
         write_handoff(Path(path), handoff, replace=False)
     except (OrchestratorError, OSError) as exc:
