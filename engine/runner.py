@@ -858,14 +858,25 @@ class _Execution:
 
     # -- rendering ------------------------------------------------------------------------
 
-    @staticmethod
-    def _step_context(s: StepRun) -> dict[str, Any]:
-        """``steps.<id>``: the step's public fields, and why it did not end well."""
+    def _step_context(self, s: StepRun) -> dict[str, Any]:
+        """``steps.<id>``: the step's public fields, and why it did not end well.
+
+        A ``for_each`` step that ran no item (skipped: no items, a false ``when``, a spent
+        budget) still has ``results`` ``[]``, ``result`` ``"[]"`` and, with a
+        ``result_schema``, ``data`` ``[]`` (docs/workflows.md, Fan-out), so its
+        dependents render as documented.
+        """
         ctx = s.context()
         ctx["reason"] = s.error or s.skip_reason or ""
         results = (s.handoff or {}).get("results")
         if isinstance(results, list):  # a `for_each` step: each item's result, in order
             ctx["results"] = results
+        ps = self.plan.steps.get(s.id)
+        if ps is not None and ps.spec.for_each is not None and "results" not in ctx:
+            ctx["results"] = []
+            ctx["result"] = ctx["result"] or "[]"
+            if ps.spec.result_schema is not None and "data" not in (s.handoff or {}):
+                ctx["data"] = []
         if s.handoff is not None and "data" in s.handoff:  # a step with a `result_schema`
             ctx["data"] = s.handoff["data"]
         if s.gate is not None and "input" in s.gate:  # what its gate's approver gave
