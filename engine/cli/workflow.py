@@ -133,6 +133,7 @@ def _render_run(
     as_json: bool,
     resume: str = " && workflow resume {rid}",
     plain: bool | None = None,
+    cfg: Any = None,
 ) -> int:
     summary = result.summary
     if as_json:
@@ -145,9 +146,13 @@ def _render_run(
         click.echo(f"\n## {name}\n{value}")
     click.echo(f"\nrun: {result.run_dir}")
     rid = summary["runId"]
+    if summary["status"] in ("waiting_approval", "waiting_input"):
+        for sid, st in summary["steps"].items():
+            if st["status"] in ("waiting_approval", "waiting_input") and st.get("child_run_id"):
+                click.echo(_child_hint(cfg, rid, sid, st), err=True)
     if summary["status"] == "waiting_approval":
         for sid, st in summary["steps"].items():
-            if st["status"] == "waiting_approval":
+            if st["status"] == "waiting_approval" and not st.get("child_run_id"):
                 click.echo(
                     f"waiting for approval at `{sid}`: workflow approve {rid} {sid}"
                     + resume.format(rid=rid)
@@ -156,7 +161,7 @@ def _render_run(
                 )
     elif summary["status"] == "waiting_input":
         for sid, st in summary["steps"].items():
-            if st["status"] == "waiting_input":
+            if st["status"] == "waiting_input" and not st.get("child_run_id"):
                 q = (st.get("question") or {}).get("text", "")
                 say(
                     f'`{sid}` asks: {q}\nanswer with: workflow answer {rid} {sid} "..." && '
@@ -169,6 +174,55 @@ def _render_run(
             err=True,
         )
     return int(result.exit_code)
+
+
+def _child_hint(cfg: Any, rid: str, sid: str, st: dict[str, Any]) -> str:
+    """What to do for a sub-workflow step parked because its child run is: the child run's
+    own parked step (followed down nested children), decided there, then the parent
+    resumed. Without the run store at hand (a server run), where to look instead."""
+    child = str(st["child_run_id"])
+    then = f" && workflow resume {rid}"
+    if cfg is not None:
+        from engine.errors import OrchestratorError
+        from engine.runs.replay import replay_run
+        from engine.states import StepState
+        from engine.store import open_store
+
+        try:
+            store = open_store(cfg)
+            run_id, seen = child, 0
+            while seen < 20:  # nested sub-workflows, bounded
+                seen += 1
+                view = replay_run(store, run_id)
+                parked = [
+                    (csid, s)
+                    for csid, s in view.steps.items()
+                    if s.state in (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT)
+                ]
+                if not parked:
+                    break
+                csid, s = parked[0]
+                if s.child_run_id:
+                    run_id = s.child_run_id
+                    continue
+                if s.state is StepState.WAITING_INPUT:
+                    return (
+                        f"`{sid}` waits on its child run {run_id}, where `{csid}` asks a "
+                        f'question: workflow answer {run_id} {csid} "..."{then}'
+                    )
+                gate = ((view.meta.get("plan") or {}).get("steps") or {}).get(csid) or {}
+                value = " --input VALUE" if gate.get("gate_input") else ""
+                return (
+                    f"`{sid}` waits on its child run {run_id}, at `{csid}`: "
+                    f"workflow approve {run_id} {csid}{value}{then}"
+                    f"   (or: workflow reject {run_id} {csid} --reason ...)"
+                )
+        except OrchestratorError:
+            pass
+    return (
+        f"`{sid}` waits on its child run {child}: see `workflow status {child}`, decide or "
+        f"answer there, then `workflow resume {rid}`"
+    )
 
 
 @workflow.command("run")
@@ -253,7 +307,7 @@ def _drive(cfg: Any, interactive: bool | None, as_json: bool, quiet: bool, act: 
             result = act(runner)
         finally:
             getattr(reporter, "close", lambda: None)()
-    return _render_run(result, as_json, plain=quiet or None)
+    return _render_run(result, as_json, plain=quiet or None, cfg=cfg)
 
 
 @workflow.command("resume")
