@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,55 @@ def test_a_gate_in_a_child_run_names_the_child_run_and_its_step(tmp_path: Path) 
         done = _cli(*cmd, "--config", cfg, *(["-q"] if cmd[0] == "resume" else []))
         assert done.exit_code == 0, done.output
     assert f"parent · {parent} · complete" in done.stdout, done.output
+
+
+def _run_hint(tmp_path: Path, raw: dict[str, Any], cfg: str) -> tuple[str, Any]:
+    path = tmp_path / "wf.yaml"
+    path.write_text(json.dumps({"name": "wf", "caller": "manager", **raw}))
+    res = _cli("run", str(path), "--config", cfg, "--non-interactive", "-q")
+    rid = re.search(r"run: .*/(wf-\S+)", res.stdout).group(1)  # type: ignore[union-attr]
+    return rid, res
+
+
+def test_a_rejected_gate_does_not_suggest_retry_failed(tmp_path: Path) -> None:
+    cfg = str(_setup(tmp_path, {}))
+    gated = {"id": "s", "agent": "webster", "task": "x", "gate": {"prompt": "Go?"}}
+    rid, res = _run_hint(tmp_path, {"steps": [gated]}, cfg)
+    assert res.exit_code == 3
+    assert _cli("reject", rid, "s", "--reason", "no", "--config", cfg).exit_code == 0
+    done = _cli("resume", rid, "--config", cfg, "-q")
+    assert done.exit_code == 1
+    assert "--retry-failed" not in done.stderr
+    assert "the gate of `s` was rejected, which is final" in done.stderr
+    assert "workflow run wf -i ... (--approve s to approve up front)" in done.stderr
+
+
+def test_a_gate_with_typed_input_suggests_input(tmp_path: Path) -> None:
+    cfg = str(_setup(tmp_path, {}))
+    gate = {"prompt": "How deep?", "input": {"schema": {"enum": ["quick", "full"]}}}
+    step = {"id": "s", "agent": "webster", "task": "x", "gate": gate}
+    rid, res = _run_hint(tmp_path, {"steps": [step]}, cfg)
+    assert res.exit_code == 3
+    assert f"workflow approve {rid} s --input VALUE && workflow resume {rid}" in res.stderr
+    assert _cli("approve", rid, "s", "--input", "full", "--config", cfg).exit_code == 0
+    assert _cli("resume", rid, "--config", cfg, "-q").exit_code == 0
+
+
+def test_a_spent_budget_suggests_a_new_run_not_resume(tmp_path: Path) -> None:
+    from tests.test_lang_budget import COSTLY
+
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = {
+        "kind": "command",
+        "argv": [sys.executable, "-c", COSTLY],
+        "fallback_handoff": False,
+    }
+    cfg = str(write_config(tmp_path, raw))
+    steps = [
+        {"id": "first", "agent": "webster", "task": "a"},
+        {"id": "second", "agent": "webster", "depends_on": ["first"], "task": "b"},
+    ]
+    rid, res = _run_hint(tmp_path, {"budget": {"usd": 0.02}, "steps": steps}, cfg)
+    assert res.exit_code == 1
+    assert "--retry-failed" not in res.stderr
+    assert "its budget is spent" in res.stderr and "start a new run" in res.stderr

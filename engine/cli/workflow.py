@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -153,12 +155,20 @@ def _render_run(
     if summary["status"] == "waiting_approval":
         for sid, st in summary["steps"].items():
             if st["status"] == "waiting_approval" and not st.get("child_run_id"):
+                value = " --input VALUE" if _gate_input(result.run_dir, sid) else ""
                 click.echo(
-                    f"waiting for approval at `{sid}`: workflow approve {rid} {sid}"
+                    f"waiting for approval at `{sid}`: workflow approve {rid} {sid}{value}"
                     + resume.format(rid=rid)
                     + f"   (or: workflow reject {rid} {sid} --reason ...)",
                     err=True,
                 )
+    elif summary["status"] == "waiting_input" and _budget_spent(summary):
+        click.echo(
+            f"the run's budget is spent: an answer would not be sent (`workflow resume` "
+            f"dispatches nothing more); start a new run with a larger `budget`, or "
+            f"`workflow cancel {rid}`",
+            err=True,
+        )
     elif summary["status"] == "waiting_input":
         for sid, st in summary["steps"].items():
             if st["status"] == "waiting_input" and not st.get("child_run_id"):
@@ -169,11 +179,54 @@ def _render_run(
                     err=True,
                 )
     elif summary["status"] == "failed":
-        click.echo(
-            f"the run failed; after fixing the cause: workflow resume {rid} --retry-failed",
-            err=True,
-        )
+        click.echo(_failed_hint(summary), err=True)
     return int(result.exit_code)
+
+
+#: Step states `workflow resume --retry-failed` runs again (docs/workflows.md, Resume).
+_RETRIED = frozenset(
+    {"failed", "timeout", "errored", "invalid", "blocked", "cancelled", "unusable", "lost"}
+)
+_BUDGET_SPENT = "the run's budget is spent"
+
+
+def _budget_spent(summary: dict[str, Any]) -> bool:
+    """True when a step (or an item of one) was skipped because the run's budget is spent."""
+    return _BUDGET_SPENT in json.dumps(summary.get("steps") or {}, ensure_ascii=False)
+
+
+def _failed_hint(summary: dict[str, Any]) -> str:
+    """What to do about a failed run: `--retry-failed` only when it would send something
+    (a spent budget stops it; a rejected gate stays rejected), else start a new run."""
+    rid, name = summary["runId"], summary.get("workflow") or "NAME"
+    if _budget_spent(summary):
+        return (
+            "the run failed: its budget is spent, and a resumed run keeps counting, so "
+            "`workflow resume` sends nothing more; start a new run with a larger `budget`: "
+            f"workflow run {name} -i ..."
+        )
+    steps = summary.get("steps") or {}
+    if any(st.get("status") in _RETRIED for st in steps.values()):
+        return f"the run failed; after fixing the cause: workflow resume {rid} --retry-failed"
+    rejected = [sid for sid, st in steps.items() if st.get("status") == "rejected"]
+    if rejected:
+        approve = " ".join(f"--approve {sid}" for sid in rejected)
+        return (
+            f"the run failed: the gate of `{rejected[0]}` was rejected, which is final "
+            f"(`workflow resume` does not run it); start a new run: workflow run {name} "
+            f"-i ... ({approve} to approve up front)"
+        )
+    return f"the run failed; start a new run: workflow run {name} -i ..."
+
+
+def _gate_input(run_dir: Any, sid: str) -> bool:
+    """True when the run's plan (its `run.json`) says the gate of ``sid`` asks for a value."""
+    try:
+        meta = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+    step = ((meta.get("plan") or {}).get("steps") or {}).get(sid) or {}
+    return bool(step.get("gate_input"))
 
 
 def _child_hint(cfg: Any, rid: str, sid: str, st: dict[str, Any]) -> str:
