@@ -147,29 +147,27 @@ def _render_run(
     for name, value in (summary.get("outputs") or {}).items():
         click.echo(f"\n## {name}\n{value}")
     click.echo(f"\nrun: {result.run_dir}")
-    rid = summary["runId"]
-    if summary["status"] in ("waiting_approval", "waiting_input"):
+    _next_steps(result, summary, resume, cfg)
+    return int(result.exit_code)
+
+
+def _next_steps(result: Any, summary: dict[str, Any], resume: str, cfg: Any) -> None:
+    """What to do next, on stderr: decide a gate, answer a question, or retry."""
+    rid, status = summary["runId"], summary["status"]
+    if status in ("waiting_approval", "waiting_input"):
         for sid, st in summary["steps"].items():
             if st["status"] in ("waiting_approval", "waiting_input") and st.get("child_run_id"):
                 click.echo(_child_hint(cfg, rid, sid, st), err=True)
-    if summary["status"] == "waiting_approval":
-        for sid, st in summary["steps"].items():
-            if st["status"] == "waiting_approval" and not st.get("child_run_id"):
-                value = " --input VALUE" if _gate_input(result.run_dir, sid) else ""
-                click.echo(
-                    f"waiting for approval at `{sid}`: workflow approve {rid} {sid}{value}"
-                    + resume.format(rid=rid)
-                    + f"   (or: workflow reject {rid} {sid} --reason ...)",
-                    err=True,
-                )
-    elif summary["status"] == "waiting_input" and _budget_spent(summary):
+    if status == "waiting_approval":
+        _gate_hints(result, summary, resume)
+    elif status == "waiting_input" and _budget_spent(summary):
         click.echo(
             f"the run's budget is spent: an answer would not be sent (`workflow resume` "
             f"dispatches nothing more); start a new run with a larger `budget`, or "
             f"`workflow cancel {rid}`",
             err=True,
         )
-    elif summary["status"] == "waiting_input":
+    elif status == "waiting_input":
         for sid, st in summary["steps"].items():
             if st["status"] == "waiting_input" and not st.get("child_run_id"):
                 q = (st.get("question") or {}).get("text", "")
@@ -178,9 +176,21 @@ def _render_run(
                     f"workflow resume {rid}",
                     err=True,
                 )
-    elif summary["status"] == "failed":
+    elif status == "failed":
         click.echo(_failed_hint(summary), err=True)
-    return int(result.exit_code)
+
+
+def _gate_hints(result: Any, summary: dict[str, Any], resume: str) -> None:
+    rid = summary["runId"]
+    for sid, st in summary["steps"].items():
+        if st["status"] == "waiting_approval" and not st.get("child_run_id"):
+            value = " --input VALUE" if _gate_input(result.run_dir, sid) else ""
+            click.echo(
+                f"waiting for approval at `{sid}`: workflow approve {rid} {sid}{value}"
+                + resume.format(rid=rid)
+                + f"   (or: workflow reject {rid} {sid} --reason ...)",
+                err=True,
+            )
 
 
 #: Step states `workflow resume --retry-failed` runs again (docs/workflows.md, Resume).

@@ -169,6 +169,11 @@ def demo_data(schema: Any, label: str = "data") -> Any:
     if kind == "array":
         n = max(1, int(schema.get("minItems", 1) or 1))
         return [demo_data(schema.get("items"), label) for _ in range(n)]
+    return _demo_scalar(schema, kind, label)
+
+
+def _demo_scalar(schema: dict[str, Any], kind: Any, label: str) -> Any:
+    """``demo_data`` for a number, a boolean, null or text."""
     if kind in ("number", "integer"):
         low = schema.get("minimum")
         if low is None and isinstance(schema.get("exclusiveMinimum"), (int, float)):
