@@ -1790,7 +1790,8 @@ def with_schema(task: str, schema: dict[str, Any] | None) -> str:
         return task
     text = json.dumps(schema, indent=2, ensure_ascii=False)
     return (
-        f"{task}\n\nPut your structured result in the handoff's `data` field: a JSON value "
+        f"{task}\n\nPut your structured result in the handoff's `data` field (with "
+        f"`orchestrate handoff write`: `--data '<json>'`): a JSON value "
         f"matching this JSON Schema (keep `result` a short summary):\n{text}"
     )
 
