@@ -47,24 +47,11 @@ PLACEHOLDER_RUN_ID = "<run id>"
 
 
 def placeholder_data(schema: Any, label: str) -> Any:
-    """An example value of a JSON Schema, for dry runs: ``<label.field>`` for text, 0 for
-    numbers, false, one item for arrays, every property for objects; an enum's first."""
-    if not isinstance(schema, dict):
-        return f"<{label}>"
-    if "const" in schema:
-        return schema["const"]
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][0]
-    kind = schema.get("type")
-    kind = kind[0] if isinstance(kind, list) and kind else kind
-    props = schema.get("properties")
-    if kind == "object" or (kind is None and isinstance(props, dict)):
-        props = props if isinstance(props, dict) else {}
-        return {k: placeholder_data(v, f"{label}.{k}") for k, v in props.items()}
-    if kind == "array":
-        return [placeholder_data(schema.get("items"), f"{label}[0]")]
-    simple = {"integer": 0, "number": 0, "boolean": False, "null": None}
-    return simple.get(str(kind), f"<{label}>")
+    """An example value of a JSON Schema, for dry runs: ``<label.field>`` for text
+    (``engine.schemas.example_value``)."""
+    from engine.schemas import example_value
+
+    return example_value(schema, label, lambda where: f"<{where}>", paths=True)
 
 
 def placeholder_result(

@@ -181,3 +181,47 @@ _ONE_LINE: dict[str, Callable[[Any, str], str]] = {
 
 def _article(word: str) -> str:
     return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def example_value(schema: Any, label: str, text: Callable[[str], str], *, paths: bool) -> Any:
+    """A deterministic example of a JSON Schema: a ``const`` or an enum's first value,
+    every declared property of an object, ``minItems`` (at least one) items of an array, a
+    number at its ``minimum`` (or ``exclusiveMinimum`` + 1, else 0), false, null, and for
+    text ``text(label)`` padded to ``minLength``. With ``paths``, a property's label is
+    ``label.key`` and an item's ``label[0]``; else the key, and the array's own label.
+
+    Used for the dry run's placeholders (``engine.dag``) and the demo agents' ``data``."""
+    if not isinstance(schema, dict):
+        return text(label)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    kind = kind[0] if isinstance(kind, list) and kind else kind
+    props = schema.get("properties")
+    if kind == "object" or (kind is None and isinstance(props, dict)):
+        props = props if isinstance(props, dict) else {}
+        return {
+            k: example_value(v, f"{label}.{k}" if paths else k, text, paths=paths)
+            for k, v in props.items()
+        }
+    if kind == "array":
+        n = max(1, int(schema.get("minItems", 1) or 1))
+        item = f"{label}[0]" if paths else label
+        return [example_value(schema.get("items"), item, text, paths=paths) for _ in range(n)]
+    return _example_scalar(schema, kind, text(label))
+
+
+def _example_scalar(schema: dict[str, Any], kind: Any, text: str) -> Any:
+    if kind in ("number", "integer"):
+        low = schema.get("minimum")
+        if low is None and isinstance(schema.get("exclusiveMinimum"), int | float):
+            low = schema["exclusiveMinimum"] + 1
+        value = low if isinstance(low, int | float) else 0
+        return int(value) if kind == "integer" else value
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    return text.ljust(int(schema.get("minLength", 0) or 0), ".")

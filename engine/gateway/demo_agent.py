@@ -151,41 +151,11 @@ def schema_of(task: str) -> dict[str, Any] | None:
 
 
 def demo_data(schema: Any, label: str = "data") -> Any:
-    """A deterministic example value of a JSON Schema: every declared property of an
-    object, one item of an array, an enum's first value, a number at its ``minimum`` (or
-    ``exclusiveMinimum`` + 1, else 0), and text ``demo <label>`` padded to ``minLength``."""
-    if not isinstance(schema, dict):
-        return f"demo {label}"
-    if "const" in schema:
-        return schema["const"]
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][0]
-    kind = schema.get("type")
-    kind = kind[0] if isinstance(kind, list) and kind else kind
-    props = schema.get("properties")
-    if kind == "object" or (kind is None and isinstance(props, dict)):
-        props = props if isinstance(props, dict) else {}
-        return {k: demo_data(v, k) for k, v in props.items()}
-    if kind == "array":
-        n = max(1, int(schema.get("minItems", 1) or 1))
-        return [demo_data(schema.get("items"), label) for _ in range(n)]
-    return _demo_scalar(schema, kind, label)
+    """A deterministic example of a JSON Schema (``engine.schemas.example_value``), its
+    text ``demo <field>``."""
+    from engine.schemas import example_value
 
-
-def _demo_scalar(schema: dict[str, Any], kind: Any, label: str) -> Any:
-    """``demo_data`` for a number, a boolean, null or text."""
-    if kind in ("number", "integer"):
-        low = schema.get("minimum")
-        if low is None and isinstance(schema.get("exclusiveMinimum"), (int, float)):
-            low = schema["exclusiveMinimum"] + 1
-        value = low if isinstance(low, (int, float)) else 0
-        return int(value) if kind == "integer" else value
-    if kind == "boolean":
-        return False
-    if kind == "null":
-        return None
-    text = f"demo {label}"
-    return text.ljust(int(schema.get("minLength", 0) or 0), ".")
+    return example_value(schema, label, lambda where: f"demo {where}", paths=False)
 
 
 def _role_from_argv(argv: list[str]) -> str | None:
