@@ -389,7 +389,7 @@ def _fallback_verdict(
         return (
             "failed",
             f"the agent could not be started: {outcome.stderr}",
-            "written by the local gateway: the agent could not be started",
+            f"{GATEWAY_NOTE_PREFIX}: the agent could not be started",
         )
     if outcome.returncode == 0:
         out = outcome.stdout.strip()

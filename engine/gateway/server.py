@@ -818,7 +818,7 @@ def _echo(task: Any) -> None:
 
 def _broke(task: Any, reason: str) -> None:
     """Leave a ``failed`` handoff for a run the gateway itself failed on (never replacing)."""
-    from engine.gateway.agents import records_of, write_new_handoff
+    from engine.gateway.agents import GATEWAY_NOTE_PREFIX, records_of, write_new_handoff
     from engine.handoff import HandoffProblem, make_handoff
     from engine.record import reconcile
 
@@ -830,7 +830,7 @@ def _broke(task: Any, reason: str) -> None:
         status="failed",
         result=reason,
         confidence="low",
-        notes="written by the local gateway",
+        notes=GATEWAY_NOTE_PREFIX,  # a stand-in (engine.record tells it by this note)
     )
     try:
         write_new_handoff(task.handoff_path, data)
