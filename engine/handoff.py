@@ -39,11 +39,24 @@ KEY_POLICIES = ("required", "optional")
 MAX_HANDOFF_BYTES = 1024 * 1024
 #: Kinds of problems that a rewrite by the agent cannot be waiting to fix.
 FINAL_KINDS = ("mismatch", "key", "unkeyed", "size", "file")
+#: Every handoff the local gateway writes itself (a stand-in) has notes starting with this.
+GATEWAY_NOTE_PREFIX = "written by the local gateway"
+#: The note on a model agent's handoff: the gateway ran the model and wrote its answer, so
+#: that handoff is the agent's own, not a stand-in (``is_stand_in`` tells them apart by it).
+MODEL_NOTE = f"{GATEWAY_NOTE_PREFIX} for the `openai` agent"
 #: What a key looks like (the schema's pattern for ``key``).
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _DATE_TIME = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
 )
+
+
+def is_stand_in(handoff: Mapping[str, Any]) -> bool:
+    """Whether ``handoff`` is a stand-in the local gateway wrote (its ``notes`` start with
+    ``GATEWAY_NOTE_PREFIX``), not the agent's own. A model agent's answer, which the gateway
+    writes for the model (``MODEL_NOTE``), is the agent's own."""
+    notes = str(handoff.get("notes") or "")
+    return notes.startswith(GATEWAY_NOTE_PREFIX) and not notes.startswith(MODEL_NOTE)
 
 
 class HandoffProblem(HandoffError):

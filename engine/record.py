@@ -462,13 +462,10 @@ def _envelopes(
 
 
 def _is_fallback(handoff: dict[str, Any]) -> bool:
-    """Whether ``handoff`` is a stand-in the local gateway wrote (its ``notes`` start
-    with the gateway's note), not the agent's own. A model agent's answer, which the
-    gateway writes for the model (``MODEL_NOTE``), is the agent's own."""
-    from engine.gateway.agents import GATEWAY_NOTE_PREFIX, MODEL_NOTE
+    """Whether ``handoff`` is a stand-in the local gateway wrote, not the agent's own."""
+    from engine.handoff import is_stand_in
 
-    notes = str(handoff.get("notes") or "")
-    return notes.startswith(GATEWAY_NOTE_PREFIX) and not notes.startswith(MODEL_NOTE)
+    return is_stand_in(handoff)
 
 
 def _standing(

@@ -80,7 +80,7 @@ def test_a_stand_in_is_kept_once_however_often_the_run_is_looked_at(store: Any) 
 def test_a_model_agents_late_answer_is_its_own(store: Any, ending: str) -> None:
     """The local gateway writes a model agent's answer for it (MODEL_NOTE): that answer
     supersedes the engine's ending like any agent's own late handoff."""
-    from engine.gateway.agents import MODEL_NOTE
+    from engine.handoff import MODEL_NOTE
 
     run_id, key = new_run_id(), new_key()
     env = {"caller": "manager", "target": "webster", "outcome": "dispatched",

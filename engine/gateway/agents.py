@@ -39,6 +39,7 @@ from typing import Any
 
 from engine.config import GatewayAgentConfig
 from engine.files import SAFE_ID
+from engine.handoff import GATEWAY_NOTE_PREFIX
 from engine.redact import install_log_filter, redact
 
 log = logging.getLogger("engine.gateway")
@@ -54,12 +55,7 @@ STDERR_TAIL = 2000
 #: Seconds between SIGTERM and SIGKILL of a process group.
 KILL_GRACE = 2.0
 _STOPPING = "the local gateway is stopping"
-#: Every handoff the gateway writes itself (a fallback) has notes starting with this.
-GATEWAY_NOTE_PREFIX = "written by the local gateway"
 GATEWAY_NOTE = f"{GATEWAY_NOTE_PREFIX}: the agent exited without a handoff"
-#: The note on a model agent's handoff: the gateway ran the model and wrote its answer, so
-#: that handoff is the agent's own, not a stand-in (engine.record tells them apart by it).
-MODEL_NOTE = f"{GATEWAY_NOTE_PREFIX} for the `openai` agent"
 #: Without any ``kill_after`` or ``timeout``, a command agent may run this many times the
 #: delegation's timeout (and at least ``HARD_LIMIT_EXTRA`` seconds past it) before it is
 #: killed.

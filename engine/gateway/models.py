@@ -30,7 +30,8 @@ import httpx
 from engine.config import MAX_SECONDS, Config, GatewayAgentConfig
 from engine.cost import compute_cost, price_for
 from engine.errors import ConfigError
-from engine.gateway.agents import MODEL_NOTE, Task, records_of
+from engine.gateway.agents import Task, records_of
+from engine.handoff import MODEL_NOTE
 from engine.redact import install_log_filter, redact, register, register_url
 from engine.registry import check_token
 from engine.retry import Backoff, GiveUp, retry_after_seconds, send_with_retries

@@ -818,8 +818,8 @@ def _echo(task: Any) -> None:
 
 def _broke(task: Any, reason: str) -> None:
     """Leave a ``failed`` handoff for a run the gateway itself failed on (never replacing)."""
-    from engine.gateway.agents import GATEWAY_NOTE_PREFIX, records_of, write_new_handoff
-    from engine.handoff import HandoffProblem, make_handoff
+    from engine.gateway.agents import records_of, write_new_handoff
+    from engine.handoff import GATEWAY_NOTE_PREFIX, HandoffProblem, make_handoff
     from engine.record import reconcile
 
     if task.handoff_path is None or task.run_id is None:

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.gateway.agents import (
-    GATEWAY_NOTE_PREFIX,
     KILL_GRACE,
     OUTPUT_LIMIT,
     STDERR_TAIL,
@@ -43,6 +42,7 @@ from engine.gateway.agents import (
     records_of,
     write_new_handoff,
 )
+from engine.handoff import GATEWAY_NOTE_PREFIX
 from engine.redact import redact
 from engine.store.liveness import process_alive
 
