@@ -160,6 +160,59 @@ def check_key(
     return True
 
 
+def check_keys(
+    data: dict[str, Any],
+    envelope: Mapping[str, Any],
+    *,
+    path: Path,
+    earlier: Iterable[str] = (),
+) -> bool:
+    """``check_key`` against the envelope's ``key_sha256``, else against a key the same
+    delegation was sent with before (``earlier``, then the envelope's own
+    ``earlier_key_sha256``); True if verified.
+
+    A delegation sent again under the same Idempotency-Key after its sender died gets a
+    new key, but the gateway may have run the first message only, so the agent holds the
+    first key (see ``with_earlier_keys``). ``earlier`` is read only when the key is wrong.
+    Raises the ``HandoffProblem`` of the envelope's own key when none fits.
+    """
+    policy = str(envelope.get("handoff_key") or "required")
+    try:
+        return check_key(data, expected_hash=envelope.get("key_sha256"), policy=policy, path=path)
+    except HandoffProblem as exc:
+        if exc.kind != "key":
+            raise
+        for digest in (*earlier, *(envelope.get("earlier_key_sha256") or ())):
+            if not isinstance(digest, str):
+                continue
+            try:
+                return check_key(data, expected_hash=digest, policy=policy, path=path)
+            except HandoffProblem:
+                continue
+        raise
+
+
+def with_earlier_keys(old: Any, new: dict[str, Any]) -> dict[str, Any]:
+    """``new``, the envelope that replaces ``old`` (None or not a dict: none), keeping in
+    ``earlier_key_sha256`` the key hashes ``old`` had and ``new`` does not (first first).
+
+    Every run store writes a pending envelope through this, so a delegation sent again
+    with a new key still takes the handoff of the agent that got the first one.
+    """
+    if not isinstance(old, dict):
+        return new
+    current = new.get("key_sha256")
+    earlier: list[str] = []
+    for digest in (
+        *(old.get("earlier_key_sha256") or ()),
+        old.get("key_sha256"),
+        *(new.get("earlier_key_sha256") or ()),
+    ):
+        if isinstance(digest, str) and digest != current and digest not in earlier:
+            earlier.append(digest)
+    return {**new, "earlier_key_sha256": earlier} if earlier else new
+
+
 def validate_handoff(
     data: Any,
     *,

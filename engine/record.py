@@ -63,8 +63,15 @@ def pending_path(records_dir: Path, run_id: str) -> Path:
 
 
 def write_pending(records_dir: Path, run_id: str, envelope: dict[str, Any]) -> None:
-    """Save the envelope of a delegation before it is dispatched (a new file, as a rule)."""
-    write_json_atomic(pending_path(records_dir, run_id), envelope, fresh=True)
+    """Save the envelope of a delegation before it is dispatched (a new file, as a rule).
+
+    An envelope already there hands on its key hashes (``handoff.with_earlier_keys``): a
+    delegation sent again with a new key still takes the handoff of its first message."""
+    from engine.handoff import with_earlier_keys
+
+    path = pending_path(records_dir, run_id)
+    envelope = with_earlier_keys(read_json(path), envelope)
+    write_json_atomic(path, envelope, fresh=True)
 
 
 def drop_pending(records_dir: Path, run_id: str) -> None:
@@ -504,7 +511,7 @@ def _checked(into: _Into, source: Path) -> tuple[dict[str, Any], bool, os.stat_r
     verified, and the file's stat; None while a waited-for file is still empty."""
     from engine.handoff import (
         MAX_HANDOFF_BYTES,
-        check_key,
+        check_keys,
         parse_handoff,
         read_handoff_bytes,
         validate_handoff,
@@ -520,13 +527,19 @@ def _checked(into: _Into, source: Path) -> tuple[dict[str, Any], bool, os.stat_r
     handoff = validate_handoff(
         parse_handoff(raw, path=source), path=source, run_id=into.run_id, agent=env.get("target")
     )
-    verified = check_key(
-        handoff,
-        expected_hash=env.get("key_sha256"),
-        policy=str(env.get("handoff_key") or "required"),
-        path=source,
-    )
+    verified = check_keys(handoff, env, path=source, earlier=_earlier_keys(into))
     return handoff, verified, st
+
+
+def _earlier_keys(into: _Into) -> Iterator[str]:
+    """The key hashes this delegation was sent with before, from its pending envelope
+    (a waiter's own envelope does not carry those its store kept); read only when the
+    handoff's key is not the current one."""
+    if into.env.get("earlier_key_sha256"):
+        return  # check_keys reads the envelope's own
+    pending = read_json(pending_path(into.records_dir, into.run_id))
+    if isinstance(pending, dict):
+        yield from (h for h in pending.get("earlier_key_sha256") or () if isinstance(h, str))
 
 
 def _refuse(into: _Into, source: Path, exc: Any, seen_ino: int | None) -> Delivery:

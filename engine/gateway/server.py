@@ -706,7 +706,7 @@ class LocalGateway:
     def _key_problem(self, run_id: str, data: Any, in_sub: bool) -> Any:
         """The ``HandoffProblem`` of ``data``'s key against the run's envelope (pending, or
         its record's), or None when it matches or no envelope is known."""
-        from engine.handoff import HandoffProblem, check_key
+        from engine.handoff import HandoffProblem, check_keys
 
         store = self.store
         env = store.read_pending(run_id, sub=in_sub)
@@ -715,26 +715,12 @@ class LocalGateway:
             env = record["envelope"] if record is not None else None
         if not isinstance(env, dict):
             return None
-        target = store.handoff_target(run_id, sub=in_sub)
         try:
-            check_key(
-                data,
-                expected_hash=env.get("key_sha256"),
-                policy=str(env.get("handoff_key") or "required"),
-                path=target,
-            )
+            # a delegation sent again keeps its earlier keys' hashes: the agent may hold one
+            check_keys(data, env, path=store.handoff_target(run_id, sub=in_sub))
             return None
         except HandoffProblem as exc:
-            problem = exc
-        # A delegation sent again after its sender died keeps its earlier key's hash
-        # (PostgreSQL store): the agent may hold that key.
-        for digest in env.get("earlier_key_sha256") or []:
-            try:
-                check_key(data, expected_hash=digest, policy="required", path=target)
-                return None
-            except HandoffProblem:
-                continue
-        return problem
+            return exc
 
 
 def _delivery_answer(run_id: str, got: Any, key_problem: Any) -> tuple[int, dict[str, Any]]:

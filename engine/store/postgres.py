@@ -41,6 +41,7 @@ from typing import Any
 
 from engine.errors import RunStateError
 from engine.files import SAFE_ID, check_id, utcnow_iso
+from engine.handoff import check_keys, with_earlier_keys
 from engine.store.liveness import this_host, waiter_alive
 from engine.store.postgres_db import Database
 from engine.store.postgres_runs import RUN_LEASE_TTL, PostgresJournal, PostgresRuns
@@ -72,27 +73,6 @@ class _Into:
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, default=str)
-
-
-def _check_keys(
-    handoff: dict[str, Any], env: dict[str, Any], earlier: list[str], path: Path
-) -> bool:
-    """``engine.handoff.check_key`` against the envelope's key, else an earlier one of the
-    same delegation (``earlier_key_sha256``); the first problem is raised when none fits."""
-    from engine.handoff import HandoffProblem, check_key
-
-    policy = str(env.get("handoff_key") or "required")
-    try:
-        return check_key(handoff, expected_hash=env.get("key_sha256"), policy=policy, path=path)
-    except HandoffProblem as exc:
-        if exc.kind != "key":
-            raise
-        for digest in earlier:
-            try:
-                return check_key(handoff, expected_hash=digest, policy=policy, path=path)
-            except HandoffProblem:
-                continue
-        raise
 
 
 class PostgresRunStore(PostgresRuns):
@@ -208,16 +188,7 @@ class PostgresRunStore(PostgresRuns):
                 "SELECT envelope FROM delegations WHERE run_id = %s AND sub = %s FOR UPDATE",
                 (run_id, sub),
             ).fetchone()
-            stored = dict(envelope)
-            old = row[0] if row and isinstance(row[0], dict) else None
-            if old is not None and old.get("key_sha256") != envelope.get("key_sha256"):
-                earlier = [h for h in old.get("earlier_key_sha256") or [] if isinstance(h, str)]
-                if isinstance(old.get("key_sha256"), str):
-                    earlier.append(old["key_sha256"])
-                if earlier:
-                    stored["earlier_key_sha256"] = earlier
-            elif old is not None and old.get("earlier_key_sha256"):
-                stored.setdefault("earlier_key_sha256", old["earlier_key_sha256"])
+            stored = with_earlier_keys(row[0] if row else None, dict(envelope))
             conn.execute(
                 "INSERT INTO delegations (run_id, sub, envelope, parent_run_id, host, pid, "
                 "renewed_at, outcome) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
@@ -393,7 +364,7 @@ class PostgresRunStore(PostgresRuns):
                 run_id=into.run_id,
                 agent=env.get("target"),
             )
-            return handoff, _check_keys(handoff, env, earlier, where)
+            return handoff, check_keys(handoff, env, path=where, earlier=earlier)
         except HandoffProblem as exc:
             fresh = time.time() - received_epoch < grace
             if exc.kind not in FINAL_KINDS and (into.waiting or fresh):

@@ -192,6 +192,36 @@ class TestDelegations:
         assert [r["file"] for r in pending["rejected"]] == [str(got.kept)]
         assert not store.has_handoff(run_id, sub=False)
 
+    def test_a_delegation_sent_again_accepts_the_key_of_its_first_message(
+        self, store: RunStore
+    ) -> None:
+        """Its sender died after the gateway accepted the message; sent again under the
+        same Idempotency-Key with a new key, the gateway ran the first message only, so the
+        agent's handoff carries the first key: it is taken, a forged one is not."""
+        run_id, first, second = new_run_id(), new_key(), new_key()
+        store.pending(run_id, _envelope(first), sub=False)
+        again = _envelope(second)
+        store.pending(run_id, again, sub=False)
+        pending = store.read_pending(run_id, sub=False)
+        assert pending is not None and pending["earlier_key_sha256"] == [key_hash(first)]
+        assert pending["key_sha256"] == key_hash(second)
+        store.put_handoff(run_id, _handoff(run_id, new_key()), sub=False)
+        forged = store.deliver(run_id, sub=False, envelope=again)
+        assert forged.state == "refused" and forged.problem.kind == "key"
+        store.put_handoff(run_id, _handoff(run_id, first), sub=False)
+        got = store.deliver(run_id, sub=False, envelope=again)
+        assert got.state == "recorded", got
+        record = store.read(run_id, sub=False)
+        assert record is not None and record["result"] == "0.05 ppm/K"
+        assert record["envelope"]["key_verified"] is True
+        # the same envelope written again (a renewal) keeps the earlier key
+        other = new_run_id()
+        store.pending(other, _envelope(first), sub=False)
+        store.pending(other, _envelope(second), sub=False)
+        store.pending(other, _envelope(second), sub=False)
+        kept = store.read_pending(other, sub=False)
+        assert kept is not None and kept["earlier_key_sha256"] == [key_hash(first)]
+
     def test_a_second_handoff_is_kept_and_listed(self, store: RunStore) -> None:
         run_id, key = new_run_id(), new_key()
         env = _envelope(key)
