@@ -365,20 +365,33 @@ def _fast_template(
             if path is None or func is None:
                 return None
             parts.append(func)
-            root, keys = path
-            first = keys[0][1] if keys else None
-            if root == "steps":
-                if isinstance(first, str):
-                    steps.add(first)
-                else:
-                    dynamic = True
-            elif root == "inputs" and isinstance(first, str):
-                inputs.add(first)
+            dynamic = _add_ref(*path, steps, inputs) or dynamic
+    return _joined(parts), TemplateRefs(frozenset(steps), frozenset(inputs), dynamic)
+
+
+def _add_ref(
+    root: str, keys: tuple[tuple[bool, Any], ...], steps: set[str], inputs: set[str]
+) -> bool:
+    """Add the step or input a lookup ``root`` + ``keys`` reads to ``steps`` or ``inputs``;
+    True when it reads ``steps`` by a key that is not a constant name (dynamic)."""
+    first = keys[0][1] if keys else None
+    if root == "steps":
+        if isinstance(first, str):
+            steps.add(first)
+            return False
+        return True
+    if root == "inputs" and isinstance(first, str):
+        inputs.add(first)
+    return False
+
+
+def _joined(parts: list[str | _Eval]) -> Callable[[Mapping[str, Any]], str]:
+    """An evaluator that joins the text parts and the lookups' values."""
 
     def render(ctx: Mapping[str, Any]) -> str:
         return "".join(p if type(p) is str else str(p(ctx)) for p in parts)  # type: ignore[operator]
 
-    return render, TemplateRefs(frozenset(steps), frozenset(inputs), dynamic)
+    return render
 
 
 # The trivial subset of Jinja2 most tasks are written in: text and `{{ root.a['b'] }}`.
@@ -485,20 +498,9 @@ def _parts_template(
         funcs.append(_path_lookup(root, keys))
         for n in range(2, len(keys) + 1):  # every Getattr/Getitem node of the tree
             _add_step_lookup(lookups, root, keys[:n])
-        first = keys[0][1] if keys else None
-        if root == "steps":
-            if isinstance(first, str):
-                steps.add(first)
-            else:
-                dynamic = True
-        elif root == "inputs" and isinstance(first, str):
-            inputs.add(first)
-
-    def render(ctx: Mapping[str, Any]) -> str:
-        return "".join(p if type(p) is str else str(p(ctx)) for p in funcs)  # type: ignore[operator]
-
+        dynamic = _add_ref(root, keys, steps, inputs) or dynamic
     refs = TemplateRefs(frozenset(steps), frozenset(inputs), dynamic)
-    return render, refs, frozenset(lookups)
+    return _joined(funcs), refs, frozenset(lookups)
 
 
 def _references(ast: nodes.Node) -> TemplateRefs:
