@@ -246,6 +246,11 @@ def _float_or_none(spec: dict[str, Any], key: str) -> float | None:
     return float(spec[key]) if key in spec else None
 
 
+def _as_given(spec: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The entries ``keys`` of a schema-checked ``spec`` taken as they are (None: absent)."""
+    return {key: spec.get(key) for key in keys}
+
+
 def _agent_config(
     name: str, spec: dict[str, Any], rel: Callable[[Any], Path | None]
 ) -> AgentConfig:
@@ -253,21 +258,24 @@ def _agent_config(
     return AgentConfig(
         name=name,
         url=str(spec.get("url", LOCAL_URL)).rstrip("/"),
-        token_env=spec.get("token_env"),
         token_file=rel(spec.get("token_file")),
-        agent_id=spec.get("agent_id"),
         capabilities=tuple(spec.get("capabilities", ())),
-        model=spec.get("model"),
-        thinking=spec.get("thinking"),
-        channel=spec.get("channel"),
         timeout=_float_or_none(spec, "timeout"),
         send_session_key=bool(spec.get("send_session_key", False)),
-        deliver=spec.get("deliver"),
-        max_concurrent=spec.get("max_concurrent"),
-        description=spec.get("description"),
-        repair_attempts=spec.get("repair_attempts"),
-        wait_for_completion=spec.get("wait_for_completion"),
         heartbeat_timeout=_float_or_none(spec, "heartbeat_timeout"),
+        **_as_given(
+            spec,
+            "token_env",
+            "agent_id",
+            "model",
+            "thinking",
+            "channel",
+            "deliver",
+            "max_concurrent",
+            "description",
+            "repair_attempts",
+            "wait_for_completion",
+        ),
     )
 
 
@@ -282,15 +290,18 @@ def _gateway_agent_config(
         env=dict(spec.get("env", {})),
         timeout=_float_or_none(spec, "timeout"),
         cwd=rel(spec.get("cwd")),
-        base_url=spec.get("base_url"),
-        model=spec.get("model"),
-        api_key_env=spec.get("api_key_env"),
-        thinking=spec.get("thinking"),
-        system_prompt=spec.get("system_prompt"),
-        max_tokens=spec.get("max_tokens"),
-        temperature=spec.get("temperature"),
         kill_after=_float_or_none(spec, "kill_after"),
         fallback_handoff=bool(spec.get("fallback_handoff", True)),
+        **_as_given(
+            spec,
+            "base_url",
+            "model",
+            "api_key_env",
+            "thinking",
+            "system_prompt",
+            "max_tokens",
+            "temperature",
+        ),
     )
 
 
