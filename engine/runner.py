@@ -482,6 +482,17 @@ class _Schedule:
 _PARKED = (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT)
 
 
+@dataclass(frozen=True)
+class _Unit:
+    """What one chain of attempts delegates: step run ``s`` of plan step ``ps`` to
+    ``agent``, or only its item ``index`` of a ``for_each`` step (None: the step itself)."""
+
+    s: StepRun
+    ps: Any
+    agent: str
+    index: int | None = None
+
+
 class _Execution:
     """One run (or resumed stretch of a run) in progress: all of its mutable state."""
 
@@ -947,21 +958,16 @@ class _Execution:
         s.finished_at = utcnow_iso()
         s.in_flight = False
         self.store.write_step(self.run_id, s.id, _step_record(s, items))
+        ended = {"step": s.id, "status": state.value}
         self.journal.append(
             "step_finished",
-            step=s.id,
-            status=state.value,
+            **ended,
             attempt=s.attempt,
             delegation_run_id=s.delegation_run_id,
             **({"error": error} if error else {}),
         )
         self.reporter.event(
-            "step_finished",
-            step=s.id,
-            status=state.value,
-            duration_ms=s.duration_ms,
-            agent=s.agent,
-            error=error,
+            "step_finished", **ended, duration_ms=s.duration_ms, agent=s.agent, error=error
         )
 
     def _step_timeout(self, ps: Any, agent: str) -> float:
@@ -991,7 +997,7 @@ class _Execution:
             self._finish(s, StepState.ERRORED, error=f"task failed to render: {exc}")
             return
         task = with_schema(with_answer(task, s.question), ps.spec.result_schema)
-        result, bad_data = self._checked_attempts(s, ps, agent, task, reattach)
+        result, bad_data = self._checked_attempts(_Unit(s, ps, agent), task, reattach)
         if result is None:
             self._finish(s, StepState.ERRORED, error=s.error)
             return
@@ -1016,51 +1022,31 @@ class _Execution:
         s.agent = agent
         return str(agent)
 
-    def _attempts(
-        self,
-        s: StepRun,
-        ps: Any,
-        agent: str,
-        task: str,
-        reattach: bool,
-        index: int | None = None,
-    ) -> Any | None:
-        """Delegate the step (or its item ``index``), retrying as its policy says; the
-        last result (None: the machinery broke, ``s.error`` says how).
+    def _attempts(self, u: _Unit, task: str, reattach: bool) -> Any | None:
+        """Delegate the step (or its item ``u.index``), retrying as its policy says; the
+        last result (None: the machinery broke, ``u.s.error`` says how).
 
         An attempt started by an earlier process keeps its run id; it is re-attached
         (never re-sent) when the journal says a gateway accepted it, else sent again
         under the same Idempotency-Key, which a gateway runs once.
         """
+        s = u.s
         first = s.attempt if reattach and s.attempt else s.attempt + 1
-        accepted = reattach and (s.dispatched_at is not None or index is not None)
+        accepted = reattach and (s.dispatched_at is not None or u.index is not None)
         attempt = first
         while True:
             again = accepted and attempt == first
             result = self._attempt(
-                s,
-                ps,
-                agent,
-                task,
-                attempt,
-                again=again,
-                journaled=reattach and attempt == first,
-                index=index,
+                u, task, attempt, again=again, journaled=reattach and attempt == first
             )
-            if result is None or not self._retryable(result, ps, attempt):
+            if result is None or not self._retryable(result, u.ps, attempt):
                 return result
-            if self._back_off(s, ps, agent, attempt, result.outcome.value, index):
+            if self._back_off(u, attempt, result.outcome.value):
                 return result  # cancelled while waiting
             attempt += 1
 
     def _checked_attempts(
-        self,
-        s: StepRun,
-        ps: Any,
-        agent: str,
-        task: str,
-        reattach: bool,
-        index: int | None = None,
+        self, u: _Unit, task: str, reattach: bool
     ) -> tuple[Any | None, str | None]:
         """``_attempts``, then the handoff's ``data`` checked against ``result_schema``.
 
@@ -1070,8 +1056,9 @@ class _Execution:
         """
         from engine.repair import attempts_for, data_repair_note
 
+        s, ps, index = u.s, u.ps, u.index
         schema = ps.spec.result_schema
-        entry = self.cfg.agents.get(agent)
+        entry = self.cfg.agents.get(u.agent)
         allowed = attempts_for(
             ps.spec.repair_attempts,
             entry.repair_attempts if entry else None,
@@ -1079,7 +1066,7 @@ class _Execution:
         )
         current, repairs = task, 0
         while True:
-            result = self._attempts(s, ps, agent, current, reattach, index)
+            result = self._attempts(u, current, reattach)
             if result is None or schema is None or not result.outcome.ok:
                 return result, None
             problems = data_problems(schema, result.handoff or {})
@@ -1101,22 +1088,14 @@ class _Execution:
             current, reattach = f"{task}\n\n{note}", False
 
     def _attempt(
-        self,
-        s: StepRun,
-        ps: Any,
-        agent: str,
-        task: str,
-        attempt: int,
-        *,
-        again: bool,
-        journaled: bool,
-        index: int | None = None,
+        self, u: _Unit, task: str, attempt: int, *, again: bool, journaled: bool
     ) -> Any | None:
         """One delegation of the step; its result, or None when the machinery broke.
 
         An item of a ``for_each`` step has run id ``<run>-<step>-i<index>-<attempt>`` and
         journals ``item_started`` (with ``index``) instead of ``step_started``.
         """
+        s, agent, index = u.s, u.agent, u.index
         s.attempt = attempt
         item = {} if index is None else {"index": index}
         drid = (
@@ -1131,28 +1110,16 @@ class _Execution:
         s.delegation_run_id = drid
         s.started_at = s.started_at or utcnow_iso()
         kind = "step_started" if index is None else "item_started"
-        if not journaled:
-            self.journal.append(
-                kind, step=s.id, attempt=attempt, agent=agent, delegation_run_id=drid, **item
-            )
-        self.reporter.event(
-            kind,
-            step=s.id,
-            agent=agent,
-            attempt=attempt,
-            reattached=again,
-            delegation_run_id=drid,
-            **item,
-        )
+        self._started(kind, s, agent, reattached=again, journaled=journaled, **item)
         s.state = StepState.RUNNING
-        timeout = self._attempt_timeout(s, ps, agent, journaled)
+        timeout = self._attempt_timeout(s, u.ps, agent, journaled)
         if journaled:  # resumed: what is left of its deadline, not a fresh one
             self.journal.append(
                 "step_reattached", step=s.id, attempt=attempt, timeout_s=round(timeout, 3), **item
             )
         try:
             result = self.delegator.delegate(
-                self._request(s, ps, agent, task, drid, index, timeout),
+                self._request(u, task, drid, timeout),
                 reattach=again,
                 cancel=self.cancel,
                 reporter=self.step_reporter,
@@ -1177,19 +1144,31 @@ class _Execution:
         )
         return result
 
-    def _request(
-        self,
-        s: StepRun,
-        ps: Any,
-        agent: str,
-        task: str,
-        drid: str,
-        index: int | None = None,
-        timeout: float | None = None,
-    ) -> DelegationRequest:
+    def _started(
+        self, kind: str, s: StepRun, agent: str, *, reattached: bool, journaled: bool, **extra: Any
+    ) -> None:
+        """Journal (unless an earlier process did: ``journaled``) and show that attempt
+        ``s.attempt`` (``s.delegation_run_id``) of ``s`` started; ``extra`` goes to both."""
+        drid = s.delegation_run_id
+        if not journaled:
+            self.journal.append(
+                kind, step=s.id, attempt=s.attempt, agent=agent, delegation_run_id=drid, **extra
+            )
+        self.reporter.event(
+            kind,
+            step=s.id,
+            agent=agent,
+            attempt=s.attempt,
+            reattached=reattached,
+            delegation_run_id=drid,
+            **extra,
+        )
+
+    def _request(self, u: _Unit, task: str, drid: str, timeout: float) -> DelegationRequest:
         from engine.ask import session_of
         from engine.delegate import DelegationRequest
 
+        s, ps, agent, index = u.s, u.ps, u.agent, u.index
         plan, options = self.plan, ps.spec.options
         labels = {"workflow": plan.workflow.name, "workflow_run": self.run_id, "step": s.id}
         if index is not None:
@@ -1198,7 +1177,7 @@ class _Execution:
             target=agent,
             task=task,
             caller=plan.caller,
-            timeout=timeout if timeout is not None else ps.spec.timeout,
+            timeout=timeout,
             run_id=drid,
             name=f"workflow {self.run_id} {s.id}",
             deliver=options.get("deliver"),
@@ -1223,23 +1202,22 @@ class _Execution:
             and self._over_budget(ps) is None
         )
 
-    def _back_off(
-        self, s: StepRun, ps: Any, agent: str, attempt: int, reason: str, index: int | None = None
-    ) -> bool:
+    def _back_off(self, u: _Unit, attempt: int, reason: str) -> bool:
         """Journal the retry and wait before it; True when the run was cancelled meanwhile.
 
         The last attempt is in the step file; earlier ones go to the journal so a crash
         during a retry keeps their history. The wait keeps a short outage from using up
         every retry at once; `workflow cancel` interrupts it.
         """
+        s, index = u.s, u.index
         item, kind = ({}, "step") if index is None else ({"index": index}, "item")
         self.journal.append(f"{kind}_attempt", step=s.id, **item, **s.attempts[-1])
-        policy = ps.spec.retry
+        policy = u.ps.spec.retry
         delay = retry_delay(
             policy.delay,
             attempt,
             rng=self.rng,
-            bound=self._step_timeout(ps, agent),
+            bound=self._step_timeout(u.ps, u.agent),
             backoff=policy.backoff,
             max_delay=policy.max_delay,
             jitter=policy.jitter,
@@ -1490,23 +1468,8 @@ class _FanOut:
         s.delegation_run_id = drid
         s.started_at = s.started_at or utcnow_iso()
         s.state = StepState.RUNNING
-        if not reattach:
-            ex.journal.append(
-                "step_started",
-                step=s.id,
-                attempt=s.attempt,
-                agent=self.agent,
-                delegation_run_id=drid,
-                items=count,
-            )
-        ex.reporter.event(
-            "step_started",
-            step=s.id,
-            agent=self.agent,
-            attempt=s.attempt,
-            reattached=reattach,
-            delegation_run_id=drid,
-            items=count,
+        ex._started(
+            "step_started", s, self.agent, reattached=reattach, journaled=reattach, items=count
         )
 
     def _item(self, index: int, value: Any) -> None:
@@ -1540,7 +1503,7 @@ class _FanOut:
 
         ex, ps = self.ex, self.ps
         result, bad_data = ex._checked_attempts(
-            run, ps, self.agent, task, index in self.in_flight, index
+            _Unit(run, ps, self.agent, index), task, index in self.in_flight
         )
         if result is None:
             return StepState.ERRORED, run.error
