@@ -309,14 +309,12 @@ def plan_workflow(
     skip = _step_reference_problems(spec, renderer, first, upstream, problems) | data_skip
     skip_outputs = _output_reference_problems(spec, renderer, first, problems) | data_skip
     trial_inputs = {n: resolved.get(n, f"<input {n}>") for n in spec.inputs}
-    _trial_render(spec, renderer, first, upstream, trial_inputs, skip, skip_outputs, problems)
+    trial = _Trial(spec, renderer, upstream, trial_inputs, _Placeholders(first.values()))
+    _trial_render(trial, first, skip, skip_outputs, problems)
     children = _Children(spec, renderer, registry, acl, known, validator, load_child, parents)
     for step in first.values():
         if step.workflow is not None and step.id not in skip:
-            ctx = _context(
-                spec, trial_inputs, _trial_steps(step.id, renderer, upstream, children.placeholders)
-            )
-            children.plan(step, ctx, problems)
+            children.plan(step, trial.context(step.id, children.placeholders), problems)
     if problems:
         raise WorkflowError(f"`{spec.path}` cannot run:", path=spec.path, problems=problems)
     assert who is not None  # a missing caller is a problem above
@@ -591,27 +589,47 @@ def _output_reference_problems(
     return skip
 
 
+@dataclass(frozen=True)
+class _Trial:
+    """The contexts a dry run renders templates with: each upstream result a placeholder
+    (the planner's trial render and the dry-run views share them)."""
+
+    spec: WorkflowSpec
+    renderer: TaskRenderer
+    upstream: _Upstream
+    inputs: dict[str, str]
+    placeholders: _Placeholders
+
+    def context(
+        self, step_id: str, placeholders: _Placeholders | None = None, *, ended: bool = False
+    ) -> dict[str, Any]:
+        """The context of step ``step_id`` (``ended``: a ``finally`` step's)."""
+        given = self.placeholders if placeholders is None else placeholders
+        steps = _trial_steps(step_id, self.renderer, self.upstream, given)
+        return _context(self.spec, self.inputs, steps, ended=ended)
+
+    def outputs_context(self, ids: Any) -> dict[str, Any]:
+        """The context of the workflow's outputs: steps ``ids`` all ended."""
+        return _context(self.spec, self.inputs, {s: self.placeholders[s] for s in ids}, ended=True)
+
+
 def _trial_render(
-    spec: WorkflowSpec,
-    renderer: TaskRenderer,
+    trial: _Trial,
     first: dict[str, StepSpec],
-    upstream: _Upstream,
-    trial_inputs: dict[str, str],
     skip: set[str],
     skip_outputs: set[str],
     problems: list[str],
 ) -> None:
     """Render every template not already found wrong, with placeholder upstream results."""
-    placeholders = _Placeholders(first.values())
+    spec, renderer = trial.spec, trial.renderer
     for step in first.values():
         if step.id in skip or renderer.is_broken(step.id):
             continue
-        steps = _trial_steps(step.id, renderer, upstream, placeholders)
-        ctx = _context(spec, trial_inputs, steps, ended=step.always)
+        ctx = trial.context(step.id, ended=step.always)
         problems.extend(_trial_problems(step, renderer, ctx))
     if not spec.outputs:
         return
-    ctx = _context(spec, trial_inputs, {s: placeholders[s] for s in first}, ended=True)
+    ctx = trial.outputs_context(first)
     for out_name in spec.outputs:
         if out_name in skip_outputs or out_name not in renderer.output_references():
             continue
@@ -922,14 +940,10 @@ def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, An
 
     What a dry run shows; the same placeholders as the planner's trial render.
     """
-    spec = plan.workflow
-    position = {sid: i for i, sid in enumerate(plan.steps)}
-    upstream = _Upstream(plan._links.parents, position, plan.groups)
-    placeholders = _Placeholders(p.spec for p in plan.steps.values())
+    trial = _plan_trial(plan, renderer)
     out: dict[str, dict[str, Any]] = {}
     for sid, planned in plan.steps.items():
-        steps = _trial_steps(sid, renderer, upstream, placeholders)
-        ctx = _context(spec, plan.inputs, steps, ended=planned.spec.always)
+        ctx = trial.context(sid, ended=planned.spec.always)
         entry: dict[str, Any] = {}
         task_ctx = ctx
         if planned.spec.for_each is not None:
@@ -948,9 +962,15 @@ def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, An
 
 def rendered_outputs(plan: Plan, renderer: TaskRenderer) -> dict[str, str]:
     """The workflow's outputs rendered with every step's placeholder result."""
+    return renderer.render_outputs(_plan_trial(plan, renderer).outputs_context(plan.steps))
+
+
+def _plan_trial(plan: Plan, renderer: TaskRenderer) -> _Trial:
+    """The trial contexts of a plan (what the planner rendered it with)."""
+    position = {sid: i for i, sid in enumerate(plan.steps)}
+    upstream = _Upstream(plan._links.parents, position, plan.groups)
     placeholders = _Placeholders(p.spec for p in plan.steps.values())
-    all_steps = {sid: placeholders[sid] for sid in plan.steps}
-    return renderer.render_outputs(_context(plan.workflow, plan.inputs, all_steps, ended=True))
+    return _Trial(plan.workflow, renderer, upstream, plan.inputs, placeholders)
 
 
 class _Children:
