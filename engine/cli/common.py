@@ -7,11 +7,13 @@ from DESIGN.md, never a traceback.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from dataclasses import dataclass, fields
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -226,16 +228,66 @@ def options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return add
 
 
-def server_options(fn: Any) -> Any:
-    """`--server URL` (or $ORCH_SERVER) and `--server-token-env VAR`: act through a server."""
-    fn = click.option(
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a command acts: through `orchestrate serve` at ``server`` (its token in the
+    environment variable ``token_env``), or on this host with the config file ``config``
+    (None: the default one)."""
+
+    server: str | None
+    token_env: str | None
+    config: str | None
+
+    def act(self, remote: Callable[[Any], _T], local: Callable[[Any], _T]) -> _T:
+        """``remote(client)`` through the server when one is given, else ``local(cfg)``."""
+        if self.server:
+            with client(self.server, self.token_env) as served:
+                return remote(served)
+        return local(load(self.config))
+
+    def report(self, served: str, here: str) -> None:
+        """Print what was done: ``served`` when the server acted, else ``here``."""
+        click.echo(served if self.server else here)
+
+
+def collected(
+    name: str, kind: type[Any], *decorators: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
+    """One decorator applying click options in the order listed, whose values reach the
+    command as one value, its argument ``name``: ``kind(**values)`` (a dataclass whose
+    fields are the options' parameter names)."""
+    keys = [f.name for f in fields(kind)]
+
+    def add(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            kwargs[name] = kind(**{key: kwargs.pop(key) for key in keys})
+            return fn(*args, **kwargs)
+
+        return options(*decorators)(command)
+
+    return add
+
+
+#: `--server URL` (or $ORCH_SERVER), `--server-token-env VAR` and `--config`, given to the
+#: command as one ``where`` value (a ``Where``).
+where_options = collected(
+    "where",
+    Where,
+    click.option(
+        "--server", envvar="ORCH_SERVER", metavar="URL", help="Act through `orchestrate serve`."
+    ),
+    click.option(
         "--server-token-env",
+        "token_env",
         metavar="VAR",
         help="Env var with the server token [ORCH_SERVER_TOKEN].",
-    )(fn)
-    return click.option(
-        "--server", envvar="ORCH_SERVER", metavar="URL", help="Act through `orchestrate serve`."
-    )(fn)
+    ),
+    config_option,
+)
 
 
 def client(server: str, token_env: str | None) -> Any:

@@ -12,6 +12,7 @@ import click
 from engine.cli.common import (
     EngineGroup,
     Seconds,
+    Where,
     client,
     config_option,
     dump,
@@ -19,7 +20,7 @@ from engine.cli.common import (
     load_optional,
     options,
     say,
-    server_options,
+    where_options,
 )
 from engine.cli.store import store_group
 from engine.progress import usage_text
@@ -110,8 +111,7 @@ def orchestrate() -> None:
 @click.option(
     "--idempotency-key", "key", help="A retry with this key returns the first result, unsent."
 )
-@server_options
-@config_option
+@where_options
 def delegate_cmd(
     args: tuple[str, ...],
     caller: str,
@@ -132,9 +132,7 @@ def delegate_cmd(
     as_json: bool,
     quiet: bool,
     key: str | None,
-    server: str | None,
-    server_token_env: str | None,
-    config: str | None,
+    where: Where,
 ) -> int:
     """Delegate TASK to AGENT on behalf of --caller and wait for the handoff."""
     from engine.delegate import DelegationRequest, open_delegator
@@ -142,7 +140,7 @@ def delegate_cmd(
     from engine.validate import delegate_validated, validator_for
 
     task = _task_of(args, capability)
-    if server:
+    if where.server:
         if validate or dry_run or channel_context or context_file or deliver is not None:
             from engine.errors import UsageError
 
@@ -160,8 +158,8 @@ def delegate_cmd(
             "channel": channel,
             "parent_run_id": parent_run_id,
         }
-        return _delegate_remote(server, server_token_env, request, key=key, as_json=as_json)
-    cfg = load(config)
+        return _delegate_remote(where, request, key=key, as_json=as_json)
+    cfg = load(where.config)
     checker = validator_for(cfg, validator) if validate else None
     req = DelegationRequest(
         target="" if capability else args[0],
@@ -191,10 +189,11 @@ def delegate_cmd(
 
 
 def _delegate_remote(
-    server: str, token_env: str | None, request: dict[str, Any], *, key: str | None, as_json: bool
+    where: Where, request: dict[str, Any], *, key: str | None, as_json: bool
 ) -> int:
     """`delegate --server`: the serve API delegates; its record is printed here."""
-    with client(server, token_env) as remote:
+    assert where.server is not None
+    with client(where.server, where.token_env) as remote:
         result = remote.delegate(request, key=key)
     if as_json:
         dump(result.record)
@@ -425,6 +424,7 @@ def _data_option(text: str | None, path: str | None) -> Any:
         what = "`--data`"
     else:
         return _NO_DATA
+
     def no_constant(name: str) -> Any:
         raise ValueError(f"`{name}` is not a JSON value")
 
@@ -554,8 +554,7 @@ def _post_handoff(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-@server_options
-@config_option
+@where_options
 def answer_cmd(
     run_id: str,
     text: str,
@@ -563,9 +562,7 @@ def answer_cmd(
     timeout: float | None,
     as_json: bool,
     quiet: bool,
-    server: str | None,
-    server_token_env: str | None,
-    config: str | None,
+    where: Where,
 ) -> int:
     """Answer the question a delegation asked, send it back to the agent, and wait
     (with `--server`, the server does; the answerer recorded is the token's name)."""
@@ -574,13 +571,14 @@ def answer_cmd(
     from engine.reporter import ConsoleReporter, Reporter
 
     reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
-    result: DelegationResult
-    if server:
-        with client(server, server_token_env) as remote:
-            result = remote.answer_delegation(run_id, text)
-    else:
-        with open_delegator(load(config), reporter=reporter) as delegator:
-            result = answer_delegation(delegator, run_id, text, by=by, timeout=timeout)
+
+    def here(cfg: Any) -> DelegationResult:
+        with open_delegator(cfg, reporter=reporter) as delegator:
+            return answer_delegation(delegator, run_id, text, by=by, timeout=timeout)
+
+    result: DelegationResult = where.act(
+        lambda remote: remote.answer_delegation(run_id, text), here
+    )
     if as_json:
         dump(result.record)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,14 @@ import click
 
 from engine.cli.common import (
     EngineGroup,
+    Where,
+    collected,
     config_option,
     dump,
     load,
     load_optional,
     say,
-    server_options,
+    where_options,
 )
 from engine.cli.common import client as _client
 
@@ -74,6 +77,61 @@ parallel_option = click.option(
     help="Steps in flight at once (the token pool may allow fewer).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+
+
+@dataclass(frozen=True)
+class _Driving:
+    """How `run` and `resume` drive a run in this process and show it (their shared
+    options: ``--interactive``, ``--approve``, ``--approve-all``, ``--max-parallel``,
+    ``--json``, ``-q``)."""
+
+    interactive: bool | None
+    approve: tuple[str, ...]
+    approve_all: bool
+    max_parallel: int
+    as_json: bool
+    quiet: bool
+
+    def run_options(self, **more: Any) -> Any:
+        """The ``RunOptions`` these options ask for, plus ``more`` (the command's own)."""
+        from engine.runner import RunOptions
+
+        return RunOptions(
+            max_parallel=self.max_parallel,
+            approve=frozenset(self.approve),
+            approve_all=self.approve_all,
+            **more,
+        )
+
+    def drive(self, cfg: Any, act: Any) -> int:
+        """Run ``act(runner)`` with the delegator, reporter and approver a run needs;
+        render it."""
+        from engine.delegate import open_delegator
+        from engine.runner import WorkflowRunner
+
+        reporter = _reporter_for(self.as_json, self.quiet)
+        with open_delegator(cfg, reporter=reporter) as delegator:
+            approver = _approver(self.interactive)
+            runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=approver)
+            try:
+                result = act(runner)
+            finally:
+                getattr(reporter, "close", lambda: None)()
+        return _render_run(result, self.as_json, plain=self.quiet or None, cfg=cfg)
+
+
+#: The options of ``_Driving``, given to the command as one ``driving`` value.
+_driving_options = collected(
+    "driving",
+    _Driving,
+    interactive_option,
+    approve_option,
+    approve_all_option,
+    parallel_option,
+    json_option,
+    quiet_option,
+)
 
 
 def _reporter_for(as_json: bool, quiet: bool = False) -> Any:
@@ -295,45 +353,33 @@ def _child_hint(cfg: Any, rid: str, sid: str, st: dict[str, Any]) -> str:
 @click.option(
     "--dry-run", is_flag=True, help="Check everything and print the plan; dispatch nothing."
 )
-@interactive_option
-@approve_option
-@approve_all_option
-@parallel_option
-@json_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@server_options
-@config_option
+@_driving_options
+@where_options
 def workflow_run_cmd(
     name: str,
     inputs: tuple[str, ...],
     caller: str | None,
     dry_run: bool,
-    interactive: bool | None,
-    approve: tuple[str, ...],
-    approve_all: bool,
-    max_parallel: int,
-    as_json: bool,
-    quiet: bool,
-    server: str | None,
-    server_token_env: str | None,
-    config: str | None,
+    driving: _Driving,
+    where: Where,
 ) -> int:
     """Run workflow NAME (a name in ./workflows, the config's dirs, the shipped set, or a path)."""
     from engine.prepare import prepare
     from engine.registry import check_secrets
     from engine.workflow import parse_inputs
 
-    if server and not dry_run:
-        with _client(server, server_token_env) as remote:
+    as_json = driving.as_json
+    if where.server and not dry_run:
+        with _client(where.server, where.token_env) as remote:
             result = remote.run_workflow(
                 name,
                 parse_inputs(list(inputs)),
                 caller=caller,
-                approve=approve,
-                approve_all=approve_all,
+                approve=driving.approve,
+                approve_all=driving.approve_all,
             )
         return _render_run(result, as_json, resume=" --server URL")
-    cfg = load(config)
+    cfg = load(where.config)
     prepared = prepare(cfg, name, parse_inputs(list(inputs)), caller=caller)
     check_secrets(
         cfg,
@@ -347,30 +393,8 @@ def workflow_run_cmd(
         else:
             click.echo(dry_run_text(prepared.plan, prepared.renderer))
         return 0
-    from engine.runner import RunOptions
-
-    options = RunOptions(
-        caller=caller,
-        max_parallel=max_parallel,
-        approve=frozenset(approve),
-        approve_all=approve_all,
-    )
-    return _drive(cfg, interactive, as_json, quiet, lambda r: r.start(prepared, options))
-
-
-def _drive(cfg: Any, interactive: bool | None, as_json: bool, quiet: bool, act: Any) -> int:
-    """Run ``act(runner)`` with the delegator, reporter and approver a run needs; render it."""
-    from engine.delegate import open_delegator
-    from engine.runner import WorkflowRunner
-
-    reporter = _reporter_for(as_json, quiet)
-    with open_delegator(cfg, reporter=reporter) as delegator:
-        runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=_approver(interactive))
-        try:
-            result = act(runner)
-        finally:
-            getattr(reporter, "close", lambda: None)()
-    return _render_run(result, as_json, plain=quiet or None, cfg=cfg)
+    run_options = driving.run_options(caller=caller)
+    return driving.drive(cfg, lambda r: r.start(prepared, run_options))
 
 
 @workflow.command("resume")
@@ -385,36 +409,14 @@ def _drive(cfg: Any, interactive: bool | None, as_json: bool, quiet: bool, act: 
     is_flag=True,
     help="Resume even if the template, inputs or agents changed since the run started.",
 )
-@interactive_option
-@approve_option
-@approve_all_option
-@parallel_option
-@json_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@_driving_options
 @config_option
 def workflow_resume_cmd(
-    run_id: str,
-    retry_failed: bool,
-    force: bool,
-    interactive: bool | None,
-    approve: tuple[str, ...],
-    approve_all: bool,
-    max_parallel: int,
-    as_json: bool,
-    quiet: bool,
-    config: str | None,
+    run_id: str, retry_failed: bool, force: bool, driving: _Driving, config: str | None
 ) -> int:
     """Continue run RUN_ID: finished steps are never sent again."""
-    from engine.runner import RunOptions
-
-    options = RunOptions(
-        max_parallel=max_parallel,
-        approve=frozenset(approve),
-        approve_all=approve_all,
-        retry_failed=retry_failed,
-        force=force,
-    )
-    return _drive(load(config), interactive, as_json, quiet, lambda r: r.resume(run_id, options))
+    run_options = driving.run_options(retry_failed=retry_failed, force=force)
+    return driving.drive(load(config), lambda r: r.resume(run_id, run_options))
 
 
 @workflow.command("approve")
@@ -427,28 +429,22 @@ def workflow_resume_cmd(
     metavar="VALUE",
     help="The value a gate with `input` asks for: JSON (3, true, [..], {..}) or plain text.",
 )
-@server_options
-@config_option
+@where_options
 def workflow_approve_cmd(
-    run_id: str,
-    step: str,
-    reason: str | None,
-    value: str | None,
-    server: str | None,
-    server_token_env: str | None,
-    config: str | None,
+    run_id: str, step: str, reason: str | None, value: str | None, where: Where
 ) -> int:
     """Approve the gate of STEP in a parked run (then `workflow resume`)."""
     from engine.runs import decide_gate
 
     given = None if value is None else _gate_value(value)
-    if server:
-        with _client(server, server_token_env) as remote:
-            remote.decide(run_id, step, approved=True, reason=reason, value=given)
-        click.echo(f"approved `{step}`; the server continues run {run_id}.")
-        return 0
-    decide_gate(load(config), run_id, step, approved=True, reason=reason, value=given)
-    click.echo(f"approved `{step}`; continue with: workflow resume {run_id}")
+    where.act(
+        lambda remote: remote.decide(run_id, step, approved=True, reason=reason, value=given),
+        lambda cfg: decide_gate(cfg, run_id, step, approved=True, reason=reason, value=given),
+    )
+    where.report(
+        f"approved `{step}`; the server continues run {run_id}.",
+        f"approved `{step}`; continue with: workflow resume {run_id}",
+    )
     return 0
 
 
@@ -457,28 +453,20 @@ def workflow_approve_cmd(
 @click.argument("step")
 @click.argument("text")
 @click.option("--by", default="cli", show_default=True, help="Who answers (recorded).")
-@server_options
-@config_option
-def workflow_answer_cmd(
-    run_id: str,
-    step: str,
-    text: str,
-    by: str,
-    server: str | None,
-    server_token_env: str | None,
-    config: str | None,
-) -> int:
+@where_options
+def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, where: Where) -> int:
     """Answer the question STEP's agent asked (then `workflow resume`; with `--server`, the
     server continues the run and records the token's name as the answerer)."""
     from engine.ask import answer_step
 
-    if server:
-        with _client(server, server_token_env) as remote:
-            remote.answer(run_id, step, text)
-        click.echo(f"answered `{step}`; the server continues run {run_id}.")
-        return 0
-    answer_step(load(config), run_id, step, text, by=by)
-    click.echo(f"answered `{step}`; continue with: workflow resume {run_id}")
+    where.act(
+        lambda remote: remote.answer(run_id, step, text),
+        lambda cfg: answer_step(cfg, run_id, step, text, by=by),
+    )
+    where.report(
+        f"answered `{step}`; the server continues run {run_id}.",
+        f"answered `{step}`; continue with: workflow resume {run_id}",
+    )
     return 0
 
 
@@ -486,45 +474,34 @@ def workflow_answer_cmd(
 @click.argument("run_id")
 @click.argument("step")
 @click.option("--reason", required=True, help="Why (recorded; dependents are skipped).")
-@server_options
-@config_option
-def workflow_reject_cmd(
-    run_id: str,
-    step: str,
-    reason: str,
-    server: str | None,
-    server_token_env: str | None,
-    config: str | None,
-) -> int:
+@where_options
+def workflow_reject_cmd(run_id: str, step: str, reason: str, where: Where) -> int:
     """Reject the gate of STEP in a parked run (then `workflow resume` to close it)."""
     from engine.runs import decide_gate
 
-    if server:
-        with _client(server, server_token_env) as remote:
-            remote.decide(run_id, step, approved=False, reason=reason)
-        click.echo(f"rejected `{step}`; the server concludes run {run_id}.")
-        return 0
-    decide_gate(load(config), run_id, step, approved=False, reason=reason)
-    click.echo(f"rejected `{step}`; finish the run with: workflow resume {run_id}")
+    where.act(
+        lambda remote: remote.decide(run_id, step, approved=False, reason=reason),
+        lambda cfg: decide_gate(cfg, run_id, step, approved=False, reason=reason),
+    )
+    where.report(
+        f"rejected `{step}`; the server concludes run {run_id}.",
+        f"rejected `{step}`; finish the run with: workflow resume {run_id}",
+    )
     return 0
 
 
 @workflow.command("cancel")
 @click.argument("run_id")
-@server_options
-@config_option
-def workflow_cancel_cmd(
-    run_id: str, server: str | None, server_token_env: str | None, config: str | None
-) -> int:
+@where_options
+def workflow_cancel_cmd(run_id: str, where: Where) -> int:
     """Cancel a run: stop dispatching, release what it holds, record `cancelled`."""
     from engine.runs import cancel_run
     from engine.states import RunState
 
-    if server:
-        with _client(server, server_token_env) as remote:
-            state = remote.cancel(run_id)
-    else:
-        state = cancel_run(load(config), run_id)
+    state = where.act(
+        lambda remote: remote.cancel(run_id),
+        lambda cfg: cancel_run(cfg, run_id),
+    )
     if state is RunState.RUNNING:
         click.echo(f"cancel requested; the process running {run_id} stops within a second.")
     else:
@@ -535,24 +512,22 @@ def workflow_cancel_cmd(
 @workflow.command("status")
 @click.argument("run_id")
 @json_option
-@server_options
-@config_option
-def workflow_status_cmd(
-    run_id: str, as_json: bool, server: str | None, server_token_env: str | None, config: str | None
-) -> int:
+@where_options
+def workflow_status_cmd(run_id: str, as_json: bool, where: Where) -> int:
     """Show the steps of a run, and why a waiting step waits."""
     from engine.progress import summary_table
     from engine.runs import run_status
 
-    if server:
-        with _client(server, server_token_env) as remote:
-            status = remote.status(run_id)
-    else:
-        status = run_status(load(config), run_id)
+    status = where.act(
+        lambda remote: remote.status(run_id),
+        lambda cfg: run_status(cfg, run_id),
+    )
     if as_json:
         dump(status)
         return 0
-    click.echo(f"{run_id}: {status['workflow']} — {status['status']}{_runner(status, server)}")
+    click.echo(
+        f"{run_id}: {status['workflow']} — {status['status']}{_runner(status, where.server)}"
+    )
     parent = status.get("parent")
     if isinstance(parent, dict):
         click.echo(f"child run of `{parent.get('run_id')}` (its step `{parent.get('step')}`)")
