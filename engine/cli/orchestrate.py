@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -14,6 +15,7 @@ from engine.cli.common import (
     Seconds,
     Where,
     client,
+    collected,
     config_option,
     dump,
     load,
@@ -276,10 +278,26 @@ def _print_result(result: Any) -> None:
         say("warning: the agent finished only part of the task (status partial).", err=True)
 
 
+@dataclass(frozen=True)
+class _Delivery:
+    """Where an agent's command delivers: into ``directory`` (None: the config's handoffs
+    directory, its ``sub`` part for a sub-delegation), or to the ``receiver`` URL with
+    the token in the environment variable ``token_env``; ``key`` proves it is the agent's."""
+
+    directory: str | None
+    sub: bool
+    receiver: str | None
+    token_env: str | None
+    key: str | None
+
+
 def _delivery_options(directory: str, sub: str, receiver: str, key: str) -> Callable[[Any], Any]:
     """``--dir``, ``--sub``, ``--receiver``, ``--token-env`` and ``--key`` (default: the
-    ``ORCH_HANDOFF_KEY`` variable) of an agent's command; the strings are their help."""
-    return options(
+    ``ORCH_HANDOFF_KEY`` variable) of an agent's command, given to it as one ``delivery``
+    value (a ``_Delivery``); the strings are their help."""
+    return collected(
+        "delivery",
+        _Delivery,
         click.option("--dir", "directory", type=click.Path(file_okay=False), help=directory),
         click.option("--sub", is_flag=True, help=sub),
         click.option("--receiver", help=receiver),
@@ -342,11 +360,7 @@ def handoff_write_cmd(
     question: str | None,
     data_json: str | None,
     data_file: str | None,
-    directory: str | None,
-    sub: bool,
-    receiver: str | None,
-    token_env: str | None,
-    key: str | None,
+    delivery: _Delivery,
     config: str | None,
 ) -> int:
     """Write a valid handoff atomically where the engine waits for it (``--data`` or
@@ -377,7 +391,7 @@ def handoff_write_cmd(
         confidence=confidence,
         artifacts=artifacts,
         notes=notes,
-        key=key or None,
+        key=delivery.key or None,
     )
     if question:
         if status != "blocked":
@@ -386,13 +400,13 @@ def handoff_write_cmd(
     structured = _data_option(data_json, data_file)
     if structured is not _NO_DATA:
         data["data"] = structured
-    if receiver:
-        return _post_handoff(receiver, token_env, run_id, agent, data)
-    if directory:
-        path = Path(directory) / f"{run_id}.json"
+    if delivery.receiver:
+        return _post_handoff(delivery, run_id, agent, data)
+    if delivery.directory:
+        path = Path(delivery.directory) / f"{run_id}.json"
     else:
         cfg = load(config)
-        path = handoff_path(cfg.handoffs_dir, run_id, sub=sub)
+        path = handoff_path(cfg.handoffs_dir, run_id, sub=delivery.sub)
     written = write_handoff(path, data, replace=False)
     click.echo(str(written))
     if written != path:
@@ -447,16 +461,7 @@ def _data_option(text: str | None, path: str | None) -> Any:
     "The `key:` line of the task message (progress is checked like a handoff).",
 )
 @config_option
-def handoff_progress_cmd(
-    run_id: str,
-    text: str,
-    directory: str | None,
-    sub: bool,
-    receiver: str | None,
-    token_env: str | None,
-    key: str | None,
-    config: str | None,
-) -> int:
+def handoff_progress_cmd(run_id: str, text: str, delivery: _Delivery, config: str | None) -> int:
     """Report what you are doing while you work (the caller sees the latest line)."""
     from pathlib import Path
 
@@ -466,14 +471,14 @@ def handoff_progress_cmd(
     from engine.store.file import records_dir
 
     check_id(run_id, "run id")
-    if receiver:
-        return _post_progress(receiver, token_env, run_id, text, key or None)
-    if directory:
-        where = Path(directory)
+    if delivery.receiver:
+        return _post_progress(delivery, run_id, text)
+    if delivery.directory:
+        where = Path(delivery.directory)
         records = where.parent if where.name == INBOX_DIR else where
     else:
-        records = records_dir(load(config).handoffs_dir, sub=sub)
-    report_progress(records, run_id, text, key=key or None)
+        records = records_dir(load(config).handoffs_dir, sub=delivery.sub)
+    report_progress(records, run_id, text, key=delivery.key or None)
     return 0
 
 
@@ -496,40 +501,40 @@ def _receiver_target(agent: str, base: str, token_env: str | None) -> Any:
     )
 
 
-def _post_progress(
-    receiver: str, token_env: str | None, run_id: str, text: str, key: str | None
-) -> int:
+def _post_progress(delivery: _Delivery, run_id: str, text: str) -> int:
     import time
 
     from engine.hooks import HooksClient
 
-    base = receiver.rstrip("/")
+    assert delivery.receiver is not None
+    base = delivery.receiver.rstrip("/")
     for tail in (f"/handoffs/{run_id}/progress", f"/handoffs/{run_id}"):
         if base.endswith(tail):
             base = base[: -len(tail)]
             break
-    target = _receiver_target(run_id, base, token_env)
+    target = _receiver_target(run_id, base, delivery.token_env)
     with HooksClient() as client:
+        key = delivery.key or None
         client.post_progress(target, run_id, text, deadline=time.monotonic() + 30, key=key)
     return 0
 
 
-def _post_handoff(
-    receiver: str, token_env: str | None, run_id: str, agent: str, data: dict[str, Any]
-) -> int:
+def _post_handoff(delivery: _Delivery, run_id: str, agent: str, data: dict[str, Any]) -> int:
     import time
 
     from engine.config import url_problem
     from engine.errors import UsageError
     from engine.hooks import HooksClient
 
+    receiver = delivery.receiver
+    assert receiver is not None
     bad_url = url_problem(receiver, "--receiver")
     if bad_url:
         raise UsageError(bad_url)
     base, _, tail = receiver.rstrip("/").rpartition("/handoffs/")
     if not base or tail != run_id:
         base = receiver.rstrip("/")
-    target = _receiver_target(agent, base, token_env)
+    target = _receiver_target(agent, base, delivery.token_env)
     with HooksClient() as client:
         client.post_handoff(
             target,
@@ -759,13 +764,13 @@ def agent_skill_group() -> None:
     """Standing instructions for hook tasks, in an OpenClaw agent's workspace."""
 
 
+def _workspace_option(what: str) -> Callable[[Any], Any]:
+    """``--workspace DIR`` (required) of the agent-skill commands; ``what`` is its help."""
+    return click.option("--workspace", required=True, type=click.Path(file_okay=False), help=what)
+
+
 @agent_skill_group.command("install")
-@click.option(
-    "--workspace",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="The OpenClaw agent workspace (the folder with its AGENTS.md).",
-)
+@_workspace_option("The OpenClaw agent workspace (the folder with its AGENTS.md).")
 @click.option("--agent", help="The agent's registry name (checked against the config).")
 @config_option
 def agent_skill_install_cmd(workspace: str, agent: str | None, config: str | None) -> int:
@@ -792,12 +797,7 @@ def agent_skill_install_cmd(workspace: str, agent: str | None, config: str | Non
 
 
 @agent_skill_group.command("uninstall")
-@click.option(
-    "--workspace",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="The OpenClaw agent workspace.",
-)
+@_workspace_option("The OpenClaw agent workspace.")
 def agent_skill_uninstall_cmd(workspace: str) -> int:
     """Remove the skill folder and the AGENTS.md section."""
     from pathlib import Path
