@@ -784,40 +784,39 @@ class _RunEnd:
         return self._completion
 
 
+def _task_handoff(
+    task: Any, status: str, result: str, confidence: str, **more: Any
+) -> dict[str, Any]:
+    """The handoff the gateway writes itself for ``task`` (its run id and agent)."""
+    from engine.handoff import make_handoff
+
+    agent = task.handoff_agent or task.agent
+    return make_handoff(
+        run_id=task.run_id, agent=agent, status=status, result=result, confidence=confidence, **more
+    )
+
+
 def _echo(task: Any) -> None:
     """The in-process `echo` agent: answers at once with the task text (benchmarks, tests)."""
     from engine.files import write_json_atomic
-    from engine.handoff import make_handoff
 
     if task.handoff_path is None or task.run_id is None:
         return
-    data = make_handoff(
-        run_id=task.run_id,
-        agent=task.handoff_agent or task.agent,
-        status="complete",
-        result=f"echo: {task.text[:2000]}",
-        confidence="high",
-        key=task.handoff_key,
-    )
+    text = f"echo: {task.text[:2000]}"
+    data = _task_handoff(task, "complete", text, "high", key=task.handoff_key)
     write_json_atomic(task.handoff_path, data, fresh=True)  # an agent's file: written once
 
 
 def _broke(task: Any, reason: str) -> None:
     """Leave a ``failed`` handoff for a run the gateway itself failed on (never replacing)."""
     from engine.gateway.agents import records_of, write_new_handoff
-    from engine.handoff import GATEWAY_NOTE_PREFIX, HandoffProblem, make_handoff
+    from engine.handoff import GATEWAY_NOTE_PREFIX, HandoffProblem
     from engine.record import reconcile
 
     if task.handoff_path is None or task.run_id is None:
         return
-    data = make_handoff(
-        run_id=task.run_id,
-        agent=task.handoff_agent or task.agent,
-        status="failed",
-        result=reason,
-        confidence="low",
-        notes=GATEWAY_NOTE_PREFIX,  # a stand-in (engine.record tells it by this note)
-    )
+    # A stand-in: the merge rule tells it by this note.
+    data = _task_handoff(task, "failed", reason, "low", notes=GATEWAY_NOTE_PREFIX)
     try:
         write_new_handoff(task.handoff_path, data)
         reconcile(records_of(task.handoff_path))
