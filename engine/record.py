@@ -49,6 +49,9 @@ _S = TypeVar("_S")  # one delivered handoff, as its store keeps it
 
 #: Where agents deliver handoffs inside a records directory (see the layout above).
 INBOX_DIR = "inbox"
+#: Where a store that keeps handoffs elsewhere (PostgreSQL) moves the files it took in from
+#: ``inbox/``; ``<runId>.json`` there marks that run's agent as having delivered.
+IMPORTED_DIR = ".imported"
 
 PENDING_DIR = ".pending"
 REJECTED_DIR = "rejected"

@@ -357,3 +357,24 @@ def test_the_host_identity_comes_from_orch_host_id(pg_url: str, tmp_path: Path) 
     assert bad.returncode == 2
     assert "ORCH_HOST_ID" in bad.stderr and "Traceback" not in bad.stderr
     assert "unset it to use the host name" in bad.stderr
+
+
+def test_a_local_agents_own_handoff_gets_no_stand_in_beside_it(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A command agent on the embedded gateway writes its handoff file; this host imports
+    it into the database. When the agent exits, the gateway sees that it delivered and
+    writes no stand-in handoff (none kept beside the record in ``also_received``)."""
+    cfg = _pg_cfg(tmp_path, pg_url)
+    with open_delegator(cfg) as d:
+        result = d.delegate(DelegationRequest(caller="manager", target="webster", task="one"))
+        assert result.outcome is Outcome.COMPLETE
+    # the delegator's exit stops the gateway after its tasks ended: any stand-in is written
+    store = open_store(cfg)
+    record = store.read(result.run_id, sub=False)
+    assert record is not None and "also_received" not in record["envelope"], record
+    with Database.from_url(pg_url).connect() as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM handoffs WHERE run_id = %s", (result.run_id,)
+        ).fetchone()
+    assert rows == (1,)

@@ -739,10 +739,12 @@ def _reconcile(records_dir: Path) -> None:
 
 def _delivered(path: Path) -> bool:
     """True when the agent delivered something: a file at ``path``, or a record that holds
-    the agent's own handoff (the engine recorded it). Never overwrite or compete with it."""
-    if path.exists():
+    the agent's own handoff (the engine recorded it), or its file taken into a database
+    store (marked in ``inbox/.imported/``). Never overwrite or compete with it."""
+    from engine.record import IMPORTED_DIR, read_json
+
+    if path.exists() or (path.parent / IMPORTED_DIR / path.name).exists():
         return True
-    from engine.record import read_json
 
     record = read_json(records_of(path) / path.name)
     if not isinstance(record, dict):

@@ -42,6 +42,7 @@ from typing import Any
 from engine.errors import RunStateError
 from engine.files import SAFE_ID, check_id, utcnow_iso
 from engine.handoff import check_keys, with_earlier_keys
+from engine.record import IMPORTED_DIR
 from engine.store.liveness import this_host, waiter_alive
 from engine.store.postgres_db import Database
 from engine.store.postgres_runs import RUN_LEASE_TTL, PostgresJournal, PostgresRuns
@@ -153,12 +154,16 @@ class PostgresRunStore(PostgresRuns):
             except ValueError:
                 if time.time() - st.st_mtime < grace:
                     continue
-            done = inbox / ".imported" / f"{name[:-5]}.{os.urandom(4).hex()}.json"
+            done = inbox / IMPORTED_DIR / f"{name[:-5]}.{os.urandom(4).hex()}.json"
             done.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(path, done)  # one importer per file, even among processes
             except OSError:
                 continue
+            try:  # the run's mark for the gateway: its agent delivered (no stand-in)
+                os.link(done, done.parent / f"{rid}.json")
+            except OSError:
+                pass  # marked before (a second file), or no hard links here
             self.put_handoff_bytes(rid, raw, sub=sub)
             moved += 1
         return moved
