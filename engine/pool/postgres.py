@@ -134,10 +134,10 @@ class PostgresPoolStore:
                     )
             return result
         except psycopg.Error as exc:
-            from engine.redact import redact
+            from engine.store.postgres_db import driver_message
 
             raise ConfigError(
-                f"the token pool in `{self.location}` is not usable: {redact(str(exc))}. "
+                f"the token pool in `{self.location}` is not usable: {driver_message(exc)} "
                 "Check that the database runs and `orchestrate store migrate` was run."
             ) from exc
 

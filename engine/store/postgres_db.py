@@ -7,9 +7,15 @@ the environment variable named by the URL's ``password_env`` query parameter
 inline password is refused (``url_problem``) and the password is never repeated.
 
 The schema is plain versioned SQL: ``engine/store/migrations/NNNN_name.sql``, applied in
-order by ``migrate`` (``orchestrate store migrate``), each in one transaction that also
-inserts its row in ``schema_version``. Opening a store checks the version
-(``check_schema``): a database behind the engine is a ``ConfigError`` naming the command.
+order by ``migrate`` (``orchestrate store migrate``), all the missing ones in one
+transaction (each also inserts its row in ``schema_version``): a failure leaves the
+database as it was. Opening a store checks the version (``check_schema``): a database
+behind the engine is a ``ConfigError`` naming the command, one ahead of it (written by a
+newer engine) a ``ConfigError`` saying to upgrade; ``migrate`` refuses the latter too.
+
+Messages show the URL as ``Database.display``: with its user name (a role name, not a
+secret: libpq's own messages name it), never a password (refused in the URL) nor the
+value of a secret connection parameter (``sslpassword``, ``oauth_client_secret``).
 
 Example::
 
@@ -23,21 +29,25 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
+from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from engine.errors import ConfigError
-from engine.redact import register
+from engine.redact import MASK, register
 
 __all__ = [
     "SCHEMES",
     "Database",
     "check_schema",
     "close_databases",
+    "driver",
     "driver_error",
+    "driver_message",
     "migrate",
     "migrations",
     "schema_version",
@@ -62,6 +72,10 @@ QUERY_PARAMETERS = frozenset({
     "min_protocol_version", "max_protocol_version", "oauth_issuer", "oauth_client_id",
     "oauth_client_secret", "oauth_scope",
 })  # fmt: skip
+#: Connection parameters whose values are secrets: masked wherever the URL is shown.
+SECRET_PARAMETERS = frozenset({"sslpassword", "oauth_client_secret"})
+#: How a suggestion in a message writes a store URL (typeable: no mask in it).
+URL_EXAMPLE = "postgresql://user@host:5432/db"
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 #: Advisory lock key taken while migrating (two `store migrate` at once run one by one).
 _MIGRATE_LOCK = 0x6F726368
@@ -75,7 +89,7 @@ def url_problem(url: str, where: str = "`store`") -> str | None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        return f"{where}: the PostgreSQL URL is not valid ({exc}); write `postgresql://user@host:5432/db`."
+        return f"{where}: the PostgreSQL URL is not valid ({exc}); write `{URL_EXAMPLE}`."
     if parts.password is not None:
         never = (
             "never write it in orchestrator.yaml"
@@ -86,14 +100,14 @@ def url_problem(url: str, where: str = "`store`") -> str | None:
         return (
             f"{where}: the PostgreSQL URL holds a password; {never}. Put it in an "
             "environment variable and name it: "
-            "`postgresql://user@host:5432/db?password_env=ORCH_DB_PASSWORD` (or set PGPASSWORD)."
+            f"`{URL_EXAMPLE}?password_env=ORCH_DB_PASSWORD` (or set PGPASSWORD)."
         )
     names = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True)]
     if "password" in names:
         return (
             f"{where}: the PostgreSQL URL holds a password (`?password=`); put it in an "
             "environment variable and name it: "
-            "`postgresql://user@host:5432/db?password_env=ORCH_DB_PASSWORD` (or set PGPASSWORD)."
+            f"`{URL_EXAMPLE}?password_env=ORCH_DB_PASSWORD` (or set PGPASSWORD)."
         )
     unknown = [k for k in names if k not in QUERY_PARAMETERS]
     if unknown:
@@ -106,10 +120,27 @@ def url_problem(url: str, where: str = "`store`") -> str | None:
             "parameter (e.g. `sslmode=require`)."
         )
     if not parts.hostname and "host" not in dict(parse_qsl(parts.query)):
-        return f"{where}: the PostgreSQL URL names no host; write `postgresql://user@host:5432/db`."
+        return f"{where}: the PostgreSQL URL names no host; write `{URL_EXAMPLE}`."
     if not parts.path.strip("/"):
-        return f"{where}: the PostgreSQL URL names no database; write `postgresql://user@host:5432/db`."
+        return f"{where}: the PostgreSQL URL names no database; write `{URL_EXAMPLE}`."
     return None
+
+
+def driver(display: str) -> ModuleType:
+    """The ``psycopg`` module; ``ConfigError`` (exit 2) naming the store ``display`` and
+    how to install the driver when this Python lacks it (the package is installed from
+    its checkout: it is not on PyPI, where another project owns its name)."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise ConfigError(
+            f"the PostgreSQL store `{display}` needs the PostgreSQL driver (psycopg 3), "
+            f"which this Python ({sys.executable}) does not have ({exc}). Install the "
+            "`postgres` extra from the engine's checkout: `bash scripts/bootstrap.sh "
+            "postgres` (into the checkout's `.venv`), or `pip install -e '.[postgres]'` "
+            "in the checkout with this Python."
+        ) from exc
+    return psycopg
 
 
 @dataclass(frozen=True)
@@ -146,7 +177,12 @@ class Database:
         rest = [(k, v) for k, v in query if k != PASSWORD_ENV]
         scheme = "postgresql"
         clean = urlunsplit((scheme, parts.netloc, parts.path, urlencode(rest), ""))
-        return cls(conninfo=clean, display=clean, password_env=env)
+        for k, v in rest:
+            if k in SECRET_PARAMETERS:
+                register(v)
+        shown = [(k, MASK if k in SECRET_PARAMETERS else v) for k, v in rest]
+        display = urlunsplit((scheme, parts.netloc, parts.path, urlencode(shown, safe="*"), ""))
+        return cls(conninfo=clean, display=display, password_env=env)
 
     @property
     def name(self) -> str:
@@ -169,13 +205,7 @@ class Database:
     def connect(self, *, autocommit: bool = True) -> Any:
         """A new ``psycopg.Connection`` (``ConfigError`` when unreachable: message
         redacted, the URL shown without a password)."""
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise ConfigError(
-                f"`store: {self.display}` needs the PostgreSQL driver: "
-                "pip install 'agent-orchestrator[postgres]'."
-            ) from exc
+        psycopg = driver(self.display)
         kwargs: dict[str, Any] = {"autocommit": autocommit, "connect_timeout": 10}
         password = self._password()
         if password is not None:
@@ -183,11 +213,9 @@ class Database:
         try:
             return psycopg.connect(self.conninfo, **kwargs)
         except psycopg.Error as exc:
-            from engine.redact import redact
-
             raise ConfigError(
                 f"cannot connect to the PostgreSQL store `{self.display}`: "
-                f"{redact(str(exc).strip())}. Check that the server runs and the URL, "
+                f"{driver_message(exc)} Check that the server runs and the URL, "
                 "user and password are right."
             ) from exc
 
@@ -321,12 +349,13 @@ def schema_version(conn: Any) -> int:
 def migrate(db: Database) -> list[int]:
     """Apply the migrations the database lacks, in order; return the versions applied.
 
-    All of them run in one transaction: on any error nothing is changed. A role that may
+    All of them run in one transaction: on any error nothing is changed. A database at a
+    newer version than this engine's (``latest_version``) is refused as ``check_schema``
+    refuses it (``ConfigError``, exit 2: upgrade the engine). A role that may
     not create tables, or tables already there while ``schema_version`` says they are
     not (its rows deleted by hand), is a ``ConfigError`` (exit 2) naming the database and
     what to do; another driver error is one as well (``driver_error``)."""
-    import psycopg
-
+    psycopg = driver(db.display)
     try:
         return _migrate(db)
     except psycopg.errors.InsufficientPrivilege as exc:
@@ -351,12 +380,34 @@ def migrate(db: Database) -> list[int]:
         raise driver_error(exc, db.display) from exc
 
 
-def _driver_text(exc: BaseException) -> str:
-    """The driver's message for ``exc``: its first line, known secrets masked."""
+def driver_message(exc: BaseException) -> str:
+    """The driver's message for ``exc`` as one line ending in one ``.``, ``?`` or ``!``,
+    known secrets masked; a message continues after it (``f"...: {driver_message(exc)}
+    Check ..."``), it adds no stop of its own.
+
+    A server's error gives its primary message (``diag.message_primary``: no ``DETAIL``,
+    which may quote row values, no ``LINE 1:`` excerpt of the query); a client-side one
+    (libpq: the server is down, or went away) gives its lines joined, tabs dropped: a line
+    that starts in lower case goes on the sentence before it, another starts one."""
     from engine.redact import redact
 
-    lines = str(exc).strip().splitlines()
-    return redact(lines[0] if lines else type(exc).__name__)
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    text = primary if isinstance(primary, str) and primary.strip() else str(exc)
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    out = ""
+    for line in filter(None, lines):
+        if out and not line[0].islower() and out[-1] not in ".?!:;,":
+            out += "."
+        out = f"{out} {line}" if out else line
+    out = redact(out or type(exc).__name__)
+    return out if out[-1] in ".?!" else out + "."
+
+
+def _driver_text(exc: BaseException) -> str:
+    """``driver_message`` for the middle of a sentence (in parentheses): no final ``.``."""
+    text = driver_message(exc)
+    return text[:-1] if text.endswith(".") else text
 
 
 def driver_error(exc: BaseException, display: str | None = None) -> ConfigError:
@@ -380,7 +431,9 @@ def _migrate(db: Database) -> list[int]:
     with db.connect(autocommit=False) as conn:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
-            current = schema_version(conn)
+            current, need = schema_version(conn), latest_version()
+            if current > need:  # a newer engine's schema: nothing to apply would be a lie
+                raise _newer(db, current, need)
             for version, name, sql in migrations():
                 if version <= current:
                     continue
@@ -405,7 +458,12 @@ def check_schema(db: Database, conn: Any) -> None:
             f"migrations first: `orchestrate store migrate` (it changes only what is "
             "missing, and is safe to run on every host)."
         )
-    raise ConfigError(
+    raise _newer(db, have, need)
+
+
+def _newer(db: Database, have: int, need: int) -> ConfigError:
+    """The refusal of a database whose schema a newer engine wrote (``have`` > ``need``)."""
+    return ConfigError(
         f"the PostgreSQL store `{db.display}` is at schema version {have}, newer than "
         f"this engine's {need}: upgrade the engine on this host before using it."
     )
