@@ -30,13 +30,34 @@ def _target(to: str | None, config: str | None) -> str:
         if problem:
             raise UsageError(problem)
     if not is_postgres_url(to):
+        from engine.store.postgres_db import URL_EXAMPLE
+
         raise UsageError(
-            "`orchestrate store migrate` needs a PostgreSQL store: give `--to "
-            "postgresql://user@host:5432/db` or set `store: postgresql://...` in "
-            "orchestrator.yaml (the file store has no schema to migrate)."
+            f"`orchestrate store migrate` needs a PostgreSQL store: give `--to "
+            f"{URL_EXAMPLE}` or set `store: {URL_EXAMPLE}` in orchestrator.yaml (the "
+            "file store has no schema to migrate)."
         )
     assert to is not None
     return to
+
+
+def _source(source: str) -> Path:
+    """The handoffs directory of ``--from file://DIR`` (``UsageError`` unless it is one:
+    ``engine.store.postgres_transfer.file_store_problem``)."""
+    from engine.errors import UsageError
+    from engine.store import store_path
+    from engine.store.postgres_transfer import file_store_problem
+
+    if not source.startswith("file:"):
+        raise UsageError(
+            f"`--from {source}`: give the handoffs directory as `file://DIR` "
+            "(e.g. `--from file://./handoffs`)."
+        )
+    root = store_path(source, Path.cwd())
+    problem = file_store_problem(root)
+    if problem:
+        raise UsageError(problem)
+    return root
 
 
 @store_group.command("migrate")
@@ -57,13 +78,12 @@ def _target(to: str | None, config: str | None) -> str:
 def migrate_cmd(to: str | None, source: str | None, config: str | None) -> int:
     """Bring the database's schema to this engine's version (safe to repeat on every
     host), then, with --from, import a file store's history into it."""
-    from engine.errors import UsageError
-    from engine.store import store_path
     from engine.store.postgres import PostgresRunStore
     from engine.store.postgres_db import Database, migrate, schema_version
     from engine.store.postgres_transfer import import_files
 
     url = _target(to, config)
+    root = _source(source) if source is not None else None  # before the schema changes
     db = Database.from_url(url)
     applied = migrate(db)
     with db.connect() as conn:
@@ -73,15 +93,7 @@ def migrate_cmd(to: str | None, source: str | None, config: str | None) -> int:
             f"schema version {version}")  # fmt: skip
     else:
         say(f"{db.display}: schema version {version}, nothing to apply")
-    if source is not None:
-        if not source.startswith("file:"):
-            raise UsageError(
-                f"`--from {source}`: give the handoffs directory as `file://DIR` "
-                "(e.g. `--from file://./handoffs`)."
-            )
-        root = store_path(source, Path.cwd())
-        if not root.is_dir():
-            raise UsageError(f"`--from`: `{root}` is not a directory.")
+    if root is not None:
         report = import_files(root, PostgresRunStore(db))
         say(f"imported from {root}: {report.as_text()}")
     db.close()

@@ -46,7 +46,7 @@ from engine.store.postgres import PostgresRunStore
 if TYPE_CHECKING:
     from engine.config import Config
 
-__all__ = ["Transfer", "export_files", "import_files", "metrics_of"]
+__all__ = ["Transfer", "export_files", "file_store_problem", "import_files", "metrics_of"]
 
 _INBOX_NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_-]{0,127})(?:\.(\d+))?\.json$")
 _AGENT_STATUSES = tuple(s.value for s in HandoffStatus)
@@ -102,6 +102,71 @@ def _read_bytes(path: str) -> bytes | None:
             return fh.read()
     except OSError:
         return None
+
+
+#: What a records directory holds once the engine used it (``engine.store.file``):
+#: ``.pending/`` (made by the first delegation), ``inbox/`` (where agents deliver) and,
+#: at the top, ``.pool/`` (the host's token pool).
+_RECORDS_MARKERS = (_rec.PENDING_DIR, _rec.INBOX_DIR)
+_STORE_LAYOUT = (
+    "delegation records `<run-id>.json`, `.pending/`, `inbox/`, `.pool/`, `sub/`, "
+    "`workflows/<run-id>/run.json`"
+)
+
+
+def _is_records_dir(directory: Path) -> bool:
+    """``directory`` holds a marker directory or an engine record (``OSError`` if unreadable)."""
+    if any((directory / m).is_dir() for m in _RECORDS_MARKERS):
+        return True
+    return any(
+        SAFE_ID.match(e.name[: -len(".json")])
+        and _rec.is_engine_record(_rec.read_json(Path(e.path)))
+        for e in _json_files(directory)
+    )
+
+
+def _is_file_store(root: Path) -> bool:
+    if _is_records_dir(root) or (root / ".pool").is_dir():
+        return True
+    if (root / SUB_DIR).is_dir() and _is_records_dir(root / SUB_DIR):
+        return True
+    try:
+        with os.scandir(root / RUNS_DIR) as it:
+            return any(e.is_dir() and (Path(e.path) / RUN_META).is_file() for e in it)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def file_store_problem(root: Path) -> str | None:
+    """Why ``root`` (given as ``--from``) is not a handoffs directory to import, or None.
+
+    A handoffs directory is one the engine used: it holds at least one of what
+    ``engine.store.file`` lays out (``_STORE_LAYOUT``, or ``.pool/``), at its top or in
+    ``sub/``; one with nothing recorded yet still has the marker directories, and imports
+    nothing without an error. An empty directory, a source tree or the directory above
+    the handoffs directory is refused (with the subdirectory that is one, if any)."""
+    given = f"`--from file://{root}`"
+    try:
+        if not root.is_dir():
+            return f"{given}: `{root}` is not a directory; give the handoffs directory to import."
+        if _is_file_store(root):
+            return None
+        inside = sorted(
+            str(Path(e.path)) for e in os.scandir(root)
+            if e.is_dir() and not e.name.startswith(".") and _is_file_store(Path(e.path))
+        )  # fmt: skip
+    except OSError as exc:
+        return f"{given}: `{root}` cannot be read ({exc.strerror or exc}); nothing was imported."
+    hint = (
+        f" `{inside[0]}` is one: `--from file://{inside[0]}`."
+        if inside
+        else " Give the `handoffs_dir` of the host whose history you import "
+        "(e.g. `--from file://./handoffs`)."
+    )
+    return (
+        f"{given}: `{root}` is not a handoffs directory: it holds none of what one holds "
+        f"({_STORE_LAYOUT}), so there is nothing to import; nothing was changed.{hint}"
+    )
 
 
 def import_files(root: Path, store: PostgresRunStore) -> Transfer:
