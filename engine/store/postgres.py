@@ -45,7 +45,12 @@ from engine.handoff import check_keys, with_earlier_keys
 from engine.record import IMPORTED_DIR
 from engine.store.liveness import this_host, waiter_alive
 from engine.store.postgres_db import Database
-from engine.store.postgres_runs import RUN_LEASE_TTL, PostgresJournal, PostgresRuns
+from engine.store.postgres_runs import (
+    RUN_LEASE_TTL,
+    PostgresJournal,
+    PostgresRuns,
+    run_lease_ttl,
+)
 from engine.store.postgres_signals import CHANNEL, PostgresHandoffSignals, payload
 from engine.store.protocol import Delivery
 
@@ -90,7 +95,7 @@ class PostgresRunStore(PostgresRuns):
         self._db = db
         self.local = Path(local) if local is not None else None
         self.host = host if host is not None else this_host()
-        self.lease_ttl = float(lease_ttl if lease_ttl is not None else RUN_LEASE_TTL)
+        self.lease_ttl = float(lease_ttl) if lease_ttl is not None else run_lease_ttl()
         self._base = Path("postgresql:") / (db.name or "db")
         self._cancel_watches = {}
 

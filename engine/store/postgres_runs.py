@@ -2,8 +2,9 @@
 
 ``PostgresRuns`` holds the workflow-run half of ``PostgresRunStore`` (tables ``runs``,
 ``run_events``, ``step_results``). A run is executed under a lease: ``claim`` sets
-``owner_host``, ``owner_pid`` and ``lease_until`` (``RUN_LEASE_TTL`` s ahead, the
-environment's ``ORCH_RUN_LEASE_TTL`` if set) and a thread renews it every third of that; a
+``owner_host``, ``owner_pid`` and ``lease_until`` (``RUN_LEASE_TTL`` s ahead, or the
+environment's ``ORCH_RUN_LEASE_TTL``: ``run_lease_ttl``) and a thread renews it every third
+of that; a
 holder on this host is alive while its PID is, one on another host while its lease has
 not expired; an expired lease is taken over (``workflow resume`` on another host).
 
@@ -23,13 +24,14 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.errors import RunStateError
+from engine.errors import ConfigError, RunStateError
 from engine.files import SAFE_ID, check_id, utcnow_iso
 from engine.redact import redact
 from engine.store.liveness import process_alive
@@ -37,10 +39,40 @@ from engine.store.postgres_db import Database
 from engine.store.postgres_signals import RUN_CHANNEL, listener, run_payload
 from engine.store.protocol import Waiter
 
-__all__ = ["RUN_LEASE_TTL", "PostgresJournal", "PostgresRuns"]
+__all__ = ["RUN_LEASE_TTL", "RUN_LEASE_TTL_ENV", "PostgresJournal", "PostgresRuns", "run_lease_ttl"]
 
-#: Seconds a run's executor lease lasts without renewal (renewed every third of it).
-RUN_LEASE_TTL = float(os.environ.get("ORCH_RUN_LEASE_TTL", "30"))
+#: Seconds a run's executor lease lasts without renewal (renewed every third of it): the
+#: default of ``run_lease_ttl``.
+RUN_LEASE_TTL = 30.0
+#: The environment variable that sets it on a host.
+RUN_LEASE_TTL_ENV = "ORCH_RUN_LEASE_TTL"
+#: Its bounds, in seconds. Below one second the renewals (three per lease) become a busy
+#: loop on the executor and the database; above a day a dead host's runs wait that long
+#: for a taker (and the renewal's wait would overflow at ``threading.TIMEOUT_MAX``).
+RUN_LEASE_TTL_MIN, RUN_LEASE_TTL_MAX = 1.0, 86400.0
+
+
+def run_lease_ttl() -> float:
+    """Seconds a run lease lasts: ``ORCH_RUN_LEASE_TTL`` when set (and not empty), else
+    ``RUN_LEASE_TTL``.
+
+    ``ConfigError`` (exit 2) naming the variable and its value unless it is a number of
+    seconds from ``RUN_LEASE_TTL_MIN`` to ``RUN_LEASE_TTL_MAX``."""
+    raw = os.environ.get(RUN_LEASE_TTL_ENV)
+    if raw is None or not raw.strip():  # unset, or set to nothing (`Environment=X=`)
+        return RUN_LEASE_TTL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not RUN_LEASE_TTL_MIN <= value <= RUN_LEASE_TTL_MAX:  # NaN and inf fail here too
+        raise ConfigError(
+            f"the environment variable `{RUN_LEASE_TTL_ENV}` is `{redact(raw)}`; it must be "
+            f"a number of seconds from {RUN_LEASE_TTL_MIN:g} to {RUN_LEASE_TTL_MAX:g} (how "
+            "long a workflow run's executor lease lasts without renewal; it is renewed "
+            f"every third of that). Unset it for the default, {RUN_LEASE_TTL:g} s."
+        )
+    return value
 
 
 def _dumps(data: Any) -> str:
