@@ -671,13 +671,15 @@ def tree_cmd(run_id: str, as_json: bool, config: str | None) -> int:
     """Print the delegation tree of RUN_ID: its sub-delegations, with statuses."""
     from engine.errors import RunStateError
     from engine.files import check_id
-    from engine.store import open_store
+    from engine.store import FileRunStore, open_store
 
     cfg = load(config)
     check_id(run_id, "run id")
-    root = open_store(cfg).tree(run_id)
-    if root is None:
-        raise RunStateError(f"no delegation `{run_id}` in `{cfg.handoffs_dir}`.")
+    store = open_store(cfg)
+    root = store.tree(run_id)
+    if root is None:  # the store named as `show` names it: the directory, or the database
+        where = cfg.handoffs_dir if isinstance(store, FileRunStore) else store.location
+        raise RunStateError(f"no delegation `{run_id}` in `{where}`.")
     if as_json:
         dump(root)
         return 0

@@ -16,7 +16,7 @@ from engine.files import check_id, parse_iso
 from engine.runs.model import RunView
 from engine.runs.replay import replay_run, summarize
 from engine.states import RunState, StepState
-from engine.store import RunStore, open_store
+from engine.store import FileRunStore, RunStore, open_store
 from engine.store.file import RUNS_DIR
 
 if TYPE_CHECKING:
@@ -33,7 +33,9 @@ def run_dir(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Path:
     store = store if store is not None else open_store(cfg)
     check_id(run_id, "workflow run id")
     if not store.run_exists(run_id):
-        where = store.run_locator(run_id).parent
+        # Named as `orchestrate show` names the store: the runs directory, or the database.
+        local = isinstance(store, FileRunStore)
+        where = store.run_locator(run_id).parent if local else store.location
         raise RunStateError(
             f"no workflow run `{run_id}` in `{where}`"
             f"{did_you_mean(run_id, store.list_runs()) or '.'} List runs with `workflow runs`."
