@@ -9,7 +9,11 @@ journals, summaries, logs, error messages) passes it through ``redact(text)`` or
 * each registered value (and its JSON-escaped form) with ``***``, and
 * generic shapes even when the value is unknown: ``Bearer <token>``, the value of an
   ``Authorization``, ``x-openclaw-token`` or ``x-api-key`` header, ``sk-...`` API keys,
-  and the user info of a URL (``https://user:pass@host`` -> ``https://***@host``).
+  and the user info of a URL (``https://user:pass@host`` -> ``https://***@host``), except
+  the bare user name of a PostgreSQL URL (``postgresql://orch@db/orch`` is shown as it is:
+  a role name, which PostgreSQL's own messages show; with a password, ``postgresql://
+  orch:pw@db`` -> ``postgresql://***@db``). Secrets registered by value are masked in any
+  case.
 
 Example::
 
@@ -60,6 +64,8 @@ _GENERIC = re.compile(
 )
 
 
+#: URL schemes whose bare user name (no password) is a database role, shown as it is.
+_ROLE_SCHEMES = ("postgresql://", "postgres://")
 #: Substrings (lower case) without which no generic shape can match.
 _TRIGGERS = ("authorization", "x-openclaw-token", "api-key", "api_key", "bearer", "sk-")
 
@@ -128,6 +134,8 @@ def _generic(m: re.Match[str]) -> str:
         return m.group("b") + MASK
     if m.group("sk") is not None:
         return "sk-" + MASK
+    if m.group("u").lower() in _ROLE_SCHEMES and ":" not in m.group("uval"):
+        return m.group(0)  # a PostgreSQL role name: not a secret (docstring)
     return m.group("u") + MASK + "@"
 
 

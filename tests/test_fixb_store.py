@@ -39,8 +39,7 @@ def test_migrate_as_a_role_that_cannot_create_tables_is_one_paragraph(
     got = CliRunner().invoke(orchestrate, ["store", "migrate", "--to", weak])
     assert got.exit_code == 2, got.output
     line = _one_paragraph(got.output)
-    shown = weak.replace("fixb_weak@", "***@")
-    assert line.startswith(f"error: the PostgreSQL store `{shown}`: its role may not create")
+    assert line.startswith(f"error: the PostgreSQL store `{weak}`: its role may not create")
     assert "permission denied for schema public" in line
     assert "CREATE ON SCHEMA public" in line and "nothing was changed" in line
     Database.from_url(weak).close()
@@ -59,7 +58,7 @@ def test_migrate_with_schema_version_behind_its_tables_is_one_paragraph(
     line = _one_paragraph(got.output)
     assert "says version 1 but the tables of a later migration are already there" in line
     assert 'relation "progress" already exists' in line
-    assert "postgres@" not in line and "***@" in line
+    assert f"`{url}`" in line and "***" not in line
     with db.connect() as conn:  # the transaction rolled back: nothing else changed
         assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 1
     db.close()
@@ -78,7 +77,7 @@ def test_a_driver_error_in_any_command_is_one_paragraph(
     assert got.exit_code == 2, got.output
     line = _one_paragraph(got.output)
     assert "refused the command: permission denied for table" in line
-    assert "(InsufficientPrivilege)" in line and "fixb_noread_role@" not in line
+    assert "(InsufficientPrivilege)" in line and weak in line
     Database.from_url(url).close()
     Database.from_url(weak).close()
 
@@ -92,7 +91,7 @@ def test_pool_status_shows_the_store_url_as_the_other_commands_do(
     got = CliRunner().invoke(orchestrate, ["pool", "status", "--config", str(cfg_path)])
     assert got.exit_code == 0, got.output
     first = got.output.splitlines()[0]
-    assert first == f"pool     {pg_url.replace('postgres@', '***@')}#pool=default"
+    assert first == f"pool     {pg_url}#pool=default"
 
 
 def test_migrate_to_with_an_inline_password_is_worded_for_the_command_line() -> None:

@@ -139,7 +139,7 @@ def test_the_documented_shared_status_is_what_format_status_prints() -> None:
     status = status_view(
         state,
         NOW,
-        where="postgresql://***@db.internal:5432/orch#pool=default",
+        where="postgresql://orch@db.internal:5432/orch#pool=default",
         enabled=True,
         settings=settings,
         host="orch-a",

@@ -174,7 +174,7 @@ _listeners_lock = threading.Lock()
 def listener(db: Database) -> _Listener:
     """This process's ``LISTEN`` connection to ``db`` (made on its first waiter)."""
     with _listeners_lock:
-        key = f"{os.getpid()}:{db.display}"
+        key = f"{os.getpid()}:{db.conninfo}"
         found = _listeners.get(key)
         if found is None:
             found = _listeners[key] = _Listener(db)
