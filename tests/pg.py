@@ -7,7 +7,9 @@ PostgreSQL refuses to run as root: as root the server runs as ``nobody``, which 
 data directory. The session fixture ``pg_server`` (``tests/conftest.py``) starts one per
 test session; ``fresh_database()`` gives each test its own empty database, migrated.
 
-``python -m tests.pg DIR`` starts one in the foreground and prints its URL (bench, docs).
+``python -m tests.pg DIR`` starts one in the foreground and prints its URL (bench, docs);
+like ``bench/pg.py``, it needs neither pytest nor the test extra's other parts: pytest is
+imported only when the fixtures are (module ``__getattr__``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = ["PgServer", "PgUnavailable", "bin_dir"]
 
@@ -184,4 +187,14 @@ def _pytest_fixtures() -> tuple[object, object]:
     return pg_server, pg_url
 
 
-pg_server, pg_url = _pytest_fixtures()
+_fixtures: dict[str, object] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """``pg_server`` and ``pg_url``, made (and pytest imported) on first import of either:
+    ``from tests.pg import pg_server, pg_url`` in ``tests/conftest.py``."""
+    if name not in ("pg_server", "pg_url"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if not _fixtures:
+        _fixtures["pg_server"], _fixtures["pg_url"] = _pytest_fixtures()
+    return _fixtures[name]
