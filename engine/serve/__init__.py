@@ -39,10 +39,9 @@ def _need_extra() -> None:
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise ConfigError(
-            f"`orchestrate serve` needs the `serve` extra ({exc.name} is missing). In a "
-            "source checkout: `source scripts/bootstrap.sh serve` (or "
-            "`.venv/bin/pip install -e '.[serve]'`); from a package: "
-            "`pip install 'agent-orchestrator[serve]'`."
+            f"`orchestrate serve` needs the `serve` extra ({exc.name} is missing). The "
+            "engine is installed from its checkout (it is not on PyPI); there: "
+            "`source scripts/bootstrap.sh serve` (or `.venv/bin/pip install -e '.[serve]'`)."
         ) from None
 
 
