@@ -119,6 +119,15 @@ def test_migrate_refuses_a_database_a_newer_engine_migrated(pg_url: str, tmp_pat
     show = CliRunner().invoke(orchestrate, ["show", "orch-x", "--config", cfg])
     assert _one_line(show) == line  # the same paragraph as every other command
     assert _version(pg_url) == need + 1  # nothing applied, nothing removed
+    doc = (ROOT / "docs" / "scale-out.md").read_text(encoding="utf-8")
+    (shown,) = [x for x in doc.splitlines() if x.startswith("error:") and "newer than" in x]
+    shown = shown.replace("postgresql://orch@db.internal:5432/orch", pg_url)
+    assert (
+        shown.replace("version 3,", f"version {need + 1},").replace(
+            "engine's 2:", f"engine's {need}:"
+        )
+        == line
+    )  # the documented paragraph is the one printed
 
 
 # -- 5. --from a directory that is not a handoffs directory -------------------------------
