@@ -7,7 +7,9 @@ policy gets its answers as an injected ``pid_alive(pid, start)`` function.
 from __future__ import annotations
 
 import os
+import select
 import socket
+import threading
 
 __all__ = ["boot_id", "host_id", "pid_alive", "start_time"]
 
@@ -33,8 +35,75 @@ def start_time(pid: int) -> int | None:
     return info[1] if info else None
 
 
+#: Open pidfds of processes found alive, by (pid, start time); at most ``_MAX_WATCHED``.
+_watched: dict[tuple[int, int], int] = {}
+_watched_lock = threading.Lock()
+_MAX_WATCHED = 64
+
+
+def _forked() -> None:
+    """In a forked child: its copies of the descriptors are closed, the lock is new (a
+    thread of the parent may have held it at the fork)."""
+    global _watched_lock
+    _watched_lock = threading.Lock()
+    for fd in _watched.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _watched.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 def pid_alive(pid: int, start: int | None) -> bool:
-    """Is ``pid`` a running process on this host, and the same one that recorded ``start``?"""
+    """Is ``pid`` a running process on this host, and the same one that recorded ``start``?
+
+    The first check of a process reads ``/proc/<pid>/stat`` (its state and start time);
+    where the kernel has ``pidfd_open`` (Linux 5.3+) it also keeps a descriptor of that
+    very process, and later checks only ask whether it has exited (one ``select``, no
+    file read: a pool transaction checks every other holder). A pidfd always names the
+    process it was opened for, so a reused PID is never taken for it; an exited process
+    that is not reaped yet (a zombie) counts as dead, as in ``/proc``.
+    """
+    if start is None or not hasattr(os, "pidfd_open"):
+        return _pid_alive(pid, start)
+    key = (pid, start)
+    with _watched_lock:  # held while asking: no other thread closes the descriptor meanwhile
+        fd = _watched.get(key)
+        if fd is not None:
+            ask = select.poll()
+            ask.register(fd, select.POLLIN)
+            try:
+                if not ask.poll(0):
+                    return True  # not exited
+            except OSError:
+                pass
+            del _watched[key]
+            os.close(fd)
+            return _pid_alive(pid, start)
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return _pid_alive(pid, start)  # gone, not ours to open, or no pidfd here
+    if not _pid_alive(pid, start):  # the process the pidfd names is the one we checked
+        os.close(fd)
+        return False
+    with _watched_lock:
+        if len(_watched) >= _MAX_WATCHED:
+            for old in _watched.values():
+                os.close(old)
+            _watched.clear()
+        if key in _watched:
+            os.close(fd)
+        else:
+            _watched[key] = fd
+    return True
+
+
+def _pid_alive(pid: int, start: int | None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
