@@ -9,7 +9,7 @@ Host ``h0`` is killed with SIGKILL while it has delegations and a workflow step 
 
 Counted: results lost (a handoff the agents delivered that the database does not hold),
 agent runs started twice for one delegation, the most tokens held at once across hosts
-(every state the pool committed is looked at, woken by its NOTIFY), tokens held at the
+(every state the pool committed is counted by a trigger of the test's), tokens held at the
 end, and workflow runs that did not complete (the dead host's is taken over).
 """
 
@@ -35,7 +35,6 @@ from engine.handoff import make_handoff
 from engine.message import parse_handoff_block
 from engine.pool import PoolSettings, TokenPool
 from engine.pool.postgres import PostgresPoolStore
-from engine.pool.state import parse
 from engine.store.postgres import PostgresRunStore
 from engine.store.postgres_db import Database
 from tests.helpers import free_port
@@ -137,25 +136,35 @@ class Farm:
 
 
 class PoolWatch:
-    """The most tokens the shared pool ever held: each committed state, woken by NOTIFY."""
+    """The most tokens the shared pool ever held: a trigger of the test's own (not of
+    the schema) counts the tokens of every state committed to the pool's row."""
 
     def __init__(self, url: str) -> None:
-        self.store = PostgresPoolStore(Database.from_url(url))
-        self.most = 0
-        self.states = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.db = Database.from_url(url)
+        with self.db.connect() as conn:
+            conn.execute(_WATCH_SQL)
 
-    def run(self) -> None:
-        feed = self.store.changes()
-        assert feed is not None
-        while not self.stop.is_set():
-            seen = feed.generation()
-            state = parse(self.store.peek())
-            if isinstance(state, dict):
-                self.most = max(self.most, len(state.get("tokens") or []))
-                self.states += 1
-            feed.wait(seen, 0.5)
+    def seen(self) -> tuple[int, int]:
+        """(the most tokens in one committed state, how many states were committed)."""
+        with self.db.connect() as conn:
+            row = conn.execute("SELECT coalesce(max(tokens), 0), count(*) FROM pool_seen")
+            most, states = row.fetchone()
+        return int(most), int(states)
+
+
+_WATCH_SQL = """
+CREATE TABLE pool_seen (tokens integer NOT NULL);
+CREATE FUNCTION pool_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF length(NEW.state) > 0 THEN
+        INSERT INTO pool_seen
+        VALUES (jsonb_array_length(convert_from(NEW.state, 'UTF8')::jsonb -> 'tokens'));
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER pool_seen AFTER INSERT OR UPDATE ON pool_state
+    FOR EACH ROW EXECUTE FUNCTION pool_seen();
+"""
 
 
 def _config(tmp_path: Path, url: str, host: str, port: int, farm: str) -> Path:
@@ -198,7 +207,6 @@ def test_three_hosts_share_runs_pool_and_handoffs_and_survive_one_dying(
     farm = Farm(receivers)
     farm.thread.start()
     watch = PoolWatch(pg_url)
-    watch.thread.start()
     env = dict(os.environ, SIM_RECEIVER_TOKEN=RECEIVER_TOKEN, SIM_FARM_TOKEN=FARM_TOKEN,
                ORCH_RUN_LEASE_TTL=str(LEASE_TTL))  # fmt: skip
     lines: dict[str, list[dict[str, Any]]] = {h: [] for h in HOSTS}
@@ -253,8 +261,6 @@ def test_three_hosts_share_runs_pool_and_handoffs_and_survive_one_dying(
         assert p.wait(90) == 0
     for t in readers:
         t.join(30)
-    watch.stop.set()
-    watch.thread.join(10)
 
     store = PostgresRunStore(Database.from_url(pg_url))
     # 0 lost: every handoff an agent delivered is in the database (recorded, or kept
@@ -292,7 +298,8 @@ def test_three_hosts_share_runs_pool_and_handoffs_and_survive_one_dying(
     assert {ln["state"] for ln in resumed} == {"complete"}, lines
     # the pool: never above max_tokens across hosts, none held at the end (the dead
     # host's reclaimed after the lease TTL)
-    assert 0 < watch.most <= MAX_TOKENS, watch.most
+    pool_most, pool_states = watch.seen()
+    assert 0 < pool_most <= MAX_TOKENS, pool_most
     checker = TokenPool(
         PoolSettings(dir=tmp_path / "unused", max_tokens=MAX_TOKENS, min_tokens=MAX_TOKENS,
                      adaptive=False, lease_ttl=LEASE_TTL),  # fmt: skip
@@ -312,12 +319,11 @@ def test_three_hosts_share_runs_pool_and_handoffs_and_survive_one_dying(
         "step_dispatch_journaled_at_kill": dispatch_journaled,
         "lost": len(lost),
         "dispatched_twice": len(twice),
-        "max_tokens_seen": watch.most,
-        "pool_states_seen": watch.states,
+        "max_tokens_seen": pool_most,
+        "pool_states_seen": pool_states,
         "runs_taken_over": len(orphans),
     }
     print(json.dumps(report))
     farm.stop_work.set()
     farm.server.shutdown()
     farm.server.server_close()
-    watch.store.close()

@@ -32,6 +32,7 @@ __all__ = [
     "encode",
     "encode_changed",
     "granted_hint",
+    "granted_token",
     "parse",
 ]
 
@@ -497,3 +498,20 @@ def granted_hint(raw: bytes, ticket_id: str) -> bool:
     pos = raw.find(f'"{ticket_id}"'.encode())
     queue = raw.find(b'"queue":')
     return pos >= 0 and (queue < 0 or pos < queue)
+
+
+def granted_token(raw: bytes, ticket_id: str, *, host: str) -> Token | None:
+    """The token ``ticket_id`` became, read from a stored state (read without the lock),
+    or None if that state does not list it among the tokens (or cannot be read).
+
+    A ticket turns into a token only by a committed grant and stays one until its holder
+    releases it (or it is reclaimed, which the release then reports), so one complete
+    version that lists it is proof of the grant: the waiter needs no locked look.
+    """
+    doc = parse(raw)
+    tokens = doc.get("tokens") if isinstance(doc, dict) else None
+    for item in tokens if isinstance(tokens, list) else ():
+        if isinstance(item, dict) and item.get("id") == ticket_id:
+            entry = _entry(item, ticket=False, host=host)
+            return entry if isinstance(entry, Token) else None
+    return None

@@ -24,6 +24,7 @@ from engine.pool.state import (
     decode,
     encode_changed,
     granted_hint,
+    granted_token,
     parse,
 )
 from engine.pool.status import reclaim_json, status_view
@@ -385,9 +386,9 @@ class TokenPool:
             backoff = _Backoff(self._sleep)
             seen = 0
             if feed is not None:
-                # A change between our enqueue and the feed would go unnoticed: look again.
+                # A grant between our enqueue and the feed would go unnoticed: look again.
                 seen = feed.generation()
-                poll = self._transact(lambda s, t: policy.poll(s, t, ticket, alive))
+                poll = self._glance(ticket, poll)
             last_full = time.monotonic()
             while poll.outcome is not PollOutcome.GRANTED:
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -409,12 +410,10 @@ class TokenPool:
                     backoff.wait(limit)
                     woken = False
                 mono = time.monotonic()
-                if mono - last_full < FULL_CHECK and not (woken or feed is None):
-                    continue  # nothing changed and no time-based check is due
-                if mono - last_full < FULL_CHECK and not granted_hint(self.store.peek(), ticket.id):
-                    # A glance without the lock: waking every waiter into the lock on each
-                    # change would make the waiters, not the work, the bottleneck.
-                    continue
+                if mono - last_full < FULL_CHECK:
+                    if woken or feed is None:
+                        poll = self._glance(ticket, poll)
+                    continue  # granted, or nothing for us and no time-based check is due
                 last_full = mono
                 poll = self._transact(lambda s, t: policy.poll(s, t, ticket, alive))
             granted = True
@@ -423,6 +422,15 @@ class TokenPool:
                 # Interrupted (Ctrl-C, an error): never leave a ticket or a token behind.
                 self._abandon(ticket.id)
         return poll
+
+    def _glance(self, ticket: Ticket, poll: Poll) -> Poll:
+        """``poll``, or the grant of ``ticket`` if the stored state (read without the
+        lock) lists its token: a waiter learns of its grant without taking the lock."""
+        raw = self.store.peek()
+        if not granted_hint(raw, ticket.id):
+            return poll
+        token = granted_token(raw, ticket.id, host=self.host)
+        return poll if token is None else Poll(PollOutcome.GRANTED, token)
 
     def _abandon(self, ticket_id: str) -> None:
         try:
@@ -442,13 +450,15 @@ class TokenPool:
 
     def _transact(self, op: Callable[[PoolState, float], _T], *, sample: bool = True) -> _T:
         """Run ``op(state, now)`` in a store transaction after housekeeping (and a load
-        sample when one is due); store the state if anything changed."""
+        sample when one is due); store the state if anything changed, and wake the
+        waiters if a waiting request was granted."""
         policy = self.policy
 
-        def step(raw: bytes) -> tuple[_T, bytes | None]:
+        def step(raw: bytes) -> tuple[_T, bytes | None, bool]:
             state, repaired = decode(parse(raw), self.settings, host=self.host)
             if repaired and raw:
                 state.repairs += 1
+            waiting = {w.id for w in state.queue} if state.queue else None
             now, mono, boot = self._clock(), self._monotonic(), boot_id()
             policy.correct_jump(state, now, mono, boot)
             due = sample and policy.sample_due(state, now)
@@ -458,7 +468,11 @@ class TokenPool:
             # The clock pair is renewed only with a write that happens anyway, so a look
             # at the pool writes nothing (and wakes no waiter).
             stamp = None if boot is None else ClockPair(wall=now, mono=mono, boot=boot)
-            return result, encode_changed(state, raw, stamp)
+            out = encode_changed(state, raw, stamp)
+            # Waiters are woken only when one of them was granted a token (by this event or
+            # by the housekeeping before it): the rest of the changes concern none of them.
+            wake = waiting is not None and any(t.id in waiting for t in state.tokens)
+            return result, out, wake
 
         return self.store.transact(step)
 

@@ -25,12 +25,12 @@ def test_a_delegation_holds_a_token_of_the_injected_pool(demo_cfg: Config, tmp_p
         """Every state the pool commits, as the holders it lists (no state is missed,
         however quickly the token is taken and given back)."""
 
-        def transact(self, fn: Callable[[bytes], tuple[_T, bytes | None]]) -> _T:
-            def record(data: bytes) -> tuple[_T, bytes | None]:
-                result, out = fn(data)
+        def transact(self, fn: Callable[[bytes], tuple[_T, bytes | None, bool]]) -> _T:
+            def record(data: bytes) -> tuple[_T, bytes | None, bool]:
+                result, out, wake = fn(data)
                 if out is not None:
                     seen.append([t["run_id"] for t in json.loads(out).get("tokens", [])])
-                return result, out
+                return result, out, wake
 
             return super().transact(record)
 
