@@ -1,12 +1,18 @@
 """Benchmark the PostgreSQL store against the file store, in the same run.
 
     python bench/pg.py [--json] [--rounds 3] [--procs 8] [--per-proc 200] [--tokens 5]
-                       [--wakes 200] [--delegations 400] [--concurrency 8]
-                       [--url postgresql://...]
+                       [--hold-ms 5] [--wakes 200] [--delegations 400] [--concurrency 8]
+                       [--url postgresql://...] [--skip pool|held|wake|scale]
 
-1. The pool: acquire+release by ``--procs`` processes looping at once on one pool, the
-   file pool (flock, inotify) and the PostgreSQL pool (row ``FOR UPDATE``, LISTEN/NOTIFY),
-   alternating A/B for ``--rounds`` rounds; p50 and p99 per round, in milliseconds.
+1. The pool: acquire+release by ``--procs`` processes looping at once (no pause) on one
+   pool of ``--tokens``, the file pool (flock, inotify) and the PostgreSQL pool
+   (compare-and-swap on its row, LISTEN/NOTIFY), alternating A/B for ``--rounds``
+   rounds; per round p50, p99 and mean in milliseconds, acquire+release pairs per second
+   (all processes) and the 1-minute load average at the round's end.
+   Then the same with each process holding its token ``--hold-ms`` between acquire and
+   release, as a delegation would, on a pool of ``--procs`` tokens (nobody waits for a
+   token): the time of acquire plus release, the hold left out: the pool's own cost
+   when processes delegate at once (skip with ``--skip held``).
 2. Wake-up: the time from a receiver's ``POST /handoffs/{runId}`` (the local gateway, in
    this process) to the wake-up of the delegation waiting for it in another process:
    PostgreSQL (NOTIFY) against the file store (inotify), alternating per sample.
@@ -57,7 +63,9 @@ def _pool(kind: str, target: str, tokens: int) -> TokenPool:
     return TokenPool(settings, store=PostgresPoolStore(Database.from_url(target)))
 
 
-def _pool_worker(kind: str, target: str, n: int, tokens: int, go: Path, out: Path) -> None:
+def _pool_worker(
+    kind: str, target: str, n: int, tokens: int, go: Path, out: Path, hold_ms: float
+) -> None:
     pool = _pool(kind, target, tokens)
     for i in range(20):
         pool.acquire(run_id=f"warm-{os.getpid()}-{i}", agent="bench", timeout=60).release()
@@ -65,21 +73,32 @@ def _pool_worker(kind: str, target: str, n: int, tokens: int, go: Path, out: Pat
     while not go.exists():  # start together so that the processes really contend
         time.sleep(0.001)
     samples = []
+    clock = time.perf_counter
     for i in range(n):
-        t0 = time.perf_counter()
-        pool.acquire(run_id=f"b-{os.getpid()}-{i}", agent="bench", timeout=60).release()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    out.write_text(json.dumps(samples), encoding="utf-8")
+        t0 = clock()
+        lease = pool.acquire(run_id=f"b-{os.getpid()}-{i}", agent="bench", timeout=60)
+        held = 0.0
+        if hold_ms > 0:
+            t1 = clock()
+            time.sleep(hold_ms / 1e3)
+            held = clock() - t1
+        lease.release()
+        samples.append((clock() - t0 - held) * 1e3)
+    out.write_text(json.dumps({"samples": samples, "end": time.time()}), encoding="utf-8")
     pool.close()
 
 
-def _contended(kind: str, target: str, base: Path, procs: int, n: int, tokens: int) -> list[float]:
+def _contended(
+    kind: str, target: str, base: Path, procs: int, n: int, tokens: int, hold_ms: float = 0.0
+) -> dict[str, Any]:
+    """Samples (ms) of ``procs`` processes, pairs per second from the common start to the
+    last process's end, and the 1-minute load average at the end."""
     base.mkdir(parents=True)
     go = base / "go"
     outs = [base / f"w{i}.json" for i in range(procs)]
     children = [
         subprocess.Popen([sys.executable, __file__, "--pool-worker", kind, target, str(n),
-                          str(tokens), str(go), str(out)])  # fmt: skip
+                          str(tokens), str(go), str(out), str(hold_ms)])  # fmt: skip
         for out in outs
     ]
     try:
@@ -87,6 +106,7 @@ def _contended(kind: str, target: str, base: Path, procs: int, n: int, tokens: i
             if any(c.poll() is not None for c in children):
                 raise SystemExit("a benchmark worker died before the start")
             time.sleep(0.01)
+        start = time.time()
         go.touch()
         for c in children:
             c.wait()
@@ -96,9 +116,13 @@ def _contended(kind: str, target: str, base: Path, procs: int, n: int, tokens: i
                 c.kill()
                 c.wait()
     samples: list[float] = []
+    end = start
     for o in outs:
-        samples += json.loads(o.read_text(encoding="utf-8"))
-    return samples
+        got = json.loads(o.read_text(encoding="utf-8"))
+        samples += got["samples"]
+        end = max(end, got["end"])
+    return {"samples": samples, "per_s": len(samples) / max(end - start, 1e-9),
+            "load": os.getloadavg()[0]}  # fmt: skip
 
 
 def _wake_worker(kind: str, target: str) -> None:
@@ -272,7 +296,21 @@ def _scale(target: str, base: Path, procs: int, total: int, conc: int) -> float:
 
 def _fig(values: list[float]) -> dict[str, float]:
     return {"p50_ms": round(_percentile(values, 0.5), 2),
-            "p99_ms": round(_percentile(values, 0.99), 2), "n": len(values)}  # fmt: skip
+            "p99_ms": round(_percentile(values, 0.99), 2),
+            "mean_ms": round(statistics.fmean(values), 2), "n": len(values)}  # fmt: skip
+
+
+def _pool_fig(run: dict[str, Any]) -> dict[str, float]:
+    return {**_fig(run["samples"]), "per_s": round(run["per_s"]), "load": round(run["load"], 2)}
+
+
+def _pool_line(label: str, row: dict[str, Any]) -> str:
+    parts = [label]
+    for kind in ("file", "postgres"):
+        f = row[kind]
+        parts.append(f"{kind} p50 {f['p50_ms']:6.2f} p99 {f['p99_ms']:7.2f} mean "
+                     f"{f['mean_ms']:6.2f} {f['per_s']:5.0f}/s load {f['load']:4.2f}")  # fmt: skip
+    return "   ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,13 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=8)
     parser.add_argument("--per-proc", type=int, default=200)
     parser.add_argument("--tokens", type=int, default=5)
+    parser.add_argument("--hold-ms", type=float, default=5.0,
+                        help="second pool figure: each token held this long (0: none)")  # fmt: skip
     parser.add_argument("--wakes", type=int, default=200)
     parser.add_argument("--delegations", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--url", help="an existing, migrated PostgreSQL database")
-    parser.add_argument("--skip", action="append", default=[], choices=("pool", "wake", "scale"),
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=("pool", "held", "wake", "scale"),  # fmt: skip
                         help="leave a part out (repeatable)")
-    parser.add_argument("--pool-worker", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--pool-worker", nargs=7, help=argparse.SUPPRESS)
     parser.add_argument("--wake-worker", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--deleg-worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -298,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         _deleg_worker(target, home, int(n), int(conc), go, out)
         return 0
     if args.pool_worker:
-        kind, target, n, tokens, go, out = args.pool_worker
-        _pool_worker(kind, target, int(n), int(tokens), Path(go), Path(out))
+        kind, target, n, tokens, go, out, hold = args.pool_worker
+        _pool_worker(kind, target, int(n), int(tokens), Path(go), Path(out), float(hold))
         return 0
     if args.wake_worker:
         _wake_worker(*args.wake_worker)
@@ -318,17 +359,24 @@ def main(argv: list[str] | None = None) -> int:
             url = server.create_database("bench")
         migrate(Database.from_url(url))
         rounds: list[dict[str, Any]] = []
-        for r in range(args.rounds if "pool" not in args.skip else 0):
-            row: dict[str, Any] = {}
-            for kind in ("file", "postgres"):
-                target = str(base / f"pool-{r}") if kind == "file" else url
-                if kind == "postgres":
-                    with Database.from_url(url).connect() as conn:
-                        conn.execute("DELETE FROM pool_state")
-                samples = _contended(kind, target, base / f"{kind}-{r}", args.procs,
-                                     args.per_proc, args.tokens)  # fmt: skip
-                row[kind] = _fig(samples)
-            rounds.append(row)
+        held: list[dict[str, Any]] = []
+        parts = [("tight", rounds, args.tokens, 0.0, "pool")]
+        if args.hold_ms > 0:
+            parts.append(("held", held, args.procs, args.hold_ms, "held"))
+        for r in range(args.rounds):
+            for name, out, tokens, hold_ms, part in parts:
+                if part in args.skip or "pool" in args.skip or hold_ms < 0:
+                    continue
+                row: dict[str, Any] = {}
+                for kind in ("file", "postgres"):
+                    target = str(base / f"pool-{name}-{r}") if kind == "file" else url
+                    if kind == "postgres":
+                        with Database.from_url(url).connect() as conn:
+                            conn.execute("DELETE FROM pool_state")
+                    run = _contended(kind, target, base / f"{kind}-{name}-{r}", args.procs,
+                                     args.per_proc, tokens, hold_ms)  # fmt: skip
+                    row[kind] = _pool_fig(run)
+                out.append(row)
         wakes: dict[str, list[float]] = {}
         if "wake" not in args.skip:
             urls = {"file": str(base / "handoffs"), "postgres": url}
@@ -351,9 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pool acquire+release, {args.procs} processes x {args.per_proc}, "
           f"{args.tokens} tokens (ms):")  # fmt: skip
     for i, row in enumerate(rounds, 1):
-        f, p = row["file"], row["postgres"]
-        print(f"  round {i}: file p50 {f['p50_ms']:6.2f} p99 {f['p99_ms']:7.2f}   "
-              f"postgres p50 {p['p50_ms']:6.2f} p99 {p['p99_ms']:7.2f}")  # fmt: skip
+        print(_pool_line(f"  round {i}:", row))
+    if held:
+        print(f"same, each token held {args.hold_ms:g} ms, {args.procs} tokens (ms, the hold "
+              "left out):")  # fmt: skip
+        for i, row in enumerate(held, 1):
+            print(_pool_line(f"  round {i}:", row))
     print("receiver POST -> waiter woken in another process (ms):")
     figs = {k: _fig(v) for k, v in wakes.items()}
     for kind, fig in figs.items():
@@ -368,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<11} {' '.join(f'{x:7.1f}' for x in rates)}   median {med:7.1f}"
                   f"   x{ratio:.2f}")  # fmt: skip
     if args.json:
-        print(json.dumps({"bench": "pg", "cpus": os.cpu_count(), "pool": rounds,
+        print(json.dumps({"bench": "pg", "cpus": os.cpu_count(), "pool": rounds, "held": held,
                           "wake": figs, "scale": scale}))  # fmt: skip
     return 0
 

@@ -172,12 +172,16 @@ class PostgresPoolStore:
 
         try:
             conn = self._conn()
-            row = conn.execute(_READ, (self._name,)).fetchone()
-            if row is None:
-                conn.execute(_CREATE, (self._name,))
-                stored = b""
-            else:
-                stored = bytes(row[0])
+            # The row as this host's last transaction left it: right unless another host
+            # wrote since, and the swap checks that, so no read is needed first.
+            stored = self._host_lock.load()
+            if not stored:
+                row = conn.execute(_READ, (self._name,)).fetchone()
+                if row is None:
+                    conn.execute(_CREATE, (self._name,))
+                    stored = b""
+                else:
+                    stored = bytes(row[0])
             for _ in range(_OPTIMISTIC_TRIES):
                 result, out, wake = fn(stored)
                 if out is None:
@@ -189,6 +193,7 @@ class PostgresPoolStore:
                     query = _SWAP_NOTIFY if wake else _SWAP
                     got = conn.execute(query, (*args, self._name)).fetchone()
                 if got is not None and got[0]:
+                    self._host_lock.save(stored if out is None else out)
                     return result
                 if got is None or got[1] is None:  # the row is gone: make it again
                     conn.execute(_CREATE, (self._name,))
@@ -198,6 +203,7 @@ class PostgresPoolStore:
                 else:  # changed after the statement's snapshot: read the new version
                     row = conn.execute(_READ, (self._name,)).fetchone()
                     stored = bytes(row[0]) if row else b""
+            self._host_lock.save(b"")
             return self._locked(conn, fn)
         except psycopg.Error as exc:
             from engine.store.postgres_db import driver_message

@@ -431,6 +431,10 @@ class HostLock:
     then ``flock`` on ``path`` (created if missing; released by the kernel when its
     holder dies). Works without the file too: where it cannot be opened (permissions,
     a read-only directory), only the thread lock is taken. Survives ``fork``.
+
+    While it is held, ``load`` and ``save`` read and write a note in the lock file (a
+    hint for the next holder, never trusted: it may be stale, or torn by a holder killed
+    while writing it).
     """
 
     def __init__(self, path: Path) -> None:
@@ -439,6 +443,7 @@ class HostLock:
         self._tlock = threading.Lock()
         self._fd: int | None = None
         self._failed = False
+        self._writable = False
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -455,10 +460,7 @@ class HostLock:
                     self._pid = os.getpid()
         with self._tlock:
             if self._fd is None and not self._failed:
-                try:
-                    self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
-                except OSError:
-                    self._failed = True
+                self._open()
             fd = self._fd
             if fd is None:
                 yield
@@ -468,6 +470,39 @@ class HostLock:
                 yield
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _open(self) -> None:
+        flags = os.O_CREAT | os.O_CLOEXEC
+        for mode, writable in ((os.O_RDWR, True), (os.O_RDONLY, False)):
+            try:
+                self._fd = os.open(self.path, mode | flags, 0o666)
+            except OSError:
+                continue
+            self._writable = writable
+            return
+        self._failed = True
+
+    def load(self) -> bytes:
+        """The note the last holder saved (b"" when none). Call only while held."""
+        fd = self._fd
+        if fd is None:
+            return b""
+        try:
+            return os.pread(fd, os.fstat(fd).st_size, 0)
+        except OSError:
+            return b""
+
+    def save(self, data: bytes) -> None:
+        """Leave ``data`` for the next holder (nothing if the file is read-only to this
+        process). Call only while held."""
+        fd = self._fd
+        if fd is None or not self._writable:
+            return
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Close the lock file (reopened on next use)."""
