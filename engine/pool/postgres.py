@@ -133,6 +133,12 @@ class PostgresPoolStore:
         self._host_lock = HostLock(Path(tempfile.gettempdir()) / f"orch-pool-{key}.lock")
 
     @property
+    def lock_path(self) -> Path:
+        """The host-local lock file (``$TMPDIR/orch-pool-<hash>.lock``) the processes of
+        this host take turns on, which also keeps the row as this host last left it."""
+        return self._host_lock.path
+
+    @property
     def location(self) -> str:
         """``<url>#pool=<name>`` (no password)."""
         return f"{self._db.display}#pool={self._name}"

@@ -409,11 +409,13 @@ class TokenPool:
                 else:
                     backoff.wait(limit)
                     woken = False
+                if woken or feed is None:
+                    poll = self._glance(ticket, poll)
+                    if poll.outcome is PollOutcome.GRANTED:
+                        break
                 mono = time.monotonic()
                 if mono - last_full < FULL_CHECK:
-                    if woken or feed is None:
-                        poll = self._glance(ticket, poll)
-                    continue  # granted, or nothing for us and no time-based check is due
+                    continue  # not granted, and no time-based check is due
                 last_full = mono
                 poll = self._transact(lambda s, t: policy.poll(s, t, ticket, alive))
             granted = True
