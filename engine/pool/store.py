@@ -350,7 +350,12 @@ class FileStore:
         cycles), more than the rest of the transaction. Where the swap is not available
         (not Linux, a filesystem without it), or on the first write, ``_replace``.
         """
-        fd = os.open(self._tmp_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(self._tmp_path, flags, 0o666)
+        except PermissionError:  # another user's spare, not writable to us: make our own
+            os.unlink(self._tmp_path)
+            fd = os.open(self._tmp_path, flags | os.O_EXCL, 0o666)
         try:
             view = memoryview(data)
             at = 0
@@ -368,7 +373,11 @@ class FileStore:
         the waiters' look at the state, not the work, the bottleneck."""
         try:
             os.utime(self._wake_path)
-        except FileNotFoundError:
+        except (FileNotFoundError, PermissionError):  # none yet, or another user's
+            try:
+                os.unlink(self._wake_path)
+            except FileNotFoundError:
+                pass
             os.close(os.open(self._wake_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
             os.utime(self._wake_path)
 
