@@ -289,4 +289,3 @@ def test_a_pool_over_postgresql_wakes_its_waiter_on_the_grant(pg_url: str) -> No
     assert [t["run_id"] for t in pool.status()["in_use"]] == ["waiter"]
     pool.close()
     other.close()
-
