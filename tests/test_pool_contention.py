@@ -25,7 +25,7 @@ import psycopg
 from engine.pool import STATE_NAME, PoolSettings, TokenPool
 from engine.pool.host import pid_alive, start_time
 from engine.pool.postgres import PostgresPoolStore
-from engine.pool.store import WAKE_NAME
+from engine.pool.store import WAKE_NAME, FileStore
 from engine.store.postgres_db import Database
 
 CHURN = r"""
@@ -130,6 +130,16 @@ def test_only_a_grant_wakes_the_waiters(tmp_path: Path) -> None:
     assert [t["run_id"] for t in pool.status()["in_use"]] == ["waiter"]
     pool.close()
     other.close()
+
+
+def test_a_step_that_says_nothing_of_waking_wakes_at_every_write(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "pool")
+    assert store.transact(lambda raw: ("kept", None)) == "kept"  # no write: nobody woken
+    assert not (tmp_path / "pool" / WAKE_NAME).exists()
+    assert store.transact(lambda raw: ("written", b"{}")) == "written"  # the older form
+    assert (tmp_path / "pool" / WAKE_NAME).exists()
+    assert store.peek() == b"{}"
+    store.close()
 
 
 def test_a_waiter_in_another_process_is_woken_by_the_grant(tmp_path: Path) -> None:

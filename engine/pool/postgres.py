@@ -25,12 +25,11 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import ConfigError
-from engine.pool.store import Generation, HostLock
+from engine.pool.store import Generation, HostLock, Step, run_step
 from engine.store.postgres_db import Database
 
 __all__ = ["CHANNEL", "PostgresPoolStore"]
@@ -153,7 +152,7 @@ class PostgresPoolStore:
         ).fetchone()
         return row is not None
 
-    def transact(self, fn: Callable[[bytes], tuple[_T, bytes | None, bool]]) -> _T:
+    def transact(self, fn: Step[_T]) -> _T:
         """``fn`` on the pool's row; new bytes written, and NOTIFYed when ``fn`` says a
         waiter may proceed (``wake``). ``fn`` may run more than once: only the run whose
         state was still the stored one counts.
@@ -173,7 +172,7 @@ class PostgresPoolStore:
         with self._host_lock.held():
             return self._transact(fn)
 
-    def _transact(self, fn: Callable[[bytes], tuple[_T, bytes | None, bool]]) -> _T:
+    def _transact(self, fn: Step[_T]) -> _T:
         import psycopg
 
         try:
@@ -189,7 +188,7 @@ class PostgresPoolStore:
                 else:
                     stored = bytes(row[0])
             for _ in range(_OPTIMISTIC_TRIES):
-                result, out, wake = fn(stored)
+                result, out, wake = run_step(fn, stored)
                 if out is None:
                     got = conn.execute(_SAME, (stored, stored, self._name)).fetchone()
                 else:
@@ -219,11 +218,11 @@ class PostgresPoolStore:
                 "Check that the database runs and `orchestrate store migrate` was run."
             ) from exc
 
-    def _locked(self, conn: Any, fn: Callable[[bytes], tuple[_T, bytes | None, bool]]) -> _T:
+    def _locked(self, conn: Any, fn: Step[_T]) -> _T:
         """``fn`` on the row read ``FOR UPDATE``: the others wait until it commits."""
         with conn.transaction():
             row = conn.execute(_READ + " FOR UPDATE", (self._name,)).fetchone()
-            result, out, wake = fn(bytes(row[0]) if row else b"")
+            result, out, wake = run_step(fn, bytes(row[0]) if row else b"")
             if out is not None:
                 args: tuple[Any, ...] = (out, self._name)
                 if wake:

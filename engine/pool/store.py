@@ -40,6 +40,8 @@ __all__ = [
     "HostLock",
     "MemoryStore",
     "PoolStore",
+    "Step",
+    "run_step",
 ]
 
 _T = TypeVar("_T")
@@ -50,6 +52,20 @@ WAKE_NAME = "wake"
 _TMP_NAME = ".state.tmp"
 #: A change feed's reader looks up at least this often (seconds).
 FULL_CHECK = 0.05
+
+
+#: What a transaction's function returns: (result, new bytes or None to keep the stored
+#: ones, ``wake``), or (result, new bytes or None) as before ``wake`` existed, which wakes
+#: the waiters at every write.
+Step = Callable[[bytes], "tuple[_T, bytes | None, bool] | tuple[_T, bytes | None]"]
+
+
+def run_step(fn: Step[_T], stored: bytes) -> tuple[_T, bytes | None, bool]:
+    """``fn(stored)`` as (result, new bytes or None, ``wake``), whichever form it returns."""
+    got = fn(stored)
+    if len(got) == 2:
+        return got[0], got[1], got[1] is not None
+    return got[0], got[1], bool(got[2])
 
 
 class ChangeFeed(Protocol):
@@ -83,10 +99,10 @@ class PoolStore(Protocol):
         """Has the store been created? (``status`` creates nothing.)"""
         ...
 
-    def transact(self, fn: Callable[[bytes], tuple[_T, bytes | None, bool]]) -> _T:
+    def transact(self, fn: Step[_T]) -> _T:
         """Under an exclusive lock: ``fn(stored)`` returns (result, new bytes or None to
-        keep the stored ones, ``wake``); new bytes are stored atomically, and with
-        ``wake`` True the change feed's waiters are woken once they are stored.
+        keep the stored ones, ``wake``) (see ``Step``); new bytes are stored atomically,
+        and with ``wake`` True the change feed's waiters are woken once they are stored.
         ``ConfigError`` when the store is unusable."""
         ...
 
@@ -210,10 +226,10 @@ class FileStore:
     def exists(self) -> bool:
         return self.directory.is_dir()
 
-    def transact(self, fn: Callable[[bytes], tuple[_T, bytes | None, bool]]) -> _T:
+    def transact(self, fn: Step[_T]) -> _T:
         try:
             with self._locked():
-                result, out, wake = fn(self._read_raw())
+                result, out, wake = run_step(fn, self._read_raw())
                 if out is not None:
                     self._write_raw(out)
                     if wake:
@@ -572,9 +588,9 @@ class MemoryStore:
     def exists(self) -> bool:
         return bool(self._data)
 
-    def transact(self, fn: Callable[[bytes], tuple[_T, bytes | None, bool]]) -> _T:
+    def transact(self, fn: Step[_T]) -> _T:
         with self._lock:
-            result, out, _ = fn(self._data)
+            result, out, _ = run_step(fn, self._data)
             if out is not None:
                 self._data = out
                 self._feed.bump()  # every change: waking a thread of this process is cheap
