@@ -53,20 +53,19 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def _pool(kind: str, target: str, tokens: int) -> TokenPool:
-    settings = PoolSettings(dir=Path(target), adaptive=False, max_tokens=tokens)
+def _pool(kind: str, target: str, tokens: int, local: Path) -> TokenPool:
+    """The file pool in ``target``, or the pool in the database ``target`` with this
+    host's lock in ``local`` (as a ``TokenPool`` keeps it in its ``pool.dir``)."""
     if kind == "file":
-        return TokenPool(settings)
-    from engine.pool.postgres import PostgresPoolStore
-    from engine.store.postgres_db import Database
-
-    return TokenPool(settings, store=PostgresPoolStore(Database.from_url(target)))
+        return TokenPool(PoolSettings(dir=Path(target), adaptive=False, max_tokens=tokens))
+    settings = PoolSettings(dir=local, adaptive=False, max_tokens=tokens, store=target)
+    return TokenPool(settings)
 
 
 def _pool_worker(
     kind: str, target: str, n: int, tokens: int, go: Path, out: Path, hold_ms: float
 ) -> None:
-    pool = _pool(kind, target, tokens)
+    pool = _pool(kind, target, tokens, out.parent / ".pool")
     for i in range(20):
         pool.acquire(run_id=f"warm-{os.getpid()}-{i}", agent="bench", timeout=60).release()
     out.with_suffix(".ready").touch()

@@ -239,8 +239,9 @@ def test_a_lost_race_runs_the_rules_again_on_the_new_row(pg_url: str) -> None:
     store.close()
 
 
-def test_a_note_left_in_the_host_lock_is_only_a_hint(pg_url: str) -> None:
-    store = PostgresPoolStore(Database.from_url(pg_url))
+def test_a_note_left_in_the_host_lock_is_only_a_hint(pg_url: str, tmp_path: Path) -> None:
+    store = PostgresPoolStore(Database.from_url(pg_url), lock_dir=tmp_path / ".pool")
+    assert store.lock_path is not None and store.lock_path.parent == tmp_path / ".pool"
     store.transact(lambda raw: (None, b"v1", False))
     store.lock_path.write_bytes(b"torn garbage")  # a holder killed while it wrote the note
     seen: list[bytes] = []
@@ -299,3 +300,17 @@ def test_a_pool_over_postgresql_wakes_its_waiter_on_the_grant(pg_url: str) -> No
     assert [t["run_id"] for t in pool.status()["in_use"]] == ["waiter"]
     pool.close()
     other.close()
+
+
+def test_a_pool_over_postgresql_keeps_its_host_lock_in_its_pool_dir(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Nothing is written outside the handoffs directory: the host lock is in pool.dir."""
+    pool_dir = tmp_path / "handoffs" / ".pool"
+    settings = PoolSettings(dir=pool_dir, max_tokens=2, adaptive=False, store=pg_url)
+    pool = TokenPool(settings)
+    pool.acquire(run_id="one", agent="a", timeout=0).release()
+    pool.close()
+    names = [p.name for p in pool_dir.iterdir()]
+    assert len(names) == 1 and names[0].startswith("postgresql-"), names
+    assert names[0].endswith(".lock")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, TypeVar
@@ -123,18 +122,23 @@ class PostgresPoolStore:
 
     shared = True
 
-    def __init__(self, db: Database, *, name: str = "default") -> None:
+    def __init__(
+        self, db: Database, *, name: str = "default", lock_dir: Path | None = None
+    ) -> None:
         self._db = db
         self._name = name
         self._feed: _Feed | None = None
         self._feed_lock = threading.Lock()
         key = hashlib.sha256(f"{db.display}#{name}".encode()).hexdigest()[:16]
-        self._host_lock = HostLock(Path(tempfile.gettempdir()) / f"orch-pool-{key}.lock")
+        path = Path(lock_dir) / f"postgresql-{key}.lock" if lock_dir is not None else None
+        self._host_lock = HostLock(path)
 
     @property
-    def lock_path(self) -> Path:
-        """The host-local lock file (``$TMPDIR/orch-pool-<hash>.lock``) the processes of
-        this host take turns on, which also keeps the row as this host last left it."""
+    def lock_path(self) -> Path | None:
+        """The host-local lock file (``<lock_dir>/postgresql-<hash>.lock``: a ``TokenPool``
+        gives its ``pool.dir``, inside the handoffs directory) the processes of this host
+        take turns on, which also keeps the row as this host last left it; None without
+        ``lock_dir`` (the processes then race for the row, and each change reads it first)."""
         return self._host_lock.path
 
     @property

@@ -453,16 +453,17 @@ def _find_renameat2() -> Any:
 
 class HostLock:
     """An exclusive lock among the threads and processes of this host: a thread lock,
-    then ``flock`` on ``path`` (created if missing; released by the kernel when its
-    holder dies). Works without the file too: where it cannot be opened (permissions,
-    a read-only directory), only the thread lock is taken. Survives ``fork``.
+    then ``flock`` on ``path`` (created, with its directory, if missing; released by the
+    kernel when its holder dies). Works without the file too: with ``path`` None, or
+    where it cannot be opened (permissions, a read-only directory), only the thread lock
+    is taken. Survives ``fork``.
 
     While it is held, ``load`` and ``save`` read and write a note in the lock file (a
     hint for the next holder, never trusted: it may be stale, or torn by a holder killed
     while writing it).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.path = path
         self._pid = os.getpid()
         self._tlock = threading.Lock()
@@ -497,6 +498,13 @@ class HostLock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _open(self) -> None:
+        if self.path is None:
+            self._failed = True
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # then the open below fails too, and only the thread lock is taken
         flags = os.O_CREAT | os.O_CLOEXEC
         for mode, writable in ((os.O_RDWR, True), (os.O_RDONLY, False)):
             try:

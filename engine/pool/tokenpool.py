@@ -219,7 +219,7 @@ class TokenPool:
             from engine.pool.postgres import PostgresPoolStore
             from engine.store.postgres_db import Database
 
-            store = PostgresPoolStore(Database.from_url(settings.store))
+            store = PostgresPoolStore(Database.from_url(settings.store), lock_dir=settings.dir)
         if store is None:
             store = FileStore(settings.dir, wake=wake)
         elif wake not in ("auto", "poll"):
