@@ -33,8 +33,10 @@ from dataclasses import dataclass
 
 from engine.pool.settings import PoolMode, PoolSettings
 from engine.pool.state import (
+    AGREED_KEYS,
     MAX_RECLAIMED,
     MAX_SAMPLES,
+    Agreed,
     ClockPair,
     PoolState,
     Reclaim,
@@ -80,6 +82,10 @@ class Poll:
     outcome: PollOutcome
     token: Token | None = None
     detail: str = ""
+
+
+def _num_text(value: float) -> str:
+    return str(int(value)) if value.is_integer() else f"{value:g}"
 
 
 class _Liveness:
@@ -404,9 +410,42 @@ class PoolPolicy:
             why += f", emergency cooldown for {left:.0f} s more"
         return why
 
+    def agree(self, state: PoolState, now: float) -> None:
+        """On a shared store, hold this host's ``pool:`` settings (``AGREED_KEYS``) to the
+        ones the pool's hosts agreed on: the first host's, or the last host's to ask while
+        the pool was idle (no token held, nobody waiting: nothing depends on the old ones).
+
+        Raises ``ConfigError`` (exit code 2) naming each setting that differs, while the
+        pool is in use under other settings: the cap of all hosts together would
+        otherwise depend on which host asks.
+        """
+        if not self.shared:
+            return
+        current = state.agreed
+        if current is not None and not current.differences(self.settings):
+            return
+        if current is None or (not state.tokens and not state.queue):
+            state.agreed = Agreed.of(self.settings, host=self.host, at=now)
+            return
+        from engine.errors import ConfigError
+
+        diffs = ", ".join(
+            f"`pool.{k}` is {_num_text(given)} here but {_num_text(agreed)} there"
+            for k, agreed, given in current.differences(self.settings)
+        )
+        raise ConfigError(
+            f"the shared token pool is in use under other settings: {diffs} (the settings "
+            f"of host `{current.by}`). Give every host the same `pool:` settings "
+            f"({', '.join(AGREED_KEYS)}); a pool takes new ones once no token is held and "
+            "nobody waits."
+        )
+
     def enqueue(self, state: PoolState, now: float, ticket: Ticket, pid_alive: PidAlive) -> Poll:
         """A new request: granted at once if a token is free and nobody is ahead, else
-        queued at the end, or refused when ``queue_limit`` requests already wait."""
+        queued at the end, or refused when ``queue_limit`` requests already wait.
+
+        On a shared store the host's settings must be the agreed ones (``agree``)."""
+        self.agree(state, now)
         alive = _Liveness(self, now, pid_alive)
         if ticket.hold_until is not None:  # the deadline moves with the clock reading
             ticket.hold_until += now - ticket.queued_at

@@ -9,6 +9,10 @@ when granted; older files without ``shares`` read as no host having adapted yet)
 On a store shared by hosts each host adapts its own share of the pool: ``shares`` maps a
 host identity to its ``Share`` (size, mode, cooldown, streaks, last sample). It is written
 only when not empty, so a host-local state file is the same document as before.
+
+On a shared store, ``agreed`` holds the ``pool:`` settings every host must give alike
+(``AGREED_KEYS``: the cap, the queue, the liveness and hold limits of all hosts' tokens)
+and the host that set them; absent on a host-local store.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 from engine.pool.settings import PoolMode, PoolSettings
 
 __all__ = [
+    "AGREED_KEYS",
+    "Agreed",
     "ClockPair",
     "PoolState",
     "Reclaim",
@@ -47,6 +53,8 @@ MAX_SHARES = 256
 #: ``token_timeout`` or past its deadline, or (another host) it stopped renewing.
 RECLAIM_REASONS = ("dead", "timeout", "deadline", "expired")
 _MODES = {mode.value: mode for mode in PoolMode}
+#: The ``pool:`` settings that hold for all hosts of a shared store together.
+AGREED_KEYS = ("max_tokens", "queue_limit", "lease_ttl", "token_timeout")
 
 
 @dataclass(slots=True)
@@ -132,6 +140,28 @@ class Share:
     last_sample_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Agreed:
+    """The ``AGREED_KEYS`` settings of a shared pool (``values``, key -> number), set by
+    host ``by`` at ``at`` (pool clock, seconds): every host must give the same."""
+
+    values: dict[str, float]
+    by: str
+    at: float
+
+    @classmethod
+    def of(cls, settings: PoolSettings, *, host: str, at: float) -> Agreed:
+        return cls({k: float(getattr(settings, k)) for k in AGREED_KEYS}, host, at)
+
+    def differences(self, settings: PoolSettings) -> list[tuple[str, float, float]]:
+        """``(key, agreed, given)`` for each setting ``settings`` gives otherwise."""
+        return [
+            (k, self.values[k], float(getattr(settings, k)))
+            for k in AGREED_KEYS
+            if float(getattr(settings, k)) != self.values[k]
+        ]
+
+
 @dataclass(slots=True)
 class PoolState:
     """Everything the pool shares: size, mode, tokens, queue, load streaks and history."""
@@ -150,6 +180,7 @@ class PoolState:
     repairs: int = 0
     clock: ClockPair | None = None
     shares: dict[str, Share] = field(default_factory=dict)
+    agreed: Agreed | None = None
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -273,8 +304,20 @@ def decode(raw: Any, settings: PoolSettings, *, host: str) -> tuple[PoolState, b
         repairs=counter("repairs"),
         clock=_clock_pair(raw.get("clock")),
         shares=_shares(raw.get("shares"), settings),
+        agreed=_agreed(raw.get("agreed")),
     )
     return state, repaired
+
+
+def _agreed(raw: Any) -> Agreed | None:
+    """The agreed settings, or None when absent or not whole (they are agreed again)."""
+    if not isinstance(raw, dict):
+        return None
+    by, at = _text(raw.get("by")), _num(raw.get("at"))
+    values = {k: _num(raw.get(k)) for k in AGREED_KEYS}
+    if by is None or at is None or any(v is None for v in values.values()):
+        return None
+    return Agreed({k: float(v) for k, v in values.items() if v is not None}, by, at)
 
 
 def _counter(value: Any) -> int:
@@ -433,6 +476,8 @@ def _body(state: PoolState) -> dict[str, Any]:
     }
     if state.shares:  # after the queue (``granted_hint``); absent on a host-local store
         doc["shares"] = {host: share_json(sh) for host, sh in state.shares.items()}
+    if state.agreed is not None:  # a shared store only
+        doc["agreed"] = {**state.agreed.values, "by": state.agreed.by, "at": state.agreed.at}
     return doc
 
 
