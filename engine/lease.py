@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any, Protocol
 
 __all__ = ["Lease", "Pool"]
@@ -66,12 +65,7 @@ class Lease(Protocol):
 
     def __enter__(self) -> Lease: ...
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class Pool(Protocol):

@@ -8,7 +8,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from engine.errors import ConfigError, DelegationTimeoutError, PoolRefusedError
@@ -168,12 +167,7 @@ class TokenLease:
     def __enter__(self) -> TokenLease:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
     def __repr__(self) -> str:
