@@ -779,7 +779,7 @@ def test_documented_defaults_are_the_defaults(tmp_path: Path) -> None:
 
 
 def test_documented_status_output_is_what_format_status_prints() -> None:
-    (text,) = _doc_blocks("text")
+    (text,) = [b for b in _doc_blocks("text") if b.startswith("$ orchestrate pool status")]
     (example,) = [b for b in _doc_blocks("json") if '"in_use"' in b]
     status = json.loads(example)
     live = make_pool(Path("/nonexistent/pool")).status()

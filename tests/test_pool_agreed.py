@@ -71,3 +71,20 @@ def test_a_host_local_pool_keeps_no_agreed_settings(tmp_path: Path) -> None:
     pool.close()
     doc = json.loads((tmp_path / "pool" / "state.json").read_text(encoding="utf-8"))
     assert "agreed" not in doc
+
+
+def test_the_documented_refusal_is_the_one_given(pg_url: str, tmp_path: Path) -> None:
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "pool.md").read_text(encoding="utf-8")
+    (shown,) = [b for b in re.findall(r"```text\n(.*?)```", doc, flags=re.S)
+                if b.startswith("error: the shared token pool")]  # fmt: skip
+    a = _pool(pg_url, "orch-a", tmp_path, max_tokens=4)
+    b = _pool(pg_url, "orch-b", tmp_path, max_tokens=6)
+    held = a.acquire(run_id="a1", agent="x", timeout=0)
+    with pytest.raises(ConfigError) as refused:
+        b.acquire(run_id="b1", agent="x", timeout=0)
+    assert shown.strip() == f"error: {refused.value.message}"
+    held.release()
+    a.close()
+    b.close()
