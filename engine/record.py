@@ -724,23 +724,36 @@ def reconcile(records_dir: Path) -> list[Path]:
     for entry in entries:
         if not entry.name.endswith(".json") or entry.name.startswith(".tmp-"):
             continue
-        run_id = entry.name[: -len(".json")]
-        envelope = read_json(Path(entry.path))
-        if not isinstance(envelope, dict) or waiter_alive(envelope):
-            continue
-        if not (
-            os.path.lexists(records_dir / INBOX_DIR / f"{run_id}.json")
-            or not is_engine_record(read_json(records_dir / f"{run_id}.json"))
-            and os.path.lexists(records_dir / f"{run_id}.json")
-        ):
-            continue
-        try:
-            done = deliver(records_dir, run_id)
-        except OSError:
-            continue
-        if done.state == "recorded" and done.record_path is not None:
-            written.append(done.record_path)
+        done = reconcile_run(records_dir, entry.name[: -len(".json")])
+        if done is not None:
+            written.append(done)
     return written
+
+
+def reconcile_run(records_dir: Path, run_id: str) -> Path | None:
+    """``reconcile`` for one run: merge its delivered handoff into its pending envelope
+    when nobody waits for it; the record written, else None.
+
+    Nothing is done (None) without a pending envelope, while its caller is alive (it
+    records its own), or without a handoff in the inbox or at the record path. The local
+    gateway calls this after each of its runs, for that run only: a pass over every
+    pending envelope there cost one read per delegation in flight.
+    """
+    pending = pending_path(records_dir, run_id)
+    envelope = read_json(pending)
+    if not isinstance(envelope, dict) or waiter_alive(envelope):
+        return None
+    if not (
+        os.path.lexists(records_dir / INBOX_DIR / f"{run_id}.json")
+        or not is_engine_record(read_json(records_dir / f"{run_id}.json"))
+        and os.path.lexists(records_dir / f"{run_id}.json")
+    ):
+        return None
+    try:
+        done = deliver(records_dir, run_id)
+    except OSError:
+        return None
+    return done.record_path if done.state == "recorded" else None
 
 
 def _node(run_id: str, data: dict[str, Any], pending: bool) -> dict[str, Any]:

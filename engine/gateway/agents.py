@@ -10,7 +10,7 @@ leave no stray processes behind) when the agent's main process exits.
 
 If the message carried a handoff block and the agent left no file at ``handoff_path``,
 the runner writes one for it (``complete`` with stdout on exit 0, ``failed`` otherwise),
-then reconciles the directory so a late handoff meets its pending envelope. That fallback
+then reconciles that run so a late handoff meets its pending envelope. That fallback
 is placed atomically and only where nothing is (``write_new_handoff``): it never replaces
 or competes with a handoff the agent delivered. An agent that cannot be started gets a
 ``failed`` handoff at once, saying why.
@@ -322,7 +322,7 @@ class CommandRunner:
         path = task.handoff_path
         if path is None or task.run_id is None or _no_fallback(path, outcome, spec):
             if path is not None:
-                _reconcile(records_of(path))
+                _reconcile(records_of(path), task.run_id)
             return outcome
         status, result, notes = _fallback_verdict(task, outcome, timeout, source)
         from engine.handoff import HandoffProblem, make_handoff
@@ -342,7 +342,7 @@ class CommandRunner:
         except (HandoffProblem, OSError) as exc:
             log.warning("local gateway: cannot write the handoff of %s: %s", task.run_id, exc)
             return outcome
-        _reconcile(records_of(path))
+        _reconcile(records_of(path), task.run_id)
         if not written:
             return outcome
         return dataclasses.replace(outcome, wrote_handoff=True)
@@ -728,11 +728,16 @@ def _fmt_seconds(value: float | None) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _reconcile(records_dir: Path) -> None:
-    from engine.record import reconcile
+def _reconcile(records_dir: Path, run_id: str | None = None) -> None:
+    """Merge a late handoff into its pending envelope: ``run_id``'s only (after one of
+    the gateway's runs), else every pending run of ``records_dir`` (the watchdog)."""
+    from engine.record import reconcile, reconcile_run
 
     try:
-        reconcile(records_dir)
+        if run_id is not None:
+            reconcile_run(records_dir, run_id)
+        else:
+            reconcile(records_dir)
     except OSError as exc:
         log.warning("local gateway: cannot reconcile %s: %s", records_dir, exc)
 
