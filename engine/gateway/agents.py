@@ -211,7 +211,15 @@ class CommandRunner:
     # -- lifecycle -------------------------------------------------------------------
 
     def kill_all(self, grace: float = KILL_GRACE) -> None:
-        """Refuse new tasks, SIGTERM every running group, SIGKILL what outlives ``grace``."""
+        """Refuse new tasks, SIGTERM every running group, SIGKILL what outlives ``grace``;
+        then let the workspace pruning asked for so far finish (at most 5 s)."""
+        self._kill_all(grace)
+        if self.retention is not None:
+            from engine.gateway.retention import wait_pruned
+
+            wait_pruned(5.0)
+
+    def _kill_all(self, grace: float) -> None:
         with self._lock:
             self._closed = True
             running = [r for r in self._running.values() if not r.detached]
@@ -302,12 +310,15 @@ class CommandRunner:
                     pass
         finished = self._finish(task, outcome, timeout=timeout, source=source, spec=spec)
         if self.retention is not None:
-            from engine.gateway.retention import prune_workspaces
+            from engine.gateway.retention import prune_later
 
-            with self._lock:
-                busy = set(self._running)
-            prune_workspaces(workspace.parent, self.retention, busy)
+            prune_later(workspace.parent, self.retention, self._busy)
         return finished
+
+    def _busy(self) -> set[str]:
+        """The gateway run ids of the tasks running now (their workspaces are in use)."""
+        with self._lock:
+            return set(self._running)
 
     def _finish(
         self,
