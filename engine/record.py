@@ -106,15 +106,31 @@ def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
             return None
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            raw = fh.read(max_bytes + 1)
-        if len(raw) > max_bytes:
+        raw = _read_fd(fd, st.st_size, max_bytes)
+        if raw is None:
             return None
         return json.loads(raw, parse_constant=_no_constant)
     except (OSError, ValueError, RecursionError, MemoryError):
         return None
     finally:
         os.close(fd)
+
+
+def _read_fd(fd: int, size: int, max_bytes: int) -> bytes | None:
+    """All of the open file ``fd`` (``size`` bytes by its ``fstat``, more if it grew
+    meanwhile), or None past ``max_bytes``. ``os.read`` straight on the descriptor: no
+    file object (which cost a ``dup`` and a buffer per read)."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        want = size - total + 1 if total < size else 65536
+        chunk = os.read(fd, want)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            return None
+        if len(chunk) < want:  # a short read of a regular file: its end
+            return b"".join(chunks)
 
 
 def _no_constant(name: str) -> Any:
@@ -273,9 +289,13 @@ def _locked(records_dir: Path) -> Iterator[None]:
     """One deliverer at a time per records directory, across processes (flock)."""
     import fcntl
 
-    lock_dir = records_dir / PENDING_DIR
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = f"{records_dir}/{PENDING_DIR}/{_LOCK_NAME}"
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+    try:
+        fd = os.open(lock, flags, 0o600)
+    except FileNotFoundError:  # the first delivery here: make the directory once
+        (records_dir / PENDING_DIR).mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, flags, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
