@@ -349,7 +349,7 @@ def deliver(
     - a refused handoff (wrong or missing key, spoofed, oversized, not a regular file,
       malformed) is moved to ``rejected/`` and listed with the reason in ``rejected``.
     """
-    if _nothing_there(records_dir, run_id):
+    if nothing_there(records_dir, run_id):
         return Delivery("absent")  # what the locked look would say, without the lock
     with _locked(records_dir):
         current = read_json(records_dir / f"{run_id}.json")
@@ -369,7 +369,7 @@ def deliver(
         return merge_sources(sources, one, envelope=envelope, pending=pending, current=current)
 
 
-def _nothing_there(records_dir: Path, run_id: str) -> bool:
+def nothing_there(records_dir: Path, run_id: str) -> bool:
     """No handoff in the inbox (first or second copy) and nothing at the record path."""
     inbox = f"{records_dir}/{INBOX_DIR}/{run_id}"  # strings: this runs on every look
     return not (

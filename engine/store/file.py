@@ -250,6 +250,11 @@ class FileRunStore:
             stored = target.with_name(f"{run_id}.{n}.json")
         return stored
 
+    def nothing_delivered(self, run_id: str, *, sub: bool) -> bool:
+        """No inbox file for ``run_id`` (first or second copy) and no file at its record
+        path: ``deliver`` would answer ``absent``."""
+        return _rec.nothing_there(self.records_dir(sub=sub), run_id)
+
     def has_handoff(self, run_id: str, *, sub: bool) -> bool:
         """An inbox file for ``run_id`` exists."""
         return os.path.lexists(self.handoff_target(run_id, sub=sub))
