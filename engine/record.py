@@ -74,7 +74,7 @@ def write_pending(records_dir: Path, run_id: str, envelope: dict[str, Any]) -> N
 
     path = pending_path(records_dir, run_id)
     envelope = with_earlier_keys(read_json(path), envelope)
-    write_json_atomic(path, envelope, fresh=True)
+    write_json_atomic(path, envelope, fresh=True, compact=True)
 
 
 def drop_pending(records_dir: Path, run_id: str) -> None:
@@ -166,11 +166,11 @@ def install_record(records_dir: Path, run_id: str, data: dict[str, Any]) -> Path
     from engine.files import write_json_new
 
     target = records_dir / f"{run_id}.json"
-    if write_json_new(target, data):
+    if write_json_new(target, data, compact=True):
         return target
     if not is_engine_record(read_json(target)):
         preserve_agent_file(records_dir, run_id)
-    return write_json_atomic(target, data)
+    return write_json_atomic(target, data, compact=True)
 
 
 def preserve_agent_file(records_dir: Path, run_id: str) -> Path | None:
@@ -714,7 +714,7 @@ def _note(
         data = read_json(pending)
         if isinstance(data, dict):
             data.setdefault(field, []).append(note)
-            write_json_atomic(pending, data)
+            write_json_atomic(pending, data, compact=True)
     if current is not None and is_engine_record(current):
         current["envelope"].setdefault(field, []).append(note)
         install_record(records_dir, run_id, current)

@@ -362,7 +362,7 @@ class FileRunStore:
     def write_step(self, run_id: str, step_id: str, data: dict[str, Any]) -> None:
         """``<run>/<step>.json`` atomically."""
         path = self.run_locator(run_id) / f"{check_id(step_id, 'step id')}.json"
-        write_json_atomic(path, data, fresh=True)
+        write_json_atomic(path, data, fresh=True, compact=True)
 
     def read_step(self, run_id: str, step_id: str) -> Any:
         """``<run>/<step>.json`` as parsed, or None."""
