@@ -24,6 +24,7 @@ is missing.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import threading
@@ -159,6 +160,7 @@ class FileRunStore:
 
     def __init__(self, handoffs_dir: Path, *, runs_root: Path | None = None) -> None:
         self.root = Path(handoffs_dir)
+        self._sub_root = self.root / SUB_DIR  # asked for several times per delegation
         self._runs_root = runs_root if runs_root is not None else self.root / RUNS_DIR
 
     @classmethod
@@ -181,7 +183,7 @@ class FileRunStore:
 
     def records_dir(self, *, sub: bool) -> Path:
         """The records directory of top-level (or sub-) delegations (file store only)."""
-        return self.root / SUB_DIR if sub else self.root
+        return self._sub_root if sub else self.root
 
     def handoff_target(self, run_id: str, *, sub: bool) -> Path:
         """``<records>/inbox/<runId>.json``."""
@@ -425,8 +427,10 @@ class FileHandoffSignals:
         )
 
 
+@functools.lru_cache(maxsize=256)
 def records_dir(handoffs_dir: Path, *, sub: bool = False) -> Path:
-    """Where the records of top-level (or sub-) delegations are, on a file store."""
+    """Where the records of top-level (or sub-) delegations are, on a file store (cached:
+    a delegation asks several times)."""
     return FileRunStore(handoffs_dir).records_dir(sub=sub)
 
 
