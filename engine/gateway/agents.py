@@ -310,9 +310,12 @@ class CommandRunner:
                     pass
         finished = self._finish(task, outcome, timeout=timeout, source=source, spec=spec)
         if self.retention is not None:
-            from engine.gateway.retention import prune_later
+            from engine.gateway.retention import prune_later, prune_workspaces
 
-            prune_later(workspace.parent, self.retention, self._busy)
+            if self._closed:  # stopping: prune on this thread, which stop() joins
+                prune_workspaces(workspace.parent, self.retention, self._busy())
+            else:
+                prune_later(workspace.parent, self.retention, self._busy)
         return finished
 
     def _busy(self) -> set[str]:
