@@ -14,11 +14,18 @@ system's state drifts as files accumulate):
 
 Prints median and p99 per delegation, their ratio, a 32-in-flight run, and the start-up
 time of `orchestrate --help`. With --json the last line is one JSON object.
+
+``--workdir DIR`` puts the run's files in a new directory inside DIR and keeps them: on
+ext4 without a journal, deleting thousands of files makes the next file creates beside
+them cost 10-20x for about half a minute (docs/performance.md, "Files"), so a run right
+after another one's cleanup measures the disk, not the engine. Without it the files go to
+a temp dir that is removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -26,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -109,6 +117,18 @@ class Bare:
         self.ino.close()
 
 
+@contextlib.contextmanager
+def run_dir(workdir: Path | None, prefix: str) -> Iterator[str]:
+    """A new directory for one run: inside ``workdir`` and kept, else a temp dir removed
+    at the end."""
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix=prefix) as name:
+            yield name
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    yield tempfile.mkdtemp(prefix=prefix, dir=workdir)
+
+
 def startup_ms(runs: int = 15) -> tuple[float, float]:
     exe = Path(sys.executable).parent / "orchestrate"
     cmd = [str(exe), "--help"] if exe.exists() else [sys.executable, "-m", "engine.cli"]
@@ -129,11 +149,12 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=1000, help="delegations per phase")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--batch", type=int, default=50, help="alternation batch size")
+    ap.add_argument("--workdir", type=Path, help="keep the run's files in a new dir here")
     args = ap.parse_args()
 
     from engine.delegate import DelegationRequest, open_delegator
 
-    with tempfile.TemporaryDirectory(prefix="bench-deleg-") as tmpname:
+    with run_dir(args.workdir, "bench-deleg-") as tmpname:
         tmp = Path(tmpname)
         cfg, gw = setup(tmp)
         try:

@@ -39,7 +39,7 @@ from engine.registry import Registry, read_secret
 from engine.reporter import Reporter
 from engine.states import Outcome as Outcome
 from engine.store import RENEW_EVERY, HandoffSignals, RunStore, Waiter, open_signals, open_store
-from engine.store.file import records_dir
+from engine.store.file import FileRunStore, records_dir
 from engine.store.liveness import this_host
 
 _EXIT = {
@@ -489,6 +489,9 @@ class Delegator:
                 body[option] = value
 
         waiter = self._expect(records, drop, run_id)
+        # Looked at before the POST, while no other thread needs the interpreter: what lands
+        # from now on wakes the waiter, so the wait need not look once more first.
+        look_first = not self._nothing_delivered(run_id, records)
         watch: Any = None
         try:
             envelope["dispatched_at"] = utcnow_iso()
@@ -501,7 +504,7 @@ class Delegator:
                 return self._errored(run_id, records, envelope, exc, rep, keep_pending=keep)
             if sent is None:  # held until the run ends: admission is reported by the watch
                 return self._wait(waiter, run_id, req.target, records, drop, envelope,
-                                  deadline, cancel, rep, watch=watch)
+                                  deadline, cancel, rep, watch=watch, look_first=look_first)
             envelope["attempts"] = sent.attempts
             envelope["gateway_run_id"] = sent.gateway_run_id
             if self.pool is not None and sent.overloaded:
@@ -511,12 +514,19 @@ class Delegator:
             rep.delegation_dispatched(run_id, req.caller, req.target, sent.attempts)
             return self._wait(
                 waiter, run_id, req.target, records, drop, envelope, deadline, cancel, rep,
-                watch=watch,
+                watch=watch, look_first=look_first,
             )
         finally:
             waiter.close()
             if watch is not None:  # ended: its held POST is not retried or reported
                 watch.abandon()
+
+    def _nothing_delivered(self, run_id: str, records: Path) -> bool:
+        """True when the file store holds nothing for ``run_id`` yet (no inbox file, no
+        file at the record path); False when something is there or the store is another."""
+        if not isinstance(self.store, FileRunStore):
+            return False
+        return self.store.nothing_delivered(run_id, sub=self._sub(records))
 
     def _expect(self, records: Path, drop: Path, run_id: str) -> Waiter:
         """The injected signals' waiter for ``run_id``'s handoff."""
@@ -598,11 +608,15 @@ class Delegator:
         rep: Reporter | None = None,
         *,
         watch: Any = None,
+        look_first: bool = True,
     ) -> DelegationResult:
-        """Wait for the handoff of ``run_id`` until it is recorded or the delegation ends."""
+        """Wait for the handoff of ``run_id`` until it is recorded or the delegation ends.
+
+        ``look_first=False``: nothing was there once the waiter was set (looked at before
+        the dispatch), so the first look waits for a wake-up."""
         c = _Call(run_id, agent, records, drop, envelope, rep or self.reporter, watch,
                   self._sub(records), deadline, deadline, self._clock() + RENEW_EVERY)
-        fired = True  # it may have arrived before the watch was set
+        fired = look_first  # else it may have arrived before the watch was set
         while True:
             if fired:
                 done = self._look(c)

@@ -74,7 +74,7 @@ def write_pending(records_dir: Path, run_id: str, envelope: dict[str, Any]) -> N
 
     path = pending_path(records_dir, run_id)
     envelope = with_earlier_keys(read_json(path), envelope)
-    write_json_atomic(path, envelope, fresh=True)
+    write_json_atomic(path, envelope, fresh=True, compact=True)
 
 
 def drop_pending(records_dir: Path, run_id: str) -> None:
@@ -106,15 +106,31 @@ def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
             return None
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            raw = fh.read(max_bytes + 1)
-        if len(raw) > max_bytes:
+        raw = _read_fd(fd, st.st_size, max_bytes)
+        if raw is None:
             return None
         return json.loads(raw, parse_constant=_no_constant)
     except (OSError, ValueError, RecursionError, MemoryError):
         return None
     finally:
         os.close(fd)
+
+
+def _read_fd(fd: int, size: int, max_bytes: int) -> bytes | None:
+    """All of the open file ``fd`` (``size`` bytes by its ``fstat``, more if it grew
+    meanwhile), or None past ``max_bytes``. ``os.read`` straight on the descriptor: no
+    file object (which cost a ``dup`` and a buffer per read)."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        want = size - total + 1 if total < size else 65536
+        chunk = os.read(fd, want)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            return None
+        if len(chunk) < want:  # a short read of a regular file: its end
+            return b"".join(chunks)
 
 
 def _no_constant(name: str) -> Any:
@@ -150,11 +166,11 @@ def install_record(records_dir: Path, run_id: str, data: dict[str, Any]) -> Path
     from engine.files import write_json_new
 
     target = records_dir / f"{run_id}.json"
-    if write_json_new(target, data):
+    if write_json_new(target, data, compact=True):
         return target
     if not is_engine_record(read_json(target)):
         preserve_agent_file(records_dir, run_id)
-    return write_json_atomic(target, data)
+    return write_json_atomic(target, data, compact=True)
 
 
 def preserve_agent_file(records_dir: Path, run_id: str) -> Path | None:
@@ -273,9 +289,13 @@ def _locked(records_dir: Path) -> Iterator[None]:
     """One deliverer at a time per records directory, across processes (flock)."""
     import fcntl
 
-    lock_dir = records_dir / PENDING_DIR
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = f"{records_dir}/{PENDING_DIR}/{_LOCK_NAME}"
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+    try:
+        fd = os.open(lock, flags, 0o600)
+    except FileNotFoundError:  # the first delivery here: make the directory once
+        (records_dir / PENDING_DIR).mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, flags, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -329,7 +349,7 @@ def deliver(
     - a refused handoff (wrong or missing key, spoofed, oversized, not a regular file,
       malformed) is moved to ``rejected/`` and listed with the reason in ``rejected``.
     """
-    if _nothing_there(records_dir, run_id):
+    if nothing_there(records_dir, run_id):
         return Delivery("absent")  # what the locked look would say, without the lock
     with _locked(records_dir):
         current = read_json(records_dir / f"{run_id}.json")
@@ -349,7 +369,7 @@ def deliver(
         return merge_sources(sources, one, envelope=envelope, pending=pending, current=current)
 
 
-def _nothing_there(records_dir: Path, run_id: str) -> bool:
+def nothing_there(records_dir: Path, run_id: str) -> bool:
     """No handoff in the inbox (first or second copy) and nothing at the record path."""
     inbox = f"{records_dir}/{INBOX_DIR}/{run_id}"  # strings: this runs on every look
     return not (
@@ -694,7 +714,7 @@ def _note(
         data = read_json(pending)
         if isinstance(data, dict):
             data.setdefault(field, []).append(note)
-            write_json_atomic(pending, data)
+            write_json_atomic(pending, data, compact=True)
     if current is not None and is_engine_record(current):
         current["envelope"].setdefault(field, []).append(note)
         install_record(records_dir, run_id, current)
@@ -724,23 +744,36 @@ def reconcile(records_dir: Path) -> list[Path]:
     for entry in entries:
         if not entry.name.endswith(".json") or entry.name.startswith(".tmp-"):
             continue
-        run_id = entry.name[: -len(".json")]
-        envelope = read_json(Path(entry.path))
-        if not isinstance(envelope, dict) or waiter_alive(envelope):
-            continue
-        if not (
-            os.path.lexists(records_dir / INBOX_DIR / f"{run_id}.json")
-            or not is_engine_record(read_json(records_dir / f"{run_id}.json"))
-            and os.path.lexists(records_dir / f"{run_id}.json")
-        ):
-            continue
-        try:
-            done = deliver(records_dir, run_id)
-        except OSError:
-            continue
-        if done.state == "recorded" and done.record_path is not None:
-            written.append(done.record_path)
+        done = reconcile_run(records_dir, entry.name[: -len(".json")])
+        if done is not None:
+            written.append(done)
     return written
+
+
+def reconcile_run(records_dir: Path, run_id: str) -> Path | None:
+    """``reconcile`` for one run: merge its delivered handoff into its pending envelope
+    when nobody waits for it; the record written, else None.
+
+    Nothing is done (None) without a pending envelope, while its caller is alive (it
+    records its own), or without a handoff in the inbox or at the record path. The local
+    gateway calls this after each of its runs, for that run only: a pass over every
+    pending envelope there cost one read per delegation in flight.
+    """
+    pending = pending_path(records_dir, run_id)
+    envelope = read_json(pending)
+    if not isinstance(envelope, dict) or waiter_alive(envelope):
+        return None
+    if not (
+        os.path.lexists(records_dir / INBOX_DIR / f"{run_id}.json")
+        or not is_engine_record(read_json(records_dir / f"{run_id}.json"))
+        and os.path.lexists(records_dir / f"{run_id}.json")
+    ):
+        return None
+    try:
+        done = deliver(records_dir, run_id)
+    except OSError:
+        return None
+    return done.record_path if done.state == "recorded" else None
 
 
 def _node(run_id: str, data: dict[str, Any], pending: bool) -> dict[str, Any]:

@@ -13,7 +13,9 @@ pool off, so process start-up does not hide what the scheduler does:
   flight and with 1; the figure is this process's CPU time (all threads, the gateway's
   included) per step, at 20 ÷ at 1.
 
-With --json the last line is one JSON object.
+With --json the last line is one JSON object. ``--workdir DIR`` keeps the run's files in a
+new directory inside DIR (see bench/delegation.py: deleting them slows the next run's file
+creates); without it they go to a temp dir removed at the end.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -63,13 +64,17 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--sleep-steps", type=int, default=32)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--workdir", type=Path, help="keep the run's files in a new dir here")
     args = ap.parse_args()
 
     from engine.config import load_config
     from engine.delegate import open_delegator
     from engine.runner import RunOptions, RunState, WorkflowRunner, prepare
 
-    with tempfile.TemporaryDirectory(prefix="bench-peers-conc-") as tmpname:
+    sys.path.insert(0, str(HERE.parent))
+    from delegation import run_dir
+
+    with run_dir(args.workdir, "bench-peers-conc-") as tmpname:
         tmp = Path(tmpname)
         cfg = load_config(write_config(tmp))
         sleepy = shapes.write_ours(shapes.flat("sleepy", args.sleep_steps), tmp, agent="sleeper")

@@ -10,7 +10,7 @@ leave no stray processes behind) when the agent's main process exits.
 
 If the message carried a handoff block and the agent left no file at ``handoff_path``,
 the runner writes one for it (``complete`` with stdout on exit 0, ``failed`` otherwise),
-then reconciles the directory so a late handoff meets its pending envelope. That fallback
+then reconciles that run so a late handoff meets its pending envelope. That fallback
 is placed atomically and only where nothing is (``write_new_handoff``): it never replaces
 or competes with a handoff the agent delivered. An agent that cannot be started gets a
 ``failed`` handoff at once, saying why.
@@ -211,7 +211,15 @@ class CommandRunner:
     # -- lifecycle -------------------------------------------------------------------
 
     def kill_all(self, grace: float = KILL_GRACE) -> None:
-        """Refuse new tasks, SIGTERM every running group, SIGKILL what outlives ``grace``."""
+        """Refuse new tasks, SIGTERM every running group, SIGKILL what outlives ``grace``;
+        then let the workspace pruning asked for so far finish (at most 5 s)."""
+        self._kill_all(grace)
+        if self.retention is not None:
+            from engine.gateway.retention import wait_pruned
+
+            wait_pruned(5.0)
+
+    def _kill_all(self, grace: float) -> None:
         with self._lock:
             self._closed = True
             running = [r for r in self._running.values() if not r.detached]
@@ -302,12 +310,18 @@ class CommandRunner:
                     pass
         finished = self._finish(task, outcome, timeout=timeout, source=source, spec=spec)
         if self.retention is not None:
-            from engine.gateway.retention import prune_workspaces
+            from engine.gateway.retention import prune_later, prune_workspaces
 
-            with self._lock:
-                busy = set(self._running)
-            prune_workspaces(workspace.parent, self.retention, busy)
+            if self._closed:  # stopping: prune on this thread, which stop() joins
+                prune_workspaces(workspace.parent, self.retention, self._busy())
+            else:
+                prune_later(workspace.parent, self.retention, self._busy)
         return finished
+
+    def _busy(self) -> set[str]:
+        """The gateway run ids of the tasks running now (their workspaces are in use)."""
+        with self._lock:
+            return set(self._running)
 
     def _finish(
         self,
@@ -322,7 +336,7 @@ class CommandRunner:
         path = task.handoff_path
         if path is None or task.run_id is None or _no_fallback(path, outcome, spec):
             if path is not None:
-                _reconcile(records_of(path))
+                _reconcile(records_of(path), task.run_id)
             return outcome
         status, result, notes = _fallback_verdict(task, outcome, timeout, source)
         from engine.handoff import HandoffProblem, make_handoff
@@ -342,7 +356,7 @@ class CommandRunner:
         except (HandoffProblem, OSError) as exc:
             log.warning("local gateway: cannot write the handoff of %s: %s", task.run_id, exc)
             return outcome
-        _reconcile(records_of(path))
+        _reconcile(records_of(path), task.run_id)
         if not written:
             return outcome
         return dataclasses.replace(outcome, wrote_handoff=True)
@@ -728,11 +742,16 @@ def _fmt_seconds(value: float | None) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _reconcile(records_dir: Path) -> None:
-    from engine.record import reconcile
+def _reconcile(records_dir: Path, run_id: str | None = None) -> None:
+    """Merge a late handoff into its pending envelope: ``run_id``'s only (after one of
+    the gateway's runs), else every pending run of ``records_dir`` (the watchdog)."""
+    from engine.record import reconcile, reconcile_run
 
     try:
-        reconcile(records_dir)
+        if run_id is not None:
+            reconcile_run(records_dir, run_id)
+        else:
+            reconcile(records_dir)
     except OSError as exc:
         log.warning("local gateway: cannot reconcile %s: %s", records_dir, exc)
 

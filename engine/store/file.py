@@ -24,6 +24,7 @@ is missing.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import threading
@@ -159,6 +160,7 @@ class FileRunStore:
 
     def __init__(self, handoffs_dir: Path, *, runs_root: Path | None = None) -> None:
         self.root = Path(handoffs_dir)
+        self._sub_root = self.root / SUB_DIR  # asked for several times per delegation
         self._runs_root = runs_root if runs_root is not None else self.root / RUNS_DIR
 
     @classmethod
@@ -181,7 +183,7 @@ class FileRunStore:
 
     def records_dir(self, *, sub: bool) -> Path:
         """The records directory of top-level (or sub-) delegations (file store only)."""
-        return self.root / SUB_DIR if sub else self.root
+        return self._sub_root if sub else self.root
 
     def handoff_target(self, run_id: str, *, sub: bool) -> Path:
         """``<records>/inbox/<runId>.json``."""
@@ -249,6 +251,11 @@ class FileRunStore:
             n += 1
             stored = target.with_name(f"{run_id}.{n}.json")
         return stored
+
+    def nothing_delivered(self, run_id: str, *, sub: bool) -> bool:
+        """No inbox file for ``run_id`` (first or second copy) and no file at its record
+        path: ``deliver`` would answer ``absent``."""
+        return _rec.nothing_there(self.records_dir(sub=sub), run_id)
 
     def has_handoff(self, run_id: str, *, sub: bool) -> bool:
         """An inbox file for ``run_id`` exists."""
@@ -357,7 +364,7 @@ class FileRunStore:
     def write_step(self, run_id: str, step_id: str, data: dict[str, Any]) -> None:
         """``<run>/<step>.json`` atomically."""
         path = self.run_locator(run_id) / f"{check_id(step_id, 'step id')}.json"
-        write_json_atomic(path, data, fresh=True)
+        write_json_atomic(path, data, fresh=True, compact=True)
 
     def read_step(self, run_id: str, step_id: str) -> Any:
         """``<run>/<step>.json`` as parsed, or None."""
@@ -420,8 +427,10 @@ class FileHandoffSignals:
         )
 
 
+@functools.lru_cache(maxsize=256)
 def records_dir(handoffs_dir: Path, *, sub: bool = False) -> Path:
-    """Where the records of top-level (or sub-) delegations are, on a file store."""
+    """Where the records of top-level (or sub-) delegations are, on a file store (cached:
+    a delegation asks several times)."""
     return FileRunStore(handoffs_dir).records_dir(sub=sub)
 
 
