@@ -76,7 +76,7 @@ def test_workflow_commands_through_the_server(srv: Served) -> None:
     assert set(remote) == set(local) - {"live"}
 
     bad = _cli(workflow, "approve", run_id, "review", **{**server, "ORCH_SERVER_TOKEN": "x" * 20})
-    assert bad.exit_code == 5 and "refused the token" in bad.stderr
+    assert bad.exit_code == 2 and "refused the token" in bad.stderr  # a wrong credential
     reader = {**server, "ORCH_SERVER_TOKEN": TOKENS["reader"][1]}
     res = _cli(workflow, "approve", run_id, "review", **reader)
     assert res.exit_code == 5 and "has the `read` role" in res.stderr

@@ -241,6 +241,31 @@ class Where:
     token_env: str | None
     config: str | None
 
+    def __post_init__(self) -> None:
+        """Refuse ``--config`` with a server: the server acts with its own config, so the
+        file would be silently ignored (``UsageError``, exit 2, saying which to drop)."""
+        if self.server and self.config:
+            from engine.errors import UsageError
+
+            raise UsageError(
+                f"`--config {self.config}` and {_server_source(self.server)} do not go "
+                "together: through a server, the server's own config applies. Drop "
+                "`--config` to act through the server, or drop the server (`--server` / "
+                "unset $ORCH_SERVER) to act on this host with that config."
+            )
+
+    @property
+    def flags(self) -> str:
+        """The options that name the same server in a hint (`` --server URL``, and
+        `` --server-token-env VAR`` when not the default); empty without a server."""
+        if not self.server:
+            return ""
+        from engine.serve.client import DEFAULT_TOKEN_ENV, check_server_url
+
+        env = self.token_env or DEFAULT_TOKEN_ENV
+        more = f" --server-token-env {env}" if env != DEFAULT_TOKEN_ENV else ""
+        return f" --server {check_server_url(self.server)}{more}"
+
     def act(self, remote: Callable[[Any], _T], local: Callable[[Any], _T]) -> _T:
         """``remote(client)`` through the server when one is given, else ``local(cfg)``."""
         if self.server:
@@ -251,6 +276,15 @@ class Where:
     def report(self, served: str, here: str) -> None:
         """Print what was done: ``served`` when the server acted, else ``here``."""
         click.echo(served if self.server else here)
+
+
+def _server_source(server: str) -> str:
+    """How the server was given, for a message: ``--server URL`` or ``$ORCH_SERVER``."""
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source("server") if ctx is not None else None
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        return f"$ORCH_SERVER (`{server}`)"
+    return f"`--server {server}`"
 
 
 def collected(

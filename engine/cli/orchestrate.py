@@ -200,7 +200,7 @@ def _delegate_remote(
     if as_json:
         dump(result.record)
     else:
-        _print_result(result)
+        _print_result(result, where.flags)
     return int(result.exit_code)
 
 
@@ -252,7 +252,9 @@ def _context_text(cfg: Any, channel: str | None, messages: int, path: str | None
     return "\n\n".join(parts) if parts else None
 
 
-def _print_result(result: Any) -> None:
+def _print_result(result: Any, flags: str = "") -> None:
+    """A delegation's record for a person; ``flags`` (``Where.flags``) go into the answer
+    hint of a delegation the server ran, so that it can be copied as printed."""
     rec = result.record
     env = rec.get("envelope", {})
     outcome = result.outcome.value
@@ -273,7 +275,7 @@ def _print_result(result: Any) -> None:
     say(f"record: {result.record_path}")
     if outcome == "blocked" and rec.get("question"):
         say(f"question: {rec['question']}")
-        say(f'continue with: orchestrate answer {result.run_id} "YOUR ANSWER"', err=True)
+        say(f'continue with: orchestrate answer {result.run_id} "YOUR ANSWER"{flags}', err=True)
     if outcome == "partial":
         say("warning: the agent finished only part of the task (status partial).", err=True)
 
@@ -587,7 +589,7 @@ def answer_cmd(
     if as_json:
         dump(result.record)
     else:
-        _print_result(result)
+        _print_result(result, where.flags)
         if result.error is not None:
             click.echo(f"error: {result.error}", err=True)
     return result.exit_code

@@ -191,10 +191,17 @@ def _approver(interactive: bool | None) -> Any:
 def _render_run(
     result: Any,
     as_json: bool,
-    resume: str = " && workflow resume {rid}",
     plain: bool | None = None,
     cfg: Any = None,
+    flags: str = "",
+    gate_inputs: frozenset[str] | None = None,
 ) -> int:
+    """Print a run's summary (or its JSON) and, on stderr, what to do next; its exit code.
+
+    ``flags`` (``Where.flags``, e.g. `` --server URL``) says the server runs it: the
+    hints then carry them and need no `workflow resume` (the server continues the run);
+    ``gate_inputs``: the gates that ask for a value, as the server's plan says.
+    """
     summary = result.summary
     if as_json:
         dump({**summary, "run_dir": str(result.run_dir)})
@@ -205,24 +212,32 @@ def _render_run(
     for name, value in (summary.get("outputs") or {}).items():
         click.echo(f"\n## {name}\n{value}")
     click.echo(f"\nrun: {result.run_dir}")
-    _next_steps(result, summary, resume, cfg)
+    _next_steps(result, summary, cfg, flags, gate_inputs)
     return int(result.exit_code)
 
 
-def _next_steps(result: Any, summary: dict[str, Any], resume: str, cfg: Any) -> None:
-    """What to do next, on stderr: decide a gate, answer a question, or retry."""
+def _next_steps(
+    result: Any,
+    summary: dict[str, Any],
+    cfg: Any,
+    flags: str,
+    gate_inputs: frozenset[str] | None = None,
+) -> None:
+    """What to do next, on stderr: decide a gate, answer a question, or retry; each line
+    can be copied as printed (``flags``: the server's options, see ``_render_run``)."""
     rid, status = summary["runId"], summary["status"]
+    then = "" if flags else f" && workflow resume {rid}"
     if status in ("waiting_approval", "waiting_input"):
         for sid, st in summary["steps"].items():
             if st["status"] in ("waiting_approval", "waiting_input") and st.get("child_run_id"):
-                click.echo(_child_hint(cfg, rid, sid, st), err=True)
+                click.echo(_child_hint(cfg, rid, sid, st, flags), err=True)
     if status == "waiting_approval":
-        _gate_hints(result, summary, resume)
+        _gate_hints(result, summary, then, flags, gate_inputs)
     elif status == "waiting_input" and _budget_spent(summary):
         click.echo(
             f"the run's budget is spent: an answer would not be sent (`workflow resume` "
             f"dispatches nothing more); start a new run with a larger `budget`, or "
-            f"`workflow cancel {rid}`",
+            f"`workflow cancel {rid}{flags}`",
             err=True,
         )
     elif status == "waiting_input":
@@ -230,23 +245,30 @@ def _next_steps(result: Any, summary: dict[str, Any], resume: str, cfg: Any) -> 
             if st["status"] == "waiting_input" and not st.get("child_run_id"):
                 q = (st.get("question") or {}).get("text", "")
                 say(
-                    f'`{sid}` asks: {q}\nanswer with: workflow answer {rid} {sid} "..." && '
-                    f"workflow resume {rid}",
+                    f'`{sid}` asks: {q}\nanswer with: workflow answer {rid} {sid} "..."'
+                    f"{flags}{then}",
                     err=True,
                 )
     elif status == "failed":
-        click.echo(_failed_hint(summary), err=True)
+        say(_failed_hint(summary, flags), err=True)
 
 
-def _gate_hints(result: Any, summary: dict[str, Any], resume: str) -> None:
+def _gate_hints(
+    result: Any,
+    summary: dict[str, Any],
+    then: str,
+    flags: str,
+    gate_inputs: frozenset[str] | None,
+) -> None:
     rid = summary["runId"]
     for sid, st in summary["steps"].items():
         if st["status"] == "waiting_approval" and not st.get("child_run_id"):
             value = " --input VALUE" if _gate_input(result.run_dir, sid) else ""
-            click.echo(
+            if gate_inputs is not None:  # the plan is on the server, which said
+                value = " --input VALUE" if sid in gate_inputs else ""
+            say(
                 f"waiting for approval at `{sid}`: workflow approve {rid} {sid}{value}"
-                + resume.format(rid=rid)
-                + f"   (or: workflow reject {rid} {sid} --reason ...)",
+                f"{flags}{then}   (or: workflow reject {rid} {sid} --reason ...{flags})",
                 err=True,
             )
 
@@ -263,18 +285,25 @@ def _budget_spent(summary: dict[str, Any]) -> bool:
     return _BUDGET_SPENT in json.dumps(summary.get("steps") or {}, ensure_ascii=False)
 
 
-def _failed_hint(summary: dict[str, Any]) -> str:
+def _failed_hint(summary: dict[str, Any], flags: str = "") -> str:
     """What to do about a failed run: `--retry-failed` only when it would send something
-    (a spent budget stops it; a rejected gate stays rejected), else start a new run."""
+    (a spent budget stops it; a rejected gate stays rejected), else start a new run.
+    Through a server (``flags``), `--retry-failed` is for the server's host only."""
     rid, name = summary["runId"], summary.get("workflow") or "NAME"
     if _budget_spent(summary):
         return (
             "the run failed: its budget is spent, and a resumed run keeps counting, so "
             "`workflow resume` sends nothing more; start a new run with a larger `budget`: "
-            f"workflow run {name} -i ..."
+            f"workflow run {name} -i ...{flags}"
         )
     steps = summary.get("steps") or {}
     if any(st.get("status") in _RETRIED for st in steps.values()):
+        if flags:
+            return (
+                f"the run failed; after fixing the cause, start a new run: workflow run "
+                f"{name} -i ...{flags}   (or, on the server's host: workflow resume {rid} "
+                "--retry-failed)"
+            )
         return f"the run failed; after fixing the cause: workflow resume {rid} --retry-failed"
     rejected = [sid for sid, st in steps.items() if st.get("status") == "rejected"]
     if rejected:
@@ -282,9 +311,9 @@ def _failed_hint(summary: dict[str, Any]) -> str:
         return (
             f"the run failed: the gate of `{rejected[0]}` was rejected, which is final "
             f"(`workflow resume` does not run it); start a new run: workflow run {name} "
-            f"-i ... ({approve} to approve up front)"
+            f"-i ...{flags} ({approve} to approve up front)"
         )
-    return f"the run failed; start a new run: workflow run {name} -i ..."
+    return f"the run failed; start a new run: workflow run {name} -i ...{flags}"
 
 
 def _gate_input(run_dir: Any, sid: str) -> bool:
@@ -297,7 +326,7 @@ def _gate_input(run_dir: Any, sid: str) -> bool:
     return bool(step.get("gate_input"))
 
 
-def _child_hint(cfg: Any, rid: str, sid: str, st: dict[str, Any]) -> str:
+def _child_hint(cfg: Any, rid: str, sid: str, st: dict[str, Any], flags: str = "") -> str:
     """What to do for a sub-workflow step parked because its child run is: the child run's
     own parked step (followed down nested children), decided there, then the parent
     resumed. Without the run store at hand (a server run), where to look instead."""
@@ -341,8 +370,8 @@ def _child_hint(cfg: Any, rid: str, sid: str, st: dict[str, Any]) -> str:
         except OrchestratorError:
             pass
     return (
-        f"`{sid}` waits on its child run {child}: see `workflow status {child}`, decide or "
-        f"answer there, then `workflow resume {rid}`"
+        f"`{sid}` waits on its child run {child}: see `workflow status {child}{flags}`, "
+        f"decide or answer there, then `workflow resume {rid}{flags}`"
     )
 
 
@@ -369,7 +398,9 @@ def workflow_run_cmd(
     from engine.workflow import parse_inputs
 
     as_json = driving.as_json
-    if where.server and not dry_run:
+    if where.server:
+        if dry_run:
+            _local_only(where, "`--dry-run`", "plans with this host's config")
         with _client(where.server, where.token_env) as remote:
             result = remote.run_workflow(
                 name,
@@ -378,7 +409,7 @@ def workflow_run_cmd(
                 approve=driving.approve,
                 approve_all=driving.approve_all,
             )
-        return _render_run(result, as_json, resume=" --server URL")
+        return _render_run(result, as_json, flags=remote.flags, gate_inputs=remote.gate_inputs)
     cfg = load(where.config)
     prepared = prepare(cfg, name, parse_inputs(list(inputs)), caller=caller)
     check_secrets(
@@ -410,13 +441,44 @@ def workflow_run_cmd(
     help="Resume even if the template, inputs or agents changed since the run started.",
 )
 @_driving_options
-@config_option
+@where_options
 def workflow_resume_cmd(
-    run_id: str, retry_failed: bool, force: bool, driving: _Driving, config: str | None
+    run_id: str, retry_failed: bool, force: bool, driving: _Driving, where: Where
 ) -> int:
-    """Continue run RUN_ID: finished steps are never sent again."""
+    """Continue run RUN_ID: finished steps are never sent again (with `--server`, the
+    server takes over a run that no process executes, and this waits as `run` does)."""
+    if where.server:
+        given = [
+            opt
+            for opt, on in (
+                ("`--retry-failed`", retry_failed),
+                ("`--force`", force),
+                ("`--approve`", bool(driving.approve)),
+                ("`--approve-all`", driving.approve_all),
+            )
+            if on
+        ]
+        if given:
+            _local_only(where, " and ".join(given), "change the run on this host")
+        with _client(where.server, where.token_env) as remote:
+            result = remote.resume(run_id)
+        return _render_run(
+            result, driving.as_json, flags=remote.flags, gate_inputs=remote.gate_inputs
+        )
     run_options = driving.run_options(retry_failed=retry_failed, force=force)
-    return driving.drive(load(config), lambda r: r.resume(run_id, run_options))
+    return driving.drive(load(where.config), lambda r: r.resume(run_id, run_options))
+
+
+def _local_only(where: Where, what: str, does: str) -> None:
+    """Refuse an option that acts on this host together with a server (exit 2), in the
+    words `orchestrate AGENT TASK --server` uses for its local options."""
+    from engine.errors import UsageError
+
+    raise UsageError(
+        f"{what} is local (it {does}), and a server was given (`--server {where.server}` "
+        f"or $ORCH_SERVER): drop {what} to act through the server, or drop the server "
+        "(unset $ORCH_SERVER) to act on this host."
+    )
 
 
 @workflow.command("approve")
@@ -547,13 +609,16 @@ def _runner(status: dict[str, Any], server: str | None) -> str:
 @workflow.command("runs")
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
 @json_option
-@config_option
-def workflow_runs_cmd(limit: int, as_json: bool, config: str | None) -> int:
-    """List recent runs, newest first."""
+@where_options
+def workflow_runs_cmd(limit: int, as_json: bool, where: Where) -> int:
+    """List recent runs, newest first (with `--server`, the server's)."""
     from engine.runs import list_runs
 
     problems: list[str] = []
-    rows = list_runs(load(config), limit=limit, problems=problems)
+    rows = where.act(
+        lambda remote: remote.runs(limit),
+        lambda cfg: list_runs(cfg, limit=limit, problems=problems),
+    )
     for problem in problems:  # a damaged run: its paragraph, the others still listed
         click.echo(f"error: {problem}", err=True)
     if as_json:

@@ -21,10 +21,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import __version__
 from engine.delegate import DelegationRequest
-from engine.errors import EXIT_REFUSED, EXIT_TIMEOUT, OrchestratorError, RunStateError
+from engine.errors import (
+    EXIT_REFUSED,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    OrchestratorError,
+    RunStateError,
+)
 from engine.redact import redact, redact_obj
 from engine.serve.dashboard import dag_svg, page, script
 from engine.serve.hub import EventHub, read_journal
@@ -161,7 +168,8 @@ def create_app(
             return JSONResponse(
                 {
                     "detail": "missing or unknown bearer token: send "
-                    "`Authorization: Bearer <token>`."
+                    "`Authorization: Bearer <token>`.",
+                    "exit_code": EXIT_USAGE,  # a wrong credential, as a gateway's 401
                 },
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
@@ -170,13 +178,18 @@ def create_app(
             origin = request.headers.get("origin")
             if origin and urlsplit(origin).netloc != request.headers.get("host"):
                 return JSONResponse(
-                    {"detail": f"cross-site request from `{origin}` refused."}, status_code=403
+                    {
+                        "detail": f"cross-site request from `{origin}` refused.",
+                        "exit_code": EXIT_REFUSED,
+                    },
+                    status_code=403,
                 )
             if not who.can_operate:
                 return JSONResponse(
                     {
                         "detail": f"token `{who.name}` has the `{who.role}` role; this needs "
-                        "`operate`."
+                        "`operate`.",
+                        "exit_code": EXIT_REFUSED,
                     },
                     status_code=403,
                 )
@@ -198,6 +211,15 @@ def create_app(
             problems.append(f"`{name}`{of}: {e.get('msg', 'invalid')}")
         return _json(
             {"detail": "invalid request: " + "; ".join(problems) + ".", "exit_code": 2}, 400
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """An unknown path or method: the documented error shape (exit 2, bad usage)."""
+        return JSONResponse(
+            redact_obj({"detail": str(exc.detail), "exit_code": EXIT_USAGE}),
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(Exception)
@@ -661,13 +683,14 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
 
 
 def _add_record(row: dict[str, Any], rec: Any) -> None:
-    """Copy a step record's details into its row (``attempts`` becomes the log's length)."""
+    """Copy a step record's details into its row; ``attempt_log`` is the record's log of
+    tries. ``attempts`` stays the journal's count, as ``workflow status`` shows it (a
+    question answered starts another attempt, which the record's log does not list)."""
     if not isinstance(rec, dict):
         return
     for k in ("handoff", "validation", "started_at", "finished_at"):
         row[k] = rec.get(k)
     row["attempt_log"] = rec.get("attempts")
-    row["attempts"] = len(row["attempt_log"] or [])
 
 
 def _add_task(row: dict[str, Any], store: RunStore, drid: str | None) -> None:

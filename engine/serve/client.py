@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -26,7 +27,17 @@ WAIT_CHUNK = 60.0  # seconds per /wait call; the client loops, the server stays 
 
 #: The keys of a step in a local summary (the server adds details the CLI leaves out).
 _ALWAYS = ("status", "agent", "attempts", "duration_ms", "confidence", "delegation_run_id")
-_WHEN_SET = ("skip_reason", "error", "gate", "waiting", "spent", "items", "child_run_id")
+_WHEN_SET = (
+    "skip_reason",
+    "error",
+    "gate",
+    "question",
+    "waiting",
+    "progress",
+    "spent",
+    "items",
+    "child_run_id",
+)
 _SERVER_ONLY = ("plan", "progress", "started_by", "owned", "executing", "error", "cursor", "done")
 
 
@@ -38,8 +49,39 @@ class RemoteError(OrchestratorError):
         self.exit_code = exit_code
 
 
+def check_server_url(url: str) -> str:
+    """``url`` without a trailing ``/`` when it names a server: ``http://`` or ``https://``,
+    a host, and no path (``/v1`` and the like are added by the client), query or fragment.
+
+    Raises ``RemoteError`` (exit 2) with one paragraph naming the value otherwise.
+    """
+    shown = url if len(url) <= 120 else url[:120] + "…"
+    example = "e.g. `--server http://10.0.0.5:8765`"
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RemoteError(
+            f"`--server {shown}` (or $ORCH_SERVER) is not a server URL: give the scheme "
+            f"`http://` or `https://`, the host and the port of `orchestrate serve`, {example}."
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        base = f"{parts.scheme}://{parts.netloc}"
+        raise RemoteError(
+            f"`--server {shown}` (or $ORCH_SERVER): give the server's address without a "
+            f"path (`{base}`); the client adds `/v1/...` itself."
+        )
+    return url.strip().rstrip("/")
+
+
 class ServerClient:
-    """Calls one server with one bearer token (read from an environment variable)."""
+    """Calls one server with one bearer token (read from an environment variable).
+
+    Raises ``RemoteError`` (exit 2) for a URL that is not a server's (``check_server_url``)
+    or a named token variable that is unset.
+    """
 
     def __init__(
         self,
@@ -48,9 +90,18 @@ class ServerClient:
         token_env: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = check_server_url(url)
         env = token_env or DEFAULT_TOKEN_ENV
+        self.token_env = env
         token = os.environ.get(env, "").strip()
+        self.has_token = bool(token)
+        #: The steps of the last run waited for whose gate asks for a value (its plan).
+        self.gate_inputs: frozenset[str] = frozenset()
+        #: The options that name this server again in a hint (` --server URL`, and
+        #: ` --server-token-env VAR` when the variable is not the default).
+        self.flags = f" --server {self.url}" + (
+            f" --server-token-env {env}" if env != DEFAULT_TOKEN_ENV else ""
+        )
         if token_env and not token:
             raise RemoteError(
                 f"`--server-token-env {token_env}`: environment variable `{token_env}` is not "
@@ -88,11 +139,7 @@ class ServerClient:
             detail = data.get("detail") if isinstance(data, dict) else None
             code = data.get("exit_code") if isinstance(data, dict) else None
             if r.status_code == 401:
-                detail = (
-                    f"the server `{self.url}` refused the token: set ${DEFAULT_TOKEN_ENV} (or "
-                    "`--server-token-env VAR`) to a token it knows."
-                )
-                code = 5
+                detail, code = self._unauthorized(), EXIT_USAGE
             elif r.status_code == 403 and not isinstance(code, int):
                 code = 5
             raise RemoteError(
@@ -100,6 +147,22 @@ class ServerClient:
                 exit_code=code if isinstance(code, int) else EXIT_USAGE,
             )
         return data
+
+    def _unauthorized(self) -> str:
+        """What to do about a 401: no token was sent (its variable is unset), or the server
+        does not know the one sent (a wrong credential: exit 2, as a gateway's 401)."""
+        other = "" if self.token_env != DEFAULT_TOKEN_ENV else " (or `--server-token-env VAR`)"
+        if not self.has_token:
+            return (
+                f"the server `{self.url}` needs a token, and environment variable "
+                f"`{self.token_env}` is not set or empty; export the server token "
+                f"there{other}."
+            )
+        return (
+            f"the server `{self.url}` refused the token from environment variable "
+            f"`{self.token_env}`: set it{other} to a token the server knows (its "
+            "`serve.tokens_env` or `serve.tokens_file`)."
+        )
 
     # -- workflow runs --------------------------------------------------------------------
 
@@ -136,14 +199,42 @@ class ServerClient:
             if doc.get("done"):
                 break
             time.sleep(0)  # the server waited; loop at once
-        summary = summary_shape(doc)
+        plan = (doc.get("plan") or {}).get("steps") or {}
+        self.gate_inputs = frozenset(
+            sid for sid, step in plan.items() if isinstance(step, dict) and step.get("gate_input")
+        )
+        summary = summary_shape(doc, self.flags)
         summary.pop("live", None)
         run_dir = summary.pop("run_dir", "")
         return RunResult(run_id, RunState(doc["status"]), Path(run_dir), summary)
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run's status, shaped as ``engine.runs.run_status`` returns it."""
-        return summary_shape(self._call("GET", f"/v1/runs/{run_id}"))
+        return summary_shape(self._call("GET", f"/v1/runs/{run_id}"), self.flags)
+
+    def runs(self, limit: int) -> list[dict[str, Any]]:
+        """The server's ``limit`` most recent runs, newest first, shaped as
+        ``engine.runs.list_runs`` returns them (pages of ``GET /v1/runs`` followed)."""
+        rows: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while len(rows) < limit:
+            params: dict[str, Any] = {"limit": min(500, limit - len(rows))}
+            if cursor:
+                params["cursor"] = cursor
+            page = self._call("GET", "/v1/runs", params=params)
+            for row in page.get("runs") or []:
+                rows.append({**row, "workflow": str(row.get("workflow"))})
+            cursor = page.get("next")
+            if not cursor:
+                break
+        return rows[:limit]
+
+    def resume(self, run_id: str) -> Any:
+        """Have the server take over a run no process executes (``POST .../resume``), and
+        wait until it ends or parks; a ``RunResult``. Raises ``RemoteError`` (exit 2) for
+        a run that has ended."""
+        self._call("POST", f"/v1/runs/{run_id}/resume")
+        return self.wait_run(run_id)
 
     def decide(
         self,
@@ -222,13 +313,34 @@ class ServerClient:
         )
 
 
-def summary_shape(doc: dict[str, Any]) -> dict[str, Any]:
-    """A server run document cut to the keys of the local summary / status."""
+def summary_shape(doc: dict[str, Any], flags: str = "") -> dict[str, Any]:
+    """A server run document cut to the keys of the local summary / status.
+
+    A parked step's ``waiting`` names the command that moves it, as locally, with
+    ``flags`` (``ServerClient.flags``) so that it acts through the server; no
+    ``workflow resume``: the server continues the run itself.
+    """
     out = {k: v for k, v in doc.items() if k not in _SERVER_ONLY}
     steps = {}
+    rid = doc.get("runId")
     for sid, row in (doc.get("steps") or {}).items():
         step = {k: row.get(k) for k in _ALWAYS}
         step.update({k: row[k] for k in _WHEN_SET if row.get(k)})
+        if step.get("child_run_id"):
+            pass  # the server's line names the child run
+        elif step["status"] == "waiting_input" and isinstance(step.get("question"), dict):
+            q = step["question"]
+            step["waiting"] = (
+                f'asked "{q.get("text", "?")}"; answered: the server continues the run'
+                if q.get("answer") is not None
+                else f'asks "{q.get("text", "?")}": answer with '
+                f'`workflow answer {rid} {sid} "..."{flags}`'
+            )
+        elif step["status"] == "waiting_approval":
+            step["waiting"] = (
+                f"at its approval gate: `workflow approve {rid} {sid}{flags}` or "
+                f"`workflow reject {rid} {sid} --reason ...{flags}`"
+            )
         steps[sid] = step
     out["steps"] = steps
     return out
