@@ -116,7 +116,7 @@ def test_delegate_through_the_server_keeps_the_record_shape(srv: Served) -> None
     again = _cli(orchestrate, *args, "--idempotency-key", "z-1", **server)
     assert json.loads(again.stdout)["runId"] == r["runId"]
     res = _cli(orchestrate, *args, "--validate", **server)
-    assert res.exit_code == 2 and "are local" in res.stderr
+    assert res.exit_code == 2 and "`--validate` is local" in res.stderr
     res = _cli(orchestrate, *args, "--server", "http://127.0.0.1:9", **server)
     assert res.exit_code == 2 and "cannot reach the server `http://127.0.0.1:9`" in res.stderr
 

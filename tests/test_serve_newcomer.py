@@ -186,9 +186,14 @@ def test_dry_run_with_a_server_is_refused_as_orchestrate_does(
     server = _server(srv)
     res = _cli(workflow, "run", "gate", "-i", "query=x", "--dry-run", **server)
     assert res.exit_code == 2, res.output
-    assert "`--dry-run` is local" in res.stderr and "drop the server" in res.stderr
+    said = res.stderr
+    assert said.startswith("error: `--dry-run` is local (acting on this host)")
+    assert "drop `--dry-run` to act through the server, or drop the server" in said
     res = _cli(orchestrate, "webster", "x", "--caller", "manager", "--dry-run", **server)
-    assert res.exit_code == 2 and "are local" in res.stderr
+    assert res.exit_code == 2 and res.stderr == said  # in the same words
+    res = _cli(workflow, "resume", "wf-x", "--force", "--approve-all", **server)
+    assert res.exit_code == 2
+    assert res.stderr.startswith("error: `--force` and `--approve-all` are local")
 
 
 # -- 6: hints copied as printed ----------------------------------------------------------
@@ -256,7 +261,7 @@ def test_resume_through_the_server(srv: Served) -> None:
     )
     run_id = parked["runId"]
     res = _cli(workflow, "resume", run_id, "--retry-failed", **server)
-    assert res.exit_code == 2 and "`--retry-failed` is local" in res.stderr
+    assert res.exit_code == 2 and "`--retry-failed` is local" in res.stderr, res.output
     res = _cli(workflow, "resume", run_id, **server)
     assert res.exit_code == 3, res.output  # taken over, parked at its gate again
     assert f"workflow approve {run_id} review --server {srv.url}" in res.stderr

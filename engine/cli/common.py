@@ -266,6 +266,22 @@ class Where:
         more = f" --server-token-env {env}" if env != DEFAULT_TOKEN_ENV else ""
         return f" --server {check_server_url(self.server)}{more}"
 
+    def refuse_local(self, *given: str) -> None:
+        """Refuse options that act on this host (``given``: their names, as ``--dry-run``)
+        when a server is given: ``UsageError`` (exit 2) saying which to drop. Every
+        program refuses them in these words (docs/serve.md, "The CLI as a client")."""
+        if not self.server or not given:
+            return
+        from engine.errors import UsageError
+
+        names = " and ".join(f"`{g}`" for g in given)
+        verb = "are" if len(given) > 1 else "is"
+        raise UsageError(
+            f"{names} {verb} local (acting on this host), and a server was given "
+            f"(`--server {self.server}` or $ORCH_SERVER): drop {names} to act through "
+            "the server, or drop the server (unset $ORCH_SERVER) to act on this host."
+        )
+
     def act(self, remote: Callable[[Any], _T], local: Callable[[Any], _T]) -> _T:
         """``remote(client)`` through the server when one is given, else ``local(cfg)``."""
         if self.server:

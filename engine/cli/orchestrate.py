@@ -143,12 +143,14 @@ def delegate_cmd(
 
     task = _task_of(args, capability)
     if where.server:
-        if validate or dry_run or channel_context or context_file or deliver is not None:
-            from engine.errors import UsageError
-
-            raise UsageError(
-                "`--validate`, `--dry-run`, `--deliver` and context options are local."
-            )
+        given = {
+            "--validate": validate,
+            "--dry-run": dry_run,
+            "--deliver" if deliver else "--no-deliver": deliver is not None,
+            "--channel-context": bool(channel_context),
+            "--context-file": bool(context_file),
+        }
+        where.refuse_local(*(name for name, on in given.items() if on))
         request = {
             "target": None if capability else args[0],
             "capability": capability,

@@ -400,7 +400,7 @@ def workflow_run_cmd(
     as_json = driving.as_json
     if where.server:
         if dry_run:
-            _local_only(where, "`--dry-run`", "plans with this host's config")
+            where.refuse_local("--dry-run")
         with _client(where.server, where.token_env) as remote:
             result = remote.run_workflow(
                 name,
@@ -448,18 +448,18 @@ def workflow_resume_cmd(
     """Continue run RUN_ID: finished steps are never sent again (with `--server`, the
     server takes over a run that no process executes, and this waits as `run` does)."""
     if where.server:
-        given = [
-            opt
-            for opt, on in (
-                ("`--retry-failed`", retry_failed),
-                ("`--force`", force),
-                ("`--approve`", bool(driving.approve)),
-                ("`--approve-all`", driving.approve_all),
+        where.refuse_local(
+            *(
+                opt
+                for opt, on in (
+                    ("--retry-failed", retry_failed),
+                    ("--force", force),
+                    ("--approve", bool(driving.approve)),
+                    ("--approve-all", driving.approve_all),
+                )
+                if on
             )
-            if on
-        ]
-        if given:
-            _local_only(where, " and ".join(given), "change the run on this host")
+        )
         with _client(where.server, where.token_env) as remote:
             result = remote.resume(run_id)
         return _render_run(
@@ -467,18 +467,6 @@ def workflow_resume_cmd(
         )
     run_options = driving.run_options(retry_failed=retry_failed, force=force)
     return driving.drive(load(where.config), lambda r: r.resume(run_id, run_options))
-
-
-def _local_only(where: Where, what: str, does: str) -> None:
-    """Refuse an option that acts on this host together with a server (exit 2), in the
-    words `orchestrate AGENT TASK --server` uses for its local options."""
-    from engine.errors import UsageError
-
-    raise UsageError(
-        f"{what} is local (it {does}), and a server was given (`--server {where.server}` "
-        f"or $ORCH_SERVER): drop {what} to act through the server, or drop the server "
-        "(unset $ORCH_SERVER) to act on this host."
-    )
 
 
 @workflow.command("approve")
