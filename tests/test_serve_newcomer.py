@@ -179,6 +179,15 @@ def test_a_bad_server_url_is_refused_up_front(srv: Served, shape: str, says: str
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_a_password_in_the_server_url_is_refused_unseen(srv: Served) -> None:
+    host = srv.url.split("://", 1)[1]
+    given = f"http://ops:hunter2-secret@{host}"
+    res = _cli(workflow, "status", "wf-x", "--server", given, ORCH_SERVER_TOKEN=TOKENS["alice"][1])
+    assert res.exit_code == 2, res.output
+    assert "carries a user or password" in res.stderr and f"`http://{host}`" in res.stderr
+    assert "hunter2" not in res.output
+
+
 def test_dry_run_with_a_server_is_refused_as_orchestrate_does(
     srv: Served, tmp_path: Any, monkeypatch: Any
 ) -> None:

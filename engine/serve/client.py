@@ -51,7 +51,8 @@ class RemoteError(OrchestratorError):
 
 def check_server_url(url: str) -> str:
     """``url`` without a trailing ``/`` when it names a server: ``http://`` or ``https://``,
-    a host, and no path (``/v1`` and the like are added by the client), query or fragment.
+    a host, and no path (``/v1`` and the like are added by the client), query, fragment
+    or credentials (the token travels in a header).
 
     Raises ``RemoteError`` (exit 2) with one paragraph naming the value otherwise.
     """
@@ -62,6 +63,13 @@ def check_server_url(url: str) -> str:
         parts.port  # noqa: B018 (a port that is not a number raises here)
     except ValueError:
         parts = None
+    if parts is not None and "@" in parts.netloc:  # never echo a password
+        host = parts.netloc.rsplit("@", 1)[1]
+        raise RemoteError(
+            f"`--server` (or $ORCH_SERVER) carries a user or password in its URL: give the "
+            f"address alone (`{parts.scheme}://{host}`) and the token in ${DEFAULT_TOKEN_ENV} "
+            "(or `--server-token-env VAR`)."
+        )
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise RemoteError(
             f"`--server {shown}` (or $ORCH_SERVER) is not a server URL: give the scheme "
