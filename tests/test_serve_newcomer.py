@@ -228,6 +228,9 @@ def test_the_gate_hint_is_copyable(srv: Served) -> None:
     default = _cli(workflow, "run", "gate", "-i", "query=r", **_server(srv))
     line = next(ln for ln in default.stderr.splitlines() if ln.startswith(head))
     assert f"--server {srv.url}   (or:" in line and "--server-token-env" not in line
+    typed = _cli(workflow, "run", "typed-gate", "-i", "query=t", **_server(srv))
+    line = next(ln for ln in typed.stderr.splitlines() if ln.startswith(head))
+    assert f" review --input VALUE --server {srv.url}   (or:" in line  # the server's plan
 
 
 def test_the_answer_hint_of_a_served_delegation_is_copyable(srv: Served) -> None:
