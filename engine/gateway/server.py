@@ -21,7 +21,9 @@ import hmac
 import json
 import logging
 import math
+import os
 import secrets
+import selectors
 import signal
 import socket
 import socketserver
@@ -76,7 +78,43 @@ class _Server(ThreadingHTTPServer):
         self.gateway = gateway
         self.connections: set[socket.socket] = set()
         self.conn_lock = threading.Lock()
+        # before binding: a failed bind calls server_close, which closes the pipe too
+        self._wake_r, self._wake_w = os.pipe()  # not inherited by agents (PEP 446)
+        self._stop_requested = False
+        self._served = threading.Event()
         super().__init__(address, _Handler)
+
+    def serve(self) -> None:
+        """Accept connections until ``stop_serving``: ``serve_forever`` without its poll
+        interval. A stop wakes the loop at once through a pipe; ``shutdown()`` waited for
+        the next poll (up to 0.1 s, most of a short run's own shutdown)."""
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(self, selectors.EVENT_READ)
+                sel.register(self._wake_r, selectors.EVENT_READ)
+                while not self._stop_requested:
+                    for key, _ in sel.select():
+                        if key.fileobj is self and not self._stop_requested:
+                            self._handle_request_noblock()  # type: ignore[attr-defined]  # what serve_forever calls
+        finally:
+            self._served.set()
+
+    def stop_serving(self, timeout: float = 5.0) -> None:
+        """End ``serve`` and wait for it (at most ``timeout`` s)."""
+        self._stop_requested = True
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass
+        self._served.wait(timeout)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(), a DNS lookup that can stall.
@@ -322,8 +360,7 @@ class LocalGateway:
             return self
         self._server = self._bind()
         self._serve_thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            target=self._server.serve,
             name=f"local-gateway:{self._server.server_port}",
             daemon=True,
         )
@@ -396,7 +433,7 @@ class LocalGateway:
         try:
             server = self._server
             if server is not None:
-                server.shutdown()
+                server.stop_serving()
                 server.server_close()
                 server.close_connections()
             if self.detach_on_stop:
