@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.errors import HandoffError
+from engine.errors import HandoffError, UsageError
 from engine.files import utcnow_iso, write_json_atomic, write_json_new
 from engine.states import Confidence, HandoffStatus
 
@@ -190,6 +190,63 @@ def check_keys(
             except HandoffProblem:
                 continue
         raise
+
+
+def check_deliverable(
+    data: Mapping[str, Any],
+    envelope: Mapping[str, Any] | None,
+    *,
+    where: Path,
+    policy: str | None = None,
+) -> bool:
+    """Refuse, before anything is written, a handoff the engine waiting in ``where`` (a
+    records directory) would refuse; True when it goes without a key (accepted unverified).
+
+    ``envelope`` is the run's pending envelope there (None: unreadable, e.g. a run store
+    in a database); ``policy`` the config's ``handoff_key`` when no envelope says it. The
+    rules are the engine's (``check_keys``, docs/protocol.md section 3): ``agent`` must be
+    the envelope's ``target``; a missing key is refused unless ``handoff_key`` is
+    ``optional``; a wrong key is refused. A run id with no pending envelope and no record
+    in a directory that holds pending envelopes (``.pending/``) is refused too: nothing
+    waits for it there. Raises ``UsageError`` (exit 2), one paragraph naming the fix.
+    """
+    run_id, agent = data.get("runId"), data.get("agent")
+    nothing = "nothing was written."
+    if envelope is None:
+        if (where / ".pending").is_dir() and not (where / f"{run_id}.json").exists():
+            raise UsageError(
+                f"no delegation `{run_id}` is waiting in `{where}`: check `--run-id` and "
+                f"`--dir` against the task message (its `run_id:` and `handoff_path:` "
+                f"lines); {nothing}"
+            )
+    else:
+        target = envelope.get("target")
+        if isinstance(target, str) and target and agent != target:
+            raise UsageError(
+                f"run `{run_id}` was delegated to `{target}`, not `{agent}`: pass "
+                f"`--agent {target}` (the `agent:` line of the task message); the engine "
+                f"refuses a handoff from another agent, so {nothing}"
+            )
+        policy = str(envelope.get("handoff_key") or "required")
+    key = data.get(KEY_FIELD)
+    if not isinstance(key, str) or not key:
+        if policy == "optional":
+            return True
+        raise UsageError(
+            f"handoff for run `{run_id}` has no key: pass `--key KEY` or set "
+            "`ORCH_HANDOFF_KEY` (the `key:` line of the task message); the engine refuses "
+            f"a handoff without it (unless the config says `handoff_key: optional`), so "
+            f"{nothing}"
+        )
+    if envelope is not None and envelope.get("key_sha256") is not None:
+        try:
+            check_keys(dict(data), envelope, path=where / f"{run_id}.json")
+        except HandoffProblem:
+            raise UsageError(
+                f"handoff for run `{run_id}`: `--key` is not this delegation's key; pass the "
+                f"`key:` line of the task message exactly; {nothing}"
+            ) from None
+    return False
 
 
 def with_earlier_keys(old: Any, new: dict[str, Any]) -> dict[str, Any]:

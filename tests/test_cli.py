@@ -209,6 +209,8 @@ def test_handoff_write_then_show(cfg_path: Path, tmp_path: Path) -> None:
         "high",
         "--artifact",
         "a.csv",
+        "--key",
+        "0123456789abcdef0123456789abcdef",
         "--config",
         str(cfg_path),
     )

@@ -15,7 +15,7 @@ from tests.helpers import demo_config, write_config
 
 RUN = "orch-20260101T000000-00000001"
 BASE = ["handoff", "write", "--run-id", RUN, "--agent", "webster", "--status", "complete",
-        "--result", "done"]  # fmt: skip
+        "--result", "done", "--key", "0123456789abcdef0123456789abcdef"]  # fmt: skip
 
 
 def test_data_is_written_into_the_handoff(tmp_path: Path) -> None:

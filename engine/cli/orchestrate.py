@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -369,11 +370,9 @@ def handoff_write_cmd(
 ) -> int:
     """Write a valid handoff atomically where the engine waits for it (``--data`` or
     ``--data-file``: its structured ``data``, a JSON value; bad JSON is exit 2)."""
-    from pathlib import Path
-
     from engine.errors import UsageError
     from engine.files import check_id
-    from engine.handoff import make_handoff, write_handoff
+    from engine.handoff import check_deliverable, make_handoff, write_handoff
     from engine.store.file import handoff_path
 
     check_id(run_id, "run id")
@@ -406,13 +405,29 @@ def handoff_write_cmd(
         data["data"] = structured
     if delivery.receiver:
         return _post_handoff(delivery, run_id, agent, data)
+    from engine.store.file import FileRunStore
+
     if delivery.directory:
-        path = Path(delivery.directory) / f"{run_id}.json"
+        path = _existing_dir(delivery.directory) / f"{run_id}.json"
+        policy = _key_policy(config)
     else:
         cfg = load(config)
         path = handoff_path(cfg.handoffs_dir, run_id, sub=delivery.sub)
+        policy = cfg.handoff_key
+    records = _records_of(path.parent)
+    unkeyed = False
+    if not any(p.exists() and not p.is_dir() for p in (path.parent, *path.parent.parents)):
+        # (a file in the way: `write_handoff` names it)
+        pending = FileRunStore(records).read_pending(run_id, sub=False)
+        unkeyed = check_deliverable(data, pending, where=records, policy=policy)
     written = write_handoff(path, data, replace=False)
     click.echo(str(written))
+    if unkeyed:
+        click.echo(
+            f"note: written without a key (schemaVersion {data['schemaVersion']}): accepted "
+            "unverified, as `handoff_key: optional` allows.",
+            err=True,
+        )
     if written != path:
         click.echo(
             f"note: `{path}` already held a handoff; yours was kept beside it as "
@@ -467,23 +482,56 @@ def _data_option(text: str | None, path: str | None) -> Any:
 @config_option
 def handoff_progress_cmd(run_id: str, text: str, delivery: _Delivery, config: str | None) -> int:
     """Report what you are doing while you work (the caller sees the latest line)."""
-    from pathlib import Path
-
     from engine.files import check_id
     from engine.liveness import report_progress
-    from engine.record import INBOX_DIR
     from engine.store.file import records_dir
 
     check_id(run_id, "run id")
     if delivery.receiver:
         return _post_progress(delivery, run_id, text)
     if delivery.directory:
-        where = Path(delivery.directory)
-        records = where.parent if where.name == INBOX_DIR else where
+        records = _records_of(_existing_dir(delivery.directory))
     else:
         records = records_dir(load(config).handoffs_dir, sub=delivery.sub)
     report_progress(records, run_id, text, key=delivery.key or None)
     return 0
+
+
+def _existing_dir(directory: str) -> Path:
+    """``--dir`` as a path; ``UsageError`` (exit 2) when it is not an existing directory
+    (an ``inbox`` not made yet in an existing records directory is one): nothing waits
+    where the engine did not make the directory."""
+    from engine.errors import UsageError
+    from engine.record import INBOX_DIR
+
+    where = Path(directory)
+    if not (where.is_dir() or (where.name == INBOX_DIR and where.parent.is_dir())):
+        raise UsageError(
+            f"`--dir {directory}` is not an existing directory, so no delegation waits "
+            "there: give the directory of the task message's `handoff_path:` line exactly; "
+            "nothing was written."
+        )
+    return where
+
+
+def _records_of(directory: Path) -> Path:
+    """The records directory an agent's directory belongs to (``inbox``'s parent)."""
+    from engine.record import INBOX_DIR
+
+    return directory.parent if directory.name == INBOX_DIR else directory
+
+
+def _key_policy(config: str | None) -> str | None:
+    """The config's ``handoff_key`` when a config is found and valid, else None (an agent
+    given only ``--dir`` often has no config: the pending envelope says it instead)."""
+    from engine.cli.common import load_optional
+    from engine.errors import OrchestratorError
+
+    try:
+        cfg = load_optional(config)
+    except OrchestratorError:
+        return None
+    return None if cfg is None else str(cfg.handoff_key)
 
 
 def _receiver_target(agent: str, base: str, token_env: str | None) -> Any:

@@ -1,0 +1,226 @@
+"""What a newcomer met on the command line: handoffs the engine would refuse written
+anyway, cut-off run ids, options without help, messages without a next step, and the
+exit code of an ACL refusal inside a workflow. Real CLI (CliRunner or a subprocess),
+real delegations on the embedded demo gateway."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import orchestrate
+from tests.helpers import demo_config, write_config
+
+NO_KEY: dict[str, str | None] = {"ORCH_HANDOFF_KEY": None, "ORCHESTRATOR_CONFIG": None}
+
+
+def run(*args: str, env: dict[str, str | None] | None = None) -> Any:
+    return CliRunner().invoke(orchestrate, list(args), env={**NO_KEY, **(env or {})})
+
+
+def _until(what: str, ready: Any, bound: float = 60.0) -> Any:
+    """Wait for ``ready()`` to return a value (a file appearing), at most ``bound`` s."""
+    end = time.monotonic() + bound
+    while time.monotonic() < end:
+        got = ready()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+# --------------------------------------------------------------- 1. handoff write/progress
+
+
+@dataclass
+class InFlight:
+    """A delegation to webster waiting for its handoff: what its message told the agent."""
+
+    run_id: str
+    key: str
+    inbox: Path
+    proc: subprocess.Popen[str]
+    go: Path
+
+    def finish(self) -> dict[str, Any]:
+        self.go.touch()
+        out, err = self.proc.communicate(timeout=120)
+        assert self.proc.returncode == 0, err
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+
+def _in_flight(tmp_path: Path, **extra: Any) -> Iterator[InFlight]:
+    """Delegate to a webster that notes its run id, key and handoff path, then waits for
+    ``go`` (60 s at most) before answering: the delegation is in flight meanwhile."""
+    seen, go = tmp_path / "seen.json", tmp_path / "go"
+    script = (
+        "import json, os, time\n"
+        "env = {k: os.environ[k] for k in ('ORCH_RUN_ID', 'ORCH_HANDOFF_KEY', "
+        "'ORCH_HANDOFF_PATH')}\n"
+        f"tmp = {str(seen)!r} + '.tmp'\n"
+        "open(tmp, 'w').write(json.dumps(env))\n"
+        f"os.replace(tmp, {str(seen)!r})\n"
+        "deadline = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('the agent own answer')\n"
+    )
+    raw = demo_config(tmp_path, **extra)
+    raw["gateway"]["agents"]["webster"] = {
+        "kind": "command", "argv": [sys.executable, "-c", script], "timeout": 90,
+    }
+    config = write_config(tmp_path, raw)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from engine.cli import orchestrate_main; orchestrate_main()",
+         "webster", "find the CTE of Zerodur", "--caller", "manager", "--timeout", "90",
+         "--json", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        env = _until("the agent started", lambda: seen.exists() and json.loads(seen.read_text()))
+        yield InFlight(
+            env["ORCH_RUN_ID"], env["ORCH_HANDOFF_KEY"], Path(env["ORCH_HANDOFF_PATH"]).parent,
+            proc, go,
+        )  # fmt: skip
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            proc.communicate(timeout=120)
+
+
+@pytest.fixture
+def in_flight(tmp_path: Path) -> Iterator[InFlight]:
+    yield from _in_flight(tmp_path)
+
+
+def _write(d: InFlight, *extra: str, agent: str = "webster", where: str | None = None) -> Any:
+    return run(
+        "handoff", "write", "--dir", where or str(d.inbox), "--run-id", d.run_id,
+        "--agent", agent, "--status", "complete", "--result", "from the CLI", *extra,
+    )  # fmt: skip
+
+
+def _inbox_files(d: InFlight) -> list[str]:
+    return sorted(p.name for p in d.inbox.iterdir() if p.is_file())
+
+
+def test_handoff_write_without_a_key_is_refused_before_writing(in_flight: InFlight) -> None:
+    res = _write(in_flight)
+    assert res.exit_code == 2, res.output
+    assert (
+        f"error: handoff for run `{in_flight.run_id}` has no key: pass `--key KEY` or set "
+        "`ORCH_HANDOFF_KEY` (the `key:` line of the task message)"
+    ) in res.output
+    assert "Traceback" not in res.output
+    assert _inbox_files(in_flight) == []
+
+
+def test_handoff_write_refuses_another_agent_naming_the_expected_one(
+    in_flight: InFlight,
+) -> None:
+    res = _write(in_flight, "--key", in_flight.key, agent="nx-expert")
+    assert res.exit_code == 2, res.output
+    assert (
+        f"run `{in_flight.run_id}` was delegated to `webster`, not `nx-expert`: pass "
+        "`--agent webster`"
+    ) in res.output
+    assert _inbox_files(in_flight) == []
+
+
+def test_handoff_write_refuses_a_wrong_key(in_flight: InFlight) -> None:
+    res = _write(in_flight, "--key", "0" * 32)
+    assert res.exit_code == 2, res.output
+    assert "`--key` is not this delegation's key" in res.output
+    assert _inbox_files(in_flight) == []
+
+
+def test_handoff_write_refuses_a_directory_that_does_not_exist(
+    in_flight: InFlight, tmp_path: Path
+) -> None:
+    typo = tmp_path / "x" / "nodir"
+    res = _write(in_flight, "--key", in_flight.key, where=str(typo))
+    assert res.exit_code == 2, res.output
+    assert f"`--dir {typo}` is not an existing directory" in res.output
+    assert not typo.exists() and not typo.parent.exists()
+    prog = run("handoff", "progress", "--dir", str(typo), "--run-id", in_flight.run_id,
+               "--key", in_flight.key, "reading")  # fmt: skip
+    assert prog.exit_code == 2, prog.output
+    assert f"`--dir {typo}` is not an existing directory" in prog.output
+    assert not typo.exists()
+
+
+def test_handoff_write_refuses_a_run_not_waiting_there(in_flight: InFlight) -> None:
+    res = run(
+        "handoff", "write", "--dir", str(in_flight.inbox), "--run-id", "orch-nosuchrun",
+        "--agent", "webster", "--status", "complete", "--result", "x", "--key", in_flight.key,
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "no delegation `orch-nosuchrun` is waiting in" in res.output
+    assert _inbox_files(in_flight) == []
+
+
+def test_handoff_write_with_the_right_agent_and_key_is_the_delegations_result(
+    in_flight: InFlight,
+) -> None:
+    res = _write(in_flight, "--key", in_flight.key)
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == str(in_flight.inbox / f"{in_flight.run_id}.json")
+    result = in_flight.finish()
+    assert result["envelope"]["outcome"] == "complete", result
+    assert result["result"] == "from the CLI"
+
+
+def test_handoff_write_takes_the_key_from_the_environment(in_flight: InFlight) -> None:
+    res = run(
+        "handoff", "write", "--dir", str(in_flight.inbox), "--run-id", in_flight.run_id,
+        "--agent", "webster", "--status", "complete", "--result", "from the env",
+        env={"ORCH_HANDOFF_KEY": in_flight.key},
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert in_flight.finish()["result"] == "from the env"
+
+
+def test_handoff_progress_still_checks_run_and_key(in_flight: InFlight) -> None:
+    base = ("handoff", "progress", "--dir", str(in_flight.inbox), "--run-id")
+    unkeyed = run(*base, in_flight.run_id, "reading")
+    assert unkeyed.exit_code == 2 and "it has no key" in unkeyed.output
+    unknown = run(*base, "orch-nosuchrun", "--key", in_flight.key, "reading")
+    assert unknown.exit_code == 2 and "is not in flight here" in unknown.output
+    good = run(*base, in_flight.run_id, "--key", in_flight.key, "reading")
+    assert good.exit_code == 0, good.output
+
+
+def test_under_handoff_key_optional_a_keyless_write_goes_with_a_note(tmp_path: Path) -> None:
+    """docs/protocol.md: without a key, a handoff is accepted (unverified) only under
+    `handoff_key: optional`; the CLI still writes it there, and says so."""
+    flight = _in_flight(tmp_path, handoff_key="optional")
+    d = next(flight)
+    try:
+        res = _write(d)
+        assert res.exit_code == 0, res.output
+        assert "note: written without a key (schemaVersion 1.0): accepted unverified" in (
+            res.output
+        )
+        result = d.finish()
+        assert result["envelope"]["outcome"] == "complete", result
+        assert result["result"] == "from the CLI"
+    finally:
+        flight.close()
+
+
+def _commands(group: click.Group, prefix: str) -> Iterator[tuple[str, click.Command]]:
+    for name, cmd in sorted(group.commands.items()):
+        yield f"{prefix} {name}", cmd
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, f"{prefix} {name}")
