@@ -192,13 +192,18 @@ def progress_reporter() -> Reporter:
     return LineReporter()
 
 
-def _render(table: Any) -> str:
+def _render(table: Any, width: int | None = None) -> str:
+    """``table`` as text ``width`` characters wide (default: the terminal's width, which
+    ``$COLUMNS`` overrides; 120 when there is no terminal)."""
     import io
+    import shutil
 
     from rich.console import Console
 
+    if width is None:
+        width = shutil.get_terminal_size((120, 40)).columns
     buf = io.StringIO()
-    Console(file=buf, width=120, color_system=None, force_terminal=False).print(table)
+    Console(file=buf, width=width, color_system=None, force_terminal=False).print(table)
     return redact(buf.getvalue().rstrip("\n"))
 
 
@@ -310,23 +315,45 @@ def _plain_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...
     return "\n".join(out)
 
 
-def runs_table(rows: list[dict[str, Any]]) -> str:
-    """The `workflow runs` listing as text."""
+_RUNS_COLUMNS = ("run", "workflow", "status", "started", "duration", "steps")
+
+
+def runs_table(
+    rows: list[dict[str, Any]], *, plain: bool | None = None, width: int | None = None
+) -> str:
+    """The `workflow runs` listing as text: one row per run (``runId``, ``workflow``,
+    ``status``, ``started_at``, ``duration_ms`` in seconds, step counts by state).
+
+    The run id is never cut (it is copied into `workflow status`, `resume`...). ``plain``
+    (default: when stdout is not a terminal) prints every value in full, columns padded
+    with spaces; otherwise a table ``width`` characters wide (default: the terminal's,
+    ``$COLUMNS`` overrides it) whose other columns wrap to fit.
+    """
+    cells: list[tuple[str, ...]] = []
+    for r in rows:
+        d = r.get("duration_ms")
+        cells.append(
+            (
+                str(r["runId"]),
+                str(r["workflow"]),
+                str(r["status"]),
+                str(r.get("started_at") or ""),
+                f"{d / 1000:.1f} s" if isinstance(d, int | float) else "",
+                ", ".join(f"{n} {k}" for k, n in sorted(r["steps"].items())),
+            )
+        )
+    if plain is None:
+        plain = not sys.stdout.isatty()
+    if plain:
+        return redact(_plain_table("", _RUNS_COLUMNS, cells).split("\n", 1)[1])
     from rich import box
     from rich.table import Table
 
     table = Table(box=box.SIMPLE)
-    for col in ("run", "workflow", "status", "started", "duration", "steps"):
-        table.add_column(col)
-    for r in rows:
-        d = r.get("duration_ms")
-        steps = ", ".join(f"{n} {k}" for k, n in sorted(r["steps"].items()))
-        table.add_row(
-            r["runId"],
-            r["workflow"],
-            r["status"],
-            r.get("started_at") or "",
-            f"{d / 1000:.1f} s" if isinstance(d, int | float) else "",
-            steps,
-        )
-    return _render(table)
+    longest = max((len(c[0]) for c in cells), default=len("run"))
+    table.add_column("run", no_wrap=True, min_width=longest)
+    for col in _RUNS_COLUMNS[1:]:
+        table.add_column(col, overflow="ellipsis", no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
+    return _render(table, width)

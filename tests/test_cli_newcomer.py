@@ -224,3 +224,63 @@ def _commands(group: click.Group, prefix: str) -> Iterator[tuple[str, click.Comm
         yield f"{prefix} {name}", cmd
         if isinstance(cmd, click.Group):
             yield from _commands(cmd, f"{prefix} {name}")
+
+
+# --------------------------------------------------------------- 2. workflow runs
+
+
+LONG = "material-trade-study-for-the-primary-mirror-substrate"
+
+
+@pytest.fixture
+def long_run(tmp_path: Path) -> tuple[Path, str]:
+    """A config, and the id of a finished run of a workflow with a long name (the row
+    is wider than 120 characters)."""
+    from engine.cli import workflow
+
+    shipped = Path(__file__).parent.parent / "engine" / "workflows" / "material-trade-study.yaml"
+    own = tmp_path / "wf"
+    own.mkdir()
+    text = shipped.read_text(encoding="utf-8").replace(
+        "name: material-trade-study\n", f"name: {LONG}\n", 1
+    )
+    (own / f"{LONG}.yaml").write_text(text, encoding="utf-8")
+    config = write_config(tmp_path, demo_config(tmp_path, workflow_dirs=[str(own)]))
+    res = CliRunner().invoke(
+        workflow,
+        ["run", LONG, "-i", "materials=Zerodur, ULE", "-i", "requirements=CTE < 0.01",
+         "--json", "--config", str(config)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    listed = CliRunner().invoke(workflow, ["runs", "--json", "--config", str(config)])
+    (row,) = json.loads(listed.stdout)
+    return config, str(row["runId"])
+
+
+def test_workflow_runs_prints_whole_run_ids_off_a_terminal(long_run: tuple[Path, str]) -> None:
+    from engine.cli import workflow
+
+    config, run_id = long_run
+    for columns in ("200", "60"):
+        res = CliRunner().invoke(
+            workflow, ["runs", "--config", str(config)], env={"COLUMNS": columns}
+        )
+        assert res.exit_code == 0, res.output
+        lines = res.stdout.splitlines()
+        assert lines[0].split() == ["run", "workflow", "status", "started", "duration", "steps"]
+        assert lines[2].split()[:3] == [run_id, LONG, "complete"], res.stdout
+        assert "…" not in res.stdout
+
+
+def test_workflow_runs_on_a_terminal_never_cuts_the_run_id(long_run: tuple[Path, str]) -> None:
+    from engine.cli import workflow
+    from engine.progress import runs_table
+
+    config, run_id = long_run
+    listed = CliRunner().invoke(workflow, ["runs", "--json", "--config", str(config)])
+    rows = json.loads(listed.stdout)
+    for width in (60, 100, 120, 200):
+        text = runs_table(rows, plain=False, width=width)
+        assert run_id in text, text
+        assert max(len(line) for line in text.splitlines()) <= width
+    assert LONG in runs_table(rows, plain=False, width=200)
