@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import AclDeniedError, WorkflowError, did_you_mean
+from engine.errors import EXIT_REFUSED, AclDeniedError, WorkflowError, did_you_mean
 from engine.renderer import TaskRenderer
 from engine.states import RunState, StepState
 from engine.workflow import StepSpec, WorkflowSpec
@@ -316,7 +316,10 @@ def plan_workflow(
         if step.workflow is not None and step.id not in skip:
             children.plan(step, trial.context(step.id, children.placeholders), problems)
     if problems:
-        raise WorkflowError(f"`{spec.path}` cannot run:", path=spec.path, problems=problems)
+        error = WorkflowError(f"`{spec.path}` cannot run:", path=spec.path, problems=problems)
+        if all(isinstance(p, _AclProblem) for p in problems):
+            error.exit_code = EXIT_REFUSED  # refused by the ACL, as a delegation is (exit 5)
+        raise error
     assert who is not None  # a missing caller is a problem above
     assert generations is not None  # a cycle is a problem above
     return Plan(
@@ -702,8 +705,10 @@ def _candidates(
             else f"`{caller}` may not delegate to anyone."
         )
         problems.append(
-            f"step `{step.id}`: no agent with capability `{capability}` may be used by "
-            f"`{caller}` (capable: {listed}); {may}"
+            _AclProblem(
+                f"step `{step.id}`: no agent with capability `{capability}` may be used by "
+                f"`{caller}` (capable: {listed}); {may}"
+            )
         )
     return allowed
 
@@ -746,11 +751,17 @@ def _validator(
     return name
 
 
+class _AclProblem(str):
+    """A plan problem that is an ACL refusal: a plan refused for these alone exits 5."""
+
+    __slots__ = ()
+
+
 def _acl_problem(acl: Acl, caller: str, target: str, prefix: str, problems: list[str]) -> None:
     try:
         acl.check(caller, target)
     except AclDeniedError as exc:
-        problems.append(prefix + exc.message)
+        problems.append(_AclProblem(prefix + exc.message))
 
 
 def _resolve_inputs(
