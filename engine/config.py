@@ -166,10 +166,31 @@ def find_config(explicit: str | Path | None = None) -> Path:
             )
         return candidate
     if not os.path.lexists(candidate):
+        raise ConfigError(_missing_config(candidate, source), path=candidate)
+    if candidate.is_dir():
         raise ConfigError(
-            f"config file `{candidate}` (from {source}) does not exist.", path=candidate
+            f"config file `{candidate}` (from {source}) is a directory: give the YAML file "
+            f"itself, e.g. `{candidate / CONFIG_NAME}`.",
+            path=candidate,
         )
     return candidate
+
+
+def _missing_config(candidate: Path, source: str) -> str:
+    """The paragraph for a config path that does not exist: a near miss among the YAML
+    files beside it, else where to start one."""
+    try:
+        beside = [p.name for p in candidate.parent.iterdir() if p.suffix in (".yaml", ".yml")]
+    except OSError:
+        beside = []
+    near = did_you_mean(candidate.name, beside)
+    if near:
+        return f"config file `{candidate}` (from {source}) does not exist{near}"
+    return (
+        f"config file `{candidate}` (from {source}) does not exist: check the path, or "
+        f"start from `examples/quickstart/{CONFIG_NAME}` (the README's Configuration "
+        "section describes every key)."
+    )
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -212,7 +212,7 @@ def say(text: str, *, err: bool = False) -> None:
 
 
 config_option = click.option(
-    "--config", "config", type=click.Path(dir_okay=False), help=CONFIG_HELP
+    "--config", "config", type=click.Path(), help=CONFIG_HELP
 )
 
 

@@ -11,6 +11,7 @@ from engine.cli.common import (
     config_option,
     dump,
     load,
+    load_optional,
     options,
 )
 
@@ -36,23 +37,62 @@ def _metrics(
     handoffs_dir: str | None,
     config: str | None,
 ) -> Any:
+    """The metrics document for the filters; ``UsageError`` (exit 2) for a
+    ``--handoffs-dir`` that is not a directory, ``UnknownAgentError`` (exit 2) for an
+    ``--agent`` that neither the config nor any record names (as `agents status` does)."""
     from pathlib import Path
 
+    from engine.errors import UsageError
     from engine.metrics import compute_metrics, parse_since
 
     when = parse_since(since) if since else None
+    filters = {"agent": agent, "workflow": workflow_name, "caller": caller}
+    cfg = None
     if handoffs_dir:
         directory = Path(handoffs_dir)
+        if not directory.is_dir():
+            raise UsageError(
+                f"`--handoffs-dir {handoffs_dir}` is not an existing directory: give the "
+                "`handoffs_dir` of the config (or leave the option out to read the config's)."
+            )
     else:
         cfg = load(config)
-        if cfg.store and cfg.store.startswith("postgres"):  # the database, not this host's
-            from engine.store.postgres_transfer import metrics_of
-
-            return metrics_of(cfg, since=when, agent=agent, workflow=workflow_name, caller=caller)
         directory = cfg.handoffs_dir
-    return compute_metrics(
-        directory, since=when, agent=agent, workflow=workflow_name, caller=caller
-    )
+
+    def compute(**given: Any) -> Any:
+        if cfg is not None and cfg.store and cfg.store.startswith("postgres"):
+            from engine.store.postgres_transfer import metrics_of  # the database's
+
+            return metrics_of(cfg, **given)
+        return compute_metrics(directory, **given)
+
+    doc = compute(since=when, **filters)
+    if agent and not doc["agents"] and not doc["totals"]["workflow_runs"]:
+        everything = compute(since=None, agent=None, workflow=None, caller=None)
+        known = set(everything["agents"]) | {e["caller"] for e in everything["edges"]}
+        if cfg is None:
+            cfg = _config_if_any(config)
+        known |= set(cfg.agents) if cfg is not None else set()
+        if agent not in known:
+            from engine.errors import UnknownAgentError, did_you_mean
+
+            raise UnknownAgentError(
+                f"unknown agent `{agent}` (`--agent`): neither the config nor any record in "
+                f"`{doc['handoffs_dir']}` names it{did_you_mean(agent, known) or '.'} "
+                f"Known agents: {', '.join(sorted(known)) or 'none'}.",
+                agent=agent,
+            )
+    return doc
+
+
+def _config_if_any(config: str | None) -> Any:
+    """The config when one is found and valid, else None (``--handoffs-dir`` needs none)."""
+    from engine.errors import OrchestratorError
+
+    try:
+        return load_optional(config)
+    except OrchestratorError:
+        return None
 
 
 @click.group(
@@ -61,7 +101,10 @@ def _metrics(
 Examples:
   metrics text
   metrics json --since 24h --agent webster
-  metrics text --workflow material-trade-study --since 2026-11-01""",
+  metrics text --workflow material-trade-study --since 2026-11-01
+Exit codes: 0 ok (also when no record matches the filters)
+            2 bad input: a bad --since, a --handoffs-dir that does not exist,
+              an --agent no record or config names, a bad config""",
 )
 @click.version_option(package_name="agent-orchestrator", prog_name="metrics")
 def metrics() -> None:
