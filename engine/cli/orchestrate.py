@@ -319,7 +319,13 @@ def handoff_group() -> None:
 @handoff_group.command("write")
 @click.option("--run-id", required=True, help="The run id from the task message.")
 @click.option("--agent", required=True, help="Your agent name.")
-@click.option("--status", required=True, type=click.Choice([s.value for s in HandoffStatus]))
+@click.option(
+    "--status",
+    required=True,
+    type=click.Choice([s.value for s in HandoffStatus]),
+    help="How the task ended: complete, partial (part done), blocked (you need an answer: "
+    "add --question) or failed.",
+)
 @click.option("--result", "result_text", help="The result text ('-' reads stdin).")
 @click.option(
     "--result-file",
@@ -331,6 +337,7 @@ def handoff_group() -> None:
     default="medium",
     show_default=True,
     type=click.Choice([c.value for c in Confidence]),
+    help="How sure you are of the result.",
 )
 @click.option("--artifact", "artifacts", multiple=True, help="An artifact path (repeatable).")
 @click.option("--notes", help="Free-form notes.")
@@ -369,7 +376,10 @@ def handoff_write_cmd(
     config: str | None,
 ) -> int:
     """Write a valid handoff atomically where the engine waits for it (``--data`` or
-    ``--data-file``: its structured ``data``, a JSON value; bad JSON is exit 2)."""
+    ``--data-file``: its structured ``data``, a JSON value; bad JSON is exit 2).
+
+    Refused before writing (exit 2): no key, a --dir that does not exist, and where the
+    run's pending envelope is readable, another agent than the run's or a wrong key."""
     from engine.errors import UsageError
     from engine.files import check_id
     from engine.handoff import check_deliverable, make_handoff, write_handoff
@@ -524,7 +534,6 @@ def _records_of(directory: Path) -> Path:
 def _key_policy(config: str | None) -> str | None:
     """The config's ``handoff_key`` when a config is found and valid, else None (an agent
     given only ``--dir`` often has no config: the pending envelope says it instead)."""
-    from engine.cli.common import load_optional
     from engine.errors import OrchestratorError
 
     try:
@@ -606,7 +615,7 @@ def _post_handoff(delivery: _Delivery, run_id: str, agent: str, data: dict[str, 
 @click.option("--by", default="cli", show_default=True, help="Who answers (recorded).")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(),
     help="Seconds to wait (default: the asking run's).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
@@ -782,7 +791,13 @@ def pool_status_cmd(as_json: bool, config: str | None) -> int:
 
 @pool_group.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", type=click.IntRange(0, 65535), default=18950, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=18950,
+    show_default=True,
+    help="Port to listen on (0: any free port).",
+)
 @click.option(
     "--token-env",
     default="ORCH_POOL_TOKEN",
@@ -828,7 +843,14 @@ def _workspace_option(what: str) -> Callable[[Any], Any]:
 @click.option("--agent", help="The agent's registry name (checked against the config).")
 @config_option
 def agent_skill_install_cmd(workspace: str, agent: str | None, config: str | None) -> int:
-    """Install the handoff skill and an AGENTS.md section (idempotent)."""
+    """Install the handoff skill and an AGENTS.md section (idempotent).
+
+    \b
+    Writes <workspace>/skills/orchestrator-handoff/SKILL.md (the skill text: how to
+    recognise a task from the engine and write its handoff; read it there after
+    installing) and a section between orchestrator-handoff markers in
+    <workspace>/AGENTS.md. docs/openclaw.md ("The agent skill") describes both;
+    docs/protocol.md the handoff they teach."""
     from pathlib import Path
 
     from engine.agentskill import install
@@ -927,9 +949,10 @@ def agents_group() -> None:
 @click.option(
     "--timeout",
     type=click.FloatRange(0.1, 60.0),
+    metavar="SECONDS",
     default=5.0,
     show_default=True,
-    help="Longest probe of one agent, in seconds.",
+    help="Longest probe of one agent, in seconds (0.1 to 60).",
 )
 @config_option
 def agents_status_cmd(
@@ -972,7 +995,14 @@ def agents_systemd_cmd(out: str, config: str | None) -> int:
 @agents_group.command("logs")
 @click.argument("agent")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended (Ctrl-C).")
-@click.option("-n", "--lines", type=click.IntRange(0, 100000), default=50, show_default=True)
+@click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(0, 100000),
+    default=50,
+    show_default=True,
+    help="How many of the last lines to print first.",
+)
 @config_option
 def agents_logs_cmd(agent: str, follow: bool, lines: int, config: str | None) -> int:
     """Print the end of AGENT's gateway log (`operations.logs`); -f follows it."""

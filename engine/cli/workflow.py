@@ -433,7 +433,8 @@ def workflow_run_cmd(
 @click.option(
     "--retry-failed",
     is_flag=True,
-    help="Run failed, timed-out and errored steps again (and what they skipped).",
+    help="Run again the steps that ended failed, timeout, errored, invalid, blocked, "
+    "cancelled, unusable or lost (and what they skipped).",
 )
 @click.option(
     "--force",
@@ -595,7 +596,13 @@ def _runner(status: dict[str, Any], server: str | None) -> str:
 
 
 @workflow.command("runs")
-@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10000),
+    default=20,
+    show_default=True,
+    help="How many runs to list, newest first.",
+)
 @json_option
 @where_options
 def workflow_runs_cmd(limit: int, as_json: bool, where: Where) -> int:
@@ -669,7 +676,12 @@ def workflow_validate_cmd(
 @workflow.command("graph")
 @click.argument("name")
 @click.option(
-    "--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["mermaid", "dot"]),
+    default="mermaid",
+    show_default=True,
+    help="mermaid (Markdown renders it) or dot (Graphviz: `dot -Tsvg`).",
 )
 @config_option
 def workflow_graph_cmd(name: str, fmt: str, config: str | None) -> int:
