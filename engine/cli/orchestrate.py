@@ -44,7 +44,7 @@ class _DelegateByDefault(EngineGroup):
     epilog="""\b
 Examples:
   orchestrate webster "Find CTE of Zerodur" --caller manager --timeout 120
-  orchestrate handoff write --run-id RUN --agent webster --status complete --result "..."
+  orchestrate handoff write --run-id RUN --agent webster --key KEY --status complete --result "..."
   orchestrate gateway --config orchestrator.yaml --port 18900
 Exit codes: 0 ok · 1 agent failed/blocked · 2 bad input
             3 waiting: for approval, or for the answer to the agent's question
