@@ -157,6 +157,7 @@ def test_handoff_write_refuses_a_directory_that_does_not_exist(
                "--key", in_flight.key, "reading")  # fmt: skip
     assert prog.exit_code == 2, prog.output
     assert f"`--dir {typo}` is not an existing directory" in prog.output
+    assert prog.output.rstrip().endswith("nothing was recorded.")
     assert not typo.exists()
 
 

@@ -500,14 +500,14 @@ def handoff_progress_cmd(run_id: str, text: str, delivery: _Delivery, config: st
     if delivery.receiver:
         return _post_progress(delivery, run_id, text)
     if delivery.directory:
-        records = _records_of(_existing_dir(delivery.directory))
+        records = _records_of(_existing_dir(delivery.directory, "nothing was recorded"))
     else:
         records = records_dir(load(config).handoffs_dir, sub=delivery.sub)
     report_progress(records, run_id, text, key=delivery.key or None)
     return 0
 
 
-def _existing_dir(directory: str) -> Path:
+def _existing_dir(directory: str, nothing: str = "nothing was written") -> Path:
     """``--dir`` as a path; ``UsageError`` (exit 2) when it is not an existing directory
     (an ``inbox`` not made yet in an existing records directory is one): nothing waits
     where the engine did not make the directory."""
@@ -519,7 +519,7 @@ def _existing_dir(directory: str) -> Path:
         raise UsageError(
             f"`--dir {directory}` is not an existing directory, so no delegation waits "
             "there: give the directory of the task message's `handoff_path:` line exactly; "
-            "nothing was written."
+            f"{nothing}."
         )
     return where
 
