@@ -26,7 +26,6 @@ from engine.cli.common import (
     where_options,
 )
 from engine.cli.store import store_group
-from engine.progress import usage_text
 from engine.states import Confidence, HandoffStatus
 
 
@@ -273,8 +272,10 @@ def _print_result(result: Any, flags: str = "") -> None:
         say(f"notes: {rec['notes']}")
     if rec.get("artifacts"):
         say("artifacts: " + ", ".join(rec["artifacts"]))
-    if usage_text(rec.get("usage")):
-        say(f"usage: {usage_text(rec.get('usage'))}")
+    from engine.progress import usage_text
+
+    if usage := usage_text(rec.get("usage")):
+        say(f"usage: {usage}")
     say(f"record: {result.record_path}")
     if outcome == "blocked" and rec.get("question"):
         say(f"question: {rec['question']}")
