@@ -658,13 +658,16 @@ def answer_cmd(
 @orchestrate.command("show")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
-@config_option
-def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
-    """Show the record of a delegation (merging a late handoff first)."""
+@where_options
+def show_cmd(run_id: str, as_json: bool, where: Where) -> int:
+    """Show the record of a delegation (merging a late handoff first; with `--server`,
+    the server's record: `GET /v1/delegations/RUN_ID`)."""
     from engine.delegate import DelegationResult, Outcome
     from engine.store import open_store
 
-    store = open_store(load(config))
+    if where.server:
+        return _show_remote(where, run_id, as_json)
+    store = open_store(load(where.config))
     path, rec = store.find(run_id)
     if as_json:
         dump(rec)
@@ -702,8 +705,51 @@ def show_cmd(run_id: str, as_json: bool, config: str | None) -> int:
     return 0
 
 
+def _show_remote(where: Where, run_id: str, as_json: bool) -> int:
+    """`show --server`: the server's record of a delegation (``GET /v1/delegations/ID``),
+    printed as `show` prints a local one; an in-flight delegation as its pending record."""
+    from engine.delegate import DelegationResult, Outcome
+    from engine.files import check_id
+    from engine.record import record_of
+
+    check_id(run_id, "run id")
+    assert where.server is not None
+    with client(where.server, where.token_env) as remote:
+        doc = remote.delegation(run_id)
+        url = f"{remote.url}/v1/delegations/{run_id}"
+    rec = doc.get("record")
+    env = doc.get("envelope")
+    if not isinstance(rec, dict) and isinstance(env, dict):
+        rec = record_of(None, env, run_id)  # as a local `show --json` of a pending one
+    if as_json:
+        dump(rec if isinstance(rec, dict) else doc)
+        return 0
+    if not isinstance(rec, dict):  # the server is starting it, or could not
+        error = f": {doc['error']}" if doc.get("error") else ""
+        say(f"{doc.get('status')}: {run_id}, started through the server{error}")
+        return 0
+    shown: dict[str, Any] = rec.get("envelope") or {}
+    outcome = shown.get("outcome") or rec.get("status") or "unknown"
+    if "status" not in rec and outcome in ("dispatched", "unknown"):
+        click.echo(
+            f"in flight: {shown.get('target')} for {shown.get('caller')}, {run_id} "
+            f"(dispatched {shown.get('dispatched_at') or shown.get('created_at')}, deadline "
+            f"{shown.get('deadline_at')}); no handoff yet"
+        )
+        click.echo(f"pending: {url}")
+        return 0
+    try:
+        oc = Outcome(outcome)
+    except ValueError:
+        oc = Outcome.ERRORED
+    _print_result(DelegationResult(run_id, oc, url, rec), where.flags)
+    _record_notes(shown, None, run_id, outcome)
+    return 0
+
+
 def _record_notes(env: dict[str, Any], path: Any, run_id: str, outcome: str) -> None:
-    """The notes under a shown record: late, superseded, unverified, progress, errors."""
+    """The notes under a shown record: late, superseded, unverified, progress, errors
+    (``path``: the record's file, None for a server's record: no progress note)."""
     from engine.liveness import progress_note
     from engine.states import FINAL_OUTCOMES, Outcome
 
@@ -713,9 +759,11 @@ def _record_notes(env: dict[str, Any], path: Any, run_id: str, outcome: str) -> 
         click.echo(f"note: this handoff replaced an earlier `{env['supersedes']}` record.")
     if env.get("unverified"):
         click.echo("note: unverified: the handoff had no key (`handoff_key: optional`).")
-    note = progress_note(path.parent.parent if path.parent.name == "inbox" else path.parent, run_id)
-    if note:
-        say(f"progress: {note}")
+    if path is not None:
+        parent = path.parent.parent if path.parent.name == "inbox" else path.parent
+        note = progress_note(parent, run_id)
+        if note:
+            say(f"progress: {note}")
     failed = tuple(o.value for o in Outcome if o not in FINAL_OUTCOMES)
     if env.get("error") and outcome in failed:
         click.echo(f"error: {env['error']}")
@@ -728,20 +776,25 @@ def _record_notes(env: dict[str, Any], path: Any, run_id: str, outcome: str) -> 
 @orchestrate.command("tree")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the tree as JSON.")
-@config_option
-def tree_cmd(run_id: str, as_json: bool, config: str | None) -> int:
-    """Print the delegation tree of RUN_ID: its sub-delegations, with statuses."""
+@where_options
+def tree_cmd(run_id: str, as_json: bool, where: Where) -> int:
+    """Print the delegation tree of RUN_ID: its sub-delegations, with statuses (with
+    `--server`, the server's: `GET /v1/delegations/RUN_ID/tree`)."""
     from engine.errors import RunStateError
     from engine.files import check_id
     from engine.store import FileRunStore, open_store
 
-    cfg = load(config)
     check_id(run_id, "run id")
-    store = open_store(cfg)
-    root = store.tree(run_id)
-    if root is None:  # the store named as `show` names it: the directory, or the database
-        where = cfg.handoffs_dir if isinstance(store, FileRunStore) else store.location
-        raise RunStateError(f"no delegation `{run_id}` in `{where}`.")
+
+    def here(cfg: Any) -> dict[str, Any]:
+        store = open_store(cfg)
+        found = store.tree(run_id)
+        if found is None:  # the store named as `show` names it: the directory, or the database
+            place = cfg.handoffs_dir if isinstance(store, FileRunStore) else store.location
+            raise RunStateError(f"no delegation `{run_id}` in `{place}`.")
+        return dict(found)
+
+    root: dict[str, Any] = where.act(lambda remote: remote.tree(run_id), here)
     if as_json:
         dump(root)
         return 0
@@ -775,16 +828,25 @@ def pool_group() -> None:
 
 @pool_group.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-@config_option
-def pool_status_cmd(as_json: bool, config: str | None) -> int:
-    """Size, mode, tokens in use (run, agent, PID, age), queue and recent load samples."""
+@where_options
+def pool_status_cmd(as_json: bool, where: Where) -> int:
+    """Size, mode, tokens in use (run, agent, PID, age), queue and recent load samples
+    (with `--server`, the server's pool: `GET /v1/pool`)."""
     from engine.pool import PoolSettings, TokenPool, format_status
 
-    cfg = load(config)
-    with TokenPool(PoolSettings.from_config(cfg)) as pool:
-        status = pool.status()
+    def here(cfg: Any) -> dict[str, Any]:
+        with TokenPool(PoolSettings.from_config(cfg)) as pool:
+            found: dict[str, Any] = pool.status()
+        return found
+
+    status: dict[str, Any] = where.act(lambda remote: remote.pool(), here)
     if as_json:
         dump(status)
+    elif where.server and set(status) == {"enabled"}:  # the server's pool is off
+        click.echo(
+            f"the server {where.server} runs without a token pool (`pool.enabled: false` "
+            "in its config)."
+        )
     else:
         click.echo(format_status(status))
     return 0

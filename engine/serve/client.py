@@ -295,6 +295,25 @@ class ServerClient:
         new = self._call("POST", f"/v1/delegations/{run_id}/answer", json={"text": text})
         return self.wait_delegation(str(new["runId"]))
 
+    def delegation(self, run_id: str) -> dict[str, Any]:
+        """``GET /v1/delegations/{id}``: ``{runId, status, done, record}`` (``record`` None
+        while it runs, then ``envelope`` is its pending envelope). Raises ``RemoteError``
+        (exit 2) for an id the server does not know."""
+        data: dict[str, Any] = self._call("GET", f"/v1/delegations/{run_id}")
+        return data
+
+    def tree(self, run_id: str) -> dict[str, Any]:
+        """``GET /v1/delegations/{id}/tree``: the delegation and its sub-delegations,
+        nested, shaped as ``RunStore.tree`` returns it (each node's ``children``)."""
+        tree: dict[str, Any] = self._call("GET", f"/v1/delegations/{run_id}/tree")["tree"]
+        return tree
+
+    def pool(self) -> dict[str, Any]:
+        """``GET /v1/pool``: the server's pool status as ``TokenPool.status()`` returns it,
+        or ``{"enabled": false}`` when its config turns the pool off."""
+        data: dict[str, Any] = self._call("GET", "/v1/pool")
+        return data
+
     def wait_delegation(self, run_id: str) -> Any:
         """Wait (in bounded chunks) until the delegation ends; a ``DelegationResult``."""
         from engine.delegate import DelegationResult, Outcome
