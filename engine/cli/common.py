@@ -276,10 +276,11 @@ class Where:
 
         names = " and ".join(f"`{g}`" for g in given)
         verb = "are" if len(given) > 1 else "is"
+        why = "".join(f" {_SERVER_SIDE[g]}" for g in given if g in _SERVER_SIDE)
         raise UsageError(
             f"{names} {verb} local (acting on this host), and a server was given "
             f"(`--server {self.server}` or $ORCH_SERVER): drop {names} to act through "
-            "the server, or drop the server (unset $ORCH_SERVER) to act on this host."
+            f"the server, or drop the server (unset $ORCH_SERVER) to act on this host.{why}"
         )
 
     def act(self, remote: Callable[[Any], _T], local: Callable[[Any], _T]) -> _T:
@@ -292,6 +293,15 @@ class Where:
     def report(self, served: str, here: str) -> None:
         """Print what was done: ``served`` when the server acted, else ``here``."""
         click.echo(served if self.server else here)
+
+
+#: What the server does instead of a refused option that has a counterpart there.
+_SERVER_SIDE = {
+    "--interactive": "A server's run parks at a gate until `workflow approve` (as with "
+    "`--non-interactive`).",
+    "--max-parallel": "The server runs as many steps at once as its `serve.max_parallel` "
+    "says.",
+}
 
 
 def _server_source(server: str) -> str:

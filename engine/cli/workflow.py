@@ -104,6 +104,21 @@ class _Driving:
             **more,
         )
 
+    def local_options(self) -> list[str]:
+        """The options given that only this host's executor uses, as ``--max-parallel``:
+        ``--interactive`` (a server's run parks at a gate, as ``--non-interactive``) and
+        ``--max-parallel`` (the server runs as many steps as its ``serve.max_parallel``),
+        when given on the command line (a default is not refused)."""
+        from click.core import ParameterSource
+
+        ctx = click.get_current_context()
+        given = []
+        if self.interactive:
+            given.append("--interactive")
+        if ctx.get_parameter_source("max_parallel") not in (None, ParameterSource.DEFAULT):
+            given.append("--max-parallel")
+        return given
+
     def drive(self, cfg: Any, act: Any) -> int:
         """Run ``act(runner)`` with the delegator, reporter and approver a run needs;
         render it."""
@@ -211,7 +226,11 @@ def _render_run(
     click.echo(summary_table(summary, plain=plain))  # plain: -q, or not a terminal
     for name, value in (summary.get("outputs") or {}).items():
         click.echo(f"\n## {name}\n{value}")
-    click.echo(f"\nrun: {result.run_dir}")
+    if flags:  # the run's directory is on the server's host: name what works from here
+        rid = summary["runId"]
+        say(f"\nrun: {rid} on the server (see it with: workflow status {rid}{flags})")
+    else:
+        click.echo(f"\nrun: {result.run_dir}")
     _next_steps(result, summary, cfg, flags, gate_inputs)
     return int(result.exit_code)
 
@@ -399,8 +418,7 @@ def workflow_run_cmd(
 
     as_json = driving.as_json
     if where.server:
-        if dry_run:
-            where.refuse_local("--dry-run")
+        where.refuse_local(*(["--dry-run"] if dry_run else []), *driving.local_options())
         with _client(where.server, where.token_env) as remote:
             result = remote.run_workflow(
                 name,
@@ -409,7 +427,13 @@ def workflow_run_cmd(
                 approve=driving.approve,
                 approve_all=driving.approve_all,
             )
-        return _render_run(result, as_json, flags=remote.flags, gate_inputs=remote.gate_inputs)
+        return _render_run(
+            result,
+            as_json,
+            plain=driving.quiet or None,
+            flags=remote.flags,
+            gate_inputs=remote.gate_inputs,
+        )
     cfg = load(where.config)
     prepared = prepare(cfg, name, parse_inputs(list(inputs)), caller=caller)
     check_secrets(
@@ -459,12 +483,17 @@ def workflow_resume_cmd(
                     ("--approve-all", driving.approve_all),
                 )
                 if on
-            )
+            ),
+            *driving.local_options(),
         )
         with _client(where.server, where.token_env) as remote:
             result = remote.resume(run_id)
         return _render_run(
-            result, driving.as_json, flags=remote.flags, gate_inputs=remote.gate_inputs
+            result,
+            driving.as_json,
+            plain=driving.quiet or None,
+            flags=remote.flags,
+            gate_inputs=remote.gate_inputs,
         )
     run_options = driving.run_options(retry_failed=retry_failed, force=force)
     return driving.drive(load(where.config), lambda r: r.resume(run_id, run_options))
