@@ -6,8 +6,12 @@ Each reads the run through replay and writes only journal events (``gate_decided
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,6 +164,56 @@ def _cancel_children(cfg: Config, view: Any, store: RunStore) -> None:
                 pass  # it has ended meanwhile
 
 
+#: The second a run id was made in (``engine.files.new_run_id``: ``wf-<yyyymmddThhmmss>-<hex>``).
+_STAMP = re.compile(r"-(\d{8}T\d{6})-")
+
+
+def _second(run_id: str) -> tuple[int, str]:
+    """The order of runs started in different seconds: the id's stamp (ids without one,
+    by name, after every stamped id)."""
+    found = _STAMP.search(run_id)
+    return (1, found.group(1)) if found else (0, run_id)
+
+
+def _created(store: RunStore, run_id: str) -> float:
+    """When the run was created (run.json's ``created_at``, milliseconds), as a POSIX
+    time; ``-inf`` when run.json does not say (such a run sorts last in its second)."""
+    try:
+        meta = store.read_run(run_id)
+        stamp = meta.get("created_at") if isinstance(meta, dict) else None
+        return parse_iso(stamp).timestamp() if isinstance(stamp, str) else -math.inf
+    except (OrchestratorError, OSError, ValueError):
+        return -math.inf
+
+
+def runs_newest_first(store: RunStore, *, after: str | None = None) -> Iterator[str]:
+    """Every run id of ``store``, newest first; with ``after`` (a page's cursor: the last
+    id of the previous page) only those listed after it.
+
+    The order is the run's start: the second in its id, then, among runs started in the
+    same second, run.json's ``created_at`` (milliseconds), then the id (so that the order
+    is the same on every call). Only the run.json of runs sharing a second are read.
+    ``after`` that is no run (deleted meanwhile): the runs of earlier seconds.
+    """
+    names = sorted(store.list_runs(), key=lambda n: (_second(n), n), reverse=True)
+    cut = _second(after) if after is not None else None
+    i = 0
+    while i < len(names):
+        key = _second(names[i])
+        j = i + 1
+        while j < len(names) and _second(names[j]) == key:
+            j += 1
+        group = names[i:j]
+        i = j
+        if cut is not None and (key > cut or (key == cut and after not in group)):
+            continue  # on an earlier page
+        if len(group) > 1:
+            group.sort(key=lambda n: (_created(store, n), n), reverse=True)
+        if key == cut:
+            group = group[group.index(str(after)) + 1 :]
+        yield from group
+
+
 def list_runs(
     cfg: Config,
     *,
@@ -167,13 +221,14 @@ def list_runs(
     problems: list[str] | None = None,
     store: RunStore | None = None,
 ) -> list[dict[str, Any]]:
-    """Recent runs, newest first: id, workflow, status, started, duration.
+    """Recent runs, newest first (``runs_newest_first``): id, workflow, status, started,
+    duration.
 
     A run whose record is damaged is left out; its paragraph is appended to ``problems``.
     """
     store = store if store is not None else open_store(cfg)
     rows: list[dict[str, Any]] = []
-    for rid in sorted(store.list_runs(), reverse=True)[:limit]:
+    for rid in itertools.islice(runs_newest_first(store), limit):
         try:
             view = replay_run(store, rid)
         except OrchestratorError as exc:  # left out, and said why; the others still listed

@@ -823,19 +823,19 @@ def list_page(
     limit: int,
     cursor: str | None,
 ) -> dict[str, Any]:
-    """One page of runs, newest first; ``next`` is the cursor of the next page.
+    """One page of runs, newest first (``engine.runs.admin.runs_newest_first``: runs
+    started in the same second by run.json's ``created_at``); ``next`` is the cursor of
+    the next page (the last run id of this one).
 
     Runs are replayed only until the page is full, however many the directory holds.
     """
     from engine.runs import replay, run_row
+    from engine.runs.admin import runs_newest_first
 
     store = manager.delegator.store
-    names = sorted(store.list_runs(), reverse=True)
     rows: list[dict[str, Any]] = []
     more = False
-    for name in names:
-        if cursor and name >= cursor:
-            continue
+    for name in runs_newest_first(store, after=cursor or None):
         try:
             view = replay(store.run_locator(name), store=store)
         except OrchestratorError:
