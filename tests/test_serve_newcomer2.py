@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from engine.cli import orchestrate, workflow
 from engine.config import load_config
-from tests.servekit import GATEWAY_TOKEN, TOKENS, Served
+from tests.servekit import GATEWAY_TOKEN, TOKENS, Served, sse
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,33 @@ def test_show_and_tree_act_through_the_server(
     assert len(missing.stderr.strip().splitlines()) == 1
     both = _cli(orchestrate, "tree", run_id, "--config", "x.yaml", **server)
     assert both.exit_code == 2 and "`--config x.yaml` and $ORCH_SERVER" in both.stderr
+
+
+def test_show_of_a_delegation_in_flight_through_the_server(srv: Served) -> None:
+    server = _server(srv)
+    with srv.client("alice") as alice:
+        cursor = alice.get("/v1/events").json()["cursor"]
+        body = {"target": "slowpoke", "task": "hold on", "caller": "manager"}
+        run_id = alice.post("/v1/delegations", json=body).json()["runId"]
+
+        def dispatched(ev: dict[str, Any]) -> bool:
+            return bool(ev["runId"] == run_id and ev["event"] == "delegation_dispatched")
+
+        feed = list(sse(alice, f"/v1/events/stream?after={cursor}", until=dispatched))
+        assert feed and dispatched(feed[-1])
+        try:
+            shown = _cli(orchestrate, "show", run_id, **server)
+            assert shown.exit_code == 0, shown.output
+            first, pending = shown.stdout.splitlines()
+            assert first.startswith(f"in flight: slowpoke for manager, {run_id} (dispatched ")
+            assert pending == f"pending: {srv.url}/v1/delegations/{run_id}"
+            remote = json.loads(_cli(orchestrate, "show", run_id, "--json", **server).stdout)
+            assert "status" not in remote and remote["envelope"]["target"] == "slowpoke"
+            assert remote == _local_json(srv, orchestrate, "show", run_id)
+        finally:
+            srv.go.touch()
+        done = alice.get(f"/v1/delegations/{run_id}/wait", params={"timeout": 60}).json()
+    assert done["done"] and done["status"] == "complete"
 
 
 def test_pool_status_acts_through_the_server(
