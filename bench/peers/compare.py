@@ -401,7 +401,10 @@ def delegation_rows(medians: dict[str, object]) -> list[Row]:
     print("running bench/delegation.py ...", file=sys.stderr, flush=True)
     script = str(REPO / "bench" / "delegation.py")
     try:
-        d = sub_json([sys.executable, script, "--json", "-n", "500"], REPO)
+        # --workdir: its files are kept until the end of the comparison, so its cleanup
+        # does not slow the file creates of what runs next (docs/performance.md, "Files")
+        cmd = [sys.executable, script, "--json", "-n", "500", "--workdir", os.environ["TMPDIR"]]
+        d = sub_json(cmd, REPO)
         r = float(d["ratio_p50"])  # type: ignore[arg-type]
         medians["delegation"] = d
         return [
@@ -421,7 +424,8 @@ def delegation_rows(medians: dict[str, object]) -> list[Row]:
 def concurrency_rows(pairs: int, medians: dict[str, object]) -> list[Row]:
     """Throughput at 16 in flight vs 1, CPU per step at 20 vs 1 (bench/peers/concurrency.py)."""
     print("running bench/peers/concurrency.py ...", file=sys.stderr, flush=True)
-    cmd = [sys.executable, str(HERE / "concurrency.py"), "--json", "--pairs", str(pairs)]
+    cmd = [sys.executable, str(HERE / "concurrency.py"), "--json", "--pairs", str(pairs),
+           "--workdir", os.environ["TMPDIR"]]  # fmt: skip
     try:
         c = sub_json(cmd, REPO)
         steps = int(c["sleep_steps"])  # type: ignore[call-overload]
@@ -534,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     keep = args.workdir is not None
     with _tempdir(workdir, keep) as tmpname:
         tmp = Path(tmpname)
+        os.environ["TMPDIR"] = tmpname  # the sub-benches' files go here, removed at the end
         create_us = create_cost_us(tmp)
         groups = build_groups(tmp, peers)
         for g in groups.values():
@@ -553,11 +558,13 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     for label in g.commands
                 }
-    rows = process_rows(groups, peers)
-    if not args.no_delegation:
-        rows += delegation_rows(medians)
-    if not args.no_concurrency:
-        rows += concurrency_rows(args.pairs, medians)
+        # Inside the work directory, before it is removed: removing thousands of files
+        # makes the next half minute's file creates slow (docs/performance.md, "Files").
+        rows = process_rows(groups, peers)
+        if not args.no_delegation:
+            rows += delegation_rows(medians)
+        if not args.no_concurrency:
+            rows += concurrency_rows(args.pairs, medians)
     rows += rss_rows(groups["dag200"], peers)
     for name, why in peers.skipped.items():
         rows.append(
