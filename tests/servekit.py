@@ -175,3 +175,33 @@ def sse(
                 if until(data):
                     return
                 data = None
+
+
+def served_module(tmp_path_factory: Any, name: str) -> Iterator[Served]:
+    """A module's ``orchestrate serve`` (for a ``scope="module"`` fixture): started in a
+    fresh directory, stopped at the end, and its log free of tracebacks."""
+    served = Served(tmp_path_factory.mktemp(name)).start()
+    try:
+        yield served
+    finally:
+        served.stop()
+    assert "Traceback" not in "".join(served.log), "".join(served.log)
+
+
+def cli(group: Any, *args: str, **env: str | None) -> Any:
+    """``group`` run by click's runner with no server or config taken from the caller's
+    environment, plus ``env``; exceptions are raised, not caught."""
+    from click.testing import CliRunner
+
+    base: dict[str, str | None] = {
+        "ORCH_TEST_GW_TOKEN": GATEWAY_TOKEN,
+        "ORCH_SERVER": None,
+        "ORCH_SERVER_TOKEN": None,
+        "ORCHESTRATOR_CONFIG": None,
+    }
+    return CliRunner(env={**base, **env}).invoke(group, list(args), catch_exceptions=False)
+
+
+def server_env(srv: Served, who: str = "alice") -> dict[str, str | None]:
+    """The environment that points the CLI at ``srv`` as ``who``."""
+    return {"ORCH_SERVER": srv.url, "ORCH_SERVER_TOKEN": TOKENS[who][1]}

@@ -13,36 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from engine.cli import orchestrate, workflow
 from engine.config import load_config
-from tests.servekit import GATEWAY_TOKEN, TOKENS, Served, sse
+from tests.servekit import TOKENS, Served, cli, served_module, server_env, sse
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    served = Served(tmp_path_factory.mktemp("servenewcomer2")).start()
-    try:
-        yield served
-    finally:
-        served.stop()
-    assert "Traceback" not in "".join(served.log), "".join(served.log)
+    yield from served_module(tmp_path_factory, "servenewcomer2")
 
 
-def _cli(group: Any, *args: str, **env: str | None) -> Any:
-    base: dict[str, str | None] = {
-        "ORCH_TEST_GW_TOKEN": GATEWAY_TOKEN,
-        "ORCH_SERVER": None,
-        "ORCH_SERVER_TOKEN": None,
-        "ORCHESTRATOR_CONFIG": None,
-    }
-    runner = CliRunner(env={**base, **env})
-    return runner.invoke(group, list(args), catch_exceptions=False)
-
-
-def _server(srv: Served) -> dict[str, str | None]:
-    return {"ORCH_SERVER": srv.url, "ORCH_SERVER_TOKEN": TOKENS["alice"][1]}
+_cli, _server = cli, server_env
 
 
 def _local_json(srv: Served, group: Any, *args: str) -> Any:

@@ -655,6 +655,22 @@ def answer_cmd(
     return result.exit_code
 
 
+def _outcome_of(rec: dict[str, Any], env: dict[str, Any]) -> str:
+    return str(env.get("outcome") or rec.get("status") or "unknown")
+
+
+def _in_flight(rec: dict[str, Any], env: dict[str, Any], outcome: str, run_id: str) -> bool:
+    """Say so and return True when ``rec`` is a delegation still waiting for its handoff."""
+    if "status" in rec or outcome not in ("dispatched", "unknown"):
+        return False
+    click.echo(
+        f"in flight: {env.get('target')} for {env.get('caller')}, {run_id} "
+        f"(dispatched {env.get('dispatched_at') or env.get('created_at')}, deadline "
+        f"{env.get('deadline_at')}); no handoff yet"
+    )
+    return True
+
+
 @orchestrate.command("show")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
@@ -682,13 +698,8 @@ def show_cmd(run_id: str, as_json: bool, where: Where) -> int:
             click.echo(str(rec["result"]))
         click.echo(f"file: {path}")
         return 0
-    outcome = env.get("outcome") or rec.get("status") or "unknown"
-    if "status" not in rec and outcome in ("dispatched", "unknown"):
-        click.echo(
-            f"in flight: {env.get('target')} for {env.get('caller')}, {run_id} "
-            f"(dispatched {env.get('dispatched_at') or env.get('created_at')}, deadline "
-            f"{env.get('deadline_at')}); no handoff yet"
-        )
+    outcome = _outcome_of(rec, env)
+    if _in_flight(rec, env, outcome, run_id):
         from engine.liveness import progress_note
 
         note = progress_note(store, run_id) or progress_note(store, run_id, sub=True)
@@ -729,13 +740,8 @@ def _show_remote(where: Where, run_id: str, as_json: bool) -> int:
         say(f"{doc.get('status')}: {run_id}, started through the server{error}")
         return 0
     shown: dict[str, Any] = rec.get("envelope") or {}
-    outcome = shown.get("outcome") or rec.get("status") or "unknown"
-    if "status" not in rec and outcome in ("dispatched", "unknown"):
-        click.echo(
-            f"in flight: {shown.get('target')} for {shown.get('caller')}, {run_id} "
-            f"(dispatched {shown.get('dispatched_at') or shown.get('created_at')}, deadline "
-            f"{shown.get('deadline_at')}); no handoff yet"
-        )
+    outcome = _outcome_of(rec, shown)
+    if _in_flight(rec, shown, outcome, run_id):
         click.echo(f"pending: {url}")
         return 0
     try:
