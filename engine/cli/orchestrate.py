@@ -655,6 +655,27 @@ def answer_cmd(
     return result.exit_code
 
 
+def _show_ended(
+    run_id: str,
+    outcome: str,
+    where: Any,
+    rec: dict[str, Any],
+    env: dict[str, Any],
+    path: Any,
+    flags: str = "",
+) -> None:
+    """Print an ended delegation's record (an unknown outcome shows as errored) and its
+    notes; ``where`` is the record's path or URL, ``path`` the local file, if any."""
+    from engine.delegate import DelegationResult, Outcome
+
+    try:
+        oc = Outcome(outcome)
+    except ValueError:
+        oc = Outcome.ERRORED
+    _print_result(DelegationResult(run_id, oc, where, rec), flags)
+    _record_notes(env, path, run_id, outcome)
+
+
 def _outcome_of(rec: dict[str, Any], env: dict[str, Any]) -> str:
     return str(env.get("outcome") or rec.get("status") or "unknown")
 
@@ -678,7 +699,6 @@ def _in_flight(rec: dict[str, Any], env: dict[str, Any], outcome: str, run_id: s
 def show_cmd(run_id: str, as_json: bool, where: Where) -> int:
     """Show the record of a delegation (merging a late handoff first; with `--server`,
     the server's record: `GET /v1/delegations/RUN_ID`)."""
-    from engine.delegate import DelegationResult, Outcome
     from engine.store import open_store
 
     if where.server:
@@ -707,19 +727,13 @@ def show_cmd(run_id: str, as_json: bool, where: Where) -> int:
             say(f"progress: {note}")
         click.echo(f"pending: {path}")
         return 0
-    try:
-        oc = Outcome(outcome)
-    except ValueError:
-        oc = Outcome.ERRORED
-    _print_result(DelegationResult(run_id, oc, path, rec))
-    _record_notes(env, path, run_id, outcome)
+    _show_ended(run_id, outcome, path, rec, env, path)
     return 0
 
 
 def _show_remote(where: Where, run_id: str, as_json: bool) -> int:
     """`show --server`: the server's record of a delegation (``GET /v1/delegations/ID``),
     printed as `show` prints a local one; an in-flight delegation as its pending record."""
-    from engine.delegate import DelegationResult, Outcome
     from engine.files import check_id
     from engine.record import record_of
 
@@ -744,12 +758,7 @@ def _show_remote(where: Where, run_id: str, as_json: bool) -> int:
     if _in_flight(rec, shown, outcome, run_id):
         click.echo(f"pending: {url}")
         return 0
-    try:
-        oc = Outcome(outcome)
-    except ValueError:
-        oc = Outcome.ERRORED
-    _print_result(DelegationResult(run_id, oc, url, rec), where.flags)
-    _record_notes(shown, None, run_id, outcome)
+    _show_ended(run_id, outcome, url, rec, shown, None, where.flags)
     return 0
 
 
