@@ -8,7 +8,11 @@ gateway that does not know the flag answers at once without ``completion``: the
 delegation then waits for the handoff as before.
 
 ``Dispatch`` sends such a POST on a thread of its own, so the delegation keeps watching
-its inbox meanwhile; when the answer (or an error) comes, it wakes the waiter. A
+its inbox meanwhile; when the answer (or an error) comes, it wakes the waiter. Given a
+``first`` try, it makes that try on the calling thread and waits a moment for the answer
+(``QUICK``): a run that ends at once (an instant agent) then costs no hand-over to
+another thread and back; otherwise the POST carries on on a dispatch thread from where the
+try stopped (``engine.hooks.Handover``). A
 refusal (400/401/403/404) still ends the delegation at once: it wakes the waiter too.
 Once the delegation has ended (``abandon``), a held POST that fails is not retried,
 reported or sent again: it ends quietly (``abandoned``), whatever happens to its gateway.
@@ -23,13 +27,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import HookError, OrchestratorError
-from engine.hooks import Abandoned, DispatchResult
+from engine.hooks import Abandoned, DispatchResult, Handover
 from engine.redact import redact
 from engine.workers import Workers
 
 #: Seconds after which a held POST that has not been refused counts as admitted (the
 #: real gateway refuses within 0.3 s; it answers 200 only when the run ends).
 ADMISSION_WAIT = 0.5
+
+#: Seconds a held POST's first try waits for its answer on the delegation's own thread
+#: before the wait goes to a dispatch thread (the delegation's loop starts that much later).
+QUICK = 0.02
 
 #: The threads held POSTs run on, shared by every delegation of the process.
 _DISPATCHERS = Workers("dispatch")
@@ -84,7 +92,12 @@ class Dispatch:
         *,
         clock: Callable[[], float] = time.monotonic,
         name: str = "dispatch",
+        first: Callable[[], DispatchResult] | None = None,
+        resume: Callable[[Callable[[float | None], Any]], DispatchResult] | None = None,
     ) -> None:
+        """``send()`` makes the whole POST on a dispatch thread. With ``first`` (a try made
+        here, raising ``Handover`` when its answer is not in at once) and ``resume``
+        (carries on from a ``Handover.resume``), the POST starts on this thread."""
         self._send = send
         self._wake = wake
         self._clock = clock
@@ -94,11 +107,30 @@ class Dispatch:
         self.error: OrchestratorError | None = None
         self.abandoned = False  # True: it failed after its delegation ended, and stopped
         self._done = threading.Event()
+        if first is not None:
+            try:
+                got = first()
+            except Handover as later:
+                if later.resume is not None:  # sent already: only its answer is to come
+                    if resume is None:
+                        raise TypeError("Dispatch(first=...) needs resume=...") from None
+                    carry_on = later.resume
+                    self._send = lambda: resume(carry_on)
+            except Exception as exc:  # judged as a failed send is (a refusal, a bug)
+                failed = exc
+                self._end(lambda: _raise(failed))
+                return
+            else:
+                self._end(lambda: got)
+                return
         _DISPATCHERS.submit(self._run)  # a reused thread: starting one costs up to 1 ms
 
     def _run(self) -> None:
+        self._end(self._send)
+
+    def _end(self, send: Callable[[], DispatchResult]) -> None:
         try:
-            self.result = self._send()
+            self.result = send()
         except Abandoned:
             self.abandoned = True
         except OrchestratorError as exc:
@@ -125,3 +157,7 @@ class Dispatch:
         if not self._done.is_set() or self.result is None or self.result.completion is None:
             return None
         return Completion.from_gateway(self.result.completion)
+
+
+def _raise(exc: Exception) -> DispatchResult:
+    raise exc

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from engine.config import RetryPolicy
 from engine.errors import HookError, HookUnreachableError
 from engine.redact import redact, register, register_url
-from engine.retry import Backoff, GiveUp, send_with_retries
+from engine.retry import Backoff, GiveUp, _attempt_timeout, send_with_retries
 from engine.retry import retry_after_seconds as retry_after_seconds
 
 #: HTTP statuses a dispatch is retried on: timeout, too early, rate limited, server trouble.
@@ -42,6 +42,19 @@ MAX_RUN_ID = 256
 
 class Abandoned(Exception):
     """A POST whose delegation ended while it was retried: dropped quietly, not reported."""
+
+
+class Handover(Exception):
+    """A held POST whose first try did not end at once (``post_agent(quick=...)``).
+
+    ``resume`` (None: nothing was sent) goes to ``post_agent(resume=...)`` on another
+    thread, which carries on from there: it reads the answer still to come (or takes the
+    first try's answer or failure) as its first attempt, then retries as usual.
+    """
+
+    def __init__(self, resume: Callable[[float | None], Any] | None) -> None:
+        super().__init__("the POST carries on on another thread")
+        self.resume = resume
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,8 @@ class HooksClient:
         on_retry: Callable[[str, int, float, str], None] | None = None,
         hold: bool = False,
         ended: threading.Event | None = None,
+        quick: float | None = None,
+        resume: Callable[[float | None], Any] | None = None,
     ) -> DispatchResult:
         """POST the task; retry transient failures until ``deadline`` (a ``clock()`` value).
 
@@ -137,17 +152,63 @@ class HooksClient:
         ``waitForCompletion``, so the answer may take until the run ends (up to the deadline).
         ``ended`` set: the delegation is over; the next retry (and its report) raises
         ``Abandoned`` instead.
+
+        ``quick`` (seconds): make the first try on this thread and wait that long for its
+        answer; a final answer (accepted, or refused for good) is returned or raised here,
+        anything else raises ``Handover`` at once, without retrying or sleeping on this
+        thread. Only plain ``http://`` gateways are tried so (others raise ``Handover(None)``
+        before sending). ``resume``: the ``Handover``'s, on the thread that carries on.
         """
+        url = target.url + "/hooks/agent"
+        headers = {"Idempotency-Key": idempotency_key}
+        if quick is not None:
+            return self._first_try(target, url, body, headers, deadline, hold, quick)
         return self._post(
             target,
-            target.url + "/hooks/agent",
+            url,
             body,
-            headers={"Idempotency-Key": idempotency_key},
+            headers=headers,
             deadline=deadline,
             on_retry=on_retry,
             hold=hold,
             ended=ended,
+            resume=resume,
         )
+
+    def _first_try(
+        self,
+        target: Target,
+        url: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        deadline: float,
+        hold: bool,
+        quick: float,
+    ) -> DispatchResult:
+        """``post_agent(quick=...)``: one try here; what ``send_with_retries`` would end
+        with after a first answer that is final, else ``Handover``."""
+        if self._transport is not None or not url.startswith("http://"):
+            raise Handover(None)
+        start = self._clock()
+        timeout = _attempt_timeout(self.retry.request_timeout, deadline, start)
+        if timeout is not None and timeout <= 0:
+            raise Handover(None)  # the retry loop says why (no time left)
+        read = max(0.0, deadline - start) if hold else timeout
+        payload, hdrs = _request(body, target, headers)
+        try:
+            resp = self._plain.post(url, payload, hdrs, timeout=timeout, read=read, quick=quick)
+        except Handover:
+            raise
+        except Exception as exc:  # the retry loop on the other thread judges it
+            raise Handover(_raiser(exc)) from None
+        if resp.status_code in RETRYABLE_STATUS_CODES:
+            raise Handover(lambda _read: resp)  # retried there, after its backoff
+        if resp.status_code in (200, 201, 202):
+            run_id, completion = _accepted(resp)
+            return DispatchResult(
+                resp.status_code, run_id, 1, self._clock() - start, 0, completion
+            )
+        raise _refusal(target, url, resp)
 
     def post_handoff(
         self,
@@ -183,16 +244,12 @@ class HooksClient:
         hint: str | None = None,
         hold: bool = False,
         ended: threading.Event | None = None,
+        resume: Callable[[float | None], Any] | None = None,
     ) -> DispatchResult:
         on_retry = on_retry or self.on_retry
-
-        payload = json.dumps(body).encode()
-        hdrs = {
-            "Authorization": f"Bearer {target.token}",
-            "Content-Type": "application/json",
-            **headers,
-        }
+        payload, hdrs = _request(body, target, headers)
         agent = target.agent
+        first = [resume] if resume is not None else []  # the first attempt, begun elsewhere
 
         def observe(attempt: int, delay: float, reason: str) -> None:
             if ended is not None and ended.is_set():
@@ -203,10 +260,12 @@ class HooksClient:
         plain = self._transport is None and url.startswith("http://")
 
         def send(timeout: float | None) -> Any:
-            if ended is not None and ended.is_set():  # it ended during the retry's wait
-                raise Abandoned(agent)
             # A held request answers when the run ends: only the read may take that long.
             read = max(0.0, deadline - self._clock()) if hold else timeout
+            if first:  # its answer is read whatever happened meanwhile, as it was before
+                return first.pop()(read)
+            if ended is not None and ended.is_set():  # it ended during the retry's wait
+                raise Abandoned(agent)
             if plain:
                 return self._plain.post(url, payload, hdrs, timeout=timeout, read=read)
             import httpx
@@ -260,6 +319,27 @@ class HooksClient:
                 + (hint or f"Check `agents.{agent}.url`, or raise `--timeout`.")
             )
         raise HookUnreachableError(redact(msg), agent=agent)
+
+
+def _request(
+    body: dict[str, Any], target: Target, headers: dict[str, str]
+) -> tuple[bytes, dict[str, str]]:
+    """The POST's payload and headers (the token in ``Authorization``)."""
+    hdrs = {
+        "Authorization": f"Bearer {target.token}",
+        "Content-Type": "application/json",
+        **headers,
+    }
+    return json.dumps(body).encode(), hdrs
+
+
+def _raiser(exc: Exception) -> Callable[[float | None], Any]:
+    """A first attempt that failed, for the retry loop on another thread to judge."""
+
+    def again(_read: float | None) -> Any:
+        raise exc
+
+    return again
 
 
 def _accepted(resp: Any) -> tuple[str | None, dict[str, Any] | None]:
@@ -425,9 +505,12 @@ class _PlainPool:
         *,
         timeout: float | None,
         read: float | None,
+        quick: float | None = None,
     ) -> _PlainResponse:
         """POST ``payload``; ``timeout`` bounds the connect and the send, ``read`` the
-        wait for the answer (seconds; None: no limit)."""
+        wait for the answer (seconds; None: no limit). ``quick``: when no answer has begun
+        within that many seconds of the send, raise ``Handover`` whose ``resume(read)``
+        reads it (on any thread; the connection stays taken until then)."""
         parts = urlsplit(url)
         key = (parts.hostname or "127.0.0.1", parts.port or 80)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -439,6 +522,25 @@ class _PlainPool:
             sock: socket.socket = conn.sock or _connect(conn, timeout)
             sock.settimeout(timeout)
             conn.request("POST", path, body=payload, headers=headers)
+            later = quick is not None and not _readable(sock, quick)
+        except BaseException as exc:
+            self._drop(conn)
+            mapped = _as_httpx(exc, url)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        if later:
+            raise Handover(lambda read_s: self._answer(key, conn, url, read_s))
+        return self._answer(key, conn, url, read)
+
+    def _answer(
+        self, key: tuple[str, int], conn: Any, url: str, read: float | None
+    ) -> _PlainResponse:
+        """Read the answer to the request sent on ``conn``, and keep or close ``conn``."""
+        try:
+            sock: socket.socket | None = conn.sock
+            if sock is None:  # closed by ``close`` meanwhile
+                raise ConnectionAbortedError("the hooks client was closed")
             sock.settimeout(read)
             resp = conn.getresponse()
             content = resp.read()
@@ -462,6 +564,13 @@ def _connect(conn: Any, timeout: float | None) -> socket.socket:
     sock: socket.socket = conn.sock
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def _readable(sock: socket.socket, seconds: float) -> bool:
+    """True when ``sock`` has something to read (or was closed) within ``seconds``."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(max(0.0, seconds) * 1000))
 
 
 def _still_open(conn: Any) -> bool:

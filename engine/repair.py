@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.completion import ADMISSION_WAIT, COMPLETION_ERROR, Dispatch
+from engine.completion import ADMISSION_WAIT, COMPLETION_ERROR, QUICK, Dispatch
 from engine.errors import (
     AgentRunError,
     DelegationLostError,
@@ -498,11 +498,22 @@ def start(
 
     ended = threading.Event()  # set by RunWatch.abandon: the delegation is over
 
-    def post(message: str | None, idem: str) -> Any:
+    def post(
+        message: str | None, idem: str, *, quick: float | None = None, resume: Any = None
+    ) -> Any:
         sent = body if message is None else {**body, "message": message}
         return client.post_agent(
             target, sent, idempotency_key=idem, deadline=deadline, on_retry=on_retry,
-            hold=hold, ended=ended,
+            hold=hold, ended=ended, **({"quick": quick} if quick is not None else {}),
+            **({"resume": resume} if resume is not None else {}),
+        )
+
+    def held(message: str | None, idem: str, name: str) -> Dispatch:
+        # The first try on this thread: an instant run's answer costs no hand-over.
+        return Dispatch(
+            lambda: post(message, idem), wake, clock=clock, name=name,
+            first=lambda: post(message, idem, quick=QUICK),
+            resume=lambda carry_on: post(message, idem, resume=carry_on),
         )
 
     def lookup() -> Any:
@@ -516,7 +527,7 @@ def start(
     def resend(text: str, n: int) -> Dispatch | None:
         idem = f"{run_id}-r{n}"
         if hold:
-            return Dispatch(lambda: post(text, idem), wake, clock=clock, name=f"repair:{run_id}")
+            return held(text, idem, f"repair:{run_id}")
         post(text, idem)
         return None
 
@@ -525,7 +536,7 @@ def start(
     if hold:
         body["waitForCompletion"] = True
         envelope["attempts"] = 1  # in flight; the answer says how many it took
-        dispatch = Dispatch(lambda: post(None, run_id), wake, clock=clock, name=f"hook:{run_id}")
+        dispatch = held(None, run_id, f"hook:{run_id}")
     else:
         answer = post(None, run_id)
     watch = RunWatch(

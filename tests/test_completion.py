@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,14 @@ import httpx
 import pytest
 
 from engine.completion import Completion, Dispatch
+from engine.config import RetryPolicy, config_from_dict
 from engine.errors import HookError
-from engine.hooks import HooksClient, Target
+from engine.gateway.server import LocalGateway
+from engine.hooks import Handover, HooksClient, Target
+from engine.message import render_message
 from engine.repair import REPAIR_MARKER, attempts_for, repair_message
+from engine.store.file import handoff_path
+from tests.helpers import StandIn, gated_agent
 
 
 @pytest.mark.parametrize(
@@ -161,3 +168,116 @@ def test_a_correction_sent_alone_still_names_the_run_and_hides_its_key() -> None
     shown = redact_key(text)
     assert task.session_key == "hook:orchestrate:orch-1" and task.text == shown
     assert key not in shown and "key: (in $ORCH_HANDOFF_KEY)" in shown
+
+
+# -- the first try of a held POST, on the delegation's own thread ---------------------
+
+_GW_TOKEN = "gw-quick-token-5d1f0a2b"
+
+
+@pytest.fixture
+def local_gateway(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], LocalGateway]]:
+    """LocalGateways with one agent, `webster`, on ephemeral ports; stopped at teardown."""
+    started: list[LocalGateway] = []
+
+    def start(agent: dict[str, Any]) -> LocalGateway:
+        cfg = config_from_dict(
+            {"handoffs_dir": "handoffs", "agents": {"webster": {"url": "local"}},
+             "gateway": {"agents": {"webster": agent}}},
+            path=tmp_path / "orchestrator.yaml",
+        )
+        started.append(LocalGateway(cfg, token=_GW_TOKEN, port=0).start())
+        return started[-1]
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+def _held_body(gw: LocalGateway, run_id: str) -> dict[str, Any]:
+    path = handoff_path(gw.cfg.handoffs_dir, run_id)
+    msg = render_message(task="t", run_id=run_id, agent="webster", caller="m", handoff_path=path)
+    return {"message": msg, "agentId": "webster", "waitForCompletion": True}
+
+
+def _held(client: HooksClient, gw: LocalGateway, run_id: str, woke: threading.Event,
+          *, quick: float) -> Dispatch:
+    """A Dispatch as engine.repair makes it: the first try here, the rest elsewhere."""
+    target = Target("webster", gw.url, _GW_TOKEN, "a test")
+    body = _held_body(gw, run_id)
+
+    def post(**more: Any) -> Any:
+        return client.post_agent(target, body, idempotency_key=run_id,
+                                 deadline=time.monotonic() + 60, hold=True, **more)
+
+    return Dispatch(lambda: post(), woke.set, first=lambda: post(quick=quick),
+                    resume=lambda carry_on: post(resume=carry_on))
+
+
+def test_a_held_post_answered_at_once_ends_on_the_calling_thread(
+    local_gateway: Callable[[dict[str, Any]], LocalGateway],
+) -> None:
+    gw = local_gateway({"kind": "echo"})
+    woke = threading.Event()
+    with HooksClient() as client:
+        d = _held(client, gw, "orch-quick-1", woke, quick=30.0)
+        # Over when the constructor returns: no dispatch thread was involved.
+        assert d.done and woke.is_set() and d.error is None
+        assert d.completion == Completion("ok")
+        assert d.result is not None and d.result.attempts == 1
+    assert handoff_path(gw.cfg.handoffs_dir, "orch-quick-1").exists()
+    assert gw.stats()["dispatched"]["webster"] == 1
+
+
+def test_a_held_post_still_running_carries_on_on_a_dispatch_thread(
+    local_gateway: Callable[[dict[str, Any]], LocalGateway], tmp_path: Path,
+) -> None:
+    go = tmp_path / "go"
+    gw = local_gateway(gated_agent(go))
+    woke = threading.Event()
+    with HooksClient() as client:
+        d = _held(client, gw, "orch-quick-2", woke, quick=0.05)
+        assert not d.done and not woke.is_set()  # the run goes on: the wait moved
+        go.touch()
+        assert d.wait(60) and woke.is_set() and d.error is None
+        assert d.completion == Completion("ok")
+    assert gw.stats()["dispatched"]["webster"] == 1  # its answer was read, not sent again
+
+
+def test_a_quick_overloaded_answer_is_retried_on_the_other_thread() -> None:
+    gw = StandIn(statuses=[503]).start()
+    try:
+        target = Target("webster", gw.url, gw.token, "a test")
+        with HooksClient(RetryPolicy(delays=(0.01,), jitter=0.0)) as client:
+            with pytest.raises(Handover) as later:
+                client.post_agent(target, {"message": "m"}, idempotency_key="k",
+                                  deadline=time.monotonic() + 60, hold=True, quick=30.0)
+            assert gw.posts == 1 and later.value.resume is not None
+            got = client.post_agent(target, {"message": "m"}, idempotency_key="k",
+                                    deadline=time.monotonic() + 60, hold=True,
+                                    resume=later.value.resume)
+    finally:
+        gw.stop()
+    assert (got.attempts, got.overloaded, got.gateway_run_id) == (2, 1, "standin-2")
+    assert gw.posts == 2
+
+
+def test_a_quick_refusal_is_raised_on_the_calling_thread() -> None:
+    gw = StandIn(token="another-token").start()
+    try:
+        target = Target("webster", gw.url, "stand-in-token-wrong", "environment variable `X`")
+        with HooksClient() as client, pytest.raises(HookError) as refused:
+            client.post_agent(target, {"message": "m"}, idempotency_key="k",
+                              deadline=time.monotonic() + 60, hold=True, quick=30.0)
+    finally:
+        gw.stop()
+    assert refused.value.status_code == 401 and gw.posts == 1
+    assert "stand-in-token-wrong" not in refused.value.message
+
+
+def test_an_https_gateway_is_not_tried_on_the_calling_thread() -> None:
+    target = Target("webster", "https://gw.invalid", "t0ken", "env `X`")
+    with HooksClient() as client, pytest.raises(Handover) as later:
+        client.post_agent(target, {"message": "m"}, idempotency_key="k",
+                          deadline=time.monotonic() + 60, hold=True, quick=30.0)
+    assert later.value.resume is None  # nothing was sent: the dispatch thread sends it

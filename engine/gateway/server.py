@@ -189,8 +189,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         if close:
             self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+        # Head and body in one write: written apart (Nagle is off) they are two segments,
+        # and the client's reader may wake for the head only and block again for the body.
+        if self.request_version == "HTTP/0.9":  # no head at all
+            self.wfile.write(body)
+            return
+        head: list[bytes] = self._headers_buffer  # type: ignore[attr-defined]
+        head.append(b"\r\n" + body)
+        self.flush_headers()
 
     def _json(self, status: int, data: dict[str, Any], close: bool = False) -> None:
         body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
