@@ -512,7 +512,7 @@ def start(
         # The first try on this thread: an instant run's answer costs no hand-over.
         return Dispatch(
             lambda: post(message, idem), wake, clock=clock, name=name,
-            first=lambda: post(message, idem, quick=QUICK),
+            first=lambda: post(message, idem, quick=min(QUICK, max(0.0, deadline - clock()))),
             resume=lambda carry_on: post(message, idem, resume=carry_on),
         )
 
