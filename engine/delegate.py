@@ -618,6 +618,8 @@ class Delegator:
                   self._sub(records), deadline, deadline, self._clock() + RENEW_EVERY)
         fired = look_first  # else it may have arrived before the watch was set
         while True:
+            if watch is not None and watch.fresh_answer():
+                fired = True  # what the run left is looked for before its end is judged
             if fired:
                 done = self._look(c)
                 if done is not None:

@@ -227,6 +227,7 @@ class RunWatch:
         self.key = key
         self._admitted = dispatch is None
         self._seen: Dispatch | None = None  # the dispatch whose answer was read already
+        self._looked: Dispatch | None = None  # the last dispatch looked after (fresh_answer)
 
     @property
     def repairs(self) -> list[dict[str, Any]]:
@@ -235,6 +236,16 @@ class RunWatch:
         return found
 
     # -- the wait loop's questions ---------------------------------------------------
+
+    def fresh_answer(self) -> bool:
+        """True once for each dispatch whose answer is in (or that failed): the loop then
+        looks for the handoff before ``check`` judges the run's end, whichever thread
+        the answer came on (a first try answered at once, or a dispatch thread's wake)."""
+        d = self.dispatch
+        if d is None or d is self._looked or not d.done:
+            return False
+        self._looked = d
+        return True
 
     def next_wake(self) -> float | None:
         """The ``clock()`` time at which ``check`` has something new to decide, if any."""
