@@ -316,6 +316,52 @@ def test_exit_zero_without_handoff_is_complete_with_stdout(
     assert handoff["notes"] == GATEWAY_NOTE
 
 
+def test_exit_zero_with_nothing_on_stdout_shows_its_stderr(
+    tmp_path: Path, client: httpx.Client
+) -> None:
+    """An agent whose own `orchestrate handoff write` was refused, and which then exits 0,
+    gets a stand-in that shows why (its stderr), not only "printed nothing"."""
+    script = """
+        import sys
+        print("error: handoff for run `x` has no key: pass `--key KEY`", file=sys.stderr)
+    """
+    cfg = make_config(tmp_path, {"quiet": {"kind": "command", "argv": script_argv(script)}})
+    with LocalGateway(cfg, token=TOKEN) as gw:
+        run_id, path, msg = delegation(gw, "quiet", "do it")
+        dispatch(client, gw, {"message": msg})
+        wait_for(path.exists)
+    handoff = load_handoff(path, run_id=run_id, agent="quiet")
+    assert handoff["status"] == "complete" and handoff["notes"] == GATEWAY_NOTE
+    assert handoff["result"].startswith("(the agent exited 0 and printed nothing on stdout")
+    assert "has no key: pass `--key KEY`" in handoff["result"]
+
+
+def test_receiver_refusal_names_the_file_the_handoff_went_to(
+    demo_gw: LocalGateway, client: httpx.Client
+) -> None:
+    """A forged second handoff is kept as `<run>.2.json` (then set aside); the 403 names
+    that file, not the first handoff's."""
+    from engine.handoff import key_hash, new_key
+    from engine.record import write_pending
+
+    run_id, key = new_run_id(), new_key()
+    records = demo_gw.cfg.handoffs_dir
+    (records / ".pending").mkdir(parents=True, exist_ok=True)
+    write_pending(records, run_id, {"target": "webster", "caller": "manager",
+                                    "outcome": "dispatched", "key_sha256": key_hash(key),
+                                    "pid": 2**22 + 7})  # fmt: skip
+    good = make_handoff(run_id=run_id, agent="webster", status="complete", result="ok", key=key)
+    first = client.post(f"{demo_gw.url}/handoffs/{run_id}", json=good, headers=AUTH)
+    assert first.status_code == 200
+    forged = make_handoff(run_id=run_id, agent="webster", status="complete", result="no",
+                          key=new_key())  # fmt: skip
+    resp = client.post(f"{demo_gw.url}/handoffs/{run_id}", json=forged, headers=AUTH)
+    assert resp.status_code == 403
+    error = resp.json()["error"]
+    assert f"{run_id}.json` refused" not in error, error
+    assert "key" in error
+
+
 def test_late_gateway_handoff_is_reconciled_with_its_pending_envelope(
     demo_gw: LocalGateway, client: httpx.Client
 ) -> None:

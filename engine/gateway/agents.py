@@ -379,7 +379,8 @@ def _fallback_verdict(
 ) -> tuple[str, str, str]:
     """``(status, result, notes)`` of the stand-in handoff for a run that ended as
     ``outcome``: cancelled, killed at a limit (``source`` names it), not started, exited 0
-    (its stdout is the result) or non-zero (the tail of its stderr)."""
+    (its stdout is the result; without one, the tail of its stderr) or non-zero (the tail
+    of its stderr)."""
     if outcome.cancelled:
         return "failed", "killed: the local gateway stopped", GATEWAY_NOTE
     if outcome.timed_out and source == "agent timeout":
@@ -401,10 +402,13 @@ def _fallback_verdict(
             f"the agent could not be started: {outcome.stderr}",
             f"{GATEWAY_NOTE_PREFIX}: the agent could not be started",
         )
-    if outcome.returncode == 0:
-        out = outcome.stdout.strip()
-        return "complete", out or "(the agent exited 0 and printed nothing)", GATEWAY_NOTE
     tail = outcome.stderr.strip()[-STDERR_TAIL:]
+    if outcome.returncode == 0:
+        if out := outcome.stdout.strip():
+            return "complete", out, GATEWAY_NOTE
+        # e.g. its own `orchestrate handoff write` was refused: show why, not just "nothing"
+        said = f" on stdout; stderr (tail):\n{tail}" if tail else ""
+        return "complete", f"(the agent exited 0 and printed nothing{said})", GATEWAY_NOTE
     result = f"the agent exited with code {outcome.returncode}" + (
         f"; stderr (tail):\n{tail}" if tail else " and printed nothing on stderr"
     )

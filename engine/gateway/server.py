@@ -765,7 +765,9 @@ def _delivery_answer(run_id: str, got: Any, key_problem: Any) -> tuple[int, dict
     """The answer to a stored handoff: 403/400 refused (a key problem first), 409 already
     recorded from another handoff, 200 recorded (``late`` when it came after the end)."""
     if key_problem is not None or got.state == "refused":
-        problem = key_problem or got.problem
+        # the refusal of the file the handoff went to names it; the key check before
+        # storing it could only name the run's first handoff file
+        problem = got.problem if got.state == "refused" and got.problem else key_problem
         assert problem is not None
         return 403 if problem.kind in ("key", "unkeyed") else 400, {
             "ok": False,
