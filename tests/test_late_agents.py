@@ -128,7 +128,12 @@ def test_the_watchdog_writes_a_stand_in_only_when_the_agent_allows_it(
 
     go = tmp_path / "go"
     raw = demo_config(tmp_path)
-    raw["gateway"]["agents"]["webster"] = {**gated_agent(go), "fallback_handoff": fallback}
+    agent = gated_agent(go)
+    said = tmp_path / "said"
+    say = ("import pathlib, sys; print('working on it', file=sys.stderr, flush=True); "
+           f"pathlib.Path({str(said)!r}).touch()\n")  # fmt: skip
+    agent["argv"] = [agent["argv"][0], "-c", say + agent["argv"][2]]
+    raw["gateway"]["agents"]["webster"] = {**agent, "fallback_handoff": fallback}
     cfg = load_config(write_config(tmp_path, raw))
     assert cfg.gateway is not None
     spec = cfg.gateway.agents["webster"]
@@ -143,6 +148,8 @@ def test_the_watchdog_writes_a_stand_in_only_when_the_agent_allows_it(
     end = time.monotonic() + 30
     while not runner.running_pids() and time.monotonic() < end:  # the agent has started
         supervised.join(0.01)
+    while not said.exists() and time.monotonic() < end:  # ... and has printed its line
+        supervised.join(0.01)
     assert runner.detach_all()  # the gateway stops: the agent is left to a watchdog
     watchdog = agents._DETACHED[-1]
     supervised.join(30)
@@ -150,6 +157,11 @@ def test_the_watchdog_writes_a_stand_in_only_when_the_agent_allows_it(
     assert watchdog.wait(60) == 0
     workspace = tmp_path / "workspaces" / "webster" / "gw-1"
     assert (workspace / "stdout.late.log").exists()
+    # what it printed before the gateway stopped is kept too (read by the gateway, or
+    # left in the pipe for the watchdog), and is in the stand-in
+    logs = [workspace / n for n in ("stderr.early.log", "stderr.late.log")]
+    kept = "".join(p.read_text() for p in logs if p.exists())
+    assert kept == "working on it\n"
     if fallback:
         stand_in = json.loads(drop.read_text())
         assert stand_in["status"] == "failed" and "after it stopped" in stand_in["notes"]

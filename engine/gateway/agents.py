@@ -300,7 +300,8 @@ class CommandRunner:
             with self._lock:
                 self._running.pop(task.gateway_run_id, None)
                 self._detach_info.pop(task.gateway_run_id, None)
-        if running.detached:  # its watchdog writes the logs and the fallback
+        if running.detached:  # its watchdog writes the late logs and the fallback
+            _keep_early_output(workspace, outcome)
             return outcome
         for name, text in (("stdout.log", outcome.stdout), ("stderr.log", outcome.stderr)):
             if text or name == "stdout.log":  # stdout.log marks the workspace finished
@@ -360,6 +361,19 @@ class CommandRunner:
         if not written:
             return outcome
         return dataclasses.replace(outcome, wrote_handoff=True)
+
+
+def _keep_early_output(workspace: Path, outcome: ProcessOutcome) -> None:
+    """What an agent left to a watchdog printed before its gateway stopped:
+    ``stdout.early.log`` and ``stderr.early.log`` (redacted; only when it printed). The
+    watchdog keeps the rest as ``*.late.log`` and puts the early stdout in its stand-in.
+    Not ``stdout.log``: that name marks a finished workspace for pruning."""
+    for name, text in (("stdout.early.log", outcome.stdout), ("stderr.early.log", outcome.stderr)):
+        if text:
+            try:
+                (workspace / name).write_text(redact(text), encoding="utf-8")
+            except OSError:
+                pass
 
 
 def _no_fallback(path: Path, outcome: ProcessOutcome, spec: GatewayAgentConfig | None) -> bool:

@@ -126,7 +126,10 @@ def _finish(info: dict[str, Any], out: str, err: str, timed_out: bool) -> None:
     if info.get("fallback", True) is not False and not _delivered(path):
         from engine.handoff import HandoffProblem, make_handoff
 
-        earlier = _read(Path(str(info.get("workspace") or "")) / "stdout.log")
+        workspace = Path(str(info.get("workspace") or ""))
+        # what it printed before the gateway stopped (engine.gateway.agents keeps it)
+        earlier = _read(workspace / "stdout.early.log")
+        err = _read(workspace / "stderr.early.log") + err
         printed = (earlier + out).strip()
         if timed_out:
             result = (
