@@ -277,7 +277,8 @@ class RunWatch:
                 DelegationLostError(
                     f"`{self.agent}` was silent for {silent:.0f} s (heartbeat_timeout "
                     f"{self.heartbeat.timeout:g} s: no progress reported, no handoff); a "
-                    "handoff that arrives later is still recorded (late).",
+                    "handoff that arrives later is still recorded, superseding this "
+                    "ending (marked late only after the delegation's timeout).",
                     agent=self.agent,
                 ),
             )

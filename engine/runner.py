@@ -396,6 +396,8 @@ class WorkflowRunner:
                     changed=changed,
                     retry_failed=options.retry_failed,
                 )
+                if _take_late_results(view, prepared, store, journal, self.reporter):
+                    view = replay_run(store, run_id)
                 if options.retry_failed:
                     _reset_failed(view, prepared, journal)
                 view = replay_run(store, run_id)
@@ -418,6 +420,44 @@ class WorkflowRunner:
                 )
 
 
+def _take_late_results(
+    view: RunView, prepared: Prepared, store: RunStore, journal: RunJournal, reporter: Reporter
+) -> list[str]:
+    """Journal ``step_late_result`` for each step whose last attempt the engine ended
+    (timeout, lost, errored, invalid, unusable) and whose delegation record now holds
+    the agent's own handoff that arrived later (``engine.runs.replay.late_results``; a
+    handoff still in the inbox is merged first). Such a step re-attaches to that
+    delegation, which returns the record as it is: nothing is sent again, and the step
+    ends as that handoff says (checked as any result: ``result_schema``, validator,
+    question). The steps its ending had skipped, and the ``finally`` steps, run again.
+    Returns the ids of the steps taken over (docs/workflows.md, "Resuming")."""
+    from engine.runs.replay import late_results
+
+    found = late_results(view, store, deliver=True)
+    for sid, record in found.items():
+        s = view.steps[sid]
+        env = record.get("envelope") or {}
+        journal.append(
+            "step_late_result",
+            step=sid,
+            attempt=s.attempt,
+            delegation_run_id=s.delegation_run_id,
+            previous=s.state.value,
+            status=env.get("outcome"),
+            late=bool(env.get("late")),
+        )
+        reporter.event(
+            "step_late_result",
+            step=sid,
+            delegation_run_id=s.delegation_run_id,
+            previous=s.state.value,
+            status=env.get("outcome"),
+        )
+    if found:
+        _reset_downstream(view, prepared, journal, set(found), retry=False)
+    return list(found)
+
+
 def _reset_failed(view: RunView, prepared: Prepared, journal: RunJournal) -> None:
     """Journal a reset of what ``--retry-failed`` runs again.
 
@@ -425,12 +465,21 @@ def _reset_failed(view: RunView, prepared: Prepared, journal: RunJournal) -> Non
     the run stopped (an independent branch the stop cut off), and every step skipped
     because one of those did not finish well.
     """
+    roots = {s.id for s in view.steps.values() if s.state in RETRYABLE_STEP_STATES}
+    _reset_downstream(view, prepared, journal, roots, retry=True)
+
+
+def _reset_downstream(
+    view: RunView, prepared: Prepared, journal: RunJournal, roots: set[str], *, retry: bool
+) -> None:
+    """Journal ``step_reset`` for ``roots`` (those in a retryable state, with ``retry``),
+    the steps skipped only because the run stopped, the steps skipped because one of
+    those did not end well, and, when anything is reset, the ``finally`` steps."""
     plan = prepared.plan
-    again = {
+    again = set(roots) | {
         s.id
         for s in view.steps.values()
-        if s.state in RETRYABLE_STEP_STATES
-        or (s.state is StepState.SKIPPED and s.skip_kind == "stopped")
+        if s.state is StepState.SKIPPED and s.skip_kind == "stopped"
     }
     for sid in list(again):
         again |= plan.downstream(sid)
@@ -438,8 +487,10 @@ def _reset_failed(view: RunView, prepared: Prepared, journal: RunJournal) -> Non
         again |= {sid for sid, ps in plan.steps.items() if ps.spec.always}
     for sid in sorted(again, key=list(view.steps).index):
         s = view.steps[sid]
+        if sid in roots and not retry:
+            continue  # a step taken over (its late handoff): it is not sent again
         if (
-            s.state in RETRYABLE_STEP_STATES
+            (retry and s.state in RETRYABLE_STEP_STATES)
             or (s.state is StepState.SKIPPED and s.skip_kind in ("upstream", "stopped"))
             or (plan.steps[sid].spec.always and s.state.final)
         ):

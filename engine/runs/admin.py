@@ -259,6 +259,25 @@ def run_row(view: RunView) -> dict[str, Any]:
     }
 
 
+def _late_hints(run_id: str, view: RunView, store: RunStore, summary: dict[str, Any]) -> None:
+    """For a step whose agent answered after the step ended (timeout, lost, ...): the
+    row's ``late_result`` (the handoff's status) and a ``waiting`` line saying that
+    ``workflow resume`` takes it (``engine.runs.replay.late_results``; the handoffs were
+    merged by ``run_status``'s reconcile, so nothing is delivered here)."""
+    from engine.runs.replay import late_results
+
+    if view.state is RunState.CANCELLED:
+        return  # a cancelled run is not resumed
+    for sid, record in late_results(view, store, deliver=False).items():
+        status = record["envelope"]["outcome"]
+        row = summary["steps"][sid]
+        row["late_result"] = status
+        row["waiting"] = (
+            f"{row['status']}, but its agent's handoff ({status}) arrived later: "
+            f"`workflow resume {run_id}` takes it"
+        )
+
+
 def run_status(cfg: Config, run_id: str, *, store: RunStore | None = None) -> dict[str, Any]:
     """A run's step table, with why each waiting step waits."""
     store = store if store is not None else open_store(cfg)
@@ -305,6 +324,7 @@ def run_status(cfg: Config, run_id: str, *, store: RunStore | None = None) -> di
             from engine.ask import waiting_line
 
             row["waiting"] = waiting_line(run_id, sid, s.question)
+    _late_hints(run_id, view, store, summary)
     summary["run_dir"] = str(path)
     summary["live"] = live
     return summary

@@ -16,7 +16,7 @@ from typing import Any
 from engine.errors import RunStateError
 from engine.files import parse_iso, utcnow_iso
 from engine.runs.model import RunView, StepRun
-from engine.states import RunState, StepState
+from engine.states import HandoffStatus, RunState, StepState
 from engine.store import FileRunStore, RunStore
 
 
@@ -202,6 +202,20 @@ def _on_child_waiting(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
     s.state = _enum(StepState, ev, "status")
 
 
+def _on_step_late_result(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
+    """``workflow resume`` takes the handoff that reached attempt ``attempt``'s record
+    after that attempt ended: the step re-attaches to that delegation (in flight again),
+    whose final record the executor then reads instead of sending anything."""
+    attempt, drid, at = _need(ev, "attempt", int), _need(ev, "delegation_run_id", str), _at(ev)
+    s.state = StepState.RUNNING
+    s.attempt = attempt
+    s.delegation_run_id = drid
+    s.dispatched_at = at or utcnow_iso()
+    s.finished_at = None
+    s.error = None
+    s.in_flight = True
+
+
 def _on_step_reset(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
     s.state = StepState.PENDING
     s.skip_reason = s.skip_kind = s.error = None
@@ -226,6 +240,7 @@ _STEP_REDUCERS: dict[str, Callable[[_Fold, dict[str, Any], StepRun], None]] = {
     "gate_waiting": _on_gate_waiting,
     "gate_decided": _on_gate_decided,
     "step_reset": _on_step_reset,
+    "step_late_result": _on_step_late_result,  # resume takes a late handoff (late_results)
     "child_started": _on_child_started,  # a sub-workflow step started its child run
     "child_waiting": _on_child_waiting,  # ... which parked (a gate, a question)
     "step_question": _on_question,  # engine.ask: the agent asked
@@ -309,6 +324,78 @@ def gate_waiting_since(events: list[dict[str, Any]], step_id: str) -> str | None
         elif ev.get("event") == "gate_waiting" and since is None:
             since = ev.get("at") if isinstance(ev.get("at"), str) else None
     return since
+
+
+#: How a step's last attempt may have ended for ``workflow resume`` to take the handoff
+#: its agent wrote later (docs/workflows.md, "Resuming"): endings the engine decided while
+#: the agent could still answer. Not ``cancelled`` (someone stopped the run, which is not
+#: resumed), ``rejected`` (a gate: nothing was sent), nor the agent's own endings.
+LATE_ADOPTABLE = frozenset(
+    {StepState.TIMEOUT, StepState.LOST, StepState.ERRORED, StepState.INVALID, StepState.UNUSABLE}
+)
+_ENGINE_ENDINGS = frozenset(s.value for s in LATE_ADOPTABLE)
+_AGENT_STATUSES = frozenset(s.value for s in HandoffStatus)
+
+
+def last_attempt_ended(events: list[dict[str, Any]], step_id: str) -> str | None:
+    """The delegation run id of step ``step_id``'s last attempt when the journal says
+    that attempt ended (a ``step_finished`` with its id after its ``step_started``, no
+    ``step_reset`` since); None otherwise (never started, reset, still in flight)."""
+    drid: str | None = None
+    ended = False
+    for ev in events:
+        if ev.get("step") != step_id:
+            continue
+        kind = ev.get("event")
+        if kind == "step_started":
+            value = ev.get("delegation_run_id")
+            drid, ended = (value if isinstance(value, str) else None), False
+        elif kind in ("step_reset", "step_late_result", "child_started"):
+            drid, ended = None, False
+        elif kind == "step_finished":
+            ended = drid is not None and ev.get("delegation_run_id") == drid
+    return drid if ended else None
+
+
+def is_late_handoff(record: Any) -> bool:
+    """True when a delegation record holds the agent's own handoff that superseded an
+    ending the engine had decided (``envelope.supersedes``: timeout, lost, errored,
+    invalid, unusable; the merge rule of ``engine.record.deliver``); a gateway's
+    stand-in (``fallback``) never counts."""
+    env = record.get("envelope") if isinstance(record, dict) else None
+    return (
+        isinstance(env, dict)
+        and env.get("outcome") in _AGENT_STATUSES
+        and env.get("supersedes") in _ENGINE_ENDINGS
+        and not env.get("fallback")
+    )
+
+
+def late_results(view: RunView, store: RunStore, *, deliver: bool) -> dict[str, dict[str, Any]]:
+    """Step id -> the delegation record of each step whose last attempt ended in a state of
+    ``LATE_ADOPTABLE`` and whose record now holds the agent's late handoff
+    (``is_late_handoff``). With ``deliver`` a handoff still in the inbox is merged first
+    (``RunStore.deliver``, the one merge rule). Steps of a ``for_each`` or a sub-workflow
+    have no such record and are never listed. Used by ``workflow resume`` (which takes
+    them) and ``workflow status`` (which says so)."""
+    from engine.errors import OrchestratorError
+
+    found: dict[str, dict[str, Any]] = {}
+    for s in view.steps.values():
+        if s.state not in LATE_ADOPTABLE:
+            continue
+        drid = last_attempt_ended(view.events, s.id)
+        if drid is None or drid != s.delegation_run_id:
+            continue
+        try:
+            if deliver:
+                store.deliver(drid, sub=False)
+            record = store.read(drid, sub=False)
+        except (OrchestratorError, OSError, ValueError):
+            continue  # not a delegation id (a fan-out's), or unreadable: nothing to take
+        if record is not None and is_late_handoff(record):
+            found[s.id] = record
+    return found
 
 
 def replay(path: Path, *, store: RunStore | None = None) -> RunView:
