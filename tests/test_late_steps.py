@@ -219,3 +219,28 @@ def test_last_attempt_ended_follows_the_journal() -> None:
 )
 def test_which_records_hold_a_late_handoff(envelope: dict[str, Any], taken: bool) -> None:
     assert is_late_handoff({"status": envelope["outcome"], "envelope": envelope}) is taken
+
+
+def test_a_step_whose_record_is_still_a_timeout_is_sent_again(tmp_path: Path) -> None:
+    """No late handoff yet: `--retry-failed` sends the step again, as before."""
+    config, template, go = _setup(tmp_path, {"timeout": 2})
+    first = _workflow(config, "run", str(template), "--non-interactive")
+    assert first.returncode == 4, first.stdout + first.stderr
+    handoffs = tmp_path / "handoffs"
+    run_id = _run_id(handoffs)
+    status = json.loads(_workflow(config, "status", run_id, "--json").stdout)
+    assert "late_result" not in status["steps"]["slow"]
+    try:
+        again = _workflow(config, "resume", run_id, "--retry-failed")
+    finally:
+        go.touch()  # both attempts' agents may now end
+    assert again.returncode == 4, again.stdout + again.stderr
+    run = handoffs / "workflows" / run_id
+    started = [
+        ev["delegation_run_id"]
+        for ev in read_events(run / "events.jsonl")
+        if ev.get("event") == "step_started" and ev.get("step") == "slow"
+    ]
+    assert started == [f"{run_id}-slow-1", f"{run_id}-slow-2"]
+    kinds = {ev.get("event") for ev in read_events(run / "events.jsonl")}
+    assert "step_late_result" not in kinds
