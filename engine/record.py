@@ -789,8 +789,15 @@ def _node(run_id: str, data: dict[str, Any], pending: bool) -> dict[str, Any]:
         "duration_ms": env.get("duration_ms"),
         "late": env.get("late", False),
         "parent_run_id": env.get("parent_run_id"),
+        "continued_as": _continued_as(env),
         "children": [],
     }
+
+
+def _continued_as(env: dict[str, Any]) -> str | None:
+    """The run id an answered question continued as (``engine.ask``), or None."""
+    done = [a for a in env.get("answers") or [] if isinstance(a, dict) and a.get("continued_as")]
+    return str(done[-1]["continued_as"]) if done else None
 
 
 def delegation_tree(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:

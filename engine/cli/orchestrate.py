@@ -279,7 +279,18 @@ def _print_result(result: Any, flags: str = "") -> None:
     say(f"record: {result.record_path}")
     if outcome == "blocked" and rec.get("question"):
         say(f"question: {rec['question']}")
-        say(f'continue with: orchestrate answer {result.run_id} "YOUR ANSWER"{flags}', err=True)
+        done = [
+            a for a in env.get("answers") or [] if isinstance(a, dict) and a.get("continued_as")
+        ]
+        if done:  # `engine.ask.answer_delegation` wrote it: the run goes on under a new id
+            last = done[-1]
+            say(
+                f"answered by {last.get('by')} at {last.get('at')}: {last.get('text')!r}; "
+                f"it continued as {last['continued_as']} "
+                f"(follow it: orchestrate show {last['continued_as']}{flags})"
+            )
+        else:
+            say(f'continue with: orchestrate answer {result.run_id} "YOUR ANSWER"{flags}', err=True)
     if outcome == "partial":
         say("warning: the agent finished only part of the task (status partial).", err=True)
 
@@ -819,7 +830,10 @@ def tree_cmd(run_id: str, as_json: bool, where: Where) -> int:
         took = f" {dur / 1000:.2f} s" if isinstance(dur, int | float) else ""
         conf = f" ({n['confidence']})" if n.get("confidence") else ""
         late = " late" if n.get("late") else ""
-        return f"{n['run_id']}  {n['caller']} -> {n['target']}  {n['outcome']}{conf}{took}{late}"
+        cont = f", answered: continued as {n['continued_as']}" if n.get("continued_as") else ""
+        return (
+            f"{n['run_id']}  {n['caller']} -> {n['target']}  {n['outcome']}{conf}{took}{late}{cont}"
+        )
 
     def walk(n: dict[str, Any], prefix: str, last: bool, top: bool) -> None:
         click.echo(line(n) if top else f"{prefix}{'└── ' if last else '├── '}{line(n)}")
