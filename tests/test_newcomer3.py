@@ -53,3 +53,48 @@ def test_show_of_an_answered_question_names_the_continuation(srv: Served) -> Non
     ):
         assert tree.exit_code == 0, tree.output
         assert tree.stdout.splitlines()[0].endswith(f", answered: continued as {follow}")
+
+
+# -- 2: a run the server owns is not advised to be resumed on this host -------------------
+
+
+def _parked(srv: Served, workflow_name: str, **inputs: str) -> str:
+    with srv.client("alice") as alice:
+        body = {"workflow": workflow_name, "inputs": inputs}
+        run_id = str(alice.post("/v1/runs", json=body).json()["runId"])
+        doc = alice.get(f"/v1/runs/{run_id}/wait", params={"until": "parked", "timeout": 60})
+        assert doc.json()["status"] in ("waiting_input", "waiting_approval"), doc.text
+    return run_id
+
+
+def _ended(srv: Served, run_id: str) -> str:
+    with srv.client("alice") as alice:
+        doc = alice.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()
+    assert doc["done"], doc
+    return str(doc["status"])
+
+
+def test_local_commands_on_a_run_the_server_owns_say_it_continues_by_itself(
+    srv: Served,
+) -> None:
+    from engine.cli import workflow
+
+    owns = "owns it; it continues by itself"
+    run_id = _parked(srv, "ask")
+    status = _local(srv, workflow, "status", run_id)
+    assert status.exit_code in (0, 3), status.output
+    first = status.stdout.splitlines()[0]
+    assert f"(the server {srv.url} (pid " in first and owns in first, first
+    assert "no process running it" not in status.stdout
+    answered = _local(srv, workflow, "answer", run_id, "research", "0-50 °C")
+    assert answered.exit_code == 0, answered.output
+    assert owns in answered.stdout and "workflow resume" not in answered.stdout
+    assert _ended(srv, run_id) == "complete"
+    done = _local(srv, workflow, "status", run_id)
+    assert done.stdout.splitlines()[0].endswith("complete"), done.stdout
+
+    run_id = _parked(srv, "gate", query="CTE of ULE")
+    approved = _local(srv, workflow, "approve", run_id, "review")
+    assert approved.exit_code == 0, approved.output
+    assert owns in approved.stdout and "workflow resume" not in approved.stdout
+    assert _ended(srv, run_id) == "complete"

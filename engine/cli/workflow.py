@@ -523,7 +523,7 @@ def workflow_approve_cmd(
     )
     where.report(
         f"approved `{step}`; the server continues run {run_id}.",
-        f"approved `{step}`; continue with: workflow resume {run_id}",
+        f"approved `{step}`; {_next_of(where, run_id, 'continue with')}",
     )
     return 0
 
@@ -545,7 +545,7 @@ def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, where: Where
     )
     where.report(
         f"answered `{step}`; the server continues run {run_id}.",
-        f"answered `{step}`; continue with: workflow resume {run_id}",
+        f"answered `{step}`; {_next_of(where, run_id, 'continue with')}",
     )
     return 0
 
@@ -565,7 +565,7 @@ def workflow_reject_cmd(run_id: str, step: str, reason: str, where: Where) -> in
     )
     where.report(
         f"rejected `{step}`; the server concludes run {run_id}.",
-        f"rejected `{step}`; finish the run with: workflow resume {run_id}",
+        f"rejected `{step}`; {_next_of(where, run_id, 'finish the run with')}",
     )
     return 0
 
@@ -605,9 +605,8 @@ def workflow_status_cmd(run_id: str, as_json: bool, where: Where) -> int:
     if as_json:
         dump(status)
         return 0
-    click.echo(
-        f"{run_id}: {status['workflow']} — {status['status']}{_runner(status, where.server)}"
-    )
+    runner = _runner(status, where.server, "" if where.server else _owner(where, run_id))
+    click.echo(f"{run_id}: {status['workflow']} — {status['status']}{runner}")
     parent = status.get("parent")
     if isinstance(parent, dict):
         click.echo(f"child run of `{parent.get('run_id')}` (its step `{parent.get('step')}`)")
@@ -615,13 +614,49 @@ def workflow_status_cmd(run_id: str, as_json: bool, where: Where) -> int:
     return 0
 
 
-def _runner(status: dict[str, Any], server: str | None) -> str:
+def _runner(status: dict[str, Any], server: str | None, owner: str = "") -> str:
     """Who runs it, as `` (…)``: this host's process, or the server that owns the run
-    (nothing once a server's run has finished: no one needs to resume it)."""
+    (``owner``: ``_owner``'s words for a local look at it); nothing once the run has
+    finished: no one needs to resume it."""
+    if status["status"] in ("complete", "failed", "cancelled"):
+        return ""
     if server:
-        finished = status["status"] in ("complete", "failed", "cancelled")
-        return "" if finished else f" (the server {server} runs it)"
+        return f" (the server {server} runs it)"
+    if owner:
+        return f" ({owner})"
     return " (running now)" if status["live"] else " (no process running it)"
+
+
+def _owner(where: Where, run_id: str) -> str:
+    """The live `orchestrate serve` that owns a run of this host (``engine.serve.run_owner``)
+    in words, ``""`` when there is none (or the CLI acts through a server)."""
+    from engine.serve import run_owner
+
+    if where.server:
+        return ""
+    owner = run_owner(load(where.config).handoffs_dir, run_id)
+    if owner is None:
+        return ""
+    url = f" {owner['url']}" if owner.get("url") else ""
+    return f"the server{url} (pid {owner.get('pid')}) owns it; it continues by itself"
+
+
+def _next_of(where: Where, run_id: str, verb: str) -> str:
+    """What comes after a local decision or answer: nothing to do when a live server owns
+    the run (``_owner``); wait for the process that holds its lock; else
+    ``{verb}: workflow resume RUN``."""
+    from engine.store import open_store
+
+    if where.server:
+        return ""
+    if owner := _owner(where, run_id):
+        return f"{owner} (see: workflow status {run_id})"
+    if open_store(load(where.config)).claimed(run_id):
+        return (
+            f"a process is executing run {run_id} right now; once it stops (see: workflow "
+            f"status {run_id}), {verb}: workflow resume {run_id}"
+        )
+    return f"{verb}: workflow resume {run_id}"
 
 
 @workflow.command("runs")

@@ -278,6 +278,13 @@ def _late_hints(run_id: str, view: RunView, store: RunStore, summary: dict[str, 
         )
 
 
+def _served(cfg: Config, run_id: str) -> bool:
+    """A live `orchestrate serve` owns the run: it continues it by itself."""
+    from engine.serve import run_owner
+
+    return run_owner(cfg.handoffs_dir, run_id) is not None
+
+
 def run_status(cfg: Config, run_id: str, *, store: RunStore | None = None) -> dict[str, Any]:
     """A run's step table, with why each waiting step waits."""
     store = store if store is not None else open_store(cfg)
@@ -313,7 +320,7 @@ def run_status(cfg: Config, run_id: str, *, store: RunStore | None = None) -> di
                     row["waiting"] += f'; said "{said["text"]}"{age}'
             else:
                 row["waiting"] = "being dispatched"
-            if not live:
+            if not live and not _served(cfg, run_id):
                 row["waiting"] += " (no process is running this run: `workflow resume` it)"
         elif s.state is StepState.WAITING_APPROVAL:
             row["waiting"] = (

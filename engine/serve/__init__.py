@@ -21,13 +21,18 @@ import logging
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.serve.settings import ApiToken, ServeSettings
 
-__all__ = ["ApiToken", "ServeSettings", "build", "serve"]
+__all__ = ["ApiToken", "ServeSettings", "build", "run_owner", "serve"]
+
+#: The file a live server holds locked (``flock``) in ``<handoffs>/serve/``, with its
+#: ``{"pid", "url"}``: the CLI reads it to tell a run the server owns (see ``run_owner``).
+SERVER_LOCK = ".server.lock"
 
 log = logging.getLogger("engine.serve")
 
@@ -107,6 +112,7 @@ def serve(
     # An embedded gateway runs as a companion process that outlives a killed server.
     with ExitStack() as stack:
         stack.enter_context(sock)
+        stack.enter_context(_presence(cfg, url))
         served = stack.enter_context(companion_gateway(cfg))
         delegator = stack.enter_context(open_delegator(served))
         if settings.discord_inbox:
@@ -129,6 +135,63 @@ def serve(
 
         server.startup = startup  # type: ignore[method-assign]
         _run_until_term(server, sock)
+
+
+@contextmanager
+def _presence(cfg: Config, url: str) -> Iterator[None]:
+    """Hold ``<handoffs>/serve/.server.lock`` (``SERVER_LOCK``) while the server runs, with
+    its pid and URL in it; the lock goes with the process, even a killed one."""
+    import fcntl
+    import json
+    import os
+
+    from engine.serve.manager import OWNED_DIR
+
+    folder = cfg.handoffs_dir / OWNED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / SERVER_LOCK, "a+", encoding="utf-8")  # noqa: SIM115
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another server on this directory: it keeps the mark
+            yield
+            return
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "url": url}))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def run_owner(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
+    """``{"pid": int, "url": str}`` of the live `orchestrate serve` that owns ``run_id``
+    (started or adopted it: ``<handoffs>/serve/<run>.json``), or None: no such record,
+    or no server holds ``SERVER_LOCK`` now. The server continues such a run by itself."""
+    import fcntl
+    import json
+
+    from engine.files import check_id
+    from engine.serve.manager import OWNED_DIR
+
+    folder = Path(handoffs_dir) / OWNED_DIR
+    if not (folder / f"{check_id(run_id, 'run id')}.json").is_file():
+        return None
+    try:
+        fh = open(folder / SERVER_LOCK, encoding="utf-8")  # noqa: SIM115
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: a server is live
+            try:
+                info = json.loads(fh.read() or "{}")
+            except ValueError:
+                info = {}
+            return info if isinstance(info, dict) else {}
+        return None
 
 
 @contextmanager
