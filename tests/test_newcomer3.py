@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,3 +99,23 @@ def test_local_commands_on_a_run_the_server_owns_say_it_continues_by_itself(
     assert approved.exit_code == 0, approved.output
     assert owns in approved.stdout and "workflow resume" not in approved.stdout
     assert _ended(srv, run_id) == "complete"
+
+
+# -- 3: a second handoff's note names where to look, not a file name that changes ---------
+
+
+def test_a_second_handoff_write_points_at_the_record(tmp_path: Path) -> None:
+    from tests.test_cli_newcomer import _in_flight, _write
+
+    for d in _in_flight(tmp_path):
+        first = _write(d, "--key", d.key)
+        assert first.exit_code == 0, first.output
+        second = _write(d, "--key", d.key)
+        assert second.exit_code == 0, second.output
+        note = second.stderr
+        assert "already held a handoff" in note and ".2.json" not in note
+        assert f"listed in the record: see `orchestrate show {d.run_id}`" in note
+        d.finish()
+        shown = cli(orchestrate, "show", d.run_id, "--config", str(tmp_path / "orchestrator.yaml"))
+        assert shown.exit_code == 0, shown.output
+        assert f"{d.run_id}.1.json" in shown.stdout, shown.stdout

@@ -452,8 +452,9 @@ def handoff_write_cmd(
         )
     if written != path:
         click.echo(
-            f"note: `{path}` already held a handoff; yours was kept beside it as "
-            f"`{written.name}` (the engine records the first valid one and lists the other).",
+            f"note: `{path}` already held a handoff; yours was written beside it, not over "
+            "it. The engine records the first valid one and keeps the other aside, listed "
+            f"in the record: see `orchestrate show {run_id}`.",
             err=True,
         )
     return 0
