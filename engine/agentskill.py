@@ -129,13 +129,50 @@ def _workspace(workspace: Path) -> Path:
     return ws.resolve()
 
 
+#: The run id, caller and key of the skill's example block (a made-up delegation).
+EXAMPLE_RUN_ID = "orch-20261121T104026-36872363"
+_EXAMPLE_KEY = "3f6c0a9e51d24b7c8e0f1a2b3c4d5e6f"
+
+
+def example_block(agent: str | None, handoffs_dir: Path | None) -> str:
+    """The HANDOFF block of a task message as ``engine.message.default_message`` renders
+    it, for a made-up delegation to ``agent`` (``webster`` when None) whose handoffs live
+    in ``handoffs_dir`` (``/home/me/project/handoffs`` when None): from its
+    ``--- HANDOFF (required) ---`` line to its ``handoff_path:`` line, so that the skill's
+    example cannot drift from real messages (``handoff_path`` is the file store's
+    ``handoff_target``: the ``inbox/`` file, not the record)."""
+    from engine.message import default_message, progress_command, write_command
+    from engine.store.file import handoff_path
+
+    hdir = handoffs_dir or Path("/home/me/project/handoffs")
+    who = agent or "webster"
+    path = handoff_path(hdir, EXAMPLE_RUN_ID)
+    text = default_message(
+        task="(the task)",
+        run_id=EXAMPLE_RUN_ID,
+        agent=who,
+        caller="manager",
+        handoff_path=str(path),
+        receiver_url=None,
+        timeout=None,
+        parent_run_id=None,
+        context=None,
+        key=_EXAMPLE_KEY,
+        write_command=write_command(EXAMPLE_RUN_ID, who, path.parent, _EXAMPLE_KEY),
+        progress_command=progress_command(EXAMPLE_RUN_ID, path.parent, _EXAMPLE_KEY),
+    )
+    lines = text[text.index("--- HANDOFF (required) ---") :].splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith("handoff_path: "))
+    return "\n".join(lines[: end + 1])
+
+
 def _values(agent: str | None, handoffs_dir: Path | None) -> dict[str, Any]:
     hdir = Path(handoffs_dir).expanduser().resolve() if handoffs_dir is not None else None
-    example_dir = hdir or Path("/home/me/project/handoffs")
+    block = example_block(agent, hdir)
     return {
         "agent": agent,
         "handoffs_dir": str(hdir) if hdir else None,
-        "example_path": str(example_dir / "orch-20261121T104026-36872363.json"),
+        "example_block": "\n".join("      " + line for line in block.splitlines()),
     }
 
 

@@ -119,3 +119,30 @@ def test_a_second_handoff_write_points_at_the_record(tmp_path: Path) -> None:
         shown = cli(orchestrate, "show", d.run_id, "--config", str(tmp_path / "orchestrator.yaml"))
         assert shown.exit_code == 0, shown.output
         assert f"{d.run_id}.1.json" in shown.stdout, shown.stdout
+
+
+# -- 4: the skill's example block is a real message's ---------------------------------------
+
+
+def test_the_skills_example_handoff_path_is_where_real_messages_point(tmp_path: Path) -> None:
+    """The installed skill's example `handoff_path` has the shape of the one a real
+    delegation gives its agent (the `inbox/` file), and its block lines match."""
+    import re
+
+    from tests.test_cli_newcomer import _in_flight
+
+    config = tmp_path / "orchestrator.yaml"
+    for d in _in_flight(tmp_path):
+        ws = tmp_path / "ws"
+        ws.mkdir()
+        res = cli(orchestrate, "agent-skill", "install", "--workspace", str(ws),
+                  "--agent", "webster", "--config", str(config))  # fmt: skip
+        assert res.exit_code == 0, res.output
+        skill = (ws / "skills" / "orchestrator-handoff" / "SKILL.md").read_text()
+        (example,) = re.findall(r"^ +handoff_path: (.+)$", skill, flags=re.M)
+        real = d.inbox / f"{d.run_id}.json"  # ORCH_HANDOFF_PATH, as the message names it
+        assert Path(example).parent == real.parent, (example, real)
+        assert Path(example).name.endswith(".json") and "/inbox/" in example
+        for label in ("run_id: orch-", "agent: webster", "key: ", "--- HANDOFF (required) ---"):
+            assert re.search(rf"^ +{re.escape(label)}", skill, flags=re.M), label
+        d.finish()
