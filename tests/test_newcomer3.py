@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,3 +150,58 @@ def test_the_skills_example_handoff_path_is_where_real_messages_point(tmp_path: 
         for label in ("run_id: orch-", "agent: webster", "key: ", "--- HANDOFF (required) ---"):
             assert re.search(rf"^ +{re.escape(label)}", skill, flags=re.M), label
         d.finish()
+
+
+# -- 5: $ORCH_SERVE_TOKENS without a `serve:` section that names it -------------------------
+
+
+def _serve_start(config: Path, **env: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """`orchestrate serve` on a free port; its stderr lines up to `serving on URL`."""
+    exe = Path(sys.executable).parent / "orchestrate"
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--config", str(config), "--port", "0"],
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    for line in proc.stderr:  # ends when the server says it listens, or exits
+        lines.append(line.rstrip("\n"))
+        if line.startswith("serving on "):
+            break
+    return proc, lines
+
+
+def _serve_stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+
+
+def test_serve_warns_that_an_exported_token_variable_is_not_read(tmp_path: Path) -> None:
+    from tests.helpers import demo_config, write_config
+
+    config = write_config(tmp_path, demo_config(tmp_path))
+    tokens = "alice:read:alice-tok-41d8cd98f00b204e9800"
+    proc, lines = _serve_start(config, ORCH_SERVE_TOKENS=tokens)
+    try:
+        assert lines and lines[-1].startswith("serving on "), lines
+        (warning,) = [line for line in lines if line.startswith("warning: ")]
+        assert warning == (
+            f"warning: $ORCH_SERVE_TOKENS is set, but the `serve:` section of `{config}` "
+            "names no tokens (add `tokens_env: ORCH_SERVE_TOKENS` to it to use them): the "
+            "server accepts any caller on 127.0.0.1 as the operator `local`."
+        )
+        assert tokens.split(":")[2] not in "\n".join(lines)
+    finally:
+        _serve_stop(proc)
+    raw = demo_config(tmp_path)
+    raw["serve"] = {"tokens_env": "ORCH_SERVE_TOKENS"}
+    config = write_config(tmp_path, raw)
+    proc, lines = _serve_start(config, ORCH_SERVE_TOKENS=tokens)
+    try:
+        assert lines[-1].startswith("serving on ") and not any("warning" in x for x in lines)
+    finally:
+        _serve_stop(proc)

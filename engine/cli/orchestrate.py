@@ -1189,6 +1189,8 @@ def serve_cmd(host: str | None, port: int | None, config: str | None) -> int:
 
     cfg = load(config)
     settings = ServeSettings.from_config(cfg, host=host, port=port)
+    if warning := settings.unread_tokens_warning(cfg):
+        click.echo(warning, err=True)
     serve(cfg, settings, on_started=lambda url: click.echo(f"serving on {url}", err=True))
     return 0
 

@@ -8,9 +8,12 @@ Example::
       tokens_env: ORCH_SERVE_TOKENS     # "alice:operate:TOKEN bob:read:TOKEN"
       tokens_file: serve-tokens.yaml    # [{name: alice, role: operate, token: ...}]
       self_approval: false              # the starter of a run may not approve its gates
+                                        # (default true: the starter may decide them)
 
 Without tokens the server answers only on a loopback address, and every caller is the
-operator ``local``.
+operator ``local``. Tokens come only from the variable ``tokens_env`` names and the file
+``tokens_file`` names; ``unread_tokens_warning`` says so when ``$ORCH_SERVE_TOKENS`` (the
+documented name) is set but the config reads no tokens.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from engine.config import Config
 from engine.errors import ConfigError
 from engine.redact import register
 
+#: The variable name docs/serve.md uses for ``serve.tokens_env``; read only when named.
+CONVENTIONAL_TOKENS_ENV = "ORCH_SERVE_TOKENS"
 ROLES = ("read", "operate")  # read: look; operate: also start, cancel, approve, answer
 DEFAULT_PORT = 8765
 MIN_TOKEN = 16
@@ -109,6 +114,19 @@ class ServeSettings:
             self_approval=bool(raw.get("self_approval", True)),
             max_parallel=int(raw.get("max_parallel", 4)),
             discord_inbox=bool(raw.get("discord_inbox", False)),
+        )
+
+    def unread_tokens_warning(self, config: Config) -> str | None:
+        """One line for the start of `orchestrate serve` when ``$ORCH_SERVE_TOKENS`` is set
+        but no token was loaded (no ``serve.tokens_env``/``tokens_file``): the variable
+        alone does nothing, and every caller is the operator ``local``. None otherwise."""
+        if self.tokens or not os.environ.get(CONVENTIONAL_TOKENS_ENV, "").strip():
+            return None
+        return (
+            f"warning: ${CONVENTIONAL_TOKENS_ENV} is set, but the `serve:` section of "
+            f"`{config.label}` names no tokens (add `tokens_env: {CONVENTIONAL_TOKENS_ENV}` "
+            f"to it to use them): the server accepts any caller on {self.host} as the "
+            "operator `local`."
         )
 
     def check_bind(self) -> None:
