@@ -194,8 +194,9 @@ def main() -> int:
     ms = 1000.0
     fig = {
         "n": args.n,
-        "overhead_p50_ms": round(statistics.median(engine_s) * ms, 3),
-        "overhead_p99_ms": round(pct(engine_s, 99) * ms, 3),
+        # the engine's whole time per delegation (not engine minus bare: see ratio_p50)
+        "engine_p50_ms": round(statistics.median(engine_s) * ms, 3),
+        "engine_p99_ms": round(pct(engine_s, 99) * ms, 3),
         "bare_p50_ms": round(statistics.median(bare_s) * ms, 3),
         "bare_p99_ms": round(pct(bare_s, 99) * ms, 3),
         "ratio_p50": round(statistics.median(engine_s) / statistics.median(bare_s), 2),
@@ -206,8 +207,10 @@ def main() -> int:
         "startup_ms": round(start, 1),
         "python_startup_ms": round(floor, 1),
     }
+    # The names before `engine_*`, kept for one release for scripts that read them.
+    fig["overhead_p50_ms"], fig["overhead_p99_ms"] = fig["engine_p50_ms"], fig["engine_p99_ms"]
     print(f"delegations: {args.n} sequential (alternating batches of {args.batch} with bare)")
-    print(f"  engine   p50 {fig['overhead_p50_ms']:8.3f} ms   p99 {fig['overhead_p99_ms']:8.3f} ms")
+    print(f"  engine   p50 {fig['engine_p50_ms']:8.3f} ms   p99 {fig['engine_p99_ms']:8.3f} ms")
     print(f"  bare     p50 {fig['bare_p50_ms']:8.3f} ms   p99 {fig['bare_p99_ms']:8.3f} ms")
     print(f"  ratio p50 engine/bare: {fig['ratio_p50']}")
     print(

@@ -205,3 +205,29 @@ def test_serve_warns_that_an_exported_token_variable_is_not_read(tmp_path: Path)
         assert lines[-1].startswith("serving on ") and not any("warning" in x for x in lines)
     finally:
         _serve_stop(proc)
+
+
+# -- 6: bench/delegation.py names the engine's whole time `engine_p50_ms` -------------------
+
+
+def test_the_delegation_bench_names_the_engines_time_and_compare_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_bench_peers import _load
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "delegation.py"
+    out = subprocess.run(
+        [sys.executable, str(bench), "--json", "-n", "20", "--batch", "5", "--concurrency", "4",
+         "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    fig = json.loads(out.stdout.strip().splitlines()[-1])
+    assert fig["engine_p50_ms"] > 0 and fig["engine_p99_ms"] >= fig["engine_p50_ms"]
+    assert fig["ratio_p50"] == pytest.approx(fig["engine_p50_ms"] / fig["bare_p50_ms"], rel=0.05)
+    assert fig["overhead_p50_ms"] == fig["engine_p50_ms"]  # the old name, for one release
+    assert "  engine   p50 " in out.stdout
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    medians: dict[str, object] = {}
+    (row,) = _load("compare").delegation_rows(medians)
+    assert row.ours == f"{medians['delegation']['engine_p50_ms']} ms", row  # type: ignore[index]

@@ -410,7 +410,7 @@ def delegation_rows(medians: dict[str, object]) -> list[Row]:
         return [
             Row(
                 "engine cost per delegation vs bare floor (p50)",
-                f"{d['overhead_p50_ms']} ms",
+                f"{d['engine_p50_ms']} ms",
                 f"{d['bare_p50_ms']} ms",
                 r,
                 "<= 1.5x",
