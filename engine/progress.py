@@ -276,6 +276,14 @@ def summary_table(
 _SUMMARY_COLUMNS = ("step", "agent", "status", "duration", "confidence", "attempts", "note")
 
 
+def _confidence(st: dict[str, Any]) -> str:
+    """A step's confidence for the table: blank while it waits for an answer (the agent has
+    not given its result yet; the confidence of its question is not one), so that the
+    table of `workflow run`, which keeps the asking handoff, and the one of `workflow
+    status`, replayed from the journal, say the same."""
+    return "" if st.get("status") == "waiting_input" else str(st.get("confidence") or "")
+
+
 def _summary_row(sid: str, st: dict[str, Any], waiting: bool, costly: bool) -> tuple[str, ...]:
     d = st.get("duration_ms")
     note = (
@@ -292,7 +300,7 @@ def _summary_row(sid: str, st: dict[str, Any], waiting: bool, costly: bool) -> t
         st.get("agent") or "",
         f"{_icon(st['status'])} {st['status']}",
         f"{d / 1000:.2f} s" if isinstance(d, int | float) else "",
-        st.get("confidence") or "",
+        _confidence(st),
         str(st.get("attempts") or ""),
         note or "",
         *((spent_text(st.get("spent")),) if costly else ()),

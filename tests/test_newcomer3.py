@@ -231,3 +231,28 @@ def test_the_delegation_bench_names_the_engines_time_and_compare_reads_it(
     medians: dict[str, object] = {}
     (row,) = _load("compare").delegation_rows(medians)
     assert row.ours == f"{medians['delegation']['engine_p50_ms']} ms", row  # type: ignore[index]
+
+
+# -- 7: a step waiting for an answer has the same confidence in `run` and `status` ----------
+
+
+def _research_row(output: str) -> list[str]:
+    (row,) = [line for line in output.splitlines() if line.startswith("research ")]
+    return row.split()
+
+
+def test_run_and_status_tables_agree_on_a_waiting_steps_confidence(srv: Served) -> None:
+    import re
+
+    from engine.cli import workflow
+
+    ran = _local(srv, workflow, "run", "ask", "--non-interactive")
+    assert ran.exit_code == 3, ran.output
+    match = re.search(r"run (wf-\S+) \(ask\)", ran.output)
+    assert match, ran.output
+    run_id = match.group(1)
+    status = _local(srv, workflow, "status", run_id)
+    assert status.exit_code in (0, 3), status.output
+    row = _research_row(ran.output)
+    assert row[:5] == ["research", "asker", "?", "waiting_input", "1"], row
+    assert _research_row(status.stdout)[:5] == row[:5]
