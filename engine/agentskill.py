@@ -135,31 +135,23 @@ _EXAMPLE_KEY = "3f6c0a9e51d24b7c8e0f1a2b3c4d5e6f"
 
 
 def example_block(agent: str | None, handoffs_dir: Path | None) -> str:
-    """The HANDOFF block of a task message as ``engine.message.default_message`` renders
+    """The HANDOFF block of a task message as ``engine.message.render_message`` renders
     it, for a made-up delegation to ``agent`` (``webster`` when None) whose handoffs live
     in ``handoffs_dir`` (``/home/me/project/handoffs`` when None): from its
     ``--- HANDOFF (required) ---`` line to its ``handoff_path:`` line, so that the skill's
     example cannot drift from real messages (``handoff_path`` is the file store's
     ``handoff_target``: the ``inbox/`` file, not the record)."""
-    from engine.message import default_message, progress_command, write_command
+    from engine.message import render_message
     from engine.store.file import handoff_path
 
-    hdir = handoffs_dir or Path("/home/me/project/handoffs")
-    who = agent or "webster"
-    path = handoff_path(hdir, EXAMPLE_RUN_ID)
-    text = default_message(
+    path = handoff_path(handoffs_dir or Path("/home/me/project/handoffs"), EXAMPLE_RUN_ID)
+    text = render_message(
         task="(the task)",
         run_id=EXAMPLE_RUN_ID,
-        agent=who,
+        agent=agent or "webster",
         caller="manager",
-        handoff_path=str(path),
-        receiver_url=None,
-        timeout=None,
-        parent_run_id=None,
-        context=None,
+        handoff_path=path,
         key=_EXAMPLE_KEY,
-        write_command=write_command(EXAMPLE_RUN_ID, who, path.parent, _EXAMPLE_KEY),
-        progress_command=progress_command(EXAMPLE_RUN_ID, path.parent, _EXAMPLE_KEY),
     )
     lines = text[text.index("--- HANDOFF (required) ---") :].splitlines()
     end = next(i for i, line in enumerate(lines) if line.startswith("handoff_path: "))

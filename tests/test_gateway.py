@@ -336,6 +336,25 @@ def test_exit_zero_with_nothing_on_stdout_shows_its_stderr(
     assert "has no key: pass `--key KEY`" in handoff["result"]
 
 
+def test_a_stand_in_never_carries_a_secret_the_agent_printed(
+    tmp_path: Path, client: httpx.Client
+) -> None:
+    """The gateway's token is a registered secret: an agent that prints it (stdout, or
+    stderr with nothing on stdout) gets a stand-in with it masked."""
+    script = f"""
+        import sys
+        print("leaked {TOKEN}", file=sys.stderr)
+    """
+    cfg = make_config(tmp_path, {"leaky": {"kind": "command", "argv": script_argv(script)}})
+    with LocalGateway(cfg, token=TOKEN) as gw:
+        run_id, path, msg = delegation(gw, "leaky", "do it")
+        dispatch(client, gw, {"message": msg})
+        wait_for(path.exists)
+    handoff = load_handoff(path, run_id=run_id, agent="leaky")
+    assert "leaked" in handoff["result"]
+    assert TOKEN not in path.read_text(encoding="utf-8")
+
+
 def test_receiver_refusal_names_the_file_the_handoff_went_to(
     demo_gw: LocalGateway, client: httpx.Client
 ) -> None:
