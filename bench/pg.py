@@ -87,19 +87,11 @@ def _pool_worker(
     pool.close()
 
 
-def _contended(
-    kind: str, target: str, base: Path, procs: int, n: int, tokens: int, hold_ms: float = 0.0
-) -> dict[str, Any]:
-    """Samples (ms) of ``procs`` processes, pairs per second from the common start to the
-    last process's end, and the 1-minute load average at the end."""
-    base.mkdir(parents=True)
-    go = base / "go"
-    outs = [base / f"w{i}.json" for i in range(procs)]
-    children = [
-        subprocess.Popen([sys.executable, __file__, "--pool-worker", kind, target, str(n),
-                          str(tokens), str(go), str(out), str(hold_ms)])  # fmt: skip
-        for out in outs
-    ]
+def _together(commands: list[list[str]], outs: list[Path], go: Path) -> float:
+    """Start one worker per command, wait until each has written ``<out>.ready``, then
+    touch ``go`` so that they start at once; wait for them all. Returns the start time
+    (``time.time()``). A worker that dies before the start stops the benchmark."""
+    children = [subprocess.Popen(cmd) for cmd in commands]
     try:
         while not all(o.with_suffix(".ready").exists() for o in outs):
             if any(c.poll() is not None for c in children):
@@ -114,6 +106,22 @@ def _contended(
             if c.poll() is None:
                 c.kill()
                 c.wait()
+    return start
+
+
+def _contended(
+    kind: str, target: str, base: Path, procs: int, n: int, tokens: int, hold_ms: float = 0.0
+) -> dict[str, Any]:
+    """Samples (ms) of ``procs`` processes, pairs per second from the common start to the
+    last process's end, and the 1-minute load average at the end."""
+    base.mkdir(parents=True)
+    go = base / "go"
+    outs = [base / f"w{i}.json" for i in range(procs)]
+    start = _together(
+        [[sys.executable, __file__, "--pool-worker", kind, target, str(n), str(tokens),
+          str(go), str(out), str(hold_ms)] for out in outs],
+        outs, go,
+    )  # fmt: skip
     samples: list[float] = []
     end = start
     for o in outs:
@@ -266,26 +274,11 @@ def _scale(target: str, base: Path, procs: int, total: int, conc: int) -> float:
     go = base / "go"
     outs = [base / f"w{i}.json" for i in range(procs)]
     share = [total // procs + (1 if i < total % procs else 0) for i in range(procs)]
-    children = [
-        subprocess.Popen([sys.executable, __file__, "--deleg-worker", target,
-                          str(base / f"host{i}"), str(share[i]), str(conc), str(go),
-                          str(out)])  # fmt: skip
-        for i, out in enumerate(outs)
-    ]
-    try:
-        while not all(o.with_suffix(".ready").exists() for o in outs):
-            if any(c.poll() is not None for c in children):
-                raise SystemExit("a benchmark worker died before the start")
-            time.sleep(0.01)
-        t0 = time.time()
-        go.touch()
-        for c in children:
-            c.wait()
-    finally:
-        for c in children:
-            if c.poll() is None:
-                c.kill()
-                c.wait()
+    t0 = _together(
+        [[sys.executable, __file__, "--deleg-worker", target, str(base / f"host{i}"),
+          str(share[i]), str(conc), str(go), str(out)] for i, out in enumerate(outs)],
+        outs, go,
+    )  # fmt: skip
     ends = [json.loads(o.read_text(encoding="utf-8")) for o in outs]
     failed = [f for e in ends for f in e["failed"]]
     if failed:
