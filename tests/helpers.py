@@ -9,6 +9,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -201,3 +202,17 @@ def write_valid_handoff(block: dict[str, str], **fields: Any) -> None:
     write_handoff(Path(block["handoff_path"]), data) if not fields else Path(
         block["handoff_path"]
     ).write_text(json.dumps(data))
+
+
+def wait_for(ready: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """``ready()``'s first truthy value: polled (a file appearing, a state reached) until
+    ``timeout`` s have passed, then an ``AssertionError`` naming ``what``. Bounded, so a
+    busy host only makes it slower, never wrong."""
+    end = time.monotonic() + timeout
+    while True:
+        got = ready()
+        if got:
+            return got
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)

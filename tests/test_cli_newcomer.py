@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,24 +18,13 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import orchestrate
-from tests.helpers import demo_config, write_config
+from tests.helpers import demo_config, wait_for, write_config
 
 NO_KEY: dict[str, str | None] = {"ORCH_HANDOFF_KEY": None, "ORCHESTRATOR_CONFIG": None}
 
 
 def run(*args: str, env: dict[str, str | None] | None = None) -> Any:
     return CliRunner().invoke(orchestrate, list(args), env={**NO_KEY, **(env or {})})
-
-
-def _until(what: str, ready: Any, bound: float = 60.0) -> Any:
-    """Wait for ``ready()`` to return a value (a file appearing), at most ``bound`` s."""
-    end = time.monotonic() + bound
-    while time.monotonic() < end:
-        got = ready()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 # --------------------------------------------------------------- 1. handoff write/progress
@@ -88,7 +76,7 @@ def _in_flight(tmp_path: Path, **extra: Any) -> Iterator[InFlight]:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        env = _until("the agent started", lambda: seen.exists() and json.loads(seen.read_text()))
+        env = wait_for(lambda: seen.exists() and json.loads(seen.read_text()), "the agent started")
         yield InFlight(
             env["ORCH_RUN_ID"], env["ORCH_HANDOFF_KEY"], Path(env["ORCH_HANDOFF_PATH"]).parent,
             proc, go,

@@ -15,8 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from engine.pool.host import pid_alive, start_time
 from engine.pool.postgres import PostgresPoolStore
 from engine.pool.store import WAKE_NAME, FileStore
 from engine.store.postgres_db import Database
+from tests.helpers import wait_for
 
 CHURN = r"""
 import sys
@@ -40,14 +39,6 @@ while True:
         pass
     i += 1
 """
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def pool_at(pool_dir: Path, **kw: Any) -> TokenPool:
