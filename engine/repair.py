@@ -516,8 +516,7 @@ def start(
         sent = body if message is None else {**body, "message": message}
         return client.post_agent(
             target, sent, idempotency_key=idem, deadline=deadline, on_retry=on_retry,
-            hold=hold, ended=ended, **({"quick": quick} if quick is not None else {}),
-            **({"resume": resume} if resume is not None else {}),
+            hold=hold, ended=ended, quick=quick, resume=resume,
         )
 
     def held(message: str | None, idem: str, name: str) -> Dispatch:
