@@ -72,6 +72,17 @@ class Target:
 
 
 @dataclass(frozen=True)
+class _Post:
+    """One POST to a gateway: its target, URL, JSON body and extra headers (the token's
+    ``Authorization`` header is added when it is sent)."""
+
+    target: Target
+    url: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
 class DispatchResult:
     """What the gateway answered to an accepted dispatch."""
 
@@ -159,34 +170,19 @@ class HooksClient:
         thread. Only plain ``http://`` gateways are tried so (others raise ``Handover(None)``
         before sending). ``resume``: the ``Handover``'s, on the thread that carries on.
         """
-        url = target.url + "/hooks/agent"
-        headers = {"Idempotency-Key": idempotency_key}
+        req = _Post(
+            target, target.url + "/hooks/agent", body, {"Idempotency-Key": idempotency_key}
+        )
         if quick is not None:
-            return self._first_try(target, url, body, headers, deadline, hold, quick)
+            return self._first_try(req, deadline, hold, quick)
         return self._post(
-            target,
-            url,
-            body,
-            headers=headers,
-            deadline=deadline,
-            on_retry=on_retry,
-            hold=hold,
-            ended=ended,
-            resume=resume,
+            req, deadline, on_retry=on_retry, hold=hold, ended=ended, resume=resume
         )
 
-    def _first_try(
-        self,
-        target: Target,
-        url: str,
-        body: dict[str, Any],
-        headers: dict[str, str],
-        deadline: float,
-        hold: bool,
-        quick: float,
-    ) -> DispatchResult:
+    def _first_try(self, req: _Post, deadline: float, hold: bool, quick: float) -> DispatchResult:
         """``post_agent(quick=...)``: one try here; what ``send_with_retries`` would end
         with after a first answer that is final, else ``Handover``."""
+        target, url = req.target, req.url
         if self._transport is not None or not url.startswith("http://"):
             raise Handover(None)
         start = self._clock()
@@ -194,7 +190,7 @@ class HooksClient:
         if timeout is not None and timeout <= 0:
             raise Handover(None)  # the retry loop says why (no time left)
         read = max(0.0, deadline - start) if hold else timeout
-        payload, hdrs = _request(body, target, headers)
+        payload, hdrs = _request(req.body, target, req.headers)
         try:
             resp = self._plain.post(url, payload, hdrs, timeout=timeout, read=read, quick=quick)
         except Handover:
@@ -220,9 +216,8 @@ class HooksClient:
         hint: str | None = None,
     ) -> DispatchResult:
         """POST a handoff to a gateway's receiver (`/handoffs/{runId}`)."""
-        return self._post(
-            target, f"{target.url}/handoffs/{run_id}", handoff, {}, deadline, hint=hint
-        )
+        req = _Post(target, f"{target.url}/handoffs/{run_id}", handoff, {})
+        return self._post(req, deadline, hint=hint)
 
     def post_progress(
         self, target: Target, run_id: str, text: str, *, deadline: float, key: str | None = None
@@ -231,14 +226,11 @@ class HooksClient:
         (`/handoffs/{runId}/progress`)."""
         url = f"{target.url}/handoffs/{run_id}/progress"
         body = {"text": text, **({"key": key} if key else {})}
-        return self._post(target, url, body, {}, deadline)
+        return self._post(_Post(target, url, body, {}), deadline)
 
     def _post(
         self,
-        target: Target,
-        url: str,
-        body: dict[str, Any],
-        headers: dict[str, str],
+        req: _Post,
         deadline: float,
         on_retry: Callable[[str, int, float, str], None] | None = None,
         hint: str | None = None,
@@ -247,7 +239,8 @@ class HooksClient:
         resume: Callable[[float | None], Any] | None = None,
     ) -> DispatchResult:
         on_retry = on_retry or self.on_retry
-        payload, hdrs = _request(body, target, headers)
+        target, url = req.target, req.url
+        payload, hdrs = _request(req.body, target, req.headers)
         agent = target.agent
         first = [resume] if resume is not None else []  # the first attempt, begun elsewhere
 
