@@ -23,7 +23,8 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -490,6 +491,18 @@ class _PlainPool:
             self._busy.discard(conn)
         conn.close()
 
+    @contextmanager
+    def _dropped_on_error(self, conn: Any, url: str) -> Iterator[None]:
+        """Any error inside closes ``conn`` and is raised as httpx's kind of it."""
+        try:
+            yield
+        except BaseException as exc:
+            self._drop(conn)
+            mapped = _as_httpx(exc, url)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
     def post(
         self,
         url: str,
@@ -511,17 +524,11 @@ class _PlainPool:
             conn = self._take(key, timeout)
         except ConnectionAbortedError as exc:
             raise _as_httpx(exc, url) from exc
-        try:
+        with self._dropped_on_error(conn, url):
             sock: socket.socket = conn.sock or _connect(conn, timeout)
             sock.settimeout(timeout)
             conn.request("POST", path, body=payload, headers=headers)
             later = quick is not None and not _readable(sock, quick)
-        except BaseException as exc:
-            self._drop(conn)
-            mapped = _as_httpx(exc, url)
-            if mapped is exc:
-                raise
-            raise mapped from exc
         if later:
             raise Handover(lambda read_s: self._answer(key, conn, url, read_s))
         return self._answer(key, conn, url, read)
@@ -530,19 +537,13 @@ class _PlainPool:
         self, key: tuple[str, int], conn: Any, url: str, read: float | None
     ) -> _PlainResponse:
         """Read the answer to the request sent on ``conn``, and keep or close ``conn``."""
-        try:
+        with self._dropped_on_error(conn, url):
             sock: socket.socket | None = conn.sock
             if sock is None:  # closed by ``close`` meanwhile
                 raise ConnectionAbortedError("the hooks client was closed")
             sock.settimeout(read)
             resp = conn.getresponse()
             content = resp.read()
-        except BaseException as exc:
-            self._drop(conn)
-            mapped = _as_httpx(exc, url)
-            if mapped is exc:
-                raise
-            raise mapped from exc
         if resp.will_close:
             self._drop(conn)
         else:
