@@ -100,7 +100,9 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """0 complete · 1 failed or cancelled · 3 waiting for approval · 4 only timeouts."""
+        """0 complete · 1 failed or cancelled · 3 waiting for approval · 4 when the only
+        steps that ended badly timed out or were ``lost`` (silent past their
+        ``heartbeat_timeout``: a timeout too, exit 4 for a single delegation)."""
         if self.state is RunState.COMPLETE:
             return EXIT_OK
         if self.state in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
@@ -108,8 +110,8 @@ class RunResult:
         states = {s["status"] for s in self.summary.get("steps", {}).values()}
         if (
             self.state is RunState.FAILED
-            and "timeout" in states
-            and not states & {"failed", "blocked", "errored", "invalid", "rejected"}
+            and states & {"timeout", "lost"}
+            and not states & {"failed", "blocked", "errored", "invalid", "rejected", "unusable"}
         ):
             return EXIT_TIMEOUT
         return EXIT_FAILED

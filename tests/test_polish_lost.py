@@ -121,3 +121,32 @@ def test_an_ended_delegations_held_post_is_abandoned_quietly(
     assert not events.retried.is_set(), events.kinds
     assert events.kinds.count("delegation_dispatched") == 1
     go.touch()
+
+
+def test_a_workflow_whose_only_bad_step_is_lost_exits_4(tmp_path: Path) -> None:
+    """``lost`` is a timeout (exit 4 for one delegation), so a run it alone failed exits 4."""
+    go = tmp_path / "go"
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = gated_agent(go)  # silent until `go`
+    raw["agents"]["webster"]["heartbeat_timeout"] = 1.0
+    config = tmp_path / "orchestrator.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    wf = tmp_path / "silent.yaml"
+    wf.write_text(
+        "name: silent\ncaller: manager\nsteps:\n"
+        "  - id: research\n    agent: webster\n    task: find the CTE of Zerodur\n",
+        encoding="utf-8",
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "from engine.cli import workflow_main; workflow_main()",
+             "run", str(wf), "--non-interactive", "--json", "--config", str(config)],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )
+    finally:
+        go.touch()  # let the agent's process end
+    assert "Traceback" not in proc.stderr, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["status"] == "failed", summary
+    assert summary["steps"]["research"]["status"] == "lost", summary
+    assert proc.returncode == 4, proc.stderr
