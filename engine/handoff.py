@@ -25,6 +25,7 @@ from typing import Any
 from engine.errors import HandoffError, UsageError
 from engine.files import utcnow_iso, write_json_atomic, write_json_new
 from engine.states import Confidence, HandoffStatus
+from engine.textio import terminal_text
 
 SCHEMA_VERSION = "1.1"
 #: The version before keys; accepted only under ``handoff_key: optional``.
@@ -328,9 +329,35 @@ def _refuse_constant(name: str) -> Any:
 
 
 def loads_strict(text: str | bytes) -> Any:
-    """``json.loads`` that refuses NaN/Infinity; may raise ValueError, RecursionError,
-    MemoryError (callers translate them)."""
-    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    """``json.loads`` that refuses NaN/Infinity, numbers too large to be finite and a key
+    written twice in one object; may raise ValueError, RecursionError, MemoryError
+    (callers translate them).
+
+    RFC 8259 (section 4) says names SHOULD be unique and leaves duplicates to the
+    parser; Python keeps the last, so ``"status": "failed", "status": "complete"``
+    would read as complete. Refused here, as engine/yamlio.py refuses a YAML key
+    written twice."""
+    return json.loads(
+        text,
+        parse_constant=_refuse_constant,
+        parse_float=_finite_float,
+        object_pairs_hook=_unique_keys,
+    )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's pairs as a dict; ``ValueError`` naming the first key written twice."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(
+                    f"key `{terminal_text(key[:60])}` is written twice in one object: keep "
+                    "one, as the last would silently win"
+                )
+            seen.add(key)
+    return data
 
 
 def _finite_float(text: str) -> float:
