@@ -123,6 +123,10 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+#: How a refusal for a wrong key says it (engine.repair tells the agent from it).
+WRONG_KEY = "its `key` is not this delegation's"
+
+
 def check_key(
     data: dict[str, Any], *, expected_hash: str | None, policy: str, path: Path
 ) -> bool:
@@ -153,8 +157,8 @@ def check_key(
         )
     if not hmac.compare_digest(key_hash(key), expected_hash):
         raise HandoffProblem(
-            f"handoff `{path}` refused: its `key` is not this delegation's (forged or "
-            "misdirected); it was kept for inspection.",
+            f"handoff `{path}` refused: {WRONG_KEY} (forged or misdirected); it was kept "
+            "for inspection.",
             kind="key",
             path=path,
         )
