@@ -56,7 +56,7 @@ def test_equal_values_in_other_objects_are_fine() -> None:
 
 #: A command agent that writes its handoff with ``"status": "failed"`` and then
 #: ``"status": "complete"``: read naively, a failure recorded as a success.
-TWICE = f"""import json, os
+TWICE = """import json, os
 from pathlib import Path
 from engine.handoff import make_handoff
 h = make_handoff(run_id=os.environ["ORCH_RUN_ID"], agent=os.environ["ORCH_AGENT"],

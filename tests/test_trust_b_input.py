@@ -68,3 +68,51 @@ def test_a_task_rendering_empty_at_run_time_errors_the_step(tmp_path: Path, task
     assert step["status"] == "errored"
     assert "step `ask`'s task rendered to empty text, so nothing was sent" in step["error"]
     assert not list((tmp_path / "handoffs").rglob("*-ask-*.json"))
+
+
+_RULE = (
+    "use lowercase letters, digits, `-` and `_` (1 to 64 characters, the first a letter or digit)."
+)
+
+
+@pytest.mark.parametrize(
+    ("config", "line"),
+    [
+        (
+            'agents:\n  "../../../../tmp/evil": {url: local}\n',
+            f"`agents` has a key `../../../../tmp/evil` that is not allowed: {_RULE}",
+        ),
+        (
+            'agents:\n  "evil\\e]0;x\\a": {url: local}\n',
+            f"`agents` has a key `evil\\x1b]0;x\\x07` that is not allowed: {_RULE}",
+        ),
+        (
+            'agents:\n  ok: {url: local}\nacl:\n  "Bad Caller": [ok]\n',
+            f"`acl` has a key `Bad Caller` that is not allowed: {_RULE}",
+        ),
+        (
+            "agents:\n  ok: {url: local}\ngateway:\n  agents:\n"
+            '    "UP": {kind: command, argv: [x]}\n',
+            f"`gateway.agents` has a key `UP` that is not allowed: {_RULE}",
+        ),
+    ],
+    ids=["path", "escape", "acl", "gateway-agents"],
+)
+def test_a_bad_name_in_a_config_is_named_with_the_allowed_characters(
+    tmp_path: Path, config: str, line: str
+) -> None:
+    path = tmp_path / "orchestrator.yaml"
+    path.write_text("handoffs_dir: h\n" + config, encoding="utf-8")
+    res = CliRunner().invoke(orchestrate, ["show", "x", "--config", str(path)])
+    assert res.exit_code == 2, res.output
+    assert f"  - {line}\n" in res.output, res.output
+    assert "\x1b" not in res.output
+
+
+def test_a_bad_step_id_is_named_with_the_allowed_characters(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, demo_config(tmp_path))
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("name: t\ncaller: manager\nsteps:\n  - {id: Bad Id, agent: webster, task: x}\n")
+    res = CliRunner().invoke(workflow, ["validate", str(wf), "--config", str(cfg)])
+    assert res.exit_code == 2, res.output
+    assert f"`steps[0].id` is `Bad Id`, which is not allowed: {_RULE}" in res.output
