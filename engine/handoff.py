@@ -345,12 +345,13 @@ def loads_strict(text: str | bytes) -> Any:
         text,
         parse_constant=_refuse_constant,
         parse_float=_finite_float,
-        object_pairs_hook=_unique_keys,
+        object_pairs_hook=unique_keys,
     )
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object's pairs as a dict; ``ValueError`` naming the first key written twice."""
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's pairs as a dict; ``ValueError`` naming the first key written twice
+    (a ``json.loads`` ``object_pairs_hook``; the local gateway's receiver uses it too)."""
     data = dict(pairs)
     if len(data) != len(pairs):
         seen: set[str] = set()
