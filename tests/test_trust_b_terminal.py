@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from engine.cli import orchestrate, workflow
 from engine.textio import TerminalStream, json_text, terminal_text
+from tests import standins
 from tests.helpers import demo_config, write_config
 
 HOSTILE = "\x1b[31mRED\x1b[0m\x07bell\x1b]0;pwned\x07 \r\rOVERWRITE"
@@ -222,3 +223,19 @@ def test_runner_sees_the_same_escapes(tmp_path: Path, demo_cfg: Any) -> None:
         workflow, ["status", "wf-\x1b]0;x\x07", "--config", str(tmp_path / "orchestrator.yaml")]
     )
     assert not _controls(res.output.encode()), res.output
+
+
+chat_api = standins.chat_api
+
+
+def test_model_answer_cannot_drive_the_terminal(tmp_path: Path, chat_api: Any) -> None:
+    """A model agent (kind: openai) whose answer carries escape sequences, behind a real
+    chat-completions stand-in: the answer is the result, shown escaped."""
+    api = chat_api(reply=lambda body: HOSTILE)
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = {"kind": "openai", "base_url": api.base_url, "model": "m"}
+    write_config(tmp_path, raw)
+    rc, out = _cli(tmp_path, "orchestrate", "webster", "go", "--caller", "manager", tty_out=True)
+    assert rc == 0, out
+    assert not _controls(out), out
+    assert b"\\x1b]0;pwned\\x07 \\r\\rOVERWRITE" in out
