@@ -204,6 +204,7 @@ def test_agent_text_in_workflow_lines_outputs_status_and_runs(tmp_path: Path) ->
     rc, out = _cli(tmp_path, "workflow", "run", str(wf), "--non-interactive", tty_out=True)
     assert rc == 3, out
     assert b"\x1b]0;" not in out and b"\x07" not in out and b"\r\r" not in out, out
+    assert b"\x1b[?25l" in out  # rich's own sequences still reach the terminal
 
 
 def test_config_error_quoting_a_name_is_escaped(tmp_path: Path) -> None:
