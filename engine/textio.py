@@ -140,6 +140,7 @@ _UNSAFE = (
     + list(range(0x2066, 0x206A))
 )
 _TERMINAL_TABLE = {c: _escape(c) for c in _UNSAFE}
+_TERMINAL_UNSAFE = re.compile("[" + "".join(re.escape(chr(c)) for c in _UNSAFE) + "]")
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -152,6 +153,8 @@ def terminal_text(text: str) -> str:
     cursor, set the window title, ring the bell or start an escape sequence (ECMA-48;
     xterm's control sequences), whatever sequence the text held, complete or cut.
     """
+    if _TERMINAL_UNSAFE.search(text) is None:  # the usual case: a scan, no copy
+        return text
     if "\r\n" in text:
         text = text.replace("\r\n", "\n")
     return text.translate(_TERMINAL_TABLE)
