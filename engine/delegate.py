@@ -250,7 +250,13 @@ class Delegator:
     # -- the delegation ---------------------------------------------------------------
 
     def check(self, req: DelegationRequest) -> list[str]:
-        """Every pre-dispatch check (registry, ids, ACL, chain); return the chain or raise."""
+        """Every pre-dispatch check (task, registry, ids, ACL, chain); return the chain or
+        raise (``UsageError`` for an empty task: nothing would tell the agent what to do)."""
+        if not req.task.strip():
+            raise UsageError(
+                "the task is empty (or only whitespace): give the text the agent should act "
+                'on, e.g. `orchestrate webster "Find CTE of Zerodur" --caller manager`.'
+            )
         self.registry.get(req.caller, role="caller")
         self.registry.get(req.target)
         if req.run_id is not None:

@@ -25,6 +25,7 @@ from typing import Any
 from engine.errors import HandoffError, UsageError
 from engine.files import utcnow_iso, write_json_atomic, write_json_new
 from engine.states import Confidence, HandoffStatus
+from engine.textio import terminal_text
 
 SCHEMA_VERSION = "1.1"
 #: The version before keys; accepted only under ``handoff_key: optional``.
@@ -122,6 +123,10 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+#: How a refusal for a wrong key says it (engine.repair tells the agent from it).
+WRONG_KEY = "its `key` is not this delegation's"
+
+
 def check_key(
     data: dict[str, Any], *, expected_hash: str | None, policy: str, path: Path
 ) -> bool:
@@ -152,8 +157,8 @@ def check_key(
         )
     if not hmac.compare_digest(key_hash(key), expected_hash):
         raise HandoffProblem(
-            f"handoff `{path}` refused: its `key` is not this delegation's (forged or "
-            "misdirected); it was kept for inspection.",
+            f"handoff `{path}` refused: {WRONG_KEY} (forged or misdirected); it was kept "
+            "for inspection.",
             kind="key",
             path=path,
         )
@@ -328,9 +333,36 @@ def _refuse_constant(name: str) -> Any:
 
 
 def loads_strict(text: str | bytes) -> Any:
-    """``json.loads`` that refuses NaN/Infinity; may raise ValueError, RecursionError,
-    MemoryError (callers translate them)."""
-    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    """``json.loads`` that refuses NaN/Infinity, numbers too large to be finite and a key
+    written twice in one object; may raise ValueError, RecursionError, MemoryError
+    (callers translate them).
+
+    RFC 8259 (section 4) says names SHOULD be unique and leaves duplicates to the
+    parser; Python keeps the last, so ``"status": "failed", "status": "complete"``
+    would read as complete. Refused here, as engine/yamlio.py refuses a YAML key
+    written twice."""
+    return json.loads(
+        text,
+        parse_constant=_refuse_constant,
+        parse_float=_finite_float,
+        object_pairs_hook=unique_keys,
+    )
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's pairs as a dict; ``ValueError`` naming the first key written twice
+    (a ``json.loads`` ``object_pairs_hook``; the local gateway's receiver uses it too)."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(
+                    f"key `{terminal_text(key[:60])}` is written twice in one object: keep "
+                    "one, as the last would silently win"
+                )
+            seen.add(key)
+    return data
 
 
 def _finite_float(text: str) -> float:

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from engine.redact import redact, redact_obj
 from engine.reporter import ConsoleReporter, Reporter
 from engine.states import StepState
+from engine.textio import TerminalStream, terminal_text
 
 #: Icon per step or run state; every other (failed, timed out, …) state shows ✘.
 _ICONS: dict[str, str] = {
@@ -68,12 +69,19 @@ class LineReporter(ConsoleReporter):
 
 
 class LiveReporter(Reporter):
-    """A live table of steps with state and elapsed time (rich), on a terminal."""
+    """A live table of steps with state and elapsed time (rich), on a terminal.
+
+    rich moves the cursor with escape sequences of its own, so it writes past the CLI's
+    ``TerminalStream``; every text in the table goes through ``terminal_text`` and into a
+    ``rich.text.Text`` (never read as markup) instead."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         from rich.console import Console
 
-        self.console = Console(file=stream or sys.stderr)
+        stream = stream or sys.stderr
+        if isinstance(stream, TerminalStream):
+            stream = stream.underlying
+        self.console = Console(file=stream)
         self._lock = threading.Lock()
         self._rows: dict[str, dict[str, Any]] = {}
         self._title = ""
@@ -83,7 +91,7 @@ class LiveReporter(Reporter):
     def _table(self) -> Any:
         from rich.table import Table
 
-        table = Table(title=self._title, title_justify="left", expand=False)
+        table = Table(title=_cell(self._title), title_justify="left", expand=False)
         for col in ("step", "agent", "state", "elapsed", "cost", "note"):
             table.add_column(col)
         now = time.monotonic()
@@ -103,12 +111,17 @@ class LiveReporter(Reporter):
             if r.get("items") is not None and r["state"] == "running" and not note:
                 note = f"{r.get('done', 0)} of {r['items']} items done"
             table.add_row(
-                sid,
-                r.get("agent") or "",
-                f"{_icon(r['state'])} {r['state']}",
-                elapsed,
-                spent_text(r.get("spent")),
-                note,
+                *map(
+                    _cell,
+                    (
+                        sid,
+                        r.get("agent") or "",
+                        f"{_icon(r['state'])} {r['state']}",
+                        elapsed,
+                        spent_text(r.get("spent")),
+                        note,
+                    ),
+                )
             )
         return table
 
@@ -175,7 +188,7 @@ class LiveReporter(Reporter):
             row["done"] = row.get("done", 0) + 1
 
     def warning(self, message: str) -> None:
-        self.console.print(f"warning: {redact(message)}")
+        self.console.print(_cell(f"warning: {redact(message)}"))
 
     def close(self) -> None:
         """Stop the live display (leaves the final table on screen)."""
@@ -183,6 +196,14 @@ class LiveReporter(Reporter):
             if self._live is not None:
                 self._live.stop()
                 self._live = None
+
+
+def _cell(text: object) -> Any:
+    """``text`` for a rich table or console: controls escaped (``terminal_text``), in a
+    ``Text``, so that ``[link=…]`` or ``[/]`` from an agent is shown, never read as markup."""
+    from rich.text import Text
+
+    return Text(terminal_text(str(text)))
 
 
 def progress_reporter() -> Reporter:
@@ -265,11 +286,11 @@ def summary_table(
     from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", box=box.SIMPLE)
+    table = Table(title=_cell(title), title_justify="left", box=box.SIMPLE)
     for col in columns:
         table.add_column(col)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(_cell, row))
     return _render(table)
 
 
@@ -309,7 +330,7 @@ def _summary_row(sid: str, st: dict[str, Any], waiting: bool, costly: bool) -> t
 
 def _plain_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """A title, a header, a rule and the rows, each column padded to its widest cell."""
-    cells = [tuple(" ".join(str(c).split("\n")) for c in row) for row in rows]
+    cells = [tuple(" ".join(terminal_text(str(c)).split("\n")) for c in row) for row in rows]
     widths = [len(col) for col in columns]
     for row in cells:
         for i, cell in enumerate(row):
@@ -363,5 +384,5 @@ def runs_table(
     for col in _RUNS_COLUMNS[1:]:
         table.add_column(col, overflow="ellipsis", no_wrap=True)
     for row in cells:
-        table.add_row(*row)
+        table.add_row(*map(_cell, row))
     return _render(table, width)

@@ -818,6 +818,21 @@ class TaskRenderer:
         """Render the step's ``task``."""
         return str(self._run(step_id, "task", context))
 
+    def render_sendable_task(self, step_id: str, context: Mapping[str, Any]) -> str:
+        """Render the step's ``task`` to send it: ``WorkflowError`` when it renders to no
+        text (only whitespace), which is never sent (docs/workflows.md, "Rendering").
+
+        Not for trial renders: placeholder results may render empty where real ones
+        would not."""
+        task = self.render_task(step_id, context)
+        if not task.strip():
+            raise WorkflowError(
+                f"step `{step_id}`'s task rendered to empty text, so nothing was sent: check "
+                "the values it reads (an input or a step result may be empty).",
+                step=step_id,
+            )
+        return task
+
     def render_workflow_inputs(self, step_id: str, context: Mapping[str, Any]) -> dict[str, str]:
         """Render the ``inputs`` of a sub-workflow step: input name -> text.
 

@@ -43,6 +43,7 @@ from engine.errors import (
     UnusableHandoffError,
 )
 from engine.files import utcnow_iso
+from engine.handoff import WRONG_KEY
 from engine.liveness import Heartbeat
 
 if TYPE_CHECKING:
@@ -77,6 +78,10 @@ WHY = {
     "unkeyed": "the handoff has no `key`: copy the block's `key:` line into it.",
     "size": "the handoff is too large: keep `result` short and put long output in a file "
     "listed in `artifacts`.",
+    "key": "a handoff was written to handoff_path, but refused: its `key` is not this "
+    "delegation's. Copy the `key:` line below exactly (command agents: $ORCH_HANDOFF_KEY); "
+    "a key from another task, or a made-up one, is never accepted.",
+    "refused": "a handoff was written to handoff_path, but refused:",
 }
 
 
@@ -228,6 +233,8 @@ class RunWatch:
         self._admitted = dispatch is None
         self._seen: Dispatch | None = None  # the dispatch whose answer was read already
         self._looked: Dispatch | None = None  # the last dispatch looked after (fresh_answer)
+        # Refusals listed before the current dispatch (a later one is its attempt's).
+        self._rejected_before = len(envelope.get("rejected") or [])
 
     @property
     def repairs(self) -> list[dict[str, Any]]:
@@ -325,7 +332,21 @@ class RunWatch:
             return None
         self._seen = d
         self.envelope["run_ended"] = {"status": "ok", "at": utcnow_iso()}
-        return self._repair("no_handoff", [], None)
+        return self._repair(*self._why_none())
+
+    def _why_none(self) -> tuple[str, list[str], str | None]:
+        """Why the run ended without a usable handoff: ``no_handoff``, or, when a file
+        was written since the last dispatch and refused while the caller kept waiting (a
+        wrong key), ``key`` (or ``refused`` with its reason): ``(why, problems, file)``."""
+        rejected = self.envelope.get("rejected") or []
+        fresh = [r for r in rejected[self._rejected_before :] if isinstance(r, dict)]
+        if not fresh:
+            return "no_handoff", [], None
+        last = fresh[-1]
+        reason = str(last.get("reason") or "")
+        why = "key" if WRONG_KEY in reason else "refused"
+        problems = [reason, *map(str, last.get("problems") or [])] if why == "refused" else []
+        return why, problems, str(last["file"]) if last.get("file") else None
 
     def refused(
         self, kind: str, problems: list[str], *, moved_to: str | None = None
@@ -464,6 +485,7 @@ class RunWatch:
         if rejected:
             entry["rejected_file"] = rejected
         self.envelope.setdefault("repairs", []).append(entry)
+        self._rejected_before = len(self.envelope.get("rejected") or [])
         if self._on_repair is not None:
             self._on_repair(f"{self.agent}: {WHY.get(why, why).rstrip(':.')}; repair {n} of "
                             f"{self.allowed} sent ({self.run_id})")

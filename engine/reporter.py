@@ -3,7 +3,8 @@
 The engine calls a ``Reporter``; the CLI picks an implementation: ``ConsoleReporter``
 (human lines on stderr), the workflow reporters of engine/progress.py, or the silent
 ``Reporter`` base class. Every line they write is redacted (engine/redact.py): an error
-text from a gateway may echo a token.
+text from a gateway may echo a token; and its controls are escaped
+(``engine.textio.terminal_text``): it may quote an agent.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 from typing import Any, TextIO
 
 from engine.redact import redact
+from engine.textio import terminal_text
 
 
 class Reporter:
@@ -57,7 +59,7 @@ class ConsoleReporter(Reporter):
         self._lock = threading.Lock()
 
     def _line(self, text: str) -> None:
-        text = redact(text)
+        text = terminal_text(redact(text))
         with self._lock:
             print(text, file=self.stream, flush=True)
 

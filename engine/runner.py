@@ -1045,7 +1045,7 @@ class _Execution:
             _FanOut(self, s, ps, agent).run(reattach)
             return
         try:
-            task = self.prepared.renderer.render_task(s.id, self._context(s.id))
+            task = self.prepared.renderer.render_sendable_task(s.id, self._context(s.id))
         except Exception as exc:
             self._finish(s, StepState.ERRORED, error=f"task failed to render: {exc}")
             return
@@ -1537,7 +1537,7 @@ class _FanOut:
         elif not ex.cancel.is_set():
             try:
                 ctx = {**ex._context(self.s.id), self.spec.item_name: value}
-                task = ex.prepared.renderer.render_task(self.s.id, ctx)
+                task = ex.prepared.renderer.render_sendable_task(self.s.id, ctx)
                 task = with_schema(self._with_answer(task, index), self.spec.result_schema)
             except Exception as exc:
                 state, error = StepState.ERRORED, f"task failed to render: {exc}"

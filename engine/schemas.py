@@ -150,6 +150,32 @@ def _enum_line(err: Any, prefix: str) -> str:
     return f"{prefix}: {shown} is not one of {choices}{near}"
 
 
+#: What each pattern of our schemas allows, in words (a message names the characters).
+_PATTERN_WORDS = {
+    "^[a-z0-9][a-z0-9_-]{0,63}$": "lowercase letters, digits, `-` and `_` (1 to 64 "
+    "characters, the first a letter or digit)",
+    "^[A-Za-z_][A-Za-z0-9_]*$": "letters, digits and `_` (not a digit first)",
+    "^[A-Za-z_][A-Za-z0-9_]{0,63}$": "letters, digits and `_` (1 to 64 characters, not a "
+    "digit first)",
+    "^[0-9]{1,25}$": "digits only (1 to 25)",
+}
+
+
+def _pattern_line(err: Any, prefix: str) -> str:
+    """A value or a key (``propertyNames``) that fails a pattern: which one, shown with
+    its control characters escaped, and what the pattern allows."""
+    from engine.textio import terminal_text
+
+    pattern = str(err.validator_value)
+    text = str(err.instance)
+    shown = terminal_text(text[:80]) + ("…" if len(text) > 80 else "")
+    words = _PATTERN_WORDS.get(pattern)
+    allowed = f"use {words}" if words else f"it must match the pattern `{pattern}`"
+    if "propertyNames" in err.schema_path:
+        return f"{prefix} has a key `{shown}` that is not allowed: {allowed}."
+    return f"{prefix} is `{shown}`, which is not allowed: {allowed}."
+
+
 _BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
 _NAME_RULE = "lowercase letters, digits, `-`, `_`"
 
@@ -158,9 +184,7 @@ _ONE_LINE: dict[str, Callable[[Any, str], str]] = {
     "type": _type_line,
     "enum": _enum_line,
     "const": lambda err, prefix: f"{prefix} must be `{err.validator_value}`.",
-    "pattern": lambda err, prefix: (
-        f"{prefix} does not match the pattern `{err.validator_value}`."
-    ),
+    "pattern": lambda err, prefix: _pattern_line(err, prefix),
     **{
         kw: lambda err, prefix: f"{prefix} must be {_BOUNDS[err.validator]} {err.validator_value}."
         for kw in _BOUNDS

@@ -4,13 +4,22 @@
 what cannot be text: a missing file, a directory, a FIFO (without blocking on it), a
 device, a huge file, bytes that are not UTF-8. ``check_text`` refuses command-line text
 that came in as bytes that are not UTF-8 (Python keeps them as lone surrogates).
+
+Text going the other way, to a terminal: ``terminal_text`` shows every control character
+(except newline and tab) as an escape, so that text from outside (an agent's result, a
+model's answer, a name from a config) cannot colour, retitle, ring or overwrite anything;
+``TerminalStream`` applies it to everything the CLI writes, and ``json_text`` does the
+same for JSON output while keeping it JSON.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import stat
 from pathlib import Path
+from typing import TextIO
 
 from engine.errors import OrchestratorError
 
@@ -114,3 +123,87 @@ def check_text(value: str, *, what: str, error: type[OrchestratorError]) -> str:
     if "\x00" in value:
         raise error(f"{what} contains a NUL character; remove it.")
     return value
+
+
+def _escape(code: int) -> str:
+    return "\\r" if code == 0x0D else f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+#: Code points ``terminal_text`` escapes: C0 controls but tab and newline, DEL, the C1
+#: controls U+0080-U+009F (ECMA-48: a UTF-8 terminal may act on U+009B as on ESC [), and
+#: the bidirectional embeddings, overrides and isolates U+202A-U+202E, U+2066-U+2069
+#: (CVE-2021-42574: they reorder what is shown).
+_UNSAFE = (
+    [c for c in range(0x20) if c not in (0x09, 0x0A)]
+    + list(range(0x7F, 0xA0))
+    + list(range(0x202A, 0x202F))
+    + list(range(0x2066, 0x206A))
+)
+_TERMINAL_TABLE = {c: _escape(c) for c in _UNSAFE}
+_TERMINAL_UNSAFE = re.compile("[" + "".join(re.escape(chr(c)) for c in _UNSAFE) + "]")
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_text(text: str) -> str:
+    """``text`` with every control character but newline and tab shown as an escape.
+
+    ``ESC`` becomes the four characters ``\\x1b``, BEL ``\\x07``, a C1 control
+    ``\\x9b``, a bidi override ``\\u202e``, a carriage return ``\\r`` (one before
+    a newline is dropped: ``\\r\\n`` is a line end). What is left cannot move the
+    cursor, set the window title, ring the bell or start an escape sequence (ECMA-48;
+    xterm's control sequences), whatever sequence the text held, complete or cut.
+    """
+    if _TERMINAL_UNSAFE.search(text) is None:  # the usual case: a scan, no copy
+        return text
+    if "\r\n" in text:
+        text = text.replace("\r\n", "\n")
+    return text.translate(_TERMINAL_TABLE)
+
+
+def json_text(text: str) -> str:
+    """JSON text (``json.dumps`` output) with DEL, the C1 controls and the bidi controls,
+    which ``ensure_ascii=False`` leaves raw, written as ``\\u`` escapes: the same JSON
+    value, safe on a terminal (``json.dumps`` escapes U+0000-U+001F itself). Those
+    characters can only occur inside JSON strings, where ``\\uXXXX`` is valid."""
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+class TerminalStream(io.TextIOBase):
+    """A text stream writing ``terminal_text`` of everything to ``underlying``.
+
+    The CLI puts one in front of stdout and stderr for the length of a command, so every
+    way of printing (``click.echo``, ``print``, rich, click's own error messages) goes
+    through ``terminal_text``. A writer of its own escape sequences (rich's live table)
+    writes to ``underlying`` and makes its text safe itself. There is no ``buffer``: bytes
+    are refused, so nothing can go round it.
+    """
+
+    def __init__(self, underlying: TextIO) -> None:
+        super().__init__()
+        self.underlying = underlying
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        self.underlying.write(terminal_text(s))
+        return len(s)
+
+    def flush(self) -> None:
+        self.underlying.flush()
+
+    def isatty(self) -> bool:
+        return bool(self.underlying.isatty())
+
+    def fileno(self) -> int:
+        return int(self.underlying.fileno())
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.underlying, "encoding", None) or "utf-8")
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return getattr(self.underlying, "errors", None)

@@ -62,18 +62,40 @@ def validation_task(task: str, handoff: dict[str, Any]) -> str:
 
 
 def parse_verdict(handoff: dict[str, Any] | None) -> tuple[bool, str]:
-    """(approved, reasons) from a validator's handoff; anything unclear is a rejection."""
+    """(approved, reasons) from a validator's handoff; anything unclear is a rejection.
+
+    Approval is a ``complete``/``partial`` handoff whose result starts with exactly
+    ``APPROVED:`` (capitals and colon, as the validator's task and docs/delegation.md
+    say); ``approved:``, ``Approved`` or ``APPROVED`` without the colon are unclear, so
+    rejections. A validator that asked a question (``blocked`` with ``question``) gave no
+    verdict: the reasons quote its question.
+    """
     if not handoff:
         return False, "the validator gave no answer"
     text = str(handoff.get("result", "")).strip()
-    head = text.upper()
-    if handoff.get("status") not in ("complete", "partial"):
-        return False, f"the validator answered {handoff.get('status')}: {text[:500]}"
-    if head.startswith("APPROVED"):
-        return True, text[len("APPROVED") :].lstrip(": ").strip()
-    if head.startswith("REJECTED"):
-        return False, text[len("REJECTED") :].lstrip(": ").strip()
-    return False, "the validator's answer starts with neither APPROVED: nor REJECTED:"
+    status = handoff.get("status")
+    if status not in ("complete", "partial"):
+        question = str(handoff.get("question") or "").strip()
+        if question:
+            return False, (
+                f"the validator asked a question instead of giving a verdict: {question[:500]}"
+            )
+        return False, f"the validator answered {status}: {text[:500]}"
+    if text.startswith(APPROVED):
+        return True, text[len(APPROVED) :].strip()
+    if text.startswith(REJECTED):
+        return False, text[len(REJECTED) :].strip()
+    return False, (
+        f"the validator's answer starts with neither `{APPROVED}` nor `{REJECTED}` (exactly "
+        f"so, in capitals): {text[:200]}"
+    )
+
+
+#: The verdict prefixes a validator's result must start with, exactly.
+APPROVED, REJECTED = "APPROVED:", "REJECTED:"
+
+#: Outcomes where the validator wrote a handoff of its own (its verdict, or its question).
+_ANSWERED = frozenset({"complete", "partial", "blocked", "failed"})
 
 
 def validate_result(
@@ -102,8 +124,9 @@ def validate_result(
         labels={"validates": handoff.get("runId")},
     )
     result = delegator.delegate(req, cancel=cancel, reporter=reporter)
-    approved, reasons = parse_verdict(result.handoff if result.outcome.ok else None)
-    if not result.outcome.ok and result.error is not None:
+    answered = result.outcome.value in _ANSWERED
+    approved, reasons = parse_verdict(result.handoff if answered else None)
+    if not answered and result.error is not None:
         reasons = f"validation did not finish ({result.outcome.value}): {result.error}"
     return Verdict(
         approved=approved,

@@ -545,6 +545,8 @@ def _agent_step_problems(label: str, step: dict[str, Any], problems: list[str]) 
         problems.append(f"{label} {which} `agent` and `capability`.")
     if "task" not in step:
         problems.append(f"{label} has no `task`: the message for its agent.")
+    elif isinstance(step["task"], str) and step["task"] and not step["task"].strip():
+        problems.append(f"{label}: `task` is only whitespace: write the message for its agent.")
     if "inputs" in step:
         problems.append(
             f"{label} has `inputs` but no `workflow`; `inputs` gives a sub-workflow its "

@@ -239,7 +239,11 @@ LOAD_CASES = [
         "duplicate-key",
         "line 7: key `steps[0].task` is written twice (first at line 6); keep one of them.",
     ),
-    ("schema-errors", "`name` does not match the pattern `^[a-z0-9][a-z0-9_-]{0,63}$`."),
+    (
+        "schema-errors",
+        "`name` is `Schema Errors`, which is not allowed: use lowercase letters, digits, "
+        "`-` and `_` (1 to 64 characters, the first a letter or digit).",
+    ),
     (
         "schema-errors",
         "step `research`: `steps[0].on_failure`: `ignore` is not one of `stop`, `continue`",

@@ -130,7 +130,27 @@ class EngineGroup(click.Group):
         **extra: Any,
     ) -> Any:
         args = list(sys.argv[1:] if args is None else args)
+        from engine.textio import TerminalStream
 
+        if isinstance(sys.stdout, TerminalStream):  # a command run by another one
+            return self._main(args, prog_name, complete_var, standalone_mode, **extra)
+        # Everything printed goes through terminal_text: text from agents, models and
+        # config files cannot drive the terminal (escape sequences, BEL, CR).
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = TerminalStream(out), TerminalStream(err)
+        try:
+            return self._main(args, prog_name, complete_var, standalone_mode, **extra)
+        finally:
+            sys.stdout, sys.stderr = out, err
+
+    def _main(
+        self,
+        args: list[str],
+        prog_name: str | None,
+        complete_var: str | None,
+        standalone_mode: bool,
+        **extra: Any,
+    ) -> Any:
         def run() -> Any:
             check_argv(args)
             return super(EngineGroup, self).main(
@@ -199,9 +219,12 @@ def load_optional(config: str | None) -> Any:
 
 
 def dump(data: Any) -> None:
+    """Print ``data`` as indented JSON, secrets masked, controls escaped as ``\\uXXXX``
+    (``engine.textio.json_text``): the output stays JSON and cannot drive a terminal."""
     from engine.redact import redact
+    from engine.textio import json_text
 
-    echo(redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)))
+    echo(json_text(redact(json.dumps(data, indent=2, ensure_ascii=False, default=str))))
 
 
 def say(text: str, *, err: bool = False) -> None:

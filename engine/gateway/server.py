@@ -38,6 +38,7 @@ from urllib.parse import unquote
 from engine.config import Config, GatewayAgentConfig, GatewayConfig
 from engine.errors import ConfigError
 from engine.gateway.agents import CommandRunner, completion_of, task_from_message
+from engine.handoff import unique_keys
 from engine.redact import install_log_filter, redact, register
 from engine.store import RunStore, open_store
 from engine.workers import Workers
@@ -884,7 +885,7 @@ def _no_constant(name: str) -> Any:
 def _parse_json(body: bytes) -> tuple[Any, str | None]:
     """The parsed body, or the reason it is refused (not JSON, NaN/Infinity, too deep)."""
     try:
-        data = json.loads(body, parse_constant=_no_constant)
+        data = json.loads(body, parse_constant=_no_constant, object_pairs_hook=unique_keys)
     except RecursionError:
         return None, f"body nests arrays or objects deeper than {MAX_DEPTH} levels"
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, a huge integer

@@ -7,6 +7,7 @@ from typing import Any
 
 from engine.metrics.scan import CONFIDENCES
 from engine.record import OUTCOMES
+from engine.textio import terminal_text
 
 
 def render_text(doc: dict[str, Any], *, width: int = 140) -> str:
@@ -20,7 +21,7 @@ def render_text(doc: dict[str, Any], *, width: int = 140) -> str:
     console = Console(file=buf, width=width, color_system=None, force_terminal=False)
     for block in _blocks(doc):
         if isinstance(block, str):
-            console.print(Text(block))  # Text: a name from a file is never read as markup
+            console.print(Text(terminal_text(block)))  # Text: never read as markup
         else:
             title, columns, rows = block
             console.print()
@@ -44,7 +45,7 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) ->
     from rich.text import Text
 
     t = Table(
-        title=Text(title),  # Text: a workflow name is never read as markup
+        title=Text(terminal_text(title)),  # Text: a workflow name is never read as markup
         title_justify="left",
         box=box.SIMPLE,
         pad_edge=False,
@@ -59,7 +60,7 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) ->
             min_width=len(col),
         )
     for row in rows:
-        t.add_row(*(Text(cell) for cell in row))
+        t.add_row(*(Text(terminal_text(cell)) for cell in row))
     return t
 
 
