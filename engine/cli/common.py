@@ -18,7 +18,6 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from engine.errors import EXIT_USAGE, OrchestratorError
-from engine.redact import redact
 
 CONFIG_HELP = "Config file (default: $ORCHESTRATOR_CONFIG, else ./orchestrator.yaml)."
 
@@ -46,6 +45,8 @@ def echo(text: str, *, err: bool = False) -> None:
 
 
 def fail(exc: OrchestratorError) -> NoReturn:
+    from engine.redact import redact
+
     click.echo(f"error: {redact(str(exc))}", err=True)
     sys.exit(exc.exit_code)
 
