@@ -88,3 +88,44 @@ def test_aliased_values_are_one_object_and_errors_name_the_first_bad_number() ->
     assert "at line 2" in str(exc.value) and "`x` is not a decimal integer" in str(exc.value)
     data, _ = yamlio.parse_yaml(CASES["merge"], source="f.yaml", error=ConfigError)
     assert data["item"] == {"x": 1, "y": 3}
+
+
+REFUSED = {
+    "duplicate": "a: 1\nb:\n  c: 1\n  c: 2\n",
+    "duplicate-top": "a: 1\na: 2\n",
+    "jinja": "task: {{ inputs.query }}\n",
+    "list-key": "? [a]\n: 1\n",
+    "deep": "".join("  " * i + f"k{i}:\n" for i in range(70)),
+    "deep-flow": "a: " + "[" * 70 + "]" * 70 + "\n",
+    "set": "a: !!set {x}\n",
+    "tag-in-list": "a: [1, !!binary aGk=]\n",
+    "tag-on-key-value": "a: {b: !!timestamp 2001-12-14}\n",
+    "many": "a: [" + ", ".join(["1"] * (yamlio.MAX_NODES + 1)) + "]\n",
+    "merge": "a: {<<: {x: 1}, y: 2}\n",
+}
+
+
+def _nodes(text: str) -> Any:
+    loader = yamlio._loader_class()(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def test_the_quick_check_passes_only_what_the_full_check_passes() -> None:
+    for name, text in {**CASES, **_shipped()}.items():
+        if "&" in text:
+            continue  # documents with anchors always take the full check
+        node = _nodes(text)
+        if yamlio._plain_and_valid(node):
+            assert yamlio._check_nodes(node, "f.yaml", ConfigError) == [], name
+    for name, text in REFUSED.items():
+        node = _nodes(text)
+        assert not yamlio._plain_and_valid(node), name
+        try:
+            problems = yamlio._check_nodes(node, "f.yaml", ConfigError)
+        except ConfigError:
+            continue
+        assert problems or name == "merge", name
+    assert yamlio._plain_and_valid(_nodes(_shipped()["engine/workflows/quick-research.yaml"]))
