@@ -973,6 +973,8 @@ def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, An
 
 def rendered_outputs(plan: Plan, renderer: TaskRenderer) -> dict[str, str]:
     """The workflow's outputs rendered with every step's placeholder result."""
+    if not renderer.spec.outputs:  # nothing to render: no trial contexts to build
+        return {}
     return renderer.render_outputs(_plan_trial(plan, renderer).outputs_context(plan.steps))
 
 
