@@ -496,12 +496,13 @@ def _data_problems(
     that schema does not declare; returns the steps and outputs found wrong (their trial
     render would only repeat it)."""
     wrong: set[str] = set()
+    whole = [sid for sid in first if not renderer.is_broken(sid)]
     for key in ("data", "input"):
         reads = [
             (sid, f"step `{sid}`", f" in `{name}`", found)
-            for sid in first
-            if not renderer.is_broken(sid)
+            for sid in whole
             for name, found in renderer.data_reads(sid, key).items()
+            if found
         ]
         reads += [(n, f"output `{n}`", "", f) for n, f in renderer.output_data_reads(key).items()]
         for owner, who, where, found in reads:

@@ -773,7 +773,7 @@ class TaskRenderer:
 
     def is_broken(self, step_id: str, field_name: str | None = None) -> bool:
         """True when a template of the step (or the given field) failed to compile."""
-        return any(
+        return bool(self._broken) and any(  # the planner asks ~4 times per step
             sid == step_id and (field_name is None or f == field_name) for sid, f in self._broken
         )
 
