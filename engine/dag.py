@@ -496,12 +496,13 @@ def _data_problems(
     that schema does not declare; returns the steps and outputs found wrong (their trial
     render would only repeat it)."""
     wrong: set[str] = set()
+    whole = [sid for sid in first if not renderer.is_broken(sid)]
     for key in ("data", "input"):
         reads = [
             (sid, f"step `{sid}`", f" in `{name}`", found)
-            for sid in first
-            if not renderer.is_broken(sid)
+            for sid in whole
             for name, found in renderer.data_reads(sid, key).items()
+            if found
         ]
         reads += [(n, f"output `{n}`", "", f) for n, f in renderer.output_data_reads(key).items()]
         for owner, who, where, found in reads:
@@ -973,6 +974,8 @@ def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, An
 
 def rendered_outputs(plan: Plan, renderer: TaskRenderer) -> dict[str, str]:
     """The workflow's outputs rendered with every step's placeholder result."""
+    if not renderer.spec.outputs:  # nothing to render: no trial contexts to build
+        return {}
     return renderer.render_outputs(_plan_trial(plan, renderer).outputs_context(plan.steps))
 
 

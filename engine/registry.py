@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from engine.config import AgentConfig, Config
 from engine.errors import ConfigError, UnknownAgentError, did_you_mean
-from engine.redact import register
 
 
 @dataclass(frozen=True)
@@ -66,6 +65,8 @@ def read_secret(*, env: str | None, file: os.PathLike[str] | str | None, what: s
     surrounding quotes. One trailing newline of a file (and surrounding blanks) is dropped;
     anything else is refused naming the source (variable or file), never the value.
     """
+    from engine.redact import register  # here: a check of a template reads no secret
+
     if env:
         value = os.environ.get(env, "").strip()
         if value:

@@ -418,7 +418,7 @@ def _quick_parts(source: str) -> list[_Part] | None:
         text = source[:-1] if source.endswith("\n") else source
         return [text] if text else []
     # As Jinja2's lexer does: normalize newlines, drop one trailing newline.
-    text = "\n".join(_NEWLINE_RE.split(source))
+    text = "\n".join(_NEWLINE_RE.split(source)) if "\r" in source else source
     if text.endswith("\n"):
         text = text[:-1]
     parts: list[_Part] = []
@@ -434,9 +434,13 @@ def _quick_parts(source: str) -> list[_Part] | None:
         var = _VAR_RE.match(text, end) if m.group() == "{{" else None
         if var is None:
             return None
-        keys = tuple(
-            (True, attr) if attr else (False, key) for attr, key in _PART_RE.findall(var.group(2))
-        )
+        path = var.group(2)
+        if "[" in path:
+            keys = tuple(
+                (True, attr) if attr else (False, key) for attr, key in _PART_RE.findall(path)
+            )
+        else:  # only `.name` parts (what _VAR_RE allows without a bracket)
+            keys = tuple((True, attr) for attr in path.split(".")[1:])
         parts.append((var.group(1), keys, lineno))
         lineno += var.group().count("\n")
         pos = var.end()
@@ -555,9 +559,12 @@ class _Compiled:
         self._lookups: frozenset[tuple[str, tuple[Any, ...]]] | None = None
         if not is_expr:
             parts = _quick_parts(source)
-            if parts is not None and not any(
-                not isinstance(p, str) and any(a and k.startswith("_") for a, k in p[1])
-                for p in parts
+            if parts is not None and (
+                "._" not in source  # a `.name` lookup starting with `_` has this text
+                or not any(
+                    not isinstance(p, str) and any(a and k.startswith("_") for a, k in p[1])
+                    for p in parts
+                )
             ):
                 self._parts = parts
                 self._fast, self.refs, self._lookups = _parts_template(parts)
@@ -766,7 +773,7 @@ class TaskRenderer:
 
     def is_broken(self, step_id: str, field_name: str | None = None) -> bool:
         """True when a template of the step (or the given field) failed to compile."""
-        return any(
+        return bool(self._broken) and any(  # the planner asks ~4 times per step
             sid == step_id and (field_name is None or f == field_name) for sid, f in self._broken
         )
 

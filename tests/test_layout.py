@@ -42,6 +42,23 @@ def test_the_programs_are_importable_from_engine_cli() -> None:
     assert cli.workflow.name == "workflow" and cli.orchestrate.name == "orchestrate"
 
 
+def test_each_program_loads_only_its_own_module() -> None:
+    code = (
+        "import sys; from engine.cli import workflow_main; import engine.cli.workflow as w; "
+        "import engine.cli as c; print(sorted(m for m in sys.modules if m.startswith("
+        "'engine.cli')), type(w).__name__, c.workflow is w, c.workflow.name)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [
+        "['engine.cli',",
+        "'engine.cli.common',",
+        "'engine.cli.workflow']",
+        "EngineGroup",
+        "True",
+        "workflow",
+    ]
+
+
 def test_standalone_mode_false_returns_instead_of_exiting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -83,7 +100,8 @@ def test_validate_and_dry_run_load_no_executor(tmp_path: Path, extra: list[str])
         "import sys; from engine.cli import workflow\n"
         "rc = workflow.main(sys.argv[1:], standalone_mode=False)\n"
         "mods = ('engine.runner', 'engine.runs', 'engine.store', 'engine.delegate', "
-        "'engine.hooks', 'engine.pool', 'httpx')\n"
+        "'engine.hooks', 'engine.pool', 'httpx', 'engine.cli.orchestrate', "
+        "'engine.cli.metrics', 'engine.redact', 'logging', 'importlib.resources')\n"
         "print(rc, [m for m in mods if m in sys.modules])"
     )
     args = [*extra, "wf.yaml", "--config", "orchestrator.yaml", "--input", "q=x"]

@@ -7,18 +7,19 @@ from DESIGN.md, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn, TypeVar
 
 import click
 
 from engine.errors import EXIT_USAGE, OrchestratorError
-from engine.redact import redact
 
 CONFIG_HELP = "Config file (default: $ORCHESTRATOR_CONFIG, else ./orchestrator.yaml)."
 
@@ -46,6 +47,8 @@ def echo(text: str, *, err: bool = False) -> None:
 
 
 def fail(exc: OrchestratorError) -> NoReturn:
+    from engine.redact import redact
+
     click.echo(f"error: {redact(str(exc))}", err=True)
     sys.exit(exc.exit_code)
 
@@ -190,6 +193,43 @@ class EngineGroup(click.Group):
 
             fail(driver_error(exc))
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a command reads and checks its input.
+
+    Reading a template builds many small objects that stay alive (YAML nodes, the parsed
+    data, the spec, the plan), so the collector's passes free next to nothing and only
+    cost time: ~160 of them while `workflow validate` read a 1,000-step file, 20-35 ms of
+    a ~140 ms command. The work inside is bounded by the input's bounds
+    (``engine.yamlio.MAX_NODES``). When the block ends the collector is back on (if it was
+    on), before a run's steps start, and what the block left alive is moved to the oldest
+    generation first (``gc.freeze`` then ``gc.unfreeze``, which moves without walking):
+    turned on with all of it still counted as young, its first pass would walk it at once
+    (~10 ms), to find it alive. It stays collectable by the collector's full passes.
+    Objects freed by reference counting (nearly all) are freed at once as usual.
+    """
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.freeze()
+            gc.unfreeze()
+            gc.enable()
+
+
+def exiting() -> None:
+    """The program's process is about to end: take its objects out of the collector's sight
+    (``gc.freeze``), so that Python's last full collection at exit does not walk them all
+    only to find them alive (~17 ms after reading a 1,000-step template). Called by a
+    console script's entry point as it returns, never by a command: a caller that goes on
+    (a test calling ``main``) keeps a collector that can still free its cycles. Files and
+    sockets are closed by their ``with`` blocks and ``atexit`` handlers as before.
+    """
+    gc.freeze()
 
 
 #: The handoffs directory of the config each command loaded, to name it in OSError messages.

@@ -14,8 +14,10 @@ from engine.cli.common import (
     EngineGroup,
     Where,
     collected,
+    collector_paused,
     config_option,
     dump,
+    exiting,
     load,
     load_optional,
     say,
@@ -412,8 +414,6 @@ def workflow_run_cmd(
     where: Where,
 ) -> int:
     """Run workflow NAME (a name in ./workflows, the config's dirs, the shipped set, or a path)."""
-    from engine.prepare import prepare
-    from engine.registry import check_secrets
     from engine.workflow import parse_inputs
 
     as_json = driving.as_json
@@ -434,20 +434,24 @@ def workflow_run_cmd(
             flags=remote.flags,
             gate_inputs=remote.gate_inputs,
         )
-    cfg = load(where.config)
-    prepared = prepare(cfg, name, parse_inputs(list(inputs)), caller=caller)
-    check_secrets(
-        cfg,
-        [a for ps in prepared.plan.steps.values() for a in (*ps.candidates, ps.validator) if a],
-    )
-    if dry_run:
-        from engine.planview import dry_run_dict, dry_run_text
+    with collector_paused():
+        from engine.prepare import prepare
+        from engine.registry import check_secrets
 
-        if as_json:
-            dump(dry_run_dict(prepared.plan, prepared.renderer))
-        else:
-            click.echo(dry_run_text(prepared.plan, prepared.renderer))
-        return 0
+        cfg = load(where.config)
+        prepared = prepare(cfg, name, parse_inputs(list(inputs)), caller=caller)
+        check_secrets(
+            cfg,
+            [a for ps in prepared.plan.steps.values() for a in (*ps.candidates, ps.validator) if a],
+        )
+        if dry_run:
+            from engine.planview import dry_run_dict, dry_run_text
+
+            if as_json:
+                dump(dry_run_dict(prepared.plan, prepared.renderer))
+            else:
+                click.echo(dry_run_text(prepared.plan, prepared.renderer))
+            return 0
     run_options = driving.run_options(caller=caller)
     return driving.drive(cfg, lambda r: r.start(prepared, run_options))
 
@@ -718,16 +722,17 @@ def workflow_validate_cmd(
     name: str, inputs: tuple[str, ...], caller: str | None, config: str | None
 ) -> int:
     """Check a template against the config (agents, ACL, graph, templates) without running."""
-    from engine.prepare import prepare
-    from engine.workflow import find_workflow, load_workflow, parse_inputs
+    with collector_paused():
+        from engine.prepare import prepare
+        from engine.workflow import find_workflow, load_workflow, parse_inputs
 
-    cfg = load(config)
-    given = parse_inputs(list(inputs))
-    spec = load_workflow(find_workflow(name, cfg))
-    for key, inp in spec.inputs.items():  # placeholders for required inputs not given
-        if inp.required and key not in given:
-            given[key] = f"<{key}>"
-    prepared = prepare(cfg, str(spec.path), given, caller=caller, spec=spec)
+        cfg = load(config)
+        given = parse_inputs(list(inputs))
+        spec = load_workflow(find_workflow(name, cfg))
+        for key, inp in spec.inputs.items():  # placeholders for required inputs not given
+            if inp.required and key not in given:
+                given[key] = f"<{key}>"
+        prepared = prepare(cfg, str(spec.path), given, caller=caller, spec=spec)
     plan = prepared.plan
     steps, groups = len(plan.steps), len(plan.groups)
     click.echo(
@@ -760,7 +765,10 @@ def workflow_graph_cmd(name: str, fmt: str, config: str | None) -> int:
 
 def workflow_main() -> None:
     """Entry point of the `workflow` console script."""
-    workflow.main(prog_name="workflow")
+    try:
+        workflow.main(prog_name="workflow")
+    finally:
+        exiting()
 
 
 @workflow.command("test")
