@@ -66,7 +66,7 @@ def _loader_base() -> Any:
 def _loader_class() -> Any:
     import yaml
     from yaml.constructor import ConstructorError, SafeConstructor
-    from yaml.nodes import ScalarNode, SequenceNode
+    from yaml.nodes import ScalarNode
 
     base = _loader_base()
 
@@ -75,22 +75,6 @@ def _loader_class() -> Any:
 
         yaml_implicit_resolvers: dict[Any, Any] = {}
         yaml_constructors = dict(SafeConstructor.yaml_constructors)
-
-        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-            """``BaseResolver.resolve`` for this loader's resolvers: by first character
-            only (it has no wildcard resolver), and no path resolvers unless someone
-            added some (then PyYAML's own). Called once per node while composing."""
-            if self.yaml_path_resolvers:
-                return super().resolve(kind, value, implicit)
-            if kind is ScalarNode:
-                if implicit[0]:
-                    for tag, regexp in self.yaml_implicit_resolvers.get(value[:1], ()):
-                        if regexp.match(value):
-                            return tag
-                return self.DEFAULT_SCALAR_TAG
-            if kind is SequenceNode:
-                return self.DEFAULT_SEQUENCE_TAG
-            return self.DEFAULT_MAPPING_TAG
 
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             self.flatten_mapping(node)
@@ -342,65 +326,6 @@ def _walk_mapping(
         todo.append((value_node, name, depth + 1))
 
 
-class _NotPlain(Exception):
-    """A node ``_construct`` leaves to PyYAML (a merge key, a tag on a node of another
-    kind)."""
-
-
-def _construct(loader: Any, root: Any) -> Any:
-    """``loader.construct_document(root)`` for a checked document of plain nodes.
-
-    The same values, made in the same order as PyYAML's constructor makes them (a
-    container is made empty when met and filled later, level by level, so a number out of
-    range is reported at the same place), without its per-node bookkeeping: a third of
-    the time on a 1,000-step template. A node shared through an alias is made once, as
-    there. A document with a merge key (``<<``), or a tag on a node of another kind
-    (``!!str`` on a list), is constructed by PyYAML from the start.
-    """
-    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
-
-    str_tag, seq_tag, map_tag, merge = (_TAG + t for t in ("str", "seq", "map", "merge"))
-    scalars = {
-        tag: loader.yaml_constructors[tag]
-        for tag in (_TAG + "null", _TAG + "bool", _TAG + "int", _TAG + "float")
-    }
-    made: dict[Any, Any] = {}
-    pending: list[tuple[Any, Any]] = []
-
-    def make(node: Any) -> Any:
-        if node in made:
-            return made[node]
-        kind, tag = node.__class__, node.tag
-        if kind is ScalarNode:
-            if tag == str_tag:
-                data = node.value
-            elif tag in scalars:
-                data = scalars[tag](loader, node)
-            else:
-                raise _NotPlain
-        elif (kind is MappingNode and tag == map_tag) or (kind is SequenceNode and tag == seq_tag):
-            data = {} if kind is MappingNode else []
-            pending.append((node, data))
-        else:
-            raise _NotPlain
-        made[node] = data
-        return data
-
-    try:
-        data = make(root)
-        for node, into in pending:  # grows while it is read: level by level
-            if type(into) is list:
-                into.extend([make(child) for child in node.value])
-                continue
-            if any(key.tag == merge for key, _ in node.value):
-                raise _NotPlain
-            for key, value in node.value:  # keys were checked to be scalars
-                into[key.value] = make(value)
-    except _NotPlain:
-        return loader.construct_document(root)
-    return data
-
-
 def _key_problem(label: str) -> str:
     where = f" under `{label}`" if label else ""
     return (
@@ -433,7 +358,7 @@ def parse_yaml(
                 return None, []
             plain = "&" not in text and _plain_and_valid(node)
             problems = [] if plain else _check_nodes(node, label, error)
-            data = _construct(loader, node)
+            data = loader.construct_document(node)
         finally:
             loader.dispose()
     except ConstructorError as exc:
