@@ -948,13 +948,11 @@ def list_page(
 
     Runs are replayed only until the page is full, however many the directory holds.
     """
-    from engine.runs import replay, run_row
-    from engine.runs.admin import runs_newest_first
-
     from engine.errors import UsageError
     from engine.files import SAFE_ID
-
     from engine.runner import RunState
+    from engine.runs import replay, run_row
+    from engine.runs.admin import runs_newest_first
 
     store = manager.delegator.store
     states = [state.value for state in RunState]
