@@ -915,6 +915,15 @@ def pool_serve_cmd(host: str, port: int, token_env: str, config: str | None) -> 
             f"OpenClaw plugin sends (its `tokenFile` or `tokenEnv`), e.g. `export {token_env}=...`."
         )
     register(token)
+    from engine.serve.settings import MIN_TOKEN
+
+    if len(token) < MIN_TOKEN:  # the rule of `orchestrate serve`'s tokens
+        raise ConfigError(
+            f"the token in environment variable `{token_env}` has {len(token)} characters; "
+            f"pool tokens, as server tokens, need at least {MIN_TOKEN}: export a longer one "
+            f"(e.g. `export {token_env}=$(openssl rand -hex 24)`) and give the OpenClaw "
+            "plugin the same."
+        )
     with TokenPool(PoolSettings.from_config(cfg)) as pool:
         server = PoolServer(pool, token=token, host=host, port=port)
         click.echo(f"pool endpoint on {server.url} (Ctrl-C to stop)", err=True)
