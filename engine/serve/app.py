@@ -413,9 +413,9 @@ def create_app(
 
         def check() -> tuple[bool, dict[str, Any]]:
             doc = run_doc(manager, run_id)
-            settled = doc["status"] in stop and not (
-                doc["status"] in ("waiting_approval", "waiting_input") and doc["executing"]
-            )
+            # a run cancelled (or parked) while this server still executes it is settled
+            # once its driver has stopped: its steps in flight have ended by then
+            settled = doc["status"] in stop and not doc["executing"]
             return settled, doc
 
         done, doc = await _wait(hub, run_id, check, timeout)
