@@ -1076,15 +1076,16 @@ def agents_status_cmd(
 
 @agents_group.command("systemd")
 @click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="Directory to write into."
+    "--out", required=True, help="Directory to write into (created if needed)."
 )
 @config_option
 def agents_systemd_cmd(out: str, config: str | None) -> int:
     """Write one systemd user unit per gateway (tokens from an EnvironmentFile)."""
     from pathlib import Path
 
-    from engine.systemd import gateway_units, write_units
+    from engine.systemd import check_out, gateway_units, write_units
 
+    check_out(Path(out))
     units = gateway_units(load(config))
     if not units:
         click.echo("no gateway on this host in the registry: nothing to write", err=True)
