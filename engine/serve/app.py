@@ -100,14 +100,16 @@ class BodyLimit:
         self.app = app
         self.limit = limit
 
+    def _detail(self, size: str) -> str:
+        return (
+            f"the request body ({size}) is larger than this server accepts "
+            f"({self.limit:,} bytes, `serve.max_body_bytes`): send less, or raise the "
+            "limit in the server's config."
+        )
+
     def _refusal(self, size: str) -> JSONResponse:
         return JSONResponse(
-            {
-                "detail": f"the request body ({size}) is larger than this server accepts "
-                f"({self.limit:,} bytes, `serve.max_body_bytes`): send less, or raise the "
-                "limit in the server's config.",
-                "exit_code": EXIT_USAGE,
-            },
+            {"detail": self._detail(size), "exit_code": EXIT_USAGE},
             status_code=413,
             headers={"Connection": "close"},
         )
@@ -131,8 +133,7 @@ class BodyLimit:
             if message.get("type") == "http.request":
                 seen += len(message.get("body") or b"")
                 if seen > self.limit:
-                    refusal = json.loads(self._refusal(f"more than {self.limit:,} bytes").body)
-                    raise _TooLarge(413, refusal["detail"])
+                    raise _TooLarge(413, self._detail(f"more than {self.limit:,} bytes"))
             return message
 
         async def watched(message: Any) -> None:
