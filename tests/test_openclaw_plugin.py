@@ -58,13 +58,9 @@ def test_pool_endpoint_acquire_wait_release(pool_server: PoolServer) -> None:
             headers=AUTH,
         )
         assert b.status_code == 503 and b.json()["error"] == "no pool token within 0.2 s"
-        rel = client.post(
-            f"{url}/pool/release", json={"runId": "run-a", "agent": "main"}, headers=AUTH
-        )
+        rel = client.post(f"{url}/pool/release", json={"runId": "run-a"}, headers=AUTH)
         assert rel.json() == {"ok": True, "released": True}
-        rel = client.post(
-            f"{url}/pool/release", json={"runId": "run-a", "agent": "main"}, headers=AUTH
-        )
+        rel = client.post(f"{url}/pool/release", json={"runId": "run-a"}, headers=AUTH)
         assert rel.json() == {"ok": True, "released": False}
         b = client.post(
             f"{url}/pool/acquire",
@@ -94,7 +90,7 @@ def test_a_waiting_acquire_gets_the_released_token(pool_server: PoolServer) -> N
 
         waiter = threading.Thread(target=wait)
         waiter.start()
-        client.post(f"{url}/pool/release", json={"runId": "first", "agent": "main"}, headers=AUTH)
+        client.post(f"{url}/pool/release", json={"runId": "first"}, headers=AUTH)
         waiter.join(30)
     assert got == [200] and pool_server.held == ["second"]
 

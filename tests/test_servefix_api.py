@@ -101,3 +101,10 @@ def test_a_cursor_from_before_a_restart_is_reset(srv: Served) -> None:
 def test_the_limit_is_documented() -> None:
     docs = (Path(__file__).parent.parent / "docs" / "serve.md").read_text()
     assert "max_body_bytes" in docs and "413" in docs
+
+
+def test_a_long_input_name_is_cut_in_the_planner_error(srv: Served) -> None:
+    with srv.client() as c:
+        r = c.post("/v1/runs", json={"workflow": "gate", "inputs": {"q" * 30000: "x"}})
+    assert r.status_code == 400, r.text[:300]
+    assert "(30,000 characters)" in r.json()["detail"] and len(r.text) < 1000, r.text[:300]

@@ -263,7 +263,8 @@ def create_app(
 
     @app.exception_handler(OrchestratorError)
     async def on_error(request: Request, exc: OrchestratorError) -> JSONResponse:
-        return _json({"detail": str(exc), "exit_code": exc.exit_code}, _status_for(exc))
+        detail = clip_quoted(str(exc))
+        return _json({"detail": detail, "exit_code": exc.exit_code}, _status_for(exc))
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -705,6 +706,19 @@ def quoted(value: Any, limit: int = QUOTE_LIMIT) -> str:
         return text
     size = len(value) if isinstance(value, str | list | dict) else len(text)
     return f"{text[:limit]}… ({size:,} characters)"
+
+
+def clip_quoted(message: str, longest: int = 200) -> str:
+    """``message`` with every backquoted span longer than ``longest`` characters cut as
+    ``quoted`` cuts a value: an engine error that names a client's value (an input's name,
+    a step's rendered task) never repeats a large request back."""
+    import re
+
+    def cut(m: re.Match[str]) -> str:
+        inner = m.group(1)
+        return f"`{inner[:QUOTE_LIMIT]}…` ({len(inner):,} characters)"
+
+    return re.sub("`([^`]{" + str(longest + 1) + ",})`", cut, message)
 
 
 def _check_name(workflow: str) -> None:
