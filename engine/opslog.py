@@ -27,7 +27,18 @@ _CHUNK = 64 * 1024
 
 
 def log_path(cfg: Config, agent: str, *, required: bool = True) -> Path | None:
-    """The configured log file of ``agent`` (``gateway`` for the local gateway)."""
+    """The log file of ``agent``'s gateway (``gateway`` for the local gateway), or None
+    when none is configured and ``required`` is false (else ``ConfigError``).
+
+    - ``gateway`` with ``gateway.embedded: true``: the companion process of `orchestrate
+      serve` / `inbox discord` writes ``<handoffs_dir>/.serve/gateway.log``
+      (``engine.serve.companion``); otherwise (a standalone unit) ``operations.logs``.
+    - Agents behind one gateway (the same host and port) share its log: the configured
+      file of the first of them in the registry that has one, which is the file that
+      gateway's unit appends to (``engine.systemd``).
+
+    Raises ``UsageError`` for an unknown agent.
+    """
     spec = (cfg.operations or {}).get("logs")
     base = cfg.path.parent if cfg.path else Path.cwd()
     if agent != "gateway" and agent not in cfg.agents:
@@ -35,11 +46,16 @@ def log_path(cfg: Config, agent: str, *, required: bool = True) -> Path | None:
             f"unknown agent `{agent}`{did_you_mean(agent, list(cfg.agents)) or '.'} "
             f"Known agents: {', '.join(cfg.agents)}."
         )
+    if agent == "gateway" and cfg.gateway is not None and cfg.gateway.embedded:
+        return cfg.handoffs_dir / ".serve" / "gateway.log"
     raw: str | None = None
-    if isinstance(spec, str):
-        raw = spec.replace("{agent}", agent)
-    elif isinstance(spec, dict) and agent in spec:
-        raw = str(spec[agent])
+    for name in _sharers(cfg, agent):
+        if isinstance(spec, str):
+            raw = spec.replace("{agent}", name)
+        elif isinstance(spec, dict) and name in spec:
+            raw = str(spec[name])
+        if raw is not None:
+            break
     if raw is None:
         if not required:
             return None
@@ -53,6 +69,27 @@ def log_path(cfg: Config, agent: str, *, required: bool = True) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
+def _sharers(cfg: Config, agent: str) -> list[str]:
+    """``agent`` and the agents behind the same gateway URL (host and port), in registry
+    order; just ``[agent]`` for ``gateway``, a local agent, or a URL of its own."""
+    from urllib.parse import urlsplit
+
+    def where(name: str) -> tuple[str | None, int | None] | None:
+        a = cfg.agents.get(name)
+        if a is None or a.is_local:
+            return None
+        try:
+            split = urlsplit(a.url)
+            return split.hostname, split.port
+        except ValueError:
+            return None
+
+    mine = where(agent)
+    if mine is None or mine[1] is None:
+        return [agent]
+    return [name for name in cfg.agents if where(name) == mine]
+
+
 def tail(path: Path, lines: int) -> list[str]:
     """The last ``lines`` lines of ``path`` (redacted)."""
     try:
@@ -62,6 +99,11 @@ def tail(path: Path, lines: int) -> list[str]:
             fh.seek(start)
             data = fh.read()
     except FileNotFoundError:
+        if path.parent.name == ".serve":  # the companion gateway's (log_path)
+            raise UsageError(
+                f"log file `{path}` does not exist (yet): it appears once `orchestrate serve` "
+                "or `orchestrate inbox discord` starts the embedded gateway."
+            ) from None
         raise UsageError(
             f"log file `{path}` does not exist (yet): is the gateway running with its output "
             "going there (`StandardOutput=append:` in its unit)?"

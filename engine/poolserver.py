@@ -10,12 +10,15 @@ Example::
 Endpoints (bearer token, JSON bodies)::
 
     POST /pool/acquire  {"runId", "agent", "waitSeconds"?, "holdSeconds"?, "engineRunId"?}
+         400 {"ok": false, "error"}              no `runId` or `agent`, or a `waitSeconds`
+                                                 / `holdSeconds` that is not a number >= 0
          200 {"ok": true, "runId", "waited_s"}   a token is held for runId (again: the same)
          200 {"ok": true, "covered_by"}          the engine's delegation engineRunId holds one
          503 {"ok": false, "error"}              none within waitSeconds
          429 {"ok": false, "error"}              the pool refused (queue full, emergency)
     POST /pool/release  {"runId"}  -> 200 {"ok": true, "released": true|false}
     GET  /health                   -> 200 {"ok": true, "held": N}
+    any other method on these paths -> 405 {"ok": false, "error"} (``Allow`` names the one)
 
 A held token is released by ``/pool/release``, when the server stops, or by the pool's
 own ``token_timeout`` (the holder recorded on the token is this server's process).
@@ -111,13 +114,17 @@ class PoolServer:
 
     def acquire(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Handle ``/pool/acquire``."""
-        run_id, agent = body.get("runId"), body.get("agent") or "openclaw"
+        run_id, agent = body.get("runId"), body.get("agent")
         if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
             return 400, {"ok": False, "error": "`runId` must be a short id string"}
-        if not isinstance(agent, str) or len(agent) > 200:
-            return 400, {"ok": False, "error": "`agent` must be a short string"}
-        wait = _seconds(body.get("waitSeconds"), 60.0)
-        hold = body.get("holdSeconds")
+        if not isinstance(agent, str) or not agent.strip() or len(agent) > 200:
+            return 400, {"ok": False, "error": "`agent` must be a short, non-empty string"}
+        try:
+            wait = _seconds(body.get("waitSeconds"), 60.0, "waitSeconds")
+            hold = body.get("holdSeconds")
+            hold = _seconds(hold, 0.0, "holdSeconds") if hold is not None else None
+        except ValueError as exc:
+            return 400, {"ok": False, "error": str(exc)}
         with self._lock:
             if run_id in self._leases:  # a retried attempt of the same run
                 return 200, {"ok": True, "runId": run_id, "waited_s": 0.0}
@@ -131,7 +138,7 @@ class PoolServer:
                 run_id=run_id,
                 agent=agent,
                 timeout=wait,
-                hold_for=_seconds(hold, 0.0) if hold is not None else None,
+                hold_for=hold,
             )
         except DelegationTimeoutError:
             return 503, {"ok": False, "error": f"no pool token within {wait:g} s"}
@@ -191,7 +198,38 @@ class PoolServer:
                 if self.path == "/health":
                     self._send(200, {"ok": True, "held": len(outer.held)})
                 else:
+                    self._other()
+
+            def _other(self) -> None:
+                """Any other method, or GET of a POST path: 405 (404 for an unknown path),
+                JSON as every answer, and the request's body read so that the connection
+                stays usable."""
+                allowed = {"/health": "GET", "/pool/acquire": "POST", "/pool/release": "POST"}
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = 0
+                if 0 < length <= _MAX_BODY:
+                    self.rfile.read(length)
+                elif length:
+                    self.close_connection = True
+                allow = allowed.get(self.path.split("?", 1)[0])
+                if allow is None:
                     self._send(404, {"ok": False, "error": "not found"})
+                    return
+                raw = json.dumps(
+                    {"ok": False, "error": f"{self.command} is not allowed on {self.path}: "
+                     f"use {allow}"}
+                ).encode("utf-8")  # fmt: skip
+                self.send_response(405)
+                self.send_header("Allow", allow)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(raw)
+
+            do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _other  # noqa: N815
 
             def do_POST(self) -> None:  # noqa: N802
                 if self.path not in ("/pool/acquire", "/pool/release"):
@@ -227,7 +265,20 @@ class PoolServer:
         return Handler
 
 
-def _seconds(value: Any, default: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+def _seconds(value: Any, default: float, name: str) -> float:
+    """``value`` in seconds, at most ``MAX_WAIT``; ``default`` when it is absent (None).
+
+    Raises ``ValueError`` (one sentence naming ``name``) for anything but a finite number
+    >= 0: a string, a boolean, a negative number, NaN or infinity."""
+    if value is None:
         return default
-    return min(max(0.0, float(value)), MAX_WAIT)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value != value
+        or value in (float("inf"), float("-inf"))
+        or value < 0
+    ):
+        shown = json.dumps(value)[:40] if not isinstance(value, float) else repr(value)
+        raise ValueError(f"`{name}` must be a number of seconds >= 0, not {shown}")
+    return min(float(value), MAX_WAIT)

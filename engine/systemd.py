@@ -79,8 +79,20 @@ def gateway_units(cfg: Config, *, orchestrate_bin: str | None = None) -> list[Un
     return units
 
 
+def check_out(out: Path) -> None:
+    """``UsageError`` (exit 2) when ``--out`` names something that is not a directory."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(
+            f"--out `{out}` is a file: give a directory to write the units into (it is "
+            "created if needed)."
+        )
+
+
 def write_units(units: list[Unit], out: Path) -> list[Path]:
-    """Write each unit into ``out`` (created if needed); return the paths written."""
+    """Write each unit into ``out`` (created if needed); return the paths written.
+
+    Raises ``UsageError`` (exit 2) when ``out`` is a file or cannot be created or written."""
+    check_out(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

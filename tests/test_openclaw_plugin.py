@@ -48,7 +48,9 @@ def test_pool_endpoint_acquire_wait_release(pool_server: PoolServer) -> None:
             f"{url}/pool/acquire", json={"runId": "run-a", "agent": "main"}, headers=AUTH
         )
         assert (a.status_code, a.json()["ok"]) == (200, True)
-        again = client.post(f"{url}/pool/acquire", json={"runId": "run-a"}, headers=AUTH)
+        again = client.post(
+            f"{url}/pool/acquire", json={"runId": "run-a", "agent": "main"}, headers=AUTH
+        )
         assert again.status_code == 200  # a retried attempt keeps its one token
         b = client.post(
             f"{url}/pool/acquire",
@@ -61,7 +63,9 @@ def test_pool_endpoint_acquire_wait_release(pool_server: PoolServer) -> None:
         rel = client.post(f"{url}/pool/release", json={"runId": "run-a"}, headers=AUTH)
         assert rel.json() == {"ok": True, "released": False}
         b = client.post(
-            f"{url}/pool/acquire", json={"runId": "run-b", "waitSeconds": 1}, headers=AUTH
+            f"{url}/pool/acquire",
+            json={"runId": "run-b", "agent": "main", "waitSeconds": 1},
+            headers=AUTH,
         )
         assert b.status_code == 200
         assert client.get(f"{url}/health").json() == {"ok": True, "held": 1}
@@ -72,14 +76,14 @@ def test_a_waiting_acquire_gets_the_released_token(pool_server: PoolServer) -> N
     url = pool_server.url
     got: list[int] = []
     with httpx.Client(timeout=10) as client:
-        client.post(f"{url}/pool/acquire", json={"runId": "first"}, headers=AUTH)
+        client.post(f"{url}/pool/acquire", json={"runId": "first", "agent": "main"}, headers=AUTH)
 
         def wait() -> None:
             with httpx.Client(timeout=30) as c:
                 got.append(
                     c.post(
                         f"{url}/pool/acquire",
-                        json={"runId": "second", "waitSeconds": 20},
+                        json={"runId": "second", "agent": "main", "waitSeconds": 20},
                         headers=AUTH,
                     ).status_code
                 )
@@ -98,7 +102,12 @@ def test_a_run_the_engine_holds_a_token_for_is_not_counted_twice(
     try:
         resp = httpx.post(
             f"{pool_server.url}/pool/acquire",
-            json={"runId": "oc-run-9", "engineRunId": "orch-engine-1", "waitSeconds": 0},
+            json={
+                "runId": "oc-run-9",
+                "agent": "main",
+                "engineRunId": "orch-engine-1",
+                "waitSeconds": 0,
+            },
             headers=AUTH,
         )
         assert resp.json() == {
@@ -109,7 +118,12 @@ def test_a_run_the_engine_holds_a_token_for_is_not_counted_twice(
         }
         other = httpx.post(
             f"{pool_server.url}/pool/acquire",
-            json={"runId": "oc-run-10", "engineRunId": "orch-someone-else", "waitSeconds": 0},
+            json={
+                "runId": "oc-run-10",
+                "agent": "main",
+                "engineRunId": "orch-someone-else",
+                "waitSeconds": 0,
+            },
             headers=AUTH,
         )
         assert other.status_code == 503  # the pool of one is taken
@@ -141,7 +155,9 @@ def test_stop_releases_what_is_held(tmp_path: Path) -> None:
     settings = PoolSettings(dir=tmp_path / "pool", max_tokens=1, adaptive=False)
     with TokenPool(settings) as pool:
         server = PoolServer(pool, token=POOL_TOKEN).start()
-        httpx.post(f"{server.url}/pool/acquire", json={"runId": "held"}, headers=AUTH)
+        httpx.post(
+            f"{server.url}/pool/acquire", json={"runId": "held", "agent": "main"}, headers=AUTH
+        )
         assert [t["run_id"] for t in pool.status()["in_use"]] == ["held"]
         server.stop()
         assert pool.status()["in_use"] == []

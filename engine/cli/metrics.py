@@ -22,7 +22,6 @@ _metrics_options = options(
     click.option("--caller", help="Only delegations made by this caller."),
     click.option(
         "--handoffs-dir",
-        type=click.Path(file_okay=False),
         help="Read this directory instead of the config's `handoffs_dir`.",
     ),
     config_option,
@@ -45,7 +44,12 @@ def _metrics(
     from engine.errors import UsageError
     from engine.metrics import compute_metrics, parse_since
 
-    when = parse_since(since) if since else None
+    if since is not None and not since.strip():
+        raise UsageError(
+            "`--since` is empty: give a duration such as `24h`, `7d`, `30m` or an ISO date "
+            "such as `2026-11-21`, or leave the option out for every record."
+        )
+    when = parse_since(since) if since is not None else None
     filters = {"agent": agent, "workflow": workflow_name, "caller": caller}
     cfg = None
     if handoffs_dir:
@@ -67,6 +71,8 @@ def _metrics(
         return compute_metrics(directory, **given)
 
     doc = compute(since=when, **filters)
+    if workflow_name and not doc["workflows"]:
+        _check_workflow(workflow_name, compute, cfg or _config_if_any(config), doc)
     if agent and not doc["agents"] and not doc["totals"]["workflow_runs"]:
         everything = compute(since=None, agent=None, workflow=None, caller=None)
         known = set(everything["agents"]) | {e["caller"] for e in everything["edges"]}
@@ -83,6 +89,30 @@ def _metrics(
                 agent=agent,
             )
     return doc
+
+
+def _check_workflow(name: str, compute: Any, cfg: Any, doc: Any) -> None:
+    """``UnknownWorkflowError`` (exit 2) for a ``--workflow`` that neither any record nor
+    the config's workflow directories name, as ``--agent`` is checked; a known workflow
+    with no run in the filters' window is no error (exit 0, empty tables)."""
+    from engine.errors import OrchestratorError, UsageError, did_you_mean
+
+    everything = compute(since=None, agent=None, workflow=None, caller=None)
+    known = set(everything["workflows"])
+    if cfg is not None:
+        from engine.workflow import list_workflows
+
+        try:
+            known |= {row[0] for row in list_workflows(cfg)}
+        except OrchestratorError:
+            pass
+    if name in known:
+        return
+    raise UsageError(
+        f"unknown workflow `{name}` (`--workflow`): neither the config's workflows nor any "
+        f"record in `{doc['handoffs_dir']}` names it{did_you_mean(name, known) or '.'} "
+        f"Known workflows: {', '.join(sorted(known)) or 'none'}."
+    )
 
 
 def _config_if_any(config: str | None) -> Any:
@@ -103,8 +133,9 @@ Examples:
   metrics json --since 24h --agent webster
   metrics text --workflow material-trade-study --since 2026-11-01
 Exit codes: 0 ok (also when no record matches the filters)
-            2 bad input: a bad --since, a --handoffs-dir that does not exist,
-              an --agent no record or config names, a bad config""",
+            2 bad input: a bad or empty --since, a --handoffs-dir that is not a
+              directory, an --agent or --workflow no record or config names,
+              a bad config""",
 )
 @click.version_option(package_name="agent-orchestrator", prog_name="metrics")
 def metrics() -> None:

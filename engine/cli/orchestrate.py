@@ -915,6 +915,15 @@ def pool_serve_cmd(host: str, port: int, token_env: str, config: str | None) -> 
             f"OpenClaw plugin sends (its `tokenFile` or `tokenEnv`), e.g. `export {token_env}=...`."
         )
     register(token)
+    from engine.serve.settings import MIN_TOKEN
+
+    if len(token) < MIN_TOKEN:  # the rule of `orchestrate serve`'s tokens
+        raise ConfigError(
+            f"the token in environment variable `{token_env}` has {len(token)} characters; "
+            f"pool tokens, as server tokens, need at least {MIN_TOKEN}: export a longer one "
+            f"(e.g. `export {token_env}=$(openssl rand -hex 24)`) and give the OpenClaw "
+            "plugin the same."
+        )
     with TokenPool(PoolSettings.from_config(cfg)) as pool:
         server = PoolServer(pool, token=token, host=host, port=port)
         click.echo(f"pool endpoint on {server.url} (Ctrl-C to stop)", err=True)
@@ -1067,15 +1076,16 @@ def agents_status_cmd(
 
 @agents_group.command("systemd")
 @click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="Directory to write into."
+    "--out", required=True, help="Directory to write into (created if needed)."
 )
 @config_option
 def agents_systemd_cmd(out: str, config: str | None) -> int:
     """Write one systemd user unit per gateway (tokens from an EnvironmentFile)."""
     from pathlib import Path
 
-    from engine.systemd import gateway_units, write_units
+    from engine.systemd import check_out, gateway_units, write_units
 
+    check_out(Path(out))
     units = gateway_units(load(config))
     if not units:
         click.echo("no gateway on this host in the registry: nothing to write", err=True)

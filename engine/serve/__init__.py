@@ -18,7 +18,10 @@ Needs the ``serve`` extra (FastAPI, uvicorn, prometheus-client).
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -95,7 +98,11 @@ def build(
 def serve(
     cfg: Config, settings: ServeSettings, *, on_started: Callable[[str], None] | None = None
 ) -> None:
-    """Run the server until SIGINT/SIGTERM; ``on_started`` gets its URL once it listens."""
+    """Run the server until SIGINT/SIGTERM; ``on_started`` gets its URL once it listens.
+
+    In the main thread, a stop with runs or delegations in flight ends the process at once
+    (``_leave_in_flight``) instead of waiting for their agents: those keep running on the
+    gateway, and the next server picks the runs up from their journals."""
     _need_extra()
     settings.check_bind()
     import uvicorn
@@ -117,7 +124,7 @@ def serve(
         delegator = stack.enter_context(open_delegator(served))
         if settings.discord_inbox:
             stack.enter_context(discord_inbox(served))
-        app, _ = build(served, settings, delegator, on_started=lambda: None)
+        app, manager = build(served, settings, delegator, on_started=lambda: None)
         config = uvicorn.Config(
             app,
             log_level="warning",
@@ -135,6 +142,8 @@ def serve(
 
         server.startup = startup  # type: ignore[method-assign]
         _run_until_term(server, sock)
+        if threading.current_thread() is threading.main_thread():
+            _leave_in_flight(manager.in_flight())
 
 
 @contextmanager
@@ -143,7 +152,6 @@ def _presence(cfg: Config, url: str) -> Iterator[None]:
     its pid and URL in it; the lock goes with the process, even a killed one."""
     import fcntl
     import json
-    import os
 
     from engine.serve.manager import OWNED_DIR
 
@@ -201,7 +209,6 @@ def discord_inbox(cfg: Config) -> Iterator[None]:
     Its settings are checked, and the bot token read, before the server listens (a
     ``ConfigError`` names the problem). On exit it stops polling and waits for its tasks.
     """
-    import threading
 
     from engine.discord import DiscordClient
     from engine.inbox import DiscordInbox, InboxSettings
@@ -228,12 +235,35 @@ def discord_inbox(cfg: Config) -> Iterator[None]:
             thread.join()
 
 
+def _leave_in_flight(busy: int) -> None:
+    """Stop now when ``busy`` runs or delegations are in flight, as ``kill -9`` would but
+    with one line on stderr: waiting for their agents could outlast systemd's stop timeout.
+
+    Nothing is lost: the companion gateway (or a standalone one) keeps the agents running
+    and keeps their handoffs; a restarted server adopts it and picks the runs up from their
+    journals, sending no step twice (``RunManager.pick_up``). Returns when ``busy`` is 0.
+    """
+    if busy <= 0:
+        return
+    log.warning(
+        "stopped with %d run(s) or delegation(s) in flight: their agents keep running on "
+        "the gateway, and `orchestrate serve` picks them up when it starts again.",
+        busy,
+    )
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
+
+
 class _Terminated(Exception):
     """SIGTERM arrived: uvicorn shut down and raised it again (see ``_run_until_term``)."""
 
 
 def _run_until_term(server: Any, sock: socket.socket) -> None:
-    """Run uvicorn; return normally on SIGTERM.
+    """Run uvicorn; return normally on SIGTERM or SIGINT (Ctrl-C).
 
     After its graceful shutdown uvicorn raises the signal it caught once more, with the
     handler that was there before it ran: the default one would end the process before
@@ -241,7 +271,6 @@ def _run_until_term(server: Any, sock: socket.socket) -> None:
     into an exception caught here.
     """
     import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread():
         server.run(sockets=[sock])
@@ -250,13 +279,14 @@ def _run_until_term(server: Any, sock: socket.socket) -> None:
     def terminated(signum: int, frame: Any) -> None:
         raise _Terminated
 
-    previous = signal.signal(signal.SIGTERM, terminated)
+    previous = {sig: signal.signal(sig, terminated) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run(sockets=[sock])
     except _Terminated:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -90,6 +90,69 @@ class Decision(BaseModel):
     )
 
 
+class BodyLimit:
+    """ASGI middleware: a request body above ``limit`` bytes gets 413 with the documented
+    error shape (``serve.max_body_bytes``, docs/serve.md). A ``Content-Length`` above it
+    is refused before the body is read; a streamed (chunked) body is counted as it
+    arrives and refused once it passes the limit, so no large body is held in memory."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _detail(self, size: str) -> str:
+        return (
+            f"the request body ({size}) is larger than this server accepts "
+            f"({self.limit:,} bytes, `serve.max_body_bytes`): send less, or raise the "
+            "limit in the server's config."
+        )
+
+    def _refusal(self, size: str) -> JSONResponse:
+        return JSONResponse(
+            {"detail": self._detail(size), "exit_code": EXIT_USAGE},
+            status_code=413,
+            headers={"Connection": "close"},
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        length = headers.get(b"content-length", b"").decode("latin-1").strip()
+        if length and (not length.isdigit() or int(length) > self.limit):
+            size = f"{int(length):,} bytes" if length.isdigit() else f"length {quoted(length)}"
+            await self._refusal(size)(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message.get("type") == "http.request":
+                seen += len(message.get("body") or b"")
+                if seen > self.limit:
+                    raise _TooLarge(413, self._detail(f"more than {self.limit:,} bytes"))
+            return message
+
+        async def watched(message: Any) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _TooLarge:
+            if not started:
+                await self._refusal(f"more than {self.limit:,} bytes")(scope, receive, send)
+
+
+class _TooLarge(StarletteHTTPException):
+    """A streamed request body passed ``BodyLimit.limit`` (an HTTP error, so that the
+    request parser passes it on instead of calling it a bad body)."""
+
+
 def _status_for(exc: OrchestratorError) -> int:
     if isinstance(exc, NotFoundError):
         return 404
@@ -156,6 +219,8 @@ def create_app(
         lifespan=lifespan,
     )
 
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
     @app.middleware("http")
     async def auth(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -198,13 +263,32 @@ def create_app(
 
     @app.exception_handler(OrchestratorError)
     async def on_error(request: Request, exc: OrchestratorError) -> JSONResponse:
-        return _json({"detail": str(exc), "exit_code": exc.exit_code}, _status_for(exc))
+        detail = clip_quoted(str(exc))
+        return _json({"detail": detail, "exit_code": exc.exit_code}, _status_for(exc))
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
+        kind = request.headers.get("content-type", "")
         for e in exc.errors():
             loc = [str(p) for p in e.get("loc", ())]
+            if e.get("type") == "json_invalid":
+                at = f" at character {loc[1]}" if len(loc) > 1 else ""
+                error = (e.get("ctx") or {}).get("error") or "not JSON"
+                problems.append(f"the body is not valid JSON ({error}{at})")
+                continue
+            if loc == ["body"] and not kind.split(";")[0].strip().endswith("json"):
+                return _json(
+                    {
+                        "detail": f"the body was sent as `{kind or 'no Content-Type'}`: send "
+                        "a JSON object with `Content-Type: application/json`.",
+                        "exit_code": EXIT_USAGE,
+                    },
+                    415,
+                )
+            if loc == ["body"]:
+                problems.append("the body must be a JSON object (`{...}`)")
+                continue
             where = loc[0] if loc and loc[0] in ("body", "query", "header", "path") else ""
             name = ".".join(loc[1:] if where else loc) or "body"
             of = f" ({where} parameter)" if where in ("query", "header", "path") else ""
@@ -274,17 +358,22 @@ def create_app(
     ) -> JSONResponse:
         """Start a workflow run; the same `Idempotency-Key` returns the same run."""
         _check_name(body.workflow)
-        run_id, created = await run_in_threadpool(
-            lambda: manager.start_workflow(
-                body.workflow,
-                dict(body.inputs),
-                by=who(request).name,
-                caller=body.caller,
-                key=idempotency_key,
-                approve=tuple(body.approve),
-                approve_all=body.approve_all,
+        try:
+            run_id, created = await run_in_threadpool(
+                lambda: manager.start_workflow(
+                    body.workflow,
+                    dict(body.inputs),
+                    by=who(request).name,
+                    caller=body.caller,
+                    key=idempotency_key,
+                    approve=tuple(body.approve),
+                    approve_all=body.approve_all,
+                )
             )
-        )
+        except OrchestratorError as exc:
+            exc.message = _api_advice(exc.message)
+            exc.problems = [_api_advice(p) for p in exc.problems]
+            raise
         doc = await run_in_threadpool(run_doc, manager, run_id)
         return _json({"runId": run_id, "created": created, "run": doc}, 201 if created else 200)
 
@@ -326,9 +415,9 @@ def create_app(
 
         def check() -> tuple[bool, dict[str, Any]]:
             doc = run_doc(manager, run_id)
-            settled = doc["status"] in stop and not (
-                doc["status"] in ("waiting_approval", "waiting_input") and doc["executing"]
-            )
+            # a run cancelled (or parked) while this server still executes it is settled
+            # once its driver has stopped: its steps in flight have ended by then
+            settled = doc["status"] in stop and not doc["executing"]
             return settled, doc
 
         done, doc = await _wait(hub, run_id, check, timeout)
@@ -506,6 +595,8 @@ def create_app(
         after: int = Query(default=0, ge=0), limit: int = Query(default=500, ge=1, le=5000)
     ) -> JSONResponse:
         """Events of all runs since the server started, after cursor `after` (`seq`)."""
+        if after > hub.seq:  # a cursor from before a restart: start again from now
+            return _json({"events": [], "cursor": hub.seq, "reset": True})
         evs = [ev for ev, _ in hub.since(after, None, limit)]
         reset = after + 1 < hub.oldest() and after != 0
         return _json(
@@ -520,6 +611,7 @@ def create_app(
     ) -> StreamingResponse:
         """Server-sent events of all runs (`id` is `seq`); without a cursor, from now on."""
         start = hub.seq if after is None and not last_event_id else _after(after, last_event_id)
+        start = min(start, hub.seq)  # a cursor from before a restart: from now on
 
         async def gen() -> AsyncIterator[str]:
             seq = start
@@ -599,15 +691,57 @@ _PAGE_HEADERS = {
 _SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
+#: Characters of a client's value that an error message repeats (``quoted``).
+QUOTE_LIMIT = 80
+#: The longest workflow name the API looks up.
+MAX_NAME = 128
+
+
+def quoted(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` as an error message quotes it: ``repr`` of a string, ``json`` of anything
+    else, cut to ``limit`` characters with the full length said (``'aaaa…' (1,000,000
+    characters)``), so that an error never repeats a large request back."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, str | list | dict) else len(text)
+    return f"{text[:limit]}… ({size:,} characters)"
+
+
+def clip_quoted(message: str, longest: int = 200) -> str:
+    """``message`` with every backquoted span longer than ``longest`` characters cut as
+    ``quoted`` cuts a value: an engine error that names a client's value (an input's name,
+    a step's rendered task) never repeats a large request back."""
+    import re
+
+    def cut(m: re.Match[str]) -> str:
+        inner = m.group(1)
+        return f"`{inner[:QUOTE_LIMIT]}…` ({len(inner):,} characters)"
+
+    return re.sub("`([^`]{" + str(longest + 1) + ",})`", cut, message)
+
+
 def _check_name(workflow: str) -> None:
     from engine.errors import UsageError
     from engine.files import SAFE_ID
 
-    if not SAFE_ID.match(workflow):
+    if len(workflow) > MAX_NAME or not SAFE_ID.match(workflow):
         raise UsageError(
-            f"workflow {workflow!r}: give a workflow name (see `GET /v1/workflows`); the API "
-            "does not read template files by path."
+            f"workflow {quoted(workflow)}: give a workflow name (at most {MAX_NAME} "
+            "characters; see `GET /v1/workflows`); the API does not read template files by "
+            "path."
         )
+
+
+def _api_advice(message: str) -> str:
+    """A planner error as an API client reads it: the JSON field `inputs.NAME` instead
+    of the CLI's `--input NAME=...`."""
+    import re
+
+    message = re.sub(
+        r"pass `--input ([^`=]+)=\.\.\.`", r"give it as the JSON field `inputs.\1`", message
+    )
+    return re.sub(r" \(`--input ([^`=]+)=\.\.\.`\)", "", message)
 
 
 async def _wait(
@@ -829,10 +963,22 @@ def list_page(
 
     Runs are replayed only until the page is full, however many the directory holds.
     """
+    from engine.errors import UsageError
+    from engine.files import SAFE_ID
+    from engine.runner import RunState
     from engine.runs import replay, run_row
     from engine.runs.admin import runs_newest_first
 
     store = manager.delegator.store
+    states = [state.value for state in RunState]
+    if status and status not in states:
+        raise UsageError(
+            f"`status` {quoted(status)} is not a run state; use one of: {', '.join(states)}."
+        )
+    if cursor and (not SAFE_ID.match(cursor) or not store.run_exists(cursor)):
+        raise UsageError(
+            f"`cursor` {quoted(cursor)} names no run: give the `next` of the previous page."
+        )
     rows: list[dict[str, Any]] = []
     more = False
     for name in runs_newest_first(store, after=cursor or None):

@@ -142,7 +142,11 @@ class ServerClient:
         try:
             data = r.json()
         except ValueError:
-            data = {"detail": r.text[:200]}
+            data = None
+        if not isinstance(data, dict | list) or (
+            r.status_code >= 400 and not (isinstance(data, dict) and "detail" in data)
+        ):
+            raise RemoteError(self._not_a_server(r.status_code, path))
         if r.status_code >= 400:
             detail = data.get("detail") if isinstance(data, dict) else None
             code = data.get("exit_code") if isinstance(data, dict) else None
@@ -155,6 +159,15 @@ class ServerClient:
                 exit_code=code if isinstance(code, int) else EXIT_USAGE,
             )
         return data
+
+    def _not_a_server(self, status: int, path: str) -> str:
+        """What to say when the answer is not the JSON of `orchestrate serve` (a web page,
+        another service): which address answered what, never the page itself."""
+        return (
+            f"`{self.url}` answered {status} to {path} with something other than the JSON "
+            "of `orchestrate serve`; is `orchestrate serve` running there (check `--server` "
+            "/ $ORCH_SERVER)?"
+        )
 
     def _unauthorized(self) -> str:
         """What to do about a 401: no token was sent (its variable is unset), or the server

@@ -374,6 +374,13 @@ class RunManager:
         )
         return True
 
+    def in_flight(self) -> int:
+        """How many runs and delegations this server's threads still work on (a driver
+        thread parked at a gate has ended: a parked run is not counted)."""
+        with self._lock:
+            self._threads = [x for x in self._threads if x.is_alive()]
+            return len(self._threads)
+
     def executing(self, run_id: str) -> bool:
         """True while a driver thread of this server works on the run."""
         with self._lock:

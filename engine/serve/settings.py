@@ -9,6 +9,7 @@ Example::
       tokens_file: serve-tokens.yaml    # [{name: alice, role: operate, token: ...}]
       self_approval: false              # the starter of a run may not approve its gates
                                         # (default true: the starter may decide them)
+      max_body_bytes: 1048576           # larger request bodies get 413 (default 1 MiB)
 
 Without tokens the server answers only on a loopback address, and every caller is the
 operator ``local``. Tokens come only from the variable ``tokens_env`` names and the file
@@ -34,6 +35,8 @@ from engine.redact import register
 CONVENTIONAL_TOKENS_ENV = "ORCH_SERVE_TOKENS"
 ROLES = ("read", "operate")  # read: look; operate: also start, cancel, approve, answer
 DEFAULT_PORT = 8765
+#: ``serve.max_body_bytes`` by default: the largest request body the API reads (1 MiB).
+DEFAULT_MAX_BODY = 1024 * 1024
 MIN_TOKEN = 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -69,6 +72,7 @@ class ServeSettings:
     self_approval: bool = True
     max_parallel: int = 4
     discord_inbox: bool = False  # run the Discord inbox in the server (engine.inbox)
+    max_body_bytes: int = DEFAULT_MAX_BODY  # larger request bodies get 413
 
     @classmethod
     def from_config(
@@ -114,6 +118,7 @@ class ServeSettings:
             self_approval=bool(raw.get("self_approval", True)),
             max_parallel=int(raw.get("max_parallel", 4)),
             discord_inbox=bool(raw.get("discord_inbox", False)),
+            max_body_bytes=int(raw.get("max_body_bytes", DEFAULT_MAX_BODY)),
         )
 
     def unread_tokens_warning(self, config: Config) -> str | None:
