@@ -176,22 +176,27 @@ def install_record(records_dir: Path, run_id: str, data: dict[str, Any]) -> Path
 def preserve_agent_file(records_dir: Path, run_id: str) -> Path | None:
     """Hard-link an agent's file at the record path into ``inbox/`` so its bytes survive.
 
-    Returns the inbox path that now holds it (``inbox/<runId>.json``, or
-    ``rejected/<runId>.<n>.json`` when the inbox already holds another file).
+    Returns the inbox path that now holds it: ``inbox/<runId>.json``, or, when the inbox
+    already holds another file (a gateway's stand-in that landed first), the first free
+    ``inbox/<runId>.<n>.json`` (n >= 2), which the merge rule takes next like any second
+    delivery (an agent's own handoff supersedes a stand-in). Only when no link can be
+    made at all does it go to ``rejected/<runId>.<n>.json``.
     """
     source = records_dir / f"{run_id}.json"
     inbox = records_dir / INBOX_DIR / f"{run_id}.json"
     inbox.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, inbox, follow_symlinks=False)
-        return inbox
-    except FileExistsError:
-        if _same_file(source, inbox):
-            return inbox
-    except FileNotFoundError:
-        return None
-    except OSError:
-        pass
+    for n in range(1, 10_000):
+        target = inbox if n == 1 else inbox.with_name(f"{run_id}.{n}.json")
+        try:
+            os.link(source, target, follow_symlinks=False)
+            return target
+        except FileExistsError:
+            if _same_file(source, target):
+                return target
+        except FileNotFoundError:
+            return None
+        except OSError:
+            break
     return _keep_aside(records_dir, source, link=True)
 
 
@@ -626,6 +631,15 @@ def recorded_envelope(
         new["fallback"] = True
     else:
         new.pop("fallback", None)
+        if cur_env is not None and cur_env.get("fallback") and cur_env.get("handoff_file"):
+            # the stand-in this handoff supersedes stays listed (and is not taken again)
+            kept = {
+                "file": cur_env["handoff_file"],
+                "reason": "a gateway-written fallback, superseded by the agent's own handoff",
+                "at": utcnow_iso(),
+                "inode": cur_env.get("handoff_inode"),
+            }
+            new["also_received"] = [*new.get("also_received", []), kept]
     new["key_verified"] = verified
     if not verified:
         new["unverified"] = True

@@ -775,20 +775,23 @@ def _reconcile(records_dir: Path, run_id: str | None = None) -> None:
 
 
 def _delivered(path: Path) -> bool:
-    """True when the agent delivered something: a file at ``path``, or a record that holds
-    the agent's own handoff (the engine recorded it), or its file taken into a database
-    store (marked in ``inbox/.imported/``). Never overwrite or compete with it."""
-    from engine.record import IMPORTED_DIR, read_json
+    """True when the agent delivered something: a file at ``path``, a file at the record
+    path that the engine did not write (seed 004's layout), a record that holds the
+    agent's own handoff (the engine recorded it), or its file taken into a database store
+    (marked in ``inbox/.imported/``). Never overwrite or compete with it."""
+    from engine.record import IMPORTED_DIR, is_engine_record, read_json
 
     if path.exists() or (path.parent / IMPORTED_DIR / path.name).exists():
         return True
 
-    record = read_json(records_of(path) / path.name)
-    if not isinstance(record, dict):
-        return False
-    envelope = record.get("envelope")
+    at_record = records_of(path) / path.name
+    record = read_json(at_record)
+    if not is_engine_record(record):
+        # The agent's own file at the record path (seed 004's layout), whatever it holds:
+        # the engine takes it (or refuses it) by the merge rule; no stand-in competes.
+        return os.path.lexists(at_record)
     # A record the engine wrote without a handoff (timeout, errored...) has no status.
-    return isinstance(envelope, dict) and "status" in record and "result" in record
+    return "status" in record and "result" in record
 
 
 def write_new_handoff(path: Path, handoff: dict[str, Any]) -> bool:
