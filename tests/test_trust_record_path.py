@@ -99,8 +99,14 @@ def test_agent_file_at_record_path_beside_a_stand_in_in_the_inbox_supersedes_it(
     write_pending(
         records,
         run_id,
-        {"caller": "manager", "target": "webster", "outcome": "dispatched",
-         "pid": 2**22 + 12345, "host": os.uname().nodename, "handoff_key": "optional"},
+        {
+            "caller": "manager",
+            "target": "webster",
+            "outcome": "dispatched",
+            "pid": 2**22 + 12345,
+            "host": os.uname().nodename,
+            "handoff_key": "optional",
+        },
     )
     (records / "inbox").mkdir(parents=True)
     (records / "inbox" / f"{run_id}.json").write_text(
