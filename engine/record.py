@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.files import parse_iso, utcnow_iso, write_json_atomic
+from engine.redact import redact_obj
 from engine.states import HandoffStatus, Outcome
 from engine.store.liveness import process_alive, waiter_alive
 from engine.store.protocol import Delivery
@@ -213,10 +214,13 @@ def record_of(
 ) -> dict[str, Any]:
     """The record mapping ``write_record`` writes (for callers that keep it in memory).
 
-    The handoff's ``key`` is never copied: the envelope says whether it was verified.
+    The handoff's ``key`` is never copied, nor quoted (an agent that put it in its
+    ``result`` or ``notes`` shows ``***`` there): the envelope says whether it was verified.
     """
     if handoff is not None:
-        data = {k: v for k, v in handoff.items() if k not in ("envelope", "key")}
+        key = handoff.get("key")
+        also = (key,) if isinstance(key, str) else ()
+        data = {k: redact_obj(v, also) for k, v in handoff.items() if k not in ("envelope", "key")}
     else:
         data = {"schemaVersion": "1.0", "runId": run_id, "agent": envelope.get("target")}
     data["envelope"] = envelope

@@ -632,7 +632,7 @@ class LocalGateway:
                 completion = {"status": "ok"}
                 return
             outcome = self._runner.run(spec, task)
-            completion = completion_of(outcome)
+            completion = completion_of(outcome, task.handoff_key)
             if outcome.returncode != 0:
                 log.info(
                     "local gateway: %s run %s ended (exit %s%s)",
