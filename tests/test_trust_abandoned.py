@@ -25,9 +25,11 @@ from tests.helpers import demo_config, wait_for, write_config
 
 
 def _agent(go: Path) -> list[str]:
-    """Waits for ``go`` (60 s at most), then writes its own handoff."""
+    """Says it started (``go`` + ``.started``), waits for ``go`` (60 s at most), then
+    writes its own handoff."""
     script = (
         "import os, subprocess, time\n"
+        f"open({str(go) + '.started'!r}, 'w').close()\n"
         "deadline = time.monotonic() + 60\n"
         f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
         "    time.sleep(0.01)\n"
@@ -68,10 +70,7 @@ def test_killed_caller_shows_abandoned_then_merges_the_late_handoff(tmp_path: Pa
             lambda: [p for p in pending_dir.glob("orch-*.json")], "the pending envelope"
         )[0]
         run_id = pending.stem
-        wait_for(
-            lambda: list((tmp_path / "handoffs" / ".workspaces" / "webster").glob("gw-*")),
-            "the agent's workspace",
-        )
+        wait_for(Path(f"{go}.started").exists, "the agent to start")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         envelope = read_json(pending)

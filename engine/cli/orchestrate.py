@@ -720,6 +720,8 @@ def _abandoned(env: dict[str, Any], run_id: str) -> bool:
     from engine.files import parse_iso
     from engine.store.liveness import waiter_alive
 
+    if type(env.get("pid")) is not int and env.get("host") is None:
+        return False  # no owner named (an envelope not written by a waiter): cannot judge
     if waiter_alive(env):
         return False
     target, caller = env.get("target"), env.get("caller")
