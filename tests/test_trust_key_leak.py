@@ -111,3 +111,17 @@ def test_a_key_quoted_in_the_agents_own_handoff_is_masked_in_the_record(tmp_path
     assert record["envelope"]["key_verified"] is True
     stored = json.loads((tmp_path / "handoffs" / f"{record['runId']}.json").read_text())
     assert stored["result"] == "my key is ***"
+
+
+def test_a_progress_line_that_quotes_the_key_keeps_it_masked(tmp_path: Path) -> None:
+    from engine.handoff import key_hash
+    from engine.liveness import latest_progress, report_progress
+    from engine.record import write_pending
+
+    key, run_id = "k1" * 16, "orch-20261130T000000-0000beef"
+    records = tmp_path / "handoffs"
+    write_pending(records, run_id, {"target": "webster", "key_sha256": key_hash(key)})
+    report_progress(records, run_id, f"working; my key is {key}", key=key)
+    line = latest_progress(records, run_id)
+    assert line is not None and line["text"] == "working; my key is ***"
+    assert not [p for p in records.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
