@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.files import parse_iso, utcnow_iso, write_json_atomic
-from engine.redact import redact_obj
+from engine.redact import mask
 from engine.states import HandoffStatus, Outcome
 from engine.store.liveness import process_alive, waiter_alive
 from engine.store.protocol import Delivery
@@ -219,8 +219,8 @@ def record_of(
     """
     if handoff is not None:
         key = handoff.get("key")
-        also = (key,) if isinstance(key, str) else ()
-        data = {k: redact_obj(v, also) for k, v in handoff.items() if k not in ("envelope", "key")}
+        secret = key if isinstance(key, str) else None
+        data = mask({k: v for k, v in handoff.items() if k not in ("envelope", "key")}, secret)
     else:
         data = {"schemaVersion": "1.0", "runId": run_id, "agent": envelope.get("target")}
     data["envelope"] = envelope

