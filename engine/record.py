@@ -217,6 +217,7 @@ def record_of(
     The handoff's ``key`` is never copied, nor quoted (an agent that put it in its
     ``result`` or ``notes`` shows ``***`` there): the envelope says whether it was verified.
     """
+    data: dict[str, Any]
     if handoff is not None:
         key = handoff.get("key")
         secret = key if isinstance(key, str) else None
