@@ -378,7 +378,9 @@ def _refusal(target: Target, url: str, resp: Any) -> HookError:
         if not re.search(r"\bkey\b", err):  # a refused delegation key is not the token's fault
             msg += f" Check the token from {target.token_source} and the gateway's hooks settings."
     elif code == 404:
-        if "agentid" in err.lower():
+        if "no delegation" in err.lower():  # the receiver: nothing waits for that run
+            msg = f"the gateway at {url} refused it (404): {err}"
+        elif "agentid" in err.lower():
             msg = (
                 f"the gateway at {url} does not know the agent (404: {err}). Set "
                 f"`agents.{agent}.agent_id` to an agent that gateway hosts."

@@ -111,7 +111,8 @@ def report_progress(
     before = store.read_progress(run_id, sub=sub)
     count = before.get("count", 0) if isinstance(before, dict) else 0
     count = (count if isinstance(count, int) else 0) + 1
-    data = {"text": redact(line[:MAX_PROGRESS]), "at": utcnow_iso(), "count": count}
+    # the key itself is never kept: a line that quotes it shows `***`
+    data = {"text": redact(line[:MAX_PROGRESS], (key,)), "at": utcnow_iso(), "count": count}
     store.write_progress(run_id, data, sub=sub)
     return data
 

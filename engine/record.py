@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.files import parse_iso, utcnow_iso, write_json_atomic
+from engine.redact import mask
 from engine.states import HandoffStatus, Outcome
 from engine.store.liveness import process_alive, waiter_alive
 from engine.store.protocol import Delivery
@@ -176,22 +177,27 @@ def install_record(records_dir: Path, run_id: str, data: dict[str, Any]) -> Path
 def preserve_agent_file(records_dir: Path, run_id: str) -> Path | None:
     """Hard-link an agent's file at the record path into ``inbox/`` so its bytes survive.
 
-    Returns the inbox path that now holds it (``inbox/<runId>.json``, or
-    ``rejected/<runId>.<n>.json`` when the inbox already holds another file).
+    Returns the inbox path that now holds it: ``inbox/<runId>.json``, or, when the inbox
+    already holds another file (a gateway's stand-in that landed first), the first free
+    ``inbox/<runId>.<n>.json`` (n >= 2), which the merge rule takes next like any second
+    delivery (an agent's own handoff supersedes a stand-in). Only when no link can be
+    made at all does it go to ``rejected/<runId>.<n>.json``.
     """
     source = records_dir / f"{run_id}.json"
     inbox = records_dir / INBOX_DIR / f"{run_id}.json"
     inbox.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, inbox, follow_symlinks=False)
-        return inbox
-    except FileExistsError:
-        if _same_file(source, inbox):
-            return inbox
-    except FileNotFoundError:
-        return None
-    except OSError:
-        pass
+    for n in range(1, 10_000):
+        target = inbox if n == 1 else inbox.with_name(f"{run_id}.{n}.json")
+        try:
+            os.link(source, target, follow_symlinks=False)
+            return target
+        except FileExistsError:
+            if _same_file(source, target):
+                return target
+        except FileNotFoundError:
+            return None
+        except OSError:
+            break
     return _keep_aside(records_dir, source, link=True)
 
 
@@ -208,10 +214,14 @@ def record_of(
 ) -> dict[str, Any]:
     """The record mapping ``write_record`` writes (for callers that keep it in memory).
 
-    The handoff's ``key`` is never copied: the envelope says whether it was verified.
+    The handoff's ``key`` is never copied, nor quoted (an agent that put it in its
+    ``result`` or ``notes`` shows ``***`` there): the envelope says whether it was verified.
     """
+    data: dict[str, Any]
     if handoff is not None:
-        data = {k: v for k, v in handoff.items() if k not in ("envelope", "key")}
+        key = handoff.get("key")
+        secret = key if isinstance(key, str) else None
+        data = mask({k: v for k, v in handoff.items() if k not in ("envelope", "key")}, secret)
     else:
         data = {"schemaVersion": "1.0", "runId": run_id, "agent": envelope.get("target")}
     data["envelope"] = envelope
@@ -626,6 +636,15 @@ def recorded_envelope(
         new["fallback"] = True
     else:
         new.pop("fallback", None)
+        if cur_env is not None and cur_env.get("fallback") and cur_env.get("handoff_file"):
+            # the stand-in this handoff supersedes stays listed (and is not taken again)
+            kept = {
+                "file": cur_env["handoff_file"],
+                "reason": "a gateway-written fallback, superseded by the agent's own handoff",
+                "at": utcnow_iso(),
+                "inode": cur_env.get("handoff_inode"),
+            }
+            new["also_received"] = [*new.get("also_received", []), kept]
     new["key_verified"] = verified
     if not verified:
         new["unverified"] = True

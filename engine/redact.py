@@ -21,6 +21,10 @@ Example::
     redact("403 forbidden: Bearer " + os.environ["ATOMIZER_HOOKS_TOKEN"])
     # '403 forbidden: Bearer ***'
 
+A secret known to one run only (a delegation's handoff key) is not registered: the code
+that writes that run's text passes it per call, ``redact(text, also=(key,))``, so a
+long-running process keeps no registry that grows with every delegation.
+
 The known values are matched by one compiled alternation, rebuilt only when the set
 changes, and run only when a plain substring test finds one of them; the generic scan
 runs only when the text holds one of its trigger words. A 2 KB record without secrets
@@ -34,6 +38,7 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -139,10 +144,18 @@ def _generic(m: re.Match[str]) -> str:
     return m.group("u") + MASK + "@"
 
 
-def redact(text: str) -> str:
-    """``text`` with every known secret and every secret-shaped value masked."""
+def redact(text: str, also: Iterable[str | None] = ()) -> str:
+    """``text`` with every known secret and every secret-shaped value masked.
+
+    ``also``: secrets of one call only (a delegation's handoff key, known to the run that
+    writes the text): masked here, never remembered, so a long-running process keeps no
+    registry that grows with every run. Values shorter than ``MIN_SECRET`` are ignored.
+    """
     if not text:
         return text
+    for secret in also:
+        if secret and len(secret) >= MIN_SECRET and secret in text:
+            text = text.replace(secret, MASK)
     known = _known_re
     # `in` per secret is far cheaper than the alternation's scan; the scan runs on a hit.
     if known is not None and any(secret in text for secret in _known_list):
@@ -154,17 +167,53 @@ def redact(text: str) -> str:
     return text
 
 
-def redact_obj(obj: Any) -> Any:
-    """A copy of a JSON-like value with every string (keys too) redacted; others unchanged."""
+def redact_obj(obj: Any, also: Iterable[str | None] = ()) -> Any:
+    """A copy of a JSON-like value with every string (keys too) redacted; others unchanged.
+
+    ``also`` as for ``redact``: secrets of this call only."""
+    also = tuple(also)
     if isinstance(obj, str):
-        return redact(obj)
+        return redact(obj, also)
     if isinstance(obj, dict):
         return {
-            (redact(k) if isinstance(k, str) else k): redact_obj(v) for k, v in obj.items()
+            (redact(k, also) if isinstance(k, str) else k): redact_obj(v, also)
+            for k, v in obj.items()
         }
     if isinstance(obj, list | tuple):
-        return [redact_obj(v) for v in obj]
+        return [redact_obj(v, also) for v in obj]
     return obj
+
+
+def mask(obj: Any, secret: str | None) -> Any:
+    """``obj`` (a JSON-like value) with ``secret`` alone replaced by ``***`` in every
+    string (keys too); ``obj`` itself when it holds no string with ``secret`` in it (or
+    ``secret`` is shorter than ``MIN_SECRET``). No generic scan: for a value that is
+    redacted whole where it is written (``engine.files``), such as a record that must
+    never quote its own handoff key, at about 1 us per 2 KB record."""
+    if not secret or len(secret) < MIN_SECRET:
+        return obj
+    return _mask(obj, secret)
+
+
+def _mask(obj: Any, secret: str) -> Any:
+    if type(obj) is str:
+        return obj.replace(secret, MASK) if secret in obj else obj
+    if isinstance(obj, dict):
+        return {
+            (k.replace(secret, MASK) if type(k) is str and secret in k else k): (
+                v if type(v) in _PLAIN else _mask(v, secret)
+            )
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list | tuple):
+        return [v if type(v) in _PLAIN else _mask(v, secret) for v in obj]
+    if isinstance(obj, str):
+        return obj.replace(secret, MASK)
+    return obj
+
+
+#: Types ``mask`` passes over without a call (they hold no text).
+_PLAIN = (int, float, bool, type(None))
 
 
 class RedactingFilter(logging.Filter):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -245,6 +246,13 @@ def test_handoff_write_to_receiver(standalone: tuple[Path, LocalGateway], tmp_pa
     res = run(*args, env={"GW_TOKEN": WRONG_TOKEN})
     assert res.exit_code == 2 and "401" in res.stderr
     assert not (tmp_path / "handoffs" / "inbox" / f"{run_id}.json").exists()
+    res = run(*args, env={"GW_TOKEN": GATEWAY_TOKEN})  # nothing waits for that run: refused
+    assert res.exit_code == 2 and f"no delegation `{run_id}` is waiting" in res.stderr
+    assert not (tmp_path / "handoffs" / "inbox" / f"{run_id}.json").exists()
+    from engine.record import write_pending
+
+    write_pending(tmp_path / "handoffs", run_id, {"target": "webster", "pid": os.getpid(),
+                                                  "handoff_key": "optional"})  # fmt: skip
     res = run(*args, env={"GW_TOKEN": GATEWAY_TOKEN})
     assert res.exit_code == 0, res.output
     delivered = tmp_path / "handoffs" / "inbox" / f"{run_id}.json"

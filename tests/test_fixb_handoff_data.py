@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,12 @@ def test_bad_data_is_one_paragraph_exit_2(tmp_path: Path, args: list[str], needl
 def test_data_goes_through_the_receiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(write_config(tmp_path, demo_config(tmp_path)))
     monkeypatch.setenv("HOOKS_TOKEN", "t0ken")
+    from engine.handoff import key_hash
+    from engine.record import write_pending
+
+    # the delegation that waits for it (the receiver refuses a run nobody waits for)
+    write_pending(cfg.handoffs_dir, RUN, {"target": "webster", "pid": os.getpid(),
+                                          "key_sha256": key_hash(BASE[-1])})  # fmt: skip
     with LocalGateway(cfg, token="t0ken", port=0) as gw:
         got = CliRunner().invoke(orchestrate, [
             *BASE, "--receiver", f"{gw.url}/handoffs/{RUN}", "--token-env", "HOOKS_TOKEN",

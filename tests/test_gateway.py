@@ -580,7 +580,12 @@ def test_receiver_refuses_bad_token_and_writes_nothing(
 
 
 def test_receiver_writes_a_valid_handoff(demo_gw: LocalGateway, client: httpx.Client) -> None:
+    from engine.record import write_pending
+
     run_id = new_run_id()
+    # a delegation waits for it (a run nobody waits for is refused: test_trust_receiver.py)
+    write_pending(demo_gw.cfg.handoffs_dir, run_id, {"target": "webster", "pid": os.getpid(),
+                                                     "handoff_key": "optional"})  # fmt: skip
     body = make_handoff(run_id=run_id, agent="webster", status="complete", result="CTE 0.01")
     resp = client.post(f"{demo_gw.url}/handoffs/{run_id}", json=body, headers=AUTH)
     assert resp.status_code == 200 and resp.json() == {"ok": True}

@@ -529,10 +529,17 @@ def test_show_and_tree_tell_the_truth_before_a_record_exists(tmp_path: Path) -> 
     other = "orch-20260101T000000-0000abce"
     write_json_atomic(
         pending_path(cfg.handoffs_dir, other),
-        {"caller": "manager", "target": "webster", "outcome": "dispatched", "pid": 1 << 22},
+        {"caller": "manager", "target": "webster", "outcome": "dispatched", "pid": os.getpid()},
     )
     out = _show(cfg, other).output
     assert out.startswith("in flight: webster for manager") and "no record" not in out
+    # its waiter gone (a pid that cannot exist): abandoned (tests/test_trust_abandoned.py)
+    write_json_atomic(
+        pending_path(cfg.handoffs_dir, other),
+        {"caller": "manager", "target": "webster", "outcome": "dispatched", "pid": 1 << 22},
+    )
+    out = _show(cfg, other).output
+    assert out.startswith("abandoned: webster for manager") and "no record" not in out
 
 
 _QUIET_AGENT = """

@@ -692,14 +692,59 @@ def _outcome_of(rec: dict[str, Any], env: dict[str, Any]) -> str:
     return str(env.get("outcome") or rec.get("status") or "unknown")
 
 
-def _in_flight(rec: dict[str, Any], env: dict[str, Any], outcome: str, run_id: str) -> bool:
-    """Say so and return True when ``rec`` is a delegation still waiting for its handoff."""
+def _in_flight(
+    rec: dict[str, Any], env: dict[str, Any], outcome: str, run_id: str, *, local: bool = False
+) -> bool:
+    """Say so and return True when ``rec`` is a delegation still waiting for its handoff
+    (``local``: a pending envelope of this store, whose waiter ``waiter_alive`` judges:
+    one whose process is gone is shown as abandoned, with what to do)."""
     if "status" in rec or outcome not in ("dispatched", "unknown"):
         return False
+    if local and _abandoned(env, run_id):
+        return True
     click.echo(
         f"in flight: {env.get('target')} for {env.get('caller')}, {run_id} "
         f"(dispatched {env.get('dispatched_at') or env.get('created_at')}, deadline "
         f"{env.get('deadline_at')}); no handoff yet"
+    )
+    return True
+
+
+def _abandoned(env: dict[str, Any], run_id: str) -> bool:
+    """Print and return True when the process that waited for ``env``'s handoff is gone
+    (``engine.store.liveness.waiter_alive``: its PID on this host, its renewals on
+    another): nobody will record a timeout for it, so say what it is and what to do."""
+    import shlex
+    import time
+
+    from engine.files import parse_iso
+    from engine.store.liveness import waiter_alive
+
+    if type(env.get("pid")) is not int and env.get("host") is None:
+        return False  # no owner named (an envelope not written by a waiter): cannot judge
+    if waiter_alive(env):
+        return False
+    target, caller = env.get("target"), env.get("caller")
+    deadline = env.get("deadline_at")
+    try:
+        passed = deadline is not None and parse_iso(str(deadline)).timestamp() < time.time()
+    except ValueError:
+        passed = True
+    when = f"deadline {deadline} passed" if passed else f"deadline {deadline}"
+    owner = f"pid {env.get('pid')} on {env.get('host') or 'this host'}"
+    click.echo(
+        f"abandoned: {target} for {caller}, {run_id} (dispatched "
+        f"{env.get('dispatched_at') or env.get('created_at')}, {when}): the process that "
+        f"waited for its handoff ({owner}) is gone, and no handoff has come."
+    )
+    task = str(env.get("task") or "")
+    task_arg = shlex.quote(task) if task and len(task) <= 200 and "\n" not in task else "TASK"
+    again = f"orchestrate {target} {task_arg} --caller {caller}"
+    if env.get("parent_run_id"):
+        again += f" --parent-run-id {env['parent_run_id']}"
+    click.echo(
+        f"The agent may still answer: its handoff is merged (marked late) by the next "
+        f"`orchestrate show {run_id}`. To have the task done now, delegate it again: {again}"
     )
     return True
 
@@ -731,7 +776,7 @@ def show_cmd(run_id: str, as_json: bool, where: Where) -> int:
         click.echo(f"file: {path}")
         return 0
     outcome = _outcome_of(rec, env)
-    if _in_flight(rec, env, outcome, run_id):
+    if _in_flight(rec, env, outcome, run_id, local=True):
         from engine.liveness import progress_note
 
         note = progress_note(store, run_id) or progress_note(store, run_id, sub=True)

@@ -301,14 +301,11 @@ class CommandRunner:
                 self._running.pop(task.gateway_run_id, None)
                 self._detach_info.pop(task.gateway_run_id, None)
         if running.detached:  # its watchdog writes the late logs and the fallback
-            _keep_early_output(workspace, outcome)
+            _keep_early_output(workspace, outcome, task.handoff_key)
             return outcome
         for name, text in (("stdout.log", outcome.stdout), ("stderr.log", outcome.stderr)):
             if text or name == "stdout.log":  # stdout.log marks the workspace finished
-                try:
-                    (workspace / name).write_text(redact(text), encoding="utf-8")
-                except OSError:
-                    pass
+                write_log(workspace / name, text, task.handoff_key)
         finished = self._finish(task, outcome, timeout=timeout, source=source, spec=spec)
         if self.retention is not None:
             from engine.gateway.retention import prune_later, prune_workspaces
@@ -340,6 +337,7 @@ class CommandRunner:
                 _reconcile(records_of(path), task.run_id)
             return outcome
         status, result, notes = _fallback_verdict(task, outcome, timeout, source)
+        result = redact(result, (task.handoff_key,))  # it quotes what the agent printed
         from engine.handoff import HandoffProblem, make_handoff
 
         handoff = make_handoff(
@@ -363,17 +361,33 @@ class CommandRunner:
         return dataclasses.replace(outcome, wrote_handoff=True)
 
 
-def _keep_early_output(workspace: Path, outcome: ProcessOutcome) -> None:
+def _keep_early_output(workspace: Path, outcome: ProcessOutcome, key: str | None) -> None:
     """What an agent left to a watchdog printed before its gateway stopped:
     ``stdout.early.log`` and ``stderr.early.log`` (redacted; only when it printed). The
     watchdog keeps the rest as ``*.late.log`` and puts the early stdout in its stand-in.
     Not ``stdout.log``: that name marks a finished workspace for pruning."""
     for name, text in (("stdout.early.log", outcome.stdout), ("stderr.early.log", outcome.stderr)):
         if text:
-            try:
-                (workspace / name).write_text(redact(text), encoding="utf-8")
-            except OSError:
-                pass
+            write_log(workspace / name, text, key)
+
+
+def write_log(path: Path, text: str, key: str | None) -> None:
+    """Write what an agent printed to ``path``: redacted (every known secret, and the
+    run's handoff ``key``, which the agent has in ``$ORCH_HANDOFF_KEY``), readable by its
+    owner only (0600: a workspace log may quote anything the agent saw). Never raises."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # a file that was there already keeps no wider mode
+        data = memoryview(redact(text, (key,)).encode("utf-8", "replace"))
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _no_fallback(path: Path, outcome: ProcessOutcome, spec: GatewayAgentConfig | None) -> bool:
@@ -464,8 +478,9 @@ def _start(
         return f"cannot start `{spec.argv[0]}` ({where}.argv): {text}"
 
 
-def completion_of(outcome: ProcessOutcome) -> dict[str, str]:
-    """The ``completion`` object of a hooks answer held with ``waitForCompletion``."""
+def completion_of(outcome: ProcessOutcome, key: str | None = None) -> dict[str, str]:
+    """The ``completion`` object of a hooks answer held with ``waitForCompletion``; the
+    run's handoff ``key`` is masked in the stderr it quotes (the engine records it)."""
     if outcome.returncode == 0 and not outcome.timed_out and not outcome.cancelled:
         return {"status": "ok"}
     if outcome.cancelled:
@@ -479,7 +494,7 @@ def completion_of(outcome: ProcessOutcome) -> dict[str, str]:
         reason = f"the agent exited with code {outcome.returncode}" + (
             f"; stderr (tail): {tail}" if tail else ""
         )
-    return {"status": "error", "error": reason}
+    return {"status": "error", "error": redact(reason, (key,))}
 
 
 def _environment(spec: GatewayAgentConfig, task: Task, workspace: Path) -> dict[str, str]:
@@ -775,20 +790,23 @@ def _reconcile(records_dir: Path, run_id: str | None = None) -> None:
 
 
 def _delivered(path: Path) -> bool:
-    """True when the agent delivered something: a file at ``path``, or a record that holds
-    the agent's own handoff (the engine recorded it), or its file taken into a database
-    store (marked in ``inbox/.imported/``). Never overwrite or compete with it."""
-    from engine.record import IMPORTED_DIR, read_json
+    """True when the agent delivered something: a file at ``path``, a file at the record
+    path that the engine did not write (seed 004's layout), a record that holds the
+    agent's own handoff (the engine recorded it), or its file taken into a database store
+    (marked in ``inbox/.imported/``). Never overwrite or compete with it."""
+    from engine.record import IMPORTED_DIR, is_engine_record, read_json
 
     if path.exists() or (path.parent / IMPORTED_DIR / path.name).exists():
         return True
 
-    record = read_json(records_of(path) / path.name)
-    if not isinstance(record, dict):
-        return False
-    envelope = record.get("envelope")
+    at_record = records_of(path) / path.name
+    record = read_json(at_record)
+    if not is_engine_record(record):
+        # The agent's own file at the record path (seed 004's layout), whatever it holds:
+        # the engine takes it (or refuses it) by the merge rule; no stand-in competes.
+        return os.path.lexists(at_record)
     # A record the engine wrote without a handoff (timeout, errored...) has no status.
-    return isinstance(envelope, dict) and "status" in record and "result" in record
+    return "status" in record and "result" in record
 
 
 def write_new_handoff(path: Path, handoff: dict[str, Any]) -> bool:

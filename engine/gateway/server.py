@@ -58,6 +58,8 @@ MAX_FIELD = 1024
 MAX_IDEMPOTENCY_KEY = 256
 #: How many Idempotency-Key values are remembered (oldest forgotten first).
 IDEMPOTENCY_LIMIT = 10_000
+#: Handoffs the receiver stores per run (the first, then copies beside it); more: 409.
+MAX_HANDOFFS_PER_RUN = 8
 #: Seconds an idle keep-alive connection is kept open.
 IDLE_TIMEOUT = 300.0
 
@@ -341,6 +343,8 @@ class LocalGateway:
         )
         self._lock = threading.Lock()
         self._idempotency: OrderedDict[str, str] = OrderedDict()
+        # handoffs stored per run id by the receiver (the last IDEMPOTENCY_LIMIT runs)
+        self._received: OrderedDict[str, int] = OrderedDict()
         self._dispatched = dict.fromkeys(self.agents, 0)
         self._inflight = dict.fromkeys(self.agents, 0)
         self._max_inflight = dict.fromkeys(self.agents, 0)
@@ -632,7 +636,7 @@ class LocalGateway:
                 completion = {"status": "ok"}
                 return
             outcome = self._runner.run(spec, task)
-            completion = completion_of(outcome)
+            completion = completion_of(outcome, task.handoff_key)
             if outcome.returncode != 0:
                 log.info(
                     "local gateway: %s run %s ended (exit %s%s)",
@@ -699,6 +703,9 @@ class LocalGateway:
             return checked
         store = self.store
         in_sub = store.is_sub(run_id)
+        refusal = self._unwanted(run_id, in_sub)
+        if refusal is not None:
+            return refusal
         key_problem = self._key_problem(run_id, checked, in_sub)
         try:
             store.put_handoff(run_id, checked, sub=in_sub)
@@ -707,6 +714,37 @@ class LocalGateway:
             log.warning("local gateway: cannot store the handoff of %s: %s", run_id, exc)
             return 500, {"ok": False, "error": "cannot store the handoff"}
         return _delivery_answer(run_id, got, key_problem)
+
+    def _unwanted(self, run_id: str, in_sub: bool) -> tuple[int, dict[str, Any]] | None:
+        """The refusal of a handoff nothing will take, else None (and it is counted):
+        404 for a run with neither a pending envelope nor a record here (nobody waits for
+        it: ``orchestrate handoff write`` refuses the same), 429 once the run has had
+        ``MAX_HANDOFFS_PER_RUN`` handoffs stored by this gateway (409: each is kept, and
+        the bound keeps a client that loops from filling the disk)."""
+        store = self.store
+        known = store.read_pending(run_id, sub=in_sub) or store.read(run_id, sub=in_sub)
+        if known is None:
+            return 404, {
+                "ok": False,
+                "error": f"no delegation `{run_id}` is waiting for a handoff here (no pending "
+                "envelope and no record): check the run id against the task message's "
+                "`run_id:` line; nothing was stored.",
+                "runId": run_id,
+            }
+        with self._lock:
+            count = self._received.pop(run_id, 0)
+            self._received[run_id] = count + (count < MAX_HANDOFFS_PER_RUN)
+            if len(self._received) > IDEMPOTENCY_LIMIT:
+                self._received.popitem(last=False)
+        if count >= MAX_HANDOFFS_PER_RUN:  # 409, not 429: sending it again cannot help
+            return 409, {
+                "ok": False,
+                "error": f"run `{run_id}` has had {MAX_HANDOFFS_PER_RUN} handoffs stored "
+                "by this gateway already; no more are kept for it (`orchestrate show "
+                f"{run_id}` lists them); nothing was stored.",
+                "runId": run_id,
+            }
+        return None
 
     def _checked_handoff(self, run_id: str, body: bytes) -> Any:
         """The handoff in ``body`` once its run id, size, JSON and fields pass; else the

@@ -40,6 +40,7 @@ from engine.gateway.agents import (
     _reconcile,
     drain_ready,
     records_of,
+    write_log,
     write_new_handoff,
 )
 from engine.handoff import GATEWAY_NOTE_PREFIX
@@ -78,10 +79,7 @@ def watch(info: dict[str, Any]) -> None:
     out, err = (texts + ["", ""])[:2]
     workspace = Path(str(info.get("workspace") or ""))
     for name, text in (("stdout.late.log", out), ("stderr.late.log", err)):
-        try:
-            (workspace / name).write_text(redact(text), encoding="utf-8")
-        except OSError:
-            pass
+        write_log(workspace / name, text, info.get("key"))
     _finish(info, out, err, bound.timed_out)
 
 
@@ -146,7 +144,7 @@ def _finish(info: dict[str, Any], out: str, err: str, timed_out: bool) -> None:
             run_id=str(info["run_id"]),
             agent=str(info.get("agent")),
             status="failed",
-            result=redact(result),
+            result=redact(result, (info.get("key"),)),
             confidence="low",
             notes=LATE_NOTE,
             key=info.get("key"),

@@ -1,0 +1,81 @@
+"""The gateway's receiver (``POST /handoffs/{runId}``) refuses a handoff nothing waits
+for, as ``orchestrate handoff write`` does, and keeps a bounded number per run.
+
+Real parts: the local gateway on an ephemeral 127.0.0.1 port, real HTTP, real files.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine.config import config_from_dict
+from engine.gateway import LocalGateway
+from engine.gateway.server import MAX_HANDOFFS_PER_RUN
+from engine.handoff import key_hash, make_handoff, new_key
+from engine.record import read_json, write_pending
+
+TOKEN = "trust-receiver-token-5a1d"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[LocalGateway]:
+    argv = [sys.executable, "-m", "engine.gateway.demo_agent", "--role", "webster"]
+    cfg = config_from_dict(
+        {
+            "handoffs_dir": "handoffs",
+            "agents": {"webster": {"url": "local"}},
+            "gateway": {"agents": {"webster": {"kind": "command", "argv": argv}}},
+        },
+        path=tmp_path / "orchestrator.yaml",
+    )
+    gateway = LocalGateway(cfg, token=TOKEN, port=0).start()
+    yield gateway
+    gateway.stop()
+
+
+def test_a_handoff_for_a_run_nobody_waits_for_is_refused(gw: LocalGateway) -> None:
+    run_id = "orch-20261130T120000-0badc0de"
+    body = make_handoff(run_id=run_id, agent="webster", status="complete", result="x")
+    with httpx.Client(timeout=60) as client:
+        for _ in range(3):
+            resp = client.post(f"{gw.url}/handoffs/{run_id}", json=body, headers=AUTH)
+            assert resp.status_code == 404, resp.text
+            answer = resp.json()
+            assert answer["ok"] is False and answer["runId"] == run_id
+            assert f"no delegation `{run_id}` is waiting" in answer["error"]
+    records = gw.cfg.handoffs_dir
+    assert not records.exists() or not list(records.rglob(f"{run_id}*"))
+
+
+def test_handoffs_kept_per_run_are_bounded(gw: LocalGateway) -> None:
+    run_id, key = "orch-20261130T120000-0000f00d", new_key()
+    records = gw.cfg.handoffs_dir
+    write_pending(
+        records,
+        run_id,
+        {"target": "webster", "caller": "manager", "outcome": "dispatched",
+         "key_sha256": key_hash(key), "pid": 2**22 + 7},
+    )  # fmt: skip
+    with httpx.Client(timeout=60) as client:
+        codes = []
+        for n in range(MAX_HANDOFFS_PER_RUN + 4):
+            body = make_handoff(
+                run_id=run_id, agent="webster", status="complete", result=f"n{n}", key=key
+            )
+            resp = client.post(f"{gw.url}/handoffs/{run_id}", json=body, headers=AUTH)
+            codes.append(resp.status_code)
+        assert codes[0] == 200
+        assert set(codes[1:]) == {409}  # kept and listed in the record, then not kept
+        assert "no more are kept" in resp.json()["error"] and resp.json()["runId"] == run_id
+    kept = [p for p in records.rglob(f"{run_id}*.json") if ".pending" not in p.parts]
+    # the inbox file, the record, and the copies set aside: no more than the bound allows
+    assert len(kept) <= MAX_HANDOFFS_PER_RUN + 1
+    record = read_json(records / f"{run_id}.json")
+    assert record["result"] == "n0"
+    assert len(record["envelope"]["also_received"]) == MAX_HANDOFFS_PER_RUN - 1
