@@ -39,7 +39,8 @@ Examples:
 Exit codes: 0 complete · 1 a step failed · 2 bad input
             3 waiting: for approval, or for the answer to an agent's question
             4 timed out · 5 refused by the ACL or the pool
-            6 (unusable) is a single delegation's: in a run, such a step fails (1)""",
+            6 (unusable) is a single delegation's: in a run, such a step fails (1)
+            130 interrupted (Ctrl-C): the run stays resumable (workflow resume RUN)""",
 )
 @click.version_option(package_name="agent-orchestrator", prog_name="workflow")
 def workflow() -> None:
@@ -125,17 +126,42 @@ class _Driving:
         """Run ``act(runner)`` with the delegator, reporter and approver a run needs;
         render it."""
         from engine.delegate import open_delegator
-        from engine.runner import WorkflowRunner
+        from engine.runner import RunInterrupted, WorkflowRunner
 
         reporter = _reporter_for(self.as_json, self.quiet)
-        with open_delegator(cfg, reporter=reporter) as delegator:
-            approver = _approver(self.interactive)
-            runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=approver)
-            try:
-                result = act(runner)
-            finally:
-                getattr(reporter, "close", lambda: None)()
+        try:
+            with open_delegator(cfg, reporter=reporter) as delegator:
+                approver = _approver(self.interactive)
+                runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=approver)
+                try:
+                    result = act(runner)
+                finally:
+                    getattr(reporter, "close", lambda: None)()
+        except RunInterrupted as stop:
+            say(_interrupted_hint(stop.run_id, stop.in_flight), err=True)
+            return EXIT_INTERRUPTED
         return _render_run(result, self.as_json, plain=self.quiet or None, cfg=cfg)
+
+
+#: The exit code after Ctrl-C (the shell's convention for SIGINT: 128 + 2).
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted_hint(run_id: str, in_flight: list[str]) -> str:
+    """The one paragraph after Ctrl-C stopped a run's wait (``RunInterrupted``)."""
+    steps = ", ".join(f"`{sid}`" for sid in in_flight)
+    one = len(in_flight) == 1
+    flying = (
+        f" The step{'' if one else 's'} in flight ({steps}) keep{'s its' if one else ' their'} "
+        f"delegation{'' if one else 's'}: an agent that hands off later is taken when the "
+        "run resumes, and nothing is sent again."
+        if in_flight
+        else ""
+    )
+    return (
+        f"interrupted: stopped waiting for run {run_id}, which stays resumable; nothing "
+        f"was recorded as ended.{flying} Continue it with: workflow resume {run_id}"
+    )
 
 
 #: The options of ``_Driving``, given to the command as one ``driving`` value.
@@ -172,12 +198,28 @@ def _gate_value(text: str) -> Any:
 
 
 def _approver(interactive: bool | None) -> Any:
+    """The terminal's approver (None: park at gates). Ctrl-D (end of input) at its prompt
+    answers nothing: that gate and every later one park the run (``waiting_approval``,
+    exit 3); Ctrl-C interrupts the run (``RunInterrupted``)."""
     if interactive is None:
         interactive = sys.stdin.isatty()
     if not interactive:
         return None
+    closed: list[bool] = []
 
     def ask(req: Any) -> Any:
+        if closed:
+            return None
+        try:
+            return prompt(req)
+        except click.Abort as exc:  # click's word for both Ctrl-C and end of input
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            closed.append(True)
+            click.echo("\n(no answer: the run parks at this gate)", err=True)
+            return None
+
+    def prompt(req: Any) -> Any:
         click.echo(f"\n=== approval gate: step `{req.step}` (agent {req.agent}) ===", err=True)
         click.echo(req.prompt, err=True)
         for up, ctx in req.upstream.items():
