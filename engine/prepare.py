@@ -20,6 +20,8 @@ class Prepared:
     spec: Any
     plan: Any
     renderer: Any
+    #: The NAME or path the workflow was asked for (``workflow run NAME``), as given.
+    ref: str = ""
 
 
 def prepare(
@@ -54,4 +56,4 @@ def prepare(
         renderer=renderer,
         load_child=lambda name, parent: load_child_workflow(name, parent, cfg),
     )
-    return Prepared(spec, plan, renderer)
+    return Prepared(spec, plan, renderer, str(name_or_path))

@@ -34,13 +34,22 @@ from engine.errors import (
     OrchestratorError,
     RunStateError,
     UsageError,
+    WorkflowError,
     did_you_mean,
 )
 from engine.files import new_run_id, parse_iso, utcnow_iso
 from engine.prepare import Prepared as Prepared
 from engine.prepare import prepare as prepare
 from engine.reporter import Reporter
-from engine.runs import RunView, StepRun, gate_waiting_since, replay_run, run_dir, summarize
+from engine.runs import (
+    RunView,
+    StepRun,
+    gate_waiting_since,
+    replay_run,
+    rerun_command,
+    run_dir,
+    summarize,
+)
 from engine.states import RETRYABLE_STEP_STATES, Outcome
 from engine.states import RunState as RunState
 from engine.states import StepState as StepState
@@ -327,7 +336,9 @@ class WorkflowRunner:
         meta = {
             "runId": run_id,
             "workflow": prepared.spec.name,
-            "workflow_path": str(prepared.spec.path),
+            # Absolute: `workflow resume` works from any directory (docs/workflows.md).
+            "workflow_path": str(Path(prepared.spec.path).resolve()),
+            **({"started_as": prepared.ref} if prepared.ref else {}),
             "version": prepared.spec.version,
             "caller": plan.caller,
             "inputs": plan.inputs,
@@ -400,39 +411,56 @@ class WorkflowRunner:
         with store.claim(run_id):
             view = replay_run(store, run_id)
             if view.state is RunState.CANCELLED:
-                raise RunStateError(f"run `{run_id}` was cancelled; start a new run instead.")
+                raise RunStateError(
+                    f"run `{run_id}` was cancelled; start a new run instead. Start it "
+                    f"with: {rerun_command(view.meta)}"
+                )
             meta = view.meta
             workflow_path, fingerprint = meta.get("workflow_path"), meta.get("fingerprint")
             if not isinstance(workflow_path, str) or not isinstance(fingerprint, dict):
                 raise RunStateError(
                     f"`{path / 'run.json'}` has no usable `workflow_path` and `fingerprint`: "
                     f"the run record was edited or damaged, so run `{run_id}` cannot resume. "
-                    "Start the workflow again with `workflow run`.",
+                    f"Start the workflow again: {rerun_command(meta)}",
                     path=path,
                 )
             inputs = meta.get("inputs")
-            prepared = prepare(
-                self.cfg,
-                workflow_path,
-                inputs if isinstance(inputs, dict) else {},
-                caller=meta.get("caller"),
-            )
+            try:
+                prepared = prepare(
+                    self.cfg,
+                    workflow_path,
+                    inputs if isinstance(inputs, dict) else {},
+                    caller=meta.get("caller"),
+                )
+            except WorkflowError as exc:
+                if Path(workflow_path).expanduser().is_absolute():
+                    raise
+                raise WorkflowError(
+                    f"run `{run_id}` cannot resume from `{Path.cwd()}`: its `run.json` records "
+                    f"the template as `{workflow_path}`, a path relative to the directory the "
+                    f"run was started in ({exc}). Run `workflow resume {run_id}` from that "
+                    "directory.",
+                    path=path / "run.json",
+                ) from exc
             changed = [
                 k
                 for k, v in fingerprint_parts(self.cfg, prepared).items()
                 if fingerprint.get(k) != v
             ]
             if changed and not options.force:
+                relative = (
+                    "" if Path(workflow_path).is_absolute() else f" (found from `{Path.cwd()}`)"
+                )
                 what = {
-                    "template": f"the template `{workflow_path}`",
+                    "template": f"the template `{workflow_path}`{relative}",
                     "inputs": "the inputs (defaults in the template)",
                     "agents": "the agents' configuration in the config",
                 }
                 raise RunStateError(
                     f"run `{run_id}` cannot resume: "
                     + ", ".join(what[c] for c in changed)
-                    + " changed since it started. Start a new run, or pass `--force` to "
-                    "resume with the current definitions."
+                    + f" changed since it started. Start a new run ({rerun_command(meta)}), "
+                    "or pass `--force` to resume with the current definitions."
                 )
             self._check_approvals(prepared.plan, options)
             for warning in view.warnings:

@@ -299,8 +299,8 @@ def _next_steps(
     elif status == "waiting_input" and _budget_spent(summary):
         click.echo(
             f"the run's budget is spent: an answer would not be sent (`workflow resume` "
-            f"dispatches nothing more); start a new run with a larger `budget`, or "
-            f"`workflow cancel {rid}{flags}`",
+            f"dispatches nothing more); start a new run with a larger `budget`: "
+            f"{_rerun(result, summary, flags)}   (or: `workflow cancel {rid}{flags}`)",
             err=True,
         )
     elif status == "waiting_input":
@@ -313,7 +313,27 @@ def _next_steps(
                     err=True,
                 )
     elif status == "failed":
-        say(_failed_hint(summary, flags), err=True)
+        say(_failed_hint(summary, flags, _run_meta(result, summary, flags)), err=True)
+
+
+def _run_meta(result: Any, summary: dict[str, Any], flags: str = "") -> dict[str, Any]:
+    """The run's ``run.json`` when it is on this host (not through a server: ``flags``),
+    else what the summary says of it (its workflow's name, its inputs)."""
+    fallback = {"workflow": summary.get("workflow"), "inputs": summary.get("inputs")}
+    if flags:
+        return fallback
+    try:
+        meta = json.loads((Path(result.run_dir) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return fallback
+    return meta if isinstance(meta, dict) else fallback
+
+
+def _rerun(result: Any, summary: dict[str, Any], flags: str = "") -> str:
+    """``workflow run REF [-i ...]`` for a new run of this run's workflow."""
+    from engine.runs import rerun_command
+
+    return rerun_command(_run_meta(result, summary, flags), flags)
 
 
 def _gate_hints(
@@ -348,24 +368,35 @@ def _budget_spent(summary: dict[str, Any]) -> bool:
     return _BUDGET_SPENT in json.dumps(summary.get("steps") or {}, ensure_ascii=False)
 
 
-def _failed_hint(summary: dict[str, Any], flags: str = "") -> str:
+def _failed_hint(summary: dict[str, Any], flags: str = "", meta: Any = None) -> str:
     """What to do about a failed run: `--retry-failed` only when it would send something
-    (a spent budget stops it; a rejected gate stays rejected), else start a new run.
-    Through a server (``flags``), `--retry-failed` is for the server's host only."""
-    rid, name = summary["runId"], summary.get("workflow") or "NAME"
+    (a spent budget stops it, and so does a deadline that has passed; a rejected gate
+    stays rejected), else start a new run (``rerun_command``: the workflow named as the
+    run was started, from its ``run.json`` ``meta``). Through a server (``flags``),
+    `--retry-failed` is for the server's host only."""
+    from engine.runs import rerun_command
+
+    rid = summary["runId"]
+    if not isinstance(meta, dict):
+        meta = {"workflow": summary.get("workflow"), "inputs": summary.get("inputs")}
+    again = rerun_command(meta, flags)
     if _budget_spent(summary):
         return (
             "the run failed: its budget is spent, and a resumed run keeps counting, so "
-            "`workflow resume` sends nothing more; start a new run with a larger `budget`: "
-            f"workflow run {name} -i ...{flags}"
+            f"`workflow resume` sends nothing more; start a new run with a larger `budget`: "
+            f"{again}"
+        )
+    if _deadline_passed(meta):
+        return (
+            f"the run failed: its deadline ({meta.get('deadline_at')}) has passed, so "
+            f"`workflow resume` sends nothing more; start a new run: {again}"
         )
     steps = summary.get("steps") or {}
     if any(st.get("status") in _RETRIED for st in steps.values()):
         if flags:
             return (
-                f"the run failed; after fixing the cause, start a new run: workflow run "
-                f"{name} -i ...{flags}   (or, on the server's host: workflow resume {rid} "
-                "--retry-failed)"
+                f"the run failed; after fixing the cause, start a new run: {again}   (or, "
+                f"on the server's host: workflow resume {rid} --retry-failed)"
             )
         return f"the run failed; after fixing the cause: workflow resume {rid} --retry-failed"
     rejected = [sid for sid, st in steps.items() if st.get("status") == "rejected"]
@@ -373,10 +404,23 @@ def _failed_hint(summary: dict[str, Any], flags: str = "") -> str:
         approve = " ".join(f"--approve {sid}" for sid in rejected)
         return (
             f"the run failed: the gate of `{rejected[0]}` was rejected, which is final "
-            f"(`workflow resume` does not run it); start a new run: workflow run {name} "
-            f"-i ...{flags} ({approve} to approve up front)"
+            f"(`workflow resume` does not run it); start a new run: {again} ({approve} to "
+            "approve up front)"
         )
-    return f"the run failed; start a new run: workflow run {name} -i ...{flags}"
+    return f"the run failed; start a new run: {again}"
+
+
+def _deadline_passed(meta: dict[str, Any]) -> bool:
+    """True when the run's ``deadline_at`` (``run.json``) is in the past."""
+    import time
+
+    from engine.files import parse_iso
+
+    at = meta.get("deadline_at")
+    try:
+        return isinstance(at, str) and parse_iso(at).timestamp() <= time.time()
+    except ValueError:
+        return False
 
 
 def _gate_input(run_dir: Any, sid: str) -> bool:
@@ -886,26 +930,50 @@ def workflow_test_cmd(
 
 
 def _record(cfg: Any, run_id: str, directory: Any, name: str | None) -> int:
+    import shlex
+
     from engine.errors import UsageError
     from engine.fixtures import record_fixtures
-    from engine.runs import replay_run, run_dir
+    from engine.runs import replay_run, run_dir, workflow_ref
     from engine.store import open_store
 
     store = open_store(cfg)
     run_dir(cfg, run_id, store=store)
     view = replay_run(store, run_id)
     workflow_name = str(view.meta.get("workflow"))
-    if name is not None and name != workflow_name:
-        raise UsageError(f"run `{run_id}` is of workflow `{workflow_name}`, not `{name}`.")
+    ref = workflow_ref(view.meta)
+    if name is not None and not _same_workflow(cfg, name, view.meta):
+        started = f" (started as {ref})" if ref != workflow_name else ""
+        raise UsageError(
+            f"run `{run_id}` is of workflow `{workflow_name}`, not `{name}`{started}; leave "
+            "NAME out, or give that workflow's name or path."
+        )
     written = record_fixtures(view, directory, store)
     click.echo(f"wrote {len(written)} files to {directory} from run {run_id}:")
     for path in written:
         click.echo(f"  {path.name}")
-    click.echo(
-        f"test with: workflow test {workflow_name} --fixtures {directory} "
-        f"--expect {directory}/expect.json"
-    )
+    fixtures = shlex.quote(str(directory))
+    expect = shlex.quote(str(Path(directory) / "expect.json"))
+    click.echo(f"test with: workflow test {ref} --fixtures {fixtures} --expect {expect}")
     return 0
+
+
+def _same_workflow(cfg: Any, name: str, meta: dict[str, Any]) -> bool:
+    """True when NAME (a name or a path, as `workflow test` takes it) is the workflow run
+    ``meta`` (``run.json``) was started with: its name, or a path to the same file."""
+    from engine.errors import OrchestratorError
+    from engine.workflow import find_workflow
+
+    if name == meta.get("workflow"):
+        return True
+    recorded = meta.get("workflow_path")
+    if not isinstance(recorded, str):
+        return False
+    try:
+        found = find_workflow(name, cfg).resolve()
+    except (OrchestratorError, OSError):
+        return False
+    return found == Path(recorded).expanduser().resolve()
 
 
 def _fixture_report(data: dict[str, Any]) -> str:

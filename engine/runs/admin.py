@@ -47,6 +47,47 @@ def run_dir(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Path:
     return store.run_locator(run_id)
 
 
+def workflow_ref(meta: dict[str, Any]) -> str:
+    """How a command typed here names run ``meta``'s workflow (``run.json``), shell-quoted:
+    as the run was started (its NAME, or the path given while that path still names the
+    same file from the current directory), else the absolute path ``workflow_path``; for
+    a run recorded before ``started_as``, its path when that exists from here, else its
+    name. Every hint that prints a `workflow run`/`workflow test` command uses it."""
+    import shlex
+
+    given, path, name = meta.get("started_as"), meta.get("workflow_path"), meta.get("workflow")
+    path = path if isinstance(path, str) and path else None
+    if isinstance(given, str) and given:
+        if not _looks_like_path(given):
+            return shlex.quote(given)
+        same = path is not None and _resolved(given) == _resolved(path)
+        return shlex.quote(given if same or path is None else path)
+    if path is not None and Path(path).expanduser().exists():
+        return shlex.quote(path)
+    return shlex.quote(str(name or path or "NAME"))
+
+
+def rerun_command(meta: dict[str, Any], flags: str = "") -> str:
+    """``workflow run REF`` for a new run of ``meta``'s workflow (``workflow_ref``), with
+    `` -i ...`` only when the run had inputs, then ``flags`` (``--server URL``...)."""
+    inputs = " -i ..." if meta.get("inputs") else ""
+    return f"workflow run {workflow_ref(meta)}{inputs}{flags}"
+
+
+def _looks_like_path(text: str) -> bool:
+    """As ``engine.workflow.find_workflow`` tells a path from a name."""
+    import os
+
+    return "/" in text or os.sep in text or text.endswith((".yaml", ".yml"))
+
+
+def _resolved(text: str) -> Path | None:
+    try:
+        return Path(text).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
 def decide_gate(
     cfg: Config,
     run_id: str,
