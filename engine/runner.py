@@ -416,6 +416,7 @@ class WorkflowRunner:
                     f"with: {rerun_command(view.meta)}"
                 )
             meta = view.meta
+            _check_resumable(view)
             workflow_path, fingerprint = meta.get("workflow_path"), meta.get("fingerprint")
             if not isinstance(workflow_path, str) or not isinstance(fingerprint, dict):
                 raise RunStateError(
@@ -497,6 +498,28 @@ class WorkflowRunner:
                     f"`--approve {step}`: its gate asks for an input; give it when the run "
                     f"parks there: `workflow approve RUN {step} --input VALUE`."
                 )
+
+
+def _check_resumable(view: RunView) -> None:
+    """Refuse (RunStateError, exit 2; nothing written) to resume a run that has ended for
+    good: one that completed, and one that failed after its ``deadline_at`` had passed
+    (a resumed run may not send anything then, and taking a late handoff or running the
+    ``finally`` steps again would rewrite what it came to). docs/workflows.md, Resuming."""
+    rid, meta = view.run_id, view.meta
+    if view.state is RunState.COMPLETE:
+        raise RunStateError(f"run `{rid}` has already ended (complete); nothing to resume.")
+    at = meta.get("deadline_at")
+    if view.state is RunState.FAILED and isinstance(at, str):
+        try:
+            passed = parse_iso(at).timestamp() <= time.time()
+        except ValueError:
+            passed = False
+        if passed:
+            raise RunStateError(
+                f"run `{rid}` has ended (failed) and its deadline ({at}) has passed: a "
+                "resumed run could send nothing, so it is left as it is. Start a new run: "
+                f"{rerun_command(meta)}"
+            )
 
 
 def _take_late_results(
@@ -911,7 +934,7 @@ class _Execution:
                 timeout -= time.time() - parse_iso(started[-1]).timestamp()
         if self.deadline_at is not None and not ps.spec.always:
             timeout = min(timeout, self.deadline_at - time.time())
-        return max(0.1, timeout)
+        return max(0.1, round(timeout, 1))  # messages say `within 2 s`, not `1.99076 s`
 
     def _consider(self, s: StepRun, pool: ThreadPoolExecutor) -> Future[None] | None:
         """Decide a step whose upstream steps have all settled: run, skip, gate or fail it.
