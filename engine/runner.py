@@ -33,12 +33,11 @@ from engine.errors import (
     EXIT_WAITING,
     OrchestratorError,
     RunStateError,
-    UsageError,
     WorkflowError,
-    did_you_mean,
 )
 from engine.files import new_run_id, parse_iso, utcnow_iso
 from engine.prepare import Prepared as Prepared
+from engine.prepare import check_approvals
 from engine.prepare import prepare as prepare
 from engine.reporter import Reporter
 from engine.runs import (
@@ -486,18 +485,7 @@ class WorkflowRunner:
                 journal.close()
 
     def _check_approvals(self, plan: Any, options: RunOptions) -> None:
-        for step in options.approve:
-            if step not in plan.steps:
-                raise UsageError(
-                    f"`--approve {step}`: no such step{did_you_mean(step, list(plan.steps))}"
-                )
-            if plan.steps[step].spec.gate is None:
-                raise UsageError(f"`--approve {step}`: that step has no approval gate.")
-            if plan.steps[step].spec.gate.input_schema is not None:
-                raise UsageError(
-                    f"`--approve {step}`: its gate asks for an input; give it when the run "
-                    f"parks there: `workflow approve RUN {step} --input VALUE`."
-                )
+        check_approvals(plan, options.approve)
 
 
 def _check_resumable(view: RunView) -> None:

@@ -532,7 +532,9 @@ def workflow_run_cmd(
         )
         if dry_run:
             from engine.planview import dry_run_dict, dry_run_text
+            from engine.prepare import check_approvals
 
+            check_approvals(prepared.plan, driving.approve)  # as the run itself would
             if as_json:
                 dump(dry_run_dict(prepared.plan, prepared.renderer))
             else:
@@ -701,6 +703,8 @@ def workflow_status_cmd(run_id: str, as_json: bool, where: Where) -> int:
     if isinstance(parent, dict):
         click.echo(f"child run of `{parent.get('run_id')}` (its step `{parent.get('step')}`)")
     click.echo(summary_table(status, waiting=True))
+    for warning in status.get("warnings") or ():  # journal lines replay skipped
+        say(f"warning: {warning}", err=True)
     return 0
 
 
@@ -766,7 +770,7 @@ def workflow_runs_cmd(limit: int, as_json: bool, where: Where) -> int:
     problems: list[str] = []
     rows = where.act(
         lambda remote: remote.runs(limit),
-        lambda cfg: list_runs(cfg, limit=limit, problems=problems),
+        lambda cfg: list_runs(cfg, limit=limit, problems=problems, damaged=True),
     )
     for problem in problems:  # a damaged run: its paragraph, the others still listed
         click.echo(f"error: {problem}", err=True)

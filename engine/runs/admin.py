@@ -37,6 +37,8 @@ def run_dir(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Path:
     store = store if store is not None else open_store(cfg)
     check_id(run_id, "workflow run id")
     if not store.run_exists(run_id):
+        if isinstance(store, FileRunStore) and store.run_locator(run_id).is_dir():
+            raise RunStateError(_missing_meta(store.run_locator(run_id)))
         # Named as `orchestrate show` names the store: the runs directory, or the database.
         local = isinstance(store, FileRunStore)
         where = store.run_locator(run_id).parent if local else store.location
@@ -255,31 +257,86 @@ def runs_newest_first(store: RunStore, *, after: str | None = None) -> Iterator[
         yield from group
 
 
+def _missing_meta(path: Path) -> str:
+    """The paragraph for a run directory without its ``run.json``."""
+    return (
+        f"`{path / 'run.json'}` is missing: the run record was deleted or damaged, so run "
+        f"`{path.name}` cannot be shown or resumed. Other runs are not affected; start "
+        "this workflow again with `workflow run` (and remove the directory when done "
+        "with it)."
+    )
+
+
+def _orphans(store: RunStore) -> list[str]:
+    """Run directories of a file store that have no ``run.json`` (deleted or damaged)."""
+    if not isinstance(store, FileRunStore):
+        return []
+    root = store.run_locator("x").parent
+    try:
+        names = [e.name for e in root.iterdir() if e.is_dir() and _STAMP.search(e.name)]
+    except OSError:
+        return []
+    return [n for n in names if not store.run_exists(n)]
+
+
+def _damaged_row(rid: str, problem: str, meta: Any = None) -> dict[str, Any]:
+    name = meta.get("workflow") if isinstance(meta, dict) else None
+    return {
+        "runId": rid,
+        "workflow": name if isinstance(name, str) else "?",
+        "status": "damaged",
+        "started_at": None,
+        "duration_ms": None,
+        "steps": {},
+        "problem": problem,
+    }
+
+
 def list_runs(
     cfg: Config,
     *,
     limit: int = 20,
     problems: list[str] | None = None,
     store: RunStore | None = None,
+    damaged: bool = False,
 ) -> list[dict[str, Any]]:
     """Recent runs, newest first (``runs_newest_first``): id, workflow, status, started,
     duration.
 
-    A run whose record is damaged is left out; its paragraph is appended to ``problems``.
+    A run whose record is damaged (``run.json`` unusable, or missing from its directory)
+    has its paragraph appended to ``problems``; with ``damaged`` (`workflow runs`) it is
+    also listed, with status ``damaged``, ``workflow`` ``"?"`` when unknown, and that
+    paragraph as ``problem`` (docs/workflows.md, Run records); else it is left out.
     """
     store = store if store is not None else open_store(cfg)
     rows: list[dict[str, Any]] = []
     for rid in itertools.islice(runs_newest_first(store), limit):
         try:
             view = replay_run(store, rid)
-        except OrchestratorError as exc:  # left out, and said why; the others still listed
+        except OrchestratorError as exc:  # said why; the others still listed
             if problems is not None:
                 problems.append(str(exc))
+            if damaged:
+                rows.append(_damaged_row(rid, str(exc), _meta_of(store, rid)))
             continue
         row = run_row(view)
         row["workflow"] = str(row["workflow"])  # the CLI's table and JSON show a string
         rows.append(row)
-    return rows
+    for rid in _orphans(store):
+        problem = _missing_meta(store.run_locator(rid))
+        if problems is not None:
+            problems.append(problem)
+        if damaged:
+            rows.append(_damaged_row(rid, problem))
+    rows.sort(key=lambda r: _second(str(r["runId"])), reverse=True)  # stable: order kept
+    return rows[:limit]
+
+
+def _meta_of(store: RunStore, rid: str) -> Any:
+    try:
+        return store.read_run(rid)
+    except (OrchestratorError, OSError, ValueError):
+        return None
 
 
 def run_row(view: RunView) -> dict[str, Any]:
