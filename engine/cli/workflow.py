@@ -55,7 +55,21 @@ input_option = click.option(
     metavar="KEY=VALUE",
     help="A workflow input (repeatable). Values are data, never template code.",
 )
-caller_option = click.option("--caller", help="Caller for the ACL (default: the template's).")
+
+
+def _caller(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--caller ""`` names no one: refused, not taken as the template's caller."""
+    if value is not None and not value.strip():
+        raise click.BadParameter(
+            "is empty; name the caller agent (`--caller manager`), or leave the option out "
+            "to use the template's `caller`."
+        )
+    return value
+
+
+caller_option = click.option(
+    "--caller", callback=_caller, help="Caller for the ACL (default: the template's)."
+)
 interactive_option = click.option(
     "--interactive/--non-interactive",
     default=None,
@@ -195,6 +209,20 @@ def _gate_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def _bad_json(text: str | None) -> str | None:
+    """Why ``text``, which looks like JSON (an object, a list, a quoted string), is not
+    valid JSON; None when it parses or does not look like JSON (plain text)."""
+    import json
+
+    if text is None or not text.strip().startswith(("{", "[", '"')):
+        return None
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _approver(interactive: bool | None) -> Any:
@@ -606,13 +634,24 @@ def workflow_approve_cmd(
     run_id: str, step: str, reason: str | None, value: str | None, where: Where
 ) -> int:
     """Approve the gate of STEP in a parked run (then `workflow resume`)."""
+    from engine.errors import UsageError
     from engine.runs import decide_gate
 
     given = None if value is None else _gate_value(value)
-    where.act(
-        lambda remote: remote.decide(run_id, step, approved=True, reason=reason, value=given),
-        lambda cfg: decide_gate(cfg, run_id, step, approved=True, reason=reason, value=given),
-    )
+    try:
+        where.act(
+            lambda remote: remote.decide(run_id, step, approved=True, reason=reason, value=given),
+            lambda cfg: decide_gate(cfg, run_id, step, approved=True, reason=reason, value=given),
+        )
+    except UsageError as exc:
+        bad = _bad_json(value)
+        if bad is None or "matching its schema" not in str(exc):  # not about the value
+            raise
+        raise UsageError(
+            f"`--input {value}` is not valid JSON ({bad}), and as plain text it is refused: "
+            f"{str(exc).rstrip('.')}. Fix the JSON, in single quotes for the shell "
+            "(`--input '{...}'`)."
+        ) from exc
     where.report(
         f"approved `{step}`; the server continues run {run_id}.",
         f"approved `{step}`; {_next_of(where, run_id, 'continue with')}",
@@ -631,15 +670,42 @@ def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, where: Where
     server continues the run and records the token's name as the answerer)."""
     from engine.ask import answer_step
 
-    where.act(
-        lambda remote: remote.answer(run_id, step, text),
-        lambda cfg: answer_step(cfg, run_id, step, text, by=by),
-    )
+    earlier: list[dict[str, Any]] = []
+
+    def here(cfg: Any) -> Any:
+        earlier.extend(_earlier_answer(cfg, run_id, step))
+        return answer_step(cfg, run_id, step, text, by=by)
+
+    where.act(lambda remote: remote.answer(run_id, step, text), here)
+    replaced = ""
+    if earlier:  # the last answer is the one sent: say that it replaced the one before
+        was = earlier[0]
+        replaced = (
+            f" (this replaces the earlier answer {str(was.get('answer'))[:80]!r} by "
+            f"{was.get('by') or 'someone'})"
+        )
     where.report(
         f"answered `{step}`; the server continues run {run_id}.",
-        f"answered `{step}`; {_next_of(where, run_id, 'continue with')}",
+        f"answered `{step}`{replaced}; {_next_of(where, run_id, 'continue with')}",
     )
     return 0
+
+
+def _earlier_answer(cfg: Any, run_id: str, step: str) -> list[dict[str, Any]]:
+    """The answer already given to ``step``'s question in this run (``[question]``), or
+    ``[]`` (none yet, or no such run or step: ``answer_step`` says so)."""
+    from engine.errors import OrchestratorError
+    from engine.runs import replay_run
+    from engine.store import open_store
+
+    try:
+        s = replay_run(open_store(cfg), run_id).steps.get(step)
+    except OrchestratorError:
+        return []
+    question = s.question if s is not None else None
+    if isinstance(question, dict) and question.get("answer") is not None:
+        return [question]
+    return []
 
 
 @workflow.command("reject")
@@ -914,7 +980,12 @@ def workflow_test_cmd(
     check_fixtures_dir(Path(fixtures))  # a missing folder first, not its `--expect` file
     expected = load_expectations(Path(expect)) if expect else None
     report = run_fixtures(
-        cfg, name, Path(fixtures), inputs=parse_inputs(list(inputs)), caller=caller
+        cfg,
+        name,
+        Path(fixtures),
+        inputs=parse_inputs(list(inputs)),
+        caller=caller,
+        expect=Path(expect) if expect else None,
     )
     misses = check_expectations(report, expected) if expected is not None else []
     if as_json:
