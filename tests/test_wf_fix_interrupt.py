@@ -201,3 +201,46 @@ def test_ctrl_c_at_a_gate_prompt_leaves_the_run_resumable(tmp_path: Path) -> Non
     events = [e["event"] for e in _events(tmp_path / "handoffs" / "workflows" / rid)]
     assert "gate_decided" not in events and "run_finished" not in events
     assert events[-1] == "gate_waiting"
+
+
+def test_ctrl_c_of_orchestrate_names_the_delegation_whose_late_handoff_merges(
+    tmp_path: Path,
+) -> None:
+    go = tmp_path / "go"
+    config, _ = _setup(tmp_path, go)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from engine.cli import orchestrate_main; orchestrate_main()",
+            "webster",
+            "Find papers.",
+            "--caller",
+            "manager",
+            "--config",
+            str(config),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watcher = _Proc.__new__(_Proc)  # read its stderr as it comes
+    watcher.proc, watcher.err = proc, []
+    watcher.reader = threading.Thread(target=watcher._read, daemon=True)
+    watcher.reader.start()
+    wait_for(lambda: "waiting for the handoff" in watcher.stderr(), "the dispatch")
+    proc.send_signal(signal.SIGINT)
+    code, _, err = watcher.finish()
+    assert not go.exists()
+    assert code == 130, err
+    assert "Traceback" not in err and "aborted" not in err
+    rid = err.split("stopped waiting for delegation ")[1].split(";")[0]
+    assert f"(see it with: orchestrate show {rid})" in err
+    go.touch()
+    record = tmp_path / "handoffs" / f"{rid}.json"
+    wait_for(
+        lambda: record.exists() and json.loads(record.read_text()).get("status") == "complete",
+        "the late handoff's record",
+    )
+    assert json.loads(record.read_text())["result"] == "late but sound"
