@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.helpers import demo_config, write_config
@@ -99,8 +100,20 @@ def test_a_complete_run_is_not_resumed(tmp_path: Path) -> None:
     rid, _, run_dir = _start(tmp_path, QUICK)
     before = _files(run_dir)
     res = _wf(tmp_path, "resume", rid)
-    assert res.returncode == 2
-    assert f"run `{rid}` has already ended (complete); nothing to resume." in res.stderr
+    assert res.returncode == 0  # as the run ended: there is nothing to do
+    assert f"run {rid} has already ended (complete); nothing to resume, nothing changed" in (
+        res.stdout
+    )
+    assert _files(run_dir) == before
+    # and the runner itself, as a server or a program uses it, refuses it
+    from engine.config import load_config
+    from engine.delegate import open_delegator
+    from engine.errors import RunStateError
+    from engine.runner import RunOptions, WorkflowRunner
+
+    cfg = load_config(tmp_path / "orchestrator.yaml")
+    with open_delegator(cfg) as delegator, pytest.raises(RunStateError, match="already ended"):
+        WorkflowRunner(cfg, delegator).resume(rid, RunOptions())
     assert _files(run_dir) == before
 
 

@@ -615,8 +615,32 @@ def workflow_resume_cmd(
             flags=remote.flags,
             gate_inputs=remote.gate_inputs,
         )
+    cfg = load(where.config)
+    if ended := _complete(cfg, run_id):  # nothing to resume, and nothing is written
+        click.echo(ended)
+        return 0
     run_options = driving.run_options(retry_failed=retry_failed, force=force)
-    return driving.drive(load(where.config), lambda r: r.resume(run_id, run_options))
+    return driving.drive(cfg, lambda r: r.resume(run_id, run_options))
+
+
+def _complete(cfg: Any, run_id: str) -> str:
+    """What to say when run ``run_id`` has completed (its `resume` is a no-op), else
+    ``""`` (resume it; a run that does not exist or is damaged is `resume`'s to say)."""
+    from engine.errors import OrchestratorError
+    from engine.runs import replay_run
+    from engine.states import RunState
+    from engine.store import open_store
+
+    try:
+        state = replay_run(open_store(cfg), run_id).state
+    except (OrchestratorError, OSError):
+        return ""
+    if state is not RunState.COMPLETE:
+        return ""
+    return (
+        f"run {run_id} has already ended (complete); nothing to resume, nothing changed "
+        f"(see it with: workflow status {run_id})."
+    )
 
 
 @workflow.command("approve")
