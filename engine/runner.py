@@ -129,7 +129,7 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped this process's wait for a run; the run itself goes on.
 
     Raised by ``WorkflowRunner.start``/``resume`` (in the main thread) within about a
-    second of the first SIGINT. Nothing was recorded as ended because of it: the steps in
+    second of the first SIGINT. No step is recorded as ended because of it: the steps in
     flight (``in_flight``: step ids) keep their delegation run ids, so ``workflow resume``
     re-attaches to them and takes a handoff that arrived meanwhile, sending nothing twice.
     """

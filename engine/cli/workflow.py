@@ -173,7 +173,7 @@ def _interrupted_hint(run_id: str, in_flight: list[str]) -> str:
         else ""
     )
     return (
-        f"interrupted: stopped waiting for run {run_id}, which stays resumable; nothing "
+        f"interrupted: stopped waiting for run {run_id}, which stays resumable; no step "
         f"was recorded as ended.{flying} Continue it with: workflow resume {run_id}"
     )
 
