@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import EXIT_REFUSED, AclDeniedError, WorkflowError, did_you_mean
 from engine.renderer import TaskRenderer
-from engine.states import RunState, StepState
+from engine.states import Confidence, RunState, StepState
 from engine.workflow import StepSpec, WorkflowSpec
 
 if TYPE_CHECKING:
@@ -305,7 +306,7 @@ def plan_workflow(
     resolved = _resolve_inputs(spec, inputs, problems)
     problems.extend(renderer.problems)
     _status_problems(renderer, first, problems)
-    data_skip = _data_problems(renderer, first, problems)
+    data_skip = _data_problems(renderer, first, problems) | _boolish_when(first, problems)
     skip = _step_reference_problems(spec, renderer, first, upstream, problems) | data_skip
     skip_outputs = _output_reference_problems(spec, renderer, first, problems) | data_skip
     trial_inputs = {n: resolved.get(n, f"<input {n}>") for n in spec.inputs}
@@ -459,6 +460,30 @@ def _step_reference_problems(
     return skip
 
 
+#: What YAML 1.1 read as a boolean, and this loader keeps as text (engine.yamlio).
+_BOOLISH = re.compile(r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$")
+
+
+def _kept_as_text(step_id: str, field: str, value: str) -> str:
+    """The problem of a YAML 1.1 boolean written where a boolean is meant (as
+    ``engine.yamlio.explain_types`` words it for a field typed boolean)."""
+    return (
+        f"step `{step_id}`: `{field}: {value}` is kept as text (this loader does not read "
+        "YAML 1.1 forms); write `true` or `false`."
+    )
+
+
+def _boolish_when(first: dict[str, StepSpec], problems: list[str]) -> set[str]:
+    """``when: yes`` (and the other YAML 1.1 booleans): the steps whose ``when`` is one
+    (their trial render would only say ``'yes' is undefined``)."""
+    found = set()
+    for step in first.values():
+        if isinstance(step.when, str) and _BOOLISH.match(step.when.strip()):
+            problems.append(_kept_as_text(step.id, "when", step.when.strip()))
+            found.add(step.id)
+    return found
+
+
 def _status_problems(
     renderer: TaskRenderer, first: dict[str, StepSpec], problems: list[str]
 ) -> None:
@@ -486,6 +511,14 @@ def _status_problems(
                     f"step `{step.id}`: `when` compares {what} with `'{literal}'`, which it "
                     f"never is{did_you_mean(literal, known) or '.'} It is one of: "
                     f"{', '.join(known)}."
+                )
+        levels = tuple(c.value for c in Confidence)  # engine.states: high, medium, low
+        for subject, literal in renderer.status_tests(step.id).confidence:
+            if subject in first and subject != step.id and literal not in (*levels, ""):
+                problems.append(
+                    f"step `{step.id}`: `when` compares `steps.{subject}.confidence` with "
+                    f"`'{literal}'`, which it never is{did_you_mean(literal, levels) or '.'} "
+                    f"It is one of: {', '.join(levels)}."
                 )
 
 
@@ -737,6 +770,9 @@ def _validator(
     else:
         name = str(step.validate)
     if name not in registry.agents:
+        if step.validate is not True and _BOOLISH.match(name):
+            problems.append(_kept_as_text(step.id, "validate", name))
+            return None
         problems.append(
             f"step `{step.id}`: unknown validator `{name}`"
             f"{did_you_mean(name, registry.names) or '.'}"

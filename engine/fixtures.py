@@ -137,19 +137,30 @@ def check_fixtures_dir(directory: Path) -> Path:
     )
 
 
-def load_fixtures(directory: Path, step_ids: tuple[str, ...]) -> FixtureSet:
+def load_fixtures(
+    directory: Path,
+    step_ids: tuple[str, ...],
+    *,
+    expect: Path | None = None,
+    input_names: tuple[str, ...] | None = None,
+) -> FixtureSet:
     """Read and check every file of ``directory``; UsageError listing every problem.
 
     A file named for no step of the workflow is a problem (with the near miss), as is an
     ending with an unknown key, an unknown status, outcome or confidence, or both a
-    ``status`` and an ``outcome``.
+    ``status`` and an ``outcome``. ``expect``: the `--expect` file, whatever its name, is
+    no fixture. ``input_names``: the workflow's inputs (an unknown one in the inputs file
+    is a problem; None: not checked).
     """
     directory = check_fixtures_dir(directory)
     problems: list[str] = []
     steps: dict[str, list[dict[str, Any]]] = {}
     files: dict[str, Path] = {}
+    skipped = _resolved(expect) if expect is not None else None
     for path in sorted(directory.iterdir()):
         if path.suffix not in EXTENSIONS or path.stem in SPECIAL or not path.is_file():
+            continue
+        if skipped is not None and _resolved(path) == skipped:
             continue
         step, dot, index = path.stem.rpartition(".")
         if not (dot and index.isdigit()):
@@ -165,7 +176,7 @@ def load_fixtures(directory: Path, step_ids: tuple[str, ...]) -> FixtureSet:
         if endings:
             steps[key], files[key] = endings, path
     gates = _gates(directory, step_ids, problems)
-    inputs = _inputs(directory, problems)
+    inputs = _inputs(directory, problems, input_names)
     if problems:
         raise UsageError(f"the fixtures in `{directory}` cannot be used:", problems=problems)
     return FixtureSet(directory, steps, files, gates, inputs)
@@ -276,15 +287,45 @@ def _gates(
     return gates
 
 
-def _inputs(directory: Path, problems: list[str]) -> dict[str, str]:
+def _resolved(path: Path) -> Path | None:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
+def _inputs(
+    directory: Path, problems: list[str], names: tuple[str, ...] | None = None
+) -> dict[str, str]:
+    """The inputs file: names to values; a number or a boolean is taken as its text (as
+    `--input q=1` gives it: ``1``, ``true``), as the inputs are elsewhere. An unknown
+    name (when ``names`` are known) or a value that is no scalar is a problem."""
     path = _find(directory, "inputs")
     if path is None:
         return {}
     data = _read(path)
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        problems.append(f"`{path}` must map input names to text values.")
+    if not isinstance(data, dict):
+        problems.append(f"`{path}` must map input names to values (text, numbers, booleans).")
         return {}
-    return {str(k): v for k, v in data.items()}
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = str(key)
+        if names is not None and name not in names:
+            known = ", ".join(f"`{n}`" for n in names) or "none"
+            problems.append(
+                f"`{path}`: the workflow has no input `{name}`"
+                f"{did_you_mean(name, list(names)) or '.'} Its inputs: {known}."
+            )
+        elif isinstance(value, str):
+            out[name] = value
+        elif isinstance(value, bool | int | float):
+            out[name] = json.dumps(value)
+        else:
+            problems.append(
+                f"`{path}`: input `{name}` must be text, a number or a boolean, not "
+                f"{type(value).__name__}."
+            )
+    return out
 
 
 # --------------------------------------------------------------------------- the run
@@ -432,8 +473,10 @@ def run_fixtures(
     inputs: dict[str, str],
     caller: str | None = None,
     reporter: Reporter | None = None,
+    expect: Path | None = None,
 ) -> TestReport:
-    """Plan the workflow and run it offline with the fixtures of ``directory``.
+    """Plan the workflow and run it offline with the fixtures of ``directory``
+    (``expect``: the `--expect` file, which may lie in it under any name).
 
     Raises WorkflowError (the planner's problems) or UsageError (fixture problems) before
     anything runs; the run's records are kept in a temporary directory, removed after.
@@ -442,7 +485,9 @@ def run_fixtures(
     from engine.workflow import find_workflow, load_workflow
 
     spec = load_workflow(find_workflow(name_or_path, cfg))
-    fixtures = load_fixtures(directory, spec.step_ids)
+    fixtures = load_fixtures(
+        directory, spec.step_ids, expect=expect, input_names=tuple(spec.inputs)
+    )
     given = {**fixtures.inputs, **inputs}
     prepared = prepare(cfg, name_or_path, given, caller=caller)
     defaults = {

@@ -7,6 +7,7 @@ store, the journal's read model or the thread pool.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ class Prepared:
     spec: Any
     plan: Any
     renderer: Any
+    #: The NAME or path the workflow was asked for (``workflow run NAME``), as given.
+    ref: str = ""
 
 
 def prepare(
@@ -54,4 +57,25 @@ def prepare(
         renderer=renderer,
         load_child=lambda name, parent: load_child_workflow(name, parent, cfg),
     )
-    return Prepared(spec, plan, renderer)
+    return Prepared(spec, plan, renderer, str(name_or_path))
+
+
+def check_approvals(plan: Any, approve: Iterable[str]) -> None:
+    """Refuse (UsageError, exit 2) a ``--approve STEP`` that names no step of ``plan``
+    (with the near miss), a step without a gate, or a gate that asks for an input (given
+    only when the run parks there). A run and its dry run check the same."""
+    from engine.errors import UsageError, did_you_mean
+
+    for step in approve:
+        if step not in plan.steps:
+            raise UsageError(
+                f"`--approve {step}`: no such step{did_you_mean(step, list(plan.steps))}"
+            )
+        gate = plan.steps[step].spec.gate
+        if gate is None:
+            raise UsageError(f"`--approve {step}`: that step has no approval gate.")
+        if gate.input_schema is not None:
+            raise UsageError(
+                f"`--approve {step}`: its gate asks for an input; give it when the run "
+                f"parks there: `workflow approve RUN {step} --input VALUE`."
+            )

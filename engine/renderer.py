@@ -81,17 +81,20 @@ class StatusTests:
     #: ``(subject, literal)`` for each comparison of a status with a string: the subject
     #: is a step id, or ``run`` for ``run.status``.
     compared: tuple[tuple[str, str], ...] = ()
+    #: ``(step id, literal)`` for each comparison of ``steps.<id>.confidence`` with a string.
+    confidence: tuple[tuple[str, str], ...] = ()
 
 
-def _status_subject(node: nodes.Node) -> str | None:
-    """``steps.a.status`` -> "a", ``run.status`` -> "run"; None for anything else."""
+def _status_subject(node: nodes.Node, key: str = "status") -> str | None:
+    """``steps.a.status`` -> "a", ``run.status`` -> "run"; None for anything else
+    (``key``: another field of a step, as ``confidence``; then ``run`` has none)."""
     path = _lookup_path(node)
     if path is None:
         return None
     root, keys = path
-    if root == "run" and len(keys) == 1 and keys[0][1] == "status":
+    if root == "run" and len(keys) == 1 and keys[0][1] == key == "status":
         return "run"
-    if root == "steps" and len(keys) == 2 and keys[1][1] == "status" and type(keys[0][1]) is str:
+    if root == "steps" and len(keys) == 2 and keys[1][1] == key and type(keys[0][1]) is str:
         return str(keys[0][1])
     return None
 
@@ -164,6 +167,7 @@ def status_tests(ast: nodes.Node) -> StatusTests:
 
     read: set[str] = set()
     compared: list[tuple[str, str]] = []
+    sure: list[tuple[str, str]] = []
     for node in (ast, *ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Compare))):
         if isinstance(node, nodes.Compare):
             operands = [node.expr, *(o.expr for o in node.ops)]
@@ -172,11 +176,14 @@ def status_tests(ast: nodes.Node) -> StatusTests:
                     subject = _status_subject(a)
                     if subject is not None:
                         compared.extend((subject, lit) for lit in _string_consts(b))
+                    subject = _status_subject(a, "confidence")
+                    if subject is not None:
+                        sure.extend((subject, lit) for lit in _string_consts(b))
             continue
         subject = _status_subject(node)
         if subject is not None and subject != "run":
             read.add(subject)
-    return StatusTests(frozenset(read), tuple(compared))
+    return StatusTests(frozenset(read), tuple(compared), tuple(sure))
 
 
 @dataclass(frozen=True)

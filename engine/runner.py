@@ -33,14 +33,22 @@ from engine.errors import (
     EXIT_WAITING,
     OrchestratorError,
     RunStateError,
-    UsageError,
-    did_you_mean,
+    WorkflowError,
 )
 from engine.files import new_run_id, parse_iso, utcnow_iso
 from engine.prepare import Prepared as Prepared
+from engine.prepare import check_approvals
 from engine.prepare import prepare as prepare
 from engine.reporter import Reporter
-from engine.runs import RunView, StepRun, gate_waiting_since, replay_run, run_dir, summarize
+from engine.runs import (
+    RunView,
+    StepRun,
+    gate_waiting_since,
+    replay_run,
+    rerun_command,
+    run_dir,
+    summarize,
+)
 from engine.states import RETRYABLE_STEP_STATES, Outcome
 from engine.states import RunState as RunState
 from engine.states import StepState as StepState
@@ -115,6 +123,41 @@ class RunResult:
         ):
             return EXIT_TIMEOUT
         return EXIT_FAILED
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped this process's wait for a run; the run itself goes on.
+
+    Raised by ``WorkflowRunner.start``/``resume`` (in the main thread) within about a
+    second of the first SIGINT. No step is recorded as ended because of it: the steps in
+    flight (``in_flight``: step ids) keep their delegation run ids, so ``workflow resume``
+    re-attaches to them and takes a handoff that arrived meanwhile, sending nothing twice.
+    """
+
+    def __init__(self, run_id: str, in_flight: list[str]) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+        self.in_flight = in_flight
+
+
+class _HeldJournal:
+    """A run's journal that, once ``interrupted`` is set, keeps only what happened
+    (a dispatch, a queue) and drops the endings the interruption itself would cause
+    (``cancelled`` waits, skips, the run's end): a resumed run decides those."""
+
+    KEPT = frozenset({"step_dispatched", "step_queued"})
+
+    def __init__(self, inner: RunJournal, interrupted: threading.Event) -> None:
+        self.inner = inner
+        self.interrupted = interrupted
+
+    def append(self, kind: str, /, **fields: Any) -> dict[str, Any]:
+        if self.interrupted.is_set() and kind not in self.KEPT:
+            return {"event": kind, **fields}
+        return self.inner.append(kind, **fields)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 # ----------------------------------------------------------------------------- planning
@@ -275,12 +318,16 @@ class WorkflowRunner:
         run_id: str | None = None,
         parent: dict[str, str] | None = None,
         parent_cancel: threading.Event | None = None,
+        parent_interrupt: threading.Event | None = None,
     ) -> RunResult:
         """Create the run directory and run the workflow.
 
         A sub-workflow's child run is started by its parent's execution with its
-        ``run_id``, ``parent`` (``{"run_id", "step"}``, kept in run.json) and the
-        parent's cancel event, which cancels the child too."""
+        ``run_id``, ``parent`` (``{"run_id", "step"}``, kept in run.json), the
+        parent's cancel event, which cancels the child too, and its interrupt event
+        (Ctrl-C: the child stops waiting as its parent does, see ``RunInterrupted``).
+
+        Raises ``RunInterrupted`` on Ctrl-C (the main thread's ``KeyboardInterrupt``)."""
         plan = prepared.plan
         self._check_approvals(plan, options)
         run_id = run_id or new_run_id("wf")
@@ -288,7 +335,9 @@ class WorkflowRunner:
         meta = {
             "runId": run_id,
             "workflow": prepared.spec.name,
-            "workflow_path": str(prepared.spec.path),
+            # Absolute: `workflow resume` works from any directory (docs/workflows.md).
+            "workflow_path": str(Path(prepared.spec.path).resolve()),
+            **({"started_as": prepared.ref} if prepared.ref else {}),
             "version": prepared.spec.version,
             "caller": plan.caller,
             "inputs": plan.inputs,
@@ -339,53 +388,79 @@ class WorkflowRunner:
                     "run_started", run_id=run_id, workflow=prepared.spec.name, pid=os.getpid()
                 )
                 view = replay_run(store, run_id)
-                return _Execution(self, prepared, view, journal, options, parent_cancel).run()
+                return _Execution(
+                    self, prepared, view, journal, options, parent_cancel, parent_interrupt
+                ).run()
             finally:
                 journal.close()
 
     def resume(
-        self, run_id: str, options: RunOptions, *, parent_cancel: threading.Event | None = None
+        self,
+        run_id: str,
+        options: RunOptions,
+        *,
+        parent_cancel: threading.Event | None = None,
+        parent_interrupt: threading.Event | None = None,
     ) -> RunResult:
         """Continue a run after a crash, a gate, a failure or a restart (a sub-workflow
-        step's child run is resumed with its parent, through ``parent_cancel``)."""
+        step's child run is resumed with its parent, through ``parent_cancel`` and
+        ``parent_interrupt``). Raises ``RunInterrupted`` on Ctrl-C."""
         store = self.store
         path = run_dir(self.cfg, run_id, store=store)
         with store.claim(run_id):
             view = replay_run(store, run_id)
             if view.state is RunState.CANCELLED:
-                raise RunStateError(f"run `{run_id}` was cancelled; start a new run instead.")
+                raise RunStateError(
+                    f"run `{run_id}` was cancelled; start a new run instead. Start it "
+                    f"with: {rerun_command(view.meta)}"
+                )
             meta = view.meta
+            _check_resumable(view)
             workflow_path, fingerprint = meta.get("workflow_path"), meta.get("fingerprint")
             if not isinstance(workflow_path, str) or not isinstance(fingerprint, dict):
                 raise RunStateError(
                     f"`{path / 'run.json'}` has no usable `workflow_path` and `fingerprint`: "
                     f"the run record was edited or damaged, so run `{run_id}` cannot resume. "
-                    "Start the workflow again with `workflow run`.",
+                    f"Start the workflow again: {rerun_command(meta)}",
                     path=path,
                 )
             inputs = meta.get("inputs")
-            prepared = prepare(
-                self.cfg,
-                workflow_path,
-                inputs if isinstance(inputs, dict) else {},
-                caller=meta.get("caller"),
-            )
+            try:
+                prepared = prepare(
+                    self.cfg,
+                    workflow_path,
+                    inputs if isinstance(inputs, dict) else {},
+                    caller=meta.get("caller"),
+                )
+            except WorkflowError as exc:
+                if Path(workflow_path).expanduser().is_absolute():
+                    raise
+                raise WorkflowError(
+                    f"run `{run_id}` cannot resume from `{Path.cwd()}`: its `run.json` records "
+                    f"the template as `{workflow_path}`, a path relative to the directory the "
+                    f"run was started in ({exc}). Run `workflow resume {run_id}` from that "
+                    "directory.",
+                    path=path / "run.json",
+                ) from exc
             changed = [
                 k
                 for k, v in fingerprint_parts(self.cfg, prepared).items()
                 if fingerprint.get(k) != v
             ]
             if changed and not options.force:
+                relative = (
+                    "" if Path(workflow_path).is_absolute() else f" (found from `{Path.cwd()}`)"
+                )
                 what = {
-                    "template": f"the template `{workflow_path}`",
+                    "template": f"the template `{workflow_path}`{relative}",
                     "inputs": "the inputs (defaults in the template)",
                     "agents": "the agents' configuration in the config",
                 }
                 raise RunStateError(
                     f"run `{run_id}` cannot resume: "
                     + ", ".join(what[c] for c in changed)
-                    + " changed since it started. Start a new run, or pass `--force` to "
-                    "resume with the current definitions."
+                    + f" changed since it started. Start a new run ({rerun_command(meta)}), "
+                    "or pass `--force` to resume with the current definitions."
                 )
             self._check_approvals(prepared.plan, options)
             for warning in view.warnings:
@@ -403,23 +478,36 @@ class WorkflowRunner:
                 if options.retry_failed:
                     _reset_failed(view, prepared, journal)
                 view = replay_run(store, run_id)
-                return _Execution(self, prepared, view, journal, options, parent_cancel).run()
+                return _Execution(
+                    self, prepared, view, journal, options, parent_cancel, parent_interrupt
+                ).run()
             finally:
                 journal.close()
 
     def _check_approvals(self, plan: Any, options: RunOptions) -> None:
-        for step in options.approve:
-            if step not in plan.steps:
-                raise UsageError(
-                    f"`--approve {step}`: no such step{did_you_mean(step, list(plan.steps))}"
-                )
-            if plan.steps[step].spec.gate is None:
-                raise UsageError(f"`--approve {step}`: that step has no approval gate.")
-            if plan.steps[step].spec.gate.input_schema is not None:
-                raise UsageError(
-                    f"`--approve {step}`: its gate asks for an input; give it when the run "
-                    f"parks there: `workflow approve RUN {step} --input VALUE`."
-                )
+        check_approvals(plan, options.approve)
+
+
+def _check_resumable(view: RunView) -> None:
+    """Refuse (RunStateError, exit 2; nothing written) to resume a run that has ended for
+    good: one that completed, and one that failed after its ``deadline_at`` had passed
+    (a resumed run may not send anything then, and taking a late handoff or running the
+    ``finally`` steps again would rewrite what it came to). docs/workflows.md, Resuming."""
+    rid, meta = view.run_id, view.meta
+    if view.state is RunState.COMPLETE:
+        raise RunStateError(f"run `{rid}` has already ended (complete); nothing to resume.")
+    at = meta.get("deadline_at")
+    if view.state is RunState.FAILED and isinstance(at, str):
+        try:
+            passed = parse_iso(at).timestamp() <= time.time()
+        except ValueError:
+            passed = False
+        if passed:
+            raise RunStateError(
+                f"run `{rid}` has ended (failed) and its deadline ({at}) has passed: a "
+                "resumed run could send nothing, so it is left as it is. Start a new run: "
+                f"{rerun_command(meta)}"
+            )
 
 
 def _take_late_results(
@@ -557,10 +645,14 @@ class _Execution:
         journal: RunJournal,
         options: RunOptions,
         parent_cancel: threading.Event | None = None,
+        parent_interrupt: threading.Event | None = None,
     ) -> None:
         self.runner = runner
         #: Set when the parent run of this (child) run is cancelled: this run is, too.
         self.parent_cancel = parent_cancel
+        #: Set on Ctrl-C (here, or in the parent run): stop waiting, record no ending.
+        self.interrupted = parent_interrupt if parent_interrupt is not None else threading.Event()
+        journal = _HeldJournal(journal, self.interrupted)
         self.cfg = runner.cfg
         self.store = runner.store
         self.delegator = runner.delegator
@@ -602,17 +694,39 @@ class _Execution:
         self._announce()
         schedule = _Schedule(self.plan, self.steps)
         running: dict[Future[None], str] = {}
-        with ThreadPoolExecutor(
+        pool = ThreadPoolExecutor(
             max_workers=max(1, self.options.max_parallel),
             thread_name_prefix=f"step-{self.run_id[-8:]}",
-        ) as pool:
+        )
+        try:
             while True:
                 self._check_cancel(schedule, running)
                 self._dispatch(schedule, pool, running)
                 if not running:
                     break
                 self._collect(schedule, running)
+        except KeyboardInterrupt:
+            self._interrupt(pool, running)
+        except BaseException:
+            pool.shutdown(wait=True)
+            raise
+        pool.shutdown(wait=True)
+        if self.interrupted.is_set():  # a child run whose parent was interrupted
+            return RunResult(self.run_id, RunState.RUNNING, self.view.path, {})
         return self._conclude()
+
+    def _interrupt(self, pool: ThreadPoolExecutor, running: dict[Future[None], str]) -> None:
+        """Ctrl-C: end the waits of the steps in flight (the cancel event: within 0.2 s)
+        with nothing recorded as ended (``_HeldJournal``), then raise ``RunInterrupted``.
+        A second Ctrl-C while they end raises ``KeyboardInterrupt`` at once."""
+        self.interrupted.set()
+        self.cancel.set()
+        flying = sorted(
+            {sid for sid in running.values()}
+            | {s.id for s in self.steps.values() if s.in_flight or s.state is StepState.RUNNING}
+        )
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise RunInterrupted(self.run_id, [sid for sid in self.steps if sid in flying]) from None
 
     def _restore(self) -> None:
         """Steps parked or failed in an earlier stretch, as this stretch starts."""
@@ -638,6 +752,10 @@ class _Execution:
 
     def _check_cancel(self, schedule: _Schedule, running: dict[Future[None], str]) -> None:
         """Notice `workflow cancel`; once cancelled, skip every step not in flight."""
+        if self.interrupted.is_set():  # the parent run was interrupted: stop waiting
+            self.cancel.set()
+            schedule.heap.clear()
+            return
         parent = self.parent_cancel is not None and self.parent_cancel.is_set()
         if not self.cancel.is_set() and (parent or self.store.cancel_requested(self.run_id)):
             self.cancel.set()
@@ -804,7 +922,7 @@ class _Execution:
                 timeout -= time.time() - parse_iso(started[-1]).timestamp()
         if self.deadline_at is not None and not ps.spec.always:
             timeout = min(timeout, self.deadline_at - time.time())
-        return max(0.1, timeout)
+        return max(0.1, round(timeout, 1))  # messages say `within 2 s`, not `1.99076 s`
 
     def _consider(self, s: StepRun, pool: ThreadPoolExecutor) -> Future[None] | None:
         """Decide a step whose upstream steps have all settled: run, skip, gate or fail it.
@@ -990,6 +1108,8 @@ class _Execution:
     # -- settling a step ------------------------------------------------------------------
 
     def _skip(self, s: StepRun, reason: str, kind: str) -> None:
+        if self.interrupted.is_set():  # a resumed run decides it
+            return
         s.state = StepState.SKIPPED
         s.skip_reason = reason
         s.skip_kind = kind
@@ -1006,6 +1126,8 @@ class _Execution:
         error: str | None = None,
         items: list[dict[str, Any]] | None = None,
     ) -> None:
+        if self.interrupted.is_set():  # Ctrl-C ended the wait, not the step: it stays in flight
+            return
         s.state = state
         s.error = error
         s.finished_at = utcnow_iso()
@@ -1634,6 +1756,8 @@ class _FanOut:
         """Park the step as ``waiting_input`` with the question of item ``rec``; the
         answer (``workflow answer``) goes to that item when the run is resumed."""
         ex, s = self.ex, self.s
+        if ex.interrupted.is_set():
+            return
         asked = rec["question"]
         s.question = {**asked, "index": rec["index"]}
         s.state, s.in_flight = StepState.WAITING_INPUT, False
@@ -1712,7 +1836,16 @@ class _SubRun:
             if state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED) and not again:
                 return ex.store.read_summary(cid) or {"status": state.value}
             if state is not RunState.CANCELLED:
-                return self._runner().resume(cid, self._options(), parent_cancel=ex.cancel).summary
+                return (
+                    self._runner()
+                    .resume(
+                        cid,
+                        self._options(),
+                        parent_cancel=ex.cancel,
+                        parent_interrupt=ex.interrupted,
+                    )
+                    .summary
+                )
         inputs = ex.prepared.renderer.render_workflow_inputs(s.id, ex._context(s.id))
         child = ex.plan.sub_plans[s.id].workflow
         prepared = prepare(ex.cfg, str(child.path.resolve()), inputs, caller=ex.plan.caller)
@@ -1728,13 +1861,22 @@ class _SubRun:
         parent = {"run_id": ex.run_id, "step": s.id}
         return (
             self._runner()
-            .start(prepared, self._options(), run_id=cid, parent=parent, parent_cancel=ex.cancel)
+            .start(
+                prepared,
+                self._options(),
+                run_id=cid,
+                parent=parent,
+                parent_cancel=ex.cancel,
+                parent_interrupt=ex.interrupted,
+            )
             .summary
         )
 
     def _settle(self, summary: dict[str, Any]) -> None:
         """The step's state from the child's: its outputs as the result when complete."""
         ex, s = self.ex, self.s
+        if ex.interrupted.is_set():  # Ctrl-C: the child run stays as it is, and so does s
+            return
         status = str(summary.get("status"))
         if status in (RunState.WAITING_APPROVAL.value, RunState.WAITING_INPUT.value):
             s.state = StepState(status)

@@ -365,13 +365,27 @@ def parse_yaml(
         raise error(f"`{label}`{_where(exc)}: {_problem(exc)}.", path=label) from exc
     except yaml.YAMLError as exc:
         raise error(
-            f"`{label}` is not valid YAML{_where(exc)}: {_problem(exc)}. "
+            f"`{label}` is not valid YAML{_where(exc)}: {_problem(exc)}.{_tab_hint(exc, text)} "
             "Fix the syntax and run again.",
             path=label,
         ) from exc
     except (RecursionError, MemoryError) as exc:  # belt and braces; the bounds come first
         raise error(f"`{label}` is too deeply nested or too large to read.", path=label) from exc
     return data, problems
+
+
+def _tab_hint(exc: Any, text: str) -> str:
+    """`` The line is indented with a tab ...`` when the error's line starts with a tab
+    (YAML indents with spaces only; PyYAML then says only "cannot start any token")."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return ""
+    lines = text.splitlines()
+    line = lines[mark.line] if 0 <= mark.line < len(lines) else ""
+    indent = line[: len(line) - len(line.lstrip(" \t"))]
+    if "\t" not in indent:
+        return ""
+    return f" Line {mark.line + 1} is indented with a tab: YAML indents with spaces only."
 
 
 def _where(exc: Any) -> str:

@@ -80,7 +80,9 @@ def test_a_rejected_gate_does_not_suggest_retry_failed(tmp_path: Path) -> None:
     assert done.exit_code == 1
     assert "--retry-failed" not in done.stderr
     assert "the gate of `s` was rejected, which is final" in done.stderr
-    assert "workflow run wf -i ... (--approve s to approve up front)" in done.stderr
+    # named as it was started (a path), and no `-i ...`: the workflow has no inputs
+    said = f"workflow run {tmp_path / 'wf.yaml'} (--approve s to approve up front)"
+    assert said in done.stderr
 
 
 def test_a_gate_with_typed_input_suggests_input(tmp_path: Path) -> None:

@@ -178,10 +178,15 @@ def delegate_cmd(
         context=_context_text(cfg, channel_context, channel_messages, context_file),
     )
     reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
-    with open_delegator(cfg, reporter=reporter, pool=None if dry_run else "auto") as delegator:
-        done = delegate_validated(
-            delegator, req, capability=capability, validator=checker, key=key, dry_run=dry_run
-        )
+    sent = _noting_dispatches(reporter)
+    try:
+        with open_delegator(cfg, reporter=reporter, pool=None if dry_run else "auto") as delegator:
+            done = delegate_validated(
+                delegator, req, capability=capability, validator=checker, key=key, dry_run=dry_run
+            )
+    except KeyboardInterrupt:  # Ctrl-C: the wait ends at once; the delegation goes on
+        say(_interrupted(sent), err=True)
+        return 130
     if done.result is None:
         if done.route:
             click.echo(done.route.explain())
@@ -189,6 +194,31 @@ def delegate_cmd(
         return 0
     return _render_delegation(
         done.result, done.verdict, done.route, as_json=as_json, strict=fail_on_reject
+    )
+
+
+def _noting_dispatches(reporter: Any) -> list[str]:
+    """The run ids ``reporter`` is told were dispatched, in a list filled as they are."""
+    sent: list[str] = []
+    forward = reporter.delegation_dispatched
+
+    def noting(run_id: str, caller: str, target: str, attempts: int) -> None:
+        sent.append(run_id)
+        forward(run_id, caller, target, attempts)
+
+    setattr(reporter, "delegation_dispatched", noting)  # noqa: B010 (an instance's method)
+    return sent
+
+
+def _interrupted(sent: list[str]) -> str:
+    """The paragraph after Ctrl-C stopped a delegation's wait (exit 130)."""
+    if not sent:
+        return "interrupted before the task was dispatched; nothing was sent."
+    rid = sent[-1]
+    return (
+        f"interrupted: stopped waiting for delegation {rid}; nothing was recorded as its "
+        "ending. Its agent may still be working: a handoff it writes later is recorded as "
+        f"it arrives (see it with: orchestrate show {rid})."
     )
 
 

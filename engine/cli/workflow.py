@@ -39,7 +39,8 @@ Examples:
 Exit codes: 0 complete · 1 a step failed · 2 bad input
             3 waiting: for approval, or for the answer to an agent's question
             4 timed out · 5 refused by the ACL or the pool
-            6 (unusable) is a single delegation's: in a run, such a step fails (1)""",
+            6 (unusable) is a single delegation's: in a run, such a step fails (1)
+            130 interrupted (Ctrl-C): the run stays resumable (workflow resume RUN)""",
 )
 @click.version_option(package_name="agent-orchestrator", prog_name="workflow")
 def workflow() -> None:
@@ -54,7 +55,21 @@ input_option = click.option(
     metavar="KEY=VALUE",
     help="A workflow input (repeatable). Values are data, never template code.",
 )
-caller_option = click.option("--caller", help="Caller for the ACL (default: the template's).")
+
+
+def _caller(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--caller ""`` names no one: refused, not taken as the template's caller."""
+    if value is not None and not value.strip():
+        raise click.BadParameter(
+            "is empty; name the caller agent (`--caller manager`), or leave the option out "
+            "to use the template's `caller`."
+        )
+    return value
+
+
+caller_option = click.option(
+    "--caller", callback=_caller, help="Caller for the ACL (default: the template's)."
+)
 interactive_option = click.option(
     "--interactive/--non-interactive",
     default=None,
@@ -125,17 +140,42 @@ class _Driving:
         """Run ``act(runner)`` with the delegator, reporter and approver a run needs;
         render it."""
         from engine.delegate import open_delegator
-        from engine.runner import WorkflowRunner
+        from engine.runner import RunInterrupted, WorkflowRunner
 
         reporter = _reporter_for(self.as_json, self.quiet)
-        with open_delegator(cfg, reporter=reporter) as delegator:
-            approver = _approver(self.interactive)
-            runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=approver)
-            try:
-                result = act(runner)
-            finally:
-                getattr(reporter, "close", lambda: None)()
+        try:
+            with open_delegator(cfg, reporter=reporter) as delegator:
+                approver = _approver(self.interactive)
+                runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=approver)
+                try:
+                    result = act(runner)
+                finally:
+                    getattr(reporter, "close", lambda: None)()
+        except RunInterrupted as stop:
+            say(_interrupted_hint(stop.run_id, stop.in_flight), err=True)
+            return EXIT_INTERRUPTED
         return _render_run(result, self.as_json, plain=self.quiet or None, cfg=cfg)
+
+
+#: The exit code after Ctrl-C (the shell's convention for SIGINT: 128 + 2).
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted_hint(run_id: str, in_flight: list[str]) -> str:
+    """The one paragraph after Ctrl-C stopped a run's wait (``RunInterrupted``)."""
+    steps = ", ".join(f"`{sid}`" for sid in in_flight)
+    one = len(in_flight) == 1
+    flying = (
+        f" The step{'' if one else 's'} in flight ({steps}) keep{'s its' if one else ' their'} "
+        f"delegation{'' if one else 's'}: an agent that hands off later is taken when the "
+        "run resumes, and nothing is sent again."
+        if in_flight
+        else ""
+    )
+    return (
+        f"interrupted: stopped waiting for run {run_id}, which stays resumable; no step "
+        f"was recorded as ended.{flying} Continue it with: workflow resume {run_id}"
+    )
 
 
 #: The options of ``_Driving``, given to the command as one ``driving`` value.
@@ -171,13 +211,43 @@ def _gate_value(text: str) -> Any:
         return text
 
 
+def _bad_json(text: str | None) -> str | None:
+    """Why ``text``, which looks like JSON (an object, a list, a quoted string), is not
+    valid JSON; None when it parses or does not look like JSON (plain text)."""
+    import json
+
+    if text is None or not text.strip().startswith(("{", "[", '"')):
+        return None
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _approver(interactive: bool | None) -> Any:
+    """The terminal's approver (None: park at gates). Ctrl-D (end of input) at its prompt
+    answers nothing: that gate and every later one park the run (``waiting_approval``,
+    exit 3); Ctrl-C interrupts the run (``RunInterrupted``)."""
     if interactive is None:
         interactive = sys.stdin.isatty()
     if not interactive:
         return None
+    closed: list[bool] = []
 
     def ask(req: Any) -> Any:
+        if closed:
+            return None
+        try:
+            return prompt(req)
+        except click.Abort as exc:  # click's word for both Ctrl-C and end of input
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            closed.append(True)
+            click.echo("\n(no answer: the run parks at this gate)", err=True)
+            return None
+
+    def prompt(req: Any) -> Any:
         click.echo(f"\n=== approval gate: step `{req.step}` (agent {req.agent}) ===", err=True)
         click.echo(req.prompt, err=True)
         for up, ctx in req.upstream.items():
@@ -257,8 +327,8 @@ def _next_steps(
     elif status == "waiting_input" and _budget_spent(summary):
         click.echo(
             f"the run's budget is spent: an answer would not be sent (`workflow resume` "
-            f"dispatches nothing more); start a new run with a larger `budget`, or "
-            f"`workflow cancel {rid}{flags}`",
+            f"dispatches nothing more); start a new run with a larger `budget`: "
+            f"{_rerun(result, summary, flags)}   (or: `workflow cancel {rid}{flags}`)",
             err=True,
         )
     elif status == "waiting_input":
@@ -271,7 +341,27 @@ def _next_steps(
                     err=True,
                 )
     elif status == "failed":
-        say(_failed_hint(summary, flags), err=True)
+        say(_failed_hint(summary, flags, _run_meta(result, summary, flags)), err=True)
+
+
+def _run_meta(result: Any, summary: dict[str, Any], flags: str = "") -> dict[str, Any]:
+    """The run's ``run.json`` when it is on this host (not through a server: ``flags``),
+    else what the summary says of it (its workflow's name, its inputs)."""
+    fallback = {"workflow": summary.get("workflow"), "inputs": summary.get("inputs")}
+    if flags:
+        return fallback
+    try:
+        meta = json.loads((Path(result.run_dir) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return fallback
+    return meta if isinstance(meta, dict) else fallback
+
+
+def _rerun(result: Any, summary: dict[str, Any], flags: str = "") -> str:
+    """``workflow run REF [-i ...]`` for a new run of this run's workflow."""
+    from engine.runs import rerun_command
+
+    return rerun_command(_run_meta(result, summary, flags), flags)
 
 
 def _gate_hints(
@@ -306,24 +396,35 @@ def _budget_spent(summary: dict[str, Any]) -> bool:
     return _BUDGET_SPENT in json.dumps(summary.get("steps") or {}, ensure_ascii=False)
 
 
-def _failed_hint(summary: dict[str, Any], flags: str = "") -> str:
+def _failed_hint(summary: dict[str, Any], flags: str = "", meta: Any = None) -> str:
     """What to do about a failed run: `--retry-failed` only when it would send something
-    (a spent budget stops it; a rejected gate stays rejected), else start a new run.
-    Through a server (``flags``), `--retry-failed` is for the server's host only."""
-    rid, name = summary["runId"], summary.get("workflow") or "NAME"
+    (a spent budget stops it, and so does a deadline that has passed; a rejected gate
+    stays rejected), else start a new run (``rerun_command``: the workflow named as the
+    run was started, from its ``run.json`` ``meta``). Through a server (``flags``),
+    `--retry-failed` is for the server's host only."""
+    from engine.runs import rerun_command
+
+    rid = summary["runId"]
+    if not isinstance(meta, dict):
+        meta = {"workflow": summary.get("workflow"), "inputs": summary.get("inputs")}
+    again = rerun_command(meta, flags)
     if _budget_spent(summary):
         return (
             "the run failed: its budget is spent, and a resumed run keeps counting, so "
-            "`workflow resume` sends nothing more; start a new run with a larger `budget`: "
-            f"workflow run {name} -i ...{flags}"
+            f"`workflow resume` sends nothing more; start a new run with a larger `budget`: "
+            f"{again}"
+        )
+    if _deadline_passed(meta):
+        return (
+            f"the run failed: its deadline ({meta.get('deadline_at')}) has passed, so "
+            f"`workflow resume` sends nothing more; start a new run: {again}"
         )
     steps = summary.get("steps") or {}
     if any(st.get("status") in _RETRIED for st in steps.values()):
         if flags:
             return (
-                f"the run failed; after fixing the cause, start a new run: workflow run "
-                f"{name} -i ...{flags}   (or, on the server's host: workflow resume {rid} "
-                "--retry-failed)"
+                f"the run failed; after fixing the cause, start a new run: {again}   (or, "
+                f"on the server's host: workflow resume {rid} --retry-failed)"
             )
         return f"the run failed; after fixing the cause: workflow resume {rid} --retry-failed"
     rejected = [sid for sid, st in steps.items() if st.get("status") == "rejected"]
@@ -331,10 +432,23 @@ def _failed_hint(summary: dict[str, Any], flags: str = "") -> str:
         approve = " ".join(f"--approve {sid}" for sid in rejected)
         return (
             f"the run failed: the gate of `{rejected[0]}` was rejected, which is final "
-            f"(`workflow resume` does not run it); start a new run: workflow run {name} "
-            f"-i ...{flags} ({approve} to approve up front)"
+            f"(`workflow resume` does not run it); start a new run: {again} ({approve} to "
+            "approve up front)"
         )
-    return f"the run failed; start a new run: workflow run {name} -i ...{flags}"
+    return f"the run failed; start a new run: {again}"
+
+
+def _deadline_passed(meta: dict[str, Any]) -> bool:
+    """True when the run's ``deadline_at`` (``run.json``) is in the past."""
+    import time
+
+    from engine.files import parse_iso
+
+    at = meta.get("deadline_at")
+    try:
+        return isinstance(at, str) and parse_iso(at).timestamp() <= time.time()
+    except ValueError:
+        return False
 
 
 def _gate_input(run_dir: Any, sid: str) -> bool:
@@ -446,7 +560,9 @@ def workflow_run_cmd(
         )
         if dry_run:
             from engine.planview import dry_run_dict, dry_run_text
+            from engine.prepare import check_approvals
 
+            check_approvals(prepared.plan, driving.approve)  # as the run itself would
             if as_json:
                 dump(dry_run_dict(prepared.plan, prepared.renderer))
             else:
@@ -499,8 +615,32 @@ def workflow_resume_cmd(
             flags=remote.flags,
             gate_inputs=remote.gate_inputs,
         )
+    cfg = load(where.config)
+    if ended := _complete(cfg, run_id):  # nothing to resume, and nothing is written
+        click.echo(ended)
+        return 0
     run_options = driving.run_options(retry_failed=retry_failed, force=force)
-    return driving.drive(load(where.config), lambda r: r.resume(run_id, run_options))
+    return driving.drive(cfg, lambda r: r.resume(run_id, run_options))
+
+
+def _complete(cfg: Any, run_id: str) -> str:
+    """What to say when run ``run_id`` has completed (its `resume` is a no-op), else
+    ``""`` (resume it; a run that does not exist or is damaged is `resume`'s to say)."""
+    from engine.errors import OrchestratorError
+    from engine.runs import replay_run
+    from engine.states import RunState
+    from engine.store import open_store
+
+    try:
+        state = replay_run(open_store(cfg), run_id).state
+    except (OrchestratorError, OSError):
+        return ""
+    if state is not RunState.COMPLETE:
+        return ""
+    return (
+        f"run {run_id} has already ended (complete); nothing to resume, nothing changed "
+        f"(see it with: workflow status {run_id})."
+    )
 
 
 @workflow.command("approve")
@@ -518,13 +658,24 @@ def workflow_approve_cmd(
     run_id: str, step: str, reason: str | None, value: str | None, where: Where
 ) -> int:
     """Approve the gate of STEP in a parked run (then `workflow resume`)."""
+    from engine.errors import UsageError
     from engine.runs import decide_gate
 
     given = None if value is None else _gate_value(value)
-    where.act(
-        lambda remote: remote.decide(run_id, step, approved=True, reason=reason, value=given),
-        lambda cfg: decide_gate(cfg, run_id, step, approved=True, reason=reason, value=given),
-    )
+    try:
+        where.act(
+            lambda remote: remote.decide(run_id, step, approved=True, reason=reason, value=given),
+            lambda cfg: decide_gate(cfg, run_id, step, approved=True, reason=reason, value=given),
+        )
+    except UsageError as exc:
+        bad = _bad_json(value)
+        if bad is None or "matching its schema" not in str(exc):  # not about the value
+            raise
+        raise UsageError(
+            f"`--input {value}` is not valid JSON ({bad}), and as plain text it is refused: "
+            f"{str(exc).rstrip('.')}. Fix the JSON, in single quotes for the shell "
+            "(`--input '{...}'`)."
+        ) from exc
     where.report(
         f"approved `{step}`; the server continues run {run_id}.",
         f"approved `{step}`; {_next_of(where, run_id, 'continue with')}",
@@ -543,15 +694,42 @@ def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, where: Where
     server continues the run and records the token's name as the answerer)."""
     from engine.ask import answer_step
 
-    where.act(
-        lambda remote: remote.answer(run_id, step, text),
-        lambda cfg: answer_step(cfg, run_id, step, text, by=by),
-    )
+    earlier: list[dict[str, Any]] = []
+
+    def here(cfg: Any) -> Any:
+        earlier.extend(_earlier_answer(cfg, run_id, step))
+        return answer_step(cfg, run_id, step, text, by=by)
+
+    where.act(lambda remote: remote.answer(run_id, step, text), here)
+    replaced = ""
+    if earlier:  # the last answer is the one sent: say that it replaced the one before
+        was = earlier[0]
+        replaced = (
+            f" (this replaces the earlier answer {str(was.get('answer'))[:80]!r} by "
+            f"{was.get('by') or 'someone'})"
+        )
     where.report(
         f"answered `{step}`; the server continues run {run_id}.",
-        f"answered `{step}`; {_next_of(where, run_id, 'continue with')}",
+        f"answered `{step}`{replaced}; {_next_of(where, run_id, 'continue with')}",
     )
     return 0
+
+
+def _earlier_answer(cfg: Any, run_id: str, step: str) -> list[dict[str, Any]]:
+    """The answer already given to ``step``'s question in this run (``[question]``), or
+    ``[]`` (none yet, or no such run or step: ``answer_step`` says so)."""
+    from engine.errors import OrchestratorError
+    from engine.runs import replay_run
+    from engine.store import open_store
+
+    try:
+        s = replay_run(open_store(cfg), run_id).steps.get(step)
+    except OrchestratorError:
+        return []
+    question = s.question if s is not None else None
+    if isinstance(question, dict) and question.get("answer") is not None:
+        return [question]
+    return []
 
 
 @workflow.command("reject")
@@ -615,6 +793,8 @@ def workflow_status_cmd(run_id: str, as_json: bool, where: Where) -> int:
     if isinstance(parent, dict):
         click.echo(f"child run of `{parent.get('run_id')}` (its step `{parent.get('step')}`)")
     click.echo(summary_table(status, waiting=True))
+    for warning in status.get("warnings") or ():  # journal lines replay skipped
+        say(f"warning: {warning}", err=True)
     return 0
 
 
@@ -680,7 +860,7 @@ def workflow_runs_cmd(limit: int, as_json: bool, where: Where) -> int:
     problems: list[str] = []
     rows = where.act(
         lambda remote: remote.runs(limit),
-        lambda cfg: list_runs(cfg, limit=limit, problems=problems),
+        lambda cfg: list_runs(cfg, limit=limit, problems=problems, damaged=True),
     )
     for problem in problems:  # a damaged run: its paragraph, the others still listed
         click.echo(f"error: {problem}", err=True)
@@ -824,7 +1004,12 @@ def workflow_test_cmd(
     check_fixtures_dir(Path(fixtures))  # a missing folder first, not its `--expect` file
     expected = load_expectations(Path(expect)) if expect else None
     report = run_fixtures(
-        cfg, name, Path(fixtures), inputs=parse_inputs(list(inputs)), caller=caller
+        cfg,
+        name,
+        Path(fixtures),
+        inputs=parse_inputs(list(inputs)),
+        caller=caller,
+        expect=Path(expect) if expect else None,
     )
     misses = check_expectations(report, expected) if expected is not None else []
     if as_json:
@@ -844,26 +1029,50 @@ def workflow_test_cmd(
 
 
 def _record(cfg: Any, run_id: str, directory: Any, name: str | None) -> int:
+    import shlex
+
     from engine.errors import UsageError
     from engine.fixtures import record_fixtures
-    from engine.runs import replay_run, run_dir
+    from engine.runs import replay_run, run_dir, workflow_ref
     from engine.store import open_store
 
     store = open_store(cfg)
     run_dir(cfg, run_id, store=store)
     view = replay_run(store, run_id)
     workflow_name = str(view.meta.get("workflow"))
-    if name is not None and name != workflow_name:
-        raise UsageError(f"run `{run_id}` is of workflow `{workflow_name}`, not `{name}`.")
+    ref = workflow_ref(view.meta)
+    if name is not None and not _same_workflow(cfg, name, view.meta):
+        started = f" (started as {ref})" if ref != workflow_name else ""
+        raise UsageError(
+            f"run `{run_id}` is of workflow `{workflow_name}`, not `{name}`{started}; leave "
+            "NAME out, or give that workflow's name or path."
+        )
     written = record_fixtures(view, directory, store)
     click.echo(f"wrote {len(written)} files to {directory} from run {run_id}:")
     for path in written:
         click.echo(f"  {path.name}")
-    click.echo(
-        f"test with: workflow test {workflow_name} --fixtures {directory} "
-        f"--expect {directory}/expect.json"
-    )
+    fixtures = shlex.quote(str(directory))
+    expect = shlex.quote(str(Path(directory) / "expect.json"))
+    click.echo(f"test with: workflow test {ref} --fixtures {fixtures} --expect {expect}")
     return 0
+
+
+def _same_workflow(cfg: Any, name: str, meta: dict[str, Any]) -> bool:
+    """True when NAME (a name or a path, as `workflow test` takes it) is the workflow run
+    ``meta`` (``run.json``) was started with: its name, or a path to the same file."""
+    from engine.errors import OrchestratorError
+    from engine.workflow import find_workflow
+
+    if name == meta.get("workflow"):
+        return True
+    recorded = meta.get("workflow_path")
+    if not isinstance(recorded, str):
+        return False
+    try:
+        found = find_workflow(name, cfg).resolve()
+    except (OrchestratorError, OSError):
+        return False
+    return found == Path(recorded).expanduser().resolve()
 
 
 def _fixture_report(data: dict[str, Any]) -> str:

@@ -11,7 +11,8 @@ A run lives in the run store (on the file store ``<handoffs_dir>/workflows/<run-
 - ``engine.runs.replay``: ``replay_run`` folds the journal through a table of event
   reducers; ``summarize`` gives the content of summary.json.
 - ``engine.runs.admin``: ``run_dir``, ``list_runs``, ``run_row``, ``run_status``,
-  ``decide_gate``, ``cancel_run``.
+  ``decide_gate``, ``cancel_run``; ``workflow_ref`` and ``rerun_command``, how hints
+  name a run's workflow.
 
 The executor that writes runs is ``engine.runner``; nothing here imports it, nor the
 delegator, so readers (``metrics``, ``workflow status``, ``serve``) stay light.
@@ -28,10 +29,12 @@ from engine.runs.admin import (
     cancel_run,
     decide_gate,
     list_runs,
+    rerun_command,
     run_dir,
     run_row,
     run_status,
     runs_dir,
+    workflow_ref,
 )
 from engine.runs.model import RunView, StepRun
 from engine.runs.replay import gate_waiting_since, replay, replay_run, summarize
@@ -51,6 +54,7 @@ __all__ = [
     "gate_waiting_since",
     "list_runs",
     "read_events",
+    "rerun_command",
     "replay",
     "replay_run",
     "run_dir",
@@ -58,4 +62,5 @@ __all__ = [
     "run_status",
     "runs_dir",
     "summarize",
+    "workflow_ref",
 ]

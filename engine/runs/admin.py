@@ -37,6 +37,8 @@ def run_dir(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Path:
     store = store if store is not None else open_store(cfg)
     check_id(run_id, "workflow run id")
     if not store.run_exists(run_id):
+        if isinstance(store, FileRunStore) and store.run_locator(run_id).is_dir():
+            raise RunStateError(_missing_meta(store.run_locator(run_id)))
         # Named as `orchestrate show` names the store: the runs directory, or the database.
         local = isinstance(store, FileRunStore)
         where = store.run_locator(run_id).parent if local else store.location
@@ -45,6 +47,47 @@ def run_dir(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Path:
             f"{did_you_mean(run_id, store.list_runs()) or '.'} List runs with `workflow runs`."
         )
     return store.run_locator(run_id)
+
+
+def workflow_ref(meta: dict[str, Any]) -> str:
+    """How a command typed here names run ``meta``'s workflow (``run.json``), shell-quoted:
+    as the run was started (its NAME, or the path given while that path still names the
+    same file from the current directory), else the absolute path ``workflow_path``; for
+    a run recorded before ``started_as``, its path when that exists from here, else its
+    name. Every hint that prints a `workflow run`/`workflow test` command uses it."""
+    import shlex
+
+    given, path, name = meta.get("started_as"), meta.get("workflow_path"), meta.get("workflow")
+    path = path if isinstance(path, str) and path else None
+    if isinstance(given, str) and given:
+        if not _looks_like_path(given):
+            return shlex.quote(given)
+        same = path is not None and _resolved(given) == _resolved(path)
+        return shlex.quote(given if same or path is None else path)
+    if path is not None and Path(path).expanduser().exists():
+        return shlex.quote(path)
+    return shlex.quote(str(name or path or "NAME"))
+
+
+def rerun_command(meta: dict[str, Any], flags: str = "") -> str:
+    """``workflow run REF`` for a new run of ``meta``'s workflow (``workflow_ref``), with
+    `` -i ...`` only when the run had inputs, then ``flags`` (``--server URL``...)."""
+    inputs = " -i ..." if meta.get("inputs") else ""
+    return f"workflow run {workflow_ref(meta)}{inputs}{flags}"
+
+
+def _looks_like_path(text: str) -> bool:
+    """As ``engine.workflow.find_workflow`` tells a path from a name."""
+    import os
+
+    return "/" in text or os.sep in text or text.endswith((".yaml", ".yml"))
+
+
+def _resolved(text: str) -> Path | None:
+    try:
+        return Path(text).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
 
 
 def decide_gate(
@@ -214,31 +257,86 @@ def runs_newest_first(store: RunStore, *, after: str | None = None) -> Iterator[
         yield from group
 
 
+def _missing_meta(path: Path) -> str:
+    """The paragraph for a run directory without its ``run.json``."""
+    return (
+        f"`{path / 'run.json'}` is missing: the run record was deleted or damaged, so run "
+        f"`{path.name}` cannot be shown or resumed. Other runs are not affected; start "
+        "this workflow again with `workflow run` (and remove the directory when done "
+        "with it)."
+    )
+
+
+def _orphans(store: RunStore) -> list[str]:
+    """Run directories of a file store that have no ``run.json`` (deleted or damaged)."""
+    if not isinstance(store, FileRunStore):
+        return []
+    root = store.run_locator("x").parent
+    try:
+        names = [e.name for e in root.iterdir() if e.is_dir() and _STAMP.search(e.name)]
+    except OSError:
+        return []
+    return [n for n in names if not store.run_exists(n)]
+
+
+def _damaged_row(rid: str, problem: str, meta: Any = None) -> dict[str, Any]:
+    name = meta.get("workflow") if isinstance(meta, dict) else None
+    return {
+        "runId": rid,
+        "workflow": name if isinstance(name, str) else "?",
+        "status": "damaged",
+        "started_at": None,
+        "duration_ms": None,
+        "steps": {},
+        "problem": problem,
+    }
+
+
 def list_runs(
     cfg: Config,
     *,
     limit: int = 20,
     problems: list[str] | None = None,
     store: RunStore | None = None,
+    damaged: bool = False,
 ) -> list[dict[str, Any]]:
     """Recent runs, newest first (``runs_newest_first``): id, workflow, status, started,
     duration.
 
-    A run whose record is damaged is left out; its paragraph is appended to ``problems``.
+    A run whose record is damaged (``run.json`` unusable, or missing from its directory)
+    has its paragraph appended to ``problems``; with ``damaged`` (`workflow runs`) it is
+    also listed, with status ``damaged``, ``workflow`` ``"?"`` when unknown, and that
+    paragraph as ``problem`` (docs/workflows.md, Run records); else it is left out.
     """
     store = store if store is not None else open_store(cfg)
     rows: list[dict[str, Any]] = []
     for rid in itertools.islice(runs_newest_first(store), limit):
         try:
             view = replay_run(store, rid)
-        except OrchestratorError as exc:  # left out, and said why; the others still listed
+        except OrchestratorError as exc:  # said why; the others still listed
             if problems is not None:
                 problems.append(str(exc))
+            if damaged:
+                rows.append(_damaged_row(rid, str(exc), _meta_of(store, rid)))
             continue
         row = run_row(view)
         row["workflow"] = str(row["workflow"])  # the CLI's table and JSON show a string
         rows.append(row)
-    return rows
+    for rid in _orphans(store):
+        problem = _missing_meta(store.run_locator(rid))
+        if problems is not None:
+            problems.append(problem)
+        if damaged:
+            rows.append(_damaged_row(rid, problem))
+    rows.sort(key=lambda r: _second(str(r["runId"])), reverse=True)  # stable: order kept
+    return rows[:limit]
+
+
+def _meta_of(store: RunStore, rid: str) -> Any:
+    try:
+        return store.read_run(rid)
+    except (OrchestratorError, OSError, ValueError):
+        return None
 
 
 def run_row(view: RunView) -> dict[str, Any]:

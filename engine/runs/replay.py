@@ -423,14 +423,23 @@ def replay_run(store: RunStore, run_id: str) -> RunView:
     fold = _Fold(store, run_id, steps)
     warnings: list[str] = []
     events: list[dict[str, Any]] = []
+    journal = path / "events.jsonl"
+    expected = 1  # a file journal numbers its lines: a gap is a line it could not parse
     for line, ev in store.events(run_id):
+        if isinstance(store, FileRunStore):
+            for bad in range(expected, line):
+                warnings.append(
+                    f"`{journal}` line {bad}: skipped: not a JSON event (unreadable "
+                    "bytes or text); the line is left as it is."
+                )
+            expected = line + 1
         try:
             if not isinstance(ev, dict):
                 raise _Malformed("not a JSON object")
             _apply(fold, ev)
         except _Malformed as exc:
             warnings.append(
-                f"`{path / 'events.jsonl'}` line {line}: event "
+                f"`{journal}` line {line}: event "
                 f"{str(ev.get('event') if isinstance(ev, dict) else ev)[:40]!r} skipped: {exc}."
             )
             continue
