@@ -6,7 +6,9 @@ Example (``orchestrator.yaml``)::
       logs: ~/atomizer/logs/{agent}.log      # or a mapping: {webster: /var/log/webster.log}
 
 ``orchestrate agents logs webster -f`` prints the last lines, then what is appended, until
-Ctrl-C. A rotated or truncated file is reopened from its start.
+Ctrl-C. A rotated or truncated file is reopened from its start. What it prints is
+redacted (``engine.redact``) after ``register_secrets`` has registered every token the
+config names, so a hooks token in a log line is masked, not only a ``Bearer`` one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from engine.config import Config
 from engine.errors import ConfigError, UsageError, did_you_mean
-from engine.redact import redact
+from engine.redact import redact, register
 
 #: How often a followed file is checked for new text, in seconds.
 FOLLOW_INTERVAL = 0.25
@@ -88,6 +90,33 @@ def _sharers(cfg: Config, agent: str) -> list[str]:
     if mine is None or mine[1] is None:
         return [agent]
     return [name for name in cfg.agents if where(name) == mine]
+
+
+def register_secrets(cfg: Config) -> int:
+    """Register (``engine.redact.register``) every token ``cfg`` names: each agent's and
+    the local gateway's ``token_env`` / ``token_file``, and the token an embedded
+    gateway's companion process made for itself (``<handoffs_dir>/.serve/gateway.token``,
+    ``engine.serve.companion``), as far as they can be read now (an unset variable or a
+    missing file is skipped: nothing to mask). Returns how many values were read."""
+    sources: list[tuple[str | None, Path | None]] = [
+        (a.token_env, a.token_file) for a in cfg.agents.values()
+    ]
+    if cfg.gateway is not None:
+        sources.append((cfg.gateway.token_env, cfg.gateway.token_file))
+        sources.append((None, cfg.handoffs_dir / ".serve" / "gateway.token"))
+    found = 0
+    for env, file in sources:
+        values = [os.environ.get(env, "")] if env else []
+        if file:
+            try:
+                values.append(Path(file).read_text(encoding="utf-8", errors="replace"))
+            except OSError:
+                pass
+        for value in values:
+            if value.strip():
+                register(value.strip())
+                found += 1
+    return found
 
 
 def tail(path: Path, lines: int) -> list[str]:

@@ -9,11 +9,14 @@ journals, summaries, logs, error messages) passes it through ``redact(text)`` or
 * each registered value (and its JSON-escaped form) with ``***``, and
 * generic shapes even when the value is unknown: ``Bearer <token>``, the value of an
   ``Authorization``, ``x-openclaw-token`` or ``x-api-key`` header, ``sk-...`` API keys,
-  and the user info of a URL (``https://user:pass@host`` -> ``https://***@host``), except
-  the bare user name of a PostgreSQL URL (``postgresql://orch@db/orch`` is shown as it is:
-  a role name, which PostgreSQL's own messages show; with a password, ``postgresql://
-  orch:pw@db`` -> ``postgresql://***@db``). Secrets registered by value are masked in any
-  case.
+  and the user info of a URL with a password (``https://user:pass@host`` ->
+  ``https://***@host``) or with a bare user that looks like a token
+  (``https://ghp_x1y2@host``, ``git+ssh://tok3n@host``: a digit or another symbol in it,
+  or 24 characters and more). A bare user name that reads as a name (letters, ``.``,
+  ``_``, ``-``; under 24 characters) is shown as it is: ``ssh://git@github.com/acme``,
+  ``https://deploy@host``; so is any bare user of a PostgreSQL URL
+  (``postgresql://orch2@db/orch``: a role name, which PostgreSQL's own messages show).
+  Secrets registered by value are masked in any case.
 
 Example::
 
@@ -71,6 +74,8 @@ _GENERIC = re.compile(
 
 #: URL schemes whose bare user name (no password) is a database role, shown as it is.
 _ROLE_SCHEMES = ("postgresql://", "postgres://")
+#: A bare URL user that reads as a name, not a token (``git``, ``deploy-bot``, ``j.doe``).
+_PLAIN_USER = re.compile(r"[A-Za-z][A-Za-z._-]{0,22}")
 #: Substrings (lower case) without which no generic shape can match.
 _TRIGGERS = ("authorization", "x-openclaw-token", "api-key", "api_key", "bearer", "sk-")
 
@@ -91,7 +96,8 @@ def register(value: str | None) -> None:
 
 
 def register_url(url: str | None) -> None:
-    """Register the password (or the token-like user) in ``url``'s user info, if any."""
+    """Register the password (or the token-like bare user, as ``redact`` tells them) in
+    ``url``'s user info, if any."""
     if not url or "@" not in url:
         return
     try:
@@ -100,6 +106,8 @@ def register_url(url: str | None) -> None:
         return
     user = unquote(parts.username or "")
     password = unquote(parts.password or "")
+    if not password and _PLAIN_USER.fullmatch(user):
+        return  # a user name without a password (``ssh://git@host``): not a secret
     if password:
         register(password)
     elif user:
@@ -139,8 +147,11 @@ def _generic(m: re.Match[str]) -> str:
         return m.group("b") + MASK
     if m.group("sk") is not None:
         return "sk-" + MASK
-    if m.group("u").lower() in _ROLE_SCHEMES and ":" not in m.group("uval"):
-        return m.group(0)  # a PostgreSQL role name: not a secret (docstring)
+    user = m.group("uval")
+    if ":" not in user and (
+        m.group("u").lower() in _ROLE_SCHEMES or _PLAIN_USER.fullmatch(user) is not None
+    ):
+        return m.group(0)  # a role or a user name without a password: not a secret (docstring)
     return m.group("u") + MASK + "@"
 
 

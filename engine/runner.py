@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import hmac
 import json
 import os
 import random
+import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +41,7 @@ from engine.files import new_run_id, parse_iso, utcnow_iso
 from engine.prepare import Prepared as Prepared
 from engine.prepare import check_approvals
 from engine.prepare import prepare as prepare
+from engine.redact import redact_obj
 from engine.reporter import Reporter
 from engine.runs import (
     RunView,
@@ -163,8 +166,13 @@ class _HeldJournal:
 # ----------------------------------------------------------------------------- planning
 
 
-def fingerprint_parts(cfg: Config, prepared: Prepared) -> dict[str, str]:
-    """Hashes of what a resumed run must not have changed: template, inputs, agents."""
+def fingerprint_parts(cfg: Config, prepared: Prepared, salt: str | None = None) -> dict[str, str]:
+    """Hashes of what a resumed run must not have changed: template, inputs, agents.
+
+    The inputs are hashed as they were given, never as ``run.json`` shows them (masked):
+    with ``salt`` (hex, random per run, kept in ``run.json`` as ``input_salt``) as an
+    HMAC-SHA256 keyed with it, so a short secret cannot be guessed from the hash; without
+    one (runs started before the salt existed) as a bare SHA-256, as then."""
     plan = prepared.plan
     used = sorted(
         {a for s in plan.steps.values() for a in (*s.candidates, s.agent, s.validator) if a}
@@ -184,11 +192,82 @@ def fingerprint_parts(cfg: Config, prepared: Prepared) -> dict[str, str]:
         text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    return {
+    parts = {
         "template": h(prepared.spec.source_text),
-        "inputs": h(plan.inputs),
+        "inputs": h(plan.inputs) if salt is None else _keyed(salt, plan.inputs),
         "agents": h({"agents": agents, "caller": plan.caller}),
     }
+    return parts
+
+
+def _keyed(salt: str, obj: Any) -> str:
+    """HMAC-SHA256 of ``obj``'s JSON keyed with ``salt``: 32 hex digits."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hmac.new(salt.encode(), text.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def secret_input_keys(salt: str, inputs: Mapping[str, Any]) -> dict[str, str]:
+    """``{name: keyed hash}`` of the inputs that redaction masks (a registered secret, a
+    ``Bearer`` token, an ``sk-`` key, a URL password...): ``run.json`` keeps only their
+    masked text, and a resume without the process that started the run needs them given
+    again (``workflow resume RUN -i NAME=VALUE``), checked against these hashes."""
+    return {
+        name: _keyed(salt, [name, value])
+        for name, value in inputs.items()
+        if redact_obj(value) != value
+    }
+
+
+class SecretInputsMissing(RunStateError):
+    """A resume needs the real values of inputs that ``run.json`` keeps only masked
+    (``names``); exit 2. ``workflow resume RUN -i NAME=VALUE`` gives them again."""
+
+    def __init__(self, message: str, names: list[str]) -> None:
+        super().__init__(message)
+        self.names = names
+
+
+def _real_inputs(
+    run_id: str, meta: dict[str, Any], given: Mapping[str, Any] | None, force: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """The run's inputs as given when it started, and the names of the secret ones not
+    given: ``run.json``'s inputs, with the ones it keeps masked taken from ``given`` (the
+    starting process's values, or ``-i NAME=VALUE``), each checked against its keyed
+    hash. Raises RunStateError for a wrong value (naming the input) and
+    SecretInputsMissing for a missing one (unless ``force``: then the masked text stands
+    in, as ``--force`` resumes with what is there)."""
+    stored = meta.get("inputs")
+    inputs: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
+    keys = meta.get("secret_inputs")
+    keys = keys if isinstance(keys, dict) else {}
+    salt = meta.get("input_salt")
+    given = dict(given or {})
+    missing = []
+    for name, key in keys.items():
+        if name not in given:
+            missing.append(name)
+        elif not isinstance(salt, str) or not hmac.compare_digest(
+            _keyed(salt, [name, given[name]]), str(key)
+        ):
+            raise RunStateError(
+                f"run `{run_id}` cannot resume: the value given for input `{name}` "
+                "(`-i`) is not the one the run started with (checked against the keyed "
+                "hash in its run.json); give the original value, or start a new run."
+            )
+    if missing and not force:
+        names = ", ".join(f"`{n}`" for n in sorted(missing))
+        again = " ".join(f"-i {n}=VALUE" for n in sorted(missing))
+        raise SecretInputsMissing(
+            f"run `{run_id}` cannot resume: its input{'s' if len(missing) > 1 else ''} "
+            f"{names} held a secret, which run.json keeps only masked (***), and the "
+            "process that started the run, which held the value, has ended. Give "
+            f"{'them' if len(missing) > 1 else 'it'} again: `workflow resume {run_id} "
+            f"{again}` (checked against the keyed hash kept in run.json; nothing else "
+            "changes), or start a new run.",
+            sorted(missing),
+        )
+    inputs.update(given)
+    return inputs, sorted(missing)
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -332,6 +411,8 @@ class WorkflowRunner:
         self._check_approvals(plan, options)
         run_id = run_id or new_run_id("wf")
         store = self.store
+        salt = secrets.token_hex(16)
+        secret_keys = secret_input_keys(salt, plan.inputs)
         meta = {
             "runId": run_id,
             "workflow": prepared.spec.name,
@@ -340,7 +421,9 @@ class WorkflowRunner:
             **({"started_as": prepared.ref} if prepared.ref else {}),
             "version": prepared.spec.version,
             "caller": plan.caller,
-            "inputs": plan.inputs,
+            # masked where they hold a secret; `secret_inputs` keys those (fingerprint_parts)
+            "inputs": redact_obj(plan.inputs),
+            **({"secret_inputs": secret_keys} if secret_keys else {}),
             "config": str(self.cfg.path) if self.cfg.path else None,
             "created_at": utcnow_iso(),
             **(
@@ -348,7 +431,8 @@ class WorkflowRunner:
                 if prepared.spec.deadline is not None
                 else {}
             ),
-            "fingerprint": fingerprint_parts(self.cfg, prepared),
+            "fingerprint": fingerprint_parts(self.cfg, prepared, salt),
+            "input_salt": salt,
             **({"parent": parent} if parent else {}),
             "plan": {
                 "groups": plan.groups,
@@ -401,10 +485,19 @@ class WorkflowRunner:
         *,
         parent_cancel: threading.Event | None = None,
         parent_interrupt: threading.Event | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        masked: bool = False,
     ) -> RunResult:
         """Continue a run after a crash, a gate, a failure or a restart (a sub-workflow
         step's child run is resumed with its parent, through ``parent_cancel`` and
-        ``parent_interrupt``). Raises ``RunInterrupted`` on Ctrl-C."""
+        ``parent_interrupt``). Raises ``RunInterrupted`` on Ctrl-C.
+
+        ``inputs`` gives the real values of the inputs ``run.json`` keeps masked (the
+        process that started the run still holds them, or ``workflow resume -i``); each
+        is checked against its keyed hash. Without them such a run raises
+        SecretInputsMissing (exit 2), never "the inputs changed"; with ``masked`` it goes
+        on with their masked text (``***``), for a run that only ends (a rejected gate:
+        what still runs are its ``finally`` steps)."""
         store = self.store
         path = run_dir(self.cfg, run_id, store=store)
         with store.claim(run_id):
@@ -424,14 +517,9 @@ class WorkflowRunner:
                     f"Start the workflow again: {rerun_command(meta)}",
                     path=path,
                 )
-            inputs = meta.get("inputs")
+            real, missing = _real_inputs(run_id, meta, inputs, options.force or masked)
             try:
-                prepared = prepare(
-                    self.cfg,
-                    workflow_path,
-                    inputs if isinstance(inputs, dict) else {},
-                    caller=meta.get("caller"),
-                )
+                prepared = prepare(self.cfg, workflow_path, real, caller=meta.get("caller"))
             except WorkflowError as exc:
                 if Path(workflow_path).expanduser().is_absolute():
                     raise
@@ -442,10 +530,14 @@ class WorkflowRunner:
                     "directory.",
                     path=path / "run.json",
                 ) from exc
+            salt = meta.get("input_salt")
             changed = [
                 k
-                for k, v in fingerprint_parts(self.cfg, prepared).items()
-                if fingerprint.get(k) != v
+                for k, v in fingerprint_parts(
+                    self.cfg, prepared, salt if isinstance(salt, str) else None
+                ).items()
+                # masked stand-ins never hash as the real inputs did: not a change
+                if fingerprint.get(k) != v and not (k == "inputs" and missing and masked)
             ]
             if changed and not options.force:
                 relative = (
@@ -1836,6 +1928,10 @@ class _SubRun:
             if state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED) and not again:
                 return ex.store.read_summary(cid) or {"status": state.value}
             if state is not RunState.CANCELLED:
+                # the child's inputs as rendered from this run's real values: the ones its
+                # run.json keeps masked (a secret still in them) go with it
+                rendered = ex.prepared.renderer.render_workflow_inputs(s.id, ex._context(s.id))
+                held = {k: v for k, v in rendered.items() if redact_obj(v) != v}
                 return (
                     self._runner()
                     .resume(
@@ -1843,6 +1939,7 @@ class _SubRun:
                         self._options(),
                         parent_cancel=ex.cancel,
                         parent_interrupt=ex.interrupted,
+                        inputs=held,
                     )
                     .summary
                 )

@@ -50,11 +50,17 @@ def _fresh_secrets() -> Iterator[None]:
         ("key sk-proj-abcdefghijklmnop0123 used", "key sk-*** used"),
         ("see https://bob:hunter22@example.com/x", "see https://***@example.com/x"),
         ("git+ssh://tok3n@example.com/repo", "git+ssh://***@example.com/repo"),
+        ("https://ghp_0a1b2c3d4e5f6a7b8c9d@github.com/x", "https://***@github.com/x"),
+        ("https://abcdefghijklmnopqrstuvwxyz@h/x", "https://***@h/x"),
+        ("ssh://git:pw@github.com/acme", "ssh://***@github.com/acme"),
         # ordinary text is left alone
         ("Bearer tokens are documented", "Bearer tokens are documented"),
         ("http://127.0.0.1:8080/hooks/agent", "http://127.0.0.1:8080/hooks/agent"),
         ("mail bob@example.com", "mail bob@example.com"),
         ("risk-free sk-ill", "risk-free sk-ill"),
+        ("summarise ssh://git@github.com/acme/widgets", "summarise ssh://git@github.com/acme/widgets"),
+        ("clone https://deploy-bot@host/x.git", "clone https://deploy-bot@host/x.git"),
+        ("postgresql://orch2@db/orch", "postgresql://orch2@db/orch"),
     ],
     ids=[
         "bearer-in-text",
@@ -66,10 +72,16 @@ def _fresh_secrets() -> Iterator[None]:
         "sk-key",
         "url-password",
         "url-token-user",
+        "url-token-user-long",
+        "url-letters-token-user",
+        "url-ssh-password",
         "bearer-prose",
         "plain-url",
         "email",
         "not-a-key",
+        "url-ssh-user",
+        "url-named-user",
+        "url-pg-role",
     ],
 )
 def test_generic_shapes_are_masked(text: str, expected: str) -> None:
@@ -108,6 +120,8 @@ def test_url_credentials_are_registered_with_their_basic_form() -> None:
     assert redact(f"echo Basic {basic}") == f"echo Basic {MASK}"
     register_url("http://127.0.0.1:1/no-credentials")
     register_url("not a url @ all")
+    register_url("ssh://deploy@example.com/repo")  # a user name, no password: not a secret
+    assert redact("deploy the app") == "deploy the app"
 
 
 def test_redact_obj_is_deep_and_keeps_types() -> None:

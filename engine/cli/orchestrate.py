@@ -1186,8 +1186,10 @@ def agents_logs_cmd(agent: str, follow: bool, lines: int, config: str | None) ->
     """Print the end of AGENT's gateway log (`operations.logs`); -f follows it."""
     from engine import opslog
 
-    path = opslog.log_path(load(config), agent)
+    cfg = load(config)
+    path = opslog.log_path(cfg, agent)
     assert path is not None
+    opslog.register_secrets(cfg)  # hooks tokens in a log line are masked, not only Bearer
     for line in opslog.tail(path, lines):
         click.echo(line)
     if follow:

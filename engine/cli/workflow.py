@@ -575,6 +575,15 @@ def workflow_run_cmd(
 @workflow.command("resume")
 @click.argument("run_id")
 @click.option(
+    "-i",
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="An input the run holds only masked (a secret): give its value again; it is "
+    "checked against the keyed hash in run.json.",
+)
+@click.option(
     "--retry-failed",
     is_flag=True,
     help="Run again the steps that ended failed, timeout, errored, invalid, blocked, "
@@ -588,7 +597,12 @@ def workflow_run_cmd(
 @_driving_options
 @where_options
 def workflow_resume_cmd(
-    run_id: str, retry_failed: bool, force: bool, driving: _Driving, where: Where
+    run_id: str,
+    inputs: tuple[str, ...],
+    retry_failed: bool,
+    force: bool,
+    driving: _Driving,
+    where: Where,
 ) -> int:
     """Continue run RUN_ID: finished steps are never sent again (with `--server`, the
     server takes over a run that no process executes, and this waits as `run` does)."""
@@ -599,6 +613,7 @@ def workflow_resume_cmd(
                 for opt, on in (
                     ("--retry-failed", retry_failed),
                     ("--force", force),
+                    ("--input", bool(inputs)),
                     ("--approve", bool(driving.approve)),
                     ("--approve-all", driving.approve_all),
                 )
@@ -619,8 +634,11 @@ def workflow_resume_cmd(
     if ended := _complete(cfg, run_id):  # nothing to resume, and nothing is written
         click.echo(ended)
         return 0
+    from engine.workflow import parse_inputs
+
+    given = parse_inputs(list(inputs))
     run_options = driving.run_options(retry_failed=retry_failed, force=force)
-    return driving.drive(cfg, lambda r: r.resume(run_id, run_options))
+    return driving.drive(cfg, lambda r: r.resume(run_id, run_options, inputs=given))
 
 
 def _complete(cfg: Any, run_id: str) -> str:

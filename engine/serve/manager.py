@@ -11,6 +11,12 @@ timeout passes, and ``WorkflowRunner.resume`` records the default (``by: timeout
 What the server started is listed in ``<handoffs_dir>/serve/<run-id>.json`` (who started
 it, and for a delegation the request), so that after a crash or a restart it resumes its
 runs from their journals and re-attaches its delegations by run id: nothing is sent twice.
+
+The inputs ``run.json`` keeps masked (a secret in them) are held in memory for the runs
+this process started, so a decision continues such a run with their real values. After a
+restart they are gone: an approved gate then ends the run ``failed`` with a
+``run_finished`` event whose ``reason`` names those inputs and says how to give them again
+(``workflow resume RUN -i NAME=VALUE``), and a rejected gate ends it as usual.
 """
 
 from __future__ import annotations
@@ -36,9 +42,17 @@ from engine.errors import (
 from engine.files import check_id, parse_iso, utcnow_iso, write_json_atomic
 from engine.idempotency import IdempotencyConflict, IdempotencyKeys
 from engine.record import pending_path, read_json
+from engine.redact import redact_obj
 from engine.reporter import Reporter
-from engine.runner import RunOptions, RunState, StepState, WorkflowRunner, prepare
-from engine.runs import cancel_run, decide_gate, gate_waiting_since, replay
+from engine.runner import (
+    RunOptions,
+    RunState,
+    SecretInputsMissing,
+    StepState,
+    WorkflowRunner,
+    prepare,
+)
+from engine.runs import cancel_run, decide_gate, gate_waiting_since, replay, replay_run, summarize
 
 log = logging.getLogger("engine.serve")
 
@@ -131,6 +145,9 @@ class RunManager:
         self._lock = threading.Lock()
         self._drivers: dict[str, _Driver] = {}
         self._pending_owner: dict[str, Any] = {}
+        # run id -> the real values of the inputs its run.json keeps masked (memory only)
+        self._pending_inputs: dict[str, dict[str, Any]] = {}
+        self._secret_inputs: dict[str, dict[str, Any]] = {}
         self._cancels: dict[str, threading.Event] = {}
         self._errors: dict[str, str] = {}
         self._threads: list[threading.Thread] = []
@@ -156,6 +173,9 @@ class RunManager:
         """Called in the driver thread as a new run starts: record it, register its driver."""
         with self._lock:
             entry = self._pending_owner.pop(threading.current_thread().name, {})
+            held = self._pending_inputs.pop(threading.current_thread().name, None)
+            if held:
+                self._secret_inputs[run_id] = held
             self._drivers[run_id] = _Driver()
         self._own(run_id, {"kind": "workflow", "created_at": utcnow_iso(), **entry})
 
@@ -202,8 +222,11 @@ class RunManager:
         started: Future[str] = Future()
         reporter = _RunReporter(self, started)
         name = f"serve-run-{id(reporter):x}"
+        held = {k: v for k, v in prepared.plan.inputs.items() if redact_obj(v) != v}
         with self._lock:
             self._pending_owner[name] = {"by": by, "workflow": workflow, "key": key}
+            if held:
+                self._pending_inputs[name] = held
 
         def first(runner: WorkflowRunner) -> Any:
             return runner.start(prepared, options)
@@ -214,6 +237,7 @@ class RunManager:
         except OrchestratorError:
             with self._lock:
                 self._pending_owner.pop(name, None)
+                self._pending_inputs.pop(name, None)
             if key is not None:
                 self.keys.release("workflow", key)
             raise
@@ -243,7 +267,12 @@ class RunManager:
         act = first
         while True:
             try:
-                act(runner)
+                try:
+                    act(runner)
+                except SecretInputsMissing as exc:
+                    if reporter.run_id is None:
+                        raise
+                    self._without_secrets(runner, reporter.run_id, exc)
             except OrchestratorError as exc:
                 if started is not None and not started.done():
                     started.set_exception(exc)
@@ -352,9 +381,42 @@ class RunManager:
         def act(runner: WorkflowRunner) -> Any:
             if check and not self.needs_resume(run_id):
                 return None
-            return runner.resume(run_id, options)
+            with self._lock:
+                held = self._secret_inputs.get(run_id)
+            return runner.resume(run_id, options, inputs=held)
 
         return act
+
+    def _without_secrets(
+        self, runner: WorkflowRunner, run_id: str, exc: SecretInputsMissing
+    ) -> None:
+        """A run to continue whose secret inputs this process does not hold (it was
+        started before a restart, or by a CLI): a rejected gate ends it as usual (what
+        still runs, its ``finally`` steps, gets the masked text); otherwise it ends
+        ``failed`` now, with a ``run_finished`` event whose ``reason`` is ``exc``'s
+        paragraph (``workflow resume RUN -i NAME=VALUE`` continues it), instead of
+        staying parked and failing again at every restart."""
+        store = self.delegator.store
+        view = replay_run(store, run_id)
+        if any(s.gate and s.state is StepState.REJECTED for s in view.steps.values()):
+            runner.resume(run_id, RunOptions(max_parallel=self.max_parallel), masked=True)
+            return
+        if view.state not in (RunState.RUNNING, RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
+            return
+        with store.claim(run_id):
+            journal = store.journal(run_id)
+            try:
+                journal.append(
+                    "run_finished",
+                    status=RunState.FAILED.value,
+                    reason=str(exc),
+                    inputs_missing=exc.names,
+                )
+            finally:
+                journal.close()
+            store.write_summary(run_id, summarize(replay_run(store, run_id)))
+        log.warning("run %s: %s", run_id, exc)
+        self._errors[run_id] = str(exc)
 
     def kick(self, run_id: str) -> bool:
         """Continue ``run_id`` now (or once its current stretch ends); False if not ours."""
