@@ -71,11 +71,15 @@ def write_pending(records_dir: Path, run_id: str, envelope: dict[str, Any]) -> N
 
     An envelope already there hands on its key hashes (``handoff.with_earlier_keys``): a
     delegation sent again with a new key still takes the handoff of its first message."""
+    from engine.files import write_json_new
     from engine.handoff import with_earlier_keys
 
     path = pending_path(records_dir, run_id)
-    envelope = with_earlier_keys(read_json(path), envelope)
-    write_json_atomic(path, envelope, fresh=True, compact=True)
+    # Created as a new file first: the one read of an envelope there is made only when
+    # the name is taken (a renewal, a retry), not on every delegation.
+    if not write_json_new(path, envelope, compact=True):
+        envelope = with_earlier_keys(read_json(path), envelope)
+        write_json_atomic(path, envelope, compact=True)
 
 
 def drop_pending(records_dir: Path, run_id: str) -> None:
@@ -362,9 +366,12 @@ def deliver(
     if nothing_there(records_dir, run_id):
         return Delivery("absent")  # what the locked look would say, without the lock
     with _locked(records_dir):
-        current = read_json(records_dir / f"{run_id}.json")
-        if current is None and os.path.lexists(records_dir / f"{run_id}.json"):
-            current = {}  # something unreadable that is not ours
+        at_record = records_dir / f"{run_id}.json"
+        current: Any = None  # nothing there, as a rule: one lstat, no failed open
+        if os.path.lexists(at_record):
+            current = read_json(at_record)
+            if current is None:
+                current = {}  # something unreadable that is not ours
         if current is not None and not is_engine_record(current):
             preserve_agent_file(records_dir, run_id)  # seed 004's agents write here
             current = None
