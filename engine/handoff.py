@@ -444,12 +444,12 @@ def read_handoff_bytes(
         if st.st_size > max_bytes:
             raise _too_big(path, st.st_size, max_bytes)
         chunks: list[bytes] = []
-        left = max_bytes + 1
-        while left > 0:
-            want = min(left, 1 << 20)
+        total, limit = 0, max_bytes + 1
+        while total < limit:  # the size by fstat and one byte more, then 1 MiB at a time
+            want = min(limit - total, st.st_size - total + 1 if total < st.st_size else 1 << 20)
             chunk = os.read(fd, want)
             chunks.append(chunk)
-            left -= len(chunk)
+            total += len(chunk)
             if len(chunk) < want:  # a short read of a regular file: its end
                 break
         data = b"".join(chunks)
