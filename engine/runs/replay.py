@@ -8,6 +8,7 @@ reducer needs is skipped and named in ``RunView.warnings``, never raised.
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,6 +300,26 @@ def _plan_order(meta: Any, path: Path) -> tuple[list[str], dict[str, Any]]:
     return order, {s: e if isinstance(e := entries.get(s), dict) else {} for s in order}
 
 
+def _step_files(store: RunStore, run_id: str, order: list[str]) -> dict[str, Any]:
+    """Each step's ``<step>.json`` as parsed (None: none). A file store's run directory is
+    listed first when the run has more than a few steps, and only the step files there are
+    opened: a run's first replay finds none, and each was a failed ``open``."""
+    names: set[str] | None = None
+    if isinstance(store, FileRunStore) and len(order) > _LIST_FROM:
+        try:
+            names = set(os.listdir(store.run_locator(run_id)))
+        except OSError:
+            names = None  # each file is looked for, as without a listing
+    return {
+        s: store.read_step(run_id, s) if names is None or f"{s}.json" in names else None
+        for s in order
+    }
+
+
+#: Steps from which a replay lists the run directory instead of opening every step file.
+_LIST_FROM = 8
+
+
 def _check_shape(path: Path, meta: Any, step_data: dict[str, Any]) -> None:
     """RunStateError naming the file and value when a hand-edited record has a wrong shape."""
     from engine.runshape import shape_problem
@@ -424,7 +445,7 @@ def replay_run(store: RunStore, run_id: str) -> RunView:
     # it): a step's file is written before its ``step_finished`` line, so every step the
     # journal read says finished has its file there.
     lines = store.events(run_id)
-    step_data = {s: store.read_step(run_id, s) for s in order}
+    step_data = _step_files(store, run_id, order)
     _check_shape(path, meta, step_data)
     steps = {s: StepRun(id=s, agent=_opt_str(entries[s], "agent")) for s in order}
     fold = _Fold(store, run_id, steps, step_data=step_data)
