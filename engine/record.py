@@ -171,7 +171,9 @@ def install_record(records_dir: Path, run_id: str, data: dict[str, Any]) -> Path
     from engine.files import write_json_new
 
     target = records_dir / f"{run_id}.json"
-    if write_json_new(target, data, compact=True):
+    # made in ``.pending/`` (nobody watches it): the records directory's watchers see the
+    # record's create, not also the close of its unnamed file
+    if write_json_new(target, data, compact=True, unnamed_in=records_dir / PENDING_DIR):
         return target
     if not is_engine_record(read_json(target)):
         preserve_agent_file(records_dir, run_id)
