@@ -83,19 +83,31 @@ def write_json_atomic(
     return target
 
 
-def write_json_new(path: str | Path, data: Any, *, compact: bool = False) -> bool:
+def write_json_new(
+    path: str | Path, data: Any, *, compact: bool = False, unnamed_in: str | Path | None = None
+) -> bool:
     """Create ``path`` with ``data`` as JSON only if no file is there; True if it was created.
 
     The complete file appears at once (a hard link of a finished file: an unnamed
     ``O_TMPFILE`` one where the file system has them, else a temp file; watchers see a
     create), and a file that someone else put at ``path`` first is never replaced.
-    ``compact=True``: one line, as ``write_json_atomic``.
+    ``compact=True``: one line, as ``write_json_atomic``. ``unnamed_in``: an existing
+    directory of the same file system that nobody watches, where the unnamed file is made;
+    the close of the finished file is then reported there, not in ``path``'s directory,
+    whose watchers see the create only (one inotify wake-up fewer). Where it cannot be
+    linked from there (another file system, no such directory) ``path``'s own directory
+    is used, as without it.
     """
     target = Path(path)
+    payload = _payload(data, compact)
+    if unnamed_in is not None:
+        placed = _link_new_from(Path(unnamed_in), target, payload)
+        if placed is not None:
+            return placed
     fd = _unnamed(target)
     if fd is not None:
         try:
-            _fill(fd, _payload(data, compact), fsync=False)
+            _fill(fd, payload, fsync=False)
             placed = _link_unnamed(fd, target)
         finally:
             os.close(fd)
@@ -132,6 +144,28 @@ def _unnamed(target: Path) -> int | None:
         return os.open(target.parent, flags, 0o600)
     except OSError:
         return None
+
+
+def _link_new_from(directory: Path, target: Path, payload: bytes) -> bool | None:
+    """An unnamed file made in ``directory``, filled with ``payload`` and linked at
+    ``target``: True when done, False if a file is there, None when it cannot be done
+    (no ``O_TMPFILE``, no such directory, another file system: the caller goes on)."""
+    if not _O_TMPFILE:
+        return None
+    try:
+        fd = os.open(directory, _O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        _fill(fd, payload, fsync=False)
+        os.link(f"/proc/self/fd/{fd}", target, src_dir_fd=fd, follow_symlinks=True)
+    except FileExistsError:
+        return False
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return True
 
 
 def _link_unnamed(fd: int, target: Path) -> bool | None:

@@ -10,6 +10,7 @@ the parser.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
@@ -407,18 +408,27 @@ def read_handoff_bytes(
 
     A symlink is followed only when it resolves inside ``root`` (the handoffs directory).
     """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        if root is not None and os.path.islink(path):
-            real = Path(os.path.realpath(path))
-            base = Path(os.path.realpath(root))
-            if real != base and base not in real.parents:
-                raise HandoffProblem(
-                    f"handoff `{path}` refused: it is a symlink to `{real}`, outside the "
-                    f"handoffs directory `{base}`; the engine reads no file outside it.",
-                    kind="file",
-                    path=path,
-                )
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = -1
+        if root is not None:  # not a symlink, as a rule: opened without an lstat first
+            try:
+                fd = os.open(path, flags | os.O_NOFOLLOW)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+        if fd < 0:
+            if root is not None and os.path.islink(path):
+                real = Path(os.path.realpath(path))
+                base = Path(os.path.realpath(root))
+                if real != base and base not in real.parents:
+                    raise HandoffProblem(
+                        f"handoff `{path}` refused: it is a symlink to `{real}`, outside the "
+                        f"handoffs directory `{base}`; the engine reads no file outside it.",
+                        kind="file",
+                        path=path,
+                    )
+            fd = os.open(path, flags)
     except FileNotFoundError:
         raise HandoffProblem(f"handoff `{path}` does not exist.", kind="parse", path=path) from None
     except OSError as exc:
@@ -434,13 +444,14 @@ def read_handoff_bytes(
         if st.st_size > max_bytes:
             raise _too_big(path, st.st_size, max_bytes)
         chunks: list[bytes] = []
-        left = max_bytes + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
+        total, limit = 0, max_bytes + 1
+        while total < limit:  # the size by fstat and one byte more, then 1 MiB at a time
+            want = min(limit - total, st.st_size - total + 1 if total < st.st_size else 1 << 20)
+            chunk = os.read(fd, want)
             chunks.append(chunk)
-            left -= len(chunk)
+            total += len(chunk)
+            if len(chunk) < want:  # a short read of a regular file: its end
+                break
         data = b"".join(chunks)
         if len(data) > max_bytes:
             raise _too_big(path, len(data), max_bytes)

@@ -468,9 +468,7 @@ class _PlainPool:
             if _still_open(conn):
                 return self._use(conn)
             conn.close()
-        import http.client
-
-        return self._use(http.client.HTTPConnection(key[0], key[1], timeout=timeout))
+        return self._use(_connection_class()(key[0], key[1], timeout=timeout))
 
     def _use(self, conn: Any) -> Any:
         with self._lock:
@@ -553,8 +551,37 @@ class _PlainPool:
         return _PlainResponse(resp.status, resp.headers, content)
 
 
+_one_write: Any = None
+
+
+def _connection_class() -> Any:
+    """``http.client.HTTPConnection`` that writes a request's head and its ``bytes`` body
+    in one ``send`` (built on first use: ``http.client`` is imported only then).
+
+    ``HTTPConnection`` sends them apart: two ``send`` calls here and two reads on the
+    gateway's side, each a system call that lets go of the interpreter lock."""
+    global _one_write
+    if _one_write is None:
+        import http.client
+
+        class _OneWrite(http.client.HTTPConnection):
+            def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+                if not isinstance(message_body, bytes) or encode_chunked:
+                    base = http.client.HTTPConnection
+                    base._send_output(self, message_body, encode_chunked)  # type: ignore[attr-defined]
+                    return
+                buffer: list[bytes] = self._buffer  # type: ignore[attr-defined]
+                buffer.extend((b"", message_body))
+                msg = b"\r\n".join(buffer)
+                del buffer[:]
+                self.send(msg)
+
+        _one_write = _OneWrite
+    return _one_write
+
+
 def _connect(conn: Any, timeout: float | None) -> socket.socket:
-    """Open ``conn``'s socket (Nagle off: a request is written in two parts)."""
+    """Open ``conn``'s socket (Nagle off: the answer is read as soon as it is sent)."""
     conn.timeout = timeout
     conn.connect()
     sock: socket.socket = conn.sock

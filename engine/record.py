@@ -71,11 +71,15 @@ def write_pending(records_dir: Path, run_id: str, envelope: dict[str, Any]) -> N
 
     An envelope already there hands on its key hashes (``handoff.with_earlier_keys``): a
     delegation sent again with a new key still takes the handoff of its first message."""
+    from engine.files import write_json_new
     from engine.handoff import with_earlier_keys
 
     path = pending_path(records_dir, run_id)
-    envelope = with_earlier_keys(read_json(path), envelope)
-    write_json_atomic(path, envelope, fresh=True, compact=True)
+    # Created as a new file first: the one read of an envelope there is made only when
+    # the name is taken (a renewal, a retry), not on every delegation.
+    if not write_json_new(path, envelope, compact=True):
+        envelope = with_earlier_keys(read_json(path), envelope)
+        write_json_atomic(path, envelope, compact=True)
 
 
 def drop_pending(records_dir: Path, run_id: str) -> None:
@@ -167,7 +171,9 @@ def install_record(records_dir: Path, run_id: str, data: dict[str, Any]) -> Path
     from engine.files import write_json_new
 
     target = records_dir / f"{run_id}.json"
-    if write_json_new(target, data, compact=True):
+    # made in ``.pending/`` (nobody watches it): the records directory's watchers see the
+    # record's create, not also the close of its unnamed file
+    if write_json_new(target, data, compact=True, unnamed_in=records_dir / PENDING_DIR):
         return target
     if not is_engine_record(read_json(target)):
         preserve_agent_file(records_dir, run_id)
@@ -313,17 +319,27 @@ def _locked(records_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _sources(records_dir: Path, run_id: str) -> list[Path]:
+def _sources(records_dir: Path, run_id: str) -> dict[Path, int]:
+    """The run's inbox files in order (``<runId>.json``, then ``<runId>.<n>.json``), each
+    with its inode as ``lstat`` saw it here, under the lock: a refusal moves only that
+    file (``keep_rejected``), without an ``lstat`` of its own."""
     inbox = records_dir / INBOX_DIR
-    found = []
+    found: dict[Path, int] = {}
     first = inbox / f"{run_id}.json"
-    if os.path.lexists(first):
-        found.append(first)
+    if (ino := _lstat_ino(first)) is not None:
+        found[first] = ino
     n = 2
-    while os.path.lexists(alt := inbox / f"{run_id}.{n}.json"):
-        found.append(alt)
+    while (ino := _lstat_ino(alt := inbox / f"{run_id}.{n}.json")) is not None:
+        found[alt] = ino
         n += 1
     return found
+
+
+def _lstat_ino(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_ino
+    except OSError:
+        return None
 
 
 def _file_id(path: Path) -> list[int] | None:
@@ -340,6 +356,7 @@ def deliver(
     *,
     envelope: dict[str, Any] | None = None,
     grace: float = 2.0,
+    look: bool = True,
 ) -> Delivery:
     """Deliver the handoff of ``run_id``: the one merge rule for every path a handoff takes.
 
@@ -358,13 +375,19 @@ def deliver(
       clock) after the deadline and no caller was waiting for it;
     - a refused handoff (wrong or missing key, spoofed, oversized, not a regular file,
       malformed) is moved to ``rejected/`` and listed with the reason in ``rejected``.
+
+    ``look=False``: the caller has just seen an inbox file, so the look without the lock
+    (``nothing_there``) is skipped; the answer is the same either way.
     """
-    if nothing_there(records_dir, run_id):
+    if look and nothing_there(records_dir, run_id):
         return Delivery("absent")  # what the locked look would say, without the lock
     with _locked(records_dir):
-        current = read_json(records_dir / f"{run_id}.json")
-        if current is None and os.path.lexists(records_dir / f"{run_id}.json"):
-            current = {}  # something unreadable that is not ours
+        at_record = records_dir / f"{run_id}.json"
+        current: Any = None  # nothing there, as a rule: one lstat, no failed open
+        if os.path.lexists(at_record):
+            current = read_json(at_record)
+            if current is None:
+                current = {}  # something unreadable that is not ours
         if current is not None and not is_engine_record(current):
             preserve_agent_file(records_dir, run_id)  # seed 004's agents write here
             current = None
@@ -374,9 +397,12 @@ def deliver(
         pending = read_json(pending_path(records_dir, run_id)) if envelope is None else None
 
         def one(source: Path, env: dict[str, Any], cur: Any, waits: bool) -> Delivery:
-            return _deliver_one(_Into(records_dir, run_id, env, cur, waits), source, grace)
+            into = _Into(records_dir, run_id, env, cur, waits)
+            return _deliver_one(into, source, grace, sources[source])
 
-        return merge_sources(sources, one, envelope=envelope, pending=pending, current=current)
+        return merge_sources(
+            list(sources), one, envelope=envelope, pending=pending, current=current
+        )
 
 
 def nothing_there(records_dir: Path, run_id: str) -> bool:
@@ -445,7 +471,7 @@ class _Into:
     waiting: bool
 
 
-def _deliver_one(into: _Into, source: Path, grace: float) -> Delivery:
+def _deliver_one(into: _Into, source: Path, grace: float, seen_ino: int | None) -> Delivery:
     """Take one delivered file: record it, refuse it, or keep it aside as a second one."""
     records_dir, run_id, current = into.records_dir, into.run_id, into.current
     cur_env, final = _envelopes(current)
@@ -454,7 +480,7 @@ def _deliver_one(into: _Into, source: Path, grace: float) -> Delivery:
     if final is None and cur_env is not None and _kept_beside(cur_env, source):
         # a stand-in kept beside an ending the engine decided: not taken again
         return Delivery("already", records_dir / f"{run_id}.json", current)
-    read = _read(into, source, grace)
+    read = _read(into, source, grace, seen_ino)
     if isinstance(read, Delivery):
         return read
     handoff, verified, st = read
@@ -471,16 +497,14 @@ def _deliver_one(into: _Into, source: Path, grace: float) -> Delivery:
 
 
 def _read(
-    into: _Into, source: Path, grace: float
+    into: _Into, source: Path, grace: float, seen_ino: int | None
 ) -> tuple[dict[str, Any], bool, os.stat_result] | Delivery:
     """The checked handoff in ``source`` (see ``_checked``), or what to answer instead: a
-    partial file still being written, an empty one, or a refusal kept in ``rejected/``."""
+    partial file still being written, an empty one, or a refusal kept in ``rejected/``.
+    ``seen_ino``: the file's inode when it was found (a file that replaced it since is not
+    refused: ``_refuse`` answers ``absent`` and the next look reads it)."""
     from engine.handoff import FINAL_KINDS, HandoffProblem
 
-    try:
-        seen_ino: int | None = os.lstat(source).st_ino
-    except OSError:
-        seen_ino = None
     try:
         checked = _checked(into, source)
     except HandoffProblem as exc:

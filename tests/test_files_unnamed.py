@@ -59,3 +59,30 @@ def test_the_watcher_wakes_on_a_linked_file(tmp_path: Path, way: str) -> None:
             assert waiter.wait(10.0) is True
     finally:
         watcher.close()
+
+
+def test_made_aside_then_linked_into_a_watched_directory(tmp_path: Path, way: str) -> None:
+    """``unnamed_in``: the watched directory sees the file's create, not the close of an
+    unnamed file; a file already there is kept; without that directory the target's own
+    directory is used."""
+    from inotify_simple import INotify, flags
+
+    watched, aside = tmp_path / "records", tmp_path / "records" / ".pending"
+    aside.mkdir(parents=True)
+    ino = INotify()
+    try:
+        ino.add_watch(str(watched), flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE)
+        assert files.write_json_new(watched / "r1.json", {"n": 1}, unnamed_in=aside) is True
+        assert files.write_json_new(watched / "r1.json", {"n": 2}, unnamed_in=aside) is False
+        names = [ev.name for ev in ino.read(timeout=1000)]
+    finally:
+        ino.close()
+    assert json.loads((watched / "r1.json").read_text()) == {"n": 1}
+    assert sorted(os.listdir(watched)) == [".pending", "r1.json"]
+    assert os.listdir(aside) == []
+    if way == "unnamed":
+        assert names == ["r1.json"]  # its create only: no "#<inode>" close there
+    missing = tmp_path / "no-such-dir"
+    assert files.write_json_new(watched / "r2.json", {"n": 3}, unnamed_in=missing) is True
+    assert json.loads((watched / "r2.json").read_text()) == {"n": 3}
+    assert not missing.exists()

@@ -8,6 +8,7 @@ reducer needs is skipped and named in ``RunView.warnings``, never raised.
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ class _Fold:
     finished: str | None = None
     gate_since: dict[str, str] = field(default_factory=dict)
     gate_wait_ms: float = 0.0
+    #: Each step's ``<run>/<step>.json`` as parsed (None: none), read once per replay.
+    step_data: dict[str, Any] = field(default_factory=dict)
 
 
 def _need(ev: dict[str, Any], key: str, kind: type) -> Any:
@@ -137,7 +140,7 @@ def _on_step_finished(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
     s.finished_at = at
     s.in_flight = False
     s.error = _opt_str(ev, "error")
-    data = f.store.read_step(f.run_id, s.id)
+    data = f.step_data[s.id] if s.id in f.step_data else f.store.read_step(f.run_id, s.id)
     if isinstance(data, dict):
         handoff, validation = data.get("handoff"), data.get("validation")
         s.handoff = handoff if isinstance(handoff, dict) else None
@@ -297,11 +300,31 @@ def _plan_order(meta: Any, path: Path) -> tuple[list[str], dict[str, Any]]:
     return order, {s: e if isinstance(e := entries.get(s), dict) else {} for s in order}
 
 
-def _check_shape(store: RunStore, run_id: str, path: Path, meta: Any, order: list[str]) -> None:
+def _step_files(store: RunStore, run_id: str, order: list[str]) -> dict[str, Any]:
+    """Each step's ``<step>.json`` as parsed (None: none). A file store's run directory is
+    listed first when the run has more than a few steps, and only the step files there are
+    opened: a run's first replay finds none, and each was a failed ``open``."""
+    names: set[str] | None = None
+    if isinstance(store, FileRunStore) and len(order) > _LIST_FROM:
+        try:
+            names = set(os.listdir(store.run_locator(run_id)))
+        except OSError:
+            names = None  # each file is looked for, as without a listing
+    return {
+        s: store.read_step(run_id, s) if names is None or f"{s}.json" in names else None
+        for s in order
+    }
+
+
+#: Steps from which a replay lists the run directory instead of opening every step file.
+_LIST_FROM = 8
+
+
+def _check_shape(path: Path, meta: Any, step_data: dict[str, Any]) -> None:
     """RunStateError naming the file and value when a hand-edited record has a wrong shape."""
     from engine.runshape import shape_problem
 
-    problem = shape_problem(meta, {s: store.read_step(run_id, s) for s in order})
+    problem = shape_problem(meta, step_data)
     if problem:
         raise RunStateError(
             f"run `{path.name}` is damaged: {problem} (in `{path}`). Its files were left as "
@@ -418,14 +441,19 @@ def replay_run(store: RunStore, run_id: str) -> RunView:
     if meta is None:
         raise RunStateError(f"`{path / 'run.json'}` is missing or unreadable.", path=path)
     order, entries = _plan_order(meta, path)
-    _check_shape(store, run_id, path, meta, order)
+    # The journal first, then each step's file once (the shape check and the fold share
+    # it): a step's file is written before its ``step_finished`` line, so every step the
+    # journal read says finished has its file there.
+    lines = store.events(run_id)
+    step_data = _step_files(store, run_id, order)
+    _check_shape(path, meta, step_data)
     steps = {s: StepRun(id=s, agent=_opt_str(entries[s], "agent")) for s in order}
-    fold = _Fold(store, run_id, steps)
+    fold = _Fold(store, run_id, steps, step_data=step_data)
     warnings: list[str] = []
     events: list[dict[str, Any]] = []
     journal = path / "events.jsonl"
     expected = 1  # a file journal numbers its lines: a gap is a line it could not parse
-    for line, ev in store.events(run_id):
+    for line, ev in lines:
         if isinstance(store, FileRunStore):
             for bad in range(expected, line):
                 warnings.append(

@@ -162,6 +162,9 @@ class FileRunStore:
         self.root = Path(handoffs_dir)
         self._sub_root = self.root / SUB_DIR  # asked for several times per delegation
         self._runs_root = runs_root if runs_root is not None else self.root / RUNS_DIR
+        # Per thread: the delegation whose inbox file ``has_handoff`` just found, so that
+        # the ``deliver`` that follows skips its own look before the lock (an lstat).
+        self._found = threading.local()
 
     @classmethod
     def of_run(cls, run_dir: Path) -> tuple[FileRunStore, str]:
@@ -234,7 +237,11 @@ class FileRunStore:
         grace: float = 2.0,
     ) -> Delivery:
         """``engine.record.deliver`` on the run's records directory."""
-        return _rec.deliver(self.records_dir(sub=sub), run_id, envelope=envelope, grace=grace)
+        found = getattr(self._found, "run", None) == (run_id, sub)
+        self._found.run = None
+        return _rec.deliver(
+            self.records_dir(sub=sub), run_id, envelope=envelope, grace=grace, look=not found
+        )
 
     def is_sub(self, run_id: str) -> bool:
         """``sub/.pending/<runId>.json`` or ``sub/<runId>.json`` exists."""
@@ -259,7 +266,9 @@ class FileRunStore:
 
     def has_handoff(self, run_id: str, *, sub: bool) -> bool:
         """An inbox file for ``run_id`` exists."""
-        return os.path.lexists(self.handoff_target(run_id, sub=sub))
+        there = os.path.lexists(self.handoff_target(run_id, sub=sub))
+        self._found.run = (run_id, sub) if there else None
+        return there
 
     def reject(
         self, run_id: str, problem: Any, envelope: dict[str, Any], *, sub: bool
