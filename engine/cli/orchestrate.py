@@ -397,7 +397,8 @@ def _delivery_options(directory: str, sub: str, receiver: str, key: str) -> Call
 
 @orchestrate.group("handoff")
 def handoff_group() -> None:
-    """Write or show handoff files (agents call `handoff write`)."""
+    """What an agent runs: write its handoff, or say what it is doing (`handoff write`,
+    `handoff progress`)."""
 
 
 @handoff_group.command("write")
