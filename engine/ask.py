@@ -200,8 +200,12 @@ def _asking_record(store: RunStore, run_id: str) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("envelope"), dict) or (
         "status" not in data and data["envelope"].get("outcome") == "dispatched"
     ):
+        from engine.store import FileRunStore
+
+        # Named as `orchestrate show` names the store: the directory, or the database.
+        place = store.root if isinstance(store, FileRunStore) else store.location
         raise RunStateError(
-            f"no record for `{run_id}` in `{store.location}`. The run id is the one "
+            f"no record for `{run_id}` in `{place}`. The run id is the one "
             "`orchestrate` printed with the question."
         )
     if question_of(data) is None:

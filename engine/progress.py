@@ -207,8 +207,12 @@ def _cell(text: object) -> Any:
 
 
 def progress_reporter() -> Reporter:
-    """A live table when stderr is a terminal, plain lines otherwise."""
-    if sys.stderr.isatty():
+    """A live table when stderr is a terminal, plain lines otherwise, and plain lines
+    whenever ``$NO_COLOR`` is set and not empty (https://no-color.org): the live table
+    styles its text and hides the cursor, which NO_COLOR asks a program not to do."""
+    import os
+
+    if sys.stderr.isatty() and not os.environ.get("NO_COLOR"):
         return LiveReporter()
     return LineReporter()
 

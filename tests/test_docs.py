@@ -9,12 +9,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from engine.config import config_from_dict
 from engine.handoff import validate_handoff
+from tests import standins
+
+#: The Discord stand-in's fixture, made visible to this module's tests.
+discord_api = standins.discord_api
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -104,3 +109,46 @@ def test_delegation_doc_examples_run(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr
     tree = [p for p in (work / "handoffs" / "sub").glob("orch-*.json")]
     assert len(tree) == 1
+
+
+def test_agents_doc_examples_run(tmp_path: Path, discord_api: Any) -> None:
+    """The `sh` block of docs/agents.md's "Channel context", with the page's first config
+    (its `channels:` block added, pointed at a Discord stand-in) and a notes.md: both
+    commands delegate as `manager` and exit 0."""
+    import os
+
+
+
+    page = ROOT / "docs" / "agents.md"
+    config = yaml.safe_load(blocks(page, "yaml")[0])
+    channels = yaml.safe_load(blocks(page, "yaml")[1])["channels"]
+    token = "discord-bot-token-docs-agents-71d3"
+    technical = str(channels["map"]["technical"])
+    said = standins.discord_message(
+        1, "Margins look tight.", username="antoine", timestamp="2026-01-05T09:14:00+00:00"
+    )
+    api = discord_api(token=token, channels={technical: [said]})
+    config["channels"] = {**channels, "base_url": api.base_url}
+    config["handoffs_dir"] = str(tmp_path / "handoffs")
+    (tmp_path / "orchestrator.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (tmp_path / "notes.md").write_text("# Notes\n\nCTE budget: 0.01 ppm/K\n", encoding="utf-8")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        channels["token_env"]: token,
+    }
+    env.pop("ORCHESTRATOR_CONFIG", None)
+    (block,) = blocks(page, "sh")
+    commands = block.replace("\\\n", " ").strip().splitlines()
+    assert len(commands) == 2 and all(c.startswith("orchestrate tech-lead") for c in commands)
+    for command in commands:
+        out = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", f"{command} --json"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+        )
+        assert out.returncode == 0, (command, out.stdout, out.stderr)
+        record = json.loads(out.stdout)
+        assert record["agent"] == "tech-lead", record
+        assert record["envelope"]["caller"] == "manager", record
+        assert record["status"] == "complete", record
+    assert api.requests, "the --channel-context example did not read the channel"

@@ -46,11 +46,134 @@ def echo(text: str, *, err: bool = False) -> None:
         discard_stdout()
 
 
-def fail(exc: OrchestratorError) -> NoReturn:
+def fail(exc: OrchestratorError, *, as_json: bool = False) -> NoReturn:
+    """End the command with ``exc``: its paragraph on stderr as ``error: …``, secrets
+    masked, and its ``exit_code``. With ``as_json`` (``--json`` was given) stdout also
+    gets one JSON object, ``{"error": "<the paragraph>", "exit_code": N}``, so a script
+    reading stdout always gets JSON (README, "Exit codes")."""
     from engine.redact import redact
 
-    click.echo(f"error: {redact(str(exc))}", err=True)
+    text = redact(str(exc))
+    click.echo(f"error: {text}", err=True)
+    if as_json:
+        dump({"error": text, "exit_code": exc.exit_code})
     sys.exit(exc.exit_code)
+
+
+def wants_json(args: list[str]) -> bool:
+    """Whether ``--json`` is among the command-line words (before a ``--``): decided on the
+    words, so that a usage error that stops parsing still answers in JSON."""
+    words = args[: args.index("--")] if "--" in args else args
+    return "--json" in words
+
+
+def _quoted(text: str) -> str:
+    """Click's quoting, 'x', as the project's backticks."""
+    import re
+
+    return re.sub(r"'([^'\n]*)'", r"`\1`", text)
+
+
+def _option_name(param: click.Parameter) -> str:
+    """How a message names an option (its long name) or an argument (its metavar)."""
+    if isinstance(param, click.Option):
+        longs = [o for o in param.opts if o.startswith("--")]
+        return (longs or param.opts)[0]
+    return param.metavar or (param.name or "ARG").upper()
+
+
+def _value_of(message: str) -> str:
+    """The refused value at the start of a click message (``'done' is not one of …``)."""
+    import re
+
+    found = re.match(r"^'?(.*?)'? is not ", message)
+    return found.group(1) if found else ""
+
+
+def _bad_value(param: click.Parameter, message: str) -> str:
+    """What is wrong with the value of ``param``, in the project's words."""
+    from engine.errors import did_you_mean
+
+    name, value = _option_name(param), _value_of(message)
+    kind = param.type
+    if isinstance(kind, click.Choice) and value:
+        choices = [str(c) for c in kind.choices]
+        listed = ", ".join(f"`{c}`" for c in choices)
+        return (
+            f"`{name}` must be one of {listed}, not `{value}`"
+            f"{did_you_mean(value, choices) or '.'}"
+        )
+    if isinstance(kind, (click.IntRange, click.FloatRange)) and value:
+        what = "a whole number" if isinstance(kind, click.IntRange) else "a number"
+        if kind.min is not None and kind.max is not None:
+            bounds = f"from {kind.min} to {kind.max}"
+        elif kind.min is not None:
+            bounds = f"of at least {kind.min}"
+        else:
+            bounds = f"of at most {kind.max}"
+        return f"`{name}` must be {what} {bounds}, not `{value}`."
+    return f"invalid value for `{name}`: {_sentence(_quoted(message))}"
+
+
+def usage_error(exc: click.ClickException, where: str = "") -> OrchestratorError:
+    """A click usage error (a missing or unknown option, a bad value or choice, an unknown
+    command, a missing argument) as the project's one paragraph (exit 2): what is wrong,
+    named in backticks, the near miss, and the command's ``--help`` to read. ``where``
+    names the command when click's error does not carry its context (``--caller`` given
+    no value)."""
+    import re
+
+    from engine.errors import UsageError, did_you_mean
+
+    message = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else where
+    see = f" See `{path} --help`." if path else ""
+    param = getattr(exc, "param", None)
+    if isinstance(exc, click.MissingParameter) and param is not None:
+        name = _option_name(param)
+        if isinstance(param, click.Option):
+            meta = param.metavar or (param.name or "value").upper()
+            needs = name if param.is_flag else f"{name} {meta}"
+            why = _sentence(param.help or "")
+            what = f"`{path}` needs `{needs}`{f': {why}' if why else '.'}"
+        else:
+            what = f"`{path}` needs the argument `{name}`."
+        return UsageError(f"{what} Add it, or see `{path} --help`.")
+    if isinstance(exc, click.BadParameter) and param is not None:
+        return UsageError(f"{_bad_value(param, exc.message)}{see}")
+    if isinstance(exc, click.NoSuchOption):
+        near = sorted(exc.possibilities or [])
+        hint = f"; did you mean `{near[0]}`?" if near else "."
+        return UsageError(f"`{path}` has no option `{exc.option_name}`{hint}{see}")
+    unknown = re.match(r"^No such command '(.*)'\.$", exc.message)
+    if unknown and ctx is not None and isinstance(ctx.command, click.Group):
+        commands = ctx.command.list_commands(ctx)
+        word = unknown.group(1)
+        return UsageError(
+            f"`{path}` has no command `{word}`{did_you_mean(word, commands) or '.'} "
+            f"Its commands: {', '.join(f'`{c}`' for c in commands)}.{see}"
+        )
+    extra = re.match(r"^Got unexpected extra arguments? \((.*)\)$", exc.message)
+    if extra:
+        return UsageError(
+            f"`{path}` does not take `{extra.group(1)}`: too many arguments (a text with "
+            f'spaces goes in quotes, "like this").{see}'
+        )
+    if isinstance(exc, click.BadOptionUsage) and "requires an argument" in message:
+        return UsageError(f"`{exc.option_name}` needs a value.{see}")
+    return UsageError(f"{_sentence(_quoted(message))}{see}")
+
+
+def _sentence(text: str) -> str:
+    """``text`` as a clause inside a paragraph: a lower-case start (unless a name or an
+    acronym starts it) and one full stop."""
+    text = text.strip()
+    if not text:
+        return ""
+    if text[1:2].islower():
+        text = text[:1].lower() + text[1:]
+    return text if text.endswith((".", "?", "!")) else f"{text}."
 
 
 def os_error(exc: OSError) -> OrchestratorError:
@@ -114,15 +237,77 @@ def check_argv(args: list[str]) -> None:
         check_text(arg, what=what, error=UsageError)
 
 
+def _stdout_stream(underlying: Any) -> Any:
+    from engine.textio import TerminalStream
+
+    class Stdout(TerminalStream):
+        """stdout for the length of a command. When its reader goes away (``| head -1``)
+        what is left to print is discarded (``discard_stdout``) and the command goes on to
+        its own exit code: every command ends the same way, whether the reader left before
+        its first write or its last (the one shared path; ``head``'s ``PIPESTATUS`` is the
+        command's code, 0 for one that succeeded)."""
+
+        def write(self, s: str) -> int:
+            try:
+                return super().write(s)
+            except BrokenPipeError:
+                discard_stdout()
+                return len(s)
+
+        def flush(self) -> None:
+            try:
+                super().flush()
+            except BrokenPipeError:
+                discard_stdout()
+
+    return Stdout(underlying)
+
+
+#: click's "no command given: show the group's help" (click 8.2 on), shown as click shows it.
+_NoArgsIsHelp: tuple[type[click.ClickException], ...] = tuple(
+    kind for kind in [getattr(click.exceptions, "NoArgsIsHelpError", None)] if kind is not None
+)
+
+
+def _interrupted(text: str, *, as_json: bool) -> NoReturn:
+    """Ctrl-C (or an aborted prompt): ``text`` on stderr, exit 130 (and the JSON object of
+    ``fail`` with ``--json``)."""
+    click.echo(text, err=True)
+    if as_json:
+        dump({"error": text, "exit_code": 130})
+    sys.exit(130)
+
+
 class EngineGroup(click.Group):
     """A click group whose user errors become one message and the documented exit code.
 
     Its programs take ``-h`` as well as ``--help``.
     """
 
+    #: The command that runs when the first word is not a command's name (``orchestrate
+    #: AGENT TASK`` is ``orchestrate delegate AGENT TASK``), or None.
+    default_command: str | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("context_settings", {"help_option_names": ["-h", "--help"]})
         super().__init__(*args, **kwargs)
+
+    def command_path_of(self, args: list[str], prog: str) -> str:
+        """The command the words ``args`` name, as ``orchestrate handoff write``: the
+        program ``prog``, then each word that names a subcommand of the one before."""
+        path: list[str] = [prog]
+        command: click.Command = self
+        for word in args:
+            if not isinstance(command, click.Group) or word.startswith("-"):
+                break
+            found = command.commands.get(word)
+            if found is None and command is self and self.default_command:
+                found, word = command.commands.get(self.default_command), self.default_command
+            if found is None:
+                break
+            path.append(word)
+            command = found
+        return " ".join(path)
 
     def main(
         self,
@@ -140,7 +325,7 @@ class EngineGroup(click.Group):
         # Everything printed goes through terminal_text: text from agents, models and
         # config files cannot drive the terminal (escape sequences, BEL, CR).
         out, err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = TerminalStream(out), TerminalStream(err)
+        sys.stdout, sys.stderr = _stdout_stream(out), TerminalStream(err)
         try:
             return self._main(args, prog_name, complete_var, standalone_mode, **extra)
         finally:
@@ -166,32 +351,34 @@ class EngineGroup(click.Group):
 
         if not standalone_mode:  # the caller handles errors and the exit code itself
             return run()
+        as_json = wants_json(args)
         try:
             rv = run()
         except OrchestratorError as exc:
-            fail(exc)
+            fail(exc, as_json=as_json)
         except BrokenPipeError:  # stdout's reader went away: quietly, as `cat | head` does
             discard_stdout()
-            sys.exit(1)
+            sys.exit(0)
         except OSError as exc:
-            fail(os_error(exc))
+            fail(os_error(exc), as_json=as_json)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
-        except click.ClickException as exc:
+        except _NoArgsIsHelp as exc:  # a group given no command: its help, as click shows it
             exc.show()
             sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            where = self.command_path_of(args, prog_name or self.name or "")
+            fail(usage_error(exc, where), as_json=as_json)
         except click.Abort:
-            click.echo("aborted.", err=True)
-            sys.exit(130)
+            _interrupted("aborted.", as_json=as_json)
         except KeyboardInterrupt:
-            click.echo("interrupted.", err=True)
-            sys.exit(130)
+            _interrupted("interrupted.", as_json=as_json)
         except Exception as exc:  # a database driver's error: one paragraph, not a traceback
             if not type(exc).__module__.startswith("psycopg"):
                 raise
             from engine.store.postgres_db import driver_error
 
-            fail(driver_error(exc))
+            fail(driver_error(exc), as_json=as_json)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

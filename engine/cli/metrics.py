@@ -38,7 +38,8 @@ def _metrics(
 ) -> Any:
     """The metrics document for the filters; ``UsageError`` (exit 2) for a
     ``--handoffs-dir`` that is not a directory, ``UnknownAgentError`` (exit 2) for an
-    ``--agent`` that neither the config nor any record names (as `agents status` does)."""
+    ``--agent`` or ``--caller`` that neither the config nor any record names (as `agents
+    status` does)."""
     from pathlib import Path
 
     from engine.errors import UsageError
@@ -73,22 +74,31 @@ def _metrics(
     doc = compute(since=when, **filters)
     if workflow_name and not doc["workflows"]:
         _check_workflow(workflow_name, compute, cfg or _config_if_any(config), doc)
-    if agent and not doc["agents"] and not doc["totals"]["workflow_runs"]:
-        everything = compute(since=None, agent=None, workflow=None, caller=None)
-        known = set(everything["agents"]) | {e["caller"] for e in everything["edges"]}
-        if cfg is None:
-            cfg = _config_if_any(config)
-        known |= set(cfg.agents) if cfg is not None else set()
-        if agent not in known:
-            from engine.errors import UnknownAgentError, did_you_mean
-
-            raise UnknownAgentError(
-                f"unknown agent `{agent}` (`--agent`): neither the config nor any record in "
-                f"`{doc['handoffs_dir']}` names it{did_you_mean(agent, known) or '.'} "
-                f"Known agents: {', '.join(sorted(known)) or 'none'}.",
-                agent=agent,
-            )
+    for option, name in (("--agent", agent), ("--caller", caller)):
+        if name and not doc["agents"] and not doc["totals"]["workflow_runs"]:
+            if cfg is None:
+                cfg = _config_if_any(config)
+            _check_agent(option, name, compute, cfg, doc)
     return doc
+
+
+def _check_agent(option: str, name: str, compute: Any, cfg: Any, doc: Any) -> None:
+    """``UnknownAgentError`` (exit 2) for an ``--agent`` or ``--caller`` that neither the
+    config nor any record names (as `agents status` treats an unknown agent); a known one
+    with nothing in the filters' window is no error (exit 0, empty tables)."""
+    everything = compute(since=None, agent=None, workflow=None, caller=None)
+    known = set(everything["agents"]) | {e["caller"] for e in everything["edges"]}
+    known |= set(cfg.agents) if cfg is not None else set()
+    if name in known:
+        return
+    from engine.errors import UnknownAgentError, did_you_mean
+
+    raise UnknownAgentError(
+        f"unknown agent `{name}` (`{option}`): neither the config nor any record in "
+        f"`{doc['handoffs_dir']}` names it{did_you_mean(name, known) or '.'} "
+        f"Known agents: {', '.join(sorted(known)) or 'none'}.",
+        agent=name,
+    )
 
 
 def _check_workflow(name: str, compute: Any, cfg: Any, doc: Any) -> None:
@@ -134,7 +144,7 @@ Examples:
   metrics text --workflow material-trade-study --since 2026-11-01
 Exit codes: 0 ok (also when no record matches the filters)
             2 bad input: a bad or empty --since, a --handoffs-dir that is not a
-              directory, an --agent or --workflow no record or config names,
+              directory, an --agent, --caller or --workflow no record or config names,
               a bad config""",
 )
 @click.version_option(package_name="agent-orchestrator", prog_name="metrics")

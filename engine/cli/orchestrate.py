@@ -30,12 +30,54 @@ from engine.states import Confidence, HandoffStatus
 
 
 class _DelegateByDefault(EngineGroup):
-    """`orchestrate AGENT TASK ...` runs the `delegate` command; other words are commands."""
+    """`orchestrate AGENT TASK ...` runs the `delegate` command; other words are commands.
+
+    A first word that is no agent of the config but close to a command's name (`shwo`) is
+    taken for a mistyped command: ``UsageError`` (exit 2) with the near miss.
+    """
+
+    default_command = "delegate"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            _refuse_mistyped_command(self, args)
             args = ["delegate", *args]
         return super().parse_args(ctx, args)
+
+
+def _refuse_mistyped_command(group: click.Group, args: list[str]) -> None:
+    """``UsageError`` when ``args[0]`` is close to one of ``group``'s commands and is not
+    an agent of the config (the one ``--config`` names, else the default one). With no
+    config to read and a server given, the word is left to the server to judge."""
+    import difflib
+    import os
+
+    word = args[0]
+    commands = sorted(name for name in group.commands if name != "delegate")
+    close = difflib.get_close_matches(word, commands, n=1, cutoff=0.75)
+    if not close or word.startswith("-"):
+        return
+    config = None
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            config = args[i + 1]
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+    from engine.errors import OrchestratorError, UsageError
+
+    try:
+        cfg = load_optional(config)
+    except OrchestratorError:
+        cfg = None
+    if cfg is not None and word in cfg.agents:
+        return
+    if cfg is None and ("--server" in args or os.environ.get("ORCH_SERVER")):
+        return
+    raise UsageError(
+        f"`{word}` is neither a command of `orchestrate` nor an agent of the config; did "
+        f"you mean `{close[0]}`? See `orchestrate --help` for the commands (`orchestrate "
+        "AGENT TASK --caller C` delegates to an agent)."
+    )
 
 
 @click.group(
@@ -355,7 +397,8 @@ def _delivery_options(directory: str, sub: str, receiver: str, key: str) -> Call
 
 @orchestrate.group("handoff")
 def handoff_group() -> None:
-    """Write or show handoff files (agents call `handoff write`)."""
+    """What an agent runs: write its handoff, or say what it is doing (`handoff write`,
+    `handoff progress`)."""
 
 
 @handoff_group.command("write")

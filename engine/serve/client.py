@@ -135,10 +135,7 @@ class ServerClient:
         try:
             r = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise RemoteError(
-                f"cannot reach the server `{self.url}`: {type(exc).__name__}. Is "
-                "`orchestrate serve` running there (check `--server` / $ORCH_SERVER)?"
-            ) from None
+            raise RemoteError(self._unreachable(exc)) from None
         try:
             data = r.json()
         except ValueError:
@@ -154,11 +151,51 @@ class ServerClient:
                 detail, code = self._unauthorized(), EXIT_USAGE
             elif r.status_code == 403 and not isinstance(code, int):
                 code = 5
+            elif r.status_code == 404 and isinstance(detail, str):
+                detail = self._not_found(path, detail)
             raise RemoteError(
                 str(detail or f"HTTP {r.status_code}"),
                 exit_code=code if isinstance(code, int) else EXIT_USAGE,
             )
         return data
+
+    def _unreachable(self, exc: httpx.HTTPError) -> str:
+        """Why the server at ``self.url`` could not be asked, in words (connection refused,
+        timed out, no such host...), and what to do: never an exception's class name."""
+        text = str(exc).lower()
+        if isinstance(exc, httpx.TimeoutException):
+            why = "it did not answer in time (timed out)"
+            todo = "it may be overloaded or hung: check its log, then try again"
+        elif isinstance(exc, httpx.ConnectError) and "refused" in text:
+            why = "connection refused (nothing listens on that host and port)"
+            todo = "start `orchestrate serve` there, or give the address it serves on"
+        elif isinstance(exc, httpx.ConnectError) and any(
+            word in text for word in ("name or service", "nodename", "getaddrinfo", "resolution")
+        ):
+            why = "its host name does not resolve"
+            todo = "check the host name"
+        elif isinstance(exc, httpx.ConnectError):
+            why = "no connection could be made (the host is unreachable)"
+            todo = "check the address and the network"
+        else:
+            why = "the connection broke before it answered"
+            todo = "check that `orchestrate serve` runs there, then try again"
+        return (
+            f"cannot reach the server `{self.url}`: {why}. {todo[:1].upper()}{todo[1:]} "
+            "(`--server URL` or $ORCH_SERVER)."
+        )
+
+    def _not_found(self, path: str, detail: str) -> str:
+        """The server's 404 paragraph with the hint the same error gets on this host: where
+        run ids come from."""
+        if path.startswith("/v1/delegations/") and "Run ids" not in detail:
+            return (
+                f"{detail} Run ids are printed by `orchestrate` (`record: ...`) and listed by "
+                f"`metrics json` on the server's host."
+            )
+        if path.startswith("/v1/runs/") and "workflow runs" not in detail:
+            return f"{detail} List runs with `workflow runs{self.flags}`."
+        return detail
 
     def _not_a_server(self, status: int, path: str) -> str:
         """What to say when the answer is not the JSON of `orchestrate serve` (a web page,
