@@ -324,9 +324,12 @@ class Delegator:
             envelope["handoff_key"] = self.cfg.handoff_key
         if self.cfg.max_handoff_bytes != MAX_HANDOFF_BYTES:
             envelope["max_handoff_bytes"] = self.cfg.max_handoff_bytes
-        self.store.pending(run_id, envelope, sub=sub)
         lease: Lease | None = None
-        if self.pool is not None:
+        holder = self._ancestor_token(req.parent_run_id)
+        if holder is not None:
+            envelope["token_shared_with"] = holder
+        self.store.pending(run_id, envelope, sub=sub)
+        if self.pool is not None and holder is None:
             got = self._acquire(run_id, agent, envelope, records, deadline, rep)
             if isinstance(got, DelegationResult):
                 return got
@@ -375,7 +378,7 @@ class Delegator:
         # This process waits now: readers (reconcile, routing, metrics) see it alive.
         self.store.pending(run_id, envelope, sub=sub)
         lease: Lease | None = None
-        if self.pool is not None:
+        if self.pool is not None and self._ancestor_token(req.parent_run_id) is None:
             got = self._acquire(
                 run_id, self.registry.get(req.target), envelope, records, deadline, rep
             )
@@ -394,6 +397,39 @@ class Delegator:
         finally:
             waiter.close()
         return self._release(lease, result) if lease is not None else result
+
+    def _ancestor_token(self, parent_run_id: str | None) -> str | None:
+        """The run id of the nearest ancestor of a sub-delegation whose pool token is held
+        right now, or None (a top-level delegation, no pool, or no ancestor holds one).
+
+        A sub-delegation runs inside its ancestor's work, which holds a token until the
+        whole chain's answer is recorded: waiting for another token could wait on that very
+        one (a pool of 1 deadlocks). So a chain counts as one unit of concurrent work: the
+        sub-delegation shares the token of the ancestor that holds it and takes none of its
+        own (docs/pool.md, "Sub-delegations share their chain's token"). Only ancestors
+        still in flight (pending envelope) count; at most ``max_depth + 1`` are looked at.
+        """
+        if self.pool is None or parent_run_id is None:
+            return None
+        ancestors: list[str] = []
+        run: str | None = parent_run_id
+        for _ in range(self.cfg.max_depth + 2):
+            if run is None or run in ancestors:
+                break
+            env = self.store.read_pending(run, sub=True) or self.store.read_pending(run, sub=False)
+            if env is None:
+                break
+            ancestors.append(run)
+            shared = env.get("token_shared_with")
+            if isinstance(shared, str) and shared not in ancestors:
+                ancestors.append(shared)
+                break  # that ancestor holds the chain's token: nothing above it matters
+            parent = env.get("parent_run_id")
+            run = parent if isinstance(parent, str) else None
+        if not ancestors:
+            return None
+        held = {str(t.get("run_id")) for t in self.pool.status().get("in_use", [])}
+        return next((a for a in ancestors if a in held), None)
 
     def _acquire(
         self,
