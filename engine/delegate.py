@@ -26,6 +26,7 @@ from engine.errors import (
     EXIT_UNUSABLE,
     EXIT_USAGE,
     EXIT_WAITING,
+    HookUnreachableError,
     OrchestratorError,
     RunStateError,
     UnusableHandoffError,
@@ -601,13 +602,25 @@ class Delegator:
             if agent.wait_for_completion is not None
             else self.cfg.wait_for_completion
         )
+        other = False  # an attempt failed otherwise than refused at connect
+
+        def on_retry(name: str, attempt: int, delay: float, reason: str) -> None:
+            nonlocal other
+            first = not envelope.get("gateway_run_id")  # not yet accepted: the task itself
+            if first and reason == "connection refused" and not other:
+                envelope["unreachable"] = {"attempts": attempt, "last": reason}
+            elif first:
+                other = True
+                envelope.pop("unreachable", None)
+            self._on_retry(rep, name, attempt, delay, reason)
+
         return repair.start(
             client=self.client,
             target=target,
             body=body,
             run_id=run_id,
             deadline=deadline,
-            on_retry=lambda *a: self._on_retry(rep, *a),
+            on_retry=on_retry,
             hold=hold,
             same_session="sessionKey" in body,
             # The local gateway keeps a session's work (its agents get the key and a
@@ -854,6 +867,9 @@ class Delegator:
         *,
         keep_pending: bool,
     ) -> DelegationResult:
+        if isinstance(exc, HookUnreachableError) and envelope.get("unreachable"):
+            exc, keep_pending = _never_delivered(envelope, exc), False
+            envelope = {k: v for k, v in envelope.items() if k != "dispatched_at"}
         env = dict(envelope, outcome="errored", ended_at=utcnow_iso(), error=exc.message)
         if exc.status_code is not None:
             env["status_code"] = exc.status_code
@@ -862,6 +878,22 @@ class Delegator:
         )
         rep.delegation_finished(run_id, envelope["target"], "errored", str(path))
         return DelegationResult(run_id, Outcome.ERRORED, path, record, exc)
+
+
+def _never_delivered(envelope: dict[str, Any], exc: OrchestratorError) -> OrchestratorError:
+    """The error of a dispatch whose every attempt was refused at connect (the gateway is
+    down): it says so, and sets ``attempts`` to the attempts made (none delivered)."""
+    attempts = int(envelope["unreachable"]["attempts"]) + 1  # the last one is not retried
+    envelope["attempts"] = attempts
+    envelope["unreachable"] = dict(envelope["unreachable"], attempts=attempts)
+    agent = envelope.get("target")
+    return HookUnreachableError(
+        f"the gateway of `{agent}` at {envelope.get('gateway_url')} was unreachable: all "
+        f"{attempts} attempts were refused (connection refused), so the task was never "
+        f"delivered and no handoff will come. Start the gateway (or check `agents.{agent}.url`"
+        "), or raise `--timeout` or `retry.delays` to keep trying longer.",
+        agent=exc.agent,
+    )
 
 
 def _repair_refused(c: _Call, problem: HandoffProblem, kept: Path | None) -> Any:
