@@ -242,11 +242,19 @@ class Delegator:
 
     def route(self, caller: str, capability: str) -> Any:
         """Pick the least busy agent with ``capability`` that ``caller`` may use."""
-        from engine.routing import inflight_counts, route
+        from engine.routing import inflight_counts, probe_gateway, route
 
         self.registry.get(caller, role="caller")
         counts = inflight_counts(self.store)
-        return route(self.registry, self.acl, caller=caller, capability=capability, inflight=counts)
+
+        def probe(name: str) -> str | None:
+            agent = self.registry.get(name)
+            return None if agent.is_local else probe_gateway(agent.url)
+
+        return route(
+            self.registry, self.acl, caller=caller, capability=capability, inflight=counts,
+            probe=probe,
+        )
 
     # -- the delegation ---------------------------------------------------------------
 
@@ -888,10 +896,9 @@ def _never_delivered(envelope: dict[str, Any], exc: OrchestratorError) -> Orches
     envelope["unreachable"] = dict(envelope["unreachable"], attempts=attempts)
     agent = envelope.get("target")
     return HookUnreachableError(
-        f"the gateway of `{agent}` at {envelope.get('gateway_url')} was unreachable: all "
-        f"{attempts} attempts were refused (connection refused), so the task was never "
-        f"delivered and no handoff will come. Start the gateway (or check `agents.{agent}.url`"
-        "), or raise `--timeout` or `retry.delays` to keep trying longer.",
+        f"the gateway of `{agent}` was unreachable (connection refused at all {attempts} "
+        "attempts): the task was never delivered, and no handoff will come. "
+        + exc.message,
         agent=exc.agent,
     )
 
