@@ -639,7 +639,9 @@ class Delegator:
             drop=drop,
             store=self.store,
             sub=self._sub(records),
-            allowed=repair.attempts_for(
+            # A model agent's handoff is written by the gateway, not the model: a
+            # corrective message would pay for another call and change nothing.
+            allowed=0 if self._model_agent(agent) else repair.attempts_for(
                 req.repair_attempts, agent.repair_attempts, self.cfg.repair_attempts
             ),
             grace=min(self.cfg.handoff_grace, repair.END_GRACE),
@@ -657,6 +659,12 @@ class Delegator:
                 else None
             ),
         )
+
+    def _model_agent(self, agent: AgentConfig) -> bool:
+        """True for an agent of the local gateway of kind ``openai``."""
+        gw = self.cfg.gateway
+        spec = gw.agents.get(agent.agent_id or agent.name) if gw is not None else None
+        return agent.is_local and spec is not None and spec.kind == "openai"
 
     def _wait(
         self,

@@ -57,6 +57,7 @@ class _Answer:
     result: str
     usage: dict[str, Any] | None
     notes: str
+    artifacts: list[str] | None = None
 
 
 def resolve_model(models: Mapping[str, Any], name: str) -> str:
@@ -136,7 +137,7 @@ def run_model_agent(
     finally:
         if own:
             http.close()
-    _write(task, answer)
+    _write(task, _spill(task, answer, spec, cfg))
 
 
 # -- the call -----------------------------------------------------------------------------
@@ -318,6 +319,48 @@ def _failed(result: str) -> _Answer:
     return _Answer("failed", result, None, f"{MODEL_NOTE}: the model call failed")
 
 
+#: Bytes of an oversized answer kept in the handoff's ``result`` (the whole answer goes
+#: to an artifact file): at most this, and at most a quarter of ``max_handoff_bytes``.
+KEPT_RESULT = 64 * 1024
+#: Room left in ``max_handoff_bytes`` for everything of the handoff but its result.
+HANDOFF_ROOM = 16 * 1024
+
+
+def _spill(task: Task, answer: _Answer, spec: GatewayAgentConfig, cfg: Config) -> _Answer:
+    """An answer too large for a handoff (``max_handoff_bytes``): the whole text goes to
+    ``<workspaces>/<agent>/<gateway run id>/answer.md`` and the handoff carries its start,
+    status ``partial``, the file in ``artifacts`` (docs/agents.md, "Very long answers").
+    A corrective message could not help: the gateway, not the model, writes the handoff."""
+    import json
+
+    size = len(json.dumps(answer.result, ensure_ascii=False).encode("utf-8"))
+    if answer.status not in ("complete", "partial") or size + HANDOFF_ROOM <= cfg.max_handoff_bytes:
+        return answer
+    gw = cfg.gateway
+    root = (gw.workspaces_dir if gw is not None else None) or cfg.handoffs_dir / ".workspaces"
+    where = root / spec.name / task.gateway_run_id / "answer.md"
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_text(redact(answer.result), encoding="utf-8")
+    except OSError as exc:
+        saved = f"it could not be saved ({exc.strerror or exc}): the rest is lost"
+        artifacts: list[str] = []
+    else:
+        saved = f"the whole answer is in `{where}`"
+        artifacts = [str(where)]
+    keep = min(KEPT_RESULT, cfg.max_handoff_bytes // 4)
+    head = answer.result.encode("utf-8")[:keep].decode("utf-8", "ignore")
+    total = len(answer.result.encode("utf-8"))
+    note = f"[cut: the answer is {total} bytes, above the handoff limit; {saved}]"
+    return _Answer(
+        "partial",
+        head + "\n" + note,
+        answer.usage,
+        answer.notes + f"; the answer ({total} bytes) was cut to {keep} bytes: {saved}",
+        artifacts,
+    )
+
+
 def _write(task: Task, answer: _Answer) -> None:
     from engine.handoff import HandoffProblem, make_handoff, write_handoff
     from engine.record import reconcile
@@ -333,6 +376,7 @@ def _write(task: Task, answer: _Answer) -> None:
         notes=answer.notes,
         usage=answer.usage,
         key=task.handoff_key,
+        **({"artifacts": answer.artifacts} if answer.artifacts else {}),
     )
     try:
         # A handoff that someone else delivered meanwhile is never overwritten (this one
