@@ -67,6 +67,30 @@ def resolve_model(models: Mapping[str, Any], name: str) -> str:
     return str(target) if isinstance(target, str) and target else name
 
 
+def check_timeout_env(env: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``$TIMEOUT`` (seed 002's override of model agents' timeouts) that is set
+    but not a number of seconds in (0, ``MAX_SECONDS``]: ``UsageError`` (exit 2). Called
+    where a gateway with model agents starts, before anything is sent; unset or empty is
+    fine (docs/agents.md, "Timeouts")."""
+    from engine.errors import UsageError
+
+    environ = os.environ if env is None else env
+    raw = environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
+        raise UsageError(
+            f"environment variable `{TIMEOUT_ENV}` is {raw[:40]!r}, which is not a number of "
+            f"seconds from more than 0 up to {MAX_SECONDS:g}: it sets the timeout of the "
+            "local gateway's model agents. Set it to e.g. `TIMEOUT=600`, or unset it to use "
+            "each agent's `timeout`. Nothing was sent."
+        )
+
+
 def model_timeout(
     spec: GatewayAgentConfig,
     task_timeout: float | None = None,
