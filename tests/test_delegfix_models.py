@@ -41,3 +41,21 @@ def test_an_oversized_answer_becomes_an_artifact_and_a_partial_handoff(
     assert len(rec["result"].encode()) < 70 * 1024
     assert f"the whole answer is in `{artifact}`" in rec["result"]
     assert not list((tmp_path / "handoffs").rglob("rejected/*"))
+
+
+def test_a_base_url_with_a_query_keeps_it_after_the_path(tmp_path: Path, chat_api: Any) -> None:
+    api = chat_api()
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = {
+        "kind": "openai", "base_url": api.base_url + "?api-key=QUERYKEY77", "model": "m",
+    }
+    cfg = load_config(write_config(tmp_path, raw))
+    with open_delegator(cfg) as d:
+        result = d.delegate(
+            DelegationRequest(target="webster", task="Find CTE", caller="manager", timeout=60)
+        )
+    assert result.outcome is Outcome.COMPLETE, result.error
+    (call,) = api.completions
+    assert call.query == {"api-key": ["QUERYKEY77"]}
+    rec = result.record_path.read_text(encoding="utf-8")
+    assert "QUERYKEY77" not in rec

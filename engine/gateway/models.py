@@ -194,7 +194,7 @@ def _answer(
     if not task.text.strip():
         return _failed("the message has no task text before its handoff block.")
     model = resolve_model(cfg.models, spec.model)
-    url = spec.base_url.rstrip("/") + "/chat/completions"
+    url = completions_url(spec.base_url)
     shown = _display_url(url)
     messages: list[dict[str, str]] = []
     if spec.system_prompt:
@@ -415,6 +415,17 @@ def _timeout_hint(spec: GatewayAgentConfig) -> str:
     return (
         f"raise `gateway.agents.{spec.name}.timeout`, use `thinking: high`, or set ${TIMEOUT_ENV}."
     )
+
+
+def completions_url(base_url: str) -> str:
+    """``base_url`` with ``/chat/completions`` appended to its path; a query string
+    (``http://host/v1?api-version=2024-06-01``) and a fragment-free rest are kept as given:
+    ``http://host/v1/chat/completions?api-version=2024-06-01``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(base_url)
+    path = parts.path.rstrip("/") + "/chat/completions"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 def _display_url(url: str) -> str:
