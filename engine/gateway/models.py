@@ -400,7 +400,7 @@ def _write(task: Task, answer: _Answer) -> None:
         notes=answer.notes,
         usage=answer.usage,
         key=task.handoff_key,
-        **({"artifacts": answer.artifacts} if answer.artifacts else {}),
+        artifacts=answer.artifacts or (),
     )
     try:
         # A handoff that someone else delivered meanwhile is never overwritten (this one
