@@ -984,10 +984,11 @@ def open_delegator(
     needs_local = any(a.is_local for a in cfg.agents.values())
     if gw is not None and needs_local:
         if gw.embedded:
-            from engine.gateway.models import check_timeout_env
             from engine.gateway.server import LocalGateway
 
             if any(a.kind == "openai" for a in gw.agents.values()):
+                from engine.gateway.models import check_timeout_env
+
                 check_timeout_env()  # read by this process's model agents
             local_token = _embedded_token(cfg)
             gateway = LocalGateway(
