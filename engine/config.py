@@ -199,7 +199,11 @@ def load_config(path: str | Path | None = None) -> Config:
 
     cfg_path = find_config(path)
     raw, duplicates, _ = read_yaml(cfg_path, error=ConfigError, what="config file")
-    return config_from_dict(raw, path=cfg_path, extra_problems=duplicates)
+    cfg = config_from_dict(raw, path=cfg_path, extra_problems=duplicates)
+    from engine.redact import register_config
+
+    register_config(cfg)  # every secret it names is masked, used by this command or not
+    return cfg
 
 
 def config_from_dict(

@@ -26,6 +26,7 @@ from engine.errors import (
     EXIT_UNUSABLE,
     EXIT_USAGE,
     EXIT_WAITING,
+    HookUnreachableError,
     OrchestratorError,
     RunStateError,
     UnusableHandoffError,
@@ -241,11 +242,19 @@ class Delegator:
 
     def route(self, caller: str, capability: str) -> Any:
         """Pick the least busy agent with ``capability`` that ``caller`` may use."""
-        from engine.routing import inflight_counts, route
+        from engine.routing import inflight_counts, probe_gateway, route
 
         self.registry.get(caller, role="caller")
         counts = inflight_counts(self.store)
-        return route(self.registry, self.acl, caller=caller, capability=capability, inflight=counts)
+
+        def probe(name: str) -> str | None:
+            agent = self.registry.get(name)
+            return None if agent.is_local else probe_gateway(agent.url)
+
+        return route(
+            self.registry, self.acl, caller=caller, capability=capability, inflight=counts,
+            probe=probe,
+        )
 
     # -- the delegation ---------------------------------------------------------------
 
@@ -324,9 +333,12 @@ class Delegator:
             envelope["handoff_key"] = self.cfg.handoff_key
         if self.cfg.max_handoff_bytes != MAX_HANDOFF_BYTES:
             envelope["max_handoff_bytes"] = self.cfg.max_handoff_bytes
-        self.store.pending(run_id, envelope, sub=sub)
         lease: Lease | None = None
-        if self.pool is not None:
+        holder = self._ancestor_token(req.parent_run_id)
+        if holder is not None:
+            envelope["token_shared_with"] = holder
+        self.store.pending(run_id, envelope, sub=sub)
+        if self.pool is not None and holder is None:
             got = self._acquire(run_id, agent, envelope, records, deadline, rep)
             if isinstance(got, DelegationResult):
                 return got
@@ -375,7 +387,7 @@ class Delegator:
         # This process waits now: readers (reconcile, routing, metrics) see it alive.
         self.store.pending(run_id, envelope, sub=sub)
         lease: Lease | None = None
-        if self.pool is not None:
+        if self.pool is not None and self._ancestor_token(req.parent_run_id) is None:
             got = self._acquire(
                 run_id, self.registry.get(req.target), envelope, records, deadline, rep
             )
@@ -394,6 +406,39 @@ class Delegator:
         finally:
             waiter.close()
         return self._release(lease, result) if lease is not None else result
+
+    def _ancestor_token(self, parent_run_id: str | None) -> str | None:
+        """The run id of the nearest ancestor of a sub-delegation whose pool token is held
+        right now, or None (a top-level delegation, no pool, or no ancestor holds one).
+
+        A sub-delegation runs inside its ancestor's work, which holds a token until the
+        whole chain's answer is recorded: waiting for another token could wait on that very
+        one (a pool of 1 deadlocks). So a chain counts as one unit of concurrent work: the
+        sub-delegation shares the token of the ancestor that holds it and takes none of its
+        own (docs/pool.md, "Sub-delegations share their chain's token"). Only ancestors
+        still in flight (pending envelope) count; at most ``max_depth + 1`` are looked at.
+        """
+        if self.pool is None or parent_run_id is None:
+            return None
+        ancestors: list[str] = []
+        run: str | None = parent_run_id
+        for _ in range(self.cfg.max_depth + 2):
+            if run is None or run in ancestors:
+                break
+            env = self.store.read_pending(run, sub=True) or self.store.read_pending(run, sub=False)
+            if env is None:
+                break
+            ancestors.append(run)
+            shared = env.get("token_shared_with")
+            if isinstance(shared, str) and shared not in ancestors:
+                ancestors.append(shared)
+                break  # that ancestor holds the chain's token: nothing above it matters
+            parent = env.get("parent_run_id")
+            run = parent if isinstance(parent, str) else None
+        if not ancestors:
+            return None
+        held = {str(t.get("run_id")) for t in self.pool.status().get("in_use", [])}
+        return next((a for a in ancestors if a in held), None)
 
     def _acquire(
         self,
@@ -565,13 +610,25 @@ class Delegator:
             if agent.wait_for_completion is not None
             else self.cfg.wait_for_completion
         )
+        other = False  # an attempt failed otherwise than refused at connect
+
+        def on_retry(name: str, attempt: int, delay: float, reason: str) -> None:
+            nonlocal other
+            first = not envelope.get("gateway_run_id")  # not yet accepted: the task itself
+            if first and reason == "connection refused" and not other:
+                envelope["unreachable"] = {"attempts": attempt, "last": reason}
+            elif first:
+                other = True
+                envelope.pop("unreachable", None)
+            self._on_retry(rep, name, attempt, delay, reason)
+
         return repair.start(
             client=self.client,
             target=target,
             body=body,
             run_id=run_id,
             deadline=deadline,
-            on_retry=lambda *a: self._on_retry(rep, *a),
+            on_retry=on_retry,
             hold=hold,
             same_session="sessionKey" in body,
             # The local gateway keeps a session's work (its agents get the key and a
@@ -582,7 +639,9 @@ class Delegator:
             drop=drop,
             store=self.store,
             sub=self._sub(records),
-            allowed=repair.attempts_for(
+            # A model agent's handoff is written by the gateway, not the model: a
+            # corrective message would pay for another call and change nothing.
+            allowed=0 if self._model_agent(agent) else repair.attempts_for(
                 req.repair_attempts, agent.repair_attempts, self.cfg.repair_attempts
             ),
             grace=min(self.cfg.handoff_grace, repair.END_GRACE),
@@ -600,6 +659,12 @@ class Delegator:
                 else None
             ),
         )
+
+    def _model_agent(self, agent: AgentConfig) -> bool:
+        """True for an agent of the local gateway of kind ``openai``."""
+        gw = self.cfg.gateway
+        spec = gw.agents.get(agent.agent_id or agent.name) if gw is not None else None
+        return agent.is_local and spec is not None and spec.kind == "openai"
 
     def _wait(
         self,
@@ -818,6 +883,9 @@ class Delegator:
         *,
         keep_pending: bool,
     ) -> DelegationResult:
+        if isinstance(exc, HookUnreachableError) and envelope.get("unreachable"):
+            exc, keep_pending = _never_delivered(envelope, exc), False
+            envelope = {k: v for k, v in envelope.items() if k != "dispatched_at"}
         env = dict(envelope, outcome="errored", ended_at=utcnow_iso(), error=exc.message)
         if exc.status_code is not None:
             env["status_code"] = exc.status_code
@@ -826,6 +894,21 @@ class Delegator:
         )
         rep.delegation_finished(run_id, envelope["target"], "errored", str(path))
         return DelegationResult(run_id, Outcome.ERRORED, path, record, exc)
+
+
+def _never_delivered(envelope: dict[str, Any], exc: OrchestratorError) -> OrchestratorError:
+    """The error of a dispatch whose every attempt was refused at connect (the gateway is
+    down): it says so, and sets ``attempts`` to the attempts made (none delivered)."""
+    attempts = int(envelope["unreachable"]["attempts"]) + 1  # the last one is not retried
+    envelope["attempts"] = attempts
+    envelope["unreachable"] = dict(envelope["unreachable"], attempts=attempts)
+    agent = envelope.get("target")
+    return HookUnreachableError(
+        f"the gateway of `{agent}` was unreachable (connection refused at all {attempts} "
+        "attempts): the task was never delivered, and no handoff will come. "
+        + exc.message,
+        agent=exc.agent,
+    )
 
 
 def _repair_refused(c: _Call, problem: HandoffProblem, kept: Path | None) -> Any:
@@ -903,6 +986,10 @@ def open_delegator(
         if gw.embedded:
             from engine.gateway.server import LocalGateway
 
+            if any(a.kind == "openai" for a in gw.agents.values()):
+                from engine.gateway.models import check_timeout_env
+
+                check_timeout_env()  # read by this process's model agents
             local_token = _embedded_token(cfg)
             gateway = LocalGateway(
                 cfg,

@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.config import Config
 from engine.errors import ConfigError, UsageError, did_you_mean
-from engine.redact import redact, register
+from engine.redact import redact
 
 #: How often a followed file is checked for new text, in seconds.
 FOLLOW_INTERVAL = 0.25
@@ -93,30 +93,12 @@ def _sharers(cfg: Config, agent: str) -> list[str]:
 
 
 def register_secrets(cfg: Config) -> int:
-    """Register (``engine.redact.register``) every token ``cfg`` names: each agent's and
-    the local gateway's ``token_env`` / ``token_file``, and the token an embedded
-    gateway's companion process made for itself (``<handoffs_dir>/.serve/gateway.token``,
-    ``engine.serve.companion``), as far as they can be read now (an unset variable or a
-    missing file is skipped: nothing to mask). Returns how many values were read."""
-    sources: list[tuple[str | None, Path | None]] = [
-        (a.token_env, a.token_file) for a in cfg.agents.values()
-    ]
-    if cfg.gateway is not None:
-        sources.append((cfg.gateway.token_env, cfg.gateway.token_file))
-        sources.append((None, cfg.handoffs_dir / ".serve" / "gateway.token"))
-    found = 0
-    for env, file in sources:
-        values = [os.environ.get(env, "")] if env else []
-        if file:
-            try:
-                values.append(Path(file).read_text(encoding="utf-8", errors="replace"))
-            except OSError:
-                pass
-        for value in values:
-            if value.strip():
-                register(value.strip())
-                found += 1
-    return found
+    """Register every secret ``cfg`` names: ``engine.redact.register_config`` (which
+    ``load_config`` already calls; kept for callers that build a ``Config`` otherwise).
+    Returns how many values were read."""
+    from engine.redact import register_config
+
+    return register_config(cfg)
 
 
 def tail(path: Path, lines: int) -> list[str]:

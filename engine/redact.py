@@ -117,6 +117,69 @@ def register_url(url: str | None) -> None:
         register(base64.b64encode(f"{user}:{password}".encode()).decode("ascii"))
 
 
+def register_config(cfg: Any) -> int:
+    """Register every secret an ``engine.config.Config`` names, as far as it can be read
+    now; return how many values were registered (an unset variable or a missing file is
+    skipped: nothing to mask).
+
+    Called by ``engine.config.load_config``, so every program that loads a config masks
+    all of them, whether or not this command uses them (an agent's output may quote
+    another agent's key, which the agent inherited in its environment). The sources:
+
+    * each registry agent's and the local gateway's ``token_env`` / ``token_file``, and
+      the token an embedded gateway's companion made (``<handoffs_dir>/.serve/gateway.token``);
+    * each gateway agent's ``api_key_env`` (model agents);
+    * ``channels.token_env`` (the Discord bot token);
+    * ``store:``: a password in the URL, and the variable its ``password_env`` names;
+    * ``serve.tokens_env`` / ``serve.tokens_file`` (the ``NAME:ROLE:TOKEN`` entries'
+      tokens) and ``$ORCH_POOL_TOKEN`` (``orchestrate pool serve``'s default).
+    """
+    import os
+    from pathlib import Path
+
+    envs: list[str] = ["ORCH_POOL_TOKEN"]
+    files: list[Path] = []
+    for a in getattr(cfg, "agents", {}).values():
+        envs += [a.token_env] if getattr(a, "token_env", None) else []
+        files += [Path(a.token_file)] if getattr(a, "token_file", None) else []
+    gw = getattr(cfg, "gateway", None)
+    if gw is not None:
+        envs += [gw.token_env] if gw.token_env else []
+        files += [Path(gw.token_file)] if gw.token_file else []
+        files.append(Path(cfg.handoffs_dir) / ".serve" / "gateway.token")
+        envs += [s.api_key_env for s in gw.agents.values() if getattr(s, "api_key_env", None)]
+    channels = getattr(cfg, "channels", None) or {}
+    if isinstance(channels.get("token_env"), str):
+        envs.append(channels["token_env"])
+    store = getattr(cfg, "store", None)
+    if isinstance(store, str):
+        register_url(store)
+        m = re.search(r"[?&]password_env=([A-Za-z_][A-Za-z0-9_]*)", store)
+        envs += [m.group(1)] if m else []
+    serve = getattr(cfg, "serve", None) or {}
+    listed: list[str] = []
+    if isinstance(serve.get("tokens_env"), str):
+        listed.append(os.environ.get(serve["tokens_env"], ""))
+    if isinstance(serve.get("tokens_file"), str):
+        base = Path(cfg.path).parent if getattr(cfg, "path", None) else Path.cwd()
+        files.append(base / Path(serve["tokens_file"]).expanduser())
+    values = [os.environ.get(env, "") for env in envs if isinstance(env, str)]
+    for file in files:
+        try:
+            if file.is_file() and file.stat().st_size <= 65536:
+                values.append(file.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            pass
+    for text in listed:  # "alice:operate:TOKEN bob:read:TOKEN": the part after the last colon
+        values += [entry.rsplit(":", 1)[-1] for entry in re.split(r"[\s,]+", text) if entry]
+    found = 0
+    for value in values:
+        if value.strip() and len(value.strip()) >= MIN_SECRET:
+            register(value.strip())
+            found += 1
+    return found
+
+
 def forget_all() -> None:
     """Forget every registered secret (tests)."""
     global _known_re, _known_list

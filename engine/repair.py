@@ -439,6 +439,9 @@ class RunWatch:
 
     def _dispatch_failed(self, error: OrchestratorError, *, first: bool) -> Ending | None:
         refused = error.status_code is not None and 400 <= error.status_code < 500
+        if first and isinstance(error, HookUnreachableError) and self.envelope.get("unreachable"):
+            # every attempt was refused at connect: the task never reached the gateway
+            return Ending("errored", error, keep_pending=False)
         if first and not self._admitted:
             # As without a held request: a 4xx means the agent never got the task.
             return Ending("errored", error, keep_pending=not refused)

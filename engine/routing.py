@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from engine.acl import Acl
 from engine.errors import AclDeniedError, UnknownAgentError, did_you_mean
@@ -19,6 +21,8 @@ class Route:
     agent: str
     candidates: tuple[tuple[str, int], ...]  # (agent, tasks in flight), registry order
     excluded: tuple[tuple[str, str], ...]  # (agent, why not)
+    #: (agent, why) for capable agents passed over because their gateway is unreachable
+    skipped: tuple[tuple[str, str], ...] = ()
 
     def explain(self) -> str:
         """A few lines saying what was chosen and why."""
@@ -26,11 +30,15 @@ class Route:
             f"capability `{self.capability}` -> `{self.agent}` (fewest tasks in flight; "
             "ties go to the first in the registry)"
         ]
+        skipped = dict(self.skipped)
         for name, n in self.candidates:
             mark = "*" if name == self.agent else " "
-            lines.append(f"  {mark} {name}: {n} in flight")
+            why = f"; skipped: {skipped[name]}" if name in skipped else ""
+            lines.append(f"  {mark} {name}: {n} in flight{why}")
         for name, why in self.excluded:
             lines.append(f"    {name}: not eligible ({why})")
+        if self.agent in skipped:
+            lines.append(f"  every candidate is unreachable: `{self.agent}` is tried anyway")
         return "\n".join(lines)
 
 
@@ -41,8 +49,15 @@ def route(
     caller: str,
     capability: str,
     inflight: Mapping[str, int],
+    probe: Callable[[str], str | None] | None = None,
 ) -> Route:
-    """Choose among agents with ``capability`` that ``caller`` may delegate to (pure)."""
+    """Choose among agents with ``capability`` that ``caller`` may delegate to.
+
+    The fewest in flight wins (ties: registry order). With ``probe`` (agent name -> why
+    it cannot be reached, or None), candidates are probed in that order and the first
+    reachable one wins; the others probed are listed in ``skipped``. When none is
+    reachable, the least busy is chosen anyway (its delegation then says why it failed).
+    Raises ``UnknownAgentError`` (no agent has it) or ``AclDeniedError`` (none allowed)."""
     capable = registry.with_capability(capability)
     if not capable:
         raise UnknownAgentError(
@@ -62,8 +77,38 @@ def route(
             "Nothing was sent."
         )
     candidates = tuple((name, int(inflight.get(name, 0))) for name in allowed)
-    best = min(candidates, key=lambda c: c[1])  # min keeps the first of equals
-    return Route(capability, best[0], candidates, excluded)
+    ordered = sorted(candidates, key=lambda c: c[1])  # stable: the first of equals first
+    skipped: list[tuple[str, str]] = []
+    for name, _ in ordered:
+        why = probe(name) if probe is not None else None
+        if why is None:
+            return Route(capability, name, candidates, excluded, tuple(skipped))
+        skipped.append((name, why))
+    return Route(capability, ordered[0][0], candidates, excluded, tuple(skipped))
+
+
+#: Seconds a routing probe waits for a TCP connection to an agent's gateway.
+PROBE_TIMEOUT = 0.5
+
+
+def probe_gateway(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why the gateway at ``url`` cannot be reached (a TCP connect to its host and port,
+    at most ``timeout`` s), or None when it accepts a connection. Nothing is sent."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        return f"its url cannot be used ({exc})"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return f"its gateway at {host}:{port} refused the connection"
+    except TimeoutError:
+        return f"its gateway at {host}:{port} did not accept a connection within {timeout:g} s"
+    except OSError as exc:
+        return f"its gateway at {host}:{port} is unreachable ({exc.strerror or exc})"
 
 
 def inflight_counts(store: RunStore) -> dict[str, int]:

@@ -175,16 +175,20 @@ def validate_delegation(
     caller: str,
     validator: str,
     task: str,
+    timeout: float | None = None,
 ) -> tuple[DelegationResult, Verdict | None]:
     """Have ``validator`` check a finished delegation and store its verdict in the record.
 
+    ``timeout`` (seconds; the caller's ``--timeout``) bounds the validator's delegation
+    too; None: the validator's own ``timeout``, else ``default_timeout``.
     Returns the result (with the record as stored now) and the verdict; the verdict is None
     when the delegation left nothing to validate (it did not finish ``complete``/``partial``).
     """
     if not (result.outcome.ok and result.handoff):
         return result, None
     verdict = validate_result(
-        delegator, caller=caller, validator=validator, task=task, handoff=result.handoff
+        delegator, caller=caller, validator=validator, task=task, handoff=result.handoff,
+        timeout=timeout,
     )
     record = record_verdict(delegator.store, result, verdict)
     return replace(result, record=record), verdict
@@ -227,6 +231,12 @@ def delegate_validated(
     route = delegator.route(request.caller, capability) if capability else None
     if route is not None:
         request = replace(request, target=route.agent)
+    if validator and validator == request.target:
+        how = f"capability `{capability}` routes to `{validator}`, " if route is not None else ""
+        raise UsageError(
+            f"{how}`{validator}` would validate its own result: name another agent with "
+            f"`--validator` (or `validator:` in `{delegator.cfg.label}`). Nothing was sent."
+        )
     if dry_run:
         from engine.registry import check_secrets
 
@@ -242,6 +252,7 @@ def delegate_validated(
     verdict = None
     if validator:
         result, verdict = validate_delegation(
-            delegator, result, caller=request.caller, validator=validator, task=request.task
+            delegator, result, caller=request.caller, validator=validator, task=request.task,
+            timeout=request.timeout,
         )
     return Delegated(request.target, result, verdict, route)

@@ -184,6 +184,14 @@ def delegate_cmd(
     from engine.validate import delegate_validated, validator_for
 
     task = _task_of(args, capability)
+    if validator and not validate:
+        from engine.errors import UsageError
+
+        raise UsageError(
+            f"`--validator {validator}` is given without `--validate`, so nothing would be "
+            "validated: add `--validate` to have it check the result, or leave out "
+            "`--validator`."
+        )
     if where.server:
         given = {
             "--validate": validate,

@@ -199,8 +199,12 @@ class CommandRunner:
         *,
         kill_after: float | None = None,
         retention: int | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.workspaces_dir = workspaces_dir
+        #: Exported to command agents as ``$ORCHESTRATOR_CONFIG`` (absolute), so that an
+        #: agent's own ``orchestrate`` (a sub-delegation) finds the gateway's config.
+        self.config_path = config_path.resolve() if config_path is not None else None
         self.kill_after = kill_after
         self.retention = retention
         self._lock = threading.Lock()
@@ -280,7 +284,10 @@ class CommandRunner:
         timeout, source = hard_limit(spec, task.timeout, self.kill_after)
         if self._closed:
             return self._finish(task, _failed_start(_STOPPING, started), spec=spec)
-        popen_or_reason = _start(spec, _environment(spec, task, workspace), workspace)
+        env = _environment(spec, task, workspace)
+        if self.config_path is not None and "ORCHESTRATOR_CONFIG" not in spec.env:
+            env["ORCHESTRATOR_CONFIG"] = str(self.config_path)
+        popen_or_reason = _start(spec, env, workspace)
         if isinstance(popen_or_reason, str):
             return self._finish(task, _failed_start(popen_or_reason, started), spec=spec)
         popen = popen_or_reason

@@ -57,6 +57,7 @@ class _Answer:
     result: str
     usage: dict[str, Any] | None
     notes: str
+    artifacts: list[str] | None = None
 
 
 def resolve_model(models: Mapping[str, Any], name: str) -> str:
@@ -64,6 +65,30 @@ def resolve_model(models: Mapping[str, Any], name: str) -> str:
     aliases = models.get("aliases") or {}
     target = aliases.get(name)
     return str(target) if isinstance(target, str) and target else name
+
+
+def check_timeout_env(env: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``$TIMEOUT`` (seed 002's override of model agents' timeouts) that is set
+    but not a number of seconds in (0, ``MAX_SECONDS``]: ``UsageError`` (exit 2). Called
+    where a gateway with model agents starts, before anything is sent; unset or empty is
+    fine (docs/agents.md, "Timeouts")."""
+    from engine.errors import UsageError
+
+    environ = os.environ if env is None else env
+    raw = environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
+        raise UsageError(
+            f"environment variable `{TIMEOUT_ENV}` is {raw[:40]!r}, which is not a number of "
+            f"seconds from more than 0 up to {MAX_SECONDS:g}: it sets the timeout of the "
+            "local gateway's model agents. Set it to e.g. `TIMEOUT=600`, or unset it to use "
+            "each agent's `timeout`. Nothing was sent."
+        )
 
 
 def model_timeout(
@@ -136,7 +161,7 @@ def run_model_agent(
     finally:
         if own:
             http.close()
-    _write(task, answer)
+    _write(task, _spill(task, answer, spec, cfg))
 
 
 # -- the call -----------------------------------------------------------------------------
@@ -169,7 +194,7 @@ def _answer(
     if not task.text.strip():
         return _failed("the message has no task text before its handoff block.")
     model = resolve_model(cfg.models, spec.model)
-    url = spec.base_url.rstrip("/") + "/chat/completions"
+    url = completions_url(spec.base_url)
     shown = _display_url(url)
     messages: list[dict[str, str]] = []
     if spec.system_prompt:
@@ -318,6 +343,48 @@ def _failed(result: str) -> _Answer:
     return _Answer("failed", result, None, f"{MODEL_NOTE}: the model call failed")
 
 
+#: Bytes of an oversized answer kept in the handoff's ``result`` (the whole answer goes
+#: to an artifact file): at most this, and at most a quarter of ``max_handoff_bytes``.
+KEPT_RESULT = 64 * 1024
+#: Room left in ``max_handoff_bytes`` for everything of the handoff but its result.
+HANDOFF_ROOM = 16 * 1024
+
+
+def _spill(task: Task, answer: _Answer, spec: GatewayAgentConfig, cfg: Config) -> _Answer:
+    """An answer too large for a handoff (``max_handoff_bytes``): the whole text goes to
+    ``<workspaces>/<agent>/<gateway run id>/answer.md`` and the handoff carries its start,
+    status ``partial``, the file in ``artifacts`` (docs/agents.md, "Very long answers").
+    A corrective message could not help: the gateway, not the model, writes the handoff."""
+    import json
+
+    size = len(json.dumps(answer.result, ensure_ascii=False).encode("utf-8"))
+    if answer.status not in ("complete", "partial") or size + HANDOFF_ROOM <= cfg.max_handoff_bytes:
+        return answer
+    gw = cfg.gateway
+    root = (gw.workspaces_dir if gw is not None else None) or cfg.handoffs_dir / ".workspaces"
+    where = root / spec.name / task.gateway_run_id / "answer.md"
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_text(redact(answer.result), encoding="utf-8")
+    except OSError as exc:
+        saved = f"it could not be saved ({exc.strerror or exc}): the rest is lost"
+        artifacts: list[str] = []
+    else:
+        saved = f"the whole answer is in `{where}`"
+        artifacts = [str(where)]
+    keep = min(KEPT_RESULT, cfg.max_handoff_bytes // 4)
+    head = answer.result.encode("utf-8")[:keep].decode("utf-8", "ignore")
+    total = len(answer.result.encode("utf-8"))
+    note = f"[cut: the answer is {total} bytes, above the handoff limit; {saved}]"
+    return _Answer(
+        "partial",
+        head + "\n" + note,
+        answer.usage,
+        answer.notes + f"; the answer ({total} bytes) was cut to {keep} bytes: {saved}",
+        artifacts,
+    )
+
+
 def _write(task: Task, answer: _Answer) -> None:
     from engine.handoff import HandoffProblem, make_handoff, write_handoff
     from engine.record import reconcile
@@ -333,6 +400,7 @@ def _write(task: Task, answer: _Answer) -> None:
         notes=answer.notes,
         usage=answer.usage,
         key=task.handoff_key,
+        artifacts=answer.artifacts or (),
     )
     try:
         # A handoff that someone else delivered meanwhile is never overwritten (this one
@@ -347,6 +415,17 @@ def _timeout_hint(spec: GatewayAgentConfig) -> str:
     return (
         f"raise `gateway.agents.{spec.name}.timeout`, use `thinking: high`, or set ${TIMEOUT_ENV}."
     )
+
+
+def completions_url(base_url: str) -> str:
+    """``base_url`` with ``/chat/completions`` appended to its path; a query string
+    (``http://host/v1?api-version=2024-06-01``) and a fragment-free rest are kept as given:
+    ``http://host/v1/chat/completions?api-version=2024-06-01``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(base_url)
+    path = parts.path.rstrip("/") + "/chat/completions"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 def _display_url(url: str) -> str:

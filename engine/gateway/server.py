@@ -340,6 +340,7 @@ class LocalGateway:
             Path(workspaces),
             kill_after=self.gw_cfg.kill_after,
             retention=self.gw_cfg.workspace_retention,
+            config_path=cfg.path,
         )
         self._lock = threading.Lock()
         self._idempotency: OrderedDict[str, str] = OrderedDict()

@@ -335,7 +335,8 @@ class _Workflow:
         d = _num(st.get("duration_ms"))
         if d is not None:
             row.durations.append(d)
-        row.retries += max(0, _positive(st.get("attempts")) - 1)
+        # an attempt that carries an answer to the agent's question is not a retry
+        row.retries += max(0, _positive(st.get("attempts")) - 1 - _positive(st.get("answered")))
 
     def doc(self, token_waits: list[float]) -> dict[str, Any]:
         """The ``workflows.<name>`` object."""

@@ -36,6 +36,8 @@ class StepRun:
     in_flight: bool = False  # started in an earlier process and not finished
     #: The agent's question (engine.ask): text, asked_at, and once given answer, by, answered_at.
     question: dict[str, Any] | None = None
+    #: Questions answered so far: each sends the step again, an attempt that is no retry.
+    answers: int = 0
     #: A sub-workflow step: the id of its child run (``child_started``).
     child_run_id: str | None = None
 

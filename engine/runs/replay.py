@@ -189,6 +189,8 @@ def _on_question(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
 
     _at(ev)
     replay_question(s, ev)
+    if ev["event"] == "step_answered":
+        s.answers += 1
 
 
 def _on_child_started(f: _Fold, ev: dict[str, Any], s: StepRun) -> None:
@@ -545,6 +547,7 @@ def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str,
             "status": s.state.value,
             "agent": s.agent,
             "attempts": s.attempt,
+            **({"answered": s.answers} if s.answers else {}),
             "duration_ms": s.duration_ms,
             "confidence": (s.handoff or {}).get("confidence"),
             "delegation_run_id": s.delegation_run_id,
@@ -567,7 +570,8 @@ def summarize(view: RunView, outputs: dict[str, str] | None = None) -> dict[str,
         "finished_at": finished,
         "duration_ms": duration,
         "gate_wait_ms": view.gate_wait_ms,
-        "retries": sum(max(0, s.attempt - 1) for s in view.steps.values()),
+        # an attempt that carries an answer to the agent's question is not a retry
+        "retries": sum(max(0, s.attempt - 1 - s.answers) for s in view.steps.values()),
         **({"parent": view.meta["parent"]} if isinstance(view.meta.get("parent"), dict) else {}),
         "steps": steps,
         "outputs": outputs or {},
