@@ -20,7 +20,11 @@ import yaml
 
 from tests.helpers import demo_config, wait_for, write_config
 
-WORKFLOW = [sys.executable, "-c", "from engine.cli import workflow_main; workflow_main()"]
+#: Ctrl-C as a terminal sends it. A process started in the background by a shell without
+#: job control (CI, `cmd &`) inherits SIGINT ignored, and Python keeps it so; the child
+#: takes Python's own handler back first, as it has when started from a terminal.
+_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+WORKFLOW = [sys.executable, "-c", _SIGINT + "from engine.cli import workflow_main; workflow_main()"]
 
 
 def _handing_off_agent(go: Path) -> dict[str, Any]:
@@ -92,8 +96,12 @@ class _Proc:
         return "".join(self.err)
 
     def finish(self, bound: float = 60) -> tuple[int, str, str]:
+        try:
+            code = self.proc.wait(bound)  # stdout is small: the pipe never fills
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"still running {bound} s after: {self.stderr()}") from None
         out = self.proc.stdout.read() if self.proc.stdout else ""
-        code = self.proc.wait(bound)
         self.reader.join(bound)
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if pipe is not None:
@@ -212,7 +220,7 @@ def test_ctrl_c_of_orchestrate_names_the_delegation_whose_late_handoff_merges(
         [
             sys.executable,
             "-c",
-            "from engine.cli import orchestrate_main; orchestrate_main()",
+            _SIGINT + "from engine.cli import orchestrate_main; orchestrate_main()",
             "webster",
             "Find papers.",
             "--caller",
