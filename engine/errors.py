@@ -14,6 +14,7 @@ message (never a traceback) and exits with its ``exit_code`` (see DESIGN.md)::
     │   ├── HookUnreachableError      retries exhausted on transient failures (exit 4)
     │   └── AgentRunError             the gateway says the agent's run ended in error (exit 1)
     ├── RunStateError                 a run record is missing or in the wrong state
+    │   └── RunEndedError             resuming a run that has already completed
     ├── AclDeniedError                the ACL forbids caller -> target (exit 5)
     ├── PoolRefusedError              the token pool refused the request (exit 5)
     ├── DelegationTimeoutError        no handoff before the deadline (exit 4)
@@ -27,6 +28,7 @@ exception: see ``engine.delegate.DelegationResult``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -108,6 +110,16 @@ class AgentRunError(HookError):
 
 class RunStateError(OrchestratorError):
     """Raised when a run record is missing, or in a state that does not allow the action."""
+
+
+class RunEndedError(RunStateError):
+    """Raised when a run that has already completed is resumed: nothing is written.
+    ``result`` is its ``engine.runner.RunResult``, for a caller that only wants the end
+    (the Discord inbox reporting a run another process finished)."""
+
+    def __init__(self, message: str, *, result: Any) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class AclDeniedError(OrchestratorError):

@@ -648,7 +648,7 @@ class DiscordInbox(ParkedRuns):
     def _resume(self, runner: Any, run_id: str) -> Any:
         """Resume a run; while another process executes it (``orchestrate serve``, a
         terminal), follow it until it stops, then take what is left (or its result)."""
-        from engine.errors import RunStateError
+        from engine.errors import RunEndedError, RunStateError
         from engine.runner import RunOptions
         from engine.runs import run_status
 
@@ -657,6 +657,8 @@ class DiscordInbox(ParkedRuns):
         while True:
             try:
                 return runner.resume(run_id, RunOptions())
+            except RunEndedError as ended:  # another process (the server) finished it
+                return ended.result
             except RunStateError:
                 if not run_status(self.cfg, run_id).get("live"):
                     if released:

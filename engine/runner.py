@@ -34,6 +34,7 @@ from engine.errors import (
     EXIT_TIMEOUT,
     EXIT_WAITING,
     OrchestratorError,
+    RunEndedError,
     RunStateError,
     WorkflowError,
 )
@@ -587,7 +588,10 @@ def _check_resumable(view: RunView) -> None:
     ``finally`` steps again would rewrite what it came to). docs/workflows.md, Resuming."""
     rid, meta = view.run_id, view.meta
     if view.state is RunState.COMPLETE:
-        raise RunStateError(f"run `{rid}` has already ended (complete); nothing to resume.")
+        raise RunEndedError(
+            f"run `{rid}` has already ended (complete); nothing to resume.",
+            result=RunResult(rid, view.state, view.path, summarize(view)),
+        )
     at = meta.get("deadline_at")
     if view.state is RunState.FAILED and isinstance(at, str):
         try:
