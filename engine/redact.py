@@ -135,6 +135,28 @@ def register_config(cfg: Any) -> int:
       tokens) and ``$ORCH_POOL_TOKEN`` (``orchestrate pool serve``'s default).
     """
     import os
+
+    envs, files, listed = _secret_sources(cfg)
+    values = [os.environ.get(env, "") for env in envs]
+    for file in files:
+        try:
+            if file.is_file() and file.stat().st_size <= 65536:
+                values.append(file.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            pass
+    for text in listed:  # "alice:operate:TOKEN bob:read:TOKEN": the part after the last colon
+        values += [entry.rsplit(":", 1)[-1] for entry in re.split(r"[\s,]+", text) if entry]
+    found = 0
+    for value in values:
+        if value.strip() and len(value.strip()) >= MIN_SECRET:
+            register(value.strip())
+            found += 1
+    return found
+
+
+def _secret_sources(cfg: Any) -> tuple[list[str], list[Any], list[str]]:
+    """``register_config``'s sources: variable names, files, and ``NAME:ROLE:TOKEN``
+    lists (``serve.tokens_env``'s value)."""
     from pathlib import Path
 
     envs: list[str] = ["ORCH_POOL_TOKEN"]
@@ -148,6 +170,16 @@ def register_config(cfg: Any) -> int:
         files += [Path(gw.token_file)] if gw.token_file else []
         files.append(Path(cfg.handoffs_dir) / ".serve" / "gateway.token")
         envs += [s.api_key_env for s in gw.agents.values() if getattr(s, "api_key_env", None)]
+    listed = _service_sources(cfg, envs, files)
+    return [e for e in envs if isinstance(e, str)], files, listed
+
+
+def _service_sources(cfg: Any, envs: list[str], files: list[Any]) -> list[str]:
+    """The Discord bot token's, the store's and ``orchestrate serve``'s sources, added to
+    ``envs`` and ``files``; returns the token lists read from ``serve.tokens_env``."""
+    import os
+    from pathlib import Path
+
     channels = getattr(cfg, "channels", None) or {}
     if isinstance(channels.get("token_env"), str):
         envs.append(channels["token_env"])
@@ -163,21 +195,7 @@ def register_config(cfg: Any) -> int:
     if isinstance(serve.get("tokens_file"), str):
         base = Path(cfg.path).parent if getattr(cfg, "path", None) else Path.cwd()
         files.append(base / Path(serve["tokens_file"]).expanduser())
-    values = [os.environ.get(env, "") for env in envs if isinstance(env, str)]
-    for file in files:
-        try:
-            if file.is_file() and file.stat().st_size <= 65536:
-                values.append(file.read_text(encoding="utf-8", errors="replace"))
-        except OSError:
-            pass
-    for text in listed:  # "alice:operate:TOKEN bob:read:TOKEN": the part after the last colon
-        values += [entry.rsplit(":", 1)[-1] for entry in re.split(r"[\s,]+", text) if entry]
-    found = 0
-    for value in values:
-        if value.strip() and len(value.strip()) >= MIN_SECRET:
-            register(value.strip())
-            found += 1
-    return found
+    return listed
 
 
 def forget_all() -> None:

@@ -121,48 +121,60 @@ def usage_error(exc: click.ClickException, where: str = "") -> OrchestratorError
     named in backticks, the near miss, and the command's ``--help`` to read. ``where``
     names the command when click's error does not carry its context (``--caller`` given
     no value)."""
-    import re
+    from engine.errors import UsageError
 
-    from engine.errors import UsageError, did_you_mean
-
-    message = exc.format_message()
     ctx = getattr(exc, "ctx", None)
     path = ctx.command_path if ctx is not None else where
     see = f" See `{path} --help`." if path else ""
     param = getattr(exc, "param", None)
     if isinstance(exc, click.MissingParameter) and param is not None:
-        name = _option_name(param)
-        if isinstance(param, click.Option):
-            meta = param.metavar or (param.name or "value").upper()
-            needs = name if param.is_flag else f"{name} {meta}"
-            why = _sentence(param.help or "")
-            what = f"`{path}` needs `{needs}`{f': {why}' if why else '.'}"
-        else:
-            what = f"`{path}` needs the argument `{name}`."
-        return UsageError(f"{what} Add it, or see `{path} --help`.")
+        return UsageError(f"{_missing(param, path)} Add it, or see `{path} --help`.")
     if isinstance(exc, click.BadParameter) and param is not None:
         return UsageError(f"{_bad_value(param, exc.message)}{see}")
     if isinstance(exc, click.NoSuchOption):
         near = sorted(exc.possibilities or [])
         hint = f"; did you mean `{near[0]}`?" if near else "."
         return UsageError(f"`{path}` has no option `{exc.option_name}`{hint}{see}")
+    return UsageError(f"{_by_message(exc, ctx, path)}{see}")
+
+
+def _missing(param: click.Parameter, path: str) -> str:
+    """What a command misses: an option (with its value's name and help) or an argument."""
+    name = _option_name(param)
+    if not isinstance(param, click.Option):
+        return f"`{path}` needs the argument `{name}`."
+    meta = param.metavar or (param.name or "value").upper()
+    needs = name if param.is_flag else f"{name} {meta}"
+    why = _sentence(param.help or "")
+    return f"`{path}` needs `{needs}`{f': {why}' if why else '.'}"
+
+
+def _by_message(exc: click.ClickException, ctx: click.Context | None, path: str) -> str:
+    """The usage errors click tells apart by their text only: an unknown command (with
+    the near miss and the group's commands), extra arguments, an option without its
+    value; anything else as click words it."""
+    import re
+
+    from engine.errors import did_you_mean
+
     unknown = re.match(r"^No such command '(.*)'\.$", exc.message)
     if unknown and ctx is not None and isinstance(ctx.command, click.Group):
         commands = ctx.command.list_commands(ctx)
         word = unknown.group(1)
-        return UsageError(
+        return (
             f"`{path}` has no command `{word}`{did_you_mean(word, commands) or '.'} "
-            f"Its commands: {', '.join(f'`{c}`' for c in commands)}.{see}"
+            f"Its commands: {', '.join(f'`{c}`' for c in commands)}."
         )
     extra = re.match(r"^Got unexpected extra arguments? \((.*)\)$", exc.message)
     if extra:
-        return UsageError(
+        return (
             f"`{path}` does not take `{extra.group(1)}`: too many arguments (a text with "
-            f'spaces goes in quotes, "like this").{see}'
+            f'spaces goes in quotes, "like this").'
         )
+    message = exc.format_message()
     if isinstance(exc, click.BadOptionUsage) and "requires an argument" in message:
-        return UsageError(f"`{exc.option_name}` needs a value.{see}")
-    return UsageError(f"{_sentence(_quoted(message))}{see}")
+        return f"`{exc.option_name}` needs a value."
+    return _sentence(_quoted(message))
 
 
 def _sentence(text: str) -> str:
