@@ -466,18 +466,13 @@ class WorkflowRunner:
             },
         }
         store.create_run(run_id, meta)
+        def begin(journal: RunJournal) -> None:
+            journal.append(
+                "run_started", run_id=run_id, workflow=prepared.spec.name, pid=os.getpid()
+            )
+
         with store.claim(run_id):
-            journal = store.journal(run_id)
-            try:
-                journal.append(
-                    "run_started", run_id=run_id, workflow=prepared.spec.name, pid=os.getpid()
-                )
-                view = replay_run(store, run_id)
-                return _Execution(
-                    self, prepared, view, journal, options, parent_cancel, parent_interrupt
-                ).run()
-            finally:
-                journal.close()
+            return self._execute(run_id, prepared, options, begin, parent_cancel, parent_interrupt)
 
     def resume(
         self,
@@ -558,24 +553,42 @@ class WorkflowRunner:
             self._check_approvals(prepared.plan, options)
             for warning in view.warnings:
                 self.reporter.warning(warning)
-            journal = store.journal(run_id)
-            try:
+
+            def begin(journal: RunJournal) -> None:
                 journal.append(
                     "run_resumed",
                     pid=os.getpid(),
                     changed=changed,
                     retry_failed=options.retry_failed,
                 )
-                if _take_late_results(view, prepared, store, journal, self.reporter):
-                    view = replay_run(store, run_id)
+                now = view
+                if _take_late_results(now, prepared, store, journal, self.reporter):
+                    now = replay_run(store, run_id)
                 if options.retry_failed:
-                    _reset_failed(view, prepared, journal)
-                view = replay_run(store, run_id)
-                return _Execution(
-                    self, prepared, view, journal, options, parent_cancel, parent_interrupt
-                ).run()
-            finally:
-                journal.close()
+                    _reset_failed(now, prepared, journal)
+
+            return self._execute(run_id, prepared, options, begin, parent_cancel, parent_interrupt)
+
+    def _execute(
+        self,
+        run_id: str,
+        prepared: Prepared,
+        options: RunOptions,
+        begin: Callable[[RunJournal], None],
+        parent_cancel: threading.Event | None,
+        parent_interrupt: threading.Event | None,
+    ) -> RunResult:
+        """Journal how the run (re)starts (``begin``), then execute it from its replayed
+        state; the journal is closed however it ends. Called with the run claimed."""
+        journal = self.store.journal(run_id)
+        try:
+            begin(journal)
+            view = replay_run(self.store, run_id)
+            return _Execution(
+                self, prepared, view, journal, options, parent_cancel, parent_interrupt
+            ).run()
+        finally:
+            journal.close()
 
     def _check_approvals(self, plan: Any, options: RunOptions) -> None:
         check_approvals(plan, options.approve)
