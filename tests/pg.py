@@ -108,6 +108,17 @@ class PgServer:
             "initdb", "-D", str(self.data), "-U", self.user, "-A", "trust",
             "-E", "UTF8", "--no-sync", "--no-instructions",
         )  # fmt: skip
+        self.resume()
+        self.started = True
+        return self
+
+    def halt(self) -> None:
+        """Stop the server as an operator does (``pg_ctl stop -m fast``: every session is
+        ended with ``AdminShutdown``), keeping its data; ``resume()`` starts it again."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server ``halt()`` stopped, on the same port, with its data."""
         opts = (
             f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
@@ -116,8 +127,6 @@ class PgServer:
             "pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"),
             "-o", opts, "-w", "-t", "60", "start",
         )  # fmt: skip
-        self.started = True
-        return self
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove its directory."""
