@@ -132,6 +132,58 @@ def submission_text(
     return text
 
 
+def checked_submission(
+    cfg: Config,
+    task: str,
+    *,
+    agent: str | None,
+    model: str | None = None,
+    thinking: str | None = None,
+) -> str:
+    """``submission_text``, checked as the inbox will check it, so ``orchestrate inbox
+    submit`` never claims to have queued what the inbox would cut or refuse:
+
+    - a message longer than Discord's limit (``engine.discord.MAX_CONTENT``, 2,000
+      characters; Discord's API reference, "Create Message") is refused: Discord would
+      cut it, and the inbox reads the message's text only, not attachments;
+    - an agent that is not in ``agents:`` is refused, with the nearest name;
+    - a TASK that is neither ``AGENT: ...`` nor ``workflow ...``, without ``--agent``,
+      is told to add ``--agent NAME``.
+
+    ``InboxError`` (exit 2) with one paragraph for each."""
+    from engine.discord import MAX_CONTENT
+    from engine.errors import did_you_mean
+
+    try:
+        text = submission_text(task, agent=agent, model=model, thinking=thinking)
+    except InboxError as exc:
+        if agent is None and exc.message.startswith("not a task"):
+            names = sorted(cfg.agents)
+            example = names[0] if names else "webster"
+            raise InboxError(
+                "not a task: TASK names no agent. Add `--agent NAME` (e.g. `orchestrate "
+                f'inbox submit "{redact(task.strip()[:40])}" --agent {example}`), or write '
+                '`AGENT: task text` or `workflow NAME key="value" ...` as TASK.'
+            ) from None
+        raise
+    req = parse_task(text)
+    if req.kind == "delegation" and req.target not in cfg.agents:
+        known = ", ".join(f"`{n}`" for n in sorted(cfg.agents)) or "none"
+        hint = did_you_mean(req.target, set(cfg.agents))
+        raise InboxError(
+            f"no agent `{req.target}` in `agents:` of {cfg.path}{hint or '.'} "
+            f"Known agents: {known}. Nothing was posted."
+        )
+    if len(text) > MAX_CONTENT:
+        raise InboxError(
+            f"the task is {len(text):,} characters as posted, over Discord's 2,000-character "
+            "limit for a message: Discord would cut it, and the agent would work on the cut "
+            "text. Nothing was posted. Shorten the task (put long material in a file the "
+            "agent can read, and name the file in the task)."
+        )
+    return text
+
+
 def summarize_delegation(cfg: Config, result: Any, req: TaskRequest) -> dict[str, Any]:
     rec = result.record or {}
     env = result.envelope or {}
