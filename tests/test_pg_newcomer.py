@@ -30,6 +30,7 @@ from engine.errors import ConfigError
 from engine.pool.postgres import PostgresPoolStore
 from engine.redact import redact
 from engine.store.postgres_db import Database, latest_version, schema_version
+from engine.store.postgres_retry import StoreConnectionLost
 from tests.helpers import demo_config, free_port, write_config
 from tests.pg import PgServer
 
@@ -299,6 +300,10 @@ class _Relay:
             s.close()
 
     def close(self) -> None:
+        try:  # wakes the accepting thread: a close alone leaves the socket listening
+            self._server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._server.close()
         self.cut()
 
@@ -340,17 +345,21 @@ def test_a_server_that_closes_at_once_is_one_line(pg_url: str, tmp_path: Path) -
     _assert_one_sentence_each(line)
 
 
-def test_a_pool_whose_server_went_away_says_so_on_one_line(pg_url: str, relay: _Relay) -> None:
+def test_a_pool_whose_server_went_away_says_so_on_one_line(
+    pg_url: str, relay: _Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"postgresql://postgres@127.0.0.1:{relay.port}/{pg_url.rsplit('/', 1)[1]}"
     store = PostgresPoolStore(Database.from_url(url))
     assert store.transact(lambda state: ("ok", None)) == "ok"
-    relay.cut()
-    with pytest.raises(ConfigError) as info:
+    relay.cut()  # the connection is lost, the server is still there: a new one is made
+    assert store.transact(lambda state: ("again", None)) == "again"
+    relay.close()  # now the server stays away
+    monkeypatch.setenv("ORCH_STORE_RECONNECT", "0.3")
+    with pytest.raises(StoreConnectionLost) as info:
         store.transact(lambda state: ("ok", None))
     text = str(info.value)
-    assert text.startswith(f"the token pool in `{url}#pool=default` is not usable: ")
-    assert "server closed the connection unexpectedly" in text
-    assert text.endswith("Check that the database runs and `orchestrate store migrate` was run.")
+    assert text.startswith(f"the connection to the PostgreSQL store `{url}` was lost (")
+    assert "Connection refused" in text and "run again" not in text
     _assert_one_sentence_each(text)
     Database.from_url(url).close()
 

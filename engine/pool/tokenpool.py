@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from engine.errors import ConfigError, DelegationTimeoutError, PoolRefusedError
-from engine.pool.host import boot_id, host_id, pid_alive, start_time
+from engine.pool.host import boot_id, host_id, pid_alive, start_time, work_of
 from engine.pool.policy import Poll, PollOutcome, PoolPolicy
 from engine.pool.settings import PoolSettings, system_load
 from engine.pool.state import (
@@ -233,6 +233,8 @@ class TokenPool:
             renew_every = settings.lease_ttl / 3 if store.shared else None
         self._renew_every = renew_every
         self._starts: dict[int, int | None] = {}
+        # token id -> the process found doing its work after its holder died (_work_alive)
+        self._work: dict[str, tuple[int, int | None]] = {}
         self._heartbeats = _Heartbeats()
 
     # -- public API -------------------------------------------------------------------
@@ -459,7 +461,9 @@ class TokenPool:
             policy.correct_jump(state, now, mono, boot)
             due = sample and policy.sample_due(state, now)
             load = self._read_load() if due else None
-            policy.housekeep(state, now, self._pid_alive, sampled=due, load=load)
+            policy.housekeep(
+                state, now, self._pid_alive, sampled=due, load=load, work_alive=self._work_alive
+            )
             result = op(state, now)
             # The clock pair is renewed only with a write that happens anyway, so a look
             # at the pool writes nothing (and wakes no waiter).
@@ -486,6 +490,21 @@ class TokenPool:
         if pid not in self._starts:
             self._starts[pid] = start_time(pid)
         return self._starts[pid]
+
+    def _work_alive(self, tok: Token) -> bool:
+        """A process of this host still does ``tok``'s work (``work_of``): the process
+        found last time while it lives, else a new look at ``/proc``."""
+        known = self._work.get(tok.id)
+        if known is not None and pid_alive(*known):
+            return True
+        for pid, start in work_of(tok.run_id):
+            if pid_alive(pid, start):
+                if len(self._work) >= 256:
+                    self._work.clear()
+                self._work[tok.id] = (pid, start)
+                return True
+        self._work.pop(tok.id, None)
+        return False
 
     def _pid_alive(self, pid: int, start: int | None) -> bool:
         me = os.getpid()
