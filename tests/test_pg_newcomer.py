@@ -26,7 +26,6 @@ from engine.cli.orchestrate import orchestrate
 from engine.cli.workflow import workflow
 from engine.config import load_config
 from engine.delegate import DelegationRequest, open_delegator
-from engine.errors import ConfigError
 from engine.pool.postgres import PostgresPoolStore
 from engine.redact import redact
 from engine.store.postgres_db import Database, latest_version, schema_version
