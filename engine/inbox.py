@@ -270,7 +270,8 @@ class DiscordInbox(ParkedRuns):
                 if isinstance(exc, ConfigError) and exc.status_code in (401, 403):
                     raise
                 self.log(f"poll failed: {exc}")
-            stop.wait(self.settings.poll_interval)
+            # a global rate limit: no poll (no request at all) before it ends
+            stop.wait(max(self.settings.poll_interval, self.client.held_for()))
 
     def drain(self, timeout: float = 120.0) -> None:
         """Wait for every task in flight (tests, and before a clean exit)."""
