@@ -415,7 +415,11 @@ class PoolPolicy:
             why = f"{len(state.tokens)} of {state.size} tokens in use, {len(state.queue)} waiting"
         if adapted.mode is PoolMode.EMERGENCY:
             left = max(0.0, (adapted.cooldown_until or now) - now)
-            why += f", emergency cooldown for {left:.0f} s more"
+            why += (
+                f", and the pool is in emergency mode: this host's load was above "
+                f"`pool.emergency_load` ({self.settings.emergency_load:g}), so no token is "
+                f"granted until its cooldown ends in {left:.0f} s"
+            )
         return why
 
     def agree(self, state: PoolState, now: float) -> None:

@@ -176,6 +176,12 @@ class TokenLease:
         )
 
 
+def _seconds(value: float) -> str:
+    """Seconds for a message: whole ones from 10 s on, else one decimal (``2.99629`` ->
+    ``3.0``, ``14.9965`` -> ``15``)."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
 class TokenPool:
     """A load-adaptive limit on concurrent delegations, shared through a ``PoolStore``.
 
@@ -392,10 +398,16 @@ class TokenPool:
                     poll = self._transact(lambda s, t: policy.cancel(s, t, ticket.id))
                     if poll.outcome is PollOutcome.GRANTED:
                         break
+                    advice = (
+                        "Wait for the load to fall, or raise `pool.emergency_load` if this "
+                        "load is normal for the host"
+                        if "emergency mode" in poll.detail
+                        else "Raise the timeout or `pool.max_tokens`"
+                    )
                     raise DelegationTimeoutError(
                         f"no pool token for run `{ticket.run_id}` (agent `{ticket.agent}`) "
-                        f"within {timeout:g} s: {poll.detail}. Raise the timeout or "
-                        "`pool.max_tokens`, or see `orchestrate pool status`.",
+                        f"within {_seconds(timeout or 0.0)} s: {poll.detail}. {advice}, or see "
+                        "`orchestrate pool status`.",
                         agent=ticket.agent,
                     )
                 limit = FULL_CHECK if remaining is None else min(remaining, FULL_CHECK)
