@@ -12,6 +12,7 @@ Pure functions and values, apart from reading a finished workflow's step records
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +183,39 @@ def checked_submission(
             "agent can read, and name the file in the task)."
         )
     return text
+
+
+#: An absolute path between backticks in a message (``/tmp/t4/a/workflows``).
+_QUOTED_PATH = re.compile(r"`(/[^`\n]*)`")
+
+
+def public_text(text: str) -> str:
+    """``text`` for a channel anyone in the server can read: an absolute path between
+    backticks (a server's directory, a config file) is shown by its last part only
+    (`.../workflows`), so replies do not map the host's file system."""
+    return _QUOTED_PATH.sub(lambda m: f"`.../{Path(m.group(1)).name or '/'}`", text)
+
+
+def check_workflow_name(cfg: Config, name: str) -> None:
+    """Refuse (``InboxError``) a workflow task whose NAME is not a known workflow's, naming
+    the known ones (names only, no directories: the reply is public); a path is refused
+    too: a Discord task runs a workflow by name, never a file of the host."""
+    from engine.errors import did_you_mean
+    from engine.workflow import EXTENSIONS, _files_in, search_path
+
+    if "/" in name or name.startswith(".") or name.endswith(EXTENSIONS):
+        raise InboxError(
+            f"`{name}` is not a workflow name: a task names a workflow (`workflow NAME "
+            'key="value" ...`), never a file.'
+        )
+    dirs = search_path(cfg)
+    if any((d / f"{name}{ext}").is_file() for d in dirs for ext in EXTENSIONS):
+        return
+    known = sorted({p.stem for d in dirs for p in _files_in(d)})
+    listed = ", ".join(f"`{k}`" for k in known) or "none"
+    raise InboxError(
+        f"no workflow `{name}`{did_you_mean(name, known) or '.'} Known workflows: {listed}."
+    )
 
 
 def summarize_delegation(cfg: Config, result: Any, req: TaskRequest) -> dict[str, Any]:

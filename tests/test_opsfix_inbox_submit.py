@@ -48,3 +48,51 @@ def test_a_task_without_an_agent_says_to_add_one(cfg: Config, api: DiscordAPI) -
     assert code == 2, out
     assert "--agent NAME" in out
     assert api.posted(QUEUE) == []
+
+
+def test_a_second_inbox_on_one_directory_says_bots_may_be_shared(
+    cfg: Config, api: DiscordAPI
+) -> None:
+    from engine.discord import DiscordClient
+    from engine.errors import ConfigError
+    from engine.inbox import DiscordInbox
+
+    def client() -> DiscordClient:
+        return DiscordClient.from_config(cfg, sleep=lambda s: None)
+
+    with DiscordInbox(cfg, client()):
+        second = DiscordInbox(cfg, client())
+        try:
+            second.__enter__()
+        except ConfigError as exc:
+            text = exc.message
+        else:  # pragma: no cover - the lock must refuse it
+            raise AssertionError("a second inbox on one handoffs directory ran")
+        finally:
+            second.client.close()
+    assert "one inbox runs per handoffs directory" in text
+    assert "may share one bot token" in text
+    assert "each host with its own bot" not in text
+
+
+def test_refusal_replies_name_workflows_not_server_paths(cfg: Config, api: DiscordAPI) -> None:
+    from engine.discord import DiscordClient
+    from engine.inbox import DiscordInbox
+    from tests.test_discord_inbox import MANAGER
+
+    nosuch = api.add_message(QUEUE, "workflow nosuch x=1", author_id=MANAGER)
+    a_file = api.add_message(QUEUE, "workflow /etc/hostname", author_id=MANAGER)
+    with DiscordInbox(cfg, DiscordClient.from_config(cfg, sleep=lambda s: None)) as inbox:
+        inbox.poll_once()
+        inbox.drain()
+    replies = {
+        m["message_reference"]["message_id"]: m["content"]
+        for m in api.posted(QUEUE)
+        if m.get("message_reference")
+    }
+    assert replies[nosuch].startswith("⛔ not run: no workflow `nosuch`. Known workflows: ")
+    assert "`material-trade-study`" in replies[nosuch]
+    assert "is not a workflow name" in replies[a_file]
+    for text in replies.values():
+        assert "Looked in" not in text
+        assert str(cfg.path.parent) not in text and "/engine/workflows" not in text
