@@ -70,8 +70,10 @@ def _agent(started: Path, go: Path) -> dict[str, object]:
     return {"kind": "command", "argv": [sys.executable, "-c", script], "timeout": 120}
 
 
-def _config(tmp_path: Path, url: str, started: Path, go: Path) -> Path:
+def _config(tmp_path: Path, url: str, started: Path, go: Path, *, pool: bool = False) -> Path:
     raw = demo_config(tmp_path, store=url)
+    if pool:  # the shared pool's row too: its release comes after the restart
+        raw["pool"] = {"max_tokens": 2, "adaptive": False}
     raw["gateway"]["agents"]["webster"] = _agent(started, go)
     return write_config(tmp_path, raw)
 
@@ -92,11 +94,12 @@ def _popen(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("pool", [False, True], ids=["no-pool", "pool"])
 def test_a_delegation_waits_through_a_server_restart(
-    server: PgServer, url: str, tmp_path: Path
+    server: PgServer, url: str, tmp_path: Path, pool: bool
 ) -> None:
     started, go = tmp_path / "started", tmp_path / "go"
-    cfg = _config(tmp_path, url, started, go)
+    cfg = _config(tmp_path, url, started, go, pool=pool)
     proc = _popen(
         [_cli("orchestrate"), "webster", "slow", "--caller", "manager", "--config", str(cfg)],
         tmp_path,

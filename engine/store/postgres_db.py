@@ -350,7 +350,7 @@ def _ended_while_idle(conn: Any) -> bool:
     """The server ended this idle connection (its socket is readable with no query out:
     the session's last words, ``terminating connection ...``, or the end of the stream).
     Such a connection is replaced before a statement is sent on it, so the statement is
-    never lost with it. One ``select`` with no wait; a connection in a transaction or
+    never lost with it. One ``poll`` with no wait; a connection in a transaction or
     not idle is left to its user."""
     import select
 
@@ -359,12 +359,14 @@ def _ended_while_idle(conn: Any) -> bool:
 
         if conn.info.transaction_status != TransactionStatus.IDLE:
             return False
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        poller = select.poll()  # no FD_SETSIZE limit, unlike select()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        ready = poller.poll(0)
     except (OSError, ValueError, AttributeError):
         return True
     except Exception:  # noqa: BLE001 - the driver's own error: the connection is unusable
         return True
-    return bool(readable)
+    return bool(ready)
 
 
 def _close_quietly(conn: Any) -> None:

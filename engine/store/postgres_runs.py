@@ -36,7 +36,7 @@ from engine.files import SAFE_ID, check_id, utcnow_iso
 from engine.redact import redact
 from engine.store.liveness import process_alive
 from engine.store.postgres_db import Database
-from engine.store.postgres_retry import retry_lost
+from engine.store.postgres_retry import connection_lost, retry_lost
 from engine.store.postgres_signals import RUN_CHANNEL, listener, run_payload
 from engine.store.protocol import Waiter
 
@@ -174,11 +174,18 @@ class _RunLease:
         if self._watch is not None:
             self._store._cancel_watches.pop(self._run_id, None)
             self._watch.waiter.close()
-        self._store._db.conn().execute(
-            "UPDATE runs SET owner_host = NULL, owner_pid = NULL, owner_token = NULL, "
-            "lease_until = NULL WHERE run_id = %s AND owner_token = %s",
-            (self._run_id, self._token),
-        )
+        try:
+            self._store._db.conn().execute(
+                "UPDATE runs SET owner_host = NULL, owner_pid = NULL, owner_token = NULL, "
+                "lease_until = NULL WHERE run_id = %s AND owner_token = %s",
+                (self._run_id, self._token),
+            )
+        except Exception as exc:
+            if connection_lost(exc) is None:
+                raise
+            # The database is away: the lease runs out by itself (lease_ttl), and the
+            # run's state is in its journal already.
+            self._store._db.drop_thread_conn()
 
 
 class PostgresRuns:
