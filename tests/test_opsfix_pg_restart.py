@@ -172,3 +172,32 @@ def test_a_workflow_run_waits_through_a_server_restart(
     assert proc.returncode == 0, (out, err)
     summary = json.loads(out)
     assert summary["status"] == "complete", summary
+
+
+def test_a_workflow_run_whose_store_stays_away_says_the_connection_was_lost(
+    server: PgServer, url: str, tmp_path: Path
+) -> None:
+    started, go = tmp_path / "started", tmp_path / "go"
+    cfg = _config(tmp_path, url, started, go)
+    proc = _popen(
+        [_cli("workflow"), "run", str(SLOW), "--config", str(cfg), "--non-interactive"],
+        tmp_path,
+        ORCH_STORE_RECONNECT="1",
+    )
+    try:
+        _wait_for(started, proc)
+        server.halt()
+        try:
+            out, err = proc.communicate(timeout=120)
+        finally:
+            server.resume()
+            go.touch()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 4, (out, err)
+    assert "Traceback" not in err
+    assert "connection to the PostgreSQL store" in err and "was lost" in err, err
+    run_id = next(w for w in err.split() if w.startswith("wf-"))
+    assert f"`workflow status {run_id}`" in err and f"`workflow resume {run_id}`" in err, err
+    assert "run again" not in err and "role" not in err and "schema" not in err, err

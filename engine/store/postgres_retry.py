@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +59,8 @@ _NOT_RUN = frozenset({"57P01", "57P03"})
 #: SQLSTATEs of a lost connection whose last statement may have committed.
 _MAYBE_RUN = frozenset({"57P02", "08000", "08003", "08006", "08007"})
 _BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0)
+#: A workflow run's id (``engine.runs``), as opposed to a delegation's.
+_WORKFLOW_RUN = re.compile(r"^wf-\d{8}T\d{6}-[0-9a-f]{8}$")
 _depth = threading.local()
 
 
@@ -129,6 +132,13 @@ def _lost_message(display: str, run_id: str | None, waited: float, exc: BaseExce
         f"the connection to the PostgreSQL store `{display}` was lost "
         f"({driver_message(e).rstrip('.')}) and did not come back within {waited:.0f} s"
     )
+    if run_id and _WORKFLOW_RUN.match(run_id):
+        return (
+            f"{what}; the workflow run `{run_id}` stopped here, its journal kept by the "
+            f"store. Once the database is back, see where it stands with `workflow status "
+            f"{run_id}` and continue it with `workflow resume {run_id}` (steps that finished "
+            f"are not sent again; do not start it anew). Set `{RECONNECT_ENV}` to wait longer."
+        )
     if run_id:
         return (
             f"{what}; the run `{run_id}` was not given up: its agent may still finish, and "
@@ -145,8 +155,9 @@ def _lost_message(display: str, run_id: str | None, waited: float, exc: BaseExce
 
 def retry_lost(*, idempotent: bool = False) -> Callable[[_F], _F]:
     """Decorate a method of a store holding ``_db`` (a ``Database``): run it again on a
-    lost connection, as the module docstring says. The method's first argument, when a
-    ``str``, is the run id named in ``StoreConnectionLost``. Nested calls retry only at
+    lost connection, as the module docstring says. The run named in
+    ``StoreConnectionLost`` is the object's ``_run_id`` (a journal's), else the method's
+    first argument when it is a ``str``. Nested calls retry only at
     the outermost one (no multiplied waits)."""
 
     def wrap(fn: _F) -> _F:
@@ -170,7 +181,9 @@ def retry_lost(*, idempotent: bool = False) -> Callable[[_F], _F]:
                     if budget is None:
                         budget = reconnect_for()
                     waited = time.monotonic() - start
-                    run_id = args[0] if args and isinstance(args[0], str) else None
+                    run_id = getattr(self, "_run_id", None) or (
+                        args[0] if args and isinstance(args[0], str) else None
+                    )
                     if (kind == "maybe-run" and not idempotent) or waited >= budget:
                         raise StoreConnectionLost(
                             _lost_message(db.display, run_id, waited, exc)
