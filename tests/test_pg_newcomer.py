@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -416,15 +417,23 @@ def test_tests_pg_starts_a_server_without_pytest() -> None:
     # Not under pytest's temp root: as root, the server runs as `nobody` (tests/pg.py).
     parent = Path(tempfile.mkdtemp(prefix="pg-nopytest-"))
     parent.chmod(0o755)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WITHOUT_PYTEST, str(parent / "pg")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+    )  # fmt: skip
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _WITHOUT_PYTEST, str(parent / "pg")],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180, cwd=ROOT,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.startswith("postgresql://postgres@127.0.0.1:"), proc.stdout
-        assert not (parent / "pg").exists()  # stopped and removed at the end of stdin
+        assert proc.stdout is not None
+        url = proc.stdout.readline()  # printed once the server is up; stdin is at its end
+        assert url.startswith("postgresql://postgres@127.0.0.1:"), url
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert not (parent / "pg").exists()  # stopped and removed on SIGTERM
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
         shutil.rmtree(parent, ignore_errors=True)
 
 
