@@ -471,7 +471,10 @@ class Delegator:
                 )
         except OrchestratorError as exc:
             envelope["token_wait_ms"] = round((self._clock() - t0) * 1000, 3)
-            return self._errored(run_id, records, envelope, exc, rep, keep_pending=False)
+            ended = Outcome.TIMEOUT if isinstance(exc, DelegationTimeoutError) else None
+            return self._errored(
+                run_id, records, envelope, exc, rep, keep_pending=False, outcome=ended
+            )
         envelope["token_wait_ms"] = round((self._clock() - t0) * 1000, 3)
         return lease
 
@@ -882,18 +885,22 @@ class Delegator:
         rep: Reporter,
         *,
         keep_pending: bool,
+        outcome: Outcome | None = None,
     ) -> DelegationResult:
+        """The machinery's ending (``errored``), or ``outcome`` (``timeout``: no pool token
+        before the deadline)."""
+        ended = outcome or Outcome.ERRORED
         if isinstance(exc, HookUnreachableError) and envelope.get("unreachable"):
             exc, keep_pending = _never_delivered(envelope, exc), False
             envelope = {k: v for k, v in envelope.items() if k != "dispatched_at"}
-        env = dict(envelope, outcome="errored", ended_at=utcnow_iso(), error=exc.message)
+        env = dict(envelope, outcome=ended.value, ended_at=utcnow_iso(), error=exc.message)
         if exc.status_code is not None:
             env["status_code"] = exc.status_code
         path, record = self._finalize(
             run_id, records, env, keep_pending=keep_pending, agent=envelope["target"]
         )
-        rep.delegation_finished(run_id, envelope["target"], "errored", str(path))
-        return DelegationResult(run_id, Outcome.ERRORED, path, record, exc)
+        rep.delegation_finished(run_id, envelope["target"], ended.value, str(path))
+        return DelegationResult(run_id, ended, path, record, exc)
 
 
 def _never_delivered(envelope: dict[str, Any], exc: OrchestratorError) -> OrchestratorError:

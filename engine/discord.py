@@ -20,6 +20,8 @@ in a message.
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -49,6 +51,42 @@ DEFAULT_DELAYS = (2.0, 4.0, 8.0, 16.0, 32.0)
 MAX_RETRY_WAIT = 60.0
 #: Discord's limit for a message's content.
 MAX_CONTENT = 2000
+
+
+class DiscordRateLimited(HookUnreachableError):
+    """Discord rate-limits the bot for longer than a request waits (``MAX_RETRY_WAIT``), or
+    a request met a limit still running: ``until`` (Unix seconds) says when requests may
+    go again, ``scope`` is ``global`` (every request of the bot) or ``route``."""
+
+    def __init__(self, message: str, *, until: float, scope: str) -> None:
+        super().__init__(message, status_code=429)
+        self.until = until
+        self.scope = scope
+
+
+def _route(method: str, path: str) -> str:
+    """The rate-limit route of a request: method and path with the message ids and the
+    emoji taken out (Discord's limits are per route and its major parameter, the
+    channel: Discord's developer docs, "Rate Limits")."""
+    path = re.sub(r"/reactions/[^/]+", "/reactions/:emoji", path)
+    return method + " " + re.sub(r"(?<!/channels)/\d+", "/:id", path)
+
+
+def _is_global(resp: httpx.Response) -> bool:
+    try:
+        data = resp.json()
+    except (ValueError, RecursionError):
+        data = None
+    if isinstance(data, dict) and data.get("global") is True:
+        return True
+    return bool(
+        str(resp.headers.get("x-ratelimit-global", "")).lower() == "true"
+        or str(resp.headers.get("x-ratelimit-scope", "")).lower() == "global"
+    )
+
+
+def _clock_text(until: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(until))
 
 
 @dataclass(frozen=True)
@@ -90,6 +128,10 @@ class DiscordClient:
         self._sleep = sleep
         self._on_retry = on_retry
         self.attempts = 0  # requests sent, retries included (for tests and logs)
+        # rate-limit holds: "global" or a route -> Unix time until which nothing is sent
+        self._holds: dict[str, float] = {}
+        self._holds_lock = threading.Lock()
+        self._clock: Callable[[], float] = time.time
 
     @classmethod
     def from_config(
@@ -123,6 +165,33 @@ class DiscordClient:
             timeout=cfg.retry.request_timeout,
             on_retry=on_retry,
         )
+
+    def held_for(self) -> float:
+        """Seconds until Discord's global rate limit on this bot ends (0 when none): the
+        inbox waits that long before its next poll."""
+        with self._holds_lock:
+            until = self._holds.get("global", 0.0)
+        return max(0.0, until - self._clock())
+
+    def _check_hold(self, route: str, what: str) -> None:
+        """Raise ``DiscordRateLimited`` without a request while a limit on ``route`` (or
+        the global one) runs for longer than a request waits (``max_retry_wait``); a
+        shorter one is met by the request's own wait for its 429."""
+        now = self._clock()
+        with self._holds_lock:
+            for scope, key in (("global", "global"), ("route", route)):
+                until = self._holds.get(key)
+                if until is not None and until - now > self.schedule.max_retry_wait:
+                    raise DiscordRateLimited(_limited(what, scope, until, now), until=until,
+                                             scope=scope)  # fmt: skip
+                if until is not None and until <= now:
+                    del self._holds[key]
+
+    def _note_429(self, route: str, resp: httpx.Response) -> None:
+        until = self._clock() + _rate_limit_wait(resp)
+        key = "global" if _is_global(resp) else route
+        with self._holds_lock:
+            self._holds[key] = max(until, self._holds.get(key, 0.0))
 
     def close(self) -> None:
         """Close the HTTP client if this object made it."""
@@ -279,6 +348,16 @@ class DiscordClient:
     ) -> Any:
         url = self.base_url + path
         schedule = self.schedule
+        route = _route(method, path)
+        self._check_hold(route, what)
+
+        def send(_timeout: float | None) -> httpx.Response:
+            resp = self._http.request(
+                method, url, params=params, json=json_body, files=files, headers=self._headers
+            )
+            if resp.status_code == 429:
+                self._note_429(route, resp)
+            return resp
 
         def describe(resp: httpx.Response) -> str:
             if resp.status_code == 429:
@@ -286,9 +365,7 @@ class DiscordClient:
             return f"HTTP {resp.status_code}"
 
         done = send_with_retries(
-            lambda _timeout: self._http.request(
-                method, url, params=params, json=json_body, files=files, headers=self._headers
-            ),
+            send,
             Backoff(schedule.delays, max_wait=schedule.max_retry_wait, server_wait_replaces=True),
             accept=lambda r: 200 <= r.status_code < 300,
             retryable=lambda r: r.status_code == 429 or r.status_code >= 500,
@@ -300,8 +377,16 @@ class DiscordClient:
         self.attempts += done.attempts
         if done.response is not None and done.accepted:
             return _body(done.response)
-        if done.response is not None:
+        if done.response is not None and done.response.status_code != 429:
             raise self._refusal(done.response, what)
+        if done.status == 429:
+            global_ = self.held_for() > 0
+            with self._holds_lock:
+                until = self._holds.get("global" if global_ else route, self._clock())
+            scope = "global" if global_ else "route"
+            raise DiscordRateLimited(
+                _limited(what, scope, until, self._clock()), until=until, scope=scope
+            )
         raise HookUnreachableError(
             f"cannot reach Discord ({what}): gave up after {done.attempts} attempt(s) "
             f"(last: {done.reason}). Check the network and `channels.base_url`.",
@@ -335,6 +420,22 @@ class DiscordClient:
             f"Discord {what}: refused (HTTP {code}{f': {detail}' if detail else ''}).",
             status_code=code,
         )
+
+
+def _limited(what: str, scope: str, until: float, now: float) -> str:
+    """The message of a rate limit that is not waited for."""
+    which = (
+        "every request of this bot (a global limit)"
+        if scope == "global"
+        else "this kind of request (a per-route limit)"
+    )
+    return (
+        f"Discord rate-limits {which} for {max(0.0, until - now):.0f} s more, until "
+        f"{_clock_text(until)} ({what}): no such request is sent to Discord before then, "
+        "and the inbox waits for it. Nothing is wrong with the network or "
+        "`channels.base_url`; if this repeats, another program may be using the same bot "
+        "token."
+    )
 
 
 def split_content(text: str, limit: int) -> tuple[str, bool]:

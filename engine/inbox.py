@@ -65,8 +65,10 @@ from engine.inboxtask import (
     WAITING,
     InboxError,
     TaskRequest,
+    check_workflow_name,
     headline,
     parse_task,
+    public_text,
     seconds_text,
     submission_text,
     summarize_delegation,
@@ -270,7 +272,8 @@ class DiscordInbox(ParkedRuns):
                 if isinstance(exc, ConfigError) and exc.status_code in (401, 403):
                     raise
                 self.log(f"poll failed: {exc}")
-            stop.wait(self.settings.poll_interval)
+            # a global rate limit: no poll (no request at all) before it ends
+            stop.wait(max(self.settings.poll_interval, self.client.held_for()))
 
     def drain(self, timeout: float = 120.0) -> None:
         """Wait for every task in flight (tests, and before a clean exit)."""
@@ -542,7 +545,7 @@ class DiscordInbox(ParkedRuns):
                 "agent": req.target if req.kind == "delegation" else f"workflow {req.target}",
                 "run_id": state.get("run_id"),
                 "task": req.task or " ".join(f"{k}={v}" for k, v in req.inputs.items()),
-                "text": redact(str(exc)),
+                "text": public_text(redact(str(exc))),
             }
             state.update(state=FINISHED, finished_at=utcnow_iso())
             self._save(state)
@@ -641,6 +644,7 @@ class DiscordInbox(ParkedRuns):
         if state.get("run_id"):
             result = self._resume(runner, state["run_id"])
         else:
+            check_workflow_name(self.cfg, req.target)
             prepared = prepare(self.cfg, req.target, dict(req.inputs), caller=caller)
             result = runner.start(prepared, RunOptions(caller=caller))
         self._after_run(state, req, result)
@@ -728,7 +732,9 @@ class DiscordInbox(ParkedRuns):
         self._save(state)
         try:
             reply = self.client.post(
-                state["channel_id"], f"⛔ not run: {reason}", reply_to=state["message_id"]
+                state["channel_id"],
+                f"⛔ not run: {public_text(reason)}",
+                reply_to=state["message_id"],
             )
             state["reply_message_id"] = str(reply.get("id"))
             self._save(state)
@@ -783,8 +789,12 @@ class DiscordInbox(ParkedRuns):
         except BlockingIOError:
             os.close(fd)
             raise ConfigError(
-                f"another `orchestrate inbox discord` is running on `{self.state_dir}`: run one "
-                "inbox per handoffs directory (each host with its own bot)."
+                f"another `orchestrate inbox discord` is running on `{self.state_dir}`: one "
+                "inbox runs per handoffs directory (its state files are that inbox's), so this "
+                "one stops. Let that one take the tasks (a cron `--once` can wait for it to "
+                "finish), or give this orchestrator a `handoffs_dir` of its own: orchestrators "
+                "with their own handoffs directories may share one bot token (docs/discord.md, "
+                "\"Claiming\")."
             ) from None
         self._lock_fd = fd
 

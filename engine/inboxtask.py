@@ -12,6 +12,7 @@ Pure functions and values, apart from reading a finished workflow's step records
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,91 @@ def submission_text(
             text += f" {key}={value}"
     parse_task(text)  # what we post must be readable by the inbox
     return text
+
+
+def checked_submission(
+    cfg: Config,
+    task: str,
+    *,
+    agent: str | None,
+    model: str | None = None,
+    thinking: str | None = None,
+) -> str:
+    """``submission_text``, checked as the inbox will check it, so ``orchestrate inbox
+    submit`` never claims to have queued what the inbox would cut or refuse:
+
+    - a message longer than Discord's limit (``engine.discord.MAX_CONTENT``, 2,000
+      characters; Discord's API reference, "Create Message") is refused: Discord would
+      cut it, and the inbox reads the message's text only, not attachments;
+    - an agent that is not in ``agents:`` is refused, with the nearest name;
+    - a TASK that is neither ``AGENT: ...`` nor ``workflow ...``, without ``--agent``,
+      is told to add ``--agent NAME``.
+
+    ``InboxError`` (exit 2) with one paragraph for each."""
+    from engine.discord import MAX_CONTENT
+    from engine.errors import did_you_mean
+
+    try:
+        text = submission_text(task, agent=agent, model=model, thinking=thinking)
+    except InboxError as exc:
+        if agent is None and exc.message.startswith("not a task"):
+            names = sorted(cfg.agents)
+            example = names[0] if names else "webster"
+            raise InboxError(
+                "not a task: TASK names no agent. Add `--agent NAME` (e.g. `orchestrate "
+                f'inbox submit "{redact(task.strip()[:40])}" --agent {example}`), or write '
+                '`AGENT: task text` or `workflow NAME key="value" ...` as TASK.'
+            ) from None
+        raise
+    req = parse_task(text)
+    if req.kind == "delegation" and req.target not in cfg.agents:
+        known = ", ".join(f"`{n}`" for n in sorted(cfg.agents)) or "none"
+        hint = did_you_mean(req.target, set(cfg.agents))
+        raise InboxError(
+            f"no agent `{req.target}` in `agents:` of {cfg.path}{hint or '.'} "
+            f"Known agents: {known}. Nothing was posted."
+        )
+    if len(text) > MAX_CONTENT:
+        raise InboxError(
+            f"the task is {len(text):,} characters as posted, over Discord's 2,000-character "
+            "limit for a message: Discord would cut it, and the agent would work on the cut "
+            "text. Nothing was posted. Shorten the task (put long material in a file the "
+            "agent can read, and name the file in the task)."
+        )
+    return text
+
+
+#: An absolute path between backticks in a message (``/tmp/t4/a/workflows``).
+_QUOTED_PATH = re.compile(r"`(/[^`\n]*)`")
+
+
+def public_text(text: str) -> str:
+    """``text`` for a channel anyone in the server can read: an absolute path between
+    backticks (a server's directory, a config file) is shown by its last part only
+    (`.../workflows`), so replies do not map the host's file system."""
+    return _QUOTED_PATH.sub(lambda m: f"`.../{Path(m.group(1)).name or '/'}`", text)
+
+
+def check_workflow_name(cfg: Config, name: str) -> None:
+    """Refuse (``InboxError``) a workflow task whose NAME is not a known workflow's, naming
+    the known ones (names only, no directories: the reply is public); a path is refused
+    too: a Discord task runs a workflow by name, never a file of the host."""
+    from engine.errors import did_you_mean
+    from engine.workflow import EXTENSIONS, _files_in, search_path
+
+    if "/" in name or name.startswith(".") or name.endswith(EXTENSIONS):
+        raise InboxError(
+            f"`{name}` is not a workflow name: a task names a workflow (`workflow NAME "
+            'key="value" ...`), never a file.'
+        )
+    dirs = search_path(cfg)
+    if any((d / f"{name}{ext}").is_file() for d in dirs for ext in EXTENSIONS):
+        return
+    known = sorted({p.stem for d in dirs for p in _files_in(d)})
+    listed = ", ".join(f"`{k}`" for k in known) or "none"
+    raise InboxError(
+        f"no workflow `{name}`{did_you_mean(name, known) or '.'} Known workflows: {listed}."
+    )
 
 
 def summarize_delegation(cfg: Config, result: Any, req: TaskRequest) -> dict[str, Any]:

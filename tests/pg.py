@@ -7,7 +7,8 @@ PostgreSQL refuses to run as root: as root the server runs as ``nobody``, which 
 data directory. The session fixture ``pg_server`` (``tests/conftest.py``) starts one per
 test session; ``fresh_database()`` gives each test its own empty database, migrated.
 
-``python -m tests.pg DIR`` starts one in the foreground and prints its URL (bench, docs);
+``python -m tests.pg DIR`` starts one, prints its URL and keeps it up until SIGTERM or
+Ctrl-C (``main``; docs/scale-out.md, "Trying it on one machine");
 like ``bench/pg.py``, it needs neither pytest nor the test extra's other parts: pytest is
 imported only when the fixtures are (module ``__getattr__``).
 """
@@ -108,6 +109,17 @@ class PgServer:
             "initdb", "-D", str(self.data), "-U", self.user, "-A", "trust",
             "-E", "UTF8", "--no-sync", "--no-instructions",
         )  # fmt: skip
+        self.resume()
+        self.started = True
+        return self
+
+    def halt(self) -> None:
+        """Stop the server as an operator does (``pg_ctl stop -m fast``: every session is
+        ended with ``AdminShutdown``), keeping its data; ``resume()`` starts it again."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server ``halt()`` stopped, on the same port, with its data."""
         opts = (
             f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
@@ -116,8 +128,6 @@ class PgServer:
             "pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"),
             "-o", opts, "-w", "-t", "60", "start",
         )  # fmt: skip
-        self.started = True
-        return self
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove its directory."""
@@ -138,13 +148,40 @@ class PgServer:
         return self.url_for(name)
 
 
-if __name__ == "__main__":  # pragma: no cover - manual use
-    server = PgServer(Path(sys.argv[1]) if len(sys.argv) > 1 else None).start()
-    print(server.url, flush=True)
+def main(argv: list[str]) -> int:
+    """``python -m tests.pg [DIR]``: start a server in DIR (a new directory; default a
+    temporary one), print its URL, keep it up until SIGTERM, SIGINT (Ctrl-C) or SIGHUP,
+    then stop it and remove DIR. Standard input is not read: it runs under ``nohup`` or
+    ``&`` as well as in a terminal."""
+    import signal
+
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
     try:
-        sys.stdin.read()
+        server = PgServer(Path(argv[0]) if argv else None).start()
+    except (PgUnavailable, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    watched = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    try:
+        print(server.url, flush=True)
+        # Blocked, then waited for: one that came before is in `stopping` or pending.
+        signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+        if not stopping:
+            signal.sigwait(watched)
     finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
         server.stop()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use, tests/test_opsfix_docs.py
+    sys.exit(main(sys.argv[1:]))
 
 
 # -- fixtures (registered in tests/conftest.py) -----------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,10 +27,10 @@ from engine.cli.orchestrate import orchestrate
 from engine.cli.workflow import workflow
 from engine.config import load_config
 from engine.delegate import DelegationRequest, open_delegator
-from engine.errors import ConfigError
 from engine.pool.postgres import PostgresPoolStore
 from engine.redact import redact
 from engine.store.postgres_db import Database, latest_version, schema_version
+from engine.store.postgres_retry import StoreConnectionLost
 from tests.helpers import demo_config, free_port, write_config
 from tests.pg import PgServer
 
@@ -299,6 +300,10 @@ class _Relay:
             s.close()
 
     def close(self) -> None:
+        try:  # wakes the accepting thread: a close alone leaves the socket listening
+            self._server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._server.close()
         self.cut()
 
@@ -340,17 +345,21 @@ def test_a_server_that_closes_at_once_is_one_line(pg_url: str, tmp_path: Path) -
     _assert_one_sentence_each(line)
 
 
-def test_a_pool_whose_server_went_away_says_so_on_one_line(pg_url: str, relay: _Relay) -> None:
+def test_a_pool_whose_server_went_away_says_so_on_one_line(
+    pg_url: str, relay: _Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"postgresql://postgres@127.0.0.1:{relay.port}/{pg_url.rsplit('/', 1)[1]}"
     store = PostgresPoolStore(Database.from_url(url))
     assert store.transact(lambda state: ("ok", None)) == "ok"
-    relay.cut()
-    with pytest.raises(ConfigError) as info:
+    relay.cut()  # the connection is lost, the server is still there: a new one is made
+    assert store.transact(lambda state: ("again", None)) == "again"
+    relay.close()  # now the server stays away
+    monkeypatch.setenv("ORCH_STORE_RECONNECT", "0.3")
+    with pytest.raises(StoreConnectionLost) as info:
         store.transact(lambda state: ("ok", None))
     text = str(info.value)
-    assert text.startswith(f"the token pool in `{url}#pool=default` is not usable: ")
-    assert "server closed the connection unexpectedly" in text
-    assert text.endswith("Check that the database runs and `orchestrate store migrate` was run.")
+    assert text.startswith(f"the connection to the PostgreSQL store `{url}` was lost (")
+    assert "Connection refused" in text and "run again" not in text
     _assert_one_sentence_each(text)
     Database.from_url(url).close()
 
@@ -408,15 +417,23 @@ def test_tests_pg_starts_a_server_without_pytest() -> None:
     # Not under pytest's temp root: as root, the server runs as `nobody` (tests/pg.py).
     parent = Path(tempfile.mkdtemp(prefix="pg-nopytest-"))
     parent.chmod(0o755)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WITHOUT_PYTEST, str(parent / "pg")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+    )  # fmt: skip
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _WITHOUT_PYTEST, str(parent / "pg")],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180, cwd=ROOT,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.startswith("postgresql://postgres@127.0.0.1:"), proc.stdout
-        assert not (parent / "pg").exists()  # stopped and removed at the end of stdin
+        assert proc.stdout is not None
+        url = proc.stdout.readline()  # printed once the server is up; stdin is at its end
+        assert url.startswith("postgresql://postgres@127.0.0.1:"), url
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert not (parent / "pg").exists()  # stopped and removed on SIGTERM
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
         shutil.rmtree(parent, ignore_errors=True)
 
 

@@ -501,7 +501,7 @@ def test_emergency_shrinks_to_minimum_and_grants_nothing_during_cooldown(
     assert status["cooldown_until"] == clock.now + 30
     assert [t["run_id"] for t in status["in_use"]] == ["before"]  # never revoked
     held.release()
-    with pytest.raises(DelegationTimeoutError, match="emergency cooldown for 30 s more"):
+    with pytest.raises(DelegationTimeoutError, match="its cooldown ends in 30 s"):
         pool.acquire(run_id="during", agent="a", timeout=0)
     clock.advance(29.9)
     with pytest.raises(DelegationTimeoutError):

@@ -365,7 +365,7 @@ def test_emergency_on_one_host_holds_back_only_its_tickets() -> None:
     assert s.shares[HERE].mode is PoolMode.EMERGENCY and s.mode is PoolMode.NORMAL
     assert here.grant(s, NOW, alive) == ["t1"]  # the other host is served past ours
     assert [t.id for t in s.queue] == ["h1"]
-    assert "emergency cooldown" in here.why_waiting(s, NOW)
+    assert "in emergency mode" in here.why_waiting(s, NOW)
     cooldown = here.settings.cooldown
     shared_policy(THERE).housekeep(s, NOW + cooldown, alive)  # any host ends it on time
     assert s.shares[HERE].mode is PoolMode.NORMAL and [t.id for t in s.tokens] == ["t1", "h1"]

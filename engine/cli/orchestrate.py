@@ -1305,10 +1305,11 @@ def inbox_submit_cmd(
 ) -> int:
     """Post TASK to the queue channel, as seed 002's submit-to-queue.sh does."""
     from engine.discord import DiscordClient
-    from engine.inbox import InboxSettings, submission_text
+    from engine.inbox import InboxSettings
+    from engine.inboxtask import checked_submission
 
     cfg = load(config)
-    text = submission_text(task, agent=agent, model=model, thinking=thinking)
+    text = checked_submission(cfg, task, agent=agent, model=model, thinking=thinking)
     settings = InboxSettings.from_config(cfg)
     client = DiscordClient.from_config(cfg)
     try:

@@ -11,7 +11,11 @@ import select
 import socket
 import threading
 
-__all__ = ["boot_id", "host_id", "pid_alive", "start_time"]
+__all__ = ["RUN_ID_ENV", "boot_id", "host_id", "pid_alive", "start_time", "work_of"]
+
+#: The environment variable the local gateway gives a command agent: its delegation's run
+#: id (``engine.gateway.agents``), which is the run id of that delegation's pool token.
+RUN_ID_ENV = "ORCH_RUN_ID"
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
@@ -33,6 +37,35 @@ def start_time(pid: int) -> int | None:
     """The start time of ``pid`` in clock ticks since boot (field 22), or None."""
     info = _proc_stat(pid)
     return info[1] if info else None
+
+
+def work_of(run_id: str) -> list[tuple[int, int | None]]:
+    """This host's processes doing the work of the delegation ``run_id``: those whose
+    environment holds ``ORCH_RUN_ID=<run_id>`` (the local gateway's command agent for it,
+    and what that agent started), as ``(pid, start time)``; this process excluded.
+
+    Reads ``/proc/<pid>/environ`` of every process (those of other users cannot be read
+    and are skipped): a few milliseconds, asked only about a token whose holder died.
+    The environment is the one the process was started with (``proc(5)``)."""
+    needle = f"{RUN_ID_ENV}={run_id}".encode()
+    me = os.getpid()
+    found: list[tuple[int, int | None]] = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                env = fh.read()
+        except OSError:
+            continue
+        if needle in env.split(b"\0"):
+            pid = int(name)
+            found.append((pid, start_time(pid)))
+    return found
 
 
 #: Open pidfds of processes found alive, by (pid, start time); at most ``_MAX_WATCHED``.

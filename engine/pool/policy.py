@@ -195,10 +195,16 @@ class PoolPolicy:
         *,
         sampled: bool = False,
         load: float | None = None,
+        work_alive: Callable[[Token], bool] | None = None,
     ) -> None:
         """Reclaim dead and overdue tokens, sweep dead waiters, end a finished cooldown,
         apply the load sample (``sampled``: one was due; ``load`` None: the source
-        failed), grant. Runs before every event."""
+        failed), grant. Runs before every event.
+
+        ``work_alive(token)``: is the work of this host's token still running although
+        its holder died (the local gateway's agent for that delegation, which outlives a
+        ``kill -9`` of its caller)? Such a token is kept, still bound by ``overdue``, so
+        the pool never runs more agents than ``max_tokens`` (docs/pool.md, "Reclamation")."""
         alive = _Liveness(self, now, pid_alive)
         kept = []
         for tok in state.tokens:
@@ -210,7 +216,9 @@ class PoolPolicy:
                 tok.renewed_at = min(tok.renewed_at, now)
                 if tok.hold_until is not None:
                     tok.hold_until -= back
-            if alive(tok):
+            if alive(tok) or (
+                tok.host == self.host and work_alive is not None and work_alive(tok)
+            ):
                 reason = self.overdue(tok, now)
             else:
                 reason = "dead" if tok.host == self.host else "expired"
@@ -407,7 +415,11 @@ class PoolPolicy:
             why = f"{len(state.tokens)} of {state.size} tokens in use, {len(state.queue)} waiting"
         if adapted.mode is PoolMode.EMERGENCY:
             left = max(0.0, (adapted.cooldown_until or now) - now)
-            why += f", emergency cooldown for {left:.0f} s more"
+            why += (
+                f", and the pool is in emergency mode: this host's load was above "
+                f"`pool.emergency_load` ({self.settings.emergency_load:g}), so no token is "
+                f"granted until its cooldown ends in {left:.0f} s"
+            )
         return why
 
     def agree(self, state: PoolState, now: float) -> None:

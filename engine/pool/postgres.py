@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from engine.errors import ConfigError
 from engine.pool.store import Generation, HostLock, Step, run_step
 from engine.store.postgres_db import Database
+from engine.store.postgres_retry import connection_lost, retry_lost
 
 __all__ = ["CHANNEL", "PostgresPoolStore"]
 
@@ -149,6 +150,7 @@ class PostgresPoolStore:
     def _conn(self) -> Any:
         return self._db.checked_conn()
 
+    @retry_lost(idempotent=True)
     def exists(self) -> bool:
         """The pool's row exists."""
         row = self._conn().execute(
@@ -174,7 +176,13 @@ class PostgresPoolStore:
         its last transactions in a server crash.
         """
         with self._host_lock.held():
-            return self._transact(fn)
+            return self._transact_retried(fn)
+
+    @retry_lost()
+    def _transact_retried(self, fn: Step[_T]) -> _T:
+        """``_transact``, run again after a lost connection that wrote nothing: the rules
+        are pure functions of the row (``run_step``), and the row is read anew."""
+        return self._transact(fn)
 
     def _transact(self, fn: Step[_T]) -> _T:
         import psycopg
@@ -217,6 +225,10 @@ class PostgresPoolStore:
         except psycopg.Error as exc:
             from engine.store.postgres_db import driver_message
 
+            if connection_lost(exc):
+                self._host_lock.save(b"")  # the row may have changed meanwhile: read it
+                raise
+
             raise ConfigError(
                 f"the token pool in `{self.location}` is not usable: {driver_message(exc)} "
                 "Check that the database runs and `orchestrate store migrate` was run."
@@ -234,6 +246,7 @@ class PostgresPoolStore:
                 conn.execute(_WRITE_NOTIFY if wake else _WRITE, args)
         return result
 
+    @retry_lost(idempotent=True)
     def peek(self) -> bytes:
         """The row's state, read without the lock (b"" when none)."""
         row = self._conn().execute(

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from engine.errors import ConfigError, DelegationTimeoutError, PoolRefusedError
-from engine.pool.host import boot_id, host_id, pid_alive, start_time
+from engine.pool.host import boot_id, host_id, pid_alive, start_time, work_of
 from engine.pool.policy import Poll, PollOutcome, PoolPolicy
 from engine.pool.settings import PoolSettings, system_load
 from engine.pool.state import (
@@ -176,6 +176,12 @@ class TokenLease:
         )
 
 
+def _seconds(value: float) -> str:
+    """Seconds for a message: whole ones from 10 s on, else one decimal (``2.99629`` ->
+    ``3.0``, ``14.9965`` -> ``15``)."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
 class TokenPool:
     """A load-adaptive limit on concurrent delegations, shared through a ``PoolStore``.
 
@@ -233,6 +239,8 @@ class TokenPool:
             renew_every = settings.lease_ttl / 3 if store.shared else None
         self._renew_every = renew_every
         self._starts: dict[int, int | None] = {}
+        # token id -> the process found doing its work after its holder died (_work_alive)
+        self._work: dict[str, tuple[int, int | None]] = {}
         self._heartbeats = _Heartbeats()
 
     # -- public API -------------------------------------------------------------------
@@ -390,10 +398,16 @@ class TokenPool:
                     poll = self._transact(lambda s, t: policy.cancel(s, t, ticket.id))
                     if poll.outcome is PollOutcome.GRANTED:
                         break
+                    advice = (
+                        "Wait for the load to fall, or raise `pool.emergency_load` if this "
+                        "load is normal for the host"
+                        if "emergency mode" in poll.detail
+                        else "Raise the timeout or `pool.max_tokens`"
+                    )
                     raise DelegationTimeoutError(
                         f"no pool token for run `{ticket.run_id}` (agent `{ticket.agent}`) "
-                        f"within {timeout:g} s: {poll.detail}. Raise the timeout or "
-                        "`pool.max_tokens`, or see `orchestrate pool status`.",
+                        f"within {_seconds(timeout or 0.0)} s: {poll.detail}. {advice}, or see "
+                        "`orchestrate pool status`.",
                         agent=ticket.agent,
                     )
                 limit = FULL_CHECK if remaining is None else min(remaining, FULL_CHECK)
@@ -459,7 +473,9 @@ class TokenPool:
             policy.correct_jump(state, now, mono, boot)
             due = sample and policy.sample_due(state, now)
             load = self._read_load() if due else None
-            policy.housekeep(state, now, self._pid_alive, sampled=due, load=load)
+            policy.housekeep(
+                state, now, self._pid_alive, sampled=due, load=load, work_alive=self._work_alive
+            )
             result = op(state, now)
             # The clock pair is renewed only with a write that happens anyway, so a look
             # at the pool writes nothing (and wakes no waiter).
@@ -486,6 +502,21 @@ class TokenPool:
         if pid not in self._starts:
             self._starts[pid] = start_time(pid)
         return self._starts[pid]
+
+    def _work_alive(self, tok: Token) -> bool:
+        """A process of this host still does ``tok``'s work (``work_of``): the process
+        found last time while it lives, else a new look at ``/proc``."""
+        known = self._work.get(tok.id)
+        if known is not None and pid_alive(*known):
+            return True
+        for pid, start in work_of(tok.run_id):
+            if pid_alive(pid, start):
+                if len(self._work) >= 256:
+                    self._work.clear()
+                self._work[tok.id] = (pid, start)
+                return True
+        self._work.pop(tok.id, None)
+        return False
 
     def _pid_alive(self, pid: int, start: int | None) -> bool:
         me = os.getpid()

@@ -45,6 +45,7 @@ from engine.handoff import check_keys, with_earlier_keys
 from engine.record import IMPORTED_DIR
 from engine.store.liveness import this_host, waiter_alive
 from engine.store.postgres_db import Database
+from engine.store.postgres_retry import retry_lost
 from engine.store.postgres_runs import (
     RUN_LEASE_TTL,
     PostgresJournal,
@@ -184,6 +185,7 @@ class PostgresRunStore(PostgresRuns):
     def _notify(self, conn: Any, run_id: str, sub: bool) -> None:
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(run_id, sub)))
 
+    @retry_lost(idempotent=True)
     def pending(self, run_id: str, envelope: dict[str, Any], *, sub: bool) -> None:
         """Upsert the row's envelope (and its waiter's host, pid, renewed_at).
 
@@ -221,6 +223,7 @@ class PostgresRunStore(PostgresRuns):
             None,
         )
 
+    @retry_lost(idempotent=True)
     def read_pending(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:
         """The row's envelope, or None."""
         return self._read_pending(self._conn(), run_id, sub)
@@ -240,6 +243,7 @@ class PostgresRunStore(PostgresRuns):
         )
         self._notify(conn, run_id, sub)
 
+    @retry_lost(idempotent=True)
     def finalize(
         self,
         run_id: str,
@@ -263,6 +267,7 @@ class PostgresRunStore(PostgresRuns):
             self._install(conn, run_id, sub, data, drop=not keep_pending)
         return self.record_locator(run_id, sub=sub), data
 
+    @retry_lost()
     def deliver(
         self,
         run_id: str,
@@ -440,6 +445,7 @@ class PostgresRunStore(PostgresRuns):
         data = cls._cell(conn, "record", run_id, sub)
         return data if isinstance(data, dict) and isinstance(data.get("envelope"), dict) else None
 
+    @retry_lost(idempotent=True)
     def is_sub(self, run_id: str) -> bool:
         """A sub-delegation row exists (pending or recorded)."""
         row = self._conn().execute(
@@ -447,10 +453,12 @@ class PostgresRunStore(PostgresRuns):
         ).fetchone()
         return row is not None
 
+    @retry_lost()
     def put_handoff(self, run_id: str, handoff: dict[str, Any], *, sub: bool) -> Path:
         """Insert the handoff as the run's next one (never over another) and NOTIFY."""
         return self.put_handoff_bytes(run_id, _dumps(handoff).encode(), sub=sub)
 
+    @retry_lost()
     def put_handoff_bytes(self, run_id: str, body: bytes, *, sub: bool) -> Path:
         """Keep ``body`` (a handoff as an agent wrote it) as the run's next handoff."""
         check_id(run_id, "run id")
@@ -466,6 +474,7 @@ class PostgresRunStore(PostgresRuns):
             self._notify(conn, run_id, sub)
         return self._handoff_locator(int(row[0]))
 
+    @retry_lost(idempotent=True)
     def has_handoff(self, run_id: str, *, sub: bool) -> bool:
         """A handoff of ``run_id`` is in the inbox state (local files imported first)."""
         self._import_local(run_id, sub)
@@ -475,6 +484,7 @@ class PostgresRunStore(PostgresRuns):
         ).fetchone()
         return row is not None
 
+    @retry_lost()
     def reject(
         self, run_id: str, problem: Any, envelope: dict[str, Any], *, sub: bool
     ) -> Path | None:
@@ -493,10 +503,12 @@ class PostgresRunStore(PostgresRuns):
         envelope.setdefault("rejected", []).append(note)
         return kept
 
+    @retry_lost(idempotent=True)
     def read(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:
         """The row's record (only an engine record: one with an ``envelope``)."""
         return self._read(self._conn(), run_id, sub)
 
+    @retry_lost()
     def annotate(
         self, run_id: str, record: dict[str, Any], *, sub: bool
     ) -> tuple[Path, dict[str, Any]]:
@@ -505,6 +517,7 @@ class PostgresRunStore(PostgresRuns):
         self._install(conn, run_id, sub, record, drop=False)
         return self.record_locator(run_id, sub=sub), record
 
+    @retry_lost(idempotent=True)
     def find(self, run_id: str) -> tuple[Path, dict[str, Any]]:
         """The record (delivering a waiting handoff first), else the pending envelope as a
         record, else a handoff no delegation knows; ``RunStateError`` when none."""
@@ -559,6 +572,7 @@ class PostgresRunStore(PostgresRuns):
             if isinstance(env, dict):
                 yield run_id, env
 
+    @retry_lost()
     def reconcile(self, *, sub: bool) -> list[Path]:
         """Deliver waiting handoffs of pending delegations nobody waits for."""
         self._import_local(None, sub)
@@ -577,6 +591,7 @@ class PostgresRunStore(PostgresRuns):
                 written.append(done.record_path)
         return written
 
+    @retry_lost(idempotent=True)
     def tree(self, run_id: str) -> dict[str, Any] | None:
         """The delegation tree under ``run_id`` (one recursive query)."""
         from engine.record import _node, nest
@@ -603,6 +618,7 @@ class PostgresRunStore(PostgresRuns):
 
     # -- progress ----------------------------------------------------------------------
 
+    @retry_lost()
     def write_progress(self, run_id: str, line: dict[str, Any], *, sub: bool) -> None:
         """Upsert the run's row in ``progress``."""
         check_id(run_id, "run id")
@@ -612,6 +628,7 @@ class PostgresRunStore(PostgresRuns):
             (run_id, sub, _dumps(line)),
         )
 
+    @retry_lost(idempotent=True)
     def read_progress(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:
         """The run's latest progress line, or None."""
         row = self._conn().execute(

@@ -43,6 +43,7 @@ from engine.redact import MASK, register
 __all__ = [
     "SCHEMES",
     "Database",
+    "StoreUnreachable",
     "check_schema",
     "close_databases",
     "driver",
@@ -143,6 +144,10 @@ def driver(display: str) -> ModuleType:
     return psycopg
 
 
+class StoreUnreachable(ConfigError):
+    """``Database.connect`` could not connect (exit 2): nothing was sent to the server."""
+
+
 @dataclass(frozen=True)
 class Database:
     """Where the store's database is: a conninfo without a password, and where the
@@ -211,13 +216,28 @@ class Database:
         if password is not None:
             kwargs["password"] = password
         try:
-            return psycopg.connect(self.conninfo, **kwargs)
+            conn = psycopg.connect(self.conninfo, **kwargs)
         except psycopg.Error as exc:
-            raise ConfigError(
+            raise StoreUnreachable(
                 f"cannot connect to the PostgreSQL store `{self.display}`: "
                 f"{driver_message(exc)} Check that the server runs and the URL, "
                 "user and password are right."
             ) from exc
+        self._local.connected = True
+        return conn
+
+    def connected_once(self) -> bool:
+        """A connection to the database was made in this process: a later failure to
+        reach it is a lost connection (``engine.store.postgres_retry``), worth waiting for."""
+        return self._local.connected
+
+    def drop_thread_conn(self) -> None:
+        """Forget the calling thread's connection (closed): the next ``conn`` makes a new
+        one. After a lost connection, whatever state it was in."""
+        try:
+            self._local.close_mine()
+        except Exception:  # noqa: BLE001 - closing a dead connection may fail; it is gone
+            pass
 
     def conn(self) -> Any:
         """This thread's connection (autocommit), made on first use and after a fork or a
@@ -277,6 +297,7 @@ class _Connections:
         self._extra: list[Any] = []
         self._pid = os.getpid()
         self.schema_ok = False  # check_schema passed (Database.checked_conn)
+        self.connected = False  # a connection was made once (Database.connected_once)
 
     def get(self, db: Database) -> Any:
         me = threading.current_thread()
@@ -285,7 +306,11 @@ class _Connections:
                 self._by_thread, self._extra, self._pid = {}, [], os.getpid()
             held = self._by_thread.get(id(me))
             if held is not None and held[0] is me and not held[1].closed and not held[1].broken:
-                return held[1]
+                if not _ended_while_idle(held[1]):
+                    return held[1]
+                self._by_thread.pop(id(me), None)
+                _close_quietly(held[1])
+                held = None
             stale = [k for k, (t, _) in self._by_thread.items() if not t.is_alive()]
             for k in stale:
                 self._by_thread.pop(k)[1].close()
@@ -319,6 +344,36 @@ class _Connections:
             self._by_thread, self._extra = {}, []
         for conn in held:
             conn.close()
+
+
+def _ended_while_idle(conn: Any) -> bool:
+    """The server ended this idle connection (its socket is readable with no query out:
+    the session's last words, ``terminating connection ...``, or the end of the stream).
+    Such a connection is replaced before a statement is sent on it, so the statement is
+    never lost with it. One ``poll`` with no wait; a connection in a transaction or
+    not idle is left to its user."""
+    import select
+
+    try:
+        from psycopg.pq import TransactionStatus
+
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            return False
+        poller = select.poll()  # no FD_SETSIZE limit, unlike select()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        ready = poller.poll(0)
+    except (OSError, ValueError, AttributeError):
+        return True
+    except Exception:  # noqa: BLE001 - the driver's own error: the connection is unusable
+        return True
+    return bool(ready)
+
+
+def _close_quietly(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - a dead connection's close may fail; it is gone
+        pass
 
 
 def migrations() -> list[tuple[int, str, str]]:

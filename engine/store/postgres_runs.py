@@ -36,6 +36,7 @@ from engine.files import SAFE_ID, check_id, utcnow_iso
 from engine.redact import redact
 from engine.store.liveness import process_alive
 from engine.store.postgres_db import Database
+from engine.store.postgres_retry import connection_lost, retry_lost
 from engine.store.postgres_signals import RUN_CHANNEL, listener, run_payload
 from engine.store.protocol import Waiter
 
@@ -86,8 +87,14 @@ class PostgresJournal:
         self._store = store
         self._run_id = run_id
 
+    @property
+    def _db(self) -> Database:
+        return self._store._db
+
+    @retry_lost()
     def append(self, kind: str, /, **fields: Any) -> dict[str, Any]:
-        """Insert one event (stamped with ``at``); it is durable when this returns."""
+        """Insert one event (stamped with ``at``); it is durable when this returns. A lost
+        connection is waited for when the event was not written (``retry_lost``)."""
         event = {"event": kind, "at": utcnow_iso(), **fields}
         body = redact(_dumps(event))
         self._store._db.conn().execute(
@@ -167,11 +174,18 @@ class _RunLease:
         if self._watch is not None:
             self._store._cancel_watches.pop(self._run_id, None)
             self._watch.waiter.close()
-        self._store._db.conn().execute(
-            "UPDATE runs SET owner_host = NULL, owner_pid = NULL, owner_token = NULL, "
-            "lease_until = NULL WHERE run_id = %s AND owner_token = %s",
-            (self._run_id, self._token),
-        )
+        try:
+            self._store._db.conn().execute(
+                "UPDATE runs SET owner_host = NULL, owner_pid = NULL, owner_token = NULL, "
+                "lease_until = NULL WHERE run_id = %s AND owner_token = %s",
+                (self._run_id, self._token),
+            )
+        except Exception as exc:
+            if connection_lost(exc) is None:
+                raise
+            # The database is away: the lease runs out by itself (lease_ttl), and the
+            # run's state is in its journal already.
+            self._store._db.drop_thread_conn()
 
 
 class PostgresRuns:
@@ -197,11 +211,13 @@ class PostgresRuns:
         check_id(run_id, "workflow run id")
         return self._base / "runs" / run_id
 
+    @retry_lost(idempotent=True)
     def run_exists(self, run_id: str) -> bool:
         """A ``runs`` row exists."""
         row = self._conn().execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,)).fetchone()
         return row is not None
 
+    @retry_lost(idempotent=True)
     def create_run(self, run_id: str, meta: dict[str, Any]) -> Path:
         """Insert (or replace the metadata of) the run."""
         check_id(run_id, "workflow run id")
@@ -212,6 +228,7 @@ class PostgresRuns:
         )
         return self.run_locator(run_id)
 
+    @retry_lost(idempotent=True)
     def read_run(self, run_id: str) -> Any:
         """The run's metadata, or None."""
         row = self._conn().execute("SELECT meta FROM runs WHERE run_id = %s", (run_id,)).fetchone()
@@ -222,6 +239,7 @@ class PostgresRuns:
         self._conn()
         return PostgresJournal(self, run_id)
 
+    @retry_lost(idempotent=True)
     def events(self, run_id: str) -> list[tuple[int, Any]]:
         """The run's events in order, numbered from 1."""
         rows = self._conn().execute(
@@ -235,6 +253,7 @@ class PostgresRuns:
                 continue
         return out
 
+    @retry_lost(idempotent=True)
     def write_step(self, run_id: str, step_id: str, data: dict[str, Any]) -> None:
         """Upsert the step's result."""
         check_id(step_id, "step id")
@@ -244,6 +263,7 @@ class PostgresRuns:
             (run_id, step_id, _dumps(data)),
         )
 
+    @retry_lost(idempotent=True)
     def read_step(self, run_id: str, step_id: str) -> Any:
         """The step's result, or None."""
         if not isinstance(step_id, str) or not SAFE_ID.match(step_id):
@@ -253,12 +273,14 @@ class PostgresRuns:
         ).fetchone()
         return row[0] if row else None
 
+    @retry_lost(idempotent=True)
     def write_summary(self, run_id: str, summary: dict[str, Any]) -> None:
         """Set the run's summary."""
         self._conn().execute(
             "UPDATE runs SET summary = %s WHERE run_id = %s", (_dumps(summary), run_id)
         )
 
+    @retry_lost(idempotent=True)
     def read_summary(self, run_id: str) -> dict[str, Any] | None:
         """The run's summary, or None."""
         row = self._conn().execute(
@@ -273,6 +295,7 @@ class PostgresRuns:
             return pid is not None and process_alive(pid)
         return until is not None and until > 0
 
+    @retry_lost()
     def _take_run(self, run_id: str, token: str) -> None:
         conn = self._conn()
         with conn.transaction():
@@ -299,6 +322,7 @@ class PostgresRuns:
         """The run's lease (taken on enter, renewed by a thread, given up on exit)."""
         return _RunLease(self, run_id)
 
+    @retry_lost(idempotent=True)
     def claimed(self, run_id: str) -> bool:
         """A live executor holds the run's lease."""
         row = self._conn().execute(
@@ -311,6 +335,7 @@ class PostgresRuns:
         host, pid, left = row
         return self._holder_alive(host, pid, None if left is None else float(left))
 
+    @retry_lost(idempotent=True)
     def request_cancel(self, run_id: str) -> None:
         """Stamp the run's cancel request and ``NOTIFY`` its executor, on any host."""
         self._conn().execute(
@@ -319,6 +344,7 @@ class PostgresRuns:
             (run_id, RUN_CHANNEL, run_payload("c", run_id)),
         )
 
+    @retry_lost(idempotent=True)
     def cancel_requested(self, run_id: str) -> bool:
         """A cancel was requested (from memory in the run's executor, see the module)."""
         watch = self._cancel_watches.get(run_id)
@@ -341,6 +367,7 @@ class PostgresRuns:
         waiter.also = hub.add(run_payload("c", run_id), event)
         return waiter
 
+    @retry_lost(idempotent=True)
     def list_runs(self) -> list[str]:
         """Every run id, sorted."""
         rows = self._conn().execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()

@@ -446,7 +446,7 @@ class TestPoolContract:
         )
         with pytest.raises(DelegationTimeoutError) as info:
             pool.acquire(run_id="r", agent="a", timeout=0)
-        assert "emergency cooldown for 30 s more" in str(info.value)
+        assert "its cooldown ends in 30 s" in str(info.value)
         status = pool.status()
         assert (status["mode"], status["size"]) == ("emergency", 1)
         load.value = 2.5
