@@ -206,6 +206,41 @@ class PoolPolicy:
         ``kill -9`` of its caller)? Such a token is kept, still bound by ``overdue``, so
         the pool never runs more agents than ``max_tokens`` (docs/pool.md, "Reclamation")."""
         alive = _Liveness(self, now, pid_alive)
+        self._reclaim(state, now, alive, work_alive)
+        if abs(now - state.last_sweep) >= QUEUE_SWEEP:
+            state.last_sweep = now
+            state.queue = [w for w in state.queue if alive(w)]
+            if state.shares:
+                self._drop_idle_shares(state, now)
+        ending: list[PoolState | Share] = (
+            [state, *state.shares.values()] if self.shared else [state]
+        )
+        for adapted in ending:
+            if adapted.mode is PoolMode.EMERGENCY:
+                # Never longer than one cooldown from now, whatever the clock did meanwhile.
+                until = min(adapted.cooldown_until or 0, now + self.settings.cooldown)
+                adapted.cooldown_until = until
+                if now >= until:
+                    adapted.mode = PoolMode.NORMAL
+                    adapted.cooldown_until = None
+        if sampled:
+            if load is None:
+                # count the interval, change nothing else
+                self._adapting(state).last_sample_at = now
+            else:
+                self.record_sample(state, now, load, "loadavg", pid_alive)
+        self._grant(state, now, alive)
+
+
+    def _reclaim(
+        self,
+        state: PoolState,
+        now: float,
+        alive: _Liveness,
+        work_alive: Callable[[Token], bool] | None,
+    ) -> None:
+        """``housekeep``'s first part: drop dead and overdue tokens, each noted in
+        ``state.reclaimed`` (the newest ``MAX_RECLAIMED``)."""
         kept = []
         for tok in state.tokens:
             if tok.acquired_at > now:
@@ -239,29 +274,6 @@ class PoolPolicy:
         if len(kept) != len(state.tokens):
             state.tokens = kept
             state.reclaimed = state.reclaimed[-MAX_RECLAIMED:]
-        if abs(now - state.last_sweep) >= QUEUE_SWEEP:
-            state.last_sweep = now
-            state.queue = [w for w in state.queue if alive(w)]
-            if state.shares:
-                self._drop_idle_shares(state, now)
-        ending: list[PoolState | Share] = (
-            [state, *state.shares.values()] if self.shared else [state]
-        )
-        for adapted in ending:
-            if adapted.mode is PoolMode.EMERGENCY:
-                # Never longer than one cooldown from now, whatever the clock did meanwhile.
-                until = min(adapted.cooldown_until or 0, now + self.settings.cooldown)
-                adapted.cooldown_until = until
-                if now >= until:
-                    adapted.mode = PoolMode.NORMAL
-                    adapted.cooldown_until = None
-        if sampled:
-            if load is None:
-                # count the interval, change nothing else
-                self._adapting(state).last_sample_at = now
-            else:
-                self.record_sample(state, now, load, "loadavg", pid_alive)
-        self._grant(state, now, alive)
 
     def _drop_idle_shares(self, state: PoolState, now: float) -> None:
         """Forget the shares of hosts that hold and await nothing and have not sampled
