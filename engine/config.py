@@ -200,10 +200,15 @@ def load_config(path: str | Path | None = None) -> Config:
     cfg_path = find_config(path)
     raw, duplicates, _ = read_yaml(cfg_path, error=ConfigError, what="config file")
     cfg = config_from_dict(raw, path=cfg_path, extra_problems=duplicates)
-    from engine.redact import register_config
-
-    register_config(cfg)  # every secret it names is masked, used by this command or not
+    # Every secret it names is masked, used by this command or not: engine.redact reads
+    # them before it masks anything (a check that prints no outside text loads no redact).
+    UNMASKED.append(cfg)
     return cfg
+
+
+#: Configs loaded whose secrets ``engine.redact`` has not read yet (it takes them before
+#: its first mask: ``engine.redact.register_config``).
+UNMASKED: list[Config] = []
 
 
 def config_from_dict(

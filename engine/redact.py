@@ -40,6 +40,7 @@ import base64
 import json
 import logging
 import re
+import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -122,8 +123,9 @@ def register_config(cfg: Any) -> int:
     now; return how many values were registered (an unset variable or a missing file is
     skipped: nothing to mask).
 
-    Called by ``engine.config.load_config``, so every program that loads a config masks
-    all of them, whether or not this command uses them (an agent's output may quote
+    Called for every config ``engine.config.load_config`` loaded (before the first
+    mask), so every program that loads a config masks all of them, whether or not this
+    command uses them (an agent's output may quote
     another agent's key, which the agent inherited in its environment). The sources:
 
     * each registry agent's and the local gateway's ``token_env`` / ``token_file``, and
@@ -209,6 +211,7 @@ def forget_all() -> None:
 
 def known_count() -> int:
     """How many secret forms are registered."""
+    _take_loaded_configs()
     with _lock:
         return len(_known)
 
@@ -236,6 +239,20 @@ def _generic(m: re.Match[str]) -> str:
     return m.group("u") + MASK + "@"
 
 
+def _take_loaded_configs() -> None:
+    """Register the secrets of every config loaded since the last call
+    (``engine.config.UNMASKED``; ``load_config`` only notes the config, so that a command
+    that never masks anything does not read them)."""
+    config = sys.modules.get("engine.config")
+    pending = getattr(config, "UNMASKED", None)
+    while pending:
+        try:
+            cfg = pending.pop()
+        except IndexError:  # another thread took the last one
+            return
+        register_config(cfg)
+
+
 def redact(text: str, also: Iterable[str | None] = ()) -> str:
     """``text`` with every known secret and every secret-shaped value masked.
 
@@ -245,6 +262,7 @@ def redact(text: str, also: Iterable[str | None] = ()) -> str:
     """
     if not text:
         return text
+    _take_loaded_configs()
     for secret in also:
         if secret and len(secret) >= MIN_SECRET and secret in text:
             text = text.replace(secret, MASK)

@@ -539,7 +539,8 @@ def test_docs_config_example_loads_and_resolves(tmp_path: Path) -> None:
     cfg = config_from_dict(raw, path=tmp_path / "orchestrator.yaml")
     assert cfg.gateway is not None
     agents = cfg.gateway.agents
-    assert {a.kind for a in agents.values()} == {"openai", "command"}
+    # `manager` (echo) is the caller of the page's commands
+    assert {a.kind for a in agents.values()} == {"openai", "command", "echo"}
     assert resolve_model(cfg.models, agents["webster"].model or "") == (
         "google/gemini-3-pro-preview"
     )
