@@ -761,3 +761,36 @@ def _strip_braces(expr: str | None) -> str | None:
     if text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1:
         text = text[2:-2].strip()
     return text
+
+
+#: A seed-style ``{name}`` placeholder: one brace each side, not part of ``{{ … }}``.
+_SINGLE_BRACE_RE = re.compile(r"(?<!\{)\{\s*([A-Za-z_][A-Za-z0-9_-]*)\s*\}(?!\})")
+
+
+def brace_warnings(spec: WorkflowSpec) -> list[str]:
+    """Warnings (not errors: ``{x}`` may be meant literally) for each ``{name}`` in a step's
+    ``task`` that names an input or a step id: the seeds' placeholder form, which the
+    Jinja2 renderer leaves as written. Each says the form to write instead
+    (``{{ inputs.name }}`` or ``{{ steps.name.result }}``; docs/workflows.md, "How the YAML is read")."""
+    ids = set(spec.step_ids)
+    out: list[str] = []
+    for step in spec.steps:
+        seen: set[str] = set()
+        for m in _SINGLE_BRACE_RE.finditer(step.task or ""):
+            name = m.group(1)
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in spec.inputs:
+                better = f"{{{{ inputs.{name} }}}}"
+            elif name in ids:
+                better = f"{{{{ steps.{name}.result }}}}"
+            else:
+                continue
+            out.append(
+                f"`{spec.path}`: step `{step.id}`: `task` holds `{m.group(0)}`, which is sent "
+                f"as written (templates use double braces); to insert the "
+                f"{'input' if name in spec.inputs else 'step result'} write `{better}`, "
+                "or leave it if the braces are meant literally."
+            )
+    return out

@@ -1,0 +1,59 @@
+"""Migrating seed pipelines: a seed-style ``{design}`` placeholder in a task is sent as
+written, so `workflow validate` (and a run) warn about it. Real CLI (click's runner)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from engine.cli import workflow
+from tests.helpers import demo_config, write_config
+
+NO_ENV: dict[str, str | None] = {"ORCHESTRATOR_CONFIG": None, "ORCH_SERVER": None}
+
+TEMPLATE = """\
+name: review
+caller: manager
+inputs:
+  design: {required: true}
+steps:
+  - id: draft
+    agent: webster
+    task: "Review {design} and keep {braces} as written"
+  - id: check
+    agent: tech-lead
+    depends_on: [draft]
+    task: "Check {draft} against {{ inputs.design }}"
+"""
+
+
+def _validate(tmp_path: Path, text: str) -> object:
+    cfg = write_config(tmp_path, demo_config(tmp_path))
+    wf = tmp_path / "review.yaml"
+    wf.write_text(text, encoding="utf-8")
+    return CliRunner(env=NO_ENV).invoke(
+        workflow, ["validate", str(wf), "-i", "design=x", "--config", str(cfg)]
+    )
+
+
+def test_single_brace_placeholder_warns_but_validates(tmp_path: Path) -> None:
+    res = _validate(tmp_path, TEMPLATE)
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    err = res.stderr  # type: ignore[attr-defined]
+    lines = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert len(lines) == 2, err
+    assert "step `draft`" in lines[0] and "`{design}`" in lines[0]
+    assert "`{{ inputs.design }}`" in lines[0]
+    assert "step `check`" in lines[1] and "`{{ steps.draft.result }}`" in lines[1]
+    assert "{braces}" not in err  # names neither an input nor a step: no warning
+    assert "is valid" in res.stdout  # type: ignore[attr-defined]
+
+
+def test_double_braces_give_no_warning(tmp_path: Path) -> None:
+    text = TEMPLATE.replace("{design}", "{{ inputs.design }}").replace(
+        "{draft}", "{{ steps.draft.result }}"
+    )
+    res = _validate(tmp_path, text)
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert "warning" not in res.stderr  # type: ignore[attr-defined]
