@@ -993,10 +993,6 @@ def open_delegator(
         if gw.embedded:
             from engine.gateway.server import LocalGateway
 
-            if any(a.kind == "openai" for a in gw.agents.values()):
-                from engine.gateway.models import check_timeout_env
-
-                check_timeout_env()  # read by this process's model agents
             local_token = _embedded_token(cfg)
             gateway = LocalGateway(
                 cfg,
