@@ -771,7 +771,8 @@ def brace_warnings(spec: WorkflowSpec) -> list[str]:
     """Warnings (not errors: ``{x}`` may be meant literally) for each ``{name}`` in a step's
     ``task`` that names an input or a step id: the seeds' placeholder form, which the
     Jinja2 renderer leaves as written. Each says the form to write instead
-    (``{{ inputs.name }}`` or ``{{ steps.name.result }}``; docs/workflows.md, "How the YAML is read")."""
+    (``{{ inputs.name }}`` or ``{{ steps.name.result }}``; docs/workflows.md, "How the
+    YAML is read")."""
     ids = set(spec.step_ids)
     out: list[str] = []
     for step in spec.steps:
