@@ -413,11 +413,42 @@ def workflow_from_dict(
             f"`{path}` must be a mapping with at least `name` and `steps` keys.", path=path
         )
     problems = list(extra_problems or [])
-    problems += _label_steps(explain_types(schema_problems("workflow", raw), raw), raw)
+    schema_lines = _seed_advice(explain_types(schema_problems("workflow", raw), raw), raw)
+    problems += _label_steps(schema_lines, raw)
     problems += _semantic_problems(raw)
     if problems:
         raise WorkflowError(f"`{path}` is not a valid workflow:", path=path, problems=problems)
     return _build_spec(raw, path=path, source_text=source_text)
+
+
+#: Keys of the seeds' hand-written pipelines, and what to do instead: a step key -> advice.
+SEED_STEP_KEYS = {
+    "parallel": "steps without `depends_on` on each other already run in parallel (a step "
+    "waits only for its `depends_on`); remove it",
+    "approval_gate": 'to pause for a person before the step, write `gate: {prompt: "Approve?"}` '
+    "(docs/workflows.md, 'Approval gates')",
+}
+#: The shape of ``inputs`` the schema wants, for a template that gives a list (seed form).
+INPUTS_SHAPE = "{name: {required: true, default: …}}"
+
+
+def _seed_advice(problems: list[str], raw: dict[str, Any]) -> list[str]:
+    """Replace the schema's line for a seed pipeline's key (``SEED_STEP_KEYS``, ``inputs``
+    as a list) by one that says what to write instead."""
+    out = []
+    for line in problems:
+        m = re.match(r"`((?:steps|finally)\[\d+\])\.([A-Za-z_]+)` is not a known key", line)
+        if m and m.group(2) in SEED_STEP_KEYS:
+            line = f"`{m.group(1)}.{m.group(2)}` is not a key: {SEED_STEP_KEYS[m.group(2)]}."
+        elif line.startswith("`inputs` must be of type") and isinstance(raw.get("inputs"), list):
+            names = [n for n in raw["inputs"] if isinstance(n, str)][:2] or ["design"]
+            example = ", ".join(f"{n}: {{required: true}}" for n in names)
+            line = (
+                f"`inputs` is a list; it must be a mapping of input names, "
+                f"`inputs: {INPUTS_SHAPE}`, e.g. `inputs: {{{example}}}`."
+            )
+        out.append(line)
+    return out
 
 
 def _label_steps(problems: list[str], raw: dict[str, Any]) -> list[str]:

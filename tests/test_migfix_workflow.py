@@ -57,3 +57,34 @@ def test_double_braces_give_no_warning(tmp_path: Path) -> None:
     res = _validate(tmp_path, text)
     assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
     assert "warning" not in res.stderr  # type: ignore[attr-defined]
+
+
+SEED_PIPELINE = """\
+name: seed
+caller: manager
+inputs: [design]
+steps:
+  - id: a
+    agent: webster
+    task: "x"
+    parallel: true
+  - id: b
+    agent: webster
+    task: "y"
+    approval_gate: true
+"""
+
+
+def test_seed_pipeline_keys_get_advice(tmp_path: Path) -> None:
+    res = _validate(tmp_path, SEED_PIPELINE)
+    out = res.output  # type: ignore[attr-defined]
+    assert res.exit_code != 0, out  # type: ignore[attr-defined]
+    assert "max_parallel" not in out
+    assert "`steps[0].parallel` is not a key: steps without `depends_on`" in out
+    assert "already run in parallel" in out and "remove it" in out
+    assert "`steps[1].approval_gate` is not a key" in out
+    assert 'gate: {prompt: "Approve?"}' in out
+    assert "of type an object" not in out
+    assert "`inputs` is a list; it must be a mapping of input names" in out
+    assert "{name: {required: true, default: …}}" in out
+    assert "`inputs: {design: {required: true}}`" in out
