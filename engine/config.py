@@ -526,7 +526,21 @@ def _acl_problems(acl: dict[str, Any], names: set[str]) -> list[str]:
         if caller not in names:
             problems.append(f"`acl.{caller}` names an unknown agent{did_you_mean(caller, names)}")
         for t in targets if isinstance(targets, list) else []:
-            if isinstance(t, str) and t != "*" and t not in names:
+            if not isinstance(t, str) or t == "*" or t in names:
+                continue
+            if t.lower() in ("all", "any", "everyone", "*all*"):
+                problems.append(
+                    f"`acl.{caller}` lists `{t}`: to allow every agent write `'*'` "
+                    f"(quoted), e.g. `{caller}: ['*']`, or `['*', '!manager']` for all but one."
+                )
+            elif t.startswith("!"):
+                excluded = t[1:]
+                if excluded not in names:
+                    problems.append(
+                        f"`acl.{caller}` excludes unknown agent `{excluded}` (`{t}`)"
+                        f"{did_you_mean(excluded, names)}"
+                    )
+            else:
                 problems.append(
                     f"`acl.{caller}` allows unknown agent `{t}`{did_you_mean(t, names)}"
                 )
