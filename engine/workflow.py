@@ -444,7 +444,7 @@ def _seed_advice(problems: list[str], raw: dict[str, Any]) -> list[str]:
             names = [n for n in raw["inputs"] if isinstance(n, str)][:2] or ["design"]
             example = ", ".join(f"{n}: {{required: true}}" for n in names)
             line = (
-                f"`inputs` is a list; it must be a mapping of input names, "
+                f"`inputs` must be a mapping of input names, not a list: "
                 f"`inputs: {INPUTS_SHAPE}`, e.g. `inputs: {{{example}}}`."
             )
         out.append(line)

@@ -85,6 +85,6 @@ def test_seed_pipeline_keys_get_advice(tmp_path: Path) -> None:
     assert "`steps[1].approval_gate` is not a key" in out
     assert 'gate: {prompt: "Approve?"}' in out
     assert "of type an object" not in out
-    assert "`inputs` is a list; it must be a mapping of input names" in out
+    assert "`inputs` must be a mapping of input names, not a list" in out
     assert "{name: {required: true, default: …}}" in out
     assert "`inputs: {design: {required: true}}`" in out
