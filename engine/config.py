@@ -457,6 +457,35 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     lo, hi = pool.get("min_tokens", 1), pool.get("max_tokens", 5)
     if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
         problems.append("`pool.min_tokens` is larger than `pool.max_tokens`.")
+    problems += _pool_load_problems(pool)
+    return problems
+
+
+def _pool_load_problems(pool: dict[str, Any]) -> list[str]:
+    """The pool's load thresholds out of order (each unset one at its default: 2, 3, 5):
+    ``load_low`` <= ``load_high`` <= ``emergency_load`` (docs/pool.md)."""
+    from engine.pool.settings import PoolSettings
+
+    def number(key: str, default: float) -> float | None:
+        value = pool.get(key, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if ok else None  # a wrong type is the schema's problem
+
+    low = number("load_low", PoolSettings.load_low)
+    high = number("load_high", PoolSettings.load_high)
+    emergency = number("emergency_load", PoolSettings.emergency_load)
+    problems: list[str] = []
+    if low is not None and high is not None and high < low:
+        problems.append(
+            f"`pool.load_high` ({high:g}) is smaller than `pool.load_low` ({low:g}): the pool "
+            "grows below `load_low` and shrinks above `load_high`; swap them."
+        )
+    if high is not None and emergency is not None and emergency < high:
+        problems.append(
+            f"`pool.emergency_load` ({emergency:g}) is smaller than `pool.load_high` "
+            f"({high:g}): emergency mode (no grants) would start before the pool shrinks; "
+            "set it above `load_high`."
+        )
     return problems
 
 
