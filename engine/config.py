@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ class AgentConfig:
     repair_attempts: int | None = None
     wait_for_completion: bool | None = None
     heartbeat_timeout: float | None = None
+    #: ``url: local`` without a ``gateway.agents`` entry: the agent only calls others
+    #: (``--caller NAME``); delegating *to* it is refused, before anything is sent.
+    caller_only: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -236,6 +240,13 @@ def config_from_dict(
 
     agents = {name: _agent_config(name, spec, rel) for name, spec in raw["agents"].items()}
     gateway = _gateway_config(raw["gateway"], rel) if "gateway" in raw else None
+    if gateway is not None:  # local agents the gateway does not host only call others
+        agents = {
+            n: a
+            if not a.is_local or (a.agent_id or n) in gateway.agents
+            else dataclasses.replace(a, caller_only=True)
+            for n, a in agents.items()
+        }
     retry_raw = raw.get("retry", {})
     retry = RetryPolicy(
         delays=tuple(float(d) for d in retry_raw.get("delays", RetryPolicy.delays)),
@@ -518,9 +529,15 @@ def _agent_problems(
         agent_id = spec.get("agent_id")
         if name in gw_agents or (isinstance(agent_id, str) and agent_id in gw_agents):
             return []
+        near = did_you_mean(str(agent_id or name), gw_agents)
+        if not near and not spec.get("capabilities") and not agent_id:
+            return []  # a caller only (`--caller NAME`): delegating to it is refused
         return [
             f"`agents.{name}` runs on the local gateway but `gateway.agents` has no "
-            f"`{name}`{did_you_mean(name, gw_agents)}"
+            f"`{agent_id or name}`{near or '.'} Add `gateway.agents.{agent_id or name}` "
+            "for an agent others delegate to; an agent that only calls others "
+            f"(`--caller {name}`) needs no gateway agent, but then has no `capabilities` "
+            "or `agent_id`."
         ]
     bad = url_problem(url, f"agents.{name}.url")
     if bad:

@@ -129,3 +129,14 @@ def check_token(value: str, *, source: str, what: str) -> str:
 #: value of only ``=`` is not matched (base64 padding: ``abcd==`` is a token).
 _ASSIGNMENT_RE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(?!=*$)")
 _QUOTES = frozenset("\"'\u2018\u2019\u201c\u201d`")
+
+
+def caller_only_problem(name: str) -> str:
+    """Why delegating to the caller-only agent ``name`` is refused, and what to do: an
+    agent with ``url: local`` that ``gateway.agents`` does not host (engine.config)."""
+    return (
+        f"`{name}` only calls others: `agents.{name}` runs on the local gateway, which "
+        f"does not host it (`gateway.agents` has no `{name}`). Add "
+        f"`gateway.agents.{name}` (a command or model agent) to delegate to it. Nothing "
+        "was sent."
+    )

@@ -49,3 +49,52 @@ def test_emergency_below_default_load_high(tmp_path: Path) -> None:
     out = res.output  # type: ignore[attr-defined]
     assert res.exit_code == 2, out  # type: ignore[attr-defined]
     assert "`pool.emergency_load` (1) is smaller than `pool.load_high` (3)" in out
+
+
+def _caller_only_config(tmp_path: Path, **manager: object) -> Path:
+    from tests.helpers import demo_config, write_config
+
+    raw = demo_config(tmp_path)
+    del raw["gateway"]["agents"]["manager"]  # manager only calls others
+    raw["agents"]["manager"] = {"url": "local", **manager}
+    raw["acl"] = {"manager": ["*"], "tech-lead": ["*"]}
+    return write_config(tmp_path, raw)
+
+
+def _orch(*args: str) -> object:
+    return CliRunner(env={"ORCHESTRATOR_CONFIG": None, "ORCH_SERVER": None}).invoke(
+        orchestrate, list(args)
+    )
+
+
+def test_a_caller_only_agent_needs_no_gateway_agent(tmp_path: Path) -> None:
+    cfg = _caller_only_config(tmp_path)
+    ok = _orch("webster", "x", "--caller", "manager", "-q", "--config", str(cfg))
+    assert ok.exit_code == 0, ok.output  # type: ignore[attr-defined]
+    to_it = _orch("manager", "x", "--caller", "tech-lead", "--config", str(cfg))
+    out = to_it.output  # type: ignore[attr-defined]
+    assert to_it.exit_code == 2, out  # type: ignore[attr-defined]
+    assert "`manager` only calls others" in out and "Add `gateway.agents.manager`" in out
+
+
+def test_a_caller_only_agent_as_a_workflow_step_is_refused_at_validate(tmp_path: Path) -> None:
+    from engine.cli import workflow
+
+    cfg = _caller_only_config(tmp_path)
+    wf = tmp_path / "w.yaml"
+    wf.write_text("name: w\ncaller: tech-lead\nsteps:\n  - {id: a, agent: manager, task: x}\n")
+    res = CliRunner(env={"ORCHESTRATOR_CONFIG": None}).invoke(
+        workflow, ["validate", str(wf), "--config", str(cfg)]
+    )
+    out = res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 2, out  # type: ignore[attr-defined]
+    assert "step `a`: `manager` only calls others" in out
+
+
+def test_a_local_agent_with_capabilities_still_needs_its_gateway_agent(tmp_path: Path) -> None:
+    cfg = _caller_only_config(tmp_path, capabilities=["planning"])
+    res = _orch("webster", "x", "--caller", "manager", "--config", str(cfg))
+    out = res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 2, out  # type: ignore[attr-defined]
+    assert "`gateway.agents` has no `manager`. Add `gateway.agents.manager`" in out
+    assert "needs no gateway agent" in out
