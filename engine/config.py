@@ -459,6 +459,12 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
         if bad:
             problems.append(bad)
     problems += _acl_problems(_mapping(raw, "acl"), names)
+    default_agent = _mapping(raw, "channels").get("default_agent")
+    if isinstance(default_agent, str) and default_agent not in names:
+        problems.append(
+            f"`channels.default_agent` `{default_agent}` is not an agent"
+            f"{did_you_mean(default_agent, names)}"
+        )
     validator = raw.get("validator")
     if isinstance(validator, str) and validator not in names:
         problems.append(
