@@ -88,3 +88,17 @@ def test_seed_pipeline_keys_get_advice(tmp_path: Path) -> None:
     assert "`inputs` must be a mapping of input names, not a list" in out
     assert "{name: {required: true, default: …}}" in out
     assert "`inputs: {design: {required: true}}`" in out
+
+
+def test_a_run_warns_too(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, demo_config(tmp_path))
+    wf = tmp_path / "review.yaml"
+    wf.write_text(TEMPLATE, encoding="utf-8")
+    res = CliRunner(env=NO_ENV).invoke(
+        workflow, ["run", str(wf), "-i", "design=x", "--config", str(cfg)]
+    )
+    assert res.exit_code == 0, res.output
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == 2, res.stderr
+    assert "`{{ inputs.design }}`" in warnings[0]
+    assert "complete" in res.stdout.splitlines()[0]
