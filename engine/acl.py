@@ -11,7 +11,9 @@ from engine.errors import AclDeniedError
 
 @dataclass(frozen=True)
 class Acl:
-    """A delegation matrix: ``rules[caller]`` lists the targets, ``"*"`` meaning all agents.
+    """A delegation matrix: ``rules[caller]`` lists the targets, ``"*"`` meaning all agents
+    and ``"!name"`` excluding ``name`` (seed 001's "Tech Lead -> all except Manager" is
+    ``("*", "!manager")``); an exclusion wins over ``"*"`` and over the name itself.
 
     Example::
 
@@ -24,10 +26,7 @@ class Acl:
 
     def targets(self, caller: str) -> tuple[str, ...]:
         """Return the agents ``caller`` may delegate to, in registry order (never itself)."""
-        allowed = self.rules.get(caller, ())
-        if "*" in allowed:
-            return tuple(a for a in self.agents if a != caller)
-        return tuple(a for a in self.agents if a in allowed and a != caller)
+        return tuple(a for a in self.agents if self.allows(caller, a))
 
     @functools.cached_property
     def _known(self) -> frozenset[str]:
@@ -39,6 +38,8 @@ class Acl:
         if target == caller or target not in self._known:
             return False
         allowed = self.rules.get(caller, ())
+        if "!" + target in allowed:
+            return False
         return "*" in allowed or target in allowed
 
     def check(self, caller: str, target: str) -> None:

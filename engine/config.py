@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ class AgentConfig:
     repair_attempts: int | None = None
     wait_for_completion: bool | None = None
     heartbeat_timeout: float | None = None
+    #: ``url: local`` without a ``gateway.agents`` entry: the agent only calls others
+    #: (``--caller NAME``); delegating *to* it is refused, before anything is sent.
+    caller_only: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -236,6 +240,13 @@ def config_from_dict(
 
     agents = {name: _agent_config(name, spec, rel) for name, spec in raw["agents"].items()}
     gateway = _gateway_config(raw["gateway"], rel) if "gateway" in raw else None
+    if gateway is not None:  # local agents the gateway does not host only call others
+        agents = {
+            n: a
+            if not a.is_local or (a.agent_id or n) in gateway.agents
+            else dataclasses.replace(a, caller_only=True)
+            for n, a in agents.items()
+        }
     retry_raw = raw.get("retry", {})
     retry = RetryPolicy(
         delays=tuple(float(d) for d in retry_raw.get("delays", RetryPolicy.delays)),
@@ -448,6 +459,12 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
         if bad:
             problems.append(bad)
     problems += _acl_problems(_mapping(raw, "acl"), names)
+    default_agent = _mapping(raw, "channels").get("default_agent")
+    if isinstance(default_agent, str) and default_agent not in names:
+        problems.append(
+            f"`channels.default_agent` `{default_agent}` is not an agent"
+            f"{did_you_mean(default_agent, names)}"
+        )
     validator = raw.get("validator")
     if isinstance(validator, str) and validator not in names:
         problems.append(
@@ -457,6 +474,35 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     lo, hi = pool.get("min_tokens", 1), pool.get("max_tokens", 5)
     if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
         problems.append("`pool.min_tokens` is larger than `pool.max_tokens`.")
+    problems += _pool_load_problems(pool)
+    return problems
+
+
+def _pool_load_problems(pool: dict[str, Any]) -> list[str]:
+    """The pool's load thresholds out of order (each unset one at its default: 2, 3, 5):
+    ``load_low`` <= ``load_high`` <= ``emergency_load`` (docs/pool.md)."""
+    from engine.pool.settings import PoolSettings
+
+    def number(key: str, default: float) -> float | None:
+        value = pool.get(key, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if ok else None  # a wrong type is the schema's problem
+
+    low = number("load_low", PoolSettings.load_low)
+    high = number("load_high", PoolSettings.load_high)
+    emergency = number("emergency_load", PoolSettings.emergency_load)
+    problems: list[str] = []
+    if low is not None and high is not None and high < low:
+        problems.append(
+            f"`pool.load_high` ({high:g}) is smaller than `pool.load_low` ({low:g}): the pool "
+            "grows below `load_low` and shrinks above `load_high`; swap them."
+        )
+    if high is not None and emergency is not None and emergency < high:
+        problems.append(
+            f"`pool.emergency_load` ({emergency:g}) is smaller than `pool.load_high` "
+            f"({high:g}): emergency mode (no grants) would start before the pool shrinks; "
+            "set it above `load_high`."
+        )
     return problems
 
 
@@ -489,9 +535,15 @@ def _agent_problems(
         agent_id = spec.get("agent_id")
         if name in gw_agents or (isinstance(agent_id, str) and agent_id in gw_agents):
             return []
+        near = did_you_mean(str(agent_id or name), gw_agents)
+        if not near and not spec.get("capabilities") and not agent_id:
+            return []  # a caller only (`--caller NAME`): delegating to it is refused
         return [
             f"`agents.{name}` runs on the local gateway but `gateway.agents` has no "
-            f"`{name}`{did_you_mean(name, gw_agents)}"
+            f"`{agent_id or name}`{near or '.'} Add `gateway.agents.{agent_id or name}` "
+            "for an agent others delegate to; an agent that only calls others "
+            f"(`--caller {name}`) needs no gateway agent, but then has no `capabilities` "
+            "or `agent_id`."
         ]
     bad = url_problem(url, f"agents.{name}.url")
     if bad:
@@ -526,7 +578,21 @@ def _acl_problems(acl: dict[str, Any], names: set[str]) -> list[str]:
         if caller not in names:
             problems.append(f"`acl.{caller}` names an unknown agent{did_you_mean(caller, names)}")
         for t in targets if isinstance(targets, list) else []:
-            if isinstance(t, str) and t != "*" and t not in names:
+            if not isinstance(t, str) or t == "*" or t in names:
+                continue
+            if t.lower() in ("all", "any", "everyone", "*all*"):
+                problems.append(
+                    f"`acl.{caller}` lists `{t}`: to allow every agent write `'*'` "
+                    f"(quoted), e.g. `{caller}: ['*']`, or `['*', '!manager']` for all but one."
+                )
+            elif t.startswith("!"):
+                excluded = t[1:]
+                if excluded not in names:
+                    problems.append(
+                        f"`acl.{caller}` excludes unknown agent `{excluded}` (`{t}`)"
+                        f"{did_you_mean(excluded, names)}"
+                    )
+            else:
                 problems.append(
                     f"`acl.{caller}` allows unknown agent `{t}`{did_you_mean(t, names)}"
                 )

@@ -714,6 +714,11 @@ def _candidates(
                 f"Known agents: {', '.join(registry.names)}."
             )
             return ()
+        if registry.agents[step.agent].caller_only:
+            from engine.registry import caller_only_problem
+
+            problems.append(f"step `{step.id}`: {caller_only_problem(step.agent)}")
+            return ()
         if caller is not None:
             _acl_problem(acl, caller, step.agent, f"step `{step.id}`: ", problems)
         return (step.agent,)

@@ -36,7 +36,7 @@ from engine.files import check_id, new_run_id, utcnow_iso
 from engine.handoff import MAX_HANDOFF_BYTES, HandoffProblem, key_hash, new_key
 from engine.hooks import HooksClient, Target
 from engine.lease import Lease, Pool
-from engine.registry import Registry, read_secret
+from engine.registry import Registry, caller_only_problem, read_secret
 from engine.reporter import Reporter
 from engine.states import Outcome as Outcome
 from engine.store import RENEW_EVERY, HandoffSignals, RunStore, Waiter, open_signals, open_store
@@ -169,6 +169,8 @@ class Delegator:
     def target_for(self, agent: AgentConfig) -> Target:
         """Resolve where and with which token to dispatch to ``agent`` (cached)."""
         cached = self._tokens.get(agent.name)
+        if agent.caller_only:
+            raise UsageError(caller_only_problem(agent.name))
         if agent.is_local:
             if self.local_url is None:
                 raise UsageError(
@@ -993,10 +995,6 @@ def open_delegator(
         if gw.embedded:
             from engine.gateway.server import LocalGateway
 
-            if any(a.kind == "openai" for a in gw.agents.values()):
-                from engine.gateway.models import check_timeout_env
-
-                check_timeout_env()  # read by this process's model agents
             local_token = _embedded_token(cfg)
             gateway = LocalGateway(
                 cfg,

@@ -282,15 +282,30 @@ def validate_handoff(
     path: Path,
     run_id: str | None = None,
     agent: str | None = None,
+    naive_utc: bool = False,
 ) -> dict[str, Any]:
-    """Check ``data`` against the schema and the delegation; return it or raise HandoffProblem."""
+    """Check ``data`` against the schema and the delegation; return it or raise HandoffProblem.
+
+    ``naive_utc`` (the delegation's ``handoff_key`` is ``optional``: agents on old
+    instructions, seed 004): a ``timestamp`` without a zone (``2026-02-15T10:00:00``) is
+    read as UTC and returned with ``Z`` appended; otherwise it is refused, saying so."""
     from engine.schemas import schema_problems
 
+    stamp = data.get("timestamp") if isinstance(data, dict) else None
+    if naive_utc and isinstance(stamp, str) and _is_date_time(stamp + "Z"):
+        data = {**data, "timestamp": stamp + "Z"}
+        stamp += "Z"
     problems = schema_problems("handoff", data, style="pointer")
-    if isinstance(data, dict) and isinstance(data.get("timestamp"), str):
-        if not _is_date_time(data["timestamp"]):
+    if isinstance(stamp, str) and not _is_date_time(stamp):
+        if _is_date_time(stamp + "Z"):
             problems.append(
-                f"`/timestamp`: `{data['timestamp'][:64]}` is not an ISO-8601 date-time "
+                f"`/timestamp`: `{stamp[:64]}` has no time zone: add `Z` (UTC) or an offset "
+                f"such as `+00:00`, e.g. `{stamp}Z` (under `handoff_key: optional` a "
+                "timestamp without a zone is read as UTC)"
+            )
+        else:
+            problems.append(
+                f"`/timestamp`: `{stamp[:64]}` is not an ISO-8601 date-time "
                 "with a time zone (e.g. `2026-01-01T12:00:00Z`)"
             )
     if problems:

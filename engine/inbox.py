@@ -521,7 +521,10 @@ class DiscordInbox(ParkedRuns):
             req = (
                 TaskRequest(**state["request"])
                 if "request" in state
-                else parse_task(redact(state["text"]))
+                else parse_task(
+                    redact(state["text"]),
+                    default_agent=self.cfg.channels.get("default_agent"),
+                )
             )
         except InboxError as exc:
             self._refuse(state, exc.message)

@@ -64,14 +64,20 @@ class TaskRequest:
         }
 
 
-def parse_task(text: str) -> TaskRequest:
-    """Parse a task message; raise InboxError with the syntax when it is not one."""
+def parse_task(text: str, *, default_agent: str | None = None) -> TaskRequest:
+    """Parse a task message; raise InboxError with the syntax when it is not one.
+
+    ``default_agent`` (``channels.default_agent``): a message that is neither ``AGENT: ...``
+    nor ``workflow ...`` (seed 002's queue: "Summarize X model=cheap thinking=low") is a
+    delegation to that agent, the whole message its task."""
     body = text.strip()
     if body.startswith("workflow ") or body == "workflow":
         return _parse_workflow(body[len("workflow") :])
     agent, sep, task = body.partition(":")
     agent = agent.strip()
-    if not sep or not agent or " " in agent:
+    if (not sep or not agent or " " in agent) and default_agent and body:
+        agent, task = default_agent, body
+    elif not sep or not agent or " " in agent:
         raise InboxError(
             "not a task: write `AGENT: task text` (e.g. `webster: find the CTE of ULE`) or "
             '`workflow NAME key="value" ...`, optionally ending with `model=...` and '
@@ -120,16 +126,22 @@ def _check_options(options: dict[str, str]) -> None:
 
 
 def submission_text(
-    task: str, *, agent: str | None, model: str | None = None, thinking: str | None = None
+    task: str,
+    *,
+    agent: str | None,
+    model: str | None = None,
+    thinking: str | None = None,
+    default_agent: str | None = None,
 ) -> str:
-    """The queue message ``orchestrate inbox submit`` posts (the syntax ``parse_task`` reads)."""
+    """The queue message ``orchestrate inbox submit`` posts (the syntax ``parse_task`` reads,
+    with ``channels.default_agent`` as ``default_agent``)."""
     text = task.strip()
     if agent:
         text = f"{agent}: {text}"
     for key, value in (("model", model), ("thinking", thinking)):
         if value:
             text += f" {key}={value}"
-    parse_task(text)  # what we post must be readable by the inbox
+    parse_task(text, default_agent=default_agent)  # what we post must be readable by the inbox
     return text
 
 
@@ -155,8 +167,11 @@ def checked_submission(
     from engine.discord import MAX_CONTENT
     from engine.errors import did_you_mean
 
+    default_agent = cfg.channels.get("default_agent")
     try:
-        text = submission_text(task, agent=agent, model=model, thinking=thinking)
+        text = submission_text(
+            task, agent=agent, model=model, thinking=thinking, default_agent=default_agent
+        )
     except InboxError as exc:
         if agent is None and exc.message.startswith("not a task"):
             names = sorted(cfg.agents)
@@ -164,10 +179,11 @@ def checked_submission(
             raise InboxError(
                 "not a task: TASK names no agent. Add `--agent NAME` (e.g. `orchestrate "
                 f'inbox submit "{redact(task.strip()[:40])}" --agent {example}`), or write '
-                '`AGENT: task text` or `workflow NAME key="value" ...` as TASK.'
+                '`AGENT: task text` or `workflow NAME key="value" ...` as TASK, or set '
+                "`channels.default_agent` for tasks that name none."
             ) from None
         raise
-    req = parse_task(text)
+    req = parse_task(text, default_agent=default_agent)
     if req.kind == "delegation" and req.target not in cfg.agents:
         known = ", ".join(f"`{n}`" for n in sorted(cfg.agents)) or "none"
         hint = did_you_mean(req.target, set(cfg.agents))

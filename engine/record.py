@@ -582,7 +582,11 @@ def _checked(into: _Into, source: Path) -> tuple[dict[str, Any], bool, os.stat_r
     if not raw.strip() and into.waiting:
         return None
     handoff = validate_handoff(
-        parse_handoff(raw, path=source), path=source, run_id=into.run_id, agent=env.get("target")
+        parse_handoff(raw, path=source),
+        path=source,
+        run_id=into.run_id,
+        agent=env.get("target"),
+        naive_utc=env.get("handoff_key") == "optional",
     )
     verified = check_keys(handoff, env, path=source, earlier=_earlier_keys(into))
     return handoff, verified, st

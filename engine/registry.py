@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -86,6 +87,17 @@ def read_secret(*, env: str | None, file: os.PathLike[str] | str | None, what: s
         if not value:
             raise ConfigError(f"{what}: token file `{file}` is empty.")
         register(value)
+        assignment = _ASSIGNMENT_RE.match(value)
+        if assignment and "\n" not in value:
+            name = assignment.group(1)
+            raise ConfigError(
+                f"{what}: token file `{file}` holds a line of the form `{name}=...`, the form "
+                "of an environment file (systemd's `EnvironmentFile`, a `.env` file), not a "
+                "token: the whole line would be sent and refused by the gateway. A token file "
+                "must hold only the token; write just the value to it, or keep the "
+                f"environment file and set `token_env: {name}` instead (with the variable "
+                "exported)."
+            )
         return check_token(value, source=f"token file `{file}`", what=what)
     raise ConfigError(f"{what}: no `token_env` or `token_file` configured.")
 
@@ -113,4 +125,18 @@ def check_token(value: str, *, source: str, what: str) -> str:
     return value
 
 
+#: ``NAME=value`` (or ``export NAME=value``): an environment file's line, not a token. A
+#: value of only ``=`` is not matched (base64 padding: ``abcd==`` is a token).
+_ASSIGNMENT_RE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(?!=*$)")
 _QUOTES = frozenset("\"'\u2018\u2019\u201c\u201d`")
+
+
+def caller_only_problem(name: str) -> str:
+    """Why delegating to the caller-only agent ``name`` is refused, and what to do: an
+    agent with ``url: local`` that ``gateway.agents`` does not host (engine.config)."""
+    return (
+        f"`{name}` only calls others: `agents.{name}` runs on the local gateway, which "
+        f"does not host it (`gateway.agents` has no `{name}`). Add "
+        f"`gateway.agents.{name}` (a command or model agent) to delegate to it. Nothing "
+        "was sent."
+    )

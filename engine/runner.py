@@ -410,6 +410,10 @@ class WorkflowRunner:
         Raises ``RunInterrupted`` on Ctrl-C (the main thread's ``KeyboardInterrupt``)."""
         plan = prepared.plan
         self._check_approvals(plan, options)
+        from engine.workflow import brace_warnings
+
+        for warning in brace_warnings(prepared.spec):
+            self.reporter.warning(warning)
         run_id = run_id or new_run_id("wf")
         store = self.store
         salt = secrets.token_hex(16)

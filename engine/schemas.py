@@ -139,8 +139,23 @@ def _unknown_keys(err: Any, where: str, style: str) -> list[str]:
         if why:
             lines.append(f"`{sub}` is not allowed: {why}.")
         else:
-            lines.append(f"`{sub}` is not a known key{did_you_mean(str(key), allowed)}")
+            near = did_you_mean(str(key), allowed) or _camel_hint(str(key), allowed)
+            lines.append(f"`{sub}` is not a known key{near}")
     return lines
+
+
+def _camel_hint(key: str, allowed: set[str]) -> str:
+    """``"; did you mean `dir`?"`` for a camelCase key (``tokenDir``, seed configs) whose
+    snake_case form, or its last word, is an allowed key; else ""."""
+    import re
+
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower()
+    if snake == key:
+        return ""
+    for name in (snake, snake.rsplit("_", 1)[-1]):
+        if name in allowed:
+            return f"; did you mean `{name}`?"
+    return ""
 
 
 def _type_line(err: Any, prefix: str) -> str:

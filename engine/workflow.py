@@ -413,11 +413,42 @@ def workflow_from_dict(
             f"`{path}` must be a mapping with at least `name` and `steps` keys.", path=path
         )
     problems = list(extra_problems or [])
-    problems += _label_steps(explain_types(schema_problems("workflow", raw), raw), raw)
+    schema_lines = _seed_advice(explain_types(schema_problems("workflow", raw), raw), raw)
+    problems += _label_steps(schema_lines, raw)
     problems += _semantic_problems(raw)
     if problems:
         raise WorkflowError(f"`{path}` is not a valid workflow:", path=path, problems=problems)
     return _build_spec(raw, path=path, source_text=source_text)
+
+
+#: Keys of the seeds' hand-written pipelines, and what to do instead: a step key -> advice.
+SEED_STEP_KEYS = {
+    "parallel": "steps without `depends_on` on each other already run in parallel (a step "
+    "waits only for its `depends_on`); remove it",
+    "approval_gate": 'to pause for a person before the step, write `gate: {prompt: "Approve?"}` '
+    "(docs/workflows.md, 'Approval gates')",
+}
+#: The shape of ``inputs`` the schema wants, for a template that gives a list (seed form).
+INPUTS_SHAPE = "{name: {required: true, default: …}}"
+
+
+def _seed_advice(problems: list[str], raw: dict[str, Any]) -> list[str]:
+    """Replace the schema's line for a seed pipeline's key (``SEED_STEP_KEYS``, ``inputs``
+    as a list) by one that says what to write instead."""
+    out = []
+    for line in problems:
+        m = re.match(r"`((?:steps|finally)\[\d+\])\.([A-Za-z_]+)` is not a known key", line)
+        if m and m.group(2) in SEED_STEP_KEYS:
+            line = f"`{m.group(1)}.{m.group(2)}` is not a key: {SEED_STEP_KEYS[m.group(2)]}."
+        elif line.startswith("`inputs` must be of type") and isinstance(raw.get("inputs"), list):
+            names = [n for n in raw["inputs"] if isinstance(n, str)][:2] or ["design"]
+            example = ", ".join(f"{n}: {{required: true}}" for n in names)
+            line = (
+                f"`inputs` must be a mapping of input names, not a list: "
+                f"`inputs: {INPUTS_SHAPE}`, e.g. `inputs: {{{example}}}`."
+            )
+        out.append(line)
+    return out
 
 
 def _label_steps(problems: list[str], raw: dict[str, Any]) -> list[str]:
@@ -761,3 +792,37 @@ def _strip_braces(expr: str | None) -> str | None:
     if text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1:
         text = text[2:-2].strip()
     return text
+
+
+#: A seed-style ``{name}`` placeholder: one brace each side, not part of ``{{ … }}``.
+_SINGLE_BRACE_RE = re.compile(r"(?<!\{)\{\s*([A-Za-z_][A-Za-z0-9_-]*)\s*\}(?!\})")
+
+
+def brace_warnings(spec: WorkflowSpec) -> list[str]:
+    """Warnings (not errors: ``{x}`` may be meant literally) for each ``{name}`` in a step's
+    ``task`` that names an input or a step id: the seeds' placeholder form, which the
+    Jinja2 renderer leaves as written. Each says the form to write instead
+    (``{{ inputs.name }}`` or ``{{ steps.name.result }}``; docs/workflows.md, "How the
+    YAML is read")."""
+    ids = set(spec.step_ids)
+    out: list[str] = []
+    for step in spec.steps:
+        seen: set[str] = set()
+        for m in _SINGLE_BRACE_RE.finditer(step.task or ""):
+            name = m.group(1)
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in spec.inputs:
+                better = f"{{{{ inputs.{name} }}}}"
+            elif name in ids:
+                better = f"{{{{ steps.{name}.result }}}}"
+            else:
+                continue
+            out.append(
+                f"`{spec.path}`: step `{step.id}`: `task` holds `{m.group(0)}`, which is sent "
+                f"as written (templates use double braces); to insert the "
+                f"{'input' if name in spec.inputs else 'step result'} write `{better}`, "
+                "or leave it if the braces are meant literally."
+            )
+    return out

@@ -161,11 +161,22 @@ def _by_message(exc: click.ClickException, ctx: click.Context | None, path: str)
     if unknown and ctx is not None and isinstance(ctx.command, click.Group):
         commands = ctx.command.list_commands(ctx)
         word = unknown.group(1)
+        near = did_you_mean(word, commands)
+        if not near and "run" in commands and path.split()[-1:] == ["workflow"]:
+            # the seeds' `workflow.py NAME` form: a workflow's name where a command goes
+            near = f"; to run the workflow `{word}`, write `{path} run {word}` (then its options)."
         return (
-            f"`{path}` has no command `{word}`{did_you_mean(word, commands) or '.'} "
+            f"`{path}` has no command `{word}`{near or '.'} "
             f"Its commands: {', '.join(f'`{c}`' for c in commands)}."
         )
     extra = re.match(r"^Got unexpected extra arguments? \((.*)\)$", exc.message)
+    if extra and path.endswith("inbox submit"):
+        hint = _submit_options(extra.group(1))
+        if hint:
+            return (
+                f"`{path}` does not take `{extra.group(1)}`: the model and thinking level are "
+                f"options (seed 002's positional form), e.g. `{path} \"TASK\" {hint}`."
+            )
     if extra:
         return (
             f"`{path}` does not take `{extra.group(1)}`: too many arguments (a text with "
@@ -175,6 +186,20 @@ def _by_message(exc: click.ClickException, ctx: click.Context | None, path: str)
     if isinstance(exc, click.BadOptionUsage) and "requires an argument" in message:
         return f"`{exc.option_name}` needs a value."
     return _sentence(_quoted(message))
+
+
+def _submit_options(words: str) -> str:
+    """``--model M --thinking T`` for seed 002's ``submit TASK MODEL THINKING`` words (as
+    click quotes them), or "" when they are not one model and/or one thinking level."""
+    parts = [w.strip("'\"") for w in words.split()]
+    levels = ("low", "medium", "high")
+    models = [w for w in parts if w not in levels]
+    thinking = [w for w in parts if w in levels]
+    if len(models) > 1 or len(thinking) > 1 or not parts:
+        return ""
+    return " ".join(
+        [*(f"--model {m}" for m in models), *(f"--thinking {t}" for t in thinking)]
+    )
 
 
 def _sentence(text: str) -> str:
@@ -222,8 +247,8 @@ class Seconds(click.ParamType[float]):
             number = math.nan
         if not math.isfinite(number) or not 0 < number <= MAX_SECONDS:
             self.fail(
-                f"`{text[:32]}` is not a number of seconds between 0 and {MAX_SECONDS} "
-                "(e.g. `120`).",
+                f"`{text[:32]}` is not a number of seconds more than 0 and at most "
+                f"{MAX_SECONDS} (e.g. `120`).",
                 param,
                 ctx,
             )

@@ -931,6 +931,10 @@ def workflow_validate_cmd(
             if inp.required and key not in given:
                 given[key] = f"<{key}>"
         prepared = prepare(cfg, str(spec.path), given, caller=caller, spec=spec)
+    from engine.workflow import brace_warnings
+
+    for warning in brace_warnings(spec):
+        click.echo(f"warning: {warning}", err=True)
     plan = prepared.plan
     steps, groups = len(plan.steps), len(plan.groups)
     click.echo(

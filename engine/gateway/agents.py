@@ -33,11 +33,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.config import GatewayAgentConfig
+from engine.config import MAX_SECONDS, GatewayAgentConfig
 from engine.files import SAFE_ID
 from engine.handoff import GATEWAY_NOTE_PREFIX
 from engine.redact import install_log_filter, redact
@@ -169,15 +170,59 @@ class _Running:
         self.detached = False  # left running when the gateway stopped (see detach_all)
 
 
+#: Environment variable that overrides every task's timeout (seed 002).
+TIMEOUT_ENV = "TIMEOUT"
+
+
+def check_timeout_env(env: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``$TIMEOUT`` (seed 002's override of every task's timeout) that is set
+    but not a number of seconds in (0, ``MAX_SECONDS``]: ``UsageError`` (exit 2). Called
+    where the local gateway starts (``LocalGateway.start``), before anything is sent;
+    unset or empty is fine (docs/agents.md, "Timeouts")."""
+    from engine.errors import UsageError
+
+    environ = os.environ if env is None else env
+    raw = environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
+        raise UsageError(
+            f"environment variable `{TIMEOUT_ENV}` is {raw[:40]!r}, which is not a number of "
+            f"seconds from more than 0 up to {MAX_SECONDS:g}: it sets the timeout of every "
+            "task of the local gateway's agents. Set it to e.g. `TIMEOUT=600`, or unset it to use "
+            "each agent's `timeout`. Nothing was sent."
+        )
+
+
+def timeout_env(env: Mapping[str, str] | None = None) -> float | None:
+    """``$TIMEOUT`` in seconds when it is a number in (0, ``MAX_SECONDS``], else None
+    (unset, empty or bad: ``check_timeout_env`` refuses a bad one where the gateway starts)."""
+    environ = os.environ if env is None else env
+    raw = environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else 0.0
+    except ValueError:
+        return None
+    return value if 0 < value <= MAX_SECONDS else None  # also refuses nan and inf
+
+
 def hard_limit(
     spec: GatewayAgentConfig, task_timeout: float | None, gateway_kill_after: float | None = None
 ) -> tuple[float | None, str]:
     """Seconds a command agent may run before it is killed, and where that number comes from.
 
-    ``gateway.agents.<name>.kill_after``, else the agent's ``timeout``, else the
+    ``$TIMEOUT`` (seed 002's override "for all tasks", read by the gateway's process),
+    else ``gateway.agents.<name>.kill_after``, else the agent's ``timeout``, else the
     gateway-wide ``gateway.kill_after``, else ``max(4 x t, t + 600)`` for the delegation's
     ``timeoutSeconds`` t, else no limit.
     """
+    override = timeout_env()
+    if override is not None:
+        return override, f"${TIMEOUT_ENV}"
     if spec.kill_after is not None:
         return float(spec.kill_after), f"`gateway.agents.{spec.name}.kill_after`"
     if spec.timeout is not None:
@@ -418,8 +463,8 @@ def _fallback_verdict(
     of its stderr)."""
     if outcome.cancelled:
         return "failed", "killed: the local gateway stopped", GATEWAY_NOTE
-    if outcome.timed_out and source == "agent timeout":
-        return "failed", f"killed after {_fmt_seconds(timeout)} s (agent timeout)", GATEWAY_NOTE
+    if outcome.timed_out and source in ("agent timeout", "$TIMEOUT"):
+        return "failed", f"killed after {_fmt_seconds(timeout)} s ({source})", GATEWAY_NOTE
     if outcome.timed_out:
         past = (
             f", past the delegation's timeout of {_fmt_seconds(task.timeout)} s"

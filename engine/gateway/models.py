@@ -30,7 +30,10 @@ import httpx
 from engine.config import MAX_SECONDS, Config, GatewayAgentConfig
 from engine.cost import compute_cost, price_for
 from engine.errors import ConfigError
+from engine.gateway.agents import TIMEOUT_ENV as TIMEOUT_ENV
 from engine.gateway.agents import Task, records_of
+from engine.gateway.agents import check_timeout_env as check_timeout_env
+from engine.gateway.agents import timeout_env as timeout_env
 from engine.handoff import MODEL_NOTE
 from engine.redact import install_log_filter, redact, register, register_url
 from engine.registry import check_token
@@ -43,8 +46,6 @@ install_log_filter(log)
 THINKING_TIMEOUTS: dict[str, float] = {"low": 120.0, "medium": 120.0, "high": 300.0}
 #: The timeout when neither the agent, $TIMEOUT, thinking nor the request sets one.
 DEFAULT_TIMEOUT = 120.0
-#: Environment variable that overrides every model agent's timeout (seed 002).
-TIMEOUT_ENV = "TIMEOUT"
 #: HTTP statuses worth retrying: rate limited, or the server failed.
 RETRYABLE_STATUS_CODES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 #: How much of an error body goes into a ``failed`` handoff.
@@ -65,30 +66,6 @@ def resolve_model(models: Mapping[str, Any], name: str) -> str:
     aliases = models.get("aliases") or {}
     target = aliases.get(name)
     return str(target) if isinstance(target, str) and target else name
-
-
-def check_timeout_env(env: Mapping[str, str] | None = None) -> None:
-    """Refuse a ``$TIMEOUT`` (seed 002's override of model agents' timeouts) that is set
-    but not a number of seconds in (0, ``MAX_SECONDS``]: ``UsageError`` (exit 2). Called
-    where a gateway with model agents starts, before anything is sent; unset or empty is
-    fine (docs/agents.md, "Timeouts")."""
-    from engine.errors import UsageError
-
-    environ = os.environ if env is None else env
-    raw = environ.get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
-        raise UsageError(
-            f"environment variable `{TIMEOUT_ENV}` is {raw[:40]!r}, which is not a number of "
-            f"seconds from more than 0 up to {MAX_SECONDS:g}: it sets the timeout of the "
-            "local gateway's model agents. Set it to e.g. `TIMEOUT=600`, or unset it to use "
-            "each agent's `timeout`. Nothing was sent."
-        )
 
 
 def model_timeout(

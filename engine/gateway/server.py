@@ -370,6 +370,9 @@ class LocalGateway:
             raise RuntimeError("this LocalGateway was stopped; create a new one")
         if self._server is not None:
             return self
+        from engine.gateway.agents import check_timeout_env
+
+        check_timeout_env()  # $TIMEOUT is read by this process's agents: refuse a bad one
         self._server = self._bind()
         self._serve_thread = threading.Thread(
             target=self._server.serve,

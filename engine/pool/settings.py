@@ -118,7 +118,14 @@ class PoolSettings:
 
         if is_postgres_url(cfg.store):
             kwargs["store"] = cfg.store
-        return cls(dir=pool_dir.resolve(), **kwargs)
+        try:
+            return cls(dir=pool_dir.resolve(), **kwargs)
+        except ConfigError as exc:
+            if cfg.path is None:
+                raise
+            raise ConfigError(
+                f"`{cfg.path}`: invalid token pool settings:", problems=exc.problems
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-ready values (``dir`` as a string)."""

@@ -378,6 +378,7 @@ class PostgresRunStore(PostgresRuns):
                 path=where,
                 run_id=into.run_id,
                 agent=env.get("target"),
+                naive_utc=env.get("handoff_key") == "optional",
             )
             return handoff, check_keys(handoff, env, path=where, earlier=earlier)
         except HandoffProblem as exc:
