@@ -481,6 +481,8 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
 def _pool_load_problems(pool: dict[str, Any]) -> list[str]:
     """The pool's load thresholds out of order (each unset one at its default: 2, 3, 5):
     ``load_low`` <= ``load_high`` <= ``emergency_load`` (docs/pool.md)."""
+    if not {"load_low", "load_high", "emergency_load"} & pool.keys():
+        return []  # the defaults are in order (and a check need not load the pool)
     from engine.pool.settings import PoolSettings
 
     def number(key: str, default: float) -> float | None:
