@@ -13,13 +13,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
+from engine.config import config_from_dict
+from engine.gateway.server import LocalGateway
 from engine.store.file import read_events
 
 AGENT = r"""
@@ -82,9 +86,16 @@ def scratch(tmp_path: Path) -> dict[str, Path]:
 def _workflow(scratch: dict[str, Path], *args: str) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).parent / "workflow"
     return subprocess.Popen(
-        [str(exe), *args, "--config", str(scratch["dir"] / "orchestrator.yaml"),
-         "--non-interactive"],
-        cwd=scratch["dir"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            str(exe),
+            *args,
+            "--config",
+            str(scratch["dir"] / "orchestrator.yaml"),
+            "--non-interactive",
+        ],
+        cwd=scratch["dir"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -92,6 +103,7 @@ def _kill_at_first_start(scratch: dict[str, Path]) -> Path:
     """Run the workflow, SIGKILL it once its agent has started; the run's directory."""
     proc = _workflow(scratch, "run", str(scratch["dir"] / "one.yaml"))
     try:
+
         def started() -> bool:
             assert proc.poll() is None, proc.communicate()[1].decode()
             return scratch["starts"].exists() and any(scratch["starts"].iterdir())
@@ -126,8 +138,10 @@ def test_a_handoff_written_after_the_kill_is_taken_not_sent_again(
 ) -> None:
     run_dir = _kill_at_first_start(scratch)
     scratch["go"].touch()  # the agent now finishes alone: no gateway watches it
-    _until(lambda: list((scratch["dir"] / "handoffs" / "inbox").glob("*.json")),
-           "the agent never wrote its handoff")
+    _until(
+        lambda: list((scratch["dir"] / "handoffs" / "inbox").glob("*.json")),
+        "the agent never wrote its handoff",
+    )
     assert (scratch["dir"] / "handoffs" / ".pending").exists()
     _resume_and_check(scratch, run_dir)
 
@@ -158,3 +172,79 @@ def test_an_agent_still_running_after_the_kill_is_not_started_again(
 def _resume_and_check_final(scratch: dict[str, Path], run_dir: Path) -> None:
     step = json.loads((run_dir / "a.json").read_text())
     assert step["status"] == "complete", step
+
+
+def test_a_second_gateway_answers_a_key_the_first_started(tmp_path: Path) -> None:
+    """Two gateways on one workspaces directory (the first stands for one whose process
+    died: it is never asked again): the second answers the first's key with the same run
+    id, holds a ``waitForCompletion`` answer until that agent ends, and starts nothing."""
+    starts, go = tmp_path / "starts", tmp_path / "go"
+    script = (
+        "import os, pathlib, sys, time\n"
+        f"d = pathlib.Path({str(starts)!r}); d.mkdir(exist_ok=True)\n"
+        "(d / str(os.getpid())).touch()\n"
+        "t = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < t:\n"
+        "    time.sleep(0.01)\n"
+    )
+    cfg = config_from_dict(
+        {
+            "handoffs_dir": str(tmp_path / "handoffs"),
+            "gateway": {
+                "agents": {
+                    "webster": {
+                        "kind": "command",
+                        "argv": [sys.executable, "-c", script],
+                        "timeout": 90,
+                    }
+                }
+            },
+            "agents": {"webster": {"url": "local"}},
+        }
+    )
+
+    head = {"Authorization": "Bearer tok-0123456789", "Idempotency-Key": "run-1"}
+    first = LocalGateway(cfg, token="tok-0123456789", port=0).start()
+    second = LocalGateway(cfg, token="tok-0123456789", port=0).start()
+    try:
+        got = httpx.post(f"{first.url}/hooks/agent", json={"message": "go"}, headers=head)
+        gw_run = got.json()["runId"]
+        _until(lambda: starts.exists() and any(starts.iterdir()), "the agent never started")
+        _until(
+            lambda: (
+                tmp_path / "handoffs" / ".workspaces" / "webster" / gw_run / "gateway-run.json"
+            ).exists(),
+            "no gateway-run.json",
+        )
+        again = httpx.post(f"{second.url}/hooks/agent", json={"message": "go"}, headers=head)
+        assert again.json() == {"ok": True, "runId": gw_run}
+        answer: dict[str, Any] = {}
+        # A new gateway (its memory empty) holds the answer until the agent ends.
+        third = LocalGateway(cfg, token="tok-0123456789", port=0).start()
+        try:
+            t = threading.Thread(
+                target=lambda: answer.update(
+                    httpx.post(
+                        f"{third.url}/hooks/agent",
+                        json={"message": "go", "waitForCompletion": True},
+                        headers=head,
+                        timeout=60,
+                    ).json()
+                )
+            )
+            t.start()
+            _until(
+                lambda: third.stats()["inflight"].get("webster") == 1 or answer,
+                "the held request never arrived",
+            )
+            assert not answer  # still held: the agent runs
+            go.touch()
+            t.join(60)
+            assert answer == {"ok": True, "runId": gw_run, "completion": {"status": "ok"}}
+        finally:
+            third.stop()
+        assert len(list(starts.iterdir())) == 1
+    finally:
+        go.touch()
+        second.stop()
+        first.stop()
