@@ -18,9 +18,11 @@ from engine.cli.common import (
     config_option,
     dump,
     exiting,
+    interrupt_exit,
     load,
     load_optional,
     say,
+    stopping_signals,
     where_options,
 )
 from engine.cli.common import client as _client
@@ -143,8 +145,9 @@ class _Driving:
         from engine.runner import RunInterrupted, WorkflowRunner
 
         reporter = _reporter_for(self.as_json, self.quiet)
+        got: list[int] = []
         try:
-            with open_delegator(cfg, reporter=reporter) as delegator:
+            with stopping_signals() as got, open_delegator(cfg, reporter=reporter) as delegator:
                 approver = _approver(self.interactive)
                 runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=approver)
                 try:
@@ -153,11 +156,12 @@ class _Driving:
                     getattr(reporter, "close", lambda: None)()
         except RunInterrupted as stop:
             say(_interrupted_hint(stop.run_id, stop.in_flight), err=True)
-            return EXIT_INTERRUPTED
+            return interrupt_exit(got)
         return _render_run(result, self.as_json, plain=self.quiet or None, cfg=cfg)
 
 
-#: The exit code after Ctrl-C (the shell's convention for SIGINT: 128 + 2).
+#: The exit code after Ctrl-C (the shell's convention for SIGINT: 128 + 2); SIGTERM and
+#: SIGHUP stop a run the same way, with 143 and 129 (``interrupt_exit``).
 EXIT_INTERRUPTED = 130
 
 
