@@ -232,7 +232,10 @@ def _bad_json(text: str | None) -> str | None:
 def _approver(interactive: bool | None) -> Any:
     """The terminal's approver (None: park at gates). Ctrl-D (end of input) at its prompt
     answers nothing: that gate and every later one park the run (``waiting_approval``,
-    exit 3); Ctrl-C interrupts the run (``RunInterrupted``)."""
+    exit 3); Ctrl-C interrupts the run (``RunInterrupted``). With no standard input at
+    all (closed: ``<&-``), gates park as with ``--non-interactive``."""
+    if sys.stdin is None:  # nothing to read an answer from
+        return None
     if interactive is None:
         interactive = sys.stdin.isatty()
     if not interactive:
