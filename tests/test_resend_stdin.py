@@ -23,8 +23,10 @@ def test_a_closed_stdin_parks_at_a_gate(scratch: dict[str, Path]) -> None:  # no
     exe = Path(sys.executable).parent / "workflow"
     done = subprocess.run(
         [str(exe), "run", "gate.yaml", "--config", "orchestrator.yaml", "-q"],
-        cwd=scratch["dir"], capture_output=True,
-        preexec_fn=lambda: os.close(0), timeout=120,
+        cwd=scratch["dir"],
+        capture_output=True,
+        preexec_fn=lambda: os.close(0),
+        timeout=120,
     )
     err = done.stderr.decode()
     assert done.returncode == 3, err
