@@ -305,7 +305,7 @@ class Delegator:
         timeout = float(req.timeout or agent.timeout or self.cfg.default_timeout)
         start = self._clock()
         deadline = start + timeout
-        if reattach and req.run_id is not None:
+        if req.run_id is not None and (reattach or self._answered_elsewhere(run_id, sub)):
             earlier = self._reattach(req, run_id, records, drop, deadline, cancel, rep)
             if earlier is not None:
                 return earlier
@@ -354,6 +354,23 @@ class Delegator:
                 lease.release()
             raise
         return self._release(lease, result) if lease is not None else result
+
+    def _answered_elsewhere(self, run_id: str, sub: bool) -> bool:
+        """True when an earlier process prepared ``run_id`` (its pending envelope names
+        another pid or host) and its answer is already here: a handoff in the inbox or at
+        the record path, or the record itself. Such a delegation is taken, never sent
+        again: the agent that got the first message has answered (a gateway that died
+        with that process cannot dedupe the Idempotency-Key any more)."""
+        envelope = self.store.read_pending(run_id, sub=sub)
+        if envelope is None or (
+            envelope.get("pid") == os.getpid() and envelope.get("host") == self._host
+        ):
+            return False
+        if self.store.read(run_id, sub=sub) is not None:
+            return True
+        if isinstance(self.store, FileRunStore):
+            return not self.store.nothing_delivered(run_id, sub=sub)
+        return self.store.has_handoff(run_id, sub=sub)
 
     def _reattach(
         self,

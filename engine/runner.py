@@ -1316,7 +1316,9 @@ class _Execution:
 
         An attempt started by an earlier process keeps its run id; it is re-attached
         (never re-sent) when the journal says a gateway accepted it, else sent again
-        under the same Idempotency-Key, which a gateway runs once.
+        under the same Idempotency-Key, which a gateway runs once (the delegator takes
+        its handoff instead when one is already there: docs/protocol.md, "After a crash
+        of the sender").
         """
         s = u.s
         first = s.attempt if reattach and s.attempt else s.attempt + 1

@@ -306,6 +306,51 @@ _NoArgsIsHelp: tuple[type[click.ClickException], ...] = tuple(
 )
 
 
+#: The signals that stop a waiting command as Ctrl-C does (``stopping_signals``).
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+@contextlib.contextmanager
+def stopping_signals() -> Iterator[list[int]]:
+    """Within: SIGTERM and SIGHUP raise ``KeyboardInterrupt`` in the main thread, so that
+    ``kill``, a closed terminal or a service manager stop a run the clean way Ctrl-C does
+    (a resumable run, one paragraph). Yields a list that receives the signal's number;
+    ``interrupt_exit`` turns it into the exit code. Outside the main thread (where no
+    handler can be set), nothing changes. The handlers before are restored after."""
+    import signal
+    import threading
+
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    previous: dict[int, Any] = {}
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (OSError, ValueError):
+            continue
+    try:
+        yield got
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+
+def interrupt_exit(got: list[int]) -> int:
+    """The exit code after an interruption: 128 + the signal's number (the shell's
+    convention: 143 for SIGTERM, 129 for SIGHUP), 130 for Ctrl-C (SIGINT)."""
+    return 128 + got[0] if got else 130
+
+
 def _interrupted(text: str, *, as_json: bool) -> NoReturn:
     """Ctrl-C (or an aborted prompt): ``text`` on stderr, exit 130 (and the JSON object of
     ``fail`` with ``--json``)."""

@@ -19,10 +19,12 @@ from engine.cli.common import (
     collected,
     config_option,
     dump,
+    interrupt_exit,
     load,
     load_optional,
     options,
     say,
+    stopping_signals,
     where_options,
 )
 from engine.cli.store import store_group
@@ -229,14 +231,18 @@ def delegate_cmd(
     )
     reporter = Reporter() if (quiet or as_json) else ConsoleReporter()
     sent = _noting_dispatches(reporter)
+    got: list[int] = []
     try:
-        with open_delegator(cfg, reporter=reporter, pool=None if dry_run else "auto") as delegator:
+        with (
+            stopping_signals() as got,
+            open_delegator(cfg, reporter=reporter, pool=None if dry_run else "auto") as delegator,
+        ):
             done = delegate_validated(
                 delegator, req, capability=capability, validator=checker, key=key, dry_run=dry_run
             )
-    except KeyboardInterrupt:  # Ctrl-C: the wait ends at once; the delegation goes on
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the wait ends; the delegation goes on
         say(_interrupted(sent), err=True)
-        return 130
+        return interrupt_exit(got)
     if done.result is None:
         if done.route:
             click.echo(done.route.explain())

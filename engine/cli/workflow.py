@@ -18,9 +18,11 @@ from engine.cli.common import (
     config_option,
     dump,
     exiting,
+    interrupt_exit,
     load,
     load_optional,
     say,
+    stopping_signals,
     where_options,
 )
 from engine.cli.common import client as _client
@@ -136,15 +138,22 @@ class _Driving:
             given.append("--max-parallel")
         return given
 
-    def drive(self, cfg: Any, act: Any) -> int:
+    def drive(self, cfg: Any, act: Any, *, run_id: str | None = None) -> int:
         """Run ``act(runner)`` with the delegator, reporter and approver a run needs;
-        render it."""
+        render it. ``run_id``: the run ``act`` resumes (None: it starts one).
+
+        An OSError (a full disk) in a run that had started names `workflow resume RUN`
+        (running it again would send its steps again, ``_run_os_error``)."""
+        import time
+
         from engine.delegate import open_delegator
         from engine.runner import RunInterrupted, WorkflowRunner
 
         reporter = _reporter_for(self.as_json, self.quiet)
+        got: list[int] = []
+        began = time.time()
         try:
-            with open_delegator(cfg, reporter=reporter) as delegator:
+            with stopping_signals() as got, open_delegator(cfg, reporter=reporter) as delegator:
                 approver = _approver(self.interactive)
                 runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=approver)
                 try:
@@ -153,11 +162,74 @@ class _Driving:
                     getattr(reporter, "close", lambda: None)()
         except RunInterrupted as stop:
             say(_interrupted_hint(stop.run_id, stop.in_flight), err=True)
-            return EXIT_INTERRUPTED
+            return interrupt_exit(got)
+        except BrokenPipeError:
+            raise  # stdout's reader went away: quietly (EngineGroup)
+        except OSError as exc:
+            raise _run_os_error(exc, cfg, run_id, began) from None
         return _render_run(result, self.as_json, plain=self.quiet or None, cfg=cfg)
 
 
-#: The exit code after Ctrl-C (the shell's convention for SIGINT: 128 + 2).
+def _run_os_error(exc: OSError, cfg: Any, run_id: str | None, began: float) -> Exception:
+    """The error for an OSError (a full disk, an unusable path) while running a workflow.
+
+    A run that had started (``run_id``, or the run this process started: its journal's
+    ``run_started`` has this pid) is named with `workflow resume RUN`: starting it again
+    would send its steps again. A run directory this process left empty (it failed
+    before ``run.json`` was written) is removed; then, nothing having started, the
+    generic "run again" (``engine.cli.common.os_error``) holds."""
+    from engine.cli.common import os_error
+    from engine.errors import OrchestratorError
+    from engine.textio import describe_oserror
+
+    rid = run_id or _started_here(cfg, began)
+    if rid is None:
+        return os_error(exc)
+    where = f" `{exc.filename}`" if exc.filename else " the handoffs directory"
+    return OrchestratorError(
+        f"cannot use{where}: {describe_oserror(exc)}. Run {rid} had started: what it "
+        "recorded is kept, and a step in flight keeps its delegation. Fix this (free "
+        f"space, or the path), then continue it with: workflow resume {rid} (running the "
+        "workflow again would send its steps again)."
+    )
+
+
+def _started_here(cfg: Any, began: float) -> str | None:
+    """The run this process started since ``began`` (epoch seconds; its journal's
+    ``run_started`` names this pid), or None; run directories made since then and left
+    empty are removed (``os.rmdir``: only an empty one goes). File store only."""
+    import os
+
+    from engine.store.file import RUNS_DIR
+
+    root = Path(cfg.handoffs_dir) / RUNS_DIR
+    try:
+        entries = [e for e in os.scandir(root) if e.name.startswith("wf-")]
+    except OSError:
+        return None
+    mine = None
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat().st_mtime < began - 1:
+                continue
+            if not any(os.scandir(entry.path)):
+                os.rmdir(entry.path)  # failed before anything was written
+                continue
+            with open(os.path.join(entry.path, "events.jsonl"), "rb") as f:
+                first = json.loads(f.readline() or b"null")
+        except (OSError, ValueError):
+            continue
+        if (
+            isinstance(first, dict)
+            and first.get("event") == "run_started"
+            and first.get("pid") == os.getpid()
+        ):
+            mine = entry.name
+    return mine
+
+
+#: The exit code after Ctrl-C (the shell's convention for SIGINT: 128 + 2); SIGTERM and
+#: SIGHUP stop a run the same way, with 143 and 129 (``interrupt_exit``).
 EXIT_INTERRUPTED = 130
 
 
@@ -228,7 +300,10 @@ def _bad_json(text: str | None) -> str | None:
 def _approver(interactive: bool | None) -> Any:
     """The terminal's approver (None: park at gates). Ctrl-D (end of input) at its prompt
     answers nothing: that gate and every later one park the run (``waiting_approval``,
-    exit 3); Ctrl-C interrupts the run (``RunInterrupted``)."""
+    exit 3); Ctrl-C interrupts the run (``RunInterrupted``). With no standard input at
+    all (closed: ``<&-``), gates park as with ``--non-interactive``."""
+    if sys.stdin is None:  # nothing to read an answer from
+        return None
     if interactive is None:
         interactive = sys.stdin.isatty()
     if not interactive:
@@ -638,7 +713,7 @@ def workflow_resume_cmd(
 
     given = parse_inputs(list(inputs))
     run_options = driving.run_options(retry_failed=retry_failed, force=force)
-    return driving.drive(cfg, lambda r: r.resume(run_id, run_options, inputs=given))
+    return driving.drive(cfg, lambda r: r.resume(run_id, run_options, inputs=given), run_id=run_id)
 
 
 def _complete(cfg: Any, run_id: str) -> str:

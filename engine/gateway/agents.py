@@ -19,14 +19,23 @@ A command agent is not killed at the delegation's ``timeoutSeconds``: the engine
 waiting, but a late handoff is still merged (marked ``late``). It runs up to its hard
 limit (``hard_limit``): ``kill_after`` of the agent, else its ``timeout``, else the
 gateway-wide ``kill_after``, else ``max(4 x timeoutSeconds, timeoutSeconds + 600 s)``.
+
+A task sent with an ``Idempotency-Key`` also gets ``gateway-run.json`` in its workspace
+(``RUN_FILE``): the key's SHA-256, the delegation's run id, the gateway run id and the
+agent's pid with its start time. A gateway started later on the same workspaces (the
+embedded gateway of a resumed workflow, after the first died with its process) answers
+that key as the first acceptance did, instead of starting the agent again
+(``CommandRunner.earlier_run``, ``wait_for``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -256,6 +265,9 @@ class CommandRunner:
         self._running: dict[str, _Running] = {}
         self._detach_info: dict[str, dict[str, Any]] = {}
         self._closed = False
+        #: Per agent, the runs earlier gateways recorded (``RUN_FILE``), by key hash;
+        #: read once, at the first keyed task of that agent.
+        self._earlier: dict[str, dict[str, dict[str, Any]]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -316,8 +328,46 @@ class CommandRunner:
 
     # -- one task --------------------------------------------------------------------
 
-    def run(self, spec: GatewayAgentConfig, task: Task) -> ProcessOutcome:
-        """Run ``task`` on the command agent ``spec`` to the end (blocking)."""
+    def earlier_run(self, agent: str, idem_key: str) -> dict[str, Any] | None:
+        """The run an earlier gateway started for ``idem_key`` on ``agent`` (the contents
+        of its ``RUN_FILE``: ``gateway_run_id``, ``pid``, ``pid_start``, ...), or None.
+
+        The agent's workspaces are read once, at the first call for that agent; only
+        unfinished ones (no ``stdout.log``) count: a finished run's handoff is already
+        with the engine. Never raises."""
+        with self._lock:
+            known = self._earlier.get(agent)
+        if known is None:
+            known = _read_runs(self.workspaces_dir / agent)
+            with self._lock:
+                known = self._earlier.setdefault(agent, known)
+        return known.get(key_sha256(idem_key))
+
+    def wait_for(self, run: dict[str, Any], poll: float = 0.5) -> dict[str, str]:
+        """Block until the process ``run`` names (a ``RUN_FILE``'s contents) has ended, or
+        this runner is stopping; the completion to answer (``{"status": "ok"}``: its exit
+        status went to the gateway that started it, the engine judges its handoff)."""
+        pid = run.get("pid")
+        fd = _pidfd(pid, run.get("pid_start"))
+        try:
+            while not self._closed and process_alive(pid, run.get("pid_start")):
+                if fd is not None:
+                    select.select([fd], [], [], poll)
+                else:
+                    time.sleep(poll)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if self._closed and process_alive(pid, run.get("pid_start")):
+            return {"status": "error", "error": _STOPPING}
+        return {"status": "ok"}
+
+    def run(
+        self, spec: GatewayAgentConfig, task: Task, idem_key: str | None = None
+    ) -> ProcessOutcome:
+        """Run ``task`` on the command agent ``spec`` to the end (blocking); with
+        ``idem_key`` (the request's Idempotency-Key), its ``RUN_FILE`` is written once
+        the process started."""
         started = time.monotonic()
         workspace = self.workspaces_dir / spec.name / task.gateway_run_id
         try:
@@ -336,6 +386,8 @@ class CommandRunner:
         if isinstance(popen_or_reason, str):
             return self._finish(task, _failed_start(popen_or_reason, started), spec=spec)
         popen = popen_or_reason
+        if idem_key:
+            _write_run_file(workspace, idem_key, task, popen.pid)
         running = _Running(popen)
         deadline_epoch = time.time() + timeout if timeout is not None else None
         with self._lock:
@@ -411,6 +463,110 @@ class CommandRunner:
         if not written:
             return outcome
         return dataclasses.replace(outcome, wrote_handoff=True)
+
+
+#: The file of a keyed task's workspace naming its key (hashed) and process.
+RUN_FILE = "gateway-run.json"
+
+
+def key_sha256(idem_key: str) -> str:
+    """The hex SHA-256 of an Idempotency-Key, as ``RUN_FILE`` keeps it."""
+    return hashlib.sha256(idem_key.encode("utf-8")).hexdigest()
+
+
+def process_start(pid: Any) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, field 22 of
+    ``/proc/<pid>/stat``, as text), or None when it is not running (gone or a zombie)
+    or that file cannot be read."""
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = stat_line[stat_line.rfind(")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def process_alive(pid: Any, start: Any) -> bool:
+    """True while process ``pid`` runs and is the one that started at ``start`` (a
+    ``process_start`` value): a reused pid is not taken for it. Without ``/proc``,
+    whether some process has that pid."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if os.path.isdir("/proc/self"):
+        return start is not None and process_start(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _pidfd(pid: Any, start: Any) -> int | None:
+    """A pidfd of process ``pid`` if it is still the one started at ``start`` (it becomes
+    readable when the process ends), else None."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None or not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        fd = int(opener(pid))
+    except OSError:
+        return None
+    if process_alive(pid, start):  # checked after opening: the fd is that process's
+        return fd
+    os.close(fd)
+    return None
+
+
+def _write_run_file(workspace: Path, idem_key: str, task: Task, pid: int) -> None:
+    """Write ``RUN_FILE`` atomically; a failure is logged (the run goes on)."""
+    data = {
+        "key_sha256": key_sha256(idem_key),
+        "run_id": task.run_id,
+        "gateway_run_id": task.gateway_run_id,
+        "pid": pid,
+        "pid_start": process_start(pid),
+    }
+    tmp = workspace / f".{RUN_FILE}.tmp"
+    try:
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, workspace / RUN_FILE)
+    except OSError as exc:
+        log.warning("local gateway: cannot write %s: %s", workspace / RUN_FILE, exc)
+
+
+def _read_runs(agent_dir: Path) -> dict[str, dict[str, Any]]:
+    """The ``RUN_FILE`` contents of ``agent_dir``'s unfinished workspaces, by key hash."""
+    from engine.gateway.retention import FINISHED_MARKER
+
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        entries = list(os.scandir(agent_dir))
+    except OSError:
+        return runs
+    for entry in entries:
+        if not entry.name.startswith("gw-") or not entry.is_dir(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        if (path / FINISHED_MARKER).exists():
+            continue
+        try:
+            data = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("key_sha256"), str)
+            and data.get("gateway_run_id") == entry.name
+        ):
+            runs[data["key_sha256"]] = data
+    return runs
 
 
 def _keep_early_output(workspace: Path, outcome: ProcessOutcome, key: str | None) -> None:

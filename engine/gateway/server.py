@@ -587,21 +587,47 @@ class LocalGateway:
             known = self._idempotency.get(idem_key) if idem_key else None
             if known is not None:
                 return 200, {"ok": True, "runId": known}, None
+        earlier = self._earlier_run(agent, idem_key)
+        with self._lock:
+            if self._stopping:
+                return 503, _err("the local gateway is stopping"), None
+            known = self._idempotency.get(idem_key) if idem_key else None
+            if known is None and earlier is not None and idem_key:
+                known = self._idempotency[idem_key] = str(earlier["gateway_run_id"])
+                if data.get("waitForCompletion") is not True:
+                    return 200, {"ok": True, "runId": known}, None
+                self._count_in(agent)  # held: answered when that agent's process ends
+                job = _Job(agent, known, data["message"], None, _RunEnd(), None, idem_key)
+                job.earlier = earlier
+                return 200, {"ok": True, "runId": known}, job
+            if known is not None:
+                return 200, {"ok": True, "runId": known}, None
             run_id = f"gw-{secrets.token_hex(8)}"
             if idem_key:
                 self._idempotency[idem_key] = run_id
                 if len(self._idempotency) > IDEMPOTENCY_LIMIT:
                     self._idempotency.popitem(last=False)
             self._dispatched[agent] = self._dispatched.get(agent, 0) + 1
-            n = self._inflight[agent] = self._inflight.get(agent, 0) + 1
-            self._max_inflight[agent] = max(self._max_inflight.get(agent, 0), n)
-            self._total_inflight += 1
-            self._max_total = max(self._max_total, self._total_inflight)
+            self._count_in(agent)
         ended = _RunEnd() if data.get("waitForCompletion") is True else None
         timeout_s = float(timeout) if timeout else None
         session = data.get("sessionKey") or None
-        job = _Job(agent, run_id, data["message"], timeout_s, ended, session)
+        job = _Job(agent, run_id, data["message"], timeout_s, ended, session, idem_key)
         return 200, {"ok": True, "runId": run_id}, job
+
+    def _count_in(self, agent: str) -> None:
+        """One more run of ``agent`` in flight (the caller holds ``_lock``)."""
+        n = self._inflight[agent] = self._inflight.get(agent, 0) + 1
+        self._max_inflight[agent] = max(self._max_inflight.get(agent, 0), n)
+        self._total_inflight += 1
+        self._max_total = max(self._max_total, self._total_inflight)
+
+    def _earlier_run(self, agent: str, idem_key: str | None) -> dict[str, Any] | None:
+        """The run of a command agent that an earlier gateway on the same workspaces
+        started for ``idem_key`` (``CommandRunner.earlier_run``), or None."""
+        if not idem_key or self.agents[agent].kind != "command":
+            return None
+        return self._runner.earlier_run(agent, idem_key)
 
     def _launch(self, job: _Job) -> None:
         """Run ``job`` on an idle worker thread (a new one if none is idle); called after
@@ -613,7 +639,33 @@ class LocalGateway:
         me = threading.current_thread()
         with self._lock:
             self._threads.add(me)
-        self._run_task(job.agent, job.run_id, job.message, job.timeout, job.ended, job.session_key)
+        if job.earlier is not None:
+            self._wait_earlier(job)
+            return
+        self._run_task(
+            job.agent,
+            job.run_id,
+            job.message,
+            job.timeout,
+            job.ended,
+            job.session_key,
+            job.idem_key,
+        )
+
+    def _wait_earlier(self, job: _Job) -> None:
+        """Hold a repeated key's answer until the process an earlier gateway started for
+        it ends (``CommandRunner.wait_for``); nothing is started."""
+        completion = {"status": "error", "error": "the local gateway broke waiting for the agent"}
+        try:
+            if job.earlier is not None:
+                completion = self._runner.wait_for(job.earlier)
+        finally:
+            with self._lock:
+                self._inflight[job.agent] -= 1
+                self._total_inflight -= 1
+                self._threads.discard(threading.current_thread())
+            if job.ended is not None:
+                job.ended.set(completion)
 
     def _run_task(
         self,
@@ -623,6 +675,7 @@ class LocalGateway:
         timeout: float | None,
         ended: _RunEnd | None = None,
         session_key: str | None = None,
+        idem_key: str | None = None,
     ) -> None:
         task = None
         completion = {"status": "error", "error": "the local gateway broke running the agent"}
@@ -639,7 +692,7 @@ class LocalGateway:
                 run_model_agent(spec, task, self.cfg)
                 completion = {"status": "ok"}
                 return
-            outcome = self._runner.run(spec, task)
+            outcome = self._runner.run(spec, task, idem_key)
             completion = completion_of(outcome, task.handoff_key)
             if outcome.returncode != 0:
                 log.info(
@@ -832,7 +885,16 @@ def _delivery_answer(run_id: str, got: Any, key_problem: Any) -> tuple[int, dict
 class _Job:
     """One accepted run of an agent: what ``_run_task`` needs."""
 
-    __slots__ = ("agent", "ended", "message", "run_id", "session_key", "timeout")
+    __slots__ = (
+        "agent",
+        "earlier",
+        "ended",
+        "idem_key",
+        "message",
+        "run_id",
+        "session_key",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -842,7 +904,12 @@ class _Job:
         timeout: float | None,
         ended: _RunEnd | None,
         session_key: str | None = None,
+        idem_key: str | None = None,
     ) -> None:
+        self.idem_key = idem_key  # the request's Idempotency-Key, if any
+        #: Set: an earlier gateway started this key's run (its ``RUN_FILE``); it is
+        #: waited for, not started again.
+        self.earlier: dict[str, Any] | None = None
         self.agent = agent
         self.run_id = run_id
         self.message = message

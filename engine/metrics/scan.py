@@ -386,6 +386,12 @@ class _Scan:
         self.rejected = 0
         self.in_flight: dict[str, int] = {}
         self.orphaned = 0
+        #: Paths of the engine's records with a final outcome (a pending envelope beside
+        #: one is stale: its delegation is not in flight).
+        self.final: set[str] = set()
+        #: Workflow run id -> when it ended (its summary's ``finished_at``; "" while it
+        #: has not), as looked up.
+        self.ended: dict[str, str] = {}
         self.host = socket.gethostname()
         self.step_waits: dict[str, list[float]] = {}  # workflow -> its steps' token waits
 
@@ -422,6 +428,8 @@ class _Scan:
                 data = self.load(entry.path)
                 if data is not _MISSING:
                     self.record(data, entry.path, sub)
+                    if _final_record(data):
+                        self.final.add(entry.path)
         # Handoffs delivered to the inbox that were never recorded (nobody waited for
         # them): counted by their own status, as `unrecorded`.
         for entry in _json_entries(os.path.join(directory, INBOX_DIR)):
@@ -579,6 +587,8 @@ class _Scan:
                 continue
             if env.get("outcome") not in (None, "dispatched"):
                 continue  # a timeout or refusal kept for a late handoff: recorded already
+            if os.path.join(directory, entry.name) in self.final or self.run_ended(env):
+                continue  # left behind: its record is final, or its workflow run ended
             target = env.get("target")
             if not isinstance(target, str):
                 continue
@@ -587,6 +597,26 @@ class _Scan:
             self.in_flight[target] = self.in_flight.get(target, 0) + 1
             if not waiter_alive(env, host=self.host):
                 self.orphaned += 1
+
+    def run_ended(self, env: dict[str, Any]) -> bool:
+        """Whether the workflow run an envelope's ``labels.workflow_run`` names ended
+        (complete, failed or cancelled, by its ``summary.json``) after the envelope was
+        last written (``created_at``, ``reattached_at``, ``renewed_at``): a resumed run's
+        delegations, written after its earlier ending, are in flight."""
+        run = _label(env, "workflow_run")
+        if type(run) is not str or not run or "/" in run or run[0] == ".":
+            return False
+        finished = self.ended.get(run, "")
+        if run not in self.ended:
+            data = _read_json(os.path.join(self.store.runs_root, run, "summary.json"))
+            if isinstance(data, dict) and data.get("status") in _RUN_ENDED:
+                at = data.get("finished_at")
+                finished = at if isinstance(at, str) else ""
+            self.ended[run] = finished
+        if not finished:
+            return False
+        stamps = [env.get(k) for k in ("created_at", "reattached_at", "renewed_at")]
+        return all(type(t) is str and t <= finished for t in stamps if t is not None)
 
     def count_rejected(self, directory: str) -> None:
         try:
@@ -757,6 +787,29 @@ def _has_agent(steps: dict[str, Any], agent: str) -> bool:
 def _positive(value: Any) -> int:
     """A JSON count that is a positive integer, else 0 (bools are not counts)."""
     return value if type(value) is int and value > 0 else 0
+
+
+#: The statuses of a workflow run that has ended.
+_RUN_ENDED = frozenset({"complete", "failed", "cancelled"})
+
+
+def _final_record(data: Any) -> bool:
+    """An engine record (handoff fields + ``envelope``) with an outcome a resume does not
+    wait on again: not ``dispatched``, ``timeout`` or ``cancelled`` (those a resumed
+    workflow re-attaches to: ``Delegator._reattach``)."""
+    env = data.get("envelope") if isinstance(data, dict) else None
+    return isinstance(env, dict) and env.get("outcome") not in (
+        None, "dispatched", "timeout", "cancelled"
+    )
+
+
+def _read_json(path: str) -> Any:
+    """The JSON in ``path``, or None when it is missing or does not parse."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def _label(env: Any, key: str) -> Any:

@@ -175,6 +175,8 @@ def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Ru
         journal = store.journal(run_id)
         for s in view.steps.values():
             if not s.state.final:
+                if s.delegation_run_id:
+                    _close_pending(store, s.delegation_run_id)
                 journal.append(
                     "step_skipped", step=s.id, reason="the run was cancelled", kind="stopped"
                 )
@@ -185,6 +187,35 @@ def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Ru
     finally:
         lock.__exit__(None, None, None)
     return RunState.CANCELLED
+
+
+def _close_pending(store: RunStore, delegation_run_id: str) -> None:
+    """A cancelled run's delegation that a dead process left ``dispatched`` (no record):
+    recorded ``cancelled`` as a live cancel does, its pending envelope kept (now
+    ``cancelled``) so that a handoff its agent writes later is still merged (``late``).
+    Readers (metrics, routing, ``orchestrate show``) no longer count it in flight.
+    Nothing is done when a record exists or the envelope is not ``dispatched``."""
+    from engine.files import utcnow_iso
+
+    env = store.read_pending(delegation_run_id, sub=False)
+    if env is None or env.get("outcome") not in (None, "dispatched"):
+        return
+    if store.read(delegation_run_id, sub=False) is not None:
+        return
+    ended = dict(
+        env,
+        outcome="cancelled",
+        ended_at=utcnow_iso(),
+        error="the run was cancelled; a later handoff is still recorded (late)",
+    )
+    target = env.get("target")
+    store.finalize(
+        delegation_run_id,
+        ended,
+        sub=False,
+        keep_pending=True,
+        agent=target if isinstance(target, str) else None,
+    )
 
 
 def _child_line(run_id: str, s: Any) -> str:
