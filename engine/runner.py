@@ -1526,8 +1526,16 @@ class _Execution:
         return delay > 0 and self.retry_wait(self.cancel, delay)
 
     def _route(self, ps: Any) -> str:
-        """The least busy candidate for a capability step, at dispatch time."""
-        from engine.routing import inflight_counts
+        """The candidate for a capability step, at dispatch time: the least busy whose
+        gateway accepts a connection, as ``orchestrate --capability`` routes
+        (``engine.routing.choose``; agents of the local gateway are not probed)."""
+        from engine.routing import choose, inflight_counts, probe_gateway
+
+        registry = self.delegator.registry
+
+        def probe(name: str) -> str | None:
+            agent = registry.get(name)
+            return None if agent.is_local else probe_gateway(agent.url)
 
         with self.route_lock:
             counts = inflight_counts(self.delegator.store)
@@ -1535,8 +1543,8 @@ class _Execution:
             for other in self.steps.values():
                 if other.state is StepState.RUNNING and other.agent:
                     here[other.agent] = here.get(other.agent, 0) + 1
-            load = {a: max(counts.get(a, 0), here.get(a, 0)) for a in ps.candidates}
-            agent = min(ps.candidates, key=lambda a: load[a])
+            load = [(a, max(counts.get(a, 0), here.get(a, 0))) for a in ps.candidates]
+            agent, _ = choose(load, probe)
             claimed = self.steps.get(ps.id)  # claim it before the next step chooses
             if claimed is not None:
                 claimed.agent = agent
