@@ -42,7 +42,7 @@ from engine.files import new_run_id, parse_iso, utcnow_iso
 from engine.prepare import Prepared as Prepared
 from engine.prepare import check_approvals
 from engine.prepare import prepare as prepare
-from engine.redact import redact_obj
+from engine.redact import held, redact_obj, secret_parts
 from engine.reporter import Reporter
 from engine.runs import (
     RunView,
@@ -585,14 +585,18 @@ class WorkflowRunner:
         """Journal how the run (re)starts (``begin``), then execute it from its replayed
         state; the journal is closed however it ends. Called with the run claimed."""
         journal = self.store.journal(run_id)
-        try:
-            begin(journal)
-            view = replay_run(self.store, run_id)
-            return _Execution(
-                self, prepared, view, journal, options, parent_cancel, parent_interrupt
-            ).run()
-        finally:
-            journal.close()
+        # The secret parts of the inputs (run.json keeps them masked) are masked in all
+        # the run writes and prints, bare too (an agent that repeats them), while it runs.
+        with held(secret_parts(prepared.plan.inputs)):
+            try:
+                begin(journal)
+                view = replay_run(self.store, run_id)
+                result = _Execution(
+                    self, prepared, view, journal, options, parent_cancel, parent_interrupt
+                ).run()
+                return replace(result, summary=redact_obj(result.summary))
+            finally:
+                journal.close()
 
     def _check_approvals(self, plan: Any, options: RunOptions) -> None:
         check_approvals(plan, options.approve)
