@@ -527,6 +527,33 @@ def load_optional(config: str | None) -> Any:
     return load_config(path)
 
 
+def config_flag(cfg: Any) -> str:
+    """`` --config PATH`` (absolute, shell-quoted) for a follow-up command a hint prints,
+    when the config ``cfg`` (a ``Config``, or None) was not found as such a command typed
+    here would find it (``engine.config.find_config``: $ORCHESTRATOR_CONFIG, else
+    ./orchestrator.yaml), e.g. it was given by ``--config``; else empty. Every printed
+    `workflow approve/reject/answer/resume/run` hint of a local run carries it."""
+    import shlex
+    from pathlib import Path
+
+    from engine.config import find_config
+    from engine.errors import ConfigError
+
+    path = getattr(cfg, "path", None)
+    if not path:
+        return ""
+    here = Path(path).absolute()
+    try:
+        found: Path | None = find_config(None).absolute()
+    except ConfigError:
+        found = None
+    try:
+        same = found is not None and found.resolve() == here.resolve()
+    except OSError:
+        same = False
+    return "" if same else f" --config {shlex.quote(str(here))}"
+
+
 def dump(data: Any) -> None:
     """Print ``data`` as indented JSON, secrets masked, controls escaped as ``\\uXXXX``
     (``engine.textio.json_text``): the output stays JSON and cannot drive a terminal."""
