@@ -351,13 +351,22 @@ def interrupt_exit(got: list[int]) -> int:
     return 128 + got[0] if got else 130
 
 
-def _interrupted(text: str, *, as_json: bool) -> NoReturn:
-    """Ctrl-C (or an aborted prompt): ``text`` on stderr, exit 130 (and the JSON object of
-    ``fail`` with ``--json``)."""
-    click.echo(text, err=True)
+def interrupted(text: str, *, as_json: bool, code: int = 130) -> int:
+    """What a command that stopped waiting on Ctrl-C (or SIGTERM/SIGHUP) prints: ``text``
+    on stderr (secrets masked) and, with ``--json``, the JSON object of ``fail`` on stdout
+    (``{"error": text, "exit_code": code}``, README "Exit codes"); returns ``code``
+    (``interrupt_exit``) for the command to exit with. Every interrupted path ends here."""
+    say(text, err=True)
     if as_json:
-        dump({"error": text, "exit_code": 130})
-    sys.exit(130)
+        from engine.redact import redact
+
+        dump({"error": redact(text), "exit_code": code})
+    return code
+
+
+def _interrupted(text: str, *, as_json: bool) -> NoReturn:
+    """Ctrl-C (or an aborted prompt): ``interrupted``, then exit 130."""
+    sys.exit(interrupted(text, as_json=as_json))
 
 
 class EngineGroup(click.Group):

@@ -20,6 +20,7 @@ from engine.cli.common import (
     dump,
     exiting,
     interrupt_exit,
+    interrupted,
     load,
     load_optional,
     say,
@@ -162,8 +163,8 @@ class _Driving:
                 finally:
                     getattr(reporter, "close", lambda: None)()
         except RunInterrupted as stop:
-            say(_interrupted_hint(stop.run_id, stop.in_flight, config_flag(cfg)), err=True)
-            return interrupt_exit(got)
+            hint = _interrupted_hint(stop.run_id, stop.in_flight, config_flag(cfg))
+            return interrupted(hint, as_json=self.as_json, code=interrupt_exit(got))
         except BrokenPipeError:
             raise  # stdout's reader went away: quietly (EngineGroup)
         except OSError as exc:
