@@ -261,7 +261,7 @@ def _step_lines(s: dict[str, Any]) -> list[str]:
         if len(s["candidates"]) > 1:  # routed when dispatched (engine.runner._route)
             target = (
                 f"capability `{s['capability']}` -> chosen at run time among "
-                f"{', '.join(s['candidates'])} (the least busy whose gateway is reachable)"
+                f"{', '.join(s['candidates'])}"
             )
         else:
             target = f"capability `{s['capability']}` -> {s['agent']}"

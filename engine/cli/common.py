@@ -386,6 +386,20 @@ class EngineGroup(click.Group):
     def command_path_of(self, args: list[str], prog: str) -> str:
         """The command the words ``args`` name, as ``orchestrate handoff write``: the
         program ``prog``, then each word that names a subcommand of the one before."""
+        return " ".join(self._command_of(args, prog)[0])
+
+    def takes_json(self, args: list[str]) -> bool:
+        """Whether ``--json`` is among the words (``wants_json``) and the command they
+        name has that option: a command without it answers a usage error in plain text,
+        as the error says it has no such option."""
+        if not wants_json(args):
+            return False
+        command = self._command_of(args, "")[1]
+        if command is self and self.default_command:  # `orchestrate --capability X ...`
+            command = self.commands.get(self.default_command, self)
+        return any("--json" in p.opts for p in command.params)
+
+    def _command_of(self, args: list[str], prog: str) -> tuple[list[str], click.Command]:
         path: list[str] = [prog]
         command: click.Command = self
         for word in args:
@@ -398,7 +412,7 @@ class EngineGroup(click.Group):
                 break
             path.append(word)
             command = found
-        return " ".join(path)
+        return path, command
 
     def main(
         self,
@@ -442,7 +456,7 @@ class EngineGroup(click.Group):
 
         if not standalone_mode:  # the caller handles errors and the exit code itself
             return run()
-        as_json = wants_json(args)
+        as_json = self.takes_json(args)
         try:
             rv = run()
         except OrchestratorError as exc:
