@@ -47,6 +47,9 @@ def test_gate_hints_carry_the_config_and_work_as_printed(tmp_path: Path) -> None
     command = line.split(": ", 1)[1].split("   (or:")[0]
     approve, resume = command.split(" && ")
     assert approve.endswith(f"g {flag}") and resume.endswith(flag)
+    status = _cli("status", _run(res), "--config", "t9v/orchestrator.yaml", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert f"`workflow approve {_run(res)} g {flag}`" in status.stdout
     # copied as printed, from the same directory, both work
     done = _cli(*shlex.split(approve)[1:], cwd=tmp_path)
     assert done.returncode == 0, done.stderr

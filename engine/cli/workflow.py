@@ -886,7 +886,7 @@ def workflow_status_cmd(run_id: str, as_json: bool, where: Where) -> int:
 
     status = where.act(
         lambda remote: remote.status(run_id),
-        lambda cfg: run_status(cfg, run_id),
+        lambda cfg: run_status(cfg, run_id, cf=config_flag(cfg)),
     )
     if as_json:
         dump(status)
