@@ -108,14 +108,17 @@ def replay_question(step: Any, ev: dict[str, Any]) -> None:
         }
 
 
-def waiting_line(run_id: str, step: str, question: dict[str, Any] | None) -> str:
-    """What ``workflow status`` says about a step waiting for an answer."""
+def waiting_line(
+    run_id: str, step: str, question: dict[str, Any] | None, cf: str = ""
+) -> str:
+    """What ``workflow status`` says about a step waiting for an answer (its commands
+    with ``cf``: `` --config PATH`` or nothing, ``engine.runs.admin.run_status``)."""
     q = (question or {}).get("text", "?")
     if (question or {}).get("answer") is not None:
-        return f'asked "{q}"; answered: continue with `workflow resume {run_id}`'
+        return f'asked "{q}"; answered: continue with `workflow resume {run_id}{cf}`'
     return (
-        f'asks "{q}": answer with `workflow answer {run_id} {step} "..."`, then '
-        f"`workflow resume {run_id}`"
+        f'asks "{q}": answer with `workflow answer {run_id} {step} "..."{cf}`, then '
+        f"`workflow resume {run_id}{cf}`"
     )
 
 

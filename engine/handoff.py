@@ -365,15 +365,20 @@ def loads_strict(text: str | bytes) -> Any:
     )
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object has a key written twice (``unique_keys``): its text names the key."""
+
+
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object's pairs as a dict; ``ValueError`` naming the first key written twice
-    (a ``json.loads`` ``object_pairs_hook``; the local gateway's receiver uses it too)."""
+    """An object's pairs as a dict; ``DuplicateKeyError`` (a ``ValueError``) naming the
+    first key written twice (a ``json.loads`` ``object_pairs_hook``; the local gateway's
+    receiver uses it too)."""
     data = dict(pairs)
     if len(data) != len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise ValueError(
+                raise DuplicateKeyError(
                     f"key `{terminal_text(key[:60])}` is written twice in one object: keep "
                     "one, as the last would silently win"
                 )
@@ -400,6 +405,8 @@ def parse_handoff(text: str | bytes, *, path: Path) -> Any:
             kind="parse",
             path=path,
         ) from exc
+    except DuplicateKeyError as exc:  # sound JSON otherwise: the real cause first
+        raise HandoffProblem(f"handoff `{path}`: {exc}.", kind="parse", path=path) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise HandoffProblem(
             f"handoff `{path}` is not valid JSON ({exc}).", kind="parse", path=path

@@ -258,9 +258,13 @@ def _step_lines(s: dict[str, Any]) -> list[str]:
     if s.get("workflow"):
         return _child_lines(s)
     if s["capability"]:
-        others = [c for c in s["candidates"] if c != s["agent"]]
-        also = f" (also capable: {', '.join(others)})" if others else ""
-        target = f"capability `{s['capability']}` -> {s['agent']}{also}"
+        if len(s["candidates"]) > 1:  # routed when dispatched (engine.runner._route)
+            target = (
+                f"capability `{s['capability']}` -> chosen at run time among "
+                f"{', '.join(s['candidates'])}"
+            )
+        else:
+            target = f"capability `{s['capability']}` -> {s['agent']}"
     else:
         target = s["agent"]
     lines = [f"  - {s['id']}: {target}"]

@@ -42,7 +42,8 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -53,6 +54,8 @@ MIN_SECRET = 4
 
 _lock = threading.Lock()
 _known: set[str] = set()
+#: Secrets held for a while (a workflow run's secret inputs), with how many holders each.
+_held: dict[str, int] = {}
 _known_re: re.Pattern[str] | None = None
 _known_list: tuple[str, ...] = ()
 
@@ -200,6 +203,79 @@ def _service_sources(cfg: Any, envs: list[str], files: list[Any]) -> list[str]:
     return listed
 
 
+def _forms(values: Iterable[str]) -> set[str]:
+    forms: set[str] = set()
+    for value in values:
+        value = value.strip()
+        if len(value) >= MIN_SECRET:
+            forms |= {value, json.dumps(value)[1:-1]}
+    return forms
+
+
+@contextmanager
+def held(values: Iterable[str]) -> Iterator[None]:
+    """Mask ``values`` (and their JSON-escaped forms) everywhere, as registered secrets
+    are, while the ``with`` block runs; then forget them unless another holder still
+    holds them (a count per value). A workflow run holds its secret inputs so for its
+    lifetime (``engine.runner``): a long-running process keeps no registry that grows
+    with every run. Values shorter than ``MIN_SECRET`` are ignored."""
+    forms = _forms(values)
+    if not forms:
+        yield
+        return
+    with _lock:
+        for f in forms:
+            _held[f] = _held.get(f, 0) + 1
+        _rebuild()
+    try:
+        yield
+    finally:
+        with _lock:
+            for f in forms:
+                n = _held.get(f, 0) - 1
+                if n > 0:
+                    _held[f] = n
+                else:
+                    _held.pop(f, None)
+            _rebuild()
+
+
+def held_count() -> int:
+    """How many secret forms are held (``held``) right now."""
+    with _lock:
+        return len(_held)
+
+
+def secret_parts(obj: Any) -> list[str]:
+    """The substrings of every string in ``obj`` (a JSON-like value) that ``redact``
+    would mask by their shape (a ``Bearer`` token, an ``api_key=`` value, an ``sk-``
+    key, a URL's password or token-like user): the secret parts alone, so that they are
+    masked when they appear bare (``held``). Registered secrets are masked already and
+    are not listed."""
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in (*secret_parts(k), *secret_parts(v))]
+    if isinstance(obj, list | tuple):
+        return [p for v in obj for p in secret_parts(v)]
+    if not isinstance(obj, str):
+        return []
+    parts: list[str] = []
+    for m in _GENERIC.finditer(obj):
+        whole, shown = m.group(0), _generic(m)
+        if shown == whole:
+            continue
+        start = 0
+        while start < min(len(whole), len(shown)) and whole[start] == shown[start]:
+            start += 1
+        end = 0
+        while end < min(len(whole), len(shown)) - start and whole[-1 - end] == shown[-1 - end]:
+            end += 1
+        secret = whole[start : len(whole) - end]
+        parts.append(secret)
+        if m.group("u") is not None and ":" in m.group("uval"):
+            parts.append(m.group("uval").split(":", 1)[1])  # the password alone
+    return parts
+
+
 def forget_all() -> None:
     """Forget every registered secret (tests)."""
     global _known_re, _known_list
@@ -219,7 +295,7 @@ def known_count() -> int:
 def _rebuild() -> None:
     global _known_re, _known_list
     # Longest first, so a secret that contains another is masked whole.
-    ordered = sorted(_known, key=len, reverse=True)
+    ordered = sorted(_known | _held.keys(), key=len, reverse=True)
     _known_re = re.compile("|".join(re.escape(s) for s in ordered)) if ordered else None
     _known_list = tuple(ordered)
 

@@ -28,6 +28,7 @@ run ended? was the dispatch refused?) and ``refused`` (a handoff could not be ac
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,25 @@ WHY = {
 }
 
 
+#: How ``engine.handoff.unique_keys`` names a key written twice in a problem's text.
+_TWICE = re.compile(r"key `([^`]*)` is written twice in one object")
+
+
+def why_text(why: str, problems: list[str]) -> str:
+    """What ``why`` (a key of ``WHY``, or a refusal's kind) says in a message: ``WHY``'s
+    sentence, except for a file refused only for a key written twice (``problems``
+    name it), which is JSON otherwise: that cause is named instead of "not valid JSON"."""
+    if why == "parse":
+        for problem in problems:
+            m = _TWICE.search(problem)
+            if m:
+                return (
+                    f"the file at handoff_path writes the key `{m.group(1)}` twice in one "
+                    "object. Write each key once: the last would silently win."
+                )
+    return WHY.get(why, why)
+
+
 @dataclass(frozen=True)
 class Ending:
     """Why a delegation ends before its deadline: ``errored`` or ``unusable``."""
@@ -109,7 +129,7 @@ def repair_message(
     """The corrective message: what was wrong, where to write, how, and the key."""
     lines = [
         REPAIR_MARKER,
-        f"Repair {attempt} of {attempts}: {WHY.get(why, why)}",
+        f"Repair {attempt} of {attempts}: {why_text(why, problems)}",
         *(f"  - {p}" for p in problems),
         "Write the handoff now (the fields of the HANDOFF block), then stop.",
         f"run_id: {run_id}",
@@ -130,7 +150,7 @@ def unusable(
     ``why`` is a key of ``WHY`` (or a refusal's kind); ``problems`` (the refusal's JSON
     pointer errors) are kept verbatim in the error, hence in the record's ``error``.
     """
-    detail = WHY.get(why, why).rstrip(":.")
+    detail = why_text(why, problems).rstrip(":.")
     listed = "".join(f"\n  - {p}" for p in problems)
     spent = (
         f"after {repairs} repair attempt(s)"
@@ -490,7 +510,7 @@ class RunWatch:
         self.envelope.setdefault("repairs", []).append(entry)
         self._rejected_before = len(self.envelope.get("rejected") or [])
         if self._on_repair is not None:
-            self._on_repair(f"{self.agent}: {WHY.get(why, why).rstrip(':.')}; repair {n} of "
+            self._on_repair(f"{self.agent}: {why_text(why, problems).rstrip(':.')}; repair {n} of "
                             f"{self.allowed} sent ({self.run_id})")
         try:
             self.dispatch = self._resend(text, n)

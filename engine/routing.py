@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -77,14 +77,29 @@ def route(
             "Nothing was sent."
         )
     candidates = tuple((name, int(inflight.get(name, 0))) for name in allowed)
+    agent, skipped = choose(candidates, probe)
+    return Route(capability, agent, candidates, excluded, skipped)
+
+
+def choose(
+    candidates: Sequence[tuple[str, int]],
+    probe: Callable[[str], str | None] | None = None,
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The agent to send to among ``candidates`` ((agent, tasks in flight), registry
+    order, at least one) and the (agent, why) pairs passed over as unreachable.
+
+    The fewest in flight first (ties: registry order); with ``probe`` (agent name -> why
+    it cannot be reached, or None) the first reachable in that order wins, and when none
+    is, the least busy is chosen anyway. The one rule of ``route`` and of a workflow's
+    capability steps (``engine.runner``), so both route the same way."""
     ordered = sorted(candidates, key=lambda c: c[1])  # stable: the first of equals first
     skipped: list[tuple[str, str]] = []
     for name, _ in ordered:
         why = probe(name) if probe is not None else None
         if why is None:
-            return Route(capability, name, candidates, excluded, tuple(skipped))
+            return name, tuple(skipped)
         skipped.append((name, why))
-    return Route(capability, ordered[0][0], candidates, excluded, tuple(skipped))
+    return ordered[0][0], tuple(skipped)
 
 
 #: Seconds a routing probe waits for a TCP connection to an agent's gateway.

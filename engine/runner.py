@@ -42,7 +42,7 @@ from engine.files import new_run_id, parse_iso, utcnow_iso
 from engine.prepare import Prepared as Prepared
 from engine.prepare import check_approvals
 from engine.prepare import prepare as prepare
-from engine.redact import redact_obj
+from engine.redact import held, redact_obj, secret_parts
 from engine.reporter import Reporter
 from engine.runs import (
     RunView,
@@ -585,14 +585,18 @@ class WorkflowRunner:
         """Journal how the run (re)starts (``begin``), then execute it from its replayed
         state; the journal is closed however it ends. Called with the run claimed."""
         journal = self.store.journal(run_id)
-        try:
-            begin(journal)
-            view = replay_run(self.store, run_id)
-            return _Execution(
-                self, prepared, view, journal, options, parent_cancel, parent_interrupt
-            ).run()
-        finally:
-            journal.close()
+        # The secret parts of the inputs (run.json keeps them masked) are masked in all
+        # the run writes and prints, bare too (an agent that repeats them), while it runs.
+        with held(secret_parts(prepared.plan.inputs)):
+            try:
+                begin(journal)
+                view = replay_run(self.store, run_id)
+                result = _Execution(
+                    self, prepared, view, journal, options, parent_cancel, parent_interrupt
+                ).run()
+                return replace(result, summary=redact_obj(result.summary))
+            finally:
+                journal.close()
 
     def _check_approvals(self, plan: Any, options: RunOptions) -> None:
         check_approvals(plan, options.approve)
@@ -1526,8 +1530,16 @@ class _Execution:
         return delay > 0 and self.retry_wait(self.cancel, delay)
 
     def _route(self, ps: Any) -> str:
-        """The least busy candidate for a capability step, at dispatch time."""
-        from engine.routing import inflight_counts
+        """The candidate for a capability step, at dispatch time: the least busy whose
+        gateway accepts a connection, as ``orchestrate --capability`` routes
+        (``engine.routing.choose``; agents of the local gateway are not probed)."""
+        from engine.routing import choose, inflight_counts, probe_gateway
+
+        registry = self.delegator.registry
+
+        def probe(name: str) -> str | None:
+            agent = registry.get(name)
+            return None if agent.is_local else probe_gateway(agent.url)
 
         with self.route_lock:
             counts = inflight_counts(self.delegator.store)
@@ -1535,8 +1547,8 @@ class _Execution:
             for other in self.steps.values():
                 if other.state is StepState.RUNNING and other.agent:
                     here[other.agent] = here.get(other.agent, 0) + 1
-            load = {a: max(counts.get(a, 0), here.get(a, 0)) for a in ps.candidates}
-            agent = min(ps.candidates, key=lambda a: load[a])
+            load = [(a, max(counts.get(a, 0), here.get(a, 0))) for a in ps.candidates]
+            agent, _ = choose(load, probe)
             claimed = self.steps.get(ps.id)  # claim it before the next step chooses
             if claimed is not None:
                 claimed.agent = agent

@@ -502,7 +502,7 @@ Inputs:
 Upstream results are placeholders: `<result of ID>`, status `complete`, confidence `high`.
 
 Group 1 of 3: research
-  - research: capability `research` -> study-builder (also capable: webster)
+  - research: capability `research` -> chosen at run time among study-builder, webster
       validate: by tech-lead
       timeout 300 s, retries 0, on failure: stop
       task:

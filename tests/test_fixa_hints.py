@@ -55,9 +55,9 @@ def test_a_gate_in_a_child_run_names_the_child_run_and_its_step(tmp_path: Path) 
     parent = re.search(r"run: .*/(wf-\S+)", res.stdout).group(1)  # type: ignore[union-attr]
     cmds = _commands(res.stderr)
     assert cmds[0][0] == "approve" and cmds[0][1] != parent and cmds[0][2] == "look"
-    assert cmds[1] == ["resume", parent]
+    assert cmds[1] == ["resume", parent, "--config", cfg]  # each as printed works
     for cmd in cmds:
-        done = _cli(*cmd, "--config", cfg, *(["-q"] if cmd[0] == "resume" else []))
+        done = _cli(*cmd, *(["-q"] if cmd[0] == "resume" else []))
         assert done.exit_code == 0, done.output
     assert f"parent · {parent} · complete" in done.stdout, done.output
 
@@ -81,7 +81,7 @@ def test_a_rejected_gate_does_not_suggest_retry_failed(tmp_path: Path) -> None:
     assert "--retry-failed" not in done.stderr
     assert "the gate of `s` was rejected, which is final" in done.stderr
     # named as it was started (a path), and no `-i ...`: the workflow has no inputs
-    said = f"workflow run {tmp_path / 'wf.yaml'} (--approve s to approve up front)"
+    said = f"workflow run {tmp_path / 'wf.yaml'} --config {cfg} (--approve s to approve up front)"
     assert said in done.stderr
 
 
@@ -91,7 +91,10 @@ def test_a_gate_with_typed_input_suggests_input(tmp_path: Path) -> None:
     step = {"id": "s", "agent": "webster", "task": "x", "gate": gate}
     rid, res = _run_hint(tmp_path, {"steps": [step]}, cfg)
     assert res.exit_code == 3
-    assert f"workflow approve {rid} s --input VALUE && workflow resume {rid}" in res.stderr
+    assert (
+        f"workflow approve {rid} s --input VALUE --config {cfg} && workflow resume {rid} "
+        f"--config {cfg}"
+    ) in res.stderr
     assert _cli("approve", rid, "s", "--input", "full", "--config", cfg).exit_code == 0
     assert _cli("resume", rid, "--config", cfg, "-q").exit_code == 0
 

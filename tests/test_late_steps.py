@@ -162,7 +162,7 @@ def test_resume_takes_a_late_handoff_of_a_timed_out_step(
     assert row["late_result"] == "complete"
     assert row["waiting"] == (
         f"timeout, but its agent's handoff (complete) arrived later: "
-        f"`workflow resume {run_id}` takes it"
+        f"`workflow resume {run_id} --config {config}` takes it"  # run from another directory
     )
     args = ["resume", run_id, *(["--retry-failed"] if retry_failed else [])]
     resumed = _workflow(config, *args)

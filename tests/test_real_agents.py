@@ -423,7 +423,7 @@ def test_a_workflow_step_asks_parks_and_resumes_with_the_answer(tmp_path: Path) 
     assert status["status"] == "waiting_input"
     assert status["steps"]["research"]["waiting"] == (
         f'asks "Which temperature range?": answer with `workflow answer {run_id} research '
-        f'"..."`, then `workflow resume {run_id}`'
+        f'"..." --config {cfg.path}`, then `workflow resume {run_id} --config {cfg.path}`'
     )
     early = _cli(workflow, cfg, "answer", run_id, "review", "x")
     assert early.exit_code == 2 and "is not waiting for an answer" in early.output

@@ -213,7 +213,7 @@ def test_non_interactive_park_approve_resume(tmp_path: Path) -> None:
     assert summary["steps"]["research"]["status"] == "complete"
     status = json.loads(_wf("status", run_id, "--json", *c).stdout)
     assert status["steps"]["review"]["waiting"].startswith(
-        f"at its approval gate: `workflow approve {run_id} review`"
+        f"at its approval gate: `workflow approve {run_id} review --config {cfg.path}`"
     )
     res = _wf("approve", run_id, "review", *c)
     assert res.exit_code == 0 and f"workflow resume {run_id}" in res.stdout

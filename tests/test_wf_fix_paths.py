@@ -107,7 +107,9 @@ def test_a_rejected_gate_suggests_the_path_the_run_was_started_with(tmp_path: Pa
     assert _wf(mine, config, "reject", rid, "review", "--reason", "no").returncode == 0
     res = _wf(mine, config, "resume", rid)
     assert res.returncode == 1
-    assert "start a new run: workflow run wf/gate.yaml (--approve review" in res.stderr
+    assert (
+        f"start a new run: workflow run wf/gate.yaml --config {config} (--approve review"
+    ) in res.stderr
     assert "-i ..." not in res.stderr  # the workflow has no inputs
     assert "workflow run gate " not in res.stderr
 
@@ -122,7 +124,9 @@ def test_a_hint_from_another_directory_gives_the_absolute_path_and_inputs(
     res = _wf(elsewhere, config, "resume", rid)
     assert res.returncode == 1
     path = (mine / "wf" / "gate.yaml").resolve()
-    assert f"start a new run: workflow run {path} -i ... (--approve review" in res.stderr
+    assert (
+        f"start a new run: workflow run {path} -i ... --config {config} (--approve review"
+    ) in res.stderr
 
 
 def test_record_prints_a_test_command_that_works_and_takes_the_path(tmp_path: Path) -> None:

@@ -351,13 +351,22 @@ def interrupt_exit(got: list[int]) -> int:
     return 128 + got[0] if got else 130
 
 
-def _interrupted(text: str, *, as_json: bool) -> NoReturn:
-    """Ctrl-C (or an aborted prompt): ``text`` on stderr, exit 130 (and the JSON object of
-    ``fail`` with ``--json``)."""
-    click.echo(text, err=True)
+def interrupted(text: str, *, as_json: bool, code: int = 130) -> int:
+    """What a command that stopped waiting on Ctrl-C (or SIGTERM/SIGHUP) prints: ``text``
+    on stderr (secrets masked) and, with ``--json``, the JSON object of ``fail`` on stdout
+    (``{"error": text, "exit_code": code}``, README "Exit codes"); returns ``code``
+    (``interrupt_exit``) for the command to exit with. Every interrupted path ends here."""
+    say(text, err=True)
     if as_json:
-        dump({"error": text, "exit_code": 130})
-    sys.exit(130)
+        from engine.redact import redact
+
+        dump({"error": redact(text), "exit_code": code})
+    return code
+
+
+def _interrupted(text: str, *, as_json: bool) -> NoReturn:
+    """Ctrl-C (or an aborted prompt): ``interrupted``, then exit 130."""
+    sys.exit(interrupted(text, as_json=as_json))
 
 
 class EngineGroup(click.Group):
@@ -377,6 +386,20 @@ class EngineGroup(click.Group):
     def command_path_of(self, args: list[str], prog: str) -> str:
         """The command the words ``args`` name, as ``orchestrate handoff write``: the
         program ``prog``, then each word that names a subcommand of the one before."""
+        return " ".join(self._command_of(args, prog)[0])
+
+    def takes_json(self, args: list[str]) -> bool:
+        """Whether ``--json`` is among the words (``wants_json``) and the command they
+        name has that option: a command without it answers a usage error in plain text,
+        as the error says it has no such option."""
+        if not wants_json(args):
+            return False
+        command = self._command_of(args, "")[1]
+        if command is self and self.default_command:  # `orchestrate --capability X ...`
+            command = self.commands.get(self.default_command, self)
+        return any("--json" in p.opts for p in command.params)
+
+    def _command_of(self, args: list[str], prog: str) -> tuple[list[str], click.Command]:
         path: list[str] = [prog]
         command: click.Command = self
         for word in args:
@@ -389,7 +412,7 @@ class EngineGroup(click.Group):
                 break
             path.append(word)
             command = found
-        return " ".join(path)
+        return path, command
 
     def main(
         self,
@@ -433,7 +456,7 @@ class EngineGroup(click.Group):
 
         if not standalone_mode:  # the caller handles errors and the exit code itself
             return run()
-        as_json = wants_json(args)
+        as_json = self.takes_json(args)
         try:
             rv = run()
         except OrchestratorError as exc:
@@ -525,6 +548,33 @@ def load_optional(config: str | None) -> Any:
             raise
         return None
     return load_config(path)
+
+
+def config_flag(cfg: Any) -> str:
+    """`` --config PATH`` (absolute, shell-quoted) for a follow-up command a hint prints,
+    when the config ``cfg`` (a ``Config``, or None) was not found as such a command typed
+    here would find it (``engine.config.find_config``: $ORCHESTRATOR_CONFIG, else
+    ./orchestrator.yaml), e.g. it was given by ``--config``; else empty. Every printed
+    `workflow approve/reject/answer/resume/run` hint of a local run carries it."""
+    import shlex
+    from pathlib import Path
+
+    from engine.config import find_config
+    from engine.errors import ConfigError
+
+    path = getattr(cfg, "path", None)
+    if not path:
+        return ""
+    here = Path(path).absolute()
+    try:
+        found: Path | None = find_config(None).absolute()
+    except ConfigError:
+        found = None
+    try:
+        same = found is not None and found.resolve() == here.resolve()
+    except OSError:
+        same = False
+    return "" if same else f" --config {shlex.quote(str(here))}"
 
 
 def dump(data: Any) -> None:

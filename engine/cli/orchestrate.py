@@ -20,6 +20,7 @@ from engine.cli.common import (
     config_option,
     dump,
     interrupt_exit,
+    interrupted,
     load,
     load_optional,
     options,
@@ -241,8 +242,7 @@ def delegate_cmd(
                 delegator, req, capability=capability, validator=checker, key=key, dry_run=dry_run
             )
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the wait ends; the delegation goes on
-        say(_interrupted(sent), err=True)
-        return interrupt_exit(got)
+        return interrupted(_interrupted(sent), as_json=as_json, code=interrupt_exit(got))
     if done.result is None:
         if done.route:
             click.echo(done.route.explain())

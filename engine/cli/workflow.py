@@ -15,10 +15,12 @@ from engine.cli.common import (
     Where,
     collected,
     collector_paused,
+    config_flag,
     config_option,
     dump,
     exiting,
     interrupt_exit,
+    interrupted,
     load,
     load_optional,
     say,
@@ -161,8 +163,8 @@ class _Driving:
                 finally:
                     getattr(reporter, "close", lambda: None)()
         except RunInterrupted as stop:
-            say(_interrupted_hint(stop.run_id, stop.in_flight), err=True)
-            return interrupt_exit(got)
+            hint = _interrupted_hint(stop.run_id, stop.in_flight, config_flag(cfg))
+            return interrupted(hint, as_json=self.as_json, code=interrupt_exit(got))
         except BrokenPipeError:
             raise  # stdout's reader went away: quietly (EngineGroup)
         except OSError as exc:
@@ -233,8 +235,9 @@ def _started_here(cfg: Any, began: float) -> str | None:
 EXIT_INTERRUPTED = 130
 
 
-def _interrupted_hint(run_id: str, in_flight: list[str]) -> str:
-    """The one paragraph after Ctrl-C stopped a run's wait (``RunInterrupted``)."""
+def _interrupted_hint(run_id: str, in_flight: list[str], cf: str = "") -> str:
+    """The one paragraph after Ctrl-C stopped a run's wait (``RunInterrupted``); ``cf``:
+    the `` --config PATH`` its command carries (``config_flag``)."""
     steps = ", ".join(f"`{sid}`" for sid in in_flight)
     one = len(in_flight) == 1
     flying = (
@@ -246,7 +249,7 @@ def _interrupted_hint(run_id: str, in_flight: list[str]) -> str:
     )
     return (
         f"interrupted: stopped waiting for run {run_id}, which stays resumable; no step "
-        f"was recorded as ended.{flying} Continue it with: workflow resume {run_id}"
+        f"was recorded as ended.{flying} Continue it with: workflow resume {run_id}{cf}"
     )
 
 
@@ -390,20 +393,23 @@ def _next_steps(
     gate_inputs: frozenset[str] | None = None,
 ) -> None:
     """What to do next, on stderr: decide a gate, answer a question, or retry; each line
-    can be copied as printed (``flags``: the server's options, see ``_render_run``)."""
+    can be copied as printed (``flags``: the server's options, see ``_render_run``;
+    without a server, each command carries ``config_flag(cfg)``)."""
     rid, status = summary["runId"], summary["status"]
-    then = "" if flags else f" && workflow resume {rid}"
+    cf = "" if flags else config_flag(cfg)
+    opts = flags or cf  # what every printed command carries
+    then = "" if flags else f" && workflow resume {rid}{cf}"
     if status in ("waiting_approval", "waiting_input"):
         for sid, st in summary["steps"].items():
             if st["status"] in ("waiting_approval", "waiting_input") and st.get("child_run_id"):
-                click.echo(_child_hint(cfg, rid, sid, st, flags), err=True)
+                click.echo(_child_hint(cfg, rid, sid, st, flags, cf), err=True)
     if status == "waiting_approval":
-        _gate_hints(result, summary, then, flags, gate_inputs)
+        _gate_hints(result, summary, then, opts, gate_inputs)
     elif status == "waiting_input" and _budget_spent(summary):
         click.echo(
             f"the run's budget is spent: an answer would not be sent (`workflow resume` "
             f"dispatches nothing more); start a new run with a larger `budget`: "
-            f"{_rerun(result, summary, flags)}   (or: `workflow cancel {rid}{flags}`)",
+            f"{_rerun(result, summary, flags, cf)}   (or: `workflow cancel {rid}{opts}`)",
             err=True,
         )
     elif status == "waiting_input":
@@ -412,11 +418,11 @@ def _next_steps(
                 q = (st.get("question") or {}).get("text", "")
                 say(
                     f'`{sid}` asks: {q}\nanswer with: workflow answer {rid} {sid} "..."'
-                    f"{flags}{then}",
+                    f"{opts}{then}",
                     err=True,
                 )
     elif status == "failed":
-        say(_failed_hint(summary, flags, _run_meta(result, summary, flags)), err=True)
+        say(_failed_hint(summary, flags, _run_meta(result, summary, flags), cf), err=True)
 
 
 def _run_meta(result: Any, summary: dict[str, Any], flags: str = "") -> dict[str, Any]:
@@ -432,11 +438,12 @@ def _run_meta(result: Any, summary: dict[str, Any], flags: str = "") -> dict[str
     return meta if isinstance(meta, dict) else fallback
 
 
-def _rerun(result: Any, summary: dict[str, Any], flags: str = "") -> str:
-    """``workflow run REF [-i ...]`` for a new run of this run's workflow."""
+def _rerun(result: Any, summary: dict[str, Any], flags: str = "", cf: str = "") -> str:
+    """``workflow run REF [-i ...]`` for a new run of this run's workflow (with ``flags``
+    or, on this host, ``cf``: ``config_flag``)."""
     from engine.runs import rerun_command
 
-    return rerun_command(_run_meta(result, summary, flags), flags)
+    return rerun_command(_run_meta(result, summary, flags), flags or cf)
 
 
 def _gate_hints(
@@ -471,18 +478,19 @@ def _budget_spent(summary: dict[str, Any]) -> bool:
     return _BUDGET_SPENT in json.dumps(summary.get("steps") or {}, ensure_ascii=False)
 
 
-def _failed_hint(summary: dict[str, Any], flags: str = "", meta: Any = None) -> str:
+def _failed_hint(summary: dict[str, Any], flags: str = "", meta: Any = None, cf: str = "") -> str:
     """What to do about a failed run: `--retry-failed` only when it would send something
     (a spent budget stops it, and so does a deadline that has passed; a rejected gate
     stays rejected), else start a new run (``rerun_command``: the workflow named as the
     run was started, from its ``run.json`` ``meta``). Through a server (``flags``),
-    `--retry-failed` is for the server's host only."""
+    `--retry-failed` is for the server's host only; on this host the commands carry
+    ``cf`` (``config_flag``)."""
     from engine.runs import rerun_command
 
     rid = summary["runId"]
     if not isinstance(meta, dict):
         meta = {"workflow": summary.get("workflow"), "inputs": summary.get("inputs")}
-    again = rerun_command(meta, flags)
+    again = rerun_command(meta, flags or cf)
     if _budget_spent(summary):
         return (
             "the run failed: its budget is spent, and a resumed run keeps counting, so "
@@ -501,7 +509,7 @@ def _failed_hint(summary: dict[str, Any], flags: str = "", meta: Any = None) -> 
                 f"the run failed; after fixing the cause, start a new run: {again}   (or, "
                 f"on the server's host: workflow resume {rid} --retry-failed)"
             )
-        return f"the run failed; after fixing the cause: workflow resume {rid} --retry-failed"
+        return f"the run failed; after fixing the cause: workflow resume {rid} --retry-failed{cf}"
     rejected = [sid for sid, st in steps.items() if st.get("status") == "rejected"]
     if rejected:
         approve = " ".join(f"--approve {sid}" for sid in rejected)
@@ -536,12 +544,15 @@ def _gate_input(run_dir: Any, sid: str) -> bool:
     return bool(step.get("gate_input"))
 
 
-def _child_hint(cfg: Any, rid: str, sid: str, st: dict[str, Any], flags: str = "") -> str:
+def _child_hint(
+    cfg: Any, rid: str, sid: str, st: dict[str, Any], flags: str = "", cf: str = ""
+) -> str:
     """What to do for a sub-workflow step parked because its child run is: the child run's
     own parked step (followed down nested children), decided there, then the parent
-    resumed. Without the run store at hand (a server run), where to look instead."""
+    resumed. Without the run store at hand (a server run), where to look instead. ``cf``:
+    the `` --config PATH`` each command carries (``config_flag``)."""
     child = str(st["child_run_id"])
-    then = f" && workflow resume {rid}"
+    then = f" && workflow resume {rid}{cf}"
     if cfg is not None:
         from engine.errors import OrchestratorError
         from engine.runs.replay import replay_run
@@ -568,20 +579,20 @@ def _child_hint(cfg: Any, rid: str, sid: str, st: dict[str, Any], flags: str = "
                 if s.state is StepState.WAITING_INPUT:
                     return (
                         f"`{sid}` waits on its child run {run_id}, where `{csid}` asks a "
-                        f'question: workflow answer {run_id} {csid} "..."{then}'
+                        f'question: workflow answer {run_id} {csid} "..."{cf}{then}'
                     )
                 gate = ((view.meta.get("plan") or {}).get("steps") or {}).get(csid) or {}
                 value = " --input VALUE" if gate.get("gate_input") else ""
                 return (
                     f"`{sid}` waits on its child run {run_id}, at `{csid}`: "
-                    f"workflow approve {run_id} {csid}{value}{then}"
-                    f"   (or: workflow reject {run_id} {csid} --reason ...)"
+                    f"workflow approve {run_id} {csid}{value}{cf}{then}"
+                    f"   (or: workflow reject {run_id} {csid} --reason ...{cf})"
                 )
         except OrchestratorError:
             pass
     return (
-        f"`{sid}` waits on its child run {child}: see `workflow status {child}{flags}`, "
-        f"decide or answer there, then `workflow resume {rid}{flags}`"
+        f"`{sid}` waits on its child run {child}: see `workflow status {child}{flags or cf}`, "
+        f"decide or answer there, then `workflow resume {rid}{flags or cf}`"
     )
 
 
@@ -875,7 +886,7 @@ def workflow_status_cmd(run_id: str, as_json: bool, where: Where) -> int:
 
     status = where.act(
         lambda remote: remote.status(run_id),
-        lambda cfg: run_status(cfg, run_id),
+        lambda cfg: run_status(cfg, run_id, cf=config_flag(cfg)),
     )
     if as_json:
         dump(status)
@@ -926,14 +937,16 @@ def _next_of(where: Where, run_id: str, verb: str) -> str:
 
     if where.server:
         return ""
+    cfg = load(where.config)
+    cf = config_flag(cfg)
     if owner := _owner(where, run_id):
-        return f"{owner} (see: workflow status {run_id})"
-    if open_store(load(where.config)).claimed(run_id):
+        return f"{owner} (see: workflow status {run_id}{cf})"
+    if open_store(cfg).claimed(run_id):
         return (
             f"a process is executing run {run_id} right now; once it stops (see: workflow "
-            f"status {run_id}), {verb}: workflow resume {run_id}"
+            f"status {run_id}{cf}), {verb}: workflow resume {run_id}{cf}"
         )
-    return f"{verb}: workflow resume {run_id}"
+    return f"{verb}: workflow resume {run_id}{cf}"
 
 
 @workflow.command("runs")

@@ -371,8 +371,8 @@ class CommandRunner:
         started = time.monotonic()
         workspace = self.workspaces_dir / spec.name / task.gateway_run_id
         try:
-            workspace.mkdir(parents=True, exist_ok=True)
-            (workspace / "TASK.txt").write_text(redact_key(task.message), encoding="utf-8")
+            private_dir(workspace, self.workspaces_dir)
+            write_private(workspace / "TASK.txt", redact_key(task.message))
         except OSError as exc:
             why = f"cannot create the workspace `{workspace}`: {exc.strerror or exc}"
             return self._finish(task, _failed_start(why, started), spec=spec)
@@ -579,6 +579,37 @@ def _keep_early_output(workspace: Path, outcome: ProcessOutcome, key: str | None
             write_log(workspace / name, text, key)
 
 
+def private_dir(path: Path, root: Path) -> None:
+    """Create ``path`` (below ``root``) and the directories between, each readable by its
+    owner only (0700: a workspace holds the task, secret inputs included, and what the
+    agent printed); ``root`` itself is created 0700 when missing and left as it is when
+    there. Raises OSError."""
+    if not root.is_dir():
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    level = root
+    for part in path.relative_to(root).parts:
+        level = level / part
+        try:
+            level.mkdir(mode=0o700)
+        except FileExistsError:
+            if not level.is_dir():
+                raise
+        os.chmod(level, 0o700)  # one made before keeps no wider mode
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path``, readable by its owner only (0600: the task,
+    secret inputs included). Raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a file that was there already keeps no wider mode
+        data = memoryview(text.encode("utf-8"))
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
+
+
 def write_log(path: Path, text: str, key: str | None) -> None:
     """Write what an agent printed to ``path``: redacted (every known secret, and the
     run's handoff ``key``, which the agent has in ``$ORCH_HANDOFF_KEY``), readable by its
@@ -746,7 +777,7 @@ def _session_env(task: Task, workspace: Path) -> dict[str, str]:
     # Beside the agent's workspaces, out of reach of their pruning.
     where = workspace.parent.parent / ".sessions" / workspace.parent.name / digest
     try:
-        where.mkdir(parents=True, exist_ok=True)
+        private_dir(where, workspace.parent.parent)
     except OSError:
         return {"ORCH_SESSION_KEY": task.session_key, "ORCH_SESSION_DIR": ""}
     return {"ORCH_SESSION_KEY": task.session_key, "ORCH_SESSION_DIR": str(where)}

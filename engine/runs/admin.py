@@ -218,14 +218,18 @@ def _close_pending(store: RunStore, delegation_run_id: str) -> None:
     )
 
 
-def _child_line(run_id: str, s: Any) -> str:
-    """Why a sub-workflow step waits: its child run, and what to do."""
+def _child_line(run_id: str, s: Any, cf: str = "") -> str:
+    """Why a sub-workflow step waits: its child run, and what to do (each command with
+    ``cf``, as ``run_status`` says)."""
     if s.state in (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT):
         return (
             f"its child run `{s.child_run_id}` is {s.state.value}: see `workflow status "
-            f"{s.child_run_id}`, decide or answer there, then `workflow resume {run_id}`"
+            f"{s.child_run_id}{cf}`, decide or answer there, then `workflow resume "
+            f"{run_id}{cf}`"
         )
-    return f"its child run `{s.child_run_id}` is running (`workflow status {s.child_run_id}`)"
+    return (
+        f"its child run `{s.child_run_id}` is running (`workflow status {s.child_run_id}{cf}`)"
+    )
 
 
 def _cancel_children(cfg: Config, view: Any, store: RunStore) -> None:
@@ -388,7 +392,9 @@ def run_row(view: RunView) -> dict[str, Any]:
     }
 
 
-def _late_hints(run_id: str, view: RunView, store: RunStore, summary: dict[str, Any]) -> None:
+def _late_hints(
+    run_id: str, view: RunView, store: RunStore, summary: dict[str, Any], cf: str = ""
+) -> None:
     """For a step whose agent answered after the step ended (timeout, lost, ...): the
     row's ``late_result`` (the handoff's status) and a ``waiting`` line saying that
     ``workflow resume`` takes it (``engine.runs.replay.late_results``; the handoffs were
@@ -403,7 +409,7 @@ def _late_hints(run_id: str, view: RunView, store: RunStore, summary: dict[str, 
         row["late_result"] = status
         row["waiting"] = (
             f"{row['status']}, but its agent's handoff ({status}) arrived later: "
-            f"`workflow resume {run_id}` takes it"
+            f"`workflow resume {run_id}{cf}` takes it"
         )
 
 
@@ -414,8 +420,12 @@ def _served(cfg: Config, run_id: str) -> bool:
     return run_owner(cfg.handoffs_dir, run_id) is not None
 
 
-def run_status(cfg: Config, run_id: str, *, store: RunStore | None = None) -> dict[str, Any]:
-    """A run's step table, with why each waiting step waits."""
+def run_status(
+    cfg: Config, run_id: str, *, store: RunStore | None = None, cf: str = ""
+) -> dict[str, Any]:
+    """A run's step table, with why each waiting step waits; the commands those lines
+    name carry ``cf`` (`` --config PATH`` for a command typed on this host,
+    ``engine.cli.common.config_flag``; empty for a server's client)."""
     store = store if store is not None else open_store(cfg)
     store.reconcile(sub=False)
     path = run_dir(cfg, run_id, store=store)
@@ -426,7 +436,7 @@ def run_status(cfg: Config, run_id: str, *, store: RunStore | None = None) -> di
     for sid, s in view.steps.items():
         row = summary["steps"][sid]
         if s.child_run_id and not s.state.final:
-            row["waiting"] = _child_line(run_id, s)
+            row["waiting"] = _child_line(run_id, s, cf)
         elif s.state is StepState.QUEUED:
             row["waiting"] = "queued for a pool token"
         elif s.state is StepState.RUNNING:
@@ -450,17 +460,21 @@ def run_status(cfg: Config, run_id: str, *, store: RunStore | None = None) -> di
             else:
                 row["waiting"] = "being dispatched"
             if not live and not _served(cfg, run_id):
-                row["waiting"] += " (no process is running this run: `workflow resume` it)"
+                row["waiting"] += (
+                    f" (no process is running this run: `workflow resume {run_id}{cf}` it)"
+                    if cf
+                    else " (no process is running this run: `workflow resume` it)"
+                )
         elif s.state is StepState.WAITING_APPROVAL:
             row["waiting"] = (
-                f"at its approval gate: `workflow approve {run_id} {sid}` or "
-                f"`workflow reject {run_id} {sid} --reason ...`"
+                f"at its approval gate: `workflow approve {run_id} {sid}{cf}` or "
+                f"`workflow reject {run_id} {sid} --reason ...{cf}`"
             )
         elif s.state is StepState.WAITING_INPUT:
             from engine.ask import waiting_line
 
-            row["waiting"] = waiting_line(run_id, sid, s.question)
-    _late_hints(run_id, view, store, summary)
+            row["waiting"] = waiting_line(run_id, sid, s.question, cf)
+    _late_hints(run_id, view, store, summary, cf)
     summary["run_dir"] = str(path)
     summary["live"] = live
     return summary
