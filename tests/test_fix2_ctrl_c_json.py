@@ -38,7 +38,7 @@ def _interrupt(tmp_path: Path, args: list[str]) -> tuple[int, str, str]:
         (tmp_path / "go").touch()  # the agent ends
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.communicate(timeout=60)
     return proc.returncode, out, err
 
 

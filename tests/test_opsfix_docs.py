@@ -47,5 +47,5 @@ def test_python_m_tests_pg_serves_until_sigterm_with_stdin_closed() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.communicate(timeout=60)
         shutil.rmtree(where.parent, ignore_errors=True)

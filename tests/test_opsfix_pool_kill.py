@@ -12,14 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
 
 from engine.cli import orchestrate
-from tests.helpers import demo_config, write_config
+from tests.helpers import demo_config, wait_for, write_config
 
 
 def _cli(name: str) -> str:
@@ -40,16 +39,6 @@ def _agent(marks: Path) -> dict[str, object]:
         "print('done ' + run)\n"
     )
     return {"kind": "command", "argv": [sys.executable, "-c", script], "timeout": 120}
-
-
-def _until(test: Any, what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = test()
-        if got:
-            return got
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)  # files and the pool's state: look again
 
 
 def _status(cfg: Path) -> dict[str, Any]:
@@ -82,14 +71,14 @@ def test_a_killed_holders_agent_keeps_its_token(tmp_path: Path) -> None:
     first = delegate()
     second: subprocess.Popen[str] | None = None
     try:
-        (run_a,) = _until(lambda: _started(marks), "the first agent never started")
+        (run_a,) = wait_for(lambda: _started(marks), "the first agent never started")
         holder = _status(cfg)["in_use"][0]
         assert holder["run_id"] == run_a and holder["pid"] == first.pid
         os.kill(first.pid, signal.SIGKILL)  # the caller dies; its agent goes on
         first.communicate(timeout=30)
 
         second = delegate()
-        _until(lambda: _status(cfg)["queue"], "the second delegation never queued")
+        wait_for(lambda: _status(cfg)["queue"], "the second delegation never queued")
         # A look at the pool reclaims dead holders first: this one's agent still works.
         status = _status(cfg)
         assert [t["run_id"] for t in status["in_use"]] == [run_a], status
@@ -97,7 +86,7 @@ def test_a_killed_holders_agent_keeps_its_token(tmp_path: Path) -> None:
         assert _started(marks) == [run_a]
 
         (marks / f"{run_a}.go").touch()  # the first agent ends: its token comes back
-        started = _until(lambda: len(_started(marks)) == 2 and _started(marks), "no second")
+        started = wait_for(lambda: len(_started(marks)) == 2 and _started(marks), "no second")
         (run_b,) = [r for r in started if r != run_a]
         reclaimed = [r for r in _status(cfg)["reclaimed"] if r["run_id"] == run_a]
         assert [r["reason"] for r in reclaimed] == ["dead"]

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import yaml
 from engine.config import config_from_dict
 from engine.gateway.server import LocalGateway
 from engine.store.file import read_events
+from tests.helpers import wait_for
 
 AGENT = r"""
 import json, os, pathlib, sys, time
@@ -40,16 +40,6 @@ h = make_handoff(run_id=os.environ["ORCH_RUN_ID"], agent=os.environ["ORCH_AGENT"
                  key=os.environ["ORCH_HANDOFF_KEY"] or None)
 write_handoff(pathlib.Path(os.environ["ORCH_HANDOFF_PATH"]), h, replace=False)
 """
-
-
-def _until(what: Any, message: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError(message)
 
 
 @pytest.fixture
@@ -105,15 +95,15 @@ def _kill_at_first_start(scratch: dict[str, Path]) -> Path:
     try:
 
         def started() -> bool:
-            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert proc.poll() is None, proc.communicate(timeout=60)[1].decode()
             return scratch["starts"].exists() and any(scratch["starts"].iterdir())
 
-        _until(started, "the agent never started")
+        wait_for(started, "the agent never started")
     finally:
         os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        proc.communicate(timeout=60)
     runs = scratch["dir"] / "handoffs" / "workflows"
-    return _until(lambda: next(iter(runs.iterdir()), None), "no run directory")
+    return wait_for(lambda: next(iter(runs.iterdir()), None), "no run directory")
 
 
 def _starts(scratch: dict[str, Path]) -> int:
@@ -138,7 +128,7 @@ def test_a_handoff_written_after_the_kill_is_taken_not_sent_again(
 ) -> None:
     run_dir = _kill_at_first_start(scratch)
     scratch["go"].touch()  # the agent now finishes alone: no gateway watches it
-    _until(
+    wait_for(
         lambda: list((scratch["dir"] / "handoffs" / "inbox").glob("*.json")),
         "the agent never wrote its handoff",
     )
@@ -155,13 +145,13 @@ def test_an_agent_still_running_after_the_kill_is_not_started_again(
     pending = scratch["dir"] / "handoffs" / ".pending" / f"{run_dir.name}-a-1.json"
 
     def waiting() -> bool:  # the resumed run wrote its envelope just before its POST
-        assert resume.poll() is None, resume.communicate()[1].decode()
+        assert resume.poll() is None, resume.communicate(timeout=60)[1].decode()
         try:
             return bool(json.loads(pending.read_text())["pid"] == resume.pid)
         except (OSError, ValueError):
             return False
 
-    _until(waiting, "the resume never took up its step")
+    wait_for(waiting, "the resume never took up its step")
     scratch["go"].touch()
     out, err = resume.communicate(timeout=120)
     assert resume.returncode == 0, err.decode()
@@ -209,8 +199,8 @@ def test_a_second_gateway_answers_a_key_the_first_started(tmp_path: Path) -> Non
     try:
         got = httpx.post(f"{first.url}/hooks/agent", json={"message": "go"}, headers=head)
         gw_run = got.json()["runId"]
-        _until(lambda: starts.exists() and any(starts.iterdir()), "the agent never started")
-        _until(
+        wait_for(lambda: starts.exists() and any(starts.iterdir()), "the agent never started")
+        wait_for(
             lambda: (
                 tmp_path / "handoffs" / ".workspaces" / "webster" / gw_run / "gateway-run.json"
             ).exists(),
@@ -233,7 +223,7 @@ def test_a_second_gateway_answers_a_key_the_first_started(tmp_path: Path) -> Non
                 )
             )
             t.start()
-            _until(
+            wait_for(
                 lambda: third.stats()["inflight"].get("webster") == 1 or answer,
                 "the held request never arrived",
             )

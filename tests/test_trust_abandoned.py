@@ -97,4 +97,4 @@ def test_killed_caller_shows_abandoned_then_merges_the_late_handoff(tmp_path: Pa
         go.touch()
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=60)

@@ -118,7 +118,10 @@ def test_a_complete_run_is_not_resumed(tmp_path: Path) -> None:
 
 
 def test_a_timeout_cut_by_the_deadline_is_said_in_round_seconds(tmp_path: Path) -> None:
-    rid, _, run_dir = _start(tmp_path, TIMED, "-i", "topic=ULE")
+    rid, _, run_dir = _start(tmp_path, {**TIMED, "deadline": 3}, "-i", "topic=ULE")
     error = json.loads((run_dir / "summary.json").read_text())["steps"]["search"]["error"]
-    # what was left of the one-second deadline, in tenths at most (not `0.99076 s`)
-    assert re.search(r"within (0\.[1-9]|1) s;", error), error
+    # what was left of the deadline, in tenths at most (not `2.99076 s`); however long a
+    # busy host took to dispatch it, some of the 3 s were left and no more than 3
+    said = re.search(r"within (\d+(?:\.\d)?) s;", error)
+    assert said is not None, error
+    assert 0 < float(said.group(1)) <= 3, error

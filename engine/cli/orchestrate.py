@@ -819,7 +819,7 @@ def _abandoned(env: dict[str, Any], run_id: str) -> bool:
         passed = True
     when = f"deadline {deadline} passed" if passed else f"deadline {deadline}"
     owner = f"pid {env.get('pid')} on {env.get('host') or 'this host'}"
-    click.echo(
+    say(
         f"abandoned: {target} for {caller}, {run_id} (dispatched "
         f"{env.get('dispatched_at') or env.get('created_at')}, {when}): the process that "
         f"waited for its handoff ({owner}) is gone, and no handoff has come."
@@ -829,7 +829,7 @@ def _abandoned(env: dict[str, Any], run_id: str) -> bool:
     again = f"orchestrate {target} {task_arg} --caller {caller}"
     if env.get("parent_run_id"):
         again += f" --parent-run-id {env['parent_run_id']}"
-    click.echo(
+    say(  # the task may quote a secret: `say` masks it
         f"The agent may still answer: its handoff is merged (marked late) by the next "
         f"`orchestrate show {run_id}`. To have the task done now, delegate it again: {again}"
     )
@@ -900,7 +900,7 @@ def _show_remote(where: Where, run_id: str, as_json: bool) -> int:
     shown: dict[str, Any] = rec.get("envelope") or {}
     outcome = _outcome_of(rec, shown)
     if _in_flight(rec, shown, outcome, run_id):
-        click.echo(f"pending: {url}")
+        say(f"pending: {url}")
         return 0
     _show_ended(run_id, outcome, url, rec, shown, None, where.flags)
     return 0

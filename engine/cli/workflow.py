@@ -230,11 +230,6 @@ def _started_here(cfg: Any, began: float) -> str | None:
     return mine
 
 
-#: The exit code after Ctrl-C (the shell's convention for SIGINT: 128 + 2); SIGTERM and
-#: SIGHUP stop a run the same way, with 143 and 129 (``interrupt_exit``).
-EXIT_INTERRUPTED = 130
-
-
 def _interrupted_hint(run_id: str, in_flight: list[str], cf: str = "") -> str:
     """The one paragraph after Ctrl-C stopped a run's wait (``RunInterrupted``); ``cf``:
     the `` --config PATH`` its command carries (``config_flag``)."""
@@ -1022,7 +1017,7 @@ def workflow_validate_cmd(
     from engine.workflow import brace_warnings
 
     for warning in brace_warnings(spec):
-        click.echo(f"warning: {warning}", err=True)
+        say(f"warning: {warning}", err=True)
     plan = prepared.plan
     steps, groups = len(plan.steps), len(plan.groups)
     click.echo(
