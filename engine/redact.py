@@ -323,10 +323,16 @@ def _take_loaded_configs() -> None:
     pending = getattr(config, "UNMASKED", None)
     while pending:
         try:
-            cfg = pending.pop()
+            cfg = pending[-1]
         except IndexError:  # another thread took the last one
             return
+        # Registered before it leaves the list, so another thread that finds the list
+        # empty has its secrets already (registering one twice changes nothing).
         register_config(cfg)
+        try:
+            pending.remove(cfg)
+        except ValueError:
+            pass
 
 
 def redact(text: str, also: Iterable[str | None] = ()) -> str:

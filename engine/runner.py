@@ -212,11 +212,13 @@ def secret_input_keys(salt: str, inputs: Mapping[str, Any]) -> dict[str, str]:
     ``Bearer`` token, an ``sk-`` key, a URL password...): ``run.json`` keeps only their
     masked text, and a resume without the process that started the run needs them given
     again (``workflow resume RUN -i NAME=VALUE``), checked against these hashes."""
-    return {
-        name: _keyed(salt, [name, value])
-        for name, value in inputs.items()
-        if redact_obj(value) != value
-    }
+    return {name: _keyed(salt, [name, inputs[name]]) for name in secret_input_names(inputs)}
+
+
+def secret_input_names(inputs: Mapping[str, Any]) -> list[str]:
+    """The inputs that redaction masks, so ``run.json`` keeps only their masked text (the
+    one rule for the runner's hashes and the server's inputs held in memory)."""
+    return [name for name, value in inputs.items() if redact_obj(value) != value]
 
 
 class SecretInputsMissing(RunStateError):

@@ -30,10 +30,7 @@ import httpx
 from engine.config import MAX_SECONDS, Config, GatewayAgentConfig
 from engine.cost import compute_cost, price_for
 from engine.errors import ConfigError
-from engine.gateway.agents import TIMEOUT_ENV as TIMEOUT_ENV
-from engine.gateway.agents import Task, records_of
-from engine.gateway.agents import check_timeout_env as check_timeout_env
-from engine.gateway.agents import timeout_env as timeout_env
+from engine.gateway.agents import TIMEOUT_ENV, Task, private_dir, records_of, write_private
 from engine.handoff import MODEL_NOTE
 from engine.redact import install_log_filter, redact, register, register_url
 from engine.registry import check_token
@@ -341,8 +338,8 @@ def _spill(task: Task, answer: _Answer, spec: GatewayAgentConfig, cfg: Config) -
     root = (gw.workspaces_dir if gw is not None else None) or cfg.handoffs_dir / ".workspaces"
     where = root / spec.name / task.gateway_run_id / "answer.md"
     try:
-        where.parent.mkdir(parents=True, exist_ok=True)
-        where.write_text(redact(answer.result), encoding="utf-8")
+        private_dir(where.parent, root)  # owner only, as the workspace's other files
+        write_private(where, redact(answer.result))
     except OSError as exc:
         saved = f"it could not be saved ({exc.strerror or exc}): the rest is lost"
         artifacts: list[str] = []

@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.errors import UsageError
 from engine.handoff import STATUSES as HANDOFF_STATUSES
-from engine.record import INBOX_DIR, OUTCOMES, PENDING_DIR, REJECTED_DIR
+from engine.record import INBOX_DIR, OUTCOMES, PENDING_DIR, REJECTED_DIR, read_json
 from engine.states import Confidence, RunState, StepState
 from engine.store import FileRunStore, waiter_alive
 
@@ -804,12 +804,9 @@ def _final_record(data: Any) -> bool:
 
 
 def _read_json(path: str) -> Any:
-    """The JSON in ``path``, or None when it is missing or does not parse."""
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
-        return None
+    """The JSON in ``path``, or None when it is missing or does not parse (the one
+    bounded reader: ``engine.record.read_json``, no FIFO, no NaN, a size limit)."""
+    return read_json(Path(path))
 
 
 def _label(env: Any, key: str) -> Any:

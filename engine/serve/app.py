@@ -242,9 +242,9 @@ def create_app(
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             origin = request.headers.get("origin")
             if origin and urlsplit(origin).netloc != request.headers.get("host"):
-                return JSONResponse(
+                return JSONResponse(  # the Origin is the client's text: redacted
                     {
-                        "detail": f"cross-site request from `{origin}` refused.",
+                        "detail": redact(f"cross-site request from `{origin}` refused."),
                         "exit_code": EXIT_REFUSED,
                     },
                     status_code=403,

@@ -42,7 +42,6 @@ from engine.errors import (
 from engine.files import check_id, parse_iso, utcnow_iso, write_json_atomic
 from engine.idempotency import IdempotencyConflict, IdempotencyKeys
 from engine.record import pending_path, read_json
-from engine.redact import redact_obj
 from engine.reporter import Reporter
 from engine.runner import (
     RunOptions,
@@ -51,6 +50,7 @@ from engine.runner import (
     StepState,
     WorkflowRunner,
     prepare,
+    secret_input_names,
 )
 from engine.runs import cancel_run, decide_gate, gate_waiting_since, replay, replay_run, summarize
 
@@ -222,7 +222,8 @@ class RunManager:
         started: Future[str] = Future()
         reporter = _RunReporter(self, started)
         name = f"serve-run-{id(reporter):x}"
-        held = {k: v for k, v in prepared.plan.inputs.items() if redact_obj(v) != v}
+        inputs = prepared.plan.inputs
+        held = {k: inputs[k] for k in secret_input_names(inputs)}
         with self._lock:
             self._pending_owner[name] = {"by": by, "workflow": workflow, "key": key}
             if held:
