@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 from engine.errors import EXIT_TIMEOUT, ConfigError, OrchestratorError
 from engine.redact import redact
+from engine.retry import backoff_delay, exponential
 
 __all__ = [
     "RECONNECT_ENV",
@@ -58,7 +59,8 @@ RECONNECT_ENV = "ORCH_STORE_RECONNECT"
 _NOT_RUN = frozenset({"57P01", "57P03"})
 #: SQLSTATEs of a lost connection whose last statement may have committed.
 _MAYBE_RUN = frozenset({"57P02", "08000", "08003", "08006", "08007"})
-_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0)
+#: The waits between tries (the engine's one backoff policy, ``engine.retry``).
+_BACKOFF = exponential(0.1, factor=2.0, cap=2.0, count=6)
 #: A workflow run's id (``engine.runs``), as opposed to a delegation's.
 _WORKFLOW_RUN = re.compile(r"^wf-\d{8}T\d{6}-[0-9a-f]{8}$")
 _depth = threading.local()
@@ -188,7 +190,7 @@ def retry_lost(*, idempotent: bool = False) -> Callable[[_F], _F]:
                         raise StoreConnectionLost(
                             _lost_message(db.display, run_id, waited, exc)
                         ) from exc
-                    pause = _BACKOFF[min(attempt, len(_BACKOFF) - 1)]
+                    pause = backoff_delay(_BACKOFF, min(attempt + 1, len(_BACKOFF.delays)), 0.0)
                     time.sleep(max(0.0, min(pause, budget - waited)))
                     attempt += 1
                 finally:
