@@ -1543,6 +1543,9 @@ class _Execution:
             agent = registry.get(name)
             return None if agent.is_local else probe_gateway(agent.url)
 
+        # Probed before the lock, which every step's routing shares (and a sub-workflow's):
+        # a gateway that lets its connect time out must not hold the others up.
+        down = {name: why for name in ps.candidates if (why := probe(name)) is not None}
         with self.route_lock:
             counts = inflight_counts(self.delegator.store)
             here: dict[str, int] = {}
@@ -1550,7 +1553,7 @@ class _Execution:
                 if other.state is StepState.RUNNING and other.agent:
                     here[other.agent] = here.get(other.agent, 0) + 1
             load = [(a, max(counts.get(a, 0), here.get(a, 0))) for a in ps.candidates]
-            agent, _ = choose(load, probe)
+            agent, _ = choose(load, down.get)
             claimed = self.steps.get(ps.id)  # claim it before the next step chooses
             if claimed is not None:
                 claimed.agent = agent
