@@ -760,10 +760,11 @@ class LocalGateway:
             return checked
         store = self.store
         in_sub = store.is_sub(run_id)
-        refusal = self._unwanted(run_id, in_sub)
+        env = self._envelope(run_id, in_sub)
+        refusal = self._unwanted(run_id, env)
         if refusal is not None:
             return refusal
-        key_problem = self._key_problem(run_id, checked, in_sub)
+        key_problem = self._key_problem(run_id, checked, in_sub, env)
         try:
             store.put_handoff(run_id, checked, sub=in_sub)
             got = store.deliver(run_id, sub=in_sub)
@@ -772,15 +773,27 @@ class LocalGateway:
             return 500, {"ok": False, "error": "cannot store the handoff"}
         return _delivery_answer(run_id, got, key_problem)
 
-    def _unwanted(self, run_id: str, in_sub: bool) -> tuple[int, dict[str, Any]] | None:
-        """The refusal of a handoff nothing will take, else None (and it is counted):
-        404 for a run with neither a pending envelope nor a record here (nobody waits for
-        it: ``orchestrate handoff write`` refuses the same), 429 once the run has had
-        ``MAX_HANDOFFS_PER_RUN`` handoffs stored by this gateway (409: each is kept, and
-        the bound keeps a client that loops from filling the disk)."""
+    def _envelope(self, run_id: str, in_sub: bool) -> dict[str, Any] | None:
+        """The run's envelope here: the pending one, else its record's; None when
+        neither exists (read once per handoff, for ``_unwanted`` and ``_key_problem``)."""
         store = self.store
-        known = store.read_pending(run_id, sub=in_sub) or store.read(run_id, sub=in_sub)
-        if known is None:
+        env = store.read_pending(run_id, sub=in_sub)
+        if env is None:
+            record = store.read(run_id, sub=in_sub)
+            env = record.get("envelope") if record is not None else None
+            if record is not None and not isinstance(env, dict):
+                env = {}  # a record without a usable envelope: known, no key to check
+        return env
+
+    def _unwanted(
+        self, run_id: str, env: dict[str, Any] | None
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The refusal of a handoff nothing will take, else None (and it is counted):
+        404 for a run with neither a pending envelope nor a record here (``env`` None:
+        nobody waits for it, as ``orchestrate handoff write`` refuses), 409 once the run
+        has had ``MAX_HANDOFFS_PER_RUN`` handoffs stored by this gateway (each is kept, and
+        the bound keeps a client that loops from filling the disk)."""
+        if env is None:
             return 404, {
                 "ok": False,
                 "error": f"no delegation `{run_id}` is waiting for a handoff here (no pending "
@@ -837,17 +850,15 @@ class LocalGateway:
             return 400, {"ok": False, "error": exc.message, "problems": exc.problems}
         return data
 
-    def _key_problem(self, run_id: str, data: Any, in_sub: bool) -> Any:
+    def _key_problem(
+        self, run_id: str, data: Any, in_sub: bool, env: dict[str, Any] | None
+    ) -> Any:
         """The ``HandoffProblem`` of ``data``'s key against the run's envelope (pending, or
-        its record's), or None when it matches or no envelope is known."""
+        its record's: ``_envelope``), or None when it matches or no envelope is known."""
         from engine.handoff import HandoffProblem, check_keys
 
         store = self.store
-        env = store.read_pending(run_id, sub=in_sub)
-        if env is None:
-            record = store.read(run_id, sub=in_sub)
-            env = record["envelope"] if record is not None else None
-        if not isinstance(env, dict):
+        if not env:
             return None
         try:
             # a delegation sent again keeps its earlier keys' hashes: the agent may hold one
