@@ -9,12 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_resend_crash import _until, _workflow, scratch  # noqa: F401 (a fixture)
+from tests.helpers import wait_for
+from tests.test_resend_crash import _workflow, scratch  # noqa: F401 (a fixture)
 
 
 def test_a_write_failing_mid_run_names_resume(scratch: dict[str, Path]) -> None:  # noqa: F811
     proc = _workflow(scratch, "run", str(scratch["dir"] / "one.yaml"))
-    _until(
+    wait_for(
         lambda: scratch["starts"].exists() and any(scratch["starts"].iterdir()),
         "the agent never started",
     )

@@ -12,7 +12,6 @@ from typing import Any
 from engine.metrics import compute_metrics
 from tests.test_resend_crash import (  # noqa: F401 (a fixture)
     _kill_at_first_start,
-    _until,
     _workflow,
     scratch,
 )

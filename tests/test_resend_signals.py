@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from engine.store.file import read_events
-from tests.test_resend_crash import _until, _workflow, scratch  # noqa: F401 (a fixture)
+from tests.helpers import wait_for
+from tests.test_resend_crash import _workflow, scratch  # noqa: F401 (a fixture)
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
@@ -22,7 +23,7 @@ def test_a_signal_stops_a_run_resumably(
     code: int,
 ) -> None:
     proc = _workflow(scratch, "run", str(scratch["dir"] / "one.yaml"))
-    _until(
+    wait_for(
         lambda: scratch["starts"].exists() and any(scratch["starts"].iterdir()),
         "the agent never started",
     )
@@ -62,7 +63,7 @@ def test_sighup_stops_a_delegation_wait(scratch: dict[str, Path]) -> None:  # no
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    _until(
+    wait_for(
         lambda: scratch["starts"].exists() and any(scratch["starts"].iterdir()),
         "the agent never started",
     )
