@@ -108,6 +108,22 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def _special(
+    directory: Path, stem: str, problems: list[str], must: str
+) -> tuple[Path, dict[Any, Any]] | None:
+    """The special file ``stem`` of ``directory`` (``gates``, ``inputs``) and its mapping;
+    None when there is none, or when it holds no mapping (then a problem saying what it
+    ``must`` map is added)."""
+    path = _find(directory, stem)
+    if path is None:
+        return None
+    data = _read(path)
+    if not isinstance(data, dict):
+        problems.append(f"`{path}` must map {must}.")
+        return None
+    return path, data
+
+
 @dataclass(frozen=True)
 class FixtureSet:
     """The fixtures of one directory, checked: step endings, gate answers, inputs."""
@@ -257,13 +273,10 @@ def _check_shapes(where: str, item: dict[str, Any], problems: list[str]) -> None
 def _gates(
     directory: Path, step_ids: tuple[str, ...], problems: list[str]
 ) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
-    path = _find(directory, "gates")
-    if path is None:
+    found = _special(directory, "gates", problems, "step ids to `approved` or `rejected`")
+    if found is None:
         return {}
-    data = _read(path)
-    if not isinstance(data, dict):
-        problems.append(f"`{path}` must map step ids to `approved` or `rejected`.")
-        return {}
+    path, data = found
     gates: dict[str, tuple[str, str | None, dict[str, Any]]] = {}
     for step, answer in data.items():
         if step not in step_ids:
@@ -300,13 +313,12 @@ def _inputs(
     """The inputs file: names to values; a number or a boolean is taken as its text (as
     `--input q=1` gives it: ``1``, ``true``), as the inputs are elsewhere. An unknown
     name (when ``names`` are known) or a value that is no scalar is a problem."""
-    path = _find(directory, "inputs")
-    if path is None:
+    found = _special(
+        directory, "inputs", problems, "input names to values (text, numbers, booleans)"
+    )
+    if found is None:
         return {}
-    data = _read(path)
-    if not isinstance(data, dict):
-        problems.append(f"`{path}` must map input names to values (text, numbers, booleans).")
-        return {}
+    path, data = found
     out: dict[str, str] = {}
     for key, value in data.items():
         name = str(key)

@@ -198,6 +198,31 @@ def check_keys(
         raise
 
 
+def check_delivered(
+    raw: bytes,
+    envelope: Mapping[str, Any],
+    *,
+    path: Path,
+    run_id: str,
+    earlier: Iterable[str] = (),
+) -> tuple[dict[str, Any], bool]:
+    """The handoff in ``raw`` (the bytes delivered for the delegation of ``envelope``, run
+    ``run_id``), parsed and validated against the schema, the run and the envelope's
+    ``target``, and whether its key was verified (``check_keys``, with ``earlier``).
+
+    A zone-less ``timestamp`` is read as UTC when the envelope's ``handoff_key`` is
+    ``optional`` (see ``validate_handoff``). Raises HandoffProblem naming ``path``.
+    """
+    handoff = validate_handoff(
+        parse_handoff(raw, path=path),
+        path=path,
+        run_id=run_id,
+        agent=envelope.get("target"),
+        naive_utc=envelope.get("handoff_key") == "optional",
+    )
+    return handoff, check_keys(handoff, envelope, path=path, earlier=earlier)
+
+
 def check_deliverable(
     data: Mapping[str, Any],
     envelope: Mapping[str, Any] | None,

@@ -566,13 +566,7 @@ def _seen(cur_env: dict[str, Any], source: Path) -> bool:
 def _checked(into: _Into, source: Path) -> tuple[dict[str, Any], bool, os.stat_result] | None:
     """The handoff in ``source``, checked (``HandoffProblem`` if not), whether its key was
     verified, and the file's stat; None while a waited-for file is still empty."""
-    from engine.handoff import (
-        MAX_HANDOFF_BYTES,
-        check_keys,
-        parse_handoff,
-        read_handoff_bytes,
-        validate_handoff,
-    )
+    from engine.handoff import MAX_HANDOFF_BYTES, check_delivered, read_handoff_bytes
 
     env, records_dir = into.env, into.records_dir
     root = records_dir.parent if records_dir.name == "sub" else records_dir
@@ -581,14 +575,9 @@ def _checked(into: _Into, source: Path) -> tuple[dict[str, Any], bool, os.stat_r
     )
     if not raw.strip() and into.waiting:
         return None
-    handoff = validate_handoff(
-        parse_handoff(raw, path=source),
-        path=source,
-        run_id=into.run_id,
-        agent=env.get("target"),
-        naive_utc=env.get("handoff_key") == "optional",
+    handoff, verified = check_delivered(
+        raw, env, path=source, run_id=into.run_id, earlier=_earlier_keys(into)
     )
-    verified = check_keys(handoff, env, path=source, earlier=_earlier_keys(into))
     return handoff, verified, st
 
 

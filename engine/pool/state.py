@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from engine.pool.settings import PoolMode, PoolSettings
@@ -436,18 +436,22 @@ def _ticket_json(t: Ticket) -> dict[str, Any]:
     return doc
 
 
+#: The field names of the values written field for field, in declaration (stored) order.
+_FIELDS: dict[type[Any], tuple[str, ...]] = {
+    kind: tuple(f.name for f in fields(kind)) for kind in (Reclaim, Share, ClockPair)
+}
+
+
+def _fields_json(value: Reclaim | Share | ClockPair) -> dict[str, Any]:
+    """A value's fields by name, in the order its dataclass declares them (the stored
+    order): ``dataclasses.asdict`` for fields that hold plain values, without its copies."""
+    return {name: getattr(value, name) for name in _FIELDS[type(value)]}
+
+
 def reclaim_json(r: Reclaim) -> dict[str, Any]:
     """One reclamation as JSON (``token_id``, ``run_id``, ``agent``, ``pid``, ``reason``,
     ``at``, ``held_s``)."""
-    return {
-        "token_id": r.token_id,
-        "run_id": r.run_id,
-        "agent": r.agent,
-        "pid": r.pid,
-        "reason": r.reason,
-        "at": r.at,
-        "held_s": r.held_s,
-    }
+    return _fields_json(r)
 
 
 def to_json(state: PoolState) -> dict[str, Any]:
@@ -492,18 +496,11 @@ def sample_json(sample: Sample) -> dict[str, Any]:
 def share_json(share: Share) -> dict[str, Any]:
     """One host's share as JSON (``size``, ``mode``, ``cooldown_until``, ``low``,
     ``high``, ``last_sample_at``)."""
-    return {
-        "size": share.size,
-        "mode": share.mode.value,
-        "cooldown_until": share.cooldown_until,
-        "low": share.low,
-        "high": share.high,
-        "last_sample_at": share.last_sample_at,
-    }
+    return {**_fields_json(share), "mode": share.mode.value}  # a key keeps its place
 
 
 def _clock_json(clock: ClockPair | None) -> dict[str, Any] | None:
-    return None if clock is None else {"wall": clock.wall, "mono": clock.mono, "boot": clock.boot}
+    return None if clock is None else _fields_json(clock)
 
 
 #: One compact encoder for every write (``json.dumps`` with options builds one per call).

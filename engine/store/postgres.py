@@ -41,7 +41,7 @@ from typing import Any
 
 from engine.errors import RunStateError
 from engine.files import SAFE_ID, check_id, utcnow_iso
-from engine.handoff import check_keys, with_earlier_keys
+from engine.handoff import check_delivered, with_earlier_keys
 from engine.record import IMPORTED_DIR
 from engine.store.liveness import this_host, waiter_alive
 from engine.store.postgres_db import Database
@@ -349,13 +349,7 @@ class PostgresRunStore(PostgresRuns):
     ) -> tuple[dict[str, Any], bool] | Delivery:
         """The checked handoff and whether its key was verified, or what to answer instead:
         an empty or partial handoff, or a refusal (its row marked ``rejected``)."""
-        from engine.handoff import (
-            FINAL_KINDS,
-            MAX_HANDOFF_BYTES,
-            HandoffProblem,
-            parse_handoff,
-            validate_handoff,
-        )
+        from engine.handoff import FINAL_KINDS, MAX_HANDOFF_BYTES, HandoffProblem
         from engine.record import _rejected_note
 
         env = into.env
@@ -373,14 +367,7 @@ class PostgresRunStore(PostgresRuns):
                 )
             if not raw.strip() and into.waiting:
                 return Delivery("absent")
-            handoff = validate_handoff(
-                parse_handoff(raw, path=where),
-                path=where,
-                run_id=into.run_id,
-                agent=env.get("target"),
-                naive_utc=env.get("handoff_key") == "optional",
-            )
-            return handoff, check_keys(handoff, env, path=where, earlier=earlier)
+            return check_delivered(raw, env, path=where, run_id=into.run_id, earlier=earlier)
         except HandoffProblem as exc:
             fresh = time.time() - received_epoch < grace
             if exc.kind not in FINAL_KINDS and (into.waiting or fresh):
