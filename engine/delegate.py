@@ -341,7 +341,7 @@ class Delegator:
             envelope["token_shared_with"] = holder
         self.store.pending(run_id, envelope, sub=sub)
         if self.pool is not None and holder is None:
-            got = self._acquire(run_id, agent, envelope, records, deadline, rep)
+            got = self._acquire(run_id, agent, envelope, records, deadline, rep, cancel)
             if isinstance(got, DelegationResult):
                 return got
             lease = got
@@ -408,7 +408,8 @@ class Delegator:
         lease: Lease | None = None
         if self.pool is not None and self._ancestor_token(req.parent_run_id) is None:
             got = self._acquire(
-                run_id, self.registry.get(req.target), envelope, records, deadline, rep
+                run_id, self.registry.get(req.target), envelope, records, deadline, rep,
+                cancel, sent=True,
             )
             if isinstance(got, DelegationResult):
                 return got
@@ -467,8 +468,15 @@ class Delegator:
         records: Path,
         deadline: float,
         rep: Reporter,
+        cancel: threading.Event | None = None,
+        *,
+        sent: bool = False,
     ) -> Lease | DelegationResult:
-        from engine.errors import DelegationTimeoutError
+        """A pool token for ``run_id``, or the delegation's end: timed out, refused, or
+        cancelled while queued (``cancel``). ``sent``: an earlier process dispatched it, so
+        a cancelled wait keeps the pending envelope for the handoff still to come; else
+        nothing was sent and the envelope goes (a resume then dispatches it)."""
+        from engine.errors import AcquireCancelledError, DelegationTimeoutError
 
         assert self.pool is not None
 
@@ -487,7 +495,17 @@ class Delegator:
                     timeout=max(0.0, deadline - self._clock()),
                     max_concurrent=agent.max_concurrent,
                     hold_for=deadline - self._clock(),
+                    cancel=cancel,
                 )
+        except AcquireCancelledError as exc:
+            envelope["token_wait_ms"] = round((self._clock() - t0) * 1000, 3)
+            said = "a later handoff is still recorded (late)" if sent else "nothing was sent"
+            env = dict(envelope, outcome="cancelled", ended_at=utcnow_iso(),
+                       error=f"{exc}; {said}")
+            path, record = self._finalize(run_id, records, env, keep_pending=sent,
+                                          agent=agent.name)
+            rep.delegation_finished(run_id, agent.name, "cancelled", str(path))
+            return DelegationResult(run_id, Outcome.CANCELLED, path, record)
         except OrchestratorError as exc:
             envelope["token_wait_ms"] = round((self._clock() - t0) * 1000, 3)
             ended = Outcome.TIMEOUT if isinstance(exc, DelegationTimeoutError) else None

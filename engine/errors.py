@@ -134,6 +134,13 @@ class PoolRefusedError(OrchestratorError):
     exit_code = EXIT_REFUSED
 
 
+class AcquireCancelledError(OrchestratorError):
+    """Raised when the caller's cancel event is set while it waits for a pool token
+    (Ctrl-C, `workflow cancel`); its place in the queue is given up."""
+
+    exit_code = EXIT_FAILED
+
+
 class DelegationTimeoutError(OrchestratorError):
     """Raised when waiting for something (a handoff, a token) outlasts its deadline."""
 

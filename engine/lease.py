@@ -15,9 +15,14 @@ Example::
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Protocol
 
-__all__ = ["Lease", "Pool"]
+__all__ = ["CANCEL_CHECK", "Lease", "Pool"]
+
+#: How often (s) a waiter for a token looks at its cancel event: a Ctrl-C or a
+#: `workflow cancel` ends the wait within this (the delegator's handoff wait uses 0.2 s too).
+CANCEL_CHECK = 0.2
 
 
 class Lease(Protocol):
@@ -79,13 +84,15 @@ class Pool(Protocol):
         timeout: float | None,
         max_concurrent: int | None = None,
         hold_for: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Lease:
         """Wait up to ``timeout`` s (None: as long as it takes) for a token.
 
         ``max_concurrent`` caps the tokens held for ``agent``; ``hold_for`` is how long
-        the caller's work may run (a live holder keeps its token that long). Raises
-        ``PoolRefusedError`` when the queue is full, ``DelegationTimeoutError`` when no
-        token came in time.
+        the caller's work may run (a live holder keeps its token that long). ``cancel``,
+        once set, ends the wait within ``CANCEL_CHECK`` s and gives the place in the queue
+        up. Raises ``PoolRefusedError`` when the queue is full, ``DelegationTimeoutError``
+        when no token came in time, ``AcquireCancelledError`` when ``cancel`` was set first.
         """
         ...
 

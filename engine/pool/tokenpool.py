@@ -10,7 +10,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-from engine.errors import ConfigError, DelegationTimeoutError, PoolRefusedError
+from engine.errors import (
+    AcquireCancelledError,
+    ConfigError,
+    DelegationTimeoutError,
+    PoolRefusedError,
+)
+from engine.lease import CANCEL_CHECK
 from engine.pool.host import boot_id, host_id, pid_alive, start_time, work_of
 from engine.pool.policy import Poll, PollOutcome, PoolPolicy
 from engine.pool.settings import PoolSettings, system_load
@@ -253,6 +259,7 @@ class TokenPool:
         timeout: float | None,
         max_concurrent: int | None = None,
         hold_for: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> TokenLease:
         """Wait for a token, first come first served across processes, and return its lease.
 
@@ -263,10 +270,12 @@ class TokenPool:
         deadline, as a duration so that the caller's clock need not be the pool's): while
         its holder lives, the token is not reclaimed before that deadline plus
         ``DEADLINE_GRACE``, nor before ``token_timeout``. None (the default) keeps the
-        plain rule: a live holder is reclaimed after ``token_timeout``.
+        plain rule: a live holder is reclaimed after ``token_timeout``. ``cancel``, once
+        set (Ctrl-C, `workflow cancel`), ends the wait within ``CANCEL_CHECK`` s.
 
         Raises ``PoolRefusedError`` (exit 5) when ``queue_limit`` requests already wait,
-        ``DelegationTimeoutError`` (exit 4) when no token came within ``timeout``.
+        ``DelegationTimeoutError`` (exit 4) when no token came within ``timeout``,
+        ``AcquireCancelledError`` when ``cancel`` was set first (the ticket is withdrawn).
         """
         pid = self._holder_pid()
         now = self._clock()
@@ -287,7 +296,7 @@ class TokenPool:
         )
         if not self.settings.enabled:
             return TokenLease(None, Token.granted(ticket, now))
-        poll = self._wait_for(ticket, timeout)
+        poll = self._wait_for(ticket, timeout, cancel)
         assert poll.token is not None
         return TokenLease(self, poll.token, renew_every=self._renew_every)
 
@@ -370,8 +379,11 @@ class TokenPool:
 
     # -- waiting --------------------------------------------------------------------------
 
-    def _wait_for(self, ticket: Ticket, timeout: float | None) -> Poll:
-        """Queue ``ticket`` and wait for its grant; never leaves a ticket behind."""
+    def _wait_for(
+        self, ticket: Ticket, timeout: float | None, cancel: threading.Event | None = None
+    ) -> Poll:
+        """Queue ``ticket`` and wait for its grant; never leaves a ticket behind. A set
+        ``cancel`` ends the wait (looked at every ``CANCEL_CHECK`` s at the most)."""
         started = time.monotonic()
         deadline = None if timeout is None else started + max(0.0, timeout)
         granted = False
@@ -393,6 +405,12 @@ class TokenPool:
                 poll = self._glance(ticket, poll)
             last_full = time.monotonic()
             while poll.outcome is not PollOutcome.GRANTED:
+                if cancel is not None and cancel.is_set():
+                    raise AcquireCancelledError(
+                        f"run `{ticket.run_id}` (agent `{ticket.agent}`) stopped waiting for "
+                        "a pool token: it was cancelled or interrupted",
+                        agent=ticket.agent,
+                    )
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     poll = self._transact(lambda s, t: policy.cancel(s, t, ticket.id))
@@ -411,6 +429,8 @@ class TokenPool:
                         agent=ticket.agent,
                     )
                 limit = FULL_CHECK if remaining is None else min(remaining, FULL_CHECK)
+                if cancel is not None:
+                    limit = min(limit, CANCEL_CHECK)
                 if feed is not None:
                     woken = feed.wait(seen, limit)
                     seen = feed.generation()

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from engine.errors import DelegationTimeoutError, PoolRefusedError
+from engine.errors import AcquireCancelledError, DelegationTimeoutError, PoolRefusedError
 from engine.lease import Lease, Pool
 from engine.pool import MemoryStore, PoolSettings, TokenPool
 
@@ -187,10 +187,19 @@ class Waiters:
         self.threads: list[threading.Thread] = []
         self._guard = threading.Lock()
 
-    def start(self, run_id: str, *, agent: str = "a", timeout: float = 60) -> None:
+    def start(
+        self,
+        run_id: str,
+        *,
+        agent: str = "a",
+        timeout: float = 60,
+        cancel: threading.Event | None = None,
+    ) -> None:
         def run() -> None:
             try:
-                lease = self.pool.acquire(run_id=run_id, agent=agent, timeout=timeout)
+                lease = self.pool.acquire(
+                    run_id=run_id, agent=agent, timeout=timeout, cancel=cancel
+                )
             except Exception as exc:  # asserted through `errors`
                 with self._guard:
                     self.errors.append(exc)
@@ -414,6 +423,26 @@ class TestPoolContract:
         lease.release()
         assert lease.reclaimed_reason is None
         assert lease.renew() is False  # released: nothing to renew
+
+    def test_a_cancelled_waiter_leaves_the_queue_and_the_next_is_served(
+        self, backend: Backend
+    ) -> None:
+        pool = backend.make(max_tokens=1)
+        gate = pool.acquire(run_id="gate", agent="a", timeout=0)
+        waiters = Waiters(pool)
+        stop = threading.Event()
+        waiters.start("w0", timeout=600, cancel=stop)
+        wait_until(pool, lambda: queued(pool) == ["w0"], "w0 to queue")
+        waiters.start("w1", timeout=600)
+        wait_until(pool, lambda: queued(pool) == ["w0", "w1"], "w1 to queue")
+        stop.set()  # Ctrl-C or `workflow cancel` while w0 waits: not its 600 s timeout
+        wait_until(pool, lambda: queued(pool) == ["w1"], "w0 to leave the queue")
+        gate.release()
+        waiters.join()
+        assert waiters.granted == ["w1"]
+        assert [type(e) for e in waiters.errors] == [AcquireCancelledError]
+        assert "`w0`" in str(waiters.errors[0]) and "cancelled" in str(waiters.errors[0])
+        assert held(pool) == [] and queued(pool) == []
 
     def test_a_full_queue_refuses_at_once(self, backend: Backend) -> None:
         pool = backend.make(max_tokens=1, queue_limit=1)
