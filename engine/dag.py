@@ -132,6 +132,11 @@ class Plan:
     edges: tuple[tuple[str, str], ...] = field(hash=False, repr=False)
     #: Sub-workflow step id -> the child workflow's plan (with trial inputs).
     sub_plans: dict[str, Plan] = field(default_factory=dict, hash=False, repr=False)
+    #: The planner's trial render of each step (``rendered_steps``' entries) and the
+    #: renderer that made it: a dry run with that renderer shows these, not a second render.
+    trial: tuple[TaskRenderer, dict[str, dict[str, Any]]] | None = field(
+        default=None, hash=False, repr=False, compare=False
+    )
 
     @functools.cached_property
     def graph(self) -> nx.DiGraph:
@@ -311,7 +316,7 @@ def plan_workflow(
     skip_outputs = _output_reference_problems(spec, renderer, first, problems) | data_skip
     trial_inputs = {n: resolved.get(n, f"<input {n}>") for n in spec.inputs}
     trial = _Trial(spec, renderer, upstream, trial_inputs, _Placeholders(first.values()))
-    _trial_render(trial, first, skip, skip_outputs, problems)
+    rendered = _trial_render(trial, first, skip, skip_outputs, problems)
     children = _Children(spec, renderer, registry, acl, known, validator, load_child, parents)
     for step in first.values():
         if step.workflow is not None and step.id not in skip:
@@ -331,6 +336,7 @@ def plan_workflow(
         groups=generations,
         edges=tuple(edges),
         sub_plans=children.plans,
+        trial=(renderer, rendered),
     )
 
 
@@ -656,16 +662,18 @@ def _trial_render(
     skip: set[str],
     skip_outputs: set[str],
     problems: list[str],
-) -> None:
-    """Render every template not already found wrong, with placeholder upstream results."""
+) -> dict[str, dict[str, Any]]:
+    """Render every template not already found wrong, with placeholder upstream results;
+    return what each step rendered to (``rendered_steps``' entries, for the dry run)."""
     spec, renderer = trial.spec, trial.renderer
+    rendered: dict[str, dict[str, Any]] = {}
     for step in first.values():
         if step.id in skip or renderer.is_broken(step.id):
             continue
         ctx = trial.context(step.id, ended=step.always)
-        problems.extend(_trial_problems(step, renderer, ctx))
+        problems.extend(_trial_problems(step, renderer, ctx, rendered))
     if not spec.outputs:
-        return
+        return rendered
     ctx = trial.outputs_context(first)
     for out_name in spec.outputs:
         if out_name in skip_outputs or out_name not in renderer.output_references():
@@ -674,6 +682,7 @@ def _trial_render(
             renderer.render_output(out_name, ctx)
         except WorkflowError as exc:
             problems.append(exc.message)
+    return rendered
 
 
 def _cycle_problems(
@@ -965,34 +974,60 @@ def _context(
     }
 
 
-def _trial_problems(step: StepSpec, renderer: TaskRenderer, ctx: dict[str, Any]) -> list[str]:
+def _trial_problems(
+    step: StepSpec,
+    renderer: TaskRenderer,
+    ctx: dict[str, Any],
+    rendered: dict[str, dict[str, Any]],
+) -> list[str]:
+    """The problems of one step's trial render; when there are none, what it rendered to
+    (``rendered_steps``' entry) goes into ``rendered`` under the step's id."""
     out: list[str] = []
+    entry: dict[str, Any] = {}
     task_ctx = ctx
     if step.for_each is not None:  # only the task sees the item: the rest decides once
+        items: list[Any] = []
         try:
-            trial_items(step, renderer, ctx)
+            items, known = trial_items(step, renderer, ctx)
+            entry["items"] = items if known else None
         except WorkflowError as exc:
             out.append(exc.message)
-        task_ctx = _with_item(step, renderer, ctx)
-    checks: list[tuple[Any, dict[str, Any]]] = [
-        (renderer.render_workflow_inputs if step.workflow else renderer.render_task, task_ctx),
-        (renderer.evaluate_when, ctx),
+        task_ctx = {**ctx, step.item_name: items[0] if items else f"<item of {step.id}>"}
+    parts: list[tuple[str | None, Callable[[str, dict[str, Any]], Any], dict[str, Any]]] = [
+        ("inputs", renderer.render_workflow_inputs, task_ctx)
+        if step.workflow is not None
+        else ("task", renderer.render_task, task_ctx),
+        (None, renderer.evaluate_when, ctx),
     ]
     if step.gate is not None:
-        checks += [(renderer.render_gate_prompt, ctx), (renderer.evaluate_gate_when, ctx)]
-    for check, with_ctx in checks:
+        parts += [
+            ("gate_prompt", renderer.render_gate_prompt, ctx),
+            (None, renderer.evaluate_gate_when, ctx),
+        ]
+    for key, check, with_ctx in parts:
         try:
-            check(step.id, with_ctx)
+            value = check(step.id, with_ctx)
         except WorkflowError as exc:
             out.append(exc.message)
+        else:
+            if key is not None:
+                entry[key] = value
+    if not out:
+        rendered[step.id] = entry
     return out
 
 
 def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, Any]]:
     """Each step's task (and gate prompt) rendered with placeholder upstream results.
 
-    What a dry run shows; the same placeholders as the planner's trial render.
+    What a dry run shows; the same placeholders as the planner's trial render, whose
+    results the plan keeps (``Plan.trial``): with the renderer that planned it, nothing is
+    rendered again.
     """
+    if plan.trial is not None and plan.trial[0] is renderer:
+        made = plan.trial[1]
+        if made.keys() == plan.steps.keys():
+            return dict(made)
     trial = _plan_trial(plan, renderer)
     out: dict[str, dict[str, Any]] = {}
     for sid, planned in plan.steps.items():
