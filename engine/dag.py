@@ -92,6 +92,8 @@ RUN_END_STATUSES = (RunState.COMPLETE.value, RunState.FAILED.value)
 def finally_edges(steps: list[StepSpec]) -> list[tuple[str, str]]:
     """Edges into the ``finally`` steps: from each step of ``steps`` that no other step
     of ``steps`` depends on, to each ``finally`` step (template order both ways)."""
+    if not any(s.always for s in steps):
+        return []
     main = [s for s in steps if not s.always]
     needed = {d for s in main for d in s.depends_on}
     sinks = [s.id for s in main if s.id not in needed]
@@ -494,10 +496,12 @@ def _status_problems(
     renderer: TaskRenderer, first: dict[str, StepSpec], problems: list[str]
 ) -> None:
     """A ``when`` comparing a status with a string no status can be is a problem."""
+    levels = tuple(c.value for c in Confidence)  # engine.states: high, medium, low
     for step in first.values():
-        if renderer.is_broken(step.id, "when"):
-            continue
-        for subject, literal in renderer.status_tests(step.id).compared:
+        if step.when is None or renderer.is_broken(step.id, "when"):
+            continue  # no `when`, no status tests
+        tests = renderer.status_tests(step.id)
+        for subject, literal in tests.compared:
             known: tuple[str, ...]
             if subject == "run":
                 known, what = RUN_END_STATUSES, "`run.status`"
@@ -518,8 +522,7 @@ def _status_problems(
                     f"never is{did_you_mean(literal, known) or '.'} It is one of: "
                     f"{', '.join(known)}."
                 )
-        levels = tuple(c.value for c in Confidence)  # engine.states: high, medium, low
-        for subject, literal in renderer.status_tests(step.id).confidence:
+        for subject, literal in tests.confidence:
             if subject in first and subject != step.id and literal not in (*levels, ""):
                 problems.append(
                     f"step `{step.id}`: `when` compares `steps.{subject}.confidence` with "
@@ -996,9 +999,10 @@ def _trial_problems(
     parts: list[tuple[str | None, Callable[[str, dict[str, Any]], Any], dict[str, Any]]] = [
         ("inputs", renderer.render_workflow_inputs, task_ctx)
         if step.workflow is not None
-        else ("task", renderer.render_task, task_ctx),
-        (None, renderer.evaluate_when, ctx),
+        else ("task", renderer.render_task, task_ctx)
     ]
+    if step.when is not None:  # without one, evaluate_when is True
+        parts.append((None, renderer.evaluate_when, ctx))
     if step.gate is not None:
         parts += [
             ("gate_prompt", renderer.render_gate_prompt, ctx),
