@@ -92,6 +92,8 @@ RUN_END_STATUSES = (RunState.COMPLETE.value, RunState.FAILED.value)
 def finally_edges(steps: list[StepSpec]) -> list[tuple[str, str]]:
     """Edges into the ``finally`` steps: from each step of ``steps`` that no other step
     of ``steps`` depends on, to each ``finally`` step (template order both ways)."""
+    if not any(s.always for s in steps):
+        return []
     main = [s for s in steps if not s.always]
     needed = {d for s in main for d in s.depends_on}
     sinks = [s.id for s in main if s.id not in needed]
@@ -132,6 +134,11 @@ class Plan:
     edges: tuple[tuple[str, str], ...] = field(hash=False, repr=False)
     #: Sub-workflow step id -> the child workflow's plan (with trial inputs).
     sub_plans: dict[str, Plan] = field(default_factory=dict, hash=False, repr=False)
+    #: The planner's trial render of each step (``rendered_steps``' entries) and the
+    #: renderer that made it: a dry run with that renderer shows these, not a second render.
+    trial: tuple[TaskRenderer, dict[str, dict[str, Any]]] | None = field(
+        default=None, hash=False, repr=False, compare=False
+    )
 
     @functools.cached_property
     def graph(self) -> nx.DiGraph:
@@ -311,7 +318,7 @@ def plan_workflow(
     skip_outputs = _output_reference_problems(spec, renderer, first, problems) | data_skip
     trial_inputs = {n: resolved.get(n, f"<input {n}>") for n in spec.inputs}
     trial = _Trial(spec, renderer, upstream, trial_inputs, _Placeholders(first.values()))
-    _trial_render(trial, first, skip, skip_outputs, problems)
+    rendered = _trial_render(trial, first, skip, skip_outputs, problems)
     children = _Children(spec, renderer, registry, acl, known, validator, load_child, parents)
     for step in first.values():
         if step.workflow is not None and step.id not in skip:
@@ -331,6 +338,7 @@ def plan_workflow(
         groups=generations,
         edges=tuple(edges),
         sub_plans=children.plans,
+        trial=(renderer, rendered),
     )
 
 
@@ -488,10 +496,12 @@ def _status_problems(
     renderer: TaskRenderer, first: dict[str, StepSpec], problems: list[str]
 ) -> None:
     """A ``when`` comparing a status with a string no status can be is a problem."""
+    levels = tuple(c.value for c in Confidence)  # engine.states: high, medium, low
     for step in first.values():
-        if renderer.is_broken(step.id, "when"):
-            continue
-        for subject, literal in renderer.status_tests(step.id).compared:
+        if step.when is None or renderer.is_broken(step.id, "when"):
+            continue  # no `when`, no status tests
+        tests = renderer.status_tests(step.id)
+        for subject, literal in tests.compared:
             known: tuple[str, ...]
             if subject == "run":
                 known, what = RUN_END_STATUSES, "`run.status`"
@@ -512,8 +522,7 @@ def _status_problems(
                     f"never is{did_you_mean(literal, known) or '.'} It is one of: "
                     f"{', '.join(known)}."
                 )
-        levels = tuple(c.value for c in Confidence)  # engine.states: high, medium, low
-        for subject, literal in renderer.status_tests(step.id).confidence:
+        for subject, literal in tests.confidence:
             if subject in first and subject != step.id and literal not in (*levels, ""):
                 problems.append(
                     f"step `{step.id}`: `when` compares `steps.{subject}.confidence` with "
@@ -656,16 +665,18 @@ def _trial_render(
     skip: set[str],
     skip_outputs: set[str],
     problems: list[str],
-) -> None:
-    """Render every template not already found wrong, with placeholder upstream results."""
+) -> dict[str, dict[str, Any]]:
+    """Render every template not already found wrong, with placeholder upstream results;
+    return what each step rendered to (``rendered_steps``' entries, for the dry run)."""
     spec, renderer = trial.spec, trial.renderer
+    rendered: dict[str, dict[str, Any]] = {}
     for step in first.values():
         if step.id in skip or renderer.is_broken(step.id):
             continue
         ctx = trial.context(step.id, ended=step.always)
-        problems.extend(_trial_problems(step, renderer, ctx))
+        problems.extend(_trial_problems(step, renderer, ctx, rendered))
     if not spec.outputs:
-        return
+        return rendered
     ctx = trial.outputs_context(first)
     for out_name in spec.outputs:
         if out_name in skip_outputs or out_name not in renderer.output_references():
@@ -674,6 +685,7 @@ def _trial_render(
             renderer.render_output(out_name, ctx)
         except WorkflowError as exc:
             problems.append(exc.message)
+    return rendered
 
 
 def _cycle_problems(
@@ -965,34 +977,61 @@ def _context(
     }
 
 
-def _trial_problems(step: StepSpec, renderer: TaskRenderer, ctx: dict[str, Any]) -> list[str]:
+def _trial_problems(
+    step: StepSpec,
+    renderer: TaskRenderer,
+    ctx: dict[str, Any],
+    rendered: dict[str, dict[str, Any]],
+) -> list[str]:
+    """The problems of one step's trial render; when there are none, what it rendered to
+    (``rendered_steps``' entry) goes into ``rendered`` under the step's id."""
     out: list[str] = []
+    entry: dict[str, Any] = {}
     task_ctx = ctx
     if step.for_each is not None:  # only the task sees the item: the rest decides once
+        items: list[Any] = []
         try:
-            trial_items(step, renderer, ctx)
+            items, known = trial_items(step, renderer, ctx)
+            entry["items"] = items if known else None
         except WorkflowError as exc:
             out.append(exc.message)
-        task_ctx = _with_item(step, renderer, ctx)
-    checks: list[tuple[Any, dict[str, Any]]] = [
-        (renderer.render_workflow_inputs if step.workflow else renderer.render_task, task_ctx),
-        (renderer.evaluate_when, ctx),
+        task_ctx = {**ctx, step.item_name: items[0] if items else f"<item of {step.id}>"}
+    parts: list[tuple[str | None, Callable[[str, dict[str, Any]], Any], dict[str, Any]]] = [
+        ("inputs", renderer.render_workflow_inputs, task_ctx)
+        if step.workflow is not None
+        else ("task", renderer.render_task, task_ctx)
     ]
+    if step.when is not None:  # without one, evaluate_when is True
+        parts.append((None, renderer.evaluate_when, ctx))
     if step.gate is not None:
-        checks += [(renderer.render_gate_prompt, ctx), (renderer.evaluate_gate_when, ctx)]
-    for check, with_ctx in checks:
+        parts += [
+            ("gate_prompt", renderer.render_gate_prompt, ctx),
+            (None, renderer.evaluate_gate_when, ctx),
+        ]
+    for key, check, with_ctx in parts:
         try:
-            check(step.id, with_ctx)
+            value = check(step.id, with_ctx)
         except WorkflowError as exc:
             out.append(exc.message)
+        else:
+            if key is not None:
+                entry[key] = value
+    if not out:
+        rendered[step.id] = entry
     return out
 
 
 def rendered_steps(plan: Plan, renderer: TaskRenderer) -> dict[str, dict[str, Any]]:
     """Each step's task (and gate prompt) rendered with placeholder upstream results.
 
-    What a dry run shows; the same placeholders as the planner's trial render.
+    What a dry run shows; the same placeholders as the planner's trial render, whose
+    results the plan keeps (``Plan.trial``): with the renderer that planned it, nothing is
+    rendered again.
     """
+    if plan.trial is not None and plan.trial[0] is renderer:
+        made = plan.trial[1]
+        if made.keys() == plan.steps.keys():
+            return dict(made)
     trial = _plan_trial(plan, renderer)
     out: dict[str, dict[str, Any]] = {}
     for sid, planned in plan.steps.items():

@@ -807,8 +807,11 @@ def brace_warnings(spec: WorkflowSpec) -> list[str]:
     ids = set(spec.step_ids)
     out: list[str] = []
     for step in spec.steps:
+        task = step.task or ""
+        if "{" not in task.replace("{{", ""):
+            continue  # every brace is part of a `{{`: nothing the pattern can match
         seen: set[str] = set()
-        for m in _SINGLE_BRACE_RE.finditer(step.task or ""):
+        for m in _SINGLE_BRACE_RE.finditer(task):
             name = m.group(1)
             if name in seen:
                 continue

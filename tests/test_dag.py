@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ import yaml
 
 from engine.acl import Acl
 from engine.config import Config, config_from_dict
-from engine.dag import Plan, placeholder_result, plan_workflow
+from engine.dag import Plan, placeholder_result, plan_workflow, rendered_steps
 from engine.errors import UsageError, WorkflowError
 from engine.planview import dry_run_dict, dry_run_text, graph_text
 from engine.registry import Registry
@@ -710,6 +711,41 @@ def test_a_thousand_steps_plan_and_dry_run() -> None:
         "step `s0010` uses `steps.s0999` in `task` but `s0999` is not upstream of it; add it "
         "to `depends_on`."
     ]
+
+
+def test_dry_run_shows_what_the_trial_render_made() -> None:
+    """The plan keeps its trial render; the dry run shows it, equal to rendering again."""
+    spec = inline(
+        [
+            {"id": "a", "agent": "webster", "task": "find {{ inputs.topic }}"},
+            {
+                "id": "b",
+                "agent": "webster",
+                "depends_on": ["a"],
+                "for_each": "inputs.names",
+                "task": "check {{ item }} against {{ steps.a.result }}",
+            },
+            {
+                "id": "c",
+                "agent": "tech-lead",
+                "depends_on": ["b"],
+                "for_each": "steps.b.results",
+                "when": "steps.b.status == 'complete'",
+                "gate": {"prompt": "Go on after {{ steps.b.result }}?"},
+                "task": "sum {{ item }}",
+            },
+        ],
+        inputs={"topic": {"required": True}, "names": {"default": "x, y"}},
+    )
+    renderer = TaskRenderer(spec)
+    p = plan(spec, {"topic": "ULE"}, renderer=renderer)
+    assert p.trial is not None and p.trial[0] is renderer
+    again = rendered_steps(dataclasses.replace(p, trial=None), renderer)
+    assert again["b"] == {"items": ["x", "y"], "task": "check x against <result of a>"}
+    assert again["c"]["items"] is None  # read from a step: known only when it ran
+    assert again["c"]["gate_prompt"].startswith("Go on after ")
+    assert rendered_steps(p, renderer) == again
+    assert rendered_steps(p, TaskRenderer(spec)) == again  # another renderer: rendered anew
 
 
 # --------------------------------------------------------------------------- docs

@@ -26,6 +26,7 @@ from engine.workflow import (
     GateSpec,
     InputSpec,
     WorkflowSpec,
+    brace_warnings,
     find_workflow,
     list_workflows,
     load_workflow,
@@ -809,3 +810,30 @@ def test_fast_evaluation_matches_jinja(source: str, is_expr: bool) -> None:
     compiled = _Compiled(source, is_expr=is_expr)
     for c in CONTEXTS:
         assert _outcome(compiled, c) == _outcome(compiled.jinja, c)
+
+
+@pytest.mark.parametrize(
+    ("task", "warned"),
+    [
+        ("use {{ inputs.topic }} after {{ steps.a.result }}", []),
+        ("{{{topic}}} and {{topic}", []),  # every brace is part of a `{{` or `}}`
+        ("use {topic} after {{ steps.a.result }}", ["{topic}"]),
+        ("{{ inputs.topic }}{ a }", ["{ a }"]),
+        ("{topic}{{x}}{a}", ["{topic}", "{a}"]),
+    ],
+)
+def test_brace_warnings_find_single_braces_beside_double(task: str, warned: list[str]) -> None:
+    spec = workflow_from_dict(
+        {
+            "name": "b",
+            "caller": "manager",
+            "inputs": {"topic": {"required": True}},
+            "steps": [
+                {"id": "a", "agent": "webster", "task": "first"},
+                {"id": "b", "agent": "webster", "depends_on": ["a"], "task": task},
+            ],
+        },
+        path=Path("b.yaml"),
+    )
+    found = [w.split("holds `", 1)[1].split("`", 1)[0] for w in brace_warnings(spec)]
+    assert found == warned
