@@ -981,7 +981,13 @@ class _Execution:
                 self._note_failure(s)
 
     def _announce(self) -> None:
+        """Report ``run_started`` with each group's ``(step, agent)``: a sub-workflow
+        step's agent reads ``workflow NAME`` (its child's name), before its child starts
+        as after (``child_started``)."""
         plan, steps = self.plan, self.steps
+        for sid, sub in plan.sub_plans.items():
+            if steps[sid].agent is None:
+                steps[sid].agent = f"workflow {sub.workflow.name}"
         self.reporter.event(
             "run_started",
             run_id=self.run_id,
@@ -1204,10 +1210,20 @@ class _Execution:
         journal, options = self.journal, self.options
         if s.gate and s.gate.get("decision") == "approved":
             return True
-        if options.approve_all or s.id in options.approve:
+        gate = self.plan.steps[s.id].spec.gate
+        asks = gate is not None and gate.input_schema is not None
+        if (options.approve_all and not asks) or s.id in options.approve:
             s.gate = {"decision": "approved", "by": "--approve", "reason": None, "at": utcnow_iso()}
             journal.append("gate_decided", step=s.id, decision="approved", by="--approve")
             return True
+        if options.approve_all and s.state is not StepState.WAITING_APPROVAL:
+            # an approval without its value would send the step without it (and its
+            # dependents read `steps.<id>.input`): the gate waits for its approver
+            self.reporter.warning(
+                f"`{s.id}`: `--approve-all` does not approve this gate: it asks for an "
+                "input, which its approver gives (at the prompt, or when the run parks "
+                f"there: `workflow approve {self.run_id} {s.id} --input VALUE`)."
+            )
         prompt = self._gate_prompt(s)
         if s.state is not StepState.WAITING_APPROVAL:
             journal.append("gate_waiting", step=s.id, prompt=prompt)
