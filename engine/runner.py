@@ -21,7 +21,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -167,6 +167,13 @@ class _HeldJournal:
 # ----------------------------------------------------------------------------- planning
 
 
+def _short_hash(obj: Any) -> str:
+    """SHA-256 of ``obj`` (a text as it is, anything else as sorted JSON): 16 hex digits.
+    The unkeyed parts of a run's fingerprint (``fingerprint_parts``)."""
+    text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def fingerprint_parts(cfg: Config, prepared: Prepared, salt: str | None = None) -> dict[str, str]:
     """Hashes of what a resumed run must not have changed: template, inputs, agents.
 
@@ -189,10 +196,7 @@ def fingerprint_parts(cfg: Config, prepared: Prepared, salt: str | None = None) 
         if name in cfg.agents
     }
 
-    def h(obj: Any) -> str:
-        text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
+    h = _short_hash
     parts = {
         "template": h(prepared.spec.source_text),
         "inputs": h(plan.inputs) if salt is None else _keyed(salt, plan.inputs),
@@ -271,6 +275,71 @@ def _real_inputs(
         )
     inputs.update(given)
     return inputs, sorted(missing)
+
+
+def _check_given_inputs(run_id: str, meta: dict[str, Any], given: Mapping[str, Any] | None) -> None:
+    """Refuse (RunStateError, exit 2; nothing written) an input given on resume (``-i``)
+    that is not one ``run.json`` keeps masked: a run keeps the inputs it started with, and
+    ``-i`` only gives again the value of an input that held a secret. A value equal to the
+    recorded one (or whose masked text is the recorded one) changes nothing and passes.
+    docs/workflows.md, "Resuming"."""
+    stored = meta.get("inputs")
+    stored = stored if isinstance(stored, dict) else {}
+    keys = meta.get("secret_inputs")
+    secret = set(keys) if isinstance(keys, dict) else set()
+    for name, value in (given or {}).items():
+        if name in secret or (name in stored and redact_obj(value) == stored[name]):
+            continue
+        was = (
+            f"`{name}` held no secret: it was recorded in run.json as given at the start, "
+            "and a run keeps the inputs it started with"
+            if name in stored
+            else f"`{name}` is not an input of this run"
+        )
+        held = ", ".join(f"`{n}`" for n in sorted(secret)) or "none"
+        raise RunStateError(
+            f"run `{run_id}` cannot resume with `-i {name}=...`: `-i` on `workflow resume` "
+            f"only gives again an input that held a secret (run.json keeps those masked; "
+            f"this run's: {held}); {was}. Nothing was changed. Resume without it "
+            f"(`workflow resume {run_id}`), or start a new run with the new value: "
+            f"{rerun_command(meta)}"
+        )
+
+
+def _step_changes(ran: list[str], now: Sequence[str]) -> str:
+    """How the step ids ``now`` (the template's) differ from ``ran`` (the run's plan), as
+    ``added `z`; removed `c``` (``""``: the same steps)."""
+    added = [sid for sid in now if sid not in set(ran)]
+    removed = [sid for sid in ran if sid not in set(now)]
+    parts = [
+        f"{what} " + ", ".join(f"`{sid}`" for sid in ids)
+        for what, ids in (("added", added), ("removed", removed))
+        if ids
+    ]
+    return "; ".join(parts)
+
+
+def _check_same_steps(
+    run_id: str, meta: dict[str, Any], ran: list[str], now: Sequence[str], whose: str = ""
+) -> None:
+    """Refuse (RunStateError, exit 2; nothing written) to resume a run whose template no
+    longer has the run's steps (one added, removed or renamed), with or without
+    ``--force``: the run's plan, journal and results are those of its steps, and
+    ``--force`` resumes them with their current definitions, never another set of steps.
+    ``meta``: run ``run_id``'s run.json; ``whose``: the template's words when it is a
+    child run's (``_check_child_runs``). docs/workflows.md, "Resuming"."""
+    changes = _step_changes(ran, now)
+    if not changes:
+        return
+    whose = whose or f"the steps of its template `{meta.get('workflow_path')}`"
+    raise RunStateError(
+        f"run `{run_id}` cannot resume, not even with `--force`: {whose} are not the "
+        f"run's any more ({changes}; a renamed step is one removed and one added). "
+        "`--force` resumes a run's own steps with their current definitions; it never adds "
+        "or drops a step, whose plan and results the run has recorded. Nothing was "
+        "changed. Give the template the run's steps again to resume it, or start a new run: "
+        f"{rerun_command(meta)}"
+    )
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -519,6 +588,7 @@ class WorkflowRunner:
                     f"Start the workflow again: {rerun_command(meta)}",
                     path=path,
                 )
+            _check_given_inputs(run_id, meta, inputs)
             real, missing = _real_inputs(run_id, meta, inputs, options.force or masked)
             try:
                 prepared = prepare(self.cfg, workflow_path, real, caller=meta.get("caller"))
@@ -532,6 +602,7 @@ class WorkflowRunner:
                     "directory.",
                     path=path / "run.json",
                 ) from exc
+            _check_same_steps(run_id, meta, list(view.steps), prepared.spec.step_ids)
             salt = meta.get("input_salt")
             changed = [
                 k
@@ -557,6 +628,7 @@ class WorkflowRunner:
                     "or pass `--force` to resume with the current definitions."
                 )
             self._check_approvals(prepared.plan, options)
+            _check_child_runs(store, view, options, meta)
             for warning in view.warnings:
                 self.reporter.warning(warning)
 
@@ -627,6 +699,55 @@ def _check_resumable(view: RunView) -> None:
                 "resumed run could send nothing, so it is left as it is. Start a new run: "
                 f"{rerun_command(meta)}"
             )
+
+
+def _check_child_runs(
+    store: RunStore, view: RunView, options: RunOptions, top: dict[str, Any]
+) -> None:
+    """Refuse (RunStateError, exit 2; nothing written) to resume a run when a child run
+    this resume would resume (a sub-workflow step's, parked or in flight; failed or
+    cancelled ones with ``--retry-failed`` start or resume as ``_SubRun._child`` does) has
+    a template that can no longer be loaded, lost or gained a step, or (without
+    ``--force``, which reaches the child runs too) changed since that child started. The
+    child runs of child runs are checked the same way. ``top``: the run.json of the run
+    being resumed, whose words and commands the paragraph gives.
+    docs/workflows.md, "Sub-workflows" and "Resuming"."""
+    from engine.workflow import load_workflow
+
+    rid = str(top.get("runId") or view.run_id)
+    for s in view.steps.values():
+        cid = s.child_run_id
+        if not cid or not store.run_exists(cid):
+            continue
+        try:
+            child = replay_run(store, cid)
+        except RunStateError:
+            continue  # damaged: resuming it says so, as the step's error
+        again = options.retry_failed and child.state is RunState.FAILED
+        ended = (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED)
+        if child.state in ended and not again:
+            continue  # read as it ended, or (cancelled) a new child run is started
+        path, fingerprint = child.meta.get("workflow_path"), child.meta.get("fingerprint")
+        if not isinstance(path, str) or not isinstance(fingerprint, dict):
+            continue  # its own resume names the damaged run.json
+        of = f"the template `{path}` of its child run `{cid}` (step `{s.id}`)"
+        try:
+            spec = load_workflow(Path(path))
+        except WorkflowError as exc:
+            raise RunStateError(
+                f"run `{rid}` cannot resume: {of} cannot be loaded ({exc}). Nothing was "
+                f"changed. Restore that file to resume the run, or start a new run: "
+                f"{rerun_command(top)}"
+            ) from None
+        _check_same_steps(rid, top, list(child.steps), spec.step_ids, f"the steps of {of}")
+        if fingerprint.get("template") != _short_hash(spec.source_text) and not options.force:
+            raise RunStateError(
+                f"run `{rid}` cannot resume: {of} changed since that child run started. "
+                f"Nothing was changed. Start a new run ({rerun_command(top)}), or pass "
+                "`--force` to resume both with the current definitions (`--force` on a "
+                "run reaches its child runs too)."
+            )
+        _check_child_runs(store, child, options, top)
 
 
 def _take_late_results(
@@ -860,7 +981,13 @@ class _Execution:
                 self._note_failure(s)
 
     def _announce(self) -> None:
+        """Report ``run_started`` with each group's ``(step, agent)``: a sub-workflow
+        step's agent reads ``workflow NAME`` (its child's name), before its child starts
+        as after (``child_started``)."""
         plan, steps = self.plan, self.steps
+        for sid, sub in plan.sub_plans.items():
+            if steps[sid].agent is None:
+                steps[sid].agent = f"workflow {sub.workflow.name}"
         self.reporter.event(
             "run_started",
             run_id=self.run_id,
@@ -1083,10 +1210,20 @@ class _Execution:
         journal, options = self.journal, self.options
         if s.gate and s.gate.get("decision") == "approved":
             return True
-        if options.approve_all or s.id in options.approve:
+        gate = self.plan.steps[s.id].spec.gate
+        asks = gate is not None and gate.input_schema is not None
+        if (options.approve_all and not asks) or s.id in options.approve:
             s.gate = {"decision": "approved", "by": "--approve", "reason": None, "at": utcnow_iso()}
             journal.append("gate_decided", step=s.id, decision="approved", by="--approve")
             return True
+        if options.approve_all and s.state is not StepState.WAITING_APPROVAL:
+            # an approval without its value would send the step without it (and its
+            # dependents read `steps.<id>.input`): the gate waits for its approver
+            self.reporter.warning(
+                f"`{s.id}`: `--approve-all` does not approve this gate: it asks for an "
+                "input, which its approver gives (at the prompt, or when the run parks "
+                f"there: `workflow approve {self.run_id} {s.id} --input VALUE`)."
+            )
         prompt = self._gate_prompt(s)
         if s.state is not StepState.WAITING_APPROVAL:
             journal.append("gate_waiting", step=s.id, prompt=prompt)

@@ -662,7 +662,7 @@ def workflow_run_cmd(
     multiple=True,
     metavar="NAME=VALUE",
     help="An input the run holds only masked (a secret): give its value again; it is "
-    "checked against the keyed hash in run.json.",
+    "checked against the keyed hash in run.json. Other inputs stay as the run started.",
 )
 @click.option(
     "--retry-failed",
@@ -673,7 +673,9 @@ def workflow_run_cmd(
 @click.option(
     "--force",
     is_flag=True,
-    help="Resume even if the template, inputs or agents changed since the run started.",
+    help="Resume even if the template, inputs or agents changed since the run started "
+    "(its child runs' too): its steps with their current definitions. Never with a step "
+    "added, removed or renamed.",
 )
 @_driving_options
 @where_options

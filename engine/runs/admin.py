@@ -474,6 +474,17 @@ def run_status(
             from engine.ask import waiting_line
 
             row["waiting"] = waiting_line(run_id, sid, s.question, cf)
+        elif (
+            s.state is StepState.PENDING
+            and (s.gate or {}).get("decision") == "approved"
+            and not live
+            and not _served(cfg, run_id)
+        ):  # decided while no process runs the run: nothing sends it until a resume
+            by = (s.gate or {}).get("by")
+            row["waiting"] = (
+                f"approved{f' by {by}' if by else ''}; no process is running this run: "
+                f"continue it with `workflow resume {run_id}{cf}`"
+            )
     _late_hints(run_id, view, store, summary, cf)
     summary["run_dir"] = str(path)
     summary["live"] = live
