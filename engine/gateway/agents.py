@@ -928,8 +928,13 @@ def _keep(*procs: subprocess.Popen[bytes]) -> None:
 
 def _spawn_watchdog(popen: subprocess.Popen[bytes], info: dict[str, Any]) -> bool:
     """Start a detached watchdog for the agent ``popen``, handing it the output pipes."""
+    from engine.redact import known_secrets
+
     fds = [f.fileno() for f in (popen.stdout, popen.stderr) if f is not None and not f.closed]
-    payload = dict(info, pid=popen.pid, fds=fds)
+    # Every secret this process masks (the config's tokens and keys, a run's secret
+    # inputs) goes on the stdin pipe too, never on the argv (`ps` shows it) nor in a file:
+    # the watchdog masks them in everything it writes and reconciles.
+    payload = dict(info, pid=popen.pid, fds=fds, secrets=list(known_secrets()))
     try:
         watchdog = subprocess.Popen(
             [sys.executable, "-m", "engine.gateway.watchdog"],
