@@ -390,6 +390,7 @@ class CommandRunner:
             _write_run_file(workspace, idem_key, task, popen.pid)
         running = _Running(popen)
         deadline_epoch = time.time() + timeout if timeout is not None else None
+        guard = _start_guard(popen.pid, deadline_epoch)
         with self._lock:
             self._running[task.gateway_run_id] = running
             self._detach_info[task.gateway_run_id] = _watchdog_info(
@@ -404,6 +405,7 @@ class CommandRunner:
             with self._lock:
                 self._running.pop(task.gateway_run_id, None)
                 self._detach_info.pop(task.gateway_run_id, None)
+            _end_guard(guard, running.detached)
         if running.detached:  # its watchdog writes the late logs and the fallback
             _keep_early_output(workspace, outcome, task.handoff_key)
             return outcome
@@ -952,6 +954,48 @@ def _spawn_watchdog(popen: subprocess.Popen[bytes], info: dict[str, Any]) -> boo
         log.warning("local gateway: cannot start a watchdog for pid %s: %s", popen.pid, exc)
         return False
     return True
+
+
+#: Seconds past an agent's hard limit (and the SIGKILL grace after it) at which its guard
+#: ends it, if neither its gateway nor its watchdog has (they say what happened; the guard
+#: only acts when they are gone).
+GUARD_MARGIN = 3.0
+_GUARD = str(Path(__file__).with_name("guard.py"))
+
+
+def _start_guard(pid: int, deadline_epoch: float | None) -> subprocess.Popen[bytes] | None:
+    """Start the hard-limit guard of agent ``pid`` (``engine.gateway.guard``), in a session
+    of its own, so that the agent ends even if this process dies at once (``kill -9``);
+    None without a hard limit or when it cannot start (logged)."""
+    start = process_start(pid)
+    if deadline_epoch is None or start is None:
+        return None
+    at = deadline_epoch + KILL_GRACE + GUARD_MARGIN
+    argv = [sys.executable, "-I", "-S", _GUARD, str(pid), start, repr(at), str(KILL_GRACE)]
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        log.warning("local gateway: cannot start the guard of pid %s: %s", pid, exc)
+        return None
+
+
+def _end_guard(guard: subprocess.Popen[bytes] | None, detached: bool) -> None:
+    """End and reap the guard of an agent that has ended (this process saw it end: the
+    guard has nothing left to do), or keep a detached agent's (it stays as the watchdog's
+    backstop, and exits with the agent)."""
+    if guard is None:
+        return
+    if detached:
+        _keep(guard)
+        return
+    guard.kill()
+    guard.wait()
 
 
 def drain_ready(
