@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,12 +314,33 @@ class CommandRunner:
             running = list(self._running.items())
         pids = []
         for gateway_run_id, r in running:
+            if r.cancelled:  # ended on purpose (`end_runs`): kill_all() finishes the job
+                continue
             info = self._detach_info.get(gateway_run_id)
             if info is None or not _spawn_watchdog(r.popen, info):
                 continue  # no watchdog, no detaching: kill_all() ends it as before
             r.detached = True
             pids.append(r.popen.pid)
         return pids
+
+    def end_runs(self, run_ids: Collection[str]) -> list[int]:
+        """End the agents running the delegations ``run_ids`` (a cancelled workflow run's):
+        SIGTERM to each one's process group now, SIGKILL ``KILL_GRACE`` s later if it is
+        still there (its supervision does it), as ``kill_all`` does for every agent; a
+        detached one is left to its watchdog. No stand-in handoff is written over the
+        engine's record (``_no_fallback``). Returns the pids signalled."""
+        wanted = set(run_ids)
+        with self._lock:
+            ending = [
+                r
+                for gid, r in self._running.items()
+                if not r.detached and self._detach_info.get(gid, {}).get("run_id") in wanted
+            ]
+            for r in ending:
+                r.cancelled = True
+        for r in ending:
+            _killpg(r.popen.pid, signal.SIGTERM)
+        return [r.popen.pid for r in ending]
 
     def running_pids(self) -> list[int]:
         """Pids of the process-group leaders still running."""
