@@ -11,11 +11,11 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from engine.acl import Acl, check_chain
 from engine.config import AgentConfig, Config
@@ -42,6 +42,9 @@ from engine.states import Outcome as Outcome
 from engine.store import RENEW_EVERY, HandoffSignals, RunStore, Waiter, open_signals, open_store
 from engine.store.file import FileRunStore, records_dir
 from engine.store.liveness import this_host
+
+if TYPE_CHECKING:
+    from engine.gateway.server import LocalGateway
 
 _EXIT = {
     Outcome.COMPLETE: EXIT_OK,
@@ -153,6 +156,16 @@ class Delegator:
         self._clock = clock
         self._tokens: dict[str, tuple[str, str]] = {}
         self._host = this_host()
+        #: The embedded gateway serving this process's local agents (``open_delegator``).
+        self.local_gateway: LocalGateway | None = None
+
+    def end_local_runs(self, run_ids: Iterable[str]) -> list[int]:
+        """End the command agents the embedded gateway runs for the delegations
+        ``run_ids`` (``LocalGateway.end_runs``: SIGTERM, then SIGKILL); the pids
+        signalled, none without an embedded gateway (a remote one's agents are its own)."""
+        if self.local_gateway is None:
+            return []
+        return self.local_gateway.end_runs(list(run_ids))
 
     def close(self) -> None:
         """Release the HTTP client if this delegator created it."""
@@ -1053,6 +1066,7 @@ def open_delegator(
         store=store,
         signals=signals,
     )
+    delegator.local_gateway = gateway
     try:
         yield delegator
     finally:

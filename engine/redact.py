@@ -292,6 +292,15 @@ def known_count() -> int:
         return len(_known)
 
 
+def known_secrets() -> tuple[str, ...]:
+    """Every secret form masked now (registered, held, and those of the configs loaded so
+    far), longest first: for a helper process that must mask what this one masks
+    (``engine.gateway.watchdog``, which gets them on a pipe, never on its argv)."""
+    _take_loaded_configs()
+    with _lock:
+        return _known_list
+
+
 def _rebuild() -> None:
     global _known_re, _known_list
     # Longest first, so a secret that contains another is masked whole.

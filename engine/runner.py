@@ -953,6 +953,9 @@ class _Execution:
         pool.shutdown(wait=True)
         if self.interrupted.is_set():  # a child run whose parent was interrupted
             return RunResult(self.run_id, RunState.RUNNING, self.view.path, {})
+        if self.cancel.is_set():  # cancelled: its waits have ended; its agents end too
+            ids = [s.delegation_run_id for s in self.steps.values() if s.delegation_run_id]
+            self.delegator.end_local_runs(ids)
         return self._conclude()
 
     def _interrupt(self, pool: ThreadPoolExecutor, running: dict[Future[None], str]) -> None:

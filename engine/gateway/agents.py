@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,12 +314,33 @@ class CommandRunner:
             running = list(self._running.items())
         pids = []
         for gateway_run_id, r in running:
+            if r.cancelled:  # ended on purpose (`end_runs`): kill_all() finishes the job
+                continue
             info = self._detach_info.get(gateway_run_id)
             if info is None or not _spawn_watchdog(r.popen, info):
                 continue  # no watchdog, no detaching: kill_all() ends it as before
             r.detached = True
             pids.append(r.popen.pid)
         return pids
+
+    def end_runs(self, run_ids: Collection[str]) -> list[int]:
+        """End the agents running the delegations ``run_ids`` (a cancelled workflow run's):
+        SIGTERM to each one's process group now, SIGKILL ``KILL_GRACE`` s later if it is
+        still there (its supervision does it), as ``kill_all`` does for every agent; a
+        detached one is left to its watchdog. No stand-in handoff is written over the
+        engine's record (``_no_fallback``). Returns the pids signalled."""
+        wanted = set(run_ids)
+        with self._lock:
+            ending = [
+                r
+                for gid, r in self._running.items()
+                if not r.detached and self._detach_info.get(gid, {}).get("run_id") in wanted
+            ]
+            for r in ending:
+                r.cancelled = True
+        for r in ending:
+            _killpg(r.popen.pid, signal.SIGTERM)
+        return [r.popen.pid for r in ending]
 
     def running_pids(self) -> list[int]:
         """Pids of the process-group leaders still running."""
@@ -390,6 +411,7 @@ class CommandRunner:
             _write_run_file(workspace, idem_key, task, popen.pid)
         running = _Running(popen)
         deadline_epoch = time.time() + timeout if timeout is not None else None
+        guard = _start_guard(popen.pid, deadline_epoch)
         with self._lock:
             self._running[task.gateway_run_id] = running
             self._detach_info[task.gateway_run_id] = _watchdog_info(
@@ -404,6 +426,7 @@ class CommandRunner:
             with self._lock:
                 self._running.pop(task.gateway_run_id, None)
                 self._detach_info.pop(task.gateway_run_id, None)
+            _end_guard(guard, running.detached)
         if running.detached:  # its watchdog writes the late logs and the fallback
             _keep_early_output(workspace, outcome, task.handoff_key)
             return outcome
@@ -928,8 +951,13 @@ def _keep(*procs: subprocess.Popen[bytes]) -> None:
 
 def _spawn_watchdog(popen: subprocess.Popen[bytes], info: dict[str, Any]) -> bool:
     """Start a detached watchdog for the agent ``popen``, handing it the output pipes."""
+    from engine.redact import known_secrets
+
     fds = [f.fileno() for f in (popen.stdout, popen.stderr) if f is not None and not f.closed]
-    payload = dict(info, pid=popen.pid, fds=fds)
+    # Every secret this process masks (the config's tokens and keys, a run's secret
+    # inputs) goes on the stdin pipe too, never on the argv (`ps` shows it) nor in a file:
+    # the watchdog masks them in everything it writes and reconciles.
+    payload = dict(info, pid=popen.pid, fds=fds, secrets=list(known_secrets()))
     try:
         watchdog = subprocess.Popen(
             [sys.executable, "-m", "engine.gateway.watchdog"],
@@ -947,6 +975,48 @@ def _spawn_watchdog(popen: subprocess.Popen[bytes], info: dict[str, Any]) -> boo
         log.warning("local gateway: cannot start a watchdog for pid %s: %s", popen.pid, exc)
         return False
     return True
+
+
+#: Seconds past an agent's hard limit (and the SIGKILL grace after it) at which its guard
+#: ends it, if neither its gateway nor its watchdog has (they say what happened; the guard
+#: only acts when they are gone).
+GUARD_MARGIN = 3.0
+_GUARD = str(Path(__file__).with_name("guard.py"))
+
+
+def _start_guard(pid: int, deadline_epoch: float | None) -> subprocess.Popen[bytes] | None:
+    """Start the hard-limit guard of agent ``pid`` (``engine.gateway.guard``), in a session
+    of its own, so that the agent ends even if this process dies at once (``kill -9``);
+    None without a hard limit or when it cannot start (logged)."""
+    start = process_start(pid)
+    if deadline_epoch is None or start is None:
+        return None
+    at = deadline_epoch + KILL_GRACE + GUARD_MARGIN
+    argv = [sys.executable, "-I", "-S", _GUARD, str(pid), start, repr(at), str(KILL_GRACE)]
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        log.warning("local gateway: cannot start the guard of pid %s: %s", pid, exc)
+        return None
+
+
+def _end_guard(guard: subprocess.Popen[bytes] | None, detached: bool) -> None:
+    """End and reap the guard of an agent that has ended (this process saw it end: the
+    guard has nothing left to do), or keep a detached agent's (it stays as the watchdog's
+    backstop, and exits with the agent)."""
+    if guard is None:
+        return
+    if detached:
+        _keep(guard)
+        return
+    guard.kill()
+    guard.wait()
 
 
 def drain_ready(

@@ -29,6 +29,7 @@ import socket
 import socketserver
 import threading
 from collections import OrderedDict
+from collections.abc import Collection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -433,6 +434,11 @@ class LocalGateway:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self._server.server_port}"
+
+    def end_runs(self, run_ids: Collection[str]) -> list[int]:
+        """End the command agents running the delegations ``run_ids`` (SIGTERM, then
+        SIGKILL: ``CommandRunner.end_runs``); the pids signalled. ``workflow cancel`` uses it."""
+        return self._runner.end_runs(run_ids)
 
     def stop(self) -> None:
         """Stop serving, kill every running agent process group and join threads; idempotent."""

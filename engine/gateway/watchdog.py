@@ -10,7 +10,8 @@ a JSON object::
     {"pid": 1234, "fds": [5, 7], "run_id": "orch-…", "agent": "webster",
      "handoff_path": "/…/handoffs/inbox/orch-….json", "key": "…",
      "workspace": "/…/workspaces/webster/…", "deadline_epoch": 1764504000.0,
-     "limit_s": 600.0, "limit_source": "agent timeout", "fallback": true}
+     "limit_s": 600.0, "limit_source": "agent timeout", "fallback": true,
+     "secrets": ["…"]}
 
 The watchdog drains the pipes into ``stdout.late.log`` and ``stderr.late.log`` in the
 workspace (the last 64 KB, redacted), ends the agent's process group at its hard limit
@@ -18,6 +19,11 @@ workspace (the last 64 KB, redacted), ends the agent's process group at its hard
 agent left none (never over one it delivered), then reconciles the records directory, so
 the late answer meets its pending envelope. The agent is not its child, so its exit code
 is unknown: a fallback is ``failed``, with what the agent printed.
+
+``secrets`` lists every secret the gateway's process masks (the config's tokens and keys,
+a workflow run's secret inputs): the watchdog loads no config, so it registers them
+(``learn_secrets``) before it writes anything. They come on the stdin pipe, which nothing
+else reads, never on the argv (``ps`` shows it) nor in a file.
 """
 
 from __future__ import annotations
@@ -156,6 +162,24 @@ def _finish(info: dict[str, Any], out: str, err: str, timed_out: bool) -> None:
     _reconcile(records_of(path))
 
 
+def learn_secrets(info: dict[str, Any]) -> int:
+    """Register (``engine.redact.register``) the secrets the gateway passed in ``info``'s
+    ``secrets`` list and drop that list from ``info``; return how many were strings.
+
+    The gateway's process knows every secret of its config (``register_config``) and of
+    its runs; the watchdog loads no config, so without them it would mask only the run's
+    handoff key and the generic shapes in the late logs, the stand-in and the records."""
+    from engine.redact import register
+
+    secrets = info.pop("secrets", None)
+    count = 0
+    for value in secrets if isinstance(secrets, list) else []:
+        if isinstance(value, str):
+            register(value)
+            count += 1
+    return count
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8", errors="replace")
@@ -171,6 +195,7 @@ def main() -> int:
         return 2
     if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
         return 2
+    learn_secrets(info)
     watch(info)
     return 0
 
