@@ -300,9 +300,27 @@ def _rebuild() -> None:
     _known_list = tuple(ordered)
 
 
+#: A JSON literal that is no secret: the value of a quoted key that is not a string.
+_JSON_LITERAL = re.compile(r"null|true|false|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
+
+
 def _generic(m: re.Match[str]) -> str:
     if m.group("h") is not None:
-        return m.group("h") + m.group("hsep") + (m.group("hscheme") or "") + MASK
+        sep, value = m.group("hsep"), m.group("hval")
+        bare = sep.rstrip()[-1:] not in ("'", '"')  # the value is not a quoted string
+        if (
+            sep[:1] in ("'", '"')  # a quoted key: JSON or a dict's repr
+            and bare
+            and not m.group("hscheme")
+            and (value[0] in "{[" or _JSON_LITERAL.fullmatch(value))
+        ):
+            # `"api_key": {...}`, `"authorization": null`: JSON structure, not a value:
+            # masking it would break the JSON (what is inside is scanned on its own); a
+            # number is masked as the string `"***"`, which keeps the JSON whole
+            if value[0].isdigit() or value[0] == "-":
+                return m.group("h") + sep + f'"{MASK}"'
+            return m.group(0)
+        return m.group("h") + sep + (m.group("hscheme") or "") + MASK
     if m.group("b") is not None:
         return m.group("b") + MASK
     if m.group("sk") is not None:
