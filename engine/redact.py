@@ -42,7 +42,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -274,6 +274,78 @@ def secret_parts(obj: Any) -> list[str]:
         if m.group("u") is not None and ":" in m.group("uval"):
             parts.append(m.group("uval").split(":", 1)[1])  # the password alone
     return parts
+
+
+#: Input names that say their value is a secret, as name parts (lower case; a name is
+#: cut at ``_``, ``-``, digits and camelCase humps): after Airflow's "sensitive field
+#: names" (``password``, ``secret``, ``token``, ``api_key``...), in workflow templates.
+SECRET_NAME_PARTS = frozenset(
+    {
+        "password",
+        "passwords",
+        "passwd",
+        "passphrase",
+        "secret",
+        "secrets",
+        "token",
+        "apikey",
+        "credential",
+        "credentials",
+        "auth",
+        "authorization",
+    }
+)
+#: Pairs of consecutive name parts that say so too (``api_key``, ``apiKey``, ``ACCESS_KEY``).
+SECRET_NAME_PAIRS = frozenset({("api", "key"), ("private", "key"), ("access", "key")})
+_NAME_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+")
+
+
+def secret_name(name: str) -> bool:
+    """Whether ``name`` (a workflow input's name) says its value is a secret: one of its
+    parts is in ``SECRET_NAME_PARTS`` or two consecutive parts are in ``SECRET_NAME_PAIRS``,
+    case-insensitive. Parts, not substrings: ``db_password``, ``apiKey``, ``GITHUB_TOKEN``,
+    ``basic_auth`` are secret names; ``author``, ``tokenizer``, ``secretary`` are not
+    (docs/workflows.md, "Inputs")."""
+    parts = [p.lower() for p in _NAME_PART.findall(name)]
+    return any(p in SECRET_NAME_PARTS for p in parts) or any(
+        pair in SECRET_NAME_PAIRS for pair in zip(parts, parts[1:], strict=False)
+    )
+
+
+def secret_input_names(inputs: Mapping[str, Any], declared: Collection[str] = ()) -> list[str]:
+    """The names of the workflow inputs that hold a secret, in ``inputs``' order: the
+    one rule for a run's ``run.json`` (kept masked, with a keyed hash in
+    ``secret_inputs``), what it holds masked while it runs, what a resume asks for again
+    (``workflow resume RUN -i NAME=VALUE``) and what a server keeps in memory.
+
+    ``inputs``: ``{name: value}`` as the run got them; ``declared``: the names whose
+    whole value is a secret (``secret: true``, or a name that says so: ``secret_name``;
+    ``WorkflowSpec.secret_inputs``). An input holds a secret when it is declared so and
+    its value is not empty, or when ``redact`` masks something in its value (a
+    registered secret, ``Bearer ...``, ``api_key=...``, an ``sk-`` key, a URL password),
+    declared or not."""
+    return [
+        name
+        for name, value in inputs.items()
+        if (name in declared and value not in ("", None)) or redact_obj(value) != value
+    ]
+
+
+def masked_inputs(inputs: Mapping[str, Any], declared: Collection[str] = ()) -> dict[str, Any]:
+    """``inputs`` as a run's ``run.json`` keeps them: a declared secret (see
+    ``secret_input_names``) as ``***`` whole, every other value through ``redact_obj``."""
+    return {
+        name: MASK if name in declared and value not in ("", None) else redact_obj(value)
+        for name, value in inputs.items()
+    }
+
+
+def input_secrets(inputs: Mapping[str, Any], declared: Collection[str] = ()) -> list[str]:
+    """What a run holds masked while it runs (``held``): the whole value of each declared
+    secret input (see ``secret_input_names``; values shorter than ``MIN_SECRET`` are
+    ignored there), and the secret parts (``secret_parts``) of every value."""
+    whole = [str(v) for n, v in inputs.items() if n in declared and v not in ("", None)]
+    return [*whole, *secret_parts(list(inputs.values()))]
 
 
 def forget_all() -> None:
