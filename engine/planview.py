@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.dag import PLACEHOLDER_RUN_ID, Plan, finally_edges, rendered_outputs, rendered_steps
 from engine.errors import UsageError, did_you_mean
+from engine.redact import masked_inputs
 from engine.workflow import RetryPolicy
 
 if TYPE_CHECKING:
@@ -90,7 +91,8 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
         "caller": plan.caller,
         "deadline": spec.deadline,
         "budget": _budget_dict(spec.budget),
-        "inputs": dict(plan.inputs),
+        # a secret input as `***` whole, as the run's run.json keeps it
+        "inputs": masked_inputs(plan.inputs, spec.secret_inputs),
         "groups": [list(g) for g in plan.groups],
         "steps": steps,
         "outputs": outputs,
