@@ -372,6 +372,9 @@ def _rebuild() -> None:
     _known_list = tuple(ordered)
 
 
+#: A header's value that is a placeholder in a hint, not a secret: ``-i api_key=VALUE``,
+#: ``--input api_key=...`` (with the hint's closing backtick and full stop).
+_PLACEHOLDER = re.compile(r"(?:VALUE|\.\.\.|<[a-z_]+>)[`.):]*")
 #: A JSON literal that is no secret: the value of a quoted key that is not a string.
 _JSON_LITERAL = re.compile(r"null|true|false|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
@@ -379,6 +382,8 @@ _JSON_LITERAL = re.compile(r"null|true|false|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 def _generic(m: re.Match[str]) -> str:
     if m.group("h") is not None:
         sep, value = m.group("hsep"), m.group("hval")
+        if _PLACEHOLDER.fullmatch(value):
+            return m.group(0)
         bare = sep.rstrip()[-1:] not in ("'", '"')  # the value is not a quoted string
         if (
             sep[:1] in ("'", '"')  # a quoted key: JSON or a dict's repr
