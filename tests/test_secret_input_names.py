@@ -274,3 +274,20 @@ def test_written_json_with_an_api_key_object_stays_json() -> None:
         assert json.loads(redact(json.dumps(data, indent=2))) == data
     assert json.loads(redact(json.dumps({"api_key": 12345678}))) == {"api_key": "***"}
     assert redact('{"api_key": "realkey123"}') == '{"api_key": "***"}'
+
+
+def test_the_documented_inputs_example_declares_as_documented(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "workflows.md").read_text()
+    (block,) = [b for b in doc.split("```yaml\n")[1:] if "auth_mode" in b.split("```")[0]]
+    path = tmp_path / "doc.yaml"
+    path.write_text(
+        "name: doc\ncaller: boss\n"
+        + block.split("```")[0]
+        + 'steps: [{id: a, agent: echo, task: "x"}]\n',
+        encoding="utf-8",
+    )
+    assert load_workflow(path).secret_inputs == {"api_key", "account"}
+    for name in ("db_password", "GITHUB_TOKEN", "apiKey", "basic_auth", "AWS_ACCESS_KEY_ID"):
+        assert secret_name(name) and f"`{name}`" in doc
+    for name in ("author", "tokenizer", "max_tokens", "keyword"):
+        assert not secret_name(name) and f"`{name}`" in doc
