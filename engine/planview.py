@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from engine.dag import PLACEHOLDER_RUN_ID, Plan, finally_edges, rendered_outputs, rendered_steps
 from engine.errors import UsageError, did_you_mean
-from engine.redact import masked_inputs
 from engine.workflow import RetryPolicy
 
 if TYPE_CHECKING:
@@ -27,7 +26,10 @@ GRAPH_FORMATS = ("mermaid", "dot")
 
 
 def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
-    """The plan as JSON-ready data: groups in order and every step rendered."""
+    """The plan as JSON-ready data: groups in order and every step rendered (a secret
+    input, ``engine.redact.masked_inputs``, as ``***``)."""
+    from engine.redact import masked_inputs
+
     spec = plan.workflow
     rendered = rendered_steps(plan, renderer)
     group_of = {sid: i for i, group in enumerate(plan.groups, 1) for sid in group}

@@ -276,42 +276,6 @@ def secret_parts(obj: Any) -> list[str]:
     return parts
 
 
-#: Input names that say their value is a secret, as name parts (lower case; a name is
-#: cut at ``_``, ``-``, digits and camelCase humps): after Airflow's "sensitive field
-#: names" (``password``, ``secret``, ``token``, ``api_key``...), in workflow templates.
-SECRET_NAME_PARTS = frozenset(
-    {
-        "password",
-        "passwords",
-        "passwd",
-        "passphrase",
-        "secret",
-        "secrets",
-        "token",
-        "apikey",
-        "credential",
-        "credentials",
-        "auth",
-        "authorization",
-    }
-)
-#: Pairs of consecutive name parts that say so too (``api_key``, ``apiKey``, ``ACCESS_KEY``).
-SECRET_NAME_PAIRS = frozenset({("api", "key"), ("private", "key"), ("access", "key")})
-_NAME_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+")
-
-
-def secret_name(name: str) -> bool:
-    """Whether ``name`` (a workflow input's name) says its value is a secret: one of its
-    parts is in ``SECRET_NAME_PARTS`` or two consecutive parts are in ``SECRET_NAME_PAIRS``,
-    case-insensitive. Parts, not substrings: ``db_password``, ``apiKey``, ``GITHUB_TOKEN``,
-    ``basic_auth`` are secret names; ``author``, ``tokenizer``, ``secretary`` are not
-    (docs/workflows.md, "Inputs")."""
-    parts = [p.lower() for p in _NAME_PART.findall(name)]
-    return any(p in SECRET_NAME_PARTS for p in parts) or any(
-        pair in SECRET_NAME_PAIRS for pair in zip(parts, parts[1:], strict=False)
-    )
-
-
 def secret_input_names(inputs: Mapping[str, Any], declared: Collection[str] = ()) -> list[str]:
     """The names of the workflow inputs that hold a secret, in ``inputs``' order: the
     one rule for a run's ``run.json`` (kept masked, with a keyed hash in
@@ -319,7 +283,8 @@ def secret_input_names(inputs: Mapping[str, Any], declared: Collection[str] = ()
     (``workflow resume RUN -i NAME=VALUE``) and what a server keeps in memory.
 
     ``inputs``: ``{name: value}`` as the run got them; ``declared``: the names whose
-    whole value is a secret (``secret: true``, or a name that says so: ``secret_name``;
+    whole value is a secret (``secret: true``, or a name that says so:
+    ``engine.secretnames.secret_name``;
     ``WorkflowSpec.secret_inputs``). An input holds a secret when it is declared so and
     its value is not empty, or when ``redact`` masks something in its value (a
     registered secret, ``Bearer ...``, ``api_key=...``, an ``sk-`` key, a URL password),

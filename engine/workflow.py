@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import WorkflowError, did_you_mean
+from engine.secretnames import secret_name
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -47,8 +48,8 @@ class InputSpec:
     default: str | None
     description: str
     #: The whole value is a secret (masked in all a run writes, asked again on resume):
-    #: ``secret: true``, or a name that says so (``engine.redact.secret_name``) without
-    #: ``secret: false``. docs/workflows.md, "Inputs".
+    #: ``secret: true``, or a name that says so (``engine.secretnames.secret_name``)
+    #: without ``secret: false``. docs/workflows.md, "Inputs".
     secret: bool = False
 
 
@@ -697,13 +698,6 @@ def items_of(value: Any, split: str, *, where: str) -> list[Any]:
     return items
 
 
-def _secret_name(name: str) -> bool:
-    """``engine.redact.secret_name``, imported when a template declares an input."""
-    from engine.redact import secret_name
-
-    return secret_name(name)
-
-
 def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> WorkflowSpec:
     defaults: dict[str, Any] = dict(raw.get("defaults") or {})
     inputs: dict[str, InputSpec] = {}
@@ -717,7 +711,7 @@ def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> Workflo
             required=bool(spec.get("required", default is None)),
             default=None if default is None else str(default),
             description=str(spec.get("description", "")),
-            secret=bool(spec["secret"]) if "secret" in spec else _secret_name(name),
+            secret=bool(spec["secret"]) if "secret" in spec else secret_name(name),
         )
     steps = [_build_step(s, defaults, always=False) for s in raw["steps"]]
     steps += [_build_step(s, defaults, always=True) for s in raw.get("finally") or ()]

@@ -19,8 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import workflow
-from engine.redact import redact, secret_input_names, secret_name
+from engine.redact import redact, secret_input_names
 from engine.runs import read_events
+from engine.secretnames import secret_name
 from engine.workflow import load_workflow
 from tests.helpers import write_config
 
