@@ -26,7 +26,10 @@ GRAPH_FORMATS = ("mermaid", "dot")
 
 
 def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
-    """The plan as JSON-ready data: groups in order and every step rendered."""
+    """The plan as JSON-ready data: groups in order and every step rendered (a secret
+    input, ``engine.redact.masked_inputs``, as ``***``)."""
+    from engine.redact import masked_inputs
+
     spec = plan.workflow
     rendered = rendered_steps(plan, renderer)
     group_of = {sid: i for i, group in enumerate(plan.groups, 1) for sid in group}
@@ -90,7 +93,8 @@ def dry_run_dict(plan: Plan, renderer: TaskRenderer) -> dict[str, Any]:
         "caller": plan.caller,
         "deadline": spec.deadline,
         "budget": _budget_dict(spec.budget),
-        "inputs": dict(plan.inputs),
+        # a secret input as `***` whole, as the run's run.json keeps it
+        "inputs": masked_inputs(plan.inputs, spec.secret_inputs),
         "groups": [list(g) for g in plan.groups],
         "steps": steps,
         "outputs": outputs,

@@ -42,7 +42,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -276,6 +276,43 @@ def secret_parts(obj: Any) -> list[str]:
     return parts
 
 
+def secret_input_names(inputs: Mapping[str, Any], declared: Collection[str] = ()) -> list[str]:
+    """The names of the workflow inputs that hold a secret, in ``inputs``' order: the
+    one rule for a run's ``run.json`` (kept masked, with a keyed hash in
+    ``secret_inputs``), what it holds masked while it runs, what a resume asks for again
+    (``workflow resume RUN -i NAME=VALUE``) and what a server keeps in memory.
+
+    ``inputs``: ``{name: value}`` as the run got them; ``declared``: the names whose
+    whole value is a secret (``secret: true``, or a name that says so:
+    ``engine.secretnames.secret_name``;
+    ``WorkflowSpec.secret_inputs``). An input holds a secret when it is declared so and
+    its value is not empty, or when ``redact`` masks something in its value (a
+    registered secret, ``Bearer ...``, ``api_key=...``, an ``sk-`` key, a URL password),
+    declared or not."""
+    return [
+        name
+        for name, value in inputs.items()
+        if (name in declared and value not in ("", None)) or redact_obj(value) != value
+    ]
+
+
+def masked_inputs(inputs: Mapping[str, Any], declared: Collection[str] = ()) -> dict[str, Any]:
+    """``inputs`` as a run's ``run.json`` keeps them: a declared secret (see
+    ``secret_input_names``) as ``***`` whole, every other value through ``redact_obj``."""
+    return {
+        name: MASK if name in declared and value not in ("", None) else redact_obj(value)
+        for name, value in inputs.items()
+    }
+
+
+def input_secrets(inputs: Mapping[str, Any], declared: Collection[str] = ()) -> list[str]:
+    """What a run holds masked while it runs (``held``): the whole value of each declared
+    secret input (see ``secret_input_names``; values shorter than ``MIN_SECRET`` are
+    ignored there), and the secret parts (``secret_parts``) of every value."""
+    whole = [str(v) for n, v in inputs.items() if n in declared and v not in ("", None)]
+    return [*whole, *secret_parts(list(inputs.values()))]
+
+
 def forget_all() -> None:
     """Forget every registered secret (tests)."""
     global _known_re, _known_list
@@ -309,9 +346,32 @@ def _rebuild() -> None:
     _known_list = tuple(ordered)
 
 
+#: A header's value that is a placeholder in a hint, not a secret: ``-i api_key=VALUE``,
+#: ``--input api_key=...`` (with the hint's closing backtick and full stop).
+_PLACEHOLDER = re.compile(r"(?:VALUE|\.\.\.|<[a-z_]+>)[`.):]*")
+#: A JSON literal that is no secret: the value of a quoted key that is not a string.
+_JSON_LITERAL = re.compile(r"null|true|false|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
+
+
 def _generic(m: re.Match[str]) -> str:
     if m.group("h") is not None:
-        return m.group("h") + m.group("hsep") + (m.group("hscheme") or "") + MASK
+        sep, value = m.group("hsep"), m.group("hval")
+        if _PLACEHOLDER.fullmatch(value):
+            return m.group(0)
+        bare = sep.rstrip()[-1:] not in ("'", '"')  # the value is not a quoted string
+        if (
+            sep[:1] in ("'", '"')  # a quoted key: JSON or a dict's repr
+            and bare
+            and not m.group("hscheme")
+            and (value[0] in "{[" or _JSON_LITERAL.fullmatch(value))
+        ):
+            # `"api_key": {...}`, `"authorization": null`: JSON structure, not a value:
+            # masking it would break the JSON (what is inside is scanned on its own); a
+            # number is masked as the string `"***"`, which keeps the JSON whole
+            if value[0].isdigit() or value[0] == "-":
+                return m.group("h") + sep + f'"{MASK}"'
+            return m.group(0)
+        return m.group("h") + sep + (m.group("hscheme") or "") + MASK
     if m.group("b") is not None:
         return m.group("b") + MASK
     if m.group("sk") is not None:

@@ -21,7 +21,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,7 +42,7 @@ from engine.files import new_run_id, parse_iso, utcnow_iso
 from engine.prepare import Prepared as Prepared
 from engine.prepare import check_approvals
 from engine.prepare import prepare as prepare
-from engine.redact import held, redact_obj, secret_parts
+from engine.redact import held, input_secrets, masked_inputs, redact_obj, secret_input_names
 from engine.reporter import Reporter
 from engine.runs import (
     RunView,
@@ -211,18 +211,19 @@ def _keyed(salt: str, obj: Any) -> str:
     return hmac.new(salt.encode(), text.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def secret_input_keys(salt: str, inputs: Mapping[str, Any]) -> dict[str, str]:
-    """``{name: keyed hash}`` of the inputs that redaction masks (a registered secret, a
-    ``Bearer`` token, an ``sk-`` key, a URL password...): ``run.json`` keeps only their
-    masked text, and a resume without the process that started the run needs them given
-    again (``workflow resume RUN -i NAME=VALUE``), checked against these hashes."""
-    return {name: _keyed(salt, [name, inputs[name]]) for name in secret_input_names(inputs)}
-
-
-def secret_input_names(inputs: Mapping[str, Any]) -> list[str]:
-    """The inputs that redaction masks, so ``run.json`` keeps only their masked text (the
-    one rule for the runner's hashes and the server's inputs held in memory)."""
-    return [name for name, value in inputs.items() if redact_obj(value) != value]
+def secret_input_keys(
+    salt: str, inputs: Mapping[str, Any], declared: Collection[str] = ()
+) -> dict[str, dict[str, str]]:
+    """``{name: {"hmac": keyed hash}}`` of the inputs that hold a secret
+    (``secret_input_names``: declared ``secret``, a name that says so, or a value
+    redaction masks): ``run.json`` keeps only their masked text, and a resume without the
+    process that started the run needs them given again (``workflow resume RUN -i
+    NAME=VALUE``), checked against these hashes. An object, not the bare hash: redaction
+    would mask a string written as the value of an input named ``api_key``."""
+    return {
+        name: {"hmac": _keyed(salt, [name, inputs[name]])}
+        for name in secret_input_names(inputs, declared)
+    }
 
 
 class SecretInputsMissing(RunStateError):
@@ -251,6 +252,7 @@ def _real_inputs(
     given = dict(given or {})
     missing = []
     for name, key in keys.items():
+        key = key.get("hmac") if isinstance(key, dict) else key  # a bare hash: older runs
         if name not in given:
             missing.append(name)
         elif not isinstance(salt, str) or not hmac.compare_digest(
@@ -488,7 +490,7 @@ class WorkflowRunner:
         run_id = run_id or new_run_id("wf")
         store = self.store
         salt = secrets.token_hex(16)
-        secret_keys = secret_input_keys(salt, plan.inputs)
+        secret_keys = secret_input_keys(salt, plan.inputs, prepared.spec.secret_inputs)
         meta = {
             "runId": run_id,
             "workflow": prepared.spec.name,
@@ -498,7 +500,7 @@ class WorkflowRunner:
             "version": prepared.spec.version,
             "caller": plan.caller,
             # masked where they hold a secret; `secret_inputs` keys those (fingerprint_parts)
-            "inputs": redact_obj(plan.inputs),
+            "inputs": masked_inputs(plan.inputs, prepared.spec.secret_inputs),
             **({"secret_inputs": secret_keys} if secret_keys else {}),
             "config": str(self.cfg.path) if self.cfg.path else None,
             "created_at": utcnow_iso(),
@@ -659,9 +661,9 @@ class WorkflowRunner:
         """Journal how the run (re)starts (``begin``), then execute it from its replayed
         state; the journal is closed however it ends. Called with the run claimed."""
         journal = self.store.journal(run_id)
-        # The secret parts of the inputs (run.json keeps them masked) are masked in all
-        # the run writes and prints, bare too (an agent that repeats them), while it runs.
-        with held(secret_parts(prepared.plan.inputs)):
+        # The secret inputs (run.json keeps them masked) are masked in all the run writes
+        # and prints, bare too (an agent that repeats them), while it runs.
+        with held(input_secrets(prepared.plan.inputs, prepared.spec.secret_inputs)):
             try:
                 begin(journal)
                 view = replay_run(self.store, run_id)
@@ -2111,7 +2113,8 @@ class _SubRun:
                 # the child's inputs as rendered from this run's real values: the ones its
                 # run.json keeps masked (a secret still in them) go with it
                 rendered = ex.prepared.renderer.render_workflow_inputs(s.id, ex._context(s.id))
-                held = {k: v for k, v in rendered.items() if redact_obj(v) != v}
+                child = ex.plan.sub_plans[s.id].workflow
+                held = {k: rendered[k] for k in secret_input_names(rendered, child.secret_inputs)}
                 return (
                     self._runner()
                     .resume(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import WorkflowError, did_you_mean
+from engine.secretnames import secret_name
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -46,6 +47,10 @@ class InputSpec:
     required: bool
     default: str | None
     description: str
+    #: The whole value is a secret (masked in all a run writes, asked again on resume):
+    #: ``secret: true``, or a name that says so (``engine.secretnames.secret_name``)
+    #: without ``secret: false``. docs/workflows.md, "Inputs".
+    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,11 @@ class WorkflowSpec:
     def step_ids(self) -> tuple[str, ...]:
         """Step ids in template order, ``finally`` steps last (duplicates included)."""
         return tuple(s.id for s in self.steps)
+
+    @property
+    def secret_inputs(self) -> frozenset[str]:
+        """The inputs whose whole value is a secret (``InputSpec.secret``)."""
+        return frozenset(n for n, i in self.inputs.items() if i.secret)
 
     @property
     def finally_ids(self) -> tuple[str, ...]:
@@ -701,6 +711,7 @@ def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> Workflo
             required=bool(spec.get("required", default is None)),
             default=None if default is None else str(default),
             description=str(spec.get("description", "")),
+            secret=bool(spec["secret"]) if "secret" in spec else secret_name(name),
         )
     steps = [_build_step(s, defaults, always=False) for s in raw["steps"]]
     steps += [_build_step(s, defaults, always=True) for s in raw.get("finally") or ()]

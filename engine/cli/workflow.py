@@ -322,12 +322,12 @@ def _approver(interactive: bool | None) -> Any:
 
     def prompt(req: Any) -> Any:
         click.echo(f"\n=== approval gate: step `{req.step}` (agent {req.agent}) ===", err=True)
-        click.echo(req.prompt, err=True)
+        say(req.prompt, err=True)  # the run's secrets (its secret inputs too) masked
         for up, ctx in req.upstream.items():
             text = str(ctx.get("result", ""))
             if len(text) > 1500:
                 text = text[:1500] + " …"
-            click.echo(
+            say(
                 f"--- {up}: {ctx.get('status')} (confidence "
                 f"{ctx.get('confidence') or '-'})\n{text}",
                 err=True,
@@ -642,12 +642,15 @@ def workflow_run_cmd(
         if dry_run:
             from engine.planview import dry_run_dict, dry_run_text
             from engine.prepare import check_approvals
+            from engine.redact import held, input_secrets
 
             check_approvals(prepared.plan, driving.approve)  # as the run itself would
-            if as_json:
-                dump(dry_run_dict(prepared.plan, prepared.renderer))
-            else:
-                click.echo(dry_run_text(prepared.plan, prepared.renderer))
+            # the secret inputs masked in the tasks, prompts and items, as a run masks them
+            with held(input_secrets(prepared.plan.inputs, prepared.spec.secret_inputs)):
+                if as_json:
+                    dump(dry_run_dict(prepared.plan, prepared.renderer))
+                else:
+                    say(dry_run_text(prepared.plan, prepared.renderer))
             return 0
     run_options = driving.run_options(caller=caller)
     return driving.drive(cfg, lambda r: r.start(prepared, run_options))

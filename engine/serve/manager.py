@@ -42,6 +42,7 @@ from engine.errors import (
 from engine.files import check_id, parse_iso, utcnow_iso, write_json_atomic
 from engine.idempotency import IdempotencyConflict, IdempotencyKeys
 from engine.record import pending_path, read_json
+from engine.redact import secret_input_names
 from engine.reporter import Reporter
 from engine.runner import (
     RunOptions,
@@ -50,7 +51,6 @@ from engine.runner import (
     StepState,
     WorkflowRunner,
     prepare,
-    secret_input_names,
 )
 from engine.runs import cancel_run, decide_gate, gate_waiting_since, replay, replay_run, summarize
 
@@ -223,7 +223,7 @@ class RunManager:
         reporter = _RunReporter(self, started)
         name = f"serve-run-{id(reporter):x}"
         inputs = prepared.plan.inputs
-        held = {k: inputs[k] for k in secret_input_names(inputs)}
+        held = {k: inputs[k] for k in secret_input_names(inputs, prepared.spec.secret_inputs)}
         with self._lock:
             self._pending_owner[name] = {"by": by, "workflow": workflow, "key": key}
             if held:
