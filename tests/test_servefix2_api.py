@@ -1,0 +1,77 @@
+"""`orchestrate serve` and its `--server` clients against hostile or careless values.
+
+One real server on 127.0.0.1 (``self_approval: false``): run ids and step names that
+would walk the URL to another run, pre-approvals the starter could not give later,
+numbers beyond the documented bounds, unknown runs' events and overlong keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from engine.cli import orchestrate, workflow
+from tests.servekit import Served, cli, server_env
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    served = Served(tmp_path_factory.mktemp("servefix2"), self_approval=False).start()
+    try:
+        yield served
+    finally:
+        served.stop()
+    assert "Traceback" not in "".join(served.log), "".join(served.log)
+
+
+def _parked(c: httpx.Client, workflow_name: str = "gate") -> str:
+    r = c.post("/v1/runs", json={"workflow": workflow_name, "inputs": {"query": "CTE"}})
+    assert r.status_code == 201, r.text
+    run_id: str = r.json()["runId"]
+    doc = c.get(f"/v1/runs/{run_id}/wait", params={"until": "parked", "timeout": 60}).json()
+    assert doc["status"] == "waiting_approval", doc
+    return run_id
+
+
+def _status(c: httpx.Client, run_id: str) -> tuple[str, str]:
+    doc = c.get(f"/v1/runs/{run_id}").json()
+    return doc["status"], doc["steps"]["review"]["status"]
+
+
+# -- 1. ids and step names become one URL segment each, checked first -------------------
+
+
+@pytest.mark.parametrize(
+    ("group", "args", "value", "what"),
+    [
+        (workflow, ["approve", "{r1}", "x/../../../{r2}/steps/review"], "x/../../../{r2}", "step"),
+        (
+            workflow,
+            ["reject", "{r1}", "x/../../../{r2}/steps/review", "--reason", "no"],
+            "x/",
+            "step",
+        ),
+        (workflow, ["cancel", "does-not-exist/../{r1}"], "does-not-exist/../{r1}", "run id"),
+        (workflow, ["status", "foo/../{r2}"], "foo/../{r2}", "run id"),
+        (workflow, ["cancel", "../../etc"], "../../etc", "run id"),
+        (orchestrate, ["answer", "a/../{r2}", "hi"], "a/../{r2}", "run id"),
+        (orchestrate, ["tree", "a/../{r2}"], "a/../{r2}", "run id"),
+    ],
+    ids=["approve", "reject", "cancel", "status", "etc", "answer", "tree"],
+)
+def test_ids_that_walk_the_url_are_refused_locally(
+    srv: Served, group: Any, args: list[str], value: str, what: str
+) -> None:
+    with srv.client("alice") as c:
+        r1, r2 = _parked(c), _parked(c)
+        argv = [a.format(r1=r1, r2=r2) for a in args]
+        res = cli(group, *argv, **server_env(srv, "bob"))
+        assert res.exit_code == 2, res.output
+        assert f"{what} `{value.format(r1=r1, r2=r2)}" in res.output, res.output
+        assert "is not allowed" in res.output and "Not Found" not in res.output
+        # neither run moved
+        assert _status(c, r1) == ("waiting_approval", "waiting_approval")
+        assert _status(c, r2) == ("waiting_approval", "waiting_approval")
