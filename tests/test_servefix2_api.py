@@ -75,3 +75,52 @@ def test_ids_that_walk_the_url_are_refused_locally(
         # neither run moved
         assert _status(c, r1) == ("waiting_approval", "waiting_approval")
         assert _status(c, r2) == ("waiting_approval", "waiting_approval")
+
+
+# -- 2. approvals given at the start obey the gate rules of later decisions ---------------
+
+
+def _runs(c: httpx.Client) -> set[str]:
+    return {row["runId"] for row in c.get("/v1/runs", params={"limit": 500}).json()["runs"]}
+
+
+@pytest.mark.parametrize(
+    ("who", "body", "words"),
+    [
+        (
+            "alice",
+            {"workflow": "gate", "inputs": {"query": "x"}, "approve_all": True},
+            "`approve_all` refused: it would decide the gate of `review`, and `alice` started "
+            "the run of `gate` and may not decide its own gate (`serve.self_approval: false`)",
+        ),
+        (
+            "alice",
+            {"workflow": "guarded", "approve": ["publish"]},
+            "`approve: [publish]` refused: it would decide the gate of `publish`, and `alice` "
+            "may not decide the gate of `publish` in the run of `guarded`: its approvers are "
+            "`carol`.",
+        ),
+        (
+            "carol",
+            {"workflow": "guarded", "approve_all": True},
+            "`carol` started the run of `guarded` and may not decide its own gate",
+        ),
+    ],
+    ids=["self-approval", "approvers", "approver-starts"],
+)
+def test_approvals_at_the_start_follow_the_gate_rules(
+    srv: Served, who: str, body: dict[str, Any], words: str
+) -> None:
+    with srv.client(who) as c:
+        before = _runs(c)
+        r = c.post("/v1/runs", json=body)
+        assert r.status_code == 403, r.text
+        assert words in r.json()["detail"] and r.json()["exit_code"] == 5, r.text
+        assert _runs(c) == before  # nothing started
+
+
+def test_workflow_run_approve_through_the_server_is_refused(srv: Served) -> None:
+    res = cli(workflow, "run", "gate", "-i", "query=x", "--approve", "review", **server_env(srv))
+    assert res.exit_code == 5, res.output
+    assert "`approve: [review]` refused" in res.output
+    assert "may not decide its own gate (`serve.self_approval: false`)" in res.output
