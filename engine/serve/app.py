@@ -148,6 +148,67 @@ class BodyLimit:
                 await self._refusal(f"more than {self.limit:,} bytes")(scope, receive, send)
 
 
+class LoopbackHost:
+    """ASGI middleware of a server without tokens: it answers only requests addressed to
+    itself on this host, a ``Host`` that is a loopback name or address (``localhost``,
+    ``127.0.0.0/8``, ``[::1]``) with the port the server listens on (``scope["server"]``;
+    no port in ``Host`` means 80). Anything else gets 421 with the documented error shape
+    (exit 2): a web page whose name resolves to 127.0.0.1 (DNS rebinding) sends its own
+    name as ``Host`` and cannot drive the server. With tokens the bearer token guards
+    every call instead (docs/serve.md)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        host = headers.get(b"host", b"").decode("latin-1")
+        server = scope.get("server")
+        port = server[1] if isinstance(server, tuple | list) and len(server) > 1 else None
+        if loopback_host(host, port):
+            await self.app(scope, receive, send)
+            return
+        shown = f"`Host: {quoted(host)}`" if host else "a request without `Host`"
+        at = f":{port}" if port else ""
+        detail = (
+            f"{shown} refused: this server has no tokens and answers only requests "
+            f"addressed to it on this host (`localhost{at}`, `127.0.0.1{at}` or "
+            f"`[::1]{at}`), so that a web page cannot reach it under another name (DNS "
+            f"rebinding). Use `http://127.0.0.1{at}`, or give the server tokens "
+            "(`serve.tokens_env` or `serve.tokens_file`)."
+        )
+        response = JSONResponse(
+            {"detail": redact(detail), "exit_code": EXIT_USAGE}, status_code=421
+        )
+        await response(scope, receive, send)
+
+
+def loopback_host(host: str, port: int | None) -> bool:
+    """True when the ``Host`` header ``host`` names this host by a loopback name or
+    address (``localhost``, ``127.0.0.0/8``, ``[::1]``) and, when ``port`` is given, that
+    port (a ``Host`` without a port means 80)."""
+    import ipaddress
+
+    try:
+        parts = urlsplit(f"//{host}")
+        given = parts.port
+    except ValueError:
+        return False
+    name = (parts.hostname or "").rstrip(".")
+    if not host or "@" in host or parts.path or parts.query or parts.fragment:
+        return False
+    if name != "localhost":
+        try:
+            if not ipaddress.ip_address(name).is_loopback:
+                return False
+        except ValueError:
+            return False
+    return port is None or (given or 80) == port
+
+
 class _TooLarge(StarletteHTTPException):
     """A streamed request body passed ``BodyLimit.limit`` (an HTTP error, so that the
     request parser passes it on instead of calling it a bad body)."""
@@ -220,6 +281,8 @@ def create_app(
     )
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if not settings.tokens:
+        app.add_middleware(LoopbackHost)
 
     @app.middleware("http")
     async def auth(
