@@ -124,3 +124,38 @@ def test_workflow_run_approve_through_the_server_is_refused(srv: Served) -> None
     assert res.exit_code == 5, res.output
     assert "`approve: [review]` refused" in res.output
     assert "may not decide its own gate (`serve.self_approval: false`)" in res.output
+
+
+# -- 4. numbers in a body keep the CLI's bounds -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ('{"timeout": 1e20}', "`timeout`: Input should be less than or equal to 604800"),
+        ('{"timeout": 604801}', "`timeout`: Input should be less than or equal to 604800"),
+        ('{"timeout": 0}', "`timeout`: Input should be greater than 0"),
+        ('{"timeout": NaN}', "`timeout`"),
+        ('{"timeout": Infinity}', "`timeout`"),
+    ],
+    ids=["1e20", "week-and-a-second", "zero", "nan", "inf"],
+)
+def test_a_delegation_timeout_beyond_a_week_is_refused(srv: Served, raw: str, words: str) -> None:
+    body = raw[:-1] + ', "target": "webster", "task": "CTE", "caller": "manager"}'
+    owned = srv.tmp / "handoffs" / "serve"
+    before = set(owned.glob("orch-*.json"))
+    with srv.client("alice") as c:
+        r = c.post("/v1/delegations", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.json()["exit_code"] == 2 and words in r.json()["detail"], r.text
+    assert set(owned.glob("orch-*.json")) == before  # nothing started
+
+
+def test_a_delegation_timeout_of_a_week_is_taken(srv: Served) -> None:
+    body = {"target": "webster", "task": "CTE", "caller": "manager", "timeout": 604800}
+    with srv.client("alice") as c:
+        r = c.post("/v1/delegations", json=body)
+        assert r.status_code == 201, r.text
+        run_id = r.json()["runId"]
+        doc = c.get(f"/v1/delegations/{run_id}/wait", params={"timeout": 60}).json()
+        assert doc["done"] and doc["status"] == "complete", doc

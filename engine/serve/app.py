@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import __version__
+from engine.config import MAX_SECONDS
 from engine.delegate import DelegationRequest
 from engine.errors import (
     EXIT_REFUSED,
@@ -66,7 +67,14 @@ class StartDelegation(BaseModel):
     capability: str | None = None
     task: str
     caller: str
-    timeout: float | None = Field(default=None, gt=0)
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_SECONDS,
+        allow_inf_nan=False,
+        description=f"Seconds to wait for the handoff, at most {MAX_SECONDS} (a week, as "
+        "`orchestrate --timeout`); default: the agent's.",
+    )
     model: str | None = None
     thinking: str | None = None
     channel: str | None = None
