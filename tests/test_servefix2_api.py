@@ -159,3 +159,40 @@ def test_a_delegation_timeout_of_a_week_is_taken(srv: Served) -> None:
         run_id = r.json()["runId"]
         doc = c.get(f"/v1/delegations/{run_id}/wait", params={"timeout": 60}).json()
         assert doc["done"] and doc["status"] == "complete", doc
+
+
+# -- 5. unknown runs' events, overlong keys ---------------------------------------------
+
+
+def test_events_of_an_unknown_run_are_404(srv: Served) -> None:
+    with srv.client("alice") as c:
+        r = c.get("/v1/runs/wf-20260101T000000-00000000/events")
+        assert r.status_code == 404, r.text
+        assert "no workflow run `wf-20260101T000000-00000000`" in r.json()["detail"]
+        known = _parked(c)
+        assert c.get(f"/v1/runs/{known}/events").json()["events"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/runs", {"workflow": "gate", "inputs": {"query": "x"}}),
+        ("/v1/delegations", {"target": "webster", "task": "CTE", "caller": "manager"}),
+    ],
+    ids=["runs", "delegations"],
+)
+@pytest.mark.parametrize("size", [10_000, 150], ids=["unusable", "conflict"])
+def test_an_overlong_idempotency_key_is_quoted_short(
+    srv: Served, path: str, body: dict[str, Any], size: int
+) -> None:
+    key = path[-4:] + "k" * (size - 4)
+    with srv.client("alice") as c:
+        if size <= 200:  # a usable key, reused for another request: 409 names it
+            assert c.post(path, json=body, headers={"Idempotency-Key": key}).status_code == 201
+            changed = {"task": "other"} if "task" in body else {"inputs": {"query": "y"}}
+            body = {**body, **changed}
+        r = c.post(path, json=body, headers={"Idempotency-Key": key})
+        assert r.status_code in (400, 409), r.text
+        detail = r.json()["detail"]
+        assert "k" * 81 not in detail, detail
+        assert f"idempotency key '{key[:79]}" in detail and f"({size:,} characters)" in detail

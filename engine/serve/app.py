@@ -442,7 +442,7 @@ def create_app(
                 )
             )
         except OrchestratorError as exc:
-            exc.message = _api_advice(exc.message)
+            exc.message = _api_advice(_quote_key(exc.message, idempotency_key))
             exc.problems = [_api_advice(p) for p in exc.problems]
             raise
         doc = await run_in_threadpool(run_doc, manager, run_id)
@@ -497,6 +497,7 @@ def create_app(
     @app.get("/v1/runs/{run_id}/events", tags=["events"])
     async def run_events(run_id: str, after: int = Query(default=0, ge=0)) -> JSONResponse:
         """The run's journal events after line `after` (the cursor is the `line`)."""
+        await run_in_threadpool(manager.run_path, run_id)  # an unknown run: 404
         events = await run_in_threadpool(_journal, manager, run_id, after)
         return _json({"events": events, "cursor": events[-1]["line"] if events else after})
 
@@ -613,7 +614,11 @@ def create_app(
             )
             return manager.start_delegation(req, by=who(request).name, key=idempotency_key)
 
-        run_id, created = await run_in_threadpool(go)
+        try:
+            run_id, created = await run_in_threadpool(go)
+        except OrchestratorError as exc:
+            exc.message = _quote_key(exc.message, idempotency_key)
+            raise
         doc = await run_in_threadpool(manager.delegation, run_id)
         return _json(
             {"runId": run_id, "created": created, "delegation": doc}, 201 if created else 200
@@ -802,6 +807,15 @@ def _check_name(workflow: str) -> None:
             "characters; see `GET /v1/workflows`); the API does not read template files by "
             "path."
         )
+
+
+def _quote_key(message: str, key: str | None) -> str:
+    """``message`` with the ``Idempotency-Key`` it repeats (``repr``, as
+    ``engine.idempotency`` writes it) cut as ``quoted`` cuts a value: at most
+    ``QUOTE_LIMIT`` characters, with the key's full length."""
+    if not key:
+        return message
+    return message.replace(repr(key), quoted(key))
 
 
 def _api_advice(message: str) -> str:
