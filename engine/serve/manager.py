@@ -226,7 +226,12 @@ class RunManager:
         inputs = prepared.plan.inputs
         held = {k: inputs[k] for k in secret_input_names(inputs)}
         with self._lock:
-            self._pending_owner[name] = {"by": by, "workflow": workflow, "key": key}
+            self._pending_owner[name] = {
+                "by": by,
+                "workflow": workflow,
+                "key": key,
+                **_approvals(approve, approve_all),
+            }
             if held:
                 self._pending_inputs[name] = held
 
@@ -425,16 +430,26 @@ class RunManager:
                     log.warning("gate timeout of %s: %s", r, exc)
 
     def _resumer(self, run_id: str, *, check: bool = False) -> Callable[[WorkflowRunner], Any]:
-        options = RunOptions(max_parallel=self.max_parallel)
-
         def act(runner: WorkflowRunner) -> Any:
             if check and not self.needs_resume(run_id):
                 return None
             with self._lock:
                 held = self._secret_inputs.get(run_id)
-            return runner.resume(run_id, options, inputs=held)
+            return runner.resume(run_id, self._options(run_id), inputs=held)
 
         return act
+
+    def _options(self, run_id: str) -> RunOptions:
+        """The options a continuation of ``run_id`` runs with: the gates approved when it
+        started (kept in its ``serve/<run>.json``, so they hold after a restart too)."""
+        entry = self.owned(run_id) or {}
+        approve = entry.get("approve")
+        approve = approve if isinstance(approve, list) else []
+        return RunOptions(
+            max_parallel=self.max_parallel,
+            approve=frozenset(str(a) for a in approve),
+            approve_all=entry.get("approve_all") is True,
+        )
 
     def _without_secrets(
         self, runner: WorkflowRunner, run_id: str, exc: SecretInputsMissing
@@ -918,6 +933,17 @@ _KEYED = (
     "context",
     "parent_run_id",
 )
+
+
+def _approvals(approve: tuple[str, ...], approve_all: bool) -> dict[str, Any]:
+    """The gates approved at a run's start as its ``serve/<run>.json`` keeps them (only
+    what was given: ``approve``, a list of step ids; ``approve_all``: true)."""
+    kept: dict[str, Any] = {}
+    if approve:
+        kept["approve"] = list(approve)
+    if approve_all:
+        kept["approve_all"] = True
+    return kept
 
 
 def _request_dict(req: DelegationRequest) -> dict[str, Any]:
