@@ -222,7 +222,16 @@ class _TooLarge(StarletteHTTPException):
     request parser passes it on instead of calling it a bad body)."""
 
 
+class ServerStopping(OrchestratorError):
+    """Raised to end a wait when the server stops (SIGTERM, Ctrl-C): HTTP 503, exit 4 (a
+    wait that ended without its answer, as a timeout). The run goes on after a restart."""
+
+    exit_code = EXIT_TIMEOUT
+
+
 def _status_for(exc: OrchestratorError) -> int:
+    if isinstance(exc, ServerStopping):
+        return 503
     if isinstance(exc, NotFoundError):
         return 404
     if exc.exit_code == EXIT_REFUSED:
@@ -288,6 +297,7 @@ def create_app(
         lifespan=lifespan,
     )
 
+    app.state.stop = hub.stop  # `serve` calls it when a signal asks the server to stop
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if not settings.tokens:
         app.add_middleware(LoopbackHost)
@@ -521,6 +531,9 @@ def create_app(
             while not await request.is_disconnected():
                 changed = hub.changed()
                 new = hub.since(snap, run_id)
+                if not new and hub.stopping:
+                    yield _STOPPING
+                    return
                 if not new:
                     snap = hub.seq
                     try:
@@ -699,6 +712,9 @@ def create_app(
                     seq = new[-1][0]["seq"]
                     yield "".join(_wire(ev["seq"], ev, data) for ev, data in new)
                     continue
+                if hub.stopping:
+                    yield _STOPPING
+                    return
                 try:
                     await asyncio.wait_for(changed.wait(), KEEPALIVE)
                 except TimeoutError:
@@ -765,6 +781,13 @@ _PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 _SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+#: The last message of a stream when the server stops (no ``id``: a client resumes from
+#: the last event it got, with ``Last-Event-ID``, once the server is back).
+_STOPPING = (
+    "event: server_stopping\n"
+    'data: {"event": "server_stopping", "detail": "the server is stopping; reconnect with '
+    'Last-Event-ID once it is back."}\n\n'
+)
 
 
 #: Characters of a client's value that an error message repeats (``quoted``).
@@ -845,6 +868,11 @@ async def _wait(
             left = deadline - time.monotonic()
             if done or left <= 0:
                 return done, doc
+            if hub.stopping:
+                raise ServerStopping(
+                    f"the server is stopping: this wait ended before `{run_id}` did. It "
+                    "goes on when `orchestrate serve` starts again; ask again then."
+                )
             try:
                 await asyncio.wait_for(changed.wait(), min(left, 1.0))
             except TimeoutError:
