@@ -141,6 +141,13 @@ def serve(
                 on_started(url)
 
         server.startup = startup  # type: ignore[method-assign]
+        exit_now = server.handle_exit
+
+        def handle_exit(sig: int, frame: Any) -> None:
+            exit_now(sig, frame)
+            app.state.stop()  # waits and streams end now, with 503 / a last event
+
+        server.handle_exit = handle_exit  # type: ignore[method-assign]
         _run_until_term(server, sock)
         if threading.current_thread() is threading.main_thread():
             _leave_in_flight(manager.in_flight())

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import __version__
+from engine.config import MAX_SECONDS
 from engine.delegate import DelegationRequest
 from engine.errors import (
     EXIT_REFUSED,
@@ -66,7 +67,14 @@ class StartDelegation(BaseModel):
     capability: str | None = None
     task: str
     caller: str
-    timeout: float | None = Field(default=None, gt=0)
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_SECONDS,
+        allow_inf_nan=False,
+        description=f"Seconds to wait for the handoff, at most {MAX_SECONDS} (a week, as "
+        "`orchestrate --timeout`); default: the agent's.",
+    )
     model: str | None = None
     thinking: str | None = None
     channel: str | None = None
@@ -148,12 +156,82 @@ class BodyLimit:
                 await self._refusal(f"more than {self.limit:,} bytes")(scope, receive, send)
 
 
+class LoopbackHost:
+    """ASGI middleware of a server without tokens: it answers only requests addressed to
+    itself on this host, a ``Host`` that is a loopback name or address (``localhost``,
+    ``127.0.0.0/8``, ``[::1]``) with the port the server listens on (``scope["server"]``;
+    no port in ``Host`` means 80). Anything else gets 421 with the documented error shape
+    (exit 2): a web page whose name resolves to 127.0.0.1 (DNS rebinding) sends its own
+    name as ``Host`` and cannot drive the server. With tokens the bearer token guards
+    every call instead (docs/serve.md)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        host = headers.get(b"host", b"").decode("latin-1")
+        server = scope.get("server")
+        port = server[1] if isinstance(server, tuple | list) and len(server) > 1 else None
+        if loopback_host(host, port):
+            await self.app(scope, receive, send)
+            return
+        shown = f"`Host: {quoted(host)}`" if host else "a request without `Host`"
+        at = f":{port}" if port else ""
+        detail = (
+            f"{shown} refused: this server has no tokens and answers only requests "
+            f"addressed to it on this host (`localhost{at}`, `127.0.0.1{at}` or "
+            f"`[::1]{at}`), so that a web page cannot reach it under another name (DNS "
+            f"rebinding). Use `http://127.0.0.1{at}`, or give the server tokens "
+            "(`serve.tokens_env` or `serve.tokens_file`)."
+        )
+        response = JSONResponse(
+            {"detail": redact(detail), "exit_code": EXIT_USAGE}, status_code=421
+        )
+        await response(scope, receive, send)
+
+
+def loopback_host(host: str, port: int | None) -> bool:
+    """True when the ``Host`` header ``host`` names this host by a loopback name or
+    address (``localhost``, ``127.0.0.0/8``, ``[::1]``) and, when ``port`` is given, that
+    port (a ``Host`` without a port means 80)."""
+    import ipaddress
+
+    try:
+        parts = urlsplit(f"//{host}")
+        given = parts.port
+    except ValueError:
+        return False
+    name = (parts.hostname or "").rstrip(".")
+    if not host or "@" in host or parts.path or parts.query or parts.fragment:
+        return False
+    if name != "localhost":
+        try:
+            if not ipaddress.ip_address(name).is_loopback:
+                return False
+        except ValueError:
+            return False
+    return port is None or (given or 80) == port
+
+
 class _TooLarge(StarletteHTTPException):
     """A streamed request body passed ``BodyLimit.limit`` (an HTTP error, so that the
     request parser passes it on instead of calling it a bad body)."""
 
 
+class ServerStopping(OrchestratorError):
+    """Raised to end a wait when the server stops (SIGTERM, Ctrl-C): HTTP 503, exit 4 (a
+    wait that ended without its answer, as a timeout). The run goes on after a restart."""
+
+    exit_code = EXIT_TIMEOUT
+
+
 def _status_for(exc: OrchestratorError) -> int:
+    if isinstance(exc, ServerStopping):
+        return 503
     if isinstance(exc, NotFoundError):
         return 404
     if exc.exit_code == EXIT_REFUSED:
@@ -219,7 +297,10 @@ def create_app(
         lifespan=lifespan,
     )
 
+    app.state.stop = hub.stop  # `serve` calls it when a signal asks the server to stop
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if not settings.tokens:
+        app.add_middleware(LoopbackHost)
 
     @app.middleware("http")
     async def auth(
@@ -371,7 +452,7 @@ def create_app(
                 )
             )
         except OrchestratorError as exc:
-            exc.message = _api_advice(exc.message)
+            exc.message = _api_advice(_quote_key(exc.message, idempotency_key))
             exc.problems = [_api_advice(p) for p in exc.problems]
             raise
         doc = await run_in_threadpool(run_doc, manager, run_id)
@@ -426,6 +507,7 @@ def create_app(
     @app.get("/v1/runs/{run_id}/events", tags=["events"])
     async def run_events(run_id: str, after: int = Query(default=0, ge=0)) -> JSONResponse:
         """The run's journal events after line `after` (the cursor is the `line`)."""
+        await run_in_threadpool(manager.run_path, run_id)  # an unknown run: 404
         events = await run_in_threadpool(_journal, manager, run_id, after)
         return _json({"events": events, "cursor": events[-1]["line"] if events else after})
 
@@ -449,6 +531,9 @@ def create_app(
             while not await request.is_disconnected():
                 changed = hub.changed()
                 new = hub.since(snap, run_id)
+                if not new and hub.stopping:
+                    yield _STOPPING
+                    return
                 if not new:
                     snap = hub.seq
                     try:
@@ -542,7 +627,11 @@ def create_app(
             )
             return manager.start_delegation(req, by=who(request).name, key=idempotency_key)
 
-        run_id, created = await run_in_threadpool(go)
+        try:
+            run_id, created = await run_in_threadpool(go)
+        except OrchestratorError as exc:
+            exc.message = _quote_key(exc.message, idempotency_key)
+            raise
         doc = await run_in_threadpool(manager.delegation, run_id)
         return _json(
             {"runId": run_id, "created": created, "delegation": doc}, 201 if created else 200
@@ -623,6 +712,9 @@ def create_app(
                     seq = new[-1][0]["seq"]
                     yield "".join(_wire(ev["seq"], ev, data) for ev, data in new)
                     continue
+                if hub.stopping:
+                    yield _STOPPING
+                    return
                 try:
                     await asyncio.wait_for(changed.wait(), KEEPALIVE)
                 except TimeoutError:
@@ -689,6 +781,13 @@ _PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 _SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+#: The last message of a stream when the server stops (no ``id``: a client resumes from
+#: the last event it got, with ``Last-Event-ID``, once the server is back).
+_STOPPING = (
+    "event: server_stopping\n"
+    'data: {"event": "server_stopping", "detail": "the server is stopping; reconnect with '
+    'Last-Event-ID once it is back."}\n\n'
+)
 
 
 #: Characters of a client's value that an error message repeats (``quoted``).
@@ -733,6 +832,15 @@ def _check_name(workflow: str) -> None:
         )
 
 
+def _quote_key(message: str, key: str | None) -> str:
+    """``message`` with the ``Idempotency-Key`` it repeats (``repr``, as
+    ``engine.idempotency`` writes it) cut as ``quoted`` cuts a value: at most
+    ``QUOTE_LIMIT`` characters, with the key's full length."""
+    if not key:
+        return message
+    return message.replace(repr(key), quoted(key))
+
+
 def _api_advice(message: str) -> str:
     """A planner error as an API client reads it: the JSON field `inputs.NAME` instead
     of the CLI's `--input NAME=...`."""
@@ -760,6 +868,11 @@ async def _wait(
             left = deadline - time.monotonic()
             if done or left <= 0:
                 return done, doc
+            if hub.stopping:
+                raise ServerStopping(
+                    f"the server is stopping: this wait ended before `{run_id}` did. It "
+                    "goes on when `orchestrate serve` starts again; ask again then."
+                )
             try:
                 await asyncio.wait_for(changed.wait(), min(left, 1.0))
             except TimeoutError:

@@ -14,11 +14,12 @@ import os
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
 from engine.errors import EXIT_USAGE, OrchestratorError
+from engine.files import check_id
 from engine.redact import register
 
 DEFAULT_TOKEN_ENV = "ORCH_SERVER_TOKEN"
@@ -82,6 +83,13 @@ def check_server_url(url: str) -> str:
             f"path (`{base}`); the client adds `/v1/...` itself."
         )
     return url.strip().rstrip("/")
+
+
+def segment(value: str, what: str = "run id") -> str:
+    """``value`` as one path segment of an API URL: checked as ``engine.files.check_id``
+    checks an id that names a file (``InvalidIdError``, exit 2, naming the value: no `/`,
+    `.` or `..` that would make the URL name another run), then percent-encoded."""
+    return quote(check_id(value, what), safe="")
 
 
 class ServerClient:
@@ -252,7 +260,9 @@ class ServerClient:
 
         while True:
             doc = self._call(
-                "GET", f"/v1/runs/{run_id}/wait", params={"until": "parked", "timeout": WAIT_CHUNK}
+                "GET",
+                f"/v1/runs/{segment(run_id)}/wait",
+                params={"until": "parked", "timeout": WAIT_CHUNK},
             )
             if doc.get("done"):
                 break
@@ -268,7 +278,7 @@ class ServerClient:
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run's status, shaped as ``engine.runs.run_status`` returns it."""
-        return summary_shape(self._call("GET", f"/v1/runs/{run_id}"), self.flags)
+        return summary_shape(self._call("GET", f"/v1/runs/{segment(run_id)}"), self.flags)
 
     def runs(self, limit: int) -> list[dict[str, Any]]:
         """The server's ``limit`` most recent runs, newest first, shaped as
@@ -291,7 +301,7 @@ class ServerClient:
         """Have the server take over a run no process executes (``POST .../resume``), and
         wait until it ends or parks; a ``RunResult``. Raises ``RemoteError`` (exit 2) for
         a run that has ended."""
-        self._call("POST", f"/v1/runs/{run_id}/resume")
+        self._call("POST", f"/v1/runs/{segment(run_id)}/resume")
         return self.wait_run(run_id)
 
     def decide(
@@ -310,7 +320,7 @@ class ServerClient:
         if value is not None:
             body["input"] = value
         data: dict[str, Any] = self._call(
-            "POST", f"/v1/runs/{run_id}/steps/{step}/{what}", json=body
+            "POST", f"/v1/runs/{segment(run_id)}/steps/{segment(step, 'step')}/{what}", json=body
         )
         return data
 
@@ -321,7 +331,9 @@ class ServerClient:
         Raises ``RemoteError`` (exit 2) when the step asks nothing or was answered already.
         """
         data: dict[str, Any] = self._call(
-            "POST", f"/v1/runs/{run_id}/steps/{step}/answer", json={"text": text}
+            "POST",
+            f"/v1/runs/{segment(run_id)}/steps/{segment(step, 'step')}/answer",
+            json={"text": text},
         )
         return data
 
@@ -329,7 +341,7 @@ class ServerClient:
         """Cancel a run; its state afterwards."""
         from engine.runner import RunState
 
-        return RunState(self._call("POST", f"/v1/runs/{run_id}/cancel")["status"])
+        return RunState(self._call("POST", f"/v1/runs/{segment(run_id)}/cancel")["status"])
 
     # -- delegations ----------------------------------------------------------------------
 
@@ -342,20 +354,20 @@ class ServerClient:
     def answer_delegation(self, run_id: str, text: str) -> Any:
         """Answer a ``blocked`` delegation's question; wait for its continuation
         (``<run>-aN``, a ``DelegationResult``). The answerer is the token's name."""
-        new = self._call("POST", f"/v1/delegations/{run_id}/answer", json={"text": text})
+        new = self._call("POST", f"/v1/delegations/{segment(run_id)}/answer", json={"text": text})
         return self.wait_delegation(str(new["runId"]))
 
     def delegation(self, run_id: str) -> dict[str, Any]:
         """``GET /v1/delegations/{id}``: ``{runId, status, done, record}`` (``record`` None
         while it runs, then ``envelope`` is its pending envelope). Raises ``RemoteError``
         (exit 2) for an id the server does not know."""
-        data: dict[str, Any] = self._call("GET", f"/v1/delegations/{run_id}")
+        data: dict[str, Any] = self._call("GET", f"/v1/delegations/{segment(run_id)}")
         return data
 
     def tree(self, run_id: str) -> dict[str, Any]:
         """``GET /v1/delegations/{id}/tree``: the delegation and its sub-delegations,
         nested, shaped as ``RunStore.tree`` returns it (each node's ``children``)."""
-        tree: dict[str, Any] = self._call("GET", f"/v1/delegations/{run_id}/tree")["tree"]
+        tree: dict[str, Any] = self._call("GET", f"/v1/delegations/{segment(run_id)}/tree")["tree"]
         return tree
 
     def pool(self) -> dict[str, Any]:
@@ -370,7 +382,7 @@ class ServerClient:
 
         while True:
             doc = self._call(
-                "GET", f"/v1/delegations/{run_id}/wait", params={"timeout": WAIT_CHUNK}
+                "GET", f"/v1/delegations/{segment(run_id)}/wait", params={"timeout": WAIT_CHUNK}
             )
             if doc.get("done"):
                 break

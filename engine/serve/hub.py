@@ -83,8 +83,22 @@ class EventHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
+        #: True once the server stops (``stop``): waits and streams end at once.
+        self.stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """The server is stopping: set ``stopping`` and wake every wait and stream (they
+        end, instead of being cancelled when the shutdown's grace runs out). Safe from any
+        thread and from a signal handler."""
+        self.stopping = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._notify)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
 
     def prime(self) -> None:
         """Skip what the journals hold already: the feed starts now."""

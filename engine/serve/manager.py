@@ -198,6 +198,7 @@ class RunManager:
         Every planner error is raised here, before anything runs.
         """
         prepared = prepare(self.cfg, workflow, inputs, caller=caller)
+        self._check_preapproval(prepared, workflow, by, approve, approve_all)
         request = {
             "workflow": workflow,
             "inputs": inputs,
@@ -225,7 +226,12 @@ class RunManager:
         inputs = prepared.plan.inputs
         held = {k: inputs[k] for k in secret_input_names(inputs, prepared.spec.secret_inputs)}
         with self._lock:
-            self._pending_owner[name] = {"by": by, "workflow": workflow, "key": key}
+            self._pending_owner[name] = {
+                "by": by,
+                "workflow": workflow,
+                "key": key,
+                **_approvals(approve, approve_all),
+            }
             if held:
                 self._pending_inputs[name] = held
 
@@ -250,6 +256,53 @@ class RunManager:
         if key is not None:
             self.keys.bind("workflow", key, run_id)
         return run_id, True
+
+    def _check_preapproval(
+        self,
+        prepared: Any,
+        workflow: str,
+        by: str,
+        approve: tuple[str, ...],
+        approve_all: bool,
+    ) -> None:
+        """Refuse (``RefusedError``, HTTP 403, exit 5) approving a gate up front that
+        ``by`` could not decide once the run parks there (``refusal``: its ``approvers``,
+        ``serve.self_approval``); a step that names no gate is ``check_approvals``'s."""
+        from engine.prepare import check_approvals
+
+        check_approvals(prepared.plan, approve)
+        for sid, ps in prepared.plan.steps.items():
+            gate = ps.spec.gate
+            if gate is None or not (approve_all or sid in approve):
+                continue
+            why = self.refusal(sid, by, gate.approvers, by, f"the run of `{workflow}`")
+            if why is not None:
+                given = "`approve_all`" if approve_all else f"`approve: [{sid}]`"
+                raise RefusedError(
+                    f"{given} refused: it would decide the gate of `{sid}`, and {why} Start "
+                    "the run without it; the gate waits for an allowed operator."
+                )
+
+    def refusal(
+        self, step: str, by: str, approvers: tuple[str, ...], starter: Any, run: str
+    ) -> str | None:
+        """Why ``by`` may not decide the gate of ``step`` in ``run`` (words for a message),
+        else None. The rules of docs/serve.md: a gate's ``approvers`` (token names) and
+        ``serve.self_approval: false`` (``starter``, who started the run, may not).
+        Decisions (``decide``) and approvals given at the start (``start_workflow``)
+        both ask here."""
+        if approvers and by not in approvers:
+            names = ", ".join(f"`{a}`" for a in approvers)
+            return (
+                f"`{by}` may not decide the gate of `{step}` in {run}: "
+                f"its approvers are {names}."
+            )
+        if not self.self_approval and starter == by:
+            return (
+                f"`{by}` started {run} and may not decide its own gate "
+                "(`serve.self_approval: false`); ask another operator."
+            )
+        return None
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -377,16 +430,26 @@ class RunManager:
                     log.warning("gate timeout of %s: %s", r, exc)
 
     def _resumer(self, run_id: str, *, check: bool = False) -> Callable[[WorkflowRunner], Any]:
-        options = RunOptions(max_parallel=self.max_parallel)
-
         def act(runner: WorkflowRunner) -> Any:
             if check and not self.needs_resume(run_id):
                 return None
             with self._lock:
                 held = self._secret_inputs.get(run_id)
-            return runner.resume(run_id, options, inputs=held)
+            return runner.resume(run_id, self._options(run_id), inputs=held)
 
         return act
+
+    def _options(self, run_id: str) -> RunOptions:
+        """The options a continuation of ``run_id`` runs with: the gates approved when it
+        started (kept in its ``serve/<run>.json``, so they hold after a restart too)."""
+        entry = self.owned(run_id) or {}
+        approve = entry.get("approve")
+        approve = approve if isinstance(approve, list) else []
+        return RunOptions(
+            max_parallel=self.max_parallel,
+            approve=frozenset(str(a) for a in approve),
+            approve_all=entry.get("approve_all") is True,
+        )
 
     def _without_secrets(
         self, runner: WorkflowRunner, run_id: str, exc: SecretInputsMissing
@@ -486,18 +549,12 @@ class RunManager:
                 'request body, e.g. {"input": ...} (`workflow approve --server URL RUN STEP '
                 "--input VALUE`)."
             )
-        approvers = self._approvers(view.meta, step)
-        if approvers and by not in approvers:
-            raise RefusedError(
-                f"`{by}` may not decide the gate of `{step}` in run `{run_id}`: its "
-                f"approvers are {', '.join(f'`{a}`' for a in approvers)}."
-            )
         owner = self.owned(run_id) or {}
-        if not self.self_approval and owner.get("by") == by:
-            raise RefusedError(
-                f"`{by}` started run `{run_id}` and may not decide its own gate "
-                "(`serve.self_approval: false`); ask another operator."
-            )
+        why = self.refusal(
+            step, by, self._approvers(view.meta, step), owner.get("by"), f"run `{run_id}`"
+        )
+        if why is not None:
+            raise RefusedError(why)
         event = decide_gate(
             self.cfg, run_id, step, approved=approved, reason=reason, by=by, value=value
         )
@@ -876,6 +933,17 @@ _KEYED = (
     "context",
     "parent_run_id",
 )
+
+
+def _approvals(approve: tuple[str, ...], approve_all: bool) -> dict[str, Any]:
+    """The gates approved at a run's start as its ``serve/<run>.json`` keeps them (only
+    what was given: ``approve``, a list of step ids; ``approve_all``: true)."""
+    kept: dict[str, Any] = {}
+    if approve:
+        kept["approve"] = list(approve)
+    if approve_all:
+        kept["approve_all"] = True
+    return kept
 
 
 def _request_dict(req: DelegationRequest) -> dict[str, Any]:
