@@ -298,14 +298,19 @@ class Delegator:
         reattach: bool = False,
         cancel: threading.Event | None = None,
         reporter: Reporter | None = None,
+        interrupted: threading.Event | None = None,
     ) -> DelegationResult:
         """Run one delegation to the end; raise only for errors found before dispatch.
 
         With ``reattach`` (resuming a workflow) and a ``req.run_id`` that a gateway accepted
         before, nothing is sent again: a final record is returned as it is, a handoff that
         arrived meanwhile is taken, and an accepted dispatch is waited for anew.
-        ``cancel`` stops the wait early (outcome ``cancelled``). ``reporter`` observes this
-        call only (default: the delegator's); concurrent calls may each pass their own.
+        ``cancel`` stops the wait early (outcome ``cancelled``). ``interrupted``, set with
+        ``cancel`` when the caller was interrupted (Ctrl-C: the run stays resumable), stops
+        the wait without recording an end: the delegation stays in flight, its pending
+        envelope kept, so a handoff that comes later is recorded as it would have been and
+        a resume takes it. ``reporter`` observes this call only (default: the delegator's);
+        concurrent calls may each pass their own.
         """
         rep = reporter or self.reporter
         chain = self.check(req)
@@ -319,7 +324,9 @@ class Delegator:
         start = self._clock()
         deadline = start + timeout
         if req.run_id is not None and (reattach or self._answered_elsewhere(run_id, sub)):
-            earlier = self._reattach(req, run_id, records, drop, deadline, cancel, rep)
+            earlier = self._reattach(
+                req, run_id, records, drop, deadline, cancel, rep, interrupted=interrupted
+            )
             if earlier is not None:
                 return earlier
         key = new_key()
@@ -360,7 +367,8 @@ class Delegator:
             lease = got
         try:
             result = self._dispatch_and_wait(
-                req, agent, target, run_id, records, drop, envelope, deadline, cancel, rep, key
+                req, agent, target, run_id, records, drop, envelope, deadline, cancel, rep, key,
+                interrupted=interrupted,
             )
         except BaseException:
             if lease is not None:
@@ -394,6 +402,8 @@ class Delegator:
         deadline: float,
         cancel: threading.Event | None,
         rep: Reporter,
+        *,
+        interrupted: threading.Event | None = None,
     ) -> DelegationResult | None:
         """Pick up a delegation dispatched by an earlier process; None = dispatch it now."""
         sub = self._sub(records)
@@ -430,7 +440,8 @@ class Delegator:
         waiter = self._expect(records, drop, run_id)
         try:
             result = self._wait(
-                waiter, run_id, req.target, records, drop, envelope, deadline, cancel, rep
+                waiter, run_id, req.target, records, drop, envelope, deadline, cancel, rep,
+                interrupted=interrupted,
             )
         except BaseException:
             if lease is not None:
@@ -555,6 +566,8 @@ class Delegator:
         cancel: threading.Event | None,
         rep: Reporter,
         key: str,
+        *,
+        interrupted: threading.Event | None = None,
     ) -> DelegationResult:
         from engine.message import render_message
 
@@ -608,7 +621,8 @@ class Delegator:
                 return self._errored(run_id, records, envelope, exc, rep, keep_pending=keep)
             if sent is None:  # held until the run ends: admission is reported by the watch
                 return self._wait(waiter, run_id, req.target, records, drop, envelope,
-                                  deadline, cancel, rep, watch=watch, look_first=look_first)
+                                  deadline, cancel, rep, watch=watch, look_first=look_first,
+                                  interrupted=interrupted)
             envelope["attempts"] = sent.attempts
             envelope["gateway_run_id"] = sent.gateway_run_id
             if self.pool is not None and sent.overloaded:
@@ -618,7 +632,7 @@ class Delegator:
             rep.delegation_dispatched(run_id, req.caller, req.target, sent.attempts)
             return self._wait(
                 waiter, run_id, req.target, records, drop, envelope, deadline, cancel, rep,
-                watch=watch, look_first=look_first,
+                watch=watch, look_first=look_first, interrupted=interrupted,
             )
         finally:
             waiter.close()
@@ -733,11 +747,13 @@ class Delegator:
         *,
         watch: Any = None,
         look_first: bool = True,
+        interrupted: threading.Event | None = None,
     ) -> DelegationResult:
         """Wait for the handoff of ``run_id`` until it is recorded or the delegation ends.
 
         ``look_first=False``: nothing was there once the waiter was set (looked at before
-        the dispatch), so the first look waits for a wake-up."""
+        the dispatch), so the first look waits for a wake-up. ``interrupted`` (see
+        ``delegate``): a set cancel ends the wait with nothing recorded."""
         c = _Call(run_id, agent, records, drop, envelope, rep or self.reporter, watch,
                   self._sub(records), deadline, deadline, self._clock() + RENEW_EVERY)
         fired = look_first  # else it may have arrived before the watch was set
@@ -765,6 +781,8 @@ class Delegator:
                 if cancel.is_set():
                     if watch is not None:
                         watch.learn_run_id()
+                    if interrupted is not None and interrupted.is_set():
+                        return self._interrupted(c)
                     return self._cancelled(run_id, agent, records, envelope, c.rep)
                 remaining = min(remaining, 0.2)
             self._renew(c)
@@ -866,6 +884,14 @@ class Delegator:
 
         err = DelegationTimeoutError(env["error"])
         return DelegationResult(run_id, Outcome.TIMEOUT, path, record, err)
+
+    def _interrupted(self, c: _Call) -> DelegationResult:
+        """The caller was interrupted: nothing is recorded, the delegation stays in flight
+        (pending envelope kept, so a later handoff is merged as usual and a resume takes it).
+        The result only tells the caller its wait ended."""
+        env = dict(c.envelope, outcome="cancelled", error="interrupted; still in flight")
+        locator = self.store.record_locator(c.run_id, sub=c.sub)
+        return DelegationResult(c.run_id, Outcome.CANCELLED, locator, {"envelope": env})
 
     def _cancelled(
         self, run_id: str, agent: str, records: Path, envelope: dict[str, Any], rep: Reporter

@@ -366,6 +366,7 @@ class FixtureDelegator(Delegator):
         reattach: bool = False,
         cancel: threading.Event | None = None,
         reporter: Reporter | None = None,
+        interrupted: threading.Event | None = None,
     ) -> DelegationResult:
         """Answer ``req`` from the fixtures (the validator's request from the step's)."""
         self.check(req)

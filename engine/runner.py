@@ -1561,6 +1561,7 @@ class _Execution:
                 reattach=again,
                 cancel=self.cancel,
                 reporter=self.step_reporter,
+                interrupted=self.interrupted,
             )
         except OrchestratorError as exc:
             s.attempts.append({"run_id": drid, "outcome": "errored", "error": str(exc)})
@@ -1714,6 +1715,7 @@ class _Execution:
             run_id=f"{s.delegation_run_id}-v",
             cancel=self.cancel,
             reporter=self.step_reporter,
+            interrupted=self.interrupted,
         )
         s.validation = verdict.as_dict()
         record = self.store.read(verdict.run_id, sub=False) or {}  # what the validator spent

@@ -109,10 +109,12 @@ def validate_result(
     timeout: float | None = None,
     cancel: threading.Event | None = None,
     reporter: Reporter | None = None,
+    interrupted: threading.Event | None = None,
 ) -> Verdict:
     """Ask ``validator`` (on behalf of ``caller``) to check ``handoff`` against ``task``.
 
-    ``reporter`` observes this delegation only (see ``Delegator.delegate``).
+    ``reporter`` observes this delegation only, ``interrupted`` ends its wait with nothing
+    recorded (see ``Delegator.delegate``).
     """
     req = DelegationRequest(
         target=validator,
@@ -123,7 +125,7 @@ def validate_result(
         name=f"validate {handoff.get('runId', '')}",
         labels={"validates": handoff.get("runId")},
     )
-    result = delegator.delegate(req, cancel=cancel, reporter=reporter)
+    result = delegator.delegate(req, cancel=cancel, reporter=reporter, interrupted=interrupted)
     answered = result.outcome.value in _ANSWERED
     approved, reasons = parse_verdict(result.handoff if answered else None)
     if not answered and result.error is not None:

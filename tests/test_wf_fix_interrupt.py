@@ -176,6 +176,59 @@ def test_ctrl_c_stops_the_wait_at_once_and_resume_takes_the_late_handoff(
     assert "late but sound" in json.loads(record.read_text())["result"]
 
 
+def test_ctrl_c_records_no_end_so_the_gateways_stand_in_is_taken_on_resume(
+    tmp_path: Path,
+) -> None:
+    """An agent that ends without a handoff gets a stand-in from its watchdog (docs/gateway.md:
+    `failed`, with what it printed, since the watchdog cannot know its exit code). Ctrl-C
+    while it runs must not record the delegation `cancelled`: that refused the stand-in
+    (kept in rejected/) and the resumed step ended `cancelled`, not as the agent did."""
+    go = tmp_path / "go"
+    raw = demo_config(tmp_path)
+    raw["gateway"]["detach_on_exit"] = True
+    script = (
+        "import os, time\n"
+        "deadline = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('found three papers')\n"
+    )
+    raw["gateway"]["agents"]["webster"] = {
+        "kind": "command", "argv": [sys.executable, "-c", script], "timeout": 90
+    }
+    config = write_config(tmp_path, raw)
+    wf = tmp_path / "wf" / "quiet.yaml"
+    wf.parent.mkdir()
+    steps = [{"id": "search", "agent": "webster", "timeout": 120, "task": "Find papers."}]
+    wf.write_text(yaml.safe_dump({"name": "quiet", "caller": "manager", "steps": steps}))
+    proc = _Proc(["run", str(wf), "--config", str(config)], tmp_path)
+    run_dir = wait_for(lambda: _dispatched(tmp_path, "search"), "the step's dispatch")
+    proc.proc.send_signal(signal.SIGINT)
+    code, _, err = proc.finish()
+    assert code == 130, err
+    rid = run_dir.name
+    record = tmp_path / "handoffs" / f"{rid}-search-1.json"
+    assert not record.exists()  # nothing recorded as ended: the delegation is in flight
+
+    go.touch()  # the agent ends without a handoff: its watchdog writes the stand-in
+    wait_for(lambda: record.exists(), "the stand-in's record")
+    data = json.loads(record.read_text())
+    assert data["envelope"]["outcome"] == "failed" and data["status"] == "failed"
+    assert "found three papers" in data["result"]
+    assert not (tmp_path / "handoffs" / "rejected").exists()  # taken, not refused
+    resumed = subprocess.run(
+        [*WORKFLOW, "resume", rid, "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 1, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["steps"]["search"]["status"] == "failed"  # as its stand-in says
+    after = _events(run_dir)
+    assert sum(e["event"] == "step_dispatched" for e in after) == 1  # sent once
+
+
 def test_end_of_input_at_a_gate_prompt_parks_the_run(tmp_path: Path) -> None:
     config, wf = _setup(tmp_path, tmp_path / "go", gate=True)
     proc = _Proc(["run", str(wf), "--interactive", "--config", str(config)], tmp_path)
