@@ -479,15 +479,19 @@ def read_handoff_bytes(
     except FileNotFoundError:
         raise HandoffProblem(f"handoff `{path}` does not exist.", kind="parse", path=path) from None
     except OSError as exc:
+        try:  # a socket cannot be opened at all (ENXIO): refused for what it is
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode) from None
         raise HandoffProblem(
             f"handoff `{path}` cannot be read: {exc.strerror}.", kind="parse", path=path
         ) from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise HandoffProblem(
-                f"handoff `{path}` refused: it is not a regular file.", kind="file", path=path
-            )
+            raise _not_regular(path, st.st_mode)
         if st.st_size > max_bytes:
             raise _too_big(path, st.st_size, max_bytes)
         chunks: list[bytes] = []
@@ -509,6 +513,21 @@ def read_handoff_bytes(
         ) from exc
     finally:
         os.close(fd)
+
+
+def _not_regular(path: Path, mode: int) -> HandoffProblem:
+    """The refusal of a handoff path that holds no regular file (``mode``: what it holds,
+    a symlink followed): a directory, a FIFO, a socket or a device is never read."""
+    from engine.textio import file_kind
+
+    kind = file_kind(mode)
+    what = f"it is {kind}, not a regular file" if kind != "not a regular file" else f"it is {kind}"
+    return HandoffProblem(
+        f"handoff `{path}` refused: {what}; write the handoff JSON to a temp file and "
+        "rename it onto handoff_path.",
+        kind="file",
+        path=path,
+    )
 
 
 def _too_big(path: Path, size: int, limit: int) -> HandoffProblem:

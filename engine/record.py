@@ -186,8 +186,10 @@ def preserve_agent_file(records_dir: Path, run_id: str) -> Path | None:
     Returns the inbox path that now holds it: ``inbox/<runId>.json``, or, when the inbox
     already holds another file (a gateway's stand-in that landed first), the first free
     ``inbox/<runId>.<n>.json`` (n >= 2), which the merge rule takes next like any second
-    delivery (an agent's own handoff supersedes a stand-in). Only when no link can be
-    made at all does it go to ``rejected/<runId>.<n>.json``.
+    delivery (an agent's own handoff supersedes a stand-in). A directory there (which
+    cannot be linked) is moved into the inbox the same way, to be refused as not a
+    regular file. Only when no link can be made at all does it go to
+    ``rejected/<runId>.<n>.json``.
     """
     source = records_dir / f"{run_id}.json"
     inbox = records_dir / INBOX_DIR / f"{run_id}.json"
@@ -195,9 +197,8 @@ def preserve_agent_file(records_dir: Path, run_id: str) -> Path | None:
     for n in range(1, 10_000):
         target = inbox if n == 1 else inbox.with_name(f"{run_id}.{n}.json")
         try:
-            os.link(source, target, follow_symlinks=False)
-            return target
-        except FileExistsError:
+            if _place_new(source, target, link=True):
+                return target  # a directory there is moved in (no link can be made)
             if _same_file(source, target):
                 return target
         except FileNotFoundError:
@@ -265,14 +266,48 @@ def keep_rejected(records_dir: Path, path: Path, *, inode: int | None = None) ->
 def _put_back(held: Path, path: Path) -> None:
     stem = path.name[: -len(".json")].split(".", 1)[0]
     target, n = path.with_name(f"{stem}.json"), 1
-    while True:
+    while not _place_new(held, target, link=False):
+        n += 1
+        target = path.with_name(f"{stem}.{n}.json")
+
+
+def _place_new(source: Path, target: Path, *, link: bool) -> bool:
+    """Put ``source`` at ``target`` only if nothing is there (False if taken); with
+    ``link`` the source stays where it is too.
+
+    A hard link (which never replaces) for anything but a directory: any file, a FIFO,
+    a socket, a device node or a symlink itself (``follow_symlinks=False``). A directory
+    cannot be hard-linked (EPERM), so it is moved: the name is taken first with
+    ``mkdir`` (atomic, EEXIST if taken) and the directory renamed over that empty one,
+    which ``rename(2)`` allows; it then leaves ``source`` whatever ``link`` says.
+    Raises ``FileNotFoundError`` when ``source`` is gone.
+    """
+    import stat
+
+    if stat.S_ISDIR(os.lstat(source).st_mode):
         try:
-            os.link(held, target, follow_symlinks=False)
-            break
+            os.mkdir(target)
         except FileExistsError:
-            n += 1
-            target = path.with_name(f"{stem}.{n}.json")
-    os.unlink(held)
+            return False
+        try:
+            os.rename(source, target)
+        except OSError:
+            try:  # gone meanwhile, or our empty name filled: not ours to keep
+                os.rmdir(target)
+            except OSError:
+                pass
+            raise
+        return True
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    if not link:
+        try:
+            os.unlink(source)
+        except FileNotFoundError:
+            pass
+    return True
 
 
 def _keep_aside(
@@ -286,17 +321,10 @@ def _keep_aside(
     for n in range(1, 10_000):
         target = target_dir / f"{stem}.{n}.json"
         try:
-            os.link(path, target, follow_symlinks=False)
-        except FileExistsError:
-            continue
+            if _place_new(path, target, link=link):
+                return target
         except FileNotFoundError:
             return None
-        if not link:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        return target
     return None
 
 
