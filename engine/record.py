@@ -848,14 +848,21 @@ def reconcile_run(records_dir: Path, run_id: str) -> Path | None:
 
 
 def _node(run_id: str, data: dict[str, Any], pending: bool) -> dict[str, Any]:
+    """One node of ``delegation_tree`` from a record (``pending`` False) or a pending
+    envelope. A pending delegation still dispatched is ``in flight`` while its waiter may
+    be alive, else ``abandoned``: judged as ``orchestrate show`` judges it
+    (``waiter_alive``; an envelope naming no owner, neither ``pid`` nor ``host``, cannot
+    be judged and stays ``in flight``)."""
     env = data.get("envelope", data) if not pending else data
+    outcome = env.get("outcome")
+    if pending and outcome in (None, "dispatched"):
+        judged = type(env.get("pid")) is int or env.get("host") is not None
+        outcome = "abandoned" if judged and not waiter_alive(env) else "in flight"
     return {
         "run_id": run_id,
         "caller": env.get("caller"),
         "target": env.get("target"),
-        "outcome": env.get("outcome")
-        if not pending or env.get("outcome") not in (None, "dispatched")
-        else "in flight",
+        "outcome": outcome,
         "confidence": data.get("confidence"),
         "duration_ms": env.get("duration_ms"),
         "late": env.get("late", False),
