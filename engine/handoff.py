@@ -66,8 +66,9 @@ class HandoffProblem(HandoffError):
 
     ``parse`` and ``schema`` problems may be a file caught half-written, so a waiter
     gives the agent a short grace to rewrite it; ``mismatch`` (a runId or agent that is
-    not the delegation's), ``key`` (a wrong key: the waiter keeps waiting for the real
-    agent), ``unkeyed`` (no key, or version 1.0 under ``handoff_key: required``), ``size`` (over
+    not the delegation's), ``key`` (a wrong key, or under ``handoff_key: required`` no
+    key and another run or agent named: the waiter keeps waiting for the real agent),
+    ``unkeyed`` (no key, or version 1.0 under ``handoff_key: required``), ``size`` (over
     ``max_handoff_bytes``) and ``file`` (not a regular file, or a symlink leading out
     of the handoffs directory) are refused at once.
     """
@@ -210,17 +211,67 @@ def check_delivered(
     ``run_id``), parsed and validated against the schema, the run and the envelope's
     ``target``, and whether its key was verified (``check_keys``, with ``earlier``).
 
+    Under ``handoff_key: required`` (docs/protocol.md section 4) the key is checked
+    first, so that nobody without it can end the delegation early: a ``key`` that is not
+    the delegation's is refused as ``key`` (the waiter keeps waiting) whatever the other
+    fields say, and so is a file without a key that names another run or agent. Under
+    ``optional`` the schema and the run come first, as before keys were required.
     A zone-less ``timestamp`` is read as UTC when the envelope's ``handoff_key`` is
     ``optional`` (see ``validate_handoff``). Raises HandoffProblem naming ``path``.
     """
+    data = parse_handoff(raw, path=path)
+    verified: bool | None = None
+    target = envelope.get("target")
+    required = str(envelope.get("handoff_key") or "required") == "required"
+    if required and envelope.get("key_sha256") is not None and isinstance(data, dict):
+        if isinstance(data.get(KEY_FIELD), str):
+            try:
+                verified = check_keys(data, envelope, path=path, earlier=earlier)
+            except HandoffProblem as exc:
+                if exc.kind == "key":
+                    raise
+                # 1.0 with a key: refused after the schema and the run, as before
+        else:
+            _refuse_keyless_stranger(data, path=path, run_id=run_id, agent=target)
     handoff = validate_handoff(
-        parse_handoff(raw, path=path),
+        data,
         path=path,
         run_id=run_id,
-        agent=envelope.get("target"),
+        agent=target,
         naive_utc=envelope.get("handoff_key") == "optional",
     )
-    return handoff, check_keys(handoff, envelope, path=path, earlier=earlier)
+    if verified is None:
+        verified = check_keys(handoff, envelope, path=path, earlier=earlier)
+    return handoff, verified
+
+
+def _refuse_keyless_stranger(
+    data: Mapping[str, Any], *, path: Path, run_id: str, agent: Any
+) -> None:
+    """Refuse as ``key`` (the waiter keeps waiting) a handoff without a key that names
+    another ``runId`` or ``agent``: under ``handoff_key: required`` nothing shows it is
+    this delegation's, so it must not end the delegation (it would, as ``mismatch``)."""
+    mismatched = _mismatched(data, run_id=run_id, agent=agent)
+    if mismatched:
+        raise HandoffProblem(
+            f"handoff `{path}` refused: it has no `key` and names another delegation "
+            "(forged or misdirected); it was kept for inspection:",
+            kind="key",
+            path=path,
+            problems=mismatched,
+        )
+
+
+def _mismatched(data: Mapping[str, Any], *, run_id: str | None, agent: Any) -> list[str]:
+    """What of the ``runId`` and ``agent`` strings in ``data`` is not ``run_id`` and
+    ``agent`` (each compared only when given, and only when a string: a missing or
+    mistyped field is the schema's to report), as problem lines."""
+    mismatched = []
+    for field, expected in (("runId", run_id), ("agent", agent)):
+        got = data.get(field)
+        if expected is not None and isinstance(got, str) and got != expected:
+            mismatched.append(f"`/{field}` is `{terminal_text(got[:80])}`, expected `{expected}`")
+    return mismatched
 
 
 def check_deliverable(
@@ -341,11 +392,7 @@ def validate_handoff(
             problems=problems,
         )
     assert isinstance(data, dict)
-    mismatched = []
-    if run_id is not None and data["runId"] != run_id:
-        mismatched.append(f"`/runId` is `{data['runId']}`, expected `{run_id}`")
-    if agent is not None and data["agent"] != agent:
-        mismatched.append(f"`/agent` is `{data['agent']}`, expected `{agent}`")
+    mismatched = _mismatched(data, run_id=run_id, agent=agent)
     if mismatched:
         raise HandoffProblem(
             f"handoff `{path}` refused: it does not belong to this delegation (spoofed or "
@@ -479,15 +526,19 @@ def read_handoff_bytes(
     except FileNotFoundError:
         raise HandoffProblem(f"handoff `{path}` does not exist.", kind="parse", path=path) from None
     except OSError as exc:
+        try:  # a socket cannot be opened at all (ENXIO): refused for what it is
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode) from None
         raise HandoffProblem(
             f"handoff `{path}` cannot be read: {exc.strerror}.", kind="parse", path=path
         ) from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise HandoffProblem(
-                f"handoff `{path}` refused: it is not a regular file.", kind="file", path=path
-            )
+            raise _not_regular(path, st.st_mode)
         if st.st_size > max_bytes:
             raise _too_big(path, st.st_size, max_bytes)
         chunks: list[bytes] = []
@@ -509,6 +560,21 @@ def read_handoff_bytes(
         ) from exc
     finally:
         os.close(fd)
+
+
+def _not_regular(path: Path, mode: int) -> HandoffProblem:
+    """The refusal of a handoff path that holds no regular file (``mode``: what it holds,
+    a symlink followed): a directory, a FIFO, a socket or a device is never read."""
+    from engine.textio import file_kind
+
+    kind = file_kind(mode)
+    what = f"it is {kind}, not a regular file" if kind != "not a regular file" else f"it is {kind}"
+    return HandoffProblem(
+        f"handoff `{path}` refused: {what}; write the handoff JSON to a temp file and "
+        "rename it onto handoff_path.",
+        kind="file",
+        path=path,
+    )
 
 
 def _too_big(path: Path, size: int, limit: int) -> HandoffProblem:

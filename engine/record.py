@@ -186,8 +186,10 @@ def preserve_agent_file(records_dir: Path, run_id: str) -> Path | None:
     Returns the inbox path that now holds it: ``inbox/<runId>.json``, or, when the inbox
     already holds another file (a gateway's stand-in that landed first), the first free
     ``inbox/<runId>.<n>.json`` (n >= 2), which the merge rule takes next like any second
-    delivery (an agent's own handoff supersedes a stand-in). Only when no link can be
-    made at all does it go to ``rejected/<runId>.<n>.json``.
+    delivery (an agent's own handoff supersedes a stand-in). A directory there (which
+    cannot be linked) is moved into the inbox the same way, to be refused as not a
+    regular file. Only when no link can be made at all does it go to
+    ``rejected/<runId>.<n>.json``.
     """
     source = records_dir / f"{run_id}.json"
     inbox = records_dir / INBOX_DIR / f"{run_id}.json"
@@ -195,9 +197,8 @@ def preserve_agent_file(records_dir: Path, run_id: str) -> Path | None:
     for n in range(1, 10_000):
         target = inbox if n == 1 else inbox.with_name(f"{run_id}.{n}.json")
         try:
-            os.link(source, target, follow_symlinks=False)
-            return target
-        except FileExistsError:
+            if _place_new(source, target, link=True):
+                return target  # a directory there is moved in (no link can be made)
             if _same_file(source, target):
                 return target
         except FileNotFoundError:
@@ -265,14 +266,48 @@ def keep_rejected(records_dir: Path, path: Path, *, inode: int | None = None) ->
 def _put_back(held: Path, path: Path) -> None:
     stem = path.name[: -len(".json")].split(".", 1)[0]
     target, n = path.with_name(f"{stem}.json"), 1
-    while True:
+    while not _place_new(held, target, link=False):
+        n += 1
+        target = path.with_name(f"{stem}.{n}.json")
+
+
+def _place_new(source: Path, target: Path, *, link: bool) -> bool:
+    """Put ``source`` at ``target`` only if nothing is there (False if taken); with
+    ``link`` the source stays where it is too.
+
+    A hard link (which never replaces) for anything but a directory: any file, a FIFO,
+    a socket, a device node or a symlink itself (``follow_symlinks=False``). A directory
+    cannot be hard-linked (EPERM), so it is moved: the name is taken first with
+    ``mkdir`` (atomic, EEXIST if taken) and the directory renamed over that empty one,
+    which ``rename(2)`` allows; it then leaves ``source`` whatever ``link`` says.
+    Raises ``FileNotFoundError`` when ``source`` is gone.
+    """
+    import stat
+
+    if stat.S_ISDIR(os.lstat(source).st_mode):
         try:
-            os.link(held, target, follow_symlinks=False)
-            break
+            os.mkdir(target)
         except FileExistsError:
-            n += 1
-            target = path.with_name(f"{stem}.{n}.json")
-    os.unlink(held)
+            return False
+        try:
+            os.rename(source, target)
+        except OSError:
+            try:  # gone meanwhile, or our empty name filled: not ours to keep
+                os.rmdir(target)
+            except OSError:
+                pass
+            raise
+        return True
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    if not link:
+        try:
+            os.unlink(source)
+        except FileNotFoundError:
+            pass
+    return True
 
 
 def _keep_aside(
@@ -286,17 +321,10 @@ def _keep_aside(
     for n in range(1, 10_000):
         target = target_dir / f"{stem}.{n}.json"
         try:
-            os.link(path, target, follow_symlinks=False)
-        except FileExistsError:
-            continue
+            if _place_new(path, target, link=link):
+                return target
         except FileNotFoundError:
             return None
-        if not link:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        return target
     return None
 
 
@@ -488,6 +516,13 @@ def _deliver_one(into: _Into, source: Path, grace: float, seen_ino: int | None) 
     standing = _standing(final, cur_env, fallback)
     if standing is not None:
         return _keep_second(into, source, standing, fallback)
+    if fallback:
+        # a stand-in leaves the inbox at once: the agent's own handoff, if it still comes,
+        # takes its place there (a rename over it would leave nothing of the stand-in)
+        kept = keep_rejected(records_dir, source, inode=st.st_ino)
+        if kept is None:
+            return Delivery("absent")  # replaced while being read: look at the new one
+        source = kept
     new = recorded_envelope(into.env, cur_env, into.waiting, handoff, verified, source)
     new["handoff_inode"] = [st.st_dev, st.st_ino]
     data = record_of(handoff, new, run_id)
@@ -813,14 +848,21 @@ def reconcile_run(records_dir: Path, run_id: str) -> Path | None:
 
 
 def _node(run_id: str, data: dict[str, Any], pending: bool) -> dict[str, Any]:
+    """One node of ``delegation_tree`` from a record (``pending`` False) or a pending
+    envelope. A pending delegation still dispatched is ``in flight`` while its waiter may
+    be alive, else ``abandoned``: judged as ``orchestrate show`` judges it
+    (``waiter_alive``; an envelope naming no owner, neither ``pid`` nor ``host``, cannot
+    be judged and stays ``in flight``)."""
     env = data.get("envelope", data) if not pending else data
+    outcome = env.get("outcome")
+    if pending and outcome in (None, "dispatched"):
+        judged = type(env.get("pid")) is int or env.get("host") is not None
+        outcome = "abandoned" if judged and not waiter_alive(env) else "in flight"
     return {
         "run_id": run_id,
         "caller": env.get("caller"),
         "target": env.get("target"),
-        "outcome": env.get("outcome")
-        if not pending or env.get("outcome") not in (None, "dispatched")
-        else "in flight",
+        "outcome": outcome,
         "confidence": data.get("confidence"),
         "duration_ms": env.get("duration_ms"),
         "late": env.get("late", False),

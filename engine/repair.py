@@ -86,6 +86,20 @@ WHY = {
 }
 
 
+#: How the caller is told the same where ``WHY`` speaks to the agent (``your run``, ``the
+#: line below``): the warning of a repair sent and the error of an ``unusable`` ending.
+TOLD = {
+    "no_handoff": "the agent's run ended without writing its handoff.",
+    "key": "a handoff was written to handoff_path, but refused: its `key` is not this "
+    "delegation's.",
+}
+
+
+def told_text(why: str, problems: list[str]) -> str:
+    """What ``why`` says to the caller: ``TOLD``'s sentence, else ``why_text``'s."""
+    return TOLD.get(why) or why_text(why, problems)
+
+
 #: How ``engine.handoff.unique_keys`` names a key written twice in a problem's text.
 _TWICE = re.compile(r"key `([^`]*)` is written twice in one object")
 
@@ -150,7 +164,7 @@ def unusable(
     ``why`` is a key of ``WHY`` (or a refusal's kind); ``problems`` (the refusal's JSON
     pointer errors) are kept verbatim in the error, hence in the record's ``error``.
     """
-    detail = why_text(why, problems).rstrip(":.")
+    detail = told_text(why, problems).rstrip(":.")
     listed = "".join(f"\n  - {p}" for p in problems)
     spent = (
         f"after {repairs} repair attempt(s)"
@@ -510,7 +524,7 @@ class RunWatch:
         self.envelope.setdefault("repairs", []).append(entry)
         self._rejected_before = len(self.envelope.get("rejected") or [])
         if self._on_repair is not None:
-            self._on_repair(f"{self.agent}: {why_text(why, problems).rstrip(':.')}; repair {n} of "
+            self._on_repair(f"{self.agent}: {told_text(why, problems).rstrip(':.')}; repair {n} of "
                             f"{self.allowed} sent ({self.run_id})")
         try:
             self.dispatch = self._resend(text, n)

@@ -42,7 +42,7 @@ def read_text(
     except OSError as exc:
         raise error(f"cannot read {what} `{p}`: {describe_oserror(exc)}.", path=p) from exc
     if not stat.S_ISREG(st.st_mode):
-        kind = _file_kind(st.st_mode)
+        kind = file_kind(st.st_mode)
         raise error(f"{what} `{p}` is {kind}, not a regular file; give a file path.", path=p)
     if st.st_size > MAX_BYTES:
         raise error(
@@ -72,7 +72,10 @@ def decode_utf8(
         ) from None
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file of ``mode`` (``st_mode``) is, for a message: ``a directory``, ``a FIFO
+    (named pipe)``, ``a character device``, ``a block device``, ``a socket``, else ``not a
+    regular file``."""
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):

@@ -381,6 +381,9 @@ class EngineGroup(click.Group):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("context_settings", {"help_option_names": ["-h", "--help"]})
+        # Printed text goes through TerminalStream, which shows ESC as `\x1b`; click must
+        # not strip CSI sequences first (it does when stdout is no terminal): unseen.
+        kwargs["context_settings"] = {"color": True, **kwargs["context_settings"]}
         super().__init__(*args, **kwargs)
 
     def command_path_of(self, args: list[str], prog: str) -> str:
