@@ -1,0 +1,114 @@
+"""What an operator met setting the tool up: `$VAR` in config paths and URLs taken
+literally, a `handoffs_dir` that is a file or empty, `--json` failures without JSON,
+misleading usage errors, hints naming the wrong knob, unchecked systemd templates, and one
+file pool run at two sizes. Real CLI processes on a real config and handoffs directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+NO_ENV = ("ORCHESTRATOR_CONFIG", "ORCH_SERVER", "ORCH_HANDOFF_KEY", "NO_COLOR")
+
+
+def base(**extra: Any) -> dict[str, Any]:
+    """The trial's `g.yaml`: one echo agent on the embedded gateway, a manager calling."""
+    raw: dict[str, Any] = {
+        "handoffs_dir": "hg",
+        "workflow_dirs": ["wfs"],
+        "gateway": {"embedded": True, "agents": {"webster": {"kind": "echo"}}},
+        "agents": {"manager": {"url": "local"}, "webster": {"url": "local"}},
+    }
+    raw.update(extra)
+    return raw
+
+
+def write(tmp_path: Path, raw: dict[str, Any], name: str = "g.yaml") -> Path:
+    (tmp_path / "wfs").mkdir(exist_ok=True)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def program(name: str, *args: str, cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The console script ``name`` in a real process."""
+    code = f"from engine.cli import {name}_main; {name}_main()"
+    full = {k: v for k, v in os.environ.items() if k not in NO_ENV}
+    full.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], text=True, timeout=timeout, env=full,
+        stdin=subprocess.DEVNULL, capture_output=True, cwd=cwd,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------- 1. `$VAR` is not interpolated
+
+INTERPOLATED = {
+    "handoffs-braces": (
+        {"handoffs_dir": "${TRIALC_UNSET}/h"}, "handoffs_dir", "${TRIALC_UNSET}", "path",
+    ),
+    "handoffs-home": ({"handoffs_dir": "$HOME/h"}, "handoffs_dir", "$HOME", "path"),
+    "token-file": (
+        {"agents": {"manager": {"url": "local"},
+                    "webster": {"url": "http://127.0.0.1:9", "token_file": "$HOME/.tok"}}},
+        "agents.webster.token_file", "$HOME", "path",
+    ),
+    "url": (
+        {"agents": {"manager": {"url": "local"},
+                    "webster": {"url": "http://${GW_HOST}:9", "token_env": "T"}}},
+        "agents.webster.url", "${GW_HOST}", "URL",
+    ),
+    "workflow-dir": ({"workflow_dirs": ["$HOME/wf"]}, "workflow_dirs[0]", "$HOME", "path"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", INTERPOLATED, ids=list(INTERPOLATED))
+def test_dollar_names_in_paths_and_urls_are_refused(tmp_path: Path, case: str) -> None:
+    extra, key, name, kind = INTERPOLATED[case]
+    cfg = write(tmp_path, base(**extra))
+    res = program("orchestrate", "webster", "hi", "--caller", "manager", "--config", str(cfg),
+                  cwd=tmp_path, env={"GW_HOST": "127.0.0.1"})  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"`{key}` is `" in res.stderr
+    assert f"the config does not expand environment variables, so `{name}` would be used " \
+        "literally." in res.stderr
+    assert f"Write the {kind} out" in res.stderr
+    assert "`_env` keys" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not [p for p in tmp_path.rglob("*") if "$" in p.name]  # no literal `${X}` dir
+
+
+def test_tilde_is_still_expanded(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    cfg = write(tmp_path, base(handoffs_dir="~/h"))
+    res = program("orchestrate", "webster", "hi", "--caller", "manager", "--config", str(cfg),
+                  cwd=tmp_path, env={"HOME": str(home)})  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert list((home / "h").glob("orch-*.json"))
+
+
+def test_missing_workflow_dir_is_warned_about(tmp_path: Path) -> None:
+    cfg = write(tmp_path, base(workflow_dirs=["wfs", "nowf"]))
+    warning = (
+        f"warning: `workflow_dirs` entry `{tmp_path / 'nowf'}` (`workflow_dirs[1]` of "
+        f"`{cfg}`) does not exist; its templates cannot be found by name."
+    )
+    listed = program("workflow", "list", "--config", str(cfg), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert warning in listed.stderr
+    assert "nowf" not in listed.stdout
+    missing = program("workflow", "run", "nosuch", "--config", str(cfg), cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "no workflow `nosuch`" in missing.stderr
+    assert f"`workflow_dirs` entry `{tmp_path / 'nowf'}`" in missing.stderr
+    ok = program("workflow", "list", "--config", str(write(tmp_path, base(), "ok.yaml")),
+                 cwd=tmp_path)  # fmt: skip
+    assert "warning" not in ok.stderr
