@@ -205,10 +205,29 @@ def load_config(path: str | Path | None = None) -> Config:
     cfg_path = find_config(path)
     raw, duplicates, _ = read_yaml(cfg_path, error=ConfigError, what="config file")
     cfg = config_from_dict(raw, path=cfg_path, extra_problems=duplicates)
+    _check_handoffs_dir(cfg, raw)
     # Every secret it names is masked, used by this command or not: engine.redact reads
     # them before it masks anything (a check that prints no outside text loads no redact).
     UNMASKED.append(cfg)
     return cfg
+
+
+def _check_handoffs_dir(cfg: Config, raw: dict[str, Any]) -> None:
+    """ConfigError (exit 2) when the records' directory exists but is not a directory:
+    every command would otherwise fail its own way (ENOTDIR on a write, "no records" on a
+    read, a pool under the file). Checked once, where the config is loaded; a missing
+    directory is fine (it is made on first write)."""
+    where = cfg.handoffs_dir
+    if not os.path.lexists(where) or where.is_dir():
+        return
+    key = "store" if isinstance(raw.get("store"), str) else "handoffs_dir"
+    what = "a file" if where.is_file() else "not a directory"
+    raise ConfigError(
+        f"`{key}` of `{cfg.label}` names `{where}`, which is {what}: records go into a "
+        f"directory. Point `{key}` at a directory (it is made if missing), or move the "
+        "file away.",
+        path=cfg.path,
+    )
 
 
 #: Configs loaded whose secrets ``engine.redact`` has not read yet (it takes them before

@@ -112,3 +112,41 @@ def test_missing_workflow_dir_is_warned_about(tmp_path: Path) -> None:
     ok = program("workflow", "list", "--config", str(write(tmp_path, base(), "ok.yaml")),
                  cwd=tmp_path)  # fmt: skip
     assert "warning" not in ok.stderr
+
+
+# ------------------------------------------------ 2. a `handoffs_dir` that is a file
+
+COMMANDS = {
+    "delegate": ("orchestrate", "webster", "hi", "--caller", "manager"),
+    "workflow-runs": ("workflow", "runs"),
+    "metrics-text": ("metrics", "text"),
+    "metrics-json": ("metrics", "json"),
+    "pool-status": ("orchestrate", "pool", "status"),
+    "show": ("orchestrate", "show", "orch-20261130T000000-abcdef12"),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=list(COMMANDS))
+def test_handoffs_dir_that_is_a_file_is_refused_by_every_command(
+    tmp_path: Path, command: str
+) -> None:
+    (tmp_path / "afile").write_text("not a directory\n")
+    cfg = write(tmp_path, base(handoffs_dir="afile"))
+    name, *args = COMMANDS[command]
+    res = program(name, *args, "--config", str(cfg), cwd=tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert (
+        f"`handoffs_dir` of `{cfg}` names `{tmp_path / 'afile'}`, which is a file: records go "
+        "into a directory." in res.stderr
+    )
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "afile.pool").exists()
+
+
+def test_empty_handoffs_dir_is_refused(tmp_path: Path) -> None:
+    cfg = write(tmp_path, base(handoffs_dir=""))
+    res = program("orchestrate", "webster", "hi", "--caller", "manager", "--config", str(cfg),
+                  cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 2
+    assert "`handoffs_dir` is empty: give the directory records go to" in res.stderr
+    assert not list(tmp_path.glob("orch-*.json"))
