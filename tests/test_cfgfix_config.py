@@ -5,6 +5,7 @@ file pool run at two sizes. Real CLI processes on a real config and handoffs dir
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.helpers import wait_for
 
 NO_ENV = ("ORCHESTRATOR_CONFIG", "ORCH_SERVER", "ORCH_HANDOFF_KEY", "NO_COLOR")
 
@@ -150,3 +153,87 @@ def test_empty_handoffs_dir_is_refused(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "`handoffs_dir` is empty: give the directory records go to" in res.stderr
     assert not list(tmp_path.glob("orch-*.json"))
+
+
+# ------------------------------------------------------- 3. `--json` failure shapes
+
+
+def _held_agent(started: Path, go: Path) -> dict[str, Any]:
+    """A command agent that leaves ``started`` once running (it holds the pool's token),
+    then runs until ``go`` exists (60 s at most)."""
+    script = (
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        "deadline = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('done')\n"
+    )
+    return {"kind": "command", "argv": [sys.executable, "-c", script], "timeout": 90}
+
+
+def test_recorded_refusal_prints_its_record_with_error_and_exit_code(tmp_path: Path) -> None:
+    started, go = tmp_path / "started", tmp_path / "go"
+    raw = base(pool={"max_tokens": 1, "min_tokens": 1, "adaptive": False, "queue_limit": 0})
+    raw["gateway"]["agents"]["slow"] = _held_agent(started, go)
+    raw["agents"]["slow"] = {"url": "local"}
+    cfg = write(tmp_path, raw)
+    code = "from engine.cli import orchestrate_main; orchestrate_main()"
+    env = {k: v for k, v in os.environ.items() if k not in NO_ENV}
+    slow = subprocess.Popen(
+        [sys.executable, "-c", code, "slow", "t", "--caller", "manager", "--config", str(cfg)],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(started.exists, "the slow agent to start")
+        res = program("orchestrate", "webster", "t", "--caller", "manager", "--json",
+                      "--config", str(cfg), cwd=tmp_path)  # fmt: skip
+    finally:
+        go.touch()
+        slow.wait(timeout=120)
+    assert res.returncode == 5, res.stdout + res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["envelope"]["outcome"] == "errored"
+    assert doc["exit_code"] == 5
+    assert doc["error"].startswith("token pool refused run `")
+    assert doc["error"] == doc["envelope"]["error"]
+    assert f"error: {doc['error']}" in res.stderr
+    recorded = json.loads((tmp_path / "hg" / f"{doc['runId']}.json").read_text())
+    assert "exit_code" not in recorded and "error" not in recorded  # the record stays as is
+    # the ACL's refusal (nothing recorded) has the same two keys
+    acl = program("orchestrate", "webster", "t", "--caller", "webster", "--json",
+                  "--config", str(cfg), cwd=tmp_path)  # fmt: skip
+    assert acl.returncode == 5
+    assert set(json.loads(acl.stdout)) == {"error", "exit_code"}
+
+
+def test_successful_delegation_json_is_the_record_alone(tmp_path: Path) -> None:
+    cfg = write(tmp_path, base())
+    res = program("orchestrate", "webster", "hi", "--caller", "manager", "--json",
+                  "--config", str(cfg), cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc == json.loads((tmp_path / "hg" / f"{doc['runId']}.json").read_text())
+
+
+METRICS_FAILURES = {
+    "handoffs-dir": (["--handoffs-dir", "nonex"], "`--handoffs-dir nonex` is not an existing"),
+    "since": (["--since", "yesterday"], "`--since yesterday`: expected a duration"),
+    "bad-config": (["--config", "bad.yaml"], "`bad.yaml` is not a valid config:"),
+}
+
+
+@pytest.mark.parametrize("case", METRICS_FAILURES, ids=list(METRICS_FAILURES))
+def test_metrics_json_failure_prints_the_error_object(tmp_path: Path, case: str) -> None:
+    write(tmp_path, base())
+    (tmp_path / "bad.yaml").write_text("agents: {manager: {url: local}}\nhandoffs_dir: ''\n")
+    args, start = METRICS_FAILURES[case]
+    res = program("metrics", "json", *args, cwd=tmp_path, env={"ORCHESTRATOR_CONFIG": "g.yaml"})
+    assert res.returncode == 2, res.stdout + res.stderr
+    doc = json.loads(res.stdout)
+    assert set(doc) == {"error", "exit_code"} and doc["exit_code"] == 2
+    assert doc["error"].startswith(start)
+    assert f"error: {doc['error']}" in res.stderr
+    text = program("metrics", "text", *args, cwd=tmp_path, env={"ORCHESTRATOR_CONFIG": "g.yaml"})
+    assert text.returncode == 2 and text.stdout == ""  # `metrics text` stays plain

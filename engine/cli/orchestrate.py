@@ -286,18 +286,38 @@ def _delegate_remote(
     with client(where.server, where.token_env) as remote:
         result = remote.delegate(request, key=key)
     if as_json:
-        dump(result.record)
+        _dump_ended(result, int(result.exit_code))
     else:
         _print_result(result, where.flags)
     return int(result.exit_code)
+
+
+def _dump_ended(result: Any, code: int) -> None:
+    """`--json` of a delegation that was recorded: its record. One that did not succeed
+    (``code`` not 0) also carries ``exit_code``, and ``error`` (the paragraph, also on
+    stderr) when the engine says why, so that a script reads the same two keys as from a
+    command that failed before anything was recorded (docs/delegation.md)."""
+    from engine.redact import redact
+
+    doc = dict(result.record)
+    if result.error is not None:
+        text = redact(str(result.error))
+        click.echo(f"error: {text}", err=True)
+        doc["error"] = text
+    if code:
+        doc["exit_code"] = code
+    dump(doc)
 
 
 def _render_delegation(
     result: Any, verdict: Any, route: Any, *, as_json: bool, strict: bool
 ) -> int:
     """Print a delegation's record (and its validation); the exit code it comes to."""
+    code = int(result.exit_code)
+    if verdict is not None and not verdict.approved and strict and code == 0:
+        code = 1
     if as_json:
-        dump(result.record)
+        _dump_ended(result, code)
     else:
         if route:
             click.echo(route.explain(), err=True)
@@ -307,9 +327,7 @@ def _render_delegation(
             click.echo(f"validation by {verdict.validator}: {word}: {verdict.reasons}")
         if result.error is not None:
             click.echo(f"error: {result.error}", err=True)
-    if verdict is not None and not verdict.approved and strict and result.exit_code == 0:
-        return 1
-    return int(result.exit_code)
+    return code
 
 
 def _task_of(args: tuple[str, ...], capability: str | None) -> str:
@@ -746,7 +764,7 @@ def answer_cmd(
         lambda remote: remote.answer_delegation(run_id, text), here
     )
     if as_json:
-        dump(result.record)
+        _dump_ended(result, result.exit_code)
     else:
         _print_result(result, where.flags)
         if result.error is not None:
