@@ -237,3 +237,40 @@ def test_metrics_json_failure_prints_the_error_object(tmp_path: Path, case: str)
     assert f"error: {doc['error']}" in res.stderr
     text = program("metrics", "text", *args, cwd=tmp_path, env={"ORCHESTRATOR_CONFIG": "g.yaml"})
     assert text.returncode == 2 and text.stdout == ""  # `metrics text` stays plain
+
+
+# ------------------------- 4. a first word that is neither a command nor an agent
+
+NOT_A_COMMAND = {
+    "config-show": (["config", "show"], "`config`", "."),
+    "config": (["config"], "`config`", "."),
+    "foo-bar": (["foo", "bar"], "`foo`", "."),
+    "near-command": (["pol", "status"], "`pol`", "; did you mean `pool`?"),
+    "near-agent": (["webstr", "x"], "`webstr`", "; did you mean `webster`?"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_A_COMMAND, ids=list(NOT_A_COMMAND))
+def test_a_word_neither_command_nor_agent_is_named_as_such(tmp_path: Path, case: str) -> None:
+    args, word, near = NOT_A_COMMAND[case]
+    cfg = write(tmp_path, base())
+    res = program("orchestrate", *args, "--config", str(cfg), cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.startswith(
+        f"error: {word} is neither a command of `orchestrate` nor an agent of the config{near} "
+        "See `orchestrate --help` for the commands"
+    ), res.stderr
+    assert "--caller CALLER" not in res.stderr
+    if near == ".":
+        assert res.stderr.rstrip().endswith("Agents of the config: manager, webster.")
+    assert res.stdout == ""
+
+
+def test_a_delegation_with_caller_to_an_unknown_agent_keeps_its_message(tmp_path: Path) -> None:
+    cfg = write(tmp_path, base())
+    res = program("orchestrate", "nosuch", "x", "--caller", "manager", "--config", str(cfg),
+                  cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: unknown agent `nosuch`. Known agents: manager, webster.")
+    agent = program("orchestrate", "webster", "x", "--config", str(cfg), cwd=tmp_path)
+    assert "`orchestrate delegate` needs `--caller CALLER`" in agent.stderr  # an agent

@@ -49,16 +49,24 @@ class _DelegateByDefault(EngineGroup):
 
 
 def _refuse_mistyped_command(group: click.Group, args: list[str]) -> None:
-    """``UsageError`` when ``args[0]`` is close to one of ``group``'s commands and is not
-    an agent of the config (the one ``--config`` names, else the default one). With no
-    config to read and a server given, the word is left to the server to judge."""
+    """``UsageError`` when ``args[0]`` is neither one of ``group``'s commands nor an agent
+    of the config (the one ``--config`` names, else the default one) and is not plainly a
+    delegation's agent: it is close to a command's name (`shwo`), or no ``--caller`` is
+    given (`orchestrate config show`), which would otherwise be told it lacks ``--caller``.
+    A delegation with ``--caller`` to an unknown agent is left to ``delegate`` (unknown
+    agent, with the near miss). With no config to read, only a near miss of a command is
+    refused, and not when a server is given (the server judges the word); with
+    ``--capability`` the first word is the task."""
     import difflib
     import os
 
     word = args[0]
+    if word.startswith("-") or any(a.split("=")[0] == "--capability" for a in args):
+        return
     commands = sorted(name for name in group.commands if name != "delegate")
     close = difflib.get_close_matches(word, commands, n=1, cutoff=0.75)
-    if not close or word.startswith("-"):
+    has_caller = any(a.split("=")[0] == "--caller" for a in args)
+    if not close and has_caller:
         return
     config = None
     for i, arg in enumerate(args):
@@ -66,7 +74,7 @@ def _refuse_mistyped_command(group: click.Group, args: list[str]) -> None:
             config = args[i + 1]
         elif arg.startswith("--config="):
             config = arg.split("=", 1)[1]
-    from engine.errors import OrchestratorError, UsageError
+    from engine.errors import OrchestratorError, UsageError, did_you_mean
 
     try:
         cfg = load_optional(config)
@@ -74,12 +82,15 @@ def _refuse_mistyped_command(group: click.Group, args: list[str]) -> None:
         cfg = None
     if cfg is not None and word in cfg.agents:
         return
-    if cfg is None and ("--server" in args or os.environ.get("ORCH_SERVER")):
-        return
+    if cfg is None and (not close or "--server" in args or os.environ.get("ORCH_SERVER")):
+        return  # no agents to judge by: `delegate` says what is missing
+    agents = sorted(cfg.agents) if cfg is not None else []
+    near = f"; did you mean `{close[0]}`?" if close else did_you_mean(word, agents) or "."
+    known = f" Agents of the config: {', '.join(agents)}." if agents and not close else ""
     raise UsageError(
-        f"`{word}` is neither a command of `orchestrate` nor an agent of the config; did "
-        f"you mean `{close[0]}`? See `orchestrate --help` for the commands (`orchestrate "
-        "AGENT TASK --caller C` delegates to an agent)."
+        f"`{word}` is neither a command of `orchestrate` nor an agent of the config{near} "
+        "See `orchestrate --help` for the commands (`orchestrate AGENT TASK --caller C` "
+        f"delegates to an agent).{known}"
     )
 
 
