@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +275,37 @@ def test_a_delegation_with_caller_to_an_unknown_agent_keeps_its_message(tmp_path
     assert res.stderr.startswith("error: unknown agent `nosuch`. Known agents: manager, webster.")
     agent = program("orchestrate", "webster", "x", "--config", str(cfg), cwd=tmp_path)
     assert "`orchestrate delegate` needs `--caller CALLER`" in agent.stderr  # an agent
+
+
+# ------------------------------------- 5. an unwritable `--workspace` is named as such
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path) -> Iterator[Path]:
+    """A directory nobody may create files in: read-only by mode, or, for root (whom
+    modes do not stop), immutable (`chattr +i`; skipped where the file system has none)."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    if os.geteuid() != 0:
+        ws.chmod(0o555)
+        yield ws
+        ws.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(ws)], capture_output=True).returncode != 0:
+        pytest.skip("no immutable attribute here (chattr +i), and root ignores modes")
+    try:
+        yield ws
+    finally:
+        subprocess.run(["chattr", "-i", str(ws)], check=True)
+
+
+def test_unwritable_workspace_hint_names_the_workspace_option(
+    tmp_path: Path, unwritable: Path
+) -> None:
+    cfg = write(tmp_path, base())
+    res = program("orchestrate", "agent-skill", "install", "--workspace", "ws", "--agent",
+                  "webster", "--config", str(cfg), cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.startswith(f"error: cannot use `{unwritable / 'skills'}`: ")
+    assert "fix the path or its permissions (e.g. `--workspace ws`) and run again." in res.stderr
+    assert "handoffs_dir" not in res.stderr

@@ -24,6 +24,7 @@ from engine.cli.common import (
     load,
     load_optional,
     options,
+    os_error,
     say,
     stopping_signals,
     where_options,
@@ -1122,9 +1123,12 @@ def agent_skill_install_cmd(workspace: str, agent: str | None, config: str | Non
     cfg = load_optional(config)
     if agent and cfg is not None:
         Registry.from_config(cfg).get(agent)
-    changed = install(
-        Path(workspace), agent=agent, handoffs_dir=cfg.handoffs_dir if cfg is not None else None
-    )
+    try:
+        changed = install(
+            Path(workspace), agent=agent, handoffs_dir=cfg.handoffs_dir if cfg else None
+        )
+    except OSError as exc:  # the workspace is where it writes, not the handoffs directory
+        raise os_error(exc, fix=f"`--workspace {workspace}`") from exc
     if not changed:
         click.echo(f"already installed in {workspace}")
         return 0
@@ -1143,7 +1147,10 @@ def agent_skill_uninstall_cmd(workspace: str) -> int:
 
     from engine.agentskill import uninstall
 
-    changed = uninstall(Path(workspace))
+    try:
+        changed = uninstall(Path(workspace))
+    except OSError as exc:
+        raise os_error(exc, fix=f"`--workspace {workspace}`") from exc
     for path in changed:
         click.echo(f"removed {path}")
     if not changed:
