@@ -309,3 +309,42 @@ def test_unwritable_workspace_hint_names_the_workspace_option(
     assert res.stderr.startswith(f"error: cannot use `{unwritable / 'skills'}`: ")
     assert "fix the path or its permissions (e.g. `--workspace ws`) and run again." in res.stderr
     assert "handoffs_dir" not in res.stderr
+
+
+# --------------------------- 6. systemd templates: unknown placeholders, relative paths
+
+REMOTE = {
+    "manager": {"url": "http://127.0.0.1:18800", "token_env": "T"},
+    "webster": {"url": "http://127.0.0.1:18828", "token_env": "T"},
+}
+
+
+def test_systemd_refuses_unknown_placeholders(tmp_path: Path) -> None:
+    cfg = write(tmp_path, {"handoffs_dir": "hg", "agents": REMOTE, "operations": {"systemd": {
+        "exec_start": "/bin/true --port {port} {nosuch}", "unit_name": "gw-{nme}-{x}"}}})
+    res = program("orchestrate", "agents", "systemd", "--out", "out", "--config", str(cfg),
+                  cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "`operations.systemd.exec_start` has the unknown placeholder `{nosuch}`; the " \
+        "known ones are `{name}`, `{port}`" in res.stderr
+    assert "`operations.systemd.unit_name` has the unknown placeholders `{nme}`, `{x}`" \
+        in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_systemd_paths_are_absolute_from_the_config_directory(tmp_path: Path) -> None:
+    cfg = write(tmp_path, {"handoffs_dir": "hg", "agents": REMOTE, "operations": {"systemd": {
+        "exec_start": "/bin/true --port {port} --token ${TOKEN}", "state_dir": "rel/{name}",
+        "environment_file": "{name}.env"}}})
+    res = program("orchestrate", "agents", "systemd", "--out", "out", "--config", str(cfg),
+                  cwd=tmp_path / "wfs")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = (tmp_path / "wfs" / "out" / "openclaw-webster.service").read_text().splitlines()
+    assert "ExecStart=/bin/true --port 18828 --token ${TOKEN}" in lines  # systemd's own
+    assert f"Environment=OPENCLAW_STATE_DIR={tmp_path}/rel/webster" in lines
+    assert f"EnvironmentFile={tmp_path}/webster.env" in lines
+    default = write(tmp_path, {"handoffs_dir": "hg", "agents": REMOTE}, "d.yaml")
+    program("orchestrate", "agents", "systemd", "--out", "d", "--config", str(default),
+            cwd=tmp_path)  # fmt: skip
+    text = (tmp_path / "d" / "openclaw-webster.service").read_text()
+    assert "EnvironmentFile=%h/.config/orchestrate/webster.env" in text  # specifiers kept
