@@ -348,3 +348,48 @@ def test_systemd_paths_are_absolute_from_the_config_directory(tmp_path: Path) ->
             cwd=tmp_path)  # fmt: skip
     text = (tmp_path / "d" / "openclaw-webster.service").read_text()
     assert "EnvironmentFile=%h/.config/orchestrate/webster.env" in text  # specifiers kept
+
+
+# ------------------------------------ 7. two configs sharing one file pool must agree
+
+
+def test_two_configs_sharing_a_file_pool_must_agree(tmp_path: Path) -> None:
+    started, go = tmp_path / "started", tmp_path / "go"
+    raws = {}
+    for name, size in (("a.yaml", 2), ("b.yaml", 6)):
+        raw = base(pool={"max_tokens": size, "min_tokens": 1, "adaptive": False})
+        raw["gateway"]["agents"]["slow"] = _held_agent(started, go)
+        raw["agents"]["slow"] = {"url": "local"}
+        raws[name] = write(tmp_path, raw, name)
+    code = "from engine.cli import orchestrate_main; orchestrate_main()"
+    env = {k: v for k, v in os.environ.items() if k not in NO_ENV}
+    slow = subprocess.Popen(
+        [sys.executable, "-c", code, "slow", "t", "--caller", "manager", "--config",
+         str(raws["a.yaml"])],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(started.exists, "the slow agent to start")
+        res = program("orchestrate", "webster", "t", "--caller", "manager", "--config",
+                      str(raws["b.yaml"]), cwd=tmp_path)  # fmt: skip
+        status = program("orchestrate", "pool", "status", "--config", str(raws["b.yaml"]),
+                         cwd=tmp_path)  # fmt: skip
+        as_json = program("orchestrate", "pool", "status", "--json", "--config",
+                          str(raws["b.yaml"]), cwd=tmp_path)  # fmt: skip
+    finally:
+        go.touch()
+        slow.wait(timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.startswith(
+        f"error: the token pool `{tmp_path / 'hg' / '.pool'}` is in use under other settings: "
+        "`pool.max_tokens` is 6 here but 2 there (another config with the same "
+        "`handoffs_dir`, or `pool.dir`, uses it)."
+    ), res.stderr
+    assert status.returncode == 0, status.stderr
+    assert "settings differ: `pool.max_tokens` is 6 here but 2 in the pool" in status.stdout
+    assert json.loads(as_json.stdout)["agreed_differs"] == {"max_tokens": {"here": 6, "pool": 2}}
+    # idle again: b's settings become the pool's
+    again = program("orchestrate", "webster", "t", "--caller", "manager", "--config",
+                    str(raws["b.yaml"]), cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr
