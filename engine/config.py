@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,10 +205,29 @@ def load_config(path: str | Path | None = None) -> Config:
     cfg_path = find_config(path)
     raw, duplicates, _ = read_yaml(cfg_path, error=ConfigError, what="config file")
     cfg = config_from_dict(raw, path=cfg_path, extra_problems=duplicates)
+    _check_handoffs_dir(cfg, raw)
     # Every secret it names is masked, used by this command or not: engine.redact reads
     # them before it masks anything (a check that prints no outside text loads no redact).
     UNMASKED.append(cfg)
     return cfg
+
+
+def _check_handoffs_dir(cfg: Config, raw: dict[str, Any]) -> None:
+    """ConfigError (exit 2) when the records' directory exists but is not a directory:
+    every command would otherwise fail its own way (ENOTDIR on a write, "no records" on a
+    read, a pool under the file). Checked once, where the config is loaded; a missing
+    directory is fine (it is made on first write)."""
+    where = cfg.handoffs_dir
+    if not os.path.lexists(where) or where.is_dir():
+        return
+    key = "store" if isinstance(raw.get("store"), str) else "handoffs_dir"
+    what = "a file" if where.is_file() else "not a directory"
+    raise ConfigError(
+        f"`{key}` of `{cfg.label}` names `{where}`, which is {what}: records go into a "
+        f"directory. Point `{key}` at a directory (it is made if missing), or move the "
+        "file away.",
+        path=cfg.path,
+    )
 
 
 #: Configs loaded whose secrets ``engine.redact`` has not read yet (it takes them before
@@ -475,7 +495,90 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
         problems.append("`pool.min_tokens` is larger than `pool.max_tokens`.")
     problems += _pool_load_problems(pool)
+    problems += _interpolation_problems(raw)
+    problems += _empty_path_problems(raw)
     return problems
+
+
+#: ``$NAME`` or ``${...}``: shell-style interpolation, which the config does not do.
+_INTERPOLATION = re.compile(r"\$\{[^}]*\}?|\$[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _path_and_url_values(raw: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """``(key, value, kind)`` of every path (``kind`` "path") and URL ("URL") the config
+    gives as a string; a value of another shape is the schema's problem."""
+    gw = _mapping(raw, "gateway")
+    systemd = _mapping(_mapping(raw, "operations"), "systemd")
+    top: list[tuple[str, Any, str]] = [
+        ("handoffs_dir", raw.get("handoffs_dir"), "path"),
+        ("message_template", raw.get("message_template"), "path"),
+        ("receiver_url", raw.get("receiver_url"), "URL"),
+        ("channels.base_url", _mapping(raw, "channels").get("base_url"), "URL"),
+        ("gateway.token_file", gw.get("token_file"), "path"),
+        ("gateway.workspaces_dir", gw.get("workspaces_dir"), "path"),
+        ("serve.tokens_file", _mapping(raw, "serve").get("tokens_file"), "path"),
+        ("operations.systemd.state_dir", systemd.get("state_dir"), "path"),
+        ("operations.systemd.environment_file", systemd.get("environment_file"), "path"),
+    ]
+    store = raw.get("store")
+    if isinstance(store, str) and store.startswith("file:"):
+        top.append(("store", store, "path"))
+    dirs = raw.get("workflow_dirs")
+    for i, d in enumerate(dirs if isinstance(dirs, list) else []):
+        top.append((f"workflow_dirs[{i}]", d, "path"))
+    for name, spec in _mapping(raw, "agents").items():
+        if isinstance(spec, dict):
+            top.append((f"agents.{name}.url", spec.get("url"), "URL"))
+            top.append((f"agents.{name}.token_file", spec.get("token_file"), "path"))
+    for name, spec in _mapping(gw, "agents").items():
+        if isinstance(spec, dict):
+            top.append((f"gateway.agents.{name}.cwd", spec.get("cwd"), "path"))
+            top.append((f"gateway.agents.{name}.base_url", spec.get("base_url"), "URL"))
+    logs = _mapping(raw, "operations").get("logs")
+    if isinstance(logs, dict):
+        top += [(f"operations.logs.{k}", v, "path") for k, v in logs.items()]
+    else:
+        top.append(("operations.logs", logs, "path"))
+    for key, value, kind in top:
+        if isinstance(value, str):
+            yield key, value, kind
+
+
+def _interpolation_problems(raw: dict[str, Any]) -> list[str]:
+    """A ``$NAME`` or ``${NAME}`` in a path or URL: the config is not interpolated, so it
+    would be used literally (a directory named ``${HOME}``, a host ``${GW_HOST}``); a
+    literal ``$`` in such a value is vanishingly rare, so it is refused. ``~`` is expanded
+    (README, Configuration); secrets come from the ``*_env`` and ``*_file`` keys."""
+    problems: list[str] = []
+    for key, value, kind in _path_and_url_values(raw):
+        found = _INTERPOLATION.search(value)
+        if found is None:
+            continue
+        how = (
+            "write the path out (a leading `~` is expanded; a relative path is relative "
+            "to the config file)"
+            if kind == "path"
+            else "write the URL out"
+        )
+        problems.append(
+            f"`{key}` is `{value}`: the config does not expand environment variables, so "
+            f"`{found.group()}` would be used literally. {how[0].upper()}{how[1:]}; a "
+            "secret comes from the environment through the `_env` keys (`token_env: NAME`, "
+            "`api_key_env`, `password_env`)."
+        )
+    return problems
+
+
+def _empty_path_problems(raw: dict[str, Any]) -> list[str]:
+    """``handoffs_dir: ''`` (or blanks) would put records into the config's own directory."""
+    value = raw.get("handoffs_dir")
+    if isinstance(value, str) and not value.strip():
+        return [
+            "`handoffs_dir` is empty: give the directory records go to, e.g. "
+            "`handoffs_dir: handoffs` (relative to the config file); leave the key out "
+            "for that default."
+        ]
+    return []
 
 
 def _pool_load_problems(pool: dict[str, Any]) -> list[str]:

@@ -194,14 +194,60 @@ def _log_lines(log: Path | None) -> list[str]:
     return [f"StandardOutput=append:{log}", f"StandardError=append:{log}"]
 
 
+#: The placeholders a template may hold: ``{name}`` (the gateway's agent, or ``port<N>``)
+#: and ``{port}``. ``${VAR}`` is systemd's own expansion (in ``ExecStart``), left alone.
+PLACEHOLDERS = ("name", "port")
+_PLACEHOLDER = re.compile(r"(?<!\$)\{([^{}]*)\}")
+
+
 def _settings(cfg: Config) -> dict[str, str]:
+    """The templates, checked: ``ConfigError`` (exit 2) naming every key with a placeholder
+    other than ``{name}`` and ``{port}``; ``state_dir`` and ``environment_file`` made
+    absolute (``_absolute``: systemd refuses a relative ``EnvironmentFile``)."""
     raw: dict[str, Any] = dict((cfg.operations or {}).get("systemd") or {})
-    return {
-        "exec": str(raw.get("exec_start", DEFAULT_EXEC)),
+    given = {
+        "exec_start": str(raw.get("exec_start", DEFAULT_EXEC)),
         "state_dir": str(raw.get("state_dir", DEFAULT_STATE_DIR)),
         "environment_file": str(raw.get("environment_file", DEFAULT_ENV_FILE)),
-        "unit": str(raw.get("unit_name", DEFAULT_UNIT)),
+        "unit_name": str(raw.get("unit_name", DEFAULT_UNIT)),
     }
+    problems: list[str] = []
+    known = ", ".join(f"`{{{p}}}`" for p in PLACEHOLDERS)
+    for key, template in given.items():
+        unknown = sorted({m for m in _PLACEHOLDER.findall(template) if m not in PLACEHOLDERS})
+        if unknown:
+            named = ", ".join(f"`{{{u}}}`" for u in unknown)
+            problems.append(
+                f"`operations.systemd.{key}` has the unknown placeholder{'s' * (len(unknown) > 1)} "
+                f"{named}; the known ones are {known} (the gateway's agent, or `port<N>` for "
+                "a shared gateway, and its port)."
+            )
+    if problems:
+        raise ConfigError(
+            f"`{cfg.label}`: `operations.systemd` cannot be written as units:",
+            path=cfg.path,
+            problems=problems,
+        )
+    return {
+        "exec": given["exec_start"],
+        "state_dir": _absolute(given["state_dir"], cfg),
+        "environment_file": _absolute(given["environment_file"], cfg),
+        "unit": given["unit_name"],
+    }
+
+
+def _absolute(value: str, cfg: Config) -> str:
+    """A filled path template as systemd needs it (absolute): a leading ``~`` expanded, a
+    relative path made relative to the config file's directory, as every path of the
+    config is. A systemd specifier (``%h/...``) and the optional-file prefix ``-`` of
+    ``EnvironmentFile=`` are kept."""
+    prefix, rest = ("-", value[1:]) if value.startswith("-") else ("", value)
+    if rest.startswith("%"):
+        return value
+    path = Path(os.path.expanduser(rest))
+    if not path.is_absolute():
+        path = (cfg.path.parent if cfg.path else Path.cwd()) / path
+    return f"{prefix}{path}"
 
 
 def _check_unit_name(unit: str) -> None:

@@ -268,6 +268,24 @@ def search_path(cfg: Config | None) -> tuple[Path, ...]:
     return (*(d for d in dirs if not _same_dir(d, shipped)), shipped)
 
 
+def missing_dir_warnings(cfg: Config | None) -> list[str]:
+    """One line per ``workflow_dirs`` entry of ``cfg`` that is not a directory (missing,
+    or a file): its templates cannot be found by name, which is otherwise silent."""
+    if cfg is None:
+        return []
+    out: list[str] = []
+    for i, d in enumerate(cfg.workflow_dirs):
+        if d.is_dir():
+            continue
+        what = "is not a directory" if os.path.lexists(d) else "does not exist"
+        out.append(
+            f"`workflow_dirs` entry `{d}` (`workflow_dirs[{i}]` of `{cfg.label}`) {what}; "
+            "its templates cannot be found by name. Fix the path (relative to the config "
+            "file) or remove the entry."
+        )
+    return out
+
+
 def _same_dir(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -314,9 +332,10 @@ def find_workflow(name_or_path: str, cfg: Config | None) -> Path:
     known = sorted({p.stem for d in dirs for p in _files_in(d)})
     looked = ", ".join(f"`{d}`" for d in dirs)
     listed = ", ".join(f"`{k}`" for k in known) or "none"
+    missing = "".join(f" Note: {w}" for w in missing_dir_warnings(cfg))
     raise WorkflowError(
         f"no workflow `{text}`{did_you_mean(text, known) or '.'} Looked in {looked}. "
-        f"Known workflows: {listed}."
+        f"Known workflows: {listed}.{missing}"
     )
 
 

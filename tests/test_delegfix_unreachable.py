@@ -30,7 +30,7 @@ def test_a_dead_gateway_is_unreachable_with_its_attempts(
         catch_exceptions=False,
     )
     assert res.exit_code == 4, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     env = out["envelope"]
     assert env["outcome"] == "errored"
     assert env["attempts"] == 4  # the first try and the three retries of retry.delays

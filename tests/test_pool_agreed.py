@@ -2,7 +2,7 @@
 
 Two hosts (``host`` names, one PostgreSQL pool) whose configs differ: the second is refused
 with one paragraph (exit code 2) while the first holds a token, and the pool takes the
-second's settings once it is idle. A host-local pool keeps no agreed settings at all.
+second's settings once it is idle. Two configs sharing one file pool agree the same way.
 """
 
 from __future__ import annotations
@@ -65,12 +65,28 @@ def test_hosts_with_the_same_settings_share_the_pool(pg_url: str, tmp_path: Path
     b.close()
 
 
-def test_a_host_local_pool_keeps_no_agreed_settings(tmp_path: Path) -> None:
-    pool = TokenPool(PoolSettings(dir=tmp_path / "pool", adaptive=False, max_tokens=2))
-    pool.acquire(run_id="r1", agent="x", timeout=0).release()
-    pool.close()
+def test_configs_sharing_a_file_pool_must_agree_too(tmp_path: Path) -> None:
+    """Two configs with one ``handoffs_dir`` share one file pool: as hosts of a shared
+    store, the second is refused while the first holds a token under other settings."""
+    a = TokenPool(PoolSettings(dir=tmp_path / "pool", adaptive=False, max_tokens=2))
+    b = TokenPool(PoolSettings(dir=tmp_path / "pool", adaptive=False, max_tokens=6))
+    held = a.acquire(run_id="a1", agent="x", timeout=0)
     doc = json.loads((tmp_path / "pool" / "state.json").read_text(encoding="utf-8"))
-    assert "agreed" not in doc
+    assert doc["agreed"]["max_tokens"] == 2
+    with pytest.raises(ConfigError) as refused:
+        b.acquire(run_id="b1", agent="x", timeout=0)
+    text = refused.value.message
+    assert text.startswith(
+        f"the token pool `{tmp_path / 'pool'}` is in use under other settings: "
+        "`pool.max_tokens` is 6 here but 2 there (another config with the same "
+        "`handoffs_dir`, or `pool.dir`, uses it)."
+    )
+    assert "\n" not in text
+    assert [t["run_id"] for t in a.status()["in_use"]] == ["a1"]
+    held.release()
+    b.acquire(run_id="b2", agent="x", timeout=0).release()  # idle: b's settings now
+    a.close()
+    b.close()
 
 
 def test_the_documented_refusal_is_the_one_given(pg_url: str, tmp_path: Path) -> None:

@@ -213,8 +213,10 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "?", "!")) else f"{text}."
 
 
-def os_error(exc: OSError) -> OrchestratorError:
-    """An OSError that reached the CLI (a directory the engine writes to, a full disk)."""
+def os_error(exc: OSError, *, fix: str = "`handoffs_dir` in the config") -> OrchestratorError:
+    """An OSError that reached the CLI (a directory the engine writes to, a full disk);
+    ``fix`` names what the user changes to pick another place (a command writing where an
+    option says, such as `agent-skill install --workspace`, passes that option)."""
     from engine.textio import describe_oserror
 
     where = f" `{exc.filename}`" if exc.filename else ""
@@ -222,7 +224,7 @@ def os_error(exc: OSError) -> OrchestratorError:
         where = f" the handoffs directory `{LOADED[-1]}`"
     return OrchestratorError(
         f"cannot use{where}: {describe_oserror(exc)}. Nothing was lost; fix the path or its "
-        "permissions (e.g. `handoffs_dir` in the config) and run again."
+        f"permissions (e.g. {fix}) and run again."
     )
 
 

@@ -135,8 +135,19 @@ def _config_if_any(config: str | None) -> Any:
         return None
 
 
+class _MetricsGroup(EngineGroup):
+    """`metrics json` answers in JSON without a `--json` option: when it fails (a bad
+    `--since`, `--handoffs-dir` or config) stdout gets ``{"error": …, "exit_code": N}``, as
+    every `--json` command's failure does (``engine.cli.common.fail``)."""
+
+    def takes_json(self, args: list[str]) -> bool:
+        return super().takes_json(args) or self.command_path_of(args, "").split()[:1] == [
+            "json"
+        ]
+
+
 @click.group(
-    cls=EngineGroup,
+    cls=_MetricsGroup,
     epilog="""\b
 Examples:
   metrics text

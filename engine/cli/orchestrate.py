@@ -24,6 +24,7 @@ from engine.cli.common import (
     load,
     load_optional,
     options,
+    os_error,
     say,
     stopping_signals,
     where_options,
@@ -49,16 +50,24 @@ class _DelegateByDefault(EngineGroup):
 
 
 def _refuse_mistyped_command(group: click.Group, args: list[str]) -> None:
-    """``UsageError`` when ``args[0]`` is close to one of ``group``'s commands and is not
-    an agent of the config (the one ``--config`` names, else the default one). With no
-    config to read and a server given, the word is left to the server to judge."""
+    """``UsageError`` when ``args[0]`` is neither one of ``group``'s commands nor an agent
+    of the config (the one ``--config`` names, else the default one) and is not plainly a
+    delegation's agent: it is close to a command's name (`shwo`), or no ``--caller`` is
+    given (`orchestrate config show`), which would otherwise be told it lacks ``--caller``.
+    A delegation with ``--caller`` to an unknown agent is left to ``delegate`` (unknown
+    agent, with the near miss). With no config to read, only a near miss of a command is
+    refused, and not when a server is given (the server judges the word); with
+    ``--capability`` the first word is the task."""
     import difflib
     import os
 
     word = args[0]
+    if word.startswith("-") or any(a.split("=")[0] == "--capability" for a in args):
+        return
     commands = sorted(name for name in group.commands if name != "delegate")
     close = difflib.get_close_matches(word, commands, n=1, cutoff=0.75)
-    if not close or word.startswith("-"):
+    has_caller = any(a.split("=")[0] == "--caller" for a in args)
+    if not close and has_caller:
         return
     config = None
     for i, arg in enumerate(args):
@@ -66,7 +75,7 @@ def _refuse_mistyped_command(group: click.Group, args: list[str]) -> None:
             config = args[i + 1]
         elif arg.startswith("--config="):
             config = arg.split("=", 1)[1]
-    from engine.errors import OrchestratorError, UsageError
+    from engine.errors import OrchestratorError, UsageError, did_you_mean
 
     try:
         cfg = load_optional(config)
@@ -74,12 +83,15 @@ def _refuse_mistyped_command(group: click.Group, args: list[str]) -> None:
         cfg = None
     if cfg is not None and word in cfg.agents:
         return
-    if cfg is None and ("--server" in args or os.environ.get("ORCH_SERVER")):
-        return
+    if cfg is None and (not close or "--server" in args or os.environ.get("ORCH_SERVER")):
+        return  # no agents to judge by: `delegate` says what is missing
+    agents = sorted(cfg.agents) if cfg is not None else []
+    near = f"; did you mean `{close[0]}`?" if close else did_you_mean(word, agents) or "."
+    known = f" Agents of the config: {', '.join(agents)}." if agents and not close else ""
     raise UsageError(
-        f"`{word}` is neither a command of `orchestrate` nor an agent of the config; did "
-        f"you mean `{close[0]}`? See `orchestrate --help` for the commands (`orchestrate "
-        "AGENT TASK --caller C` delegates to an agent)."
+        f"`{word}` is neither a command of `orchestrate` nor an agent of the config{near} "
+        "See `orchestrate --help` for the commands (`orchestrate AGENT TASK --caller C` "
+        f"delegates to an agent).{known}"
     )
 
 
@@ -286,18 +298,38 @@ def _delegate_remote(
     with client(where.server, where.token_env) as remote:
         result = remote.delegate(request, key=key)
     if as_json:
-        dump(result.record)
+        _dump_ended(result, int(result.exit_code))
     else:
         _print_result(result, where.flags)
     return int(result.exit_code)
+
+
+def _dump_ended(result: Any, code: int) -> None:
+    """`--json` of a delegation that was recorded: its record. One that did not succeed
+    (``code`` not 0) also carries ``exit_code``, and ``error`` (the paragraph, also on
+    stderr) when the engine says why, so that a script reads the same two keys as from a
+    command that failed before anything was recorded (docs/delegation.md)."""
+    from engine.redact import redact
+
+    doc = dict(result.record)
+    if result.error is not None:
+        text = redact(str(result.error))
+        click.echo(f"error: {text}", err=True)
+        doc["error"] = text
+    if code:
+        doc["exit_code"] = code
+    dump(doc)
 
 
 def _render_delegation(
     result: Any, verdict: Any, route: Any, *, as_json: bool, strict: bool
 ) -> int:
     """Print a delegation's record (and its validation); the exit code it comes to."""
+    code = int(result.exit_code)
+    if verdict is not None and not verdict.approved and strict and code == 0:
+        code = 1
     if as_json:
-        dump(result.record)
+        _dump_ended(result, code)
     else:
         if route:
             click.echo(route.explain(), err=True)
@@ -307,9 +339,7 @@ def _render_delegation(
             click.echo(f"validation by {verdict.validator}: {word}: {verdict.reasons}")
         if result.error is not None:
             click.echo(f"error: {result.error}", err=True)
-    if verdict is not None and not verdict.approved and strict and result.exit_code == 0:
-        return 1
-    return int(result.exit_code)
+    return code
 
 
 def _task_of(args: tuple[str, ...], capability: str | None) -> str:
@@ -746,7 +776,7 @@ def answer_cmd(
         lambda remote: remote.answer_delegation(run_id, text), here
     )
     if as_json:
-        dump(result.record)
+        _dump_ended(result, result.exit_code)
     else:
         _print_result(result, where.flags)
         if result.error is not None:
@@ -1093,9 +1123,12 @@ def agent_skill_install_cmd(workspace: str, agent: str | None, config: str | Non
     cfg = load_optional(config)
     if agent and cfg is not None:
         Registry.from_config(cfg).get(agent)
-    changed = install(
-        Path(workspace), agent=agent, handoffs_dir=cfg.handoffs_dir if cfg is not None else None
-    )
+    try:
+        changed = install(
+            Path(workspace), agent=agent, handoffs_dir=cfg.handoffs_dir if cfg else None
+        )
+    except OSError as exc:  # the workspace is where it writes, not the handoffs directory
+        raise os_error(exc, fix=f"`--workspace {workspace}`") from exc
     if not changed:
         click.echo(f"already installed in {workspace}")
         return 0
@@ -1114,7 +1147,10 @@ def agent_skill_uninstall_cmd(workspace: str) -> int:
 
     from engine.agentskill import uninstall
 
-    changed = uninstall(Path(workspace))
+    try:
+        changed = uninstall(Path(workspace))
+    except OSError as exc:
+        raise os_error(exc, fix=f"`--workspace {workspace}`") from exc
     for path in changed:
         click.echo(f"removed {path}")
     if not changed:

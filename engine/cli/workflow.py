@@ -987,9 +987,12 @@ def workflow_runs_cmd(limit: int, as_json: bool, where: Where) -> int:
 @config_option
 def workflow_list_cmd(as_json: bool, config: str | None) -> int:
     """List the workflow templates that can be run by name."""
-    from engine.workflow import list_workflows
+    from engine.workflow import list_workflows, missing_dir_warnings
 
-    rows = list_workflows(load_optional(config))
+    cfg = load_optional(config)
+    for warning in missing_dir_warnings(cfg):
+        say(f"warning: {warning}", err=True)
+    rows = list_workflows(cfg)
     if as_json:
         dump([{"name": n, "path": str(p), "description": d} for n, p, d in rows])
         return 0

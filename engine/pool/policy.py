@@ -435,16 +435,16 @@ class PoolPolicy:
         return why
 
     def agree(self, state: PoolState, now: float) -> None:
-        """On a shared store, hold this host's ``pool:`` settings (``AGREED_KEYS``) to the
-        ones the pool's hosts agreed on: the first host's, or the last host's to ask while
-        the pool was idle (no token held, nobody waiting: nothing depends on the old ones).
+        """Hold this pool object's ``pool:`` settings (``AGREED_KEYS``) to the ones the
+        pool's users agreed on: the first one's, or the last one's to ask while the pool
+        was idle (no token held, nobody waiting: nothing depends on the old ones). The
+        users are the hosts of a shared store, or the configs that share one file pool
+        (two configs with one ``handoffs_dir``) on a host-local store.
 
         Raises ``ConfigError`` (exit code 2) naming each setting that differs, while the
-        pool is in use under other settings: the cap of all hosts together would
-        otherwise depend on which host asks.
+        pool is in use under other settings: its cap would otherwise depend on who asks
+        (docs/pool.md).
         """
-        if not self.shared:
-            return
         current = state.agreed
         if current is not None and not current.differences(self.settings):
             return
@@ -457,18 +457,26 @@ class PoolPolicy:
             f"`pool.{k}` is {_num_text(given)} here but {_num_text(agreed)} there"
             for k, agreed, given in current.differences(self.settings)
         )
+        if self.shared:
+            raise ConfigError(
+                f"the shared token pool is in use under other settings: {diffs} (the "
+                f"settings of host `{current.by}`). Give every host the same `pool:` settings "
+                f"({', '.join(AGREED_KEYS)}); a pool takes new ones once no token is held and "
+                "nobody waits."
+            )
         raise ConfigError(
-            f"the shared token pool is in use under other settings: {diffs} (the settings "
-            f"of host `{current.by}`). Give every host the same `pool:` settings "
-            f"({', '.join(AGREED_KEYS)}); a pool takes new ones once no token is held and "
-            "nobody waits."
+            f"the token pool `{self.settings.dir}` is in use under other settings: {diffs} "
+            "(another config with the same `handoffs_dir`, or `pool.dir`, uses it). Give "
+            f"every config that shares it the same `pool:` settings ({', '.join(AGREED_KEYS)}), "
+            "or give each its own `handoffs_dir`; a pool takes new ones once no token is held "
+            "and nobody waits."
         )
 
     def enqueue(self, state: PoolState, now: float, ticket: Ticket, pid_alive: PidAlive) -> Poll:
         """A new request: granted at once if a token is free and nobody is ahead, else
         queued at the end, or refused when ``queue_limit`` requests already wait.
 
-        On a shared store the host's settings must be the agreed ones (``agree``)."""
+        The settings must be the agreed ones (``agree``)."""
         self.agree(state, now)
         alive = _Liveness(self, now, pid_alive)
         if ticket.hold_until is not None:  # the deadline moves with the clock reading

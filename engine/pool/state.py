@@ -10,9 +10,10 @@ On a store shared by hosts each host adapts its own share of the pool: ``shares`
 host identity to its ``Share`` (size, mode, cooldown, streaks, last sample). It is written
 only when not empty, so a host-local state file is the same document as before.
 
-On a shared store, ``agreed`` holds the ``pool:`` settings every host must give alike
-(``AGREED_KEYS``: the cap, the queue, the liveness and hold limits of all hosts' tokens)
-and the host that set them; absent on a host-local store.
+``agreed`` holds the ``pool:`` settings every user of the pool must give alike
+(``AGREED_KEYS``: the cap, the queue, the liveness and hold limits of all tokens) and the
+host that set them: the hosts of a shared store, or the configs sharing one file pool;
+absent until a token is first asked for.
 """
 
 from __future__ import annotations
@@ -480,7 +481,7 @@ def _body(state: PoolState) -> dict[str, Any]:
     }
     if state.shares:  # after the queue (``granted_hint``); absent on a host-local store
         doc["shares"] = {host: share_json(sh) for host, sh in state.shares.items()}
-    if state.agreed is not None:  # a shared store only
+    if state.agreed is not None:
         doc["agreed"] = {**state.agreed.values, "by": state.agreed.by, "at": state.agreed.at}
     return doc
 

@@ -29,7 +29,9 @@ def status_view(
     ``streak`` and ``last_sample_at`` are then its share's, ``max_tokens`` caps all hosts
     together, holders name their ``host`` and ``hosts`` lists each host's share (``host``,
     ``size``, ``mode``, ``cooldown_remaining_s``, ``in_use``, ``waiting``, ``streak``,
-    ``last_sample_at``), this host first.
+    ``last_sample_at``), this host first. ``agreed_differs`` (only when there are
+    some) maps each ``AGREED_KEYS`` setting this config gives otherwise than the pool's
+    agreed one to ``{"here": N, "pool": N}``.
     """
     adapted: PoolState | Share = state
     if shares is not None and host is not None:
@@ -54,6 +56,14 @@ def status_view(
         "repairs": state.repairs,
         "settings": settings,
     }
+    if state.agreed is not None:
+        differs = {
+            k: {"here": settings[k], "pool": v}
+            for k, v in state.agreed.values.items()
+            if k in settings and float(settings[k]) != v
+        }
+        if differs:  # another config (or host) set them: asking here is refused while in use
+            view["agreed_differs"] = differs
     if shares is not None:
         view["host"] = host
         order = sorted(shares, key=lambda h: (h != host, h))
@@ -119,6 +129,18 @@ def format_status(status: dict[str, Any]) -> str:
     if hosts:
         lines += _host_lines(status, hosts)
     lines += _holder_lines(status, bool(hosts))
+    differs = status.get("agreed_differs") or {}
+    if differs:
+        said = ", ".join(
+            f"`pool.{k}` is {d['here']:g} here but {d['pool']:g} in the pool"
+            for k, d in differs.items()
+        )
+        lines += [
+            "",
+            f"settings differ: {said} (set by another config or host using this pool); "
+            "a token asked for here is refused (exit 2) while the pool is in use. Give "
+            "every config that shares the pool the same `pool:` settings.",
+        ]
     if status.get("repairs"):
         lines += ["", f"state file repaired {status['repairs']} time(s) (garbage was dropped)"]
     return "\n".join(lines)
