@@ -268,13 +268,17 @@ class CommandRunner:
         #: Per agent, the runs earlier gateways recorded (``RUN_FILE``), by key hash;
         #: read once, at the first keyed task of that agent.
         self._earlier: dict[str, dict[str, dict[str, Any]]] = {}
+        #: The one hard-limit guard of this runner's agents (started at the first one).
+        self._guard = _GuardPipe()
 
     # -- lifecycle -------------------------------------------------------------------
 
     def kill_all(self, grace: float = KILL_GRACE) -> None:
         """Refuse new tasks, SIGTERM every running group, SIGKILL what outlives ``grace``;
-        then let the workspace pruning asked for so far finish (at most 5 s)."""
+        then let the workspace pruning asked for so far finish (at most 5 s). The guard's
+        pipe is closed: it guards the detached agents to their limits, then exits."""
         self._kill_all(grace)
+        self._guard.close()
         if self.retention is not None:
             from engine.gateway.retention import wait_pruned
 
@@ -411,7 +415,7 @@ class CommandRunner:
             _write_run_file(workspace, idem_key, task, popen.pid)
         running = _Running(popen)
         deadline_epoch = time.time() + timeout if timeout is not None else None
-        guard = _start_guard(popen.pid, deadline_epoch)
+        guard_start = self._guard.add(popen.pid, deadline_epoch)
         with self._lock:
             self._running[task.gateway_run_id] = running
             self._detach_info[task.gateway_run_id] = _watchdog_info(
@@ -426,7 +430,7 @@ class CommandRunner:
             with self._lock:
                 self._running.pop(task.gateway_run_id, None)
                 self._detach_info.pop(task.gateway_run_id, None)
-            _end_guard(guard, running.detached)
+            self._guard.drop(popen.pid, guard_start, running.detached)
         if running.detached:  # its watchdog writes the late logs and the fallback
             _keep_early_output(workspace, outcome, task.handoff_key)
             return outcome
@@ -984,39 +988,106 @@ GUARD_MARGIN = 3.0
 _GUARD = str(Path(__file__).with_name("guard.py"))
 
 
-def _start_guard(pid: int, deadline_epoch: float | None) -> subprocess.Popen[bytes] | None:
-    """Start the hard-limit guard of agent ``pid`` (``engine.gateway.guard``), in a session
-    of its own, so that the agent ends even if this process dies at once (``kill -9``);
-    None without a hard limit or when it cannot start (logged)."""
-    start = process_start(pid)
-    if deadline_epoch is None or start is None:
-        return None
-    at = deadline_epoch + KILL_GRACE + GUARD_MARGIN
-    argv = [sys.executable, "-I", "-S", _GUARD, str(pid), start, repr(at), str(KILL_GRACE)]
-    try:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        log.warning("local gateway: cannot start the guard of pid %s: %s", pid, exc)
-        return None
+class _GuardPipe:
+    """This runner's hard-limit guard (``engine.gateway.guard``): one process, in a session
+    of its own, started at the first agent with a hard limit, told each agent on its stdin,
+    so that the agents end even if this process dies at once (``kill -9``).
 
+    A write never blocks nor raises: the pipe is non-blocking; a guard that died is started
+    again at the next event and told every agent not dropped yet (logged once)."""
 
-def _end_guard(guard: subprocess.Popen[bytes] | None, detached: bool) -> None:
-    """End and reap the guard of an agent that has ended (this process saw it end: the
-    guard has nothing left to do), or keep a detached agent's (it stays as the watchdog's
-    backstop, and exits with the agent)."""
-    if guard is None:
-        return
-    if detached:
-        _keep(guard)
-        return
-    guard.kill()
-    guard.wait()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fd: int | None = None
+        self._lines: dict[int, bytes] = {}  # pid -> its `add` line, until dropped
+        self._closed = False
+        self._warned = False
+
+    def add(self, pid: int, deadline_epoch: float | None) -> str | None:
+        """Guard agent ``pid`` until ``deadline_epoch`` plus the grace and the margin;
+        its start time (what ``drop`` needs), None without a hard limit or when it is gone."""
+        start = process_start(pid) if deadline_epoch is not None else None
+        if deadline_epoch is None or start is None:
+            return None
+        at = deadline_epoch + KILL_GRACE + GUARD_MARGIN
+        line = f"add {pid} {start} {at!r} {KILL_GRACE!r}\n".encode("ascii")
+        with self._lock:
+            if self._closed:
+                return None
+            self._lines[pid] = line
+            if self._fd is None or not self._write(line):
+                self._restart()
+        return start
+
+    def drop(self, pid: int, start: str | None, detached: bool) -> None:
+        """Forget agent ``pid``, which this process saw end; a detached one stays guarded
+        (the watchdog's backstop: the guard forgets it when it exits)."""
+        if start is None or detached:
+            return
+        with self._lock:
+            self._lines.pop(pid, None)
+            if self._fd is not None and not self._closed:
+                self._write(f"drop {pid} {start}\n".encode("ascii"))
+
+    def close(self) -> None:
+        """Close the pipe: the guard ends the agents it still has past their limits, then
+        exits; it is kept referenced (``_keep``) and reaped later."""
+        with self._lock:
+            self._closed = True
+            fd, proc, self._fd, self._proc = self._fd, self._proc, None, None
+        if fd is not None:
+            os.close(fd)
+        if proc is not None:
+            _keep(proc)
+
+    def __del__(self) -> None:  # a runner dropped without kill_all: let the guard finish
+        self.close()
+
+    def _write(self, line: bytes) -> bool:
+        """Write one line (shorter than PIPE_BUF: all or nothing); False when the guard is
+        gone. A full pipe (the guard stalled) loses the line, logged once."""
+        assert self._fd is not None
+        try:
+            os.write(self._fd, line)
+        except BlockingIOError:
+            self._warn("its pipe is full; an event was lost")
+        except OSError:  # EPIPE: the guard died
+            return False
+        return True
+
+    def _restart(self) -> None:
+        """Start a guard (again) and tell it every agent not dropped; a failure is logged once."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._warn("it was gone and was started again")
+        if self._proc is not None:
+            _keep(self._proc)
+            self._proc = None
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", _GUARD],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._warn(f"it cannot start: {exc}")
+            return
+        assert self._proc.stdin is not None
+        self._fd = os.dup(self._proc.stdin.fileno())  # non-inheritable, like the original
+        self._proc.stdin.close()
+        os.set_blocking(self._fd, False)
+        for line in list(self._lines.values()):
+            if not self._write(line):
+                break
+
+    def _warn(self, what: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("local gateway: the guard of the command agents' hard limits: %s", what)
 
 
 def drain_ready(
