@@ -1181,3 +1181,16 @@ class _Children:
                     f"output `{keys[0]}`{did_you_mean(str(keys[0]), list(child.outputs)) or '.'}"
                     f" Its outputs: {', '.join(f'`{n}`' for n in child.outputs) or 'none'}."
                 )
+
+
+def graph_problems(spec: WorkflowSpec) -> list[str]:
+    """The problems of a template's step graph alone, worded as ``plan_workflow`` words
+    them: repeated step ids, self, repeated or unknown dependencies, cycles. No config is
+    needed (agents and the ACL are not checked): `workflow graph` refuses to draw a graph
+    these make wrong (a second step of one id, an edge to no step)."""
+    problems: list[str] = []
+    first, position = _unique_steps(spec, problems)
+    edges = _step_edges(first, problems)
+    if _Links(first, edges).generations(list(first)) is None:
+        problems.extend(_cycle_problems(first, edges, position))
+    return problems

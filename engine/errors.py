@@ -158,8 +158,11 @@ class UnusableHandoffError(OrchestratorError):
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
-    """Return ``"; did you mean `x`?"`` for the closest choice, or ``""``."""
+    """Return ``"; did you mean `x`?"`` for the closest choice, or ``""``. A choice that
+    differs only in case (``N`` for ``n``, which difflib finds nothing alike) counts."""
     import difflib
 
     close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
+    if not close:
+        close = [c for c in sorted(choices) if c.casefold() == name.casefold()][:1]
     return f"; did you mean `{close[0]}`?" if close else ""

@@ -84,20 +84,109 @@ SPECIAL = ("gates", "inputs", "expect")
 
 
 def _read(path: Path, what: str = "fixture file") -> Any:
-    """A JSON or YAML file's data (UsageError naming the file when it cannot be read)."""
+    """A JSON or YAML file's data (UsageError naming the file when it cannot be read).
+
+    JSON is read as strictly as the YAML reader reads YAML (engine/yamlio.py): a key
+    written twice in one object, ``NaN``/``Infinity``, a number too large to be finite
+    and an integer of more than ``MAX_INT_DIGITS`` digits are refused, naming the key."""
     from engine.textio import read_text
     from engine.yamlio import parse_yaml
 
     text = read_text(path, error=UsageError, what=what)
     if path.suffix == ".json":
         try:
-            return json.loads(text)
-        except ValueError as exc:
+            return _strict_json(text)
+        except _Refused as exc:
+            raise UsageError(f"`{path}`: {exc}.", path=path) from None
+        except (ValueError, RecursionError) as exc:
             raise UsageError(f"`{path}` is not valid JSON: {exc}.", path=path) from None
     data, problems = parse_yaml(text, source=path, error=UsageError)
     if problems:
         raise UsageError(f"`{path}` cannot be used:", path=path, problems=problems)
     return data
+
+
+class _Refused(ValueError):
+    """Valid JSON that a fixture may not hold (``_strict_json``); its text names the key."""
+
+
+@dataclass(frozen=True)
+class _BadNumber:
+    """A number ``_strict_json`` refuses, kept until the object holding it names its key."""
+
+    text: str
+    why: str
+
+
+def _strict_json(text: str) -> Any:
+    """``json.loads`` refusing (``_Refused``) what engine/yamlio.py refuses in YAML: a key
+    written twice, ``NaN``/``Infinity``, a number too large to be finite, an integer of
+    more than ``MAX_INT_DIGITS`` digits; ValueError for text that is not JSON."""
+    import math
+
+    from engine.handoff import DuplicateKeyError, unique_keys
+    from engine.yamlio import MAX_INT_DIGITS
+
+    def constant(word: str) -> _BadNumber:
+        return _BadNumber(word, "which JSON does not allow (only finite numbers)")
+
+    def number(word: str) -> float | _BadNumber:
+        value = float(word)
+        if math.isinf(value):
+            return _BadNumber(word, "a number too large to be finite")
+        return value
+
+    def integer(word: str) -> int | _BadNumber:
+        if len(word.lstrip("-")) > MAX_INT_DIGITS:
+            return _BadNumber(
+                f"{word[:12]}…", f"an integer of more than {MAX_INT_DIGITS} digits"
+            )
+        return int(word)
+
+    def check(value: Any, key: str | None) -> None:
+        if isinstance(value, _BadNumber):
+            where = f"`{key}` holds" if key is not None else "it holds"
+            raise _Refused(
+                f"{where} `{value.text}`, {value.why}; write a plain number, or quote the "
+                "value as text"
+            )
+        if isinstance(value, list):
+            for item in value:
+                check(item, key)
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        try:
+            data = unique_keys(items)
+        except DuplicateKeyError as exc:
+            raise _Refused(str(exc)) from None
+        for key, value in items:
+            check(value, key)
+        return data
+
+    data = json.loads(
+        text, parse_constant=constant, parse_float=number, parse_int=integer,
+        object_pairs_hook=pairs,
+    )  # fmt: skip
+    check(data, None)
+    return data
+
+
+def _kind(value: Any, path: Path) -> str:
+    """What ``value`` is, in the words of the file's language: JSON's (null, an array, an
+    object) for a ``.json`` file, YAML's (null, a list, a mapping) for a YAML one."""
+    json_file = path.suffix == ".json"
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "an array" if json_file else "a list"
+    if isinstance(value, dict):
+        return "an object" if json_file else "a mapping"
+    return f"`{value}`"
+
+
+def _a_mapping(path: Path) -> str:
+    """A mapping, in the words of the file's language (``_kind``)."""
+    return "an object" if path.suffix == ".json" else "a mapping"
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -119,7 +208,7 @@ def _special(
         return None
     data = _read(path)
     if not isinstance(data, dict):
-        problems.append(f"`{path}` must map {must}.")
+        problems.append(f"`{path}` must map {must}, not {_kind(data, path)}.")
         return None
     return path, data
 
@@ -206,7 +295,10 @@ def _endings(path: Path, data: Any, problems: list[str]) -> list[dict[str, Any]]
     for i, item in enumerate(items):
         where = f"`{path}`" + (f" item {i + 1}" if isinstance(data, list) else "")
         if not isinstance(item, dict):
-            problems.append(f"{where} must be a mapping (a handoff's fields, or `outcome`).")
+            problems.append(
+                f"{where} must be {_a_mapping(path)} (a handoff's fields, or `outcome`), "
+                f"not {_kind(item, path)}."
+            )
             continue
         before = len(problems)
         _check_ending(where, item, problems)
@@ -335,7 +427,7 @@ def _inputs(
         else:
             problems.append(
                 f"`{path}`: input `{name}` must be text, a number or a boolean, not "
-                f"{type(value).__name__}."
+                f"{_kind(value, path)}."
             )
     return out
 
@@ -596,7 +688,10 @@ def load_expectations(path: Path) -> dict[str, Any]:
     data = _read(Path(path), what="expectations file (`--expect`)")
     problems = []
     if not isinstance(data, dict):
-        raise UsageError(f"`{path}` must be a mapping with `status`, `steps` or `outputs`.")
+        raise UsageError(
+            f"`{path}` must be {_a_mapping(Path(path))} with `status`, `steps` or `outputs`, "
+            f"not {_kind(data, Path(path))}."
+        )
     for key in data:
         if key not in ("status", "steps", "outputs"):
             problems.append(
@@ -605,7 +700,10 @@ def load_expectations(path: Path) -> dict[str, Any]:
             )
     for key in ("steps", "outputs"):
         if key in data and not isinstance(data[key], dict):
-            problems.append(f"`{path}`: `{key}` must be a mapping.")
+            problems.append(
+                f"`{path}`: `{key}` must be {_a_mapping(Path(path))}, not "
+                f"{_kind(data[key], Path(path))}."
+            )
     if problems:
         raise UsageError(f"`{path}` cannot be used:", path=Path(path), problems=problems)
     return data

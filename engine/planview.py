@@ -12,8 +12,15 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.dag import PLACEHOLDER_RUN_ID, Plan, finally_edges, rendered_outputs, rendered_steps
-from engine.errors import UsageError, did_you_mean
+from engine.dag import (
+    PLACEHOLDER_RUN_ID,
+    Plan,
+    finally_edges,
+    graph_problems,
+    rendered_outputs,
+    rendered_steps,
+)
+from engine.errors import UsageError, WorkflowError, did_you_mean
 from engine.workflow import RetryPolicy
 
 if TYPE_CHECKING:
@@ -339,17 +346,53 @@ def graph_text(plan_or_spec: Plan | WorkflowSpec, fmt: str) -> str:
 
     Steps with a gate are hexagons (Mermaid ``{{...}}``, DOT ``shape=hexagon``); steps
     with a ``when`` are dashed, as are the edges into them. From a ``Plan`` the chosen
-    agents are shown; from a bare spec, the template's agent or capability.
+    agents are shown; from a bare spec, the template's agent or capability. A spec whose
+    graph is wrong (``engine.dag.graph_problems``: a repeated step id, an unknown
+    dependency, a cycle) raises ``WorkflowError`` (exit 2) with every problem, as
+    `workflow validate` does: its drawing would leave steps or edges out.
     """
+    return _drawn(fmt, *_graph_parts(plan_or_spec))
+
+
+def _drawn(fmt: str, nodes: list[_Node], edges: list[tuple[str, str]], name: str) -> str:
     if fmt not in GRAPH_FORMATS:
         raise UsageError(
             f"unknown graph format `{fmt}`{did_you_mean(fmt, GRAPH_FORMATS) or '.'} "
             f"Use one of: {', '.join(GRAPH_FORMATS)}."
         )
-    nodes, edges, name = _graph_parts(plan_or_spec)
     if fmt == "mermaid":
         return _mermaid(nodes, edges)
     return _dot(name, nodes, edges)
+
+
+def graph_dict(plan_or_spec: Plan | WorkflowSpec, fmt: str) -> dict[str, Any]:
+    """The step graph as JSON-ready data (`workflow graph --json`): ``workflow``, ``path``,
+    ``nodes`` (``id``, ``label``: the lines drawn, ``target``: the agent, capability or
+    workflow, ``gate``, ``conditional``, ``finally``), ``edges`` (``from``, ``to``,
+    ``conditional``: the arrow into a step with a ``when``), and ``format`` with ``text``,
+    the drawing ``graph_text`` gives. Refuses what ``graph_text`` refuses."""
+    nodes, edges, name = _graph_parts(plan_or_spec)
+    text = _drawn(fmt, nodes, edges, name)
+    spec = plan_or_spec.workflow if isinstance(plan_or_spec, Plan) else plan_or_spec
+    conditional = {n.id for n in nodes if n.conditional}
+    return {
+        "workflow": name,
+        "path": str(spec.path),
+        "nodes": [
+            {
+                "id": n.id,
+                "label": list(n.lines),
+                "target": n.lines[1],
+                "gate": n.gate,
+                "conditional": n.conditional,
+                "finally": n.always,
+            }
+            for n in nodes
+        ],
+        "edges": [{"from": a, "to": b, "conditional": b in conditional} for a, b in edges],
+        "format": fmt,
+        "text": text,
+    }
 
 
 @dataclass(frozen=True)
@@ -376,6 +419,11 @@ def _graph_parts(
         steps: Iterable[StepSpec] = (p.spec for p in plan_or_spec.steps.values())
     else:
         spec = plan_or_spec
+        problems = graph_problems(spec)
+        if problems:
+            raise WorkflowError(
+                f"`{spec.path}` has no graph to draw:", path=spec.path, problems=problems
+            )
         seen: dict[str, StepSpec] = {}
         for s in spec.steps:
             seen.setdefault(s.id, s)

@@ -596,6 +596,15 @@ class WorkflowRunner:
                 prepared = prepare(self.cfg, workflow_path, real, caller=meta.get("caller"))
             except WorkflowError as exc:
                 if Path(workflow_path).expanduser().is_absolute():
+                    if not Path(workflow_path).expanduser().exists():  # moved or deleted
+                        raise WorkflowError(
+                            f"run `{run_id}` cannot resume: its template `{workflow_path}` "
+                            "(`workflow_path` in its run.json) does not exist any more. Put "
+                            f"the file back there and run `workflow resume {run_id}` again, "
+                            "or start a new run from where the file is now: `workflow run "
+                            f"NEW-PATH{' -i ...' if meta.get('inputs') else ''}`.",
+                            path=path / "run.json",
+                        ) from exc
                     raise
                 raise WorkflowError(
                     f"run `{run_id}` cannot resume from `{Path.cwd()}`: its `run.json` records "

@@ -161,7 +161,7 @@ def _camel_hint(key: str, allowed: set[str]) -> str:
 def _type_line(err: Any, prefix: str) -> str:
     expected = err.validator_value
     expected = " or ".join(expected) if isinstance(expected, list) else expected
-    return f"{prefix} must be of type {_article(str(expected))}."
+    return f"{prefix} must be {_article(str(expected))}."
 
 
 def _enum_line(err: Any, prefix: str) -> str:

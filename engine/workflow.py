@@ -444,7 +444,7 @@ def workflow_from_dict(
     problems = list(extra_problems or [])
     schema_lines = _seed_advice(explain_types(schema_problems("workflow", raw), raw), raw)
     problems += _label_steps(schema_lines, raw)
-    problems += _semantic_problems(raw)
+    problems += _semantic_problems(raw, source_text)
     if problems:
         raise WorkflowError(f"`{path}` is not a valid workflow:", path=path, problems=problems)
     return _build_spec(raw, path=path, source_text=source_text)
@@ -463,13 +463,18 @@ INPUTS_SHAPE = "{name: {required: true, default: …}}"
 
 def _seed_advice(problems: list[str], raw: dict[str, Any]) -> list[str]:
     """Replace the schema's line for a seed pipeline's key (``SEED_STEP_KEYS``, ``inputs``
-    as a list) by one that says what to write instead."""
+    as a list) by one that says what to write instead. The schema's line for `blocked` in
+    ``retry.on`` (which lists ``RETRY_ON``) is left out: ``_retry_problems`` says why a
+    blocked step is not retried."""
     out = []
     for line in problems:
+        if re.search(r"retry\.on\[\d+\]`: `blocked` is not one of ", line):
+            continue
+        line = _when_advice(line, raw)
         m = re.match(r"`((?:steps|finally)\[\d+\])\.([A-Za-z_]+)` is not a known key", line)
         if m and m.group(2) in SEED_STEP_KEYS:
             line = f"`{m.group(1)}.{m.group(2)}` is not a key: {SEED_STEP_KEYS[m.group(2)]}."
-        elif line.startswith("`inputs` must be of type") and isinstance(raw.get("inputs"), list):
+        elif line.startswith("`inputs` must be an object") and isinstance(raw.get("inputs"), list):
             names = [n for n in raw["inputs"] if isinstance(n, str)][:2] or ["design"]
             example = ", ".join(f"{n}: {{required: true}}" for n in names)
             line = (
@@ -478,6 +483,27 @@ def _seed_advice(problems: list[str], raw: dict[str, Any]) -> list[str]:
             )
         out.append(line)
     return out
+
+
+def _when_advice(line: str, raw: dict[str, Any]) -> str:
+    """The schema's line for a ``when`` (or ``gate.when``) that YAML read as a boolean or a
+    number (``when: true``), with the fix: quote it, or write an expression."""
+    w = re.match(r"`((steps|finally)\[(\d+)\]\.(gate\.)?when)` must be a string\.$", line)
+    group = raw.get(w.group(2)) if w else None
+    if not w or not isinstance(group, list) or int(w.group(3)) >= len(group):
+        return line
+    step = group[int(w.group(3))]
+    owner = step.get("gate") if isinstance(step, dict) and w.group(4) else step
+    value = owner.get("when") if isinstance(owner, dict) else None
+    if not isinstance(value, bool | int | float):
+        return line
+    shown = str(value).lower() if isinstance(value, bool) else str(value)
+    kind = "a boolean" if isinstance(value, bool) else "a number"
+    return (
+        f"`{w.group(1)}` must be a string, a condition written as text (`when: {shown}` is "
+        f'read as {kind}); quote it, `when: "{shown}"`, or write an expression, e.g. '
+        "`when: steps.a.confidence == 'high'`."
+    )
 
 
 def _label_steps(problems: list[str], raw: dict[str, Any]) -> list[str]:
@@ -499,19 +525,34 @@ def _label_steps(problems: list[str], raw: dict[str, Any]) -> list[str]:
     return out
 
 
-def _semantic_problems(raw: dict[str, Any]) -> list[str]:
-    """Cross-key checks the schema cannot express, reported with the schema's problems."""
+def _written(text: str, key: str, value: float) -> str:
+    """How the file ``text`` wrote the decimal number ``value`` of a ``key:`` (``0.10``,
+    not Python's ``0.1``), so that the advice to quote it keeps it as written; Python's
+    form when the text does not show it (a template built in code)."""
+    for m in re.finditer(rf"\b{key}:[ \t]*([-+]?[0-9][0-9_.eE+-]*)[ \t]*(?=[,}}#\n]|$)", text):
+        try:
+            if float(m.group(1)) == value:
+                return m.group(1)
+        except ValueError:
+            continue
+    return str(value)
+
+
+def _semantic_problems(raw: dict[str, Any], text: str = "") -> list[str]:
+    """Cross-key checks the schema cannot express, reported with the schema's problems
+    (``text``: the file's, to quote a value as it was written)."""
     problems: list[str] = []
     inputs = raw.get("inputs")
     if isinstance(inputs, dict):
         for name, spec in inputs.items():
-            _input_problems(name, spec, problems)
+            _input_problems(name, spec, problems, text)
     if isinstance(raw.get("defaults"), dict):
         _retry_problems("`defaults`", raw["defaults"], problems)
     if isinstance(raw.get("version"), float):
         problems.append(
             f"`version` is a decimal number, which YAML may not keep as written (`1.10` "
-            f'becomes `1.1`); quote it, e.g. `version: "{raw["version"]}"`.'
+            f'becomes `1.1`); quote it as written, `version: "'
+            f'{_written(text, "version", raw["version"])}"`.'
         )
     for key in ("steps", "finally"):
         steps = raw.get(key)
@@ -528,7 +569,7 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _input_problems(name: Any, spec: Any, problems: list[str]) -> None:
+def _input_problems(name: Any, spec: Any, problems: list[str], text: str = "") -> None:
     if not isinstance(name, str) or not INPUT_NAME_RE.match(name):
         problems.append(
             f"`inputs.{name}`: input names use letters, digits and `_` and start with a "
@@ -545,7 +586,8 @@ def _input_problems(name: Any, spec: Any, problems: list[str]) -> None:
     if isinstance(default, float):
         problems.append(
             f"`inputs.{name}.default` is a decimal number, which YAML may not keep as "
-            f'written (`0.10` becomes `0.1`); quote it, e.g. `default: "{default}"`.'
+            f"written (`0.10` becomes `0.1`); quote it as written, "
+            f'`default: "{_written(text, "default", default)}"`.'
         )
     if spec.get("required") is True and "default" in spec:
         problems.append(

@@ -412,12 +412,12 @@ def read_yaml(
     return data, problems, text
 
 
-_TYPE_PROBLEM = re.compile(r"^(.*`([^`]+)` must be of type an? ([a-z ]+))\.$")
+_TYPE_PROBLEM = re.compile(r"^(.*`([^`]+)` must be an? ([a-z ]+))\.$")
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
 def explain_types(problems: list[str], raw: Any) -> list[str]:
-    """Add to "must be of type" problems why a value YAML 1.1 would have typed is text.
+    """Add to "must be a <type>" problems why a value YAML 1.1 would have typed is text.
 
     ``deliver: yes`` or ``timeout: 1_000`` are kept as written (see the module docstring);
     the schema then says the type is wrong, and this says what to write instead.

@@ -138,7 +138,7 @@ def test_invalid_config_lists_every_problem(tmp_path: Path) -> None:
     assert res.exit_code == 2
     assert f"error: `{p}` is not a valid config:" in res.stderr
     for line in (
-        "`agents.webster.timeout` must be of type a number.",
+        "`agents.webster.timeout` must be a number.",
         "`agents.webster.tokn_env` is not a known key; did you mean `token_env`?",
         "`handoff_dir` is not a known key; did you mean `handoffs_dir`?",
     ):

@@ -55,10 +55,10 @@ def _words(prog: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_command_without_json_answers_its_usage_error_in_plain_text(tmp_path: Path) -> None:
-    res = _words("workflow", "reject", "RUN", "s", "--json", "--config", str(tmp_path / "no"))
+    res = _words("metrics", "text", "--json", "--config", str(tmp_path / "no"))
     assert res.returncode == 2
     assert res.stdout == ""  # it has no --json: no JSON either
-    assert "`workflow reject` has no option `--json`" in res.stderr
+    assert "`metrics text` has no option `--json`" in res.stderr
 
 
 def test_a_command_with_json_still_answers_in_json(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def _step(sid: str, **extra: Any) -> dict[str, Any]:
         ({}, "`budget` must not be empty."),
         ({"usd": 0}, "`budget.usd` must be > 0."),
         ({"dollars": 1}, "`budget.dollars` is not a known key"),
-        ({"tokens": 1.5}, "`budget.tokens` must be of type an integer."),
+        ({"tokens": 1.5}, "`budget.tokens` must be an integer."),
     ],
 )
 def test_invalid_budgets(budget: dict[str, Any], message: str) -> None:

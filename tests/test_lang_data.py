@@ -84,7 +84,7 @@ def _then(task: str, **extra: Any) -> dict[str, Any]:
             "step `a`: `result_schema` is not a valid "
             "JSON Schema at `/properties/n/minimum`: '0' is not of type 'number'.",
         ),
-        ("object", "step `a`: `steps[0].result_schema` must be of type an object."),
+        ("object", "step `a`: `steps[0].result_schema` must be an object."),
     ],
     ids=["bad-type", "bad-required", "nested", "not-a-mapping"],
 )

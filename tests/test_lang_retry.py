@@ -116,7 +116,7 @@ def test_retry_policies_load(
             {"retry": {"max": 1, "on": ["timout"]}},
             {},
             "step `a`: `steps[0].retry.on[0]`: `timout` is not one of `failed`, `timeout`, "
-            "`lost`, `unusable`, `invalid`, `blocked`; did you mean `timeout`?",
+            "`lost`, `unusable`, `invalid`; did you mean `timeout`?",
         ),
         ({"retry": {"delay": 1}}, {}, "step `a`: `steps[0].retry`: missing required key `max`."),
         (

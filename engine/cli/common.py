@@ -46,17 +46,29 @@ def echo(text: str, *, err: bool = False) -> None:
         discard_stdout()
 
 
-def fail(exc: OrchestratorError, *, as_json: bool = False) -> NoReturn:
+def fail(
+    exc: OrchestratorError, *, as_json: bool = False, more: dict[str, Any] | None = None
+) -> NoReturn:
     """End the command with ``exc``: its paragraph on stderr as ``error: …``, secrets
     masked, and its ``exit_code``. With ``as_json`` (``--json`` was given) stdout also
     gets one JSON object, ``{"error": "<the paragraph>", "exit_code": N}``, so a script
-    reading stdout always gets JSON (README, "Exit codes")."""
+    reading stdout always gets JSON (README, "Exit codes"); an error that lists problems
+    (a template's: ``WorkflowError.problems``) adds them as ``problems``, and ``more``
+    adds a command's own keys (`workflow validate`'s ``ok``)."""
     from engine.redact import redact
 
     text = redact(str(exc))
     click.echo(f"error: {text}", err=True)
     if as_json:
-        dump({"error": text, "exit_code": exc.exit_code})
+        problems = [redact(str(p)) for p in getattr(exc, "problems", None) or ()]
+        dump(
+            {
+                **(more or {}),
+                "error": text,
+                "exit_code": exc.exit_code,
+                **({"problems": problems} if problems else {}),
+            }
+        )
     sys.exit(exc.exit_code)
 
 

@@ -19,6 +19,7 @@ from engine.cli.common import (
     config_option,
     dump,
     exiting,
+    fail,
     interrupt_exit,
     interrupted,
     load,
@@ -757,9 +758,10 @@ def _complete(cfg: Any, run_id: str) -> str:
     metavar="VALUE",
     help="The value a gate with `input` asks for: JSON (3, true, [..], {..}) or plain text.",
 )
+@json_option
 @where_options
 def workflow_approve_cmd(
-    run_id: str, step: str, reason: str | None, value: str | None, where: Where
+    run_id: str, step: str, reason: str | None, value: str | None, as_json: bool, where: Where
 ) -> int:
     """Approve the gate of STEP in a parked run (then `workflow resume`)."""
     from engine.errors import UsageError
@@ -767,7 +769,7 @@ def workflow_approve_cmd(
 
     given = None if value is None else _gate_value(value)
     try:
-        where.act(
+        event = where.act(
             lambda remote: remote.decide(run_id, step, approved=True, reason=reason, value=given),
             lambda cfg: decide_gate(cfg, run_id, step, approved=True, reason=reason, value=given),
         )
@@ -780,11 +782,51 @@ def workflow_approve_cmd(
             f"{str(exc).rstrip('.')}. Fix the JSON, in single quotes for the shell "
             "(`--input '{...}'`)."
         ) from exc
-    where.report(
+    _decided(
+        where,
+        run_id,
+        step,
+        event,
+        as_json,
         f"approved `{step}`; the server continues run {run_id}.",
-        f"approved `{step}`; {_next_of(where, run_id, 'continue with')}",
+        lambda: f"approved `{step}`; {_next_of(where, run_id, 'continue with')}",
     )
     return 0
+
+
+def _decided(
+    where: Where,
+    run_id: str,
+    step: str,
+    event: Any,
+    as_json: bool,
+    served: str,
+    here: Any,
+) -> None:
+    """Say what a gate's decision did: ``served`` (a server acted) or ``here()``; with
+    ``--json``, one object: ``runId``, ``step``, ``decision`` (approved | rejected), ``by``,
+    ``reason``, ``at``, ``input`` (the value given, when there is one) and ``next``, the
+    sentence the text form prints. ``event`` is the journal's ``gate_decided`` (a
+    server answers ``{"decision": event}``)."""
+    if isinstance(event, dict) and isinstance(event.get("decision"), dict):
+        event = event["decision"]  # the server's answer wraps the event
+    ev = event if isinstance(event, dict) else {}
+    text = served if where.server else here()
+    if not as_json:
+        click.echo(text)
+        return
+    dump(
+        {
+            "runId": run_id,
+            "step": step,
+            "decision": ev.get("decision"),
+            "by": ev.get("by"),
+            "reason": ev.get("reason"),
+            "at": ev.get("at"),
+            **({"input": ev["input"]} if "input" in ev else {}),
+            "next": text,
+        }
+    )
 
 
 @workflow.command("answer")
@@ -792,8 +834,11 @@ def workflow_approve_cmd(
 @click.argument("step")
 @click.argument("text")
 @click.option("--by", default="cli", show_default=True, help="Who answers (recorded).")
+@json_option
 @where_options
-def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, where: Where) -> int:
+def workflow_answer_cmd(
+    run_id: str, step: str, text: str, by: str, as_json: bool, where: Where
+) -> int:
     """Answer the question STEP's agent asked (then `workflow resume`; with `--server`, the
     server continues the run and records the token's name as the answerer)."""
     from engine.ask import answer_step
@@ -804,7 +849,7 @@ def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, where: Where
         earlier.extend(_earlier_answer(cfg, run_id, step))
         return answer_step(cfg, run_id, step, text, by=by)
 
-    where.act(lambda remote: remote.answer(run_id, step, text), here)
+    event = where.act(lambda remote: remote.answer(run_id, step, text), here)
     replaced = ""
     if earlier:  # the last answer is the one sent: say that it replaced the one before
         was = earlier[0]
@@ -812,9 +857,31 @@ def workflow_answer_cmd(run_id: str, step: str, text: str, by: str, where: Where
             f" (this replaces the earlier answer {str(was.get('answer'))[:80]!r} by "
             f"{was.get('by') or 'someone'})"
         )
-    where.report(
-        f"answered `{step}`; the server continues run {run_id}.",
-        f"answered `{step}`{replaced}; {_next_of(where, run_id, 'continue with')}",
+    said = (
+        f"answered `{step}`; the server continues run {run_id}."
+        if where.server
+        else f"answered `{step}`{replaced}; {_next_of(where, run_id, 'continue with')}"
+    )
+    if not as_json:
+        click.echo(said)
+        return 0
+    if isinstance(event, dict) and isinstance(event.get("answer"), dict):
+        event = event["answer"]  # the server's answer wraps the event
+    ev = event if isinstance(event, dict) else {}
+    dump(
+        {
+            "runId": run_id,
+            "step": step,
+            "answer": ev.get("answer", text),
+            "by": ev.get("by"),
+            "at": ev.get("at"),
+            "replaced": (
+                {"answer": earlier[0].get("answer"), "by": earlier[0].get("by")}
+                if earlier
+                else None
+            ),
+            "next": said,
+        }
     )
     return 0
 
@@ -840,26 +907,33 @@ def _earlier_answer(cfg: Any, run_id: str, step: str) -> list[dict[str, Any]]:
 @click.argument("run_id")
 @click.argument("step")
 @click.option("--reason", required=True, help="Why (recorded; dependents are skipped).")
+@json_option
 @where_options
-def workflow_reject_cmd(run_id: str, step: str, reason: str, where: Where) -> int:
+def workflow_reject_cmd(run_id: str, step: str, reason: str, as_json: bool, where: Where) -> int:
     """Reject the gate of STEP in a parked run (then `workflow resume` to close it)."""
     from engine.runs import decide_gate
 
-    where.act(
+    event = where.act(
         lambda remote: remote.decide(run_id, step, approved=False, reason=reason),
         lambda cfg: decide_gate(cfg, run_id, step, approved=False, reason=reason),
     )
-    where.report(
+    _decided(
+        where,
+        run_id,
+        step,
+        event,
+        as_json,
         f"rejected `{step}`; the server concludes run {run_id}.",
-        f"rejected `{step}`; {_next_of(where, run_id, 'finish the run with')}",
+        lambda: f"rejected `{step}`; {_next_of(where, run_id, 'finish the run with')}",
     )
     return 0
 
 
 @workflow.command("cancel")
 @click.argument("run_id")
+@json_option
 @where_options
-def workflow_cancel_cmd(run_id: str, where: Where) -> int:
+def workflow_cancel_cmd(run_id: str, as_json: bool, where: Where) -> int:
     """Cancel a run: stop dispatching, release what it holds, record `cancelled`."""
     from engine.runs import cancel_run
     from engine.states import RunState
@@ -869,9 +943,20 @@ def workflow_cancel_cmd(run_id: str, where: Where) -> int:
         lambda cfg: cancel_run(cfg, run_id),
     )
     if state is RunState.RUNNING:
-        click.echo(f"cancel requested; the process running {run_id} stops within a second.")
+        said = f"cancel requested; the process running {run_id} stops within a second."
     else:
-        click.echo(f"cancelled {run_id}.")
+        said = f"cancelled {run_id}."
+    if as_json:  # `cancelled`: recorded now; else the running process records it
+        dump(
+            {
+                "runId": run_id,
+                "cancelled": state is not RunState.RUNNING,
+                "status": state.value,
+                "message": said,
+            }
+        )
+    else:
+        click.echo(said)
     return 0
 
 
@@ -1006,28 +1091,51 @@ def workflow_list_cmd(as_json: bool, config: str | None) -> int:
 @click.argument("name")
 @input_option
 @caller_option
+@json_option
 @config_option
 def workflow_validate_cmd(
-    name: str, inputs: tuple[str, ...], caller: str | None, config: str | None
+    name: str, inputs: tuple[str, ...], caller: str | None, as_json: bool, config: str | None
 ) -> int:
     """Check a template against the config (agents, ACL, graph, templates) without running."""
-    with collector_paused():
-        from engine.prepare import prepare
-        from engine.workflow import find_workflow, load_workflow, parse_inputs
+    from engine.errors import OrchestratorError
 
-        cfg = load(config)
-        given = parse_inputs(list(inputs))
-        spec = load_workflow(find_workflow(name, cfg))
-        for key, inp in spec.inputs.items():  # placeholders for required inputs not given
-            if inp.required and key not in given:
-                given[key] = f"<{key}>"
-        prepared = prepare(cfg, str(spec.path), given, caller=caller, spec=spec)
+    try:
+        with collector_paused():
+            from engine.prepare import prepare
+            from engine.workflow import find_workflow, load_workflow, parse_inputs
+
+            cfg = load(config)
+            given = parse_inputs(list(inputs))
+            spec = load_workflow(find_workflow(name, cfg))
+            for key, inp in spec.inputs.items():  # placeholders for required inputs not given
+                if inp.required and key not in given:
+                    given[key] = f"<{key}>"
+            prepared = prepare(cfg, str(spec.path), given, caller=caller, spec=spec)
+    except OrchestratorError as exc:
+        if not as_json:
+            raise
+        fail(exc, as_json=True, more={"ok": False, "workflow": name})
     from engine.workflow import brace_warnings
 
-    for warning in brace_warnings(spec):
+    warnings = brace_warnings(spec)
+    for warning in warnings:
         say(f"warning: {warning}", err=True)
     plan = prepared.plan
     steps, groups = len(plan.steps), len(plan.groups)
+    if as_json:
+        dump(
+            {
+                "ok": True,
+                "workflow": spec.name,
+                "path": str(spec.path),
+                "caller": plan.caller,
+                "steps": [sid for group in plan.groups for sid in group],
+                "groups": [list(g) for g in plan.groups],
+                "warnings": warnings,
+                "problems": [],
+            }
+        )
+        return 0
     click.echo(
         f"`{spec.path}` is valid: {steps} step{'s' * (steps != 1)} in {groups} "
         f"group{'s' * (groups != 1)}, caller `{plan.caller}`."
@@ -1045,14 +1153,26 @@ def workflow_validate_cmd(
     show_default=True,
     help="mermaid (Markdown renders it) or dot (Graphviz: `dot -Tsvg`).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the nodes and edges as JSON (with the drawing in `text`).",
+)
 @config_option
-def workflow_graph_cmd(name: str, fmt: str, config: str | None) -> int:
-    """Print the step graph as Mermaid or Graphviz dot (gates drawn distinctly)."""
-    from engine.planview import graph_text
+def workflow_graph_cmd(name: str, fmt: str, as_json: bool, config: str | None) -> int:
+    """Print the step graph as Mermaid or Graphviz dot (gates drawn distinctly).
+
+    A template whose graph is wrong (a repeated step id, an unknown dependency, a cycle)
+    is refused with every problem (exit 2), as `workflow validate` refuses it."""
+    from engine.planview import graph_dict, graph_text
     from engine.workflow import find_workflow, load_workflow
 
     spec = load_workflow(find_workflow(name, load_optional(config)))
-    click.echo(graph_text(spec, fmt))
+    if as_json:
+        dump(graph_dict(spec, fmt))
+    else:
+        click.echo(graph_text(spec, fmt))
     return 0
 
 
