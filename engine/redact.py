@@ -8,7 +8,11 @@ journals, summaries, logs, error messages) passes it through ``redact(text)`` or
 
 * each registered value (and its JSON-escaped form) with ``***``, and
 * generic shapes even when the value is unknown: ``Bearer <token>``, the value of an
-  ``Authorization``, ``x-openclaw-token`` or ``x-api-key`` header, ``sk-...`` API keys,
+  ``Authorization``, ``x-openclaw-token`` or ``x-api-key`` header or of a key that names
+  a secret (``password=``, ``token:``, ``"secret": "..."``, ``DB_PASSWORD=``: ``_SECRET_KEY``;
+  not a flag, ``secret: true``, nor a placeholder, ``api_key=VALUE``), keys in their
+  issuer's published shape (``sk-...``, ``ghp_...``, ``AKIA...``, ``xoxb-...``:
+  ``_SHAPED``), a URL query parameter that names a secret (``?token=...``, ``&sig=...``),
   and the user info of a URL with a password (``https://user:pass@host`` ->
   ``https://***@host``) or with a bare user that looks like a token
   (``https://ghp_x1y2@host``, ``git+ssh://tok3n@host``: a digit or another symbol in it,
@@ -29,9 +33,10 @@ that writes that run's text passes it per call, ``redact(text, also=(key,))``, s
 long-running process keeps no registry that grows with every delegation.
 
 The known values are matched by one compiled alternation, rebuilt only when the set
-changes, and run only when a plain substring test finds one of them; the generic scan
-runs only when the text holds one of its trigger words. A 2 KB record without secrets
-costs about 10 microseconds.
+changes, and run only when a plain substring test finds one of them; each generic scan
+runs only when the text holds one of its trigger words (or, for the issuers' shapes, a
+one-pass search finds a prefix). A 2 KB record without secrets costs about 12
+microseconds.
 """
 
 from __future__ import annotations
@@ -60,28 +65,72 @@ _known_re: re.Pattern[str] | None = None
 _known_list: tuple[str, ...] = ()
 
 _TOKEN = r"[A-Za-z0-9._~+/=:-]"
-# One alternation for every generic shape; each branch keeps its prefix in group `keep`.
+#: A key whose value is a secret in ``key=value``, ``key: value``, JSON and dict reprs: a
+#: name that ends in one of these words after ``_``, ``-`` or a non-word character
+#: (``password``, ``DB_PASSWORD``, ``client_secret``, ``GITHUB_TOKEN``,
+#: ``aws_secret_access_key``), or an auth header. Not ``pwd``: ``PWD=/home/x`` is the
+#: shell's working directory in every environment dump.
+_SECRET_KEY = (
+    r"(?:proxy-)?authorization|x-openclaw-token|x-api-key"
+    r"|password|passwd|passphrase|token|(?:api|access|private|secret)[-_]?key|secret"
+)
+#: A URL query parameter whose value is a secret (``?token=``, ``&X-Amz-Signature=``).
+_SECRET_PARAM = (
+    r"(?:[a-z0-9]{1,30}[_.-]){0,4}"
+    r"(?:token|key|apikey|sig|signature|password|passwd|secret|auth|credentials?)"
+)
+# The shapes scanned for when a trigger word is in the text; each branch keeps its
+# prefix (shown) apart from the value (masked).
 _GENERIC = re.compile(
     r"(?i)"
-    # an auth header's value (also in a dict repr or JSON: `"authorization": "Bearer x"`)
-    r"(?P<h>\b(?:proxy-)?authorization|\bx-openclaw-token|\bx-api-key|\bapi[-_]key)"
+    # a secret query parameter in a URL (`?token=x&page=2`: the value up to `&`)
+    rf"(?P<q>[?&;]{_SECRET_PARAM}=)(?P<qval>[^&;#\s\"'<>]+)"
+    # a secret key's or an auth header's value (also in a dict repr or JSON:
+    # `"authorization": "Bearer x"`, `"password": "x y"`, `password=x`, `token: x`)
+    rf"|(?<![a-z0-9])(?P<h>{_SECRET_KEY})"
     r"(?P<hsep>[\"']?\s{0,3}[:=]\s{0,3}[\"']?\s{0,3})"
-    r"(?P<hscheme>(?:bearer|bot|basic|token)\s+)?(?P<hval>[^\s\"',;}\]]+)"
+    r"(?P<hscheme>(?:bearer|bot|basic|token)\s+)?"
+    r"(?P<hval>(?<=\")[^\"\\\n]+|(?<=')[^'\\\n]+|[^\s\"',;}\]]+)"
     # a bearer token anywhere; it must look like one (a digit or symbol in it, or long)
     rf"|(?P<b>\bbearer\s+)(?P<bval>(?={_TOKEN}*[0-9._~+/=-]){_TOKEN}{{6,}}|[A-Za-z]{{24,}})"
-    # OpenAI/Anthropic/OpenRouter style keys
-    r"|(?P<sk>\bsk-[A-Za-z0-9_-]{16,})"
-    # user info in a URL
-    r"|(?P<u>\b[a-z][a-z0-9+.-]{1,20}://)(?P<uval>[^\s/@\"'<>]+)@"
 )
+#: Substrings (lower case) without which ``_GENERIC`` cannot match.
+_TRIGGERS = ("token", "pass", "secret", "key", "auth", "bearer", "sig", "credential")
+#: Keys issued in published shapes (case-sensitive, their documented lengths):
+#: OpenAI/Anthropic/OpenRouter ``sk-``; GitHub ``ghp_``/``gho_``/``ghs_``/``ghu_``/``ghr_``
+#: + 36 and ``github_pat_``; GitLab ``glpat-`` + 20; Stripe ``sk_live_``/``rk_live_``/
+#: ``_test_`` + 24; Slack ``xoxb-``/``xoxa-``/``xoxp-``/``xoxr-``/``xoxs-``; AWS access key
+#: ids ``AKIA``/``ASIA`` + 16; Google API keys ``AIza`` + 35; npm ``npm_`` + 36; Hugging
+#: Face ``hf_`` + 34. The issuer's prefix is shown (``ghp_***``).
+_SHAPED = re.compile(
+    r"\b(?P<p>sk-|gh[opsur]_|github_pat_|glpat-|[rs]k_(?:live|test)_|xox[abprs]-"
+    r"|AKIA|ASIA|AIza|npm_|hf_)"
+    r"(?P<v>(?<=sk-)[A-Za-z0-9_-]{16,}"
+    r"|(?<=_)(?<=gh._)[A-Za-z0-9]{36,251}"
+    r"|(?<=github_pat_)[A-Za-z0-9_]{22,244}"
+    r"|(?<=glpat-)[A-Za-z0-9_-]{20,}"
+    r"|(?<=live_|test_)[A-Za-z0-9]{24,}"
+    r"|(?<=-)(?<=xox.-)[A-Za-z0-9-]{10,}"
+    r"|(?<=A)(?<=AKIA|ASIA)[0-9A-Z]{16}(?![A-Za-z0-9])"
+    r"|(?<=AIza)[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])"
+    r"|(?<=npm_)[A-Za-z0-9]{36}(?![A-Za-z0-9])"
+    r"|(?<=hf_)[A-Za-z0-9]{34}(?![A-Za-z0-9]))"
+)
+#: Finds, in one fast scan (a character class first), where a ``_SHAPED`` key may start.
+_SHAPED_GATE = re.compile(
+    r"[-_A](?:(?<=sk-)|(?<=gh[opsur]_)|(?<=_pat_)|(?<=glpat-)|(?<=_live_)|(?<=_test_)"
+    r"|(?<=xox[abprs]-)|(?<=npm_)|(?<=hf_)|(?<=A)(?:KIA|SIA|Iza))"
+)
+#: User info in a URL.
+_URL_USER = re.compile(r"(?i)(?P<u>\b[a-z][a-z0-9+.-]{1,20}://)(?P<uval>[^\s/@\"'<>]+)@")
+#: Every scan, for ``secret_parts``.
+_SCANS = (_GENERIC, _SHAPED, _URL_USER)
 
 
 #: URL schemes whose bare user name (no password) is a database role, shown as it is.
 _ROLE_SCHEMES = ("postgresql://", "postgres://")
 #: A bare URL user that reads as a name, not a token (``git``, ``deploy-bot``, ``j.doe``).
 _PLAIN_USER = re.compile(r"[A-Za-z][A-Za-z._-]{0,22}")
-#: Substrings (lower case) without which no generic shape can match.
-_TRIGGERS = ("authorization", "x-openclaw-token", "api-key", "api_key", "bearer", "sk-")
 
 
 def register(value: str | None) -> None:
@@ -101,8 +150,16 @@ def register(value: str | None) -> None:
 
 def register_url(url: str | None) -> None:
     """Register the password (or the token-like bare user, as ``redact`` tells them) in
-    ``url``'s user info, if any."""
-    if not url or "@" not in url:
+    ``url``'s user info, and the values of its query parameters with secret names
+    (``?token=...``, ``&sig=...``: ``_SECRET_PARAM``), if any."""
+    if not url:
+        return
+    if "=" in url:
+        for m in _GENERIC.finditer(url):
+            if m.group("q") is not None and _generic(m) != m.group(0):
+                register(unquote(m.group("qval")))
+                register(m.group("qval"))
+    if "@" not in url:
         return
     try:
         parts = urlsplit(url)
@@ -136,6 +193,10 @@ def register_config(cfg: Any) -> int:
     * each gateway agent's ``api_key_env`` (model agents);
     * ``channels.token_env`` (the Discord bot token);
     * ``store:``: a password in the URL, and the variable its ``password_env`` names;
+    * each registry agent's ``url``: a password in it, and the values of its query
+      parameters with secret names (``?token=...``: ``register_url``);
+    * each gateway agent's ``env`` values under names that say they hold a secret
+      (``DB_PASSWORD``, ``MY_TOKEN``: ``engine.secretnames.secret_name``);
     * ``serve.tokens_env`` / ``serve.tokens_file`` (the ``NAME:ROLE:TOKEN`` entries'
       tokens) and ``$ORCH_POOL_TOKEN`` (``orchestrate pool serve``'s default).
     """
@@ -143,6 +204,7 @@ def register_config(cfg: Any) -> int:
 
     envs, files, listed = _secret_sources(cfg)
     values = [os.environ.get(env, "") for env in envs]
+    values += _env_secrets(cfg)
     for file in files:
         try:
             if file.is_file() and file.stat().st_size <= 65536:
@@ -167,6 +229,7 @@ def _secret_sources(cfg: Any) -> tuple[list[str], list[Any], list[str]]:
     envs: list[str] = ["ORCH_POOL_TOKEN"]
     files: list[Path] = []
     for a in getattr(cfg, "agents", {}).values():
+        register_url(getattr(a, "url", None))
         envs += [a.token_env] if getattr(a, "token_env", None) else []
         files += [Path(a.token_file)] if getattr(a, "token_file", None) else []
     gw = getattr(cfg, "gateway", None)
@@ -177,6 +240,20 @@ def _secret_sources(cfg: Any) -> tuple[list[str], list[Any], list[str]]:
         envs += [s.api_key_env for s in gw.agents.values() if getattr(s, "api_key_env", None)]
     listed = _service_sources(cfg, envs, files)
     return [e for e in envs if isinstance(e, str)], files, listed
+
+
+def _env_secrets(cfg: Any) -> list[str]:
+    """The values of the gateway agents' ``env`` under names that say they hold a secret
+    (``engine.secretnames.secret_name``: ``DB_PASSWORD``, ``MY_TOKEN``, ``API_KEY``)."""
+    from engine.secretnames import secret_name
+
+    gw = getattr(cfg, "gateway", None)
+    return [
+        value
+        for spec in (gw.agents.values() if gw is not None else ())
+        for name, value in (getattr(spec, "env", None) or {}).items()
+        if isinstance(value, str) and secret_name(str(name))
+    ]
 
 
 def _service_sources(cfg: Any, envs: list[str], files: list[Any]) -> list[str]:
@@ -259,7 +336,7 @@ def secret_parts(obj: Any) -> list[str]:
     if not isinstance(obj, str):
         return []
     parts: list[str] = []
-    for m in _GENERIC.finditer(obj):
+    for m in (m for scan in _SCANS for m in scan.finditer(obj)):
         whole, shown = m.group(0), _generic(m)
         if shown == whole:
             continue
@@ -271,7 +348,7 @@ def secret_parts(obj: Any) -> list[str]:
             end += 1
         secret = whole[start : len(whole) - end]
         parts.append(secret)
-        if m.group("u") is not None and ":" in m.group("uval"):
+        if m.re is _URL_USER and ":" in m.group("uval"):
             parts.append(m.group("uval").split(":", 1)[1])  # the password alone
     return parts
 
@@ -348,16 +425,31 @@ def _rebuild() -> None:
 
 #: A header's value that is a placeholder in a hint, not a secret: ``-i api_key=VALUE``,
 #: ``--input api_key=...`` (with the hint's closing backtick and full stop).
-_PLACEHOLDER = re.compile(r"(?:VALUE|\.\.\.|<[a-z_]+>)[`.):]*")
+_PLACEHOLDER = re.compile(
+    r"(?:VALUE|\.\.\.|<[a-z_]+>|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|\{\{.*\}\}|\*\*\*)[`.):]*"
+)
+#: A bare value that says something about a key rather than being its value: a YAML
+#: flag (``secret: true`` in a workflow template), or a template's ``{{``.
+_NOT_A_VALUE = re.compile(r"(?i)true|false|null|none|yes|no|\{\{.*")
 #: A JSON literal that is no secret: the value of a quoted key that is not a string.
 _JSON_LITERAL = re.compile(r"null|true|false|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
 
 def _generic(m: re.Match[str]) -> str:
+    if m.re is _SHAPED:
+        return m.group("p") + MASK
+    if m.re is _URL_USER:
+        return _url_user(m)
+    if m.group("q") is not None:
+        if _PLACEHOLDER.fullmatch(m.group("qval")):
+            return m.group(0)
+        return m.group("q") + MASK
     if m.group("h") is not None:
         sep, value = m.group("hsep"), m.group("hval")
         if _PLACEHOLDER.fullmatch(value):
             return m.group(0)
+        if not m.group("hscheme") and _NOT_A_VALUE.fullmatch(value):
+            return m.group(0)  # `secret: true`, `token: null`: not a value
         bare = sep.rstrip()[-1:] not in ("'", '"')  # the value is not a quoted string
         if (
             sep[:1] in ("'", '"')  # a quoted key: JSON or a dict's repr
@@ -372,10 +464,10 @@ def _generic(m: re.Match[str]) -> str:
                 return m.group("h") + sep + f'"{MASK}"'
             return m.group(0)
         return m.group("h") + sep + (m.group("hscheme") or "") + MASK
-    if m.group("b") is not None:
-        return m.group("b") + MASK
-    if m.group("sk") is not None:
-        return "sk-" + MASK
+    return m.group("b") + MASK
+
+
+def _url_user(m: re.Match[str]) -> str:
     user = m.group("uval")
     if ":" not in user and (
         m.group("u").lower() in _ROLE_SCHEMES or _PLAIN_USER.fullmatch(user) is not None
@@ -423,8 +515,12 @@ def redact(text: str, also: Iterable[str | None] = ()) -> str:
         text = known.sub(MASK, text)
     # The generic scan is ~10x slower than the checks that rule it out for most records.
     low = text.lower()
-    if any(t in low for t in _TRIGGERS) or ("://" in text and "@" in text):
-        return _GENERIC.sub(_generic, text)
+    if any(t in low for t in _TRIGGERS):
+        text = _GENERIC.sub(_generic, text)
+    if _SHAPED_GATE.search(text):
+        text = _SHAPED.sub(_generic, text)
+    if "@" in text and "://" in text:
+        text = _URL_USER.sub(_generic, text)
     return text
 
 
