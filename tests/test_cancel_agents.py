@@ -35,6 +35,13 @@ while time.monotonic() < deadline:
 """
 
 
+
+def _written(pids: Path, n: int) -> list[int] | None:
+    """The pids the agents wrote (a file named by its pid, renamed into place: a name with
+    a suffix is one still being written), once there are ``n`` of them."""
+    names = [p.name for p in pids.iterdir() if p.name.isdigit()] if pids.is_dir() else []
+    return [int(name) for name in names] if len(names) == n else None
+
 def test_workflow_cancel_ends_the_agents_of_steps_in_flight(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -59,8 +66,7 @@ def test_workflow_cancel_ends_the_agents_of_steps_in_flight(tmp_path: Path) -> N
     )  # fmt: skip
     agents: dict[int, str | None] = {}
     try:
-        found = wait_for(lambda: len(list(pids.glob("[0-9]*"))) == 2 and
-                         [int(p.name) for p in pids.glob("[0-9]*")], "both agents")  # fmt: skip
+        found = wait_for(lambda: _written(pids, 2), "both agents")
         agents = {pid: process_start(pid) for pid in found}
         (run_dir,) = (tmp_path / "handoffs" / "workflows").iterdir()
         cancelled = subprocess.run(
