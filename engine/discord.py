@@ -53,6 +53,30 @@ MAX_RETRY_WAIT = 60.0
 MAX_CONTENT = 2000
 
 
+class DiscordNotFound(ConfigError):
+    """Discord answered 404 (exit 2): ``gone`` says what is missing, ``"message"`` (it was
+    deleted: Discord's error code 10008, or a message route whose channel exists) or
+    ``"channel"`` (a wrong id in ``channels.map``: code 10003, or a channel route);
+    ``""`` for anything else (``/users/@me``: a wrong ``channels.base_url``)."""
+
+    def __init__(self, message: str, *, gone: str) -> None:
+        super().__init__(message, status_code=404)
+        self.gone = gone
+
+
+def message_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the message a request named was deleted (not a wrong
+    channel id, not a refusal): the inbox then skips that message and goes on."""
+    return isinstance(exc, DiscordNotFound) and exc.gone == "message"
+
+
+#: Discord's JSON error codes for a missing channel and a missing message (Discord's
+#: developer docs, "Opcodes and Status Codes", JSON Error Codes).
+UNKNOWN_CHANNEL, UNKNOWN_MESSAGE = 10003, 10008
+#: A channel route and, optionally, the message it names.
+_CHANNEL_PATH = re.compile(r"^/channels/(\d+)(?:/messages/(\d+))?")
+
+
 class DiscordRateLimited(HookUnreachableError):
     """Discord rate-limits the bot for longer than a request waits (``MAX_RETRY_WAIT``), or
     a request met a limit still running: ``until`` (Unix seconds) says when requests may
@@ -111,13 +135,17 @@ class DiscordClient:
         sleep: Callable[[float], None] = time.sleep,
         timeout: float = 10.0,
         on_retry: Callable[[str, int, float, str], None] | None = None,
+        channel_names: dict[str, str] | None = None,
     ) -> None:
         """``on_retry(what, attempt, delay_s, reason)`` is told before each retry's wait
-        (``what``: the request, e.g. ``reading the queue channel``)."""
+        (``what``: the request, e.g. ``reading the queue channel``). ``channel_names``
+        maps channel ids to their keys in ``channels.map`` (``{"1470…": "results"}``), so
+        a 404 names the key to fix."""
         register(token)
         register_url(base_url)
         self.base_url = base_url.rstrip("/")
         self.token_env = token_env
+        self.channel_names = dict(channel_names or {})
         self.schedule = schedule or RetrySchedule()
         self._headers = {
             "Authorization": f"Bot {token}",
@@ -164,6 +192,7 @@ class DiscordClient:
             sleep=sleep,
             timeout=cfg.retry.request_timeout,
             on_retry=on_retry,
+            channel_names={str(v): str(k) for k, v in (channels.get("map") or {}).items()},
         )
 
     def held_for(self) -> float:
@@ -255,15 +284,16 @@ class DiscordClient:
             cursor = str(batch[-1]["id"])
 
     def message(self, channel_id: str, message_id: str) -> dict[str, Any] | None:
-        """One message, or None when it was deleted (404)."""
+        """One message, or None when it was deleted (404 Unknown Message; a wrong channel
+        id still raises ``DiscordNotFound``)."""
         try:
             data = self._request(
                 "GET",
                 f"/channels/{channel_id}/messages/{message_id}",
                 what=f"message {message_id}",
             )
-        except ConfigError as exc:
-            if exc.status_code == 404:
+        except DiscordNotFound as exc:
+            if exc.gone == "message":
                 return None
             raise
         return _dict(data) or None
@@ -313,11 +343,18 @@ class DiscordClient:
         *,
         reply_to: str | None = None,
         attachment: tuple[str, bytes] | None = None,
+        notify: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Post a message (at most ``MAX_CONTENT`` characters), optionally a reply or a file."""
+        """Post a message (at most ``MAX_CONTENT`` characters), optionally a reply or a file.
+
+        Mentions in ``content`` notify nobody (``allowed_mentions.parse`` is empty: never
+        @everyone, roles or users), except the user ids in ``notify`` (at most 100,
+        Discord's limit for ``allowed_mentions.users``): the approvers a gate notice names.
+        """
+        users = [u for u in dict.fromkeys(str(u) for u in notify) if u.isdigit()][:100]
         payload: dict[str, Any] = {
             "content": content[:MAX_CONTENT],
-            "allowed_mentions": {"parse": []},
+            "allowed_mentions": {"parse": [], "users": users} if users else {"parse": []},
         }
         if reply_to:
             payload["message_reference"] = {"message_id": reply_to, "fail_if_not_exists": False}
@@ -378,7 +415,7 @@ class DiscordClient:
         if done.response is not None and done.accepted:
             return _body(done.response)
         if done.response is not None and done.response.status_code != 429:
-            raise self._refusal(done.response, what)
+            raise self._refusal(done.response, what, path)
         if done.status == 429:
             global_ = self.held_for() > 0
             with self._holds_lock:
@@ -398,7 +435,7 @@ class DiscordClient:
         on_retry = self._on_retry
         return lambda attempt, delay, reason: on_retry(what, attempt, delay, reason)
 
-    def _refusal(self, resp: httpx.Response, what: str) -> Exception:
+    def _refusal(self, resp: httpx.Response, what: str, path: str) -> Exception:
         code = resp.status_code
         detail = discord_error_text(resp)
         if code == 401:
@@ -411,15 +448,55 @@ class DiscordClient:
                 status_code=code,
             )
         if code == 404:
-            return ConfigError(
-                f"Discord {what} not found (404{f': {detail}' if detail else ''}): check the "
-                "channel ids in `channels.map`.",
-                status_code=code,
-            )
+            return self._not_found(resp, what, path, detail)
         return HookError(
             f"Discord {what}: refused (HTTP {code}{f': {detail}' if detail else ''}).",
             status_code=code,
         )
+
+    def _not_found(
+        self, resp: httpx.Response, what: str, path: str, detail: str
+    ) -> DiscordNotFound:
+        """A 404's error, its hint fitting what is missing: a deleted message, or a
+        channel id that is wrong in ``channels.map`` (named by its key there)."""
+        found = _CHANNEL_PATH.match(path)
+        code = _error_code(resp)
+        said = f"404{f': {detail}' if detail else ''}"
+        if found is None:
+            return DiscordNotFound(
+                f"Discord {what} not found ({said}): check `channels.base_url` (it should "
+                "end in `/api/v10`).",
+                gone="",
+            )
+        channel, message = found.group(1), found.group(2)
+        key = self.channel_names.get(channel)
+        named = f" (`{key}` in `channels.map`)" if key else ""
+        if message is not None and code != UNKNOWN_CHANNEL:
+            return DiscordNotFound(
+                f"Discord message {message} in channel {channel}{named} not found ({said}): "
+                "it was deleted.",
+                gone="message",
+            )
+        fix = (
+            f" (`{key}: \"{channel}\"`; in Discord: right-click the channel > Copy Channel ID)"
+            if key
+            else f": none of them is `{channel}`"
+        )
+        return DiscordNotFound(
+            f"Discord channel {channel}{named} not found ({said}): check the channel ids in "
+            f"`channels.map`{fix}, and that the bot is in that server.",
+            gone="channel",
+        )
+
+
+def _error_code(resp: httpx.Response) -> int | None:
+    """Discord's JSON error code of a refusal (``{"code": 10008, ...}``), or None."""
+    try:
+        data = resp.json()
+    except (ValueError, RecursionError):
+        return None
+    code = data.get("code") if isinstance(data, dict) else None
+    return code if isinstance(code, int) else None
 
 
 def _limited(what: str, scope: str, until: float, now: float) -> str:
@@ -431,8 +508,10 @@ def _limited(what: str, scope: str, until: float, now: float) -> str:
     )
     return (
         f"Discord rate-limits {which} for {max(0.0, until - now):.0f} s more, until "
-        f"{_clock_text(until)} ({what}): no such request is sent to Discord before then, "
-        "and the inbox waits for it. Nothing is wrong with the network or "
+        f"{_clock_text(until)} ({what}): no such request is sent to Discord before then. "
+        "A running `orchestrate inbox discord` waits for it; a command (`inbox discord "
+        "--once`, `inbox submit`) exits 4: run it again after then. Nothing is wrong with "
+        "the network or "
         "`channels.base_url`; if this repeats, another program may be using the same bot "
         "token."
     )

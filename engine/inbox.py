@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Config
-from engine.discord import CLAIM, DiscordClient, ids, reference_of, split_content
+from engine.discord import CLAIM, DiscordClient, ids, message_gone, reference_of, split_content
 from engine.errors import (
     ConfigError,
     HookError,
@@ -311,8 +311,11 @@ class DiscordInbox(ParkedRuns):
     def poll_once(self) -> list[str]:
         """One pass: post what is pending, decide gates, claim new tasks; return claimed ids."""
         for pending in self._states(CLAIMING):  # a claim a failed request left unconfirmed
-            if not self._busy(pending["message_id"]) and self._confirm(pending):
-                self._submit(pending["message_id"], pending)
+            try:
+                if not self._busy(pending["message_id"]) and self._confirm(pending):
+                    self._submit(pending["message_id"], pending)
+            except OrchestratorError as exc:
+                self._item_failed(f"message {pending['message_id']}", exc)
         self._post_pending()
         if self.settings.announce_parked and time.monotonic() >= self._next_adopt:
             # list_runs replays journals: look for parked runs every 30 s, not every poll
@@ -323,8 +326,13 @@ class DiscordInbox(ParkedRuns):
         self._listed_at = time.time()  # no ✅ seen in this listing: rivals reacted later
         for msg in self._new_messages():
             mid = str(msg.get("id"))
-            if self._take(msg):
-                claimed.append(mid)
+            try:
+                if self._take(msg):
+                    claimed.append(mid)
+            except OrchestratorError as exc:
+                self._item_failed(f"message {mid}", exc)
+                if mid.isdigit() and not self._state_path(mid).exists():
+                    self._retry(mid)  # looked at again next poll
             self._seen(mid)
         return claimed
 
@@ -419,9 +427,12 @@ class DiscordInbox(ParkedRuns):
             return None
         try:
             self.client.react(self.settings.queue, mid, CLAIM)
-        except OrchestratorError:
+        except OrchestratorError as exc:
             self._state_path(mid).unlink(missing_ok=True)
-            raise
+            if not message_gone(exc):
+                raise
+            self.log(f"message {mid}: deleted before it was claimed; skipped")
+            return None
         if not self._confirm(state):
             return None
         return state
@@ -434,10 +445,19 @@ class DiscordInbox(ParkedRuns):
         ✅ apart, so each then posts a claim reply naming itself; Discord numbers messages
         in the order it receives them, and the lowest-numbered claim wins (the others delete
         theirs). Unsure (our own claim not listed yet): the claim stays unconfirmed and a
-        later poll decides.
+        later poll decides. A task deleted meanwhile is let go (our claim reply with it).
         """
         mid = state["message_id"]
-        users = ids(self.client.reactors(self.settings.queue, mid, CLAIM))
+        try:
+            users = ids(self.client.reactors(self.settings.queue, mid, CLAIM))
+        except OrchestratorError as exc:
+            if not message_gone(exc):
+                raise
+            if state.get("claim_message_id"):
+                self.client.delete(self.settings.queue, str(state["claim_message_id"]))
+            self._state_path(mid).unlink(missing_ok=True)
+            self.log(f"message {mid}: deleted before it was claimed; skipped")
+            return False
         if users != [self._me]:
             if self._me in users:
                 self.client.unreact(self.settings.queue, mid, CLAIM)
@@ -720,12 +740,12 @@ class DiscordInbox(ParkedRuns):
         attachment = None
         if cut:
             name = f"result-{res.get('run_id') or state['message_id']}.md"
-            attachment = (name, redact(body).encode("utf-8"))
+            attachment = (name, self._public(body).encode("utf-8"))
             shown += f"\n(full result attached: {name})"
         state["post_attempts"] = int(state.get("post_attempts", 0)) + 1
         self._save(state)
         posted = self.client.post(
-            self.settings.results, redact(f"{intro}\n{shown}"), attachment=attachment
+            self.settings.results, self._public(f"{intro}\n{shown}"), attachment=attachment
         )
         state.update(state=POSTED, result_message_id=str(posted.get("id")), posted_at=utcnow_iso())
         self._save(state)
@@ -736,7 +756,7 @@ class DiscordInbox(ParkedRuns):
         try:
             reply = self.client.post(
                 state["channel_id"],
-                f"⛔ not run: {public_text(reason)}",
+                f"⛔ not run: {self._public(reason)}",
                 reply_to=state["message_id"],
             )
             state["reply_message_id"] = str(reply.get("id"))
@@ -748,7 +768,7 @@ class DiscordInbox(ParkedRuns):
         if self.settings.worker_pool is None:
             return
         try:
-            self.client.post(self.settings.worker_pool, redact(text))
+            self.client.post(self.settings.worker_pool, self._public(text))
         except OrchestratorError as exc:  # a lost notice must not stop the task
             self.log(f"worker-pool notice not posted: {exc}")
 
@@ -759,6 +779,17 @@ class DiscordInbox(ParkedRuns):
             f"{res.get('status')} in {seconds_text(res.get('duration_ms'))} "
             f"(run `{res.get('run_id')}`)"
         )
+
+    def _public(self, text: str) -> str:
+        """What every post of the inbox shows: secrets masked (``engine.redact``) and paths
+        of the host (the handoffs and workspaces directories, the config's directory, any
+        absolute path in backticks) cut to their last part (``inboxtask.public_text``)."""
+        cfg = self.cfg
+        roots = [cfg.handoffs_dir, cfg.gateway.workspaces_dir if cfg.gateway else None]
+        if cfg.path is not None:
+            roots.append(cfg.path.parent)
+        found = [p for r in roots if r is not None for p in (r, r.resolve())]
+        return public_text(redact(text), tuple(found))
 
     # -- files ---------------------------------------------------------------------------
 

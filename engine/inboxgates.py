@@ -13,16 +13,33 @@ the Discord client and the task pool it uses.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.config import Config
-from engine.discord import CLAIM, REJECT, DiscordClient, ids, reference_of, split_content
-from engine.errors import OrchestratorError
+from engine.discord import (
+    CLAIM,
+    REJECT,
+    DiscordClient,
+    ids,
+    message_gone,
+    reference_of,
+    split_content,
+)
+from engine.errors import HookUnreachableError, OrchestratorError
 from engine.files import utcnow_iso, write_json_new
-from engine.inboxtask import CLAIMED, FINISHED, PARKED, RUNNING, WAITING, TaskRequest
+from engine.inboxtask import (
+    CLAIMED,
+    FINISHED,
+    PARKED,
+    RUNNING,
+    WAITING,
+    TaskRequest,
+    summarize_workflow,
+)
 from engine.redact import redact
 
 if TYPE_CHECKING:
@@ -55,6 +72,26 @@ class ParkedRuns:
     def _state_path(self, mid: str) -> Path:
         raise NotImplementedError
 
+    def _post_result(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _finish_notice(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _public(self, text: str) -> str:
+        raise NotImplementedError
+
+    # -- one item's failure ----------------------------------------------------------------
+
+    def _item_failed(self, what: str, exc: OrchestratorError) -> None:
+        """Log the failure of one item of a poll (a task, a notice, a parked run) so the
+        poll goes on with the others; re-raise a failure every request would meet: Discord
+        unreachable or rate-limiting the bot (``HookUnreachableError``), or refusing the
+        token or a permission (401, 403)."""
+        if isinstance(exc, HookUnreachableError) or exc.status_code in (401, 403):
+            raise exc
+        self.log(f"{what}: {exc}")
+
     # -- notices ---------------------------------------------------------------------------
 
     def _announce_gates(self, state: dict[str, Any], req: TaskRequest, result: Any) -> None:
@@ -66,13 +103,13 @@ class ParkedRuns:
                 continue  # announced, not decided yet
             if st.get("status") == "waiting_approval" and sid not in gates:
                 text = self._gate_text(state, req, result.run_id, sid, st)
-                kind = "gate"
+                kind, named = "gate", self._approvers(req.target, sid)
             elif st.get("status") == "waiting_input" and _unanswered(st.get("question")):
                 text = self._question_text(state, req, result.run_id, sid, st)
-                kind = "question"
+                kind, named = "question", self._answerers(state, req, sid)
             else:
                 continue
-            posted = self.client.post(channel, text)
+            posted = self.client.post(channel, self._public(text), notify=named)
             gates[sid] = {
                 "kind": kind,
                 "channel_id": channel,
@@ -165,7 +202,11 @@ class ParkedRuns:
             }
             if not write_json_new(self._state_path(key), state):
                 continue
-            self._announce_gates(state, req, SimpleNamespace(run_id=run_id, summary=summary))
+            try:
+                self._announce_gates(state, req, SimpleNamespace(run_id=run_id, summary=summary))
+            except OrchestratorError as exc:
+                self._state_path(key).unlink(missing_ok=True)  # announced at a later look
+                self._item_failed(f"run {run_id}", exc)
 
     def _decided_elsewhere(self, run_id: str, step: str) -> dict[str, Any] | None:
         """The gate decision or the answer a run's journal holds for ``step``, if any."""
@@ -193,26 +234,63 @@ class ParkedRuns:
 
     def _check_gates(self) -> None:
         """Decide each announced gate by reaction and answer each question by reply; resume
-        the runs that can continue."""
+        the runs that can continue, and report those cancelled meanwhile. One task's
+        failure is logged and the others go on (``_item_failed``)."""
         for state in self._states(WAITING):
             if self._busy(state["message_id"]):
                 continue
-            req = TaskRequest(**state["request"])
-            decided = False
-            seen = {sid: g.get("after") for sid, g in state.get("gates", {}).items()}
-            for sid, gate in state.get("gates", {}).items():
-                if gate.get("decision"):
-                    continue
-                if gate.get("kind") == "question":
-                    done = self._take_answer(state, req, sid, gate)
-                else:
-                    done = self._take_decision(state, req, sid, gate)
-                decided = decided or done
-            if decided:
-                self._save(state)
-                self._submit(state["message_id"], state)
-            elif seen != {sid: g.get("after") for sid, g in state.get("gates", {}).items()}:
-                self._save(state)  # how far the replies were read: not read again
+            try:
+                self._check_waiting(state)
+            except OrchestratorError as exc:
+                self._item_failed(f"message {state['message_id']}", exc)
+
+    def _check_waiting(self, state: dict[str, Any]) -> None:
+        req = TaskRequest(**state["request"])
+        decided = False
+        before = json.dumps(state.get("gates"), sort_keys=True)
+        for sid, gate in state.get("gates", {}).items():
+            if gate.get("decision"):
+                continue
+            if gate.get("kind") == "question":
+                done = self._take_answer(state, req, sid, gate)
+            else:
+                done = self._take_decision(state, req, sid, gate)
+            decided = decided or done
+        if decided:
+            self._save(state)
+            self._submit(state["message_id"], state)
+        elif self._ended_elsewhere(state, req):
+            return
+        elif before != json.dumps(state.get("gates"), sort_keys=True):
+            self._save(state)  # how far the replies were read, a notice posted again
+
+    def _ended_elsewhere(self, state: dict[str, Any], req: TaskRequest) -> bool:
+        """A waiting workflow run cancelled from a terminal (`workflow cancel RUN`): its
+        result (``cancelled``, the steps' lines) is recorded and posted; True then."""
+        from types import SimpleNamespace
+
+        from engine.runs import replay, run_dir, summarize
+        from engine.states import RunState
+
+        if req.kind != "workflow" or not state.get("run_id"):
+            return False
+        try:
+            path = run_dir(self.cfg, state["run_id"])
+            view = replay(path)
+        except OrchestratorError:
+            return False
+        if view.state is not RunState.CANCELLED:
+            return False
+        result = SimpleNamespace(run_id=state["run_id"], run_dir=path, summary=summarize(view))
+        state["result"] = summarize_workflow(self.cfg, req, result)
+        state.update(state=FINISHED, finished_at=utcnow_iso())
+        self._save(state)
+        self._finish_notice(state)
+        try:
+            self._post_result(state)
+        except OrchestratorError as exc:  # recorded: a later poll posts it
+            self.log(f"message {state['message_id']}: result not posted yet: {exc}")
+        return True
 
     def _take_decision(
         self, state: dict[str, Any], req: TaskRequest, sid: str, gate: dict[str, Any]
@@ -224,8 +302,16 @@ class ParkedRuns:
         allowed = set(self._approvers(req.target, sid))
         verdict = None
         for emoji, approved in ((REJECT, False), (CLAIM, True)) if allowed else ():
-            reactors = ids(self.client.reactors(gate["channel_id"], gate["message_id"], emoji))
-            who = [u for u in reactors if u in allowed]
+            if gate.get("gone"):
+                break  # both notices were deleted: decided from a terminal only
+            try:
+                users = self.client.reactors(gate["channel_id"], gate["message_id"], emoji)
+            except OrchestratorError as exc:
+                if not message_gone(exc):
+                    raise
+                self._notice_deleted(state, req, sid, gate)
+                break
+            who = [u for u in ids(users) if u in allowed]
             if who:
                 verdict = (approved, who[0])
                 break
@@ -247,6 +333,39 @@ class ParkedRuns:
             decision="approved" if approved else "rejected", by=uid, decided_at=utcnow_iso()
         )
         return True
+
+    def _notice_deleted(
+        self, state: dict[str, Any], req: TaskRequest, sid: str, gate: dict[str, Any]
+    ) -> None:
+        """A gate's notice was deleted (someone tidied the channel): post it again, once;
+        if that one goes too, post a line naming the terminal commands and stop reading
+        reactions (``gate["gone"]``). A terminal's decision is still taken."""
+        from engine.runs import replay, run_dir
+
+        run_id = state["run_id"]
+        self.log(f"run {run_id}: the notice of step `{sid}` was deleted")
+        if gate.get("reposted"):
+            text = (
+                f"⏸ the approval notice of workflow `{req.target}`, step `{sid}`, run "
+                f"`{run_id}` was deleted twice: decide at a terminal with `workflow approve "
+                f"{run_id} {sid}` or `workflow reject {run_id} {sid} --reason ...`."
+            )
+            posted = self.client.post(gate["channel_id"], self._public(text))
+            gate.update(gone=True, gone_message_id=str(posted.get("id")))
+            return
+        try:
+            agent = replay(run_dir(self.cfg, run_id)).steps[sid].agent
+        except (OrchestratorError, KeyError):
+            agent = None
+        text = self._gate_text(state, req, run_id, sid, {"agent": agent})
+        posted = self.client.post(
+            gate["channel_id"],
+            self._public(f"{text}\n(posted again: the first notice was deleted)"),
+            notify=self._approvers(req.target, sid),
+        )
+        gate.update(
+            reposted=True, deleted_message_id=gate["message_id"], message_id=str(posted.get("id"))
+        )
 
     def _settled_elsewhere(self, state: dict[str, Any], sid: str, gate: dict[str, Any]) -> bool:
         """A decision or an answer made from a terminal (`workflow approve|answer`,

@@ -205,11 +205,27 @@ def checked_submission(
 _QUOTED_PATH = re.compile(r"`(/[^`\n]*)`")
 
 
-def public_text(text: str) -> str:
+def public_text(text: str, roots: tuple[Path, ...] = ()) -> str:
     """``text`` for a channel anyone in the server can read: an absolute path between
     backticks (a server's directory, a config file) is shown by its last part only
-    (`.../workflows`), so replies do not map the host's file system."""
-    return _QUOTED_PATH.sub(lambda m: f"`.../{Path(m.group(1)).name or '/'}`", text)
+    (`.../workflows`), and so is any path under one of ``roots`` (the handoffs and the
+    workspaces directories, which errors name unquoted: ``still recorded (marked late) in
+    /srv/orch/handoffs`` becomes ``... in .../handoffs``), so posts do not map the host's
+    file system (docs/discord.md, "Task syntax")."""
+    text = _QUOTED_PATH.sub(lambda m: f"`.../{Path(m.group(1)).name or '/'}`", text)
+    for root in sorted({str(r).rstrip("/") for r in roots if str(r).startswith("/")}, key=len,
+                       reverse=True):  # fmt: skip
+        under = re.compile(re.escape(root) + r"(?:/[^\s`'\"<>()\[\]{},;]*)?(?![\w-])")
+        text = under.sub(lambda m: _last_part(m.group(0)), text)
+    return text
+
+
+def _last_part(path: str) -> str:
+    """``.../name`` for an absolute path; a sentence's full stop after it stays outside."""
+    stop = ""
+    while path.endswith((".", ":")) and len(path) > 1:
+        path, stop = path[:-1], path[-1] + stop
+    return f".../{Path(path).name or '/'}{stop}"
 
 
 def check_workflow_name(cfg: Config, name: str) -> None:
