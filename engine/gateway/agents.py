@@ -507,15 +507,9 @@ def process_start(pid: Any) -> str | None:
     or that file cannot be read."""
     if not isinstance(pid, int) or pid <= 0:
         return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat_line = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = stat_line[stat_line.rfind(")") + 2 :].split()
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
+    from engine.gateway.guard import start_of  # the guard runs alone: the reading lives there
+
+    return start_of(pid)
 
 
 def process_alive(pid: Any, start: Any) -> bool:
