@@ -516,13 +516,6 @@ def _deliver_one(into: _Into, source: Path, grace: float, seen_ino: int | None) 
     standing = _standing(final, cur_env, fallback)
     if standing is not None:
         return _keep_second(into, source, standing, fallback)
-    if fallback:
-        # a stand-in leaves the inbox at once: the agent's own handoff, if it still comes,
-        # takes its place there (a rename over it would leave nothing of the stand-in)
-        kept = keep_rejected(records_dir, source, inode=st.st_ino)
-        if kept is None:
-            return Delivery("absent")  # replaced while being read: look at the new one
-        source = kept
     new = recorded_envelope(into.env, cur_env, into.waiting, handoff, verified, source)
     new["handoff_inode"] = [st.st_dev, st.st_ino]
     data = record_of(handoff, new, run_id)

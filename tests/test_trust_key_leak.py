@@ -65,13 +65,12 @@ def test_a_printed_handoff_key_is_masked_everywhere(tmp_path: Path, exit_code: i
         assert key not in text and "key ***" in text, (log, text)
         assert stat.S_IMODE(log.stat().st_mode) == 0o600, log
     # nothing the run left holds the key, but for the stand-in's `key` field (the
-    # handoff's proof, as in the agent's own, kept in rejected/ once recorded): records,
-    # pending, logs, the stand-in's text
+    # handoff's proof, as in the agent's own): records, pending, logs, the stand-in's text
     for path in (tmp_path / "handoffs").rglob("*"):
         if not path.is_file():
             continue
         data = path.read_bytes()
-        if path.parent.name in ("inbox", "rejected"):
+        if path.parent.name == "inbox":
             handoff = json.loads(data)
             assert handoff.pop("key") == key
             data = json.dumps(handoff).encode()
