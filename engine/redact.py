@@ -84,13 +84,13 @@ _SECRET_PARAM = (
 _GENERIC = re.compile(
     r"(?i)"
     # a secret query parameter in a URL (`?token=x&page=2`: the value up to `&`)
-    rf"(?P<q>[?&;]{_SECRET_PARAM}=)(?P<qval>[^&;#\s\"'<>]+)"
+    rf"(?P<q>[?&;]{_SECRET_PARAM}=)(?P<qval>[^&;#\s\"'<>`]+)"
     # a secret key's or an auth header's value (also in a dict repr or JSON:
     # `"authorization": "Bearer x"`, `"password": "x y"`, `password=x`, `token: x`)
     rf"|(?<![a-z0-9])(?P<h>{_SECRET_KEY})"
     r"(?P<hsep>[\"']?\s{0,3}[:=]\s{0,3}[\"']?\s{0,3})"
     r"(?P<hscheme>(?:bearer|bot|basic|token)\s+)?"
-    r"(?P<hval>(?<=\")[^\"\\\n]+|(?<=')[^'\\\n]+|[^\s\"',;}\]]+)"
+    r"(?P<hval>(?<=\")[^\"\\\n]+|(?<=')[^'\\\n]+|[^\s\"',;}\]`]+)"
     # a bearer token anywhere; it must look like one (a digit or symbol in it, or long)
     rf"|(?P<b>\bbearer\s+)(?P<bval>(?={_TOKEN}*[0-9._~+/=-]){_TOKEN}{{6,}}|[A-Za-z]{{24,}})"
 )
@@ -430,7 +430,14 @@ _PLACEHOLDER = re.compile(
 )
 #: A bare value that says something about a key rather than being its value: a YAML
 #: flag (``secret: true`` in a workflow template), or a template's ``{{``.
-_NOT_A_VALUE = re.compile(r"(?i)true|false|null|none|yes|no|\{\{.*")
+_NOT_A_VALUE = re.compile(
+    r"(?i)true|false|null|none|yes|no|\{\{.*"
+    # what `orchestrate agents status` says of a token (``"token": "accepted"``)
+    r"|accepted|rejected(?: \(\d{3}\))?|not set(?:: .*)?"
+)
+#: What may stand before a key on its line for ``key: value`` to be a mapping's entry
+#: (YAML, a flow mapping, a list item, a comment) rather than prose (``held no secret: q``).
+_ENTRY_START = "{,[(-|#"
 #: A JSON literal that is no secret: the value of a quoted key that is not a string.
 _JSON_LITERAL = re.compile(r"null|true|false|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
@@ -451,8 +458,15 @@ def _generic(m: re.Match[str]) -> str:
         if not m.group("hscheme") and _NOT_A_VALUE.fullmatch(value):
             return m.group(0)  # `secret: true`, `token: null`: not a value
         bare = sep.rstrip()[-1:] not in ("'", '"')  # the value is not a quoted string
+        quoted_key = sep[:1] in ("'", '"')  # JSON or a dict's repr
+        if quoted_key and bare and not m.group("hscheme") and not (
+            value[0] in "{[" or _JSON_LITERAL.fullmatch(value)
+        ):
+            return m.group(0)  # `'/etc/passwd': give ...`: prose after a quoted word
+        if not quoted_key and "=" not in sep and not m.group("hscheme") and not _entry(m):
+            return m.group(0)  # `... held no secret: q`: prose, not a mapping's entry
         if (
-            sep[:1] in ("'", '"')  # a quoted key: JSON or a dict's repr
+            quoted_key
             and bare
             and not m.group("hscheme")
             and (value[0] in "{[" or _JSON_LITERAL.fullmatch(value))
@@ -465,6 +479,17 @@ def _generic(m: re.Match[str]) -> str:
             return m.group(0)
         return m.group("h") + sep + (m.group("hscheme") or "") + MASK
     return m.group("b") + MASK
+
+
+def _entry(m: re.Match[str]) -> bool:
+    """True when the key of ``m`` (``key: value``) starts a mapping's entry: only white
+    space, a name prefix (``DB_``) or one of ``_ENTRY_START`` before it on its line."""
+    text, start = m.string, m.start("h")
+    line = text[text.rfind("\n", 0, start) + 1 : start].rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                           "abcdefghijklmnopqrstuvwxyz"
+                                                           "0123456789_.-")
+    rest = line.rstrip()
+    return not rest or rest[-1] in _ENTRY_START
 
 
 def _url_user(m: re.Match[str]) -> str:

@@ -63,6 +63,12 @@ def test_secret_keys_and_token_shapes_are_masked(text: str, expected: str) -> No
         "the key is AKIAIOSFODNN7EXAMPLEX1 long",  # not an access key id: 21 characters
         "http://h:1/?page=2&sort=name ssh://git@github.com/acme",
         "password: ***",
+        # prose and the engine's own words, which the key rule first masked
+        "an input that held no secret: `q` was recorded as given at the start",
+        "workflow '/etc/passwd': give a workflow name",
+        '{"agent": "manager", "token": "accepted"}',
+        '{"token": "rejected (401)"}',
+        "the URL holds a password (`?password=`)",
     ],
 )
 def test_placeholders_flags_and_near_misses_are_left_alone(text: str) -> None:
