@@ -48,3 +48,57 @@ def test_no_dispatched_line_for_a_task_that_never_reached_its_gateway(
     assert "the task was never delivered" in res.output
     assert "retry 1 in 1.0 s" in res.stderr
     assert "dispatched" not in res.stderr
+
+
+def _acl_config(tmp_path: Path, acl: dict[str, list[str]]) -> Path:
+    raw = demo_config(tmp_path)
+    raw["acl"] = acl
+    return write_config(tmp_path, raw)
+
+
+@pytest.mark.parametrize("targets", [["!webster"], []], ids=["exclusions-only", "empty"])
+def test_the_acl_hint_names_an_agent_that_really_may(
+    tmp_path: Path, targets: list[str]
+) -> None:
+    cfg = _acl_config(tmp_path, {"manager": targets, "tech-lead": ["webster"]})
+    res = run("webster", "hi", "--caller", "manager", "--config", str(cfg))
+    assert res.exit_code == 5, res.output
+    assert "`manager` may not delegate to anyone" in res.stderr
+    assert "ask an agent that may (e.g. `tech-lead`)." in res.stderr
+
+
+def test_the_acl_hint_says_when_nobody_may(tmp_path: Path) -> None:
+    cfg = _acl_config(tmp_path, {"manager": []})
+    res = run("webster", "hi", "--caller", "manager", "--config", str(cfg))
+    assert res.exit_code == 5, res.output
+    assert "`manager` may not delegate to anyone; no agent may delegate to `webster`." in (
+        res.stderr
+    )
+    assert "e.g. `manager`" not in res.stderr
+
+
+def test_a_list_of_only_exclusions_is_warned_about_at_load(tmp_path: Path) -> None:
+    cfg = _acl_config(tmp_path, {"manager": ["!webster"]})
+    res = run("webster", "hi", "--caller", "manager", "--config", str(cfg))
+    warning = (
+        "warning: `acl.manager` lists only exclusions, which allows no agent at all; to "
+        "allow every agent but those write `manager: ['*', '!webster']`."
+    )
+    assert res.stderr.splitlines()[0] == warning
+    assert "`manager` may not delegate to anyone (`acl.manager` lists only exclusions" in (
+        res.stderr
+    )
+
+
+def test_an_agent_never_delegates_to_itself(tmp_path: Path) -> None:
+    cfg = _acl_config(tmp_path, {"webster": ["*", "!manager"]})
+    res = run("webster", "x", "--caller", "webster", "--config", str(cfg))
+    assert res.exit_code == 5, res.output
+    assert (
+        "ACL refuses `webster` -> `webster`: an agent never delegates to itself. "
+        "Nothing was sent." in res.stderr
+    )
+    routed = run("--capability", "research", "x", "--caller", "webster", "--dry-run",
+                 "--config", str(cfg))
+    assert routed.exit_code == 0, routed.output
+    assert "webster: not eligible (an agent never delegates to itself)" in routed.output
