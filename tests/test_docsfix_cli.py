@@ -3,6 +3,7 @@ ACL hints, the systemd units."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,27 @@ def test_an_agent_never_delegates_to_itself(tmp_path: Path) -> None:
                  "--config", str(cfg))
     assert routed.exit_code == 0, routed.output
     assert "webster: not eligible (an agent never delegates to itself)" in routed.output
+
+
+def test_systemd_the_local_gateway_unit_alone_serves_its_port(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["gateway"].update({"embedded": False, "port": 18931, "token_env": "ORCH_GATEWAY_TOKEN"})
+    url = "http://127.0.0.1:18931"
+    raw["gateway"]["agents"] = {"g1": raw["gateway"]["agents"]["webster"],
+                                "g2": raw["gateway"]["agents"]["manager"]}
+    raw["agents"] = {"g1": {"url": url, "token_env": "ORCH_GATEWAY_TOKEN"},
+                     "g2": {"url": url, "token_env": "ORCH_GATEWAY_TOKEN"},
+                     "webster": {"url": "http://127.0.0.1:18828", "token_env": "W_TOK"}}
+    raw["acl"] = {"g1": ["*"]}
+    raw["validator"] = "g2"
+    cfg = write_config(tmp_path, raw)
+    out = tmp_path / "units"
+    res = run("agents", "systemd", "--out", str(out), "--config", str(cfg))
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "openclaw-webster.service", "orchestrate-gateway.service"]
+    text = (out / "orchestrate-gateway.service").read_text(encoding="utf-8")
+    start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    binary = start.removeprefix("ExecStart=").split(" gateway --config ")[0]
+    assert Path(binary).is_absolute() and Path(binary).name == "orchestrate", start
+    assert os.access(binary, os.X_OK)
