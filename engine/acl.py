@@ -43,18 +43,55 @@ class Acl:
         return "*" in allowed or target in allowed
 
     def check(self, caller: str, target: str) -> None:
-        """Raise AclDeniedError, naming the caller's allowed targets, unless allowed."""
+        """Raise AclDeniedError unless allowed: the message names the caller's allowed
+        targets, or an agent that may delegate to ``target`` when the caller may not
+        delegate at all (docs/delegation.md, "Who may delegate to whom")."""
         if self.allows(caller, target):
             return
+        if target == caller:
+            raise AclDeniedError(
+                f"ACL refuses `{caller}` -> `{caller}`: an agent never delegates to itself. "
+                "Nothing was sent.",
+                agent=target,
+            )
         allowed = self.targets(caller)
         if allowed:
             listed = ", ".join(f"`{a}`" for a in allowed)
             hint = f"`{caller}` may delegate to: {listed}."
         else:
-            hint = f"`{caller}` may not delegate to anyone; ask an agent that may (e.g. `manager`)."
+            hint = f"`{caller}` may not delegate to anyone"
+            fix = exclusions_only_hint(caller, self.rules.get(caller, ()))
+            if fix:
+                hint += f" ({fix})"
+            others = [a for a in self.agents if a != caller and self.allows(a, target)]
+            if others:
+                hint += f"; ask an agent that may (e.g. `{others[0]}`)."
+            else:
+                hint += f"; no agent may delegate to `{target}`."
         raise AclDeniedError(
             f"ACL refuses `{caller}` -> `{target}`: {hint} Nothing was sent.", agent=target
         )
+
+
+def exclusions_only_hint(caller: str, targets: Iterable[str]) -> str | None:
+    """The fix for ``acl.<caller>`` when ``targets`` holds only exclusions (``!name``)
+    and at least one: such a list allows nobody, since an exclusion only narrows ``"*"``
+    or the names listed. None for any other list (an empty one included)."""
+    listed = list(targets)
+    if not listed or not all(t.startswith("!") for t in listed):
+        return None
+    shown = ", ".join(f"'{t}'" for t in ["*", *listed])
+    return (
+        f"`acl.{caller}` lists only exclusions, which allows no agent at all; to allow "
+        f"every agent but those write `{caller}: [{shown}]`"
+    )
+
+
+def acl_warnings(rules: Mapping[str, Iterable[str]]) -> list[str]:
+    """Warnings about a config's ``acl`` (``caller -> targets``): entries that list only
+    exclusions and so allow nobody (see ``exclusions_only_hint``)."""
+    found = (exclusions_only_hint(caller, targets) for caller, targets in rules.items())
+    return [f"{hint}." for hint in found if hint]
 
 
 def check_chain(chain: Iterable[str], target: str, *, max_depth: int) -> None:

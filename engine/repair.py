@@ -241,8 +241,10 @@ class RunWatch:
         lookup: Callable[[], Any] | None = None,
         resend_task: bool = True,
         ended: threading.Event | None = None,
+        retries: _Retries | None = None,
     ) -> None:
         self._ended = ended if ended is not None else threading.Event()
+        self._retries = retries if retries is not None else _Retries()
         self.heartbeat = heartbeat
         self._lookup = lookup
         self.envelope = envelope
@@ -301,7 +303,7 @@ class RunWatch:
         if d is None:
             return None
         if not d.done:
-            return None if self._admitted else d.started_at + ADMISSION_WAIT
+            return None if self._admitted else self._trying_since(d) + ADMISSION_WAIT
         if d.ended_at is not None and d.completion is not None and d is not self._seen:
             return d.ended_at + self.grace
         return None
@@ -331,7 +333,7 @@ class RunWatch:
             return None
         now = self._clock()
         if not d.done:
-            if not self._admitted and now - d.started_at >= ADMISSION_WAIT:
+            if not self._admitted and now - self._trying_since(d) >= ADMISSION_WAIT:
                 self._admit()
             return None
         if d.error is not None:
@@ -466,6 +468,14 @@ class RunWatch:
 
     # -- internals -------------------------------------------------------------------
 
+    def _trying_since(self, d: Dispatch) -> float:
+        """The ``clock()`` time the first dispatch's current attempt began: a failed
+        attempt (a refused connection, a 5xx) that is retried has not admitted the task,
+        so ``ADMISSION_WAIT`` counts from its retry, not from the first try."""
+        if d is not self._first:
+            return d.started_at
+        return max(d.started_at, self._retries.next_at)
+
     def _admit(self) -> None:
         self._admitted = True
         if self._on_admitted is not None:
@@ -534,6 +544,14 @@ class RunWatch:
         return None
 
 
+@dataclass
+class _Retries:
+    """When the first dispatch's next attempt starts (a ``clock()`` value; 0.0 before
+    any retry): written by its retry reports, read by ``RunWatch`` to date admission."""
+
+    next_at: float = 0.0
+
+
 def start(
     *,
     client: Any,
@@ -568,13 +586,19 @@ def start(
     """
 
     ended = threading.Event()  # set by RunWatch.abandon: the delegation is over
+    retries = _Retries()
+
+    def first_retry(name: str, attempt: int, delay: float, reason: str) -> None:
+        retries.next_at = clock() + delay
+        on_retry(name, attempt, delay, reason)
 
     def post(
         message: str | None, idem: str, *, quick: float | None = None, resume: Any = None
     ) -> Any:
         sent = body if message is None else {**body, "message": message}
         return client.post_agent(
-            target, sent, idempotency_key=idem, deadline=deadline, on_retry=on_retry,
+            target, sent, idempotency_key=idem, deadline=deadline,
+            on_retry=first_retry if idem == run_id else on_retry,
             hold=hold, ended=ended, quick=quick, resume=resume,
         )
 
@@ -631,5 +655,6 @@ def start(
         lookup=lookup if hold else None,
         resend_task=resend_task,
         ended=ended,
+        retries=retries,
     )
     return watch, answer

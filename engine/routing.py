@@ -67,7 +67,14 @@ def route(
         )
     allowed = [a.name for a in capable if acl.allows(caller, a.name)]
     excluded = tuple(
-        (a.name, f"`{caller}` may not delegate to it") for a in capable if a.name not in allowed
+        (
+            a.name,
+            "an agent never delegates to itself"
+            if a.name == caller
+            else f"`{caller}` may not delegate to it",
+        )
+        for a in capable
+        if a.name not in allowed
     )
     if not allowed:
         raise AclDeniedError(

@@ -7,7 +7,10 @@ Example::
     # then: cp units/*.service ~/.config/systemd/user/ && systemctl --user daemon-reload
 
 One unit per distinct gateway URL on this host (several registry names behind one
-gateway share it), plus one for the local gateway when it runs standalone. Tokens come
+gateway share it), plus one for the local gateway when it runs standalone (agents whose
+URL is that gateway's port get no OpenClaw unit of their own; its ``ExecStart`` is the
+absolute path of the running ``orchestrate``, since a venv's ``bin`` is not on
+systemd's ``PATH``). Tokens come
 from an ``EnvironmentFile`` and are never written into a unit. ``operations.systemd`` in
 the config sets the command, the state directory, the environment file and the unit name,
 each a template with ``{name}`` and ``{port}``; ``operations.logs`` (see
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,16 +54,18 @@ class Unit:
 def gateway_units(cfg: Config, *, orchestrate_bin: str | None = None) -> list[Unit]:
     """Units for every gateway on this host the registry names; see the module docstring."""
     settings = _settings(cfg)
+    gw = cfg.gateway
+    standalone = gw.port if gw is not None and not gw.embedded and gw.port else None
     gateways: dict[int, list[str]] = {}
+    served = False  # an agent reaches the standalone local gateway by its URL
     for name, agent in cfg.agents.items():
         if agent.is_local:
             continue
-        split = urlsplit(agent.url)
-        try:
-            port = split.port
-        except ValueError:
-            port = None
-        if split.hostname not in _LOCAL_HOSTS or port is None:
+        port = _local_port(agent.url)
+        if port is None:
+            continue
+        if port == standalone:
+            served = True
             continue
         gateways.setdefault(port, []).append(name)
     from engine.opslog import log_path
@@ -68,15 +75,42 @@ def gateway_units(cfg: Config, *, orchestrate_bin: str | None = None) -> list[Un
         name = names[0] if len(names) == 1 else f"port{port}"
         log = log_path(cfg, names[0], required=False)
         units.append(_openclaw_unit(settings, name, port, names, log))
-    gw = cfg.gateway
     if (
         gw is not None
         and not gw.embedded
         and gw.agents
-        and any(a.is_local for a in cfg.agents.values())
+        and (served or any(a.is_local for a in cfg.agents.values()))
     ):
-        units.append(_local_unit(cfg, settings, orchestrate_bin))
+        units.append(_local_unit(cfg, settings, orchestrate_bin or running_orchestrate()))
     return units
+
+
+def _local_port(url: str) -> int | None:
+    """The port of ``url`` when it names this host, else None."""
+    split = urlsplit(url)
+    try:
+        port = split.port
+    except ValueError:
+        return None
+    return port if split.hostname in _LOCAL_HOSTS else None
+
+
+def running_orchestrate() -> str:
+    """The absolute path of the ``orchestrate`` executable this process runs as (or the
+    one installed beside its Python, else the first on ``$PATH``), for an ``ExecStart``:
+    systemd's ``PATH`` does not hold a virtual environment's ``bin``. The symlinks are
+    kept (a venv's ``python`` is one). ``/usr/bin/env orchestrate`` when none is found."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    candidates = [
+        argv0 if Path(argv0).name == "orchestrate" else "",
+        str(Path(sys.executable).parent / "orchestrate") if sys.executable else "",
+        shutil.which("orchestrate") or "",
+    ]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            path = os.path.abspath(candidate)
+            return f'"{path}"' if any(c.isspace() for c in path) else path
+    return "/usr/bin/env orchestrate"
 
 
 def check_out(out: Path) -> None:
@@ -149,13 +183,13 @@ def _openclaw_unit(
     return Unit(f"{unit}.service", "\n".join(lines), name, port)
 
 
-def _local_unit(cfg: Config, settings: dict[str, str], orchestrate_bin: str | None) -> Unit:
+def _local_unit(cfg: Config, settings: dict[str, str], orchestrate_bin: str) -> Unit:
     gw = cfg.gateway
     assert gw is not None
     name = "orchestrate-gateway"
     if cfg.path is None:
         raise ConfigError("the local gateway's unit needs a config file on disk.")
-    binary = orchestrate_bin or "/usr/bin/env orchestrate"
+    binary = orchestrate_bin
     env_file = settings["environment_file"].replace("{name}", name).replace("{port}", str(gw.port))
     from engine.opslog import log_path
 

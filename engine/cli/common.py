@@ -550,7 +550,16 @@ def load(config: str | None) -> Any:
 
     cfg = load_config(config)
     LOADED.append(str(cfg.handoffs_dir))
+    _warn_about(cfg)
     return cfg
+
+
+def _warn_about(cfg: Any) -> None:
+    """Print the config's warnings (``engine.acl.acl_warnings``) on stderr."""
+    from engine.acl import acl_warnings
+
+    for warning in acl_warnings(cfg.acl):
+        click.echo(f"warning: {warning}", err=True)
 
 
 def load_optional(config: str | None) -> Any:
@@ -564,7 +573,9 @@ def load_optional(config: str | None) -> Any:
         if config:
             raise
         return None
-    return load_config(path)
+    cfg = load_config(path)
+    _warn_about(cfg)
+    return cfg
 
 
 def config_flag(cfg: Any) -> str:

@@ -261,7 +261,11 @@ def delegate_cmd(
         click.echo(f"dry run: `{caller}` -> `{done.agent}` passes every check; nothing sent.")
         return 0
     return _render_delegation(
-        done.result, done.verdict, done.route, as_json=as_json, strict=fail_on_reject
+        done.result,
+        done.verdict,
+        None if quiet else done.route,
+        as_json=as_json,
+        strict=fail_on_reject,
     )
 
 
@@ -324,7 +328,9 @@ def _dump_ended(result: Any, code: int) -> None:
 def _render_delegation(
     result: Any, verdict: Any, route: Any, *, as_json: bool, strict: bool
 ) -> int:
-    """Print a delegation's record (and its validation); the exit code it comes to."""
+    """Print a delegation's record (and its validation); the exit code it comes to.
+
+    ``route`` (the capability route taken, explained on stderr) is None with ``-q``."""
     code = int(result.exit_code)
     if verdict is not None and not verdict.approved and strict and code == 0:
         code = 1
