@@ -1094,8 +1094,17 @@ def pool_serve_cmd(host: str, port: int, token_env: str, config: str | None) -> 
         )
     with TokenPool(PoolSettings.from_config(cfg)) as pool:
         server = PoolServer(pool, token=token, host=host, port=port)
-        click.echo(f"pool endpoint on {server.url} (Ctrl-C to stop)", err=True)
-        return _serve_until_stopped(server, ctrl_c_ok=True)
+        try:
+            # SIGTERM and SIGHUP stop it as Ctrl-C does (exit 0), as a service manager
+            # expects; the line that says it serves comes once they are handled
+            with stopping_signals():
+                click.echo(f"pool endpoint on {server.url} (Ctrl-C to stop)", err=True)
+                server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+        return 0
 
 
 @orchestrate.group("agent-skill")
