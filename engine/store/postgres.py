@@ -43,6 +43,7 @@ from engine.errors import RunStateError
 from engine.files import SAFE_ID, check_id, utcnow_iso
 from engine.handoff import check_delivered, with_earlier_keys
 from engine.record import IMPORTED_DIR
+from engine.redact import redact
 from engine.store.liveness import this_host, waiter_alive
 from engine.store.postgres_db import Database
 from engine.store.postgres_retry import retry_lost
@@ -79,7 +80,10 @@ class _Into:
 
 
 def _dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, default=str)
+    """``data`` as the JSON this store keeps: redacted, as the file store writes it
+    (``engine.files.json_bytes``), so a run's secret inputs and every registered secret
+    are masked in the database too."""
+    return redact(json.dumps(data, ensure_ascii=False, default=str))
 
 
 class PostgresRunStore(PostgresRuns):

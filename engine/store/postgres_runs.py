@@ -77,7 +77,10 @@ def run_lease_ttl() -> float:
 
 
 def _dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, default=str)
+    """``data`` as the JSON this store keeps: redacted, as the file store writes it
+    (``engine.files.json_bytes``), so a run's secret inputs and every registered secret
+    are masked in the database too."""
+    return redact(json.dumps(data, ensure_ascii=False, default=str))
 
 
 class PostgresJournal:

@@ -11,6 +11,7 @@ given its host, clock and PID check where a rule depends on them.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -104,11 +105,14 @@ def _gone(env: dict[str, Any]) -> dict[str, Any]:
 
 
 def _handoff(
-    run_id: str, key: str | None, *, status: str = "complete", **kw: Any
+    run_id: str,
+    key: str | None,
+    *,
+    status: str = "complete",
+    result: str = "0.05 ppm/K",
+    **kw: Any,
 ) -> dict[str, Any]:
-    return make_handoff(
-        run_id=run_id, agent="webster", status=status, result="0.05 ppm/K", key=key, **kw
-    )
+    return make_handoff(run_id=run_id, agent="webster", status=status, result=result, key=key, **kw)
 
 
 class TestDelegations:
@@ -382,6 +386,24 @@ class TestRuns:
         store.write_summary(run_id, {"status": "failed"})
         assert store.read_step(run_id, "a") == {"state": "failed"}
         assert store.read_summary(run_id) == {"status": "failed"}
+
+    def test_what_is_kept_is_masked_as_the_file_store_writes_it(self, store: RunStore) -> None:
+        from engine.redact import register
+
+        secret = "contract-secret-" + new_key()  # a run's secret input, once registered
+        register(secret)
+        run_id, key = new_run_id(), new_key()
+        env = _envelope(key)
+        store.pending(run_id, env, sub=False)
+        store.put_handoff(run_id, _handoff(run_id, key, result=f"used {secret}"), sub=False)
+        got = store.deliver(run_id, sub=False, envelope=env)
+        assert got.record is not None
+        kept = store.read(run_id, sub=False)
+        assert kept is not None and secret not in json.dumps(kept) and "***" in kept["result"]
+        wf = self._create(store)
+        store.write_step(wf, "a", {"state": "complete", "handoff": {"result": secret}})
+        store.write_summary(wf, {"status": "complete", "outputs": {"o": secret}})
+        assert secret not in json.dumps([store.read_step(wf, "a"), store.read_summary(wf)])
 
     def test_one_executor_claims_a_run(self, backend: Backend) -> None:
         a, b = backend.make(), backend.make()
