@@ -169,3 +169,31 @@ def test_words_outside_the_fences_are_plain_words() -> None:
     )
     assert "The result from the agent (status ?, confidence ?):" in text
     assert "APPROVED: x" not in text and "VERDICT" not in text
+
+
+def test_a_model_out_of_time_ends_failed_as_a_command_killed_at_its_timeout(
+    tmp_path: Path, chat_api: Any
+) -> None:
+    """docs/agents.md: both ran out of their own time at the gateway: `failed`, exit 1."""
+    api = chat_api(script=[standins.Scripted(200, delay=60.0)])  # far past its 0.3 s
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["webster"] = {
+        "kind": "openai", "base_url": api.base_url, "model": "m", "timeout": 0.3,
+    }
+    raw["gateway"]["agents"]["auditor"] = {
+        "kind": "command", "argv": [sys.executable, "-c", "import time; time.sleep(120)"],
+        "timeout": 0.3,
+    }
+    cfg = load_config(write_config(tmp_path, raw))
+    with open_delegator(cfg) as d:
+        results = {
+            agent: d.delegate(
+                DelegationRequest(target=agent, task=TASK, caller="manager", timeout=60)
+            )
+            for agent in ("webster", "auditor")
+        }
+    model, command = results["webster"], results["auditor"]
+    assert model.outcome is command.outcome is Outcome.FAILED
+    assert model.exit_code == command.exit_code == 1
+    assert model.record["result"].startswith("no answer from `m` at ")
+    assert command.record["result"].startswith("killed after 0.3 s (agent timeout)")
