@@ -197,3 +197,27 @@ def test_a_model_out_of_time_ends_failed_as_a_command_killed_at_its_timeout(
     assert model.exit_code == command.exit_code == 1
     assert model.record["result"].startswith("no answer from `m` at ")
     assert command.record["result"].startswith("killed after 0.3 s (agent timeout)")
+
+
+def test_the_message_shown_in_docs_delegation_is_the_one_sent() -> None:
+    """docs/delegation.md quotes the validator's message: each part between its `...`
+    lines is the real message's text, in order (the doc's tag for the drawn one)."""
+    from engine.validate import validation_task
+
+    doc = (Path(__file__).parent.parent / "docs" / "delegation.md").read_text(encoding="utf-8")
+    section = doc.split("## `--validate`", 1)[1].split("\n## ", 1)[0]
+    (shown,) = re.findall(r"```text\n(.*?)```", section, flags=re.S)
+    (doc_tag,) = set(re.findall(r"RESULT-([0-9a-f]{16})", shown))
+    handoff = {
+        "agent": "webster", "status": "complete", "confidence": "high",
+        "result": "The CTE is 0.01 ppm/K.",
+    }
+    sent = validation_task("Find CTE of Zerodur", handoff)
+    tag, _ = _fence(sent, "RESULT")
+    sent = sent.replace(tag, doc_tag)
+    at = 0
+    for part in shown.split("...\n"):
+        if part:
+            found = sent.find(part, at)
+            assert found >= 0, part
+            at = found + len(part)
