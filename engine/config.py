@@ -213,19 +213,25 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def _check_handoffs_dir(cfg: Config, raw: dict[str, Any]) -> None:
-    """ConfigError (exit 2) when the records' directory exists but is not a directory:
-    every command would otherwise fail its own way (ENOTDIR on a write, "no records" on a
-    read, a pool under the file). Checked once, where the config is loaded; a missing
-    directory is fine (it is made on first write)."""
+    """ConfigError (exit 2) when the records' directory, or a directory above it, exists
+    but is not a directory: every command would otherwise fail its own way (ENOTDIR on a
+    write, "no records" on a read, a pool under the file). Checked once, where the config
+    is loaded; a missing directory is fine (it is made on first write)."""
     where = cfg.handoffs_dir
-    if not os.path.lexists(where) or where.is_dir():
+    blocker = next(
+        (p for p in (where, *where.parents) if os.path.lexists(p) and not p.is_dir()), None
+    )
+    if blocker is None:
         return
     key = "store" if isinstance(raw.get("store"), str) else "handoffs_dir"
-    what = "a file" if where.is_file() else "not a directory"
+    what = "a file" if blocker.is_file() else "not a directory"
+    if blocker == where:
+        said = f"names `{where}`, which is {what}"
+    else:
+        said = f"names `{where}`, under `{blocker}`, which is {what}"
     raise ConfigError(
-        f"`{key}` of `{cfg.label}` names `{where}`, which is {what}: records go into a "
-        f"directory. Point `{key}` at a directory (it is made if missing), or move the "
-        "file away.",
+        f"`{key}` of `{cfg.label}` {said}: records go into a directory. Point `{key}` at "
+        "a directory (it is made if missing), or move the file away.",
         path=cfg.path,
     )
 

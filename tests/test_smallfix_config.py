@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cfgfix_config import REMOTE, program, write
+from tests.test_cfgfix_config import REMOTE, base, program, write
 
 # ------------------------------------------- 1. placeholders of every templated value
 
@@ -54,3 +54,30 @@ def test_unknown_placeholders_of_every_template_are_reported_together(tmp_path: 
     assert "`operations.logs.webster` has the unknown placeholder `{who}`" in res.stderr
     assert "`operations.systemd.state_dir` has the unknown placeholder `{agent}`; the " \
         "known ones are `{name}`, `{port}`" in res.stderr
+
+
+# ------------------------------------------------ 2. a `handoffs_dir` under a file
+
+UNDER_A_FILE = {
+    "workflow-runs": ("workflow", "runs"),
+    "metrics-json": ("metrics", "json"),
+    "pool-status": ("orchestrate", "pool", "status"),
+    "delegation": ("orchestrate", "webster", "hi", "--caller", "manager"),
+}
+
+
+@pytest.mark.parametrize("command", UNDER_A_FILE, ids=list(UNDER_A_FILE))
+def test_handoffs_dir_under_a_file_is_refused_by_every_command(
+    tmp_path: Path, command: str
+) -> None:
+    (tmp_path / "afile").write_text("not a directory\n")
+    cfg = write(tmp_path, base(handoffs_dir="./afile/sub"))
+    name, *args = UNDER_A_FILE[command]
+    res = program(name, *args, "--config", str(cfg), cwd=tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert (
+        f"`handoffs_dir` of `{cfg}` names `{tmp_path / 'afile' / 'sub'}`, under "
+        f"`{tmp_path / 'afile'}`, which is a file: records go into a directory." in res.stderr
+    )
+    assert "Traceback" not in res.stderr
+    assert (tmp_path / "afile").read_text() == "not a directory\n"
