@@ -213,19 +213,25 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def _check_handoffs_dir(cfg: Config, raw: dict[str, Any]) -> None:
-    """ConfigError (exit 2) when the records' directory exists but is not a directory:
-    every command would otherwise fail its own way (ENOTDIR on a write, "no records" on a
-    read, a pool under the file). Checked once, where the config is loaded; a missing
-    directory is fine (it is made on first write)."""
+    """ConfigError (exit 2) when the records' directory, or a directory above it, exists
+    but is not a directory: every command would otherwise fail its own way (ENOTDIR on a
+    write, "no records" on a read, a pool under the file). Checked once, where the config
+    is loaded; a missing directory is fine (it is made on first write)."""
     where = cfg.handoffs_dir
-    if not os.path.lexists(where) or where.is_dir():
+    blocker = next(
+        (p for p in (where, *where.parents) if os.path.lexists(p) and not p.is_dir()), None
+    )
+    if blocker is None:
         return
     key = "store" if isinstance(raw.get("store"), str) else "handoffs_dir"
-    what = "a file" if where.is_file() else "not a directory"
+    what = "a file" if blocker.is_file() else "not a directory"
+    if blocker == where:
+        said = f"names `{where}`, which is {what}"
+    else:
+        said = f"names `{where}`, under `{blocker}`, which is {what}"
     raise ConfigError(
-        f"`{key}` of `{cfg.label}` names `{where}`, which is {what}: records go into a "
-        f"directory. Point `{key}` at a directory (it is made if missing), or move the "
-        "file away.",
+        f"`{key}` of `{cfg.label}` {said}: records go into a directory. Point `{key}` at "
+        "a directory (it is made if missing), or move the file away.",
         path=cfg.path,
     )
 
@@ -496,7 +502,55 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
         problems.append("`pool.min_tokens` is larger than `pool.max_tokens`.")
     problems += _pool_load_problems(pool)
     problems += _interpolation_problems(raw)
+    problems += _placeholder_problems(raw)
     problems += _empty_path_problems(raw)
+    return problems
+
+
+#: The ``{placeholders}`` each templated value may hold, and what fills them: the
+#: ``operations.systemd`` templates (``engine.systemd``) and ``operations.logs``
+#: (``engine.opslog``; ``{name}`` is a synonym of ``{agent}``, as the systemd keys beside it
+#: call the agent). Checked here, once, at load: a template that is not would be written
+#: literally (one log file ``{agnt}.log`` for every unit).
+TEMPLATE_PLACEHOLDERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "operations.systemd": (
+        ("name", "port"), "the gateway's agent, or `port<N>` for a shared gateway, and its port"
+    ),
+    "operations.logs": (("agent", "name"), "both the agent's name"),
+}
+#: ``{word}``, not systemd's own ``${VAR}`` (left to systemd in ``ExecStart``).
+PLACEHOLDER = re.compile(r"(?<!\$)\{([^{}]*)\}")
+
+
+def _template_values(raw: dict[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """``(key, value, group)`` of every templated string value; ``group`` is its
+    ``TEMPLATE_PLACEHOLDERS`` key. Another shape is the schema's problem."""
+    ops = _mapping(raw, "operations")
+    for key, value in _mapping(ops, "systemd").items():
+        yield f"operations.systemd.{key}", value, "operations.systemd"
+    logs = ops.get("logs")
+    if isinstance(logs, dict):
+        for name, value in logs.items():
+            yield f"operations.logs.{name}", value, "operations.logs"
+    else:
+        yield "operations.logs", logs, "operations.logs"
+
+
+def _placeholder_problems(raw: dict[str, Any]) -> list[str]:
+    """A ``{word}`` in a template that nothing fills (``TEMPLATE_PLACEHOLDERS``)."""
+    problems: list[str] = []
+    for key, value, group in _template_values(raw):
+        if not isinstance(value, str):
+            continue
+        known, meaning = TEMPLATE_PLACEHOLDERS[group]
+        unknown = sorted({m for m in PLACEHOLDER.findall(value) if m not in known})
+        if unknown:
+            named = ", ".join(f"`{{{u}}}`" for u in unknown)
+            listed = ", ".join(f"`{{{k}}}`" for k in known)
+            problems.append(
+                f"`{key}` has the unknown placeholder{'s' * (len(unknown) > 1)} {named}; "
+                f"the known ones are {listed} ({meaning})."
+            )
     return problems
 
 

@@ -5,6 +5,9 @@ Example (``orchestrator.yaml``)::
     operations:
       logs: ~/atomizer/logs/{agent}.log      # or a mapping: {webster: /var/log/webster.log}
 
+``{agent}`` (or its synonym ``{name}``, as in ``operations.systemd``) is the agent whose
+file it is; no other placeholder is accepted (``engine.config`` refuses one at load).
+
 ``orchestrate agents logs webster -f`` prints the last lines, then what is appended, until
 Ctrl-C. A rotated or truncated file is reopened from its start. What it prints is
 redacted (``engine.redact``) after ``register_secrets`` has registered every token the
@@ -53,10 +56,11 @@ def log_path(cfg: Config, agent: str, *, required: bool = True) -> Path | None:
     raw: str | None = None
     for name in _sharers(cfg, agent):
         if isinstance(spec, str):
-            raw = spec.replace("{agent}", name)
+            raw = spec
         elif isinstance(spec, dict) and name in spec:
             raw = str(spec[name])
-        if raw is not None:
+        if raw is not None:  # placeholders checked at load (config.TEMPLATE_PLACEHOLDERS)
+            raw = raw.replace("{agent}", name).replace("{name}", name)
             break
     if raw is None:
         if not required:

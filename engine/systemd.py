@@ -228,16 +228,11 @@ def _log_lines(log: Path | None) -> list[str]:
     return [f"StandardOutput=append:{log}", f"StandardError=append:{log}"]
 
 
-#: The placeholders a template may hold: ``{name}`` (the gateway's agent, or ``port<N>``)
-#: and ``{port}``. ``${VAR}`` is systemd's own expansion (in ``ExecStart``), left alone.
-PLACEHOLDERS = ("name", "port")
-_PLACEHOLDER = re.compile(r"(?<!\$)\{([^{}]*)\}")
-
-
 def _settings(cfg: Config) -> dict[str, str]:
-    """The templates, checked: ``ConfigError`` (exit 2) naming every key with a placeholder
-    other than ``{name}`` and ``{port}``; ``state_dir`` and ``environment_file`` made
-    absolute (``_absolute``: systemd refuses a relative ``EnvironmentFile``)."""
+    """The templates, ``state_dir`` and ``environment_file`` made absolute (``_absolute``:
+    systemd refuses a relative ``EnvironmentFile``). Their placeholders (``{name}``,
+    ``{port}``) were checked when the config was loaded
+    (``engine.config.TEMPLATE_PLACEHOLDERS``)."""
     raw: dict[str, Any] = dict((cfg.operations or {}).get("systemd") or {})
     given = {
         "exec_start": str(raw.get("exec_start", DEFAULT_EXEC)),
@@ -245,23 +240,6 @@ def _settings(cfg: Config) -> dict[str, str]:
         "environment_file": str(raw.get("environment_file", DEFAULT_ENV_FILE)),
         "unit_name": str(raw.get("unit_name", DEFAULT_UNIT)),
     }
-    problems: list[str] = []
-    known = ", ".join(f"`{{{p}}}`" for p in PLACEHOLDERS)
-    for key, template in given.items():
-        unknown = sorted({m for m in _PLACEHOLDER.findall(template) if m not in PLACEHOLDERS})
-        if unknown:
-            named = ", ".join(f"`{{{u}}}`" for u in unknown)
-            problems.append(
-                f"`operations.systemd.{key}` has the unknown placeholder{'s' * (len(unknown) > 1)} "
-                f"{named}; the known ones are {known} (the gateway's agent, or `port<N>` for "
-                "a shared gateway, and its port)."
-            )
-    if problems:
-        raise ConfigError(
-            f"`{cfg.label}`: `operations.systemd` cannot be written as units:",
-            path=cfg.path,
-            problems=problems,
-        )
     return {
         "exec": given["exec_start"],
         "state_dir": _absolute(given["state_dir"], cfg),

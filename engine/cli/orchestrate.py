@@ -557,7 +557,8 @@ def handoff_write_cmd(
         policy = _key_policy(config)
     else:
         cfg = load(config)
-        path = handoff_path(cfg.handoffs_dir, run_id, sub=delivery.sub)
+        sub = delivery.sub or _waits_as_sub(cfg.handoffs_dir, run_id)
+        path = handoff_path(cfg.handoffs_dir, run_id, sub=sub)
         policy = cfg.handoff_key
     records = _records_of(path.parent)
     unkeyed = False
@@ -641,6 +642,20 @@ def handoff_progress_cmd(run_id: str, text: str, delivery: _Delivery, config: st
         records = records_dir(load(config).handoffs_dir, sub=delivery.sub)
     report_progress(records, run_id, text, key=delivery.key or None)
     return 0
+
+
+def _waits_as_sub(handoffs_dir: Path, run_id: str) -> bool:
+    """True when ``run_id`` is not a top-level delegation of ``handoffs_dir`` (no pending
+    envelope, no record) but a sub-delegation of it waits (its pending envelope is under
+    ``sub/``): the agent answering it need not pass ``--sub`` (docs/delegation.md)."""
+    from engine.store.file import FileRunStore
+
+    store = FileRunStore(handoffs_dir)
+    if store.read_pending(run_id, sub=False) is not None:
+        return False
+    if store.record_locator(run_id, sub=False).exists():
+        return False
+    return store.read_pending(run_id, sub=True) is not None
 
 
 def _existing_dir(directory: str, nothing: str = "nothing was written") -> Path:
