@@ -310,7 +310,9 @@ def test_systemd_templates_logs_and_the_local_gateway(tmp_path: Path) -> None:
     assert "EnvironmentFile=/home/papa/atomizer/instances/webster/env" in web
     assert f"StandardOutput=append:{tmp_path}/logs/webster.log" in web
     local = units["orchestrate-gateway.service"].text
-    assert f"ExecStart=/usr/bin/env orchestrate gateway --config {cfg.path}" in local
+    from engine.systemd import running_orchestrate
+
+    assert f"ExecStart={running_orchestrate()} gateway --config {cfg.path}" in local
     assert "# `GW_TOKEN` (gateway.token_env)" in local
     written = write_units(list(units.values()), tmp_path / "out")
     assert [p.read_text() for p in written] == [u.text for u in units.values()]
