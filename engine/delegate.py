@@ -870,9 +870,13 @@ class Delegator:
     ) -> DelegationResult:
         env = dict(envelope, outcome="timeout", ended_at=utcnow_iso())
         refused = len(env.get("rejected", []))
+        where = (  # the records' directory on the file store; else the store (a database)
+            str(records) if isinstance(self.store, FileRunStore)
+            else f"the store `{self.store.location}`"
+        )  # fmt: skip
         env["error"] = (
             f"no handoff from `{agent}` within {envelope['timeout_s']:g} s; a handoff that "
-            f"arrives later is still recorded (marked late) in {records}"
+            f"arrives later is still recorded (marked late) in {where}"
             + (f"; {refused} refused handoff(s) are listed in `rejected`" if refused else "")
         )
         path, record = self._finalize(run_id, records, env, keep_pending=True, agent=agent)

@@ -184,3 +184,24 @@ def test_a_password_in_the_query_is_named_not_quoted(tmp_path: Path) -> None:
         "`postgresql://user@host:5432/db?password_env=ORCH_DB_PASSWORD` (or set PGPASSWORD)."
     )
     assert "XYZ" not in got.output and "***" not in got.output
+
+
+def test_a_timeout_on_the_database_store_says_the_late_handoff_goes_to_the_store(
+    pg_url: str, tmp_path: Path
+) -> None:
+    from engine.config import load_config
+    from engine.delegate import DelegationRequest, Outcome, open_delegator
+
+    cfg = load_config(_config_with_store(tmp_path, pg_url))
+    with open_delegator(cfg) as d:
+        result = d.delegate(DelegationRequest(
+            caller="manager", target="webster", task="DEMO_SLEEP=3", timeout=0.5
+        ))  # fmt: skip
+    assert result.outcome is Outcome.TIMEOUT
+    error = result.record["envelope"]["error"]
+    display = Database.from_url(pg_url).display
+    assert error == (
+        "no handoff from `webster` within 0.5 s; a handoff that arrives later is still "
+        f"recorded (marked late) in the store `{display}`"
+    )
+    assert str(tmp_path) not in error
