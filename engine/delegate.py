@@ -42,6 +42,7 @@ from engine.states import Outcome as Outcome
 from engine.store import RENEW_EVERY, HandoffSignals, RunStore, Waiter, open_signals, open_store
 from engine.store.file import FileRunStore, records_dir
 from engine.store.liveness import this_host
+from engine.store.postgres_retry import naming_run
 
 if TYPE_CHECKING:
     from engine.gateway.server import LocalGateway
@@ -360,21 +361,22 @@ class Delegator:
         if holder is not None:
             envelope["token_shared_with"] = holder
         self.store.pending(run_id, envelope, sub=sub)
-        if self.pool is not None and holder is None:
-            got = self._acquire(run_id, agent, envelope, records, deadline, rep, cancel)
-            if isinstance(got, DelegationResult):
-                return got
-            lease = got
-        try:
-            result = self._dispatch_and_wait(
-                req, agent, target, run_id, records, drop, envelope, deadline, cancel, rep, key,
-                interrupted=interrupted,
-            )
-        except BaseException:
-            if lease is not None:
-                lease.release()
-            raise
-        return self._release(lease, result) if lease is not None else result
+        with naming_run(run_id):  # a lost store connection (the pool's too) names the run
+            if self.pool is not None and holder is None:
+                got = self._acquire(run_id, agent, envelope, records, deadline, rep, cancel)
+                if isinstance(got, DelegationResult):
+                    return got
+                lease = got
+            try:
+                result = self._dispatch_and_wait(
+                    req, agent, target, run_id, records, drop, envelope, deadline, cancel, rep,
+                    key, interrupted=interrupted,
+                )
+            except BaseException:
+                if lease is not None:
+                    lease.release()
+                raise
+            return self._release(lease, result) if lease is not None else result
 
     def _answered_elsewhere(self, run_id: str, sub: bool) -> bool:
         """True when an earlier process prepared ``run_id`` (its pending envelope names
@@ -868,9 +870,13 @@ class Delegator:
     ) -> DelegationResult:
         env = dict(envelope, outcome="timeout", ended_at=utcnow_iso())
         refused = len(env.get("rejected", []))
+        where = (  # the records' directory on the file store; else the store (a database)
+            str(records) if isinstance(self.store, FileRunStore)
+            else f"the store `{self.store.location}`"
+        )  # fmt: skip
         env["error"] = (
             f"no handoff from `{agent}` within {envelope['timeout_s']:g} s; a handoff that "
-            f"arrives later is still recorded (marked late) in {records}"
+            f"arrives later is still recorded (marked late) in {where}"
             + (f"; {refused} refused handoff(s) are listed in `rejected`" if refused else "")
         )
         path, record = self._finalize(run_id, records, env, keep_pending=True, agent=agent)

@@ -112,7 +112,7 @@ def test_migrate_to_with_an_inline_password_is_worded_for_the_command_line() -> 
          "knows; did you mean `password_env`?"),
         ("sslmdoe=require", "did you mean `sslmode`?"),
         ("zzzz=1", "`zzzz` is not one the engine or libpq knows. Use"),
-        ("password=hunter2", "holds a password (`?password=`)"),
+        ("password=hunter2", "holds a password (its query parameter `password`)"),
     ],
 )
 def test_unknown_query_parameters_are_refused(query: str, needle: str) -> None:

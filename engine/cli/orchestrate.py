@@ -19,6 +19,7 @@ from engine.cli.common import (
     collected,
     config_option,
     dump,
+    fail,
     interrupt_exit,
     interrupted,
     load,
@@ -196,6 +197,7 @@ def delegate_cmd(
     """Delegate TASK to AGENT on behalf of --caller and wait for the handoff."""
     from engine.delegate import DelegationRequest, open_delegator
     from engine.reporter import ConsoleReporter, Reporter
+    from engine.store.postgres_retry import StoreConnectionLost
     from engine.validate import delegate_validated, validator_for
 
     task = _task_of(args, capability)
@@ -255,6 +257,8 @@ def delegate_cmd(
             )
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the wait ends; the delegation goes on
         return interrupted(_interrupted(sent), as_json=as_json, code=interrupt_exit(got))
+    except StoreConnectionLost as exc:  # exit 4; --json names the run as the paragraph does
+        fail(exc, as_json=as_json, more={"runId": exc.run_id} if exc.run_id else None)
     if done.result is None:
         if done.route:
             click.echo(done.route.explain())

@@ -238,9 +238,12 @@ def _parse(
     attempts: int,
     seconds: float,
 ) -> _Answer:
+    not_json = False
     try:
         data = resp.json()
-    except (ValueError, RecursionError):  # not JSON, or nested past the parser
+    except ValueError:  # not JSON (cut short, HTML, empty)
+        data, not_json = None, True
+    except RecursionError:  # JSON nested past the parser
         data = None
     choice = None
     if isinstance(data, dict) and isinstance(data.get("choices"), list) and data["choices"]:
@@ -248,6 +251,11 @@ def _parse(
     message = choice.get("message") if isinstance(choice, dict) else None
     if not isinstance(data, dict) or not isinstance(message, dict):
         text = _scrub((resp.text or "")[:65536].strip(), key)[:ERROR_LIMIT]
+        if not_json and text:
+            return _failed(
+                f"the model endpoint {shown} answered 200 with a body that is not JSON "
+                f"(a chat completion was expected): {text}"
+            )
         return _failed(
             f"the model endpoint {shown} answered 200 without a chat completion "
             f"(`choices[0].message` missing): {text or '(empty body)'}"

@@ -52,16 +52,27 @@ __all__ = [
 SCHEMES = ("file", "postgresql", "postgres")
 
 
+def _scheme(url: str) -> str:
+    """The scheme of ``url``, lowercased ("" without one), also when the rest of it does
+    not parse (``urlsplit`` raises ``ValueError`` on a bracket left open, ``[::1``)."""
+    try:
+        return urlsplit(url).scheme
+    except ValueError:
+        head = url.split(":", 1)[0] if ":" in url else ""
+        return head.lower() if head[:1].isalpha() and head.isascii() else ""
+
+
 def is_postgres_url(url: str | None) -> bool:
-    """True when ``url`` names a PostgreSQL store (``postgresql://`` or ``postgres://``)."""
-    return isinstance(url, str) and urlsplit(url).scheme in ("postgresql", "postgres")
+    """True when ``url`` names a PostgreSQL store (``postgresql://`` or ``postgres://``),
+    well formed or not (``store_url_problem`` says what is wrong with it)."""
+    return isinstance(url, str) and _scheme(url) in ("postgresql", "postgres")
 
 
 def store_url_problem(url: str) -> str | None:
     """Why ``url`` is not a usable ``store:`` value, or None (for the config's report).
 
     The message never repeats a password written in the URL."""
-    scheme = urlsplit(url).scheme if "://" in url else ""
+    scheme = _scheme(url) if "://" in url else ""
     if scheme not in SCHEMES:
         known = ", ".join(f"`{s}://`" for s in SCHEMES[:2])
         shown = scheme or redact(url)

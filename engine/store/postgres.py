@@ -134,7 +134,12 @@ class PostgresRunStore(PostgresRuns):
     def _import_local(self, run_id: str | None, sub: bool, grace: float = 2.0) -> int:
         """Move handoff files agents wrote on this host into the database (the bytes
         kept, the file moved to ``inbox/.imported/``); a file that does not parse yet
-        and is younger than ``grace`` s is left for the next look. Returns how many."""
+        and is younger than ``grace`` s is left for the next look. Returns how many.
+
+        The bytes are stored (and committed) before the file is moved: a connection lost
+        mid-statement leaves the file in the inbox for the next look, and a file stored
+        whose move did not happen (lost after the commit, a crash) is stored once only
+        (``_import_bytes``: the same bytes of a run are one handoff)."""
         if self.local is None:
             return 0
         from engine.handoff import HandoffProblem, read_handoff_bytes
@@ -164,19 +169,40 @@ class PostgresRunStore(PostgresRuns):
             except ValueError:
                 if time.time() - st.st_mtime < grace:
                     continue
+            self._import_bytes(rid, raw, sub=sub)  # raises on a lost connection: file stays
             done = inbox / IMPORTED_DIR / f"{name[:-5]}.{os.urandom(4).hex()}.json"
             done.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.rename(path, done)  # one importer per file, even among processes
+                os.rename(path, done)
             except OSError:
-                continue
+                continue  # another importer moved it (its bytes stored once all the same)
             try:  # the run's mark for the gateway: its agent delivered (no stand-in)
                 os.link(done, done.parent / f"{rid}.json")
             except OSError:
                 pass  # marked before (a second file), or no hard links here
-            self.put_handoff_bytes(rid, raw, sub=sub)
             moved += 1
         return moved
+
+    @retry_lost(idempotent=True)
+    def _import_bytes(self, run_id: str, body: bytes, *, sub: bool) -> bool:
+        """Keep ``body`` as the run's next handoff unless the run already has a handoff of
+        exactly these bytes (a file imported before it could be moved, or by two
+        importers at once); NOTIFY when stored. True when stored now. Idempotent, so
+        a connection lost mid-statement is simply run again (``retry_lost``)."""
+        check_id(run_id, "run id")
+        conn = self._conn()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("put:" + run_id,))
+            row = conn.execute(
+                "INSERT INTO handoffs (run_id, sub, n, body) SELECT %s, %s, "
+                "coalesce(max(n), 0) + 1, %s FROM handoffs WHERE run_id = %s AND sub = %s "
+                "HAVING NOT coalesce(bool_or(body = %s), false) RETURNING id",
+                (run_id, sub, body, run_id, sub, body),
+            ).fetchone()
+            if row is None:
+                return False
+            self._notify(conn, run_id, sub)
+        return True
 
     def record_locator(self, run_id: str, *, sub: bool) -> Path:
         """``postgresql:/<db>/<delegations|sub-delegations>/<runId>``."""

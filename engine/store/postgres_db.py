@@ -90,7 +90,7 @@ def url_problem(url: str, where: str = "`store`") -> str | None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        return f"{where}: the PostgreSQL URL is not valid ({exc}); write `{URL_EXAMPLE}`."
+        return f"{where} is not a valid URL ({exc}); write `{URL_EXAMPLE}`."
     if parts.password is not None:
         never = (
             "never write it in orchestrator.yaml"
@@ -106,7 +106,8 @@ def url_problem(url: str, where: str = "`store`") -> str | None:
     names = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True)]
     if "password" in names:
         return (
-            f"{where}: the PostgreSQL URL holds a password (`?password=`); put it in an "
+            f"{where}: the PostgreSQL URL holds a password (its query parameter "
+            "`password`); put it in an "
             "environment variable and name it: "
             f"`{URL_EXAMPLE}?password_env=ORCH_DB_PASSWORD` (or set PGPASSWORD)."
         )

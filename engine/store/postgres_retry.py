@@ -27,13 +27,14 @@ transactions of the sessions it ends).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from engine.errors import EXIT_TIMEOUT, ConfigError, OrchestratorError
@@ -45,6 +46,7 @@ __all__ = [
     "RECONNECT_FOR",
     "StoreConnectionLost",
     "connection_lost",
+    "naming_run",
     "reconnect_for",
     "retry_lost",
 ]
@@ -67,9 +69,59 @@ _depth = threading.local()
 
 
 class StoreConnectionLost(OrchestratorError):
-    """The store's connection was lost and did not come back in time (exit code 4)."""
+    """The store's connection was lost and did not come back in time (exit code 4).
+
+    ``run_id`` is the run the message names (None: the operation had none, e.g. the
+    token pool's); ``naming(run_id)`` gives the same error naming the run."""
 
     exit_code = EXIT_TIMEOUT
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str | None = None,
+        display: str = "",
+        waited: float = 0.0,
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self._display, self._waited, self._cause = display, waited, cause
+
+    @classmethod
+    def of(
+        cls, display: str, run_id: str | None, waited: float, exc: BaseException
+    ) -> StoreConnectionLost:
+        """The error of ``exc`` (the driver's) after ``waited`` s, naming ``run_id``."""
+        return cls(
+            _lost_message(display, run_id, waited, exc),
+            run_id=run_id,
+            display=display,
+            waited=waited,
+            cause=exc,
+        )
+
+    def naming(self, run_id: str) -> StoreConnectionLost:
+        """This error, its message naming ``run_id`` (a delegation's or a workflow run's
+        id) when it named no run; itself when it did."""
+        if self.run_id is not None or self._cause is None:
+            return self
+        return StoreConnectionLost.of(self._display, run_id, self._waited, self._cause)
+
+
+@contextlib.contextmanager
+def naming_run(run_id: str) -> Iterator[None]:
+    """Within this block, a ``StoreConnectionLost`` that named no run names ``run_id``
+    (a delegation lost in the token pool's operation: the user still learns which run to
+    look at with ``orchestrate show``)."""
+    try:
+        yield
+    except StoreConnectionLost as exc:
+        named = exc.naming(run_id)
+        if named is exc:
+            raise
+        raise named from exc.__cause__
 
 
 def reconnect_for() -> float:
@@ -187,9 +239,7 @@ def retry_lost(*, idempotent: bool = False) -> Callable[[_F], _F]:
                         args[0] if args and isinstance(args[0], str) else None
                     )
                     if (kind == "maybe-run" and not idempotent) or waited >= budget:
-                        raise StoreConnectionLost(
-                            _lost_message(db.display, run_id, waited, exc)
-                        ) from exc
+                        raise StoreConnectionLost.of(db.display, run_id, waited, exc) from exc
                     pause = backoff_delay(_BACKOFF, min(attempt + 1, len(_BACKOFF.delays)), 0.0)
                     time.sleep(max(0.0, min(pause, budget - waited)))
                     attempt += 1
