@@ -1,4 +1,5 @@
-"""`orchestrate handoff write` answering a sub-delegation without `--sub`: it finds the run
+"""`orchestrate handoff write` (and `handoff progress`) answering a sub-delegation without
+`--sub`: it finds the run
 waiting under `<handoffs_dir>/sub` (it said "no delegation ... is waiting" and the
 sub-delegation failed). Real CLI processes, a real embedded gateway and handoffs directory."""
 
@@ -23,10 +24,12 @@ subprocess.run([orch, "handoff", "write", "--run-id", os.environ["ORCH_RUN_ID"],
                 "--config", os.environ["CFG"]], check=True)
 """
 
-#: webster answers as the task message says, without `--dir` or `--sub`.
+#: webster reports progress and answers as the task message says, without `--dir` or `--sub`.
 ANSWER = """
 import os, subprocess, sys
 orch = os.path.join(os.path.dirname(sys.executable), "orchestrate")
+subprocess.run([orch, "handoff", "progress", "--run-id", os.environ["ORCH_RUN_ID"], "reading",
+                "--config", os.environ["CFG"]], check=True)
 subprocess.run([orch, "handoff", "write", "--run-id", os.environ["ORCH_RUN_ID"], "--agent",
                 "webster", "--status", "complete", "--result", "sub answer",
                 "--config", os.environ["CFG"]], check=True)

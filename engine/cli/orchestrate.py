@@ -643,7 +643,9 @@ def handoff_progress_cmd(run_id: str, text: str, delivery: _Delivery, config: st
     if delivery.directory:
         records = _records_of(_existing_dir(delivery.directory, "nothing was recorded"))
     else:
-        records = records_dir(load(config).handoffs_dir, sub=delivery.sub)
+        handoffs_dir = load(config).handoffs_dir
+        sub = delivery.sub or _waits_as_sub(handoffs_dir, run_id)  # as `handoff write` does
+        records = records_dir(handoffs_dir, sub=sub)
     report_progress(records, run_id, text, key=delivery.key or None)
     return 0
 
