@@ -88,9 +88,10 @@ _GENERIC = re.compile(
     # a secret key's or an auth header's value (also in a dict repr or JSON:
     # `"authorization": "Bearer x"`, `"password": "x y"`, `password=x`, `token: x`)
     rf"|(?<![a-z0-9])(?P<h>{_SECRET_KEY})"
-    r"(?P<hsep>[\"']?\s{0,3}[:=]\s{0,3}[\"']?\s{0,3})"
+    # (a quote may be escaped, `api_key=\"x\"` in JSON text: the escape is kept)
+    r"(?P<hsep>\\?[\"']?\s{0,3}[:=]\s{0,3}(?:\\?[\"'])?\s{0,3})"
     r"(?P<hscheme>(?:bearer|bot|basic|token)\s+)?"
-    r"(?P<hval>(?<=\")[^\"\\\n]+|(?<=')[^'\\\n]+|[^\s\"',;}\]`]+)"
+    r"(?P<hval>(?<=\")[^\"\\\n]+|(?<=')[^'\\\n]+|(?:[^\s\"',;}\]`\\]|\\(?![\"']))+)"
     # a bearer token anywhere; it must look like one (a digit or symbol in it, or long)
     rf"|(?P<b>\bbearer\s+)(?P<bval>(?={_TOKEN}*[0-9._~+/=-]){_TOKEN}{{6,}}|[A-Za-z]{{24,}})"
 )
