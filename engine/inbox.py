@@ -67,6 +67,7 @@ from engine.inboxtask import (
     TaskRequest,
     check_workflow_name,
     headline,
+    mask_secret_inputs,
     parse_task,
     public_text,
     seconds_text,
@@ -220,6 +221,9 @@ class DiscordInbox(ParkedRuns):
         self.name = self.settings.name or _default_name(self.state_dir)
         self._cursor: dict[str, Any] = {}  # {"channel", "after", "retry"}: see _new_messages
         self._listed_at = 0.0  # when this poll began listing the queue (epoch seconds)
+        # {message id: {input: real value}}: a workflow task's secret inputs, held in
+        # memory only while its run goes on (the state file keeps them masked)
+        self._secrets: dict[str, dict[str, str]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -412,19 +416,24 @@ class DiscordInbox(ParkedRuns):
     def _claim(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         mid = str(msg["id"])
         author = msg.get("author") or {}
-        state = {
+        text, secrets = mask_secret_inputs(self.cfg, str(msg.get("content") or ""))
+        state: dict[str, Any] = {
             "message_id": mid,
             "channel_id": self.settings.queue,
             "author_id": str(author.get("id")),
             "author": str(author.get("username") or ""),
-            "text": str(msg.get("content") or ""),
+            "text": text,
             "state": CLAIMING,
             "claimed_at": utcnow_iso(),
             "listed_at": self._listed_at,
             "pid": os.getpid(),
         }
+        if secrets:
+            state["secret_inputs"] = sorted(secrets)
         if not write_json_new(self._state_path(mid), state):
             return None
+        if secrets:
+            self._secrets[mid] = secrets
         try:
             self.client.react(self.settings.queue, mid, CLAIM)
         except OrchestratorError as exc:
@@ -664,26 +673,46 @@ class DiscordInbox(ParkedRuns):
         runner = WorkflowRunner(
             self.cfg, self._delegator, reporter=_RunIdReporter(started), approver=None
         )
+        held = self._secrets.get(str(state["message_id"]))
         if state.get("run_id"):
-            result = self._resume(runner, state["run_id"])
+            result = self._resume(runner, state["run_id"], held)
         else:
+            missing = sorted(set(state.get("secret_inputs") or ()) - set(held or {}))
+            if missing:  # the inbox restarted before the run started
+                raise InboxError(
+                    f"the inbox restarted before this task's run started, and it keeps "
+                    f"the secret input{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(f'`{n}`' for n in missing)} only masked (***): post the "
+                    "task again."
+                )
             check_workflow_name(self.cfg, req.target)
-            prepared = prepare(self.cfg, req.target, dict(req.inputs), caller=caller)
+            real = {**req.inputs, **(held or {})}
+            prepared = prepare(self.cfg, req.target, real, caller=caller)
             result = runner.start(prepared, RunOptions(caller=caller))
         self._after_run(state, req, result)
 
-    def _resume(self, runner: Any, run_id: str) -> Any:
+    def _resume(self, runner: Any, run_id: str, secrets: dict[str, str] | None = None) -> Any:
         """Resume a run; while another process executes it (``orchestrate serve``, a
-        terminal), follow it until it stops, then take what is left (or its result)."""
+        terminal), follow it until it stops, then take what is left (or its result).
+
+        ``secrets``: the real values of its secret inputs, held since the task was
+        claimed. Without them (the inbox restarted, or the run was started elsewhere)
+        ``end_without_secrets`` ends it as ``orchestrate serve`` does."""
         from engine.errors import RunEndedError, RunStateError
-        from engine.runner import RunOptions
+        from engine.runner import RunOptions, SecretInputsMissing
         from engine.runs import run_status
 
         told = False
         released = False  # the executor let go between our try and our look: try once more
         while True:
             try:
-                return runner.resume(run_id, RunOptions())
+                try:
+                    return runner.resume(run_id, RunOptions(), inputs=secrets or None)
+                except SecretInputsMissing as exc:
+                    ended = end_without_secrets(runner, run_id, exc)
+                    if ended is None:
+                        raise
+                    return ended
             except RunEndedError as ended:  # another process (the server) finished it
                 return ended.result
             except RunStateError:
@@ -798,6 +827,8 @@ class DiscordInbox(ParkedRuns):
 
     def _save(self, state: dict[str, Any]) -> None:
         write_json_atomic(self._state_path(state["message_id"]), state)
+        if state["state"] in (FINISHED, POSTED, REFUSED):
+            self._secrets.pop(str(state["message_id"]), None)  # the run is over
         if state["state"] in (POSTED, REFUSED):
             self._final.add(state["message_id"])
 
@@ -835,6 +866,37 @@ class DiscordInbox(ParkedRuns):
 
 class _Stopping(Exception):
     """The inbox closes while a task follows a run another process executes."""
+
+
+def end_without_secrets(runner: Any, run_id: str, exc: Any) -> Any:
+    """A run to continue whose secret inputs this inbox does not hold (it restarted, or
+    the run was started elsewhere), as ``orchestrate serve`` treats one: a rejected gate
+    ends it as usual (its ``finally`` steps get the masked text) and the result is
+    returned; otherwise it ends ``failed`` now, with a ``run_finished`` event whose
+    ``reason`` is ``exc``'s paragraph (``workflow resume RUN -i NAME=VALUE`` continues
+    it), and None is returned: the caller posts that paragraph as the task's result."""
+    from engine.runner import RunOptions, RunState, StepState
+    from engine.runs import replay_run, summarize
+
+    store = runner.store
+    view = replay_run(store, run_id)
+    if any(s.gate and s.state is StepState.REJECTED for s in view.steps.values()):
+        return runner.resume(run_id, RunOptions(), masked=True)
+    if view.state not in (RunState.RUNNING, RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
+        return None
+    with store.claim(run_id):
+        journal = store.journal(run_id)
+        try:
+            journal.append(
+                "run_finished",
+                status=RunState.FAILED.value,
+                reason=str(exc),
+                inputs_missing=list(exc.names),
+            )
+        finally:
+            journal.close()
+        store.write_summary(run_id, summarize(replay_run(store, run_id)))
+    return None
 
 
 def _scan_from(state: dict[str, Any], ours: str) -> str:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Config
-from engine.errors import UsageError
-from engine.redact import redact
+from engine.errors import OrchestratorError, UsageError
+from engine.redact import MASK, redact
 
 # States of a claimed message, in order.
 CLAIMING = "claiming"  # the state file exists; the reaction claim is not confirmed yet
@@ -248,6 +248,45 @@ def check_workflow_name(cfg: Config, name: str) -> None:
     raise InboxError(
         f"no workflow `{name}`{did_you_mean(name, known) or '.'} Known workflows: {listed}."
     )
+
+
+def mask_secret_inputs(cfg: Config, text: str) -> tuple[str, dict[str, str]]:
+    """A task message as the inbox keeps and shows it, and the secret inputs it held.
+
+    For a workflow task (``workflow NAME key=value ...``), each input that holds a secret
+    (``engine.redact.secret_input_names``: declared ``secret: true`` in the template, or
+    named so by ``engine.secretnames.secret_name``, or a value ``redact`` masks) is
+    written ``key=***``; the result is ``(masked text, {key: real value})``. Any other
+    message, or one that cannot be read as a task, is returned as it is with ``{}``
+    (every post masks it through ``redact`` anyway). Example::
+
+        mask_secret_inputs(cfg, "workflow sec q=hi acct=A1")  # acct: secret: true
+        # ("workflow sec q=hi acct=***", {"acct": "A1"})
+    """
+    if not text.strip().startswith("workflow "):
+        return text, {}
+    try:
+        req = parse_task(text)
+    except InboxError:
+        return text, {}
+    from engine.secretnames import secret_name
+
+    declared = {n for n in req.inputs if secret_name(n)}
+    try:
+        from engine.workflow import find_workflow, load_workflow
+
+        check_workflow_name(cfg, req.target)
+        declared = set(load_workflow(find_workflow(req.target, cfg)).secret_inputs)
+    except (OrchestratorError, OSError):
+        pass  # not runnable: refused later; the names alone decide here
+    from engine.redact import secret_input_names
+
+    names = set(secret_input_names(req.inputs, declared))
+    if not names:
+        return text, {}
+    words = [f"{k}={MASK if k in names else shlex.quote(v)}" for k, v in req.inputs.items()]
+    masked = " ".join(["workflow", shlex.quote(req.target), *words])
+    return masked, {k: v for k, v in req.inputs.items() if k in names}
 
 
 def summarize_delegation(cfg: Config, result: Any, req: TaskRequest) -> dict[str, Any]:

@@ -87,10 +87,14 @@ _GENERIC = re.compile(
     rf"(?P<q>[?&;]{_SECRET_PARAM}=)(?P<qval>[^&;#\s\"'<>`]+)"
     # a secret key's or an auth header's value (also in a dict repr or JSON:
     # `"authorization": "Bearer x"`, `"password": "x y"`, `password=x`, `token: x`)
-    rf"|(?<![a-z0-9])(?P<h>{_SECRET_KEY})"
-    r"(?P<hsep>[\"']?\s{0,3}[:=]\s{0,3}[\"']?\s{0,3})"
+    # (after a name's letters when `=` follows at once: `PGPASSWORD=x`, `MYTOKEN=x`)
+    rf"|(?:(?<![a-z0-9])|(?<=[a-z0-9])(?=(?:password|passwd|token|secret)=))(?P<h>{_SECRET_KEY})"
+    # (a quote may be escaped, `api_key=\"x\"` in JSON text: the escape is kept)
+    r"(?P<hsep>\\?[\"']?\s{0,3}[:=]\s{0,3}(?:\\?[\"'])?\s{0,3})"
     r"(?P<hscheme>(?:bearer|bot|basic|token)\s+)?"
-    r"(?P<hval>(?<=\")[^\"\\\n]+|(?<=')[^'\\\n]+|[^\s\"',;}\]`]+)"
+    r"(?P<hval>(?<=\")[^\"\\\n]+|(?<=')[^'\\\n]+|(?:[^\s\"',;}\]`\\]|\\(?![\"']))+)"
+    # a command line's secret option's value (`--password x`; `--token=x` is a key above)
+    r"|(?P<f>(?<![\w-])--(?:password|passwd|token|secret|api-key)\s+)(?P<fval>[^\s\"'`-][^\s\"'`]*)"
     # a bearer token anywhere; it must look like one (a digit or symbol in it, or long)
     rf"|(?P<b>\bbearer\s+)(?P<bval>(?={_TOKEN}*[0-9._~+/=-]){_TOKEN}{{6,}}|[A-Za-z]{{24,}})"
 )
@@ -121,10 +125,20 @@ _SHAPED_GATE = re.compile(
     r"[-_A](?:(?<=sk-)|(?<=gh[opsur]_)|(?<=_pat_)|(?<=glpat-)|(?<=_live_)|(?<=_test_)"
     r"|(?<=xox[abprs]-)|(?<=npm_)|(?<=hf_)|(?<=A)(?:KIA|SIA|Iza))"
 )
+#: A JSON Web Token (RFC 7519, compact form): three base64url parts, the header's and the
+#: payload's JSON objects (``{"``) encoded, so they begin ``eyJ``.
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+#: A PEM private key (RFC 7468): the body between its BEGIN and END lines is masked (to
+#: the text's end when the END line is missing).
+_PEM = re.compile(
+    r"(?P<pb>-----BEGIN (?P<kind>[A-Z0-9 ]{0,40})PRIVATE KEY-----)(?P<pv>.*?)"
+    r"(?P<pe>-----END (?P=kind)PRIVATE KEY-----|\Z)",
+    re.S,
+)
 #: User info in a URL.
 _URL_USER = re.compile(r"(?i)(?P<u>\b[a-z][a-z0-9+.-]{1,20}://)(?P<uval>[^\s/@\"'<>]+)@")
 #: Every scan, for ``secret_parts``.
-_SCANS = (_GENERIC, _SHAPED, _URL_USER)
+_SCANS = (_GENERIC, _SHAPED, _URL_USER, _JWT, _PEM)
 
 
 #: URL schemes whose bare user name (no password) is a database role, shown as it is.
@@ -447,6 +461,16 @@ def _generic(m: re.Match[str]) -> str:
         return m.group("p") + MASK
     if m.re is _URL_USER:
         return _url_user(m)
+    if m.re is _JWT:
+        return MASK
+    if m.re is _PEM:
+        body = m.group("pv")
+        newline = "\\n" if "\\n" in body and "\n" not in body else "\n"  # JSON text
+        return m.group("pb") + newline + MASK + newline + m.group("pe")
+    if m.group("f") is not None:
+        if _PLACEHOLDER.fullmatch(m.group("fval")):
+            return m.group(0)
+        return m.group("f") + MASK
     if m.group("q") is not None:
         if _PLACEHOLDER.fullmatch(m.group("qval")):
             return m.group(0)
@@ -546,6 +570,10 @@ def redact(text: str, also: Iterable[str | None] = ()) -> str:
         text = _SHAPED.sub(_generic, text)
     if "@" in text and "://" in text:
         text = _URL_USER.sub(_generic, text)
+    if "eyJ" in text:
+        text = _JWT.sub(_generic, text)
+    if "PRIVATE KEY-----" in text:
+        text = _PEM.sub(_generic, text)
     return text
 
 
