@@ -36,7 +36,7 @@ from engine.errors import (
 from engine.redact import redact, redact_obj
 from engine.serve.dashboard import dag_svg, page, script
 from engine.serve.hub import EventHub, read_journal
-from engine.serve.manager import NotFoundError, RunManager
+from engine.serve.manager import NotFoundError, RunManager, missing_inputs_paragraph
 from engine.serve.settings import ApiToken, ServeSettings
 from engine.store import FileRunStore, RunStore
 
@@ -79,6 +79,16 @@ class StartDelegation(BaseModel):
     thinking: str | None = None
     channel: str | None = None
     parent_run_id: str | None = None
+
+
+class ResumeRun(BaseModel):
+    """Continue a run; ``inputs`` gives again the secret inputs it waits for."""
+
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="The values of the run's `inputs_missing` (checked against the keyed "
+        "hash in its run.json).",
+    )
 
 
 class Answer(BaseModel):
@@ -560,9 +570,13 @@ def create_app(
         return _json({"runId": run_id, "status": state.value})
 
     @app.post("/v1/runs/{run_id}/resume", tags=["runs"])
-    async def resume(request: Request, run_id: str) -> JSONResponse:
-        """Take over a run that no process executes (e.g. its CLI died)."""
-        await run_in_threadpool(lambda: manager.resume(run_id, by=who(request).name))
+    async def resume(
+        request: Request, run_id: str, body: Annotated[ResumeRun | None, Body()] = None
+    ) -> JSONResponse:
+        """Take over a run that no process executes (e.g. its CLI died); `inputs` gives
+        again the secret inputs a run waits for after a restart (`inputs_missing`)."""
+        given = body.inputs if body is not None else {}
+        await run_in_threadpool(lambda: manager.resume(run_id, by=who(request).name, inputs=given))
         return _json({"runId": run_id, "resumed": True})
 
     @app.post("/v1/runs/{run_id}/steps/{step}/approve", tags=["gates"])
@@ -911,6 +925,17 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
         if isinstance(handoff, dict) and handoff.get("usage"):
             row["usage"] = handoff["usage"]
     owner = manager.owned(run_id) or {}
+    error = manager.last_error(run_id)
+    missing = manager.waiting_for_inputs(run_id)
+    if missing and status["status"] == "running" and not status["live"]:
+        # in flight when the server restarted: it waits for its secret inputs
+        error = missing_inputs_paragraph(run_id, missing)
+        status["status"] = "waiting_input"
+        status["inputs_missing"] = missing
+        for row in status["steps"].values():
+            if row.get("status") == "running":
+                line = str(row.get("waiting") or "").split(" (no process")[0]
+                row["waiting"] = f"{line}; {error}"
     summary = store.read_summary(run_id)
     if isinstance(summary, dict) and isinstance(summary.get("outputs"), dict):
         status["outputs"] = summary["outputs"]
@@ -924,7 +949,7 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
         "started_by": owner.get("by"),
         "owned": bool(owner),
         "executing": manager.executing(run_id),
-        "error": manager.last_error(run_id),
+        "error": error,
         "cursor": len(view.events) and _last_line(manager, run_id),
     }
 
