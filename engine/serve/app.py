@@ -57,7 +57,9 @@ class StartRun(BaseModel):
         default=None, description="Caller for the ACL (default: the template's)."
     )
     approve: list[str] = Field(default_factory=list, description="Gates approved up front.")
-    approve_all: bool = Field(default=False, description="Approve every gate up front.")
+    approve_all: bool = Field(
+        default=False, strict=True, description="Approve every gate up front."
+    )
 
 
 class StartDelegation(BaseModel):
@@ -69,6 +71,7 @@ class StartDelegation(BaseModel):
     caller: str
     timeout: float | None = Field(
         default=None,
+        strict=True,  # a number: not `true` (taken as 1) nor `"120"`
         gt=0,
         le=MAX_SECONDS,
         allow_inf_nan=False,
@@ -106,6 +109,14 @@ class Decision(BaseModel):
         default=None,
         description="The gate's typed input (any JSON value), for a gate with `input`.",
     )
+
+
+#: What a strict field of a request body says about a value of another JSON type.
+_STRICT = {
+    "float_type": "must be a number",
+    "int_type": "must be a number",
+    "bool_type": "must be true or false",
+}
 
 
 class BodyLimit:
@@ -383,7 +394,10 @@ def create_app(
             where = loc[0] if loc and loc[0] in ("body", "query", "header", "path") else ""
             name = ".".join(loc[1:] if where else loc) or "body"
             of = f" ({where} parameter)" if where in ("query", "header", "path") else ""
-            problems.append(f"`{name}`{of}: {e.get('msg', 'invalid')}")
+            msg = _STRICT.get(str(e.get("type")), e.get("msg", "invalid"))
+            if str(e.get("type")) in _STRICT:
+                msg += f", not {quoted(e.get('input'))}"
+            problems.append(f"`{name}`{of}: {msg}")
         return _json(
             {"detail": "invalid request: " + "; ".join(problems) + ".", "exit_code": 2}, 400
         )
