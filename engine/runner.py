@@ -279,6 +279,32 @@ def _real_inputs(
     return inputs, sorted(missing)
 
 
+def _pre_approved(options: RunOptions) -> dict[str, Any]:
+    """The gates approved at a run's start (``--approve``, ``--approve-all``, a server's
+    ``approve``/``approve_all``) as its run.json keeps them (``pre_approved``), so that
+    every resume of the run passes them too (``_with_pre_approved``)."""
+    kept: dict[str, Any] = {}
+    if options.approve:
+        kept["approve"] = sorted(options.approve)
+    if options.approve_all:
+        kept["approve_all"] = True
+    return {"pre_approved": kept} if kept else {}
+
+
+def _with_pre_approved(options: RunOptions, meta: dict[str, Any]) -> RunOptions:
+    """``options`` plus the gates run.json says were approved at the start."""
+    kept = meta.get("pre_approved")
+    if not isinstance(kept, dict):
+        return options
+    approve = kept.get("approve")
+    approve = approve if isinstance(approve, list) else []
+    return replace(
+        options,
+        approve=options.approve | frozenset(str(a) for a in approve),
+        approve_all=options.approve_all or kept.get("approve_all") is True,
+    )
+
+
 def _check_given_inputs(run_id: str, meta: dict[str, Any], given: Mapping[str, Any] | None) -> None:
     """Refuse (RunStateError, exit 2; nothing written) an input given on resume (``-i``)
     that is not one ``run.json`` keeps masked: a run keeps the inputs it started with, and
@@ -512,6 +538,7 @@ class WorkflowRunner:
             "fingerprint": fingerprint_parts(self.cfg, prepared, salt),
             "input_salt": salt,
             **({"parent": parent} if parent else {}),
+            **_pre_approved(options),
             "plan": {
                 "groups": plan.groups,
                 "steps": {
@@ -543,6 +570,7 @@ class WorkflowRunner:
             },
         }
         store.create_run(run_id, meta)
+
         def begin(journal: RunJournal) -> None:
             journal.append(
                 "run_started", run_id=run_id, workflow=prepared.spec.name, pid=os.getpid()
@@ -582,6 +610,7 @@ class WorkflowRunner:
                 )
             meta = view.meta
             _check_resumable(view)
+            options = _with_pre_approved(options, meta)
             workflow_path, fingerprint = meta.get("workflow_path"), meta.get("fingerprint")
             if not isinstance(workflow_path, str) or not isinstance(fingerprint, dict):
                 raise RunStateError(

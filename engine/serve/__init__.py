@@ -183,7 +183,9 @@ def _presence(cfg: Config, url: str) -> Iterator[None]:
 def run_owner(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
     """``{"pid": int, "url": str}`` of the live `orchestrate serve` that owns ``run_id``
     (started or adopted it: ``<handoffs>/serve/<run>.json``), or None: no such record,
-    or no server holds ``SERVER_LOCK`` now. The server continues such a run by itself."""
+    or no server holds ``SERVER_LOCK`` now, or the run waits for secret inputs the
+    server no longer holds (``inputs_missing``: ``workflow resume RUN -i`` continues it).
+    The server continues such a run by itself."""
     import fcntl
     import json
 
@@ -191,8 +193,12 @@ def run_owner(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
     from engine.serve.manager import OWNED_DIR
 
     folder = Path(handoffs_dir) / OWNED_DIR
-    if not (folder / f"{check_id(run_id, 'run id')}.json").is_file():
+    try:
+        entry = json.loads((folder / f"{check_id(run_id, 'run id')}.json").read_text())
+    except (OSError, ValueError):
         return None
+    if isinstance(entry, dict) and entry.get("inputs_missing"):
+        return None  # it waits for its secret inputs: the server cannot continue it
     try:
         fh = open(folder / SERVER_LOCK, encoding="utf-8")  # noqa: SIM115
     except OSError:

@@ -36,7 +36,7 @@ from engine.errors import (
 from engine.redact import redact, redact_obj
 from engine.serve.dashboard import dag_svg, page, script
 from engine.serve.hub import EventHub, read_journal
-from engine.serve.manager import NotFoundError, RunManager
+from engine.serve.manager import NotFoundError, RunManager, missing_inputs_paragraph
 from engine.serve.settings import ApiToken, ServeSettings
 from engine.store import FileRunStore, RunStore
 
@@ -57,7 +57,9 @@ class StartRun(BaseModel):
         default=None, description="Caller for the ACL (default: the template's)."
     )
     approve: list[str] = Field(default_factory=list, description="Gates approved up front.")
-    approve_all: bool = Field(default=False, description="Approve every gate up front.")
+    approve_all: bool = Field(
+        default=False, strict=True, description="Approve every gate up front."
+    )
 
 
 class StartDelegation(BaseModel):
@@ -69,6 +71,7 @@ class StartDelegation(BaseModel):
     caller: str
     timeout: float | None = Field(
         default=None,
+        strict=True,  # a number: not `true` (taken as 1) nor `"120"`
         gt=0,
         le=MAX_SECONDS,
         allow_inf_nan=False,
@@ -79,6 +82,16 @@ class StartDelegation(BaseModel):
     thinking: str | None = None
     channel: str | None = None
     parent_run_id: str | None = None
+
+
+class ResumeRun(BaseModel):
+    """Continue a run; ``inputs`` gives again the secret inputs it waits for."""
+
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="The values of the run's `inputs_missing` (checked against the keyed "
+        "hash in its run.json).",
+    )
 
 
 class Answer(BaseModel):
@@ -96,6 +109,14 @@ class Decision(BaseModel):
         default=None,
         description="The gate's typed input (any JSON value), for a gate with `input`.",
     )
+
+
+#: What a strict field of a request body says about a value of another JSON type.
+_STRICT = {
+    "float_type": "must be a number",
+    "int_type": "must be a number",
+    "bool_type": "must be true or false",
+}
 
 
 class BodyLimit:
@@ -373,7 +394,10 @@ def create_app(
             where = loc[0] if loc and loc[0] in ("body", "query", "header", "path") else ""
             name = ".".join(loc[1:] if where else loc) or "body"
             of = f" ({where} parameter)" if where in ("query", "header", "path") else ""
-            problems.append(f"`{name}`{of}: {e.get('msg', 'invalid')}")
+            msg = _STRICT.get(str(e.get("type")), e.get("msg", "invalid"))
+            if str(e.get("type")) in _STRICT:
+                msg += f", not {quoted(e.get('input'))}"
+            problems.append(f"`{name}`{of}: {msg}")
         return _json(
             {"detail": "invalid request: " + "; ".join(problems) + ".", "exit_code": 2}, 400
         )
@@ -560,9 +584,13 @@ def create_app(
         return _json({"runId": run_id, "status": state.value})
 
     @app.post("/v1/runs/{run_id}/resume", tags=["runs"])
-    async def resume(request: Request, run_id: str) -> JSONResponse:
-        """Take over a run that no process executes (e.g. its CLI died)."""
-        await run_in_threadpool(lambda: manager.resume(run_id, by=who(request).name))
+    async def resume(
+        request: Request, run_id: str, body: Annotated[ResumeRun | None, Body()] = None
+    ) -> JSONResponse:
+        """Take over a run that no process executes (e.g. its CLI died); `inputs` gives
+        again the secret inputs a run waits for after a restart (`inputs_missing`)."""
+        given = body.inputs if body is not None else {}
+        await run_in_threadpool(lambda: manager.resume(run_id, by=who(request).name, inputs=given))
         return _json({"runId": run_id, "resumed": True})
 
     @app.post("/v1/runs/{run_id}/steps/{step}/approve", tags=["gates"])
@@ -911,6 +939,17 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
         if isinstance(handoff, dict) and handoff.get("usage"):
             row["usage"] = handoff["usage"]
     owner = manager.owned(run_id) or {}
+    error = manager.last_error(run_id)
+    missing = manager.waiting_for_inputs(run_id)
+    if missing and status["status"] == "running" and not status["live"]:
+        # in flight when the server restarted: it waits for its secret inputs
+        error = missing_inputs_paragraph(run_id, missing)
+        status["status"] = "waiting_input"
+        status["inputs_missing"] = missing
+        for row in status["steps"].values():
+            if row.get("status") == "running":
+                line = str(row.get("waiting") or "").split(" (no process")[0]
+                row["waiting"] = f"{line}; {error}"
     summary = store.read_summary(run_id)
     if isinstance(summary, dict) and isinstance(summary.get("outputs"), dict):
         status["outputs"] = summary["outputs"]
@@ -924,7 +963,7 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
         "started_by": owner.get("by"),
         "owned": bool(owner),
         "executing": manager.executing(run_id),
-        "error": manager.last_error(run_id),
+        "error": error,
         "cursor": len(view.events) and _last_line(manager, run_id),
     }
 

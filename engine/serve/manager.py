@@ -16,7 +16,11 @@ The inputs ``run.json`` keeps masked (a secret in them) are held in memory for t
 this process started, so a decision continues such a run with their real values. After a
 restart they are gone: an approved gate then ends the run ``failed`` with a
 ``run_finished`` event whose ``reason`` names those inputs and says how to give them again
-(``workflow resume RUN -i NAME=VALUE``), and a rejected gate ends it as usual.
+(``workflow resume RUN -i NAME=VALUE``), and a rejected gate ends it as usual. A run
+that was executing when the server stopped is not ended: it waits for those inputs
+(``waiting_for_inputs``, ``inputs_missing`` in its ``serve/<run>.json``) until
+``resume`` gets them (``POST /v1/runs/{id}/resume`` with ``inputs``) or a
+``workflow resume -i`` takes it over.
 """
 
 from __future__ import annotations
@@ -294,8 +298,7 @@ class RunManager:
         if approvers and by not in approvers:
             names = ", ".join(f"`{a}`" for a in approvers)
             return (
-                f"`{by}` may not decide the gate of `{step}` in {run}: "
-                f"its approvers are {names}."
+                f"`{by}` may not decide the gate of `{step}` in {run}: its approvers are {names}."
             )
         if not self.self_approval and starter == by:
             return (
@@ -433,6 +436,8 @@ class RunManager:
         def act(runner: WorkflowRunner) -> Any:
             if check and not self.needs_resume(run_id):
                 return None
+            if self.waiting_for_inputs(run_id) and self.delegator.store.claimed(run_id):
+                return None  # `workflow resume -i` took it over: it continues it
             with self._lock:
                 held = self._secret_inputs.get(run_id)
             return runner.resume(run_id, self._options(run_id), inputs=held)
@@ -465,7 +470,14 @@ class RunManager:
         if any(s.gate and s.state is StepState.REJECTED for s in view.steps.values()):
             runner.resume(run_id, RunOptions(max_parallel=self.max_parallel), masked=True)
             return
-        if view.state not in (RunState.RUNNING, RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
+        if view.state is RunState.RUNNING:
+            # in flight when the server stopped: its agents may still answer, so it is
+            # not ended; it waits for the inputs (``waiting_for_inputs``)
+            self._own(run_id, {**(self.owned(run_id) or {}), "inputs_missing": exc.names})
+            self._errors[run_id] = missing_inputs_paragraph(run_id, exc.names)
+            log.warning("run %s: %s", run_id, exc)
+            return
+        if view.state not in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
             return
         with store.claim(run_id):
             journal = store.journal(run_id)
@@ -712,15 +724,40 @@ class RunManager:
         self.observer.wake(run_id)
         return state
 
-    def resume(self, run_id: str, *, by: str) -> None:
-        """Take over a run no process executes (one started by a CLI that died)."""
+    def resume(self, run_id: str, *, by: str, inputs: dict[str, Any] | None = None) -> None:
+        """Take over a run no process executes (one started by a CLI that died), or
+        continue one that waits for its secret inputs (``waiting_for_inputs``) with
+        ``inputs``, each checked against the keyed hash in its run.json (UsageError,
+        HTTP 400, for a wrong, unknown or missing one; nothing changes then). The values
+        are held in memory only, as for a run this server started."""
+        from engine.runner import _check_given_inputs, _real_inputs
+
         path = self.run_path(run_id)
         view = replay(path, store=self.delegator.store)
         if view.state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED):
             raise RunStateError(f"run `{run_id}` has already ended ({view.state.value}).")
-        if self.owned(run_id) is None:
+        if inputs:
+            try:
+                _check_given_inputs(run_id, view.meta, inputs)
+                _real_inputs(run_id, view.meta, inputs, False)
+            except RunStateError as exc:
+                raise UsageError(str(exc)) from None
+            with self._lock:
+                self._secret_inputs[run_id] = dict(inputs)
+                self._errors.pop(run_id, None)
+        entry = self.owned(run_id)
+        if entry is None:
             self._own(run_id, {"kind": "workflow", "by": by, "adopted_at": utcnow_iso()})
+        elif inputs and "inputs_missing" in entry:
+            self._own(run_id, {k: v for k, v in entry.items() if k != "inputs_missing"})
         self.kick(run_id)
+
+    def waiting_for_inputs(self, run_id: str) -> list[str]:
+        """The secret inputs this server needs to continue ``run_id`` (it was in flight
+        when the server stopped, and the values went with that process): ``[]`` when
+        none. Kept as ``inputs_missing`` in ``serve/<run>.json``."""
+        names = (self.owned(run_id) or {}).get("inputs_missing")
+        return [str(n) for n in names] if isinstance(names, list) else []
 
     def run_path(self, run_id: str) -> Path:
         """The directory of a workflow run, or NotFoundError."""
@@ -933,6 +970,23 @@ _KEYED = (
     "context",
     "parent_run_id",
 )
+
+
+def missing_inputs_paragraph(run_id: str, names: list[str]) -> str:
+    """What a run that waits for its secret inputs (``RunManager.waiting_for_inputs``)
+    needs, and the two ways to give them (docs/serve.md, "The CLI as a client")."""
+    plural = len(names) > 1
+    listed = ", ".join(f"`{n}`" for n in names)
+    again = " ".join(f"-i {n}=VALUE" for n in names)
+    body = ", ".join(f'"{n}": "VALUE"' for n in names)
+    return (
+        f"run `{run_id}` waits for its input{'s' if plural else ''} {listed}: "
+        f"{'they' if plural else 'it'} held a secret, which run.json keeps only masked, "
+        "and the server that started the run, which held the value, has restarted since. "
+        f"Give {'them' if plural else 'it'} again: `workflow resume {run_id} {again}` on "
+        f"the server's host, or `POST /v1/runs/{run_id}/resume` with "
+        f'{{"inputs": {{{body}}}}}; it continues where it stopped.'
+    )
 
 
 def _approvals(approve: tuple[str, ...], approve_all: bool) -> dict[str, Any]:
