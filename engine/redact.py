@@ -49,8 +49,12 @@ import sys
 import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from engine.runner import SecretInputsMissing
+    from engine.store.protocol import RunStore
 
 #: What a secret is replaced with.
 MASK = "***"
@@ -403,6 +407,28 @@ def input_secrets(inputs: Mapping[str, Any], declared: Collection[str] = ()) -> 
     whole = [str(v) for n, v in inputs.items() if n in declared and v not in ("", None)]
     return [*whole, *secret_parts(list(inputs.values()))]
 
+
+def end_missing_secrets(store: RunStore, run_id: str, exc: SecretInputsMissing) -> None:
+    """End ``run_id`` ``failed`` now because its secret inputs are not held here (this
+    process restarted, or the run was started elsewhere): under the run's claim, a
+    ``run_finished`` event whose ``reason`` is ``exc``'s paragraph (``workflow resume RUN
+    -i NAME=VALUE`` continues it) and ``inputs_missing`` its ``names``; then its summary
+    again. What the Discord inbox and ``orchestrate serve`` do with such a run."""
+    from engine.runs import replay_run, summarize
+    from engine.states import RunState
+
+    with store.claim(run_id):
+        journal = store.journal(run_id)
+        try:
+            journal.append(
+                "run_finished",
+                status=RunState.FAILED.value,
+                reason=str(exc),
+                inputs_missing=list(exc.names),
+            )
+        finally:
+            journal.close()
+        store.write_summary(run_id, summarize(replay_run(store, run_id)))
 
 def forget_all() -> None:
     """Forget every registered secret (tests)."""
