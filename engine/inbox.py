@@ -875,8 +875,9 @@ def end_without_secrets(runner: Any, run_id: str, exc: Any) -> Any:
     returned; otherwise it ends ``failed`` now, with a ``run_finished`` event whose
     ``reason`` is ``exc``'s paragraph (``workflow resume RUN -i NAME=VALUE`` continues
     it), and None is returned: the caller posts that paragraph as the task's result."""
+    from engine.redact import end_missing_secrets
     from engine.runner import RunOptions, RunState, StepState
-    from engine.runs import replay_run, summarize
+    from engine.runs import replay_run
 
     store = runner.store
     view = replay_run(store, run_id)
@@ -884,18 +885,7 @@ def end_without_secrets(runner: Any, run_id: str, exc: Any) -> Any:
         return runner.resume(run_id, RunOptions(), masked=True)
     if view.state not in (RunState.RUNNING, RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
         return None
-    with store.claim(run_id):
-        journal = store.journal(run_id)
-        try:
-            journal.append(
-                "run_finished",
-                status=RunState.FAILED.value,
-                reason=str(exc),
-                inputs_missing=list(exc.names),
-            )
-        finally:
-            journal.close()
-        store.write_summary(run_id, summarize(replay_run(store, run_id)))
+    end_missing_secrets(store, run_id, exc)
     return None
 
 

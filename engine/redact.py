@@ -49,8 +49,12 @@ import sys
 import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from engine.runner import SecretInputsMissing
+    from engine.store.protocol import RunStore
 
 #: What a secret is replaced with.
 MASK = "***"
@@ -404,6 +408,28 @@ def input_secrets(inputs: Mapping[str, Any], declared: Collection[str] = ()) -> 
     return [*whole, *secret_parts(list(inputs.values()))]
 
 
+def end_missing_secrets(store: RunStore, run_id: str, exc: SecretInputsMissing) -> None:
+    """End ``run_id`` ``failed`` now because its secret inputs are not held here (this
+    process restarted, or the run was started elsewhere): under the run's claim, a
+    ``run_finished`` event whose ``reason`` is ``exc``'s paragraph (``workflow resume RUN
+    -i NAME=VALUE`` continues it) and ``inputs_missing`` its ``names``; then its summary
+    again. What the Discord inbox and ``orchestrate serve`` do with such a run."""
+    from engine.runs import replay_run, summarize
+    from engine.states import RunState
+
+    with store.claim(run_id):
+        journal = store.journal(run_id)
+        try:
+            journal.append(
+                "run_finished",
+                status=RunState.FAILED.value,
+                reason=str(exc),
+                inputs_missing=list(exc.names),
+            )
+        finally:
+            journal.close()
+        store.write_summary(run_id, summarize(replay_run(store, run_id)))
+
 def forget_all() -> None:
     """Forget every registered secret (tests)."""
     global _known_re, _known_list
@@ -464,45 +490,60 @@ def _generic(m: re.Match[str]) -> str:
     if m.re is _JWT:
         return MASK
     if m.re is _PEM:
-        body = m.group("pv")
-        newline = "\\n" if "\\n" in body and "\n" not in body else "\n"  # JSON text
-        return m.group("pb") + newline + MASK + newline + m.group("pe")
+        return _pem(m)
     if m.group("f") is not None:
-        if _PLACEHOLDER.fullmatch(m.group("fval")):
-            return m.group(0)
-        return m.group("f") + MASK
+        return _unless_placeholder(m, "f", "fval")
     if m.group("q") is not None:
-        if _PLACEHOLDER.fullmatch(m.group("qval")):
-            return m.group(0)
-        return m.group("q") + MASK
+        return _unless_placeholder(m, "q", "qval")
     if m.group("h") is not None:
-        sep, value = m.group("hsep"), m.group("hval")
-        if _PLACEHOLDER.fullmatch(value):
-            return m.group(0)
-        if not m.group("hscheme") and _NOT_A_VALUE.fullmatch(value):
-            return m.group(0)  # `secret: true`, `token: null`: not a value
-        bare = sep.rstrip()[-1:] not in ("'", '"')  # the value is not a quoted string
-        quoted_key = sep[:1] in ("'", '"')  # JSON or a dict's repr
-        if quoted_key and bare and not m.group("hscheme") and not (
-            value[0] in "{[" or _JSON_LITERAL.fullmatch(value)
-        ):
-            return m.group(0)  # `'/etc/passwd': give ...`: prose after a quoted word
-        if not quoted_key and "=" not in sep and not m.group("hscheme") and not _entry(m):
-            return m.group(0)  # `... held no secret: q`: prose, not a mapping's entry
-        if (
-            quoted_key
-            and bare
-            and not m.group("hscheme")
-            and (value[0] in "{[" or _JSON_LITERAL.fullmatch(value))
-        ):
-            # `"api_key": {...}`, `"authorization": null`: JSON structure, not a value:
-            # masking it would break the JSON (what is inside is scanned on its own); a
-            # number is masked as the string `"***"`, which keeps the JSON whole
-            if value[0].isdigit() or value[0] == "-":
-                return m.group("h") + sep + f'"{MASK}"'
-            return m.group(0)
-        return m.group("h") + sep + (m.group("hscheme") or "") + MASK
+        return _header(m)
     return m.group("b") + MASK
+
+
+def _pem(m: re.Match[str]) -> str:
+    """A PEM block with its body masked, its armour lines kept."""
+    body = m.group("pv")
+    newline = "\\n" if "\\n" in body and "\n" not in body else "\n"  # JSON text
+    return m.group("pb") + newline + MASK + newline + m.group("pe")
+
+
+def _unless_placeholder(m: re.Match[str], prefix: str, value: str) -> str:
+    """``prefix`` then the mask, or the match unchanged when its ``value`` group is a
+    hint's placeholder (``_PLACEHOLDER``)."""
+    if _PLACEHOLDER.fullmatch(m.group(value)):
+        return m.group(0)
+    return m.group(prefix) + MASK
+
+
+def _header(m: re.Match[str]) -> str:
+    """A ``key: value`` / ``key=value`` match (groups ``h``, ``hsep``, ``hscheme``,
+    ``hval``) with its value masked, or unchanged when the value is no secret."""
+    sep, value, scheme = m.group("hsep"), m.group("hval"), m.group("hscheme")
+    if _PLACEHOLDER.fullmatch(value):
+        return m.group(0)
+    if scheme:
+        return m.group("h") + sep + scheme + MASK
+    if _NOT_A_VALUE.fullmatch(value):
+        return m.group(0)  # `secret: true`, `token: null`: not a value
+    if sep[:1] in ("'", '"'):  # a quoted key: JSON or a dict's repr
+        return _quoted_key(m, sep, value)
+    if "=" not in sep and not _entry(m):
+        return m.group(0)  # `... held no secret: q`: prose, not a mapping's entry
+    return m.group("h") + sep + MASK
+
+
+def _quoted_key(m: re.Match[str], sep: str, value: str) -> str:
+    """``_header`` for a quoted key with no scheme before its value."""
+    if sep.rstrip()[-1:] in ("'", '"'):  # the value is a quoted string
+        return m.group("h") + sep + MASK
+    if not (value[0] in "{[" or _JSON_LITERAL.fullmatch(value)):
+        return m.group(0)  # `'/etc/passwd': give ...`: prose after a quoted word
+    # `"api_key": {...}`, `"authorization": null`: JSON structure, not a value: masking
+    # it would break the JSON (what is inside is scanned on its own); a number is masked
+    # as the string `"***"`, which keeps the JSON whole
+    if value[0].isdigit() or value[0] == "-":
+        return m.group("h") + sep + f'"{MASK}"'
+    return m.group(0)
 
 
 def _entry(m: re.Match[str]) -> bool:

@@ -11,32 +11,9 @@ from __future__ import annotations
 
 import re
 
-#: Input names that say their value is a secret, as name parts (lower case; a name is
-#: cut at ``_``, ``-``, digits and camelCase humps): after Airflow's "sensitive field
-#: names" (``password``, ``secret``, ``token``, ``api_key``...), in workflow templates.
-SECRET_NAME_PARTS = frozenset(
-    {
-        "password",
-        "passwords",
-        "passwd",
-        "passphrase",
-        "secret",
-        "secrets",
-        "token",
-        "apikey",
-        "credential",
-        "credentials",
-        "auth",
-        "authorization",
-    }
-)
-#: Pairs of consecutive name parts that say so too (``api_key``, ``apiKey``, ``ACCESS_KEY``).
-SECRET_NAME_PAIRS = frozenset({("api", "key"), ("private", "key"), ("access", "key")})
-#: Secret words a name part may end with after other letters (``dbpassword``,
-#: ``PGPASSWORD``, ``accesstoken``, ``authtoken``, ``clientsecret``, ``privatekey``):
-#: names written without separators. Not ``auth`` (``oauth`` is a mode), nor ``key`` or
-#: ``pass`` alone (``monkey``, ``compass``, ``bypass``).
-SECRET_NAME_ENDINGS = (
+#: Secret words that say so both as a whole name part and as a part's ending: the
+#: common core of ``SECRET_NAME_PARTS`` and ``SECRET_NAME_ENDINGS``.
+_SECRET_WORDS = (
     "password",
     "passwords",
     "passwd",
@@ -45,12 +22,20 @@ SECRET_NAME_ENDINGS = (
     "secrets",
     "token",
     "apikey",
-    "accesskey",
-    "privatekey",
-    "secretkey",
     "credential",
     "credentials",
 )
+#: Input names that say their value is a secret, as name parts (lower case; a name is
+#: cut at ``_``, ``-``, digits and camelCase humps): after Airflow's "sensitive field
+#: names" (``password``, ``secret``, ``token``, ``api_key``...), in workflow templates.
+SECRET_NAME_PARTS = frozenset({*_SECRET_WORDS, "auth", "authorization"})
+#: Pairs of consecutive name parts that say so too (``api_key``, ``apiKey``, ``ACCESS_KEY``).
+SECRET_NAME_PAIRS = frozenset({("api", "key"), ("private", "key"), ("access", "key")})
+#: Secret words a name part may end with after other letters (``dbpassword``,
+#: ``PGPASSWORD``, ``accesstoken``, ``authtoken``, ``clientsecret``, ``privatekey``):
+#: names written without separators. Not ``auth`` (``oauth`` is a mode), nor ``key`` or
+#: ``pass`` alone (``monkey``, ``compass``, ``bypass``).
+SECRET_NAME_ENDINGS = (*_SECRET_WORDS, "accesskey", "privatekey", "secretkey")
 #: Last name parts that say so after another part, as well-known environment names
 #: write them: ``DB_PASS``, ``SMTP_PASS``, ``MYSQL_PWD`` (not ``PWD`` alone: the shell's
 #: working directory).

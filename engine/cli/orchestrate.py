@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -32,6 +32,9 @@ from engine.cli.common import (
 )
 from engine.cli.store import store_group
 from engine.states import Confidence, HandoffStatus
+
+if TYPE_CHECKING:
+    from engine.errors import UsageError
 
 
 class _DelegateByDefault(EngineGroup):
@@ -63,37 +66,53 @@ def _refuse_mistyped_command(group: click.Group, args: list[str]) -> None:
     import os
 
     word = args[0]
-    if word.startswith("-") or any(a.split("=")[0] == "--capability" for a in args):
+    if word.startswith("-") or _has_option(args, "--capability"):
         return
     commands = sorted(name for name in group.commands if name != "delegate")
     close = difflib.get_close_matches(word, commands, n=1, cutoff=0.75)
-    has_caller = any(a.split("=")[0] == "--caller" for a in args)
-    if not close and has_caller:
+    if not close and _has_option(args, "--caller"):
         return
-    config = None
-    for i, arg in enumerate(args):
-        if arg == "--config" and i + 1 < len(args):
-            config = args[i + 1]
-        elif arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-    from engine.errors import OrchestratorError, UsageError, did_you_mean
+    from engine.errors import OrchestratorError
 
     try:
-        cfg = load_optional(config)
+        cfg = load_optional(_last_value(args, "--config"))
     except OrchestratorError:
         cfg = None
     if cfg is not None and word in cfg.agents:
         return
     if cfg is None and (not close or "--server" in args or os.environ.get("ORCH_SERVER")):
         return  # no agents to judge by: `delegate` says what is missing
-    agents = sorted(cfg.agents) if cfg is not None else []
+    raise _mistyped(word, close, sorted(cfg.agents) if cfg is not None else [])
+
+
+def _mistyped(word: str, close: list[str], agents: list[str]) -> UsageError:
+    """The ``UsageError`` for a first word that is neither a command nor an agent: with
+    the command it is ``close`` to, else the nearest of ``agents`` or all of them."""
+    from engine.errors import UsageError, did_you_mean
+
     near = f"; did you mean `{close[0]}`?" if close else did_you_mean(word, agents) or "."
     known = f" Agents of the config: {', '.join(agents)}." if agents and not close else ""
-    raise UsageError(
+    return UsageError(
         f"`{word}` is neither a command of `orchestrate` nor an agent of the config{near} "
         "See `orchestrate --help` for the commands (`orchestrate AGENT TASK --caller C` "
         f"delegates to an agent).{known}"
     )
+
+
+def _has_option(args: list[str], name: str) -> bool:
+    """True when ``args`` give option ``name`` (``--name`` or ``--name=value``)."""
+    return any(a.split("=")[0] == name for a in args)
+
+
+def _last_value(args: list[str], name: str) -> str | None:
+    """The value of the last ``name VALUE`` or ``name=VALUE`` in ``args``, or None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 @click.group(

@@ -764,14 +764,47 @@ def workflow_approve_cmd(
     run_id: str, step: str, reason: str | None, value: str | None, as_json: bool, where: Where
 ) -> int:
     """Approve the gate of STEP in a parked run (then `workflow resume`)."""
+    return _decide(
+        where,
+        run_id,
+        step,
+        as_json,
+        approved=True,
+        reason=reason,
+        value=value,
+        served=f"approved `{step}`; the server continues run {run_id}.",
+        then="continue with",
+    )
+
+
+def _decide(
+    where: Where,
+    run_id: str,
+    step: str,
+    as_json: bool,
+    *,
+    approved: bool,
+    reason: str | None,
+    value: str | None,
+    served: str,
+    then: str,
+) -> int:
+    """Approve or reject (``approved``) STEP's gate, on the server or here, and say so
+    (``_decided``: ``served`` when a server acted, else what to do ``then``). ``value``:
+    the text of `--input` (``_gate_value``); a refused value that looks like JSON but is
+    not gets a ``UsageError`` that names the JSON error. Returns exit code 0."""
     from engine.errors import UsageError
     from engine.runs import decide_gate
 
     given = None if value is None else _gate_value(value)
     try:
         event = where.act(
-            lambda remote: remote.decide(run_id, step, approved=True, reason=reason, value=given),
-            lambda cfg: decide_gate(cfg, run_id, step, approved=True, reason=reason, value=given),
+            lambda remote: remote.decide(
+                run_id, step, approved=approved, reason=reason, value=given
+            ),
+            lambda cfg: decide_gate(
+                cfg, run_id, step, approved=approved, reason=reason, value=given
+            ),
         )
     except UsageError as exc:
         bad = _bad_json(value)
@@ -782,14 +815,15 @@ def workflow_approve_cmd(
             f"{str(exc).rstrip('.')}. Fix the JSON, in single quotes for the shell "
             "(`--input '{...}'`)."
         ) from exc
+    verb = "approved" if approved else "rejected"
     _decided(
         where,
         run_id,
         step,
         event,
         as_json,
-        f"approved `{step}`; the server continues run {run_id}.",
-        lambda: f"approved `{step}`; {_next_of(where, run_id, 'continue with')}",
+        served,
+        lambda: f"{verb} `{step}`; {_next_of(where, run_id, then)}",
     )
     return 0
 
@@ -911,22 +945,17 @@ def _earlier_answer(cfg: Any, run_id: str, step: str) -> list[dict[str, Any]]:
 @where_options
 def workflow_reject_cmd(run_id: str, step: str, reason: str, as_json: bool, where: Where) -> int:
     """Reject the gate of STEP in a parked run (then `workflow resume` to close it)."""
-    from engine.runs import decide_gate
-
-    event = where.act(
-        lambda remote: remote.decide(run_id, step, approved=False, reason=reason),
-        lambda cfg: decide_gate(cfg, run_id, step, approved=False, reason=reason),
-    )
-    _decided(
+    return _decide(
         where,
         run_id,
         step,
-        event,
         as_json,
-        f"rejected `{step}`; the server concludes run {run_id}.",
-        lambda: f"rejected `{step}`; {_next_of(where, run_id, 'finish the run with')}",
+        approved=False,
+        reason=reason,
+        value=None,
+        served=f"rejected `{step}`; the server concludes run {run_id}.",
+        then="finish the run with",
     )
-    return 0
 
 
 @workflow.command("cancel")

@@ -238,6 +238,34 @@ def _parse(
     attempts: int,
     seconds: float,
 ) -> _Answer:
+    found = _completion(resp, shown, key)
+    if isinstance(found, _Answer):
+        return found
+    data, choice, message = found
+    content = _content_text(message.get("content"))
+    finish = choice.get("finish_reason")
+    reported = data.get("model")
+    used = reported if isinstance(reported, str) and reported else model
+    usage = _usage(data.get("usage"), used, model, cfg)
+    notes = f"{MODEL_NOTE}: model `{used}` at {shown}, {attempts} attempt(s), {seconds:.1f} s"
+    if not content.strip():
+        return _Answer("failed", _no_text(message, finish), usage, notes)
+    if finish == "length":
+        return _Answer(
+            "partial",
+            content,
+            usage,
+            notes + "; the answer was cut at `max_tokens` (finish_reason: length)",
+        )
+    return _Answer("complete", content, usage, notes)
+
+
+def _completion(
+    resp: httpx.Response, shown: str, key: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | _Answer:
+    """The body, ``choices[0]`` and its ``message`` of a 200 answer, or the failed
+    ``_Answer`` that says (with the body, ``key`` scrubbed) why there is no chat
+    completion in it."""
     not_json = False
     try:
         data = resp.json()
@@ -249,39 +277,26 @@ def _parse(
     if isinstance(data, dict) and isinstance(data.get("choices"), list) and data["choices"]:
         choice = data["choices"][0]
     message = choice.get("message") if isinstance(choice, dict) else None
-    if not isinstance(data, dict) or not isinstance(message, dict):
-        text = _scrub((resp.text or "")[:65536].strip(), key)[:ERROR_LIMIT]
-        if not_json and text:
-            return _failed(
-                f"the model endpoint {shown} answered 200 with a body that is not JSON "
-                f"(a chat completion was expected): {text}"
-            )
+    if isinstance(data, dict) and isinstance(choice, dict) and isinstance(message, dict):
+        return data, choice, message
+    text = _scrub((resp.text or "")[:65536].strip(), key)[:ERROR_LIMIT]
+    if not_json and text:
         return _failed(
-            f"the model endpoint {shown} answered 200 without a chat completion "
-            f"(`choices[0].message` missing): {text or '(empty body)'}"
+            f"the model endpoint {shown} answered 200 with a body that is not JSON "
+            f"(a chat completion was expected): {text}"
         )
-    content = _content_text(message.get("content"))
-    finish = choice.get("finish_reason") if isinstance(choice, dict) else None
-    reported = data.get("model")
-    used = reported if isinstance(reported, str) and reported else model
-    usage = _usage(data.get("usage"), used, model, cfg)
-    notes = f"{MODEL_NOTE}: model `{used}` at {shown}, {attempts} attempt(s), {seconds:.1f} s"
-    if not content.strip():
-        refusal = message.get("refusal")
-        why = (
-            f"the model refused: {refusal}"
-            if isinstance(refusal, str) and refusal
-            else (f"the model returned no text (finish_reason: {finish or 'none'})")
-        )
-        return _Answer("failed", why, usage, notes)
-    if finish == "length":
-        return _Answer(
-            "partial",
-            content,
-            usage,
-            notes + "; the answer was cut at `max_tokens` (finish_reason: length)",
-        )
-    return _Answer("complete", content, usage, notes)
+    return _failed(
+        f"the model endpoint {shown} answered 200 without a chat completion "
+        f"(`choices[0].message` missing): {text or '(empty body)'}"
+    )
+
+
+def _no_text(message: dict[str, Any], finish: Any) -> str:
+    """Why an answer with no text failed: the model's refusal, or its finish reason."""
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        return f"the model refused: {refusal}"
+    return f"the model returned no text (finish_reason: {finish or 'none'})"
 
 
 def _content_text(content: Any) -> str:

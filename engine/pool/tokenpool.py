@@ -188,6 +188,17 @@ def _seconds(value: float) -> str:
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
+def _raise_if_cancelled(ticket: Ticket, cancel: threading.Event | None) -> None:
+    """``AcquireCancelledError`` when ``cancel`` is set: the run waiting for ``ticket``
+    was cancelled or interrupted."""
+    if cancel is not None and cancel.is_set():
+        raise AcquireCancelledError(
+            f"run `{ticket.run_id}` (agent `{ticket.agent}`) stopped waiting for "
+            "a pool token: it was cancelled or interrupted",
+            agent=ticket.agent,
+        )
+
+
 class TokenPool:
     """A load-adaptive limit on concurrent delegations, shared through a ``PoolStore``.
 
@@ -387,15 +398,8 @@ class TokenPool:
         started = time.monotonic()
         deadline = None if timeout is None else started + max(0.0, timeout)
         granted = False
-        policy, alive = self.policy, self._pid_alive
         try:
-            poll = self._transact(lambda s, t: policy.enqueue(s, t, ticket, alive))
-            if poll.outcome is PollOutcome.REFUSED:
-                raise PoolRefusedError(
-                    f"token pool refused run `{ticket.run_id}` (agent `{ticket.agent}`): "
-                    f"{poll.detail}",
-                    agent=ticket.agent,
-                )
+            poll = self._enqueue(ticket)
             feed = self.store.changes() if poll.outcome is PollOutcome.WAITING else None
             backoff = _Backoff(self._sleep)
             seen = 0
@@ -405,29 +409,11 @@ class TokenPool:
                 poll = self._glance(ticket, poll)
             last_full = time.monotonic()
             while poll.outcome is not PollOutcome.GRANTED:
-                if cancel is not None and cancel.is_set():
-                    raise AcquireCancelledError(
-                        f"run `{ticket.run_id}` (agent `{ticket.agent}`) stopped waiting for "
-                        "a pool token: it was cancelled or interrupted",
-                        agent=ticket.agent,
-                    )
+                _raise_if_cancelled(ticket, cancel)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    poll = self._transact(lambda s, t: policy.cancel(s, t, ticket.id))
-                    if poll.outcome is PollOutcome.GRANTED:
-                        break
-                    advice = (
-                        "Wait for the load to fall, or raise `pool.emergency_load` if this "
-                        "load is normal for the host"
-                        if "emergency mode" in poll.detail
-                        else "Raise the timeout or `pool.max_tokens`"
-                    )
-                    raise DelegationTimeoutError(
-                        f"no pool token for run `{ticket.run_id}` (agent `{ticket.agent}`) "
-                        f"within {_seconds(timeout or 0.0)} s: {poll.detail}. {advice}, or see "
-                        "`orchestrate pool status`.",
-                        agent=ticket.agent,
-                    )
+                    poll = self._give_up(ticket, timeout)
+                    break
                 limit = FULL_CHECK if remaining is None else min(remaining, FULL_CHECK)
                 if cancel is not None:
                     limit = min(limit, CANCEL_CHECK)
@@ -445,13 +431,45 @@ class TokenPool:
                 if mono - last_full < FULL_CHECK:
                     continue  # not granted, and no time-based check is due
                 last_full = mono
-                poll = self._transact(lambda s, t: policy.poll(s, t, ticket, alive))
+                poll = self._transact(lambda s, t: self.policy.poll(s, t, ticket, self._pid_alive))
             granted = True
         finally:
             if not granted:
                 # Interrupted (Ctrl-C, an error): never leave a ticket or a token behind.
                 self._abandon(ticket.id)
         return poll
+
+    def _enqueue(self, ticket: Ticket) -> Poll:
+        """Queue ``ticket``: its ``Poll`` (granted or waiting). ``PoolRefusedError`` when
+        the policy refuses it."""
+        policy, alive = self.policy, self._pid_alive
+        poll = self._transact(lambda s, t: policy.enqueue(s, t, ticket, alive))
+        if poll.outcome is PollOutcome.REFUSED:
+            raise PoolRefusedError(
+                f"token pool refused run `{ticket.run_id}` (agent `{ticket.agent}`): "
+                f"{poll.detail}",
+                agent=ticket.agent,
+            )
+        return poll
+
+    def _give_up(self, ticket: Ticket, timeout: float | None) -> Poll:
+        """At the deadline: take ``ticket`` out of the queue, and return its grant if it
+        got one meanwhile; else ``DelegationTimeoutError`` with the advice that fits."""
+        poll = self._transact(lambda s, t: self.policy.cancel(s, t, ticket.id))
+        if poll.outcome is PollOutcome.GRANTED:
+            return poll
+        advice = (
+            "Wait for the load to fall, or raise `pool.emergency_load` if this "
+            "load is normal for the host"
+            if "emergency mode" in poll.detail
+            else "Raise the timeout or `pool.max_tokens`"
+        )
+        raise DelegationTimeoutError(
+            f"no pool token for run `{ticket.run_id}` (agent `{ticket.agent}`) "
+            f"within {_seconds(timeout or 0.0)} s: {poll.detail}. {advice}, or see "
+            "`orchestrate pool status`.",
+            agent=ticket.agent,
+        )
 
     def _glance(self, ticket: Ticket, poll: Poll) -> Poll:
         """``poll``, or the grant of ``ticket`` if the stored state (read without the

@@ -46,7 +46,7 @@ from engine.errors import (
 from engine.files import check_id, parse_iso, utcnow_iso, write_json_atomic
 from engine.idempotency import IdempotencyConflict, IdempotencyKeys
 from engine.record import pending_path, read_json
-from engine.redact import secret_input_names
+from engine.redact import end_missing_secrets, secret_input_names
 from engine.reporter import Reporter
 from engine.runner import (
     RunOptions,
@@ -56,7 +56,7 @@ from engine.runner import (
     WorkflowRunner,
     prepare,
 )
-from engine.runs import cancel_run, decide_gate, gate_waiting_since, replay, replay_run, summarize
+from engine.runs import cancel_run, decide_gate, gate_waiting_since, replay, replay_run
 
 log = logging.getLogger("engine.serve")
 
@@ -479,18 +479,7 @@ class RunManager:
             return
         if view.state not in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
             return
-        with store.claim(run_id):
-            journal = store.journal(run_id)
-            try:
-                journal.append(
-                    "run_finished",
-                    status=RunState.FAILED.value,
-                    reason=str(exc),
-                    inputs_missing=exc.names,
-                )
-            finally:
-                journal.close()
-            store.write_summary(run_id, summarize(replay_run(store, run_id)))
+        end_missing_secrets(store, run_id, exc)
         log.warning("run %s: %s", run_id, exc)
         self._errors[run_id] = str(exc)
 

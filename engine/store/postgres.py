@@ -189,20 +189,28 @@ class PostgresRunStore(PostgresRuns):
         exactly these bytes (a file imported before it could be moved, or by two
         importers at once); NOTIFY when stored. True when stored now. Idempotent, so
         a connection lost mid-statement is simply run again (``retry_lost``)."""
+        return self._insert_handoff(run_id, body, sub=sub, once=True) is not None
+
+    def _insert_handoff(self, run_id: str, body: bytes, *, sub: bool, once: bool) -> int | None:
+        """Insert ``body`` as the run's next handoff (numbered under the run's advisory
+        lock) and NOTIFY; the new row's id. With ``once``, None and nothing stored when
+        the run already has a handoff of exactly these bytes."""
         check_id(run_id, "run id")
+        having = "HAVING NOT coalesce(bool_or(body = %s), false) " if once else ""
         conn = self._conn()
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("put:" + run_id,))
             row = conn.execute(
                 "INSERT INTO handoffs (run_id, sub, n, body) SELECT %s, %s, "
                 "coalesce(max(n), 0) + 1, %s FROM handoffs WHERE run_id = %s AND sub = %s "
-                "HAVING NOT coalesce(bool_or(body = %s), false) RETURNING id",
-                (run_id, sub, body, run_id, sub, body),
+                + having
+                + "RETURNING id",
+                (run_id, sub, body, run_id, sub, *((body,) if once else ())),
             ).fetchone()
             if row is None:
-                return False
+                return None
             self._notify(conn, run_id, sub)
-        return True
+        return int(row[0])
 
     def record_locator(self, run_id: str, *, sub: bool) -> Path:
         """``postgresql:/<db>/<delegations|sub-delegations>/<runId>``."""
@@ -479,18 +487,9 @@ class PostgresRunStore(PostgresRuns):
     @retry_lost()
     def put_handoff_bytes(self, run_id: str, body: bytes, *, sub: bool) -> Path:
         """Keep ``body`` (a handoff as an agent wrote it) as the run's next handoff."""
-        check_id(run_id, "run id")
-        conn = self._conn()
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("put:" + run_id,))
-            row = conn.execute(
-                "INSERT INTO handoffs (run_id, sub, n, body) SELECT %s, %s, "
-                "coalesce(max(n), 0) + 1, %s FROM handoffs WHERE run_id = %s AND sub = %s "
-                "RETURNING id",
-                (run_id, sub, body, run_id, sub),
-            ).fetchone()
-            self._notify(conn, run_id, sub)
-        return self._handoff_locator(int(row[0]))
+        row_id = self._insert_handoff(run_id, body, sub=sub, once=False)
+        assert row_id is not None  # an aggregate without HAVING always gives its row
+        return self._handoff_locator(row_id)
 
     @retry_lost(idempotent=True)
     def has_handoff(self, run_id: str, *, sub: bool) -> bool:
