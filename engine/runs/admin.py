@@ -6,6 +6,7 @@ Each reads the run through replay and writes only journal events (``gate_decided
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -172,11 +173,16 @@ def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Ru
     except RunStateError:
         return RunState.RUNNING  # the live executor notices the request within 0.2 s
     try:
+        flying = [s for s in view.steps.values() if _sent(s)]
+        end_agents(cfg, run_id, flying)
         journal = store.journal(run_id)
         for s in view.steps.values():
             if not s.state.final:
                 if s.delegation_run_id:
                     _close_pending(store, s.delegation_run_id)
+                if s in flying:  # as a live cancel ends the steps in flight
+                    _record_cancelled(store, journal, run_id, s)
+                    continue
                 journal.append(
                     "step_skipped", step=s.id, reason="the run was cancelled", kind="stopped"
                 )
@@ -187,6 +193,60 @@ def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Ru
     finally:
         lock.__exit__(None, None, None)
     return RunState.CANCELLED
+
+
+def _sent(s: Any) -> bool:
+    """A step whose delegation (or child run) was started and has not ended: a live
+    cancel ends it ``cancelled``; any other unfinished step is skipped."""
+    return not s.state.final and (
+        s.state in (StepState.RUNNING, StepState.QUEUED) or (s.in_flight and s.child_run_id)
+    )
+
+
+def end_agents(cfg: Config, run_id: str, steps: list[Any]) -> list[int]:
+    """End the command agents of ``steps`` (a cancelled run's steps in flight) that the
+    local gateway of a process now gone started: found by the ``gateway-run.json`` of
+    their workspaces (``engine.gateway.agents.end_recorded_runs``: pid and start time
+    checked before each signal). The pids signalled."""
+    from engine.gateway.agents import end_recorded_runs
+
+    ids: set[str] = set()
+    prefixes: list[str] = []
+    for s in steps:
+        if s.delegation_run_id and not s.child_run_id:
+            ids.update((s.delegation_run_id, f"{s.delegation_run_id}-v"))
+            if s.delegation_run_id.endswith("-items"):  # items: <run>-<step>-i<index>-<n>
+                prefixes.append(f"{run_id}-{s.id}-i")
+    if not ids:
+        return []
+    gw = cfg.gateway
+    root = (gw.workspaces_dir if gw is not None else None) or cfg.handoffs_dir / ".workspaces"
+    return end_recorded_runs(root, ids, prefixes)
+
+
+def _record_cancelled(store: RunStore, journal: Any, run_id: str, s: Any) -> None:
+    """Record step ``s`` ended ``cancelled`` (its record, then ``step_finished``), as the
+    runner records a step in flight when its run is cancelled."""
+    from engine.files import utcnow_iso
+    from engine.runner import _step_record
+
+    error = (
+        f"child run `{s.child_run_id}` was cancelled"
+        if s.child_run_id
+        else "the run was cancelled"
+    )
+    ended = dataclasses.replace(  # the view's step is left as it was (its child is read)
+        s, state=StepState.CANCELLED, error=error, finished_at=utcnow_iso(), in_flight=False
+    )
+    store.write_step(run_id, s.id, _step_record(ended))
+    journal.append(
+        "step_finished",
+        step=s.id,
+        status=StepState.CANCELLED.value,
+        attempt=s.attempt,
+        delegation_run_id=s.delegation_run_id,
+        error=error,
+    )
 
 
 def _close_pending(store: RunStore, delegation_run_id: str) -> None:
