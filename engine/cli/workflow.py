@@ -164,7 +164,7 @@ class _Driving:
                 finally:
                     getattr(reporter, "close", lambda: None)()
         except RunInterrupted as stop:
-            hint = _interrupted_hint(stop.run_id, stop.in_flight, config_flag(cfg))
+            hint = _interrupted_hint(stop.run_id, stop.in_flight, config_flag(cfg), stop.unsent)
             return interrupted(hint, as_json=self.as_json, code=interrupt_exit(got))
         except BrokenPipeError:
             raise  # stdout's reader went away: quietly (EngineGroup)
@@ -231,18 +231,40 @@ def _started_here(cfg: Any, began: float) -> str | None:
     return mine
 
 
-def _interrupted_hint(run_id: str, in_flight: list[str], cf: str = "") -> str:
+def _interrupted_hint(
+    run_id: str,
+    in_flight: list[str],
+    cf: str = "",
+    unsent: dict[str, dict[str, Any]] | None = None,
+) -> str:
     """The one paragraph after Ctrl-C stopped a run's wait (``RunInterrupted``); ``cf``:
-    the `` --config PATH`` its command carries (``config_flag``)."""
-    steps = ", ".join(f"`{sid}`" for sid in in_flight)
-    one = len(in_flight) == 1
+    the `` --config PATH`` its command carries (``config_flag``). The steps of
+    ``in_flight`` in ``unsent`` (``engine.runs.replay.unsent``: queued for a pool token,
+    waiting to retry) had nothing sent: resume sends them; the others keep their
+    delegation."""
+    unsent = unsent or {}
+    sent = [sid for sid in in_flight if sid not in unsent]
+    steps = ", ".join(f"`{sid}`" for sid in sent)
+    one = len(sent) == 1
     flying = (
         f" The step{'' if one else 's'} in flight ({steps}) keep{'s its' if one else ' their'} "
         f"delegation{'' if one else 's'}: an agent that hands off later is taken when the "
         "run resumes, and nothing is sent again."
-        if in_flight
+        if sent
         else ""
     )
+    waiting = [sid for sid in in_flight if sid in unsent]
+    if waiting:
+        what = {"retry": "waiting to retry"}
+        why = ", ".join(
+            f"`{sid}` ({what.get(unsent[sid]['why'], 'queued for a pool token')})"
+            for sid in waiting
+        )
+        one = len(waiting) == 1
+        flying += (
+            f" Not sent yet: {why}; nothing of {'it' if one else 'them'} is in flight, and "
+            f"the resumed run sends {'it' if one else 'them'}."
+        )
     return (
         f"interrupted: stopped waiting for run {run_id}, which stays resumable; no step "
         f"was recorded as ended.{flying} Continue it with: workflow resume {run_id}{cf}"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import OrchestratorError, RunStateError, UsageError, did_you_mean
 from engine.files import check_id, parse_iso
 from engine.runs.model import RunView
-from engine.runs.replay import replay_run, summarize
+from engine.runs.replay import replay_run, summarize, unsent
 from engine.states import RunState, StepState
 from engine.store import FileRunStore, RunStore, open_store
 from engine.store.file import RUNS_DIR
@@ -231,9 +231,7 @@ def _record_cancelled(store: RunStore, journal: Any, run_id: str, s: Any) -> Non
     from engine.runner import _step_record
 
     error = (
-        f"child run `{s.child_run_id}` was cancelled"
-        if s.child_run_id
-        else "the run was cancelled"
+        f"child run `{s.child_run_id}` was cancelled" if s.child_run_id else "the run was cancelled"
     )
     ended = dataclasses.replace(  # the view's step is left as it was (its child is read)
         s, state=StepState.CANCELLED, error=error, finished_at=utcnow_iso(), in_flight=False
@@ -480,6 +478,32 @@ def _served(cfg: Config, run_id: str) -> bool:
     return run_owner(cfg.handoffs_dir, run_id) is not None
 
 
+def _no_process(run_id: str, cf: str) -> str:
+    """The note of a step that waits in a run no process runs."""
+    if cf:
+        return f" (no process is running this run: `workflow resume {run_id}{cf}` it)"
+    return " (no process is running this run: `workflow resume` it)"
+
+
+def unsent_line(gap: dict[str, Any], now: float, *, live: bool = True) -> str:
+    """What a step with no delegation out waits for (``engine.runs.replay.unsent``'s
+    ``gap``): ``queued for a pool token``, or ``waiting to retry: attempt N ...`` (with
+    the seconds left, ``now`` being epoch seconds, while a process runs the run)."""
+    if gap["why"] != "retry":
+        return "queued for a pool token (nothing sent yet)"
+    n = gap.get("attempt")
+    which = f"attempt {n}" if n else "the next attempt"
+    line = f"waiting to retry: {which}"
+    at = gap.get("at")
+    if live and isinstance(at, str):
+        left = parse_iso(at).timestamp() + float(gap.get("delay_s") or 0.0) - now
+        line += f" in {max(0.0, left):.0f} s"
+    if gap.get("after"):
+        before = f"attempt {n - 1}" if isinstance(n, int) else "the last attempt"
+        line += f" ({before} ended {gap['after']})"
+    return line
+
+
 def run_status(
     cfg: Config, run_id: str, *, store: RunStore | None = None, cf: str = ""
 ) -> dict[str, Any]:
@@ -495,10 +519,13 @@ def run_status(
     now = time.time()
     for sid, s in view.steps.items():
         row = summary["steps"][sid]
+        gap = unsent(view, sid) if not s.child_run_id else None
         if s.child_run_id and not s.state.final:
             row["waiting"] = _child_line(run_id, s, cf)
-        elif s.state is StepState.QUEUED:
-            row["waiting"] = "queued for a pool token"
+        elif gap is not None or s.state is StepState.QUEUED:
+            row["waiting"] = unsent_line(gap or {"why": "queued"}, now, live=live)
+            if not live and not _served(cfg, run_id):
+                row["waiting"] += _no_process(run_id, cf)
         elif s.state is StepState.RUNNING:
             if s.dispatched_at:
                 waited = now - parse_iso(s.dispatched_at).timestamp()
@@ -520,11 +547,7 @@ def run_status(
             else:
                 row["waiting"] = "being dispatched"
             if not live and not _served(cfg, run_id):
-                row["waiting"] += (
-                    f" (no process is running this run: `workflow resume {run_id}{cf}` it)"
-                    if cf
-                    else " (no process is running this run: `workflow resume` it)"
-                )
+                row["waiting"] += _no_process(run_id, cf)
         elif s.state is StepState.WAITING_APPROVAL:
             row["waiting"] = (
                 f"at its approval gate: `workflow approve {run_id} {sid}{cf}` or "
