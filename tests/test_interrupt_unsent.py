@@ -153,3 +153,48 @@ def test_ctrl_c_while_a_step_waits_to_retry(tmp_path: Path) -> None:
     assert row["waiting"].startswith("waiting to retry: attempt 2 (attempt 1 ended failed)"), row
     assert "no process is running this run" in row["waiting"], row
     assert len(starts.read_text().split()) == 1  # attempt 2 was never sent
+
+
+def test_an_approved_gate_with_no_process_reads_as_waiting_for_resume(tmp_path: Path) -> None:
+    """After `workflow approve` of a parked run, `status` and `runs` say it is approved
+    and waits for `workflow resume` (its stored status stays `waiting_approval`)."""
+    config = write_config(tmp_path, demo_config(tmp_path))
+    steps = [
+        {"id": "research", "agent": "tech-lead", "task": "Find papers."},
+        {
+            "id": "review",
+            "agent": "secretary",
+            "depends_on": ["research"],
+            "gate": {"prompt": "Go on?"},
+            "task": "Review {{ steps.research.result }}",
+        },
+    ]
+    wf = tmp_path / "gated.yaml"
+    wf.write_text(yaml.safe_dump({"name": "gated", "caller": "manager", "steps": steps}))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*WORKFLOW, *args, "--config", str(config)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    parked = cli("run", str(wf), "--non-interactive", "--json")
+    assert parked.returncode == 3, parked.stderr
+    rid = json.loads(parked.stdout)["runId"]
+    assert "decided" not in json.loads(cli("status", rid, "--json").stdout)
+    assert cli("approve", rid, "review").returncode == 0
+    status = json.loads(cli("status", rid, "--json").stdout)
+    assert status["status"] == "waiting_approval"  # the stored state (docs/workflows.md)
+    assert status["decided"] == "approved"
+    assert status["next"] == f"workflow resume {rid}"  # the config is found from here
+    header = cli("status", rid).stdout.splitlines()[0]
+    assert header == f"{rid}: gated — approved, waiting for resume (no process running it)"
+    (row,) = json.loads(cli("runs", "--json").stdout)
+    assert (row["status"], row["decided"], row["next"]) == (
+        "waiting_approval", "approved", f"workflow resume {rid}",
+    )  # fmt: skip
+    assert "approved, waiting for resume" in cli("runs").stdout
+    done = cli("resume", rid, "--json")
+    assert done.returncode == 0, done.stderr
+    after = json.loads(cli("status", rid, "--json").stdout)
+    assert after["status"] == "complete" and "next" not in after

@@ -999,7 +999,7 @@ def workflow_status_cmd(run_id: str, as_json: bool, where: Where) -> int:
         dump(status)
         return 0
     runner = _runner(status, where.server, "" if where.server else _owner(where, run_id))
-    click.echo(f"{run_id}: {status['workflow']} — {status['status']}{runner}")
+    click.echo(f"{run_id}: {status['workflow']} — {_shown_status(status)}{runner}")
     parent = status.get("parent")
     if isinstance(parent, dict):
         click.echo(f"child run of `{parent.get('run_id')}` (its step `{parent.get('step')}`)")
@@ -1007,6 +1007,15 @@ def workflow_status_cmd(run_id: str, as_json: bool, where: Where) -> int:
     for warning in status.get("warnings") or ():  # journal lines replay skipped
         say(f"warning: {warning}", err=True)
     return 0
+
+
+def _shown_status(row: dict[str, Any]) -> str:
+    """A run's status in words: its ``status``, or, for a parked run whose gates and
+    questions are all decided (``decided``: engine.runs.admin.decided), e.g. ``approved,
+    waiting for resume``."""
+    if row.get("decided"):
+        return f"{row['decided']}, waiting for resume"
+    return str(row["status"])
 
 
 def _runner(status: dict[str, Any], server: str | None, owner: str = "") -> str:
@@ -1085,7 +1094,7 @@ def workflow_runs_cmd(limit: int, as_json: bool, where: Where) -> int:
         return 0
     from engine.progress import runs_table
 
-    click.echo(runs_table(rows))
+    click.echo(runs_table([{**r, "status": _shown_status(r)} for r in rows]))
     return 0
 
 

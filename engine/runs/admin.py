@@ -414,6 +414,9 @@ def list_runs(
             continue
         row = run_row(view)
         row["workflow"] = str(row["workflow"])  # the CLI's table and JSON show a string
+        word = decided(view)
+        if word is not None and not store.claimed(rid) and not _served(cfg, rid):
+            _add_next(row, view, word)
         rows.append(row)
     for rid in _orphans(store):
         problem = _missing_meta(store.run_locator(rid))
@@ -476,6 +479,42 @@ def _served(cfg: Config, run_id: str) -> bool:
     from engine.serve import run_owner
 
     return run_owner(cfg.handoffs_dir, run_id) is not None
+
+
+def decided(view: RunView) -> str | None:
+    """How a parked run (``waiting_approval``/``waiting_input``) was decided when nothing
+    in it waits for anyone any more, only for `workflow resume`: ``approved``,
+    ``rejected`` or ``answered`` (the last decision made since it parked); None when a
+    gate or question still waits, a sub-workflow step's child run is parked, or the run
+    is not parked. Its ``status`` stays the stored state (engine.states.RunState);
+    `workflow status` and `workflow runs` add ``decided`` and ``next``."""
+    if view.state not in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
+        return None
+    for s in view.steps.values():
+        if s.child_run_id and s.state in (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT):
+            return None
+        if s.state is StepState.WAITING_APPROVAL:
+            return None
+        if s.state is StepState.WAITING_INPUT and (s.question or {}).get("answer") is None:
+            return None
+    word = None
+    for ev in view.events:
+        kind = ev.get("event")
+        if kind == "run_paused":
+            word = None
+        elif kind == "gate_decided" and ev.get("decision") in ("approved", "rejected"):
+            word = str(ev["decision"])
+        elif kind == "step_answered":
+            word = "answered"
+    return word
+
+
+def _add_next(row: dict[str, Any], view: RunView, word: str | None, cf: str = "") -> None:
+    """``decided`` and ``next`` (the resume command) on a run's row or status, when the
+    run waits only for `workflow resume` (``decided``)."""
+    if word is not None:
+        row["decided"] = word
+        row["next"] = f"workflow resume {view.run_id}{cf}"
 
 
 def _no_process(run_id: str, cf: str) -> str:
@@ -569,6 +608,8 @@ def run_status(
                 f"continue it with `workflow resume {run_id}{cf}`"
             )
     _late_hints(run_id, view, store, summary, cf)
+    if not live and not _served(cfg, run_id):
+        _add_next(summary, view, decided(view), cf)
     summary["run_dir"] = str(path)
     summary["live"] = live
     return summary
