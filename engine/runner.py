@@ -138,10 +138,15 @@ class RunInterrupted(KeyboardInterrupt):
     re-attaches to them and takes a handoff that arrived meanwhile, sending nothing twice.
     """
 
-    def __init__(self, run_id: str, in_flight: list[str]) -> None:
+    def __init__(
+        self, run_id: str, in_flight: list[str], unsent: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(run_id)
         self.run_id = run_id
         self.in_flight = in_flight
+        #: Of those, the steps with nothing sent now (queued for a pool token, waiting to
+        #: retry), by step id: ``engine.runs.replay.unsent``'s answer. Resume sends them.
+        self.unsent = unsent or {}
 
 
 class _HeldJournal:
@@ -1009,7 +1014,20 @@ class _Execution:
             | {s.id for s in self.steps.values() if s.in_flight or s.state is StepState.RUNNING}
         )
         pool.shutdown(wait=True, cancel_futures=True)
-        raise RunInterrupted(self.run_id, [sid for sid in self.steps if sid in flying]) from None
+        raise RunInterrupted(
+            self.run_id, [sid for sid in self.steps if sid in flying], self._unsent(flying)
+        ) from None
+
+    def _unsent(self, flying: Collection[str]) -> dict[str, dict[str, Any]]:
+        """Of the steps ``flying``, those with no delegation out (as the journal says:
+        ``engine.runs.replay.unsent``); empty when the journal cannot be read back."""
+        from engine.runs.replay import unsent
+
+        try:
+            view = replay_run(self.store, self.run_id)
+        except (OrchestratorError, OSError):
+            return {}
+        return {sid: gap for sid in sorted(flying) if (gap := unsent(view, sid)) is not None}
 
     def _restore(self) -> None:
         """Steps parked or failed in an earlier stretch, as this stretch starts."""

@@ -164,7 +164,7 @@ class _Driving:
                 finally:
                     getattr(reporter, "close", lambda: None)()
         except RunInterrupted as stop:
-            hint = _interrupted_hint(stop.run_id, stop.in_flight, config_flag(cfg))
+            hint = _interrupted_hint(stop.run_id, stop.in_flight, config_flag(cfg), stop.unsent)
             return interrupted(hint, as_json=self.as_json, code=interrupt_exit(got))
         except BrokenPipeError:
             raise  # stdout's reader went away: quietly (EngineGroup)
@@ -231,18 +231,40 @@ def _started_here(cfg: Any, began: float) -> str | None:
     return mine
 
 
-def _interrupted_hint(run_id: str, in_flight: list[str], cf: str = "") -> str:
+def _interrupted_hint(
+    run_id: str,
+    in_flight: list[str],
+    cf: str = "",
+    unsent: dict[str, dict[str, Any]] | None = None,
+) -> str:
     """The one paragraph after Ctrl-C stopped a run's wait (``RunInterrupted``); ``cf``:
-    the `` --config PATH`` its command carries (``config_flag``)."""
-    steps = ", ".join(f"`{sid}`" for sid in in_flight)
-    one = len(in_flight) == 1
+    the `` --config PATH`` its command carries (``config_flag``). The steps of
+    ``in_flight`` in ``unsent`` (``engine.runs.replay.unsent``: queued for a pool token,
+    waiting to retry) had nothing sent: resume sends them; the others keep their
+    delegation."""
+    unsent = unsent or {}
+    sent = [sid for sid in in_flight if sid not in unsent]
+    steps = ", ".join(f"`{sid}`" for sid in sent)
+    one = len(sent) == 1
     flying = (
         f" The step{'' if one else 's'} in flight ({steps}) keep{'s its' if one else ' their'} "
         f"delegation{'' if one else 's'}: an agent that hands off later is taken when the "
         "run resumes, and nothing is sent again."
-        if in_flight
+        if sent
         else ""
     )
+    waiting = [sid for sid in in_flight if sid in unsent]
+    if waiting:
+        what = {"retry": "waiting to retry"}
+        why = ", ".join(
+            f"`{sid}` ({what.get(unsent[sid]['why'], 'queued for a pool token')})"
+            for sid in waiting
+        )
+        one = len(waiting) == 1
+        flying += (
+            f" Not sent yet: {why}; nothing of {'it' if one else 'them'} is in flight, and "
+            f"the resumed run sends {'it' if one else 'them'}."
+        )
     return (
         f"interrupted: stopped waiting for run {run_id}, which stays resumable; no step "
         f"was recorded as ended.{flying} Continue it with: workflow resume {run_id}{cf}"
@@ -1006,7 +1028,7 @@ def workflow_status_cmd(run_id: str, as_json: bool, where: Where) -> int:
         dump(status)
         return 0
     runner = _runner(status, where.server, "" if where.server else _owner(where, run_id))
-    click.echo(f"{run_id}: {status['workflow']} — {status['status']}{runner}")
+    click.echo(f"{run_id}: {status['workflow']} — {_shown_status(status)}{runner}")
     parent = status.get("parent")
     if isinstance(parent, dict):
         click.echo(f"child run of `{parent.get('run_id')}` (its step `{parent.get('step')}`)")
@@ -1014,6 +1036,15 @@ def workflow_status_cmd(run_id: str, as_json: bool, where: Where) -> int:
     for warning in status.get("warnings") or ():  # journal lines replay skipped
         say(f"warning: {warning}", err=True)
     return 0
+
+
+def _shown_status(row: dict[str, Any]) -> str:
+    """A run's status in words: its ``status``, or, for a parked run whose gates and
+    questions are all decided (``decided``: engine.runs.admin.decided), e.g. ``approved,
+    waiting for resume``."""
+    if row.get("decided"):
+        return f"{row['decided']}, waiting for resume"
+    return str(row["status"])
 
 
 def _runner(status: dict[str, Any], server: str | None, owner: str = "") -> str:
@@ -1092,7 +1123,7 @@ def workflow_runs_cmd(limit: int, as_json: bool, where: Where) -> int:
         return 0
     from engine.progress import runs_table
 
-    click.echo(runs_table(rows))
+    click.echo(runs_table([{**r, "status": _shown_status(r)} for r in rows]))
     return 0
 
 

@@ -590,6 +590,68 @@ def _read_runs(agent_dir: Path) -> dict[str, dict[str, Any]]:
     return runs
 
 
+def end_recorded_runs(
+    workspaces_dir: Path,
+    run_ids: Collection[str],
+    prefixes: Collection[str] = (),
+    grace: float = KILL_GRACE,
+) -> list[int]:
+    """End the command agents that earlier gateways started for the delegations
+    ``run_ids`` (or whose run id starts with one of ``prefixes``), found by the
+    ``RUN_FILE`` of each unfinished workspace under ``workspaces_dir/<agent>/``: for a
+    cancelled workflow run whose process (and its embedded gateway) is gone, so that no
+    ``CommandRunner`` holds them.
+
+    Each agent whose pid still runs with the recorded start time (``process_start``: a
+    reused pid is never signalled) gets SIGTERM to its process group (it runs in a session
+    of its own), and SIGKILL after ``grace`` seconds if it is still that process. Returns
+    the pids signalled; never raises (an unreadable workspace is skipped)."""
+    from engine.gateway.retention import FINISHED_MARKER
+
+    wanted, starts = set(run_ids), tuple(prefixes)
+    found: list[tuple[int, str]] = []
+    try:
+        agents = [Path(e.path) for e in os.scandir(workspaces_dir) if e.is_dir()]
+    except OSError:
+        return []
+    for agent_dir in agents:
+        try:
+            entries = [Path(e.path) for e in os.scandir(agent_dir) if e.name.startswith("gw-")]
+        except OSError:
+            continue
+        for path in entries:
+            if (path / FINISHED_MARKER).exists():
+                continue
+            try:
+                data = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            rid = data.get("run_id") if isinstance(data, dict) else None
+            if not isinstance(rid, str):
+                continue
+            if rid not in wanted and not (starts and rid.startswith(starts)):
+                continue
+            pid, start = data.get("pid"), data.get("pid_start")
+            if isinstance(pid, int) and pid > 1 and isinstance(start, str):
+                found.append((pid, start))
+    signalled = [(pid, start) for pid, start in found if _signal_if(pid, start, signal.SIGTERM)]
+    deadline = time.monotonic() + grace
+    while any(process_alive(p, s) for p, s in signalled) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid, start in signalled:
+        _signal_if(pid, start, signal.SIGKILL)
+    return [pid for pid, _ in signalled]
+
+
+def _signal_if(pid: int, start: str, sig: int) -> bool:
+    """Signal process group ``pid`` if process ``pid`` is still the one started at
+    ``start`` (``/proc/<pid>/stat``; without ``/proc`` nothing is signalled)."""
+    if process_start(pid) != start:
+        return False
+    _killpg(pid, sig)
+    return True
+
+
 def _keep_early_output(workspace: Path, outcome: ProcessOutcome, key: str | None) -> None:
     """What an agent left to a watchdog printed before its gateway stopped:
     ``stdout.early.log`` and ``stderr.early.log`` (redacted; only when it printed). The

@@ -6,6 +6,7 @@ Each reads the run through replay and writes only journal events (``gate_decided
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import OrchestratorError, RunStateError, UsageError, did_you_mean
 from engine.files import check_id, parse_iso
 from engine.runs.model import RunView
-from engine.runs.replay import replay_run, summarize
+from engine.runs.replay import replay_run, summarize, unsent
 from engine.states import RunState, StepState
 from engine.store import FileRunStore, RunStore, open_store
 from engine.store.file import RUNS_DIR
@@ -172,11 +173,16 @@ def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Ru
     except RunStateError:
         return RunState.RUNNING  # the live executor notices the request within 0.2 s
     try:
+        flying = [s for s in view.steps.values() if _sent(s)]
+        end_agents(cfg, run_id, flying)
         journal = store.journal(run_id)
         for s in view.steps.values():
             if not s.state.final:
                 if s.delegation_run_id:
                     _close_pending(store, s.delegation_run_id)
+                if s in flying:  # as a live cancel ends the steps in flight
+                    _record_cancelled(store, journal, run_id, s)
+                    continue
                 journal.append(
                     "step_skipped", step=s.id, reason="the run was cancelled", kind="stopped"
                 )
@@ -187,6 +193,58 @@ def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Ru
     finally:
         lock.__exit__(None, None, None)
     return RunState.CANCELLED
+
+
+def _sent(s: Any) -> bool:
+    """A step whose delegation (or child run) was started and has not ended: a live
+    cancel ends it ``cancelled``; any other unfinished step is skipped."""
+    return not s.state.final and (
+        s.state in (StepState.RUNNING, StepState.QUEUED) or (s.in_flight and s.child_run_id)
+    )
+
+
+def end_agents(cfg: Config, run_id: str, steps: list[Any]) -> list[int]:
+    """End the command agents of ``steps`` (a cancelled run's steps in flight) that the
+    local gateway of a process now gone started: found by the ``gateway-run.json`` of
+    their workspaces (``engine.gateway.agents.end_recorded_runs``: pid and start time
+    checked before each signal). The pids signalled."""
+    from engine.gateway.agents import end_recorded_runs
+
+    ids: set[str] = set()
+    prefixes: list[str] = []
+    for s in steps:
+        if s.delegation_run_id and not s.child_run_id:
+            ids.update((s.delegation_run_id, f"{s.delegation_run_id}-v"))
+            if s.delegation_run_id.endswith("-items"):  # items: <run>-<step>-i<index>-<n>
+                prefixes.append(f"{run_id}-{s.id}-i")
+    if not ids:
+        return []
+    gw = cfg.gateway
+    root = (gw.workspaces_dir if gw is not None else None) or cfg.handoffs_dir / ".workspaces"
+    return end_recorded_runs(root, ids, prefixes)
+
+
+def _record_cancelled(store: RunStore, journal: Any, run_id: str, s: Any) -> None:
+    """Record step ``s`` ended ``cancelled`` (its record, then ``step_finished``), as the
+    runner records a step in flight when its run is cancelled."""
+    from engine.files import utcnow_iso
+    from engine.runner import _step_record
+
+    error = (
+        f"child run `{s.child_run_id}` was cancelled" if s.child_run_id else "the run was cancelled"
+    )
+    ended = dataclasses.replace(  # the view's step is left as it was (its child is read)
+        s, state=StepState.CANCELLED, error=error, finished_at=utcnow_iso(), in_flight=False
+    )
+    store.write_step(run_id, s.id, _step_record(ended))
+    journal.append(
+        "step_finished",
+        step=s.id,
+        status=StepState.CANCELLED.value,
+        attempt=s.attempt,
+        delegation_run_id=s.delegation_run_id,
+        error=error,
+    )
 
 
 def _close_pending(store: RunStore, delegation_run_id: str) -> None:
@@ -356,6 +414,9 @@ def list_runs(
             continue
         row = run_row(view)
         row["workflow"] = str(row["workflow"])  # the CLI's table and JSON show a string
+        word = decided(view)
+        if word is not None and not store.claimed(rid) and not _served(cfg, rid):
+            _add_next(row, view, word)
         rows.append(row)
     for rid in _orphans(store):
         problem = _missing_meta(store.run_locator(rid))
@@ -420,6 +481,68 @@ def _served(cfg: Config, run_id: str) -> bool:
     return run_owner(cfg.handoffs_dir, run_id) is not None
 
 
+def decided(view: RunView) -> str | None:
+    """How a parked run (``waiting_approval``/``waiting_input``) was decided when nothing
+    in it waits for anyone any more, only for `workflow resume`: ``approved``,
+    ``rejected`` or ``answered`` (the last decision made since it parked); None when a
+    gate or question still waits, a sub-workflow step's child run is parked, or the run
+    is not parked. Its ``status`` stays the stored state (engine.states.RunState);
+    `workflow status` and `workflow runs` add ``decided`` and ``next``."""
+    if view.state not in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
+        return None
+    for s in view.steps.values():
+        if s.child_run_id and s.state in (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT):
+            return None
+        if s.state is StepState.WAITING_APPROVAL:
+            return None
+        if s.state is StepState.WAITING_INPUT and (s.question or {}).get("answer") is None:
+            return None
+    word = None
+    for ev in view.events:
+        kind = ev.get("event")
+        if kind == "run_paused":
+            word = None
+        elif kind == "gate_decided" and ev.get("decision") in ("approved", "rejected"):
+            word = str(ev["decision"])
+        elif kind == "step_answered":
+            word = "answered"
+    return word
+
+
+def _add_next(row: dict[str, Any], view: RunView, word: str | None, cf: str = "") -> None:
+    """``decided`` and ``next`` (the resume command) on a run's row or status, when the
+    run waits only for `workflow resume` (``decided``)."""
+    if word is not None:
+        row["decided"] = word
+        row["next"] = f"workflow resume {view.run_id}{cf}"
+
+
+def _no_process(run_id: str, cf: str) -> str:
+    """The note of a step that waits in a run no process runs."""
+    if cf:
+        return f" (no process is running this run: `workflow resume {run_id}{cf}` it)"
+    return " (no process is running this run: `workflow resume` it)"
+
+
+def unsent_line(gap: dict[str, Any], now: float, *, live: bool = True) -> str:
+    """What a step with no delegation out waits for (``engine.runs.replay.unsent``'s
+    ``gap``): ``queued for a pool token``, or ``waiting to retry: attempt N ...`` (with
+    the seconds left, ``now`` being epoch seconds, while a process runs the run)."""
+    if gap["why"] != "retry":
+        return "queued for a pool token (nothing sent yet)"
+    n = gap.get("attempt")
+    which = f"attempt {n}" if n else "the next attempt"
+    line = f"waiting to retry: {which}"
+    at = gap.get("at")
+    if live and isinstance(at, str):
+        left = parse_iso(at).timestamp() + float(gap.get("delay_s") or 0.0) - now
+        line += f" in {max(0.0, left):.0f} s"
+    if gap.get("after"):
+        before = f"attempt {n - 1}" if isinstance(n, int) else "the last attempt"
+        line += f" ({before} ended {gap['after']})"
+    return line
+
+
 def run_status(
     cfg: Config, run_id: str, *, store: RunStore | None = None, cf: str = ""
 ) -> dict[str, Any]:
@@ -435,10 +558,13 @@ def run_status(
     now = time.time()
     for sid, s in view.steps.items():
         row = summary["steps"][sid]
+        gap = unsent(view, sid) if not s.child_run_id else None
         if s.child_run_id and not s.state.final:
             row["waiting"] = _child_line(run_id, s, cf)
-        elif s.state is StepState.QUEUED:
-            row["waiting"] = "queued for a pool token"
+        elif gap is not None or s.state is StepState.QUEUED:
+            row["waiting"] = unsent_line(gap or {"why": "queued"}, now, live=live)
+            if not live and not _served(cfg, run_id):
+                row["waiting"] += _no_process(run_id, cf)
         elif s.state is StepState.RUNNING:
             if s.dispatched_at:
                 waited = now - parse_iso(s.dispatched_at).timestamp()
@@ -460,11 +586,7 @@ def run_status(
             else:
                 row["waiting"] = "being dispatched"
             if not live and not _served(cfg, run_id):
-                row["waiting"] += (
-                    f" (no process is running this run: `workflow resume {run_id}{cf}` it)"
-                    if cf
-                    else " (no process is running this run: `workflow resume` it)"
-                )
+                row["waiting"] += _no_process(run_id, cf)
         elif s.state is StepState.WAITING_APPROVAL:
             row["waiting"] = (
                 f"at its approval gate: `workflow approve {run_id} {sid}{cf}` or "
@@ -486,6 +608,8 @@ def run_status(
                 f"continue it with `workflow resume {run_id}{cf}`"
             )
     _late_hints(run_id, view, store, summary, cf)
+    if not live and not _served(cfg, run_id):
+        _add_next(summary, view, decided(view), cf)
     summary["run_dir"] = str(path)
     summary["live"] = live
     return summary

@@ -351,6 +351,53 @@ def gate_waiting_since(events: list[dict[str, Any]], step_id: str) -> str | None
     return since
 
 
+#: The journal events that move a step's attempt along (``unsent``).
+_MOVES = frozenset(
+    {"step_started", "step_queued", "step_dispatched", "step_retry", "step_finished"}
+    | {"step_skipped", "step_reset", "child_started"}
+)
+
+
+def unsent(view: RunView, step_id: str) -> dict[str, Any] | None:
+    """Why step ``step_id`` of ``view``, not ended, has no delegation out now; None when
+    it has one (or has ended, or never started). By the step's last journal event that
+    moves an attempt along:
+
+    - ``step_queued``: ``{"why": "queued"}``: it waits for a pool token, nothing sent;
+    - ``step_retry``: ``{"why": "retry", "attempt": N, "delay_s": S, "at": ISO or None,
+      "after": OUTCOME or None}``: attempt ``N - 1`` ended (``OUTCOME``, from its
+      ``step_attempt`` event) and attempt ``N`` is sent ``S`` seconds after ``at``.
+
+    Ctrl-C's paragraph (``engine.cli.workflow``) and ``run_status`` use it."""
+    s = view.steps.get(step_id)
+    if s is None or s.state.final:
+        return None
+    last: dict[str, Any] | None = None
+    ended, after = None, None  # the outcome of the last attempt journaled, as of `last`
+    for ev in view.events:
+        if ev.get("step") != step_id or "index" in ev:
+            continue
+        if ev.get("event") in _MOVES:
+            last, after = ev, ended
+        elif ev.get("event") == "step_attempt":
+            ended = ev.get("outcome")
+    if last is None:
+        return None
+    if last["event"] == "step_queued":
+        return {"why": "queued"}
+    if last["event"] == "step_retry":
+        attempt = last.get("attempt")
+        delay = last.get("delay_s")
+        return {
+            "why": "retry",
+            "attempt": attempt if isinstance(attempt, int) else None,
+            "delay_s": float(delay) if isinstance(delay, int | float) else 0.0,
+            "at": last.get("at") if isinstance(last.get("at"), str) else None,
+            "after": after if isinstance(after, str) else None,
+        }
+    return None
+
+
 #: How a step's last attempt may have ended for ``workflow resume`` to take the handoff
 #: its agent wrote later (docs/workflows.md, "Resuming"): endings the engine decided while
 #: the agent could still answer. Not ``cancelled`` (someone stopped the run, which is not
