@@ -212,4 +212,6 @@ def test_runs_of_one_second_are_listed_by_their_start(srv: Served) -> None:
             page = c.get("/v1/runs", params=params).json()
             seen += [r["runId"] for r in page["runs"]]
             cursor = page["next"]
+            if cursor is None:  # the last page (this test alone makes four runs)
+                break
     assert seen == [r["runId"] for r in local[:5]]
