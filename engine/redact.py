@@ -87,6 +87,10 @@ _SECRET_PARAM = (
 # prefix (shown) apart from the value (masked).
 _GENERIC = re.compile(
     r"(?i)"
+    # where a branch can begin, checked first at each position: a scan ~5x faster than
+    # trying every branch everywhere (each branch below starts with one of these)
+    r"(?=[?&;\-apstxb])(?=[?&;\-]|pass|token|secret|auth|proxy-|x-|api|access|private|bearer)"
+    r"(?:"
     # a secret query parameter in a URL (`?token=x&page=2`: the value up to `&`)
     rf"(?P<q>[?&;]{_SECRET_PARAM}=)(?P<qval>[^&;#\s\"'<>`]+)"
     # a secret key's or an auth header's value (also in a dict repr or JSON:
@@ -101,9 +105,18 @@ _GENERIC = re.compile(
     r"|(?P<f>(?<![\w-])--(?:password|passwd|token|secret|api-key)\s+)(?P<fval>[^\s\"'`-][^\s\"'`]*)"
     # a bearer token anywhere; it must look like one (a digit or symbol in it, or long)
     rf"|(?P<b>\bbearer\s+)(?P<bval>(?={_TOKEN}*[0-9._~+/=-]){_TOKEN}{{6,}}|[A-Za-z]{{24,}})"
+    r")"
 )
 #: Substrings (lower case) without which ``_GENERIC`` cannot match.
-_TRIGGERS = ("token", "pass", "secret", "key", "auth", "bearer", "sig", "credential")
+_TRIGGERS = (
+    "token", "pass", "secret", "auth", "bearer", "sig", "credential", "key=",
+    "api_key", "api-key", "apikey", "access_key", "accesskey", "private_key", "privatekey",
+)  # fmt: skip
+#: Substrings without which ``_SHAPED`` cannot match (its gate's regex scan is dearer).
+_SHAPED_HINTS = (
+    "sk-", "ghp_", "gho_", "ghs_", "ghu_", "ghr_", "github_pat_", "glpat-", "_live_",
+    "_test_", "xox", "AKIA", "ASIA", "AIza", "npm_", "hf_",
+)  # fmt: skip
 #: Keys issued in published shapes (case-sensitive, their documented lengths):
 #: OpenAI/Anthropic/OpenRouter ``sk-``; GitHub ``ghp_``/``gho_``/``ghs_``/``ghu_``/``ghr_``
 #: + 36 and ``github_pat_``; GitLab ``glpat-`` + 20; Stripe ``sk_live_``/``rk_live_``/
@@ -607,7 +620,7 @@ def redact(text: str, also: Iterable[str | None] = ()) -> str:
     low = text.lower()
     if any(t in low for t in _TRIGGERS):
         text = _GENERIC.sub(_generic, text)
-    if _SHAPED_GATE.search(text):
+    if any(h in text for h in _SHAPED_HINTS) and _SHAPED_GATE.search(text):
         text = _SHAPED.sub(_generic, text)
     if "@" in text and "://" in text:
         text = _URL_USER.sub(_generic, text)
