@@ -121,6 +121,107 @@ def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
         os.close(fd)
 
 
+def json_problem(raw: bytes) -> tuple[Any, str | None]:
+    """``(value, None)`` for the JSON text ``raw``, else ``(None, what is wrong)``: one
+    phrase ("empty", "not UTF-8 text", "truncated JSON: <parser message> (line L, column
+    C)", "not JSON: ..."), the words ``metrics``, ``orchestrate show`` and ``workflow test
+    --record`` all use. NaN and Infinity are not JSON (``read_json``'s rule)."""
+    if not raw.strip():
+        return None, "empty" if not raw else "empty (only white space)"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not JSON: the bytes are not UTF-8 text"
+    try:
+        return json.loads(text, parse_constant=_no_constant), None
+    except json.JSONDecodeError as exc:
+        # cut short: the parser ran out of text (in a string, or after the last value)
+        cut = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+        what = "truncated JSON" if cut else "not JSON"
+        return None, f"{what}: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+    except ValueError as exc:
+        return None, f"not JSON: {exc}"
+    except (RecursionError, MemoryError):
+        return None, "not JSON: nested too deeply (or too large) to read"
+
+
+def read_json_checked(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> tuple[Any, str | None]:
+    """``(value, None)`` for the JSON file ``path``; ``(None, None)`` when it is missing;
+    else ``(None, what is wrong)`` (``json_problem``'s phrases, or "unreadable: ...",
+    "larger than N bytes", "not a regular file"). Bounded and non-blocking as
+    ``read_json``."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, "not a regular file"
+        if st.st_size > max_bytes:
+            return None, f"larger than {max_bytes} bytes"
+        raw = _read_fd(fd, st.st_size, max_bytes)
+        if raw is None:
+            return None, f"larger than {max_bytes} bytes"
+        return json_problem(raw)
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+
+
+#: The major version of the record and handoff schema this engine reads.
+SCHEMA_MAJOR = 1
+
+
+def record_problem(data: Any) -> str | None:
+    """What makes ``data`` (a parsed ``<runId>.json``) not a record this engine can read,
+    in one phrase, or None. The one check ``orchestrate show``, ``orchestrate tree`` and
+    ``metrics`` use: an object; ``schemaVersion``, when given, of major version
+    ``SCHEMA_MAJOR`` or older; ``envelope``, when given, an object whose ``outcome`` is one
+    of ``OUTCOMES`` (``engine.states.Outcome``)."""
+    if not isinstance(data, dict):
+        return f"not a record: the JSON is {_kind(data)}, not an object"
+    version = data.get("schemaVersion")
+    if version is not None:
+        major = str(version).split(".", 1)[0]
+        if not major.isdigit():
+            return f"not a record: `schemaVersion` {version!r} is not a version number"
+        if int(major) > SCHEMA_MAJOR:
+            return (
+                f"written by a newer engine: schemaVersion {version}, this engine reads "
+                f"{SCHEMA_MAJOR}.x"
+            )
+    env = data.get("envelope")
+    if env is None:
+        return None
+    if not isinstance(env, dict):
+        return "not a record: `envelope` is not an object"
+    outcome = env.get("outcome")
+    if outcome not in OUTCOMES:
+        return f"unknown outcome `{outcome}` (known: {', '.join(OUTCOMES)})"
+    return None
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind in words ("an array", "a string", ...)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
 def _read_fd(fd: int, size: int, max_bytes: int) -> bytes | None:
     """All of the open file ``fd`` (``size`` bytes by its ``fstat``, more if it grew
     meanwhile), or None past ``max_bytes``. ``os.read`` straight on the descriptor: no
