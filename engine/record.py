@@ -123,9 +123,9 @@ def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
 
 def json_problem(raw: bytes) -> tuple[Any, str | None]:
     """``(value, None)`` for the JSON text ``raw``, else ``(None, what is wrong)``: one
-    phrase ("empty", "not UTF-8 text", "truncated JSON: <parser message> (line L, column
-    C)", "not JSON: ..."), the words ``metrics``, ``orchestrate show`` and ``workflow test
-    --record`` all use. NaN and Infinity are not JSON (``read_json``'s rule)."""
+    phrase ("empty", "not JSON: the bytes are not UTF-8 text", "truncated JSON: <parser
+    message> (line L, column C)", "invalid JSON: ..."), the words ``metrics``,
+    ``orchestrate show`` and ``workflow test --record`` all use. NaN and Infinity are not JSON (``read_json``'s rule)."""
     if not raw.strip():
         return None, "empty" if not raw else "empty (only white space)"
     try:
@@ -137,12 +137,12 @@ def json_problem(raw: bytes) -> tuple[Any, str | None]:
     except json.JSONDecodeError as exc:
         # cut short: the parser ran out of text (in a string, or after the last value)
         cut = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
-        what = "truncated JSON" if cut else "not JSON"
+        what = "truncated JSON" if cut else "invalid JSON"
         return None, f"{what}: {exc.msg} (line {exc.lineno}, column {exc.colno})"
     except ValueError as exc:
-        return None, f"not JSON: {exc}"
+        return None, f"invalid JSON: {exc}"
     except (RecursionError, MemoryError):
-        return None, "not JSON: nested too deeply (or too large) to read"
+        return None, "invalid JSON: nested too deeply (or too large) to read"
 
 
 def read_json_checked(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> tuple[Any, str | None]:
@@ -973,7 +973,24 @@ def _continued_as(env: dict[str, Any]) -> str | None:
 
 
 def delegation_tree(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
-    """The delegation tree under ``run_id``: its record and its sub-delegations, nested."""
+    """The delegation tree under ``run_id``: its record and its sub-delegations, nested.
+
+    ``RunStateError`` (``damaged_record_message``) when the root's record cannot be read
+    (``read_json_checked``, ``record_problem``: the same check as ``find_record``); a
+    sub-delegation whose record fails ``record_problem`` is a node whose outcome says so.
+    """
+    from engine.errors import RunStateError
+
+    for records in (handoffs_dir, handoffs_dir / "sub"):
+        path = records / f"{run_id}.json"
+        data, problem = read_json_checked(path)
+        problem = problem or (record_problem(data) if data is not None else None)
+        if problem is not None:
+            raise RunStateError(
+                damaged_record_message(
+                    path, problem, pending_path(records, run_id), records / INBOX_DIR / path.name
+                )
+            )
     nodes: dict[str, dict[str, Any]] = {}
     for records in (handoffs_dir, handoffs_dir / "sub"):
         reconcile(records)
@@ -981,6 +998,9 @@ def delegation_tree(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
         for rid, data in _json_files(records, nodes, only):
             if "envelope" in data:
                 nodes[rid] = _node(rid, data, False)
+                problem = record_problem(data)
+                if problem is not None:
+                    nodes[rid]["outcome"] = f"unreadable record ({problem})"
         for rid, data in _json_files(records / PENDING_DIR, nodes, None):
             nodes[rid] = _node(rid, data, True)
     return nest(nodes, run_id)
@@ -1033,6 +1053,11 @@ def find_record(handoffs_dir: Path, run_id: str) -> tuple[Path, dict[str, Any]]:
         inbox = records / INBOX_DIR / f"{run_id}.json"
         if not any(os.path.lexists(p) for p in (record, pending, inbox)):
             continue
+        # checked before ``deliver``, which would take a handoff over a record it misreads
+        data, problem = read_json_checked(record)
+        problem = problem or (record_problem(data) if data is not None else None)
+        if problem is not None:
+            raise RunStateError(damaged_record_message(record, problem, pending, inbox))
         try:
             deliver(records, run_id)
         except OSError:
@@ -1050,5 +1075,29 @@ def find_record(handoffs_dir: Path, run_id: str) -> tuple[Path, dict[str, Any]]:
         return found
     raise RunStateError(
         f"no record for `{run_id}` in `{handoffs_dir}`. Run ids are printed by "
-        "`orchestrate` (`record: ...`) and listed by `metrics json`."
+        f"`orchestrate` (`record: ...`); the records are the `<runId>.json` files of "
+        f"`{handoffs_dir}` and `{handoffs_dir / 'sub'}` (`ls` them)."
     )
+
+
+def damaged_record_message(
+    record: Path, problem: str, pending: Path | None = None, inbox: Path | None = None
+) -> str:
+    """The paragraph ``orchestrate show``/``tree`` say for a record file they cannot read:
+    the file, ``problem`` (``read_json_checked``/``record_problem``'s phrase), and what to
+    do: the pending envelope or the agent's inbox handoff when one is still there, and
+    restoring or deleting the file."""
+    kept = [
+        f"`{p}` ({what})"
+        for p, what in ((pending, "the pending envelope"), (inbox, "the agent's handoff"))
+        if p is not None and os.path.lexists(p)
+    ]
+    still = f" Still there: {' and '.join(kept)}." if kept else ""
+    newer = problem.startswith("written by a newer engine")
+    todo = (
+        "Read it with the engine that wrote it, or upgrade this one."
+        if newer
+        else "Restore it from a backup, or delete it"
+        + (" to see what is still there." if kept else ".")
+    )
+    return f"the record `{record}` cannot be read: {problem}.{still} {todo}"

@@ -26,7 +26,7 @@ def _finished(tmp_path: Path) -> tuple[Path, Path, str, Path]:
         ("summary.json", b"\xff\xfe", "not JSON: the bytes are not UTF-8 text"),
         ("summary.json", b'{"outputs": {', "truncated JSON: "),
         ("review.json", b"", "empty"),
-        ("review.json", b"garbage", "not JSON: Expecting value (line 1, column 1)"),
+        ("review.json", b"garbage", "invalid JSON: Expecting value (line 1, column 1)"),
     ],
     ids=["empty", "array", "not-utf8", "truncated", "step-empty", "step-garbage"],
 )
