@@ -125,7 +125,8 @@ def json_problem(raw: bytes) -> tuple[Any, str | None]:
     """``(value, None)`` for the JSON text ``raw``, else ``(None, what is wrong)``: one
     phrase ("empty", "not JSON: the bytes are not UTF-8 text", "truncated JSON: <parser
     message> (line L, column C)", "invalid JSON: ..."), the words ``metrics``,
-    ``orchestrate show`` and ``workflow test --record`` all use. NaN and Infinity are not JSON (``read_json``'s rule)."""
+    ``orchestrate show`` and ``workflow test --record`` all use. NaN and Infinity are not
+    JSON (``read_json``'s rule)."""
     if not raw.strip():
         return None, "empty" if not raw else "empty (only white space)"
     try:

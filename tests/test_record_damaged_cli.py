@@ -141,6 +141,8 @@ def test_metrics_counts_a_record_only_under_its_run_id(
         doc = _metrics(config)
         assert _delegations(doc) == before
         assert _problems(doc)[name].startswith(reason)
+        text = _run(METRICS, "text", "--config", str(config)).stdout
+        assert "\x1b" not in text and "new\nline" not in text
     finally:
         copy.unlink()
 
