@@ -745,6 +745,8 @@ def record_fixtures(view: RunView, directory: Path, store: RunStore) -> list[Pat
     """
     from engine.files import write_json_atomic
 
+    _check_replayable(view)
+    summary = _recorded_files(view)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     taken = [p.name for p in directory.iterdir() if p.suffix in EXTENSIONS]
@@ -777,10 +779,7 @@ def record_fixtures(view: RunView, directory: Path, store: RunStore) -> list[Pat
     inputs = view.meta.get("inputs")
     if isinstance(inputs, dict) and inputs:
         written.append(write_json_atomic(directory / "inputs.json", inputs))
-    summary = view.path / "summary.json"
-    outputs: dict[str, Any] = {}
-    if summary.is_file():
-        outputs = json.loads(summary.read_text(encoding="utf-8")).get("outputs") or {}
+    outputs = summary.get("outputs") if isinstance(summary.get("outputs"), dict) else {}
     expect = {
         "status": view.state.value,
         "steps": {sid: s.state.value for sid, s in view.steps.items()},
@@ -788,6 +787,70 @@ def record_fixtures(view: RunView, directory: Path, store: RunStore) -> list[Pat
     }
     written.append(write_json_atomic(directory / "expect.json", expect))
     return written
+
+
+#: Run states whose replay does not come to what the run came to, and why.
+_NOT_REPLAYABLE = {
+    RunState.RUNNING: "is still `running` (or its process died): it has not come to an end "
+    "yet. Wait for it, or resume it (`workflow resume {run}`), then record it.",
+    RunState.WAITING_APPROVAL: "is parked at a gate (`waiting_approval`{gates}): a replay "
+    "runs on past the gate, so the expectations would not hold. Resume it (`workflow "
+    "resume {run}`) so that it ends, then record it.",
+    RunState.WAITING_INPUT: "is waiting for an answer (`waiting_input`): a replay would "
+    "not stop where it stopped. Answer and resume it (`workflow resume {run}`), then "
+    "record it.",
+    RunState.CANCELLED: "was `cancelled`: a replay runs every step to its end, so the "
+    "expectations would not hold. Record a run that ended by itself (complete or failed).",
+}
+
+
+def _check_replayable(view: RunView) -> None:
+    """``UsageError`` when the run has not ended by itself (``_NOT_REPLAYABLE``): fixtures
+    recorded from it would replay to something else than its ``expect.json``."""
+    why = _NOT_REPLAYABLE.get(view.state)
+    if why is None:
+        return
+    decided = [
+        f"`{sid}` {s.gate['decision']}"
+        for sid, s in view.steps.items()
+        if s.gate and s.gate.get("decision") in ("approved", "rejected")
+    ]
+    gates = f"; decided but not resumed: {', '.join(decided)}" if decided else ""
+    raise UsageError(
+        f"run `{view.run_id}` cannot be recorded as fixtures: it "
+        + why.format(run=view.run_id, gates=gates)
+        + " Nothing was written."
+    )
+
+
+def _recorded_files(view: RunView) -> dict[str, Any]:
+    """The run's ``summary.json`` (``{}`` when there is none), after checking it and each
+    step's ``<step>.json`` are readable JSON objects; ``UsageError`` naming every damaged
+    file (and what is wrong with it) otherwise, before anything is written."""
+    from engine.record import read_json_checked
+
+    problems: list[str] = []
+    files = [view.path / "summary.json", *(view.path / f"{sid}.json" for sid in view.steps)]
+    summary: dict[str, Any] = {}
+    for path in files:
+        data, problem = read_json_checked(path)
+        if problem is None and data is not None and not isinstance(data, dict):
+            problem = f"not an object: the JSON is {_kind(data, path)}"
+        if problem is not None:
+            problems.append(f"`{path}`: {problem}.")
+        elif path.name == "summary.json" and isinstance(data, dict):
+            summary = data
+    if problems:
+        raise UsageError(
+            f"run `{view.run_id}` cannot be recorded as fixtures: "
+            + ("a file of it is" if len(problems) == 1 else "files of it are")
+            + " damaged. Restore "
+            + ("it" if len(problems) == 1 else "them")
+            + " from a backup, or record another run; nothing was written.",
+            path=view.path,
+            problems=problems,
+        )
+    return summary
 
 
 def _item_ending(rec: Any) -> dict[str, Any] | None:

@@ -121,6 +121,108 @@ def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
         os.close(fd)
 
 
+def json_problem(raw: bytes) -> tuple[Any, str | None]:
+    """``(value, None)`` for the JSON text ``raw``, else ``(None, what is wrong)``: one
+    phrase ("empty", "not JSON: the bytes are not UTF-8 text", "truncated JSON: <parser
+    message> (line L, column C)", "invalid JSON: ..."), the words ``metrics``,
+    ``orchestrate show`` and ``workflow test --record`` all use. NaN and Infinity are not
+    JSON (``read_json``'s rule)."""
+    if not raw.strip():
+        return None, "empty" if not raw else "empty (only white space)"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not JSON: the bytes are not UTF-8 text"
+    try:
+        return json.loads(text, parse_constant=_no_constant), None
+    except json.JSONDecodeError as exc:
+        # cut short: the parser ran out of text (in a string, or after the last value)
+        cut = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+        what = "truncated JSON" if cut else "invalid JSON"
+        return None, f"{what}: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+    except ValueError as exc:
+        return None, f"invalid JSON: {exc}"
+    except (RecursionError, MemoryError):
+        return None, "invalid JSON: nested too deeply (or too large) to read"
+
+
+def read_json_checked(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> tuple[Any, str | None]:
+    """``(value, None)`` for the JSON file ``path``; ``(None, None)`` when it is missing;
+    else ``(None, what is wrong)`` (``json_problem``'s phrases, or "unreadable: ...",
+    "larger than N bytes", "not a regular file"). Bounded and non-blocking as
+    ``read_json``."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, "not a regular file"
+        if st.st_size > max_bytes:
+            return None, f"larger than {max_bytes} bytes"
+        raw = _read_fd(fd, st.st_size, max_bytes)
+        if raw is None:
+            return None, f"larger than {max_bytes} bytes"
+        return json_problem(raw)
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+
+
+#: The major version of the record and handoff schema this engine reads.
+SCHEMA_MAJOR = 1
+
+
+def record_problem(data: Any) -> str | None:
+    """What makes ``data`` (a parsed ``<runId>.json``) not a record this engine can read,
+    in one phrase, or None. The one check ``orchestrate show``, ``orchestrate tree`` and
+    ``metrics`` use: an object; ``schemaVersion``, when given, of major version
+    ``SCHEMA_MAJOR`` or older; ``envelope``, when given, an object whose ``outcome`` is one
+    of ``OUTCOMES`` (``engine.states.Outcome``)."""
+    if not isinstance(data, dict):
+        return f"not a record: the JSON is {_kind(data)}, not an object"
+    version = data.get("schemaVersion")
+    if version is not None:
+        major = str(version).split(".", 1)[0]
+        if not major.isdigit():
+            return f"not a record: `schemaVersion` {version!r} is not a version number"
+        if int(major) > SCHEMA_MAJOR:
+            return (
+                f"written by a newer engine: schemaVersion {version}, this engine reads "
+                f"{SCHEMA_MAJOR}.x"
+            )
+    env = data.get("envelope")
+    if env is None:
+        return None
+    if not isinstance(env, dict):
+        return "not a record: `envelope` is not an object"
+    outcome = env.get("outcome")
+    if outcome not in OUTCOMES:
+        return f"unknown outcome `{outcome}` (known: {', '.join(OUTCOMES)})"
+    return None
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind in words ("an array", "a string", ...)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
 def _read_fd(fd: int, size: int, max_bytes: int) -> bytes | None:
     """All of the open file ``fd`` (``size`` bytes by its ``fstat``, more if it grew
     meanwhile), or None past ``max_bytes``. ``os.read`` straight on the descriptor: no
@@ -872,7 +974,24 @@ def _continued_as(env: dict[str, Any]) -> str | None:
 
 
 def delegation_tree(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
-    """The delegation tree under ``run_id``: its record and its sub-delegations, nested."""
+    """The delegation tree under ``run_id``: its record and its sub-delegations, nested.
+
+    ``RunStateError`` (``damaged_record_message``) when the root's record cannot be read
+    (``read_json_checked``, ``record_problem``: the same check as ``find_record``); a
+    sub-delegation whose record fails ``record_problem`` is a node whose outcome says so.
+    """
+    from engine.errors import RunStateError
+
+    for records in (handoffs_dir, handoffs_dir / "sub"):
+        path = records / f"{run_id}.json"
+        data, problem = read_json_checked(path)
+        problem = problem or (record_problem(data) if data is not None else None)
+        if problem is not None:
+            raise RunStateError(
+                damaged_record_message(
+                    path, problem, pending_path(records, run_id), records / INBOX_DIR / path.name
+                )
+            )
     nodes: dict[str, dict[str, Any]] = {}
     for records in (handoffs_dir, handoffs_dir / "sub"):
         reconcile(records)
@@ -880,6 +999,9 @@ def delegation_tree(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:
         for rid, data in _json_files(records, nodes, only):
             if "envelope" in data:
                 nodes[rid] = _node(rid, data, False)
+                problem = record_problem(data)
+                if problem is not None:
+                    nodes[rid]["outcome"] = f"unreadable record ({problem})"
         for rid, data in _json_files(records / PENDING_DIR, nodes, None):
             nodes[rid] = _node(rid, data, True)
     return nest(nodes, run_id)
@@ -932,6 +1054,11 @@ def find_record(handoffs_dir: Path, run_id: str) -> tuple[Path, dict[str, Any]]:
         inbox = records / INBOX_DIR / f"{run_id}.json"
         if not any(os.path.lexists(p) for p in (record, pending, inbox)):
             continue
+        # checked before ``deliver``, which would take a handoff over a record it misreads
+        data, problem = read_json_checked(record)
+        problem = problem or (record_problem(data) if data is not None else None)
+        if problem is not None:
+            raise RunStateError(damaged_record_message(record, problem, pending, inbox))
         try:
             deliver(records, run_id)
         except OSError:
@@ -949,5 +1076,29 @@ def find_record(handoffs_dir: Path, run_id: str) -> tuple[Path, dict[str, Any]]:
         return found
     raise RunStateError(
         f"no record for `{run_id}` in `{handoffs_dir}`. Run ids are printed by "
-        "`orchestrate` (`record: ...`) and listed by `metrics json`."
+        f"`orchestrate` (`record: ...`); the records are the `<runId>.json` files of "
+        f"`{handoffs_dir}` and `{handoffs_dir / 'sub'}` (`ls` them)."
     )
+
+
+def damaged_record_message(
+    record: Path, problem: str, pending: Path | None = None, inbox: Path | None = None
+) -> str:
+    """The paragraph ``orchestrate show``/``tree`` say for a record file they cannot read:
+    the file, ``problem`` (``read_json_checked``/``record_problem``'s phrase), and what to
+    do: the pending envelope or the agent's inbox handoff when one is still there, and
+    restoring or deleting the file."""
+    kept = [
+        f"`{p}` ({what})"
+        for p, what in ((pending, "the pending envelope"), (inbox, "the agent's handoff"))
+        if p is not None and os.path.lexists(p)
+    ]
+    still = f" Still there: {' and '.join(kept)}." if kept else ""
+    newer = problem.startswith("written by a newer engine")
+    todo = (
+        "Read it with the engine that wrote it, or upgrade this one."
+        if newer
+        else "Restore it from a backup, or delete it"
+        + (" to see what is still there." if kept else ".")
+    )
+    return f"the record `{record}` cannot be read: {problem}.{still} {todo}"

@@ -326,7 +326,8 @@ def test_deeply_nested_handoff_breaks_nothing(
     doc = compute_metrics(cfg.handoffs_dir)
     assert doc["totals"]["delegations"] >= 1
     shown = _show(cfg, "orch-20260101T000000-00000bad")
-    assert shown.exit_code == 2 and "no record for" in shown.output
+    assert shown.exit_code == 2 and "no record for" not in shown.output  # the file is there
+    assert "cannot be read: invalid JSON: nested too deeply" in shown.output
 
 
 def test_nan_in_usage_is_refused_and_records_stay_json(

@@ -177,7 +177,7 @@ def _file_lines(files: dict[str, Any]) -> list[_Block]:
     out: list[_Block] = []
     if files["invalid"]:
         lines = [f"Problem files: {files['invalid']} (counted nowhere else)"]
-        lines += [f"  {f['path']}: {f['reason']}" for f in files["invalid_files"]]
+        lines += [f"  {_printable(f['path'])}: {f['reason']}" for f in files["invalid_files"]]
         if files["invalid"] > len(files["invalid_files"]):
             lines.append(f"  ... and {files['invalid'] - len(files['invalid_files'])} more")
         out.append("\n".join(lines))
@@ -222,3 +222,9 @@ def _ms(value: float | None) -> str:
     if s < 3600:
         return f"{int(s // 60)}m {int(s % 60):02d}s"
     return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (a newline, ESC) escaped as Python writes them, so
+    that a file name cannot break or recolour the terminal; printable text as it is."""
+    return text if text.isprintable() else repr(text)[1:-1]

@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError
+from engine.files import SAFE_ID
 from engine.handoff import STATUSES as HANDOFF_STATUSES
-from engine.record import INBOX_DIR, OUTCOMES, PENDING_DIR, REJECTED_DIR, read_json
+from engine.record import (
+    INBOX_DIR,
+    OUTCOMES,
+    PENDING_DIR,
+    REJECTED_DIR,
+    json_problem,
+    read_json,
+    record_problem,
+)
 from engine.states import Confidence, RunState, StepState
 from engine.store import FileRunStore, waiter_alive
 
@@ -394,6 +403,7 @@ class _Scan:
         self.ended: dict[str, str] = {}
         self.host = socket.gethostname()
         self.step_waits: dict[str, list[float]] = {}  # workflow -> its steps' token waits
+        self.run_ids: set[str] = set()  # run ids of the records counted so far
 
     # -- problems -------------------------------------------------------------------
 
@@ -427,7 +437,7 @@ class _Scan:
                 recorded.add(name)
                 data = self.load(entry.path)
                 if data is not _MISSING:
-                    self.record(data, entry.path, sub)
+                    self.record(data, entry.path, sub, name=name)
                     if _final_record(data):
                         self.final.add(entry.path)
         # Handoffs delivered to the inbox that were never recorded (nobody waited for
@@ -462,23 +472,39 @@ class _Scan:
         self.scanned += 1
         try:
             return json.loads(raw)
-        except UnicodeDecodeError:
-            self.bad(path, "not JSON: the bytes are not UTF-8 text")
-        except json.JSONDecodeError as exc:
-            # cut short: the parser ran out of text (in a string, or after the last value)
-            cut = exc.pos >= len(raw.rstrip()) or exc.msg.startswith("Unterminated string")
-            what = "truncated JSON" if cut else "invalid JSON"
-            self.bad(path, f"{what}: {exc.msg} (line {exc.lineno}, column {exc.colno})")
-        except ValueError as exc:
-            self.bad(path, f"invalid JSON: {exc}")
-        except (RecursionError, MemoryError):
-            self.bad(path, "invalid JSON: nested too deeply (or too large) to read")
+        except (ValueError, RecursionError, MemoryError):
+            # the slow path only for a damaged file: the phrase every reader uses
+            self.bad(path, json_problem(raw)[1] or "not JSON")
         return _MISSING
 
-    def record(self, data: Any, path: str, sub: bool) -> None:
-        """Count one delegation record (or plain handoff), if it passes the filters."""
+    def named_as(self, data: dict[str, Any], path: str, name: str) -> bool:
+        """Whether the record ``data`` in the file ``name`` is one to count: its file name
+        is ``<runId>.json`` with a valid run id (``engine.files.SAFE_ID``: what
+        ``orchestrate show`` takes), seen once. Else the file is noted as a problem."""
+        rid = data.get("runId")
+        stem = name[: -len(".json")]
+        if not isinstance(rid, str) or rid != stem:
+            shown = f"`{rid}`" if isinstance(rid, str) else "missing"
+            self.bad(path, f"not counted: the file name is not `<runId>.json` (`runId` is {shown})")
+            return False
+        if not SAFE_ID.match(rid):
+            self.bad(
+                path,
+                f"not counted: {rid!r} is not a run id (letters, digits, `-` and `_`, not "
+                "starting with `-`)",
+            )
+            return False
+        if rid in self.run_ids:
+            self.bad(path, f"not counted: run `{rid}` is already counted from another file")
+            return False
+        self.run_ids.add(rid)
+        return True
+
+    def record(self, data: Any, path: str, sub: bool, *, name: str | None = None) -> None:
+        """Count one delegation record (or plain handoff), if it passes the filters; one
+        from a records directory (its file ``name`` given) only if ``named_as`` it."""
         fields = self.fields(data, path)
-        if fields is None:
+        if fields is None or (name is not None and not self.named_as(data, path, name)):
             return
         env, outcome, agent, caller, when = fields
         if not self.wanted(agent, caller, env, when):
@@ -517,8 +543,9 @@ class _Scan:
 
         None, with the file noted as a problem, when it is neither.
         """
-        if not isinstance(data, dict):
-            self.bad(path, f"not a record: the JSON is {_kind(data)}, not an object")
+        problem = record_problem(data)
+        if problem is not None:
+            self.bad(path, problem)
             return None
         env = data.get("envelope")
         if isinstance(env, dict):
@@ -759,18 +786,6 @@ class _Scan:
 _MISSING: Any = object()
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return "a number"
-
-
 def _json_entries(directory: str) -> list[os.DirEntry[str]]:
     """The visible ``*.json`` entries of ``directory``; none when it cannot be listed."""
     try:
@@ -799,7 +814,10 @@ def _final_record(data: Any) -> bool:
     workflow re-attaches to: ``Delegator._reattach``)."""
     env = data.get("envelope") if isinstance(data, dict) else None
     return isinstance(env, dict) and env.get("outcome") not in (
-        None, "dispatched", "timeout", "cancelled"
+        None,
+        "dispatched",
+        "timeout",
+        "cancelled",
     )
 
 
