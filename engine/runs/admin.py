@@ -396,7 +396,8 @@ def list_runs(
     """Recent runs, newest first (``runs_newest_first``): id, workflow, status, started,
     duration.
 
-    A run whose record is damaged (``run.json`` unusable, or missing from its directory)
+    A run whose record is damaged (``run.json`` unusable, or missing from its directory,
+    or a journal with no ``run_started``: ``RunView.damage``)
     has its paragraph appended to ``problems``; with ``damaged`` (`workflow runs`) it is
     also listed, with status ``damaged``, ``workflow`` ``"?"`` when unknown, and that
     paragraph as ``problem`` (docs/workflows.md, Run records); else it is left out.
@@ -411,6 +412,12 @@ def list_runs(
                 problems.append(str(exc))
             if damaged:
                 rows.append(_damaged_row(rid, str(exc), _meta_of(store, rid)))
+            continue
+        if view.damage is not None:  # its journal: said why, as a damaged run.json is
+            if problems is not None:
+                problems.append(view.damage)
+            if damaged:
+                rows.append(_damaged_row(rid, view.damage, view.meta))
             continue
         row = run_row(view)
         row["workflow"] = str(row["workflow"])  # the CLI's table and JSON show a string
@@ -566,7 +573,9 @@ def run_status(
         if orphan and on_process:
             row["waiting"] += _no_process(run_id, cf)
     _late_hints(run_id, view, store, summary, cf)
-    if orphan:
+    if view.damage is not None:  # its journal: the steps' states are not known
+        summary["status"], summary["problem"] = "damaged", view.damage
+    elif orphan:
         _add_next(summary, view, decided(view), cf)
     summary["run_dir"] = str(path)
     summary["live"] = live
