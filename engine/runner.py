@@ -722,11 +722,14 @@ class WorkflowRunner:
 
 
 def _check_resumable(view: RunView) -> None:
-    """Refuse (RunStateError, exit 2; nothing written) to resume a run that has ended for
+    """Refuse (RunStateError, exit 2; nothing written) to resume a run whose journal is
+    damaged (``RunView.damage``: empty, or no ``run_started``), and one that has ended for
     good: one that completed, and one that failed after its ``deadline_at`` had passed
     (a resumed run may not send anything then, and taking a late handoff or running the
     ``finally`` steps again would rewrite what it came to). docs/workflows.md, Resuming."""
     rid, meta = view.run_id, view.meta
+    if view.damage is not None:  # all steps would replay as pending, and be sent again
+        raise RunStateError(view.damage, path=view.path / "events.jsonl")
     if view.state is RunState.COMPLETE:
         raise RunEndedError(
             f"run `{rid}` has already ended (complete); nothing to resume.",

@@ -1050,8 +1050,8 @@ def _shown_status(row: dict[str, Any]) -> str:
 def _runner(status: dict[str, Any], server: str | None, owner: str = "") -> str:
     """Who runs it, as `` (…)``: this host's process, or the server that owns the run
     (``owner``: ``_owner``'s words for a local look at it); nothing once the run has
-    finished: no one needs to resume it."""
-    if status["status"] in ("complete", "failed", "cancelled"):
+    finished (or is damaged: engine.runs.replay.journal_damage): no one resumes it."""
+    if status["status"] in ("complete", "failed", "cancelled", "damaged"):
         return ""
     if server:
         return f" (the server {server} runs it)"

@@ -606,34 +606,12 @@ def end_recorded_runs(
     reused pid is never signalled) gets SIGTERM to its process group (it runs in a session
     of its own), and SIGKILL after ``grace`` seconds if it is still that process. Returns
     the pids signalled; never raises (an unreadable workspace is skipped)."""
-    from engine.gateway.retention import FINISHED_MARKER
-
     wanted, starts = set(run_ids), tuple(prefixes)
-    found: list[tuple[int, str]] = []
-    try:
-        agents = [Path(e.path) for e in os.scandir(workspaces_dir) if e.is_dir()]
-    except OSError:
-        return []
-    for agent_dir in agents:
-        try:
-            entries = [Path(e.path) for e in os.scandir(agent_dir) if e.name.startswith("gw-")]
-        except OSError:
-            continue
-        for path in entries:
-            if (path / FINISHED_MARKER).exists():
-                continue
-            try:
-                data = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            rid = data.get("run_id") if isinstance(data, dict) else None
-            if not isinstance(rid, str):
-                continue
-            if rid not in wanted and not (starts and rid.startswith(starts)):
-                continue
-            pid, start = data.get("pid"), data.get("pid_start")
-            if isinstance(pid, int) and pid > 1 and isinstance(start, str):
-                found.append((pid, start))
+    found = [
+        agent
+        for path in _unfinished_workspaces(workspaces_dir)
+        if (agent := _recorded_agent(path, wanted, starts)) is not None
+    ]
     signalled = [(pid, start) for pid, start in found if _signal_if(pid, start, signal.SIGTERM)]
     deadline = time.monotonic() + grace
     while any(process_alive(p, s) for p, s in signalled) and time.monotonic() < deadline:
@@ -641,6 +619,46 @@ def end_recorded_runs(
     for pid, start in signalled:
         _signal_if(pid, start, signal.SIGKILL)
     return [pid for pid, _ in signalled]
+
+
+def _unfinished_workspaces(workspaces_dir: Path) -> list[Path]:
+    """The ``gw-*`` workspaces under ``workspaces_dir/<agent>/`` with no
+    ``FINISHED_MARKER`` (engine.gateway.retention); an unreadable directory is skipped."""
+    from engine.gateway.retention import FINISHED_MARKER
+
+    try:
+        agents = [Path(e.path) for e in os.scandir(workspaces_dir) if e.is_dir()]
+    except OSError:
+        return []
+    found: list[Path] = []
+    for agent_dir in agents:
+        try:
+            entries = [Path(e.path) for e in os.scandir(agent_dir) if e.name.startswith("gw-")]
+        except OSError:
+            continue
+        found.extend(p for p in entries if not (p / FINISHED_MARKER).exists())
+    return found
+
+
+def _recorded_agent(
+    path: Path, wanted: Collection[str], starts: tuple[str, ...]
+) -> tuple[int, str] | None:
+    """The ``(pid, pid_start)`` that workspace ``path``'s ``RUN_FILE`` records, when its
+    delegation run id is in ``wanted`` or starts with one of ``starts``; None when it is
+    not, or the file is unreadable or lacks them."""
+    try:
+        data = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    rid = data.get("run_id") if isinstance(data, dict) else None
+    if not isinstance(rid, str):
+        return None
+    if rid not in wanted and not (starts and rid.startswith(starts)):
+        return None
+    pid, start = data.get("pid"), data.get("pid_start")
+    if isinstance(pid, int) and pid > 1 and isinstance(start, str):
+        return pid, start
+    return None
 
 
 def _signal_if(pid: int, start: str, sig: int) -> bool:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import OrchestratorError, RunStateError, UsageError, did_you_mean
 from engine.files import check_id, parse_iso
-from engine.runs.model import RunView
+from engine.runs.model import RunView, StepRun
 from engine.runs.replay import replay_run, summarize, unsent
 from engine.states import RunState, StepState
 from engine.store import FileRunStore, RunStore, open_store
@@ -396,7 +396,8 @@ def list_runs(
     """Recent runs, newest first (``runs_newest_first``): id, workflow, status, started,
     duration.
 
-    A run whose record is damaged (``run.json`` unusable, or missing from its directory)
+    A run whose record is damaged (``run.json`` unusable, or missing from its directory,
+    or a journal with no ``run_started``: ``RunView.damage``)
     has its paragraph appended to ``problems``; with ``damaged`` (`workflow runs`) it is
     also listed, with status ``damaged``, ``workflow`` ``"?"`` when unknown, and that
     paragraph as ``problem`` (docs/workflows.md, Run records); else it is left out.
@@ -411,6 +412,12 @@ def list_runs(
                 problems.append(str(exc))
             if damaged:
                 rows.append(_damaged_row(rid, str(exc), _meta_of(store, rid)))
+            continue
+        if view.damage is not None:  # its journal: said why, as a damaged run.json is
+            if problems is not None:
+                problems.append(view.damage)
+            if damaged:
+                rows.append(_damaged_row(rid, view.damage, view.meta))
             continue
         row = run_row(view)
         row["workflow"] = str(row["workflow"])  # the CLI's table and JSON show a string
@@ -555,61 +562,90 @@ def run_status(
     view = replay_run(store, run_id)
     live = store.claimed(run_id)
     summary = summarize(view)
+    orphan = not live and not _served(cfg, run_id)
     now = time.time()
-    for sid, s in view.steps.items():
+    for sid in view.steps:
         row = summary["steps"][sid]
-        gap = unsent(view, sid) if not s.child_run_id else None
-        if s.child_run_id and not s.state.final:
-            row["waiting"] = _child_line(run_id, s, cf)
-        elif gap is not None or s.state is StepState.QUEUED:
-            row["waiting"] = unsent_line(gap or {"why": "queued"}, now, live=live)
-            if not live and not _served(cfg, run_id):
-                row["waiting"] += _no_process(run_id, cf)
-        elif s.state is StepState.RUNNING:
-            if s.dispatched_at:
-                waited = now - parse_iso(s.dispatched_at).timestamp()
-                env = (
-                    store.read_pending(s.delegation_run_id, sub=False)
-                    if s.delegation_run_id
-                    else None
-                )
-                limit = env.get("timeout_s") if env is not None else None
-                of = f" of {limit:g} s" if isinstance(limit, int | float) else ""
-                row["waiting"] = f"waiting on `{s.agent}` for {waited:.0f} s{of}"
-                from engine.liveness import latest_progress
-
-                said = latest_progress(cfg.handoffs_dir, str(s.delegation_run_id))
-                if said is not None:
-                    row["progress"] = said
-                    age = f" {said['age_s']:.0f} s ago" if said["age_s"] is not None else ""
-                    row["waiting"] += f'; said "{said["text"]}"{age}'
-            else:
-                row["waiting"] = "being dispatched"
-            if not live and not _served(cfg, run_id):
-                row["waiting"] += _no_process(run_id, cf)
-        elif s.state is StepState.WAITING_APPROVAL:
-            row["waiting"] = (
-                f"at its approval gate: `workflow approve {run_id} {sid}{cf}` or "
-                f"`workflow reject {run_id} {sid} --reason ...{cf}`"
-            )
-        elif s.state is StepState.WAITING_INPUT:
-            from engine.ask import waiting_line
-
-            row["waiting"] = waiting_line(run_id, sid, s.question, cf)
-        elif (
-            s.state is StepState.PENDING
-            and (s.gate or {}).get("decision") == "approved"
-            and not live
-            and not _served(cfg, run_id)
-        ):  # decided while no process runs the run: nothing sends it until a resume
-            by = (s.gate or {}).get("by")
-            row["waiting"] = (
-                f"approved{f' by {by}' if by else ''}; no process is running this run: "
-                f"continue it with `workflow resume {run_id}{cf}`"
-            )
+        waits = _waiting_line(cfg, store, view, sid, row, live=live, cf=cf, now=now)
+        if waits is None:
+            continue
+        row["waiting"], on_process = waits
+        if orphan and on_process:
+            row["waiting"] += _no_process(run_id, cf)
     _late_hints(run_id, view, store, summary, cf)
-    if not live and not _served(cfg, run_id):
+    if view.damage is not None:  # its journal: the steps' states are not known
+        summary["status"], summary["problem"] = "damaged", view.damage
+    elif orphan:
         _add_next(summary, view, decided(view), cf)
     summary["run_dir"] = str(path)
     summary["live"] = live
     return summary
+
+
+def _waiting_line(
+    cfg: Config,
+    store: RunStore,
+    view: RunView,
+    sid: str,
+    row: dict[str, Any],
+    *,
+    live: bool,
+    cf: str,
+    now: float,
+) -> tuple[str, bool] | None:
+    """What step ``sid`` of ``view`` waits for (``workflow status``'s ``waiting``) and
+    whether only a process running the run moves it on (True: queued, retrying or
+    running), or None when it waits for nothing; may add ``progress`` to ``row``.
+    ``now`` is epoch seconds; ``live`` says a process runs the run."""
+    s = view.steps[sid]
+    if s.child_run_id:
+        return None if s.state.final else (_child_line(view.run_id, s, cf), False)
+    gap = unsent(view, sid)
+    if gap is not None or s.state is StepState.QUEUED:
+        return unsent_line(gap or {"why": "queued"}, now, live=live), True
+    if s.state is StepState.RUNNING:
+        return _running_line(cfg, store, s, row, now), True
+    if s.state is StepState.WAITING_APPROVAL:
+        return (
+            f"at its approval gate: `workflow approve {view.run_id} {sid}{cf}` or "
+            f"`workflow reject {view.run_id} {sid} --reason ...{cf}`"
+        ), False
+    if s.state is StepState.WAITING_INPUT:
+        from engine.ask import waiting_line
+
+        return waiting_line(view.run_id, sid, s.question, cf), False
+    if (
+        s.state is StepState.PENDING
+        and (s.gate or {}).get("decision") == "approved"
+        and not live
+        and not _served(cfg, view.run_id)
+    ):  # decided while no process runs the run: nothing sends it until a resume
+        by = (s.gate or {}).get("by")
+        return (
+            f"approved{f' by {by}' if by else ''}; no process is running this run: "
+            f"continue it with `workflow resume {view.run_id}{cf}`"
+        ), False
+    return None
+
+
+def _running_line(
+    cfg: Config, store: RunStore, s: StepRun, row: dict[str, Any], now: float
+) -> str:
+    """How long running step ``s`` has waited on its agent (of the delegation's timeout,
+    from its pending envelope) and the agent's last progress line, which also goes to
+    ``row["progress"]``; ``being dispatched`` before its dispatch is journaled."""
+    if not s.dispatched_at:
+        return "being dispatched"
+    waited = now - parse_iso(s.dispatched_at).timestamp()
+    env = store.read_pending(s.delegation_run_id, sub=False) if s.delegation_run_id else None
+    limit = env.get("timeout_s") if env is not None else None
+    of = f" of {limit:g} s" if isinstance(limit, int | float) else ""
+    line = f"waiting on `{s.agent}` for {waited:.0f} s{of}"
+    from engine.liveness import latest_progress
+
+    said = latest_progress(cfg.handoffs_dir, str(s.delegation_run_id))
+    if said is not None:
+        row["progress"] = said
+        age = f" {said['age_s']:.0f} s ago" if said["age_s"] is not None else ""
+        line += f'; said "{said["text"]}"{age}'
+    return line

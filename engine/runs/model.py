@@ -77,3 +77,7 @@ class RunView:
     gate_wait_ms: float = 0.0
     #: Journal events replay skipped (unknown or malformed), one sentence each.
     warnings: list[str] = field(default_factory=list)
+    #: Why the journal cannot be trusted (it is empty or lost its ``run_started`` line
+    #: while the run has records: ``engine.runs.replay.journal_damage``), one paragraph;
+    #: None when it can. Such a run is shown as ``damaged`` and never resumed.
+    damage: str | None = None

@@ -522,7 +522,7 @@ def replay_run(store: RunStore, run_id: str) -> RunView:
             continue
         events.append(ev)
     meta_id = meta.get("runId")
-    return RunView(
+    view = RunView(
         meta_id if isinstance(meta_id, str) else run_id,
         path,
         meta,
@@ -533,6 +533,81 @@ def replay_run(store: RunStore, run_id: str) -> RunView:
         fold.finished,
         gate_wait_ms=round(fold.gate_wait_ms, 3),
         warnings=warnings,
+    )
+    view.damage = journal_damage(store, view, lines, step_data)
+    if view.damage is not None:
+        warnings.append(view.damage)
+    elif isinstance(store, FileRunStore):
+        _torn_end(store, view, lines)
+    return view
+
+
+def journal_damage(
+    store: RunStore, view: RunView, lines: list[tuple[int, Any]], step_data: dict[str, Any]
+) -> str | None:
+    """Why ``view``'s journal cannot be trusted, one paragraph naming ``events.jsonl``
+    and what to do; None when it can. A journal is damaged when it has no ``run_started``
+    event although the run shows it started: the journal has lines, or ``summary.json``
+    or a step's ``<step>.json`` (``step_data``) exists (an emptied or deleted journal, or
+    a first line lost). A run created a moment ago, whose journal is not yet written, is
+    not damaged.
+    Replayed, such a journal says every step is pending, and resuming it would send
+    finished steps again (docs/workflows.md, "Run records")."""
+    if any(isinstance(ev, dict) and ev.get("event") == "run_started" for _, ev in lines):
+        return None
+    summary = store.read_summary(view.run_id)
+    if not lines and summary is None and all(d is None for d in step_data.values()):
+        return None
+    journal = view.path / "events.jsonl"
+    what = "has no `run_started` line" if lines else "is empty or missing"
+    kept = f" (its summary says `{summary.get('status')}`)" if summary else ""
+    return (
+        f"run `{view.run_id}` is damaged: its journal `{journal}` {what}, though the run "
+        f"has records{kept}, so its steps' states are unknown and it cannot be resumed "
+        "(that would send finished steps again). Its files were left as they are: restore "
+        f"`{journal}` from a backup, or start the workflow again"
+        + (f" ({_rerun(view.meta)})." if view.meta else ".")
+    )
+
+
+def _rerun(meta: dict[str, Any]) -> str:
+    from engine.runs.admin import rerun_command
+
+    return rerun_command(meta)
+
+
+def _torn_end(store: FileRunStore, view: RunView, lines: list[tuple[int, Any]]) -> None:
+    """A journal whose last line was cut mid-write (no newline at its end) while
+    ``summary.json`` says the run ended (complete, failed, cancelled) no earlier than the
+    journal's last whole event: the summary's status and ``finished_at`` are taken (the
+    torn line was its ``run_finished``), with a warning naming the line. A torn line of a
+    run that had not ended changes nothing (a crash mid-write: `workflow resume`)."""
+    journal = view.path / "events.jsonl"
+    try:
+        with open(journal, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
+    except OSError:  # missing or empty
+        return
+    if not torn or view.state is not RunState.RUNNING:
+        return
+    summary = store.read_summary(view.run_id)
+    status = summary.get("status") if summary else None
+    finished = summary.get("finished_at") if summary else None
+    if status not in ("complete", "failed", "cancelled") or not isinstance(finished, str):
+        return
+    last = next((e["at"] for e in reversed(view.events) if isinstance(e.get("at"), str)), None)
+    try:
+        if last is not None and parse_iso(finished) < parse_iso(last):
+            return  # the summary is of an ending before this journal's last event
+    except ValueError:
+        return
+    view.state, view.finished_at = RunState(status), finished
+    number = (lines[-1][0] + 1) if lines else 1
+    view.warnings.append(
+        f"`{journal}` line {number}: cut mid-write (its last line has no end); "
+        f"`{view.path / 'summary.json'}` says the run ended `{status}` at {finished}, "
+        "which is shown. The journal is left as it is."
     )
 
 
