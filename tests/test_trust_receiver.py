@@ -79,3 +79,37 @@ def test_handoffs_kept_per_run_are_bounded(gw: LocalGateway) -> None:
     record = read_json(records / f"{run_id}.json")
     assert record["result"] == "n0"
     assert len(record["envelope"]["also_received"]) == MAX_HANDOFFS_PER_RUN - 1
+
+
+def _pending(records: Path, run_id: str, key: str, **extra: object) -> None:
+    write_pending(
+        records,
+        run_id,
+        {"target": "webster", "caller": "manager", "outcome": "dispatched",
+         "key_sha256": key_hash(key), "pid": 2**22 + 7, **extra},
+    )  # fmt: skip
+
+
+def test_forged_handoffs_do_not_use_up_the_cap(gw: LocalGateway) -> None:
+    run_id, key = "orch-20261130T120000-0000beef", new_key()
+    records = gw.cfg.handoffs_dir
+    _pending(records, run_id, key)
+    with httpx.Client(timeout=60) as client:
+        for n in range(MAX_HANDOFFS_PER_RUN + 2):
+            forged = make_handoff(
+                run_id=run_id, agent="webster", status="complete", result=f"f{n}", key=new_key()
+            )
+            resp = client.post(f"{gw.url}/handoffs/{run_id}", json=forged, headers=AUTH)
+            assert resp.status_code == 403, resp.text
+            assert "nothing was stored" in resp.json()["error"]
+        unkeyed = make_handoff(run_id=run_id, agent="webster", status="complete", result="u")
+        resp = client.post(f"{gw.url}/handoffs/{run_id}", json=unkeyed, headers=AUTH)
+        assert resp.status_code == 403, resp.text
+        real = make_handoff(
+            run_id=run_id, agent="webster", status="complete", result="real", key=key
+        )
+        resp = client.post(f"{gw.url}/handoffs/{run_id}", json=real, headers=AUTH)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["recorded"]
+    assert read_json(records / f"{run_id}.json")["result"] == "real"
+    assert not list(records.rglob(f"rejected/{run_id}*"))  # the forgeries were not kept

@@ -39,7 +39,7 @@ from urllib.parse import unquote
 from engine.config import Config, GatewayAgentConfig, GatewayConfig
 from engine.errors import ConfigError
 from engine.gateway.agents import CommandRunner, completion_of, task_from_message
-from engine.handoff import unique_keys
+from engine.handoff import WRONG_KEY, unique_keys
 from engine.redact import install_log_filter, redact, register
 from engine.store import RunStore, open_store
 from engine.workers import Workers
@@ -767,17 +767,21 @@ class LocalGateway:
         store = self.store
         in_sub = store.is_sub(run_id)
         env = self._envelope(run_id, in_sub)
-        refusal = self._unwanted(run_id, env)
+        if env is None:
+            return _nobody_waits(run_id)
+        key_problem = self._key_problem(run_id, checked, in_sub, env)
+        if key_problem is not None:  # before the count: a forger cannot use up the cap
+            return _key_refusal(run_id, key_problem)
+        refusal = self._over_cap(run_id)
         if refusal is not None:
             return refusal
-        key_problem = self._key_problem(run_id, checked, in_sub, env)
         try:
             store.put_handoff(run_id, checked, sub=in_sub)
             got = store.deliver(run_id, sub=in_sub)
         except (OSError, ValueError) as exc:
             log.warning("local gateway: cannot store the handoff of %s: %s", run_id, exc)
             return 500, {"ok": False, "error": "cannot store the handoff"}
-        return _delivery_answer(run_id, got, key_problem)
+        return _delivery_answer(run_id, got)
 
     def _envelope(self, run_id: str, in_sub: bool) -> dict[str, Any] | None:
         """The run's envelope here: the pending one, else its record's; None when
@@ -791,22 +795,12 @@ class LocalGateway:
                 env = {}  # a record without a usable envelope: known, no key to check
         return env
 
-    def _unwanted(
-        self, run_id: str, env: dict[str, Any] | None
-    ) -> tuple[int, dict[str, Any]] | None:
-        """The refusal of a handoff nothing will take, else None (and it is counted):
-        404 for a run with neither a pending envelope nor a record here (``env`` None:
-        nobody waits for it, as ``orchestrate handoff write`` refuses), 409 once the run
-        has had ``MAX_HANDOFFS_PER_RUN`` handoffs stored by this gateway (each is kept, and
-        the bound keeps a client that loops from filling the disk)."""
-        if env is None:
-            return 404, {
-                "ok": False,
-                "error": f"no delegation `{run_id}` is waiting for a handoff here (no pending "
-                "envelope and no record): check the run id against the task message's "
-                "`run_id:` line; nothing was stored.",
-                "runId": run_id,
-            }
+    def _over_cap(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
+        """409 once the run has had ``MAX_HANDOFFS_PER_RUN`` handoffs stored by this
+        gateway (each is kept, and the bound keeps a client that loops from filling the
+        disk), else None and this one is counted. Only handoffs whose key verified (or,
+        under ``handoff_key: optional``, was accepted) reach here: a forged one does not
+        count, so it cannot block the real one (docs/protocol.md, section 3)."""
         with self._lock:
             count = self._received.pop(run_id, 0)
             self._received[run_id] = count + (count < MAX_HANDOFFS_PER_RUN)
@@ -874,14 +868,38 @@ class LocalGateway:
             return exc
 
 
-def _delivery_answer(run_id: str, got: Any, key_problem: Any) -> tuple[int, dict[str, Any]]:
-    """The answer to a stored handoff: 403/400 refused (a key problem first), 409 already
-    recorded from another handoff, 200 recorded (``late`` when it came after the end)."""
-    if key_problem is not None or got.state == "refused":
-        # the refusal of the file the handoff went to names it; the key check before
-        # storing it could only name the run's first handoff file
-        problem = got.problem if got.state == "refused" and got.problem else key_problem
-        assert problem is not None
+def _nobody_waits(run_id: str) -> tuple[int, dict[str, Any]]:
+    """404 for a run with neither a pending envelope nor a record here (nobody waits for
+    it, as ``orchestrate handoff write`` refuses); nothing is stored."""
+    return 404, {
+        "ok": False,
+        "error": f"no delegation `{run_id}` is waiting for a handoff here (no pending "
+        "envelope and no record): check the run id against the task message's "
+        "`run_id:` line; nothing was stored.",
+        "runId": run_id,
+    }
+
+
+def _key_refusal(run_id: str, problem: Any) -> tuple[int, dict[str, Any]]:
+    """403 for a handoff whose key is wrong or missing (``HandoffProblem`` of kind
+    ``key`` or ``unkeyed``): nothing is stored or counted, and the caller keeps waiting."""
+    if problem.kind == "key":
+        message = (
+            f"handoff for run `{run_id}` refused: {WRONG_KEY} (forged or misdirected); "
+            "nothing was stored and the caller keeps waiting."
+        )
+    else:
+        message = f"{problem.message} Nothing was stored."
+    return 403, {"ok": False, "error": message, "problems": problem.problems}
+
+
+def _delivery_answer(run_id: str, got: Any) -> tuple[int, dict[str, Any]]:
+    """The answer to a stored handoff: 403/400 refused, 409 already recorded from another
+    handoff, 200 recorded (``late`` when it came after the end)."""
+    if got.state == "refused":
+        problem = got.problem
+        if problem is None:
+            return 400, _err(f"the handoff of run `{run_id}` was refused and kept aside")
         return 403 if problem.kind in ("key", "unkeyed") else 400, {
             "ok": False,
             "error": problem.message,
