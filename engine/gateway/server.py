@@ -1034,13 +1034,15 @@ def _parse_json(body: bytes) -> tuple[Any, str | None]:
         return None, f"body nests arrays or objects deeper than {MAX_DEPTH} levels"
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, a huge integer
         return None, f"body is not valid JSON: {_json_reason(exc)}"
-    if _too_deep(data):
+    if too_deep(data):
         return None, f"body nests arrays or objects deeper than {MAX_DEPTH} levels"
     return data, None
 
 
-def _too_deep(data: Any) -> bool:
-    """True when ``data`` nests deeper than MAX_DEPTH (iterative: no recursion limit)."""
+def too_deep(data: Any) -> bool:
+    """True when ``data`` (a parsed JSON value) nests arrays or objects deeper than
+    ``MAX_DEPTH`` levels (iterative: no recursion limit). The receiver refuses such a
+    body; ``orchestrate handoff write --data`` refuses the same value before sending."""
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
         value, depth = stack.pop()
