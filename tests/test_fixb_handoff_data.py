@@ -41,8 +41,11 @@ def test_data_is_written_into_the_handoff(tmp_path: Path) -> None:
         (["--data", "{cte: 1}"], "`--data` is not JSON (Expecting property name"),
         (["--data", "NaN"], "`--data` is not JSON (`NaN` is not a JSON value)"),
         (["--data", "1", "--data-file", "x"], "give the structured result once"),
+        (["--data", "[" * 1000 + "]" * 1000], "deeper than 64 levels"),
+        (["--data", "[" * 65 + "]" * 65], "deeper than 64 levels"),
+        (["--data", '{"a": 1, "a": 2}'], "`--data` refused: key `a` is written twice"),
     ],
-    ids=["bad-json", "nan", "both"],
+    ids=["bad-json", "nan", "both", "too-deep-to-parse", "too-deep", "key-twice"],
 )
 def test_bad_data_is_one_paragraph_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
     (tmp_path / "x").write_text("1")
@@ -52,6 +55,16 @@ def test_bad_data_is_one_paragraph_exit_2(tmp_path: Path, args: list[str], needl
     assert needle in got.output and "Traceback" not in got.output
     assert len(got.output.strip().splitlines()) == 1
     assert not (tmp_path / f"{RUN}.json").exists()
+
+
+def test_data_file_nested_too_deep_is_exit_2(tmp_path: Path) -> None:
+    src = tmp_path / "deep.json"
+    src.write_text('[{"a": ' * 900 + "1" + "}]" * 900)
+    got = CliRunner().invoke(orchestrate, [*BASE, "--dir", str(tmp_path), "--data-file", str(src)])
+    assert got.exit_code == 2, got.output
+    assert "deeper than 64 levels" in got.output and "Traceback" not in got.output
+    ok = [*BASE, "--dir", str(tmp_path), "--data", "[" * 64 + "]" * 64]
+    assert CliRunner().invoke(orchestrate, ok).exit_code == 0  # the limit itself passes
 
 
 def test_data_goes_through_the_receiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -609,7 +609,10 @@ def test_receiver_uses_sub_dir_and_reconciles(demo_gw: LocalGateway, client: htt
     assert not (sub / ".pending" / f"{run_id}.json").exists()
     assert not (demo_gw.cfg.handoffs_dir / f"{run_id}.json").exists()
     again = client.post(f"{demo_gw.url}/handoffs/{run_id}", json=body, headers=AUTH)
-    assert again.status_code == 409
+    assert again.status_code == 200 and again.json() == resp.json()  # a retry: same answer
+    other = dict(body, result="another")
+    kept = client.post(f"{demo_gw.url}/handoffs/{run_id}", json=other, headers=AUTH)
+    assert kept.status_code == 409
 
 
 def test_receiver_rejects_invalid_handoff(demo_gw: LocalGateway, client: httpx.Client) -> None:

@@ -79,3 +79,74 @@ def test_handoffs_kept_per_run_are_bounded(gw: LocalGateway) -> None:
     record = read_json(records / f"{run_id}.json")
     assert record["result"] == "n0"
     assert len(record["envelope"]["also_received"]) == MAX_HANDOFFS_PER_RUN - 1
+
+
+def _pending(records: Path, run_id: str, key: str, **extra: object) -> None:
+    write_pending(
+        records,
+        run_id,
+        {"target": "webster", "caller": "manager", "outcome": "dispatched",
+         "key_sha256": key_hash(key), "pid": 2**22 + 7, **extra},
+    )  # fmt: skip
+
+
+def test_forged_handoffs_do_not_use_up_the_cap(gw: LocalGateway) -> None:
+    run_id, key = "orch-20261130T120000-0000beef", new_key()
+    records = gw.cfg.handoffs_dir
+    _pending(records, run_id, key)
+    with httpx.Client(timeout=60) as client:
+        for n in range(MAX_HANDOFFS_PER_RUN + 2):
+            forged = make_handoff(
+                run_id=run_id, agent="webster", status="complete", result=f"f{n}", key=new_key()
+            )
+            resp = client.post(f"{gw.url}/handoffs/{run_id}", json=forged, headers=AUTH)
+            assert resp.status_code == 403, resp.text
+            assert "nothing was stored" in resp.json()["error"]
+        unkeyed = make_handoff(run_id=run_id, agent="webster", status="complete", result="u")
+        resp = client.post(f"{gw.url}/handoffs/{run_id}", json=unkeyed, headers=AUTH)
+        assert resp.status_code == 403, resp.text
+        real = make_handoff(
+            run_id=run_id, agent="webster", status="complete", result="real", key=key
+        )
+        resp = client.post(f"{gw.url}/handoffs/{run_id}", json=real, headers=AUTH)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["recorded"]
+    assert read_json(records / f"{run_id}.json")["result"] == "real"
+    assert not list(records.rglob(f"rejected/{run_id}*"))  # the forgeries were not kept
+
+
+def test_a_second_handoff_kept_aside_is_409_and_a_retry_is_200(gw: LocalGateway) -> None:
+    """A live caller waits (this process), so the receiver leaves the first handoff in the
+    inbox: a different second one is kept aside (409), the same one sent again is 200."""
+    import os
+
+    run_id, key = "orch-20261130T120000-0000cafe", new_key()
+    records = gw.cfg.handoffs_dir
+    _pending(records, run_id, key, pid=os.getpid())
+    url = f"{gw.url}/handoffs/{run_id}"
+    first = make_handoff(run_id=run_id, agent="webster", status="complete", result="a", key=key)
+    other = make_handoff(run_id=run_id, agent="webster", status="complete", result="b", key=key)
+    with httpx.Client(timeout=60) as client:
+        assert client.post(url, json=first, headers=AUTH).json() == {"ok": True}
+        again = client.post(url, json=first, headers=AUTH)
+        assert again.status_code == 200 and again.json() == {"ok": True}, again.text
+        second = client.post(url, json=other, headers=AUTH)
+        assert second.status_code == 409, second.text
+        assert "yours was kept aside" in second.json()["error"]
+        assert client.post(url, json=other, headers=AUTH).status_code == 409  # same answer
+    inbox = sorted(p.name for p in (records / "inbox").glob(f"{run_id}*"))
+    assert inbox == [f"{run_id}.2.json", f"{run_id}.json"]  # no third copy
+
+
+def test_the_same_handoff_sent_again_after_its_record_is_200(gw: LocalGateway) -> None:
+    run_id, key = "orch-20261130T120000-0000d00d", new_key()
+    records = gw.cfg.handoffs_dir
+    _pending(records, run_id, key)
+    url = f"{gw.url}/handoffs/{run_id}"
+    body = make_handoff(run_id=run_id, agent="webster", status="complete", result="a", key=key)
+    with httpx.Client(timeout=60) as client:
+        answers = [client.post(url, json=body, headers=AUTH) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200], answers[-1].text
+    assert answers[0].json()["recorded"] and answers[2].json() == answers[0].json()
+    assert not list(records.rglob(f"rejected/{run_id}*"))
+    assert "also_received" not in read_json(records / f"{run_id}.json")["envelope"]

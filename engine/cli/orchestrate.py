@@ -628,16 +628,30 @@ def _data_option(text: str | None, path: str | None) -> Any:
     else:
         return _NO_DATA
 
+    from engine.gateway.server import MAX_DEPTH, too_deep
+    from engine.handoff import DuplicateKeyError, unique_keys
+
     def no_constant(name: str) -> Any:
         raise ValueError(f"`{name}` is not a JSON value")
 
+    deep = UsageError(
+        f"{what} nests arrays or objects deeper than {MAX_DEPTH} levels (the limit of the "
+        "engine's receiver); flatten it, or put the data in an artifact file."
+    )
     try:
-        return json.loads(text, parse_constant=no_constant)
+        value = json.loads(text, parse_constant=no_constant, object_pairs_hook=unique_keys)
+    except RecursionError:
+        raise deep from None
+    except DuplicateKeyError as exc:  # the engine refuses it in a handoff file too
+        raise UsageError(f"{what} refused: {exc}.") from None
     except ValueError as exc:
         raise UsageError(
             f"{what} is not JSON ({exc}); give one JSON value, e.g. "
             """`--data '{"cte_ppm_per_k": 0.02}'` (quote it for the shell)."""
         ) from None
+    if too_deep(value):
+        raise deep
+    return value
 
 
 @handoff_group.command("progress")

@@ -17,6 +17,7 @@ deliver a handoff over HTTP. See docs/gateway.md.
 from __future__ import annotations
 
 import errno
+import hashlib
 import hmac
 import json
 import logging
@@ -39,7 +40,7 @@ from urllib.parse import unquote
 from engine.config import Config, GatewayAgentConfig, GatewayConfig
 from engine.errors import ConfigError
 from engine.gateway.agents import CommandRunner, completion_of, task_from_message
-from engine.handoff import unique_keys
+from engine.handoff import WRONG_KEY, unique_keys
 from engine.redact import install_log_filter, redact, register
 from engine.store import RunStore, open_store
 from engine.workers import Workers
@@ -64,6 +65,7 @@ MAX_HANDOFFS_PER_RUN = 8
 #: Seconds an idle keep-alive connection is kept open.
 IDLE_TIMEOUT = 300.0
 
+_Answer = tuple[int, dict[str, Any]]
 _AGENT_REQUIRED = "agentId is required when multiple agents are configured"
 _HOOK_PATHS = ("/hooks/agent", "/hooks/wake")
 _JSON = "application/json"
@@ -345,8 +347,9 @@ class LocalGateway:
         )
         self._lock = threading.Lock()
         self._idempotency: OrderedDict[str, str] = OrderedDict()
-        # handoffs stored per run id by the receiver (the last IDEMPOTENCY_LIMIT runs)
-        self._received: OrderedDict[str, int] = OrderedDict()
+        # handoffs stored per run id by the receiver (the last IDEMPOTENCY_LIMIT runs):
+        # the digest of each (``_digest``) and the answer it got (None while storing)
+        self._received: OrderedDict[str, dict[str, _Answer | None]] = OrderedDict()
         self._dispatched = dict.fromkeys(self.agents, 0)
         self._inflight = dict.fromkeys(self.agents, 0)
         self._max_inflight = dict.fromkeys(self.agents, 0)
@@ -767,17 +770,30 @@ class LocalGateway:
         store = self.store
         in_sub = store.is_sub(run_id)
         env = self._envelope(run_id, in_sub)
-        refusal = self._unwanted(run_id, env)
+        if env is None:
+            return _nobody_waits(run_id)
+        key_problem = self._key_problem(run_id, checked, in_sub, env)
+        if key_problem is not None:  # before the count: a forger cannot use up the cap
+            return _key_refusal(run_id, key_problem)
+        digest = _digest(checked)
+        refusal = self._over_cap(run_id, digest)
         if refusal is not None:
             return refusal
-        key_problem = self._key_problem(run_id, checked, in_sub, env)
+        answer: _Answer = 500, {"ok": False, "error": "cannot store the handoff"}
         try:
+            waiting_before = store.has_handoff(run_id, sub=in_sub)
             store.put_handoff(run_id, checked, sub=in_sub)
             got = store.deliver(run_id, sub=in_sub)
+            answer = _delivery_answer(run_id, got, checked, waiting_before)
         except (OSError, ValueError) as exc:
             log.warning("local gateway: cannot store the handoff of %s: %s", run_id, exc)
-            return 500, {"ok": False, "error": "cannot store the handoff"}
-        return _delivery_answer(run_id, got, key_problem)
+        with self._lock:
+            seen = self._received.get(run_id)
+            if seen is not None and answer[0] == 500:
+                seen.pop(digest, None)  # not stored: sending it again may work
+            elif seen is not None:
+                seen[digest] = answer
+        return answer
 
     def _envelope(self, run_id: str, in_sub: bool) -> dict[str, Any] | None:
         """The run's envelope here: the pending one, else its record's; None when
@@ -791,36 +807,31 @@ class LocalGateway:
                 env = {}  # a record without a usable envelope: known, no key to check
         return env
 
-    def _unwanted(
-        self, run_id: str, env: dict[str, Any] | None
-    ) -> tuple[int, dict[str, Any]] | None:
-        """The refusal of a handoff nothing will take, else None (and it is counted):
-        404 for a run with neither a pending envelope nor a record here (``env`` None:
-        nobody waits for it, as ``orchestrate handoff write`` refuses), 409 once the run
+    def _over_cap(self, run_id: str, digest: str) -> _Answer | None:
+        """The answer to a handoff this gateway stored for the run already (the same
+        ``digest``: a client sending it again; nothing more is stored), 409 once the run
         has had ``MAX_HANDOFFS_PER_RUN`` handoffs stored by this gateway (each is kept, and
-        the bound keeps a client that loops from filling the disk)."""
-        if env is None:
-            return 404, {
-                "ok": False,
-                "error": f"no delegation `{run_id}` is waiting for a handoff here (no pending "
-                "envelope and no record): check the run id against the task message's "
-                "`run_id:` line; nothing was stored.",
-                "runId": run_id,
-            }
+        the bound keeps a client that loops from filling the disk), else None and this
+        one is counted. Only handoffs whose key verified (or, under ``handoff_key:
+        optional``, was accepted) reach here: a forged one does not count, so it cannot
+        block the real one (docs/protocol.md, section 3)."""
         with self._lock:
-            count = self._received.pop(run_id, 0)
-            self._received[run_id] = count + (count < MAX_HANDOFFS_PER_RUN)
+            seen = self._received.pop(run_id, {})
+            self._received[run_id] = seen
             if len(self._received) > IDEMPOTENCY_LIMIT:
                 self._received.popitem(last=False)
-        if count >= MAX_HANDOFFS_PER_RUN:  # 409, not 429: sending it again cannot help
-            return 409, {
-                "ok": False,
-                "error": f"run `{run_id}` has had {MAX_HANDOFFS_PER_RUN} handoffs stored "
-                "by this gateway already; no more are kept for it (`orchestrate show "
-                f"{run_id}` lists them); nothing was stored.",
-                "runId": run_id,
-            }
-        return None
+            if digest in seen:
+                return seen[digest] or (200, {"ok": True})  # None: the first is storing
+            if len(seen) < MAX_HANDOFFS_PER_RUN:
+                seen[digest] = None
+                return None
+        return 409, {  # 409, not 429: sending it again cannot help
+            "ok": False,
+            "error": f"run `{run_id}` has had {MAX_HANDOFFS_PER_RUN} handoffs stored "
+            "by this gateway already; no more are kept for it (`orchestrate show "
+            f"{run_id}` lists them); nothing was stored.",
+            "runId": run_id,
+        }
 
     def _checked_handoff(self, run_id: str, body: bytes) -> Any:
         """The handoff in ``body`` once its run id, size, JSON and fields pass; else the
@@ -874,14 +885,42 @@ class LocalGateway:
             return exc
 
 
-def _delivery_answer(run_id: str, got: Any, key_problem: Any) -> tuple[int, dict[str, Any]]:
-    """The answer to a stored handoff: 403/400 refused (a key problem first), 409 already
-    recorded from another handoff, 200 recorded (``late`` when it came after the end)."""
-    if key_problem is not None or got.state == "refused":
-        # the refusal of the file the handoff went to names it; the key check before
-        # storing it could only name the run's first handoff file
-        problem = got.problem if got.state == "refused" and got.problem else key_problem
-        assert problem is not None
+def _nobody_waits(run_id: str) -> tuple[int, dict[str, Any]]:
+    """404 for a run with neither a pending envelope nor a record here (nobody waits for
+    it, as ``orchestrate handoff write`` refuses); nothing is stored."""
+    return 404, {
+        "ok": False,
+        "error": f"no delegation `{run_id}` is waiting for a handoff here (no pending "
+        "envelope and no record): check the run id against the task message's "
+        "`run_id:` line; nothing was stored.",
+        "runId": run_id,
+    }
+
+
+def _key_refusal(run_id: str, problem: Any) -> tuple[int, dict[str, Any]]:
+    """403 for a handoff whose key is wrong or missing (``HandoffProblem`` of kind
+    ``key`` or ``unkeyed``): nothing is stored or counted, and the caller keeps waiting."""
+    if problem.kind == "key":
+        message = (
+            f"handoff for run `{run_id}` refused: {WRONG_KEY} (forged or misdirected); "
+            "nothing was stored and the caller keeps waiting."
+        )
+    else:
+        message = f"{problem.message} Nothing was stored."
+    return 403, {"ok": False, "error": message, "problems": problem.problems}
+
+
+def _delivery_answer(
+    run_id: str, got: Any, handoff: dict[str, Any], waiting_before: bool
+) -> _Answer:
+    """The answer to a stored ``handoff``: 403/400 refused, 409 kept aside (the run is
+    recorded from another handoff, or another one was waiting in the inbox before it:
+    ``waiting_before``), 200 recorded (``late`` when it came after the end) or waiting
+    for its caller."""
+    if got.state == "refused":
+        problem = got.problem
+        if problem is None:
+            return 400, _err(f"the handoff of run `{run_id}` was refused and kept aside")
         return 403 if problem.kind in ("key", "unkeyed") else 400, {
             "ok": False,
             "error": problem.message,
@@ -893,10 +932,37 @@ def _delivery_answer(run_id: str, got: Any, key_problem: Any) -> tuple[int, dict
             "error": f"run `{run_id}` is already recorded from another handoff; yours was "
             f"kept as `{got.kept}` and listed in the record",
         }
+    theirs = got.state == "recorded" and not _is_record_of(got.record, handoff)
+    if theirs or (got.state == "waiting" and waiting_before):
+        return 409, {
+            "ok": False,
+            "error": f"run `{run_id}` already had a handoff waiting to be recorded; it was "
+            "not replaced: yours was kept aside, and the record lists it "
+            f"(`orchestrate show {run_id}`)",
+        }
     if got.state == "recorded" and got.record is not None:
         late = bool(got.record["envelope"].get("late"))
         return 200, {"ok": True, "recorded": str(got.record_path), "late": late}
     return 200, {"ok": True}
+
+
+def _is_record_of(record: dict[str, Any] | None, handoff: dict[str, Any]) -> bool:
+    """True when ``record`` (a final record: handoff fields + ``envelope``) was made from
+    ``handoff``: its fields are the handoff's as ``engine.record.record_of`` copies them
+    (without the key, masked)."""
+    from engine.record import record_of
+
+    if record is None:
+        return False
+    mine = record_of(handoff, {}, str(handoff.get("runId")))
+    return all(record.get(k) == v for k, v in mine.items() if k != "envelope")
+
+
+def _digest(handoff: dict[str, Any]) -> str:
+    """SHA-256 of ``handoff`` as canonical JSON (keys sorted): the same handoff sent again,
+    however its keys were ordered, has the same digest."""
+    text = json.dumps(handoff, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class _Job:
@@ -1016,13 +1082,15 @@ def _parse_json(body: bytes) -> tuple[Any, str | None]:
         return None, f"body nests arrays or objects deeper than {MAX_DEPTH} levels"
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, a huge integer
         return None, f"body is not valid JSON: {_json_reason(exc)}"
-    if _too_deep(data):
+    if too_deep(data):
         return None, f"body nests arrays or objects deeper than {MAX_DEPTH} levels"
     return data, None
 
 
-def _too_deep(data: Any) -> bool:
-    """True when ``data`` nests deeper than MAX_DEPTH (iterative: no recursion limit)."""
+def too_deep(data: Any) -> bool:
+    """True when ``data`` (a parsed JSON value) nests arrays or objects deeper than
+    ``MAX_DEPTH`` levels (iterative: no recursion limit). The receiver refuses such a
+    body; ``orchestrate handoff write --data`` refuses the same value before sending."""
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
         value, depth = stack.pop()
