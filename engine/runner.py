@@ -608,13 +608,10 @@ class WorkflowRunner:
         path = run_dir(self.cfg, run_id, store=store)
         with store.claim(run_id):
             view = replay_run(store, run_id)
-            if view.state is RunState.CANCELLED:
-                raise RunStateError(
-                    f"run `{run_id}` was cancelled; start a new run instead. Start it "
-                    f"with: {rerun_command(view.meta)}"
-                )
+            cancelled = _cancelled(self.cfg, store, view)
+            if cancelled is not None:
+                return cancelled
             meta = view.meta
-            _check_resumable(view)
             options = _with_pre_approved(options, meta)
             workflow_path, fingerprint = meta.get("workflow_path"), meta.get("fingerprint")
             if not isinstance(workflow_path, str) or not isinstance(fingerprint, dict):
@@ -719,6 +716,29 @@ class WorkflowRunner:
 
     def _check_approvals(self, plan: Any, options: RunOptions) -> None:
         check_approvals(plan, options.approve)
+
+
+def _cancelled(cfg: Config, store: RunStore, view: RunView) -> RunResult | None:
+    """What `workflow resume` of a cancelled run does, its claim held: refuse a run that
+    was cancelled (RunStateError, exit 2); refuse one that has ended for good
+    (``_check_resumable``); conclude a cancel that `workflow cancel` asked of a process
+    that ended (Ctrl-C, a kill) before it journaled ``run_cancelled``
+    (``engine.runs.admin.conclude_cancel``), returning the run ended ``cancelled``.
+    None: the run resumes."""
+    rid = view.run_id
+    if view.state is RunState.CANCELLED:
+        raise RunStateError(
+            f"run `{rid}` was cancelled; start a new run instead. Start it "
+            f"with: {rerun_command(view.meta)}"
+        )
+    _check_resumable(view)
+    if view.state is RunState.FAILED or not store.cancel_requested(rid):
+        return None
+    from engine.runs.admin import conclude_cancel
+
+    conclude_cancel(cfg, store, view)
+    ended = summarize(replay_run(store, rid))
+    return RunResult(rid, RunState.CANCELLED, view.path, redact_obj(ended))
 
 
 def _check_resumable(view: RunView) -> None:

@@ -173,11 +173,31 @@ def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Ru
     except RunStateError:
         return RunState.RUNNING  # the live executor notices the request within 0.2 s
     try:
+        conclude_cancel(cfg, store, view)
+    finally:
+        lock.__exit__(None, None, None)
+    return RunState.CANCELLED
+
+
+def conclude_cancel(
+    cfg: Config, store: RunStore, view: RunView, *, by: str = "workflow cancel"
+) -> None:
+    """End run ``view`` ``cancelled`` with no process running it, its claim held by the
+    caller (`workflow cancel` of a run no process runs; `workflow resume` of a run whose
+    process was stopped before it noticed a cancel request). Each step in flight takes
+    its delegation's final record when its agent handed off ``complete`` (the step
+    completes with it: a late result, nothing is sent again); otherwise its command
+    agents are ended (``end_agents``) and it ends ``cancelled``. Every other unfinished
+    step is skipped, the child runs still going are cancelled, the journal gets
+    ``run_cancelled`` (``by``) and the summary is rewritten (docs/workflows.md, cancel)."""
+    run_id = view.run_id
+    journal = store.journal(run_id)
+    try:
         flying = [s for s in view.steps.values() if _sent(s)]
-        end_agents(cfg, run_id, flying)
-        journal = store.journal(run_id)
+        taken = {s.id for s in flying if _take_complete(store, journal, run_id, s)}
+        end_agents(cfg, run_id, [s for s in flying if s.id not in taken])
         for s in view.steps.values():
-            if not s.state.final:
+            if not s.state.final and s.id not in taken:
                 if s.delegation_run_id:
                     _close_pending(store, s.delegation_run_id)
                 if s in flying:  # as a live cancel ends the steps in flight
@@ -186,13 +206,56 @@ def cancel_run(cfg: Config, run_id: str, *, store: RunStore | None = None) -> Ru
                 journal.append(
                     "step_skipped", step=s.id, reason="the run was cancelled", kind="stopped"
                 )
-        journal.append("run_cancelled", by="workflow cancel")
-        journal.close()
-        _cancel_children(cfg, view, store)
-        store.write_summary(run_id, summarize(replay_run(store, run_id)))
+        journal.append("run_cancelled", by=by)
     finally:
-        lock.__exit__(None, None, None)
-    return RunState.CANCELLED
+        journal.close()
+    _cancel_children(cfg, view, store)
+    store.write_summary(run_id, summarize(replay_run(store, run_id)))
+
+
+def _take_complete(store: RunStore, journal: Any, run_id: str, s: Any) -> bool:
+    """Step ``s`` in flight completes with its delegation's record when that holds a
+    ``complete`` handoff (one still in the inbox is merged first): ``step_late_result``
+    then ``step_finished``, as a resume takes a late result. False when there is none
+    (a sub-workflow's or ``for_each`` step's, or an agent that has not answered)."""
+    from engine.errors import OrchestratorError
+    from engine.files import utcnow_iso
+    from engine.runner import _step_record
+
+    drid = s.delegation_run_id
+    if not drid or s.child_run_id or drid.endswith("-items"):
+        return False
+    try:
+        store.deliver(drid, sub=False)
+        record = store.read(drid, sub=False)
+    except (OrchestratorError, OSError, ValueError):
+        return False
+    env = (record or {}).get("envelope") or {}
+    if record is None or env.get("outcome") != "complete":
+        return False
+    journal.append(
+        "step_late_result",
+        step=s.id,
+        attempt=s.attempt,
+        delegation_run_id=drid,
+        previous=s.state.value,
+        status="complete",
+        late=bool(env.get("late")),
+    )
+    handoff = {k: v for k, v in record.items() if k != "envelope"}
+    ended = dataclasses.replace(
+        s, state=StepState.COMPLETE, handoff=handoff, error=None,
+        finished_at=utcnow_iso(), in_flight=False,
+    )  # fmt: skip
+    store.write_step(run_id, s.id, _step_record(ended))
+    journal.append(
+        "step_finished",
+        step=s.id,
+        status=StepState.COMPLETE.value,
+        attempt=s.attempt,
+        delegation_run_id=drid,
+    )
+    return True
 
 
 def _sent(s: Any) -> bool:
@@ -555,7 +618,9 @@ def run_status(
 ) -> dict[str, Any]:
     """A run's step table, with why each waiting step waits; the commands those lines
     name carry ``cf`` (`` --config PATH`` for a command typed on this host,
-    ``engine.cli.common.config_flag``; empty for a server's client)."""
+    ``engine.cli.common.config_flag``; empty for a server's client). A run whose cancel
+    request no process concluded (it ended first) has ``cancel``, the line saying that
+    `workflow resume` concludes it, which the lines of its steps in flight carry too."""
     store = store if store is not None else open_store(cfg)
     store.reconcile(sub=False)
     path = run_dir(cfg, run_id, store=store)
@@ -563,6 +628,9 @@ def run_status(
     live = store.claimed(run_id)
     summary = summarize(view)
     orphan = not live and not _served(cfg, run_id)
+    ended = (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED)
+    pending = orphan and view.state not in ended and store.cancel_requested(run_id)
+    note = f"a cancel is pending: `workflow resume {run_id}{cf}` concludes it"
     now = time.time()
     for sid in view.steps:
         row = summary["steps"][sid]
@@ -570,11 +638,15 @@ def run_status(
         if waits is None:
             continue
         row["waiting"], on_process = waits
-        if orphan and on_process:
+        if pending and on_process:  # its process ended before it noticed the request
+            row["waiting"] += f" ({note})"
+        elif orphan and on_process:
             row["waiting"] += _no_process(run_id, cf)
     _late_hints(run_id, view, store, summary, cf)
     if view.damage is not None:  # its journal: the steps' states are not known
         summary["status"], summary["problem"] = "damaged", view.damage
+    elif pending:
+        summary["cancel"], summary["next"] = note, f"workflow resume {run_id}{cf}"
     elif orphan:
         _add_next(summary, view, decided(view), cf)
     summary["run_dir"] = str(path)
