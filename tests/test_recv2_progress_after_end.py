@@ -25,7 +25,10 @@ SILENT = [sys.executable, "-c", "import os, pathlib, time; pathlib.Path(os.envir
 def test_progress_after_a_timeout_is_refused(tmp_path: Path) -> None:
     raw = demo_config(tmp_path)
     raw["gateway"]["agents"]["webster"] = {
-        "kind": "command", "argv": SILENT, "env": {"KEYFILE": str(tmp_path / "key")}}
+        "kind": "command",
+        "argv": SILENT,
+        "env": {"KEYFILE": str(tmp_path / "key")},
+    }
     cfg_path = write_config(tmp_path, raw)
     res = program("orchestrate", "webster", "go", "--caller", "manager", "--json",
                   "--timeout", "1", "--config", str(cfg_path), cwd=tmp_path)  # fmt: skip
@@ -60,4 +63,3 @@ def test_progress_after_a_timeout_is_refused(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "after end" not in shown.stdout
     assert not (tmp_path / "handoffs" / "progress" / f"{run_id}.json").exists()
-
