@@ -75,12 +75,14 @@ class Target:
 @dataclass(frozen=True)
 class _Post:
     """One POST to a gateway: its target, URL, JSON body and extra headers (the token's
-    ``Authorization`` header is added when it is sent)."""
+    ``Authorization`` header is added when it is sent). ``utf8``: the body is sent as
+    UTF-8 JSON (non-ASCII text as is, not as ``\\uXXXX`` escapes)."""
 
     target: Target
     url: str
     body: dict[str, Any]
     headers: dict[str, str]
+    utf8: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ class HooksClient:
         if timeout is not None and timeout <= 0:
             raise Handover(None)  # the retry loop says why (no time left)
         read = max(0.0, deadline - start) if hold else timeout
-        payload, hdrs = _request(req.body, target, req.headers)
+        payload, hdrs = _request(req, target)
         try:
             resp = self._plain.post(url, payload, hdrs, timeout=timeout, read=read, quick=quick)
         except Handover:
@@ -216,8 +218,10 @@ class HooksClient:
         deadline: float,
         hint: str | None = None,
     ) -> DispatchResult:
-        """POST a handoff to a gateway's receiver (`/handoffs/{runId}`)."""
-        req = _Post(target, f"{target.url}/handoffs/{run_id}", handoff, {})
+        """POST a handoff to a gateway's receiver (`/handoffs/{runId}`) as UTF-8 JSON: the
+        bytes sent are those of the handoff file (``\\u00e9`` escapes would triple
+        non-ASCII text against the receiver's ``max_handoff_bytes``)."""
+        req = _Post(target, f"{target.url}/handoffs/{run_id}", handoff, {}, utf8=True)
         return self._post(req, deadline, hint=hint)
 
     def post_progress(
@@ -241,7 +245,7 @@ class HooksClient:
     ) -> DispatchResult:
         on_retry = on_retry or self.on_retry
         target, url = req.target, req.url
-        payload, hdrs = _request(req.body, target, req.headers)
+        payload, hdrs = _request(req, target)
         agent = target.agent
         first = [resume] if resume is not None else []  # the first attempt, begun elsewhere
 
@@ -315,16 +319,15 @@ class HooksClient:
         raise HookUnreachableError(redact(msg), agent=agent)
 
 
-def _request(
-    body: dict[str, Any], target: Target, headers: dict[str, str]
-) -> tuple[bytes, dict[str, str]]:
-    """The POST's payload and headers (the token in ``Authorization``)."""
+def _request(req: _Post, target: Target) -> tuple[bytes, dict[str, str]]:
+    """The POST's payload (JSON; UTF-8 text as is when ``req.utf8``, else ASCII with
+    escapes) and headers (the token in ``Authorization``)."""
     hdrs = {
         "Authorization": f"Bearer {target.token}",
         "Content-Type": "application/json",
-        **headers,
+        **req.headers,
     }
-    return json.dumps(body).encode(), hdrs
+    return json.dumps(req.body, ensure_ascii=not req.utf8).encode("utf-8"), hdrs
 
 
 def _raiser(exc: Exception) -> Callable[[float | None], Any]:

@@ -3,9 +3,10 @@
 An agent may report progress while it works (``orchestrate handoff progress --run-id R
 --key K "text"``, or ``POST {receiver}/progress`` with ``{"text": …, "key": …}`` from
 another host). A progress line is checked like a handoff: the run must be in flight
-(its pending envelope is there) and the ``key`` must be the delegation's (a missing key
-is accepted only under ``handoff_key: optional``); anything else is refused with
-``ProgressRefused`` and recorded nowhere. The latest line is kept by the run store
+(its pending envelope is there and it has no final record, whatever its outcome) and
+the ``key`` must be the delegation's (a missing key is accepted only under
+``handoff_key: optional``); anything else is refused with ``ProgressRefused`` and
+recorded nowhere. The latest line is kept by the run store
 (``RunStore.write_progress``: ``text``, ``at``, ``count``); ``workflow status``, the live
 table and ``orchestrate show`` show it with its age.
 
@@ -98,7 +99,8 @@ def report_progress(
 
     ``where`` is a run store (with ``sub``) or a records directory. Returns the line
     written (``text``, ``at``, ``count``). Raises ``UsageError`` for an empty text and
-    ``ProgressRefused`` (exit 2) when the run is not in flight or ``key`` is not its key.
+    ``ProgressRefused`` (exit 2) when the run is not in flight (no pending envelope, or a
+    final record of any outcome: ``timeout`` keeps the envelope) or ``key`` is not its key.
     """
     from engine.redact import redact
 
@@ -108,6 +110,7 @@ def report_progress(
         raise UsageError("the progress text is empty: say what you are doing.")
     store, sub = _store_of(where, sub)
     check_progress_key(store.read_pending(run_id, sub=sub), key, run_id)
+    _check_not_ended(store.read(run_id, sub=sub), run_id)
     before = store.read_progress(run_id, sub=sub)
     count = before.get("count", 0) if isinstance(before, dict) else 0
     count = (count if isinstance(count, int) else 0) + 1
@@ -115,6 +118,22 @@ def report_progress(
     data = {"text": redact(line[:MAX_PROGRESS], (key,)), "at": utcnow_iso(), "count": count}
     store.write_progress(run_id, data, sub=sub)
     return data
+
+
+def _check_not_ended(record: dict[str, Any] | None, run_id: str) -> None:
+    """Refuse progress for a delegation that has a final record, whatever its outcome
+    (``ProgressRefused``, kind ``unknown``). A ``timeout`` (or ``lost``) keeps its pending
+    envelope so a late handoff is still merged, but nobody waits for progress any more."""
+    if record is None:
+        return
+    env = record.get("envelope")
+    outcome = env.get("outcome") if isinstance(env, dict) else None
+    raise ProgressRefused(
+        f"run `{run_id}` is not in flight here: it ended ({outcome or record.get('status')}), "
+        "and progress is taken only while the caller waits; nothing was recorded (a "
+        "handoff may still be written: it is merged, marked late).",
+        kind="unknown",
+    )
 
 
 def latest_progress(

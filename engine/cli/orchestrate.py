@@ -536,12 +536,13 @@ def handoff_write_cmd(
     """Write a valid handoff atomically where the engine waits for it (``--data`` or
     ``--data-file``: its structured ``data``, a JSON value; bad JSON is exit 2).
 
-    Refused before writing (exit 2): no key, a --dir that does not exist, and where the
-    run's pending envelope is readable, another agent than the run's or a wrong key."""
+    Refused before writing (exit 2): no key, a --dir that does not exist, a handoff
+    larger than ``max_handoff_bytes`` (the pending envelope's, else the config's, else
+    ``MAX_HANDOFF_BYTES``: what the engine reads it with), and where the run's pending
+    envelope is readable, another agent than the run's or a wrong key."""
     from engine.errors import UsageError
     from engine.files import check_id
-    from engine.handoff import check_deliverable, make_handoff, write_handoff
-    from engine.store.file import handoff_path
+    from engine.handoff import MAX_HANDOFF_BYTES, check_deliverable, make_handoff, write_handoff
 
     check_id(run_id, "run id")
     from engine.textio import check_text, decode_utf8, read_text
@@ -575,20 +576,16 @@ def handoff_write_cmd(
         return _post_handoff(delivery, run_id, agent, data)
     from engine.store.file import FileRunStore
 
-    if delivery.directory:
-        path = _existing_dir(delivery.directory) / f"{run_id}.json"
-        policy = _key_policy(config)
-    else:
-        cfg = load(config)
-        sub = delivery.sub or _waits_as_sub(cfg.handoffs_dir, run_id)
-        path = handoff_path(cfg.handoffs_dir, run_id, sub=sub)
-        policy = cfg.handoff_key
+    path, policy, limit = _write_target(delivery, run_id, config)
     records = _records_of(path.parent)
     unkeyed = False
     if not any(p.exists() and not p.is_dir() for p in (path.parent, *path.parent.parents)):
         # (a file in the way: `write_handoff` names it)
         pending = FileRunStore(records).read_pending(run_id, sub=False)
         unkeyed = check_deliverable(data, pending, where=records, policy=policy)
+        if pending is not None:  # the limit the engine reads this delegation's handoff with
+            limit = int(pending.get("max_handoff_bytes") or MAX_HANDOFF_BYTES)
+    _check_size(data, limit, path)
     written = write_handoff(path, data, replace=False)
     click.echo(str(written))
     if unkeyed:
@@ -721,16 +718,49 @@ def _records_of(directory: Path) -> Path:
     return directory.parent if directory.name == INBOX_DIR else directory
 
 
-def _key_policy(config: str | None) -> str | None:
-    """The config's ``handoff_key`` when a config is found and valid, else None (an agent
-    given only ``--dir`` often has no config: the pending envelope says it instead)."""
+def _write_target(
+    delivery: _Delivery, run_id: str, config: str | None
+) -> tuple[Path, str | None, int]:
+    """Where ``handoff write`` writes, the config's ``handoff_key`` and its
+    ``max_handoff_bytes``. With ``--dir`` the config is optional (an agent given only
+    ``--dir`` often has none: the pending envelope says both instead): without a valid
+    one, no policy and ``MAX_HANDOFF_BYTES``."""
     from engine.errors import OrchestratorError
+    from engine.handoff import MAX_HANDOFF_BYTES
+    from engine.store.file import handoff_path
 
-    try:
-        cfg = load_optional(config)
-    except OrchestratorError:
-        return None
-    return None if cfg is None else str(cfg.handoff_key)
+    if delivery.directory:
+        path = _existing_dir(delivery.directory) / f"{run_id}.json"
+        try:
+            found = load_optional(config)
+        except OrchestratorError:
+            found = None
+        if found is None:
+            return path, None, MAX_HANDOFF_BYTES
+        return path, str(found.handoff_key), found.max_handoff_bytes
+    cfg = load(config)
+    sub = delivery.sub or _waits_as_sub(cfg.handoffs_dir, run_id)
+    path = handoff_path(cfg.handoffs_dir, run_id, sub=sub)
+    return path, str(cfg.handoff_key), cfg.max_handoff_bytes
+
+
+def _check_size(data: dict[str, Any], limit: int, path: Path) -> None:
+    """Refuse (``UsageError``, exit 2) a handoff whose file would be larger than ``limit``
+    bytes: the engine refuses such a file unread (``engine.handoff.read_handoff_bytes``),
+    and the delegation would end without a usable handoff. Counted as written: indented
+    UTF-8 JSON, ``data`` included."""
+    from engine.errors import UsageError
+    from engine.files import dumps_json
+    from engine.redact import redact
+
+    size = len((redact(dumps_json(data)) + "\n").encode("utf-8"))
+    if size > limit:
+        raise UsageError(
+            f"the handoff for `{path}` would have {size} bytes, over the limit of {limit} "
+            "bytes the engine reads (`max_handoff_bytes`), so it would be refused; nothing "
+            "was written. Shorten the result (and `--data`, which counts too), or write the "
+            "long text to a file and give its path in the result and with `--artifact PATH`."
+        )
 
 
 def _receiver_target(agent: str, base: str, token_env: str | None) -> Any:
