@@ -204,6 +204,16 @@ def write_valid_handoff(block: dict[str, str], **fields: Any) -> None:
     ).write_text(json.dumps(data))
 
 
+def interruptible(program: str) -> list[str]:
+    """The argv of ``program`` (``workflow``, ``orchestrate``, ``metrics``) that Ctrl-C
+    reaches as it does from a terminal. A process started in the background by a shell
+    without job control (CI, ``cmd &``) inherits SIGINT ignored, and Python keeps it so;
+    the child takes Python's own handler back first."""
+    handler = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    main = f"from engine.cli import {program}_main; {program}_main()"
+    return [sys.executable, "-c", handler + main]
+
+
 def wait_for(ready: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
     """``ready()``'s first truthy value: polled (a file appearing, a state reached) until
     ``timeout`` s have passed, then an ``AssertionError`` naming ``what``. Bounded, so a

@@ -20,10 +20,9 @@ from typing import Any
 
 import yaml
 
-from tests.helpers import demo_config, wait_for, write_config
+from tests.helpers import demo_config, interruptible, wait_for, write_config
 
-_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-WORKFLOW = [sys.executable, "-c", _SIGINT + "from engine.cli import workflow_main; workflow_main()"]
+WORKFLOW = interruptible("workflow")
 
 
 def _agent(go: Path) -> dict[str, Any]:

@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.helpers import demo_config, gated_agent, wait_for, write_config
-
-_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+from tests.helpers import demo_config, gated_agent, interruptible, wait_for, write_config
 
 
 def _prog(name: str) -> list[str]:
-    return [sys.executable, "-c", _SIGINT + f"from engine.cli import {name}_main; {name}_main()"]
+    return interruptible(name)
 
 
 def _setup(tmp_path: Path) -> Path:

@@ -18,10 +18,9 @@ from typing import Any
 
 import yaml
 
-from tests.helpers import demo_config, wait_for, write_config
+from tests.helpers import demo_config, interruptible, wait_for, write_config
 
-_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-WORKFLOW = [sys.executable, "-c", _SIGINT + "from engine.cli import workflow_main; workflow_main()"]
+WORKFLOW = interruptible("workflow")
 
 
 def _agent(go: Path, starts: Path, *, fail_first: bool = False) -> dict[str, Any]:

@@ -18,13 +18,10 @@ from typing import Any
 
 import yaml
 
-from tests.helpers import demo_config, wait_for, write_config
+from tests.helpers import demo_config, interruptible, wait_for, write_config
 
-#: Ctrl-C as a terminal sends it. A process started in the background by a shell without
-#: job control (CI, `cmd &`) inherits SIGINT ignored, and Python keeps it so; the child
-#: takes Python's own handler back first, as it has when started from a terminal.
-_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-WORKFLOW = [sys.executable, "-c", _SIGINT + "from engine.cli import workflow_main; workflow_main()"]
+#: Ctrl-C as a terminal sends it (tests.helpers.interruptible).
+WORKFLOW = interruptible("workflow")
 
 
 def _handing_off_agent(go: Path) -> dict[str, Any]:
@@ -270,9 +267,7 @@ def test_ctrl_c_of_orchestrate_names_the_delegation_whose_late_handoff_merges(
     config, _ = _setup(tmp_path, go)
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-c",
-            _SIGINT + "from engine.cli import orchestrate_main; orchestrate_main()",
+            *interruptible("orchestrate"),
             "webster",
             "Find papers.",
             "--caller",
