@@ -365,9 +365,9 @@ def _render_delegation(
         _print_result(result)
         if verdict is not None:
             word = "approved" if verdict.approved else "REJECTED"
-            click.echo(f"validation by {verdict.validator}: {word}: {verdict.reasons}")
+            say(f"validation by {verdict.validator}: {word}: {verdict.reasons}")
         if result.error is not None:
-            click.echo(f"error: {result.error}", err=True)
+            say(f"error: {result.error}", err=True)  # the error may quote an agent
     return code
 
 
@@ -870,7 +870,7 @@ def answer_cmd(
     else:
         _print_result(result, where.flags)
         if result.error is not None:
-            click.echo(f"error: {result.error}", err=True)
+            say(f"error: {result.error}", err=True)  # the error may quote an agent
     return result.exit_code
 
 

@@ -787,12 +787,13 @@ class LocalGateway:
             answer = _delivery_answer(run_id, got, checked, waiting_before)
         except (OSError, ValueError) as exc:
             log.warning("local gateway: cannot store the handoff of %s: %s", run_id, exc)
-        with self._lock:
-            seen = self._received.get(run_id)
-            if seen is not None and answer[0] == 500:
-                seen.pop(digest, None)  # not stored: sending it again may work
-            elif seen is not None:
-                seen[digest] = answer
+        finally:  # whatever ended it (a lost store too), the mark "storing" does not stay
+            with self._lock:
+                seen = self._received.get(run_id)
+                if seen is not None and answer[0] == 500:
+                    seen.pop(digest, None)  # not stored: sending it again may work
+                elif seen is not None:
+                    seen[digest] = answer
         return answer
 
     def _envelope(self, run_id: str, in_sub: bool) -> dict[str, Any] | None:

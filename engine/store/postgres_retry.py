@@ -212,19 +212,22 @@ def retry_lost(*, idempotent: bool = False) -> Callable[[_F], _F]:
     lost connection, as the module docstring says. The run named in
     ``StoreConnectionLost`` is the object's ``_run_id`` (a journal's), else the method's
     first argument when it is a ``str``. Nested calls retry only at
-    the outermost one (no multiplied waits)."""
+    the outermost one (no multiplied waits), and a nested call that is not idempotent
+    makes that outermost one not idempotent either (``find`` delivering a handoff)."""
 
     def wrap(fn: _F) -> _F:
         @functools.wraps(fn)
         def retried(self: Any, *args: Any, **kwargs: Any) -> Any:
             if getattr(_depth, "n", 0):
+                if not idempotent:
+                    _depth.strict = True
                 return fn(self, *args, **kwargs)
             db = self._db
             start = time.monotonic()
             budget: float | None = None
             attempt = 0
             while True:
-                _depth.n = 1
+                _depth.n, _depth.strict = 1, not idempotent
                 try:
                     return fn(self, *args, **kwargs)
                 except Exception as exc:
@@ -238,7 +241,8 @@ def retry_lost(*, idempotent: bool = False) -> Callable[[_F], _F]:
                     run_id = getattr(self, "_run_id", None) or (
                         args[0] if args and isinstance(args[0], str) else None
                     )
-                    if (kind == "maybe-run" and not idempotent) or waited >= budget:
+                    strict = getattr(_depth, "strict", True)
+                    if (kind == "maybe-run" and strict) or waited >= budget:
                         raise StoreConnectionLost.of(db.display, run_id, waited, exc) from exc
                     pause = backoff_delay(_BACKOFF, min(attempt + 1, len(_BACKOFF.delays)), 0.0)
                     time.sleep(max(0.0, min(pause, budget - waited)))

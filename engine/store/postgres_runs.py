@@ -99,7 +99,7 @@ class PostgresJournal:
         """Insert one event (stamped with ``at``); it is durable when this returns. A lost
         connection is waited for when the event was not written (``retry_lost``)."""
         event = {"event": kind, "at": utcnow_iso(), **fields}
-        body = redact(_dumps(event))
+        body = _dumps(event)  # redacted there
         self._store._db.conn().execute(
             "WITH ins AS (INSERT INTO run_events (run_id, body) VALUES (%s, %s) RETURNING 1) "
             "SELECT pg_notify(%s, %s) FROM ins",
