@@ -53,6 +53,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from engine.runner import SecretInputsMissing
     from engine.store.protocol import RunStore
 
@@ -108,8 +110,9 @@ _GENERIC = re.compile(
     r")"
 )
 #: Substrings (lower case) without which ``_GENERIC`` cannot match.
-_TRIGGERS = (
-    "token", "pass", "secret", "auth", "bearer", "sig", "credential", "key=",
+_TRIGGERS = (  # what the branches can match (not "pass", "auth", "sig": passed, author)
+    "token", "passw", "passp", "secret", "authorization", "auth=", "bearer", "sig=",
+    "signature=", "credential", "key=",
     "api_key", "api-key", "apikey", "access_key", "accesskey", "private_key", "privatekey",
 )  # fmt: skip
 #: Substrings without which ``_SHAPED`` cannot match (its gate's regex scan is dearer).
@@ -242,8 +245,7 @@ def register_config(cfg: Any) -> int:
                 values.append(file.read_text(encoding="utf-8", errors="replace"))
         except OSError:
             pass
-    for text in listed:  # "alice:operate:TOKEN bob:read:TOKEN": the part after the last colon
-        values += [entry.rsplit(":", 1)[-1] for entry in re.split(r"[\s,]+", text) if entry]
+    values += listed  # the server's tokens, each on its own
     found = 0
     for value in values:
         if value.strip() and len(value.strip()) >= MIN_SECRET:
@@ -302,13 +304,37 @@ def _service_sources(cfg: Any, envs: list[str], files: list[Any]) -> list[str]:
         m = re.search(r"[?&]password_env=([A-Za-z_][A-Za-z0-9_]*)", store)
         envs += [m.group(1)] if m else []
     serve = getattr(cfg, "serve", None) or {}
+    if not isinstance(serve.get("tokens_env"), str) and not isinstance(
+        serve.get("tokens_file"), str
+    ):
+        return []
+    # each token itself is the secret (``NAME:ROLE:TOKEN`` entries, whose token may hold
+    # a colon; a YAML list of ``{name, role, token}``), not the variable's or file's text;
+    # a token the server would refuse as too short is masked all the same
     listed: list[str] = []
     if isinstance(serve.get("tokens_env"), str):
-        listed.append(os.environ.get(serve["tokens_env"], ""))
+        text = os.environ.get(serve["tokens_env"], "")
+        entries = (e.split(":", 2) for e in re.split(r"[\s,]+", text) if e)
+        listed += [parts[2] for parts in entries if len(parts) == 3]
     if isinstance(serve.get("tokens_file"), str):
         base = Path(cfg.path).parent if getattr(cfg, "path", None) else Path.cwd()
-        files.append(base / Path(serve["tokens_file"]).expanduser())
+        listed += _file_tokens(base / Path(serve["tokens_file"]).expanduser())
     return listed
+
+
+def _file_tokens(path: Path) -> list[str]:
+    """The ``token`` of each entry of a ``serve.tokens_file`` (a list, or ``tokens:``);
+    nothing when it cannot be read (the server says why when it starts)."""
+    from engine.errors import ConfigError
+    from engine.yamlio import read_yaml
+
+    try:
+        data = read_yaml(path, error=ConfigError, what="`serve.tokens_file`")[0]
+    except (ConfigError, OSError):
+        return []
+    data = data.get("tokens") if isinstance(data, dict) else data
+    items = data if isinstance(data, list) else []
+    return [i["token"] for i in items if isinstance(i, dict) and isinstance(i.get("token"), str)]
 
 
 def _forms(values: Iterable[str]) -> set[str]:

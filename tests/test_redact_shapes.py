@@ -203,3 +203,19 @@ def test_a_token_in_an_agent_urls_query_is_masked(
     assert files  # the pending envelope and the record
     for f in files:
         assert "qsecret777" not in f.read_text(errors="replace"), f
+
+
+def test_each_serve_token_of_a_tokens_file_and_variable_is_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.config import load_config
+
+    (tmp_path / "tokens.yaml").write_text(
+        "- {name: alice, role: operate, token: AliceServeTok3nValue123}\n"
+    )
+    monkeypatch.setenv("SERVE_TOKENS_T", "bob:read:BobServe:Tok3nWithColon99")
+    raw = demo_config(tmp_path)
+    raw["serve"] = {"tokens_file": "tokens.yaml", "tokens_env": "SERVE_TOKENS_T"}
+    load_config(write_config(tmp_path, raw))
+    said = redact("alice used AliceServeTok3nValue123; bob used BobServe:Tok3nWithColon99")
+    assert "AliceServeTok3nValue123" not in said and "Tok3nWithColon99" not in said, said
