@@ -4,6 +4,7 @@ manager stops it; it was killed (143) without stopping its server."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -31,11 +32,13 @@ def test_pool_serve_exits_0_on_a_stop_signal(tmp_path: Path, sig: signal.Signals
     )
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()  # blocks until it serves (or ends)
+        ready, _, _ = select.select([proc.stderr], [], [], 60)  # its first line, or a bound
+        assert ready, "pool serve said nothing within 60 s"
+        line = proc.stderr.readline()
         assert "pool endpoint on http://127.0.0.1:" in line, line
         proc.send_signal(sig)
-        rest = proc.stderr.read()
-        assert proc.wait(60) == 0, rest
+        _, rest = proc.communicate(timeout=60)
+        assert proc.returncode == 0, rest
         assert "Traceback" not in rest
     finally:
         if proc.poll() is None:
