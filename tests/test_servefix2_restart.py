@@ -30,8 +30,9 @@ def test_pre_approvals_survive_a_restart(tmp_path: Path, given: dict[str, Any]) 
             assert r.status_code == 201, r.text
             run_id = r.json()["runId"]
             _feed_until(alice, cursor, run_id, "step_dispatched")
-        kept = json.loads((tmp_path / "handoffs" / "serve" / f"{run_id}.json").read_text())
-        assert {k: kept[k] for k in given} == given
+        run_json = tmp_path / "handoffs" / "workflows" / run_id / "run.json"
+        kept = json.loads(run_json.read_text())["pre_approved"]  # kept by the run itself
+        assert kept == given
         srv.kill9()
         srv.go.touch()  # the held step finishes while no server is alive
         srv.start()

@@ -234,7 +234,6 @@ class RunManager:
                 "by": by,
                 "workflow": workflow,
                 "key": key,
-                **_approvals(approve, approve_all),
             }
             if held:
                 self._pending_inputs[name] = held
@@ -440,21 +439,10 @@ class RunManager:
                 return None  # `workflow resume -i` took it over: it continues it
             with self._lock:
                 held = self._secret_inputs.get(run_id)
-            return runner.resume(run_id, self._options(run_id), inputs=held)
+            # the gates approved at the start come back from run.json (runner.resume)
+            return runner.resume(run_id, RunOptions(max_parallel=self.max_parallel), inputs=held)
 
         return act
-
-    def _options(self, run_id: str) -> RunOptions:
-        """The options a continuation of ``run_id`` runs with: the gates approved when it
-        started (kept in its ``serve/<run>.json``, so they hold after a restart too)."""
-        entry = self.owned(run_id) or {}
-        approve = entry.get("approve")
-        approve = approve if isinstance(approve, list) else []
-        return RunOptions(
-            max_parallel=self.max_parallel,
-            approve=frozenset(str(a) for a in approve),
-            approve_all=entry.get("approve_all") is True,
-        )
 
     def _without_secrets(
         self, runner: WorkflowRunner, run_id: str, exc: SecretInputsMissing
@@ -976,17 +964,6 @@ def missing_inputs_paragraph(run_id: str, names: list[str]) -> str:
         f"the server's host, or `POST /v1/runs/{run_id}/resume` with "
         f'{{"inputs": {{{body}}}}}; it continues where it stopped.'
     )
-
-
-def _approvals(approve: tuple[str, ...], approve_all: bool) -> dict[str, Any]:
-    """The gates approved at a run's start as its ``serve/<run>.json`` keeps them (only
-    what was given: ``approve``, a list of step ids; ``approve_all``: true)."""
-    kept: dict[str, Any] = {}
-    if approve:
-        kept["approve"] = list(approve)
-    if approve_all:
-        kept["approve_all"] = True
-    return kept
 
 
 def _request_dict(req: DelegationRequest) -> dict[str, Any]:
