@@ -10,8 +10,8 @@ file it is; no other placeholder is accepted (``engine.config`` refuses one at l
 
 ``orchestrate agents logs webster -f`` prints the last lines, then what is appended, until
 Ctrl-C. A rotated or truncated file is reopened from its start. What it prints is
-redacted (``engine.redact``) after ``register_secrets`` has registered every token the
-config names, so a hooks token in a log line is masked, not only a ``Bearer`` one.
+redacted (``engine.redact``, which knows every secret the loaded config names), so a
+hooks token in a log line is masked, not only a ``Bearer`` one.
 """
 
 from __future__ import annotations
@@ -94,15 +94,6 @@ def _sharers(cfg: Config, agent: str) -> list[str]:
     if mine is None or mine[1] is None:
         return [agent]
     return [name for name in cfg.agents if where(name) == mine]
-
-
-def register_secrets(cfg: Config) -> int:
-    """Register every secret ``cfg`` names: ``engine.redact.register_config`` (which
-    ``load_config`` already calls; kept for callers that build a ``Config`` otherwise).
-    Returns how many values were read."""
-    from engine.redact import register_config
-
-    return register_config(cfg)
 
 
 def tail(path: Path, lines: int) -> list[str]:

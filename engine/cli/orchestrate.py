@@ -1381,7 +1381,6 @@ def agents_logs_cmd(agent: str, follow: bool, lines: int, config: str | None) ->
     cfg = load(config)
     path = opslog.log_path(cfg, agent)
     assert path is not None
-    opslog.register_secrets(cfg)  # hooks tokens in a log line are masked, not only Bearer
     for line in opslog.tail(path, lines):
         click.echo(line)
     if follow:
