@@ -141,20 +141,17 @@ class _Driving:
             given.append("--max-parallel")
         return given
 
-    def drive(self, cfg: Any, act: Any, *, run_id: str | None = None) -> int:
+    def drive(self, cfg: Any, act: Any, *, run_id: str, fresh: bool = False) -> int:
         """Run ``act(runner)`` with the delegator, reporter and approver a run needs;
-        render it. ``run_id``: the run ``act`` resumes (None: it starts one).
+        render it. ``run_id``: the run ``act`` starts (``fresh``) or resumes.
 
         An OSError (a full disk) in a run that had started names `workflow resume RUN`
         (running it again would send its steps again, ``_run_os_error``)."""
-        import time
-
         from engine.delegate import open_delegator
         from engine.runner import RunInterrupted, WorkflowRunner
 
         reporter = _reporter_for(self.as_json, self.quiet)
         got: list[int] = []
-        began = time.time()
         try:
             with stopping_signals() as got, open_delegator(cfg, reporter=reporter) as delegator:
                 approver = _approver(self.interactive)
@@ -169,23 +166,23 @@ class _Driving:
         except BrokenPipeError:
             raise  # stdout's reader went away: quietly (EngineGroup)
         except OSError as exc:
-            raise _run_os_error(exc, cfg, run_id, began) from None
+            raise _run_os_error(exc, cfg, run_id, fresh) from None
         return _render_run(result, self.as_json, plain=self.quiet or None, cfg=cfg)
 
 
-def _run_os_error(exc: OSError, cfg: Any, run_id: str | None, began: float) -> Exception:
+def _run_os_error(exc: OSError, cfg: Any, run_id: str, fresh: bool) -> Exception:
     """The error for an OSError (a full disk, an unusable path) while running a workflow.
 
-    A run that had started (``run_id``, or the run this process started: its journal's
-    ``run_started`` has this pid) is named with `workflow resume RUN`: starting it again
-    would send its steps again. A run directory this process left empty (it failed
-    before ``run.json`` was written) is removed; then, nothing having started, the
-    generic "run again" (``engine.cli.common.os_error``) holds."""
+    A run that had started (a resumed one, or a ``fresh`` one whose journal has its
+    ``run_started``) is named with `workflow resume RUN`: starting it again would send its
+    steps again. A fresh run's directory left empty (it failed before ``run.json`` was
+    written) is removed; then, nothing having started, the generic "run again"
+    (``engine.cli.common.os_error``) holds."""
     from engine.cli.common import os_error
     from engine.errors import OrchestratorError
     from engine.textio import describe_oserror
 
-    rid = run_id or _started_here(cfg, began)
+    rid = _started(cfg, run_id) if fresh else run_id
     if rid is None:
         return os_error(exc)
     where = f" `{exc.filename}`" if exc.filename else " the handoffs directory"
@@ -197,38 +194,25 @@ def _run_os_error(exc: OSError, cfg: Any, run_id: str | None, began: float) -> E
     )
 
 
-def _started_here(cfg: Any, began: float) -> str | None:
-    """The run this process started since ``began`` (epoch seconds; its journal's
-    ``run_started`` names this pid), or None; run directories made since then and left
-    empty are removed (``os.rmdir``: only an empty one goes). File store only."""
+def _started(cfg: Any, run_id: str) -> str | None:
+    """``run_id`` when its journal starts with ``run_started`` (the run had started), else
+    None, its directory removed if it was left empty (``os.rmdir``: only an empty one
+    goes). File store only: another store has no such directory (None)."""
     import os
 
     from engine.store.file import RUNS_DIR
 
-    root = Path(cfg.handoffs_dir) / RUNS_DIR
+    path = Path(cfg.handoffs_dir) / RUNS_DIR / run_id
     try:
-        entries = [e for e in os.scandir(root) if e.name.startswith("wf-")]
-    except OSError:
+        if path.is_dir() and not any(os.scandir(path)):
+            os.rmdir(path)  # failed before anything was written
+            return None
+        with open(path / "events.jsonl", "rb") as f:
+            first = json.loads(f.readline() or b"null")
+    except (OSError, ValueError):
         return None
-    mine = None
-    for entry in entries:
-        try:
-            if not entry.is_dir(follow_symlinks=False) or entry.stat().st_mtime < began - 1:
-                continue
-            if not any(os.scandir(entry.path)):
-                os.rmdir(entry.path)  # failed before anything was written
-                continue
-            with open(os.path.join(entry.path, "events.jsonl"), "rb") as f:
-                first = json.loads(f.readline() or b"null")
-        except (OSError, ValueError):
-            continue
-        if (
-            isinstance(first, dict)
-            and first.get("event") == "run_started"
-            and first.get("pid") == os.getpid()
-        ):
-            mine = entry.name
-    return mine
+    started = isinstance(first, dict) and first.get("event") == "run_started"
+    return run_id if started else None
 
 
 def _interrupted_hint(
@@ -676,7 +660,12 @@ def workflow_run_cmd(
                     say(dry_run_text(prepared.plan, prepared.renderer))
             return 0
     run_options = driving.run_options(caller=caller)
-    return driving.drive(cfg, lambda r: r.start(prepared, run_options))
+    from engine.files import new_run_id
+
+    rid = new_run_id("wf")
+    return driving.drive(
+        cfg, lambda r: r.start(prepared, run_options, run_id=rid), run_id=rid, fresh=True
+    )
 
 
 @workflow.command("resume")
