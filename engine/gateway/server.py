@@ -631,6 +631,18 @@ class LocalGateway:
         self._total_inflight += 1
         self._max_total = max(self._max_total, self._total_inflight)
 
+    def _count_out(
+        self, agent: str, ended: _RunEnd | None, completion: dict[str, Any]
+    ) -> None:
+        """A run of ``agent`` has ended (``_count_in``'s counterpart, on the run's own
+        thread): one fewer in flight, and whoever holds its POST gets ``completion``."""
+        with self._lock:
+            self._inflight[agent] -= 1
+            self._total_inflight -= 1
+            self._threads.discard(threading.current_thread())
+        if ended is not None:
+            ended.set(completion)
+
     def _earlier_run(self, agent: str, idem_key: str | None) -> dict[str, Any] | None:
         """The run of a command agent that an earlier gateway on the same workspaces
         started for ``idem_key`` (``CommandRunner.earlier_run``), or None."""
@@ -669,12 +681,7 @@ class LocalGateway:
             if job.earlier is not None:
                 completion = self._runner.wait_for(job.earlier)
         finally:
-            with self._lock:
-                self._inflight[job.agent] -= 1
-                self._total_inflight -= 1
-                self._threads.discard(threading.current_thread())
-            if job.ended is not None:
-                job.ended.set(completion)
+            self._count_out(job.agent, job.ended, completion)
 
     def _run_task(
         self,
@@ -716,12 +723,7 @@ class LocalGateway:
             if task is not None:  # the engine must not wait for its whole timeout
                 _broke(task, f"the local gateway broke running the agent: {type(exc).__name__}")
         finally:
-            with self._lock:
-                self._inflight[agent] -= 1
-                self._total_inflight -= 1
-                self._threads.discard(threading.current_thread())
-            if ended is not None:
-                ended.set(completion)
+            self._count_out(agent, ended, completion)
 
     def _receive_any(self, tail: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """``/handoffs/{runId}``: a handoff; ``/handoffs/{runId}/progress``: a progress line."""
