@@ -150,3 +150,38 @@ def test_the_same_handoff_sent_again_after_its_record_is_200(gw: LocalGateway) -
     assert answers[0].json()["recorded"] and answers[2].json() == answers[0].json()
     assert not list(records.rglob(f"rejected/{run_id}*"))
     assert "also_received" not in read_json(records / f"{run_id}.json")["envelope"]
+
+
+def test_under_optional_keys_a_timestamp_without_a_zone_is_utc_as_in_a_file(
+    tmp_path: Path,
+) -> None:
+    """The receiver reads an old agent's handoff as ``check_delivered`` reads its file."""
+    argv = [sys.executable, "-m", "engine.gateway.demo_agent", "--role", "webster"]
+    cfg = config_from_dict(
+        {
+            "handoffs_dir": "handoffs",
+            "handoff_key": "optional",
+            "agents": {"webster": {"url": "local"}},
+            "gateway": {"agents": {"webster": {"kind": "command", "argv": argv}}},
+        },
+        path=tmp_path / "orchestrator.yaml",
+    )
+    gateway = LocalGateway(cfg, token=TOKEN, port=0).start()
+    try:
+        run_id = "orch-20261130T120000-0000a11e"
+        write_pending(
+            cfg.handoffs_dir,
+            run_id,
+            {"target": "webster", "caller": "manager", "outcome": "dispatched",
+             "handoff_key": "optional", "pid": 2**22 + 7},
+        )  # fmt: skip
+        body = {"schemaVersion": "1.0", "runId": run_id, "agent": "webster",
+                "status": "complete", "result": "old agent", "confidence": "high",
+                "timestamp": "2026-02-15T10:00:00"}  # fmt: skip
+        with httpx.Client(timeout=60) as client:
+            resp = client.post(f"{gateway.url}/handoffs/{run_id}", json=body, headers=AUTH)
+        assert resp.status_code == 200, resp.text
+        record = read_json(cfg.handoffs_dir / f"{run_id}.json")
+        assert record["timestamp"] == "2026-02-15T10:00:00Z"
+    finally:
+        gateway.stop()

@@ -865,7 +865,10 @@ class LocalGateway:
                 "leave it out",
             }
         try:
-            validate_handoff(data, path=target, run_id=run_id)
+            # the rule a file's handoff meets (``check_delivered``): under `optional`
+            # keys, an old agent's timestamp without a zone is read as UTC
+            naive = self.cfg.handoff_key == "optional"
+            validate_handoff(data, path=target, run_id=run_id, naive_utc=naive)
         except HandoffProblem as exc:
             return 400, {"ok": False, "error": exc.message, "problems": exc.problems}
         return data
@@ -952,13 +955,15 @@ def _delivery_answer(
 def _is_record_of(record: dict[str, Any] | None, handoff: dict[str, Any]) -> bool:
     """True when ``record`` (a final record: handoff fields + ``envelope``) was made from
     ``handoff``: its fields are the handoff's as ``engine.record.record_of`` copies them
-    (without the key, masked)."""
+    (without the key, masked). The stamp and the version are left out: delivery may
+    normalise them (an old agent's zoneless timestamp read as UTC, ``check_delivered``)."""
     from engine.record import record_of
 
     if record is None:
         return False
     mine = record_of(handoff, {}, str(handoff.get("runId")))
-    return all(record.get(k) == v for k, v in mine.items() if k != "envelope")
+    skip = ("envelope", "timestamp", "schemaVersion")
+    return all(record.get(k) == v for k, v in mine.items() if k not in skip)
 
 
 def _digest(handoff: dict[str, Any]) -> str:
