@@ -452,10 +452,14 @@ class RunWatch:
         without waiting, under the same Idempotency-Key, which the gateway dedupes.
         """
         first = self._first
-        if self._lookup is None or first is None or first.done:
+        if self._lookup is None or first is None or self.envelope.get("gateway_run_id"):
             return
-        if self.envelope.get("gateway_run_id"):
-            return
+        if first.done and (first.result is not None or self.envelope.get("unreachable")):
+            if first.result is not None:  # answered: the id is in its answer
+                self.envelope["gateway_run_id"] = first.result.gateway_run_id
+            return  # refused at connect each time: the gateway never had the task
+        # Still held, or its POST gave up at the deadline just before this look (under
+        # load the two race): the gateway may well have the task, so ask.
         try:
             self.envelope["gateway_run_id"] = self._lookup().gateway_run_id
         except OrchestratorError:
