@@ -3,8 +3,9 @@
 The restarted server no longer holds the secret value, so it cannot continue the run: it
 reports the run as waiting for that input (not ``failed`` with a step still running), the
 CLI sees that no process runs it, and giving the value again (``POST /v1/runs/{id}/resume``
-with ``inputs``, or ``workflow resume RUN -i NAME=VALUE``) continues it, still passing the
-gate approved when the run started: that approval is kept in the run's own ``run.json``.
+with ``inputs``, ``workflow resume RUN -i NAME=VALUE``, or the same with ``--server``)
+continues it, still passing the gate approved when the run started: that approval is kept
+in the run's own ``run.json``.
 Real parts: a real server (SIGTERM, as systemd stops it) and a gateway in this process.
 """
 
@@ -17,14 +18,14 @@ import pytest
 
 from engine.cli import workflow
 from engine.runs import read_events
-from tests.servekit import Served, cli
+from tests.servekit import Served, cli, server_env
 from tests.test_secret_inputs import _stop_server as stop_server
 from tests.test_serve import _feed_until
 
 SECRET = "KEYVAL_srv_987654"
 
 
-@pytest.mark.parametrize("how", ["api", "cli"])
+@pytest.mark.parametrize("how", ["api", "cli", "server-cli"])
 def test_a_restart_keeps_the_run_waiting_for_its_secret_input(tmp_path: Path, how: str) -> None:
     srv = Served(tmp_path).start()
     try:
@@ -67,6 +68,15 @@ def test_a_restart_keeps_the_run_waiting_for_its_secret_input(tmp_path: Path, ho
                 done = alice.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()
                 assert done["done"] and done["status"] == "complete", done
                 assert not done.get("inputs_missing") and not done["error"]
+            if how == "server-cli":  # `workflow resume --server` gives the value again
+                env = server_env(srv)
+                wrong = cli(workflow, "resume", run_id, "-i", "api_key=nope", **env)
+                assert wrong.exit_code == 2, wrong.output
+                assert "not the one the run started with" in wrong.output
+                res = cli(workflow, "resume", run_id, "-i", f"api_key={SECRET}", "--json", **env)
+                assert res.exit_code == 0, res.output
+                assert json.loads(res.stdout)["status"] == "complete", res.stdout
+                assert SECRET not in res.output
         if how == "cli":
             stop_server(srv)
             args = ("resume", run_id, "-i", f"api_key={SECRET}", "--config", str(srv.path))

@@ -711,7 +711,6 @@ def workflow_resume_cmd(
                 for opt, on in (
                     ("--retry-failed", retry_failed),
                     ("--force", force),
-                    ("--input", bool(inputs)),
                     ("--approve", bool(driving.approve)),
                     ("--approve-all", driving.approve_all),
                 )
@@ -719,8 +718,10 @@ def workflow_resume_cmd(
             ),
             *driving.local_options(),
         )
+        from engine.workflow import parse_inputs
+
         with _client(where.server, where.token_env) as remote:
-            result = remote.resume(run_id)
+            result = remote.resume(run_id, parse_inputs(list(inputs)))
         return _render_run(
             result,
             driving.as_json,

@@ -297,11 +297,13 @@ class ServerClient:
                 break
         return rows[:limit]
 
-    def resume(self, run_id: str) -> Any:
+    def resume(self, run_id: str, inputs: dict[str, Any] | None = None) -> Any:
         """Have the server take over a run no process executes (``POST .../resume``), and
-        wait until it ends or parks; a ``RunResult``. Raises ``RemoteError`` (exit 2) for
-        a run that has ended."""
-        self._call("POST", f"/v1/runs/{segment(run_id)}/resume")
+        wait until it ends or parks; a ``RunResult``. ``inputs`` gives again the secret
+        inputs the run holds only masked (``{"inputs": ...}`` in the body). Raises
+        ``RemoteError`` (exit 2) for a run that has ended or a value that does not match."""
+        body = {"inputs": inputs} if inputs else None
+        self._call("POST", f"/v1/runs/{segment(run_id)}/resume", json=body)
         return self.wait_run(run_id)
 
     def decide(
