@@ -220,7 +220,6 @@ def _take_complete(store: RunStore, journal: Any, run_id: str, s: Any) -> bool:
     (a sub-workflow's or ``for_each`` step's, or an agent that has not answered)."""
     from engine.errors import OrchestratorError
     from engine.files import utcnow_iso
-    from engine.runner import _step_record
 
     drid = s.delegation_run_id
     if not drid or s.child_run_id or drid.endswith("-items"):
@@ -247,14 +246,7 @@ def _take_complete(store: RunStore, journal: Any, run_id: str, s: Any) -> bool:
         s, state=StepState.COMPLETE, handoff=handoff, error=None,
         finished_at=utcnow_iso(), in_flight=False,
     )  # fmt: skip
-    store.write_step(run_id, s.id, _step_record(ended))
-    journal.append(
-        "step_finished",
-        step=s.id,
-        status=StepState.COMPLETE.value,
-        attempt=s.attempt,
-        delegation_run_id=drid,
-    )
+    _record_ended(store, journal, run_id, ended)
     return True
 
 
@@ -291,7 +283,6 @@ def _record_cancelled(store: RunStore, journal: Any, run_id: str, s: Any) -> Non
     """Record step ``s`` ended ``cancelled`` (its record, then ``step_finished``), as the
     runner records a step in flight when its run is cancelled."""
     from engine.files import utcnow_iso
-    from engine.runner import _step_record
 
     error = (
         f"child run `{s.child_run_id}` was cancelled" if s.child_run_id else "the run was cancelled"
@@ -299,14 +290,22 @@ def _record_cancelled(store: RunStore, journal: Any, run_id: str, s: Any) -> Non
     ended = dataclasses.replace(  # the view's step is left as it was (its child is read)
         s, state=StepState.CANCELLED, error=error, finished_at=utcnow_iso(), in_flight=False
     )
-    store.write_step(run_id, s.id, _step_record(ended))
+    _record_ended(store, journal, run_id, ended, error=error)
+
+
+def _record_ended(store: RunStore, journal: Any, run_id: str, ended: Any, **fields: Any) -> None:
+    """Write the record of step ``ended`` (in its final state), then its ``step_finished``
+    event (its status, attempt and delegation, and ``fields``), as the runner does."""
+    from engine.runner import _step_record
+
+    store.write_step(run_id, ended.id, _step_record(ended))
     journal.append(
         "step_finished",
-        step=s.id,
-        status=StepState.CANCELLED.value,
-        attempt=s.attempt,
-        delegation_run_id=s.delegation_run_id,
-        error=error,
+        step=ended.id,
+        status=ended.state.value,
+        attempt=ended.attempt,
+        delegation_run_id=ended.delegation_run_id,
+        **fields,
     )
 
 
