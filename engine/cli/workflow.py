@@ -807,17 +807,14 @@ def _decide(
     the text of `--input` (``_gate_value``); a refused value that looks like JSON but is
     not gets a ``UsageError`` that names the JSON error. Returns exit code 0."""
     from engine.errors import UsageError
-    from engine.runs import decide_gate
+    from engine.runs import GateDecision, decide_gate
 
     given = None if value is None else _gate_value(value)
+    decision = GateDecision(approved, reason=reason, value=given)
     try:
         event = where.act(
-            lambda remote: remote.decide(
-                run_id, step, approved=approved, reason=reason, value=given
-            ),
-            lambda cfg: decide_gate(
-                cfg, run_id, step, approved=approved, reason=reason, value=given
-            ),
+            lambda remote: remote.decide(run_id, step, decision),
+            lambda cfg: decide_gate(cfg, run_id, step, decision),
         )
     except UsageError as exc:
         bad = _bad_json(value)

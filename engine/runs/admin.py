@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import OrchestratorError, RunStateError, UsageError, did_you_mean
 from engine.files import check_id, parse_iso
-from engine.runs.model import RunView, StepRun
+from engine.runs.model import GateDecision, RunView, StepRun
 from engine.runs.replay import replay_run, summarize, unsent
 from engine.states import RunState, StepState
 from engine.store import FileRunStore, RunStore, open_store
@@ -92,21 +92,15 @@ def _resolved(text: str) -> Path | None:
 
 
 def decide_gate(
-    cfg: Config,
-    run_id: str,
-    step: str,
-    *,
-    approved: bool,
-    reason: str | None = None,
-    by: str = "cli",
-    store: RunStore | None = None,
-    value: Any = None,
+    cfg: Config, run_id: str, step: str, decision: GateDecision, *, store: RunStore | None = None
 ) -> dict[str, Any]:
-    """Record an approval or rejection of a parked gate (then `workflow resume`).
+    """Record an approval or rejection of a parked gate (then `workflow resume`); the
+    ``gate_decided`` event appended.
 
-    ``value`` is what the approval gives a gate with ``input`` (checked against its
-    schema: engine.workflow.value_problems); UsageError when it is missing or wrong.
+    ``decision.value`` is what the approval gives a gate with ``input`` (checked against
+    its schema: engine.workflow.value_problems); UsageError when it is missing or wrong.
     """
+    approved = decision.approved
     store = store if store is not None else open_store(cfg)
     run_dir(cfg, run_id, store=store)
     view = replay_run(store, run_id)
@@ -123,15 +117,16 @@ def decide_gate(
         raise RunStateError(
             f"step `{step}` of run `{run_id}` is not waiting for approval (it is {s.state.value})."
         )
-    given = _gate_value(view.meta["plan"]["steps"][step].get("gate_input"), step, approved, value)
+    schema = view.meta["plan"]["steps"][step].get("gate_input")
+    given = _gate_value(schema, step, approved, decision.value)
     journal = store.journal(run_id)
     try:
         return journal.append(
             "gate_decided",
             step=step,
             decision="approved" if approved else "rejected",
-            by=by,
-            reason=reason,
+            by=decision.by,
+            reason=decision.reason,
             **given,
         )
     finally:
