@@ -28,7 +28,7 @@ import httpx
 from engine.config import Config
 from engine.errors import ConfigError, HookError, UsageError, did_you_mean
 from engine.redact import redact, register, register_url
-from engine.retry import Backoff, GiveUp, retry_after_seconds, send_with_retries
+from engine.retry import Backoff, GiveUp, json_body, retry_after_seconds, send_with_retries
 
 #: Discord's REST API root, used when ``channels.base_url`` is not set.
 DISCORD_API = "https://discord.com/api/v10"
@@ -292,10 +292,7 @@ def _fetch(
 
 def _rate_limit_wait(resp: httpx.Response) -> float:
     """Seconds a 429 asks for: JSON ``retry_after``, else the rate-limit headers, else 1."""
-    try:
-        data = resp.json()
-    except (ValueError, RecursionError):  # not JSON, or nested past the parser
-        data = None
+    data = json_body(resp)
     if isinstance(data, dict):
         value = data.get("retry_after")
         if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
@@ -356,10 +353,7 @@ def discord_error_text(resp: httpx.Response) -> str:
 
 
 def _messages(resp: httpx.Response, where: str) -> list[Mapping[str, Any]]:
-    try:
-        data = resp.json()
-    except (ValueError, RecursionError):  # not JSON, or nested past the parser
-        data = None
+    data = json_body(resp)
     if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
         raise HookError(f"{where}: Discord answered 200 but not with a list of messages.")
     return data

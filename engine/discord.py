@@ -40,7 +40,7 @@ from engine.context import (
 )
 from engine.errors import ConfigError, HookError, HookUnreachableError
 from engine.redact import register, register_url
-from engine.retry import Backoff, send_with_retries
+from engine.retry import Backoff, json_body, send_with_retries
 
 #: The claim reaction, and the decisions on a gate notice.
 CLAIM = "\u2705"  # ✅
@@ -97,10 +97,7 @@ def _route(method: str, path: str) -> str:
 
 
 def _is_global(resp: httpx.Response) -> bool:
-    try:
-        data = resp.json()
-    except (ValueError, RecursionError):
-        data = None
+    data = json_body(resp)
     if isinstance(data, dict) and data.get("global") is True:
         return True
     return bool(
@@ -491,10 +488,7 @@ class DiscordClient:
 
 def _error_code(resp: httpx.Response) -> int | None:
     """Discord's JSON error code of a refusal (``{"code": 10008, ...}``), or None."""
-    try:
-        data = resp.json()
-    except (ValueError, RecursionError):
-        return None
+    data = json_body(resp)
     code = data.get("code") if isinstance(data, dict) else None
     return code if isinstance(code, int) else None
 

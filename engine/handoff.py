@@ -251,12 +251,26 @@ def _refuse_keyless_stranger(
     """Refuse as ``key`` (the waiter keeps waiting) a handoff without a key that names
     another ``runId`` or ``agent``: under ``handoff_key: required`` nothing shows it is
     this delegation's, so it must not end the delegation (it would, as ``mismatch``)."""
+    _refuse_mismatched(
+        data,
+        path=path,
+        run_id=run_id,
+        agent=agent,
+        kind="key",
+        why="it has no `key` and names another delegation (forged or misdirected)",
+    )
+
+
+def _refuse_mismatched(
+    data: Mapping[str, Any], *, path: Path, run_id: str | None, agent: Any, kind: str, why: str
+) -> None:
+    """Raise ``HandoffProblem`` of ``kind`` (``why`` says what the handoff is) when the
+    ``runId`` or ``agent`` of ``data`` names another delegation (``_mismatched``)."""
     mismatched = _mismatched(data, run_id=run_id, agent=agent)
     if mismatched:
         raise HandoffProblem(
-            f"handoff `{path}` refused: it has no `key` and names another delegation "
-            "(forged or misdirected); it was kept for inspection:",
-            kind="key",
+            f"handoff `{path}` refused: {why}; it was kept for inspection:",
+            kind=kind,
             path=path,
             problems=mismatched,
         )
@@ -392,15 +406,14 @@ def validate_handoff(
             problems=problems,
         )
     assert isinstance(data, dict)
-    mismatched = _mismatched(data, run_id=run_id, agent=agent)
-    if mismatched:
-        raise HandoffProblem(
-            f"handoff `{path}` refused: it does not belong to this delegation (spoofed or "
-            "misdirected); it was kept for inspection:",
-            kind="mismatch",
-            path=path,
-            problems=mismatched,
-        )
+    _refuse_mismatched(
+        data,
+        path=path,
+        run_id=run_id,
+        agent=agent,
+        kind="mismatch",
+        why="it does not belong to this delegation (spoofed or misdirected)",
+    )
     return data
 
 

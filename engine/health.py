@@ -33,6 +33,7 @@ import httpx
 from engine.config import AgentConfig, Config
 from engine.errors import ConfigError
 from engine.redact import redact
+from engine.retry import json_body
 
 #: Seed 001: OpenClaw listens on port N and N+3, so gateways on one host need 4 apart.
 PORT_SPACING = 4
@@ -287,10 +288,7 @@ def _check_token(
 
 def _inflight(resp: httpx.Response) -> int | None:
     """The in-flight count ``/health`` reports (the gateway's total), if it reports one."""
-    try:
-        data = resp.json()
-    except (ValueError, RecursionError):
-        return None
+    data = json_body(resp)
     total = data.get("inflight") if isinstance(data, dict) else None
     if isinstance(total, int) and not isinstance(total, bool):
         return total

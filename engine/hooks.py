@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from engine.config import RetryPolicy
 from engine.errors import HookError, HookUnreachableError
 from engine.redact import redact, register, register_url
-from engine.retry import Backoff, GiveUp, _attempt_timeout, send_with_retries
+from engine.retry import Backoff, GiveUp, _attempt_timeout, json_body, send_with_retries
 from engine.retry import retry_after_seconds as retry_after_seconds
 
 #: HTTP statuses a dispatch is retried on: timeout, too early, rate limited, server trouble.
@@ -341,10 +341,7 @@ def _raiser(exc: Exception) -> Callable[[float | None], Any]:
 
 def _accepted(resp: Any) -> tuple[str | None, dict[str, Any] | None]:
     """The gateway's runId and ``completion`` object from an accepting answer."""
-    try:
-        data = resp.json()
-    except (ValueError, RecursionError):  # not JSON, or nested past the parser
-        return None, None
+    data = json_body(resp)
     if not isinstance(data, dict):
         return None, None
     run_id = data.get("runId")

@@ -297,7 +297,7 @@ class ParkedRuns:
     ) -> bool:
         """A ✅ or ❌ by an allowed approver decides the gate (or a terminal did already)."""
         from engine.errors import RunStateError
-        from engine.runs import decide_gate
+        from engine.runs import GateDecision, decide_gate
 
         allowed = set(self._approvers(req.target, sid))
         verdict = None
@@ -319,14 +319,12 @@ class ParkedRuns:
             return self._settled_elsewhere(state, sid, gate)
         approved, uid = verdict
         try:
-            decide_gate(
-                self.cfg,
-                state["run_id"],
-                sid,
-                approved=approved,
+            decision = GateDecision(
+                approved,
                 reason=f"{'approved' if approved else 'rejected'} by reaction in Discord",
                 by=f"discord:{uid}",
             )
+            decide_gate(self.cfg, state["run_id"], sid, decision)
         except RunStateError:
             pass  # decided elsewhere meanwhile (`workflow approve`): resume anyway
         gate.update(

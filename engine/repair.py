@@ -128,17 +128,21 @@ class Ending:
     keep_pending: bool = True
 
 
+@dataclass(frozen=True)
+class HandoffAddress:
+    """Where the agent of one delegation writes its handoff, as the HANDOFF block of its
+    task message says (``engine.message``): the run, the agent, the file, the command
+    that writes it, and the delegation's key (None: the delegation has none)."""
+
+    run_id: str
+    agent: str
+    path: Path
+    write_command: str
+    key: str | None = None
+
+
 def repair_message(
-    *,
-    run_id: str,
-    agent: str,
-    handoff_path: Path,
-    write_command: str,
-    why: str,
-    problems: list[str],
-    attempt: int,
-    attempts: int,
-    key: str | None = None,
+    to: HandoffAddress, *, why: str, problems: list[str], attempt: int, attempts: int
 ) -> str:
     """The corrective message: what was wrong, where to write, how, and the key."""
     lines = [
@@ -146,13 +150,13 @@ def repair_message(
         f"Repair {attempt} of {attempts}: {why_text(why, problems)}",
         *(f"  - {p}" for p in problems),
         "Write the handoff now (the fields of the HANDOFF block), then stop.",
-        f"run_id: {run_id}",
-        f"agent: {agent}",
-        f"handoff_path: {handoff_path}",
+        f"run_id: {to.run_id}",
+        f"agent: {to.agent}",
+        f"handoff_path: {to.path}",
     ]
-    if key is not None:
-        lines.append(f"key: {key}")
-    lines += ["or run:", write_command]
+    if to.key is not None:
+        lines.append(f"key: {to.key}")
+    lines += ["or run:", to.write_command]
     return "\n".join(lines)
 
 
@@ -221,9 +225,7 @@ class RunWatch:
         self,
         *,
         envelope: dict[str, Any],
-        run_id: str,
-        agent: str,
-        drop: Path,
+        to: HandoffAddress,
         store: RunStore,
         sub: bool,
         allowed: int,
@@ -231,12 +233,10 @@ class RunWatch:
         message: str,
         same_session: bool,
         resend: Resend,
-        write_command: str,
         clock: Callable[[], float],
         dispatch: Dispatch | None = None,
         on_admitted: Callable[[], None] | None = None,
         on_repair: Callable[[str], None] | None = None,
-        key: str | None = None,
         heartbeat: Heartbeat | None = None,
         lookup: Callable[[], Any] | None = None,
         resend_task: bool = True,
@@ -248,9 +248,7 @@ class RunWatch:
         self.heartbeat = heartbeat
         self._lookup = lookup
         self.envelope = envelope
-        self.run_id = run_id
-        self.agent = agent
-        self.drop = drop
+        self.to = to
         self._store = store
         self._sub = sub
         self.allowed = allowed
@@ -259,13 +257,11 @@ class RunWatch:
         self.same_session = same_session
         self.resend_task = resend_task or not same_session
         self._resend = resend
-        self.write_command = write_command
         self._clock = clock
         self.dispatch = dispatch
         self._first = dispatch
         self._on_admitted = on_admitted
         self._on_repair = on_repair
-        self.key = key
         self._admitted = dispatch is None
         self._seen: Dispatch | None = None  # the dispatch whose answer was read already
         self._looked: Dispatch | None = None  # the last dispatch looked after (fresh_answer)
@@ -318,11 +314,11 @@ class RunWatch:
             return Ending(
                 "lost",
                 DelegationLostError(
-                    f"`{self.agent}` was silent for {silent:.0f} s (heartbeat_timeout "
+                    f"`{self.to.agent}` was silent for {silent:.0f} s (heartbeat_timeout "
                     f"{self.heartbeat.timeout:g} s: no progress reported, no handoff); a "
                     "handoff that arrives later is still recorded, superseding this "
                     "ending (marked late only after the delegation's timeout).",
-                    agent=self.agent,
+                    agent=self.to.agent,
                 ),
             )
         return ending
@@ -356,12 +352,12 @@ class RunWatch:
             return Ending(
                 "errored",
                 AgentRunError(
-                    f"the gateway reports that `{self.agent}`'s run ended in error "
+                    f"the gateway reports that `{self.to.agent}`'s run ended in error "
                     f"({completion.reason}) and no handoff arrived.",
-                    agent=self.agent,
+                    agent=self.to.agent,
                 ),
             )
-        if self._store.has_handoff(self.run_id, sub=self._sub):
+        if self._store.has_handoff(self.to.run_id, sub=self._sub):
             return None  # the loop reads it
         assert d.ended_at is not None
         if now < d.ended_at + self.grace:
@@ -442,7 +438,7 @@ class RunWatch:
             return
         repairs[-1]["came_back"] = f"handoff:{record.get('status')}"
         self._came_back(f"handoff:{record.get('status')}")
-        self._store.annotate(self.run_id, record, sub=self._sub)
+        self._store.annotate(self.to.run_id, record, sub=self._sub)
 
     def learn_run_id(self) -> None:
         """The delegation ends before the run: ask the gateway for the run's id once.
@@ -506,18 +502,10 @@ class RunWatch:
     def _repair(self, why: str, problems: list[str], rejected: str | None) -> Ending | None:
         self._came_back(why)
         if len(self.repairs) >= self.allowed:
-            return unusable(self.agent, self.drop, why, problems, len(self.repairs))
+            return unusable(self.to.agent, self.to.path, why, problems, len(self.repairs))
         n = len(self.repairs) + 1
         correction = repair_message(
-            run_id=self.run_id,
-            agent=self.agent,
-            handoff_path=self.drop,
-            write_command=self.write_command,
-            why=why,
-            problems=problems,
-            attempt=n,
-            attempts=self.allowed,
-            key=self.key,
+            self.to, why=why, problems=problems, attempt=n, attempts=self.allowed
         )
         # Without a session that keeps the agent's work the task goes again: so on
         # OpenClaw, where openclaw@2026.9.6 starts each hook run in a fresh session even
@@ -538,8 +526,10 @@ class RunWatch:
         self.envelope.setdefault("repairs", []).append(entry)
         self._rejected_before = len(self.envelope.get("rejected") or [])
         if self._on_repair is not None:
-            self._on_repair(f"{self.agent}: {told_text(why, problems).rstrip(':.')}; repair {n} of "
-                            f"{self.allowed} sent ({self.run_id})")
+            told = told_text(why, problems).rstrip(":.")
+            self._on_repair(
+                f"{self.to.agent}: {told}; repair {n} of {self.allowed} sent ({self.to.run_id})"
+            )
         try:
             self.dispatch = self._resend(text, n)
         except OrchestratorError as exc:
@@ -639,9 +629,7 @@ def start(
         answer = post(None, run_id)
     watch = RunWatch(
         envelope=envelope,
-        run_id=run_id,
-        agent=envelope["target"],
-        drop=drop,
+        to=HandoffAddress(run_id, envelope["target"], drop, write_command, key),
         store=store,
         sub=sub,
         allowed=allowed,
@@ -649,12 +637,10 @@ def start(
         message=str(body["message"]),
         same_session=same_session,
         resend=resend,
-        write_command=write_command,
         clock=clock,
         dispatch=dispatch,
         on_admitted=on_admitted,
         on_repair=on_repair,
-        key=key,
         heartbeat=heartbeat,
         lookup=lookup if hold else None,
         resend_task=resend_task,

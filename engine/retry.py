@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.redact import redact
 
@@ -44,6 +44,7 @@ __all__ = [
     "GiveUp",
     "backoff_delay",
     "exponential",
+    "json_body",
     "retry_after_seconds",
     "send_with_retries",
     "transport_reason",
@@ -262,6 +263,15 @@ def transport_reason(exc: Exception, scrub: Callable[[str], str] = redact) -> st
     if "refused" in text.lower():
         return "connection refused"
     return scrub(f"{name}: {text}"[:65536])[:200]
+
+
+def json_body(resp: httpx.Response) -> Any:
+    """The decoded JSON body of ``resp``, or None when it is not JSON (cut short, HTML,
+    empty) or is nested past the parser (``RecursionError``): callers check its shape."""
+    try:
+        return resp.json()
+    except (ValueError, RecursionError):
+        return None
 
 
 def retry_after_seconds(value: str | None) -> float | None:

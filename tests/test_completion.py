@@ -18,7 +18,7 @@ from engine.errors import HookError
 from engine.gateway.server import LocalGateway
 from engine.hooks import Handover, HooksClient, Target
 from engine.message import render_message
-from engine.repair import REPAIR_MARKER, attempts_for, repair_message
+from engine.repair import REPAIR_MARKER, HandoffAddress, attempts_for, repair_message
 from engine.store.file import handoff_path
 from tests.helpers import StandIn, gated_agent
 
@@ -114,11 +114,13 @@ def test_the_repair_bound(step: int | None, agent: int | None, default: int,
 
 
 def test_the_repair_message_names_what_to_fix_and_where() -> None:
+    to = HandoffAddress(
+        "orch-1", "webster", Path("/h/inbox/orch-1.json"),
+        "orchestrate handoff write --dir /h/inbox --run-id orch-1", key="k-123",
+    )
     text = repair_message(
-        run_id="orch-1", agent="webster", handoff_path=Path("/h/inbox/orch-1.json"),
-        write_command="orchestrate handoff write --dir /h/inbox --run-id orch-1",
-        why="schema", problems=["`/status`: `done` is not one of `complete`"], attempt=1,
-        attempts=1, key="k-123",
+        to, why="schema", problems=["`/status`: `done` is not one of `complete`"], attempt=1,
+        attempts=1,
     )
     assert text.splitlines() == [
         REPAIR_MARKER,
@@ -158,10 +160,9 @@ def test_a_correction_sent_alone_still_names_the_run_and_hides_its_key() -> None
     from engine.gateway.agents import redact_key, task_from_message
 
     key = "k" * 32
-    text = repair_message(run_id="orch-1", agent="webster",
-                          handoff_path=Path("/h/inbox/orch-1.json"),
-                          write_command=f"orchestrate handoff write --key {key}",
-                          why="no_handoff", problems=[], attempt=1, attempts=1, key=key)
+    to = HandoffAddress("orch-1", "webster", Path("/h/inbox/orch-1.json"),
+                        f"orchestrate handoff write --key {key}", key=key)
+    text = repair_message(to, why="no_handoff", problems=[], attempt=1, attempts=1)
     task = task_from_message("gw-1", "webster", text, 30, "hook:orchestrate:orch-1")
     assert (task.run_id, task.handoff_agent, task.handoff_key) == ("orch-1", "webster", key)
     assert task.handoff_path == Path("/h/inbox/orch-1.json")

@@ -219,9 +219,9 @@ def test_a_gate_in_the_child_parks_both_and_resume_goes_through(tmp_path: Path) 
         cid = parked.summary["steps"]["survey"]["child_run_id"]
         assert replay_run(d.store, cid).state is RunState.WAITING_APPROVAL
         assert replay_run(d.store, parked.run_id).steps["survey"].state.value == "waiting_approval"
-        from engine.runs import decide_gate
+        from engine.runs import GateDecision, decide_gate
 
-        decide_gate(cfg, cid, "look", approved=True, by="test")
+        decide_gate(cfg, cid, "look", GateDecision(True, by="test"))
         done = runner.resume(parked.run_id, RunOptions())
     assert done.state is RunState.COMPLETE, done.summary
     assert done.summary["steps"]["survey"]["child_run_id"] == cid

@@ -626,6 +626,14 @@ config_option = click.option(
 )
 
 
+def int_option(*decls: str, low: int, high: int, default: int, help: str) -> Callable[[Any], Any]:
+    """A click option taking a whole number from ``low`` to ``high`` (both included; a
+    value outside is a usage error, exit 2), ``default`` when not given, shown in ``--help``."""
+    return click.option(
+        *decls, type=click.IntRange(low, high), default=default, show_default=True, help=help
+    )
+
+
 def options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """One decorator applying click options in the order listed (the order ``--help``
     shows them in)."""

@@ -20,6 +20,7 @@ from engine.cli.common import (
     config_option,
     dump,
     fail,
+    int_option,
     interrupt_exit,
     interrupted,
     load,
@@ -171,13 +172,7 @@ def orchestrate() -> None:
     metavar="NAME",
     help="Put the recent messages of this channel (config `channels.map`) before the task.",
 )
-@click.option(
-    "--channel-messages",
-    type=click.IntRange(1, 100),
-    default=20,
-    show_default=True,
-    help="How many channel messages.",
-)
+@int_option("--channel-messages", low=1, high=100, default=20, help="How many channel messages.")
 @click.option(
     "--context-file", type=click.Path(dir_okay=False), help="Put this file's text before the task."
 )
@@ -1136,12 +1131,8 @@ def pool_status_cmd(as_json: bool, where: Where) -> int:
 
 @pool_group.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=18950,
-    show_default=True,
-    help="Port to listen on (0: any free port).",
+@int_option(
+    "--port", low=0, high=65535, default=18950, help="Port to listen on (0: any free port)."
 )
 @click.option(
     "--token-env",
@@ -1178,17 +1169,12 @@ def pool_serve_cmd(host: str, port: int, token_env: str, config: str | None) -> 
         )
     with TokenPool(PoolSettings.from_config(cfg)) as pool:
         server = PoolServer(pool, token=token, host=host, port=port)
-        try:
-            # SIGTERM and SIGHUP stop it as Ctrl-C does (exit 0), as a service manager
-            # expects; the line that says it serves comes once they are handled
-            with stopping_signals():
-                click.echo(f"pool endpoint on {server.url} (Ctrl-C to stop)", err=True)
-                server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.stop()
-        return 0
+        # SIGTERM and SIGHUP stop it as Ctrl-C does (exit 0), as a service manager
+        # expects; the line that says it serves comes once they are handled
+        with stopping_signals():
+            return _serve_until_stopped(
+                server, f"pool endpoint on {server.url} (Ctrl-C to stop)", ctrl_c_ok=True
+            )
 
 
 @orchestrate.group("agent-skill")
@@ -1289,15 +1275,15 @@ def gateway_cmd(host: str | None, port: int | None, config: str | None) -> int:
         )
     token = read_secret(env=gw.token_env, file=gw.token_file, what="the local gateway")
     server = LocalGateway(cfg, token=token, host=host, port=port).start()
-    click.echo(
-        f"local gateway on {server.url} serving: {', '.join(gw.agents)} (Ctrl-C to stop)", err=True
-    )
-    return _serve_until_stopped(server, ctrl_c_ok=False)
+    serving = f"local gateway on {server.url} serving: {', '.join(gw.agents)} (Ctrl-C to stop)"
+    return _serve_until_stopped(server, serving, ctrl_c_ok=False)
 
 
-def _serve_until_stopped(server: Any, *, ctrl_c_ok: bool) -> int:
-    """Serve until Ctrl-C (exit 0 with ``ctrl_c_ok``, else interrupted: 130), then stop."""
+def _serve_until_stopped(server: Any, serving: str, *, ctrl_c_ok: bool) -> int:
+    """Say ``serving`` on stderr, serve until Ctrl-C (exit 0 with ``ctrl_c_ok``, else
+    interrupted: 130), then stop the server (whatever ended the serving)."""
     try:
+        click.echo(serving, err=True)
         server.serve_forever()
     except KeyboardInterrupt:
         if not ctrl_c_ok:
@@ -1365,12 +1351,12 @@ def agents_systemd_cmd(out: str, config: str | None) -> int:
 @agents_group.command("logs")
 @click.argument("agent")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended (Ctrl-C).")
-@click.option(
+@int_option(
     "-n",
     "--lines",
-    type=click.IntRange(0, 100000),
+    low=0,
+    high=100000,
     default=50,
-    show_default=True,
     help="How many of the last lines to print first.",
 )
 @config_option

@@ -20,6 +20,7 @@ from engine.cli.common import (
     dump,
     exiting,
     fail,
+    int_option,
     interrupt_exit,
     interrupted,
     load,
@@ -91,11 +92,11 @@ approve_option = click.option(
 approve_all_option = click.option(
     "--approve-all", is_flag=True, help="Approve every gate up front."
 )
-parallel_option = click.option(
+parallel_option = int_option(
     "--max-parallel",
-    type=click.IntRange(1, 256),
+    low=1,
+    high=256,
     default=4,
-    show_default=True,
     help="Steps in flight at once (the token pool may allow fewer).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -806,17 +807,14 @@ def _decide(
     the text of `--input` (``_gate_value``); a refused value that looks like JSON but is
     not gets a ``UsageError`` that names the JSON error. Returns exit code 0."""
     from engine.errors import UsageError
-    from engine.runs import decide_gate
+    from engine.runs import GateDecision, decide_gate
 
     given = None if value is None else _gate_value(value)
+    decision = GateDecision(approved, reason=reason, value=given)
     try:
         event = where.act(
-            lambda remote: remote.decide(
-                run_id, step, approved=approved, reason=reason, value=given
-            ),
-            lambda cfg: decide_gate(
-                cfg, run_id, step, approved=approved, reason=reason, value=given
-            ),
+            lambda remote: remote.decide(run_id, step, decision),
+            lambda cfg: decide_gate(cfg, run_id, step, decision),
         )
     except UsageError as exc:
         bad = _bad_json(value)
@@ -1085,13 +1083,7 @@ def _next_of(where: Where, run_id: str, verb: str) -> str:
 
 
 @workflow.command("runs")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 10000),
-    default=20,
-    show_default=True,
-    help="How many runs to list, newest first.",
-)
+@int_option("--limit", low=1, high=10000, default=20, help="How many runs to list, newest first.")
 @json_option
 @where_options
 def workflow_runs_cmd(limit: int, as_json: bool, where: Where) -> int:

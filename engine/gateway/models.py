@@ -34,7 +34,7 @@ from engine.gateway.agents import TIMEOUT_ENV, Task, private_dir, records_of, wr
 from engine.handoff import MODEL_NOTE
 from engine.redact import install_log_filter, redact, register, register_url
 from engine.registry import check_token
-from engine.retry import Backoff, GiveUp, retry_after_seconds, send_with_retries
+from engine.retry import Backoff, GiveUp, json_body, retry_after_seconds, send_with_retries
 
 log = logging.getLogger("engine.gateway")
 install_log_filter(log)
@@ -442,10 +442,7 @@ def _scrub(text: str, key: str) -> str:
 def _error_text(resp: httpx.Response) -> str:
     """The API's own error message: OpenAI ``{"error": {"message"}}``, or close variants."""
     # Redacted before it is cut: a cut could split a key the redaction would not recognise.
-    try:
-        data = resp.json()
-    except (ValueError, RecursionError):  # not JSON, or nested past the parser
-        data = None
+    data = json_body(resp)
     text = (resp.text or "").strip()
     if isinstance(data, dict):
         err = data.get("error")

@@ -31,6 +31,7 @@ import socketserver
 import threading
 from collections import OrderedDict
 from collections.abc import Collection
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -663,15 +664,7 @@ class LocalGateway:
         if job.earlier is not None:
             self._wait_earlier(job)
             return
-        self._run_task(
-            job.agent,
-            job.run_id,
-            job.message,
-            job.timeout,
-            job.ended,
-            job.session_key,
-            job.idem_key,
-        )
+        self._run_task(job)
 
     def _wait_earlier(self, job: _Job) -> None:
         """Hold a repeated key's answer until the process an earlier gateway started for
@@ -683,21 +676,15 @@ class LocalGateway:
         finally:
             self._count_out(job.agent, job.ended, completion)
 
-    def _run_task(
-        self,
-        agent: str,
-        run_id: str,
-        message: str,
-        timeout: float | None,
-        ended: _RunEnd | None = None,
-        session_key: str | None = None,
-        idem_key: str | None = None,
-    ) -> None:
+    def _run_task(self, job: _Job) -> None:
+        """Run ``job``'s agent on the calling thread; its count ends and its held answer is
+        given (``_count_out``) whatever happens, a bug included (logged, not raised)."""
+        agent, run_id = job.agent, job.run_id
         task = None
         completion = {"status": "error", "error": "the local gateway broke running the agent"}
         try:
             spec = self.agents[agent]
-            task = task_from_message(run_id, agent, message, timeout, session_key)
+            task = task_from_message(run_id, agent, job.message, job.timeout, job.session_key)
             if spec.kind == "echo":
                 _echo(task)
                 completion = {"status": "ok"}
@@ -708,7 +695,7 @@ class LocalGateway:
                 run_model_agent(spec, task, self.cfg)
                 completion = {"status": "ok"}
                 return
-            outcome = self._runner.run(spec, task, idem_key)
+            outcome = self._runner.run(spec, task, job.idem_key)
             completion = completion_of(outcome, task.handoff_key)
             if outcome.returncode != 0:
                 log.info(
@@ -723,7 +710,7 @@ class LocalGateway:
             if task is not None:  # the engine must not wait for its whole timeout
                 _broke(task, f"the local gateway broke running the agent: {type(exc).__name__}")
         finally:
-            self._count_out(agent, ended, completion)
+            self._count_out(agent, job.ended, completion)
 
     def _receive_any(self, tail: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """``/handoffs/{runId}``: a handoff; ``/handoffs/{runId}/progress``: a progress line."""
@@ -973,40 +960,23 @@ def _digest(handoff: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@dataclass(slots=True)
 class _Job:
     """One accepted run of an agent: what ``_run_task`` needs."""
 
-    __slots__ = (
-        "agent",
-        "earlier",
-        "ended",
-        "idem_key",
-        "message",
-        "run_id",
-        "session_key",
-        "timeout",
-    )
-
-    def __init__(
-        self,
-        agent: str,
-        run_id: str,
-        message: str,
-        timeout: float | None,
-        ended: _RunEnd | None,
-        session_key: str | None = None,
-        idem_key: str | None = None,
-    ) -> None:
-        self.idem_key = idem_key  # the request's Idempotency-Key, if any
-        #: Set: an earlier gateway started this key's run (its ``RUN_FILE``); it is
-        #: waited for, not started again.
-        self.earlier: dict[str, Any] | None = None
-        self.agent = agent
-        self.run_id = run_id
-        self.message = message
-        self.timeout = timeout
-        self.ended = ended  # set: the caller waits for the end (``waitForCompletion``)
-        self.session_key = session_key  # the request's ``sessionKey``, if any
+    agent: str
+    run_id: str
+    message: str
+    timeout: float | None
+    #: Set: the caller waits for the end (``waitForCompletion``).
+    ended: _RunEnd | None
+    #: The request's ``sessionKey``, if any.
+    session_key: str | None = None
+    #: The request's Idempotency-Key, if any.
+    idem_key: str | None = None
+    #: Set: an earlier gateway started this key's run (its ``RUN_FILE``); it is waited
+    #: for, not started again.
+    earlier: dict[str, Any] | None = None
 
 
 class _RunEnd:

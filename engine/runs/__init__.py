@@ -36,7 +36,7 @@ from engine.runs.admin import (
     runs_dir,
     workflow_ref,
 )
-from engine.runs.model import RunView, StepRun
+from engine.runs.model import GateDecision, RunView, StepRun
 from engine.runs.replay import gate_waiting_since, replay, replay_run, summarize
 from engine.store.file import CANCEL_FILE, FileJournal, read_events
 
@@ -46,6 +46,7 @@ Journal = FileJournal
 
 __all__ = [
     "CANCEL_FILE",
+    "GateDecision",
     "Journal",
     "RunView",
     "StepRun",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import OrchestratorError, RunStateError, UsageError, did_you_mean
 from engine.files import check_id, parse_iso
-from engine.runs.model import RunView, StepRun
+from engine.runs.model import GateDecision, RunView, StepRun
 from engine.runs.replay import replay_run, summarize, unsent
 from engine.states import RunState, StepState
 from engine.store import FileRunStore, RunStore, open_store
@@ -92,21 +92,15 @@ def _resolved(text: str) -> Path | None:
 
 
 def decide_gate(
-    cfg: Config,
-    run_id: str,
-    step: str,
-    *,
-    approved: bool,
-    reason: str | None = None,
-    by: str = "cli",
-    store: RunStore | None = None,
-    value: Any = None,
+    cfg: Config, run_id: str, step: str, decision: GateDecision, *, store: RunStore | None = None
 ) -> dict[str, Any]:
-    """Record an approval or rejection of a parked gate (then `workflow resume`).
+    """Record an approval or rejection of a parked gate (then `workflow resume`); the
+    ``gate_decided`` event appended.
 
-    ``value`` is what the approval gives a gate with ``input`` (checked against its
-    schema: engine.workflow.value_problems); UsageError when it is missing or wrong.
+    ``decision.value`` is what the approval gives a gate with ``input`` (checked against
+    its schema: engine.workflow.value_problems); UsageError when it is missing or wrong.
     """
+    approved = decision.approved
     store = store if store is not None else open_store(cfg)
     run_dir(cfg, run_id, store=store)
     view = replay_run(store, run_id)
@@ -123,15 +117,16 @@ def decide_gate(
         raise RunStateError(
             f"step `{step}` of run `{run_id}` is not waiting for approval (it is {s.state.value})."
         )
-    given = _gate_value(view.meta["plan"]["steps"][step].get("gate_input"), step, approved, value)
+    schema = view.meta["plan"]["steps"][step].get("gate_input")
+    given = _gate_value(schema, step, approved, decision.value)
     journal = store.journal(run_id)
     try:
         return journal.append(
             "gate_decided",
             step=step,
             decision="approved" if approved else "rejected",
-            by=by,
-            reason=reason,
+            by=decision.by,
+            reason=decision.reason,
             **given,
         )
     finally:
@@ -220,7 +215,6 @@ def _take_complete(store: RunStore, journal: Any, run_id: str, s: Any) -> bool:
     (a sub-workflow's or ``for_each`` step's, or an agent that has not answered)."""
     from engine.errors import OrchestratorError
     from engine.files import utcnow_iso
-    from engine.runner import _step_record
 
     drid = s.delegation_run_id
     if not drid or s.child_run_id or drid.endswith("-items"):
@@ -247,14 +241,7 @@ def _take_complete(store: RunStore, journal: Any, run_id: str, s: Any) -> bool:
         s, state=StepState.COMPLETE, handoff=handoff, error=None,
         finished_at=utcnow_iso(), in_flight=False,
     )  # fmt: skip
-    store.write_step(run_id, s.id, _step_record(ended))
-    journal.append(
-        "step_finished",
-        step=s.id,
-        status=StepState.COMPLETE.value,
-        attempt=s.attempt,
-        delegation_run_id=drid,
-    )
+    _record_ended(store, journal, run_id, ended)
     return True
 
 
@@ -291,7 +278,6 @@ def _record_cancelled(store: RunStore, journal: Any, run_id: str, s: Any) -> Non
     """Record step ``s`` ended ``cancelled`` (its record, then ``step_finished``), as the
     runner records a step in flight when its run is cancelled."""
     from engine.files import utcnow_iso
-    from engine.runner import _step_record
 
     error = (
         f"child run `{s.child_run_id}` was cancelled" if s.child_run_id else "the run was cancelled"
@@ -299,14 +285,22 @@ def _record_cancelled(store: RunStore, journal: Any, run_id: str, s: Any) -> Non
     ended = dataclasses.replace(  # the view's step is left as it was (its child is read)
         s, state=StepState.CANCELLED, error=error, finished_at=utcnow_iso(), in_flight=False
     )
-    store.write_step(run_id, s.id, _step_record(ended))
+    _record_ended(store, journal, run_id, ended, error=error)
+
+
+def _record_ended(store: RunStore, journal: Any, run_id: str, ended: Any, **fields: Any) -> None:
+    """Write the record of step ``ended`` (in its final state), then its ``step_finished``
+    event (its status, attempt and delegation, and ``fields``), as the runner does."""
+    from engine.runner import _step_record
+
+    store.write_step(run_id, ended.id, _step_record(ended))
     journal.append(
         "step_finished",
-        step=s.id,
-        status=StepState.CANCELLED.value,
-        attempt=s.attempt,
-        delegation_run_id=s.delegation_run_id,
-        error=error,
+        step=ended.id,
+        status=ended.state.value,
+        attempt=ended.attempt,
+        delegation_run_id=ended.delegation_run_id,
+        **fields,
     )
 
 

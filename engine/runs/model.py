@@ -14,6 +14,20 @@ from engine.files import parse_iso
 from engine.states import RunState, StepState
 
 
+@dataclass(frozen=True)
+class GateDecision:
+    """An approval (``approved``) or rejection of a parked gate, as it travels from the
+    CLI, the API or a Discord reaction to ``engine.runs.decide_gate``: ``reason`` is
+    recorded, ``value`` is what an approval gives a gate with ``input`` (any JSON value,
+    checked against its schema there), ``by`` who decided (the API records the token's
+    name, whatever a client says)."""
+
+    approved: bool
+    reason: str | None = None
+    value: Any = None
+    by: str = "cli"
+
+
 @dataclass
 class StepRun:
     """The mutable state of one step inside a run."""

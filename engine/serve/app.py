@@ -34,6 +34,7 @@ from engine.errors import (
     RunStateError,
 )
 from engine.redact import redact, redact_obj
+from engine.runs import GateDecision
 from engine.serve.dashboard import dag_svg, page, script
 from engine.serve.hub import EventHub, read_journal
 from engine.serve.manager import NotFoundError, RunManager, missing_inputs_paragraph
@@ -598,23 +599,20 @@ def create_app(
         request: Request, run_id: str, step: str, body: Annotated[Decision | None, Body()] = None
     ) -> JSONResponse:
         """Approve a parked gate as the token's holder; the run continues at once."""
-        reason = body.reason if body else None
-        value = body.input if body else None
-        ev = await run_in_threadpool(
-            lambda: manager.decide(
-                run_id, step, approved=True, by=who(request).name, reason=reason, value=value
-            )
+        decision = GateDecision(
+            True,
+            reason=body.reason if body else None,
+            value=body.input if body else None,
+            by=who(request).name,
         )
+        ev = await run_in_threadpool(lambda: manager.decide(run_id, step, decision))
         return _json({"runId": run_id, "step": step, "decision": ev})
 
     @app.post("/v1/runs/{run_id}/steps/{step}/reject", tags=["gates"])
     async def reject(request: Request, run_id: str, step: str, body: Decision) -> JSONResponse:
         """Reject a parked gate (dependents are skipped); the run concludes at once."""
-        ev = await run_in_threadpool(
-            lambda: manager.decide(
-                run_id, step, approved=False, by=who(request).name, reason=body.reason or "rejected"
-            )
-        )
+        decision = GateDecision(False, reason=body.reason or "rejected", by=who(request).name)
+        ev = await run_in_threadpool(lambda: manager.decide(run_id, step, decision))
         return _json({"runId": run_id, "step": step, "decision": ev})
 
     @app.post("/v1/runs/{run_id}/steps/{step}/answer", tags=["gates"])

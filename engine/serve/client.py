@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -21,6 +21,9 @@ import httpx
 from engine.errors import EXIT_USAGE, OrchestratorError
 from engine.files import check_id
 from engine.redact import register
+
+if TYPE_CHECKING:
+    from engine.runs import GateDecision
 
 DEFAULT_TOKEN_ENV = "ORCH_SERVER_TOKEN"
 SERVER_ENV = "ORCH_SERVER"
@@ -306,21 +309,14 @@ class ServerClient:
         self._call("POST", f"/v1/runs/{segment(run_id)}/resume", json=body)
         return self.wait_run(run_id)
 
-    def decide(
-        self,
-        run_id: str,
-        step: str,
-        *,
-        approved: bool,
-        reason: str | None = None,
-        value: Any = None,
-    ) -> dict[str, Any]:
-        """Approve or reject a gate (``value``: a gate's typed input); the server continues
-        the run. Raises ``RemoteError`` (exit 2) when the value is missing or wrong."""
-        what = "approve" if approved else "reject"
-        body: dict[str, Any] = {"reason": reason}
-        if value is not None:
-            body["input"] = value
+    def decide(self, run_id: str, step: str, decision: GateDecision) -> dict[str, Any]:
+        """Approve or reject a gate (``decision.value``: a gate's typed input); the server
+        continues the run, recording the token's name as who decided (``decision.by`` is
+        not sent). Raises ``RemoteError`` (exit 2) when the value is missing or wrong."""
+        what = "approve" if decision.approved else "reject"
+        body: dict[str, Any] = {"reason": decision.reason}
+        if decision.value is not None:
+            body["input"] = decision.value
         data: dict[str, Any] = self._call(
             "POST", f"/v1/runs/{segment(run_id)}/steps/{segment(step, 'step')}/{what}", json=body
         )

@@ -56,7 +56,14 @@ from engine.runner import (
     WorkflowRunner,
     prepare,
 )
-from engine.runs import cancel_run, decide_gate, gate_waiting_since, replay, replay_run
+from engine.runs import (
+    GateDecision,
+    cancel_run,
+    decide_gate,
+    gate_waiting_since,
+    replay,
+    replay_run,
+)
 
 log = logging.getLogger("engine.serve")
 
@@ -513,25 +520,18 @@ class RunManager:
             except OrchestratorError:
                 pass
 
-    def decide(
-        self,
-        run_id: str,
-        step: str,
-        *,
-        approved: bool,
-        by: str,
-        reason: str | None = None,
-        value: Any = None,
-    ) -> dict[str, Any]:
-        """Approve or reject a parked gate as ``by``; the run continues at once.
+    def decide(self, run_id: str, step: str, decision: GateDecision) -> dict[str, Any]:
+        """Approve or reject a parked gate as ``decision.by``; the run continues at once.
 
-        ``value`` is the input a gate with ``input`` asks for (any JSON value), checked
+        ``decision.value`` is the input a gate with ``input`` asks for (any JSON value), checked
         against its schema by ``engine.runs.decide_gate``; UsageError (HTTP 400) when it is
         missing or does not match, and the gate keeps waiting."""
         path = self.run_path(run_id)
         view = replay(path, store=self.delegator.store)
         planned = ((view.meta.get("plan") or {}).get("steps") or {}).get(step) or {}
-        if approved and value is None and isinstance(planned.get("gate_input"), dict):
+        by = decision.by
+        needs_value = isinstance(planned.get("gate_input"), dict)
+        if decision.approved and decision.value is None and needs_value:
             raise UsageError(
                 f"step `{step}`'s gate needs an input matching its schema "
                 f"({json.dumps(planned['gate_input'])[:200]}): give it as `input` in the "
@@ -544,9 +544,7 @@ class RunManager:
         )
         if why is not None:
             raise RefusedError(why)
-        event = decide_gate(
-            self.cfg, run_id, step, approved=approved, reason=reason, by=by, value=value
-        )
+        event = decide_gate(self.cfg, run_id, step, decision)
         if not owner:  # a parked run of the CLI: the server continues it from now on
             self._own(run_id, {"kind": "workflow", "adopted_by": by, "adopted_at": utcnow_iso()})
         self.kick(run_id)

@@ -43,7 +43,6 @@ from engine.errors import RunStateError
 from engine.files import SAFE_ID, check_id, utcnow_iso
 from engine.handoff import check_delivered, with_earlier_keys
 from engine.record import IMPORTED_DIR
-from engine.redact import redact
 from engine.store.liveness import this_host, waiter_alive
 from engine.store.postgres_db import Database
 from engine.store.postgres_retry import retry_lost
@@ -51,6 +50,7 @@ from engine.store.postgres_runs import (
     RUN_LEASE_TTL,
     PostgresJournal,
     PostgresRuns,
+    _dumps,
     run_lease_ttl,
 )
 from engine.store.postgres_signals import CHANNEL, PostgresHandoffSignals, payload
@@ -77,13 +77,6 @@ class _Into:
     env: dict[str, Any]
     current: dict[str, Any] | None
     waiting: bool
-
-
-def _dumps(data: Any) -> str:
-    """``data`` as the JSON this store keeps: redacted, as the file store writes it
-    (``engine.files.json_bytes``), so a run's secret inputs and every registered secret
-    are masked in the database too."""
-    return redact(json.dumps(data, ensure_ascii=False, default=str))
 
 
 class PostgresRunStore(PostgresRuns):
@@ -639,11 +632,7 @@ class PostgresRunStore(PostgresRuns):
     def write_progress(self, run_id: str, line: dict[str, Any], *, sub: bool) -> None:
         """Upsert the run's row in ``progress``."""
         check_id(run_id, "run id")
-        self._conn().execute(
-            "INSERT INTO progress (run_id, sub, line) VALUES (%s, %s, %s) "
-            "ON CONFLICT (run_id, sub) DO UPDATE SET line = EXCLUDED.line, updated_at = now()",
-            (run_id, sub, _dumps(line)),
-        )
+        self._put_json("progress", {"run_id": run_id, "sub": sub}, "line", line, touch=True)
 
     @retry_lost(idempotent=True)
     def read_progress(self, run_id: str, *, sub: bool) -> dict[str, Any] | None:

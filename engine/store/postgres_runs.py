@@ -209,6 +209,21 @@ class PostgresRuns:
         """This thread's connection, the schema checked."""
         return self._db.checked_conn()
 
+    def _put_json(
+        self, table: str, keys: dict[str, Any], column: str, value: Any, *, touch: bool = False
+    ) -> None:
+        """Insert the row of ``table`` keyed by ``keys`` (column name: value) with ``value``
+        as its JSON ``column`` (``_dumps``: redacted), or replace that column of the row
+        already there; ``touch`` sets its ``updated_at`` too. Names are this module's own."""
+        names = ", ".join(keys)
+        marks = ", ".join(["%s"] * (len(keys) + 1))
+        stamp = ", updated_at = now()" if touch else ""
+        self._conn().execute(
+            f"INSERT INTO {table} ({names}, {column}) VALUES ({marks}) "
+            f"ON CONFLICT ({names}) DO UPDATE SET {column} = EXCLUDED.{column}{stamp}",
+            (*keys.values(), _dumps(value)),
+        )
+
     def run_locator(self, run_id: str) -> Path:
         """``postgresql:/<db>/runs/<run>``."""
         check_id(run_id, "workflow run id")
@@ -224,11 +239,7 @@ class PostgresRuns:
     def create_run(self, run_id: str, meta: dict[str, Any]) -> Path:
         """Insert (or replace the metadata of) the run."""
         check_id(run_id, "workflow run id")
-        self._conn().execute(
-            "INSERT INTO runs (run_id, meta) VALUES (%s, %s) "
-            "ON CONFLICT (run_id) DO UPDATE SET meta = EXCLUDED.meta",
-            (run_id, _dumps(meta)),
-        )
+        self._put_json("runs", {"run_id": run_id}, "meta", meta)
         return self.run_locator(run_id)
 
     @retry_lost(idempotent=True)
@@ -260,11 +271,7 @@ class PostgresRuns:
     def write_step(self, run_id: str, step_id: str, data: dict[str, Any]) -> None:
         """Upsert the step's result."""
         check_id(step_id, "step id")
-        self._conn().execute(
-            "INSERT INTO step_results (run_id, step_id, data) VALUES (%s, %s, %s) "
-            "ON CONFLICT (run_id, step_id) DO UPDATE SET data = EXCLUDED.data",
-            (run_id, step_id, _dumps(data)),
-        )
+        self._put_json("step_results", {"run_id": run_id, "step_id": step_id}, "data", data)
 
     @retry_lost(idempotent=True)
     def read_step(self, run_id: str, step_id: str) -> Any:
