@@ -14,6 +14,7 @@ tasks, conditions, gate prompts and outputs in a sandbox::
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -111,6 +112,13 @@ class RetryPolicy:
         return cls(max=retries, delay=delay)
 
 
+@functools.lru_cache(maxsize=64, typed=True)
+def _shorthand(retries: int, delay: float) -> RetryPolicy:
+    """``RetryPolicy.shorthand``, one (frozen) policy per value: most steps of a template
+    share ``retries``/``retry_delay``, and a dry run asks every step's ``retry``."""
+    return RetryPolicy.shorthand(retries, delay)
+
+
 @dataclass(frozen=True)
 class Budget:
     """What a run or a step may spend (``budget:``), counted from the handoffs' ``usage``.
@@ -193,7 +201,7 @@ class StepSpec:
         """The step's retry policy (``retry:``, or what ``retries``/``retry_delay`` say)."""
         if self.retry_policy is not None:
             return self.retry_policy
-        return RetryPolicy.shorthand(self.retries, self.retry_delay)
+        return _shorthand(self.retries, self.retry_delay)
 
 
 @dataclass(frozen=True)
