@@ -158,10 +158,14 @@ def _retry_dict(s: StepSpec) -> dict[str, Any]:
 def _retry_line(s: dict[str, Any]) -> str | None:
     """The retry policy in words, when it is more than ``retries: N``."""
     r = s["retry"]
+    if r["max"] == 0:  # no retry (most steps): no policy to compare with
+        return None
     plain = RetryPolicy.shorthand(r["max"], r["delay"])
-    if r["max"] == 0 or (
-        (r["backoff"], r["max_delay"], r["jitter"], tuple(r["on"]))
-        == (plain.backoff, plain.max_delay, plain.jitter, plain.on)
+    if (r["backoff"], r["max_delay"], r["jitter"], tuple(r["on"])) == (
+        plain.backoff,
+        plain.max_delay,
+        plain.jitter,
+        plain.on,
     ):
         return None
     return (

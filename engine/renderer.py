@@ -403,8 +403,9 @@ def _joined(parts: list[str | _Eval]) -> Callable[[Mapping[str, Any]], str]:
 
 # The trivial subset of Jinja2 most tasks are written in: text and `{{ root.a['b'] }}`.
 _OPEN_RE = re.compile(r"\{[{%#]")
+#: One lookup ``{{ root.path }}``: groups the whole lookup, its root and its path.
 _VAR_RE = re.compile(
-    r"\{\{\s*(inputs|steps|run)((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\s*'[A-Za-z0-9_-]*'\s*\])*)\s*\}\}"
+    r"(\{\{\s*(inputs|steps|run)((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\s*'[A-Za-z0-9_-]*'\s*\])*)\s*\}\})"
 )
 _PART_RE = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*'([A-Za-z0-9_-]*)'\s*\]")
 _NEWLINE_RE = re.compile(r"\r\n|\r|\n")
@@ -420,6 +421,11 @@ def _quick_parts(source: str) -> list[_Part] | None:
 
     Returns None for anything else. No Jinja2 import: a task of plain text and lookups
     is rendered, and its references found, from these parts alone.
+
+    One ``split`` on the lookups: the text between them must open no tag (``{{``,
+    ``{%``, ``{#``), also not across a lookup's first brace (a text ending in ``{``):
+    then the first tag Jinja2's lexer finds is always the next lookup, and the parts are
+    the ones a scan from tag to tag would give.
     """
     if "{" not in source and "\r" not in source:  # plain text: no tag can open
         text = source[:-1] if source.endswith("\n") else source
@@ -428,29 +434,29 @@ def _quick_parts(source: str) -> list[_Part] | None:
     text = "\n".join(_NEWLINE_RE.split(source)) if "\r" in source else source
     if text.endswith("\n"):
         text = text[:-1]
+    pieces = _VAR_RE.split(text)  # text, (lookup, root, path, text) per lookup
+    last = len(pieces) - 1
     parts: list[_Part] = []
-    pos, lineno = 0, 1
-    while True:
-        m = _OPEN_RE.search(text, pos)
-        end = m.start() if m else len(text)
-        if end > pos:
-            parts.append(text[pos:end])
-            lineno += text.count("\n", pos, end)
-        if m is None:
+    lineno = 1
+    for i in range(0, last + 1, 4):
+        chunk = pieces[i]
+        if chunk:
+            if "{" in chunk and (_OPEN_RE.search(chunk) or (i < last and chunk[-1] == "{")):
+                return None
+            parts.append(chunk)
+            lineno += chunk.count("\n")
+        if i == last:
             return parts
-        var = _VAR_RE.match(text, end) if m.group() == "{{" else None
-        if var is None:
-            return None
-        path = var.group(2)
+        whole, root, path = pieces[i + 1], pieces[i + 2], pieces[i + 3]
         if "[" in path:
             keys = tuple(
                 (True, attr) if attr else (False, key) for attr, key in _PART_RE.findall(path)
             )
         else:  # only `.name` parts (what _VAR_RE allows without a bracket)
-            keys = tuple((True, attr) for attr in path.split(".")[1:])
-        parts.append((var.group(1), keys, lineno))
-        lineno += var.group().count("\n")
-        pos = var.end()
+            keys = tuple([(True, attr) for attr in path.split(".")[1:]])
+        parts.append((root, keys, lineno))
+        lineno += whole.count("\n")
+    return parts  # not reached: a split ends with a text piece
 
 
 def _quick_parse(source: str) -> nodes.Template | None:
@@ -507,9 +513,19 @@ def _parts_template(
             continue
         root, keys, _ = part
         funcs.append(_path_lookup(root, keys))
-        for n in range(2, len(keys) + 1):  # every Getattr/Getitem node of the tree
-            _add_step_lookup(lookups, root, keys[:n])
-        dynamic = _add_ref(root, keys, steps, inputs) or dynamic
+        first = keys[0][1] if keys else None
+        if root == "steps":  # what _add_ref and _add_step_lookup find, inline
+            if type(first) is not str:
+                dynamic = True
+                continue
+            steps.add(first)
+            if len(keys) == 2:  # every Getattr/Getitem node of the tree under steps.<id>
+                lookups.add((first, (keys[1][1],)))
+            elif len(keys) > 2:
+                chain = tuple([k for _, k in keys[1:]])
+                lookups.update([(first, chain[:n]) for n in range(1, len(chain) + 1)])
+        elif root == "inputs" and type(first) is str:
+            inputs.add(first)
     refs = TemplateRefs(frozenset(steps), frozenset(inputs), dynamic)
     return _joined(funcs), refs, frozenset(lookups)
 

@@ -14,6 +14,7 @@ tasks, conditions, gate prompts and outputs in a sandbox::
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -111,6 +112,13 @@ class RetryPolicy:
         return cls(max=retries, delay=delay)
 
 
+@functools.lru_cache(maxsize=64, typed=True)
+def _shorthand(retries: int, delay: float) -> RetryPolicy:
+    """``RetryPolicy.shorthand``, one (frozen) policy per value: most steps of a template
+    share ``retries``/``retry_delay``, and a dry run asks every step's ``retry``."""
+    return RetryPolicy.shorthand(retries, delay)
+
+
 @dataclass(frozen=True)
 class Budget:
     """What a run or a step may spend (``budget:``), counted from the handoffs' ``usage``.
@@ -193,7 +201,7 @@ class StepSpec:
         """The step's retry policy (``retry:``, or what ``retries``/``retry_delay`` say)."""
         if self.retry_policy is not None:
             return self.retry_policy
-        return RetryPolicy.shorthand(self.retries, self.retry_delay)
+        return _shorthand(self.retries, self.retry_delay)
 
 
 @dataclass(frozen=True)
@@ -774,8 +782,9 @@ def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> Workflo
             description=str(spec.get("description", "")),
             secret=bool(spec["secret"]) if "secret" in spec else secret_name(name),
         )
-    steps = [_build_step(s, defaults, always=False) for s in raw["steps"]]
-    steps += [_build_step(s, defaults, always=True) for s in raw.get("finally") or ()]
+    base = {k: defaults[k] for k in OPTION_KEYS if k in defaults}  # the same for every step
+    steps = [_build_step(s, defaults, base, always=False) for s in raw["steps"]]
+    steps += [_build_step(s, defaults, base, always=True) for s in raw.get("finally") or ()]
     return WorkflowSpec(
         name=raw["name"],
         description=str(raw.get("description", "")).strip(),
@@ -792,13 +801,18 @@ def _build_spec(raw: dict[str, Any], *, path: Path, source_text: str) -> Workflo
     )
 
 
-def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) -> StepSpec:
-    """One schema-valid step mapping as a ``StepSpec``, ``defaults`` applied."""
-    base_options = {k: defaults[k] for k in OPTION_KEYS if k in defaults}
+def _build_step(
+    s: dict[str, Any], defaults: dict[str, Any], base_options: dict[str, Any], *, always: bool
+) -> StepSpec:
+    """One schema-valid step mapping as a ``StepSpec``, ``defaults`` applied
+    (``base_options``: the ``OPTION_KEYS`` that ``defaults`` sets)."""
     deps = s.get("depends_on", ())
     gate = s.get("gate")
     timeout = s.get("timeout", defaults.get("timeout"))
-    retry = s.get("retry", None if {"retries", "retry_delay"} & s.keys() else defaults.get("retry"))
+    if "retry" in s:
+        retry = s["retry"]
+    else:  # `retries`/`retry_delay` on the step replace a default `retry`
+        retry = None if "retries" in s or "retry_delay" in s else defaults.get("retry")
     return StepSpec(
         id=s["id"],
         agent=s.get("agent"),
@@ -827,17 +841,19 @@ def _build_step(s: dict[str, Any], defaults: dict[str, Any], *, always: bool) ->
             else None
         ),
         on_failure=s.get("on_failure", defaults.get("on_failure", "stop")),
-        options={**base_options, **{k: s[k] for k in OPTION_KEYS if k in s}},
+        options={**base_options, **{k: s[k] for k in OPTION_KEYS if k in s}}
+        if base_options or any(k in s for k in OPTION_KEYS)
+        else {},
         retry_policy=None if retry is None else _retry_policy(retry, s, defaults),
         for_each=_strip_braces(s.get("for_each")),
         item_name=s.get("as", "item"),
         split=s.get("split", ","),
         max_parallel=s.get("max_parallel"),
         result_schema=s.get("result_schema"),
-        budget=_budget(s.get("budget")),
+        budget=_budget(s["budget"]) if "budget" in s else None,
         always=always,
         workflow=s.get("workflow"),
-        workflow_inputs=dict(s.get("inputs") or {}),
+        workflow_inputs=dict(s["inputs"] or {}) if "inputs" in s else {},
     )
 
 

@@ -625,6 +625,8 @@ PARSE_CORPUS = [
     "{ {{ run.workflow }} }",
     "{{\n  inputs.query\n}}",
     "{{ inputs.q }}{{ inputs.r }}",
+    "{{ inputs.q }}{",
+    "a\n{{\n steps[ 'x'\n ].y }}\nb {{ run.id }}",
 ]
 
 
@@ -645,6 +647,9 @@ def test_quick_parse_builds_jinjas_own_tree(source: str) -> None:
         "{{ inputs.q -}}",
         "{{ inputs.q|upper }}",
         "{{{ run.id }}",
+        "a{{{ run.id }}",
+        "{{ run.id }}{{{ inputs.q }}",
+        "x {%{{ inputs.q }}",
         "{{ steps.0 }}",
         "{{ steps['a\\'b'] }}",
         "{{ steps.a-b }}",
