@@ -111,10 +111,20 @@ _GENERIC = re.compile(
     rf"|(?P<b>\bbearer\s+)(?P<bval>(?={_TOKEN}*[0-9._~+/=-]){_TOKEN}{{6,}}|[A-Za-z]{{24,}})"
     r")"
 )
-#: Substrings (lower case) without which ``_GENERIC`` cannot match.
+#: The characters ``\s`` matches in a ``str`` pattern (``str.isspace``; checked in
+#: tests/test_redact_gates.py).
+_SPACES = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+#: Substrings (lower case) without which ``_GENERIC`` cannot match. ``token`` counts only
+#: with what follows it in every branch that can match it (a key's separator: a quote, its
+#: escape, ``:``, ``=``; white space: ``--token x``), so that a name like
+#: ``token_wait_ms`` in every step's result does not start the scan.
 _TRIGGERS = (  # what the branches can match (not "pass", "auth", "sig": passed, author)
-    "token", "passw", "passp", "secret", "authorization", "auth=", "bearer", "sig=",
-    "signature=", "credential", "key=",
+    *("token" + c for c in "\\\"':=" + _SPACES),
+    "passw", "passp", "secret", "authorization", "auth=", "bearer", "sig=", "signature=",
+    "credential", "key=",
     "api_key", "api-key", "apikey", "access_key", "accesskey", "private_key", "privatekey",
 )  # fmt: skip
 #: Substrings without which ``_SHAPED`` cannot match (its gate's regex scan is dearer).
