@@ -34,9 +34,9 @@ long-running process keeps no registry that grows with every delegation.
 
 The known values are matched by one compiled alternation, rebuilt only when the set
 changes, and run only when a plain substring test finds one of them; each generic scan
-runs only when the text holds one of its trigger words (or, for the issuers' shapes, a
-one-pass search finds a prefix). A 2 KB record without secrets costs about 12
-microseconds.
+runs only when the text holds one of its trigger words (or, for the issuers' shapes, one
+of their prefixes), both looked for in one Aho-Corasick pass each (``_gates``). A 1.2 KB
+record without secrets costs about 6 microseconds.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
+
+import ahocorasick
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -109,10 +111,20 @@ _GENERIC = re.compile(
     rf"|(?P<b>\bbearer\s+)(?P<bval>(?={_TOKEN}*[0-9._~+/=-]){_TOKEN}{{6,}}|[A-Za-z]{{24,}})"
     r")"
 )
-#: Substrings (lower case) without which ``_GENERIC`` cannot match.
+#: The characters ``\s`` matches in a ``str`` pattern (``str.isspace``; checked in
+#: tests/test_redact_gates.py).
+_SPACES = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+#: Substrings (lower case) without which ``_GENERIC`` cannot match. ``token`` counts only
+#: with what follows it in every branch that can match it (a key's separator: a quote, its
+#: escape, ``:``, ``=``; white space: ``--token x``), so that a name like
+#: ``token_wait_ms`` in every step's result does not start the scan.
 _TRIGGERS = (  # what the branches can match (not "pass", "auth", "sig": passed, author)
-    "token", "passw", "passp", "secret", "authorization", "auth=", "bearer", "sig=",
-    "signature=", "credential", "key=",
+    *("token" + c for c in "\\\"':=" + _SPACES),
+    "passw", "passp", "secret", "authorization", "auth=", "bearer", "sig=", "signature=",
+    "credential", "key=",
     "api_key", "api-key", "apikey", "access_key", "accesskey", "private_key", "privatekey",
 )  # fmt: skip
 #: Substrings without which ``_SHAPED`` cannot match (its gate's regex scan is dearer).
@@ -120,6 +132,13 @@ _SHAPED_HINTS = (
     "sk-", "ghp_", "gho_", "ghs_", "ghu_", "ghr_", "github_pat_", "glpat-", "_live_",
     "_test_", "xox", "AKIA", "ASIA", "AIza", "npm_", "hf_",
 )  # fmt: skip
+#: ``_gates``' automaton: each trigger (value False) and each hint in lower case (True).
+_GATE_AC = ahocorasick.Automaton()
+for _word in _TRIGGERS:
+    _GATE_AC.add_word(_word, False)
+for _word in _SHAPED_HINTS:
+    _GATE_AC.add_word(_word.lower(), True)
+_GATE_AC.make_automaton()
 #: Keys issued in published shapes (case-sensitive, their documented lengths):
 #: OpenAI/Anthropic/OpenRouter ``sk-``; GitHub ``ghp_``/``gho_``/``ghs_``/``ghu_``/``ghr_``
 #: + 36 and ``github_pat_``; GitLab ``glpat-`` + 20; Stripe ``sk_live_``/``rk_live_``/
@@ -625,6 +644,25 @@ def _take_loaded_configs() -> None:
             pass
 
 
+def _gates(text: str) -> tuple[bool, bool]:
+    """Whether ``text`` holds one of ``_TRIGGERS`` (in any case) and whether it holds one
+    of ``_SHAPED_HINTS`` (exact case): the answers of a substring test per word, from one
+    Aho-Corasick pass over the lower-cased text (``pyahocorasick``; ~3x cheaper for a 1 KB
+    record, ~7x for a short string). A hint found in any case is confirmed in its own."""
+    low = text.lower()
+    triggered = hinted = False
+    for _, is_hint in _GATE_AC.iter(low):
+        if is_hint:
+            hinted = True
+        else:
+            triggered = True
+        if triggered and hinted:
+            break
+    if hinted:
+        hinted = any(h in text for h in _SHAPED_HINTS)
+    return triggered, hinted
+
+
 def redact(text: str, also: Iterable[str | None] = ()) -> str:
     """``text`` with every known secret and every secret-shaped value masked.
 
@@ -643,10 +681,10 @@ def redact(text: str, also: Iterable[str | None] = ()) -> str:
     if known is not None and any(secret in text for secret in _known_list):
         text = known.sub(MASK, text)
     # The generic scan is ~10x slower than the checks that rule it out for most records.
-    low = text.lower()
-    if any(t in low for t in _TRIGGERS):
+    triggered, hinted = _gates(text)
+    if triggered:
         text = _GENERIC.sub(_generic, text)
-    if any(h in text for h in _SHAPED_HINTS) and _SHAPED_GATE.search(text):
+    if hinted and _SHAPED_GATE.search(text):
         text = _SHAPED.sub(_generic, text)
     if "@" in text and "://" in text:
         text = _URL_USER.sub(_generic, text)

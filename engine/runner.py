@@ -17,12 +17,13 @@ import heapq
 import hmac
 import json
 import os
+import queue
 import random
 import secrets
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1002,6 +1003,10 @@ class _Execution:
         self._announce()
         schedule = _Schedule(self.plan, self.steps)
         running: dict[Future[None], str] = {}
+        # Each step's future puts itself here when it ends: ``_collect`` takes them in the
+        # order they ended, at O(1) a step (``concurrent.futures.wait`` hooked a waiter
+        # into, and out of, every future in flight on every call).
+        self._ended: queue.SimpleQueue[Future[None]] = queue.SimpleQueue()
         pool = ThreadPoolExecutor(
             max_workers=max(1, self.options.max_parallel),
             thread_name_prefix=f"step-{self.run_id[-8:]}",
@@ -1108,12 +1113,21 @@ class _Execution:
             fut = self._consider(self.steps[sid], pool)
             if fut is not None:
                 running[fut] = sid
+                fut.add_done_callback(self._ended.put)
             elif self.steps[sid].state.final:
                 schedule.settle(sid)
 
     def _collect(self, schedule: _Schedule, running: dict[Future[None], str]) -> None:
-        """Wait a little for steps in flight; settle the ones that ended."""
-        done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+        """Wait a little (0.2 s at most) for steps in flight; settle the ones that ended."""
+        try:
+            done = [self._ended.get(timeout=0.2)]
+        except queue.Empty:
+            return
+        while True:
+            try:
+                done.append(self._ended.get_nowait())
+            except queue.Empty:
+                break
         for fut in done:
             sid = running.pop(fut)
             exc = fut.exception()
