@@ -397,6 +397,8 @@ def _context_text(cfg: Any, channel: str | None, messages: int, path: str | None
 def _print_result(result: Any, flags: str = "") -> None:
     """A delegation's record for a person; ``flags`` (``Where.flags``) go into the answer
     hint of a delegation the server ran, so that it can be copied as printed."""
+    from engine.ask import step_answer_hint, workflow_step_of
+
     rec = result.record
     env = rec.get("envelope", {})
     outcome = result.outcome.value
@@ -429,6 +431,8 @@ def _print_result(result: Any, flags: str = "") -> None:
                 f"it continued as {last['continued_as']} "
                 f"(follow it: orchestrate show {last['continued_as']}{flags})"
             )
+        elif (owner := workflow_step_of(env)) is not None:  # its run answers it
+            say(f"continue with: {step_answer_hint(*owner, 'YOUR ANSWER')}", err=True)
         else:
             say(f'continue with: orchestrate answer {result.run_id} "YOUR ANSWER"{flags}', err=True)
     if outcome == "partial":
@@ -939,6 +943,15 @@ def _abandoned(env: dict[str, Any], run_id: str) -> bool:
         f"{env.get('dispatched_at') or env.get('created_at')}, {when}): the process that "
         f"waited for its handoff ({owner}) is gone, and no handoff has come."
     )
+    from engine.ask import workflow_step_of
+
+    if (owner := workflow_step_of(env)) is not None:  # delegated again it would run twice
+        say(
+            f"It is step `{owner[1]}` of workflow run {owner[0]}: the agent may still answer "
+            f"(`orchestrate show {run_id}` merges it). Do not delegate it again outside "
+            f"its run: see `workflow status {owner[0]}`."
+        )
+        return True
     task = str(env.get("task") or "")
     task_arg = shlex.quote(task) if task and len(task) <= 200 and "\n" not in task else "TASK"
     again = f"orchestrate {target} {task_arg} --caller {caller}"

@@ -1,0 +1,93 @@
+"""Command-line surface fixes: a workflow step's delegation is answered through its
+run, empty or repeated options are refused, long values are cut in errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from click.testing import CliRunner
+
+from engine.cli import orchestrate, workflow
+from tests.helpers import demo_config, write_config
+
+ASKER = Path(__file__).parent / "peers" / "misbehaving_agent.py"
+
+
+def _run(group: Any, *args: str) -> Any:
+    return CliRunner().invoke(group, list(args), catch_exceptions=False)
+
+
+def _asker_config(tmp_path: Path) -> tuple[str, Path]:
+    raw = demo_config(tmp_path)
+    raw["gateway"]["agents"]["asker"] = {
+        "kind": "command",
+        "argv": [sys.executable, str(ASKER), "ask"],
+        "env": {"AGENT_STATE": str(tmp_path / "asker-state")},
+        "timeout": 60,
+        "fallback_handoff": False,
+    }
+    raw["agents"]["asker"] = {"url": "local"}
+    raw["acl"] = {"manager": ["*"]}
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump({
+        "name": "w-asker", "caller": "manager",
+        "steps": [{"id": "s", "agent": "asker", "task": "go"}],
+    }), encoding="utf-8")
+    return str(write_config(tmp_path, raw)), wf
+
+
+def test_a_steps_delegation_is_answered_through_its_run(tmp_path: Path) -> None:
+    cfg, wf = _asker_config(tmp_path)
+    run = _run(workflow, "run", str(wf), "--non-interactive", "--json", "--config", cfg)
+    assert run.exit_code == 3, run.output
+    rid = json.loads(run.stdout)["runId"]
+    shown = _run(orchestrate, "show", f"{rid}-s-1", "--config", cfg)
+    assert shown.exit_code == 0, shown.output
+    assert f'workflow answer {rid} s "YOUR ANSWER"' in shown.output
+    assert "orchestrate answer" not in shown.output
+
+    res = _run(orchestrate, "answer", f"{rid}-s-1", "0-50", "--config", cfg)
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (
+        f"error: this delegation is step `s` of workflow run {rid}: answer it with "
+        f'`workflow answer {rid} s "..."`, then `workflow resume {rid}`.'
+    )
+    state = tmp_path / "asker-state"
+    assert sorted(p.name for p in state.glob("*.txt")) == [f"{rid}-s-1.1.txt"]  # nothing sent
+    status = _run(workflow, "status", rid, "--json", "--config", cfg)
+    assert json.loads(status.stdout)["steps"]["s"]["status"] == "waiting_input"
+
+    assert _run(workflow, "answer", rid, "s", "0-50", "--config", cfg).exit_code == 0
+    done = _run(workflow, "resume", rid, "--json", "--config", cfg)
+    assert done.exit_code == 0, done.output
+    sent = sorted(p.name for p in state.glob("*.txt"))
+    assert len(sent) == 2, sent  # the task once, then once with the answer
+
+
+def test_an_abandoned_steps_delegation_is_not_delegated_again_outside_its_run(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    cfg = str(write_config(tmp_path, demo_config(tmp_path)))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pending = tmp_path / "handoffs" / ".pending"
+    pending.mkdir(parents=True)
+    rid = "wf-20261201T000000-0000abcd"
+    (pending / f"{rid}-s-1.json").write_text(json.dumps({
+        "run_id": f"{rid}-s-1", "target": "webster", "caller": "manager", "task": "go",
+        "outcome": "dispatched", "pid": int(gone.stdout), "created_at": "2026-12-01T00:00:00Z",
+        "deadline_at": "2026-12-01T00:00:02Z",
+        "labels": {"workflow": "w", "workflow_run": rid, "step": "s"},
+    }), encoding="utf-8")
+    shown = _run(orchestrate, "show", f"{rid}-s-1", "--config", cfg)
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.startswith(f"abandoned: webster for manager, {rid}-s-1"), shown.output
+    assert f"It is step `s` of workflow run {rid}" in shown.output
+    assert f"`workflow status {rid}`" in shown.output
+    assert "orchestrate webster" not in shown.output
