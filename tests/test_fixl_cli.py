@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -91,3 +92,45 @@ def test_an_abandoned_steps_delegation_is_not_delegated_again_outside_its_run(
     assert f"It is step `s` of workflow run {rid}" in shown.output
     assert f"`workflow status {rid}`" in shown.output
     assert "orchestrate webster" not in shown.output
+
+
+HOST_EMPTY = (
+    "error: `--host` is empty: give a name or address of this machine to bind "
+    "(e.g. 127.0.0.1), or leave the option out."
+)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("gateway", "--host", "", "--port", "0"), ("pool", "serve", "--host", ""),
+     ("serve", "--host", " ")],
+    ids=["gateway", "pool-serve", "serve"],
+)
+def test_an_empty_host_is_refused(tmp_path: Path, args: tuple[str, ...]) -> None:
+    cfg = str(write_config(tmp_path, demo_config(tmp_path)))
+    res = CliRunner(env={"ORCH_POOL_TOKEN": "p" * 40}).invoke(
+        orchestrate, [*args, "--config", cfg]
+    )
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == HOST_EMPTY
+
+
+def test_an_empty_gateway_host_in_the_config_is_refused(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["gateway"]["host"] = ""
+    cfg = str(write_config(tmp_path, raw))
+    res = _run(orchestrate, "webster", "hi", "--caller", "manager", "--config", cfg)
+    assert res.exit_code == 2, res.output
+    assert "  - `gateway.host` must not be empty." in res.output.splitlines()
+
+
+def test_pool_serve_says_an_unresolvable_host_does_not_resolve(tmp_path: Path) -> None:
+    cfg = str(write_config(tmp_path, demo_config(tmp_path)))
+    res = CliRunner(env={"ORCH_POOL_TOKEN": "p" * 40}).invoke(
+        orchestrate, ["pool", "serve", "--host", "nonexistent.invalid", "--port", "0",
+                      "--config", cfg]
+    )
+    assert res.exit_code == 2, res.output
+    assert "the host `nonexistent.invalid` does not resolve" in res.output
+    assert "give `--host` a name or address of this machine" in res.output
+    assert "--port" not in res.output

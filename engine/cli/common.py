@@ -269,6 +269,34 @@ class Seconds(click.ParamType[float]):
         return number
 
 
+class NonEmpty(click.ParamType[Any]):
+    """A value that may not be empty or blank, else ``inner``'s (default: any text).
+
+    An option given ``""`` (``--config ""``, ``--host ""``, an unset variable in
+    ``--caller "$WHO"``) is refused with ``UsageError`` (exit 2) naming the option and
+    ``what`` to give, rather than read as "not given" or as a real value (an empty host
+    binds every interface).
+    """
+
+    def __init__(self, what: str, inner: click.ParamType[Any] | None = None) -> None:
+        self.what = what
+        self.inner = inner if inner is not None else click.STRING
+        self.name = self.inner.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            from engine.errors import UsageError
+
+            name = _option_name(param) if param is not None else "the value"
+            raise UsageError(f"`{name}` is empty: {self.what}, or leave the option out.")
+        return self.inner.convert(value, param, ctx)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[Any]:
+        return self.inner.shell_complete(ctx, param, incomplete)
+
+
 def check_argv(args: list[str]) -> None:
     """Refuse command-line text that is not valid UTF-8 before any command runs.
 
@@ -622,7 +650,10 @@ def say(text: str, *, err: bool = False) -> None:
 
 
 config_option = click.option(
-    "--config", "config", type=click.Path(), help=CONFIG_HELP
+    "--config",
+    "config",
+    type=NonEmpty("give the path of a config file", click.Path()),
+    help=CONFIG_HELP,
 )
 
 

@@ -13,6 +13,7 @@ import click
 
 from engine.cli.common import (
     EngineGroup,
+    NonEmpty,
     Seconds,
     Where,
     client,
@@ -945,11 +946,11 @@ def _abandoned(env: dict[str, Any], run_id: str) -> bool:
     )
     from engine.ask import workflow_step_of
 
-    if (owner := workflow_step_of(env)) is not None:  # delegated again it would run twice
+    if (step_of := workflow_step_of(env)) is not None:  # delegated again it would run twice
         say(
-            f"It is step `{owner[1]}` of workflow run {owner[0]}: the agent may still answer "
+            f"It is step `{step_of[1]}` of workflow run {step_of[0]}: the agent may still answer "
             f"(`orchestrate show {run_id}` merges it). Do not delegate it again outside "
-            f"its run: see `workflow status {owner[0]}`."
+            f"its run: see `workflow status {step_of[0]}`."
         )
         return True
     task = str(env.get("task") or "")
@@ -1142,8 +1143,18 @@ def pool_status_cmd(as_json: bool, where: Where) -> int:
     return 0
 
 
+#: What an empty ``--host`` is told to give (empty would bind every interface).
+_HOST_NEEDED = "give a name or address of this machine to bind (e.g. 127.0.0.1)"
+
+
 @pool_group.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--host",
+    type=NonEmpty(_HOST_NEEDED),
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind.",
+)
 @int_option(
     "--port", low=0, high=65535, default=18950, help="Port to listen on (0: any free port)."
 )
@@ -1259,7 +1270,11 @@ def agent_skill_uninstall_cmd(workspace: str) -> int:
 def _bind_options(section: str, port: str = "") -> Callable[[Any], Any]:
     """``--host``, ``--port`` (defaults from the config's ``section``) and ``--config``."""
     return options(
-        click.option("--host", help=f"Address to bind (default: {section}.host, else 127.0.0.1)."),
+        click.option(
+            "--host",
+            type=NonEmpty(_HOST_NEEDED),
+            help=f"Address to bind (default: {section}.host, else 127.0.0.1).",
+        ),
         click.option(
             "--port",
             type=click.IntRange(0, 65535),
