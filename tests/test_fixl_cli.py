@@ -134,3 +134,50 @@ def test_pool_serve_says_an_unresolvable_host_does_not_resolve(tmp_path: Path) -
     assert "the host `nonexistent.invalid` does not resolve" in res.output
     assert "give `--host` a name or address of this machine" in res.output
     assert "--port" not in res.output
+
+
+def test_an_unreachable_steps_agent_points_at_the_steps_timeout(tmp_path: Path) -> None:
+    from tests.helpers import free_port
+
+    raw = demo_config(tmp_path)
+    raw["agents"]["far"] = {"url": f"http://127.0.0.1:{free_port()}", "token_env": "FAR_TOKEN"}
+    raw["acl"] = {"manager": ["*"]}
+    raw["retry"] = {"delays": [30], "jitter": 0.0}  # the next try would come after the step's 2 s
+    cfg = str(write_config(tmp_path, raw))
+    wf = tmp_path / "far.yaml"
+    wf.write_text(yaml.safe_dump({
+        "name": "w-far", "caller": "manager",
+        "steps": [{"id": "s", "agent": "far", "timeout": 2, "task": "go"}],
+    }), encoding="utf-8")
+    res = CliRunner(env={"FAR_TOKEN": "f" * 32}).invoke(
+        workflow, ["run", str(wf), "--json", "--config", cfg]
+    )
+    assert res.exit_code == 1, res.output
+    error = json.loads(res.stdout)["steps"]["s"]["error"]
+    assert error.endswith(
+        "Check `agents.far.url`, or raise `timeout:` of step `s` in workflow `w-far` "
+        "(or `agents.far.timeout`) to wait longer."
+    ), error
+    assert "--timeout" not in error
+
+
+def test_progress_to_an_unreachable_receiver_names_the_run_and_the_receiver(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers import free_port
+
+    receiver = f"http://127.0.0.1:{free_port()}/x"
+    res = CliRunner(env={"RECV_TOKEN": "r" * 32}).invoke(orchestrate, [
+        "handoff", "progress", "--receiver", receiver, "--token-env", "RECV_TOKEN",
+        "--run-id", "orch-20261201T000000-abcd1234", "--key", "k", "reading",
+    ])
+    assert res.exit_code == 4, res.output
+    out = res.output.strip()
+    assert out.startswith(
+        "error: could not dispatch to the progress of `orch-20261201T000000-abcd1234` at "
+    ), out
+    assert out.endswith(
+        f"Check `--receiver {receiver}`, then run the same command again (each run tries "
+        "for up to 30 s)."
+    ), out
+    assert "--timeout" not in out

@@ -796,7 +796,15 @@ def _post_progress(delivery: _Delivery, run_id: str, text: str) -> int:
     target = _receiver_target(run_id, base, delivery.token_env)
     with HooksClient() as client:
         key = delivery.key or None
-        client.post_progress(target, run_id, text, deadline=time.monotonic() + 30, key=key)
+        client.post_progress(
+            target,
+            run_id,
+            text,
+            deadline=time.monotonic() + 30,
+            key=key,
+            hint=f"Check `--receiver {delivery.receiver}`, then run the same command again "
+            "(each run tries for up to 30 s).",
+        )
     return 0
 
 
