@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from engine.cli import orchestrate, workflow
+from engine.cli import metrics, orchestrate, workflow
 from tests.helpers import demo_config, write_config
 
 ASKER = Path(__file__).parent / "peers" / "misbehaving_agent.py"
@@ -181,3 +181,48 @@ def test_progress_to_an_unreachable_receiver_names_the_run_and_the_receiver(
         "for up to 30 s)."
     ), out
     assert "--timeout" not in out
+
+
+@pytest.mark.parametrize(
+    ("group", "args", "expected"),
+    [
+        (orchestrate, ("show", "orch-1", "--config", ""),
+         "`--config` is empty: give the path of a config file, or leave the option out."),
+        (workflow, ("runs", "--server", ""),
+         "`--server` is empty: give the URL of `orchestrate serve`, or leave the option out."),
+        (metrics, ("json", "--handoffs-dir", ""), "`--handoffs-dir` is empty: give the "
+         "`handoffs_dir` of the config, or leave the option out."),
+        (metrics, ("json", "--agent", ""),
+         "`--agent` is empty: name an agent, or leave the option out."),
+        (metrics, ("json", "--workflow", " "),
+         "`--workflow` is empty: name a workflow, or leave the option out."),
+        (metrics, ("text", "--caller", ""),
+         "`--caller` is empty: name a caller, or leave the option out."),
+        (workflow, ("reject", "wf-20261201T000000-0000abcd", "b", "--reason", ""),
+         "`--reason` is empty: say why the gate is rejected."),
+    ],
+    ids=["config", "server", "handoffs-dir", "agent", "workflow", "caller", "reason"],
+)
+def test_an_empty_option_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group: Any, args: tuple[str, ...],
+    expected: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, demo_config(tmp_path)).rename(tmp_path / "orchestrator.yaml")
+    res = _run(group, *args)
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == f"error: {expected}"
+
+
+def test_an_empty_required_input_is_refused(tmp_path: Path) -> None:
+    cfg = str(write_config(tmp_path, demo_config(tmp_path)))
+    wf = tmp_path / "two.yaml"
+    wf.write_text(yaml.safe_dump({
+        "name": "two", "caller": "manager", "inputs": {"q": {"required": True}},
+        "steps": [{"id": "s", "agent": "webster", "task": "go {{ inputs.q }}"}],
+    }), encoding="utf-8")
+    res = _run(workflow, "run", str(wf), "-i", "q=", "--json", "--config", cfg)
+    assert res.exit_code == 2, res.output
+    assert json.loads(res.stdout)["problems"] == [
+        "required input `q` is empty: pass a value, `--input q=...`."
+    ]

@@ -288,7 +288,10 @@ class NonEmpty(click.ParamType[Any]):
             from engine.errors import UsageError
 
             name = _option_name(param) if param is not None else "the value"
-            raise UsageError(f"`{name}` is empty: {self.what}, or leave the option out.")
+            optional = param is None or not param.required
+            raise UsageError(
+                f"`{name}` is empty: {self.what}{', or leave the option out' if optional else ''}."
+            )
         return self.inner.convert(value, param, ctx)
 
     def shell_complete(
@@ -787,7 +790,11 @@ where_options = collected(
     "where",
     Where,
     click.option(
-        "--server", envvar="ORCH_SERVER", metavar="URL", help="Act through `orchestrate serve`."
+        "--server",
+        envvar="ORCH_SERVER",
+        metavar="URL",
+        type=NonEmpty("give the URL of `orchestrate serve`"),
+        help="Act through `orchestrate serve`.",
     ),
     click.option(
         "--server-token-env",
