@@ -226,3 +226,33 @@ def test_an_empty_required_input_is_refused(tmp_path: Path) -> None:
     assert json.loads(res.stdout)["problems"] == [
         "required input `q` is empty: pass a value, `--input q=...`."
     ]
+
+
+LONG = "x" * 5000
+CUT = "`" + "x" * 200 + "…`"
+
+
+@pytest.mark.parametrize(
+    ("group", "args", "start"),
+    [
+        (orchestrate, (LONG, "hi", "--caller", "manager"), "error: unknown agent "),
+        (orchestrate, ("webster", "hi", "--caller", LONG), "error: unknown caller "),
+        (workflow, ("status", LONG), "error: workflow run id "),
+        (metrics, ("text", "--agent", LONG), "error: unknown agent "),
+        (workflow, ("run", LONG), "error: no workflow "),
+        (orchestrate, (LONG, "hi", "--caller", "manager", "--json"), "error: unknown agent "),
+        (workflow, ("status", LONG, "--json"), "error: workflow run id "),
+    ],
+    ids=["agent", "caller", "run-id", "metrics-agent", "workflow-name", "agent-json",
+         "run-id-json"],
+)
+def test_a_long_value_is_cut_in_the_error(
+    tmp_path: Path, group: Any, args: tuple[str, ...], start: str
+) -> None:
+    cfg = str(write_config(tmp_path, demo_config(tmp_path)))
+    res = _run(group, *args, "--config", cfg)
+    assert res.exit_code == 2, res.output[:500]
+    assert res.stderr.startswith(f"{start}{CUT}"), res.stderr[:500]
+    assert "x" * 201 not in res.output
+    if "--json" in args:
+        assert json.loads(res.stdout)["error"] == res.stderr.strip().removeprefix("error: ")

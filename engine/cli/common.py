@@ -55,12 +55,13 @@ def fail(
     reading stdout always gets JSON (README, "Exit codes"); an error that lists problems
     (a template's: ``WorkflowError.problems``) adds them as ``problems``, and ``more``
     adds a command's own keys (`workflow validate`'s ``ok``)."""
+    from engine.errors import clip_quoted
     from engine.redact import redact
 
-    text = redact(str(exc))
+    text = clip_quoted(redact(str(exc)))  # a long value given is shown cut
     click.echo(f"error: {text}", err=True)
     if as_json:
-        problems = [redact(str(p)) for p in getattr(exc, "problems", None) or ()]
+        problems = [clip_quoted(redact(str(p))) for p in getattr(exc, "problems", None) or ()]
         dump(
             {
                 **(more or {}),
