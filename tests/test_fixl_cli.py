@@ -256,3 +256,37 @@ def test_a_long_value_is_cut_in_the_error(
     assert "x" * 201 not in res.output
     if "--json" in args:
         assert json.loads(res.stdout)["error"] == res.stderr.strip().removeprefix("error: ")
+
+
+@pytest.mark.parametrize(
+    ("group", "args", "option"),
+    [
+        (orchestrate, ("webster", "hi", "--caller", "nobody", "--caller", "manager"), "--caller"),
+        (orchestrate, ("handoff", "write", "--run-id", "a", "--run-id=b", "--agent", "x",
+                       "--status", "complete"), "--run-id"),
+        (metrics, ("json", "--agent", "a", "--agent", "b"), "--agent"),
+        (workflow, ("runs", "--config", "a.yaml", "--config", "b.yaml"), "--config"),
+    ],
+    ids=["caller", "nested-group", "metrics", "workflow"],
+)
+def test_a_single_value_option_given_twice_is_refused(
+    tmp_path: Path, group: Any, args: tuple[str, ...], option: str
+) -> None:
+    res = _run(group, *args)
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == (
+        f"error: `{option}` is given 2 times, but it takes one value: give it once (the "
+        "command would otherwise use the last one only)."
+    )
+
+
+def test_options_that_take_many_values_or_are_flags_may_repeat(tmp_path: Path) -> None:
+    cfg = str(write_config(tmp_path, demo_config(tmp_path)))
+    wf = tmp_path / "two.yaml"
+    wf.write_text(yaml.safe_dump({
+        "name": "two", "caller": "manager", "inputs": {"a": {}, "b": {}},
+        "steps": [{"id": "s", "agent": "webster", "task": "go {{ inputs.a }}"}],
+    }), encoding="utf-8")
+    res = _run(workflow, "run", str(wf), "-i", "a=1", "-i", "b=2", "--dry-run", "--json",
+               "--json", "--config", cfg)
+    assert res.exit_code == 0, res.output

@@ -415,11 +415,59 @@ def _interrupted(text: str, *, as_json: bool) -> NoReturn:
     sys.exit(interrupted(text, as_json=as_json))
 
 
+class EngineCommand(click.Command):
+    """A click command that refuses an option taking one value given more than once
+    (``--caller good --caller manager``: click keeps the last one silently, and the ACL
+    would judge a caller the user may not have meant): ``UsageError``, exit 2."""
+
+    def make_parser(self, ctx: click.Context) -> Any:
+        parser = super().make_parser(ctx)
+        parse = parser.parse_args
+
+        def once(args: list[str]) -> Any:
+            opts, rest, order = parse(args)
+            _refuse_repeated(order)
+            return opts, rest, order
+
+        parser.parse_args = once  # type: ignore[method-assign]
+        return parser
+
+
+def _refuse_repeated(order: list[click.Parameter]) -> None:
+    """Raise ``UsageError`` for the first option of ``order`` (the parameters in the order
+    the command line gave them, one entry per occurrence) that takes one value (no
+    ``multiple``, no flag or count) and occurs more than once."""
+    from collections import Counter
+
+    from engine.errors import UsageError
+
+    seen = Counter(id(p) for p in order)
+    for p in order:
+        single = isinstance(p, click.Option) and not (p.multiple or p.count or p.is_flag)
+        if single and seen[id(p)] > 1:
+            name = _option_name(p)
+            raise UsageError(
+                f"`{name}` is given {seen[id(p)]} times, but it takes one value: give it "
+                "once (the command would otherwise use the last one only)."
+            )
+
+
+class _EngineSubGroup(click.Group):
+    """A program's subcommand group (``orchestrate handoff``): its commands and groups are
+    ``EngineCommand`` objects and such groups."""
+
+    command_class = EngineCommand
+    group_class = type
+
+
 class EngineGroup(click.Group):
     """A click group whose user errors become one message and the documented exit code.
 
-    Its programs take ``-h`` as well as ``--help``.
+    Its programs take ``-h`` as well as ``--help``; its commands are ``EngineCommand`` objects.
     """
+
+    command_class = EngineCommand
+    group_class = _EngineSubGroup
 
     #: The command that runs when the first word is not a command's name (``orchestrate
     #: AGENT TASK`` is ``orchestrate delegate AGENT TASK``), or None.
