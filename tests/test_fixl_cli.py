@@ -290,3 +290,12 @@ def test_options_that_take_many_values_or_are_flags_may_repeat(tmp_path: Path) -
     res = _run(workflow, "run", str(wf), "-i", "a=1", "-i", "b=2", "--dry-run", "--json",
                "--json", "--config", cfg)
     assert res.exit_code == 0, res.output
+
+
+def test_an_empty_caller_of_a_delegation_is_refused(tmp_path: Path) -> None:
+    cfg = str(write_config(tmp_path, demo_config(tmp_path)))
+    res = _run(orchestrate, "webster", "hi", "--caller", "", "--config", cfg)
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == (
+        "error: `--caller` is empty: name the agent that delegates (e.g. `--caller manager`)."
+    )

@@ -140,7 +140,12 @@ def orchestrate() -> None:
 
 @orchestrate.command("delegate")
 @click.argument("args", nargs=-1, required=True, metavar="AGENT TASK")
-@click.option("--caller", required=True, help="Who delegates (checked against the ACL).")
+@click.option(
+    "--caller",
+    required=True,
+    type=NonEmpty("name the agent that delegates (e.g. `--caller manager`)"),
+    help="Who delegates (checked against the ACL).",
+)
 @click.option(
     "--capability",
     help="Route by capability instead of naming AGENT: the least "
@@ -840,7 +845,13 @@ def _post_handoff(delivery: _Delivery, run_id: str, agent: str, data: dict[str, 
 @orchestrate.command("answer")
 @click.argument("run_id")
 @click.argument("text")
-@click.option("--by", default="cli", show_default=True, help="Who answers (recorded).")
+@click.option(
+    "--by",
+    type=NonEmpty("name who answers"),
+    default="cli",
+    show_default=True,
+    help="Who answers (recorded).",
+)
 @click.option(
     "--timeout",
     type=Seconds(),
