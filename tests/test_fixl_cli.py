@@ -299,3 +299,28 @@ def test_an_empty_caller_of_a_delegation_is_refused(tmp_path: Path) -> None:
     assert res.stderr.strip() == (
         "error: `--caller` is empty: name the agent that delegates (e.g. `--caller manager`)."
     )
+
+
+def test_the_server_refuses_to_answer_a_steps_delegation_outside_its_run(
+    tmp_path: Path,
+) -> None:
+    from tests.servekit import Served
+
+    srv = Served(tmp_path).start()
+    try:
+        with srv.client("alice") as alice:
+            run_id = alice.post("/v1/runs", json={"workflow": "ask"}).json()["runId"]
+            doc = alice.get(f"/v1/runs/{run_id}/wait", params={"until": "parked", "timeout": 60})
+            parked = doc.json()
+            assert parked["status"] == "waiting_input", parked
+            step = parked["steps"]["research"]["delegation_run_id"]
+            r = alice.post(f"/v1/delegations/{step}/answer", json={"text": "0-50 °C"})
+            assert r.status_code == 400, r.text
+            assert r.json()["detail"] == (
+                f"this delegation is step `research` of workflow run {run_id}: answer it with "
+                f'`workflow answer {run_id} research "..."`, then `workflow resume {run_id}`.'
+            )
+            again = alice.get(f"/v1/runs/{run_id}").json()
+            assert again["status"] == "waiting_input"
+    finally:
+        srv.stop()
