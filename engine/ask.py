@@ -154,6 +154,24 @@ def answer_step(cfg: Config, run_id: str, step: str, text: str, *, by: str) -> d
 # -- a single delegation -----------------------------------------------------------------
 
 
+def workflow_step_of(envelope: dict[str, Any] | None) -> tuple[str, str] | None:
+    """``(workflow run id, step id)`` when the delegation of ``envelope`` is a workflow
+    step's (the runner labels it ``workflow_run`` and ``step``), else None. Such a
+    delegation belongs to its run: the run answers, resumes and cancels it."""
+    labels = (envelope or {}).get("labels")
+    if not isinstance(labels, dict):
+        return None
+    run, step = labels.get("workflow_run"), labels.get("step")
+    if isinstance(run, str) and run and isinstance(step, str) and step:
+        return run, step
+    return None
+
+
+def step_answer_hint(run: str, step: str, text: str = "...") -> str:
+    """The commands that answer step ``step`` of workflow run ``run``, for a message."""
+    return f'`workflow answer {run} {step} "{text}"`, then `workflow resume {run}`'
+
+
 def answer_delegation(
     delegator: Delegator,
     run_id: str,
@@ -173,6 +191,12 @@ def answer_delegation(
     store = delegator.store
     record = _asking_record(store, run_id)
     env = record["envelope"]
+    if (owner := workflow_step_of(env)) is not None:
+        # Answered here it would be sent outside the run, which still waits for it.
+        raise UsageError(
+            f"this delegation is step `{owner[1]}` of workflow run {owner[0]}: answer it "
+            f"with {step_answer_hint(*owner)}."
+        )
     question = question_of(record)
     assert question is not None
     answers = list(env.get("answers") or [])

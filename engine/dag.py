@@ -838,6 +838,10 @@ def _resolve_inputs(
     for name, ispec in spec.inputs.items():
         if name in given:
             resolved[name] = given[name]
+            if ispec.required and not str(given[name]).strip():  # `-i q=`: given, yet nothing
+                problems.append(
+                    f"required input `{name}` is empty: pass a value, `--input {name}=...`."
+                )
         elif ispec.default is not None:
             resolved[name] = ispec.default
         elif ispec.required:

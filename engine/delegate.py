@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -317,6 +317,8 @@ class Delegator:
         chain = self.check(req)
         agent = self.registry.get(req.target)
         target = self.target_for(agent)
+        if "step" in req.labels:  # a workflow step's: its template sets how long, not `--timeout`
+            target = replace(target, hint=_step_hint(req.labels, agent.name))
         sub = req.parent_run_id is not None
         records = self.records_dir(sub=sub)
         run_id = req.run_id or new_run_id()
@@ -983,6 +985,14 @@ class Delegator:
         )
         rep.delegation_finished(run_id, envelope["target"], ended.value, str(path))
         return DelegationResult(run_id, ended, path, record, exc)
+
+
+def _step_hint(labels: dict[str, Any], agent: str) -> str:
+    """What to do when a workflow step's agent stays unreachable until its deadline."""
+    return (
+        f"Check `agents.{agent}.url`, or raise `timeout:` of step `{labels.get('step')}` "
+        f"in workflow `{labels.get('workflow')}` (or `agents.{agent}.timeout`) to wait longer."
+    )
 
 
 def _never_delivered(envelope: dict[str, Any], exc: OrchestratorError) -> OrchestratorError:

@@ -157,6 +157,23 @@ class UnusableHandoffError(OrchestratorError):
     exit_code = EXIT_UNUSABLE
 
 
+#: How many characters of a quoted value an error message shows (``clip_quoted``).
+QUOTED_LIMIT = 200
+
+
+def clip_quoted(text: str, limit: int = QUOTED_LIMIT) -> str:
+    """``text`` with each backticked value longer than ``limit`` characters cut to its
+    first ``limit`` and ``…`` (a 5,000-character agent name or run id echoed whole buries
+    the message); the messages quote values in backticks (docs: CONVENTIONS, Errors)."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:  # an odd number of backticks: which text is quoted is unclear
+        return text
+    for i in range(1, len(parts), 2):  # odd parts lie between a pair of backticks
+        if len(parts[i]) > limit:
+            parts[i] = parts[i][:limit] + "…"
+    return "`".join(parts)
+
+
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
     """Return ``"; did you mean `x`?"`` for the closest choice, or ``""``. A choice that
     differs only in case (``N`` for ``n``, which difflib finds nothing alike) counts."""

@@ -66,6 +66,9 @@ class Target:
     url: str
     token: str = field(repr=False)
     token_source: str  # e.g. "environment variable `ATOMIZER_HOOKS_TOKEN`"; never the value
+    #: What to do when it stays unreachable until the deadline, for the error (None: check
+    #: the agent's URL or raise `--timeout`); a workflow step names its `timeout:` instead.
+    hint: str | None = None
 
     def __post_init__(self) -> None:
         register(self.token)
@@ -225,13 +228,22 @@ class HooksClient:
         return self._post(req, deadline, hint=hint)
 
     def post_progress(
-        self, target: Target, run_id: str, text: str, *, deadline: float, key: str | None = None
+        self,
+        target: Target,
+        run_id: str,
+        text: str,
+        *,
+        deadline: float,
+        key: str | None = None,
+        hint: str | None = None,
     ) -> DispatchResult:
         """POST a progress line (and the delegation's ``key``) to a gateway's receiver
-        (`/handoffs/{runId}/progress`)."""
+        (`/handoffs/{runId}/progress`); ``hint``: what to do when it stays unreachable."""
         url = f"{target.url}/handoffs/{run_id}/progress"
         body = {"text": text, **({"key": key} if key else {})}
-        return self._post(_Post(target, url, body, {}), deadline)
+        return self._post(
+            _Post(target, url, body, {}), deadline, hint=hint, what=f"the progress of `{run_id}`"
+        )
 
     def _post(
         self,
@@ -242,11 +254,14 @@ class HooksClient:
         hold: bool = False,
         ended: threading.Event | None = None,
         resume: Callable[[float | None], Any] | None = None,
+        what: str | None = None,
     ) -> DispatchResult:
         on_retry = on_retry or self.on_retry
         target, url = req.target, req.url
         payload, hdrs = _request(req, target)
         agent = target.agent
+        hint = hint or target.hint
+        what = what or f"`{agent}`"  # what the error says could not be sent
         first = [resume] if resume is not None else []  # the first attempt, begun elsewhere
 
         def observe(attempt: int, delay: float, reason: str) -> None:
@@ -299,20 +314,20 @@ class HooksClient:
             raise _refusal(target, url, resp)
         if done.gave_up is GiveUp.EXHAUSTED:
             msg = (
-                f"gave up dispatching to `{agent}` at {url} after {done.attempts} "
+                f"gave up dispatching to {what} at {url} after {done.attempts} "
                 f"attempts (last: {done.reason}). Check that the gateway is running and "
                 f"healthy, or raise `retry.delays` in the config."
             )
         elif done.gave_up is GiveUp.PAST_DEADLINE:
             msg = (
-                f"could not dispatch to `{agent}` at {url} before the deadline "
+                f"could not dispatch to {what} at {url} before the deadline "
                 f"(last: {done.reason} after {done.attempts} attempt(s); the next retry would "
                 f"come in {done.delay or 0:.1f} s). Is the gateway running? "
                 + (hint or "Raise `--timeout` to wait longer.")
             )
         else:
             msg = (
-                f"could not dispatch to `{agent}` at {url} before the deadline "
+                f"could not dispatch to {what} at {url} before the deadline "
                 f"({done.attempts} attempt(s)). Is the gateway running? "
                 + (hint or f"Check `agents.{agent}.url`, or raise `--timeout`.")
             )

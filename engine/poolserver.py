@@ -30,6 +30,7 @@ import hmac
 import json
 import logging
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -60,6 +61,12 @@ class PoolServer:
         self.max_held = 0  # the most tokens held at once through this server
         try:
             self._server = ThreadingHTTPServer((host, port), self._handler())
+        except socket.gaierror as exc:
+            raise UsageError(
+                f"the pool endpoint cannot listen on {host}:{port}: the host `{host}` does "
+                f"not resolve ({exc.strerror or exc}); give `--host` a name or address of "
+                "this machine, e.g. 127.0.0.1."
+            ) from None
         except OSError as exc:
             raise UsageError(
                 f"the pool endpoint cannot listen on {host}:{port}: {exc.strerror or exc}; "

@@ -335,8 +335,11 @@ def find_workflow(name_or_path: str, cfg: Config | None) -> Path:
     for directory in dirs:
         for ext in EXTENSIONS:
             candidate = directory / f"{text}{ext}"
-            if candidate.is_file():
-                return candidate
+            try:
+                if candidate.is_file():
+                    return candidate
+            except OSError:  # a name too long for a file name (ENAMETOOLONG): no such file
+                continue
     known = sorted({p.stem for d in dirs for p in _files_in(d)})
     looked = ", ".join(f"`{d}`" for d in dirs)
     listed = ", ".join(f"`{k}`" for k in known) or "none"

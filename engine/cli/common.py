@@ -55,12 +55,13 @@ def fail(
     reading stdout always gets JSON (README, "Exit codes"); an error that lists problems
     (a template's: ``WorkflowError.problems``) adds them as ``problems``, and ``more``
     adds a command's own keys (`workflow validate`'s ``ok``)."""
+    from engine.errors import clip_quoted
     from engine.redact import redact
 
-    text = redact(str(exc))
+    text = clip_quoted(redact(str(exc)))  # a long value given is shown cut
     click.echo(f"error: {text}", err=True)
     if as_json:
-        problems = [redact(str(p)) for p in getattr(exc, "problems", None) or ()]
+        problems = [clip_quoted(redact(str(p))) for p in getattr(exc, "problems", None) or ()]
         dump(
             {
                 **(more or {}),
@@ -269,6 +270,37 @@ class Seconds(click.ParamType[float]):
         return number
 
 
+class NonEmpty(click.ParamType[Any]):
+    """A value that may not be empty or blank, else ``inner``'s (default: any text).
+
+    An option given ``""`` (``--config ""``, ``--host ""``, an unset variable in
+    ``--caller "$WHO"``) is refused with ``UsageError`` (exit 2) naming the option and
+    ``what`` to give, rather than read as "not given" or as a real value (an empty host
+    binds every interface).
+    """
+
+    def __init__(self, what: str, inner: click.ParamType[Any] | None = None) -> None:
+        self.what = what
+        self.inner = inner if inner is not None else click.STRING
+        self.name = self.inner.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            from engine.errors import UsageError
+
+            name = _option_name(param) if param is not None else "the value"
+            optional = param is None or not param.required
+            raise UsageError(
+                f"`{name}` is empty: {self.what}{', or leave the option out' if optional else ''}."
+            )
+        return self.inner.convert(value, param, ctx)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[Any]:
+        return self.inner.shell_complete(ctx, param, incomplete)
+
+
 def check_argv(args: list[str]) -> None:
     """Refuse command-line text that is not valid UTF-8 before any command runs.
 
@@ -383,11 +415,59 @@ def _interrupted(text: str, *, as_json: bool) -> NoReturn:
     sys.exit(interrupted(text, as_json=as_json))
 
 
+class EngineCommand(click.Command):
+    """A click command that refuses an option taking one value given more than once
+    (``--caller good --caller manager``: click keeps the last one silently, and the ACL
+    would judge a caller the user may not have meant): ``UsageError``, exit 2."""
+
+    def make_parser(self, ctx: click.Context) -> Any:
+        parser = super().make_parser(ctx)
+        parse = parser.parse_args
+
+        def once(args: list[str]) -> Any:
+            opts, rest, order = parse(args)
+            _refuse_repeated(order)
+            return opts, rest, order
+
+        parser.parse_args = once  # type: ignore[method-assign]
+        return parser
+
+
+def _refuse_repeated(order: list[click.Parameter]) -> None:
+    """Raise ``UsageError`` for the first option of ``order`` (the parameters in the order
+    the command line gave them, one entry per occurrence) that takes one value (no
+    ``multiple``, no flag or count) and occurs more than once."""
+    from collections import Counter
+
+    from engine.errors import UsageError
+
+    seen = Counter(id(p) for p in order)
+    for p in order:
+        single = isinstance(p, click.Option) and not (p.multiple or p.count or p.is_flag)
+        if single and seen[id(p)] > 1:
+            name = _option_name(p)
+            raise UsageError(
+                f"`{name}` is given {seen[id(p)]} times, but it takes one value: give it "
+                "once (the command would otherwise use the last one only)."
+            )
+
+
+class _EngineSubGroup(click.Group):
+    """A program's subcommand group (``orchestrate handoff``): its commands and groups are
+    ``EngineCommand`` objects and such groups."""
+
+    command_class = EngineCommand
+    group_class = type
+
+
 class EngineGroup(click.Group):
     """A click group whose user errors become one message and the documented exit code.
 
-    Its programs take ``-h`` as well as ``--help``.
+    Its programs take ``-h`` as well as ``--help``; its commands are ``EngineCommand`` objects.
     """
+
+    command_class = EngineCommand
+    group_class = _EngineSubGroup
 
     #: The command that runs when the first word is not a command's name (``orchestrate
     #: AGENT TASK`` is ``orchestrate delegate AGENT TASK``), or None.
@@ -622,7 +702,10 @@ def say(text: str, *, err: bool = False) -> None:
 
 
 config_option = click.option(
-    "--config", "config", type=click.Path(), help=CONFIG_HELP
+    "--config",
+    "config",
+    type=NonEmpty("give the path of a config file", click.Path()),
+    help=CONFIG_HELP,
 )
 
 
@@ -756,7 +839,11 @@ where_options = collected(
     "where",
     Where,
     click.option(
-        "--server", envvar="ORCH_SERVER", metavar="URL", help="Act through `orchestrate serve`."
+        "--server",
+        envvar="ORCH_SERVER",
+        metavar="URL",
+        type=NonEmpty("give the URL of `orchestrate serve`"),
+        help="Act through `orchestrate serve`.",
     ),
     click.option(
         "--server-token-env",

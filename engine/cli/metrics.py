@@ -8,6 +8,7 @@ import click
 
 from engine.cli.common import (
     EngineGroup,
+    NonEmpty,
     config_option,
     dump,
     load,
@@ -17,11 +18,23 @@ from engine.cli.common import (
 
 _metrics_options = options(
     click.option("--since", help="Only records since: 24h, 7d, 30m or an ISO date."),
-    click.option("--agent", help="Only this agent's delegations (and runs it took part in)."),
-    click.option("--workflow", "workflow_name", help="Only this workflow's runs and steps."),
-    click.option("--caller", help="Only delegations made by this caller."),
+    click.option(
+        "--agent",
+        type=NonEmpty("name an agent"),
+        help="Only this agent's delegations (and runs it took part in).",
+    ),
+    click.option(
+        "--workflow",
+        "workflow_name",
+        type=NonEmpty("name a workflow"),
+        help="Only this workflow's runs and steps.",
+    ),
+    click.option(
+        "--caller", type=NonEmpty("name a caller"), help="Only delegations made by this caller."
+    ),
     click.option(
         "--handoffs-dir",
+        type=NonEmpty("give the `handoffs_dir` of the config"),
         help="Read this directory instead of the config's `handoffs_dir`.",
     ),
     config_option,

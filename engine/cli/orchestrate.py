@@ -13,6 +13,7 @@ import click
 
 from engine.cli.common import (
     EngineGroup,
+    NonEmpty,
     Seconds,
     Where,
     client,
@@ -139,7 +140,12 @@ def orchestrate() -> None:
 
 @orchestrate.command("delegate")
 @click.argument("args", nargs=-1, required=True, metavar="AGENT TASK")
-@click.option("--caller", required=True, help="Who delegates (checked against the ACL).")
+@click.option(
+    "--caller",
+    required=True,
+    type=NonEmpty("name the agent that delegates (e.g. `--caller manager`)"),
+    help="Who delegates (checked against the ACL).",
+)
 @click.option(
     "--capability",
     help="Route by capability instead of naming AGENT: the least "
@@ -397,6 +403,8 @@ def _context_text(cfg: Any, channel: str | None, messages: int, path: str | None
 def _print_result(result: Any, flags: str = "") -> None:
     """A delegation's record for a person; ``flags`` (``Where.flags``) go into the answer
     hint of a delegation the server ran, so that it can be copied as printed."""
+    from engine.ask import step_answer_hint, workflow_step_of
+
     rec = result.record
     env = rec.get("envelope", {})
     outcome = result.outcome.value
@@ -429,6 +437,8 @@ def _print_result(result: Any, flags: str = "") -> None:
                 f"it continued as {last['continued_as']} "
                 f"(follow it: orchestrate show {last['continued_as']}{flags})"
             )
+        elif (owner := workflow_step_of(env)) is not None:  # its run answers it
+            say(f"continue with: {step_answer_hint(*owner, 'YOUR ANSWER')}", err=True)
         else:
             say(f'continue with: orchestrate answer {result.run_id} "YOUR ANSWER"{flags}', err=True)
     if outcome == "partial":
@@ -791,7 +801,15 @@ def _post_progress(delivery: _Delivery, run_id: str, text: str) -> int:
     target = _receiver_target(run_id, base, delivery.token_env)
     with HooksClient() as client:
         key = delivery.key or None
-        client.post_progress(target, run_id, text, deadline=time.monotonic() + 30, key=key)
+        client.post_progress(
+            target,
+            run_id,
+            text,
+            deadline=time.monotonic() + 30,
+            key=key,
+            hint=f"Check `--receiver {delivery.receiver}`, then run the same command again "
+            "(each run tries for up to 30 s).",
+        )
     return 0
 
 
@@ -827,7 +845,13 @@ def _post_handoff(delivery: _Delivery, run_id: str, agent: str, data: dict[str, 
 @orchestrate.command("answer")
 @click.argument("run_id")
 @click.argument("text")
-@click.option("--by", default="cli", show_default=True, help="Who answers (recorded).")
+@click.option(
+    "--by",
+    type=NonEmpty("name who answers"),
+    default="cli",
+    show_default=True,
+    help="Who answers (recorded).",
+)
 @click.option(
     "--timeout",
     type=Seconds(),
@@ -939,6 +963,15 @@ def _abandoned(env: dict[str, Any], run_id: str) -> bool:
         f"{env.get('dispatched_at') or env.get('created_at')}, {when}): the process that "
         f"waited for its handoff ({owner}) is gone, and no handoff has come."
     )
+    from engine.ask import workflow_step_of
+
+    if (step_of := workflow_step_of(env)) is not None:  # delegated again it would run twice
+        say(
+            f"It is step `{step_of[1]}` of workflow run {step_of[0]}: the agent may still answer "
+            f"(`orchestrate show {run_id}` merges it). Do not delegate it again outside "
+            f"its run: see `workflow status {step_of[0]}`."
+        )
+        return True
     task = str(env.get("task") or "")
     task_arg = shlex.quote(task) if task and len(task) <= 200 and "\n" not in task else "TASK"
     again = f"orchestrate {target} {task_arg} --caller {caller}"
@@ -1129,8 +1162,18 @@ def pool_status_cmd(as_json: bool, where: Where) -> int:
     return 0
 
 
+#: What an empty ``--host`` is told to give (empty would bind every interface).
+_HOST_NEEDED = "give a name or address of this machine to bind (e.g. 127.0.0.1)"
+
+
 @pool_group.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--host",
+    type=NonEmpty(_HOST_NEEDED),
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind.",
+)
 @int_option(
     "--port", low=0, high=65535, default=18950, help="Port to listen on (0: any free port)."
 )
@@ -1246,7 +1289,11 @@ def agent_skill_uninstall_cmd(workspace: str) -> int:
 def _bind_options(section: str, port: str = "") -> Callable[[Any], Any]:
     """``--host``, ``--port`` (defaults from the config's ``section``) and ``--config``."""
     return options(
-        click.option("--host", help=f"Address to bind (default: {section}.host, else 127.0.0.1)."),
+        click.option(
+            "--host",
+            type=NonEmpty(_HOST_NEEDED),
+            help=f"Address to bind (default: {section}.host, else 127.0.0.1).",
+        ),
         click.option(
             "--port",
             type=click.IntRange(0, 65535),

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from engine.cli.common import config_option, load_optional, say
+from engine.cli.common import EngineGroup, config_option, load_optional, say
 
 
-@click.group("store")
+@click.group("store", cls=EngineGroup.group_class)
 def store_group() -> None:
     """The store shared by hosts (`store: postgresql://...`): schema and migration."""
 

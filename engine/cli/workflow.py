@@ -12,6 +12,7 @@ import click
 
 from engine.cli.common import (
     EngineGroup,
+    NonEmpty,
     Where,
     collected,
     collector_paused,
@@ -950,7 +951,12 @@ def _earlier_answer(cfg: Any, run_id: str, step: str) -> list[dict[str, Any]]:
 @workflow.command("reject")
 @click.argument("run_id")
 @click.argument("step")
-@click.option("--reason", required=True, help="Why (recorded; dependents are skipped).")
+@click.option(
+    "--reason",
+    required=True,
+    type=NonEmpty("say why the gate is rejected"),
+    help="Why (recorded; dependents are skipped).",
+)
 @json_option
 @where_options
 def workflow_reject_cmd(run_id: str, step: str, reason: str, as_json: bool, where: Where) -> int:
