@@ -173,37 +173,77 @@ def test_missing_token_and_embedded_agents(tmp_path: Path, monkeypatch: pytest.M
     assert not report.ok
 
 
-def test_a_slow_gateway_is_down_within_the_timeout(tmp_path: Path) -> None:
-    release = threading.Event()
-
-    class Slow(BaseHTTPRequestHandler):
+def _held_server(handle: Callable[[BaseHTTPRequestHandler], None]) -> ThreadingHTTPServer:
+    class Held(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
             pass
 
         def do_GET(self) -> None:  # noqa: N802
-            release.wait(10)
+            handle(self)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Held)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _three_agents(tmp_path: Path, server: ThreadingHTTPServer) -> Config:
+    raw = demo_config(tmp_path)
+    for name in ("webster", "auditor", "secretary"):
+        raw["agents"][name] = {
+            "url": f"http://127.0.0.1:{server.server_address[1]}",
+            "token_env": "X",
+        }
+    return config_from_dict(raw)
+
+
+def test_a_slow_gateway_is_down_within_the_timeout(tmp_path: Path) -> None:
+    release = threading.Event()
+    server = _held_server(lambda h: release.wait(10) and None)
     try:
-        raw = demo_config(tmp_path)
-        for name in ("webster", "auditor", "secretary"):
-            raw["agents"][name] = {
-                "url": f"http://127.0.0.1:{server.server_address[1]}",
-                "token_env": "X",
-            }
-        cfg = config_from_dict(raw)
-        started = time.monotonic()
-        report = check_agents(cfg, names=["webster", "auditor", "secretary"], timeout=0.5)
-        elapsed = time.monotonic() - started
+        report = check_agents(
+            _three_agents(tmp_path, server), names=["webster", "auditor", "secretary"], timeout=0.5
+        )
     finally:
         release.set()
         server.shutdown()
         server.server_close()
     assert [a.state for a in report.agents] == [DOWN, DOWN, DOWN]
-    assert report.agents[0].health == "no answer in 0.5 s"
-    assert elapsed < 1.4  # probed concurrently, not 3 x 0.5 s
+    assert [a.health for a in report.agents] == ["no answer in 0.5 s"] * 3
+
+
+def test_agents_are_probed_concurrently(tmp_path: Path) -> None:
+    """The gateway answers `/health` only once all three probes are in: probed one after
+    another, each would wait out its timeout (the old check of this timed the probes,
+    which a busy host failed)."""
+    arrived: list[str] = []
+    lock = threading.Lock()
+    all_in = threading.Event()
+
+    def handle(h: BaseHTTPRequestHandler) -> None:
+        with lock:
+            arrived.append(h.path)
+            if len(arrived) == 3:
+                all_in.set()
+        all_in.wait(60)
+        data = b'{"ok":true,"status":"live"}'
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    server = _held_server(handle)
+    try:
+        report = check_agents(
+            _three_agents(tmp_path, server), names=["webster", "auditor", "secretary"], timeout=30
+        )
+    finally:
+        all_in.set()
+        server.shutdown()
+        server.server_close()
+    assert arrived == ["/health"] * 3
+    assert [a.health for a in report.agents] == ["ok"] * 3
 
 
 def test_unexpected_answers_are_degraded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
