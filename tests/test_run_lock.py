@@ -17,6 +17,7 @@ from engine.files import new_run_id
 from engine.store import FileRunStore
 
 CLAIMS = 2000
+MARKS = 2000
 
 
 def _run(tmp_path: Path) -> tuple[FileRunStore, str]:
@@ -101,3 +102,43 @@ def test_an_executor_is_refused_at_once_and_named(tmp_path: Path) -> None:
     assert (store.run_locator(run_id) / ".lock").read_text() == ""  # no executor named
     with FileRunStore(store.root).claim(run_id):
         pass
+
+
+def test_a_server_takes_its_mark_while_another_process_looks_for_it(tmp_path: Path) -> None:
+    """``run_owner`` (every local `workflow status`) looks at the server's mark with a
+    shared lock; a server starting at that instant served without its mark, and the
+    runs it owned looked unowned (`workflow resume` advised beside it)."""
+    import json
+    import os
+
+    from engine.config import config_from_dict
+    from engine.serve import _presence
+    from tests.helpers import demo_config
+
+    cfg = config_from_dict(demo_config(tmp_path))
+    owned = cfg.handoffs_dir / "serve"
+    owned.mkdir(parents=True)
+    (owned / "wf-x.json").write_text(json.dumps({"runId": "wf-x", "kind": "workflow"}))
+    source = (
+        "from pathlib import Path\nfrom engine.serve import run_owner\n"
+        "print('looking', flush=True)\n"
+        f"while not Path({str(tmp_path / 'stop')!r}).exists():\n"
+        f"    run_owner(Path({str(cfg.handoffs_dir)!r}), 'wf-x')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen(
+        [sys.executable, "-c", source], stdout=subprocess.PIPE, text=True, cwd=root
+    )
+    marks = []
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "looking"
+        for n in range(MARKS):
+            with _presence(cfg, f"http://127.0.0.1:{n}"):
+                marks.append(json.loads((owned / ".server.lock").read_text()))
+    finally:
+        (tmp_path / "stop").touch()
+        assert child.wait(60) == 0
+        assert child.stdout is not None
+        child.stdout.close()
+    pid = os.getpid()
+    assert marks == [{"pid": pid, "url": f"http://127.0.0.1:{n}"} for n in range(MARKS)]
