@@ -16,6 +16,7 @@ import hashlib
 import heapq
 import hmac
 import json
+import math
 import os
 import queue
 import random
@@ -1265,7 +1266,10 @@ class _Execution:
             if started and isinstance(started[-1], str):
                 timeout -= time.time() - parse_iso(started[-1]).timestamp()
         if self.deadline_at is not None and not ps.spec.always:
-            timeout = min(timeout, self.deadline_at - time.time())
+            left = self.deadline_at - time.time()
+            if left < timeout:
+                # rounded up: an attempt that ended before the deadline would be retried
+                return max(0.1, math.ceil(left * 10) / 10)
         return max(0.1, round(timeout, 1))  # messages say `within 2 s`, not `1.99076 s`
 
     def _consider(self, s: StepRun, pool: ThreadPoolExecutor) -> Future[None] | None:

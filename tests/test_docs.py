@@ -130,6 +130,9 @@ def test_agents_doc_examples_run(tmp_path: Path, discord_api: Any) -> None:
     api = discord_api(token=token, channels={technical: [said]})
     config["channels"] = {**channels, "base_url": api.base_url}
     config["handoffs_dir"] = str(tmp_path / "handoffs")
+    # a fixed pool, as the quick start's: the adaptive one reads this host's load average,
+    # and a busy test host past `pool.emergency_load` grants no token (exit 4)
+    config.setdefault("pool", {})["adaptive"] = False
     (tmp_path / "orchestrator.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     (tmp_path / "notes.md").write_text("# Notes\n\nCTE budget: 0.01 ppm/K\n", encoding="utf-8")
     env = {

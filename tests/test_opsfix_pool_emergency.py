@@ -35,7 +35,8 @@ def test_the_message_says_emergency_and_when_it_ends(tmp_path: Path) -> None:
     text = info.value.message
     assert "emergency mode" in text
     assert "load was above `pool.emergency_load` (5)" in text
-    assert re.search(r"cooldown ends in (29|30) s\.", text), text
+    ends = re.search(r"cooldown ends in (\d+) s\.", text)  # 30 s from the first look
+    assert ends and 20 <= int(ends.group(1)) <= 30, text  # (a busy host takes a while)
     assert "within 0.2 s" in text
     assert not re.search(r"\d\.\d{2,}", text), text  # no 0.2349, no 29.9965
     assert "Raise the timeout or `pool.max_tokens`" not in text

@@ -51,6 +51,7 @@ def scratch(tmp_path: Path) -> dict[str, Path]:
     raw = {
         "handoffs_dir": "./handoffs",
         "default_timeout": 60,
+        "pool": {"adaptive": False},  # not the test host's load average
         "gateway": {
             "embedded": True,
             "agents": {

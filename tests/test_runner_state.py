@@ -431,7 +431,7 @@ def test_render_limits(task: str, limit: str) -> None:
     t0 = time.monotonic()
     with pytest.raises(WorkflowError) as info:
         renderer.render_task("s", ctx)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 60  # stopped, not 2**60 calls (a busy host is slow)
     assert str(info.value).startswith("step `s`: `task` was stopped: ")
     assert limit in str(info.value)
 

@@ -60,11 +60,16 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def _wait(browser: Any) -> Any:
-    """A 60 s wait that retries when the page re-rendered the element it was reading."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    """A 60 s wait that retries when the page re-rendered the element it was reading, or
+    has not laid it out yet (not interactable)."""
+    from selenium.common.exceptions import (
+        ElementNotInteractableException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
+    settling = (StaleElementReferenceException, ElementNotInteractableException)
+    return WebDriverWait(browser, 60, ignored_exceptions=settling)
 
 
 def _click(browser: Any, by: str, what: str) -> None:

@@ -157,7 +157,10 @@ DRIVER = shutil.which("chromedriver")
 )
 def test_the_dashboard_approves_with_the_gate_input(srv: Served, tmp_path: Path) -> None:
     from selenium import webdriver
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import (
+        ElementNotInteractableException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -172,7 +175,9 @@ def test_the_dashboard_approves_with_the_gate_input(srv: Served, tmp_path: Path)
     opts.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
     browser = webdriver.Chrome(service=Service(str(DRIVER)), options=opts)
     try:
-        wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
+        # the page re-renders its steps: wait out an element replaced or not laid out yet
+        settling = (StaleElementReferenceException, ElementNotInteractableException)
+        wait = WebDriverWait(browser, 60, ignored_exceptions=settling)
         browser.get(srv.url + "/")
         browser.execute_script("localStorage.setItem('orchToken', arguments[0])", TOKENS["bob"][1])
         browser.get(f"{srv.url}/runs/{run_id}")

@@ -44,6 +44,25 @@ def test_hub_numbers_new_lines_and_skips_a_torn_one(tmp_path: Path) -> None:
     assert [e["line"] for e in read_journal(journal, after=1)] == [2, 3]
 
 
+def test_hub_primed_mid_line_reads_that_line_once_complete(tmp_path: Path) -> None:
+    """The server starts while another process writes a journal line (a local
+    `workflow answer`): the line is news once complete, numbered as the journal's."""
+    runs = tmp_path / "workflows"
+    journal = runs / "wf-a" / "events.jsonl"
+    _append(journal, {"event": "run_started"}, tail="not json\n")
+    _append(journal, {"event": "step_waiting_input", "step": "s"}, tail='{"event": "step_an')
+    seen: list[str] = []
+    hub = EventHub(runs, on_event=lambda rid, ev: seen.append(ev["event"]))
+    hub.prime()
+    assert hub.scan() == 0
+    with open(journal, "a", encoding="utf-8") as fh:
+        fh.write('swered", "step": "s", "answer": "0-50 C"}\n')
+    assert hub.scan() == 1 and seen == ["step_answered"]
+    ((ev, _),) = hub.since(0)
+    assert ev["line"] == 4 and ev["answer"] == "0-50 C"
+    assert [e["line"] for e in read_journal(journal)][-1] == 4
+
+
 def test_hub_keeps_a_bounded_buffer(tmp_path: Path) -> None:
     runs = tmp_path / "workflows"
     hub = EventHub(runs, keep=3)

@@ -25,6 +25,7 @@ NO_ENV: dict[str, str | None] = {"ORCHESTRATOR_CONFIG": None, "ORCH_SERVER": Non
 
 CONFIG = {
     "handoffs_dir": "./handoffs",
+    "pool": {"adaptive": False},  # not the test host's load average
     "gateway": {"embedded": True,
                 "agents": {"echo": {"kind": "echo"}, "checker": {"kind": "echo"}}},
     "agents": {"boss": {"url": "local"}, "echo": {"url": "local"}, "checker": {"url": "local"}},

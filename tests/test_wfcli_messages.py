@@ -16,6 +16,7 @@ from engine.cli import workflow
 
 CONFIG = {
     "handoffs_dir": "./handoffs",
+    "pool": {"adaptive": False},  # not the test host's load average
     "gateway": {"embedded": True,
                 "agents": {"echo": {"kind": "echo"}, "checker": {"kind": "echo"}}},
     "agents": {"boss": {"url": "local"}, "echo": {"url": "local"}, "checker": {"url": "local"}},

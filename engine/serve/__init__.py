@@ -157,7 +157,6 @@ def serve(
 def _presence(cfg: Config, url: str) -> Iterator[None]:
     """Hold ``<handoffs>/serve/.server.lock`` (``SERVER_LOCK``) while the server runs, with
     its pid and URL in it; the lock goes with the process, even a killed one."""
-    import fcntl
     import json
 
     from engine.serve.manager import OWNED_DIR
@@ -166,9 +165,7 @@ def _presence(cfg: Config, url: str) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     fh = open(folder / SERVER_LOCK, "a+", encoding="utf-8")  # noqa: SIM115
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another server on this directory: it keeps the mark
+        if not _take_presence(fh):  # another server on this directory: it keeps the mark
             yield
             return
         fh.seek(0)
@@ -178,6 +175,47 @@ def _presence(cfg: Config, url: str) -> Iterator[None]:
         yield
     finally:
         fh.close()
+
+
+def _take_presence(fh: Any) -> bool:
+    """Lock ``SERVER_LOCK`` (open as ``fh``) for this server: False when another live
+    server holds it. A ``run_owner`` look holds it shared for an instant: while the lock
+    names no other live process (a mark left by a server that ended, or by this process
+    before), try again (every 5 ms, for up to 5 s) instead of serving without the mark,
+    which made this server's runs look unowned."""
+    import fcntl
+    import json
+    import time
+
+    from engine.store.file import PROBE_RETRY, PROBE_WAIT
+
+    deadline = time.monotonic() + PROBE_WAIT
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        fh.seek(0)
+        try:
+            pid = json.loads(fh.read() or "{}").get("pid")
+        except (ValueError, AttributeError):
+            pid = None
+        other = isinstance(pid, int) and pid != os.getpid() and _alive(pid)
+        if other or time.monotonic() >= deadline:
+            return False
+        time.sleep(PROBE_RETRY)
+
+
+def _alive(pid: int) -> bool:
+    """A process ``pid`` exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
 
 
 def run_owner(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:

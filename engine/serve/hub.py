@@ -109,11 +109,15 @@ class EventHub:
                 self._tails[run_id] = (0, count)
             return
         for run_id, path in self._journals():
-            lines = len(read_journal(path))
             try:
-                self._tails[run_id] = (path.stat().st_size, lines)
+                with open(path, "rb") as fh:
+                    data = fh.read()
             except OSError:
                 continue
+            # up to the last complete line: a line being written is read by ``scan``
+            # once complete, and line numbers count every line (as ``read_journal``'s)
+            end = data.rfind(b"\n") + 1
+            self._tails[run_id] = (end, data.count(b"\n", 0, end))
 
     async def run(self) -> None:
         """Scan the runs that reported when woken, and every run each ``poll`` seconds."""

@@ -374,6 +374,8 @@ class RunManager:
                     return True
             except OrchestratorError:
                 pass
+            except Exception:  # a bug: the driver must still retire (else kicks pile up)
+                log.exception("run %s: cannot tell whether it goes on", run_id)
 
     def needs_resume(self, run_id: str) -> bool:
         """True when the journal says the run should go on: it was executing when its

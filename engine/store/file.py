@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -107,47 +108,112 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return [ev for _, ev in read_numbered(path) if isinstance(ev, dict) and "event" in ev]
 
 
+#: How long a claim waits for a lock that no executor names (a ``lock_held`` look in
+#: this or another process holds it for an instant) before refusing, and how often it
+#: tries again meanwhile (seconds).
+PROBE_WAIT = 5.0
+PROBE_RETRY = 0.005
+
+# The (device, inode) of each run lock this process holds now: a lock that names this
+# process's pid but is not listed here names a claim this process has released.
+_HELD: set[tuple[int, int]] = set()
+_HELD_LOCK = threading.Lock()
+
+
 class RunLock:
-    """An exclusive lock on a run directory: one process executes a run at a time."""
+    """An exclusive lock on a run directory: one process executes a run at a time.
+
+    The holder writes its pid into ``.lock`` and empties it before releasing. A look
+    (``lock_held``, e.g. ``workflow status`` or the server's ``/wait``) holds a shared
+    lock for an instant; a claim that meets a lock naming no live executor is such a look
+    (or an executor about to write its pid) and tries again for up to ``PROBE_WAIT``
+    seconds, so that a look never makes a resume fail. ``RunStateError`` (naming the
+    holder's pid) when another executor holds the run.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path / LOCK
         self._fh: IO[str] | None = None
+        self._key: tuple[int, int] | None = None
 
     def __enter__(self) -> RunLock:
-        self._fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.seek(0)
-            holder = self._fh.read().strip() or "another process"
-            self._fh.close()
-            self._fh = None
-            raise RunStateError(
-                f"run `{self.path.parent.name}` is being executed right now (pid {holder}); "
-                "wait for it, or `workflow cancel` it."
-            ) from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(str(os.getpid()))
-        self._fh.flush()
+        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
+        deadline = time.monotonic() + PROBE_WAIT
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip()
+                if _an_executor(holder, fh) or time.monotonic() >= deadline:
+                    fh.close()
+                    raise RunStateError(
+                        f"run `{self.path.parent.name}` is being executed right now (pid "
+                        f"{holder or 'of another process'}); wait for it, or `workflow "
+                        "cancel` it."
+                    ) from None
+                time.sleep(PROBE_RETRY)
+        st = os.fstat(fh.fileno())
+        self._key = (st.st_dev, st.st_ino)
+        with _HELD_LOCK:
+            _HELD.add(self._key)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+        fh, self._fh = self._fh, None
+        if fh is None:
+            return
+        try:
+            fh.seek(0)
+            fh.truncate()  # no executor named while no executor holds it
+            fh.flush()
+        except OSError:
+            pass
+        if self._key is not None:
+            with _HELD_LOCK:
+                _HELD.discard(self._key)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def _an_executor(holder: str, fh: IO[str]) -> bool:
+    """True when ``holder`` (the text of a held ``.lock``) names a live process that
+    holds the claim; False for nothing, a dead pid, or this process's pid from a claim
+    it has released (the lock is then held by a ``lock_held`` look, or by an executor
+    that has not written its pid yet)."""
+    if not holder.isdigit():
+        return False
+    pid = int(holder)
+    if pid == os.getpid():
+        st = os.fstat(fh.fileno())
+        with _HELD_LOCK:
+            return (st.st_dev, st.st_ino) in _HELD
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def lock_held(path: Path) -> bool:
-    """True while some process holds the run lock of the run directory ``path``."""
+    """True while some process holds the run lock of the run directory ``path``.
+
+    The look takes a shared lock for an instant: two looks never see each other, and a
+    claim that meets it waits for it (``RunLock``)."""
     try:
         fh = open(path / LOCK, "a+", encoding="utf-8")  # noqa: SIM115
     except OSError:
         return False
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:
