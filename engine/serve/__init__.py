@@ -188,6 +188,7 @@ def _take_presence(fh: Any) -> bool:
     import time
 
     from engine.store.file import PROBE_RETRY, PROBE_WAIT
+    from engine.store.liveness import process_alive
 
     deadline = time.monotonic() + PROBE_WAIT
     while True:
@@ -201,21 +202,10 @@ def _take_presence(fh: Any) -> bool:
             pid = json.loads(fh.read() or "{}").get("pid")
         except (ValueError, AttributeError):
             pid = None
-        other = isinstance(pid, int) and pid != os.getpid() and _alive(pid)
+        other = isinstance(pid, int) and pid != os.getpid() and process_alive(pid)
         if other or time.monotonic() >= deadline:
             return False
         time.sleep(PROBE_RETRY)
-
-
-def _alive(pid: int) -> bool:
-    """A process ``pid`` exists (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
 
 
 def run_owner(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ from engine import record as _rec
 from engine.errors import RunStateError
 from engine.files import SAFE_ID, check_id, utcnow_iso, write_json_atomic, write_json_new
 from engine.redact import redact
+from engine.store.liveness import process_alive
 from engine.store.protocol import Delivery, Waiter
 
 __all__ = [
@@ -194,13 +195,7 @@ def _an_executor(holder: str, fh: IO[str]) -> bool:
         st = os.fstat(fh.fileno())
         with _HELD_LOCK:
             return (st.st_dev, st.st_ino) in _HELD
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(pid)
 
 
 def lock_held(path: Path) -> bool:
