@@ -28,6 +28,10 @@ EMPTY_ALLOWED = {
     "orchestrate handoff write --question": "free text; `--status blocked` checks it",
     "orchestrate handoff write --data": "read as JSON, which refuses it by its own words",
     "workflow approve --input": "a gate's input given as plain text may be empty",
+    "workflow run --input": "each `NAME=VALUE` is checked by its reader (`name=value`)",
+    "workflow resume --input": "each `NAME=VALUE` is checked by its reader",
+    "workflow validate --input": "each `NAME=VALUE` is checked by its reader",
+    "workflow test --input": "each `NAME=VALUE` is checked by its reader",
 }
 
 
@@ -36,14 +40,12 @@ def _run(group: Any, *args: str, env: dict[str, str] | None = None) -> Any:
 
 
 def _options(command: click.Command, path: str) -> Iterator[tuple[str, click.Option]]:
-    """Every option taking one text or path value of ``command`` and its subcommands."""
+    """Every option of ``command`` and its subcommands that takes text or a path."""
     if isinstance(command, click.Group):
         for name, sub in command.commands.items():
             yield from _options(sub, f"{path} {name}")
     for param in command.params:
         if not isinstance(param, click.Option) or param.is_flag or param.count:
-            continue
-        if param.multiple:  # `-i KEY=VALUE`, `--approve STEP`: each checked by its reader
             continue
         kind = param.type
         inner = getattr(kind, "inner", kind)
@@ -69,6 +71,7 @@ def test_the_walk_finds_the_options_named_in_the_fixes() -> None:
         "orchestrate agents systemd --out", "workflow answer --by", "workflow approve --reason",
         "orchestrate delegate --validator", "orchestrate delegate --model",
         "workflow runs --server-token-env", "orchestrate delegate --capability",
+        "workflow run --approve", "orchestrate handoff write --artifact",
     ]:
         assert key in keys, key
     assert set(EMPTY_ALLOWED) <= keys
@@ -82,7 +85,7 @@ def test_every_text_or_path_option_refuses_an_empty_value(value: str) -> None:
             continue
         ctx = click.Context(group, info_name=key)
         try:
-            param.process_value(ctx, value)
+            param.process_value(ctx, (value,) if param.multiple else value)
         except (OrchestratorError, click.BadParameter) as exc:
             shown = exc if isinstance(exc, OrchestratorError) else usage_error(exc)
             text = str(shown)  # as the user reads it

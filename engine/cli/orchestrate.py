@@ -542,7 +542,13 @@ def handoff_group() -> None:
     type=click.Choice([c.value for c in Confidence]),
     help="How sure you are of the result.",
 )
-@click.option("--artifact", "artifacts", multiple=True, help="An artifact path (repeatable).")
+@click.option(
+    "--artifact",
+    "artifacts",
+    multiple=True,
+    type=NonEmpty("give an artifact's path"),
+    help="An artifact path (repeatable).",
+)
 @click.option("--notes", help="Free-form notes.")
 @click.option("--question", help="With --status blocked: what you need to know to go on.")
 @click.option(

@@ -82,6 +82,7 @@ approve_option = click.option(
     "approve",
     multiple=True,
     metavar="STEP",
+    type=NonEmpty("name the step whose gate is approved"),
     help="Approve this step's gate up front (repeatable).",
 )
 approve_all_option = click.option(
