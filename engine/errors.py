@@ -157,20 +157,26 @@ class UnusableHandoffError(OrchestratorError):
     exit_code = EXIT_UNUSABLE
 
 
-#: How many characters of a quoted value an error message shows (``clip_quoted``).
-QUOTED_LIMIT = 200
+#: How many characters of a quoted value an error message shows (``clip_quoted``): its
+#: first ``QUOTED_HEAD`` and its last ``QUOTED_TAIL``, with ``…`` between.
+QUOTED_HEAD = 80
+QUOTED_TAIL = 100
+QUOTED_LIMIT = QUOTED_HEAD + QUOTED_TAIL
 
 
-def clip_quoted(text: str, limit: int = QUOTED_LIMIT) -> str:
-    """``text`` with each backticked value longer than ``limit`` characters cut to its
-    first ``limit`` and ``…`` (a 5,000-character agent name or run id echoed whole buries
-    the message); the messages quote values in backticks (docs: CONVENTIONS, Errors)."""
+def clip_quoted(text: str, head: int = QUOTED_HEAD, tail: int = QUOTED_TAIL) -> str:
+    """``text`` with each backticked value longer than ``head + tail`` characters cut in
+    the middle: its first ``head`` characters, ``…``, its last ``tail`` (a 5,000-character
+    agent name or run id echoed whole buries the message, and a long path keeps its file
+    name: `/tmp/ddd…ddd/nonexist.yaml`). A value shown is at most ``head + tail + 1``
+    characters. The messages quote values in backticks (docs: CONVENTIONS, Errors)."""
     parts = text.split("`")
     if len(parts) % 2 == 0:  # an odd number of backticks: which text is quoted is unclear
         return text
     for i in range(1, len(parts), 2):  # odd parts lie between a pair of backticks
-        if len(parts[i]) > limit:
-            parts[i] = parts[i][:limit] + "…"
+        value = parts[i]
+        if len(value) > head + tail:
+            parts[i] = value[:head] + "…" + (value[-tail:] if tail else "")
     return "`".join(parts)
 
 

@@ -79,7 +79,7 @@ def test_an_empty_caller_is_refused(tmp_path: Path, command: str) -> None:
     cfg, wf = _setup(tmp_path, _two())
     res = _cli(command, wf, "--caller", "", "--config", cfg)
     assert res.exit_code == 2
-    assert "`--caller`: is empty" in res.stderr
+    assert "`--caller` is empty" in res.stderr
     assert not (tmp_path / "handoffs" / "workflows").exists() or not list(
         (tmp_path / "handoffs" / "workflows").iterdir()
     )

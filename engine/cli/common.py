@@ -290,6 +290,11 @@ class NonEmpty(click.ParamType[Any]):
 
             name = _option_name(param) if param is not None else "the value"
             optional = param is None or not param.required
+            env = _from_environment(param, ctx)
+            if env:  # the user set a variable, not the option: name what they set
+                raise UsageError(
+                    f"${env} is empty (it gives `{name}`): {self.what}, or unset ${env}."
+                )
             raise UsageError(
                 f"`{name}` is empty: {self.what}{', or leave the option out' if optional else ''}."
             )
@@ -299,6 +304,26 @@ class NonEmpty(click.ParamType[Any]):
         self, ctx: click.Context, param: click.Parameter, incomplete: str
     ) -> list[Any]:
         return self.inner.shell_complete(ctx, param, incomplete)
+
+
+def _from_environment(param: click.Parameter | None, ctx: click.Context | None) -> str:
+    """The environment variable that gave ``param`` its value (``$ORCH_SERVER`` for
+    ``--server``), or "" when the command line (or a default) gave it; click records the
+    source before it converts the value (``Context.get_parameter_source``)."""
+    if param is None or ctx is None or not param.name:
+        return ""
+    if ctx.get_parameter_source(param.name) is not click.core.ParameterSource.ENVIRONMENT:
+        return ""
+    names = param.envvar if isinstance(param.envvar, (list, tuple)) else [param.envvar]
+    return next((str(n) for n in names if n and os.environ.get(str(n)) is not None), "")
+
+
+def non_empty_path(what: str, **path: Any) -> NonEmpty:
+    """The type of a path option: ``click.Path(**path)`` that refuses ``""`` and blank
+    (``NonEmpty``, exit 2, naming the option and ``what`` to give): an empty path would
+    otherwise mean the current directory (`agent-skill install --workspace ""` writing
+    into it)."""
+    return NonEmpty(what, click.Path(**path))
 
 
 def check_argv(args: list[str]) -> None:
@@ -426,7 +451,9 @@ class EngineCommand(click.Command):
 
         def once(args: list[str]) -> Any:
             opts, rest, order = parse(args)
-            _refuse_repeated(order)
+            helps = set(ctx.help_option_names)
+            if not any(set(p.opts) & helps for p in order):  # `--help` wins: shown, not refused
+                _refuse_repeated(order)
             return opts, rest, order
 
         parser.parse_args = once  # type: ignore[method-assign]
@@ -849,6 +876,7 @@ where_options = collected(
         "--server-token-env",
         "token_env",
         metavar="VAR",
+        type=NonEmpty("name the environment variable that holds the server's token"),
         help="Env var with the server token [ORCH_SERVER_TOKEN].",
     ),
     config_option,

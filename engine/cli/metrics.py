@@ -17,7 +17,11 @@ from engine.cli.common import (
 )
 
 _metrics_options = options(
-    click.option("--since", help="Only records since: 24h, 7d, 30m or an ISO date."),
+    click.option(
+        "--since",
+        type=NonEmpty("give a time, e.g. `24h`, `7d`, `30m` or an ISO date"),
+        help="Only records since: 24h, 7d, 30m or an ISO date.",
+    ),
     click.option(
         "--agent",
         type=NonEmpty("name an agent"),

@@ -26,6 +26,7 @@ from engine.cli.common import (
     interrupted,
     load,
     load_optional,
+    non_empty_path,
     options,
     os_error,
     say,
@@ -148,6 +149,7 @@ def orchestrate() -> None:
 )
 @click.option(
     "--capability",
+    type=NonEmpty("name a capability (config `agents.*.capabilities`)"),
     help="Route by capability instead of naming AGENT: the least "
     "busy capable agent the caller may use (give only TASK).",
 )
@@ -163,10 +165,15 @@ def orchestrate() -> None:
 )
 @click.option(
     "--parent-run-id",
+    type=NonEmpty("give the run id of the parent delegation (from $ORCH_RUN_ID)"),
     help="Record as a sub-delegation of this run (from $ORCH_RUN_ID inside an agent's task).",
 )
 @click.option("--validate", is_flag=True, help="Have the validator check the result.")
-@click.option("--validator", help="Validator agent (default: the config's `validator`).")
+@click.option(
+    "--validator",
+    type=NonEmpty("name the validator agent"),
+    help="Validator agent (default: the config's `validator`).",
+)
 @click.option(
     "--fail-on-reject/--no-fail-on-reject",
     default=True,
@@ -176,20 +183,28 @@ def orchestrate() -> None:
 @click.option(
     "--channel-context",
     metavar="NAME",
+    type=NonEmpty("name a channel of the config's `channels.map`"),
     help="Put the recent messages of this channel (config `channels.map`) before the task.",
 )
 @int_option("--channel-messages", low=1, high=100, default=20, help="How many channel messages.")
 @click.option(
-    "--context-file", type=click.Path(dir_okay=False), help="Put this file's text before the task."
+    "--context-file",
+    type=non_empty_path("give the path of a text file", dir_okay=False),
+    help="Put this file's text before the task.",
 )
-@click.option("--model", help="Model override sent to the gateway.")
-@click.option("--thinking", help="Thinking level sent to the gateway.")
-@click.option("--channel", help="Channel sent to the gateway.")
+@click.option("--model", type=NonEmpty("name a model"), help="Model override sent to the gateway.")
+@click.option(
+    "--thinking", type=NonEmpty("name a thinking level"), help="Thinking level sent to the gateway."
+)
+@click.option("--channel", type=NonEmpty("name a channel"), help="Channel sent to the gateway.")
 @click.option("--dry-run", is_flag=True, help="Do every check (and the routing), send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 @click.option(
-    "--idempotency-key", "key", help="A retry with this key returns the first result, unsent."
+    "--idempotency-key",
+    "key",
+    type=NonEmpty("give a key that names this request"),
+    help="A retry with this key returns the first result, unsent."
 )
 @where_options
 def delegate_cmd(
@@ -465,11 +480,29 @@ def _delivery_options(directory: str, sub: str, receiver: str, key: str) -> Call
     return collected(
         "delivery",
         _Delivery,
-        click.option("--dir", "directory", type=click.Path(file_okay=False), help=directory),
+        click.option(
+            "--dir",
+            "directory",
+            type=non_empty_path("give the directory from the task message", file_okay=False),
+            help=directory,
+        ),
         click.option("--sub", is_flag=True, help=sub),
-        click.option("--receiver", help=receiver),
-        click.option("--token-env", help="With --receiver: env var holding the hooks token."),
-        click.option("--key", envvar="ORCH_HANDOFF_KEY", show_envvar=True, help=key),
+        click.option(
+            "--receiver", type=NonEmpty("give the receiver's URL from the task message"),
+            help=receiver,
+        ),
+        click.option(
+            "--token-env",
+            type=NonEmpty("name the environment variable that holds the hooks token"),
+            help="With --receiver: env var holding the hooks token.",
+        ),
+        click.option(
+            "--key",
+            envvar="ORCH_HANDOFF_KEY",
+            show_envvar=True,
+            type=NonEmpty("give the key from the task message"),
+            help=key,
+        ),
     )
 
 
@@ -480,8 +513,15 @@ def handoff_group() -> None:
 
 
 @handoff_group.command("write")
-@click.option("--run-id", required=True, help="The run id from the task message.")
-@click.option("--agent", required=True, help="Your agent name.")
+@click.option(
+    "--run-id",
+    required=True,
+    type=NonEmpty("give the run id from the task message"),
+    help="The run id from the task message.",
+)
+@click.option(
+    "--agent", required=True, type=NonEmpty("give your agent name"), help="Your agent name."
+)
 @click.option(
     "--status",
     required=True,
@@ -492,7 +532,7 @@ def handoff_group() -> None:
 @click.option("--result", "result_text", help="The result text ('-' reads stdin).")
 @click.option(
     "--result-file",
-    type=click.Path(exists=True, dir_okay=False),
+    type=non_empty_path("give the path of the result file", exists=True, dir_okay=False),
     help="Read the result text from this file.",
 )
 @click.option(
@@ -502,7 +542,13 @@ def handoff_group() -> None:
     type=click.Choice([c.value for c in Confidence]),
     help="How sure you are of the result.",
 )
-@click.option("--artifact", "artifacts", multiple=True, help="An artifact path (repeatable).")
+@click.option(
+    "--artifact",
+    "artifacts",
+    multiple=True,
+    type=NonEmpty("give an artifact's path"),
+    help="An artifact path (repeatable).",
+)
 @click.option("--notes", help="Free-form notes.")
 @click.option("--question", help="With --status blocked: what you need to know to go on.")
 @click.option(
@@ -513,7 +559,7 @@ def handoff_group() -> None:
 )
 @click.option(
     "--data-file",
-    type=click.Path(exists=True, dir_okay=False),
+    type=non_empty_path("give the path of a JSON file", exists=True, dir_okay=False),
     help="Read the structured result (JSON) from this file.",
 )
 @_delivery_options(
@@ -657,7 +703,12 @@ def _data_option(text: str | None, path: str | None) -> Any:
 
 
 @handoff_group.command("progress")
-@click.option("--run-id", required=True, help="The run id from the task message.")
+@click.option(
+    "--run-id",
+    required=True,
+    type=NonEmpty("give the run id from the task message"),
+    help="The run id from the task message.",
+)
 @click.argument("text")
 @_delivery_options(
     "The directory of handoff_path (as given in the task message).",
@@ -1180,6 +1231,7 @@ _HOST_NEEDED = "give a name or address of this machine to bind (e.g. 127.0.0.1)"
 @click.option(
     "--token-env",
     default="ORCH_POOL_TOKEN",
+    type=NonEmpty("name the environment variable that holds the token"),
     show_default=True,
     help="Environment variable holding the bearer token clients must send.",
 )
@@ -1227,12 +1279,21 @@ def agent_skill_group() -> None:
 
 def _workspace_option(what: str) -> Callable[[Any], Any]:
     """``--workspace DIR`` (required) of the agent-skill commands; ``what`` is its help."""
-    return click.option("--workspace", required=True, type=click.Path(file_okay=False), help=what)
+    return click.option(
+        "--workspace",
+        required=True,
+        type=non_empty_path("give the agent's workspace directory", file_okay=False),
+        help=what,
+    )
 
 
 @agent_skill_group.command("install")
 @_workspace_option("The OpenClaw agent workspace (the folder with its AGENTS.md).")
-@click.option("--agent", help="The agent's registry name (checked against the config).")
+@click.option(
+    "--agent",
+    type=NonEmpty("name the agent (as the config's `agents` do)"),
+    help="The agent's registry name (checked against the config).",
+)
 @config_option
 def agent_skill_install_cmd(workspace: str, agent: str | None, config: str | None) -> int:
     """Install the handoff skill and an AGENTS.md section (idempotent).
@@ -1376,7 +1437,10 @@ def agents_status_cmd(
 
 @agents_group.command("systemd")
 @click.option(
-    "--out", required=True, help="Directory to write into (created if needed)."
+    "--out",
+    required=True,
+    type=non_empty_path("give a directory"),
+    help="Directory to write into (created if needed)."
 )
 @config_option
 def agents_systemd_cmd(out: str, config: str | None) -> int:
@@ -1468,9 +1532,15 @@ def inbox_discord_cmd(once: bool, config: str | None) -> int:
 @inbox_group.command("submit")
 @click.argument("task")
 @click.option(
-    "--agent", help="Delegate to this agent (else TASK is `AGENT: ...` or `workflow ...`)."
+    "--agent",
+    type=NonEmpty("name an agent"),
+    help="Delegate to this agent (else TASK is `AGENT: ...` or `workflow ...`)."
 )
-@click.option("--model", help="Model or alias for the agent (e.g. cheap).")
+@click.option(
+    "--model",
+    type=NonEmpty("name a model or an alias"),
+    help="Model or alias for the agent (e.g. cheap).",
+)
 @click.option("--thinking", type=click.Choice(["low", "medium", "high"]), help="Thinking level.")
 @config_option
 def inbox_submit_cmd(

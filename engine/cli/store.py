@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from engine.cli.common import EngineGroup, config_option, load_optional, say
+from engine.cli.common import EngineGroup, NonEmpty, config_option, load_optional, say
 
 
 @click.group("store", cls=EngineGroup.group_class)
@@ -65,6 +65,7 @@ def _source(source: str) -> Path:
     "--to",
     "to",
     metavar="URL",
+    type=NonEmpty("give the URL of a PostgreSQL store"),
     help="The PostgreSQL store (default: the config's `store:`); password from "
     "$PGPASSWORD or the variable named by `?password_env=NAME`.",
 )
@@ -72,6 +73,7 @@ def _source(source: str) -> Path:
     "--from",
     "source",
     metavar="file://DIR",
+    type=NonEmpty("give the handoffs directory to import, as `file://DIR`"),
     help="Also import the records, sub-delegations and runs of this handoffs directory.",
 )
 @config_option

@@ -26,6 +26,7 @@ from engine.cli.common import (
     interrupted,
     load,
     load_optional,
+    non_empty_path,
     say,
     stopping_signals,
     where_options,
@@ -64,18 +65,11 @@ input_option = click.option(
 )
 
 
-def _caller(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """``--caller ""`` names no one: refused, not taken as the template's caller."""
-    if value is not None and not value.strip():
-        raise click.BadParameter(
-            "is empty; name the caller agent (`--caller manager`), or leave the option out "
-            "to use the template's `caller`."
-        )
-    return value
-
-
 caller_option = click.option(
-    "--caller", callback=_caller, help="Caller for the ACL (default: the template's)."
+    "--caller",
+    # `--caller ""` names no one: refused, not taken as the template's caller
+    type=NonEmpty("name the caller agent (`--caller manager`)"),
+    help="Caller for the ACL (default: the template's `caller`).",
 )
 interactive_option = click.option(
     "--interactive/--non-interactive",
@@ -88,6 +82,7 @@ approve_option = click.option(
     "approve",
     multiple=True,
     metavar="STEP",
+    type=NonEmpty("name the step whose gate is approved"),
     help="Approve this step's gate up front (repeatable).",
 )
 approve_all_option = click.option(
@@ -765,7 +760,9 @@ def _complete(cfg: Any, run_id: str) -> str:
 @workflow.command("approve")
 @click.argument("run_id")
 @click.argument("step")
-@click.option("--reason", help="Why (recorded).")
+@click.option(
+    "--reason", type=NonEmpty("say why the gate is approved"), help="Why (recorded)."
+)
 @click.option(
     "--input",
     "value",
@@ -878,7 +875,13 @@ def _decided(
 @click.argument("run_id")
 @click.argument("step")
 @click.argument("text")
-@click.option("--by", default="cli", show_default=True, help="Who answers (recorded).")
+@click.option(
+    "--by",
+    default="cli",
+    show_default=True,
+    type=NonEmpty("name who answers"),
+    help="Who answers (recorded).",
+)
 @json_option
 @where_options
 def workflow_answer_cmd(
@@ -1238,7 +1241,7 @@ def workflow_main() -> None:
     "--fixtures",
     "fixtures",
     required=True,
-    type=click.Path(file_okay=False, path_type=str),
+    type=non_empty_path("give the fixtures directory", file_okay=False, path_type=str),
     metavar="DIR",
     help="Fixture files: <step>.json|.yaml, gates.yaml, inputs.yaml (with --record: "
     "where to write them).",
@@ -1247,12 +1250,17 @@ def workflow_main() -> None:
 @caller_option
 @click.option(
     "--expect",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=non_empty_path("give the path of the expected-result file", dir_okay=False, path_type=str),
     metavar="FILE",
     help="Check the run against FILE ({status, steps: {id: status}, outputs}); exit 1 "
     "when something differs.",
 )
-@click.option("--record", metavar="RUN", help="Write fixtures from past run RUN instead.")
+@click.option(
+    "--record",
+    metavar="RUN",
+    type=NonEmpty("give the id of a past run"),
+    help="Write fixtures from past run RUN instead.",
+)
 @json_option
 @config_option
 def workflow_test_cmd(
