@@ -102,7 +102,15 @@ def test_a_secret_input_is_asked_for_again_never_called_changed(
     # not a bare hash of the inputs, which a short secret could be guessed from
     bare = hashlib.sha256(json.dumps({"query": query}, sort_keys=True).encode()).hexdigest()
     assert bare[:16] not in _written(run)
-    assert _wf(config, "approve", run.name, "review").exit_code == 0
+    # the printed hints give the secret input again (`-i query=VALUE`), never the value
+    assert f"workflow approve {run.name} review --config {config} && workflow resume " in (
+        res.output
+    )
+    assert f"workflow resume {run.name} -i query=VALUE --config {config}" in res.output
+    approved = _wf(config, "approve", run.name, "review")
+    assert approved.exit_code == 0, approved.output
+    assert f"workflow resume {run.name} -i query=VALUE --config {config}" in approved.output
+    assert secret not in res.output + approved.output
 
     res = _wf(config, "resume", run.name)
     assert res.exit_code == 2, res.output

@@ -464,8 +464,8 @@ class RunManager:
         still runs, its ``finally`` steps, gets the masked text). Otherwise it is never
         ended for this: it stays as it is (in flight, or parked with the decision or
         answer kept in its journal) and waits for those inputs: ``inputs_missing`` in
-        its ``serve/<run>.json`` (``waiting_for_inputs``), and ``missing_inputs_paragraph``
-        as its error, until ``resume`` gets them or a ``workflow resume -i`` takes it
+        its ``serve/<run>.json`` (``waiting_for_inputs``; ``app.run_doc`` gives
+        ``missing_inputs_paragraph`` as its error), until ``resume`` gets them or a ``workflow resume -i`` takes it
         over."""
         store = self.delegator.store
         view = replay_run(store, run_id)
@@ -475,9 +475,11 @@ class RunManager:
         if view.state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED):
             return
         # in flight when the server stopped (its agents may still answer), or parked
+        # the run's `error` says so while it waits (app.run_doc, from the mark): not
+        # kept in `_errors`, so a `workflow resume -i` that ends the run leaves none
         self._own(run_id, {**(self.owned(run_id) or {}), "inputs_missing": exc.names})
-        self._errors[run_id] = missing_inputs_paragraph(run_id, exc.names)
-        log.warning("run %s: %s", run_id, self._errors[run_id])
+        self._errors.pop(run_id, None)
+        log.warning("run %s: %s", run_id, missing_inputs_paragraph(run_id, exc.names))
 
     def kick(self, run_id: str) -> bool:
         """Continue ``run_id`` now (or once its current stretch ends); False if not ours."""
