@@ -161,3 +161,41 @@ def test_the_local_hints_give_the_secret_input_again(served: Served) -> None:
     res = _local(served, "resume", run_id, "-i", f"token={TOKEN}")
     assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
     assert read_events(run / "events.jsonl")[-1]["status"] == "complete"
+
+
+def test_a_timed_gate_waits_for_the_secret_input_then_takes_its_default(
+    served: Served,
+) -> None:
+    query = "call it with Bearer abc123def456ghi"  # a secret by its shape: kept masked
+    with served.client("alice") as alice:
+        r = alice.post("/v1/runs", json={"workflow": "timed-gate", "inputs": {"query": query}})
+        assert r.status_code == 201, r.text
+        run_id = r.json()["runId"]
+        doc = alice.get(f"/v1/runs/{run_id}/wait", params={"until": "parked", "timeout": 60})
+        assert doc.json()["status"] == "waiting_approval", doc.text
+    _stop_server(served)
+    served.start()
+    with served.client("alice") as alice:
+        # the gate clock tries to take the default, and finds the secret missing
+        doc = wait_for(
+            lambda: (d := alice.get(f"/v1/runs/{run_id}").json()).get("inputs_missing") and d,
+            "the timed gate's run waiting for its secret input",
+        )
+        assert doc["status"] == "waiting_approval", doc
+        run = Path(doc["run_dir"])
+        kinds = [e["event"] for e in read_events(run / "events.jsonl")]
+        assert "gate_decided" not in kinds and "run_finished" not in kinds, kinds
+        r = alice.post(f"/v1/runs/{run_id}/resume", json={"inputs": {"query": query}})
+        assert r.status_code == 200, r.text
+        done = alice.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()
+        assert done["done"], done
+    decided = [
+        (e["step"], e["decision"], e["by"])
+        for e in read_events(run / "events.jsonl")
+        if e["event"] == "gate_decided"
+    ]
+    assert decided == [("review", "approved", "timeout"), ("publish", "rejected", "timeout")]
+    assert done["steps"]["review"]["status"] == "complete", done
+    assert "abc123def456ghi" not in (run / "events.jsonl").read_text()
+    # tried once, then left waiting: the gate clock does not kick it again and again
+    assert "".join(served.log).count("waits for its input `query`") == 1, served.log
