@@ -964,7 +964,7 @@ _KEYED = (
 
 def missing_inputs_paragraph(run_id: str, names: list[str]) -> str:
     """What a run that waits for its secret inputs (``RunManager.waiting_for_inputs``)
-    needs, and the ways to give them (docs/serve.md, "Secret inputs")."""
+    needs, and the ways to give them (docs/serve.md, "The CLI as a client")."""
     plural = len(names) > 1
     listed = ", ".join(f"`{n}`" for n in names)
     again = " ".join(f"-i {n}=VALUE" for n in names)
