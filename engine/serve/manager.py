@@ -465,8 +465,8 @@ class RunManager:
         ended for this: it stays as it is (in flight, or parked with the decision or
         answer kept in its journal) and waits for those inputs: ``inputs_missing`` in
         its ``serve/<run>.json`` (``waiting_for_inputs``; ``app.run_doc`` gives
-        ``missing_inputs_paragraph`` as its error), until ``resume`` gets them or a ``workflow resume -i`` takes it
-        over."""
+        ``missing_inputs_paragraph`` as its error), until ``resume`` gets them or a
+        ``workflow resume -i`` takes it over."""
         store = self.delegator.store
         view = replay_run(store, run_id)
         if any(s.gate and s.state is StepState.REJECTED for s in view.steps.values()):
