@@ -513,9 +513,9 @@ def _failed_hint(summary: dict[str, Any], flags: str = "", meta: Any = None, cf:
             )
         from engine.runs.admin import resume_inputs
 
-        again = resume_inputs(meta)
+        secrets = resume_inputs(meta)
         return (
-            f"the run failed; after fixing the cause: workflow resume {rid}{again} "
+            f"the run failed; after fixing the cause: workflow resume {rid}{secrets} "
             f"--retry-failed{cf}"
         )
     rejected = [sid for sid, st in steps.items() if st.get("status") == "rejected"]
