@@ -109,16 +109,17 @@ def replay_question(step: Any, ev: dict[str, Any]) -> None:
 
 
 def waiting_line(
-    run_id: str, step: str, question: dict[str, Any] | None, cf: str = ""
+    run_id: str, step: str, question: dict[str, Any] | None, cf: str = "", again: str = ""
 ) -> str:
     """What ``workflow status`` says about a step waiting for an answer (its commands
-    with ``cf``: `` --config PATH`` or nothing, ``engine.runs.admin.run_status``)."""
+    with ``cf``: `` --config PATH`` or nothing, ``engine.runs.admin.run_status``; the
+    resume with ``again``, the `` -i NAME=VALUE`` of ``engine.runs.admin.resume_inputs``)."""
     q = (question or {}).get("text", "?")
     if (question or {}).get("answer") is not None:
-        return f'asked "{q}"; answered: continue with `workflow resume {run_id}{cf}`'
+        return f'asked "{q}"; answered: continue with `workflow resume {run_id}{again}{cf}`'
     return (
         f'asks "{q}": answer with `workflow answer {run_id} {step} "..."{cf}`, then '
-        f"`workflow resume {run_id}{cf}`"
+        f"`workflow resume {run_id}{again}{cf}`"
     )
 
 
@@ -167,9 +168,10 @@ def workflow_step_of(envelope: dict[str, Any] | None) -> tuple[str, str] | None:
     return None
 
 
-def step_answer_hint(run: str, step: str, text: str = "...") -> str:
-    """The commands that answer step ``step`` of workflow run ``run``, for a message."""
-    return f'`workflow answer {run} {step} "{text}"`, then `workflow resume {run}`'
+def step_answer_hint(run: str, step: str, text: str = "...", again: str = "") -> str:
+    """The commands that answer step ``step`` of workflow run ``run``, for a message (the
+    resume with ``again``: ``engine.runs.admin.resume_inputs`` of the run's run.json)."""
+    return f'`workflow answer {run} {step} "{text}"`, then `workflow resume {run}{again}`'
 
 
 def answer_delegation(
@@ -193,9 +195,12 @@ def answer_delegation(
     env = record["envelope"]
     if (owner := workflow_step_of(env)) is not None:
         # Answered here it would be sent outside the run, which still waits for it.
+        from engine.runs.admin import resume_inputs
+
+        again = resume_inputs(store.read_run(owner[0]))
         raise UsageError(
             f"this delegation is step `{owner[1]}` of workflow run {owner[0]}: answer it "
-            f"with {step_answer_hint(*owner)}."
+            f"with {step_answer_hint(*owner, again=again)}."
         )
     question = question_of(record)
     assert question is not None

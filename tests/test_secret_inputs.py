@@ -4,9 +4,9 @@
 real values (a random salt per run), so a resume never compares against the masked text.
 The process that started the run holds the real values and continues with them; a resume
 without them asks for them (``workflow resume RUN -i NAME=VALUE``) instead of saying the
-inputs changed, and a server restarted meanwhile ends such a run with a reason instead of
-parking it forever. Real parts: the embedded gateway and demo agents (CLI), a real
-``orchestrate serve`` with a gateway in this process (server).
+inputs changed, and a server restarted meanwhile keeps such a run parked, saying what to
+give, until the value is given again. Real parts: the embedded gateway and demo agents
+(CLI), a real ``orchestrate serve`` with a gateway in this process (server).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from click.testing import CliRunner
 
 from engine.cli import workflow
 from engine.runs import read_events
-from tests.helpers import demo_config, write_config
-from tests.servekit import TOKENS, Served, cli
+from tests.helpers import demo_config, wait_for, write_config
+from tests.servekit import TOKENS, Served, cli, server_env
 
 REVIEW_GATE = """\
 name: review-gate
@@ -102,7 +102,15 @@ def test_a_secret_input_is_asked_for_again_never_called_changed(
     # not a bare hash of the inputs, which a short secret could be guessed from
     bare = hashlib.sha256(json.dumps({"query": query}, sort_keys=True).encode()).hexdigest()
     assert bare[:16] not in _written(run)
-    assert _wf(config, "approve", run.name, "review").exit_code == 0
+    # the printed hints give the secret input again (`-i query=VALUE`), never the value
+    assert f"workflow approve {run.name} review --config {config} && workflow resume " in (
+        res.output
+    )
+    assert f"workflow resume {run.name} -i query=VALUE --config {config}" in res.output
+    approved = _wf(config, "approve", run.name, "review")
+    assert approved.exit_code == 0, approved.output
+    assert f"workflow resume {run.name} -i query=VALUE --config {config}" in approved.output
+    assert secret not in res.output + approved.output
 
     res = _wf(config, "resume", run.name)
     assert res.exit_code == 2, res.output
@@ -205,38 +213,74 @@ def test_approving_on_the_server_that_started_it_continues_the_run(
     assert secret not in _written(run)
 
 
-def test_after_a_restart_an_approval_ends_the_run_saying_what_to_give(
-    served: Served,
+def _waiting_for(c: httpx.Client, run_id: str) -> dict[str, Any]:
+    """The run's document once the server has tried to continue it and found it lacks
+    the run's secret inputs (``inputs_missing``)."""
+    return dict(
+        wait_for(
+            lambda: (d := c.get(f"/v1/runs/{run_id}").json()).get("inputs_missing") and d,
+            f"run {run_id} waiting for its secret inputs",
+        )
+    )
+
+
+@pytest.mark.parametrize("how", ["server-cli", "local"])
+def test_after_a_restart_an_approval_keeps_the_run_waiting_for_its_secret(
+    served: Served, how: str
 ) -> None:
     query, secret = SECRET_INPUTS["bearer"]
     with served.client("alice") as alice:
         run_id = _start(alice, query)
     _stop_server(served)
     served.start()
+    env = server_env(served)
     with served.client("alice") as alice, served.client("bob") as bob:
         r = bob.post(f"/v1/runs/{run_id}/steps/review/approve", json={})
         assert r.status_code == 200, r.text
-        done = _end(alice, run_id)
-        assert done["status"] == "failed", done
-        run = Path(done["run_dir"])
-        last = read_events(run / "events.jsonl")[-1]
-        assert last["event"] == "run_finished" and last["inputs_missing"] == ["query"]
-        assert "its input `query` held a secret" in last["reason"]
-        assert f"workflow resume {run_id} -i query=VALUE" in last["reason"]
-        assert "changed" not in last["reason"]
-        assert done["steps"]["review"]["status"] == "pending"
-    # a restart does not try again: the run has ended
+        doc = _waiting_for(alice, run_id)
+        # parked, the approval kept, never ended
+        assert doc["status"] == "waiting_approval" and doc["inputs_missing"] == ["query"]
+        assert doc["steps"]["review"]["status"] == "pending"
+        assert "waits for its input `query`: it held a secret" in doc["error"]
+        assert f"workflow resume {run_id} -i query=VALUE --server URL" in doc["error"]
+        assert f"POST /v1/runs/{run_id}/resume" in doc["error"]
+        run = Path(doc["run_dir"])
+        kinds = [e["event"] for e in read_events(run / "events.jsonl")]
+        assert "run_finished" not in kinds and kinds[-1] == "gate_decided", kinds
+        # a resume without the value is refused at once, naming what to give
+        r = alice.post(f"/v1/runs/{run_id}/resume", json={})
+        assert r.status_code == 400 and "-i query=VALUE" in r.text, r.text
+        res = cli(workflow, "resume", run_id, **env)
+        assert res.exit_code == 2, res.output
+        assert f"workflow resume {run_id} -i query=VALUE" in res.output
+    # a restart keeps it waiting, and tries nothing
     _stop_server(served)
     served.start()
+    env = server_env(served)
     with served.client("alice") as alice:
-        assert alice.get(f"/v1/runs/{run_id}").json()["status"] == "failed"
-    _stop_server(served)
-    # the value given again continues it where it stopped
-    res = cli(workflow, "resume", run_id, "-i", f"query={query}", "--config", str(served.path))
-    assert res.exit_code == 0, res.output
-    kinds = [e["event"] for e in read_events(run / "events.jsonl")]
+        doc = _waiting_for(alice, run_id)
+        assert doc["status"] == "waiting_approval", doc
+        assert "run_finished" not in [e["event"] for e in read_events(run / "events.jsonl")]
+        # the value given again continues it where it stopped
+        if how == "server-cli":
+            args = ("resume", run_id, "-i", f"query={query}", "--json")
+            res = cli(workflow, *args, **env)
+            assert res.exit_code == 0, res.output
+            assert json.loads(res.stdout)["status"] == "complete", res.stdout
+        else:
+            args = ("resume", run_id, "-i", f"query={query}", "--config", str(served.path))
+            res = cli(workflow, *args)
+            assert res.exit_code == 0, res.output
+        assert secret not in res.output
+        done = _end(alice, run_id, served)
+        assert done["status"] == "complete" and not done.get("inputs_missing"), done
+    events = read_events(run / "events.jsonl")
+    kinds = [e["event"] for e in events]
     assert kinds.count("step_started") == 2 and kinds[-1] == "run_finished"
-    assert read_events(run / "events.jsonl")[-1]["status"] == "complete"
+    assert events[-1]["status"] == "complete"
+    assert [(e["step"], e["by"]) for e in events if e["event"] == "gate_decided"] == [
+        ("review", "bob")
+    ]
     assert secret not in _written(run)
     assert secret not in "".join(served.log)
 

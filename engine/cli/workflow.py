@@ -397,7 +397,10 @@ def _next_steps(
     rid, status = summary["runId"], summary["status"]
     cf = "" if flags else config_flag(cfg)
     opts = flags or cf  # what every printed command carries
-    then = "" if flags else f" && workflow resume {rid}{cf}"
+    from engine.runs.admin import resume_inputs
+
+    again = "" if flags else resume_inputs(_run_meta(result, summary))
+    then = "" if flags else f" && workflow resume {rid}{again}{cf}"
     if status in ("waiting_approval", "waiting_input"):
         for sid, st in summary["steps"].items():
             if st["status"] in ("waiting_approval", "waiting_input") and st.get("child_run_id"):
@@ -508,7 +511,13 @@ def _failed_hint(summary: dict[str, Any], flags: str = "", meta: Any = None, cf:
                 f"the run failed; after fixing the cause, start a new run: {again}   (or, "
                 f"on the server's host: workflow resume {rid} --retry-failed)"
             )
-        return f"the run failed; after fixing the cause: workflow resume {rid} --retry-failed{cf}"
+        from engine.runs.admin import resume_inputs
+
+        secrets = resume_inputs(meta)
+        return (
+            f"the run failed; after fixing the cause: workflow resume {rid}{secrets} "
+            f"--retry-failed{cf}"
+        )
     rejected = [sid for sid, st in steps.items() if st.get("status") == "rejected"]
     if rejected:
         approve = " ".join(f"--approve {sid}" for sid in rejected)
@@ -551,15 +560,19 @@ def _child_hint(
     resumed. Without the run store at hand (a server run), where to look instead. ``cf``:
     the `` --config PATH`` each command carries (``config_flag``)."""
     child = str(st["child_run_id"])
+    again = ""  # the parent's `-i NAME=VALUE` (engine.runs.admin.resume_inputs)
     then = f" && workflow resume {rid}{cf}"
     if cfg is not None:
         from engine.errors import OrchestratorError
+        from engine.runs.admin import resume_inputs
         from engine.runs.replay import replay_run
         from engine.states import StepState
         from engine.store import open_store
 
         try:
             store = open_store(cfg)
+            again = "" if flags else resume_inputs(store.read_run(rid))
+            then = f" && workflow resume {rid}{again}{cf}"
             run_id, seen = child, 0
             while seen < 20:  # nested sub-workflows, bounded
                 seen += 1
@@ -591,7 +604,7 @@ def _child_hint(
             pass
     return (
         f"`{sid}` waits on its child run {child}: see `workflow status {child}{flags or cf}`, "
-        f"decide or answer there, then `workflow resume {rid}{flags or cf}`"
+        f"decide or answer there, then `workflow resume {rid}{again}{flags or cf}`"
     )
 
 
@@ -1083,12 +1096,16 @@ def _next_of(where: Where, run_id: str, verb: str) -> str:
     cf = config_flag(cfg)
     if owner := _owner(where, run_id):
         return f"{owner} (see: workflow status {run_id}{cf})"
-    if open_store(cfg).claimed(run_id):
+    from engine.runs.admin import resume_inputs
+
+    store = open_store(cfg)
+    again = resume_inputs(store.read_run(run_id))  # `-i NAME=VALUE` for its secret inputs
+    if store.claimed(run_id):
         return (
             f"a process is executing run {run_id} right now; once it stops (see: workflow "
-            f"status {run_id}{cf}), {verb}: workflow resume {run_id}{cf}"
+            f"status {run_id}{cf}), {verb}: workflow resume {run_id}{again}{cf}"
         )
-    return f"{verb}: workflow resume {run_id}{cf}"
+    return f"{verb}: workflow resume {run_id}{again}{cf}"
 
 
 @workflow.command("runs")

@@ -77,6 +77,17 @@ def rerun_command(meta: dict[str, Any], flags: str = "") -> str:
     return f"workflow run {workflow_ref(meta)}{inputs}{flags}"
 
 
+def resume_inputs(meta: Any) -> str:
+    """What a `workflow resume` of the run ``meta`` (its run.json) must give again:
+    `` -i NAME=VALUE`` for each input it keeps only masked (``secret_inputs``, sorted;
+    engine.runner's ``_real_inputs`` asks for them), or ``""``. Every resume hint a user
+    copies carries it; a server that holds the values continues its runs by itself."""
+    keys = meta.get("secret_inputs") if isinstance(meta, dict) else None
+    if not isinstance(keys, dict):
+        return ""
+    return "".join(f" -i {name}=VALUE" for name in sorted(keys))
+
+
 def _looks_like_path(text: str) -> bool:
     """As ``engine.workflow.find_workflow`` tells a path from a name."""
     import os
@@ -333,14 +344,15 @@ def _close_pending(store: RunStore, delegation_run_id: str) -> None:
     )
 
 
-def _child_line(run_id: str, s: Any, cf: str = "") -> str:
+def _child_line(run_id: str, s: Any, cf: str = "", again: str = "") -> str:
     """Why a sub-workflow step waits: its child run, and what to do (each command with
-    ``cf``, as ``run_status`` says)."""
+    ``cf``, as ``run_status`` says; the parent's resume with ``again``,
+    ``resume_inputs``)."""
     if s.state in (StepState.WAITING_APPROVAL, StepState.WAITING_INPUT):
         return (
             f"its child run `{s.child_run_id}` is {s.state.value}: see `workflow status "
             f"{s.child_run_id}{cf}`, decide or answer there, then `workflow resume "
-            f"{run_id}{cf}`"
+            f"{run_id}{again}{cf}`"
         )
     return (
         f"its child run `{s.child_run_id}` is running (`workflow status {s.child_run_id}{cf}`)"
@@ -534,7 +546,7 @@ def _late_hints(
         row["late_result"] = status
         row["waiting"] = (
             f"{row['status']}, but its agent's handoff ({status}) arrived later: "
-            f"`workflow resume {run_id}{cf}` takes it"
+            f"`workflow resume {run_id}{resume_inputs(view.meta)}{cf}` takes it"
         )
 
 
@@ -578,13 +590,14 @@ def _add_next(row: dict[str, Any], view: RunView, word: str | None, cf: str = ""
     run waits only for `workflow resume` (``decided``)."""
     if word is not None:
         row["decided"] = word
-        row["next"] = f"workflow resume {view.run_id}{cf}"
+        row["next"] = f"workflow resume {view.run_id}{resume_inputs(view.meta)}{cf}"
 
 
-def _no_process(run_id: str, cf: str) -> str:
-    """The note of a step that waits in a run no process runs."""
-    if cf:
-        return f" (no process is running this run: `workflow resume {run_id}{cf}` it)"
+def _no_process(run_id: str, cf: str, again: str = "") -> str:
+    """The note of a step that waits in a run no process runs (``again``:
+    ``resume_inputs``)."""
+    if cf or again:
+        return f" (no process is running this run: `workflow resume {run_id}{again}{cf}` it)"
     return " (no process is running this run: `workflow resume` it)"
 
 
@@ -624,7 +637,8 @@ def run_status(
     orphan = not live and not _served(cfg, run_id)
     ended = (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED)
     pending = orphan and view.state not in ended and store.cancel_requested(run_id)
-    note = f"a cancel is pending: `workflow resume {run_id}{cf}` concludes it"
+    again = resume_inputs(view.meta)
+    note = f"a cancel is pending: `workflow resume {run_id}{again}{cf}` concludes it"
     now = time.time()
     for sid in view.steps:
         row = summary["steps"][sid]
@@ -635,12 +649,12 @@ def run_status(
         if pending and on_process:  # its process ended before it noticed the request
             row["waiting"] += f" ({note})"
         elif orphan and on_process:
-            row["waiting"] += _no_process(run_id, cf)
+            row["waiting"] += _no_process(run_id, cf, again)
     _late_hints(run_id, view, store, summary, cf)
     if view.damage is not None:  # its journal: the steps' states are not known
         summary["status"], summary["problem"] = "damaged", view.damage
     elif pending:
-        summary["cancel"], summary["next"] = note, f"workflow resume {run_id}{cf}"
+        summary["cancel"], summary["next"] = note, f"workflow resume {run_id}{again}{cf}"
     elif orphan:
         _add_next(summary, view, decided(view), cf)
     summary["run_dir"] = str(path)
@@ -665,7 +679,8 @@ def _waiting_line(
     ``now`` is epoch seconds; ``live`` says a process runs the run."""
     s = view.steps[sid]
     if s.child_run_id:
-        return None if s.state.final else (_child_line(view.run_id, s, cf), False)
+        again = resume_inputs(view.meta)
+        return None if s.state.final else (_child_line(view.run_id, s, cf, again), False)
     gap = unsent(view, sid)
     if gap is not None or s.state is StepState.QUEUED:
         return unsent_line(gap or {"why": "queued"}, now, live=live), True
@@ -679,7 +694,7 @@ def _waiting_line(
     if s.state is StepState.WAITING_INPUT:
         from engine.ask import waiting_line
 
-        return waiting_line(view.run_id, sid, s.question, cf), False
+        return waiting_line(view.run_id, sid, s.question, cf, resume_inputs(view.meta)), False
     if (
         s.state is StepState.PENDING
         and (s.gate or {}).get("decision") == "approved"
@@ -689,7 +704,7 @@ def _waiting_line(
         by = (s.gate or {}).get("by")
         return (
             f"approved{f' by {by}' if by else ''}; no process is running this run: "
-            f"continue it with `workflow resume {view.run_id}{cf}`"
+            f"continue it with `workflow resume {view.run_id}{resume_inputs(view.meta)}{cf}`"
         ), False
     return None
 

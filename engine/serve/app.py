@@ -589,7 +589,8 @@ def create_app(
         request: Request, run_id: str, body: Annotated[ResumeRun | None, Body()] = None
     ) -> JSONResponse:
         """Take over a run that no process executes (e.g. its CLI died); `inputs` gives
-        again the secret inputs a run waits for after a restart (`inputs_missing`)."""
+        again the secret inputs a run waits for (`inputs_missing`): 400 when one that this
+        server does not hold is not given (unless a gate of the run was rejected)."""
         given = body.inputs if body is not None else {}
         await run_in_threadpool(lambda: manager.resume(run_id, by=who(request).name, inputs=given))
         return _json({"runId": run_id, "resumed": True})
@@ -939,7 +940,11 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
     owner = manager.owned(run_id) or {}
     error = manager.last_error(run_id)
     missing = manager.waiting_for_inputs(run_id)
-    if missing and status["status"] == "running" and not status["live"]:
+    if missing and status["status"] in ("waiting_approval", "waiting_input"):
+        # parked, and a decision or answer waits for the secret inputs this server lacks
+        error = missing_inputs_paragraph(run_id, missing)
+        status["inputs_missing"] = missing
+    elif missing and status["status"] == "running" and not status["live"]:
         # in flight when the server restarted: it waits for its secret inputs
         error = missing_inputs_paragraph(run_id, missing)
         status["status"] = "waiting_input"

@@ -14,13 +14,13 @@ runs from their journals and re-attaches its delegations by run id: nothing is s
 
 The inputs ``run.json`` keeps masked (a secret in them) are held in memory for the runs
 this process started, so a decision continues such a run with their real values. After a
-restart they are gone: an approved gate then ends the run ``failed`` with a
-``run_finished`` event whose ``reason`` names those inputs and says how to give them again
-(``workflow resume RUN -i NAME=VALUE``), and a rejected gate ends it as usual. A run
-that was executing when the server stopped is not ended: it waits for those inputs
-(``waiting_for_inputs``, ``inputs_missing`` in its ``serve/<run>.json``) until
-``resume`` gets them (``POST /v1/runs/{id}/resume`` with ``inputs``) or a
-``workflow resume -i`` takes it over.
+restart they are gone (and a run a CLI started never had them here): a rejected gate
+ends such a run as usual, and nothing else ends it for this. A decision or an answer is
+kept in its journal, and a run that was executing when the server stopped is left as it
+is: it waits for those inputs (``waiting_for_inputs``, ``inputs_missing`` in its
+``serve/<run>.json``) until ``resume`` gets them (``POST /v1/runs/{id}/resume`` with
+``inputs``; without them it answers 400 at once) or a ``workflow resume -i`` takes it
+over.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from engine.errors import (
 from engine.files import check_id, parse_iso, utcnow_iso, write_json_atomic
 from engine.idempotency import IdempotencyConflict, IdempotencyKeys
 from engine.record import pending_path, read_json
-from engine.redact import end_missing_secrets, secret_input_names
+from engine.redact import secret_input_names
 from engine.reporter import Reporter
 from engine.runner import (
     RunOptions,
@@ -402,13 +402,16 @@ class RunManager:
 
     def _schedule_gate(self, run_id: str) -> None:
         """Remember when the earliest gate timeout of a parked run passes; the gate clock
-        continues the run then (``WorkflowRunner.resume`` applies the gate's ``default``)."""
+        continues the run then (``WorkflowRunner.resume`` applies the gate's ``default``).
+        Not while the run waits for its secret inputs (``waiting_for_inputs``): the
+        default is applied once ``resume`` gets them."""
         try:
             view = replay(self.run_path(run_id), store=self.delegator.store)
+            waiting = bool(self.waiting_for_inputs(run_id))
         except OrchestratorError:
             return
         due = None
-        if view.state is RunState.WAITING_APPROVAL:
+        if view.state is RunState.WAITING_APPROVAL and not waiting:
             due = gate_due(view.meta, view.events, view.steps.values())
         with self._lock:
             if due is None:
@@ -458,27 +461,25 @@ class RunManager:
     ) -> None:
         """A run to continue whose secret inputs this process does not hold (it was
         started before a restart, or by a CLI): a rejected gate ends it as usual (what
-        still runs, its ``finally`` steps, gets the masked text); otherwise it ends
-        ``failed`` now, with a ``run_finished`` event whose ``reason`` is ``exc``'s
-        paragraph (``workflow resume RUN -i NAME=VALUE`` continues it), instead of
-        staying parked and failing again at every restart."""
+        still runs, its ``finally`` steps, gets the masked text). Otherwise it is never
+        ended for this: it stays as it is (in flight, or parked with the decision or
+        answer kept in its journal) and waits for those inputs: ``inputs_missing`` in
+        its ``serve/<run>.json`` (``waiting_for_inputs``; ``app.run_doc`` gives
+        ``missing_inputs_paragraph`` as its error), until ``resume`` gets them or a
+        ``workflow resume -i`` takes it over."""
         store = self.delegator.store
         view = replay_run(store, run_id)
         if any(s.gate and s.state is StepState.REJECTED for s in view.steps.values()):
             runner.resume(run_id, RunOptions(max_parallel=self.max_parallel), masked=True)
             return
-        if view.state is RunState.RUNNING:
-            # in flight when the server stopped: its agents may still answer, so it is
-            # not ended; it waits for the inputs (``waiting_for_inputs``)
-            self._own(run_id, {**(self.owned(run_id) or {}), "inputs_missing": exc.names})
-            self._errors[run_id] = missing_inputs_paragraph(run_id, exc.names)
-            log.warning("run %s: %s", run_id, exc)
+        if view.state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED):
             return
-        if view.state not in (RunState.WAITING_APPROVAL, RunState.WAITING_INPUT):
-            return
-        end_missing_secrets(store, run_id, exc)
-        log.warning("run %s: %s", run_id, exc)
-        self._errors[run_id] = str(exc)
+        # in flight when the server stopped (its agents may still answer), or parked
+        # the run's `error` says so while it waits (app.run_doc, from the mark): not
+        # kept in `_errors`, so a `workflow resume -i` that ends the run leaves none
+        self._own(run_id, {**(self.owned(run_id) or {}), "inputs_missing": exc.names})
+        self._errors.pop(run_id, None)
+        log.warning("run %s: %s", run_id, missing_inputs_paragraph(run_id, exc.names))
 
     def kick(self, run_id: str) -> bool:
         """Continue ``run_id`` now (or once its current stretch ends); False if not ours."""
@@ -704,28 +705,40 @@ class RunManager:
     def resume(self, run_id: str, *, by: str, inputs: dict[str, Any] | None = None) -> None:
         """Take over a run no process executes (one started by a CLI that died), or
         continue one that waits for its secret inputs (``waiting_for_inputs``) with
-        ``inputs``, each checked against the keyed hash in its run.json (UsageError,
-        HTTP 400, for a wrong, unknown or missing one; nothing changes then). The values
-        are held in memory only, as for a run this server started."""
+        ``inputs``, each checked against the keyed hash in its run.json. UsageError (HTTP
+        400; nothing changes then) for a wrong or unknown one, and for a missing one: a
+        secret input of the run (``secret_inputs`` in its run.json) that neither
+        ``inputs`` nor this process holds, with ``missing_inputs_paragraph`` (a run with a
+        rejected gate needs none: it only ends, its ``finally`` steps get the masked
+        text). The values are held in memory only, as for a run this server started."""
         from engine.runner import _check_given_inputs, _real_inputs
 
         path = self.run_path(run_id)
         view = replay(path, store=self.delegator.store)
         if view.state in (RunState.COMPLETE, RunState.FAILED, RunState.CANCELLED):
             raise RunStateError(f"run `{run_id}` has already ended ({view.state.value}).")
-        if inputs:
-            try:
-                _check_given_inputs(run_id, view.meta, inputs)
-                _real_inputs(run_id, view.meta, inputs, False)
-            except RunStateError as exc:
-                raise UsageError(str(exc)) from None
+        given = dict(inputs or {})
+        with self._lock:
+            held = {**(self._secret_inputs.get(run_id) or {}), **given}
+        keys = view.meta.get("secret_inputs")
+        missing = sorted(n for n in (keys if isinstance(keys, dict) else {}) if n not in held)
+        rejected = any(s.gate and s.state is StepState.REJECTED for s in view.steps.values())
+        try:
+            _check_given_inputs(run_id, view.meta, given)
+            if missing and not rejected:
+                raise UsageError(missing_inputs_paragraph(run_id, missing))
+            if given:
+                _real_inputs(run_id, view.meta, held, rejected)
+        except RunStateError as exc:
+            raise UsageError(str(exc)) from None
+        if given:
             with self._lock:
-                self._secret_inputs[run_id] = dict(inputs)
+                self._secret_inputs[run_id] = held
                 self._errors.pop(run_id, None)
         entry = self.owned(run_id)
         if entry is None:
             self._own(run_id, {"kind": "workflow", "by": by, "adopted_at": utcnow_iso()})
-        elif inputs and "inputs_missing" in entry:
+        elif not missing and "inputs_missing" in entry:
             self._own(run_id, {k: v for k, v in entry.items() if k != "inputs_missing"})
         self.kick(run_id)
 
@@ -951,7 +964,7 @@ _KEYED = (
 
 def missing_inputs_paragraph(run_id: str, names: list[str]) -> str:
     """What a run that waits for its secret inputs (``RunManager.waiting_for_inputs``)
-    needs, and the two ways to give them (docs/serve.md, "The CLI as a client")."""
+    needs, and the ways to give them (docs/serve.md, "The CLI as a client")."""
     plural = len(names) > 1
     listed = ", ".join(f"`{n}`" for n in names)
     again = " ".join(f"-i {n}=VALUE" for n in names)
@@ -959,9 +972,11 @@ def missing_inputs_paragraph(run_id: str, names: list[str]) -> str:
     return (
         f"run `{run_id}` waits for its input{'s' if plural else ''} {listed}: "
         f"{'they' if plural else 'it'} held a secret, which run.json keeps only masked, "
-        "and the server that started the run, which held the value, has restarted since. "
-        f"Give {'them' if plural else 'it'} again: `workflow resume {run_id} {again}` on "
-        f"the server's host, or `POST /v1/runs/{run_id}/resume` with "
+        "and this server does not hold the value (the run was started before the server "
+        "restarted, or by another process). The run is kept as it is (a decision or an "
+        f"answer given meanwhile is kept too). Give {'them' if plural else 'it'} again: "
+        f"`workflow resume {run_id} {again} --server URL`, `workflow resume {run_id} "
+        f"{again}` on the server's host, or `POST /v1/runs/{run_id}/resume` with "
         f'{{"inputs": {{{body}}}}}; it continues where it stopped.'
     )
 
