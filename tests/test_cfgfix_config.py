@@ -28,6 +28,9 @@ def base(**extra: Any) -> dict[str, Any]:
         "workflow_dirs": ["wfs"],
         "gateway": {"embedded": True, "agents": {"webster": {"kind": "echo"}}},
         "agents": {"manager": {"url": "local"}, "webster": {"url": "local"}},
+        # a fixed size: an adaptive pool reads the host's load, and a busy host's
+        # emergency mode would hold these delegations (what is tested is elsewhere)
+        "pool": {"adaptive": False},
     }
     raw.update(extra)
     return raw
