@@ -29,7 +29,8 @@ def _cli(name: str) -> str:
 
 
 def _agent(marks: Path) -> dict[str, object]:
-    """Leaves ``marks/<run id>.started``, works until ``marks/<run id>.go`` exists."""
+    """Leaves ``marks/<run id>.started``, works until ``marks/<run id>.go`` exists, then
+    writes its own handoff (it lands even when the gateway that started it was killed)."""
     script = (
         "import os, time\n"
         "run = os.environ['ORCH_RUN_ID']\n"
@@ -39,7 +40,11 @@ def _agent(marks: Path) -> dict[str, object]:
         "while not os.path.exists(os.path.join(marks, run + '.go')) "
         "and time.monotonic() < end:\n"
         "    time.sleep(0.01)\n"
-        "print('done ' + run)\n"
+        "from engine.handoff import make_handoff, write_handoff\n"
+        "h = make_handoff(run_id=run, agent=os.environ['ORCH_AGENT'], status='complete',\n"
+        "                 result='done ' + run, confidence='high',\n"
+        "                 key=os.environ['ORCH_HANDOFF_KEY'] or None)\n"
+        "write_handoff(__import__('pathlib').Path(os.environ['ORCH_HANDOFF_PATH']), h)\n"
     )
     return {"kind": "command", "argv": [sys.executable, "-c", script], "timeout": 120}
 
@@ -157,6 +162,89 @@ def test_a_retry_of_a_sent_delegation_takes_no_second_token(tmp_path: Path) -> N
     finally:
         for run in _started(marks):
             (marks / f"{run}.go").touch()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+
+
+FAN = {
+    "name": "fan",
+    "caller": "manager",
+    "inputs": {"list": {"default": "p, q, r, s"}},
+    "steps": [
+        {
+            "id": "each",
+            "agent": "webster",
+            "for_each": "inputs.list",
+            "max_parallel": 3,
+            "timeout": 40,
+            "task": "look at {{ item }}",
+        }
+    ],
+}
+
+
+def _workflow(tmp_path: Path, cfg: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [_cli("workflow"), *args, "--config", str(cfg), "--non-interactive"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def _let_go(marks: Path) -> None:
+    for run in _started(marks):
+        (marks / f"{run}.go").touch()
+
+
+def test_a_resumed_fan_out_sends_the_item_that_was_queued(tmp_path: Path) -> None:
+    import yaml
+
+    marks, cfg = _setup(tmp_path)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["pool"]["max_tokens"] = 2
+    cfg.write_text(yaml.safe_dump(raw))
+    (tmp_path / "fan.yaml").write_text(yaml.safe_dump(FAN))
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        run = _workflow(tmp_path, cfg, "run", str(tmp_path / "fan.yaml"), "-q")
+        procs.append(run)
+        wait_for(lambda: len(_started(marks)) == 2, "two items never started")
+
+        def queued() -> list[str]:
+            assert run.poll() is None, run.communicate()
+            return [r for r, env in _pending(tmp_path).items() if env.get("queued")]
+
+        (waiting,) = wait_for(queued, "the third item never queued for a token")
+        os.kill(run.pid, signal.SIGKILL)
+        run.communicate(timeout=30)
+        _let_go(marks)  # the two items sent finish while no runner is alive
+
+        run_id = waiting.rsplit("-each-i", 1)[0]
+        resume = _workflow(tmp_path, cfg, "resume", run_id, "--json", "-q")
+        procs.append(resume)
+        while True:  # each item the resume sends ends once it has started
+            _let_go(marks)
+            try:
+                out, err = resume.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        assert resume.returncode == 0, (out, err)
+        assert json.loads(out)["status"] == "complete", out
+        started = _started(marks)
+        assert sorted(r[len(run_id) :] for r in started) == [
+            f"-each-i{i}-1" for i in range(4)
+        ], started  # each item sent once
+        items = json.loads(
+            (tmp_path / "handoffs" / "workflows" / run_id / "each.json").read_text()
+        )["items"]
+        assert [(i["item"], i["status"]) for i in items] == [
+            (x, "complete") for x in ("p", "q", "r", "s")
+        ], items
+    finally:
+        _let_go(marks)
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
