@@ -221,11 +221,16 @@ def _interrupted_hint(
     """The one paragraph after Ctrl-C stopped a run's wait (``RunInterrupted``); ``cf``:
     the `` --config PATH`` its command carries (``config_flag``). The steps of
     ``in_flight`` in ``unsent`` (``engine.runs.replay.unsent``: queued for a pool token,
-    waiting to retry) had nothing sent: resume sends them; the others keep their
-    delegation."""
+    waiting to retry) had nothing sent: resume sends them; the others (and a re-attached
+    one waiting for a token: ``why`` ``reattached``) keep their delegation."""
     unsent = unsent or {}
+    back = {sid for sid, gap in unsent.items() if gap.get("why") == "reattached"}
+    unsent = {sid: gap for sid, gap in unsent.items() if sid not in back}
     sent = [sid for sid in in_flight if sid not in unsent]
-    steps = ", ".join(f"`{sid}`" for sid in sent)
+    steps = ", ".join(
+        f"`{sid}`" + (" (dispatched, re-attached: waiting for a pool token)" if sid in back else "")
+        for sid in sent
+    )
     one = len(sent) == 1
     flying = (
         f" The step{'' if one else 's'} in flight ({steps}) keep{'s its' if one else ' their'} "
