@@ -900,20 +900,26 @@ def _decided(
     type=NonEmpty("name who answers"),
     help="Who answers (recorded).",
 )
+@click.option(
+    "--replace", is_flag=True, help="Replace an answer given already (else it is refused)."
+)
 @json_option
 @where_options
 def workflow_answer_cmd(
-    run_id: str, step: str, text: str, by: str, as_json: bool, where: Where
+    run_id: str, step: str, text: str, by: str, replace: bool, as_json: bool, where: Where
 ) -> int:
     """Answer the question STEP's agent asked (then `workflow resume`; with `--server`, the
-    server continues the run and records the token's name as the answerer)."""
+    server continues the run and records the token's name as the answerer). A question
+    answered already is refused (exit 2) unless `--replace` is given."""
     from engine.ask import answer_step
 
     earlier: list[dict[str, Any]] = []
 
     def here(cfg: Any) -> Any:
-        earlier.extend(_earlier_answer(cfg, run_id, step))
-        return answer_step(cfg, run_id, step, text, by=by)
+        event = answer_step(cfg, run_id, step, text, by=by, replace=replace)
+        if isinstance(event.get("replaced"), dict):  # looked at under the answer lock
+            earlier.append(event["replaced"])
+        return event
 
     event = where.act(lambda remote: remote.answer(run_id, step, text), here)
     replaced = ""
@@ -950,23 +956,6 @@ def workflow_answer_cmd(
         }
     )
     return 0
-
-
-def _earlier_answer(cfg: Any, run_id: str, step: str) -> list[dict[str, Any]]:
-    """The answer already given to ``step``'s question in this run (``[question]``), or
-    ``[]`` (none yet, or no such run or step: ``answer_step`` says so)."""
-    from engine.errors import OrchestratorError
-    from engine.runs import replay_run
-    from engine.store import open_store
-
-    try:
-        s = replay_run(open_store(cfg), run_id).steps.get(step)
-    except OrchestratorError:
-        return []
-    question = s.question if s is not None else None
-    if isinstance(question, dict) and question.get("answer") is not None:
-        return [question]
-    return []
 
 
 @workflow.command("reject")
