@@ -151,6 +151,37 @@ class RunInterrupted(KeyboardInterrupt):
         self.unsent = unsent or {}
 
 
+class SafePoint:
+    """Where a stop signal may interrupt a run's main thread (``engine.cli.workflow``).
+
+    A ``KeyboardInterrupt`` that a signal handler raises inside the main thread's wait
+    for its steps (a queue's ``get``: a lock's acquire or release) can leave a lock
+    half-released: ``RuntimeError: release unlocked lock``, a traceback instead of the
+    resumable run's paragraph. So while the main thread waits for its steps, a signal is
+    only noted (``defer`` True) and the wait raises ``KeyboardInterrupt`` itself when it
+    returns (within 0.2 s); once the interruption is being concluded (``closing``), later
+    signals are only noted, so the paragraph is always printed. Elsewhere a signal
+    raises at once, as before (a second Ctrl-C leaves the waits at once).
+    """
+
+    def __init__(self) -> None:
+        #: The main thread is in its wait for steps (``_Execution._collect``).
+        self.waiting = False
+        #: A signal came during that wait: raise at its end.
+        self.requested = threading.Event()
+        #: The interruption is being concluded (or the run has ended).
+        self.closing = False
+
+    def defer(self) -> bool:
+        """For a signal handler: True when the signal must not raise now."""
+        if self.closing:
+            return True
+        if self.waiting:
+            self.requested.set()
+            return True
+        return False
+
+
 class _HeldJournal:
     """A run's journal that, once ``interrupted`` is set, keeps only what happened
     (a dispatch, a queue) and drops the endings the interruption itself would cause
@@ -493,6 +524,8 @@ class WorkflowRunner:
         # Shared by the runs of this runner: capability routing claims the least busy
         # agent of the host, and two runs must not both claim the same free slot.
         self.route_lock = threading.Lock()
+        #: Where a stop signal may interrupt this runner's run in the main thread.
+        self.safe_point = SafePoint()
 
     # -- entry points -----------------------------------------------------------------
 
@@ -1000,6 +1033,10 @@ class _Execution:
 
     def run(self) -> RunResult:
         """Run every step that can run now, then conclude (finished, failed or parked)."""
+        point = self._safe_point()
+        if point is not None:  # a fresh stretch: signals raise (or wait for the wait)
+            point.closing = False
+            point.requested.clear()
         self._restore()
         self._announce()
         schedule = _Schedule(self.plan, self.steps)
@@ -1035,14 +1072,21 @@ class _Execution:
     def _interrupt(self, pool: ThreadPoolExecutor, running: dict[Future[None], str]) -> None:
         """Ctrl-C: end the waits of the steps in flight (the cancel event: within 0.2 s)
         with nothing recorded as ended (``_HeldJournal``), then raise ``RunInterrupted``.
-        A second Ctrl-C while they end raises ``KeyboardInterrupt`` at once."""
+        A second Ctrl-C (or SIGTERM) while they end stops waiting for them at once; it
+        still raises ``RunInterrupted``, so the run's paragraph is printed."""
         self.interrupted.set()
         self.cancel.set()
         flying = sorted(
             {sid for sid in running.values()}
             | {s.id for s in self.steps.values() if s.in_flight or s.state is StepState.RUNNING}
         )
-        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:  # a second signal: leave the waits at once
+            pool.shutdown(wait=False, cancel_futures=True)
+        point = self._safe_point()
+        if point is not None:
+            point.closing = True  # later signals are noted: the paragraph is printed
         raise RunInterrupted(
             self.run_id, [sid for sid in self.steps if sid in flying], self._unsent(flying)
         ) from None
@@ -1119,16 +1163,41 @@ class _Execution:
                 schedule.settle(sid)
 
     def _collect(self, schedule: _Schedule, running: dict[Future[None], str]) -> None:
-        """Wait a little (0.2 s at most) for steps in flight; settle the ones that ended."""
+        """Wait a little (0.2 s at most) for steps in flight; settle the ones that ended.
+        In the main thread a stop signal that came during the wait raises
+        ``KeyboardInterrupt`` here, after it (``SafePoint``)."""
+        point = self._safe_point()
+        if point is not None:
+            point.waiting = True
+        done: list[Future[None]] = []
         try:
-            done = [self._ended.get(timeout=0.2)]
+            done.append(self._ended.get(timeout=0.2))
         except queue.Empty:
-            return
-        while True:
+            pass
+        finally:
+            if point is not None:
+                point.waiting = False
+        while done:
             try:
                 done.append(self._ended.get_nowait())
             except queue.Empty:
                 break
+        self._settle(schedule, running, done)
+        if point is not None and point.requested.is_set():
+            point.requested.clear()
+            raise KeyboardInterrupt
+
+    def _safe_point(self) -> SafePoint | None:
+        """The runner's ``SafePoint`` when this is the main thread (a child run's thread
+        gets no signals), else None."""
+        if threading.current_thread() is threading.main_thread():
+            return self.runner.safe_point
+        return None
+
+    def _settle(
+        self, schedule: _Schedule, running: dict[Future[None], str], done: Collection[Any]
+    ) -> None:
+        """Settle the steps ``done`` (futures of ``running``)."""
         for fut in done:
             sid = running.pop(fut)
             exc = fut.exception()
