@@ -152,34 +152,21 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class SafePoint:
-    """Where a stop signal may interrupt a run's main thread (``engine.cli.workflow``).
+    """How stop signals reach a run's main thread (``engine.cli.workflow``).
 
-    A ``KeyboardInterrupt`` that a signal handler raises inside the main thread's wait
-    for its steps (a queue's ``get``: a lock's acquire or release) can leave a lock
-    half-released: ``RuntimeError: release unlocked lock``, a traceback instead of the
-    resumable run's paragraph. So while the main thread waits for its steps, a signal is
-    only noted (``defer`` True) and the wait raises ``KeyboardInterrupt`` itself when it
-    returns (within 0.2 s); once the interruption is being concluded (``closing``), later
-    signals are only noted, so the paragraph is always printed. Elsewhere a signal
-    raises at once, as before (a second Ctrl-C leaves the waits at once).
+    The first signal raises ``KeyboardInterrupt`` where the main thread is (the run
+    then ends its waits: ``RunInterrupted``). Once the interruption is being concluded
+    (``closing``: the waits have ended, or a second signal cut that short), later
+    signals are only noted, so the run's paragraph is always printed.
     """
 
     def __init__(self) -> None:
-        #: The main thread is in its wait for steps (``_Execution._collect``).
-        self.waiting = False
-        #: A signal came during that wait: raise at its end.
-        self.requested = threading.Event()
         #: The interruption is being concluded (or the run has ended).
         self.closing = False
 
     def defer(self) -> bool:
         """For a signal handler: True when the signal must not raise now."""
-        if self.closing:
-            return True
-        if self.waiting:
-            self.requested.set()
-            return True
-        return False
+        return self.closing
 
 
 class _HeldJournal:
@@ -1034,9 +1021,8 @@ class _Execution:
     def run(self) -> RunResult:
         """Run every step that can run now, then conclude (finished, failed or parked)."""
         point = self._safe_point()
-        if point is not None:  # a fresh stretch: signals raise (or wait for the wait)
+        if point is not None:  # a fresh stretch: signals raise
             point.closing = False
-            point.requested.clear()
         self._restore()
         self._announce()
         schedule = _Schedule(self.plan, self.steps)
@@ -1163,29 +1149,17 @@ class _Execution:
                 schedule.settle(sid)
 
     def _collect(self, schedule: _Schedule, running: dict[Future[None], str]) -> None:
-        """Wait a little (0.2 s at most) for steps in flight; settle the ones that ended.
-        In the main thread a stop signal that came during the wait raises
-        ``KeyboardInterrupt`` here, after it (``SafePoint``)."""
-        point = self._safe_point()
-        if point is not None:
-            point.waiting = True
-        done: list[Future[None]] = []
+        """Wait a little (0.2 s at most) for steps in flight; settle the ones that ended."""
         try:
-            done.append(self._ended.get(timeout=0.2))
+            done = [self._ended.get(timeout=0.2)]
         except queue.Empty:
-            pass
-        finally:
-            if point is not None:
-                point.waiting = False
-        while done:
+            return
+        while True:
             try:
                 done.append(self._ended.get_nowait())
             except queue.Empty:
                 break
         self._settle(schedule, running, done)
-        if point is not None and point.requested.is_set():
-            point.requested.clear()
-            raise KeyboardInterrupt
 
     def _safe_point(self) -> SafePoint | None:
         """The runner's ``SafePoint`` when this is the main thread (a child run's thread

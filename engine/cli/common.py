@@ -391,8 +391,7 @@ def stopping_signals(defer: Callable[[], bool] | None = None) -> Iterator[list[i
     restored after.
 
     With ``defer``, SIGINT is handled too, and a signal for which ``defer()`` is True is
-    only noted, not raised: the code the main thread runs then stops at a point of its
-    own (``engine.runner.SafePoint``), never inside a lock's acquire or release."""
+    only noted, not raised (``engine.runner.SafePoint``: the run is already stopping)."""
     import signal
     import threading
 
