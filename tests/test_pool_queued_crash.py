@@ -144,8 +144,11 @@ def test_a_retry_of_a_sent_delegation_takes_no_second_token(tmp_path: Path) -> N
         )
         other = _delegate(tmp_path, cfg, "other")
         procs.append(other)
-        wait_for(lambda: _status(cfg)["queue"], "the other delegation never queued")
-        status = _status(cfg)
+        def other_queued() -> dict[str, Any] | None:
+            status = _status(cfg)
+            return status if other.pid in [t["pid"] for t in status["queue"]] else None
+
+        status = wait_for(other_queued, "the other delegation never queued")
         assert [t["run_id"] for t in status["in_use"]] == [run_k], status
         assert [t["pid"] for t in status["queue"]] == [other.pid], status
 
