@@ -146,7 +146,9 @@ def test_a_retry_of_a_sent_delegation_takes_no_second_token(tmp_path: Path) -> N
         procs.append(other)
         def other_queued() -> dict[str, Any] | None:
             status = _status(cfg)
-            return status if other.pid in [t["pid"] for t in status["queue"]] else None
+            pids = [t["pid"] for t in status["queue"]]
+            assert retry.pid not in pids, status  # the retry never asks for a token
+            return status if other.pid in pids else None
 
         status = wait_for(other_queued, "the other delegation never queued")
         assert [t["run_id"] for t in status["in_use"]] == [run_k], status
