@@ -22,6 +22,8 @@ step or an interrupt.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import RunStateError, UsageError, did_you_mean
@@ -123,8 +125,18 @@ def waiting_line(
     )
 
 
-def answer_step(cfg: Config, run_id: str, step: str, text: str, *, by: str) -> dict[str, Any]:
-    """Record the answer to the question of a parked step (then ``workflow resume``)."""
+def answer_step(
+    cfg: Config, run_id: str, step: str, text: str, *, by: str, replace: bool = True
+) -> dict[str, Any]:
+    """Record the answer to the question of a parked step (then ``workflow resume``).
+
+    Returns the journal's ``step_answered`` event; when it replaces an earlier answer, the
+    event has ``replaced``: ``{"answer", "by", "at"}`` of that one. With ``replace=False``
+    a question answered already is refused (``RunStateError``, exit 2), naming that
+    answer: of two answers given at once, one is recorded and the other refused, as with
+    gates. The look and the append hold the run's answer lock (a file store's
+    ``<run>/.answer.lock``, ``flock``), so no answer is replaced unseen.
+    """
     from engine.runs import run_dir
     from engine.runs.replay import replay_run
     from engine.states import StepState
@@ -134,22 +146,57 @@ def answer_step(cfg: Config, run_id: str, step: str, text: str, *, by: str) -> d
         raise UsageError("the answer is empty: pass the text to send to the agent.")
     store = open_store(cfg)
     run_dir(cfg, run_id, store=store)  # the run exists, or one clear paragraph
-    view = replay_run(store, run_id)
-    if step not in view.steps:
-        raise UsageError(
-            f"run `{run_id}` has no step `{step}`{did_you_mean(step, list(view.steps)) or '.'}"
-        )
-    s = view.steps[step]
-    if s.state is not StepState.WAITING_INPUT or s.question is None:
-        raise RunStateError(
-            f"step `{step}` of run `{run_id}` is not waiting for an answer (it is "
-            f"{s.state.value})."
-        )
-    journal = store.journal(run_id)
-    try:
-        return journal.append("step_answered", step=step, answer=text, by=by)
-    finally:
-        journal.close()
+    with _answer_lock(store, run_id):
+        view = replay_run(store, run_id)
+        if step not in view.steps:
+            raise UsageError(
+                f"run `{run_id}` has no step `{step}`"
+                f"{did_you_mean(step, list(view.steps)) or '.'}"
+            )
+        s = view.steps[step]
+        if s.state is not StepState.WAITING_INPUT or s.question is None:
+            raise RunStateError(
+                f"step `{step}` of run `{run_id}` is not waiting for an answer (it is "
+                f"{s.state.value})."
+            )
+        earlier = s.question if s.question.get("answer") is not None else None
+        if earlier is not None and not replace:
+            raise RunStateError(
+                f"step `{step}` of run `{run_id}` was answered already: "
+                f"{str(earlier.get('answer'))[:80]!r} by {earlier.get('by') or 'someone'} "
+                f"at {earlier.get('answered_at')}. Give `--replace` to replace that answer, "
+                f"or continue with `workflow resume {run_id}`."
+            )
+        was = (
+            {"replaced": {k: earlier.get(k) for k in ("answer", "by")}
+             | {"at": earlier.get("answered_at")}}
+            if earlier is not None
+            else {}
+        )  # fmt: skip
+        journal = store.journal(run_id)
+        try:
+            return journal.append("step_answered", step=step, answer=text, by=by, **was)
+        finally:
+            journal.close()
+
+
+@contextmanager
+def _answer_lock(store: RunStore, run_id: str) -> Iterator[None]:
+    """Hold run ``run_id``'s answer lock (an ``flock`` in a file store's run directory;
+    other stores: none)."""
+    import fcntl
+
+    from engine.store import FileRunStore
+
+    if not isinstance(store, FileRunStore):
+        yield
+        return
+    with open(store.run_locator(run_id) / ".answer.lock", "a+", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # -- a single delegation -----------------------------------------------------------------

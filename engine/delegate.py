@@ -41,7 +41,7 @@ from engine.reporter import Reporter
 from engine.states import Outcome as Outcome
 from engine.store import RENEW_EVERY, HandoffSignals, RunStore, Waiter, open_signals, open_store
 from engine.store.file import FileRunStore, records_dir
-from engine.store.liveness import this_host
+from engine.store.liveness import this_host, waiter_alive
 from engine.store.postgres_retry import naming_run
 
 if TYPE_CHECKING:
@@ -362,14 +362,18 @@ class Delegator:
         holder = self._ancestor_token(req.parent_run_id)
         if holder is not None:
             envelope["token_shared_with"] = holder
-        self.store.pending(run_id, envelope, sub=sub)
         with naming_run(run_id):  # a lost store connection (the pool's too) names the run
             if self.pool is not None and holder is None:
+                # The pending envelope is written once the token is held (a token free at
+                # once: one write), or marked ``queued`` while the token is waited for and
+                # rewritten without the mark once granted: either way before the POST, and
+                # a process that dies queued leaves a mark that says nothing was sent.
                 got = self._acquire(run_id, agent, envelope, records, deadline, rep, cancel)
                 if isinstance(got, DelegationResult):
                     return got
                 lease = got
             try:
+                self.store.pending(run_id, envelope, sub=sub)
                 result = self._dispatch_and_wait(
                     req, agent, target, run_id, records, drop, envelope, deadline, cancel, rep,
                     key, interrupted=interrupted,
@@ -409,17 +413,41 @@ class Delegator:
         *,
         interrupted: threading.Event | None = None,
     ) -> DelegationResult | None:
-        """Pick up a delegation dispatched by an earlier process; None = dispatch it now."""
+        """Pick up a delegation dispatched by an earlier process; None = dispatch it now.
+
+        A pending envelope marked ``queued`` was never sent: while the process that
+        queued it lives (``waiter_alive``), this one waits for that process to send it;
+        once that process is gone (killed while queued), None: it is sent from here, under
+        the same run id. A delegation that was sent takes a pool token only when no
+        live holder has one for it (``_token_elsewhere``)."""
         sub = self._sub(records)
         record_file = self.store.record_locator(run_id, sub=sub)
-        existing = self.store.read(run_id, sub=sub)
-        envelope = self.store.read_pending(run_id, sub=sub)
-        if existing is not None:
-            outcome = existing["envelope"].get("outcome")
-            if outcome in {o.value for o in Outcome} and outcome not in ("timeout", "cancelled"):
-                return DelegationResult(run_id, Outcome(outcome), record_file, existing)
-        if envelope is None:
-            return None  # nothing was prepared: dispatch (the same Idempotency-Key)
+        watching: Waiter | None = None
+        try:
+            while True:
+                existing = self.store.read(run_id, sub=sub)
+                envelope = self.store.read_pending(run_id, sub=sub)
+                if existing is not None:
+                    outcome = existing["envelope"].get("outcome")
+                    if outcome in {o.value for o in Outcome} and outcome not in (
+                        "timeout", "cancelled"
+                    ):
+                        return DelegationResult(run_id, Outcome(outcome), record_file, existing)
+                if envelope is None:
+                    return None  # nothing was prepared: dispatch (the same Idempotency-Key)
+                if not envelope.get("queued"):
+                    break  # sent: wait for its handoff below
+                if not waiter_alive(envelope, host=self._host):
+                    return None  # queued by a process now gone: nothing was sent, send it
+                # Another live process waits for its token and sends it: wait for that.
+                if (cancel is not None and cancel.is_set()) or self._clock() >= deadline:
+                    break  # the wait below ends it (cancelled, or timed out)
+                if watching is None:
+                    watching = self._expect(records, drop, run_id)
+                watching.wait(min(_QUEUED_LOOK, max(0.0, deadline - self._clock())))
+        finally:
+            if watching is not None:
+                watching.close()
         envelope = dict(
             envelope,
             outcome="dispatched",
@@ -433,7 +461,11 @@ class Delegator:
         # This process waits now: readers (reconcile, routing, metrics) see it alive.
         self.store.pending(run_id, envelope, sub=sub)
         lease: Lease | None = None
-        if self.pool is not None and self._ancestor_token(req.parent_run_id) is None:
+        if (
+            self.pool is not None
+            and self._ancestor_token(req.parent_run_id) is None
+            and not self._token_elsewhere(run_id)
+        ):
             got = self._acquire(
                 run_id, self.registry.get(req.target), envelope, records, deadline, rep,
                 cancel, sent=True,
@@ -454,6 +486,21 @@ class Delegator:
         finally:
             waiter.close()
         return self._release(lease, result) if lease is not None else result
+
+    def _token_elsewhere(self, run_id: str) -> bool:
+        """True when the pool already counts ``run_id``: a token held for it (by a live
+        caller, or by a dead one whose agent still runs) or a live request queued for it.
+
+        A re-attached delegation takes a token so that the agent it waits on is counted
+        once the process that sent it is gone (docs/pool.md, "Re-attached delegations");
+        while the pool counts it already, a second token would only keep another
+        delegation out."""
+        assert self.pool is not None
+        status = self.pool.status()
+        return any(
+            str(t.get("run_id")) == run_id
+            for t in (*status.get("in_use", []), *status.get("queue", []))
+        )
 
     def _ancestor_token(self, parent_run_id: str | None) -> str | None:
         """The run id of the nearest ancestor of a sub-delegation whose pool token is held
@@ -503,7 +550,12 @@ class Delegator:
         """A pool token for ``run_id``, or the delegation's end: timed out, refused, or
         cancelled while queued (``cancel``). ``sent``: an earlier process dispatched it, so
         a cancelled wait keeps the pending envelope for the handoff still to come; else
-        nothing was sent and the envelope goes (a resume then dispatches it)."""
+        nothing was sent and the envelope goes (a resume then dispatches it).
+
+        Unless ``sent``, a token not free at once is waited for with the pending envelope
+        marked ``queued: true`` (nothing sent yet; ``_reattach`` sends such a delegation
+        when its process is gone); the caller rewrites it without the mark before the
+        POST. A token free at once writes nothing here."""
         from engine.errors import AcquireCancelledError, DelegationTimeoutError
 
         assert self.pool is not None
@@ -516,6 +568,10 @@ class Delegator:
                     hold_for=deadline - self._clock(),
                 )
             except DelegationTimeoutError:
+                if not sent:  # nothing is sent while queued: the mark says so (a resume sends)
+                    self.store.pending(
+                        run_id, dict(envelope, queued=True), sub=self._sub(records)
+                    )
                 rep.pool_waiting(run_id, agent.name)
                 lease = self.pool.acquire(
                     run_id=run_id,
@@ -1025,6 +1081,10 @@ def _repair_refused(c: _Call, problem: HandoffProblem, kept: Path | None) -> Any
     if c.watch is None:  # re-attached: no dispatch of this process to send a repair on
         return unusable(c.agent, c.drop, problem.kind, found, len(c.envelope.get("repairs", [])))
     return c.watch.refused(problem.kind, found, moved_to=str(kept) if kept else None)
+
+
+#: Seconds between looks at a delegation another live process has queued for a token.
+_QUEUED_LOOK = 0.2
 
 
 @dataclass

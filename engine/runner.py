@@ -151,6 +151,24 @@ class RunInterrupted(KeyboardInterrupt):
         self.unsent = unsent or {}
 
 
+class SafePoint:
+    """How stop signals reach a run's main thread (``engine.cli.workflow``).
+
+    The first signal raises ``KeyboardInterrupt`` where the main thread is (the run
+    then ends its waits: ``RunInterrupted``). Once the interruption is being concluded
+    (``closing``: the waits have ended, or a second signal cut that short), later
+    signals are only noted, so the run's paragraph is always printed.
+    """
+
+    def __init__(self) -> None:
+        #: The interruption is being concluded (or the run has ended).
+        self.closing = False
+
+    def defer(self) -> bool:
+        """For a signal handler: True when the signal must not raise now."""
+        return self.closing
+
+
 class _HeldJournal:
     """A run's journal that, once ``interrupted`` is set, keeps only what happened
     (a dispatch, a queue) and drops the endings the interruption itself would cause
@@ -493,6 +511,8 @@ class WorkflowRunner:
         # Shared by the runs of this runner: capability routing claims the least busy
         # agent of the host, and two runs must not both claim the same free slot.
         self.route_lock = threading.Lock()
+        #: Where a stop signal may interrupt this runner's run in the main thread.
+        self.safe_point = SafePoint()
 
     # -- entry points -----------------------------------------------------------------
 
@@ -1000,6 +1020,9 @@ class _Execution:
 
     def run(self) -> RunResult:
         """Run every step that can run now, then conclude (finished, failed or parked)."""
+        point = self._safe_point()
+        if point is not None:  # a fresh stretch: signals raise
+            point.closing = False
         self._restore()
         self._announce()
         schedule = _Schedule(self.plan, self.steps)
@@ -1035,14 +1058,21 @@ class _Execution:
     def _interrupt(self, pool: ThreadPoolExecutor, running: dict[Future[None], str]) -> None:
         """Ctrl-C: end the waits of the steps in flight (the cancel event: within 0.2 s)
         with nothing recorded as ended (``_HeldJournal``), then raise ``RunInterrupted``.
-        A second Ctrl-C while they end raises ``KeyboardInterrupt`` at once."""
+        A second Ctrl-C (or SIGTERM) while they end stops waiting for them at once; it
+        still raises ``RunInterrupted``, so the run's paragraph is printed."""
         self.interrupted.set()
         self.cancel.set()
         flying = sorted(
             {sid for sid in running.values()}
             | {s.id for s in self.steps.values() if s.in_flight or s.state is StepState.RUNNING}
         )
-        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:  # a second signal: leave the waits at once
+            pool.shutdown(wait=False, cancel_futures=True)
+        point = self._safe_point()
+        if point is not None:
+            point.closing = True  # later signals are noted: the paragraph is printed
         raise RunInterrupted(
             self.run_id, [sid for sid in self.steps if sid in flying], self._unsent(flying)
         ) from None
@@ -1129,6 +1159,19 @@ class _Execution:
                 done.append(self._ended.get_nowait())
             except queue.Empty:
                 break
+        self._settle(schedule, running, done)
+
+    def _safe_point(self) -> SafePoint | None:
+        """The runner's ``SafePoint`` when this is the main thread (a child run's thread
+        gets no signals), else None."""
+        if threading.current_thread() is threading.main_thread():
+            return self.runner.safe_point
+        return None
+
+    def _settle(
+        self, schedule: _Schedule, running: dict[Future[None], str], done: Collection[Any]
+    ) -> None:
+        """Settle the steps ``done`` (futures of ``running``)."""
         for fut in done:
             sid = running.pop(fut)
             exc = fut.exception()

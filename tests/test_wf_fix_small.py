@@ -139,9 +139,63 @@ def test_a_second_answer_says_it_replaced_the_first(tmp_path: Path) -> None:
     rid = json.loads(run.stdout)["runId"]
     first = _cli("answer", rid, "research", "0 to 50 C", "--config", cfg)
     assert first.exit_code == 0 and "replaces" not in first.stdout
-    second = _cli("answer", rid, "research", "20 to 30 C", "--by", "ana", "--config", cfg)
+    refused = _cli("answer", rid, "research", "20 to 30 C", "--by", "ana", "--config", cfg)
+    assert refused.exit_code == 2, refused.output
+    assert "was answered already: '0 to 50 C' by cli" in refused.stderr
+    assert "Give `--replace` to replace that answer" in refused.stderr
+    second = _cli(
+        "answer", rid, "research", "20 to 30 C", "--by", "ana", "--replace", "--config", cfg
+    )
     assert second.exit_code == 0
     assert "(this replaces the earlier answer '0 to 50 C' by cli)" in second.stdout
+
+
+def test_answers_given_at_once_record_one_and_refuse_the_others(tmp_path: Path) -> None:
+    import subprocess
+
+    raw_agents = demo_config(tmp_path)["gateway"]["agents"]
+    raw_agents["asker"] = {
+        "kind": "command",
+        "argv": [sys.executable, str(ASKER), "ask"],
+        "env": {"AGENT_STATE": str(tmp_path / "asker-state")},
+        "timeout": 60,
+        "fallback_handoff": False,
+    }
+    gateway = {**demo_config(tmp_path)["gateway"], "agents": raw_agents}
+    agents = {**demo_config(tmp_path)["agents"], "asker": {"url": "local"}}
+    doc = {
+        "name": "ask",
+        "caller": "manager",
+        "steps": [{"id": "research", "agent": "asker", "task": "Find the CTE."}],
+    }
+    cfg, wf = _setup(tmp_path, doc, gateway=gateway, agents=agents, acl={"manager": ["asker"]})
+    run = _cli("run", wf, "--non-interactive", "--json", "--config", cfg)
+    assert run.exit_code == 3, run.output
+    rid = json.loads(run.stdout)["runId"]
+    exe = str(Path(sys.executable).parent / "workflow")
+    procs = [
+        subprocess.Popen(
+            [exe, "answer", rid, "research", f"answer {n}", "--by", f"p{n}", "--config", cfg],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for n in range(4)
+    ]
+    ends = [(p.wait(timeout=60), *p.communicate(timeout=60)) for p in procs]
+    codes = sorted(code for code, _, _ in ends)
+    assert codes == [0, 2, 2, 2], ends
+    (winner,) = [n for n, (code, _, _) in enumerate(ends) if code == 0]
+    assert "replaces" not in ends[winner][1], ends[winner]
+    for code, _, err in ends:
+        if code == 2:
+            assert f"was answered already: 'answer {winner}' by p{winner}" in err, err
+    events = [
+        json.loads(line)
+        for line in (tmp_path / "handoffs" / "workflows" / rid / "events.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    answered = [e for e in events if e["event"] == "step_answered"]
+    assert [(e["answer"], e["by"]) for e in answered] == [(f"answer {winner}", f"p{winner}")]
 
 
 def test_fixtures_take_an_expect_file_of_any_name_and_numeric_inputs(tmp_path: Path) -> None:

@@ -284,5 +284,5 @@ def test_answer_json(home: Path) -> None:
         "runId": rid, "step": "q", "answer": "0 to 50 C", "by": "me", "at": doc["at"],
         "replaced": None, "next": f"answered `q`; continue with: workflow resume {rid}",
     }  # fmt: skip
-    again = json.loads(_cli("answer", rid, "q", "10 to 20 C", "--json").stdout)
+    again = json.loads(_cli("answer", rid, "q", "10 to 20 C", "--replace", "--json").stdout)
     assert again["replaced"] == {"answer": "0 to 50 C", "by": "me"}

@@ -382,12 +382,16 @@ STOP_SIGNALS = ("SIGTERM", "SIGHUP")
 
 
 @contextlib.contextmanager
-def stopping_signals() -> Iterator[list[int]]:
+def stopping_signals(defer: Callable[[], bool] | None = None) -> Iterator[list[int]]:
     """Within: SIGTERM and SIGHUP raise ``KeyboardInterrupt`` in the main thread, so that
     ``kill``, a closed terminal or a service manager stop a run the clean way Ctrl-C does
     (a resumable run, one paragraph). Yields a list that receives the signal's number;
-    ``interrupt_exit`` turns it into the exit code. Outside the main thread (where no
-    handler can be set), nothing changes. The handlers before are restored after."""
+    ``interrupt_exit`` turns it into the exit code (the first signal's). Outside the main
+    thread (where no handler can be set), nothing changes. The handlers before are
+    restored after.
+
+    With ``defer``, SIGINT is handled too, and a signal for which ``defer()`` is True is
+    only noted, not raised (``engine.runner.SafePoint``: the run is already stopping)."""
     import signal
     import threading
 
@@ -398,13 +402,17 @@ def stopping_signals() -> Iterator[list[int]]:
 
     def handler(signum: int, frame: Any) -> None:
         got.append(signum)
+        if defer is not None and defer():
+            return
         raise KeyboardInterrupt
 
     previous: dict[int, Any] = {}
-    for name in STOP_SIGNALS:
+    for name in (*STOP_SIGNALS, *(("SIGINT",) if defer is not None else ())):
         sig = getattr(signal, name, None)
         if sig is None:
             continue
+        if name == "SIGINT" and signal.getsignal(sig) is signal.SIG_IGN:
+            continue  # started in the background without job control: Ctrl-C is not ours
         try:
             previous[sig] = signal.signal(sig, handler)
         except (OSError, ValueError):

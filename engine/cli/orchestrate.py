@@ -979,6 +979,13 @@ def _in_flight(
         return False
     if local and _abandoned(env, run_id):
         return True
+    if env.get("queued"):  # engine.delegate: waiting for a pool token, nothing sent yet
+        click.echo(
+            f"queued: {env.get('target')} for {env.get('caller')}, {run_id} (waiting for a "
+            f"pool token since {env.get('created_at')}, deadline {env.get('deadline_at')}); "
+            "nothing sent yet"
+        )
+        return True
     click.echo(
         f"in flight: {env.get('target')} for {env.get('caller')}, {run_id} "
         f"(dispatched {env.get('dispatched_at') or env.get('created_at')}, deadline "
@@ -1009,25 +1016,40 @@ def _abandoned(env: dict[str, Any], run_id: str) -> bool:
         passed = True
     when = f"deadline {deadline} passed" if passed else f"deadline {deadline}"
     owner = f"pid {env.get('pid')} on {env.get('host') or 'this host'}"
+    from engine.ask import workflow_step_of
+
+    step_of = workflow_step_of(env)
+    task = str(env.get("task") or "")
+    task_arg = shlex.quote(task) if task and len(task) <= 200 and "\n" not in task else "TASK"
+    again = f"orchestrate {target} {task_arg} --caller {caller}"
+    if env.get("parent_run_id"):
+        again += f" --parent-run-id {env['parent_run_id']}"
+    if env.get("queued"):  # engine.delegate: the token never came, so nothing was sent
+        then = (
+            f"it is step `{step_of[1]}` of workflow run {step_of[0]}: `workflow resume "
+            f"{step_of[0]}` sends it"
+            if step_of is not None
+            else f"to have the task done, delegate it again: {again} (with its "
+            "--idempotency-key, if it had one: this run is then sent)"
+        )
+        say(  # the task may quote a secret: `say` masks it
+            f"never dispatched: {target} for {caller}, {run_id} (created "
+            f"{env.get('created_at')}): it was queued for a pool token when its process "
+            f"({owner}) ended; nothing was sent, and no handoff will come; {then}."
+        )
+        return True
     say(
         f"abandoned: {target} for {caller}, {run_id} (dispatched "
         f"{env.get('dispatched_at') or env.get('created_at')}, {when}): the process that "
         f"waited for its handoff ({owner}) is gone, and no handoff has come."
     )
-    from engine.ask import workflow_step_of
-
-    if (step_of := workflow_step_of(env)) is not None:  # delegated again it would run twice
+    if step_of is not None:  # delegated again it would run twice
         say(
             f"It is step `{step_of[1]}` of workflow run {step_of[0]}: the agent may still answer "
             f"(`orchestrate show {run_id}` merges it). Do not delegate it again outside "
             f"its run: see `workflow status {step_of[0]}`."
         )
         return True
-    task = str(env.get("task") or "")
-    task_arg = shlex.quote(task) if task and len(task) <= 200 and "\n" not in task else "TASK"
-    again = f"orchestrate {target} {task_arg} --caller {caller}"
-    if env.get("parent_run_id"):
-        again += f" --parent-run-id {env['parent_run_id']}"
     say(  # the task may quote a secret: `say` masks it
         f"The agent may still answer: its handoff is merged (marked late) by the next "
         f"`orchestrate show {run_id}`. To have the task done now, delegate it again: {again}"

@@ -144,27 +144,70 @@ class _Driving:
 
         An OSError (a full disk) in a run that had started names `workflow resume RUN`
         (running it again would send its steps again, ``_run_os_error``)."""
+        from engine.runner import SafePoint
+
+        point = SafePoint()  # Ctrl-C, SIGTERM, SIGHUP stop the run where it can stop
+        # The paragraph is printed while the handlers are still ours: a signal that comes
+        # meanwhile is noted (``point.closing``), never a bare exit or a traceback.
+        with stopping_signals(point.defer) as got:
+            code = self._drive(cfg, act, point, got, run_id=run_id, fresh=fresh)
+        if got:  # stopped by a signal: this process only exits now, and says nothing more
+            _ignore_stop_signals()
+        return code
+
+    def _drive(
+        self, cfg: Any, act: Any, point: Any, got: list[int], *, run_id: str, fresh: bool
+    ) -> int:
+        """``drive``'s body, within its signal handlers."""
         from engine.delegate import open_delegator
         from engine.runner import RunInterrupted, WorkflowRunner
 
         reporter = _reporter_for(self.as_json, self.quiet)
-        got: list[int] = []
         try:
-            with stopping_signals() as got, open_delegator(cfg, reporter=reporter) as delegator:
+            with open_delegator(cfg, reporter=reporter) as delegator:
                 approver = _approver(self.interactive)
                 runner = WorkflowRunner(cfg, delegator, reporter=reporter, approver=approver)
+                runner.safe_point = point
                 try:
                     result = act(runner)
                 finally:
+                    point.closing = True  # a signal from now on is noted, not raised
                     getattr(reporter, "close", lambda: None)()
         except RunInterrupted as stop:
-            hint = _interrupted_hint(stop.run_id, stop.in_flight, config_flag(cfg), stop.unsent)
+            point.closing = True
+            cf = config_flag(cfg)
+            hint = _interrupted_hint(stop.run_id, stop.in_flight, cf, stop.unsent)
             return interrupted(hint, as_json=self.as_json, code=interrupt_exit(got))
+        except KeyboardInterrupt:  # before the run's loop, or while it was set up
+            point.closing = True
+            rid = _started(cfg, run_id) if fresh else run_id
+            text = (
+                f"interrupted: stopped waiting for run {rid}, which stays resumable. "
+                f"Continue it with: workflow resume {rid}{config_flag(cfg)}"
+                if rid
+                else "interrupted: the run had not started; nothing was sent."
+            )
+            return interrupted(text, as_json=self.as_json, code=interrupt_exit(got))
         except BrokenPipeError:
             raise  # stdout's reader went away: quietly (EngineGroup)
         except OSError as exc:
             raise _run_os_error(exc, cfg, run_id, fresh) from None
         return _render_run(result, self.as_json, plain=self.quiet or None, cfg=cfg)
+
+
+def _ignore_stop_signals() -> None:
+    """Ignore Ctrl-C, SIGTERM and SIGHUP from now on (main thread only): the command was
+    stopped by one and has printed its paragraph; one more while the process exits
+    would end it with a traceback from the interpreter's shutdown."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _run_os_error(exc: OSError, cfg: Any, run_id: str, fresh: bool) -> Exception:
@@ -221,11 +264,16 @@ def _interrupted_hint(
     """The one paragraph after Ctrl-C stopped a run's wait (``RunInterrupted``); ``cf``:
     the `` --config PATH`` its command carries (``config_flag``). The steps of
     ``in_flight`` in ``unsent`` (``engine.runs.replay.unsent``: queued for a pool token,
-    waiting to retry) had nothing sent: resume sends them; the others keep their
-    delegation."""
+    waiting to retry) had nothing sent: resume sends them; the others (and a re-attached
+    one waiting for a token: ``why`` ``reattached``) keep their delegation."""
     unsent = unsent or {}
+    back = {sid for sid, gap in unsent.items() if gap.get("why") == "reattached"}
+    unsent = {sid: gap for sid, gap in unsent.items() if sid not in back}
     sent = [sid for sid in in_flight if sid not in unsent]
-    steps = ", ".join(f"`{sid}`" for sid in sent)
+    steps = ", ".join(
+        f"`{sid}`" + (" (dispatched, re-attached: waiting for a pool token)" if sid in back else "")
+        for sid in sent
+    )
     one = len(sent) == 1
     flying = (
         f" The step{'' if one else 's'} in flight ({steps}) keep{'s its' if one else ' their'} "
@@ -895,20 +943,26 @@ def _decided(
     type=NonEmpty("name who answers"),
     help="Who answers (recorded).",
 )
+@click.option(
+    "--replace", is_flag=True, help="Replace an answer given already (else it is refused)."
+)
 @json_option
 @where_options
 def workflow_answer_cmd(
-    run_id: str, step: str, text: str, by: str, as_json: bool, where: Where
+    run_id: str, step: str, text: str, by: str, replace: bool, as_json: bool, where: Where
 ) -> int:
     """Answer the question STEP's agent asked (then `workflow resume`; with `--server`, the
-    server continues the run and records the token's name as the answerer)."""
+    server continues the run and records the token's name as the answerer). A question
+    answered already is refused (exit 2) unless `--replace` is given."""
     from engine.ask import answer_step
 
     earlier: list[dict[str, Any]] = []
 
     def here(cfg: Any) -> Any:
-        earlier.extend(_earlier_answer(cfg, run_id, step))
-        return answer_step(cfg, run_id, step, text, by=by)
+        event = answer_step(cfg, run_id, step, text, by=by, replace=replace)
+        if isinstance(event.get("replaced"), dict):  # looked at under the answer lock
+            earlier.append(event["replaced"])
+        return event
 
     event = where.act(lambda remote: remote.answer(run_id, step, text), here)
     replaced = ""
@@ -945,23 +999,6 @@ def workflow_answer_cmd(
         }
     )
     return 0
-
-
-def _earlier_answer(cfg: Any, run_id: str, step: str) -> list[dict[str, Any]]:
-    """The answer already given to ``step``'s question in this run (``[question]``), or
-    ``[]`` (none yet, or no such run or step: ``answer_step`` says so)."""
-    from engine.errors import OrchestratorError
-    from engine.runs import replay_run
-    from engine.store import open_store
-
-    try:
-        s = replay_run(open_store(cfg), run_id).steps.get(step)
-    except OrchestratorError:
-        return []
-    question = s.question if s is not None else None
-    if isinstance(question, dict) and question.get("answer") is not None:
-        return [question]
-    return []
 
 
 @workflow.command("reject")

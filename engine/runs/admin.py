@@ -603,8 +603,14 @@ def _no_process(run_id: str, cf: str, again: str = "") -> str:
 
 def unsent_line(gap: dict[str, Any], now: float, *, live: bool = True) -> str:
     """What a step with no delegation out waits for (``engine.runs.replay.unsent``'s
-    ``gap``): ``queued for a pool token``, or ``waiting to retry: attempt N ...`` (with
+    ``gap``): ``queued for a pool token``, re-attached and waiting for one (a delegation
+    dispatched before), or ``waiting to retry: attempt N ...`` (with
     the seconds left, ``now`` being epoch seconds, while a process runs the run)."""
+    if gap["why"] == "reattached":
+        return (
+            "dispatched before and re-attached: waiting for a pool token while its agent "
+            "may still work (nothing is sent again)"
+        )
     if gap["why"] != "retry":
         return "queued for a pool token (nothing sent yet)"
     n = gap.get("attempt")

@@ -364,6 +364,9 @@ def unsent(view: RunView, step_id: str) -> dict[str, Any] | None:
     moves an attempt along:
 
     - ``step_queued``: ``{"why": "queued"}``: it waits for a pool token, nothing sent;
+      ``{"why": "reattached"}`` when that delegation was dispatched before (a
+      ``step_dispatched`` of its run id): re-attached after a crash, it waits for a token
+      while its agent may work (``engine.delegate``; its callers count it as in flight);
     - ``step_retry``: ``{"why": "retry", "attempt": N, "delay_s": S, "at": ISO or None,
       "after": OUTCOME or None}``: attempt ``N - 1`` ended (``OUTCOME``, from its
       ``step_attempt`` event) and attempt ``N`` is sent ``S`` seconds after ``at``.
@@ -374,9 +377,12 @@ def unsent(view: RunView, step_id: str) -> dict[str, Any] | None:
         return None
     last: dict[str, Any] | None = None
     ended, after = None, None  # the outcome of the last attempt journaled, as of `last`
+    dispatched: set[Any] = set()  # the delegation run ids a gateway accepted
     for ev in view.events:
         if ev.get("step") != step_id or "index" in ev:
             continue
+        if ev.get("event") == "step_dispatched":
+            dispatched.add(ev.get("delegation_run_id"))
         if ev.get("event") in _MOVES:
             last, after = ev, ended
         elif ev.get("event") == "step_attempt":
@@ -384,7 +390,8 @@ def unsent(view: RunView, step_id: str) -> dict[str, Any] | None:
     if last is None:
         return None
     if last["event"] == "step_queued":
-        return {"why": "queued"}
+        sent = last.get("delegation_run_id") in dispatched
+        return {"why": "reattached" if sent else "queued"}
     if last["event"] == "step_retry":
         attempt = last.get("attempt")
         delay = last.get("delay_s")
