@@ -421,35 +421,11 @@ class Delegator:
         the same run id. A delegation that was sent takes a pool token only when no
         live holder has one for it (``_token_elsewhere``)."""
         sub = self._sub(records)
-        record_file = self.store.record_locator(run_id, sub=sub)
-        watching: Waiter | None = None
-        try:
-            while True:
-                existing = self.store.read(run_id, sub=sub)
-                envelope = self.store.read_pending(run_id, sub=sub)
-                if existing is not None:
-                    outcome = existing["envelope"].get("outcome")
-                    if outcome in {o.value for o in Outcome} and outcome not in (
-                        "timeout", "cancelled"
-                    ):
-                        return DelegationResult(run_id, Outcome(outcome), record_file, existing)
-                if envelope is None:
-                    return None  # nothing was prepared: dispatch (the same Idempotency-Key)
-                if not envelope.get("queued"):
-                    break  # sent: wait for its handoff below
-                if not waiter_alive(envelope, host=self._host):
-                    return None  # queued by a process now gone: nothing was sent, send it
-                # Another live process waits for its token and sends it: wait for that.
-                if (cancel is not None and cancel.is_set()) or self._clock() >= deadline:
-                    break  # the wait below ends it (cancelled, or timed out)
-                if watching is None:
-                    watching = self._expect(records, drop, run_id)
-                watching.wait(min(_QUEUED_LOOK, max(0.0, deadline - self._clock())))
-        finally:
-            if watching is not None:
-                watching.close()
+        found = self._sent_envelope(run_id, sub, records, drop, deadline, cancel)
+        if found is None or isinstance(found, DelegationResult):
+            return found
         envelope = dict(
-            envelope,
+            found,
             outcome="dispatched",
             reattached_at=utcnow_iso(),
             pid=os.getpid(),
@@ -486,6 +462,47 @@ class Delegator:
         finally:
             waiter.close()
         return self._release(lease, result) if lease is not None else result
+
+    def _sent_envelope(
+        self,
+        run_id: str,
+        sub: bool,
+        records: Path,
+        drop: Path,
+        deadline: float,
+        cancel: threading.Event | None,
+    ) -> DelegationResult | dict[str, Any] | None:
+        """What an earlier process left of ``run_id``: its result when it has ended, None
+        when it is to be sent from here (nothing prepared, or ``queued`` by a process now
+        gone), else its pending envelope, once sent (waiting, while a live process holds
+        it ``queued``, for that process to send it) or at the deadline or a cancel."""
+        record_file = self.store.record_locator(run_id, sub=sub)
+        watching: Waiter | None = None
+        try:
+            while True:
+                existing = self.store.read(run_id, sub=sub)
+                envelope = self.store.read_pending(run_id, sub=sub)
+                if existing is not None:
+                    outcome = existing["envelope"].get("outcome")
+                    if outcome in {o.value for o in Outcome} and outcome not in (
+                        "timeout", "cancelled"
+                    ):
+                        return DelegationResult(run_id, Outcome(outcome), record_file, existing)
+                if envelope is None:
+                    return None  # nothing was prepared: dispatch (the same Idempotency-Key)
+                if not envelope.get("queued"):
+                    return envelope  # sent: its handoff is waited for
+                if not waiter_alive(envelope, host=self._host):
+                    return None  # queued by a process now gone: nothing was sent, send it
+                # Another live process waits for its token and sends it: wait for that.
+                if (cancel is not None and cancel.is_set()) or self._clock() >= deadline:
+                    return envelope  # the wait ends it (cancelled, or timed out)
+                if watching is None:
+                    watching = self._expect(records, drop, run_id)
+                watching.wait(min(_QUEUED_LOOK, max(0.0, deadline - self._clock())))
+        finally:
+            if watching is not None:
+                watching.close()
 
     def _token_elsewhere(self, run_id: str) -> bool:
         """True when the pool already counts ``run_id``: a token held for it (by a live

@@ -938,21 +938,9 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
         if isinstance(handoff, dict) and handoff.get("usage"):
             row["usage"] = handoff["usage"]
     owner = manager.owned(run_id) or {}
-    error = manager.last_error(run_id)
-    missing = manager.waiting_for_inputs(run_id)
-    if missing and status["status"] in ("waiting_approval", "waiting_input"):
-        # parked, and a decision or answer waits for the secret inputs this server lacks
-        error = missing_inputs_paragraph(run_id, missing)
-        status["inputs_missing"] = missing
-    elif missing and status["status"] == "running" and not status["live"]:
-        # in flight when the server restarted: it waits for its secret inputs
-        error = missing_inputs_paragraph(run_id, missing)
-        status["status"] = "waiting_input"
-        status["inputs_missing"] = missing
-        for row in status["steps"].values():
-            if row.get("status") == "running":
-                line = str(row.get("waiting") or "").split(" (no process")[0]
-                row["waiting"] = f"{line}; {error}"
+    error = _inputs_missing(status, run_id, manager.waiting_for_inputs(run_id))
+    if error is None:
+        error = manager.last_error(run_id)
     summary = store.read_summary(run_id)
     if isinstance(summary, dict) and isinstance(summary.get("outputs"), dict):
         status["outputs"] = summary["outputs"]
@@ -969,6 +957,28 @@ def run_doc(manager: RunManager, run_id: str) -> dict[str, Any]:
         "error": error,
         "cursor": len(view.events) and _last_line(manager, run_id),
     }
+
+
+def _inputs_missing(status: dict[str, Any], run_id: str, missing: list[str]) -> str | None:
+    """Mark ``status`` (``run_status``'s) of a run that waits for the secret inputs
+    ``missing`` this server lacks, and return the paragraph saying how to give them; None
+    when it does not wait for them. A parked run keeps its state (a decision or answer
+    waits for them); one in flight when the server restarted reads ``waiting_input``."""
+    if not missing:
+        return None
+    if status["status"] in ("waiting_approval", "waiting_input"):
+        status["inputs_missing"] = missing
+        return missing_inputs_paragraph(run_id, missing)
+    if status["status"] != "running" or status["live"]:
+        return None
+    error = missing_inputs_paragraph(run_id, missing)
+    status["status"] = "waiting_input"
+    status["inputs_missing"] = missing
+    for row in status["steps"].values():
+        if row.get("status") == "running":
+            line = str(row.get("waiting") or "").split(" (no process")[0]
+            row["waiting"] = f"{line}; {error}"
+    return error
 
 
 def _add_record(row: dict[str, Any], rec: Any) -> None:
