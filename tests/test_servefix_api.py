@@ -62,6 +62,16 @@ def test_errors_quote_a_long_value_cut_short(srv: Served) -> None:
     assert quoted("abc") == "'abc'" and quoted("a" * 200).endswith("… (200 characters)")
 
 
+def test_an_engine_error_through_the_api_keeps_a_long_paths_file_name() -> None:
+    from engine.serve.app import clip_quoted
+
+    path = "/srv/" + "d" * 300 + "/nonexist.yaml"
+    said = clip_quoted(f"config file `{path}` does not exist.")
+    assert said.startswith("config file `/srv/ddd") and "/nonexist.yaml` (319 characters)" in said
+    assert len(said) < 160, said
+    assert clip_quoted("step `short` failed") == "step `short` failed"
+
+
 def test_bad_json_wrong_type_and_missing_inputs_say_what_to_send(srv: Served) -> None:
     with srv.client() as c:
         bad = c.post("/v1/runs", content=b"{nope", headers={"Content-Type": "application/json"})

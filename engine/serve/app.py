@@ -835,14 +835,18 @@ def quoted(value: Any, limit: int = QUOTE_LIMIT) -> str:
 
 
 def clip_quoted(message: str, longest: int = 200) -> str:
-    """``message`` with every backquoted span longer than ``longest`` characters cut as
-    ``quoted`` cuts a value: an engine error that names a client's value (an input's name,
-    a step's rendered task) never repeats a large request back."""
+    """``message`` with every backquoted span longer than ``longest`` characters cut in
+    the middle (its first and last ``QUOTE_LIMIT // 2`` characters, so a path keeps its
+    file name, as ``engine.errors.clip_quoted`` cuts the CLI's) and its length given: an
+    engine error that names a client's value (an input's name, a step's rendered task)
+    never repeats a large request back."""
     import re
+
+    half = QUOTE_LIMIT // 2
 
     def cut(m: re.Match[str]) -> str:
         inner = m.group(1)
-        return f"`{inner[:QUOTE_LIMIT]}…` ({len(inner):,} characters)"
+        return f"`{inner[:half]}…{inner[-half:]}` ({len(inner):,} characters)"
 
     return re.sub("`([^`]{" + str(longest + 1) + ",})`", cut, message)
 
