@@ -199,3 +199,28 @@ def test_a_timed_gate_waits_for_the_secret_input_then_takes_its_default(
     assert "abc123def456ghi" not in (run / "events.jsonl").read_text()
     # tried once, then left waiting: the gate clock does not kick it again and again
     assert "".join(served.log).count("waits for its input `query`") == 1, served.log
+
+
+def test_a_second_answer_through_the_server_needs_replace(served: Served) -> None:
+    """The server keeps the first answer of a run it cannot continue yet; a second one is
+    refused (exit 2, HTTP 4xx) unless `--replace` (`"replace": true`) is given, as locally."""
+    run_id, run = _parked(served)
+    env = server_env(served)
+    res = cli(workflow, "answer", run_id, "ask", "0-50", **env)
+    assert res.exit_code == 0, res.output
+    with served.client("alice") as alice:
+        wait_for(
+            lambda: alice.get(f"/v1/runs/{run_id}").json().get("inputs_missing"),
+            "the run waiting for its secret input",
+        )
+        again = cli(workflow, "answer", run_id, "ask", "10-20", **env)
+        assert again.exit_code == 2, again.output
+        assert "0-50" in again.output, again.output
+        r = alice.post(f"/v1/runs/{run_id}/steps/ask/answer", json={"text": "10-20"})
+        assert 400 <= r.status_code < 500 and "0-50" in r.text, r.text
+        answered = [e for e in read_events(run / "events.jsonl") if e["event"] == "step_answered"]
+        assert [e["answer"] for e in answered] == ["0-50"]
+        res = cli(workflow, "answer", run_id, "ask", "10-20", "--replace", **env)
+        assert res.exit_code == 0, res.output
+        answered = [e for e in read_events(run / "events.jsonl") if e["event"] == "step_answered"]
+        assert [e["answer"] for e in answered] == ["0-50", "10-20"]

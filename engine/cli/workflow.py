@@ -964,7 +964,7 @@ def workflow_answer_cmd(
             earlier.append(event["replaced"])
         return event
 
-    event = where.act(lambda remote: remote.answer(run_id, step, text), here)
+    event = where.act(lambda remote: remote.answer(run_id, step, text, replace=replace), here)
     replaced = ""
     if earlier:  # the last answer is the one sent: say that it replaced the one before
         was = earlier[0]

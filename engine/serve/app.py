@@ -96,9 +96,11 @@ class ResumeRun(BaseModel):
 
 
 class Answer(BaseModel):
-    """The answer to an agent's question (recorded with the token's name)."""
+    """The answer to an agent's question (recorded with the token's name); ``replace``:
+    replace an answer given already (else a second answer is refused)."""
 
     text: str = Field(min_length=1)
+    replace: bool = False
 
 
 class Decision(BaseModel):
@@ -620,7 +622,9 @@ def create_app(
     async def answer(request: Request, run_id: str, step: str, body: Answer) -> JSONResponse:
         """Answer the question a step's agent asked; the run continues at once."""
         ev = await run_in_threadpool(
-            lambda: manager.answer(run_id, step, body.text, by=who(request).name)
+            lambda: manager.answer(
+                run_id, step, body.text, by=who(request).name, replace=body.replace
+            )
         )
         return _json({"runId": run_id, "step": step, "answer": ev})
 

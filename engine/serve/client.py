@@ -322,16 +322,17 @@ class ServerClient:
         )
         return data
 
-    def answer(self, run_id: str, step: str, text: str) -> dict[str, Any]:
+    def answer(self, run_id: str, step: str, text: str, *, replace: bool = False) -> dict[str, Any]:
         """Answer the question STEP's agent asked; the server continues the run.
 
         The answerer recorded is the token's name (the server ignores a client-side ``by``).
-        Raises ``RemoteError`` (exit 2) when the step asks nothing or was answered already.
+        Raises ``RemoteError`` (exit 2) when the step asks nothing, or was answered already
+        and ``replace`` is not given.
         """
         data: dict[str, Any] = self._call(
             "POST",
             f"/v1/runs/{segment(run_id)}/steps/{segment(step, 'step')}/answer",
-            json={"text": text},
+            json={"text": text, "replace": replace},
         )
         return data
 

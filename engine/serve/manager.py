@@ -554,12 +554,15 @@ class RunManager:
         self.observer.wake(run_id)
         return event
 
-    def answer(self, run_id: str, step: str, text: str, *, by: str) -> dict[str, Any]:
-        """Answer the question a step's agent asked, as ``by``; the run continues at once."""
+    def answer(
+        self, run_id: str, step: str, text: str, *, by: str, replace: bool = False
+    ) -> dict[str, Any]:
+        """Answer the question a step's agent asked, as ``by``; the run continues at once.
+        A question answered already is refused (RunStateError) unless ``replace``."""
         from engine.ask import answer_step
 
         self.run_path(run_id)
-        event = answer_step(self.cfg, run_id, step, text, by=by)
+        event = answer_step(self.cfg, run_id, step, text, by=by, replace=replace)
         if self.owned(run_id) is None:
             self._own(run_id, {"kind": "workflow", "adopted_by": by, "adopted_at": utcnow_iso()})
         self.kick(run_id)
