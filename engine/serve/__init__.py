@@ -183,29 +183,19 @@ def _take_presence(fh: Any) -> bool:
     names no other live process (a mark left by a server that ended, or by this process
     before), try again (every 5 ms, for up to 5 s) instead of serving without the mark,
     which made this server's runs look unowned."""
-    import fcntl
     import json
-    import time
 
-    from engine.store.file import PROBE_RETRY, PROBE_WAIT
+    from engine.store.file import lock_past_looks
     from engine.store.liveness import process_alive
 
-    deadline = time.monotonic() + PROBE_WAIT
-    while True:
+    def another_server(text: str) -> bool:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            pass
-        fh.seek(0)
-        try:
-            pid = json.loads(fh.read() or "{}").get("pid")
+            pid = json.loads(text or "{}").get("pid")
         except (ValueError, AttributeError):
             pid = None
-        other = isinstance(pid, int) and pid != os.getpid() and process_alive(pid)
-        if other or time.monotonic() >= deadline:
-            return False
-        time.sleep(PROBE_RETRY)
+        return isinstance(pid, int) and pid != os.getpid() and process_alive(pid)
+
+    return lock_past_looks(fh, another_server) is None
 
 
 def run_owner(handoffs_dir: Path, run_id: str) -> dict[str, Any] | None:

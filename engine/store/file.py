@@ -29,7 +29,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -139,22 +139,14 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
-        deadline = time.monotonic() + PROBE_WAIT
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip()
-                if _an_executor(holder, fh) or time.monotonic() >= deadline:
-                    fh.close()
-                    raise RunStateError(
-                        f"run `{self.path.parent.name}` is being executed right now (pid "
-                        f"{holder or 'of another process'}); wait for it, or `workflow "
-                        "cancel` it."
-                    ) from None
-                time.sleep(PROBE_RETRY)
+        holder = lock_past_looks(fh, lambda text: _an_executor(text.strip(), fh))
+        if holder is not None:
+            fh.close()
+            raise RunStateError(
+                f"run `{self.path.parent.name}` is being executed right now (pid "
+                f"{holder.strip() or 'of another process'}); wait for it, or `workflow "
+                "cancel` it."
+            )
         st = os.fstat(fh.fileno())
         self._key = (st.st_dev, st.st_ino)
         with _HELD_LOCK:
@@ -181,6 +173,27 @@ class RunLock:
                 _HELD.discard(self._key)
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+
+
+def lock_past_looks(fh: IO[str], holds: Callable[[str], bool]) -> str | None:
+    """Take ``fh``'s exclusive ``flock``; None once taken. While another holds it, its
+    text (what the holder wrote) goes to ``holds``: True names a real holder, and that
+    text is returned at once; otherwise the lock is held by a look (a shared lock for an
+    instant, ``lock_held``) or by a holder about to write, so it is tried again every
+    ``PROBE_RETRY`` s (``flock`` has no timed wait) for up to ``PROBE_WAIT`` s, and the
+    text is returned then. Used by the run lock and the server's mark."""
+    deadline = time.monotonic() + PROBE_WAIT
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            pass
+        fh.seek(0)
+        text = fh.read()
+        if holds(text) or time.monotonic() >= deadline:
+            return text
+        time.sleep(PROBE_RETRY)
 
 
 def _an_executor(holder: str, fh: IO[str]) -> bool:
