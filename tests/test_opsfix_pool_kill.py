@@ -25,8 +25,19 @@ def _cli(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _agent(marks: Path) -> dict[str, object]:
-    """Leaves ``marks/<run id>.started``, works until ``marks/<run id>.go`` exists."""
+def _agent(marks: Path, *, handoff: bool = False) -> dict[str, object]:
+    """Leaves ``marks/<run id>.started``, works until ``marks/<run id>.go`` exists; with
+    ``handoff``, then writes its own handoff (it lands even when the gateway that started
+    it was killed), else prints its result."""
+    end = (
+        "from engine.handoff import make_handoff, write_handoff\n"
+        "h = make_handoff(run_id=run, agent=os.environ['ORCH_AGENT'], status='complete',\n"
+        "                 result='done ' + run, confidence='high',\n"
+        "                 key=os.environ['ORCH_HANDOFF_KEY'] or None)\n"
+        "write_handoff(__import__('pathlib').Path(os.environ['ORCH_HANDOFF_PATH']), h)\n"
+        if handoff
+        else "print('done ' + run)\n"
+    )
     script = (
         "import os, time\n"
         "run = os.environ['ORCH_RUN_ID']\n"
@@ -36,8 +47,7 @@ def _agent(marks: Path) -> dict[str, object]:
         "while not os.path.exists(os.path.join(marks, run + '.go')) "
         "and time.monotonic() < end:\n"
         "    time.sleep(0.01)\n"
-        "print('done ' + run)\n"
-    )
+    ) + end
     return {"kind": "command", "argv": [sys.executable, "-c", script], "timeout": 120}
 
 

@@ -14,50 +14,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from click.testing import CliRunner
-
-from engine.cli import orchestrate
 from tests.helpers import demo_config, wait_for, write_config
+from tests.test_opsfix_pool_kill import _agent as _marked_agent
+from tests.test_opsfix_pool_kill import _cli, _started, _status
 
 
-def _cli(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
+def _let_go(marks: Path) -> None:
+    for run in _started(marks):
+        (marks / f"{run}.go").touch()
 
 
 def _agent(marks: Path) -> dict[str, object]:
-    """Leaves ``marks/<run id>.started``, works until ``marks/<run id>.go`` exists, then
-    writes its own handoff (it lands even when the gateway that started it was killed)."""
-    script = (
-        "import os, time\n"
-        "run = os.environ['ORCH_RUN_ID']\n"
-        f"marks = {str(marks)!r}\n"
-        "open(os.path.join(marks, run + '.started'), 'w').close()\n"
-        "end = time.monotonic() + 90\n"
-        "while not os.path.exists(os.path.join(marks, run + '.go')) "
-        "and time.monotonic() < end:\n"
-        "    time.sleep(0.01)\n"
-        "from engine.handoff import make_handoff, write_handoff\n"
-        "h = make_handoff(run_id=run, agent=os.environ['ORCH_AGENT'], status='complete',\n"
-        "                 result='done ' + run, confidence='high',\n"
-        "                 key=os.environ['ORCH_HANDOFF_KEY'] or None)\n"
-        "write_handoff(__import__('pathlib').Path(os.environ['ORCH_HANDOFF_PATH']), h)\n"
-    )
-    return {"kind": "command", "argv": [sys.executable, "-c", script], "timeout": 120}
-
-
-def _status(cfg: Path) -> dict[str, Any]:
-    res = CliRunner().invoke(orchestrate, ["pool", "status", "--json", "--config", str(cfg)])
-    assert res.exit_code == 0, res.output
-    data: dict[str, Any] = json.loads(res.output)
-    return data
-
-
-def _started(marks: Path) -> list[str]:
-    return sorted(p.name[: -len(".started")] for p in marks.glob("*.started"))
+    return _marked_agent(marks, handoff=True)
 
 
 def _pending(tmp_path: Path) -> dict[str, dict[str, Any]]:
@@ -120,8 +91,7 @@ def test_a_retry_sends_a_delegation_whose_caller_died_queued(tmp_path: Path) -> 
         assert record["result"] == f"done {run_k}"
         assert sorted(_started(marks)) == sorted([run_a, run_k])  # sent once
     finally:
-        for run in _started(marks):
-            (marks / f"{run}.go").touch()
+        _let_go(marks)
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
@@ -144,6 +114,7 @@ def test_a_retry_of_a_sent_delegation_takes_no_second_token(tmp_path: Path) -> N
         )
         other = _delegate(tmp_path, cfg, "other")
         procs.append(other)
+
         def other_queued() -> dict[str, Any] | None:
             status = _status(cfg)
             pids = [t["pid"] for t in status["queue"]]
@@ -165,8 +136,7 @@ def test_a_retry_of_a_sent_delegation_takes_no_second_token(tmp_path: Path) -> N
         out, err = other.communicate(timeout=90)
         assert other.returncode == 0, (out, err)
     finally:
-        for run in _started(marks):
-            (marks / f"{run}.go").touch()
+        _let_go(marks)
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
@@ -196,11 +166,6 @@ def _workflow(tmp_path: Path, cfg: Path, *args: str) -> subprocess.Popen[str]:
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL, text=True, start_new_session=True,
     )  # fmt: skip
-
-
-def _let_go(marks: Path) -> None:
-    for run in _started(marks):
-        (marks / f"{run}.go").touch()
 
 
 def test_a_resumed_fan_out_sends_the_item_that_was_queued(tmp_path: Path) -> None:
