@@ -117,7 +117,8 @@ def test_yaml_indented_with_tabs_says_so(tmp_path: Path) -> None:
     assert "Line 4 is indented with a tab: YAML indents with spaces only." in res.stderr
 
 
-def test_a_second_answer_says_it_replaced_the_first(tmp_path: Path) -> None:
+def _asking(tmp_path: Path) -> tuple[str, str]:
+    """A run whose one step's agent asked a question: its config and run id (parked)."""
     raw_agents = demo_config(tmp_path)["gateway"]["agents"]
     raw_agents["asker"] = {
         "kind": "command",
@@ -137,6 +138,11 @@ def test_a_second_answer_says_it_replaced_the_first(tmp_path: Path) -> None:
     run = _cli("run", wf, "--non-interactive", "--json", "--config", cfg)
     assert run.exit_code == 3, run.output
     rid = json.loads(run.stdout)["runId"]
+    return cfg, rid
+
+
+def test_a_second_answer_says_it_replaced_the_first(tmp_path: Path) -> None:
+    cfg, rid = _asking(tmp_path)
     first = _cli("answer", rid, "research", "0 to 50 C", "--config", cfg)
     assert first.exit_code == 0 and "replaces" not in first.stdout
     refused = _cli("answer", rid, "research", "20 to 30 C", "--by", "ana", "--config", cfg)
@@ -153,25 +159,7 @@ def test_a_second_answer_says_it_replaced_the_first(tmp_path: Path) -> None:
 def test_answers_given_at_once_record_one_and_refuse_the_others(tmp_path: Path) -> None:
     import subprocess
 
-    raw_agents = demo_config(tmp_path)["gateway"]["agents"]
-    raw_agents["asker"] = {
-        "kind": "command",
-        "argv": [sys.executable, str(ASKER), "ask"],
-        "env": {"AGENT_STATE": str(tmp_path / "asker-state")},
-        "timeout": 60,
-        "fallback_handoff": False,
-    }
-    gateway = {**demo_config(tmp_path)["gateway"], "agents": raw_agents}
-    agents = {**demo_config(tmp_path)["agents"], "asker": {"url": "local"}}
-    doc = {
-        "name": "ask",
-        "caller": "manager",
-        "steps": [{"id": "research", "agent": "asker", "task": "Find the CTE."}],
-    }
-    cfg, wf = _setup(tmp_path, doc, gateway=gateway, agents=agents, acl={"manager": ["asker"]})
-    run = _cli("run", wf, "--non-interactive", "--json", "--config", cfg)
-    assert run.exit_code == 3, run.output
-    rid = json.loads(run.stdout)["runId"]
+    cfg, rid = _asking(tmp_path)
     exe = str(Path(sys.executable).parent / "workflow")
     procs = [
         subprocess.Popen(
